@@ -1,0 +1,1 @@
+"""The `lightfmp` command line (installed as lightfmp.cli)."""

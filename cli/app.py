@@ -1,0 +1,208 @@
+"""`lightfmp train / prune / run / inspect / demo / data` — a thin layer over the Python API."""
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lightfmp.errors import LightFMPError
+
+from .options import config_flags, config_parameters, with_parameters
+
+app = typer.Typer(help="Light-FMP: prune the feature fields (and the model parts that read them) of CTR models.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: synthetic generator and MovieLens-100k.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = Console()
+err = Console(stderr=True)
+
+
+def friendly(func):
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LightFMPError as e:
+            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+    wrapper.__signature__ = inspect.signature(func)
+    return wrapper
+
+
+_COMMON = [
+    inspect.Parameter("out", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                      default=typer.Option(None, "--out", "-o", help="Run directory to create.")),
+    inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
+                      default=typer.Option(None, "--config", help="YAML file whose keys mirror the flags; flags win.")),
+    inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--force", help="Replace an existing run directory.")),
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                      default=typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")),
+]
+
+
+def _resolve(kwargs):
+    from lightfmp.config import resolve
+    if kwargs["out"] is None:
+        raise LightFMPError("missing --out RUN (the run directory to create)")
+    return resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+
+
+def _train_cmd(**kwargs):
+    """Phase 1: train the backbone with one hard-concrete gate per field on a subset of the training rows."""
+    from lightfmp import pipeline
+    cfg = _resolve(kwargs)
+    m = pipeline.train(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
+    if not kwargs["quiet"]:
+        if cfg.no_select:
+            print_summary(m, kwargs["out"])
+        else:
+            out.print(f"pretrained {len(m['fields']['all'])} fields on {m['phases']['pretrain']['rows']} rows in "
+                      f"{m['phases']['pretrain']['seconds']:.1f}s -> {kwargs['out']}; next: lightfmp prune {kwargs['out']}")
+
+
+def _run_cmd(**kwargs):
+    """All phases: gated pretraining on a subset, pruning, continued training; --no-select trains all fields."""
+    from lightfmp import pipeline
+    cfg = _resolve(kwargs)
+    m = pipeline.run(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
+    if not kwargs["quiet"]:
+        print_summary(m, kwargs["out"])
+
+
+app.command("train")(friendly(with_parameters(_train_cmd, config_parameters(("data", "model", "train")) + _COMMON)))
+app.command("run")(friendly(with_parameters(_run_cmd, config_parameters(("data", "model", "train", "prune")) + _COMMON)))
+
+
+@app.command("prune")
+@friendly
+def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
+              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the top K fields by gate."),
+              threshold: Optional[float] = typer.Option(None, "--threshold",
+                                                        help="Drop fields whose gate is below this (default: 0.5)."),
+              continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
+                                                            help="Epochs of continued training; 0 skips phase 3."),
+              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
+    """Phases 2 and 3: drop fields by gate, slice them out of the model, continue training on the other rows."""
+    from lightfmp import pipeline
+    if keep is not None and threshold is not None:
+        raise LightFMPError("give either --keep or --threshold, not both")
+    m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
+    if not quiet:
+        print_summary(m, run)
+
+
+@app.command("inspect")
+@friendly
+def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
+                plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path (default: RUN/gates.png)."),
+                quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """The gate table (field, gate value, L0 probability, kept) and a PNG bar chart."""
+    from lightfmp.inspection import gate_rows, plot_gates
+    from lightfmp.rundir import open_run
+    r = open_run(run)
+    if not r.select:
+        raise LightFMPError(f"{run}: a --no-select run has no gates")
+    rows = gate_rows(r)
+    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.backbone} gates ({r.path.name})")
+    if quiet:
+        return
+    t = Table(title=f"gates of {run} ({r.state})")
+    for c in ("field", "kind", "gate", "L0 probability", "kept"):
+        t.add_column(c, justify="right" if c in ("gate", "L0 probability") else "left")
+    for row in rows:
+        t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}",
+                  "yes" if row["kept"] else "[dim]no[/]")
+    out.print(t)
+    out.print(f"chart: {path}")
+
+
+def print_summary(m: dict, run, baseline: dict | None = None) -> None:
+    t = Table(title=f"run {run}")
+    t.add_column("")
+    t.add_column("Light-FMP" if m.get("select") else "all fields", justify="right")
+    if baseline:
+        t.add_column("all fields (--no-select)", justify="right")
+    def row(name, f):
+        t.add_row(name, f(m), *([f(baseline)] if baseline else []))
+    row("fields kept", lambda x: f"{len(x['fields']['kept'])} / {len(x['fields']['all'])}")
+    row("test AUC", lambda x: f"{x['test']['auc']:.4f}")
+    row("test logloss", lambda x: f"{x['test']['logloss']:.4f}")
+    row("valid AUC", lambda x: f"{x['valid']['auc']:.4f}")
+    row("parameters before", lambda x: f"{x['params']['before']:,}")
+    row("parameters after", lambda x: f"{x['params']['after']:,}")
+    for ph in ("pretrain", "prune", "continue"):
+        row(f"{ph} seconds (rows)", lambda x, ph=ph: f"{x['phases'][ph]['seconds']:.2f} ({x['phases'][ph]['rows']:,})")
+    row("seconds total", lambda x: f"{x['seconds_total']:.2f}")
+    out.print(t)
+    if m["fields"]["dropped"]:
+        out.print(f"kept: {', '.join(m['fields']['kept'])}\ndropped: {', '.join(m['fields']['dropped'])}")
+
+
+@app.command("demo")
+@friendly
+def demo_cmd(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to put the runs "
+                                                    "[default: $LIGHTFMP_HOME/runs/demo]."),
+             backbone: str = typer.Option("deepfm", "--backbone"),
+             compare: bool = typer.Option(True, "--compare/--no-compare", help="Also train all fields, for comparison."),
+             quiet: bool = typer.Option(False, "--quiet", "-q")):
+    """The main job on an embedded default: `run` on MovieLens-100k (DeepFM), then a summary table."""
+    from lightfmp.demo import demo
+    res = demo(out_dir, backbone=backbone, compare=compare, quiet=quiet)
+    print_summary(res["lightfmp"], res["run_dir"], res.get("all_fields"))
+
+
+@data_app.command("synth")
+@friendly
+def synth_cmd(rows: int = typer.Option(100_000, "--rows"), fields: int = typer.Option(39, "--fields"),
+              informative: int = typer.Option(8, "--informative"), out_dir: Path = typer.Option(..., "--out"),
+              seed: int = typer.Option(0, "--seed"),
+              redundant: Optional[int] = typer.Option(None, "--redundant", help="Redundant copies (default: as many as informative)."),
+              fmt: str = typer.Option("parquet", "--format", help="parquet or csv.")):
+    """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
+    from lightfmp.datasets import synthesize
+    if fmt not in ("parquet", "csv"):
+        raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
+    try:
+        truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
+                           redundant=redundant, fmt=fmt)
+    except ValueError as e:
+        raise LightFMPError(str(e)) from None
+    out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, CTR {truth['ctr']:.3f}) and "
+              f"{Path(out_dir) / 'truth.json'}")
+
+
+@data_app.command("fetch")
+@friendly
+def fetch_cmd(name: str = typer.Argument(..., help="Dataset name: movielens-100k."),
+              home: Optional[Path] = typer.Option(None, "--home", help="Cache directory (default: $LIGHTFMP_HOME or ~/.cache/lightfmp).")):
+    """Download a public dataset into the cache and prepare its CTR table."""
+    from lightfmp.datasets import fetch_movielens_100k
+    if name != "movielens-100k":
+        raise LightFMPError(f"unknown dataset '{name}' (available: movielens-100k)")
+    try:
+        path = fetch_movielens_100k(home=home)
+    except RuntimeError as e:
+        raise LightFMPError(str(e)) from None
+    out.print(f"prepared {path}")
+
+
+from .serving_cmds import register as _register_serving  # noqa: E402
+
+_register_serving(app)
+
+
+def main() -> None:
+    app(prog_name="lightfmp")
+
+
+if __name__ == "__main__" and os.environ.get("LIGHTFMP_NO_MAIN") is None:
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Dispatch for the gated embedding op.
+
+backend="auto": CUDA tensors -> Triton kernels (kernels/triton_ops.py), anything else -> the fused
+torch path.  "triton" | "torch" | "reference" force one.  The torch path is deliberately a plain
+embedding gather + mul with autograd doing the backward, so torch.onnx.export traces it to Gather/Mul.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F_
+
+BACKENDS = ("auto", "triton", "torch", "reference")
+PAD_ID = 0  # schema convention: local id 0 is padding,
+OOV_ID = 1  # local id 1 is the out-of-vocabulary bucket
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
+def _triton_ops():
+    """Import the Triton module lazily: CPU-only installs never need triton to be importable."""
+    from . import triton_ops
+    return triton_ops
+
+
+def _triton_importable() -> bool:
+    try:
+        _triton_ops()
+    except ImportError:
+        return False
+    return True
+
+
+def _triton_usable(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _field_limits(field_offsets: torch.Tensor, num_rows: int) -> torch.Tensor:
+    """Rows per field derived from the offsets: distance to the next larger distinct offset (or R).
+
+    Repeated offsets (several slots of one multi-valued field) share that field's rows.
+    """
+    offs = field_offsets.long()
+    uniq = torch.unique(offs)  # sorted
+    ends = torch.cat([uniq[1:], uniq.new_tensor([num_rows])])
+    return ends[torch.searchsorted(uniq, offs)] - offs
+
+
+def _check_bounds(ids, field_offsets, vocab_sizes, num_rows):
+    limits = vocab_sizes.long() if vocab_sizes is not None else _field_limits(field_offsets, num_rows)
+    over = field_offsets.long() + limits > num_rows
+    if bool(over.any()):
+        f = int(over.nonzero()[0, 0])
+        raise ValueError(f"gated_embedding: field {f} (offset {int(field_offsets[f])}, vocab {int(limits[f])}) "
+                         f"runs past the table's {num_rows} rows")
+    bad = (ids < 0) | (ids >= limits.unsqueeze(0))
+    if bool(bad.any()):
+        b, f = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"gated_embedding: field {f} has id {int(ids[b, f])} at batch row {b}, "
+                         f"outside [0, {int(limits[f])})")
+
+
+def _validate(ids, weight, field_offsets, gates, vocab_sizes):
+    if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"ids must be an int32/int64 [B, F] tensor, got {ids.dtype} {tuple(ids.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be [R, D], got {tuple(weight.shape)}")
+    B, F = ids.shape
+    if field_offsets.shape != (F,):
+        raise ValueError(f"field_offsets must be [F={F}], got {tuple(field_offsets.shape)}")
+    if gates.shape not in ((F,), (B, F)):
+        raise ValueError(f"gates must be [F={F}] or [B={B}, F={F}], got {tuple(gates.shape)}")
+    if vocab_sizes is not None and vocab_sizes.shape != (F,):
+        raise ValueError(f"vocab_sizes must be [F={F}], got {tuple(vocab_sizes.shape)}")
+
+
+def _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad):
+    local = ids.long()
+    if vocab_sizes is not None:
+        local = torch.where((local >= 0) & (local < vocab_sizes.long().unsqueeze(0)), local,
+                            torch.full_like(local, OOV_ID))
+    rows = local + field_offsets.long().unsqueeze(0)
+    out = F_.embedding(rows, weight, sparse=sparse_grad)  # one gather over all fields
+    g = gates.to(out.dtype)
+    if g.dim() == 1:
+        g = g.unsqueeze(0)
+    return out * g.unsqueeze(-1)
+
+
+def _reference_path(ids, weight, field_offsets, gates, vocab_sizes):
+    """Explicit per-field gather; slow on purpose, works in float64 for checking the others."""
+    B, F = ids.shape
+    cols = []
+    for f in range(F):
+        local = ids[:, f].long()
+        if vocab_sizes is not None:
+            v = int(vocab_sizes[f])
+            local = torch.where((local >= 0) & (local < v), local, torch.full_like(local, OOV_ID))
+        rows = local + int(field_offsets[f])
+        g = gates[f].expand(B) if gates.dim() == 1 else gates[:, f]
+        cols.append(weight.index_select(0, rows) * g.to(weight.dtype).unsqueeze(1))
+    return torch.stack(cols, dim=1)
+
+
+def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torch.Tensor,
+                    gates: torch.Tensor, backend: str = "auto", check_bounds: bool = False,
+                    vocab_sizes: torch.Tensor | None = None, *, deterministic: bool = True,
+                    sparse_grad: bool = False) -> torch.Tensor:
+    """``out[b, f] = weight[field_offsets[f] + ids[b, f]] * gate`` -> [B, F, D] in weight's dtype.
+
+    ids [B, F] int32/int64 local ids; weight [R, D] flat table of all fields; field_offsets [F] first
+    row of each field (may repeat for slots of one multi-valued field); gates [F] or [B, F].
+    vocab_sizes [F]: ids outside [0, vocab_sizes[f]) read the field's OOV row (local id 1).
+    check_bounds: raise ValueError on such ids instead (bounds from vocab_sizes, else from the
+    offsets).  deterministic=False uses float atomics in the Triton backward (comparison only).
+    sparse_grad: weight gradient as a sparse COO tensor of the touched rows.
+    Differentiable w.r.t. weight and gates.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not _tracing():  # shape checks would only add trace warnings; the trace is shape-specialised anyway
+        _validate(ids, weight, field_offsets, gates, vocab_sizes)
+    device = weight.device
+    field_offsets = field_offsets.to(device)
+    gates = gates.to(device)
+    ids = ids.to(device)
+    if vocab_sizes is not None:
+        vocab_sizes = vocab_sizes.to(device)
+    if check_bounds and not _tracing():
+        _check_bounds(ids, field_offsets, vocab_sizes, weight.shape[0])
+        vocab_sizes = None  # every id is known to be in range: skip the clamp
+
+    if backend == "auto":
+        use_triton = device.type == "cuda" and not _tracing() and _triton_importable()
+        backend = "triton" if use_triton else "torch"
+    if backend == "torch":
+        return _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad)
+    if backend == "reference":
+        return _reference_path(ids, weight, field_offsets, gates, vocab_sizes)
+    if not _triton_usable(device):
+        raise RuntimeError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
+                           "triton is imported to run on CPU")
+    ops = _triton_ops()
+    return ops.GatedEmbeddingTriton.apply(
+        ids.contiguous(), weight if weight.stride(1) == 1 else weight.contiguous(),
+        field_offsets.long().contiguous(), gates.contiguous(),
+        vocab_sizes.long().contiguous() if vocab_sizes is not None else None,
+        deterministic, sparse_grad)

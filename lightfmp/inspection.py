@@ -1,0 +1,48 @@
+"""The gate table of a run and its bar chart."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .io import atomic_path
+from .rundir import Run
+
+
+def gate_rows(run: Run) -> list[dict]:
+    """One row per field: deterministic gate, L0 (open) probability, and whether it is kept.
+
+    Before pruning, `kept` says what the run's --keep / --threshold rule would keep."""
+    m = run.metrics()
+    names = m["fields"]["all"]
+    if run.state == "complete":
+        kept = set(m["fields"]["kept"])
+    else:
+        import torch
+
+        from .pruning import select_fields
+        la = torch.tensor([m["log_alpha"][n] for n in names])
+        z = torch.tensor([m["gates"][n] for n in names])
+        kept = set(select_fields(names, la, z, keep=run.config.keep, threshold=run.config.threshold))
+    probs = m.get("open_probability", {})
+    rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
+             "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept} for n in names]
+    return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
+
+
+def plot_gates(rows: list[dict], path: str | Path, title: str = "") -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(rows) + 2), 4))
+    colors = ["tab:green" if r["kept"] else "tab:gray" for r in rows]
+    ax.bar([r["field"] for r in rows], [r["gate"] for r in rows], color=colors)
+    ax.set_ylabel("deterministic gate")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title or "Light-FMP gates (green: kept)")
+    ax.tick_params(axis="x", rotation=60)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,20 @@
+"""Backbones, each one short file over the shared gated embedding front end."""
+from .base import CTRModel, ModelConfig
+from .dcnv2 import DCNv2
+from .deepfm import DeepFM
+from .mlp import MLP
+from .widedeep import WideDeep
+from ..errors import LightFMPError
+
+BACKBONES = {m.name: m for m in (MLP, DeepFM, DCNv2, WideDeep)}
+
+
+def build_model(backbone: str, schema, cfg: ModelConfig, gated: bool = False) -> CTRModel:
+    try:
+        cls = BACKBONES[backbone.lower()]
+    except KeyError:
+        raise LightFMPError(f"unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})") from None
+    return cls(schema, cfg, gated=gated)
+
+
+__all__ = ["BACKBONES", "CTRModel", "ModelConfig", "build_model", "MLP", "DeepFM", "DCNv2", "WideDeep"]

