@@ -75,7 +75,7 @@ def _segment_sum_kernel(src_ptr, perm_ptr, gate_ptr, seg_start_ptr, seg_len_ptr,
     dmask = d < D
     start = tl.load(seg_start_ptr + s, mask=smask, other=0).to(tl.int64)
     length = tl.load(seg_len_ptr + s, mask=smask, other=0).to(tl.int64)
-    steps = tl.max(length, axis=0)
+    steps = tl.max(length, axis=0).to(tl.int32)  # <= _CHUNK (or the chunk count)
     acc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
     for j in range(0, steps):
         live = j < length
@@ -233,6 +233,8 @@ def weight_grad_atomic(grad, ids, field_offsets, gates, vocab_sizes, R, D, out_d
     B, F = ids.shape
     N = B * F
     gw = torch.zeros((R, D), dtype=torch.float32, device=grad.device)
+    if N == 0:
+        return gw.to(out_dtype)
     bd = _block_d(D)
     bn = _block_n(D, bd)
     _atomic_bwd_kernel[(triton.cdiv(N, bn), triton.cdiv(D, bd))](

@@ -41,11 +41,14 @@ class RunConfig:
     # training ---------------------------------------------------------------------------------------------------
     batch_size: int = opt(512, "Rows per batch.")
     lr: float = opt(1e-3, "Adam learning rate of the backbone.")
-    gate_lr: float = opt(0.05, "Adam learning rate of the gates' log_alpha.")
-    l0_lambda: float = opt(0.01, "Weight of the expected-L0 penalty.")
+    gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha.")
+    l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty.")
+    l0_warmup: float = opt(0.3, "Fraction of phase-1 steps over which the L0 weight ramps up from 0.")
+    gate_holdout: float = opt(0.2, "Share of the phase-1 subset held out of weight updates; gate steps use it "
+                                   "(0: gates and weights take one joint step).")
     target_k: int | None = opt(None, "Target-k mode: penalise |E[L0] - k| instead of E[L0]; prune keeps k.")
     subset: float = opt(0.1, "Fraction of training rows for phase 1 (gated pretraining).")
-    pretrain_epochs: int = opt(10, "Epochs over the subset in phase 1.")
+    pretrain_epochs: int = opt(5, "Epochs over the subset in phase 1.")
     epochs: int = opt(2, "Epochs of full training for --no-select; the default for --continue-epochs.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
     device: str = opt("auto", "cpu, cuda or auto.")

@@ -105,6 +105,14 @@ def test_matches_oracle(backend, device, dtype, per_sample, D, id_dtype):
 
 
 @pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("B,F,D", [(4, 2, 100), (2, 1000, 3)], ids=["D100", "F1000"])
+def test_wide_rows_and_many_fields(backend, device, B, F, D):
+    """D above the kernels' 64/128 column blocks (loops over D) and F=1000 (position -> field math)."""
+    p = make_problem(B, F, D, seed=F, zipf=False, per_sample=F > 2)
+    check_against_oracle(p, run_op(p, backend, device, torch.float32), torch.float32)
+
+
+@pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
 def test_multi_valued_slots_with_padding(backend, device):
     """Same field offset repeated for 4 slots, per-sample gates zero at padding positions (id 0)."""
     p = make_problem(32, 3, 16, seed=3, per_sample=True, slots=4)

@@ -1,0 +1,218 @@
+"""`lightfmp profile`: ONNX Runtime latency per batch size (and PyTorch eager for reference) on inputs drawn
+from the export's vocabularies.
+
+Each (model, batch size) gets a few warm-up runs, then timed runs until `max_runs` or `max_seconds`, whichever
+comes first (at least `min_runs`). Latency is wall time of one `session.run` on a prepared batch.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import LightFMPError
+from .serving import Bundle, load_bundle
+
+DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096)
+
+
+@dataclass
+class Budget:
+    warmup: int = 5
+    min_runs: int = 5
+    max_runs: int = 200
+    max_seconds: float = 1.0
+
+
+@dataclass
+class ModelTimings:
+    name: str
+    bundle: Bundle
+    rows: list[dict] = field(default_factory=list)
+    eager: list[dict] = field(default_factory=list)
+    eager_note: str | None = None
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise LightFMPError(f"--batch-sizes {text!r}: expected comma-separated integers like 1,8,64") from None
+    if not sizes or min(sizes) < 1:
+        raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be >= 1")
+    return sizes
+
+
+def time_calls(fn, budget: Budget) -> np.ndarray:
+    """Seconds per call after warm-up."""
+    t_end = time.perf_counter() + budget.max_seconds / 5
+    for i in range(budget.warmup):
+        fn()
+        if time.perf_counter() > t_end:
+            break
+    times: list[float] = []
+    t_end = time.perf_counter() + budget.max_seconds
+    while len(times) < budget.max_runs and (len(times) < budget.min_runs or time.perf_counter() < t_end):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def summarize(name: str, batch: int, times: np.ndarray, **extra) -> dict:
+    p50, p95, p99 = (float(np.percentile(times, q) * 1e3) for q in (50, 95, 99))
+    return {"model": name, "batch_size": batch, "p50_ms": p50, "p95_ms": p95, "p99_ms": p99,
+            "rows_per_s": batch / (p50 / 1e3) if p50 > 0 else float("inf"), "runs": int(len(times)), **extra}
+
+
+def request_bytes(feeds: dict[str, np.ndarray]) -> int:
+    """Bytes of the input tensors (UTF-8 text for string inputs)."""
+    total = 0
+    for v in feeds.values():
+        total += sum(len(str(s).encode()) for s in v.ravel()) if v.dtype == object else v.nbytes
+    return int(total)
+
+
+def feeds_for(bundle: Bundle, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    from .export import sample_feeds
+    vocabs = None
+    if bundle.raw:
+        vocabs = {}
+        for s in bundle.inputs:
+            v = bundle.vocab(s)
+            if v is not None:
+                vocabs[s["name"]] = [t for t, _ in sorted(v.items(), key=lambda kv: kv[1])]
+    return sample_feeds(bundle.inputs, batch, seed=seed, vocabs=vocabs)
+
+
+def _eager_module(bundle: Bundle):
+    """The run's PyTorch model behind the export's inputs, or (None, why not)."""
+    run_dir = bundle.schema.get("run_dir")
+    if bundle.raw:
+        return None, "raw-input export: PyTorch eager takes ids, not strings"
+    if not run_dir or not Path(run_dir).is_dir():
+        return None, f"run directory {run_dir!r} not available" if run_dir else "no run_dir in the schema"
+    from .export import serving_module
+    from .rundir import open_run
+    try:
+        model, kept = open_run(run_dir).load_final()
+    except LightFMPError as e:
+        return None, f"cannot load the run's model ({e})"
+    if kept.names != [s["name"] for s in bundle.inputs]:
+        return None, f"run {run_dir} no longer matches the export (fields differ)"
+    return (serving_module(model, kept), kept), None
+
+
+def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: int | None = 1,
+            budget: Budget | None = None, eager: bool = True, trace: str | Path | None = None,
+            log=None) -> list[ModelTimings]:
+    """Time every model at every batch size. `trace`: an ONNX Runtime profiling trace (JSON) of the first model,
+    from a separate session so profiling does not slow the timed runs."""
+    from .export import session
+    budget = budget or Budget()
+    bundles = [(str(m), load_bundle(m)) for m in models]
+    names = [n for n, _ in bundles]
+    if len(set(names)) != len(names):
+        raise LightFMPError("the same model was given twice")
+    out = []
+    for name, bundle in bundles:
+        try:
+            sess = session(bundle.model_path, threads)
+        except Exception as e:
+            raise LightFMPError(f"{bundle.model_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") \
+                from None
+        mt = ModelTimings(name, bundle)
+        size = bundle.model_bytes()
+        eager_mod, mt.eager_note = _eager_module(bundle) if eager else (None, "disabled")
+        for b in batch_sizes:
+            feeds = feeds_for(bundle, b)
+            times = time_calls(lambda: sess.run(None, feeds), budget)
+            mt.rows.append(summarize(name, b, times, engine="onnxruntime", model_bytes=size,
+                                     request_bytes=request_bytes(feeds)))
+            if log:
+                log(f"{name} batch {b}: p50 {mt.rows[-1]['p50_ms']:.3f} ms")
+            if eager_mod is not None:
+                mt.eager.append(_time_eager(eager_mod, feeds, name, b, threads, budget))
+        out.append(mt)
+    if trace:
+        _trace(bundles[0][1], batch_sizes, threads, Path(trace))
+    return out
+
+
+def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: Budget) -> dict:
+    import torch
+    from .export import torch_inputs
+    module, kept = mod
+    if threads:
+        torch.set_num_threads(threads)
+    args = torch_inputs(feeds, kept)
+
+    def call():
+        with torch.inference_mode():
+            module(*args)
+    return summarize(name, batch, time_calls(call, budget), engine="torch-eager")
+
+
+def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
+    from .export import session
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix = str(dest.parent / f".{dest.name}.ort")
+    sess = session(bundle.model_path, threads, profile_prefix=prefix)
+    for b in batch_sizes:
+        feeds = feeds_for(bundle, b)
+        for _ in range(5):
+            sess.run(None, feeds)
+    shutil.move(sess.end_profiling(), dest)
+
+
+def results_json(timings: list[ModelTimings], threads: int | None) -> dict:
+    import onnxruntime
+    return {"results": [r for mt in timings for r in mt.rows],
+            "eager": [r for mt in timings for r in mt.eager],
+            "models": [{"model": mt.name, "path": str(mt.bundle.model_path), "model_bytes": mt.bundle.model_bytes(),
+                        "inputs": [s["name"] for s in mt.bundle.inputs], "eager_note": mt.eager_note}
+                       for mt in timings],
+            "threads": threads, "machine": machine(), "onnxruntime": onnxruntime.__version__}
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()} " \
+           f"{platform.release()}, Python {platform.python_version()}"
+
+
+def plot(timings: list[ModelTimings], path: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .io import atomic_path
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mt in timings:
+        bs = [r["batch_size"] for r in mt.rows]
+        line, = ax.plot(bs, [r["p50_ms"] for r in mt.rows], marker="o", label=f"{Path(mt.name).name} (ORT p50)")
+        ax.fill_between(bs, [r["p50_ms"] for r in mt.rows], [r["p95_ms"] for r in mt.rows], alpha=0.15,
+                        color=line.get_color())
+        if mt.eager:
+            ax.plot([r["batch_size"] for r in mt.eager], [r["p50_ms"] for r in mt.eager], ls="--", marker="x",
+                    color=line.get_color(), label=f"{Path(mt.name).name} (PyTorch eager p50)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("latency per batch (ms); band: p50-p95")
+    ax.set_title("lightfmp profile")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["profile", "Budget", "parse_batch_sizes", "results_json", "plot", "request_bytes", "time_calls"]

@@ -1,0 +1,26 @@
+"""Small generated data for the tests (no files shipped, nothing downloaded)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def make_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    """A planted CTR table: 'a' and 'b' carry the signal, 'noise' does not; plus an int, a float and a list."""
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 8, n)
+    b = rng.integers(0, 12, n)
+    eff_a = np.linspace(-2, 2, 8)
+    eff_b = np.linspace(-1.5, 1.5, 12)[rng.permutation(12)]
+    x = rng.normal(size=n)
+    logit = eff_a[a] + eff_b[b] + 0.5 * x - 0.5
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    tags = ["|".join(rng.choice(list("pqrs"), size=rng.integers(0, 3), replace=False)) for _ in range(n)]
+    return pd.DataFrame({"a": [f"a{v}" for v in a], "b": b, "noise": [f"z{v}" for v in rng.integers(0, 30, n)],
+                         "x": x, "tags": tags, "label": y})
+
+
+def write_csv(tmp_path, n: int = 600, seed: int = 0, name: str = "data.csv"):
+    p = tmp_path / name
+    make_frame(n, seed).to_csv(p, index=False)
+    return p

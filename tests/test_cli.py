@@ -1,0 +1,215 @@
+"""The CLI end to end on small generated files, and every bad input the core issue names."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lightfmp.cli.app import app
+
+from helpers import make_frame, write_csv
+
+runner = CliRunner()
+FAST = ["--pretrain-epochs", "3", "--epochs", "1", "--batch-size", "128", "--hidden", "16", "--embed-dim", "4",
+        "--quiet"]
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("d"), n=800)
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5", *FAST)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_train_then_prune_then_inspect(pretrained, tmp_path):
+    info = json.loads((pretrained / "run.json").read_text())
+    assert info["state"] == "pretrained" and info["select"] is True
+    r = cli("prune", pretrained, "--keep", "3", "--continue-epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((pretrained / "metrics.json").read_text())
+    assert len(m["fields"]["kept"]) == 3
+    assert sorted(m["fields"]["kept"] + m["fields"]["dropped"]) == sorted(m["fields"]["all"])
+    for key in ("auc", "logloss"):
+        assert 0 <= m["test"][key] and np.isfinite(m["test"][key])
+    assert m["params"]["after"] < m["params"]["before"]
+    assert m["phases"]["continue"]["rows"] + m["phases"]["pretrain"]["rows"] == m["data"]["split"]["train"]
+    assert m["test"]["rows"] == m["data"]["split"]["test"]
+    assert set(m["gates"]) == set(m["fields"]["all"])
+    r = cli("inspect", pretrained)
+    assert r.exit_code == 0, r.output
+    assert "L0 probability" in r.output
+    assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
+    keys = ["fields.all", "fields.kept", "fields.dropped", "gates", "test.auc", "test.logloss", "valid.auc",
+            "params.before", "params.after", "phases.pretrain.rows", "phases.pretrain.seconds", "phases.prune.seconds",
+            "phases.continue.rows", "phases.continue.seconds", "seconds_total"]
+    for extra in ([], ["--no-select"]):
+        out = tmp_path / ("full" if extra else "fmp")
+        r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST, *extra)
+        assert r.exit_code == 0, r.output
+        m = json.loads((out / "metrics.json").read_text())
+        for k in keys:
+            node = m
+            for part in k.split("."):
+                node = node[part]
+        assert (out / "model.safetensors").exists() and (out / "schema.json").exists()
+        assert (out / "config.yaml").exists()
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())
+    assert full["fields"]["kept"] == full["fields"]["all"] and full["phases"]["pretrain"]["rows"] == 0
+    r = cli("prune", tmp_path / "full")
+    assert r.exit_code == 2 and "--no-select" in r.output
+
+
+def test_same_seed_same_gates(data, tmp_path):
+    gates = []
+    for name in ("s1", "s2"):
+        r = cli("train", "--data", data, "--label", "label", "--out", tmp_path / name, *FAST)
+        assert r.exit_code == 0, r.output
+        gates.append(json.loads((tmp_path / name / "metrics.json").read_text())["gates"])
+    assert gates[0] == gates[1]
+
+
+def test_config_file_keys_mirror_flags_and_flags_win(data, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\nlabel: label\nembed-dim: 5\nhidden: '8'\npretrain_epochs: 2\nepochs: 1\nno_select: true\n")
+    r = cli("run", "--config", cfg, "--embed-dim", "3", "--out", tmp_path / "r", "--quiet")
+    assert r.exit_code == 0, r.output
+    import yaml
+    resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert resolved["embed_dim"] == 3 and resolved["hidden"] == "8" and resolved["no_select"] is True
+
+
+def test_positive_value_and_boolean_labels(tmp_path):
+    df = make_frame(400)
+    df["label"] = np.where(df["label"] == 1, "click", "view")
+    df.to_csv(tmp_path / "p.csv", index=False)
+    r = cli("run", "--data", tmp_path / "p.csv", "--label", "label", "--positive", "click", "--no-select",
+            "--out", tmp_path / "r1", *FAST)
+    assert r.exit_code == 0, r.output
+    df["label"] = df["label"] == "click"
+    df.to_parquet(tmp_path / "b.parquet")
+    r = cli("run", "--data", tmp_path / "b.parquet", "--label", "label", "--no-select", "--out", tmp_path / "r2", *FAST)
+    assert r.exit_code == 0, r.output
+
+
+def test_time_column_split_orders_rows(tmp_path):
+    df = make_frame(400)
+    df["ts"] = np.arange(400)[::-1]
+    df.to_csv(tmp_path / "t.csv", index=False)
+    r = cli("run", "--data", tmp_path / "t.csv", "--label", "label", "--time-column", "ts", "--no-select",
+            "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "ts" not in m["fields"]["all"]
+
+
+def test_unseen_categories_at_evaluation_map_to_oov(tmp_path):
+    df = make_frame(600)
+    # the test rows (last 10% of a time order) hold values never seen in training
+    df["ts"] = np.arange(600)
+    df.loc[540:, "a"] = "brand-new"
+    df.to_csv(tmp_path / "u.csv", index=False)
+    r = cli("run", "--data", tmp_path / "u.csv", "--label", "label", "--time-column", "ts", "--out", tmp_path / "r",
+            *FAST)
+    assert r.exit_code == 0, r.output
+
+
+def test_python_dash_m_works_like_the_command():
+    r = subprocess.run([sys.executable, "-m", "lightfmp", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "prune" in r.stdout and "train" in r.stdout
+
+
+@pytest.mark.parametrize("cmd", ["train", "prune", "run", "inspect", "demo", "data"])
+def test_every_command_has_help(cmd):
+    r = cli(cmd, "--help")
+    assert r.exit_code == 0 and "Usage" in r.output
+
+
+# ---- bad input: one line naming the file / column / value, exit != 0, nothing written ----------------------------
+def bad(tmp_path, df_or_text, args, expect, suffix=".csv"):
+    p = tmp_path / f"bad{suffix}"
+    if isinstance(df_or_text, (str, bytes)):
+        p.write_bytes(df_or_text if isinstance(df_or_text, bytes) else df_or_text.encode())
+    else:
+        df_or_text.to_csv(p, index=False)
+    out = tmp_path / "out"
+    r = cli("run", "--data", p, *args, "--out", out, *FAST)
+    assert r.exit_code != 0
+    msg = r.output.strip()
+    assert len(msg.splitlines()) == 1, msg
+    assert expect in msg, msg
+    assert not out.exists()
+    assert not [q for q in tmp_path.iterdir() if q.name.startswith(".out")]  # no temp leftovers
+
+
+def test_missing_label_column(tmp_path):
+    bad(tmp_path, make_frame(100), ["--label", "clicked"], "label column 'clicked' not found")
+
+
+def test_non_binary_label(tmp_path):
+    df = make_frame(100)
+    df.loc[5, "label"] = 3
+    bad(tmp_path, df, ["--label", "label"], "not binary: value '3'")
+
+
+def test_named_column_absent(tmp_path):
+    bad(tmp_path, make_frame(100), ["--label", "label", "--categorical", "a,nope"], "column 'nope'")
+
+
+def test_empty_file(tmp_path):
+    bad(tmp_path, "", ["--label", "label"], "empty file")
+    bad(tmp_path, "a,b,label\n", ["--label", "label"], "no data rows")
+
+
+def test_corrupt_parquet(tmp_path):
+    bad(tmp_path, b"PAR1 this is not parquet", ["--label", "label"], "cannot read Parquet", suffix=".parquet")
+
+
+def test_all_nan_column(tmp_path):
+    df = make_frame(100)
+    df["blank"] = np.nan
+    bad(tmp_path, df, ["--label", "label"], "'blank' is entirely empty")
+
+
+@pytest.mark.parametrize("k", ["0", "9"])
+def test_keep_out_of_range(tmp_path, k):
+    bad(tmp_path, make_frame(100), ["--label", "label", "--keep", k], f"--keep {k}")
+
+
+def test_prune_of_non_run_and_newer_format(pretrained, tmp_path):
+    r = cli("prune", tmp_path)
+    assert r.exit_code == 2 and "not a lightfmp run" in r.output
+    import shutil
+    newer = tmp_path / "newer"
+    shutil.copytree(pretrained, newer)
+    info = json.loads((newer / "run.json").read_text())
+    info["format_version"] = 99
+    (newer / "run.json").write_text(json.dumps(info))
+    r = cli("prune", newer)
+    assert r.exit_code == 2 and "newer" in r.output
+    r = cli("prune", pretrained, "--keep", "0")
+    assert r.exit_code == 2 and "--keep 0" in r.output
+
+
+def test_existing_out_refused_without_force(data, tmp_path):
+    out = tmp_path / "exists"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST)
+    assert r.exit_code == 2 and "--force" in r.output
+    assert (out / "keep.txt").read_text() == "mine"

@@ -1,0 +1,262 @@
+"""`lightfmp export`: files, graph contract, numerical agreement with PyTorch, options and refusals.
+
+The runs and exports are built once per session (`shared()`), and test_serving / test_profile reuse them."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from lightfmp import export as ex
+from lightfmp import pipeline
+from lightfmp.cli.app import app
+from lightfmp.config import RunConfig
+from lightfmp.data import parse_split, read_table, split_rows
+from lightfmp.errors import LightFMPError
+from lightfmp.rundir import open_run
+
+runner = CliRunner()
+_SHARED: dict = {}
+
+
+def make_csv(path: Path, n: int = 800, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    city = rng.choice(["paris", "rome", "oslo", "lima", "kyiv", "cork"], n)
+    dev = rng.integers(0, 12, n)
+    price = np.round(rng.normal(5, 2, n), 3)
+    tags = ["|".join(rng.choice(list("abcdef"), rng.integers(0, 4), replace=False)) for _ in range(n)]
+    noise = rng.integers(0, 5, n)
+    logit = 1.5 * (city == "paris") + 0.5 * (price - 5) + np.array(["a" in t for t in tags]) - 1
+    df = pd.DataFrame({"city": city, "dev": dev, "price": price, "tags": tags, "noise": noise,
+                       "label": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)})
+    df.loc[::13, "price"] = np.nan
+    df.to_csv(path, index=False)
+    return path
+
+
+def _cfg(data, **kw) -> RunConfig:
+    base = dict(data=str(data), label="label", multi_hot="tags:|", pretrain_epochs=2, epochs=1, embed_dim=4,
+                hidden="16", batch_size=128, subset=0.5, device="cpu")
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def shared(tmp_path_factory) -> dict:
+    """Runs: pretrained-only, pruned deepfm (--keep 2 through the CLI), full mlp / dcnv2 / widedeep; and exports."""
+    if _SHARED:
+        return _SHARED
+    root = tmp_path_factory.mktemp("export")
+    data = make_csv(root / "data.csv")
+    pipeline.train(_cfg(data), root / "pre", quiet=True)
+    shutil.copytree(root / "pre", root / "pruned")
+    res = runner.invoke(app, ["prune", str(root / "pruned"), "--keep", "2", "--quiet"])
+    assert res.exit_code == 0, res.output
+    runs = {"deepfm": root / "pruned"}
+    for bb in ("mlp", "dcnv2", "widedeep"):
+        pipeline.run(_cfg(data, backbone=bb, no_select=True), root / f"full_{bb}", quiet=True)
+        runs[bb] = root / f"full_{bb}"
+    _SHARED.update(root=root, data=data, pre=root / "pre", runs=runs, exports={})
+    return _SHARED
+
+
+def get_export(s: dict, backbone: str = "deepfm", **kw) -> Path:
+    key = (backbone, tuple(sorted(kw.items())))
+    if key not in s["exports"]:
+        out = s["root"] / f"exp_{backbone}_{len(s['exports'])}"
+        ex.export_run(s["runs"][backbone], out, **kw)
+        s["exports"][key] = out
+    return s["exports"][key]
+
+
+def test_rows(s: dict, run_dir: Path) -> pd.DataFrame:
+    run = open_run(run_dir)
+    df = read_table(s["data"])
+    idx = split_rows(df, parse_split(run.config.split), run.config.seed, None, "x")["test"]
+    return df.iloc[idx].reset_index(drop=True)
+
+
+test_rows.__test__ = False  # a helper, not a test
+
+
+def torch_probs(run_dir: Path, df: pd.DataFrame) -> np.ndarray:
+    model, kept = open_run(run_dir).load_final()
+    with torch.no_grad():
+        return torch.sigmoid(model.eval()(torch.from_numpy(kept.encode(df).astype(np.int64)))).numpy()
+
+
+@pytest.fixture(scope="module")
+def s(tmp_path_factory):
+    return shared(tmp_path_factory)
+
+
+def _sess(d: Path):
+    return ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+# ---- CLI end to end ------------------------------------------------------------------------------------------------
+def test_cli_export_end_to_end(s):
+    out = s["root"] / "cli_export"
+    res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--triton-name", "ctr"])
+    assert res.exit_code == 0, res.output
+    kept = open_run(s["runs"]["deepfm"]).metrics()["fields"]
+    doc = json.loads((out / "feature_schema.json").read_text())
+    for key in ("schema_version", "model_file", "model_sha256", "label", "output", "inputs", "dropped_fields"):
+        assert key in doc
+    assert doc["output"]["name"] == "probability" and doc["label"] == "label"
+    assert [i["name"] for i in doc["inputs"]] == kept["kept"] and len(kept["kept"]) == 2
+    assert doc["dropped_fields"] == kept["dropped"]
+    assert doc["model_sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
+    for spec in doc["inputs"]:
+        assert spec["oov_id"] == 1 and spec["padding_id"] == 0
+        if spec["kind"] == "numeric":
+            assert spec["dtype"] == "float32" and spec["transform"]["type"] == "bucketize"
+        else:
+            vocab = json.loads((out / spec["vocab_file"]).read_text())
+            assert min(vocab.values()) == 2 and sorted(vocab.values()) == list(range(2, 2 + len(vocab)))
+            assert spec["dtype"] == "int64"
+    # metadata copy: everything but the hash of the file that holds it and the validation report
+    proto = onnx.load(str(out / "model.onnx"))
+    meta = json.loads({p.key: p.value for p in proto.metadata_props}["lightfmp.feature_schema"])
+    assert meta == {k: v for k, v in doc.items() if k not in ("model_sha256", "validation")}
+    # Triton entry
+    cfg = (out / "triton" / "ctr" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 4096" in cfg and "dynamic_batching" in cfg
+    assert cfg.count("name:") == 1 + len(kept["kept"]) + 1
+    for name in kept["dropped"]:
+        assert f'"{name}"' not in cfg
+    assert (out / "triton" / "ctr" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    v = doc["validation"]
+    assert v["max_abs_diff_vs_torch"] <= 1e-5 and v["batch1_vs_batch_max_abs_diff"] <= 1e-5
+    assert v["auc_onnx"] == pytest.approx(open_run(s["runs"]["deepfm"]).metrics()["test"]["auc"], abs=1e-6)
+
+
+# ---- numerical agreement -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backbone", ["deepfm", "mlp", "dcnv2", "widedeep"])
+def test_every_backbone_matches_torch(s, backbone):
+    out = get_export(s, backbone)
+    df = test_rows(s, s["runs"][backbone])
+    _, kept = open_run(s["runs"][backbone]).load_final()
+    got = _sess(out).run(None, ex.feeds_from_frame(df, kept))[0]
+    assert got.dtype == np.float32 and got.shape == (len(df),)
+    assert np.abs(got - torch_probs(s["runs"][backbone], df)).max() <= 1e-5
+
+
+def test_pruned_graph_inputs_are_exactly_the_kept_fields(s):
+    out = get_export(s)
+    m = open_run(s["runs"]["deepfm"]).metrics()
+    assert m["fields"]["dropped"], "the run should have dropped fields"
+    graph = onnx.load(str(out / "model.onnx")).graph
+    assert [i.name for i in graph.input] == m["fields"]["kept"]
+    assert [o.name for o in graph.output] == ["probability"]
+    for i in graph.input:
+        assert i.type.tensor_type.shape.dim[0].dim_param == "batch"
+
+
+def test_no_select_run_exports_all_fields(s):
+    out = get_export(s, "mlp")
+    all_fields = open_run(s["runs"]["mlp"]).schema.names
+    assert [i.name for i in _sess(out).get_inputs()] == all_fields
+    kinds = {i.name: (i.type, i.shape) for i in _sess(out).get_inputs()}
+    assert kinds["price"] == ("tensor(float)", ["batch"])
+    assert kinds["city"] == ("tensor(int64)", ["batch"])
+    assert kinds["tags"][0] == "tensor(int64)" and kinds["tags"][1][0] == "batch"
+
+
+def test_oov_ids_are_clamped_in_graph(s):
+    out = get_export(s, "mlp")
+    doc = json.loads((out / "feature_schema.json").read_text())
+    sess = _sess(out)
+    base = ex.feeds_from_frame(test_rows(s, s["runs"]["mlp"]).head(4), open_run(s["runs"]["mlp"]).schema)
+    for spec in doc["inputs"]:
+        if spec["kind"] == "numeric":
+            continue
+        v = spec["vocab_size"]
+        bad = np.array([v, v + 1000, -1, -(2 ** 40)], dtype=np.int64)
+        oov = np.ones(4, dtype=np.int64)
+        if spec["kind"] == "multi_hot":
+            bad = np.repeat(bad[:, None], spec["shape"][1], 1)
+            oov = np.ones_like(bad)
+        a = sess.run(None, {**base, spec["name"]: bad})[0]
+        b = sess.run(None, {**base, spec["name"]: oov})[0]
+        np.testing.assert_array_equal(a, b)
+
+
+def test_raw_input_mode_equals_id_mode(s):
+    raw, ids = get_export(s, "mlp", inputs="raw"), get_export(s, "mlp")
+    _, kept = open_run(s["runs"]["mlp"]).load_final()
+    df = test_rows(s, s["runs"]["mlp"])
+    df.loc[0, "city"] = "never-seen"
+    df.loc[1, "tags"] = "a|zzz|b"
+    sess = _sess(raw)
+    types = {i.name: i.type for i in sess.get_inputs()}
+    assert types["city"] == "tensor(string)" and types["tags"] == "tensor(string)" and types["price"] == "tensor(float)"
+    a = sess.run(None, ex.feeds_from_frame(df, kept, raw=True))[0]
+    b = _sess(ids).run(None, ex.feeds_from_frame(df, kept))[0]
+    assert np.abs(a - b).max() <= 1e-6
+    doc = json.loads((raw / "feature_schema.json").read_text())
+    assert doc["input_mode"] == "raw" and "string" in (d["dtype"] for d in doc["inputs"])
+    assert "TYPE_STRING" in next((raw / "triton").glob("*/config.pbtxt")).read_text()
+
+
+def test_fp16_tables_close(s):
+    fp16, fp32 = get_export(s, "mlp", dtype="fp16"), get_export(s, "mlp")
+    proto = onnx.load(str(fp16 / "model.onnx"))
+    dtypes = {t.name: t.data_type for t in proto.graph.initializer}
+    assert dtypes["model.embedding.weight"] == onnx.TensorProto.FLOAT16
+    assert (fp16 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
+    _, kept = open_run(s["runs"]["mlp"]).load_final()
+    feeds = ex.feeds_from_frame(test_rows(s, s["runs"]["mlp"]), kept)
+    a, b = _sess(fp16).run(None, feeds)[0], _sess(fp32).run(None, feeds)[0]
+    assert np.abs(a - b).max() < 1e-3
+    v = json.loads((fp16 / "feature_schema.json").read_text())["validation"]
+    assert abs(v["fp16"]["auc_change"]) < 0.01 and v["max_abs_diff_vs_torch"] <= 1e-5
+
+
+def test_external_data_over_threshold(s, monkeypatch):
+    monkeypatch.setattr(ex, "EXTERNAL_DATA_THRESHOLD", 0)
+    out = s["root"] / "ext"
+    doc = ex.export_run(s["runs"]["mlp"], out)
+    assert (out / "model.onnx.data").exists() and doc["external_data"]["file"] == "model.onnx.data"
+    tri = next((out / "triton").glob("*/1"))
+    assert (tri / "model.onnx.data").exists()
+    assert _sess(out).get_inputs()[0].name == "city"
+
+
+# ---- refusals ------------------------------------------------------------------------------------------------------
+def test_export_of_unfinished_run_is_refused(s):
+    out = s["root"] / "never"
+    res = runner.invoke(app, ["export", str(s["pre"]), "--out", str(out)])
+    assert res.exit_code == 2
+    assert "error:" in res.stderr and "pretrained" in res.stderr and "Traceback" not in res.output
+    assert not out.exists()
+
+
+def test_existing_dir_without_force_is_left_alone(s):
+    out = s["root"] / "taken"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out)])
+    assert res.exit_code == 2 and "--force" in res.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out), "--force", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("args,msg", [(["--opset", "9"], "--opset 9"), (["--dtype", "int8"], "--dtype"),
+                                      (["--inputs", "bytes"], "--inputs")])
+def test_bad_options(s, args, msg):
+    res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(s["root"] / "bad"), *args])
+    assert res.exit_code == 2 and msg in res.stderr
+
+
+def test_not_a_run(tmp_path):
+    with pytest.raises(LightFMPError, match="not a lightfmp run"):
+        ex.export_run(tmp_path, tmp_path.parent / f"{tmp_path.name}_out")

@@ -1,0 +1,84 @@
+"""`lightfmp profile`: tables, --compare, --json / --plot / --trace, and refusals."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from lightfmp import profiling
+from lightfmp.cli.app import app
+from lightfmp.errors import LightFMPError
+from test_export import get_export, runner, shared
+
+FAST = ["--batch-sizes", "1,16", "--max-seconds", "0.05", "--max-runs", "20"]
+
+
+@pytest.fixture(scope="module")
+def s(tmp_path_factory):
+    return shared(tmp_path_factory)
+
+
+def test_profile_compare_json_plot_trace(s, tmp_path):
+    pruned, full = get_export(s, "deepfm"), get_export(s, "mlp")
+    j, png, trace = tmp_path / "r.json", tmp_path / "lat.png", tmp_path / "trace.json"
+    res = runner.invoke(app, ["profile", str(pruned), "--compare", str(full), *FAST, "--json", str(j),
+                              "--plot", str(png), "--trace", str(trace)])
+    assert res.exit_code == 0, res.output
+    assert "p50" in res.stdout and "eager" in res.stdout
+    d = json.loads(j.read_text())
+    rows = d["results"]
+    assert [(r["model"], r["batch_size"]) for r in rows] == [(str(pruned), 1), (str(pruned), 16),
+                                                            (str(full), 1), (str(full), 16)]
+    for r in rows:
+        assert {"model", "batch_size", "p50_ms", "p95_ms", "p99_ms", "rows_per_s"} <= set(r)
+        assert 0 < r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"] and r["rows_per_s"] > 0
+        assert r["model_bytes"] > 0 and r["request_bytes"] > 0
+    # the pruned model reads fewer fields: smaller requests
+    assert rows[0]["request_bytes"] < rows[2]["request_bytes"]
+    assert len(d["eager"]) == 4 and d["eager"][0]["engine"] == "torch-eager"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = json.loads(trace.read_text())
+    assert isinstance(events, list) and events
+
+
+def test_profile_raw_export_and_no_eager(s, tmp_path):
+    j = tmp_path / "r.json"
+    res = runner.invoke(app, ["profile", str(get_export(s, "mlp", inputs="raw") / "model.onnx"), *FAST,
+                              "--json", str(j), "--quiet"])
+    assert res.exit_code == 0, res.output
+    d = json.loads(j.read_text())
+    assert len(d["results"]) == 2 and d["eager"] == [] and "raw" in d["models"][0]["eager_note"]
+
+
+def test_profile_of_non_onnx_file(tmp_path):
+    bad = tmp_path / "model.onnx"
+    bad.write_text("this is not a protobuf\n")
+    res = runner.invoke(app, ["profile", str(bad)])
+    assert res.exit_code == 2 and "not an ONNX model" in res.stderr and "Traceback" not in res.output
+    res = runner.invoke(app, ["profile", str(tmp_path)])
+    assert res.exit_code == 2 and "not a lightfmp export" in res.stderr
+    res = runner.invoke(app, ["profile", str(tmp_path / "nope.onnx")])
+    assert res.exit_code == 2 and "not found" in res.stderr
+
+
+def test_profile_bad_batch_sizes():
+    with pytest.raises(LightFMPError, match="--batch-sizes"):
+        profiling.parse_batch_sizes("1,x")
+    with pytest.raises(LightFMPError, match=">= 1"):
+        profiling.parse_batch_sizes("0")
+
+
+def test_profile_plain_onnx_without_lightfmp_metadata(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    k = helper.make_tensor_value_info("k", TensorProto.INT64, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    nodes = [helper.make_node("Cast", ["k"], ["kf"], to=TensorProto.FLOAT), helper.make_node("Add", ["x", "kf"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x, k], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "plain.onnx")
+    res = profiling.profile([tmp_path / "plain.onnx"], [1, 4], budget=profiling.Budget(max_seconds=0.01, max_runs=5))
+    assert [r["batch_size"] for r in res[0].rows] == [1, 4] and not res[0].eager
+
+
+def test_request_bytes_counts_text():
+    assert profiling.request_bytes({"a": np.zeros(4, np.int64), "b": np.array(["ab", "c"], dtype=object)}) == 35

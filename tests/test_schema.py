@@ -1,0 +1,88 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lightfmp.data import SchemaSpec, infer_schema
+from lightfmp.errors import LightFMPError
+from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field
+
+
+def fitted_schema(min_count=1):
+    df = pd.DataFrame({"c": ["x", "y", "x", "z", "x"], "n": [1.0, 2.0, 3.0, np.nan, 5.0],
+                       "m": ["a|b", "b", "", "a|b|c", None], "label": [0, 1, 0, 1, 1]})
+    s = FeatureSchema("label", [Field("c", "categorical"), Field("n", "numeric"),
+                                Field("m", "multi_hot", separator="|")], min_count=min_count, num_buckets=4)
+    return s.fit(df), df
+
+
+def test_vocab_ids_reserved_and_ordered_by_frequency():
+    s, df = fitted_schema()
+    c = s.field("c")
+    assert c.vocab[0] == "x"  # most frequent first
+    assert c.token_ids()["x"] == FIRST_ID
+    ids = s.encode(pd.DataFrame({"c": ["x", "never-seen", None], "n": [1.0, 2.0, 3.0], "m": ["a", "b", "q"]}))
+    assert ids[0, 0] == FIRST_ID and ids[1, 0] == OOV_ID and ids[2, 0] == OOV_ID
+
+
+def test_min_count_sends_rare_values_to_oov():
+    s, df = fitted_schema(min_count=2)
+    assert s.field("c").vocab == ["x"]
+    ids = s.encode(df)
+    assert list(ids[:, 0]) == [FIRST_ID, OOV_ID, FIRST_ID, OOV_ID, FIRST_ID]
+
+
+def test_numeric_buckets_and_missing():
+    s, df = fitted_schema()
+    f = s.field("n")
+    ids = s.encode(df)[:, 1]
+    assert ids[3] == OOV_ID  # NaN
+    expected = np.searchsorted(np.array(f.boundaries), [1.0, 2.0, 3.0, 5.0], side="right") + FIRST_ID
+    assert list(ids[[0, 1, 2, 4]]) == list(expected)
+    assert ids[4] == f.vocab_size - 1  # the largest value lands in the last bucket
+
+
+def test_multi_hot_padding_and_truncation():
+    s, df = fitted_schema()
+    m = s.field("m")
+    assert m.max_len == 3 and m.slots == 3
+    ids = s.encode(df)[:, 2:5]
+    tok = m.token_ids()
+    assert list(ids[0]) == [tok["a"], tok["b"], PAD_ID]
+    assert list(ids[2]) == [PAD_ID] * 3 and list(ids[4]) == [PAD_ID] * 3
+    assert list(ids[3]) == [tok["a"], tok["b"], tok["c"]]
+
+
+def test_json_round_trip(tmp_path):
+    s, df = fitted_schema()
+    s.save(tmp_path / "schema.json")
+    back = FeatureSchema.load(tmp_path / "schema.json")
+    assert back.to_dict() == s.to_dict()
+    assert np.array_equal(back.encode(df), s.encode(df))
+
+
+def test_newer_schema_version_rejected(tmp_path):
+    s, _ = fitted_schema()
+    d = s.to_dict()
+    d["schema_version"] = 99
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    with pytest.raises(LightFMPError, match="newer"):
+        FeatureSchema.load(tmp_path / "s.json")
+
+
+def test_inference_rules():
+    n = 3000
+    df = pd.DataFrame({"s": ["u"] * n, "small_int": [str(i % 7) for i in range(n)],
+                       "big_int": [str(i * 13) for i in range(n)], "f": [str(i / 3) for i in range(n)],
+                       "label": ["0", "1"] * (n // 2)})
+    schema, inferred = infer_schema(df, SchemaSpec("label", [], [], {}, []), "t.csv")
+    kinds = {f.name: f.kind for f in schema.fields}
+    assert kinds == {"s": "categorical", "small_int": "categorical", "big_int": "numeric", "f": "numeric"}
+    assert set(inferred) == {"s", "small_int", "big_int", "f"}
+
+
+def test_all_nan_column_rejected():
+    df = pd.DataFrame({"a": ["1", "2"], "empty": [None, None], "label": ["0", "1"]})
+    with pytest.raises(LightFMPError, match="'empty' is entirely empty"):
+        infer_schema(df, SchemaSpec("label", [], [], {}, []), "t.csv")
