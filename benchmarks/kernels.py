@@ -125,7 +125,10 @@ def _runners(fn, params, grad_out):
 
 
 def time_cpu(methods, case, reps, warmup):
-    """Interleaved medians in ms: {(method, mode): ms}."""
+    """Interleaved medians in ms: {(method, mode): (wall ms, process CPU ms)}.
+
+    Process CPU time is reported too because a shared machine inflates wall time unevenly.
+    """
     results = {}
     for mode in MODES:
         runs = {}
@@ -140,13 +143,13 @@ def time_cpu(methods, case, reps, warmup):
             if i % 2:
                 order.reverse()
             for name in order:
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 runs[name]()
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if i >= warmup:
-                    samples[name].append(dt * 1e3)
+                    samples[name].append((dt * 1e3, dc * 1e3))
         for name, s in samples.items():
-            results[(name, mode)] = statistics.median(s)
+            results[(name, mode)] = (statistics.median(x[0] for x in s), statistics.median(x[1] for x in s))
     return results
 
 
@@ -236,7 +239,10 @@ def main(argv=None):
             N = B * F_FIELDS
             fwd_bytes = 2 * N * DIM * elem + N * case.ids.element_size()
             for (m, mode), ms in res.items():
-                row = {"B": B, "dist": dist, "method": m, "mode": mode, "ms": ms}
+                row = {"B": B, "dist": dist, "method": m, "mode": mode}
+                if isinstance(ms, tuple):
+                    ms, row["cpu_ms"] = ms
+                row["ms"] = ms
                 if copy_gbs:
                     nbytes = fwd_bytes * {"fwd": 1, "bwd": 2, "fwdbwd": 3}[mode]
                     row["GBps"] = nbytes / ms / 1e6
@@ -260,9 +266,9 @@ def print_block(rows, B, dist, device):
     sel = [r for r in rows if r["B"] == B and r["dist"] == dist]
     methods = list(dict.fromkeys(r["method"] for r in sel))
     get = {(r["method"], r["mode"]): r for r in sel}
-    head = f"B={B} {dist}: ms (median)" + (" / % of copy bandwidth" if device == "cuda" else "")
+    head = f"B={B} {dist}: ms (median)" + (" / % of copy bandwidth" if device == "cuda" else " wall")
     print(f"\n{head}")
-    print(f"{'mode':8}" + "".join(f"{m:>20}" for m in methods) + f"{'loop/fused':>12}")
+    print(f"{'mode':8}" + "".join(f"{m:>20}" for m in methods) + f"{'loop/fused':>24}")
     for mode in MODES:
         cells = []
         for m in methods:
@@ -270,8 +276,11 @@ def print_block(rows, B, dist, device):
             cells.append(f"{r['ms']:9.3f}" + (f" /{r['pct_copy']:5.1f}%" if "pct_copy" in r else ""))
         ratio = ""
         if ("loop", mode) in get and ("fused", mode) in get:
-            ratio = f"{get[('loop', mode)]['ms'] / get[('fused', mode)]['ms']:.2f}x"
-        print(f"{mode:8}" + "".join(f"{c:>20}" for c in cells) + f"{ratio:>12}")
+            lo, fu = get[("loop", mode)], get[("fused", mode)]
+            ratio = f"{lo['ms'] / fu['ms']:.2f}x"
+            if "cpu_ms" in fu:
+                ratio += f" ({lo['cpu_ms'] / fu['cpu_ms']:.2f}x cpu)"
+        print(f"{mode:8}" + "".join(f"{c:>20}" for c in cells) + f"{ratio:>24}")
 
 
 if __name__ == "__main__":

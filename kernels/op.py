@@ -85,10 +85,17 @@ def _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad):
         local = torch.where((local >= 0) & (local < vocab_sizes.long().unsqueeze(0)), local,
                             torch.full_like(local, OOV_ID))
     rows = local + field_offsets.long().unsqueeze(0)
-    out = F_.embedding(rows, weight, sparse=sparse_grad)  # one gather over all fields
+    if sparse_grad:
+        out = F_.embedding(rows, weight, sparse=True)
+    else:
+        # One gather over all fields.  index_select, not F.embedding: its backward (index_add_)
+        # measured 2-4x cheaper than embedding_dense_backward on CPU, not counting the zero fill.
+        out = weight.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], weight.shape[1])
     g = gates.to(out.dtype)
     if g.dim() == 1:
-        g = g.unsqueeze(0)
+        # Expand to [B, F] first: the gate gradient is then a sum over D followed by a sum over B,
+        # much cheaper on CPU than autograd's strided reduction over dims (0, 2) of [1, F, 1].
+        g = g.unsqueeze(0).expand(rows.shape[0], -1)
     return out * g.unsqueeze(-1)
 
 
@@ -123,7 +130,7 @@ def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torc
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not _tracing():  # shape checks would only add trace warnings; the trace is shape-specialised anyway
+    if not _tracing():  # under tracing the shape checks would only add TracerWarnings
         _validate(ids, weight, field_offsets, gates, vocab_sizes)
     device = weight.device
     field_offsets = field_offsets.to(device)

@@ -184,6 +184,13 @@ def test_triton_backward_is_deterministic_and_chunking_is_exact(device, chunk, m
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("backend,device", [("torch", "cpu")])  # CUDA index_add_ uses atomics
+def test_torch_backward_is_deterministic(backend, device):
+    p = make_problem(64, 4, 16, seed=13, vocab=[5, 9, 40, 3])
+    grads = [run_op(p, backend, device, torch.float32) for _ in range(2)]
+    assert torch.equal(grads[0][1], grads[1][1]) and torch.equal(grads[0][2], grads[1][2])
+
+
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 def test_triton_atomic_variant_matches(device):
     p = make_problem(32, 4, 10, seed=8)

@@ -1,0 +1,123 @@
+"""Training throughput of lightfmp's DeepFM (no gates) against DeepCTR-Torch's DeepFM on the same encoded data.
+
+Both get the same encoded ids (lightfmp's schema), embedding size, MLP, batch size, epochs, Adam lr 1e-3, no
+regularisation, no dropout and the same CPU threads; the timed span is the training call alone (no validation).
+Reports samples/s and test AUC of each and their ratio. If deepctr-torch is missing or fails with this torch, the
+peer is reported as unavailable with the reason and lightfmp runs alone.
+
+    python benchmarks/peer_deepctr.py --data /tmp/bsyn/data.parquet --label label --epochs 1 --threads 2
+
+Install the peer without letting pip touch torch:  pip install --no-deps deepctr-torch tqdm requests
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from lightfmp.config import RunConfig
+from lightfmp.metrics import roc_auc
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.pipeline import prepare_data
+from lightfmp.progress import Reporter
+from lightfmp.training import TrainConfig, fit, predict
+
+
+def run_lightfmp(data, args) -> dict:
+    torch.manual_seed(args.seed)
+    cfg = ModelConfig(embed_dim=args.embed_dim, hidden=args.hidden_sizes)
+    model = build_model("deepfm", data.schema, cfg)
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, restore_best=False, seed=args.seed)
+    x, y = data.ids["train"], data.labels["train"]
+    t0 = time.perf_counter()
+    fit(model, x, y, None, tc, Reporter(quiet=True))
+    sec = time.perf_counter() - t0
+    p = predict(model, data.ids["test"])
+    return {"name": "lightfmp DeepFM", "seconds": sec, "samples_per_s": len(y) * args.epochs / sec,
+            "test_auc": roc_auc(data.labels["test"], p), "params": model.num_params()}
+
+
+def run_deepctr(data, args) -> dict:
+    try:
+        import deepctr_torch
+        from deepctr_torch.inputs import SparseFeat
+        from deepctr_torch.models import DeepFM
+    except Exception as e:  # ImportError, or an incompatibility raised at import time
+        return {"name": "DeepCTR-Torch DeepFM", "unavailable": f"{type(e).__name__}: {e}"}
+    try:
+        fields = [f for f in data.schema.fields if f.slots == 1]   # multi-hot fields would need VarLenSparseFeat
+        cols = data.schema.field_slot_ranges()
+        feats = [SparseFeat(f.name, vocabulary_size=f.vocab_size, embedding_dim=args.embed_dim) for f in fields]
+        torch.manual_seed(args.seed)
+        model = DeepFM(feats, feats, dnn_hidden_units=tuple(args.hidden_sizes), l2_reg_linear=0.0,
+                       l2_reg_embedding=0.0, l2_reg_dnn=0.0, dnn_dropout=0.0, task="binary", device="cpu",
+                       seed=args.seed)
+        model.compile(torch.optim.Adam(model.parameters(), lr=1e-3), "binary_crossentropy", metrics=[])
+
+        def inputs(split):
+            return {f.name: data.ids[split][:, cols[f.name][0]].astype(np.int64) for f in fields}
+
+        y = data.labels["train"].astype(np.float32)
+        xt = inputs("train")
+        t0 = time.perf_counter()
+        model.fit(xt, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True)
+        sec = time.perf_counter() - t0
+        p = model.predict(inputs("test"), batch_size=8192).ravel()
+        return {"name": f"DeepCTR-Torch {deepctr_torch.__version__} DeepFM", "seconds": sec,
+                "samples_per_s": len(y) * args.epochs / sec, "test_auc": roc_auc(data.labels["test"], p),
+                "params": sum(p.numel() for p in model.parameters()),
+                "skipped_fields": [f.name for f in data.schema.fields if f.slots != 1]}
+    except Exception as e:
+        return {"name": "DeepCTR-Torch DeepFM", "unavailable": f"{type(e).__name__}: {e}"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--label", required=True)
+    ap.add_argument("--categorical")
+    ap.add_argument("--numeric")
+    ap.add_argument("--embed-dim", type=int, default=16)
+    ap.add_argument("--hidden", default="256,128")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    args.hidden_sizes = [int(v) for v in args.hidden.split(",") if v.strip()]
+    torch.set_num_threads(args.threads)
+    data = prepare_data(RunConfig(data=args.data, label=args.label, categorical=args.categorical,
+                                  numeric=args.numeric, seed=args.seed))
+    if any(f.slots != 1 for f in data.schema.fields):
+        print("note: multi-hot fields are left out of the DeepCTR model (single-slot fields only)", file=sys.stderr)
+    ours = run_lightfmp(data, args)
+    peer = run_deepctr(data, args)
+    doc = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                      f"{args.threads} thread(s)",
+           "rows": {k: int(len(v)) for k, v in data.labels.items()}, "embed_dim": args.embed_dim,
+           "hidden": args.hidden_sizes, "batch_size": args.batch_size, "epochs": args.epochs,
+           "lightfmp": ours, "deepctr": peer}
+    if "unavailable" not in peer:
+        doc["throughput_ratio_lightfmp_over_deepctr"] = ours["samples_per_s"] / peer["samples_per_s"]
+    for r in (ours, peer):
+        if "unavailable" in r:
+            print(f"{r['name']:<34} unavailable: {r['unavailable']}")
+        else:
+            print(f"{r['name']:<34} {r['samples_per_s']:>10,.0f} samples/s  test AUC {r['test_auc']:.4f}  "
+                  f"({r['seconds']:.1f}s, {r['params']:,} params)")
+    if "throughput_ratio_lightfmp_over_deepctr" in doc:
+        print(f"throughput ratio lightfmp / deepctr: {doc['throughput_ratio_lightfmp_over_deepctr']:.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(doc, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

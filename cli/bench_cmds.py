@@ -1,0 +1,79 @@
+"""`lightfmp bench` (registered on the main app by cli/app.py: `from .bench_cmds import register; register(app)`)."""
+from __future__ import annotations
+
+import inspect
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .options import config_flags, config_parameters, with_parameters
+
+
+def _param(name, annotation, option):
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=option)
+
+
+def register(app) -> None:
+    # imported here: cli/app.py is still initialising when it calls register()
+    from .app import err, friendly, out
+
+    extra = [
+        _param("k", Optional[int], typer.Option(None, "--k", help="Fields each method keeps.")),
+        _param("seeds", str, typer.Option("0", "--seeds", help="Comma-separated seeds (split, init, subset).")),
+        _param("methods", str, typer.Option("all", "--methods", help="Comma-separated methods (default all): "
+               "full, random, lightfmp, lightfmp-fulldata, autofield, lpfs, sfs, shark, permutation, gbdt, lasso.")),
+        _param("json_file", Optional[Path], typer.Option(None, "--json", help="Write the results as JSON.")),
+        _param("plot", Optional[Path], typer.Option(None, "--plot", help="PNG of AUC vs K (1..all fields) for "
+               "the gate methods, one retraining per K.")),
+        _param("ablate_subset", Optional[str], typer.Option(None, "--ablate-subset", help="Instead of the "
+               "methods: Light-FMP per phase-1 subset fraction, e.g. 0.01,0.05,0.1,0.25,1.0.")),
+        _param("quick", bool, typer.Option(False, "--quick", help="Smoke run: at most 20,000 rows, 1 epoch, 3 "
+               "search epochs.")),
+        _param("config", Optional[Path], typer.Option(None, "--config", help="YAML file whose keys mirror the "
+               "flags; flags win.")),
+        _param("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress or table.")),
+    ]
+
+    def bench_cmd(**kwargs):
+        """Compare field-selection methods on identical splits, backbone and retraining budget: each keeps K
+        fields, the backbone is retrained on them and scored on the test split (mean ± std over seeds)."""
+        from lightfmp.bench import ablate_subset, parse_fractions, parse_methods, parse_seeds, quick_config, run_bench
+        from lightfmp.bench.report import ablation_table, plot_curves, results_table, write_json
+        from lightfmp.config import resolve
+        from lightfmp.errors import LightFMPError
+        from lightfmp.progress import Reporter
+
+        methods = parse_methods(kwargs["methods"])
+        seeds = parse_seeds(kwargs["seeds"])
+        fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] else None
+        k = kwargs["k"]
+        if k is None:
+            raise LightFMPError("missing --k K (the number of fields each method keeps)")
+        if k < 1:
+            raise LightFMPError(f"--k {k}: must be between 1 and the number of fields")
+        cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+        quiet = kwargs["quiet"]
+        reporter = Reporter(quiet)
+        with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
+            if kwargs["quick"]:
+                cfg = quick_config(cfg, tmp)
+            if fractions is not None:
+                doc = ablate_subset(cfg, k, seeds, fractions, reporter)
+            else:
+                doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=kwargs["plot"] is not None,
+                                reporter=reporter)
+        if kwargs["json_file"]:
+            write_json(doc, kwargs["json_file"])
+        if kwargs["plot"] and "curves" in doc:
+            plot_curves(doc, kwargs["plot"])
+        if not quiet:
+            out.print(ablation_table(doc) if fractions is not None else results_table(doc))
+            if kwargs["plot"] and "curves" in doc:
+                out.print(f"chart: {kwargs['plot']}")
+        if fractions is not None and kwargs["plot"]:
+            err.print("[yellow]note:[/] --plot is ignored with --ablate-subset", highlight=False)
+
+    params = config_parameters(("data", "model", "train")) + extra
+    app.command("bench")(friendly(with_parameters(bench_cmd, params)))

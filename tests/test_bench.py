@@ -1,0 +1,152 @@
+"""`lightfmp bench` on tiny planted data: every method, the JSON contract, the planted field ranked first, bad input."""
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from lightfmp.bench import METHODS, run_bench
+from lightfmp.bench.selectors import SELECTORS, Context
+from lightfmp.cli.bench_cmds import register
+from lightfmp.config import RunConfig
+from lightfmp.pipeline import prepare_data
+
+pytest.importorskip("sklearn")
+
+runner = CliRunner()
+FIELDS = [f"f{i}" for i in range(6)]
+SIGNAL = "f3"
+SMALL = ["--embed-dim", "4", "--hidden", "16", "--epochs", "1", "--pretrain-epochs", "3", "--batch-size", "128",
+         "--subset", "0.5", "--device", "cpu", "--quiet"]
+
+
+def _app():
+    app = typer.Typer(pretty_exceptions_enable=False)
+
+    @app.callback()
+    def _root():  # a callback keeps `bench` a subcommand, as on the real app
+        pass
+
+    register(app)
+    return app
+
+
+def cli(*args):
+    return runner.invoke(_app(), [str(a) for a in args])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on shared CPUs
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """2000 rows, 6 categorical fields of 10 values; the label is (almost) a function of f3 alone."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    df = pd.DataFrame({f: [f"v{v}" for v in rng.integers(0, 10, n)] for f in FIELDS})
+    sig = df[SIGNAL].str[1:].astype(int).to_numpy()
+    df["label"] = (rng.random(n) < np.where(sig < 5, 0.9, 0.1)).astype(int)
+    p = tmp_path_factory.mktemp("bench") / "planted.csv"
+    df.to_csv(p, index=False)
+    return p
+
+
+@pytest.fixture(scope="module")
+def cfg(planted):
+    return RunConfig(data=str(planted), label="label", categorical=",".join(FIELDS), embed_dim=4, hidden="16",
+                     epochs=1, pretrain_epochs=3, batch_size=128, subset=0.5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bench_doc(cfg):
+    return run_bench(cfg, 2, [0], list(METHODS), quick=True)
+
+
+def test_every_method_keeps_k_distinct_valid_fields(bench_doc):
+    assert [r["method"] for r in bench_doc["results"]] == list(METHODS)
+    for r in bench_doc["results"]:
+        want = len(FIELDS) if r["method"] == "full" else 2
+        assert len(r["kept"]) == len(set(r["kept"])) == want, r
+        assert set(r["kept"]) <= set(FIELDS)
+        assert 0.0 <= r["auc"] <= 1.0 and np.isfinite(r["logloss"])
+        assert r["selection_seconds"] >= 0 and r["total_seconds"] >= r["selection_seconds"]
+        assert r["params"] > 0
+        if r["method"] != "full":
+            assert sorted(r["ranking"]) == sorted(FIELDS)
+
+
+def test_planted_field_ranked_first_by_every_method_but_random(bench_doc):
+    for r in bench_doc["results"]:
+        if r["method"] in ("full", "random"):
+            continue
+        assert r["ranking"][0] == SIGNAL, (r["method"], r["ranking"])
+        assert SIGNAL in r["kept"]
+
+
+def test_planted_field_first_on_another_seed_and_backbone(cfg):
+    c = replace(cfg, seed=1, backbone="mlp")
+    ctx = Context(c, prepare_data(c), quick=True)
+    for name, select in SELECTORS.items():
+        if name in ("random", "lightfmp-fulldata"):  # fulldata: same code path as lightfmp
+            continue
+        assert select(ctx, 2).ranking[0] == SIGNAL, name
+
+
+def test_cli_json_plot_and_table(planted, tmp_path):
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    r = cli("bench", "--data", planted, "--label", "label", "--categorical", ",".join(FIELDS), "--k", "2",
+            "--methods", "lpfs,full,random", "--json", js, "--plot", png, "--quick", "--seeds", "0,1",
+            *[a for a in SMALL if a != "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "test AUC" in r.output and "lpfs" in r.output
+    doc = json.loads(js.read_text())
+    assert [x["method"] for x in doc["results"]] == ["full", "random", "lpfs"]  # canonical order
+    for x in doc["results"]:
+        for key in ("method", "kept", "auc", "logloss", "selection_seconds", "total_seconds", "params", "auc_std"):
+            assert key in x
+        assert x["seeds"] == [0, 1] and len(x["auc_per_seed"]) == 2
+    curve = doc["curves"]["lpfs"]
+    assert curve["k"] == list(range(1, len(FIELDS) + 1)) and len(curve["auc"]) == len(FIELDS)
+    assert 0 < curve["area"] <= 1
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_ablate_subset(planted, tmp_path):
+    js = tmp_path / "a.json"
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0.25,1.0",
+            "--json", js, *SMALL)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(js.read_text())["ablation"]
+    assert [x["subset"] for x in rows] == [0.25, 1.0]
+    assert all(len(x["kept"]) == 2 and x["selection_seconds"] > 0 for x in rows)
+
+
+@pytest.mark.parametrize("k", ["0", "7"])
+def test_bad_k_is_a_one_line_error(planted, k):
+    r = cli("bench", "--data", planted, "--label", "label", "--k", k, "--methods", "random", *SMALL)
+    assert r.exit_code != 0
+    assert "--k" in r.output and "number of fields" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_unknown_method_lists_valid_ones(planted):
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "lightfmp,boruta", *SMALL)
+    assert r.exit_code != 0
+    assert "boruta" in r.output and all(m in r.output for m in METHODS)
+    assert "Traceback" not in r.output
+
+
+def test_bad_seeds_and_fractions(planted):
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--seeds", "a,b", *SMALL)
+    assert r.exit_code != 0 and "--seeds" in r.output
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0,2", *SMALL)
+    assert r.exit_code != 0 and "--ablate-subset" in r.output
