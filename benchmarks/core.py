@@ -52,7 +52,8 @@ def main() -> None:
             rec = {"seed": seed, "method": "lightfmp" if select else "no-select", "test_auc": m["test"]["auc"],
                    "test_logloss": m["test"]["logloss"], "kept": len(m["fields"]["kept"]),
                    "fields": len(m["fields"]["all"]), "params_after": m["params"]["after"],
-                   "seconds_total": m["seconds_total"], "wall": time.perf_counter() - t0}
+                   "seconds_total": m["seconds_total"], "wall": time.perf_counter() - t0,
+                   "continue_epochs": m["phases"]["continue"].get("epochs")}
             if truth is not None:
                 rec.update(score(m, truth))
             rows.append(rec)

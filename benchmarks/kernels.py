@@ -250,16 +250,22 @@ def main(argv=None):
                 rows_out.append(row)
             del case, methods
             print_block(rows_out, B, dist, args.device)
+            if args.json:  # after every block, so a run cut short by a timeout still leaves data
+                write_json(args, vocab, copy_gbs, info, rows_out)
     if hasattr(os, "getloadavg"):
         info["loadavg_at_end"] = os.getloadavg()
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as fh:
-            json.dump({"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                       "device": args.device, "dtype": args.dtype, "F": F_FIELDS, "D": DIM,
-                       "vocab": vocab.tolist(), "copy_GBps": copy_gbs, "machine": info,
-                       "results": rows_out}, fh, indent=1)
+        write_json(args, vocab, copy_gbs, info, rows_out)
         print(f"wrote {args.json}")
+
+
+def write_json(args, vocab, copy_gbs, info, rows_out):
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w") as fh:
+        json.dump({"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+                   "device": args.device, "dtype": args.dtype, "F": F_FIELDS, "D": DIM,
+                   "vocab": vocab.tolist(), "copy_GBps": copy_gbs, "machine": info,
+                   "results": rows_out}, fh, indent=1)
 
 
 def print_block(rows, B, dist, device):

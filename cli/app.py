@@ -198,6 +198,9 @@ def fetch_cmd(name: str = typer.Argument(..., help="Dataset name: movielens-100k
 from .serving_cmds import register as _register_serving  # noqa: E402
 
 _register_serving(app)
+from .bench_cmds import register as _register_bench  # noqa: E402
+
+_register_bench(app)
 
 
 def main() -> None:

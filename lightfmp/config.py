@@ -49,7 +49,9 @@ class RunConfig:
     target_k: int | None = opt(None, "Target-k mode: penalise |E[L0] - k| instead of E[L0]; prune keeps k.")
     subset: float = opt(0.1, "Fraction of training rows for phase 1 (gated pretraining).")
     pretrain_epochs: int = opt(5, "Epochs over the subset in phase 1.")
-    epochs: int = opt(2, "Epochs of full training for --no-select; the default for --continue-epochs.")
+    epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.")
+    patience: int = opt(1, "Stop full / continued training after this many epochs without a better validation "
+                           "AUC (the best epoch is kept); 0 disables early stopping.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
     device: str = opt("auto", "cpu, cuda or auto.")
     # pruning and continued training -----------------------------------------------------------------------------

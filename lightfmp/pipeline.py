@@ -85,7 +85,8 @@ def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
 
 
 def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int = 0) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr,
+    # early stopping belongs to the model-selecting phases (full / continued training), not to gate pretraining
+    return TrainConfig(epochs=epochs, patience=(cfg.patience or None) if restore_best else None, batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr,
                        l0_lambda=cfg.l0_lambda, l0_warmup=cfg.l0_warmup, gate_holdout=cfg.gate_holdout,
                        target_k=cfg.target_k, restore_best=restore_best,
                        seed=cfg.seed + seed_offset)
@@ -130,7 +131,7 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
                    "gates": {n: 1.0 for n in names},
                    "params": {"before": model.num_params(), "after": model.num_params()},
                    "phases": {"pretrain": _phase(), "prune": _phase(),
-                              "continue": _phase(len(data.labels["train"]), seconds)}}
+                              "continue": _phase(len(data.labels["train"]), seconds, epochs=len(hist["epochs"]))}}
         metrics.update(_final_eval(model, data, device))
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
@@ -242,7 +243,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     metrics["phases"] = {"pretrain": pre,
                          "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
-                                            epochs=continue_epochs)}
+                                            epochs=len(hist["epochs"]))}
     metrics.update(_final_eval(model, data, device, kept_schema))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall

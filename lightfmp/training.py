@@ -26,6 +26,7 @@ class TrainConfig:
     l0_warmup: float = 0.3         # fraction of steps over which lambda ramps up from 0
     gate_holdout: float = 0.2      # share of the rows whose batches only update the gates
     restore_best: bool = True      # keep the epoch with the best validation AUC
+    patience: int | None = None    # stop after this many epochs without a better validation AUC
     seed: int = 0
 
 
@@ -76,7 +77,7 @@ def fit(model: CTRModel, ids: np.ndarray, y: np.ndarray, valid: tuple[np.ndarray
     hold, rows = rows[:n_hold], rows[n_hold:]
     n = len(rows)
     batches = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
-    history, best_auc, best_state = [], -1.0, None
+    history, best_auc, best_state, best_epoch = [], -1.0, None, 0
     torch.manual_seed(cfg.seed)  # the gate samples draw from the global generator
 
     def batch_loss(idx):
@@ -116,11 +117,15 @@ def fit(model: CTRModel, ids: np.ndarray, y: np.ndarray, valid: tuple[np.ndarray
                 rec["expected_l0"] = float(model.gate.expected_l0().detach())
             if valid is not None and len(valid[1]):
                 rec["valid"] = evaluate(model, valid[0], valid[1], device)
-                if cfg.restore_best and rec["valid"]["auc"] > best_auc:
-                    best_auc, best_state = rec["valid"]["auc"], copy.deepcopy(model.state_dict())
+                if rec["valid"]["auc"] > best_auc:
+                    best_auc, best_epoch = rec["valid"]["auc"], epoch
+                    if cfg.restore_best:
+                        best_state = copy.deepcopy(model.state_dict())
             history.append(rec)
             status(f"loss {rec['train_logloss']:.4f}" + (f" valid auc {rec['valid']['auc']:.4f}" if "valid" in rec else ""))
             next_epoch()
+            if cfg.patience is not None and "valid" in rec and epoch - best_epoch >= cfg.patience:
+                break  # early stopping
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs": history, "rows": int(len(ids)), "best_valid_auc": best_auc if best_state is not None else None}
+    return {"epochs": history, "rows": int(len(ids)), "best_valid_auc": best_auc if best_auc >= 0 else None}

@@ -104,8 +104,10 @@ def test_matches_oracle(backend, device, dtype, per_sample, D, id_dtype):
     check_against_oracle(p, run_op(p, backend, device, dtype), dtype)
 
 
-@pytest.mark.parametrize("backend,device", CASES, ids=CASE_IDS)
-@pytest.mark.parametrize("B,F,D", [(4, 2, 100), (2, 1000, 3)], ids=["D100", "F1000"])
+# The per-field reference loop is too slow for F=1000; the oracle covers it anyway.
+@pytest.mark.parametrize("backend,device,B,F,D",
+                         [(b, d, *shape) for b, d in CASES for shape in [(4, 2, 100), (2, 1000, 3)]
+                          if not (b == "reference" and shape[1] == 1000)])
 def test_wide_rows_and_many_fields(backend, device, B, F, D):
     """D above the kernels' 64/128 column blocks (loops over D) and F=1000 (position -> field math)."""
     p = make_problem(B, F, D, seed=F, zipf=False, per_sample=F > 2)

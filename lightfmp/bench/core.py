@@ -1,0 +1,182 @@
+"""`lightfmp bench`: every selector on identical splits, the same backbone and the same retraining budget."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RunConfig
+from ..errors import LightFMPError
+from ..pipeline import prepare_data, train_fields
+from ..progress import Reporter
+from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model
+
+QUICK_ROWS = 20000
+
+
+def parse_methods(text: str | None) -> list[str]:
+    if not text or text.strip() == "all":
+        return list(METHODS)
+    names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise LightFMPError(f"unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
+    # canonical order, no duplicates
+    return [m for m in METHODS if m in names]
+
+
+def parse_seeds(text: str | None) -> list[int]:
+    try:
+        seeds = [int(s) for s in str(text if text is not None else "0").split(",") if s.strip()]
+    except ValueError:
+        raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") from None
+    if not seeds:
+        raise LightFMPError("--seeds: give at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+def parse_fractions(text: str) -> list[float]:
+    try:
+        fr = [float(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise LightFMPError(f"--ablate-subset {text!r}: expected comma-separated fractions like 0.05,0.1,1.0") from None
+    if not fr or any(not 0 < f <= 1 for f in fr):
+        raise LightFMPError(f"--ablate-subset {text!r}: each fraction must be in (0, 1]")
+    return fr
+
+
+def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
+    """Smoke-run settings: at most QUICK_ROWS rows (a seeded sample, original order kept), 1 epoch of training and
+    3 of gated search. The sample is written once so every method and seed reads the same file."""
+    from ..data import read_table
+    if not cfg.data:
+        raise LightFMPError("no data: pass --data FILE")
+    df = read_table(cfg.data)
+    if len(df) > QUICK_ROWS:
+        keep = np.sort(np.random.default_rng(0).permutation(len(df))[:QUICK_ROWS])
+        df = df.iloc[keep]
+    path = Path(tmp) / "quick.parquet"
+    df.to_parquet(path, index=False)
+    return replace(cfg, data=str(path), epochs=1, pretrain_epochs=min(cfg.pretrain_epochs, 3))
+
+
+def _check_k(k: int, n_fields: int) -> None:
+    if not 1 <= k <= n_fields:
+        raise LightFMPError(f"--k {k}: must be between 1 and the number of fields ({n_fields})")
+
+
+def _one(ctx: Context, method: str, k: int) -> dict:
+    """One method on one seed: select, retrain on the top K (unless the method trained its own), evaluate."""
+    if method == "full":
+        _, res = full_model(ctx)
+        kept, sel, ranking = list(ctx.names), 0.0, None
+    else:
+        s = SELECTORS[method](ctx, k)
+        ranking, sel = s.ranking, s.seconds
+        if s.result is not None:
+            res, kept = s.result, list(s.result["fields"])
+        else:
+            kept = [n for n in ctx.names if n in set(s.ranking[:k])]
+            _, res = train_fields(ctx.cfg, ctx.data, kept)
+    return {"method": method, "kept": kept, "ranking": ranking, "auc": res["test"]["auc"],
+            "logloss": res["test"]["logloss"], "valid_auc": res["valid"]["auc"], "selection_seconds": sel,
+            "total_seconds": sel + res["seconds"], "params": int(res["params"])}
+
+
+def _aggregate(method: str, runs: list[dict], seeds: list[int]) -> dict:
+    a = lambda key: np.array([r[key] for r in runs], dtype=np.float64)  # noqa: E731
+    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
+    return {"method": method, "kept": runs[0]["kept"], "auc": float(a("auc").mean()), "auc_std": sd(a("auc")),
+            "logloss": float(a("logloss").mean()), "logloss_std": sd(a("logloss")),
+            "selection_seconds": float(a("selection_seconds").mean()),
+            "total_seconds": float(a("total_seconds").mean()), "params": int(round(a("params").mean())),
+            "seeds": seeds, "kept_per_seed": [r["kept"] for r in runs], "ranking": runs[0]["ranking"],
+            "auc_per_seed": [float(r["auc"]) for r in runs]}
+
+
+def _trapz(y, x) -> float:
+    y, x = np.asarray(y, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    return float(((y[1:] + y[:-1]) * np.diff(x)).sum() / 2)
+
+
+def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> dict:
+    """AUC vs K (1..F) per gate method, reusing each method's single ranking and retraining per K (as in the
+    ERASE benchmark); `area` is the trapezoid area over K/F in [1/F, 1], divided by its width (a mean AUC)."""
+    cache: dict[frozenset, float] = {}
+    n = len(ctx.names)
+    out = {}
+    for method, ranking in rankings.items():
+        aucs = []
+        for k in range(1, n + 1):
+            key = frozenset(ranking[:k])
+            if key not in cache:
+                _, res = train_fields(ctx.cfg, ctx.data, [f for f in ctx.names if f in key])
+                cache[key] = res["test"]["auc"]
+            aucs.append(cache[key])
+        ks = np.arange(1, n + 1)
+        area = float(_trapz(aucs, ks) / (n - 1)) if n > 1 else float(aucs[0])
+        out[method] = {"k": ks.tolist(), "auc": [float(v) for v in aucs], "area": area}
+        reporter.log(f"curve {method}: area {area:.4f}")
+    return out
+
+
+def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
+              curve: bool = False, reporter: Reporter | None = None) -> dict:
+    """All `methods` on every seed; returns {"results": [...aggregated per method...], "curves": ...}."""
+    reporter = reporter or Reporter(quiet=True)
+    per: dict[str, list[dict]] = {m: [] for m in methods}
+    curve_out = None
+    t_all = time.perf_counter()
+    for seed in seeds:
+        scfg = replace(cfg, seed=seed)
+        data = prepare_data(scfg)
+        _check_k(k, len(data.schema.fields))
+        ctx = Context(scfg, data, quick=quick)
+        for m in methods:
+            reporter.log(f"seed {seed}: {m}")
+            r = _one(ctx, m, k)
+            per[m].append(r)
+            reporter.log(f"  kept {', '.join(r['kept'])}  test AUC {r['auc']:.4f}  "
+                         f"selection {r['selection_seconds']:.1f}s")
+        if curve and curve_out is None:
+            rankings = {m: per[m][-1]["ranking"] for m in methods if m in GATE_METHODS}
+            if not rankings:
+                raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
+            curve_out = curves(ctx, rankings, reporter)
+    results = [_aggregate(m, per[m], seeds) for m in methods]
+    doc = {"k": k, "seeds": seeds, "backbone": cfg.backbone, "quick": quick, "data": str(cfg.data),
+           "epochs": cfg.epochs, "pretrain_epochs": cfg.pretrain_epochs, "subset": cfg.subset,
+           "results": results, "seconds": time.perf_counter() - t_all}
+    if curve_out is not None:
+        doc["curves"] = curve_out
+    return doc
+
+
+def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[float],
+                  reporter: Reporter | None = None) -> dict:
+    """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
+    from .selectors import select_lightfmp
+    reporter = reporter or Reporter(quiet=True)
+    rows = {f: [] for f in fractions}
+    for seed in seeds:
+        scfg = replace(cfg, seed=seed)
+        data = prepare_data(scfg)
+        _check_k(k, len(data.schema.fields))
+        ctx = Context(scfg, data)
+        for f in fractions:
+            s = select_lightfmp(ctx, k, subset=f)
+            rows[f].append({"kept": s.result["fields"], "auc": s.result["test"]["auc"],
+                            "logloss": s.result["test"]["logloss"], "selection_seconds": s.seconds,
+                            "total_seconds": s.seconds + s.result["seconds"]})
+            reporter.log(f"seed {seed} subset {f}: AUC {s.result['test']['auc']:.4f}")
+    out = []
+    for f, rs in rows.items():
+        auc = np.array([r["auc"] for r in rs])
+        out.append({"subset": f, "kept": rs[0]["kept"], "kept_per_seed": [r["kept"] for r in rs],
+                    "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                    "logloss": float(np.mean([r["logloss"] for r in rs])),
+                    "selection_seconds": float(np.mean([r["selection_seconds"] for r in rs])),
+                    "total_seconds": float(np.mean([r["total_seconds"] for r in rs]))})
+    return {"k": k, "seeds": seeds, "backbone": cfg.backbone, "ablation": out}

@@ -1,0 +1,69 @@
+"""Terminal table, JSON and the AUC-vs-K chart of `lightfmp bench`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+# Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
+JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
+             "params", "seeds", "kept_per_seed", "auc_per_seed", "ranking")
+
+
+def results_table(doc: dict) -> Table:
+    curves = doc.get("curves", {})
+    t = Table(title=f"bench: {doc['backbone']}, K={doc['k']}, seeds {','.join(map(str, doc['seeds']))}"
+                    + (" (quick)" if doc.get("quick") else ""))
+    cols = [("method", "left"), ("kept", "left"), ("test AUC", "right"), ("logloss", "right"), ("select s", "right"),
+            ("total s", "right"), ("params", "right")] + ([("AUC-K area", "right")] if curves else [])
+    for c, j in cols:
+        t.add_column(c, justify=j, no_wrap=c != "kept")
+    for r in doc["results"]:
+        area = curves.get(r["method"], {}).get("area")
+        t.add_row(r["method"], ", ".join(r["kept"]) if len(r["kept"]) <= 8 else f"all {len(r['kept'])}",
+                  f"{r['auc']:.4f}±{r['auc_std']:.4f}", f"{r['logloss']:.4f}±{r['logloss_std']:.4f}",
+                  f"{r['selection_seconds']:.1f}", f"{r['total_seconds']:.1f}", f"{r['params']:,}",
+                  *([f"{area:.4f}" if area is not None else "-"] if curves else []))
+    return t
+
+
+def ablation_table(doc: dict) -> Table:
+    t = Table(title=f"Light-FMP subset ablation: {doc['backbone']}, K={doc['k']}, seeds "
+                    f"{','.join(map(str, doc['seeds']))}")
+    for c in ("subset", "kept", "test AUC", "selection s", "total s"):
+        t.add_column(c, justify="left" if c == "kept" else "right")
+    for r in doc["ablation"]:
+        t.add_row(f"{r['subset']:g}", ", ".join(r["kept"]), f"{r['auc']:.4f} ± {r['auc_std']:.4f}",
+                  f"{r['selection_seconds']:.2f}", f"{r['total_seconds']:.2f}")
+    return t
+
+
+def write_json(doc: dict, path: str | Path) -> None:
+    out = dict(doc)
+    if "results" in doc:
+        out["results"] = [{k: r[k] for k in JSON_KEYS if k in r} for r in doc["results"]]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+
+
+def plot_curves(doc: dict, path: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, c in doc["curves"].items():
+        ax.plot(c["k"], c["auc"], marker="o", ms=3, label=f"{method} (area {c['area']:.4f})")
+    full = next((r for r in doc["results"] if r["method"] == "full"), None)
+    if full is not None:
+        ax.axhline(full["auc"], color="gray", ls="--", lw=1, label="full")
+    ax.set_xlabel("K (fields kept)")
+    ax.set_ylabel("test AUC")
+    ax.set_title(f"AUC vs K, {doc['backbone']} (each method's ranking, retrained per K)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,382 @@
+"""Field selectors compared by `lightfmp bench`. Each one ranks every field (most useful first) from the shared,
+already-encoded splits of one seed; the bench keeps the top K and retrains the backbone on them.
+
+Implemented from the papers' descriptions (see docs/bench.md):
+    random       K fields drawn uniformly per seed
+    lightfmp     hard-concrete gates on a subset, prune, continue (lightfmp.pipeline.run); -fulldata: subset 1.0
+    autofield    Wang et al., WWW 2022: keep/drop Gumbel-softmax controller per field, bilevel (first order)
+    lpfs         Guo et al., 2022: polarizing smoothed-L0 gate x^2/(x^2+eps), eps decaying, proximal L1 on x
+    sfs          Wang et al., SIGIR 2023 (single-shot): |dL/dmask| at initialisation, SNIP-style
+    shark        Zhang et al., CIKM 2023: first-order Taylor estimate of the loss change of removing a field
+    permutation  Breiman 2001 / Fisher et al. 2019: AUC drop of the trained full model when a field is shuffled
+    gbdt         gradient-boosted trees on label-encoded fields, permutation importance per field
+    lasso        L1 logistic regression on one-hot fields; fields ranked by when they enter the path, then norm
+"""
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..config import RunConfig
+from ..errors import LightFMPError
+from ..metrics import roc_auc
+from ..models import build_model
+from ..pipeline import Prepared, resolve_device, train_fields
+from ..rundir import model_config
+from ..schema import PAD_ID
+from ..training import predict
+
+GATE_METHODS = ("lightfmp", "lightfmp-fulldata", "autofield", "lpfs")
+
+
+@dataclass
+class Context:
+    """One seed's shared state: config, identical encoded splits, and a cache (the trained full model)."""
+    cfg: RunConfig
+    data: Prepared
+    quick: bool = False
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def names(self) -> list[str]:
+        return self.data.schema.names
+
+    @property
+    def device(self) -> str:
+        return resolve_device(self.cfg.device)
+
+
+@dataclass
+class Selection:
+    ranking: list[str]              # every field, most useful first
+    seconds: float                  # selection cost (for post-hoc methods: includes training the full model)
+    result: dict | None = None      # a method that trains its own final model (lightfmp) puts its metrics here
+
+
+def _need_sklearn():
+    try:
+        import sklearn  # noqa: F401
+    except ImportError:
+        raise LightFMPError("this method needs scikit-learn: pip install -e '.[bench]'") from None
+
+
+def _rank(names: list[str], score) -> list[str]:
+    """Names by descending score; ties keep schema order so rankings are deterministic."""
+    score = [float(s) for s in score]
+    return [names[i] for i in sorted(range(len(names)), key=lambda i: (-score[i], i))]
+
+
+# --------------------------------------------------------------------------------------------------------------
+def full_model(ctx: Context) -> tuple[object, dict]:
+    """The backbone trained on all fields; shared by `full`, `shark` and `permutation` within a seed."""
+    if "full" not in ctx.cache:
+        ctx.cache["full"] = train_fields(ctx.cfg, ctx.data, ctx.names)
+    return ctx.cache["full"]
+
+
+def select_random(ctx: Context, k: int) -> Selection:
+    rng = np.random.default_rng(ctx.cfg.seed + 104729)
+    return Selection([ctx.names[i] for i in rng.permutation(len(ctx.names))], 0.0)
+
+
+def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
+    from ..pipeline import run
+    cfg = replace(ctx.cfg, keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.subset)
+    with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
+        m = run(cfg, f"{tmp}/run", force=True, quiet=True)
+    sel = m["phases"]["pretrain"]["seconds"] + m["phases"]["prune"]["seconds"]
+    gates, la = m["gates"], m.get("log_alpha", {})
+    ranking = [n for n in sorted(ctx.names, key=lambda n: (-gates[n], -la.get(n, 0.0)))]
+    result = {"valid": m["valid"], "test": m["test"], "seconds": m["seconds_total"] - sel,
+              "params": m["params"]["after"], "fields": m["fields"]["kept"]}
+    return Selection(ranking, sel, result)
+
+
+def select_lightfmp_fulldata(ctx: Context, k: int) -> Selection:
+    return select_lightfmp(ctx, k, subset=1.0)
+
+
+# --- gate searches (AutoField, LPFS) ---------------------------------------------------------------------------
+def _search_rows(ctx: Context) -> np.ndarray:
+    """The same rows x epochs Light-FMP's phase 1 gets (cfg.subset of the training split, pretrain_epochs)."""
+    from ..data import subset_rows
+    sub, _ = subset_rows(len(ctx.data.labels["train"]), ctx.cfg.subset, ctx.cfg.seed)
+    return sub
+
+
+def _gate_search(ctx: Context, gate_fn, gate_params: list[torch.Tensor], bilevel: bool, after_step=None,
+                 penalty=None) -> None:
+    """Train a fresh (ungated) backbone with an external per-field gate `gate_fn(progress)` -> [F].
+    bilevel: gate steps use a held-out slice (first-order DARTS, as AutoField); else one joint step (LPFS)."""
+    cfg, device = ctx.cfg, ctx.device
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg)).to(device)
+    opt_w = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    opt_g = torch.optim.Adam(gate_params, lr=cfg.gate_lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    rows = torch.from_numpy(_search_rows(ctx))
+    rows = rows[torch.randperm(len(rows), generator=gen)]
+    n_hold = int(len(rows) * cfg.gate_holdout) if bilevel else 0
+    hold, rows = rows[:n_hold], rows[n_hold:]
+    x = torch.from_numpy(ctx.data.ids["train"])
+    y = torch.from_numpy(ctx.data.labels["train"].astype(np.float32))
+    bs, epochs = cfg.batch_size, max(1, cfg.pretrain_epochs)
+    batches = max(1, math.ceil(len(rows) / bs))
+    total = epochs * batches
+
+    def loss_on(idx, gates):
+        return F.binary_cross_entropy_with_logits(model(x[idx].to(device), gates), y[idx].to(device))
+
+    model.train()
+    for epoch in range(epochs):
+        perm = rows[torch.randperm(len(rows), generator=gen)]
+        for b in range(batches):
+            progress = (epoch * batches + b) / total
+            idx = perm[b * bs:(b + 1) * bs]
+            loss = loss_on(idx, gate_fn(progress))
+            if not bilevel and penalty is not None:
+                loss = loss + penalty()
+            opt_w.zero_grad(set_to_none=True)
+            opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_w.step()
+            if not bilevel:
+                opt_g.step()
+            else:
+                start = (b * bs) % max(n_hold, 1)
+                gidx = hold[start:start + bs]
+                opt_g.zero_grad(set_to_none=True)
+                loss_on(gidx, gate_fn(progress)).backward()
+                opt_g.step()
+            if after_step is not None:
+                after_step(progress)
+
+
+def select_autofield(ctx: Context, k: int) -> Selection:
+    """AutoField: per field two logits (keep, drop); the gate is the 'keep' entry of a Gumbel-softmax sample whose
+    temperature anneals; controller trained on held-out rows (bilevel, first order). Rank by P(keep)."""
+    t0 = time.perf_counter()
+    n = len(ctx.names)
+    alpha = torch.zeros(n, 2, requires_grad=True)
+    gen = torch.Generator().manual_seed(ctx.cfg.seed + 2)
+    tau0, tau1 = 1.0, 0.05
+
+    def gate(progress):
+        tau = tau0 * (tau1 / tau0) ** progress          # geometric annealing toward a near-discrete choice
+        u = torch.rand(n, 2, generator=gen).clamp(1e-6, 1 - 1e-6)
+        return torch.softmax((alpha - torch.log(-torch.log(u))) / tau, dim=1)[:, 0]
+
+    _gate_search(ctx, gate, [alpha], bilevel=ctx.cfg.gate_holdout > 0)
+    with torch.no_grad():
+        keep = torch.softmax(alpha, dim=1)[:, 0]
+    return Selection(_rank(ctx.names, keep), time.perf_counter() - t0)
+
+
+def select_lpfs(ctx: Context, k: int) -> Selection:
+    """LPFS: gate g(x) = x^2 / (x^2 + eps) with eps decaying toward 0 so gates polarise to {0, 1}; x gets a
+    proximal L1 step (soft threshold) after each update so useless fields reach exactly 0. Rank by g, then |x|."""
+    t0 = time.perf_counter()
+    n = len(ctx.names)
+    xg = torch.ones(n, requires_grad=True)
+    eps0, eps1 = 1.0, 1e-4
+    lam = max(ctx.cfg.l0_lambda, 1e-4)
+    state = {"eps": eps0}
+
+    def gate(progress):
+        state["eps"] = eps0 * (eps1 / eps0) ** progress
+        return xg.pow(2) / (xg.pow(2) + state["eps"])
+
+    def prox(progress):
+        with torch.no_grad():
+            xg.copy_(torch.sign(xg) * (xg.abs() - ctx.cfg.gate_lr * lam).clamp_min(0.0))
+
+    _gate_search(ctx, gate, [xg], bilevel=False, after_step=prox)
+    with torch.no_grad():
+        g = xg.pow(2) / (xg.pow(2) + state["eps"])
+        a = xg.abs()
+    score = [(float(gi), float(ai)) for gi, ai in zip(g, a)]
+    order = sorted(range(n), key=lambda i: (-score[i][0], -score[i][1], i))
+    return Selection([ctx.names[i] for i in order], time.perf_counter() - t0)
+
+
+# --- gradient / Taylor / permutation saliency ------------------------------------------------------------------
+def _score_rows(ctx: Context, max_rows: int) -> np.ndarray:
+    n = len(ctx.data.labels["train"])
+    rng = np.random.default_rng(ctx.cfg.seed + 3)
+    return np.sort(rng.permutation(n)[:min(n, max_rows)])
+
+
+@torch.no_grad()
+def _calibrate(model, x: np.ndarray, y: np.ndarray, device: str) -> None:
+    """Shift the output bias so the mean prediction equals the label rate on these rows (Newton on one scalar)."""
+    model.eval()
+    logits = torch.from_numpy(np.asarray(predict(model, x, device=device))).clamp(1e-7, 1 - 1e-7).logit()
+    target, shift = float(y.mean()), 0.0
+    for _ in range(30):
+        p = torch.sigmoid(logits + shift)
+        shift -= float(p.mean() - target) / max(float((p * (1 - p)).mean()), 1e-6)
+    model.out.bias.add_(shift)
+
+
+def select_sfs(ctx: Context, k: int, inits: int = 5) -> Selection:
+    """SFS: at initialisation, the gradient of the loss wrt an all-ones field mask, summed over a few batches,
+    i.e. |dL/dc_f| on those rows (connection sensitivity). The output bias is first shifted so the mean
+    prediction matches the label rate: otherwise the calibration error shared by all fields dominates the gradient.
+    A field's score at one random init is a random projection of its per-value residuals and can cancel by
+    chance, so it is averaged over a few inits (still no training)."""
+    t0 = time.perf_counter()
+    cfg, device = ctx.cfg, ctx.device
+    rows = _score_rows(ctx, 20 * cfg.batch_size)
+    x, y = ctx.data.ids["train"], ctx.data.labels["train"].astype(np.float32)
+    total = torch.zeros(len(ctx.names))
+    for init in range(inits):
+        torch.manual_seed(cfg.seed * 1000 + init)
+        model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg)).to(device)
+        _calibrate(model, x[rows], y[rows], device)
+        model.eval()
+        score = torch.zeros(len(ctx.names))
+        for i in range(0, len(rows), cfg.batch_size):
+            idx = rows[i:i + cfg.batch_size]
+            mask = torch.ones(len(ctx.names), device=device, requires_grad=True)
+            logits = model(torch.from_numpy(x[idx]).to(device), mask)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[idx]).to(device))
+            (g,) = torch.autograd.grad(loss, mask)
+            score += g.cpu()  # signed: noise fields' batch gradients cancel, a real field's add up
+        total += score.abs() / score.abs().sum().clamp_min(1e-12)  # each init's saliencies sum to 1
+    return Selection(_rank(ctx.names, total), time.perf_counter() - t0)
+
+
+def select_shark(ctx: Context, k: int) -> Selection:
+    """SHARK: on the trained full model, removing field f changes the loss by about -g_f . e_f (first-order
+    Taylor, g_f = dL/de_f); importance is the mean over samples of |g_f . e_f| (plus the first-order term)."""
+    model, res = full_model(ctx)
+    t0 = time.perf_counter()
+    device = ctx.device
+    model.eval()
+    rows = _score_rows(ctx, 20 * ctx.cfg.batch_size)
+    x, y = ctx.data.ids["train"], ctx.data.labels["train"].astype(np.float32)
+    score = torch.zeros(len(ctx.names), dtype=torch.float64)
+    for i in range(0, len(rows), ctx.cfg.batch_size):
+        idx = rows[i:i + ctx.cfg.batch_size]
+        emb, lin = model.embedding(torch.from_numpy(x[idx]).to(device))
+        emb.retain_grad()
+        if lin is not None:
+            lin.retain_grad()
+        # sum, not mean: per-sample gradients keep their own scale
+        loss = F.binary_cross_entropy_with_logits(model.interact(emb, lin), torch.from_numpy(y[idx]).to(device),
+                                                  reduction="sum")
+        loss.backward()
+        s = (emb.grad * emb).sum(-1)
+        if lin is not None:
+            s = s + lin.grad * lin
+        score += s.detach().abs().sum(0).double().cpu()
+        model.zero_grad(set_to_none=True)
+    return Selection(_rank(ctx.names, score), res["seconds"] + time.perf_counter() - t0)
+
+
+def select_permutation(ctx: Context, k: int) -> Selection:
+    """Permutation importance: shuffle one field's slot columns in the validation rows (all its slots together)
+    and measure the AUC drop of the trained full model; averaged over repeats."""
+    model, res = full_model(ctx)
+    t0 = time.perf_counter()
+    xv, yv = ctx.data.ids["valid"], ctx.data.labels["valid"]
+    base = roc_auc(yv, predict(model, xv, device=ctx.device))
+    rng = np.random.default_rng(ctx.cfg.seed + 5)
+    repeats = 1 if ctx.quick else 3
+    ranges = ctx.data.schema.field_slot_ranges()
+    score = []
+    for name in ctx.names:
+        a, b = ranges[name]
+        drops = []
+        for _ in range(repeats):
+            xp = xv.copy()
+            xp[:, a:b] = xv[rng.permutation(len(xv)), a:b]
+            drops.append(base - roc_auc(yv, predict(model, xp, device=ctx.device)))
+        score.append(np.mean(drops))
+    return Selection(_rank(ctx.names, score), res["seconds"] + time.perf_counter() - t0)
+
+
+# --- classical baselines (scikit-learn) ------------------------------------------------------------------------
+def select_gbdt(ctx: Context, k: int) -> Selection:
+    """Histogram GBDT on label-encoded fields (each field's first slot id), permutation importance (AUC) on
+    validation rows; high-cardinality codes (> 255) enter as ordinal numbers since HGB bins categories."""
+    _need_sklearn()
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.inspection import permutation_importance
+    t0 = time.perf_counter()
+    schema = ctx.data.schema
+    first = [a for a, _ in schema.field_slot_ranges().values()]
+    rows = _score_rows(ctx, 20000 if ctx.quick else 100000)
+    xt = ctx.data.ids["train"][rows][:, first].astype(np.float64)
+    yt = ctx.data.labels["train"][rows]
+    cat = np.array([f.vocab_size <= 255 for f in schema.fields])
+    clf = HistGradientBoostingClassifier(max_iter=50 if ctx.quick else 200, categorical_features=cat,
+                                         early_stopping=False, random_state=ctx.cfg.seed)
+    clf.fit(xt, yt)
+    nv = min(len(ctx.data.labels["valid"]), 5000 if ctx.quick else 20000)
+    xv = ctx.data.ids["valid"][:nv][:, first].astype(np.float64)
+    pi = permutation_importance(clf, xv, ctx.data.labels["valid"][:nv], scoring="roc_auc",
+                                n_repeats=2 if ctx.quick else 5, random_state=ctx.cfg.seed)
+    return Selection(_rank(ctx.names, pi.importances_mean), time.perf_counter() - t0)
+
+
+def one_hot(schema, ids: np.ndarray):
+    """Sparse one-hot [rows, sum of vocab sizes]; multi-hot slots add a 1 per real id (padding skipped)."""
+    import scipy.sparse as sp
+    sizes = np.array([f.vocab_size for f in schema.fields])
+    offsets = np.cumsum(sizes) - sizes
+    slot_field = np.array(schema.slot_field_index())
+    multi = np.array([schema.fields[f].kind == "multi_hot" for f in slot_field])
+    cols = ids.astype(np.int64) + offsets[slot_field][None, :]
+    keep = ~(multi[None, :] & (ids == PAD_ID))
+    r = np.broadcast_to(np.arange(len(ids))[:, None], ids.shape)
+    m = sp.csr_matrix((np.ones(int(keep.sum())), (r[keep], cols[keep])), shape=(len(ids), int(sizes.sum())))
+    m.sum_duplicates()
+    return m, offsets, sizes
+
+
+def select_lasso(ctx: Context, k: int) -> Selection:
+    """L1 logistic regression on one-hot fields along a path of growing C: a field ranks higher the earlier (the
+    stronger the penalty) one of its coefficients becomes non-zero; ties by the L2 norm of its coefficients."""
+    _need_sklearn()
+    from sklearn.linear_model import LogisticRegression
+    import sklearn
+    # scikit-learn 1.8 deprecated penalty= in favour of l1_ratio
+    l1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else \
+        {"penalty": "l1"}
+    t0 = time.perf_counter()
+    rows = _score_rows(ctx, 20000 if ctx.quick else 100000)
+    xs, offsets, sizes = one_hot(ctx.data.schema, ctx.data.ids["train"][rows])
+    y = ctx.data.labels["train"][rows]
+    n = len(ctx.names)
+    entered = np.full(n, np.inf)
+    norms = np.zeros(n)
+    for step, c in enumerate(np.logspace(-3, 0, 5 if ctx.quick else 7)):
+        clf = LogisticRegression(C=c, solver="liblinear", max_iter=200, **l1)
+        clf.fit(xs, y)
+        w = clf.coef_.ravel()
+        norms = np.array([np.linalg.norm(w[o:o + s]) for o, s in zip(offsets, sizes)])
+        entered = np.where((norms > 0) & np.isinf(entered), step, entered)
+    order = sorted(range(n), key=lambda i: (entered[i], -norms[i], i))
+    return Selection([ctx.names[i] for i in order], time.perf_counter() - t0)
+
+
+SELECTORS = {
+    "random": select_random,
+    "lightfmp": select_lightfmp,
+    "lightfmp-fulldata": select_lightfmp_fulldata,
+    "autofield": select_autofield,
+    "lpfs": select_lpfs,
+    "sfs": select_sfs,
+    "shark": select_shark,
+    "permutation": select_permutation,
+    "gbdt": select_gbdt,
+    "lasso": select_lasso,
+}
+METHODS = ("full", *SELECTORS)
