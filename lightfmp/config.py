@@ -40,7 +40,7 @@ class RunConfig:
     dropout: float = opt(0.0, "Dropout in the MLP tower.", "model")
     # training ---------------------------------------------------------------------------------------------------
     batch_size: int = opt(512, "Rows per batch.")
-    lr: float = opt(1e-3, "Adam learning rate of the backbone.")
+    lr: float = opt(3e-3, "Adam learning rate of the backbone.")
     gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha.")
     l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty.")
     l0_warmup: float = opt(0.3, "Fraction of phase-1 steps over which the L0 weight ramps up from 0.")

@@ -18,7 +18,7 @@ from .progress import Reporter
 class TrainConfig:
     epochs: int = 1
     batch_size: int = 512
-    lr: float = 1e-3
+    lr: float = 3e-3
     gate_lr: float = 0.1
     weight_decay: float = 0.0
     l0_lambda: float = 0.003
