@@ -26,6 +26,8 @@ from lightfmp.export import export_run
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", default="/tmp/lightfmp-serving-bench")
+    ap.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic",
+                    help="movielens: MovieLens-100k from the cache (fetched on first use) instead of generated data")
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--fields", type=int, default=20)
     ap.add_argument("--informative", type=int, default=5)
@@ -41,11 +43,16 @@ def main(argv=None) -> int:
     sizes = profiling.parse_batch_sizes(a.batch_sizes)
 
     t0 = time.perf_counter()
-    data = work / "syn" / "data.parquet"
-    if not (a.reuse and data.exists()):
-        data = Path(synthesize(rows=a.rows, fields=a.fields, informative=a.informative, out_dir=work / "syn",
-                               seed=0)["data_file"])
-    cfg = dict(data=str(data), label="label", backbone=a.backbone, device="cpu")
+    if a.dataset == "movielens":
+        from lightfmp.datasets import fetch_movielens_100k
+        from lightfmp.demo import MOVIELENS_FIELDS
+        cfg = dict(data=str(fetch_movielens_100k(quiet=True)), **MOVIELENS_FIELDS, backbone=a.backbone, device="cpu")
+    else:
+        data = work / "syn" / "data.parquet"
+        if not (a.reuse and data.exists()):
+            data = Path(synthesize(rows=a.rows, fields=a.fields, informative=a.informative, out_dir=work / "syn",
+                                   seed=0)["data_file"])
+        cfg = dict(data=str(data), label="label", backbone=a.backbone, device="cpu")
     runs = {"pruned": (work / "run_pruned", RunConfig(**cfg)),
             "full": (work / "run_full", RunConfig(**cfg, no_select=True))}
     exports = {}
