@@ -25,9 +25,13 @@ def config_parameters(groups: tuple[str, ...]) -> list[inspect.Parameter]:
         tp = _base_type(_HINTS[f.name])
         shown = "" if f.default is None else f" (default: {f.default})"
         if tp is bool:
-            # a bare flag; False means "not given", so a --config file may still turn it on
-            opt = typer.Option(False, flag, help=f.metadata["help"], rich_help_panel=f.metadata["group"])
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=bool))
+            # --no-select/--select: None means "not given", so a --config file decides unless a flag is passed
+            name = f.name.replace("_", "-")
+            other = "--" + (name[3:] if name.startswith("no-") else "no-" + name)
+            opt = typer.Option(None, f"{flag}/{other}", help=f.metadata["help"], show_default=False,
+                               rich_help_panel=f.metadata["group"])
+            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                            annotation=typing.Optional[bool]))
         else:
             opt = typer.Option(None, flag, help=f.metadata["help"] + shown, show_default=False,
                                rich_help_panel=f.metadata["group"])
@@ -44,6 +48,6 @@ def with_parameters(func, params: list[inspect.Parameter]):
 
 
 def config_flags(kwargs: dict) -> dict:
-    """The RunConfig values the user gave on the command line (None / False = not given)."""
+    """The RunConfig values the user gave on the command line (None = not given)."""
     names = {f.name for f in fields_of()}
-    return {k: v for k, v in kwargs.items() if k in names and v is not None and v is not False}
+    return {k: v for k, v in kwargs.items() if k in names and v is not None}

@@ -3,6 +3,7 @@ each other by construction (key `embed_dim` or `embed-dim` <-> flag `--embed-dim
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,14 +73,44 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         clean = {}
         for k, v in (d or {}).items():
             key = str(k).replace("-", "_")
-            if key not in known:
+            if key not in hints:
                 raise LightFMPError(f"{source}: unknown key '{k}'")
-            clean[key] = v
+            clean[key] = _coerce(v, hints[key], k, source)
         return cls(**clean)
+
+
+def _coerce(value, hint, key, source):
+    """YAML reads `lr: 1e-3` as a string and users write `epochs: '3'`: convert to the field's type, or fail
+    with the key named."""
+    if value is None:
+        return None
+    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    tp = base[0]
+    try:
+        if tp is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("true", "yes", "1", "on"):
+                return True
+            if text in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(value)
+        if tp is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value) if not isinstance(value, str) else int(value.strip())
+        if tp is float:
+            return float(value)
+        if tp is str:
+            return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+    except (TypeError, ValueError):
+        raise LightFMPError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}") from None
+    return value
 
 
 def fields_of(group: str | None = None):

@@ -38,7 +38,7 @@ def read_table(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise LightFMPError(f"{p}: no data rows")
     df.columns = [str(c) for c in df.columns]
-    return df
+    return df.reset_index(drop=True)  # a stored Parquet index may repeat; row positions are what we use
 
 
 def file_sha256(path: str | Path) -> str:
@@ -183,8 +183,12 @@ def split_rows(df: pd.DataFrame, fractions: tuple[float, float, float], seed: in
         order = np.random.default_rng(seed).permutation(n)
     n_train = int(round(fractions[0] * n))
     n_valid = int(round(fractions[1] * n))
-    return {"train": np.sort(order[:n_train]), "valid": np.sort(order[n_train:n_train + n_valid]),
-            "test": np.sort(order[n_train + n_valid:])}
+    out = {"train": np.sort(order[:n_train]), "valid": np.sort(order[n_train:n_train + n_valid]),
+           "test": np.sort(order[n_train + n_valid:])}
+    for name, rows in out.items():
+        if len(rows) == 0:
+            raise LightFMPError(f"{source}: --split {fractions} leaves the {name} split empty with {n} rows")
+    return out
 
 
 def subset_rows(n_train: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -58,9 +58,6 @@ def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
     if schema is None:
         if cfg.schema:
             schema = FeatureSchema.load(cfg.schema)
-            for f in schema.fields:
-                if f.name not in df.columns:
-                    raise LightFMPError(f"{source}: column '{f.name}' of schema {cfg.schema} is absent")
         else:
             spec = SchemaSpec(label=cfg.label, categorical=split_names(cfg.categorical), numeric=split_names(cfg.numeric),
                               multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
@@ -68,6 +65,9 @@ def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
             schema, inferred = infer_schema(df, spec, source, exclude=(cfg.time_column,) if cfg.time_column else ())
             for col, why in inferred.items():
                 reporter.log(f"inferred column [bold]{col}[/]: {why}")
+    for f in schema.fields:
+        if f.name not in df.columns:
+            raise LightFMPError(f"{source}: column '{f.name}' of the schema is absent")
     label = cfg.label or schema.label
     schema.label = label
     if cfg.positive is not None:
@@ -77,9 +77,12 @@ def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
         if df[f.name].isna().all():
             raise LightFMPError(f"{source}: column '{f.name}' is entirely empty (NaN)")
     splits = split_rows(df, parse_split(cfg.split), cfg.seed, cfg.time_column, source)
-    if not all(f.fitted for f in schema.fields):
-        schema.fit(df.iloc[splits["train"]])
-    ids = {k: schema.encode(df.iloc[v]) for k, v in splits.items()}
+    try:
+        if not all(f.fitted for f in schema.fields):
+            schema.fit(df.iloc[splits["train"]])
+        ids = {k: schema.encode(df.iloc[v]) for k, v in splits.items()}
+    except LightFMPError as e:
+        raise LightFMPError(f"{source}: {e}") from None
     labels = {k: y[v] for k, v in splits.items()}
     return Prepared(schema, ids, labels, file_sha256(cfg.data), len(df))
 
@@ -216,9 +219,11 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     with torch.no_grad():
         z = gated.gate.deterministic()
     kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold)
-    data = prepare_data(cfg, reporter, schema=run.schema)
-    if data.sha256 != run.info.get("data_sha256"):
+    if not cfg.data or not Path(cfg.data).exists():
+        raise LightFMPError(f"{cfg.data}: the run's data file is gone; prune re-reads it")
+    if file_sha256(cfg.data) != run.info.get("data_sha256"):
         raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
+    data = prepare_data(cfg, reporter, schema=run.schema)
 
     t0 = time.perf_counter()
     model, kept_schema = prune_model(gated, run.schema, kept, z)

@@ -44,7 +44,8 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     keep_idx = torch.tensor([schema.names.index(n) for n in kept], dtype=torch.long)
     new_schema = schema.subset(kept)
     old = model.embedding
-    new_emb = FieldEmbedding(new_schema, old.embed_dim, linear=old.linear is not None).to(old.weight.device)
+    new_emb = FieldEmbedding(new_schema, old.embed_dim, linear=old.linear is not None).to(
+        device=old.weight.device, dtype=old.weight.dtype)
     # rows of each kept field, scaled by that field's gate
     rows = torch.cat([torch.arange(int(old.field_offsets[i]), int(old.field_offsets[i] + old.vocab_sizes[i]))
                       for i in keep_idx.tolist()])

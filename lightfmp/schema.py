@@ -189,7 +189,7 @@ def encode_field(f: Field, col: pd.Series) -> np.ndarray:
     if f.kind == "categorical":
         codes = lookup.get_indexer(cell_strings(col))
         return np.where(codes >= 0, codes + FIRST_ID, OOV_ID).astype(np.int32)[:, None]
-    lists = split_multi(col, f.separator)
+    lists = split_multi(col, f.separator).reset_index(drop=True)  # positions, whatever the index holds
     out = np.full((len(col), f.max_len), PAD_ID, dtype=np.int32)
     flat = lists.explode()
     pos = flat.groupby(level=0).cumcount().to_numpy()
@@ -212,7 +212,7 @@ def cell_strings(col: pd.Series) -> pd.Series:
                           dtype=object)
             return s
     if pd.api.types.is_bool_dtype(col):
-        return col.map(str)
+        return col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))
     return col.astype(object).where(col.notna(), None).map(lambda v: v if v is None or isinstance(v, str) else str(v))
 
 

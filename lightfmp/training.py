@@ -77,7 +77,7 @@ def fit(model: CTRModel, ids: np.ndarray, y: np.ndarray, valid: tuple[np.ndarray
     hold, rows = rows[:n_hold], rows[n_hold:]
     n = len(rows)
     batches = max(1, (n + cfg.batch_size - 1) // cfg.batch_size)
-    history, best_auc, best_state, best_epoch = [], -1.0, None, 0
+    history, best_auc, best_state, best_epoch = [], -np.inf, None, 0
     torch.manual_seed(cfg.seed)  # the gate samples draw from the global generator
 
     def batch_loss(idx):
@@ -117,8 +117,11 @@ def fit(model: CTRModel, ids: np.ndarray, y: np.ndarray, valid: tuple[np.ndarray
                 rec["expected_l0"] = float(model.gate.expected_l0().detach())
             if valid is not None and len(valid[1]):
                 rec["valid"] = evaluate(model, valid[0], valid[1], device)
-                if rec["valid"]["auc"] > best_auc:
-                    best_auc, best_epoch = rec["valid"]["auc"], epoch
+                score = rec["valid"]["auc"]
+                if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
+                    score = -rec["valid"]["logloss"]
+                if score > best_auc:
+                    best_auc, best_epoch = score, epoch
                     if cfg.restore_best:
                         best_state = copy.deepcopy(model.state_dict())
             history.append(rec)
@@ -128,4 +131,4 @@ def fit(model: CTRModel, ids: np.ndarray, y: np.ndarray, valid: tuple[np.ndarray
                 break  # early stopping
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
-    return {"epochs": history, "rows": int(len(ids)), "best_valid_auc": best_auc if best_auc >= 0 else None}
+    return {"epochs": history, "rows": int(len(ids)), "best_valid_score": best_auc if np.isfinite(best_auc) else None}

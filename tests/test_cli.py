@@ -213,3 +213,47 @@ def test_existing_out_refused_without_force(data, tmp_path):
     r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST)
     assert r.exit_code == 2 and "--force" in r.output
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_config_values_are_typed_and_bad_ones_named(data, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\nlabel: label\nlr: 1e-3\nno_select: true\nepochs: '1'\nhidden: 8\n")
+    r = cli("run", "--config", cfg, "--out", tmp_path / "ok", "--quiet", "--embed-dim", "4")
+    assert r.exit_code == 0, r.output
+    import yaml
+    resolved = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())
+    assert resolved["lr"] == 1e-3 and resolved["epochs"] == 1 and resolved["hidden"] == "8"
+    cfg.write_text(f"data: {data}\nlabel: label\nepochs: ten\n")
+    r = cli("run", "--config", cfg, "--out", tmp_path / "bad", "--quiet")
+    assert r.exit_code == 2 and "'epochs' must be int" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+def test_select_flag_overrides_config(data, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\nlabel: label\nno_select: true\n")
+    r = cli("train", "--config", cfg, "--select", "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["state"] == "pretrained"
+
+
+def test_one_class_split_writes_valid_json(tmp_path):
+    df = make_frame(200)
+    df["label"] = 0
+    df.loc[:5, "label"] = 1  # positives only in the first rows: a time-ordered test split has none
+    df["ts"] = np.arange(200)
+    df.to_csv(tmp_path / "o.csv", index=False)
+    r = cli("run", "--data", tmp_path / "o.csv", "--label", "label", "--time-column", "ts", "--no-select",
+            "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())  # strict JSON: no bare NaN
+    assert m["test"]["auc"] is None and m["test"]["logloss"] is not None
+
+
+def test_prune_after_the_data_changed(tmp_path):
+    p = write_csv(tmp_path, n=400)
+    r = cli("train", "--data", p, "--label", "label", "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    pd.read_csv(p).drop(columns=["b"]).to_csv(p, index=False)
+    r = cli("prune", tmp_path / "r", "--quiet")
+    assert r.exit_code == 2 and "data changed" in r.output

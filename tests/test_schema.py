@@ -86,3 +86,14 @@ def test_all_nan_column_rejected():
     df = pd.DataFrame({"a": ["1", "2"], "empty": [None, None], "label": ["0", "1"]})
     with pytest.raises(LightFMPError, match="'empty' is entirely empty"):
         infer_schema(df, SchemaSpec("label", [], [], {}, []), "t.csv")
+
+
+def test_duplicate_index_and_nullable_booleans():
+    s = FeatureSchema("label", [Field("m", "multi_hot", separator="|"), Field("flag", "categorical")], min_count=1)
+    df = pd.DataFrame({"m": ["x|y", "z|x"], "flag": pd.array([True, None], dtype="boolean")}, index=[5, 5])
+    s.fit(df)
+    tok = s.field("m").token_ids()
+    ids = s.encode(df)
+    assert list(ids[0, :2]) == [tok["x"], tok["y"]] and list(ids[1, :2]) == [tok["z"], tok["x"]]
+    assert s.field("flag").vocab == ["True"]  # the missing value is not a category
+    assert ids[1, 2] == OOV_ID

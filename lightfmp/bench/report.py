@@ -1,10 +1,11 @@
 """Terminal table, JSON and the AUC-vs-K chart of `lightfmp bench`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from rich.table import Table
+
+from ..io import atomic_path, write_json_atomic
 
 # Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
 JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
@@ -43,8 +44,7 @@ def write_json(doc: dict, path: str | Path) -> None:
     out = dict(doc)
     if "results" in doc:
         out["results"] = [{k: r[k] for k in JSON_KEYS if k in r} for r in doc["results"]]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(out, indent=2) + "\n")
+    write_json_atomic(path, out)
 
 
 def plot_curves(doc: dict, path: str | Path) -> Path:
@@ -63,7 +63,7 @@ def plot_curves(doc: dict, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return Path(path)
