@@ -33,6 +33,17 @@ class RunConfig:
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", "data")
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", "data")
     seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", "data")
+    # streaming (issue 6): data larger than memory -------------------------------------------------------------
+    stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
+                              "instead of loading it; implied by --format criteo|avazu.", "data")
+    format: str = opt("auto", "Input format: auto (by suffix), csv, parquet, criteo (TSV: label, I1-I13, C1-C26, "
+                              "no header) or avazu (CSV with header, label 'click').", "data")
+    hash_buckets: str | None = opt(None, "Hashing trick: 'N' hashes every categorical field into N buckets, "
+                                         "'field:N,...' only those fields.", "data")
+    vocab_cap: int | None = opt(None, "Keep at most the N most frequent values per field; the rest map to OOV.",
+                                "data")
+    chunk_rows: int = opt(262144, "Rows per record batch read and per encoded shard (streaming).", "data")
+    shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).", "data")
     # model ------------------------------------------------------------------------------------------------------
     backbone: str = opt("deepfm", "Backbone: mlp, deepfm, dcnv2 or widedeep.", "model")
     embed_dim: int = opt(16, "Embedding size per field.", "model")
