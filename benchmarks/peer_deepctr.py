@@ -35,7 +35,7 @@ def run_lightfmp(data, args) -> dict:
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, restore_best=False, seed=args.seed)
     x, y = data.ids["train"], data.labels["train"]
     t0 = time.perf_counter()
-    fit(model, x, y, None, tc, Reporter(quiet=True))
+    fit(model, (x, y), None, tc, Reporter(quiet=True))
     sec = time.perf_counter() - t0
     p = predict(model, data.ids["test"])
     return {"name": "lightfmp DeepFM", "seconds": sec, "samples_per_s": len(y) * args.epochs / sec,

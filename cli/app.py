@@ -31,10 +31,39 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
-            err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+            from lightfmp import distributed
+            who = f"rank {distributed.rank()}: " if distributed.world() > 1 else ""
+            err.print(f"[red]error:[/] {who}{e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
     wrapper.__signature__ = inspect.signature(func)
     return wrapper
+
+
+def ranked(func):
+    """Training commands under torchrun: a rank that loses the others (one died, hung or was stopped) prints one
+    line saying how to resume and exits 1, so torchrun reports the failure; the process group is torn down at
+    the end either way. Outside torchrun this changes nothing."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from lightfmp import distributed
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, LightFMPError):
+            raise
+        except BaseException as e:
+            if distributed.world() > 1 and distributed.is_comm_error(e):
+                err.print(distributed.failure_message(e), markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            raise
+        finally:
+            distributed.destroy()
+    wrapper.__signature__ = inspect.signature(func)
+    return wrapper
+
+
+def _speaks(quiet: bool) -> bool:
+    from lightfmp import distributed
+    return not quiet and distributed.is_main()
 
 
 _COMMON = [
@@ -58,10 +87,11 @@ def _resolve(kwargs):
 
 def _train_cmd(**kwargs):
     """Phase 1: train the backbone with one hard-concrete gate per field on a subset of the training rows."""
-    from lightfmp import pipeline
+    from lightfmp import distributed, pipeline
     cfg = _resolve(kwargs)
+    distributed.init(cfg.device)
     m = pipeline.train(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
-    if not kwargs["quiet"]:
+    if _speaks(kwargs["quiet"]):
         if cfg.no_select:
             print_summary(m, kwargs["out"])
         else:
@@ -71,19 +101,23 @@ def _train_cmd(**kwargs):
 
 def _run_cmd(**kwargs):
     """All phases: gated pretraining on a subset, pruning, continued training; --no-select trains all fields."""
-    from lightfmp import pipeline
+    from lightfmp import distributed, pipeline
     cfg = _resolve(kwargs)
+    distributed.init(cfg.device)
     m = pipeline.run(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
-    if not kwargs["quiet"]:
+    if _speaks(kwargs["quiet"]):
         print_summary(m, kwargs["out"])
 
 
-app.command("train")(friendly(with_parameters(_train_cmd, config_parameters(("data", "model", "train")) + _COMMON)))
-app.command("run")(friendly(with_parameters(_run_cmd, config_parameters(("data", "model", "train", "prune")) + _COMMON)))
+app.command("train")(friendly(ranked(with_parameters(_train_cmd, config_parameters(("data", "model", "train"))
+                                                   + _COMMON))))
+app.command("run")(friendly(ranked(with_parameters(_run_cmd, config_parameters(("data", "model", "train", "prune"))
+                                                 + _COMMON))))
 
 
 @app.command("prune")
 @friendly
+@ranked
 def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
               keep: Optional[int] = typer.Option(None, "--keep", help="Keep the top K fields by gate."),
               threshold: Optional[float] = typer.Option(None, "--threshold",
@@ -96,7 +130,7 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
     if keep is not None and threshold is not None:
         raise LightFMPError("give either --keep or --threshold, not both")
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
-    if not quiet:
+    if _speaks(quiet):
         print_summary(m, run)
 
 

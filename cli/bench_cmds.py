@@ -54,6 +54,8 @@ def register(app) -> None:
         if k < 1:
             raise LightFMPError(f"--k {k}: must be between 1 and the number of fields")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+        from lightfmp.bench.core import check_in_memory
+        check_in_memory(cfg)
         quiet = kwargs["quiet"]
         reporter = Reporter(quiet)
         with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:

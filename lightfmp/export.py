@@ -3,7 +3,8 @@
 DIR/model.onnx            one input per kept field, output `probability` [batch]; numeric bucketizing and OOV
                           clamping happen inside the graph
 DIR/feature_schema.json   the serving contract (also in the model's metadata_props, key `lightfmp.feature_schema`)
-DIR/vocab/<field>.json    raw value string -> id, per categorical / multi-hot field
+DIR/vocab/<field>.json    raw value string -> id, per categorical / multi-hot field (hashed fields have none: their
+                          `hash` entry in feature_schema.json gives the rule, and they need --inputs ids)
 DIR/triton/<name>/...     a Triton model repository entry (onnxruntime_onnx)
 
 Every export is validated (checker, graph inputs, ONNX Runtime vs PyTorch on test rows, batch 1 vs large batch);
@@ -103,7 +104,15 @@ def input_spec(f: Field, raw: bool) -> dict:
                             "first_id": FIRST_ID, "missing_id": OOV_ID, "compare_dtype": "float32",
                             "rule": "id = first_id + count(boundaries <= x); NaN -> missing_id"})
         return d
-    d["vocab_file"] = f"vocab/{vocab_file_name(f.name)}"
+    if f.hashed:
+        d["hash"] = {"function": "fnv1a64+splitmix64", "buckets": f.hash_buckets, "first_id": FIRST_ID,
+                     "missing_id": OOV_ID,
+                     "rule": "h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222325, prime "
+                             "0x100000001b3); h ^= h >> 30; h *= 0xbf58476d1ce4e5b9; h ^= h >> 27; "
+                             "h *= 0x94d049bb133111eb; h ^= h >> 31 (all mod 2^64); id = first_id + h % buckets; "
+                             "missing -> missing_id"}
+    else:
+        d["vocab_file"] = f"vocab/{vocab_file_name(f.name)}"
     d["dtype"] = "string" if raw else "int64"
     if f.kind == "multi_hot":
         d.update(shape=["batch", f.max_len], separator=f.separator, max_len=f.max_len)
@@ -212,6 +221,10 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     if OUTPUT_NAME in kept.names:
         raise LightFMPError(f"field '{OUTPUT_NAME}' clashes with the model's output name; rename the column")
     raw = inputs == "raw"
+    hashed = [f.name for f in kept.fields if f.hashed]
+    if raw and hashed:
+        raise LightFMPError(f"--inputs raw: field '{hashed[0]}' is hashed (--hash-buckets) and the ONNX graph cannot "
+                            f"hash strings; export with --inputs ids (feature_schema.json gives the hash rule)")
     metrics = run.metrics()
     name = _triton_model_name(triton_name or out.name)
 
@@ -247,7 +260,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
         (tmp / "feature_schema.json").write_text(json.dumps(doc, indent=2) + "\n")
         (tmp / "vocab").mkdir()
         for f in kept.fields:
-            if f.kind != "numeric":
+            if f.kind != "numeric" and not f.hashed:
                 (tmp / "vocab" / vocab_file_name(f.name)).write_text(json.dumps(f.token_ids(), ensure_ascii=False))
         _write_triton(tmp / "triton" / name, kept, raw, max_batch_size)
         for p in [MODEL_FILE] + ([EXTERNAL_DATA_FILE] if external else []):

@@ -14,26 +14,63 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checkpoint as ckpt_files
+from . import distributed as dist
+from .checkpoint import Checkpoint, checkpoint_dir, config_sha256
 from .config import RunConfig
 from .data import (SchemaSpec, file_sha256, infer_schema, parse_labels, parse_multi_hot, parse_split, read_table,
                    split_names, split_rows, subset_rows)
 from .errors import LightFMPError
+from .formats import implies_stream, resolve_format
 from .io import atomic_dir
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model, select_fields
+from .rows import ArrayRows, Rows
 from .rundir import Run, model_config, open_run, write_run_files
 from .schema import FeatureSchema
+from .vocab import apply_options
 from .training import TrainConfig, evaluate, fit
+
+SPLITS = ("train", "valid", "test")
+
+
+class _SplitArrays(dict):
+    """split -> array; also callable, `data.labels("test")`, the method the streamed data offers, while the
+    bench keeps indexing `data.labels["test"]`."""
+
+    def __call__(self, name: str) -> np.ndarray:
+        return self[name]
 
 
 @dataclass
 class Prepared:
+    """The data read and encoded in memory. Phases read it through split_rows / subset / split_sizes / labels,
+    which lightfmp.shards.StreamedData (the streaming path) offers too."""
     schema: FeatureSchema
     ids: dict[str, np.ndarray]       # split -> encoded ids [rows, slots]
     labels: dict[str, np.ndarray]
     sha256: str
     rows: int
+    positions: dict[str, np.ndarray] | None = None   # split -> the rows' positions in the file
+
+    def __post_init__(self):
+        self.labels = _SplitArrays(self.labels)
+
+    def split_rows(self, name: str) -> ArrayRows:
+        if name not in self.ids:
+            raise LightFMPError(f"no split {name!r} (expected one of {', '.join(SPLITS)})")
+        pos = self.positions.get(name) if self.positions else None
+        return ArrayRows(self.ids[name], self.labels[name], pos)
+
+    def subset(self, fraction: float, seed: int) -> tuple[ArrayRows, ArrayRows]:
+        """(phase-1 subset, the rest) of the training split: a seeded permutation (data.subset_rows)."""
+        train = self.split_rows("train")
+        sub, rest = subset_rows(len(train), fraction, seed)
+        return train.take(sub), train.take(rest)
+
+    def split_sizes(self) -> dict[str, int]:
+        return {k: int(len(v)) for k, v in self.labels.items()}
 
 
 def resolve_device(name: str) -> str:
@@ -79,12 +116,31 @@ def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
     splits = split_rows(df, parse_split(cfg.split), cfg.seed, cfg.time_column, source)
     try:
         if not all(f.fitted for f in schema.fields):
+            apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
             schema.fit(df.iloc[splits["train"]])
         ids = {k: schema.encode(df.iloc[v]) for k, v in splits.items()}
     except LightFMPError as e:
         raise LightFMPError(f"{source}: {e}") from None
     labels = {k: y[v] for k, v in splits.items()}
-    return Prepared(schema, ids, labels, file_sha256(cfg.data), len(df))
+    return Prepared(schema, ids, labels, file_sha256(cfg.data), len(df), positions=splits)
+
+
+def streaming(cfg: RunConfig) -> bool:
+    """--stream, or a format only the streaming reader knows (criteo, avazu)."""
+    if cfg.stream:
+        return True
+    return bool(cfg.data) and implies_stream(resolve_format(cfg.data, cfg.format))
+
+
+def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None):
+    """The data of a run: encoded shards on disk (lightfmp.shards) with --stream or a criteo / avazu file,
+    otherwise read into memory. Under torchrun rank 0 prepares first; the others then reuse its shard cache."""
+    def load():
+        if streaming(cfg):
+            from .shards import prepare_stream  # the streaming path; imported only when used
+            return prepare_stream(cfg, reporter, schema)
+        return prepare_data(cfg, reporter, schema)
+    return dist.rank0_first(load, "preparing the data")
 
 
 def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int = 0) -> TrainConfig:
@@ -104,55 +160,90 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
     return {"rows": int(rows), "seconds": float(seconds), **extra}
 
 
-def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
-    """Phase 1 into a new run directory. Returns the metrics written."""
-    out = Path(out)
-    _check_out(out, force)
-    reporter = Reporter(quiet)
-    device = resolve_device(cfg.device)
+def _normalize(cfg: RunConfig) -> RunConfig:
+    # target-k mode prunes to k unless --keep says otherwise; the run's config.yaml records the resolved value
     if cfg.target_k is not None and cfg.keep is None:
-        cfg = replace(cfg, keep=cfg.target_k)
+        return replace(cfg, keep=cfg.target_k)
+    return cfg
+
+
+def _reporter(quiet: bool) -> Reporter:
+    return Reporter(quiet or not dist.is_main())  # one rank speaks
+
+
+def _device(cfg: RunConfig) -> str:
+    return dist.local_device(resolve_device(cfg.device))
+
+
+def _fit_seconds(t0: float, hist: dict) -> float:
+    # a resumed phase counts the epochs of the attempts before too
+    return time.perf_counter() - t0 + hist.get("seconds_restored", 0.0)
+
+
+def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
+    """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
+    per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
+    return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)
+
+
+def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool) -> dict:
+    _check_out(out, force)
+    dist.init(cfg.device)
+    reporter = _reporter(quiet)
+    device = _device(cfg)
+    cfg = _normalize(cfg)
     t_wall = time.perf_counter()
-    data = prepare_data(cfg, reporter)
+    data = load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
     if cfg.keep is not None and not 1 <= cfg.keep <= n_fields:
         raise LightFMPError(f"--keep {cfg.keep}: must be between 1 and the number of fields ({n_fields})")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, schema, model_config(cfg), gated=not cfg.no_select)
-    valid = (data.ids["valid"], data.labels["valid"])
+    valid = data.split_rows("valid")
+    sizes = data.split_sizes()
     base = {"backbone": cfg.backbone, "select": not cfg.no_select,
-            "data": {"path": str(cfg.data), "rows": data.rows, "sha256": data.sha256,
-                     "split": {k: int(len(v)) for k, v in data.labels.items()}},
+            "data": {"path": str(cfg.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
             "params": {"before": model.num_params()}}
+    ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.no_select else "pretrain",
+                      {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256}, reporter.log)
     if cfg.no_select:
         t0 = time.perf_counter()
-        hist = fit(model, data.ids["train"], data.labels["train"], valid, _train_cfg(cfg, cfg.epochs, True),
-                   reporter, "train (all fields)", device)
-        seconds = time.perf_counter() - t0
+        hist = fit(model, data.split_rows("train"), valid, _train_cfg(cfg, cfg.epochs, True),
+                   reporter, "train (all fields)", device, checkpoint=ckpt, epoch_start=dist.maybe_fault)
+        seconds = _fit_seconds(t0, hist)
         names = schema.names
         metrics = {**base, "fields": {"all": names, "kept": names, "dropped": []},
                    "gates": {n: 1.0 for n in names},
                    "params": {"before": model.num_params(), "after": model.num_params()},
                    "phases": {"pretrain": _phase(), "prune": _phase(),
-                              "continue": _phase(len(data.labels["train"]), seconds, epochs=len(hist["epochs"]))}}
+                              "continue": _phase(sizes["train"], seconds, epochs=len(hist["epochs"]))}}
         metrics.update(_final_eval(model, data, device))
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
-        info, ckpt, history = {"state": "complete", "select": False}, {"model.safetensors": model}, {"continue": hist}
+        info, weights = {"state": "complete", "select": False}, {"model.safetensors": model}
+        history = {"continue": hist}
     else:
-        sub, _ = subset_rows(len(data.labels["train"]), cfg.subset, cfg.seed)
+        sub, _ = data.subset(cfg.subset, cfg.seed)
         t0 = time.perf_counter()
-        hist = fit(model, data.ids["train"][sub], data.labels["train"][sub], valid,
-                   _train_cfg(cfg, cfg.pretrain_epochs, False), reporter, "pretrain (gated)", device)
-        seconds = time.perf_counter() - t0
+        hist = fit(model, sub, valid, _train_cfg(cfg, cfg.pretrain_epochs, False), reporter, "pretrain (gated)",
+                   device, checkpoint=ckpt)
+        seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
                    "phases": {"pretrain": _phase(len(sub), seconds, epochs=cfg.pretrain_epochs,
                                                  valid=hist["epochs"][-1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
-        info, ckpt, history = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}, {"pretrain": hist}
+        info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
+        history = {"pretrain": hist}
     info["data_sha256"] = data.sha256
-    with atomic_dir(out, force=force) as tmp:
-        write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history, checkpoints=ckpt)
+    if dist.is_main():
+        with atomic_dir(out, force=force) as tmp:
+            write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
+                            checkpoints=weights)
+        if keep_checkpoints:  # `run` goes on: the directory stays as the marker of an unfinished run
+            ckpt.discard()
+        else:
+            ckpt_files.remove(out)
+    dist.barrier()  # the others return once the run directory is there (prune reads it next)
     return metrics
 
 
@@ -166,11 +257,15 @@ def gate_tables(model, schema: FeatureSchema) -> dict:
             "log_alpha": {n: float(v) for n, v in zip(schema.names, la)}}
 
 
-def _final_eval(model, data: Prepared, device: str, kept_schema: FeatureSchema | None = None) -> dict:
+def _final_eval(model, data, device: str, kept_schema: FeatureSchema | None = None) -> dict:
     """Valid and test metrics of the final model; test rows are used here and nowhere else."""
-    cols = slot_columns(data.schema, kept_schema) if kept_schema is not None else slice(None)
-    return {split: evaluate(model, np.ascontiguousarray(data.ids[split][:, cols]), data.labels[split], device)
-            for split in ("valid", "test")}
+    out = {}
+    for split in ("valid", "test"):
+        rows: Rows = data.split_rows(split)
+        if kept_schema is not None:
+            rows = rows.select(slot_columns(data.schema, kept_schema))
+        out[split] = evaluate(model, rows, device)
+    return out
 
 
 def slot_columns(full: FeatureSchema, kept: FeatureSchema) -> np.ndarray:
@@ -188,9 +283,9 @@ def train_fields(cfg: RunConfig, data: Prepared, fields: list[str], epochs: int 
     cols = slot_columns(data.schema, schema)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, schema, model_config(cfg))
-    valid = (np.ascontiguousarray(data.ids["valid"][:, cols]), data.labels["valid"])
+    valid = data.split_rows("valid").select(cols)
     t0 = time.perf_counter()
-    fit(model, np.ascontiguousarray(data.ids["train"][:, cols]), data.labels["train"], valid,
+    fit(model, data.split_rows("train").select(cols), valid,
         _train_cfg(cfg, cfg.epochs if epochs is None else epochs, True), reporter, "train", device)
     seconds = time.perf_counter() - t0
     res = _final_eval(model, data, device, schema)
@@ -200,7 +295,8 @@ def train_fields(cfg: RunConfig, data: Prepared, fields: list[str], epochs: int 
 
 def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None = None,
           continue_epochs: int | None = None, quiet: bool = False) -> dict:
-    """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint)."""
+    """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint). An interrupted
+    call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments."""
     run = open_run(run_dir)
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
@@ -211,8 +307,9 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
         cfg.continue_epochs if cfg.continue_epochs is not None else cfg.epochs)
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
-    reporter = Reporter(quiet)
-    device = resolve_device(cfg.device)
+    dist.init(cfg.device)
+    reporter = _reporter(quiet)
+    device = _device(cfg)
     t_wall = time.perf_counter()
     gated = run.load_pretrained()
     names = run.schema.names
@@ -223,23 +320,26 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
         raise LightFMPError(f"{cfg.data}: the run's data file is gone; prune re-reads it")
     if file_sha256(cfg.data) != run.info.get("data_sha256"):
         raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
-    data = prepare_data(cfg, reporter, schema=run.schema)
+    data = load_data(cfg, reporter, schema=run.schema)
 
     t0 = time.perf_counter()
     model, kept_schema = prune_model(gated, run.schema, kept, z)
     prune_seconds = time.perf_counter() - t0
 
-    _, rest = subset_rows(len(data.labels["train"]), cfg.subset, cfg.seed)
+    _, rest = data.subset(cfg.subset, cfg.seed)
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
-        rest = np.arange(len(data.labels["train"]))
+        rest = data.split_rows("train")
     cols = slot_columns(run.schema, kept_schema)
-    x_rest = np.ascontiguousarray(data.ids["train"][rest][:, cols])
-    valid = (np.ascontiguousarray(data.ids["valid"][:, cols]), data.labels["valid"])
+    valid = data.split_rows("valid").select(cols)
+    ckpt = Checkpoint(checkpoint_dir(run.path), "continue",
+                      {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
+                       "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "kept": kept,
+                       "continue_epochs": continue_epochs}, reporter.log)
     t0 = time.perf_counter()
-    hist = fit(model, x_rest, data.labels["train"][rest], valid,
-               _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter, "continue (pruned)", device) \
+    hist = fit(model, rest.select(cols), valid, _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter,
+               "continue (pruned)", device, checkpoint=ckpt, epoch_start=dist.maybe_fault) \
         if continue_epochs > 0 else {"epochs": [], "rows": 0}
-    cont_seconds = time.perf_counter() - t0
+    cont_seconds = _fit_seconds(t0, hist)
 
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
@@ -254,10 +354,13 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
     history = _read_history(run)
     history["continue"] = hist
-    with atomic_dir(run.path, force=True) as tmp:
-        shutil.copytree(run.path, tmp, dirs_exist_ok=True)
-        write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
-                        checkpoints={"model.safetensors": model})
+    if dist.is_main():
+        with atomic_dir(run.path, force=True) as tmp:
+            shutil.copytree(run.path, tmp, dirs_exist_ok=True)
+            write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
+                            checkpoints={"model.safetensors": model})
+        ckpt_files.remove(run.path)
+    dist.barrier()
     return metrics
 
 
@@ -268,8 +371,31 @@ def _read_history(run: Run) -> dict:
 
 
 def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
-    """All phases in one call."""
-    metrics = train(cfg, out, force=force, quiet=quiet)
+    """All phases in one call. Calling it again after an interruption resumes: phase 1 from its checkpoint, or,
+    when phase 1 had finished (<out> is a pretrained run of the same config and data and <out>.ckpt exists),
+    straight into phase 3 from its checkpoint."""
+    out = Path(out)
+    dist.init(cfg.device)
+    cfg = _normalize(cfg)
+    # rank 0 decides: every rank must take the same branch
+    if dist.broadcast_int(int(dist.is_main() and _phase1_done(cfg, out))):
+        _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
+        metrics = None
+    else:
+        metrics = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.no_select)
     if cfg.no_select:
         return metrics
     return prune(out, quiet=quiet)
+
+
+def _phase1_done(cfg: RunConfig, out: Path) -> bool:
+    """An earlier `run` of this config finished phase 1 into `out` and was interrupted afterwards."""
+    if cfg.no_select or not out.is_dir() or not checkpoint_dir(out).is_dir():
+        return False
+    try:
+        r = open_run(out)
+    except LightFMPError:
+        return False
+    if r.state != "pretrained" or not r.select or config_sha256(_normalize(r.config)) != config_sha256(cfg):
+        return False
+    return bool(cfg.data) and Path(cfg.data).exists() and r.info.get("data_sha256") == file_sha256(cfg.data)

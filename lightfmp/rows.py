@@ -93,7 +93,9 @@ class ArrayRows:
 
 
 def as_rows(ids, labels=None) -> Rows:
-    """Accept Rows or a pair of arrays (the API before streaming took arrays)."""
+    """Accept Rows, a pair of arrays, or an (ids, labels) tuple (the API before streaming took arrays)."""
     if labels is None:
+        if isinstance(ids, tuple) and len(ids) == 2:
+            return ArrayRows(*ids)
         return ids
     return ArrayRows(ids, labels)

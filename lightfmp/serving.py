@@ -123,12 +123,14 @@ class Predictor:
             raise LightFMPError(f"{path}: a Predictor needs the export directory (with {SCHEMA_FILE} and vocab/)")
         self.fields: list[tuple[dict, Field]] = []
         for spec in self.bundle.inputs:
+            hashed = spec.get("hash", {}).get("buckets")  # a hashed field: encoded by the rule, no vocabulary
             vocab = self.bundle.vocab(spec)
-            if spec["kind"] != "numeric" and vocab is None:
+            if spec["kind"] != "numeric" and vocab is None and hashed is None:
                 raise LightFMPError(f"{self.bundle.dir / spec['vocab_file']}: vocabulary file missing")
             tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])] if vocab is not None else None
             f = Field(spec["name"], spec["kind"], vocab=tokens, separator=spec.get("separator"),
-                      max_len=int(spec.get("max_len", 0)), boundaries=spec.get("transform", {}).get("boundaries"))
+                      max_len=int(spec.get("max_len", 0)), boundaries=spec.get("transform", {}).get("boundaries"),
+                      hash_buckets=hashed)
             self.fields.append((spec, f))
         so = ort.SessionOptions()
         if threads:

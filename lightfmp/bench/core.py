@@ -62,6 +62,14 @@ def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
     return replace(cfg, data=str(path), epochs=1, pretrain_epochs=min(cfg.pretrain_epochs, 3))
 
 
+def check_in_memory(cfg: RunConfig) -> None:
+    """The selectors index the encoded splits as arrays: streamed (sharded) data is not supported."""
+    if cfg.stream or cfg.format in ("criteo", "avazu"):
+        what = "--stream" if cfg.stream else f"--format {cfg.format}"
+        raise LightFMPError(f"{what}: bench reads data in memory; run it on a CSV / Parquet file that fits in "
+                            f"memory (e.g. a sample), without --stream")
+
+
 def _check_k(k: int, n_fields: int) -> None:
     if not 1 <= k <= n_fields:
         raise LightFMPError(f"--k {k}: must be between 1 and the number of fields ({n_fields})")
@@ -125,6 +133,7 @@ def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> 
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
               curve: bool = False, reporter: Reporter | None = None) -> dict:
     """All `methods` on every seed; returns {"results": [...aggregated per method...], "curves": ...}."""
+    check_in_memory(cfg)
     reporter = reporter or Reporter(quiet=True)
     per: dict[str, list[dict]] = {m: [] for m in methods}
     curve_out = None
@@ -158,6 +167,7 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
                   reporter: Reporter | None = None) -> dict:
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
     from .selectors import select_lightfmp
+    check_in_memory(cfg)
     reporter = reporter or Reporter(quiet=True)
     rows = {f: [] for f in fractions}
     for seed in seeds:

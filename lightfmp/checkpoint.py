@@ -1,0 +1,170 @@
+"""Per-epoch checkpoints of a training phase, so that rerunning an interrupted command resumes it.
+
+    <out>.ckpt/<phase>.safetensors   model, optimizer moments and the best epoch's weights (tensors)
+    <out>.ckpt/<phase>.json          epochs done, history so far, best score, and the key below (everything else)
+
+The checkpoints live beside the run directory because `train` creates <out> only at the very end (atomically) and
+`prune` rewrites it. A checkpoint is used only when its key matches: the phase, the sha256 of the resolved config
+and of the data, plus phase-specific values (prune: the kept fields, the pretrained weights' sha256, the epochs).
+No RNG state is stored: the training loop reseeds every random stream at the start of each epoch from
+(seed, epoch), so a resumed run continues exactly as the uninterrupted one would. Never pickled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .io import atomic_path, json_safe, write_json_atomic
+
+FORMAT = "lightfmp-checkpoint"
+FORMAT_VERSION = 1
+
+# where the failure message tells the user to look; updated as phases start and epochs complete
+_hint = {"dir": None, "phase": None, "epoch": None}
+
+
+def checkpoint_dir(out: str | Path) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def config_sha256(cfg) -> str:
+    """Hash of everything that changes what training computes (the shard cache location does not)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in ("shard_dir",)}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def resume_hint() -> str:
+    if _hint["dir"] is None:
+        return "rerun the same command to start again"
+    if not _hint["epoch"]:
+        return (f"rerun the same command to resume ({_hint['phase']} had no completed epoch yet; checkpoints in "
+                f"{_hint['dir']})")
+    return (f"rerun the same command to resume from epoch {_hint['epoch']} ({_hint['phase']} phase; checkpoint in "
+            f"{_hint['dir']})")
+
+
+def remove(out: str | Path) -> None:
+    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+
+
+@dataclass
+class TrainState:
+    """What the training loop needs to continue after `epoch` completed epochs."""
+    epoch: int
+    history: list[dict]
+    best_score: float = -math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stopped: bool = False                   # early stopping fired after the last saved epoch
+    seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
+    extra: dict = field(default_factory=dict)
+
+
+class Checkpoint:
+    def __init__(self, directory: str | Path, phase: str, key: dict, log=None):
+        self.dir = Path(directory)
+        self.phase = phase
+        self.key = json_safe({"phase": phase, **key})
+        self.log = log or (lambda msg: None)
+        _hint.update(dir=str(self.dir), phase=phase, epoch=0)
+
+    @property
+    def tensors_path(self) -> Path:
+        return self.dir / f"{self.phase}.safetensors"
+
+    @property
+    def json_path(self) -> Path:
+        return self.dir / f"{self.phase}.json"
+
+    # ---- writing (rank 0 only) ------------------------------------------------------------------------------
+    def save(self, model: torch.nn.Module, optimizers: dict, state: TrainState) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if state.best_state is not None:
+            tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+        scalars = {}
+        for name, opt in optimizers.items():
+            if opt is None:
+                continue
+            for idx, st in opt.state_dict()["state"].items():
+                for k, v in st.items():
+                    if torch.is_tensor(v):
+                        tensors[f"opt.{name}.{idx}.{k}"] = v
+                    else:
+                        scalars[f"opt.{name}.{idx}.{k}"] = v
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": self.key, "epoch": state.epoch,
+               "history": state.history, "best_score": state.best_score if math.isfinite(state.best_score) else None,
+               "best_epoch": state.best_epoch, "stopped": state.stopped, "seconds": state.seconds,
+               "opt_scalars": scalars, "extra": state.extra}
+        # tensors first, JSON last: the epoch in both must match, so a crash between the renames is detected
+        with atomic_path(self.tensors_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
+        write_json_atomic(self.json_path, doc)
+        _hint["epoch"] = state.epoch
+
+    def discard(self) -> None:
+        self.tensors_path.unlink(missing_ok=True)
+        self.json_path.unlink(missing_ok=True)
+
+    # ---- reading (every rank) ---------------------------------------------------------------------------------
+    def load(self, model: torch.nn.Module, optimizers: dict) -> TrainState | None:
+        """Restore model and optimizers in place and return the state, or None when there is no usable
+        checkpoint (absent, from another config / data / phase, or damaged; the last two are logged)."""
+        if not self.json_path.exists():
+            return None
+        where = self.json_path
+        try:
+            doc = json.loads(self.json_path.read_text())
+            if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+                self.log(f"ignoring checkpoint {where}: unknown format")
+                return None
+            if doc.get("key") != self.key:
+                diff = sorted(k for k in set(self.key) | set(doc.get("key") or {})
+                              if (doc.get("key") or {}).get(k) != self.key.get(k))
+                self.log(f"ignoring checkpoint {where}: made with a different {', '.join(diff)}")
+                return None
+            from safetensors import safe_open
+            with safe_open(str(self.tensors_path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            if meta.get("epoch") != str(doc["epoch"]):
+                self.log(f"ignoring checkpoint {where}: its tensors are from another epoch (interrupted write)")
+                return None
+            tensors = load_file(str(self.tensors_path))
+            weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+            own = model.state_dict()
+            if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+                # checked before loading anything: a half-loaded model must never be trained on
+                self.log(f"ignoring checkpoint {where}: its weights do not fit this model")
+                return None
+            model.load_state_dict(weights, strict=True)
+            for name, opt in optimizers.items():
+                if opt is None:
+                    continue
+                pre = f"opt.{name}."
+                st: dict[int, dict] = {}
+                for k, v in list(tensors.items()) + list(doc.get("opt_scalars", {}).items()):
+                    if k.startswith(pre):
+                        idx, sub = k[len(pre):].split(".", 1)
+                        st.setdefault(int(idx), {})[sub] = v
+                # hyperparameters come from the config (part of the key), only the moments from the file
+                opt.load_state_dict({"state": st, "param_groups": opt.state_dict()["param_groups"]})
+            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
+            self.log(f"ignoring checkpoint {where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0]})")
+            return None
+        score = doc.get("best_score")
+        state = TrainState(epoch=int(doc["epoch"]), history=doc.get("history", []),
+                           best_score=-math.inf if score is None else float(score),
+                           best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
+                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)),
+                           extra=doc.get("extra", {}))
+        _hint["epoch"] = state.epoch
+        return state

@@ -1,0 +1,245 @@
+"""Fitting a FeatureSchema in one streaming pass over the training rows, batch by batch, in bounded memory.
+
+    categorical / multi-hot   per-field value counts, added batch by batch; min_count and vocab_cap are applied at
+                              the end with the same ordering as `FeatureSchema.fit` (most frequent first, ties by
+                              token), so on the same rows both fits give the same vocabulary.
+    numeric                   quantile edges from a seeded reservoir sample of RESERVOIR_SIZE finite values per
+                              field: exact when the training rows hold at most that many values, approximate beyond.
+    multi-hot list length     the longest list seen, as in `FeatureSchema.fit`.
+    hashed fields             no counts at all (`--hash-buckets`).
+
+Memory bound on counts: when a field's counter exceeds max(10 * vocab_cap, PRUNE_MIN_ENTRIES) distinct values, the
+rarest entries are dropped (lossy counting): every entry whose count is at or below the count of the
+(limit/2)-th most frequent one. A dropped value that comes back starts again from zero, so its final count can be
+short by at most the sum of the thresholds dropped so far; a value more frequent than that keeps its place. The
+vocabulary is exact while a field has fewer distinct values than the limit (a message says when it was not).
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .data import SchemaSpec, infer_schema, parse_multi_hot, split_names
+from .errors import LightFMPError
+from .formats import all_categorical, fixed_label
+from .schema import (FeatureSchema, Field, _as_float, _quantile_edges, cell_strings, clamp_max_len, split_multi,
+                     vocab_from_counts)
+
+PRUNE_MIN_ENTRIES = 1_000_000
+RESERVOIR_SIZE = 200_000
+
+
+# ---- --hash-buckets and --vocab-cap -------------------------------------------------------------------------------
+def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
+    """'N' -> every categorical / multi-hot field into N buckets; 'f1:N,f2:M' -> only those fields."""
+    spec = str(text).strip()
+    usage = f"--hash-buckets {text!r}: expected N or field:N,... with N >= 1"
+    if re.fullmatch(r"[0-9]+", spec):
+        n = int(spec)
+        if n < 1:
+            raise LightFMPError(usage)
+        return {f.name: n for f in schema.fields if f.kind != "numeric"}
+    out: dict[str, int] = {}
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        name, sep, num = item.rpartition(":")  # rpartition: a field name may itself contain ':'
+        name, num = name.strip(), num.strip()
+        if not sep or not name or not re.fullmatch(r"[0-9]+", num):
+            raise LightFMPError(f"{usage} (got {item!r})")
+        if int(num) < 1:
+            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' needs at least 1 bucket, got {num}")
+        if name not in schema.names:
+            raise LightFMPError(f"--hash-buckets {text!r}: no field '{name}' (fields: {', '.join(schema.names)})")
+        if schema.field(name).kind == "numeric":
+            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' is numeric; only categorical and "
+                                f"multi-hot fields can be hashed (name it with --categorical to hash it)")
+        out[name] = int(num)
+    if not out:
+        raise LightFMPError(usage)
+    return out
+
+
+def apply_options(schema: FeatureSchema, hash_buckets: str | None = None,
+                  vocab_cap: int | None = None) -> FeatureSchema:
+    """Put --hash-buckets and --vocab-cap on a schema before it is fitted (in memory or streaming). Fields that are
+    already fitted (a vocabulary from --schema FILE) keep it."""
+    if vocab_cap is not None:
+        if int(vocab_cap) < 1:
+            raise LightFMPError(f"--vocab-cap {vocab_cap}: must be >= 1")
+        schema.vocab_cap = int(vocab_cap)
+    if hash_buckets is not None and str(hash_buckets).strip():
+        every = re.fullmatch(r"\s*[0-9]+\s*", str(hash_buckets)) is not None
+        for name, n in parse_hash_buckets(hash_buckets, schema).items():
+            f = schema.field(name)
+            if f.fitted and not f.hashed:
+                if every:
+                    continue
+                raise LightFMPError(f"--hash-buckets: field '{name}' already has a vocabulary in the schema file")
+            f.hash_buckets, f.vocab = n, None
+    return schema
+
+
+# ---- kinds from the first batch -----------------------------------------------------------------------------------
+def initial_schema(df: pd.DataFrame, cfg: RunConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
+    """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `df` (the first
+    batch) by `data.infer_schema`; criteo / avazu fix the label and make every column categorical."""
+    fixed = fixed_label(fmt)
+    if fixed and cfg.label and cfg.label != fixed:
+        raise LightFMPError(f"--format {fmt}: the label column is '{fixed}', not '{cfg.label}'")
+    label = cfg.label or fixed
+    if not label:
+        raise LightFMPError("no label: pass --label COLUMN")
+    if label not in df.columns:
+        raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(df.columns)})")
+    spec = SchemaSpec(label=label, categorical=split_names(cfg.categorical), numeric=split_names(cfg.numeric),
+                      multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
+                      positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
+    named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
+    if all_categorical(fmt):
+        spec.categorical += [c for c in df.columns if c != label and c not in spec.ignore and c not in named]
+    # a column empty in the first batch only is no reason to fail: its kind is taken as named, else categorical;
+    # a column empty in every row is caught after the pass
+    empty = [c for c in df.columns if c != label and c not in spec.ignore and df[c].isna().all()]
+    kinds = {c: ("multi_hot" if c in spec.multi_hot else "numeric" if c in spec.numeric else "categorical")
+             for c in empty}
+    sub = SchemaSpec(label=label, categorical=[c for c in spec.categorical if c not in kinds],
+                     numeric=[c for c in spec.numeric if c not in kinds],
+                     multi_hot={c: s for c, s in spec.multi_hot.items() if c not in kinds}, ignore=spec.ignore,
+                     positive=spec.positive, min_count=spec.min_count, num_buckets=spec.num_buckets)
+    rest = df.drop(columns=empty)
+    inferred: dict[str, str] = {}
+    if any(c != label and c not in spec.ignore for c in rest.columns):
+        schema, inferred = infer_schema(rest, sub, source)
+        fields = {f.name: f for f in schema.fields}
+    else:
+        for col in list(named) + spec.ignore:  # the checks infer_schema would have made
+            if col not in df.columns:
+                raise LightFMPError(f"{source}: column '{col}' named on the command line is absent "
+                                    f"(columns: {', '.join(df.columns)})")
+        fields = {}
+    for c, kind in kinds.items():
+        fields[c] = Field(c, kind, separator=spec.multi_hot.get(c))
+        if c not in named:
+            inferred[c] = f"categorical (empty in the first {len(df)} rows)"
+    if not fields:
+        raise LightFMPError(f"{source}: no feature columns besides the label '{label}'")
+    ordered = [fields[c] for c in df.columns if c in fields]
+    return FeatureSchema(label, ordered, spec.positive, spec.min_count, spec.num_buckets), inferred
+
+
+# ---- the streaming fit ----------------------------------------------------------------------------------------------
+class TokenCounter:
+    """Value counts of one field, added batch by batch, pruned lossy-counting style past `limit` entries."""
+
+    def __init__(self, limit: int):
+        self.limit = int(limit)
+        self.counts = pd.Series(dtype=np.int64)
+        self.prunes = 0
+        self.undercount = 0  # most a surviving value's count can be short by
+
+    def add(self, tokens: pd.Series) -> None:
+        vc = tokens.value_counts()
+        if not len(vc):
+            return
+        vc.index = vc.index.astype(object)  # one index dtype throughout, whatever the batch's column dtype
+        self.counts = vc.astype(np.int64) if not len(self.counts) else \
+            self.counts.add(vc, fill_value=0).astype(np.int64)
+        if len(self.counts) > self.limit:
+            self._prune()
+
+    def _prune(self) -> None:
+        vals = self.counts.to_numpy()
+        keep = self.limit // 2
+        threshold = int(np.partition(vals, len(vals) - keep)[len(vals) - keep])
+        # ties fall together, so what survives does not depend on the order values arrived in
+        self.counts = self.counts[self.counts > threshold]
+        self.prunes += 1
+        self.undercount += threshold
+
+
+class Reservoir:
+    """A uniform sample of at most `size` values of a stream (Algorithm R, vectorised per batch)."""
+
+    def __init__(self, size: int, rng: np.random.Generator):
+        self.size, self.rng = int(size), rng
+        self.buf = np.empty(self.size, dtype=np.float64)
+        self.seen = 0
+
+    def add(self, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        fill = min(len(x), max(self.size - self.seen, 0))
+        self.buf[self.seen:self.seen + fill] = x[:fill]
+        rest = x[fill:]
+        if len(rest):
+            # item t (0-based over the stream) replaces a uniform slot of [0, t] when that slot is in the sample
+            t = self.seen + fill + np.arange(len(rest), dtype=np.float64)
+            j = np.floor(self.rng.random(len(rest)) * (t + 1)).astype(np.int64)
+            hit = j < self.size
+            self.buf[j[hit]] = rest[hit]
+        self.seen += len(x)
+
+    def values(self) -> np.ndarray:
+        return self.buf[:min(self.seen, self.size)]
+
+
+class StreamFitter:
+    """Fits the schema's unfitted fields from training-row batches: `add(df)` per batch, then `finish()`."""
+
+    def __init__(self, schema: FeatureSchema, seed: int = 0, reservoir_size: int = RESERVOIR_SIZE,
+                 log: Callable[[str], None] | None = None):
+        self.schema = schema
+        self.log = log or (lambda msg: None)
+        self.todo = [f for f in schema.fields if not f.fitted]
+        limit = max(10 * (schema.vocab_cap or 0), PRUNE_MIN_ENTRIES)
+        self.counters = {f.name: TokenCounter(limit) for f in self.todo if f.kind != "numeric" and not f.hashed}
+        self.reservoirs = {f.name: Reservoir(reservoir_size, np.random.default_rng([seed, i]))
+                           for i, f in enumerate(schema.fields) if f in self.todo and f.kind == "numeric"}
+        self.longest = {f.name: 0 for f in self.todo if f.kind == "multi_hot"}
+        self.rows = 0
+
+    def add(self, df: pd.DataFrame) -> None:
+        self.rows += len(df)
+        for f in self.todo:
+            col = df[f.name]
+            if f.kind == "numeric":
+                self.reservoirs[f.name].add(_as_float(col, f.name))
+            elif f.kind == "categorical":
+                if not f.hashed:
+                    self.counters[f.name].add(cell_strings(col).dropna())
+            else:
+                lists = split_multi(col, f.separator)
+                if len(lists):
+                    self.longest[f.name] = max(self.longest[f.name], int(lists.map(len).max()))
+                if not f.hashed:
+                    self.counters[f.name].add(lists.explode().dropna())
+
+    def finish(self) -> FeatureSchema:
+        s = self.schema
+        for f in self.todo:
+            if f.kind == "numeric":
+                r = self.reservoirs[f.name]
+                f.boundaries = _quantile_edges(r.values().copy(), s.num_buckets)
+                if r.seen > r.size:
+                    self.log(f"field [bold]{f.name}[/]: bucket edges from a sample of {r.size:,} of "
+                             f"{r.seen:,} values (approximate quantiles)")
+                continue
+            if f.kind == "multi_hot":
+                f.max_len = clamp_max_len(self.longest[f.name])
+            if f.hashed:
+                continue
+            c = self.counters[f.name]
+            f.vocab = vocab_from_counts(c.counts, s.min_count, s.vocab_cap)
+            if c.prunes:
+                self.log(f"field [bold]{f.name}[/]: over {c.limit:,} distinct values; rare values were dropped "
+                         f"from the counts {c.prunes} time(s) (counts may be short by up to {c.undercount:,}); "
+                         f"--vocab-cap or --hash-buckets bound this field")
+        return s
+
+
+__all__ = ["parse_hash_buckets", "apply_options", "initial_schema", "StreamFitter", "TokenCounter", "Reservoir",
+           "PRUNE_MIN_ENTRIES", "RESERVOIR_SIZE"]

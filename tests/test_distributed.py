@@ -1,0 +1,179 @@
+"""Data-parallel training under torchrun (2 CPU processes, gloo), per-epoch checkpoints and resume."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from lightfmp.checkpoint import Checkpoint
+from lightfmp.datasets import synthesize
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.rows import ArrayRows
+from lightfmp.training import TrainConfig, fit
+
+ARGS = ["--label", "label", "--epochs", "2", "--pretrain-epochs", "2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lightfmp(*args, nproc: int | None = None, fault: str | None = None):
+    """`python -m lightfmp ...`, or the same under torchrun with `nproc` processes."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    env.pop("LIGHTFMP_FAULT_RANK_EPOCH", None)
+    if fault:
+        env["LIGHTFMP_FAULT_RANK_EPOCH"] = fault
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+                "--master-port", str(_free_port())] if nproc else [sys.executable]
+    return subprocess.run(launcher + ["-m", "lightfmp", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def in_process(*args):
+    """The same command in this process (cheaper than a new interpreter; no fault hook: it exits the process)."""
+    from typer.testing import CliRunner
+
+    from lightfmp.cli.app import app
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r
+
+
+def metrics(run):
+    return json.loads((run / "metrics.json").read_text())
+
+
+def history(run):
+    return json.loads((run / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("syn")
+    synthesize(rows=4000, fields=6, informative=2, out_dir=d, seed=0)
+    return d / "data.parquet"
+
+
+@pytest.fixture(scope="module")
+def single(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "run"
+    in_process("run", "--data", data, "--out", out, *ARGS, "--quiet")
+    return metrics(out)
+
+
+def test_two_ranks_compute_what_one_process_does(data, single, tmp_path):
+    out = tmp_path / "run"
+    r = lightfmp("run", "--data", data, "--out", out, *ARGS, nproc=2)
+    assert r.returncode == 0, r.stderr
+    m = metrics(out)
+    assert m["fields"]["kept"] == single["fields"]["kept"]
+    assert abs(m["test"]["auc"] - single["test"]["auc"]) <= 0.002
+    assert m["phases"]["continue"]["rows"] == single["phases"]["continue"]["rows"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run dir, checkpoints removed
+    assert r.stdout.count("fields kept") == 1                       # only rank 0 prints
+
+
+def test_a_dead_rank_fails_the_run_and_a_rerun_resumes(data, single, tmp_path):
+    out = tmp_path / "run"
+    r = lightfmp("run", "--data", data, "--out", out, *ARGS, "--quiet", nproc=2, fault="1:1")
+    assert r.returncode != 0
+    assert "lightfmp: rank 1: LIGHTFMP_FAULT_RANK_EPOCH=1:1" in r.stderr
+    assert "rerun the same command to resume from epoch 1" in r.stderr, r.stderr[-3000:]
+    assert (tmp_path / "run.ckpt" / "continue.safetensors").exists()
+    r = lightfmp("run", "--data", data, "--out", out, *ARGS, "--quiet", nproc=2)
+    assert r.returncode == 0, r.stderr
+    h = history(out)["continue"]
+    assert h["resumed_from_epoch"] == 1 and [e["epoch"] for e in h["epochs"]] == [1, 2]
+    assert abs(metrics(out)["test"]["auc"] - single["test"]["auc"]) <= 0.002
+    assert not (tmp_path / "run.ckpt").exists()
+
+
+def test_one_process_resume_continues_exactly(data, single, tmp_path):
+    out = tmp_path / "run"
+    r = lightfmp("run", "--data", data, "--out", out, *ARGS, "--quiet", fault="0:1")
+    assert r.returncode == 1 and "testing hook" in r.stderr
+    assert json.loads((out / "run.json").read_text())["state"] == "pretrained"
+    in_process("run", "--data", data, "--out", out, *ARGS, "--quiet")
+    assert history(out)["continue"]["resumed_from_epoch"] == 1
+    m = metrics(out)
+    # every random stream is reseeded per epoch: the resumed run is the uninterrupted one
+    assert m["test"] == single["test"] and m["fields"] == single["fields"]
+
+
+# ---- in process: the gated phase (both optimizers, gate hold-out) resumes exactly ------------------------------
+class Interrupted(Exception):
+    pass
+
+
+def _gated_fit(rows, valid, ckpt, stop_at=None):
+    from lightfmp.schema import FeatureSchema, Field
+    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)])
+                                 for i in range(4)])
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+
+    def hook(epoch):
+        if epoch == stop_at:
+            raise Interrupted
+
+    cfg = TrainConfig(epochs=3, batch_size=64, gate_holdout=0.25, restore_best=False, seed=3)
+    return model, fit(model, rows, valid, cfg, checkpoint=ckpt, epoch_start=hook)
+
+
+def test_fit_resumes_gated_phase_exactly_and_ignores_foreign_checkpoints(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 22, size=(600, 4)).astype(np.int32)
+    y = (rng.random(600) < 1 / (1 + np.exp(-(ids[:, 0] - 12) / 3))).astype(np.float32)
+    rows, valid = ArrayRows(ids[:500], y[:500]), ArrayRows(ids[500:], y[500:])
+    ref, ref_hist = _gated_fit(rows, valid, None)
+    logs = []
+    ckpt = Checkpoint(tmp_path, "pretrain", {"config_sha256": "a"}, logs.append)
+    with pytest.raises(Interrupted):
+        _gated_fit(rows, valid, ckpt, stop_at=2)
+    model, hist = _gated_fit(rows, valid, Checkpoint(tmp_path, "pretrain", {"config_sha256": "a"}, logs.append))
+    assert hist["resumed_from_epoch"] == 2 and logs == []
+    assert [e["train_logloss"] for e in hist["epochs"]] == [e["train_logloss"] for e in ref_hist["epochs"]]
+    for (k, a), b in zip(ref.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+    _, hist = _gated_fit(rows, valid, Checkpoint(tmp_path, "pretrain", {"config_sha256": "b"}, logs.append))
+    assert "resumed_from_epoch" not in hist and "different config_sha256" in logs[0]
+
+
+# ---- the pieces ---------------------------------------------------------------------------------------------------
+def test_batches_cross_chunk_boundaries():
+    from lightfmp.training import _batches
+    chunks = [(np.arange(n)[:, None] + s, np.zeros(n, np.float32)) for s, n in ((0, 5), (5, 2), (7, 9), (16, 1))]
+    got = [ids[:, 0].tolist() for ids, _ in _batches(iter(chunks), 4)]
+    assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16]]  # ceil(17 / 4) batches
+
+
+def test_prepared_offers_the_streamed_data_accessors(tmp_path):
+    from helpers import write_csv
+
+    from lightfmp.config import RunConfig
+    from lightfmp.pipeline import load_data
+    data = load_data(RunConfig(data=str(write_csv(tmp_path, n=200)), label="label", multi_hot="tags:|"))
+    sizes = data.split_sizes()
+    assert sum(sizes.values()) == 200 and data.labels("test") is data.labels["test"]
+    train = data.split_rows("train")
+    assert len(train) == sizes["train"] and train.num_slots == data.ids["train"].shape[1]
+    assert sorted(train.row_numbers.tolist() + data.split_rows("test").row_numbers.tolist()
+                  + data.split_rows("valid").row_numbers.tolist()) == list(range(200))  # positions in the file
+    sub, rest = data.subset(0.25, 0)
+    assert len(sub) + len(rest) == sizes["train"] and not set(sub.row_numbers) & set(rest.row_numbers)
+    assert len(data.subset(1.0, 0)[1]) == 0
+
+
+def test_bench_refuses_streamed_data(tmp_path):
+    from typer.testing import CliRunner
+
+    from lightfmp.cli.app import app
+    r = CliRunner().invoke(app, ["bench", "--data", str(tmp_path / "x.csv"), "--label", "y", "--k", "2", "--stream"])
+    assert r.exit_code == 2 and "bench reads data in memory" in r.output

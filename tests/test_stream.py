@@ -1,0 +1,424 @@
+"""Streaming ingestion: record-batch readers, the streaming schema fit, encoded shards and ShardRows."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import make_frame, write_csv
+from lightfmp.config import RunConfig
+from lightfmp.data import read_table
+from lightfmp.errors import LightFMPError
+from lightfmp.formats import read_batches, resolve_format
+from lightfmp.rows import SALT_HOLDOUT, SALT_SUBSET, row_uniform
+from lightfmp.schema import FIRST_ID, OOV_ID, FeatureSchema, Field, stable_hash
+from lightfmp.shards import prepare_stream, shard_home, split_codes
+from lightfmp.vocab import Reservoir, StreamFitter, TokenCounter, apply_options, initial_schema
+
+N, CHUNK = 200, 37
+KINDS = dict(label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|")
+
+
+class Log:
+    def __init__(self):
+        self.msgs = []
+
+    def log(self, msg):
+        self.msgs.append(str(msg))
+
+    def has(self, text):
+        return any(text in m for m in self.msgs)
+
+
+def cfg_for(data, shard_dir, **kw):
+    return RunConfig(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, **{**KINDS, **kw})
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    d = tmp_path_factory.mktemp("stream")
+    p = write_csv(d, n=N)
+    cfg = cfg_for(p, d / "shards")
+    return {"dir": d, "csv": p, "cfg": cfg, "data": prepare_stream(cfg, Log())}
+
+
+def in_memory(p, cfg, **schema_kw):
+    """The in-memory fit on the same training rows, as a reference."""
+    df = read_table(p)
+    train = split_codes(np.arange(len(df)), (0.8, 0.1, 0.1), cfg.seed) == 0
+    fields = [Field("a", "categorical"), Field("b", "categorical"), Field("noise", "categorical"),
+              Field("x", "numeric"), Field("tags", "multi_hot", separator="|")]
+    s = FeatureSchema("label", fields, **schema_kw)
+    return s.fit(df[train]), df
+
+
+def all_shard_rows(data):
+    """Every stored row: (row numbers, ids, labels) over all splits, from the shard files."""
+    m = data.manifest
+    arr = lambda i, k: np.load(data.path / m["shards"][i]["files"][k]["file"])
+    n = len(m["shards"])
+    return (np.concatenate([arr(i, "rows") for i in range(n)]), np.concatenate([arr(i, "ids") for i in range(n)]),
+            np.concatenate([arr(i, "labels") for i in range(n)]))
+
+
+# ---- the fit and the shards ---------------------------------------------------------------------------------------
+def test_stream_fit_and_ids_equal_in_memory(built):
+    ref, df = in_memory(built["csv"], built["cfg"])
+    assert built["data"].schema.to_dict() == ref.to_dict()
+    rows, ids, labels = all_shard_rows(built["data"])
+    assert np.array_equal(rows, np.arange(N))  # stored in file order, each row once
+    assert np.array_equal(ids, ref.encode(df))
+    assert np.array_equal(labels, df["label"].astype(float).to_numpy(np.float32))
+
+
+def test_many_shards_with_a_partial_last_one(built):
+    m = built["data"].manifest
+    sizes = [s["rows"] for s in m["shards"]]
+    assert len(sizes) == math.ceil(N / CHUNK) and sizes[:-1] == [CHUNK] * (len(sizes) - 1)
+    assert sizes[-1] == N - CHUNK * (len(sizes) - 1) and built["data"].rows == N
+    codes = split_codes(np.arange(N), (0.8, 0.1, 0.1), 0)
+    assert built["data"].split_sizes() == {k: int((codes == i).sum()) for i, k in enumerate(("train", "valid", "test"))}
+    assert np.array_equal(built["data"].labels("valid"), all_shard_rows(built["data"])[2][codes == 1])
+
+
+def test_subset_and_rest_partition_the_training_split(built):
+    data = built["data"]
+    train = set(data.split_rows("train").row_numbers())
+    sub, rest = data.subset(0.3, 5)
+    a, b = set(sub.row_numbers()), set(rest.row_numbers())
+    assert a | b == train and not a & b and len(sub) == len(a) and len(rest) == len(b)
+    assert a == {r for r in train if row_uniform(np.array([r]), 5, SALT_SUBSET)[0] < 0.3}
+    assert set(data.subset(0.3, 5)[0].row_numbers()) == a  # deterministic
+    assert set(data.subset(0.3, 6)[0].row_numbers()) != a  # changes with the seed
+    full, empty = data.subset(1.0, 5)
+    assert len(full) == len(train) and len(empty) == 0 and list(empty.chunks(0)) == []
+    with pytest.raises(LightFMPError, match="--subset"):
+        data.subset(0.0, 1)
+
+
+def test_chunks_visit_every_row_once_within_the_bound(built):
+    train = built["data"].split_rows("train")
+    stored = list(train.chunks(None))
+    shuffled = list(train.chunks(3))
+    assert all(len(y) <= CHUNK for _, y in shuffled) and len(stored) == len(shuffled)
+    for ids, y in shuffled:
+        assert ids.dtype == np.int32 and ids.flags.c_contiguous and y.dtype == np.float32
+    key = lambda chunks: np.column_stack([np.concatenate([c[0] for c in chunks]),
+                                          np.concatenate([c[1] for c in chunks])])
+    a, b = key(stored), key(shuffled)
+    assert len(a) == len(train) and not np.array_equal(a, b)
+    assert np.array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])  # same rows, another order
+    assert all(np.array_equal(x[0], y[0]) for x, y in zip(shuffled, train.chunks(3)))  # seeded
+    assert np.array_equal(np.concatenate([c[1] for c in stored]), train.all_labels())
+
+
+def test_select_and_split_views(built):
+    train = built["data"].split_rows("train")
+    cols = np.array([4, 0])
+    sel = train.select(cols)
+    assert sel.num_slots == 2 and len(sel) == len(train)
+    full = np.concatenate([c[0] for c in train.chunks()])
+    assert np.array_equal(np.concatenate([c[0] for c in sel.chunks()]), full[:, cols])
+    assert np.array_equal(np.concatenate([c[0] for c in sel.select([1]).chunks()]), full[:, [0]])
+    weights, hold = sel.split(0.25, 0, SALT_HOLDOUT)
+    assert len(weights) + len(hold) == len(train) and len(hold) > 0
+    u = row_uniform(hold.row_numbers(), 0, SALT_HOLDOUT)
+    assert (u < 0.25).all() and sum(len(y) for _, y in hold.chunks(1)) == len(hold)
+
+
+def test_reuse_then_rebuild_on_damage(built, tmp_path):
+    shutil.copytree(built["dir"] / "shards", tmp_path / "sh")  # damage a copy, not the shared shards
+    cfg = cfg_for(built["csv"], tmp_path / "sh")
+    first = prepare_stream(cfg, Log())
+    files = sorted(first.path.glob("*.npy"))
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    log = Log()
+    again = prepare_stream(cfg, log)
+    assert again.path == first.path and log.has("reusing") and not log.has("pass 2")
+    assert log.has("pass 1 (fit) skipped")  # the fitted schema is cached too
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+    victim = first.path / first.manifest["shards"][2]["files"]["ids"]["file"]
+    with open(victim, "r+b") as fh:
+        fh.truncate(victim.stat().st_size - 8)
+    log = Log()
+    rebuilt = prepare_stream(cfg, log)
+    assert log.has("rebuilding shards:") and log.has(victim.name) and log.has("bytes") and log.has("pass 2")
+    assert np.array_equal(all_shard_rows(rebuilt)[1], all_shard_rows(first)[1])
+
+    raw = bytearray(victim.read_bytes())
+    raw[-1] ^= 0xFF  # same size, one byte differs
+    victim.write_bytes(bytes(raw))
+    log = Log()
+    prepare_stream(cfg, log)
+    assert log.has("rebuilding shards:") and log.has("checksum")
+    log = Log()
+    prepare_stream(cfg, log)
+    assert log.has("reusing")
+
+
+def test_new_shards_when_schema_or_data_change(built, tmp_path):
+    cfg, base = built["cfg"], built["data"]
+    log = Log()
+    other_schema = prepare_stream(cfg_for(built["csv"], built["dir"] / "shards", min_count=10), log)
+    assert other_schema.schema.field("noise").vocab != base.schema.field("noise").vocab
+    assert other_schema.path != base.path and log.has("pass 2")
+    p2 = write_csv(tmp_path, n=N, seed=1, name="other.csv")
+    log = Log()
+    other_data = prepare_stream(cfg_for(p2, built["dir"] / "shards"), log)
+    assert other_data.path != base.path and other_data.sha256 != base.sha256 and log.has("pass 1 (fit): read")
+    # a fitted schema given: no pass 1, and the same shards as the run that fitted it
+    log = Log()
+    again = prepare_stream(cfg, log, schema=base.schema)
+    assert again.path == base.path and not log.has("pass 1")
+
+
+def test_default_shard_dir_is_under_lightfmp_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTFMP_HOME", str(tmp_path / "home"))
+    assert shard_home(RunConfig()) == tmp_path / "home" / "shards"
+    assert shard_home(RunConfig(shard_dir=str(tmp_path / "x"))) == tmp_path / "x"
+
+
+# ---- options: vocab cap, hashing ------------------------------------------------------------------------------------
+def stream_fit(p, cfg):
+    """Pass 1 alone, as prepare_stream runs it."""
+    batches = list(read_batches(p, "csv", CHUNK))
+    schema, _ = initial_schema(batches[0][0], cfg, "csv", str(p))
+    fitter = StreamFitter(apply_options(schema, cfg.hash_buckets, cfg.vocab_cap), cfg.seed)
+    for df, start in batches:
+        fitter.add(df[split_codes(np.arange(start, start + len(df)), (0.8, 0.1, 0.1), cfg.seed) == 0])
+    return fitter.finish()
+
+
+def test_vocab_cap_keeps_the_most_frequent(built):
+    schema = stream_fit(built["csv"], cfg_for(built["csv"], "", vocab_cap=3))
+    ref, df = in_memory(built["csv"], built["cfg"], vocab_cap=3)
+    assert schema.to_dict() == ref.to_dict()
+    noise = schema.field("noise").vocab
+    assert noise == ref.field("noise").vocab and len(noise) == 3
+    train = df[split_codes(np.arange(len(df)), (0.8, 0.1, 0.1), 0) == 0]
+    counts = train["noise"].value_counts()
+    assert sorted(counts[noise]) == sorted(counts.sort_values(ascending=False)[:3])
+    assert schema.to_dict()["vocab_cap"] == 3 and FeatureSchema.from_dict(schema.to_dict()).vocab_cap == 3
+
+
+def fnv_reference(text: str) -> int:
+    """The documented hash, one byte at a time in plain Python."""
+    m, h = (1 << 64) - 1, 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & m
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & m
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & m
+    return h ^ (h >> 31)
+
+
+@pytest.fixture(scope="module")
+def hashed(built):
+    return prepare_stream(cfg_for(built["csv"], built["dir"] / "shards", hash_buckets="8"), Log())
+
+
+def test_stable_hash_is_the_documented_function():
+    vals = ["", "a0", "z17", "héllo wörld", "68fd1e64" * 40]
+    assert [int(v) for v in stable_hash(vals)] == [fnv_reference(v) for v in vals]
+    assert fnv_reference("a0") == 0xCEDF31614AF633C6  # pinned: ids of hashed fields depend on it
+
+
+def test_hashed_fields(built, hashed):
+    s = hashed.schema
+    assert [f.name for f in s.fields if f.hashed] == ["a", "b", "noise", "tags"]
+    a = s.field("a")
+    assert a.vocab is None and a.vocab_size == FIRST_ID + 8 and a.fitted and s.field("tags").max_len >= 1
+    ids = all_shard_rows(hashed)[1]
+    cat = ids[:, :3]
+    assert cat.min() >= FIRST_ID and cat.max() < FIRST_ID + 8
+    _, df = in_memory(built["csv"], built["cfg"])
+    assert np.array_equal(s.encode(df), ids)  # in-memory encoding agrees
+    want = [FIRST_ID + fnv_reference(v) % 8 for v in df["noise"]]
+    assert ids[:, 2].tolist() == want
+    back = FeatureSchema.from_dict(json.loads(json.dumps(s.to_dict())))
+    assert back.field("a").hash_buckets == 8 and np.array_equal(back.encode(df), ids)
+    missing = s.encode(pd.DataFrame({"a": [None], "b": ["3"], "noise": ["z1"], "x": [0.0], "tags": [""]}))
+    assert missing[0, 0] == OOV_ID
+    only = stream_fit(built["csv"], cfg_for(built["csv"], "", hash_buckets="a:8"))
+    assert [f.name for f in only.fields if f.hashed] == ["a"] and only.field("noise").vocab
+
+
+def test_hashed_ids_equal_predictor_encoding(built, hashed, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+    from lightfmp.export import input_spec
+    from lightfmp.serving import Predictor
+    kept = hashed.schema.subset(["noise"])
+    # a stand-in model whose output is its input id, so the encoding is visible end to end
+    g = helper.make_graph([helper.make_node("Cast", ["noise"], ["probability"], to=TensorProto.FLOAT)], "ids",
+                          [helper.make_tensor_value_info("noise", TensorProto.INT64, ["batch"])],
+                          [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["batch"])])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "model.onnx"))
+    doc = {"model_file": "model.onnx", "label": "label", "output": {"name": "probability"}, "input_mode": "ids",
+           "inputs": [input_spec(f, False) for f in kept.fields]}
+    (tmp_path / "feature_schema.json").write_text(json.dumps(doc))
+    got = Predictor(tmp_path).predict(make_frame(N))
+    assert np.array_equal(got.astype(np.int32), all_shard_rows(hashed)[1][:, 2])
+
+
+@pytest.mark.parametrize("spec,msg", [("x", "expected N or field:N"), ("a:0", "at least 1 bucket"),
+                                      ("zz:4", "no field 'zz'"), ("x:4", "numeric"), ("a:b", "expected N")])
+def test_bad_hash_buckets(built, spec, msg):
+    schema = FeatureSchema.from_dict(built["data"].schema.to_dict())
+    for f in schema.fields:
+        f.vocab, f.boundaries, f.max_len = None, None, 0
+    with pytest.raises(LightFMPError, match=msg) as e:
+        apply_options(schema, hash_buckets=spec)
+    assert "\n" not in str(e.value) and spec in str(e.value)
+
+
+# ---- the streaming fit in pieces ------------------------------------------------------------------------------------
+def test_token_counter_prunes_rare_values():
+    c = TokenCounter(limit=10)
+    c.add(pd.Series(["hot"] * 50 + ["warm"] * 20))
+    c.add(pd.Series([f"rare{i}" for i in range(30)]))
+    assert c.prunes == 1 and set(c.counts.index) == {"hot", "warm"} and c.counts["hot"] == 50
+
+
+def test_reservoir_exact_below_size_and_uniformish_above():
+    r = Reservoir(100, np.random.default_rng(0))
+    r.add(np.arange(60.0))
+    r.add(np.array([np.nan, np.inf, 60.0]))
+    assert sorted(r.values()) == list(np.arange(61.0))
+    r.add(np.arange(61.0, 10_000.0))
+    assert len(r.values()) == 100 and r.seen == 10_000 and 3000 < np.median(r.values()) < 7000
+
+
+def test_first_batch_inference_and_whole_file_empty_column(tmp_path):
+    df = make_frame(120)
+    df["late"] = [None] * 100 + ["v"] * 20  # empty in the first batch only
+    df.to_csv(tmp_path / "d.csv", index=False)
+    data = prepare_stream(RunConfig(data=str(tmp_path / "d.csv"), label="label", multi_hot="tags:|",
+                                    chunk_rows=50, shard_dir=str(tmp_path / "s"), min_count=1), Log())
+    assert data.schema.field("late").kind == "categorical" and data.schema.field("x").kind == "numeric"
+    df["late"] = None
+    df.to_csv(tmp_path / "e.csv", index=False)
+    with pytest.raises(LightFMPError, match="'late' is entirely empty"):
+        prepare_stream(RunConfig(data=str(tmp_path / "e.csv"), label="label", chunk_rows=50,
+                                 shard_dir=str(tmp_path / "s")), Log())
+
+
+# ---- formats ---------------------------------------------------------------------------------------------------------
+def criteo_lines(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = []
+    for r in range(n):
+        ints = [str(v) for v in rng.integers(-3, 3000, 13)]
+        for j in rng.choice(13, 3, replace=False):
+            ints[j] = ""
+        cats = [f"{v:08x}" for v in rng.integers(0, 40, 26)]
+        cats[r % 26] = ""
+        lines.append("\t".join([str(r % 2)] + ints + cats))
+    return lines
+
+
+def test_criteo_tsv(tmp_path):
+    p = tmp_path / "train.txt"
+    lines = criteo_lines()
+    p.write_text("\n".join(lines) + "\n")
+    batches = list(read_batches(p, "criteo", CHUNK))
+    assert [s for _, s in batches] == [0, CHUNK]
+    df = pd.concat([b for b, _ in batches], ignore_index=True)
+    raw = [ln.split("\t") for ln in lines]
+    for r in range(len(lines)):
+        for j in range(13):
+            v = raw[r][1 + j]
+            want = None if v == "" else str(int(math.floor(math.log(int(v)) ** 2)) if int(v) > 2 else int(v))
+            got = df[f"I{j + 1}"][r]
+            assert (got is None or got != got) if want is None else got == want
+    assert df["C1"][1] == raw[1][14] and pd.isna(df["C1"][0])
+    data = prepare_stream(RunConfig(data=str(p), format="criteo", chunk_rows=CHUNK, split="0.6,0.2,0.2",
+                                    shard_dir=str(tmp_path / "s"), min_count=1), Log())
+    s = data.schema
+    assert s.label == "label" and len(s.fields) == 39 and {f.kind for f in s.fields} == {"categorical"}
+    assert np.array_equal(all_shard_rows(data)[2], [r % 2 for r in range(50)])
+    with pytest.raises(LightFMPError, match="pass --format criteo"):
+        resolve_format(p, "auto")
+
+
+def test_criteo_wrong_field_count_names_file_and_line(tmp_path):
+    lines = criteo_lines()
+    lines[41] = "\t".join(lines[41].split("\t")[:-2])
+    p = tmp_path / "bad.txt"
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(LightFMPError) as e:
+        prepare_stream(RunConfig(data=str(p), format="criteo", chunk_rows=CHUNK, shard_dir=str(tmp_path)), Log())
+    msg = str(e.value)
+    assert str(p) in msg and "line 42" in msg and "38" in msg and "\n" not in msg
+
+
+AVAZU_HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
+                "device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
+
+
+def test_avazu_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in range(50):
+        hour = f"1410{21 + r % 9:02d}{r % 24:02d}"
+        rest = [f"{v:x}" for v in rng.integers(0, 30, 21)]
+        rows.append(",".join([str(10 ** 18 + r), str(r % 3 == 0 and 1 or 0), hour] + rest))
+    p = tmp_path / "avazu.csv"
+    p.write_text(AVAZU_HEADER + "\n" + "\n".join(rows) + "\n")
+    df = next(read_batches(p, "avazu", 100))[0]
+    assert "id" not in df.columns and "hour" not in df.columns
+    assert list(df.columns[:4]) == ["click", "hour_of_day", "weekday", "C1"]
+    assert df["hour_of_day"][5] == "5" and df["weekday"][0] == "1"  # 2014-10-21 was a Tuesday
+    data = prepare_stream(RunConfig(data=str(p), format="avazu", chunk_rows=CHUNK, shard_dir=str(tmp_path / "s"),
+                                    split="0.6,0.2,0.2"), Log())
+    assert data.schema.label == "click" and {f.kind for f in data.schema.fields} == {"categorical"}
+    assert len(data.schema.fields) == 23
+    assert np.array_equal(all_shard_rows(data)[2], [float(r % 3 == 0) for r in range(50)])
+
+
+def test_parquet_parts_and_bad_label(tmp_path):
+    df = make_frame(300)
+    (tmp_path / "pq").mkdir()
+    df.iloc[:100].to_parquet(tmp_path / "pq" / "part-0.parquet")
+    df.iloc[100:].to_parquet(tmp_path / "pq" / "part-1.parquet")
+    (tmp_path / "pq" / "_SUCCESS").write_text("")
+    got = list(read_batches(tmp_path / "pq", "auto", 64))
+    assert [s for _, s in got] == [0, 64, 100, 164, 228, 292]
+    back = pd.concat([b for b, _ in got], ignore_index=True)
+    assert back["label"].tolist() == df["label"].tolist() and back["a"].tolist() == df["a"].tolist()
+    df.loc[77, "label"] = 2
+    write = tmp_path / "bad.csv"
+    df.to_csv(write, index=False)
+    with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 79\)"):
+        prepare_stream(cfg_for(write, tmp_path / "s"), Log())
+
+
+def test_export_of_hashed_fields_needs_id_inputs(built, hashed, tmp_path):
+    import torch
+    from lightfmp.export import export_run
+    from lightfmp.models import build_model
+    from lightfmp.rundir import model_config, write_run_files
+    from lightfmp.serving import Predictor
+    cfg = RunConfig(**{**built["cfg"].to_dict(), "backbone": "mlp", "hidden": "8", "embed_dim": 4})
+    torch.manual_seed(0)
+    model = build_model("mlp", hashed.schema, model_config(cfg))
+    run = tmp_path / "run"
+    run.mkdir()
+    write_run_files(run, info={"state": "complete", "select": False}, config=cfg, schema=hashed.schema,
+                    metrics={"fields": {"all": hashed.schema.names, "kept": hashed.schema.names, "dropped": []}},
+                    checkpoints={"model.safetensors": model})
+    with pytest.raises(LightFMPError, match="--inputs raw: field 'a' is hashed.*--inputs ids") as e:
+        export_run(run, tmp_path / "raw", inputs="raw", validate_rows=64)
+    assert "\n" not in str(e.value) and not (tmp_path / "raw").exists()
+    doc = export_run(run, tmp_path / "ids", inputs="ids", validate_rows=64)
+    spec = next(s for s in doc["inputs"] if s["name"] == "a")
+    assert spec["hash"]["buckets"] == 8 and "vocab_file" not in spec
+    assert list((tmp_path / "ids" / "vocab").iterdir()) == []  # every non-numeric field is hashed: no vocab files
+    df = make_frame(N)
+    with torch.no_grad():
+        want = torch.sigmoid(model.eval()(torch.from_numpy(hashed.schema.encode(df).astype(np.int64)))).numpy()
+    assert np.abs(Predictor(tmp_path / "ids").predict(df) - want).max() <= 1e-5
