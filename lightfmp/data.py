@@ -145,6 +145,9 @@ def _infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
     """Strings and low-cardinality integers are categorical, floats numeric."""
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
+    sample = s.dropna().iloc[:1000]
+    if pd.to_numeric(sample, errors="coerce").isna().any():
+        return "categorical", "text"  # decided on a sample: parsing a whole text column is slow
     x = pd.to_numeric(s, errors="coerce")
     if (x.isna() & s.notna()).any():
         return "categorical", "text"

@@ -298,6 +298,8 @@ def cell_strings(col: pd.Series) -> pd.Series:
             return s
     if pd.api.types.is_bool_dtype(col):
         return col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))
+    if pd.api.types.is_integer_dtype(col) and not col.isna().any():
+        return pd.Series(col.to_numpy().astype(str).astype(object), index=col.index)  # vectorised, no per-value map
     if isinstance(col.dtype, pd.StringDtype) or (col.dtype == object and
                                                  pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty")):
         return col.astype(object).where(col.notna(), None)  # text already (CSV cells): skip the per-value map
@@ -311,10 +313,15 @@ def split_multi(col: pd.Series, sep: str) -> pd.Series:
 
 
 def _as_float(col: pd.Series, name: str) -> np.ndarray:
+    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(dtype=np.float64, na_value=np.nan)  # typed already (Parquet): nothing to parse
     x = pd.to_numeric(col, errors="coerce")
-    bad = x.isna() & col.notna() & (col.astype(str).str.strip() != "")
-    if bad.any():
-        raise LightFMPError(f"numeric column '{name}' has non-numeric value {col[bad].iloc[0]!r}")
+    # only cells that failed to parse are checked as text (converting every cell to str is the slow part)
+    failed = x.isna() & col.notna()
+    if failed.any():
+        text = col[failed].astype(str).str.strip()
+        if (text != "").any():
+            raise LightFMPError(f"numeric column '{name}' has non-numeric value {text[text != ''].iloc[0]!r}")
     return x.to_numpy(dtype=np.float64)
 
 
