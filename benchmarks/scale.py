@@ -1,10 +1,12 @@
 """Streaming scale benchmark: peak RSS and training samples/s at growing row counts, and 1 vs N processes.
 
-    python benchmarks/scale.py --rows 1000000,5000000,20000000 --workdir /tmp/scale --json scale.json
-    python benchmarks/scale.py --rows 1000000 --procs 1,2 --workdir /tmp/scale --json scale-ddp.json
+    python benchmarks/scale.py --copies 1,5,20 --workdir /tmp/scale --json scale.json
+    python benchmarks/scale.py --copies 1 --procs 1,2 --workdir /tmp/scale --json scale-ddp.json
 
-Data: the synthetic generator, Criteo-shaped (39 fields: 26 categorical, 13 numeric, 8 informative), written in
-chunks. Each run is `lightfmp run --stream` in a fresh process under GNU time, so the peak RSS is that process's
+Data: the synthetic generator, Criteo-shaped (39 fields: 26 categorical, 13 numeric, 8 informative), --base-rows
+rows written once; a size of N copies is a Parquet directory of N hard links to that file (N x base rows). Rows
+repeat, which changes nothing for memory and throughput (the vocabularies are those of one copy) but lets
+duplicates of a training row land in the test split: the AUC column is a sanity check here, not a result. Each run is `lightfmp run --stream` in a fresh process under GNU time, so the peak RSS is that process's
 own (with torchrun: the largest worker's). The first run at a size builds the encoded shards (its wall time
 includes both passes over the file); `--repeat` runs it again to show the shard cache being reused.
 
@@ -26,15 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _data(workdir: Path, rows: int, seed: int) -> Path:
-    out = workdir / f"data-{rows}"
-    path = out / "data.parquet"
-    if not path.exists():
+def _data(workdir: Path, rows: int, copies: int, seed: int) -> Path:
+    base = workdir / f"data-{rows}" / "data.parquet"
+    if not base.exists():
         from lightfmp.datasets.synthetic import synthesize
         t0 = time.perf_counter()
-        synthesize(rows, 39, 8, out, seed=seed, numeric=13)
-        print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f}s -> {path}", flush=True)
-    return path
+        synthesize(rows, 39, 8, base.parent, seed=seed, numeric=13)
+        print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f}s -> {base}", flush=True)
+    out = workdir / f"data-{rows}-x{copies}"
+    if not out.exists():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for i in range(copies):
+            os.link(base, tmp / f"part-{i:03d}.parquet")
+        tmp.rename(out)
+    return out
 
 
 def _run(data: Path, out: Path, procs: int, args, threads: int) -> dict:
@@ -70,7 +79,8 @@ def _run(data: Path, out: Path, procs: int, args, threads: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default="1000000,5000000,20000000")
+    ap.add_argument("--base-rows", type=int, default=1_000_000)
+    ap.add_argument("--copies", default="1,5,20", help="sizes as multiples of --base-rows")
     ap.add_argument("--procs", default="1", help="comma-separated process counts, e.g. 1,2")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lightfmp-scale"))
     ap.add_argument("--pretrain-epochs", type=int, default=1)
@@ -83,8 +93,9 @@ def main() -> None:
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
-    for rows in [int(r) for r in args.rows.split(",")]:
-        data = _data(args.workdir, rows, args.seed)
+    for copies in [int(c) for c in args.copies.split(",")]:
+        rows = copies * args.base_rows
+        data = _data(args.workdir, args.base_rows, copies, args.seed)
         for procs in [int(p) for p in args.procs.split(",")]:
             for rep in range(2 if args.repeat else 1):
                 out = args.workdir / f"run-{rows}-p{procs}-r{rep}"

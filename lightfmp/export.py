@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -277,6 +278,15 @@ def _validation_rows(run, kept: FeatureSchema, limit: int) -> dict:
     from .data import parse_labels, parse_split, read_table, split_rows
     cfg, note = run.config, None
     df = None
+    if cfg.data and Path(cfg.data).exists() and _streamed(cfg):
+        df, total, all_rows = _streamed_test_rows(cfg, limit)
+        expected = run.metrics().get("data", {}).get("rows")
+        labels = parse_labels(df, kept.label, kept.positive, str(cfg.data))
+        return {"feeds_ids": feeds_from_frame(df, kept), "feeds_raw": feeds_from_frame(df, kept, raw=True),
+                "ids_f64": kept.encode(df).astype(np.int64), "labels": labels, "source": "test split",
+                "note": None if expected in (None, total) else
+                f"{cfg.data} has {total} rows, the run saw {expected}: the test split may differ",
+                "all_test_rows": all_rows}
     if cfg.data and Path(cfg.data).exists():
         df = read_table(cfg.data)
         expected = run.metrics().get("data", {}).get("rows")
@@ -297,6 +307,30 @@ def _validation_rows(run, kept: FeatureSchema, limit: int) -> dict:
     return {"feeds_ids": feeds_from_frame(test_df, kept), "feeds_raw": feeds_from_frame(test_df, kept, raw=True),
             "ids_f64": kept.encode(test_df).astype(np.int64), "labels": labels, "source": "test split",
             "note": note, "all_test_rows": all_rows}
+
+
+def _streamed(cfg) -> bool:
+    from .pipeline import streaming
+    return streaming(cfg)
+
+
+def _streamed_test_rows(cfg, limit: int):
+    """The first `limit` test rows of a --stream run, read batch by batch with the streaming split rule
+    (a hash of the row number; lightfmp.shards.split_codes), so they are the rows the run was tested on.
+    Returns (frame, rows in the file, whether every test row is in the frame)."""
+    from .data import parse_split
+    from .formats import read_batches
+    from .shards import split_codes
+    fractions, parts, kept_rows, n_test, total = parse_split(cfg.split), [], 0, 0, 0
+    for df, start in read_batches(cfg.data, cfg.format, cfg.chunk_rows):
+        test = df[split_codes(np.arange(start, start + len(df)), fractions, cfg.seed) == 2]
+        n_test += len(test)
+        total = start + len(df)
+        if kept_rows < limit and len(test):
+            parts.append(test.iloc[:limit - kept_rows])
+            kept_rows += len(parts[-1])
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    return frame, total, n_test <= limit
 
 
 def _torch_export(module: ServingModule, kept: FeatureSchema, feeds: dict, opset: int, tmp: Path):

@@ -260,3 +260,17 @@ def test_bad_options(s, args, msg):
 def test_not_a_run(tmp_path):
     with pytest.raises(LightFMPError, match="not a lightfmp run"):
         ex.export_run(tmp_path, tmp_path.parent / f"{tmp_path.name}_out")
+
+
+def test_streamed_run_validates_on_its_own_test_rows(tmp_path):
+    """A --stream run splits by row hash, not by the in-memory permutation: export must score the rows the run
+    was tested on (the in-memory split would mix training rows into "test")."""
+    data = make_csv(tmp_path / "data.csv", n=1200)
+    run_dir = tmp_path / "run"
+    m = pipeline.run(_cfg(data, stream=True, chunk_rows=250, shard_dir=str(tmp_path / "shards")), run_dir,
+                     quiet=True)
+    out = tmp_path / "exp"
+    ex.export_run(run_dir, out)
+    v = json.loads((out / "feature_schema.json").read_text())["validation"]
+    assert v["auc_onnx"] == pytest.approx(m["test"]["auc"], abs=1e-6)
+    assert v["rows"] == m["test"]["rows"]
