@@ -64,6 +64,9 @@ class RunConfig:
     epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.")
     patience: int = opt(1, "Stop full / continued training after this many epochs without a better validation "
                            "AUC (the best epoch is kept); 0 disables early stopping.")
+    sparse_embeddings: bool = opt(False, "Sparse gradients for the embedding tables, updated by a lazy Adam "
+                                         "(SparseAdam): a step touches only the rows its batch read, much faster "
+                                         "for large tables; untouched rows' moments are not decayed.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
     device: str = opt("auto", "cpu, cuda or auto.")
     # pruning and continued training -----------------------------------------------------------------------------

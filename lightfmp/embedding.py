@@ -36,6 +36,10 @@ class FieldEmbedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(total, embed_dim))
         nn.init.normal_(self.weight, std=0.01)
         self.linear = nn.Parameter(torch.zeros(total, 1)) if linear else None
+        self.sparse = False  # set by the training loop (--sparse-embeddings): sparse COO weight gradients
+
+    def table_parameters(self) -> list[nn.Parameter]:
+        return [p for p in (self.weight, self.linear) if p is not None]
 
     def slot_scale(self, ids: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
         """Per-slot multiplier: [S] without multi-hot fields, else [B, S] (gate / count, 0 at padding)."""
@@ -50,8 +54,9 @@ class FieldEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor, gates: torch.Tensor | None = None):
         """ids [B, S] -> field embeddings [B, F, D] and first-order terms [B, F] (or None)."""
         scale = self.slot_scale(ids, gates)
-        emb = gated_embedding(ids, self.weight, self.slot_offsets, scale)
-        lin = gated_embedding(ids, self.linear, self.slot_offsets, scale).squeeze(-1) if self.linear is not None else None
+        emb = gated_embedding(ids, self.weight, self.slot_offsets, scale, sparse_grad=self.sparse)
+        lin = gated_embedding(ids, self.linear, self.slot_offsets, scale, sparse_grad=self.sparse).squeeze(-1) \
+            if self.linear is not None else None
         if self.multi_hot:
             emb = torch.einsum("bsd,fs->bfd", emb, self.pool)
             lin = lin @ self.pool.t() if lin is not None else None

@@ -37,6 +37,7 @@ class TrainConfig:
     restore_best: bool = True      # keep the epoch with the best validation AUC
     patience: int | None = None    # stop after this many epochs without a better validation AUC
     seed: int = 0
+    sparse_embeddings: bool = False  # sparse table gradients + SparseAdam for the tables
 
 
 def l0_penalty(model: CTRModel, cfg: TrainConfig, progress: float = 1.0) -> torch.Tensor:
@@ -163,6 +164,20 @@ def _my_slice(ids: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor
             weight, n)
 
 
+def _weight_optimizers(model: CTRModel, cfg: TrainConfig):
+    """Adam for the backbone; with sparse_embeddings the tables get sparse gradients and their own SparseAdam
+    (a dense Adam step would read and write every row of every table, touched or not)."""
+    emb = model.embedding
+    emb.sparse = bool(cfg.sparse_embeddings)
+    if not emb.sparse:
+        return torch.optim.Adam(model.backbone_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay), None
+    if cfg.weight_decay:
+        raise LightFMPError("--sparse-embeddings: weight decay is not supported with sparse table gradients")
+    tables = {id(p) for p in emb.table_parameters()}
+    dense = [p for p in model.backbone_parameters() if id(p) not in tables]
+    return torch.optim.Adam(dense, lr=cfg.lr), torch.optim.SparseAdam(emb.table_parameters(), lr=cfg.lr)
+
+
 def fit(model: CTRModel, rows, valid, cfg: TrainConfig, reporter: Reporter | None = None, label: str = "train",
         device: str = "cpu", *, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None) -> dict:
@@ -181,9 +196,11 @@ def fit(model: CTRModel, rows, valid, cfg: TrainConfig, reporter: Reporter | Non
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
     gated = model.gate is not None
-    opt_w = torch.optim.Adam(model.backbone_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_w, opt_t = _weight_optimizers(model, cfg)
     opt_g = torch.optim.Adam([model.gate.log_alpha], lr=cfg.gate_lr) if gated else None
     optimizers = {"weights": opt_w, "gates": opt_g}
+    if opt_t is not None:
+        optimizers["tables"] = opt_t
     weight_rows, hold = rows, None
     if gated and cfg.gate_holdout > 0:
         w_rows, h_rows = rows.split(cfg.gate_holdout, cfg.seed, SALT_HOLDOUT)
@@ -231,10 +248,14 @@ def fit(model: CTRModel, rows, valid, cfg: TrainConfig, reporter: Reporter | Non
                 if gated and hold is None:
                     loss = loss + l0_penalty(model, cfg, progress)
                 opt_w.zero_grad(set_to_none=True)
+                if opt_t is not None:
+                    opt_t.zero_grad(set_to_none=True)
                 if gated:
                     opt_g.zero_grad(set_to_none=True)
                 loss.backward()
                 opt_w.step()
+                if opt_t is not None:
+                    opt_t.step()
                 if gated and hold is None:
                     opt_g.step()
                 if hold is not None:
