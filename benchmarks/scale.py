@@ -49,7 +49,8 @@ def _data(workdir: Path, rows: int, copies: int, seed: int) -> Path:
 def _run(data: Path, out: Path, procs: int, args, threads: int) -> dict:
     cmd = [sys.executable, "-m", "lightfmp", "run", "--data", str(data), "--label", "label", "--stream",
            "--out", str(out), "--force", "--quiet", "--pretrain-epochs", str(args.pretrain_epochs),
-           "--continue-epochs", str(args.continue_epochs), "--patience", "0", "--seed", "0",
+           "--continue-epochs", str(args.continue_epochs), "--subset", str(args.subset), "--patience", "0",
+           "--seed", "0",
            "--shard-dir", str(args.workdir / "shards")]
     if args.hash_buckets:
         cmd += ["--hash-buckets", args.hash_buckets]
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/lightfmp-scale"))
     ap.add_argument("--pretrain-epochs", type=int, default=1)
     ap.add_argument("--continue-epochs", type=int, default=1)
+    ap.add_argument("--subset", type=float, default=0.1, help="phase-1 subset fraction")
     ap.add_argument("--hash-buckets", default=None, help="passed to lightfmp run (e.g. 'f01:65536')")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads shared by all processes")
     ap.add_argument("--repeat", action="store_true", help="run each size twice (the second reuses the shards)")

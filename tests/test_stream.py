@@ -422,3 +422,24 @@ def test_export_of_hashed_fields_needs_id_inputs(built, hashed, tmp_path):
     with torch.no_grad():
         want = torch.sigmoid(model.eval()(torch.from_numpy(hashed.schema.encode(df).astype(np.int64)))).numpy()
     assert np.abs(Predictor(tmp_path / "ids").predict(df) - want).max() <= 1e-5
+
+
+def test_cli_criteo_end_to_end_then_train_reuses_the_shards(tmp_path):
+    """`lightfmp run --format criteo` (streaming implied) writes a complete run; a second command on the same data
+    reads the encoded shards instead of encoding again."""
+    from typer.testing import CliRunner
+    from lightfmp.cli.app import app
+    p = tmp_path / "day_0.txt"
+    p.write_text("\n".join(criteo_lines(300)) + "\n")
+    common = ["--format", "criteo", "--shard-dir", str(tmp_path / "s"), "--chunk-rows", "64", "--min-count", "1",
+              "--embed-dim", "4", "--hidden", "8", "--pretrain-epochs", "1", "--epochs", "1", "--subset", "0.5"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "--data", str(p), "--out", str(tmp_path / "run"), "--keep", "5"] + common)
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert len(m["fields"]["kept"]) == 5 and len(m["fields"]["all"]) == 39
+    assert m["test"]["rows"] + m["valid"]["rows"] + sum(m["data"]["split"][k] for k in ("train",)) == 300
+    assert 0.0 <= m["test"]["auc"] <= 1.0
+    res = runner.invoke(app, ["train", "--data", str(p), "--out", str(tmp_path / "again")] + common)
+    assert res.exit_code == 0, res.output
+    assert "reusing encoded shards" in res.output and "pass 2" not in res.output
