@@ -44,6 +44,9 @@ class RunConfig:
                                 "data")
     chunk_rows: int = opt(262144, "Rows per record batch read and per encoded shard (streaming).", "data")
     shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).", "data")
+    in_memory_mb: int = opt(1024, "Training rows whose encoded ids fit in this many MB (e.g. the phase-1 subset) "
+                                  "are read once into memory; larger sets stream from the shards every epoch.",
+                            "data")
     # model ------------------------------------------------------------------------------------------------------
     backbone: str = opt("deepfm", "Backbone: mlp, deepfm, dcnv2 or widedeep.", "model")
     embed_dim: int = opt(16, "Embedding size per field.", "model")

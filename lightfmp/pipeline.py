@@ -149,7 +149,7 @@ def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int
                        batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr, l0_lambda=cfg.l0_lambda,
                        l0_warmup=cfg.l0_warmup, gate_holdout=cfg.gate_holdout, target_k=cfg.target_k,
                        restore_best=restore_best, seed=cfg.seed + seed_offset,
-                       sparse_embeddings=cfg.sparse_embeddings)
+                       sparse_embeddings=cfg.sparse_embeddings, in_memory_mb=cfg.in_memory_mb)
 
 
 def _check_out(out: Path, force: bool) -> None:

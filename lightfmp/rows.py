@@ -99,3 +99,16 @@ def as_rows(ids, labels=None) -> Rows:
             return ArrayRows(*ids)
         return ids
     return ArrayRows(ids, labels)
+
+
+def in_memory(rows, budget_bytes: int):
+    """`rows` as ArrayRows when its encoded ids fit in `budget_bytes` (a sharded view is read once, keeping its
+    global row numbers so hash-based splits of it are unchanged); otherwise `rows` as it is. Phase 1 reads a small
+    subset of every shard: streaming it from disk each epoch (and the gate hold-out each cycle) would read the
+    whole data set many times over for a few percent of its rows."""
+    if isinstance(rows, ArrayRows) or len(rows) * max(rows.num_slots, 1) * 4 > budget_bytes:
+        return rows
+    parts = list(rows.chunks(None))
+    ids = np.concatenate([c[0] for c in parts]) if parts else np.zeros((0, rows.num_slots), dtype=np.int32)
+    labels = np.concatenate([c[1] for c in parts]) if parts else np.zeros(0, dtype=np.float32)
+    return ArrayRows(ids, labels, rows.row_numbers())

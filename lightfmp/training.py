@@ -20,7 +20,7 @@ from .errors import LightFMPError
 from .metrics import log_loss, roc_auc
 from .models import CTRModel
 from .progress import Reporter
-from .rows import SALT_HOLDOUT, Rows, as_rows
+from .rows import SALT_HOLDOUT, Rows, as_rows, in_memory
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TrainConfig:
     patience: int | None = None    # stop after this many epochs without a better validation AUC
     seed: int = 0
     sparse_embeddings: bool = False  # sparse table gradients + SparseAdam for the tables
+    in_memory_mb: int = 1024         # training views up to this size are read once into memory (rows.in_memory)
 
 
 def l0_penalty(model: CTRModel, cfg: TrainConfig, progress: float = 1.0) -> torch.Tensor:
@@ -201,9 +202,11 @@ def fit(model: CTRModel, rows, valid, cfg: TrainConfig, reporter: Reporter | Non
     optimizers = {"weights": opt_w, "gates": opt_g}
     if opt_t is not None:
         optimizers["tables"] = opt_t
+    rows = in_memory(rows, cfg.in_memory_mb << 20)
     weight_rows, hold = rows, None
     if gated and cfg.gate_holdout > 0:
         w_rows, h_rows = rows.split(cfg.gate_holdout, cfg.seed, SALT_HOLDOUT)
+        h_rows = in_memory(h_rows, cfg.in_memory_mb << 20)  # cycled many times per epoch
         if len(w_rows) and len(h_rows):  # too few rows for a hold-out: joint steps
             weight_rows, hold = w_rows, h_rows
     if len(weight_rows) == 0:

@@ -443,3 +443,15 @@ def test_cli_criteo_end_to_end_then_train_reuses_the_shards(tmp_path):
     res = runner.invoke(app, ["train", "--data", str(p), "--out", str(tmp_path / "again")] + common)
     assert res.exit_code == 0, res.output
     assert "reusing encoded shards" in res.output and "pass 2" not in res.output
+
+
+def test_small_views_are_read_into_memory_with_their_row_numbers(built):
+    from lightfmp.rows import ArrayRows, in_memory
+    sub, _ = built["data"].subset(0.5, 0)
+    held = in_memory(sub, 1 << 20)
+    assert isinstance(held, ArrayRows) and len(held) == len(sub)
+    assert np.array_equal(held.row_numbers, sub.row_numbers()) and np.array_equal(held.labels, sub.all_labels())
+    # hash splits of the in-memory copy pick the same global rows as the sharded view's
+    for a, b in zip(held.split(0.2, 0, SALT_HOLDOUT), sub.split(0.2, 0, SALT_HOLDOUT)):
+        assert np.array_equal(a.row_numbers, b.row_numbers())
+    assert in_memory(sub, 16) is sub  # over the budget: left on disk
