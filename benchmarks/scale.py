@@ -52,6 +52,8 @@ def _run(data: Path, out: Path, procs: int, args, threads: int) -> dict:
            "--continue-epochs", str(args.continue_epochs), "--subset", str(args.subset), "--patience", "0",
            "--seed", "0",
            "--shard-dir", str(args.workdir / "shards")]
+    if args.keep:
+        cmd += ["--keep", str(args.keep)]
     if args.hash_buckets:
         cmd += ["--hash-buckets", args.hash_buckets]
     if procs > 1:
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=1)
     ap.add_argument("--continue-epochs", type=int, default=1)
     ap.add_argument("--subset", type=float, default=0.1, help="phase-1 subset fraction")
+    ap.add_argument("--keep", type=int, default=None, help="keep the top K fields (default: by threshold)")
     ap.add_argument("--hash-buckets", default=None, help="passed to lightfmp run (e.g. 'f01:65536')")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads shared by all processes")
     ap.add_argument("--repeat", action="store_true", help="run each size twice (the second reuses the shards)")
