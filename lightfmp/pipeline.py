@@ -35,27 +35,16 @@ from .training import TrainConfig, evaluate, fit
 SPLITS = ("train", "valid", "test")
 
 
-class _SplitArrays(dict):
-    """split -> array; also callable, `data.labels("test")`, the method the streamed data offers, while the
-    bench keeps indexing `data.labels["test"]`."""
-
-    def __call__(self, name: str) -> np.ndarray:
-        return self[name]
-
-
 @dataclass
 class Prepared:
-    """The data read and encoded in memory. Phases read it through split_rows / subset / split_sizes / labels,
-    which lightfmp.shards.StreamedData (the streaming path) offers too."""
+    """The data read and encoded in memory. Phases read it through split_rows / subset / split_sizes, which
+    lightfmp.shards.StreamedData (the streaming path) offers too."""
     schema: FeatureSchema
     ids: dict[str, np.ndarray]       # split -> encoded ids [rows, slots]
     labels: dict[str, np.ndarray]
     sha256: str
     rows: int
     positions: dict[str, np.ndarray] | None = None   # split -> the rows' positions in the file
-
-    def __post_init__(self):
-        self.labels = _SplitArrays(self.labels)
 
     def split_rows(self, name: str) -> ArrayRows:
         if name not in self.ids:

@@ -161,7 +161,7 @@ def test_prepared_offers_the_streamed_data_accessors(tmp_path):
     from lightfmp.pipeline import load_data
     data = load_data(RunConfig(data=str(write_csv(tmp_path, n=200)), label="label", multi_hot="tags:|"))
     sizes = data.split_sizes()
-    assert sum(sizes.values()) == 200 and data.labels("test") is data.labels["test"]
+    assert sum(sizes.values()) == 200 and sizes["test"] == len(data.labels["test"])
     train = data.split_rows("train")
     assert len(train) == sizes["train"] and train.num_slots == data.ids["train"].shape[1]
     assert sorted(train.row_numbers.tolist() + data.split_rows("test").row_numbers.tolist()

@@ -64,7 +64,8 @@ def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
 
 def check_in_memory(cfg: RunConfig) -> None:
     """The selectors index the encoded splits as arrays: streamed (sharded) data is not supported."""
-    if cfg.stream or cfg.format in ("criteo", "avazu"):
+    from ..pipeline import streaming
+    if streaming(cfg):
         what = "--stream" if cfg.stream else f"--format {cfg.format}"
         raise LightFMPError(f"{what}: bench reads data in memory; run it on a CSV / Parquet file that fits in "
                             f"memory (e.g. a sample), without --stream")
