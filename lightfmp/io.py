@@ -1,6 +1,7 @@
 """Atomic writes: an artifact appears whole under its final name or not at all."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -19,6 +20,18 @@ def _umask() -> int:
 def _publish_mode(path, directory: bool = False) -> None:
     """mkstemp / mkdtemp create private (0600 / 0700) entries; give the artifact the usual umask-based mode."""
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file, or of every file under a directory in sorted path order."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for q in files:
+        with open(q, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def json_safe(obj):

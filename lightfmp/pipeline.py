@@ -6,61 +6,28 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, checkpoint_dir, config_sha256
 from .config import RunConfig
-from .data import (SchemaSpec, file_sha256, infer_schema, parse_labels, parse_multi_hot, parse_split, read_table,
-                   split_names, split_rows, subset_rows)
+from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
-from .formats import implies_stream, resolve_format
-from .io import atomic_dir
+from .io import atomic_dir, file_sha256
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model, select_fields
-from .rows import ArrayRows, Rows
 from .rundir import Run, model_config, open_run, write_run_files
 from .schema import FeatureSchema
-from .vocab import apply_options
+from .splits import SplitRule
 from .training import TrainConfig, evaluate, fit
-
-SPLITS = ("train", "valid", "test")
-
-
-@dataclass
-class Prepared:
-    """The data read and encoded in memory. Phases read it through split_rows / subset / split_sizes, which
-    lightfmp.shards.StreamedData (the streaming path) offers too."""
-    schema: FeatureSchema
-    ids: dict[str, np.ndarray]       # split -> encoded ids [rows, slots]
-    labels: dict[str, np.ndarray]
-    sha256: str
-    rows: int
-    positions: dict[str, np.ndarray] | None = None   # split -> the rows' positions in the file
-
-    def split_rows(self, name: str) -> ArrayRows:
-        if name not in self.ids:
-            raise LightFMPError(f"no split {name!r} (expected one of {', '.join(SPLITS)})")
-        pos = self.positions.get(name) if self.positions else None
-        return ArrayRows(self.ids[name], self.labels[name], pos)
-
-    def subset(self, fraction: float, seed: int) -> tuple[ArrayRows, ArrayRows]:
-        """(phase-1 subset, the rest) of the training split: a seeded permutation (data.subset_rows)."""
-        train = self.split_rows("train")
-        sub, rest = subset_rows(len(train), fraction, seed)
-        return train.take(sub), train.take(rest)
-
-    def split_sizes(self) -> dict[str, int]:
-        return {k: int(len(v)) for k, v in self.labels.items()}
-
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -72,64 +39,11 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def prepare_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None) -> Prepared:
-    """Read, split, fit the schema on the training rows (unless one is given already fitted) and encode."""
-    reporter = reporter or Reporter(quiet=True)
-    if not cfg.data:
-        raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
-    if not cfg.label and schema is None and not cfg.schema:
-        raise LightFMPError("no label: pass --label COLUMN")
-    source = str(cfg.data)
-    df = read_table(cfg.data)
-    if schema is None:
-        if cfg.schema:
-            schema = FeatureSchema.load(cfg.schema)
-        else:
-            spec = SchemaSpec(label=cfg.label, categorical=split_names(cfg.categorical), numeric=split_names(cfg.numeric),
-                              multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
-                              positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
-            schema, inferred = infer_schema(df, spec, source, exclude=(cfg.time_column,) if cfg.time_column else ())
-            for col, why in inferred.items():
-                reporter.log(f"inferred column [bold]{col}[/]: {why}")
-    for f in schema.fields:
-        if f.name not in df.columns:
-            raise LightFMPError(f"{source}: column '{f.name}' of the schema is absent")
-    label = cfg.label or schema.label
-    schema.label = label
-    if cfg.positive is not None:
-        schema.positive = cfg.positive
-    y = parse_labels(df, label, schema.positive, source)
-    for f in schema.fields:
-        if df[f.name].isna().all():
-            raise LightFMPError(f"{source}: column '{f.name}' is entirely empty (NaN)")
-    splits = split_rows(df, parse_split(cfg.split), cfg.seed, cfg.time_column, source)
-    try:
-        if not all(f.fitted for f in schema.fields):
-            apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
-            schema.fit(df.iloc[splits["train"]])
-        ids = {k: schema.encode(df.iloc[v]) for k, v in splits.items()}
-    except LightFMPError as e:
-        raise LightFMPError(f"{source}: {e}") from None
-    labels = {k: y[v] for k, v in splits.items()}
-    return Prepared(schema, ids, labels, file_sha256(cfg.data), len(df), positions=splits)
-
-
-def streaming(cfg: RunConfig) -> bool:
-    """--stream, or a format only the streaming reader knows (criteo, avazu)."""
-    if cfg.stream:
-        return True
-    return bool(cfg.data) and implies_stream(resolve_format(cfg.data, cfg.format))
-
-
-def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None):
-    """The data of a run: encoded shards on disk (lightfmp.shards) with --stream or a criteo / avazu file,
-    otherwise read into memory. Under torchrun rank 0 prepares first; the others then reuse its shard cache."""
-    def load():
-        if streaming(cfg):
-            from .shards import prepare_stream  # the streaming path; imported only when used
-            return prepare_stream(cfg, reporter, schema)
-        return prepare_data(cfg, reporter, schema)
-    return dist.rank0_first(load, "preparing the data")
+def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
+              sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
+    """The data of a run (lightfmp.dataset). Under torchrun rank 0 prepares first; the others then reuse its shard
+    cache."""
+    return dist.rank0_first(lambda: load_dataset(cfg, reporter, schema, sha256, rule), "preparing the data")
 
 
 def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int = 0) -> TrainConfig:
@@ -151,9 +65,12 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
 
 
 def _normalize(cfg: RunConfig) -> RunConfig:
-    # target-k mode prunes to k unless --keep says otherwise; the run's config.yaml records the resolved value
+    """The config a run records: the data path made absolute (later commands may run from another directory), and
+    in target-k mode keep = k unless --keep says otherwise."""
+    if cfg.data and not Path(cfg.data).is_absolute():
+        cfg = replace(cfg, data=str(Path(cfg.data).resolve()))
     if cfg.target_k is not None and cfg.keep is None:
-        return replace(cfg, keep=cfg.target_k)
+        cfg = replace(cfg, keep=cfg.target_k)
     return cfg
 
 
@@ -173,10 +90,10 @@ def _fit_seconds(t0: float, hist: dict) -> float:
 def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
-    return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)
+    return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
 
 
-def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool) -> dict:
+def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool) -> tuple[dict, Dataset]:
     _check_out(out, force)
     dist.init(cfg.device)
     reporter = _reporter(quiet)
@@ -224,7 +141,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
         info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
         history = {"pretrain": hist}
-    info["data_sha256"] = data.sha256
+    info.update(data_sha256=data.sha256, split=data.split)
     if dist.is_main():
         with atomic_dir(out, force=force) as tmp:
             write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
@@ -234,7 +151,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         else:
             ckpt_files.remove(out)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
-    return metrics
+    return metrics, data
 
 
 def gate_tables(model, schema: FeatureSchema) -> dict:
@@ -247,38 +164,30 @@ def gate_tables(model, schema: FeatureSchema) -> dict:
             "log_alpha": {n: float(v) for n, v in zip(schema.names, la)}}
 
 
-def _final_eval(model, data, device: str, kept_schema: FeatureSchema | None = None) -> dict:
+def _final_eval(model, data: Dataset, device: str, fields: list[str] | None = None) -> dict:
     """Valid and test metrics of the final model; test rows are used here and nowhere else."""
     out = {}
     for split in ("valid", "test"):
-        rows: Rows = data.split_rows(split)
-        if kept_schema is not None:
-            rows = rows.select(slot_columns(data.schema, kept_schema))
-        out[split] = evaluate(model, rows, device)
+        rows = data.split_rows(split)
+        out[split] = evaluate(model, rows.select(fields) if fields is not None else rows, device)
     return out
 
 
-def slot_columns(full: FeatureSchema, kept: FeatureSchema) -> np.ndarray:
-    ranges = full.field_slot_ranges()
-    return np.concatenate([np.arange(*ranges[n]) for n in kept.names])
-
-
-def train_fields(cfg: RunConfig, data: Prepared, fields: list[str], epochs: int | None = None,
+def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int | None = None,
                  quiet: bool = True) -> tuple[object, dict]:
     """Train the configured backbone from scratch on `fields` only (no gates), on the whole training split, and
     evaluate it. The shared "retrain on the selected fields" step of every selection method."""
     reporter = Reporter(quiet)
     device = resolve_device(cfg.device)
     schema = data.schema.subset(fields)
-    cols = slot_columns(data.schema, schema)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.backbone, schema, model_config(cfg))
-    valid = data.split_rows("valid").select(cols)
+    valid = data.split_rows("valid").select(schema.names)
     t0 = time.perf_counter()
-    fit(model, data.split_rows("train").select(cols), valid,
+    fit(model, data.split_rows("train").select(schema.names), valid,
         _train_cfg(cfg, cfg.epochs if epochs is None else epochs, True), reporter, "train", device)
     seconds = time.perf_counter() - t0
-    res = _final_eval(model, data, device, schema)
+    res = _final_eval(model, data, device, schema.names)
     res.update(seconds=seconds, params=model.num_params(), fields=list(schema.names))
     return model, res
 
@@ -287,7 +196,12 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
           continue_epochs: int | None = None, quiet: bool = False) -> dict:
     """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint). An interrupted
     call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments."""
-    run = open_run(run_dir)
+    return _prune(open_run(run_dir), keep, threshold, continue_epochs, quiet)
+
+
+def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
+           data: Dataset | None = None) -> dict:
+    """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
@@ -306,11 +220,8 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     with torch.no_grad():
         z = gated.gate.deterministic()
     kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold)
-    if not cfg.data or not Path(cfg.data).exists():
-        raise LightFMPError(f"{cfg.data}: the run's data file is gone; prune re-reads it")
-    if file_sha256(cfg.data) != run.info.get("data_sha256"):
-        raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
-    data = load_data(cfg, reporter, schema=run.schema)
+    if data is None:
+        data = run_data(run, reporter)
 
     t0 = time.perf_counter()
     model, kept_schema = prune_model(gated, run.schema, kept, z)
@@ -319,14 +230,13 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     _, rest = data.subset(cfg.subset, cfg.seed)
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = data.split_rows("train")
-    cols = slot_columns(run.schema, kept_schema)
-    valid = data.split_rows("valid").select(cols)
+    valid = data.split_rows("valid").select(kept)
     ckpt = Checkpoint(checkpoint_dir(run.path), "continue",
                       {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
                        "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "kept": kept,
                        "continue_epochs": continue_epochs}, reporter.log)
     t0 = time.perf_counter()
-    hist = fit(model, rest.select(cols), valid, _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter,
+    hist = fit(model, rest.select(kept), valid, _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter,
                "continue (pruned)", device, checkpoint=ckpt, epoch_start=dist.maybe_fault) \
         if continue_epochs > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist)
@@ -339,7 +249,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
                          "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
                                             epochs=len(hist["epochs"]))}
-    metrics.update(_final_eval(model, data, device, kept_schema))
+    metrics.update(_final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
     history = _read_history(run)
@@ -355,9 +265,21 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
 
 
 def _read_history(run: Run) -> dict:
-    import json
     p = run.path / "history.json"
     return json.loads(p.read_text()) if p.exists() else {}
+
+
+def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
+    """The rows a run was trained and tested on, read again through the one data path with the run's recorded
+    config and fitted schema; refuses a data file that is gone or has changed since."""
+    cfg = run.config
+    if not cfg.data or not Path(cfg.data).exists():
+        raise LightFMPError(f"{cfg.data}: the run's data file is gone (looked for {Path(str(cfg.data)).resolve()})")
+    sha = file_sha256(cfg.data)
+    if sha != run.info.get("data_sha256"):
+        raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
+    rule = SplitRule.from_dict(run.info["split"], str(run.path / "run.json")) if "split" in run.info else None
+    return load_data(cfg, reporter, run.schema, sha, rule)
 
 
 def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
@@ -370,12 +292,12 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     # rank 0 decides: every rank must take the same branch
     if dist.broadcast_int(int(dist.is_main() and _phase1_done(cfg, out))):
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
-        metrics = None
+        metrics, data = None, None
     else:
-        metrics = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.no_select)
+        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.no_select)
     if cfg.no_select:
         return metrics
-    return prune(out, quiet=quiet)
+    return _prune(open_run(out), None, None, None, quiet, data)
 
 
 def _phase1_done(cfg: RunConfig, out: Path) -> bool:

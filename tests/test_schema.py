@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightfmp.data import SchemaSpec, infer_schema
+from lightfmp.vocab import SchemaSpec, fit_schema, infer_schema
 from lightfmp.errors import LightFMPError
 from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field
 
@@ -14,7 +14,7 @@ def fitted_schema(min_count=1):
                        "m": ["a|b", "b", "", "a|b|c", None], "label": [0, 1, 0, 1, 1]})
     s = FeatureSchema("label", [Field("c", "categorical"), Field("n", "numeric"),
                                 Field("m", "multi_hot", separator="|")], min_count=min_count, num_buckets=4)
-    return s.fit(df), df
+    return fit_schema(s, df), df
 
 
 def test_vocab_ids_reserved_and_ordered_by_frequency():
@@ -91,7 +91,7 @@ def test_all_nan_column_rejected():
 def test_duplicate_index_and_nullable_booleans():
     s = FeatureSchema("label", [Field("m", "multi_hot", separator="|"), Field("flag", "categorical")], min_count=1)
     df = pd.DataFrame({"m": ["x|y", "z|x"], "flag": pd.array([True, None], dtype="boolean")}, index=[5, 5])
-    s.fit(df)
+    fit_schema(s, df)
     tok = s.field("m").token_ids()
     ids = s.encode(df)
     assert list(ids[0, :2]) == [tok["x"], tok["y"]] and list(ids[1, :2]) == [tok["z"], tok["x"]]

@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,13 +10,13 @@ import pytest
 
 from helpers import make_frame, write_csv
 from lightfmp.config import RunConfig
-from lightfmp.data import read_table
+from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
 from lightfmp.formats import read_batches, resolve_format
-from lightfmp.rows import SALT_HOLDOUT, SALT_SUBSET, row_uniform
+from lightfmp.splits import SALT_HOLDOUT, SALT_SUBSET, SplitRule, row_uniform
 from lightfmp.schema import FIRST_ID, OOV_ID, FeatureSchema, Field, stable_hash
-from lightfmp.shards import prepare_stream, shard_home, split_codes
-from lightfmp.vocab import Reservoir, StreamFitter, TokenCounter, apply_options, initial_schema
+from lightfmp.shards import shard_home
+from lightfmp.vocab import Reservoir, StreamFitter, TokenCounter, apply_options, fit_schema, initial_schema
 
 N, CHUNK = 200, 37
 KINDS = dict(label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|")
@@ -33,7 +34,20 @@ class Log:
 
 
 def cfg_for(data, shard_dir, **kw):
-    return RunConfig(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, **{**KINDS, **kw})
+    return RunConfig(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, stream=True, **{**KINDS, **kw})
+
+
+def prepare_stream(cfg, log, schema=None):
+    """The data path with shards on disk."""
+    return load_dataset(replace(cfg, stream=True), log, schema)
+
+
+def split_codes(rows, fractions, seed):
+    return SplitRule(tuple(fractions), seed).hash_codes(rows)
+
+
+def read_table(p):
+    return pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""])
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +65,13 @@ def in_memory(p, cfg, **schema_kw):
     fields = [Field("a", "categorical"), Field("b", "categorical"), Field("noise", "categorical"),
               Field("x", "numeric"), Field("tags", "multi_hot", separator="|")]
     s = FeatureSchema("label", fields, **schema_kw)
-    return s.fit(df[train]), df
+    return fit_schema(s, df[train]), df
 
 
 def all_shard_rows(data):
     """Every stored row: (row numbers, ids, labels) over all splits, from the shard files."""
-    m = data.manifest
-    arr = lambda i, k: np.load(data.path / m["shards"][i]["files"][k]["file"])
+    m = data.store.manifest
+    arr = lambda i, k: np.load(data.location / m["shards"][i]["files"][k]["file"])
     n = len(m["shards"])
     return (np.concatenate([arr(i, "rows") for i in range(n)]), np.concatenate([arr(i, "ids") for i in range(n)]),
             np.concatenate([arr(i, "labels") for i in range(n)]))
@@ -74,13 +88,13 @@ def test_stream_fit_and_ids_equal_in_memory(built):
 
 
 def test_many_shards_with_a_partial_last_one(built):
-    m = built["data"].manifest
+    m = built["data"].store.manifest
     sizes = [s["rows"] for s in m["shards"]]
     assert len(sizes) == math.ceil(N / CHUNK) and sizes[:-1] == [CHUNK] * (len(sizes) - 1)
     assert sizes[-1] == N - CHUNK * (len(sizes) - 1) and built["data"].rows == N
     codes = split_codes(np.arange(N), (0.8, 0.1, 0.1), 0)
     assert built["data"].split_sizes() == {k: int((codes == i).sum()) for i, k in enumerate(("train", "valid", "test"))}
-    assert np.array_equal(built["data"].labels("valid"), all_shard_rows(built["data"])[2][codes == 1])
+    assert np.array_equal(built["data"].split_rows("valid").labels(), all_shard_rows(built["data"])[2][codes == 1])
 
 
 def test_subset_and_rest_partition_the_training_split(built):
@@ -111,17 +125,21 @@ def test_chunks_visit_every_row_once_within_the_bound(built):
     assert len(a) == len(train) and not np.array_equal(a, b)
     assert np.array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])  # same rows, another order
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(shuffled, train.chunks(3)))  # seeded
-    assert np.array_equal(np.concatenate([c[1] for c in stored]), train.all_labels())
+    assert np.array_equal(np.concatenate([c[1] for c in stored]), train.labels())
 
 
 def test_select_and_split_views(built):
     train = built["data"].split_rows("train")
-    cols = np.array([4, 0])
-    sel = train.select(cols)
-    assert sel.num_slots == 2 and len(sel) == len(train)
+    a, b = train.slots["tags"]
+    cols = np.array([*range(a, b), 0])
+    sel = train.select(["tags", "a"])  # by field name, in the order given
+    assert sel.num_slots == len(cols) and len(sel) == len(train) and sel.fields == ["tags", "a"]
+    assert sel.slots == {"tags": (0, b - a), "a": (b - a, b - a + 1)}
     full = np.concatenate([c[0] for c in train.chunks()])
     assert np.array_equal(np.concatenate([c[0] for c in sel.chunks()]), full[:, cols])
-    assert np.array_equal(np.concatenate([c[0] for c in sel.select([1]).chunks()]), full[:, [0]])
+    assert np.array_equal(np.concatenate([c[0] for c in sel.select(["a"]).chunks()]), full[:, [0]])
+    with pytest.raises(LightFMPError, match="no field"):
+        sel.select(["b"])  # not in the view any more
     weights, hold = sel.split(0.25, 0, SALT_HOLDOUT)
     assert len(weights) + len(hold) == len(train) and len(hold) > 0
     u = row_uniform(hold.row_numbers(), 0, SALT_HOLDOUT)
@@ -132,20 +150,20 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
     shutil.copytree(built["dir"] / "shards", tmp_path / "sh")  # damage a copy, not the shared shards
     cfg = cfg_for(built["csv"], tmp_path / "sh")
     first = prepare_stream(cfg, Log())
-    files = sorted(first.path.glob("*.npy"))
+    files = sorted(first.location.glob("*.npy"))
     mtimes = [f.stat().st_mtime_ns for f in files]
     log = Log()
     again = prepare_stream(cfg, log)
-    assert again.path == first.path and log.has("reusing") and not log.has("pass 2")
-    assert log.has("pass 1 (fit) skipped")  # the fitted schema is cached too
+    assert again.location == first.location and log.has("reusing") and not log.has("encode:")
+    assert log.has("fit pass skipped")  # the fitted schema is cached too
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
-    victim = first.path / first.manifest["shards"][2]["files"]["ids"]["file"]
+    victim = first.location / first.store.manifest["shards"][2]["files"]["ids"]["file"]
     with open(victim, "r+b") as fh:
         fh.truncate(victim.stat().st_size - 8)
     log = Log()
     rebuilt = prepare_stream(cfg, log)
-    assert log.has("rebuilding shards:") and log.has(victim.name) and log.has("bytes") and log.has("pass 2")
+    assert log.has("rebuilding shards:") and log.has(victim.name) and log.has("bytes") and log.has("encode:")
     assert np.array_equal(all_shard_rows(rebuilt)[1], all_shard_rows(first)[1])
 
     raw = bytearray(victim.read_bytes())
@@ -164,21 +182,21 @@ def test_new_shards_when_schema_or_data_change(built, tmp_path):
     log = Log()
     other_schema = prepare_stream(cfg_for(built["csv"], built["dir"] / "shards", min_count=10), log)
     assert other_schema.schema.field("noise").vocab != base.schema.field("noise").vocab
-    assert other_schema.path != base.path and log.has("pass 2")
+    assert other_schema.location != base.location and log.has("encode:")
     p2 = write_csv(tmp_path, n=N, seed=1, name="other.csv")
     log = Log()
     other_data = prepare_stream(cfg_for(p2, built["dir"] / "shards"), log)
-    assert other_data.path != base.path and other_data.sha256 != base.sha256 and log.has("pass 1 (fit): read")
+    assert other_data.location != base.location and other_data.sha256 != base.sha256 and log.has("fit: read")
     # a fitted schema given: no pass 1, and the same shards as the run that fitted it
     log = Log()
     again = prepare_stream(cfg, log, schema=base.schema)
-    assert again.path == base.path and not log.has("pass 1")
+    assert again.location == base.location and not log.has("fit: read")
 
 
 def test_default_shard_dir_is_under_lightfmp_home(tmp_path, monkeypatch):
     monkeypatch.setenv("LIGHTFMP_HOME", str(tmp_path / "home"))
-    assert shard_home(RunConfig()) == tmp_path / "home" / "shards"
-    assert shard_home(RunConfig(shard_dir=str(tmp_path / "x"))) == tmp_path / "x"
+    assert shard_home(None) == tmp_path / "home" / "shards"
+    assert shard_home(str(tmp_path / "x")) == tmp_path / "x"
 
 
 # ---- options: vocab cap, hashing ------------------------------------------------------------------------------------
@@ -442,7 +460,7 @@ def test_cli_criteo_end_to_end_then_train_reuses_the_shards(tmp_path):
     assert 0.0 <= m["test"]["auc"] <= 1.0
     res = runner.invoke(app, ["train", "--data", str(p), "--out", str(tmp_path / "again")] + common)
     assert res.exit_code == 0, res.output
-    assert "reusing encoded shards" in res.output and "pass 2" not in res.output
+    assert "reusing encoded shards" in res.output and "encode:" not in res.output
 
 
 def test_small_views_are_read_into_memory_with_their_row_numbers(built):
@@ -450,8 +468,8 @@ def test_small_views_are_read_into_memory_with_their_row_numbers(built):
     sub, _ = built["data"].subset(0.5, 0)
     held = in_memory(sub, 1 << 20)
     assert isinstance(held, ArrayRows) and len(held) == len(sub)
-    assert np.array_equal(held.row_numbers, sub.row_numbers()) and np.array_equal(held.labels, sub.all_labels())
+    assert np.array_equal(held.row_numbers(), sub.row_numbers()) and np.array_equal(held.labels(), sub.labels())
     # hash splits of the in-memory copy pick the same global rows as the sharded view's
     for a, b in zip(held.split(0.2, 0, SALT_HOLDOUT), sub.split(0.2, 0, SALT_HOLDOUT)):
-        assert np.array_equal(a.row_numbers, b.row_numbers())
+        assert np.array_equal(a.row_numbers(), b.row_numbers())
     assert in_memory(sub, 16) is sub  # over the budget: left on disk

@@ -9,7 +9,8 @@ import numpy as np
 
 from ..config import RunConfig
 from ..errors import LightFMPError
-from ..pipeline import prepare_data, train_fields
+from ..dataset import load_dataset, quick_sample
+from ..pipeline import train_fields
 from ..progress import Reporter
 from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model
 
@@ -48,27 +49,12 @@ def parse_fractions(text: str) -> list[float]:
 
 
 def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
-    """Smoke-run settings: at most QUICK_ROWS rows (a seeded sample, original order kept), 1 epoch of training and
-    3 of gated search. The sample is written once so every method and seed reads the same file."""
-    from ..data import read_table
+    """Smoke-run settings: about QUICK_ROWS rows (a row-hash sample, file order kept), 1 epoch of training and 3 of
+    gated search. The sample is written once so every method and seed reads the same file."""
     if not cfg.data:
         raise LightFMPError("no data: pass --data FILE")
-    df = read_table(cfg.data)
-    if len(df) > QUICK_ROWS:
-        keep = np.sort(np.random.default_rng(0).permutation(len(df))[:QUICK_ROWS])
-        df = df.iloc[keep]
-    path = Path(tmp) / "quick.parquet"
-    df.to_parquet(path, index=False)
-    return replace(cfg, data=str(path), epochs=1, pretrain_epochs=min(cfg.pretrain_epochs, 3))
-
-
-def check_in_memory(cfg: RunConfig) -> None:
-    """The selectors index the encoded splits as arrays: streamed (sharded) data is not supported."""
-    from ..pipeline import streaming
-    if streaming(cfg):
-        what = "--stream" if cfg.stream else f"--format {cfg.format}"
-        raise LightFMPError(f"{what}: bench reads data in memory; run it on a CSV / Parquet file that fits in "
-                            f"memory (e.g. a sample), without --stream")
+    small = quick_sample(cfg, QUICK_ROWS, Path(tmp) / "quick.parquet")
+    return replace(small, epochs=1, pretrain_epochs=min(cfg.pretrain_epochs, 3))
 
 
 def _check_k(k: int, n_fields: int) -> None:
@@ -134,14 +120,13 @@ def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> 
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
               curve: bool = False, reporter: Reporter | None = None) -> dict:
     """All `methods` on every seed; returns {"results": [...aggregated per method...], "curves": ...}."""
-    check_in_memory(cfg)
     reporter = reporter or Reporter(quiet=True)
     per: dict[str, list[dict]] = {m: [] for m in methods}
     curve_out = None
     t_all = time.perf_counter()
     for seed in seeds:
         scfg = replace(cfg, seed=seed)
-        data = prepare_data(scfg)
+        data = load_dataset(scfg)
         _check_k(k, len(data.schema.fields))
         ctx = Context(scfg, data, quick=quick)
         for m in methods:
@@ -168,12 +153,11 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
                   reporter: Reporter | None = None) -> dict:
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
     from .selectors import select_lightfmp
-    check_in_memory(cfg)
     reporter = reporter or Reporter(quiet=True)
     rows = {f: [] for f in fractions}
     for seed in seeds:
         scfg = replace(cfg, seed=seed)
-        data = prepare_data(scfg)
+        data = load_dataset(scfg)
         _check_k(k, len(data.schema.fields))
         ctx = Context(scfg, data)
         for f in fractions:

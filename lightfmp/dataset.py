@@ -1,0 +1,258 @@
+"""The one path from a data file to encoded rows, for every command (train, prune, run, bench, export).
+
+    read      record batches of --chunk-rows rows (lightfmp.formats: CSV, Parquet file or directory, compressed
+              text, Criteo, Avazu); each row keeps its global number in the file
+    split     the split rule (lightfmp.splits): a hash of the row number, or the rank of --time-column
+    fit       the schema's kinds from the first batch and its vocabularies / bucket edges from the training rows
+              (lightfmp.vocab.StreamFitter), unless the schema is given already fitted
+    encode    each batch -> ids, labels, row numbers, split codes: one chunk of a store
+
+Where the chunks live is the only thing --stream changes (as a streaming flag picks the loader in FuxiCTR): in
+memory (`rows.MemoryStore`: the file is read once), or in shards on disk (`shards.ShardStore`: the file is read
+twice, once to fit and once to encode, and the shards are reused by the next run on the same data). The rows, their
+order and the results are the same either way.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import pandas as pd
+
+from .config import RunConfig
+from .errors import LightFMPError
+from .formats import fixed_label, implies_stream, read_batches, resolve_format
+from .io import file_sha256
+from .labels import LabelCounts, parse_labels
+from .progress import Reporter
+from .rows import MemoryStore, Store, StoredRows
+from .schema import FeatureSchema
+from .shards import (ShardStore, ShardWriter, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
+                     shard_key)
+from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, parse_split, row_uniform, time_codes
+from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
+
+Batches = Callable[[], Iterable[tuple[pd.DataFrame, int]]]
+
+
+@dataclass
+class Dataset:
+    """A run's encoded data: the fitted schema, the split rule and a store of encoded chunks."""
+    schema: FeatureSchema
+    sha256: str                      # content hash of the data file
+    rows: int                        # data rows in the file
+    rule: SplitRule
+    store: Store
+    location: Path | None = None     # the shard directory (None: in memory)
+
+    @property
+    def split(self) -> dict:
+        return self.rule.to_dict()
+
+    def split_rows(self, name: str) -> StoredRows:
+        if name not in SPLITS:
+            raise LightFMPError(f"unknown split {name!r} (expected one of {', '.join(SPLITS)})")
+        return StoredRows(self.store, self.schema.field_slot_ranges(), (SPLITS.index(name),))
+
+    def subset(self, fraction: float, seed: int) -> tuple[StoredRows, StoredRows]:
+        """(phase-1 subset, the rest) of the training split: training rows whose row_uniform(row, seed,
+        SALT_SUBSET) < fraction form the subset; fraction 1.0 gives (all training rows, no rows)."""
+        if not 0 < fraction <= 1:
+            raise LightFMPError(f"--subset {fraction}: must be in (0, 1]")
+        rest, sub = self.split_rows("train").split(fraction, seed, SALT_SUBSET)
+        return sub, rest
+
+    def split_sizes(self) -> dict[str, int]:
+        counts = np.zeros(3, dtype=np.int64)
+        for i in range(len(self.store)):
+            counts += np.bincount(np.asarray(self.store.array(i, "split")), minlength=3)[:3]
+        return dict(zip(SPLITS, map(int, counts)))
+
+
+def streaming(cfg: RunConfig) -> bool:
+    """--stream, or a format only read that way (criteo, avazu)."""
+    return bool(cfg.stream) or (bool(cfg.data) and implies_stream(resolve_format(cfg.data, cfg.format)))
+
+
+def load_dataset(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
+                 sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
+    """Read, split, fit (unless `schema` / --schema is fitted already) and encode cfg.data. `sha256`: the file's
+    content hash when the caller computed it already; `rule`: a run's recorded split rule (default: from cfg)."""
+    reporter = reporter or Reporter(quiet=True)
+    if not cfg.data:
+        raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
+    path = Path(cfg.data)
+    if not path.exists():
+        raise LightFMPError(f"{path}: file not found")
+    if int(cfg.chunk_rows) < 1:
+        raise LightFMPError(f"--chunk-rows {cfg.chunk_rows}: must be >= 1")
+    fmt = resolve_format(path, cfg.format)
+    rule = rule or SplitRule(parse_split(cfg.split), int(cfg.seed), cfg.time_column or None)
+    source, sha = str(path), sha256 or file_sha256(path)
+    schema = _given_schema(cfg, schema)
+    on_disk = streaming(cfg)
+    if on_disk:
+        def batches():
+            return read_batches(path, fmt, cfg.chunk_rows)
+    else:
+        held = list(read_batches(path, fmt, cfg.chunk_rows))  # in memory: the file is read once
+
+        def batches():
+            return iter(held)
+    codes = _split_codes(rule, batches, source)
+    if schema is None or not all(f.fitted for f in schema.fields):
+        schema = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, cache=on_disk)
+    if on_disk:
+        store, location = _shards(cfg, fmt, rule, sha, schema, batches, codes, source, reporter)
+    else:
+        store, location = MemoryStore(schema.num_slots), None
+        _encode(batches(), schema, codes, source, fmt, store.append)
+    data = Dataset(schema, sha, _rows(store), rule, store, location)
+    check_sizes(data.split_sizes(), data.rows, rule.fractions, source)
+    return data
+
+
+def _given_schema(cfg: RunConfig, schema: FeatureSchema | None) -> FeatureSchema | None:
+    if schema is None and cfg.schema:
+        schema = FeatureSchema.load(cfg.schema)
+    if schema is None:
+        if not cfg.label and not implies_stream(resolve_format(cfg.data, cfg.format)):
+            raise LightFMPError("no label: pass --label COLUMN")
+        return None
+    schema = FeatureSchema.from_dict(schema.to_dict())  # a copy: the caller's schema is left as it was
+    schema.label = cfg.label or schema.label
+    if cfg.positive is not None:
+        schema.positive = cfg.positive
+    return schema
+
+
+def _rows(store: Store) -> int:
+    return int(sum(len(store.array(i, "labels")) for i in range(len(store))))
+
+
+# ---- split ----------------------------------------------------------------------------------------------------------
+def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[int, int], np.ndarray]:
+    """codes(start, n): split codes of global rows start .. start + n - 1. The time rule ranks the whole column
+    first (one extra read of the file when streaming)."""
+    if rule.time_column is None:
+        return lambda start, n: rule.hash_codes(np.arange(start, start + n, dtype=np.int64))
+    parts = []
+    for df, _ in batches():
+        if rule.time_column not in df.columns:
+            raise LightFMPError(f"{source}: --time-column '{rule.time_column}' not found "
+                                f"(columns: {', '.join(df.columns)})")
+        parts.append(df[rule.time_column].reset_index(drop=True))
+    every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source)
+    return lambda start, n: every[start:start + n]
+
+
+# ---- fit ------------------------------------------------------------------------------------------------------------
+def _fitted(cfg: RunConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema | None, batches: Batches,
+            codes, source: str, reporter: Reporter, cache: bool) -> FeatureSchema:
+    """The fit pass, or (streaming) its result from an earlier run with the same data and fit options."""
+    where = None
+    if cache:
+        opts = {k: getattr(cfg, k) for k in ("label", "positive", "categorical", "numeric", "multi_hot", "ignore",
+                                             "min_count", "num_buckets", "hash_buckets", "vocab_cap", "chunk_rows")}
+        where = fit_cache_path(cfg.shard_dir, {"data_sha256": sha, "format": fmt, "split": rule.to_dict(),
+                                               "options": opts, "limits": [RESERVOIR_SIZE, PRUNE_MIN_ENTRIES],
+                                               "schema": schema.to_dict() if schema is not None else None})
+        saved = load_fit(where)
+        if saved is not None:
+            for col, why in saved[1].items():
+                reporter.log(f"inferred column [bold]{col}[/]: {why}")
+            reporter.log(f"fit pass skipped: the schema fitted on this data with these options is in {where}")
+            return saved[0]
+    t0 = time.perf_counter()
+    fitter, inferred, nonmissing, n_rows = None, {}, {}, 0
+    for df, start in batches():
+        if fitter is None:
+            if schema is None:
+                schema, inferred = initial_schema(df, cfg, fmt, source)
+                for col, why in inferred.items():
+                    reporter.log(f"inferred column [bold]{col}[/]: {why}")
+            _check_columns(df, schema, source)
+            apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
+            fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
+            nonmissing = {f.name: 0 for f in schema.fields}
+            labels = LabelCounts(schema.label, schema.positive)
+        _check_columns(df, schema, source)
+        y = parse_labels(df, schema.label, schema.positive, source, start, fmt)  # fail in this pass on a bad label
+        train = codes(start, len(df)) == 0
+        labels.add(df.loc[train], y[train])
+        try:
+            fitter.add(df.loc[train])
+        except LightFMPError as e:
+            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(df) - 1})") from None
+        for name in nonmissing:
+            nonmissing[name] += int(df[name].notna().sum())
+        n_rows += len(df)
+    for name, n in nonmissing.items():
+        if n == 0:
+            raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
+    labels.check(source)
+    fitter.finish()
+    reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "
+                 f"{fitter.rows:,} training rows")
+    if where is not None:
+        save_fit(where, schema, inferred)
+    return schema
+
+
+def _check_columns(df: pd.DataFrame, schema: FeatureSchema, source: str) -> None:
+    missing = [n for n in [schema.label] + schema.names if n not in df.columns]
+    if missing:
+        raise LightFMPError(f"{source}: column(s) {', '.join(map(repr, missing))} of the schema absent from the data "
+                            f"(columns: {', '.join(df.columns)})")
+
+
+# ---- encode ---------------------------------------------------------------------------------------------------------
+def _encode(batches: Iterator[tuple[pd.DataFrame, int]], schema: FeatureSchema, codes, source: str, fmt: str,
+            sink: Callable[..., None]) -> None:
+    """Encode every batch into one chunk handed to `sink(ids=, labels=, rows=, split=)`."""
+    for df, start in batches:
+        _check_columns(df, schema, source)
+        labels = parse_labels(df, schema.label, schema.positive, source, start, fmt)
+        try:
+            ids = schema.encode(df)
+        except LightFMPError as e:
+            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(df) - 1})") from None
+        sink(ids=ids, labels=labels, rows=np.arange(start, start + len(df), dtype=np.int64),
+             split=codes(start, len(df)))
+
+
+def _shards(cfg: RunConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,
+            source: str, reporter: Reporter) -> tuple[ShardStore, Path]:
+    key = shard_key(sha, schema, rule, fmt, cfg.chunk_rows)
+    root = shard_home(cfg.shard_dir) / key
+    t0 = time.perf_counter()
+    manifest, why = check_shards(root, key)
+    if manifest is not None:
+        reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, {len(manifest['shards'])} shards, "
+                     f"verified in {time.perf_counter() - t0:.1f} s)")
+        return ShardStore(root, manifest), root
+    if why:
+        reporter.log(f"rebuilding shards: {why}")
+    with ShardWriter(root, key, schema.num_slots) as writer:
+        _encode(batches(), schema, codes, source, fmt, writer.add)
+        manifest = writer.finish(data=source, data_format=fmt, data_sha256=sha, split=rule.to_dict(),
+                                 chunk_rows=int(cfg.chunk_rows))
+    reporter.log(f"encode: {manifest['rows']:,} rows into {len(manifest['shards'])} shards in "
+                 f"{time.perf_counter() - t0:.1f} s -> {root}")
+    return ShardStore(root, manifest), root
+
+
+def quick_sample(cfg: RunConfig, rows: int, out: Path) -> RunConfig:
+    """cfg with its data replaced by about `rows` rows of it (a row-hash sample, file order kept), written as
+    Parquet to `out`: bench's smoke-run data. Streams the file, so it works on data of any size."""
+    fmt = resolve_format(cfg.data, cfg.format)
+    n = sum(len(df) for df, _ in read_batches(cfg.data, fmt, cfg.chunk_rows))
+    keep = []
+    for df, start in read_batches(cfg.data, fmt, cfg.chunk_rows):
+        u = row_uniform(np.arange(start, start + len(df), dtype=np.int64), 0, SALT_SAMPLE)
+        keep.append(df[u < rows / n])
+    pd.concat(keep, ignore_index=True).to_parquet(out, index=False)
+    return replace(cfg, data=str(out), format="parquet", stream=False, label=cfg.label or fixed_label(fmt))

@@ -1,0 +1,116 @@
+"""The one split rule: which rows are train / valid / test, which training rows form the phase-1 subset, and which
+subset rows are held out for the gate steps.
+
+Every assignment is a function of a row's global number in the file (0 for the first data row) and the seed,
+through `row_uniform` with a salt per use, so it does not depend on how the file is chunked, which process reads
+it, or whether the encoded rows live in memory or in shards on disk:
+
+    hash   train if u < f_train, valid if u < f_train + f_valid, else test;  u = row_uniform(row, seed, SALT_SPLIT)
+    time   rows ranked by --time-column (stable; oldest first): the first round(f_train * n) train, the next
+           round(f_valid * n) valid, the rest test
+
+A run records its rule (`SplitRule.to_dict()`) in run.json as "split", and every later command reads it back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .errors import LightFMPError
+
+SPLITS = ("train", "valid", "test")
+
+# salts keep the uses of the row hash independent of each other
+SALT_SPLIT = 1      # train / valid / test
+SALT_SUBSET = 2     # phase-1 subset vs the rest of the training split
+SALT_HOLDOUT = 3    # gate hold-out inside the phase-1 subset
+SALT_SAMPLE = 4     # a smoke run's sample of the file (bench --quick)
+
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
+def row_uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
+    """A float64 in [0, 1) per global row number, from splitmix64(row, seed, salt): the same row always lands on
+    the same side of any threshold, whichever process or chunk reads it."""
+    with np.errstate(over="ignore"):
+        x = np.asarray(rows, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        x = x + np.uint64((seed * 0x632BE59BD9B4E019 + salt * 0xD6E8FEB86659FD93) & _MASK)
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def parse_split(text) -> tuple[float, float, float]:
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three fractions, train and test > 0, valid >= 0, summing to 1."""
+    usage = f"--split {text!r}: expected three fractions train,valid,test summing to 1, such as 0.8,0.1,0.1"
+    try:
+        parts = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
+        raise LightFMPError(usage) from None
+    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
+        raise LightFMPError(usage)
+    if abs(sum(parts) - 1.0) > 1e-6:
+        raise LightFMPError(f"{usage} (they sum to {sum(parts):g})")
+    return parts[0], parts[1], parts[2]
+
+
+@dataclass(frozen=True)
+class SplitRule:
+    fractions: tuple[float, float, float]
+    seed: int
+    time_column: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return "time" if self.time_column else "hash"
+
+    def to_dict(self) -> dict:
+        return {"rule": self.kind, "fractions": list(self.fractions), "seed": int(self.seed),
+                "time_column": self.time_column,
+                "salts": {"split": SALT_SPLIT, "subset": SALT_SUBSET, "holdout": SALT_HOLDOUT}}
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "run.json") -> "SplitRule":
+        try:
+            return cls(tuple(float(f) for f in d["fractions"]), int(d["seed"]), d.get("time_column"))
+        except (KeyError, TypeError, ValueError):
+            raise LightFMPError(f"{source}: 'split' is not a split rule (needs fractions and seed)") from None
+
+    def hash_codes(self, rows: np.ndarray) -> np.ndarray:
+        """0 train, 1 valid, 2 test per global row number (the hash rule)."""
+        f = self.fractions
+        u = row_uniform(rows, self.seed, SALT_SPLIT)
+        return np.where(u < f[0], 0, np.where(u < f[0] + f[1], 1, 2)).astype(np.uint8)
+
+
+def time_codes(values: pd.Series, fractions: tuple[float, float, float], column: str, source: str) -> np.ndarray:
+    """Split codes of every row of the file by the rank of its `column` value: oldest rows train. Values are
+    numbers, or else dates; a value that is neither is an error naming it."""
+    t = pd.to_numeric(values, errors="coerce")
+    if t.isna().all():
+        t = pd.to_datetime(values, errors="coerce")
+    bad = t.isna().to_numpy() & values.notna().to_numpy()
+    if bad.any():
+        raise LightFMPError(f"{source}: --time-column '{column}': value {values[bad].iloc[0]!r} is neither a number "
+                            f"nor a date")
+    order = np.argsort(t.to_numpy(), kind="stable")
+    n = len(order)
+    n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
+    codes = np.full(n, 2, dtype=np.uint8)
+    codes[order[:n_train]] = 0
+    codes[order[n_train:n_train + n_valid]] = 1
+    return codes
+
+
+def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str) -> None:
+    if rows < 10:
+        raise LightFMPError(f"{source}: {rows} rows is too few to split into train/valid/test")
+    for name in SPLITS:
+        if not sizes[name]:
+            raise LightFMPError(f"{source}: --split {','.join(f'{f:g}' for f in fractions)} leaves the {name} "
+                                f"split empty with {rows} rows")

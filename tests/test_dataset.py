@@ -1,0 +1,159 @@
+"""The one data path: the same file gives the same rows, split, schema and results in memory and in shards; the
+split rule and its record in run.json; degenerate labels and bad splits refused."""
+import json
+import os
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import make_frame, write_csv
+from lightfmp import pipeline
+from lightfmp.config import RunConfig
+from lightfmp.dataset import load_dataset
+from lightfmp.errors import LightFMPError
+from lightfmp.rows import ArrayRows
+from lightfmp.splits import SALT_SPLIT, SplitRule, parse_split, row_uniform, time_codes
+
+KINDS = dict(label="label", multi_hot="tags:|")
+FAST = dict(pretrain_epochs=2, epochs=2, batch_size=64, hidden="16", embed_dim=4)
+
+
+def cfg_for(p, tmp_path, **kw):
+    return RunConfig(data=str(p), shard_dir=str(tmp_path / "shards"), chunk_rows=97, **{**KINDS, **kw})
+
+
+def test_memory_and_shards_hold_the_same_rows(tmp_path):
+    p = write_csv(tmp_path, n=500)
+    mem = load_dataset(cfg_for(p, tmp_path))
+    disk = load_dataset(cfg_for(p, tmp_path, stream=True))
+    assert mem.location is None and disk.location is not None
+    assert mem.schema.to_dict() == disk.schema.to_dict()
+    assert mem.split_sizes() == disk.split_sizes() and sum(mem.split_sizes().values()) == 500
+    for name in ("train", "valid", "test"):
+        a, b = mem.split_rows(name), disk.split_rows(name)
+        assert np.array_equal(a.row_numbers(), b.row_numbers())
+        assert all(np.array_equal(x, y) for x, y in zip(a.arrays(), b.arrays()))
+        # the same epoch order, chunk by chunk
+        for (xa, ya), (xb, yb) in zip(a.chunks(7), b.chunks(7)):
+            assert np.array_equal(xa, xb) and np.array_equal(ya, yb)
+    sub_m, rest_m = mem.subset(0.3, 0)
+    sub_d, rest_d = disk.subset(0.3, 0)
+    assert np.array_equal(sub_m.row_numbers(), sub_d.row_numbers())
+    assert np.array_equal(rest_m.row_numbers(), rest_d.row_numbers())
+
+
+def test_split_is_the_row_hash(tmp_path):
+    p = write_csv(tmp_path, n=400)
+    data = load_dataset(cfg_for(p, tmp_path, seed=3))
+    u = row_uniform(np.arange(400), 3, SALT_SPLIT)
+    assert np.array_equal(data.split_rows("train").row_numbers(), np.flatnonzero(u < 0.8))
+    assert np.array_equal(data.split_rows("test").row_numbers(), np.flatnonzero(u >= 0.9))
+    assert data.split == {"rule": "hash", "fractions": [0.8, 0.1, 0.1], "seed": 3, "time_column": None,
+                          "salts": {"split": 1, "subset": 2, "holdout": 3}}
+
+
+def test_time_column_assigns_by_rank_in_both_stores(tmp_path):
+    df = make_frame(300)
+    df["ts"] = np.random.default_rng(1).permutation(300)
+    df.to_csv(tmp_path / "t.csv", index=False)
+    for stream in (False, True):
+        data = load_dataset(cfg_for(tmp_path / "t.csv", tmp_path, time_column="ts", stream=stream))
+        assert "ts" not in data.schema.names  # the split key is no feature unless named
+        ts = df["ts"].to_numpy()
+        assert ts[data.split_rows("train").row_numbers()].max() < ts[data.split_rows("valid").row_numbers()].min()
+        assert ts[data.split_rows("valid").row_numbers()].max() < ts[data.split_rows("test").row_numbers()].min()
+        assert data.split_sizes() == {"train": 240, "valid": 30, "test": 30}
+
+
+def test_time_codes_closed_form():
+    codes = time_codes(pd.Series(["2024-01-03", "2024-01-01", "2024-01-02", "2024-01-05", "2024-01-04"]),
+                       (0.6, 0.2, 0.2), "day", "f.csv")
+    assert codes.tolist() == [0, 0, 0, 2, 1]
+    with pytest.raises(LightFMPError, match="'day': value 'soon' is neither a number nor a date"):
+        time_codes(pd.Series(["2024-01-01", "soon"]), (0.6, 0.2, 0.2), "day", "f.csv")
+
+
+@pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "-0.1,0.6,0.5"])
+def test_bad_split_refused_not_normalised(text):
+    with pytest.raises(LightFMPError, match="--split"):
+        parse_split(text)
+
+
+def test_rule_round_trips():
+    rule = SplitRule((0.7, 0.2, 0.1), 5, "ts")
+    assert SplitRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+    with pytest.raises(LightFMPError, match="run.json"):
+        SplitRule.from_dict({"seed": 1})
+
+
+def test_one_class_training_rows_refused(tmp_path):
+    df = make_frame(200)
+    df["label"] = 1
+    df.to_csv(tmp_path / "ones.csv", index=False)
+    with pytest.raises(LightFMPError, match=r"every training row of label column 'label' is 1 .*values seen: '1': \d+"):
+        load_dataset(cfg_for(tmp_path / "ones.csv", tmp_path))
+
+
+def test_positive_that_matches_nothing_lists_the_values(tmp_path):
+    df = make_frame(200)
+    df["label"] = np.where(df["label"] == 1, "click", "noclick")
+    df.to_csv(tmp_path / "c.csv", index=False)
+    with pytest.raises(LightFMPError, match=r"--positive 'CLICK' matches no training row.*'noclick'"):
+        load_dataset(cfg_for(tmp_path / "c.csv", tmp_path, positive="CLICK"))
+
+
+def test_rows_select_by_name_and_take():
+    ids = np.arange(20, dtype=np.int32).reshape(5, 4)
+    rows = ArrayRows(ids, np.arange(5) % 2, slots={"a": (0, 1), "m": (1, 3), "z": (3, 4)})
+    sel = rows.select(["z", "m"])
+    assert sel.fields == ["z", "m"] and sel.slots == {"z": (0, 1), "m": (1, 3)}
+    assert np.array_equal(sel.arrays()[0], ids[:, [3, 1, 2]])
+    part = sel.take(np.array([4, 1]))
+    assert np.array_equal(part.arrays()[0], ids[[4, 1]][:, [3, 1, 2]]) and part.row_numbers().tolist() == [4, 1]
+
+
+def test_stored_rows_take_reads_the_positions_across_chunks(tmp_path):
+    p = write_csv(tmp_path, n=300)
+    data = load_dataset(cfg_for(p, tmp_path, stream=True))
+    train = data.split_rows("train").select(["tags", "a"])
+    ids, labels = train.arrays()
+    pos = np.array([len(train) - 1, 0, 150, 97])
+    got = train.take(pos)
+    assert np.array_equal(got.arrays()[0], ids[pos]) and np.array_equal(got.labels(), labels[pos])
+    assert np.array_equal(got.row_numbers(), train.row_numbers()[pos]) and got.slots == train.slots
+
+
+def test_run_with_and_without_stream_gives_the_same_result(tmp_path):
+    p = write_csv(tmp_path, n=800)
+    out = {}
+    for stream in (False, True):
+        cfg = cfg_for(p, tmp_path, stream=stream, keep=3, subset=0.5, **FAST)
+        out[stream] = pipeline.run(cfg, tmp_path / f"run-{stream}", quiet=True)
+    assert out[False]["fields"]["kept"] == out[True]["fields"]["kept"]
+    assert abs(out[False]["test"]["auc"] - out[True]["test"]["auc"]) <= 1e-6
+    assert out[False]["gates"] == pytest.approx(out[True]["gates"], abs=1e-6)
+
+
+def test_run_records_its_split_and_an_absolute_data_path(tmp_path, monkeypatch):
+    (tmp_path / "b").mkdir()
+    write_csv(tmp_path / "b", n=400, name="base.csv")
+    monkeypatch.chdir(tmp_path / "b")
+    cfg = RunConfig(data="base.csv", shard_dir=str(tmp_path / "shards"), **KINDS, **FAST)
+    pipeline.train(cfg, "r/x", quiet=True)
+    info = json.loads((tmp_path / "b" / "r" / "x" / "run.json").read_text())
+    assert info["split"]["rule"] == "hash" and info["split"]["fractions"] == [0.8, 0.1, 0.1]
+    monkeypatch.chdir(tmp_path)  # prune from another directory finds the data
+    m = pipeline.prune("b/r/x", keep=2, continue_epochs=1, quiet=True)
+    assert len(m["fields"]["kept"]) == 2
+    assert os.path.isabs(pipeline.open_run("b/r/x").config.data)
+
+
+def test_prune_reads_the_recorded_split_rule(tmp_path):
+    p = write_csv(tmp_path, n=400)
+    pipeline.train(cfg_for(p, tmp_path, **FAST), tmp_path / "r", quiet=True)
+    run = pipeline.open_run(tmp_path / "r")
+    run.info["split"]["seed"] = 9  # what run.json says wins over a derivation from the config
+    data = pipeline.run_data(run)
+    assert data.rule.seed == 9 and replace(run.config).seed == 0
