@@ -23,7 +23,7 @@ import torch
 from lightfmp.config import RunConfig
 from lightfmp.metrics import roc_auc
 from lightfmp.models import ModelConfig, build_model
-from lightfmp.pipeline import prepare_data
+from lightfmp.dataset import load_dataset
 from lightfmp.progress import Reporter
 from lightfmp.training import TrainConfig, fit, predict
 
@@ -34,13 +34,14 @@ def run_lightfmp(data, args, sparse: bool = False) -> dict:
     model = build_model("deepfm", data.schema, cfg)
     tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, restore_best=False, seed=args.seed,
                      sparse_embeddings=sparse)
-    x, y = data.ids["train"], data.labels["train"]
+    train = data.split_rows("train")
     t0 = time.perf_counter()
-    fit(model, (x, y), None, tc, Reporter(quiet=True))
+    fit(model, train, None, tc, Reporter(quiet=True))
     sec = time.perf_counter() - t0
-    p = predict(model, data.ids["test"])
+    p = predict(model, data.split_rows("test"))
+    y = train.labels()
     return {"name": "lightfmp DeepFM" + (" (sparse tables)" if sparse else ""), "seconds": sec, "samples_per_s": len(y) * args.epochs / sec,
-            "test_auc": roc_auc(data.labels["test"], p), "params": model.num_params()}
+            "test_auc": roc_auc(data.split_rows("test").labels(), p), "params": model.num_params()}
 
 
 def run_deepctr(data, args) -> dict:
@@ -61,16 +62,17 @@ def run_deepctr(data, args) -> dict:
         model.compile(torch.optim.Adam(model.parameters(), lr=1e-3), "binary_crossentropy", metrics=[])
 
         def inputs(split):
-            return {f.name: data.ids[split][:, cols[f.name][0]].astype(np.int64) for f in fields}
+            ids = data.split_rows(split).arrays()[0]
+            return {f.name: ids[:, cols[f.name][0]].astype(np.int64) for f in fields}
 
-        y = data.labels["train"].astype(np.float32)
+        y = data.split_rows("train").labels()
         xt = inputs("train")
         t0 = time.perf_counter()
         model.fit(xt, y, batch_size=args.batch_size, epochs=args.epochs, verbose=0, shuffle=True)
         sec = time.perf_counter() - t0
         p = model.predict(inputs("test"), batch_size=8192).ravel()
         return {"name": f"DeepCTR-Torch {deepctr_torch.__version__} DeepFM", "seconds": sec,
-                "samples_per_s": len(y) * args.epochs / sec, "test_auc": roc_auc(data.labels["test"], p),
+                "samples_per_s": len(y) * args.epochs / sec, "test_auc": roc_auc(data.split_rows("test").labels(), p),
                 "params": sum(p.numel() for p in model.parameters()),
                 "skipped_fields": [f.name for f in data.schema.fields if f.slots != 1]}
     except Exception as e:
@@ -95,7 +97,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.hidden_sizes = [int(v) for v in args.hidden.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
-    data = prepare_data(RunConfig(data=args.data, label=args.label, categorical=args.categorical,
+    data = load_dataset(RunConfig(data=args.data, label=args.label, categorical=args.categorical,
                                   numeric=args.numeric, seed=args.seed))
     if any(f.slots != 1 for f in data.schema.fields):
         print("note: multi-hot fields are left out of the DeepCTR model (single-slot fields only)", file=sys.stderr)
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     peer = run_deepctr(data, args)
     doc = {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                       f"{args.threads} thread(s)",
-           "rows": {k: int(len(v)) for k, v in data.labels.items()}, "embed_dim": args.embed_dim,
+           "rows": data.split_sizes(), "embed_dim": args.embed_dim,
            "hidden": args.hidden_sizes, "batch_size": args.batch_size, "epochs": args.epochs,
            "lightfmp": ours, "deepctr": peer}
     if ours_sparse is not None:

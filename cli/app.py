@@ -1,69 +1,28 @@
 """`lightfmp train / prune / run / inspect / demo / data` — a thin layer over the Python API."""
 from __future__ import annotations
 
-import functools
 import inspect
-import os
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from lightfmp import distributed, pipeline
+from lightfmp.datasets import FETCHERS, synthesize
+from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
+from lightfmp.inspection import gate_rows, plot_gates
+from lightfmp.rundir import open_run
 
-from .options import config_flags, config_parameters, with_parameters
+from . import bench_cmds, serving_cmds
+from .common import friendly, out, ranked, resolve_config, speaks
+from .options import config_parameters, with_parameters
 
 app = typer.Typer(help="Light-FMP: prune the feature fields (and the model parts that read them) of CTR models.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Datasets: synthetic generator and MovieLens-100k.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthetic generator and public CTR data (fetch).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
-out = Console()
-err = Console(stderr=True)
-
-
-def friendly(func):
-    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        try:
-            return func(*args, **kwargs)
-        except LightFMPError as e:
-            from lightfmp import distributed
-            who = f"rank {distributed.rank()}: " if distributed.world() > 1 else ""
-            err.print(f"[red]error:[/] {who}{e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
-    wrapper.__signature__ = inspect.signature(func)
-    return wrapper
-
-
-def ranked(func):
-    """Training commands under torchrun: a rank that loses the others (one died, hung or was stopped) prints one
-    line saying how to resume and exits 1, so torchrun reports the failure; the process group is torn down at
-    the end either way. Outside torchrun this changes nothing."""
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from lightfmp import distributed
-        try:
-            return func(*args, **kwargs)
-        except (typer.Exit, LightFMPError):
-            raise
-        except BaseException as e:
-            if distributed.world() > 1 and distributed.is_comm_error(e):
-                err.print(distributed.failure_message(e), markup=False, highlight=False, soft_wrap=True)
-                raise typer.Exit(1) from None
-            raise
-        finally:
-            distributed.destroy()
-    wrapper.__signature__ = inspect.signature(func)
-    return wrapper
-
-
-def _speaks(quiet: bool) -> bool:
-    from lightfmp import distributed
-    return not quiet and distributed.is_main()
 
 
 _COMMON = [
@@ -78,20 +37,12 @@ _COMMON = [
 ]
 
 
-def _resolve(kwargs):
-    from lightfmp.config import resolve
-    if kwargs["out"] is None:
-        raise LightFMPError("missing --out RUN (the run directory to create)")
-    return resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
-
-
 def _train_cmd(**kwargs):
     """Phase 1: train the backbone with one hard-concrete gate per field on a subset of the training rows."""
-    from lightfmp import distributed, pipeline
-    cfg = _resolve(kwargs)
+    cfg = resolve_config(kwargs)
     distributed.init(cfg.device)
     m = pipeline.train(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
-    if _speaks(kwargs["quiet"]):
+    if speaks(kwargs["quiet"]):
         if cfg.no_select:
             print_summary(m, kwargs["out"])
         else:
@@ -101,11 +52,10 @@ def _train_cmd(**kwargs):
 
 def _run_cmd(**kwargs):
     """All phases: gated pretraining on a subset, pruning, continued training; --no-select trains all fields."""
-    from lightfmp import distributed, pipeline
-    cfg = _resolve(kwargs)
+    cfg = resolve_config(kwargs)
     distributed.init(cfg.device)
     m = pipeline.run(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
-    if _speaks(kwargs["quiet"]):
+    if speaks(kwargs["quiet"]):
         print_summary(m, kwargs["out"])
 
 
@@ -126,11 +76,10 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                             help="Epochs of continued training; 0 skips phase 3."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
     """Phases 2 and 3: drop fields by gate, slice them out of the model, continue training on the other rows."""
-    from lightfmp import pipeline
     if keep is not None and threshold is not None:
         raise LightFMPError("give either --keep or --threshold, not both")
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
-    if _speaks(quiet):
+    if speaks(quiet):
         print_summary(m, run)
 
 
@@ -140,8 +89,6 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
                 plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path (default: RUN/gates.png)."),
                 quiet: bool = typer.Option(False, "--quiet", "-q")):
     """The gate table (field, gate value, L0 probability, kept) and a PNG bar chart."""
-    from lightfmp.inspection import gate_rows, plot_gates
-    from lightfmp.rundir import open_run
     r = open_run(run)
     if not r.select:
         raise LightFMPError(f"{run}: a --no-select run has no gates")
@@ -189,7 +136,6 @@ def demo_cmd(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where t
              compare: bool = typer.Option(True, "--compare/--no-compare", help="Also train all fields, for comparison."),
              quiet: bool = typer.Option(False, "--quiet", "-q")):
     """The main job on an embedded default: `run` on MovieLens-100k (DeepFM), then a summary table."""
-    from lightfmp.demo import demo
     res = demo(out_dir, backbone=backbone, compare=compare, quiet=quiet)
     print_summary(res["lightfmp"], res["run_dir"], res.get("all_fields"))
 
@@ -202,7 +148,6 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows"), fields: int = typer.O
               redundant: Optional[int] = typer.Option(None, "--redundant", help="Redundant copies (default: as many as informative)."),
               fmt: str = typer.Option("parquet", "--format", help="parquet or csv.")):
     """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
-    from lightfmp.datasets import synthesize
     if fmt not in ("parquet", "csv"):
         raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
     try:
@@ -216,30 +161,26 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows"), fields: int = typer.O
 
 @data_app.command("fetch")
 @friendly
-def fetch_cmd(name: str = typer.Argument(..., help="Dataset name: movielens-100k."),
+def fetch_cmd(name: str = typer.Argument(..., help=f"Dataset name: {', '.join(FETCHERS)}."),
               home: Optional[Path] = typer.Option(None, "--home", help="Cache directory (default: $LIGHTFMP_HOME or ~/.cache/lightfmp).")):
     """Download a public dataset into the cache and prepare its CTR table."""
-    from lightfmp.datasets import fetch_movielens_100k
-    if name != "movielens-100k":
-        raise LightFMPError(f"unknown dataset '{name}' (available: movielens-100k)")
+    fetch = FETCHERS.get(name)
+    if fetch is None:
+        raise LightFMPError(f"unknown dataset '{name}' (available: {', '.join(FETCHERS)})")
     try:
-        path = fetch_movielens_100k(home=home)
+        path = fetch(home=home)
     except RuntimeError as e:
         raise LightFMPError(str(e)) from None
     out.print(f"prepared {path}")
 
 
-from .serving_cmds import register as _register_serving  # noqa: E402
-
-_register_serving(app)
-from .bench_cmds import register as _register_bench  # noqa: E402
-
-_register_bench(app)
+serving_cmds.register(app)
+bench_cmds.register(app)
 
 
 def main() -> None:
     app(prog_name="lightfmp")
 
 
-if __name__ == "__main__" and os.environ.get("LIGHTFMP_NO_MAIN") is None:
-    sys.exit(main())
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""`lightfmp bench` (registered on the main app by cli/app.py: `from .bench_cmds import register; register(app)`)."""
+"""`lightfmp bench` (registered on the main app by cli/app.py: `bench_cmds.register(app)`)."""
 from __future__ import annotations
 
 import inspect
@@ -8,6 +8,13 @@ from typing import Optional
 
 import typer
 
+from lightfmp.bench import ablate_subset, parse_fractions, parse_methods, parse_seeds, quick_config, run_bench
+from lightfmp.bench.report import ablation_table, plot_curves, results_table, write_json
+from lightfmp.config import resolve
+from lightfmp.errors import LightFMPError
+from lightfmp.progress import Reporter
+
+from .common import err, friendly, out
 from .options import config_flags, config_parameters, with_parameters
 
 
@@ -16,9 +23,6 @@ def _param(name, annotation, option):
 
 
 def register(app) -> None:
-    # imported here: cli/app.py is still initialising when it calls register()
-    from .app import err, friendly, out
-
     extra = [
         _param("k", Optional[int], typer.Option(None, "--k", help="Fields each method keeps.")),
         _param("seeds", str, typer.Option("0", "--seeds", help="Comma-separated seeds (split, init, subset).")),
@@ -39,12 +43,6 @@ def register(app) -> None:
     def bench_cmd(**kwargs):
         """Compare field-selection methods on identical splits, backbone and retraining budget: each keeps K
         fields, the backbone is retrained on them and scored on the test split (mean ± std over seeds)."""
-        from lightfmp.bench import ablate_subset, parse_fractions, parse_methods, parse_seeds, quick_config, run_bench
-        from lightfmp.bench.report import ablation_table, plot_curves, results_table, write_json
-        from lightfmp.config import resolve
-        from lightfmp.errors import LightFMPError
-        from lightfmp.progress import Reporter
-
         methods = parse_methods(kwargs["methods"])
         seeds = parse_seeds(kwargs["seeds"])
         fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] else None
@@ -54,8 +52,6 @@ def register(app) -> None:
         if k < 1:
             raise LightFMPError(f"--k {k}: must be between 1 and the number of fields")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
-        from lightfmp.bench.core import check_in_memory
-        check_in_memory(cfg)
         quiet = kwargs["quiet"]
         reporter = Reporter(quiet)
         with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:

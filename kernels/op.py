@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F_
 
 BACKENDS = ("auto", "triton", "torch", "reference")
-PAD_ID = 0  # schema convention: local id 0 is padding,
-OOV_ID = 1  # local id 1 is the out-of-vocabulary bucket
+OOV_ID = 1  # schema convention (lightfmp.schema.OOV_ID): local id 1 is the out-of-vocabulary bucket
 
 
 def _tracing() -> bool:

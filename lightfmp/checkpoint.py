@@ -15,10 +15,11 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from .io import atomic_path, json_safe, write_json_atomic
@@ -65,7 +66,6 @@ class TrainState:
     best_state: dict | None = None
     stopped: bool = False                   # early stopping fired after the last saved epoch
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
-    extra: dict = field(default_factory=dict)
 
 
 class Checkpoint:
@@ -103,7 +103,7 @@ class Checkpoint:
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": self.key, "epoch": state.epoch,
                "history": state.history, "best_score": state.best_score if math.isfinite(state.best_score) else None,
                "best_epoch": state.best_epoch, "stopped": state.stopped, "seconds": state.seconds,
-               "opt_scalars": scalars, "extra": state.extra}
+               "opt_scalars": scalars}
         # tensors first, JSON last: the epoch in both must match, so a crash between the renames is detected
         with atomic_path(self.tensors_path) as tmp:
             save_file(tensors, str(tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
@@ -131,7 +131,6 @@ class Checkpoint:
                               if (doc.get("key") or {}).get(k) != self.key.get(k))
                 self.log(f"ignoring checkpoint {where}: made with a different {', '.join(diff)}")
                 return None
-            from safetensors import safe_open
             with safe_open(str(self.tensors_path), framework="pt") as fh:
                 meta = fh.metadata() or {}
             if meta.get("epoch") != str(doc["epoch"]):
@@ -164,7 +163,6 @@ class Checkpoint:
         state = TrainState(epoch=int(doc["epoch"]), history=doc.get("history", []),
                            best_score=-math.inf if score is None else float(score),
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
-                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)),
-                           extra=doc.get("extra", {}))
+                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)))
         _hint["epoch"] = state.epoch
         return state

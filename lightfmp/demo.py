@@ -1,10 +1,11 @@
 """`lightfmp demo`: Light-FMP on MovieLens-100k next to the same backbone trained on all fields."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
+from .cache import cache_home
 from .config import RunConfig
+from .datasets import fetch_movielens_100k
 from .pipeline import run
 
 # The CTR task as the feature-selection literature builds it from MovieLens-100k (label: rating > 3).
@@ -12,13 +13,8 @@ MOVIELENS_FIELDS = dict(label="label", multi_hot="genres:|",
                         categorical="user_id,item_id,age,gender,occupation,zip,release_year,hour,weekday")
 
 
-def cache_home() -> Path:
-    return Path(os.environ.get("LIGHTFMP_HOME") or Path.home() / ".cache" / "lightfmp")
-
-
 def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: bool = True, quiet: bool = False,
          **overrides) -> dict:
-    from .datasets import fetch_movielens_100k
     data = fetch_movielens_100k(quiet=quiet)
     out_dir = Path(out_dir) if out_dir else cache_home() / "runs" / "demo"
     cfg = RunConfig(data=str(data), backbone=backbone, **MOVIELENS_FIELDS, **overrides)

@@ -11,13 +11,17 @@ LIGHTFMP_DIST_TIMEOUT: seconds a collective may wait for the other ranks (defaul
 """
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
 from datetime import timedelta
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from .checkpoint import resume_hint
 from .errors import LightFMPError
 
 FAULT_ENV = "LIGHTFMP_FAULT_RANK_EPOCH"
@@ -56,7 +60,6 @@ def is_main() -> bool:
 
 def active() -> bool:
     """True once the process group exists (WORLD_SIZE > 1 and init() ran)."""
-    import torch.distributed as dist
     return world() > 1 and dist.is_available() and dist.is_initialized()
 
 
@@ -80,7 +83,6 @@ def init(device: str = "auto") -> None:
     `device` is the run's --device: the backend is nccl for CUDA, gloo for CPU."""
     if world() <= 1 or active():
         return
-    import torch.distributed as dist
     if not dist.is_available():
         raise LightFMPError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     for var in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
@@ -116,7 +118,6 @@ def destroy() -> None:
         _state["old_sigterm"] = None
     if not active():
         return
-    import torch.distributed as dist
     try:
         dist.destroy_process_group()
     except Exception:  # a peer is already gone; nothing left to tidy
@@ -130,7 +131,6 @@ def _ctl():
 
 def barrier() -> None:
     if active():
-        import torch.distributed as dist
         dist.barrier(group=_ctl())
 
 
@@ -138,7 +138,6 @@ def broadcast_int(value: int, long_wait: bool = False) -> int:
     """Rank 0's `value` on every rank."""
     if not active():
         return int(value)
-    import torch.distributed as dist
     t = torch.tensor([int(value)], dtype=torch.int64)
     dist.broadcast(t, src=0, group=_state["wait_group"] if long_wait else _ctl())
     return int(t.item())
@@ -148,7 +147,6 @@ def agree(value: int, what: str) -> int:
     """Check that every rank holds the same integer (e.g. the epoch it resumes from); raise if not."""
     if not active():
         return int(value)
-    import torch.distributed as dist
     t = torch.tensor([int(value), -int(value)], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_ctl())
     if int(t[0]) != -int(t[1]):
@@ -184,7 +182,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over ranks, in place when the tensor already lives where the backend communicates; returns it."""
     if not active():
         return tensor
-    import torch.distributed as dist
     t = _comm(tensor)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     t /= world()
@@ -196,7 +193,6 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if not active():
         return tensor
-    import torch.distributed as dist
     t = _comm(tensor)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     if t is not tensor:
@@ -208,7 +204,6 @@ def all_gather(tensor: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's tensor (same shape on all ranks), in rank order, on the CPU."""
     if not active():
         return [tensor.cpu()]
-    import torch.distributed as dist
     t = _comm(tensor.contiguous())
     out = [torch.empty_like(t) for _ in range(world())]
     dist.all_gather(out, t)
@@ -219,10 +214,8 @@ def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module:
     """The module DDP drives for the weight steps; the model itself outside torchrun."""
     if not active():
         return model
-    from torch.nn.parallel import DistributedDataParallel
     ids = [torch.device(device).index or 0] if device.startswith("cuda") else None
     # buffers (field offsets, pooling matrix) are constants built identically on every rank: no per-step sync
-    import inspect
     sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DistributedDataParallel)
             .parameters else {"broadcast_buffers": False})  # the newer name (torch 2.13) / the older one
     return DistributedDataParallel(model, device_ids=ids, **sync)
@@ -246,7 +239,6 @@ def maybe_fault(epoch: int) -> None:
 
 def is_comm_error(e: BaseException) -> bool:
     """A collective failed because another rank died, hung or closed its connection."""
-    import torch.distributed as dist
     if isinstance(e, (Stopped, getattr(dist, "DistError", ()))):
         return True
     text = str(e).lower()
@@ -255,7 +247,6 @@ def is_comm_error(e: BaseException) -> bool:
 
 
 def failure_message(e: BaseException) -> str:
-    from .checkpoint import resume_hint
     if isinstance(e, Stopped):
         what = "stopped by torchrun (SIGTERM) after another rank failed"
     else:

@@ -1,7 +1,7 @@
-"""Record-batch readers for the streaming path: a file is read as DataFrames of at most `chunk_rows` rows, each
-with the global number of its first data row, so nothing ever holds the whole file.
+"""Record-batch readers, the only way lightfmp reads a data file: a file is read as DataFrames of at most
+`chunk_rows` rows, each with the global number of its first data row, so nothing ever holds the whole file.
 
-    csv       header row; every cell read as text (as `data.read_table` reads CSV), an empty cell is missing
+    csv       header row; every cell read as text, an empty cell is missing
     parquet   a file, or a directory of part files read in sorted path order; columns keep their types
     criteo    Criteo display-ads TSV: no header, label, I1..I13, C1..C26; the integer columns get the usual
               log-square transform (v > 2 -> floor(ln(v)^2)) and, like the C columns, are categorical strings
@@ -150,7 +150,7 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "Empty CSV file" in msg:
             raise LightFMPError(f"{p}: empty file (no header, no rows)") from None
-        if "Expected" in msg and "columns, got" in msg:
+        if "Expected" in msg and "columns, got" in msg and names is not None:
             raise LightFMPError(_bad_width(p, delimiter, len(names), quote, msg)) from None
         raise LightFMPError(f"{p}: cannot parse {'TSV' if not quote else 'CSV'} ({msg})") from None
     except OSError as e:  # unreadable / corrupt compressed stream

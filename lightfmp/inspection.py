@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from .io import atomic_path
+from .pruning import select_fields
 from .rundir import Run
 
 
@@ -16,9 +19,6 @@ def gate_rows(run: Run) -> list[dict]:
     if run.state == "complete":
         kept = set(m["fields"]["kept"])
     else:
-        import torch
-
-        from .pruning import select_fields
         la = torch.tensor([m["log_alpha"][n] for n in names])
         z = torch.tensor([m["gates"][n] for n in names])
         kept = set(select_fields(names, la, z, keep=run.config.keep, threshold=run.config.threshold))

@@ -1,4 +1,4 @@
-"""The CLI end to end on small generated files, and every bad input the core issue names."""
+"""The CLI end to end on small generated files, and the bad inputs it must refuse with one line."""
 import json
 import subprocess
 import sys
@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lightfmp.cli.app import app
+from lightfmp.datasets import FETCHERS
 
 from helpers import make_frame, write_csv
 
@@ -138,6 +139,35 @@ def test_python_dash_m_works_like_the_command():
 def test_every_command_has_help(cmd):
     r = cli(cmd, "--help")
     assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_data_fetch_lists_and_dispatches_through_the_registry(monkeypatch, tmp_path):
+    assert {"movielens-100k", "kddcup04-bio"} <= set(FETCHERS)
+    r = runner.invoke(app, ["data", "fetch", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    for name in FETCHERS:
+        assert name in r.output
+    r = cli("data", "fetch", "no-such-set")
+    assert r.exit_code == 2
+    msg = r.output.strip()
+    assert len(msg.splitlines()) == 1 and "'no-such-set'" in msg, msg
+    for name in FETCHERS:
+        assert name in msg
+    calls = []
+
+    def fake(home=None, quiet=False):
+        calls.append(home)
+        return tmp_path / "prepared.csv"
+    monkeypatch.setitem(FETCHERS, "kddcup04-bio", fake)
+    r = runner.invoke(app, ["data", "fetch", "kddcup04-bio", "--home", str(tmp_path)], terminal_width=400)
+    assert r.exit_code == 0, r.output
+    assert calls == [tmp_path] and "prepared.csv" in r.output
+
+    def offline(home=None, quiet=False):
+        raise RuntimeError("could not get it; no network")
+    monkeypatch.setitem(FETCHERS, "movielens-100k", offline)
+    r = cli("data", "fetch", "movielens-100k")
+    assert r.exit_code == 2 and "no network" in r.output and len(r.output.strip().splitlines()) == 1
 
 
 # ---- bad input: one line naming the file / column / value, exit != 0, nothing written ----------------------------

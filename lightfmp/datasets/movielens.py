@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..cache import cache_home
+
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
 GROUPLENS_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
@@ -51,8 +53,7 @@ _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)")
 
 
 def _cache_dir(home) -> Path:
-    base = home or os.environ.get("LIGHTFMP_HOME") or Path.home() / ".cache" / "lightfmp"
-    return Path(base).expanduser() / "movielens-100k"
+    return cache_home(home) / "movielens-100k"
 
 
 def _say(quiet: bool, msg: str) -> None:

@@ -1,0 +1,65 @@
+"""What every command module shares: the output consoles, the error and torchrun wrappers, and the config
+resolution of the training commands. Command modules import this; cli/app.py imports the command modules."""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import typer
+from rich.console import Console
+
+from lightfmp import distributed
+from lightfmp.config import RunConfig, resolve
+from lightfmp.errors import LightFMPError
+
+from .options import config_flags
+
+out = Console()
+err = Console(stderr=True)
+
+
+def friendly(func):
+    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LightFMPError as e:
+            who = f"rank {distributed.rank()}: " if distributed.world() > 1 else ""
+            err.print(f"[red]error:[/] {who}{e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+    wrapper.__signature__ = inspect.signature(func)
+    return wrapper
+
+
+def ranked(func):
+    """Training commands under torchrun: a rank that loses the others (one died, hung or was stopped) prints one
+    line saying how to resume and exits 1, so torchrun reports the failure; the process group is torn down at
+    the end either way. Outside torchrun this changes nothing."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except (typer.Exit, LightFMPError):
+            raise
+        except BaseException as e:
+            if distributed.world() > 1 and distributed.is_comm_error(e):
+                err.print(distributed.failure_message(e), markup=False, highlight=False, soft_wrap=True)
+                raise typer.Exit(1) from None
+            raise
+        finally:
+            distributed.destroy()
+    wrapper.__signature__ = inspect.signature(func)
+    return wrapper
+
+
+def speaks(quiet: bool) -> bool:
+    """Whether this process prints results: not --quiet, and rank 0 under torchrun."""
+    return not quiet and distributed.is_main()
+
+
+def resolve_config(kwargs: dict) -> RunConfig:
+    """The RunConfig of a command given --out RUN, --config FILE and the config flags (flags win over the file)."""
+    if kwargs["out"] is None:
+        raise LightFMPError("missing --out RUN (the run directory to create)")
+    return resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
