@@ -7,13 +7,15 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from lightfmp import profiling
+from lightfmp.errors import LightFMPError
+from lightfmp.export import export_run
+from lightfmp.io import write_json_atomic
+
+from .common import err, friendly, out
+
 
 def register(app) -> None:
-    # imported here: cli/app.py is still initialising when it calls register()
-    from .app import err, friendly, out
-
-    from lightfmp.errors import LightFMPError
-
     @app.command("export")
     @friendly
     def export_cmd(run: Path = typer.Argument(..., help="A complete run directory (after `lightfmp prune`, or a "
@@ -30,7 +32,6 @@ def register(app) -> None:
                    quiet: bool = typer.Option(False, "--quiet", "-q")):
         """Export a finished run to ONNX (+ feature_schema.json, vocab/, a Triton model repository entry),
         validated against PyTorch on the run's test rows."""
-        from lightfmp.export import export_run
         doc = export_run(run, out_dir, opset=opset, dtype=dtype, inputs=inputs, force=force,
                          triton_name=triton_name, max_batch_size=max_batch_size)
         if quiet:
@@ -78,7 +79,6 @@ def register(app) -> None:
                     quiet: bool = typer.Option(False, "--quiet", "-q")):
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, with PyTorch eager for
         reference."""
-        from lightfmp import profiling
         sizes = profiling.parse_batch_sizes(batch_sizes)
         if max_seconds <= 0 or max_runs < 1:
             raise LightFMPError("--max-seconds must be > 0 and --max-runs >= 1")
@@ -86,7 +86,6 @@ def register(app) -> None:
         models = [model] + ([compare] if compare is not None else [])
         res = profiling.profile(models, sizes, threads=threads or None, budget=budget, eager=eager, trace=trace)
         if json_file:
-            from lightfmp.io import write_json_atomic
             write_json_atomic(json_file, profiling.results_json(res, threads or None))
         if plot:
             profiling.plot(res, plot)

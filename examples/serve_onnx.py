@@ -1,66 +1,148 @@
-"""A minimal serving client for a `lightfmp export` directory: only onnxruntime, numpy and json.
-
-It shows that feature_schema.json and vocab/ are all a serving system needs (no torch, no lightfmp):
+"""A minimal serving client for a `lightfmp export` directory: only onnxruntime, numpy and json (no torch, no
+lightfmp), to show that feature_schema.json and vocab/ are all a serving system needs:
 
     python examples/serve_onnx.py EXPORT_DIR records.jsonl   # one JSON object per line; '-' reads stdin
     python examples/serve_onnx.py EXPORT_DIR                 # a few made-up records from the vocabularies
 
-Prints one JSON line per record: {"probability": p}.
+Prints one JSON line per record: {"probability": p}. Records are encoded as `lightfmp.serving.Predictor` does:
+a key absent from some records is a missing value, a kept field absent from every record is an error; multi-hot
+values may be text or a list of tokens; True / False are the categories 'True' / 'False' and no number. The
+files must be the ones the export wrote (sha256 in feature_schema.json) and inside EXPORT_DIR. Any problem is
+one line on stderr and exit status 2.
 """
+import hashlib
 import json
 import math
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import onnxruntime as ort
 
+MASK = (1 << 64) - 1
 
-def cell_text(v):
-    """A value's string form as in a CSV cell: 24.0 -> '24', True -> 'True'; None / NaN -> None (missing)."""
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+
+class ServeError(ValueError):
+    """A bad export directory or a bad record; the message is one line."""
+
+
+def file_in(d, rel, want_sha256):
+    """d/rel, refused when it leaves d or its sha256 differs from the one recorded in feature_schema.json."""
+    p = d / str(rel)
+    if not isinstance(rel, str) or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts \
+            or ":" in rel or "\\" in rel or d.resolve() not in p.resolve().parents:
+        raise ServeError(f"{d / 'feature_schema.json'}: path {rel!r} must be a relative path inside the export")
+    if not p.is_file():
+        raise ServeError(f"{p}: missing from the export")
+    if want_sha256 is not None and hashlib.sha256(p.read_bytes()).hexdigest() != want_sha256:
+        raise ServeError(f"{p}: sha256 differs from feature_schema.json (the file was changed or replaced)")
+    return p
+
+
+def missing(v):
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def token(s, v, known):
+    """A scalar value's text as training keyed it: 24.0 reads '24' unless the vocabulary has '24.0'."""
+    if missing(v):
         return None
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return v if isinstance(v, str) else str(v)
+    if isinstance(v, str):
+        return v
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return str(int(v)) if v.is_integer() and (str(int(v)) in known or str(v) not in known) else str(v)
+    raise ServeError(f"field '{s['name']}' ({s['kind']}) got {v!r} ({type(v).__name__}); expected a string or number")
+
+
+def number(s, v):
+    if missing(v) or (isinstance(v, str) and not v.strip()):
+        return math.nan
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            pass
+    raise ServeError(f"field '{s['name']}' is numeric but got {v!r} ({type(v).__name__})")
+
+
+def hashed_id(text, rule):
+    """The hash rule of feature_schema.json: FNV-1a 64 then the splitmix64 finaliser, mod buckets."""
+    h = 0xCBF29CE484222325
+    for b in text.encode("utf-8"):
+        h = ((h ^ b) * 0x100000001B3) & MASK
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & MASK
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & MASK
+    h ^= h >> 31
+    return rule["first_id"] + h % rule["buckets"]
 
 
 class Client:
     def __init__(self, export_dir):
         d = Path(export_dir)
-        self.schema = json.loads((d / "feature_schema.json").read_text())
+        try:
+            self.schema = json.loads((d / "feature_schema.json").read_text())
+        except (OSError, ValueError) as e:
+            raise ServeError(f"{d / 'feature_schema.json'}: cannot read it ({type(e).__name__})") from None
         self.raw = self.schema.get("input_mode") == "raw"
-        self.vocab = {s["name"]: json.loads((d / s["vocab_file"]).read_text())
+        self.vocab = {s["name"]: json.loads(file_in(d, s["vocab_file"], s.get("vocab_sha256")).read_text())
                       for s in self.schema["inputs"] if "vocab_file" in s}
-        self.session = ort.InferenceSession(str(d / self.schema["model_file"]), providers=["CPUExecutionProvider"])
+        if "external_data" in self.schema:
+            file_in(d, self.schema["external_data"]["file"], self.schema["external_data"].get("sha256"))
+        model = file_in(d, self.schema["model_file"], self.schema.get("model_sha256"))
+        self.session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+
+    def ids(self, s, tokens):
+        if self.raw:
+            return ["" if t is None else t for t in tokens]
+        if "hash" in s:
+            return [s["oov_id"] if t is None else hashed_id(t, s["hash"]) for t in tokens]
+        return [self.vocab[s["name"]].get(t, s["oov_id"]) for t in tokens]
 
     def encode(self, records):
+        for i, r in enumerate(records):
+            if not isinstance(r, dict):
+                raise ServeError(f"record {i} is a {type(r).__name__}, not a dict")
+        names = [s["name"] for s in self.schema["inputs"]]
+        absent = [n for n in names if not any(n in r for r in records)]
+        if absent:
+            raise ServeError(f"records lack column(s) {', '.join(repr(n) for n in absent)} that the model reads "
+                             f"(kept fields: {', '.join(names)})")
         feeds = {}
         for s in self.schema["inputs"]:
-            name, kind = s["name"], s["kind"]
+            name, kind, known = s["name"], s["kind"], self.vocab.get(s["name"], {})
             values = [r.get(name) for r in records]
-            if kind == "numeric":
-                # the graph bucketizes; missing is NaN
-                feeds[name] = np.array([np.nan if cell_text(v) is None else float(v) for v in values], np.float32)
+            if kind == "numeric":  # the graph bucketizes; missing is NaN
+                feeds[name] = np.array([number(s, v) for v in values], np.float32)
             elif kind == "categorical":
-                texts = [cell_text(v) for v in values]
-                if self.raw:
-                    feeds[name] = np.array([t if t is not None else "" for t in texts], dtype=object)
-                else:
-                    feeds[name] = np.array([self.vocab[name].get(t, s["oov_id"]) for t in texts], np.int64)
+                feeds[name] = np.array(self.ids(s, [token(s, v, known) for v in values]),
+                                       dtype=object if self.raw else np.int64)
             else:  # multi_hot: "a|b" or a list of tokens, truncated / padded to max_len slots
-                width = s["shape"][1]
-                pad = "" if self.raw else s["padding_id"]
-                rows = []
+                width, sep, rows = s["shape"][1], s["separator"], []
                 for v in values:
-                    text = cell_text(v) if not isinstance(v, list) else s["separator"].join(map(str, v))
-                    toks = [t for t in (text or "").split(s["separator"]) if t][:width]
-                    ids = toks if self.raw else [self.vocab[name].get(t, s["oov_id"]) for t in toks]
-                    rows.append(ids + [pad] * (width - len(ids)))
+                    if isinstance(v, list):
+                        bad = [t for t in v if not isinstance(t, (str, int)) or isinstance(t, bool)]
+                        if bad:
+                            raise ServeError(f"field '{name}' (multi-hot) got token {bad[0]!r} "
+                                             f"({type(bad[0]).__name__}) in {v!r}")
+                        text = sep.join(str(t) for t in v)
+                    else:
+                        text = token(s, v, known)
+                    toks = self.ids(s, [t for t in (text or "").split(sep) if t][:width])
+                    rows.append(toks + [s["pad_value"]] * (width - len(toks)))
                 feeds[name] = np.array(rows, dtype=object if self.raw else np.int64).reshape(len(records), width)
         return feeds
 
     def predict(self, records):
+        if not records:
+            return np.zeros(0, np.float32)
         return self.session.run([self.schema["output"]["name"]], self.encode(records))[0]
 
 
@@ -73,7 +155,7 @@ def made_up_records(schema, vocab, n=3):
                 b = s["transform"]["boundaries"] or [0.0]
                 r[s["name"]] = b[min(i * len(b) // n, len(b) - 1)]
             else:
-                toks = list(vocab[s["name"]]) or ["unseen"]
+                toks = list(vocab.get(s["name"], {})) or ["unseen"]
                 tok = toks[min(i, len(toks) - 1)]
                 r[s["name"]] = tok if s["kind"] == "categorical" else s["separator"].join(toks[: i + 1])
         recs.append(r)
@@ -84,13 +166,18 @@ def main(argv):
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    client = Client(argv[0])
-    if len(argv) > 1:
-        fh = sys.stdin if argv[1] == "-" else open(argv[1])
-        records = [json.loads(line) for line in fh if line.strip()]
-    else:
-        records = made_up_records(client.schema, client.vocab)
-    for rec, p in zip(records, client.predict(records)):
+    try:
+        client = Client(argv[0])
+        if len(argv) > 1:
+            fh = sys.stdin if argv[1] == "-" else open(argv[1])
+            records = [json.loads(line) for line in fh if line.strip()]
+        else:
+            records = made_up_records(client.schema, client.vocab)
+        probs = client.predict(records)
+    except (ServeError, OSError, json.JSONDecodeError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    for rec, p in zip(records, probs):
         print(json.dumps({"record": rec, "probability": float(p)}) if len(argv) == 1 else
               json.dumps({"probability": float(p)}))
     return 0

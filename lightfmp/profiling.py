@@ -14,9 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .errors import LightFMPError
-from .serving import Bundle, load_bundle
+from .export.bundle import Bundle, load_bundle
+from .export.feeds import sample_feeds
+from .export.graph import serving_module, torch_inputs
+from .export.runtime import session
+from .io import atomic_path
+from .rundir import open_run
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096)
 
@@ -79,31 +85,24 @@ def request_bytes(feeds: dict[str, np.ndarray]) -> int:
 
 
 def feeds_for(bundle: Bundle, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    from .export import sample_feeds
     vocabs = None
     if bundle.raw:
-        vocabs = {}
-        for s in bundle.inputs:
-            v = bundle.vocab(s)
-            if v is not None:
-                vocabs[s["name"]] = [t for t, _ in sorted(v.items(), key=lambda kv: kv[1])]
+        vocabs = {s.name: tokens for s in bundle.inputs if (tokens := bundle.vocab_tokens(s)) is not None}
     return sample_feeds(bundle.inputs, batch, seed=seed, vocabs=vocabs)
 
 
 def _eager_module(bundle: Bundle):
     """The run's PyTorch model behind the export's inputs, or (None, why not)."""
-    run_dir = bundle.schema.get("run_dir")
+    run_dir = bundle.contract.run_dir
     if bundle.raw:
         return None, "raw-input export: PyTorch eager takes ids, not strings"
     if not run_dir or not Path(run_dir).is_dir():
         return None, f"run directory {run_dir!r} not available" if run_dir else "no run_dir in the schema"
-    from .export import serving_module
-    from .rundir import open_run
     try:
         model, kept = open_run(run_dir).load_final()
     except LightFMPError as e:
         return None, f"cannot load the run's model ({e})"
-    if kept.names != [s["name"] for s in bundle.inputs]:
+    if kept.names != bundle.contract.names:
         return None, f"run {run_dir} no longer matches the export (fields differ)"
     return (serving_module(model, kept), kept), None
 
@@ -113,7 +112,6 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
             log=None) -> list[ModelTimings]:
     """Time every model at every batch size. `trace`: an ONNX Runtime profiling trace (JSON) of the first model,
     from a separate session so profiling does not slow the timed runs."""
-    from .export import session
     budget = budget or Budget()
     bundles = [(str(m), load_bundle(m)) for m in models]
     names = [n for n, _ in bundles]
@@ -145,8 +143,6 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
 
 
 def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: Budget) -> dict:
-    import torch
-    from .export import torch_inputs
     module, kept = mod
     if threads:
         torch.set_num_threads(threads)
@@ -159,7 +155,6 @@ def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: 
 
 
 def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
-    from .export import session
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = str(dest.parent / f".{dest.name}.ort")
     sess = session(bundle.model_path, threads, profile_prefix=prefix)
@@ -175,7 +170,7 @@ def results_json(timings: list[ModelTimings], threads: int | None) -> dict:
     return {"results": [r for mt in timings for r in mt.rows],
             "eager": [r for mt in timings for r in mt.eager],
             "models": [{"model": mt.name, "path": str(mt.bundle.model_path), "model_bytes": mt.bundle.model_bytes(),
-                        "inputs": [s["name"] for s in mt.bundle.inputs], "eager_note": mt.eager_note}
+                        "inputs": mt.bundle.contract.names, "eager_note": mt.eager_note}
                        for mt in timings],
             "threads": threads, "machine": machine(), "onnxruntime": onnxruntime.__version__}
 
@@ -189,8 +184,6 @@ def plot(timings: list[ModelTimings], path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from .io import atomic_path
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mt in timings:

@@ -177,25 +177,6 @@ class FeatureSchema:
             raise LightFMPError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
         return cls.from_dict(d, source=str(p))
 
-    # ---- fitting on training rows ----------------------------------------------------------------------------
-    def fit(self, train: pd.DataFrame) -> "FeatureSchema":
-        """Fill in vocabularies and bucket edges that are missing, from the training rows only."""
-        for f in self.fields:
-            if f.fitted:
-                continue
-            col = train[f.name]
-            if f.kind == "numeric":
-                f.boundaries = _quantile_edges(_as_float(col, f.name), self.num_buckets)
-            elif f.kind == "categorical":
-                f.vocab = _vocab(cell_strings(col).dropna(), self.min_count, self.vocab_cap)
-            else:
-                lists = split_multi(col, f.separator)
-                if not f.hashed:
-                    f.vocab = _vocab(lists.explode().dropna(), self.min_count, self.vocab_cap)
-                lengths = lists.map(len)
-                f.max_len = clamp_max_len(int(lengths.max()) if len(lengths) else 1)
-        return self
-
     # ---- encoding --------------------------------------------------------------------------------------------
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """Encoded ids [rows, num_slots] (int32). Unseen values map to OOV; never raises on new categories."""
@@ -210,7 +191,7 @@ class FeatureSchema:
 def encode_field(f: Field, col: pd.Series) -> np.ndarray:
     """Ids for one field, shape [rows, f.slots]."""
     if f.kind == "numeric":
-        x = _as_float(col, f.name)
+        x = as_float(col, f.name)
         ids = np.searchsorted(np.asarray(f.boundaries, dtype=np.float64), x, side="right") + FIRST_ID
         ids[np.isnan(x)] = OOV_ID
         return ids.astype(np.int32)[:, None]
@@ -312,7 +293,7 @@ def split_multi(col: pd.Series, sep: str) -> pd.Series:
     return s.map(lambda v: [t for t in v.split(sep) if t != ""] if isinstance(v, str) else [])
 
 
-def _as_float(col: pd.Series, name: str) -> np.ndarray:
+def as_float(col: pd.Series, name: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         return col.to_numpy(dtype=np.float64, na_value=np.nan)  # typed already (Parquet): nothing to parse
     x = pd.to_numeric(col, errors="coerce")
@@ -325,7 +306,7 @@ def _as_float(col: pd.Series, name: str) -> np.ndarray:
     return x.to_numpy(dtype=np.float64)
 
 
-def _quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
+def quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return []

@@ -30,7 +30,7 @@ import pandas as pd
 from .config import RunConfig
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import (FeatureSchema, Field, _as_float, _quantile_edges, cell_strings, clamp_max_len, is_integral,
+from .schema import (FeatureSchema, Field, as_float, quantile_edges, cell_strings, clamp_max_len, is_integral,
                      split_multi, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
@@ -298,7 +298,7 @@ class StreamFitter:
         for f in self.todo:
             col = df[f.name]
             if f.kind == "numeric":
-                self.reservoirs[f.name].add(_as_float(col, f.name))
+                self.reservoirs[f.name].add(as_float(col, f.name))
             elif f.kind == "categorical":
                 if not f.hashed:
                     self.counters[f.name].add(cell_strings(col).dropna())
@@ -314,7 +314,7 @@ class StreamFitter:
         for f in self.todo:
             if f.kind == "numeric":
                 r = self.reservoirs[f.name]
-                f.boundaries = _quantile_edges(r.values().copy(), s.num_buckets)
+                f.boundaries = quantile_edges(r.values().copy(), s.num_buckets)
                 if r.seen > r.size:
                     self.log(f"field [bold]{f.name}[/]: bucket edges from a sample of {r.size:,} of "
                              f"{r.seen:,} values (approximate quantiles)")

@@ -18,8 +18,10 @@ from lightfmp import export as ex
 from lightfmp import pipeline
 from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
-from lightfmp.data import parse_split, read_table, split_rows
 from lightfmp.errors import LightFMPError
+from lightfmp.export import contract, graph
+from lightfmp.export.validate import AUC_TOLERANCE, run_test_frame
+from lightfmp.metrics import roc_auc
 from lightfmp.rundir import open_run
 
 runner = CliRunner()
@@ -75,14 +77,9 @@ def get_export(s: dict, backbone: str = "deepfm", **kw) -> Path:
     return s["exports"][key]
 
 
-def test_rows(s: dict, run_dir: Path) -> pd.DataFrame:
-    run = open_run(run_dir)
-    df = read_table(s["data"])
-    idx = split_rows(df, parse_split(run.config.split), run.config.seed, None, "x")["test"]
-    return df.iloc[idx].reset_index(drop=True)
-
-
-test_rows.__test__ = False  # a helper, not a test
+def held_out_rows(run_dir: Path) -> pd.DataFrame:
+    """Every test row of the run, raw columns."""
+    return run_test_frame(open_run(run_dir), 10 ** 9).frame
 
 
 def torch_probs(run_dir: Path, df: pd.DataFrame) -> np.ndarray:
@@ -141,7 +138,7 @@ def test_cli_export_end_to_end(s):
 @pytest.mark.parametrize("backbone", ["deepfm", "mlp", "dcnv2", "widedeep"])
 def test_every_backbone_matches_torch(s, backbone):
     out = get_export(s, backbone)
-    df = test_rows(s, s["runs"][backbone])
+    df = held_out_rows(s["runs"][backbone])
     _, kept = open_run(s["runs"][backbone]).load_final()
     got = _sess(out).run(None, ex.feeds_from_frame(df, kept))[0]
     assert got.dtype == np.float32 and got.shape == (len(df),)
@@ -173,7 +170,7 @@ def test_oov_ids_are_clamped_in_graph(s):
     out = get_export(s, "mlp")
     doc = json.loads((out / "feature_schema.json").read_text())
     sess = _sess(out)
-    base = ex.feeds_from_frame(test_rows(s, s["runs"]["mlp"]).head(4), open_run(s["runs"]["mlp"]).schema)
+    base = ex.feeds_from_frame(held_out_rows(s["runs"]["mlp"]).head(4), open_run(s["runs"]["mlp"]).schema)
     for spec in doc["inputs"]:
         if spec["kind"] == "numeric":
             continue
@@ -191,7 +188,7 @@ def test_oov_ids_are_clamped_in_graph(s):
 def test_raw_input_mode_equals_id_mode(s):
     raw, ids = get_export(s, "mlp", inputs="raw"), get_export(s, "mlp")
     _, kept = open_run(s["runs"]["mlp"]).load_final()
-    df = test_rows(s, s["runs"]["mlp"])
+    df = held_out_rows(s["runs"]["mlp"])
     df.loc[0, "city"] = "never-seen"
     df.loc[1, "tags"] = "a|zzz|b"
     sess = _sess(raw)
@@ -212,7 +209,7 @@ def test_fp16_tables_close(s):
     assert dtypes["model.embedding.weight"] == onnx.TensorProto.FLOAT16
     assert (fp16 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
     _, kept = open_run(s["runs"]["mlp"]).load_final()
-    feeds = ex.feeds_from_frame(test_rows(s, s["runs"]["mlp"]), kept)
+    feeds = ex.feeds_from_frame(held_out_rows(s["runs"]["mlp"]), kept)
     a, b = _sess(fp16).run(None, feeds)[0], _sess(fp32).run(None, feeds)[0]
     assert np.abs(a - b).max() < 1e-3
     v = json.loads((fp16 / "feature_schema.json").read_text())["validation"]
@@ -220,7 +217,7 @@ def test_fp16_tables_close(s):
 
 
 def test_external_data_over_threshold(s, monkeypatch):
-    monkeypatch.setattr(ex, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(graph, "EXTERNAL_DATA_THRESHOLD", 0)
     out = s["root"] / "ext"
     doc = ex.export_run(s["runs"]["mlp"], out)
     assert (out / "model.onnx.data").exists() and doc["external_data"]["file"] == "model.onnx.data"
@@ -274,3 +271,146 @@ def test_streamed_run_validates_on_its_own_test_rows(tmp_path):
     v = json.loads((out / "feature_schema.json").read_text())["validation"]
     assert v["auc_onnx"] == pytest.approx(m["test"]["auc"], abs=1e-6)
     assert v["rows"] == m["test"]["rows"]
+
+
+# ---- the serving contract ------------------------------------------------------------------------------------------
+def _sha(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _edited_copy(s, tmp_path, edit) -> Path:
+    """A copy of the mlp export whose feature_schema.json went through `edit(doc)`."""
+    d = tmp_path / "exp"
+    shutil.copytree(get_export(s, "mlp"), d)
+    doc = json.loads((d / "feature_schema.json").read_text())
+    edit(doc)
+    (d / "feature_schema.json").write_text(json.dumps(doc))
+    return d
+
+
+def test_contract_is_typed_and_records_every_file_hash(s, tmp_path):
+    out = get_export(s, "mlp")
+    doc = json.loads((out / "feature_schema.json").read_text())
+    c = contract.load_contract(out)
+    assert c.to_dict() == doc and c.names == [i["name"] for i in doc["inputs"]]
+    assert all(isinstance(i, contract.InputSpec) for i in c.inputs)
+    assert c.model_sha256 == _sha(out / "model.onnx") and c.input_mode == "ids" and c.output.name == "probability"
+    kinds = {i.name: i for i in c.inputs}
+    assert kinds["price"].transform.boundaries and kinds["price"].vocab_file is None
+    tags = kinds["tags"]
+    assert tags.separator == "|" and tags.width == tags.max_len == doc["inputs"][3]["max_len"]
+    vocab_specs = [i for i in c.inputs if i.kind != "numeric"]
+    assert len(vocab_specs) == 4
+    for spec in vocab_specs:
+        assert spec.vocab_sha256 == _sha(out / spec.vocab_file)
+    contract.verify_files(out, c)
+    contract.save_contract(c, tmp_path)
+    assert json.loads((tmp_path / "feature_schema.json").read_text()) == doc
+    # the field a spec describes encodes like the run's
+    _, kept = open_run(s["runs"]["mlp"]).load_final()
+    assert kinds["tags"].field(kept.field("tags").vocab) == kept.field("tags")
+
+
+def test_missing_or_unreadable_feature_schema(tmp_path):
+    with pytest.raises(LightFMPError, match="not a lightfmp export") as e:
+        contract.load_contract(tmp_path)
+    assert str(tmp_path) in str(e.value)
+    (tmp_path / "feature_schema.json").write_text("{nope")
+    with pytest.raises(LightFMPError, match="not valid JSON") as e:
+        contract.load_contract(tmp_path)
+    assert str(tmp_path / "feature_schema.json") in str(e.value) and "\n" not in str(e.value)
+
+
+def _numeric(doc) -> dict:
+    return next(i for i in doc["inputs"] if i["kind"] == "numeric")
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d: d["inputs"][0].update(kind="text"), "kind 'text'"),
+    (lambda d: d["inputs"][0].pop("dtype"), "missing 'dtype'"),
+    (lambda d: d["inputs"][0].update(dtype="float32"), "dtype 'float32' does not fit"),
+    (lambda d: d["inputs"][0].update(vocab_size="7"), "vocab_size"),
+    (lambda d: d["inputs"][0].pop("vocab_file"), "needs a vocab_file or a hash rule"),
+    (lambda d: d["inputs"][3].update(shape=["batch"]), "shape"),
+    (lambda d: _numeric(d)["transform"].pop("boundaries"), "transform.boundaries"),
+    (lambda d: d.update(inputs="city"), "'inputs' must be a non-empty list"),
+    (lambda d: d["inputs"].append(7), "expected an object"),
+    (lambda d: d.pop("model_file"), "not a lightfmp feature schema"),
+    (lambda d: d.update(schema_version=99), "newer than this lightfmp reads"),
+    (lambda d: d.update(model_sha256="abc"), "not a sha256"),
+    (lambda d: d.update(input_mode="raw"), "input_mode 'raw' does not match"),
+    (lambda d: d.pop("output"), "'output' needs a 'name'"),
+])
+def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit, msg):
+    d = _edited_copy(s, tmp_path, edit)
+    with pytest.raises(LightFMPError) as e:
+        contract.load_contract(d)
+    assert str(d / "feature_schema.json") in str(e.value) and msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("where,value", [("vocab_file", "../outside.json"), ("vocab_file", "/etc/hostname"),
+                                         ("vocab_file", "vocab/../../outside.json"), ("model_file", "../model.onnx"),
+                                         ("model_file", "C:\\model.onnx"), ("external", "../model.onnx.data")])
+def test_schema_paths_must_stay_inside_the_export(s, tmp_path, where, value):
+    def edit(doc):
+        if where == "vocab_file":
+            doc["inputs"][0]["vocab_file"] = value
+        elif where == "model_file":
+            doc["model_file"] = value
+        else:
+            doc["external_data"] = {"file": value, "sha256": "0" * 64}
+    d = _edited_copy(s, tmp_path, edit)
+    with pytest.raises(LightFMPError, match="must be a relative path inside the export directory") as e:
+        contract.load_contract(d)
+    assert str(d / "feature_schema.json") in str(e.value) and repr(value) in str(e.value)
+
+
+def test_symlink_out_of_the_export_is_refused(s, tmp_path):
+    d = _edited_copy(s, tmp_path, lambda doc: None)
+    vocab = d / contract.load_contract(d).inputs[0].vocab_file
+    outside = tmp_path / "outside.json"
+    shutil.copyfile(vocab, outside)  # same bytes: only the location is wrong
+    vocab.unlink()
+    vocab.symlink_to(outside)
+    with pytest.raises(LightFMPError, match="resolves outside the export directory"):
+        contract.verify_files(d, contract.load_contract(d))
+
+
+# ---- validation against the run -----------------------------------------------------------------------------------
+def test_run_test_frame_is_the_runs_test_split(s):
+    run = open_run(s["runs"]["mlp"])
+    m = run.metrics()
+    held = run_test_frame(run, 10 ** 9)
+    assert held.complete and len(held.frame) == len(held.labels) == m["test"]["rows"]
+    assert np.array_equal(held.labels, held.frame["label"].astype(int).to_numpy())
+    # the run's own test AUC, recomputed on these rows
+    assert roc_auc(held.labels, torch_probs(s["runs"]["mlp"], held.frame)) == pytest.approx(m["test"]["auc"], abs=1e-6)
+    first = run_test_frame(run, 7)
+    assert not first.complete and first.frame.equals(held.frame.head(7))
+    assert np.array_equal(first.labels, held.labels[:7])
+
+
+def test_auc_far_from_the_runs_recorded_auc_fails_the_export(s, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(s["runs"]["mlp"], run)
+    m = json.loads((run / "metrics.json").read_text())
+    auc = m["test"]["auc"]
+    m["test"]["auc"] = auc - 0.05
+    (run / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(LightFMPError, match=r"differs from the run's recorded test AUC .*metrics.json test.auc") as e:
+        ex.export_run(run, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    m["test"]["auc"] = auc - AUC_TOLERANCE / 2  # within the tolerance: exported, and the comparison recorded
+    (run / "metrics.json").write_text(json.dumps(m))
+    v = ex.export_run(run, tmp_path / "out")["validation"]
+    assert v["auc_tolerance"] == AUC_TOLERANCE and v["auc_diff_vs_run"] == pytest.approx(AUC_TOLERANCE / 2, abs=1e-6)
+
+
+def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(s["runs"]["mlp"], run)
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "data_sha256": "0" * 64}))
+    v = ex.export_run(run, tmp_path / "out")["validation"]
+    assert v["source"] == "sampled" and "differs from the one the run was trained on" in v["note"]
+    assert "auc_onnx" not in v and v["max_abs_diff_vs_torch"] <= 1e-5

@@ -1,5 +1,6 @@
 """`lightfmp profile`: tables, --compare, --json / --plot / --trace, and refusals."""
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -82,3 +83,12 @@ def test_profile_plain_onnx_without_lightfmp_metadata(tmp_path):
 
 def test_request_bytes_counts_text():
     assert profiling.request_bytes({"a": np.zeros(4, np.int64), "b": np.array(["ab", "c"], dtype=object)}) == 35
+
+
+def test_profile_refuses_a_changed_export(s, tmp_path):
+    d = tmp_path / "exp"
+    shutil.copytree(get_export(s, "deepfm"), d)
+    vocab = next((d / "vocab").iterdir())
+    vocab.write_text(vocab.read_text().replace("}", ', "extra": 999}'))
+    res = runner.invoke(app, ["profile", str(d), *FAST])
+    assert res.exit_code == 2 and f"{vocab}: sha256 differs" in res.stderr and "Traceback" not in res.output

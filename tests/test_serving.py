@@ -1,5 +1,7 @@
 """The Predictor (raw records -> probabilities) and the dependency-free example client."""
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,7 @@ import pytest
 
 from lightfmp.errors import LightFMPError
 from lightfmp.serving import Predictor
-from test_export import get_export, shared, test_rows, torch_probs
+from test_export import get_export, held_out_rows, shared, torch_probs
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "serve_onnx.py"
 
@@ -28,7 +30,7 @@ def _records(df: pd.DataFrame) -> list[dict]:
 @pytest.mark.parametrize("mode", ["ids", "raw"])
 def test_predictor_on_raw_records_equals_model_on_encoded_rows(s, mode):
     run = s["runs"]["mlp"]
-    df = test_rows(s, run)
+    df = held_out_rows(run)
     p = Predictor(get_export(s, "mlp", inputs=mode))
     got = p.predict(_records(df))
     assert got.shape == (len(df),)
@@ -52,7 +54,7 @@ def test_predictor_typed_values_extra_columns_and_unseen(s):
 def test_predictor_only_needs_kept_columns(s):
     p = Predictor(get_export(s, "deepfm"))
     kept = p.input_names
-    df = test_rows(s, s["runs"]["deepfm"])
+    df = held_out_rows(s["runs"]["deepfm"])
     got = p.predict(df[kept])
     assert np.abs(got - torch_probs(s["runs"]["deepfm"], df)).max() <= 1e-5
 
@@ -82,7 +84,7 @@ def test_predictor_bad_dir(tmp_path):
 
 def test_example_client_runs_without_torch(s, tmp_path):
     out = get_export(s, "mlp")
-    df = test_rows(s, s["runs"]["mlp"]).head(25)
+    df = held_out_rows(s["runs"]["mlp"]).head(25)
     recs = _records(df)
     recs[0]["tags"] = ["a", "b"]
     src = tmp_path / "r.jsonl"
@@ -98,3 +100,122 @@ def test_example_client_runs_without_torch(s, tmp_path):
     demo = subprocess.run([sys.executable, str(EXAMPLE), str(get_export(s, "mlp", inputs="raw"))],
                           capture_output=True, text=True, timeout=60)
     assert demo.returncode == 0 and len(demo.stdout.splitlines()) == 3, demo.stderr
+
+
+# ---- the example client encodes and refuses as the Predictor does ---------------------------------------------------
+GOOD = {"city": "paris", "dev": 3, "price": 4.5, "tags": "a|b", "noise": 1}
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("serve_onnx_example", EXAMPLE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("mode", ["ids", "raw"])
+def test_example_encodes_like_the_predictor(s, example, mode):
+    out = get_export(s, "mlp", inputs=mode)
+    recs = [GOOD, {k: v for k, v in GOOD.items() if k != "price"},       # a key absent from one record: missing
+            {**GOOD, "city": True}, {**GOOD, "noise": False},               # bools: the categories 'True' / 'False'
+            {**GOOD, "tags": ["a", "b"]}, {**GOOD, "tags": ["b", 3]}, {**GOOD, "tags": []}, {**GOOD, "tags": None},
+            {**GOOD, "tags": True}, {**GOOD, "tags": "a|zzz|b|c|d|e|f"}, {**GOOD, "dev": 3.0}, {**GOOD, "dev": "3"},
+            {**GOOD, "dev": 3.5}, {**GOOD, "price": "4.5"}, {**GOOD, "price": ""}, {**GOOD, "price": None},
+            {**GOOD, "city": None}, {**GOOD, "city": ""}, {**GOOD, "city": "atlantis"}]
+    p, c = Predictor(out), example.Client(out)
+    want, got = p.encode(recs), c.encode(recs)
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        assert np.array_equal(got[name], want[name], equal_nan=want[name].dtype == np.float32), name
+    assert np.array_equal(c.predict(recs), p.predict(recs))
+    assert len(set(p.predict(recs[:4]).tolist())) > 1  # the edits above do reach the model
+
+
+@pytest.mark.parametrize("records", [
+    [["paris"]], [GOOD, 3], [GOOD, "city=paris"],                             # not a dict
+    [{k: v for k, v in GOOD.items() if k != "city"}],                        # a kept field in no record
+    [{**GOOD, "price": True}], [{**GOOD, "price": [1.0]}], [{**GOOD, "price": "cheap"}],
+    [{**GOOD, "city": ["paris"]}], [{**GOOD, "city": {"a": 1}}], [{**GOOD, "tags": {"a": 1}}],
+    [{**GOOD, "tags": [True]}], [{**GOOD, "tags": ["a", 1.5]}], [{**GOOD, "tags": [None]}],
+])
+def test_example_refuses_what_the_predictor_refuses(s, example, records):
+    out = get_export(s, "mlp")
+    with pytest.raises(LightFMPError) as want:
+        Predictor(out).predict(records)
+    with pytest.raises(example.ServeError) as got:
+        example.Client(out).predict(records)
+    assert str(got.value) == str(want.value) and "\n" not in str(got.value)
+
+
+def test_example_hash_rule_matches_lightfmp(example):
+    """A hashed field: the example applies the rule written in feature_schema.json, as lightfmp encodes it."""
+    from lightfmp.schema import FIRST_ID, stable_hash
+    values = ["paris", "", "ünïcode", "24", "a much longer value than the others"]
+    want = [FIRST_ID + int(h) for h in stable_hash(np.array(values, dtype=object)) % np.uint64(97)]
+    assert [example.hashed_id(v, {"first_id": FIRST_ID, "buckets": 97}) for v in values] == want
+
+
+def test_example_cli_one_line_error_for_a_bad_record(s, tmp_path):
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps(GOOD) + "\n[1, 2]\n")
+    res = subprocess.run([sys.executable, str(EXAMPLE), str(get_export(s, "mlp")), str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip() == "error: record 1 is a list, not a dict"
+
+
+# ---- changed, swapped or escaping files ---------------------------------------------------------------------------
+def _copy(s, tmp_path) -> Path:
+    d = tmp_path / "exp"
+    shutil.copytree(get_export(s, "mlp"), d)
+    return d
+
+
+def test_changed_vocab_file_is_refused(s, example, tmp_path):
+    d = _copy(s, tmp_path)
+    target = d / json.loads((d / "feature_schema.json").read_text())["inputs"][0]["vocab_file"]
+    vocab = json.loads(target.read_text())
+    a, b = list(vocab)[:2]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # still a valid vocabulary, but not the one the model was trained with
+    target.write_text(json.dumps(vocab))
+    with pytest.raises(LightFMPError) as e:
+        Predictor(d)
+    assert str(e.value) == f"{target}: sha256 differs from feature_schema.json (the file was changed or replaced)"
+    with pytest.raises(example.ServeError) as e:
+        example.Client(d)
+    assert str(target) in str(e.value) and "sha256 differs" in str(e.value)
+
+
+def test_swapped_model_is_refused(s, tmp_path):
+    d = _copy(s, tmp_path)
+    shutil.copyfile(get_export(s, "mlp", dtype="fp16") / "model.onnx", d / "model.onnx")
+    with pytest.raises(LightFMPError, match="sha256 differs") as e:
+        Predictor(d)
+    assert str(d / "model.onnx") in str(e.value) and "\n" not in str(e.value)
+    res = subprocess.run([sys.executable, str(EXAMPLE), str(d)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert str(d / "model.onnx") in res.stderr and "sha256 differs" in res.stderr
+
+
+@pytest.mark.parametrize("value", ["../outside.json", "/etc/hostname"])
+def test_vocab_path_outside_the_export_is_refused(s, example, tmp_path, value):
+    d = _copy(s, tmp_path)
+    doc = json.loads((d / "feature_schema.json").read_text())
+    shutil.copyfile(d / doc["inputs"][0]["vocab_file"], tmp_path / "outside.json")
+    doc["inputs"][0]["vocab_file"] = value
+    (d / "feature_schema.json").write_text(json.dumps(doc))
+    with pytest.raises(LightFMPError, match="must be a relative path inside the export directory") as e:
+        Predictor(d)
+    assert str(d / "feature_schema.json") in str(e.value)
+    with pytest.raises(example.ServeError, match="must be a relative path inside the export"):
+        example.Client(d)
+
+
+def test_predictor_malformed_schema_is_one_error(s, tmp_path):
+    d = _copy(s, tmp_path)
+    (d / "feature_schema.json").write_text('{"inputs": [], "model_file": "model.onnx"}')
+    with pytest.raises(LightFMPError) as e:
+        Predictor(d)
+    assert str(e.value) == f"{d / 'feature_schema.json'}: 'inputs' must be a non-empty list"

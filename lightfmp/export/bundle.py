@@ -1,0 +1,121 @@
+"""An export as read back for serving or profiling: an export directory, or a bare .onnx file.
+
+A directory is checked against its contract (`contract.verify_files`: files inside it, sha256 as recorded). A
+.onnx file carries the contract in its metadata; a file without lightfmp metadata gets generic inputs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import LightFMPError
+from ..io import file_sha256
+from ..schema import FIRST_ID
+from .contract import (METADATA_KEY, SCHEMA_FILE, Bucketize, InputSpec, OutputSpec, ServingContract, inside,
+                       load_contract, verify_files)
+
+
+@dataclass
+class Bundle:
+    """Where the model is and the contract that describes its inputs (`dir` None: no vocab files beside it)."""
+    dir: Path | None
+    model_path: Path
+    contract: ServingContract
+
+    @property
+    def inputs(self) -> list[InputSpec]:
+        return self.contract.inputs
+
+    @property
+    def raw(self) -> bool:
+        return self.contract.raw
+
+    def vocab(self, spec: InputSpec) -> dict[str, int] | None:
+        """The field's value -> id mapping, or None when there is none (hashed, numeric, or a bare .onnx file)."""
+        if self.dir is None or spec.vocab_file is None:
+            return None
+        p = inside(self.dir, spec.vocab_file)
+        if not p.is_file():
+            return None
+        if spec.vocab_sha256 is not None and file_sha256(p) != spec.vocab_sha256:
+            raise LightFMPError(f"{p}: sha256 differs from {SCHEMA_FILE} (the file was changed or replaced)")
+        try:
+            mapping = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise LightFMPError(f"{p}: not valid JSON ({getattr(e, 'msg', 'not UTF-8 text')})") from None
+        if not isinstance(mapping, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                    for v in mapping.values()):
+            raise LightFMPError(f"{p}: expected an object of value -> integer id")
+        if sorted(mapping.values()) != list(range(FIRST_ID, FIRST_ID + len(mapping))) \
+                or FIRST_ID + len(mapping) != spec.vocab_size:
+            raise LightFMPError(f"{p}: ids must be {FIRST_ID}..{spec.vocab_size - 1}, once each "
+                                f"(vocab_size {spec.vocab_size} in {SCHEMA_FILE})")
+        return mapping
+
+    def vocab_tokens(self, spec: InputSpec) -> list[str] | None:
+        """The vocabulary in id order (the token of id FIRST_ID first), or None."""
+        mapping = self.vocab(spec)
+        return None if mapping is None else [t for t, _ in sorted(mapping.items(), key=lambda kv: kv[1])]
+
+    def model_bytes(self) -> int:
+        ext = self.contract.external_data
+        extra = self.model_path.parent / ext.file if ext is not None else None
+        return self.model_path.stat().st_size + (extra.stat().st_size if extra is not None and extra.is_file() else 0)
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """DIR (with feature_schema.json, checked file by file) or a .onnx file (contract from its metadata, or
+    inputs inferred from the graph)."""
+    p = Path(path)
+    if p.is_dir():
+        contract = load_contract(p)
+        verify_files(p, contract)
+        return Bundle(p, inside(p, contract.model_file), contract)
+    if not p.exists():
+        raise LightFMPError(f"{p}: file not found")
+    proto = read_onnx(p)
+    meta = {m.key: m.value for m in proto.metadata_props}
+    if METADATA_KEY in meta:
+        source = f"{p} (metadata {METADATA_KEY})"
+        try:
+            doc = json.loads(meta[METADATA_KEY])
+        except json.JSONDecodeError as e:
+            raise LightFMPError(f"{source}: not valid JSON ({e.msg})") from None
+        contract = ServingContract.from_dict(doc, source)
+        side = p.parent / SCHEMA_FILE
+        return Bundle(p.parent if side.exists() else None, p, contract)
+    return Bundle(None, p, ServingContract(inputs_from_graph(proto), OutputSpec(proto.graph.output[0].name),
+                                           model_file=p.name))
+
+
+def read_onnx(p: Path):
+    """The model proto without its external data; a clear error when the file is not ONNX."""
+    import onnx
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise LightFMPError(f"{p}: not an ONNX model ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                            ) from None
+    if not len(proto.graph.node) or not len(proto.graph.output):
+        raise LightFMPError(f"{p}: not an ONNX model (no graph)")
+    return proto
+
+
+def inputs_from_graph(proto) -> list[InputSpec]:
+    """Input specs for an ONNX file without lightfmp metadata: ids in [0, 100), floats in [0, 1)."""
+    types = {7: "int64", 1: "float32", 8: "string", 6: "int32"}
+    out = []
+    for i in proto.graph.input:
+        dt = types.get(i.type.tensor_type.elem_type)
+        if dt is None:
+            raise LightFMPError(f"input '{i.name}' has an element type lightfmp cannot generate")
+        dims = [d.dim_value if d.HasField("dim_value") else "batch" for d in i.type.tensor_type.shape.dim]
+        kind = "numeric" if dt == "float32" else ("multi_hot" if len(dims) == 2 else "categorical")
+        out.append(InputSpec(i.name, kind, dt, ["batch"] + dims[1:], 102,
+                             transform=Bucketize([0.0, 1.0]) if kind == "numeric" else None,
+                             max_len=int(dims[1]) if kind == "multi_hot" and isinstance(dims[1], int) else 0))
+    return out
+
+
+__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph"]

@@ -1,0 +1,346 @@
+"""The serving contract: a typed description of an export's inputs and files (`feature_schema.json`).
+
+`ServingContract.to_dict()` is the JSON written to EXPORT/feature_schema.json; `ServingContract.metadata()` is the
+copy stored in the model's metadata_props (without the hashes of the model files and the validation report).
+`load_contract` reads and checks the JSON; `verify_files` checks that every file it names is inside the export
+directory and still has the recorded sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from ..errors import LightFMPError
+from ..io import file_sha256, write_json_atomic
+from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field
+
+EXPORT_VERSION = 1
+SCHEMA_FILE = "feature_schema.json"
+MODEL_FILE = "model.onnx"
+EXTERNAL_DATA_FILE = "model.onnx.data"
+METADATA_KEY = "lightfmp.feature_schema"
+OUTPUT_NAME = "probability"
+BUCKETIZE_RULE = "id = first_id + count(boundaries <= x); NaN -> missing_id"
+HASH_FUNCTION = "fnv1a64+splitmix64"
+HASH_RULE = ("h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222325, prime 0x100000001b3); "
+             "h ^= h >> 30; h *= 0xbf58476d1ce4e5b9; h ^= h >> 27; h *= 0x94d049bb133111eb; h ^= h >> 31 "
+             "(all mod 2^64); id = first_id + h % buckets; missing -> missing_id")
+
+
+@dataclass
+class Bucketize:
+    """A numeric field's transform inside the graph: id = FIRST_ID + count(boundaries <= x), NaN -> OOV_ID."""
+    boundaries: list[float]
+
+    def to_dict(self) -> dict:
+        return {"type": "bucketize", "boundaries": list(self.boundaries), "side": "right", "first_id": FIRST_ID,
+                "missing_id": OOV_ID, "compare_dtype": "float32", "rule": BUCKETIZE_RULE}
+
+
+@dataclass
+class HashRule:
+    """A hashed field's id rule (no vocabulary): FIRST_ID + stable_hash(value) % buckets."""
+    buckets: int
+
+    def to_dict(self) -> dict:
+        return {"function": HASH_FUNCTION, "buckets": self.buckets, "first_id": FIRST_ID, "missing_id": OOV_ID,
+                "rule": HASH_RULE}
+
+
+@dataclass
+class InputSpec:
+    """One graph input: a kept field, its tensor type and how a raw value becomes the tensor's value."""
+    name: str
+    kind: str                           # categorical | numeric | multi_hot
+    dtype: str                          # int64 | float32 | string (int32 only for graphs without lightfmp metadata)
+    shape: list                         # ["batch"] or ["batch", max_len]
+    vocab_size: int
+    vocab_file: str | None = None       # relative to the export directory
+    vocab_sha256: str | None = None
+    transform: Bucketize | None = None  # numeric
+    hash: HashRule | None = None        # hashed categorical / multi-hot
+    separator: str | None = None        # multi-hot
+    max_len: int = 0                    # multi-hot
+
+    @property
+    def raw(self) -> bool:
+        return self.dtype == "string"
+
+    @property
+    def width(self) -> int:
+        """Values per row: max_len for a multi-hot field, else 1."""
+        return int(self.shape[1]) if self.kind == "multi_hot" else 1
+
+    @classmethod
+    def from_field(cls, f: Field, raw: bool) -> "InputSpec":
+        if f.kind == "numeric":
+            return cls(f.name, f.kind, "float32", ["batch"], f.vocab_size,
+                       transform=Bucketize(list(f.boundaries or [])))
+        spec = cls(f.name, f.kind, "string" if raw else "int64",
+                   ["batch", f.max_len] if f.kind == "multi_hot" else ["batch"], f.vocab_size,
+                   separator=f.separator if f.kind == "multi_hot" else None,
+                   max_len=f.max_len if f.kind == "multi_hot" else 0)
+        if f.hashed:
+            spec.hash = HashRule(f.hash_buckets)
+        else:
+            spec.vocab_file = f"vocab/{vocab_file_name(f.name)}"
+            spec.vocab_sha256 = hashlib.sha256(vocab_text(f).encode()).hexdigest()
+        return spec
+
+    def field(self, vocab: list[str] | None = None) -> Field:
+        """The schema field this input encodes (`vocab`: the tokens in id order, from the vocab file)."""
+        return Field(self.name, self.kind, vocab=vocab, separator=self.separator, max_len=self.max_len,
+                     boundaries=self.transform.boundaries if self.transform else None,
+                     hash_buckets=self.hash.buckets if self.hash else None)
+
+    def to_dict(self) -> dict:
+        d: dict = {"name": self.name, "kind": self.kind, "oov_id": OOV_ID, "padding_id": PAD_ID,
+                   "vocab_size": self.vocab_size}
+        if self.kind == "numeric":
+            d.update(dtype=self.dtype, shape=list(self.shape), transform=self.transform.to_dict())
+            return d
+        if self.hash is not None:
+            d["hash"] = self.hash.to_dict()
+        if self.vocab_file is not None:
+            d["vocab_file"] = self.vocab_file
+            if self.vocab_sha256 is not None:
+                d["vocab_sha256"] = self.vocab_sha256
+        d["dtype"] = self.dtype
+        d["shape"] = list(self.shape)
+        if self.kind == "multi_hot":
+            d.update(separator=self.separator, max_len=self.max_len, pad_value="" if self.raw else PAD_ID)
+        if self.raw:
+            d["missing_value"] = ""
+        return d
+
+    @classmethod
+    def from_dict(cls, d, where: str) -> "InputSpec":
+        """Parse one `inputs` entry; `where` ("FILE: inputs[i]") prefixes every error."""
+        if not isinstance(d, dict):
+            raise LightFMPError(f"{where}: expected an object, got {type(d).__name__}")
+        for key in ("name", "kind", "dtype", "shape", "vocab_size"):
+            if key not in d:
+                raise LightFMPError(f"{where}: missing '{key}'")
+        where = f"{where} ('{d['name']}')"
+        kind, dtype, shape = d["kind"], d["dtype"], d["shape"]
+        if kind not in KINDS:
+            raise LightFMPError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        allowed = ("float32",) if kind == "numeric" else ("int64", "string")
+        if dtype not in allowed:
+            raise LightFMPError(f"{where}: dtype {dtype!r} does not fit a {kind} field ({' or '.join(allowed)})")
+        width = 2 if kind == "multi_hot" else 1
+        if not isinstance(shape, list) or len(shape) != width or (width == 2 and not _is_int(shape[1])):
+            raise LightFMPError(f"{where}: shape {shape!r} does not fit a {kind} field")
+        if not _is_int(d["vocab_size"]):
+            raise LightFMPError(f"{where}: vocab_size {d['vocab_size']!r} is not an integer")
+        spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
+        if kind == "numeric":
+            edges = (d.get("transform") or {}).get("boundaries") if isinstance(d.get("transform"), dict) else None
+            if not isinstance(edges, list) or not all(isinstance(e, (int, float)) for e in edges):
+                raise LightFMPError(f"{where}: a numeric input needs transform.boundaries (a list of numbers)")
+            spec.transform = Bucketize([float(e) for e in edges])
+            return spec
+        if kind == "multi_hot":
+            spec.separator, spec.max_len = d.get("separator"), int(shape[1])
+            if not isinstance(spec.separator, str) or not spec.separator:
+                raise LightFMPError(f"{where}: a multi_hot input needs a separator")
+        if "hash" in d:
+            buckets = d["hash"].get("buckets") if isinstance(d["hash"], dict) else None
+            if not _is_int(buckets) or buckets < 1:
+                raise LightFMPError(f"{where}: hash.buckets {buckets!r} must be an integer >= 1")
+            spec.hash = HashRule(int(buckets))
+        elif "vocab_file" in d:
+            spec.vocab_file = relative_path(d["vocab_file"], f"{where}: vocab_file")
+            spec.vocab_sha256 = _sha(d.get("vocab_sha256"), f"{where}: vocab_sha256")
+        else:
+            raise LightFMPError(f"{where}: a {kind} input needs a vocab_file or a hash rule")
+        return spec
+
+
+@dataclass
+class OutputSpec:
+    name: str = OUTPUT_NAME
+    dtype: str = "float32"
+    shape: list = field(default_factory=lambda: ["batch"])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class ExternalData:
+    """Weights stored beside model.onnx (ONNX external data) when they pass the protobuf size limit."""
+    file: str
+    sha256: str
+
+
+@dataclass
+class ServingContract:
+    """Everything a serving system needs to call the exported model, as written to feature_schema.json."""
+    inputs: list[InputSpec]
+    output: OutputSpec = field(default_factory=OutputSpec)
+    model_file: str = MODEL_FILE
+    label: str = "label"
+    input_mode: str = "ids"
+    schema_version: int = EXPORT_VERSION
+    dropped_fields: list[str] = field(default_factory=list)
+    table_dtype: str | None = None
+    opset: int | None = None
+    backbone: str | None = None
+    run_dir: str | None = None
+    run_test_auc: float | None = None
+    triton_model: str | None = None
+    max_batch_size: int | None = None
+    model_sha256: str | None = None
+    external_data: ExternalData | None = None
+    validation: dict | None = None
+
+    @property
+    def raw(self) -> bool:
+        return self.input_mode == "raw"
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    def metadata(self) -> dict:
+        """The copy stored inside model.onnx: a file cannot hold its own hash, and validation runs on the saved
+        file, so those parts are left out."""
+        return {"schema_version": self.schema_version, "model_file": self.model_file, "label": self.label,
+                "output": self.output.to_dict(), "inputs": [s.to_dict() for s in self.inputs],
+                "dropped_fields": list(self.dropped_fields), "input_mode": self.input_mode,
+                "table_dtype": self.table_dtype, "opset": self.opset, "backbone": self.backbone,
+                "run_dir": self.run_dir, "run_test_auc": self.run_test_auc, "triton_model": self.triton_model,
+                "max_batch_size": self.max_batch_size}
+
+    def to_dict(self) -> dict:
+        d = self.metadata()
+        if self.model_sha256 is not None:
+            d["model_sha256"] = self.model_sha256
+        if self.external_data is not None:
+            d["external_data"] = {"file": self.external_data.file, "sha256": self.external_data.sha256}
+        if self.validation is not None:
+            d["validation"] = self.validation
+        return d
+
+    @classmethod
+    def from_dict(cls, d, source: str) -> "ServingContract":
+        if not isinstance(d, dict) or "inputs" not in d or "model_file" not in d:
+            raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'inputs' and 'model_file')")
+        version = d.get("schema_version", EXPORT_VERSION)
+        if not _is_int(version) or version > EXPORT_VERSION:
+            raise LightFMPError(f"{source}: schema_version {version!r} is newer than this lightfmp reads "
+                                f"({EXPORT_VERSION})")
+        if not isinstance(d["inputs"], list) or not d["inputs"]:
+            raise LightFMPError(f"{source}: 'inputs' must be a non-empty list")
+        inputs = [InputSpec.from_dict(s, f"{source}: inputs[{i}]") for i, s in enumerate(d["inputs"])]
+        out = d.get("output")
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise LightFMPError(f"{source}: 'output' needs a 'name'")
+        mode = d.get("input_mode", "ids")
+        if mode not in ("ids", "raw") or any(s.raw != (mode == "raw") for s in inputs if s.kind != "numeric"):
+            raise LightFMPError(f"{source}: input_mode {mode!r} does not match the inputs' dtypes")
+        ext = d.get("external_data")
+        if ext is not None:
+            if not isinstance(ext, dict) or "file" not in ext:
+                raise LightFMPError(f"{source}: external_data needs a 'file'")
+            ext = ExternalData(relative_path(ext["file"], f"{source}: external_data.file"),
+                               _sha(ext.get("sha256"), f"{source}: external_data.sha256"))
+        return cls(inputs=inputs, output=OutputSpec(out["name"], out.get("dtype", "float32"),
+                                                    out.get("shape", ["batch"])),
+                   model_file=relative_path(d["model_file"], f"{source}: model_file"),
+                   label=str(d.get("label", "label")), input_mode=mode, schema_version=int(version),
+                   dropped_fields=list(d.get("dropped_fields") or []), table_dtype=d.get("table_dtype"),
+                   opset=d.get("opset"), backbone=d.get("backbone"), run_dir=d.get("run_dir"),
+                   run_test_auc=d.get("run_test_auc"), triton_model=d.get("triton_model"),
+                   max_batch_size=d.get("max_batch_size"),
+                   model_sha256=_sha(d.get("model_sha256"), f"{source}: model_sha256"),
+                   external_data=ext, validation=d.get("validation"))
+
+
+def input_spec(f: Field, raw: bool) -> dict:
+    """One entry of feature_schema.json `inputs`, for schema field `f` (`raw`: string inputs)."""
+    return InputSpec.from_field(f, raw).to_dict()
+
+
+# ---- files --------------------------------------------------------------------------------------------------------
+def vocab_file_name(name: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "field"
+    # a short hash keeps two names that sanitise alike apart
+    return safe + ".json" if safe == name else f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.json"
+
+
+def vocab_text(f: Field) -> str:
+    """The exact text of vocab/<field>.json: raw value string -> id (the recorded vocab_sha256 hashes it)."""
+    return json.dumps(f.token_ids(), ensure_ascii=False)
+
+
+def relative_path(value, what: str) -> str:
+    """`value` if it names a file inside the export directory: relative, no '..', no drive."""
+    if not isinstance(value, str) or not value:
+        raise LightFMPError(f"{what} {value!r} must be a relative path inside the export directory")
+    posix, win = PurePosixPath(value), PureWindowsPath(value)
+    if posix.is_absolute() or win.is_absolute() or win.drive or ".." in posix.parts or ".." in win.parts:
+        raise LightFMPError(f"{what} {value!r} must be a relative path inside the export directory")
+    return value
+
+
+def load_contract(export_dir: str | Path) -> ServingContract:
+    """EXPORT/feature_schema.json, parsed and checked; every problem is one error naming the file."""
+    path = Path(export_dir) / SCHEMA_FILE
+    if not path.is_file():
+        raise LightFMPError(f"{export_dir}: not a lightfmp export (no {SCHEMA_FILE})")
+    try:
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+        raise LightFMPError(f"{path}: not valid JSON ({why})") from None
+    return ServingContract.from_dict(doc, str(path))
+
+
+def save_contract(contract: ServingContract, export_dir: str | Path) -> None:
+    write_json_atomic(Path(export_dir) / SCHEMA_FILE, contract.to_dict())
+
+
+def inside(export_dir: Path, rel: str) -> Path:
+    """The path of a contract file, refused when it leaves the export directory (also through a symlink)."""
+    root = export_dir.resolve()
+    p = export_dir / relative_path(rel, f"{export_dir / SCHEMA_FILE}: path")
+    if root not in p.resolve().parents:
+        raise LightFMPError(f"{p}: resolves outside the export directory {export_dir}")
+    return p
+
+
+def verify_files(export_dir: str | Path, contract: ServingContract) -> None:
+    """Every file the contract names exists inside `export_dir` and has the sha256 recorded for it."""
+    d = Path(export_dir)
+    checks = [(contract.model_file, contract.model_sha256)]
+    if contract.external_data is not None:
+        checks.append((contract.external_data.file, contract.external_data.sha256))
+    checks += [(s.vocab_file, s.vocab_sha256) for s in contract.inputs if s.vocab_file is not None]
+    for rel, want in checks:
+        p = inside(d, rel)
+        if not p.is_file():
+            raise LightFMPError(f"{p}: missing from the export")
+        if want is not None and file_sha256(p) != want:
+            raise LightFMPError(f"{p}: sha256 differs from {SCHEMA_FILE} (the file was changed or replaced)")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _sha(v, what: str) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
+        raise LightFMPError(f"{what} {v!r} is not a sha256 hex digest")
+    return v
+
+
+__all__ = ["ServingContract", "InputSpec", "input_spec", "OutputSpec", "Bucketize", "HashRule", "ExternalData",
+           "load_contract", "save_contract", "verify_files", "vocab_file_name", "vocab_text", "relative_path", "inside",
+           "SCHEMA_FILE", "MODEL_FILE", "EXTERNAL_DATA_FILE", "METADATA_KEY", "OUTPUT_NAME", "EXPORT_VERSION"]

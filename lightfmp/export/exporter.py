@@ -1,0 +1,80 @@
+"""`export_run`: check the options, build the graph, validate it, and write the export directory atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import LightFMPError
+from ..io import atomic_dir, file_sha256
+from ..rundir import open_run
+from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, ExternalData, InputSpec,
+                       OutputSpec, ServingContract, save_contract, vocab_text)
+from .graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_graph, check_graph, save_model, serving_module
+from .triton import triton_model_name, write_triton
+from .validate import VALIDATE_ROWS, validate, validation_rows
+
+
+def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size: int, force: bool) -> None:
+    if dtype not in ("fp32", "fp16"):
+        raise LightFMPError(f"--dtype {dtype!r}: expected fp32 or fp16")
+    if inputs not in ("ids", "raw"):
+        raise LightFMPError(f"--inputs {inputs!r}: expected ids or raw")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise LightFMPError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
+    if max_batch_size < 1:
+        raise LightFMPError(f"--max-batch-size {max_batch_size}: must be >= 1")
+    if out.exists() and not force:
+        raise LightFMPError(f"{out}: already exists; pass --force to replace it")
+
+
+def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dtype: str = "fp32",
+               inputs: str = "ids", force: bool = False, triton_name: str | None = None,
+               max_batch_size: int = 4096, validate_rows: int = VALIDATE_ROWS) -> dict:
+    """Export a complete run to `out`. Returns the feature schema written (with its `validation` section)."""
+    out = Path(out)
+    check_options(out, opset, dtype, inputs, max_batch_size, force)
+    run = open_run(run_dir)
+    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
+        raise LightFMPError(f"{out}: must not be inside the run directory {run.path}")
+    model, kept = run.load_final()
+    model.eval()
+    if OUTPUT_NAME in kept.names:
+        raise LightFMPError(f"field '{OUTPUT_NAME}' clashes with the model's output name; rename the column")
+    raw = inputs == "raw"
+    hashed = [f.name for f in kept.fields if f.hashed]
+    if raw and hashed:
+        raise LightFMPError(f"--inputs raw: field '{hashed[0]}' is hashed (--hash-buckets) and the ONNX graph cannot "
+                            f"hash strings; export with --inputs ids (feature_schema.json gives the hash rule)")
+    metrics = run.metrics()
+    run_auc = metrics.get("test", {}).get("auc")
+    name = triton_model_name(triton_name or out.name)
+    contract = ServingContract(
+        inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
+        label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
+        table_dtype=dtype, opset=opset, backbone=run.config.backbone, run_dir=str(run.path.resolve()),
+        run_test_auc=run_auc, triton_model=name, max_batch_size=max_batch_size)
+
+    rows = validation_rows(run, kept, validate_rows)
+    module = serving_module(model, kept, dtype)
+    with atomic_dir(out, force=force) as tmp:
+        proto = build_graph(module, kept, rows.feeds_ids, opset, tmp / ".export", dtype, raw)
+        meta = proto.metadata_props.add()
+        meta.key, meta.value = METADATA_KEY, json.dumps(contract.metadata(), sort_keys=False)
+        proto.producer_name, proto.doc_string = "lightfmp", f"lightfmp export of {run.path.name}"
+        external = save_model(proto, tmp / MODEL_FILE)
+        check_graph(tmp / MODEL_FILE, contract.inputs)
+        contract.validation = validate(tmp / MODEL_FILE, module, model, kept, rows, raw, dtype, run_auc)
+        contract.model_sha256 = file_sha256(tmp / MODEL_FILE)
+        if external:
+            contract.external_data = ExternalData(EXTERNAL_DATA_FILE, file_sha256(tmp / EXTERNAL_DATA_FILE))
+        save_contract(contract, tmp)
+        (tmp / "vocab").mkdir()
+        for f, spec in zip(kept.fields, contract.inputs):
+            if spec.vocab_file is not None:
+                (tmp / spec.vocab_file).write_text(vocab_text(f))
+        write_triton(tmp / "triton", name, contract.inputs, max_batch_size,
+                     [tmp / MODEL_FILE] + ([tmp / EXTERNAL_DATA_FILE] if external else []))
+    return contract.to_dict()
+
+
+__all__ = ["export_run", "check_options"]

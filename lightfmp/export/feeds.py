@@ -1,0 +1,74 @@
+"""Graph inputs ("feeds"): built from rows of a frame, or drawn from the contract for timing."""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pandas as pd
+
+from ..schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, as_float, cell_strings, encode_field, split_multi
+from .contract import InputSpec
+
+
+def feeds_from_frame(df: pd.DataFrame, schema: FeatureSchema, raw: bool = False) -> dict[str, np.ndarray]:
+    """Graph inputs for the rows of `df`: ids (int64) or raw strings per field, numeric values as float32."""
+    feeds = {}
+    for f in schema.fields:
+        col = df[f.name]
+        if f.kind == "numeric":
+            feeds[f.name] = as_float(col, f.name).astype(np.float32)
+        elif not raw:
+            ids = encode_field(f, col).astype(np.int64)
+            feeds[f.name] = ids if f.kind == "multi_hot" else ids[:, 0]
+        elif f.kind == "categorical":
+            feeds[f.name] = cell_strings(col).fillna("").to_numpy(dtype=object)
+        else:
+            out = np.full((len(col), f.max_len), "", dtype=object)
+            for r, toks in enumerate(split_multi(col, f.separator)):
+                toks = toks[:f.max_len]
+                out[r, :len(toks)] = toks
+            feeds[f.name] = out
+    return feeds
+
+
+def sample_feeds(specs: list[InputSpec], batch: int, seed: int = 0, vocabs: dict[str, list[str]] | None = None,
+                 oov_rate: float = 0.01) -> dict[str, np.ndarray]:
+    """Plausible inputs drawn from each field's vocabulary: ids are Zipf-distributed over the vocabulary (vocabs
+    are stored most frequent first), a few OOV / missing values, multi-hot rows of 1..L tokens. A field's values
+    depend only on its name, the batch size and the seed, so two models sharing a field get the same column."""
+    feeds = {}
+    for s in specs:
+        rng = np.random.default_rng([seed, batch, zlib.crc32(s.name.encode())])
+        n_real = max(int(s.vocab_size) - FIRST_ID, 0)
+        if s.kind == "numeric":
+            edges = np.asarray(s.transform.boundaries if s.transform else [], dtype=np.float64)
+            lo, hi = (float(edges[0]), float(edges[-1])) if len(edges) else (0.0, 1.0)
+            pad = 0.1 * (hi - lo) + 1e-3
+            x = rng.uniform(lo - pad, hi + pad, batch).astype(np.float32)
+            x[rng.random(batch) < oov_rate] = np.nan
+            feeds[s.name] = x
+            continue
+        width = s.width
+        ids = _zipf_ids(rng, n_real, (batch, width))
+        ids[rng.random((batch, width)) < oov_rate] = OOV_ID
+        if s.kind == "multi_hot":
+            lengths = rng.integers(1, width + 1, batch)
+            ids[np.arange(width)[None, :] >= lengths[:, None]] = PAD_ID
+        else:
+            ids = ids[:, 0]
+        if s.raw:
+            toks = np.asarray(["", "<unseen>"] + list((vocabs or {}).get(s.name, [])), dtype=object)
+            feeds[s.name] = toks[np.minimum(ids, len(toks) - 1)]
+        else:
+            feeds[s.name] = ids.astype(np.int32 if s.dtype == "int32" else np.int64)
+    return feeds
+
+
+def _zipf_ids(rng, n_real: int, shape) -> np.ndarray:
+    if n_real <= 0:
+        return np.full(shape, OOV_ID, dtype=np.int64)
+    p = 1.0 / np.arange(1, n_real + 1) ** 1.05
+    return rng.choice(n_real, size=shape, p=p / p.sum()).astype(np.int64) + FIRST_ID
+
+
+__all__ = ["feeds_from_frame", "sample_feeds"]

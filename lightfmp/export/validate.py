@@ -1,0 +1,173 @@
+"""Validation of a saved export against the run it came from: ONNX Runtime vs the PyTorch serving module on the
+run's own held-out test rows, batch of 1 vs a large batch, and the exported model's test AUC vs the run's
+recorded one (metrics.json `test.auc`). Any failed check raises, which fails the export."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import LightFMPError
+from ..formats import read_batches
+from ..io import file_sha256
+from ..metrics import roc_auc
+from ..pipeline import run_data
+from ..schema import FIRST_ID, OOV_ID, FeatureSchema
+from .contract import InputSpec
+from .feeds import feeds_from_frame, sample_feeds
+from .graph import ServingModule, torch_inputs
+from .runtime import run_batched, session
+
+VALIDATE_ROWS = 50_000
+TOLERANCE = 1e-5       # max |probability difference|, ONNX Runtime vs PyTorch and batch 1 vs batch N
+# max |test AUC of the exported model - the run's recorded test AUC| on the same rows: correct fp32 exports agree
+# to ~1e-7 and fp16 tables move the AUC by ~1e-6, while a wrong field order, vocabulary, bucket edge or row set
+# moves it by 1e-2 or more; 1e-3 also absorbs one reordered pair of near-tied scores on test splits of ~70+ rows
+AUC_TOLERANCE = 1e-3
+
+
+@dataclass
+class HeldOut:
+    """The first rows of a run's test split as raw columns, in file order, with their labels."""
+    frame: pd.DataFrame
+    labels: np.ndarray
+    complete: bool  # every test row of the run is in `frame`
+
+
+def held_out_missing(run) -> str | None:
+    """Why the run's test rows cannot be read again (its data file is gone, or changed since training), or None."""
+    data = run.config.data
+    if not data or not Path(data).exists():
+        return f"data file {data!r} not found"
+    if run.info.get("data_sha256") != file_sha256(data):
+        return f"data file {data} differs from the one the run was trained on (sha256)"
+    return None
+
+
+def run_test_frame(run, max_rows: int) -> HeldOut:
+    """The run's test rows (at most `max_rows`, file order) as raw columns: which rows are test and their labels
+    come from the run's data read again through the one data path with its recorded split rule; the raw values
+    from the file."""
+    cfg = run.config
+    test = run_data(run).split_rows("test")
+    numbers = test.row_numbers()
+    order = np.argsort(numbers, kind="stable")[:max_rows]
+    wanted, labels = numbers[order], test.labels()[order]
+    parts = []
+    for df, start in read_batches(cfg.data, cfg.format, cfg.chunk_rows):
+        pos = wanted[(wanted >= start) & (wanted < start + len(df))] - start
+        if len(pos):
+            parts.append(df.iloc[pos])
+        if not len(wanted) or start + len(df) > wanted[-1]:
+            break
+    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=run.schema.names)
+    return HeldOut(frame, labels, len(numbers) <= max_rows)
+
+
+@dataclass
+class ValidationRows:
+    """Graph inputs of the rows to validate on (ids and raw strings), with what is known about them."""
+    feeds_ids: dict[str, np.ndarray]
+    feeds_raw: dict[str, np.ndarray]
+    source: str                      # "test split" or "sampled"
+    all_test_rows: bool
+    note: str | None = None
+    ids_f64: np.ndarray | None = None  # the training-time (float64) encoding, test rows only
+    labels: np.ndarray | None = None
+
+
+def validation_rows(run, kept: FeatureSchema, limit: int = VALIDATE_ROWS) -> ValidationRows:
+    """The run's test rows as graph inputs; rows drawn from the vocabularies when its data file is gone or
+    changed."""
+    why = held_out_missing(run)
+    if why is not None:
+        n, vocabs = min(limit, 2048), {f.name: list(f.vocab or []) for f in kept.fields}
+        ids = sample_feeds([InputSpec.from_field(f, False) for f in kept.fields], n, seed=1)
+        raw = sample_feeds([InputSpec.from_field(f, True) for f in kept.fields], n, seed=1, vocabs=vocabs)
+        return ValidationRows(ids, raw, "sampled", False, f"{why}; validated on sampled rows")
+    held = run_test_frame(run, limit)
+    return ValidationRows(feeds_from_frame(held.frame, kept), feeds_from_frame(held.frame, kept, raw=True),
+                          "test split", held.complete, None, kept.encode(held.frame).astype(np.int64), held.labels)
+
+
+def validate(path: Path, module: ServingModule, model, kept: FeatureSchema, rows: ValidationRows, raw: bool,
+             dtype: str, run_auc: float | None) -> dict:
+    """ORT vs PyTorch on the validation rows; batch 1 vs a large batch; the test AUC vs the run's. Raises when a
+    check fails, else returns the report recorded as `validation` in feature_schema.json."""
+    sess = session(path)
+    feeds = rows.feeds_raw if raw else rows.feeds_ids
+    n = len(next(iter(feeds.values())))
+    with torch.no_grad():
+        ref = np.concatenate([module(*(t[i:i + 8192] for t in torch_inputs(rows.feeds_ids, kept))).numpy()
+                              for i in range(0, n, 8192)]) if n else np.zeros(0, np.float32)
+    got = run_batched(sess, feeds)
+    diff = float(np.abs(got.astype(np.float64) - ref).max()) if n else 0.0
+    if not diff <= TOLERANCE:
+        raise LightFMPError(f"ONNX Runtime and PyTorch disagree on {rows.source} rows: max |diff| {diff:.3g} "
+                            f"> {TOLERANCE:g}")
+    k = min(n, 32)
+    big = {key: v[:min(n, 4096)] for key, v in feeds.items()}
+    big_out = sess.run(None, big)[0][:k]
+    single = np.array([sess.run(None, {key: v[i:i + 1] for key, v in feeds.items()})[0][0] for i in range(k)])
+    bdiff = float(np.abs(single - big_out).max()) if k else 0.0
+    if not bdiff <= TOLERANCE:
+        raise LightFMPError(f"batch of 1 and batch of {len(next(iter(big.values())))} disagree: max |diff| "
+                            f"{bdiff:.3g} > {TOLERANCE:g}")
+    res = {"rows": n, "source": rows.source, "all_test_rows": rows.all_test_rows, "tolerance": TOLERANCE,
+           "max_abs_diff_vs_torch": diff, "batch1_vs_batch_max_abs_diff": bdiff}
+    if rows.note:
+        res["note"] = rows.note
+    if rows.ids_f64 is not None:
+        res.update(_test_split_checks(model, kept, rows, got, dtype, run_auc))
+    return res
+
+
+def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np.ndarray, dtype: str,
+                       run_auc: float | None) -> dict:
+    """Numeric bucketing in float32 vs float64, AUCs (ONNX, PyTorch, the run's), fp16's change."""
+    with torch.no_grad():
+        enc = torch.sigmoid(model(torch.from_numpy(rows.ids_f64))).numpy().astype(np.float64)
+    # rows whose float32 input lands in another bucket than the training-time float64 encoding
+    ids32 = _bucket_ids(rows.feeds_ids, kept)
+    res: dict = {"numeric_bucket_mismatches": int((ids32 != rows.ids_f64).any(1).sum()) if ids32 is not None else 0}
+    if rows.labels is not None and len(np.unique(rows.labels)) == 2:
+        res["auc_onnx"] = roc_auc(rows.labels, got)
+        res["auc_torch"] = roc_auc(rows.labels, enc)
+        if run_auc is not None and math.isfinite(run_auc) and rows.all_test_rows:
+            res["auc_run"] = run_auc
+            res["auc_diff_vs_run"] = res["auc_onnx"] - run_auc
+            res["auc_tolerance"] = AUC_TOLERANCE
+            if not abs(res["auc_diff_vs_run"]) <= AUC_TOLERANCE:  # the very rows the run was tested on
+                raise LightFMPError(
+                    f"test AUC of the exported model {res['auc_onnx']:.6f} differs from the run's recorded test "
+                    f"AUC {run_auc:.6f} (metrics.json test.auc) by {res['auc_diff_vs_run']:+.2e}, more than "
+                    f"{AUC_TOLERANCE:g}")
+    if dtype == "fp16":
+        res["fp16"] = {"max_abs_diff_vs_fp32": float(np.abs(got.astype(np.float64) - enc).max()) if len(got) else 0.0}
+        if "auc_onnx" in res:
+            res["fp16"].update(auc_fp32=res["auc_torch"], auc_fp16=res["auc_onnx"],
+                               auc_change=res["auc_onnx"] - res["auc_torch"])
+    return res
+
+
+def _bucket_ids(feeds: dict, kept: FeatureSchema) -> np.ndarray | None:
+    """The float32 numeric bucketing the graph applies, as full id rows (non-numeric slots from the feeds)."""
+    cols = []
+    for f in kept.fields:
+        x = feeds[f.name]
+        if f.kind == "numeric":
+            e = np.asarray(f.boundaries or [], dtype=np.float32)
+            ids = np.searchsorted(e, x, side="right") + FIRST_ID
+            ids[np.isnan(x)] = OOV_ID
+            cols.append(ids[:, None])
+        else:
+            cols.append(x if x.ndim == 2 else x[:, None])
+    return np.concatenate(cols, 1).astype(np.int64) if cols else None
+
+
+__all__ = ["run_test_frame", "held_out_missing", "validation_rows", "validate", "HeldOut", "ValidationRows",
+           "VALIDATE_ROWS", "TOLERANCE", "AUC_TOLERANCE"]
