@@ -13,7 +13,7 @@ from lightfmp.bench import METHODS, run_bench
 from lightfmp.bench.selectors import SELECTORS, Context
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
-from lightfmp.pipeline import prepare_data
+from lightfmp.dataset import load_dataset
 
 pytest.importorskip("sklearn")
 
@@ -94,7 +94,7 @@ def test_planted_field_ranked_first_by_every_method_but_random(bench_doc):
 
 def test_planted_field_first_on_another_seed_and_backbone(cfg):
     c = replace(cfg, seed=1, backbone="mlp")
-    ctx = Context(c, prepare_data(c), quick=True)
+    ctx = Context(c, load_dataset(c), quick=True)
     for name, select in SELECTORS.items():
         if name in ("random", "lightfmp-fulldata"):  # fulldata: same code path as lightfmp
             continue

@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from lightfmp.models import BACKBONES, ModelConfig, build_model
-from lightfmp.pipeline import slot_columns
-from lightfmp.pruning import prune_model, select_fields
 from lightfmp.errors import LightFMPError
+from lightfmp.gates import AutoFieldGate, LPFSGate
+from lightfmp.models import BACKBONES, ModelConfig, build_model
+from lightfmp.pruning import prune_model, select_fields
+from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
+from lightfmp.vocab import fit_schema
 
 from helpers import make_frame
 
@@ -15,10 +17,16 @@ from helpers import make_frame
 @pytest.fixture(scope="module")
 def schema_and_ids():
     df = make_frame(300)
-    s = FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"), Field("noise", "categorical"),
-                                Field("x", "numeric"), Field("tags", "multi_hot", separator="|")], min_count=1)
-    s.fit(df)
+    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"),
+                                           Field("noise", "categorical"), Field("x", "numeric"),
+                                           Field("tags", "multi_hot", separator="|")], min_count=1), df)
     return s, torch.from_numpy(s.encode(df)).long()
+
+
+def kept_columns(schema, ids, kept_schema):
+    """The id columns of the kept fields, through the Rows API (as the pipeline reads them)."""
+    rows = ArrayRows(ids.numpy(), np.zeros(len(ids), np.float32), slots=schema.field_slot_ranges())
+    return torch.from_numpy(rows.select(kept_schema.names).arrays()[0]).long()
 
 
 def randomize(model):
@@ -41,14 +49,33 @@ def test_pruned_equals_gated_on_kept_fields(schema_and_ids, backbone, kept):
     with torch.no_grad():
         expected = model(ids, gates=z * mask)
     pruned, kept_schema = prune_model(model, schema, kept)
-    cols = torch.from_numpy(slot_columns(schema, kept_schema))
     with torch.no_grad():
-        got = pruned(ids[:, cols])
+        got = pruned(kept_columns(schema, ids, kept_schema))
     assert kept_schema.names == kept
     assert pruned.gate is None
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     if len(kept) < len(schema.names):
         assert pruned.num_params() < model.num_params()
+
+
+@pytest.mark.parametrize("gate", ["autofield", "lpfs"])
+def test_other_gate_modules_prune_like_their_deterministic_gate(schema_and_ids, gate):
+    schema, ids = schema_and_ids
+    g = AutoFieldGate(5) if gate == "autofield" else LPFSGate(5)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gate=g)
+    randomize(model)  # the gate's parameters too: its values land strictly inside (0, 1)
+    model.eval()
+    z = model.gate.deterministic()
+    assert bool(((z > 0) & (z < 1)).all())
+    kept = ["a", "noise", "tags"]
+    mask = torch.tensor([n in kept for n in schema.names], dtype=z.dtype)
+    with torch.no_grad():
+        expected = model(ids, gates=z * mask)
+    pruned, kept_schema = prune_model(model, schema, kept)
+    with torch.no_grad():
+        got = pruned(kept_columns(schema, ids, kept_schema))
+    assert pruned.gate is None and pruned.num_params() < model.num_params()
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
 
 
 def test_embedding_rows_are_sliced_not_masked(schema_and_ids):

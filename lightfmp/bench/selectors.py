@@ -6,6 +6,7 @@ Implemented from the papers' descriptions (see docs/bench.md):
     lightfmp     hard-concrete gates on a subset, prune, continue (lightfmp.pipeline.run); -fulldata: subset 1.0
     autofield    Wang et al., WWW 2022: keep/drop Gumbel-softmax controller per field, bilevel (first order)
     lpfs         Guo et al., 2022: polarizing smoothed-L0 gate x^2/(x^2+eps), eps decaying, proximal L1 on x
+                 (autofield and lpfs are gate modules, lightfmp.gates, trained by training.fit)
     sfs          Wang et al., SIGIR 2023 (single-shot): |dL/dmask| at initialisation, SNIP-style
     shark        Zhang et al., CIKM 2023: first-order Taylor estimate of the loss change of removing a field
     permutation  Breiman 2001 / Fisher et al. 2019: AUC drop of the trained full model when a field is shuffled
@@ -14,7 +15,6 @@ Implemented from the papers' descriptions (see docs/bench.md):
 """
 from __future__ import annotations
 
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -24,13 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from ..config import RunConfig
+from ..dataset import Dataset
 from ..errors import LightFMPError
+from ..gates import AutoFieldGate, Gate, LPFSGate
 from ..metrics import roc_auc
 from ..models import build_model
-from ..pipeline import Prepared, resolve_device, train_fields
+from ..pipeline import _train_cfg, resolve_device, run, train_fields
 from ..rundir import model_config
 from ..schema import PAD_ID
-from ..training import predict
+from ..training import fit, predict
 
 GATE_METHODS = ("lightfmp", "lightfmp-fulldata", "autofield", "lpfs")
 
@@ -39,7 +41,7 @@ GATE_METHODS = ("lightfmp", "lightfmp-fulldata", "autofield", "lpfs")
 class Context:
     """One seed's shared state: config, identical encoded splits, and a cache (the trained full model)."""
     cfg: RunConfig
-    data: Prepared
+    data: Dataset
     quick: bool = False
     cache: dict = field(default_factory=dict)
 
@@ -86,7 +88,6 @@ def select_random(ctx: Context, k: int) -> Selection:
 
 
 def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
-    from ..pipeline import run
     cfg = replace(ctx.cfg, keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.subset)
     with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
         m = run(cfg, f"{tmp}/run", force=True, quiet=True)
@@ -102,114 +103,39 @@ def select_lightfmp_fulldata(ctx: Context, k: int) -> Selection:
     return select_lightfmp(ctx, k, subset=1.0)
 
 
-# --- gate searches (AutoField, LPFS) ---------------------------------------------------------------------------
-def _search_rows(ctx: Context) -> np.ndarray:
-    """The same rows x epochs Light-FMP's phase 1 gets (cfg.subset of the training split, pretrain_epochs)."""
-    from ..data import subset_rows
-    sub, _ = subset_rows(len(ctx.data.labels["train"]), ctx.cfg.subset, ctx.cfg.seed)
-    return sub
-
-
-def _gate_search(ctx: Context, gate_fn, gate_params: list[torch.Tensor], bilevel: bool, after_step=None,
-                 penalty=None) -> None:
-    """Train a fresh (ungated) backbone with an external per-field gate `gate_fn(progress)` -> [F].
-    bilevel: gate steps use a held-out slice (first-order DARTS, as AutoField); else one joint step (LPFS)."""
-    cfg, device = ctx.cfg, ctx.device
+# --- gate modules trained by training.fit (AutoField, LPFS) -----------------------------------------------------
+def _gate_selection(ctx: Context, gate: Gate) -> Selection:
+    """Train the backbone through `gate` on what Light-FMP's phase 1 gets (the cfg.subset of the training split,
+    pretrain_epochs, the phase-1 training config, validation each epoch) and rank fields by the gate's scores."""
+    t0 = time.perf_counter()
+    cfg = ctx.cfg
+    sub, _ = ctx.data.subset(cfg.subset, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg)).to(device)
-    opt_w = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    opt_g = torch.optim.Adam(gate_params, lr=cfg.gate_lr)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    rows = torch.from_numpy(_search_rows(ctx))
-    rows = rows[torch.randperm(len(rows), generator=gen)]
-    n_hold = int(len(rows) * cfg.gate_holdout) if bilevel else 0
-    hold, rows = rows[:n_hold], rows[n_hold:]
-    x = torch.from_numpy(ctx.data.ids["train"])
-    y = torch.from_numpy(ctx.data.labels["train"].astype(np.float32))
-    bs, epochs = cfg.batch_size, max(1, cfg.pretrain_epochs)
-    batches = max(1, math.ceil(len(rows) / bs))
-    total = epochs * batches
-
-    def loss_on(idx, gates):
-        return F.binary_cross_entropy_with_logits(model(x[idx].to(device), gates), y[idx].to(device))
-
-    model.train()
-    for epoch in range(epochs):
-        perm = rows[torch.randperm(len(rows), generator=gen)]
-        for b in range(batches):
-            progress = (epoch * batches + b) / total
-            idx = perm[b * bs:(b + 1) * bs]
-            loss = loss_on(idx, gate_fn(progress))
-            if not bilevel and penalty is not None:
-                loss = loss + penalty()
-            opt_w.zero_grad(set_to_none=True)
-            opt_g.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_w.step()
-            if not bilevel:
-                opt_g.step()
-            else:
-                start = (b * bs) % max(n_hold, 1)
-                gidx = hold[start:start + bs]
-                opt_g.zero_grad(set_to_none=True)
-                loss_on(gidx, gate_fn(progress)).backward()
-                opt_g.step()
-            if after_step is not None:
-                after_step(progress)
+    model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg), gate=gate)
+    fit(model, sub, ctx.data.split_rows("valid"), _train_cfg(cfg, cfg.pretrain_epochs, False),
+        label=f"{type(gate).__name__} search", device=ctx.device)
+    return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
 
 def select_autofield(ctx: Context, k: int) -> Selection:
-    """AutoField: per field two logits (keep, drop); the gate is the 'keep' entry of a Gumbel-softmax sample whose
-    temperature anneals; controller trained on held-out rows (bilevel, first order). Rank by P(keep)."""
-    t0 = time.perf_counter()
-    n = len(ctx.names)
-    alpha = torch.zeros(n, 2, requires_grad=True)
-    gen = torch.Generator().manual_seed(ctx.cfg.seed + 2)
-    tau0, tau1 = 1.0, 0.05
-
-    def gate(progress):
-        tau = tau0 * (tau1 / tau0) ** progress          # geometric annealing toward a near-discrete choice
-        u = torch.rand(n, 2, generator=gen).clamp(1e-6, 1 - 1e-6)
-        return torch.softmax((alpha - torch.log(-torch.log(u))) / tau, dim=1)[:, 0]
-
-    _gate_search(ctx, gate, [alpha], bilevel=ctx.cfg.gate_holdout > 0)
-    with torch.no_grad():
-        keep = torch.softmax(alpha, dim=1)[:, 0]
-    return Selection(_rank(ctx.names, keep), time.perf_counter() - t0)
+    """AutoField: per field a keep/drop Gumbel-softmax controller with an annealed temperature, trained on held-out
+    rows (bilevel, first order; joint steps with --gate-holdout 0). Rank by P(keep)."""
+    return _gate_selection(ctx, AutoFieldGate(len(ctx.names)))
 
 
 def select_lpfs(ctx: Context, k: int) -> Selection:
-    """LPFS: gate g(x) = x^2 / (x^2 + eps) with eps decaying toward 0 so gates polarise to {0, 1}; x gets a
-    proximal L1 step (soft threshold) after each update so useless fields reach exactly 0. Rank by g, then |x|."""
-    t0 = time.perf_counter()
-    n = len(ctx.names)
-    xg = torch.ones(n, requires_grad=True)
-    eps0, eps1 = 1.0, 1e-4
-    lam = max(ctx.cfg.l0_lambda, 1e-4)
-    state = {"eps": eps0}
-
-    def gate(progress):
-        state["eps"] = eps0 * (eps1 / eps0) ** progress
-        return xg.pow(2) / (xg.pow(2) + state["eps"])
-
-    def prox(progress):
-        with torch.no_grad():
-            xg.copy_(torch.sign(xg) * (xg.abs() - ctx.cfg.gate_lr * lam).clamp_min(0.0))
-
-    _gate_search(ctx, gate, [xg], bilevel=False, after_step=prox)
-    with torch.no_grad():
-        g = xg.pow(2) / (xg.pow(2) + state["eps"])
-        a = xg.abs()
-    score = [(float(gi), float(ai)) for gi, ai in zip(g, a)]
-    order = sorted(range(n), key=lambda i: (-score[i][0], -score[i][1], i))
-    return Selection([ctx.names[i] for i in order], time.perf_counter() - t0)
+    """LPFS: gate x^2 / (x^2 + eps) with eps decaying so gates polarise to {0, 1}, a proximal L1 step on x after
+    each joint update so useless fields reach exactly 0. Rank by the gate, i.e. by |x|."""
+    return _gate_selection(ctx, LPFSGate(len(ctx.names)))
 
 
 # --- gradient / Taylor / permutation saliency ------------------------------------------------------------------
-def _score_rows(ctx: Context, max_rows: int) -> np.ndarray:
-    n = len(ctx.data.labels["train"])
+def _score_sample(ctx: Context, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, labels) of a seeded sample of at most `max_rows` training rows, in stored order."""
+    train = ctx.data.split_rows("train")
+    n = len(train)
     rng = np.random.default_rng(ctx.cfg.seed + 3)
-    return np.sort(rng.permutation(n)[:min(n, max_rows)])
+    return train.take(np.sort(rng.permutation(n)[:min(n, max_rows)])).arrays()
 
 
 @torch.no_grad()
@@ -232,20 +158,18 @@ def select_sfs(ctx: Context, k: int, inits: int = 5) -> Selection:
     chance, so it is averaged over a few inits (still no training)."""
     t0 = time.perf_counter()
     cfg, device = ctx.cfg, ctx.device
-    rows = _score_rows(ctx, 20 * cfg.batch_size)
-    x, y = ctx.data.ids["train"], ctx.data.labels["train"].astype(np.float32)
+    x, y = _score_sample(ctx, 20 * cfg.batch_size)
     total = torch.zeros(len(ctx.names))
     for init in range(inits):
         torch.manual_seed(cfg.seed * 1000 + init)
         model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg)).to(device)
-        _calibrate(model, x[rows], y[rows], device)
+        _calibrate(model, x, y, device)
         model.eval()
         score = torch.zeros(len(ctx.names))
-        for i in range(0, len(rows), cfg.batch_size):
-            idx = rows[i:i + cfg.batch_size]
+        for i in range(0, len(y), cfg.batch_size):
             mask = torch.ones(len(ctx.names), device=device, requires_grad=True)
-            logits = model(torch.from_numpy(x[idx]).to(device), mask)
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[idx]).to(device))
+            logits = model(torch.from_numpy(x[i:i + cfg.batch_size]).to(device), mask)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[i:i + cfg.batch_size]).to(device))
             (g,) = torch.autograd.grad(loss, mask)
             score += g.cpu()  # signed: noise fields' batch gradients cancel, a real field's add up
         total += score.abs() / score.abs().sum().clamp_min(1e-12)  # each init's saliencies sum to 1
@@ -259,17 +183,16 @@ def select_shark(ctx: Context, k: int) -> Selection:
     t0 = time.perf_counter()
     device = ctx.device
     model.eval()
-    rows = _score_rows(ctx, 20 * ctx.cfg.batch_size)
-    x, y = ctx.data.ids["train"], ctx.data.labels["train"].astype(np.float32)
+    x, y = _score_sample(ctx, 20 * ctx.cfg.batch_size)
+    bs = ctx.cfg.batch_size
     score = torch.zeros(len(ctx.names), dtype=torch.float64)
-    for i in range(0, len(rows), ctx.cfg.batch_size):
-        idx = rows[i:i + ctx.cfg.batch_size]
-        emb, lin = model.embedding(torch.from_numpy(x[idx]).to(device))
+    for i in range(0, len(y), bs):
+        emb, lin = model.embedding(torch.from_numpy(x[i:i + bs]).to(device))
         emb.retain_grad()
         if lin is not None:
             lin.retain_grad()
         # sum, not mean: per-sample gradients keep their own scale
-        loss = F.binary_cross_entropy_with_logits(model.interact(emb, lin), torch.from_numpy(y[idx]).to(device),
+        loss = F.binary_cross_entropy_with_logits(model.interact(emb, lin), torch.from_numpy(y[i:i + bs]).to(device),
                                                   reduction="sum")
         loss.backward()
         s = (emb.grad * emb).sum(-1)
@@ -285,14 +208,14 @@ def select_permutation(ctx: Context, k: int) -> Selection:
     and measure the AUC drop of the trained full model; averaged over repeats."""
     model, res = full_model(ctx)
     t0 = time.perf_counter()
-    xv, yv = ctx.data.ids["valid"], ctx.data.labels["valid"]
+    valid = ctx.data.split_rows("valid")
+    xv, yv = valid.arrays()
     base = roc_auc(yv, predict(model, xv, device=ctx.device))
     rng = np.random.default_rng(ctx.cfg.seed + 5)
     repeats = 1 if ctx.quick else 3
-    ranges = ctx.data.schema.field_slot_ranges()
     score = []
     for name in ctx.names:
-        a, b = ranges[name]
+        a, b = valid.slots[name]
         drops = []
         for _ in range(repeats):
             xp = xv.copy()
@@ -311,17 +234,16 @@ def select_gbdt(ctx: Context, k: int) -> Selection:
     from sklearn.inspection import permutation_importance
     t0 = time.perf_counter()
     schema = ctx.data.schema
-    first = [a for a, _ in schema.field_slot_ranges().values()]
-    rows = _score_rows(ctx, 20000 if ctx.quick else 100000)
-    xt = ctx.data.ids["train"][rows][:, first].astype(np.float64)
-    yt = ctx.data.labels["train"][rows]
+    valid = ctx.data.split_rows("valid")
+    first = [valid.slots[n][0] for n in ctx.names]
+    xt, yt = _score_sample(ctx, 20000 if ctx.quick else 100000)
+    xt = xt[:, first].astype(np.float64)
     cat = np.array([f.vocab_size <= 255 for f in schema.fields])
     clf = HistGradientBoostingClassifier(max_iter=50 if ctx.quick else 200, categorical_features=cat,
                                          early_stopping=False, random_state=ctx.cfg.seed)
     clf.fit(xt, yt)
-    nv = min(len(ctx.data.labels["valid"]), 5000 if ctx.quick else 20000)
-    xv = ctx.data.ids["valid"][:nv][:, first].astype(np.float64)
-    pi = permutation_importance(clf, xv, ctx.data.labels["valid"][:nv], scoring="roc_auc",
+    xv, yv = valid.take(np.arange(min(len(valid), 5000 if ctx.quick else 20000))).arrays()
+    pi = permutation_importance(clf, xv[:, first].astype(np.float64), yv, scoring="roc_auc",
                                 n_repeats=2 if ctx.quick else 5, random_state=ctx.cfg.seed)
     return Selection(_rank(ctx.names, pi.importances_mean), time.perf_counter() - t0)
 
@@ -351,9 +273,8 @@ def select_lasso(ctx: Context, k: int) -> Selection:
     l1 = {"l1_ratio": 1.0} if tuple(int(v) for v in sklearn.__version__.split(".")[:2]) >= (1, 8) else \
         {"penalty": "l1"}
     t0 = time.perf_counter()
-    rows = _score_rows(ctx, 20000 if ctx.quick else 100000)
-    xs, offsets, sizes = one_hot(ctx.data.schema, ctx.data.ids["train"][rows])
-    y = ctx.data.labels["train"][rows]
+    x, y = _score_sample(ctx, 20000 if ctx.quick else 100000)
+    xs, offsets, sizes = one_hot(ctx.data.schema, x)
     n = len(ctx.names)
     entered = np.full(n, np.inf)
     norms = np.zeros(n)

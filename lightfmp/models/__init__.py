@@ -5,16 +5,18 @@ from .deepfm import DeepFM
 from .mlp import MLP
 from .widedeep import WideDeep
 from ..errors import LightFMPError
+from ..gates import Gate
 
 BACKBONES = {m.name: m for m in (MLP, DeepFM, DCNv2, WideDeep)}
 
 
-def build_model(backbone: str, schema, cfg: ModelConfig, gated: bool = False) -> CTRModel:
+def build_model(backbone: str, schema, cfg: ModelConfig, gated: bool = False, gate: Gate | None = None) -> CTRModel:
+    """The backbone over `schema`; `gate` (or `gated=True`: a HardConcreteGate) scales the field embeddings."""
     try:
         cls = BACKBONES[backbone.lower()]
     except KeyError:
         raise LightFMPError(f"unknown backbone '{backbone}' (choose from {', '.join(BACKBONES)})") from None
-    return cls(schema, cfg, gated=gated)
+    return cls(schema, cfg, gated=gated, gate=gate)
 
 
 __all__ = ["BACKBONES", "CTRModel", "ModelConfig", "build_model", "MLP", "DeepFM", "DCNv2", "WideDeep"]

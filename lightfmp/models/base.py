@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..embedding import FieldEmbedding
-from ..gates import HardConcreteGate
+from ..errors import LightFMPError
+from ..gates import Gate, HardConcreteGate
 from ..schema import FeatureSchema
 
 
@@ -29,13 +30,20 @@ class CTRModel(nn.Module):
     name = "base"
     uses_linear = False
 
-    def __init__(self, schema: FeatureSchema, cfg: ModelConfig, gated: bool = False):
+    def __init__(self, schema: FeatureSchema, cfg: ModelConfig, gated: bool = False, gate: Gate | None = None):
+        """`gate`: the per-field gate module the model trains through (kept as `model.gate`); `gated=True` is short
+        for a HardConcreteGate starting at `cfg.gate_init`. Neither: no gate."""
         super().__init__()
+        n = len(schema.fields)
+        if gated and gate is not None:
+            raise LightFMPError("build_model: pass gated=True or a gate module, not both")
+        if gate is not None and gate.num_fields != n:
+            raise LightFMPError(f"build_model: the gate has {gate.num_fields} fields, the schema {n}")
         self.cfg = cfg
         self.field_names = list(schema.names)
         self.embedding = FieldEmbedding(schema, cfg.embed_dim, linear=self.uses_linear)
-        self.gate = HardConcreteGate(len(schema.fields), cfg.gate_init) if gated else None
-        self.build(len(schema.fields), cfg.embed_dim, cfg)
+        self.gate = HardConcreteGate(n, cfg.gate_init) if gated else gate
+        self.build(n, cfg.embed_dim, cfg)
 
     # backbone hooks -----------------------------------------------------------------------------------------------
     def build(self, num_fields: int, embed_dim: int, cfg: ModelConfig) -> None:
@@ -67,7 +75,7 @@ class CTRModel(nn.Module):
         return self.interact(emb, lin)
 
     def num_params(self) -> int:
-        """Parameters that serving needs (the gate's log_alpha is a training-time device)."""
+        """Parameters that serving needs (the gate is a training-time device)."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("gate."))
 
     def backbone_parameters(self):

@@ -1,0 +1,136 @@
+"""training.fit drives any gate module: the hard-concrete path is unchanged, each gate learns, the step schedule."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightfmp.errors import LightFMPError
+from lightfmp.gates import AutoFieldGate, HardConcreteGate, LPFSGate
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.rows import ArrayRows
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.splits import SALT_HOLDOUT
+from lightfmp.training import TrainConfig, fit
+
+
+def _schema(fields: int, vocab: int) -> FeatureSchema:
+    return FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(vocab)])
+                               for i in range(fields)])
+
+
+def _small():
+    """400 rows of 4 fields (ids 2..11); the label leans on f0."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 12, size=(400, 4)).astype(np.int32)
+    y = (rng.random(400) < 1 / (1 + np.exp(-(ids[:, 0] - 7) / 1.5))).astype(np.float32)
+    return _schema(4, 10), ArrayRows(ids[:300], y[:300]), ArrayRows(ids[300:], y[300:])
+
+
+# log_alpha and per-epoch train logloss recorded from the training loop before gates became modules
+# (same data, seeds and config): the hard-concrete path must reproduce them exactly
+BEFORE = {
+    "holdout": ({"gate_holdout": 0.25},
+                [2.3774328231811523, 1.8642383813858032, 1.9225480556488037, 0.9074209332466125],
+                [0.7160536796534986, 0.6944639214641972]),
+    "joint": ({"gate_holdout": 0.0},
+              [2.7241013050079346, 0.8458300828933716, 2.500703811645508, 1.465856671333313],
+              [0.709957038561503, 0.6845592149098714]),
+    "target_k": ({"gate_holdout": 0.25, "target_k": 4, "l0_lambda": 0.05},
+                 [3.0462121963500977, 3.179187297821045, 2.98099946975708, 3.1622259616851807],
+                 [0.7160334913697961, 0.6942354141305026]),
+    "sparse": ({"gate_holdout": 0.25, "sparse_embeddings": True},
+               [2.3770346641540527, 1.795670747756958, 1.9164115190505981, 0.9058881402015686],
+               [0.7161330828383633, 0.6947856014722014]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BEFORE))
+def test_hard_concrete_training_is_unchanged(case):
+    kw, log_alpha, losses = BEFORE[case]
+    schema, rows, valid = _small()
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8], dropout=0.1), gated=True)
+    hist = fit(model, rows, valid, TrainConfig(epochs=2, batch_size=32, seed=5, restore_best=False, **kw))
+    torch.testing.assert_close(model.gate.log_alpha.detach(), torch.tensor(log_alpha), atol=1e-6, rtol=0)
+    assert [e["train_logloss"] for e in hist["epochs"]] == pytest.approx(losses, rel=1e-6)
+    assert all("expected_l0" in e for e in hist["epochs"])
+
+
+def _planted(n: int = 3000):
+    """6 fields of 10 values; the label is (almost) a function of f2 alone, the rest is pure noise."""
+    rng = np.random.default_rng(1)
+    ids = rng.integers(2, 12, size=(n, 6)).astype(np.int32)
+    y = (rng.random(n) < np.where(ids[:, 2] < 7, 0.85, 0.15)).astype(np.float32)
+    return _schema(6, 10), ArrayRows(ids, y)
+
+
+GATES = {"hard_concrete": lambda n: HardConcreteGate(n), "autofield": AutoFieldGate, "lpfs": LPFSGate}
+
+
+@pytest.mark.parametrize("name", sorted(GATES))
+def test_fit_trains_each_gate_and_the_planted_field_ranks_first(name):
+    schema, rows = _planted()
+    torch.manual_seed(0)
+    gate = GATES[name](6)
+    before = [p.detach().clone() for p in gate.parameters()]
+    model = build_model("mlp", schema, ModelConfig(embed_dim=4, hidden=[16]), gate=gate)
+    assert model.gate is gate
+    fit(model, rows, None, TrainConfig(epochs=4, batch_size=128, seed=0, restore_best=False))
+    assert all(not torch.equal(b, p.detach()) for b, p in zip(before, gate.parameters()))
+    scores = gate.scores()
+    assert scores.shape == (6,)
+    assert int(torch.argmax(scores)) == 2, scores
+    assert float(scores[2]) > float(torch.cat([scores[:2], scores[3:]]).max())
+
+
+def _spy(cls):
+    """`cls` recording the progress of every after_step call."""
+    class Spy(cls):
+        def __init__(self, n):
+            super().__init__(n)
+            self.seen = []
+
+        def after_step(self, progress, cfg):
+            self.seen.append(progress)
+            super().after_step(progress, cfg)
+    return Spy
+
+
+@pytest.mark.parametrize("cls", [HardConcreteGate, AutoFieldGate, LPFSGate])
+@pytest.mark.parametrize("holdout", [0.0, 0.25])
+def test_steps_hold_out_and_schedules(cls, holdout):
+    schema, rows, _ = _small()
+    gate = _spy(cls)(4)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gate=gate)
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=2, gate_holdout=holdout, restore_best=False)
+    hist = fit(model, rows, None, cfg)
+    # bilevel gates train the weights on the rows outside the hold-out; LPFS (joint) and holdout 0 use all rows
+    weight_rows = rows.split(holdout, 2, SALT_HOLDOUT)[0] if cls.uses_holdout and holdout > 0 else rows
+    assert len(weight_rows) < len(rows) or not (cls.uses_holdout and holdout > 0)
+    total = cfg.epochs * math.ceil(len(weight_rows) / cfg.batch_size)
+    assert gate.seen == pytest.approx([(i + 1) / total for i in range(total)])  # progress after each step
+    assert hist["rows"] == len(rows)
+    if cls is AutoFieldGate:
+        assert float(gate.tau) == pytest.approx(AutoFieldGate.TAU_END)   # annealed to the end of the schedule
+    if cls is LPFSGate:
+        assert float(gate.eps) == pytest.approx(LPFSGate.EPS_END)
+
+
+def test_patience_stops_when_validation_stops_improving():
+    schema, rows, valid = _small()
+    torch.manual_seed(0)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
+    # lr 0: nothing moves, the first epoch stays the best and patience 1 stops after the second
+    hist = fit(model, rows, valid, TrainConfig(epochs=5, batch_size=64, lr=0.0, patience=1))
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
+    hist = fit(model, rows, valid, TrainConfig(epochs=3, batch_size=64, lr=0.0, patience=None))
+    assert len(hist["epochs"]) == 3
+
+
+def test_a_gate_for_another_schema_or_two_gates_are_refused():
+    schema, _, _ = _small()
+    with pytest.raises(LightFMPError, match="gate has 3 fields"):
+        build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gate=LPFSGate(3))
+    with pytest.raises(LightFMPError, match="not both"):
+        build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gated=True, gate=LPFSGate(4))
