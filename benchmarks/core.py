@@ -46,7 +46,7 @@ def main() -> None:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         for select in (True, False):
-            cfg = RunConfig(**base, backbone=args.backbone, seed=seed, no_select=not select)
+            cfg = RunConfig.of(**base, backbone=args.backbone, seed=seed, no_select=not select)
             t0 = time.perf_counter()
             m = run(cfg, work / f"{args.backbone}-s{seed}-{'fmp' if select else 'all'}", force=True, quiet=True)
             rec = {"seed": seed, "method": "lightfmp" if select else "no-select", "test_auc": m["test"]["auc"],

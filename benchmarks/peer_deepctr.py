@@ -32,11 +32,10 @@ def run_lightfmp(data, args, sparse: bool = False) -> dict:
     torch.manual_seed(args.seed)
     cfg = ModelConfig(embed_dim=args.embed_dim, hidden=args.hidden_sizes)
     model = build_model("deepfm", data.schema, cfg)
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, restore_best=False, seed=args.seed,
-                     sparse_embeddings=sparse)
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=1e-3, sparse_embeddings=sparse)
     train = data.split_rows("train")
     t0 = time.perf_counter()
-    fit(model, train, None, tc, Reporter(quiet=True))
+    fit(model, train, None, tc, Reporter(quiet=True), seed=args.seed, select_best=False)
     sec = time.perf_counter() - t0
     p = predict(model, data.split_rows("test"))
     y = train.labels()
@@ -97,8 +96,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     args.hidden_sizes = [int(v) for v in args.hidden.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
-    data = load_dataset(RunConfig(data=args.data, label=args.label, categorical=args.categorical,
-                                  numeric=args.numeric, seed=args.seed))
+    data = load_dataset(RunConfig.of(data=args.data, label=args.label, categorical=args.categorical or [],
+                                     numeric=args.numeric or [], seed=args.seed).data)
     if any(f.slots != 1 for f in data.schema.fields):
         print("note: multi-hot fields are left out of the DeepCTR model (single-slot fields only)", file=sys.stderr)
     # the first torch.optim.Adam() of a process imports torch._dynamo (seconds); pay it before any timing

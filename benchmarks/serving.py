@@ -53,8 +53,8 @@ def main(argv=None) -> int:
             data = Path(synthesize(rows=a.rows, fields=a.fields, informative=a.informative, out_dir=work / "syn",
                                    seed=0)["data_file"])
         cfg = dict(data=str(data), label="label", backbone=a.backbone, device="cpu")
-    runs = {"pruned": (work / "run_pruned", RunConfig(**cfg)),
-            "full": (work / "run_full", RunConfig(**cfg, no_select=True))}
+    runs = {"pruned": (work / "run_pruned", RunConfig.of(**cfg)),
+            "full": (work / "run_full", RunConfig.of(**cfg, no_select=True))}
     exports = {}
     for name, (run_dir, rc) in runs.items():
         if not (a.reuse and (run_dir / "model.safetensors").exists()):

@@ -31,7 +31,8 @@ _COMMON = [
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                       default=typer.Option(None, "--config", help="YAML file whose keys mirror the flags; flags win.")),
     inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--force", help="Replace an existing run directory.")),
+                      default=typer.Option(False, "--force", help="Replace an existing run directory (only a "
+                                           "directory lightfmp wrote; anything else is refused).")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")),
 ]
@@ -40,10 +41,10 @@ _COMMON = [
 def _train_cmd(**kwargs):
     """Phase 1: train the backbone with one hard-concrete gate per field on a subset of the training rows."""
     cfg = resolve_config(kwargs)
-    distributed.init(cfg.device)
+    distributed.init(cfg.train.device)
     m = pipeline.train(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
     if speaks(kwargs["quiet"]):
-        if cfg.no_select:
+        if cfg.train.no_select:
             print_summary(m, kwargs["out"])
         else:
             out.print(f"pretrained {len(m['fields']['all'])} fields on {m['phases']['pretrain']['rows']} rows in "
@@ -53,7 +54,7 @@ def _train_cmd(**kwargs):
 def _run_cmd(**kwargs):
     """All phases: gated pretraining on a subset, pruning, continued training; --no-select trains all fields."""
     cfg = resolve_config(kwargs)
-    distributed.init(cfg.device)
+    distributed.init(cfg.train.device)
     m = pipeline.run(cfg, kwargs["out"], force=kwargs["force"], quiet=kwargs["quiet"])
     if speaks(kwargs["quiet"]):
         print_summary(m, kwargs["out"])
@@ -93,7 +94,7 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     if not r.select:
         raise LightFMPError(f"{run}: a --no-select run has no gates")
     rows = gate_rows(r)
-    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.backbone} gates ({r.path.name})")
+    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.model.backbone} gates ({r.path.name})")
     if quiet:
         return
     t = Table(title=f"gates of {run} ({r.state})")

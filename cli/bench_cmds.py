@@ -54,16 +54,26 @@ def register(app) -> None:
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
         quiet = kwargs["quiet"]
         reporter = Reporter(quiet)
+        json_file = kwargs["json_file"]
+        curve = kwargs["plot"] is not None
+
+        def save_table(doc: dict) -> None:
+            """The results are saved before the curves start: those retrain once per K and may be stopped."""
+            if json_file:
+                write_json(doc, json_file)
+                if curve:
+                    reporter.log(f"bench: results written to {json_file}; the curves are added when they finish")
+
         with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
             if kwargs["quick"]:
                 cfg = quick_config(cfg, tmp)
             if fractions is not None:
                 doc = ablate_subset(cfg, k, seeds, fractions, reporter)
             else:
-                doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=kwargs["plot"] is not None,
-                                reporter=reporter)
-        if kwargs["json_file"]:
-            write_json(doc, kwargs["json_file"])
+                doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=curve, reporter=reporter,
+                                on_table=save_table)
+        if json_file:
+            write_json(doc, json_file)
         if kwargs["plot"] and "curves" in doc:
             plot_curves(doc, kwargs["plot"])
         if not quiet:

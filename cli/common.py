@@ -8,7 +8,7 @@ import inspect
 import typer
 from rich.console import Console
 
-from lightfmp import distributed
+from lightfmp import checkpoint, distributed
 from lightfmp.config import RunConfig, resolve
 from lightfmp.errors import LightFMPError
 
@@ -18,16 +18,26 @@ out = Console()
 err = Console(stderr=True)
 
 
+INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+
+
 def friendly(func):
-    """Bad input ends in one line on stderr and exit code 2, never a traceback."""
+    """Bad input ends in one line on stderr and exit code 2, never a traceback; Ctrl-C ends in one line saying
+    how to resume (rerunning the same command resumes from the per-epoch checkpoints in <out>.ckpt/) and exit
+    code 130."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        checkpoint.reset_hint()
+        who = lambda: f"rank {distributed.rank()}: " if distributed.world() > 1 else ""  # noqa: E731
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
-            who = f"rank {distributed.rank()}: " if distributed.world() > 1 else ""
-            err.print(f"[red]error:[/] {who}{e}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/] {who()}{e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(INTERRUPTED) from None
     wrapper.__signature__ = inspect.signature(func)
     return wrapper
 

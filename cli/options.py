@@ -1,40 +1,46 @@
-"""Typer parameters generated from RunConfig, so every config key has exactly one flag and one help text."""
+"""Typer parameters generated from the RunConfig sections, so every config key has exactly one flag and one help
+text. Flags arrive as text ('256,128' for a list) and are converted and range-checked by lightfmp.config."""
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 
 import typer
 
-from lightfmp.config import RunConfig, fields_of
+from lightfmp.config import SECTIONS, fields_of
 
-_HINTS = typing.get_type_hints(RunConfig)
+_HINTS = {name: hint for tp in SECTIONS.values() for name, hint in typing.get_type_hints(tp).items()}
 
 
 def _base_type(tp):
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    return args[0] if args else tp
+    tp = args[0] if args else tp
+    return str if typing.get_origin(tp) is list else tp  # a list flag is comma-separated text
 
 
-def config_parameters(groups: tuple[str, ...]) -> list[inspect.Parameter]:
+def _shown(default) -> str:
+    if default is None or default == []:
+        return ""
+    return f" (default: {','.join(map(str, default)) if isinstance(default, list) else default})"
+
+
+def config_parameters(sections: tuple[str, ...]) -> list[inspect.Parameter]:
     params = []
-    for f in fields_of():
-        if f.metadata["group"] not in groups:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        tp = _base_type(_HINTS[f.name])
-        shown = "" if f.default is None else f" (default: {f.default})"
-        if tp is bool:
-            # --no-select/--select: None means "not given", so a --config file decides unless a flag is passed
-            name = f.name.replace("_", "-")
-            other = "--" + (name[3:] if name.startswith("no-") else "no-" + name)
-            opt = typer.Option(None, f"{flag}/{other}", help=f.metadata["help"], show_default=False,
-                               rich_help_panel=f.metadata["group"])
-            params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
-                                            annotation=typing.Optional[bool]))
-        else:
-            opt = typer.Option(None, flag, help=f.metadata["help"] + shown, show_default=False,
-                               rich_help_panel=f.metadata["group"])
+    for section in sections:
+        for f in fields_of(section):
+            flag = "--" + f.name.replace("_", "-")
+            tp = _base_type(_HINTS[f.name])
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            if tp is bool:
+                # --no-select/--select: None means "not given", so a --config file decides unless a flag is passed
+                name = f.name.replace("_", "-")
+                other = "--" + (name[3:] if name.startswith("no-") else "no-" + name)
+                opt = typer.Option(None, f"{flag}/{other}", help=f.metadata["help"], show_default=False,
+                                   rich_help_panel=section)
+            else:
+                opt = typer.Option(None, flag, help=f.metadata["help"] + _shown(default), show_default=False,
+                                   rich_help_panel=section)
             params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
                                             annotation=typing.Optional[tp]))
     return params

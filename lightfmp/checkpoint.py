@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .errors import LightFMPError
 from .io import atomic_path, json_safe, write_json_atomic
 
 FORMAT = "lightfmp-checkpoint"
@@ -38,7 +38,7 @@ def checkpoint_dir(out: str | Path) -> Path:
 
 def config_sha256(cfg) -> str:
     """Hash of everything that changes what training computes (the shard cache location does not)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in ("shard_dir",)}
+    d = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir",)}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -52,8 +52,31 @@ def resume_hint() -> str:
             f"{_hint['dir']})")
 
 
+def reset_hint() -> None:
+    """Forget the phase of an earlier command (a process that runs several, e.g. the tests)."""
+    _hint.update(dir=None, phase=None, epoch=None)
+
+
 def remove(out: str | Path) -> None:
-    shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+    """Delete the checkpoints of `out` (each <phase>.json that is one, its tensors, and half-written temporaries),
+    then the folder if that left it empty: a file lightfmp did not write there is never deleted."""
+    d = checkpoint_dir(out)
+    if not d.is_dir() or d.is_symlink():
+        return
+    for doc in d.glob("*.json"):
+        try:
+            ours = json.loads(doc.read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if ours:
+            doc.with_suffix(".safetensors").unlink(missing_ok=True)
+            doc.unlink(missing_ok=True)
+    for tmp in list(d.glob(".*.safetensors.*.tmp")) + list(d.glob(".*.json.*.tmp")):
+        tmp.unlink(missing_ok=True)
+    try:
+        d.rmdir()
+    except OSError:  # not empty: something else is in there
+        pass
 
 
 @dataclass
@@ -120,49 +143,65 @@ class Checkpoint:
         checkpoint (absent, from another config / data / phase, or damaged; the last two are logged)."""
         if not self.json_path.exists():
             return None
-        where = self.json_path
         try:
-            doc = json.loads(self.json_path.read_text())
-            if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-                self.log(f"ignoring checkpoint {where}: unknown format")
-                return None
-            if doc.get("key") != self.key:
-                diff = sorted(k for k in set(self.key) | set(doc.get("key") or {})
-                              if (doc.get("key") or {}).get(k) != self.key.get(k))
-                self.log(f"ignoring checkpoint {where}: made with a different {', '.join(diff)}")
-                return None
-            with safe_open(str(self.tensors_path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            if meta.get("epoch") != str(doc["epoch"]):
-                self.log(f"ignoring checkpoint {where}: its tensors are from another epoch (interrupted write)")
-                return None
-            tensors = load_file(str(self.tensors_path))
-            weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
-            own = model.state_dict()
-            if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
-                # checked before loading anything: a half-loaded model must never be trained on
-                self.log(f"ignoring checkpoint {where}: its weights do not fit this model")
-                return None
+            found = self._read(model)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError, SafetensorError) as e:
+            # a damaged checkpoint (cut short, edited, half written) must not block the rerun: nothing was loaded
+            # yet, so the phase restarts and its first epoch overwrites the files
+            why = str(e).splitlines()[0] if str(e) else ""
+            self.log(f"ignoring damaged checkpoint {self.dir / self.phase}.*: cannot read it ({type(e).__name__}"
+                     f"{': ' + why if why else ''}); {self.phase} starts again from its first epoch")
+            return None
+        if found is None:
+            return None
+        weights, moments, state = found
+        try:
             model.load_state_dict(weights, strict=True)
             for name, opt in optimizers.items():
-                if opt is None:
-                    continue
-                pre = f"opt.{name}."
-                st: dict[int, dict] = {}
-                for k, v in list(tensors.items()) + list(doc.get("opt_scalars", {}).items()):
-                    if k.startswith(pre):
-                        idx, sub = k[len(pre):].split(".", 1)
-                        st.setdefault(int(idx), {})[sub] = v
-                # hyperparameters come from the config (part of the key), only the moments from the file
-                opt.load_state_dict({"state": st, "param_groups": opt.state_dict()["param_groups"]})
-            best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-        except (OSError, ValueError, KeyError, RuntimeError, json.JSONDecodeError) as e:
-            self.log(f"ignoring checkpoint {where}: cannot read it ({type(e).__name__}: {str(e).splitlines()[0]})")
+                if opt is not None:
+                    # hyperparameters come from the config (part of the key), only the moments from the file
+                    opt.load_state_dict({"state": moments.get(name, {}),
+                                         "param_groups": opt.state_dict()["param_groups"]})
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise LightFMPError(f"{self.json_path}: its optimizer state does not fit this model "
+                                f"({str(e).splitlines()[0]}); delete {self.dir} and rerun") from None
+        _hint["epoch"] = state.epoch
+        return state
+
+    def _read(self, model: torch.nn.Module) -> tuple[dict, dict, TrainState] | None:
+        """Parse and check both files without touching the model: (weights, optimizer moments by name, state),
+        or None for a checkpoint of something else (logged). Raises on a damaged one."""
+        where = self.json_path
+        doc = json.loads(self.json_path.read_text())
+        if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
+            self.log(f"ignoring checkpoint {where}: unknown format")
             return None
+        if doc.get("key") != self.key:
+            diff = sorted(k for k in set(self.key) | set(doc.get("key") or {})
+                          if (doc.get("key") or {}).get(k) != self.key.get(k))
+            self.log(f"ignoring checkpoint {where}: made with a different {', '.join(diff)}")
+            return None
+        with safe_open(str(self.tensors_path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+        if meta.get("epoch") != str(doc["epoch"]):
+            self.log(f"ignoring checkpoint {where}: its tensors are from another epoch (interrupted write)")
+            return None
+        tensors = load_file(str(self.tensors_path))
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        own = model.state_dict()
+        if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+            # checked before loading anything: a half-loaded model must never be trained on
+            self.log(f"ignoring checkpoint {where}: its weights do not fit this model")
+            return None
+        moments: dict[str, dict[int, dict]] = {}
+        for k, v in list(tensors.items()) + list(doc.get("opt_scalars", {}).items()):
+            if k.startswith("opt."):
+                name, idx, sub = k[4:].split(".", 2)
+                moments.setdefault(name, {}).setdefault(int(idx), {})[sub] = v
+        best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
         score = doc.get("best_score")
-        state = TrainState(epoch=int(doc["epoch"]), history=doc.get("history", []),
+        state = TrainState(epoch=int(doc["epoch"]), history=list(doc.get("history", [])),
                            best_score=-math.inf if score is None else float(score),
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
                            stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)))
-        _hint["epoch"] = state.epoch
-        return state
+        return weights, moments, state

@@ -1,8 +1,20 @@
-"""Every knob of a run, in one dataclass. CLI flags and --config YAML keys are generated from it, so they mirror
-each other by construction (key `embed_dim` or `embed-dim` <-> flag `--embed-dim`)."""
+"""Every knob of a run, in four sections that are the configs the code uses:
+
+    RunConfig.data    DataConfig    what to read and how to split and encode it (lightfmp.dataset)
+    RunConfig.model   ModelConfig   the backbone (lightfmp.models.build_model)
+    RunConfig.train   TrainConfig   the training loop (lightfmp.training.fit) and the phases
+    RunConfig.prune   PruneConfig   which fields to keep, and continued training
+
+CLI flags and --config YAML keys are generated from the fields, so they mirror each other by construction (key
+`embed_dim` or `embed-dim` <-> flag `--embed-dim`). YAML takes the sections (`train: {lr: 0.001}`) or flat keys
+(`lr: 0.001`). Every value is converted to its field's type and checked against its range here, once, with a
+one-line error naming the flag.
+"""
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,103 +22,173 @@ from pathlib import Path
 import yaml
 
 from .errors import LightFMPError
+from .splits import parse_split
+
+BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
+DEVICES = ("auto", "cpu", "cuda")
+FORMATS = ("auto", "csv", "parquet", "criteo", "avazu")
 
 
-def opt(default, help: str, group: str = "train"):
-    return field(default=default, metadata={"help": help, "group": group})
+def opt(default, help: str, low=None, high=None, *, open_low: bool = False, open_high: bool = False,
+        choices: tuple | None = None):
+    """A flag: its default, help text and valid range ([low, high]; open ends excluded), or its choices."""
+    meta = {"help": help, "low": low, "high": high, "open_low": open_low, "open_high": open_high,
+            "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
-class RunConfig:
-    # data -----------------------------------------------------------------------------------------------------
-    data: str | None = opt(None, "CSV or Parquet file of training data.", "data")
-    label: str | None = opt(None, "Label column (0/1, booleans, or see --positive).", "data")
-    schema: str | None = opt(None, "Feature schema JSON; without it kinds are inferred from the data.", "data")
-    categorical: str | None = opt(None, "Comma-separated columns to treat as categorical.", "data")
-    numeric: str | None = opt(None, "Comma-separated columns to treat as numeric (quantile-bucketized).", "data")
-    multi_hot: str | None = opt(None, "Comma-separated multi-hot columns with separator, e.g. 'genres:|'.", "data")
-    ignore: str | None = opt(None, "Comma-separated columns to leave out.", "data")
-    positive: str | None = opt(None, "Label value that means 1 (e.g. 'click'); other values mean 0.", "data")
-    time_column: str | None = opt(None, "Split by this column's order (oldest rows train) instead of randomly.",
-                                  "data")
-    split: str = opt("0.8,0.1,0.1", "Train,valid,test fractions.", "data")
-    min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", "data")
-    num_buckets: int = opt(16, "Quantile buckets per numeric field.", "data")
-    seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", "data")
-    # streaming (issue 6): data larger than memory -------------------------------------------------------------
+class DataConfig:
+    data: str | None = opt(None, "CSV or Parquet file of training data.")
+    label: str | None = opt(None, "Label column (0/1, booleans, or see --positive).")
+    schema: str | None = opt(None, "Feature schema JSON; without it kinds are inferred from the data.")
+    categorical: list[str] = opt([], "Comma-separated columns to treat as categorical.")
+    numeric: list[str] = opt([], "Comma-separated columns to treat as numeric (quantile-bucketized).")
+    multi_hot: list[str] = opt([], "Comma-separated multi-hot columns with separator, e.g. 'genres:|'.")
+    ignore: list[str] = opt([], "Comma-separated columns to leave out.")
+    positive: str | None = opt(None, "Label value that means 1 (e.g. 'click'); other values mean 0.")
+    time_column: str | None = opt(None, "Split by this column's order (oldest rows train) instead of randomly.")
+    split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
+    min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
+    num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
+    seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", 0)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
-                              "instead of loading it; implied by --format criteo|avazu.", "data")
+                              "instead of loading it; implied by --format criteo|avazu.")
     format: str = opt("auto", "Input format: auto (by suffix), csv, parquet, criteo (TSV: label, I1-I13, C1-C26, "
-                              "no header) or avazu (CSV with header, label 'click').", "data")
+                              "no header) or avazu (CSV with header, label 'click').", choices=FORMATS)
     hash_buckets: str | None = opt(None, "Hashing trick: 'N' hashes every categorical field into N buckets, "
-                                         "'field:N,...' only those fields.", "data")
-    vocab_cap: int | None = opt(None, "Keep at most the N most frequent values per field; the rest map to OOV.",
-                                "data")
-    chunk_rows: int = opt(262144, "Rows per record batch read and per encoded shard (streaming).", "data")
-    shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).", "data")
+                                         "'field:N,...' only those fields.")
+    vocab_cap: int | None = opt(None, "Keep at most the N most frequent values per field; the rest map to OOV.", 1)
+    chunk_rows: int = opt(262144, "Rows per record batch read and per encoded shard (streaming).", 1)
+    shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).")
     in_memory_mb: int = opt(1024, "Training rows whose encoded ids fit in this many MB (e.g. the phase-1 subset) "
-                                  "are read once into memory; larger sets stream from the shards every epoch.",
-                            "data")
-    # model ------------------------------------------------------------------------------------------------------
-    backbone: str = opt("deepfm", "Backbone: mlp, deepfm, dcnv2 or widedeep.", "model")
-    embed_dim: int = opt(16, "Embedding size per field.", "model")
-    hidden: str = opt("256,128", "Hidden layer sizes of the MLP tower.", "model")
-    cross_layers: int = opt(2, "Cross layers (dcnv2).", "model")
-    dropout: float = opt(0.0, "Dropout in the MLP tower.", "model")
-    # training ---------------------------------------------------------------------------------------------------
-    batch_size: int = opt(512, "Rows per batch.")
-    lr: float = opt(3e-3, "Adam learning rate of the backbone.")
-    gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha.")
-    l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty.")
-    l0_warmup: float = opt(0.3, "Fraction of phase-1 steps over which the L0 weight ramps up from 0.")
+                                  "are read once into memory; larger sets stream from the shards every epoch.", 0)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = opt("deepfm", "Backbone: mlp, deepfm, dcnv2 or widedeep.", choices=BACKBONES)
+    embed_dim: int = opt(16, "Embedding size per field.", 1)
+    hidden: list[int] = opt([256, 128], "Hidden layer sizes of the MLP tower.", 1)
+    cross_layers: int = opt(2, "Cross layers (dcnv2).", 0)
+    dropout: float = opt(0.0, "Dropout in the MLP tower.", 0.0, 1.0, open_high=True)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = opt(512, "Rows per batch.", 1)
+    lr: float = opt(3e-3, "Adam learning rate of the backbone.", 0.0, open_low=True)
+    gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha.", 0.0, open_low=True)
+    l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty.", 0.0)
+    l0_warmup: float = opt(0.3, "Fraction of phase-1 steps over which the L0 weight ramps up from 0.", 0.0, 1.0)
     gate_holdout: float = opt(0.2, "Share of the phase-1 subset held out of weight updates; gate steps use it "
-                                   "(0: gates and weights take one joint step).")
-    target_k: int | None = opt(None, "Target-k mode: penalise |E[L0] - k| instead of E[L0]; prune keeps k.")
-    subset: float = opt(0.1, "Fraction of training rows for phase 1 (gated pretraining).")
-    pretrain_epochs: int = opt(5, "Epochs over the subset in phase 1.")
-    epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.")
+                                   "(0: gates and weights take one joint step).", 0.0, 1.0, open_high=True)
+    target_k: int | None = opt(None, "Target-k mode: penalise |E[L0] - k| instead of E[L0]; prune keeps k.", 1)
+    subset: float = opt(0.1, "Fraction of training rows for phase 1 (gated pretraining).", 0.0, 1.0,
+                        open_low=True)
+    pretrain_epochs: int = opt(5, "Epochs over the subset in phase 1.", 1)
+    epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.", 1)
     patience: int = opt(1, "Stop full / continued training after this many epochs without a better validation "
-                           "AUC (the best epoch is kept); 0 disables early stopping.")
+                           "AUC (the best epoch is kept); 0 disables early stopping.", 0)
     sparse_embeddings: bool = opt(False, "Sparse gradients for the embedding tables, updated by a lazy Adam "
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
-    device: str = opt("auto", "cpu, cuda or auto.")
-    # pruning and continued training -----------------------------------------------------------------------------
-    keep: int | None = opt(None, "Keep the top K fields by gate (default: those with gate >= --threshold).",
-                           "prune")
-    threshold: float = opt(0.5, "Drop fields whose deterministic gate is below this.", "prune")
-    continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it).",
-                                      "prune")
+    device: str = opt("auto", "cpu, cuda or auto.", choices=DEVICES)
 
-    def hidden_sizes(self) -> list[int]:
-        try:
-            return [int(v) for v in str(self.hidden).split(",") if v.strip()]
-        except ValueError:
-            raise LightFMPError(f"--hidden {self.hidden!r}: expected comma-separated integers like 256,128") from None
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+@dataclass
+class PruneConfig:
+    keep: int | None = opt(None, "Keep the top K fields by gate (default: those with gate >= --threshold).", 1)
+    threshold: float = opt(0.5, "Drop fields whose deterministic gate is below this.", 0.0, 1.0)
+    continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it).", 0)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "RunConfig":
-        hints = typing.get_type_hints(cls)
-        clean = {}
+    def of(cls, source: str = "config", **flat) -> "RunConfig":
+        """A config from flat keys (as flags name them), each converted and range-checked."""
+        return cls.from_dict(flat, source)
+
+    def but(self, **flat) -> "RunConfig":
+        """A copy with these flat keys changed (checked like any other value)."""
+        d = self.flat()
+        d.update(flat)
+        return RunConfig.from_dict(d)
+
+    def flat(self) -> dict:
+        return {k: v for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}
+
+    def to_dict(self) -> dict:
+        return {section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: dict | None, source: str = "config") -> "RunConfig":
+        """Sections ({'train': {'lr': ...}}) or flat keys ({'lr': ...}), or both; unknown keys are errors."""
+        values: dict[str, dict] = {s: {} for s in SECTIONS}
         for k, v in (d or {}).items():
             key = str(k).replace("-", "_")
-            if key not in hints:
+            if key in SECTIONS and isinstance(v, dict):
+                for kk, vv in v.items():
+                    name = str(kk).replace("-", "_")
+                    if _SECTION_OF.get(name) != key:
+                        raise LightFMPError(f"{source}: unknown key '{kk}' in section '{k}'")
+                    values[key][name] = vv
+            elif key in _SECTION_OF:
+                values[_SECTION_OF[key]][key] = v
+            else:
                 raise LightFMPError(f"{source}: unknown key '{k}'")
-            clean[key] = _coerce(v, hints[key], k, source)
-        return cls(**clean)
+        made = {}
+        for section, tp in SECTIONS.items():
+            hints = typing.get_type_hints(tp)
+            made[section] = tp(**{name: _checked(_coerce(v, hints[name], name, source), _FIELDS[name], source)
+                                  for name, v in values[section].items()})
+        cfg = cls(**made)
+        cfg.data.split = list(parse_split(cfg.data.split))
+        return cfg
+
+
+_FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}
+_SECTION_OF = {f.name: s for s, tp in SECTIONS.items() for f in dataclasses.fields(tp)}
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _unoptional(hint):
+    """`int | None` -> int; other hints (`list[int]`, `str`) as they are."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)][0]
+    return hint
+
+
+def _items(value) -> list:
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [s.strip() for s in str(value).split(",") if s.strip()]
 
 
 def _coerce(value, hint, key, source):
-    """YAML reads `lr: 1e-3` as a string and users write `epochs: '3'`: convert to the field's type, or fail
-    with the key named."""
+    """YAML reads `lr: 1e-3` as a string and users write `epochs: '3'` or `hidden: 256,128`: convert to the
+    field's type, or fail with the key named."""
     if value is None:
         return None
-    base = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-    tp = base[0]
+    tp = _unoptional(hint)
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        return [_coerce(v, item, key, source) for v in _items(value)]
     try:
         if tp is bool:
             if isinstance(value, bool):
@@ -118,11 +200,14 @@ def _coerce(value, hint, key, source):
                 return False
             raise ValueError(value)
         if tp is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value) if not isinstance(value, str) else int(value.strip())
         if tp is float:
-            return float(value)
+            out = float(value)
+            if not math.isfinite(out):
+                raise ValueError(value)
+            return out
         if tp is str:
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):
@@ -130,8 +215,29 @@ def _coerce(value, hint, key, source):
     return value
 
 
-def fields_of(group: str | None = None):
-    return [f for f in dataclasses.fields(RunConfig) if group is None or f.metadata.get("group") == group]
+def _checked(value, f: dataclasses.Field, source: str):
+    """The value, if it lies in the field's range / choices; otherwise a one-line error naming the flag."""
+    m = f.metadata
+    if value is None:
+        return None
+    for v in value if isinstance(value, list) else [value]:
+        if m["choices"] is not None and v not in m["choices"]:
+            raise LightFMPError(f"{flag(f.name)} {v!r}: expected one of {', '.join(m['choices'])}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        low, high = m["low"], m["high"]
+        if low is not None and (v < low or m["open_low"] and v == low):
+            raise LightFMPError(f"{flag(f.name)} {v}: must be {'>' if m['open_low'] else '>='} {low}"
+                                + (f" and {'<' if m['open_high'] else '<='} {high}" if high is not None else ""))
+        if high is not None and (v > high or m["open_high"] and v == high):
+            raise LightFMPError(f"{flag(f.name)} {v}: must be {'<' if m['open_high'] else '<='} {high}"
+                                + (f" and {'>' if m['open_low'] else '>='} {low}" if low is not None else ""))
+    return value
+
+
+def fields_of(section: str | None = None) -> list[dataclasses.Field]:
+    """The flag fields of one section (or of all), in order."""
+    return [f for s, tp in SECTIONS.items() if section in (None, s) for f in dataclasses.fields(tp)]
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -151,7 +257,7 @@ def load_yaml(path: str | Path) -> dict:
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     """Built-in defaults < --config YAML < flags given on the command line (None means not given)."""
-    merged = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)).to_dict() if config_file else \
-        RunConfig().to_dict()
+    base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
+    merged = base.flat()
     merged.update({k: v for k, v in flags.items() if v is not None})
-    return RunConfig.from_dict(merged)
+    return RunConfig.from_dict(merged, source="command line")

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import DataConfig
 from .errors import LightFMPError
 from .formats import fixed_label, implies_stream, read_batches, resolve_format
 from .io import file_sha256
@@ -32,7 +32,7 @@ from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
 from .shards import (ShardStore, ShardWriter, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
                      shard_key)
-from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, parse_split, row_uniform, time_codes
+from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, row_uniform, time_codes
 from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
 
 Batches = Callable[[], Iterable[tuple[pd.DataFrame, int]]]
@@ -72,12 +72,12 @@ class Dataset:
         return dict(zip(SPLITS, map(int, counts)))
 
 
-def streaming(cfg: RunConfig) -> bool:
+def streaming(cfg: DataConfig) -> bool:
     """--stream, or a format only read that way (criteo, avazu)."""
     return bool(cfg.stream) or (bool(cfg.data) and implies_stream(resolve_format(cfg.data, cfg.format)))
 
 
-def load_dataset(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
+def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
                  sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
     """Read, split, fit (unless `schema` / --schema is fitted already) and encode cfg.data. `sha256`: the file's
     content hash when the caller computed it already; `rule`: a run's recorded split rule (default: from cfg)."""
@@ -90,7 +90,7 @@ def load_dataset(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
     if int(cfg.chunk_rows) < 1:
         raise LightFMPError(f"--chunk-rows {cfg.chunk_rows}: must be >= 1")
     fmt = resolve_format(path, cfg.format)
-    rule = rule or SplitRule(parse_split(cfg.split), int(cfg.seed), cfg.time_column or None)
+    rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None)
     source, sha = str(path), sha256 or file_sha256(path)
     schema = _given_schema(cfg, schema)
     on_disk = streaming(cfg)
@@ -115,7 +115,7 @@ def load_dataset(cfg: RunConfig, reporter: Reporter | None = None, schema: Featu
     return data
 
 
-def _given_schema(cfg: RunConfig, schema: FeatureSchema | None) -> FeatureSchema | None:
+def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchema | None:
     if schema is None and cfg.schema:
         schema = FeatureSchema.load(cfg.schema)
     if schema is None:
@@ -150,7 +150,7 @@ def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[in
 
 
 # ---- fit ------------------------------------------------------------------------------------------------------------
-def _fitted(cfg: RunConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema | None, batches: Batches,
+def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema | None, batches: Batches,
             codes, source: str, reporter: Reporter, cache: bool) -> FeatureSchema:
     """The fit pass, or (streaming) its result from an earlier run with the same data and fit options."""
     where = None
@@ -224,7 +224,7 @@ def _encode(batches: Iterator[tuple[pd.DataFrame, int]], schema: FeatureSchema, 
              split=codes(start, len(df)))
 
 
-def _shards(cfg: RunConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,
+def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,
             source: str, reporter: Reporter) -> tuple[ShardStore, Path]:
     key = shard_key(sha, schema, rule, fmt, cfg.chunk_rows)
     root = shard_home(cfg.shard_dir) / key
@@ -245,7 +245,7 @@ def _shards(cfg: RunConfig, fmt: str, rule: SplitRule, sha: str, schema: Feature
     return ShardStore(root, manifest), root
 
 
-def quick_sample(cfg: RunConfig, rows: int, out: Path) -> RunConfig:
+def quick_sample(cfg: DataConfig, rows: int, out: Path) -> DataConfig:
     """cfg with its data replaced by about `rows` rows of it (a row-hash sample, file order kept), written as
     Parquet to `out`: bench's smoke-run data. Streams the file, so it works on data of any size."""
     fmt = resolve_format(cfg.data, cfg.format)

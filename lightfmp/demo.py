@@ -7,6 +7,7 @@ from .cache import cache_home
 from .config import RunConfig
 from .datasets import fetch_movielens_100k
 from .pipeline import run
+from .progress import Reporter
 
 # The CTR task as the feature-selection literature builds it from MovieLens-100k (label: rating > 3).
 MOVIELENS_FIELDS = dict(label="label", multi_hot="genres:|",
@@ -15,11 +16,20 @@ MOVIELENS_FIELDS = dict(label="label", multi_hot="genres:|",
 
 def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: bool = True, quiet: bool = False,
          **overrides) -> dict:
+    """Each step is announced on stderr (also when it is a log file), the training phases report per epoch."""
+    say = Reporter(quiet).log
+    steps = 2 if compare else 1
+    say("demo: fetching MovieLens-100k (downloaded once, then read from the cache)")
     data = fetch_movielens_100k(quiet=quiet)
     out_dir = Path(out_dir) if out_dir else cache_home() / "runs" / "demo"
-    cfg = RunConfig(data=str(data), backbone=backbone, **MOVIELENS_FIELDS, **overrides)
+    cfg = RunConfig.from_dict({"data": str(data), "backbone": backbone, **MOVIELENS_FIELDS, **overrides}, "demo")
+    say(f"demo: step 1/{steps}: Light-FMP ({backbone}: gated pretraining, pruning, continued training) -> "
+        f"{out_dir / 'lightfmp'}")
     res = {"run_dir": out_dir / "lightfmp", "lightfmp": run(cfg, out_dir / "lightfmp", force=True, quiet=quiet)}
     if compare:
-        full = RunConfig(**{**cfg.to_dict(), "no_select": True})
+        say(f"demo: step 2/{steps}: comparison run, the same {backbone} on all fields (--no-select) -> "
+            f"{out_dir / 'all-fields'}")
+        full = cfg.but(no_select=True)
         res["all_fields"] = run(full, out_dir / "all-fields", force=True, quiet=quiet)
+    say("demo: done")
     return res

@@ -21,7 +21,7 @@ def gate_rows(run: Run) -> list[dict]:
     else:
         la = torch.tensor([m["log_alpha"][n] for n in names])
         z = torch.tensor([m["gates"][n] for n in names])
-        kept = set(select_fields(names, la, z, keep=run.config.keep, threshold=run.config.threshold))
+        kept = set(select_fields(names, la, z, keep=run.config.prune.keep, threshold=run.config.prune.threshold))
     probs = m.get("open_probability", {})
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept} for n in names]

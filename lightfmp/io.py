@@ -1,4 +1,5 @@
-"""Atomic writes: an artifact appears whole under its final name or not at all."""
+"""Atomic writes: an artifact appears whole under its final name or not at all; and a directory is replaced only
+when lightfmp wrote it (its marker file says so), never a directory of the user's, a file, `.`, `~` or `/`."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +10,19 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
+
+from .errors import LightFMPError
+
+RUN_FORMAT = "lightfmp-run"
+SHARDS_FORMAT = "lightfmp-shards"
+
+# Each kind of directory lightfmp writes: its marker file and what the marker's JSON object holds.
+MARKERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
+    "run": ("run.json", lambda doc: doc.get("format") == RUN_FORMAT),
+    "export": ("feature_schema.json", lambda doc: "schema_version" in doc and "model_file" in doc),
+    "shard directory": ("manifest.json", lambda doc: doc.get("format") == SHARDS_FORMAT),
+}
 
 
 def _umask() -> int:
@@ -78,20 +92,79 @@ def atomic_path(path: str | Path):
         Path(tmp).unlink(missing_ok=True)
 
 
+def lightfmp_kind(path: str | Path) -> str | None:
+    """The kind of directory lightfmp wrote at `path` ("run", "export", "shard directory"), or None when `path` is
+    not a directory or has no readable marker of one."""
+    p = Path(path)
+    if not p.is_dir():
+        return None
+    for kind, (marker, holds) in MARKERS.items():
+        try:
+            doc = json.loads((p / marker).read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and holds(doc):
+            return kind
+    return None
+
+
+def _protected(p: Path) -> str | None:
+    """Why `p` must never be replaced whatever it holds, or None."""
+    real = p.resolve()
+    if real.parent == real:
+        return "is the filesystem root"
+    for what, where in (("the current directory", Path.cwd()), ("your home directory", Path.home())):
+        where = where.resolve()
+        if real == where:
+            return f"is {what}"
+        if real in where.parents:
+            return f"contains {what}"
+    return None
+
+
+def check_out(path: str | Path, force: bool, owned: Callable[[Path], bool] | None = None) -> None:
+    """Refuse, before any work, an output path that the command may not create or replace: with `force` only a
+    directory that lightfmp wrote (`owned`, default: it holds a marker of MARKERS) is replaced, nothing else."""
+    p = Path(path)
+    if p.is_symlink():
+        raise LightFMPError(f"{p}: is a symbolic link; give the directory itself, or a new path")
+    if not p.exists():
+        parent = next((q for q in p.absolute().parents if q.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
+        return
+    why = _protected(p)
+    if why:
+        raise LightFMPError(f"{p}: {why}; the output needs a new path of its own (--force never replaces this)")
+    if not p.is_dir():
+        raise LightFMPError(f"{p}: is a file, not a directory lightfmp wrote; --force does not replace it, choose "
+                            f"another path")
+    kind = lightfmp_kind(p) if owned is None else ("directory" if owned(p) else None)
+    if kind is None:
+        names = [m for m, _ in MARKERS.values()]
+        markers = ", ".join(names[:-1]) + f" or {names[-1]}"
+        raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote (no {markers} marker); --force does "
+                            f"not replace it, choose another path or remove it yourself")
+    if not force:
+        raise LightFMPError(f"{p}: already exists (a lightfmp {kind}); pass --force to replace it")
+
+
 @contextmanager
-def atomic_dir(path: str | Path, force: bool = False):
-    """Yield a temporary sibling directory; it replaces `path` only when the block succeeds."""
+def atomic_dir(path: str | Path, force: bool = False, owned: Callable[[Path], bool] | None = None):
+    """Yield a temporary sibling directory; it replaces `path` only when the block succeeds. An existing `path` is
+    replaced only with `force` and only when lightfmp wrote it (see `check_out`, which runs before the block and
+    again before the replacement)."""
     path = Path(path)
+    check_out(path, force, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
-        if path.exists():
-            if not force:
-                raise FileExistsError(path)
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists() or path.is_symlink():
+            check_out(path, force, owned)
+            # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

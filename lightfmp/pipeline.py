@@ -6,10 +6,8 @@
 """
 from __future__ import annotations
 
-import json
 import shutil
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,14 +18,14 @@ from .checkpoint import Checkpoint, checkpoint_dir, config_sha256
 from .config import RunConfig
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
-from .io import atomic_dir, file_sha256
+from .io import atomic_dir, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model, select_fields
-from .rundir import Run, model_config, open_run, write_run_files
+from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
-from .training import TrainConfig, evaluate, fit
+from .training import evaluate, fit
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -43,21 +41,19 @@ def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureS
               sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
     """The data of a run (lightfmp.dataset). Under torchrun rank 0 prepares first; the others then reuse its shard
     cache."""
-    return dist.rank0_first(lambda: load_dataset(cfg, reporter, schema, sha256, rule), "preparing the data")
+    return dist.rank0_first(lambda: load_dataset(cfg.data, reporter, schema, sha256, rule), "preparing the data")
 
 
-def _train_cfg(cfg: RunConfig, epochs: int, restore_best: bool, seed_offset: int = 0) -> TrainConfig:
-    # early stopping belongs to the model-selecting phases (full / continued training), not to gate pretraining
-    return TrainConfig(epochs=epochs, patience=(cfg.patience or None) if restore_best else None,
-                       batch_size=cfg.batch_size, lr=cfg.lr, gate_lr=cfg.gate_lr, l0_lambda=cfg.l0_lambda,
-                       l0_warmup=cfg.l0_warmup, gate_holdout=cfg.gate_holdout, target_k=cfg.target_k,
-                       restore_best=restore_best, seed=cfg.seed + seed_offset,
-                       sparse_embeddings=cfg.sparse_embeddings, in_memory_mb=cfg.in_memory_mb)
+def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = True, seed_offset: int = 0) -> dict:
+    """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams,
+    whether it selects the best validation epoch (full and continued training; not gate pretraining)."""
+    return {"epochs": cfg.train.epochs if epochs is None else epochs, "seed": cfg.data.seed + seed_offset,
+            "select_best": select_best, "in_memory_mb": cfg.data.in_memory_mb}
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not force:
-        raise LightFMPError(f"{out}: already exists; pass --force to replace it")
+    """Before any work: refuse an --out that exists (without --force) or that lightfmp did not write (ever)."""
+    check_out(out, force)
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -67,10 +63,10 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
 def _normalize(cfg: RunConfig) -> RunConfig:
     """The config a run records: the data path made absolute (later commands may run from another directory), and
     in target-k mode keep = k unless --keep says otherwise."""
-    if cfg.data and not Path(cfg.data).is_absolute():
-        cfg = replace(cfg, data=str(Path(cfg.data).resolve()))
-    if cfg.target_k is not None and cfg.keep is None:
-        cfg = replace(cfg, keep=cfg.target_k)
+    if cfg.data.data and not Path(cfg.data.data).is_absolute():
+        cfg = cfg.but(data=str(Path(cfg.data.data).resolve()))
+    if cfg.train.target_k is not None and cfg.prune.keep is None:
+        cfg = cfg.but(keep=cfg.train.target_k)
     return cfg
 
 
@@ -79,7 +75,7 @@ def _reporter(quiet: bool) -> Reporter:
 
 
 def _device(cfg: RunConfig) -> str:
-    return dist.local_device(resolve_device(cfg.device))
+    return dist.local_device(resolve_device(cfg.train.device))
 
 
 def _fit_seconds(t0: float, hist: dict) -> float:
@@ -95,28 +91,28 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
 
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool) -> tuple[dict, Dataset]:
     _check_out(out, force)
-    dist.init(cfg.device)
+    dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
     cfg = _normalize(cfg)
     t_wall = time.perf_counter()
     data = load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
-    if cfg.keep is not None and not 1 <= cfg.keep <= n_fields:
-        raise LightFMPError(f"--keep {cfg.keep}: must be between 1 and the number of fields ({n_fields})")
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, schema, model_config(cfg), gated=not cfg.no_select)
+    if cfg.prune.keep is not None and not 1 <= cfg.prune.keep <= n_fields:
+        raise LightFMPError(f"--keep {cfg.prune.keep}: must be between 1 and the number of fields ({n_fields})")
+    torch.manual_seed(cfg.data.seed)
+    model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select)
     valid = data.split_rows("valid")
     sizes = data.split_sizes()
-    base = {"backbone": cfg.backbone, "select": not cfg.no_select,
-            "data": {"path": str(cfg.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
+    base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
+            "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
             "params": {"before": model.num_params()}}
-    ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.no_select else "pretrain",
+    ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.train.no_select else "pretrain",
                       {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256}, reporter.log)
-    if cfg.no_select:
+    if cfg.train.no_select:
         t0 = time.perf_counter()
-        hist = fit(model, data.split_rows("train"), valid, _train_cfg(cfg, cfg.epochs, True),
-                   reporter, "train (all fields)", device, checkpoint=ckpt, epoch_start=dist.maybe_fault)
+        hist = fit(model, data.split_rows("train"), valid, cfg.train, reporter, "train (all fields)", device,
+                   **phase_plan(cfg), checkpoint=ckpt, epoch_start=dist.maybe_fault)
         seconds = _fit_seconds(t0, hist)
         names = schema.names
         metrics = {**base, "fields": {"all": names, "kept": names, "dropped": []},
@@ -130,13 +126,13 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         info, weights = {"state": "complete", "select": False}, {"model.safetensors": model}
         history = {"continue": hist}
     else:
-        sub, _ = data.subset(cfg.subset, cfg.seed)
+        sub, _ = data.subset(cfg.train.subset, cfg.data.seed)
         t0 = time.perf_counter()
-        hist = fit(model, sub, valid, _train_cfg(cfg, cfg.pretrain_epochs, False), reporter, "pretrain (gated)",
-                   device, checkpoint=ckpt)
+        hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
+                   **phase_plan(cfg, cfg.train.pretrain_epochs, select_best=False), checkpoint=ckpt)
         seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
-                   "phases": {"pretrain": _phase(len(sub), seconds, epochs=cfg.pretrain_epochs,
+                   "phases": {"pretrain": _phase(len(sub), seconds, epochs=cfg.train.pretrain_epochs,
                                                  valid=hist["epochs"][-1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
         info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
@@ -178,14 +174,14 @@ def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int |
     """Train the configured backbone from scratch on `fields` only (no gates), on the whole training split, and
     evaluate it. The shared "retrain on the selected fields" step of every selection method."""
     reporter = Reporter(quiet)
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.train.device)
     schema = data.schema.subset(fields)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, schema, model_config(cfg))
+    torch.manual_seed(cfg.data.seed)
+    model = build_model(cfg.model.backbone, schema, cfg.model)
     valid = data.split_rows("valid").select(schema.names)
     t0 = time.perf_counter()
     fit(model, data.split_rows("train").select(schema.names), valid,
-        _train_cfg(cfg, cfg.epochs if epochs is None else epochs, True), reporter, "train", device)
+        cfg.train, reporter, "train", device, **phase_plan(cfg, epochs))
     seconds = time.perf_counter() - t0
     res = _final_eval(model, data, device, schema.names)
     res.update(seconds=seconds, params=model.num_params(), fields=list(schema.names))
@@ -202,16 +198,17 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
            data: Dataset | None = None) -> dict:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
+    check_out(run.path, force=True)  # prune rewrites the run directory: refuse a path that is not one, first
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
-    keep = keep if keep is not None else cfg.keep
-    threshold = threshold if threshold is not None else cfg.threshold
+    keep = keep if keep is not None else cfg.prune.keep
+    threshold = threshold if threshold is not None else cfg.prune.threshold
     continue_epochs = continue_epochs if continue_epochs is not None else (
-        cfg.continue_epochs if cfg.continue_epochs is not None else cfg.epochs)
+        cfg.prune.continue_epochs if cfg.prune.continue_epochs is not None else cfg.train.epochs)
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
-    dist.init(cfg.device)
+    dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
     t_wall = time.perf_counter()
@@ -227,7 +224,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     model, kept_schema = prune_model(gated, run.schema, kept, z)
     prune_seconds = time.perf_counter() - t0
 
-    _, rest = data.subset(cfg.subset, cfg.seed)
+    _, rest = data.subset(cfg.train.subset, cfg.data.seed)
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = data.split_rows("train")
     valid = data.split_rows("valid").select(kept)
@@ -236,8 +233,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                        "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "kept": kept,
                        "continue_epochs": continue_epochs}, reporter.log)
     t0 = time.perf_counter()
-    hist = fit(model, rest.select(kept), valid, _train_cfg(cfg, continue_epochs, True, seed_offset=1), reporter,
-               "continue (pruned)", device, checkpoint=ckpt, epoch_start=dist.maybe_fault) \
+    hist = fit(model, rest.select(kept), valid, cfg.train, reporter, "continue (pruned)", device,
+               **phase_plan(cfg, continue_epochs, seed_offset=1), checkpoint=ckpt, epoch_start=dist.maybe_fault) \
         if continue_epochs > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist)
 
@@ -252,7 +249,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics.update(_final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
-    history = _read_history(run)
+    history = run.history()
     history["continue"] = hist
     if dist.is_main():
         with atomic_dir(run.path, force=True) as tmp:
@@ -264,20 +261,15 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     return metrics
 
 
-def _read_history(run: Run) -> dict:
-    p = run.path / "history.json"
-    return json.loads(p.read_text()) if p.exists() else {}
-
-
 def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
     """The rows a run was trained and tested on, read again through the one data path with the run's recorded
     config and fitted schema; refuses a data file that is gone or has changed since."""
     cfg = run.config
-    if not cfg.data or not Path(cfg.data).exists():
-        raise LightFMPError(f"{cfg.data}: the run's data file is gone (looked for {Path(str(cfg.data)).resolve()})")
-    sha = file_sha256(cfg.data)
+    if not cfg.data.data or not Path(cfg.data.data).exists():
+        raise LightFMPError(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
+    sha = file_sha256(cfg.data.data)
     if sha != run.info.get("data_sha256"):
-        raise LightFMPError(f"{cfg.data}: data changed since `lightfmp train` (sha256 differs); train again")
+        raise LightFMPError(f"{cfg.data.data}: data changed since `lightfmp train` (sha256 differs); train again")
     rule = SplitRule.from_dict(run.info["split"], str(run.path / "run.json")) if "split" in run.info else None
     return load_data(cfg, reporter, run.schema, sha, rule)
 
@@ -287,22 +279,22 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     when phase 1 had finished (<out> is a pretrained run of the same config and data and <out>.ckpt exists),
     straight into phase 3 from its checkpoint."""
     out = Path(out)
-    dist.init(cfg.device)
+    dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch
     if dist.broadcast_int(int(dist.is_main() and _phase1_done(cfg, out))):
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
         metrics, data = None, None
     else:
-        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.no_select)
-    if cfg.no_select:
+        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.train.no_select)
+    if cfg.train.no_select:
         return metrics
     return _prune(open_run(out), None, None, None, quiet, data)
 
 
 def _phase1_done(cfg: RunConfig, out: Path) -> bool:
     """An earlier `run` of this config finished phase 1 into `out` and was interrupted afterwards."""
-    if cfg.no_select or not out.is_dir() or not checkpoint_dir(out).is_dir():
+    if cfg.train.no_select or not out.is_dir() or not checkpoint_dir(out).is_dir():
         return False
     try:
         r = open_run(out)
@@ -310,4 +302,4 @@ def _phase1_done(cfg: RunConfig, out: Path) -> bool:
         return False
     if r.state != "pretrained" or not r.select or config_sha256(_normalize(r.config)) != config_sha256(cfg):
         return False
-    return bool(cfg.data) and Path(cfg.data).exists() and r.info.get("data_sha256") == file_sha256(cfg.data)
+    return bool(cfg.data.data) and Path(cfg.data.data).exists() and r.info.get("data_sha256") == file_sha256(cfg.data.data)

@@ -1,6 +1,8 @@
-"""Progress bars for epochs and batches (rich), or nothing at all with --quiet."""
+"""Progress on stderr: bars for epochs and batches on a terminal, one plain line per step otherwise (a log file, a
+pipe, a CI job), or nothing at all with --quiet."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -13,13 +15,20 @@ class Reporter:
         self.console = Console(stderr=True, quiet=quiet)
 
     def log(self, msg: str) -> None:
-        self.console.print(msg)
+        # soft_wrap: a long line stays one line in a log file (no wrapping at the console width)
+        self.console.print(msg, highlight=False, soft_wrap=True)
 
     @contextmanager
     def bars(self, label: str, epochs: int, batches: int):
-        """Yields (next_batch, next_epoch, set_status) callbacks driving an epoch bar and a batch bar."""
+        """Yields (next_batch, next_epoch, set_status) callbacks driving an epoch bar and a batch bar; when stderr
+        is not a terminal, a line when the phase starts, one per finished epoch (with the status) and one at the
+        end instead."""
         if self.quiet:
             yield (lambda: None), (lambda: None), (lambda text: None)
+            return
+        if not self.console.is_terminal:
+            with self._lines(label, epochs, batches) as callbacks:
+                yield callbacks
             return
         cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                 TextColumn("{task.fields[status]}")]
@@ -32,3 +41,25 @@ class Reporter:
                 prog.reset(bt, total=batches)
 
             yield (lambda: prog.advance(bt)), next_epoch, (lambda text: prog.update(ep, status=text))
+
+    @contextmanager
+    def _lines(self, label: str, epochs: int, batches: int):
+        self.log(f"{label}: start, {_count(epochs, 'epoch', 'epochs')} of {_count(batches, 'batch', 'batches')}")
+        t0 = time.perf_counter()
+        seen = {"epoch": 0, "status": ""}
+
+        def next_epoch():
+            seen["epoch"] += 1
+            status, seen["status"] = seen["status"], ""
+            self.log(f"{label}: epoch {seen['epoch']}/{epochs} {status or 'restored from the checkpoint'} "
+                     f"({time.perf_counter() - t0:.1f} s)")
+
+        def set_status(text: str):
+            seen["status"] = text
+
+        yield (lambda: None), next_epoch, set_status
+        self.log(f"{label}: done in {time.perf_counter() - t0:.1f} s")
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n:,} {one if n == 1 else many}"

@@ -16,7 +16,7 @@ from typing import Iterator, Protocol, Sequence
 import numpy as np
 
 from .errors import LightFMPError
-from .splits import SALT_HOLDOUT, SALT_SPLIT, SALT_SUBSET, row_uniform  # noqa: F401 (salts: used with split())
+from .splits import row_uniform
 
 Slots = dict[str, tuple[int, int]]
 
@@ -277,8 +277,3 @@ def in_memory(rows: Rows, budget_bytes: int) -> Rows:
     ids, labels = rows.arrays()
     return ArrayRows(ids, labels, rows.row_numbers(), rows.slots)
 
-
-def as_rows(ids, labels=None):  # TEMPORARY until training.py drops it
-    if labels is None:
-        return ArrayRows(*ids) if isinstance(ids, tuple) else ids
-    return ArrayRows(ids, labels)

@@ -1,12 +1,16 @@
 """The run directory contract: what lives in RUN/ and how it is read back.
 
-RUN/run.json        format marker, format version, state (pretrained | complete), select flag, data hash
+RUN/run.json        format marker, format version, state (pretrained | complete), select flag, data hash, split
+                    rule, and the keys config.yaml was written with
 RUN/config.yaml     the resolved configuration (usable again as --config)
 RUN/schema.json     the fitted feature schema of all fields
 RUN/pretrain.safetensors  phase-1 gated model (select runs)
 RUN/model.safetensors     the final model over the kept fields
 RUN/metrics.json    fields, gates, valid/test metrics, params, per-phase rows and seconds
 RUN/history.json    per-epoch training history of each phase
+
+Every reader goes through `open_run`, which checks each of these files and names the first bad one in a one-line
+LightFMPError (`RUN/metrics.json: missing key 'fields'`), and through the `Run` methods.
 """
 from __future__ import annotations
 
@@ -16,21 +20,24 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig
+from .config import RunConfig, load_yaml
 from .errors import LightFMPError
-from .io import atomic_path, write_json_atomic, write_text_atomic
-from .models import CTRModel, ModelConfig, build_model
+from .io import RUN_FORMAT, atomic_path, write_json_atomic, write_text_atomic
+from .models import CTRModel, build_model
 from .schema import FeatureSchema
+from .splits import SplitRule
 
-FORMAT = "lightfmp-run"
+FORMAT = RUN_FORMAT
 FORMAT_VERSION = 1
+STATES = ("pretrained", "complete")
 
-
-def model_config(cfg: RunConfig) -> ModelConfig:
-    return ModelConfig(embed_dim=cfg.embed_dim, hidden=cfg.hidden_sizes(), cross_layers=cfg.cross_layers,
-                       dropout=cfg.dropout)
+# What readers take from metrics.json: from every run, from runs with gates (inspect, prune), and by state.
+METRICS_KEYS = ("fields.all",)
+GATED_KEYS = ("gates", "params.before", "phases.pretrain.seconds")
+STATE_KEYS = {"pretrained": ("log_alpha",), "complete": ("fields.kept",)}
 
 
 @dataclass
@@ -49,11 +56,32 @@ class Run:
         return bool(self.info["select"])
 
     def metrics(self) -> dict:
+        """RUN/metrics.json, checked to hold every key the readers of a run in this state use."""
         p = self.path / "metrics.json"
-        return json.loads(p.read_text()) if p.exists() else {}
+        m = read_json(p)
+        keys = METRICS_KEYS + (GATED_KEYS if self.select else ()) + STATE_KEYS[self.state]
+        for key in keys:
+            _require(m, key, p)
+        names = _names(m["fields"]["all"], p, "fields.all")
+        if sorted(names) != sorted(self.schema.names):
+            raise LightFMPError(f"{p}: fields.all does not match the fields of {self.path / 'schema.json'}")
+        if self.state == "complete":
+            kept = _names(m["fields"]["kept"], p, "fields.kept")
+            if not kept or not set(kept) <= set(names):
+                raise LightFMPError(f"{p}: fields.kept must be a non-empty list of fields from fields.all")
+        for table in ("gates", "log_alpha"):
+            if table in keys:
+                for n in names:
+                    _require(m, f"{table}.{n}", p)
+        return m
+
+    def history(self) -> dict:
+        """RUN/history.json: the per-epoch history of each phase (required for runs with gates, which prune
+        extends)."""
+        return read_json(self.path / "history.json")
 
     def load_pretrained(self) -> CTRModel:
-        model = build_model(self.config.backbone, self.schema, model_config(self.config), gated=True)
+        model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
         return _load_weights(model, self.path / "pretrain.safetensors")
 
     def load_final(self) -> tuple[CTRModel, FeatureSchema]:
@@ -63,8 +91,40 @@ class Run:
                                 f"{self.path}` first")
         kept = self.metrics()["fields"]["kept"]
         schema = self.schema.subset(kept)
-        model = build_model(self.config.backbone, schema, model_config(self.config), gated=False)
+        model = build_model(self.config.model.backbone, schema, self.config.model, gated=False)
         return _load_weights(model, self.path / "model.safetensors"), schema
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object from `path`; a missing, unreadable or malformed file is one error naming it."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise LightFMPError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LightFMPError(f"{path}: cannot read it ({type(e).__name__})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise LightFMPError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(doc, dict):
+        raise LightFMPError(f"{path}: not a JSON object")
+    return doc
+
+
+def _require(doc: dict, key: str, path: Path) -> None:
+    """`key` ("a.b.c") is in `doc`; else an error naming the first missing part ('a' or 'a.b' ...)."""
+    node, parts = doc, key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise LightFMPError(f"{path}: missing key '{'.'.join(parts[:i + 1])}'")
+        node = node[part]
+
+
+def _names(value, path: Path, key: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise LightFMPError(f"{path}: '{key}' must be a list of field names")
+    return value
 
 
 def _load_weights(model: CTRModel, path: Path) -> CTRModel:
@@ -82,29 +142,80 @@ def _load_weights(model: CTRModel, path: Path) -> CTRModel:
     return model
 
 
-def open_run(path: str | Path) -> Run:
-    p = Path(path)
+def _check_weights(path: Path) -> None:
+    """The file is there and its safetensors header is whole (the tensors are read only when needed)."""
+    if not path.is_file():
+        raise LightFMPError(f"{path}: missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+    except (OSError, SafetensorError) as e:
+        raise LightFMPError(f"{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
+            from None
+
+
+def _read_info(p: Path) -> dict:
     marker = p / "run.json"
-    if not p.is_dir():
-        raise LightFMPError(f"{p}: not a directory")
     if not marker.exists():
         raise LightFMPError(f"{p}: not a lightfmp run (no run.json)")
-    try:
-        info = json.loads(marker.read_text())
-    except json.JSONDecodeError:
-        raise LightFMPError(f"{marker}: not valid JSON") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
+    info = read_json(marker)
+    if info.get("format") != FORMAT:
         raise LightFMPError(f"{p}: not a lightfmp run (run.json has no format '{FORMAT}')")
     version = info.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise LightFMPError(f"{p}: run format version {version} is newer than this lightfmp reads "
                             f"({FORMAT_VERSION}); upgrade lightfmp")
-    cfg_file = p / "config.yaml"
+    if info.get("state") not in STATES:
+        raise LightFMPError(f"{marker}: 'state' must be one of {', '.join(STATES)}, not {info.get('state')!r}")
+    if not isinstance(info.get("select"), bool) or (info["state"] == "pretrained" and not info["select"]):
+        raise LightFMPError(f"{marker}: 'select' must be true or false (true for a pretrained run)")
+    if "split" in info:
+        SplitRule.from_dict(info["split"], str(marker))
+    if not isinstance(info.get("config_keys", []), list):
+        raise LightFMPError(f"{marker}: 'config_keys' must be a list")
+    return info
+
+
+def _read_config(p: Path, info: dict) -> RunConfig:
+    path = p / "config.yaml"
     try:
-        cfg = RunConfig.from_dict(yaml.safe_load(cfg_file.read_text()), source=str(cfg_file))
-    except FileNotFoundError:
-        raise LightFMPError(f"{cfg_file}: missing") from None
-    return Run(p, info, cfg, FeatureSchema.load(p / "schema.json"))
+        doc = load_yaml(path)
+    except (OSError, UnicodeDecodeError) as e:
+        raise LightFMPError(f"{path}: cannot read it ({type(e).__name__})") from None
+    # the keys it was written with (run.json): a file cut short still parses, but lacks the last ones
+    missing = [k for k in info.get("config_keys", []) if k not in config_keys(doc)]
+    if missing:
+        raise LightFMPError(f"{path}: missing key '{missing[0]}' (cut short or edited?)")
+    return RunConfig.from_dict(doc, source=str(path))
+
+
+def config_keys(doc: dict) -> list[str]:
+    """The option names of a config mapping, flat or in sections ({'train': {'lr': ...}} gives 'lr')."""
+    return sorted({str(kk) for k, v in doc.items() for kk in (v if isinstance(v, dict) else [k])})
+
+
+def _read_schema(p: Path) -> FeatureSchema:
+    path = p / "schema.json"
+    try:
+        return FeatureSchema.load(path)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise LightFMPError(f"{path}: not a valid feature schema ({type(e).__name__}: {e})") from None
+
+
+def open_run(path: str | Path) -> Run:
+    """The run at `path`, with every file of it checked (weights: only their header) before anything is done."""
+    p = Path(path)
+    if not p.is_dir():
+        raise LightFMPError(f"{p}: not a directory")
+    info = _read_info(p)
+    run = Run(p, info, _read_config(p, info), _read_schema(p))
+    run.metrics()
+    if run.select:  # what prune reads: the phase-1 weights, and the history it extends
+        run.history()
+        _check_weights(p / "pretrain.safetensors")
+    if run.state == "complete":
+        _check_weights(p / "model.safetensors")
+    return run
 
 
 def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, schema: FeatureSchema | None = None,
@@ -112,7 +223,9 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
                     checkpoints: dict[str, torch.nn.Module] | None = None) -> None:
     """Write the given parts into directory `d`, each atomically; run.json last, so its state never runs ahead."""
     if config is not None:
-        write_text_atomic(d / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        doc = config.to_dict()
+        write_text_atomic(d / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
+        info = {**info, "config_keys": config_keys(doc)}
     if schema is not None:
         schema.save(d / "schema.json")
     for name, model in (checkpoints or {}).items():

@@ -21,7 +21,7 @@ import numpy as np
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import atomic_dir, write_json_atomic
+from .io import SHARDS_FORMAT, atomic_dir, write_json_atomic
 from .schema import FeatureSchema
 from .splits import SPLITS, SplitRule
 
@@ -79,7 +79,8 @@ class ShardWriter:
         self.shards: list[dict] = []
 
     def __enter__(self) -> "ShardWriter":
-        self._ctx = atomic_dir(self.root, force=True)
+        # the key names the directory: one of ours even when its manifest is what went missing
+        self._ctx = atomic_dir(self.root, force=True, owned=lambda p: p.name == self.key)
         self.tmp = self._ctx.__enter__()
         return self
 
@@ -99,7 +100,7 @@ class ShardWriter:
 
     def finish(self, **info) -> dict:
         total = np.sum([s["splits"] for s in self.shards], axis=0) if self.shards else np.zeros(3, dtype=np.int64)
-        manifest = {"format": "lightfmp-shards", "shard_format_version": SHARD_FORMAT_VERSION, "key": self.key,
+        manifest = {"format": SHARDS_FORMAT, "shard_format_version": SHARD_FORMAT_VERSION, "key": self.key,
                     **info, "rows": int(sum(s["rows"] for s in self.shards)), "num_slots": self.num_slots,
                     "split_rows": dict(zip(SPLITS, map(int, total))), "shards": self.shards}
         write_json_atomic(self.tmp / MANIFEST, manifest)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import distributed as dist
 from .checkpoint import Checkpoint, TrainState
+from .config import TrainConfig
 from .errors import LightFMPError
 from .metrics import log_loss, roc_auc
 from .models import CTRModel
@@ -32,23 +33,15 @@ from .rows import Rows, in_memory
 from .splits import SALT_HOLDOUT
 
 
-@dataclass
-class TrainConfig:
-    """The training knobs of one fit; defaults are the CLI's (`epochs` is --epochs; the gate-pretraining phase
-    passes --pretrain-epochs, and early stopping is off unless a model-selecting phase sets `patience`)."""
-    epochs: int = 10
-    batch_size: int = 512
-    lr: float = 3e-3
-    gate_lr: float = 0.1
-    l0_lambda: float = 0.003
-    target_k: int | None = None
-    l0_warmup: float = 0.3         # fraction of steps over which lambda ramps up from 0
-    gate_holdout: float = 0.2      # share of the rows whose batches only update the gates (bilevel gates)
-    restore_best: bool = True      # keep the epoch with the best validation AUC
-    patience: int | None = None    # stop after this many epochs without a better validation AUC
+@dataclass(frozen=True)
+class Plan:
+    """What differs between the fits of one run, which share one TrainConfig: how many epochs, the seed of the random
+    streams, whether the best validation epoch is kept (and training stops after `patience` epochs without a better
+    one: the model-selecting phases), and how large a training set is read into memory at once."""
+    epochs: int
     seed: int = 0
-    sparse_embeddings: bool = False  # sparse table gradients + SparseAdam for the tables
-    in_memory_mb: int = 1024         # training views up to this size are read once into memory (rows.in_memory)
+    select_best: bool = True
+    in_memory_mb: int = 1024
 
 
 # random streams, each reseeded per epoch from (seed, epoch): a resumed run needs no saved RNG state
@@ -186,16 +179,16 @@ class Trainer:
     so a gate opens for a field that helps on rows the embeddings have not memorised; high-cardinality noise
     fields otherwise look useful by overfitting. Otherwise gates and weights take the same joint step."""
 
-    def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, device: str, label: str):
-        self.model, self.cfg, self.device = model, cfg, device
+    def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, plan: Plan, device: str, label: str):
+        self.model, self.cfg, self.plan, self.device = model, cfg, plan, device
         self.gate = model.gate
         self.opt_w, self.opt_t = _weight_optimizers(model, cfg)
         self.opt_g = torch.optim.Adam(self.gate.parameters(), lr=cfg.gate_lr) if self.gate is not None else None
-        self.rows = in_memory(rows, cfg.in_memory_mb << 20)
+        self.rows = in_memory(rows, plan.in_memory_mb << 20)
         self.weight_rows, self.hold = self.rows, None
         if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
-            w_rows, h_rows = self.rows.split(cfg.gate_holdout, cfg.seed, SALT_HOLDOUT)
-            h_rows = in_memory(h_rows, cfg.in_memory_mb << 20)  # cycled many times per epoch
+            w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed, SALT_HOLDOUT)
+            h_rows = in_memory(h_rows, plan.in_memory_mb << 20)  # cycled many times per epoch
             if len(w_rows) and len(h_rows):  # too few rows for a hold-out: joint steps
                 self.weight_rows, self.hold = w_rows, h_rows
         if len(self.weight_rows) == 0:
@@ -218,19 +211,19 @@ class Trainer:
 
     def progress(self, step: int) -> float:
         """Fraction of training done after `step` steps."""
-        return step / (self.cfg.epochs * self.batches)
+        return step / (self.plan.epochs * self.batches)
 
     def train_epoch(self, epoch: int, next_batch: Callable[[], None] = lambda: None) -> dict:
-        cfg, device = self.cfg, self.device
+        cfg, device, seed = self.cfg, self.device, self.plan.seed
         w_rank = dist.rank() if dist.active() else 0
-        torch.manual_seed(_seed(cfg.seed, epoch, _TORCH, w_rank))  # dropout: its own masks per rank
+        torch.manual_seed(_seed(seed, epoch, _TORCH, w_rank))  # dropout: its own masks per rank
         # the gate noise: the same draws on every rank, so all ranks train through identical gates
-        noise = torch.Generator(device=device).manual_seed(_seed(cfg.seed, epoch, _GATE_NOISE))
-        held = _cycle(self.hold, min(cfg.batch_size, len(self.hold)), _seed(cfg.seed, epoch, _GATE_ORDER)) \
+        noise = torch.Generator(device=device).manual_seed(_seed(seed, epoch, _GATE_NOISE))
+        held = _cycle(self.hold, min(cfg.batch_size, len(self.hold)), _seed(seed, epoch, _GATE_ORDER)) \
             if self.hold is not None else None
         self.model.train()
         t0, total, seen = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
-        order = self.weight_rows.chunks(_seed(cfg.seed, epoch, _ORDER))
+        order = self.weight_rows.chunks(_seed(seed, epoch, _ORDER))
         for b, (ids, y) in enumerate(_batches(order, cfg.batch_size)):
             step = epoch * self.batches + b
             loss_sum, n = self.train_step(ids, y, self.progress(step), noise)
@@ -285,34 +278,38 @@ class Trainer:
         self.opt_g.step()
 
 
-def track_best(state: TrainState, rec: dict, epoch: int, model: CTRModel, cfg: TrainConfig) -> None:
-    """Remember the epoch with the best validation AUC (logloss on a one-class split), with its weights when
-    restore_best."""
+def track_best(state: TrainState, rec: dict, epoch: int, model: CTRModel, plan: Plan) -> None:
+    """Remember the epoch with the best validation AUC (logloss on a one-class split), with its weights when the
+    plan selects the best epoch."""
     score = rec["valid"]["auc"]
     if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
         score = -rec["valid"]["logloss"]
     if score > state.best_score:
         state.best_score, state.best_epoch = score, epoch
-        if cfg.restore_best:
+        if plan.select_best:
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def stop_early(state: TrainState, rec: dict, epoch: int, cfg: TrainConfig) -> bool:
-    """`patience` epochs without a better validation score; identical on every rank since the scores are."""
-    return cfg.patience is not None and "valid" in rec and epoch - state.best_epoch >= cfg.patience
+def stop_early(state: TrainState, rec: dict, epoch: int, cfg: TrainConfig, plan: Plan) -> bool:
+    """`patience` epochs without a better validation score (model-selecting plans; patience 0: never); identical on
+    every rank since the scores are."""
+    return plan.select_best and cfg.patience > 0 and "valid" in rec and epoch - state.best_epoch >= cfg.patience
 
 
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
-        label: str = "train", device: str = "cpu", *, checkpoint: Checkpoint | None = None,
+        label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
+        select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
+    `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
-    trainer = Trainer(model, rows, cfg, device, label)
+    plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb))
+    trainer = Trainer(model, rows, cfg, plan, device, label)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
     resumed = state is not None
@@ -323,22 +320,22 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         reporter.log(f"resuming {checkpoint.phase} from epoch {start}")
     trainer.wrap()
 
-    with reporter.bars(label, cfg.epochs, trainer.batches) as (next_batch, next_epoch, status):
-        for _ in range(min(start, cfg.epochs)):
+    with reporter.bars(label, plan.epochs, trainer.batches) as (next_batch, next_epoch, status):
+        for _ in range(min(start, plan.epochs)):
             next_epoch()
         epoch = start
-        while epoch < cfg.epochs and not state.stopped:
+        while epoch < plan.epochs and not state.stopped:
             if epoch_start is not None:
                 epoch_start(epoch)
             t0 = time.perf_counter()
             rec = trainer.train_epoch(epoch, next_batch)
             if valid is not None and len(valid):
                 rec["valid"] = evaluate(model, valid, device)
-                track_best(state, rec, epoch, model, cfg)
+                track_best(state, rec, epoch, model, plan)
             state.history.append(rec)
             state.epoch = epoch + 1
             state.seconds += time.perf_counter() - t0
-            state.stopped = stop_early(state, rec, epoch, cfg)
+            state.stopped = stop_early(state, rec, epoch, cfg, plan)
             if checkpoint is not None:
                 if dist.is_main():
                     checkpoint.save(model, trainer.optimizers, state)
@@ -347,7 +344,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                                                          else ""))
             next_epoch()
             epoch += 1
-    if cfg.restore_best and state.best_state is not None:
+    if plan.select_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),
            "best_valid_score": state.best_score if np.isfinite(state.best_score) else None}

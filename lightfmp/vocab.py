@@ -27,7 +27,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .config import RunConfig
+from .config import DataConfig
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
 from .schema import (FeatureSchema, Field, as_float, quantile_edges, cell_strings, clamp_max_len, is_integral,
@@ -102,25 +102,13 @@ class SchemaSpec:
     num_buckets: int = 16
 
 
-def parse_multi_hot(items: list[str] | str | None) -> dict[str, str]:
-    """'genres:|,tags:;' or ['genres:|'] -> {'genres': '|', ...}; the separator defaults to '|'."""
-    if not items:
-        return {}
-    if isinstance(items, str):
-        items = [s for s in items.split(",") if s]
+def parse_multi_hot(items: list[str]) -> dict[str, str]:
+    """['genres:|', 'tags:;'] -> {'genres': '|', 'tags': ';'}; the separator defaults to '|'."""
     out = {}
     for it in items:
         name, _, sep = it.partition(":")
         out[name.strip()] = sep or "|"
     return out
-
-
-def split_names(v) -> list[str]:
-    if v is None:
-        return []
-    if isinstance(v, str):
-        return [s.strip() for s in v.split(",") if s.strip()]
-    return [str(s) for s in v]
 
 
 def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[FeatureSchema, dict]:
@@ -174,7 +162,7 @@ def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
     return "numeric", "floats"
 
 
-def initial_schema(df: pd.DataFrame, cfg: RunConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
+def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
     """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `df` (the first
     batch) by `infer_schema`; criteo / avazu fix the label and make every column categorical."""
     fixed = fixed_label(fmt)
@@ -185,8 +173,8 @@ def initial_schema(df: pd.DataFrame, cfg: RunConfig, fmt: str, source: str) -> t
         raise LightFMPError("no label: pass --label COLUMN")
     if label not in df.columns:
         raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(df.columns)})")
-    spec = SchemaSpec(label=label, categorical=split_names(cfg.categorical), numeric=split_names(cfg.numeric),
-                      multi_hot=parse_multi_hot(cfg.multi_hot), ignore=split_names(cfg.ignore),
+    spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
+                      multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
     if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one

@@ -92,7 +92,8 @@ def test_config_file_keys_mirror_flags_and_flags_win(data, tmp_path):
     assert r.exit_code == 0, r.output
     import yaml
     resolved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
-    assert resolved["embed_dim"] == 3 and resolved["hidden"] == "8" and resolved["no_select"] is True
+    assert resolved["model"]["embed_dim"] == 3 and resolved["model"]["hidden"] == [8]
+    assert resolved["train"]["no_select"] is True
 
 
 def test_positive_value_and_boolean_labels(tmp_path):
@@ -252,7 +253,7 @@ def test_config_values_are_typed_and_bad_ones_named(data, tmp_path):
     assert r.exit_code == 0, r.output
     import yaml
     resolved = yaml.safe_load((tmp_path / "ok" / "config.yaml").read_text())
-    assert resolved["lr"] == 1e-3 and resolved["epochs"] == 1 and resolved["hidden"] == "8"
+    assert resolved["train"]["lr"] == 1e-3 and resolved["train"]["epochs"] == 1 and resolved["model"]["hidden"] == [8]
     cfg.write_text(f"data: {data}\nlabel: label\nepochs: ten\n")
     r = cli("run", "--config", cfg, "--out", tmp_path / "bad", "--quiet")
     assert r.exit_code == 2 and "'epochs' must be int" in r.output and len(r.output.strip().splitlines()) == 1

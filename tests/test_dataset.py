@@ -2,7 +2,6 @@
 split rule and its record in run.json; degenerate labels and bad splits refused."""
 import json
 import os
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -21,13 +20,13 @@ FAST = dict(pretrain_epochs=2, epochs=2, batch_size=64, hidden="16", embed_dim=4
 
 
 def cfg_for(p, tmp_path, **kw):
-    return RunConfig(data=str(p), shard_dir=str(tmp_path / "shards"), chunk_rows=97, **{**KINDS, **kw})
+    return RunConfig.of(data=str(p), shard_dir=str(tmp_path / "shards"), chunk_rows=97, **{**KINDS, **kw})
 
 
 def test_memory_and_shards_hold_the_same_rows(tmp_path):
     p = write_csv(tmp_path, n=500)
-    mem = load_dataset(cfg_for(p, tmp_path))
-    disk = load_dataset(cfg_for(p, tmp_path, stream=True))
+    mem = load_dataset(cfg_for(p, tmp_path).data)
+    disk = load_dataset(cfg_for(p, tmp_path, stream=True).data)
     assert mem.location is None and disk.location is not None
     assert mem.schema.to_dict() == disk.schema.to_dict()
     assert mem.split_sizes() == disk.split_sizes() and sum(mem.split_sizes().values()) == 500
@@ -46,7 +45,7 @@ def test_memory_and_shards_hold_the_same_rows(tmp_path):
 
 def test_split_is_the_row_hash(tmp_path):
     p = write_csv(tmp_path, n=400)
-    data = load_dataset(cfg_for(p, tmp_path, seed=3))
+    data = load_dataset(cfg_for(p, tmp_path, seed=3).data)
     u = row_uniform(np.arange(400), 3, SALT_SPLIT)
     assert np.array_equal(data.split_rows("train").row_numbers(), np.flatnonzero(u < 0.8))
     assert np.array_equal(data.split_rows("test").row_numbers(), np.flatnonzero(u >= 0.9))
@@ -59,7 +58,7 @@ def test_time_column_assigns_by_rank_in_both_stores(tmp_path):
     df["ts"] = np.random.default_rng(1).permutation(300)
     df.to_csv(tmp_path / "t.csv", index=False)
     for stream in (False, True):
-        data = load_dataset(cfg_for(tmp_path / "t.csv", tmp_path, time_column="ts", stream=stream))
+        data = load_dataset(cfg_for(tmp_path / "t.csv", tmp_path, time_column="ts", stream=stream).data)
         assert "ts" not in data.schema.names  # the split key is no feature unless named
         ts = df["ts"].to_numpy()
         assert ts[data.split_rows("train").row_numbers()].max() < ts[data.split_rows("valid").row_numbers()].min()
@@ -93,7 +92,7 @@ def test_one_class_training_rows_refused(tmp_path):
     df["label"] = 1
     df.to_csv(tmp_path / "ones.csv", index=False)
     with pytest.raises(LightFMPError, match=r"every training row of label column 'label' is 1 .*values seen: '1': \d+"):
-        load_dataset(cfg_for(tmp_path / "ones.csv", tmp_path))
+        load_dataset(cfg_for(tmp_path / "ones.csv", tmp_path).data)
 
 
 def test_positive_that_matches_nothing_lists_the_values(tmp_path):
@@ -101,7 +100,7 @@ def test_positive_that_matches_nothing_lists_the_values(tmp_path):
     df["label"] = np.where(df["label"] == 1, "click", "noclick")
     df.to_csv(tmp_path / "c.csv", index=False)
     with pytest.raises(LightFMPError, match=r"--positive 'CLICK' matches no training row.*'noclick'"):
-        load_dataset(cfg_for(tmp_path / "c.csv", tmp_path, positive="CLICK"))
+        load_dataset(cfg_for(tmp_path / "c.csv", tmp_path, positive="CLICK").data)
 
 
 def test_rows_select_by_name_and_take():
@@ -116,7 +115,7 @@ def test_rows_select_by_name_and_take():
 
 def test_stored_rows_take_reads_the_positions_across_chunks(tmp_path):
     p = write_csv(tmp_path, n=300)
-    data = load_dataset(cfg_for(p, tmp_path, stream=True))
+    data = load_dataset(cfg_for(p, tmp_path, stream=True).data)
     train = data.split_rows("train").select(["tags", "a"])
     ids, labels = train.arrays()
     pos = np.array([len(train) - 1, 0, 150, 97])
@@ -140,14 +139,14 @@ def test_run_records_its_split_and_an_absolute_data_path(tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     write_csv(tmp_path / "b", n=400, name="base.csv")
     monkeypatch.chdir(tmp_path / "b")
-    cfg = RunConfig(data="base.csv", shard_dir=str(tmp_path / "shards"), **KINDS, **FAST)
+    cfg = RunConfig.of(data="base.csv", shard_dir=str(tmp_path / "shards"), **KINDS, **FAST)
     pipeline.train(cfg, "r/x", quiet=True)
     info = json.loads((tmp_path / "b" / "r" / "x" / "run.json").read_text())
     assert info["split"]["rule"] == "hash" and info["split"]["fractions"] == [0.8, 0.1, 0.1]
     monkeypatch.chdir(tmp_path)  # prune from another directory finds the data
     m = pipeline.prune("b/r/x", keep=2, continue_epochs=1, quiet=True)
     assert len(m["fields"]["kept"]) == 2
-    assert os.path.isabs(pipeline.open_run("b/r/x").config.data)
+    assert os.path.isabs(pipeline.open_run("b/r/x").config.data.data)
 
 
 def test_prune_reads_the_recorded_split_rule(tmp_path):
@@ -156,4 +155,4 @@ def test_prune_reads_the_recorded_split_rule(tmp_path):
     run = pipeline.open_run(tmp_path / "r")
     run.info["split"]["seed"] = 9  # what run.json says wins over a derivation from the config
     data = pipeline.run_data(run)
-    assert data.rule.seed == 9 and replace(run.config).seed == 0
+    assert data.rule.seed == 9 and run.config.data.seed == 0

@@ -123,8 +123,8 @@ def _gated_fit(rows, valid, ckpt, stop_at=None):
         if epoch == stop_at:
             raise Interrupted
 
-    cfg = TrainConfig(epochs=3, batch_size=64, gate_holdout=0.25, restore_best=False, seed=3)
-    return model, fit(model, rows, valid, cfg, checkpoint=ckpt, epoch_start=hook)
+    cfg = TrainConfig(epochs=3, batch_size=64, gate_holdout=0.25)
+    return model, fit(model, rows, valid, cfg, seed=3, select_best=False, checkpoint=ckpt, epoch_start=hook)
 
 
 def test_fit_resumes_gated_phase_exactly_and_ignores_foreign_checkpoints(tmp_path):
@@ -154,26 +154,18 @@ def test_batches_cross_chunk_boundaries():
     assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15], [16]]  # ceil(17 / 4) batches
 
 
-def test_prepared_offers_the_streamed_data_accessors(tmp_path):
+def test_dataset_offers_the_rows_accessors(tmp_path):
     from helpers import write_csv
 
     from lightfmp.config import RunConfig
     from lightfmp.pipeline import load_data
-    data = load_data(RunConfig(data=str(write_csv(tmp_path, n=200)), label="label", multi_hot="tags:|"))
+    data = load_data(RunConfig.of(data=str(write_csv(tmp_path, n=200)), label="label", multi_hot="tags:|"))
     sizes = data.split_sizes()
-    assert sum(sizes.values()) == 200 and sizes["test"] == len(data.labels["test"])
+    assert sum(sizes.values()) == 200 and sizes["test"] == len(data.split_rows("test").labels())
     train = data.split_rows("train")
-    assert len(train) == sizes["train"] and train.num_slots == data.ids["train"].shape[1]
-    assert sorted(train.row_numbers.tolist() + data.split_rows("test").row_numbers.tolist()
-                  + data.split_rows("valid").row_numbers.tolist()) == list(range(200))  # positions in the file
+    assert len(train) == sizes["train"] and train.num_slots == train.arrays()[0].shape[1] == data.schema.num_slots
+    assert sorted(train.row_numbers().tolist() + data.split_rows("test").row_numbers().tolist()
+                  + data.split_rows("valid").row_numbers().tolist()) == list(range(200))  # positions in the file
     sub, rest = data.subset(0.25, 0)
-    assert len(sub) + len(rest) == sizes["train"] and not set(sub.row_numbers) & set(rest.row_numbers)
+    assert len(sub) + len(rest) == sizes["train"] and not set(sub.row_numbers()) & set(rest.row_numbers())
     assert len(data.subset(1.0, 0)[1]) == 0
-
-
-def test_bench_refuses_streamed_data(tmp_path):
-    from typer.testing import CliRunner
-
-    from lightfmp.cli.app import app
-    r = CliRunner().invoke(app, ["bench", "--data", str(tmp_path / "x.csv"), "--label", "y", "--k", "2", "--stream"])
-    assert r.exit_code == 2 and "bench reads data in memory" in r.output

@@ -47,7 +47,7 @@ def _cfg(data, **kw) -> RunConfig:
     base = dict(data=str(data), label="label", multi_hot="tags:|", pretrain_epochs=2, epochs=1, embed_dim=4,
                 hidden="16", batch_size=128, subset=0.5, device="cpu")
     base.update(kw)
-    return RunConfig(**base)
+    return RunConfig.of(**base)
 
 
 def shared(tmp_path_factory) -> dict:
@@ -242,9 +242,17 @@ def test_existing_dir_without_force_is_left_alone(s):
     res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out)])
     assert res.exit_code == 2 and "--force" in res.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    # --force replaces only what lightfmp wrote: a directory of the user's is refused, untouched
     res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out), "--force", "--quiet"])
+    assert res.exit_code == 2 and "not a directory lightfmp wrote" in res.stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    out.rmdir()
+    res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+    res = runner.invoke(app, ["export", str(s["runs"]["mlp"]), "--out", str(out), "--force", "--quiet"])
+    assert res.exit_code == 0, res.output  # an export lightfmp wrote is replaced
+    assert (out / "model.onnx").exists()
 
 
 @pytest.mark.parametrize("args,msg", [(["--opset", "9"], "--opset 9"), (["--dtype", "int8"], "--dtype"),

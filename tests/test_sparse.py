@@ -18,8 +18,8 @@ from helpers import write_csv
 
 
 def _data(tmp_path):
-    cfg = RunConfig(data=str(write_csv(tmp_path, n=4000)), label="label", multi_hot="tags:|", seed=0)
-    return cfg, load_dataset(cfg)
+    cfg = RunConfig.of(data=str(write_csv(tmp_path, n=4000)), label="label", multi_hot="tags:|", seed=0)
+    return cfg, load_dataset(cfg.data)
 
 
 @pytest.mark.parametrize("backbone", ["deepfm", "dcnv2"])
@@ -42,8 +42,8 @@ def test_one_step_updates_only_the_rows_the_batch_read(tmp_path, backbone):
 def test_sparse_run_learns_and_prunes_like_dense(tmp_path):
     cfg, _ = _data(tmp_path)
     base = dict(embed_dim=8, hidden="32", pretrain_epochs=5, epochs=3, batch_size=128, subset=0.5, keep=3)
-    dense = pipeline.run(RunConfig(**{**cfg.to_dict(), **base}), tmp_path / "dense", quiet=True)
-    sparse = pipeline.run(RunConfig(**{**cfg.to_dict(), **base, "sparse_embeddings": True}), tmp_path / "sparse",
+    dense = pipeline.run(cfg.but(**base), tmp_path / "dense", quiet=True)
+    sparse = pipeline.run(cfg.but(**base, sparse_embeddings=True), tmp_path / "sparse",
                           quiet=True)
     # a, b and x carry the planted signal; noise and tags do not
     assert set(sparse["fields"]["kept"]) == set(dense["fields"]["kept"]) == {"a", "b", "x"}

@@ -2,7 +2,6 @@
 import json
 import math
 import shutil
-from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -34,12 +33,12 @@ class Log:
 
 
 def cfg_for(data, shard_dir, **kw):
-    return RunConfig(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, stream=True, **{**KINDS, **kw})
+    return RunConfig.of(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, stream=True, **{**KINDS, **kw})
 
 
 def prepare_stream(cfg, log, schema=None):
     """The data path with shards on disk."""
-    return load_dataset(replace(cfg, stream=True), log, schema)
+    return load_dataset(cfg.but(stream=True).data, log, schema)
 
 
 def split_codes(rows, fractions, seed):
@@ -61,7 +60,7 @@ def built(tmp_path_factory):
 def in_memory(p, cfg, **schema_kw):
     """The in-memory fit on the same training rows, as a reference."""
     df = read_table(p)
-    train = split_codes(np.arange(len(df)), (0.8, 0.1, 0.1), cfg.seed) == 0
+    train = split_codes(np.arange(len(df)), (0.8, 0.1, 0.1), cfg.data.seed) == 0
     fields = [Field("a", "categorical"), Field("b", "categorical"), Field("noise", "categorical"),
               Field("x", "numeric"), Field("tags", "multi_hot", separator="|")]
     s = FeatureSchema("label", fields, **schema_kw)
@@ -203,10 +202,10 @@ def test_default_shard_dir_is_under_lightfmp_home(tmp_path, monkeypatch):
 def stream_fit(p, cfg):
     """Pass 1 alone, as prepare_stream runs it."""
     batches = list(read_batches(p, "csv", CHUNK))
-    schema, _ = initial_schema(batches[0][0], cfg, "csv", str(p))
-    fitter = StreamFitter(apply_options(schema, cfg.hash_buckets, cfg.vocab_cap), cfg.seed)
+    schema, _ = initial_schema(batches[0][0], cfg.data, "csv", str(p))
+    fitter = StreamFitter(apply_options(schema, cfg.data.hash_buckets, cfg.data.vocab_cap), cfg.data.seed)
     for df, start in batches:
-        fitter.add(df[split_codes(np.arange(start, start + len(df)), (0.8, 0.1, 0.1), cfg.seed) == 0])
+        fitter.add(df[split_codes(np.arange(start, start + len(df)), (0.8, 0.1, 0.1), cfg.data.seed) == 0])
     return fitter.finish()
 
 
@@ -315,13 +314,13 @@ def test_first_batch_inference_and_whole_file_empty_column(tmp_path):
     df = make_frame(120)
     df["late"] = [None] * 100 + ["v"] * 20  # empty in the first batch only
     df.to_csv(tmp_path / "d.csv", index=False)
-    data = prepare_stream(RunConfig(data=str(tmp_path / "d.csv"), label="label", multi_hot="tags:|",
+    data = prepare_stream(RunConfig.of(data=str(tmp_path / "d.csv"), label="label", multi_hot="tags:|",
                                     chunk_rows=50, shard_dir=str(tmp_path / "s"), min_count=1), Log())
     assert data.schema.field("late").kind == "categorical" and data.schema.field("x").kind == "numeric"
     df["late"] = None
     df.to_csv(tmp_path / "e.csv", index=False)
     with pytest.raises(LightFMPError, match="'late' is entirely empty"):
-        prepare_stream(RunConfig(data=str(tmp_path / "e.csv"), label="label", chunk_rows=50,
+        prepare_stream(RunConfig.of(data=str(tmp_path / "e.csv"), label="label", chunk_rows=50,
                                  shard_dir=str(tmp_path / "s")), Log())
 
 
@@ -354,7 +353,7 @@ def test_criteo_tsv(tmp_path):
             got = df[f"I{j + 1}"][r]
             assert (got is None or got != got) if want is None else got == want
     assert df["C1"][1] == raw[1][14] and pd.isna(df["C1"][0])
-    data = prepare_stream(RunConfig(data=str(p), format="criteo", chunk_rows=CHUNK, split="0.6,0.2,0.2",
+    data = prepare_stream(RunConfig.of(data=str(p), format="criteo", chunk_rows=CHUNK, split="0.6,0.2,0.2",
                                     shard_dir=str(tmp_path / "s"), min_count=1), Log())
     s = data.schema
     assert s.label == "label" and len(s.fields) == 39 and {f.kind for f in s.fields} == {"categorical"}
@@ -369,7 +368,7 @@ def test_criteo_wrong_field_count_names_file_and_line(tmp_path):
     p = tmp_path / "bad.txt"
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(LightFMPError) as e:
-        prepare_stream(RunConfig(data=str(p), format="criteo", chunk_rows=CHUNK, shard_dir=str(tmp_path)), Log())
+        prepare_stream(RunConfig.of(data=str(p), format="criteo", chunk_rows=CHUNK, shard_dir=str(tmp_path)), Log())
     msg = str(e.value)
     assert str(p) in msg and "line 42" in msg and "38" in msg and "\n" not in msg
 
@@ -391,7 +390,7 @@ def test_avazu_csv(tmp_path):
     assert "id" not in df.columns and "hour" not in df.columns
     assert list(df.columns[:4]) == ["click", "hour_of_day", "weekday", "C1"]
     assert df["hour_of_day"][5] == "5" and df["weekday"][0] == "1"  # 2014-10-21 was a Tuesday
-    data = prepare_stream(RunConfig(data=str(p), format="avazu", chunk_rows=CHUNK, shard_dir=str(tmp_path / "s"),
+    data = prepare_stream(RunConfig.of(data=str(p), format="avazu", chunk_rows=CHUNK, shard_dir=str(tmp_path / "s"),
                                     split="0.6,0.2,0.2"), Log())
     assert data.schema.label == "click" and {f.kind for f in data.schema.fields} == {"categorical"}
     assert len(data.schema.fields) == 23
@@ -419,11 +418,11 @@ def test_export_of_hashed_fields_needs_id_inputs(built, hashed, tmp_path):
     import torch
     from lightfmp.export import export_run
     from lightfmp.models import build_model
-    from lightfmp.rundir import model_config, write_run_files
+    from lightfmp.rundir import write_run_files
     from lightfmp.serving import Predictor
-    cfg = RunConfig(**{**built["cfg"].to_dict(), "backbone": "mlp", "hidden": "8", "embed_dim": 4})
+    cfg = built["cfg"].but(backbone="mlp", hidden="8", embed_dim=4)
     torch.manual_seed(0)
-    model = build_model("mlp", hashed.schema, model_config(cfg))
+    model = build_model("mlp", hashed.schema, cfg.model)
     run = tmp_path / "run"
     run.mkdir()
     write_run_files(run, info={"state": "complete", "select": False}, config=cfg, schema=hashed.schema,

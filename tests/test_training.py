@@ -51,7 +51,7 @@ def test_hard_concrete_training_is_unchanged(case):
     schema, rows, valid = _small()
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8], dropout=0.1), gated=True)
-    hist = fit(model, rows, valid, TrainConfig(epochs=2, batch_size=32, seed=5, restore_best=False, **kw))
+    hist = fit(model, rows, valid, TrainConfig(epochs=2, batch_size=32, **kw), seed=5, select_best=False)
     torch.testing.assert_close(model.gate.log_alpha.detach(), torch.tensor(log_alpha), atol=1e-6, rtol=0)
     assert [e["train_logloss"] for e in hist["epochs"]] == pytest.approx(losses, rel=1e-6)
     assert all("expected_l0" in e for e in hist["epochs"])
@@ -76,7 +76,7 @@ def test_fit_trains_each_gate_and_the_planted_field_ranks_first(name):
     before = [p.detach().clone() for p in gate.parameters()]
     model = build_model("mlp", schema, ModelConfig(embed_dim=4, hidden=[16]), gate=gate)
     assert model.gate is gate
-    fit(model, rows, None, TrainConfig(epochs=4, batch_size=128, seed=0, restore_best=False))
+    fit(model, rows, None, TrainConfig(epochs=4, batch_size=128), seed=0, select_best=False)
     assert all(not torch.equal(b, p.detach()) for b, p in zip(before, gate.parameters()))
     scores = gate.scores()
     assert scores.shape == (6,)
@@ -103,8 +103,8 @@ def test_steps_hold_out_and_schedules(cls, holdout):
     schema, rows, _ = _small()
     gate = _spy(cls)(4)
     model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gate=gate)
-    cfg = TrainConfig(epochs=2, batch_size=32, seed=2, gate_holdout=holdout, restore_best=False)
-    hist = fit(model, rows, None, cfg)
+    cfg = TrainConfig(epochs=2, batch_size=32, gate_holdout=holdout)
+    hist = fit(model, rows, None, cfg, seed=2, select_best=False)
     # bilevel gates train the weights on the rows outside the hold-out; LPFS (joint) and holdout 0 use all rows
     weight_rows = rows.split(holdout, 2, SALT_HOLDOUT)[0] if cls.uses_holdout and holdout > 0 else rows
     assert len(weight_rows) < len(rows) or not (cls.uses_holdout and holdout > 0)
@@ -124,7 +124,7 @@ def test_patience_stops_when_validation_stops_improving():
     # lr 0: nothing moves, the first epoch stays the best and patience 1 stops after the second
     hist = fit(model, rows, valid, TrainConfig(epochs=5, batch_size=64, lr=0.0, patience=1))
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
-    hist = fit(model, rows, valid, TrainConfig(epochs=3, batch_size=64, lr=0.0, patience=None))
+    hist = fit(model, rows, valid, TrainConfig(epochs=3, batch_size=64, lr=0.0, patience=0))
     assert len(hist["epochs"]) == 3
 
 

@@ -51,10 +51,10 @@ def parse_fractions(text: str) -> list[float]:
 def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
     """Smoke-run settings: about QUICK_ROWS rows (a row-hash sample, file order kept), 1 epoch of training and 3 of
     gated search. The sample is written once so every method and seed reads the same file."""
-    if not cfg.data:
+    if not cfg.data.data:
         raise LightFMPError("no data: pass --data FILE")
-    small = quick_sample(cfg, QUICK_ROWS, Path(tmp) / "quick.parquet")
-    return replace(small, epochs=1, pretrain_epochs=min(cfg.pretrain_epochs, 3))
+    small = quick_sample(cfg.data, QUICK_ROWS, Path(tmp) / "quick.parquet")
+    return replace(cfg, data=small).but(epochs=1, pretrain_epochs=min(cfg.train.pretrain_epochs, 3))
 
 
 def _check_k(k: int, n_fields: int) -> None:
@@ -98,18 +98,24 @@ def _trapz(y, x) -> float:
 
 def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> dict:
     """AUC vs K (1..F) per gate method, reusing each method's single ranking and retraining per K (as in the
-    ERASE benchmark); `area` is the trapezoid area over K/F in [1/F, 1], divided by its width (a mean AUC)."""
+    ERASE benchmark); `area` is the trapezoid area over K/F in [1/F, 1], divided by its width (a mean AUC).
+    Logs one line per K (a retraining each, unless an earlier method kept the same fields)."""
     cache: dict[frozenset, float] = {}
     n = len(ctx.names)
     out = {}
+    reporter.log(f"curves: AUC vs K for {', '.join(rankings)}, K = 1..{n} (one retraining per new set of fields)")
     for method, ranking in rankings.items():
         aucs = []
         for k in range(1, n + 1):
             key = frozenset(ranking[:k])
-            if key not in cache:
+            again = key in cache
+            if not again:
+                t0 = time.perf_counter()
                 _, res = train_fields(ctx.cfg, ctx.data, [f for f in ctx.names if f in key])
                 cache[key] = res["test"]["auc"]
             aucs.append(cache[key])
+            reporter.log(f"curve {method}: K={k}/{n} test AUC {cache[key]:.4f}"
+                         + (" (same fields as before)" if again else f" ({time.perf_counter() - t0:.1f} s)"))
         ks = np.arange(1, n + 1)
         area = float(_trapz(aucs, ks) / (n - 1)) if n > 1 else float(aucs[0])
         out[method] = {"k": ks.tolist(), "auc": [float(v) for v in aucs], "area": area}
@@ -118,34 +124,40 @@ def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> 
 
 
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
-              curve: bool = False, reporter: Reporter | None = None) -> dict:
-    """All `methods` on every seed; returns {"results": [...aggregated per method...], "curves": ...}."""
+              curve: bool = False, reporter: Reporter | None = None,
+              on_table=None) -> dict:
+    """All `methods` on every seed; returns {"results": [...aggregated per method...], "curves": ...}.
+
+    `on_table(doc)` is called with the results before the curves start (the curves retrain once per K and take
+    the longest), so that a caller can save them first; the curves use the first seed's rankings and data."""
     reporter = reporter or Reporter(quiet=True)
+    if curve and not any(m in GATE_METHODS for m in methods):
+        raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
     per: dict[str, list[dict]] = {m: [] for m in methods}
-    curve_out = None
+    first: Context | None = None
     t_all = time.perf_counter()
     for seed in seeds:
-        scfg = replace(cfg, seed=seed)
-        data = load_dataset(scfg)
+        scfg = cfg.but(seed=seed)
+        data = load_dataset(scfg.data)
         _check_k(k, len(data.schema.fields))
         ctx = Context(scfg, data, quick=quick)
+        if curve and first is None:
+            first = ctx
         for m in methods:
             reporter.log(f"seed {seed}: {m}")
             r = _one(ctx, m, k)
             per[m].append(r)
             reporter.log(f"  kept {', '.join(r['kept'])}  test AUC {r['auc']:.4f}  "
                          f"selection {r['selection_seconds']:.1f}s")
-        if curve and curve_out is None:
-            rankings = {m: per[m][-1]["ranking"] for m in methods if m in GATE_METHODS}
-            if not rankings:
-                raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
-            curve_out = curves(ctx, rankings, reporter)
     results = [_aggregate(m, per[m], seeds) for m in methods]
-    doc = {"k": k, "seeds": seeds, "backbone": cfg.backbone, "quick": quick, "data": str(cfg.data),
-           "epochs": cfg.epochs, "pretrain_epochs": cfg.pretrain_epochs, "subset": cfg.subset,
+    doc = {"k": k, "seeds": seeds, "backbone": cfg.model.backbone, "quick": quick, "data": str(cfg.data.data),
+           "epochs": cfg.train.epochs, "pretrain_epochs": cfg.train.pretrain_epochs, "subset": cfg.train.subset,
            "results": results, "seconds": time.perf_counter() - t_all}
-    if curve_out is not None:
-        doc["curves"] = curve_out
+    if on_table is not None:
+        on_table(doc)
+    if first is not None:
+        doc["curves"] = curves(first, {m: per[m][0]["ranking"] for m in methods if m in GATE_METHODS}, reporter)
+        doc["seconds"] = time.perf_counter() - t_all
     return doc
 
 
@@ -156,8 +168,8 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
     reporter = reporter or Reporter(quiet=True)
     rows = {f: [] for f in fractions}
     for seed in seeds:
-        scfg = replace(cfg, seed=seed)
-        data = load_dataset(scfg)
+        scfg = cfg.but(seed=seed)
+        data = load_dataset(scfg.data)
         _check_k(k, len(data.schema.fields))
         ctx = Context(scfg, data)
         for f in fractions:
@@ -174,4 +186,4 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
                     "logloss": float(np.mean([r["logloss"] for r in rs])),
                     "selection_seconds": float(np.mean([r["selection_seconds"] for r in rs])),
                     "total_seconds": float(np.mean([r["total_seconds"] for r in rs]))})
-    return {"k": k, "seeds": seeds, "backbone": cfg.backbone, "ablation": out}
+    return {"k": k, "seeds": seeds, "backbone": cfg.model.backbone, "ablation": out}

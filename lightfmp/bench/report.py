@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich import box
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from ..io import atomic_path, write_json_atomic
 
@@ -12,21 +15,36 @@ JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "sele
              "params", "seeds", "kept_per_seed", "auc_per_seed", "ranking")
 
 
-def results_table(doc: dict) -> Table:
+def results_table(doc: dict) -> Group:
+    """The numbers, one row per method, narrow enough for an 80-column terminal; below them one line per method
+    with the fields it kept (wrapped, not squeezed into a column). Standard deviations over the seeds of the
+    logloss, per-seed values and rankings are in --json."""
     curves = doc.get("curves", {})
     t = Table(title=f"bench: {doc['backbone']}, K={doc['k']}, seeds {','.join(map(str, doc['seeds']))}"
-                    + (" (quick)" if doc.get("quick") else ""))
-    cols = [("method", "left"), ("kept", "left"), ("test AUC", "right"), ("logloss", "right"), ("select s", "right"),
-            ("total s", "right"), ("params", "right")] + ([("AUC-K area", "right")] if curves else [])
+                    + (" (quick)" if doc.get("quick") else ""), box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False,
+              collapse_padding=True)
+    cols = [("method", "left"), ("test AUC ± sd", "right"), ("logloss", "right"), ("select s", "right"),
+            ("total s", "right"), ("params", "right")] + ([("AUC-K", "right")] if curves else [])
     for c, j in cols:
-        t.add_column(c, justify=j, no_wrap=c != "kept")
+        t.add_column(c, justify=j, no_wrap=True)
+    lines = []
     for r in doc["results"]:
         area = curves.get(r["method"], {}).get("area")
-        t.add_row(r["method"], ", ".join(r["kept"]) if len(r["kept"]) <= 8 else f"all {len(r['kept'])}",
-                  f"{r['auc']:.4f}±{r['auc_std']:.4f}", f"{r['logloss']:.4f}±{r['logloss_std']:.4f}",
-                  f"{r['selection_seconds']:.1f}", f"{r['total_seconds']:.1f}", f"{r['params']:,}",
+        t.add_row(r["method"], f"{r['auc']:.4f}±{r['auc_std']:.4f}", f"{r['logloss']:.4f}",
+                  _seconds(r["selection_seconds"]), _seconds(r["total_seconds"]), _count(r["params"]),
                   *([f"{area:.4f}" if area is not None else "-"] if curves else []))
-    return t
+        kept = ", ".join(r["kept"]) if len(r["kept"]) <= 12 else f"all {len(r['kept'])} fields"
+        lines.append(Text.assemble((f"{r['method']}: ", "bold"), kept))
+    return Group(t, Text("kept fields", style="bold underline"), *lines)
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f}" if s < 1000 else f"{s:,.0f}"
+
+
+def _count(n: int) -> str:
+    """1234 -> 1,234; 12345678 -> 12.3M (the column stays narrow)."""
+    return f"{n:,}" if n < 1_000_000 else f"{n / 1e6:.1f}M"
 
 
 def ablation_table(doc: dict) -> Table:

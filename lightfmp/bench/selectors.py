@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -29,8 +29,7 @@ from ..errors import LightFMPError
 from ..gates import AutoFieldGate, Gate, LPFSGate
 from ..metrics import roc_auc
 from ..models import build_model
-from ..pipeline import _train_cfg, resolve_device, run, train_fields
-from ..rundir import model_config
+from ..pipeline import phase_plan, resolve_device, run, train_fields
 from ..schema import PAD_ID
 from ..training import fit, predict
 
@@ -51,7 +50,7 @@ class Context:
 
     @property
     def device(self) -> str:
-        return resolve_device(self.cfg.device)
+        return resolve_device(self.cfg.train.device)
 
 
 @dataclass
@@ -83,12 +82,12 @@ def full_model(ctx: Context) -> tuple[object, dict]:
 
 
 def select_random(ctx: Context, k: int) -> Selection:
-    rng = np.random.default_rng(ctx.cfg.seed + 104729)
+    rng = np.random.default_rng(ctx.cfg.data.seed + 104729)
     return Selection([ctx.names[i] for i in rng.permutation(len(ctx.names))], 0.0)
 
 
 def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
-    cfg = replace(ctx.cfg, keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.subset)
+    cfg = ctx.cfg.but(keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.train.subset)
     with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
         m = run(cfg, f"{tmp}/run", force=True, quiet=True)
     sel = m["phases"]["pretrain"]["seconds"] + m["phases"]["prune"]["seconds"]
@@ -105,15 +104,15 @@ def select_lightfmp_fulldata(ctx: Context, k: int) -> Selection:
 
 # --- gate modules trained by training.fit (AutoField, LPFS) -----------------------------------------------------
 def _gate_selection(ctx: Context, gate: Gate) -> Selection:
-    """Train the backbone through `gate` on what Light-FMP's phase 1 gets (the cfg.subset of the training split,
-    pretrain_epochs, the phase-1 training config, validation each epoch) and rank fields by the gate's scores."""
+    """Train the backbone through `gate` on what Light-FMP's phase 1 gets (--subset of the training split,
+    --pretrain-epochs, the phase-1 plan, validation each epoch) and rank fields by the gate's scores."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
-    sub, _ = ctx.data.subset(cfg.subset, cfg.seed)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg), gate=gate)
-    fit(model, sub, ctx.data.split_rows("valid"), _train_cfg(cfg, cfg.pretrain_epochs, False),
-        label=f"{type(gate).__name__} search", device=ctx.device)
+    sub, _ = ctx.data.subset(cfg.train.subset, cfg.data.seed)
+    torch.manual_seed(cfg.data.seed)
+    model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate)
+    fit(model, sub, ctx.data.split_rows("valid"), cfg.train, label=f"{type(gate).__name__} search",
+        device=ctx.device, **phase_plan(cfg, cfg.train.pretrain_epochs, select_best=False))
     return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
 
@@ -134,7 +133,7 @@ def _score_sample(ctx: Context, max_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """(ids, labels) of a seeded sample of at most `max_rows` training rows, in stored order."""
     train = ctx.data.split_rows("train")
     n = len(train)
-    rng = np.random.default_rng(ctx.cfg.seed + 3)
+    rng = np.random.default_rng(ctx.cfg.data.seed + 3)
     return train.take(np.sort(rng.permutation(n)[:min(n, max_rows)])).arrays()
 
 
@@ -158,18 +157,18 @@ def select_sfs(ctx: Context, k: int, inits: int = 5) -> Selection:
     chance, so it is averaged over a few inits (still no training)."""
     t0 = time.perf_counter()
     cfg, device = ctx.cfg, ctx.device
-    x, y = _score_sample(ctx, 20 * cfg.batch_size)
+    x, y = _score_sample(ctx, 20 * cfg.train.batch_size)
     total = torch.zeros(len(ctx.names))
     for init in range(inits):
-        torch.manual_seed(cfg.seed * 1000 + init)
-        model = build_model(cfg.backbone, ctx.data.schema, model_config(cfg)).to(device)
+        torch.manual_seed(cfg.data.seed * 1000 + init)
+        model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model).to(device)
         _calibrate(model, x, y, device)
         model.eval()
         score = torch.zeros(len(ctx.names))
-        for i in range(0, len(y), cfg.batch_size):
+        for i in range(0, len(y), cfg.train.batch_size):
             mask = torch.ones(len(ctx.names), device=device, requires_grad=True)
-            logits = model(torch.from_numpy(x[i:i + cfg.batch_size]).to(device), mask)
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[i:i + cfg.batch_size]).to(device))
+            logits = model(torch.from_numpy(x[i:i + cfg.train.batch_size]).to(device), mask)
+            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[i:i + cfg.train.batch_size]).to(device))
             (g,) = torch.autograd.grad(loss, mask)
             score += g.cpu()  # signed: noise fields' batch gradients cancel, a real field's add up
         total += score.abs() / score.abs().sum().clamp_min(1e-12)  # each init's saliencies sum to 1
@@ -183,8 +182,8 @@ def select_shark(ctx: Context, k: int) -> Selection:
     t0 = time.perf_counter()
     device = ctx.device
     model.eval()
-    x, y = _score_sample(ctx, 20 * ctx.cfg.batch_size)
-    bs = ctx.cfg.batch_size
+    x, y = _score_sample(ctx, 20 * ctx.cfg.train.batch_size)
+    bs = ctx.cfg.train.batch_size
     score = torch.zeros(len(ctx.names), dtype=torch.float64)
     for i in range(0, len(y), bs):
         emb, lin = model.embedding(torch.from_numpy(x[i:i + bs]).to(device))
@@ -211,7 +210,7 @@ def select_permutation(ctx: Context, k: int) -> Selection:
     valid = ctx.data.split_rows("valid")
     xv, yv = valid.arrays()
     base = roc_auc(yv, predict(model, xv, device=ctx.device))
-    rng = np.random.default_rng(ctx.cfg.seed + 5)
+    rng = np.random.default_rng(ctx.cfg.data.seed + 5)
     repeats = 1 if ctx.quick else 3
     score = []
     for name in ctx.names:
@@ -240,11 +239,11 @@ def select_gbdt(ctx: Context, k: int) -> Selection:
     xt = xt[:, first].astype(np.float64)
     cat = np.array([f.vocab_size <= 255 for f in schema.fields])
     clf = HistGradientBoostingClassifier(max_iter=50 if ctx.quick else 200, categorical_features=cat,
-                                         early_stopping=False, random_state=ctx.cfg.seed)
+                                         early_stopping=False, random_state=ctx.cfg.data.seed)
     clf.fit(xt, yt)
     xv, yv = valid.take(np.arange(min(len(valid), 5000 if ctx.quick else 20000))).arrays()
     pi = permutation_importance(clf, xv[:, first].astype(np.float64), yv, scoring="roc_auc",
-                                n_repeats=2 if ctx.quick else 5, random_state=ctx.cfg.seed)
+                                n_repeats=2 if ctx.quick else 5, random_state=ctx.cfg.data.seed)
     return Selection(_rank(ctx.names, pi.importances_mean), time.perf_counter() - t0)
 
 

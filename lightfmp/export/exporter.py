@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..errors import LightFMPError
-from ..io import atomic_dir, file_sha256
+from ..io import atomic_dir, check_out, file_sha256
 from ..rundir import open_run
 from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, ExternalData, InputSpec,
                        OutputSpec, ServingContract, save_contract, vocab_text)
@@ -23,8 +23,7 @@ def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size
         raise LightFMPError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     if max_batch_size < 1:
         raise LightFMPError(f"--max-batch-size {max_batch_size}: must be >= 1")
-    if out.exists() and not force:
-        raise LightFMPError(f"{out}: already exists; pass --force to replace it")
+    check_out(out, force)  # before any work: never replace what lightfmp did not write
 
 
 def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dtype: str = "fp32",
@@ -51,7 +50,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     contract = ServingContract(
         inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
-        table_dtype=dtype, opset=opset, backbone=run.config.backbone, run_dir=str(run.path.resolve()),
+        table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=str(run.path.resolve()),
         run_test_auc=run_auc, triton_model=name, max_batch_size=max_batch_size)
 
     rows = validation_rows(run, kept, validate_rows)

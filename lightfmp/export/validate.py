@@ -40,7 +40,7 @@ class HeldOut:
 
 def held_out_missing(run) -> str | None:
     """Why the run's test rows cannot be read again (its data file is gone, or changed since training), or None."""
-    data = run.config.data
+    data = run.config.data.data
     if not data or not Path(data).exists():
         return f"data file {data!r} not found"
     if run.info.get("data_sha256") != file_sha256(data):
@@ -58,7 +58,7 @@ def run_test_frame(run, max_rows: int) -> HeldOut:
     order = np.argsort(numbers, kind="stable")[:max_rows]
     wanted, labels = numbers[order], test.labels()[order]
     parts = []
-    for df, start in read_batches(cfg.data, cfg.format, cfg.chunk_rows):
+    for df, start in read_batches(cfg.data.data, cfg.data.format, cfg.data.chunk_rows):
         pos = wanted[(wanted >= start) & (wanted < start + len(df))] - start
         if len(pos):
             parts.append(df.iloc[pos])

@@ -6,24 +6,17 @@ the flattened embeddings). Everything about gates and embedding rows is handled 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from torch import nn
 
 from ..embedding import FieldEmbedding
+from ..config import ModelConfig
 from ..errors import LightFMPError
 from ..gates import Gate, HardConcreteGate
 from ..schema import FeatureSchema
 
 
-@dataclass
-class ModelConfig:
-    embed_dim: int = 16
-    hidden: list[int] = field(default_factory=lambda: [256, 128])
-    cross_layers: int = 2
-    dropout: float = 0.0
-    gate_init: float = 2.0
+GATE_INIT = 2.0  # log_alpha of a new hard-concrete gate: deterministic gate 1, open probability ~0.97
 
 
 class CTRModel(nn.Module):
@@ -32,7 +25,7 @@ class CTRModel(nn.Module):
 
     def __init__(self, schema: FeatureSchema, cfg: ModelConfig, gated: bool = False, gate: Gate | None = None):
         """`gate`: the per-field gate module the model trains through (kept as `model.gate`); `gated=True` is short
-        for a HardConcreteGate starting at `cfg.gate_init`. Neither: no gate."""
+        for a HardConcreteGate starting at GATE_INIT. Neither: no gate."""
         super().__init__()
         n = len(schema.fields)
         if gated and gate is not None:
@@ -42,7 +35,7 @@ class CTRModel(nn.Module):
         self.cfg = cfg
         self.field_names = list(schema.names)
         self.embedding = FieldEmbedding(schema, cfg.embed_dim, linear=self.uses_linear)
-        self.gate = HardConcreteGate(n, cfg.gate_init) if gated else gate
+        self.gate = HardConcreteGate(n, GATE_INIT) if gated else gate
         self.build(n, cfg.embed_dim, cfg)
 
     # backbone hooks -----------------------------------------------------------------------------------------------

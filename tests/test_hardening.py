@@ -1,0 +1,474 @@
+"""What must never go wrong around the real work: --force replaces only what lightfmp wrote; a damaged checkpoint
+or run directory is one line naming the file, never a traceback; long commands say what they are doing, Ctrl-C
+says how to resume, and bench saves its table before the curves."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+import lightfmp.bench.core as bench_core
+import lightfmp.checkpoint as checkpoint_mod
+import lightfmp.demo as demo_mod
+import lightfmp.pipeline as pipeline_mod
+from lightfmp.bench.report import results_table
+from lightfmp.bench.selectors import METHODS
+from lightfmp.errors import LightFMPError
+from lightfmp.io import atomic_dir, check_out, lightfmp_kind
+from lightfmp.progress import Reporter
+from lightfmp.rundir import open_run
+from lightfmp.cli.app import app
+
+from helpers import write_csv
+
+runner = CliRunner()
+FAST = ["--pretrain-epochs", "2", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4"]
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r, *words):
+    """Exit 2, a single line on the output, no traceback, and every word in it."""
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("d"), n=600)
+
+
+def train_args(data, out, *extra):
+    return ["train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            *FAST, *extra]
+
+
+@pytest.fixture(scope="module")
+def pretrained(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    r = cli(*train_args(data, out, "--quiet"))
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def complete(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "done"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            "--keep", "3", *FAST, "--quiet")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+# ---- --force replaces only what lightfmp wrote -------------------------------------------------------------------
+
+def test_force_refuses_a_directory_of_the_users(data, tmp_path):
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "important.txt").write_text("mine")
+    before = listing(tmp_path)
+    r = cli(*train_args(data, v, "--quiet", "--force"))
+    one_line_error(r, v, "not a directory lightfmp wrote", "--force")
+    assert (v / "important.txt").read_text() == "mine" and listing(v) == ["important.txt"]
+    assert listing(tmp_path) == before  # no temporary sibling left either
+
+
+def test_refusal_comes_before_any_work(data, tmp_path, monkeypatch):
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "important.txt").write_text("mine")
+
+    def no_work(*a, **k):
+        raise AssertionError("the data was read before --out was checked")
+    monkeypatch.setattr(pipeline_mod, "load_data", no_work)
+    for cmd in ("train", "run"):
+        r = cli(cmd, "--data", data, "--label", "label", "--out", v, "--force", "--quiet")
+        one_line_error(r, v, "not a directory lightfmp wrote")
+
+
+def test_force_replaces_a_previous_run(data, tmp_path):
+    out = tmp_path / "r"
+    assert cli(*train_args(data, out, "--quiet")).exit_code == 0
+    first = (out / "metrics.json").read_text()
+    one_line_error(cli(*train_args(data, out, "--quiet")), out, "already exists", "--force")
+    assert (out / "metrics.json").read_text() == first
+    r = cli(*train_args(data, out, "--quiet", "--force", "--seed", "1"))
+    assert r.exit_code == 0, r.output
+    assert open_run(out).state == "pretrained" and (out / "metrics.json").read_text() != first
+    assert listing(tmp_path) == ["r"]  # the replaced directory is gone, nothing else left behind
+
+
+def test_force_refuses_the_current_directory_and_what_contains_it(data, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    one_line_error(cli(*train_args(data, ".", "--quiet", "--force")), "current directory")
+    one_line_error(cli(*train_args(data, tmp_path, "--quiet", "--force")), tmp_path, "contains the current directory")
+    one_line_error(cli(*train_args(data, "/", "--quiet", "--force")), "filesystem root")
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    one_line_error(cli(*train_args(data, home, "--quiet", "--force")), home, "home directory")
+    assert listing(work) == ["notes.txt"] and listing(home) == []
+
+
+def test_the_current_directory_is_refused_even_when_it_is_a_run(pretrained, tmp_path, monkeypatch):
+    run = tmp_path / "copy"
+    shutil.copytree(pretrained, run)
+    monkeypatch.chdir(run)
+    with pytest.raises(LightFMPError, match="is the current directory"):
+        check_out(".", force=True)
+
+
+def test_force_refuses_a_file(data, tmp_path):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    one_line_error(cli(*train_args(data, f, "--quiet", "--force")), f, "is a file")
+    one_line_error(cli(*train_args(data, f / "run", "--quiet")), f, "is a file")
+    assert f.read_text() == "mine"
+
+
+def test_symlink_out_refused(pretrained, tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(pretrained, target_is_directory=True)
+    with pytest.raises(LightFMPError, match="symbolic link"):
+        check_out(link, force=True)
+    assert (pretrained / "run.json").exists()
+
+
+def test_atomic_dir_recognises_each_kind_of_lightfmp_directory(tmp_path):
+    markers = {"run": ("run.json", {"format": "lightfmp-run", "format_version": 1}),
+               "export": ("feature_schema.json", {"schema_version": 1, "model_file": "model.onnx", "inputs": []}),
+               "shard directory": ("manifest.json", {"format": "lightfmp-shards", "shards": []})}
+    for kind, (name, doc) in markers.items():
+        d = tmp_path / kind.replace(" ", "_")
+        d.mkdir()
+        (d / name).write_text(json.dumps(doc))
+        assert lightfmp_kind(d) == kind
+        with atomic_dir(d, force=True) as tmp:
+            (tmp / "new.txt").write_text("new")
+        assert listing(d) == ["new.txt"]
+    # a marker with the wrong content, or unreadable, is no marker
+    fake = tmp_path / "fake"
+    fake.mkdir()
+    (fake / "run.json").write_text(json.dumps({"format": "something-else"}))
+    (fake / "manifest.json").write_text("{not json")
+    assert lightfmp_kind(fake) is None
+    with pytest.raises(LightFMPError, match="not a directory lightfmp wrote"):
+        with atomic_dir(fake, force=True) as tmp:
+            raise AssertionError("the block must not run")
+    assert listing(fake) == ["manifest.json", "run.json"]
+
+
+def test_atomic_dir_never_deletes_a_sibling_of_the_users(tmp_path):
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"format": "lightfmp-run"}))
+    mine = tmp_path / ".r.old"  # the name a fixed-name scheme would have used for the old directory
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with atomic_dir(d, force=True) as tmp:
+        (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run", "n": 2}))
+    assert (mine / "keep.txt").read_text() == "mine"
+    assert json.loads((d / "run.json").read_text())["n"] == 2
+    assert listing(tmp_path) == [".r.old", "r"]
+
+
+def test_export_force_refuses_what_lightfmp_did_not_write(complete, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    v = tmp_path / "v"
+    v.mkdir()
+    (v / "important.txt").write_text("mine")
+    one_line_error(cli("export", complete, "--out", v, "--force"), v, "not a directory lightfmp wrote")
+    assert listing(v) == ["important.txt"]
+    monkeypatch.chdir(v)
+    one_line_error(cli("export", complete, "--out", ".", "--force"), "current directory")
+    assert listing(v) == ["important.txt"]
+
+
+# ---- a damaged checkpoint does not block the rerun ---------------------------------------------------------------
+
+def interrupt_after_first_save(monkeypatch):
+    save = checkpoint_mod.Checkpoint.save
+
+    def save_then_stop(self, *a, **k):
+        save(self, *a, **k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", save_then_stop)
+
+
+@pytest.mark.parametrize("damage", ["truncate tensors", "truncate json", "delete tensors", "garbage json"])
+def test_damaged_checkpoint_is_reported_and_the_phase_restarts(data, tmp_path, monkeypatch, damage):
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        interrupt_after_first_save(m)
+        r = cli(*train_args(data, out, "--quiet"))
+    assert r.exit_code == 130, r.output
+    assert r.output.strip().splitlines() == [f"interrupted: rerun the same command to resume from epoch 1 "
+                                             f"(pretrain phase; checkpoint in {tmp_path / 'r.ckpt'})"]
+    tensors, doc = tmp_path / "r.ckpt" / "pretrain.safetensors", tmp_path / "r.ckpt" / "pretrain.json"
+    assert tensors.exists() and doc.exists() and not out.exists()
+    target = tensors if "tensors" in damage else doc
+    if damage.startswith("truncate"):
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    elif damage.startswith("delete"):
+        target.unlink()
+    else:
+        target.write_text('["not", "a", "checkpoint"]')
+    r = cli(*train_args(data, out))  # not --quiet: the line about the checkpoint is a log line
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    said = [line for line in r.output.splitlines() if "damaged checkpoint" in line]
+    assert len(said) == 1 and "pretrain starts again from its first epoch" in said[0], r.output
+    assert "resuming" not in r.output
+    assert open_run(out).state == "pretrained" and not (tmp_path / "r.ckpt").exists()
+    history = json.loads((out / "history.json").read_text())["pretrain"]
+    assert "resumed_from_epoch" not in history and len(history["epochs"]) == 2
+
+
+def test_intact_checkpoint_still_resumes(data, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        interrupt_after_first_save(m)
+        assert cli(*train_args(data, out, "--quiet")).exit_code == 130
+    r = cli(*train_args(data, out))
+    assert r.exit_code == 0, r.output
+    assert "resuming pretrain from epoch 1" in r.output and "damaged" not in r.output
+    assert json.loads((out / "history.json").read_text())["pretrain"]["resumed_from_epoch"] == 1
+
+
+# ---- one loader for a run directory ------------------------------------------------------------------------------
+
+def damage(run, name, how):
+    p = run / name
+    if how == "delete":
+        p.unlink()
+    else:
+        blob = p.read_bytes()
+        p.write_bytes(blob[: len(blob) // 2])
+
+
+RUN_FILES = ["run.json", "config.yaml", "schema.json", "metrics.json", "history.json", "pretrain.safetensors"]
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate"])
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_damaged_pretrained_run_is_one_line_naming_the_file(pretrained, tmp_path, name, how):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    damage(run, name, how)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    for cmd in (["inspect", run], ["prune", run, "--quiet"]):
+        line = one_line_error(cli(*cmd), name)
+        assert str(run) in line
+    with pytest.raises(LightFMPError, match=name.replace(".", r"\.")):
+        open_run(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing written, nothing removed
+
+
+@pytest.mark.parametrize("how", ["delete", "truncate"])
+@pytest.mark.parametrize("name", RUN_FILES + ["model.safetensors"])
+def test_damaged_complete_run_is_one_line_naming_the_file(complete, tmp_path, name, how):
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    damage(run, name, how)
+    for cmd in (["inspect", run], ["prune", run, "--quiet"], ["export", run, "--out", tmp_path / "x"]):
+        one_line_error(cli(*cmd), name, run)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m.pop("fields"), "metrics.json: missing key 'fields'"),
+    (lambda m: m["fields"].pop("kept"), "metrics.json: missing key 'fields.kept'"),
+    (lambda m: m["gates"].pop(next(iter(m["gates"]))), "metrics.json: missing key 'gates."),
+    (lambda m: m["fields"].update(kept="a"), "fields.kept"),
+    (lambda m: m["fields"].update(all=["a"]), "fields.all does not match"),
+])
+def test_metrics_keys_readers_need_are_checked(complete, tmp_path, edit, message):
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    m = json.loads((run / "metrics.json").read_text())
+    edit(m)
+    (run / "metrics.json").write_text(json.dumps(m))
+    for cmd in (["inspect", run], ["prune", run, "--quiet"]):
+        one_line_error(cli(*cmd), message)
+
+
+def test_truncated_json_names_the_file_and_the_reason(pretrained, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    damage(run, "metrics.json", "truncate")
+    one_line_error(cli("inspect", run), f"{run / 'metrics.json'}: not valid JSON (")
+
+
+def test_config_cut_at_a_line_end_is_still_caught(pretrained, tmp_path):
+    """YAML cut short at a line end parses; the keys run.json recorded are missing from it."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    lines = (run / "config.yaml").read_text().splitlines(keepends=True)
+    (run / "config.yaml").write_text("".join(lines[: len(lines) // 2]))
+    one_line_error(cli("inspect", run), f"{run / 'config.yaml'}: missing key")
+
+
+# ---- long jobs say what they do; Ctrl-C says how to resume -------------------------------------------------------
+
+def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(data, tmp_path):
+    r = cli(*train_args(data, tmp_path / "r"))
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    assert "pretrain (gated): start, 2 epochs of " in err
+    assert "pretrain (gated): epoch 1/2 loss" in err and "pretrain (gated): epoch 2/2 loss" in err
+    assert "pretrain (gated): done in" in err
+
+
+def test_quiet_reporter_says_nothing(capsys):
+    rep = Reporter(quiet=True)
+    rep.log("hello")
+    with rep.bars("x", 2, 3) as (next_batch, next_epoch, status):
+        status("s")
+        next_epoch()
+    assert capsys.readouterr().err == ""
+
+
+def movielens_like(path, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    user = rng.integers(0, 20, n)
+    df = pd.DataFrame({"user_id": user, "item_id": rng.integers(0, 30, n), "age": rng.integers(18, 60, n),
+                       "gender": rng.choice(["M", "F"], n), "occupation": rng.choice(["a", "b", "c"], n),
+                       "zip": rng.choice(["z1", "z2"], n), "release_year": rng.integers(1990, 1998, n),
+                       "hour": rng.integers(0, 24, n), "weekday": rng.integers(0, 7, n),
+                       "genres": ["|".join(rng.choice(list("xyz"), 2, replace=False)) for _ in range(n)],
+                       "label": (rng.random(n) < 0.3 + 0.4 * (user % 2)).astype(int)})
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_demo_reports_its_steps_to_a_log(tmp_path, monkeypatch):
+    csv = movielens_like(tmp_path / "ml.csv")
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", lambda quiet=False: csv)
+    r = cli("demo", "--out", tmp_path / "demo")
+    assert r.exit_code == 0, r.output
+    err = r.stderr
+    order = ["demo: fetching MovieLens-100k", "demo: step 1/2: Light-FMP", "pretrain (gated): start",
+             "pretrain (gated): epoch 1/", "continue (pruned): start", "demo: step 2/2: comparison run",
+             "train (all fields): start", "train (all fields): done in", "demo: done"]
+    at = [err.find(s) for s in order]
+    assert all(i >= 0 for i in at) and at == sorted(at), (at, err)
+    assert "test AUC" in r.stdout
+
+
+def stop(*a, **k):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("cmd", ["train", "run", "prune", "demo"])
+def test_ctrl_c_is_one_line_and_exit_130(cmd, data, pretrained, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", lambda quiet=False: data)
+    args = {"train": train_args(data, tmp_path / "r"),
+            "run": ["run", "--data", data, "--label", "label", "--out", tmp_path / "r"],
+            "prune": ["prune", pretrained],
+            "demo": ["demo", "--out", tmp_path / "demo", "--quiet"]}[cmd]
+    r = cli(*args)
+    assert r.exit_code == 130, r.output
+    lines = [line for line in r.output.strip().splitlines() if not line.startswith("demo:")]
+    assert lines == ["interrupted: rerun the same command to start again"], r.output
+    assert "Traceback" not in r.output
+
+
+def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
+    save = checkpoint_mod.Checkpoint.save
+
+    def first_continue_save_stops(self, *a, **k):
+        save(self, *a, **k)
+        if self.phase == "continue":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", first_continue_save_stops)
+    out = tmp_path / "r"
+    r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet")
+    assert r.exit_code == 130, r.output
+    assert r.output.strip() == (f"interrupted: rerun the same command to resume from epoch 1 (continue phase; "
+                                f"checkpoint in {tmp_path / 'r.ckpt'})")
+    monkeypatch.undo()
+    r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert "resuming continue from epoch 1" in r.output
+
+
+# ---- bench: the table is saved before the curves, the curves report per K, 80 columns ----------------------------
+
+def bench_args(data, *extra):
+    return ["bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2", "--methods",
+            "lpfs,random", "--epochs", "1", "--pretrain-epochs", "1", "--hidden", "8", "--embed-dim", "4",
+            "--batch-size", "256", *extra]
+
+
+def test_bench_writes_the_table_before_the_curves(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_core, "curves", stop)
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    r = cli(*bench_args(data, "--json", js, "--plot", png))
+    assert r.exit_code == 130, r.output
+    doc = json.loads(js.read_text())
+    assert [x["method"] for x in doc["results"]] == ["random", "lpfs"] and "curves" not in doc
+    assert not png.exists()
+
+
+def test_bench_curves_report_each_k_and_the_json_gets_them(data, tmp_path):
+    js, png = tmp_path / "b.json", tmp_path / "b.png"
+    r = cli(*bench_args(data, "--json", js, "--plot", png, "--methods", "lpfs"))
+    assert r.exit_code == 0, r.output
+    n = 5  # a, b, noise, x, tags
+    for k in range(1, n + 1):
+        assert f"curve lpfs: K={k}/{n} test AUC" in r.stderr, r.stderr
+    assert f"bench: results written to {js}" in r.stderr
+    doc = json.loads(js.read_text())
+    assert doc["curves"]["lpfs"]["k"] == list(range(1, n + 1))
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert all(len(line) <= 80 for line in r.stdout.splitlines()) and "…" not in r.stdout
+
+
+def test_plot_without_a_gate_method_is_refused_before_any_work(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_core, "load_dataset", stop)
+    one_line_error(cli(*bench_args(data, "--methods", "random", "--plot", tmp_path / "p.png")), "--plot")
+
+
+def test_bench_table_fits_80_columns_without_cutting_anything():
+    kept = ["user_id", "item_id", "genres", "occupation"]
+    res = [dict(method=m, kept=kept if m != "full" else [f"C{i}" for i in range(39)], auc=0.79123, auc_std=0.01234,
+                logloss=0.52345, selection_seconds=1234.5, total_seconds=99999.9, params=987654) for m in METHODS]
+    doc = dict(backbone="deepfm", k=4, seeds=[0, 1, 2], quick=True, results=res,
+               curves={"lightfmp": {"area": 0.77}, "lpfs": {"area": 0.76}})
+    con = Console(width=80, record=True, file=open("/dev/null", "w"))
+    con.print(results_table(doc))
+    text = con.export_text()
+    assert all(len(line.rstrip()) <= 80 for line in text.splitlines())
+    assert "…" not in text
+    for m in METHODS:
+        assert f" {m} " in text and f"{m}: " in text
+    assert "0.7912±0.0123" in text and "987,654" in text and "0.7700" in text and "all 39 fields" in text
+    assert "user_id, item_id, genres, occupation" in text
+
+
+def test_finished_run_removes_only_its_own_checkpoint_files(data, tmp_path, monkeypatch):
+    """<out>.ckpt/ is lightfmp's only as far as its checkpoint files go: a file of the user's there survives."""
+    out = tmp_path / "r"
+    with monkeypatch.context() as m:
+        interrupt_after_first_save(m)
+        assert cli(*train_args(data, out, "--quiet")).exit_code == 130
+    (tmp_path / "r.ckpt" / "notes.txt").write_text("mine")
+    assert cli(*train_args(data, out, "--quiet")).exit_code == 0
+    assert listing(tmp_path / "r.ckpt") == ["notes.txt"]
