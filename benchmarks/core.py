@@ -1,4 +1,4 @@
-"""Core-issue measurements: Light-FMP `run` vs `run --no-select`, side by side, per seed.
+"""Core measurements: Light-FMP `run` vs `run --no-select`, side by side, per seed.
 
     python benchmarks/core.py movielens --seeds 0,1,2 --backbone deepfm --json out.json
     python benchmarks/core.py synthetic --rows 1000000 --seeds 0 --json out.json
