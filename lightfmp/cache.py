@@ -1,10 +1,12 @@
-"""Where lightfmp keeps what it downloads and builds: the one place that reads $LIGHTFMP_HOME."""
+"""Where lightfmp keeps what it downloads and builds: the one place that reads $LIGHTFMP_HOME; and the progress
+lines of those downloads."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-__all__ = ["cache_home", "ENV_VAR"]
+__all__ = ["cache_home", "say", "ENV_VAR"]
 
 ENV_VAR = "LIGHTFMP_HOME"
 
@@ -13,3 +15,9 @@ def cache_home(home: str | Path | None = None) -> Path:
     """``home`` when given, else $LIGHTFMP_HOME, else ~/.cache/lightfmp (``~`` expanded; not created)."""
     base = home or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "lightfmp"
     return Path(base).expanduser()
+
+
+def say(quiet: bool, msg: str) -> None:
+    """A progress line of a download or preparation step on stderr (none when `quiet`)."""
+    if not quiet:
+        print(f"[lightfmp] {msg}", file=sys.stderr)

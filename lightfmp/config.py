@@ -246,6 +246,8 @@ def load_yaml(path: str | Path) -> dict:
         d = yaml.safe_load(p.read_text())
     except FileNotFoundError:
         raise LightFMPError(f"{p}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LightFMPError(f"{p}: cannot read it ({type(e).__name__})") from None
     except yaml.YAMLError as e:
         raise LightFMPError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if d is None:

@@ -174,7 +174,6 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
                 schema, inferred = initial_schema(df, cfg, fmt, source)
                 for col, why in inferred.items():
                     reporter.log(f"inferred column [bold]{col}[/]: {why}")
-            _check_columns(df, schema, source)
             apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
             fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
             nonmissing = {f.name: 0 for f in schema.fields}

@@ -180,17 +180,13 @@ def _comm(t: torch.Tensor) -> torch.Tensor:
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     """Mean over ranks, in place when the tensor already lives where the backend communicates; returns it."""
-    if not active():
-        return tensor
-    t = _comm(tensor)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    t /= world()
-    if t is not tensor:
-        tensor.copy_(t)
+    if active():
+        all_reduce_sum(tensor).div_(world())
     return tensor
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (as all_reduce_mean); returns it."""
     if not active():
         return tensor
     t = _comm(tensor)

@@ -25,21 +25,18 @@ MARKERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
 }
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _publish_mode(path, directory: bool = False) -> None:
     """mkstemp / mkdtemp create private (0600 / 0700) entries; give the artifact the usual umask-based mode."""
-    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
-def file_sha256(path: str | Path) -> str:
-    """Content hash of a file, or of every file under a directory in sorted path order."""
+def file_sha256(path: str | Path, h=None) -> str:
+    """Content hash of a file, or of every file under a directory in sorted path order (`h`: another hashlib
+    object to use, e.g. blake2b)."""
     p = Path(path)
-    h = hashlib.sha256()
+    h = hashlib.sha256() if h is None else h
     files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
     for q in files:
         with open(q, "rb") as fh:
@@ -59,22 +56,31 @@ def json_safe(obj):
     return obj
 
 
+def read_json(path: str | Path, text: str | None = None, obj: bool = True):
+    """The JSON document in file `path` (or in `text`, which `path` names); a missing, unreadable or malformed one
+    is one error naming it. `obj`: it must be a JSON object."""
+    try:
+        doc = json.loads(Path(path).read_text() if text is None else text)
+    except FileNotFoundError:
+        raise LightFMPError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise LightFMPError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    except UnicodeDecodeError:
+        raise LightFMPError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except OSError as e:
+        raise LightFMPError(f"{path}: cannot read it ({type(e).__name__})") from None
+    if obj and not isinstance(doc, dict):
+        raise LightFMPError(f"{path}: not a JSON object")
+    return doc
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 @contextmanager

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from .errors import LightFMPError
-from .export.bundle import Bundle, load_bundle
+from .export.bundle import Bundle, load_bundle, session
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
-from .export.runtime import session
 from .io import atomic_path
 from .rundir import open_run
 

@@ -14,7 +14,6 @@ LightFMPError (`RUN/metrics.json: missing key 'fields'`), and through the `Run` 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, load_yaml
 from .errors import LightFMPError
-from .io import RUN_FORMAT, atomic_path, write_json_atomic, write_text_atomic
+from .io import RUN_FORMAT, atomic_path, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
 from .schema import FeatureSchema
 from .splits import SplitRule
@@ -95,23 +94,6 @@ class Run:
         return _load_weights(model, self.path / "model.safetensors"), schema
 
 
-def read_json(path: Path) -> dict:
-    """A JSON object from `path`; a missing, unreadable or malformed file is one error naming it."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise LightFMPError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LightFMPError(f"{path}: cannot read it ({type(e).__name__})") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise LightFMPError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(doc, dict):
-        raise LightFMPError(f"{path}: not a JSON object")
-    return doc
-
-
 def _require(doc: dict, key: str, path: Path) -> None:
     """`key` ("a.b.c") is in `doc`; else an error naming the first missing part ('a' or 'a.b' ...)."""
     node, parts = doc, key.split(".")
@@ -128,8 +110,7 @@ def _names(value, path: Path, key: str) -> list[str]:
 
 
 def _load_weights(model: CTRModel, path: Path) -> CTRModel:
-    if not path.exists():
-        raise LightFMPError(f"{path}: checkpoint missing")
+    """The weights at `path` (checked by `open_run`) into `model`."""
     try:
         state = load_file(str(path))
     except Exception as e:
@@ -178,10 +159,7 @@ def _read_info(p: Path) -> dict:
 
 def _read_config(p: Path, info: dict) -> RunConfig:
     path = p / "config.yaml"
-    try:
-        doc = load_yaml(path)
-    except (OSError, UnicodeDecodeError) as e:
-        raise LightFMPError(f"{path}: cannot read it ({type(e).__name__})") from None
+    doc = load_yaml(path)
     # the keys it was written with (run.json): a file cut short still parses, but lacks the last ones
     missing = [k for k in info.get("config_keys", []) if k not in config_keys(doc)]
     if missing:

@@ -9,7 +9,6 @@ id is FIRST_ID + stable_hash(value) % N (see `stable_hash` for the exact functio
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LightFMPError
+from .io import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 PAD_ID = 0
@@ -163,19 +163,11 @@ class FeatureSchema:
                    vocab_cap=int(d["vocab_cap"]) if d.get("vocab_cap") is not None else None)
 
     def save(self, path: str | Path) -> None:
-        from .io import write_json_atomic
         write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureSchema":
-        p = Path(path)
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise LightFMPError(f"{p}: schema file not found") from None
-        except json.JSONDecodeError as e:
-            raise LightFMPError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
-        return cls.from_dict(d, source=str(p))
+        return cls.from_dict(read_json(path, obj=False), source=str(path))
 
     # ---- encoding --------------------------------------------------------------------------------------------
     def encode(self, df: pd.DataFrame) -> np.ndarray:

@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import LightFMPError
-from .export.bundle import Bundle, load_bundle
+from .export.bundle import Bundle, load_bundle, session
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
-from .export.runtime import session
 from .schema import FeatureSchema, Field
 
 

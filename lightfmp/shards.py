@@ -21,7 +21,7 @@ import numpy as np
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import SHARDS_FORMAT, atomic_dir, write_json_atomic
+from .io import SHARDS_FORMAT, atomic_dir, file_sha256, write_json_atomic
 from .schema import FeatureSchema
 from .splits import SPLITS, SplitRule
 
@@ -29,7 +29,6 @@ SHARD_FORMAT_VERSION = 2
 FIT_VERSION = 2  # bump when the streaming fit changes what it computes (invalidates cached fits)
 MANIFEST = "manifest.json"
 ARRAYS = ("ids", "labels", "rows", "split")
-_HASH_BLOCK = 1 << 20
 
 
 def shard_home(shard_dir: str | None) -> Path:
@@ -46,11 +45,7 @@ def shard_key(data_sha256: str, schema: FeatureSchema, rule: SplitRule, fmt: str
 
 
 def file_checksum(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=32)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_HASH_BLOCK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path, hashlib.blake2b(digest_size=32))
 
 
 class ShardStore:

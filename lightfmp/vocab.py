@@ -21,7 +21,7 @@ vocabulary is exact while a field has fewer distinct values than the limit (a me
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -115,10 +115,7 @@ def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[Featu
     """Kinds for every column of `df`: named ones as given, others inferred. Returns the (unfitted) schema and a
     {column: reason} dict of the inferred choices, for printing."""
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
-    for col in list(named) + spec.ignore:
-        if col not in df.columns:
-            raise LightFMPError(f"{source}: column '{col}' named on the command line is absent "
-                                f"(columns: {', '.join(df.columns)})")
+    _check_named(df, list(named) + spec.ignore, source)
     if spec.label in named:
         raise LightFMPError(f"{source}: column '{spec.label}' is the label and cannot also be a feature")
     fields, inferred = [], {}
@@ -140,6 +137,13 @@ def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[Featu
     if not fields:
         raise LightFMPError(f"{source}: no feature columns besides the label '{spec.label}'")
     return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
+
+
+def _check_named(df: pd.DataFrame, cols: list[str], source: str) -> None:
+    absent = next((c for c in cols if c not in df.columns), None)
+    if absent is not None:
+        raise LightFMPError(f"{source}: column '{absent}' named on the command line is absent "
+                            f"(columns: {', '.join(df.columns)})")
 
 
 def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
@@ -186,20 +190,16 @@ def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> 
     empty = [c for c in df.columns if c != label and c not in spec.ignore and df[c].isna().all()]
     kinds = {c: ("multi_hot" if c in spec.multi_hot else "numeric" if c in spec.numeric else "categorical")
              for c in empty}
-    sub = SchemaSpec(label=label, categorical=[c for c in spec.categorical if c not in kinds],
-                     numeric=[c for c in spec.numeric if c not in kinds],
-                     multi_hot={c: s for c, s in spec.multi_hot.items() if c not in kinds}, ignore=spec.ignore,
-                     positive=spec.positive, min_count=spec.min_count, num_buckets=spec.num_buckets)
+    sub = replace(spec, categorical=[c for c in spec.categorical if c not in kinds],
+                  numeric=[c for c in spec.numeric if c not in kinds],
+                  multi_hot={c: s for c, s in spec.multi_hot.items() if c not in kinds})
     rest = df.drop(columns=empty)
     inferred: dict[str, str] = {}
     if any(c != label and c not in spec.ignore for c in rest.columns):
         schema, inferred = infer_schema(rest, sub, source)
         fields = {f.name: f for f in schema.fields}
     else:
-        for col in list(named) + spec.ignore:  # the checks infer_schema would have made
-            if col not in df.columns:
-                raise LightFMPError(f"{source}: column '{col}' named on the command line is absent "
-                                    f"(columns: {', '.join(df.columns)})")
+        _check_named(df, list(named) + spec.ignore, source)  # the check infer_schema would have made
         fields = {}
     for c, kind in kinds.items():
         fields[c] = Field(c, kind, separator=spec.multi_hot.get(c))

@@ -12,7 +12,7 @@ from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..pipeline import train_fields
 from ..progress import Reporter
-from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model
+from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, select_lightfmp
 
 QUICK_ROWS = 20000
 
@@ -57,9 +57,13 @@ def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
     return replace(cfg, data=small).but(epochs=1, pretrain_epochs=min(cfg.train.pretrain_epochs, 3))
 
 
-def _check_k(k: int, n_fields: int) -> None:
-    if not 1 <= k <= n_fields:
-        raise LightFMPError(f"--k {k}: must be between 1 and the number of fields ({n_fields})")
+def _context(cfg: RunConfig, seed: int, k: int, quick: bool = False) -> Context:
+    """The data and config of one seed, with K checked against its fields."""
+    scfg = cfg.but(seed=seed)
+    data = load_dataset(scfg.data)
+    if not 1 <= k <= len(data.schema.fields):
+        raise LightFMPError(f"--k {k}: must be between 1 and the number of fields ({len(data.schema.fields)})")
+    return Context(scfg, data, quick=quick)
 
 
 def _one(ctx: Context, method: str, k: int) -> dict:
@@ -137,10 +141,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
     first: Context | None = None
     t_all = time.perf_counter()
     for seed in seeds:
-        scfg = cfg.but(seed=seed)
-        data = load_dataset(scfg.data)
-        _check_k(k, len(data.schema.fields))
-        ctx = Context(scfg, data, quick=quick)
+        ctx = _context(cfg, seed, k, quick)
         if curve and first is None:
             first = ctx
         for m in methods:
@@ -164,14 +165,10 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
 def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[float],
                   reporter: Reporter | None = None) -> dict:
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
-    from .selectors import select_lightfmp
     reporter = reporter or Reporter(quiet=True)
     rows = {f: [] for f in fractions}
     for seed in seeds:
-        scfg = cfg.but(seed=seed)
-        data = load_dataset(scfg.data)
-        _check_k(k, len(data.schema.fields))
-        ctx = Context(scfg, data)
+        ctx = _context(cfg, seed, k)
         for f in fractions:
             s = select_lightfmp(ctx, k, subset=f)
             rows[f].append({"kept": s.result["fields"], "auc": s.result["test"]["auc"],

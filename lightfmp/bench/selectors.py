@@ -15,6 +15,7 @@ Implemented from the papers' descriptions (see docs/bench.md):
 """
 from __future__ import annotations
 
+import importlib.util
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -61,10 +62,8 @@ class Selection:
 
 
 def _need_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise LightFMPError("this method needs scikit-learn: pip install -e '.[bench]'") from None
+    if importlib.util.find_spec("sklearn") is None:
+        raise LightFMPError("this method needs scikit-learn: pip install -e '.[bench]'")
 
 
 def _rank(names: list[str], score) -> list[str]:
@@ -168,7 +167,8 @@ def select_sfs(ctx: Context, k: int, inits: int = 5) -> Selection:
         for i in range(0, len(y), cfg.train.batch_size):
             mask = torch.ones(len(ctx.names), device=device, requires_grad=True)
             logits = model(torch.from_numpy(x[i:i + cfg.train.batch_size]).to(device), mask)
-            loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(y[i:i + cfg.train.batch_size]).to(device))
+            target = torch.from_numpy(y[i:i + cfg.train.batch_size]).to(device)
+            loss = F.binary_cross_entropy_with_logits(logits, target)
             (g,) = torch.autograd.grad(loss, mask)
             score += g.cpu()  # signed: noise fields' batch gradients cancel, a real field's add up
         total += score.abs() / score.abs().sum().clamp_min(1e-12)  # each init's saliencies sum to 1

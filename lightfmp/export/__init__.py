@@ -11,9 +11,9 @@ Every export is validated (checker, graph inputs, ONNX Runtime vs PyTorch on the
 batch, test AUC vs the run's); a failed check fails the export and leaves DIR untouched.
 
 Modules, one job each: `contract` (the typed feature_schema.json, load / save / file checks), `bundle` (an export
-read back for serving), `feeds` (graph inputs from rows or sampled), `graph` (the ONNX build), `runtime` (ONNX
-Runtime sessions), `validate` (checks against the run), `triton` (the model repository entry), `exporter`
-(`export_run`, which ties them together).
+read back for serving, and its ONNX Runtime sessions), `feeds` (graph inputs from rows or sampled), `graph` (the
+ONNX build), `validate` (checks against the run), `exporter` (`export_run`, which ties them together and writes the
+Triton entry).
 """
 from .contract import METADATA_KEY, InputSpec, ServingContract, input_spec, load_contract
 from .exporter import export_run

@@ -1,19 +1,21 @@
-"""An export as read back for serving or profiling: an export directory, or a bare .onnx file.
+"""An export as read back for serving or profiling: an export directory, or a bare .onnx file, and the ONNX
+Runtime sessions that run it (validation, the Predictor and profiling share this setup).
 
 A directory is checked against its contract (`contract.verify_files`: files inside it, sha256 as recorded). A
 .onnx file carries the contract in its metadata; a file without lightfmp metadata gets generic inputs.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import LightFMPError
-from ..io import file_sha256
+from ..io import read_json
 from ..schema import FIRST_ID
-from .contract import (METADATA_KEY, SCHEMA_FILE, Bucketize, InputSpec, OutputSpec, ServingContract, inside,
-                       load_contract, verify_files)
+from .contract import (METADATA_KEY, SCHEMA_FILE, Bucketize, InputSpec, OutputSpec, ServingContract, check_sha256,
+                       inside, load_contract, verify_files)
 
 
 @dataclass
@@ -38,12 +40,8 @@ class Bundle:
         p = inside(self.dir, spec.vocab_file)
         if not p.is_file():
             return None
-        if spec.vocab_sha256 is not None and file_sha256(p) != spec.vocab_sha256:
-            raise LightFMPError(f"{p}: sha256 differs from {SCHEMA_FILE} (the file was changed or replaced)")
-        try:
-            mapping = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise LightFMPError(f"{p}: not valid JSON ({getattr(e, 'msg', 'not UTF-8 text')})") from None
+        check_sha256(p, spec.vocab_sha256)
+        mapping = read_json(p, obj=False)
         if not isinstance(mapping, dict) or not all(isinstance(v, int) and not isinstance(v, bool)
                                                     for v in mapping.values()):
             raise LightFMPError(f"{p}: expected an object of value -> integer id")
@@ -78,11 +76,7 @@ def load_bundle(path: str | Path) -> Bundle:
     meta = {m.key: m.value for m in proto.metadata_props}
     if METADATA_KEY in meta:
         source = f"{p} (metadata {METADATA_KEY})"
-        try:
-            doc = json.loads(meta[METADATA_KEY])
-        except json.JSONDecodeError as e:
-            raise LightFMPError(f"{source}: not valid JSON ({e.msg})") from None
-        contract = ServingContract.from_dict(doc, source)
+        contract = ServingContract.from_dict(read_json(source, meta[METADATA_KEY], obj=False), source)
         side = p.parent / SCHEMA_FILE
         return Bundle(p.parent if side.exists() else None, p, contract)
     return Bundle(None, p, ServingContract(inputs_from_graph(proto), OutputSpec(proto.graph.output[0].name),
@@ -118,4 +112,27 @@ def inputs_from_graph(proto) -> list[InputSpec]:
     return out
 
 
-__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph"]
+def session(path: str | Path, threads: int | None = None, profile_prefix: str | None = None,
+            providers: list[str] | None = None):
+    """An InferenceSession on `path` (CPU unless `providers` says otherwise). `threads`: intra-op threads, one
+    inter-op thread; `profile_prefix`: write an ONNX Runtime profiling trace with this prefix."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
+    """The first output for all rows of `feeds`, `batch` rows per call."""
+    n = len(next(iter(feeds.values())))
+    outs = [sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
+    return np.concatenate(outs) if outs else np.zeros(0, np.float32)
+
+
+__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph", "session", "run_batched"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import LightFMPError
-from ..io import file_sha256, write_json_atomic
+from ..io import file_sha256, read_json, write_json_atomic
 from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field
 
 EXPORT_VERSION = 1
@@ -99,17 +99,15 @@ class InputSpec:
     def to_dict(self) -> dict:
         d: dict = {"name": self.name, "kind": self.kind, "oov_id": OOV_ID, "padding_id": PAD_ID,
                    "vocab_size": self.vocab_size}
-        if self.kind == "numeric":
-            d.update(dtype=self.dtype, shape=list(self.shape), transform=self.transform.to_dict())
-            return d
         if self.hash is not None:
             d["hash"] = self.hash.to_dict()
         if self.vocab_file is not None:
             d["vocab_file"] = self.vocab_file
-            if self.vocab_sha256 is not None:
-                d["vocab_sha256"] = self.vocab_sha256
-        d["dtype"] = self.dtype
-        d["shape"] = list(self.shape)
+        if self.vocab_sha256 is not None:
+            d["vocab_sha256"] = self.vocab_sha256
+        d.update(dtype=self.dtype, shape=list(self.shape))
+        if self.transform is not None:
+            d["transform"] = self.transform.to_dict()
         if self.kind == "multi_hot":
             d.update(separator=self.separator, max_len=self.max_len, pad_value="" if self.raw else PAD_ID)
         if self.raw:
@@ -119,44 +117,37 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d, where: str) -> "InputSpec":
         """Parse one `inputs` entry; `where` ("FILE: inputs[i]") prefixes every error."""
-        if not isinstance(d, dict):
-            raise LightFMPError(f"{where}: expected an object, got {type(d).__name__}")
-        for key in ("name", "kind", "dtype", "shape", "vocab_size"):
-            if key not in d:
-                raise LightFMPError(f"{where}: missing '{key}'")
+        _require(isinstance(d, dict), f"{where}: expected an object, got {type(d).__name__}")
+        missing = next((k for k in ("name", "kind", "dtype", "shape", "vocab_size") if k not in d), None)
+        _require(missing is None, f"{where}: missing '{missing}'")
         where = f"{where} ('{d['name']}')"
         kind, dtype, shape = d["kind"], d["dtype"], d["shape"]
-        if kind not in KINDS:
-            raise LightFMPError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        _require(kind in KINDS, f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
         allowed = ("float32",) if kind == "numeric" else ("int64", "string")
-        if dtype not in allowed:
-            raise LightFMPError(f"{where}: dtype {dtype!r} does not fit a {kind} field ({' or '.join(allowed)})")
+        _require(dtype in allowed, f"{where}: dtype {dtype!r} does not fit a {kind} field ({' or '.join(allowed)})")
         width = 2 if kind == "multi_hot" else 1
-        if not isinstance(shape, list) or len(shape) != width or (width == 2 and not _is_int(shape[1])):
-            raise LightFMPError(f"{where}: shape {shape!r} does not fit a {kind} field")
-        if not _is_int(d["vocab_size"]):
-            raise LightFMPError(f"{where}: vocab_size {d['vocab_size']!r} is not an integer")
+        _require(isinstance(shape, list) and len(shape) == width and (width == 1 or _is_int(shape[1])),
+                 f"{where}: shape {shape!r} does not fit a {kind} field")
+        _require(_is_int(d["vocab_size"]), f"{where}: vocab_size {d['vocab_size']!r} is not an integer")
         spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
         if kind == "numeric":
-            edges = (d.get("transform") or {}).get("boundaries") if isinstance(d.get("transform"), dict) else None
-            if not isinstance(edges, list) or not all(isinstance(e, (int, float)) for e in edges):
-                raise LightFMPError(f"{where}: a numeric input needs transform.boundaries (a list of numbers)")
+            edges = d["transform"].get("boundaries") if isinstance(d.get("transform"), dict) else None
+            _require(isinstance(edges, list) and all(isinstance(e, (int, float)) for e in edges),
+                     f"{where}: a numeric input needs transform.boundaries (a list of numbers)")
             spec.transform = Bucketize([float(e) for e in edges])
             return spec
         if kind == "multi_hot":
             spec.separator, spec.max_len = d.get("separator"), int(shape[1])
-            if not isinstance(spec.separator, str) or not spec.separator:
-                raise LightFMPError(f"{where}: a multi_hot input needs a separator")
+            _require(isinstance(spec.separator, str) and spec.separator,
+                     f"{where}: a multi_hot input needs a separator")
         if "hash" in d:
             buckets = d["hash"].get("buckets") if isinstance(d["hash"], dict) else None
-            if not _is_int(buckets) or buckets < 1:
-                raise LightFMPError(f"{where}: hash.buckets {buckets!r} must be an integer >= 1")
+            _require(_is_int(buckets) and buckets >= 1, f"{where}: hash.buckets {buckets!r} must be an integer >= 1")
             spec.hash = HashRule(int(buckets))
-        elif "vocab_file" in d:
+        else:
+            _require("vocab_file" in d, f"{where}: a {kind} input needs a vocab_file or a hash rule")
             spec.vocab_file = relative_path(d["vocab_file"], f"{where}: vocab_file")
             spec.vocab_sha256 = _sha(d.get("vocab_sha256"), f"{where}: vocab_sha256")
-        else:
-            raise LightFMPError(f"{where}: a {kind} input needs a vocab_file or a hash rule")
         return spec
 
 
@@ -165,9 +156,6 @@ class OutputSpec:
     name: str = OUTPUT_NAME
     dtype: str = "float32"
     shape: list = field(default_factory=lambda: ["batch"])
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
 
 
 @dataclass
@@ -209,56 +197,50 @@ class ServingContract:
     def metadata(self) -> dict:
         """The copy stored inside model.onnx: a file cannot hold its own hash, and validation runs on the saved
         file, so those parts are left out."""
-        return {"schema_version": self.schema_version, "model_file": self.model_file, "label": self.label,
-                "output": self.output.to_dict(), "inputs": [s.to_dict() for s in self.inputs],
-                "dropped_fields": list(self.dropped_fields), "input_mode": self.input_mode,
-                "table_dtype": self.table_dtype, "opset": self.opset, "backbone": self.backbone,
-                "run_dir": self.run_dir, "run_test_auc": self.run_test_auc, "triton_model": self.triton_model,
-                "max_batch_size": self.max_batch_size}
+        d = {k: getattr(self, k) for k in _METADATA}
+        return {**d, "output": asdict(self.output), "inputs": [s.to_dict() for s in self.inputs],
+                "dropped_fields": list(self.dropped_fields)}
 
     def to_dict(self) -> dict:
-        d = self.metadata()
-        if self.model_sha256 is not None:
-            d["model_sha256"] = self.model_sha256
-        if self.external_data is not None:
-            d["external_data"] = {"file": self.external_data.file, "sha256": self.external_data.sha256}
-        if self.validation is not None:
-            d["validation"] = self.validation
-        return d
+        d = {"model_sha256": self.model_sha256, "validation": self.validation,
+             "external_data": asdict(self.external_data) if self.external_data is not None else None}
+        return {**self.metadata(), **{k: d[k] for k in _FILE_ONLY if d[k] is not None}}
 
     @classmethod
     def from_dict(cls, d, source: str) -> "ServingContract":
-        if not isinstance(d, dict) or "inputs" not in d or "model_file" not in d:
-            raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'inputs' and 'model_file')")
+        _require(isinstance(d, dict) and "inputs" in d and "model_file" in d,
+                 f"{source}: not a lightfmp feature schema (needs 'inputs' and 'model_file')")
         version = d.get("schema_version", EXPORT_VERSION)
-        if not _is_int(version) or version > EXPORT_VERSION:
-            raise LightFMPError(f"{source}: schema_version {version!r} is newer than this lightfmp reads "
-                                f"({EXPORT_VERSION})")
-        if not isinstance(d["inputs"], list) or not d["inputs"]:
-            raise LightFMPError(f"{source}: 'inputs' must be a non-empty list")
+        _require(_is_int(version) and version <= EXPORT_VERSION,
+                 f"{source}: schema_version {version!r} is newer than this lightfmp reads ({EXPORT_VERSION})")
+        _require(isinstance(d["inputs"], list) and d["inputs"], f"{source}: 'inputs' must be a non-empty list")
         inputs = [InputSpec.from_dict(s, f"{source}: inputs[{i}]") for i, s in enumerate(d["inputs"])]
         out = d.get("output")
-        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise LightFMPError(f"{source}: 'output' needs a 'name'")
+        _require(isinstance(out, dict) and isinstance(out.get("name"), str), f"{source}: 'output' needs a 'name'")
         mode = d.get("input_mode", "ids")
-        if mode not in ("ids", "raw") or any(s.raw != (mode == "raw") for s in inputs if s.kind != "numeric"):
-            raise LightFMPError(f"{source}: input_mode {mode!r} does not match the inputs' dtypes")
+        _require(mode in ("ids", "raw") and all(s.raw == (mode == "raw") for s in inputs if s.kind != "numeric"),
+                 f"{source}: input_mode {mode!r} does not match the inputs' dtypes")
         ext = d.get("external_data")
         if ext is not None:
-            if not isinstance(ext, dict) or "file" not in ext:
-                raise LightFMPError(f"{source}: external_data needs a 'file'")
+            _require(isinstance(ext, dict) and "file" in ext, f"{source}: external_data needs a 'file'")
             ext = ExternalData(relative_path(ext["file"], f"{source}: external_data.file"),
                                _sha(ext.get("sha256"), f"{source}: external_data.sha256"))
         return cls(inputs=inputs, output=OutputSpec(out["name"], out.get("dtype", "float32"),
                                                     out.get("shape", ["batch"])),
                    model_file=relative_path(d["model_file"], f"{source}: model_file"),
                    label=str(d.get("label", "label")), input_mode=mode, schema_version=int(version),
-                   dropped_fields=list(d.get("dropped_fields") or []), table_dtype=d.get("table_dtype"),
-                   opset=d.get("opset"), backbone=d.get("backbone"), run_dir=d.get("run_dir"),
-                   run_test_auc=d.get("run_test_auc"), triton_model=d.get("triton_model"),
-                   max_batch_size=d.get("max_batch_size"),
+                   dropped_fields=list(d.get("dropped_fields") or []), external_data=ext,
                    model_sha256=_sha(d.get("model_sha256"), f"{source}: model_sha256"),
-                   external_data=ext, validation=d.get("validation"))
+                   **{k: d.get(k) for k in _PLAIN})
+
+
+# feature_schema.json keys in order: metadata (also inside model.onnx), then those only the file holds; _PLAIN are
+# read back as they are
+_METADATA = ("schema_version", "model_file", "label", "output", "inputs", "dropped_fields", "input_mode",
+             "table_dtype", "opset", "backbone", "run_dir", "run_test_auc", "triton_model", "max_batch_size")
+_FILE_ONLY = ("model_sha256", "external_data", "validation")
+_PLAIN = ("table_dtype", "opset", "backbone", "run_dir", "run_test_auc", "triton_model", "max_batch_size",
+          "validation")
 
 
 def input_spec(f: Field, raw: bool) -> dict:
@@ -291,14 +273,8 @@ def relative_path(value, what: str) -> str:
 def load_contract(export_dir: str | Path) -> ServingContract:
     """EXPORT/feature_schema.json, parsed and checked; every problem is one error naming the file."""
     path = Path(export_dir) / SCHEMA_FILE
-    if not path.is_file():
-        raise LightFMPError(f"{export_dir}: not a lightfmp export (no {SCHEMA_FILE})")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        why = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
-        raise LightFMPError(f"{path}: not valid JSON ({why})") from None
-    return ServingContract.from_dict(doc, str(path))
+    _require(path.is_file(), f"{export_dir}: not a lightfmp export (no {SCHEMA_FILE})")
+    return ServingContract.from_dict(read_json(path, obj=False), str(path))
 
 
 def save_contract(contract: ServingContract, export_dir: str | Path) -> None:
@@ -309,8 +285,7 @@ def inside(export_dir: Path, rel: str) -> Path:
     """The path of a contract file, refused when it leaves the export directory (also through a symlink)."""
     root = export_dir.resolve()
     p = export_dir / relative_path(rel, f"{export_dir / SCHEMA_FILE}: path")
-    if root not in p.resolve().parents:
-        raise LightFMPError(f"{p}: resolves outside the export directory {export_dir}")
+    _require(root in p.resolve().parents, f"{p}: resolves outside the export directory {export_dir}")
     return p
 
 
@@ -323,10 +298,19 @@ def verify_files(export_dir: str | Path, contract: ServingContract) -> None:
     checks += [(s.vocab_file, s.vocab_sha256) for s in contract.inputs if s.vocab_file is not None]
     for rel, want in checks:
         p = inside(d, rel)
-        if not p.is_file():
-            raise LightFMPError(f"{p}: missing from the export")
-        if want is not None and file_sha256(p) != want:
-            raise LightFMPError(f"{p}: sha256 differs from {SCHEMA_FILE} (the file was changed or replaced)")
+        _require(p.is_file(), f"{p}: missing from the export")
+        check_sha256(p, want)
+
+
+def check_sha256(p: Path, want: str | None) -> None:
+    """`p` still has the sha256 the contract records for it (None: nothing recorded)."""
+    _require(want is None or file_sha256(p) == want,
+             f"{p}: sha256 differs from {SCHEMA_FILE} (the file was changed or replaced)")
+
+
+def _require(ok, error: str) -> None:
+    if not ok:
+        raise LightFMPError(error)
 
 
 def _is_int(v) -> bool:
@@ -334,13 +318,12 @@ def _is_int(v) -> bool:
 
 
 def _sha(v, what: str) -> str | None:
-    if v is None:
-        return None
-    if not isinstance(v, str) or not re.fullmatch(r"[0-9a-f]{64}", v):
-        raise LightFMPError(f"{what} {v!r} is not a sha256 hex digest")
+    _require(v is None or isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v),
+             f"{what} {v!r} is not a sha256 hex digest")
     return v
 
 
 __all__ = ["ServingContract", "InputSpec", "input_spec", "OutputSpec", "Bucketize", "HashRule", "ExternalData",
-           "load_contract", "save_contract", "verify_files", "vocab_file_name", "vocab_text", "relative_path", "inside",
-           "SCHEMA_FILE", "MODEL_FILE", "EXTERNAL_DATA_FILE", "METADATA_KEY", "OUTPUT_NAME", "EXPORT_VERSION"]
+           "load_contract", "save_contract", "verify_files", "check_sha256", "vocab_file_name", "vocab_text",
+           "relative_path", "inside", "SCHEMA_FILE", "MODEL_FILE", "EXTERNAL_DATA_FILE", "METADATA_KEY", "OUTPUT_NAME",
+           "EXPORT_VERSION"]

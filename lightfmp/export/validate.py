@@ -17,10 +17,10 @@ from ..io import file_sha256
 from ..metrics import roc_auc
 from ..pipeline import run_data
 from ..schema import FIRST_ID, OOV_ID, FeatureSchema
+from .bundle import run_batched, session
 from .contract import InputSpec
 from .feeds import feeds_from_frame, sample_feeds
 from .graph import ServingModule, torch_inputs
-from .runtime import run_batched, session
 
 VALIDATE_ROWS = 50_000
 TOLERANCE = 1e-5       # max |probability difference|, ONNX Runtime vs PyTorch and batch 1 vs batch N
