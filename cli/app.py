@@ -12,7 +12,7 @@ from lightfmp import distributed, pipeline
 from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
-from lightfmp.inspection import gate_rows, plot_gates
+from lightfmp.inspection import cut_line, gate_rows, plot_gates
 from lightfmp.rundir import open_run
 
 from . import bench_cmds, serving_cmds
@@ -94,7 +94,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     if not r.select:
         raise LightFMPError(f"{run}: a --no-select run has no gates")
     rows = gate_rows(r)
-    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.model.backbone} gates ({r.path.name})")
+    cut = cut_line(r, rows)
+    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.model.backbone} gates ({r.path.name})",
+                      cut=cut)
     if quiet:
         return
     t = Table(title=f"gates of {run} ({r.state})")
@@ -104,6 +106,7 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}",
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)
+    out.print(f"kept by: {cut['rule']} (cut at gate {cut['cut']:.3f})")
     out.print(f"chart: {path}")
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from .config import DataConfig
 from .errors import LightFMPError
-from .formats import fixed_label, implies_stream, read_batches, resolve_format
+from .formats import check_source, fixed_label, implies_stream, read_batches, resolve_format
 from .io import file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter
@@ -82,14 +82,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     """Read, split, fit (unless `schema` / --schema is fitted already) and encode cfg.data. `sha256`: the file's
     content hash when the caller computed it already; `rule`: a run's recorded split rule (default: from cfg)."""
     reporter = reporter or Reporter(quiet=True)
-    if not cfg.data:
-        raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
-    path = Path(cfg.data)
-    if not path.exists():
-        raise LightFMPError(f"{path}: file not found")
-    if int(cfg.chunk_rows) < 1:
-        raise LightFMPError(f"--chunk-rows {cfg.chunk_rows}: must be >= 1")
-    fmt = resolve_format(path, cfg.format)
+    path, fmt = check_source(cfg.data, cfg.format)  # --chunk-rows and the rest were range-checked by the config
     rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None)
     source, sha = str(path), sha256 or file_sha256(path)
     schema = _given_schema(cfg, schema)

@@ -77,14 +77,19 @@ def line_of(fmt: str, row: int) -> int | None:
     return row + (1 if fmt == "criteo" else 2)
 
 
-def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    """(DataFrame of at most chunk_rows rows with a fresh RangeIndex, global row number of its first row)."""
+def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]:
+    """(path, concrete format) of a data file that exists: the one place a data path is checked."""
+    if not path:
+        raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
     p = Path(path)
     if not p.exists():
-        raise LightFMPError(f"{p}: file not found")
-    if int(chunk_rows) < 1:
-        raise LightFMPError(f"--chunk-rows {chunk_rows}: must be >= 1")
-    fmt = resolve_format(p, fmt)
+        raise LightFMPError(f"{p}: file not found (looked for {p.resolve()})")
+    return p, resolve_format(p, fmt)
+
+
+def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+    """(DataFrame of at most chunk_rows rows with a fresh RangeIndex, global row number of its first row)."""
+    p, fmt = check_source(path, fmt)
     if fmt == "parquet":
         tables = _parquet_tables(p, chunk_rows)
     elif fmt == "criteo":

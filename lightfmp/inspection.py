@@ -6,8 +6,18 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path
-from .pruning import select_fields
+from .pruning import select_fields, selection_rule
 from .rundir import Run
+
+
+def cut_line(run: Run, rows: list[dict]) -> dict:
+    """The rule the kept set came from and its cut on the gate axis (metrics.json `selection` once pruned)."""
+    m = run.metrics()
+    if "selection" in m:
+        return m["selection"]
+    kept = [r["field"] for r in rows if r["kept"]]
+    return selection_rule(kept, {r["field"]: r["gate"] for r in rows}, run.config.prune.keep,
+                          run.config.prune.threshold)
 
 
 def gate_rows(run: Run) -> list[dict]:
@@ -28,7 +38,7 @@ def gate_rows(run: Run) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
 
 
-def plot_gates(rows: list[dict], path: str | Path, title: str = "") -> Path:
+def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | None = None) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,6 +49,9 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "") -> Path:
     ax.bar([r["field"] for r in rows], [r["gate"] for r in rows], color=colors)
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
+    if cut is not None:
+        ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=cut["rule"])
+        ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "Light-FMP gates (green: kept)")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()

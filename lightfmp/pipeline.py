@@ -21,7 +21,7 @@ from .errors import LightFMPError
 from .io import atomic_dir, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
-from .pruning import prune_model, select_fields
+from .pruning import prune_model, select_fields, selection_rule
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
@@ -241,6 +241,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
+    metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold)
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["phases"] = {"pretrain": pre,
                          "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),

@@ -35,6 +35,14 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     return [names[i] for i in range(n) if i in chosen]
 
 
+def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float) -> dict:
+    """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it."""
+    if keep is not None:
+        return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
+                "cut": min(gate_values[n] for n in kept)}
+    return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}
+
+
 @torch.no_grad()
 def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
                 gate_values: torch.Tensor | None = None) -> tuple[CTRModel, FeatureSchema]:

@@ -122,8 +122,6 @@ def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[Featu
     for col in df.columns:
         if col == spec.label or col in spec.ignore:
             continue
-        if df[col].isna().all():
-            raise LightFMPError(f"{source}: column '{col}' is entirely empty (NaN); drop it with --ignore {col}")
         if col in spec.multi_hot:
             fields.append(Field(col, "multi_hot", separator=spec.multi_hot[col]))
         elif col in spec.categorical:

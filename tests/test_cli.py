@@ -53,6 +53,11 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
     assert r.exit_code == 0, r.output
     assert "L0 probability" in r.output
     assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
+    # the rule and its cut: the smallest kept gate, and no dropped field above it
+    sel = m["selection"]
+    assert sel["rule"].startswith("top 3") and sel["cut"] == min(m["gates"][n] for n in m["fields"]["kept"])
+    assert all(m["gates"][n] <= sel["cut"] for n in m["fields"]["dropped"])
+    assert "kept by: top 3" in r.output
 
 
 def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
