@@ -16,12 +16,13 @@ from lightfmp.inspection import cut_line, gate_rows, plot_gates
 from lightfmp.rundir import open_run
 
 from . import bench_cmds, serving_cmds
-from .common import friendly, out, ranked, resolve_config, speaks
+from .common import Command, Group, friendly, out, ranked, resolve_config, speaks
 from .options import config_parameters, with_parameters
 
 app = typer.Typer(help="Light-FMP: prune the feature fields (and the model parts that read them) of CTR models.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-data_app = typer.Typer(help="Datasets: synthetic generator and public CTR data (fetch).", no_args_is_help=True)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, cls=Group)
+data_app = typer.Typer(help="Datasets: synthetic generator and public CTR data (fetch).", no_args_is_help=True,
+                       cls=Group)
 app.add_typer(data_app, name="data")
 
 
@@ -60,13 +61,13 @@ def _run_cmd(**kwargs):
         print_summary(m, kwargs["out"])
 
 
-app.command("train")(friendly(ranked(with_parameters(_train_cmd, config_parameters(("data", "model", "train"))
+app.command("train", cls=Command)(friendly(ranked(with_parameters(_train_cmd, config_parameters(("data", "model", "train"))
                                                    + _COMMON))))
-app.command("run")(friendly(ranked(with_parameters(_run_cmd, config_parameters(("data", "model", "train", "prune"))
+app.command("run", cls=Command)(friendly(ranked(with_parameters(_run_cmd, config_parameters(("data", "model", "train", "prune"))
                                                  + _COMMON))))
 
 
-@app.command("prune")
+@app.command("prune", cls=Command)
 @friendly
 @ranked
 def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
@@ -84,11 +85,11 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
         print_summary(m, run)
 
 
-@app.command("inspect")
+@app.command("inspect", cls=Command)
 @friendly
 def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
                 plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path (default: RUN/gates.png)."),
-                quiet: bool = typer.Option(False, "--quiet", "-q")):
+                quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the chart only; no table.")):
     """The gate table (field, gate value, L0 probability, kept) and a PNG bar chart."""
     r = open_run(run)
     if not r.select:
@@ -132,25 +133,30 @@ def print_summary(m: dict, run, baseline: dict | None = None) -> None:
         out.print(f"kept: {', '.join(m['fields']['kept'])}\ndropped: {', '.join(m['fields']['dropped'])}")
 
 
-@app.command("demo")
+@app.command("demo", cls=Command)
 @friendly
 def demo_cmd(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to put the runs "
                                                     "[default: $LIGHTFMP_HOME/runs/demo]."),
-             backbone: str = typer.Option("deepfm", "--backbone"),
+             backbone: str = typer.Option("deepfm", "--backbone", help="Backbone: mlp, deepfm, dcnv2 or widedeep."),
              compare: bool = typer.Option(True, "--compare/--no-compare", help="Also train all fields, for comparison."),
-             quiet: bool = typer.Option(False, "--quiet", "-q")):
+             quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines; the summary table only.")):
     """The main job on an embedded default: `run` on MovieLens-100k (DeepFM), then a summary table."""
     res = demo(out_dir, backbone=backbone, compare=compare, quiet=quiet)
     print_summary(res["lightfmp"], res["run_dir"], res.get("all_fields"))
 
 
-@data_app.command("synth")
+@data_app.command("synth", cls=Command)
 @friendly
-def synth_cmd(rows: int = typer.Option(100_000, "--rows"), fields: int = typer.Option(39, "--fields"),
-              informative: int = typer.Option(8, "--informative"), out_dir: Path = typer.Option(..., "--out"),
-              seed: int = typer.Option(0, "--seed"),
-              redundant: Optional[int] = typer.Option(None, "--redundant", help="Redundant copies (default: as many as informative)."),
-              fmt: str = typer.Option("parquet", "--format", help="parquet or csv.")):
+def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to write."),
+              fields: int = typer.Option(39, "--fields", help="Feature fields in all: informative, redundant and "
+                                         "noise."),
+              informative: int = typer.Option(8, "--informative", help="Fields that drive the label."),
+              out_dir: Path = typer.Option(..., "--out", help="Directory for the data file and truth.json."),
+              seed: int = typer.Option(0, "--seed", help="Seed of the generator (same seed, same files)."),
+              redundant: Optional[int] = typer.Option(None, "--redundant", help="Fields that copy an informative "
+                                                      "field under new value names (default: as many as "
+                                                      "--informative, as far as --fields allows)."),
+              fmt: str = typer.Option("parquet", "--format", help="File format: parquet or csv.")):
     """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
     if fmt not in ("parquet", "csv"):
         raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
@@ -159,11 +165,11 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows"), fields: int = typer.O
                            redundant=redundant, fmt=fmt)
     except ValueError as e:
         raise LightFMPError(str(e)) from None
-    out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, CTR {truth['ctr']:.3f}) and "
-              f"{Path(out_dir) / 'truth.json'}")
+    out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, label column '{truth['label']}', "
+              f"CTR {truth['ctr']:.3f}) and {Path(out_dir) / 'truth.json'}", highlight=False)
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=Command)
 @friendly
 def fetch_cmd(name: str = typer.Argument(..., help=f"Dataset name: {', '.join(FETCHERS)}."),
               home: Optional[Path] = typer.Option(None, "--home", help="Cache directory (default: $LIGHTFMP_HOME or ~/.cache/lightfmp).")):

@@ -14,7 +14,7 @@ from lightfmp.config import resolve
 from lightfmp.errors import LightFMPError
 from lightfmp.progress import Reporter
 
-from .common import err, friendly, out
+from .common import Command, err, friendly, out
 from .options import config_flags, config_parameters, with_parameters
 
 
@@ -84,4 +84,4 @@ def register(app) -> None:
             err.print("[yellow]note:[/] --plot is ignored with --ablate-subset", highlight=False)
 
     params = config_parameters(("data", "model", "train")) + extra
-    app.command("bench")(friendly(with_parameters(bench_cmd, params)))
+    app.command("bench", cls=Command)(friendly(with_parameters(bench_cmd, params)))

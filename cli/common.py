@@ -7,6 +7,8 @@ import inspect
 
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lightfmp import checkpoint, distributed
 from lightfmp.config import RunConfig, resolve
@@ -16,6 +18,39 @@ from .options import config_flags
 
 out = Console()
 err = Console(stderr=True)
+
+
+def _untyped_flags(params: list) -> list:
+    """On/off flags (--quiet, --force, --help) take no value: show no type after them in --help."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class Command(TyperCommand):
+    """A command whose help shows no value type after on/off flags and writes its arguments in the usage line as
+    `RUN` (`[RUN]` when optional) rather than `{run}`. Every command is registered with `cls=Command`."""
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for p in self.get_params(ctx):
+            if isinstance(p, TyperArgument):
+                name = (p.metavar or p.name or "").upper() + ("..." if p.nargs != 1 else "")
+                pieces.append(name if p.required else f"[{name}]")
+            else:
+                pieces.extend(p.get_usage_pieces(ctx))
+        return pieces
+
+
+class Group(TyperGroup):
+    """A command group whose help shows no value type after --help."""
+
+    def get_params(self, ctx):
+        return _untyped_flags(super().get_params(ctx))
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
@@ -32,7 +67,8 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
-            err.print(f"[red]error:[/] {who()}{e}", highlight=False, soft_wrap=True)
+            # the message may quote a file's content or a column name: never read it as markup
+            err.print(f"[red]error:[/] {escape(who() + str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,

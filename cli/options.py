@@ -14,9 +14,10 @@ _HINTS = {name: hint for tp in SECTIONS.values() for name, hint in typing.get_ty
 
 
 def _base_type(tp):
+    if typing.get_origin(tp) is list:
+        return str  # a list flag is comma-separated text, converted by the config
     args = [a for a in typing.get_args(tp) if a is not type(None)]
-    tp = args[0] if args else tp
-    return str if typing.get_origin(tp) is list else tp  # a list flag is comma-separated text
+    return args[0] if args else tp
 
 
 def _shown(default) -> str:

@@ -12,11 +12,11 @@ from lightfmp.errors import LightFMPError
 from lightfmp.export import export_run
 from lightfmp.io import write_json_atomic
 
-from .common import err, friendly, out
+from .common import Command, err, friendly, out
 
 
 def register(app) -> None:
-    @app.command("export")
+    @app.command("export", cls=Command)
     @friendly
     def export_cmd(run: Path = typer.Argument(..., help="A complete run directory (after `lightfmp prune`, or a "
                                                         "--no-select run)."),
@@ -29,7 +29,7 @@ def register(app) -> None:
                        None, "--triton-name", help="Triton model name (default: the --out directory name)."),
                    max_batch_size: int = typer.Option(4096, "--max-batch-size", help="Triton max_batch_size."),
                    force: bool = typer.Option(False, "--force", help="Replace an existing export directory."),
-                   quiet: bool = typer.Option(False, "--quiet", "-q")):
+                   quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table.")):
         """Export a finished run to ONNX (+ feature_schema.json, vocab/, a Triton model repository entry),
         validated against PyTorch on the run's test rows."""
         doc = export_run(run, out_dir, opset=opset, dtype=dtype, inputs=inputs, force=force,
@@ -60,12 +60,13 @@ def register(app) -> None:
             err.print(f"[yellow]note:[/] {v['numeric_bucket_mismatches']} test rows bucket differently with float32 "
                       f"numeric inputs than with the float64 training encoding", highlight=False)
 
-    @app.command("profile")
+    @app.command("profile", cls=Command)
     @friendly
     def profile_cmd(model: Path = typer.Argument(..., help="Export directory or .onnx file."),
                     compare: Optional[Path] = typer.Option(None, "--compare", help="A second model to time "
                                                            "side by side (e.g. the full model vs a pruned one)."),
-                    batch_sizes: str = typer.Option("1,8,64,512,4096", "--batch-sizes"),
+                    batch_sizes: str = typer.Option("1,8,64,512,4096", "--batch-sizes",
+                                                    help="Comma-separated batch sizes to time."),
                     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads (and "
                                                 "torch threads); 0 = library default."),
                     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
@@ -76,7 +77,8 @@ def register(app) -> None:
                     max_runs: int = typer.Option(200, "--max-runs", help="Timed runs per batch size at most."),
                     eager: bool = typer.Option(True, "--eager/--no-eager",
                                                help="Also time the run's PyTorch model (needs the run dir)."),
-                    quiet: bool = typer.Option(False, "--quiet", "-q")):
+                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (use with --json)."
+                                               )):
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, with PyTorch eager for
         reference."""
         sizes = profiling.parse_batch_sizes(batch_sizes)

@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from .config import DataConfig
 from .errors import LightFMPError
@@ -156,7 +157,7 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         saved = load_fit(where)
         if saved is not None:
             for col, why in saved[1].items():
-                reporter.log(f"inferred column [bold]{col}[/]: {why}")
+                reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
             reporter.log(f"fit pass skipped: the schema fitted on this data with these options is in {where}")
             return saved[0]
     t0 = time.perf_counter()
@@ -166,7 +167,7 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             if schema is None:
                 schema, inferred = initial_schema(df, cfg, fmt, source)
                 for col, why in inferred.items():
-                    reporter.log(f"inferred column [bold]{col}[/]: {why}")
+                    reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
             apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
             fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
             nonmissing = {f.name: 0 for f in schema.fields}

@@ -139,9 +139,7 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
             # a first open only to learn the header; then every column is read as text
             names = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
                                    parse_options=parse).schema.names
-            dup = sorted({n for n in names if names.count(n) > 1})
-            if dup:
-                raise LightFMPError(f"{p}: header repeats column name(s) {', '.join(map(repr, dup))}")
+            _unique(p, names, "header")
             read = pacsv.ReadOptions(block_size=_BLOCK_BYTES)
         else:
             read = pacsv.ReadOptions(block_size=_BLOCK_BYTES, column_names=names)
@@ -152,15 +150,51 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
     except LightFMPError:
         raise
     except pa.ArrowInvalid as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = _one_line(e)
+        head = _head(p)
+        if head is not None and b"\0" in head:
+            raise LightFMPError(f"{p}: not a {'TSV' if not quote else 'CSV'} text file (binary data)") from None
         if "Empty CSV file" in msg:
-            raise LightFMPError(f"{p}: empty file (no header, no rows)") from None
+            raise LightFMPError(_no_header(p, head, quote)) from None
         if "Expected" in msg and "columns, got" in msg and names is not None:
             raise LightFMPError(_bad_width(p, delimiter, len(names), quote, msg)) from None
         raise LightFMPError(f"{p}: cannot parse {'TSV' if not quote else 'CSV'} ({msg})") from None
     except OSError as e:  # unreadable / corrupt compressed stream
-        raise LightFMPError(f"{p}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-                            ) from None
+        raise LightFMPError(f"{p}: cannot read ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    """An error's first line, safe to print: pyarrow quotes the offending row, which in a binary file holds
+    control characters and arbitrary bytes; those become '?' and the text is cut at `limit` characters."""
+    text = str(e).splitlines()[0] if str(e).strip() else type(e).__name__
+    text = "".join(c if c.isprintable() and c != "\ufffd" else "?" for c in text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _head(p: Path, size: int = 1 << 16) -> bytes | None:
+    """The first bytes of a data file (decompressed), or None when they cannot be read. Only on error paths."""
+    opener = _COMPRESSED.get(p.suffix.lower(), open)
+    try:
+        with opener(p, "rb") as fh:
+            return fh.read(size)
+    except (OSError, EOFError, lzma.LZMAError):
+        return None
+
+
+def _no_header(p: Path, head: bytes | None, quoted: bool) -> str:
+    """Why pyarrow found no header row: the file is empty, or a quote opened in it is never closed (pyarrow then
+    reads the whole file as one unfinished cell)."""
+    if head is not None and not head.strip():
+        return f"{p}: empty file (no header, no rows)"
+    if quoted and head is not None and head.count(b'"') % 2:
+        return f"{p}: a quote (\") opened in the header is never closed"
+    return f"{p}: no header row could be read"
+
+
+def _unique(p: Path, names: list[str], what: str) -> None:
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LightFMPError(f"{p}: {what} repeats column name(s) {', '.join(map(repr, dup))}")
 
 
 def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: str) -> str:
@@ -183,7 +217,7 @@ def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: 
                         return f"{p}: line {n} has {line.count(delimiter) + 1} tab-separated fields, {what}"
     except (OSError, csv.Error, EOFError):
         pass
-    return f"{p}: {arrow_msg}"
+    return f"{p}: {arrow_msg}"  # already made printable by _one_line
 
 
 def _parquet_files(p: Path) -> list[Path]:
@@ -205,6 +239,7 @@ def _parquet_tables(p: Path, chunk_rows: int):
             pf = pq.ParquetFile(f)
             got = pf.schema_arrow.names
             if names is None:
+                _unique(f, got, "schema")
                 names = got
             elif got != names:
                 raise LightFMPError(f"{f}: columns {got} differ from the first part's {names}")
@@ -213,8 +248,7 @@ def _parquet_tables(p: Path, chunk_rows: int):
         except LightFMPError:
             raise
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise LightFMPError(f"{f}: cannot read Parquet ({type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            raise LightFMPError(f"{f}: cannot read Parquet ({type(e).__name__}: {_one_line(e)})") from None
 
 
 # ---- dataset-specific transforms ------------------------------------------------------------------------------------

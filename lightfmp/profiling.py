@@ -18,6 +18,7 @@ import torch
 
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, session
+from .export.contract import locate_run
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
 from .io import atomic_path
@@ -92,7 +93,7 @@ def feeds_for(bundle: Bundle, batch: int, seed: int = 0) -> dict[str, np.ndarray
 
 def _eager_module(bundle: Bundle):
     """The run's PyTorch model behind the export's inputs, or (None, why not)."""
-    run_dir = bundle.contract.run_dir
+    run_dir = locate_run(bundle.dir or bundle.model_path.parent, bundle.contract.run_dir)
     if bundle.raw:
         return None, "raw-input export: PyTorch eager takes ids, not strings"
     if not run_dir or not Path(run_dir).is_dir():

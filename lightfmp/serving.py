@@ -86,18 +86,7 @@ def _missing(v) -> bool:
 def _check_column(f: Field, col: pd.Series) -> pd.Series:
     """Reject values whose type cannot be a value of this field's kind; multi-hot lists become joined text."""
     if f.kind == "numeric":
-        for v in col:
-            if _missing(v) or (isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))):
-                continue
-            if isinstance(v, str):
-                try:
-                    float(v) if v.strip() else None
-                    continue
-                except ValueError:
-                    pass
-            raise LightFMPError(f"field '{f.name}' is numeric but got {v!r} ({type(v).__name__})")
-        return pd.to_numeric(col.map(lambda v: np.nan if _missing(v) or (isinstance(v, str) and not v.strip())
-                                     else v), errors="raise").astype(np.float64)
+        return pd.Series([_number(f, v) for v in col], index=col.index, dtype=np.float64)
     if f.kind == "multi_hot":
         def join(v):
             if isinstance(v, (list, tuple, np.ndarray)):
@@ -113,6 +102,23 @@ def _check_column(f: Field, col: pd.Series) -> pd.Series:
     return col.map(lambda v: _token(f, v, known))
 
 
+def _shown(v) -> str:
+    text = repr(v) if not isinstance(v, int) or v.bit_length() < 1000 else f"<an integer of {v.bit_length()} bits>"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(f: Field, v) -> float:
+    """A numeric field's value as float64 (missing or blank: NaN); anything else is refused in one line."""
+    if _missing(v) or (isinstance(v, str) and not v.strip()):
+        return np.nan
+    if isinstance(v, (numbers.Real, str)) and not isinstance(v, (bool, np.bool_)):
+        try:
+            return float(v)
+        except (ValueError, OverflowError):
+            pass
+    raise LightFMPError(f"field '{f.name}' is numeric but got {_shown(v)} ({type(v).__name__})")
+
+
 def _token(f: Field, v, known: set):
     """A categorical value's string form as training keyed it (`cell_strings`): 24.0 reads '24' unless the
     vocabulary has '24.0' (a float column with non-integral values keeps the '.0')."""
@@ -124,7 +130,10 @@ def _token(f: Field, v, known: set):
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
     if isinstance(v, numbers.Integral):
-        return str(int(v))
+        try:
+            return str(int(v))
+        except ValueError:  # more digits than Python converts to text
+            raise LightFMPError(f"field '{f.name}' got {_shown(v)}, too large for a category") from None
     if isinstance(v, numbers.Real) and float(v).is_integer():
         as_int = str(int(v))
         return as_int if as_int in known or str(v) not in known else str(v)

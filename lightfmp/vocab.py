@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from .config import DataConfig
 from .errors import LightFMPError
@@ -302,7 +303,7 @@ class StreamFitter:
                 r = self.reservoirs[f.name]
                 f.boundaries = quantile_edges(r.values().copy(), s.num_buckets)
                 if r.seen > r.size:
-                    self.log(f"field [bold]{f.name}[/]: bucket edges from a sample of {r.size:,} of "
+                    self.log(f"field [bold]{escape(f.name)}[/]: bucket edges from a sample of {r.size:,} of "
                              f"{r.seen:,} values (approximate quantiles)")
                 continue
             if f.kind == "multi_hot":
@@ -312,7 +313,7 @@ class StreamFitter:
             c = self.counters[f.name]
             f.vocab = vocab_from_counts(c.counts, s.min_count, s.vocab_cap)
             if c.prunes:
-                self.log(f"field [bold]{f.name}[/]: over {c.limit:,} distinct values; rare values were dropped "
+                self.log(f"field [bold]{escape(f.name)}[/]: over {c.limit:,} distinct values; rare values were dropped "
                          f"from the counts {c.prunes} time(s) (counts may be short by up to {c.undercount:,}); "
                          f"--vocab-cap or --hash-buckets bound this field")
         return s

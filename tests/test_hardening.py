@@ -472,3 +472,233 @@ def test_finished_run_removes_only_its_own_checkpoint_files(data, tmp_path, monk
     (tmp_path / "r.ckpt" / "notes.txt").write_text("mine")
     assert cli(*train_args(data, out, "--quiet")).exit_code == 0
     assert listing(tmp_path / "r.ckpt") == ["notes.txt"]
+
+
+# ---- garbage data files: one line naming the file, nothing left behind --------------------------------------------
+
+def _garbage(kind: str, d):
+    import gzip
+    rng = np.random.default_rng(7)
+    noise = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    if kind == "random bytes":
+        p = d / "blob.dat"
+        p.write_bytes(noise)
+    elif kind == "binary named .csv":
+        p = d / "data.csv"
+        p.write_bytes(b"\x89PNG\r\n\x1a\n\0\0" + noise)
+    elif kind == "truncated gzip":
+        p = d / "data.csv.gz"
+        whole = gzip.compress(b"a,b,label\n" + b"x,y,1\nz,w,0\n" * 3000)
+        p.write_bytes(whole[:len(whole) // 2])
+    else:  # a header that opens a quote and never closes it
+        p = d / "data.csv"
+        p.write_text('a,"b,label\n' + "x,y,1\nz,w,0\n" * 20)
+    return p
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("kind, words", [("random bytes", ["not a CSV text file"]),
+                                         ("binary named .csv", ["not a CSV text file"]),
+                                         ("truncated gzip", ["cannot read"]),
+                                         ("unclosed quote", ["quote", "never closed"])])
+def test_garbage_data_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, kind, words, stream):
+    src = tmp_path / "src"
+    src.mkdir()
+    p = _garbage(kind, src)
+    out, shards = tmp_path / "out", tmp_path / "shards"
+    r = cli("train", "--data", p, "--label", "label", "--out", out, "--shard-dir", shards, "--quiet",
+            *(["--stream"] if stream else []))
+    one_line_error(r, p, *words)
+    assert listing(tmp_path) == ["src"] and listing(src) == [p.name]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_duplicate_column_names_are_refused_by_name(tmp_path, fmt, stream):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    cols = [pa.array(["x", "y"] * 50), pa.array(["1", "2"] * 50), pa.array([0, 1] * 50)]
+    table = pa.Table.from_arrays(cols, names=["city", "city", "label"])
+    p = tmp_path / f"dup.{fmt}"
+    if fmt == "csv":
+        p.write_text("city,city,label\n" + "x,1,0\ny,2,1\n" * 50)
+    else:
+        pq.write_table(table, p)
+    r = cli("train", "--data", p, "--label", "label", "--out", tmp_path / "out", "--shard-dir", tmp_path / "sh",
+            "--quiet", *(["--stream"] if stream else []))
+    one_line_error(r, p, "repeats column name", "'city'")
+    assert listing(tmp_path) == [p.name]
+
+
+# ---- rough edges --------------------------------------------------------------------------------------------------
+
+def _model_config_class():
+    """The part of Triton's ModelConfig message that config.pbtxt uses, so the text can be parsed as Triton does."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="model_config_subset.proto", package="mc", syntax="proto3")
+    enum = fdp.enum_type.add(name="DataType")
+    for i, n in enumerate(["TYPE_INVALID", "TYPE_INT64", "TYPE_FP32", "TYPE_STRING"]):
+        enum.value.add(name=n, number=i)
+
+    def message(name, fields):
+        m = fdp.message_type.add(name=name)
+        for i, (fname, ftype, repeated, tname) in enumerate(fields, 1):
+            f = m.field.add(name=fname, number=i, type=ftype, label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            if tname:
+                f.type_name = tname
+    message("Reshape", [("shape", F.TYPE_INT64, True, None)])
+    message("Tensor", [("name", F.TYPE_STRING, False, None), ("data_type", F.TYPE_ENUM, False, ".mc.DataType"),
+                       ("dims", F.TYPE_INT64, True, None), ("reshape", F.TYPE_MESSAGE, False, ".mc.Reshape")])
+    message("Batching", [("max_queue_delay_microseconds", F.TYPE_UINT64, False, None)])
+    message("ModelConfig", [("name", F.TYPE_STRING, False, None), ("platform", F.TYPE_STRING, False, None),
+                            ("max_batch_size", F.TYPE_INT32, False, None),
+                            ("input", F.TYPE_MESSAGE, True, ".mc.Tensor"), ("output", F.TYPE_MESSAGE, True, ".mc.Tensor"),
+                            ("dynamic_batching", F.TYPE_MESSAGE, False, ".mc.Batching")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("mc.ModelConfig"))
+
+
+ODD_NAMES = ["new\nline", 'quote"s', "back\\slash", "tab\tand\rreturn", "bell\x07", "café ✓", "[/x]"]
+
+
+def test_field_names_with_newlines_quotes_and_control_characters_give_a_valid_triton_config(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from google.protobuf import text_format
+    rng = np.random.default_rng(0)
+    n = 300
+    cols = {name: pa.array([f"v{v}" for v in rng.integers(0, 4, n)]) for name in ODD_NAMES[:-1]}
+    cols["label"] = pa.array(rng.integers(0, 2, n))
+    pq.write_table(pa.table(cols), tmp_path / "odd.parquet")
+    r = cli("run", "--data", tmp_path / "odd.parquet", "--label", "label", "--out", tmp_path / "run", "--no-select",
+            "--epochs", "1", "--hidden", "8", "--embed-dim", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("export", tmp_path / "run", "--out", tmp_path / "exp", "--quiet")
+    assert r.exit_code == 0, r.output
+    pbtxt = next((tmp_path / "exp" / "triton").glob("*/config.pbtxt")).read_text()
+    assert not any(ord(c) < 32 and c != "\n" for c in pbtxt)
+    parsed = text_format.Parse(pbtxt, _model_config_class()())
+    assert [t.name for t in parsed.input] == ODD_NAMES[:-1]
+    assert [t.name for t in parsed.output] == ["probability"] and parsed.max_batch_size == 4096
+
+
+def test_triton_config_escapes_every_odd_name():
+    from google.protobuf import text_format
+    from lightfmp.export.contract import InputSpec
+    from lightfmp.export.exporter import triton_config
+    specs = [InputSpec(name=n, kind="categorical", dtype="int64", shape=["batch"], vocab_size=3) for n in ODD_NAMES]
+    parsed = text_format.Parse(triton_config('m"\n', specs, 8), _model_config_class()())
+    assert parsed.name == 'm"\n' and [t.name for t in parsed.input] == ODD_NAMES
+
+
+COMMANDS = [[], ["train"], ["run"], ["prune"], ["inspect"], ["demo"], ["data"], ["data", "synth"], ["data", "fetch"],
+            ["export"], ["profile"], ["bench"]]
+
+
+def _help(cmd):
+    r = CliRunner().invoke(app, [*cmd, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def test_every_command_is_in_the_help_checks():
+    """The list above is every command, so a new one gets the checks below."""
+    import typer.main
+    group = typer.main.get_command(app)
+    names = {(n,) for n in group.commands} | {("data", n) for n in group.commands["data"].commands}
+    assert names <= {tuple(c) for c in COMMANDS}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "lightfmp")
+def test_help_shows_no_value_after_flags_and_no_braces(cmd):
+    text = _help(cmd)
+    for line in text.splitlines():
+        assert "<bool>" not in line, line
+    usage = next(line for line in text.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "}" not in usage, usage
+    if cmd in (["prune"], ["inspect"], ["export"]):
+        assert usage.rstrip().endswith("RUN"), usage
+    if cmd == ["profile"]:
+        assert usage.rstrip().endswith("MODEL"), usage
+
+
+def test_flags_still_take_no_value(pretrained):
+    r = cli("inspect", pretrained, "--quiet")
+    assert r.exit_code == 0 and r.output.strip() == "", r.output
+
+
+@pytest.mark.parametrize("cmd, options", [
+    (["demo"], ["--backbone", "--quiet"]),
+    (["data", "synth"], ["--rows", "--fields", "--informative", "--out", "--seed", "--redundant", "--format"]),
+    (["profile"], ["--batch-sizes", "--quiet"]),
+    (["inspect"], ["--quiet"]),
+    (["export"], ["--quiet"]),
+])
+def test_options_have_help_texts(cmd, options):
+    import typer.main
+    command = typer.main.get_command(app)
+    for name in cmd:
+        command = command.commands[name]
+    for param in command.params:
+        if set(param.opts) & set(options):
+            assert (param.help or "").strip(), (cmd, param.opts)
+
+
+def test_data_synth_prints_the_label_column(tmp_path):
+    r = cli("data", "synth", "--rows", "200", "--fields", "5", "--informative", "2", "--out", tmp_path / "syn",
+            "--format", "csv")
+    assert r.exit_code == 0, r.output
+    truth = json.loads((tmp_path / "syn" / "truth.json").read_text())
+    assert f"label column '{truth['label']}'" in " ".join(r.output.split())
+    assert truth["label"] in pd.read_csv(tmp_path / "syn" / "data.csv", nrows=1).columns
+
+
+def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_path):
+    import onnx
+    from lightfmp.export.contract import load_contract, locate_run
+    out = tmp_path / "exp"
+    r = cli("export", complete, "--out", out, "--quiet")
+    assert r.exit_code == 0, r.output
+    schema = json.loads((out / "feature_schema.json").read_text())
+    assert schema["run_dir"] == complete.name
+    here = str(complete.resolve().parent)
+    for p in out.rglob("*"):
+        if p.is_file() and p.suffix in (".json", ".pbtxt"):
+            assert here not in p.read_text(), p
+    meta = {m.key: m.value for m in onnx.load(str(out / "model.onnx"), load_external_data=False).metadata_props}
+    assert here not in json.dumps(meta)
+    # the run is found again by its name: next to the export directory, else in the working directory
+    assert load_contract(out).run_dir == complete.name
+    assert locate_run(out, complete.name) == complete.name  # not next to tmp_path/exp
+    beside = complete.parent / "exp_beside"
+    assert cli("export", complete, "--out", beside, "--quiet").exit_code == 0
+    assert locate_run(beside, load_contract(beside).run_dir) == str(complete)
+    assert locate_run(out, "/old/absolute/run") == "/old/absolute/run"
+    shutil.rmtree(beside)
+
+
+# ---- never a pickle -----------------------------------------------------------------------------------------------
+
+def test_yaml_python_tags_are_refused_and_never_run(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text("lr: !!python/object/apply:os.system ['touch PWNED']\n")
+    r = cli(*train_args(data, tmp_path / "out", "--config", cfg))
+    one_line_error(r, cfg, "not valid YAML")
+    assert not (tmp_path / "PWNED").exists() and listing(tmp_path) == ["evil.yaml"]
+
+
+def test_no_loader_that_can_unpickle_in_the_source():
+    """Weights are safetensors, tables .npy without object arrays, documents JSON / safe YAML: nothing in the
+    package can load a pickle."""
+    import re
+    from pathlib import Path
+    import lightfmp
+    root = Path(lightfmp.__file__).parent.parent
+    unsafe = re.compile(r"\bimport (c?pickle|dill|joblib|marshal|shelve)\b|torch\.load\(|yaml\.(unsafe_)?load\(|"
+                        r"allow_pickle\s*=\s*True|yaml\.Loader\b|yaml\.UnsafeLoader\b")
+    found = [f"{p}:{i}" for d in ("lightfmp", "cli", "kernels", "examples") for p in (root / d).rglob("*.py")
+             for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
+    assert not found, found

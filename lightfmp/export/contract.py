@@ -277,6 +277,16 @@ def load_contract(export_dir: str | Path) -> ServingContract:
     return ServingContract.from_dict(read_json(path, obj=False), str(path))
 
 
+def locate_run(export_dir: str | Path, recorded) -> str | None:
+    """The run directory an export came from (`recorded`: the contract's run_dir). feature_schema.json records only
+    the run directory's name, never a path of the machine that exported it; it is looked for next to the export
+    directory, else taken relative to the working directory. A path recorded by an older lightfmp is used as is."""
+    if not isinstance(recorded, str) or not recorded or Path(recorded).is_absolute():
+        return recorded if isinstance(recorded, str) and recorded else None
+    near = Path(export_dir).parent / recorded
+    return str(near) if near.is_dir() else recorded
+
+
 def save_contract(contract: ServingContract, export_dir: str | Path) -> None:
     write_json_atomic(Path(export_dir) / SCHEMA_FILE, contract.to_dict())
 
@@ -324,6 +334,6 @@ def _sha(v, what: str) -> str | None:
 
 
 __all__ = ["ServingContract", "InputSpec", "input_spec", "OutputSpec", "Bucketize", "HashRule", "ExternalData",
-           "load_contract", "save_contract", "verify_files", "check_sha256", "vocab_file_name", "vocab_text",
+           "load_contract", "locate_run", "save_contract", "verify_files", "check_sha256", "vocab_file_name", "vocab_text",
            "relative_path", "inside", "SCHEMA_FILE", "MODEL_FILE", "EXTERNAL_DATA_FILE", "METADATA_KEY", "OUTPUT_NAME",
            "EXPORT_VERSION"]

@@ -7,6 +7,8 @@ import re
 import shutil
 from pathlib import Path
 
+from google.protobuf import text_encoding
+
 from ..errors import LightFMPError
 from ..io import atomic_dir, check_out, file_sha256
 from ..rundir import open_run
@@ -24,9 +26,11 @@ def triton_model_name(text: str) -> str:
 
 
 def triton_config(name: str, specs: list[InputSpec], max_batch_size: int) -> str:
-    """config.pbtxt text. Triton dims leave out the batch dim; a [batch] tensor is dims [1] reshaped to []."""
+    """config.pbtxt text. Triton dims leave out the batch dim; a [batch] tensor is dims [1] reshaped to [].
+    Names are written as protobuf text-format strings: quotes, backslashes, newlines and other control characters
+    escaped, so any field name gives a valid file that Triton reads back as the same name."""
     def q(s: str) -> str:
-        return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + text_encoding.CEscape(s, as_utf8=True) + '"'
 
     def tensor(nm: str, dtype: str, shape: list) -> str:
         rest = shape[1:]
@@ -84,7 +88,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     contract = ServingContract(
         inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
-        table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=str(run.path.resolve()),
+        table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=run.path.resolve().name,
         run_test_auc=run_auc, triton_model=name, max_batch_size=max_batch_size)
 
     rows = validation_rows(run, kept, validate_rows)
