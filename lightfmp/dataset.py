@@ -111,6 +111,10 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
 
 def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchema | None:
     if schema is None and cfg.schema:
+        kinds = [f for f, v in (("--categorical", cfg.categorical), ("--numeric", cfg.numeric),
+                                ("--multi-hot", cfg.multi_hot), ("--ignore", cfg.ignore)) if v]
+        if kinds:
+            raise LightFMPError(f"--schema {cfg.schema}: the schema file says each field's kind; drop {kinds[0]}")
         schema = FeatureSchema.load(cfg.schema)
     if schema is None:
         if not cfg.label and not implies_stream(resolve_format(cfg.data, cfg.format)):
@@ -248,4 +252,4 @@ def quick_sample(cfg: DataConfig, rows: int, out: Path) -> DataConfig:
         u = row_uniform(np.arange(start, start + len(df), dtype=np.int64), 0, SALT_SAMPLE)
         keep.append(df[u < rows / n])
     pd.concat(keep, ignore_index=True).to_parquet(out, index=False)
-    return replace(cfg, data=str(out), format="parquet", stream=False, label=cfg.label or fixed_label(fmt))
+    return replace(cfg, data=str(out), format="parquet", label=cfg.label or fixed_label(fmt))

@@ -63,8 +63,10 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
 def _normalize(cfg: RunConfig) -> RunConfig:
     """The config a run records: the data path made absolute (later commands may run from another directory), and
     in target-k mode keep = k unless --keep says otherwise."""
-    if cfg.data.data and not Path(cfg.data.data).is_absolute():
-        cfg = cfg.but(data=str(Path(cfg.data.data).resolve()))
+    for key in ("data", "shard_dir", "schema"):  # later commands may run from another directory
+        value = getattr(cfg.data, key)
+        if value and not Path(value).is_absolute():
+            cfg = cfg.but(**{key: str(Path(value).expanduser().resolve())})
     if cfg.train.target_k is not None and cfg.prune.keep is None:
         cfg = cfg.but(keep=cfg.train.target_k)
     return cfg
@@ -89,14 +91,15 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
 
 
-def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool) -> tuple[dict, Dataset]:
+def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
+           data: Dataset | None = None) -> tuple[dict, Dataset]:
     _check_out(out, force)
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
     cfg = _normalize(cfg)
     t_wall = time.perf_counter()
-    data = load_data(cfg, reporter)
+    data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
     if cfg.prune.keep is not None and not 1 <= cfg.prune.keep <= n_fields:
         raise LightFMPError(f"--keep {cfg.prune.keep}: must be between 1 and the number of fields ({n_fields})")
@@ -202,7 +205,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
-    keep = keep if keep is not None else cfg.prune.keep
+    if keep is None and threshold is None:  # neither given: the run's own rule; one given: that rule
+        keep = cfg.prune.keep
     threshold = threshold if threshold is not None else cfg.prune.threshold
     continue_epochs = continue_epochs if continue_epochs is not None else (
         cfg.prune.continue_epochs if cfg.prune.continue_epochs is not None else cfg.train.epochs)
@@ -266,6 +270,9 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
     """The rows a run was trained and tested on, read again through the one data path with the run's recorded
     config and fitted schema; refuses a data file that is gone or has changed since."""
     cfg = run.config
+    if "split" not in run.info:
+        raise LightFMPError(f"{run.path}: trained by an older lightfmp (run format {run.info.get('format_version')}, "
+                            f"before the one split rule): its rows cannot be told apart again; train it again")
     if not cfg.data.data or not Path(cfg.data.data).exists():
         raise LightFMPError(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
     sha = file_sha256(cfg.data.data)
@@ -275,19 +282,20 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
     return load_data(cfg, reporter, run.schema, sha, rule)
 
 
-def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
+def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False,
+        data: Dataset | None = None) -> dict:
     """All phases in one call. Calling it again after an interruption resumes: phase 1 from its checkpoint, or,
     when phase 1 had finished (<out> is a pretrained run of the same config and data and <out>.ckpt exists),
-    straight into phase 3 from its checkpoint."""
+    straight into phase 3 from its checkpoint. `data`: cfg's data when the caller has loaded it already (bench)."""
     out = Path(out)
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch
     if dist.broadcast_int(int(dist.is_main() and _phase1_done(cfg, out))):
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
-        metrics, data = None, None
+        metrics = None
     else:
-        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.train.no_select)
+        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.train.no_select, data=data)
     if cfg.train.no_select:
         return metrics
     return _prune(open_run(out), None, None, None, quiet, data)

@@ -24,13 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, load_yaml
 from .errors import LightFMPError
-from .io import RUN_FORMAT, atomic_path, read_json, write_json_atomic, write_text_atomic
+from .io import RUN_FORMAT, atomic_path, file_sha256, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
 from .schema import FeatureSchema
 from .splits import SplitRule
 
 FORMAT = RUN_FORMAT
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: run.json records the split rule and the schema's sha256
 STATES = ("pretrained", "complete")
 
 # What readers take from metrics.json: from every run, from runs with gates (inspect, prune), and by state.
@@ -172,8 +172,11 @@ def config_keys(doc: dict) -> list[str]:
     return sorted({str(kk) for k, v in doc.items() for kk in (v if isinstance(v, dict) else [k])})
 
 
-def _read_schema(p: Path) -> FeatureSchema:
+def _read_schema(p: Path, info: dict) -> FeatureSchema:
     path = p / "schema.json"
+    if "schema_sha256" in info and path.is_file() and file_sha256(path) != info["schema_sha256"]:
+        raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); the model's ids "
+                            f"no longer match its vocabularies: train again")
     try:
         return FeatureSchema.load(path)
     except (TypeError, ValueError, AttributeError, KeyError) as e:
@@ -186,7 +189,7 @@ def open_run(path: str | Path) -> Run:
     if not p.is_dir():
         raise LightFMPError(f"{p}: not a directory")
     info = _read_info(p)
-    run = Run(p, info, _read_config(p, info), _read_schema(p))
+    run = Run(p, info, _read_config(p, info), _read_schema(p, info))
     run.metrics()
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
@@ -206,6 +209,7 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         info = {**info, "config_keys": config_keys(doc)}
     if schema is not None:
         schema.save(d / "schema.json")
+        info = {**info, "schema_sha256": file_sha256(d / "schema.json")}
     for name, model in (checkpoints or {}).items():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(d / name) as tmp:

@@ -94,7 +94,11 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     t = pd.to_numeric(values, errors="coerce")
     if t.isna().all():
         t = pd.to_datetime(values, errors="coerce")
-    bad = t.isna().to_numpy() & values.notna().to_numpy()
+    missing = values.isna().to_numpy()
+    if missing.any():
+        raise LightFMPError(f"{source}: --time-column '{column}' is missing at row {int(missing.argmax())}: every "
+                            f"row needs a time to be ordered by")
+    bad = t.isna().to_numpy()
     if bad.any():
         raise LightFMPError(f"{source}: --time-column '{column}': value {values[bad].iloc[0]!r} is neither a number "
                             f"nor a date")

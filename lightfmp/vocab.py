@@ -165,6 +165,23 @@ def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
     return "numeric", "floats"
 
 
+def _check_kind_flags(spec: SchemaSpec, time_column: str | None) -> None:
+    """A column named by two of --categorical / --numeric / --multi-hot / --ignore, or the label named as a feature,
+    ignored or used as the time column, is a contradiction: refused, not resolved silently."""
+    said = {"--categorical": spec.categorical, "--numeric": spec.numeric, "--multi-hot": list(spec.multi_hot),
+            "--ignore": spec.ignore}
+    seen: dict[str, str] = {}
+    for flag, cols in said.items():
+        for c in cols:
+            if c == spec.label:
+                raise LightFMPError(f"{flag} {c}: '{c}' is the label column")
+            if c in seen and seen[c] != flag:
+                raise LightFMPError(f"column '{c}' is named by both {seen[c]} and {flag}; choose one")
+            seen[c] = flag
+    if time_column == spec.label:
+        raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column; order rows by a time")
+
+
 def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
     """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `df` (the first
     batch) by `infer_schema`; criteo / avazu fix the label and make every column categorical."""
@@ -179,6 +196,7 @@ def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> 
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
+    _check_kind_flags(spec, cfg.time_column)
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
     if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one
         spec.ignore.append(cfg.time_column)

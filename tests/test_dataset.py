@@ -156,3 +156,51 @@ def test_prune_reads_the_recorded_split_rule(tmp_path):
     run.info["split"]["seed"] = 9  # what run.json says wins over a derivation from the config
     data = pipeline.run_data(run)
     assert data.rule.seed == 9 and run.config.data.seed == 0
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(categorical="a", numeric="a"), "'a' is named by both --categorical and --numeric"),
+    (dict(categorical="b", ignore="b"), "'b' is named by both --categorical and --ignore"),
+    (dict(ignore="label"), "--ignore label: 'label' is the label column"),
+    (dict(time_column="label"), "--time-column label: 'label' is the label column"),
+])
+def test_contradicting_column_flags_refused(tmp_path, kw, match):
+    p = write_csv(tmp_path, n=100)
+    with pytest.raises(LightFMPError, match=match):
+        load_dataset(cfg_for(p, tmp_path, **kw).data)
+
+
+def test_time_column_with_a_missing_value_refused(tmp_path):
+    df = make_frame(100)
+    df["ts"] = np.arange(100.0)
+    df.loc[7, "ts"] = np.nan
+    df.to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(LightFMPError, match="--time-column 'ts' is missing at row 7"):
+        load_dataset(cfg_for(tmp_path / "t.csv", tmp_path, time_column="ts").data)
+
+
+def test_tampered_schema_and_older_runs_refused(tmp_path):
+    p = write_csv(tmp_path, n=400)
+    pipeline.train(cfg_for(p, tmp_path, **FAST), tmp_path / "r", quiet=True)
+    info_path = tmp_path / "r" / "run.json"
+    info = json.loads(info_path.read_text())
+    assert info["format_version"] == 2 and len(info["schema_sha256"]) == 64
+    # a run from before the one split rule: no split recorded, so its rows cannot be told apart again
+    old = dict(info, format_version=1)
+    del old["split"]
+    info_path.write_text(json.dumps(old))
+    with pytest.raises(LightFMPError, match="older lightfmp .*train it again"):
+        pipeline.prune(tmp_path / "r", keep=2, continue_epochs=1, quiet=True)
+    info_path.write_text(json.dumps(info))
+    schema = json.loads((tmp_path / "r" / "schema.json").read_text())
+    schema["fields"][0]["vocab"] = schema["fields"][0]["vocab"][::-1]  # ids no longer mean what they meant
+    (tmp_path / "r" / "schema.json").write_text(json.dumps(schema))
+    with pytest.raises(LightFMPError, match="schema.json: changed since the run wrote it"):
+        pipeline.open_run(tmp_path / "r")
+
+
+def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
+    p = write_csv(tmp_path, n=400)
+    pipeline.train(cfg_for(p, tmp_path, target_k=3, **FAST), tmp_path / "r", quiet=True)
+    m = pipeline.prune(tmp_path / "r", threshold=0.0, continue_epochs=1, quiet=True)
+    assert m["selection"]["rule"].startswith("deterministic gate >= 0.0") and len(m["fields"]["kept"]) == 5

@@ -88,7 +88,7 @@ def select_random(ctx: Context, k: int) -> Selection:
 def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
     cfg = ctx.cfg.but(keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.train.subset)
     with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
-        m = run(cfg, f"{tmp}/run", force=True, quiet=True)
+        m = run(cfg, f"{tmp}/run", force=True, quiet=True, data=ctx.data)  # the seed's data, not read again
     sel = m["phases"]["pretrain"]["seconds"] + m["phases"]["prune"]["seconds"]
     gates, la = m["gates"], m.get("log_alpha", {})
     ranking = [n for n in sorted(ctx.names, key=lambda n: (-gates[n], -la.get(n, 0.0)))]
