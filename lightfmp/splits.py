@@ -46,13 +46,14 @@ def row_uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
 
 
 def parse_split(text) -> tuple[float, float, float]:
-    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three fractions, train and test > 0, valid >= 0, summing to 1."""
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three fractions, each > 0 (validation rows pick the best epoch),
+    summing to 1."""
     usage = f"--split {text!r}: expected three fractions train,valid,test summing to 1, such as 0.8,0.1,0.1"
     try:
         parts = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except (TypeError, ValueError):
         raise LightFMPError(usage) from None
-    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) < 0 or parts[0] <= 0 or parts[2] <= 0:
+    if len(parts) != 3 or not all(np.isfinite(parts)) or min(parts) <= 0:
         raise LightFMPError(usage)
     if abs(sum(parts) - 1.0) > 1e-6:
         raise LightFMPError(f"{usage} (they sum to {sum(parts):g})")

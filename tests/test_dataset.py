@@ -74,7 +74,7 @@ def test_time_codes_closed_form():
         time_codes(pd.Series(["2024-01-01", "soon"]), (0.6, 0.2, 0.2), "day", "f.csv")
 
 
-@pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "-0.1,0.6,0.5"])
+@pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5"])
 def test_bad_split_refused_not_normalised(text):
     with pytest.raises(LightFMPError, match="--split"):
         parse_split(text)
