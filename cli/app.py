@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from lightfmp import distributed, pipeline
+from lightfmp.config import MAX_SEED, check_range
 from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
@@ -32,8 +33,8 @@ _COMMON = [
     inspect.Parameter("config", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path],
                       default=typer.Option(None, "--config", help="YAML file whose keys mirror the flags; flags win.")),
     inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                      default=typer.Option(False, "--force", help="Replace an existing run directory (only a "
-                                           "directory lightfmp wrote; anything else is refused).")),
+                      default=typer.Option(False, "--force", help="Replace an existing run directory (only a run "
+                                           "lightfmp wrote; anything else, an export included, is refused).")),
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
                       default=typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")),
 ]
@@ -160,6 +161,12 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
     """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
     if fmt not in ("parquet", "csv"):
         raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
+    check_range("--rows", rows, 1)
+    check_range("--fields", fields, 1)
+    check_range("--informative", informative, 0, fields)
+    if redundant is not None:
+        check_range("--redundant", redundant, 0, fields)
+    check_range("--seed", seed, 0, MAX_SEED)
     try:
         truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                            redundant=redundant, fmt=fmt)

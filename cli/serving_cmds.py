@@ -8,9 +8,9 @@ import typer
 from rich.table import Table
 
 from lightfmp import profiling
-from lightfmp.errors import LightFMPError
+from lightfmp.config import check_range
 from lightfmp.export import export_run
-from lightfmp.io import write_json_atomic
+from lightfmp.io import check_output_file, write_json_atomic
 
 from .common import Command, err, friendly, out
 
@@ -28,7 +28,8 @@ def register(app) -> None:
                    triton_name: Optional[str] = typer.Option(
                        None, "--triton-name", help="Triton model name (default: the --out directory name)."),
                    max_batch_size: int = typer.Option(4096, "--max-batch-size", help="Triton max_batch_size."),
-                   force: bool = typer.Option(False, "--force", help="Replace an existing export directory."),
+                   force: bool = typer.Option(False, "--force", help="Replace an existing export directory (only "
+                                              "an export lightfmp wrote; a run or anything else is refused)."),
                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table.")):
         """Export a finished run to ONNX (+ feature_schema.json, vocab/, a Triton model repository entry),
         validated against PyTorch on the run's test rows."""
@@ -66,7 +67,8 @@ def register(app) -> None:
                     compare: Optional[Path] = typer.Option(None, "--compare", help="A second model to time "
                                                            "side by side (e.g. the full model vs a pruned one)."),
                     batch_sizes: str = typer.Option("1,8,64,512,4096", "--batch-sizes",
-                                                    help="Comma-separated batch sizes to time."),
+                                                    help=f"Comma-separated batch sizes to time (each 1 to "
+                                                         f"{profiling.MAX_BATCH_SIZE:,})."),
                     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads (and "
                                                 "torch threads); 0 = library default."),
                     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
@@ -82,13 +84,17 @@ def register(app) -> None:
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, with PyTorch eager for
         reference."""
         sizes = profiling.parse_batch_sizes(batch_sizes)
-        if max_seconds <= 0 or max_runs < 1:
-            raise LightFMPError("--max-seconds must be > 0 and --max-runs >= 1")
+        check_range("--threads", threads, 0)
+        check_range("--max-seconds", max_seconds, 0, open_low=True)
+        check_range("--max-runs", max_runs, 1)
+        for path, kind, flag in ((json_file, "json", "--json"), (plot, "png", "--plot"), (trace, "json", "--trace")):
+            if path is not None:
+                check_output_file(path, kind, flag)  # before the timing: never replace the user's files
         budget = profiling.Budget(max_runs=max_runs, max_seconds=max_seconds, min_runs=min(5, max_runs))
         models = [model] + ([compare] if compare is not None else [])
         res = profiling.profile(models, sizes, threads=threads or None, budget=budget, eager=eager, trace=trace)
         if json_file:
-            write_json_atomic(json_file, profiling.results_json(res, threads or None))
+            write_json_atomic(json_file, profiling.results_json(res, threads or None), flag="--json")
         if plot:
             profiling.plot(res, plot)
         if quiet:

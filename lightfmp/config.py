@@ -27,6 +27,8 @@ from .splits import parse_split
 BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
 DEVICES = ("auto", "cpu", "cuda")
 FORMATS = ("auto", "csv", "parquet", "criteo", "avazu")
+MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit integers, which every generator (numpy's, torch's) takes
+COMMAND_LINE = "command line"  # the source of flag values: their errors name the flag, not a file
 
 
 def opt(default, help: str, low=None, high=None, *, open_low: bool = False, open_high: bool = False,
@@ -53,7 +55,7 @@ class DataConfig:
     split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
-    seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", 0)
+    seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", 0, MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
                               "instead of loading it; implied by --format criteo|avazu.")
     format: str = opt("auto", "Input format: auto (by suffix), csv, parquet, criteo (TSV: label, I1-I13, C1-C26, "
@@ -135,12 +137,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict | None, source: str = "config") -> "RunConfig":
-        """Sections ({'train': {'lr': ...}}) or flat keys ({'lr': ...}), or both; unknown keys are errors."""
+        """Sections ({'train': {'lr': ...}}) or flat keys ({'lr': ...}), or both; unknown keys are errors. A section
+        whose keys are all commented out (`train:` alone, read as null) is an empty section; `data` is both a
+        section and the data-path key: a mapping or null is the section, anything else the path. Errors name
+        `source` (the YAML file) unless the values are flags (COMMAND_LINE), whose errors name the flag."""
         values: dict[str, dict] = {s: {} for s in SECTIONS}
         for k, v in (d or {}).items():
             key = str(k).replace("-", "_")
-            if key in SECTIONS and isinstance(v, dict):
-                for kk, vv in v.items():
+            if key in SECTIONS and key not in _SECTION_OF and not isinstance(v, (dict, type(None))):
+                raise LightFMPError(f"{source}: section '{k}' must be a mapping of option: value, got {v!r}")
+            if key in SECTIONS and isinstance(v, (dict, type(None))):
+                for kk, vv in (v or {}).items():
                     name = str(kk).replace("-", "_")
                     if _SECTION_OF.get(name) != key:
                         raise LightFMPError(f"{source}: unknown key '{kk}' in section '{k}'")
@@ -152,10 +159,10 @@ class RunConfig:
         made = {}
         for section, tp in SECTIONS.items():
             hints = typing.get_type_hints(tp)
-            made[section] = tp(**{name: _checked(_coerce(v, hints[name], name, source), _FIELDS[name], source)
-                                  for name, v in values[section].items()})
+            converted = {name: _coerce(v, hints[name], name, source) for name, v in values[section].items()}
+            made[section] = tp(**{name: _named(source, _checked, v, _FIELDS[name]) for name, v in converted.items()})
         cfg = cls(**made)
-        cfg.data.split = list(parse_split(cfg.data.split))
+        cfg.data.split = list(_named(source, parse_split, cfg.data.split))
         return cfg
 
 
@@ -215,7 +222,21 @@ def _coerce(value, hint, key, source):
     return value
 
 
-def _checked(value, f: dataclasses.Field, source: str):
+def check_range(name: str, value, low=None, high=None, *, open_low: bool = False, open_high: bool = False):
+    """`value` if it is a finite number in [low, high] (open ends excluded); otherwise a one-line error naming the
+    flag `name` (e.g. '--threads'). Every numeric option is checked here, those of the config and the others."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise LightFMPError(f"{name} {value}: must be a finite number")
+    lo = f"{'>' if open_low else '>='} {low}" if low is not None else None
+    hi = f"{'<' if open_high else '<='} {high}" if high is not None else None
+    if low is not None and (value < low or open_low and value == low):
+        raise LightFMPError(f"{name} {value}: must be {lo}" + (f" and {hi}" if hi else ""))
+    if high is not None and (value > high or open_high and value == high):
+        raise LightFMPError(f"{name} {value}: must be {hi}" + (f" and {lo}" if lo else ""))
+    return value
+
+
+def _checked(value, f: dataclasses.Field):
     """The value, if it lies in the field's range / choices; otherwise a one-line error naming the flag."""
     m = f.metadata
     if value is None:
@@ -225,14 +246,18 @@ def _checked(value, f: dataclasses.Field, source: str):
             raise LightFMPError(f"{flag(f.name)} {v!r}: expected one of {', '.join(m['choices'])}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        low, high = m["low"], m["high"]
-        if low is not None and (v < low or m["open_low"] and v == low):
-            raise LightFMPError(f"{flag(f.name)} {v}: must be {'>' if m['open_low'] else '>='} {low}"
-                                + (f" and {'<' if m['open_high'] else '<='} {high}" if high is not None else ""))
-        if high is not None and (v > high or m["open_high"] and v == high):
-            raise LightFMPError(f"{flag(f.name)} {v}: must be {'<' if m['open_high'] else '<='} {high}"
-                                + (f" and {'>' if m['open_low'] else '>='} {low}" if low is not None else ""))
+        check_range(flag(f.name), v, m["low"], m["high"], open_low=m["open_low"], open_high=m["open_high"])
     return value
+
+
+def _named(source: str, check, *args):
+    """check(*args), its error naming `source` too when the value came from a file."""
+    try:
+        return check(*args)
+    except LightFMPError as e:
+        if source == COMMAND_LINE:
+            raise
+        raise LightFMPError(f"{source}: {e}") from None
 
 
 def fields_of(section: str | None = None) -> list[dataclasses.Field]:
@@ -262,4 +287,4 @@ def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
     merged = base.flat()
     merged.update({k: v for k, v in flags.items() if v is not None})
-    return RunConfig.from_dict(merged, source="command line")
+    return RunConfig.from_dict(merged, source=COMMAND_LINE)

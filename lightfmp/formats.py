@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LightFMPError
+from .io import data_files
 
 FORMATS = ("auto", "csv", "parquet", "criteo", "avazu")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -221,11 +222,7 @@ def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: 
 
 
 def _parquet_files(p: Path) -> list[Path]:
-    if not p.is_dir():
-        return [p]
-    # Spark / Hive write _SUCCESS, _metadata and .crc files next to the parts
-    files = sorted(q for q in p.rglob("*") if q.is_file()
-                   and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts))
+    files = data_files(p)  # the same list the data hash covers
     if not files:
         raise LightFMPError(f"{p}: directory holds no Parquet part files")
     return files

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, check_output_file
 from .pruning import select_fields, selection_rule
 from .rundir import Run
 
@@ -39,6 +39,9 @@ def gate_rows(run: Run) -> list[dict]:
 
 
 def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | None = None) -> Path:
+    """The bar chart as a PNG at `path` (the user's --plot: it replaces only an earlier PNG, see
+    `lightfmp.io.check_output_file`)."""
+    check_output_file(path, "png", "--plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -55,7 +58,7 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     ax.set_title(title or "Light-FMP gates (green: kept)")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, "png", "--plot") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path

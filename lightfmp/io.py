@@ -1,5 +1,8 @@
-"""Atomic writes: an artifact appears whole under its final name or not at all; and a directory is replaced only
-when lightfmp wrote it (its marker file says so), never a directory of the user's, a file, `.`, `~` or `/`."""
+"""Atomic writes: an artifact appears whole under its final name or not at all. A directory is replaced only when
+lightfmp wrote it as the kind the command writes (its marker file says so: a run replaces only a run, an export
+only an export), never a directory of the user's, a file, `.`, `~` or `/`; a file the user names for --plot /
+--json / --trace replaces only an earlier output of its kind. Data paths are listed in one place (`data_files`)
+for the reader and the data hash alike."""
 from __future__ import annotations
 
 import hashlib
@@ -32,13 +35,23 @@ def _publish_mode(path, directory: bool = False) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
-def file_sha256(path: str | Path, h=None) -> str:
-    """Content hash of a file, or of every file under a directory in sorted path order (`h`: another hashlib
-    object to use, e.g. blake2b)."""
+def data_files(path: str | Path) -> list[Path]:
+    """The files a data path holds: the file itself, or every file under a directory in sorted path order except
+    hidden and underscore names at any depth (Spark / Hive write _SUCCESS, _metadata and .crc files next to the
+    parts; lightfmp's own temporary directories start with '.'). The reader and the data hash both use this list,
+    so what is hashed is exactly what is read."""
     p = Path(path)
+    if not p.is_dir():
+        return [p]
+    return sorted(q for q in p.rglob("*") if q.is_file()
+                  and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts))
+
+
+def file_sha256(path: str | Path, h=None) -> str:
+    """Content hash of a file, or of the data files under a directory (`data_files`) in sorted path order (`h`:
+    another hashlib object to use, e.g. blake2b)."""
     h = hashlib.sha256() if h is None else h
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for q in files:
+    for q in data_files(path):
         with open(q, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
@@ -74,25 +87,78 @@ def read_json(path: str | Path, text: str | None = None, obj: bool = True):
     return doc
 
 
-def write_json_atomic(path: str | Path, obj) -> None:
-    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+def write_json_atomic(path: str | Path, obj, flag: str | None = None) -> None:
+    """`flag`: the path is the user's --json / --trace (see `check_output_file`)."""
+    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n",
+                      kind="json" if flag else None, flag=flag)
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | Path, text: str, kind: str | None = None, flag: str | None = None) -> None:
+    with atomic_path(path, kind, flag) as tmp:
         tmp.write_text(text)
 
 
+# The kinds of file a user names with --plot / --json / --trace: how to recognise an earlier one, so that only such
+# a file (or an empty one) is ever replaced.
+OUTPUT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
+    "png": ("a PNG image", lambda p: _head(p, 8) == b"\x89PNG\r\n\x1a\n"),
+    "json": ("a JSON document", lambda p: _is_json(p)),
+}
+
+
+def _head(p: Path, n: int) -> bytes:
+    with open(p, "rb") as fh:
+        return fh.read(n)
+
+
+def _is_json(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            json.load(fh)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True
+
+
+def check_output_file(path: str | Path, kind: str, flag: str) -> None:
+    """Refuse, before any work, a `flag` path (--plot, --json, --trace) that the command may not write: a
+    directory, a path under a file, or an existing file that is not a `kind` file ("png", "json") - the output
+    replaces only an earlier output of its kind (or an empty file), never the user's data."""
+    p = Path(path)
+    what, looks_like = OUTPUT_FILES[kind]
+    if p.is_dir():
+        raise LightFMPError(f"{p}: is a directory; {flag} needs a file path")
+    parent = next((q for q in p.absolute().parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
+    if not p.exists():
+        return
+    if not p.is_file():
+        raise LightFMPError(f"{p}: is not a regular file; {flag} needs a file path")
+    try:
+        ok = p.stat().st_size == 0 or looks_like(p)
+    except OSError as e:
+        raise LightFMPError(f"{p}: cannot read it ({type(e).__name__}); {flag} needs a file it may replace") from None
+    if not ok:
+        raise LightFMPError(f"{p}: exists and is not {what}; {flag} replaces only an earlier {flag} output, choose "
+                            f"another path or remove it yourself")
+
+
 @contextmanager
-def atomic_path(path: str | Path):
-    """Yield a temporary sibling path to write a file to; it is renamed to `path` only on success."""
+def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = None):
+    """Yield a temporary sibling path to write a file to; it is renamed to `path` only on success. `kind` and
+    `flag`: a path the user named (see `check_output_file`), checked again before it is replaced."""
     path = Path(path)
+    if kind is not None:
+        check_output_file(path, kind, flag or "the output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
         _publish_mode(tmp)
+        if kind is not None:
+            check_output_file(path, kind, flag or "the output")
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -128,9 +194,17 @@ def _protected(p: Path) -> str | None:
     return None
 
 
-def check_out(path: str | Path, force: bool, owned: Callable[[Path], bool] | None = None) -> None:
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
+
+
+def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[[Path], bool] | None = None) -> None:
     """Refuse, before any work, an output path that the command may not create or replace: with `force` only a
-    directory that lightfmp wrote (`owned`, default: it holds a marker of MARKERS) is replaced, nothing else."""
+    directory that lightfmp wrote as `kind` (a key of MARKERS: what the command writes) is replaced, nothing else.
+    `owned`: the caller's own test that an unmarked directory is one of `kind` (e.g. a shard directory whose
+    manifest went missing)."""
+    if kind not in MARKERS:
+        raise ValueError(f"kind {kind!r}: expected one of {', '.join(MARKERS)}")
     p = Path(path)
     if p.is_symlink():
         raise LightFMPError(f"{p}: is a symbolic link; give the directory itself, or a new path")
@@ -145,30 +219,48 @@ def check_out(path: str | Path, force: bool, owned: Callable[[Path], bool] | Non
     if not p.is_dir():
         raise LightFMPError(f"{p}: is a file, not a directory lightfmp wrote; --force does not replace it, choose "
                             f"another path")
-    kind = lightfmp_kind(p) if owned is None else ("directory" if owned(p) else None)
-    if kind is None:
-        names = [m for m, _ in MARKERS.values()]
-        markers = ", ".join(names[:-1]) + f" or {names[-1]}"
-        raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote (no {markers} marker); --force does "
-                            f"not replace it, choose another path or remove it yourself")
+    found = lightfmp_kind(p)
+    if found is not None and found != kind:
+        raise LightFMPError(f"{p}: is a lightfmp {found}, not {_a(kind)}; --force replaces only {_a(kind)}, choose "
+                            f"another path")
+    if found is None and owned is not None and owned(p):
+        found = kind
+    if found is None:
+        raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote (no {MARKERS[kind][0]} marker of "
+                            f"{_a(kind)}); --force does not replace it, choose another path or remove it yourself")
     if not force:
-        raise LightFMPError(f"{p}: already exists (a lightfmp {kind}); pass --force to replace it")
+        raise LightFMPError(f"{p}: already exists (a lightfmp {found}); pass --force to replace it")
+
+
+def check_apart(out: str | Path, other: str | Path | None, what: str) -> None:
+    """Refuse an output directory that is `other` (e.g. the data, or the run exported), lies inside it, or holds
+    it: writing or replacing it would change or delete `what`."""
+    if not other:
+        return
+    o, x = Path(out).absolute().resolve(), Path(other).absolute().resolve()
+    if o == x:
+        raise LightFMPError(f"{out}: is {what} {other}; choose an output path of its own")
+    if x in o.parents:
+        raise LightFMPError(f"{out}: is inside {what} {other}; choose an output path outside it")
+    if o in x.parents:
+        raise LightFMPError(f"{out}: holds {what} {other}; choose an output path that does not")
 
 
 @contextmanager
-def atomic_dir(path: str | Path, force: bool = False, owned: Callable[[Path], bool] | None = None):
+def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
+               owned: Callable[[Path], bool] | None = None):
     """Yield a temporary sibling directory; it replaces `path` only when the block succeeds. An existing `path` is
-    replaced only with `force` and only when lightfmp wrote it (see `check_out`, which runs before the block and
-    again before the replacement)."""
+    replaced only with `force` and only when lightfmp wrote it as a directory of `kind` (see `check_out`, which
+    runs before the block and again before the replacement)."""
     path = Path(path)
-    check_out(path, force, owned)
+    check_out(path, force, kind, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
-            check_out(path, force, owned)
+            check_out(path, force, kind, owned)
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)

@@ -18,7 +18,7 @@ from .checkpoint import Checkpoint, checkpoint_dir, config_sha256
 from .config import RunConfig
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
-from .io import atomic_dir, check_out, file_sha256
+from .io import atomic_dir, check_apart, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model, select_fields, selection_rule
@@ -53,7 +53,7 @@ def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = Tr
 
 def _check_out(out: Path, force: bool) -> None:
     """Before any work: refuse an --out that exists (without --force) or that lightfmp did not write (ever)."""
-    check_out(out, force)
+    check_out(out, force, "run")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -94,6 +94,7 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
            data: Dataset | None = None) -> tuple[dict, Dataset]:
     _check_out(out, force)
+    check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
@@ -142,7 +143,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         history = {"pretrain": hist}
     info.update(data_sha256=data.sha256, split=data.split)
     if dist.is_main():
-        with atomic_dir(out, force=force) as tmp:
+        with atomic_dir(out, force=force, kind="run") as tmp:
             write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
                             checkpoints=weights)
         if keep_checkpoints:  # `run` goes on: the directory stays as the marker of an unfinished run
@@ -201,7 +202,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
            data: Dataset | None = None) -> dict:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
-    check_out(run.path, force=True)  # prune rewrites the run directory: refuse a path that is not one, first
+    check_out(run.path, force=True, kind="run")  # prune rewrites the run directory: refuse a path that is not one, first
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
@@ -257,7 +258,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     history = run.history()
     history["continue"] = hist
     if dist.is_main():
-        with atomic_dir(run.path, force=True) as tmp:
+        with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
                             checkpoints={"model.safetensors": model})

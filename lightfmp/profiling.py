@@ -21,10 +21,11 @@ from .export.bundle import Bundle, load_bundle, session
 from .export.contract import locate_run
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
-from .io import atomic_path
+from .io import atomic_path, check_output_file
 from .rundir import open_run
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096)
+MAX_BATCH_SIZE = 1 << 20  # 1,048,576 rows: larger batches take minutes to draw and time, and gigabytes of memory
 
 
 @dataclass
@@ -51,6 +52,8 @@ def parse_batch_sizes(text: str) -> list[int]:
         raise LightFMPError(f"--batch-sizes {text!r}: expected comma-separated integers like 1,8,64") from None
     if not sizes or min(sizes) < 1:
         raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be >= 1")
+    if max(sizes) > MAX_BATCH_SIZE:
+        raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be <= {MAX_BATCH_SIZE:,}")
     return sizes
 
 
@@ -155,6 +158,7 @@ def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: 
 
 
 def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
+    check_output_file(dest, "json", "--trace")
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = str(dest.parent / f".{dest.name}.ort")
     sess = session(bundle.model_path, threads, profile_prefix=prefix)
@@ -162,7 +166,8 @@ def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
         feeds = feeds_for(bundle, b)
         for _ in range(5):
             sess.run(None, feeds)
-    shutil.move(sess.end_profiling(), dest)
+    with atomic_path(dest, "json", "--trace") as tmp:
+        shutil.move(sess.end_profiling(), tmp)
 
 
 def results_json(timings: list[ModelTimings], threads: int | None) -> dict:
@@ -181,6 +186,7 @@ def machine() -> str:
 
 
 def plot(timings: list[ModelTimings], path: str | Path) -> Path:
+    check_output_file(path, "png", "--plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -202,10 +208,11 @@ def plot(timings: list[ModelTimings], path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, "png", "--plot") as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
 
 
-__all__ = ["profile", "Budget", "parse_batch_sizes", "results_json", "plot", "request_bytes", "time_calls"]
+__all__ = ["profile", "Budget", "MAX_BATCH_SIZE", "parse_batch_sizes", "results_json", "plot", "request_bytes",
+           "time_calls"]

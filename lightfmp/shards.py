@@ -75,7 +75,7 @@ class ShardWriter:
 
     def __enter__(self) -> "ShardWriter":
         # the key names the directory: one of ours even when its manifest is what went missing
-        self._ctx = atomic_dir(self.root, force=True, owned=lambda p: p.name == self.key)
+        self._ctx = atomic_dir(self.root, force=True, kind="shard directory", owned=lambda p: p.name == self.key)
         self.tmp = self._ctx.__enter__()
         return self
 

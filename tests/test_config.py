@@ -1,11 +1,12 @@
 """The config: four sections that are the configs the code uses, flat or sectioned YAML, typed lists, and every
 numeric flag's range checked in one place (a parametrised test over all fields, so a new flag cannot escape it)."""
+import re
 import typing
 
 import pytest
 import yaml
 
-from lightfmp.config import SECTIONS, ModelConfig, RunConfig, TrainConfig, fields_of, resolve
+from lightfmp.config import SECTIONS, ModelConfig, RunConfig, TrainConfig, check_range, fields_of, resolve
 from lightfmp.errors import LightFMPError
 
 def _hint(name):
@@ -86,3 +87,54 @@ def test_yaml_takes_sections_and_flat_keys(tmp_path):
 def test_bad_keys_named(doc, match):
     with pytest.raises(LightFMPError, match=match):
         RunConfig.from_dict(doc, "c.yaml")
+
+
+@pytest.mark.parametrize("text", ["train:\n#  lr: 0.01\n", "train:\nmodel:\nprune:\n", "data:\n",
+                                  "data: null\nlr: 0.5\n"])
+def test_a_section_with_every_key_commented_out_is_empty(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    cfg = resolve({}, str(p))
+    assert cfg.data.data is None and cfg.model == ModelConfig()
+    assert cfg.train.lr == (0.5 if "lr: 0.5" in text else TrainConfig().lr)
+
+
+def test_data_is_the_section_or_the_path(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: x.csv\n")
+    assert resolve({}, str(p)).data.data == "x.csv"
+    p.write_text("data:\n  data: y.csv\n  label: click\n")
+    cfg = resolve({}, str(p))
+    assert cfg.data.data == "y.csv" and cfg.data.label == "click"
+    p.write_text("train: 5\n")
+    with pytest.raises(LightFMPError, match=f"{p}: section 'train' must be a mapping"):
+        resolve({}, str(p))
+
+
+@pytest.mark.parametrize("text,match", [("split: 0.5,0.5,0.5\n", "--split .*sum to 1"),
+                                        ("train:\n  batch_size: 0\n", "--batch-size 0: must be >= 1"),
+                                        ("seed: 99999999999999999999\n", "--seed 99999999999999999999: must be <="),
+                                        ("backbone: resnet\n", "--backbone 'resnet': expected one of")])
+def test_range_errors_from_a_yaml_file_name_the_file(tmp_path, text, match):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(LightFMPError) as e:
+        resolve({}, str(p))
+    assert str(e.value).startswith(f"{p}: ") and re.search(match, str(e.value)), str(e.value)
+
+
+def test_range_errors_of_flags_name_the_flag_first():
+    with pytest.raises(LightFMPError) as e:
+        resolve({"seed": 2**32})
+    assert str(e.value) == "--seed 4294967296: must be <= 4294967295 and >= 0"
+    assert resolve({"seed": 2**32 - 1}).data.seed == 2**32 - 1
+
+
+def test_check_range_for_options_outside_the_config():
+    assert check_range("--threads", 0, 0) == 0
+    for value, match in ((-1, "--threads -1: must be >= 0"), (float("nan"), "--threads nan: must be a finite"),
+                         (float("inf"), "--threads inf: must be a finite")):
+        with pytest.raises(LightFMPError, match=match):
+            check_range("--threads", value, 0)
+    with pytest.raises(LightFMPError, match="--max-seconds 0: must be > 0"):
+        check_range("--max-seconds", 0, 0, open_low=True)

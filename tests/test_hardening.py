@@ -159,7 +159,12 @@ def test_atomic_dir_recognises_each_kind_of_lightfmp_directory(tmp_path):
         d.mkdir()
         (d / name).write_text(json.dumps(doc))
         assert lightfmp_kind(d) == kind
-        with atomic_dir(d, force=True) as tmp:
+        for other in markers.keys() - {kind}:  # another kind is refused, whatever --force says
+            with pytest.raises(LightFMPError, match=f"is a lightfmp {kind}, not an? {other}; --force replaces only"):
+                with atomic_dir(d, force=True, kind=other) as tmp:
+                    raise AssertionError("the block must not run")
+            assert listing(d) == [name]
+        with atomic_dir(d, force=True, kind=kind) as tmp:
             (tmp / "new.txt").write_text("new")
         assert listing(d) == ["new.txt"]
     # a marker with the wrong content, or unreadable, is no marker
@@ -528,6 +533,217 @@ def test_duplicate_column_names_are_refused_by_name(tmp_path, fmt, stream):
             "--quiet", *(["--stream"] if stream else []))
     one_line_error(r, p, "repeats column name", "'city'")
     assert listing(tmp_path) == [p.name]
+
+
+# ---- --force replaces only a directory of the kind the command writes -------------------------------------------
+
+def _fake_export(d):
+    d.mkdir()
+    (d / "feature_schema.json").write_text(json.dumps({"schema_version": 1, "model_file": "model.onnx"}))
+    return d
+
+
+def test_export_force_never_replaces_a_run(complete, pretrained, tmp_path):
+    pytest.importorskip("onnx")
+    b = tmp_path / "b"
+    shutil.copytree(pretrained, b)
+    before = listing(b)
+    one_line_error(cli("export", complete, "--out", b, "--force"), b,
+                   "is a lightfmp run, not an export; --force replaces only an export")
+    assert listing(b) == before and open_run(b).state == "pretrained"
+
+
+def test_train_force_never_replaces_an_export(data, tmp_path, monkeypatch):
+    exp = _fake_export(tmp_path / "exp")
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)  # refused before any work
+    for cmd in ("train", "run"):
+        r = cli(cmd, "--data", data, "--label", "label", "--out", exp, "--force", "--quiet")
+        one_line_error(r, exp, "is a lightfmp export, not a run; --force replaces only a run")
+    assert listing(exp) == ["feature_schema.json"]
+
+
+def test_shard_writer_never_replaces_a_run_or_an_export(tmp_path):
+    from lightfmp.shards import ShardWriter
+    for make in (lambda d: (d.mkdir(), (d / "run.json").write_text(json.dumps({"format": "lightfmp-run"}))),
+                 _fake_export):
+        d = tmp_path / "k"
+        make(d)
+        before = listing(d)
+        with pytest.raises(LightFMPError, match="not a shard directory; --force replaces only a shard directory"):
+            with ShardWriter(d, "k", 2):
+                raise AssertionError("the block must not run")
+        assert listing(d) == before
+        shutil.rmtree(d)
+    # a directory named by its key whose manifest went missing is still the writer's to replace
+    d = tmp_path / "k"
+    d.mkdir()
+    (d / "000000.ids.npy").write_bytes(b"partial")
+    with ShardWriter(d, "k", 2) as w:
+        w.finish()
+    assert listing(d) == ["manifest.json"]
+
+
+# ---- --plot / --json / --trace replace only an earlier output of their kind -------------------------------------
+
+def test_output_file_guard(tmp_path):
+    from lightfmp.io import check_output_file, write_json_atomic
+    png, js, empty, text = (tmp_path / n for n in ("a.png", "a.json", "e.json", "data.csv"))
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 8)
+    js.write_text('[{"ph": "X"}]')
+    empty.write_text("")
+    text.write_text("a,b,label\nx,y,1\n")
+    for path, kind in ((png, "png"), (js, "json"), (empty, "json"), (empty, "png"), (tmp_path / "new.png", "png")):
+        check_output_file(path, kind, "--flag")  # accepted
+    for path, kind, words in ((text, "png", "not a PNG image"), (text, "json", "not a JSON document"),
+                              (png, "json", "not a JSON document"), (js, "png", "not a PNG image"),
+                              (tmp_path, "png", "is a directory"), (text / "x.png", "png", "is a file")):
+        with pytest.raises(LightFMPError, match=words) as e:
+            check_output_file(path, kind, "--flag")
+        assert str(path) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(LightFMPError, match="not a JSON document"):
+        write_json_atomic(text, {"a": 1}, flag="--json")
+    assert text.read_text() == "a,b,label\nx,y,1\n" and listing(tmp_path) == ["a.json", "a.png", "data.csv", "e.json"]
+    write_json_atomic(js, {"a": 1}, flag="--json")
+    assert json.loads(js.read_text()) == {"a": 1}
+
+
+def test_inspect_plot_never_replaces_the_data(pretrained, data, tmp_path):
+    mine = tmp_path / "data.parquet"
+    shutil.copyfile(data, mine)
+    before = mine.read_bytes()
+    one_line_error(cli("inspect", pretrained, "--plot", mine, "-q"), mine, "not a PNG image", "--plot")
+    assert mine.read_bytes() == before
+    one_line_error(cli("inspect", pretrained, "--plot", tmp_path, "-q"), tmp_path, "is a directory", "--plot")
+    png = tmp_path / "g.png"
+    for _ in range(2):  # a new path, then an earlier chart is replaced
+        assert cli("inspect", pretrained, "--plot", png, "-q").exit_code == 0
+        assert png.read_bytes()[:4] == b"\x89PNG"
+    assert listing(tmp_path) == ["data.parquet", "g.png"]
+
+
+def test_bench_json_and_plot_are_checked_before_any_work(data, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench_core, "load_dataset", stop)
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    one_line_error(cli(*bench_args(data, "--json", mine)), mine, "not a JSON document", "--json")
+    one_line_error(cli(*bench_args(data, "--plot", mine)), mine, "not a PNG image", "--plot")
+    one_line_error(cli(*bench_args(data, "--json", tmp_path)), tmp_path, "is a directory", "--json")
+    assert mine.read_text() == "mine" and listing(tmp_path) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("flag, words", [("--json", "not a JSON document"), ("--plot", "not a PNG image"),
+                                         ("--trace", "not a JSON document")])
+def test_profile_outputs_are_checked_before_any_work(tmp_path, flag, words):
+    mine = tmp_path / "data.csv"
+    mine.write_text("a,b\n1,2\n")
+    # the model does not exist: the output paths are refused before it is even opened
+    one_line_error(cli("profile", tmp_path / "none.onnx", flag, mine), mine, words, flag)
+    one_line_error(cli("profile", tmp_path / "none.onnx", flag, tmp_path), tmp_path, "is a directory", flag)
+    assert mine.read_text() == "a,b\n1,2\n"
+
+
+def test_profile_plot_writer_never_replaces_another_file(tmp_path):
+    from lightfmp import profiling
+    mine = tmp_path / "notes.txt"
+    mine.write_text("mine")
+    with pytest.raises(LightFMPError, match="not a PNG image"):
+        profiling.plot([], mine)
+    assert mine.read_text() == "mine" and listing(tmp_path) == ["notes.txt"]
+
+
+# ---- data synth writes only where it wrote before ----------------------------------------------------------------
+
+SYNTH = ["data", "synth", "--rows", "200", "--fields", "5", "--informative", "2"]
+
+
+@pytest.mark.parametrize("name, content", [("data.parquet", "mine"), ("data.csv", "a,b\n"),
+                                           ("truth.json", '{"informative": ["mine"]}')])
+def test_data_synth_never_overwrites_the_users_files(tmp_path, name, content):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / name).write_text(content)
+    one_line_error(cli(*SYNTH, "--out", d), d, name, "not an earlier")
+    assert listing(d) == [name] and (d / name).read_text() == content
+
+
+def test_data_synth_replaces_its_own_output(tmp_path):
+    d = tmp_path / "d"
+    assert cli(*SYNTH, "--out", d, "--seed", "1").exit_code == 0
+    first = (d / "truth.json").read_text()
+    r = cli(*SYNTH, "--out", d, "--seed", "2", "--format", "csv")
+    assert r.exit_code == 0, r.output
+    assert listing(d) == ["data.csv", "data.parquet", "truth.json"]  # no temporary file left
+    assert json.loads((d / "truth.json").read_text())["seed"] == 2 and (d / "truth.json").read_text() != first
+    f = tmp_path / "f"
+    f.write_text("mine")
+    one_line_error(cli(*SYNTH, "--out", f), f, "is a file")
+    assert f.read_text() == "mine"
+
+
+# ---- a Parquet data directory: what is read is what is hashed ----------------------------------------------------
+
+def _parquet_dir(d):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    d.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"a": [f"x{i}", "y"] * 20, "label": [0, 1] * 20}), d / f"part-{i}.parquet")
+    return d
+
+
+def test_reader_and_data_hash_see_the_same_files(tmp_path):
+    from lightfmp.formats import read_batches
+    from lightfmp.io import data_files, file_sha256
+    d = _parquet_dir(tmp_path / "pq")
+    sha, rows = file_sha256(d), sum(len(df) for df, _ in read_batches(d, "parquet", 1000))
+    (d / "_SUCCESS").write_text("")
+    (d / ".part-0.parquet.crc").write_bytes(b"crc")
+    (d / ".run.x.tmp").mkdir()  # a directory lightfmp is writing next to the parts
+    (d / ".run.x.tmp" / "run.json").write_text("{}")
+    assert [q.name for q in data_files(d)] == ["part-0.parquet", "part-1.parquet"]
+    assert file_sha256(d) == sha and sum(len(df) for df, _ in read_batches(d, "parquet", 1000)) == rows
+    shutil.copyfile(d / "part-0.parquet", d / "part-2.parquet")
+    assert file_sha256(d) != sha and sum(len(df) for df, _ in read_batches(d, "parquet", 1000)) == rows * 3 // 2
+
+
+def test_an_output_apart_from_the_data():
+    from lightfmp.io import check_apart
+    check_apart("runs/a", "pq", "--data")
+    check_apart("runs/a", None, "--data")
+    for out, words in (("pq/run", "is inside --data pq"), ("pq", "is --data pq"), (".", "holds --data pq")):
+        with pytest.raises(LightFMPError, match=words):
+            check_apart(out, "pq", "--data")
+
+
+def test_a_run_inside_its_parquet_data_directory_is_refused(tmp_path, monkeypatch):
+    d = _parquet_dir(tmp_path / "pq")
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)
+    one_line_error(cli("train", "--data", d, "--label", "label", "--out", d / "run", "--quiet"), "inside --data")
+    assert listing(d) == ["part-0.parquet", "part-1.parquet"]
+
+
+# ---- numeric options outside the config: one line naming the flag ------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["profile", "m.onnx", "--threads", "-1"], ["--threads -1", ">= 0"]),
+    (["profile", "m.onnx", "--max-seconds", "nan"], ["--max-seconds nan", "finite"]),
+    (["profile", "m.onnx", "--max-seconds", "0"], ["--max-seconds 0", "> 0"]),
+    (["profile", "m.onnx", "--max-runs", "0"], ["--max-runs 0", ">= 1"]),
+    (["profile", "m.onnx", "--batch-sizes", "1,100000000"], ["--batch-sizes", "<= 1,048,576"]),
+    (SYNTH + ["--out", "never", "--seed", "-1"], ["--seed -1", ">= 0"]),
+    (SYNTH + ["--out", "never", "--seed", str(2**70)], ["--seed", "<= 4294967295"]),
+    (SYNTH + ["--out", "never", "--rows", "0"], ["--rows 0", ">= 1"]),
+    (SYNTH + ["--out", "never", "--informative", "9"], ["--informative 9", "<= 5"]),
+    (["train", "--data", "x.csv", "--out", "never", "--seed", "99999999999999999999"], ["--seed", "<= 4294967295"]),
+])
+def test_numeric_options_outside_their_range_are_one_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli(*args), *words)
+    assert listing(tmp_path) == []
+
+
+def test_profile_help_gives_the_batch_size_bound():
+    assert "1,048,576" in " ".join(_help(["profile"]).split())
 
 
 # ---- rough edges --------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, check_output_file, write_json_atomic
 
 # Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
 JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
@@ -62,10 +62,11 @@ def write_json(doc: dict, path: str | Path) -> None:
     out = dict(doc)
     if "results" in doc:
         out["results"] = [{k: r[k] for k in JSON_KEYS if k in r} for r in doc["results"]]
-    write_json_atomic(path, out)
+    write_json_atomic(path, out, flag="--json")
 
 
 def plot_curves(doc: dict, path: str | Path) -> Path:
+    check_output_file(path, "png", "--plot")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -81,7 +82,7 @@ def plot_curves(doc: dict, path: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
+    with atomic_path(path, "png", "--plot") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
     return Path(path)

@@ -11,13 +11,14 @@ Numeric fields: one (when informative >= 2) adds a smooth non-linear term to
 the logit and counts as informative; the others are noise.
 
 The truth is written to ``truth.json`` next to the data so that pruning results
-can be scored against it.
+can be scored against it. Both files are written atomically, and only into a
+directory that holds none of the files written here, or holds an earlier
+synthetic output (its truth.json says so): never over files of the user's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-__all__ = ["synthesize"]
+from ..errors import LightFMPError
+from ..io import atomic_path, write_json_atomic
+
+__all__ = ["synthesize", "check_synth_out", "is_synth_truth"]
 
 _CHUNK = 131_072  # rows generated and written per step: bounds memory
 _CAL_ROWS = 100_000  # rows used to calibrate the interaction scale and the bias
@@ -35,6 +39,39 @@ _INTER_STD = 1.0  # std of the summed interaction terms
 _NUM_EFFECT = "0.8*tanh(1.5*z) - 0.3*(z**2 - 1), z = (x - 5) / 2"
 _LATENT_DIM = 4
 _NOISE_STD = 0.3  # extra logit noise on top of the Bernoulli draw
+OUTPUT_FILES = ("data.parquet", "data.csv", "truth.json")
+# what every truth.json written here holds: how an earlier synthetic output (which may be replaced) is recognised
+TRUTH_KEYS = ("informative", "redundant", "noise", "interactions", "vocab_sizes", "label", "rows", "seed", "format",
+              "data_file")
+
+
+def is_synth_truth(path: Path) -> bool:
+    """Whether `path` is a truth.json that `synthesize` wrote."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and all(k in doc for k in TRUTH_KEYS) and doc["format"] in ("parquet", "csv") \
+        and doc["data_file"] in ("data.parquet", "data.csv")
+
+
+def check_synth_out(out_dir: str | Path) -> None:
+    """Refuse, before any work, an output directory that is a file, or that holds data.parquet, data.csv or
+    truth.json of the user's (not an earlier synthetic output): they would be overwritten."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LightFMPError(f"{out_dir}: is a file; the output needs a directory")
+    parent = next((q for q in out_dir.absolute().parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LightFMPError(f"{out_dir}: cannot be created, {parent} is a file")
+    present = [n for n in OUTPUT_FILES if (out_dir / n).exists() or (out_dir / n).is_symlink()]
+    if not present:
+        return
+    ours = is_synth_truth(out_dir / "truth.json") and all((out_dir / n).is_file() and not (out_dir / n).is_symlink()
+                                                          for n in present)
+    if not ours:
+        raise LightFMPError(f"{out_dir}: holds {', '.join(present)}, not an earlier `lightfmp data synth` output "
+                            f"(no synthetic truth.json); choose another directory or remove them yourself")
 
 
 def _zipf_cdf(vocab: int, alpha: float) -> np.ndarray:
@@ -105,6 +142,8 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
         raise ValueError("need rows > 0, fields > 0, informative >= 0 and 0 <= numeric <= fields")
     if informative > fields:
         raise ValueError(f"informative={informative} > fields={fields}")
+    out_dir = Path(out_dir)
+    check_synth_out(out_dir)
     rng = np.random.default_rng(seed)
     n_cat, num_inf, k_cat, redundant = _plan(fields, informative, redundant, numeric)
     n_noise_cat = n_cat - k_cat - redundant
@@ -200,59 +239,52 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
     c_logit += cal_rng.normal(0.0, _NOISE_STD, size=cal_n)
     bias = _solve_bias(c_logit, _TARGET_CTR)
 
-    out_dir = Path(out_dir)
+    check_synth_out(out_dir)  # again: the directory may have changed during the calibration
     out_dir.mkdir(parents=True, exist_ok=True)
     data_name = "data.parquet" if fmt == "parquet" else "data.csv"
     data_path = out_dir / data_name
-    tmp_path = out_dir / (data_name + ".tmp")
 
     str_type = pa.string()
     schema = pa.schema([pa.field(c, str_type) for c in cat_names]
                        + [pa.field(c, pa.float64()) for c in num_names]
                        + [pa.field("label", pa.int64())])
-    writer = sink = None
     data_rng = np.random.default_rng([seed, 2])
     positives = 0
-    try:
-        if fmt == "parquet":
-            # store_schema=False: no arrow schema blob, strings read back as plain strings
-            writer = pq.ParquetWriter(tmp_path, schema, compression="snappy", store_schema=False)
-        else:
-            # header written by hand: arrow would quote the names
-            sink = open(tmp_path, "wb")
-            sink.write((",".join(schema.names) + "\n").encode())
-            writer = pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(
-                include_header=False, quoting_style="none"))
-        done = 0
-        while done < rows:
-            n = min(_CHUNK, rows - done)
-            ranks, nums = draw(data_rng, n)
-            main, inter = logit_parts(ranks, nums, n)
-            logit = bias + main + (inter - inter_shift) * inter_scale
-            logit += data_rng.normal(0.0, _NOISE_STD, size=n)
-            label = (data_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-            positives += int(label.sum())
-            cols = []
-            for name in cat_names:
-                f = by_name[name]
-                ids = pa.array(f.label_of[ranks[name]].astype(np.int32))
-                cols.append(f.dictionary.take(ids))
-            cols += [pa.array(nums[name]) for name in num_names]
-            cols.append(pa.array(label))
-            writer.write_table(pa.Table.from_arrays(cols, schema=schema))
-            done += n
-        writer.close()
-        writer = None
-        if sink is not None:
-            sink.close()
-        os.replace(tmp_path, data_path)
-    finally:
-        if writer is not None:
-            writer.close()
-        if sink is not None and not sink.closed:
-            sink.close()
-        if tmp_path.exists():
-            tmp_path.unlink()
+    with atomic_path(data_path) as tmp_path:
+        writer = sink = None
+        try:
+            if fmt == "parquet":
+                # store_schema=False: no arrow schema blob, strings read back as plain strings
+                writer = pq.ParquetWriter(tmp_path, schema, compression="snappy", store_schema=False)
+            else:
+                # header written by hand: arrow would quote the names
+                sink = open(tmp_path, "wb")
+                sink.write((",".join(schema.names) + "\n").encode())
+                writer = pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(
+                    include_header=False, quoting_style="none"))
+            done = 0
+            while done < rows:
+                n = min(_CHUNK, rows - done)
+                ranks, nums = draw(data_rng, n)
+                main, inter = logit_parts(ranks, nums, n)
+                logit = bias + main + (inter - inter_shift) * inter_scale
+                logit += data_rng.normal(0.0, _NOISE_STD, size=n)
+                label = (data_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+                positives += int(label.sum())
+                cols = []
+                for name in cat_names:
+                    f = by_name[name]
+                    ids = pa.array(f.label_of[ranks[name]].astype(np.int32))
+                    cols.append(f.dictionary.take(ids))
+                cols += [pa.array(nums[name]) for name in num_names]
+                cols.append(pa.array(label))
+                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+                done += n
+        finally:
+            if writer is not None:
+                writer.close()
+            if sink is not None and not sink.closed:
+                sink.close()
 
     num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
     truth = {
@@ -272,9 +304,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
         "format": fmt,
         "data_file": data_name,
     }
-    tmp_truth = out_dir / "truth.json.tmp"
-    tmp_truth.write_text(json.dumps(truth, indent=2) + "\n")
-    os.replace(tmp_truth, out_dir / "truth.json")
+    write_json_atomic(out_dir / "truth.json", truth)
     return {**truth, "data_file": str(data_path.resolve())}
 
 

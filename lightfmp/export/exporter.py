@@ -10,7 +10,7 @@ from pathlib import Path
 from google.protobuf import text_encoding
 
 from ..errors import LightFMPError
-from ..io import atomic_dir, check_out, file_sha256
+from ..io import atomic_dir, check_apart, check_out, file_sha256
 from ..rundir import open_run
 from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, ExternalData, InputSpec,
                        OutputSpec, ServingContract, save_contract, vocab_text)
@@ -61,7 +61,7 @@ def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size
         raise LightFMPError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
     if max_batch_size < 1:
         raise LightFMPError(f"--max-batch-size {max_batch_size}: must be >= 1")
-    check_out(out, force)  # before any work: never replace what lightfmp did not write
+    check_out(out, force, "export")  # before any work: never replace what is not an earlier export
 
 
 def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dtype: str = "fp32",
@@ -71,8 +71,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     out = Path(out)
     check_options(out, opset, dtype, inputs, max_batch_size, force)
     run = open_run(run_dir)
-    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
-        raise LightFMPError(f"{out}: must not be inside the run directory {run.path}")
+    check_apart(out, run.path, "the run directory")
     model, kept = run.load_final()
     model.eval()
     if OUTPUT_NAME in kept.names:
@@ -93,7 +92,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
 
     rows = validation_rows(run, kept, validate_rows)
     module = serving_module(model, kept, dtype)
-    with atomic_dir(out, force=force) as tmp:
+    with atomic_dir(out, force=force, kind="export") as tmp:
         proto = build_graph(module, kept, rows.feeds_ids, opset, tmp / ".export", dtype, raw)
         meta = proto.metadata_props.add()
         meta.key, meta.value = METADATA_KEY, json.dumps(contract.metadata(), sort_keys=False)
