@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from lightfmp import pipeline
+from lightfmp.bench.selectors import train_fields
 from lightfmp.config import RunConfig
 from lightfmp.datasets import fetch_movielens_100k
 from lightfmp.dataset import load_dataset
@@ -64,7 +65,7 @@ def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list
         beats = [f for f in fields if la[f] > max(la[g + TWIN] for g in fields)]
         for k in ks:
             top = sorted(fields, key=lambda f: -score[f])[:k]
-            _, res = pipeline.train_fields(base, data, [f for f in fields if f in top])
+            _, res = train_fields(base, data, [f for f in fields if f in top])
             print(json.dumps({"seed": seed, "k": k, "kept": sorted(top), "test_auc": res["test"]["auc"],
                               "beats_max_twin": beats, "score": score}), flush=True)
 

@@ -124,7 +124,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                    "params": {"before": model.num_params(), "after": model.num_params()},
                    "phases": {"pretrain": _phase(), "prune": _phase(),
                               "continue": _phase(sizes["train"], seconds, epochs=len(hist["epochs"]))}}
-        metrics.update(_final_eval(model, data, device))
+        metrics.update(final_eval(model, data, device))
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
         info, weights = {"state": "complete", "select": False}, {"model.safetensors": model}
@@ -164,32 +164,13 @@ def gate_tables(model, schema: FeatureSchema) -> dict:
             "log_alpha": {n: float(v) for n, v in zip(schema.names, la)}}
 
 
-def _final_eval(model, data: Dataset, device: str, fields: list[str] | None = None) -> dict:
+def final_eval(model, data: Dataset, device: str, fields: list[str] | None = None) -> dict:
     """Valid and test metrics of the final model; test rows are used here and nowhere else."""
     out = {}
     for split in ("valid", "test"):
         rows = data.split_rows(split)
         out[split] = evaluate(model, rows.select(fields) if fields is not None else rows, device)
     return out
-
-
-def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int | None = None,
-                 quiet: bool = True) -> tuple[object, dict]:
-    """Train the configured backbone from scratch on `fields` only (no gates), on the whole training split, and
-    evaluate it. The shared "retrain on the selected fields" step of every selection method."""
-    reporter = Reporter(quiet)
-    device = resolve_device(cfg.train.device)
-    schema = data.schema.subset(fields)
-    torch.manual_seed(cfg.data.seed)
-    model = build_model(cfg.model.backbone, schema, cfg.model)
-    valid = data.split_rows("valid").select(schema.names)
-    t0 = time.perf_counter()
-    fit(model, data.split_rows("train").select(schema.names), valid,
-        cfg.train, reporter, "train", device, **phase_plan(cfg, epochs))
-    seconds = time.perf_counter() - t0
-    res = _final_eval(model, data, device, schema.names)
-    res.update(seconds=seconds, params=model.num_params(), fields=list(schema.names))
-    return model, res
 
 
 def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None = None,
@@ -252,7 +233,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                          "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
                                             epochs=len(hist["epochs"]))}
-    metrics.update(_final_eval(model, data, device, kept))
+    metrics.update(final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
     history = run.history()

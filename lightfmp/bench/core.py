@@ -10,9 +10,8 @@ import numpy as np
 from ..config import RunConfig
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
-from ..pipeline import train_fields
 from ..progress import Reporter
-from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, select_lightfmp
+from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, train_fields, select_lightfmp
 
 QUICK_ROWS = 20000
 

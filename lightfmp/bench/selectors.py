@@ -30,7 +30,8 @@ from ..errors import LightFMPError
 from ..gates import AutoFieldGate, Gate, LPFSGate
 from ..metrics import roc_auc
 from ..models import build_model
-from ..pipeline import phase_plan, resolve_device, run, train_fields
+from ..pipeline import final_eval, phase_plan, resolve_device, run
+from ..progress import Reporter
 from ..schema import PAD_ID
 from ..training import fit, predict
 
@@ -73,6 +74,25 @@ def _rank(names: list[str], score) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------------
+def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int | None = None,
+                 quiet: bool = True) -> tuple[object, dict]:
+    """Train the configured backbone from scratch on `fields` only (no gates), on the whole training split, and
+    evaluate it. The shared "retrain on the selected fields" step of every selection method."""
+    reporter = Reporter(quiet)
+    device = resolve_device(cfg.train.device)
+    schema = data.schema.subset(fields)
+    torch.manual_seed(cfg.data.seed)
+    model = build_model(cfg.model.backbone, schema, cfg.model)
+    valid = data.split_rows("valid").select(schema.names)
+    t0 = time.perf_counter()
+    fit(model, data.split_rows("train").select(schema.names), valid,
+        cfg.train, reporter, "train", device, **phase_plan(cfg, epochs))
+    seconds = time.perf_counter() - t0
+    res = final_eval(model, data, device, schema.names)
+    res.update(seconds=seconds, params=model.num_params(), fields=list(schema.names))
+    return model, res
+
+
 def full_model(ctx: Context) -> tuple[object, dict]:
     """The backbone trained on all fields; shared by `full`, `shark` and `permutation` within a seed."""
     if "full" not in ctx.cache:
