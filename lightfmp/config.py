@@ -22,11 +22,11 @@ from pathlib import Path
 import yaml
 
 from .errors import LightFMPError
+from .formats import FORMATS
 from .splits import parse_split
 
 BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
 DEVICES = ("auto", "cpu", "cuda")
-FORMATS = ("auto", "csv", "parquet", "criteo", "avazu")
 MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit integers, which every generator (numpy's, torch's) takes
 COMMAND_LINE = "command line"  # the source of flag values: their errors name the flag, not a file
 

@@ -21,7 +21,7 @@ from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
-from .pruning import prune_model, select_fields, selection_rule
+from .pruning import check_keep, prune_model, select_fields, selection_rule
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
@@ -102,8 +102,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     t_wall = time.perf_counter()
     data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
-    if cfg.prune.keep is not None and not 1 <= cfg.prune.keep <= n_fields:
-        raise LightFMPError(f"--keep {cfg.prune.keep}: must be between 1 and the number of fields ({n_fields})")
+    check_keep(cfg.prune.keep, n_fields)  # before any training
     torch.manual_seed(cfg.data.seed)
     model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select)
     valid = data.split_rows("valid")

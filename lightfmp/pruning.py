@@ -10,9 +10,16 @@ import copy
 import torch
 
 from .embedding import FieldEmbedding
+from .config import check_range
 from .errors import LightFMPError
 from .models import CTRModel
 from .schema import FeatureSchema
+
+
+def check_keep(keep: int | None, n_fields: int, flag: str = "--keep") -> None:
+    """The one check of a field count K against the data's fields (the config checks K >= 1 before any data)."""
+    if keep is not None and not 1 <= keep <= n_fields:
+        raise LightFMPError(f"{flag} {keep}: must be between 1 and the number of fields ({n_fields})")
 
 
 def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: int | None = None,
@@ -20,14 +27,12 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     """Top `keep` fields by gate (ties broken by log_alpha, i.e. the gate before clamping), or every field whose
     deterministic gate is >= threshold. Returned in schema order."""
     n = len(names)
+    check_keep(keep, n)
     if keep is not None:
-        if not 1 <= keep <= n:
-            raise LightFMPError(f"--keep {keep}: must be between 1 and the number of fields ({n})")
         order = sorted(range(n), key=lambda i: (-float(gate_values[i]), -float(log_alpha[i]), i))
         chosen = set(order[:keep])
     else:
-        if not 0.0 <= threshold <= 1.0:
-            raise LightFMPError(f"--threshold {threshold}: must be in [0, 1]")
+        check_range("--threshold", threshold, 0.0, 1.0)  # the Python API bypasses the config's check
         chosen = {i for i in range(n) if float(gate_values[i]) >= threshold}
         if not chosen:
             raise LightFMPError(f"no field's gate reached --threshold {threshold} (max gate "

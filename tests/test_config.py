@@ -138,3 +138,8 @@ def test_check_range_for_options_outside_the_config():
             check_range("--threads", value, 0)
     with pytest.raises(LightFMPError, match="--max-seconds 0: must be > 0"):
         check_range("--max-seconds", 0, 0, open_low=True)
+
+
+def test_backbone_choices_are_the_models_there_are():
+    from lightfmp import config, models
+    assert set(config.BACKBONES) == set(models.BACKBONES)

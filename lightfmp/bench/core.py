@@ -11,6 +11,7 @@ from ..config import RunConfig
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
+from ..pruning import check_keep
 from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, train_fields, select_lightfmp
 
 QUICK_ROWS = 20000
@@ -60,8 +61,7 @@ def _context(cfg: RunConfig, seed: int, k: int, quick: bool = False) -> Context:
     """The data and config of one seed, with K checked against its fields."""
     scfg = cfg.but(seed=seed)
     data = load_dataset(scfg.data)
-    if not 1 <= k <= len(data.schema.fields):
-        raise LightFMPError(f"--k {k}: must be between 1 and the number of fields ({len(data.schema.fields)})")
+    check_keep(k, len(data.schema.fields), "--k")
     return Context(scfg, data, quick=quick)
 
 
