@@ -72,11 +72,14 @@ app.command("run", cls=Command)(friendly(ranked(with_parameters(_run_cmd, config
 @friendly
 @ranked
 def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
-              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the top K fields by gate."),
+              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the top K fields by gate (default: the "
+                                                 "run's --keep, if it had one)."),
               threshold: Optional[float] = typer.Option(None, "--threshold",
-                                                        help="Drop fields whose gate is below this (default: 0.5)."),
+                                                        help="Drop fields whose gate is below this (default: the "
+                                                             "run's --threshold, 0.5 unless it was set)."),
               continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
-                                                            help="Epochs of continued training; 0 skips phase 3."),
+                                                            help="Epochs of continued training; 0 skips phase 3 "
+                                                                 "(default: the run's --continue-epochs or --epochs)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
     """Phases 2 and 3: drop fields by gate, slice them out of the model, continue training on the other rows."""
     if keep is not None and threshold is not None:

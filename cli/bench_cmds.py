@@ -62,8 +62,11 @@ def register(app) -> None:
         json_file = kwargs["json_file"]
         curve = kwargs["plot"] is not None
 
+        source = cfg.data.data
+
         def save_table(doc: dict) -> None:
             """The results are saved before the curves start: those retrain once per K and may be stopped."""
+            doc["data"] = str(source)  # the user's file, not the temporary sample a --quick run read
             if json_file:
                 write_json(doc, json_file)
                 if curve:
@@ -77,6 +80,7 @@ def register(app) -> None:
             else:
                 doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=curve, reporter=reporter,
                                 on_table=save_table)
+        doc["data"] = str(source)  # the user's file, not the temporary sample a --quick run read
         if json_file:
             write_json(doc, json_file)
         if kwargs["plot"] and "curves" in doc:

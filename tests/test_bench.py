@@ -172,3 +172,11 @@ def test_bad_seeds_and_fractions(planted):
     assert r.exit_code != 0 and "--seeds" in r.output
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0,2", *SMALL)
     assert r.exit_code != 0 and "--ablate-subset" in r.output
+
+
+def test_quick_json_names_the_users_file(planted, tmp_path):
+    js = tmp_path / "q.json"
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "random", "--json", js,
+            "--quick", *SMALL)
+    assert r.exit_code == 0, r.output
+    assert json.loads(js.read_text())["data"] == str(planted)
