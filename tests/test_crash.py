@@ -115,8 +115,10 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_result(seed, data, 
             break
         assert rc == -signal.SIGKILL, (trigger, rc, lines)
         kills += 1
-    assert kills >= 2, kills  # the first kill points (reading the data, the first epochs) always land
-    if not finished:
+    # the first kill point (reading the data: the process still has seconds of work ahead) always lands; later ones
+    # may find the work done on a fast machine, which the loop above accepts
+    assert kills >= 1, kills
+    if not finished and not complete(out):  # the last kill may land between the final write and the exit
         rc, lines = launch(args, None, 0.0)
         assert rc == 0, "\n".join(lines)
 
