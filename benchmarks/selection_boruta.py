@@ -31,22 +31,9 @@ from lightfmp import pipeline
 from lightfmp.bench.selectors import train_fields
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
-from lightfmp.datasets import fetch_movielens_100k
-from lightfmp.demo import MOVIELENS_FIELDS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from selection_twins import TWIN, twin_kinds, with_twins  # noqa: E402  (the one-draw prototype)
-
-
-def twins_of_draw(df: pd.DataFrame, fields: list[str], seed: int, draw: int) -> pd.DataFrame:
-    """Draw 0 is the prototype's twins exactly; draw r permutes with the generator seeded [seed, 1000 + r]."""
-    if draw == 0:
-        return with_twins(df, fields, seed)
-    rng = np.random.default_rng([seed, 1000 + draw])
-    out = df.copy()
-    for f in fields:
-        out[f + TWIN] = df[f].to_numpy()[rng.permutation(len(df))]
-    return out
+from selection_twins import TWIN, common_args, study_inputs, twin_kinds, with_twins  # noqa: E402
 
 
 def binom_tail(hits: int, n: int) -> tuple[float, float]:
@@ -78,7 +65,7 @@ def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list
         for r in range(draws):
             t0 = time.perf_counter()
             aug = tmp / f"twins-{seed}-{r}.csv"
-            twins_of_draw(df, fields, seed, r).to_csv(aug, index=False)
+            with_twins(df, fields, seed, r).to_csv(aug, index=False)
             m = pipeline.train(RunConfig.of(data=str(aug), seed=seed, **twin_kinds(kinds), **extra),
                                tmp / f"r{seed}-{r}", quiet=True)
             wall.append(time.perf_counter() - t0)
@@ -117,28 +104,13 @@ def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", choices=["movielens", "planted"])
-    ap.add_argument("--k", default="3,5,7")
-    ap.add_argument("--seeds", default="0,1,2")
+    ap = common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=0.05)
-    ap.add_argument("--gate-holdout", type=float, default=0.2)
     args = ap.parse_args()
     ks, seeds = [int(v) for v in args.k.split(",")], [int(v) for v in args.seeds.split(",")]
-    if args.dataset == "movielens":
-        kinds = dict(MOVIELENS_FIELDS)
-        fields = kinds["categorical"].split(",") + ["genres"]
-        study(fetch_movielens_100k(quiet=True), kinds, fields, ks, seeds, args.draws, args.alpha,
-              {"gate_holdout": args.gate_holdout})
-    else:
-        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-        from helpers import write_csv
-        p = write_csv(Path(tempfile.mkdtemp()), n=4000)
-        study(p, dict(label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|"),
-              ["a", "b", "noise", "x", "tags"], ks, seeds, args.draws, args.alpha,
-              dict(embed_dim=8, hidden="32", pretrain_epochs=5, epochs=3, batch_size=128, subset=0.5,
-                   gate_holdout=args.gate_holdout))
+    path, kinds, fields, extra = study_inputs(args.dataset, args.gate_holdout)
+    study(path, kinds, fields, ks, seeds, args.draws, args.alpha, extra)
 
 
 if __name__ == "__main__":

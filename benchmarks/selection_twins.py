@@ -29,8 +29,9 @@ from lightfmp.demo import MOVIELENS_FIELDS
 TWIN = "__twin"
 
 
-def with_twins(df: pd.DataFrame, fields: list[str], seed: int) -> pd.DataFrame:
-    rng = np.random.default_rng([seed, 1000])
+def with_twins(df: pd.DataFrame, fields: list[str], seed: int, draw: int = 0) -> pd.DataFrame:
+    """A copy of `df` with each field's twin: its values permuted across rows by the generator [seed, 1000 + draw]."""
+    rng = np.random.default_rng([seed, 1000 + draw])
     out = df.copy()
     for f in fields:
         out[f + TWIN] = df[f].to_numpy()[rng.permutation(len(df))]
@@ -70,26 +71,34 @@ def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list
                               "beats_max_twin": beats, "score": score}), flush=True)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_inputs(dataset: str, gate_holdout: float) -> tuple[Path, dict, list[str], dict]:
+    """(data file, kind flags, fields, other config) of a study data set: MovieLens-100k or the planted 4k table."""
+    if dataset == "movielens":
+        kinds = dict(MOVIELENS_FIELDS)
+        return (fetch_movielens_100k(quiet=True), kinds, kinds["categorical"].split(",") + ["genres"],
+                {"gate_holdout": gate_holdout})
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from helpers import write_csv
+    return (write_csv(Path(tempfile.mkdtemp()), n=4000),
+            dict(label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|"),
+            ["a", "b", "noise", "x", "tags"],
+            dict(embed_dim=8, hidden="32", pretrain_epochs=5, epochs=3, batch_size=128, subset=0.5,
+                 gate_holdout=gate_holdout))
+
+
+def common_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("dataset", choices=["movielens", "planted"])
     ap.add_argument("--k", default="3,5,7")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--gate-holdout", type=float, default=0.2)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
     ks, seeds = [int(v) for v in args.k.split(",")], [int(v) for v in args.seeds.split(",")]
-    if args.dataset == "movielens":
-        kinds = dict(MOVIELENS_FIELDS)
-        fields = kinds["categorical"].split(",") + ["genres"]
-        study(fetch_movielens_100k(quiet=True), kinds, fields, ks, seeds, {"gate_holdout": args.gate_holdout})
-    else:
-        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-        from helpers import write_csv
-        p = write_csv(Path(tempfile.mkdtemp()), n=4000)
-        study(p, dict(label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|"),
-              ["a", "b", "noise", "x", "tags"], ks, seeds,
-              dict(embed_dim=8, hidden="32", pretrain_epochs=5, epochs=3, batch_size=128, subset=0.5,
-                   gate_holdout=args.gate_holdout))
+    path, kinds, fields, extra = study_inputs(args.dataset, args.gate_holdout)
+    study(path, kinds, fields, ks, seeds, extra)
 
 
 if __name__ == "__main__":
