@@ -76,7 +76,8 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                  "run's --keep, if it had one)."),
               threshold: Optional[float] = typer.Option(None, "--threshold",
                                                         help="Drop fields whose gate is below this (default: the "
-                                                             "run's --threshold, 0.5 unless it was set)."),
+                                                             "run's rule: its --keep or --threshold if it had one, "
+                                                             "else the validation-curve rule)."),
               continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
                                                             help="Epochs of continued training; 0 skips phase 3 "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
@@ -111,7 +112,8 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}",
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)
-    out.print(f"kept by: {cut['rule']} (cut at gate {cut['cut']:.3f})")
+    out.print(f"kept by: {cut['rule']}" + (f" (cut at gate {cut['cut']:.3f})" if cut["cut"] is not None
+                                           else " (decided by `lightfmp prune`)"))
     out.print(f"chart: {path}")
 
 

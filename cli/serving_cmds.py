@@ -1,4 +1,4 @@
-"""`lightfmp export` and `lightfmp profile` (registered on the main app by cli/app.py)."""
+"""`lightfmp export`, `lightfmp profile` and `lightfmp serve` (registered on the main app by cli/app.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,7 +10,9 @@ from rich.table import Table
 from lightfmp import profiling
 from lightfmp.config import check_range
 from lightfmp.export import export_run
+from lightfmp.errors import LightFMPError
 from lightfmp.io import check_output_file, write_json_atomic
+from lightfmp.serve import ServeOptions, serve
 
 from .common import Command, err, friendly, out
 
@@ -66,9 +68,10 @@ def register(app) -> None:
     def profile_cmd(model: Path = typer.Argument(..., help="Export directory or .onnx file."),
                     compare: Optional[Path] = typer.Option(None, "--compare", help="A second model to time "
                                                            "side by side (e.g. the full model vs a pruned one)."),
-                    batch_sizes: str = typer.Option("1,8,64,512,4096", "--batch-sizes",
-                                                    help=f"Comma-separated batch sizes to time (each 1 to "
-                                                         f"{profiling.MAX_BATCH_SIZE:,})."),
+                    batch_sizes: Optional[str] = typer.Option(
+                        None, "--batch-sizes", help=f"Comma-separated batch sizes to time (each 1 to "
+                                                    f"{profiling.MAX_BATCH_SIZE:,}; default 1,8,64,512,4096, "
+                                                    f"with --url 1,64)."),
                     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads (and "
                                                 "torch threads); 0 = library default."),
                     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
@@ -79,11 +82,19 @@ def register(app) -> None:
                     max_runs: int = typer.Option(200, "--max-runs", help="Timed runs per batch size at most."),
                     eager: bool = typer.Option(True, "--eager/--no-eager",
                                                help="Also time the run's PyTorch model (needs the run dir)."),
-                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (use with --json)."
-                                               )):
+                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (use with --json)."),
+                    url: Optional[str] = typer.Option(
+                        None, "--url", help="Measure a running server that serves MODEL (e.g. `lightfmp serve "
+                                            "MODEL`) at this http:// URL instead of ONNX Runtime in this process."),
+                    clients: str = typer.Option("1,8,32", "--clients", help="With --url: comma-separated numbers "
+                                                "of concurrent clients; each cell sends at most --max-runs "
+                                                "requests for at most --max-seconds.")):
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, with PyTorch eager for
-        reference."""
-        sizes = profiling.parse_batch_sizes(batch_sizes)
+        reference; with --url, latency and throughput of a running server under concurrent clients."""
+        if url is not None:
+            return _profile_url(url, model, clients, batch_sizes, json_file, max_seconds, max_runs, quiet,
+                                compare=compare, plot=plot, trace=trace)
+        sizes = profiling.parse_batch_sizes(batch_sizes or "1,8,64,512,4096")
         check_range("--threads", threads, 0)
         check_range("--max-seconds", max_seconds, 0, open_low=True)
         check_range("--max-runs", max_runs, 1)
@@ -129,3 +140,62 @@ def register(app) -> None:
         for p, what in ((json_file, "json"), (plot, "plot"), (trace, "trace")):
             if p:
                 out.print(f"{what}: {p}")
+
+    @app.command("serve", cls=Command)
+    @friendly
+    def serve_cmd(export_dir: Path = typer.Argument(..., help="Export directory (`lightfmp export --out`)."),
+                  host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+                  port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port; the URL "
+                                           "is printed)."),
+                  max_batch: int = typer.Option(512, "--max-batch", help="Dynamic batching: rows per model call "
+                                                "at most (1 turns batching off)."),
+                  batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", help="Dynamic batching: how long "
+                                                      "the oldest request waits for others (0 turns batching "
+                                                      "off)."),
+                  threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads; 0 = library "
+                                              "default."),
+                  max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body accepted "
+                                                    "(MB); larger ones get HTTP 413 before they are read.")):
+        """Serve an export over HTTP with the Open Inference Protocol (KServe v2 REST), dynamic batching,
+        a raw-records route and Prometheus /metrics; SIGTERM finishes the requests in flight, then exits."""
+        options = ServeOptions(host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                               threads=threads, max_body_mb=max_body_mb)
+        serve(export_dir, options, announce=lambda line: out.print(line, soft_wrap=True, highlight=False,
+                                                                   markup=False))
+
+
+def _profile_url(url: str, model: Path, clients: str, batch_sizes: Optional[str], json_file: Optional[Path],
+                 max_seconds: float, max_runs: int, quiet: bool, **unused) -> None:
+    """`lightfmp profile MODEL --url URL`: concurrent clients x batch sizes against a running server."""
+    for flag, value in unused.items():
+        if value is not None:
+            raise LightFMPError(f"--{flag}: not with --url (a server serves one model and is timed from outside)")
+    counts = profiling.parse_clients(clients)
+    sizes = profiling.parse_batch_sizes(batch_sizes or ",".join(map(str, profiling.DEFAULT_URL_BATCH_SIZES)))
+    check_range("--max-seconds", max_seconds, 0, open_low=True)
+    check_range("--max-runs", max_runs, 1)
+    if json_file is not None:
+        check_output_file(json_file, "json", "--json")
+    rows = profiling.profile_url(url, model, counts, sizes,
+                                 profiling.Budget(max_runs=max_runs, max_seconds=max_seconds))
+    if json_file:
+        write_json_atomic(json_file, profiling.url_results_json(rows), flag="--json")
+    failed = sum(r["errors"] + r["warmup_errors"] for r in rows)
+    if failed:
+        first = next(r["first_error"] for r in rows if r["first_error"])
+        err.print(f"[yellow]note:[/] {failed} requests failed; the first: {first}", highlight=False, markup=True)
+    if quiet:
+        return
+    t = Table(title=f"{url} model {model}")
+    for c in ("clients", "batch", "p50 ms", "p99 ms", "requests/s", "rows/s", "requests", "errors"):
+        t.add_column(c, justify="right")
+    for r in rows:
+        t.add_row(str(r["clients"]), str(r["batch_size"]), _ms(r["p50_ms"]), _ms(r["p99_ms"]),
+                  f"{r['requests_per_s']:,.0f}", f"{r['rows_per_s']:,.0f}", str(r["requests"]), str(r["errors"]))
+    out.print(t)
+    if json_file:
+        out.print(f"json: {json_file}")
+
+
+def _ms(v) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -103,8 +103,10 @@ class TrainConfig:
 
 @dataclass
 class PruneConfig:
-    keep: int | None = opt(None, "Keep the top K fields by gate (default: those with gate >= --threshold).", 1)
-    threshold: float = opt(0.5, "Drop fields whose deterministic gate is below this.", 0.0, 1.0)
+    keep: int | None = opt(None, "Keep the top K fields by gate (default: the fewest top fields whose validation "
+                                 "logloss is within one standard error of the best).", 1)
+    threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
+                                        "default rule).", 0.0, 1.0)
     continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it).", 0)
 
 

@@ -16,6 +16,8 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
     if "selection" in m:
         return m["selection"]
     kept = [r["field"] for r in rows if r["kept"]]
+    if not kept:
+        return {**selection_rule([], {}, None, None), "cut": None}
     return selection_rule(kept, {r["field"]: r["gate"] for r in rows}, run.config.prune.keep,
                           run.config.prune.threshold)
 
@@ -23,7 +25,8 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
 def gate_rows(run: Run) -> list[dict]:
     """One row per field: deterministic gate, L0 (open) probability, and whether it is kept.
 
-    Before pruning, `kept` says what the run's --keep / --threshold rule would keep."""
+    Before pruning, `kept` says what the run's --keep / --threshold rule would keep (the default rule is decided by
+    `lightfmp prune` on the validation rows: nothing is marked kept until then)."""
     m = run.metrics()
     names = m["fields"]["all"]
     if run.state == "complete":
@@ -31,7 +34,9 @@ def gate_rows(run: Run) -> list[dict]:
     else:
         la = torch.tensor([m["log_alpha"][n] for n in names])
         z = torch.tensor([m["gates"][n] for n in names])
-        kept = set(select_fields(names, la, z, keep=run.config.prune.keep, threshold=run.config.prune.threshold))
+        rule = run.config.prune
+        kept = set(select_fields(names, la, z, keep=rule.keep, threshold=rule.threshold)) \
+            if rule.keep is not None or rule.threshold is not None else set()
     probs = m.get("open_probability", {})
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept} for n in names]
@@ -52,7 +57,7 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     ax.bar([r["field"] for r in rows], [r["gate"] for r in rows], color=colors)
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
-    if cut is not None:
+    if cut is not None and cut.get("cut") is not None:
         ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=cut["rule"])
         ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "Light-FMP gates (green: kept)")

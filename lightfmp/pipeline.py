@@ -21,7 +21,7 @@ from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
-from .pruning import check_keep, prune_model, select_fields, selection_rule
+from .pruning import check_keep, keep_curve, prune_model, select_fields, selection_rule
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
@@ -46,7 +46,8 @@ def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureS
 
 def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = True, seed_offset: int = 0) -> dict:
     """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams,
-    whether it selects the best validation epoch (full and continued training; not gate pretraining)."""
+    whether it selects the best validation epoch and stops early (every lightfmp phase does; the bench's AutoField
+    and LPFS searches run their whole budget, as their papers do)."""
     return {"epochs": cfg.train.epochs if epochs is None else epochs, "seed": cfg.data.seed + seed_offset,
             "select_best": select_best, "in_memory_mb": cfg.data.in_memory_mb}
 
@@ -131,12 +132,15 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     else:
         sub, _ = data.subset(cfg.train.subset, cfg.data.seed)
         t0 = time.perf_counter()
+        # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
+        # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
         hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
-                   **phase_plan(cfg, cfg.train.pretrain_epochs, select_best=False), checkpoint=ckpt)
+                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt)
         seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
-                   "phases": {"pretrain": _phase(len(sub), seconds, epochs=cfg.train.pretrain_epochs,
-                                                 valid=hist["epochs"][-1].get("valid"))},
+                   "phases": {"pretrain": _phase(len(sub), seconds, epochs=len(hist["epochs"]),
+                                                 best_epoch=hist["best_epoch"],
+                                                 valid=hist["epochs"][(hist["best_epoch"] or 0) - 1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
         info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
         history = {"pretrain": hist}
@@ -199,14 +203,15 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t_wall = time.perf_counter()
     gated = run.load_pretrained()
     names = run.schema.names
-    with torch.no_grad():
-        z = gated.gate.deterministic()
-    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold)
     if data is None:
         data = run_data(run, reporter)
-
     t0 = time.perf_counter()
-    model, kept_schema = prune_model(gated, run.schema, kept, z)
+    with torch.no_grad():
+        z = gated.gate.deterministic()
+    curve = keep_curve(gated, names, *data.split_rows("valid").arrays(), device) \
+        if keep is None and threshold is None else None
+    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, curve=curve)
+    model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
     _, rest = data.subset(cfg.train.subset, cfg.data.seed)
@@ -226,10 +231,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
-    metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold)
+    metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, curve)
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["phases"] = {"pretrain": pre,
-                         "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else f"threshold={threshold}"),
+                         "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else
+                                         f"threshold={threshold}" if threshold is not None else "curve"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
                                             epochs=len(hist["epochs"]))}
     metrics.update(final_eval(model, data, device, kept))

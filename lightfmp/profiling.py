@@ -3,6 +3,10 @@ from the export's vocabularies.
 
 Each (model, batch size) gets a few warm-up runs, then timed runs until `max_runs` or `max_seconds`, whichever
 comes first (at least `min_runs`). Latency is wall time of one `session.run` on a prepared batch.
+
+`profile_url` measures a running server instead (`lightfmp serve`, or any Open Inference Protocol server that
+serves the export): concurrent clients x request batch sizes, through `lightfmp.serve.load.measure`, the same
+measurement benchmarks/serve_load.py makes.
 """
 from __future__ import annotations
 
@@ -23,8 +27,14 @@ from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
 from .io import atomic_path, check_output_file
 from .rundir import open_run
+from .serve.load import Target, get_json, infer_request, measure
+from .serve.model import served_name
+from .serve.protocol import model_metadata
 
 DEFAULT_BATCH_SIZES = (1, 8, 64, 512, 4096)
+DEFAULT_URL_BATCH_SIZES = (1, 64)
+DEFAULT_CLIENTS = (1, 8, 32)
+MAX_CLIENTS = 1024
 MAX_BATCH_SIZE = 1 << 20  # 1,048,576 rows: larger batches take minutes to draw and time, and gigabytes of memory
 
 
@@ -55,6 +65,16 @@ def parse_batch_sizes(text: str) -> list[int]:
     if max(sizes) > MAX_BATCH_SIZE:
         raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be <= {MAX_BATCH_SIZE:,}")
     return sizes
+
+
+def parse_clients(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise LightFMPError(f"--clients {text!r}: expected comma-separated integers like 1,8,32") from None
+    if not counts or min(counts) < 1 or max(counts) > MAX_CLIENTS:
+        raise LightFMPError(f"--clients {text!r}: every client count must be 1 to {MAX_CLIENTS}")
+    return counts
 
 
 def time_calls(fn, budget: Budget) -> np.ndarray:
@@ -145,6 +165,48 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
     return out
 
 
+def profile_url(url: str, model: str | Path, clients=DEFAULT_CLIENTS, batch_sizes=DEFAULT_URL_BATCH_SIZES,
+                budget: Budget | None = None, log=None) -> list[dict]:
+    """Load a running server that serves the export `model` (its inputs and served name come from the export):
+    for every client count and batch size, `budget.max_runs` requests at most, for `budget.max_seconds` at
+    most. Rows: clients, batch_size, p50_ms, p99_ms, requests_per_s, rows_per_s, errors, ..."""
+    budget = budget or Budget()
+    target = Target.parse(url)
+    bundle = load_bundle(model)
+    name = served_name(bundle.contract, bundle.dir or bundle.model_path.parent)
+    check_served(target, bundle, name)
+    rows = []
+    for c in clients:
+        for b in batch_sizes:
+            body, headers = infer_request(bundle.inputs, feeds_for(bundle, b), bundle.contract.output.name)
+            r = measure(target, name, body, headers, b, c, budget.max_runs, budget.max_seconds)
+            rows.append({"model": str(model), "url": target.url, **r})
+            if log:
+                log(f"{target.url} {c} clients x batch {b}: p99 {r['p99_ms'] or float('nan'):.3f} ms, "
+                    f"{r['errors']} errors")
+    return rows
+
+
+def check_served(target: Target, bundle: Bundle, name: str) -> None:
+    """The server at `target` serves model `name` with the export's inputs (names and datatypes)."""
+    status, doc = get_json(target, f"/v2/models/{name}")
+    if status == 404:
+        raise LightFMPError(f"--url {target.url}: the server does not serve model '{name}' (the export's "
+                            f"triton_model)")
+    if status != 200 or not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
+        raise LightFMPError(f"--url {target.url}: GET /v2/models/{name} answered HTTP {status}, not model metadata")
+    want = {(i["name"], i["datatype"]) for i in model_metadata(bundle.contract, name)["inputs"]}
+    got = {(i.get("name"), i.get("datatype")) for i in doc["inputs"] if isinstance(i, dict)}
+    if want != got:
+        raise LightFMPError(f"--url {target.url}: model '{name}' there has inputs "
+                            f"{', '.join(sorted(f'{n} {d}' for n, d in got))}, not the export's "
+                            f"{', '.join(sorted(f'{n} {d}' for n, d in want))}")
+
+
+def url_results_json(rows: list[dict]) -> dict:
+    return {"results": rows, "machine": machine()}
+
+
 def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: Budget) -> dict:
     module, kept = mod
     if threads:
@@ -214,5 +276,6 @@ def plot(timings: list[ModelTimings], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["profile", "Budget", "MAX_BATCH_SIZE", "parse_batch_sizes", "results_json", "plot", "request_bytes",
-           "time_calls"]
+__all__ = ["profile", "profile_url", "Budget", "MAX_BATCH_SIZE", "parse_batch_sizes", "parse_clients",
+           "results_json", "url_results_json", "plot", "request_bytes", "time_calls", "DEFAULT_CLIENTS",
+           "DEFAULT_URL_BATCH_SIZES"]

@@ -347,7 +347,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     if plan.select_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),
-           "best_valid_score": state.best_score if np.isfinite(state.best_score) else None}
+           "best_valid_score": state.best_score if np.isfinite(state.best_score) else None,
+           "best_epoch": state.best_epoch + 1 if np.isfinite(state.best_score) else None}
     if resumed:
         out["resumed_from_epoch"] = start
         out["seconds_restored"] = restored_seconds

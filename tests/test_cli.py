@@ -60,6 +60,31 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
     assert "kept by: top 3" in r.output
 
 
+def test_default_rule_is_the_validation_curve(data, tmp_path):
+    """Without --keep / --threshold: phase 1 read its gates at its best validation epoch, and prune keeps the
+    shortest prefix of the gate ranking whose validation logloss is within one standard error of the best."""
+    pretrained = tmp_path / "pre"
+    r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", pretrained,
+            "--subset", "0.5", *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((pretrained / "metrics.json").read_text())
+    pre = m["phases"]["pretrain"]
+    assert 1 <= pre["best_epoch"] <= pre["epochs"]
+    r = cli("inspect", pretrained)  # before pruning: the default rule is not decided yet
+    assert r.exit_code == 0 and "decided by `lightfmp prune`" in r.output, r.output
+    r = cli("prune", pretrained, "--continue-epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((pretrained / "metrics.json").read_text())
+    sel = m["selection"]
+    curve = sel["curve"]
+    assert sel["rule"].startswith("fewest top fields within one standard error")
+    assert curve["order"] == sorted(m["fields"]["all"], key=lambda n: -m["log_alpha"][n])
+    best = min(curve["logloss"])
+    k = next(i for i in range(len(curve["order"])) if curve["logloss"][i] - best <= curve["se"][i]) + 1
+    assert sorted(m["fields"]["kept"]) == sorted(curve["order"][:k])
+    assert m["phases"]["prune"]["rule"] == "curve"
+
+
 def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
     keys = ["fields.all", "fields.kept", "fields.dropped", "gates", "test.auc", "test.logloss", "valid.auc",
             "params.before", "params.after", "phases.pretrain.rows", "phases.pretrain.seconds", "phases.prune.seconds",

@@ -6,7 +6,9 @@ import torch
 from lightfmp.errors import LightFMPError
 from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
-from lightfmp.pruning import prune_model, select_fields
+import torch.nn.functional as F
+
+from lightfmp.pruning import curve_cut, keep_curve, prune_model, ranking, select_fields
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.vocab import fit_schema
@@ -119,3 +121,44 @@ def test_select_fields_rules():
             select_fields(names, la, z, keep=bad)
     with pytest.raises(LightFMPError, match="threshold"):
         select_fields(names, la, torch.zeros(4), threshold=0.5)
+
+
+def test_curve_cut_is_the_one_standard_error_rule():
+    # best at k = 4 (0.540); k = 3 is 0.004 above it with a standard error of 0.005: within one SE, so k = 3;
+    # k = 2 is 0.02 above with SE 0.005: not within
+    curve = {"order": ["c", "a", "d", "b"], "logloss": [0.70, 0.56, 0.544, 0.540], "se": [0.01, 0.005, 0.005, 0.0]}
+    assert curve_cut(curve) == 3
+    assert curve_cut({**curve, "se": [0.01, 0.005, 0.001, 0.0]}) == 4   # a tighter SE at k = 3: keep all four
+    assert curve_cut({**curve, "logloss": [0.5, 0.56, 0.544, 0.540]}) == 1  # the first field alone is best
+    names, la, z = ["a", "b", "c", "d"], torch.tensor([3.0, -4.0, 5.0, 0.0]), torch.ones(4)
+    assert select_fields(names, la, z, curve=curve) == ["a", "c", "d"]     # the top 3 of the order, schema order
+    with pytest.raises(LightFMPError, match="validation curve"):
+        select_fields(names, la, z)
+
+
+def test_keep_curve_against_a_direct_evaluation(schema_and_ids):
+    """Entry k is the mean BCE of the gated model with the gates of the top k fields by log_alpha open and the rest
+    at zero; its SE is that of the per-row difference to the best entry (0 at the best)."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0]))
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    curve = keep_curve(model, schema.names, ids.numpy(), y.numpy(), batch_size=64)
+    order = ranking(model.gate.log_alpha.detach())
+    assert order == [3, 0, 4, 2, 1] and curve["order"] == [schema.names[i] for i in order]
+    z_all = model.gate.deterministic().detach()
+    rows = []
+    with torch.no_grad():
+        for k in range(1, 6):
+            z = torch.zeros(5)
+            z[order[:k]] = z_all[order[:k]]
+            rows.append(F.binary_cross_entropy_with_logits(model(ids, z), y, reduction="none").double())
+    best = int(np.argmin([float(r.mean()) for r in rows]))
+    for k in range(5):
+        assert curve["logloss"][k] == pytest.approx(float(rows[k].mean()), rel=1e-5)
+        d = rows[k] - rows[best]
+        assert curve["se"][k] == pytest.approx(float(d.std(correction=1)) / len(d) ** 0.5, rel=1e-4, abs=1e-9)
+    assert curve["se"][best] == 0.0

@@ -1,0 +1,481 @@
+"""`lightfmp serve`: the Open Inference Protocol (KServe v2 REST) over a tiny export, checked with the official
+`tritonclient.http` against `Predictor`; dynamic batching, bad requests, /metrics, SIGTERM, `profile --url`.
+
+Most tests run the server in a thread of this process (uvicorn on a free loopback port); one runs the real
+`lightfmp serve` command in a subprocess and stops it with SIGTERM while a large request is in flight."""
+import asyncio
+import contextlib
+import http.client
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
+
+from lightfmp import pipeline
+from lightfmp.cli.app import app
+from lightfmp.config import RunConfig
+from lightfmp.export import export_run
+from lightfmp.serve.batcher import Batcher
+from lightfmp.serve.server import ServeOptions, bind, load_model, make_server, url_of
+from lightfmp.serving import Predictor
+from test_export import make_csv, runner
+
+DT = {"int64": "INT64", "float32": "FP32", "string": "BYTES"}
+
+
+@pytest.fixture(scope="module")
+def ex(tmp_path_factory):
+    """One tiny all-fields run (categorical, numeric with gaps, multi-hot), exported with id and raw inputs."""
+    root = tmp_path_factory.mktemp("serve")
+    data = make_csv(root / "data.csv", n=600)
+    cfg = RunConfig.of(data=str(data), label="label", multi_hot="tags:|", pretrain_epochs=1, epochs=1, embed_dim=4,
+                       hidden="8", batch_size=256, subset=0.5, device="cpu", no_select=True)
+    pipeline.run(cfg, root / "run", quiet=True)
+    export_run(root / "run", root / "ctr")
+    export_run(root / "run", root / "ctr_raw", inputs="raw")
+    records = json.loads(pd.read_csv(data).drop(columns="label").to_json(orient="records"))  # NaN -> null
+    return SimpleNamespace(root=root, ids=root / "ctr", raw=root / "ctr_raw", records=records,
+                           schema=json.loads((root / "ctr" / "feature_schema.json").read_text()))
+
+
+@contextlib.contextmanager
+def running(export, **options):
+    """The app on uvicorn in a thread, on a free loopback port."""
+    opts = ServeOptions(port=0, **options)
+    server = make_server(load_model(export, opts), opts)
+    sock = bind("127.0.0.1", 0)
+    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert th.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    url = url_of(sock)
+    try:
+        yield SimpleNamespace(url=url, hostport=url.removeprefix("http://"), metrics=server.config.app.state.metrics)
+    finally:
+        server.should_exit = True
+        th.join(15)
+
+
+@pytest.fixture(scope="module")
+def srv(ex):
+    with running(ex.ids) as s:
+        yield s
+
+
+def request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+    """(status, headers, body bytes) of one plain HTTP request."""
+    host, port = srv.hostport.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def json_infer(feeds: dict, column: bool = False) -> dict:
+    def tensor(name, v):
+        v = v[:, None] if column and v.ndim == 1 else v
+        dt = "BYTES" if v.dtype == object else "INT64" if v.dtype.kind == "i" else "FP32"
+        return {"name": name, "datatype": dt, "shape": list(v.shape), "data": v.ravel().tolist()}
+    return {"inputs": [tensor(k, v) for k, v in feeds.items()]}
+
+
+def scores(srv, model: str, doc) -> np.ndarray:
+    status, _, body = request(srv, "POST", f"/v2/models/{model}/infer", json.dumps(doc).encode())
+    assert status == 200, body
+    out = json.loads(body)["outputs"][0]
+    return np.asarray(out["data"], dtype=np.float32).reshape(out["shape"])
+
+
+def triton_inputs(feeds: dict, specs: list, binary: bool, column: bool = False) -> list:
+    inputs = []
+    for s in specs:
+        v = feeds[s["name"]]
+        v = v[:, None] if column and v.ndim == 1 else v
+        i = triton.InferInput(s["name"], list(v.shape), DT[s["dtype"]])
+        i.set_data_from_numpy(v, binary_data=binary)
+        inputs.append(i)
+    return inputs
+
+
+# ---- the protocol, with the official client -----------------------------------------------------------------------
+def test_metadata_matches_feature_schema(ex, srv):
+    c = triton.InferenceServerClient(srv.hostport)
+    name = ex.schema["triton_model"]
+    assert name == "ctr"
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready(name)
+    md = c.get_model_metadata(name)
+    assert md["name"] == name and md["versions"] == ["1"]
+    assert [(i["name"], i["datatype"], i["shape"]) for i in md["inputs"]] == \
+        [(s["name"], DT[s["dtype"]], [-1 if d == "batch" else d for d in s["shape"]]) for s in ex.schema["inputs"]]
+    assert [i["name"] for i in md["inputs"]] == ["city", "dev", "price", "tags", "noise"]
+    assert md["outputs"] == [{"name": "probability", "datatype": "FP32", "shape": [-1]}]
+    assert c.get_server_metadata()["name"] == "lightfmp"
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        c.get_model_metadata("nope")
+
+
+def test_infer_matches_predictor(ex, srv):
+    """Binary and JSON tensors, shape [N] and [N, 1], all within 1e-6 of Predictor; the records route too."""
+    p = Predictor(ex.ids)
+    recs = ex.records[:64]
+    want = p.predict(recs)
+    feeds = p.encode(recs)
+    c = triton.InferenceServerClient(srv.hostport)
+    for binary in (True, False):
+        for column in (False, True):
+            out = [triton.InferRequestedOutput("probability", binary_data=binary)]
+            res = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], binary, column), outputs=out)
+            got = res.as_numpy("probability")
+            assert got.shape == (64,) and np.abs(got - want).max() <= 1e-6
+    # no outputs named: the client asks for binary output
+    got = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], True)).as_numpy("probability")
+    assert np.abs(got - want).max() <= 1e-6
+    # raw records, encoded by the server as Predictor does (null / an absent key = missing)
+    status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(recs).encode())
+    assert status == 200
+    assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - want).max() <= 1e-6
+    odd = [{"city": None, "dev": 3, "price": None, "tags": ["a", "zzz"], "noise": 1},
+           {"city": "atlantis", "dev": 3, "tags": "a|b", "noise": 1}, {**recs[0], "extra": 5}]
+    status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(odd).encode())
+    assert status == 200
+    assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - p.predict(odd)).max() <= 1e-6
+    # zero rows is an empty answer
+    status, _, body = request(srv, "POST", "/v2/models/ctr/records", b"[]")
+    assert status == 200 and json.loads(body)["outputs"][0]["shape"] == [0]
+
+
+def test_ids_out_of_range_read_the_oov_row(ex, srv):
+    """The graph reads an id outside [0, vocab_size) as the OOV id 1; the server passes ids through unchanged."""
+    feeds = Predictor(ex.ids).encode(ex.records[:3])
+    sizes = {s["name"]: s["vocab_size"] for s in ex.schema["inputs"]}
+    odd = {k: v.copy() for k, v in feeds.items()}
+    oov = {k: v.copy() for k, v in feeds.items()}
+    odd["city"][:] = [sizes["city"], 10 ** 12, -5]
+    oov["city"][:] = 1
+    odd["tags"][:, 0] = [-1, sizes["tags"] + 7, 2 ** 62]
+    oov["tags"][:, 0] = 1
+    a, b = scores(srv, "ctr", json_infer(odd)), scores(srv, "ctr", json_infer(oov))
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, scores(srv, "ctr", json_infer(feeds)))
+
+
+def test_raw_input_export_with_bytes_tensors(ex):
+    p = Predictor(ex.raw)
+    recs = ex.records[:20]
+    feeds, want = p.encode(recs), p.predict(recs)
+    schema = json.loads((ex.raw / "feature_schema.json").read_text())
+    assert {s["dtype"] for s in schema["inputs"]} == {"string", "float32"}
+    with running(ex.raw) as s:
+        c = triton.InferenceServerClient(s.hostport)
+        assert [i["datatype"] for i in c.get_model_metadata("ctr_raw")["inputs"]] == \
+            ["BYTES", "BYTES", "FP32", "BYTES", "BYTES"]
+        for binary in (True, False):
+            got = c.infer("ctr_raw", triton_inputs(feeds, schema["inputs"], binary)).as_numpy("probability")
+            assert np.abs(got - want).max() <= 1e-6
+
+
+# ---- dynamic batching -----------------------------------------------------------------------------------------------
+def _concurrent(srv, docs: list) -> list:
+    barrier = threading.Barrier(len(docs))
+    out = [None] * len(docs)
+
+    def go(i):
+        barrier.wait()
+        out[i] = scores(srv, "ctr", docs[i])
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(docs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_dynamic_batching_gathers_concurrent_requests(ex):
+    p = Predictor(ex.ids)
+    parts = [ex.records[i * 10:i * 10 + n] for i, n in enumerate([3, 1, 5, 2, 3, 4])]
+    docs = [json_infer(p.encode(r)) for r in parts]
+    with running(ex.ids, max_batch=512, batch_wait_ms=300) as s:
+        got = _concurrent(s, docs)
+        assert s.metrics.calls < len(docs) and s.metrics.rows == 18
+    for g, r in zip(got, parts):  # each caller gets its own rows, in order
+        assert g.shape == (len(r),) and np.abs(g - p.predict(r)).max() <= 1e-6
+    # --max-batch 1 turns it off: one call per request
+    with running(ex.ids, max_batch=1) as s:
+        got = _concurrent(s, docs)
+        assert s.metrics.calls == len(docs)
+    assert np.abs(np.concatenate(got) - p.predict(sum(parts, []))).max() <= 1e-6
+
+
+def _batches(max_batch: int, wait_ms: float, sizes: list, in_flight=None):
+    """Requests of `sizes` rows given to a Batcher at once: (each caller's answer, rows per model call)."""
+    calls = []
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        return feeds["x"] * 2.0
+
+    async def go():
+        b = Batcher(run, max_batch, wait_ms, in_flight=in_flight)
+        await b.start()
+        start = 0
+        reqs = []
+        for n in sizes:
+            reqs.append(b.score({"x": np.arange(start, start + n, dtype=np.float32)}, n))
+            start += n
+        out = await asyncio.gather(*reqs)
+        await b.stop()
+        return out
+    return asyncio.run(go()), calls
+
+
+def test_batcher_groups_up_to_max_batch_and_answers_in_order():
+    out, calls = _batches(7, 200, [3, 3, 3, 3, 9, 1])
+    assert calls == [6, 6, 9, 1]  # a request that would pass 7 rows waits for the next call; 9 rows go alone
+    assert np.array_equal(np.concatenate(out), np.arange(22) * 2.0)
+    assert [len(o) for o in out] == [3, 3, 3, 3, 9, 1]
+    assert _batches(512, 200, [2, 5, 1])[1] == [8]
+    assert _batches(1, 200, [2, 5, 1])[1] == [2, 5, 1]      # --max-batch 1: off
+    assert _batches(512, 0, [2, 5, 1])[1] == [2, 5, 1]      # --batch-wait-ms 0: off
+    # nothing else on its way: a lone request does not sit out the wait
+    t0 = time.perf_counter()
+    assert _batches(512, 5000, [4], in_flight=lambda: 1)[1] == [4]
+    assert time.perf_counter() - t0 < 2
+    t0 = time.perf_counter()
+    assert _batches(512, 300, [4], in_flight=lambda: 2)[1] == [4]  # one more announced: wait for it
+    assert time.perf_counter() - t0 >= 0.3
+
+
+# ---- bad requests -------------------------------------------------------------------------------------------------
+def _bad_cases(ex):
+    p = Predictor(ex.ids)
+    good = json_infer(p.encode(ex.records[:4]))
+
+    def edit(fn):
+        d = json.loads(json.dumps(good))
+        fn(d)
+        return json.dumps(d).encode()
+
+    def nth(d, name):
+        return next(t for t in d["inputs"] if t["name"] == name)
+
+    infer = "/v2/models/ctr/infer"
+    rec = dict(ex.records[0])
+    return [
+        ("missing input", infer, edit(lambda d: d["inputs"].pop(2)), 400, "'price'"),
+        ("extra input", infer, edit(lambda d: d["inputs"].append({**nth(d, "city"), "name": "bogus"})), 400, "'bogus'"),
+        ("twice", infer, edit(lambda d: d["inputs"].append(nth(d, "city"))), 400, "'city' is given twice"),
+        ("datatype", infer, edit(lambda d: nth(d, "city").update(datatype="FP32")), 400, "'city': datatype"),
+        ("shape", infer, edit(lambda d: nth(d, "dev").update(shape=[2, 2])), 400, "'dev': shape [2, 2]"),
+        ("multi-hot width", infer, edit(lambda d: nth(d, "tags").update(shape=[6, 2])), 400, "'tags': shape"),
+        ("rows differ", infer, edit(lambda d: nth(d, "noise").update(shape=[3], data=[2, 2, 2])), 400,
+         "'noise' has 3 rows"),
+        ("count", infer, edit(lambda d: nth(d, "price").update(data=[1.0])), 400, "'price': 1 values, expected 4"),
+        ("text as id", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(0, "paris")), 400,
+         "'city': value 0 is 'paris'"),
+        ("float as id", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(1, 2.5)), 400,
+         "'city': value 1 is 2.5"),
+        ("int64 range", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(0, 2 ** 70)), 400,
+         "'city': a value is out"),
+        ("NaN id", infer, edit(lambda d: nth(d, "dev")["data"].__setitem__(0, "NAN")).replace(b'"NAN"', b"NaN"),
+         400, "'dev': value 0 is nan (a float), not INT64"),
+        ("not JSON", infer, b"{inputs: nope", 400, "not valid JSON"),
+        ("not an object", infer, b"[1, 2]", 400, "'inputs'"),
+        ("binary header", infer, b'{"inputs": []}', 400, "Inference-Header-Content-Length"),
+        ("unknown model", "/v2/models/nope/infer", json.dumps(good).encode(), 404, "unknown model 'nope'"),
+        ("unknown version", "/v2/models/ctr/versions/7/infer", json.dumps(good).encode(), 404, "no version '7'"),
+        ("records: field missing", "/v2/models/ctr/records",
+         json.dumps([{k: v for k, v in rec.items() if k != "price"}]).encode(), 400, "'price'"),
+        ("records: NaN", "/v2/models/ctr/records",
+         json.dumps([{**rec, "price": "NAN"}]).encode().replace(b'"NAN"', b"NaN"), 400, "field 'price': NaN"),
+        ("records: wrong type", "/v2/models/ctr/records", json.dumps([{**rec, "price": "cheap"}]).encode(), 400,
+         "field 'price' is numeric but got 'cheap'"),
+        ("records: not a list", "/v2/models/ctr/records", json.dumps(rec).encode(), 400, "JSON list of objects"),
+        ("records: not an object", "/v2/models/ctr/records", b"[1]", 400, "record 0 is a JSON number"),
+    ], good
+
+
+def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
+    cases, good = _bad_cases(ex)
+    want = scores(srv, "ctr", good)
+    for what, path, body, status, text in cases:
+        headers = {"Inference-Header-Content-Length": "999"} if what == "binary header" else {}
+        got, hdrs, reply = request(srv, "POST", path, body, headers)
+        assert got == status, (what, reply)
+        assert hdrs["content-type"] == "application/json"
+        err = json.loads(reply)
+        assert set(err) == {"error"} and "\n" not in err["error"] and text in err["error"], (what, err)
+        assert np.array_equal(scores(srv, "ctr", good), want), what  # the next good request succeeds
+    for method, path, status in (("GET", "/v2/models/ctr/infer", 405), ("GET", "/v3/nothing", 404)):
+        got, _, reply = request(srv, method, path)
+        assert got == status and "error" in json.loads(reply)
+    got, _, reply = request(srv, "POST", "/v2/models/ctr/infer", b"x", {"Content-Encoding": "gzip"})
+    assert got == 415 and "Content-Encoding" in json.loads(reply)["error"]
+    assert srv.metrics.errors()["infer"] >= 15
+
+
+def test_oversized_body_is_refused_before_it_is_read(ex, srv):
+    """A 50 MB body: 413 as soon as the headers arrive, while most of the body was never sent."""
+    host, port = srv.hostport.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/ctr/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 52428800\r\n\r\n" + b" " * 65536)
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, reply
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert "over the limit" in json.loads(body)["error"]
+    # chunked, without Content-Length: refused once the limit is passed
+    with running(ex.ids, max_body_mb=0.01) as s:
+        def chunks():
+            for _ in range(64):
+                yield b" " * 4096
+        host, port = s.hostport.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v2/models/ctr/infer", body=chunks(), encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 413 and "passes the limit" in json.loads(r.read())["error"]
+        conn.close()
+    good = json_infer(Predictor(ex.ids).encode(ex.records[:2]))
+    assert scores(srv, "ctr", good).shape == (2,)
+
+
+# ---- metrics --------------------------------------------------------------------------------------------------------
+_SAMPLE = re.compile(r'^[a-z_]+(\{([a-z_]+="[^"]*",?)*\})? -?[0-9.e+-]+$')
+
+
+def test_metrics_prometheus_text(ex, srv):
+    good = json_infer(Predictor(ex.ids).encode(ex.records[:2]))
+    scores(srv, "ctr", good)
+    request(srv, "POST", "/v2/models/ctr/infer", b"nope")
+    status, hdrs, body = request(srv, "GET", "/metrics")
+    assert status == 200 and hdrs["content-type"].startswith("text/plain; version=0.0.4")
+    text = body.decode()
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            assert re.match(r"^# (HELP|TYPE) lightfmp_[a-z_]+ ", line), line
+            continue
+        assert _SAMPLE.match(line), line
+        key, value = line.rsplit(" ", 1)
+        samples[key] = float(value)
+    by_code = {int(k.split('code="')[1][:3]): v for k, v in samples.items()
+               if k.startswith('lightfmp_requests_total{endpoint="infer",')}
+    assert by_code[200] >= 1 and by_code[400] >= 1
+    assert samples['lightfmp_request_errors_total{endpoint="infer"}'] == sum(v for c, v in by_code.items() if c >= 400)
+    buckets = [v for k, v in samples.items()
+               if k.startswith('lightfmp_request_duration_seconds_bucket{endpoint="infer"')]
+    total = sum(by_code.values())
+    assert buckets == sorted(buckets) and buckets[-1] == total  # cumulative; +Inf holds every infer request
+    assert samples['lightfmp_request_duration_seconds_count{endpoint="infer"}'] == total
+    assert samples['lightfmp_model_calls_total{model="ctr"}'] >= 1
+    assert samples["lightfmp_requests_in_flight"] == 0
+
+
+# ---- the real command -----------------------------------------------------------------------------------------------
+def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
+    proc = subprocess.Popen([sys.executable, "-m", "lightfmp", "serve", str(ex.ids), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"on (http://127\.0\.0\.1:(\d+))", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        s = SimpleNamespace(hostport=m.group(1).removeprefix("http://"))
+        c = triton.InferenceServerClient(s.hostport)
+        deadline = time.monotonic() + 20
+        while not c.is_server_ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        p = Predictor(ex.ids)
+        feeds = p.encode(ex.records[:32])
+        got = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], True)).as_numpy("probability")
+        assert np.abs(got - p.predict(ex.records[:32])).max() <= 1e-6
+        # a large request (JSON, ~8 MB): SIGTERM arrives while it is in flight
+        n = 300_000
+        big = {k: np.repeat(v, n // 32 + 1, axis=0)[:n] for k, v in feeds.items()}
+        body = json.dumps(json_infer(big)).encode()
+        result = {}
+
+        def send():
+            result["reply"] = request(s, "POST", "/v2/models/ctr/infer", body)
+        t = threading.Thread(target=send)
+        t.start()
+        while True:
+            text = request(s, "GET", "/metrics")[2].decode()
+            if re.search(r"^lightfmp_requests_in_flight [1-9]", text, re.M):
+                break
+            assert t.is_alive(), "the large request finished before it was seen in flight"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        t.join(60)
+        status, _, reply = result["reply"]
+        assert status == 200 and json.loads(reply)["outputs"][0]["shape"] == [n]
+        assert proc.wait(30) == 0
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_refuses_bad_input(ex, tmp_path):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    try:
+        for args, text in ((["serve", str(tmp_path / "nope")], f"{tmp_path / 'nope'}: export directory not found"),
+                           (["serve", str(tmp_path)], "not a lightfmp export"),
+                           (["serve", str(ex.ids), "--port", str(port)],
+                            f"--port {port}: 127.0.0.1:{port} is already in use"),
+                           (["serve", str(ex.ids), "--max-batch", "0"], "--max-batch 0: must be >= 1"),
+                           (["serve", str(ex.ids), "--batch-wait-ms", "-1"], "--batch-wait-ms -1.0: must be >= 0"),
+                           (["serve", str(ex.ids), "--port", "70000"], "--port 70000: must be <= 65535"),
+                           (["serve", str(ex.ids), "--max-body-mb", "0"], "--max-body-mb 0.0: must be > 0")):
+            res = runner.invoke(app, args)
+            assert res.exit_code == 2, (args, res.output)
+            assert text in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)
+            assert "Traceback" not in res.output
+    finally:
+        taken.close()
+
+
+# ---- profile --url --------------------------------------------------------------------------------------------------
+def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
+    j = tmp_path / "load.json"
+    res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url, "--clients", "1,4", "--batch-sizes", "1,8",
+                              "--max-runs", "40", "--max-seconds", "0.5", "--json", str(j)])
+    assert res.exit_code == 0, res.output
+    assert "requests/s" in res.stdout
+    rows = json.loads(j.read_text())["results"]
+    assert [(r["clients"], r["batch_size"]) for r in rows] == [(1, 1), (1, 8), (4, 1), (4, 8)]
+    for r in rows:
+        assert r["errors"] == 0 and r["warmup_errors"] == 0 and 0 < r["requests"] <= 40
+        assert 0 < r["p50_ms"] <= r["p99_ms"]
+        assert r["rows_per_s"] == pytest.approx(r["requests_per_s"] * r["batch_size"])
+    for args, text in ((["--compare", str(ex.ids)], "--compare: not with --url"),
+                       (["--clients", "0"], "--clients '0'"),
+                       ([], "does not serve model 'ctr_raw'")):
+        model = ex.raw if not args else ex.ids
+        res = runner.invoke(app, ["profile", str(model), "--url", srv.url, *args])
+        assert res.exit_code == 2 and text in res.stderr, res.output
+    res = runner.invoke(app, ["profile", str(ex.ids), "--url", "https://127.0.0.1:1"])
+    assert res.exit_code == 2 and "expected http://HOST:PORT" in res.stderr
