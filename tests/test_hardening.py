@@ -810,7 +810,7 @@ def test_triton_config_escapes_every_odd_name():
 
 
 COMMANDS = [[], ["train"], ["run"], ["prune"], ["inspect"], ["demo"], ["data"], ["data", "synth"], ["data", "fetch"],
-            ["export"], ["profile"], ["bench"]]
+            ["export"], ["profile"], ["serve"], ["bench"]]
 
 
 def _help(cmd):
