@@ -243,6 +243,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
     history = run.history()
     history["continue"] = hist
+    dist.barrier()  # every rank has read the run directory before rank 0 replaces it
     if dist.is_main():
         with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
