@@ -2,7 +2,8 @@
 
 backend="auto": CUDA tensors -> Triton kernels (kernels/triton_ops.py), anything else -> the fused
 torch path.  "triton" | "torch" | "reference" force one.  The torch path is deliberately a plain
-embedding gather + mul with autograd doing the backward, so torch.onnx.export traces it to Gather/Mul.
+embedding gather + mul with autograd doing the backward, so torch.onnx.export traces it to Gather/Mul
+(Gather alone without gates).
 """
 from __future__ import annotations
 
@@ -15,8 +16,28 @@ BACKENDS = ("auto", "triton", "torch", "reference")
 OOV_ID = 1  # schema convention (lightfmp.schema.OOV_ID): local id 1 is the out-of-vocabulary bucket
 
 
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+def tracing() -> bool:
+    """Under a tracer (TorchScript / ONNX export, torch.compile, torch.export): eager-only fast paths step aside
+    so that the traced graph holds plain ops."""
+    exporting = getattr(torch.compiler, "is_exporting", None)  # torch >= 2.5
+    return (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+            or (exporting is not None and exporting()))
+
+
+def needed(ctx, i: int) -> bool:
+    """Whether the running backward pass uses the gradient of a custom autograd Function's input `i`.
+    `ctx.needs_input_grad` only says that input requires grad; torch.autograd.grad for other tensors (a gate step:
+    the gates' gradient alone) does not use it, and then its GEMM / scatter is skipped, as autograd skips its own."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    node = ctx.next_functions[i][0]
+    will_run = getattr(torch._C, "_will_engine_execute_node", None)
+    if node is None or will_run is None:
+        return True
+    try:
+        return bool(will_run(node))
+    except RuntimeError:  # a leaf that torch.autograd.grad returns itself: wanted
+        return True
 
 
 def _triton_ops():
@@ -72,7 +93,7 @@ def _validate(ids, weight, field_offsets, gates, vocab_sizes):
     B, F = ids.shape
     if field_offsets.shape != (F,):
         raise ValueError(f"field_offsets must be [F={F}], got {tuple(field_offsets.shape)}")
-    if gates.shape not in ((F,), (B, F)):
+    if gates is not None and gates.shape not in ((F,), (B, F)):
         raise ValueError(f"gates must be [F={F}] or [B={B}, F={F}], got {tuple(gates.shape)}")
     if vocab_sizes is not None and vocab_sizes.shape != (F,):
         raise ValueError(f"vocab_sizes must be [F={F}], got {tuple(vocab_sizes.shape)}")
@@ -99,11 +120,11 @@ class _GatherScale(torch.autograd.Function):
         flat = rows.reshape(-1)
         grad = grad.reshape(-1, weight.shape[1])
         gw = gg = None
-        if ctx.needs_input_grad[1]:
+        if needed(ctx, 1):
             # index_add_ is sequential on CPU (deterministic); it measured 2-4x cheaper than
             # embedding_dense_backward, not counting the zero fill.
             gw = torch.zeros_like(weight).index_add_(0, flat, grad * g.reshape(-1, 1))
-        if ctx.needs_input_grad[2]:
+        if needed(ctx, 2):
             gg = weight.index_select(0, flat).mul_(grad).sum(-1).view(rows.shape)
         return None, gw, gg
 
@@ -114,6 +135,11 @@ def _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad):
         local = torch.where((local >= 0) & (local < vocab_sizes.long().unsqueeze(0)), local,
                             torch.full_like(local, OOV_ID))
     rows = local + field_offsets.long().unsqueeze(0)
+    if gates is None:
+        # nothing to scale: a plain gather, whose backward is index_add_ into zeros (sequential on CPU)
+        if sparse_grad:
+            return F_.embedding(rows, weight, sparse=True)
+        return weight.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], weight.shape[1])
     g = gates.to(weight.dtype)
     if g.dim() == 1:
         # [B, F] so that the [F] gate gradient is a sum over D, then over B: cheaper on CPU than
@@ -121,7 +147,7 @@ def _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad):
         g = g.unsqueeze(0).expand(rows.shape[0], -1)
     if sparse_grad:
         return F_.embedding(rows, weight, sparse=True) * g.unsqueeze(-1)
-    if weight.device.type == "cpu" and not _tracing():
+    if weight.device.type == "cpu" and not tracing():
         return _GatherScale.apply(rows, weight, g)
     # One gather over all fields + one multiply: what ONNX export traces (Gather, Mul).
     out = weight.index_select(0, rows.reshape(-1)).view(rows.shape[0], rows.shape[1], weight.shape[1])
@@ -131,6 +157,8 @@ def _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad):
 def _reference_path(ids, weight, field_offsets, gates, vocab_sizes):
     """Explicit per-field gather; slow on purpose, works in float64 for checking the others."""
     B, F = ids.shape
+    if gates is None:
+        gates = torch.ones(F, dtype=weight.dtype, device=weight.device)
     cols = []
     for f in range(F):
         local = ids[:, f].long()
@@ -144,13 +172,14 @@ def _reference_path(ids, weight, field_offsets, gates, vocab_sizes):
 
 
 def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torch.Tensor,
-                    gates: torch.Tensor, backend: str = "auto", check_bounds: bool = False,
+                    gates: torch.Tensor | None, backend: str = "auto", check_bounds: bool = False,
                     vocab_sizes: torch.Tensor | None = None, *, deterministic: bool = True,
                     sparse_grad: bool = False) -> torch.Tensor:
     """``out[b, f] = weight[field_offsets[f] + ids[b, f]] * gate`` -> [B, F, D] in weight's dtype.
 
     ids [B, F] int32/int64 local ids; weight [R, D] flat table of all fields; field_offsets [F] first
-    row of each field (may repeat for slots of one multi-valued field); gates [F] or [B, F].
+    row of each field (may repeat for slots of one multi-valued field); gates [F] or [B, F], or None
+    for no scaling (every gate 1: a plain gather, exactly the rows).
     vocab_sizes [F]: ids outside [0, vocab_sizes[f]) read the field's OOV row (local id 1).
     check_bounds: raise ValueError on such ids instead (bounds from vocab_sizes, else from the
     offsets).  deterministic=False uses float atomics in the Triton backward (comparison only).
@@ -159,20 +188,20 @@ def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torc
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if not _tracing():  # under tracing the shape checks would only add TracerWarnings
+    if not tracing():  # under tracing the shape checks would only add TracerWarnings
         _validate(ids, weight, field_offsets, gates, vocab_sizes)
     device = weight.device
     field_offsets = field_offsets.to(device)
-    gates = gates.to(device)
+    gates = gates.to(device) if gates is not None else None
     ids = ids.to(device)
     if vocab_sizes is not None:
         vocab_sizes = vocab_sizes.to(device)
-    if check_bounds and not _tracing():
+    if check_bounds and not tracing():
         _check_bounds(ids, field_offsets, vocab_sizes, weight.shape[0])
         vocab_sizes = None  # every id is known to be in range: skip the clamp
 
     if backend == "auto":
-        use_triton = device.type == "cuda" and not _tracing() and _triton_importable()
+        use_triton = device.type == "cuda" and not tracing() and _triton_importable()
         backend = "triton" if use_triton else "torch"
     if backend == "torch":
         return _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad)
@@ -182,6 +211,8 @@ def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torc
         raise RuntimeError("backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set before "
                            "triton is imported to run on CPU")
     ops = _triton_ops()
+    if gates is None:
+        gates = torch.ones(ids.shape[1], dtype=weight.dtype, device=device)
     return ops.GatedEmbeddingTriton.apply(
         ids.contiguous(), weight if weight.stride(1) == 1 else weight.contiguous(),
         field_offsets.long().contiguous(), gates.contiguous(),

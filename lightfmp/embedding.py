@@ -41,8 +41,11 @@ class FieldEmbedding(nn.Module):
     def table_parameters(self) -> list[nn.Parameter]:
         return [p for p in (self.weight, self.linear) if p is not None]
 
-    def slot_scale(self, ids: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor:
-        """Per-slot multiplier: [S] without multi-hot fields, else [B, S] (gate / count, 0 at padding)."""
+    def slot_scale(self, ids: torch.Tensor, gates: torch.Tensor | None) -> torch.Tensor | None:
+        """Per-slot multiplier: [S] without multi-hot fields, else [B, S] (gate / count, 0 at padding); None when
+        there is nothing to scale (no gates, no multi-hot fields): the lookup is then a plain gather."""
+        if gates is None and not self.multi_hot:
+            return None
         g = gates if gates is not None else torch.ones(self.num_fields, device=ids.device)
         g_slot = g[self.slot_field]
         if not self.multi_hot:

@@ -161,14 +161,22 @@ def _my_slice(ids: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor
 # ---- one fit ----------------------------------------------------------------------------------------------------
 def _weight_optimizers(model: CTRModel, cfg: TrainConfig):
     """Adam for the backbone; with sparse_embeddings the tables get sparse gradients and their own SparseAdam
-    (a dense Adam step would read and write every row of every table, touched or not)."""
+    (a dense Adam step would read and write every row of every table, touched or not). The Adam is the fused one
+    (one kernel per parameter instead of a dozen element-wise passes: 3x cheaper on CPU) where this torch has it
+    for the parameters' device."""
+    def adam(params: list) -> torch.optim.Adam:
+        try:
+            return torch.optim.Adam(params, lr=cfg.lr, fused=True)
+        except RuntimeError:  # no fused Adam for this device in this torch (CPU: torch < 2.4)
+            return torch.optim.Adam(params, lr=cfg.lr)
+
     emb = model.embedding
     emb.sparse = bool(cfg.sparse_embeddings)
     if not emb.sparse:
-        return torch.optim.Adam(model.backbone_parameters(), lr=cfg.lr), None
+        return adam(model.backbone_parameters()), None
     tables = {id(p) for p in emb.table_parameters()}
     dense = [p for p in model.backbone_parameters() if id(p) not in tables]
-    return torch.optim.Adam(dense, lr=cfg.lr), torch.optim.SparseAdam(emb.table_parameters(), lr=cfg.lr)
+    return adam(dense), torch.optim.SparseAdam(emb.table_parameters(), lr=cfg.lr)
 
 
 class Trainer:

@@ -85,7 +85,12 @@ def check_against_oracle(p, res, dtype, vocab=None):
     assert out.dtype == dtype and out.shape == ref_out.shape
     assert rel_err(out, ref_out) <= tol
     assert rel_err(gw, ref_gw) <= tol
-    assert rel_err(gg, ref_gg) <= tol
+    # the gate gradient is a sum of B*D (or D) products that can cancel: its rounding error is bounded relative to
+    # the sum of the terms' magnitudes, not to the (possibly tiny) result, so it is checked entry by entry that way
+    terms = np.abs(p["grad_out"] * p["weight"][rows]).sum(-1)
+    scale = terms.sum(0) if p["gates"].ndim == 1 else terms
+    err = np.abs(gg.detach().double().cpu().numpy() - ref_gg)
+    assert np.all(err <= tol * scale + 1e-12), float((err / np.maximum(scale, 1e-12)).max())
     # Only rows that were looked up may carry gradient.
     untouched = np.ones(p["weight"].shape[0], dtype=bool)
     untouched[rows.reshape(-1)] = False

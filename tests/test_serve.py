@@ -27,6 +27,7 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.export import export_run
 from lightfmp.serve.batcher import Batcher
+from lightfmp.serve.load import infer_request
 from lightfmp.serve.server import ServeOptions, bind, load_model, make_server, url_of
 from lightfmp.serving import Predictor
 from test_export import make_csv, runner
@@ -36,7 +37,9 @@ DT = {"int64": "INT64", "float32": "FP32", "string": "BYTES"}
 
 @pytest.fixture(scope="module")
 def ex(tmp_path_factory):
-    """One tiny all-fields run (categorical, numeric with gaps, multi-hot), exported with id and raw inputs."""
+    """One tiny all-fields run (categorical, numeric with gaps, multi-hot), exported with id and raw inputs. The
+    records sent hold no missing values (the HTTP routes refuse them): a missing price is sent as 5.0, a missing
+    tags cell as "" (no tags)."""
     root = tmp_path_factory.mktemp("serve")
     data = make_csv(root / "data.csv", n=600)
     cfg = RunConfig.of(data=str(data), label="label", multi_hot="tags:|", pretrain_epochs=1, epochs=1, embed_dim=4,
@@ -44,7 +47,9 @@ def ex(tmp_path_factory):
     pipeline.run(cfg, root / "run", quiet=True)
     export_run(root / "run", root / "ctr")
     export_run(root / "run", root / "ctr_raw", inputs="raw")
-    records = json.loads(pd.read_csv(data).drop(columns="label").to_json(orient="records"))  # NaN -> null
+    df = pd.read_csv(data).drop(columns="label")
+    assert df["price"].isna().any() and df["tags"].isna().any()
+    records = json.loads(df.fillna({"price": 5.0, "tags": ""}).to_json(orient="records"))
     return SimpleNamespace(root=root, ids=root / "ctr", raw=root / "ctr_raw", records=records,
                            schema=json.loads((root / "ctr" / "feature_schema.json").read_text()))
 
@@ -146,12 +151,12 @@ def test_infer_matches_predictor(ex, srv):
     # no outputs named: the client asks for binary output
     got = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], True)).as_numpy("probability")
     assert np.abs(got - want).max() <= 1e-6
-    # raw records, encoded by the server as Predictor does (null / an absent key = missing)
+    # raw records, encoded by the server as Predictor does (unseen values -> OOV, extra keys ignored)
     status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(recs).encode())
     assert status == 200
     assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - want).max() <= 1e-6
-    odd = [{"city": None, "dev": 3, "price": None, "tags": ["a", "zzz"], "noise": 1},
-           {"city": "atlantis", "dev": 3, "tags": "a|b", "noise": 1}, {**recs[0], "extra": 5}]
+    odd = [{"city": "atlantis", "dev": 3, "price": "4.5", "tags": ["a", "zzz"], "noise": 1},
+           {"city": "paris", "dev": 99, "price": -1e9, "tags": [], "noise": True}, {**recs[0], "extra": 5}]
     status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(odd).encode())
     assert status == 200
     assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - p.predict(odd)).max() <= 1e-6
@@ -294,6 +299,8 @@ def _bad_cases(ex):
          "'city': a value is out"),
         ("NaN id", infer, edit(lambda d: nth(d, "dev")["data"].__setitem__(0, "NAN")).replace(b'"NAN"', b"NaN"),
          400, "'dev': value 0 is nan (a float), not INT64"),
+        ("NaN numeric", infer, edit(lambda d: nth(d, "price")["data"].__setitem__(3, "NAN")).replace(b'"NAN"', b"NaN"),
+         400, "input 'price': row 3 is NaN"),
         ("not JSON", infer, b"{inputs: nope", 400, "not valid JSON"),
         ("not an object", infer, b"[1, 2]", 400, "'inputs'"),
         ("binary header", infer, b'{"inputs": []}', 400, "Inference-Header-Content-Length"),
@@ -301,6 +308,11 @@ def _bad_cases(ex):
         ("unknown version", "/v2/models/ctr/versions/7/infer", json.dumps(good).encode(), 404, "no version '7'"),
         ("records: field missing", "/v2/models/ctr/records",
          json.dumps([{k: v for k, v in rec.items() if k != "price"}]).encode(), 400, "'price'"),
+        ("records: null", "/v2/models/ctr/records", json.dumps([rec, {**rec, "city": None}]).encode(), 400,
+         "record 1, field 'city' is null"),
+        ("records: absent from one", "/v2/models/ctr/records",
+         json.dumps([rec, {k: v for k, v in rec.items() if k != "price"}]).encode(), 400,
+         "record 1, field 'price' is absent"),
         ("records: NaN", "/v2/models/ctr/records",
          json.dumps([{**rec, "price": "NAN"}]).encode().replace(b'"NAN"', b"NaN"), 400, "field 'price': NaN"),
         ("records: wrong type", "/v2/models/ctr/records", json.dumps([{**rec, "price": "cheap"}]).encode(), 400,
@@ -327,6 +339,57 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
     got, _, reply = request(srv, "POST", "/v2/models/ctr/infer", b"x", {"Content-Encoding": "gzip"})
     assert got == 415 and "Content-Encoding" in json.loads(reply)["error"]
     assert srv.metrics.errors()["infer"] >= 15
+
+
+def test_nan_in_a_numeric_input_is_refused_naming_input_and_row(ex, srv):
+    """NaN in an FP32 input, as JSON (`NaN` token) or binary data: 400 naming the input and row; Infinity is a
+    number (the last bucket, as Predictor reads it); the next good request succeeds."""
+    p = Predictor(ex.ids)
+    recs = ex.records[:8]
+    feeds, want = p.encode(recs), p.predict(recs)
+    bad = {k: v.copy() for k, v in feeds.items()}
+    bad["price"][[2, 5]] = np.nan
+    c = triton.InferenceServerClient(srv.hostport)
+    for binary in (True, False):
+        with pytest.raises(InferenceServerException, match=r"input 'price': row 2 is NaN \(and 1 more NaN\)") as e:
+            c.infer("ctr", triton_inputs(bad, ex.schema["inputs"], binary))
+        assert e.value.status() == "400"
+        got = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], binary)).as_numpy("probability")
+        assert np.abs(got - want).max() <= 1e-6
+    # the Predictor in Python still reads NaN as a missing value
+    assert np.isfinite(p.predict([{**recs[0], "price": float("nan")}])).all()
+    # the load client (`profile --url`) sends drawn NaN as 0.0, so its requests are accepted
+    body, headers = infer_request(p.bundle.inputs, bad, "probability")
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/infer", body, headers)
+    assert status == 200 and bad["price"][2] != bad["price"][2], reply
+    big = {k: v.copy() for k, v in feeds.items()}
+    big["price"][0] = np.inf
+    got = c.infer("ctr", triton_inputs(big, ex.schema["inputs"], False)).as_numpy("probability")
+    assert np.abs(got - p.predict([{**recs[0], "price": float("inf")}, *recs[1:]])).max() <= 1e-6
+
+
+def test_records_with_a_missing_value_are_refused_naming_record_and_field(ex, srv):
+    """null, a kept field absent from one record, or a numeric that reads as missing: 400 naming the record and
+    the field; the next good request succeeds. Predictor itself still scores such records (missing -> OOV)."""
+    p = Predictor(ex.ids)
+    recs = ex.records[:4]
+    want = p.predict(recs)
+    cases = [([recs[0], {**recs[1], "price": None}], "record 1, field 'price' is null"),
+             ([{**recs[0], "tags": None}], "record 0, field 'tags' is null"),
+             ([recs[0], recs[1], {k: v for k, v in recs[2].items() if k != "city"}],
+              "record 2, field 'city' is absent (other records have it)"),
+             ([{k: v for k, v in recs[0].items() if k != "noise"}, recs[1]], "record 0, field 'noise' is absent"),
+             ([recs[0], {**recs[1], "price": " "}], "record 1, field 'price' is ' ', which reads as a missing number"),
+             ([{**recs[0], "price": "nan"}], "record 0, field 'price' is 'nan', which reads as a missing number")]
+    for rows, text in cases:
+        status, hdrs, reply = request(srv, "POST", "/v2/models/ctr/records", json.dumps(rows).encode())
+        assert status == 400 and hdrs["content-type"] == "application/json", (text, reply)
+        err = json.loads(reply)["error"]
+        assert text in err and "\n" not in err and "no missing values" in err, (text, err)
+        assert np.isfinite(p.predict(rows)).all()  # Python's Predictor stays lenient
+        status, _, reply = request(srv, "POST", "/v2/models/ctr/records", json.dumps(recs).encode())
+        assert status == 200, reply
+        assert np.abs(np.asarray(json.loads(reply)["outputs"][0]["data"]) - want).max() <= 1e-6
 
 
 def test_oversized_body_is_refused_before_it_is_read(ex, srv):

@@ -14,6 +14,7 @@ from ..config import ModelConfig
 from ..errors import LightFMPError
 from ..gates import Gate, HardConcreteGate
 from ..schema import FeatureSchema
+from .dense import Linear, Tower
 
 
 GATE_INIT = 2.0  # log_alpha of a new hard-concrete gate: deterministic gate 1, open probability ~0.97
@@ -48,7 +49,7 @@ class CTRModel(nn.Module):
     def build_tower(self, in_dim: int, cfg: ModelConfig) -> None:
         """The MLP tower most backbones end with: `deep` (hidden layers) then `out` (one logit)."""
         self.deep = mlp(in_dim, cfg.hidden, cfg.dropout)
-        self.out = nn.Linear(cfg.hidden[-1] if cfg.hidden else in_dim, 1)
+        self.out = Linear(cfg.hidden[-1] if cfg.hidden else in_dim, 1)
 
     def prune_inputs(self, keep_dims: torch.Tensor) -> None:
         """Keep only input features `keep_dims` of the flattened [F * D] embedding vector. The default serves
@@ -75,17 +76,17 @@ class CTRModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("gate.")]
 
 
-def mlp(in_dim: int, hidden: list[int], dropout: float) -> nn.Sequential:
+def mlp(in_dim: int, hidden: list[int], dropout: float) -> Tower:
     layers: list[nn.Module] = []
     for h in hidden:
-        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        layers += [Linear(in_dim, h), nn.ReLU()]
         if dropout > 0:
             layers.append(nn.Dropout(dropout))
         in_dim = h
-    return nn.Sequential(*layers)
+    return Tower(*layers)
 
 
-def slice_linear(layer: nn.Linear, cols: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> nn.Linear:
+def slice_linear(layer: nn.Linear, cols: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> Linear:
     """A smaller copy of `layer` reading only input columns `cols` and producing only outputs `rows`."""
     w = layer.weight.data
     b = layer.bias.data if layer.bias is not None else None
@@ -94,7 +95,7 @@ def slice_linear(layer: nn.Linear, cols: torch.Tensor | None = None, rows: torch
     if rows is not None:
         w = w[rows]
         b = b[rows] if b is not None else None
-    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    new = Linear(w.shape[1], w.shape[0], bias=b is not None)
     new.weight.data.copy_(w)
     if b is not None:
         new.bias.data.copy_(b)

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from .base import CTRModel, first_linear, mlp, slice_linear
+from .dense import Linear
 
 
 class DCNv2(CTRModel):
@@ -11,9 +12,9 @@ class DCNv2(CTRModel):
 
     def build(self, num_fields, embed_dim, cfg):
         dim = num_fields * embed_dim
-        self.cross = nn.ModuleList(nn.Linear(dim, dim) for _ in range(cfg.cross_layers))
+        self.cross = nn.ModuleList(Linear(dim, dim) for _ in range(cfg.cross_layers))
         self.deep = mlp(dim, cfg.hidden, cfg.dropout)
-        self.out = nn.Linear(dim + (cfg.hidden[-1] if cfg.hidden else 0), 1)  # over [cross output, deep output]
+        self.out = Linear(dim + (cfg.hidden[-1] if cfg.hidden else 0), 1)  # over [cross output, deep output]
 
     def interact(self, emb, lin):
         x0 = emb.flatten(1)

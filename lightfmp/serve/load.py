@@ -48,10 +48,13 @@ class Target:
 
 
 def infer_request(specs: list[InputSpec], feeds: dict[str, np.ndarray], output: str) -> tuple[bytes, dict]:
-    """An infer body in the binary tensor data extension (what tritonclient sends by default) and its headers."""
+    """An infer body in the binary tensor data extension (what tritonclient sends by default) and its headers.
+    A NaN in a numeric input (drawn feeds hold a few, as missing values) is sent as 0.0: the server refuses NaN."""
     inputs, blobs = [], []
     for s in specs:
         v = feeds[s.name]
+        if v.dtype.kind == "f":
+            v = np.where(np.isnan(v), v.dtype.type(0), v)
         if v.dtype == object:
             raw = b"".join(struct.pack("<I", len(b)) + b for b in (str(x).encode() for x in v.ravel()))
         else:

@@ -5,8 +5,8 @@ Tensor data comes as JSON (`"data"`, flat or nested, row-major) or through the b
 (`Inference-Header-Content-Length` header, `parameters.binary_data_size` per input), which is what
 `tritonclient.http` sends by default. Every problem is a `RequestError`: an HTTP status and one line naming the
 input. Ids are passed on unchanged: the graph itself reads an id outside [0, vocab_size) as the OOV id. FP32 data
-may hold NaN (written `NaN` in JSON, as tritonclient does): a missing numeric value, which the graph reads as the
-OOV id.
+holds numbers: a NaN (the `NaN` token in JSON, as tritonclient writes it, or NaN bits in binary data) is refused
+naming the input and row, since the server takes no missing values; +-Infinity is a number (first / last bucket).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ class RequestError(Exception):
 
 class NonFinite(float):
     """A `NaN` / `Infinity` token (not JSON, but what `tritonclient` and Python's `json` write for those floats):
-    a float for FP32 tensors, and recognisable where it is refused (raw records, where `null` is the missing
-    value)."""
+    a float for FP32 tensors (where `Infinity` is a number and NaN is refused), and recognisable in raw records,
+    where both are refused by name."""
 
 
 def loads(text: bytes | str, what: str = "request body"):
@@ -173,7 +173,18 @@ def _tensor(t: dict, spec: InputSpec, chunk: bytes | None) -> tuple[np.ndarray, 
         if "data" not in t:
             raise RequestError(f"input '{name}' has no 'data'")
         values = _from_json(t["data"], want, count, name)
+    if want == "FP32":
+        _refuse_nan(values, name, count // n if n else 1)
     return (values.reshape(n, width) if spec.kind == "multi_hot" else values.reshape(n)), n
+
+
+def _refuse_nan(values: np.ndarray, name: str, per_row: int) -> None:
+    """A numeric input carries a number in every row: NaN (a missing value) is refused, naming the first row."""
+    bad = np.flatnonzero(np.isnan(values))
+    if len(bad):
+        more = f" (and {len(bad) - 1} more NaN)" if len(bad) > 1 else ""
+        raise RequestError(f"input '{name}': row {int(bad[0]) // per_row} is NaN{more}; the server takes no missing "
+                           f"values, send a number in every row")
 
 
 def _from_binary(chunk: bytes, datatype: str, count: int, name: str) -> np.ndarray:
@@ -220,7 +231,7 @@ def _from_json(data, datatype: str, count: int, name: str) -> np.ndarray:
         ok = all(type(v) is str for v in flat)
     elif datatype == "INT64":
         ok = all(type(v) is int for v in flat)
-    else:  # NaN (a missing value, the graph reads it as the OOV id) and +-Infinity are floats too
+    else:  # the NaN / Infinity tokens are floats too (NaN is refused once the values are read)
         ok = all(type(v) is int or isinstance(v, float) for v in flat)
     if not ok:
         _refuse_value(flat, datatype, name)

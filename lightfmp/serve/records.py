@@ -1,7 +1,9 @@
 """POST /v2/models/<name>/records: raw records (a JSON list of objects, one per row) encoded with the export's
-vocabularies exactly as `lightfmp.serving.Predictor` does: unseen values -> OOV, `null` or a key absent from some
-records -> missing, a kept field absent from every record -> refused. `NaN` / `Infinity` are not JSON and are
-refused naming the record and field (send `null` for a missing value)."""
+vocabularies exactly as `lightfmp.serving.Predictor` does (unseen values -> OOV, extra keys ignored), but with no
+missing values: every record needs a value for every kept field. A kept field that is `null`, absent from a
+record while others have it, or a numeric value that reads as missing (a blank string, "nan") is refused naming
+the record and field; a kept field absent from every record is refused by the Predictor's own check. `NaN` /
+`Infinity` tokens are not JSON and are refused naming the record and field."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,17 +22,46 @@ def parse_records(body: bytes) -> list[dict]:
             raise RequestError(f"record {i} is a JSON {_json_kind(r)}, not an object")
         for k, v in r.items():
             if _non_finite(v):
-                raise RequestError(f"record {i}, field '{k}': NaN and Infinity are not JSON; send null for a "
-                                   f"missing value")
+                raise RequestError(f"record {i}, field '{k}': NaN and Infinity are not JSON; send a number")
     return doc
 
 
 def encode_records(predictor: Predictor, records: list[dict]) -> dict[str, np.ndarray]:
-    """The graph inputs for `records` (at least one), through the Predictor's own encoding."""
+    """The graph inputs for `records` (at least one), through the Predictor's own encoding; a missing value is
+    refused."""
+    names = predictor.input_names
+    _refuse_absent(records, names)
     try:
-        return predictor.encode(records)
+        feeds = predictor.encode(records)
     except LightFMPError as e:
         raise RequestError(str(e)) from None
+    for spec, _ in predictor.fields:
+        if spec.kind == "numeric":
+            rows = np.flatnonzero(np.isnan(feeds[spec.name]))
+            if len(rows):
+                r = int(rows[0])
+                _refuse(r, spec.name, f"is {_shown(records[r][spec.name])}, which reads as a missing number", names)
+    return feeds
+
+
+def _refuse_absent(records: list[dict], names: list[str]) -> None:
+    """Every record has every kept field that any record has, not null (a field no record has is left to the
+    Predictor, whose error lists all such fields)."""
+    present = [n for n in names if any(n in r for r in records)]
+    for i, r in enumerate(records):
+        for n in present:
+            if r.get(n) is None:
+                _refuse(i, n, "is null" if n in r else "is absent (other records have it)", names)
+
+
+def _refuse(i: int, field: str, what: str, names: list[str]) -> None:
+    raise RequestError(f"record {i}, field '{field}' {what}; the server takes no missing values: every record "
+                       f"needs a value for each kept field ({', '.join(names)})")
+
+
+def _shown(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _non_finite(v) -> bool:
