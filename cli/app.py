@@ -72,8 +72,8 @@ app.command("run", cls=Command)(friendly(ranked(with_parameters(_run_cmd, config
 @friendly
 @ranked
 def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
-              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the top K fields by gate (default: the "
-                                                 "run's --keep, if it had one)."),
+              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the first K fields of the forward order "
+                                                 "(default: the run's --keep, if it had one)."),
               threshold: Optional[float] = typer.Option(None, "--threshold",
                                                         help="Drop fields whose gate is below this (default: the "
                                                              "run's rule: its --keep or --threshold if it had one, "
@@ -82,7 +82,8 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                             help="Epochs of continued training; 0 skips phase 3 "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
-    """Phases 2 and 3: drop fields by gate, slice them out of the model, continue training on the other rows."""
+    """Phases 2 and 3: choose the fields on the validation rows, slice the others out of the model, continue training
+    on the other rows."""
     if keep is not None and threshold is not None:
         raise LightFMPError("give either --keep or --threshold, not both")
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
@@ -112,8 +113,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}",
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)
-    out.print(f"kept by: {cut['rule']}" + (f" (cut at gate {cut['cut']:.3f})" if cut["cut"] is not None
-                                           else " (decided by `lightfmp prune`)"))
+    suffix = f" (cut at gate {cut['cut']:.3f})" if cut["cut"] is not None else \
+        " (decided by `lightfmp prune`)" if r.state != "complete" else ""
+    out.print(f"kept by: {cut['rule']}{suffix}")
     out.print(f"chart: {path}")
 
 

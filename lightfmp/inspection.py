@@ -17,7 +17,8 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
         return m["selection"]
     kept = [r["field"] for r in rows if r["kept"]]
     if not kept:
-        return {**selection_rule([], {}, None, None), "cut": None}
+        return {"rule": f"first {run.config.prune.keep} of the forward order" if run.config.prune.keep
+                else selection_rule([], {}, None, None)["rule"], "cut": None}
     return selection_rule(kept, {r["field"]: r["gate"] for r in rows}, run.config.prune.keep,
                           run.config.prune.threshold)
 
@@ -25,8 +26,8 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
 def gate_rows(run: Run) -> list[dict]:
     """One row per field: deterministic gate, L0 (open) probability, and whether it is kept.
 
-    Before pruning, `kept` says what the run's --keep / --threshold rule would keep (the default rule is decided by
-    `lightfmp prune` on the validation rows: nothing is marked kept until then)."""
+    Before pruning, `kept` says what the run's --threshold rule would keep (--keep and the default rule are decided
+    by `lightfmp prune` on the validation rows: nothing is marked kept until then)."""
     m = run.metrics()
     names = m["fields"]["all"]
     if run.state == "complete":
@@ -35,8 +36,8 @@ def gate_rows(run: Run) -> list[dict]:
         la = torch.tensor([m["log_alpha"][n] for n in names])
         z = torch.tensor([m["gates"][n] for n in names])
         rule = run.config.prune
-        kept = set(select_fields(names, la, z, keep=rule.keep, threshold=rule.threshold)) \
-            if rule.keep is not None or rule.threshold is not None else set()
+        kept = set(select_fields(names, la, z, threshold=rule.threshold)) \
+            if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept} for n in names]

@@ -208,8 +208,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     with torch.no_grad():
         z = gated.gate.deterministic()
-    curve = keep_curve(gated, names, *data.split_rows("valid").arrays(), device) \
-        if keep is None and threshold is None else None
+    curve = keep_curve(gated, run.schema, *data.split_rows("valid").arrays(), device, steps=keep) \
+        if keep is not None or threshold is None else None
     kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, curve=curve)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0

@@ -55,14 +55,15 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
     assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
     # the rule and its cut: the smallest kept gate, and no dropped field above it
     sel = m["selection"]
-    assert sel["rule"].startswith("top 3") and sel["cut"] == min(m["gates"][n] for n in m["fields"]["kept"])
-    assert all(m["gates"][n] <= sel["cut"] for n in m["fields"]["dropped"])
-    assert "kept by: top 3" in r.output
+    assert sel["rule"].startswith("first 3 of the forward order") and sel["cut"] is None
+    assert sorted(sel["curve"]["order"][:3]) == sorted(m["fields"]["kept"])
+    assert sorted(sel["curve"]["order"]) == sorted(m["fields"]["all"])
+    assert "kept by: first 3 of the forward order" in r.output
 
 
 def test_default_rule_is_the_validation_curve(data, tmp_path):
-    """Without --keep / --threshold: phase 1 read its gates at its best validation epoch, and prune keeps the
-    shortest prefix of the gate ranking whose validation logloss is within one standard error of the best."""
+    """Without --keep / --threshold: phase 1 stops at its best validation epoch, and prune keeps, of the shortest
+    prefix of the forward order within one standard error of the best, the fields the backward sweep keeps."""
     pretrained = tmp_path / "pre"
     r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", pretrained,
             "--subset", "0.5", *FAST)
@@ -77,11 +78,12 @@ def test_default_rule_is_the_validation_curve(data, tmp_path):
     m = json.loads((pretrained / "metrics.json").read_text())
     sel = m["selection"]
     curve = sel["curve"]
-    assert sel["rule"].startswith("fewest top fields within one standard error")
-    assert curve["order"] == sorted(m["fields"]["all"], key=lambda n: -m["log_alpha"][n])
+    assert sel["rule"].startswith("fewest fields of the forward order within one standard error")
+    assert sorted(curve["order"]) == sorted(m["fields"]["all"])
     best = min(curve["logloss"])
     k = next(i for i in range(len(curve["order"])) if curve["logloss"][i] - best <= curve["se"][i]) + 1
-    assert sorted(m["fields"]["kept"]) == sorted(curve["order"][:k])
+    assert curve["cut"] == k
+    assert sorted(m["fields"]["kept"]) == sorted(curve["kept"]) and set(curve["kept"]) <= set(curve["order"][:k])
     assert m["phases"]["prune"]["rule"] == "curve"
 
 

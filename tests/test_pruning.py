@@ -8,7 +8,7 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
-from lightfmp.pruning import curve_cut, keep_curve, prune_model, ranking, select_fields
+from lightfmp.pruning import backward_sweep, curve_cut, keep_curve, prune_model, ranking, select_fields
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.vocab import fit_schema
@@ -136,9 +136,22 @@ def test_curve_cut_is_the_one_standard_error_rule():
         select_fields(names, la, z)
 
 
+def _direct_losses(model, schema, ids, y, open_fields):
+    """The definition: closed fields read the values of row perm[i] (the fixed permutation, seed 0)."""
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(y)))
+    x = ids.clone()
+    for f, name in enumerate(schema.names):
+        if f not in open_fields:
+            a, b = schema.field_slot_ranges()[name]
+            x[:, a:b] = ids[perm][:, a:b]
+    with torch.no_grad():
+        return F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none").double()
+
+
 def test_keep_curve_against_a_direct_evaluation(schema_and_ids):
-    """Entry k is the mean BCE of the gated model with the gates of the top k fields by log_alpha open and the rest
-    at zero; its SE is that of the per-row difference to the best entry (0 at the best)."""
+    """The order is greedy forward selection (each step opens the field that lowers the mean BCE most; closed fields
+    read another row's values), computed here from its definition; entry k of the curve is the mean BCE with the
+    first k of that order open; its SE is that of the per-row difference to the best entry (0 at the best)."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -146,19 +159,68 @@ def test_keep_curve_against_a_direct_evaluation(schema_and_ids):
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0]))
     y = (torch.arange(len(ids)) % 3 == 0).float()
-    curve = keep_curve(model, schema.names, ids.numpy(), y.numpy(), batch_size=64)
-    order = ranking(model.gate.log_alpha.detach())
-    assert order == [3, 0, 4, 2, 1] and curve["order"] == [schema.names[i] for i in order]
-    z_all = model.gate.deterministic().detach()
-    rows = []
-    with torch.no_grad():
-        for k in range(1, 6):
-            z = torch.zeros(5)
-            z[order[:k]] = z_all[order[:k]]
-            rows.append(F.binary_cross_entropy_with_logits(model(ids, z), y, reduction="none").double())
+    chosen, rest = [], list(range(5))
+    while rest:
+        best = min(rest, key=lambda f: (float(_direct_losses(model, schema, ids, y, chosen + [f]).mean()), f))
+        chosen.append(best)
+        rest.remove(best)
+    curve = keep_curve(model, schema, ids.numpy(), y.numpy())
+    assert curve["order"] == [schema.names[i] for i in chosen]
+    rows = [_direct_losses(model, schema, ids, y, chosen[:k]) for k in range(1, 6)]
     best = int(np.argmin([float(r.mean()) for r in rows]))
     for k in range(5):
         assert curve["logloss"][k] == pytest.approx(float(rows[k].mean()), rel=1e-5)
         d = rows[k] - rows[best]
         assert curve["se"][k] == pytest.approx(float(d.std(correction=1)) / len(d) ** 0.5, rel=1e-4, abs=1e-9)
     assert curve["se"][best] == 0.0
+    # --keep K searches only K steps; the rest follow by log_alpha
+    short = keep_curve(model, schema, ids.numpy(), y.numpy(), steps=2)
+    rest = [i for i in ranking(model.gate.log_alpha.detach()) if i not in chosen[:2]]
+    assert short["order"] == [schema.names[i] for i in chosen[:2] + rest] and "logloss" not in short
+
+
+def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
+    """Two copies of one informative field and one other informative field: the second step opens the other
+    field, not the copy (the copy adds nothing once its twin is open), although the copy's gate is the larger."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    a, c = rng.integers(0, 8, n), rng.integers(0, 8, n)
+    df = __import__("pandas").DataFrame({"a": a.astype(str), "a_copy": a.astype(str), "c": c.astype(str),
+                                         "label": ((a >= 4) ^ (c >= 6)).astype(int)})
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "a_copy", "c")], min_count=1), df)
+    ids = torch.from_numpy(s.encode(df)).long()
+    y = torch.from_numpy(df["label"].to_numpy(np.float32))
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
+    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
+    for _ in range(300):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(model(ids, torch.ones(3)), y).backward()
+        opt.step()
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([1.0, 3.0, 0.5]))  # the copy has the largest gate
+    order = keep_curve(model, s, ids.numpy(), y.numpy())["order"]
+    assert set(order[:2]) in ({"a", "c"}, {"a_copy", "c"}), order
+
+
+def test_backward_sweep_against_its_definition(schema_and_ids):
+    """Last opened first, a field is closed for good unless closing it raises the mean BCE by >= 2 standard errors
+    of the per-row difference; computed here from that definition."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    ranges = schema.field_slot_ranges()
+    slots = [ranges[n] for n in schema.names]
+    start = [3, 0, 4, 2, 1]
+    kept, base = list(start), _direct_losses(model, schema, ids, y, start)
+    for f in reversed(start):
+        if len(kept) == 1:
+            break
+        trial = [g for g in kept if g != f]
+        loss = _direct_losses(model, schema, ids, y, trial)
+        d = loss - base
+        if float(d.mean()) < 2 * float(d.std(correction=1)) / len(d) ** 0.5:
+            kept, base = trial, loss
+    assert backward_sweep(model, ids.numpy(), y.numpy(), start, slots) == kept
