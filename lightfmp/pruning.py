@@ -32,6 +32,8 @@ def check_keep(keep: int | None, n_fields: int, flag: str = "--keep") -> None:
 
 
 SEARCH_ROWS = 4096    # validation rows the forward search compares candidates on (the same rows for every candidate)
+EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates every one of them exactly ...
+SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
 CURVE_ROWS = 100_000  # validation rows the keep curve reads at most: its standard errors shrink as 1 / sqrt(rows)
 
 
@@ -69,7 +71,10 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
     open field lowers it little, so it comes late. After `steps` steps the rest follow by log_alpha.
 
     The field embeddings of the rows and of the permuted rows are looked up once; each candidate only mixes them
-    and runs the backbone's interaction (what `row_losses` computes, without a lookup per candidate)."""
+    and runs the backbone's interaction (what `row_losses` computes, without a lookup per candidate). With more
+    than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect to each
+    field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate, Huang et
+    al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2)."""
     model.eval().to(device)
     n = model.gate.num_fields
     z = model.gate.deterministic().detach()
@@ -78,6 +83,12 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
         real = model.embedding(torch.from_numpy(ids).to(device), z)
         shuffled = model.embedding(torch.from_numpy(ids[perm]).to(device), z)
     t = torch.from_numpy(labels.astype(np.float32)).to(device)
+
+    def mixed(open_share: torch.Tensor) -> torch.Tensor:
+        """The mean BCE when field f reads open_share[f] of its real and the rest of its shuffled embedding."""
+        emb = shuffled[0] + open_share[None, :, None] * (real[0] - shuffled[0])
+        lin = shuffled[1] + open_share[None, :] * (real[1] - shuffled[1]) if real[1] is not None else None
+        return F.binary_cross_entropy_with_logits(model.interact(emb, lin), t)
 
     @torch.no_grad()
     def loss(open_fields: list[int]) -> float:
@@ -90,8 +101,17 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
     chosen: list[int] = []
     rest = list(range(n))
     while rest and (steps is None or len(chosen) < steps):
-        losses = {f: loss(chosen + [f]) for f in rest}
-        best = min(rest, key=lambda f: (losses[f], f))
+        candidates = rest
+        if len(rest) > EXACT_CANDIDATES:
+            # screen: the first-order loss change of opening each closed field (one backward through the mix),
+            # then the SCREENED most promising are evaluated exactly
+            m = torch.zeros(n, device=device)
+            m[chosen] = 1.0
+            m.requires_grad_(True)
+            (grad,) = torch.autograd.grad(mixed(m), m)
+            candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
+        losses = {f: loss(chosen + [f]) for f in candidates}
+        best = min(candidates, key=lambda f: (losses[f], f))
         chosen.append(best)
         rest.remove(best)
     la = model.gate.log_alpha.detach().cpu()

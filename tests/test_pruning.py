@@ -224,3 +224,20 @@ def test_backward_sweep_against_its_definition(schema_and_ids):
         if float(d.mean()) < 2 * float(d.std(correction=1)) / len(d) ** 0.5:
             kept, base = trial, loss
     assert backward_sweep(model, ids.numpy(), y.numpy(), start, slots) == kept
+
+
+def test_screened_search_with_every_candidate_screened_is_the_exact_search(schema_and_ids, monkeypatch):
+    """Beyond EXACT_CANDIDATES closed fields a step evaluates only the SCREENED most promising by gradient; with
+    SCREENED as large as the field count it must give exactly the exhaustive order."""
+    import lightfmp.pruning as pruning
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float().numpy()
+    exact = keep_curve(model, schema, ids.numpy(), y)["order"]
+    monkeypatch.setattr(pruning, "EXACT_CANDIDATES", 0)
+    monkeypatch.setattr(pruning, "SCREENED", 5)
+    assert keep_curve(model, schema, ids.numpy(), y)["order"] == exact
+    monkeypatch.setattr(pruning, "SCREENED", 1)  # one candidate a step: still a complete order of all fields
+    assert sorted(keep_curve(model, schema, ids.numpy(), y)["order"]) == sorted(schema.names)
