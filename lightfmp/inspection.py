@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path, check_output_file
-from .pruning import select_fields, selection_rule
+from .keep_rule import select_fields, selection_rule
 from .rundir import Run
 
 

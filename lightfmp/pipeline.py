@@ -21,7 +21,8 @@ from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
 from .models import build_model
 from .progress import Reporter
-from .pruning import check_keep, keep_curve, prune_model, select_fields, selection_rule
+from .keep_rule import check_keep, keep_curve, select_fields, selection_rule
+from .pruning import prune_model
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule

@@ -8,7 +8,8 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
-from lightfmp.pruning import backward_sweep, curve_cut, keep_curve, prune_model, ranking, select_fields
+from lightfmp.keep_rule import backward_sweep, curve_cut, keep_curve, ranking, select_fields
+from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.vocab import fit_schema
@@ -229,15 +230,15 @@ def test_backward_sweep_against_its_definition(schema_and_ids):
 def test_screened_search_with_every_candidate_screened_is_the_exact_search(schema_and_ids, monkeypatch):
     """Beyond EXACT_CANDIDATES closed fields a step evaluates only the SCREENED most promising by gradient; with
     SCREENED as large as the field count it must give exactly the exhaustive order."""
-    import lightfmp.pruning as pruning
+    import lightfmp.keep_rule as keep_rule
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float().numpy()
     exact = keep_curve(model, schema, ids.numpy(), y)["order"]
-    monkeypatch.setattr(pruning, "EXACT_CANDIDATES", 0)
-    monkeypatch.setattr(pruning, "SCREENED", 5)
+    monkeypatch.setattr(keep_rule, "EXACT_CANDIDATES", 0)
+    monkeypatch.setattr(keep_rule, "SCREENED", 5)
     assert keep_curve(model, schema, ids.numpy(), y)["order"] == exact
-    monkeypatch.setattr(pruning, "SCREENED", 1)  # one candidate a step: still a complete order of all fields
+    monkeypatch.setattr(keep_rule, "SCREENED", 1)  # one candidate a step: still a complete order of all fields
     assert sorted(keep_curve(model, schema, ids.numpy(), y)["order"]) == sorted(schema.names)

@@ -11,7 +11,7 @@ from ..config import RunConfig
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
-from ..pruning import check_keep
+from ..keep_rule import check_keep
 from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, train_fields, select_lightfmp
 
 QUICK_ROWS = 20000
