@@ -1,16 +1,20 @@
 """The one path from a data file to encoded rows, for every command (train, prune, run, bench, export).
 
-    read      record batches of --chunk-rows rows (lightfmp.formats: CSV, Parquet file or directory, compressed
-              text, Criteo, Avazu); each row keeps its global number in the file
+    read      Arrow tables of --chunk-rows rows (lightfmp.formats: CSV, Parquet file or directory, compressed text,
+              Criteo, Avazu); each row keeps its global number in the file
     split     the split rule (lightfmp.splits): a hash of the row number, or the rank of --time-column
     fit       the schema's kinds from the first batch and its vocabularies / bucket edges from the training rows
-              (lightfmp.vocab.StreamFitter), unless the schema is given already fitted
-    encode    each batch -> ids, labels, row numbers, split codes: one chunk of a store
+              (lightfmp.vocab.StreamFitter), unless the schema is given already fitted; each batch is coded once
+              (FeatureSchema.code: per field its distinct values and the codes of the rows, on the batch's Arrow
+              arrays) and the coded batches are kept (lightfmp.coded: in memory, or on disk when streaming)
+    encode    each coded batch -> ids, labels, row numbers, split codes: one chunk of a store (FeatureSchema.encode:
+              the distinct values' ids gathered by the codes). Without a fit pass, each batch is read and coded.
 
 Where the chunks live is the only thing --stream changes (as a streaming flag picks the loader in FuxiCTR): in
 memory (`rows.MemoryStore`: the file is read once), or in shards on disk (`shards.ShardStore`: the file is read
-twice, once to fit and once to encode, and the shards are reused by the next run on the same data). The rows, their
-order and the results are the same either way.
+once to fit, its coded batches go to a scratch directory beside the shards and are encoded from there, and the
+shards are reused by the next run on the same data). The rows, their order and the results are the same either
+way.
 """
 from __future__ import annotations
 
@@ -21,11 +25,14 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from rich.markup import escape
 
+from .coded import Coded, CodedStore
 from .config import DataConfig
+from .encoding import column_names, present
 from .errors import LightFMPError
-from .formats import check_source, fixed_label, implies_stream, read_batches, resolve_format
+from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
 from .io import file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter
@@ -36,7 +43,7 @@ from .shards import (ShardStore, ShardWriter, check_shards, fit_cache_path, load
 from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, row_uniform, time_codes
 from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
 
-Batches = Callable[[], Iterable[tuple[pd.DataFrame, int]]]
+Batches = Callable[[], Iterable[tuple[pa.Table | Coded, int]]]
 
 
 @dataclass
@@ -90,20 +97,27 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     on_disk = streaming(cfg)
     if on_disk:
         def batches():
-            return read_batches(path, fmt, cfg.chunk_rows)
+            return read_tables(path, fmt, cfg.chunk_rows)
     else:
-        held = list(read_batches(path, fmt, cfg.chunk_rows))  # in memory: the file is read once
+        held = list(read_tables(path, fmt, cfg.chunk_rows))  # in memory: the file is read once
 
         def batches():
             return iter(held)
     codes = _split_codes(rule, batches, source)
-    if schema is None or not all(f.fitted for f in schema.fields):
-        schema = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, cache=on_disk)
-    if on_disk:
-        store, location = _shards(cfg, fmt, rule, sha, schema, batches, codes, source, reporter)
-    else:
-        store, location = MemoryStore(schema.num_slots), None
-        _encode(batches(), schema, codes, source, fmt, store.append)
+    with CodedStore(shard_home(cfg.shard_dir) if on_disk else None) as kept:
+        if schema is None or not all(f.fitted for f in schema.fields):
+            schema = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, on_disk, kept)
+        if kept.count and not on_disk:
+            held.clear()  # the coded batches replace the read ones
+
+        def encoded():
+            # the fit pass ran and coded every batch: encode those instead of reading the file again
+            return _numbered(kept) if kept.count else batches()
+        if on_disk:
+            store, location = _shards(cfg, fmt, rule, sha, schema, encoded, codes, source, reporter)
+        else:
+            store, location = MemoryStore(schema.num_slots), None
+            _encode(encoded(), schema, codes, source, fmt, store.append)
     data = Dataset(schema, sha, _rows(store), rule, store, location)
     check_sizes(data.split_sizes(), data.rows, rule.fractions, source)
     return data
@@ -138,19 +152,20 @@ def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[in
     if rule.time_column is None:
         return lambda start, n: rule.hash_codes(np.arange(start, start + n, dtype=np.int64))
     parts = []
-    for df, _ in batches():
-        if rule.time_column not in df.columns:
+    for batch, _ in batches():
+        if rule.time_column not in column_names(batch):
             raise LightFMPError(f"{source}: --time-column '{rule.time_column}' not found "
-                                f"(columns: {', '.join(df.columns)})")
-        parts.append(df[rule.time_column].reset_index(drop=True))
+                                f"(columns: {', '.join(column_names(batch))})")
+        parts.append(batch.column(rule.time_column).to_pandas())
     every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source)
     return lambda start, n: every[start:start + n]
 
 
 # ---- fit ------------------------------------------------------------------------------------------------------------
 def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema | None, batches: Batches,
-            codes, source: str, reporter: Reporter, cache: bool) -> FeatureSchema:
-    """The fit pass, or (streaming) its result from an earlier run with the same data and fit options."""
+            codes, source: str, reporter: Reporter, cache: bool, kept: CodedStore) -> FeatureSchema:
+    """The fit pass, or (streaming) its result from an earlier run with the same data and fit options. The pass
+    codes every batch once, for the fit and (into `kept`) for the encoding."""
     where = None
     if cache:
         opts = {k: getattr(cfg, k) for k in ("label", "positive", "categorical", "numeric", "multi_hot", "ignore",
@@ -166,27 +181,30 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             return saved[0]
     t0 = time.perf_counter()
     fitter, inferred, nonmissing, n_rows = None, {}, {}, 0
-    for df, start in batches():
+    for batch, start in batches():
         if fitter is None:
             if schema is None:
-                schema, inferred = initial_schema(df, cfg, fmt, source)
+                schema, inferred = initial_schema(batch, cfg, fmt, source)
                 for col, why in inferred.items():
                     reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
             apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
             fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
             nonmissing = {f.name: 0 for f in schema.fields}
             labels = LabelCounts(schema.label, schema.positive)
-        _check_columns(df, schema, source)
-        y = parse_labels(df, schema.label, schema.positive, source, start, fmt)  # fail in this pass on a bad label
-        train = codes(start, len(df)) == 0
-        labels.add(df.loc[train], y[train])
+        _check_columns(batch, schema, source)
+        y = parse_labels(batch, schema.label, schema.positive, source, start, fmt)  # fail in this pass on a bad label
+        train = codes(start, len(batch)) == 0
+        labels.add(batch, y, train)
+        coded = schema.code(batch)
         try:
-            fitter.add(df.loc[train])
+            fitter.add(coded, train)
         except LightFMPError as e:
-            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(df) - 1})") from None
+            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
+        coded.labels = y
+        kept.add(coded)
         for name in nonmissing:
-            nonmissing[name] += int(df[name].notna().sum())
-        n_rows += len(df)
+            nonmissing[name] += present(batch.column(name))
+        n_rows += len(batch)
     for name, n in nonmissing.items():
         if n == 0:
             raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
@@ -199,26 +217,39 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     return schema
 
 
-def _check_columns(df: pd.DataFrame, schema: FeatureSchema, source: str) -> None:
-    missing = [n for n in [schema.label] + schema.names if n not in df.columns]
+def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str) -> None:
+    names = column_names(batch)
+    missing = [n for n in [schema.label] + schema.names if n not in names]
     if missing:
         raise LightFMPError(f"{source}: column(s) {', '.join(map(repr, missing))} of the schema absent from the data "
-                            f"(columns: {', '.join(df.columns)})")
+                            f"(columns: {', '.join(names)})")
 
 
 # ---- encode ---------------------------------------------------------------------------------------------------------
-def _encode(batches: Iterator[tuple[pd.DataFrame, int]], schema: FeatureSchema, codes, source: str, fmt: str,
+def _numbered(kept: CodedStore) -> Iterator[tuple[Coded, int]]:
+    """The kept coded batches with the global row number of each one's first row."""
+    start = 0
+    for coded in kept:
+        yield coded, start
+        start += len(coded)
+
+
+def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSchema, codes, source: str, fmt: str,
             sink: Callable[..., None]) -> None:
-    """Encode every batch into one chunk handed to `sink(ids=, labels=, rows=, split=)`."""
-    for df, start in batches:
-        _check_columns(df, schema, source)
-        labels = parse_labels(df, schema.label, schema.positive, source, start, fmt)
+    """Encode every batch (read, or coded by the fit pass) into one chunk handed to `sink(ids=, labels=, rows=,
+    split=)`."""
+    for batch, start in batches:
+        if isinstance(batch, Coded):
+            labels = batch.labels
+        else:
+            _check_columns(batch, schema, source)
+            labels = parse_labels(batch, schema.label, schema.positive, source, start, fmt)
         try:
-            ids = schema.encode(df)
+            ids = schema.encode(batch)
         except LightFMPError as e:
-            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(df) - 1})") from None
-        sink(ids=ids, labels=labels, rows=np.arange(start, start + len(df), dtype=np.int64),
-             split=codes(start, len(df)))
+            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
+        sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64),
+             split=codes(start, len(batch)))
 
 
 def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,
@@ -246,7 +277,7 @@ def quick_sample(cfg: DataConfig, rows: int, out: Path) -> DataConfig:
     """cfg with its data replaced by about `rows` rows of it (a row-hash sample, file order kept), written as
     Parquet to `out`: bench's smoke-run data. Streams the file, so it works on data of any size."""
     fmt = resolve_format(cfg.data, cfg.format)
-    n = sum(len(df) for df, _ in read_batches(cfg.data, fmt, cfg.chunk_rows))
+    n = sum(len(batch) for batch, _ in read_tables(cfg.data, fmt, cfg.chunk_rows))
     keep = []
     for df, start in read_batches(cfg.data, fmt, cfg.chunk_rows):
         u = row_uniform(np.arange(start, start + len(df), dtype=np.int64), 0, SALT_SAMPLE)

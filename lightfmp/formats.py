@@ -1,5 +1,6 @@
-"""Record-batch readers, the only way lightfmp reads a data file: a file is read as DataFrames of at most
-`chunk_rows` rows, each with the global number of its first data row, so nothing ever holds the whole file.
+"""Record-batch readers, the only way lightfmp reads a data file: a file is read as Arrow tables of at most
+`chunk_rows` rows (`read_tables`), each with the global number of its first data row, so nothing ever holds the
+whole file. `read_batches` gives the same batches as pandas DataFrames, for callers that want frames.
 
     csv       header row; every cell read as text, an empty cell is missing
     parquet   a file, or a directory of part files read in sorted path order; columns keep their types
@@ -7,7 +8,9 @@
               log-square transform (v > 2 -> floor(ln(v)^2)) and, like the C columns, are categorical strings
     avazu     Avazu CSV with header: label `click`, `id` dropped, `hour` (YYMMDDHH) -> `hour_of_day`, `weekday`
 
-Compressed text files (.gz, .bz2, ...) are decompressed on the fly by pyarrow.
+Compressed text files (.gz, .bz2, ...) are decompressed on the fly by pyarrow. The Criteo and Avazu transforms
+work once per distinct value of a batch (their derived columns are dictionary arrays); a Parquet file written by
+pandas loses the index columns its metadata names, as pandas would read it.
 """
 from __future__ import annotations
 
@@ -15,11 +18,14 @@ import bz2
 import csv
 import gzip
 import lzma
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .errors import LightFMPError
 from .io import data_files
@@ -31,8 +37,9 @@ CRITEO_INT = [f"I{i}" for i in range(1, 14)]
 CRITEO_CAT = [f"C{i}" for i in range(1, 27)]
 CRITEO_COLUMNS = ["label"] + CRITEO_INT + CRITEO_CAT
 AVAZU_LABEL = "click"
-# a block must hold at least one whole row; 16 MiB leaves room for very wide rows
-_BLOCK_BYTES = 16 << 20
+# bytes of text pyarrow parses at a time: a block must hold at least one whole row. 4 MiB leaves room for very wide
+# rows; larger blocks read slower (less of a block stays in cache) and the reader's read-ahead holds more memory
+BLOCK_BYTES = 4 << 20
 
 
 def resolve_format(path: str | Path, fmt: str = "auto") -> str:
@@ -88,9 +95,15 @@ def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]
     return p, resolve_format(p, fmt)
 
 
-def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
-    """(DataFrame of at most chunk_rows rows with a fresh RangeIndex, global row number of its first row)."""
+def read_tables(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pa.Table, int]]:
+    """(Arrow table of at most chunk_rows rows, global row number of its first row). A table's columns are the
+    reader's record batches sliced without copying, so a column may come in a few chunks. The next table is read
+    in a background thread while the caller works on this one."""
     p, fmt = check_source(path, fmt)
+    yield from _ahead(_tables(p, fmt, chunk_rows))
+
+
+def _tables(p: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pa.Table, int]]:
     if fmt == "parquet":
         tables = _parquet_tables(p, chunk_rows)
     elif fmt == "criteo":
@@ -99,22 +112,49 @@ def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[
         tables = _csv_tables(p, chunk_rows)
     start = 0
     for table in tables:
-        df = table.to_pandas()
-        df.columns = [str(c) for c in df.columns]
         if fmt == "criteo":
-            df = _criteo(df, p, start)
+            table = _criteo(table, p, start)
         elif fmt == "avazu":
-            df = _avazu(df, p, start)
-        yield df, start
-        start += len(df)
+            table = _avazu(table, p, start)
+        yield table, start
+        start += table.num_rows
     if start == 0:
         raise LightFMPError(f"{p}: no data rows")
+
+
+_END = object()
+
+
+def _ahead(items: Iterator):
+    """The items of `items`, each computed in a background thread while the caller works on the one before:
+    pyarrow parses and hashes without holding the GIL, so reading overlaps the caller's work. One item in flight
+    at most; an error of the reader is raised where the caller asks for that item."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lightfmp-read") as pool:
+        pending = pool.submit(next, items, _END)
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, items, _END)
+            yield item
+
+
+def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+    """(DataFrame of at most chunk_rows rows with a fresh RangeIndex, global row number of its first row): the
+    tables of `read_tables` as pandas frames (the Criteo / Avazu columns as text)."""
+    _, fmt = check_source(path, fmt)
+    for table, start in read_tables(path, fmt, chunk_rows):
+        if fmt in ("criteo", "avazu"):
+            table = pa.table([c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in table.columns],
+                             names=table.schema.names)
+        df = table.to_pandas()
+        df.columns = [str(c) for c in df.columns]
+        yield df, start
 
 
 # ---- pyarrow readers ----------------------------------------------------------------------------------------------
 def _rebatch(batches, chunk_rows: int):
     """pyarrow record batches of any size -> tables of exactly chunk_rows rows (the last one may be shorter)."""
-    import pyarrow as pa
     buf, n = [], 0
     for b in batches:
         if b.num_rows == 0:
@@ -131,19 +171,18 @@ def _rebatch(batches, chunk_rows: int):
 
 
 def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None):
-    import pyarrow as pa
     import pyarrow.csv as pacsv
     quote = delimiter != "\t"  # Criteo TSV has no quoting; a '"' in a cell is data
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quote else False)
     try:
         if names is None:
             # a first open only to learn the header; then every column is read as text
-            names = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=_BLOCK_BYTES),
+            names = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
                                    parse_options=parse).schema.names
             _unique(p, names, "header")
-            read = pacsv.ReadOptions(block_size=_BLOCK_BYTES)
+            read = pacsv.ReadOptions(block_size=BLOCK_BYTES)
         else:
-            read = pacsv.ReadOptions(block_size=_BLOCK_BYTES, column_names=names)
+            read = pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names)
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                                        null_values=[""], quoted_strings_can_be_null=True)
         reader = pacsv.open_csv(p, read_options=read, parse_options=parse, convert_options=convert)
@@ -240,8 +279,11 @@ def _parquet_tables(p: Path, chunk_rows: int):
                 names = got
             elif got != names:
                 raise LightFMPError(f"{f}: columns {got} differ from the first part's {names}")
+            index = [c for c in (pf.schema_arrow.pandas_metadata or {}).get("index_columns", [])
+                     if isinstance(c, str) and c in got]  # a pandas index stored as columns: not data
             # rebatched per file: a part's last chunk may be short, never one spanning two parts
-            yield from _rebatch(pf.iter_batches(batch_size=chunk_rows), chunk_rows)
+            for t in _rebatch(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
+                yield t.drop_columns(index) if index else t
         except LightFMPError:
             raise
         except Exception as e:  # pyarrow raises several types for a damaged file
@@ -249,52 +291,93 @@ def _parquet_tables(p: Path, chunk_rows: int):
 
 
 # ---- dataset-specific transforms ------------------------------------------------------------------------------------
-def _int_text(x: np.ndarray, index) -> pd.Series:
-    """Integral float64 values as '12' strings, NaN as missing."""
-    ok = ~np.isnan(x)
-    text = pd.Series(np.where(ok, x, 0).astype(np.int64), index=index).astype(str).astype(object)
-    return text.where(ok, None)
+# Each works on a column's distinct values (Arrow's dictionary_encode, in order of first appearance, so the first
+# bad distinct value is the one the first bad row holds) and gives a dictionary column of the derived texts.
+def _distinct(col: pa.ChunkedArray) -> tuple[pa.ChunkedArray, pa.Array]:
+    """(the column dictionary-encoded, a null cell as a value of its own; the distinct values)."""
+    enc = pc.dictionary_encode(col, null_encoding="encode")
+    return enc, enc.chunk(enc.num_chunks - 1).dictionary if enc.num_chunks else pa.array([], type=col.type)
 
 
-def _criteo(df: pd.DataFrame, p: Path, start: int) -> pd.DataFrame:
+def _first_row(enc: pa.ChunkedArray, bad_values: np.ndarray) -> int:
+    """The first row whose value is bad (an error path only)."""
+    codes = np.concatenate([c.indices.to_numpy() for c in enc.chunks])
+    return int(np.argmax(bad_values[codes]))
+
+
+def _derived(enc: pa.ChunkedArray, ints: np.ndarray, ok: np.ndarray) -> pa.ChunkedArray:
+    """Row i holds the decimal text of ints[k], where k is its value in `enc` (null where not ok[k]): a dictionary
+    column whose dictionary is the distinct texts (pandas reads a dictionary column as a Categorical, whose
+    categories must be distinct)."""
+    distinct, inverse = np.unique(ints[ok], return_inverse=True)
+    inner = np.zeros(len(ints), dtype=np.int32)
+    inner[ok] = inverse.reshape(-1)
+    lookup, texts = pa.array(inner, mask=~ok), pa.array(distinct.astype(str), type=pa.string())
+    return pa.chunked_array([pa.DictionaryArray.from_arrays(pc.take(lookup, c.indices), texts) for c in enc.chunks],
+                            type=pa.dictionary(pa.int32(), pa.string()))
+
+
+def _criteo_numbers(values: pa.Array) -> np.ndarray:
+    """float64 of the distinct texts of an I column, as pandas.to_numeric reads them (NaN: null or not a number).
+    Plain decimal integers go through Arrow's integer parser (the same values); anything else through pandas."""
+    if pc.all(pc.match_substring_regex(values, r"^-?[0-9]+$")).as_py() is not False:
+        try:
+            return pc.cast(values, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
+        except pa.ArrowInvalid:  # too many digits for an int64
+            pass
+    return pd.to_numeric(values.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
+
+
+def _criteo(table: pa.Table, p: Path, start: int) -> pa.Table:
     """I columns: integer counts -> floor(ln(v)^2) for v > 2, else v (0, 1, 2 and negatives unchanged)."""
-    for c in CRITEO_INT:
-        col = df[c]
-        x = pd.to_numeric(col, errors="coerce").to_numpy(dtype=np.float64)
-        bad = (np.isnan(x) & col.notna().to_numpy()) | (np.isfinite(x) & (np.mod(x, 1) != 0))
+    cols = []
+    for name, col in zip(table.schema.names, table.columns):
+        if name not in CRITEO_INT:
+            cols.append(col)
+            continue
+        enc, values = _distinct(col)
+        x = _criteo_numbers(values)
+        present = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        bad = (np.isnan(x) & present) | (np.isfinite(x) & (np.mod(x, 1) != 0))
         if bad.any():
-            i = int(np.argmax(bad))
-            raise LightFMPError(f"{p}: line {line_of('criteo', start + i)} column {c}: {col.iloc[i]!r} is not an "
-                                f"integer")
+            i = _first_row(enc, bad)
+            raise LightFMPError(f"{p}: line {line_of('criteo', start + i)} column {name}: "
+                                f"{values.to_pandas().iloc[int(np.argmax(bad))]!r} is not an integer")
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3.0)) ** 2), x)
-        df[c] = _int_text(y, df.index)
-    return df
+        ok = ~np.isnan(y)
+        cols.append(_derived(enc, np.where(ok, y, 0).astype(np.int64), ok))
+    return pa.table(cols, names=table.schema.names)
 
 
-def _avazu(df: pd.DataFrame, p: Path, start: int) -> pd.DataFrame:
+def _avazu(table: pa.Table, p: Path, start: int) -> pa.Table:
+    names = table.schema.names
     for c in (AVAZU_LABEL, "hour"):
-        if c not in df.columns:
-            raise LightFMPError(f"{p}: not an Avazu file: no '{c}' column (columns: {', '.join(df.columns)})")
-    hour = df["hour"]
-    t = pd.to_datetime(hour, format="%y%m%d%H", errors="coerce")
-    bad = t.isna().to_numpy()
+        if c not in names:
+            raise LightFMPError(f"{p}: not an Avazu file: no '{c}' column (columns: {', '.join(names)})")
+    hour = table.column("hour")
+    enc, values = _distinct(hour)
+    t = pd.to_datetime(values.to_pandas(), format="%y%m%d%H", errors="coerce")
+    bad = t.isna().to_numpy()  # a missing hour too
     if bad.any():
-        i = int(np.argmax(bad))
-        raise LightFMPError(f"{p}: line {line_of('avazu', start + i)} column hour: {hour.iloc[i]!r} is not "
-                            f"YYMMDDHH")
-    derived = {"hour_of_day": t.dt.hour.astype(str).astype(object),
-               "weekday": t.dt.day_of_week.astype(str).astype(object)}  # Monday = 0
-    out = {}
-    for c in df.columns:
+        i = _first_row(enc, bad)
+        value = hour.slice(i, 1).to_pandas().iloc[0]  # the cell as a DataFrame of the batch shows it
+        raise LightFMPError(f"{p}: line {line_of('avazu', start + i)} column hour: {value!r} is not YYMMDDHH")
+    ok = np.ones(len(t), dtype=bool)
+    derived = {"hour_of_day": _derived(enc, t.dt.hour.to_numpy().astype(np.int64), ok),
+               "weekday": _derived(enc, t.dt.day_of_week.to_numpy().astype(np.int64), ok)}  # Monday = 0
+    out_names, cols = [], []
+    for c, col in zip(names, table.columns):
         if c == "id":  # a row id: unique per row, no signal
             continue
         if c == "hour":
-            out.update(derived)
+            out_names += list(derived)
+            cols += list(derived.values())
         else:
-            out[c] = df[c]
-    return pd.DataFrame(out, index=df.index)
+            out_names.append(c)
+            cols.append(col)
+    return pa.table(cols, names=out_names)
 
 
-__all__ = ["FORMATS", "CRITEO_COLUMNS", "resolve_format", "fixed_label", "all_categorical", "implies_stream",
-           "line_of", "read_batches"]
+__all__ = ["BLOCK_BYTES", "FORMATS", "CRITEO_COLUMNS", "resolve_format", "fixed_label", "all_categorical",
+           "implies_stream", "line_of", "read_tables", "read_batches"]

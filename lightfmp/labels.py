@@ -9,36 +9,42 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import pandas as pd
 
+from .encoding import column, column_names, missing, tokens
 from .errors import LightFMPError
 from .formats import line_of
-from .schema import cell_strings
 
 TRUE = frozenset({"1", "1.0", "true", "True", "TRUE"})
 FALSE = frozenset({"0", "0.0", "false", "False", "FALSE"})
 
 
-def parse_labels(df: pd.DataFrame, label: str, positive: str | None, source: str, start: int = 0,
+def parse_labels(data, label: str, positive: str | None, source: str, start: int = 0,
                  fmt: str = "parquet") -> np.ndarray:
-    """0/1 labels of a batch whose first row is global row `start` of the file."""
-    if label not in df.columns:
-        raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(df.columns)})")
-    col = df[label]
-    text = cell_strings(col)
-    missing = col.isna().to_numpy()
+    """0/1 labels of a batch (record batch or DataFrame) whose first row is global row `start` of the file. Each
+    distinct value of the column is judged once."""
+    if label not in column_names(data):
+        raise LightFMPError(f"{source}: label column '{label}' not found "
+                            f"(columns: {', '.join(column_names(data))})")
+    col = column(data, label)
+    t = tokens(col)
+    texts = t.values.to_pylist()
+    absent = missing(col)
+    # per distinct text, then a last entry for a cell with no text (code -1)
     if positive is not None:
-        pos, bad = (text == str(positive)).to_numpy(), missing
+        pos_v = np.array([v == str(positive) for v in texts] + [False])
+        bad_v = np.zeros(len(texts) + 1, dtype=bool)
     else:
-        pos = text.isin(TRUE).to_numpy()
-        bad = missing | ~(pos | text.isin(FALSE).to_numpy())
+        pos_v = np.array([v in TRUE for v in texts] + [False])
+        bad_v = ~(pos_v | np.array([v in FALSE for v in texts] + [False]))
+    pos, bad = pos_v[t.codes], absent | bad_v[t.codes]
     if bad.any():
         i = int(np.argmax(bad))
         line = line_of(fmt, start + i)
         where = f"row {start + i}" + (f" (line {line})" if line is not None else "")
-        if missing[i]:
+        if absent[i]:
             raise LightFMPError(f"{source}: label column '{label}' has a missing value at {where}")
-        raise LightFMPError(f"{source}: label column '{label}' is not binary: value {text.iloc[i]!r} at {where} "
+        text = texts[t.codes[i]] if t.codes[i] >= 0 else None
+        raise LightFMPError(f"{source}: label column '{label}' is not binary: value {text!r} at {where} "
                             f"(labels must be 0/1 or booleans, or pass --positive VALUE)")
     return pos.astype(np.float32)
 
@@ -51,9 +57,15 @@ class LabelCounts:
         self.values: Counter = Counter()
         self.classes = np.zeros(2, dtype=np.int64)
 
-    def add(self, df: pd.DataFrame, y: np.ndarray) -> None:
+    def add(self, data, y: np.ndarray, train: np.ndarray | None = None) -> None:
+        """Count the label values and classes of a batch's rows (only those where `train` is true, when given)."""
         if len(self.values) < 20:
-            self.values.update(cell_strings(df[self.label]).dropna().value_counts().to_dict())
+            t = tokens(column(data, self.label))
+            counts = t.counts(train)
+            order = np.argsort(-counts, kind="stable")  # most frequent first, as value_counts lists them
+            texts = t.values.to_pylist()
+            self.values.update({texts[k]: int(counts[k]) for k in order if counts[k]})
+        y = y if train is None else y[train]
         self.classes += np.bincount(y.astype(np.int64), minlength=2)[:2]
 
     def check(self, source: str) -> None:

@@ -5,7 +5,9 @@ start at 2. Numeric fields are bucketized at quantile boundaries fitted on the t
 id-based lookup into the same flat embedding table; their id 1 stands for a missing (NaN) value.
 
 A categorical or multi-hot field may be hashed instead of having a vocabulary (`Field.hash_buckets` = N): a value's
-id is FIRST_ID + stable_hash(value) % N (see `stable_hash` for the exact function), a missing value is OOV_ID.
+id is FIRST_ID + stable_hash(value) % N (see `lightfmp.encoding.stable_hash` for the exact function), a missing value
+is OOV_ID. A value's text (`cell_strings`), the numeric parse (`as_float`) and the hash live in lightfmp.encoding,
+which works on Arrow arrays; they are imported here for the callers that read them from the schema.
 """
 from __future__ import annotations
 
@@ -14,8 +16,12 @@ from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from .coded import Coded, Unparsed
+from .encoding import (Tokens, VocabIndex, as_float, cell_strings, column, column_names, lists, numbers,
+                       split_multi, stable_hash, tokens)
 from .errors import LightFMPError
 from .io import read_json, write_json_atomic
 
@@ -170,132 +176,85 @@ class FeatureSchema:
         return cls.from_dict(read_json(path, obj=False), source=str(path))
 
     # ---- encoding --------------------------------------------------------------------------------------------
-    def encode(self, df: pd.DataFrame) -> np.ndarray:
-        """Encoded ids [rows, num_slots] (int32). Unseen values map to OOV; never raises on new categories."""
-        out = np.zeros((len(df), self.num_slots), dtype=np.int32)
+    def code(self, data, names: list[str] | None = None) -> Coded:
+        """A batch (record batch, table or DataFrame) coded for these fields (all, or `names`): the work that
+        reads the batch's cells, shared by the fit and the encoding. A numeric column that does not parse is kept
+        as `Unparsed` (the encoding raises its error)."""
+        have = set(column_names(data))
+        fields = {}
+        for f in self.fields if names is None else [self.field(n) for n in names]:
+            if f.name not in have:
+                failed = next((v for v in fields.values() if isinstance(v, Unparsed)), None)
+                # fields are read in order: an earlier field's error comes first
+                raise LightFMPError(failed.error if failed else f"column '{f.name}' of the schema is absent from the "
+                                                                f"data")
+            col = column(data, f.name)
+            if f.kind != "numeric":
+                fields[f.name] = tokens(col)
+                continue
+            try:
+                fields[f.name] = numbers(col, f.name)
+            except LightFMPError as e:
+                fields[f.name] = Unparsed(str(e), col)
+        return Coded(len(data), fields)
+
+    def encode(self, data) -> np.ndarray:
+        """Encoded ids [rows, num_slots] (int32) of a batch (record batch, table or DataFrame) or of its `code`.
+        Unseen values map to OOV; never raises on new categories."""
+        coded = data if isinstance(data, Coded) else self.code(data)
+        # filled field by field as rows of the transpose (contiguous writes), then transposed once
+        out = np.zeros((self.num_slots, len(coded)), dtype=np.int32)
         for f, (a, b) in zip(self.fields, self.field_slot_ranges().values()):
-            if f.name not in df.columns:
-                raise LightFMPError(f"column '{f.name}' of the schema is absent from the data")
-            out[:, a:b] = encode_field(f, df[f.name])
-        return out
+            out[a:b] = _field_ids(f, coded.fields[f.name]).T
+        return np.ascontiguousarray(out.T)
 
 
-def encode_field(f: Field, col: pd.Series) -> np.ndarray:
-    """Ids for one field, shape [rows, f.slots]."""
+def encode_field(f: Field, col) -> np.ndarray:
+    """Ids for one field, shape [rows, f.slots], of a pyarrow array or a pandas Series."""
+    return _field_ids(f, numbers(col, f.name) if f.kind == "numeric" else tokens(col))
+
+
+def _field_ids(f: Field, cells: Tokens | np.ndarray | Unparsed) -> np.ndarray:
+    """Ids [rows, f.slots] of a coded column: bucket of each number, or id of each distinct text gathered by the
+    codes (a multi-hot cell's tokens in its first slots, the rest padding)."""
+    if isinstance(cells, Unparsed):
+        raise LightFMPError(cells.error)
     if f.kind == "numeric":
-        x = as_float(col, f.name)
-        ids = np.searchsorted(np.asarray(f.boundaries, dtype=np.float64), x, side="right") + FIRST_ID
-        ids[np.isnan(x)] = OOV_ID
+        ids = np.searchsorted(np.asarray(f.boundaries, dtype=np.float64), cells, side="right") + FIRST_ID
+        ids[np.isnan(cells)] = OOV_ID
         return ids.astype(np.int32)[:, None]
     if f.kind == "categorical":
-        return _token_ids(f, cell_strings(col).to_numpy(dtype=object)).astype(np.int32)[:, None]
-    lists = split_multi(col, f.separator).reset_index(drop=True)  # positions, whatever the index holds
-    out = np.full((len(col), f.max_len), PAD_ID, dtype=np.int32)
-    flat = lists.explode()
-    pos = flat.groupby(level=0).cumcount().to_numpy()
-    row = np.repeat(np.arange(len(col)), lists.map(lambda v: max(len(v), 1)).to_numpy())
-    ids = _token_ids(f, flat.to_numpy(dtype=object))
-    keep = (pos < f.max_len) & flat.notna().to_numpy()
-    out[row[keep], pos[keep]] = ids[keep]
-    return out
+        return np.append(token_ids(f, cells.values), OOV_ID).astype(np.int32)[cells.codes][:, None]
+    split = lists(cells, f.separator)
+    # each distinct cell's row of ids, then one gather per row; the extra last row (all padding) is a missing cell
+    table = np.full((len(cells.values) + 1, f.max_len), PAD_ID, dtype=np.int32)
+    ids = np.append(token_ids(f, split.tokens.values), OOV_ID)[split.tokens.codes]
+    keep = split.position < f.max_len
+    table[split.cell[keep], split.position[keep]] = ids[keep]
+    return table[cells.codes]
 
 
-def _token_ids(f: Field, tokens: np.ndarray) -> np.ndarray:
-    """Ids of string tokens (None / NaN = missing -> OOV) by vocabulary lookup or by hash."""
-    if not f.hashed:
-        codes = _vocab_index(f).get_indexer(tokens)
-        return np.where(codes >= 0, codes + FIRST_ID, OOV_ID)
-    codes, uniq = pd.factorize(tokens)  # hash each distinct value once; missing -> code -1
-    by_value = (stable_hash(np.asarray(uniq, dtype=object)) % np.uint64(f.hash_buckets)).astype(np.int64) + FIRST_ID
-    return np.where(codes >= 0, by_value[np.maximum(codes, 0)] if len(by_value) else OOV_ID, OOV_ID)
+def token_ids(f: Field, values: pa.Array) -> np.ndarray:
+    """Ids (int64) of distinct texts, by vocabulary look-up or by hash."""
+    if f.hashed:
+        return (stable_hash(values) % np.uint64(f.hash_buckets)).astype(np.int64) + FIRST_ID
+    pos = _vocab_index(f).positions(values)
+    return np.where(pos >= 0, pos + FIRST_ID, OOV_ID)
 
 
-def _vocab_index(f: Field) -> pd.Index:
-    """The vocabulary as a hashed Index, built once per vocabulary list rather than once per encoded batch (the
-    streaming path encodes many batches; building the table costs more than the lookups)."""
+def _vocab_index(f: Field) -> VocabIndex:
+    """The vocabulary's look-up table, built once per vocabulary list rather than once per encoded batch (the
+    streaming path encodes many batches; building the table costs more than the look-ups)."""
     cached = f.__dict__.get("_lookup")
     if cached is None or cached[0] is not f.vocab:
-        cached = (f.vocab, pd.Index(f.vocab or [], dtype=object))
+        cached = (f.vocab, VocabIndex(f.vocab or []))
         f.__dict__["_lookup"] = cached
     return cached[1]
-
-
-_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
-_FNV_PRIME = np.uint64(0x100000001B3)
-
-
-def stable_hash(values) -> np.ndarray:
-    """uint64 hash of each string: 64-bit FNV-1a over its UTF-8 bytes, then the splitmix64 finaliser (FNV alone
-    leaves the low bits that `% buckets` keeps poorly mixed). Fixed constants, no per-process key: the same
-    value hashes the same in every process, version and serving system that implements these two steps."""
-    enc = [str(v).encode("utf-8") for v in values]
-    n = len(enc)
-    h = np.full(n, _FNV_OFFSET, dtype=np.uint64)
-    if n == 0:
-        return h
-    lens = np.fromiter(map(len, enc), dtype=np.int64, count=n)
-    buf = np.frombuffer(b"".join(enc), dtype=np.uint8)
-    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
-    # longest first: at byte j the strings still going are a prefix, so the loop costs O(total bytes)
-    order = np.argsort(-lens, kind="stable")
-    lens_o, starts_o = lens[order], starts[order]
-    active = np.searchsorted(-lens_o, -np.arange(int(lens_o[0])), side="left")
-    with np.errstate(over="ignore"):
-        for j, k in enumerate(active):
-            h[:k] ^= buf[starts_o[:k] + j]
-            h[:k] *= _FNV_PRIME
-        h ^= h >> np.uint64(30)
-        h *= np.uint64(0xBF58476D1CE4E5B9)
-        h ^= h >> np.uint64(27)
-        h *= np.uint64(0x94D049BB133111EB)
-        h ^= h >> np.uint64(31)
-    out = np.empty_like(h)
-    out[order] = h
-    return out
 
 
 def clamp_max_len(longest: int) -> int:
     """Slots of a multi-hot field: the longest list seen in training, at least 1, at most 32."""
     return max(1, min(int(longest), 32))
-
-
-def cell_strings(col: pd.Series) -> pd.Series:
-    """Each value's string form, as written in a CSV cell (missing stays NaN). Integral floats lose the '.0'
-    that pandas adds when a column of ints has gaps, so '24' and 24.0 name the same category."""
-    if pd.api.types.is_float_dtype(col):
-        vals = col.to_numpy(dtype=np.float64)
-        finite = np.isfinite(vals)
-        if finite.any() and np.all(np.mod(vals[finite], 1) == 0):
-            s = pd.Series([str(int(v)) if ok else None for v, ok in zip(vals, finite)], index=col.index,
-                          dtype=object)
-            return s
-    if pd.api.types.is_bool_dtype(col):
-        return col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))
-    if pd.api.types.is_integer_dtype(col) and not col.isna().any():
-        return pd.Series(col.to_numpy().astype(str).astype(object), index=col.index)  # vectorised, no per-value map
-    if isinstance(col.dtype, pd.StringDtype) or (col.dtype == object and
-                                                 pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty")):
-        return col.astype(object).where(col.notna(), None)  # text already (CSV cells): skip the per-value map
-    return col.astype(object).where(col.notna(), None).map(lambda v: v if v is None or isinstance(v, str) else str(v))
-
-
-def split_multi(col: pd.Series, sep: str) -> pd.Series:
-    """Series of lists of tokens; empty / missing cells give an empty list."""
-    s = cell_strings(col)
-    return s.map(lambda v: [t for t in v.split(sep) if t != ""] if isinstance(v, str) else [])
-
-
-def as_float(col: pd.Series, name: str) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan)  # typed already (Parquet): nothing to parse
-    x = pd.to_numeric(col, errors="coerce")
-    # only cells that failed to parse are checked as text (converting every cell to str is the slow part)
-    failed = x.isna() & col.notna()
-    if failed.any():
-        text = col[failed].astype(str).str.strip()
-        if (text != "").any():
-            raise LightFMPError(f"numeric column '{name}' has non-numeric value {text[text != ''].iloc[0]!r}")
-    return x.to_numpy(dtype=np.float64)
 
 
 def quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
@@ -306,20 +265,25 @@ def quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
     return [float(v) for v in np.unique(qs)]
 
 
-def _vocab(tokens: pd.Series, min_count: int, cap: int | None = None) -> list[str]:
-    return vocab_from_counts(tokens.value_counts(), min_count, cap)
-
-
-def vocab_from_counts(counts: pd.Series, min_count: int, cap: int | None = None) -> list[str]:
-    """token -> count Series to a vocabulary; shared by the in-memory and the streaming fit so they agree."""
-    counts = counts[counts >= min_count]
-    # most frequent first, ties by token, so the same data always gives the same ids
-    order = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+def vocab_from_counts(tokens: pa.Array, counts: np.ndarray, min_count: int, cap: int | None = None) -> list[str]:
+    """Distinct texts and their counts to a vocabulary, the same in the in-memory and the streaming fit: texts seen
+    at least min_count times, most frequent first, ties by text (code point order, which is the byte order of
+    UTF-8), at most `cap`; so the same data always gives the same ids."""
+    counts = np.asarray(counts, dtype=np.int64)
+    keep = counts >= min_count
+    table = pa.table({"neg": pa.array(-counts[keep]), "token": tokens.filter(pa.array(keep))})
+    order = pc.sort_indices(table, sort_keys=[("neg", "ascending"), ("token", "ascending")])
     if cap is not None:
         order = order[:cap]
-    return [tok for tok, _ in order]
+    return table.column("token").take(order).to_pylist()
 
 
 def is_integral(x: np.ndarray) -> bool:
     finite = x[np.isfinite(x)]
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
+
+
+__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "Field", "FeatureSchema", "encode_field",
+           "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts", "is_integral",
+           # the text rule, the numeric parse and the hash, from lightfmp.encoding
+           "cell_strings", "split_multi", "as_float", "stable_hash"]

@@ -5,8 +5,9 @@ This is the only fitter: a file that fits in memory goes through it too, as one 
     kinds                     named columns as given; the rest inferred on the first batch (`infer_kind`):
                               booleans and text are categorical, integers categorical up to max(1000, rows/20)
                               distinct values, other numbers numeric
-    categorical / multi-hot   per-field value counts, added batch by batch; min_count and vocab_cap are applied at
-                              the end (most frequent first, ties by token)
+    categorical / multi-hot   per-field value counts, added batch by batch from the batch's coded columns
+                              (`FeatureSchema.code`: distinct texts and their rows, counted with numpy); min_count
+                              and vocab_cap are applied at the end (most frequent first, ties by token)
     numeric                   quantile edges from a seeded reservoir sample of RESERVOIR_SIZE finite values per
                               field: exact when the training rows hold at most that many values, approximate beyond.
     multi-hot list length     the longest list seen.
@@ -26,13 +27,16 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from rich.markup import escape
 
+from .coded import Coded, Unparsed
 from .config import DataConfig
+from .encoding import column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import (FeatureSchema, Field, as_float, quantile_edges, cell_strings, clamp_max_len, is_integral,
-                     split_multi, vocab_from_counts)
+from .schema import FeatureSchema, Field, quantile_edges, clamp_max_len, is_integral, vocab_from_counts
 
 PRUNE_MIN_ENTRIES = 1_000_000
 RESERVOIR_SIZE = 200_000
@@ -112,15 +116,18 @@ def parse_multi_hot(items: list[str]) -> dict[str, str]:
     return out
 
 
-def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[FeatureSchema, dict]:
-    """Kinds for every column of `df`: named ones as given, others inferred. Returns the (unfitted) schema and a
-    {column: reason} dict of the inferred choices, for printing."""
+def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None = None
+                 ) -> tuple[FeatureSchema, dict]:
+    """Kinds for every column of `data` (a record batch or DataFrame; only `columns` of it when given): named ones
+    as given, others inferred. Returns the (unfitted) schema and a {column: reason} dict of the inferred choices,
+    for printing."""
+    names = column_names(data) if columns is None else columns
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
-    _check_named(df, list(named) + spec.ignore, source)
+    _check_named(names, list(named) + spec.ignore, source)
     if spec.label in named:
         raise LightFMPError(f"{source}: column '{spec.label}' is the label and cannot also be a feature")
     fields, inferred = [], {}
-    for col in df.columns:
+    for col in names:
         if col == spec.label or col in spec.ignore:
             continue
         if col in spec.multi_hot:
@@ -130,7 +137,7 @@ def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[Featu
         elif col in spec.numeric:
             fields.append(Field(col, "numeric"))
         else:
-            kind, why = infer_kind(df[col], len(df))
+            kind, why = infer_kind(column(data, col), len(data))
             fields.append(Field(col, kind))
             inferred[col] = f"{kind} ({why})"
     if not fields:
@@ -138,15 +145,32 @@ def infer_schema(df: pd.DataFrame, spec: SchemaSpec, source: str) -> tuple[Featu
     return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
 
 
-def _check_named(df: pd.DataFrame, cols: list[str], source: str) -> None:
-    absent = next((c for c in cols if c not in df.columns), None)
+def _check_named(names: list[str], cols: list[str], source: str) -> None:
+    absent = next((c for c in cols if c not in names), None)
     if absent is not None:
         raise LightFMPError(f"{source}: column '{absent}' named on the command line is absent "
-                            f"(columns: {', '.join(df.columns)})")
+                            f"(columns: {', '.join(names)})")
 
 
-def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
-    """Booleans, text and low-cardinality integers are categorical; other numbers numeric."""
+def infer_kind(s, rows: int) -> tuple[str, str]:
+    """Booleans, text and low-cardinality integers are categorical; other numbers numeric. `s`: a pandas Series,
+    or an Arrow column (text that Arrow's parser reads as numbers whole is judged on those numbers, which are
+    pandas'; anything else as a Series)."""
+    if not isinstance(s, pd.Series):
+        if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
+            head = s.slice(0, 4096).drop_null()
+            sample = head if len(head) >= 1000 or len(s) <= 4096 else s.drop_null()
+            if pd.to_numeric(sample.slice(0, 1000).to_pandas(), errors="coerce").isna().any():
+                return "categorical", "text"  # the sample rule below, without turning the column into a Series
+            try:
+                x = pc.cast(s, pa.float64())
+                vals = x.to_numpy() if isinstance(x, pa.ChunkedArray) else x.to_numpy(zero_copy_only=False)
+            except pa.ArrowInvalid:
+                vals = None
+            # a 'nan' written out is text to pandas: judged as a Series below
+            if vals is not None and np.count_nonzero(np.isnan(vals)) == s.null_count:
+                return _number_kind(vals, rows)
+        s = s.to_pandas()
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
     sample = s.dropna().iloc[:1000]
@@ -155,7 +179,11 @@ def infer_kind(s: pd.Series, rows: int) -> tuple[str, str]:
     x = pd.to_numeric(s, errors="coerce")
     if (x.isna() & s.notna()).any():
         return "categorical", "text"
-    vals = x.to_numpy(dtype=np.float64)
+    return _number_kind(x.to_numpy(dtype=np.float64), rows)
+
+
+def _number_kind(vals: np.ndarray, rows: int) -> tuple[str, str]:
+    """Integers are categorical up to max(1000, rows/20) distinct values; other numbers numeric."""
     nunique = int(pd.Series(vals).nunique())
     if is_integral(vals):
         limit = max(1000, rows // 20)
@@ -182,17 +210,19 @@ def _check_kind_flags(spec: SchemaSpec, time_column: str | None) -> None:
         raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column; order rows by a time")
 
 
-def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
-    """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `df` (the first
-    batch) by `infer_schema`; criteo / avazu fix the label and make every column categorical."""
+def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
+    """The unfitted schema: kinds of the columns named in cfg as given, the rest inferred from `data` (the first
+    record batch, or a DataFrame) by `infer_schema`; criteo / avazu fix the label and make every column
+    categorical."""
+    columns = column_names(data)
     fixed = fixed_label(fmt)
     if fixed and cfg.label and cfg.label != fixed:
         raise LightFMPError(f"--format {fmt}: the label column is '{fixed}', not '{cfg.label}'")
     label = cfg.label or fixed
     if not label:
         raise LightFMPError("no label: pass --label COLUMN")
-    if label not in df.columns:
-        raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(df.columns)})")
+    if label not in columns:
+        raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(columns)})")
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
@@ -201,61 +231,97 @@ def initial_schema(df: pd.DataFrame, cfg: DataConfig, fmt: str, source: str) -> 
     if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one
         spec.ignore.append(cfg.time_column)
     if all_categorical(fmt):
-        spec.categorical += [c for c in df.columns if c != label and c not in spec.ignore and c not in named]
+        spec.categorical += [c for c in columns if c != label and c not in spec.ignore and c not in named]
     # a column empty in the first batch only is no reason to fail: its kind is taken as named, else categorical;
     # a column empty in every row is caught after the pass
-    empty = [c for c in df.columns if c != label and c not in spec.ignore and df[c].isna().all()]
+    empty = [c for c in columns if c != label and c not in spec.ignore and not present(column(data, c))]
     kinds = {c: ("multi_hot" if c in spec.multi_hot else "numeric" if c in spec.numeric else "categorical")
              for c in empty}
     sub = replace(spec, categorical=[c for c in spec.categorical if c not in kinds],
                   numeric=[c for c in spec.numeric if c not in kinds],
                   multi_hot={c: s for c, s in spec.multi_hot.items() if c not in kinds})
-    rest = df.drop(columns=empty)
+    rest = [c for c in columns if c not in kinds]
     inferred: dict[str, str] = {}
-    if any(c != label and c not in spec.ignore for c in rest.columns):
-        schema, inferred = infer_schema(rest, sub, source)
+    if any(c != label and c not in spec.ignore for c in rest):
+        schema, inferred = infer_schema(data, sub, source, columns=rest)
         fields = {f.name: f for f in schema.fields}
     else:
-        _check_named(df, list(named) + spec.ignore, source)  # the check infer_schema would have made
+        _check_named(columns, list(named) + spec.ignore, source)  # the check infer_schema would have made
         fields = {}
     for c, kind in kinds.items():
         fields[c] = Field(c, kind, separator=spec.multi_hot.get(c))
         if c not in named:
-            inferred[c] = f"categorical (empty in the first {len(df)} rows)"
+            inferred[c] = f"categorical (empty in the first {len(data)} rows)"
     if not fields:
         raise LightFMPError(f"{source}: no feature columns besides the label '{label}'")
-    ordered = [fields[c] for c in df.columns if c in fields]
+    ordered = [fields[c] for c in columns if c in fields]
     return FeatureSchema(label, ordered, spec.positive, spec.min_count, spec.num_buckets), inferred
 
 
 # ---- the streaming fit ----------------------------------------------------------------------------------------------
 class TokenCounter:
-    """Value counts of one field, added batch by batch, pruned lossy-counting style past `limit` entries."""
+    """Value counts of one field, added batch by batch (distinct texts and their counts, as Arrow and numpy
+    arrays), pruned lossy-counting style past `limit` entries. Batches are merged lazily: while the entries held
+    plus those waiting cannot exceed the limit no prune can be due, so merging waits until the waiting entries
+    outnumber the held ones (each entry is re-hashed O(log) times, not once per batch)."""
 
     def __init__(self, limit: int):
         self.limit = int(limit)
-        self.counts = pd.Series(dtype=np.int64)
+        self._keys = pa.array([], type=pa.string())
+        self._vals = np.zeros(0, dtype=np.int64)
+        self._waiting: list[tuple[pa.Array, np.ndarray]] = []
+        self._waiting_n = 0
         self.prunes = 0
         self.undercount = 0  # most a surviving value's count can be short by
 
-    def add(self, tokens: pd.Series) -> None:
-        vc = tokens.value_counts()
-        if not len(vc):
+    def add(self, values: pd.Series) -> None:
+        """Count a Series of tokens (missing ones skipped)."""
+        t = tokens(values)
+        self.add_counts(t.values, t.counts())
+
+    def add_counts(self, keys: pa.Array, counts: np.ndarray) -> None:
+        """Add `counts` (int) of the distinct texts `keys`; zero counts are skipped."""
+        nonzero = counts > 0
+        if not nonzero.all():
+            keys, counts = keys.filter(pa.array(nonzero)), counts[nonzero]
+        if not len(keys):
             return
-        vc.index = vc.index.astype(object)  # one index dtype throughout, whatever the batch's column dtype
-        self.counts = vc.astype(np.int64) if not len(self.counts) else \
-            self.counts.add(vc, fill_value=0).astype(np.int64)
-        if len(self.counts) > self.limit:
-            self._prune()
+        self._waiting.append((keys, np.asarray(counts, dtype=np.int64)))
+        self._waiting_n += len(keys)
+        if len(self._keys) + self._waiting_n > self.limit or self._waiting_n > max(len(self._keys), 1 << 16):
+            self._merge()
+            if len(self._keys) > self.limit:
+                self._prune()
+
+    def _merge(self) -> None:
+        if not self._waiting:
+            return
+        keys = pa.concat_arrays([self._keys] + [k for k, _ in self._waiting])
+        vals = np.concatenate([self._vals] + [c for _, c in self._waiting])
+        self._waiting, self._waiting_n = [], 0
+        enc = pc.dictionary_encode(keys)
+        self._keys = enc.dictionary
+        self._vals = np.bincount(enc.indices.to_numpy(), weights=vals, minlength=len(enc.dictionary)).astype(np.int64)
 
     def _prune(self) -> None:
-        vals = self.counts.to_numpy()
         keep = self.limit // 2
-        threshold = int(np.partition(vals, len(vals) - keep)[len(vals) - keep])
+        threshold = int(np.partition(self._vals, len(self._vals) - keep)[len(self._vals) - keep])
         # ties fall together, so what survives does not depend on the order values arrived in
-        self.counts = self.counts[self.counts > threshold]
+        alive = self._vals > threshold
+        self._keys, self._vals = self._keys.filter(pa.array(alive)), self._vals[alive]
         self.prunes += 1
         self.undercount += threshold
+
+    def arrays(self) -> tuple[pa.Array, np.ndarray]:
+        """(distinct texts, their counts)."""
+        self._merge()
+        return self._keys, self._vals
+
+    @property
+    def counts(self) -> pd.Series:
+        """The counts as a Series indexed by text (for inspection)."""
+        keys, vals = self.arrays()
+        return pd.Series(vals, index=pd.Index(keys.to_pylist(), dtype=object), dtype=np.int64)
 
 
 class Reservoir:
@@ -284,7 +350,8 @@ class Reservoir:
 
 
 class StreamFitter:
-    """Fits the schema's unfitted fields from training-row batches: `add(df)` per batch, then `finish()`."""
+    """Fits the schema's unfitted fields from record batches: `add(batch, train)` per batch (only the rows where
+    `train` is true count; a DataFrame of training rows works too), then `finish()`."""
 
     def __init__(self, schema: FeatureSchema, seed: int = 0, reservoir_size: int = RESERVOIR_SIZE,
                  log: Callable[[str], None] | None = None):
@@ -298,21 +365,29 @@ class StreamFitter:
         self.longest = {f.name: 0 for f in self.todo if f.kind == "multi_hot"}
         self.rows = 0
 
-    def add(self, df: pd.DataFrame) -> None:
-        self.rows += len(df)
+    def add(self, data, train: np.ndarray | None = None) -> None:
+        """Count a batch: a record batch, table or DataFrame, or its `FeatureSchema.code` (which must hold the
+        fields being fitted); only the rows where `train` is true, when given."""
+        coded = data if isinstance(data, Coded) else self.schema.code(data, [f.name for f in self.todo])
+        self.rows += len(coded) if train is None else int(np.count_nonzero(train))
         for f in self.todo:
-            col = df[f.name]
+            cells = coded.fields[f.name]
             if f.kind == "numeric":
-                self.reservoirs[f.name].add(as_float(col, f.name))
+                self.reservoirs[f.name].add(_train_numbers(cells, train, f.name))
             elif f.kind == "categorical":
                 if not f.hashed:
-                    self.counters[f.name].add(cell_strings(col).dropna())
+                    self.counters[f.name].add_counts(cells.values, cells.counts(train))
             else:
-                lists = split_multi(col, f.separator)
-                if len(lists):
-                    self.longest[f.name] = max(self.longest[f.name], int(lists.map(len).max()))
+                split = lists(cells, f.separator)
+                rows = cells.counts(train)
+                seen = rows > 0
+                if seen.any():
+                    self.longest[f.name] = max(self.longest[f.name], int(split.lengths[seen].max()))
                 if not f.hashed:
-                    self.counters[f.name].add(lists.explode().dropna())
+                    # a token counts once per row whose cell holds it (twice if the cell repeats it)
+                    per_token = np.bincount(split.tokens.codes, weights=rows[split.cell],
+                                            minlength=len(split.tokens.values))
+                    self.counters[f.name].add_counts(split.tokens.values, per_token.astype(np.int64))
 
     def finish(self) -> FeatureSchema:
         s = self.schema
@@ -329,7 +404,7 @@ class StreamFitter:
             if f.hashed:
                 continue
             c = self.counters[f.name]
-            f.vocab = vocab_from_counts(c.counts, s.min_count, s.vocab_cap)
+            f.vocab = vocab_from_counts(*c.arrays(), s.min_count, s.vocab_cap)
             if c.prunes:
                 self.log(f"field [bold]{escape(f.name)}[/]: over {c.limit:,} distinct values; rare values were dropped "
                          f"from the counts {c.prunes} time(s) (counts may be short by up to {c.undercount:,}); "
@@ -337,8 +412,21 @@ class StreamFitter:
         return s
 
 
-def fit_schema(schema: FeatureSchema, train: pd.DataFrame, seed: int = 0) -> FeatureSchema:
-    """Fit `schema`'s unfitted fields on one frame of training rows (the streaming fit with a single batch)."""
+def _train_numbers(cells: np.ndarray | Unparsed, train: np.ndarray | None, name: str) -> np.ndarray:
+    """The training rows' numbers of a coded column. A column that did not parse as a whole is parsed again on its
+    training rows alone, so a bad value is reported here only if a training row holds it (the encode pass reports
+    the others), as when the training rows were parsed on their own."""
+    if not isinstance(cells, Unparsed):
+        return cells if train is None else cells[train]
+    col = cells.column
+    if train is None or col is None:
+        raise LightFMPError(cells.error)
+    return numbers(col[train] if isinstance(col, pd.Series) else col.filter(pa.array(train)), name)
+
+
+def fit_schema(schema: FeatureSchema, train, seed: int = 0) -> FeatureSchema:
+    """Fit `schema`'s unfitted fields on one frame or record batch of training rows (the streaming fit with a single
+    batch)."""
     fitter = StreamFitter(schema, seed)
     fitter.add(train)
     return fitter.finish()

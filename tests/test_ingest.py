@@ -1,0 +1,372 @@
+"""Ingestion on Arrow arrays: the ids the data path stores are checked against a plain-Python encoder written from
+the documented rules (lightfmp.schema, lightfmp.vocab, lightfmp.encoding), for every field kind, on CSV (every cell
+text) and Parquet (typed columns, dictionary columns, several chunks per batch), in memory and streamed."""
+import bisect
+import csv
+import math
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from lightfmp.config import DataConfig
+from lightfmp.dataset import load_dataset
+from lightfmp.encoding import VocabIndex, numbers, stable_hash, tokens
+from lightfmp.errors import LightFMPError
+from lightfmp.formats import read_batches, read_tables
+from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID
+from lightfmp.vocab import TokenCounter
+
+N = 1500
+MIN_COUNT = 3
+HASH = {"hashed": 50, "hcat": 7}
+
+
+def frame(n=N, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({
+        "label": rng.integers(0, 2, n),
+        "cat_s": rng.choice(["a", "b", "c", "héllo", "x y", "rare1", "rare2"], n, p=[.3, .25, .2, .1, .13, .01, .01]),
+        "cat_i": rng.integers(0, 40, n).astype(float),
+        "flag": rng.random(n) < 0.3,
+        "num": rng.normal(5, 2, n),
+        "tags": ["|".join(rng.choice(["t1", "t2", "t3", "", "t4"], rng.integers(0, 5))) for _ in range(n)],
+        "hashed": [f"h{v}" for v in rng.integers(0, 300, n)],
+        "hcat": rng.integers(0, 40, n),
+        "when": rng.permutation(n),
+    })
+    df.loc[rng.random(n) < 0.1, "cat_s"] = None
+    df.loc[rng.random(n) < 0.1, "cat_i"] = np.nan
+    df.loc[rng.random(n) < 0.1, "num"] = np.nan
+    df.loc[rng.random(n) < 0.05, "tags"] = None
+    df.loc[rng.random(n) < 0.05, "hashed"] = None
+    df.loc[7, "num"] = np.inf
+    df.loc[3:4, "cat_s"] = ["solo1", "solo2"]  # below min_count: OOV
+    return df
+
+
+# ---- the reference: the documented rules, one value at a time ------------------------------------------------------
+def fnv(text):
+    m, h = (1 << 64) - 1, 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & m
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & m
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & m
+    return h ^ (h >> 31)
+
+
+def texts_of(values, from_csv):
+    """Each cell's text: a CSV cell as written (empty: missing); a typed value by the rule (integral floats without
+    '.0', booleans True/False, NaN missing)."""
+    if from_csv:
+        return [None if v is None or v == "" else v for v in values]
+    floats = [v for v in values if isinstance(v, float) and math.isfinite(v)]
+    integral = bool(floats) and all(v == int(v) for v in floats) and \
+        all(isinstance(v, float) or v is None for v in values)
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            out.append(None)
+        elif isinstance(v, bool):
+            out.append(str(v))
+        elif isinstance(v, float) and integral:
+            out.append(str(int(v)) if math.isfinite(v) else None)
+        else:
+            out.append(str(v))
+    return out
+
+
+def vocab(counts, cap=None):
+    kept = sorted(((-n, t) for t, n in counts.items() if n >= MIN_COUNT))
+    return [t for _, t in kept][:cap]
+
+
+def ref_ids(cells, kind, train, cap=None, buckets=None, sep="|", num_buckets=16):
+    """ids [rows, slots] of one column by the rules, fitted on the rows where `train` holds."""
+    if kind == "numeric":
+        x = np.array([np.nan if v is None else float(v) for v in cells])
+        fit = x[train & np.isfinite(x)]
+        edges = sorted(set(np.quantile(fit, np.linspace(0, 1, num_buckets + 1)[1:-1]).tolist()))
+        return np.array([[OOV_ID if math.isnan(v) else FIRST_ID + bisect.bisect_right(edges, v)] for v in x])
+
+    def ids_of(tokens_, voc):
+        if buckets:
+            return [FIRST_ID + fnv(t) % buckets for t in tokens_]
+        index = {t: i for i, t in enumerate(voc)}
+        return [FIRST_ID + index[t] if t in index else OOV_ID for t in tokens_]
+
+    if kind == "categorical":
+        voc = vocab(Counter(t for t, tr in zip(cells, train) if tr and t is not None), cap)
+        return np.array([[OOV_ID] if t is None else ids_of([t], voc) for t in cells])
+    lists = [[t for t in c.split(sep) if t != ""] if c is not None else [] for c in cells]
+    max_len = max(1, min(32, max(len(lst) for lst, tr in zip(lists, train) if tr)))
+    voc = vocab(Counter(t for lst, tr in zip(lists, train) if tr for t in lst), cap)
+    out = np.full((len(cells), max_len), PAD_ID)
+    for r, lst in enumerate(lists):
+        got = ids_of(lst[:max_len], voc)
+        out[r, :len(got)] = got
+    return out
+
+
+KINDS = {"cat_s": "categorical", "cat_i": "categorical", "flag": "categorical", "num": "numeric",
+         "tags": "multi_hot", "hashed": "categorical", "hcat": "categorical"}
+
+
+def stored(data):
+    """(row numbers, ids) of every split, in row order."""
+    rows, ids = [], []
+    for split in ("train", "valid", "test"):
+        r = data.split_rows(split)
+        rows.append(r.row_numbers())
+        ids.append(r.arrays()[0])
+    rows, ids = np.concatenate(rows), np.concatenate(ids)
+    order = np.argsort(rows)
+    return rows[order], ids[order]
+
+
+def raw_cells(df, path=None):
+    """Per column its raw values: the CSV file's cells as text (read with the csv module), else the frame's."""
+    if path is None:
+        return {c: df[c].astype(object).where(df[c].notna(), None).tolist() for c in df.columns}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {c: [r[c] for r in rows] for c in rows[0]}
+
+
+def check_against_reference(data, df, from_csv, cap=None, path=None):
+    s = data.schema
+    assert [f.name for f in s.fields] == list(KINDS) and [f.kind for f in s.fields] == list(KINDS.values())
+    rows, ids = stored(data)
+    assert np.array_equal(rows, np.arange(len(df)))
+    train = np.zeros(len(df), dtype=bool)
+    train[data.split_rows("train").row_numbers()] = True
+    slots = s.field_slot_ranges()
+    columns = raw_cells(df, path if from_csv else None)
+    for name, kind in KINDS.items():
+        cells = texts_of(columns[name], from_csv)
+        if kind == "numeric" and not from_csv:
+            cells = columns[name]
+        want = ref_ids(cells, kind, train, cap=None if name in HASH else cap, buckets=HASH.get(name))
+        a, b = slots[name]
+        assert np.array_equal(ids[:, a:b], want), name
+
+
+def cfg(path, **kw):
+    return DataConfig(data=str(path), label="label", multi_hot=["tags:|"], categorical=["hcat"],
+                      hash_buckets=",".join(f"{k}:{v}" for k, v in HASH.items()), min_count=MIN_COUNT,
+                      chunk_rows=400, **kw)
+
+
+# ---- the data path against the reference -------------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("cap", [None, 3])
+def test_csv_ids_follow_the_rules(tmp_path, stream, cap):
+    df = frame()
+    df.to_csv(tmp_path / "d.csv", index=False)
+    data = load_dataset(cfg(tmp_path / "d.csv", stream=stream, shard_dir=str(tmp_path / "s"), vocab_cap=cap,
+                            ignore=["when"]))
+    check_against_reference(data, df, from_csv=True, cap=cap, path=tmp_path / "d.csv")
+    voc = data.schema.field("cat_s").vocab
+    assert voc[0] == "a" and "solo1" not in voc and (cap is None or len(voc) == cap)
+    # a CSV cell is its text: pandas wrote the floats with '.0'
+    assert all(v.endswith(".0") for v in data.schema.field("cat_i").vocab)
+
+
+def test_parquet_typed_chunked_ids_follow_the_rules(tmp_path):
+    """Typed columns (float with gaps, bool, int), row groups smaller than a batch (several chunks per column), and
+    the time rule; the same ids in memory and in shards."""
+    df = frame()
+    df.to_parquet(tmp_path / "d.parquet", index=False, row_group_size=128)
+    kinds = {}
+    for stream in (False, True):
+        data = load_dataset(cfg(tmp_path / "d.parquet", stream=stream, shard_dir=str(tmp_path / "s"),
+                                time_column="when"))
+        check_against_reference(data, df, from_csv=False)
+        kinds[stream] = stored(data)[1]
+        # the time rule: the oldest rows train
+        assert df["when"].to_numpy()[data.split_rows("train").row_numbers()].max() < \
+            df["when"].to_numpy()[data.split_rows("test").row_numbers()].min()
+    assert np.array_equal(kinds[False], kinds[True])
+    # a table whose columns come in several chunks (the CSV reader's blocks) encodes as its combined form
+    table, _ = next(read_tables(tmp_path / "d.parquet", "parquet", 1000))
+    pieces = pa.Table.from_batches(table.slice(0, 333).to_batches() + table.slice(333, 400).to_batches()
+                                   + table.slice(733).to_batches())
+    assert pieces.column("cat_s").num_chunks == 3
+    assert np.array_equal(data.schema.encode(pieces), data.schema.encode(table.combine_chunks()))
+
+
+def test_dictionary_columns_with_differing_dictionaries(tmp_path):
+    """Dictionary columns (a pandas Categorical in Parquet) whose chunks have different dictionaries, and integer
+    dictionaries: the texts are the values'."""
+    chunks = [pa.array(["p", "q", None, "p"]).dictionary_encode(), pa.array(["r", "q"]).dictionary_encode()]
+    tok = tokens(pa.chunked_array(chunks))
+    vals = tok.values.to_pylist() + [None]
+    assert [vals[c] for c in tok.codes] == ["p", "q", None, "p", "r", "q"]
+    tok = tokens(pa.array([3, 1, 3]).dictionary_encode())
+    assert [tok.values[c].as_py() for c in tok.codes] == ["3", "1", "3"]
+    df = pd.DataFrame({"label": [0, 1] * 50, "c": pd.Categorical(["u", "v", "w", "u"] * 25)})
+    df.to_parquet(tmp_path / "d.parquet", index=False, row_group_size=30)
+    data = load_dataset(DataConfig(data=str(tmp_path / "d.parquet"), label="label", min_count=1, chunk_rows=40))
+    voc = data.schema.field("c").vocab
+    assert sorted(voc) == ["u", "v", "w"] and voc[0] == "u"  # u is twice as frequent
+    assert data.schema.encode(df)[:, 0].tolist() == [FIRST_ID + voc.index(v) for v in df["c"]]
+
+
+def test_dataframe_and_arrow_encode_alike(tmp_path):
+    """The in-memory frame facade and the Arrow batch give the same ids (one encoder)."""
+    df = frame(300)
+    df.to_parquet(tmp_path / "d.parquet", index=False)
+    data = load_dataset(cfg(tmp_path / "d.parquet", ignore=["when"]))
+    table, _ = next(read_tables(tmp_path / "d.parquet", "parquet", 1000))
+    frame_, _ = next(read_batches(tmp_path / "d.parquet", "parquet", 1000))
+    assert np.array_equal(data.schema.encode(table), data.schema.encode(frame_))
+    assert np.array_equal(data.schema.encode(table), data.schema.encode(df))
+
+
+# ---- the pieces ---------------------------------------------------------------------------------------------------------
+def test_text_rule_per_arrow_type():
+    cases = {
+        "string": (pa.array(["x", None, "", "x"]), ["x", None, "", "x"]),
+        "int": (pa.array([3, -1, 3]), ["3", "-1", "3"]),
+        "int with gaps": (pa.array([3, None, 2 ** 40]), ["3", None, str(2 ** 40)]),
+        "integral floats": (pa.array([1.0, None, float("nan"), float("inf"), 2.0]), ["1", None, None, None, "2"]),
+        "floats": (pa.array([1.5, 2.0, float("inf"), None]), ["1.5", "2.0", "inf", None]),
+        "bool": (pa.array([True, False]), ["True", "False"]),
+        "bool with gaps": (pa.array([True, None]), ["True", None]),
+        "large string": (pa.array(["a", "b"], type=pa.large_string()), ["a", "b"]),
+        "null": (pa.nulls(2), [None, None]),
+        "chunked": (pa.chunked_array([pa.array(["a", None]), pa.array(["b", "a"])]), ["a", None, "b", "a"]),
+    }
+    for name, (arr, want) in cases.items():
+        t = tokens(arr)
+        vals = t.values.to_pylist() + [None]
+        assert [vals[c] for c in t.codes] == want, name
+        assert len(set(t.values.to_pylist())) == len(t.values) and t.values.null_count == 0, name
+
+
+def test_numbers_rule():
+    assert np.allclose(numbers(pa.array(["1.5", None, " 2 ", "inf"]), "x"), [1.5, np.nan, 2.0, np.inf],
+                       equal_nan=True)
+    assert np.array_equal(numbers(pa.array([1, None, 3]), "x"), [1.0, np.nan, 3.0], equal_nan=True)
+    with pytest.raises(LightFMPError, match="non-numeric value 'nan'"):  # Arrow reads it, the rule does not
+        numbers(pa.array(["1", "nan"]), "x")
+    for bad in ("nan", "0x10", "abc"):  # 'nan' written out is refused, as pandas' parse refuses it
+        with pytest.raises(LightFMPError, match=f"numeric column 'x' has non-numeric value '{bad}'"):
+            numbers(pa.array(["1", bad, "zz"]), "x")
+
+
+def test_stable_hash_on_arrow_slices():
+    vals = ["", "a0", "z17", "héllo wörld", "68fd1e64" * 40, "b"]
+    want = [fnv(v) for v in vals]
+    assert [int(h) for h in stable_hash(pa.array(vals))] == want
+    assert [int(h) for h in stable_hash(pa.array(vals).slice(2, 3))] == want[2:5]
+    assert [int(h) for h in stable_hash(pa.array(vals, type=pa.large_string()))] == want
+    assert [int(h) for h in stable_hash(vals)] == want
+
+
+def test_vocab_index_is_exact_on_both_paths():
+    voc = [f"v{i}" for i in range(500)] + ["héllo"]
+    queries = pa.array(["v3", "nope", "héllo", "v499", "", "v500"])
+    index = VocabIndex(voc)
+    assert index.unique and index.positions(queries).tolist() == [3, -1, 500, 499, -1, -1]
+    index.unique = False  # the fallback taken when two entries share a hash
+    assert index.positions(queries).tolist() == [3, -1, 500, 499, -1, -1]
+    assert VocabIndex([]).positions(queries).tolist() == [-1] * 6
+    assert VocabIndex(["1", 1]).positions(pa.array(["1"])).tolist() == [0]  # a non-text entry matches nothing
+
+
+def test_token_counter_equals_eager_lossy_counting():
+    """Lazy merging prunes at the same batches, with the same counts, as pruning after every batch."""
+    rng = np.random.default_rng(3)
+    limit = 40
+    counter, eager, prunes = TokenCounter(limit), Counter(), 0
+    for _ in range(30):
+        batch = [f"t{v}" for v in np.minimum(rng.zipf(1.3, 200), 400)]
+        counter.add(pd.Series(batch))
+        eager.update(batch)
+        if len(eager) > limit:
+            vals = np.array(list(eager.values()))
+            keep = limit // 2
+            threshold = int(np.partition(vals, len(vals) - keep)[len(vals) - keep])
+            eager = Counter({t: n for t, n in eager.items() if n > threshold})
+            prunes += 1
+    assert counter.prunes == prunes > 0
+    assert counter.counts.to_dict() == dict(eager)
+
+
+def test_criteo_int_columns_refuse_what_pandas_refuses(tmp_path):
+    cats = "\t".join(["a1b2c3d4"] * 26)
+    good = "\t".join(["1", "5"] + ["3"] * 11)
+    p = tmp_path / "c.txt"
+    p.write_text(f"0\t{good}\t{cats}\n1\t1\t0x10\t" + "\t".join(["3"] * 11) + f"\t{cats}\n")
+    with pytest.raises(LightFMPError, match=r"line 2 column I2: '0x10' is not an integer"):
+        list(read_tables(p, "criteo", 10))
+    p.write_text(f"0\t{good}\t{cats}\n1\t1\t007\t-0\t" + "\t".join(["3"] * 10) + f"\t{cats}\n")
+    df, _ = next(read_batches(p, "criteo", 10))
+    # floor(ln(5)^2) = 2, floor(ln(7)^2) = 3, floor(ln(3)^2) = 1; -0 is 0
+    assert df["I2"].tolist() == ["2", "3"] and df["I3"].tolist() == ["1", "0"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("train_row", [False, True])
+def test_unparsable_number_is_reported_by_the_pass_that_reads_its_row(tmp_path, stream, train_row):
+    """A non-numeric cell in a training row fails the fit pass; in another row, the encode pass (from the batches the
+    fit pass coded): the same one-line message either way, and no scratch files are left."""
+    from lightfmp.splits import SplitRule
+    df = frame(300)
+    split = SplitRule((0.8, 0.1, 0.1), 0).hash_codes(np.arange(300))
+    row = int(np.flatnonzero((split == 0) == train_row)[5])
+    df["num"] = df["num"].astype(object)
+    df.loc[row, "num"] = "abc"
+    df.to_csv(tmp_path / "d.csv", index=False)
+    shards = tmp_path / "s"
+    with pytest.raises(LightFMPError) as e:
+        load_dataset(cfg(tmp_path / "d.csv", stream=stream, shard_dir=str(shards), numeric=["num"],
+                         ignore=["when"]))
+    batch = row // 400 * 400
+    assert str(e.value) == (f"{tmp_path / 'd.csv'}: numeric column 'num' has non-numeric value 'abc' "
+                            f"(in rows {batch}-{min(batch + 399, 299)})")
+    assert not shards.exists() or not list(shards.glob(".coded-*"))
+
+
+def test_streamed_encode_reads_the_coded_batches_not_the_file(tmp_path, monkeypatch):
+    """With a fit pass, the file is read once; without one (a fitted schema), the encode pass reads it."""
+    import lightfmp.dataset as dataset
+    df = frame(900)
+    df.to_csv(tmp_path / "d.csv", index=False)
+    reads = []
+    real = dataset.read_tables
+
+    def counted(*a, **k):
+        reads.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(dataset, "read_tables", counted)
+    c = cfg(tmp_path / "d.csv", stream=True, shard_dir=str(tmp_path / "s"), ignore=["when"])
+    data = load_dataset(c)
+    assert len(reads) == 1 and not list((tmp_path / "s").glob(".coded-*"))
+    again = load_dataset(c.__class__(**{**c.__dict__, "shard_dir": str(tmp_path / "s2")}), schema=data.schema)
+    assert len(reads) == 2 and np.array_equal(stored(again)[1], stored(data)[1])
+
+
+def test_kind_inference_on_arrow_text_equals_the_series_rule():
+    from lightfmp.vocab import infer_kind
+    rng = np.random.default_rng(0)
+    cols = {"ints": [str(v) for v in rng.integers(0, 50, 3000)],
+            "many ints": [str(v) for v in rng.integers(0, 10 ** 6, 3000)],
+            "floats": [f"{v:.3f}" for v in rng.normal(size=3000)],
+            "integral floats": [f"{v}.0" for v in rng.integers(0, 30, 3000)],
+            "nan written out": ["1", "nan"] * 1500, "text": ["a", "1"] * 1500,
+            "text late": ["1"] * 2000 + ["x"] * 1000, "spaces": [" 1", "2"] * 1500, "inf": ["inf", "2"] * 1500,
+            "gaps": ["3", None] * 1500}
+    kinds = {}
+    for name, v in cols.items():
+        arr = pa.chunked_array([pa.array(v[:1000]), pa.array(v[1000:])])
+        kinds[name] = infer_kind(arr, 3000)
+        assert kinds[name] == infer_kind(arr.to_pandas(), 3000), name
+    assert kinds["ints"] == ("categorical", "integers, 50 distinct") and kinds["floats"] == ("numeric", "floats")
+    assert kinds["nan written out"] == kinds["text late"] == ("categorical", "text")
