@@ -48,7 +48,8 @@ def row_losses(model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields
     costs nothing to close, whatever its embedding's scale (setting its gate to 0 would shift the model's input)."""
     model.eval().to(device)
     z = model.gate.deterministic().detach()
-    closed = [c for f in range(len(slots)) if f not in set(open_fields) for c in range(*slots[f])]
+    is_open = set(open_fields)
+    closed = [c for f in range(len(slots)) if f not in is_open for c in range(*slots[f])]
     x_all = ids.copy()
     if closed:
         perm = np.random.default_rng(0).permutation(len(labels))

@@ -10,6 +10,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import checkpoint as ckpt_files
@@ -19,9 +20,9 @@ from .config import RunConfig
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
+from .keep_rule import CURVE_ROWS, check_keep, keep_curve, select_fields, selection_rule
 from .models import build_model
 from .progress import Reporter
-from .keep_rule import check_keep, keep_curve, select_fields, selection_rule
 from .pruning import prune_model
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
@@ -209,8 +210,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     with torch.no_grad():
         z = gated.gate.deterministic()
-    curve = keep_curve(gated, run.schema, *data.split_rows("valid").arrays(), device, steps=keep) \
-        if keep is not None or threshold is None else None
+    curve = None
+    if keep is not None or threshold is None:  # the rule reads at most CURVE_ROWS validation rows: only those load
+        valid_rows = data.split_rows("valid")
+        first = valid_rows.take(np.arange(min(len(valid_rows), CURVE_ROWS)))
+        curve = keep_curve(gated, run.schema, *first.arrays(), device, steps=keep)
     kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, curve=curve)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0

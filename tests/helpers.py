@@ -24,3 +24,15 @@ def write_csv(tmp_path, n: int = 600, seed: int = 0, name: str = "data.csv"):
     p = tmp_path / name
     make_frame(n, seed).to_csv(p, index=False)
     return p
+
+
+def fnv_reference(text: str) -> int:
+    """The documented hash of hashed fields (FNV-1a 64 then a splitmix64 finaliser), one byte at a time in Python."""
+    m, h = (1 << 64) - 1, 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & m
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & m
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & m
+    return h ^ (h >> 31)

@@ -11,6 +11,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from helpers import fnv_reference
 from lightfmp.config import DataConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.encoding import VocabIndex, numbers, stable_hash, tokens
@@ -48,17 +49,6 @@ def frame(n=N, seed=0):
 
 
 # ---- the reference: the documented rules, one value at a time ------------------------------------------------------
-def fnv(text):
-    m, h = (1 << 64) - 1, 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & m
-    h ^= h >> 30
-    h = (h * 0xBF58476D1CE4E5B9) & m
-    h ^= h >> 27
-    h = (h * 0x94D049BB133111EB) & m
-    return h ^ (h >> 31)
-
-
 def texts_of(values, from_csv):
     """Each cell's text: a CSV cell as written (empty: missing); a typed value by the rule (integral floats without
     '.0', booleans True/False, NaN missing)."""
@@ -95,7 +85,7 @@ def ref_ids(cells, kind, train, cap=None, buckets=None, sep="|", num_buckets=16)
 
     def ids_of(tokens_, voc):
         if buckets:
-            return [FIRST_ID + fnv(t) % buckets for t in tokens_]
+            return [FIRST_ID + fnv_reference(t) % buckets for t in tokens_]
         index = {t: i for i, t in enumerate(voc)}
         return [FIRST_ID + index[t] if t in index else OOV_ID for t in tokens_]
 
@@ -261,7 +251,7 @@ def test_numbers_rule():
 
 def test_stable_hash_on_arrow_slices():
     vals = ["", "a0", "z17", "héllo wörld", "68fd1e64" * 40, "b"]
-    want = [fnv(v) for v in vals]
+    want = [fnv_reference(v) for v in vals]
     assert [int(h) for h in stable_hash(pa.array(vals))] == want
     assert [int(h) for h in stable_hash(pa.array(vals).slice(2, 3))] == want[2:5]
     assert [int(h) for h in stable_hash(pa.array(vals, type=pa.large_string()))] == want

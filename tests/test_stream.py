@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_frame, write_csv
+from helpers import fnv_reference, make_frame, write_csv
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
@@ -219,18 +219,6 @@ def test_vocab_cap_keeps_the_most_frequent(built):
     counts = train["noise"].value_counts()
     assert sorted(counts[noise]) == sorted(counts.sort_values(ascending=False)[:3])
     assert schema.to_dict()["vocab_cap"] == 3 and FeatureSchema.from_dict(schema.to_dict()).vocab_cap == 3
-
-
-def fnv_reference(text: str) -> int:
-    """The documented hash, one byte at a time in plain Python."""
-    m, h = (1 << 64) - 1, 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & m
-    h ^= h >> 30
-    h = (h * 0xBF58476D1CE4E5B9) & m
-    h ^= h >> 27
-    h = (h * 0x94D049BB133111EB) & m
-    return h ^ (h >> 31)
 
 
 @pytest.fixture(scope="module")
