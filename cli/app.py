@@ -77,7 +77,7 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
               threshold: Optional[float] = typer.Option(None, "--threshold",
                                                         help="Drop fields whose gate is below this (default: the "
                                                              "run's rule: its --keep or --threshold if it had one, "
-                                                             "else the validation-curve rule)."),
+                                                             "else the closing test on the validation rows)."),
               continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
                                                             help="Epochs of continued training; 0 skips phase 3 "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
@@ -107,13 +107,17 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     if quiet:
         return
     t = Table(title=f"gates of {run} ({r.state})")
-    for c in ("field", "kind", "gate", "L0 probability", "kept"):
-        t.add_column(c, justify="right" if c in ("gate", "L0 probability") else "left")
+    scored = any("score" in row for row in rows)
+    for c in ("field", "kind", "gate", "L0 probability", *(["closing cost (SE)"] if scored else []), "kept"):
+        t.add_column(c, justify="left" if c in ("field", "kind", "kept") else "right")
     for row in rows:
-        t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}",
+        score = ([f"{row['score']:.2f}" if row.get("score") is not None else "-"] if scored else [])
+        t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)
-    suffix = f" (cut at gate {cut['cut']:.3f})" if cut["cut"] is not None else \
+    on_gate = cut.get("score", "gate") == "gate"
+    suffix = (f" (cut at gate {cut['cut']:.3f})" if on_gate else f" (cut at {cut['cut']:g}: {cut['score']})") \
+        if cut["cut"] is not None else \
         " (decided by `lightfmp prune`)" if r.state != "complete" else ""
     out.print(f"kept by: {cut['rule']}{suffix}")
     out.print(f"chart: {path}")

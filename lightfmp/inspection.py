@@ -39,8 +39,10 @@ def gate_rows(run: Run) -> list[dict]:
         kept = set(select_fields(names, la, z, threshold=rule.threshold)) \
             if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
+    scores = m.get("selection", {}).get("scores", {})  # the default rule's closing cost in standard errors
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
-             "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept} for n in names]
+             "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept,
+             **({"score": scores.get(n)} if scores else {})} for n in names]
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
 
 
@@ -53,14 +55,23 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(rows) + 2), 4))
+    scored = any(r.get("score") is not None for r in rows)  # the default rule: a second panel with its score
+    fig, axes = plt.subplots(2 if scored else 1, 1, figsize=(max(6, 0.35 * len(rows) + 2), 7 if scored else 4),
+                             squeeze=False)
+    ax = axes[0][0]
     colors = ["tab:green" if r["kept"] else "tab:gray" for r in rows]
-    ax.bar([r["field"] for r in rows], [r["gate"] for r in rows], color=colors)
+    names = [r["field"] for r in rows]
+    ax.bar(names, [r["gate"] for r in rows], color=colors)
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
+    score_ax = axes[1][0] if scored else ax
+    if scored:
+        score_ax.bar(names, [r.get("score") or 0.0 for r in rows], color=colors)
+        score_ax.set_ylabel(cut.get("score", "score") if cut else "score")
+        score_ax.tick_params(axis="x", rotation=60)
     if cut is not None and cut.get("cut") is not None:
-        ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=cut["rule"])
-        ax.legend(loc="upper right", fontsize=8)
+        score_ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=f"cut at {cut['cut']:g}")
+        score_ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "Light-FMP gates (green: kept)")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()

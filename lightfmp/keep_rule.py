@@ -1,12 +1,11 @@
 """Phase 2, the rule: which fields a run keeps.
 
-The fields are ordered by greedy forward selection on the phase-1 model (`forward_order`: starting from no open
-field, open the field that lowers the validation logloss most; a closed field reads another row's values), and the
-run keeps
-    --keep K          the first K;
-    neither (default) the fewest first fields whose validation logloss is within one standard error of the best
-                      k's (the one-standard-error rule; `keep_curve` measures the loss along the order), then of
-                      those, each whose closing raises the loss by at least two standard errors (`backward_sweep`);
+    --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
+                      (`forward_order`: starting from no open field, open the field that lowers the validation
+                      logloss most; a closed field reads another row's values);
+    neither (default) the closing test: every field open, then in the gates' order, least open first, each field
+                      is closed for good unless closing it raises the validation logloss by at least two standard
+                      errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 `selection_rule` is what metrics.json and `lightfmp inspect` show of it. The surgery: lightfmp.pruning.
 """
@@ -31,7 +30,8 @@ def check_keep(keep: int | None, n_fields: int, flag: str = "--keep") -> None:
 SEARCH_ROWS = 4096    # validation rows the forward search compares candidates on (the same rows for every candidate)
 EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates every one of them exactly ...
 SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
-CURVE_ROWS = 100_000  # validation rows the keep curve reads at most: its standard errors shrink as 1 / sqrt(rows)
+TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most: its standard errors shrink
+                       # as 1 / sqrt(rows)
 
 
 def ranking(log_alpha: torch.Tensor) -> list[int]:
@@ -116,72 +116,75 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
     return chosen + [i for i in ranking(la) if i in rest]
 
 
-def keep_curve(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
-               steps: int | None = None) -> dict:
-    """The forward order (`forward_order` on the first SEARCH_ROWS rows), and along it the validation logloss of
-    the phase-1 model with the first k fields' gates open, k = 1..F, on up to CURVE_ROWS rows.
-
-    Returns {"order": field names, "logloss": mean per k, "se": standard error of each k's per-row difference to
-    the best k} (paired on the same rows, so the noise shared by all k cancels). With `steps` (a --keep K run)
-    only the order's first `steps` are searched and no curve is measured."""
+def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
+               device: str = "cpu") -> dict:
+    """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha).
+    Returns {"order": field names}."""
     names, ranges = schema.names, schema.field_slot_ranges()
-    slots = [ranges[n] for n in names]
-    order = forward_order(model, ids[:SEARCH_ROWS], labels[:SEARCH_ROWS], slots, device, steps)
-    out = {"order": [names[i] for i in order]}
-    if steps is not None:
-        return out
-    ids, labels = ids[:CURVE_ROWS], labels[:CURVE_ROWS]
-    per_row = np.stack([row_losses(model, ids, labels, order[:k], slots, device) for k in range(1, len(order) + 1)])
-    mean = per_row.mean(axis=1)
-    diff = per_row - per_row[int(np.argmin(mean))]
-    se = diff.std(axis=1, ddof=1) / np.sqrt(len(labels)) if len(labels) > 1 else np.zeros(len(order))
-    curve = {**out, "logloss": mean.tolist(), "se": se.tolist(), "rows": len(labels)}
-    k = curve_cut(curve)
-    kept = backward_sweep(model, ids, labels, order[:k], slots, device, per_row[k - 1])
-    return {**curve, "cut": k, "kept": [names[i] for i in kept]}
+    order = forward_order(model, ids[:SEARCH_ROWS], labels[:SEARCH_ROWS], [ranges[n] for n in names], device, k)
+    return {"order": [names[i] for i in order]}
+
+
+def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
+                 device: str = "cpu") -> dict:
+    """The default rule: every field open, then the fields in the gates' order, least open first, each closed for
+    good unless closing it raises the validation logloss of the phase-1 model by at least two standard errors
+    (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides.
+
+    Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
+    per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
+    names, ranges = schema.names, schema.field_slot_ranges()
+    order = ranking(model.gate.log_alpha.detach().cpu())
+    ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
+    kept, tests = backward_sweep(model, ids, labels, order, [ranges[n] for n in names], device)
+    return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
+            "rows": len(labels), "kept": [names[i] for i in kept]}
 
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
-                   slots: list[tuple[int, int]], device: str = "cpu", losses: np.ndarray | None = None) -> list[int]:
-    """Each kept field in turn, the last opened first, is closed for good unless closing it raises the mean
-    logloss by at least two standard errors of the per-row difference (a one-sided test at about 2.5%). A field
-    that only looked useful by the order it was opened in (a noise field opened among redundant copies) goes; a
-    redundant copy the model reads stays."""
-    kept = list(kept)
-    base = row_losses(model, ids, labels, kept, slots, device) if losses is None else losses
+                   slots: list[tuple[int, int]], device: str = "cpu") -> tuple[list[int], list[dict]]:
+    """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
+    at least two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
+    not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
+    field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
+    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
+    per tested field, {"field", "cost", "se", "closed"}."""
+    kept, tests = list(kept), []
+    z = model.gate.deterministic().detach().cpu()
+    base = row_losses(model, ids, labels, kept, slots, device)
     for f in reversed(list(kept)):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
+        if float(z[f]) == 0.0:  # the gate is shut: the model reads nothing of the field, closing it costs exactly 0
+            tests.append({"field": f, "cost": 0.0, "se": 0.0, "closed": True})
+            kept = trial
+            continue
         loss = row_losses(model, ids, labels, trial, slots, device)
         d = loss - base
-        if len(d) < 2 or d.mean() < 2 * d.std(ddof=1) / np.sqrt(len(d)):
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
+        closed = len(d) < 2 or float(d.mean()) <= 2 * se  # costing nothing (0 <= 0) closes it
+        tests.append({"field": f, "cost": float(d.mean()), "se": se, "closed": closed})
+        if closed:
             kept, base = trial, loss
-    return kept
-
-
-def curve_cut(curve: dict) -> int:
-    """The one-standard-error rule: the smallest k whose mean loss is within its standard error of the best."""
-    mean, se = np.asarray(curve["logloss"]), np.asarray(curve["se"])
-    best = float(mean.min())
-    return 1 + next(k for k in range(len(mean)) if mean[k] - best <= se[k])
+    return kept, tests
 
 
 def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: int | None = None,
-                  threshold: float | None = None, curve: dict | None = None) -> list[str]:
-    """The first `keep` fields of `curve["order"]` (the forward order; by log_alpha without a curve), or every
-    field whose deterministic gate is >= threshold, or (neither given) the one-standard-error cut of `curve`
-    (`keep_curve`). Returned in schema order."""
+                  threshold: float | None = None, search: dict | None = None) -> list[str]:
+    """The first `keep` fields of `search["order"]` (`keep_order`; by log_alpha without a search), or every field
+    whose deterministic gate is >= threshold, or (neither given) the fields `closing_test` kept (`search["kept"]`).
+    Returned in schema order."""
     n = len(names)
     check_keep(keep, n)
     if keep is not None:
-        chosen = {names.index(f) for f in curve["order"][:keep]} if curve is not None \
+        chosen = {names.index(f) for f in search["order"][:keep]} if search is not None \
             else set(ranking(log_alpha)[:keep])
     elif threshold is None:
-        if curve is None:
-            raise LightFMPError("the default keep rule needs the validation curve (keep_curve); or give --keep K / "
-                                "--threshold T")
-        chosen = {names.index(f) for f in curve.get("kept", curve["order"][:curve_cut(curve)])}
+        if search is None or "kept" not in search:
+            raise LightFMPError("the default keep rule needs the closing test on validation rows (closing_test); or "
+                                "give --keep K / --threshold T")
+        chosen = {names.index(f) for f in search["kept"]}
     else:
         check_range("--threshold", threshold, 0.0, 1.0)  # the Python API bypasses the config's check
         chosen = {i for i in range(n) if float(gate_values[i]) >= threshold}
@@ -191,19 +194,26 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     return [names[i] for i in range(n) if i in chosen]
 
 
+CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
+                "logloss by at least two standard errors")
+
+
+def closing_scores(search: dict) -> dict[str, float]:
+    """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
+    return {t["field"]: (t["cost"] / t["se"] if t["se"] > 0 else 0.0) for t in search.get("tests", [])}
+
+
 def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float | None,
-                   curve: dict | None = None) -> dict:
-    """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it. Rules that
-    do not cut on the gate axis have `cut` None."""
-    if keep is not None and curve is not None:
+                   search: dict | None = None) -> dict:
+    """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it: `score` names
+    the per-field score, `cut` the value it was compared with (None for a ranking cut by count)."""
+    if keep is not None and search is not None:
         return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order",
-                "cut": None, "curve": curve}
+                "cut": None, "search": search}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}
     if threshold is None:
-        out = {"rule": "fewest fields of the forward order within one standard error of the best validation logloss, "
-                       "then those whose closing costs at least two standard errors", "score": "forward order",
-               "cut": None}
-        return {**out, "curve": curve} if curve is not None else out
+        out = {"rule": CLOSING_RULE, "score": "closing cost in standard errors", "cut": 2.0}
+        return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

@@ -20,7 +20,7 @@ from .config import RunConfig
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import CURVE_ROWS, check_keep, keep_curve, select_fields, selection_rule
+from .keep_rule import TEST_ROWS, check_keep, closing_test, keep_order, select_fields, selection_rule
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model
@@ -210,12 +210,13 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     with torch.no_grad():
         z = gated.gate.deterministic()
-    curve = None
-    if keep is not None or threshold is None:  # the rule reads at most CURVE_ROWS validation rows: only those load
+    search = None
+    if keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
         valid_rows = data.split_rows("valid")
-        first = valid_rows.take(np.arange(min(len(valid_rows), CURVE_ROWS)))
-        curve = keep_curve(gated, run.schema, *first.arrays(), device, steps=keep)
-    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, curve=curve)
+        first = valid_rows.take(np.arange(min(len(valid_rows), TEST_ROWS)))
+        search = keep_order(gated, run.schema, *first.arrays(), keep, device) if keep is not None \
+            else closing_test(gated, run.schema, *first.arrays(), device)
+    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
@@ -236,11 +237,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
-    metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, curve)
+    metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["phases"] = {"pretrain": pre,
                          "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else
-                                         f"threshold={threshold}" if threshold is not None else "curve"),
+                                         f"threshold={threshold}" if threshold is not None else "closing test"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
                                             epochs=len(hist["epochs"]))}
     metrics.update(final_eval(model, data, device, kept))

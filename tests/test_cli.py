@@ -56,14 +56,15 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
     # the rule and its cut: the smallest kept gate, and no dropped field above it
     sel = m["selection"]
     assert sel["rule"].startswith("first 3 of the forward order") and sel["cut"] is None
-    assert sorted(sel["curve"]["order"][:3]) == sorted(m["fields"]["kept"])
-    assert sorted(sel["curve"]["order"]) == sorted(m["fields"]["all"])
+    assert sorted(sel["search"]["order"][:3]) == sorted(m["fields"]["kept"])
+    assert sorted(sel["search"]["order"]) == sorted(m["fields"]["all"])
     assert "kept by: first 3 of the forward order" in r.output
 
 
-def test_default_rule_is_the_validation_curve(data, tmp_path):
-    """Without --keep / --threshold: phase 1 stops at its best validation epoch, and prune keeps, of the shortest
-    prefix of the forward order within one standard error of the best, the fields the backward sweep keeps."""
+def test_default_rule_is_the_closing_test(data, tmp_path):
+    """Without --keep / --threshold: phase 1 stops at its best validation epoch, and prune keeps the fields whose
+    closing (least open gate first) costs at least two standard errors; inspect shows each field's score and the
+    cut."""
     pretrained = tmp_path / "pre"
     r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", pretrained,
             "--subset", "0.5", *FAST)
@@ -77,14 +78,18 @@ def test_default_rule_is_the_validation_curve(data, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((pretrained / "metrics.json").read_text())
     sel = m["selection"]
-    curve = sel["curve"]
-    assert sel["rule"].startswith("fewest fields of the forward order within one standard error")
-    assert sorted(curve["order"]) == sorted(m["fields"]["all"])
-    best = min(curve["logloss"])
-    k = next(i for i in range(len(curve["order"])) if curve["logloss"][i] - best <= curve["se"][i]) + 1
-    assert curve["cut"] == k
-    assert sorted(m["fields"]["kept"]) == sorted(curve["kept"]) and set(curve["kept"]) <= set(curve["order"][:k])
-    assert m["phases"]["prune"]["rule"] == "curve"
+    search = sel["search"]
+    assert sel["rule"].startswith("every field open, then, least open gate first") and sel["cut"] == 2.0
+    assert search["order"] == sorted(m["fields"]["all"], key=lambda n: -m["log_alpha"][n])
+    assert sorted(m["fields"]["kept"]) == sorted(search["kept"])
+    for t in search["tests"]:
+        assert t["closed"] == (t["field"] not in search["kept"])
+        assert t["closed"] == (t["cost"] < 2 * t["se"]) and sel["scores"][t["field"]] == pytest.approx(t["cost"] / t["se"])
+    assert m["phases"]["prune"]["rule"] == "closing test"
+    r = cli("inspect", pretrained)
+    text = " ".join(r.output.split())  # the table and the line wrap at the terminal's width
+    assert r.exit_code == 0 and "closing cost (SE)" in text and "(cut at 2: closing cost in standard errors)" in text, text
+    assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_run_and_no_select_write_the_contract_keys(data, tmp_path):

@@ -8,7 +8,7 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
-from lightfmp.keep_rule import backward_sweep, curve_cut, keep_curve, ranking, select_fields
+from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -124,17 +124,18 @@ def test_select_fields_rules():
         select_fields(names, la, torch.zeros(4), threshold=0.5)
 
 
-def test_curve_cut_is_the_one_standard_error_rule():
-    # best at k = 4 (0.540); k = 3 is 0.004 above it with a standard error of 0.005: within one SE, so k = 3;
-    # k = 2 is 0.02 above with SE 0.005: not within
-    curve = {"order": ["c", "a", "d", "b"], "logloss": [0.70, 0.56, 0.544, 0.540], "se": [0.01, 0.005, 0.005, 0.0]}
-    assert curve_cut(curve) == 3
-    assert curve_cut({**curve, "se": [0.01, 0.005, 0.001, 0.0]}) == 4   # a tighter SE at k = 3: keep all four
-    assert curve_cut({**curve, "logloss": [0.5, 0.56, 0.544, 0.540]}) == 1  # the first field alone is best
+def test_default_rule_keeps_what_the_closing_test_kept():
     names, la, z = ["a", "b", "c", "d"], torch.tensor([3.0, -4.0, 5.0, 0.0]), torch.ones(4)
-    assert select_fields(names, la, z, curve=curve) == ["a", "c", "d"]     # the top 3 of the order, schema order
-    with pytest.raises(LightFMPError, match="validation curve"):
+    search = {"order": ["c", "a", "d", "b"], "kept": ["d", "a"],
+              "tests": [{"field": "b", "cost": 0.0, "se": 0.001, "closed": True},
+                        {"field": "d", "cost": 0.006, "se": 0.002, "closed": False},
+                        {"field": "c", "cost": 0.001, "se": 0.002, "closed": True}]}
+    assert select_fields(names, la, z, search=search) == ["a", "d"]  # schema order
+    assert closing_scores(search) == pytest.approx({"b": 0.0, "d": 3.0, "c": 0.5})
+    with pytest.raises(LightFMPError, match="closing test"):
         select_fields(names, la, z)
+    with pytest.raises(LightFMPError, match="closing test"):
+        select_fields(names, la, z, search={"order": ["c", "a", "d", "b"]})  # a --keep search has no kept set
 
 
 def _direct_losses(model, schema, ids, y, open_fields):
@@ -149,10 +150,9 @@ def _direct_losses(model, schema, ids, y, open_fields):
         return F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none").double()
 
 
-def test_keep_curve_against_a_direct_evaluation(schema_and_ids):
+def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     """The order is greedy forward selection (each step opens the field that lowers the mean BCE most; closed fields
-    read another row's values), computed here from its definition; entry k of the curve is the mean BCE with the
-    first k of that order open; its SE is that of the per-row difference to the best entry (0 at the best)."""
+    read another row's values), computed here from its definition."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -165,19 +165,11 @@ def test_keep_curve_against_a_direct_evaluation(schema_and_ids):
         best = min(rest, key=lambda f: (float(_direct_losses(model, schema, ids, y, chosen + [f]).mean()), f))
         chosen.append(best)
         rest.remove(best)
-    curve = keep_curve(model, schema, ids.numpy(), y.numpy())
-    assert curve["order"] == [schema.names[i] for i in chosen]
-    rows = [_direct_losses(model, schema, ids, y, chosen[:k]) for k in range(1, 6)]
-    best = int(np.argmin([float(r.mean()) for r in rows]))
-    for k in range(5):
-        assert curve["logloss"][k] == pytest.approx(float(rows[k].mean()), rel=1e-5)
-        d = rows[k] - rows[best]
-        assert curve["se"][k] == pytest.approx(float(d.std(correction=1)) / len(d) ** 0.5, rel=1e-4, abs=1e-9)
-    assert curve["se"][best] == 0.0
+    assert keep_order(model, schema, ids.numpy(), y.numpy(), 5)["order"] == [schema.names[i] for i in chosen]
     # --keep K searches only K steps; the rest follow by log_alpha
-    short = keep_curve(model, schema, ids.numpy(), y.numpy(), steps=2)
+    short = keep_order(model, schema, ids.numpy(), y.numpy(), 2)
     rest = [i for i in ranking(model.gate.log_alpha.detach()) if i not in chosen[:2]]
-    assert short["order"] == [schema.names[i] for i in chosen[:2] + rest] and "logloss" not in short
+    assert short == {"order": [schema.names[i] for i in chosen[:2] + rest]}
 
 
 def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
@@ -200,31 +192,77 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
         opt.step()
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([1.0, 3.0, 0.5]))  # the copy has the largest gate
-    order = keep_curve(model, s, ids.numpy(), y.numpy())["order"]
+    order = keep_order(model, s, ids.numpy(), y.numpy(), 2)["order"]
     assert set(order[:2]) in ({"a", "c"}, {"a_copy", "c"}), order
 
 
-def test_backward_sweep_against_its_definition(schema_and_ids):
-    """Last opened first, a field is closed for good unless closing it raises the mean BCE by >= 2 standard errors
-    of the per-row difference; computed here from that definition."""
+def test_closing_test_against_its_definition(schema_and_ids):
+    """Every field open; in the gates' order, least open first, a field is closed for good unless closing it raises
+    the mean BCE by more than 2 standard errors of the per-row difference (a field costing exactly nothing closes);
+    the last open field is not tested. Computed
+    here from that definition, with a planted strong field that must stay."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
-    y = (torch.arange(len(ids)) % 3 == 0).float()
-    ranges = schema.field_slot_ranges()
-    slots = [ranges[n] for n in schema.names]
-    start = [3, 0, 4, 2, 1]
-    kept, base = list(start), _direct_losses(model, schema, ids, y, start)
-    for f in reversed(start):
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([2.0, -6.0, 0.5, 3.0, 1.0]))  # b's gate is shut (exactly 0)
+    y = (ids[:, 0] % 2 == 0).float()  # planted on field a's ids
+    order = ranking(model.gate.log_alpha.detach())
+    assert order == [3, 0, 4, 2, 1]
+    kept, base, tests = list(order), _direct_losses(model, schema, ids, y, order), []
+    for f in reversed(order):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
         loss = _direct_losses(model, schema, ids, y, trial)
         d = loss - base
-        if float(d.mean()) < 2 * float(d.std(correction=1)) / len(d) ** 0.5:
+        se = float(d.std(correction=1)) / len(d) ** 0.5
+        closed = float(d.mean()) <= 2 * se
+        tests.append((schema.names[f], float(d.mean()), se, closed))
+        if closed:
             kept, base = trial, loss
-    assert backward_sweep(model, ids.numpy(), y.numpy(), start, slots) == kept
+    out = closing_test(model, schema, ids.numpy(), y.numpy())
+    assert out["order"] == [schema.names[i] for i in order] and out["rows"] == len(y)
+    assert float(model.gate.deterministic()[1]) == 0.0 and out["tests"][0] == {"field": "b", "cost": 0.0, "se": 0.0,
+                                                                                 "closed": True}
+    assert out["kept"] == [schema.names[i] for i in kept]
+    assert [(t["field"], t["closed"]) for t in out["tests"]] == [(n, c) for n, _, _, c in tests]
+    for t, (_, cost, se, _) in zip(out["tests"], tests):
+        assert t["cost"] == pytest.approx(cost, rel=1e-5, abs=1e-9) and t["se"] == pytest.approx(se, rel=1e-4, abs=1e-9)
+    assert backward_sweep(model, ids.numpy(), y.numpy(), order, [schema.field_slot_ranges()[n] for n in
+                                                                  schema.names])[0] == kept
+
+
+def test_closing_test_drops_noise_fields_and_keeps_the_signal():
+    """The label is field a's parity; b and c (40 values) are noise. On fresh validation rows closing a noise field
+    costs nothing (or helps: c's memorised values only add noise), so both go, though their gates are the most
+    open; closing a costs far more than two standard errors, although its gate is the least open."""
+    rng = np.random.default_rng(0)
+    pd = __import__("pandas")
+
+    def frame(n):
+        df = pd.DataFrame({"a": rng.integers(0, 6, n).astype(str), "b": rng.integers(0, 6, n).astype(str),
+                           "c": rng.integers(0, 40, n).astype(str)})
+        df["label"] = (df["a"].astype(int) % 2) ^ (rng.random(n) < 0.1)
+        return df
+    train, valid = frame(3000), frame(3000)
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "b", "c")], min_count=1), train)
+    x, y = torch.from_numpy(s.encode(train)).long(), torch.from_numpy(train["label"].to_numpy(np.float32))
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
+    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(model(x, torch.ones(3)), y).backward()
+        opt.step()
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([0.0, 3.0, 2.0]))  # a's gate is the least open
+    out = closing_test(model, s, s.encode(valid), valid["label"].to_numpy(np.float32))
+    assert out["kept"] == ["a"], out
+    assert closing_scores(out)["a"] > 10.0, out
+    assert [t["field"] for t in out["tests"]] == ["a", "c", "b"]  # least open gate first
+    assert [t["closed"] for t in out["tests"]] == [False, True, True]
 
 
 def test_screened_search_with_every_candidate_screened_is_the_exact_search(schema_and_ids, monkeypatch):
@@ -236,9 +274,9 @@ def test_screened_search_with_every_candidate_screened_is_the_exact_search(schem
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float().numpy()
-    exact = keep_curve(model, schema, ids.numpy(), y)["order"]
+    exact = keep_order(model, schema, ids.numpy(), y, 5)["order"]
     monkeypatch.setattr(keep_rule, "EXACT_CANDIDATES", 0)
     monkeypatch.setattr(keep_rule, "SCREENED", 5)
-    assert keep_curve(model, schema, ids.numpy(), y)["order"] == exact
+    assert keep_order(model, schema, ids.numpy(), y, 5)["order"] == exact
     monkeypatch.setattr(keep_rule, "SCREENED", 1)  # one candidate a step: still a complete order of all fields
-    assert sorted(keep_curve(model, schema, ids.numpy(), y)["order"]) == sorted(schema.names)
+    assert sorted(keep_order(model, schema, ids.numpy(), y, 5)["order"]) == sorted(schema.names)

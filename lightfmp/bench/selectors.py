@@ -110,7 +110,7 @@ def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Select
     with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
         m = run(cfg, f"{tmp}/run", force=True, quiet=True, data=ctx.data)  # the seed's data, not read again
     sel = m["phases"]["pretrain"]["seconds"] + m["phases"]["prune"]["seconds"]
-    order = m.get("selection", {}).get("curve", {}).get("order")  # the forward order, as far as it was searched
+    order = m.get("selection", {}).get("search", {}).get("order")  # the forward order, as far as it was searched
     gates, la = m["gates"], m.get("log_alpha", {})
     ranking = order or [n for n in sorted(ctx.names, key=lambda n: (-gates[n], -la.get(n, 0.0)))]
     result = {"valid": m["valid"], "test": m["test"], "seconds": m["seconds_total"] - sel,
