@@ -91,6 +91,9 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
         print_summary(m, run)
 
 
+SCORE_HEADERS = {"closing cost in standard errors": "closing cost (SE)", "forward order position": "forward order"}
+
+
 @app.command("inspect", cls=Command)
 @friendly
 def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
@@ -108,10 +111,12 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         return
     t = Table(title=f"gates of {run} ({r.state})")
     scored = any("score" in row for row in rows)
-    for c in ("field", "kind", "gate", "L0 probability", *(["closing cost (SE)"] if scored else []), "kept"):
+    header = SCORE_HEADERS.get(cut.get("score"), "score")
+    for c in ("field", "kind", "gate", "L0 probability", *([header] if scored else []), "kept"):
         t.add_column(c, justify="left" if c in ("field", "kind", "kept") else "right")
     for row in rows:
-        score = ([f"{row['score']:.2f}" if row.get("score") is not None else "-"] if scored else [])
+        v = row.get("score")
+        score = ([f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)] if scored else [])
         t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)

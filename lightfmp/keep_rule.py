@@ -206,10 +206,11 @@ def closing_scores(search: dict) -> dict[str, float]:
 def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float | None,
                    search: dict | None = None) -> dict:
     """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it: `score` names
-    the per-field score, `cut` the value it was compared with (None for a ranking cut by count)."""
+    the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
+    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold)."""
     if keep is not None and search is not None:
-        return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order",
-                "cut": None, "search": search}
+        return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order position",
+                "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])}}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}

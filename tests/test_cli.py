@@ -55,10 +55,13 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
     assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
     # the rule and its cut: the smallest kept gate, and no dropped field above it
     sel = m["selection"]
-    assert sel["rule"].startswith("first 3 of the forward order") and sel["cut"] is None
+    assert sel["rule"].startswith("first 3 of the forward order") and sel["cut"] == 3
+    assert sel["scores"] == {n: i + 1 for i, n in enumerate(sel["search"]["order"])}
     assert sorted(sel["search"]["order"][:3]) == sorted(m["fields"]["kept"])
     assert sorted(sel["search"]["order"]) == sorted(m["fields"]["all"])
     assert "kept by: first 3 of the forward order" in r.output
+    text = " ".join(r.output.split())
+    assert "forward order" in text.split("kept by")[0] and "(cut at 3: forward order position)" in text, text
 
 
 def test_default_rule_is_the_closing_test(data, tmp_path):
