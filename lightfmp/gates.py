@@ -8,6 +8,9 @@ A gate holds a value z_f per input field that scales that field's embedding. `tr
     summary()                what the gate adds to an epoch's history record
     uses_holdout             True: gate steps use held-out rows (bilevel, when cfg.gate_holdout > 0);
                              False: gates and weights always take one joint step
+    holdout_pass             with a hold-out: True, the gate steps of an epoch read its held-out rows once, a
+                             share after each weight step; False, each gate step reads a full batch, cycling
+                             the hold-out (the alternation of bilevel methods such as AutoField's)
 and a selector ranks fields by `scores()` (most useful first when sorted descending).
 
 `progress` is the fraction of training done: before the step for `penalty`, after it for `after_step`, so a
@@ -47,6 +50,7 @@ def geometric(start: float, end: float, progress: float) -> float:
 class Gate(nn.Module):
     """A z_f per field: sampled while training, deterministic at evaluation (what `forward` returns)."""
     uses_holdout = False
+    holdout_pass = False
 
     def __init__(self, num_fields: int):
         super().__init__()
@@ -85,8 +89,10 @@ class HardConcreteGate(Gate):
     penalty:       ramp * lambda * E[L0], or ramp * lambda * |E[L0] - k| in target-k mode, where ramp grows
                    linearly from 0 to 1 over the first `l0_warmup` of training
     scores:        log_alpha (the order of the deterministic gate, its ties at 0 and 1 broken)
+    Gate steps read the hold-out once an epoch (`holdout_pass`): as many steps as the weights, each on its share.
     """
     uses_holdout = True
+    holdout_pass = True
 
     def __init__(self, n_fields: int, init_log_alpha: float = 2.0, beta: float = BETA, gamma: float = GAMMA,
                  zeta: float = ZETA):

@@ -27,7 +27,7 @@ from .pruning import prune_model
 from .rundir import Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
-from .training import evaluate, fit
+from .training import evaluate, fit, warm_up
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -103,6 +103,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     device = _device(cfg)
     cfg = _normalize(cfg)
     t_wall = time.perf_counter()
+    warm_up()  # in seconds_wall, not in a phase's seconds
     data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
     check_keep(cfg.prune.keep, n_fields)  # before any training
@@ -203,6 +204,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     reporter = _reporter(quiet)
     device = _device(cfg)
     t_wall = time.perf_counter()
+    warm_up()
     gated = run.load_pretrained()
     names = run.schema.names
     if data is None:

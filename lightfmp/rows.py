@@ -271,7 +271,7 @@ class StoredRows:
 def in_memory(rows: Rows, budget_bytes: int) -> Rows:
     """`rows` as ArrayRows when its encoded ids fit in `budget_bytes` (global row numbers kept, so hash-based splits
     of it are unchanged); otherwise `rows` as it is. Phase 1 reads a small subset of every chunk: streaming it from
-    disk each epoch (and the gate hold-out each cycle) would read the whole data set many times over."""
+    disk each epoch (and the gate hold-out each epoch) would read the whole data set many times over."""
     if isinstance(rows, ArrayRows) or len(rows) * max(rows.num_slots, 1) * 4 > budget_bytes:
         return rows
     ids, labels = rows.arrays()

@@ -104,6 +104,13 @@ def evaluate(model: CTRModel, rows: Rows, device: str = "cpu", batch_size: int =
     return {"auc": roc_auc(y, p), "logloss": log_loss(y, p), "rows": int(len(y))}
 
 
+def warm_up() -> None:
+    """Pay torch's one-time lazy imports before any timed phase: the first optimizer a process builds imports
+    torch._dynamo (1-2 s on a small machine), which would otherwise count as training time of whichever phase or
+    selector happens to run first."""
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
 # ---- batches ---------------------------------------------------------------------------------------------------
 def _batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Consecutive batches of `size` rows across chunk boundaries; only the very last one may be shorter, so an
@@ -140,6 +147,18 @@ def _cycle(rows: Rows, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.nd
             yield from rows.chunks(_seed(seed, k))
             k += 1
     return _batches(passes(), size)
+
+
+def _spread(chunks: Iterator[tuple[np.ndarray, np.ndarray]], parts: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over `chunks` cut into `parts` consecutive batches whose sizes differ by at most one row (batch b
+    holds rows floor(b n / parts) .. floor((b + 1) n / parts); some are empty when there are fewer rows than parts)."""
+    pieces = list(chunks)
+    ids = np.concatenate([c[0] for c in pieces]) if pieces else np.zeros((0, 0), np.int32)
+    y = np.concatenate([c[1] for c in pieces]) if pieces else np.zeros(0, np.float32)
+    n = len(y)
+    for b in range(parts):
+        lo, hi = b * n // parts, (b + 1) * n // parts
+        yield ids[lo:hi], y[lo:hi]
 
 
 def _my_slice(ids: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor, float, int]:
@@ -185,7 +204,10 @@ class Trainer:
     With a gate that `uses_holdout` and `gate_holdout` > 0, a hash-selected share of the rows is held out of the
     weight updates and each weight step is followed by a gate step on a held-out batch (BCE + the gate's penalty),
     so a gate opens for a field that helps on rows the embeddings have not memorised; high-cardinality noise
-    fields otherwise look useful by overfitting. Otherwise gates and weights take the same joint step."""
+    fields otherwise look useful by overfitting. With a gate whose `holdout_pass` is set (Light-FMP's), each gate
+    step reads the next 1/batches of the epoch's shuffled pass over the hold-out, so the gates read each held-out
+    row once an epoch (as the weights read theirs), in as many steps as the weights take; otherwise each gate step
+    reads a full batch, cycling the hold-out. Without a hold-out, gates and weights take the same joint step."""
 
     def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, plan: Plan, device: str, label: str):
         self.model, self.cfg, self.plan, self.device = model, cfg, plan, device
@@ -196,7 +218,7 @@ class Trainer:
         self.weight_rows, self.hold = self.rows, None
         if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
             w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed, SALT_HOLDOUT)
-            h_rows = in_memory(h_rows, plan.in_memory_mb << 20)  # cycled many times per epoch
+            h_rows = in_memory(h_rows, plan.in_memory_mb << 20)  # read in small batches every epoch
             if len(w_rows) and len(h_rows):  # too few rows for a hold-out: joint steps
                 self.weight_rows, self.hold = w_rows, h_rows
         if len(self.weight_rows) == 0:
@@ -227,8 +249,11 @@ class Trainer:
         torch.manual_seed(_seed(seed, epoch, _TORCH, w_rank))  # dropout: its own masks per rank
         # the gate noise: the same draws on every rank, so all ranks train through identical gates
         noise = torch.Generator(device=device).manual_seed(_seed(seed, epoch, _GATE_NOISE))
-        held = _cycle(self.hold, min(cfg.batch_size, len(self.hold)), _seed(seed, epoch, _GATE_ORDER)) \
-            if self.hold is not None else None
+        held = None  # the gate steps' batches: one pass over the hold-out in shares, or full batches cycling it
+        if self.hold is not None:
+            order = _seed(seed, epoch, _GATE_ORDER)
+            held = _spread(self.hold.chunks(order), self.batches) if self.gate.holdout_pass else \
+                _cycle(self.hold, min(cfg.batch_size, len(self.hold)), order)
         self.model.train()
         t0, total, seen = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
         order = self.weight_rows.chunks(_seed(seed, epoch, _ORDER))
@@ -239,7 +264,9 @@ class Trainer:
                 total += loss_sum
                 seen += n
             if held is not None:
-                self.gate_step(*next(held), self.progress(step), noise)
+                ids_h, y_h = next(held)
+                if len(y_h):  # empty only when the hold-out has fewer rows than the epoch has weight steps
+                    self.gate_step(ids_h, y_h, self.progress(step), noise)
             if self.gate is not None:
                 self.gate.after_step(self.progress(step + 1), cfg)
             next_batch()

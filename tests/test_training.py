@@ -28,20 +28,23 @@ def _small():
 
 
 # log_alpha and per-epoch train logloss recorded from the training loop before gates became modules
-# (same data, seeds and config): the hard-concrete path must reproduce them exactly
+# (same data, seeds and config): the hard-concrete path must reproduce them exactly. The hold-out cases were
+# recorded again when each gate step came to read the next 1/batches of the epoch's pass over the hold-out
+# instead of a full batch (the joint case,
+# which has no hold-out, is the original recording).
 BEFORE = {
     "holdout": ({"gate_holdout": 0.25},
-                [2.3774328231811523, 1.8642383813858032, 1.9225480556488037, 0.9074209332466125],
-                [0.7160536796534986, 0.6944639214641972]),
+                [2.359306812286377, 1.8351380825042725, 1.6140393018722534, 1.2238197326660156],
+                [0.7156321730243561, 0.6944603332101482]),
     "joint": ({"gate_holdout": 0.0},
               [2.7241013050079346, 0.8458300828933716, 2.500703811645508, 1.465856671333313],
               [0.709957038561503, 0.6845592149098714]),
     "target_k": ({"gate_holdout": 0.25, "target_k": 4, "l0_lambda": 0.05},
-                 [3.0462121963500977, 3.179187297821045, 2.98099946975708, 3.1622259616851807],
-                 [0.7160334913697961, 0.6942354141305026]),
+                 [3.0324509143829346, 3.196139335632324, 2.9881043434143066, 3.1887683868408203],
+                 [0.7156129079322292, 0.6942498455308888]),
     "sparse": ({"gate_holdout": 0.25, "sparse_embeddings": True},
-               [2.3770346641540527, 1.795670747756958, 1.9164115190505981, 0.9058881402015686],
-               [0.7161330828383633, 0.6947856014722014]),
+               [2.3595399856567383, 1.9210143089294434, 1.5954922437667847, 1.2165659666061401],
+               [0.715708188270325, 0.6947736348191352]),
 }
 
 
@@ -55,6 +58,55 @@ def test_hard_concrete_training_is_unchanged(case):
     torch.testing.assert_close(model.gate.log_alpha.detach(), torch.tensor(log_alpha), atol=1e-6, rtol=0)
     assert [e["train_logloss"] for e in hist["epochs"]] == pytest.approx(losses, rel=1e-6)
     assert all("expected_l0" in e for e in hist["epochs"])
+
+
+@pytest.mark.parametrize("holdout", [0.25, 0.6])
+def test_gate_steps_read_each_held_out_row_once_an_epoch(holdout, monkeypatch):
+    """A gate step follows every weight step, and over one epoch the gate steps read every held-out row exactly
+    once, in batches that differ by at most one row; with more held-out than weight rows too."""
+    from lightfmp import training
+    seen, weight_steps = [], []
+    real_gate, real_train = training.Trainer.gate_step, training.Trainer.train_step
+
+    def gate_step(self, ids, y, progress, noise):
+        seen.append(ids.copy())
+        return real_gate(self, ids, y, progress, noise)
+
+    def train_step(self, ids, y, progress, noise):
+        weight_steps.append(len(y))
+        return real_train(self, ids, y, progress, noise)
+    monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
+    monkeypatch.setattr(training.Trainer, "train_step", train_step)
+    schema, rows, valid = _small()
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    fit(model, rows, valid, TrainConfig(epochs=1, batch_size=32, gate_holdout=holdout), seed=5, select_best=False)
+    _, hold = rows.split(holdout, 5, SALT_HOLDOUT)
+    assert len(seen) == len(weight_steps) == math.ceil((len(rows) - len(hold)) / 32)
+    assert {len(b) for b in seen} <= {len(hold) // len(seen), len(hold) // len(seen) + 1}
+    got = np.concatenate(seen)
+    assert len(got) == len(hold)
+    key = lambda a: sorted(map(tuple, a.tolist()))  # noqa: E731  (rows as tuples: the multiset of held-out rows)
+    assert key(got) == key(hold.take(np.arange(len(hold))).arrays()[0])
+
+
+def test_autofield_gate_steps_keep_full_batches(monkeypatch):
+    """A bilevel baseline keeps its own alternation: every AutoField controller step reads a full batch (cycling
+    the hold-out), as its paper's first-order bilevel training does."""
+    from lightfmp import training
+    seen = []
+    real_gate = training.Trainer.gate_step
+
+    def gate_step(self, ids, y, progress, noise):
+        seen.append(len(y))
+        return real_gate(self, ids, y, progress, noise)
+    monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
+    schema, rows, valid = _small()
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gate=AutoFieldGate(4))
+    fit(model, rows, valid, TrainConfig(epochs=1, batch_size=32, gate_holdout=0.25), seed=5, select_best=False)
+    assert len(seen) == math.ceil((len(rows) - len(rows.split(0.25, 5, SALT_HOLDOUT)[1])) / 32)
+    assert set(seen) == {32}
 
 
 def _planted(n: int = 3000):
