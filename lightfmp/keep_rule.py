@@ -4,7 +4,7 @@
                       (`forward_order`: starting from no open field, open the field that lowers the validation
                       logloss most; a closed field reads another row's values);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
-                      is closed for good unless closing it raises the validation logloss by at least two standard
+                      is closed for good unless closing it raises the validation logloss by more than two standard
                       errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 `selection_rule` is what metrics.json and `lightfmp inspect` show of it. The surgery: lightfmp.pruning.
@@ -128,7 +128,7 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
                  device: str = "cpu") -> dict:
     """The default rule: every field open, then the fields in the gates' order, least open first, each closed for
-    good unless closing it raises the validation logloss of the phase-1 model by at least two standard errors
+    good unless closing it raises the validation logloss of the phase-1 model by more than two standard errors
     (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides.
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
@@ -144,7 +144,7 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    slots: list[tuple[int, int]], device: str = "cpu") -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
-    at least two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
+    more than two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
     not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
     redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
@@ -195,7 +195,7 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
-                "logloss by at least two standard errors")
+                "logloss by more than two standard errors")
 
 
 def closing_scores(search: dict) -> dict[str, float]:
