@@ -69,7 +69,8 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
         score_ax.bar(names, [r.get("score") or 0.0 for r in rows], color=colors)
         score_ax.set_ylabel(cut.get("score", "score") if cut else "score")
         score_ax.tick_params(axis="x", rotation=60)
-    if cut is not None and cut.get("cut") is not None:
+    on_its_axis = scored or (cut or {}).get("score", "gate") == "gate"  # never a score's cut on the gate axis
+    if cut is not None and cut.get("cut") is not None and on_its_axis:
         score_ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=f"cut at {cut['cut']:g}")
         score_ax.legend(loc="upper right", fontsize=8)
     ax.set_title(title or "Light-FMP gates (green: kept)")

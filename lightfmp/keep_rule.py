@@ -34,6 +34,17 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
                        # as 1 / sqrt(rows)
 
 
+def other_rows(n: int) -> np.ndarray:
+    """The fixed shuffle a closed field reads: row i reads row perm[i], a seeded permutation in which no row reads
+    itself (each row the draw left in place swaps partners with the next row; n >= 2)."""
+    perm = np.random.default_rng(0).permutation(n)
+    for i in np.flatnonzero(perm == np.arange(n)):
+        if n > 1 and perm[i] == i:
+            j = (i + 1) % n
+            perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
 def ranking(log_alpha: torch.Tensor) -> list[int]:
     """Field indices by log_alpha (the deterministic gate's order), ties in schema order."""
     return sorted(range(len(log_alpha)), key=lambda i: (-float(log_alpha[i]), i))
@@ -52,7 +63,7 @@ def row_losses(model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields
     closed = [c for f in range(len(slots)) if f not in is_open for c in range(*slots[f])]
     x_all = ids.copy()
     if closed:
-        perm = np.random.default_rng(0).permutation(len(labels))
+        perm = other_rows(len(labels))
         x_all[:, closed] = ids[perm][:, closed]
     out = np.zeros(len(labels))
     for i in range(0, len(labels), batch_size):
@@ -76,7 +87,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
     model.eval().to(device)
     n = model.gate.num_fields
     z = model.gate.deterministic().detach()
-    perm = np.random.default_rng(0).permutation(len(labels))
+    perm = other_rows(len(labels))
     with torch.no_grad():
         real = model.embedding(torch.from_numpy(ids).to(device), z)
         shuffled = model.embedding(torch.from_numpy(ids[perm]).to(device), z)
@@ -200,7 +211,8 @@ CLOSING_RULE = ("every field open, then, least open gate first, each closed unle
 
 def closing_scores(search: dict) -> dict[str, float]:
     """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
-    return {t["field"]: (t["cost"] / t["se"] if t["se"] > 0 else 0.0) for t in search.get("tests", [])}
+    return {t["field"]: t["cost"] / t["se"] if t["se"] > 0 else 0.0 if t["cost"] <= 0 else None
+            for t in search.get("tests", [])}  # None: a cost with no spread (too few rows to scale it)
 
 
 def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float | None,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import SHARDS_FORMAT, atomic_dir, file_sha256, write_json_atomic
+from .io import SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, write_json_atomic, write_text_atomic
 from .schema import FeatureSchema
 from .splits import SPLITS, SplitRule
 
@@ -122,7 +122,14 @@ def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
 
 
 def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
-    write_json_atomic(path, {"schema": schema.to_dict(), "inferred": inferred})
+    """Written compact: a fit holds every vocabulary, and an indented document goes through json's pure-Python
+    encoder (slower than the fit's counting on a large vocabulary); only `load_fit` reads it."""
+    doc = {"schema": schema.to_dict(), "inferred": inferred}
+    try:
+        text = json.dumps(doc, allow_nan=False)
+    except ValueError:  # a NaN or an infinity: null, as in every JSON file lightfmp writes
+        text = json.dumps(json_safe(doc), allow_nan=False)
+    write_text_atomic(path, text + "\n")
 
 
 def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:

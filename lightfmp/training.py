@@ -149,16 +149,25 @@ def _cycle(rows: Rows, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.nd
     return _batches(passes(), size)
 
 
-def _spread(chunks: Iterator[tuple[np.ndarray, np.ndarray]], parts: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """One pass over `chunks` cut into `parts` consecutive batches whose sizes differ by at most one row (batch b
-    holds rows floor(b n / parts) .. floor((b + 1) n / parts); some are empty when there are fewer rows than parts)."""
-    pieces = list(chunks)
-    ids = np.concatenate([c[0] for c in pieces]) if pieces else np.zeros((0, 0), np.int32)
-    y = np.concatenate([c[1] for c in pieces]) if pieces else np.zeros(0, np.float32)
-    n = len(y)
+def _spread(chunks: Iterator[tuple[np.ndarray, np.ndarray]], n: int, parts: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """One pass over `chunks` (`n` rows) cut into `parts` consecutive batches whose sizes differ by at most one row
+    (batch b holds rows floor(b n / parts) .. floor((b + 1) n / parts); some are empty when there are fewer rows
+    than parts), read chunk by chunk as the batches are taken."""
+    rest = iter(chunks)
+    held_x: list[np.ndarray] = []
+    held_y: list[np.ndarray] = []
+    have = 0
     for b in range(parts):
-        lo, hi = b * n // parts, (b + 1) * n // parts
-        yield ids[lo:hi], y[lo:hi]
+        size = (b + 1) * n // parts - b * n // parts
+        while have < size:
+            ids, y = next(rest)
+            held_x.append(ids)
+            held_y.append(y)
+            have += len(y)
+        x_all = np.concatenate(held_x) if len(held_x) > 1 else held_x[0] if held_x else np.zeros((0, 0), np.int32)
+        y_all = np.concatenate(held_y) if len(held_y) > 1 else held_y[0] if held_y else np.zeros(0, np.float32)
+        yield x_all[:size], y_all[:size]
+        held_x, held_y, have = ([x_all[size:]], [y_all[size:]], have - size) if have > size else ([], [], 0)
 
 
 def _my_slice(ids: np.ndarray, y: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor, float, int]:
@@ -252,7 +261,7 @@ class Trainer:
         held = None  # the gate steps' batches: one pass over the hold-out in shares, or full batches cycling it
         if self.hold is not None:
             order = _seed(seed, epoch, _GATE_ORDER)
-            held = _spread(self.hold.chunks(order), self.batches) if self.gate.holdout_pass else \
+            held = _spread(self.hold.chunks(order), len(self.hold), self.batches) if self.gate.holdout_pass else \
                 _cycle(self.hold, min(cfg.batch_size, len(self.hold)), order)
         self.model.train()
         t0, total, seen = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0

@@ -8,7 +8,8 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
-from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
+from lightfmp.keep_rule import (backward_sweep, closing_scores, closing_test, keep_order, other_rows, ranking,
+                                 select_fields)
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -138,9 +139,22 @@ def test_default_rule_keeps_what_the_closing_test_kept():
         select_fields(names, la, z, search={"order": ["c", "a", "d", "b"]})  # a --keep search has no kept set
 
 
+@pytest.mark.parametrize("n", [2, 3, 4, 5, 100, 4096])
+def test_other_rows_is_a_seeded_shuffle_with_no_row_in_place(n):
+    """A permutation; no row reads itself; the same on every call; it differs from the seed-0 draw only where that
+    draw left a row in place (and at the partner each such row swapped with)."""
+    perm = other_rows(n)
+    assert sorted(perm.tolist()) == list(range(n)) and not np.any(perm == np.arange(n))
+    assert np.array_equal(perm, other_rows(n))
+    draw = np.random.default_rng(0).permutation(n)
+    fixed = set(np.flatnonzero(draw == np.arange(n)).tolist())
+    moved = set(np.flatnonzero(perm != draw).tolist())
+    assert moved <= fixed | {(i + 1) % n for i in fixed}
+
+
 def _direct_losses(model, schema, ids, y, open_fields):
-    """The definition: closed fields read the values of row perm[i] (the fixed permutation, seed 0)."""
-    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(y)))
+    """The definition: closed fields read the values of row perm[i] (`other_rows`: the fixed shuffle)."""
+    perm = torch.from_numpy(other_rows(len(y)))
     x = ids.clone()
     for f, name in enumerate(schema.names):
         if f not in open_fields:

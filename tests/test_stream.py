@@ -14,7 +14,7 @@ from lightfmp.errors import LightFMPError
 from lightfmp.formats import read_batches, resolve_format
 from lightfmp.splits import SALT_HOLDOUT, SALT_SUBSET, SplitRule, row_uniform
 from lightfmp.schema import FIRST_ID, OOV_ID, FeatureSchema, Field, stable_hash
-from lightfmp.shards import shard_home
+from lightfmp.shards import load_fit, save_fit, shard_home
 from lightfmp.vocab import Reservoir, StreamFitter, TokenCounter, apply_options, fit_schema, initial_schema
 
 N, CHUNK = 200, 37
@@ -460,3 +460,17 @@ def test_small_views_are_read_into_memory_with_their_row_numbers(built):
     for a, b in zip(held.split(0.2, 0, SALT_HOLDOUT), sub.split(0.2, 0, SALT_HOLDOUT)):
         assert np.array_equal(a.row_numbers(), b.row_numbers())
     assert in_memory(sub, 16) is sub  # over the budget: left on disk
+
+
+def test_fit_cache_round_trips_compact_and_with_a_nan(tmp_path):
+    """The fit cache is written compact (one line) and reads back the same schema; a NaN in what it records is
+    written as null, never as a bare NaN that strict JSON readers refuse."""
+    schema = FeatureSchema("y", [Field("a", "categorical", vocab=["x", "y", "é"]),
+                                 Field("n", "numeric", boundaries=[0.5, 1.25, 1e300])])
+    save_fit(tmp_path / "fit.json", schema, {"a": "categorical (text)"})
+    assert len((tmp_path / "fit.json").read_text().splitlines()) == 1
+    back, inferred = load_fit(tmp_path / "fit.json")
+    assert back.to_dict() == schema.to_dict() and inferred == {"a": "categorical (text)"}
+    save_fit(tmp_path / "nan.json", schema, {"a": "categorical (text)", "share": float("nan")})
+    text = (tmp_path / "nan.json").read_text()
+    assert "NaN" not in text and json.loads(text)["inferred"]["share"] is None

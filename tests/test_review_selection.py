@@ -1,0 +1,195 @@
+"""Review of the closing test, its inspect output and the gate steps' pass over the hold-out: edge cases."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from helpers import make_frame, write_csv
+from lightfmp import training
+from lightfmp.cli.app import app
+from lightfmp.config import RunConfig
+from lightfmp.dataset import load_dataset
+from lightfmp.inspection import plot_gates
+from lightfmp.keep_rule import closing_scores, closing_test, row_losses, select_fields, selection_rule
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.rows import ArrayRows
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.splits import SALT_HOLDOUT
+from lightfmp.training import TrainConfig, fit
+from lightfmp.vocab import fit_schema
+
+
+def _model(fields=("a", "b", "noise"), n=300, seed=0):
+    df = make_frame(n)
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in fields], min_count=1), df)
+    torch.manual_seed(seed)
+    m = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    with torch.no_grad():
+        for p in m.backbone_parameters():
+            p.copy_(torch.randn_like(p) * 0.5)
+    return m, s, s.encode(df), df["label"].to_numpy(np.float32)
+
+
+# ---- the closing test ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [2, 4])
+def test_a_closed_field_reads_another_rows_values(n):
+    """A closed field reads another row's values on every row, even on 2 or 4 rows where a plain seeded permutation
+    leaves rows in place (then closing would cost exactly 0 there and, on 2 rows, the default rule would drop every
+    field but one)."""
+    m, s, ids, y = _model()
+    ids, y = ids[:n].copy(), y[:n]
+    ids[:] = (np.arange(n)[:, None] + 2) % np.array([len(f.vocab) for f in s.fields])[None, :] + 2  # rows differ
+    slots = [s.field_slot_ranges()[f] for f in s.names]
+    open_all = row_losses(m, ids, y, list(range(len(slots))), slots)
+    closed_all = row_losses(m, ids, y, [], slots)
+    assert np.all(np.abs(closed_all - open_all) > 0), (open_all, closed_all)  # every row reads another row
+    assert any(t["cost"] != 0.0 for t in closing_test(m, s, ids, y)["tests"])
+
+
+def test_closing_test_with_every_gate_shut_keeps_the_most_open_field_without_nan():
+    m, s, ids, y = _model()
+    with torch.no_grad():
+        m.gate.log_alpha.copy_(torch.tensor([-20.0, -15.0, -25.0]))  # every deterministic gate exactly 0
+    assert float(m.gate.deterministic().detach().max()) == 0.0
+    out = closing_test(m, s, ids, y)
+    assert out["kept"] == ["b"] and out["order"] == ["b", "a", "noise"]
+    assert [t["field"] for t in out["tests"]] == ["noise", "a"]
+    assert all(t == {"field": t["field"], "cost": 0.0, "se": 0.0, "closed": True} for t in out["tests"])
+    assert closing_scores(out) == {"noise": 0.0, "a": 0.0}
+    assert select_fields(s.names, m.gate.log_alpha, m.gate.deterministic(), search=out) == ["b"]
+
+
+def test_closing_test_with_one_field_tests_nothing_and_keeps_it():
+    m, s, ids, y = _model(fields=("a",))
+    out = closing_test(m, s, ids, y)
+    assert out == {"order": ["a"], "tests": [], "rows": len(y), "kept": ["a"]}
+    sel = selection_rule(["a"], {"a": 1.0}, None, None, out)
+    assert sel["scores"] == {} and sel["cut"] == 2.0
+
+
+def test_a_score_cut_is_not_drawn_on_the_gate_axis(tmp_path, monkeypatch):
+    """With no scored row (a one-field default run: its only field is never tested), the single panel is the gate
+    axis: the closing test's cut (2 standard errors) must not be drawn on it."""
+    import matplotlib.axes
+    drawn = []
+    real = matplotlib.axes.Axes.axhline
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline",
+                        lambda self, y=0, *a, **k: (drawn.append((self.get_ylabel(), y)), real(self, y, *a, **k))[1])
+    m, s, ids, y = _model(fields=("a",))
+    out = closing_test(m, s, ids, y)
+    cut = selection_rule(out["kept"], {"a": 0.97}, None, None, out)
+    rows = [{"field": "a", "kind": "categorical", "gate": 0.97, "l0_probability": 0.97, "kept": True}]
+    plot_gates(rows, tmp_path / "g.png", cut=cut)
+    assert ("deterministic gate", 2.0) not in drawn, drawn
+
+
+# ---- the gate steps' pass over the hold-out -----------------------------------------------------------------------
+def _fit_recording(rows, holdout, batch_size, epochs=2, **fit_kw):
+    seen, steps = [], []
+    real_gate, real_train = training.Trainer.gate_step, training.Trainer.train_step
+
+    def gate_step(self, ids, y, progress, noise):
+        seen.append(ids.copy())
+        return real_gate(self, ids, y, progress, noise)
+
+    def train_step(self, ids, y, progress, noise):
+        steps.append(len(y))
+        return real_train(self, ids, y, progress, noise)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(training.Trainer, "gate_step", gate_step)
+    mp.setattr(training.Trainer, "train_step", train_step)
+    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)]) for i in range(3)])
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    try:
+        fit(model, rows, None, TrainConfig(epochs=epochs, batch_size=batch_size, gate_holdout=holdout), seed=3,
+            select_best=False, **fit_kw)
+    finally:
+        mp.undo()
+    assert np.isfinite(model.gate.log_alpha.detach().numpy()).all()
+    return seen, steps
+
+
+def _rows(n):
+    ids = np.stack([np.arange(n) % 20 + 2, np.arange(n) // 20 % 20 + 2, np.arange(n) // 400 + 2], 1).astype(np.int32)
+    return ArrayRows(ids, (np.arange(n) % 3 == 0).astype(np.float32))  # every row distinct
+
+
+@pytest.mark.parametrize("holdout,batch_size", [(0.03, 1), (0.05, 4), (0.5, 10_000), (0.9, 10_000), (0.9, 3)])
+def test_gate_steps_read_every_held_out_row_once_an_epoch_even_with_empty_shares(holdout, batch_size):
+    """Fewer held-out rows than weight steps (empty shares are skipped), and a batch larger than every row."""
+    rows = _rows(400)
+    w, hold = rows.split(holdout, 3, SALT_HOLDOUT)
+    seen, steps = _fit_recording(rows, holdout, batch_size)
+    assert len(steps) == 2 * -(-len(w) // batch_size)
+    assert len(seen) == (2 * len(hold) if len(hold) < len(steps) // 2 else len(steps))
+    got = np.concatenate(seen)
+    key = lambda a: sorted(map(tuple, a.tolist()))  # noqa: E731
+    assert key(got) == key(np.concatenate([hold.arrays()[0]] * 2))  # each epoch reads each held-out row once
+
+
+def test_a_streamed_hold_out_is_not_read_whole_before_the_first_gate_step(tmp_path):
+    """A hold-out that stays on disk (a --stream run beyond --in-memory-mb) is read share by share as the gate
+    steps take it, not whole before the first one."""
+    csv = write_csv(tmp_path, n=1500)
+    cfg = RunConfig.of(data=str(csv), label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|",
+                       shard_dir=str(tmp_path / "shards"), chunk_rows=50, stream=True)
+    data = load_dataset(cfg.data, None)
+    rows = data.split_rows("train")
+    read = {}
+    cls = type(rows)
+    real_chunks = cls.chunks
+
+    def chunks(self, seed=None):
+        for c in real_chunks(self, seed):
+            read[id(self)] = read.get(id(self), 0) + len(c[1])
+            yield c
+    at_first = []
+    real_gate = training.Trainer.gate_step
+
+    def gate_step(self, ids, y, progress, noise):
+        if not at_first:
+            at_first.append((read.get(id(self.hold), 0), len(self.hold), type(self.hold)))
+        return real_gate(self, ids, y, progress, noise)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cls, "chunks", chunks)
+    mp.setattr(training.Trainer, "gate_step", gate_step)
+    try:
+        torch.manual_seed(0)
+        model = build_model("deepfm", data.schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+        fit(model, rows, None, TrainConfig(epochs=1, batch_size=64, gate_holdout=0.5), select_best=False,
+            in_memory_mb=0)
+    finally:
+        mp.undo()
+    done, total, kind = at_first[0]
+    assert kind is cls and total > 300
+    assert done < total / 2, f"read {done} of {total} held-out rows before the first gate step"
+
+
+# ---- inspect across the rules and an older metrics.json -----------------------------------------------------------
+def test_inspect_follows_each_re_prune_and_reads_an_older_selection(tmp_path):
+    runner = CliRunner()
+    cli = lambda *a: runner.invoke(app, [str(x) for x in a])  # noqa: E731
+    csv, run = write_csv(tmp_path, n=600), tmp_path / "run"
+    r = cli("train", "--data", csv, "--label", "label", "--multi-hot", "tags:|", "--out", run, "--subset", "1.0",
+            "--pretrain-epochs", "2", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4", "-q")
+    assert r.exit_code == 0, r.output
+    text = lambda r: " ".join(r.output.split())  # noqa: E731
+    for args, column, suffix in [((), "closing cost (SE)", "(cut at 2: closing cost in standard errors)"),
+                                 (("--keep", "2"), "forward order", "(cut at 2: forward order position)"),
+                                 (("--threshold", "0.5"), None, "(cut at gate 0.500)")]:
+        assert cli("prune", run, *args, "--continue-epochs", "0", "-q").exit_code == 0
+        r = cli("inspect", run)
+        assert r.exit_code == 0 and suffix in text(r), text(r)
+        for other in ("closing cost (SE)", "forward order"):
+            assert (other in text(r).split("kept by")[0]) == (other == column), text(r)
+    m = json.loads((run / "metrics.json").read_text())
+    m["selection"] = {"rule": "fewest fields of the forward order within one standard error of the best validation "
+                              "logloss", "score": "forward order", "cut": None,
+                      "curve": {"order": m["fields"]["all"], "logloss": [0.6] * 5, "se": [0.01] * 5}}
+    (run / "metrics.json").write_text(json.dumps(m))
+    r = cli("inspect", run)
+    assert r.exit_code == 0 and "within one standard error" in text(r) and "(cut at" not in text(r), r.output
+    assert (run / "gates.png").read_bytes()[:4] == b"\x89PNG"
