@@ -130,10 +130,11 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu") -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha).
-    Returns {"order": field names}."""
+    Returns {"order": field names, "rows": the rows searched}."""
     names, ranges = schema.names, schema.field_slot_ranges()
-    order = forward_order(model, ids[:SEARCH_ROWS], labels[:SEARCH_ROWS], [ranges[n] for n in names], device, k)
-    return {"order": [names[i] for i in order]}
+    ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
+    order = forward_order(model, ids, labels, [ranges[n] for n in names], device, k)
+    return {"order": [names[i] for i in order], "rows": len(labels)}
 
 
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,

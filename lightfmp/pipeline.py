@@ -242,7 +242,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["phases"] = {"pretrain": pre,
-                         "prune": _phase(0, prune_seconds, rule=f"keep={keep}" if keep else
+                         "prune": _phase(search["rows"] if search else 0, prune_seconds, rule=f"keep={keep}" if keep else
                                          f"threshold={threshold}" if threshold is not None else "closing test"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
                                             epochs=len(hist["epochs"]))}

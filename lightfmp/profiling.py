@@ -120,7 +120,8 @@ def _eager_module(bundle: Bundle):
     if bundle.raw:
         return None, "raw-input export: PyTorch eager takes ids, not strings"
     if not run_dir or not Path(run_dir).is_dir():
-        return None, f"run directory {run_dir!r} not available" if run_dir else "no run_dir in the schema"
+        return None, (f"run directory {run_dir!r} not found next to the export, beside its folder or in the working "
+                      f"directory" if run_dir else "no run_dir in the schema")
     try:
         model, kept = open_run(run_dir).load_final()
     except LightFMPError as e:

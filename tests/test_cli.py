@@ -89,6 +89,7 @@ def test_default_rule_is_the_closing_test(data, tmp_path):
         assert t["closed"] == (t["field"] not in search["kept"])
         assert t["closed"] == (t["cost"] < 2 * t["se"]) and sel["scores"][t["field"]] == pytest.approx(t["cost"] / t["se"])
     assert m["phases"]["prune"]["rule"] == "closing test"
+    assert m["phases"]["prune"]["rows"] == search["rows"] == m["valid"]["rows"] > 0  # the validation rows it read
     r = cli("inspect", pretrained)
     text = " ".join(r.output.split())  # the table and the line wrap at the terminal's width
     assert r.exit_code == 0 and "closing cost (SE)" in text and "(cut at 2: closing cost in standard errors)" in text, text

@@ -893,6 +893,15 @@ def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_pa
     assert locate_run(beside, load_contract(beside).run_dir) == str(complete)
     assert locate_run(out, "/old/absolute/run") == "/old/absolute/run"
     shutil.rmtree(beside)
+    # runs/NAME and export/NAME side by side (the README's layout): the export itself is never taken for the run
+    runs, exports = tmp_path / "lay" / "runs", tmp_path / "lay" / "export"
+    runs.mkdir(parents=True)
+    shutil.copytree(complete, runs / complete.name)
+    assert cli("export", runs / complete.name, "--out", exports / complete.name, "--quiet").exit_code == 0
+    assert locate_run(exports / complete.name, complete.name) == str(runs / complete.name)
+    (tmp_path / "lay" / "more").mkdir()
+    shutil.copytree(complete, tmp_path / "lay" / "more" / complete.name)  # two candidates: none is guessed
+    assert locate_run(exports / complete.name, complete.name) == complete.name
 
 
 # ---- never a pickle -----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ directory and still has the recorded sha256.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import re
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import LightFMPError
-from ..io import file_sha256, read_json, write_json_atomic
+from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
 from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field
 
 EXPORT_VERSION = 1
@@ -279,12 +280,19 @@ def load_contract(export_dir: str | Path) -> ServingContract:
 
 def locate_run(export_dir: str | Path, recorded) -> str | None:
     """The run directory an export came from (`recorded`: the contract's run_dir). feature_schema.json records only
-    the run directory's name, never a path of the machine that exported it; it is looked for next to the export
-    directory, else taken relative to the working directory. A path recorded by an older lightfmp is used as is."""
+    the run directory's name, never a path of the machine that exported it; a lightfmp run of that name is looked
+    for next to the export directory, then in the folders beside the export's folder (runs/NAME for export/NAME,
+    used only when exactly one matches), else the name is taken relative to the working directory. A path recorded
+    by an older lightfmp is used as is."""
     if not isinstance(recorded, str) or not recorded or Path(recorded).is_absolute():
         return recorded if isinstance(recorded, str) and recorded else None
-    near = Path(export_dir).parent / recorded
-    return str(near) if near.is_dir() else recorded
+    export_dir = Path(export_dir)
+    near = export_dir.parent / recorded
+    if lightfmp_kind(near) == "run":
+        return str(near)
+    beside = [p for p in sorted(export_dir.parent.parent.glob(f"*/{glob.escape(recorded)}"))
+              if lightfmp_kind(p) == "run"]
+    return str(beside[0]) if len(beside) == 1 else recorded
 
 
 def save_contract(contract: ServingContract, export_dir: str | Path) -> None:
