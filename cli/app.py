@@ -116,7 +116,8 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         t.add_column(c, justify="left" if c in ("field", "kind", "kept") else "right")
     for row in rows:
         v = row.get("score")
-        score = ([f"{v:.2f}" if isinstance(v, float) else "-" if v is None else str(v)] if scored else [])
+        score = ([f"{round(v, 2) + 0.0:.2f}" if isinstance(v, float) else "-" if v is None else str(v)]
+                 if scored else [])  # + 0.0: no "-0.00" for a cost that rounds to zero
         t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
                   "yes" if row["kept"] else "[dim]no[/]")
     out.print(t)
