@@ -36,3 +36,22 @@ def fnv_reference(text: str) -> int:
     h ^= h >> 27
     h = (h * 0x94D049BB133111EB) & m
     return h ^ (h >> 31)
+
+
+def record_steps(monkeypatch) -> tuple[list, list]:
+    """Patch the training loop to record what each step reads: (the ids of every gate step's batch, the row count
+    of every weight step), appended as `fit` runs."""
+    from lightfmp import training
+    gate_batches, weight_steps = [], []
+    real_gate, real_train = training.Trainer.gate_step, training.Trainer.train_step
+
+    def gate_step(self, ids, y, progress, noise):
+        gate_batches.append(ids.copy())
+        return real_gate(self, ids, y, progress, noise)
+
+    def train_step(self, ids, y, progress, noise):
+        weight_steps.append(len(y))
+        return real_train(self, ids, y, progress, noise)
+    monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
+    monkeypatch.setattr(training.Trainer, "train_step", train_step)
+    return gate_batches, weight_steps

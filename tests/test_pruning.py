@@ -186,6 +186,15 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     assert short == {"order": [schema.names[i] for i in chosen[:2] + rest], "rows": len(y)}
 
 
+def _fit_ungated(model, x, y, steps: int):
+    """Train the backbone with every gate at 1 (full batch Adam), leaving the gates to the test."""
+    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(model(x, torch.ones(model.gate.num_fields)), y).backward()
+        opt.step()
+
+
 def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
     """Two copies of one informative field and one other informative field: the second step opens the other
     field, not the copy (the copy adds nothing once its twin is open), although the copy's gate is the larger."""
@@ -199,11 +208,7 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
     y = torch.from_numpy(df["label"].to_numpy(np.float32))
     torch.manual_seed(0)
     model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
-    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
-    for _ in range(300):
-        opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(ids, torch.ones(3)), y).backward()
-        opt.step()
+    _fit_ungated(model, ids, y, 300)
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([1.0, 3.0, 0.5]))  # the copy has the largest gate
     order = keep_order(model, s, ids.numpy(), y.numpy(), 2)["order"]
@@ -265,11 +270,7 @@ def test_closing_test_drops_noise_fields_and_keeps_the_signal():
     x, y = torch.from_numpy(s.encode(train)).long(), torch.from_numpy(train["label"].to_numpy(np.float32))
     torch.manual_seed(0)
     model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
-    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
-    for _ in range(200):
-        opt.zero_grad()
-        F.binary_cross_entropy_with_logits(model(x, torch.ones(3)), y).backward()
-        opt.step()
+    _fit_ungated(model, x, y, 200)
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([0.0, 3.0, 2.0]))  # a's gate is the least open
     out = closing_test(model, s, s.encode(valid), valid["label"].to_numpy(np.float32))

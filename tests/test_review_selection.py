@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_frame, write_csv
+from helpers import make_frame, record_steps, write_csv
 from lightfmp import training
 from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
@@ -87,27 +87,13 @@ def test_a_score_cut_is_not_drawn_on_the_gate_axis(tmp_path, monkeypatch):
 
 # ---- the gate steps' pass over the hold-out -----------------------------------------------------------------------
 def _fit_recording(rows, holdout, batch_size, epochs=2, **fit_kw):
-    seen, steps = [], []
-    real_gate, real_train = training.Trainer.gate_step, training.Trainer.train_step
-
-    def gate_step(self, ids, y, progress, noise):
-        seen.append(ids.copy())
-        return real_gate(self, ids, y, progress, noise)
-
-    def train_step(self, ids, y, progress, noise):
-        steps.append(len(y))
-        return real_train(self, ids, y, progress, noise)
-    mp = pytest.MonkeyPatch()
-    mp.setattr(training.Trainer, "gate_step", gate_step)
-    mp.setattr(training.Trainer, "train_step", train_step)
     schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)]) for i in range(3)])
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        seen, steps = record_steps(mp)
         fit(model, rows, None, TrainConfig(epochs=epochs, batch_size=batch_size, gate_holdout=holdout), seed=3,
             select_best=False, **fit_kw)
-    finally:
-        mp.undo()
     assert np.isfinite(model.gate.log_alpha.detach().numpy()).all()
     return seen, steps
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import record_steps
 from lightfmp.errors import LightFMPError
 from lightfmp.gates import AutoFieldGate, HardConcreteGate, LPFSGate
 from lightfmp.models import ModelConfig, build_model
@@ -64,19 +65,7 @@ def test_hard_concrete_training_is_unchanged(case):
 def test_gate_steps_read_each_held_out_row_once_an_epoch(holdout, monkeypatch):
     """A gate step follows every weight step, and over one epoch the gate steps read every held-out row exactly
     once, in batches that differ by at most one row; with more held-out than weight rows too."""
-    from lightfmp import training
-    seen, weight_steps = [], []
-    real_gate, real_train = training.Trainer.gate_step, training.Trainer.train_step
-
-    def gate_step(self, ids, y, progress, noise):
-        seen.append(ids.copy())
-        return real_gate(self, ids, y, progress, noise)
-
-    def train_step(self, ids, y, progress, noise):
-        weight_steps.append(len(y))
-        return real_train(self, ids, y, progress, noise)
-    monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
-    monkeypatch.setattr(training.Trainer, "train_step", train_step)
+    seen, weight_steps = record_steps(monkeypatch)
     schema, rows, valid = _small()
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -93,20 +82,13 @@ def test_gate_steps_read_each_held_out_row_once_an_epoch(holdout, monkeypatch):
 def test_autofield_gate_steps_keep_full_batches(monkeypatch):
     """A bilevel baseline keeps its own alternation: every AutoField controller step reads a full batch (cycling
     the hold-out), as its paper's first-order bilevel training does."""
-    from lightfmp import training
-    seen = []
-    real_gate = training.Trainer.gate_step
-
-    def gate_step(self, ids, y, progress, noise):
-        seen.append(len(y))
-        return real_gate(self, ids, y, progress, noise)
-    monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
+    batches, _ = record_steps(monkeypatch)
     schema, rows, valid = _small()
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gate=AutoFieldGate(4))
     fit(model, rows, valid, TrainConfig(epochs=1, batch_size=32, gate_holdout=0.25), seed=5, select_best=False)
-    assert len(seen) == math.ceil((len(rows) - len(rows.split(0.25, 5, SALT_HOLDOUT)[1])) / 32)
-    assert set(seen) == {32}
+    assert len(batches) == math.ceil((len(rows) - len(rows.split(0.25, 5, SALT_HOLDOUT)[1])) / 32)
+    assert {len(b) for b in batches} == {32}
 
 
 def _planted(n: int = 3000):
