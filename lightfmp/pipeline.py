@@ -149,13 +149,13 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         history = {"pretrain": hist}
     info.update(data_sha256=data.sha256, split=data.split)
     if dist.is_main():
-        if not keep_checkpoints:  # before publishing: a kill in between leaves an unfinished run (done again, the
-            ckpt_files.remove(out)  # same result), never a finished one beside stale checkpoints
         with atomic_dir(out, force=force, kind="run") as tmp:
             write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
                             checkpoints=weights)
         if keep_checkpoints:  # `run` goes on: the directory stays as the marker of an unfinished run
             ckpt.discard()
+        else:
+            ckpt_files.remove(out)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
     return metrics, data
 
@@ -253,11 +253,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     history["continue"] = hist
     dist.barrier()  # every rank has read the run directory before rank 0 replaces it
     if dist.is_main():
-        ckpt_files.remove(run.path)  # before publishing the finished run (see _train)
         with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
                             checkpoints={"model.safetensors": model})
+        ckpt_files.remove(run.path)
     dist.barrier()
     return metrics
 
