@@ -46,6 +46,9 @@ def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureS
     return dist.rank0_first(lambda: load_dataset(cfg.data, reporter, schema, sha256, rule), "preparing the data")
 
 
+UNFINISHED = "unfinished_run"  # run.json key: `run` wrote phase 1 and has phases 2-3 still to do
+
+
 def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = True, seed_offset: int = 0) -> dict:
     """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams,
     whether it selects the best validation epoch and stops early (every lightfmp phase does; the bench's AutoField
@@ -148,14 +151,16 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
         history = {"pretrain": hist}
     info.update(data_sha256=data.sha256, split=data.split)
+    if keep_checkpoints:  # `run` goes on to phases 2-3: run.json marks the run unfinished until _prune completes it
+        info[UNFINISHED] = True
     if dist.is_main():
+        if not keep_checkpoints:  # before publishing: a kill in between leaves no run (done again, the same
+            ckpt_files.remove(out)  # result), never a finished one beside stale checkpoints
         with atomic_dir(out, force=force, kind="run") as tmp:
             write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
                             checkpoints=weights)
-        if keep_checkpoints:  # `run` goes on: the directory stays as the marker of an unfinished run
+        if keep_checkpoints:
             ckpt.discard()
-        else:
-            ckpt_files.remove(out)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
     return metrics, data
 
@@ -253,11 +258,15 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     history["continue"] = hist
     dist.barrier()  # every rank has read the run directory before rank 0 replaces it
     if dist.is_main():
+        # the checkpoints go before the finished run is published: a kill in between leaves the run pretrained (and,
+        # from `run`, marked unfinished: a rerun does phases 2-3 again, the same result), never complete beside
+        # stale checkpoints
+        ckpt_files.remove(run.path)
+        info = {k: v for k, v in run.info.items() if k != UNFINISHED}
         with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
-            write_run_files(tmp, info={**run.info, "state": "complete"}, metrics=metrics, history=history,
+            write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
                             checkpoints={"model.safetensors": model})
-        ckpt_files.remove(run.path)
     dist.barrier()
     return metrics
 
@@ -281,8 +290,8 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
 def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False,
         data: Dataset | None = None) -> dict:
     """All phases in one call. Calling it again after an interruption resumes: phase 1 from its checkpoint, or,
-    when phase 1 had finished (<out> is a pretrained run of the same config and data and <out>.ckpt exists),
-    straight into phase 3 from its checkpoint. `data`: cfg's data when the caller has loaded it already (bench)."""
+    when phase 1 had finished (<out> is a pretrained run of the same config and data that `run` marked
+    unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
     out = Path(out)
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
@@ -298,13 +307,16 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
 
 
 def _phase1_done(cfg: RunConfig, out: Path) -> bool:
-    """An earlier `run` of this config finished phase 1 into `out` and was interrupted afterwards."""
-    if cfg.train.no_select or not out.is_dir() or not checkpoint_dir(out).is_dir():
+    """An earlier `run` of this config finished phase 1 into `out` and was interrupted afterwards (its run.json marks
+    it unfinished; a run by an older lightfmp: its checkpoint folder is still there)."""
+    if cfg.train.no_select or not out.is_dir():
         return False
     try:
         r = open_run(out)
     except LightFMPError:
         return False
     if r.state != "pretrained" or not r.select or config_sha256(_normalize(r.config)) != config_sha256(cfg):
+        return False
+    if not r.info.get(UNFINISHED) and not checkpoint_dir(out).is_dir():
         return False
     return bool(cfg.data.data) and Path(cfg.data.data).exists() and r.info.get("data_sha256") == file_sha256(cfg.data.data)

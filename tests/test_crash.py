@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from lightfmp import pipeline
+from lightfmp import checkpoint as ckpt_files, pipeline
 from lightfmp.config import RunConfig
 
 from helpers import write_csv
@@ -134,3 +134,20 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_result(seed, data, 
     beside = sorted(p.name for p in out.parent.iterdir())
     assert [n for n in beside if not n.startswith(".")] == ["crashed"], beside
     assert all(re.fullmatch(r"\.crashed\..+\.(tmp|old)", n) for n in beside if n.startswith(".")), beside
+
+
+def test_a_run_stopped_after_its_checkpoints_went_resumes_and_leaves_none(data, tmp_path):
+    """The checkpoints are removed before the finished run is published; a run stopped in between is pretrained,
+    marked unfinished and has no checkpoint folder: `run` again (no --force) finishes it with the same result."""
+    cfg = RunConfig.of(data=str(data), shard_dir=str(tmp_path / "shards"), **SETTINGS)
+    reference = pipeline.run(cfg, tmp_path / "ref", quiet=True)
+    out = tmp_path / "runs" / "stopped"
+    pipeline._train(pipeline._normalize(cfg), out, False, True, keep_checkpoints=True)
+    ckpt_files.remove(out)  # the moment between removing the checkpoints and publishing the finished run
+    assert json.loads((out / "run.json").read_text())["state"] == "pretrained"
+    got = pipeline.run(cfg, out, quiet=True)
+    assert got["fields"]["kept"] == reference["fields"]["kept"]
+    assert abs(got["test"]["auc"] - reference["test"]["auc"]) <= 1e-9
+    info = json.loads((out / "run.json").read_text())
+    assert info["state"] == "complete" and pipeline.UNFINISHED not in info
+    assert sorted(p.name for p in out.parent.iterdir()) == ["stopped"]
