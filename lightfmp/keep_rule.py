@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from .closed_fields import ClosedFields
 from .config import check_range
 from .errors import LightFMPError
 from .models import CTRModel
@@ -34,79 +34,22 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
                        # as 1 / sqrt(rows)
 
 
-def other_rows(n: int) -> np.ndarray:
-    """The fixed shuffle a closed field reads: row i reads row perm[i], a seeded permutation in which no row reads
-    itself (each row the draw left in place swaps partners with the next row; n >= 2)."""
-    perm = np.random.default_rng(0).permutation(n)
-    for i in np.flatnonzero(perm == np.arange(n)):
-        if n > 1 and perm[i] == i:
-            j = (i + 1) % n
-            perm[i], perm[j] = perm[j], perm[i]
-    return perm
-
-
 def ranking(log_alpha: torch.Tensor) -> list[int]:
     """Field indices by log_alpha (the deterministic gate's order), ties in schema order."""
     return sorted(range(len(log_alpha)), key=lambda i: (-float(log_alpha[i]), i))
 
 
-@torch.no_grad()
-def row_losses(model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields: list[int],
-               slots: list[tuple[int, int]], device: str = "cpu", batch_size: int = 8192) -> np.ndarray:
-    """Per-row BCE of the gated model (deterministic gates) when every field not in `open_fields` reads another
-    row's values (one fixed permutation of the rows; `slots`: each field's id columns). A field closed this way
-    carries no information about the row but keeps its values' distribution, so a field the model does not use
-    costs nothing to close, whatever its embedding's scale (setting its gate to 0 would shift the model's input)."""
-    model.eval().to(device)
-    z = model.gate.deterministic().detach()
-    is_open = set(open_fields)
-    closed = [c for f in range(len(slots)) if f not in is_open for c in range(*slots[f])]
-    x_all = ids.copy()
-    if closed:
-        perm = other_rows(len(labels))
-        x_all[:, closed] = ids[perm][:, closed]
-    out = np.zeros(len(labels))
-    for i in range(0, len(labels), batch_size):
-        x = torch.from_numpy(x_all[i:i + batch_size]).to(device)
-        t = torch.from_numpy(labels[i:i + batch_size].astype(np.float32)).to(device)
-        out[i:i + batch_size] = F.binary_cross_entropy_with_logits(model(x, z), t, reduction="none").double().cpu()
-    return out
-
-
-def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: list[tuple[int, int]],
-                  device: str = "cpu", steps: int | None = None) -> list[int]:
-    """Greedy forward selection on the phase-1 model: starting with every field closed (`row_losses`), each step
+def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
+                  steps: int | None = None) -> list[int]:
+    """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant copy of an
     open field lowers it little, so it comes late. After `steps` steps the rest follow by log_alpha.
 
-    The field embeddings of the rows and of the permuted rows are looked up once; each candidate only mixes them
-    and runs the backbone's interaction (what `row_losses` computes, without a lookup per candidate). With more
-    than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect to each
-    field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate, Huang et
-    al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2)."""
-    model.eval().to(device)
+    With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
+    to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
+    Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2)."""
+    passes = ClosedFields(model, ids, labels, [], device)
     n = model.gate.num_fields
-    z = model.gate.deterministic().detach()
-    perm = other_rows(len(labels))
-    with torch.no_grad():
-        real = model.embedding(torch.from_numpy(ids).to(device), z)
-        shuffled = model.embedding(torch.from_numpy(ids[perm]).to(device), z)
-    t = torch.from_numpy(labels.astype(np.float32)).to(device)
-
-    def mixed(open_share: torch.Tensor) -> torch.Tensor:
-        """The mean BCE when field f reads open_share[f] of its real and the rest of its shuffled embedding."""
-        emb = shuffled[0] + open_share[None, :, None] * (real[0] - shuffled[0])
-        lin = shuffled[1] + open_share[None, :] * (real[1] - shuffled[1]) if real[1] is not None else None
-        return F.binary_cross_entropy_with_logits(model.interact(emb, lin), t)
-
-    @torch.no_grad()
-    def loss(open_fields: list[int]) -> float:
-        m = torch.zeros(n, dtype=torch.bool, device=device)
-        m[open_fields] = True
-        emb = torch.where(m[None, :, None], real[0], shuffled[0])
-        lin = torch.where(m[None, :], real[1], shuffled[1]) if real[1] is not None else None
-        return float(F.binary_cross_entropy_with_logits(model.interact(emb, lin), t))
-
     chosen: list[int] = []
     rest = list(range(n))
     while rest and (steps is None or len(chosen) < steps):
@@ -117,10 +60,11 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, slots: l
             m = torch.zeros(n, device=device)
             m[chosen] = 1.0
             m.requires_grad_(True)
-            (grad,) = torch.autograd.grad(mixed(m), m)
+            (grad,) = torch.autograd.grad(passes.mixed_loss(m), m)
             candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
-        losses = {f: loss(chosen + [f]) for f in candidates}
+        losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))
+        passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
     la = model.gate.log_alpha.detach().cpu()
@@ -131,9 +75,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
                device: str = "cpu") -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha).
     Returns {"order": field names, "rows": the rows searched}."""
-    names, ranges = schema.names, schema.field_slot_ranges()
+    names = schema.names
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    order = forward_order(model, ids, labels, [ranges[n] for n in names], device, k)
+    order = forward_order(model, ids, labels, device, k)
     return {"order": [names[i] for i in order], "rows": len(labels)}
 
 
@@ -145,16 +89,16 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
     per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
-    names, ranges = schema.names, schema.field_slot_ranges()
+    names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu())
     ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
-    kept, tests = backward_sweep(model, ids, labels, order, [ranges[n] for n in names], device)
+    kept, tests = backward_sweep(model, ids, labels, order, device)
     return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
             "rows": len(labels), "kept": [names[i] for i in kept]}
 
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
-                   slots: list[tuple[int, int]], device: str = "cpu") -> tuple[list[int], list[dict]]:
+                   device: str = "cpu") -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
     more than two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
     not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
@@ -163,7 +107,8 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     per tested field, {"field", "cost", "se", "closed"}."""
     kept, tests = list(kept), []
     z = model.gate.deterministic().detach().cpu()
-    base = row_losses(model, ids, labels, kept, slots, device)
+    passes = ClosedFields(model, ids, labels, kept, device)
+    base = passes.losses()
     for f in reversed(list(kept)):
         if len(kept) == 1:
             break
@@ -171,14 +116,16 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
         if float(z[f]) == 0.0:  # the gate is shut: the model reads nothing of the field, closing it costs exactly 0
             tests.append({"field": f, "cost": 0.0, "se": 0.0, "closed": True})
             kept = trial
+            passes.toggle(f)
             continue
-        loss = row_losses(model, ids, labels, trial, slots, device)
+        loss = passes.losses(f)
         d = loss - base
         se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
         closed = len(d) < 2 or float(d.mean()) <= 2 * se  # costing nothing (0 <= 0) closes it
         tests.append({"field": f, "cost": float(d.mean()), "se": se, "closed": closed})
         if closed:
             kept, base = trial, loss
+            passes.toggle(f)
     return kept, tests
 
 

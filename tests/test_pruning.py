@@ -8,8 +8,8 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
-from lightfmp.keep_rule import (backward_sweep, closing_scores, closing_test, keep_order, other_rows, ranking,
-                                 select_fields)
+from lightfmp.closed_fields import ClosedFields, other_rows
+from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -164,6 +164,32 @@ def _direct_losses(model, schema, ids, y, open_fields):
         return F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none").double()
 
 
+@pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", [])])
+def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden):
+    """`ClosedFields` (embeddings looked up once; where only the tower's first layer reads the flattened
+    embeddings, that layer updated by the toggled field's columns) gives the per-row losses of the definition, for
+    the state and for one field toggled either way, after a sequence of toggles, on every backbone."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=hidden, cross_layers=2), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
+    uses_update = backbone in ("deepfm", "widedeep", "mlp") and bool(hidden)
+    assert (passes.first is not None) == uses_update
+    open_fields = {0, 2, 4}
+    for step in [None, 1, 0, 3, 0, 2]:
+        if step is not None:
+            passes.toggle(step)
+            open_fields ^= {step}
+        expect = _direct_losses(model, schema, ids, y, open_fields).numpy()
+        assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)
+        for f in range(5):
+            toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}).numpy()
+            assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
+        assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
+
+
 def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     """The order is greedy forward selection (each step opens the field that lowers the mean BCE most; closed fields
     read another row's values), computed here from its definition."""
@@ -249,8 +275,7 @@ def test_closing_test_against_its_definition(schema_and_ids):
     assert [(t["field"], t["closed"]) for t in out["tests"]] == [(n, c) for n, _, _, c in tests]
     for t, (_, cost, se, _) in zip(out["tests"], tests):
         assert t["cost"] == pytest.approx(cost, rel=1e-5, abs=1e-9) and t["se"] == pytest.approx(se, rel=1e-4, abs=1e-9)
-    assert backward_sweep(model, ids.numpy(), y.numpy(), order, [schema.field_slot_ranges()[n] for n in
-                                                                  schema.names])[0] == kept
+    assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
 
 
 def test_closing_test_drops_noise_fields_and_keeps_the_signal():

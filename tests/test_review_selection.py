@@ -12,7 +12,8 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.inspection import plot_gates
-from lightfmp.keep_rule import closing_scores, closing_test, row_losses, select_fields, selection_rule
+from lightfmp.closed_fields import ClosedFields
+from lightfmp.keep_rule import closing_scores, closing_test, select_fields, selection_rule
 from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -41,9 +42,8 @@ def test_a_closed_field_reads_another_rows_values(n):
     m, s, ids, y = _model()
     ids, y = ids[:n].copy(), y[:n]
     ids[:] = (np.arange(n)[:, None] + 2) % np.array([len(f.vocab) for f in s.fields])[None, :] + 2  # rows differ
-    slots = [s.field_slot_ranges()[f] for f in s.names]
-    open_all = row_losses(m, ids, y, list(range(len(slots))), slots)
-    closed_all = row_losses(m, ids, y, [], slots)
+    open_all = ClosedFields(m, ids, y, range(len(s.names))).losses()
+    closed_all = ClosedFields(m, ids, y, []).losses()
     assert np.all(np.abs(closed_all - open_all) > 0), (open_all, closed_all)  # every row reads another row
     assert any(t["cost"] != 0.0 for t in closing_test(m, s, ids, y)["tests"])
 
