@@ -22,7 +22,7 @@ from torch import nn
 
 from .models import CTRModel
 
-CHUNK = 1024  # rows per forward call: a chunk's temporaries stay in the processor's cache
+CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
 
 
 def other_rows(n: int) -> np.ndarray:
@@ -61,7 +61,9 @@ class ClosedFields:
         z = model.gate.deterministic().detach().to(device)
         self.perm = torch.from_numpy(other_rows(self.n)).to(device)
         self.inverse = torch.argsort(self.perm)
-        parts = [model.embedding(torch.from_numpy(ids[i:i + CHUNK]).to(device), z) for i in range(0, self.n, CHUNK)]
+        self.chunk = max(1, CHUNK_FLOATS // (model.embedding.num_fields * model.embedding.embed_dim))  # rows
+        parts = [model.embedding(torch.from_numpy(ids[i:i + self.chunk]).to(device), z)
+                 for i in range(0, self.n, self.chunk)]
         self.emb = torch.cat([e for e, _ in parts])                                      # [N, F, D]
         self.lin = torch.cat([l for _, l in parts]) if parts[0][1] is not None else None  # [N, F] or None
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
@@ -81,8 +83,8 @@ class ClosedFields:
 
     def _pre_activation(self) -> torch.Tensor:
         layer = self.model.deep[self.first]
-        return torch.cat([F.linear(self.emb[i:i + CHUNK].flatten(1), layer.weight, layer.bias)
-                          for i in range(0, self.n, CHUNK)])
+        return torch.cat([F.linear(self.emb[i:i + self.chunk].flatten(1), layer.weight, layer.bias)
+                          for i in range(0, self.n, self.chunk)])
 
     def _toggled(self, f: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Field f's block after a toggle: an open field reads row perm[i]; a closed one its own row again."""
@@ -114,10 +116,10 @@ class ClosedFields:
         out = np.empty(self.n)
         d = self.emb.shape[2]
         with self._trial(f) as old:
-            for i in range(0, self.n, CHUNK):
-                rows = slice(i, i + CHUNK)
+            for i in range(0, self.n, self.chunk):
+                rows = slice(i, i + self.chunk)
                 logits = self._logits(rows, f, old, d)
-                out[i:i + CHUNK] = F.binary_cross_entropy_with_logits(logits, self.labels[rows],
+                out[i:i + self.chunk] = F.binary_cross_entropy_with_logits(logits, self.labels[rows],
                                                                       reduction="none").double().cpu().numpy()
         return out
 
