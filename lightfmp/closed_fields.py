@@ -70,6 +70,7 @@ class ClosedFields:
         self.open = torch.ones(self.emb.shape[1], dtype=torch.bool)
         for f in set(range(self.emb.shape[1])) - set(open_fields):
             self.toggle(f)
+        self.ends = None  # mixed_loss's (own, shuffled) embeddings, built on its first call
         self.first = self._first_layer(model)
         self.pre = self._pre_activation() if self.first is not None else None
 
@@ -152,13 +153,12 @@ class ClosedFields:
     def mixed_loss(self, open_share: torch.Tensor) -> torch.Tensor:
         """The mean BCE when field f reads open_share[f] of its own and the rest of the shuffled rows' embedding
         (differentiable in open_share: the substitution gate of ShuffleGate, Huang et al. 2025)."""
-        is_open = self.open.to(self.emb.device)
-        real = torch.where(is_open[None, :, None], self.emb, self.emb[self.inverse])
-        shuffled = torch.where(is_open[None, :, None], self.emb[self.perm], self.emb)
-        emb = shuffled + open_share[None, :, None] * (real - shuffled)
-        lin = None
-        if self.lin is not None:
-            real_l = torch.where(is_open[None, :], self.lin, self.lin[self.inverse])
-            shuf_l = torch.where(is_open[None, :], self.lin[self.perm], self.lin)
-            lin = shuf_l + open_share[None, :] * (real_l - shuf_l)
-        return F.binary_cross_entropy_with_logits(self.model.interact(emb, lin), self.labels)
+        if self.ends is None:  # every field's own and shuffled values, built on the first call: the state is not needed
+            with torch.no_grad():
+                is_open = self.open.to(self.emb.device)
+                values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
+                          for t in (self.emb, self.lin) if t is not None]
+                self.ends = [(x, x[self.perm]) for x in values]
+        mixed = [shuf + open_share.view((1, -1) + (1,) * (own.dim() - 2)) * (own - shuf) for own, shuf in self.ends]
+        lin = mixed[1] if self.lin is not None else None
+        return F.binary_cross_entropy_with_logits(self.model.interact(mixed[0], lin), self.labels)
