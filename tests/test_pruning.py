@@ -190,6 +190,27 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
 
 
+def test_the_screens_mix_at_zero_or_one_is_the_closed_field_state(schema_and_ids):
+    """`mixed_loss` (the forward search's screen) with each field's share 1 (own values) or 0 (the shuffled rows')
+    is the mean loss of that closed set, before and after the state changes (its embeddings are built once)."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [1, 3])
+    for toggles in ([], [0, 3], [2]):
+        for f in toggles:
+            passes.toggle(f)
+        share = passes.open.float()
+        with torch.no_grad():
+            assert float(passes.mixed_loss(share)) == pytest.approx(float(passes.losses().mean()), rel=1e-5)
+            for f in range(5):
+                moved = share.clone()
+                moved[f] = 1 - moved[f]
+                assert float(passes.mixed_loss(moved)) == pytest.approx(float(passes.losses(f).mean()), rel=1e-5)
+
+
 def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     """The order is greedy forward selection (each step opens the field that lowers the mean BCE most; closed fields
     read another row's values), computed here from its definition."""
