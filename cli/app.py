@@ -9,12 +9,12 @@ import typer
 from rich.table import Table
 
 from lightfmp import distributed, pipeline
-from lightfmp.config import MAX_SEED, check_range
+from lightfmp.config import MAX_SEED, check_one_rule, check_range
 from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, gate_rows, plot_gates
-from lightfmp.rundir import open_run
+from lightfmp.rundir import GATES_PLOT, open_run
 
 from . import bench_cmds, serving_cmds
 from .common import Command, Group, friendly, out, ranked, resolve_config, speaks
@@ -84,8 +84,7 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
     """Phases 2 and 3: choose the fields on the validation rows, slice the others out of the model, continue training
     on the other rows."""
-    if keep is not None and threshold is not None:
-        raise LightFMPError("give either --keep or --threshold, not both")
+    check_one_rule(keep, threshold)
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
     if speaks(quiet):
         print_summary(m, run)
@@ -97,7 +96,7 @@ SCORE_HEADERS = {"closing cost in standard errors": "closing cost (SE)", "forwar
 @app.command("inspect", cls=Command)
 @friendly
 def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
-                plot: Optional[Path] = typer.Option(None, "--plot", help="PNG path (default: RUN/gates.png)."),
+                plot: Optional[Path] = typer.Option(None, "--plot", help=f"PNG path (default: RUN/{GATES_PLOT})."),
                 quiet: bool = typer.Option(False, "--quiet", "-q", help="Write the chart only; no table.")):
     """The gate table (field, gate value, L0 probability, kept) and a PNG bar chart."""
     r = open_run(run)
@@ -105,7 +104,7 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         raise LightFMPError(f"{run}: a --no-select run has no gates")
     rows = gate_rows(r)
     cut = cut_line(r, rows)
-    path = plot_gates(rows, plot or r.path / "gates.png", title=f"{r.config.model.backbone} gates ({r.path.name})",
+    path = plot_gates(rows, plot or r.path / GATES_PLOT, title=f"{r.config.model.backbone} gates ({r.path.name})",
                       cut=cut)
     if quiet:
         return

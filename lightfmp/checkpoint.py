@@ -36,6 +36,17 @@ def checkpoint_dir(out: str | Path) -> Path:
     return out.with_name(out.name + ".ckpt")
 
 
+def check_place(out: str | Path) -> None:
+    """Refuse, before any work, an `out` whose checkpoint path (<out>.ckpt) is not free for a folder lightfmp owns:
+    a file there would fail the first checkpoint, and checkpoints written through a link could not be cleaned."""
+    d = checkpoint_dir(out)
+    if d.is_symlink():
+        raise LightFMPError(f"{d}: is a symbolic link; checkpoints of {Path(out).name} need this path for a folder of "
+                            f"their own")
+    if d.exists() and not d.is_dir():
+        raise LightFMPError(f"{d}: is not a folder; checkpoints of {Path(out).name} need this path (move it away)")
+
+
 def config_sha256(cfg) -> str:
     """Hash of everything that changes what training computes (the shard cache location does not)."""
     d = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir",)}

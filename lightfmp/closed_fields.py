@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import LightFMPError
 from .models import CTRModel
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
@@ -56,6 +57,9 @@ class ClosedFields:
 
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu"):
+        if len(labels) < 2:
+            raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
+                                f"keep rules need at least 2; give the validation split a larger share (--split)")
         model.eval().to(device)
         self.model, self.n = model, len(labels)
         z = model.gate.deterministic().detach().to(device)

@@ -165,7 +165,14 @@ class RunConfig:
             made[section] = tp(**{name: _named(source, _checked, v, _FIELDS[name]) for name, v in converted.items()})
         cfg = cls(**made)
         cfg.data.split = list(_named(source, parse_split, cfg.data.split))
+        _named(source, check_one_rule, cfg.prune.keep, cfg.prune.threshold)
         return cfg
+
+
+def check_one_rule(keep: int | None, threshold: float | None) -> None:
+    """At most one keep rule: --keep K or --threshold T (neither: the default rule)."""
+    if keep is not None and threshold is not None:
+        raise LightFMPError(f"--keep {keep} and --threshold {threshold}: give one keep rule, not both")
 
 
 _FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}

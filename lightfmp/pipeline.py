@@ -15,7 +15,7 @@ import torch
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
-from .checkpoint import Checkpoint, checkpoint_dir, config_sha256
+from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import RunConfig
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
@@ -24,7 +24,8 @@ from .keep_rule import TEST_ROWS, check_keep, closing_test, keep_order, select_f
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model
-from .rundir import Run, open_run, write_run_files
+from .rows import Rows
+from .rundir import GATES_PLOT, Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
 from .training import evaluate, fit, warm_up
@@ -58,8 +59,19 @@ def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = Tr
 
 
 def _check_out(out: Path, force: bool) -> None:
-    """Before any work: refuse an --out that exists (without --force) or that lightfmp did not write (ever)."""
+    """Before any work: refuse an --out that exists (without --force) or that lightfmp did not write (ever), or
+    whose checkpoint path is taken."""
     check_out(out, force, "run")
+    check_place(out)
+
+
+def _warn_one_class(valid: Rows, reporter: Reporter) -> None:
+    """Validation rows of one class leave AUC undefined: say so (epochs are then chosen by validation logloss)."""
+    y = valid.labels()
+    if len(y) and y.min() == y.max():
+        reporter.log(f"[yellow]warning[/]: every validation row has label {int(y[0])}: validation AUC is undefined, so "
+                     f"epochs are chosen by validation logloss; a larger validation share (--split) or another "
+                     f"--seed gives both classes")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -68,12 +80,12 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
 
 def _normalize(cfg: RunConfig) -> RunConfig:
     """The config a run records: the data path made absolute (later commands may run from another directory), and
-    in target-k mode keep = k unless --keep says otherwise."""
+    in target-k mode keep = k unless --keep or --threshold says otherwise."""
     for key in ("data", "shard_dir", "schema"):  # later commands may run from another directory
         value = getattr(cfg.data, key)
         if value and not Path(value).is_absolute():
             cfg = cfg.but(**{key: str(Path(value).expanduser().resolve())})
-    if cfg.train.target_k is not None and cfg.prune.keep is None:
+    if cfg.train.target_k is not None and cfg.prune.keep is None and cfg.prune.threshold is None:
         cfg = cfg.but(keep=cfg.train.target_k)
     return cfg
 
@@ -109,10 +121,12 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     warm_up()  # in seconds_wall, not in a phase's seconds
     data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
-    check_keep(cfg.prune.keep, n_fields)  # before any training
+    check_keep(cfg.train.target_k, n_fields, "--target-k")  # before any training (target-k sets keep)
+    check_keep(cfg.prune.keep, n_fields)
     torch.manual_seed(cfg.data.seed)
     model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select)
     valid = data.split_rows("valid")
+    _warn_one_class(valid, reporter)
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
@@ -265,6 +279,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         info = {k: v for k, v in run.info.items() if k != UNFINISHED}
         with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
+            (tmp / GATES_PLOT).unlink(missing_ok=True)  # it showed the earlier kept set
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
                             checkpoints={"model.safetensors": model})
     dist.barrier()

@@ -116,9 +116,12 @@ def feeds_for(bundle: Bundle, batch: int, seed: int = 0) -> dict[str, np.ndarray
 
 def _eager_module(bundle: Bundle):
     """The run's PyTorch model behind the export's inputs, or (None, why not)."""
-    run_dir = locate_run(bundle.dir or bundle.model_path.parent, bundle.contract.run_dir)
     if bundle.raw:
         return None, "raw-input export: PyTorch eager takes ids, not strings"
+    try:
+        run_dir = locate_run(bundle.dir or bundle.model_path.parent, bundle.contract.run_dir)
+    except LightFMPError as e:
+        return None, str(e)
     if not run_dir or not Path(run_dir).is_dir():
         return None, (f"run directory {run_dir!r} not found next to the export, beside its folder or in the working "
                       f"directory" if run_dir else "no run_dir in the schema")

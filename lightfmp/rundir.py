@@ -32,6 +32,7 @@ from .splits import SplitRule
 FORMAT = RUN_FORMAT
 FORMAT_VERSION = 2  # 2: run.json records the split rule and the schema's sha256
 STATES = ("pretrained", "complete")
+GATES_PLOT = "gates.png"  # `lightfmp inspect`'s chart inside the run (dropped when the run is pruned again)
 
 # What readers take from metrics.json: from every run, from runs with gates (inspect, prune), and by state.
 METRICS_KEYS = ("fields.all",)

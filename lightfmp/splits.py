@@ -48,7 +48,7 @@ def row_uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
 def parse_split(text) -> tuple[float, float, float]:
     """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three fractions, each > 0 (validation rows pick the best epoch),
     summing to 1."""
-    usage = f"--split {text!r}: expected three fractions train,valid,test summing to 1, such as 0.8,0.1,0.1"
+    usage = f"--split {text!r}: expected three fractions train,valid,test, each > 0, summing to 1, such as 0.8,0.1,0.1"
     try:
         parts = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except (TypeError, ValueError):

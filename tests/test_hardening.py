@@ -874,7 +874,7 @@ def test_data_synth_prints_the_label_column(tmp_path):
 def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_path):
     import onnx
     from lightfmp.export.contract import load_contract, locate_run
-    out = tmp_path / "exp"
+    out = tmp_path / "nested" / "exp"  # two levels down: no run folder sits beside the export's folder
     r = cli("export", complete, "--out", out, "--quiet")
     assert r.exit_code == 0, r.output
     schema = json.loads((out / "feature_schema.json").read_text())
@@ -901,7 +901,8 @@ def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_pa
     assert locate_run(exports / complete.name, complete.name) == str(runs / complete.name)
     (tmp_path / "lay" / "more").mkdir()
     shutil.copytree(complete, tmp_path / "lay" / "more" / complete.name)  # two candidates: none is guessed
-    assert locate_run(exports / complete.name, complete.name) == complete.name
+    with pytest.raises(LightFMPError, match=r"2 lightfmp runs of that name .*none is guessed"):
+        locate_run(exports / complete.name, complete.name)
 
 
 # ---- never a pickle -----------------------------------------------------------------------------------------------

@@ -106,7 +106,7 @@ def select_random(ctx: Context, k: int) -> Selection:
 
 
 def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
-    cfg = ctx.cfg.but(keep=k, target_k=None, subset=subset if subset is not None else ctx.cfg.train.subset)
+    cfg = ctx.cfg.but(keep=k, threshold=None, target_k=None, subset=subset if subset is not None else ctx.cfg.train.subset)
     with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
         m = run(cfg, f"{tmp}/run", force=True, quiet=True, data=ctx.data)  # the seed's data, not read again
     sel = m["phases"]["pretrain"]["seconds"] + m["phases"]["prune"]["seconds"]

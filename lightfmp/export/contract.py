@@ -282,17 +282,23 @@ def locate_run(export_dir: str | Path, recorded) -> str | None:
     """The run directory an export came from (`recorded`: the contract's run_dir). feature_schema.json records only
     the run directory's name, never a path of the machine that exported it; a lightfmp run of that name is looked
     for next to the export directory, then in the folders beside the export's folder (runs/NAME for export/NAME,
-    used only when exactly one matches), else the name is taken relative to the working directory. A path recorded
-    by an older lightfmp is used as is."""
+    used only when exactly one matches; two or more are an error naming them), else the name is taken relative to
+    the working directory. A path recorded by an older lightfmp is used as is."""
     if not isinstance(recorded, str) or not recorded or Path(recorded).is_absolute():
         return recorded if isinstance(recorded, str) and recorded else None
     export_dir = Path(export_dir)
     near = export_dir.parent / recorded
     if lightfmp_kind(near) == "run":
         return str(near)
-    beside = [p for p in sorted(export_dir.parent.parent.glob(f"*/{glob.escape(recorded)}"))
-              if lightfmp_kind(p) == "run"]
-    return str(beside[0]) if len(beside) == 1 else recorded
+    found = {}  # one entry per run folder, however many links lead to it
+    for p in sorted(export_dir.parent.parent.glob(f"*/{glob.escape(recorded)}")):
+        if lightfmp_kind(p) == "run":
+            found.setdefault(p.resolve(), p)
+    beside = list(found.values())
+    if len(beside) > 1:
+        raise LightFMPError(f"run '{recorded}': {len(beside)} lightfmp runs of that name beside "
+                            f"{export_dir.parent} ({', '.join(str(p) for p in beside)}); none is guessed")
+    return str(beside[0]) if beside else recorded
 
 
 def save_contract(contract: ServingContract, export_dir: str | Path) -> None:

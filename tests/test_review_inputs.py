@@ -1,0 +1,132 @@
+"""Review of odd inputs around run / prune / inspect / profile: each is refused before any work with one line, or
+said plainly, never a traceback or a silently ignored flag."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from helpers import write_csv
+from lightfmp.cli.app import app
+from lightfmp.closed_fields import ClosedFields
+from lightfmp.config import RunConfig, load_yaml
+from lightfmp.errors import LightFMPError
+from lightfmp.keep_rule import closing_test, keep_order
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.vocab import fit_schema
+
+runner = CliRunner()
+FAST = ["--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4", "-q"]
+
+
+def cli(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r, *words):
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("d"), n=600)
+
+
+def run_args(data, out, *extra):
+    return ["run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST, *extra]
+
+
+@pytest.mark.parametrize("command", ["run", "train"])
+def test_a_file_where_the_checkpoints_go_is_refused_before_any_work(data, tmp_path, command):
+    (tmp_path / "r.ckpt").write_text("my notes")
+    args = run_args(data, tmp_path / "r")
+    args[0] = command
+    one_line_error(cli(*args), "r.ckpt", "is not a folder")
+    assert (tmp_path / "r.ckpt").read_text() == "my notes" and not (tmp_path / "r").exists()
+
+
+def test_a_linked_checkpoint_folder_is_refused_before_any_work(data, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "r.ckpt")
+    one_line_error(cli(*run_args(data, tmp_path / "r")), "r.ckpt", "symbolic link")
+    assert list((tmp_path / "elsewhere").iterdir()) == [] and not (tmp_path / "r").exists()
+
+
+def test_keep_and_threshold_together_are_refused_on_the_command_line_and_in_a_file(data, tmp_path):
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--keep", "2", "--threshold", "0.5")),
+                   "--keep 2", "--threshold 0.5", "not both")
+    assert not (tmp_path / "r").exists()
+    yml = tmp_path / "c.yaml"
+    yml.write_text("prune: {keep: 2, threshold: 0.5}\n")
+    with pytest.raises(LightFMPError, match=r"c\.yaml: --keep 2 and --threshold 0\.5: give one keep rule"):
+        RunConfig.from_dict(load_yaml(yml), source=str(yml))
+    with pytest.raises(LightFMPError, match="not both"):
+        RunConfig.of(keep=2, threshold=0.5)
+    # target-k with a threshold: trained toward k, cut by the threshold (keep is not set from target-k then)
+    r = cli(*run_args(data, tmp_path / "tk", "--target-k", "2", "--threshold", "0.0"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "tk" / "metrics.json").read_text())
+    assert m["selection"]["score"] == "gate" and m["selection"]["cut"] == 0.0
+
+
+def test_target_k_above_the_field_count_names_target_k(data, tmp_path):
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--target-k", "9")), "--target-k 9", "number of fields (5)")
+
+
+def _model_and_rows(n):
+    df = pd.DataFrame({"a": [str(i % 3) for i in range(50)], "b": [str(i % 5) for i in range(50)],
+                       "label": [i % 2 for i in range(50)]})
+    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical")], min_count=1), df)
+    torch.manual_seed(0)
+    m = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    return m, s, s.encode(df)[:n], df["label"].to_numpy(np.float32)[:n]
+
+
+def test_one_validation_row_is_refused_by_both_keep_rules():
+    """A closed field reads another row's values: with one row there is none (it would read itself, and the
+    closing test would close every field on no evidence)."""
+    m, s, ids, y = _model_and_rows(1)
+    for rule in (lambda: closing_test(m, s, ids, y), lambda: keep_order(m, s, ids, y, 1),
+                 lambda: ClosedFields(m, ids, y, [0])):
+        with pytest.raises(LightFMPError, match=r"1 validation row\(s\).*at least 2.*--split"):
+            rule()
+    m, s, ids, y = _model_and_rows(2)
+    assert len(closing_test(m, s, ids, y)["kept"]) >= 1  # two rows: defined
+
+
+def test_one_class_validation_rows_are_said(tmp_path):
+    """Validation rows of one label: the run says AUC is undefined there and epochs go by logloss."""
+    rng = np.random.default_rng(0)
+    n = 400
+    df = pd.DataFrame({"a": rng.integers(0, 4, n).astype(str), "b": rng.integers(0, 4, n).astype(str),
+                       "t": np.arange(n)})
+    df["label"] = (rng.random(n) < 0.5).astype(int)
+    df.loc[df["t"] >= 270, "label"] = 0  # the newest rows (validation and test by time) are all negative
+    df.to_csv(tmp_path / "d.csv", index=False)
+    r = cli("run", "--data", tmp_path / "d.csv", "--label", "label", "--time-column", "t", "--split",
+            "0.7,0.15,0.15", "--out", tmp_path / "r", *FAST[:-1])
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "every validation row has label 0" in text and "chosen by validation logloss" in text
+
+
+def test_split_with_a_zero_share_says_each_share_must_be_positive(data, tmp_path):
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--split", "0.95,0,0.05")), "--split", "each > 0")
+
+
+def test_pruning_again_drops_the_chart_of_the_earlier_kept_set(data, tmp_path):
+    out = tmp_path / "r"
+    assert cli(*run_args(data, out)).exit_code == 0
+    assert cli("inspect", out, "-q").exit_code == 0 and (out / "gates.png").is_file()
+    assert cli("prune", out, "--keep", "2", "-q").exit_code == 0
+    assert not (out / "gates.png").exists()  # it showed the earlier rule's kept set
+    assert cli("inspect", out, "-q").exit_code == 0 and (out / "gates.png").is_file()
