@@ -3,6 +3,26 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from typer.testing import CliRunner
+
+from lightfmp.cli.app import app
+
+runner = CliRunner()
+
+
+def cli(*args):
+    """`lightfmp ARGS` in this process (each arg converted to text)."""
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def one_line_error(r, *words):
+    """Exit 2, a single line on the output, no traceback, and every word in it."""
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2, r.output
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    for w in words:
+        assert str(w) in lines[0], (w, lines[0])
+    return lines[0]
 
 
 def make_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:

@@ -22,24 +22,9 @@ from lightfmp.progress import Reporter
 from lightfmp.rundir import open_run
 from lightfmp.cli.app import app
 
-from helpers import write_csv
+from helpers import cli, one_line_error, write_csv
 
-runner = CliRunner()
 FAST = ["--pretrain-epochs", "2", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4"]
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(r, *words):
-    """Exit 2, a single line on the output, no traceback, and every word in it."""
-    lines = r.output.strip().splitlines()
-    assert r.exit_code == 2, r.output
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    for w in words:
-        assert str(w) in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from helpers import write_csv
-from lightfmp.cli.app import app
+from helpers import cli, one_line_error, write_csv
 from lightfmp.closed_fields import ClosedFields
 from lightfmp.config import RunConfig, load_yaml
 from lightfmp.errors import LightFMPError
@@ -19,21 +17,7 @@ from lightfmp.models import ModelConfig, build_model
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.vocab import fit_schema
 
-runner = CliRunner()
 FAST = ["--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4", "-q"]
-
-
-def cli(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def one_line_error(r, *words):
-    lines = r.output.strip().splitlines()
-    assert r.exit_code == 2, r.output
-    assert len(lines) == 1 and "Traceback" not in r.output, r.output
-    for w in words:
-        assert str(w) in lines[0], (w, lines[0])
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
