@@ -198,11 +198,12 @@ def _a(kind: str) -> str:
     return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
-def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[[Path], bool] | None = None) -> None:
+def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[[Path], bool] | None = None,
+              in_place: bool = False) -> None:
     """Refuse, before any work, an output path that the command may not create or replace: with `force` only a
     directory that lightfmp wrote as `kind` (a key of MARKERS: what the command writes) is replaced, nothing else.
     `owned`: the caller's own test that an unmarked directory is one of `kind` (e.g. a shard directory whose
-    manifest went missing)."""
+    manifest went missing). `in_place`: the command rewrites an existing `kind` it was given (prune)."""
     if kind not in MARKERS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(MARKERS)}")
     p = Path(path)
@@ -215,6 +216,8 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
         return
     why = _protected(p)
     if why:
+        if in_place:
+            raise LightFMPError(f"{p}: {why}; the command replaces that directory, so run it from outside it")
         raise LightFMPError(f"{p}: {why}; the output needs a new path of its own (--force never replaces this)")
     if not p.is_dir():
         raise LightFMPError(f"{p}: is a file, not a directory lightfmp wrote; --force does not replace it, choose "

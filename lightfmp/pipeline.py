@@ -208,7 +208,8 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
            data: Dataset | None = None) -> dict:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
-    check_out(run.path, force=True, kind="run")  # prune rewrites the run directory: refuse a path that is not one, first
+    # prune rewrites the run directory: refuse a path that is not one, first
+    check_out(run.path, force=True, kind="run", in_place=True)
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config

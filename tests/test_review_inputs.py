@@ -114,3 +114,10 @@ def test_pruning_again_drops_the_chart_of_the_earlier_kept_set(data, tmp_path):
     assert cli("prune", out, "--keep", "2", "-q").exit_code == 0
     assert not (out / "gates.png").exists()  # it showed the earlier rule's kept set
     assert cli("inspect", out, "-q").exit_code == 0 and (out / "gates.png").is_file()
+
+
+def test_prune_from_inside_the_run_says_to_run_it_from_outside(data, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    assert cli(*run_args(data, out)).exit_code == 0
+    monkeypatch.chdir(out)
+    one_line_error(cli("prune", ".", "-q"), "is the current directory", "run it from outside")
