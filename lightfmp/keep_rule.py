@@ -120,8 +120,8 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
             continue
         loss = passes.losses(f)
         d = loss - base
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
-        closed = len(d) < 2 or float(d.mean()) <= 2 * se  # costing nothing (0 <= 0) closes it
+        se = float(d.std(ddof=1) / np.sqrt(len(d)))  # ClosedFields has refused fewer than 2 rows
+        closed = float(d.mean()) <= 2 * se  # costing nothing (0 <= 0) closes it
         tests.append({"field": f, "cost": float(d.mean()), "se": se, "closed": closed})
         if closed:
             kept, base = trial, loss
@@ -160,7 +160,7 @@ CLOSING_RULE = ("every field open, then, least open gate first, each closed unle
 def closing_scores(search: dict) -> dict[str, float]:
     """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
     return {t["field"]: t["cost"] / t["se"] if t["se"] > 0 else 0.0 if t["cost"] <= 0 else None
-            for t in search.get("tests", [])}  # None: a cost with no spread (too few rows to scale it)
+            for t in search.get("tests", [])}  # None: a cost with no spread (every row's difference the same)
 
 
 def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float | None,
