@@ -36,7 +36,6 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     pruned = copy.deepcopy(model)
     pruned.embedding = new_emb
     pruned.gate = None
-    pruned.field_names = list(new_schema.names)
     d = old.embed_dim
     keep_dims = (keep_idx[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
     pruned.prune_inputs(keep_dims)

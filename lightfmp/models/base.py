@@ -34,7 +34,6 @@ class CTRModel(nn.Module):
         if gate is not None and gate.num_fields != n:
             raise LightFMPError(f"build_model: the gate has {gate.num_fields} fields, the schema {n}")
         self.cfg = cfg
-        self.field_names = list(schema.names)
         self.embedding = FieldEmbedding(schema, cfg.embed_dim, linear=self.uses_linear)
         self.gate = HardConcreteGate(n, GATE_INIT) if gated else gate
         self.build(n, cfg.embed_dim, cfg)
