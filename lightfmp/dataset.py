@@ -38,7 +38,7 @@ from .labels import LabelCounts, parse_labels
 from .progress import Reporter
 from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
-from .shards import (ShardStore, ShardWriter, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
+from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
                      shard_key)
 from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, row_uniform, time_codes
 from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
@@ -96,6 +96,8 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     schema = _given_schema(cfg, schema)
     on_disk = streaming(cfg)
     if on_disk:
+        check_home(cfg.shard_dir)
+
         def batches():
             return read_tables(path, fmt, cfg.chunk_rows)
     else:

@@ -71,8 +71,9 @@ class Run:
                 raise LightFMPError(f"{p}: fields.kept must be a non-empty list of fields from fields.all")
         for table in ("gates", "log_alpha"):
             if table in keys:
-                for n in names:
-                    _require(m, f"{table}.{n}", p)
+                for n in names:  # a field name may hold dots: looked up as one key
+                    if not isinstance(m[table], dict) or n not in m[table]:
+                        raise LightFMPError(f"{p}: missing key '{n}' in '{table}'")
         return m
 
     def history(self) -> dict:

@@ -102,6 +102,15 @@ class ShardWriter:
         return manifest
 
 
+def check_home(shard_dir: str | None) -> None:
+    """Refuse, before any work, a shard folder that is a file or lies under one."""
+    home = shard_home(shard_dir)
+    blocker = next((q for q in [home, *home.absolute().parents] if q.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        where = "is a file" if blocker == home else f"lies under the file {blocker}"
+        raise LightFMPError(f"{home}: {where}; encoded shards (--shard-dir) need a folder")
+
+
 def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:
     """Where the schema fitted for `doc` (data hash, format, split rule, fit options) is kept."""
     doc = {"version": FIT_VERSION, **doc}
@@ -149,14 +158,16 @@ def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:
         return None, f"{mf}: shard format version {version}, this lightfmp writes {SHARD_FORMAT_VERSION}"
     if manifest.get("key") != key:
         return None, f"{mf}: key differs from the directory name"
-    for shard in shards:
-        for entry in shard["files"].values():
-            p = root / entry["file"]
-            if not p.is_file():
-                return None, f"{p} is missing"
-            size = p.stat().st_size
-            if size != entry["bytes"]:
-                return None, f"{p} has {size} bytes, the manifest says {entry['bytes']}"
-            if file_checksum(p) != entry["blake2b"]:
-                return None, f"{p} does not match its checksum"
+    try:
+        entries = [(root / e["file"], e["bytes"], e["blake2b"]) for shard in shards for e in shard["files"].values()]
+    except (AttributeError, KeyError, TypeError) as e:
+        return None, f"{mf} is unreadable ({type(e).__name__})"
+    for p, expected, checksum in entries:
+        if not p.is_file():
+            return None, f"{p} is missing"
+        size = p.stat().st_size
+        if size != expected:
+            return None, f"{p} has {size} bytes, the manifest says {expected}"
+        if file_checksum(p) != checksum:
+            return None, f"{p} does not match its checksum"
     return manifest, None

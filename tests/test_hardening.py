@@ -284,7 +284,7 @@ def test_damaged_complete_run_is_one_line_naming_the_file(complete, tmp_path, na
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.pop("fields"), "metrics.json: missing key 'fields'"),
     (lambda m: m["fields"].pop("kept"), "metrics.json: missing key 'fields.kept'"),
-    (lambda m: m["gates"].pop(next(iter(m["gates"]))), "metrics.json: missing key 'gates."),
+    (lambda m: m["gates"].pop(next(iter(m["gates"]))), "metrics.json: missing key 'a' in 'gates'"),
     (lambda m: m["fields"].update(kept="a"), "fields.kept"),
     (lambda m: m["fields"].update(all=["a"]), "fields.all does not match"),
 ])

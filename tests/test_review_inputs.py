@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import cli, one_line_error, write_csv
+from helpers import cli, make_frame, one_line_error, write_csv
 from lightfmp.closed_fields import ClosedFields
 from lightfmp.config import RunConfig, load_yaml
 from lightfmp.errors import LightFMPError
@@ -121,3 +121,41 @@ def test_prune_from_inside_the_run_says_to_run_it_from_outside(data, tmp_path, m
     assert cli(*run_args(data, out)).exit_code == 0
     monkeypatch.chdir(out)
     one_line_error(cli("prune", ".", "-q"), "is the current directory", "run it from outside")
+
+
+def test_field_names_with_dots_run_prune_and_inspect(tmp_path):
+    """Column names like `user.age` are common: the run's tables key fields by their whole name."""
+    df = make_frame(600).rename(columns={"a": "user.a", "tags": "tags.x"})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    out = tmp_path / "r"
+    r = cli("run", "--data", tmp_path / "d.csv", "--label", "label", "--multi-hot", "tags.x:|", "--out", out, *FAST)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert "user.a" in m["gates"] and "tags.x" in m["log_alpha"]
+    assert cli("prune", out, "--keep", "2", "-q").exit_code == 0
+    r = cli("inspect", out)
+    assert r.exit_code == 0 and "user.a" in r.output, r.output
+
+
+def test_a_shard_folder_that_is_a_file_is_refused_before_any_work(data, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--stream", "--shard-dir", tmp_path / "afile")),
+                   "afile", "is a file", "--shard-dir")
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--stream", "--shard-dir", tmp_path / "afile" / "sub")),
+                   "lies under the file")
+    assert (tmp_path / "afile").read_text() == "x" and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--methods", ","], ["--methods", "at least one method"]),
+    (["--seeds", "-1"], ["--seeds -1"]),
+])
+def test_bench_flags_that_name_nothing_or_a_bad_seed_are_refused(data, tmp_path, flags, words):
+    one_line_error(cli("bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2", *flags,
+                       "--json", tmp_path / "b.json", "-q"), *words)
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_subset_fractions_are_taken_once():
+    from lightfmp.bench import parse_fractions
+    assert parse_fractions("0.1,0.1,0.5") == [0.1, 0.5]

@@ -319,6 +319,8 @@ def _bad_cases(ex):
          "field 'price' is numeric but got 'cheap'"),
         ("records: not a list", "/v2/models/ctr/records", json.dumps(rec).encode(), 400, "JSON list of objects"),
         ("records: not an object", "/v2/models/ctr/records", b"[1]", 400, "record 0 is a JSON number"),
+        ("records: lone surrogate", "/v2/models/ctr/records",
+         json.dumps([{**rec, "city": "SURR"}]).encode().replace(b"SURR", b"\\ud800"), 400, "not valid Unicode"),
     ], good
 
 
@@ -336,8 +338,9 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
     for method, path, status in (("GET", "/v2/models/ctr/infer", 405), ("GET", "/v3/nothing", 404)):
         got, _, reply = request(srv, method, path)
         assert got == status and "error" in json.loads(reply)
-    got, _, reply = request(srv, "POST", "/v2/models/ctr/infer", b"x", {"Content-Encoding": "gzip"})
-    assert got == 415 and "Content-Encoding" in json.loads(reply)["error"]
+    for path in ("/v2/models/ctr/infer", "/v2/models/ctr/records"):
+        got, _, reply = request(srv, "POST", path, b"[]", {"Content-Encoding": "gzip"})
+        assert got == 415 and "Content-Encoding" in json.loads(reply)["error"], path
     assert srv.metrics.errors()["infer"] >= 15
 
 

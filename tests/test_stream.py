@@ -175,6 +175,14 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
     prepare_stream(cfg, log)
     assert log.has("reusing")
 
+    mf = first.location / "manifest.json"  # valid JSON of the wrong shape: rebuilt, never a traceback
+    doc = json.loads(mf.read_text())
+    doc["shards"][0]["files"] = None
+    mf.write_text(json.dumps(doc))
+    log = Log()
+    assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
+    assert log.has("rebuilding shards:") and log.has("unreadable")
+
 
 def test_new_shards_when_schema_or_data_change(built, tmp_path):
     cfg, base = built["cfg"], built["data"]

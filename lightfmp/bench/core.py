@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
+from ..config import MAX_SEED, RunConfig, check_range
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
@@ -22,6 +22,8 @@ def parse_methods(text: str | None) -> list[str]:
     if not text or text.strip() == "all":
         return list(METHODS)
     names = [m.strip().lower() for m in text.split(",") if m.strip()]
+    if not names:
+        raise LightFMPError(f"--methods {text!r}: name at least one method (valid: {', '.join(METHODS)}), or all")
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise LightFMPError(f"unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
@@ -36,6 +38,8 @@ def parse_seeds(text: str | None) -> list[int]:
         raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") from None
     if not seeds:
         raise LightFMPError("--seeds: give at least one seed")
+    for s in seeds:
+        check_range("--seeds", s, 0, MAX_SEED)
     return list(dict.fromkeys(seeds))
 
 
@@ -46,7 +50,7 @@ def parse_fractions(text: str) -> list[float]:
         raise LightFMPError(f"--ablate-subset {text!r}: expected comma-separated fractions like 0.05,0.1,1.0") from None
     if not fr or any(not 0 < f <= 1 for f in fr):
         raise LightFMPError(f"--ablate-subset {text!r}: each fraction must be in (0, 1]")
-    return fr
+    return list(dict.fromkeys(fr))
 
 
 def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:

@@ -75,6 +75,9 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
                     response = await handler(request)
                 except RequestError as e:
                     response = error_response(e.status, str(e))
+                except UnicodeEncodeError:  # the request's JSON escaped half of a UTF-16 pair ("\ud800"): a bad string
+                    response = error_response(400, "a string value is not valid Unicode (a lone surrogate escape such "
+                                                   "as \\ud800)")
                 except Exception as e:  # a fault of the server, not of the request: log it, answer 500
                     log.exception("%s %s failed", request.method, request.url.path)
                     response = error_response(500, f"internal error: {type(e).__name__}: "
@@ -113,12 +116,15 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
         check_model(request)
         return Response(b"", status_code=200)
 
-    @endpoint("infer", scores=True)
-    async def infer(request: Request) -> Response:
-        check_model(request)
+    def check_identity(request: Request) -> None:
         if request.headers.get("content-encoding", "identity") != "identity":
             raise RequestError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send "
                                f"the body uncompressed", 415)
+
+    @endpoint("infer", scores=True)
+    async def infer(request: Request) -> Response:
+        check_model(request)
+        check_identity(request)
         body = await read_body(request, max_body_bytes)
         parse = functools.partial(parse_infer, body, request.headers.get(HEADER_LENGTH), model.specs, model.name,
                                   model.output)
@@ -131,6 +137,7 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
     @endpoint("records", scores=True)
     async def records(request: Request) -> Response:
         check_model(request)
+        check_identity(request)
         body = await read_body(request, max_body_bytes)
 
         def prepare():
