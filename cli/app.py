@@ -187,7 +187,9 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
         truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                            redundant=redundant, fmt=fmt)
     except ValueError as e:
-        raise LightFMPError(str(e)) from None
+        given = f"--fields {fields}, --informative {informative}" + (f", --redundant {redundant}" if redundant is not None
+                                                                      else "")
+        raise LightFMPError(f"{given}: {e}") from None
     out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, label column '{truth['label']}', "
               f"CTR {truth['ctr']:.3f}) and {Path(out_dir) / 'truth.json'}", highlight=False)
 

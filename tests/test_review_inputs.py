@@ -159,3 +159,13 @@ def test_bench_flags_that_name_nothing_or_a_bad_seed_are_refused(data, tmp_path,
 def test_bench_subset_fractions_are_taken_once():
     from lightfmp.bench import parse_fractions
     assert parse_fractions("0.1,0.1,0.5") == [0.1, 0.5]
+
+
+def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):
+    out = tmp_path / "r"
+    assert cli(*run_args(data, out)).exit_code == 0
+    one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "2", "--out", out),
+                   "is a lightfmp run", "directory of its own")
+    assert not (out / "truth.json").exists()
+    one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "5", "--out",
+                       tmp_path / "s"), "--fields 5, --informative 5")

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import LightFMPError
-from ..io import atomic_path, write_json_atomic
+from ..io import atomic_path, lightfmp_kind, write_json_atomic
 
 __all__ = ["synthesize", "check_synth_out", "is_synth_truth"]
 
@@ -64,6 +64,9 @@ def check_synth_out(out_dir: str | Path) -> None:
     parent = next((q for q in out_dir.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise LightFMPError(f"{out_dir}: cannot be created, {parent} is a file")
+    kind = lightfmp_kind(out_dir)
+    if kind is not None:  # a run's or an export's folder: a later --force there would delete the data
+        raise LightFMPError(f"{out_dir}: is a lightfmp {kind}; synthetic data needs a directory of its own")
     present = [n for n in OUTPUT_FILES if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if not present:
         return
