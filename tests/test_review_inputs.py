@@ -169,3 +169,9 @@ def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):
     assert not (out / "truth.json").exists()
     one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "5", "--out",
                        tmp_path / "s"), "--fields 5, --informative 5")
+
+
+def test_an_ablation_fraction_that_selects_no_row_is_named(data, tmp_path):
+    one_line_error(cli("bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2",
+                       "--ablate-subset", "1e-300", "--json", tmp_path / "b.json", "-q"),
+                   "--ablate-subset 1e-300", "selects none")

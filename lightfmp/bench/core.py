@@ -175,6 +175,9 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
     for seed in seeds:
         ctx = _context(cfg, seed, k)
         for f in fractions:
+            if len(ctx.data.subset(f, seed)[0]) == 0:
+                raise LightFMPError(f"--ablate-subset {f:g}: selects none of the {ctx.data.split_sizes()['train']:,} "
+                                    f"training rows (seed {seed}); give a larger fraction")
             s = select_lightfmp(ctx, k, subset=f)
             rows[f].append({"kept": s.result["fields"], "auc": s.result["test"]["auc"],
                             "logloss": s.result["test"]["logloss"], "selection_seconds": s.seconds,
