@@ -9,7 +9,8 @@ once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' em
 current set as its state; a trial changes one field's block. Where only the tower's first layer reads the flattened
 embeddings (the backbones that keep `CTRModel.prune_inputs`), a trial also updates that layer's pre-activation by
 the changed field's columns alone: D x H multiply-adds a row instead of F x D x H. Memory: the state, rows x fields
-x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's pre-activation.
+x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's pre-activation; beyond
+STATE_BYTES the state is the rows' ids and every pass looks them up again (the same losses, slower).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from .errors import LightFMPError
 from .models import CTRModel
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
+STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
 
 
 def other_rows(n: int) -> np.ndarray:
@@ -53,7 +55,8 @@ class ClosedFields:
     """The rows' per-row losses with the fields not in `open_fields` closed, and with one field toggled.
 
     `losses()` is the state's; `losses(f)` the state's with field f toggled (closed if open, opened if closed);
-    `toggle(f)` makes that change the state."""
+    `toggle(f)` makes that change the state. The state is the rows' field embeddings when they fit in STATE_BYTES,
+    else their ids (looked up again on every pass: the same losses, slower, without the first-layer update)."""
 
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu"):
@@ -62,21 +65,37 @@ class ClosedFields:
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
         model.eval().to(device)
         self.model, self.n = model, len(labels)
-        z = model.gate.deterministic().detach().to(device)
+        fields, dim = model.embedding.num_fields, model.embedding.embed_dim
+        self.z = model.gate.deterministic().detach().to(device)
         self.perm = torch.from_numpy(other_rows(self.n)).to(device)
         self.inverse = torch.argsort(self.perm)
-        self.chunk = max(1, CHUNK_FLOATS // (model.embedding.num_fields * model.embedding.embed_dim))  # rows
-        parts = [model.embedding(torch.from_numpy(ids[i:i + self.chunk]).to(device), z)
-                 for i in range(0, self.n, self.chunk)]
-        self.emb = torch.cat([e for e, _ in parts])                                      # [N, F, D]
-        self.lin = torch.cat([l for _, l in parts]) if parts[0][1] is not None else None  # [N, F] or None
+        self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call
+        self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
+        self.cached = self.n * fields * dim * 4 <= STATE_BYTES
+        if self.cached:
+            self.emb, self.lin = self._looked_up()  # [N, F, D] and [N, F] (or None)
+        else:
+            self.ids = self.ids.clone()  # the state: closed fields' id columns read other rows
+            slot_field = model.embedding.slot_field.cpu()
+            self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
+                                                                      for f in range(fields))]
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
-        self.open = torch.ones(self.emb.shape[1], dtype=torch.bool)
-        for f in set(range(self.emb.shape[1])) - set(open_fields):
+        self.open = torch.ones(fields, dtype=torch.bool)
+        self.pre = None
+        for f in set(range(fields)) - set(open_fields):
             self.toggle(f)
         self.ends = None  # mixed_loss's (own, shuffled) embeddings, built on its first call
-        self.first = self._first_layer(model)
+        self.first = self._first_layer(model) if self.cached else None
         self.pre = self._pre_activation() if self.first is not None else None
+
+    def _lookup(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Field embeddings and first-order terms of the state's ids at `rows`."""
+        return self.model.embedding(self.ids[rows], self.z)
+
+    def _looked_up(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`_lookup` of every row, chunk by chunk."""
+        parts = [self._lookup(slice(i, i + self.chunk)) for i in range(0, self.n, self.chunk)]
+        return torch.cat([e for e, _ in parts]), torch.cat([l for _, l in parts]) if parts[0][1] is not None else None
 
     @staticmethod
     def _first_layer(model: CTRModel) -> int | None:
@@ -91,47 +110,58 @@ class ClosedFields:
         return torch.cat([F.linear(self.emb[i:i + self.chunk].flatten(1), layer.weight, layer.bias)
                           for i in range(0, self.n, self.chunk)])
 
-    def _toggled(self, f: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Field f's block after a toggle: an open field reads row perm[i]; a closed one its own row again."""
+    def _field(self, f: int) -> list[torch.Tensor]:
+        """Field f's part of the state, copied: its embedding block (and first-order terms), or its id columns."""
+        if not self.cached:
+            return [self.ids[:, self.slots[f]].clone()]
+        return [self.emb[:, f].clone()] + ([self.lin[:, f].clone()] if self.lin is not None else [])
+
+    def _set(self, f: int, values: list[torch.Tensor]) -> None:
+        if not self.cached:
+            self.ids[:, self.slots[f]] = values[0]
+            return
+        self.emb[:, f] = values[0]
+        if self.lin is not None:
+            self.lin[:, f] = values[1]
+
+    def _toggled(self, f: int) -> list[torch.Tensor]:
+        """Field f's part after a toggle: an open field reads row perm[i]; a closed one its own row again (gathered
+        from a contiguous copy: rows far apart in the state are far apart in memory)."""
         rows = self.perm if self.open[f] else self.inverse
-        # gather from a contiguous copy of the column: rows far apart in the state are far apart in memory
-        return self.emb[:, f].contiguous()[rows], self.lin[:, f].contiguous()[rows] if self.lin is not None else None
+        return [v[rows] for v in self._field(f)]
 
     @contextmanager
     def _trial(self, f: int | None):
-        """The state with field f toggled, restored afterwards."""
+        """The state with field f toggled, restored afterwards; yields f's embedding block before the toggle."""
         if f is None:
             yield None
             return
-        old = (self.emb[:, f].clone(), self.lin[:, f].clone() if self.lin is not None else None)
-        new = self._toggled(f)
-        self.emb[:, f] = new[0]
-        if self.lin is not None:
-            self.lin[:, f] = new[1]
+        old = self._field(f)
+        self._set(f, self._toggled(f))
         try:
-            yield old[0]
+            yield old[0] if self.cached else None
         finally:
-            self.emb[:, f] = old[0]
-            if self.lin is not None:
-                self.lin[:, f] = old[1]
+            self._set(f, old)
 
     @torch.no_grad()
     def losses(self, f: int | None = None) -> np.ndarray:
         """Per-row BCE (float64) of the state, or of the state with field f toggled."""
         out = np.empty(self.n)
-        d = self.emb.shape[2]
         with self._trial(f) as old:
             for i in range(0, self.n, self.chunk):
                 rows = slice(i, i + self.chunk)
-                logits = self._logits(rows, f, old, d)
+                logits = self._logits(rows, f, old)
                 out[i:i + self.chunk] = F.binary_cross_entropy_with_logits(logits, self.labels[rows],
                                                                       reduction="none").double().cpu().numpy()
         return out
 
-    def _logits(self, rows: slice, f: int | None, old: torch.Tensor | None, d: int) -> torch.Tensor:
+    def _logits(self, rows: slice, f: int | None, old: torch.Tensor | None) -> torch.Tensor:
+        if not self.cached:
+            return self.model.interact(*self._lookup(rows))
         emb, lin = self.emb[rows], self.lin[rows] if self.lin is not None else None
         if self.first is None:
             return self.model.interact(emb, lin)
+        d = emb.shape[2]
         cols = slice(f * d, (f + 1) * d) if f is not None else slice(0, 0)
         layer = self.model.deep[self.first]
         self.model.deep[self.first] = _FirstLayerUpdate(layer, self.pre[rows], cols,
@@ -145,13 +175,12 @@ class ClosedFields:
     def toggle(self, f: int) -> None:
         """Close field f if it is open, open it if closed, for good."""
         new = self._toggled(f)
-        change = new[0] - self.emb[:, f]
-        if getattr(self, "pre", None) is not None and bool(change.any()):  # a shut gate's block is 0 on every row
-            d = self.emb.shape[2]
-            self.pre.addmm_(change, self.model.deep[self.first].weight[:, f * d:(f + 1) * d].t())
-        self.emb[:, f] = new[0]
-        if self.lin is not None:
-            self.lin[:, f] = new[1]
+        if self.pre is not None:
+            change = new[0] - self.emb[:, f]
+            if bool(change.any()):  # a shut gate's block is 0 on every row
+                d = self.emb.shape[2]
+                self.pre.addmm_(change, self.model.deep[self.first].weight[:, f * d:(f + 1) * d].t())
+        self._set(f, new)
         self.open[f] = ~self.open[f]
 
     def mixed_loss(self, open_share: torch.Tensor) -> torch.Tensor:
@@ -159,10 +188,11 @@ class ClosedFields:
         (differentiable in open_share: the substitution gate of ShuffleGate, Huang et al. 2025)."""
         if self.ends is None:  # every field's own and shuffled values, built on the first call: the state is not needed
             with torch.no_grad():
-                is_open = self.open.to(self.emb.device)
+                is_open = self.open.to(self.perm.device)
+                state = (self.emb, self.lin) if self.cached else self._looked_up()
                 values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
-                          for t in (self.emb, self.lin) if t is not None]
+                          for t in state if t is not None]
                 self.ends = [(x, x[self.perm]) for x in values]
         mixed = [shuf + open_share.view((1, -1) + (1,) * (own.dim() - 2)) * (own - shuf) for own, shuf in self.ends]
-        lin = mixed[1] if self.lin is not None else None
+        lin = mixed[1] if len(mixed) > 1 else None
         return F.binary_cross_entropy_with_logits(self.model.interact(mixed[0], lin), self.labels)

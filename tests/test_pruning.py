@@ -8,6 +8,7 @@ from lightfmp.gates import AutoFieldGate, LPFSGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
+import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows
 from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
 from lightfmp.pruning import prune_model
@@ -164,19 +165,23 @@ def _direct_losses(model, schema, ids, y, open_fields):
         return F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none").double()
 
 
+@pytest.mark.parametrize("cached", [True, False])
 @pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", [])])
-def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden):
+def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden, cached, monkeypatch):
     """`ClosedFields` (embeddings looked up once; where only the tower's first layer reads the flattened
-    embeddings, that layer updated by the toggled field's columns) gives the per-row losses of the definition, for
-    the state and for one field toggled either way, after a sequence of toggles, on every backbone."""
+    embeddings, that layer updated by the toggled field's columns; or, beyond its memory budget, the ids looked up
+    on every pass) gives the per-row losses of the definition, for the state and for one field toggled either way,
+    after a sequence of toggles, on every backbone."""
+    if not cached:
+        monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=hidden, cross_layers=2), gated=True)
     randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float()
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
-    uses_update = backbone in ("deepfm", "widedeep", "mlp") and bool(hidden)
-    assert (passes.first is not None) == uses_update
+    uses_update = backbone in ("deepfm", "widedeep", "mlp") and bool(hidden) and cached
+    assert passes.cached == cached and (passes.first is not None) == uses_update
     open_fields = {0, 2, 4}
     for step in [None, 1, 0, 3, 0, 2]:
         if step is not None:
@@ -190,9 +195,12 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
 
 
-def test_the_screens_mix_at_zero_or_one_is_the_closed_field_state(schema_and_ids):
+@pytest.mark.parametrize("cached", [True, False])
+def test_the_screens_mix_at_zero_or_one_is_the_closed_field_state(schema_and_ids, cached, monkeypatch):
     """`mixed_loss` (the forward search's screen) with each field's share 1 (own values) or 0 (the shuffled rows')
     is the mean loss of that closed set, before and after the state changes (its embeddings are built once)."""
+    if not cached:
+        monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -289,6 +297,9 @@ def test_closing_test_against_its_definition(schema_and_ids):
         if closed:
             kept, base = trial, loss
     out = closing_test(model, schema, ids.numpy(), y.numpy())
+    with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
+        mp.setattr(closed_fields, "STATE_BYTES", 0)
+        assert closing_test(model, schema, ids.numpy(), y.numpy())["kept"] == out["kept"]
     assert out["order"] == [schema.names[i] for i in order] and out["rows"] == len(y)
     assert float(model.gate.deterministic()[1]) == 0.0 and out["tests"][0] == {"field": "b", "cost": 0.0, "se": 0.0,
                                                                                  "closed": True}
