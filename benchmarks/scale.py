@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=1)
     ap.add_argument("--continue-epochs", type=int, default=1)
     ap.add_argument("--subset", type=float, default=0.1, help="phase-1 subset fraction")
-    ap.add_argument("--keep", type=int, default=None, help="keep the top K fields (default: by threshold)")
+    ap.add_argument("--keep", type=int, default=None, help="keep the first K of the forward order (default: the closing test)")
     ap.add_argument("--hash-buckets", default=None, help="passed to lightfmp run (e.g. 'f01:65536')")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads shared by all processes")
     ap.add_argument("--repeat", action="store_true", help="run each size twice (the second reuses the shards)")

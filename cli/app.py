@@ -153,7 +153,7 @@ def print_summary(m: dict, run, baseline: dict | None = None) -> None:
 @app.command("demo", cls=Command)
 @friendly
 def demo_cmd(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to put the runs "
-                                                    "[default: $LIGHTFMP_HOME/runs/demo]."),
+                                                    "(default: $LIGHTFMP_HOME/runs/demo)."),
              backbone: str = typer.Option("deepfm", "--backbone", help="Backbone: mlp, deepfm, dcnv2 or widedeep."),
              compare: bool = typer.Option(True, "--compare/--no-compare", help="Also train all fields, for comparison."),
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines; the summary table only.")):

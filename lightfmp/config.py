@@ -225,6 +225,10 @@ def _coerce(value, hint, key, source):
                 raise ValueError(value)
             return out
         if tp is str:
+            if isinstance(value, bool) or isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value):
+                # YAML reads yes / no / on / off unquoted as booleans: the text the user meant is lost
+                raise LightFMPError(f"{source}: '{key}' must be text, got the YAML boolean {value!r}; quote the "
+                                    f"value ('yes')")
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):
         raise LightFMPError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}") from None
@@ -292,8 +296,13 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
-    """Built-in defaults < --config YAML < flags given on the command line (None means not given)."""
+    """Built-in defaults < --config YAML < flags given on the command line (None means not given); a keep rule
+    given as a flag replaces the file's (--keep clears its threshold, --threshold its keep)."""
     base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
     merged = base.flat()
-    merged.update({k: v for k, v in flags.items() if v is not None})
+    given = {k: v for k, v in flags.items() if v is not None}
+    for rule, other in (("keep", "threshold"), ("threshold", "keep")):
+        if rule in given and other not in given:
+            merged[other] = None
+    merged.update(given)
     return RunConfig.from_dict(merged, source=COMMAND_LINE)

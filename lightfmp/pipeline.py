@@ -16,7 +16,7 @@ import torch
 from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
-from .config import RunConfig
+from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
@@ -202,6 +202,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
           continue_epochs: int | None = None, quiet: bool = False) -> dict:
     """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint). An interrupted
     call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments."""
+    check_one_rule(keep, threshold)
     return _prune(open_run(run_dir), keep, threshold, continue_epochs, quiet)
 
 
@@ -213,9 +214,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
-    if keep is None and threshold is None:  # neither given: the run's own rule; one given: that rule
-        keep = cfg.prune.keep
-    threshold = threshold if threshold is not None else cfg.prune.threshold
+    if keep is None and threshold is None:  # neither given: the run's own rule; one given: that rule alone
+        keep, threshold = cfg.prune.keep, cfg.prune.threshold
     continue_epochs = continue_epochs if continue_epochs is not None else (
         cfg.prune.continue_epochs if cfg.prune.continue_epochs is not None else cfg.train.epochs)
     if continue_epochs < 0:
@@ -281,7 +281,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         with atomic_dir(run.path, force=True, kind="run") as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             (tmp / GATES_PLOT).unlink(missing_ok=True)  # it showed the earlier kept set
+            # config.yaml records the rule this prune used, so that --config reproduces the run as it now is
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
+                            config=cfg.but(keep=keep, threshold=threshold, continue_epochs=continue_epochs),
                             checkpoints={"model.safetensors": model})
     dist.barrier()
     return metrics

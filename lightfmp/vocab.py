@@ -111,7 +111,10 @@ def parse_multi_hot(items: list[str]) -> dict[str, str]:
     """['genres:|', 'tags:;'] -> {'genres': '|', 'tags': ';'}; the separator defaults to '|'."""
     out = {}
     for it in items:
-        name, _, sep = it.partition(":")
+        name, colon, sep = it.partition(":")
+        if colon and not sep:  # e.g. 'tags:,' split on its comma by a comma-separated flag
+            raise LightFMPError(f"--multi-hot {it!r}: no separator after the colon (a ',' separator cannot be given "
+                                f"in the comma-separated flag: use another, or a YAML list in --config)")
         out[name.strip()] = sep or "|"
     return out
 
@@ -227,6 +230,11 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
     _check_kind_flags(spec, cfg.time_column)
+    for c in columns:  # Arrow lists / structs / maps would be read as their Python text
+        t = column(data, c).type if not isinstance(data, pd.DataFrame) else None
+        if t is not None and pa.types.is_nested(t) and c not in spec.ignore:
+            raise LightFMPError(f"{source}: column '{c}' holds nested values ({t}); lightfmp reads flat columns: "
+                                f"write a list as text joined by a separator (--multi-hot {c}:|) or --ignore {c}")
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
     if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one
         spec.ignore.append(cfg.time_column)

@@ -175,3 +175,48 @@ def test_an_ablation_fraction_that_selects_no_row_is_named(data, tmp_path):
     one_line_error(cli("bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2",
                        "--ablate-subset", "1e-300", "--json", tmp_path / "b.json", "-q"),
                    "--ablate-subset 1e-300", "selects none")
+
+
+def test_nested_parquet_columns_are_refused_naming_the_column(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = 200
+    pq.write_table(pa.table({"a": [str(i % 3) for i in range(n)], "tags": [["t0", "t1"][: i % 3] for i in range(n)],
+                             "label": [i % 2 for i in range(n)]}), tmp_path / "d.parquet")
+    one_line_error(cli("run", "--data", tmp_path / "d.parquet", "--label", "label", "--out", tmp_path / "r", *FAST),
+                   "column 'tags' holds nested values", "--ignore tags")
+    r = cli("run", "--data", tmp_path / "d.parquet", "--label", "label", "--ignore", "tags", "--out", tmp_path / "r",
+            *FAST)
+    assert r.exit_code == 0, r.output
+
+
+def test_prune_records_its_rule_in_config_yaml_and_the_file_reproduces_the_run(data, tmp_path):
+    out = tmp_path / "t"
+    assert cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out,
+               *FAST).exit_code == 0
+    assert cli("prune", out, "--keep", "3", "-q").exit_code == 0
+    cfg = (out / "config.yaml").read_text()
+    assert "keep: 3" in cfg and "threshold: null" in cfg
+    again = tmp_path / "again"
+    assert cli("run", "--config", out / "config.yaml", "--out", again, "-q").exit_code == 0
+    m1, m2 = (json.loads((d / "metrics.json").read_text()) for d in (out, again))
+    assert m1["fields"]["kept"] == m2["fields"]["kept"] and m1["test"]["auc"] == m2["test"]["auc"]
+    # a keep rule given as a flag replaces the file's: --threshold over the file's keep
+    flag = tmp_path / "flag"
+    r = cli("run", "--config", out / "config.yaml", "--threshold", "0.0", "--out", flag, "-q")
+    assert r.exit_code == 0, r.output
+    assert json.loads((flag / "metrics.json").read_text())["selection"]["score"] == "gate"
+
+
+def test_the_python_api_refuses_two_keep_rules(data, tmp_path):
+    from lightfmp import pipeline
+    with pytest.raises(LightFMPError, match="not both"):
+        pipeline.prune(tmp_path / "anything", keep=2, threshold=0.5)
+
+
+def test_yaml_booleans_for_text_options_and_an_empty_multi_hot_separator_are_refused(data, tmp_path):
+    yml = tmp_path / "c.yaml"
+    yml.write_text("positive: yes\n")
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--config", yml)), "'positive' must be text", "quote")
+    one_line_error(cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:,", "--out", tmp_path / "r",
+                       *FAST), "--multi-hot 'tags:'", "no separator")
