@@ -153,9 +153,9 @@ class RunConfig:
                     name = str(kk).replace("-", "_")
                     if _SECTION_OF.get(name) != key:
                         raise LightFMPError(f"{source}: unknown key '{kk}' in section '{k}'")
-                    values[key][name] = vv
+                    _set_once(values[key], name, vv, source)
             elif key in _SECTION_OF:
-                values[_SECTION_OF[key]][key] = v
+                _set_once(values[_SECTION_OF[key]], key, v, source)
             else:
                 raise LightFMPError(f"{source}: unknown key '{k}'")
         made = {}
@@ -167,6 +167,14 @@ class RunConfig:
         cfg.data.split = list(_named(source, parse_split, cfg.data.split))
         _named(source, check_one_rule, cfg.prune.keep, cfg.prune.threshold)
         return cfg
+
+
+def _set_once(section: dict, name: str, value, source: str) -> None:
+    """A key given twice in one source (in its section and at the top, or as `embed-dim` and `embed_dim`) is an
+    error: which one wins would depend on their order."""
+    if name in section:
+        raise LightFMPError(f"{source}: '{name}' is given twice ({section[name]!r} and {value!r}); keep one")
+    section[name] = value
 
 
 def check_one_rule(keep: int | None, threshold: float | None) -> None:
@@ -231,7 +239,10 @@ def _coerce(value, hint, key, source):
                                     f"value ('yes')")
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):
-        raise LightFMPError(f"{source}: '{key}' must be {tp.__name__}, got {value!r}") from None
+        what = "a finite number" if tp is float else tp.__name__
+        if source == COMMAND_LINE:
+            raise LightFMPError(f"{flag(key)} {value!r}: must be {what}") from None
+        raise LightFMPError(f"{source}: '{key}' must be {what}, got {value!r}") from None
     return value
 
 

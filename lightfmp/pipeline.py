@@ -151,6 +151,9 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         history = {"continue": hist}
     else:
         sub, _ = data.subset(cfg.train.subset, cfg.data.seed)
+        if len(sub) == 0:
+            raise LightFMPError(f"--subset {cfg.train.subset:g}: selects none of the {sizes['train']:,} training rows; "
+                                f"give a larger fraction")
         t0 = time.perf_counter()
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows

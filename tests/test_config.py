@@ -56,7 +56,7 @@ def test_numeric_flag_bounds(f):
     ("lr", -1, "--lr -1.0: must be > 0"), ("gate_holdout", 1.0, "--gate-holdout 1.0: must be < 1"),
     ("subset", 0, "--subset 0.0: must be > 0"), ("backbone", "resnet", "--backbone 'resnet': expected one of"),
     ("split", "0.5,0.5,0.5", "--split .*sum to 1"), ("hidden", "256,0", "--hidden 0: must be >= 1"),
-    ("lr", "nan", "'lr' must be float"),
+    ("lr", "nan", "'lr' must be a finite number"),
 ])
 def test_named_bad_values(key, value, match):
     with pytest.raises(LightFMPError, match=match):

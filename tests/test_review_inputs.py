@@ -220,3 +220,17 @@ def test_yaml_booleans_for_text_options_and_an_empty_multi_hot_separator_are_ref
     one_line_error(cli(*run_args(data, tmp_path / "r", "--config", yml)), "'positive' must be text", "quote")
     one_line_error(cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:,", "--out", tmp_path / "r",
                        *FAST), "--multi-hot 'tags:'", "no separator")
+
+
+def test_flag_type_errors_name_the_flag_and_a_key_given_twice_in_a_file_is_refused(data, tmp_path):
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--hidden", "abc")), "--hidden 'abc': must be int")
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--lr", "nan")), "--lr", "must be a finite number")
+    for text in ("train: {epochs: 3}\nepochs: 1\n", "embed-dim: 4\nembed_dim: 8\n"):
+        yml = tmp_path / "c.yaml"
+        yml.write_text(text)
+        one_line_error(cli(*run_args(data, tmp_path / "r", "--config", yml)), "c.yaml", "given twice")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_subset_fraction_that_selects_no_row_names_subset(data, tmp_path):
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--subset", "1e-9")), "--subset 1e-09", "selects none")
