@@ -230,6 +230,9 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
     _check_kind_flags(spec, cfg.time_column)
+    blank = [i for i, c in enumerate(columns) if not str(c).strip()]
+    if blank:  # a field needs a name: flags, the schema and the exported model's inputs are keyed by it
+        raise LightFMPError(f"{source}: column {blank[0] + 1} has no name in the header; name it or remove it")
     for c in columns:  # Arrow lists / structs / maps would be read as their Python text
         t = column(data, c).type if not isinstance(data, pd.DataFrame) else None
         if t is not None and pa.types.is_nested(t) and c not in spec.ignore:

@@ -234,3 +234,9 @@ def test_flag_type_errors_name_the_flag_and_a_key_given_twice_in_a_file_is_refus
 
 def test_a_subset_fraction_that_selects_no_row_names_subset(data, tmp_path):
     one_line_error(cli(*run_args(data, tmp_path / "r", "--subset", "1e-9")), "--subset 1e-09", "selects none")
+
+
+def test_a_column_without_a_name_is_refused(tmp_path):
+    (tmp_path / "d.csv").write_text("a,,label\n" + "".join(f"{i % 3},{i % 5},{i % 2}\n" for i in range(60)))
+    one_line_error(cli("run", "--data", tmp_path / "d.csv", "--label", "label", "--out", tmp_path / "r", *FAST),
+                   "d.csv", "column 2 has no name")
