@@ -4,7 +4,7 @@ lightfmp), to show that feature_schema.json and vocab/ are all a serving system 
     python examples/serve_onnx.py EXPORT_DIR records.jsonl   # one JSON object per line; '-' reads stdin
     python examples/serve_onnx.py EXPORT_DIR                 # a few made-up records from the vocabularies
 
-Prints one JSON line per record: {"probability": p}. Records are encoded as `lightfmp.serving.Predictor` does:
+Prints one JSON line per record: {"probability": p} (with the made-up records, {"record": ..., "probability": p}). Records are encoded as `lightfmp.serving.Predictor` does:
 a key absent from some records is a missing value, a kept field absent from every record is an error; multi-hot
 values may be text or a list of tokens; True / False are the categories 'True' / 'False' and no number. The
 files must be the ones the export wrote (sha256 in feature_schema.json) and inside EXPORT_DIR. Any problem is

@@ -13,6 +13,7 @@ A run records its rule (`SplitRule.to_dict()`) in run.json as "split", and every
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,7 +95,9 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     numbers, or else dates; a value that is neither is an error naming it."""
     t = pd.to_numeric(values, errors="coerce")
     if t.isna().all():
-        t = pd.to_datetime(values, errors="coerce")
+        with warnings.catch_warnings():  # pandas warns when it has to guess a date format: a value's error follows
+            warnings.simplefilter("ignore", UserWarning)
+            t = pd.to_datetime(values, errors="coerce")
     missing = values.isna().to_numpy()
     if missing.any():
         raise LightFMPError(f"{source}: --time-column '{column}' is missing at row {int(missing.argmax())}: every "
