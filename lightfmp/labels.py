@@ -1,6 +1,7 @@
 """The one label parser: a batch's label column -> float32 0/1, with errors that name the file row (and line).
 
-Labels are 0/1 (also written 1.0 / 0.0) or booleans, or, with --positive VALUE, that value is 1 and any other 0.
+Labels are 0/1 (also written 1.0 / 0.0) or booleans, or, with --positive VALUE, that value (as text, or as the same
+number: 1.0 for --positive 1) is 1 and any other 0.
 `LabelCounts` gathers the values seen over all batches so a degenerate label (one class in the training rows,
 or a --positive value no row has) is refused with the counts, not trained on.
 """
@@ -18,6 +19,16 @@ TRUE = frozenset({"1", "1.0", "true", "True", "TRUE"})
 FALSE = frozenset({"0", "0.0", "false", "False", "FALSE"})
 
 
+def _is_positive(value: str, positive: str) -> bool:
+    """`value` is the --positive value: the same text, or the same number (`1.0` and `1` for --positive 1)."""
+    if value == positive:
+        return True
+    try:
+        return float(value) == float(positive)
+    except ValueError:
+        return False
+
+
 def parse_labels(data, label: str, positive: str | None, source: str, start: int = 0,
                  fmt: str = "parquet") -> np.ndarray:
     """0/1 labels of a batch (record batch or DataFrame) whose first row is global row `start` of the file. Each
@@ -31,7 +42,7 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
     absent = missing(col)
     # per distinct text, then a last entry for a cell with no text (code -1)
     if positive is not None:
-        pos_v = np.array([v == str(positive) for v in texts] + [False])
+        pos_v = np.array([_is_positive(v, str(positive)) for v in texts] + [False])
         bad_v = np.zeros(len(texts) + 1, dtype=bool)
     else:
         pos_v = np.array([v in TRUE for v in texts] + [False])

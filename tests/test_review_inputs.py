@@ -240,3 +240,10 @@ def test_a_column_without_a_name_is_refused(tmp_path):
     (tmp_path / "d.csv").write_text("a,,label\n" + "".join(f"{i % 3},{i % 5},{i % 2}\n" for i in range(60)))
     one_line_error(cli("run", "--data", tmp_path / "d.csv", "--label", "label", "--out", tmp_path / "r", *FAST),
                    "d.csv", "column 2 has no name")
+
+
+def test_positive_matches_the_same_number_written_otherwise(tmp_path):
+    from lightfmp.labels import parse_labels
+    df = pd.DataFrame({"y": ["1.0", "0.0", "1", "2", "1e0", "x"]})
+    assert parse_labels(df, "y", "1", "d.csv").tolist() == [1, 0, 1, 0, 1, 0]
+    assert parse_labels(df, "y", "x", "d.csv").tolist() == [0, 0, 0, 0, 0, 1]
