@@ -40,9 +40,11 @@ def gate_rows(run: Run) -> list[dict]:
             if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
     scores = m.get("selection", {}).get("scores", {})  # the default rule's closing cost in standard errors
+    copied = m.get("selection", {}).get("copies", {})  # dropped as a copy of a kept field
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept,
-             **({"score": scores.get(n)} if scores else {})} for n in names]
+             **({"score": scores.get(n)} if scores else {}), **({"copy_of": copied[n]} if n in copied else {})}
+            for n in names]
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
 
 

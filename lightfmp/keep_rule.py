@@ -7,6 +7,9 @@
                       is closed for good unless closing it raises the validation logloss by more than two standard
                       errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
+Under --keep K the search never spends two of the K places on fields that are copies of each other on the
+validation rows, and opens a finer field in place of a coarser function of it (lightfmp.groupings); the closing test
+has no budget and keeps both copies where the model uses both.
 `selection_rule` is what metrics.json and `lightfmp inspect` show of it. The surgery: lightfmp.pruning.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from .closed_fields import ClosedFields
 from .config import check_range
+from .groupings import Groupings
 from .errors import LightFMPError
 from .models import CTRModel
 from .schema import FeatureSchema
@@ -40,10 +44,18 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
-                  steps: int | None = None) -> list[int]:
+                  steps: int | None = None, copied: dict[int, list[int]] | None = None,
+                  groupings: Groupings | None = None, swaps: dict[int, int] | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
-    opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant copy of an
-    open field lowers it little, so it comes late. After `steps` steps the rest follow by log_alpha.
+    opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
+    it less once the field it repeats is open, so it comes late; the `copied` fields of an opened field
+    (`lightfmp.groupings`) are no longer candidates and come last. After `steps` steps the rest follow by log_alpha.
+
+    With `groupings`, a step that picks a field which is a function of a closed field (the zip code of a user id;
+    `Groupings.is_function_of`) opens that finer field instead (of several, the one lowering the loss most) and
+    records the swap in `swaps`: the finer field carries everything the picked one does, and the phase-1 model
+    undervalues it, having seen each of its values in a subset of the rows only (the final model reads ~10x more).
+    The picked field stays a candidate, as any function of an open field does.
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
@@ -51,7 +63,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     passes = ClosedFields(model, ids, labels, [], device)
     n = model.gate.num_fields
     chosen: list[int] = []
-    rest = list(range(n))
+    rest, shadowed = list(range(n)), []
     while rest and (steps is None or len(chosen) < steps):
         candidates = rest
         if len(rest) > EXACT_CANDIDATES:
@@ -64,28 +76,53 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
             candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
         losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))
+        finer = [a for a in rest if groupings.is_function_of(best, a)] if groupings is not None else []
+        if finer:
+            for a in finer:
+                if a not in losses:
+                    losses[a] = float(passes.losses(a).mean())
+            picked, best = best, min(finer, key=lambda f: (losses[f], f))
+            if swaps is not None:
+                swaps[picked] = best
         passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
-    la = model.gate.log_alpha.detach().cpu()
-    return chosen + [i for i in ranking(la) if i in rest]
+        for g in (copied or {}).get(best, []):
+            if g in rest:
+                rest.remove(g)
+                shadowed.append(g)
+    la = ranking(model.gate.log_alpha.detach().cpu())
+    return chosen + [i for i in la if i in rest] + [i for i in la if i in shadowed]
 
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu") -> dict:
-    """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha).
-    Returns {"order": field names, "rows": the rows searched}."""
+    """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
+    copies and functions of fields found on all the rows given. Returns {"order": field names, "rows": the rows
+    searched, "copies": per field with copies, their names, "finer": per field a step picked, the finer field it
+    opened instead}."""
     names = schema.names
+    slot_field = model.embedding.slot_field.cpu().numpy()
+    groupings, swaps = Groupings(ids, slot_field), {}
+    copied = groupings.copies()
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    order = forward_order(model, ids, labels, device, k)
-    return {"order": [names[i] for i in order], "rows": len(labels)}
+    order = forward_order(model, ids, labels, device, k, copied, groupings, swaps)
+    return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(copied, names),
+            "finer": {names[a]: names[b] for a, b in swaps.items()}}
+
+
+def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str]]:
+    return {names[f]: [names[g] for g in gs] for f, gs in copied.items()}
 
 
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
                  device: str = "cpu") -> dict:
     """The default rule: every field open, then the fields in the gates' order, least open first, each closed for
     good unless closing it raises the validation logloss of the phase-1 model by more than two standard errors
-    (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides.
+    (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides. Copies of a field
+    (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays, and
+    phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
+    lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
     per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
@@ -167,10 +204,14 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
                    search: dict | None = None) -> dict:
     """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it: `score` names
     the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
-    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold)."""
+    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold), `copies` each
+    dropped field that is a copy of a kept one (lightfmp.groupings) with that field."""
+    copied = {f: next(g for g in gs if g in kept) for f, gs in (search or {}).get("copies", {}).items()
+              if f not in kept and any(g in kept for g in gs)}
     if keep is not None and search is not None:
         return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order position",
-                "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])}}
+                "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
+                "copies": copied}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}

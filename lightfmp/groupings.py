@@ -1,0 +1,79 @@
+"""How fields group the rows a keep rule reads: which fields are copies of each other, which a function of another.
+
+Two fields are copies when their encoded values split the rows into the same groups: each value of one goes with
+exactly one value of the other, and back (a column under other value names, a number bucketed the same way as
+another). The model reads the same information from either, only under other ids, so once one is open the other
+adds nothing a retrained model could not take from the first. A masked evaluation of the phase-1 model cannot see
+that: the model learnt to read both copies (its weight is split between them), so opening the second still lowers
+its loss. Field b is a function of field a when each group of a holds one value of b (the zip code of a user id):
+a carries everything b does, and more.
+
+Only whole equalities count, with no tolerance to tune. A field constant on the rows, or distinct on every row,
+shows no grouping to compare. A function is also checked against chance: a field that repeats few of its values
+could hold one value of an unrelated field in each of its few groups by luck.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def row_groups(ids: np.ndarray, slot_field: np.ndarray, field: int) -> tuple[np.ndarray, int]:
+    """Per row, the index of its value of `field` among the field's distinct values on these rows (all of a
+    multi-hot field's slots together), and the number of distinct values."""
+    block = ids[:, slot_field == field]
+    if block.shape[1] == 1:
+        _, inverse = np.unique(block[:, 0], return_inverse=True)
+    else:
+        _, inverse = np.unique(block, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1).astype(np.int64)
+    return inverse, int(inverse.max()) + 1 if len(inverse) else 0
+
+
+class Groupings:
+    """Each field's grouping of the rows (`ids`: [rows, slots]; `slot_field`: the field of each slot), sorted once."""
+
+    def __init__(self, ids: np.ndarray, slot_field, alpha: float = 0.05):
+        slot_field = np.asarray(slot_field)
+        self.n = len(ids)
+        self.fields = int(slot_field.max()) + 1 if len(slot_field) else 0
+        self.codes, self.order, self.distinct, self.same = [], [], [], []
+        for f in range(self.fields):
+            codes, distinct = row_groups(ids, slot_field, f)
+            order = np.argsort(codes, kind="stable")
+            self.codes.append(codes)
+            self.order.append(order)
+            self.distinct.append(distinct)
+            self.same.append(codes[order][1:] == codes[order][:-1])  # sorted neighbours in one group of f
+        self.log_alpha = np.log(alpha / max(self.fields, 1))  # Bonferroni over the fields a step compares
+
+    def _grouped(self, f: int) -> bool:
+        return 1 < self.distinct[f] < self.n
+
+    def _constant_within(self, b: int, a: int) -> bool:
+        """Every group of a holds a single value of b."""
+        b_sorted = self.codes[b][self.order[a]]
+        return not np.any((b_sorted[1:] != b_sorted[:-1]) & self.same[a])
+
+    def copies(self) -> dict[int, list[int]]:
+        """Per field, the other fields that are its copies; fields with no copy are left out. Only fields with the
+        same number of distinct values can be copies, so only those pairs are compared."""
+        out: dict[int, list[int]] = {}
+        for a in range(self.fields):
+            for b in range(a + 1, self.fields):
+                if self._grouped(a) and self.distinct[a] == self.distinct[b] and self._constant_within(b, a):
+                    out.setdefault(a, []).append(b)  # as many values and one of b per group of a: a bijection
+                    out.setdefault(b, []).append(a)
+        return {f: sorted(v) for f, v in sorted(out.items())}
+
+    def is_function_of(self, b: int, a: int) -> bool:
+        """Field b is a function of field a on these rows (every group of a holds one value of b), a groups the rows
+        more finely than b, and that is not chance: a field independent of a with b's value frequencies would be
+        constant on all of a's groups with probability below alpha / fields."""
+        da, db = self.distinct[a], self.distinct[b]
+        if not (1 < db < da < self.n) or not self._constant_within(b, a):
+            return False
+        p = np.bincount(self.codes[b], minlength=db) / self.n
+        sizes = np.bincount(np.bincount(self.codes[a], minlength=da))  # how many groups of a have each size
+        with np.errstate(divide="ignore"):  # a chance too small for a float is log 0 = -inf: not chance
+            log_p = sum(int(sizes[s]) * np.log(np.sum(p ** s)) for s in np.flatnonzero(sizes[2:]) + 2)
+        return log_p < self.log_alpha

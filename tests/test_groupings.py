@@ -1,0 +1,162 @@
+"""Copies of a field (the same groups of rows under other values) and functions of a field: found exactly; a --keep K
+search never keeps two copies and opens the finer field in place of a coarser function of it."""
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from lightfmp.groupings import Groupings
+from lightfmp.keep_rule import closing_test, forward_order, keep_order, select_fields, selection_rule
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.vocab import fit_schema
+
+from helpers import cli, make_frame
+
+
+def test_a_relabelled_column_is_a_copy_and_a_coarser_one_is_not():
+    rng = np.random.default_rng(0)
+    n = 2000
+    a = rng.integers(0, 50, n)
+    relabel = rng.permutation(50)
+    ids = np.stack([a, relabel[a], a // 2, rng.integers(0, 50, n), np.arange(n), np.arange(n) * 3, np.zeros(n, int),
+                    np.zeros(n, int)], axis=1)
+    # 0 and 1 are copies; a // 2 (a function of a, but grouping what a keeps apart) is not, nor an independent draw
+    # with the same number of values; fields distinct on every row (4, 5) or constant (6, 7) show no grouping
+    assert Groupings(ids, np.arange(8)).copies() == {0: [1], 1: [0]}
+
+
+def test_a_multi_hot_field_is_compared_on_all_its_slots():
+    rng = np.random.default_rng(1)
+    n = 500
+    tags = rng.integers(0, 4, (n, 2))
+    code = tags[:, 0] * 4 + tags[:, 1]
+    first_slot_only = tags[:, 0]
+    ids = np.column_stack([tags, code, first_slot_only])
+    assert Groupings(ids, np.array([0, 0, 1, 2])).copies() == {0: [1], 1: [0]}
+
+
+def test_copies_form_classes_of_three():
+    a = np.repeat(np.arange(10), 5)
+    ids = np.stack([a, 9 - a, a + 100], axis=1)
+    assert Groupings(ids, np.arange(3)).copies() == {0: [1, 2], 1: [0, 2], 2: [0, 1]}
+
+
+def _two_copies_and_a_weak_signal(seed: int = 0):
+    """a decides the label, c only nudges it; a_copy is a relabelled a. A model trained with every field reads both
+    copies, so with a open, opening a_copy still lowers its loss more than opening c does."""
+    rng = np.random.default_rng(seed)
+    n = 4000
+    a, c = rng.integers(0, 8, n), rng.integers(0, 2, n)
+    logit = np.where(a >= 4, 2.0, -2.0) + 0.4 * (2 * c - 1)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    df = pd.DataFrame({"a": a.astype(str), "a_copy": ["v" + str(7 - v) for v in a], "c": c.astype(str), "label": y})
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "a_copy", "c")], min_count=1), df)
+    ids = torch.from_numpy(s.encode(df)).long()
+    torch.manual_seed(seed)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
+    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
+    yt = torch.from_numpy(y)
+    for _ in range(300):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(model(ids, torch.ones(3)), yt).backward()
+        opt.step()
+    return model, s, ids.numpy(), y
+
+
+def test_forward_search_never_keeps_both_copies():
+    model, s, ids, y = _two_copies_and_a_weak_signal()
+    # the masked evaluation alone would open the copy second: the case the rule is for
+    assert set(forward_order(model, ids, y, steps=2)[:2]) == {0, 1}
+    order = keep_order(model, s, ids, y, 2)
+    assert order["copies"] == {"a": ["a_copy"], "a_copy": ["a"]}
+    assert set(order["order"][:2]) in ({"a", "c"}, {"a_copy", "c"}), order
+    assert order["order"][2] in ("a", "a_copy")  # the copy comes last
+    kept = select_fields(s.names, model.gate.log_alpha.detach(), model.gate.deterministic(), keep=2, search=order)
+    dropped = ({"a", "a_copy"} - set(kept)).pop()
+    assert selection_rule(kept, {}, 2, None, order)["copies"] == {dropped: ({"a", "a_copy"} & set(kept)).pop()}
+
+
+def test_closing_test_has_no_budget_and_keeps_both_copies_the_model_reads():
+    model, s, ids, y = _two_copies_and_a_weak_signal()
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([3.0, 1.0, 2.0]))  # a_copy is the least open: tested first
+    out = closing_test(model, s, ids, y)
+    first = out["tests"][0]
+    assert first["field"] == "a_copy" and first["cost"] > 2 * first["se"] and not first["closed"]
+    assert {"a", "a_copy"} <= set(out["kept"])
+    assert "copies" not in selection_rule(out["kept"], {}, None, None, out)
+
+
+def test_keep_k_run_never_keeps_a_column_and_its_copy_and_inspect_says_so(tmp_path):
+    """End to end: the small planted table plus a relabelled copy of its strongest field `a`; with --keep 3 (the
+    number of informative fields) the run keeps at most one of the two, and inspect names the dropped copy."""
+    df = make_frame(2000)
+    df["a_copy"] = "z" + df["a"].astype(str)
+    path = tmp_path / "copy.csv"
+    df.to_csv(path, index=False)
+    out = tmp_path / "run"
+    r = cli("run", "--data", path, "--label", "label", "--multi-hot", "tags:|", "--keep", "3", "--out", out,
+            "--subset", "0.5", "--pretrain-epochs", "3", "--epochs", "1", "--batch-size", "128", "--hidden", "16",
+            "--embed-dim", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["selection"]["search"]["copies"] == {"a": ["a_copy"], "a_copy": ["a"]}
+    kept = set(m["fields"]["kept"])
+    assert len(kept) == 3 and len(kept & {"a", "a_copy"}) <= 1, kept
+    if kept & {"a", "a_copy"}:
+        dropped = ({"a", "a_copy"} - kept).pop()
+        assert m["selection"]["copies"] == {dropped: (kept & {"a", "a_copy"}).pop()}
+        r = cli("inspect", out)
+        flat = re.sub(r"[│\s]+", " ", r.output)  # a narrow table wraps the kept column's words
+        assert r.exit_code == 0 and f"no (copy of {m['selection']['copies'][dropped]})" in flat, r.output
+
+
+def test_a_function_of_a_finer_field_is_found_and_chance_is_not():
+    rng = np.random.default_rng(2)
+    n = 3000
+    user = rng.integers(0, 300, n)
+    zip_of_user = rng.integers(0, 120, 300)
+    near_unique = np.arange(n)
+    near_unique[[1, 3, 5]] = near_unique[[0, 2, 4]]  # three repeated pairs only
+    coin = rng.integers(0, 2, n)
+    coin[[1, 3, 5]] = coin[[0, 2, 4]]  # constant on near_unique's three pairs, by construction
+    ids = np.stack([user, zip_of_user[user], rng.integers(0, 120, n), near_unique, coin], axis=1)
+    g = Groupings(ids, np.arange(5))
+    assert g.is_function_of(1, 0)  # the zip code of a user: a function of the user
+    assert not g.is_function_of(0, 1)  # ... not the other way round
+    assert not g.is_function_of(2, 0)  # an independent field with as many values
+    # coin is constant on each of near_unique's three pairs, but a fair coin is with probability 1/8: chance
+    assert not g.is_function_of(4, 3)
+    assert not g.is_function_of(1, 1)
+
+
+def test_the_search_opens_the_finer_field_instead_of_a_coarser_function_of_it():
+    """`a_coarse` merges a's values in pairs; with a budget of one field, the search may value the coarse field more
+    on the phase-1 model, but a carries everything a_coarse does: the finer field is opened."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    a = rng.integers(0, 16, n)
+    eff = rng.normal(size=16) * 2
+    y = (rng.random(n) < 1 / (1 + np.exp(-eff[a]))).astype(np.float32)
+    df = pd.DataFrame({"a": a.astype(str), "a_coarse": (a // 2).astype(str), "label": y})
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "a_coarse")], min_count=1), df)
+    ids = torch.from_numpy(s.encode(df)).long()
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
+    opt = torch.optim.Adam(model.backbone_parameters(), lr=0.02)
+    for _ in range(200):
+        opt.zero_grad()
+        # trained mostly through the coarse field: a's embedding reads noise in most steps
+        shuffled = ids.clone()
+        shuffled[:, 0] = shuffled[torch.randperm(n), 0]
+        F.binary_cross_entropy_with_logits(model(shuffled, torch.ones(2)), torch.from_numpy(y)).backward()
+        opt.step()
+    ids, groupings = ids.numpy(), Groupings(ids.numpy(), np.arange(2))
+    assert forward_order(model, ids, y, steps=1)[0] == 1  # on masked losses alone: the coarse field
+    assert forward_order(model, ids, y, steps=1, groupings=groupings)[0] == 0
+    out = keep_order(model, s, ids, y, 1)
+    assert out["order"][0] == "a" and out["finer"] == {"a_coarse": "a"}
