@@ -39,7 +39,8 @@ class Groupings:
         self.codes, self.order, self.distinct, self.same = [], [], [], []
         for f in range(self.fields):
             codes, distinct = row_groups(ids, slot_field, f)
-            order = np.argsort(codes, kind="stable")
+            codes = codes.astype(np.int32 if distinct < 2**31 else np.int64)
+            order = np.argsort(codes, kind="stable").astype(np.int32 if self.n < 2**31 else np.int64)
             self.codes.append(codes)
             self.order.append(order)
             self.distinct.append(distinct)

@@ -98,14 +98,13 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu") -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
-    copies and functions of fields found on all the rows given. Returns {"order": field names, "rows": the rows
-    searched, "copies": per field with copies, their names, "finer": per field a step picked, the finer field it
-    opened instead}."""
+    with the copies and functions of fields those rows show (`Groupings`: rows x fields codes, so its memory stays
+    bounded on a wide table). Returns {"order": field names, "rows": the rows searched, "copies": per field with
+    copies, their names, "finer": per field a step picked, the finer field it opened instead}."""
     names = schema.names
-    slot_field = model.embedding.slot_field.cpu().numpy()
-    groupings, swaps = Groupings(ids, slot_field), {}
-    copied = groupings.copies()
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
+    groupings, swaps = Groupings(ids, model.embedding.slot_field.cpu().numpy()), {}
+    copied = groupings.copies()
     order = forward_order(model, ids, labels, device, k, copied, groupings, swaps)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(copied, names),
             "finer": {names[a]: names[b] for a, b in swaps.items()}}
