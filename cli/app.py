@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lightfmp import distributed, pipeline
@@ -117,9 +118,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         v = row.get("score")
         score = ([f"{round(v, 2) + 0.0:.2f}" if isinstance(v, float) else "-" if v is None else str(v)]
                  if scored else [])  # + 0.0: no "-0.00" for a cost that rounds to zero
-        t.add_row(row["field"], row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
-                  "yes" if row["kept"] else f"[dim]no (copy of {row['copy_of']})[/]" if "copy_of" in row
-                  else "[dim]no[/]")
+        t.add_row(escape(row["field"]), row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
+                  "yes" if row["kept"] else f"[dim]no ({escape(row['repeats'])})[/]" if "repeats" in row
+                  else "[dim]no[/]")  # escape: a column name such as "a[/b]" is no markup
     out.print(t)
     on_gate = cut.get("score", "gate") == "gate"
     suffix = (f" (cut at gate {cut['cut']:.3f})" if on_gate else f" (cut at {cut['cut']:g}: {cut['score']})") \

@@ -14,17 +14,20 @@ could hold one value of an unrelated field in each of its few groups by luck.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 
 def row_groups(ids: np.ndarray, slot_field: np.ndarray, field: int) -> tuple[np.ndarray, int]:
     """Per row, the index of its value of `field` among the field's distinct values on these rows (all of a
-    multi-hot field's slots together), and the number of distinct values."""
+    multi-hot field's slots together, in any order: the model pools them, so "p|q" and "q|p" are one value), and the
+    number of distinct values."""
     block = ids[:, slot_field == field]
     if block.shape[1] == 1:
         _, inverse = np.unique(block[:, 0], return_inverse=True)
     else:
-        _, inverse = np.unique(block, axis=0, return_inverse=True)
+        _, inverse = np.unique(np.sort(block, axis=1), axis=0, return_inverse=True)
     inverse = inverse.reshape(-1).astype(np.int64)
     return inverse, int(inverse.max()) + 1 if len(inverse) else 0
 
@@ -56,15 +59,30 @@ class Groupings:
         return not np.any((b_sorted[1:] != b_sorted[:-1]) & self.same[a])
 
     def copies(self) -> dict[int, list[int]]:
-        """Per field, the other fields that are its copies; fields with no copy are left out. Only fields with the
-        same number of distinct values can be copies, so only those pairs are compared."""
-        out: dict[int, list[int]] = {}
-        for a in range(self.fields):
-            for b in range(a + 1, self.fields):
-                if self._grouped(a) and self.distinct[a] == self.distinct[b] and self._constant_within(b, a):
-                    out.setdefault(a, []).append(b)  # as many values and one of b per group of a: a bijection
-                    out.setdefault(b, []).append(a)
-        return {f: sorted(v) for f, v in sorted(out.items())}
+        """Per field, the other fields that are its copies; fields with no copy are left out. Fields are classed by
+        their labelling of the rows (`_first_seen`), so a wide table of few-valued fields costs no pairwise pass."""
+        buckets: dict[bytes, list[list[int]]] = {}  # by a digest of the labelling (not the rows: bounded memory)
+        for f in range(self.fields):
+            if not self._grouped(f):
+                continue
+            seen = self._first_seen(f)  # copies share one labelling of the rows by first appearance: no pairs
+            classes = buckets.setdefault(hashlib.blake2b(seen.tobytes(), digest_size=16).digest(), [])
+            same = next((c for c in classes if np.array_equal(self._first_seen(c[0]), seen)), None)  # exact
+            if same is None:
+                classes.append([f])
+            else:
+                same.append(f)
+        return dict(sorted((f, [g for g in fs if g != f]) for classes in buckets.values() for fs in classes
+                           if len(fs) > 1 for f in fs))
+
+    def _first_seen(self, f: int) -> np.ndarray:
+        """Field f's codes relabelled in order of first appearance (int64): equal for two fields exactly when they
+        group the rows alike."""
+        order, codes = self.order[f], self.codes[f]
+        first = order[np.flatnonzero(np.r_[True, ~self.same[f]])]  # each code's first row (a stable sort)
+        rank = np.empty(self.distinct[f], dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(self.distinct[f])
+        return rank[codes]
 
     def is_function_of(self, b: int, a: int) -> bool:
         """Field b is a function of field a on these rows (every group of a holds one value of b), a groups the rows

@@ -40,10 +40,13 @@ def gate_rows(run: Run) -> list[dict]:
             if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
     scores = m.get("selection", {}).get("scores", {})  # the default rule's closing cost in standard errors
-    copied = m.get("selection", {}).get("copies", {})  # dropped as a copy of a kept field
+    sel = m.get("selection", {})
+    # dropped by the --keep K search as a copy / a coarser function of a kept field
+    repeats = {**{n: f"copy of {by}" for n, by in sel.get("copies", {}).items()},
+               **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept,
-             **({"score": scores.get(n)} if scores else {}), **({"copy_of": copied[n]} if n in copied else {})}
+             **({"score": scores.get(n)} if scores else {}), **({"repeats": repeats[n]} if n in repeats else {})}
             for n in names]
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
 

@@ -45,17 +45,20 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, copied: dict[int, list[int]] | None = None,
-                  groupings: Groupings | None = None, swaps: dict[int, int] | None = None) -> list[int]:
+                  groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
+                  shadowed_by: dict[int, tuple[int, str]] | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late; the `copied` fields of an opened field
     (`lightfmp.groupings`) are no longer candidates and come last. After `steps` steps the rest follow by log_alpha.
 
-    With `groupings`, a step that picks a field which is a function of a closed field (the zip code of a user id;
-    `Groupings.is_function_of`) opens that finer field instead (of several, the one lowering the loss most) and
-    records the swap in `swaps`: the finer field carries everything the picked one does, and the phase-1 model
-    undervalues it, having seen each of its values in a subset of the rows only (the final model reads ~10x more).
-    The picked field stays a candidate, as any function of an open field does.
+    With `groupings`, the fields that are functions of an opened field (`Groupings.is_function_of`: the zip code of
+    an opened user id) are no longer candidates either, and come last: they carry nothing the opened field does not
+    (the phase-1 model, which split its weight between the two, would still value them). A step that picks a field
+    which is a function of a closed field opens that finer field instead (of several, the one lowering the loss
+    most) and records the swap in `swaps`: the finer field carries everything the picked one does, and the phase-1
+    model undervalues it, having seen each of its values in a subset of the rows only (the final model reads ~10x
+    more). `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or "function").
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
@@ -87,10 +90,13 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
-        for g in (copied or {}).get(best, []):
+        coarser = [g for g in rest if groupings.is_function_of(g, best)] if groupings is not None else []
+        for g, kind in [(g, "copy") for g in (copied or {}).get(best, [])] + [(g, "function") for g in coarser]:
             if g in rest:
                 rest.remove(g)
                 shadowed.append(g)
+                if shadowed_by is not None:
+                    shadowed_by[g] = (best, kind)
     la = ranking(model.gate.log_alpha.detach().cpu())
     return chosen + [i for i in la if i in rest] + [i for i in la if i in shadowed]
 
@@ -100,14 +106,16 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
     with the copies and functions of fields those rows show (`Groupings`: rows x fields codes, so its memory stays
     bounded on a wide table). Returns {"order": field names, "rows": the rows searched, "copies": per field with
-    copies, their names, "finer": per field a step picked, the finer field it opened instead}."""
+    copies, their names, "finer": per field a step picked, the finer field it opened instead, "shadowed": per field
+    that left the candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
     names = schema.names
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    groupings, swaps = Groupings(ids, model.embedding.slot_field.cpu().numpy()), {}
+    groupings, swaps, shadowed_by = Groupings(ids, model.embedding.slot_field.cpu().numpy()), {}, {}
     copied = groupings.copies()
-    order = forward_order(model, ids, labels, device, k, copied, groupings, swaps)
+    order = forward_order(model, ids, labels, device, k, copied, groupings, swaps, shadowed_by)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(copied, names),
-            "finer": {names[a]: names[b] for a, b in swaps.items()}}
+            "finer": {names[a]: names[b] for a, b in swaps.items()},
+            "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}
 
 
 def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str]]:
@@ -203,14 +211,16 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
                    search: dict | None = None) -> dict:
     """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it: `score` names
     the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
-    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold), `copies` each
-    dropped field that is a copy of a kept one (lightfmp.groupings) with that field."""
-    copied = {f: next(g for g in gs if g in kept) for f, gs in (search or {}).get("copies", {}).items()
-              if f not in kept and any(g in kept for g in gs)}
+    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold); under --keep K,
+    `copies` and `functions`: each dropped field that left the search as a copy / a coarser function of a kept field
+    (lightfmp.groupings), with that field."""
+    shadowed = (search or {}).get("shadowed", {})
+    repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
+               for kind in ("copy", "function")}
     if keep is not None and search is not None:
         return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order position",
                 "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
-                "copies": copied}
+                "copies": repeats["copy"], "functions": repeats["function"]}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}

@@ -238,7 +238,7 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     # --keep K searches only K steps; the rest follow by log_alpha
     short = keep_order(model, schema, ids.numpy(), y.numpy(), 2)
     rest = [i for i in ranking(model.gate.log_alpha.detach()) if i not in chosen[:2]]
-    assert short == {"order": [schema.names[i] for i in chosen[:2] + rest], "rows": len(y), "copies": {}, "finer": {}}
+    assert short == {"order": [schema.names[i] for i in chosen[:2] + rest], "rows": len(y), "copies": {}, "finer": {}, "shadowed": {}}
 
 
 def _fit_ungated(model, x, y, steps: int):
