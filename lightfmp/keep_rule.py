@@ -7,9 +7,10 @@
                       is closed for good unless closing it raises the validation logloss by more than two standard
                       errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
-Under --keep K the search never spends two of the K places on fields that are copies of each other on the
-validation rows, and opens a finer field in place of a coarser function of it (lightfmp.groupings); the closing test
-has no budget and keeps both copies where the model uses both.
+Under --keep K the search never opens two fields that are copies of each other on the validation rows, nor a field
+and a coarser function of it, and opens a finer field in place of a coarser function of it (lightfmp.groupings); only
+where K exceeds the fields left to open do the last places go to such copies and functions, by gate. The closing
+test has no budget and keeps both copies where the model uses both.
 `selection_rule` is what metrics.json and `lightfmp inspect` show of it. The surgery: lightfmp.pruning.
 """
 from __future__ import annotations
@@ -56,9 +57,12 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     an opened user id) are no longer candidates either, and come last: they carry nothing the opened field does not
     (the phase-1 model, which split its weight between the two, would still value them). A step that picks a field
     which is a function of a closed field opens that finer field instead (of several, the one lowering the loss
-    most) and records the swap in `swaps`: the finer field carries everything the picked one does, and the phase-1
-    model undervalues it, having seen each of its values in a subset of the rows only (the final model reads ~10x
-    more). `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or "function").
+    most; again while that one is a function of a still finer closed field, so that no opened field is a function of
+    another, whichever opens first) and records the swap in `swaps` (picked field -> opened field): the finer field
+    carries everything the picked one does, and the phase-1 model undervalues it, having seen each of its values in
+    a subset of the rows only (the final model reads ~10x more); the fields passed over leave the candidates as its
+    functions. `shadowed_by` receives, per field that left
+    the candidates so, (the opened field, "copy" or "function").
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
@@ -79,18 +83,23 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
             candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
         losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))
-        finer = [a for a in rest if groupings.is_function_of(best, a)] if groupings is not None else []
-        if finer:
+        passed_over = []  # the picked field and any finer field swapped in on the way: each is a function of the next
+        while groupings is not None:  # the finer field swapped in may itself be a function of a still finer closed
+            finer = [a for a in rest if groupings.is_function_of(best, a)]  # field (a > b > c): swap until it is not
+            if not finer:
+                break
             for a in finer:
                 if a not in losses:
                     losses[a] = float(passes.losses(a).mean())
-            picked, best = best, min(finer, key=lambda f: (losses[f], f))
-            if swaps is not None:
-                swaps[picked] = best
+            passed_over.append(best)
+            best = min(finer, key=lambda f: (losses[f], f))  # strictly more distinct values each time: it ends
+        if passed_over and swaps is not None:
+            swaps[passed_over[0]] = best
         passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
-        coarser = [g for g in rest if groupings.is_function_of(g, best)] if groupings is not None else []
+        coarser = [g for g in rest if g in passed_over or groupings.is_function_of(g, best)] \
+            if groupings is not None else []  # a passed-over field is a function of best (each link is one)
         for g, kind in [(g, "copy") for g in (copied or {}).get(best, [])] + [(g, "function") for g in coarser]:
             if g in rest:
                 rest.remove(g)

@@ -250,3 +250,36 @@ def test_keep_k_on_a_planted_set_never_holds_a_field_and_its_copy(tmp_path, seed
     assert classes, truth["redundant"]
     for source, members in classes.items():
         assert len(kept & members) <= 1, (source, members, kept)
+
+
+def test_a_swap_opens_the_finest_field_of_a_chain_and_never_a_field_with_its_function(monkeypatch):
+    """a > b = a // 2 > c = a // 6: c is picked first; of the finer fields a and b, b lowers the (stubbed) phase-1 loss
+    more, but b is itself a function of the closed a, so a opens, and b and c leave the candidates as functions of a.
+    (Before, b opened, c left, and the next step opened a: a field and its coarser function, both kept at K = 2.)"""
+    value = [0.1, 0.4, 0.5, 0.05]  # how much opening a, b, c, d lowers the loss
+
+    class Passes:
+        def __init__(self, model, ids, labels, kept, device):
+            self.open = set(kept)
+
+        def losses(self, f=None):
+            return torch.full((4,), 1.0 - sum(value[g] for g in self.open ^ ({f} if f is not None else set())))
+
+        def toggle(self, f):
+            self.open ^= {f}
+
+    class Model:
+        gate = type("Gate", (), {"num_fields": 4, "log_alpha": torch.zeros(4)})()
+
+    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 24, 400)
+    ids = np.stack([a, a // 2, a // 6, rng.integers(0, 3, 400)], axis=1)
+    g = Groupings(ids, np.arange(4))
+    assert g.is_function_of(1, 0) and g.is_function_of(2, 1) and g.is_function_of(2, 0)
+    swaps, shadowed = {}, {}
+    order = forward_order(Model(), ids, np.zeros(400), steps=2, copied=g.copies(), groupings=g, swaps=swaps,
+                          shadowed_by=shadowed)
+    assert order[:2] == [0, 3] and sorted(order) == [0, 1, 2, 3]
+    assert swaps == {2: 0} and shadowed == {1: (0, "function"), 2: (0, "function")}
+    assert forward_order(Model(), ids, np.zeros(400), copied=g.copies(), groupings=g) == [0, 3, 1, 2]
