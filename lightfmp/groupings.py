@@ -49,6 +49,7 @@ class Groupings:
             self.distinct.append(distinct)
             self.same.append(codes[order][1:] == codes[order][:-1])  # sorted neighbours in one group of f
         self.log_alpha = np.log(alpha / max(self.fields, 1))  # Bonferroni over the fields a step compares
+        self._copies: dict[int, list[int]] | None = None
 
     def _grouped(self, f: int) -> bool:
         return 1 < self.distinct[f] < self.n
@@ -61,6 +62,11 @@ class Groupings:
     def copies(self) -> dict[int, list[int]]:
         """Per field, the other fields that are its copies; fields with no copy are left out. Fields are classed by
         their labelling of the rows (`_first_seen`), so a wide table of few-valued fields costs no pairwise pass."""
+        if self._copies is None:
+            self._copies = self._find_copies()
+        return self._copies
+
+    def _find_copies(self) -> dict[int, list[int]]:
         buckets: dict[bytes, list[list[int]]] = {}  # by a digest of the labelling (not the rows: bounded memory)
         for f in range(self.fields):
             if not self._grouped(f):

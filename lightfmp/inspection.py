@@ -39,8 +39,8 @@ def gate_rows(run: Run) -> list[dict]:
         kept = set(select_fields(names, la, z, threshold=rule.threshold)) \
             if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
-    scores = m.get("selection", {}).get("scores", {})  # closing cost in SE (default) / forward position (--keep K)
     sel = m.get("selection", {})
+    scores = sel.get("scores", {})  # closing cost in SE (default) / forward position (--keep K)
     # dropped by the --keep K search as a copy / a coarser function of a kept field
     repeats = {**{n: f"copy of {by}" for n, by in sel.get("copies", {}).items()},
                **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}

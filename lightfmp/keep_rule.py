@@ -20,8 +20,8 @@ import torch
 
 from .closed_fields import ClosedFields
 from .config import check_range
-from .groupings import Groupings
 from .errors import LightFMPError
+from .groupings import Groupings
 from .models import CTRModel
 from .schema import FeatureSchema
 
@@ -45,15 +45,13 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
-                  steps: int | None = None, copied: dict[int, list[int]] | None = None,
-                  groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
+                  steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
                   shadowed_by: dict[int, tuple[int, str]] | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
-    it less once the field it repeats is open, so it comes late; the `copied` fields of an opened field
-    (`lightfmp.groupings`) are no longer candidates and come last. After `steps` steps the rest follow by log_alpha.
+    it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
 
-    With `groupings`, the fields that are functions of an opened field (`Groupings.is_function_of`: the zip code of
+    With `groupings` (`lightfmp.groupings`), the copies of an opened field and the fields that are functions of it (`Groupings.is_function_of`: the zip code of
     an opened user id) are no longer candidates either, and come last: they carry nothing the opened field does not
     (the phase-1 model, which split its weight between the two, would still value them). A step that picks a field
     which is a function of a closed field opens that finer field instead (of several, the one lowering the loss
@@ -61,8 +59,8 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     another, whichever opens first) and records the swap in `swaps` (picked field -> opened field): the finer field
     carries everything the picked one does, and the phase-1 model undervalues it, having seen each of its values in
     a subset of the rows only (the final model reads ~10x more); the fields passed over leave the candidates as its
-    functions. `shadowed_by` receives, per field that left
-    the candidates so, (the opened field, "copy" or "function").
+    functions. `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or
+    "function").
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
@@ -71,6 +69,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     n = model.gate.num_fields
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
+    copied = groupings.copies() if groupings is not None else {}
     while rest and (steps is None or len(chosen) < steps):
         candidates = rest
         if len(rest) > EXACT_CANDIDATES:
@@ -100,7 +99,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         rest.remove(best)
         coarser = [g for g in rest if g in passed_over or groupings.is_function_of(g, best)] \
             if groupings is not None else []  # a passed-over field is a function of best (each link is one)
-        for g, kind in [(g, "copy") for g in (copied or {}).get(best, [])] + [(g, "function") for g in coarser]:
+        for g, kind in [(g, "copy") for g in copied.get(best, [])] + [(g, "function") for g in coarser]:
             if g in rest:
                 rest.remove(g)
                 shadowed.append(g)
@@ -120,9 +119,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     names = schema.names
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
     groupings, swaps, shadowed_by = Groupings(ids, model.embedding.slot_field.cpu().numpy()), {}, {}
-    copied = groupings.copies()
-    order = forward_order(model, ids, labels, device, k, copied, groupings, swaps, shadowed_by)
-    return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(copied, names),
+    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by)
+    return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}
 

@@ -261,8 +261,8 @@ def test_a_swap_opens_the_finest_field_of_a_chain_and_never_a_field_with_its_fun
     g = Groupings(ids, np.arange(4))
     assert g.is_function_of(1, 0) and g.is_function_of(2, 1) and g.is_function_of(2, 0)
     swaps, shadowed = {}, {}
-    order = forward_order(Model(), ids, np.zeros(400), steps=2, copied=g.copies(), groupings=g, swaps=swaps,
+    order = forward_order(Model(), ids, np.zeros(400), steps=2, groupings=g, swaps=swaps,
                           shadowed_by=shadowed)
     assert order[:2] == [0, 3] and sorted(order) == [0, 1, 2, 3]
     assert swaps == {2: 0} and shadowed == {1: (0, "function"), 2: (0, "function")}
-    assert forward_order(Model(), ids, np.zeros(400), copied=g.copies(), groupings=g) == [0, 3, 1, 2]
+    assert forward_order(Model(), ids, np.zeros(400), groupings=g) == [0, 3, 1, 2]
