@@ -112,13 +112,15 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu") -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
-    with the copies and functions of fields those rows show (`Groupings`: rows x fields codes, so its memory stays
-    bounded on a wide table). Returns {"order": field names, "rows": the rows searched, "copies": per field with
+    with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
+    (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
+    time or by group does not show relations of its first window only, such as one day to one week). Returns {"order": field names, "rows": the rows searched, "copies": per field with
     copies, their names, "finer": per field a step picked, the finer field it opened instead, "shadowed": per field
     that left the candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
     names = schema.names
+    spread = np.unique(np.linspace(0, len(labels) - 1, min(len(labels), SEARCH_ROWS)).round().astype(np.int64))
+    groupings, swaps, shadowed_by = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy()), {}, {}
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    groupings, swaps, shadowed_by = Groupings(ids, model.embedding.slot_field.cpu().numpy()), {}, {}
     order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},

@@ -266,3 +266,28 @@ def test_a_swap_opens_the_finest_field_of_a_chain_and_never_a_field_with_its_fun
     assert order[:2] == [0, 3] and sorted(order) == [0, 1, 2, 3]
     assert swaps == {2: 0} and shadowed == {1: (0, "function"), 2: (0, "function")}
     assert forward_order(Model(), ids, np.zeros(400), groupings=g) == [0, 3, 1, 2]
+
+
+def test_the_groupings_read_rows_spread_over_the_split_not_its_first_window(monkeypatch):
+    """A file sorted by time: in its first rows a column repeats `day` exactly, later it holds the week. On the first
+    window alone the two are copies; the search's copies and functions come from rows spread over all the rows
+    given, where they are not."""
+    import lightfmp.keep_rule as keep_rule
+
+    n = 3 * keep_rule.SEARCH_ROWS
+    day = np.arange(n) // 100
+    week = day // 7
+    ids = np.stack([day, np.where(np.arange(n) < keep_rule.SEARCH_ROWS, day, week), np.arange(n) % 5], axis=1)
+    first = Groupings(ids[:keep_rule.SEARCH_ROWS], np.arange(3))
+    assert first.copies() == {0: [1], 1: [0]}  # what the first window alone shows
+    seen = {}
+
+    def record(model, ids, labels, device, k, groupings, swaps, shadowed_by):
+        seen["copies"] = groupings.copies()
+        return list(range(3))
+
+    monkeypatch.setattr(keep_rule, "forward_order", record)
+    model = type("M", (), {"embedding": type("E", (), {"slot_field": torch.arange(3)})()})()
+    schema = type("S", (), {"names": ["day", "day_then_week", "other"]})()
+    out = keep_rule.keep_order(model, schema, ids, np.zeros(n), 1)
+    assert seen["copies"] == {} and out["copies"] == {}
