@@ -46,7 +46,8 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
-                  shadowed_by: dict[int, tuple[int, str]] | None = None) -> list[int]:
+                  shadowed_by: dict[int, tuple[int, str]] | None = None, values: list[int] | None = None,
+                  rows_ratio: float | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
@@ -62,6 +63,13 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     functions. `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or
     "function").
 
+    Both hold only where the finer field a is dense enough to stand for the coarser b (`values`: each field's number
+    of ids; `rows_ratio`: rows the final model reads / rows the phase-1 model read): values[a] <= rows_ratio *
+    values[b], i.e. the final model sees each value of a about as often as the phase-1 model saw each value of b.
+    A finer field split into more parts than that (a site id under its category, a few rows per site) leaves its
+    coarser function a candidate, and is not swapped in for it: there the coarser field pools what the finer one
+    spreads thin.
+
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
     Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2)."""
@@ -70,6 +78,9 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
     copied = groupings.copies() if groupings is not None else {}
+
+    def stands_for(b: int, a: int) -> bool:  # a finer field a that is b's function's source, dense enough for it
+        return groupings.is_function_of(b, a) and (values is None or values[a] <= rows_ratio * values[b])
     while rest and (steps is None or len(chosen) < steps):
         candidates = rest
         if len(rest) > EXACT_CANDIDATES:
@@ -84,7 +95,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         best = min(candidates, key=lambda f: (losses[f], f))
         passed_over = []  # the picked field and any finer field swapped in on the way: each is a function of the next
         while groupings is not None:  # the finer field swapped in may itself be a function of a still finer closed
-            finer = [a for a in rest if groupings.is_function_of(best, a)]  # field (a > b > c): swap until it is not
+            finer = [a for a in rest if stands_for(best, a)]  # field (a > b > c): swap until it is not
             if not finer:
                 break
             for a in finer:
@@ -97,7 +108,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
-        coarser = [g for g in rest if g in passed_over or groupings.is_function_of(g, best)] \
+        coarser = [g for g in rest if g in passed_over or stands_for(g, best)] \
             if groupings is not None else []  # a passed-over field is a function of best (each link is one)
         for g, kind in [(g, "copy") for g in copied.get(best, [])] + [(g, "function") for g in coarser]:
             if g in rest:
@@ -110,18 +121,20 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
-               device: str = "cpu") -> dict:
+               device: str = "cpu", rows_ratio: float | None = None) -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
     with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
-    time or by group does not show relations of its first window only, such as one day to one week). Returns {"order": field names, "rows": the rows searched, "copies": per field with
+    time or by group does not show relations of its first window only, such as one day to one week), and, given
+    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `forward_order`. Returns {"order": field names, "rows": the rows searched, "copies": per field with
     copies, their names, "finer": per field a step picked, the finer field it opened instead, "shadowed": per field
     that left the candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
     names = schema.names
     spread = np.unique(np.linspace(0, len(labels) - 1, min(len(labels), SEARCH_ROWS)).round().astype(np.int64))
     groupings, swaps, shadowed_by = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy()), {}, {}
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by)
+    values = [f.vocab_size for f in schema.fields] if rows_ratio is not None else None
+    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, values, rows_ratio)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}

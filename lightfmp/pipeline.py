@@ -235,19 +235,20 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     with torch.no_grad():
         z = gated.gate.deterministic()
+    subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
+    if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
+        rest = data.split_rows("train")
     search = None
     if keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
         valid_rows = data.split_rows("valid")
         first = valid_rows.take(np.arange(min(len(valid_rows), TEST_ROWS)))
-        search = keep_order(gated, run.schema, *first.arrays(), keep, device) if keep is not None \
+        search = keep_order(gated, run.schema, *first.arrays(), keep, device,
+                            rows_ratio=len(rest) / max(len(subset), 1)) if keep is not None \
             else closing_test(gated, run.schema, *first.arrays(), device)
     kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
-    _, rest = data.subset(cfg.train.subset, cfg.data.seed)
-    if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
-        rest = data.split_rows("train")
     valid = data.split_rows("valid").select(kept)
     ckpt = Checkpoint(checkpoint_dir(run.path), "continue",
                       {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),

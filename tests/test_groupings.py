@@ -282,7 +282,7 @@ def test_the_groupings_read_rows_spread_over_the_split_not_its_first_window(monk
     assert first.copies() == {0: [1], 1: [0]}  # what the first window alone shows
     seen = {}
 
-    def record(model, ids, labels, device, k, groupings, swaps, shadowed_by):
+    def record(model, ids, labels, device, k, groupings, *outputs):
         seen["copies"] = groupings.copies()
         return list(range(3))
 
@@ -291,3 +291,41 @@ def test_the_groupings_read_rows_spread_over_the_split_not_its_first_window(monk
     schema = type("S", (), {"names": ["day", "day_then_week", "other"]})()
     out = keep_rule.keep_order(model, schema, ids, np.zeros(n), 1)
     assert seen["copies"] == {} and out["copies"] == {}
+
+
+def test_a_sparse_finer_field_neither_replaces_nor_shadows_its_coarser_function(monkeypatch):
+    """category is a function of site. Where site has more than rows_ratio ids per category id, the final model
+    would see each site less often than the phase-1 model saw each category: the site is not swapped in for the
+    category, and an opened site leaves the category a candidate. Dense enough, both hold as before."""
+    value = {}  # how much opening each field lowers the stubbed phase-1 loss
+
+    class Passes:
+        def __init__(self, model, ids, labels, kept, device):
+            self.open = set(kept)
+
+        def losses(self, f=None):
+            return torch.full((4,), 1.0 - sum(value[g] for g in self.open ^ ({f} if f is not None else set())))
+
+        def toggle(self, f):
+            self.open ^= {f}
+
+    class Model:
+        gate = type("Gate", (), {"num_fields": 3, "log_alpha": torch.zeros(3)})()
+
+    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 500, 4000)
+    ids = np.stack([site, site % 10, rng.integers(0, 3, 4000)], axis=1)
+    g = Groupings(ids, np.arange(3))
+    sparse, dense = ([500, 10, 3], 9.0), ([500, 10, 3], 60.0)
+    value.update({0: 0.2, 1: 0.3, 2: 0.1})  # the category first
+    swaps = {}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=sparse[0],
+                         rows_ratio=sparse[1])[:2] == [1, 0] and swaps == {}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=dense[0],
+                         rows_ratio=dense[1])[:2] == [0, 2] and swaps == {1: 0}
+    value.update({0: 0.5})  # the site first
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=sparse[0],
+                         rows_ratio=sparse[1])[:2] == [0, 1]
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=dense[0],
+                         rows_ratio=dense[1])[:2] == [0, 2]
