@@ -239,22 +239,7 @@ def test_a_swap_opens_the_finest_field_of_a_chain_and_never_a_field_with_its_fun
     """a > b = a // 2 > c = a // 6: c is picked first; of the finer fields a and b, b lowers the (stubbed) phase-1 loss
     more, but b is itself a function of the closed a, so a opens, and b and c leave the candidates as functions of a.
     (Before, b opened, c left, and the next step opened a: a field and its coarser function, both kept at K = 2.)"""
-    value = [0.1, 0.4, 0.5, 0.05]  # how much opening a, b, c, d lowers the loss
-
-    class Passes:
-        def __init__(self, model, ids, labels, kept, device):
-            self.open = set(kept)
-
-        def losses(self, f=None):
-            return torch.full((4,), 1.0 - sum(value[g] for g in self.open ^ ({f} if f is not None else set())))
-
-        def toggle(self, f):
-            self.open ^= {f}
-
-    class Model:
-        gate = type("Gate", (), {"num_fields": 4, "log_alpha": torch.zeros(4)})()
-
-    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
+    Model = _stubbed_search(monkeypatch, [0.1, 0.4, 0.5, 0.05])  # how much opening a, b, c, d lowers the loss
     rng = np.random.default_rng(0)
     a = rng.integers(0, 24, 400)
     ids = np.stack([a, a // 2, a // 6, rng.integers(0, 3, 400)], axis=1)
@@ -297,7 +282,29 @@ def test_a_sparse_finer_field_neither_replaces_nor_shadows_its_coarser_function(
     """category is a function of site. Where site has more than rows_ratio ids per category id, the final model
     would see each site less often than the phase-1 model saw each category: the site is not swapped in for the
     category, and an opened site leaves the category a candidate. Dense enough, both hold as before."""
-    value = {}  # how much opening each field lowers the stubbed phase-1 loss
+    value = [0.2, 0.3, 0.1]  # how much opening site, category, x lowers the stubbed phase-1 loss
+    Model = _stubbed_search(monkeypatch, value)
+    rng = np.random.default_rng(0)
+    site = rng.integers(0, 500, 4000)
+    ids = np.stack([site, site % 10, rng.integers(0, 3, 4000)], axis=1)
+    g = Groupings(ids, np.arange(3))
+    sparse, dense = ([500, 10, 3], 9.0), ([500, 10, 3], 60.0)
+    # the category first
+    swaps = {}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=sparse[0],
+                         rows_ratio=sparse[1])[:2] == [1, 0] and swaps == {}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=dense[0],
+                         rows_ratio=dense[1])[:2] == [0, 2] and swaps == {1: 0}
+    value[0] = 0.5  # the site first
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=sparse[0],
+                         rows_ratio=sparse[1])[:2] == [0, 1]
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=dense[0],
+                         rows_ratio=dense[1])[:2] == [0, 2]
+
+
+def _stubbed_search(monkeypatch, value: list[float]):
+    """The search's passes stubbed: opening field f lowers the loss by value[f] (read at each pass, so a test may
+    change it); returns a model class with len(value) fields."""
 
     class Passes:
         def __init__(self, model, ids, labels, kept, device):
@@ -310,22 +317,7 @@ def test_a_sparse_finer_field_neither_replaces_nor_shadows_its_coarser_function(
             self.open ^= {f}
 
     class Model:
-        gate = type("Gate", (), {"num_fields": 3, "log_alpha": torch.zeros(3)})()
+        gate = type("Gate", (), {"num_fields": len(value), "log_alpha": torch.zeros(len(value))})()
 
     monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
-    rng = np.random.default_rng(0)
-    site = rng.integers(0, 500, 4000)
-    ids = np.stack([site, site % 10, rng.integers(0, 3, 4000)], axis=1)
-    g = Groupings(ids, np.arange(3))
-    sparse, dense = ([500, 10, 3], 9.0), ([500, 10, 3], 60.0)
-    value.update({0: 0.2, 1: 0.3, 2: 0.1})  # the category first
-    swaps = {}
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=sparse[0],
-                         rows_ratio=sparse[1])[:2] == [1, 0] and swaps == {}
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=dense[0],
-                         rows_ratio=dense[1])[:2] == [0, 2] and swaps == {1: 0}
-    value.update({0: 0.5})  # the site first
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=sparse[0],
-                         rows_ratio=sparse[1])[:2] == [0, 1]
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=dense[0],
-                         rows_ratio=dense[1])[:2] == [0, 2]
+    return Model
