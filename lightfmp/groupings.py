@@ -10,7 +10,9 @@ a carries everything b does, and more.
 
 Only whole equalities count, with no tolerance to tune. A field constant on the rows, or distinct on every row,
 shows no grouping to compare. A function is also checked against chance: a field that repeats few of its values
-could hold one value of an unrelated field in each of its few groups by luck.
+could hold one value of an unrelated field in each of its few groups by luck. `stands_for` adds the density check
+the `--keep K` search needs: a finer field stands for its coarser function only where the final model will see
+each of its values about as often as the phase-1 model saw each value of the coarser one.
 """
 from __future__ import annotations
 
@@ -33,9 +35,12 @@ def row_groups(ids: np.ndarray, slot_field: np.ndarray, field: int) -> tuple[np.
 
 
 class Groupings:
-    """Each field's grouping of the rows (`ids`: [rows, slots]; `slot_field`: the field of each slot), sorted once."""
+    """Each field's grouping of the rows (`ids`: [rows, slots]; `slot_field`: the field of each slot), sorted once.
+    `field_ids` (each field's number of ids) and `rows_ratio` (rows the final model reads / rows the phase-1 model
+    read) set the density check of `stands_for`; without them it is not applied."""
 
-    def __init__(self, ids: np.ndarray, slot_field, alpha: float = 0.05):
+    def __init__(self, ids: np.ndarray, slot_field, alpha: float = 0.05, field_ids: list[int] | None = None,
+                 rows_ratio: float | None = None):
         slot_field = np.asarray(slot_field)
         self.n = len(ids)
         self.fields = int(slot_field.max()) + 1 if len(slot_field) else 0
@@ -44,12 +49,14 @@ class Groupings:
             codes, distinct = row_groups(ids, slot_field, f)
             codes = codes.astype(np.int32 if distinct < 2**31 else np.int64)
             order = np.argsort(codes, kind="stable").astype(np.int32 if self.n < 2**31 else np.int64)
+            ranked = codes[order]
             self.codes.append(codes)
             self.order.append(order)
             self.distinct.append(distinct)
-            self.same.append(codes[order][1:] == codes[order][:-1])  # sorted neighbours in one group of f
+            self.same.append(ranked[1:] == ranked[:-1])  # sorted neighbours in one group of f
         self.log_alpha = np.log(alpha / max(self.fields, 1))  # Bonferroni over the fields a step compares
         self._copies: dict[int, list[int]] | None = None
+        self.field_ids, self.rows_ratio = field_ids, rows_ratio
 
     def _grouped(self, f: int) -> bool:
         return 1 < self.distinct[f] < self.n
@@ -102,3 +109,11 @@ class Groupings:
         with np.errstate(divide="ignore"):  # a chance too small for a float is log 0 = -inf: not chance
             log_p = sum(int(sizes[s]) * np.log(np.sum(p ** s)) for s in np.flatnonzero(sizes[2:]) + 2)
         return log_p < self.log_alpha
+
+    def stands_for(self, b: int, a: int) -> bool:
+        """Field b is a function of field a (`is_function_of`) and a is dense enough to carry it: field_ids[a] <=
+        rows_ratio * field_ids[b]. A finer field split thinner than that (a site id under its category, a few rows
+        per site) does not stand for its coarser function: there the coarser field pools what the finer spreads."""
+        if not self.is_function_of(b, a):
+            return False
+        return self.field_ids is None or self.field_ids[a] <= self.rows_ratio * self.field_ids[b]

@@ -8,9 +8,9 @@
                       errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 Under --keep K the search never opens two fields that are copies of each other on the validation rows, nor a field
-and a coarser function of it, and opens a finer field in place of a coarser function of it (lightfmp.groupings); only
-where K exceeds the fields left to open do the last places go to such copies and functions, by gate. The closing
-test has no budget and keeps both copies where the model uses both.
+and a coarser function it is dense enough to stand for, and opens such a finer field in place of its coarser
+function (lightfmp.groupings); only where K exceeds the fields left to open do the last places go to such copies
+and functions, by gate. The closing test has no budget and keeps both copies where the model uses both.
 `selection_rule` is what metrics.json and `lightfmp inspect` show of it. The surgery: lightfmp.pruning.
 """
 from __future__ import annotations
@@ -46,29 +46,22 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
-                  shadowed_by: dict[int, tuple[int, str]] | None = None, values: list[int] | None = None,
-                  rows_ratio: float | None = None) -> list[int]:
+                  shadowed_by: dict[int, tuple[int, str]] | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
 
-    With `groupings` (`lightfmp.groupings`), the copies of an opened field and the fields that are functions of it (`Groupings.is_function_of`: the zip code of
-    an opened user id) are no longer candidates either, and come last: they carry nothing the opened field does not
-    (the phase-1 model, which split its weight between the two, would still value them). A step that picks a field
+    With `groupings` (`lightfmp.groupings`), the copies of an opened field and the coarser fields it stands for
+    (`Groupings.stands_for`: the zip code of an opened user id) are no longer candidates, and come last: they carry
+    nothing the opened field does not (the phase-1 model, which split its weight between the two, would still value
+    them). A step that picks a field
     which is a function of a closed field opens that finer field instead (of several, the one lowering the loss
     most; again while that one is a function of a still finer closed field, so that no opened field is a function of
     another, whichever opens first) and records the swap in `swaps` (picked field -> opened field): the finer field
     carries everything the picked one does, and the phase-1 model undervalues it, having seen each of its values in
     a subset of the rows only (the final model reads ~10x more); the fields passed over leave the candidates as its
-    functions. `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or
-    "function").
-
-    Both hold only where the finer field a is dense enough to stand for the coarser b (`values`: each field's number
-    of ids; `rows_ratio`: rows the final model reads / rows the phase-1 model read): values[a] <= rows_ratio *
-    values[b], i.e. the final model sees each value of a about as often as the phase-1 model saw each value of b.
-    A finer field split into more parts than that (a site id under its category, a few rows per site) leaves its
-    coarser function a candidate, and is not swapped in for it: there the coarser field pools what the finer one
-    spreads thin.
+    functions. Both only where the finer field is dense enough to stand for the coarser (`Groupings.stands_for`).
+    `shadowed_by` receives, per field that left the candidates so, (the opened field, "copy" or "function").
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
@@ -78,9 +71,6 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
     copied = groupings.copies() if groupings is not None else {}
-
-    def stands_for(b: int, a: int) -> bool:  # a finer field a that is b's function's source, dense enough for it
-        return groupings.is_function_of(b, a) and (values is None or values[a] <= rows_ratio * values[b])
     while rest and (steps is None or len(chosen) < steps):
         candidates = rest
         if len(rest) > EXACT_CANDIDATES:
@@ -95,7 +85,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         best = min(candidates, key=lambda f: (losses[f], f))
         passed_over = []  # the picked field and any finer field swapped in on the way: each is a function of the next
         while groupings is not None:  # the finer field swapped in may itself be a function of a still finer closed
-            finer = [a for a in rest if stands_for(best, a)]  # field (a > b > c): swap until it is not
+            finer = [a for a in rest if groupings.stands_for(best, a)]  # field (a > b > c): swap until it is not
             if not finer:
                 break
             for a in finer:
@@ -108,7 +98,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         passes.toggle(best)
         chosen.append(best)
         rest.remove(best)
-        coarser = [g for g in rest if g in passed_over or stands_for(g, best)] \
+        coarser = [g for g in rest if g in passed_over or groupings.stands_for(g, best)] \
             if groupings is not None else []  # a passed-over field is a function of best (each link is one)
         for g, kind in [(g, "copy") for g in copied.get(best, [])] + [(g, "function") for g in coarser]:
             if g in rest:
@@ -126,15 +116,18 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
-    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `forward_order`. Returns {"order": field names, "rows": the rows searched, "copies": per field with
-    copies, their names, "finer": per field a step picked, the finer field it opened instead, "shadowed": per field
-    that left the candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
+    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `Groupings.stands_for`.
+
+    Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
+    "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the
+    candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
     names = schema.names
     spread = np.unique(np.linspace(0, len(labels) - 1, min(len(labels), SEARCH_ROWS)).round().astype(np.int64))
-    groupings, swaps, shadowed_by = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy()), {}, {}
+    groupings = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy(), rows_ratio=rows_ratio,
+                          field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
+    swaps, shadowed_by = {}, {}
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    values = [f.vocab_size for f in schema.fields] if rows_ratio is not None else None
-    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, values, rows_ratio)
+    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}
@@ -149,8 +142,8 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     """The default rule: every field open, then the fields in the gates' order, least open first, each closed for
     good unless closing it raises the validation logloss of the phase-1 model by more than two standard errors
     (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides. Copies of a field
-    (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays, and
-    phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
+    (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
+    and phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean

@@ -232,12 +232,12 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     names = run.schema.names
     if data is None:
         data = run_data(run, reporter)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        z = gated.gate.deterministic()
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = data.split_rows("train")
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        z = gated.gate.deterministic()
     search = None
     if keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
         valid_rows = data.split_rows("valid")

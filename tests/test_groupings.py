@@ -287,19 +287,17 @@ def test_a_sparse_finer_field_neither_replaces_nor_shadows_its_coarser_function(
     rng = np.random.default_rng(0)
     site = rng.integers(0, 500, 4000)
     ids = np.stack([site, site % 10, rng.integers(0, 3, 4000)], axis=1)
-    g = Groupings(ids, np.arange(3))
-    sparse, dense = ([500, 10, 3], 9.0), ([500, 10, 3], 60.0)
+    sparse, dense = (Groupings(ids, np.arange(3), field_ids=[500, 10, 3], rows_ratio=r) for r in (9.0, 60.0))
+    assert not sparse.stands_for(1, 0) and dense.stands_for(1, 0) and sparse.is_function_of(1, 0)
     # the category first
     swaps = {}
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=sparse[0],
-                         rows_ratio=sparse[1])[:2] == [1, 0] and swaps == {}
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, swaps=swaps, values=dense[0],
-                         rows_ratio=dense[1])[:2] == [0, 2] and swaps == {1: 0}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=sparse, swaps=swaps)[:2] == [1, 0]
+    assert swaps == {}
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=dense, swaps=swaps)[:2] == [0, 2]
+    assert swaps == {1: 0}
     value[0] = 0.5  # the site first
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=sparse[0],
-                         rows_ratio=sparse[1])[:2] == [0, 1]
-    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=g, values=dense[0],
-                         rows_ratio=dense[1])[:2] == [0, 2]
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=sparse)[:2] == [0, 1]
+    assert forward_order(Model(), ids, np.zeros(4), steps=2, groupings=dense)[:2] == [0, 2]
 
 
 def _stubbed_search(monkeypatch, value: list[float]):
