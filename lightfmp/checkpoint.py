@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -26,6 +27,7 @@ from .io import atomic_path, json_safe, write_json_atomic
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
+BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch's weights
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
 _hint = {"dir": None, "phase": None, "epoch": None}
@@ -98,6 +100,7 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = 0
     best_state: dict | None = None
+    best_losses: np.ndarray | None = None   # per-row validation logloss of the best epoch (early stopping's test)
     stopped: bool = False                   # early stopping fired after the last saved epoch
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
 
@@ -123,6 +126,8 @@ class Checkpoint:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         if state.best_state is not None:
             tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
+        if state.best_losses is not None:
+            tensors[BEST_LOSSES] = torch.from_numpy(np.asarray(state.best_losses, dtype=np.float64))
         scalars = {}
         for name, opt in optimizers.items():
             if opt is None:
@@ -214,5 +219,6 @@ class Checkpoint:
         state = TrainState(epoch=int(doc["epoch"]), history=list(doc.get("history", [])),
                            best_score=-math.inf if score is None else float(score),
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
+                           best_losses=tensors[BEST_LOSSES].numpy() if BEST_LOSSES in tensors else None,
                            stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)))
         return weights, moments, state

@@ -22,6 +22,7 @@ from .closed_fields import ClosedFields
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
+from .metrics import SIGNIFICANT_SE, paired_difference
 from .models import CTRModel
 from .schema import FeatureSchema
 
@@ -178,10 +179,9 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
             passes.toggle(f)
             continue
         loss = passes.losses(f)
-        d = loss - base
-        se = float(d.std(ddof=1) / np.sqrt(len(d)))  # ClosedFields has refused fewer than 2 rows
-        closed = float(d.mean()) <= 2 * se  # costing nothing (0 <= 0) closes it
-        tests.append({"field": f, "cost": float(d.mean()), "se": se, "closed": closed})
+        cost, se = paired_difference(loss, base)  # ClosedFields has refused fewer than 2 rows
+        closed = cost <= SIGNIFICANT_SE * se  # costing nothing (0 <= 0) closes it
+        tests.append({"field": f, "cost": cost, "se": se, "closed": closed})
         if closed:
             kept, base = trial, loss
             passes.toggle(f)
@@ -240,6 +240,6 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}
     if threshold is None:
-        out = {"rule": CLOSING_RULE, "score": "closing cost in standard errors", "cut": 2.0}
+        out = {"rule": CLOSING_RULE, "score": "closing cost in standard errors", "cut": SIGNIFICANT_SE}
         return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

@@ -24,7 +24,31 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+def row_log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> np.ndarray:
+    """The binary cross-entropy of each row (probabilities clipped to [eps, 1 - eps])."""
     y = np.asarray(y, dtype=np.float64).ravel()
     p = np.clip(np.asarray(p, dtype=np.float64).ravel(), eps, 1 - eps)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log1p(-p)))
+    return -(y * np.log(p) + (1 - y) * np.log1p(-p))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-7) -> float:
+    return float(np.mean(row_log_loss(y, p, eps)))
+
+
+# The paired test shared by the keep rule and early stopping: a change in the per-row losses of the same rows is
+# significant when its mean exceeds two standard errors of the per-row difference (one-sided, about 2.5%).
+SIGNIFICANT_SE = 2.0
+
+
+def paired_difference(new: np.ndarray, old: np.ndarray) -> tuple[float, float]:
+    """(mean, standard error) of the per-row difference new - old of two loss vectors over the same rows (at least
+    2)."""
+    d = np.asarray(new, dtype=np.float64) - np.asarray(old, dtype=np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
+
+
+def worse_beyond_noise(new: np.ndarray, old: np.ndarray) -> bool:
+    """Whether the per-row losses `new` are higher than `old` on the same rows by more than SIGNIFICANT_SE standard
+    errors of the difference (a difference of exactly 0 is not)."""
+    mean, se = paired_difference(new, old)
+    return mean > SIGNIFICANT_SE * se

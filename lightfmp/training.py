@@ -26,7 +26,7 @@ from . import distributed as dist
 from .checkpoint import Checkpoint, TrainState
 from .config import TrainConfig
 from .errors import LightFMPError
-from .metrics import log_loss, roc_auc
+from .metrics import roc_auc, row_log_loss, worse_beyond_noise
 from .models import CTRModel
 from .progress import Reporter
 from .rows import Rows, in_memory
@@ -100,8 +100,15 @@ def _predict_labelled(model: CTRModel, rows: Rows, batch_size: int, device: str)
 
 def evaluate(model: CTRModel, rows: Rows, device: str = "cpu", batch_size: int = 8192) -> dict:
     """AUC and logloss on `rows`; collective under torchrun."""
+    return validate(model, rows, device, batch_size)[0]
+
+
+def validate(model: CTRModel, rows: Rows, device: str = "cpu", batch_size: int = 8192) -> tuple[dict, np.ndarray]:
+    """`evaluate`'s record and the per-row logloss it averages (what early stopping compares epochs by)."""
     p, y = _predict_labelled(model, rows, batch_size, device)
-    return {"auc": roc_auc(y, p), "logloss": log_loss(y, p), "rows": int(len(y))}
+    losses = row_log_loss(y, p)
+    return {"auc": roc_auc(y, p), "logloss": float(losses.mean()) if len(losses) else float("nan"),
+            "rows": int(len(y))}, losses
 
 
 def warm_up() -> None:
@@ -322,22 +329,29 @@ class Trainer:
         self.opt_g.step()
 
 
-def track_best(state: TrainState, rec: dict, epoch: int, model: CTRModel, plan: Plan) -> None:
-    """Remember the epoch with the best validation AUC (logloss on a one-class split), with its weights when the
-    plan selects the best epoch."""
+def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
+    """Remember the epoch with the best validation AUC (logloss on a one-class split) and its per-row validation
+    losses, with its weights when the plan selects the best epoch."""
     score = rec["valid"]["auc"]
     if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
         score = -rec["valid"]["logloss"]
     if score > state.best_score:
-        state.best_score, state.best_epoch = score, epoch
+        state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def stop_early(state: TrainState, rec: dict, epoch: int, cfg: TrainConfig, plan: Plan) -> bool:
-    """`patience` epochs without a better validation score (model-selecting plans; patience 0: never); identical on
-    every rank since the scores are."""
-    return plan.select_best and cfg.patience > 0 and "valid" in rec and epoch - state.best_epoch >= cfg.patience
+def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
+               plan: Plan) -> bool:
+    """Stop a model-selecting fit (patience 0: never) once `patience` epochs have passed without a better validation
+    score and this epoch's validation logloss is worse than the best epoch's beyond noise (more than two standard
+    errors of the per-row difference, `metrics.worse_beyond_noise`): a dip the validation rows cannot tell from
+    chance does not end the run. Identical on every rank since the scores are."""
+    if not (plan.select_best and cfg.patience > 0 and "valid" in rec and epoch - state.best_epoch >= cfg.patience):
+        return False
+    if state.best_losses is None or losses is None or len(losses) < 2:  # e.g. resumed from a checkpoint without them
+        return True
+    return worse_beyond_noise(losses, state.best_losses)
 
 
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
@@ -373,13 +387,14 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                 epoch_start(epoch)
             t0 = time.perf_counter()
             rec = trainer.train_epoch(epoch, next_batch)
+            losses = None
             if valid is not None and len(valid):
-                rec["valid"] = evaluate(model, valid, device)
-                track_best(state, rec, epoch, model, plan)
+                rec["valid"], losses = validate(model, valid, device)
+                track_best(state, rec, losses, epoch, model, plan)
             state.history.append(rec)
             state.epoch = epoch + 1
             state.seconds += time.perf_counter() - t0
-            state.stopped = stop_early(state, rec, epoch, cfg, plan)
+            state.stopped = stop_early(state, rec, losses, epoch, cfg, plan)
             if checkpoint is not None:
                 if dist.is_main():
                     checkpoint.save(model, trainer.optimizers, state)

@@ -151,15 +151,51 @@ def test_steps_hold_out_and_schedules(cls, holdout):
         assert float(gate.eps) == pytest.approx(LPFSGate.EPS_END)
 
 
-def test_patience_stops_when_validation_stops_improving():
+def test_a_flat_validation_curve_does_not_stop_training():
     schema, rows, valid = _small()
     torch.manual_seed(0)
     model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
-    # lr 0: nothing moves, the first epoch stays the best and patience 1 stops after the second
-    hist = fit(model, rows, valid, TrainConfig(epochs=5, batch_size=64, lr=0.0, patience=1))
+    # lr 0: every epoch scores exactly what the first did, which is no evidence of getting worse
+    hist = fit(model, rows, valid, TrainConfig(epochs=4, batch_size=64, lr=0.0, patience=1))
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2, 3, 4]
+    assert hist["best_epoch"] == 1
+
+
+def test_patience_stops_once_validation_is_worse_beyond_noise():
+    """Validation labels are the training labels inverted: each epoch learns the training rule and gets measurably
+    worse on the validation rows, so patience 1 stops after the second epoch and the first is kept."""
+    schema, rows, valid = _small()
+    flipped = ArrayRows(valid.ids, 1 - valid.labels())
+    torch.manual_seed(0)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
+    hist = fit(model, rows, flipped, TrainConfig(epochs=6, batch_size=16, lr=0.05, patience=1))
     assert [e["epoch"] for e in hist["epochs"]] == [1, 2]
-    hist = fit(model, rows, valid, TrainConfig(epochs=3, batch_size=64, lr=0.0, patience=0))
+    assert hist["best_epoch"] == 1
+    assert hist["epochs"][1]["valid"]["logloss"] > hist["epochs"][0]["valid"]["logloss"]
+    hist = fit(model, rows, flipped, TrainConfig(epochs=3, batch_size=16, lr=0.05, patience=0))
     assert len(hist["epochs"]) == 3
+
+
+def _state(best_losses, best_epoch=0):
+    from lightfmp.checkpoint import TrainState
+    return TrainState(epoch=best_epoch + 1, history=[], best_score=0.7, best_epoch=best_epoch, best_losses=best_losses)
+
+
+def test_stop_early_compares_the_per_row_losses_with_the_best_epoch():
+    from lightfmp.training import Plan, stop_early
+    rng = np.random.default_rng(0)
+    best = rng.exponential(0.5, 10_000)
+    noise = rng.normal(0.0, 0.2, 10_000)
+    rec, cfg, plan = {"valid": {}}, TrainConfig(patience=1), Plan(epochs=10)
+    # a dip of 0.002 against a standard error of 0.002 (2 x 0.2 / sqrt(10,000) = 0.004 is the cut): go on
+    assert not stop_early(_state(best), rec, best + noise - noise.mean() + 0.002, 1, cfg, plan)
+    assert stop_early(_state(best), rec, best + noise - noise.mean() + 0.006, 1, cfg, plan)
+    # not before `patience` epochs since the best, never with patience 0 or a plan that keeps the last epoch
+    assert not stop_early(_state(best, best_epoch=1), rec, best + 1.0, 1, cfg, plan)
+    assert not stop_early(_state(best), rec, best + 1.0, 1, TrainConfig(patience=0), plan)
+    assert not stop_early(_state(best), rec, best + 1.0, 1, cfg, Plan(epochs=10, select_best=False))
+    # no per-row losses of the best epoch (a checkpoint written before they were kept): patience alone decides
+    assert stop_early(_state(None), rec, best, 1, cfg, plan)
 
 
 def test_a_gate_for_another_schema_or_two_gates_are_refused():
