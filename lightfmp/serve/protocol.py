@@ -11,6 +11,7 @@ naming the input and row, since the server takes no missing values; +-Infinity i
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
 
@@ -34,15 +35,26 @@ class RequestError(Exception):
 
 
 class NonFinite(float):
-    """A `NaN` / `Infinity` token (not JSON, but what `tritonclient` and Python's `json` write for those floats):
-    a float for FP32 tensors (where `Infinity` is a number and NaN is refused), and recognisable in raw records,
-    where both are refused by name."""
+    """A `NaN` / `Infinity` token (not JSON, but what `tritonclient` and Python's `json` write for those floats), or
+    a number literal too large for a float (`1e400`, which reads as infinity): a float for FP32 tensors (where an
+    infinity is a number and NaN is refused), and recognisable in raw records, where all of them are refused by
+    name. `token` is the text as sent."""
+
+    def __new__(cls, token: str):
+        self = super().__new__(cls, token)
+        self.token = token
+        return self
+
+
+def _number(token: str) -> float:
+    value = float(token)
+    return value if math.isfinite(value) else NonFinite(token)
 
 
 def loads(text: bytes | str, what: str = "request body"):
-    """JSON, with `NaN` / `Infinity` tokens read as `NonFinite`."""
+    """JSON, with `NaN` / `Infinity` tokens and overflowing number literals read as `NonFinite`."""
     try:
-        return json.loads(text, parse_constant=lambda tok: NonFinite(tok))
+        return json.loads(text, parse_constant=NonFinite, parse_float=_number)
     except UnicodeDecodeError:
         raise RequestError(f"{what} is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:

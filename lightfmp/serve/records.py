@@ -3,7 +3,8 @@ vocabularies exactly as `lightfmp.serving.Predictor` does (unseen values -> OOV,
 missing values: every record needs a value for every kept field. A kept field that is `null`, absent from a
 record while others have it, or a numeric value that reads as missing (a blank string, "nan") is refused naming
 the record and field; a kept field absent from every record is refused by the Predictor's own check. `NaN` /
-`Infinity` tokens are not JSON and are refused naming the record and field."""
+`Infinity` tokens (not JSON) and number literals beyond a float's range (`1e400`) are refused naming the record and
+field."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,10 @@ def parse_records(body: bytes) -> list[dict]:
         if not isinstance(r, dict):
             raise RequestError(f"record {i} is a JSON {_json_kind(r)}, not an object")
         for k, v in r.items():
-            if _non_finite(v):
-                raise RequestError(f"record {i}, field '{k}': NaN and Infinity are not JSON; send a number")
+            bad = _non_finite(v)
+            if bad is not None:
+                raise RequestError(f"record {i}, field '{k}': {bad.token} is not a finite number (NaN and Infinity "
+                                   f"are not JSON); send a number")
     return doc
 
 
@@ -64,8 +67,9 @@ def _shown(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _non_finite(v) -> bool:
-    return isinstance(v, NonFinite) or (isinstance(v, list) and any(isinstance(t, NonFinite) for t in v))
+def _non_finite(v) -> NonFinite | None:
+    """The first NaN / infinite number of a value or of a list value."""
+    return next((t for t in (v if isinstance(v, list) else [v]) if isinstance(t, NonFinite)), None)
 
 
 def _json_kind(v) -> str:
