@@ -176,6 +176,28 @@ def test_patience_stops_once_validation_is_worse_beyond_noise():
     assert len(hist["epochs"]) == 3
 
 
+def test_a_resumed_fit_keeps_the_best_epochs_per_row_losses(tmp_path):
+    """The per-row losses early stopping compares with travel in the checkpoint: a flat curve interrupted after
+    epoch 2 and resumed still runs to the last epoch (without them, patience alone would stop it at epoch 3)."""
+    from lightfmp.checkpoint import Checkpoint
+    schema, rows, valid = _small()
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.0, patience=1)
+
+    def stop_at_3(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    torch.manual_seed(0)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop_at_3)
+    torch.manual_seed(0)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
+    hist = fit(model, rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}))
+    assert hist["resumed_from_epoch"] == 2
+    assert [e["epoch"] for e in hist["epochs"]] == [1, 2, 3, 4]
+
+
 def _state(best_losses, best_epoch=0):
     from lightfmp.checkpoint import TrainState
     return TrainState(epoch=best_epoch + 1, history=[], best_score=0.7, best_epoch=best_epoch, best_losses=best_losses)
