@@ -331,11 +331,13 @@ class Trainer:
 
 def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
     """Remember the epoch with the best validation AUC (logloss on a one-class split) and its per-row validation
-    losses, with its weights when the plan selects the best epoch."""
+    losses, with its weights when the plan selects the best epoch. An epoch whose validation logloss is worse than
+    the best epoch's beyond noise (`metrics.worse_beyond_noise`) is not the best, whatever its AUC: it is
+    overfitting, the state `stop_early` stops on, and a higher AUC there comes with measurably worse probabilities."""
     score = rec["valid"]["auc"]
     if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
         score = -rec["valid"]["logloss"]
-    if score > state.best_score:
+    if score > state.best_score and not _worse_than_best(state, losses):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -351,7 +353,13 @@ def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: i
         return False
     if state.best_losses is None or losses is None or len(losses) < 2:  # e.g. resumed from a checkpoint without them
         return True
-    return worse_beyond_noise(losses, state.best_losses)
+    return _worse_than_best(state, losses)
+
+
+def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
+    """This epoch's per-row validation losses are worse than the best epoch's beyond noise (False without both)."""
+    return state.best_losses is not None and losses is not None and len(losses) >= 2 \
+        and worse_beyond_noise(losses, state.best_losses)
 
 
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,

@@ -176,6 +176,21 @@ def test_patience_stops_once_validation_is_worse_beyond_noise():
     assert len(hist["epochs"]) == 3
 
 
+def test_an_epoch_measurably_worse_in_logloss_is_not_the_best_whatever_its_auc():
+    from lightfmp.training import Plan, track_best
+    rng = np.random.default_rng(1)
+    best = rng.exponential(0.5, 10_000)
+    noise = rng.normal(0.0, 0.2, 10_000)
+    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    state = _state(best)
+    track_best(state, {"valid": {"auc": 0.8}}, best + noise - noise.mean() + 0.006, 1, model, Plan(epochs=5))
+    assert state.best_epoch == 0 and state.best_losses is best  # higher AUC, logloss worse by 3 SE: not the best
+    within = best + noise - noise.mean() + 0.002
+    track_best(state, {"valid": {"auc": 0.8}}, within, 2, model, Plan(epochs=5))
+    assert state.best_epoch == 2 and state.best_losses is within and state.best_score == 0.8
+    assert state.best_state is not None
+
+
 def test_a_resumed_fit_keeps_the_best_epochs_per_row_losses(tmp_path):
     """The per-row losses early stopping compares with travel in the checkpoint: a flat curve interrupted after
     epoch 2 and resumed still runs to the last epoch (without them, patience alone would stop it at epoch 3)."""
