@@ -49,6 +49,6 @@ def paired_difference(new: np.ndarray, old: np.ndarray) -> tuple[float, float]:
 
 def worse_beyond_noise(new: np.ndarray, old: np.ndarray) -> bool:
     """Whether the per-row losses `new` are higher than `old` on the same rows by more than SIGNIFICANT_SE standard
-    errors of the difference (a difference of exactly 0 is not)."""
+    errors of the difference (a difference of exactly 0 is not; a NaN loss, as from diverged weights, is)."""
     mean, se = paired_difference(new, old)
-    return mean > SIGNIFICANT_SE * se
+    return not mean <= SIGNIFICANT_SE * se

@@ -337,7 +337,8 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     score = rec["valid"]["auc"]
     if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
         score = -rec["valid"]["logloss"]
-    if score > state.best_score and not _worse_than_best(state, losses):
+    # rank 0's decision on every rank: the arrays are identical, the last bits of their logs across machines need not be
+    if dist.broadcast_int(score > state.best_score and not _worse_than_best(state, losses)):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -402,7 +403,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
             state.history.append(rec)
             state.epoch = epoch + 1
             state.seconds += time.perf_counter() - t0
-            state.stopped = stop_early(state, rec, losses, epoch, cfg, plan)
+            state.stopped = bool(dist.broadcast_int(stop_early(state, rec, losses, epoch, cfg, plan)))
             if checkpoint is not None:
                 if dist.is_main():
                     checkpoint.save(model, trainer.optimizers, state)

@@ -233,6 +233,8 @@ def test_stop_early_compares_the_per_row_losses_with_the_best_epoch():
     assert not stop_early(_state(best), rec, best + 1.0, 1, cfg, Plan(epochs=10, select_best=False))
     # no per-row losses of the best epoch (a checkpoint written before they were kept): patience alone decides
     assert stop_early(_state(None), rec, best, 1, cfg, plan)
+    # diverged weights (NaN losses) are worse, not a tie
+    assert stop_early(_state(best), rec, np.full_like(best, np.nan), 1, cfg, plan)
 
 
 def test_a_gate_for_another_schema_or_two_gates_are_refused():

@@ -51,16 +51,19 @@ def _number(token: str) -> float:
     return value if math.isfinite(value) else NonFinite(token)
 
 
-def loads(text: bytes | str, what: str = "request body"):
-    """JSON, with `NaN` / `Infinity` tokens and overflowing number literals read as `NonFinite`."""
+def loads(text: bytes | str, what: str = "request body", overflow: bool = False):
+    """JSON, with `NaN` / `Infinity` tokens read as `NonFinite`; with `overflow`, number literals beyond a float's range
+    (`1e400`) too (raw records refuse them by name; for tensors, read on json's fast path, they are infinities)."""
     try:
-        return json.loads(text, parse_constant=NonFinite, parse_float=_number)
+        return json.loads(text, parse_constant=NonFinite, parse_float=_number if overflow else None)
     except UnicodeDecodeError:
         raise RequestError(f"{what} is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
         raise RequestError(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     except RecursionError:
         raise RequestError(f"{what} is nested too deeply") from None
+    except ValueError:  # an integer literal longer than Python reads (sys.get_int_max_str_digits)
+        raise RequestError(f"{what} has a number literal too long to read") from None
 
 
 def dumps(obj) -> bytes:

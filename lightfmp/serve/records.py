@@ -15,7 +15,7 @@ from .protocol import NonFinite, RequestError, loads
 
 
 def parse_records(body: bytes) -> list[dict]:
-    doc = loads(body)
+    doc = loads(body, overflow=True)
     if not isinstance(doc, list):
         raise RequestError(f"the records body must be a JSON list of objects, got a JSON {_json_kind(doc)}")
     for i, r in enumerate(doc):
