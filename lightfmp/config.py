@@ -94,8 +94,8 @@ class TrainConfig:
     epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.", 1)
     patience: int = opt(1, "Stop full / continued training after this many epochs without a better validation "
                            "AUC, once an epoch's validation logloss is worse than the best epoch's by more than two "
-                           "standard errors of the per-row difference (the best epoch is kept); 0 disables early "
-                           "stopping.", 0)
+                           "standard errors of the per-row difference (the best epoch by AUC among those not so "
+                           "worse is kept); 0 disables early stopping.", 0)
     sparse_embeddings: bool = opt(False, "Sparse gradients for the embedding tables, updated by a lazy Adam "
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")
