@@ -58,8 +58,9 @@ class DataConfig:
     seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", 0, MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
                               "instead of loading it; implied by --format criteo|avazu.")
-    format: str = opt("auto", "Input format: auto (by suffix), csv, parquet, criteo (TSV: label, I1-I13, C1-C26, "
-                              "no header) or avazu (CSV with header, label 'click').", choices=FORMATS)
+    format: str = opt("auto", "Input format: auto (by suffix), csv, tsv (tab-separated, header row), parquet, criteo "
+                              "(TSV: label, I1-I13, C1-C26, no header) or avazu (CSV with header, label 'click').",
+                      choices=FORMATS)
     hash_buckets: str | None = opt(None, "Hashing trick: 'N' hashes every categorical field into N buckets, "
                                          "'field:N,...' only those fields.")
     vocab_cap: int | None = opt(None, "Keep at most the N most frequent values per field; the rest map to OOV.", 1)

@@ -3,6 +3,7 @@
 whole file. `read_batches` gives the same batches as pandas DataFrames, for callers that want frames.
 
     csv       header row; every cell read as text, an empty cell is missing
+    tsv       the same, tab-separated (cells quoted with '"' as in CSV where they hold a tab or a newline)
     parquet   a file, or a directory of part files read in sorted path order; columns keep their types
     criteo    Criteo display-ads TSV: no header, label, I1..I13, C1..C26; the integer columns get the usual
               log-square transform (v > 2 -> floor(ln(v)^2)) and, like the C columns, are categorical strings
@@ -30,7 +31,7 @@ import pyarrow.compute as pc
 from .errors import LightFMPError
 from .io import data_files
 
-FORMATS = ("auto", "csv", "parquet", "criteo", "avazu")
+FORMATS = ("auto", "csv", "tsv", "parquet", "criteo", "avazu")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 CRITEO_INT = [f"I{i}" for i in range(1, 14)]
@@ -59,8 +60,8 @@ def resolve_format(path: str | Path, fmt: str = "auto") -> str:
     if last in PARQUET_SUFFIXES:
         return "parquet"
     if last in (".tsv", ".txt"):
-        raise LightFMPError(f"{p}: cannot tell the format of a {last} file; pass --format criteo for Criteo TSV "
-                            f"or --format csv")
+        raise LightFMPError(f"{p}: cannot tell the format of a {last} file; pass --format tsv (tab-separated, "
+                            f"header row), --format criteo (Criteo TSV, no header) or --format csv")
     return "csv"
 
 
@@ -108,6 +109,8 @@ def _tables(p: Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pa.Table, int]
         tables = _parquet_tables(p, chunk_rows)
     elif fmt == "criteo":
         tables = _csv_tables(p, chunk_rows, delimiter="\t", names=CRITEO_COLUMNS)
+    elif fmt == "tsv":
+        tables = _csv_tables(p, chunk_rows, delimiter="\t", quote=True)
     else:
         tables = _csv_tables(p, chunk_rows)
     start = 0
@@ -170,9 +173,12 @@ def _rebatch(batches, chunk_rows: int):
         yield pa.Table.from_batches(buf)
 
 
-def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None):
+def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None,
+                quote: bool | None = None):
     import pyarrow.csv as pacsv
-    quote = delimiter != "\t"  # Criteo TSV has no quoting; a '"' in a cell is data
+    if quote is None:
+        quote = delimiter != "\t"  # Criteo TSV has no quoting; a '"' in a cell is data
+    kind = "TSV" if delimiter == "\t" else "CSV"
     parse = pacsv.ParseOptions(delimiter=delimiter, quote_char='"' if quote else False)
     try:
         if names is None:
@@ -193,12 +199,14 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
         msg = _one_line(e)
         head = _head(p)
         if head is not None and b"\0" in head:
-            raise LightFMPError(f"{p}: not a {'TSV' if not quote else 'CSV'} text file (binary data)") from None
+            raise LightFMPError(f"{p}: not a {kind} text file (binary data)") from None
         if "Empty CSV file" in msg:
             raise LightFMPError(_no_header(p, head, quote)) from None
-        if "Expected" in msg and "columns, got" in msg and names is not None:
-            raise LightFMPError(_bad_width(p, delimiter, len(names), quote, msg)) from None
-        raise LightFMPError(f"{p}: cannot parse {'TSV' if not quote else 'CSV'} ({msg})") from None
+        if "Expected" in msg and "columns, got" in msg:
+            width = len(names) if names is not None else _header_width(p, delimiter)  # None: failed on the first block
+            if width:
+                raise LightFMPError(_bad_width(p, delimiter, width, quote, msg)) from None
+        raise LightFMPError(f"{p}: cannot parse {kind} ({msg})") from None
     except OSError as e:  # unreadable / corrupt compressed stream
         raise LightFMPError(f"{p}: cannot read ({type(e).__name__}: {_one_line(e)})") from None
 
@@ -235,6 +243,16 @@ def _unique(p: Path, names: list[str], what: str) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise LightFMPError(f"{p}: {what} repeats column name(s) {', '.join(map(repr, dup))}")
+
+
+def _header_width(p: Path, delimiter: str) -> int | None:
+    """The number of fields of a text file's header row (only on an error path), or None."""
+    opener = _COMPRESSED.get(p.suffix.lower(), open)
+    try:
+        with opener(p, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+            return len(next(csv.reader(fh, delimiter=delimiter)))
+    except (OSError, csv.Error, EOFError, StopIteration):
+        return None
 
 
 def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: str) -> str:

@@ -354,7 +354,7 @@ def test_criteo_tsv(tmp_path):
     s = data.schema
     assert s.label == "label" and len(s.fields) == 39 and {f.kind for f in s.fields} == {"categorical"}
     assert np.array_equal(all_shard_rows(data)[2], [r % 2 for r in range(50)])
-    with pytest.raises(LightFMPError, match="pass --format criteo"):
+    with pytest.raises(LightFMPError, match=r"--format criteo \(Criteo TSV, no header\)"):
         resolve_format(p, "auto")
 
 
@@ -371,6 +371,36 @@ def test_criteo_wrong_field_count_names_file_and_line(tmp_path):
 
 AVAZU_HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
                 "device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
+
+
+def test_tsv_with_a_header_reads_and_encodes_as_the_same_table_in_csv(tmp_path):
+    """`--format tsv`: tab-separated with a header row; a comma is data, a cell holding a tab is quoted as in CSV.
+    The same table written as CSV and as TSV gives the same batches and the same encoded rows."""
+    df = make_frame(120, 3)
+    df.loc[5, "a"], df.loc[7, "a"] = "a1,a2", "a\tb"
+    csv_path, tsv_path = tmp_path / "t.csv", tmp_path / "t.tsv"
+    df.to_csv(csv_path, index=False)
+    df.to_csv(tsv_path, index=False, sep="\t")
+    got = pd.concat([b for b, _ in read_batches(tsv_path, "tsv", CHUNK)], ignore_index=True)
+    want = pd.concat([b for b, _ in read_batches(csv_path, "csv", CHUNK)], ignore_index=True)
+    pd.testing.assert_frame_equal(got, want)
+    assert got["a"][5] == "a1,a2" and got["a"][7] == "a\tb"
+    cfg = RunConfig.of(data=str(csv_path), label="label", multi_hot="tags:|", min_count=1)
+    a = load_dataset(cfg.data)
+    b = load_dataset(cfg.but(data=str(tsv_path), format="tsv").data)
+    assert a.schema.to_dict() == b.schema.to_dict()
+    for split in ("train", "valid", "test"):
+        assert all(np.array_equal(x, y) for x, y in zip(a.split_rows(split).arrays(), b.split_rows(split).arrays()))
+    with pytest.raises(LightFMPError, match="pass --format tsv"):
+        resolve_format(tsv_path, "auto")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a\tb\tlabel\n1\t2\t0\n1\t2\n")
+    with pytest.raises(LightFMPError, match=r"bad.tsv: line 3 has 2 fields, the header has 3"):
+        list(read_batches(bad, "tsv", CHUNK))
+    bad = tmp_path / "bad.csv"  # a file that fails in its first block names the line too
+    bad.write_text("a,b,label\n1,2,0\n1,2\n")
+    with pytest.raises(LightFMPError, match=r"bad.csv: line 3 has 2 fields, the header has 3"):
+        list(read_batches(bad, "csv", CHUNK))
 
 
 def test_avazu_csv(tmp_path):
