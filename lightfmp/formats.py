@@ -16,6 +16,7 @@ pandas loses the index columns its metadata names, as pandas would read it.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import csv
 import gzip
 import lzma
@@ -173,6 +174,12 @@ def _rebatch(batches, chunk_rows: int):
         yield pa.Table.from_batches(buf)
 
 
+def _source(p: Path):
+    """What pyarrow's CSV reader opens: the path (it decompresses gzip and bz2 by the suffix itself), or an xz stream
+    (pyarrow has no xz codec and would parse the compressed bytes)."""
+    return lzma.open(p, "rb") if p.suffix.lower() == ".xz" else p
+
+
 def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None,
                 quote: bool | None = None):
     import pyarrow.csv as pacsv
@@ -183,16 +190,18 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
     try:
         if names is None:
             # a first open only to learn the header; then every column is read as text
-            names = pacsv.open_csv(p, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
-                                   parse_options=parse).schema.names
+            with contextlib.closing(_source(p)) if p.suffix.lower() == ".xz" else contextlib.nullcontext(p) as src:
+                names = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
+                                       parse_options=parse).schema.names
             _unique(p, names, "header")
             read = pacsv.ReadOptions(block_size=BLOCK_BYTES)
         else:
             read = pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names)
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                                        null_values=[""], quoted_strings_can_be_null=True)
-        reader = pacsv.open_csv(p, read_options=read, parse_options=parse, convert_options=convert)
-        yield from _rebatch(reader, chunk_rows)
+        with contextlib.closing(_source(p)) if p.suffix.lower() == ".xz" else contextlib.nullcontext(p) as src:
+            reader = pacsv.open_csv(src, read_options=read, parse_options=parse, convert_options=convert)
+            yield from _rebatch(reader, chunk_rows)
     except LightFMPError:
         raise
     except pa.ArrowInvalid as e:
@@ -207,7 +216,7 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
             if width:
                 raise LightFMPError(_bad_width(p, delimiter, width, quote, msg)) from None
         raise LightFMPError(f"{p}: cannot parse {kind} ({msg})") from None
-    except OSError as e:  # unreadable / corrupt compressed stream
+    except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable / corrupt compressed stream
         raise LightFMPError(f"{p}: cannot read ({type(e).__name__}: {_one_line(e)})") from None
 
 
@@ -248,10 +257,10 @@ def _unique(p: Path, names: list[str], what: str) -> None:
 def _header_width(p: Path, delimiter: str) -> int | None:
     """The number of fields of a text file's header row (only on an error path), or None."""
     opener = _COMPRESSED.get(p.suffix.lower(), open)
-    try:
-        with opener(p, "rt", encoding="utf-8", errors="replace", newline="") as fh:
-            return len(next(csv.reader(fh, delimiter=delimiter)))
-    except (OSError, csv.Error, EOFError, StopIteration):
+    try:  # utf-8-sig: pyarrow drops a byte-order mark; blank lines before the header are skipped as pyarrow does
+        with opener(p, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
+            return len(next(r for r in csv.reader(fh, delimiter=delimiter) if r))
+    except (OSError, csv.Error, EOFError, StopIteration, lzma.LZMAError):
         return None
 
 
@@ -262,18 +271,21 @@ def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: 
         else f"the header has {expected}"
     opener = _COMPRESSED.get(p.suffix.lower(), open)
     try:
-        with opener(p, "rt", encoding="utf-8", errors="replace", newline="") as fh:
+        with opener(p, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
             if quoted:
                 rows = csv.reader(fh, delimiter=delimiter)
-                for fields in rows:
+                start = 1
+                for fields in rows:  # a quoted cell may span lines: name the lines of the record
                     if fields and len(fields) != expected:
-                        return f"{p}: line {rows.line_num} has {len(fields)} fields, {what}"
+                        where = f"line {start}" if rows.line_num == start else f"the record on lines {start}-{rows.line_num}"
+                        return f"{p}: {where} has {len(fields)} fields, {what}"
+                    start = rows.line_num + 1
             else:
                 for n, line in enumerate(fh, 1):
                     line = line.rstrip("\r\n")
                     if line and line.count(delimiter) + 1 != expected:
                         return f"{p}: line {n} has {line.count(delimiter) + 1} tab-separated fields, {what}"
-    except (OSError, csv.Error, EOFError):
+    except (OSError, csv.Error, EOFError, lzma.LZMAError):
         pass
     return f"{p}: {arrow_msg}"  # already made printable by _one_line
 

@@ -403,6 +403,26 @@ def test_tsv_with_a_header_reads_and_encodes_as_the_same_table_in_csv(tmp_path):
         list(read_batches(bad, "csv", CHUNK))
 
 
+def test_text_files_xz_and_the_lines_a_bad_record_is_on(tmp_path):
+    import lzma
+    plain, packed = tmp_path / "d.csv", tmp_path / "d.csv.xz"
+    make_frame(50, 4).to_csv(plain, index=False)
+    packed.write_bytes(lzma.compress(plain.read_bytes()))
+    read = lambda p, fmt="csv": pd.concat([b for b, _ in read_batches(p, fmt, CHUNK)], ignore_index=True)  # noqa: E731
+    pd.testing.assert_frame_equal(read(packed), read(plain))  # pyarrow has no xz codec: read through lzma
+    fake = tmp_path / "fake.csv.xz"
+    fake.write_text("a,b,label\n1,2,0\n")
+    with pytest.raises(LightFMPError, match=r"fake.csv.xz: cannot read \(LZMAError"):
+        read(fake)
+    cases = {"bom.tsv": ('\ufeff"a\tx"\tb\tlabel\n1\t2\t0\n5\t6\n', "line 3 has 2 fields, the header has 3"),
+             "span.tsv": ('a\tb\tlabel\n1\t2\t0\n"m\nl"\t2\n', "the record on lines 3-4 has 2 fields"),
+             "blank.tsv": ("\n\na\tb\tlabel\n1\t2\t0\n1\t2\n", "line 5 has 2 fields, the header has 3")}
+    for name, (text, msg) in cases.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        with pytest.raises(LightFMPError, match=f"{name}: {msg}"):
+            read(tmp_path / name, "tsv")
+
+
 def test_avazu_csv(tmp_path):
     rng = np.random.default_rng(0)
     rows = []
