@@ -174,10 +174,15 @@ def _rebatch(batches, chunk_rows: int):
         yield pa.Table.from_batches(buf)
 
 
+@contextlib.contextmanager
 def _source(p: Path):
     """What pyarrow's CSV reader opens: the path (it decompresses gzip and bz2 by the suffix itself), or an xz stream
     (pyarrow has no xz codec and would parse the compressed bytes)."""
-    return lzma.open(p, "rb") if p.suffix.lower() == ".xz" else p
+    if p.suffix.lower() != ".xz":
+        yield p
+        return
+    with lzma.open(p, "rb") as fh:
+        yield fh
 
 
 def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None,
@@ -190,7 +195,7 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
     try:
         if names is None:
             # a first open only to learn the header; then every column is read as text
-            with contextlib.closing(_source(p)) if p.suffix.lower() == ".xz" else contextlib.nullcontext(p) as src:
+            with _source(p) as src:
                 names = pacsv.open_csv(src, read_options=pacsv.ReadOptions(block_size=BLOCK_BYTES),
                                        parse_options=parse).schema.names
             _unique(p, names, "header")
@@ -199,7 +204,7 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
             read = pacsv.ReadOptions(block_size=BLOCK_BYTES, column_names=names)
         convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=True,
                                        null_values=[""], quoted_strings_can_be_null=True)
-        with contextlib.closing(_source(p)) if p.suffix.lower() == ".xz" else contextlib.nullcontext(p) as src:
+        with _source(p) as src:
             reader = pacsv.open_csv(src, read_options=read, parse_options=parse, convert_options=convert)
             yield from _rebatch(reader, chunk_rows)
     except LightFMPError:
@@ -254,11 +259,16 @@ def _unique(p: Path, names: list[str], what: str) -> None:
         raise LightFMPError(f"{p}: {what} repeats column name(s) {', '.join(map(repr, dup))}")
 
 
+def _open_text(p: Path):
+    """A text file (decompressed) as the error-path rescans read it: utf-8-sig, since pyarrow drops a byte-order
+    mark."""
+    return _COMPRESSED.get(p.suffix.lower(), open)(p, "rt", encoding="utf-8-sig", errors="replace", newline="")
+
+
 def _header_width(p: Path, delimiter: str) -> int | None:
     """The number of fields of a text file's header row (only on an error path), or None."""
-    opener = _COMPRESSED.get(p.suffix.lower(), open)
-    try:  # utf-8-sig: pyarrow drops a byte-order mark; blank lines before the header are skipped as pyarrow does
-        with opener(p, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
+    try:  # blank lines before the header are skipped, as pyarrow does
+        with _open_text(p) as fh:
             return len(next(r for r in csv.reader(fh, delimiter=delimiter) if r))
     except (OSError, csv.Error, EOFError, StopIteration, lzma.LZMAError):
         return None
@@ -269,15 +279,15 @@ def _bad_width(p: Path, delimiter: str, expected: int, quoted: bool, arrow_msg: 
     is wrong (only on this error path) so the message can name it."""
     what = f"expected {expected} (label, I1-I13, C1-C26)" if not quoted and expected == len(CRITEO_COLUMNS) \
         else f"the header has {expected}"
-    opener = _COMPRESSED.get(p.suffix.lower(), open)
     try:
-        with opener(p, "rt", encoding="utf-8-sig", errors="replace", newline="") as fh:
+        with _open_text(p) as fh:
             if quoted:
                 rows = csv.reader(fh, delimiter=delimiter)
                 start = 1
                 for fields in rows:  # a quoted cell may span lines: name the lines of the record
                     if fields and len(fields) != expected:
-                        where = f"line {start}" if rows.line_num == start else f"the record on lines {start}-{rows.line_num}"
+                        where = f"line {start}" if rows.line_num == start \
+                            else f"the record on lines {start}-{rows.line_num}"
                         return f"{p}: {where} has {len(fields)} fields, {what}"
                     start = rows.line_num + 1
             else:

@@ -349,7 +349,7 @@ def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: i
     """Stop a model-selecting fit (patience 0: never) once `patience` epochs have passed without a better validation
     score and this epoch's validation logloss is worse than the best epoch's beyond noise (more than two standard
     errors of the per-row difference, `metrics.worse_beyond_noise`): a dip the validation rows cannot tell from
-    chance does not end the run. Identical on every rank since the scores are."""
+    chance does not end the run. `fit` takes rank 0's answer on every rank."""
     if not (plan.select_best and cfg.patience > 0 and "valid" in rec and epoch - state.best_epoch >= cfg.patience):
         return False
     if state.best_losses is None or losses is None or len(losses) < 2:  # e.g. resumed from a checkpoint without them
