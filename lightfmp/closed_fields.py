@@ -66,7 +66,7 @@ class ClosedFields:
         model.eval().to(device)
         self.model, self.n = model, len(labels)
         fields, dim = model.embedding.num_fields, model.embedding.embed_dim
-        self.z = model.gate.deterministic().detach().to(device)
+        self.z = model.gate_values().to(device)
         self.perm = torch.from_numpy(other_rows(self.n)).to(device)
         self.inverse = torch.argsort(self.perm)
         self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call

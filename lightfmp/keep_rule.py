@@ -7,6 +7,9 @@
                       is closed for good unless closing it raises the validation logloss by more than two standard
                       errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
+The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
+shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
+the phase-1 model where phase 3 has fewer than two epochs); the subset's model cannot tell weak fields from noise.
 Under --keep K the search never opens two fields that are copies of each other on the validation rows, nor a field
 and a coarser function it is dense enough to stand for, and opens such a finer field in place of its coarser
 function (lightfmp.groupings); only where K exceeds the fields left to open do the last places go to such copies
@@ -47,7 +50,7 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
-                  shadowed_by: dict[int, tuple[int, str]] | None = None) -> list[int]:
+                  shadowed_by: dict[int, tuple[int, str]] | None = None, order: list[int] | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
@@ -66,9 +69,10 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
-    Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2)."""
+    Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2).
+    `order`: the gates' order (most open first; default `model`'s own gates) the fields after `steps` follow."""
     passes = ClosedFields(model, ids, labels, [], device)
-    n = model.gate.num_fields
+    n = model.embedding.num_fields
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
     copied = groupings.copies() if groupings is not None else {}
@@ -107,17 +111,19 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
                 shadowed.append(g)
                 if shadowed_by is not None:
                     shadowed_by[g] = (best, kind)
-    la = ranking(model.gate.log_alpha.detach().cpu())
+    la = ranking(model.gate.log_alpha.detach().cpu()) if order is None else order
     return chosen + [i for i in la if i in rest] + [i for i in la if i in shadowed]
 
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
-               device: str = "cpu", rows_ratio: float | None = None) -> dict:
+               device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
     """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
     with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
-    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `Groupings.stands_for`.
+    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `Groupings.stands_for`; `order`:
+    as in `forward_order`. `model`: the model after phase 3's first epoch (`lightfmp.pipeline`), or the phase-1
+    model where phase 3 has fewer than two epochs.
 
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
     "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the
@@ -128,7 +134,7 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
     ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by)
+    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, order)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}
@@ -139,10 +145,12 @@ def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str
 
 
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
-                 device: str = "cpu") -> dict:
-    """The default rule: every field open, then the fields in the gates' order, least open first, each closed for
-    good unless closing it raises the validation logloss of the phase-1 model by more than two standard errors
-    (`backward_sweep` on up to TEST_ROWS rows). The gates order the test; the test decides. Copies of a field
+                 device: str = "cpu", order: list[int] | None = None) -> dict:
+    """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
+    default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
+    logloss of `model` by more than two standard errors (`backward_sweep` on up to TEST_ROWS rows). The gates
+    order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
+    the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
     and phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
@@ -150,7 +158,7 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
     per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
     names = schema.names
-    order = ranking(model.gate.log_alpha.detach().cpu())
+    order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
     kept, tests = backward_sweep(model, ids, labels, order, device)
     return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
@@ -166,7 +174,7 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
     per tested field, {"field", "cost", "se", "closed"}."""
     kept, tests = list(kept), []
-    z = model.gate.deterministic().detach().cpu()
+    z = model.gate_values().cpu()
     passes = ClosedFields(model, ids, labels, kept, device)
     base = passes.losses()
     for f in reversed(list(kept)):
@@ -214,6 +222,8 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
                 "logloss by more than two standard errors")
+DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (the "
+            "others dropped before it)")
 
 
 def closing_scores(search: dict) -> dict[str, float]:
@@ -232,14 +242,16 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
     shadowed = (search or {}).get("shadowed", {})
     repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
                for kind in ("copy", "function")}
+    where = DEFERRED if search is not None and search.get("model") else " (on the phase-1 model)"
     if keep is not None and search is not None:
-        return {"rule": f"first {keep} of the forward order on the validation rows", "score": "forward order position",
+        return {"rule": f"first {keep} of the forward order on the validation rows{where}",
+                "score": "forward order position",
                 "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
                 "copies": repeats["copy"], "functions": repeats["function"]}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}
     if threshold is None:
-        out = {"rule": CLOSING_RULE, "score": "closing cost in standard errors", "cut": SIGNIFICANT_SE}
+        out = {"rule": CLOSING_RULE + where, "score": "closing cost in standard errors", "cut": SIGNIFICANT_SE}
         return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

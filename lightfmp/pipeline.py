@@ -20,7 +20,7 @@ from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import TEST_ROWS, check_keep, closing_test, keep_order, select_fields, selection_rule
+from .keep_rule import TEST_ROWS, check_keep, closing_test, keep_order, ranking, select_fields, selection_rule
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model
@@ -28,7 +28,7 @@ from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
 from .schema import FeatureSchema
 from .splits import SplitRule
-from .training import evaluate, fit, warm_up
+from .training import evaluate, fit, validate, warm_up
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -235,30 +235,68 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = data.split_rows("train")
+    valid = data.split_rows("valid")
+    key = {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
+           "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "continue_epochs": continue_epochs}
+    plan = phase_plan(cfg, continue_epochs, seed_offset=1)
     t0 = time.perf_counter()
-    with torch.no_grad():
-        z = gated.gate.deterministic()
-    search = None
-    if keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
-        valid_rows = data.split_rows("valid")
-        first = valid_rows.take(np.arange(min(len(valid_rows), TEST_ROWS)))
+    z = gated.gate_values()
+    search, first_epoch, start, test_seconds = None, None, None, 0.0
+    deferred = threshold is None and continue_epochs >= 2
+    if deferred:  # the fields phase 1 shut go now (but K of them at least); the rule waits for phase 3's first epoch
+        order = ranking(gated.gate.log_alpha.detach().cpu())
+        opened = [i for i in order if float(z[i]) > 0]
+        order = opened if len(opened) >= (keep or 1) else order[:keep or 1]
+        kept = [names[i] for i in sorted(order)]
+    elif keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
+        first = valid.take(np.arange(min(len(valid), TEST_ROWS)))
         search = keep_order(gated, run.schema, *first.arrays(), keep, device,
                             rows_ratio=len(rest) / max(len(subset), 1)) if keep is not None \
             else closing_test(gated, run.schema, *first.arrays(), device)
-    kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
+        kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
+    else:
+        kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
-    valid = data.split_rows("valid").select(kept)
-    ckpt = Checkpoint(checkpoint_dir(run.path), "continue",
-                      {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
-                       "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "kept": kept,
-                       "continue_epochs": continue_epochs}, reporter.log)
     t0 = time.perf_counter()
-    hist = fit(model, rest.select(kept), valid, cfg.train, reporter, "continue (pruned)", device,
-               **phase_plan(cfg, continue_epochs, seed_offset=1), checkpoint=ckpt, epoch_start=dist.maybe_fault) \
-        if continue_epochs > 0 else {"epochs": [], "rows": 0}
-    cont_seconds = _fit_seconds(t0, hist)
+    if deferred:
+        # phase 3's first epoch reads every field phase 1 left open; then the rule runs on that model, which has
+        # read every training row (the subset's model cannot tell weak fields from noise)
+        first_epoch = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter,
+                          "continue (open fields)", device, **{**plan, "epochs": 1},
+                          checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-open", {**key, "kept": kept},
+                                                reporter.log), epoch_start=dist.maybe_fault)
+        t1 = time.perf_counter()
+        first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
+        order = [kept.index(names[i]) for i in order]
+        search = keep_order(model, kept_schema, *first.arrays(), keep, device, len(rest) / max(len(subset), 1),
+                            order) if keep is not None \
+            else closing_test(model, kept_schema, *first.arrays(), device, order)
+        search["model"] = "after phase 3's first epoch"
+        chosen = search["order"][:keep] if keep is not None else search["kept"]
+        closed = [n for n in kept if n not in chosen]
+        kept = [n for n in kept if n in chosen]  # schema order
+        if closed:
+            model, kept_schema = prune_model(model, kept_schema, kept)
+        else:  # nothing closed: phase 3 goes on from its first epoch, which stays the best until an epoch beats it
+            start = validate(model, valid.select(kept), device)
+        test_seconds = time.perf_counter() - t1
+        prune_seconds += test_seconds
+        plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}
+        reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
+                     f"{len(closed)} more field(s) dropped"
+                     + (f" ({', '.join(closed)})" if closed else ""))
+    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept}, reporter.log)
+    hist = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter, "continue (pruned)", device,
+               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, start=start) \
+        if plan["epochs"] > 0 else {"epochs": [], "rows": 0}
+    cont_seconds = _fit_seconds(t0, hist) - test_seconds + (first_epoch or {}).get("seconds_restored", 0.0)
+    cont_epochs = len(hist["epochs"]) + (len(first_epoch["epochs"]) if first_epoch else 0)
+    # the first epoch read every field phase 1 left open: the part of phase 3 that selection costs
+    first_seconds = {"first_epoch_seconds": t1 - t0 + first_epoch.get("seconds_restored", 0.0)} if first_epoch else {}
+    if first_epoch is not None:
+        hist = {**hist, "first_epoch": first_epoch}
 
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
@@ -269,7 +307,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                          "prune": _phase(search["rows"] if search else 0, prune_seconds, rule=f"keep={keep}" if keep else
                                          f"threshold={threshold}" if threshold is not None else "closing test"),
                          "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
-                                            epochs=len(hist["epochs"]))}
+                                            epochs=cont_epochs, **first_seconds)}
     metrics.update(final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall

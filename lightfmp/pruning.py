@@ -19,7 +19,8 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
                 gate_values: torch.Tensor | None = None) -> tuple[CTRModel, FeatureSchema]:
     """A new, smaller, gate-free model over `kept` fields, and the schema it reads."""
     if gate_values is None:
-        gate_values = model.gate.deterministic() if model.gate is not None else torch.ones(len(schema.fields))
+        gate_values = model.gate_values()
+    kept = [n for n in schema.names if n in set(kept)]  # schema order, as schema.subset keeps it
     keep_idx = torch.tensor([schema.names.index(n) for n in kept], dtype=torch.long)
     new_schema = schema.subset(kept)
     old = model.embedding

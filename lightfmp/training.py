@@ -334,14 +334,24 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     losses, with its weights when the plan selects the best epoch. An epoch whose validation logloss is worse than
     the best epoch's beyond noise (`metrics.worse_beyond_noise`) is not the best, whatever its AUC: it is
     overfitting, the state `stop_early` stops on, and a higher AUC there comes with measurably worse probabilities."""
-    score = rec["valid"]["auc"]
-    if not np.isfinite(score):  # one-class validation split: rank epochs by logloss instead
-        score = -rec["valid"]["logloss"]
+    score = _score(rec["valid"])
     # rank 0's decision on every rank: the arrays are identical, the last bits of their logs across machines need not be
     if dist.broadcast_int(score > state.best_score and not _worse_than_best(state, losses)):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _score(valid: dict) -> float:
+    """What epochs are ranked by: validation AUC, or minus the logloss on a one-class split (AUC undefined)."""
+    return valid["auc"] if np.isfinite(valid["auc"]) else -valid["logloss"]
+
+
+def _start_as_best(state: TrainState, start: tuple[dict, np.ndarray], model: CTRModel, plan: Plan) -> None:
+    """The model as given, validated (`start`: its record and per-row losses), is the best until an epoch beats it."""
+    state.best_score, state.best_epoch, state.best_losses = _score(start[0]), -1, start[1]
+    if plan.select_best:
+        state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
@@ -366,9 +376,13 @@ def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
-        epoch_start: Callable[[int], None] | None = None) -> dict:
+        epoch_start: Callable[[int], None] | None = None, start: tuple[dict, np.ndarray] | None = None) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
+
+    `start`: the validation record and per-row losses (`validate`) of `model` as given, when a fit continues
+    another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
+    and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
     `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
@@ -380,7 +394,10 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
     resumed = state is not None
-    state = state or TrainState(epoch=0, history=[])
+    if state is None:
+        state = TrainState(epoch=0, history=[])
+        if start is not None:
+            _start_as_best(state, start, model, plan)
     start = dist.agree(state.epoch, "the epoch to resume from")
     restored_seconds = state.seconds
     if resumed:

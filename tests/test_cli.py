@@ -96,6 +96,50 @@ def test_default_rule_is_the_closing_test(data, tmp_path):
     assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_default_rule_decides_after_phase_3s_first_epoch(data, tmp_path):
+    """With two or more phase-3 epochs the fields phase 1 shut go first, phase 3's first epoch reads every other
+    field, and the closing test runs on that model (least open gate of phase 1 first); the fields it closes are cut
+    out before phase 3 goes on, and the final model reads exactly the kept fields."""
+    from lightfmp.rundir import open_run
+    pretrained = tmp_path / "pre"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", pretrained, "--subset", "0.5",
+            *FAST, "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    m = json.loads((pretrained / "metrics.json").read_text())
+    sel, names = m["selection"], m["fields"]["all"]
+    search = sel["search"]
+    assert search["model"] == "after phase 3's first epoch" and "after phase 3's first epoch" in sel["rule"]
+    opened = [n for n in names if m["gates"][n] > 0]
+    assert search["order"] == sorted(opened, key=lambda n: -m["log_alpha"][n])
+    assert set(names) - set(opened) <= set(m["fields"]["dropped"])
+    assert [t["field"] for t in search["tests"]] == search["order"][::-1][:len(search["tests"])]  # least open first
+    for t in search["tests"]:
+        assert t["closed"] == (t["field"] not in m["fields"]["kept"])
+    assert sorted(search["kept"]) == sorted(m["fields"]["kept"])
+    h = json.loads((pretrained / "history.json").read_text())["continue"]
+    assert len(h["first_epoch"]["epochs"]) == 1 and 1 <= len(h["epochs"]) <= 2
+    assert m["phases"]["continue"]["epochs"] == 1 + len(h["epochs"])
+    model, schema = open_run(pretrained).load_final()
+    assert schema.names == m["fields"]["kept"] and model.embedding.num_fields == len(schema.names)
+
+
+def test_keep_k_decides_after_phase_3s_first_epoch(data, tmp_path):
+    """--keep K with two or more phase-3 epochs: the forward search runs on the model after phase 3's first epoch
+    (on the fields whose gates phase 1 left open) and the first K of its order are the fields the final model reads."""
+    from lightfmp.rundir import open_run
+    out = tmp_path / "run"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            "--keep", "2", *FAST, "--epochs", "3")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    sel = m["selection"]
+    assert sel["search"]["model"] == "after phase 3's first epoch" and "after phase 3's first epoch" in sel["rule"]
+    assert sel["rule"].startswith("first 2 of the forward order") and sel["cut"] == 2
+    assert sorted(sel["search"]["order"][:2]) == sorted(m["fields"]["kept"]) and len(m["fields"]["kept"]) == 2
+    assert m["phases"]["continue"]["first_epoch_seconds"] > 0
+    assert open_run(out).load_final()[1].names == m["fields"]["kept"]
+
+
 def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
     keys = ["fields.all", "fields.kept", "fields.dropped", "gates", "test.auc", "test.logloss", "valid.auc",
             "params.before", "params.after", "phases.pretrain.rows", "phases.pretrain.seconds", "phases.prune.seconds",

@@ -15,7 +15,7 @@ from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
 from lightfmp.training import TrainConfig, fit
 
-ARGS = ["--label", "label", "--epochs", "2", "--pretrain-epochs", "2"]
+ARGS = ["--label", "label", "--epochs", "3", "--pretrain-epochs", "2"]  # phase 3: a first epoch, then two
 
 
 def _free_port() -> int:

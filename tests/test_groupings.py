@@ -316,6 +316,7 @@ def _stubbed_search(monkeypatch, value: list[float]):
 
     class Model:
         gate = type("Gate", (), {"num_fields": len(value), "log_alpha": torch.zeros(len(value))})()
+        embedding = type("Embedding", (), {"num_fields": len(value)})()
 
     monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
     return Model

@@ -69,6 +69,19 @@ def assert_pruned_equals_gated(model, schema, ids, kept):
     return pruned, kept_schema
 
 
+def test_kept_fields_in_any_order_prune_in_the_schemas_order(schema_and_ids):
+    """The keep rules return fields in their own orders (the closing test: by gate); the surgery must not copy the
+    embedding rows in that order while the pruned schema keeps the schema's."""
+    schema, ids = schema_and_ids
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]), gated=True)
+    randomize(model)
+    model.eval()
+    pruned, kept_schema = assert_pruned_equals_gated(model, schema, ids, ["tags", "a", "x"])
+    assert kept_schema.names == ["a", "x", "tags"]
+    ordered, _ = prune_model(model, schema, ["a", "x", "tags"])
+    assert all(torch.equal(v, ordered.state_dict()[k]) for k, v in pruned.state_dict().items())
+
+
 @pytest.mark.parametrize("gate", ["autofield", "lpfs"])
 def test_other_gate_modules_prune_like_their_deterministic_gate(schema_and_ids, gate):
     schema, ids = schema_and_ids

@@ -67,6 +67,13 @@ class CTRModel(nn.Module):
         emb, lin = self.embedding(ids, gates)
         return self.interact(emb, lin)
 
+    @torch.no_grad()
+    def gate_values(self) -> torch.Tensor:
+        """The deterministic gate of each field (what pruning folds in and the keep rules read): 1 without a gate."""
+        if self.gate is None:
+            return torch.ones(self.embedding.num_fields, device=self.embedding.weight.device)
+        return self.gate.deterministic().detach()
+
     def num_params(self) -> int:
         """Parameters that serving needs (the gate is a training-time device)."""
         return sum(p.numel() for n, p in self.named_parameters() if not n.startswith("gate."))
