@@ -48,6 +48,15 @@ def ranking(log_alpha: torch.Tensor) -> list[int]:
     return sorted(range(len(log_alpha)), key=lambda i: (-float(log_alpha[i]), i))
 
 
+def open_after_phase1(log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: int | None = None) -> list[int]:
+    """Phase 2's first step where the rule decides after phase 3's first epoch: the fields whose gate phase 1 did
+    not shut (the model reads nothing of a shut one), in the gates' order, most open first; where fewer than
+    `keep` (or 1) are open, the `keep` (or 1) most open."""
+    order = ranking(log_alpha)
+    opened = [i for i in order if float(gate_values[i]) > 0]
+    return opened if len(opened) >= (keep or 1) else order[:keep or 1]
+
+
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
                   shadowed_by: dict[int, tuple[int, str]] | None = None, order: list[int] | None = None) -> list[int]:

@@ -20,7 +20,8 @@ from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import TEST_ROWS, check_keep, closing_test, keep_order, ranking, select_fields, selection_rule
+from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_after_phase1, select_fields,
+                        selection_rule)
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model
@@ -243,10 +244,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     z = gated.gate_values()
     search, first_epoch, start, test_seconds = None, None, None, 0.0
     deferred = threshold is None and continue_epochs >= 2
-    if deferred:  # the fields phase 1 shut go now (but K of them at least); the rule waits for phase 3's first epoch
-        order = ranking(gated.gate.log_alpha.detach().cpu())
-        opened = [i for i in order if float(z[i]) > 0]
-        order = opened if len(opened) >= (keep or 1) else order[:keep or 1]
+    if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
+        order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
         kept = [names[i] for i in sorted(order)]
     elif keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
         first = valid.take(np.arange(min(len(valid), TEST_ROWS)))

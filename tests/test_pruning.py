@@ -139,6 +139,18 @@ def test_select_fields_rules():
         select_fields(names, la, torch.zeros(4), threshold=0.5)
 
 
+def test_the_first_cut_keeps_the_open_gates_and_at_least_k():
+    """Before phase 3's first epoch only the fields whose gate phase 1 shut go, most open first; never fewer than K
+    (or one) fields stay: then the K most open, shut or not."""
+    from lightfmp.keep_rule import open_after_phase1
+    la = torch.tensor([0.5, -3.0, 2.0, -1.0, 1.0])
+    z = torch.tensor([0.4, 0.0, 1.0, 0.0, 0.9])
+    assert open_after_phase1(la, z) == [2, 4, 0]
+    assert open_after_phase1(la, z, keep=3) == [2, 4, 0]
+    assert open_after_phase1(la, z, keep=4) == [2, 4, 0, 3]
+    assert open_after_phase1(la, torch.zeros(5)) == [2]
+
+
 def test_default_rule_keeps_what_the_closing_test_kept():
     names, la, z = ["a", "b", "c", "d"], torch.tensor([3.0, -4.0, 5.0, 0.0]), torch.ones(4)
     search = {"order": ["c", "a", "d", "b"], "kept": ["d", "a"],
