@@ -42,6 +42,7 @@ class Plan:
     seed: int = 0
     select_best: bool = True
     in_memory_mb: int = 1024
+    span: tuple[float, float] = (0.0, 1.0)  # the part of a longer schedule this fit is: the gates' progress runs over it
 
 
 # random streams, each reseeded per epoch from (seed, epoch): a resumed run needs no saved RNG state
@@ -256,8 +257,9 @@ class Trainer:
         self.net = dist.wrap(self.model, self.device)
 
     def progress(self, step: int) -> float:
-        """Fraction of training done after `step` steps."""
-        return step / (self.plan.epochs * self.batches)
+        """Fraction of training done after `step` steps (of the schedule `plan.span` is part of)."""
+        lo, hi = self.plan.span
+        return lo + (hi - lo) * step / (self.plan.epochs * self.batches)
 
     def train_epoch(self, epoch: int, next_batch: Callable[[], None] = lambda: None) -> dict:
         cfg, device, seed = self.cfg, self.device, self.plan.seed
@@ -376,7 +378,8 @@ def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
-        epoch_start: Callable[[int], None] | None = None, start: tuple[dict, np.ndarray] | None = None) -> dict:
+        epoch_start: Callable[[int], None] | None = None, start: tuple[dict, np.ndarray] | None = None,
+        span: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
@@ -384,12 +387,13 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
-    `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`: this fit's `Plan`.
+    `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
-    plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb))
+    plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
+                (float(span[0]), float(span[1])))
     trainer = Trainer(model, rows, cfg, plan, device, label)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None

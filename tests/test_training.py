@@ -151,6 +151,25 @@ def test_steps_hold_out_and_schedules(cls, holdout):
         assert float(gate.eps) == pytest.approx(LPFSGate.EPS_END)
 
 
+@pytest.mark.parametrize("cls", [AutoFieldGate, LPFSGate])
+def test_two_fits_over_spans_run_one_schedule(cls):
+    """A search in two fits (the subset's epochs, then one pass over other rows) runs one schedule when each fit
+    is given its span: progress rises without a jump back from 0 to 1 and the annealing ends where one fit's does."""
+    schema, rows, _ = _small()
+    gate = _spy(cls)(4)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gate=gate)
+    cfg = TrainConfig(epochs=2, batch_size=32, gate_holdout=0.0)
+    first, second = rows.take(np.arange(100)), rows.take(np.arange(100, 300))
+    fit(model, first, None, cfg, seed=2, select_best=False, span=(0.0, 0.4))
+    steps_first = len(gate.seen)
+    assert gate.seen[-1] == pytest.approx(0.4)
+    fit(model, second, None, cfg, epochs=1, seed=3, select_best=False, span=(0.4, 1.0))
+    assert all(b > a for a, b in zip(gate.seen, gate.seen[1:])) and gate.seen[-1] == pytest.approx(1.0)
+    assert len(gate.seen) == steps_first + math.ceil(200 / 32)
+    end = float(gate.tau) if cls is AutoFieldGate else float(gate.eps)
+    assert end == pytest.approx(cls.TAU_END if cls is AutoFieldGate else cls.EPS_END)
+
+
 def test_a_flat_validation_curve_does_not_stop_training():
     schema, rows, valid = _small()
     torch.manual_seed(0)

@@ -127,15 +127,22 @@ def select_lightfmp_fulldata(ctx: Context, k: int) -> Selection:
 
 # --- gate modules trained by training.fit (AutoField, LPFS) -----------------------------------------------------
 def _gate_selection(ctx: Context, gate: Gate) -> Selection:
-    """Train the backbone through `gate` on what Light-FMP's phase 1 gets (--subset of the training split,
-    --pretrain-epochs, the phase-1 plan, validation each epoch) and rank fields by the gate's scores."""
+    """Train the backbone through `gate` on the rows Light-FMP's selection reads — --subset of the training split
+    for --pretrain-epochs (the phase-1 plan, validation each epoch), then one pass over the other training rows
+    (Light-FMP's phase 3's first epoch, before its rule) — with one schedule (temperature, epsilon) over both, and
+    rank fields by the gate's scores."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
-    sub, _ = ctx.data.subset(cfg.train.subset, cfg.data.seed)
+    sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
     torch.manual_seed(cfg.data.seed)
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate)
-    fit(model, sub, ctx.data.split_rows("valid"), cfg.train, label=f"{type(gate).__name__} search",
-        device=ctx.device, **phase_plan(cfg, cfg.train.pretrain_epochs, select_best=False))
+    epochs, valid = cfg.train.pretrain_epochs, ctx.data.split_rows("valid")
+    first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
+    fit(model, sub, valid, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
+        **phase_plan(cfg, epochs, select_best=False), span=(0.0, first))
+    if len(rest):
+        fit(model, rest, valid, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
+            **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0))
     return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
 
