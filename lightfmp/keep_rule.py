@@ -231,8 +231,8 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
                 "logloss by more than two standard errors")
-DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (the "
-            "others dropped before it)")
+DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
+            "least K under --keep K; the others dropped before it)")
 
 
 def closing_scores(search: dict) -> dict[str, float]:

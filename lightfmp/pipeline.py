@@ -20,8 +20,8 @@ from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_after_phase1, select_fields,
-                        selection_rule)
+from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_after_phase1, ranking,
+                        select_fields, selection_rule)
 from .models import build_model
 from .progress import Reporter
 from .pruning import prune_model
@@ -231,6 +231,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     warm_up()
     gated = run.load_pretrained()
     names = run.schema.names
+    check_keep(keep, len(names))
     if data is None:
         data = run_data(run, reporter)
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
@@ -274,6 +275,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             else closing_test(model, kept_schema, *first.arrays(), device, order)
         search["model"] = "after phase 3's first epoch"
         chosen = search["order"][:keep] if keep is not None else search["kept"]
+        # the fields cut before the first epoch come last, by gate: the order names every field
+        search["order"] += [names[i] for i in ranking(gated.gate.log_alpha.detach().cpu()) if names[i] not in kept]
         closed = [n for n in kept if n not in chosen]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
@@ -286,7 +289,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
                      f"{len(closed)} more field(s) dropped"
                      + (f" ({', '.join(closed)})" if closed else ""))
-    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept}, reporter.log)
+    # the key names the path: the same kept fields continue a different model after the first epoch
+    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "after_first_epoch": deferred},
+                      reporter.log)
     hist = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter, "continue (pruned)", device,
                **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, start=start) \
         if plan["epochs"] > 0 else {"epochs": [], "rows": 0}

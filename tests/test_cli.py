@@ -110,9 +110,10 @@ def test_default_rule_decides_after_phase_3s_first_epoch(data, tmp_path):
     search = sel["search"]
     assert search["model"] == "after phase 3's first epoch" and "after phase 3's first epoch" in sel["rule"]
     opened = [n for n in names if m["gates"][n] > 0]
-    assert search["order"] == sorted(opened, key=lambda n: -m["log_alpha"][n])
+    assert search["order"] == sorted(names, key=lambda n: -m["log_alpha"][n])  # the fields cut first come last
     assert set(names) - set(opened) <= set(m["fields"]["dropped"])
-    assert [t["field"] for t in search["tests"]] == search["order"][::-1][:len(search["tests"])]  # least open first
+    tested = [n for n in search["order"] if n in opened][::-1]  # least open first
+    assert [t["field"] for t in search["tests"]] == tested[:len(search["tests"])]
     for t in search["tests"]:
         assert t["closed"] == (t["field"] not in m["fields"]["kept"])
     assert sorted(search["kept"]) == sorted(m["fields"]["kept"])
@@ -136,8 +137,16 @@ def test_keep_k_decides_after_phase_3s_first_epoch(data, tmp_path):
     assert sel["search"]["model"] == "after phase 3's first epoch" and "after phase 3's first epoch" in sel["rule"]
     assert sel["rule"].startswith("first 2 of the forward order") and sel["cut"] == 2
     assert sorted(sel["search"]["order"][:2]) == sorted(m["fields"]["kept"]) and len(m["fields"]["kept"]) == 2
+    assert sorted(sel["search"]["order"]) == sorted(m["fields"]["all"])  # bench ranks every field by it
     assert m["phases"]["continue"]["first_epoch_seconds"] > 0
     assert open_run(out).load_final()[1].names == m["fields"]["kept"]
+
+
+def test_prune_refuses_a_keep_outside_the_fields_before_any_work(pretrained):
+    for k in ("0", "99"):
+        r = cli("prune", pretrained, "--keep", k, "--quiet")
+        assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+        assert f"--keep {k}" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_run_and_no_select_write_the_contract_keys(data, tmp_path):

@@ -380,6 +380,30 @@ def test_ctrl_c_is_one_line_and_exit_130(cmd, data, pretrained, tmp_path, monkey
     assert "Traceback" not in r.output
 
 
+def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_path, monkeypatch):
+    """The default rule's continued training (after phase 3's first epoch) and --threshold's (from the phase-1 model)
+    may keep the same fields with the same epochs: an interrupted one's checkpoint must not be resumed by the other."""
+    out = tmp_path / "r"
+    assert cli(*train_args(data, out), "--quiet").exit_code == 0
+    save = checkpoint_mod.Checkpoint.save
+
+    def stop_in_continue(self, *a, **k):
+        save(self, *a, **k)
+        if self.phase == "continue":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", stop_in_continue)
+    r = cli("prune", out, "--continue-epochs", "3", "--quiet")
+    assert r.exit_code == 130, r.output
+    monkeypatch.undo()
+    kept = json.loads((tmp_path / "r.ckpt" / "continue.json").read_text())["key"]["kept"]
+    # the threshold rule made to keep the very same fields: only the path differs
+    monkeypatch.setattr(pipeline_mod, "select_fields", lambda *a, **k: kept)
+    r = cli("prune", out, "--threshold", "0.5", "--continue-epochs", "3")
+    assert r.exit_code == 0, r.output
+    assert "resuming" not in r.output, r.output
+    assert json.loads((out / "metrics.json").read_text())["fields"]["kept"] == kept
+
+
 def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
     save = checkpoint_mod.Checkpoint.save
 

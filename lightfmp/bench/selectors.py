@@ -134,15 +134,16 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     t0 = time.perf_counter()
     cfg = ctx.cfg
     sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
+    if len(rest) == 0:  # --subset 1.0: Light-FMP's first epoch reads the whole training split again
+        rest = ctx.data.split_rows("train")
     torch.manual_seed(cfg.data.seed)
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate)
     epochs, valid = cfg.train.pretrain_epochs, ctx.data.split_rows("valid")
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
     fit(model, sub, valid, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
         **phase_plan(cfg, epochs, select_best=False), span=(0.0, first))
-    if len(rest):
-        fit(model, rest, valid, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
-            **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0))
+    fit(model, rest, valid, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
+        **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0))
     return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
 
