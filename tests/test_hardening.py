@@ -380,18 +380,23 @@ def test_ctrl_c_is_one_line_and_exit_130(cmd, data, pretrained, tmp_path, monkey
     assert "Traceback" not in r.output
 
 
+def ctrl_c_after_the_first_continue_save(monkeypatch):
+    """Ctrl-C right after phase 3's first checkpoint of its kept fields is written."""
+    save = checkpoint_mod.Checkpoint.save
+
+    def stop(self, *a, **k):
+        save(self, *a, **k)
+        if self.phase == "continue":
+            raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", stop)
+
+
 def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_path, monkeypatch):
     """The default rule's continued training (after phase 3's first epoch) and --threshold's (from the phase-1 model)
     may keep the same fields with the same epochs: an interrupted one's checkpoint must not be resumed by the other."""
     out = tmp_path / "r"
     assert cli(*train_args(data, out), "--quiet").exit_code == 0
-    save = checkpoint_mod.Checkpoint.save
-
-    def stop_in_continue(self, *a, **k):
-        save(self, *a, **k)
-        if self.phase == "continue":
-            raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", stop_in_continue)
+    ctrl_c_after_the_first_continue_save(monkeypatch)
     r = cli("prune", out, "--continue-epochs", "3", "--quiet")
     assert r.exit_code == 130, r.output
     monkeypatch.undo()
@@ -405,13 +410,7 @@ def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_p
 
 
 def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
-    save = checkpoint_mod.Checkpoint.save
-
-    def first_continue_save_stops(self, *a, **k):
-        save(self, *a, **k)
-        if self.phase == "continue":
-            raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", first_continue_save_stops)
+    ctrl_c_after_the_first_continue_save(monkeypatch)
     out = tmp_path / "r"
     r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet")
     assert r.exit_code == 130, r.output
