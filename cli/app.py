@@ -80,11 +80,12 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                              "run's rule: its --keep or --threshold if it had one, "
                                                              "else the closing test on the validation rows)."),
               continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
-                                                            help="Epochs of continued training; 0 skips phase 3 "
+                                                            help="Epochs of continued training; 0 skips phase 3; "
+                                                                 "with 2 or more the rule decides after the first "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
-    """Phases 2 and 3: choose the fields on the validation rows, slice the others out of the model, continue training
-    on the other rows."""
+    """Phases 2 and 3: slice out the fields whose gate phase 1 shut, train one epoch on the other rows, choose the
+    fields on the validation rows, slice the others out of the model, continue training."""
     check_one_rule(keep, threshold)
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
     if speaks(quiet):

@@ -110,7 +110,8 @@ class PruneConfig:
                                  "field whose closing raises the validation logloss by two standard errors).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
                                         "default rule).", 0.0, 1.0)
-    continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it).", 0)
+    continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it; with "
+                                            "2 or more the keep rule decides after the first).", 0)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
