@@ -84,8 +84,8 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                                  "with 2 or more the rule decides after the first "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
-    """Phases 2 and 3: slice out the fields whose gate phase 1 shut, train one epoch on the other rows, choose the
-    fields on the validation rows, slice the others out of the model, continue training."""
+    """Phases 2 and 3: choose the fields on the validation rows (after phase 3's first epoch where it has two or
+    more), slice the others out of the model, continue training on the other rows."""
     check_one_rule(keep, threshold)
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
     if speaks(quiet):
