@@ -24,7 +24,7 @@ from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_af
                         select_fields, selection_rule)
 from .models import build_model
 from .progress import Reporter
-from .pruning import prune_model, prune_optimizer_state
+from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
 from .schema import FeatureSchema
@@ -243,7 +243,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)
     t0 = time.perf_counter()
     z = gated.gate_values()
-    search, first_epoch, start, test_seconds, carried = None, None, None, 0.0, None
+    search, first_epoch, start, test_seconds = None, None, None, 0.0
     deferred = threshold is None and continue_epochs >= 2
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
@@ -266,8 +266,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         first_epoch = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter,
                           "continue (open fields)", device, **{**plan, "epochs": 1},
                           checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-open", {**key, "kept": kept},
-                                                reporter.log), epoch_start=dist.maybe_fault, hand_over=True)
-        carried = first_epoch.pop("optimizer_state")  # phase 3 goes on with its optimizer, cut like the model
+                                                reporter.log), epoch_start=dist.maybe_fault)
         t1 = time.perf_counter()
         first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
         order = [kept.index(names[i]) for i in order]
@@ -281,7 +280,6 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         closed = [n for n in kept if n not in chosen]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
-            carried = prune_optimizer_state(model, kept_schema, kept, carried)
             model, kept_schema = prune_model(model, kept_schema, kept)
         else:  # nothing closed: phase 3 goes on from its first epoch, which stays the best until an epoch beats it
             start = validate(model, valid.select(kept), device)
@@ -295,8 +293,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "after_first_epoch": deferred},
                       reporter.log)
     hist = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter, "continue (pruned)", device,
-               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, start=start,
-               optimizer_state=carried if deferred else None) \
+               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, start=start) \
         if plan["epochs"] > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist) - test_seconds + (first_epoch or {}).get("seconds_restored", 0.0)
     cont_epochs = len(hist["epochs"]) + (len(first_epoch["epochs"]) if first_epoch else 0)

@@ -41,29 +41,3 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     keep_dims = (keep_idx[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
     pruned.prune_inputs(keep_dims)
     return pruned, new_schema
-
-
-@torch.no_grad()
-def prune_optimizer_state(model: CTRModel, schema: FeatureSchema, kept: list[str],
-                          state: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
-    """An optimizer state by parameter name (`training.optimizer_state_by_name` of gate-free `model`) cut as
-    `prune_model(model, schema, kept)` cuts the parameters: each moment shaped like its parameter goes through the
-    same surgery, on a copy of the model holding it; step counts stay."""
-    out = {}
-    for opt, by_name in state.items():
-        moments: dict[str, dict[str, torch.Tensor]] = {}
-        params = dict(model.named_parameters())
-        keys = {k for st in by_name.values() for k, v in st.items()
-                if torch.is_tensor(v) and v.dim() > 0}
-        for key in keys:
-            shadow = copy.deepcopy(model)
-            held = dict(shadow.named_parameters())
-            for n, st in by_name.items():
-                if key in st and st[key].shape == params[n].shape:
-                    held[n].copy_(st[key])
-            pruned, _ = prune_model(shadow, schema, kept, torch.ones(len(schema.fields)))
-            for n, t in pruned.named_parameters():
-                if n in by_name and key in by_name[n]:
-                    moments.setdefault(n, {})[key] = t.detach().clone()
-        out[opt] = {n: {**st, **moments.get(n, {})} for n, st in by_name.items()}
-    return out

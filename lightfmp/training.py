@@ -375,42 +375,17 @@ def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
         and worse_beyond_noise(losses, state.best_losses)
 
 
-def optimizer_state_by_name(model: CTRModel, optimizers: dict) -> dict[str, dict[str, dict]]:
-    """Per optimizer (by its name in `Trainer.optimizers`), the state of each parameter by the parameter's name."""
-    names = {id(p): n for n, p in model.named_parameters()}
-    return {key: {names[id(p)]: dict(opt.state[p]) for group in opt.param_groups for p in group["params"]
-                  if p in opt.state}
-            for key, opt in optimizers.items() if opt is not None}
-
-
-def _load_state_by_name(model: CTRModel, optimizers: dict, by_name: dict[str, dict[str, dict]]) -> None:
-    """`optimizer_state_by_name`'s output loaded into the optimizers of `model` (a model with the same parameter
-    names, e.g. the same model after pruning with each state sliced like its parameter)."""
-    params = dict(model.named_parameters())
-    for key, states in by_name.items():
-        opt = optimizers.get(key)
-        if opt is None:
-            continue
-        for n, st in states.items():
-            p = params.get(n)
-            if p is not None:
-                opt.state[p] = {k: v.clone() if torch.is_tensor(v) else v for k, v in st.items()}
-
-
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None, start: tuple[dict, np.ndarray] | None = None,
-        span: tuple[float, float] = (0.0, 1.0), optimizer_state: dict | None = None,
-        hand_over: bool = False) -> dict:
+        span: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
     `start`: the validation record and per-row losses (`validate`) of `model` as given, when a fit continues
     another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
-    `optimizer_state` (`optimizer_state_by_name` of the fit this one continues): the optimizers start from it
-    unless a checkpoint is resumed; `hand_over`: the returned dict has this fit's under "optimizer_state".
 
     `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
@@ -427,8 +402,6 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         state = TrainState(epoch=0, history=[])
         if start is not None:
             _start_as_best(state, start, model, plan)
-        if optimizer_state is not None:
-            _load_state_by_name(model, trainer.optimizers, optimizer_state)
     start = dist.agree(state.epoch, "the epoch to resume from")
     restored_seconds = state.seconds
     if resumed:
@@ -468,6 +441,4 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     if resumed:
         out["resumed_from_epoch"] = start
         out["seconds_restored"] = restored_seconds
-    if hand_over:
-        out["optimizer_state"] = optimizer_state_by_name(model, trainer.optimizers)
     return out

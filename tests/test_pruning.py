@@ -139,25 +139,6 @@ def test_select_fields_rules():
         select_fields(names, la, torch.zeros(4), threshold=0.5)
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
-def test_optimizer_moments_are_cut_like_the_parameters(schema_and_ids, backbone):
-    """A moment shaped like its parameter goes through the same surgery: with the parameters themselves as the
-    'moments', the cut moments are the pruned model's parameters; step counts stay."""
-    from lightfmp.pruning import prune_optimizer_state
-    schema, ids = schema_and_ids
-    model = build_model(backbone, schema, ModelConfig(embed_dim=6, hidden=[16, 8], cross_layers=2))
-    randomize(model)
-    state = {"weights": {n: {"step": torch.tensor(7.0), "exp_avg": p.detach().clone(), "exp_avg_sq": p.detach() ** 2}
-                         for n, p in model.named_parameters()}}
-    kept = ["a", "x", "tags"]
-    cut = prune_optimizer_state(model, schema, kept, state)["weights"]
-    pruned, _ = prune_model(model, schema, kept)
-    for n, p in pruned.named_parameters():
-        torch.testing.assert_close(cut[n]["exp_avg"], p.detach(), rtol=0, atol=0)
-        torch.testing.assert_close(cut[n]["exp_avg_sq"], p.detach() ** 2, rtol=0, atol=0)
-        assert float(cut[n]["step"]) == 7.0
-
-
 def test_the_first_cut_keeps_the_open_gates_and_at_least_k():
     """Before phase 3's first epoch only the fields whose gate phase 1 shut go, most open first; never fewer than K
     (or one) fields stay: then the K most open, shut or not."""

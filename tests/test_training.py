@@ -214,26 +214,6 @@ def test_a_fit_given_its_start_keeps_the_model_as_given_until_an_epoch_beats_it(
     assert not all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
 
 
-def test_a_fit_hands_its_optimizer_state_to_the_next():
-    """hand_over returns the optimizers' state by parameter name; a fit given it starts from it (a 0-epoch fit hands
-    the same state back), and one that trains moves on from it instead of from zero moments."""
-    schema, rows, valid = _small()
-    torch.manual_seed(0)
-    model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, patience=0)
-    state = fit(model, rows, None, cfg, hand_over=True)["optimizer_state"]
-    assert set(state["weights"]) == {n for n, _ in model.named_parameters()}
-    again = fit(model, rows, None, cfg, epochs=0, optimizer_state=state, hand_over=True)["optimizer_state"]
-    for n, st in state["weights"].items():
-        for k, v in st.items():
-            assert torch.equal(torch.as_tensor(v), torch.as_tensor(again["weights"][n][k]))
-    on = fit(model, rows, None, cfg, optimizer_state=state, hand_over=True)["optimizer_state"]
-    fresh = fit(model, rows, None, cfg, hand_over=True)["optimizer_state"]
-    n = next(iter(state["weights"]))
-    assert float(on["weights"][n]["step"]) == 2 * float(state["weights"][n]["step"])
-    assert float(fresh["weights"][n]["step"]) == float(state["weights"][n]["step"])
-
-
 def test_an_epoch_measurably_worse_in_logloss_is_not_the_best_whatever_its_auc():
     from lightfmp.training import Plan, track_best
     rng = np.random.default_rng(1)
