@@ -243,7 +243,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)
     t0 = time.perf_counter()
     z = gated.gate_values()
-    search, first_epoch, start, test_seconds = None, None, None, 0.0
+    search, first_epoch, given, test_seconds = None, None, None, 0.0
     deferred = threshold is None and continue_epochs >= 2
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
@@ -262,8 +262,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     if deferred:
         # phase 3's first epoch reads every field phase 1 left open; then the rule runs on that model, which has
-        # read every training row (the subset's model cannot tell weak fields from noise)
-        first_epoch = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter,
+        # read every training row (the subset's model cannot tell weak fields from noise). No validation pass of
+        # its own: the rule reads the validation rows, and the model is validated below only if it goes on as is
+        first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
                           "continue (open fields)", device, **{**plan, "epochs": 1},
                           checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-open", {**key, "kept": kept},
                                                 reporter.log), epoch_start=dist.maybe_fault)
@@ -282,7 +283,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         if closed:
             model, kept_schema = prune_model(model, kept_schema, kept)
         else:  # nothing closed: phase 3 goes on from its first epoch, which stays the best until an epoch beats it
-            start = validate(model, valid.select(kept), device)
+            given = validate(model, valid.select(kept), device)
+            first_epoch["epochs"][-1]["valid"] = given[0]
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds
         plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}
@@ -293,7 +295,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "after_first_epoch": deferred},
                       reporter.log)
     hist = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter, "continue (pruned)", device,
-               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, start=start) \
+               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, given=given) \
         if plan["epochs"] > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist) - test_seconds + (first_epoch or {}).get("seconds_restored", 0.0)
     cont_epochs = len(hist["epochs"]) + (len(first_epoch["epochs"]) if first_epoch else 0)

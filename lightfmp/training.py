@@ -341,7 +341,12 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     if dist.broadcast_int(score > state.best_score and not _worse_than_best(state, losses)):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
-            state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            state.best_state = _weights(model)
+
+
+def _weights(model: CTRModel) -> dict:
+    """A copy of the model's weights (the best epoch's, kept for the end of a model-selecting fit)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _score(valid: dict) -> float:
@@ -349,11 +354,11 @@ def _score(valid: dict) -> float:
     return valid["auc"] if np.isfinite(valid["auc"]) else -valid["logloss"]
 
 
-def _start_as_best(state: TrainState, start: tuple[dict, np.ndarray], model: CTRModel, plan: Plan) -> None:
-    """The model as given, validated (`start`: its record and per-row losses), is the best until an epoch beats it."""
-    state.best_score, state.best_epoch, state.best_losses = _score(start[0]), -1, start[1]
+def _given_as_best(state: TrainState, given: tuple[dict, np.ndarray], model: CTRModel, plan: Plan) -> None:
+    """The model as given, validated (`given`: its record and per-row losses), is the best until an epoch beats it."""
+    state.best_score, state.best_epoch, state.best_losses = _score(given[0]), -1, given[1]
     if plan.select_best:
-        state.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state.best_state = _weights(model)
 
 
 def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
@@ -378,12 +383,12 @@ def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
-        epoch_start: Callable[[int], None] | None = None, start: tuple[dict, np.ndarray] | None = None,
+        epoch_start: Callable[[int], None] | None = None, given: tuple[dict, np.ndarray] | None = None,
         span: tuple[float, float] = (0.0, 1.0)) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
-    `start`: the validation record and per-row losses (`validate`) of `model` as given, when a fit continues
+    `given`: the validation record and per-row losses (`validate`) of `model` as given, when a fit continues
     another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
@@ -400,8 +405,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     resumed = state is not None
     if state is None:
         state = TrainState(epoch=0, history=[])
-        if start is not None:
-            _start_as_best(state, start, model, plan)
+        if given is not None:
+            _given_as_best(state, given, model, plan)
     start = dist.agree(state.epoch, "the epoch to resume from")
     restored_seconds = state.seconds
     if resumed:

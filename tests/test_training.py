@@ -195,8 +195,8 @@ def test_patience_stops_once_validation_is_worse_beyond_noise():
     assert len(hist["epochs"]) == 3
 
 
-def test_a_fit_given_its_start_keeps_the_model_as_given_until_an_epoch_beats_it():
-    """`start` (the model's own validation): with inverted validation labels every epoch is worse than the model as
+def test_a_fit_given_its_models_validation_keeps_the_model_as_given_until_an_epoch_beats_it():
+    """`given` (the model's own validation): with inverted validation labels every epoch is worse than the model as
     given, so the fit stops after its first epoch (patience 1, measurably worse) and hands back the weights it was
     given, bit for bit (best_epoch 0); on the true labels an epoch beats the start and is kept."""
     from lightfmp.training import validate
@@ -206,10 +206,10 @@ def test_a_fit_given_its_start_keeps_the_model_as_given_until_an_epoch_beats_it(
     model = build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]))
     cfg = TrainConfig(epochs=6, batch_size=16, lr=0.05, patience=1)
     given = {k: v.clone() for k, v in model.state_dict().items()}
-    hist = fit(model, rows, flipped, cfg, start=validate(model, flipped))
+    hist = fit(model, rows, flipped, cfg, given=validate(model, flipped))
     assert [e["epoch"] for e in hist["epochs"]] == [1] and hist["best_epoch"] == 0
     assert all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
-    hist = fit(model, rows, valid, cfg, start=validate(model, valid))
+    hist = fit(model, rows, valid, cfg, given=validate(model, valid))
     assert hist["best_epoch"] >= 1
     assert not all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
 
