@@ -85,7 +85,8 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                                  "(default: the run's --continue-epochs or --epochs)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
     """Phases 2 and 3: choose the fields on the validation rows (after phase 3's first epoch where it has two or
-    more), slice the others out of the model, continue training on the other rows."""
+    more), slice the others out of the model, continue training (the first epoch on the rows phase 1 did not use,
+    the others on every training row)."""
     check_one_rule(keep, threshold)
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
     if speaks(quiet):

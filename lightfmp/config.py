@@ -110,8 +110,9 @@ class PruneConfig:
                                  "field whose closing raises the validation logloss by two standard errors).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
                                         "default rule).", 0.0, 1.0)
-    continue_epochs: int | None = opt(None, "Epochs of phase 3 on the rows phase 1 did not use (0 skips it; with "
-                                            "2 or more the keep rule decides after the first).", 0)
+    continue_epochs: int | None = opt(None, "Epochs of phase 3: the first on the rows phase 1 did not use, the others "
+                                            "on every training row (0 skips it; with 2 or more the keep rule "
+                                            "decides after the first).", 0)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}

@@ -1,7 +1,7 @@
 """The Python API, one function per phase; the CLI is a thin layer over these.
 
     train(cfg, out)          phase 1: gated pretraining on a subset (or, with no_select, plain full training)
-    prune(run, keep=...)     phase 2 + 3: drop fields, slice the model, continue on the remaining rows
+    prune(run, keep=...)     phase 2 + 3: drop fields, slice the model, continue (the remaining rows, then every row)
     run(cfg, out)            all phases
 """
 from __future__ import annotations
@@ -235,8 +235,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if data is None:
         data = run_data(run, reporter)
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
+    train = data.split_rows("train")
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
-        rest = data.split_rows("train")
+        rest = train
     valid = data.split_rows("valid")
     key = {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
            "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "continue_epochs": continue_epochs}
@@ -244,7 +245,10 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     t0 = time.perf_counter()
     z = gated.gate_values()
     search, first_epoch, given, test_seconds = None, None, None, 0.0
-    deferred = threshold is None and continue_epochs >= 2
+    # phase 3's first epoch reads the rows phase 1 did not use (after it, every training row has been read once);
+    # its later epochs read the whole training split, as any epoch after the first does
+    split = continue_epochs >= 2
+    deferred = split and threshold is None
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
         kept = [names[i] for i in sorted(order)]
@@ -259,16 +263,19 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    if deferred:
-        # phase 3's first epoch reads every field phase 1 left open; then the rule runs on that model, which has
-        # read every training row (the subset's model cannot tell weak fields from noise). No validation pass of
-        # its own: the rule reads the validation rows, and the model is validated below only if it goes on as is
+    t0 = t1 = time.perf_counter()
+    closed, first_fields = [], list(kept) if split else None
+    if split:
+        # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
+        # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
+        # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
+        # if it goes on as is
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
-                          "continue (open fields)", device, **{**plan, "epochs": 1},
-                          checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-open", {**key, "kept": kept},
+                          "continue (first epoch)", device, **{**plan, "epochs": 1},
+                          checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", {**key, "kept": kept},
                                                 reporter.log), epoch_start=dist.maybe_fault)
         t1 = time.perf_counter()
+    if deferred:
         first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
         order = [kept.index(names[i]) for i in order]
         search = keep_order(model, kept_schema, *first.arrays(), keep, device, len(rest) / max(len(subset), 1),
@@ -282,25 +289,28 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
             model, kept_schema = prune_model(model, kept_schema, kept)
-        else:  # nothing closed: phase 3 goes on from its first epoch, which stays the best until an epoch beats it
-            given = validate(model, valid.select(kept), device)
-            first_epoch["epochs"][-1]["valid"] = given[0]
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds
-        plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}
         reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
                      f"{len(closed)} more field(s) dropped"
                      + (f" ({', '.join(closed)})" if closed else ""))
-    # the key names the path: the same kept fields continue a different model after the first epoch
-    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "after_first_epoch": deferred},
+    if split:
+        if not closed:  # phase 3 goes on from its first epoch, which stays the best until an epoch beats it
+            given = validate(model, valid.select(kept), device)
+            first_epoch["epochs"][-1]["valid"] = given[0]
+        plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}
+    # the key names the path: the same kept fields continue a different model after a first epoch on other fields
+    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "first_epoch_fields": first_fields},
                       reporter.log)
-    hist = fit(model, rest.select(kept), valid.select(kept), cfg.train, reporter, "continue (pruned)", device,
+    hist = fit(model, (train if split else rest).select(kept), valid.select(kept), cfg.train, reporter,
+               "continue (pruned)", device,
                **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, given=given) \
         if plan["epochs"] > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist) - test_seconds + (first_epoch or {}).get("seconds_restored", 0.0)
     cont_epochs = len(hist["epochs"]) + (len(first_epoch["epochs"]) if first_epoch else 0)
-    # the first epoch read every field phase 1 left open: the part of phase 3 that selection costs
-    first_seconds = {"first_epoch_seconds": t1 - t0 + first_epoch.get("seconds_restored", 0.0)} if first_epoch else {}
+    # where the rule waited for it, the first epoch read every field phase 1 left open: the part of phase 3 that
+    # selection costs
+    first_seconds = {"first_epoch_seconds": t1 - t0 + first_epoch.get("seconds_restored", 0.0)} if deferred else {}
     if first_epoch is not None:
         hist = {**hist, "first_epoch": first_epoch}
 
@@ -312,7 +322,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics["phases"] = {"pretrain": pre,
                          "prune": _phase(search["rows"] if search else 0, prune_seconds, rule=f"keep={keep}" if keep else
                                          f"threshold={threshold}" if threshold is not None else "closing test"),
-                         "continue": _phase(len(rest) if continue_epochs > 0 else 0, cont_seconds,
+                         "continue": _phase(0 if continue_epochs == 0 else len(train) if split else len(rest),
+                                            cont_seconds,
                                             epochs=cont_epochs, **first_seconds)}
     metrics.update(final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds

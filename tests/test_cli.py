@@ -124,6 +124,28 @@ def test_default_rule_decides_after_phase_3s_first_epoch(data, tmp_path):
     assert schema.names == m["fields"]["kept"] and model.embedding.num_fields == len(schema.names)
 
 
+@pytest.mark.parametrize("rule", [[], ["--threshold", "0"]])
+def test_phase_3_reads_the_other_rows_first_then_every_training_row(data, tmp_path, rule):
+    """Phase 3's first epoch reads the training rows phase 1 did not use (after it every training row has been
+    read once); its later epochs read the whole training split, whatever the rule. With one phase-3 epoch, only
+    the other rows."""
+    out = tmp_path / "run"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.3",
+            *rule, *FAST, "--epochs", "3", "--patience", "5")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    h = json.loads((out / "history.json").read_text())["continue"]
+    subset, train = m["phases"]["pretrain"]["rows"], h["rows"]
+    assert 0 < subset < train and h["first_epoch"]["rows"] == train - subset
+    assert m["phases"]["continue"]["rows"] == train and len(h["epochs"]) == 2
+    assert ("first_epoch_seconds" in m["phases"]["continue"]) == (not rule)  # selection's cost where the rule waited
+    r = cli("prune", out, "--continue-epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    h = json.loads((out / "history.json").read_text())["continue"]
+    assert m["phases"]["continue"]["rows"] == h["rows"] == train - subset and "first_epoch" not in h
+
+
 def test_keep_k_decides_after_phase_3s_first_epoch(data, tmp_path):
     """--keep K with two or more phase-3 epochs: the forward search runs on the model after phase 3's first epoch
     (on the fields whose gates phase 1 left open) and the first K of its order are the fields the final model reads."""

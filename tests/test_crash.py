@@ -29,8 +29,8 @@ SETTINGS = dict(label="label", multi_hot="tags:|", subset=0.5, pretrain_epochs=3
 # (phase 3 with --epochs 3: its first epoch on the open fields, then two on the kept ones)
 KILL_PLANS = {
     0: [("inferred column", 0.05), ("pretrain (gated): epoch 1/3", 0.1), ("pretrain (gated): epoch 3/3", 0.0),
-        ("continue (open fields): start", 0.05), ("continue (pruned): epoch 1/2", 0.05)],
-    1: [("fit: read", 0.05), ("pretrain (gated): start", 0.1), ("continue (open fields): epoch 1/1", 0.0),
+        ("continue (first epoch): start", 0.05), ("continue (pruned): epoch 1/2", 0.05)],
+    1: [("fit: read", 0.05), ("pretrain (gated): start", 0.1), ("continue (first epoch): epoch 1/1", 0.0),
         ("continue (pruned): start", 0.05), ("continue (pruned): epoch 2/2", 0.0)],
 }
 # seed 1 streams the data into shards on disk, so its first kill lands while they are written

@@ -392,8 +392,9 @@ def ctrl_c_after_the_first_continue_save(monkeypatch):
 
 
 def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_path, monkeypatch):
-    """The default rule's continued training (after phase 3's first epoch) and --threshold's (from the phase-1 model)
-    may keep the same fields with the same epochs: an interrupted one's checkpoint must not be resumed by the other."""
+    """The default rule's continued training (after a first epoch on every field phase 1 left open) and --threshold's
+    (after a first epoch on its kept fields) may keep the same fields with the same epochs: an interrupted one's
+    checkpoint must not be resumed by the other."""
     out = tmp_path / "r"
     assert cli(*train_args(data, out), "--quiet").exit_code == 0
     ctrl_c_after_the_first_continue_save(monkeypatch)
