@@ -130,8 +130,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
-    `rows_ratio` (rows phase 3 reads / rows phase 1 read), the density check of `Groupings.stands_for`; `order`:
-    as in `forward_order`. `model`: the model after phase 3's first epoch (`lightfmp.pipeline`), or the phase-1
+    `rows_ratio` (training rows the final model reads / rows phase 1 read), the density check of
+    `Groupings.stands_for`; `order`: as in `forward_order`. `model`: the model after phase 3's first epoch (`lightfmp.pipeline`), or the phase-1
     model where phase 3 has fewer than two epochs.
 
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,

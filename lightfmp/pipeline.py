@@ -249,13 +249,16 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     # its later epochs read the whole training split, as any epoch after the first does
     split = continue_epochs >= 2
     deferred = split and threshold is None
+    # rows the final model reads over rows the phase-1 model read: whether a finer field is dense enough to stand
+    # for a coarser one (lightfmp.groupings)
+    rows_ratio = (len(train) if split else len(rest)) / max(len(subset), 1)
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
         kept = [names[i] for i in sorted(order)]
     elif keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
         first = valid.take(np.arange(min(len(valid), TEST_ROWS)))
         search = keep_order(gated, run.schema, *first.arrays(), keep, device,
-                            rows_ratio=len(rest) / max(len(subset), 1)) if keep is not None \
+                            rows_ratio=rows_ratio) if keep is not None \
             else closing_test(gated, run.schema, *first.arrays(), device)
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
     else:
@@ -278,7 +281,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if deferred:
         first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
         order = [kept.index(names[i]) for i in order]
-        search = keep_order(model, kept_schema, *first.arrays(), keep, device, len(rest) / max(len(subset), 1),
+        search = keep_order(model, kept_schema, *first.arrays(), keep, device, rows_ratio,
                             order) if keep is not None \
             else closing_test(model, kept_schema, *first.arrays(), device, order)
         search["model"] = "after phase 3's first epoch"
