@@ -59,7 +59,10 @@ class ClosedFields:
     else their ids (looked up again on every pass: the same losses, slower, without the first-layer update)."""
 
     @torch.no_grad()
-    def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu"):
+    def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
+                 weights: np.ndarray | None = None):
+        """`weights`: per-row weights (mean 1) that `losses` and `mixed_loss` apply, where the rows are a weighted
+        sample (`lightfmp.keep_rule.search_rows`)."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
@@ -80,6 +83,8 @@ class ClosedFields:
             self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
                                                                       for f in range(fields))]
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
+        self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device) \
+            if weights is not None else None
         self.open = torch.ones(fields, dtype=torch.bool)
         self.pre = None
         for f in set(range(fields)) - set(open_fields):
@@ -145,14 +150,16 @@ class ClosedFields:
 
     @torch.no_grad()
     def losses(self, f: int | None = None) -> np.ndarray:
-        """Per-row BCE (float64) of the state, or of the state with field f toggled."""
+        """Per-row BCE (float64; times the row's weight, given weights) of the state, or of the state with field f
+        toggled."""
         out = np.empty(self.n)
         with self._trial(f) as old:
             for i in range(0, self.n, self.chunk):
                 rows = slice(i, i + self.chunk)
                 logits = self._logits(rows, f, old)
-                out[i:i + self.chunk] = F.binary_cross_entropy_with_logits(logits, self.labels[rows],
-                                                                      reduction="none").double().cpu().numpy()
+                out[i:i + self.chunk] = F.binary_cross_entropy_with_logits(
+                    logits, self.labels[rows], self.weights[rows] if self.weights is not None else None,
+                    reduction="none").double().cpu().numpy()
         return out
 
     def _logits(self, rows: slice, f: int | None, old: torch.Tensor | None) -> torch.Tensor:
@@ -184,8 +191,9 @@ class ClosedFields:
         self.open[f] = ~self.open[f]
 
     def mixed_loss(self, open_share: torch.Tensor) -> torch.Tensor:
-        """The mean BCE when field f reads open_share[f] of its own and the rest of the shuffled rows' embedding
-        (differentiable in open_share: the substitution gate of ShuffleGate, Huang et al. 2025)."""
+        """The mean BCE (weighted, given weights) when field f reads open_share[f] of its own and the rest of the
+        shuffled rows' embedding (differentiable in open_share: the substitution gate of ShuffleGate, Huang et al.
+        2025)."""
         if self.ends is None:  # every field's own and shuffled values, built on the first call: the state is not needed
             with torch.no_grad():
                 is_open = self.open.to(self.perm.device)
@@ -195,4 +203,4 @@ class ClosedFields:
                 self.ends = [(x, x[self.perm]) for x in values]
         mixed = [shuf + open_share.view((1, -1) + (1,) * (own.dim() - 2)) * (own - shuf) for own, shuf in self.ends]
         lin = mixed[1] if len(mixed) > 1 else None
-        return F.binary_cross_entropy_with_logits(self.model.interact(mixed[0], lin), self.labels)
+        return F.binary_cross_entropy_with_logits(self.model.interact(mixed[0], lin), self.labels, self.weights)

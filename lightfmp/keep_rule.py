@@ -2,7 +2,7 @@
 
     --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
                       (`forward_order`: starting from no open field, open the field that lowers the validation
-                      logloss most; a closed field reads another row's values);
+                      logloss most, on `search_rows`; a closed field reads another row's values);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
                       is closed for good unless closing it raises the validation logloss by more than two standard
                       errors (`closing_test`);
@@ -36,7 +36,8 @@ def check_keep(keep: int | None, n_fields: int, flag: str = "--keep") -> None:
         raise LightFMPError(f"{flag} {keep}: must be between 1 and the number of fields ({n_fields})")
 
 
-SEARCH_ROWS = 4096    # validation rows the forward search compares candidates on (the same rows for every candidate)
+SEARCH_ROWS = 4096    # validation rows the forward search compares candidates on (the same rows for every candidate;
+                      # `search_rows` picks them)
 EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates every one of them exactly ...
 SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
 TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most: its standard errors shrink
@@ -57,9 +58,33 @@ def open_after_phase1(log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: 
     return opened if len(opened) >= (keep or 1) else order[:keep or 1]
 
 
+def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row where there
+    are at most n; else of the rarer label every row up to n / 2 and the other label the rest, each label's rows
+    spread evenly over the given rows, each row weighted by its label's share of the given rows over its share of
+    the sample, so that the weighted mean logloss estimates the mean over every given row. The rows of a rare label
+    carry most of the logloss's variance: at 1% positives, n rows taken in order hold ~n / 100 of them."""
+    labels = np.asarray(labels)
+    if len(labels) <= n:
+        return np.arange(len(labels)), np.ones(len(labels))
+    classes = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    classes.sort(key=len)
+    take, left = [], n
+    for i, rows in enumerate(classes):  # rarer labels first: each at most an even share of what is left
+        k = min(len(rows), left // (len(classes) - i))
+        take.append(rows[np.unique(np.linspace(0, len(rows) - 1, k).round().astype(np.int64))] if k < len(rows)
+                    else rows)
+        left -= len(take[-1])
+    weight = {float(labels[t[0]]): len(c) / len(labels) / (len(t) / sum(map(len, take)))
+              for c, t in zip(classes, take) if len(t)}
+    rows = np.sort(np.concatenate(take))
+    return rows, np.array([weight[float(v)] for v in labels[rows]])
+
+
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
-                  shadowed_by: dict[int, tuple[int, str]] | None = None, order: list[int] | None = None) -> list[int]:
+                  shadowed_by: dict[int, tuple[int, str]] | None = None, order: list[int] | None = None,
+                  weights: np.ndarray | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
@@ -79,8 +104,9 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     With more than EXACT_CANDIDATES closed fields a step first screens them by the gradient of the loss with respect
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
     Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2).
-    `order`: the gates' order (most open first; default `model`'s own gates) the fields after `steps` follow."""
-    passes = ClosedFields(model, ids, labels, [], device)
+    `order`: the gates' order (most open first; default `model`'s own gates) the fields after `steps` follow;
+    `weights`: per-row weights of the mean logloss (`search_rows`)."""
+    passes = ClosedFields(model, ids, labels, [], device, weights)
     n = model.embedding.num_fields
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
@@ -142,8 +168,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     groupings = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy(), rows_ratio=rows_ratio,
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
-    ids, labels = ids[:SEARCH_ROWS], labels[:SEARCH_ROWS]
-    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, order)
+    rows, weights = search_rows(labels)
+    ids, labels = ids[rows], labels[rows]
+    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, order, weights)
     return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}

@@ -13,7 +13,7 @@ from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.inspection import plot_gates
 from lightfmp.closed_fields import ClosedFields
-from lightfmp.keep_rule import closing_scores, closing_test, select_fields, selection_rule
+from lightfmp.keep_rule import closing_scores, closing_test, search_rows, select_fields, selection_rule
 from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -31,6 +31,39 @@ def _model(fields=("a", "b", "noise"), n=300, seed=0):
         for p in m.backbone_parameters():
             p.copy_(torch.randn_like(p) * 0.5)
     return m, s, s.encode(df), df["label"].to_numpy(np.float32)
+
+
+# ---- the forward search's rows -------------------------------------------------------------------------------------
+def test_search_rows_keep_every_rare_label_row_and_weigh_the_sample_back_to_the_whole():
+    """At 1% positives every positive row is searched (not the ~1% of the first rows), and the weights (mean 1) make
+    the sample's weighted label mean, and any weighted mean of a per-label quantity, that of every row."""
+    y = (np.random.default_rng(0).random(20_000) < 0.01).astype(np.float32)
+    rows, w = search_rows(y, 1000)
+    assert len(rows) == 1000 and np.all(np.diff(rows) > 0)
+    assert y[rows].sum() == y.sum()  # ~200 positives, all of them
+    assert w.mean() == pytest.approx(1.0) and (w * y[rows]).mean() == pytest.approx(y.mean())
+    loss = np.where(y == 1, 4.6, 0.01)  # a per-label loss: the weighted sample mean is the mean over every row
+    assert (w * loss[rows]).mean() == pytest.approx(loss.mean())
+
+
+def test_search_rows_split_evenly_between_common_labels_and_take_all_of_few_rows():
+    y = np.r_[np.ones(6000), np.zeros(4000)].astype(np.float32)
+    rows, w = search_rows(y, 1000)
+    assert y[rows].sum() == 500 and (w * y[rows]).mean() == pytest.approx(0.6)
+    rows, w = search_rows(y[:800], 1000)
+    assert np.array_equal(rows, np.arange(800)) and np.all(w == 1.0)
+
+
+def test_weighted_closed_field_losses_are_the_row_losses_times_the_weights():
+    m, s, ids, y = _model()
+    w = np.random.default_rng(1).uniform(0.5, 1.5, len(y))
+    plain, weighted = ClosedFields(m, ids, y, [0, 2]), ClosedFields(m, ids, y, [0, 2], weights=w)
+    np.testing.assert_allclose(weighted.losses(), plain.losses() * w, rtol=1e-5)
+    np.testing.assert_allclose(weighted.losses(1), plain.losses(1) * w, rtol=1e-5)
+    share = torch.tensor([1.0, 0.0, 1.0])
+    with torch.no_grad():
+        mixed = float(weighted.mixed_loss(share))
+    assert mixed == pytest.approx(float(np.mean(plain.losses() * w)), rel=1e-4)
 
 
 # ---- the closing test ---------------------------------------------------------------------------------------------
