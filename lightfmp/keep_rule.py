@@ -152,7 +152,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
-    """A --keep K run: the first K steps of `forward_order` on the first SEARCH_ROWS rows (the rest by log_alpha),
+    """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha),
     with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
