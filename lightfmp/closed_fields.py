@@ -2,7 +2,9 @@
 
 A closed field reads another row's values (row i reads row perm[i], `other_rows`, a seeded shuffle in which no row
 reads itself): it carries nothing about the row but keeps its values' distribution, so a field the model does not
-use costs nothing to close, whatever its embedding's scale (a gate set to 0 would shift the model's input).
+use costs nothing to close, whatever its embedding's scale (a gate set to 0 would shift the model's input). On
+weighted rows (a stratified sample) the row read is drawn by weight instead (`weighted_other_rows`), so that the
+values keep the distribution the weights stand for.
 
 The rules compare many closed sets that differ by one field, so `ClosedFields` looks the rows' field embeddings up
 once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' embeddings shuffled) and keeps the
@@ -39,6 +41,25 @@ def other_rows(n: int) -> np.ndarray:
     return perm
 
 
+def weighted_other_rows(weights: np.ndarray) -> np.ndarray:
+    """What a closed field reads on weighted rows (a sample that over-represents some rows, `weights` making up for
+    it): row i reads row donor[i], drawn with probability proportional to its weight (seeded; never i itself), so
+    that a closed field's values follow the distribution the weights stand for, not the sample's (a stratified
+    sample holds ~3.5x the share of positives of KDD's validation rows: their values would leak into the closed
+    field of every other row). Not a permutation: `ClosedFields` then keeps the rows' own values beside the state."""
+    n, rng = len(weights), np.random.default_rng(0)
+    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+    donor = rng.choice(n, size=n, p=p)
+    for _ in range(100):  # redraw the rows that drew themselves
+        same = np.flatnonzero(donor == np.arange(n))
+        if len(same) == 0:
+            return donor
+        donor[same] = rng.choice(n, size=len(same), p=p)
+    same = donor == np.arange(n)  # a row holding (almost) all the weight: its neighbour
+    donor[same] = (np.flatnonzero(same) + 1) % n
+    return donor
+
+
 class _FirstLayerUpdate(nn.Module):
     """Stands in for the tower's first Linear during a trial: its pre-activation for the state plus the change of
     one field's columns (the input differs from the state's only there)."""
@@ -62,7 +83,8 @@ class ClosedFields:
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
                  weights: np.ndarray | None = None):
         """`weights`: per-row weights (mean 1) that `losses` and `mixed_loss` apply, where the rows are a weighted
-        sample (`lightfmp.keep_rule.search_rows`)."""
+        sample (`lightfmp.keep_rule.search_rows`); a closed field then reads rows drawn by weight
+        (`weighted_other_rows`)."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
@@ -70,8 +92,8 @@ class ClosedFields:
         self.model, self.n = model, len(labels)
         fields, dim = model.embedding.num_fields, model.embedding.embed_dim
         self.z = model.gate_values().to(device)
-        self.perm = torch.from_numpy(other_rows(self.n)).to(device)
-        self.inverse = torch.argsort(self.perm)
+        self.perm = torch.from_numpy(other_rows(self.n) if weights is None else weighted_other_rows(weights)).to(device)
+        self.inverse = torch.argsort(self.perm) if weights is None else None  # else `own` gives the own values
         self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call
         self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
         self.cached = self.n * fields * dim * 4 <= STATE_BYTES
@@ -82,6 +104,9 @@ class ClosedFields:
             slot_field = model.embedding.slot_field.cpu()
             self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
                                                                       for f in range(fields))]
+        # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (weights given)
+        self.own = None if weights is None else (self.emb.clone(), None if self.lin is None else self.lin.clone()) \
+            if self.cached else self.ids.clone()
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
         self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device) \
             if weights is not None else None
@@ -93,13 +118,13 @@ class ClosedFields:
         self.first = self._first_layer(model) if self.cached else None
         self.pre = self._pre_activation() if self.first is not None else None
 
-    def _lookup(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Field embeddings and first-order terms of the state's ids at `rows`."""
-        return self.model.embedding(self.ids[rows], self.z)
+    def _lookup(self, rows: slice, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Field embeddings and first-order terms of the state's ids (or `ids`) at `rows`."""
+        return self.model.embedding((self.ids if ids is None else ids)[rows], self.z)
 
-    def _looked_up(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _looked_up(self, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """`_lookup` of every row, chunk by chunk."""
-        parts = [self._lookup(slice(i, i + self.chunk)) for i in range(0, self.n, self.chunk)]
+        parts = [self._lookup(slice(i, i + self.chunk), ids) for i in range(0, self.n, self.chunk)]
         return torch.cat([e for e, _ in parts]), torch.cat([l for _, l in parts]) if parts[0][1] is not None else None
 
     @staticmethod
@@ -132,8 +157,13 @@ class ClosedFields:
     def _toggled(self, f: int) -> list[torch.Tensor]:
         """Field f's part after a toggle: an open field reads row perm[i]; a closed one its own row again (gathered
         from a contiguous copy: rows far apart in the state are far apart in memory)."""
-        rows = self.perm if self.open[f] else self.inverse
-        return [v[rows] for v in self._field(f)]
+        if self.open[f]:
+            return [v[self.perm] for v in self._field(f)]
+        if self.own is None:
+            return [v[self.inverse] for v in self._field(f)]
+        if not self.cached:
+            return [self.own[:, self.slots[f]].clone()]
+        return [t[:, f].clone() for t in self.own if t is not None]
 
     @contextmanager
     def _trial(self, f: int | None):
@@ -197,9 +227,12 @@ class ClosedFields:
         if self.ends is None:  # every field's own and shuffled values, built on the first call: the state is not needed
             with torch.no_grad():
                 is_open = self.open.to(self.perm.device)
-                state = (self.emb, self.lin) if self.cached else self._looked_up()
-                values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
-                          for t in state if t is not None]
+                if self.own is not None:  # the rows' own values, kept
+                    values = [t for t in (self.own if self.cached else self._looked_up(self.own)) if t is not None]
+                else:
+                    state = (self.emb, self.lin) if self.cached else self._looked_up()
+                    values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
+                              for t in state if t is not None]
                 self.ends = [(x, x[self.perm]) for x in values]
         mixed = [shuf + open_share.view((1, -1) + (1,) * (own.dim() - 2)) * (own - shuf) for own, shuf in self.ends]
         lin = mixed[1] if len(mixed) > 1 else None

@@ -58,15 +58,15 @@ def open_after_phase1(log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: 
     return opened if len(opened) >= (keep or 1) else order[:keep or 1]
 
 
-def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row where there
-    are at most n; else of the rarer label every row up to n / 2 and the other label the rest, each label's rows
+def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row, unweighted
+    (None), where there are at most n; else of the rarer label every row up to n / 2 and the other label the rest, each label's rows
     spread evenly over the given rows, each row weighted by its label's share of the given rows over its share of
     the sample, so that the weighted mean logloss estimates the mean over every given row. The rows of a rare label
     carry most of the logloss's variance: at 1% positives, n rows taken in order hold ~n / 100 of them."""
     labels = np.asarray(labels)
     if len(labels) <= n:
-        return np.arange(len(labels)), np.ones(len(labels))
+        return np.arange(len(labels)), None
     classes = [np.flatnonzero(labels == v) for v in np.unique(labels)]
     classes.sort(key=len)
     take, left = [], n

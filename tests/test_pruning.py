@@ -9,7 +9,7 @@ from lightfmp.models import BACKBONES, ModelConfig, build_model
 import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
-from lightfmp.closed_fields import ClosedFields, other_rows
+from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
 from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
@@ -178,9 +178,9 @@ def test_other_rows_is_a_seeded_shuffle_with_no_row_in_place(n):
     assert moved <= fixed | {(i + 1) % n for i in fixed}
 
 
-def _direct_losses(model, schema, ids, y, open_fields):
-    """The definition: closed fields read the values of row perm[i] (`other_rows`: the fixed shuffle)."""
-    perm = torch.from_numpy(other_rows(len(y)))
+def _direct_losses(model, schema, ids, y, open_fields, donor=None):
+    """The definition: closed fields read the values of row perm[i] (`other_rows`: the fixed shuffle; or `donor`)."""
+    perm = torch.from_numpy(other_rows(len(y)) if donor is None else donor)
     x = ids.clone()
     for f, name in enumerate(schema.names):
         if f not in open_fields:
@@ -218,6 +218,46 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
             toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}).numpy()
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, cached, monkeypatch):
+    """With per-row weights a closed field reads row donor[i] (`weighted_other_rows`: drawn by weight, never i):
+    the passes' losses are the definition's times the weights, for the state and one field toggled, through toggles
+    either way (the rows' own values are kept: the donors are not a permutation), and the screen's mix at 0 / 1 is
+    the weighted mean of that closed set."""
+    if not cached:
+        monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    w = np.where(y.numpy() == 1, 0.4, 1.3)
+    w = w / w.mean()
+    donor = weighted_other_rows(w)
+    assert np.all(donor != np.arange(len(y))) and len(np.unique(donor)) < len(y)  # drawn, not a permutation
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4], weights=w)
+    open_fields = {0, 2, 4}
+    for step in [None, 1, 0, 3, 0]:
+        if step is not None:
+            passes.toggle(step)
+            open_fields ^= {step}
+        expect = _direct_losses(model, schema, ids, y, open_fields, donor).numpy() * w
+        assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6), step
+        for f in range(5):
+            toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}, donor).numpy() * w
+            assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
+        with torch.no_grad():
+            assert float(passes.mixed_loss(passes.open.float())) == pytest.approx(expect.mean(), rel=1e-5)
+
+
+def test_weighted_donors_follow_the_weights():
+    """Rows drawn by weight: a row of weight 0.25 is read ~4x less often than one of weight 1."""
+    w = np.r_[np.full(2000, 0.25), np.ones(2000)]
+    donor = weighted_other_rows(w / w.mean())
+    light = np.mean(donor < 2000)
+    assert light == pytest.approx(0.2, abs=0.03)
 
 
 @pytest.mark.parametrize("cached", [True, False])

@@ -51,19 +51,37 @@ def test_search_rows_split_evenly_between_common_labels_and_take_all_of_few_rows
     rows, w = search_rows(y, 1000)
     assert y[rows].sum() == 500 and (w * y[rows]).mean() == pytest.approx(0.6)
     rows, w = search_rows(y[:800], 1000)
-    assert np.array_equal(rows, np.arange(800)) and np.all(w == 1.0)
+    assert np.array_equal(rows, np.arange(800)) and w is None
 
 
-def test_weighted_closed_field_losses_are_the_row_losses_times_the_weights():
+def test_weighted_closed_field_losses_with_every_field_open_are_the_row_losses_times_the_weights():
     m, s, ids, y = _model()
     w = np.random.default_rng(1).uniform(0.5, 1.5, len(y))
-    plain, weighted = ClosedFields(m, ids, y, [0, 2]), ClosedFields(m, ids, y, [0, 2], weights=w)
+    plain, weighted = ClosedFields(m, ids, y, [0, 1, 2]), ClosedFields(m, ids, y, [0, 1, 2], weights=w)
     np.testing.assert_allclose(weighted.losses(), plain.losses() * w, rtol=1e-5)
-    np.testing.assert_allclose(weighted.losses(1), plain.losses(1) * w, rtol=1e-5)
-    share = torch.tensor([1.0, 0.0, 1.0])
-    with torch.no_grad():
-        mixed = float(weighted.mixed_loss(share))
-    assert mixed == pytest.approx(float(np.mean(plain.losses() * w)), rel=1e-4)
+
+
+def test_a_stratified_sample_estimates_the_closed_fields_logloss_of_every_row():
+    """At 1% positives the stratified, weighted search rows estimate the mean logloss over every row of a state with
+    closed fields too (a closed field reads rows drawn by weight, so positives' values do not leak into negatives'
+    rows at the sample's share of positives)."""
+    rng = np.random.default_rng(0)
+    n = 40_000
+    y = (rng.random(n) < 0.01).astype(np.float32)
+    pos = y == 1
+    marker = np.where(pos & (rng.random(n) < 0.9), 2, rng.integers(3, 22, n))  # marks most positives
+    ids = np.stack([marker, rng.integers(2, 22, n), rng.integers(2, 22, n)], 1).astype(np.int64)
+    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)])
+                                 for i in range(3)])
+    torch.manual_seed(0)
+    m = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    fit(m, ArrayRows(ids, y), None, TrainConfig(epochs=2, batch_size=512), seed=0, select_best=False)
+    rows, w = search_rows(y, 4096)
+    assert y[rows].sum() == y.sum()
+    for open_fields in ([1, 2], []):
+        every = ClosedFields(m, ids, y, open_fields).losses().mean()
+        sampled = ClosedFields(m, ids[rows], y[rows], open_fields, weights=w).losses().mean()
+        assert sampled == pytest.approx(every, rel=0.25), (open_fields, sampled, every)
 
 
 # ---- the closing test ---------------------------------------------------------------------------------------------
