@@ -220,19 +220,24 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
 
 
-@pytest.mark.parametrize("cached", [True, False])
-def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, cached, monkeypatch):
-    """With per-row weights a closed field reads row donor[i] (`weighted_other_rows`: drawn by weight, never i):
-    the passes' losses are the definition's times the weights, for the state and one field toggled, through toggles
-    either way (the rows' own values are kept: the donors are not a permutation), and the screen's mix at 0 / 1 is
-    the weighted mean of that closed set."""
+def _small_deepfm(schema_and_ids, cached, monkeypatch):
+    """A randomised small DeepFM over the fixture's rows, labels every third row; `cached` False: the id state."""
     if not cached:
         monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
-    y = (torch.arange(len(ids)) % 3 == 0).float()
+    return schema, ids, model, (torch.arange(len(ids)) % 3 == 0).float()
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, cached, monkeypatch):
+    """With per-row weights a closed field reads row donor[i] (`weighted_other_rows`: drawn by weight, never i):
+    the passes' losses are the definition's times the weights, for the state and one field toggled, through toggles
+    either way (the rows' own values are kept: the donors are not a permutation), and the screen's mix at 0 / 1 is
+    the weighted mean of that closed set."""
+    schema, ids, model, y = _small_deepfm(schema_and_ids, cached, monkeypatch)
     w = np.where(y.numpy() == 1, 0.4, 1.3)
     w = w / w.mean()
     donor = weighted_other_rows(w)
@@ -264,13 +269,7 @@ def test_weighted_donors_follow_the_weights():
 def test_the_screens_mix_at_zero_or_one_is_the_closed_field_state(schema_and_ids, cached, monkeypatch):
     """`mixed_loss` (the forward search's screen) with each field's share 1 (own values) or 0 (the shuffled rows')
     is the mean loss of that closed set, before and after the state changes (its embeddings are built once)."""
-    if not cached:
-        monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
-    schema, ids = schema_and_ids
-    torch.manual_seed(0)
-    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
-    randomize(model)
-    y = (torch.arange(len(ids)) % 3 == 0).float()
+    schema, ids, model, y = _small_deepfm(schema_and_ids, cached, monkeypatch)
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [1, 3])
     for toggles in ([], [0, 3], [2]):
         for f in toggles:
