@@ -58,22 +58,25 @@ def open_after_phase1(log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: 
     return opened if len(opened) >= (keep or 1) else order[:keep or 1]
 
 
+def spread(n: int, k: int) -> np.ndarray:
+    """min(n, k) of the indices 0..n-1, spread evenly (ascending)."""
+    return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
+
+
 def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row, unweighted
-    (None), where there are at most n; else of the rarer label every row up to n / 2 and the other label the rest, each label's rows
-    spread evenly over the given rows, each row weighted by its label's share of the given rows over its share of
-    the sample, so that the weighted mean logloss estimates the mean over every given row. The rows of a rare label
-    carry most of the logloss's variance: at 1% positives, n rows taken in order hold ~n / 100 of them."""
+    (None), where there are at most n; else of the rarer label every row up to n / 2 and the other label the rest,
+    each label's rows spread evenly over the given rows, each row weighted by its label's share of the given rows
+    over its share of the sample, so that the weighted mean logloss estimates the mean over every given row. The
+    rows of a rare label carry most of the logloss's variance: at 1% positives, n rows taken in order hold ~n / 100
+    of them."""
     labels = np.asarray(labels)
     if len(labels) <= n:
         return np.arange(len(labels)), None
-    classes = [np.flatnonzero(labels == v) for v in np.unique(labels)]
-    classes.sort(key=len)
+    classes = sorted((np.flatnonzero(labels == v) for v in np.unique(labels)), key=len)
     take, left = [], n
     for i, rows in enumerate(classes):  # rarer labels first: each at most an even share of what is left
-        k = min(len(rows), left // (len(classes) - i))
-        take.append(rows[np.unique(np.linspace(0, len(rows) - 1, k).round().astype(np.int64))] if k < len(rows)
-                    else rows)
+        take.append(rows[spread(len(rows), left // (len(classes) - i))])
         left -= len(take[-1])
     weight = {float(labels[t[0]]): len(c) / len(labels) / (len(t) / sum(map(len, take)))
               for c, t in zip(classes, take) if len(t)}
@@ -157,15 +160,15 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
     `rows_ratio` (training rows the final model reads / rows phase 1 read), the density check of
-    `Groupings.stands_for`; `order`: as in `forward_order`. `model`: the model after phase 3's first epoch (`lightfmp.pipeline`), or the phase-1
-    model where phase 3 has fewer than two epochs.
+    `Groupings.stands_for`; `order`: as in `forward_order`. `model`: the model after phase 3's first epoch
+    (`lightfmp.pipeline`), or the phase-1 model where phase 3 has fewer than two epochs.
 
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
     "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the
     candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
     names = schema.names
-    spread = np.unique(np.linspace(0, len(labels) - 1, min(len(labels), SEARCH_ROWS)).round().astype(np.int64))
-    groupings = Groupings(ids[spread], model.embedding.slot_field.cpu().numpy(), rows_ratio=rows_ratio,
+    groupings = Groupings(ids[spread(len(labels), SEARCH_ROWS)], model.embedding.slot_field.cpu().numpy(),
+                          rows_ratio=rows_ratio,
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
     rows, weights = search_rows(labels)
