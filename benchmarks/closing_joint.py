@@ -1,0 +1,99 @@
+"""The default rule's closed set, jointly, and on later models (docs/selection.md, variant 21).
+
+The closing test closes the fields one at a time, each while its own closing costs at most two standard errors of
+validation logloss. This script asks two questions of a pretrained run (`lightfmp train`, or any finished `run`
+with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rule:
+
+1. How much the fields the test closed cost *together*: the model after phase 3's first epoch with every one of
+   them closed at once against every field open (mean per-row logloss difference, its standard error, and the
+   validation AUC with and without them). The sequential costs add up to this (each trial is measured against the
+   state before it, with the same shuffle), so a closed set can cost many standard errors in all.
+2. Whether a better-trained model would keep more: after the first epoch, `--more N` further epochs over every
+   training row with every field open (a new optimizer per epoch: a prototype, not phase 3), with the closing test
+   re-run after each.
+
+    lightfmp run --data bio.parquet --label target --ignore EXAMPLE_ID --numeric 47,48,52,53,67,68,72,73 --seed 0 \
+        --out runs/kdd0
+    python benchmarks/closing_joint.py runs/kdd0 --more 3 --json joint.json
+
+Nothing in the run directory is changed."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+
+from lightfmp.closed_fields import ClosedFields
+from lightfmp.keep_rule import TEST_ROWS, closing_test, open_after_phase1
+from lightfmp.metrics import paired_difference, roc_auc
+from lightfmp.pipeline import phase_plan, run_data
+from lightfmp.pruning import prune_model
+from lightfmp.rundir import open_run
+from lightfmp.training import fit, validate
+
+
+def probabilities(losses: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's predicted probability from its BCE and label (BCE = -log p for a positive, -log(1 - p) else)."""
+    return np.where(labels == 1, np.exp(-losses), 1.0 - np.exp(-losses))
+
+
+def joint_cost(model, ids: np.ndarray, labels: np.ndarray, closed: list[int]) -> dict:
+    """Every field open against the `closed` fields closed at once, on the same rows and shuffle."""
+    passes = ClosedFields(model, ids, labels, list(range(model.embedding.num_fields)))
+    before = passes.losses()
+    for f in closed:
+        passes.toggle(f)
+    after = passes.losses()
+    cost, se = paired_difference(after, before)
+    return {"closed": len(closed), "cost": cost, "se": se, "cost_in_se": cost / se if se > 0 else None,
+            "auc_open": roc_auc(labels, probabilities(before, labels)),
+            "auc_closed": roc_auc(labels, probabilities(after, labels))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("run", help="a pretrained run directory")
+    ap.add_argument("--more", type=int, default=0, help="further epochs on every training row, the test after each")
+    ap.add_argument("--json", default=None, help="write the results here")
+    args = ap.parse_args()
+    run = open_run(args.run)
+    cfg, names = run.config, run.schema.names
+    gated = run.load_pretrained()
+    data = run_data(run)
+    _, rest = data.subset(cfg.train.subset, cfg.data.seed)
+    train, valid = data.split_rows("train"), data.split_rows("valid")
+    z = gated.gate_values().cpu()
+    order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z)
+    kept = [names[i] for i in sorted(order)]
+    model, schema = prune_model(gated, run.schema, kept, z)
+    plan = phase_plan(cfg, 2, seed_offset=1)
+    fit(model, rest.select(kept), None, cfg.train, None, "continue (first epoch)", **{**plan, "epochs": 1})
+    order = [kept.index(names[i]) for i in order]
+    rows = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
+    ids, labels = rows.arrays()
+    out = []
+    for epoch in range(1, args.more + 2):
+        test = closing_test(model, schema, ids, labels, order=order)
+        closed = [kept.index(t["field"]) for t in test["tests"] if t["closed"]]
+        z_closed = [t["cost"] / t["se"] for t in test["tests"] if t["closed"] and t["se"] > 0]
+        rec = {"epochs": epoch, "valid": validate(model, valid.select(kept))[0], "kept": test["kept"],
+               "closed_in_se": {"below 0": int(np.sum(np.array(z_closed) < 0)),
+                                "0 to 1": int(np.sum((np.array(z_closed) >= 0) & (np.array(z_closed) < 1))),
+                                "1 to 2": int(np.sum(np.array(z_closed) >= 1))},
+               "joint": joint_cost(model, ids, labels, closed)}
+        out.append(rec)
+        j = rec["joint"]
+        print(f"after {epoch} epoch(s): kept {len(rec['kept'])} of {len(kept)}; closed set together costs "
+              f"{j['cost']:.5f} ({j['cost_in_se']:.1f} SE), validation AUC {j['auc_open']:.4f} -> {j['auc_closed']:.4f}; "
+              f"closed fields by own cost in SE {rec['closed_in_se']}", flush=True)
+        if epoch <= args.more:
+            fit(model, train.select(kept), None, cfg.train, None, "more", **{**plan, "epochs": 1,
+                                                                               "seed": plan["seed"] + epoch})
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
