@@ -37,11 +37,18 @@ def lightfmp(*args, nproc: int | None = None, fault: str | None = None):
 
 
 def in_process(*args):
-    """The same command in this process (cheaper than a new interpreter; no fault hook: it exits the process)."""
+    """The same command in this process (cheaper than a new interpreter; no fault hook: it exits the process), at
+    the one thread `lightfmp` gives its subprocesses: on some CPUs (an Intel Xeon VM) oneDNN's GEMMs round
+    differently at 1 and 2 threads, so a run resumed here after a subprocess would otherwise mix the two."""
     from typer.testing import CliRunner
 
     from lightfmp.cli.app import app
-    r = CliRunner().invoke(app, [str(a) for a in args])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        torch.set_num_threads(threads)
     assert r.exit_code == 0, r.output
     return r
 
