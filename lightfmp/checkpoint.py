@@ -28,6 +28,7 @@ from .io import atomic_path, json_safe, write_json_atomic
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
 BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch's weights
+LEAST_LOSSES = "valid_losses.least"  # the per-row losses of the epoch with the lowest validation logloss
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
 _hint = {"dir": None, "phase": None, "epoch": None}
@@ -100,7 +101,8 @@ class TrainState:
     best_score: float = -math.inf
     best_epoch: int = 0
     best_state: dict | None = None
-    best_losses: np.ndarray | None = None   # per-row validation logloss of the best epoch (early stopping's test)
+    best_losses: np.ndarray | None = None   # per-row validation logloss of the best epoch
+    least_losses: np.ndarray | None = None  # ... of the epoch with the lowest validation logloss (early stopping's test)
     stopped: bool = False                   # early stopping fired after the last saved epoch
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
 
@@ -128,6 +130,9 @@ class Checkpoint:
             tensors.update({f"best.{k}": v for k, v in state.best_state.items()})
         if state.best_losses is not None:
             tensors[BEST_LOSSES] = torch.from_numpy(np.asarray(state.best_losses, dtype=np.float64))
+        if state.least_losses is not None:
+            # a copy: it is often the best epoch's array itself, and safetensors refuses tensors sharing memory
+            tensors[LEAST_LOSSES] = torch.from_numpy(np.array(state.least_losses, dtype=np.float64))
         scalars = {}
         for name, opt in optimizers.items():
             if opt is None:
@@ -220,5 +225,6 @@ class Checkpoint:
                            best_score=-math.inf if score is None else float(score),
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
                            best_losses=tensors[BEST_LOSSES].numpy() if BEST_LOSSES in tensors else None,
+                           least_losses=tensors[LEAST_LOSSES].numpy() if LEAST_LOSSES in tensors else None,
                            stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)))
         return weights, moments, state

@@ -333,12 +333,18 @@ class Trainer:
 
 def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
     """Remember the epoch with the best validation AUC (logloss on a one-class split) and its per-row validation
-    losses, with its weights when the plan selects the best epoch. An epoch whose validation logloss is worse than
-    the best epoch's beyond noise (`metrics.worse_beyond_noise`) is not the best, whatever its AUC: it is
-    overfitting, the state `stop_early` stops on, and a higher AUC there comes with measurably worse probabilities."""
+    losses, with its weights when the plan selects the best epoch, and the per-row losses of the epoch with the
+    lowest validation logloss. An epoch whose validation logloss is worse than that lowest one's beyond noise
+    (`metrics.worse_beyond_noise`) is not the best, whatever its AUC: it is overfitting, the state `stop_early`
+    stops on, and a higher AUC there comes with measurably worse probabilities. The reference is the lowest
+    logloss, not the best epoch's: "not measurably worse" does not chain (each epoch within noise of the one
+    before can drift far from the lowest)."""
+    least = _least(state)
+    if losses is not None and len(losses) and (least is None or float(np.mean(losses)) < float(np.mean(least))):
+        state.least_losses = losses
     score = _score(rec["valid"])
     # rank 0's decision on every rank: the arrays are identical, the last bits of their logs across machines need not be
-    if dist.broadcast_int(score > state.best_score and not _worse_than_best(state, losses)):
+    if dist.broadcast_int(score > state.best_score and not _worse_than_least(state, losses)):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = _weights(model)
@@ -357,6 +363,7 @@ def _score(valid: dict) -> float:
 def _given_as_best(state: TrainState, given: tuple[dict, np.ndarray], model: CTRModel, plan: Plan) -> None:
     """The model as given, validated (`given`: its record and per-row losses), is the best until an epoch beats it."""
     state.best_score, state.best_epoch, state.best_losses = _score(given[0]), -1, given[1]
+    state.least_losses = given[1]
     if plan.select_best:
         state.best_state = _weights(model)
 
@@ -364,20 +371,26 @@ def _given_as_best(state: TrainState, given: tuple[dict, np.ndarray], model: CTR
 def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
                plan: Plan) -> bool:
     """Stop a model-selecting fit (patience 0: never) once `patience` epochs have passed without a better validation
-    score and this epoch's validation logloss is worse than the best epoch's beyond noise (more than two standard
+    score and this epoch's validation logloss is worse than the lowest epoch's beyond noise (more than two standard
     errors of the per-row difference, `metrics.worse_beyond_noise`): a dip the validation rows cannot tell from
     chance does not end the run. `fit` takes rank 0's answer on every rank."""
     if not (plan.select_best and cfg.patience > 0 and "valid" in rec and epoch - state.best_epoch >= cfg.patience):
         return False
-    if state.best_losses is None or losses is None or len(losses) < 2:  # e.g. resumed from a checkpoint without them
+    if _least(state) is None or losses is None or len(losses) < 2:  # e.g. resumed from a checkpoint without them
         return True
-    return _worse_than_best(state, losses)
+    return _worse_than_least(state, losses)
 
 
-def _worse_than_best(state: TrainState, losses: np.ndarray | None) -> bool:
-    """This epoch's per-row validation losses are worse than the best epoch's beyond noise (False without both)."""
-    return state.best_losses is not None and losses is not None and len(losses) >= 2 \
-        and worse_beyond_noise(losses, state.best_losses)
+def _least(state: TrainState) -> np.ndarray | None:
+    """The per-row validation losses of the lowest-logloss epoch (the best epoch's, from a checkpoint without them)."""
+    return state.least_losses if state.least_losses is not None else state.best_losses
+
+
+def _worse_than_least(state: TrainState, losses: np.ndarray | None) -> bool:
+    """This epoch's per-row validation losses are worse than the lowest-logloss epoch's beyond noise (False without
+    both)."""
+    least = _least(state)
+    return least is not None and losses is not None and len(losses) >= 2 and worse_beyond_noise(losses, least)
 
 
 def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, reporter: Reporter | None = None,

@@ -229,6 +229,29 @@ def test_an_epoch_measurably_worse_in_logloss_is_not_the_best_whatever_its_auc()
     assert state.best_state is not None
 
 
+def test_not_measurably_worse_does_not_chain_from_epoch_to_epoch():
+    """Each epoch within two SE of the best before it, by higher AUC, would let the logloss drift far from its
+    lowest; the reference is the lowest-logloss epoch, so the drifting epoch is neither the best nor spared by the
+    early stop."""
+    from lightfmp.training import Plan, stop_early, track_best
+    rng = np.random.default_rng(2)
+    lowest = rng.exponential(0.5, 10_000)
+    noise = rng.normal(0.0, 0.2, 10_000)
+    se = float(np.std(noise) / np.sqrt(len(noise)))
+    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    state = _state(None)
+    track_best(state, {"valid": {"auc": 0.75}}, lowest, 1, model, Plan(epochs=5))
+    assert state.best_epoch == 1 and state.least_losses is lowest
+    drift1 = lowest + noise - noise.mean() + 1.5 * se  # 1.5 SE above the lowest: within noise
+    track_best(state, {"valid": {"auc": 0.76}}, drift1, 2, model, Plan(epochs=5))
+    assert state.best_epoch == 2 and state.least_losses is lowest
+    other = rng.normal(0.0, 0.2, 10_000)
+    drift2 = lowest + other - other.mean() + 3.0 * se  # ~1.1 SE above epoch 2 (the noises differ), 3 SE above the lowest
+    track_best(state, {"valid": {"auc": 0.77}}, drift2, 3, model, Plan(epochs=5))
+    assert state.best_epoch == 2 and state.best_score == 0.76
+    assert stop_early(state, {"valid": {"auc": 0.77}}, drift2, 3, TrainConfig(patience=1), Plan(epochs=5))
+
+
 def test_a_resumed_fit_keeps_the_best_epochs_per_row_losses(tmp_path):
     """The per-row losses early stopping compares with travel in the checkpoint: a flat curve interrupted after
     epoch 2 and resumed still runs to the last epoch (without them, patience alone would stop it at epoch 3)."""
