@@ -335,16 +335,22 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     """Remember the epoch with the best validation AUC (logloss on a one-class split) and its per-row validation
     losses, with its weights when the plan selects the best epoch, and the per-row losses of the epoch with the
     lowest validation logloss. An epoch whose validation logloss is worse than that lowest one's beyond noise
-    (`metrics.worse_beyond_noise`) is not the best, whatever its AUC: it is overfitting, the state `stop_early`
-    stops on, and a higher AUC there comes with measurably worse probabilities. The reference is the lowest
-    logloss, not the best epoch's: "not measurably worse" does not chain (each epoch within noise of the one
-    before can drift far from the lowest)."""
-    least = _least(state)
-    if losses is not None and len(losses) and (least is None or float(np.mean(losses)) < float(np.mean(least))):
+    (`metrics.worse_beyond_noise`) is never the best, whatever its AUC: it is overfitting, the state `stop_early`
+    stops on, and a higher AUC there comes with measurably worse probabilities. So an epoch that lowers the logloss
+    until the best so far is measurably worse than it becomes the best itself, and an epoch whose logloss is not
+    finite (diverged weights) is never the best. The reference is the lowest logloss, not the best epoch's: "not
+    measurably worse" does not chain (each epoch within noise of the one before can drift far from the lowest)."""
+    if state.least_losses is None:  # a state from before the reference was kept: it starts at the best epoch's
+        state.least_losses = state.best_losses
+    finite = losses is not None and len(losses) > 0 and bool(np.isfinite(np.mean(losses)))
+    lowest = finite and (state.least_losses is None or float(np.mean(losses)) < float(np.mean(state.least_losses)))
+    if lowest:
         state.least_losses = losses
     score = _score(rec["valid"])
+    better = (losses is None or finite) and score > state.best_score and not _worse_than_least(state, losses)
+    displaced = lowest and _worse_than_least(state, state.best_losses)
     # rank 0's decision on every rank: the arrays are identical, the last bits of their logs across machines need not be
-    if dist.broadcast_int(score > state.best_score and not _worse_than_least(state, losses)):
+    if dist.broadcast_int(better or displaced):
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = _weights(model)

@@ -252,6 +252,50 @@ def test_not_measurably_worse_does_not_chain_from_epoch_to_epoch():
     assert stop_early(state, {"valid": {"auc": 0.77}}, drift2, 3, TrainConfig(patience=1), Plan(epochs=5))
 
 
+def test_an_epoch_that_makes_the_best_measurably_worse_becomes_the_best():
+    """A later epoch with a lower AUC but a logloss measurably below the best epoch's: the best would now be an epoch
+    measurably worse than another, which is never the best."""
+    from lightfmp.training import Plan, track_best
+    rng = np.random.default_rng(3)
+    low = rng.exponential(0.5, 10_000)
+    noise = rng.normal(0.0, 0.2, 10_000)
+    se = float(np.std(noise) / np.sqrt(len(noise)))
+    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    state = _state(None)
+    high = low + noise - noise.mean() + 5.0 * se
+    track_best(state, {"valid": {"auc": 0.77}}, high, 1, model, Plan(epochs=5))
+    assert state.best_epoch == 1
+    track_best(state, {"valid": {"auc": 0.76}}, low, 2, model, Plan(epochs=5))
+    assert state.best_epoch == 2 and state.best_score == 0.76 and state.least_losses is low
+
+
+def test_a_state_without_the_lowest_losses_starts_it_at_the_best_epochs():
+    """A checkpoint written before the lowest epoch's losses were kept: the reference is pinned to the best epoch's
+    losses once, and does not move with later bests."""
+    from lightfmp.training import Plan, track_best
+    rng = np.random.default_rng(4)
+    low = rng.exponential(0.5, 10_000)
+    n1, n2 = rng.normal(0.0, 0.2, 10_000), rng.normal(0.0, 0.2, 10_000)
+    se = float(np.std(n1) / np.sqrt(len(n1)))
+    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    state = _state(low, best_epoch=2)
+    track_best(state, {"valid": {"auc": 0.76}}, low + n1 - n1.mean() + 1.5 * se, 3, model, Plan(epochs=5))
+    assert state.best_epoch == 3 and state.least_losses is low
+    track_best(state, {"valid": {"auc": 0.77}}, low + n2 - n2.mean() + 3.0 * se, 4, model, Plan(epochs=5))
+    assert state.best_epoch == 3
+
+
+def test_a_diverged_first_epoch_is_not_the_best():
+    from lightfmp.training import Plan, track_best
+    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    state = _state(None)
+    track_best(state, {"valid": {"auc": 0.75}}, np.full(100, np.nan), 1, model, Plan(epochs=5))
+    assert state.best_epoch == 0 and state.least_losses is None
+    good = np.random.default_rng(5).exponential(0.5, 100)
+    track_best(state, {"valid": {"auc": 0.71}}, good, 2, model, Plan(epochs=5))
+    assert state.best_epoch == 2 and state.least_losses is good
+
+
 def test_a_resumed_fit_keeps_the_best_epochs_per_row_losses(tmp_path):
     """The per-row losses early stopping compares with travel in the checkpoint: a flat curve interrupted after
     epoch 2 and resumed still runs to the last epoch (without them, patience alone would stop it at epoch 3)."""
