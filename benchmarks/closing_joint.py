@@ -16,7 +16,7 @@ with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rul
         --out runs/kdd0
     python benchmarks/closing_joint.py runs/kdd0 --more 3 --json joint.json
 
-Nothing in the run directory is changed."""
+The default rule only (a run's --keep / --threshold are not read); nothing in the run directory is changed."""
 from __future__ import annotations
 
 import argparse
@@ -35,7 +35,7 @@ from lightfmp.training import fit, validate
 
 def probabilities(losses: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each row's predicted probability from its BCE and label (BCE = -log p for a positive, -log(1 - p) else)."""
-    return np.where(labels == 1, np.exp(-losses), 1.0 - np.exp(-losses))
+    return np.where(labels == 1, np.exp(-losses), -np.expm1(-losses))
 
 
 def joint_cost(model, ids: np.ndarray, labels: np.ndarray, closed: list[int]) -> dict:
@@ -63,6 +63,8 @@ def main() -> None:
     data = run_data(run)
     _, rest = data.subset(cfg.train.subset, cfg.data.seed)
     train, valid = data.split_rows("train"), data.split_rows("valid")
+    if len(rest) == 0:  # --subset 1.0: phase 1 read every training row; phase 3 reads them again, as prune does
+        rest = train
     z = gated.gate_values().cpu()
     order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z)
     kept = [names[i] for i in sorted(order)]
@@ -76,16 +78,17 @@ def main() -> None:
     for epoch in range(1, args.more + 2):
         test = closing_test(model, schema, ids, labels, order=order)
         closed = [kept.index(t["field"]) for t in test["tests"] if t["closed"]]
-        z_closed = [t["cost"] / t["se"] for t in test["tests"] if t["closed"] and t["se"] > 0]
+        z = np.array([t["cost"] / t["se"] for t in test["tests"] if t["closed"] and t["se"] > 0])
         rec = {"epochs": epoch, "valid": validate(model, valid.select(kept))[0], "kept": test["kept"],
-               "closed_in_se": {"below 0": int(np.sum(np.array(z_closed) < 0)),
-                                "0 to 1": int(np.sum((np.array(z_closed) >= 0) & (np.array(z_closed) < 1))),
-                                "1 to 2": int(np.sum(np.array(z_closed) >= 1))},
+               "closed_in_se": {"below 0": int(np.sum(z < 0)), "0 to 1": int(np.sum((z >= 0) & (z < 1))),
+                                "1 to 2": int(np.sum(z >= 1)),
+                                "no spread": sum(1 for t in test["tests"] if t["closed"] and t["se"] == 0)},
                "joint": joint_cost(model, ids, labels, closed)}
         out.append(rec)
         j = rec["joint"]
+        in_se = f"{j['cost_in_se']:.1f} SE" if j["cost_in_se"] is not None else "no spread"
         print(f"after {epoch} epoch(s): kept {len(rec['kept'])} of {len(kept)}; closed set together costs "
-              f"{j['cost']:.5f} ({j['cost_in_se']:.1f} SE), validation AUC {j['auc_open']:.4f} -> {j['auc_closed']:.4f}; "
+              f"{j['cost']:.5f} ({in_se}), validation AUC {j['auc_open']:.4f} -> {j['auc_closed']:.4f}; "
               f"closed fields by own cost in SE {rec['closed_in_se']}", flush=True)
         if epoch <= args.more:
             fit(model, train.select(kept), None, cfg.train, None, "more", **{**plan, "epochs": 1,
