@@ -229,41 +229,44 @@ def test_an_epoch_measurably_worse_in_logloss_is_not_the_best_whatever_its_auc()
     assert state.best_state is not None
 
 
+def _epochs(seed: int):
+    """The per-row validation losses of a lowest-logloss epoch, a maker of other epochs' losses k standard errors
+    of the paired difference above it (each with noise of its own, so two such epochs differ by noise too), and a
+    small model for `track_best` to copy."""
+    rng = np.random.default_rng(seed)
+    low = rng.exponential(0.5, 10_000)
+    se = 0.2 / np.sqrt(10_000)
+
+    def above(k: float) -> np.ndarray:
+        noise = rng.normal(0.0, 0.2, 10_000)
+        return low + noise - noise.mean() + k * se
+    return low, above, build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+
+
 def test_not_measurably_worse_does_not_chain_from_epoch_to_epoch():
     """Each epoch within two SE of the best before it, by higher AUC, would let the logloss drift far from its
     lowest; the reference is the lowest-logloss epoch, so the drifting epoch is neither the best nor spared by the
     early stop."""
     from lightfmp.training import Plan, stop_early, track_best
-    rng = np.random.default_rng(2)
-    lowest = rng.exponential(0.5, 10_000)
-    noise = rng.normal(0.0, 0.2, 10_000)
-    se = float(np.std(noise) / np.sqrt(len(noise)))
-    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    lowest, above, model = _epochs(2)
     state = _state(None)
     track_best(state, {"valid": {"auc": 0.75}}, lowest, 1, model, Plan(epochs=5))
     assert state.best_epoch == 1 and state.least_losses is lowest
-    drift1 = lowest + noise - noise.mean() + 1.5 * se  # 1.5 SE above the lowest: within noise
-    track_best(state, {"valid": {"auc": 0.76}}, drift1, 2, model, Plan(epochs=5))
+    track_best(state, {"valid": {"auc": 0.76}}, above(1.5), 2, model, Plan(epochs=5))  # within noise of the lowest
     assert state.best_epoch == 2 and state.least_losses is lowest
-    other = rng.normal(0.0, 0.2, 10_000)
-    drift2 = lowest + other - other.mean() + 3.0 * se  # ~1.1 SE above epoch 2 (the noises differ), 3 SE above the lowest
-    track_best(state, {"valid": {"auc": 0.77}}, drift2, 3, model, Plan(epochs=5))
+    drift = above(3.0)  # ~1.1 SE above epoch 2 (the noises differ), 3 SE above the lowest
+    track_best(state, {"valid": {"auc": 0.77}}, drift, 3, model, Plan(epochs=5))
     assert state.best_epoch == 2 and state.best_score == 0.76
-    assert stop_early(state, {"valid": {"auc": 0.77}}, drift2, 3, TrainConfig(patience=1), Plan(epochs=5))
+    assert stop_early(state, {"valid": {"auc": 0.77}}, drift, 3, TrainConfig(patience=1), Plan(epochs=5))
 
 
 def test_an_epoch_that_makes_the_best_measurably_worse_becomes_the_best():
     """A later epoch with a lower AUC but a logloss measurably below the best epoch's: the best would now be an epoch
     measurably worse than another, which is never the best."""
     from lightfmp.training import Plan, track_best
-    rng = np.random.default_rng(3)
-    low = rng.exponential(0.5, 10_000)
-    noise = rng.normal(0.0, 0.2, 10_000)
-    se = float(np.std(noise) / np.sqrt(len(noise)))
-    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    low, above, model = _epochs(3)
     state = _state(None)
-    high = low + noise - noise.mean() + 5.0 * se
-    track_best(state, {"valid": {"auc": 0.77}}, high, 1, model, Plan(epochs=5))
+    track_best(state, {"valid": {"auc": 0.77}}, above(5.0), 1, model, Plan(epochs=5))
     assert state.best_epoch == 1
     track_best(state, {"valid": {"auc": 0.76}}, low, 2, model, Plan(epochs=5))
     assert state.best_epoch == 2 and state.best_score == 0.76 and state.least_losses is low
@@ -273,15 +276,11 @@ def test_a_state_without_the_lowest_losses_starts_it_at_the_best_epochs():
     """A checkpoint written before the lowest epoch's losses were kept: the reference is pinned to the best epoch's
     losses once, and does not move with later bests."""
     from lightfmp.training import Plan, track_best
-    rng = np.random.default_rng(4)
-    low = rng.exponential(0.5, 10_000)
-    n1, n2 = rng.normal(0.0, 0.2, 10_000), rng.normal(0.0, 0.2, 10_000)
-    se = float(np.std(n1) / np.sqrt(len(n1)))
-    model = build_model("mlp", *(_small()[:1]), ModelConfig(embed_dim=3, hidden=[4]))
+    low, above, model = _epochs(4)
     state = _state(low, best_epoch=2)
-    track_best(state, {"valid": {"auc": 0.76}}, low + n1 - n1.mean() + 1.5 * se, 3, model, Plan(epochs=5))
+    track_best(state, {"valid": {"auc": 0.76}}, above(1.5), 3, model, Plan(epochs=5))
     assert state.best_epoch == 3 and state.least_losses is low
-    track_best(state, {"valid": {"auc": 0.77}}, low + n2 - n2.mean() + 3.0 * se, 4, model, Plan(epochs=5))
+    track_best(state, {"valid": {"auc": 0.77}}, above(3.0), 4, model, Plan(epochs=5))
     assert state.best_epoch == 3
 
 
