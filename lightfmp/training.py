@@ -340,10 +340,9 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     until the best so far is measurably worse than it becomes the best itself, and an epoch whose logloss is not
     finite (diverged weights) is never the best. The reference is the lowest logloss, not the best epoch's: "not
     measurably worse" does not chain (each epoch within noise of the one before can drift far from the lowest)."""
-    if state.least_losses is None:  # a state from before the reference was kept: it starts at the best epoch's
-        state.least_losses = state.best_losses
+    least = _least(state)
     finite = losses is not None and len(losses) > 0 and bool(np.isfinite(np.mean(losses)))
-    lowest = finite and (state.least_losses is None or float(np.mean(losses)) < float(np.mean(state.least_losses)))
+    lowest = finite and (least is None or float(np.mean(losses)) < float(np.mean(least)))
     if lowest:
         state.least_losses = losses
     score = _score(rec["valid"])
@@ -388,8 +387,11 @@ def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: i
 
 
 def _least(state: TrainState) -> np.ndarray | None:
-    """The per-row validation losses of the lowest-logloss epoch (the best epoch's, from a checkpoint without them)."""
-    return state.least_losses if state.least_losses is not None else state.best_losses
+    """The per-row validation losses of the lowest-logloss epoch. A state from before they were kept (an older
+    checkpoint) starts them at the best epoch's, once: re-reading the best epoch's at every step would chain."""
+    if state.least_losses is None:
+        state.least_losses = state.best_losses
+    return state.least_losses
 
 
 def _worse_than_least(state: TrainState, losses: np.ndarray | None) -> bool:
