@@ -55,7 +55,8 @@ class DataConfig:
     split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
-    seed: int = opt(0, "Seed for the split, the subset, initialisation and batching.", 0, MAX_SEED)
+    seed: int = opt(0, "Seed for the split, the subset and (unless --init-seed) initialisation and batching.", 0,
+                    MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
                               "instead of loading it; implied by --format criteo|avazu.")
     format: str = opt("auto", "Input format: auto (by suffix), csv, tsv (tab-separated, header row), parquet, criteo "
@@ -101,13 +102,17 @@ class TrainConfig:
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
+    init_seed: int | None = opt(None, "Seed for initialisation, batch order, gate noise and the gate hold-out "
+                                      "(default: --seed); the split and the subset stay with --seed, so runs that "
+                                      "differ only here measure training noise on one split.", 0, MAX_SEED)
     device: str = opt("auto", "cpu, cuda or auto.", choices=DEVICES)
 
 
 @dataclass
 class PruneConfig:
-    keep: int | None = opt(None, "Keep the first K fields of the forward order on the validation rows (default: every "
-                                 "field whose closing raises the validation logloss by two standard errors).", 1)
+    keep: int | None = opt(None, "Keep the first K fields of the forward order on the validation rows (default: the "
+                                 "fields whose closing, with the fields closed before them, would raise the validation "
+                                 "logloss by two standard errors).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
                                         "default rule).", 0.0, 1.0)
     continue_epochs: int | None = opt(None, "Epochs of phase 3: the first on the rows phase 1 did not use, the others "
@@ -135,6 +140,11 @@ class RunConfig:
         d = self.flat()
         d.update(flat)
         return RunConfig.from_dict(d)
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of training's random streams: --init-seed, or --seed without it."""
+        return self.data.seed if self.train.init_seed is None else self.train.init_seed
 
     def flat(self) -> dict:
         return {k: v for section in SECTIONS for k, v in dataclasses.asdict(getattr(self, section)).items()}

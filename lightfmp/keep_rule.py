@@ -4,8 +4,8 @@
                       (`forward_order`: starting from no open field, open the field that lowers the validation
                       logloss most, on `search_rows`; a closed field reads another row's values);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
-                      is closed for good unless closing it raises the validation logloss by more than two standard
-                      errors (`closing_test`);
+                      is closed for good unless closing it with the fields closed before it raises the validation
+                      logloss by more than two standard errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
 shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
@@ -186,16 +186,18 @@ def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
                  device: str = "cpu", order: list[int] | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
-    default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
-    logloss of `model` by more than two standard errors (`backward_sweep` on up to TEST_ROWS rows). The gates
+    default: `model`'s own gates), least open first, each closed for good unless closing it with the fields closed
+    before it raises the validation logloss of `model` by more than two standard errors (`backward_sweep` on up to
+    TEST_ROWS rows): what the run drops is never measurably worse than every field open. The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
     and phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
-    Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
-    per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
+    Returns {"order": field names by gate, most open first, "tests": per tested field the cost of closing it with the
+    fields closed before it (mean per-row BCE difference against every field open), the cost's standard error and
+    whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
@@ -206,16 +208,20 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    device: str = "cpu") -> tuple[list[int], list[dict]]:
-    """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
-    more than two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
-    not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
-    field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
-    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
-    per tested field, {"field", "cost", "se", "closed"}."""
+    """Each field of `kept` in turn, the last first, is closed for good unless closing it, with the fields closed
+    before it, raises the mean logloss of the model with every field of `kept` open by more than two standard errors
+    of the per-row difference (a one-sided test at about 2.5%). One test of the set a run would drop, against the
+    model as it is, at every step: a test of each field against the fields left open would let every closed field
+    cost up to two standard errors, and many weak fields together cost more than the rows could show of any one of
+    them (docs/selection.md, variant 23). The last open field is not tested, and a field whose deterministic gate is
+    0 closes without a pass (the model reads nothing of it). A field the model does not use costs nothing to close
+    (its shuffled values carry what its real ones do); a redundant copy goes while its twin is open and the twin then
+    stays. Returns the fields kept and, per tested field, {"field", "cost", "se", "closed"}: the cost and its standard
+    error are those of the closed set with the field."""
     kept, tests = list(kept), []
     z = model.gate_values().cpu()
     passes = ClosedFields(model, ids, labels, kept, device)
-    base = passes.losses()
+    every_open = passes.losses()
     for f in reversed(list(kept)):
         if len(kept) == 1:
             break
@@ -225,12 +231,11 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
             kept = trial
             passes.toggle(f)
             continue
-        loss = passes.losses(f)
-        cost, se = paired_difference(loss, base)  # ClosedFields has refused fewer than 2 rows
+        cost, se = paired_difference(passes.losses(f), every_open)  # ClosedFields has refused fewer than 2 rows
         closed = cost <= SIGNIFICANT_SE * se  # costing nothing (0 <= 0) closes it
         tests.append({"field": f, "cost": cost, "se": se, "closed": closed})
         if closed:
-            kept, base = trial, loss
+            kept = trial
             passes.toggle(f)
     return kept, tests
 
@@ -259,14 +264,15 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     return [names[i] for i in range(n) if i in chosen]
 
 
-CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
-                "logloss by more than two standard errors")
+CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it with the fields closed "
+                "before it raises the validation logloss by more than two standard errors")
 DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
             "least K under --keep K; the others dropped before it)")
 
 
 def closing_scores(search: dict) -> dict[str, float]:
-    """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
+    """Per tested field of a `closing_test`: its closing cost (with the fields closed before it) in standard errors
+    (the score the rule cuts at 2)."""
     return {t["field"]: t["cost"] / t["se"] if t["se"] > 0 else 0.0 if t["cost"] <= 0 else None
             for t in search.get("tests", [])}  # None: a cost with no spread (every row's difference the same)
 

@@ -55,7 +55,7 @@ def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = Tr
     """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams,
     whether it selects the best validation epoch and stops early (every lightfmp phase does; the bench's AutoField
     and LPFS searches run their whole budget, as their papers do)."""
-    return {"epochs": cfg.train.epochs if epochs is None else epochs, "seed": cfg.data.seed + seed_offset,
+    return {"epochs": cfg.train.epochs if epochs is None else epochs, "seed": cfg.init_seed + seed_offset,
             "select_best": select_best, "in_memory_mb": cfg.data.in_memory_mb}
 
 
@@ -124,7 +124,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     schema, n_fields = data.schema, len(data.schema.fields)
     check_keep(cfg.train.target_k, n_fields, "--target-k")  # before any training (target-k sets keep)
     check_keep(cfg.prune.keep, n_fields)
-    torch.manual_seed(cfg.data.seed)
+    torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select)
     valid = data.split_rows("valid")
     _warn_one_class(valid, reporter)

@@ -335,9 +335,9 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
 
 
 def test_closing_test_against_its_definition(schema_and_ids):
-    """Every field open; in the gates' order, least open first, a field is closed for good unless closing it raises
-    the mean BCE by more than 2 standard errors of the per-row difference (a field costing exactly nothing closes);
-    the last open field is not tested. Computed
+    """Every field open; in the gates' order, least open first, a field is closed for good unless closing it with the
+    fields closed before it raises the mean BCE, against every field open, by more than 2 standard errors of the
+    per-row difference (a field costing exactly nothing closes); the last open field is not tested. Computed
     here from that definition, with a planted strong field that must stay."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
@@ -348,18 +348,17 @@ def test_closing_test_against_its_definition(schema_and_ids):
     y = (ids[:, 0] % 2 == 0).float()  # planted on field a's ids
     order = ranking(model.gate.log_alpha.detach())
     assert order == [3, 0, 4, 2, 1]
-    kept, base, tests = list(order), _direct_losses(model, schema, ids, y, order), []
+    kept, every_open, tests = list(order), _direct_losses(model, schema, ids, y, order), []
     for f in reversed(order):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
-        loss = _direct_losses(model, schema, ids, y, trial)
-        d = loss - base
+        d = _direct_losses(model, schema, ids, y, trial) - every_open
         se = float(d.std(correction=1)) / len(d) ** 0.5
         closed = float(d.mean()) <= 2 * se
         tests.append((schema.names[f], float(d.mean()), se, closed))
         if closed:
-            kept, base = trial, loss
+            kept = trial
     out = closing_test(model, schema, ids.numpy(), y.numpy())
     with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
         mp.setattr(closed_fields, "STATE_BYTES", 0)
@@ -372,6 +371,45 @@ def test_closing_test_against_its_definition(schema_and_ids):
     for t, (_, cost, se, _) in zip(out["tests"], tests):
         assert t["cost"] == pytest.approx(cost, rel=1e-5, abs=1e-9) and t["se"] == pytest.approx(se, rel=1e-4, abs=1e-9)
     assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
+
+
+def test_closing_costs_add_up_over_the_closed_set(monkeypatch):
+    """Six weak fields that each cost 1.2 standard errors to close, with independent per-row noise, and a noise field
+    that costs nothing. Tested one at a time against the fields left open, each would go (1.2 < 2); tested as the
+    closed set against every field open, a set of k weak fields costs 1.2 * sqrt(k) SE: two go (1.70), a third
+    would make 2.08, so from then on every weak field is kept. Exact per-row losses, no model."""
+    n, weak, sigma = 400, 6, 0.05
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((n, weak))
+    noise -= noise.mean(axis=0)
+    noise = np.linalg.qr(noise)[0] * sigma * np.sqrt(n - 1)  # mean 0, sample std sigma, mutually orthogonal
+    c = 1.2 * sigma / np.sqrt(n)  # one weak field's mean cost: 1.2 standard errors of its own per-row difference
+
+    class Additive:  # closing weak field f adds c + noise[:, f] to each row's loss; field 6 adds nothing
+        def __init__(self, model, ids, labels, open_fields, device="cpu"):
+            self.closed = set()
+
+        def losses(self, toggle=None):
+            shut = (self.closed | {toggle}) - {None, 6}
+            return 1.0 + sum((c + noise[:, f] for f in shut), np.zeros(n))
+
+        def toggle(self, f):
+            self.closed ^= {f}
+
+    class Open:
+        def gate_values(self):
+            return torch.ones(weak + 1)
+
+    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Additive)
+    kept, tests = backward_sweep(Open(), np.zeros((n, weak + 1), np.int64), np.zeros(n, np.float32),
+                                 list(range(weak + 1)))
+    assert [t["field"] for t in tests] == [6, 5, 4, 3, 2, 1, 0]  # the last first
+    ratio = [t["cost"] / t["se"] if t["se"] else t["cost"] for t in tests]
+    assert ratio[0] == 0.0 and ratio[1:4] == pytest.approx([1.2, 1.2 * np.sqrt(2), 1.2 * np.sqrt(3)])
+    assert [t["closed"] for t in tests] == [True, True, True, False, False, False, False]
+    assert kept == [0, 1, 2, 3]
+    own = noise[:, 3] + c  # field 3 alone, against the fields left open: 1.2 SE, which would have closed it
+    assert own.mean() / (own.std(ddof=1) / np.sqrt(n)) == pytest.approx(1.2)
 
 
 def test_closing_test_drops_noise_fields_and_keeps_the_signal():

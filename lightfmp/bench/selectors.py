@@ -81,7 +81,7 @@ def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int |
     reporter = Reporter(quiet)
     device = resolve_device(cfg.train.device)
     schema = data.schema.subset(fields)
-    torch.manual_seed(cfg.data.seed)
+    torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, schema, cfg.model)
     valid = data.split_rows("valid").select(schema.names)
     t0 = time.perf_counter()
@@ -136,7 +136,7 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
     if len(rest) == 0:  # --subset 1.0: Light-FMP's first epoch reads the whole training split again
         rest = ctx.data.split_rows("train")
-    torch.manual_seed(cfg.data.seed)
+    torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate)
     epochs, valid = cfg.train.pretrain_epochs, ctx.data.split_rows("valid")
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
