@@ -53,6 +53,8 @@ def check_place(out: str | Path) -> None:
 def config_sha256(cfg) -> str:
     """Hash of everything that changes what training computes (the shard cache location does not)."""
     d = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir",)}
+    if d.get("init_seed") in (None, d.get("seed")):  # the default: the same run as before the flag existed
+        d.pop("init_seed", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -52,11 +52,13 @@ UNFINISHED = "unfinished_run"  # run.json key: `run` wrote phase 1 and has phase
 
 
 def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = True, seed_offset: int = 0) -> dict:
-    """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams,
-    whether it selects the best validation epoch and stops early (every lightfmp phase does; the bench's AutoField
-    and LPFS searches run their whole budget, as their papers do)."""
+    """A phase's fit plan (lightfmp.training.Plan): its epochs (default --epochs), the seed of its random streams
+    (--init-seed's) and of its gate hold-out (--seed's: a row assignment, like the split), whether it selects the
+    best validation epoch and stops early (every lightfmp phase does; the bench's AutoField and LPFS searches run
+    their whole budget, as their papers do)."""
     return {"epochs": cfg.train.epochs if epochs is None else epochs, "seed": cfg.init_seed + seed_offset,
-            "select_best": select_best, "in_memory_mb": cfg.data.in_memory_mb}
+            "split_seed": cfg.data.seed + seed_offset, "select_best": select_best,
+            "in_memory_mb": cfg.data.in_memory_mb}
 
 
 def _check_out(out: Path, force: bool) -> None:

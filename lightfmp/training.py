@@ -43,6 +43,7 @@ class Plan:
     select_best: bool = True
     in_memory_mb: int = 1024
     span: tuple[float, float] = (0.0, 1.0)  # the part of a longer schedule this fit is: the gates' progress runs over it
+    split_seed: int | None = None  # the gate hold-out's seed: a row assignment, like the split (default: seed)
 
 
 # random streams, each reseeded per epoch from (seed, epoch): a resumed run needs no saved RNG state
@@ -234,7 +235,8 @@ class Trainer:
         self.rows = in_memory(rows, plan.in_memory_mb << 20)
         self.weight_rows, self.hold = self.rows, None
         if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
-            w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed, SALT_HOLDOUT)
+            w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed if plan.split_seed is None else
+                                             plan.split_seed, SALT_HOLDOUT)
             h_rows = in_memory(h_rows, plan.in_memory_mb << 20)  # read in small batches every epoch
             if len(w_rows) and len(h_rows):  # too few rows for a hold-out: joint steps
                 self.weight_rows, self.hold = w_rows, h_rows
@@ -405,7 +407,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None, given: tuple[dict, np.ndarray] | None = None,
-        span: tuple[float, float] = (0.0, 1.0)) -> dict:
+        span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
@@ -413,13 +415,13 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
-    `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`: this fit's `Plan`.
+    `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`, `split_seed`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
-                (float(span[0]), float(span[1])))
+                (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed))
     trainer = Trainer(model, rows, cfg, plan, device, label)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None

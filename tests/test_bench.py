@@ -160,6 +160,14 @@ def test_bad_k_is_a_one_line_error(planted, k):
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
 
 
+def test_init_seed_is_refused_by_bench(planted, tmp_path):
+    js = tmp_path / "b.json"
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--init-seed", "5", "--methods", "random",
+            "--json", js, *SMALL)
+    assert r.exit_code != 0 and "--init-seed" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not js.exists()
+
+
 def test_unknown_method_lists_valid_ones(planted):
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "lightfmp,boruta", *SMALL)
     assert r.exit_code != 0

@@ -336,9 +336,9 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
 
 def test_closing_test_against_its_definition(schema_and_ids):
     """Every field open; in the gates' order, least open first, a field is closed for good unless closing it with the
-    fields closed before it raises the mean BCE, against every field open, by more than 2 standard errors of the
-    per-row difference (a field costing exactly nothing closes); the last open field is not tested. Computed
-    here from that definition, with a planted strong field that must stay."""
+    fields closed before it raises the mean BCE by more than 2 standard errors of the per-row difference against the
+    lowest state so far (every field open, or a closed set below it; a field costing exactly nothing closes); the
+    last open field is not tested. Computed here from that definition, with a planted strong field that must stay."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -348,17 +348,20 @@ def test_closing_test_against_its_definition(schema_and_ids):
     y = (ids[:, 0] % 2 == 0).float()  # planted on field a's ids
     order = ranking(model.gate.log_alpha.detach())
     assert order == [3, 0, 4, 2, 1]
-    kept, every_open, tests = list(order), _direct_losses(model, schema, ids, y, order), []
+    kept, tests = list(order), []
+    reference = _direct_losses(model, schema, ids, y, order)
     for f in reversed(order):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
-        d = _direct_losses(model, schema, ids, y, trial) - every_open
+        loss = _direct_losses(model, schema, ids, y, trial)
+        d = loss - reference
         se = float(d.std(correction=1)) / len(d) ** 0.5
         closed = float(d.mean()) <= 2 * se
         tests.append((schema.names[f], float(d.mean()), se, closed))
         if closed:
             kept = trial
+            reference = loss if float(loss.mean()) < float(reference.mean()) else reference
     out = closing_test(model, schema, ids.numpy(), y.numpy())
     with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
         mp.setattr(closed_fields, "STATE_BYTES", 0)
@@ -410,6 +413,41 @@ def test_closing_costs_add_up_over_the_closed_set(monkeypatch):
     assert kept == [0, 1, 2, 3]
     own = noise[:, 3] + c  # field 3 alone, against the fields left open: 1.2 SE, which would have closed it
     assert own.mean() / (own.std(ddof=1) / np.sqrt(n)) == pytest.approx(1.2)
+
+
+def test_closing_a_harmful_field_does_not_pay_for_a_needed_one(monkeypatch):
+    """A memorised noise field whose closing lowers the loss by 3 SE, then a needed field that costs 4 SE alone:
+    measured against every field open the pair would cost about 1 SE and the needed field would go; measured
+    against the lowest state reached (the noise field closed) it costs its own 4 SE and stays."""
+    n = 400
+    rng = np.random.default_rng(1)
+    noise = rng.standard_normal((n, 3))
+    noise -= noise.mean(axis=0)
+    noise = np.linalg.qr(noise)[0] * 0.05 * np.sqrt(n - 1)  # mean 0, sample std 0.05, orthogonal
+    se = 0.05 / np.sqrt(n)
+    effect = {0: 4.0 * se, 1: -3.0 * se, 2: 20.0 * se}  # 0 needed, 1 harmful (closing it helps), 2 the strongest
+
+    class Additive:
+        def __init__(self, model, ids, labels, open_fields, device="cpu"):
+            self.closed = set()
+
+        def losses(self, toggle=None):
+            shut = (self.closed | {toggle}) - {None}
+            return 1.0 + sum((effect[f] + noise[:, f] for f in shut), np.zeros(n))
+
+        def toggle(self, f):
+            self.closed ^= {f}
+
+    class Open:
+        def gate_values(self):
+            return torch.ones(3)
+
+    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Additive)
+    kept, tests = backward_sweep(Open(), np.zeros((n, 3), np.int64), np.zeros(n, np.float32), [2, 0, 1])
+    assert [t["field"] for t in tests] == [1, 0, 2]  # least open first
+    assert tests[0]["closed"] and tests[0]["cost"] / tests[0]["se"] == pytest.approx(-3.0)
+    assert not tests[1]["closed"] and tests[1]["cost"] / tests[1]["se"] == pytest.approx(4.0)
+    assert not tests[2]["closed"] and kept == [2, 0]
 
 
 def test_closing_test_drops_noise_fields_and_keeps_the_signal():
