@@ -2,8 +2,9 @@
 
 Variant 21 (commit fb971b7) measured the closing test as it was then: each field closed while its *own* closing
 cost at most two standard errors of validation logloss against the fields left open, so the closed fields' costs
-added up. Since variant 23 the test measures the closed set with each field against the lowest state so far (at
-first every field open), so question 1 now checks that bound. This script asks two questions of a pretrained run
+added up. Since variant 23 (commit 8ffe52b, its reference amended at 9c2a870 and after) each trial measures the
+closed set with the field over every field open less the closed fields the model is better without, so question 1
+(against every field open) is bounded by two standard errors plus what those fields gained. This script asks two questions of a pretrained run
 (`lightfmp train`, or any finished `run` with its pretrain.safetensors), redoing what `lightfmp prune` does up to
 the rule:
 

@@ -55,8 +55,8 @@ class DataConfig:
     split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
-    seed: int = opt(0, "Seed for the split, the subset and (unless --init-seed) initialisation and batching.", 0,
-                    MAX_SEED)
+    seed: int = opt(0, "Seed for the split, the subset, the gate hold-out and (unless --init-seed) initialisation, "
+                       "batching and gate noise.", 0, MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
                               "instead of loading it; implied by --format criteo|avazu.")
     format: str = opt("auto", "Input format: auto (by suffix), csv, tsv (tab-separated, header row), parquet, criteo "
@@ -111,8 +111,8 @@ class TrainConfig:
 @dataclass
 class PruneConfig:
     keep: int | None = opt(None, "Keep the first K fields of the forward order on the validation rows (default: the "
-                                 "fields whose closing, with the fields closed before them, would raise the validation "
-                                 "logloss by two standard errors).", 1)
+                                 "closing test: the fields whose closing, with the fields closed before them, would "
+                                 "raise the validation logloss by more than two standard errors).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
                                         "default rule).", 0.0, 1.0)
     continue_epochs: int | None = opt(None, "Epochs of phase 3: the first on the rows phase 1 did not use, the others "

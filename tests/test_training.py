@@ -12,7 +12,7 @@ from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.splits import SALT_HOLDOUT
-from lightfmp.training import TrainConfig, fit
+from lightfmp.training import Plan, TrainConfig, Trainer, fit
 
 
 def _schema(fields: int, vocab: int) -> FeatureSchema:
@@ -347,3 +347,15 @@ def test_a_gate_for_another_schema_or_two_gates_are_refused():
         build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gate=LPFSGate(3))
     with pytest.raises(LightFMPError, match="not both"):
         build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[4]), gated=True, gate=LPFSGate(4))
+
+
+def test_the_gate_hold_out_follows_the_split_seed_not_the_training_seed():
+    """The hold-out is a row assignment like the split: the plan's split_seed draws it (--seed), its seed (--init-seed)
+    does not; without a split_seed the seed draws it."""
+    schema, rows, _ = _small()
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    held = lambda plan: Trainer(model, rows, TrainConfig(), plan, "cpu", "t").hold.row_numbers()  # noqa: E731
+    same = held(Plan(1, seed=3, split_seed=7))
+    assert np.array_equal(same, held(Plan(1, seed=9, split_seed=7)))
+    assert np.array_equal(held(Plan(1, seed=7)), same)
+    assert not np.array_equal(held(Plan(1, seed=3)), same)
