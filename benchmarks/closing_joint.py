@@ -1,16 +1,13 @@
 """The default rule's closed set, jointly, and on later models (docs/selection.md, variant 21).
 
-Variant 21 (commit fb971b7) measured the closing test as it was then: each field closed while its *own* closing
-cost at most two standard errors of validation logloss against the fields left open, so the closed fields' costs
-added up. Since variant 23 (commit 8ffe52b, its reference amended at 9c2a870 and after) each trial measures the
-closed set with the field over every field open less the closed fields the model is better without, so question 1
-(against every field open) is bounded by two standard errors plus what those fields gained. This script asks two questions of a pretrained run
-(`lightfmp train`, or any finished `run` with its pretrain.safetensors), redoing what `lightfmp prune` does up to
-the rule:
+The closing test closes the fields one at a time, each while its own closing costs at most two standard errors of
+validation logloss. This script asks two questions of a pretrained run (`lightfmp train`, or any finished `run`
+with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rule:
 
 1. How much the fields the test closed cost *together*: the model after phase 3's first epoch with every one of
    them closed at once against every field open (mean per-row logloss difference, its standard error, and the
-   validation AUC with and without them).
+   validation AUC with and without them). The sequential costs add up to this (each trial is measured against the
+   state before it, with the same shuffle), so a closed set can cost many standard errors in all.
 2. Whether a better-trained model would keep more: after the first epoch, `--more N` further epochs over every
    training row with every field open (a new optimizer per epoch: a prototype, not phase 3), with the closing test
    re-run after each.
@@ -92,7 +89,7 @@ def main() -> None:
         in_se = f"{j['cost_in_se']:.1f} SE" if j["cost_in_se"] is not None else "no spread"
         print(f"after {epoch} epoch(s): kept {len(rec['kept'])} of {len(kept)}; closed set together costs "
               f"{j['cost']:.5f} ({in_se}), validation AUC {j['auc_open']:.4f} -> {j['auc_closed']:.4f}; "
-              f"closed fields by the closed-set cost when each closed, in SE {rec['closed_in_se']}", flush=True)
+              f"closed fields by own cost in SE {rec['closed_in_se']}", flush=True)
         if epoch <= args.more:
             fit(model, train.select(kept), None, cfg.train, None, "more", **{**plan, "epochs": 1,
                                                                                "seed": plan["seed"] + epoch})

@@ -40,7 +40,7 @@ def gate_rows(run: Run) -> list[dict]:
             if rule.keep is None and rule.threshold is not None else set()
     probs = m.get("open_probability", {})
     sel = m.get("selection", {})
-    scores = sel.get("scores", {})  # closed-set cost in SE (default) / forward position (--keep K)
+    scores = sel.get("scores", {})  # closing cost in SE (default) / forward position (--keep K)
     # dropped by the --keep K search as a copy / a coarser function of a kept field
     repeats = {**{n: f"copy of {by}" for n, by in sel.get("copies", {}).items()},
                **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}

@@ -4,9 +4,8 @@
                       (`forward_order`: starting from no open field, open the field that lowers the validation
                       logloss most, on `search_rows`; a closed field reads another row's values);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
-                      is closed for good unless closing it with the fields closed before it raises the validation
-                      logloss by more than two standard errors over every field open, less the closed
-                      fields the model is better without (`closing_test`);
+                      is closed for good unless closing it raises the validation logloss by more than two standard
+                      errors (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
 shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
@@ -187,20 +186,16 @@ def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
                  device: str = "cpu", order: list[int] | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
-    default: `model`'s own gates), least open first, each closed for good unless closing it with the fields closed
-    before it raises the validation logloss of `model` by more than two standard errors over every field open, less
-    the closed fields the model is better without (`backward_sweep` on up to TEST_ROWS rows). So on these rows the
-    fields the test closes cost, together, no more than two standard errors over every field it tested less those
-    (the fields whose gate phase 1 shut are gone before it). The gates order the test; the test decides. `model` is
-    the model after phase 3's first epoch (`lightfmp.pipeline`), or the phase-1 model where phase 3 has fewer than
-    two epochs. Copies of a field
+    default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
+    logloss of `model` by more than two standard errors (`backward_sweep` on up to TEST_ROWS rows). The gates
+    order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
+    the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
     and phase 3 goes on reading both (closing the less open of two copies whatever its cost was measured: 0.003-0.005
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
-    Returns {"order": field names by gate, most open first, "tests": per tested field the cost of closing it with the
-    fields closed before it (mean per-row BCE difference over that reference), the cost's standard error and
-    whether it was closed, "rows", "kept": field names}."""
+    Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
+    per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
@@ -211,59 +206,33 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    device: str = "cpu") -> tuple[list[int], list[dict]]:
-    """Each field of `kept` in turn, the last first, is closed for good unless closing it, with the fields closed
-    before it, raises the mean logloss by more than two standard errors of the per-row difference (a one-sided test
-    at about 2.5%) over the reference: the model with every field of `kept` open, less the closed fields whose
-    closing lowered the mean logloss (fields the model is better without, such as a memorised noise field), where
-    that is lower still. One test of the set a run would drop at every step: a test of each field against the fields
-    left open would let every closed field cost up to two standard errors, and many weak fields together cost more
-    than the rows could show of any one of them; and a field the model is better without is out of the reference,
-    so what its closing gains pays for no needed field, before or after it (docs/selection.md, variant 23). The last
-    open field is not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads
-    nothing of it). A field the model does not use costs nothing to close (its shuffled values carry what its real
-    ones do); a redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per
-    tested field, {"field", "cost", "se", "closed"}: the cost of the closed set with the field over the reference,
-    and its standard error."""
-    kept, tests, costly = list(kept), [], []
+    """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
+    more than two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
+    not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
+    field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
+    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
+    per tested field, {"field", "cost", "se", "closed"}."""
+    kept, tests = list(kept), []
     z = model.gate_values().cpu()
     passes = ClosedFields(model, ids, labels, kept, device)
-    reference = current = passes.losses()  # the reference; the state with the fields closed so far
+    base = passes.losses()
     for f in reversed(list(kept)):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
-        if float(z[f]) == 0.0:  # the gate is shut: the model reads nothing of the field, closing it costs nothing more
-            cost, se = paired_difference(current, reference)
-            tests.append({"field": f, "cost": cost, "se": se, "closed": True})
+        if float(z[f]) == 0.0:  # the gate is shut: the model reads nothing of the field, closing it costs exactly 0
+            tests.append({"field": f, "cost": 0.0, "se": 0.0, "closed": True})
             kept = trial
             passes.toggle(f)
             continue
         loss = passes.losses(f)
-        cost, se = paired_difference(loss, reference)  # ClosedFields has refused fewer than 2 rows
+        cost, se = paired_difference(loss, base)  # ClosedFields has refused fewer than 2 rows
         closed = cost <= SIGNIFICANT_SE * se  # costing nothing (0 <= 0) closes it
         tests.append({"field": f, "cost": cost, "se": se, "closed": closed})
-        if not closed:
-            continue
-        kept = trial
-        passes.toggle(f)
-        if float(np.mean(loss)) < float(np.mean(current)):  # the model is better without f: out of the reference too
-            better = _reopened(passes, costly)
-            if float(np.mean(better)) < float(np.mean(reference)):
-                reference = better
-        else:
-            costly.append(f)
-        current = loss
+        if closed:
+            kept, base = trial, loss
+            passes.toggle(f)
     return kept, tests
-
-
-def _reopened(passes: ClosedFields, fields: list[int]) -> np.ndarray:
-    """The per-row losses of `passes`' state with `fields` (closed) open again; the state is left as it was."""
-    for f in fields:
-        passes.toggle(f)
-    losses = passes.losses()
-    for f in fields:
-        passes.toggle(f)
-    return losses
 
 
 def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: int | None = None,
@@ -290,17 +259,14 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     return [names[i] for i in range(n) if i in chosen]
 
 
-CLOSING_SCORE = "closed-set cost in standard errors"  # the cost of the closed set with the field, not its own
-CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it with the fields closed "
-                "before it raises the validation logloss by more than two standard errors over every field open, less "
-                "the closed fields the model is better without")
+CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
+                "logloss by more than two standard errors")
 DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
             "least K under --keep K; the others dropped before it)")
 
 
 def closing_scores(search: dict) -> dict[str, float]:
-    """Per tested field of a `closing_test`: the cost of closing it with the fields closed before it, in standard
-    errors (the score the rule cuts at 2; not the field's own cost)."""
+    """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
     return {t["field"]: t["cost"] / t["se"] if t["se"] > 0 else 0.0 if t["cost"] <= 0 else None
             for t in search.get("tests", [])}  # None: a cost with no spread (every row's difference the same)
 
@@ -309,9 +275,9 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
                    search: dict | None = None) -> dict:
     """What `select_fields` compared and where it cut, as metrics.json and `lightfmp inspect` show it: `score` names
     the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
-    field's forward-order position <= K; a closed-set cost > 2 standard errors; a gate >= the threshold); under
-    --keep K, `copies` and `functions`: each dropped field that left the search as a copy / a coarser function of a
-    kept field (lightfmp.groupings), with that field."""
+    field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold); under --keep K,
+    `copies` and `functions`: each dropped field that left the search as a copy / a coarser function of a kept field
+    (lightfmp.groupings), with that field."""
     shadowed = (search or {}).get("shadowed", {})
     repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
                for kind in ("copy", "function")}
@@ -325,6 +291,6 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}
     if threshold is None:
-        out = {"rule": CLOSING_RULE + where, "score": CLOSING_SCORE, "cut": SIGNIFICANT_SE}
+        out = {"rule": CLOSING_RULE + where, "score": "closing cost in standard errors", "cut": SIGNIFICANT_SE}
         return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

@@ -66,7 +66,7 @@ def test_train_then_prune_then_inspect(pretrained, tmp_path):
 
 def test_default_rule_is_the_closing_test(data, tmp_path):
     """Without --keep / --threshold: phase 1 stops at its best validation epoch, and prune keeps the fields whose
-    closing (least open gate first, with the fields closed before) costs more than two standard errors; inspect shows each field's score and the
+    closing (least open gate first) costs more than two standard errors; inspect shows each field's score and the
     cut."""
     pretrained = tmp_path / "pre"
     r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", pretrained,
@@ -92,8 +92,8 @@ def test_default_rule_is_the_closing_test(data, tmp_path):
     assert m["phases"]["prune"]["rows"] == search["rows"] == m["valid"]["rows"] > 0  # the validation rows it read
     r = cli("inspect", pretrained)
     text = " ".join(r.output.split())  # the table and the line wrap at the terminal's width
-    assert r.exit_code == 0 and "closed-set cost (SE)" in text, text
-    assert "(cut at 2: closed-set cost in standard errors)" in text, text
+    assert r.exit_code == 0 and "closing cost (SE)" in text, text
+    assert "(cut at 2: closing cost in standard errors)" in text, text
     assert (pretrained / "gates.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -214,13 +214,13 @@ def test_inspect_follows_each_re_prune_and_reads_an_older_selection(tmp_path):
             "--pretrain-epochs", "2", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4", "-q")
     assert r.exit_code == 0, r.output
     text = lambda r: " ".join(r.output.split())  # noqa: E731
-    for args, column, suffix in [((), "closed-set cost (SE)", "(cut at 2: closed-set cost in standard errors)"),
+    for args, column, suffix in [((), "closing cost (SE)", "(cut at 2: closing cost in standard errors)"),
                                  (("--keep", "2"), "forward order", "(cut at 2: forward order position)"),
                                  (("--threshold", "0.5"), None, "(cut at gate 0.500)")]:
         assert cli("prune", run, *args, "--continue-epochs", "0", "-q").exit_code == 0
         r = cli("inspect", run)
         assert r.exit_code == 0 and suffix in text(r), text(r)
-        for other in ("closed-set cost (SE)", "forward order"):
+        for other in ("closing cost (SE)", "forward order"):
             assert (other in text(r).split("kept by")[0]) == (other == column), text(r)
     m = json.loads((run / "metrics.json").read_text())
     m["selection"] = {"rule": "fewest fields of the forward order within one standard error of the best validation "
