@@ -61,6 +61,13 @@ def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = Tr
             "in_memory_mb": cfg.data.in_memory_mb}
 
 
+def runtime(device: str, phase: str) -> dict:
+    """What a run's numbers depend on beyond its config and data: torch's version, the device and the threads of each
+    phase (on some CPUs oneDNN's matrix products round differently at 1 and 2 threads, so a run reproduces exactly at
+    the thread count it ran with)."""
+    return {"torch": torch.__version__, "device": device, f"threads_{phase}": torch.get_num_threads()}
+
+
 def _check_out(out: Path, force: bool) -> None:
     """Before any work: refuse an --out that exists (without --force) or that lightfmp did not write (ever), or
     whose checkpoint path is taken."""
@@ -133,7 +140,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
-            "params": {"before": model.num_params()}}
+            "params": {"before": model.num_params()}, "runtime": runtime(device, "train")}
     ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.train.no_select else "pretrain",
                       {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256}, reporter.log)
     if cfg.train.no_select:
@@ -324,6 +331,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
+    metrics["runtime"] = {**metrics.get("runtime", {}), **runtime(device, "prune")}
     metrics["phases"] = {"pretrain": pre,
                          "prune": _phase(search["rows"] if search else 0, prune_seconds, rule=f"keep={keep}" if keep else
                                          f"threshold={threshold}" if threshold is not None else "closing test"),

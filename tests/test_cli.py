@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from lightfmp.cli.app import app
@@ -187,6 +188,10 @@ def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
                 node = node[part]
         assert (out / "model.safetensors").exists() and (out / "schema.json").exists()
         assert (out / "config.yaml").exists()
+        # what the numbers depend on beyond config and data: the threads of each phase (this process's), torch, device
+        threads = torch.get_num_threads()
+        assert m["runtime"] == {"torch": torch.__version__, "device": "cpu", "threads_train": threads,
+                                **({} if extra else {"threads_prune": threads})}, m["runtime"]
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full["fields"]["kept"] == full["fields"]["all"] and full["phases"]["pretrain"]["rows"] == 0
     r = cli("prune", tmp_path / "full")
