@@ -53,9 +53,6 @@ def register(app) -> None:
         if k < 1:
             raise LightFMPError(f"--k {k}: must be between 1 and the number of fields")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
-        if cfg.train.init_seed is not None:
-            raise LightFMPError(f"--init-seed {cfg.train.init_seed}: not for bench, whose --seeds set the split and "
-                                f"the initialisation together")
         if kwargs["json_file"] is not None:
             check_output_file(kwargs["json_file"], "json", "--json")  # before hours of work, not after
         if kwargs["plot"] is not None:

@@ -164,7 +164,8 @@ def test_init_seed_is_refused_by_bench(planted, tmp_path):
     js = tmp_path / "b.json"
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--init-seed", "5", "--methods", "random",
             "--json", js, *SMALL)
-    assert r.exit_code != 0 and "--init-seed" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.exit_code != 0 and "--init-seed 5: not for bench" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
     assert not js.exists()
 
 

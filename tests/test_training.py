@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from helpers import record_steps
+from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.gates import AutoFieldGate, HardConcreteGate, LPFSGate
 from lightfmp.models import ModelConfig, build_model
+from lightfmp.pipeline import phase_plan
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.splits import SALT_HOLDOUT
@@ -359,3 +361,10 @@ def test_the_gate_hold_out_follows_the_split_seed_not_the_training_seed():
     assert np.array_equal(same, held(Plan(1, seed=9, split_seed=7)))
     assert np.array_equal(held(Plan(1, seed=7)), same)
     assert not np.array_equal(held(Plan(1, seed=3)), same)
+
+
+def test_phase_plans_draw_training_from_init_seed_and_the_hold_out_from_seed():
+    plan = phase_plan(RunConfig.of(seed=3, init_seed=7), seed_offset=1)
+    assert plan["seed"] == 8 and plan["split_seed"] == 4
+    plain = phase_plan(RunConfig.of(seed=3), seed_offset=1)
+    assert plain["seed"] == plain["split_seed"] == 4  # without --init-seed: as before the flag

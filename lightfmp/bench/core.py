@@ -131,6 +131,14 @@ def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> 
     return out
 
 
+def _check_init_seed(cfg: RunConfig) -> None:
+    """The bench's seeds set the split and the initialisation together: a fixed --init-seed would train every seed
+    from the same start."""
+    if cfg.train.init_seed is not None:
+        raise LightFMPError(f"--init-seed {cfg.train.init_seed}: not for bench, whose --seeds set the split and the "
+                            f"initialisation together")
+
+
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
               curve: bool = False, reporter: Reporter | None = None,
               on_table=None) -> dict:
@@ -139,6 +147,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
     `on_table(doc)` is called with the results before the curves start (the curves retrain once per K and take
     the longest), so that a caller can save them first; the curves use the first seed's rankings and data."""
     reporter = reporter or Reporter(quiet=True)
+    _check_init_seed(cfg)
     if curve and not any(m in GATE_METHODS for m in methods):
         raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
     per: dict[str, list[dict]] = {m: [] for m in methods}
@@ -171,6 +180,7 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
                   reporter: Reporter | None = None) -> dict:
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
     reporter = reporter or Reporter(quiet=True)
+    _check_init_seed(cfg)
     rows = {f: [] for f in fractions}
     for seed in seeds:
         ctx = _context(cfg, seed, k)
