@@ -92,5 +92,6 @@ def register(app) -> None:
         if fractions is not None and kwargs["plot"]:
             err.print("[yellow]note:[/] --plot is ignored with --ablate-subset", highlight=False)
 
-    params = config_parameters(("data", "model", "train")) + extra
+    # --seeds set the split and the initialisation together: no --init-seed (a config file's is refused by the bench)
+    params = [p for p in config_parameters(("data", "model", "train")) if p.name != "init_seed"] + extra
     app.command("bench", cls=Command)(friendly(with_parameters(bench_cmd, params)))

@@ -161,12 +161,18 @@ def test_bad_k_is_a_one_line_error(planted, k):
 
 
 def test_init_seed_is_refused_by_bench(planted, tmp_path):
+    """Not a bench flag, and a config file's init-seed is refused before any work: the bench's --seeds set the split
+    and the initialisation together."""
     js = tmp_path / "b.json"
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--init-seed", "5", "--methods", "random",
             "--json", js, *SMALL)
+    assert r.exit_code != 0 and "--init-seed" in r.output and not js.exists(), r.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("init-seed: 5\n")
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--config", cfg, "--methods", "random",
+            "--json", js, *SMALL)
     assert r.exit_code != 0 and "--init-seed 5: not for bench" in r.output, r.output
-    assert len(r.output.strip().splitlines()) == 1
-    assert not js.exists()
+    assert len(r.output.strip().splitlines()) == 1 and not js.exists()
 
 
 def test_unknown_method_lists_valid_ones(planted):
