@@ -1,0 +1,123 @@
+"""The default run against `--no-select`, trained several times per split: how far the difference is from 0 beyond
+training noise (docs/selection.md, variant 23).
+
+    python benchmarks/noise_pairs.py --workdir runs/pairs --seeds 0,1,2 --inits 5 -- \
+        --data bio.parquet --label target --ignore EXAMPLE_ID --numeric 47,48,52,53,67,68,72,73
+    python benchmarks/noise_pairs.py --workdir runs/pairs --extra "--backbone dcnv2" -- --data ctr.csv --label label
+
+Each split (`--seed` s) is trained with `--init-seed` s + 1000·t, t = 0..inits-1 (t = 0: no `--init-seed`, the plain
+run): the same split, subset and gate hold-out, other initialisation, batches, dropout and gate noise. Every pair is
+a default run (with `--extra`) and a `--no-select` run of the same seeds; with `--scratch` also a `--no-select` run
+on the default run's kept fields only (the fields it dropped `--ignore`d): what the fields cost, apart from the
+pipeline's path. Each run is its own process; finished runs (a metrics.json with test metrics) are not run again.
+Prints the mean ± standard error of the test-AUC differences over all pairs, the per-split means, how many pairs are
+within 0.002, and the single runs' range; `--json` writes every pair."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+LIST_FLAGS = ("--categorical", "--numeric", "--multi-hot")  # column lists a dropped field must leave
+
+
+def finished(out: Path) -> dict | None:
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if "test" in metrics else None
+
+
+def lightfmp_run(flags: list[str], out: Path) -> dict:
+    metrics = finished(out)
+    if metrics is None:
+        cmd = [sys.executable, "-m", "lightfmp", "run", *flags, "--out", str(out), "--force", "--quiet"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{shlex.join(cmd)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
+        metrics = finished(out)
+    return metrics
+
+
+def without(flags: list[str], dropped: set[str]) -> list[str]:
+    """`flags` with the dropped fields out of every column list and added to --ignore."""
+    out, ignore, i = [], [], 0
+    while i < len(flags):
+        flag = flags[i]
+        if flag in LIST_FLAGS + ("--ignore",) and i + 1 < len(flags):
+            items = [c for c in flags[i + 1].split(",") if c]
+            if flag == "--ignore":
+                ignore += items
+            else:
+                kept = [c for c in items if c.split(":")[0] not in dropped]
+                if kept:
+                    out += [flag, ",".join(kept)]
+            i += 2
+            continue
+        out.append(flag)
+        i += 1
+    ignore += sorted(dropped)
+    return out + (["--ignore", ",".join(ignore)] if ignore else [])
+
+
+def summary(name: str, diffs: np.ndarray, per_split: list[float]) -> str:
+    se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    return (f"{name}: {diffs.mean():+.4f} ± {se:.4f} over {len(diffs)} pairs (split means "
+            f"{' / '.join(f'{d:+.4f}' for d in per_split)}); within 0.002: {int(np.sum(diffs >= -0.002))}; single "
+            f"runs {diffs.min():+.4f}..{diffs.max():+.4f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--inits", type=int, default=5)
+    ap.add_argument("--extra", default="", help="flags for the default run only, e.g. \"--keep 10\"")
+    ap.add_argument("--scratch", action="store_true", help="also train each default run's kept fields from scratch")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("flags", nargs=argparse.REMAINDER, help="-- then the data flags of `lightfmp run`")
+    args = ap.parse_args()
+    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    if not flags:
+        ap.error("give the data flags after --, e.g. -- --data FILE --label COL")
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    pairs, splits = [], {}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for t in range(args.inits):
+            seeds = ["--seed", str(seed)] + (["--init-seed", str(seed + 1000 * t)] if t else [])
+            tag = f"s{seed}_t{t}"
+            default = lightfmp_run(flags + seeds + shlex.split(args.extra), work / f"default_{tag}")
+            full = lightfmp_run(flags + seeds + ["--no-select"], work / f"all_{tag}")
+            pair = {"seed": seed, "t": t, "kept": default["fields"]["kept"], "default": default["test"]["auc"],
+                    "all_fields": full["test"]["auc"]}
+            if args.scratch:
+                dropped = set(default["fields"]["all"]) - set(default["fields"]["kept"])
+                scratch = lightfmp_run(without(flags, dropped) + seeds + ["--no-select"], work / f"scratch_{tag}")
+                pair["scratch"] = scratch["test"]["auc"]
+            pairs.append(pair)
+            splits.setdefault(seed, []).append(pair)
+            print(f"seed {seed} t {t}: {len(pair['kept'])} fields, default {pair['default']:.4f}, all fields "
+                  f"{pair['all_fields']:.4f}" + (f", kept fields from scratch {pair['scratch']:.4f}"
+                                                  if args.scratch else ""), flush=True)
+    for key, name in [("default", "default - all fields")] + ([("scratch", "kept fields from scratch - all fields")]
+                                                               if args.scratch else []):
+        diffs = np.array([p[key] - p["all_fields"] for p in pairs])
+        per = [float(np.mean([p[key] - p["all_fields"] for p in ps])) for ps in splits.values()]
+        print(summary(name, diffs, per))
+    if args.scratch:
+        path = np.array([p["default"] - p["scratch"] for p in pairs])
+        print(f"the path (default - kept fields from scratch): {path.mean():+.4f} ± "
+              f"{path.std(ddof=1) / np.sqrt(len(path)):.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(pairs, indent=1))
+
+
+if __name__ == "__main__":
+    main()
