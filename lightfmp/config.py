@@ -102,9 +102,9 @@ class TrainConfig:
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")
     no_select: bool = opt(False, "Train the same backbone on all fields without gates, for comparison.")
-    init_seed: int | None = opt(None, "Seed for initialisation, batch order, dropout and gate noise (default: --seed); the "
-                                      "split, the subset and the gate hold-out stay with --seed, so runs that differ "
-                                      "only here measure training noise on one split.", 0, MAX_SEED)
+    init_seed: int | None = opt(None, "Seed for initialisation, batch order, dropout and gate noise (default: "
+                                      "--seed); the split, the subset and the gate hold-out stay with --seed, so runs "
+                                      "that differ only here measure training noise on one split.", 0, MAX_SEED)
     device: str = opt("auto", "cpu, cuda or auto.", choices=DEVICES)
 
 
