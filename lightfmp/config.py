@@ -56,7 +56,7 @@ class DataConfig:
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
     seed: int = opt(0, "Seed for the split, the subset, the gate hold-out and (unless --init-seed) initialisation, "
-                       "batching and gate noise.", 0, MAX_SEED)
+                       "batch order, dropout and gate noise.", 0, MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
                               "instead of loading it; implied by --format criteo|avazu.")
     format: str = opt("auto", "Input format: auto (by suffix), csv, tsv (tab-separated, header row), parquet, criteo "
@@ -68,7 +68,8 @@ class DataConfig:
     chunk_rows: int = opt(262144, "Rows per record batch read and per encoded shard (streaming).", 1)
     shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).")
     in_memory_mb: int = opt(1024, "Training rows whose encoded ids fit in this many MB (e.g. the phase-1 subset) "
-                                  "are read once into memory; larger sets stream from the shards every epoch.", 0)
+                                  "are read once into memory; larger sets stream from the shards every epoch, "
+                                  "shuffled in windows of chunks of half this size.", 0)
 
 
 @dataclass

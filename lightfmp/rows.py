@@ -39,9 +39,11 @@ class Rows(Protocol):
     def split(self, fraction: float, seed: int, salt: int) -> tuple["Rows", "Rows"]:
         """(rows whose hash >= fraction, rows whose hash < fraction): e.g. (weight rows, gate hold-out)."""
 
-    def chunks(self, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self, seed: int | None = None, window_bytes: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(ids int32 [c, slots] C-contiguous, labels float32 [c]) per chunk. seed None: stored order (evaluation);
-        otherwise chunk order and rows within each chunk shuffled by that seed (an epoch's order)."""
+        otherwise an epoch's order by that seed: the chunks in shuffled order, and the rows shuffled together within
+        each window of consecutive chunks (of that order) whose ids take at most `window_bytes` (at least one chunk;
+        0: each chunk alone). Rows in memory are one chunk."""
 
     def row_numbers(self) -> np.ndarray:
         """Global row numbers (int64), stored order."""
@@ -115,7 +117,7 @@ class ArrayRows:
         u = row_uniform(self._rows, seed, salt)
         return self.take(np.flatnonzero(u >= fraction)), self.take(np.flatnonzero(u < fraction))
 
-    def chunks(self, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def chunks(self, seed: int | None = None, window_bytes: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         if len(self) == 0:
             return
         if seed is None:
@@ -196,17 +198,30 @@ class StoredRows:
                                 self._filters + ((fraction, seed, salt, below),), self._cols)
                      for below in (False, True))
 
-    def chunks(self, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        rng = None if seed is None else np.random.default_rng(seed)
+    def chunks(self, seed: int | None = None, window_bytes: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         n = len(self._store)
-        for i in (range(n) if rng is None else rng.permutation(n)):
+        if seed is None:
+            for i in range(n):
+                idx = self._indices()[i]
+                if len(idx):
+                    ids, labels = self._read(i, idx)
+                    yield np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
+            return
+        # a file sorted by time or by group keeps its order inside a chunk: rows shuffled within one chunk only
+        # would make each run of batches one window of the file; a window of several chunks mixes them
+        rng, row_bytes = np.random.default_rng(seed), max(self.num_slots, 1) * 4
+        window, size = [], 0
+        for i in rng.permutation(n):
             idx = self._indices()[int(i)]
             if not len(idx):
                 continue
-            ids, labels = self._read(int(i), idx)   # read in stored order (sequential on disk)
-            if rng is not None:
-                ids, labels = _shuffled(ids, labels, rng)
-            yield np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
+            if window and (size + len(idx)) * row_bytes > window_bytes:
+                yield self._mixed(window, size, rng)
+                window, size = [], 0
+            window.append((int(i), idx))
+            size += len(idx)
+        if window:
+            yield self._mixed(window, size, rng)
 
     def row_numbers(self) -> np.ndarray:
         return self._gather("rows", np.int64)
@@ -256,6 +271,21 @@ class StoredRows:
     def _gather(self, name: str, dtype) -> np.ndarray:
         parts = [np.asarray(self._store.array(i, name)[idx], dtype=dtype) for i, idx in enumerate(self._indices())]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
+
+    def _mixed(self, window: list[tuple[int, np.ndarray]], size: int,
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `window`'s chunks (chunk number, positions) read into one array (each chunk in stored order,
+        sequential on disk), shuffled together."""
+        if len(window) == 1:
+            ids, labels = self._read(*window[0])
+        else:
+            ids, labels = np.empty((size, self.num_slots), dtype=np.int32), np.empty(size, dtype=np.float32)
+            at = 0
+            for i, idx in window:
+                ids[at:at + len(idx)], labels[at:at + len(idx)] = self._read(i, idx)
+                at += len(idx)
+        ids, labels = _shuffled(ids, labels, rng)
+        return np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
 
     def _read(self, i: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = self._store.array(i, "ids")

@@ -148,12 +148,12 @@ def _batches(chunks: Iterator[tuple[np.ndarray, np.ndarray]], size: int) -> Iter
         yield np.concatenate(held_x), np.concatenate(held_y)
 
 
-def _cycle(rows: Rows, size: int, seed: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _cycle(rows: Rows, size: int, seed: int, window_bytes: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Endless batches of `size` rows: pass after pass over `rows`, each pass in a new shuffled order."""
     def passes():
         k = 0
         while True:
-            yield from rows.chunks(_seed(seed, k))
+            yield from rows.chunks(_seed(seed, k), window_bytes)
             k += 1
     return _batches(passes(), size)
 
@@ -233,6 +233,9 @@ class Trainer:
         self.opt_w, self.opt_t = _weight_optimizers(model, cfg)
         self.opt_g = torch.optim.Adam(self.gate.parameters(), lr=cfg.gate_lr) if self.gate is not None else None
         self.rows = in_memory(rows, plan.in_memory_mb << 20)
+        # rows too large for memory are shuffled in windows of chunks: half the budget, so that a window and its
+        # shuffled copy fit in it
+        self.window_bytes = (plan.in_memory_mb << 20) // 2
         self.weight_rows, self.hold = self.rows, None
         if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
             w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed if plan.split_seed is None else
@@ -272,11 +275,12 @@ class Trainer:
         held = None  # the gate steps' batches: one pass over the hold-out in shares, or full batches cycling it
         if self.hold is not None:
             order = _seed(seed, epoch, _GATE_ORDER)
-            held = _spread(self.hold.chunks(order), len(self.hold), self.batches) if self.gate.holdout_pass else \
-                _cycle(self.hold, min(cfg.batch_size, len(self.hold)), order)
+            held = _spread(self.hold.chunks(order, self.window_bytes), len(self.hold), self.batches) \
+                if self.gate.holdout_pass else \
+                _cycle(self.hold, min(cfg.batch_size, len(self.hold)), order, self.window_bytes)
         self.model.train()
         t0, total, seen = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device), 0
-        order = self.weight_rows.chunks(_seed(seed, epoch, _ORDER))
+        order = self.weight_rows.chunks(_seed(seed, epoch, _ORDER), self.window_bytes)
         for b, (ids, y) in enumerate(_batches(order, cfg.batch_size)):
             step = epoch * self.batches + b
             loss_sum, n = self.train_step(ids, y, self.progress(step), noise)

@@ -179,8 +179,8 @@ def test_a_streamed_hold_out_is_not_read_whole_before_the_first_gate_step(tmp_pa
     cls = type(rows)
     real_chunks = cls.chunks
 
-    def chunks(self, seed=None):
-        for c in real_chunks(self, seed):
+    def chunks(self, seed=None, window_bytes=0):
+        for c in real_chunks(self, seed, window_bytes):
             read[id(self)] = read.get(id(self), 0) + len(c[1])
             yield c
     at_first = []

@@ -12,6 +12,7 @@ from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
 from lightfmp.formats import read_batches, resolve_format
+from lightfmp.rows import MemoryStore, StoredRows
 from lightfmp.splits import SALT_HOLDOUT, SALT_SUBSET, SplitRule, row_uniform
 from lightfmp.schema import FIRST_ID, OOV_ID, FeatureSchema, Field, stable_hash
 from lightfmp.shards import load_fit, save_fit, shard_home
@@ -125,6 +126,38 @@ def test_chunks_visit_every_row_once_within_the_bound(built):
     assert np.array_equal(a[np.lexsort(a.T)], b[np.lexsort(b.T)])  # same rows, another order
     assert all(np.array_equal(x[0], y[0]) for x, y in zip(shuffled, train.chunks(3)))  # seeded
     assert np.array_equal(np.concatenate([c[1] for c in stored]), train.labels())
+
+
+def chunked_rows(chunks=5, size=10):
+    """A hand-built store of `chunks` chunks of `size` training rows whose first id column is the row number."""
+    store = MemoryStore(2)
+    for c in range(chunks):
+        rows = np.arange(c * size, (c + 1) * size)
+        store.append(ids=np.column_stack([rows, rows % 3]).astype(np.int32), labels=(rows % 2).astype(np.float32),
+                     rows=rows, split=np.zeros(size, dtype=np.int8))
+    return StoredRows(store, {"r": (0, 1), "m": (1, 2)}, (0,))
+
+
+def test_an_epoch_shuffles_rows_across_a_window_of_chunks():
+    rows, size, row_bytes = chunked_rows(), 10, 2 * 4
+    chunk_sets = lambda parts: [set((p[0][:, 0] // size).tolist()) for p in parts]  # noqa: E731
+    alone = list(rows.chunks(3))  # no window: each chunk's rows stay together (the order before windows)
+    assert [len(s) for s in chunk_sets(alone)] == [1] * 5
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(alone, rows.chunks(3, size * row_bytes)))
+    pairs = list(rows.chunks(3, 2 * size * row_bytes))  # windows of two chunks, in the shuffled chunk order
+    assert [len(p[1]) for p in pairs] == [20, 20, 10] and [len(s) for s in chunk_sets(pairs)] == [2, 2, 1]
+    whole = list(rows.chunks(3, 1 << 20))  # every chunk in one window: one shuffle of all the rows
+    assert len(whole) == 1 and len(chunk_sets([(whole[0][0][:10],)])[0]) > 1  # the first rows mix chunks
+    for parts in (pairs, whole):
+        ids = np.concatenate([p[0] for p in parts])
+        assert sorted(ids[:, 0].tolist()) == list(range(50))  # every row once
+        assert np.array_equal(np.concatenate([p[1] for p in parts]), (ids[:, 0] % 2).astype(np.float32))
+        assert np.array_equal(ids[:, 1], ids[:, 0] % 3)  # rows stay whole
+        assert all(p[0].dtype == np.int32 and p[0].flags.c_contiguous for p in parts)
+    again = list(rows.chunks(3, 2 * size * row_bytes))
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(pairs, again))  # seeded
+    assert not np.array_equal(np.concatenate([p[0] for p in pairs]),
+                              np.concatenate([p[0] for p in rows.chunks(4, 2 * size * row_bytes)]))
 
 
 def test_select_and_split_views(built):
