@@ -19,10 +19,13 @@ pairs, the per-split means, how many pairs are no more than 0.002 below all fiel
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shlex
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,23 +41,35 @@ def finished(out: Path) -> dict | None:
     return metrics if "test" in metrics else None
 
 
+@contextmanager
+def ledger(workdir: Path):
+    """`<workdir>/runs.json` (run name -> its flags) for reading and updating, under a lock: two invocations may
+    share a workdir (e.g. one per seed)."""
+    path = workdir / "runs.json"
+    with open(workdir / "runs.json.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(path.read_text()) if path.exists() else {}
+        before = dict(runs)
+        yield runs
+        if runs != before:
+            with tempfile.NamedTemporaryFile("w", dir=workdir, suffix=".tmp", delete=False) as tmp:
+                tmp.write(json.dumps(runs, indent=1))
+            Path(tmp.name).replace(path)
+
+
 def lightfmp_run(flags: list[str], out: Path) -> dict:
     """The run of `flags` in `out`: made now unless `out` holds a finished run that `runs.json` beside it records
     with the same flags (a run of other flags under the same name is made again)."""
-    ledger = out.parent / "runs.json"
-    runs = json.loads(ledger.read_text()) if ledger.exists() else {}
-    metrics = finished(out) if runs.get(out.name) == flags else None
+    with ledger(out.parent) as runs:
+        metrics = finished(out) if runs.get(out.name) == flags else None
     if metrics is None:
         cmd = [sys.executable, "-m", "lightfmp", "run", *flags, "--out", str(out), "--force", "--quiet"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"{shlex.join(cmd)}: exit {done.returncode}: {done.stderr.strip()[-500:]}")
         metrics = finished(out)
-        runs = json.loads(ledger.read_text()) if ledger.exists() else {}
-        runs[out.name] = flags
-        tmp = ledger.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(runs, indent=1))
-        tmp.replace(ledger)
+        with ledger(out.parent) as runs:
+            runs[out.name] = flags
     return metrics
 
 

@@ -69,7 +69,7 @@ class DataConfig:
     shard_dir: str | None = opt(None, "Cache of encoded shards (default: $LIGHTFMP_HOME/shards).")
     in_memory_mb: int = opt(1024, "Training rows whose encoded ids fit in this many MB (e.g. the phase-1 subset) "
                                   "are read once into memory; larger sets stream from the shards every epoch, "
-                                  "shuffled in windows of chunks of half this size.", 0)
+                                  "shuffled in windows of chunks of a third of this size.", 0)
 
 
 @dataclass

@@ -274,18 +274,21 @@ class StoredRows:
 
     def _mixed(self, window: list[tuple[int, np.ndarray]], size: int,
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of `window`'s chunks (chunk number, positions) read into one array (each chunk in stored order,
-        sequential on disk), shuffled together."""
+        """The rows of `window`'s chunks (chunk number, positions), shuffled together: row j of the chunks read in
+        turn (each in stored order, sequential on disk) lands where a shuffle of their concatenation puts it, written
+        there as each chunk is read, so the window is held once (plus its permutation and one chunk)."""
         if len(window) == 1:
-            ids, labels = self._read(*window[0])
-        else:
-            ids, labels = np.empty((size, self.num_slots), dtype=np.int32), np.empty(size, dtype=np.float32)
-            at = 0
-            for i, idx in window:
-                ids[at:at + len(idx)], labels[at:at + len(idx)] = self._read(i, idx)
-                at += len(idx)
-        ids, labels = _shuffled(ids, labels, rng)
-        return np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
+            ids, labels = _shuffled(*self._read(*window[0]), rng)
+            return np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
+        where = np.empty(size, dtype=np.int64)
+        where[rng.permutation(size)] = np.arange(size)  # row j of the concatenation goes to where[j]
+        ids, labels = np.empty((size, self.num_slots), dtype=np.int32), np.empty(size, dtype=np.float32)
+        at = 0
+        for i, idx in window:
+            to = where[at:at + len(idx)]
+            ids[to], labels[to] = self._read(i, idx)
+            at += len(idx)
+        return ids, labels
 
     def _read(self, i: int, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = self._store.array(i, "ids")

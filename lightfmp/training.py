@@ -233,9 +233,9 @@ class Trainer:
         self.opt_w, self.opt_t = _weight_optimizers(model, cfg)
         self.opt_g = torch.optim.Adam(self.gate.parameters(), lr=cfg.gate_lr) if self.gate is not None else None
         self.rows = in_memory(rows, plan.in_memory_mb << 20)
-        # rows too large for memory are shuffled in windows of chunks: half the budget, so that a window and its
-        # shuffled copy fit in it
-        self.window_bytes = (plan.in_memory_mb << 20) // 2
+        # rows too large for memory are shuffled in windows of chunks of a third of the budget: the window being
+        # trained on (its last batches), the next one and that one's permutation stay within it
+        self.window_bytes = (plan.in_memory_mb << 20) // 3
         self.weight_rows, self.hold = self.rows, None
         if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
             w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed if plan.split_seed is None else
