@@ -112,10 +112,13 @@ def without(flags: list[str], dropped: set[str]) -> list[str]:
 
 
 def summary(name: str, diffs: np.ndarray, per_split: list[float]) -> str:
+    """The pairs' mean ± its standard error, treating the pairs as independent, and the standard error of the split
+    means (the pairs of one split share its rows: where splits differ beyond training noise, that one is larger)."""
     se = diffs.std(ddof=1) / np.sqrt(len(diffs)) if len(diffs) > 1 else float("nan")
+    split_se = np.std(per_split, ddof=1) / np.sqrt(len(per_split)) if len(per_split) > 1 else float("nan")
     return (f"{name}: {diffs.mean():+.4f} ± {se:.4f} over {len(diffs)} pairs (split means "
-            f"{' / '.join(f'{d:+.4f}' for d in per_split)}); at most 0.002 below: {int(np.sum(diffs >= -0.002))}; single "
-            f"runs {diffs.min():+.4f}..{diffs.max():+.4f}")
+            f"{' / '.join(f'{d:+.4f}' for d in per_split)}, their SE {split_se:.4f}); at most 0.002 below: "
+            f"{int(np.sum(diffs >= -0.002))}; single runs {diffs.min():+.4f}..{diffs.max():+.4f}")
 
 
 def main() -> None:

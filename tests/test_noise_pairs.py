@@ -48,3 +48,10 @@ def test_a_finished_run_is_reused_only_for_the_same_flags(tmp_path, monkeypatch)
     (tmp_path / "runs.json").unlink()  # a run the ledger does not record is not trusted
     noise_pairs.lightfmp_run(["--data", "b.csv"], out)
     assert len(calls) == 3
+
+
+def test_summary_reports_both_standard_errors():
+    line = noise_pairs.summary("d", noise_pairs.np.array([-0.004, -0.002, 0.001, -0.003]), [-0.003, 0.0])
+    # mean -0.002; pairs' SE = std(ddof=1) / 2 = 0.002160 / 2; split means' SE = 0.002121 / sqrt(2) = 0.0015
+    assert line.startswith("d: -0.0020 ± 0.0011 over 4 pairs (split means -0.0030 / +0.0000, their SE 0.0015)")
+    assert "at most 0.002 below: 2" in line and "single runs -0.0040..+0.0010" in line
