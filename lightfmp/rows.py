@@ -276,10 +276,8 @@ class StoredRows:
                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """The rows of `window`'s chunks (chunk number, positions), shuffled together: row j of the chunks read in
         turn (each in stored order, sequential on disk) lands where a shuffle of their concatenation puts it, written
-        there as each chunk is read, so the window is held once (plus its permutation and one chunk)."""
-        if len(window) == 1:
-            ids, labels = _shuffled(*self._read(*window[0]), rng)
-            return np.ascontiguousarray(ids, dtype=np.int32), np.ascontiguousarray(labels, dtype=np.float32)
+        there as each chunk is read, so the window is held once (plus its permutation and one chunk). A window of
+        one chunk comes out as `_shuffled` would put it (the same permutation)."""
         where = np.empty(size, dtype=np.int64)
         where[rng.permutation(size)] = np.arange(size)  # row j of the concatenation goes to where[j]
         ids, labels = np.empty((size, self.num_slots), dtype=np.int32), np.empty(size, dtype=np.float32)
