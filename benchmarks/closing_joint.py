@@ -1,7 +1,8 @@
 """The default rule's closed set, jointly, and on later models (docs/selection.md, variant 21).
 
-The closing test closes the fields one at a time, each while its own closing costs at most two standard errors of
-validation logloss. This script asks two questions of a pretrained run (`lightfmp train`, or any finished `run`
+Until variant 31 the closing test closed the fields one at a time, each while its own closing cost at most two
+standard errors of validation logloss; it now also tests each closing with the fields closed before it, so the
+joint cost below stays within two standard errors by construction. This script asks two questions of a pretrained run (`lightfmp train`, or any finished `run`
 with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rule:
 
 1. How much the fields the test closed cost *together*: the model after phase 3's first epoch with every one of

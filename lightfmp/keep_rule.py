@@ -5,7 +5,7 @@
                       logloss most, on `search_rows`; a closed field reads another row's values);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
                       is closed for good unless closing it raises the validation logloss by more than two standard
-                      errors (`closing_test`);
+                      errors, on its own or with the fields closed before it (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
 shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
@@ -187,7 +187,8 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
                  device: str = "cpu", order: list[int] | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
     default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
-    logloss of `model` by more than two standard errors (`backward_sweep` on up to TEST_ROWS rows). The gates
+    logloss of `model` by more than two standard errors, on its own or together with the fields closed before it
+    (`backward_sweep` on up to TEST_ROWS rows). The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
@@ -195,7 +196,8 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
-    per-row BCE difference), the cost's standard error and whether it was closed, "rows", "kept": field names}."""
+    per-row BCE difference) and the cost's standard error, on its own and with the fields closed before it, and
+    whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     ids, labels = ids[:TEST_ROWS], labels[:TEST_ROWS]
@@ -207,30 +209,37 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    device: str = "cpu") -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
-    more than two standard errors of the per-row difference (a one-sided test at about 2.5%); the last open field is
-    not tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
+    more than two standard errors of the per-row difference (a one-sided test at about 2.5%), measured two ways: on
+    its own, against the fields still open (the model needs it given the others), and as one more of the closed
+    set, against every field open (the fields closed so far and it are needed together: one at a time, each within
+    two standard errors, weak fields can add up to a set the model measurably needs). The last open field is not
+    tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
-    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and,
-    per tested field, {"field", "cost", "se", "closed"}."""
+    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per tested
+    field, {"field", "cost", "se", "set_cost", "set_se", "closed"} (the set's: the closed set with the field,
+    against every field open)."""
     kept, tests = list(kept), []
     z = model.gate_values().cpu()
     passes = ClosedFields(model, ids, labels, kept, device)
-    base = passes.losses()
+    base = every_open = passes.losses()
+    closed_set = (0.0, 0.0)  # the closed set's cost against every field open, and its standard error
     for f in reversed(list(kept)):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
         if float(z[f]) == 0.0:  # the gate is shut: the model reads nothing of the field, closing it costs exactly 0
-            tests.append({"field": f, "cost": 0.0, "se": 0.0, "closed": True})
+            tests.append({"field": f, "cost": 0.0, "se": 0.0, "set_cost": closed_set[0], "set_se": closed_set[1],
+                          "closed": True})
             kept = trial
             passes.toggle(f)
             continue
         loss = passes.losses(f)
         cost, se = paired_difference(loss, base)  # ClosedFields has refused fewer than 2 rows
-        closed = cost <= SIGNIFICANT_SE * se  # costing nothing (0 <= 0) closes it
-        tests.append({"field": f, "cost": cost, "se": se, "closed": closed})
+        set_cost, set_se = paired_difference(loss, every_open)
+        closed = cost <= SIGNIFICANT_SE * se and set_cost <= SIGNIFICANT_SE * set_se  # costing nothing closes it
+        tests.append({"field": f, "cost": cost, "se": se, "set_cost": set_cost, "set_se": set_se, "closed": closed})
         if closed:
-            kept, base = trial, loss
+            kept, base, closed_set = trial, loss, (set_cost, set_se)
             passes.toggle(f)
     return kept, tests
 
@@ -260,15 +269,26 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
-                "logloss by more than two standard errors")
+                "logloss by more than two standard errors, on its own or with the fields closed before it")
 DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
             "least K under --keep K; the others dropped before it)")
 
 
-def closing_scores(search: dict) -> dict[str, float]:
-    """Per tested field of a `closing_test`: its closing cost in standard errors (the score the rule cuts at 2)."""
-    return {t["field"]: t["cost"] / t["se"] if t["se"] > 0 else 0.0 if t["cost"] <= 0 else None
-            for t in search.get("tests", [])}  # None: a cost with no spread (every row's difference the same)
+def _in_se(cost: float, se: float) -> float | None:
+    """A closing cost in standard errors; None for a positive cost with no spread (every row's difference the
+    same: beyond any number of them)."""
+    return cost / se if se > 0 else 0.0 if cost <= 0 else None
+
+
+def closing_scores(search: dict) -> dict[str, float | None]:
+    """Per tested field of a `closing_test`: its closing cost in standard errors, the larger of its own and the
+    closed set's with it (the score the rule cuts at 2; runs before the set test have their own only)."""
+    out = {}
+    for t in search.get("tests", []):
+        own = _in_se(t["cost"], t["se"])
+        both = [own] + ([_in_se(t["set_cost"], t["set_se"])] if "set_cost" in t else [])
+        out[t["field"]] = None if None in both else max(both)
+    return out
 
 
 def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | None, threshold: float | None,

@@ -107,7 +107,8 @@ def test_closing_test_with_every_gate_shut_keeps_the_most_open_field_without_nan
     out = closing_test(m, s, ids, y)
     assert out["kept"] == ["b"] and out["order"] == ["b", "a", "noise"]
     assert [t["field"] for t in out["tests"]] == ["noise", "a"]
-    assert all(t == {"field": t["field"], "cost": 0.0, "se": 0.0, "closed": True} for t in out["tests"])
+    assert all(t == {"field": t["field"], "cost": 0.0, "se": 0.0, "set_cost": 0.0, "set_se": 0.0, "closed": True}
+               for t in out["tests"])
     assert closing_scores(out) == {"noise": 0.0, "a": 0.0}
     assert select_fields(s.names, m.gate.log_alpha, m.gate.deterministic(), search=out) == ["b"]
 
