@@ -23,6 +23,7 @@ from .io import atomic_dir, check_apart, check_out, file_sha256
 from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_after_phase1, ranking,
                         select_fields, selection_rule)
 from .models import build_model
+from .moments import Carry, prune_moments
 from .progress import Reporter
 from .pruning import prune_model
 from .rows import Rows
@@ -158,7 +159,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
         info, weights = {"state": "complete", "select": False}, {"model.safetensors": model}
-        history = {"continue": hist}
+        history, optimizer = {"continue": hist}, None
     else:
         sub, _ = data.subset(cfg.train.subset, cfg.data.seed)
         if len(sub) == 0:
@@ -167,8 +168,9 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         t0 = time.perf_counter()
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
+        carry = Carry()  # phase 3 continues phase 1's optimizer (lightfmp.moments)
         hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
-                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt)
+                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry)
         seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
                    "phases": {"pretrain": _phase(len(sub), seconds, epochs=len(hist["epochs"]),
@@ -176,7 +178,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                                                  valid=hist["epochs"][(hist["best_epoch"] or 0) - 1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
         info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
-        history = {"pretrain": hist}
+        history, optimizer = {"pretrain": hist}, carry.state
     info.update(data_sha256=data.sha256, split=data.split)
     if keep_checkpoints:  # `run` goes on to phases 2-3: run.json marks the run unfinished until _prune completes it
         info[UNFINISHED] = True
@@ -185,7 +187,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
             ckpt_files.remove(out)  # result), never a finished one beside stale checkpoints
         with atomic_dir(out, force=force, kind="run") as tmp:
             write_run_files(tmp, info=info, config=cfg, schema=schema, metrics=metrics, history=history,
-                            checkpoints=weights)
+                            checkpoints=weights, optimizer=optimizer)
         if keep_checkpoints:
             ckpt.discard()
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
@@ -272,6 +274,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
     else:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
+    phase1 = run.load_optimizer_state()  # phase 3 continues phase 1's optimizer, its state cut like the weights
+    carry = Carry(prune_moments(gated, run.schema, kept, z.cpu(), phase1) if phase1 is not None else None)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
@@ -283,7 +287,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
         # if it goes on as is
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
-                          "continue (first epoch)", device, **{**plan, "epochs": 1},
+                          "continue (first epoch)", device, **{**plan, "epochs": 1}, carry=carry,
                           checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", {**key, "kept": kept},
                                                 reporter.log), epoch_start=dist.maybe_fault)
         t1 = time.perf_counter()
@@ -300,6 +304,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         closed = [n for n in kept if n not in chosen]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
+            carry.state = prune_moments(model, kept_schema, kept, None, carry.state)
             model, kept_schema = prune_model(model, kept_schema, kept)
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds
@@ -316,7 +321,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                       reporter.log)
     hist = fit(model, (train if split else rest).select(kept), valid.select(kept), cfg.train, reporter,
                "continue (pruned)", device,
-               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, given=given) \
+               **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, given=given, carry=carry) \
         if plan["epochs"] > 0 else {"epochs": [], "rows": 0}
     cont_seconds = _fit_seconds(t0, hist) - test_seconds + (first_epoch or {}).get("seconds_restored", 0.0)
     cont_epochs = len(hist["epochs"]) + (len(first_epoch["epochs"]) if first_epoch else 0)

@@ -5,6 +5,7 @@ RUN/run.json        format marker, format version, state (pretrained | complete)
 RUN/config.yaml     the resolved configuration (usable again as --config)
 RUN/schema.json     the fitted feature schema of all fields
 RUN/pretrain.safetensors  phase-1 gated model (select runs)
+RUN/pretrain_optimizer.safetensors  phase 1's weight-optimizer state (select runs; phase 3 continues it)
 RUN/model.safetensors     the final model over the kept fields
 RUN/metrics.json    fields, gates, valid/test metrics, params, per-phase rows and seconds
 RUN/history.json    per-epoch training history of each phase
@@ -26,6 +27,8 @@ from .config import RunConfig, load_yaml
 from .errors import LightFMPError
 from .io import RUN_FORMAT, atomic_path, file_sha256, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
+from .moments import FILE as OPTIMIZER_FILE
+from .moments import flatten, unflatten
 from .schema import FeatureSchema
 from .splits import SplitRule
 
@@ -84,6 +87,17 @@ class Run:
     def load_pretrained(self) -> CTRModel:
         model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
         return _load_weights(model, self.path / "pretrain.safetensors")
+
+    def load_optimizer_state(self) -> dict | None:
+        """Phase 1's weight-optimizer state by parameter name (lightfmp.moments); None for a run written before it
+        was stored (phase 3 then starts a fresh optimizer)."""
+        path = self.path / OPTIMIZER_FILE
+        if not path.is_file():
+            return None
+        try:
+            return unflatten(load_file(str(path)))
+        except Exception as e:
+            raise LightFMPError(f"{path}: cannot read it ({str(e).splitlines()[0]})") from None
 
     def load_final(self) -> tuple[CTRModel, FeatureSchema]:
         """The finished model and the schema of the fields it reads."""
@@ -196,6 +210,8 @@ def open_run(path: str | Path) -> Run:
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
         _check_weights(p / "pretrain.safetensors")
+        if (p / OPTIMIZER_FILE).exists():
+            _check_weights(p / OPTIMIZER_FILE)
     if run.state == "complete":
         _check_weights(p / "model.safetensors")
     return run
@@ -203,8 +219,10 @@ def open_run(path: str | Path) -> Run:
 
 def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, schema: FeatureSchema | None = None,
                     metrics: dict | None = None, history: dict | None = None,
-                    checkpoints: dict[str, torch.nn.Module] | None = None) -> None:
-    """Write the given parts into directory `d`, each atomically; run.json last, so its state never runs ahead."""
+                    checkpoints: dict[str, torch.nn.Module] | None = None,
+                    optimizer: dict | None = None) -> None:
+    """Write the given parts into directory `d`, each atomically; run.json last, so its state never runs ahead.
+    `optimizer`: phase 1's weight-optimizer state by parameter name (lightfmp.moments)."""
     if config is not None:
         doc = config.to_dict()
         write_text_atomic(d / "config.yaml", yaml.safe_dump(doc, sort_keys=False))
@@ -216,6 +234,9 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         with atomic_path(d / name) as tmp:
             save_file(state, str(tmp))
+    if optimizer is not None:
+        with atomic_path(d / OPTIMIZER_FILE) as tmp:
+            save_file(flatten(optimizer), str(tmp))
     if history is not None:
         write_json_atomic(d / "history.json", history)
     if metrics is not None:

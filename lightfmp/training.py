@@ -28,6 +28,7 @@ from .config import TrainConfig
 from .errors import LightFMPError
 from .metrics import roc_auc, row_log_loss, worse_beyond_noise
 from .models import CTRModel
+from .moments import Carry, load_named_state, named_state
 from .progress import Reporter
 from .rows import Rows, in_memory
 from .splits import SALT_HOLDOUT
@@ -227,10 +228,13 @@ class Trainer:
     row once an epoch (as the weights read theirs), in as many steps as the weights take; otherwise each gate step
     reads a full batch, cycling the hold-out. Without a hold-out, gates and weights take the same joint step."""
 
-    def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, plan: Plan, device: str, label: str):
+    def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, plan: Plan, device: str, label: str,
+                 carry: Carry | None = None):
         self.model, self.cfg, self.plan, self.device = model, cfg, plan, device
         self.gate = model.gate
         self.opt_w, self.opt_t = _weight_optimizers(model, cfg)
+        if carry is not None and carry.state is not None:  # (a checkpoint resumed from replaces it)
+            load_named_state(model, self.weight_optimizers, carry.state)
         self.opt_g = torch.optim.Adam(self.gate.parameters(), lr=cfg.gate_lr) if self.gate is not None else None
         self.rows = in_memory(rows, plan.in_memory_mb << 20)
         # rows too large for memory are shuffled in windows of chunks of a third of the budget: the window being
@@ -248,6 +252,10 @@ class Trainer:
         self.joint = self.gate is not None and self.hold is None
         self.batches = max(1, math.ceil(len(self.weight_rows) / cfg.batch_size))
         self.net: torch.nn.Module = model  # the module the weight steps run (DDP under torchrun: see wrap)
+
+    @property
+    def weight_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [self.opt_w] + ([self.opt_t] if self.opt_t is not None else [])
 
     @property
     def optimizers(self) -> dict:
@@ -411,7 +419,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None, given: tuple[dict, np.ndarray] | None = None,
-        span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None) -> dict:
+        span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None, carry: Carry | None = None) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
@@ -419,6 +427,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     another one on the same model: the model as given is the best until an epoch beats it (then `best_epoch` is 0,
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
+    `carry` (lightfmp.moments): the weight optimizers start from its state, if any, and leave their final state in
+    it (the next phase continues the same optimisation).
     `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`, `split_seed`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps."""
@@ -426,7 +436,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     model.to(device)
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
                 (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed))
-    trainer = Trainer(model, rows, cfg, plan, device, label)
+    trainer = Trainer(model, rows, cfg, plan, device, label, carry)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
     resumed = state is not None
@@ -465,6 +475,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                                                          else ""))
             next_epoch()
             epoch += 1
+    if carry is not None:
+        carry.state = named_state(model, trainer.weight_optimizers)
     if plan.select_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),
