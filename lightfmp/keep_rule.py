@@ -287,7 +287,7 @@ def closing_scores(search: dict) -> dict[str, float | None]:
     for t in search.get("tests", []):
         own = _in_se(t["cost"], t["se"])
         both = [own] + ([_in_se(t["set_cost"], t["set_se"])] if "set_cost" in t else [])
-        out[t["field"]] = None if None in both else max(both)
+        out[t["field"]] = None if None in both else float("nan") if any(b != b for b in both) else max(both)
     return out
 
 

@@ -177,7 +177,8 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                                                  best_epoch=hist["best_epoch"],
                                                  valid=hist["epochs"][(hist["best_epoch"] or 0) - 1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
-        info, weights = {"state": "pretrained", "select": True}, {"pretrain.safetensors": model}
+        info = {"state": "pretrained", "select": True, "optimizer_state": True}  # pretrain_optimizer.safetensors
+        weights = {"pretrain.safetensors": model}
         history, optimizer = {"pretrain": hist}, carry.state
     info.update(data_sha256=data.sha256, split=data.split)
     if keep_checkpoints:  # `run` goes on to phases 2-3: run.json marks the run unfinished until _prune completes it
@@ -274,7 +275,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
     else:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
-    phase1 = run.load_optimizer_state()  # phase 3 continues phase 1's optimizer, its state cut like the weights
+    phase1 = run.load_optimizer_state(gated)  # phase 3 continues phase 1's optimizer, its state cut like the weights
     carry = Carry(prune_moments(gated, run.schema, kept, z.cpu(), phase1) if phase1 is not None else None)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0

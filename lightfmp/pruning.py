@@ -29,7 +29,8 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     # rows of each kept field, scaled by that field's gate
     rows = torch.cat([torch.arange(int(old.field_offsets[i]), int(old.field_offsets[i] + old.vocab_sizes[i]))
                       for i in keep_idx.tolist()])
-    row_gate = torch.repeat_interleave(gate_values[keep_idx].to(old.weight.dtype), old.vocab_sizes[keep_idx])
+    row_gate = torch.repeat_interleave(gate_values.detach().cpu()[keep_idx],
+                                       old.vocab_sizes.cpu()[keep_idx]).to(old.weight)  # the weights' device
     new_emb.weight.copy_(old.weight[rows] * row_gate[:, None])
     if old.linear is not None:
         new_emb.linear.copy_(old.linear[rows] * row_gate[:, None])

@@ -88,16 +88,22 @@ class Run:
         model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
         return _load_weights(model, self.path / "pretrain.safetensors")
 
-    def load_optimizer_state(self) -> dict | None:
-        """Phase 1's weight-optimizer state by parameter name (lightfmp.moments); None for a run written before it
-        was stored (phase 3 then starts a fresh optimizer)."""
+    def load_optimizer_state(self, model: CTRModel) -> dict | None:
+        """Phase 1's weight-optimizer state by parameter name (lightfmp.moments), checked against `model` (the
+        phase-1 model); None for a run written before it was stored (phase 3 then starts a fresh optimizer)."""
         path = self.path / OPTIMIZER_FILE
-        if not path.is_file():
+        if not self.info.get("optimizer_state"):
             return None
         try:
-            return unflatten(load_file(str(path)))
+            state = unflatten(load_file(str(path)))
         except Exception as e:
             raise LightFMPError(f"{path}: cannot read it ({str(e).splitlines()[0]})") from None
+        params = dict(model.named_parameters())
+        for name, st in state.items():
+            if name not in params or set(st) != {"step", "exp_avg", "exp_avg_sq"} or any(
+                    st[k].shape != params[name].shape for k in ("exp_avg", "exp_avg_sq")):
+                raise LightFMPError(f"{path}: its state for '{name}' does not fit the run's phase-1 model")
+        return state
 
     def load_final(self) -> tuple[CTRModel, FeatureSchema]:
         """The finished model and the schema of the fields it reads."""
@@ -210,7 +216,7 @@ def open_run(path: str | Path) -> Run:
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
         _check_weights(p / "pretrain.safetensors")
-        if (p / OPTIMIZER_FILE).exists():
+        if info.get("optimizer_state"):  # runs written before it was stored have none
             _check_weights(p / OPTIMIZER_FILE)
     if run.state == "complete":
         _check_weights(p / "model.safetensors")

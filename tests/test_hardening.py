@@ -252,7 +252,8 @@ def damage(run, name, how):
         p.write_bytes(blob[: len(blob) // 2])
 
 
-RUN_FILES = ["run.json", "config.yaml", "schema.json", "metrics.json", "history.json", "pretrain.safetensors"]
+RUN_FILES = ["run.json", "config.yaml", "schema.json", "metrics.json", "history.json", "pretrain.safetensors",
+             "pretrain_optimizer.safetensors"]
 
 
 @pytest.mark.parametrize("how", ["delete", "truncate"])

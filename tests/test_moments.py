@@ -6,12 +6,13 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 from lightfmp.moments import FILE, flatten, load_named_state, named_state, prune_moments, unflatten
 from lightfmp.pruning import prune_model
 
-from helpers import cli, write_csv
+from helpers import cli, one_line_error, write_csv
 from test_pruning import kept_columns, randomize, schema_and_ids  # noqa: F401 (a fixture)
 
 KEPT = ["a", "x", "tags"]
@@ -99,7 +100,8 @@ def test_stored_state_round_trips_and_sparse_adam_gets_an_int_step():
 
 def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     """`lightfmp run` == `lightfmp train` then `lightfmp prune` (phase 1's optimizer state read from the run); a
-    run without the stored state (written before it was stored) still prunes, with a fresh optimizer, and differs."""
+    run written before the state was stored (no file, no `optimizer_state` in run.json) still prunes, with a fresh
+    optimizer, and differs; a stored state that does not fit the model is a one-line error naming the file."""
     data = write_csv(tmp_path, n=800)
     flags = ["--data", data, "--label", "label", "--multi-hot", "tags:|", "--epochs", "2", "--pretrain-epochs", "2",
              "--quiet"]
@@ -107,7 +109,16 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     assert cli("train", *flags, "--out", tmp_path / "parts").exit_code == 0
     assert (tmp_path / "parts" / FILE).is_file()
     shutil.copytree(tmp_path / "parts", tmp_path / "old")
+    shutil.copytree(tmp_path / "parts", tmp_path / "bad")
     (tmp_path / "old" / FILE).unlink()
+    info = json.loads((tmp_path / "old" / "run.json").read_text())
+    del info["optimizer_state"]
+    (tmp_path / "old" / "run.json").write_text(json.dumps(info))
+    state = unflatten(load_file(str(tmp_path / "bad" / FILE)))
+    state["embedding.weight"]["exp_avg"] = state["embedding.weight"]["exp_avg"][:-1]
+    save_file(flatten(state), str(tmp_path / "bad" / FILE))
+    line = one_line_error(cli("prune", tmp_path / "bad", "--quiet"), FILE, "embedding.weight")
+    assert "does not fit" in line
     for name in ("parts", "old"):
         r = cli("prune", tmp_path / name, "--quiet")
         assert r.exit_code == 0, r.output

@@ -163,6 +163,8 @@ def test_default_rule_keeps_what_the_closing_test_kept():
     assert closing_scores({**search, "tests": with_set}) == pytest.approx({"b": 0.0, "d": 3.0, "c": 2.5})  # the larger
     no_spread = [{**with_set[0], "set_cost": 0.001, "set_se": 0.0}]
     assert closing_scores({**search, "tests": no_spread}) == {"b": None}  # a positive cost with no spread
+    diverged = [{**with_set[0], "cost": float("nan"), "set_cost": 0.003}]
+    assert np.isnan(closing_scores({**search, "tests": diverged})["b"])  # NaN shows, whatever the order
     with pytest.raises(LightFMPError, match="closing test"):
         select_fields(names, la, z)
     with pytest.raises(LightFMPError, match="closing test"):
