@@ -109,14 +109,6 @@ class HardConcreteGate(Gate):
     def deterministic(self) -> torch.Tensor:
         return (torch.sigmoid(self.log_alpha) * (self.zeta - self.gamma) + self.gamma).clamp(0.0, 1.0)
 
-    @torch.no_grad()
-    def sample_moments(self, draws: int = 1 << 15) -> tuple[torch.Tensor, torch.Tensor]:
-        """E[z] and E[z^2] per field under the sampled gate the weight steps read (seeded Monte Carlo): a weight's
-        gradient through the gate is z times the gated value's, so its Adam moments carry these factors."""
-        g = torch.Generator(device=self.log_alpha.device).manual_seed(0)
-        z = torch.stack([self.sample(g) for _ in range(draws)])
-        return z.mean(0), z.pow(2).mean(0)
-
     def open_probability(self) -> torch.Tensor:
         """P(z_f != 0) per field; its sum is the expected L0 norm."""
         return torch.sigmoid(self.log_alpha - self.beta * math.log(-self.gamma / self.zeta))

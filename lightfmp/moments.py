@@ -3,12 +3,11 @@
 A `--no-select` run trains with one Adam from start to end. Light-FMP's phases are separate fits; were each to start
 a fresh Adam, its first steps would move every weight by about the learning rate whatever its gradient (the bias
 correction of empty moments), twice in phase 3 (docs/selection.md, variants 29 and 32). So a fit given a `Carry`
-starts its weight optimizers from the carried state and leaves there the state that goes with the weights it
-returns (its best epoch's, where it keeps that); phase 1's is stored in the run (`pretrain_optimizer.safetensors`),
-so `lightfmp prune` continues a run exactly as `lightfmp run` does; and where pruning slices the weights,
-`prune_moments` slices the moments the same way (the same surgery on copies of the model holding them). Phase 1's
-weight steps read sampled gates z, so a gated weight's gradient is z times the pruned weight's: its moments are
-divided by E[z] and E[z^2] of the field's gate (`HardConcreteGate.sample_moments`).
+starts its weight optimizers from the carried state and leaves its own final state there; phase 1's is stored in
+the run (`pretrain_optimizer.safetensors`), so `lightfmp prune` continues a run exactly as `lightfmp run` does; and
+where pruning slices the weights, `prune_moments` slices the moments the same way (the same surgery on copies of
+the model holding them; a kept field's rows scaled by 1 / gate, squared for the second moment, since the pruned
+weight is the gated one times its gate).
 
 The state is kept by parameter name: {name: {"step": scalar, "exp_avg": tensor, "exp_avg_sq": tensor}}.
 """
@@ -24,7 +23,7 @@ from .pruning import prune_model
 from .schema import FeatureSchema
 
 FILE = "pretrain_optimizer.safetensors"
-MOMENTS = ("exp_avg", "exp_avg_sq")
+MOMENTS = {"exp_avg": 1, "exp_avg_sq": 2}  # per moment, the power of the gate its rows are divided by
 SEP = "|"  # parameter name | state key, in the stored file (parameter names hold dots)
 
 
@@ -66,24 +65,20 @@ def load_named_state(model: CTRModel, optimizers: list[torch.optim.Optimizer],
 
 
 @torch.no_grad()
-def prune_moments(model: CTRModel, schema: FeatureSchema, kept: list[str], state: dict[str, dict[str, torch.Tensor]],
-                  gate_moments: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
-    """`state` (of `model`'s parameters) cut as `prune_model` cuts the weights; a gated model's embedding rows
-    divided by E[z] (first moment) and E[z^2] (second) of their field's sampled gate (`gate_moments`,
-    `HardConcreteGate.sample_moments`): the pruned weight's gradient is the gated value's, the gated weight's was z
-    times it."""
-    n = model.embedding.num_fields
-    first, second = gate_moments if gate_moments is not None else (torch.ones(n), torch.ones(n))
+def prune_moments(model: CTRModel, schema: FeatureSchema, kept: list[str], gate_values: torch.Tensor | None,
+                  state: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+    """`state` (of `model`'s parameters) cut as `prune_model(model, schema, kept, gate_values)` cuts the weights."""
+    z = (model.gate_values() if gate_values is None else gate_values).cpu()
     out: dict[str, dict[str, torch.Tensor]] = {}
-    for key, m in (("exp_avg", first), ("exp_avg_sq", second)):
+    for key, power in MOMENTS.items():
         holder = copy.deepcopy(model)
-        for name, p in holder.named_parameters():
-            p.copy_(state[name][key] if name in state else torch.zeros_like(p))
-        m = m.detach().cpu()
-        pruned, _ = prune_model(holder, schema, kept, torch.where(m > 0, 1.0 / m.clamp_min(1e-12), torch.ones_like(m)))
-        for name, p in pruned.named_parameters():
-            if name in state:
-                out.setdefault(name, {"step": state[name]["step"].clone()})[key] = p.detach().clone()
+        for n, p in holder.named_parameters():
+            p.copy_(state[n][key] if n in state else torch.zeros_like(p))
+        scale = torch.where(z > 0, 1.0 / z.clamp_min(1e-12), torch.ones_like(z)) ** power
+        pruned, _ = prune_model(holder, schema, kept, scale)
+        for n, p in pruned.named_parameters():
+            if n in state:
+                out.setdefault(n, {"step": state[n]["step"].clone()})[key] = p.detach().clone()
     return out
 
 

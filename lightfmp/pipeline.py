@@ -276,8 +276,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     else:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
     phase1 = run.load_optimizer_state(gated)  # phase 3 continues phase 1's optimizer, its state cut like the weights
-    carry = Carry(prune_moments(gated, run.schema, kept, phase1, gated.gate.sample_moments())
-                  if phase1 is not None else None)
+    carry = Carry(prune_moments(gated, run.schema, kept, z.cpu(), phase1) if phase1 is not None else None)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
     prune_seconds = time.perf_counter() - t0
 
@@ -306,7 +305,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         closed = [n for n in kept if n not in chosen]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
-            carry.state = prune_moments(model, kept_schema, kept, carry.state)
+            carry.state = prune_moments(model, kept_schema, kept, None, carry.state)
             model, kept_schema = prune_model(model, kept_schema, kept)
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds

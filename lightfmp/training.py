@@ -449,8 +449,6 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     if resumed:
         reporter.log(f"resuming {checkpoint.phase} from epoch {start}")
     trainer.wrap()
-    # the optimizer state that goes with the best epoch's weights (the given model's: the state carried in)
-    best_moments = carry.state if carry is not None and given is not None and not resumed else None
 
     with reporter.bars(label, plan.epochs, trainer.batches) as (next_batch, next_epoch, status):
         for _ in range(min(start, plan.epochs)):
@@ -465,8 +463,6 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
             if valid is not None and len(valid):
                 rec["valid"], losses = validate(model, valid, device)
                 track_best(state, rec, losses, epoch, model, plan)
-                if carry is not None and plan.select_best and state.best_epoch == epoch:
-                    best_moments = named_state(model, trainer.weight_optimizers)
             state.history.append(rec)
             state.epoch = epoch + 1
             state.seconds += time.perf_counter() - t0
@@ -479,11 +475,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                                                          else ""))
             next_epoch()
             epoch += 1
-    if carry is not None:  # with the weights the fit returns: the best epoch's where it keeps that (after a resume
-        # from a checkpoint, which holds no earlier epoch's optimizer state, the last epoch's)
-        restored = plan.select_best and state.best_state is not None
-        carry.state = best_moments if restored and best_moments is not None else named_state(
-            model, trainer.weight_optimizers)
+    if carry is not None:
+        carry.state = named_state(model, trainer.weight_optimizers)
     if plan.select_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),

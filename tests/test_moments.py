@@ -3,20 +3,14 @@ the run, and `lightfmp prune` continues a run as `lightfmp run` does."""
 import json
 import shutil
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-import lightfmp.training as training
-from lightfmp.gates import HardConcreteGate
 from lightfmp.models import BACKBONES, ModelConfig, build_model
-from lightfmp.moments import FILE, Carry, flatten, load_named_state, named_state, prune_moments, unflatten
+from lightfmp.moments import FILE, flatten, load_named_state, named_state, prune_moments, unflatten
 from lightfmp.pruning import prune_model
-from lightfmp.rows import ArrayRows
-from lightfmp.schema import FeatureSchema, Field
-from lightfmp.training import TrainConfig, fit
 
 from helpers import cli, one_line_error, write_csv
 from test_pruning import kept_columns, randomize, schema_and_ids  # noqa: F401 (a fixture)
@@ -50,7 +44,7 @@ def test_a_step_from_carried_moments_keeps_pruned_equal_to_gated(schema_and_ids,
     _steps(model, opt, ids, y, gates, 3)
 
     pruned, kept_schema = prune_model(model, schema, KEPT)
-    state = prune_moments(model, schema, KEPT, named_state(model, [opt]))  # the gates were fixed: no gate moments
+    state = prune_moments(model, schema, KEPT, None, named_state(model, [opt]))
     fresh = prune_model(model, schema, KEPT)[0]
     carried = torch.optim.Adam(pruned.backbone_parameters(), lr=0.01)
     load_named_state(pruned, [carried], state)
@@ -64,39 +58,28 @@ def test_a_step_from_carried_moments_keeps_pruned_equal_to_gated(schema_and_ids,
     assert not torch.allclose(restarted, expected, atol=1e-4), "a fresh optimizer should have moved differently"
 
 
-def test_moments_are_cut_like_the_weights_and_divided_by_the_sampled_gates_moments(schema_and_ids):
-    """A kept field's embedding rows: the gated weight's gradient was the sampled gate z times the pruned weight's,
-    so its first moment is divided by E[z] and its second by E[z^2] (closed form here from given values); the
-    tower's first layer keeps the kept fields' columns; the step is kept; gates have no state."""
+def test_moments_are_cut_like_the_weights_and_scaled_by_the_gate(schema_and_ids):
+    """A kept field's embedding rows: the pruned weight is the gated one times the gate z, so its first moment is
+    divided by z and its second by z squared (closed form); the tower's first layer keeps the kept fields' columns;
+    the step is kept."""
     schema, ids = schema_and_ids
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([-0.5, 0.0, 0.0, 0.0, 0.0]))
+    z = model.gate.deterministic().detach()
+    assert 0 < float(z[0]) < 1
     torch.manual_seed(0)
     state = {n: {"step": torch.tensor(7.0, dtype=torch.float64), "exp_avg": torch.randn_like(p),
                  "exp_avg_sq": torch.rand_like(p)} for n, p in model.named_parameters() if not n.startswith("gate.")}
-    first, second = torch.tensor([0.3, 1.0, 1.0, 1.0, 1.0]), torch.tensor([0.2, 1.0, 1.0, 1.0, 1.0])
-    out = prune_moments(model, schema, ["a"], state, (first, second))
+    out = prune_moments(model, schema, ["a"], None, state)
     n = schema.field("a").vocab_size
-    torch.testing.assert_close(out["embedding.weight"]["exp_avg"], state["embedding.weight"]["exp_avg"][:n] / 0.3)
-    torch.testing.assert_close(out["embedding.weight"]["exp_avg_sq"], state["embedding.weight"]["exp_avg_sq"][:n] / 0.2)
-    first_layer = next(k for k in out if k.endswith(".weight") and k.startswith("deep."))
-    torch.testing.assert_close(out[first_layer]["exp_avg"], state[first_layer]["exp_avg"][:, :4])  # a's 4 columns
+    torch.testing.assert_close(out["embedding.weight"]["exp_avg"], state["embedding.weight"]["exp_avg"][:n] / z[0])
+    torch.testing.assert_close(out["embedding.weight"]["exp_avg_sq"],
+                               state["embedding.weight"]["exp_avg_sq"][:n] / z[0] ** 2)
+    first = next(k for k in out if k.endswith(".weight") and k.startswith("deep."))
+    torch.testing.assert_close(out[first]["exp_avg"], state[first]["exp_avg"][:, :4])  # a's 4 columns come first
     assert all(float(s["step"]) == 7.0 for s in out.values())
     assert not any(k.startswith("gate.") for k in out)
-
-
-def test_sample_moments_are_the_sampled_gates_moments():
-    """Against an independent sample of the hard-concrete gate: E[z], E[z^2]; P(z > 0) against its closed form; the
-    same numbers on every call (seeded)."""
-    gate = HardConcreteGate(4)
-    with torch.no_grad():
-        gate.log_alpha.copy_(torch.tensor([-2.0, -1.0, 0.0, 3.0]))
-    first, second = gate.sample_moments()
-    torch.manual_seed(1)
-    z = torch.stack([gate.sample() for _ in range(20000)]).detach()
-    torch.testing.assert_close(first, z.mean(0), atol=0.01, rtol=0)
-    torch.testing.assert_close(second, z.pow(2).mean(0), atol=0.01, rtol=0)
-    torch.testing.assert_close((z > 0).float().mean(0), gate.open_probability().detach(), atol=0.01, rtol=0)
-    assert torch.equal(gate.sample_moments()[0], first) and bool((second >= first ** 2).all())
 
 
 def test_stored_state_round_trips_and_sparse_adam_gets_an_int_step():
@@ -142,24 +125,3 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     auc = {n: json.loads((tmp_path / n / "metrics.json").read_text())["test"]["auc"] for n in ("whole", "parts", "old")}
     assert auc["parts"] == auc["whole"], auc
     assert auc["old"] != auc["whole"], auc
-
-
-def test_a_fit_hands_on_the_optimizer_state_of_the_weights_it_returns(monkeypatch):
-    """A model-selecting fit returns its best epoch's weights, and its carry holds the optimizer state of that epoch,
-    not of the last one: with the first of three epochs made the best, the carried step count is one epoch's steps.
-    Without a best epoch to return (select_best off) it is the last epoch's."""
-    rng = np.random.default_rng(0)
-    ids = rng.integers(2, 12, size=(400, 3)).astype(np.int32)
-    y = (rng.random(400) < 0.4).astype(np.float32)
-    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(10)]) for i in range(3)])
-    original = training.track_best
-    monkeypatch.setattr(training, "track_best", lambda state, rec, losses, epoch, model, plan:
-                        original(state, rec, losses, epoch, model, plan) if epoch == 0 else None)
-    cfg = TrainConfig(epochs=3, batch_size=100, patience=0)
-    for select_best, steps in ((True, 3), (False, 9)):  # 300 training rows in batches of 100
-        torch.manual_seed(0)
-        model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=False)
-        carry = Carry()
-        fit(model, ArrayRows(ids[:300], y[:300]), ArrayRows(ids[300:], y[300:]), cfg, seed=0,
-            select_best=select_best, carry=carry)
-        assert {float(s["step"]) for s in carry.state.values()} == {float(steps)}, select_best
