@@ -287,7 +287,12 @@ def closing_scores(search: dict) -> dict[str, float | None]:
     for t in search.get("tests", []):
         own = _in_se(t["cost"], t["se"])
         both = [own] + ([_in_se(t["set_cost"], t["set_se"])] if "set_cost" in t else [])
-        out[t["field"]] = None if None in both else float("nan") if any(b != b for b in both) else max(both)
+        if None in both:  # a positive cost with no spread
+            out[t["field"]] = None
+        elif any(np.isnan(b) for b in both):  # a diverged loss shows, whatever the order
+            out[t["field"]] = float("nan")
+        else:
+            out[t["field"]] = max(both)
     return out
 
 

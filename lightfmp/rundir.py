@@ -28,7 +28,7 @@ from .errors import LightFMPError
 from .io import RUN_FORMAT, atomic_path, file_sha256, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
 from .moments import FILE as OPTIMIZER_FILE
-from .moments import flatten, unflatten
+from .moments import MOMENTS, flatten, unflatten
 from .schema import FeatureSchema
 from .splits import SplitRule
 
@@ -91,17 +91,17 @@ class Run:
     def load_optimizer_state(self, model: CTRModel) -> dict | None:
         """Phase 1's weight-optimizer state by parameter name (lightfmp.moments), checked against `model` (the
         phase-1 model); None for a run written before it was stored (phase 3 then starts a fresh optimizer)."""
-        path = self.path / OPTIMIZER_FILE
         if not self.info.get("optimizer_state"):
             return None
+        path = self.path / OPTIMIZER_FILE
         try:
             state = unflatten(load_file(str(path)))
         except Exception as e:
             raise LightFMPError(f"{path}: cannot read it ({str(e).splitlines()[0]})") from None
         params = dict(model.named_parameters())
         for name, st in state.items():
-            if name not in params or set(st) != {"step", "exp_avg", "exp_avg_sq"} or any(
-                    st[k].shape != params[name].shape for k in ("exp_avg", "exp_avg_sq")):
+            if name not in params or set(st) != {"step", *MOMENTS} or any(
+                    st[k].shape != params[name].shape for k in MOMENTS):
                 raise LightFMPError(f"{path}: its state for '{name}' does not fit the run's phase-1 model")
         return state
 
