@@ -72,6 +72,33 @@ class _FirstLayerUpdate(nn.Module):
         return self.pre + (x[:, self.cols] - self.old) @ self.layer.weight[:, self.cols].t()
 
 
+class _KeptPreActivation(torch.autograd.Function):
+    """The first layer's output where its pre-activation is known already: forward returns it, backward passes the
+    gradient to the layer's input as the Linear would (grad @ weight)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return pre.clone()  # the caller's tensor stays as it is, whatever the layers after it do in place
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (weight,) = ctx.saved_tensors
+        return grad @ weight, None, None
+
+
+class _KeptFirstLayer(nn.Module):
+    """Stands in for the tower's first Linear during the screen: the state's pre-activation, differentiable in the
+    input."""
+
+    def __init__(self, layer: nn.Linear, pre: torch.Tensor):
+        super().__init__()
+        self.layer, self.pre = layer, pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _KeptPreActivation.apply(x, self.pre, self.layer.weight.detach())
+
+
 class ClosedFields:
     """The rows' per-row losses with the fields not in `open_fields` closed, and with one field toggled.
 
@@ -82,7 +109,7 @@ class ClosedFields:
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
                  weights: np.ndarray | None = None):
-        """`weights`: per-row weights (mean 1) that `losses` and `mixed_loss` apply, where the rows are a weighted
+        """`weights`: per-row weights (mean 1) that `losses` and `screen` apply, where the rows are a weighted
         sample (`lightfmp.keep_rule.search_rows`); a closed field then reads rows drawn by weight
         (`weighted_other_rows`)."""
         if len(labels) < 2:
@@ -114,7 +141,7 @@ class ClosedFields:
         self.pre = None
         for f in set(range(fields)) - set(open_fields):
             self.toggle(f)
-        self.ends = None  # mixed_loss's (own, shuffled) embeddings, built on its first call
+        self.diffs = None  # screen's own - shuffled values, built on its first call
         self.first = self._first_layer(model) if self.cached else None
         self.pre = self._pre_activation() if self.first is not None else None
 
@@ -220,20 +247,36 @@ class ClosedFields:
         self._set(f, new)
         self.open[f] = ~self.open[f]
 
-    def mixed_loss(self, open_share: torch.Tensor) -> torch.Tensor:
-        """The mean BCE (weighted, given weights) when field f reads open_share[f] of its own and the rest of the
-        shuffled rows' embedding (differentiable in open_share: the substitution gate of ShuffleGate, Huang et al.
-        2025)."""
-        if self.ends is None:  # every field's own and shuffled values, built on the first call: the state is not needed
+    def screen(self) -> torch.Tensor:
+        """Per field, the first-order change of the mean BCE (weighted, given weights) when the field's share of its
+        own values grows from the state's: field f reads s_f of its own and 1 - s_f of the shuffled rows' embedding
+        (the substitution gate of ShuffleGate, Huang et al. 2025), s = 1 for open fields and 0 for closed ones. The
+        state is that mix at its corners, so the derivative is the loss's gradient at the state's embeddings times
+        (own - shuffled): one backward pass, and none of the tower's first layer forward (its pre-activation is
+        kept). Negative: opening the field (closed) promises to lower the loss."""
+        if self.diffs is None:  # own - shuffled per field, built on the first call (the own values do not change)
             with torch.no_grad():
-                is_open = self.open.to(self.perm.device)
                 if self.own is not None:  # the rows' own values, kept
                     values = [t for t in (self.own if self.cached else self._looked_up(self.own)) if t is not None]
                 else:
+                    is_open = self.open.to(self.perm.device)
                     state = (self.emb, self.lin) if self.cached else self._looked_up()
                     values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
                               for t in state if t is not None]
-                self.ends = [(x, x[self.perm]) for x in values]
-        mixed = [shuf + open_share.view((1, -1) + (1,) * (own.dim() - 2)) * (own - shuf) for own, shuf in self.ends]
-        lin = mixed[1] if len(mixed) > 1 else None
-        return F.binary_cross_entropy_with_logits(self.model.interact(mixed[0], lin), self.labels, self.weights)
+                self.diffs = [x - x[self.perm] for x in values]
+        with torch.no_grad():
+            state = [t for t in ((self.emb, self.lin) if self.cached else self._looked_up()) if t is not None]
+        at = [t.detach().requires_grad_(True) for t in state]
+        layer = self.model.deep[self.first] if self.pre is not None else None
+        if layer is not None:
+            self.model.deep[self.first] = _KeptFirstLayer(layer, self.pre)
+        try:
+            with torch.enable_grad():
+                logits = self.model.interact(at[0], at[1] if len(at) > 1 else None)
+                grads = torch.autograd.grad(
+                    F.binary_cross_entropy_with_logits(logits, self.labels, self.weights), at)
+        finally:
+            if layer is not None:
+                self.model.deep[self.first] = layer
+        return sum((g * d).flatten(2).sum((0, 2)) if g.dim() > 2 else (g * d).sum(0)
+                   for g, d in zip(grads, self.diffs))

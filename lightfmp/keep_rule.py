@@ -117,12 +117,9 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     while rest and (steps is None or len(chosen) < steps):
         candidates = rest
         if len(rest) > EXACT_CANDIDATES:
-            # screen: the first-order loss change of opening each closed field (one backward through the mix),
-            # then the SCREENED most promising are evaluated exactly
-            m = torch.zeros(n, device=device)
-            m[chosen] = 1.0
-            m.requires_grad_(True)
-            (grad,) = torch.autograd.grad(passes.mixed_loss(m), m)
+            # screen: the first-order loss change of opening each closed field (`ClosedFields.screen`: one
+            # backward pass), then the SCREENED most promising are evaluated exactly
+            grad = passes.screen()
             candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
         losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))

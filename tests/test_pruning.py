@@ -245,8 +245,8 @@ def _small_deepfm(schema_and_ids, cached, monkeypatch):
 def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, cached, monkeypatch):
     """With per-row weights a closed field reads row donor[i] (`weighted_other_rows`: drawn by weight, never i):
     the passes' losses are the definition's times the weights, for the state and one field toggled, through toggles
-    either way (the rows' own values are kept: the donors are not a permutation), and the screen's mix at 0 / 1 is
-    the weighted mean of that closed set."""
+    either way (the rows' own values are kept: the donors are not a permutation), and the screen is the gradient of
+    the weighted mean over the mix of own and donor values."""
     schema, ids, model, y = _small_deepfm(schema_and_ids, cached, monkeypatch)
     w = np.where(y.numpy() == 1, 0.4, 1.3)
     w = w / w.mean()
@@ -263,8 +263,8 @@ def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, c
         for f in range(5):
             toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}, donor).numpy() * w
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
-        with torch.no_grad():
-            assert float(passes.mixed_loss(passes.open.float())) == pytest.approx(expect.mean(), rel=1e-5)
+        assert torch.allclose(passes.screen(), _mix_gradient(model, ids, y, open_fields, donor, w),
+                              rtol=1e-4, atol=1e-6), step
 
 
 def test_weighted_donors_follow_the_weights():
@@ -275,22 +275,46 @@ def test_weighted_donors_follow_the_weights():
     assert light == pytest.approx(0.2, abs=0.03)
 
 
+def _mix_gradient(model, ids, y, open_fields, donor, weights=None):
+    """The screen's definition: the gradient in s of the mean BCE (weighted, given weights) when field f reads s_f
+    of its own rows' embedding and 1 - s_f of the rows `donor` gives, at s = 1 on open fields and 0 on closed ones."""
+    with torch.no_grad():
+        own = [t for t in model.embedding(ids, model.gate_values()) if t is not None]
+    s = torch.zeros(model.embedding.num_fields)
+    s[sorted(open_fields)] = 1.0
+    s.requires_grad_(True)
+    mixed = [t[donor] + s.view((1, -1) + (1,) * (t.dim() - 2)) * (t - t[donor]) for t in own]
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), y, w)
+    return torch.autograd.grad(loss, s)[0]
+
+
 @pytest.mark.parametrize("cached", [True, False])
-def test_the_screens_mix_at_zero_or_one_is_the_closed_field_state(schema_and_ids, cached, monkeypatch):
-    """`mixed_loss` (the forward search's screen) with each field's share 1 (own values) or 0 (the shuffled rows')
-    is the mean loss of that closed set, before and after the state changes (its embeddings are built once)."""
-    schema, ids, model, y = _small_deepfm(schema_and_ids, cached, monkeypatch)
+@pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", [])])
+def test_the_screen_is_the_gradient_of_the_mix_at_the_state(schema_and_ids, backbone, hidden, cached, monkeypatch):
+    """`screen` (the forward search's first-order estimate; where the tower's first layer reads the flattened
+    embeddings, that layer's kept pre-activation stands in for its forward) is the gradient of the definition's
+    mix at the state, after toggles either way, on every backbone; it leaves the state and the model as they were."""
+    if not cached:
+        monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=hidden, cross_layers=2), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [1, 3])
-    for toggles in ([], [0, 3], [2]):
-        for f in toggles:
+    layers = list(getattr(model, "deep", []))
+    donor = torch.from_numpy(other_rows(len(y)))
+    open_fields = {1, 3}
+    for f in [None, 0, 3, 2]:
+        if f is not None:
             passes.toggle(f)
-        share = passes.open.float()
-        with torch.no_grad():
-            assert float(passes.mixed_loss(share)) == pytest.approx(float(passes.losses().mean()), rel=1e-5)
-            for f in range(5):
-                moved = share.clone()
-                moved[f] = 1 - moved[f]
-                assert float(passes.mixed_loss(moved)) == pytest.approx(float(passes.losses(f).mean()), rel=1e-5)
+            open_fields ^= {f}
+        before = passes.losses()
+        got = passes.screen()
+        assert got.shape == (5,) and torch.allclose(got, _mix_gradient(model, ids, y, open_fields, donor),
+                                                    rtol=1e-4, atol=1e-6), f
+        assert np.array_equal(passes.losses(), before) and list(getattr(model, "deep", [])) == layers
 
 
 def test_forward_order_against_a_direct_evaluation(schema_and_ids):
