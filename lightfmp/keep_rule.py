@@ -119,8 +119,8 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
         if len(rest) > EXACT_CANDIDATES:
             # screen: the first-order loss change of opening each closed field (`ClosedFields.screen`: one
             # backward pass), then the SCREENED most promising are evaluated exactly
-            grad = passes.screen()
-            candidates = sorted(rest, key=lambda f: (float(grad[f]), f))[:SCREENED]
+            grad = passes.screen().tolist()
+            candidates = sorted(rest, key=lambda f: (grad[f], f))[:SCREENED]
         losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))
         passed_over = []  # the picked field and any finer field swapped in on the way: each is a function of the next
