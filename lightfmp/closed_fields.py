@@ -252,8 +252,8 @@ class ClosedFields:
         own values grows from the state's: field f reads s_f of its own and 1 - s_f of the shuffled rows' embedding
         (the substitution gate of ShuffleGate, Huang et al. 2025), s = 1 for open fields and 0 for closed ones. The
         state is that mix at its corners, so the derivative is the loss's gradient at the state's embeddings times
-        (own - shuffled): one backward pass, and none of the tower's first layer forward (its pre-activation is
-        kept). Negative: opening the field (closed) promises to lower the loss."""
+        (own - shuffled): one backward pass (chunk by chunk), and none of the tower's first layer forward (its
+        pre-activation is kept). Negative: opening the field (closed) promises to lower the loss."""
         if self.diffs is None:  # own - shuffled per field, built on the first call (the own values do not change)
             with torch.no_grad():
                 if self.own is not None:  # the rows' own values, kept
@@ -264,19 +264,26 @@ class ClosedFields:
                     values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
                               for t in state if t is not None]
                 self.diffs = [x - x[self.perm] for x in values]
-        with torch.no_grad():
-            state = [t for t in ((self.emb, self.lin) if self.cached else self._looked_up()) if t is not None]
-        at = [t.detach().requires_grad_(True) for t in state]
+        out = torch.zeros(self.model.embedding.num_fields, device=self.perm.device)
         layer = self.model.deep[self.first] if self.pre is not None else None
-        if layer is not None:
-            self.model.deep[self.first] = _KeptFirstLayer(layer, self.pre)
-        try:
-            with torch.enable_grad():
-                logits = self.model.interact(at[0], at[1] if len(at) > 1 else None)
-                grads = torch.autograd.grad(
-                    F.binary_cross_entropy_with_logits(logits, self.labels, self.weights), at)
-        finally:
+        for i in range(0, self.n, self.chunk):  # chunk by chunk: the gradients' temporaries stay in cache
+            rows = slice(i, i + self.chunk)
+            with torch.no_grad():
+                state = (self.emb[rows], self.lin[rows] if self.lin is not None else None) if self.cached \
+                    else self._lookup(rows)
+            at = [t.detach().requires_grad_(True) for t in state if t is not None]
             if layer is not None:
-                self.model.deep[self.first] = layer
-        return sum((g * d).flatten(2).sum((0, 2)) if g.dim() > 2 else (g * d).sum(0)
-                   for g, d in zip(grads, self.diffs))
+                self.model.deep[self.first] = _KeptFirstLayer(layer, self.pre[rows])
+            try:
+                with torch.enable_grad():
+                    logits = self.model.interact(at[0], at[1] if len(at) > 1 else None)
+                    loss = F.binary_cross_entropy_with_logits(
+                        logits, self.labels[rows], self.weights[rows] if self.weights is not None else None,
+                        reduction="sum")
+                    grads = torch.autograd.grad(loss, at)
+            finally:
+                if layer is not None:
+                    self.model.deep[self.first] = layer
+            for g, d in zip(grads, self.diffs):
+                out += (g * d[rows]).flatten(2).sum((0, 2)) if g.dim() > 2 else (g * d[rows]).sum(0)
+        return out / self.n

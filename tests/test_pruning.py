@@ -294,15 +294,19 @@ def _mix_gradient(model, ids, y, open_fields, donor, weights=None):
 def test_the_screen_is_the_gradient_of_the_mix_at_the_state(schema_and_ids, backbone, hidden, cached, monkeypatch):
     """`screen` (the forward search's first-order estimate; where the tower's first layer reads the flattened
     embeddings, that layer's kept pre-activation stands in for its forward) is the gradient of the definition's
-    mix at the state, after toggles either way, on every backbone; it leaves the state and the model as they were."""
+    mix at the state, after toggles either way, on every backbone, summed over chunks of 7 rows (the last one
+    shorter); it leaves the state and the model as they were."""
     if not cached:
         monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
+    monkeypatch.setattr(closed_fields, "CHUNK_FLOATS", 7 * 5 * 4)  # 5 fields x embed_dim 4: 7 rows a chunk
     schema, ids = schema_and_ids
+    assert len(ids) % 7 != 0
     torch.manual_seed(0)
     model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=hidden, cross_layers=2), gated=True)
     randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float()
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [1, 3])
+    assert passes.chunk == 7
     layers = list(getattr(model, "deep", []))
     donor = torch.from_numpy(other_rows(len(y)))
     open_fields = {1, 3}
