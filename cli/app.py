@@ -83,12 +83,17 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                             help="Epochs of continued training; 0 skips phase 3; "
                                                                  "with 2 or more the rule decides after the first "
                                                                  "(default: the run's --continue-epochs or --epochs)."),
+              closing_test: bool = typer.Option(False, "--closing-test",
+                                                help="Use the default rule, the closing test on the validation rows, "
+                                                     "even where the run recorded --keep or --threshold (a prune "
+                                                     "records the rule it used)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
     """Phases 2 and 3: choose the fields on the validation rows (after phase 3's first epoch where it has two or
     more), slice the others out of the model, continue training (the first epoch on the rows phase 1 did not use,
     the others on every training row)."""
-    check_one_rule(keep, threshold)
-    m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet)
+    check_one_rule(keep, threshold, closing_test)
+    m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet,
+                       default_rule=closing_test)
     if speaks(quiet):
         print_summary(m, run)
 
@@ -121,7 +126,8 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         score = ([f"{round(v, 2) + 0.0:.2f}" if isinstance(v, float) else "-" if v is None else str(v)]
                  if scored else [])  # + 0.0: no "-0.00" for a cost that rounds to zero
         t.add_row(escape(row["field"]), row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
-                  "yes" if row["kept"] else f"[dim]no ({escape(row['repeats'])})[/]" if "repeats" in row
+                  "yes" if row["kept"] else "[dim]-[/]" if row["kept"] is None  # undecided until prune
+                  else f"[dim]no ({escape(row['repeats'])})[/]" if "repeats" in row
                   else "[dim]no[/]")  # escape: a column name such as "a[/b]" is no markup
     out.print(t)
     on_gate = cut.get("score", "gate") == "gate"

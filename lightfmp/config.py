@@ -43,7 +43,8 @@ def opt(default, help: str, low=None, high=None, *, open_low: bool = False, open
 
 @dataclass
 class DataConfig:
-    data: str | None = opt(None, "CSV or Parquet file of training data.")
+    data: str | None = opt(None, "Training data: a CSV, TSV (--format tsv), compressed text, Parquet file or "
+                                 "directory of Parquet parts, or a Criteo / Avazu file.")
     label: str | None = opt(None, "Label column (0/1, booleans, or see --positive).")
     schema: str | None = opt(None, "Feature schema JSON; without it kinds are inferred from the data.")
     categorical: list[str] = opt([], "Comma-separated columns to treat as categorical.")
@@ -143,6 +144,11 @@ class RunConfig:
         return RunConfig.from_dict(d)
 
     @property
+    def continue_epochs(self) -> int:
+        """Phase 3's epochs: --continue-epochs, or --epochs without it."""
+        return self.train.epochs if self.prune.continue_epochs is None else self.prune.continue_epochs
+
+    @property
     def init_seed(self) -> int:
         """The seed of training's random streams: --init-seed, or --seed without it."""
         return self.data.seed if self.train.init_seed is None else self.train.init_seed
@@ -193,10 +199,16 @@ def _set_once(section: dict, name: str, value, source: str) -> None:
     section[name] = value
 
 
-def check_one_rule(keep: int | None, threshold: float | None) -> None:
-    """At most one keep rule: --keep K or --threshold T (neither: the default rule)."""
-    if keep is not None and threshold is not None:
-        raise LightFMPError(f"--keep {keep} and --threshold {threshold}: give one keep rule, not both")
+def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool = False) -> None:
+    """At most one keep rule: --keep K, --threshold T or (prune) --closing-test (none: the default rule, or the
+    rule a run recorded)."""
+    given = [f for f, v in (("--keep", keep), ("--threshold", threshold)) if v is not None]
+    if closing_test:
+        given.append("--closing-test")
+    if len(given) > 1:
+        shown = [f"{f} {v}" for f, v in (("--keep", keep), ("--threshold", threshold)) if v is not None]
+        raise LightFMPError(f"{' and '.join(shown + (['--closing-test'] if closing_test else []))}: give one keep "
+                            f"rule, not {'both' if len(given) == 2 else 'several'}")
 
 
 _FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}

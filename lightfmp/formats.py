@@ -327,7 +327,20 @@ def _parquet_tables(p: Path, chunk_rows: int):
         except LightFMPError:
             raise
         except Exception as e:  # pyarrow raises several types for a damaged file
-            raise LightFMPError(f"{f}: cannot read Parquet ({type(e).__name__}: {_one_line(e)})") from None
+            raise LightFMPError(f"{f}: cannot read Parquet ({type(e).__name__}: {_one_line(e)})"
+                                + _other_file_hint(p, f)) from None
+
+
+def _other_file_hint(p: Path, f: Path) -> str:
+    """Where a directory's file without a Parquet suffix is not Parquet (a `lightfmp data synth` folder holds
+    truth.json beside data.parquet): every file of a directory is read as a part, so name the Parquet files to pass."""
+    if f == p or f.suffix.lower() in PARQUET_SUFFIXES:
+        return ""
+    parts = [q for q in data_files(p) if q.suffix.lower() in PARQUET_SUFFIXES]
+    if not parts:
+        return ""
+    shown = ", ".join(str(q) for q in parts[:2]) + (", ..." if len(parts) > 2 else "")
+    return f"; every file of the directory {p} is read as a part: pass the data file itself ({shown})"
 
 
 # ---- dataset-specific transforms ------------------------------------------------------------------------------------

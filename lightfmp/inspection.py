@@ -6,38 +6,42 @@ from pathlib import Path
 import torch
 
 from .io import atomic_path, check_output_file
-from .keep_rule import select_fields, selection_rule
+from .keep_rule import (CLOSING_RULE, decides_after_first_epoch, forward_rule, rule_site, select_fields,
+                        selection_rule)
 from .rundir import Run
 
 
 def cut_line(run: Run, rows: list[dict]) -> dict:
-    """The rule the kept set came from and its cut on the gate axis (metrics.json `selection` once pruned)."""
+    """The rule the kept set came from and its cut on the gate axis (metrics.json `selection` once pruned). Before
+    `lightfmp prune`, --keep K and the default rule are undecided (no cut), said with where they will decide."""
     m = run.metrics()
     if "selection" in m:
         return m["selection"]
-    kept = [r["field"] for r in rows if r["kept"]]
-    if not kept:
-        return {"rule": f"first {run.config.prune.keep} of the forward order" if run.config.prune.keep
-                else selection_rule([], {}, None, None)["rule"], "cut": None}
-    return selection_rule(kept, {r["field"]: r["gate"] for r in rows}, run.config.prune.keep,
-                          run.config.prune.threshold)
+    rule = run.config.prune
+    gates = {r["field"]: r["gate"] for r in rows}
+    if run.state != "complete" and rule.threshold is None:
+        deferred = decides_after_first_epoch(run.config.continue_epochs, rule.threshold)
+        return {"rule": forward_rule(rule.keep, deferred) if rule.keep else CLOSING_RULE + rule_site(deferred),
+                "cut": None}
+    return selection_rule([r["field"] for r in rows if r["kept"]], gates, rule.keep, rule.threshold)
 
 
 def gate_rows(run: Run) -> list[dict]:
     """One row per field: deterministic gate, L0 (open) probability, and whether it is kept.
 
-    Before pruning, `kept` says what the run's --threshold rule would keep (--keep and the default rule are decided
-    by `lightfmp prune` on the validation rows: nothing is marked kept until then)."""
+    Before pruning, `kept` says what the run's --threshold rule would keep; --keep and the default rule are decided
+    by `lightfmp prune` on the validation rows, and until then `kept` is None (undecided)."""
     m = run.metrics()
     names = m["fields"]["all"]
+    rule = run.config.prune
     if run.state == "complete":
         kept = set(m["fields"]["kept"])
-    else:
+    elif rule.keep is None and rule.threshold is not None:
         la = torch.tensor([m["log_alpha"][n] for n in names])
         z = torch.tensor([m["gates"][n] for n in names])
-        rule = run.config.prune
-        kept = set(select_fields(names, la, z, threshold=rule.threshold)) \
-            if rule.keep is None and rule.threshold is not None else set()
+        kept = set(select_fields(names, la, z, threshold=rule.threshold))
+    else:
+        kept = None
     probs = m.get("open_probability", {})
     sel = m.get("selection", {})
     scores = sel.get("scores", {})  # closing cost in SE (default) / forward position (--keep K)
@@ -45,7 +49,7 @@ def gate_rows(run: Run) -> list[dict]:
     repeats = {**{n: f"copy of {by}" for n, by in sel.get("copies", {}).items()},
                **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
-             "l0_probability": float(probs.get(n, 1.0)), "kept": n in kept,
+             "l0_probability": float(probs.get(n, 1.0)), "kept": None if kept is None else n in kept,
              **({"score": scores.get(n)} if scores else {}), **({"repeats": repeats[n]} if n in repeats else {})}
             for n in names]
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))

@@ -271,6 +271,21 @@ DEFERRED = (", on the model after phase 3's first epoch, which read every field 
             "least K under --keep K; the others dropped before it)")
 
 
+def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> bool:
+    """Whether --keep K and the default rule decide on the model after phase 3's first epoch (phase 3 has two or
+    more epochs) rather than on the phase-1 model; --threshold always decides on the phase-1 gates."""
+    return continue_epochs >= 2 and threshold is None
+
+
+def rule_site(deferred: bool) -> str:
+    """Where --keep K and the default rule decide, as `selection_rule` words it."""
+    return DEFERRED if deferred else " (on the phase-1 model)"
+
+
+def forward_rule(keep: int, deferred: bool) -> str:
+    return f"first {keep} of the forward order on the validation rows{rule_site(deferred)}"
+
+
 def _in_se(cost: float, se: float) -> float | None:
     """A closing cost in standard errors; None for a positive cost with no spread (every row's difference the
     same: beyond any number of them)."""
@@ -303,9 +318,9 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
     shadowed = (search or {}).get("shadowed", {})
     repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
                for kind in ("copy", "function")}
-    where = DEFERRED if search is not None and search.get("model") else " (on the phase-1 model)"
+    deferred = bool(search is not None and search.get("model"))
     if keep is not None and search is not None:
-        return {"rule": f"first {keep} of the forward order on the validation rows{where}",
+        return {"rule": forward_rule(keep, deferred),
                 "score": "forward order position",
                 "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
                 "copies": repeats["copy"], "functions": repeats["function"]}
@@ -313,6 +328,7 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
                 "cut": min(gate_values[n] for n in kept)}
     if threshold is None:
-        out = {"rule": CLOSING_RULE + where, "score": "closing cost in standard errors", "cut": SIGNIFICANT_SE}
+        out = {"rule": CLOSING_RULE + rule_site(deferred), "score": "closing cost in standard errors",
+               "cut": SIGNIFICANT_SE}
         return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

@@ -20,8 +20,8 @@ from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import (TEST_ROWS, check_keep, closing_test, keep_order, open_after_phase1, ranking,
-                        select_fields, selection_rule)
+from .keep_rule import (TEST_ROWS, check_keep, closing_test, decides_after_first_epoch, keep_order,
+                        open_after_phase1, ranking, select_fields, selection_rule)
 from .models import build_model
 from .moments import Carry, prune_moments
 from .progress import Reporter
@@ -215,25 +215,26 @@ def final_eval(model, data: Dataset, device: str, fields: list[str] | None = Non
 
 
 def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None = None,
-          continue_epochs: int | None = None, quiet: bool = False) -> dict:
+          continue_epochs: int | None = None, quiet: bool = False, default_rule: bool = False) -> dict:
     """Phases 2 and 3 on a pretrained run (re-running it re-prunes from the phase-1 checkpoint). An interrupted
-    call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments."""
-    check_one_rule(keep, threshold)
-    return _prune(open_run(run_dir), keep, threshold, continue_epochs, quiet)
+    call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments.
+    Neither `keep` nor `threshold`: the rule the run recorded (its --keep or --threshold, or the last prune's), or
+    with `default_rule` (--closing-test) the default rule whatever it recorded."""
+    check_one_rule(keep, threshold, default_rule)
+    return _prune(open_run(run_dir), keep, threshold, continue_epochs, quiet, default_rule=default_rule)
 
 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
-           data: Dataset | None = None) -> dict:
+           data: Dataset | None = None, default_rule: bool = False) -> dict:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
     # prune rewrites the run directory: refuse a path that is not one, first
     check_out(run.path, force=True, kind="run", in_place=True)
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
-    if keep is None and threshold is None:  # neither given: the run's own rule; one given: that rule alone
+    if keep is None and threshold is None and not default_rule:  # none given: the run's own rule; one: that alone
         keep, threshold = cfg.prune.keep, cfg.prune.threshold
-    continue_epochs = continue_epochs if continue_epochs is not None else (
-        cfg.prune.continue_epochs if cfg.prune.continue_epochs is not None else cfg.train.epochs)
+    continue_epochs = continue_epochs if continue_epochs is not None else cfg.continue_epochs
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
     dist.init(cfg.train.device)
@@ -260,7 +261,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     # phase 3's first epoch reads the rows phase 1 did not use (after it, every training row has been read once);
     # its later epochs read the whole training split, as any epoch after the first does
     split = continue_epochs >= 2
-    deferred = split and threshold is None
+    deferred = decides_after_first_epoch(continue_epochs, threshold)
     # rows the final model reads over rows the phase-1 model read: whether a finer field is dense enough to stand
     # for a coarser one (lightfmp.groupings)
     rows_ratio = (len(train) if split else len(rest)) / max(len(subset), 1)

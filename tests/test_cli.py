@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 import torch
 from typer.testing import CliRunner
 
@@ -77,7 +78,16 @@ def test_default_rule_is_the_closing_test(data, tmp_path):
     pre = m["phases"]["pretrain"]
     assert 1 <= pre["best_epoch"] <= pre["epochs"]
     r = cli("inspect", pretrained)  # before pruning: the default rule is not decided yet
-    assert r.exit_code == 0 and "decided by `lightfmp prune`" in " ".join(r.output.split()), r.output
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "decided by `lightfmp prune`" in text, r.output
+    assert "(on the phase-1 model)" in text  # --epochs 1: phase 3 has one epoch, the rule decides before it
+    rows = [line for line in r.output.splitlines() if line.startswith("│")]
+    assert len(rows) == len(m["fields"]["all"]) and all(line.rstrip(" │").endswith("-") for line in rows), r.output
+    doc = yaml.safe_load((pretrained / "config.yaml").read_text())
+    doc["prune"]["continue_epochs"] = 3
+    (pretrained / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    text = " ".join(cli("inspect", pretrained).output.split())  # three epochs: it decides after the first
+    assert "on the model after phase 3's first epoch" in text and "(on the phase-1 model)" not in text, text
     r = cli("prune", pretrained, "--continue-epochs", "1", "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads((pretrained / "metrics.json").read_text())

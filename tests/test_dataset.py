@@ -204,3 +204,18 @@ def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
     pipeline.train(cfg_for(p, tmp_path, target_k=3, **FAST), tmp_path / "r", quiet=True)
     m = pipeline.prune(tmp_path / "r", threshold=0.0, continue_epochs=1, quiet=True)
     assert m["selection"]["rule"].startswith("deterministic gate >= 0.0") and len(m["fields"]["kept"]) == 5
+
+
+def test_a_prune_records_its_rule_and_closing_test_brings_the_default_back(tmp_path):
+    """A bare prune repeats the rule the run recorded (the last prune's: config.yaml reproduces the run as it now
+    is); --closing-test asks for the default rule whatever was recorded, and goes with no other rule."""
+    p = write_csv(tmp_path, n=400)
+    pipeline.train(cfg_for(p, tmp_path, **FAST), tmp_path / "r", quiet=True)
+    pipeline.prune(tmp_path / "r", threshold=0.0, continue_epochs=1, quiet=True)
+    again = pipeline.prune(tmp_path / "r", continue_epochs=1, quiet=True)
+    assert again["selection"]["rule"].startswith("deterministic gate >= 0.0")
+    m = pipeline.prune(tmp_path / "r", continue_epochs=1, quiet=True, default_rule=True)
+    assert m["selection"]["score"] == "closing cost in standard errors" and "tests" in m["selection"]["search"]
+    assert pipeline.open_run(tmp_path / "r").config.prune.threshold is None  # recorded: the default again
+    with pytest.raises(LightFMPError, match=r"^--keep 2 and --closing-test: give one keep rule, not both$"):
+        pipeline.prune(tmp_path / "r", keep=2, default_rule=True, quiet=True)

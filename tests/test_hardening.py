@@ -362,6 +362,14 @@ def test_demo_reports_its_steps_to_a_log(tmp_path, monkeypatch):
     assert "test AUC" in r.stdout
 
 
+@pytest.mark.parametrize("flags, shown", [(["--keep", "2"], "--keep 2 and --closing-test"),
+                                          (["--threshold", "0.5"], "--threshold 0.5 and --closing-test")])
+def test_closing_test_goes_with_no_other_rule(pretrained, flags, shown):
+    before = sorted(q.name for q in pretrained.iterdir())
+    one_line_error(cli("prune", pretrained, *flags, "--closing-test"), shown, "give one keep rule")
+    assert sorted(q.name for q in pretrained.iterdir()) == before
+
+
 def stop(*a, **k):
     raise KeyboardInterrupt
 
@@ -714,6 +722,16 @@ def test_reader_and_data_hash_see_the_same_files(tmp_path):
     assert file_sha256(d) == sha and sum(len(df) for df, _ in read_batches(d, "parquet", 1000)) == rows
     shutil.copyfile(d / "part-0.parquet", d / "part-2.parquet")
     assert file_sha256(d) != sha and sum(len(df) for df, _ in read_batches(d, "parquet", 1000)) == rows * 3 // 2
+
+
+def test_a_non_parquet_file_in_a_data_directory_names_the_parquet_file_to_pass(tmp_path):
+    """A `lightfmp data synth` folder holds truth.json beside data.parquet: `--data` given the folder reads every
+    file as a part, and the one-line error names the file that is not Parquet and the data file to pass."""
+    d = tmp_path / "syn"
+    assert cli(*SYNTH, "--out", d).exit_code == 0
+    line = one_line_error(cli("run", "--data", d, "--label", "label", "--out", tmp_path / "r", *FAST),
+                          d / "truth.json", "cannot read Parquet", f"pass the data file itself ({d / 'data.parquet'})")
+    assert not (tmp_path / "r").exists(), line
 
 
 def test_an_output_apart_from_the_data():
