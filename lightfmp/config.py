@@ -202,13 +202,10 @@ def _set_once(section: dict, name: str, value, source: str) -> None:
 def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool = False) -> None:
     """At most one keep rule: --keep K, --threshold T or (prune) --closing-test (none: the default rule, or the
     rule a run recorded)."""
-    given = [f for f, v in (("--keep", keep), ("--threshold", threshold)) if v is not None]
-    if closing_test:
-        given.append("--closing-test")
+    given = [f"--keep {keep}"] * (keep is not None) + [f"--threshold {threshold}"] * (threshold is not None) \
+        + ["--closing-test"] * closing_test
     if len(given) > 1:
-        shown = [f"{f} {v}" for f, v in (("--keep", keep), ("--threshold", threshold)) if v is not None]
-        raise LightFMPError(f"{' and '.join(shown + (['--closing-test'] if closing_test else []))}: give one keep "
-                            f"rule, not {'both' if len(given) == 2 else 'several'}")
+        raise LightFMPError(f"{' and '.join(given)}: give one keep rule, not {'both' if len(given) == 2 else 'several'}")
 
 
 _FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}
