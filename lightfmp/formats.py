@@ -332,15 +332,16 @@ def _parquet_tables(p: Path, chunk_rows: int):
 
 
 def _other_file_hint(p: Path, f: Path) -> str:
-    """Where a directory's file without a Parquet suffix is not Parquet (a `lightfmp data synth` folder holds
-    truth.json beside data.parquet): every file of a directory is read as a part, so name the Parquet files to pass."""
+    """Where a directory's file without a Parquet suffix is not Parquet: every file of a directory is read as a part
+    (`lightfmp.io.data_files`), so say how to leave it out, or, beside a single Parquet file (a `lightfmp data synth`
+    folder holds truth.json beside data.parquet), which file to pass."""
     if f == p or f.suffix.lower() in PARQUET_SUFFIXES:
         return ""
     parts = [q for q in data_files(p) if q.suffix.lower() in PARQUET_SUFFIXES]
-    if not parts:
-        return ""
-    shown = ", ".join(str(q) for q in parts[:2]) + (", ..." if len(parts) > 2 else "")
-    return f"; every file of the directory {p} is read as a part: pass the data file itself ({shown})"
+    if len(parts) == 1:
+        return f"; every file of the directory {p} is read as a part: pass the data file itself ({parts[0]})"
+    return (f"; every file of the directory {p} is read as a part: move {f.name} out, or start its name with '_' or "
+            f"'.' (such files are skipped)")
 
 
 # ---- dataset-specific transforms ------------------------------------------------------------------------------------

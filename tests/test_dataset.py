@@ -219,3 +219,10 @@ def test_a_prune_records_its_rule_and_closing_test_brings_the_default_back(tmp_p
     assert pipeline.open_run(tmp_path / "r").config.prune.threshold is None  # recorded: the default again
     with pytest.raises(LightFMPError, match=r"^--keep 2 and --closing-test: give one keep rule, not both$"):
         pipeline.prune(tmp_path / "r", keep=2, default_rule=True, quiet=True)
+    # a run trained toward K fields: its config.yaml cannot record the closing test (--target-k K means --keep K)
+    pipeline.train(cfg_for(p, tmp_path, target_k=3, **FAST), tmp_path / "t", quiet=True)
+    before = sorted(q.name for q in (tmp_path / "t").iterdir())
+    with pytest.raises(LightFMPError, match=r"--closing-test: .*t was trained with --target-k 3, whose rule is "
+                                            r"--keep 3; give --keep K or --threshold T"):
+        pipeline.prune(tmp_path / "t", default_rule=True, quiet=True)
+    assert sorted(q.name for q in (tmp_path / "t").iterdir()) == before

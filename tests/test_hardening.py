@@ -732,6 +732,13 @@ def test_a_non_parquet_file_in_a_data_directory_names_the_parquet_file_to_pass(t
     line = one_line_error(cli("run", "--data", d, "--label", "label", "--out", tmp_path / "r", *FAST),
                           d / "truth.json", "cannot read Parquet", f"pass the data file itself ({d / 'data.parquet'})")
     assert not (tmp_path / "r").exists(), line
+    parts = _parquet_dir(tmp_path / "parts")  # several parts: passing one would drop the others
+    (parts / "README.txt").write_text("notes")
+    one_line_error(cli("run", "--data", parts, "--label", "label", "--out", tmp_path / "r", *FAST),
+                   parts / "README.txt", "move README.txt out, or start its name with '_' or '.'")
+    (parts / "README.txt").rename(parts / "_README.txt")  # skipped, as said
+    assert cli("run", "--data", parts, "--label", "label", "--categorical", "a", "--out", tmp_path / "r",
+               "--no-select", *FAST, "--quiet").exit_code == 0
 
 
 def test_an_output_apart_from_the_data():
