@@ -10,7 +10,8 @@ The rules compare many closed sets that differ by one field, so `ClosedFields` l
 once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' embeddings shuffled) and keeps the
 current set as its state; a trial changes one field's block. Where only the tower's first layer reads the flattened
 embeddings (the backbones that keep `CTRModel.prune_inputs`), a trial also updates that layer's pre-activation by
-the changed field's columns alone: D x H multiply-adds a row instead of F x D x H. Memory: the state, rows x fields
+the changed field's columns alone: D x H multiply-adds a row instead of F x D x H; and DeepFM's FM term, a function
+of two sums over fields, comes from the state's sums changed by the one field's terms (D instead of F x D). Memory: the state, rows x fields
 x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's pre-activation; beyond
 STATE_BYTES the state is the rows' ids and every pass looks them up again (the same losses, slower).
 """
@@ -25,6 +26,7 @@ from torch import nn
 
 from .errors import LightFMPError
 from .models import CTRModel
+from .models.deepfm import FactorizationMachine
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
 STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
@@ -70,6 +72,18 @@ class _FirstLayerUpdate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pre + (x[:, self.cols] - self.old) @ self.layer.weight[:, self.cols].t()
+
+
+class _FactorizationFromSums(nn.Module):
+    """Stands in for DeepFM's FM term during a trial: its value from the state's two sums over fields (float64),
+    changed by one field's terms where the input differs from the state's in that field alone."""
+
+    def __init__(self, fm: FactorizationMachine, total: torch.Tensor, squares: torch.Tensor):
+        super().__init__()
+        self.fm, self.total, self.squares = fm, total, squares
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.fm.from_sums(self.total, self.squares).to(emb.dtype)
 
 
 class _KeptPreActivation(torch.autograd.Function):
@@ -121,7 +135,7 @@ class ClosedFields:
         self.z = model.gate_values().to(device)
         self.perm = torch.from_numpy(other_rows(self.n) if weights is None else weighted_other_rows(weights)).to(device)
         self.inverse = torch.argsort(self.perm) if weights is None else None  # else `own` gives the own values
-        self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call
+        self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call of the whole model
         self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
         self.cached = self.n * fields * dim * 4 <= STATE_BYTES
         if self.cached:
@@ -138,12 +152,19 @@ class ClosedFields:
         self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device) \
             if weights is not None else None
         self.open = torch.ones(fields, dtype=torch.bool)
-        self.pre = None
+        self.pre = self.sums = None
         for f in set(range(fields)) - set(open_fields):
             self.toggle(f)
         self.diffs = None  # screen's own - shuffled values, built on its first call
         self.first = self._first_layer(model) if self.cached else None
         self.pre = self._pre_activation() if self.first is not None else None
+        fm = getattr(model, "fm", None)
+        self.fm = fm if self.cached and isinstance(fm, FactorizationMachine) else None
+        self.sums = self._sums() if self.fm is not None else None
+        # rows per pass of `losses`: where the first layer is answered from its pre-activation, a pass no longer
+        # computes anything F x D wide per row, only the layer's width (and the F first-order terms)
+        self.pass_chunk = self.chunk if self.pre is None else \
+            max(1, CHUNK_FLOATS // max(self.model.deep[self.first].out_features, fields, dim))
 
     def _lookup(self, rows: slice, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Field embeddings and first-order terms of the state's ids (or `ids`) at `rows`."""
@@ -166,6 +187,17 @@ class ClosedFields:
         layer = self.model.deep[self.first]
         return torch.cat([F.linear(self.emb[i:i + self.chunk].flatten(1), layer.weight, layer.bias)
                           for i in range(0, self.n, self.chunk)])
+
+    def _sums(self) -> list[torch.Tensor]:
+        """The FM term's two sums over fields for every row of the state, in float64 (toggles update them)."""
+        parts = [[t.sum(1) for t in self.fm.field_terms(self.emb[i:i + self.chunk].double())]
+                 for i in range(0, self.n, self.chunk)]
+        return [torch.cat([p[k] for p in parts]) for k in range(2)]
+
+    def _changed_sums(self, rows: slice, old: torch.Tensor, new: torch.Tensor) -> list[torch.Tensor]:
+        """The state's sums at `rows` with one field's block changed from `old` to `new`."""
+        return [s[rows] - a + b for s, a, b in zip(self.sums, self.fm.field_terms(old.double()),
+                                                    self.fm.field_terms(new.double()))]
 
     def _field(self, f: int) -> list[torch.Tensor]:
         """Field f's part of the state, copied: its embedding block (and first-order terms), or its id columns."""
@@ -211,10 +243,10 @@ class ClosedFields:
         toggled."""
         out = np.empty(self.n)
         with self._trial(f) as old:
-            for i in range(0, self.n, self.chunk):
-                rows = slice(i, i + self.chunk)
+            for i in range(0, self.n, self.pass_chunk):
+                rows = slice(i, i + self.pass_chunk)
                 logits = self._logits(rows, f, old)
-                out[i:i + self.chunk] = F.binary_cross_entropy_with_logits(
+                out[i:i + self.pass_chunk] = F.binary_cross_entropy_with_logits(
                     logits, self.labels[rows], self.weights[rows] if self.weights is not None else None,
                     reduction="none").double().cpu().numpy()
         return out
@@ -223,17 +255,30 @@ class ClosedFields:
         if not self.cached:
             return self.model.interact(*self._lookup(rows))
         emb, lin = self.emb[rows], self.lin[rows] if self.lin is not None else None
-        if self.first is None:
+        with self._stand_ins(rows, f, emb, old):
             return self.model.interact(emb, lin)
-        d = emb.shape[2]
-        cols = slice(f * d, (f + 1) * d) if f is not None else slice(0, 0)
-        layer = self.model.deep[self.first]
-        self.model.deep[self.first] = _FirstLayerUpdate(layer, self.pre[rows], cols,
-                                                         old[rows] if old is not None else emb[:, :0].flatten(1))
+
+    @contextmanager
+    def _stand_ins(self, rows: slice, f: int | None, emb: torch.Tensor, old: torch.Tensor | None):
+        """The model with its tower's first layer and its FM term (where it has them) answered from the state's
+        kept pre-activation and sums, changed by field f's block (`old` before the trial, `emb`'s now)."""
+        swaps = []
+        if self.first is not None:
+            d = emb.shape[2]
+            cols = slice(f * d, (f + 1) * d) if f is not None else slice(0, 0)
+            layer = self.model.deep[self.first]
+            swaps.append((self.model.deep, self.first, layer, _FirstLayerUpdate(
+                layer, self.pre[rows], cols, old[rows] if old is not None else emb[:, :0].flatten(1))))
+        if self.fm is not None:
+            sums = self._changed_sums(rows, old[rows], emb[:, f]) if f is not None else [s[rows] for s in self.sums]
+            swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
         try:
-            return self.model.interact(emb, lin)
+            for owner, key, _, stand_in in swaps:
+                _put(owner, key, stand_in)
+            yield
         finally:
-            self.model.deep[self.first] = layer
+            for owner, key, module, _ in swaps:
+                _put(owner, key, module)
 
     @torch.no_grad()
     def toggle(self, f: int) -> None:
@@ -244,6 +289,8 @@ class ClosedFields:
             if bool(change.any()):  # a shut gate's block is 0 on every row
                 d = self.emb.shape[2]
                 self.pre.addmm_(change, self.model.deep[self.first].weight[:, f * d:(f + 1) * d].t())
+        if self.sums is not None:
+            self.sums = self._changed_sums(slice(None), self.emb[:, f], new[0])
         self._set(f, new)
         self.open[f] = ~self.open[f]
 
@@ -287,3 +334,11 @@ class ClosedFields:
             for g, d in zip(grads, self.diffs):
                 out += (g * d[rows]).flatten(2).sum((0, 2)) if g.dim() > 2 else (g * d[rows]).sum(0)
         return out / self.n
+
+
+def _put(owner: nn.Module, key, module: nn.Module) -> None:
+    """Set a submodule by index (a Sequential's layer) or by name."""
+    if isinstance(key, int):
+        owner[key] = module
+    else:
+        setattr(owner, key, module)

@@ -200,15 +200,20 @@ def _direct_losses(model, schema, ids, y, open_fields, donor=None):
         return F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none").double()
 
 
+@pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("cached", [True, False])
 @pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", [])])
-def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden, cached, monkeypatch):
+def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden, cached, chunked,
+                                                         monkeypatch):
     """`ClosedFields` (embeddings looked up once; where only the tower's first layer reads the flattened
-    embeddings, that layer updated by the toggled field's columns; or, beyond its memory budget, the ids looked up
-    on every pass) gives the per-row losses of the definition, for the state and for one field toggled either way,
-    after a sequence of toggles, on every backbone."""
+    embeddings, that layer updated by the toggled field's columns; DeepFM's FM term from the state's sums over
+    fields changed by the toggled field's terms; or, beyond its memory budget, the ids looked up on every pass)
+    gives the per-row losses of the definition, for the state and for one field toggled either way,
+    after a sequence of toggles, on every backbone; `chunked`: a few rows a pass (the last chunk shorter)."""
     if not cached:
         monkeypatch.setattr(closed_fields, "STATE_BYTES", 0)
+    if chunked:
+        monkeypatch.setattr(closed_fields, "CHUNK_FLOATS", 7 * 5 * 4)  # 5 fields x embed_dim 4: 7 rows a chunk
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=hidden, cross_layers=2), gated=True)
@@ -217,6 +222,8 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
     uses_update = backbone in ("deepfm", "widedeep", "mlp") and bool(hidden) and cached
     assert passes.cached == cached and (passes.first is not None) == uses_update
+    assert (passes.fm is not None) == (backbone == "deepfm" and cached)
+    assert not chunked or 1 < passes.pass_chunk < len(ids) and len(ids) % passes.pass_chunk != 0
     open_fields = {0, 2, 4}
     for step in [None, 1, 0, 3, 0, 2]:
         if step is not None:
