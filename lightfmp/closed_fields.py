@@ -32,6 +32,13 @@ CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's te
 STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
 
 
+def state_rows(model: CTRModel) -> int:
+    """The most rows whose field embeddings a `ClosedFields` state holds within STATE_BYTES (at least 2): beyond
+    them it keeps ids and each pass looks every field up again and recomputes what the kept pre-activation and sums
+    would answer (25x slower a pass at 300 fields)."""
+    return max(2, STATE_BYTES // (model.embedding.num_fields * model.embedding.embed_dim * 4))
+
+
 def other_rows(n: int) -> np.ndarray:
     """The fixed shuffle a closed field reads: row i reads row perm[i], a seeded permutation in which no row reads
     itself (each row the draw left in place swaps partners with the next row; n >= 2)."""

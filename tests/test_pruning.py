@@ -408,7 +408,7 @@ def test_closing_test_against_its_definition(schema_and_ids):
     out = closing_test(model, schema, ids.numpy(), y.numpy())
     with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
         mp.setattr(closed_fields, "STATE_BYTES", 0)
-        assert closing_test(model, schema, ids.numpy(), y.numpy())["kept"] == out["kept"]
+        assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
     assert out["order"] == [schema.names[i] for i in order] and out["rows"] == len(y)
     assert float(model.gate.deterministic()[1]) == 0.0 and out["tests"][0] == {
         "field": "b", "cost": 0.0, "se": 0.0, "set_cost": 0.0, "set_se": 0.0, "closed": True}
@@ -418,6 +418,26 @@ def test_closing_test_against_its_definition(schema_and_ids):
         for key, value in zip(("cost", "se", "set_cost", "set_se"), numbers):
             assert t[key] == pytest.approx(value, rel=1e-4, abs=1e-9), (key, t)
     assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
+
+
+def test_closing_test_reads_the_rows_its_state_holds(schema_and_ids, monkeypatch):
+    """Beyond the rows whose embeddings fit the state's memory budget the closing test reads no more (the ids
+    state would cost ~25x a pass on a wide table): with a budget of 100 rows (5 fields x 4 dims x 4 bytes a row) it
+    decides on the first 100 rows, as it does given those rows alone, and its passes keep the embeddings."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    randomize(model)
+    y = (ids[:, 0] % 2 == 0).float().numpy()
+    alone = closing_test(model, schema, ids.numpy()[:100], y[:100])
+    built = []
+    monkeypatch.setattr(closed_fields, "STATE_BYTES", 100 * 5 * 4 * 4)
+    monkeypatch.setattr("lightfmp.keep_rule.ClosedFields",
+                        lambda *a, **k: built.append(ClosedFields(*a, **k)) or built[-1])
+    assert closed_fields.state_rows(model) == 100 < len(y)
+    out = closing_test(model, schema, ids.numpy(), y)
+    assert out["rows"] == 100 and out["kept"] == alone["kept"] and out["tests"] == alone["tests"]
+    assert built and all(p.cached and p.n == 100 for p in built)
 
 
 def test_closing_test_drops_noise_fields_and_keeps_the_signal():
