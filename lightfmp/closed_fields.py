@@ -11,9 +11,10 @@ once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' em
 current set as its state; a trial changes one field's block. Where only the tower's first layer reads the flattened
 embeddings (the backbones that keep `CTRModel.prune_inputs`), a trial also updates that layer's pre-activation by
 the changed field's columns alone: D x H multiply-adds a row instead of F x D x H; and DeepFM's FM term, a function
-of two sums over fields, comes from the state's sums changed by the one field's terms (D instead of F x D). Memory: the state, rows x fields
-x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's pre-activation; beyond
-STATE_BYTES the state is the rows' ids and every pass looks them up again (the same losses, slower).
+of two sums over fields, comes from the state's sums changed by the one field's terms (D instead of F x D). Memory:
+the state, rows x fields x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's
+pre-activation and the two sums (rows x embed_dim float64 each); beyond STATE_BYTES the state is the rows' ids and
+every pass looks them up again (the same losses, ~25x slower on a wide table: `state_rows`).
 """
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ from torch import nn
 
 from .errors import LightFMPError
 from .models import CTRModel
-from .models.deepfm import FactorizationMachine
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
 STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
@@ -85,7 +85,7 @@ class _FactorizationFromSums(nn.Module):
     """Stands in for DeepFM's FM term during a trial: its value from the state's two sums over fields (float64),
     changed by one field's terms where the input differs from the state's in that field alone."""
 
-    def __init__(self, fm: FactorizationMachine, total: torch.Tensor, squares: torch.Tensor):
+    def __init__(self, fm: nn.Module, total: torch.Tensor, squares: torch.Tensor):
         super().__init__()
         self.fm, self.total, self.squares = fm, total, squares
 
@@ -125,7 +125,8 @@ class ClosedFields:
 
     `losses()` is the state's; `losses(f)` the state's with field f toggled (closed if open, opened if closed);
     `toggle(f)` makes that change the state. The state is the rows' field embeddings when they fit in STATE_BYTES,
-    else their ids (looked up again on every pass: the same losses, slower, without the first-layer update)."""
+    else their ids (looked up again on every pass: the same losses, slower, without the first-layer update or the
+    FM sums)."""
 
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
@@ -165,13 +166,13 @@ class ClosedFields:
         self.diffs = None  # screen's own - shuffled values, built on its first call
         self.first = self._first_layer(model) if self.cached else None
         self.pre = self._pre_activation() if self.first is not None else None
-        fm = getattr(model, "fm", None)
-        self.fm = fm if self.cached and isinstance(fm, FactorizationMachine) else None
+        fm = getattr(model, "fm", None)  # a term read through sums over fields (models.deepfm.FactorizationMachine)
+        self.fm = fm if self.cached and hasattr(fm, "field_terms") and hasattr(fm, "from_sums") else None
         self.sums = self._sums() if self.fm is not None else None
         # rows per pass of `losses`: where the first layer is answered from its pre-activation, a pass no longer
-        # computes anything F x D wide per row, only the layer's width (and the F first-order terms)
-        self.pass_chunk = self.chunk if self.pre is None else \
-            max(1, CHUNK_FLOATS // max(self.model.deep[self.first].out_features, fields, dim))
+        # computes anything F x D wide per row, only the tower's layers (and the F first-order terms)
+        widths = [m.out_features for m in self.model.deep if isinstance(m, nn.Linear)] if self.pre is not None else []
+        self.pass_chunk = max(1, CHUNK_FLOATS // max(widths + [fields, dim])) if widths else self.chunk
 
     def _lookup(self, rows: slice, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Field embeddings and first-order terms of the state's ids (or `ids`) at `rows`."""
@@ -203,8 +204,8 @@ class ClosedFields:
 
     def _changed_sums(self, rows: slice, old: torch.Tensor, new: torch.Tensor) -> list[torch.Tensor]:
         """The state's sums at `rows` with one field's block changed from `old` to `new`."""
-        return [s[rows] - a + b for s, a, b in zip(self.sums, self.fm.field_terms(old.double()),
-                                                    self.fm.field_terms(new.double()))]
+        return [s[rows] + (b - a) for s, a, b in zip(self.sums, self.fm.field_terms(old.double()),
+                                                      self.fm.field_terms(new.double()))]
 
     def _field(self, f: int) -> list[torch.Tensor]:
         """Field f's part of the state, copied: its embedding block (and first-order terms), or its id columns."""
@@ -291,13 +292,13 @@ class ClosedFields:
     def toggle(self, f: int) -> None:
         """Close field f if it is open, open it if closed, for good."""
         new = self._toggled(f)
+        sums = self._changed_sums(slice(None), self.emb[:, f], new[0]) if self.sums is not None else None
         if self.pre is not None:
             change = new[0] - self.emb[:, f]
             if bool(change.any()):  # a shut gate's block is 0 on every row
                 d = self.emb.shape[2]
                 self.pre.addmm_(change, self.model.deep[self.first].weight[:, f * d:(f + 1) * d].t())
-        if self.sums is not None:
-            self.sums = self._changed_sums(slice(None), self.emb[:, f], new[0])
+        self.sums = sums
         self._set(f, new)
         self.open[f] = ~self.open[f]
 

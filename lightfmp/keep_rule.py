@@ -42,7 +42,8 @@ EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates 
 SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
 TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most: its standard errors shrink
                        # as 1 / sqrt(rows); and at most the rows whose embeddings its passes hold in memory
-                       # (`closed_fields.state_rows`: 55,924 at 300 fields x 16 dims)
+                       # (`closed_fields.state_rows`: 55,924 at 300 fields x 16 dims), but never fewer than
+                       # SEARCH_ROWS (those, if the memory holds fewer, through the slower ids state)
 
 
 def ranking(log_alpha: torch.Tensor) -> list[int]:
@@ -186,7 +187,8 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
     default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
     logloss of `model` by more than two standard errors, on its own or together with the fields closed before it
-    (`backward_sweep` on the first TEST_ROWS rows, or as many as `state_rows` holds if fewer). The gates
+    (`backward_sweep` on the first TEST_ROWS rows, or as many as `state_rows` holds if fewer, at least
+    SEARCH_ROWS). The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
@@ -198,7 +200,7 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
-    n = min(TEST_ROWS, state_rows(model))
+    n = min(TEST_ROWS, max(state_rows(model), SEARCH_ROWS))
     ids, labels = ids[:n], labels[:n]
     kept, tests = backward_sweep(model, ids, labels, order, device)
     return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],

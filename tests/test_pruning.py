@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
+from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
@@ -202,7 +203,7 @@ def _direct_losses(model, schema, ids, y, open_fields, donor=None):
 
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("cached", [True, False])
-@pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", [])])
+@pytest.mark.parametrize("backbone,hidden", [(b, [16, 8]) for b in sorted(BACKBONES)] + [("mlp", []), ("deepfm", [])])
 def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbone, hidden, cached, chunked,
                                                          monkeypatch):
     """`ClosedFields` (embeddings looked up once; where only the tower's first layer reads the flattened
@@ -235,6 +236,23 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
             toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}).numpy()
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
+
+
+@pytest.mark.parametrize("hidden", [[16, 8], []])
+def test_the_passes_answer_deepfms_fm_term_from_their_sums(schema_and_ids, hidden, monkeypatch):
+    """With the embeddings kept, no pass runs DeepFM's FM module (its term comes from the kept sums), and the
+    module is back in place after every pass; the screen, which differentiates the model, runs it."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=hidden), gated=True)
+    randomize(model)
+    passes = ClosedFields(model, ids.numpy(), (torch.arange(len(ids)) % 3 == 0).float().numpy(), [0, 2, 4])
+    calls, real = [], FactorizationMachine.forward
+    monkeypatch.setattr(FactorizationMachine, "forward", lambda self, emb: calls.append(1) or real(self, emb))
+    passes.losses(), passes.losses(1), passes.toggle(0), passes.losses(3), passes.losses(0)
+    assert not calls and type(model.fm) is FactorizationMachine
+    passes.screen()
+    assert calls and type(model.fm) is FactorizationMachine
 
 
 def _small_deepfm(schema_and_ids, cached, monkeypatch):
@@ -420,24 +438,31 @@ def test_closing_test_against_its_definition(schema_and_ids):
     assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
 
 
-def test_closing_test_reads_the_rows_its_state_holds(schema_and_ids, monkeypatch):
+@pytest.mark.parametrize("budget_rows,floor,read,cached", [(100, 50, 100, True), (10, 50, 50, False)])
+def test_closing_test_reads_the_rows_its_state_holds(schema_and_ids, budget_rows, floor, read, cached, monkeypatch):
     """Beyond the rows whose embeddings fit the state's memory budget the closing test reads no more (the ids
-    state would cost ~25x a pass on a wide table): with a budget of 100 rows (5 fields x 4 dims x 4 bytes a row) it
-    decides on the first 100 rows, as it does given those rows alone, and its passes keep the embeddings."""
+    state would cost ~25x a pass on a wide table), but never fewer than SEARCH_ROWS (those through the ids state):
+    with a budget of 100 rows (5 fields x 4 dims x 4 bytes a row) and a floor of 50 it decides on the first 100
+    rows, as it does given those rows alone, its passes keeping the embeddings; with a budget of 10 rows, on the
+    first 50, through the ids state."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
     y = (ids[:, 0] % 2 == 0).float().numpy()
-    alone = closing_test(model, schema, ids.numpy()[:100], y[:100])
+    alone = closing_test(model, schema, ids.numpy()[:read], y[:read])
     built = []
-    monkeypatch.setattr(closed_fields, "STATE_BYTES", 100 * 5 * 4 * 4)
+    monkeypatch.setattr(closed_fields, "STATE_BYTES", budget_rows * 5 * 4 * 4)
+    monkeypatch.setattr("lightfmp.keep_rule.SEARCH_ROWS", floor)
     monkeypatch.setattr("lightfmp.keep_rule.ClosedFields",
                         lambda *a, **k: built.append(ClosedFields(*a, **k)) or built[-1])
-    assert closed_fields.state_rows(model) == 100 < len(y)
+    assert closed_fields.state_rows(model) == budget_rows < len(y)
     out = closing_test(model, schema, ids.numpy(), y)
-    assert out["rows"] == 100 and out["kept"] == alone["kept"] and out["tests"] == alone["tests"]
-    assert built and all(p.cached and p.n == 100 for p in built)
+    assert out["rows"] == read and out["kept"] == alone["kept"]
+    assert [t["field"] for t in out["tests"]] == [t["field"] for t in alone["tests"]]
+    for t, u in zip(out["tests"], alone["tests"]):
+        assert t["closed"] == u["closed"] and t["cost"] == pytest.approx(u["cost"], rel=1e-4, abs=1e-9)
+    assert built and all(p.cached == cached and p.n == read for p in built)
 
 
 def test_closing_test_drops_noise_fields_and_keeps_the_signal():
