@@ -33,10 +33,10 @@ STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most 
 
 
 def state_rows(model: CTRModel) -> int:
-    """The most rows whose field embeddings a `ClosedFields` state holds within STATE_BYTES (at least 2): beyond
-    them it keeps ids and each pass looks every field up again and recomputes what the kept pre-activation and sums
-    would answer (25x slower a pass at 300 fields)."""
-    return max(2, STATE_BYTES // (model.embedding.num_fields * model.embedding.embed_dim * 4))
+    """The most rows whose field embeddings a `ClosedFields` state holds within STATE_BYTES: beyond them it keeps
+    ids and each pass looks every field up again and recomputes what the kept pre-activation and sums would answer
+    (25x slower a pass at 300 fields)."""
+    return STATE_BYTES // (model.embedding.num_fields * model.embedding.embed_dim * 4)
 
 
 def other_rows(n: int) -> np.ndarray:
@@ -145,7 +145,7 @@ class ClosedFields:
         self.inverse = torch.argsort(self.perm) if weights is None else None  # else `own` gives the own values
         self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call of the whole model
         self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
-        self.cached = self.n * fields * dim * 4 <= STATE_BYTES
+        self.cached = self.n <= state_rows(model)
         if self.cached:
             self.emb, self.lin = self._looked_up()  # [N, F, D] and [N, F] (or None)
         else:

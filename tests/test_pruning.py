@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
-from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
+from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
