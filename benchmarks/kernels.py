@@ -86,6 +86,8 @@ def build_method(name, case, device):
             return torch.stack([embs[f](cols[f]) * c.gates[f] for f in range(len(embs))], dim=1)
         return loop, [e.weight for e in embs] + [c.gates]
     if name == "embedding_bag":
+        if device == "cuda" and c.weight.dtype == torch.bfloat16:
+            return None  # PyTorch has no bf16 per-sample-weights backward on CUDA
         N = c.ids.numel()
         bag_offsets = torch.arange(N, device=device)
         rows = (c.ids + c.offs.unsqueeze(0)).reshape(-1)
