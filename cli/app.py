@@ -135,6 +135,12 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         if cut["cut"] is not None else \
         " (decided by `lightfmp prune`)" if r.state != "complete" else ""
     out.print(f"kept by: {cut['rule']}{suffix}")
+    alone = cut.get("gates_alone")
+    if alone:
+        how = (f"closing them together cost the phase-1 model {alone['cost']:+.5f} logloss"
+               if alone["cost"] is not None else "every open field")
+        out.print(f"before it: {len(alone['fields'])} field(s) shut by phase 1's gates alone after its best epoch: "
+                  + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
     out.print(f"chart: {path}")
 
 

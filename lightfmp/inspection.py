@@ -48,6 +48,8 @@ def gate_rows(run: Run) -> list[dict]:
     # dropped by the --keep K search as a copy / a coarser function of a kept field
     repeats = {**{n: f"copy of {by}" for n, by in sel.get("copies", {}).items()},
                **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}
+    alone = sel.get("gates_alone", {})  # cut before phase 3 by the default rule's first step
+    repeats.update({n: "shut by the gates alone" for n in alone.get("fields", []) if alone.get("cut")})
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": None if kept is None else n in kept,
              **({"score": scores.get(n)} if scores else {}), **({"repeats": repeats[n]} if n in repeats else {})}

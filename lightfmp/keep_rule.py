@@ -207,6 +207,43 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
             "rows": len(labels), "kept": [names[i] for i in kept]}
 
 
+def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_log_alpha,
+                    device: str = "cpu") -> dict:
+    """The default rule's first step, before phase 3: the fields that phase 1's gates alone shut after its best
+    epoch (`lightfmp.training._gates_alone`) while they were open at it are cut now if closing them together (as
+    the closing test closes fields: `ClosedFields`, on its rows) does not raise the phase-1 model's validation
+    logloss at all against every field open at the best epoch. The subset's model cannot tell a weak field from
+    noise, and a field cut now is neither read by phase 3's first epoch nor tested after it, so this cut asks for
+    no estimated value at all (a cost above 0, however small, is a value the first epoch may confirm), where the
+    closing test, on the model that has read every row, asks for a value beyond two standard errors. A set that
+    costs anything stays open and the closing test decides on each of its fields. Where cut, `model`'s gates for
+    those fields are set to where the gates alone ended (shut); never every open field. Returns {"fields":
+    indices, "cost", "se", "cut"}."""
+    gate = model.gate
+    best = gate.log_alpha.detach().clone()
+    alone = torch.as_tensor(alone_log_alpha, dtype=best.dtype, device=best.device)
+    z = model.gate_values().cpu()
+    with torch.no_grad():
+        gate.log_alpha.copy_(alone)
+        z_alone = model.gate_values().cpu()
+        gate.log_alpha.copy_(best)
+    open_fields = [f for f in range(len(z)) if float(z[f]) > 0.0]
+    shut = [f for f in open_fields if float(z_alone[f]) == 0.0]
+    if not shut or len(shut) == len(open_fields):
+        return {"fields": shut, "cost": None, "se": None, "cut": False}
+    n = min(TEST_ROWS, max(state_rows(model), SEARCH_ROWS))
+    passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device)
+    every_open = passes.losses()
+    for f in shut:
+        passes.toggle(f)
+    cost, se = paired_difference(passes.losses(), every_open)
+    cut = cost <= 0.0
+    if cut:
+        with torch.no_grad():
+            gate.log_alpha[shut] = alone[shut]
+    return {"fields": shut, "cost": cost, "se": se, "cut": cut}
+
+
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    device: str = "cpu") -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
@@ -273,6 +310,11 @@ CLOSING_RULE = ("every field open, then, least open gate first, each closed unle
                 "logloss by more than two standard errors, on its own or with the fields closed before it")
 DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
             "least K under --keep K; the others dropped before it)")
+
+
+GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
+                    "epoch's weights) are cut before phase 3 if closing them together does not raise the phase-1 "
+                    "model's validation logloss at all (else the closing test decides on them)")
 
 
 def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> bool:

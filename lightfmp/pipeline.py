@@ -20,8 +20,8 @@ from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
-from .keep_rule import (TEST_ROWS, check_keep, closing_test, decides_after_first_epoch, keep_order,
-                        open_after_phase1, ranking, select_fields, selection_rule)
+from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
+                        gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule)
 from .models import build_model
 from .moments import Carry, prune_moments
 from .progress import Reporter
@@ -170,11 +170,12 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
         carry = Carry()  # phase 3 continues phase 1's optimizer (lightfmp.moments)
         hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
-                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry)
+                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry, gates_alone=True)
         seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
                    "phases": {"pretrain": _phase(len(sub), seconds, epochs=len(hist["epochs"]),
                                                  best_epoch=hist["best_epoch"],
+                                                 gates_alone_epochs=hist.get("gates_alone", {}).get("epochs", 0),
                                                  valid=hist["epochs"][(hist["best_epoch"] or 0) - 1].get("valid"))},
                    "seconds_total": seconds, "seconds_wall": time.perf_counter() - t_wall}
         info = {"state": "pretrained", "select": True, "optimizer_state": True}  # pretrain_optimizer.safetensors
@@ -261,7 +262,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)
     t0 = time.perf_counter()
     z = gated.gate_values()
-    search, first_epoch, given, test_seconds = None, None, None, 0.0
+    search, first_epoch, given, test_seconds, early = None, None, None, 0.0, None
     # phase 3's first epoch reads the rows phase 1 did not use (after it, every training row has been read once);
     # its later epochs read the whole training split, as any epoch after the first does
     split = continue_epochs >= 2
@@ -270,6 +271,12 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     # for a coarser one (lightfmp.groupings)
     rows_ratio = (len(train) if split else len(rest)) / max(len(subset), 1)
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
+        alone = run.history().get("pretrain", {}).get("gates_alone")
+        if keep is None and alone is not None:  # and those the gates alone shut, where they cost nothing
+            first = valid.take(np.arange(min(len(valid), TEST_ROWS)))
+            early = gates_alone_cut(gated, *first.arrays(), alone["log_alpha"], device)
+            early = {**early, "fields": [names[i] for i in early["fields"]]}
+            z = gated.gate_values()
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
         kept = [names[i] for i in sorted(order)]
     elif keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
@@ -341,6 +348,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
+    if early is not None and early["fields"]:
+        metrics["selection"]["gates_alone"] = {"rule": GATES_ALONE_RULE, **early}
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["runtime"] = {**metrics.get("runtime", {}), **runtime(device, "prune")}
     metrics["phases"] = {"pretrain": pre,

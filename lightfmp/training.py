@@ -310,6 +310,22 @@ class Trainer:
             rec.update(self.gate.summary())
         return rec
 
+    def gate_epoch(self, epoch: int) -> None:
+        """Epoch `epoch` of gate steps alone, the weights left as they are: the epoch's pass over the hold-out in
+        shares, with the gate noise, order and schedule `train_epoch` gives that epoch (`gates_alone`)."""
+        seed = self.plan.seed
+        torch.manual_seed(_seed(seed, epoch, _TORCH, dist.rank() if dist.active() else 0))
+        noise = torch.Generator(device=self.device).manual_seed(_seed(seed, epoch, _GATE_NOISE))
+        held = _spread(self.hold.chunks(_seed(seed, epoch, _GATE_ORDER), self.window_bytes), len(self.hold),
+                       self.batches)
+        self.model.train()
+        for b in range(self.batches):
+            step = epoch * self.batches + b
+            ids_h, y_h = next(held)
+            if len(y_h):
+                self.gate_step(ids_h, y_h, self.progress(step), noise)
+            self.gate.after_step(self.progress(step + 1), self.cfg)
+
     def train_step(self, ids: np.ndarray, y: np.ndarray, progress: float,
                    noise: torch.Generator) -> tuple[torch.Tensor, int]:
         """One weight step on a global batch (and the gate's, when they step jointly). Returns this rank's summed
@@ -343,6 +359,21 @@ class Trainer:
         for p, grad in zip(params, torch.autograd.grad(loss, params)):
             p.grad = dist.all_reduce_mean(grad)
         self.opt_g.step()
+
+
+def _gates_alone(trainer: Trainer, model: CTRModel, first: int) -> dict:
+    """The gates alone for the planned epochs from `first` on (the epochs after the best one), on the best epoch's
+    weights, from the best epoch's gates, with the gates' optimizer as training left it. The weights stop at their
+    best epoch because they overfit the subset; the gates read held-out rows, and their planned steps are the
+    method's L0 budget. The model comes back with the best epoch's gates. Returns {"epochs", "log_alpha": where
+    the gates alone ended}."""
+    best = {k: v.detach().clone() for k, v in model.gate.state_dict().items()}
+    epochs = range(first, trainer.plan.epochs)
+    for epoch in epochs:
+        trainer.gate_epoch(epoch)
+    alone = model.gate.log_alpha.detach().cpu().tolist()
+    model.gate.load_state_dict(best)
+    return {"epochs": len(epochs), "log_alpha": alone}
 
 
 def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
@@ -419,7 +450,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         label: str = "train", device: str = "cpu", *, epochs: int | None = None, seed: int = 0,
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None, given: tuple[dict, np.ndarray] | None = None,
-        span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None, carry: Carry | None = None) -> dict:
+        span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None, carry: Carry | None = None,
+        gates_alone: bool = False) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
@@ -431,7 +463,9 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     it (the next phase continues the same optimisation).
     `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`, `split_seed`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
-    before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps."""
+    before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps.
+    `gates_alone` (phase 1): after the best epoch is restored, the gates alone go on for the planned epochs after it
+    (`_gates_alone`); the model keeps the best epoch's gates, the history records where the gates alone ended."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
@@ -482,6 +516,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),
            "best_valid_score": state.best_score if np.isfinite(state.best_score) else None,
            "best_epoch": state.best_epoch + 1 if np.isfinite(state.best_score) else None}
+    if gates_alone and trainer.hold is not None and hasattr(model.gate, "log_alpha") and np.isfinite(state.best_score):
+        out["gates_alone"] = _gates_alone(trainer, model, max(state.best_epoch, 0) + 1)
     if resumed:
         out["resumed_from_epoch"] = start
         out["seconds_restored"] = restored_seconds

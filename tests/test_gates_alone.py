@@ -1,0 +1,128 @@
+"""Phase 1's gates alone after its best epoch, and the default rule's early cut of what they shut."""
+import numpy as np
+import pytest
+import torch
+
+from lightfmp.keep_rule import gates_alone_cut
+from lightfmp.closed_fields import ClosedFields
+from lightfmp.metrics import paired_difference
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.rows import ArrayRows
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.training import Plan, TrainConfig, Trainer, _gates_alone, fit
+
+
+def _data(n=600, seed=0):
+    """4 fields of ids 2..11; the label leans on f0 alone."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, 12, size=(n, 4)).astype(np.int32)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(ids[:, 0] - 7) / 1.0))).astype(np.float32)
+    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(10)]) for i in range(4)])
+    return schema, ArrayRows(ids[:400], y[:400]), ArrayRows(ids[400:], y[400:])
+
+
+def _model(schema):
+    torch.manual_seed(0)
+    return build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if not k.startswith("gate.")}
+
+
+def test_the_gates_alone_step_the_planned_epochs_on_frozen_weights_and_give_back_the_best_gates(monkeypatch):
+    schema, rows, _ = _data()
+    model = _model(schema)
+    cfg = TrainConfig(epochs=5, batch_size=64, gate_holdout=0.25, gate_lr=0.5)
+    trainer = Trainer(model, rows, cfg, Plan(5, seed=3), "cpu", "test")
+    weights, gates = _weights(model), model.gate.log_alpha.detach().clone()
+    steps = []
+    monkeypatch.setattr(Trainer, "gate_step", lambda self, *a, _s=Trainer.gate_step: (steps.append(1), _s(self, *a)))
+    out = _gates_alone(trainer, model, 2)
+    assert out["epochs"] == 3 and len(steps) == 3 * trainer.batches
+    assert all(torch.equal(v, weights[k]) for k, v in _weights(model).items())  # the weights never moved
+    assert torch.equal(model.gate.log_alpha.detach(), gates)  # the model keeps the gates it came with
+    assert not np.allclose(out["log_alpha"], gates.tolist())  # the gates alone went somewhere
+
+
+def test_a_fit_with_the_gates_alone_leaves_the_same_model_and_records_where_they_ended():
+    schema, rows, valid = _data()
+    cfg = TrainConfig(epochs=4, batch_size=64, gate_holdout=0.25, gate_lr=0.5)
+    plain, alone = _model(schema), _model(schema)
+    h0 = fit(plain, rows, valid, cfg, seed=3)
+    h1 = fit(alone, rows, valid, cfg, seed=3, gates_alone=True)
+    assert "gates_alone" not in h0
+    for (k, a), b in zip(plain.state_dict().items(), alone.state_dict().values()):
+        assert torch.equal(a, b), k  # phase 1's model is the same, gates included
+    assert h1["gates_alone"]["epochs"] == 4 - h1["best_epoch"]
+    assert len(h1["gates_alone"]["log_alpha"]) == 4
+
+
+def test_no_gates_alone_without_a_hold_out():
+    schema, rows, valid = _data()
+    h = fit(_model(schema), rows, valid, TrainConfig(epochs=2, batch_size=64, gate_holdout=0.0), seed=3,
+            gates_alone=True)
+    assert "gates_alone" not in h
+
+
+def _trained():
+    schema, rows, valid = _data(2000)
+    model = _model(schema)
+    fit(model, rows, None, TrainConfig(epochs=6, batch_size=64, gate_holdout=0.0), seed=1, select_best=False)
+    with torch.no_grad():
+        model.gate.log_alpha.fill_(3.0)  # every gate open
+    ids, y = valid.arrays()
+    return model, ids, y
+
+
+def _cost(model, ids, y, fields):
+    """Closing `fields` together against every field open, as the closing test's set test measures it."""
+    passes = ClosedFields(model, ids, y, list(range(4)))
+    every_open = passes.losses()
+    for f in fields:
+        passes.toggle(f)
+    return paired_difference(passes.losses(), every_open)
+
+
+def test_a_shut_field_the_model_needs_is_not_cut_and_the_gates_stay_as_they_were():
+    model, ids, y = _trained()
+    alone = [-8.0, 3.0, 3.0, 3.0]  # the gates alone shut f0, the field the label leans on
+    cost, se = _cost(model, ids, y, [0])
+    assert cost > 0
+    out = gates_alone_cut(model, ids, y, alone)
+    assert out["fields"] == [0] and not out["cut"]
+    assert out["cost"] == pytest.approx(cost) and out["se"] == pytest.approx(se)
+    assert torch.equal(model.gate.log_alpha.detach(), torch.full((4,), 3.0))
+
+
+def test_a_shut_field_that_costs_nothing_is_cut_with_the_gate_the_gates_alone_gave_it():
+    model, ids, y = _trained()
+    emb = model.embedding
+    with torch.no_grad():  # f3 reads nothing: its rows of the tables are 0, so shutting it costs exactly 0
+        for t in emb.table_parameters():
+            t[int(emb.field_offsets[3]):] = 0.0  # f3 is the last field: its rows end the tables
+    out = gates_alone_cut(model, ids, y, [3.0, 3.0, 3.0, -8.0])
+    assert out["fields"] == [3] and out["cut"] and out["cost"] == pytest.approx(0.0, abs=1e-12)
+    z = model.gate_values()
+    assert float(z[3]) == 0.0 and bool((z[:3] > 0).all())
+    assert model.gate.log_alpha[3].item() == -8.0 and model.gate.log_alpha[:3].tolist() == [3.0] * 3
+
+
+def test_the_gates_alone_never_cut_every_open_field_and_ignore_fields_shut_before():
+    model, ids, y = _trained()
+    out = gates_alone_cut(model, ids, y, [-8.0] * 4)
+    assert out == {"fields": [0, 1, 2, 3], "cost": None, "se": None, "cut": False}
+    with torch.no_grad():
+        model.gate.log_alpha[2] = -8.0  # shut at the best epoch already: not the gates alone's
+    out = gates_alone_cut(model, ids, y, [3.0, 3.0, -9.0, 3.0])
+    assert out["fields"] == [] and not out["cut"]
+
+
+@pytest.mark.parametrize("cost, cut", [(0.0004, False), (0.0, True), (-0.0004, True)])
+def test_the_cut_asks_for_no_estimated_value_at_all(cost, cut, monkeypatch):
+    """A set whose closing costs anything, even well inside two standard errors, waits for the closing test."""
+    import lightfmp.keep_rule as kr
+    monkeypatch.setattr(kr, "paired_difference", lambda new, old: (cost, 0.001))
+    model, ids, y = _trained()
+    out = gates_alone_cut(model, ids, y, [3.0, 3.0, 3.0, -8.0])
+    assert out["cut"] is cut and (float(model.gate_values()[3]) == 0.0) is cut
