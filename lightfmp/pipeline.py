@@ -169,8 +169,11 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
         carry = Carry()  # phase 3 continues phase 1's optimizer (lightfmp.moments)
+        # the gates alone after the best epoch, for the default rule's first step (--keep K and --threshold T do not
+        # read them)
+        alone = cfg.prune.keep is None and cfg.prune.threshold is None
         hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
-                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry, gates_alone=True)
+                   **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry, gates_alone=alone)
         seconds = _fit_seconds(t0, hist)
         metrics = {**base, "fields": {"all": schema.names}, **gate_tables(model, schema),
                    "phases": {"pretrain": _phase(len(sub), seconds, epochs=len(hist["epochs"]),

@@ -126,3 +126,39 @@ def test_the_cut_asks_for_no_estimated_value_at_all(cost, cut, monkeypatch):
     model, ids, y = _trained()
     out = gates_alone_cut(model, ids, y, [3.0, 3.0, 3.0, -8.0])
     assert out["cut"] is cut and (float(model.gate_values()[3]) == 0.0) is cut
+
+
+def _run(tmp_path, name, **rule):
+    from helpers import write_csv
+    from lightfmp import RunConfig, run
+    from lightfmp.rundir import open_run
+    csv = write_csv(tmp_path, n=3000)
+    # a penalty under which phase 1 stops at epoch 4 of 8 and its gates alone shut the noise field and more
+    cfg = RunConfig.of(data=str(csv), label="label", categorical="a,b,noise", numeric="x", multi_hot="tags:|",
+                       subset=0.5, pretrain_epochs=8, gate_lr=0.5, l0_lambda=0.014, **rule)
+    metrics = run(cfg, tmp_path / name, quiet=True)
+    return metrics, open_run(tmp_path / name).history()["pretrain"]
+
+
+def test_a_default_run_records_the_gates_alone_and_what_it_cut(tmp_path):
+    metrics, pre = _run(tmp_path, "d")
+    alone = pre["gates_alone"]
+    assert alone["epochs"] == 8 - pre["best_epoch"] > 0 and len(alone["log_alpha"]) == len(metrics["fields"]["all"])
+    assert metrics["phases"]["pretrain"]["gates_alone_epochs"] == alone["epochs"]
+    record = metrics["selection"]["gates_alone"]
+    assert "noise" in record["fields"] and record["cut"] is (record["cost"] <= 0)
+    tested = {t["field"] for t in metrics["selection"]["search"]["tests"]}
+    if record["cut"]:  # what was cut is dropped and never tested after the first epoch
+        assert not set(record["fields"]) & (set(metrics["fields"]["kept"]) | tested)
+    else:  # the closing test decided on each of them
+        assert set(record["fields"]) <= tested | set(metrics["fields"]["kept"])
+    from helpers import cli
+    r = cli("inspect", str(tmp_path / "d"), "--plot", str(tmp_path / "g.png"))
+    assert r.exit_code == 0 and "shut by phase 1's gates alone after its best epoch" in " ".join(r.output.split())
+
+
+@pytest.mark.parametrize("rule", [{"keep": 2}, {"threshold": 0.5}])
+def test_keep_k_and_threshold_runs_skip_the_gates_alone(tmp_path, rule):
+    metrics, pre = _run(tmp_path, "k", **rule)
+    assert "gates_alone" not in pre and "gates_alone" not in metrics["selection"]
+    assert metrics["phases"]["pretrain"]["gates_alone_epochs"] == 0
