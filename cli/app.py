@@ -136,7 +136,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         " (decided by `lightfmp prune`)" if r.state != "complete" else ""
     out.print(f"kept by: {cut['rule']}{suffix}")
     alone = cut.get("gates_alone")
-    if alone:
+    if alone and alone.get("recorded") is False:
+        out.print("before it: no early cut (phase 1 did not record its gates alone)")
+    elif alone:
         how = (f"closing them together cost the phase-1 model {alone['cost']:+.5f} logloss"
                if alone["cost"] is not None else "every open field")
         out.print(f"before it: {len(alone['fields'])} field(s) shut by phase 1's gates alone after its best epoch: "

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import distributed as dist
 from .closed_fields import ClosedFields, state_rows
 from .config import check_range
 from .errors import LightFMPError
@@ -237,7 +238,7 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     for f in shut:
         passes.toggle(f)
     cost, se = paired_difference(passes.losses(), every_open)
-    cut = cost <= 0.0
+    cut = bool(dist.broadcast_int(cost <= 0.0))  # rank 0's answer on every rank, at the edge too
     if cut:
         with torch.no_grad():
             gate.log_alpha[shut] = alone[shut]

@@ -169,9 +169,9 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
         carry = Carry()  # phase 3 continues phase 1's optimizer (lightfmp.moments)
-        # the gates alone after the best epoch, for the default rule's first step (--keep K and --threshold T do not
-        # read them)
-        alone = cfg.prune.keep is None and cfg.prune.threshold is None
+        # the gates alone after the best epoch, for the default rule's first step where it decides after phase 3's
+        # first epoch (--keep K, --threshold T and a shorter phase 3 do not read them)
+        alone = cfg.prune.keep is None and decides_after_first_epoch(cfg.continue_epochs, cfg.prune.threshold)
         hist = fit(model, sub, valid, cfg.train, reporter, "pretrain (gated)", device,
                    **phase_plan(cfg, cfg.train.pretrain_epochs), checkpoint=ckpt, carry=carry, gates_alone=alone)
         seconds = _fit_seconds(t0, hist)
@@ -280,6 +280,10 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             early = gates_alone_cut(gated, *first.arrays(), alone["log_alpha"], device)
             early = {**early, "fields": [names[i] for i in early["fields"]]}
             z = gated.gate_values()
+        elif keep is None:  # phase 1 ran under another rule (or without a hold-out): no early cut, said so
+            early = {"fields": [], "cost": None, "se": None, "cut": False, "recorded": False}
+            reporter.log("phase 1 did not record its gates alone (trained for --keep, --threshold or a shorter phase "
+                         "3, or without a gate hold-out): no early cut")
         order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z.cpu(), keep)
         kept = [names[i] for i in sorted(order)]
     elif keep is not None or threshold is None:  # the rules read at most TEST_ROWS validation rows: only those load
@@ -351,8 +355,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
-    if early is not None and early["fields"]:
+    if early is not None and (early["fields"] or early.get("recorded") is False):
         metrics["selection"]["gates_alone"] = {"rule": GATES_ALONE_RULE, **early}
+        if early["cut"]:  # the first epoch did not read those
+            metrics["selection"]["rule"] += (f"; before that epoch, the {len(early['fields'])} field(s) phase 1's gates "
+                                             f"alone shut after its best epoch were cut (selection.gates_alone)")
     metrics["params"] = {"before": metrics["params"]["before"], "after": model.num_params()}
     metrics["runtime"] = {**metrics.get("runtime", {}), **runtime(device, "prune")}
     metrics["phases"] = {"pretrain": pre,

@@ -47,15 +47,16 @@ def test_the_gates_alone_step_the_planned_epochs_on_frozen_weights_and_give_back
 
 def test_a_fit_with_the_gates_alone_leaves_the_same_model_and_records_where_they_ended():
     schema, rows, valid = _data()
-    cfg = TrainConfig(epochs=4, batch_size=64, gate_holdout=0.25, gate_lr=0.5)
+    # a learning rate at which the best epoch is the second of six: four epochs of gates alone
+    cfg = TrainConfig(epochs=6, batch_size=32, gate_holdout=0.25, gate_lr=0.5, lr=0.05)
     plain, alone = _model(schema), _model(schema)
     h0 = fit(plain, rows, valid, cfg, seed=3)
     h1 = fit(alone, rows, valid, cfg, seed=3, gates_alone=True)
-    assert "gates_alone" not in h0
+    assert "gates_alone" not in h0 and h0["best_epoch"] == h1["best_epoch"] == 2
     for (k, a), b in zip(plain.state_dict().items(), alone.state_dict().values()):
         assert torch.equal(a, b), k  # phase 1's model is the same, gates included
-    assert h1["gates_alone"]["epochs"] == 4 - h1["best_epoch"]
-    assert len(h1["gates_alone"]["log_alpha"]) == 4
+    assert h1["gates_alone"]["epochs"] == 4
+    assert not np.allclose(h1["gates_alone"]["log_alpha"], alone.gate.log_alpha.tolist())
 
 
 def test_no_gates_alone_without_a_hold_out():
@@ -157,7 +158,38 @@ def test_a_default_run_records_the_gates_alone_and_what_it_cut(tmp_path):
     assert r.exit_code == 0 and "shut by phase 1's gates alone after its best epoch" in " ".join(r.output.split())
 
 
-@pytest.mark.parametrize("rule", [{"keep": 2}, {"threshold": 0.5}])
+def test_a_cut_set_is_dropped_before_the_first_epoch_never_tested_and_shown(tmp_path, monkeypatch):
+    import lightfmp.keep_rule as kr
+    import lightfmp.pipeline as pipeline
+    real = kr.gates_alone_cut
+
+    def free(*args, **kwargs):  # the same step with every set's closing costing nothing
+        with monkeypatch.context() as m:
+            m.setattr(kr, "paired_difference", lambda new, old: (-0.001, 0.001))
+            return real(*args, **kwargs)
+    monkeypatch.setattr(pipeline, "gates_alone_cut", free)
+    metrics, _ = _run(tmp_path, "d")
+    record = metrics["selection"]["gates_alone"]
+    assert record["cut"] and "noise" in record["fields"]
+    tested = {t["field"] for t in metrics["selection"]["search"]["tests"]}
+    assert not set(record["fields"]) & (set(metrics["fields"]["kept"]) | tested)
+    assert set(record["fields"]) <= set(metrics["fields"]["dropped"])
+    assert "gates alone shut after its best epoch were cut" in metrics["selection"]["rule"]
+    from helpers import cli
+    r = cli("inspect", str(tmp_path / "d"), "--plot", str(tmp_path / "g.png"))
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0 and "cut (closing them together cost the phase-1 model -0.00100 logloss)" in text
+    assert text.split("kept by:")[0].count("no (shut by") == len(record["fields"])  # the table says why they went
+
+
+def test_a_default_prune_of_a_run_trained_for_keep_k_says_there_is_no_early_cut(tmp_path):
+    from lightfmp.pipeline import prune
+    _run(tmp_path, "k", keep=2)
+    metrics = prune(tmp_path / "k", default_rule=True, quiet=True)
+    assert metrics["selection"]["gates_alone"]["recorded"] is False and not metrics["selection"]["gates_alone"]["cut"]
+
+
+@pytest.mark.parametrize("rule", [{"keep": 2}, {"threshold": 0.5}, {"continue_epochs": 1}])
 def test_keep_k_and_threshold_runs_skip_the_gates_alone(tmp_path, rule):
     metrics, pre = _run(tmp_path, "k", **rule)
     assert "gates_alone" not in pre and "gates_alone" not in metrics["selection"]
