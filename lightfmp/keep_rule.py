@@ -183,6 +183,13 @@ def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str
     return {names[f]: [names[g] for g in gs] for f, gs in copied.items()}
 
 
+def closing_rows(model: CTRModel) -> int:
+    """How many of the validation rows given the closing test reads (and the gates-alone cut before it): at most
+    TEST_ROWS, no more than a `ClosedFields` state of `model` holds in memory (`state_rows`), never fewer than
+    SEARCH_ROWS."""
+    return min(TEST_ROWS, max(state_rows(model), SEARCH_ROWS))
+
+
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
                  device: str = "cpu", order: list[int] | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
@@ -201,7 +208,7 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
-    n = min(TEST_ROWS, max(state_rows(model), SEARCH_ROWS))
+    n = closing_rows(model)
     ids, labels = ids[:n], labels[:n]
     kept, tests = backward_sweep(model, ids, labels, order, device)
     return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
@@ -232,7 +239,7 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     shut = [f for f in open_fields if float(z_alone[f]) == 0.0]
     if not shut or len(shut) == len(open_fields):
         return {"fields": shut, "cost": None, "se": None, "cut": False}
-    n = min(TEST_ROWS, max(state_rows(model), SEARCH_ROWS))
+    n = closing_rows(model)
     passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device)
     every_open = passes.losses()
     for f in shut:

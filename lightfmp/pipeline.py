@@ -21,7 +21,8 @@ from .dataset import Dataset, load_dataset
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
-                        gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule)
+                        gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule,
+                        closing_rows)
 from .models import build_model
 from .moments import Carry, prune_moments
 from .progress import Reporter
@@ -276,7 +277,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
         alone = run.history().get("pretrain", {}).get("gates_alone")
         if keep is None and alone is not None:  # and those the gates alone shut, where they cost nothing
-            first = valid.take(np.arange(min(len(valid), TEST_ROWS)))
+            first = valid.take(np.arange(min(len(valid), closing_rows(gated))))  # the rows the cut reads
             early = gates_alone_cut(gated, *first.arrays(), alone["log_alpha"], device)
             early = {**early, "fields": [names[i] for i in early["fields"]]}
             z = gated.gate_values()
