@@ -4,9 +4,9 @@
 
 Same table as benchmarks/kernels.py (F=39, D=16, vocabularies 1e3..1e6 on a log scale, 6.0M rows) and the
 same id distributions. Each stage is timed alone with triton.testing.do_bench (median ms): the flat-row map,
-the stable sort, unique_consecutive (a host sync), the zero fill of the dense [R, D] gradient, the
-``counts.max()`` sync, the segment-sum kernel(s), and the whole ``weight_grad_segments``, beside the atomic
-backward and torch's own ``index_add_`` of the same rows. CUDA only.
+the stable sort, the segment heads (`_segment_heads`), the zero fill of the dense [R, D] gradient, the whole
+``weight_grad_segments`` (dense: no host sync; sparse: one), beside the atomic backward and torch's own
+``index_add_`` of the same rows. The two kernels' share is the whole minus the stages before them. CUDA only.
 """
 from __future__ import annotations
 
@@ -52,21 +52,14 @@ def main(argv=None):
             ids = ids_for(B, vocab, dist, dev, gen)
             grad = torch.randn(B, F_FIELDS, DIM, device=dev)
             rows = T.flat_rows(ids, offs, None)
-            perm, uniq, starts, counts = T._segments(rows, R)
             key = rows.int()
             srt, _ = torch.sort(key, stable=True)
+            counts = torch.unique_consecutive(srt, return_counts=True)[1]
             res = {
                 "flat_rows": do_bench(lambda: T.flat_rows(ids, offs, None), return_mode="median"),
                 "sort": do_bench(lambda: torch.sort(key, stable=True), return_mode="median"),
-                "unique_consecutive": do_bench(lambda: torch.unique_consecutive(srt, return_counts=True),
-                                               return_mode="median"),
-                "segments_all": do_bench(lambda: T._segments(rows, R), return_mode="median"),
+                "segment_heads": do_bench(lambda: T._segment_heads(srt, T._CHUNK), return_mode="median"),
                 "zeros_RD": do_bench(lambda: torch.zeros((R, DIM), device=dev), return_mode="median"),
-                "counts_max_sync": do_bench(lambda: int(counts.max()), return_mode="median"),
-                "segment_sum": do_bench(
-                    lambda: T._segment_sum(grad, perm, gates, starts, counts, uniq,
-                                           torch.empty((R, DIM), device=dev), F_FIELDS, DIM),
-                    return_mode="median"),
                 "weight_grad_segments": do_bench(
                     lambda: T.weight_grad_segments(grad, rows, gates, F_FIELDS, R, DIM, torch.float32),
                     return_mode="median"),
@@ -82,7 +75,7 @@ def main(argv=None):
                 "gate_grad": do_bench(lambda: T.gate_grad(grad, ids, weight, offs, gates, None),
                                       return_mode="median"),
             }
-            info = {"B": B, "dist": dist, "unique_rows": int(uniq.numel()), "max_count": int(counts.max()),
+            info = {"B": B, "dist": dist, "unique_rows": int(counts.numel()), "max_count": int(counts.max()),
                     "ms": res}
             out.append(info)
             print(f"B={B} {dist}: unique rows {info['unique_rows']}, longest segment {info['max_count']}")

@@ -4,11 +4,12 @@ Layout: ``weight`` [R, D] holds every field's rows back to back; position ``n = 
 flattened [B, F] id matrix reads row ``field_offsets[f] + ids[b, f]``.
 
 Backward (weight): the flat rows of all N = B * F positions are sorted once (stable radix sort in
-torch), equal rows form contiguous segments, and one program per segment sums its ``grad_out * gate``
-rows in sorted order with fp32 accumulation -- no float atomics on the table, so the result is
-bitwise reproducible.  Segments longer than ``_CHUNK`` (Zipf heavy hitters) are split into chunks whose
-fp32 partials are reduced by a second pass of the same kernel, so one hot row does not serialise the
-whole backward on one program.
+torch), equal rows form contiguous segments, and each segment's ``grad_out * gate`` rows are summed in
+sorted order with fp32 accumulation -- no float atomics on the table, so the result is bitwise
+reproducible.  The sorted positions are cut into fixed chunks of ``_CHUNK``: one pass sums each chunk's
+first piece (up to the end of its segment or of the chunk), a second pass gives every segment head its
+own piece plus the partials of the chunks its segment covers, in order.  One hot row (Zipf) is thus
+spread over many programs, and the dense gradient needs no segment count on the host (no sync).
 
 Backward (gates): one pass computes ``sum_d grad_out[n, d] * weight[row_n, d]`` per position; [F]
 gates are then reduced over the batch with ``torch.sum`` (deterministic).
@@ -21,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-# Longest run of positions one program reduces before the segment is split (see module docstring).
+# Positions per chunk of the sorted rows: the longest run one program walks (see module docstring).
 _CHUNK = 256
 
 
@@ -60,40 +61,70 @@ def _fwd_kernel(ids_ptr, off_ptr, vocab_ptr, w_ptr, gate_ptr, out_ptr,
 
 
 @triton.jit
-def _segment_sum_kernel(src_ptr, perm_ptr, gate_ptr, seg_start_ptr, seg_len_ptr, out_row_ptr, out_ptr,
-                        U, F, D, R_out, stride_out,
-                        HAS_PERM: tl.constexpr, HAS_GATE: tl.constexpr, PER_SAMPLE_GATE: tl.constexpr,
-                        HAS_OUT_ROW: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
-    """out[out_row[s]] = sum_j src[perm[start_s + j]] * gate, j = 0..len_s-1 in order, fp32.
+def _walk(grad_ptr, perm_ptr, gate_ptr, first, length, d, dmask, F, D, PER_SAMPLE_GATE: tl.constexpr,
+          BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Per lane: sum_j grad[perm[first + j]] * gate, j = 0..length-1 in order (fp32)."""
+    acc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
+    for j in range(0, tl.max(length, axis=0).to(tl.int32)):  # <= CHUNK steps
+        live = j < length
+        src = tl.load(perm_ptr + first + j, mask=live, other=0).to(tl.int64)
+        v = tl.load(grad_ptr + src[:, None] * D + d[None, :], mask=live[:, None] & dmask[None, :],
+                    other=0.0).to(tl.float32)
+        if PER_SAMPLE_GATE:
+            g = tl.load(gate_ptr + src, mask=live, other=0.0).to(tl.float32)
+        else:
+            g = tl.load(gate_ptr + src % F, mask=live, other=0.0).to(tl.float32)
+        acc += v * g[:, None]
+    return acc
 
-    A program owns BLOCK_U segments and walks them side by side, one element of each per step, so
-    every segment's sum has the same fixed order whatever the launch configuration.
+
+@triton.jit
+def _chunk_head_kernel(grad_ptr, perm_ptr, gate_ptr, chunk_end_ptr, partial_ptr, N, F, D,
+                       CHUNK: tl.constexpr, PER_SAMPLE_GATE: tl.constexpr,
+                       BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+    """partial[k] = sum of chunk k's first piece (its positions up to the end of their segment or of the chunk),
+    in order, fp32.  A program walks BLOCK_U chunks side by side, one position of each per step."""
+    k = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    start = k * CHUNK
+    kmask = start < N
+    dmask = d < D
+    end = tl.minimum(tl.load(chunk_end_ptr + k, mask=kmask, other=0), start + CHUNK)
+    length = tl.where(kmask, end - start, 0)
+    acc = _walk(grad_ptr, perm_ptr, gate_ptr, start, length, d, dmask, F, D, PER_SAMPLE_GATE, BLOCK_U, BLOCK_D)
+    tl.store(partial_ptr + k[:, None] * D + d[None, :], acc, mask=kmask[:, None] & dmask[None, :])
+
+
+@triton.jit
+def _segment_sum_kernel(grad_ptr, perm_ptr, gate_ptr, head_ptr, n_seg_ptr, partial_ptr, sorted_ptr, out_ptr,
+                        F, D, R_out, stride_out,
+                        CHUNK: tl.constexpr, PER_SAMPLE_GATE: tl.constexpr, OUT_BY_ROW: tl.constexpr,
+                        BLOCK_U: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Segment s's sum -> out[its row] (OUT_BY_ROW) or out[s], for the segments s < n_seg (read on the device).
+
+    Its own piece (its first position to the end of the segment or of that position's chunk) is walked in
+    order; the chunks the segment covers after that add their first pieces' partial sums in chunk order.  The
+    order depends on the fixed CHUNK only, never on the launch, so the result is bitwise reproducible; the
+    launch covers every position, so no segment count is needed on the host (no sync).
     """
     s = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    smask = s < U
+    smask = s < tl.load(n_seg_ptr)
     dmask = d < D
-    start = tl.load(seg_start_ptr + s, mask=smask, other=0).to(tl.int64)
-    length = tl.load(seg_len_ptr + s, mask=smask, other=0).to(tl.int64)
-    steps = tl.max(length, axis=0).to(tl.int32)  # <= _CHUNK (or the chunk count)
-    acc = tl.zeros([BLOCK_U, BLOCK_D], dtype=tl.float32)
-    for j in range(0, steps):
-        live = j < length
-        if HAS_PERM:
-            src = tl.load(perm_ptr + start + j, mask=live, other=0).to(tl.int64)
-        else:
-            src = start + j
-        v = tl.load(src_ptr + src[:, None] * D + d[None, :],
-                    mask=live[:, None] & dmask[None, :], other=0.0).to(tl.float32)
-        if HAS_GATE:
-            if PER_SAMPLE_GATE:
-                g = tl.load(gate_ptr + src, mask=live, other=0.0).to(tl.float32)
-            else:
-                g = tl.load(gate_ptr + src % F, mask=live, other=0.0).to(tl.float32)
-            v = v * g[:, None]
-        acc += v
-    if HAS_OUT_ROW:
-        orow = tl.load(out_row_ptr + s, mask=smask, other=-1).to(tl.int64)
+    first = tl.load(head_ptr + s, mask=smask, other=0)
+    end = tl.load(head_ptr + s + 1, mask=smask, other=0)
+    chunk = first // CHUNK
+    at_chunk = (first % CHUNK) == 0  # the chunk's own partial already holds this piece
+    own = tl.where(smask & ~at_chunk, tl.minimum(end, (chunk + 1) * CHUNK) - first, 0)
+    first_chunk = tl.where(at_chunk, chunk, chunk + 1)
+    n_chunks = tl.where(smask, tl.maximum((end - 1) // CHUNK - first_chunk + 1, 0), 0)
+    acc = _walk(grad_ptr, perm_ptr, gate_ptr, first, own, d, dmask, F, D, PER_SAMPLE_GATE, BLOCK_U, BLOCK_D)
+    for j in range(0, tl.max(n_chunks, axis=0).to(tl.int32)):
+        live = j < n_chunks
+        acc += tl.load(partial_ptr + (first_chunk + j)[:, None] * D + d[None, :],
+                       mask=live[:, None] & dmask[None, :], other=0.0)
+    if OUT_BY_ROW:
+        orow = tl.load(sorted_ptr + first, mask=smask, other=-1).to(tl.int64)
         # Rows the forward read as zeros (outside the table) get no gradient.
         smask = smask & (orow >= 0) & (orow < R_out)
     else:
@@ -178,54 +209,52 @@ def flat_rows(ids, field_offsets, vocab_sizes):
     return (local + field_offsets.long().unsqueeze(0)).reshape(-1)
 
 
-def _segments(rows, R):
-    """Stable sort of rows -> (perm, unique rows, segment starts, segment lengths)."""
-    key = rows.int() if R < 2 ** 31 else rows
-    sorted_rows, perm = torch.sort(key, stable=True)
-    uniq, counts = torch.unique_consecutive(sorted_rows, return_counts=True)
-    starts = torch.cumsum(counts, 0) - counts
-    return perm, uniq.long(), starts, counts
-
-
-def _segment_sum(src, perm, gates, starts, lengths, out_rows, out, F, D):
-    U = starts.numel()
-    if U == 0:
-        return
-    bd = _block_d(D)
-    bu = max(16, min(128, 2048 // bd))
-    _segment_sum_kernel[(triton.cdiv(U, bu), triton.cdiv(D, bd))](
-        src, perm if perm is not None else starts, gates if gates is not None else src,
-        starts, lengths, out_rows if out_rows is not None else starts, out,
-        U, F, D, out.shape[0], out.stride(0),
-        HAS_PERM=perm is not None, HAS_GATE=gates is not None,
-        PER_SAMPLE_GATE=gates is not None and gates.dim() == 2, HAS_OUT_ROW=out_rows is not None,
-        BLOCK_U=bu, BLOCK_D=bd)
+def _segment_heads(sorted_rows, chunk):
+    """(heads [N + 1]: each segment's first position, then N; segment count [1]; chunk_end [N / chunk]: where
+    the segment holding each chunk's first position ends), all on the device: no host sync."""
+    N = sorted_rows.numel()
+    is_head = torch.ones(N, dtype=torch.bool, device=sorted_rows.device)
+    is_head[1:] = sorted_rows[1:] != sorted_rows[:-1]
+    heads = torch.nonzero_static(is_head, size=N + 1, fill_value=N).squeeze(1)
+    n_seg = is_head.sum(0, keepdim=True)
+    chunk_starts = torch.arange(0, N, chunk, device=sorted_rows.device)
+    chunk_end = heads[torch.searchsorted(heads, chunk_starts, right=True)]
+    return heads, n_seg, chunk_end
 
 
 def weight_grad_segments(grad, rows, gates, F, R, D, out_dtype, sparse=False):
-    """Deterministic weight gradient: dense [R, D], or (unique rows [U], values [U, D]) if sparse."""
+    """Deterministic weight gradient: dense [R, D], or (unique rows [U], values [U, D]) if sparse.
+
+    The dense gradient needs no host sync: the sort, the segment heads and both kernels run on the device back
+    to back.  The sparse one reads U on the host to size its values (one sync).
+    """
     device = grad.device
-    perm, uniq, starts, counts = _segments(rows, R)
-    U = uniq.numel()
+    N = rows.numel()
+    if N == 0 or D == 0:
+        if sparse:
+            return rows.new_empty(0), torch.empty((0, D), dtype=out_dtype, device=device)
+        return torch.zeros((R, D), dtype=out_dtype, device=device)
+    key = rows.int() if R < 2 ** 31 else rows
+    sorted_rows, perm = torch.sort(key, stable=True)
+    chunk = _CHUNK
+    heads, n_seg, chunk_end = _segment_heads(sorted_rows, chunk)
     if sparse:
-        out, out_rows = torch.empty((U, D), dtype=out_dtype, device=device), None
+        U = int(n_seg)
+        uniq = sorted_rows[heads[:U]].long()
+        out = torch.empty((U, D), dtype=out_dtype, device=device)
     else:
-        out, out_rows = torch.zeros((R, D), dtype=out_dtype, device=device), uniq
-    if U == 0:
-        return (uniq, out) if sparse else out
-    if int(counts.max()) <= _CHUNK:
-        _segment_sum(grad, perm, gates, starts, counts, out_rows, out, F, D)
-        return (uniq, out) if sparse else out
-    # Two passes: fixed-size chunks -> fp32 partials, then each segment sums its chunks in order.
-    nch = (counts + _CHUNK - 1) // _CHUNK
-    ch_first = torch.cumsum(nch, 0) - nch
-    seg_of_chunk = torch.repeat_interleave(torch.arange(U, device=device), nch)
-    k = torch.arange(seg_of_chunk.numel(), device=device) - ch_first[seg_of_chunk]
-    ch_start = starts[seg_of_chunk] + k * _CHUNK
-    ch_len = torch.clamp(counts[seg_of_chunk] - k * _CHUNK, max=_CHUNK)
-    partial = torch.empty((ch_start.numel(), D), dtype=torch.float32, device=device)
-    _segment_sum(grad, perm, gates, ch_start, ch_len, None, partial, F, D)
-    _segment_sum(partial, None, None, ch_first, nch, out_rows, out, F, D)
+        out = torch.zeros((R, D), dtype=out_dtype, device=device)
+    n_chunks = triton.cdiv(N, chunk)
+    partial = torch.empty((n_chunks, D), dtype=torch.float32, device=device)
+    bd = _block_d(D)
+    bu = max(16, min(128, 2048 // bd))
+    per_sample = gates.dim() == 2
+    _chunk_head_kernel[(triton.cdiv(n_chunks, bu), triton.cdiv(D, bd))](
+        grad, perm, gates, chunk_end, partial, N, F, D,
+        CHUNK=chunk, PER_SAMPLE_GATE=per_sample, BLOCK_U=bu, BLOCK_D=bd)
+    _segment_sum_kernel[(triton.cdiv(out.shape[0] if sparse else N, bu), triton.cdiv(D, bd))](
+        grad, perm, gates, heads, n_seg, partial, sorted_rows, out, F, D, out.shape[0], out.stride(0),
+        CHUNK=chunk, PER_SAMPLE_GATE=per_sample, OUT_BY_ROW=not sparse, BLOCK_U=bu, BLOCK_D=bd)
     return (uniq, out) if sparse else out
 
 

@@ -191,6 +191,55 @@ def test_triton_backward_is_deterministic_and_chunking_is_exact(device, chunk, m
     assert torch.equal(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_segments_across_chunk_boundaries(device, sparse, monkeypatch):
+    """Segments of every length against chunks of 4: heads on a chunk boundary and inside a chunk, pieces that
+    end exactly at a chunk's end, one segment over five chunks; rows outside the table get no gradient."""
+    from lightfmp.kernels import triton_ops
+    monkeypatch.setattr(triton_ops, "_CHUNK", 4)
+    R, D = 12, 3
+    lengths = {0: 1, 2: 3, 3: 4, 5: 5, 6: 9, 8: 1, 9: 2, 11: 19}  # 44 positions in all
+    rows = np.concatenate([np.full(n, r) for r, n in lengths.items()] + [[-1, 12, 12]])
+    rng = np.random.default_rng(3)
+    rows = rng.permutation(rows)
+    grad = rng.standard_normal((rows.size, D))
+    gates = rng.uniform(0.1, 1.5, size=rows.size)
+    want = np.zeros((R, D))
+    ok = (rows >= 0) & (rows < R)
+    np.add.at(want, rows[ok], grad[ok] * gates[ok, None])
+    args = (torch.tensor(grad, dtype=torch.float32, device=device), torch.tensor(rows, device=device),
+            torch.tensor(gates.reshape(-1, 1), dtype=torch.float32, device=device), 1, R, D, torch.float32)
+    if sparse:
+        uniq, vals = triton_ops.weight_grad_segments(*args, sparse=True)
+        assert uniq.tolist() == sorted(set(rows.tolist()))
+        keep = (uniq >= 0) & (uniq < R)
+        got = np.zeros((R, D))
+        got[uniq[keep].cpu().numpy()] = vals[keep].double().cpu().numpy()
+    else:
+        got = triton_ops.weight_grad_segments(*args).double().cpu().numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not np.any(got[[1, 4, 7, 10]])
+
+
+@pytest.mark.skipif(INTERPRET or not HAS_CUDA, reason="host syncs exist only between a host and a device")
+def test_gpu_dense_backward_never_syncs():
+    """The deterministic dense weight gradient runs on the device without waiting on it."""
+    from lightfmp.kernels import triton_ops
+    p = make_problem(4096, 8, 16, seed=14, vocab=[5, 9, 40, 3, 1000, 7, 2, 300])
+    grad = torch.tensor(p["grad_out"], dtype=torch.float32, device="cuda")
+    rows = triton_ops.flat_rows(p["ids"].cuda(), p["offs"].cuda(), None)
+    gates = torch.tensor(p["gates"], dtype=torch.float32, device="cuda")
+    R = int(p["vocab"].sum())
+    triton_ops.weight_grad_segments(grad, rows, gates, 8, R, 16, torch.float32)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        triton_ops.weight_grad_segments(grad, rows, gates, 8, R, 16, torch.float32)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 @pytest.mark.parametrize("backend,device", [("torch", "cpu")])  # CUDA index_add_ uses atomics
 def test_torch_backward_is_deterministic(backend, device):
     p = make_problem(64, 4, 16, seed=13, vocab=[5, 9, 40, 3])
