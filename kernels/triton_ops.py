@@ -209,16 +209,27 @@ def flat_rows(ids, field_offsets, vocab_sizes):
     return (local + field_offsets.long().unsqueeze(0)).reshape(-1)
 
 
+def _compacts_on_device(device) -> bool:
+    """Whether `torch.nonzero_static` runs on `device` (on CUDA only since torch 2.6)."""
+    if device.type != "cuda":
+        return True
+    major, minor = (int(x) for x in torch.__version__.split(".")[:2])
+    return (major, minor) >= (2, 6)
+
+
 def _segment_heads(sorted_rows, chunk):
-    """(heads [N + 1]: each segment's first position, then N; segment count [1]; chunk_end [N / chunk]: where
-    the segment holding each chunk's first position ends), all on the device: no host sync."""
+    """(heads [N + 1]: each segment's first position, then N; segment count [1]; chunk_end [ceil(N / chunk)]:
+    where the segment holding each chunk's first position ends), all on the device: no host sync."""
     N = sorted_rows.numel()
-    is_head = torch.ones(N, dtype=torch.bool, device=sorted_rows.device)
+    device = sorted_rows.device
+    is_head = torch.ones(N, dtype=torch.bool, device=device)
     is_head[1:] = sorted_rows[1:] != sorted_rows[:-1]
-    heads = torch.nonzero_static(is_head, size=N + 1, fill_value=N).squeeze(1)
+    if _compacts_on_device(device):
+        heads = torch.nonzero_static(is_head, size=N + 1, fill_value=N).squeeze(1)
+    else:  # the first position of each segment number (sorted), and N for every number past the last
+        heads = torch.searchsorted(torch.cumsum(is_head, 0) - 1, torch.arange(N + 1, device=device))
     n_seg = is_head.sum(0, keepdim=True)
-    chunk_starts = torch.arange(0, N, chunk, device=sorted_rows.device)
-    chunk_end = heads[torch.searchsorted(heads, chunk_starts, right=True)]
+    chunk_end = heads[torch.searchsorted(heads, torch.arange(0, N, chunk, device=device), right=True)]
     return heads, n_seg, chunk_end
 
 
@@ -234,7 +245,8 @@ def weight_grad_segments(grad, rows, gates, F, R, D, out_dtype, sparse=False):
         if sparse:
             return rows.new_empty(0), torch.empty((0, D), dtype=out_dtype, device=device)
         return torch.zeros((R, D), dtype=out_dtype, device=device)
-    key = rows.int() if R < 2 ** 31 else rows
+    # rows outside the table stay outside it (as -1 or R) when the keys narrow to int32
+    key = rows.clamp(-1, R).int() if R < 2 ** 31 else rows
     sorted_rows, perm = torch.sort(key, stable=True)
     chunk = _CHUNK
     heads, n_seg, chunk_end = _segment_heads(sorted_rows, chunk)

@@ -179,7 +179,7 @@ def test_check_bounds_derives_limits_from_repeated_offsets():
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("chunk", [4, 256])
 def test_triton_backward_is_deterministic_and_chunking_is_exact(device, chunk, monkeypatch):
-    """Hot rows appear ~100 times; chunk=4 forces the two-pass (chunked) segment reduction."""
+    """Hot rows appear ~100 times; chunk=4 makes most segments span several chunks."""
     from lightfmp.kernels import triton_ops
     monkeypatch.setattr(triton_ops, "_CHUNK", chunk)
     p = make_problem(64, 4, 24, seed=7, per_sample=True, vocab=[5, 9, 40, 3])
@@ -193,14 +193,18 @@ def test_triton_backward_is_deterministic_and_chunking_is_exact(device, chunk, m
 
 @pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_segments_across_chunk_boundaries(device, sparse, monkeypatch):
+@pytest.mark.parametrize("compact", [True, False], ids=["nonzero_static", "searchsorted"])
+def test_segments_across_chunk_boundaries(device, sparse, compact, monkeypatch):
     """Segments of every length against chunks of 4: heads on a chunk boundary and inside a chunk, pieces that
-    end exactly at a chunk's end, one segment over five chunks; rows outside the table get no gradient."""
+    end exactly at a chunk's end, one segment over five chunks; rows outside the table get no gradient (one of
+    them 2**32 past row 3), with the segment heads found either way."""
     from lightfmp.kernels import triton_ops
     monkeypatch.setattr(triton_ops, "_CHUNK", 4)
+    monkeypatch.setattr(triton_ops, "_compacts_on_device", lambda device: compact)
     R, D = 12, 3
-    lengths = {0: 1, 2: 3, 3: 4, 5: 5, 6: 9, 8: 1, 9: 2, 11: 19}  # 44 positions in all
-    rows = np.concatenate([np.full(n, r) for r, n in lengths.items()] + [[-1, 12, 12]])
+    # sorted: -1 at 0, then 0 at 1, 2 at 2-4, ..., 9 at 24-30 (a head on a boundary, over two chunks), 11 at 31-49
+    lengths = {0: 1, 2: 3, 3: 4, 5: 5, 6: 9, 8: 1, 9: 7, 11: 19}
+    rows = np.concatenate([np.full(n, r) for r, n in lengths.items()] + [[-1, 12, 12, 2 ** 32 + 3]])
     rng = np.random.default_rng(3)
     rows = rng.permutation(rows)
     grad = rng.standard_normal((rows.size, D))
@@ -212,7 +216,7 @@ def test_segments_across_chunk_boundaries(device, sparse, monkeypatch):
             torch.tensor(gates.reshape(-1, 1), dtype=torch.float32, device=device), 1, R, D, torch.float32)
     if sparse:
         uniq, vals = triton_ops.weight_grad_segments(*args, sparse=True)
-        assert uniq.tolist() == sorted(set(rows.tolist()))
+        assert uniq.tolist() == [-1] + sorted(lengths) + [R]  # rows outside the table as -1 and R
         keep = (uniq >= 0) & (uniq < R)
         got = np.zeros((R, D))
         got[uniq[keep].cpu().numpy()] = vals[keep].double().cpu().numpy()
