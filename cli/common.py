@@ -2,8 +2,10 @@
 resolution of the training commands. Command modules import this; cli/app.py imports the command modules."""
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -56,6 +58,21 @@ class Group(TyperGroup):
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
 
 
+# A path the machine will not let the command read or write: the user's to fix, said in one line like bad input.
+ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC,
+                      errno.EDQUOT}
+
+
+def path_error(e: OSError) -> str:
+    """`path: reason` for an OSError; a temporary name of lightfmp's (.name.xxxx.tmp) is told as its folder."""
+    path = Path(e.filename)
+    temp = next((q for q in reversed([path, *path.parents]) if q.name.startswith(".") and q.name.endswith(".tmp")),
+                None)  # the outermost: a file written inside a temporary folder
+    if temp is not None:
+        return f"{temp.parent}: {e.strerror}: cannot write there"
+    return f"{path}: {e.strerror}"
+
+
 def friendly(func):
     """Bad input ends in one line on stderr and exit code 2, never a traceback; Ctrl-C ends in one line saying
     how to resume (rerunning the same command resumes from the per-epoch checkpoints in <out>.ckpt/) and exit
@@ -69,6 +86,11 @@ def friendly(func):
         except LightFMPError as e:
             # the message may quote a file's content or a column name: never read it as markup
             err.print(f"[red]error:[/] {escape(who() + str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
+                raise
+            err.print(f"[red]error:[/] {escape(who() + path_error(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         except KeyboardInterrupt:
             err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,

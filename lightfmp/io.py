@@ -135,6 +135,10 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
         return
     if not p.is_file():
         raise LightFMPError(f"{p}: is not a regular file; {flag} needs a file path")
+    inside = next((q for q in p.absolute().parents if lightfmp_kind(q)), None) if kind == "json" else None
+    if inside is not None:  # a run's or an export's JSON files are its contract, replaced only with the folder
+        raise LightFMPError(f"{p}: is a file of {_a(lightfmp_kind(inside))} lightfmp wrote ({inside}); {flag} needs "
+                            f"another path")
     try:
         ok = p.stat().st_size == 0 or looks_like(p)
     except OSError as e:
@@ -213,6 +217,8 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
         parent = next((q for q in p.absolute().parents if q.exists()), None)
         if parent is not None and not parent.is_dir():
             raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise LightFMPError(f"{p}: cannot be created, {parent} is not writable")
         return
     why = _protected(p)
     if why:
@@ -268,8 +274,21 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
         else:
             os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a temporary directory of lightfmp's, also where it holds folders copied without write permission
+    (a read-only run copied to be rewritten), which `shutil.rmtree` alone leaves behind."""
+    if not path.exists():
+        return
+    try:
+        for root, _, _ in os.walk(path):
+            os.chmod(root, 0o700)
+    except OSError:
+        pass
+    shutil.rmtree(path, ignore_errors=True)

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import RunConfig, check_one_rule
-from .dataset import Dataset, load_dataset
+from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
@@ -30,6 +31,7 @@ from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
 from .schema import FeatureSchema
+from .shards import shard_home
 from .splits import SplitRule
 from .training import evaluate, fit, validate, warm_up
 
@@ -125,6 +127,12 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
            data: Dataset | None = None) -> tuple[dict, Dataset]:
     _check_out(out, force)
     check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
+    if streaming(cfg.data):  # the shards must outlive the run's directory, which is published (and replaced) whole
+        home = shard_home(cfg.data.shard_dir)
+        o, x = out.absolute().resolve(), home.absolute().resolve()
+        if o == x or o in x.parents:
+            raise LightFMPError(f"--shard-dir {home}: is or lies inside --out {out}, which the run publishes whole; "
+                                f"choose a shard folder outside it")
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
@@ -234,6 +242,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
     # prune rewrites the run directory: refuse a path that is not one, first
     check_out(run.path, force=True, kind="run", in_place=True)
+    if not os.access(run.path, os.W_OK):  # it is copied, rewritten and put back in its place
+        raise LightFMPError(f"{run.path}: is read-only; prune rewrites the run in place (copy it somewhere writable)")
     if not run.select:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config

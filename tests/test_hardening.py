@@ -963,3 +963,63 @@ def test_no_loader_that_can_unpickle_in_the_source():
     found = [f"{p}:{i}" for d in ("lightfmp", "cli", "kernels", "examples") for p in (root / d).rglob("*.py")
              for i, line in enumerate(p.read_text().splitlines(), 1) if unsafe.search(line)]
     assert not found, found
+
+
+def test_json_outputs_never_replace_a_run_or_export_file(complete, tmp_path):
+    """--json / --trace replace an earlier output or an empty file, never a JSON file of a run or an export (its
+    contract); a new file inside one, and a --plot there (inspect's own gates.png), stay allowed."""
+    from lightfmp.io import check_output_file
+    before = (complete / "metrics.json").read_bytes()
+    for name in ("metrics.json", "run.json"):
+        with pytest.raises(LightFMPError, match=f"{name}: is a file of a run lightfmp wrote .*--json needs another"):
+            check_output_file(complete / name, "json", "--json")
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    (exp / "feature_schema.json").write_text(json.dumps({"schema_version": 1, "model_file": "model.onnx",
+                                                         "inputs": []}))
+    with pytest.raises(LightFMPError, match="an export lightfmp wrote.*--trace"):
+        check_output_file(exp / "feature_schema.json", "json", "--trace")
+    check_output_file(complete / "profile.json", "json", "--json")  # new: allowed
+    check_output_file(complete / "gates.png", "png", "--plot")
+    assert (complete / "metrics.json").read_bytes() == before
+
+
+def test_a_path_the_machine_refuses_is_one_line(tmp_path):
+    """An OSError on a path (not a directory, no permission, read-only, full) ends like bad input: one line naming
+    the path, exit 2."""
+    home = tmp_path / "a_file"
+    home.write_text("x")
+    r = cli("data", "fetch", "movielens-100k", "--home", home)
+    one_line_error(r, "a_file", "Not a directory")
+
+
+def test_outputs_under_a_folder_that_is_not_writable_are_refused_first(data, tmp_path, monkeypatch):
+    import lightfmp.io as io_mod
+    real = io_mod.os.access
+    monkeypatch.setattr(io_mod.os, "access",  # the os module itself: only the write check of "ro" fails
+                        lambda p, mode: False if str(p) == str(tmp_path / "ro") and mode & io_mod.os.W_OK
+                        else real(p, mode))
+    (tmp_path / "ro").mkdir()
+    r = cli(*train_args(data, tmp_path / "ro" / "sub" / "run"))
+    one_line_error(r, "ro/sub/run", "is not writable")
+    assert listing(tmp_path / "ro") == []
+
+
+def test_prune_refuses_a_read_only_run(pretrained, tmp_path, monkeypatch):
+    run = tmp_path / "pre"
+    shutil.copytree(pretrained, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    real = pipeline_mod.os.access
+    monkeypatch.setattr(pipeline_mod.os, "access",  # the os module itself: only the write check of this run fails
+                        lambda p, mode: False if str(p) == str(run) and mode & pipeline_mod.os.W_OK else real(p, mode))
+    one_line_error(cli("prune", run, "--keep", "2"), "is read-only", "prune rewrites the run in place")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not any(p.name.startswith(".pre.") for p in tmp_path.iterdir())
+
+
+def test_shards_inside_the_run_are_refused_before_any_work(data, tmp_path):
+    out = tmp_path / "run"
+    for shard_dir in (out, out / "shards"):
+        r = cli(*train_args(data, out, "--stream", "--shard-dir", shard_dir))
+        one_line_error(r, "--shard-dir", "inside --out")
+        assert listing(tmp_path) == []
