@@ -21,7 +21,8 @@ import numpy as np
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, write_json_atomic, write_text_atomic
+from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, write_json_atomic,
+                 write_text_atomic)
 from .schema import FeatureSchema
 from .splits import SPLITS, SplitRule
 
@@ -109,6 +110,10 @@ def check_home(shard_dir: str | None) -> None:
     if blocker is not None and not blocker.is_dir():
         where = "is a file" if blocker == home else f"lies under the file {blocker}"
         raise LightFMPError(f"{home}: {where}; encoded shards (--shard-dir) need a folder")
+    inside = next((q for q in [home, *home.absolute().parents] if lightfmp_kind(q) in ("run", "export")), None)
+    if inside is not None:  # shards written there would become part of it, and go when it is replaced
+        raise LightFMPError(f"{home}: {'is' if inside == home else 'lies inside'} a lightfmp {lightfmp_kind(inside)} "
+                            f"({inside}); encoded shards (--shard-dir) need a folder of their own")
 
 
 def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:

@@ -690,7 +690,9 @@ def test_data_synth_replaces_its_own_output(tmp_path):
     first = (d / "truth.json").read_text()
     r = cli(*SYNTH, "--out", d, "--seed", "2", "--format", "csv")
     assert r.exit_code == 0, r.output
-    assert listing(d) == ["data.csv", "data.parquet", "truth.json"]  # no temporary file left
+    # no temporary file left, and not the earlier data.parquet that the new truth.json does not describe
+    assert listing(d) == ["data.csv", "truth.json"]
+    assert json.loads((d / "truth.json").read_text())["data_file"] == "data.csv"
     assert json.loads((d / "truth.json").read_text())["seed"] == 2 and (d / "truth.json").read_text() != first
     f = tmp_path / "f"
     f.write_text("mine")
@@ -1017,9 +1019,14 @@ def test_prune_refuses_a_read_only_run(pretrained, tmp_path, monkeypatch):
     assert not any(p.name.startswith(".pre.") for p in tmp_path.iterdir())
 
 
-def test_shards_inside_the_run_are_refused_before_any_work(data, tmp_path):
+def test_shards_inside_the_run_are_refused_before_any_work(data, complete, tmp_path):
     out = tmp_path / "run"
     for shard_dir in (out, out / "shards"):
         r = cli(*train_args(data, out, "--stream", "--shard-dir", shard_dir))
         one_line_error(r, "--shard-dir", "inside --out")
         assert listing(tmp_path) == []
+    before = listing(complete)
+    for shard_dir in (complete, complete / "shards"):  # nor inside a finished run
+        r = cli(*train_args(data, tmp_path / "other", "--stream", "--shard-dir", shard_dir))
+        one_line_error(r, "a lightfmp run", "need a folder of their own")
+    assert listing(complete) == before and listing(tmp_path) == []

@@ -308,6 +308,9 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
         "data_file": data_name,
     }
     write_json_atomic(out_dir / "truth.json", truth)
+    # an earlier output in the other format goes (check_synth_out refused the folder unless it was ours): the
+    # truth.json beside it now describes the new file only
+    (out_dir / ("data.csv" if data_name == "data.parquet" else "data.parquet")).unlink(missing_ok=True)
     return {**truth, "data_file": str(data_path.resolve())}
 
 
