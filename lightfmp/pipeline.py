@@ -128,11 +128,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     _check_out(out, force)
     check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
     if streaming(cfg.data):  # the shards must outlive the run's directory, which is published (and replaced) whole
-        home = shard_home(cfg.data.shard_dir)
-        o, x = out.absolute().resolve(), home.absolute().resolve()
-        if o == x or o in x.parents:
-            raise LightFMPError(f"--shard-dir {home}: is or lies inside --out {out}, which the run publishes whole; "
-                                f"choose a shard folder outside it")
+        check_apart(out, shard_home(cfg.data.shard_dir), "--shard-dir")
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)

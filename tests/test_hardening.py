@@ -1023,7 +1023,7 @@ def test_shards_inside_the_run_are_refused_before_any_work(data, complete, tmp_p
     out = tmp_path / "run"
     for shard_dir in (out, out / "shards"):
         r = cli(*train_args(data, out, "--stream", "--shard-dir", shard_dir))
-        one_line_error(r, "--shard-dir", "inside --out")
+        one_line_error(r, "--shard-dir", "choose an output path")
         assert listing(tmp_path) == []
     before = listing(complete)
     for shard_dir in (complete, complete / "shards"):  # nor inside a finished run
