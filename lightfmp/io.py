@@ -1,7 +1,8 @@
 """Atomic writes: an artifact appears whole under its final name or not at all. A directory is replaced only when
 lightfmp wrote it as the kind the command writes (its marker file says so: a run replaces only a run, an export
-only an export), never a directory of the user's, a file, `.`, `~` or `/`; a file the user names for --plot /
---json / --trace replaces only an earlier output of its kind. Data paths are listed in one place (`data_files`)
+only an export) and holds nothing but what lightfmp wrote there (its record, WRITTEN, says what that is), never a
+directory of the user's, a file, `.`, `~` or `/`; a file the user names for --plot / --json / --trace replaces only
+an earlier output of its kind. Data paths are listed in one place (`data_files`)
 for the reader and the data hash alike."""
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ MARKERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
     "export": ("feature_schema.json", lambda doc: "schema_version" in doc and "model_file" in doc),
     "shard directory": ("manifest.json", lambda doc: doc.get("format") == SHARDS_FORMAT),
 }
+
+
+# In each directory atomic_dir publishes: the top-level names lightfmp wrote there. A file lightfmp writes into the
+# directory later (inspect's chart in a run) joins it. A directory without one was written by a lightfmp before the
+# record, and is replaced whole as then.
+WRITTEN = ".lightfmp-written.json"
+WRITTEN_FORMAT = "lightfmp-written"
 
 
 def _publish_mode(path, directory: bool = False) -> None:
@@ -164,8 +172,57 @@ def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = No
         if kind is not None:
             check_output_file(path, kind, flag or "the output")
         os.replace(tmp, path)
+        _note_written(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _temporary(name: str) -> bool:
+    """A hidden temporary of lightfmp's (.NAME.XXXX.tmp), left by a write that was killed."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def written(path: str | Path) -> set[str] | None:
+    """The top-level names lightfmp wrote into its directory `path` (the record), or None when the directory has
+    no record (a lightfmp before the record wrote it); a damaged record is one error naming it."""
+    rec = Path(path) / WRITTEN
+    if not rec.exists():
+        return None
+    try:
+        doc = json.loads(rec.read_text())
+    except (OSError, ValueError):
+        doc = None
+    names = doc.get("names") if isinstance(doc, dict) and doc.get("format") == WRITTEN_FORMAT else None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LightFMPError(f"{rec}: damaged; it lists what lightfmp wrote in {path}, so lightfmp cannot tell its "
+                            f"files from yours: move your own files out, then delete it")
+    return set(names)
+
+
+def foreign_entry(path: str | Path) -> str | None:
+    """The first entry of lightfmp's directory `path` (in name order) that lightfmp did not write there, or None
+    (also for a directory without a record, see WRITTEN)."""
+    names = written(path)
+    if names is None:
+        return None
+    return next((q.name for q in sorted(Path(path).iterdir()) if q.name != WRITTEN and q.name not in names
+                 and not _temporary(q.name)), None)
+
+
+def _record(d: Path, names) -> None:
+    write_text_atomic(d / WRITTEN, json.dumps({"format": WRITTEN_FORMAT, "names": sorted(names)}, indent=2) + "\n")
+
+
+def _note_written(path: Path) -> None:
+    """`path`, just written into a directory of lightfmp's that has a record, joins the record."""
+    if path.name == WRITTEN or not (path.parent / WRITTEN).is_file():
+        return
+    try:
+        names = written(path.parent)
+    except LightFMPError:  # refused, naming the record, when the directory is next to be replaced
+        return
+    if path.name not in names:
+        _record(path.parent, names | {path.name})
 
 
 def lightfmp_kind(path: str | Path) -> str | None:
@@ -205,7 +262,8 @@ def _a(kind: str) -> str:
 def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[[Path], bool] | None = None,
               in_place: bool = False) -> None:
     """Refuse, before any work, an output path that the command may not create or replace: with `force` only a
-    directory that lightfmp wrote as `kind` (a key of MARKERS: what the command writes) is replaced, nothing else.
+    directory that lightfmp wrote as `kind` (a key of MARKERS: what the command writes), holding only what lightfmp
+    wrote there (see WRITTEN), is replaced, nothing else.
     `owned`: the caller's own test that an unmarked directory is one of `kind` (e.g. a shard directory whose
     manifest went missing). `in_place`: the command rewrites an existing `kind` it was given (prune)."""
     if kind not in MARKERS:
@@ -237,6 +295,11 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
     if found is None:
         raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote (no {MARKERS[kind][0]} marker of "
                             f"{_a(kind)}); --force does not replace it, choose another path or remove it yourself")
+    foreign = foreign_entry(p)
+    if foreign is not None:
+        how = ("the command rewrites it in place with lightfmp's own files only" if in_place
+               else "--force replaces only lightfmp's own files")
+        raise LightFMPError(f"{p}: holds {foreign}, which lightfmp did not write; {how}, move it out first")
     if not force:
         raise LightFMPError(f"{p}: already exists (a lightfmp {found}); pass --force to replace it")
 
@@ -258,15 +321,16 @@ def check_apart(out: str | Path, other: str | Path | None, what: str) -> None:
 @contextmanager
 def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
                owned: Callable[[Path], bool] | None = None):
-    """Yield a temporary sibling directory; it replaces `path` only when the block succeeds. An existing `path` is
-    replaced only with `force` and only when lightfmp wrote it as a directory of `kind` (see `check_out`, which
-    runs before the block and again before the replacement)."""
+    """Yield a temporary sibling directory; it replaces `path` only when the block succeeds, with the record of what
+    it holds (WRITTEN). An existing `path` is replaced only with `force` and only when lightfmp wrote it as a
+    directory of `kind` (see `check_out`, which runs before the block and again before the replacement)."""
     path = Path(path)
     check_out(path, force, kind, owned)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        _record(tmp, [q.name for q in tmp.iterdir() if q.name != WRITTEN and not _temporary(q.name)])
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
             check_out(path, force, kind, owned)

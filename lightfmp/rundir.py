@@ -9,6 +9,7 @@ RUN/pretrain_optimizer.safetensors  phase 1's weight-optimizer state (select run
 RUN/model.safetensors     the final model over the kept fields
 RUN/metrics.json    fields, gates, valid/test metrics, params, per-phase rows and seconds
 RUN/history.json    per-epoch training history of each phase
+RUN/.lightfmp-written.json  what lightfmp wrote into RUN (lightfmp.io.WRITTEN): --force replaces nothing else
 
 Every reader goes through `open_run`, which checks each of these files and names the first bad one in a one-line
 LightFMPError (`RUN/metrics.json: missing key 'fields'`), and through the `Run` methods.

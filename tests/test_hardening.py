@@ -17,7 +17,7 @@ import lightfmp.pipeline as pipeline_mod
 from lightfmp.bench.report import results_table
 from lightfmp.bench.selectors import METHODS
 from lightfmp.errors import LightFMPError
-from lightfmp.io import atomic_dir, check_out, lightfmp_kind
+from lightfmp.io import WRITTEN, atomic_dir, check_out, lightfmp_kind
 from lightfmp.progress import Reporter
 from lightfmp.rundir import open_run
 from lightfmp.cli.app import app
@@ -151,7 +151,7 @@ def test_atomic_dir_recognises_each_kind_of_lightfmp_directory(tmp_path):
             assert listing(d) == [name]
         with atomic_dir(d, force=True, kind=kind) as tmp:
             (tmp / "new.txt").write_text("new")
-        assert listing(d) == ["new.txt"]
+        assert listing(d) == [WRITTEN, "new.txt"]
     # a marker with the wrong content, or unreadable, is no marker
     fake = tmp_path / "fake"
     fake.mkdir()
@@ -188,6 +188,94 @@ def test_export_force_refuses_what_lightfmp_did_not_write(complete, tmp_path, mo
     monkeypatch.chdir(v)
     one_line_error(cli("export", complete, "--out", ".", "--force"), "current directory")
     assert listing(v) == ["important.txt"]
+
+
+def recorded(d):
+    """What a lightfmp directory's record says lightfmp wrote there."""
+    return sorted(json.loads((d / WRITTEN).read_text())["names"])
+
+
+def run_args(data, out, *extra):
+    return ["run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            "--keep", "3", *FAST, "--quiet", *extra]
+
+
+def test_force_never_deletes_a_file_of_the_users_inside_a_run(data, complete, tmp_path, monkeypatch):
+    run = tmp_path / "a"
+    shutil.copytree(complete, run)
+    assert recorded(run) == [n for n in listing(run) if n != WRITTEN]  # the record is the run's own files
+    (run / "my_notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with monkeypatch.context() as m:
+        m.setattr(pipeline_mod, "load_data", stop)  # refused before any work
+        for args in (run_args(data, run, "--force"), train_args(data, run, "--quiet", "--force")):
+            one_line_error(cli(*args), run, "holds my_notes.txt, which lightfmp did not write",
+                           "--force replaces only lightfmp's own files, move it out first")
+        one_line_error(cli("prune", run, "--keep", "2"), run, "holds my_notes.txt",
+                       "rewrites it in place with lightfmp's own files only")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert open_run(run).state == "complete" and listing(tmp_path) == ["a"]
+    # lightfmp's own later files (inspect's chart) and a killed write's temporary are no one else's
+    (run / "my_notes.txt").unlink()
+    assert cli("inspect", run, "--quiet").exit_code == 0 and "gates.png" in recorded(run)
+    (run / ".metrics.json.x1y2.tmp").write_text("half")
+    r = cli(*run_args(data, run, "--force", "--seed", "1"))
+    assert r.exit_code == 0, r.output
+    assert (run / "metrics.json").read_bytes() != before["metrics.json"]
+    assert recorded(run) == [n for n in listing(run) if n != WRITTEN] and "gates.png" not in listing(run)
+
+
+def test_prune_keeps_the_record_right(pretrained, tmp_path):
+    run = tmp_path / "pre"
+    shutil.copytree(pretrained, run)
+    assert cli("inspect", run, "--quiet").exit_code == 0 and "gates.png" in recorded(run)
+    assert cli("prune", run, "--keep", "2", "--quiet").exit_code == 0
+    assert open_run(run).state == "complete"
+    assert recorded(run) == [n for n in listing(run) if n != WRITTEN] and "model.safetensors" in recorded(run)
+
+
+def test_export_force_never_deletes_a_file_of_the_users_inside_it(complete, tmp_path):
+    pytest.importorskip("onnx")
+    exp = tmp_path / "exp"
+    assert cli("export", complete, "--out", exp, "--quiet").exit_code == 0
+    assert recorded(exp) == [n for n in listing(exp) if n != WRITTEN]
+    (exp / "README.md").write_text("mine")
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    one_line_error(cli("export", complete, "--out", exp, "--force"), exp,
+                   "holds README.md, which lightfmp did not write", "move it out first")
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before
+    (exp / "README.md").unlink()
+    r = cli("export", complete, "--out", exp, "--force", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert recorded(exp) == [n for n in listing(exp) if n != WRITTEN]
+
+
+def test_a_shard_directory_keeps_what_lightfmp_did_not_write(tmp_path):
+    from lightfmp.shards import ShardWriter
+    d = tmp_path / "k"
+    with ShardWriter(d, "k", 2) as w:
+        w.finish()
+    assert recorded(d) == ["manifest.json"]
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(LightFMPError, match="holds notes.txt, which lightfmp did not write") as e:
+        with ShardWriter(d, "k", 2):
+            raise AssertionError("the block must not run")
+    assert "\n" not in str(e.value) and (d / "notes.txt").read_text() == "mine"
+
+
+def test_a_directory_without_a_record_is_replaced_as_before(tmp_path):
+    """Written by a lightfmp before the record: the marker alone decides, and the record comes with the new one."""
+    d = tmp_path / "r"
+    d.mkdir()
+    (d / "run.json").write_text(json.dumps({"format": "lightfmp-run"}))
+    (d / "old.txt").write_text("old")
+    with atomic_dir(d, force=True) as tmp:
+        (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run", "n": 2}))
+    assert listing(d) == [WRITTEN, "run.json"] and recorded(d) == ["run.json"]
+    (d / WRITTEN).write_text("{cut")  # a damaged record: refused, naming it
+    with pytest.raises(LightFMPError, match=f"{WRITTEN}: damaged") as e:
+        check_out(d, force=True)
+    assert "\n" not in str(e.value)
 
 
 # ---- a damaged checkpoint does not block the rerun ---------------------------------------------------------------
@@ -598,7 +686,7 @@ def test_shard_writer_never_replaces_a_run_or_an_export(tmp_path):
     (d / "000000.ids.npy").write_bytes(b"partial")
     with ShardWriter(d, "k", 2) as w:
         w.finish()
-    assert listing(d) == ["manifest.json"]
+    assert listing(d) == [WRITTEN, "manifest.json"]
 
 
 # ---- --plot / --json / --trace replace only an earlier output of their kind -------------------------------------
