@@ -30,12 +30,46 @@ def _untyped_flags(params: list) -> list:
     return params
 
 
+EXPECTED = {int: "expected an integer", float: "expected a number"}
+
+
+def fail(message: str, code: int = 2):
+    """The one-line error every command ends with on bad input: `error: MESSAGE` on stderr, then exit `code`."""
+    # the message may quote a file's content or a column name: never read it as markup
+    err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _bad_value(command, ctx, args: list[str], e: typer.BadParameter):
+    """A value the option's type refuses (`--epochs abc`), as one line naming the flag and the value."""
+    param = e.param
+    if param is None:
+        fail(e.format_message())
+    name = max((o for o in param.opts if o.startswith("--")), key=len, default=None) or \
+        (param.metavar or param.name or "").upper()
+    # the text as given: the arguments parsed again (they parsed once already), without converting them
+    value = command.make_parser(ctx).parse_args(args=list(args))[0].get(param.name)
+    if isinstance(value, (list, tuple)):
+        value = value[-1] if value else None
+    annotation = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    fail(f"{name} {value!r}: {EXPECTED.get(annotation) or e.message}" if isinstance(value, str)
+         else f"{name}: {EXPECTED.get(annotation) or e.message}")
+
+
 class Command(TyperCommand):
     """A command whose help shows no value type after on/off flags and writes its arguments in the usage line as
-    `RUN` (`[RUN]` when optional) rather than `{run}`. Every command is registered with `cls=Command`."""
+    `RUN` (`[RUN]` when optional) rather than `{run}`, and whose options end a value of the wrong type
+    (`--epochs abc`) in one line, like any other bad input. Every command is registered with `cls=Command`."""
 
     def get_params(self, ctx):
         return _untyped_flags(super().get_params(ctx))
+
+    def parse_args(self, ctx, args):
+        given = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except typer.BadParameter as e:
+            _bad_value(self, ctx, given, e)
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []
@@ -84,14 +118,11 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
-            # the message may quote a file's content or a column name: never read it as markup
-            err.print(f"[red]error:[/] {escape(who() + str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            fail(who() + str(e))
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
                 raise
-            err.print(f"[red]error:[/] {escape(who() + path_error(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            fail(who() + path_error(e))
         except KeyboardInterrupt:
             err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,
                       soft_wrap=True)

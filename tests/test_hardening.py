@@ -867,6 +867,25 @@ def test_numeric_options_outside_their_range_are_one_line(tmp_path, monkeypatch,
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("args, words", [
+    (["run", "--epochs", "abc"], "--epochs 'abc': expected an integer"),
+    (["run", "--lr", "x"], "--lr 'x': expected a number"),
+    (["train", "--subset", "1e"], "--subset '1e': expected a number"),
+    (["run", "--seed", "1.5"], "--seed '1.5': expected an integer"),
+    (["run", "--epochs=3", "--epochs=zz"], "--epochs 'zz': expected an integer"),
+    (["prune", "r", "--keep", "two"], "--keep 'two': expected an integer"),
+    (["bench", "--k", "x"], "--k 'x': expected an integer"),
+    (["export", "r", "--opset", "x"], "--opset 'x': expected an integer"),
+    (["profile", "m.onnx", "--max-seconds", "soon"], "--max-seconds 'soon': expected a number"),
+    (["serve", "e", "--port", "http"], "--port 'http': expected an integer"),
+    (SYNTH + ["--out", "never", "--rows", "1e3"], "--rows '1e3': expected an integer"),
+])
+def test_a_value_that_is_not_a_number_is_one_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    assert one_line_error(cli(*args), words).startswith("error: ")
+    assert listing(tmp_path) == []
+
+
 def test_profile_help_gives_the_batch_size_bound():
     assert "1,048,576" in " ".join(_help(["profile"]).split())
 
