@@ -229,12 +229,44 @@ def _items(value) -> list:
     return [s.strip() for s in str(value).split(",") if s.strip()]
 
 
+# Text options whose value is a comma-separated list ('field:N,...'): YAML may give them as a list of its items.
+TEXT_LISTS = ("hash_buckets",)
+
+
+def _what(tp) -> str:
+    """How an error names a field's type."""
+    if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
+        return f"a list of {ITEMS.get(item, item.__name__)} (or comma-separated text)"
+    return "text" if tp is str else "a finite number" if tp is float else tp.__name__
+
+
+ITEMS = {int: "integers", float: "numbers", str: "text items"}
+
+
+def _shape_checked(value, tp, key, source):
+    """`value`, unless YAML gave a mapping, or a list, where the field takes neither (`label: [a, b]`,
+    `categorical: {a: 1}`, `hidden: [256, [1]]`): a one-line error naming the key and the type expected."""
+    if typing.get_origin(tp) is list:
+        nested = [v for v in value if isinstance(v, (dict, list, tuple))] if isinstance(value, (list, tuple)) else []
+        bad = value if isinstance(value, dict) else nested[0] if nested else None
+    else:
+        bad = value if isinstance(value, dict) or isinstance(value, (list, tuple)) and key not in TEXT_LISTS else None
+    if bad is None:
+        return value
+    shape = "a mapping" if isinstance(bad, dict) else "a list"
+    got = f"{shape} {bad!r}" if bad is value else f"the item {bad!r}, {shape}"
+    where = flag(key) if source == COMMAND_LINE else f"{source}: '{key}'"
+    raise LightFMPError(f"{where} must be {_what(tp)}, got {got}")
+
+
 def _coerce(value, hint, key, source):
     """YAML reads `lr: 1e-3` as a string and users write `epochs: '3'` or `hidden: 256,128`: convert to the
     field's type, or fail with the key named."""
     if value is None:
         return None
     tp = _unoptional(hint)
+    value = _shape_checked(value, tp, key, source)
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         return [_coerce(v, item, key, source) for v in _items(value)]
@@ -314,14 +346,47 @@ def fields_of(section: str | None = None) -> list[dataclasses.Field]:
     return [f for s, tp in SECTIONS.items() if section in (None, s) for f in dataclasses.fields(tp)]
 
 
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key, lines: tuple[int, int]):
+        super().__init__(key, lines)
+        self.key, self.lines = key, lines
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (a plain loader keeps the last silently, so
+    which value counts would depend on their order)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a merge (<<) may be overridden; other keys that are not scalars are refused by YAML
+            key, line = self.construct_object(key_node), key_node.start_mark.line + 1
+            if key in seen:
+                raise _RepeatedKey(key, (seen[key], line))
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _safe_load(text: str):
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
     try:
-        d = yaml.safe_load(p.read_text())
+        d = _safe_load(p.read_text())
     except FileNotFoundError:
         raise LightFMPError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LightFMPError(f"{p}: cannot read it ({type(e).__name__})") from None
+    except _RepeatedKey as e:
+        raise LightFMPError(f"{p}: key '{e.key}' is given twice (lines {e.lines[0]} and {e.lines[1]}); keep one") \
+            from None
     except yaml.YAMLError as e:
         raise LightFMPError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
     if d is None:

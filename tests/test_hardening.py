@@ -1060,6 +1060,51 @@ def test_yaml_python_tags_are_refused_and_never_run(data, tmp_path, monkeypatch)
     assert not (tmp_path / "PWNED").exists() and listing(tmp_path) == ["evil.yaml"]
 
 
+@pytest.mark.parametrize("text, words", [
+    ("epochs: 2\nlr: 0.1\nepochs: 3\n", ["'epochs' is given twice (lines 1 and 3)", "keep one"]),
+    ("train:\n  lr: 0.1\n  batch-size: 8\n  lr: 0.2\n", ["'lr' is given twice (lines 2 and 4)"]),
+])
+def test_a_yaml_key_given_twice_is_refused(data, tmp_path, monkeypatch, text, words):
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)  # refused before any work
+    cfg = tmp_path / "twice.yaml"
+    cfg.write_text(text)
+    one_line_error(cli(*train_args(data, tmp_path / "out", "--config", cfg)), cfg, *words)
+    assert listing(tmp_path) == ["twice.yaml"]
+
+
+def test_a_yaml_merge_may_still_be_overridden(tmp_path):
+    from lightfmp.config import resolve
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text("train:\n  <<: {lr: 0.1, epochs: 4}\n  lr: 0.3\n")
+    got = resolve({}, str(cfg))
+    assert got.train.lr == 0.3 and got.train.epochs == 4
+
+
+@pytest.mark.parametrize("text, words", [
+    ("categorical: {a: 1}\n", ["'categorical' must be a list of text items", "got a mapping {'a': 1}"]),
+    ("model:\n  hidden: {x: 1}\n", ["'hidden' must be a list of integers", "got a mapping {'x': 1}"]),
+    ("hidden: [8, [4]]\n", ["'hidden' must be a list of integers", "got the item [4], a list"]),
+    ("label: [a, b]\n", ["'label' must be text", "got a list ['a', 'b']"]),
+    ("positive: {click: 1}\n", ["'positive' must be text", "got a mapping"]),
+    ("ignore: [noise, {x: 1}]\n", ["'ignore' must be a list of text items", "got the item {'x': 1}"]),
+    ("split: {train: 0.8}\n", ["'split' must be a list of numbers", "got a mapping"]),
+])
+def test_a_yaml_value_of_the_wrong_shape_names_the_file_key_and_type(data, tmp_path, monkeypatch, text, words):
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)
+    cfg = tmp_path / "shape.yaml"
+    cfg.write_text(text)
+    one_line_error(cli(*train_args(data, tmp_path / "out", "--config", cfg)), f"{cfg}: ", *words)
+    assert listing(tmp_path) == ["shape.yaml"]
+
+
+def test_a_yaml_list_is_still_taken_where_the_text_is_a_list(tmp_path):
+    from lightfmp.config import resolve
+    cfg = tmp_path / "lists.yaml"
+    cfg.write_text("hash-buckets: [a:8, b:16]\ncategorical: [a, b]\nhidden: 8,4\n")
+    got = resolve({}, str(cfg))
+    assert got.data.hash_buckets == "a:8,b:16" and got.data.categorical == ["a", "b"] and got.model.hidden == [8, 4]
+
+
 def test_no_loader_that_can_unpickle_in_the_source():
     """Weights are safetensors, tables .npy without object arrays, documents JSON / safe YAML: nothing in the
     package can load a pickle."""
