@@ -62,6 +62,9 @@ def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
             raise LightFMPError(f"{usage} (got {item!r})")
         if int(num) < 1:
             raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' needs at least 1 bucket, got {num}")
+        if name in out and out[name] != int(num):
+            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' is given twice ({out[name]} and {int(num)} "
+                                f"buckets); keep one")
         if name not in schema.names:
             raise LightFMPError(f"--hash-buckets {text!r}: no field '{name}' (fields: {', '.join(schema.names)})")
         if schema.field(name).kind == "numeric":
@@ -108,14 +111,19 @@ class SchemaSpec:
 
 
 def parse_multi_hot(items: list[str]) -> dict[str, str]:
-    """['genres:|', 'tags:;'] -> {'genres': '|', 'tags': ';'}; the separator defaults to '|'."""
-    out = {}
+    """['genres:|', 'tags:;'] -> {'genres': '|', 'tags': ';'}; the separator defaults to '|'. A column given twice
+    with different separators is refused (which one counted would depend on their order)."""
+    out, given = {}, {}
     for it in items:
         name, colon, sep = it.partition(":")
         if colon and not sep:  # e.g. 'tags:,' split on its comma by a comma-separated flag
             raise LightFMPError(f"--multi-hot {it!r}: no separator after the colon (a ',' separator cannot be given "
                                 f"in the comma-separated flag: use another, or a YAML list in --config)")
-        out[name.strip()] = sep or "|"
+        name, sep = name.strip(), sep or "|"
+        if name in out and out[name] != sep:
+            raise LightFMPError(f"--multi-hot: column '{name}' is given twice with different separators "
+                                f"({given[name]!r} and {it!r}); keep one")
+        out[name], given[name] = sep, given.get(name, it)
     return out
 
 
@@ -196,21 +204,24 @@ def _number_kind(vals: np.ndarray, rows: int) -> tuple[str, str]:
     return "numeric", "floats"
 
 
-def _check_kind_flags(spec: SchemaSpec, time_column: str | None) -> None:
+def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str) -> None:
     """A column named by two of --categorical / --numeric / --multi-hot / --ignore, or the label named as a feature,
-    ignored or used as the time column, is a contradiction: refused, not resolved silently."""
+    ignored or used as the time column, is a contradiction: refused, not resolved silently. `label_from`: what made
+    the label column the label (`--label y`, or `--format criteo`)."""
     said = {"--categorical": spec.categorical, "--numeric": spec.numeric, "--multi-hot": list(spec.multi_hot),
             "--ignore": spec.ignore}
     seen: dict[str, str] = {}
     for flag, cols in said.items():
         for c in cols:
             if c == spec.label:
-                raise LightFMPError(f"{flag} {c}: '{c}' is the label column")
+                raise LightFMPError(f"{flag} {c}: '{c}' is the label column ({label_from}); a column is the label or "
+                                    f"a feature, not both")
             if c in seen and seen[c] != flag:
                 raise LightFMPError(f"column '{c}' is named by both {seen[c]} and {flag}; choose one")
             seen[c] = flag
     if time_column == spec.label:
-        raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column; order rows by a time")
+        raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column ({label_from}); order "
+                            f"rows by a time")
 
 
 def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
@@ -229,7 +240,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
-    _check_kind_flags(spec, cfg.time_column)
+    _check_kind_flags(spec, cfg.time_column, f"--label {label}" if cfg.label else f"--format {fmt}")
     blank = [i for i, c in enumerate(columns) if not str(c).strip()]
     if blank:  # a field needs a name: flags, the schema and the exported model's inputs are keyed by it
         raise LightFMPError(f"{source}: column {blank[0] + 1} has no name in the header; name it or remove it")

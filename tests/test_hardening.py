@@ -641,6 +641,31 @@ def test_duplicate_column_names_are_refused_by_name(tmp_path, fmt, stream):
     assert listing(tmp_path) == [p.name]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("flags, words", [
+    (["--multi-hot", "tags:|,tags:;"], ["--multi-hot", "column 'tags' is given twice", "'tags:|' and 'tags:;'"]),
+    (["--hash-buckets", "a:8,noise:4,a:16"], ["--hash-buckets", "field 'a' is given twice (8 and 16 buckets)"]),
+    (["--categorical", "a,label"], ["--categorical label", "is the label column (--label label)"]),
+    (["--ignore", "label"], ["--ignore label", "is the label column (--label label)"]),
+    (["--time-column", "label"], ["--time-column label", "is the label column (--label label)"]),
+    (["--categorical", "a", "--numeric", "x,a"], ["column 'a' is named by both --categorical and --numeric"]),
+    (["--ignore", "noise", "--multi-hot", "noise:;"], ["column 'noise' is named by both --multi-hot and --ignore"]),
+])
+def test_a_column_given_two_roles_or_settings_is_refused(data, tmp_path, flags, words, stream):
+    r = cli("train", "--data", data, "--label", "label", "--out", tmp_path / "out", "--shard-dir", tmp_path / "sh",
+            "--quiet", *flags, *(["--stream"] if stream else []))
+    one_line_error(r, *words)
+    assert listing(tmp_path) == []
+
+
+def test_a_column_repeated_with_the_same_settings_is_taken(data, tmp_path):
+    r = cli("run", "--data", data, "--label", "label", "--out", tmp_path / "r", "--no-select", "--multi-hot",
+            "tags:|,tags", "--hash-buckets", "a:8,a:8", "--categorical", "a,a", *FAST, "--quiet")
+    assert r.exit_code == 0, r.output
+    schema = open_run(tmp_path / "r").schema
+    assert schema.field("tags").separator == "|" and schema.field("a").hash_buckets == 8
+
+
 # ---- --force replaces only a directory of the kind the command writes -------------------------------------------
 
 def _fake_export(d):
