@@ -8,13 +8,14 @@ values keep the distribution the weights stand for.
 
 The rules compare many closed sets that differ by one field, so `ClosedFields` looks the rows' field embeddings up
 once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' embeddings shuffled) and keeps the
-current set as its state; a trial changes one field's block. Where only the tower's first layer reads the flattened
-embeddings (the backbones that keep `CTRModel.prune_inputs`), a trial also updates that layer's pre-activation by
-the changed field's columns alone: D x H multiply-adds a row instead of F x D x H; and DeepFM's FM term, a function
-of two sums over fields, comes from the state's sums changed by the one field's terms (D instead of F x D). Memory:
-the state, rows x fields x embed_dim floats (250 MB for 100,000 rows of 39 fields at 16), plus that layer's
-pre-activation and the two sums (rows x embed_dim float64 each); beyond STATE_BYTES the state is the rows' ids and
-every pass looks them up again (the same losses, ~25x slower on a wide table: `state_rows`).
+current set as its state; a trial changes one field's block. Each linear layer that reads the flattened embeddings
+themselves (the tower's first layer; DCNv2's first cross layer too: `readers`) keeps its pre-activation for the
+state, and a trial updates it by the changed field's columns alone: D x H multiply-adds a row instead of F x D x H;
+and DeepFM's FM term, a function of two sums over fields, comes from the state's sums changed by the one field's
+terms (D instead of F x D). Memory: the state, rows x fields x embed_dim floats (250 MB for 100,000 rows of 39
+fields at 16), plus those layers' pre-activations (at most STATE_BYTES more: the narrowest first) and the two sums
+(rows x embed_dim float64 each); beyond STATE_BYTES the state is the rows' ids and every pass looks them up again
+(the same losses, ~25x slower on a wide table: `state_rows`).
 """
 from __future__ import annotations
 
@@ -69,9 +70,9 @@ def weighted_other_rows(weights: np.ndarray) -> np.ndarray:
     return donor
 
 
-class _FirstLayerUpdate(nn.Module):
-    """Stands in for the tower's first Linear during a trial: its pre-activation for the state plus the change of
-    one field's columns (the input differs from the state's only there)."""
+class _ReaderUpdate(nn.Module):
+    """Stands in for a reader of the flattened embeddings (`readers`) during a trial: its pre-activation for the
+    state plus the change of one field's columns (the input differs from the state's only there)."""
 
     def __init__(self, layer: nn.Linear, pre: torch.Tensor, cols: slice, old: torch.Tensor):
         super().__init__()
@@ -94,7 +95,7 @@ class _FactorizationFromSums(nn.Module):
 
 
 class _KeptPreActivation(torch.autograd.Function):
-    """The first layer's output where its pre-activation is known already: forward returns it, backward passes the
+    """A reader's output where its pre-activation is known already: forward returns it, backward passes the
     gradient to the layer's input as the Linear would (grad @ weight)."""
 
     @staticmethod
@@ -108,9 +109,9 @@ class _KeptPreActivation(torch.autograd.Function):
         return grad @ weight, None, None
 
 
-class _KeptFirstLayer(nn.Module):
-    """Stands in for the tower's first Linear during the screen: the state's pre-activation, differentiable in the
-    input."""
+class _KeptReader(nn.Module):
+    """Stands in for a reader of the flattened embeddings during the screen: the state's pre-activation,
+    differentiable in the input."""
 
     def __init__(self, layer: nn.Linear, pre: torch.Tensor):
         super().__init__()
@@ -120,12 +121,38 @@ class _KeptFirstLayer(nn.Module):
         return _KeptPreActivation.apply(x, self.pre, self.layer.weight.detach())
 
 
+def readers(model: CTRModel) -> list[tuple[nn.Module, str]]:
+    """The linear layers that read the flattened field embeddings themselves (the tower's first layer; DCNv2's first
+    cross layer too), as (parent module, name): found by one probe pass of `interact` over two rows of seeded random
+    embeddings, as the layers whose input is exactly those embeddings. None where a linear layer runs more than once
+    a pass (its input would not be one tensor)."""
+    fields, dim = model.embedding.num_fields, model.embedding.embed_dim
+    device = model.embedding.weight.device
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(2, fields, dim, generator=g).to(device)
+    lin = torch.randn(2, fields, generator=g).to(device) if model.uses_linear else None
+    where = {m: (parent, name) for parent in model.modules() for name, m in parent.named_children()
+             if isinstance(m, nn.Linear)}
+    calls = []
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0]))) for m in where]
+    try:
+        with torch.no_grad():
+            model.interact(emb, lin)
+    finally:
+        for h in hooks:
+            h.remove()
+    if len({id(m) for m, _ in calls}) < len(calls):
+        return []
+    x0 = emb.flatten(1)
+    return [where[m] for m, x in calls if x.shape == x0.shape and torch.equal(x, x0)]
+
+
 class ClosedFields:
     """The rows' per-row losses with the fields not in `open_fields` closed, and with one field toggled.
 
     `losses()` is the state's; `losses(f)` the state's with field f toggled (closed if open, opened if closed);
     `toggle(f)` makes that change the state. The state is the rows' field embeddings when they fit in STATE_BYTES,
-    else their ids (looked up again on every pass: the same losses, slower, without the first-layer update or the
+    else their ids (looked up again on every pass: the same losses, slower, without the readers' updates or the
     FM sums)."""
 
     @torch.no_grad()
@@ -160,18 +187,18 @@ class ClosedFields:
         self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device) \
             if weights is not None else None
         self.open = torch.ones(fields, dtype=torch.bool)
-        self.pre = self.sums = None
+        self.readers, self.pres, self.sums = [], [], None
         for f in set(range(fields)) - set(open_fields):
             self.toggle(f)
         self.diffs = None  # screen's own - shuffled values, built on its first call
-        self.first = self._first_layer(model) if self.cached else None
-        self.pre = self._pre_activation() if self.first is not None else None
+        self.readers = self._kept_readers() if self.cached else []  # [(parent, name, layer)]
+        self.pres = [self._pre_activation(layer) for _, _, layer in self.readers]
         fm = getattr(model, "fm", None)  # a term read through sums over fields (models.deepfm.FactorizationMachine)
         self.fm = fm if self.cached and hasattr(fm, "field_terms") and hasattr(fm, "from_sums") else None
         self.sums = self._sums() if self.fm is not None else None
-        # rows per pass of `losses`: where the first layer is answered from its pre-activation, a pass no longer
-        # computes anything F x D wide per row, only the tower's layers (and the F first-order terms)
-        widths = [m.out_features for m in self.model.deep if isinstance(m, nn.Linear)] if self.pre is not None else []
+        # rows per pass of `losses`: where the readers are answered from their pre-activations, a pass computes
+        # nothing F x D wide per row but what the model's other layers do (and the F first-order terms)
+        widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] if self.readers else []
         self.pass_chunk = max(1, CHUNK_FLOATS // max(widths + [fields, dim])) if widths else self.chunk
 
     def _lookup(self, rows: slice, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -183,16 +210,19 @@ class ClosedFields:
         parts = [self._lookup(slice(i, i + self.chunk), ids) for i in range(0, self.n, self.chunk)]
         return torch.cat([e for e, _ in parts]), torch.cat([l for _, l in parts]) if parts[0][1] is not None else None
 
-    @staticmethod
-    def _first_layer(model: CTRModel) -> int | None:
-        """The index in `model.deep` of the only layer that reads the flattened embeddings, where there is one."""
-        deep = getattr(model, "deep", None)
-        if type(model).prune_inputs is not CTRModel.prune_inputs or deep is None:
-            return None
-        return next((i for i, m in enumerate(deep) if isinstance(m, nn.Linear)), None)
+    def _kept_readers(self) -> list[tuple[nn.Module, str, nn.Linear]]:
+        """The `readers` whose pre-activations the passes keep: the narrowest first, while together they take at
+        most STATE_BYTES."""
+        found = sorted(((p, n, getattr(p, n)) for p, n in readers(self.model)), key=lambda r: r[2].out_features)
+        kept, size = [], 0
+        for r in found:
+            size += self.n * r[2].out_features * 4
+            if size > STATE_BYTES:
+                break
+            kept.append(r)
+        return kept
 
-    def _pre_activation(self) -> torch.Tensor:
-        layer = self.model.deep[self.first]
+    def _pre_activation(self, layer: nn.Linear) -> torch.Tensor:
         return torch.cat([F.linear(self.emb[i:i + self.chunk].flatten(1), layer.weight, layer.bias)
                           for i in range(0, self.n, self.chunk)])
 
@@ -268,36 +298,37 @@ class ClosedFields:
 
     @contextmanager
     def _stand_ins(self, rows: slice, f: int | None, emb: torch.Tensor, old: torch.Tensor | None):
-        """The model with its tower's first layer and its FM term (where it has them) answered from the state's
-        kept pre-activation and sums, changed by field f's block (`old` before the trial, `emb`'s now)."""
+        """The model with its readers and its FM term (where it has them) answered from the state's kept
+        pre-activations and sums, changed by field f's block (`old` before the trial, `emb`'s now)."""
         swaps = []
-        if self.first is not None:
+        if self.readers:
             d = emb.shape[2]
             cols = slice(f * d, (f + 1) * d) if f is not None else slice(0, 0)
-            layer = self.model.deep[self.first]
-            swaps.append((self.model.deep, self.first, layer, _FirstLayerUpdate(
-                layer, self.pre[rows], cols, old[rows] if old is not None else emb[:, :0].flatten(1))))
+            before = old[rows] if old is not None else emb[:, :0].flatten(1)
+            swaps += [(parent, name, layer, _ReaderUpdate(layer, pre[rows], cols, before))
+                      for (parent, name, layer), pre in zip(self.readers, self.pres)]
         if self.fm is not None:
             sums = self._changed_sums(rows, old[rows], emb[:, f]) if f is not None else [s[rows] for s in self.sums]
             swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
         try:
-            for owner, key, _, stand_in in swaps:
-                _put(owner, key, stand_in)
+            for owner, name, _, stand_in in swaps:
+                setattr(owner, name, stand_in)
             yield
         finally:
-            for owner, key, module, _ in swaps:
-                _put(owner, key, module)
+            for owner, name, module, _ in swaps:
+                setattr(owner, name, module)
 
     @torch.no_grad()
     def toggle(self, f: int) -> None:
         """Close field f if it is open, open it if closed, for good."""
         new = self._toggled(f)
         sums = self._changed_sums(slice(None), self.emb[:, f], new[0]) if self.sums is not None else None
-        if self.pre is not None:
+        if self.pres:
             change = new[0] - self.emb[:, f]
             if bool(change.any()):  # a shut gate's block is 0 on every row
                 d = self.emb.shape[2]
-                self.pre.addmm_(change, self.model.deep[self.first].weight[:, f * d:(f + 1) * d].t())
+                for (_, _, layer), pre in zip(self.readers, self.pres):
+                    pre.addmm_(change, layer.weight[:, f * d:(f + 1) * d].t())
         self.sums = sums
         self._set(f, new)
         self.open[f] = ~self.open[f]
@@ -307,8 +338,8 @@ class ClosedFields:
         own values grows from the state's: field f reads s_f of its own and 1 - s_f of the shuffled rows' embedding
         (the substitution gate of ShuffleGate, Huang et al. 2025), s = 1 for open fields and 0 for closed ones. The
         state is that mix at its corners, so the derivative is the loss's gradient at the state's embeddings times
-        (own - shuffled): one backward pass (chunk by chunk), and none of the tower's first layer forward (its
-        pre-activation is kept). Negative: opening the field (closed) promises to lower the loss."""
+        (own - shuffled): one backward pass (chunk by chunk), and none of the readers' forward (their
+        pre-activations are kept). Negative: opening the field (closed) promises to lower the loss."""
         if self.diffs is None:  # own - shuffled per field, built on the first call (the own values do not change)
             with torch.no_grad():
                 if self.own is not None:  # the rows' own values, kept
@@ -320,15 +351,14 @@ class ClosedFields:
                               for t in state if t is not None]
                 self.diffs = [x - x[self.perm] for x in values]
         out = torch.zeros(self.model.embedding.num_fields, device=self.perm.device)
-        layer = self.model.deep[self.first] if self.pre is not None else None
         for i in range(0, self.n, self.chunk):  # chunk by chunk: the gradients' temporaries stay in cache
             rows = slice(i, i + self.chunk)
             with torch.no_grad():
                 state = (self.emb[rows], self.lin[rows] if self.lin is not None else None) if self.cached \
                     else self._lookup(rows)
             at = [t.detach().requires_grad_(True) for t in state if t is not None]
-            if layer is not None:
-                self.model.deep[self.first] = _KeptFirstLayer(layer, self.pre[rows])
+            for (parent, name, layer), pre in zip(self.readers, self.pres):
+                setattr(parent, name, _KeptReader(layer, pre[rows]))
             try:
                 with torch.enable_grad():
                     logits = self.model.interact(at[0], at[1] if len(at) > 1 else None)
@@ -337,16 +367,9 @@ class ClosedFields:
                         reduction="sum")
                     grads = torch.autograd.grad(loss, at)
             finally:
-                if layer is not None:
-                    self.model.deep[self.first] = layer
+                for parent, name, layer in self.readers:
+                    setattr(parent, name, layer)
             for g, d in zip(grads, self.diffs):
                 out += (g * d[rows]).flatten(2).sum((0, 2)) if g.dim() > 2 else (g * d[rows]).sum(0)
         return out / self.n
 
-
-def _put(owner: nn.Module, key, module: nn.Module) -> None:
-    """Set a submodule by index (a Sequential's layer) or by name."""
-    if isinstance(key, int):
-        owner[key] = module
-    else:
-        setattr(owner, key, module)

@@ -5,7 +5,9 @@ import torch
 
 from lightfmp.errors import LightFMPError
 from lightfmp.gates import AutoFieldGate, LPFSGate
-from lightfmp.models import BACKBONES, ModelConfig, build_model
+from lightfmp.models import BACKBONES, CTRModel, ModelConfig, build_model
+from lightfmp.models.base import mlp
+from lightfmp.models.dense import Linear
 import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
@@ -221,8 +223,11 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
     randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float()
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
-    uses_update = backbone in ("deepfm", "widedeep", "mlp") and bool(hidden) and cached
-    assert passes.cached == cached and (passes.first is not None) == uses_update
+    # the layers answered from kept pre-activations: the tower's first (the output layer where there is no tower),
+    # and DCNv2's first cross layer beside it
+    readers = {"dcnv2": ["cross.0", "deep.0"]}.get(backbone, ["deep.0" if hidden else "out"]) if cached else []
+    names = {m: n for n, m in model.named_modules()}
+    assert passes.cached == cached and sorted(names[layer] for *_, layer in passes.readers) == readers
     assert (passes.fm is not None) == (backbone == "deepfm" and cached)
     assert not chunked or 1 < passes.pass_chunk < len(ids) and len(ids) % passes.pass_chunk != 0
     open_fields = {0, 2, 4}
@@ -236,6 +241,62 @@ def test_closed_field_passes_equal_the_direct_evaluation(schema_and_ids, backbon
             toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}).numpy()
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6)  # a trial leaves the state as it was
+
+
+def _check_passes(passes, model, schema, ids, y, open_fields, steps):
+    """The passes give the definition's losses, for the state and each field toggled, through `steps` toggles."""
+    open_fields = set(open_fields)
+    for step in steps:
+        if step is not None:
+            passes.toggle(step)
+            open_fields ^= {step}
+        expect = _direct_losses(model, schema, ids, y, open_fields).numpy()
+        assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6), step
+        for f in range(len(schema.names)):
+            toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}).numpy()
+            assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
+
+
+def test_the_readers_pre_activations_take_at_most_the_state_budget_narrowest_first(schema_and_ids, monkeypatch):
+    """DCNv2 reads the flattened embeddings in two layers (its tower's first, 16 wide here, and its first cross
+    layer, 5 fields x 4 = 20 wide); a budget that holds the state (20 floats a row) and the narrower pre-activation
+    but not both keeps the tower's alone, and the passes still give the definition's losses."""
+    schema, ids = schema_and_ids
+    monkeypatch.setattr(closed_fields, "STATE_BYTES", 100 * len(ids))  # the state 80, the two 64 + 80 bytes a row
+    torch.manual_seed(0)
+    model = build_model("dcnv2", schema, ModelConfig(embed_dim=4, hidden=[16, 8], cross_layers=2), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
+    names = {m: n for n, m in model.named_modules()}
+    assert passes.cached and [names[layer] for *_, layer in passes.readers] == ["deep.0"]
+    _check_passes(passes, model, schema, ids, y, {0, 2, 4}, [None, 1, 0])
+
+
+class _SharedLayer(CTRModel):
+    """A backbone that runs one linear layer twice a pass: on the flattened embeddings, then on its own output."""
+    name = "shared"
+
+    def build(self, num_fields, embed_dim, cfg):
+        self.deep = mlp(num_fields * embed_dim, [num_fields * embed_dim], 0.0)
+        self.out = Linear(num_fields * embed_dim, 1)
+
+    def interact(self, emb, lin):
+        return self.out(self.deep(self.deep(emb.flatten(1)))).squeeze(-1)
+
+
+def test_a_layer_that_runs_twice_a_pass_is_never_answered_from_a_kept_pre_activation(schema_and_ids):
+    """Its second call reads its own output, not the embeddings: no layer is a reader, and the passes (plain
+    forward passes of the model) give the definition's losses."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = _SharedLayer(schema, ModelConfig(embed_dim=4), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    assert closed_fields.readers(model) == []
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
+    assert passes.readers == []
+    _check_passes(passes, model, schema, ids, y, {0, 2, 4}, [None, 1])
 
 
 @pytest.mark.parametrize("hidden", [[16, 8], []])
