@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lightfmp.metrics import selection_stability
+
 LIST_FLAGS = ("--categorical", "--numeric", "--multi-hot")  # column lists a dropped field must leave
 
 
@@ -121,6 +123,17 @@ def summary(name: str, diffs: np.ndarray, per_split: list[float]) -> str:
             f"{int(np.sum(diffs >= -0.002))}; single runs {diffs.min():+.4f}..{diffs.max():+.4f}")
 
 
+def stability_line(pairs: list[dict], n_fields: int) -> str:
+    """How alike the default runs' kept sets are (lightfmp.metrics.selection_stability), over every run and over
+    each split seed's first run (t = 0), and on how many of those seeds the most common set was kept."""
+    first = [tuple(sorted(p["kept"])) for p in pairs if p["t"] == 0]
+    common = max((first.count(s) for s in first), default=0)
+    fmt = lambda v: "undefined" if v is None else f"{v:.2f}"  # noqa: E731
+    return (f"kept sets: stability {fmt(selection_stability([p['kept'] for p in pairs], n_fields))} over the "
+            f"{len(pairs)} default runs, {fmt(selection_stability(first, n_fields))} over the {len(first)} seeds' "
+            f"first runs (t = 0), whose most common set is kept on {common} of them")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", required=True)
@@ -137,13 +150,14 @@ def main() -> None:
         ap.error("give the data flags after --, e.g. -- --data FILE --label COL")
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    pairs, splits = [], {}
+    pairs, splits, n_fields = [], {}, 0
     for seed in [int(s) for s in args.seeds.split(",")]:
         for t in range(args.inits):
             seeds = ["--seed", str(seed)] + (["--init-seed", str(seed + 1000 * t)] if t else [])
             tag = f"s{seed}_t{t}"
             default = lightfmp_run(flags + seeds + shlex.split(args.extra), work / f"default_{tag}")
             full = lightfmp_run(flags + seeds + ["--no-select"], work / f"all_{tag}")
+            n_fields = len(default["fields"]["all"])
             pair = {"seed": seed, "t": t, "kept": default["fields"]["kept"], "default": default["test"]["auc"],
                     "all_fields": full["test"]["auc"]}
             if args.scratch:
@@ -164,6 +178,7 @@ def main() -> None:
         path = np.array([p["default"] - p["scratch"] for p in pairs])
         print(f"the path (default - kept fields from scratch): {path.mean():+.4f} ± "
               f"{path.std(ddof=1) / np.sqrt(len(path)):.4f}")
+    print(stability_line(pairs, n_fields))
     if args.json:
         Path(args.json).write_text(json.dumps(pairs, indent=1))
 

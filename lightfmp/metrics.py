@@ -52,3 +52,22 @@ def worse_beyond_noise(new: np.ndarray, old: np.ndarray) -> bool:
     errors of the difference (a difference of exactly 0 is not; a NaN loss, as from diverged weights, is)."""
     mean, se = paired_difference(new, old)
     return not mean <= SIGNIFICANT_SE * se
+
+
+def selection_stability(kept_sets, n_fields: int) -> float | None:
+    """How alike the field sets of repeated selections are, corrected for chance: the estimator of Nogueira,
+    Sechidis & Brown (JMLR 2018), 1 - mean_f s_f^2 / (k/d (1 - k/d)), where s_f^2 is the unbiased variance over the
+    M runs of whether field f was kept and k the mean number kept of d fields. 1: every run keeps the same fields;
+    about 0: no more alike than sets of those sizes drawn at random; down to -1. None where it is undefined: fewer
+    than 2 runs, or every run keeping every field or none."""
+    sets = [set(s) for s in kept_sets]
+    m = len(sets)
+    if m < 2 or n_fields < 1:
+        return None
+    share = np.array([sum(f in s for s in sets) for f in sorted(set().union(*sets))], dtype=np.float64) / m
+    share = np.concatenate([share, np.zeros(n_fields - len(share))])  # the fields no run kept
+    k = float(np.mean([len(s) for s in sets])) / n_fields
+    if k <= 0.0 or k >= 1.0:
+        return None
+    variance = m / (m - 1) * share * (1.0 - share)
+    return float(1.0 - variance.mean() / (k * (1.0 - k)))

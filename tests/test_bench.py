@@ -13,6 +13,7 @@ from lightfmp.bench.selectors import SELECTORS, Context
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
+from lightfmp.metrics import selection_stability
 
 pytest.importorskip("sklearn")
 
@@ -81,6 +82,17 @@ def test_every_method_keeps_k_distinct_valid_fields(bench_doc):
         assert r["params"] > 0
         if r["method"] != "full":
             assert sorted(r["ranking"]) == sorted(FIELDS)
+
+
+def test_stability_of_the_kept_sets_over_the_seeds(bench_doc, cfg):
+    """One seed: undefined (None) for every method; over two seeds, the chance-corrected estimator of the kept
+    sets; None for `full`, which keeps every field on every seed."""
+    assert all(r["stability"] is None for r in bench_doc["results"])
+    doc = run_bench(cfg, 2, [0, 1], ["full", "random"], quick=True)
+    full, rnd = doc["results"]
+    assert full["stability"] is None
+    assert rnd["stability"] == pytest.approx(selection_stability(rnd["kept_per_seed"], len(FIELDS)))
+    assert -1.0 <= rnd["stability"] <= 1.0
 
 
 def test_planted_field_ranked_first_by_every_method_but_random(bench_doc):

@@ -560,7 +560,8 @@ def test_plot_without_a_gate_method_is_refused_before_any_work(data, tmp_path, m
 def test_bench_table_fits_80_columns_without_cutting_anything():
     kept = ["user_id", "item_id", "genres", "occupation"]
     res = [dict(method=m, kept=kept if m != "full" else [f"C{i}" for i in range(39)], auc=0.79123, auc_std=0.01234,
-                logloss=0.52345, selection_seconds=1234.5, total_seconds=99999.9, params=987654) for m in METHODS]
+                logloss=0.52345, selection_seconds=1234.5, total_seconds=99999.9, params=987654,
+                stability=0.8123 if m == "lightfmp" else None) for m in METHODS]
     doc = dict(backbone="deepfm", k=4, seeds=[0, 1, 2], quick=True, results=res,
                curves={"lightfmp": {"area": 0.77}, "lpfs": {"area": 0.76}})
     con = Console(width=80, record=True, file=open("/dev/null", "w"))
@@ -570,7 +571,8 @@ def test_bench_table_fits_80_columns_without_cutting_anything():
     assert "…" not in text
     for m in METHODS:
         assert f" {m} " in text and f"{m}: " in text
-    assert "0.7912±0.0123" in text and "987,654" in text and "0.7700" in text and "all 39 fields" in text
+    assert "0.7912±0.0123" in text and "987,654" in text and "0.7700" in text and "39 fields" in text
+    assert text.count("stability over the seeds") == 1 and "(stability over the seeds 0.81)" in text
     assert "user_id, item_id, genres, occupation" in text
 
 

@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 
-from lightfmp.metrics import log_loss, roc_auc
+from lightfmp.metrics import log_loss, roc_auc, selection_stability
 
 
 def test_auc_closed_forms():
@@ -22,3 +23,24 @@ def test_auc_matches_pair_count():
 
 def test_logloss_closed_form():
     assert abs(log_loss([1, 0], [0.8, 0.4]) - (-(np.log(0.8) + np.log(0.6)) / 2)) < 1e-12
+
+
+def test_selection_stability_closed_forms():
+    """Nogueira et al. (2018): 1 for identical sets; 0 where the sets agree as much as chance does ({0,1}, {0,2},
+    {0,3} of 4: variance 1/3 on three fields, 0 on one, k/d = 1/2); -1 for disjoint halves; undefined (None) for one
+    run or every run keeping every field (or none); names work as fields."""
+    assert selection_stability([{0, 1}, {0, 1}, {0, 1}], 4) == 1.0
+    assert selection_stability([{0, 1}, {0, 2}, {0, 3}], 4) == pytest.approx(0.0, abs=1e-12)
+    assert selection_stability([{0, 1}, {2, 3}], 4) == pytest.approx(-1.0)
+    # two of three agree on {a, b} of 5 fields, the third keeps {a, c}: p = (1, 2/3, 1/3, 0, 0), s^2 = 3/2 p (1 - p),
+    # mean s^2 = (1/3 + 1/3) / 5, k/d = 2/5
+    assert selection_stability([["a", "b"], ["a", "b"], ["a", "c"]], 5) == pytest.approx(1 - (2 / 15) / (0.4 * 0.6))
+    assert selection_stability([{0, 1}], 4) is None
+    assert selection_stability([{0, 1}, {0, 1}], 2) is None and selection_stability([set(), set()], 3) is None
+
+
+def test_selection_stability_of_random_sets_is_about_zero():
+    """Sets of 5 of 40 fields drawn at random agree only by chance: the estimator's mean over many draws is ~0."""
+    rng = np.random.default_rng(0)
+    values = [selection_stability([set(rng.choice(40, 5, replace=False)) for _ in range(3)], 40) for _ in range(2000)]
+    assert abs(np.mean(values)) < 0.02

@@ -55,3 +55,16 @@ def test_summary_reports_both_standard_errors():
     # mean -0.002; pairs' SE = std(ddof=1) / 2 = 0.002160 / 2; split means' SE = 0.002121 / sqrt(2) = 0.0015
     assert line.startswith("d: -0.0020 ± 0.0011 over 4 pairs (split means -0.0030 / +0.0000, their SE 0.0015)")
     assert "at most 0.002 below: 2" in line and "single runs -0.0040..+0.0010" in line
+
+
+def test_the_stability_line_counts_the_seeds_first_runs():
+    """Three seeds' first runs keep {a, b}, {a, b}, {a, c} of 5 fields (the estimator's closed form is in
+    tests/test_metrics.py); their later runs count in the stability over every run only."""
+    pairs = [{"t": 0, "kept": ["a", "b"]}, {"t": 0, "kept": ["b", "a"]}, {"t": 0, "kept": ["a", "c"]},
+             {"t": 1, "kept": ["d", "e"]}]
+    line = noise_pairs.stability_line(pairs, 5)
+    first = 1 - (2 / 15) / (0.4 * 0.6)
+    every = noise_pairs.selection_stability([p["kept"] for p in pairs], 5)
+    assert line == (f"kept sets: stability {every:.2f} over the 4 default runs, {first:.2f} over the 3 seeds' first "
+                    f"runs (t = 0), whose most common set is kept on 2 of them")
+    assert "undefined" in noise_pairs.stability_line([{"t": 0, "kept": ["a"]}], 5)

@@ -12,6 +12,7 @@ from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
 from ..keep_rule import check_keep
+from ..metrics import selection_stability
 from ..training import warm_up
 from .selectors import GATE_METHODS, METHODS, SELECTORS, Context, full_model, train_fields, select_lightfmp
 
@@ -88,7 +89,9 @@ def _one(ctx: Context, method: str, k: int) -> dict:
             "total_seconds": sel + res["seconds"], "params": int(res["params"])}
 
 
-def _aggregate(method: str, runs: list[dict], seeds: list[int]) -> dict:
+def _aggregate(method: str, runs: list[dict], seeds: list[int], n_fields: int) -> dict:
+    """One method's runs over the seeds: means and standard deviations, and how alike its kept sets are
+    (`stability`: lightfmp.metrics.selection_stability; None for one seed)."""
     a = lambda key: np.array([r[key] for r in runs], dtype=np.float64)  # noqa: E731
     sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     return {"method": method, "kept": runs[0]["kept"], "auc": float(a("auc").mean()), "auc_std": sd(a("auc")),
@@ -96,7 +99,8 @@ def _aggregate(method: str, runs: list[dict], seeds: list[int]) -> dict:
             "selection_seconds": float(a("selection_seconds").mean()),
             "total_seconds": float(a("total_seconds").mean()), "params": int(round(a("params").mean())),
             "seeds": seeds, "kept_per_seed": [r["kept"] for r in runs], "ranking": runs[0]["ranking"],
-            "auc_per_seed": [float(r["auc"]) for r in runs]}
+            "auc_per_seed": [float(r["auc"]) for r in runs],
+            "stability": selection_stability([r["kept"] for r in runs], n_fields)}
 
 
 def _trapz(y, x) -> float:
@@ -152,6 +156,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
         raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
     per: dict[str, list[dict]] = {m: [] for m in methods}
     first: Context | None = None
+    ctx: Context | None = None
     t_all = time.perf_counter()
     warm_up()  # no method's seconds include the process's one-time imports
     for seed in seeds:
@@ -164,7 +169,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
             per[m].append(r)
             reporter.log(f"  kept {', '.join(r['kept'])}  test AUC {r['auc']:.4f}  "
                          f"selection {r['selection_seconds']:.1f}s")
-    results = [_aggregate(m, per[m], seeds) for m in methods]
+    results = [_aggregate(m, per[m], seeds, len(ctx.names)) for m in methods]
     doc = {"k": k, "seeds": seeds, "backbone": cfg.model.backbone, "quick": quick, "data": str(cfg.data.data),
            "epochs": cfg.train.epochs, "pretrain_epochs": cfg.train.pretrain_epochs, "subset": cfg.train.subset,
            "results": results, "seconds": time.perf_counter() - t_all}
@@ -197,6 +202,7 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
     for f, rs in rows.items():
         auc = np.array([r["auc"] for r in rs])
         out.append({"subset": f, "kept": rs[0]["kept"], "kept_per_seed": [r["kept"] for r in rs],
+                    "stability": selection_stability([r["kept"] for r in rs], len(ctx.names)),
                     "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
                     "logloss": float(np.mean([r["logloss"] for r in rs])),
                     "selection_seconds": float(np.mean([r["selection_seconds"] for r in rs])),

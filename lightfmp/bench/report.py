@@ -12,7 +12,7 @@ from ..io import atomic_path, check_output_file, write_json_atomic
 
 # Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
 JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
-             "params", "seeds", "kept_per_seed", "auc_per_seed", "ranking")
+             "params", "seeds", "kept_per_seed", "auc_per_seed", "stability", "ranking")
 
 
 def results_table(doc: dict) -> Group:
@@ -33,8 +33,9 @@ def results_table(doc: dict) -> Group:
         t.add_row(r["method"], f"{r['auc']:.4f}±{r['auc_std']:.4f}", f"{r['logloss']:.4f}",
                   _seconds(r["selection_seconds"]), _seconds(r["total_seconds"]), _count(r["params"]),
                   *([f"{area:.4f}" if area is not None else "-"] if curves else []))
-        kept = ", ".join(r["kept"]) if len(r["kept"]) <= 12 else f"all {len(r['kept'])} fields"
-        lines.append(Text.assemble((f"{r['method']}: ", "bold"), kept))
+        kept = ", ".join(r["kept"]) if len(r["kept"]) <= 12 else f"{len(r['kept'])} fields"
+        stability = f" (stability over the seeds {r['stability']:.2f})" if r.get("stability") is not None else ""
+        lines.append(Text.assemble((f"{r['method']}: ", "bold"), kept, stability))
     return Group(t, Text("kept fields", style="bold underline"), *lines)
 
 
