@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -143,6 +144,11 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
         return
     if not p.is_file():
         raise LightFMPError(f"{p}: is not a regular file; {flag} needs a file path")
+    where = _recorded_in(p)  # in a directory of lightfmp's, its record tells lightfmp's files from the user's
+    rec = _read_record(where[0]) if where is not None else None
+    if rec is not None and where[1] not in rec[0] and (rec[1] or "/" not in where[1]):
+        raise LightFMPError(f"{p}: lightfmp did not write it (it is not in {where[0] / WRITTEN}); {flag} replaces only "
+                            f"an earlier output of lightfmp's, choose another path or move the file out")
     inside = next((q for q in p.absolute().parents if lightfmp_kind(q)), None) if kind == "json" else None
     if inside is not None:  # a run's or an export's JSON files are its contract, replaced only with the folder
         raise LightFMPError(f"{p}: is a file of {_a(lightfmp_kind(inside))} lightfmp wrote ({inside}); {flag} needs "
@@ -177,52 +183,114 @@ def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = No
         Path(tmp).unlink(missing_ok=True)
 
 
-def _temporary(name: str) -> bool:
-    """A hidden temporary of lightfmp's (.NAME.XXXX.tmp), left by a write that was killed."""
-    return name.startswith(".") and name.endswith(".tmp")
+# mkstemp's names (.NAME.XXXXXXXX.tmp): a temporary of lightfmp's, left in its directory by a write that was killed
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp")
 
 
-def written(path: str | Path) -> set[str] | None:
-    """The top-level names lightfmp wrote into its directory `path` (the record), or None when the directory has
-    no record (a lightfmp before the record wrote it); a damaged record is one error naming it."""
+def _temporary(p: Path) -> bool:
+    """A hidden temporary file of lightfmp's (.NAME.XXXX.tmp), left by a write that was killed; a folder or a link
+    of such a name, or a name without the random part (.notes.tmp), is not one."""
+    return bool(_TEMPORARY.fullmatch(p.name)) and p.is_file() and not p.is_symlink()
+
+
+def _tree(d: Path) -> list[str]:
+    """Every entry under the directory `d` as a path relative to it ('vocab/a.json'), a folder before what it
+    holds, in name order; the record and lightfmp's temporaries left out, symbolic links listed, never followed."""
+    out: list[str] = []
+
+    def walk(sub: Path, prefix: str) -> None:
+        for q in sorted(sub.iterdir()):
+            if (not prefix and q.name == WRITTEN) or _temporary(q):
+                continue
+            out.append(prefix + q.name)
+            if q.is_dir() and not q.is_symlink():
+                walk(q, f"{prefix}{q.name}/")
+    walk(d, "")
+    return out
+
+
+def _read_record(path: str | Path) -> tuple[set[str], bool] | None:
+    """(what the record of lightfmp's directory `path` lists, whether it lists what its folders hold too), or None
+    when the directory has no record; a damaged record is one error naming it."""
     rec = Path(path) / WRITTEN
-    if not rec.exists():
+    if not rec.exists() and not rec.is_symlink():
         return None
     try:
         doc = json.loads(rec.read_text())
     except (OSError, ValueError):
         doc = None
     names = doc.get("names") if isinstance(doc, dict) and doc.get("format") == WRITTEN_FORMAT else None
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    inside = doc.get("inside", []) if isinstance(doc, dict) else None
+    if not isinstance(names, list) or not isinstance(inside, list) \
+            or not all(isinstance(n, str) for n in names + inside):
         raise LightFMPError(f"{rec}: damaged; it lists what lightfmp wrote in {path}, so lightfmp cannot tell its "
                             f"files from yours: move your own files out, then delete it")
-    return set(names)
+    # a record from before the folders' contents were listed ("inside") vouches for its folders whole, as then
+    return set(names) | set(inside), "inside" in doc
+
+
+def written(path: str | Path) -> set[str] | None:
+    """What lightfmp wrote into its directory `path` according to its record: the top-level names and, in a record
+    that lists them, the paths inside its folders ('vocab/a.json'); None when the directory has no record (a
+    lightfmp before the record wrote it); a damaged record is one error naming it."""
+    rec = _read_record(path)
+    return None if rec is None else rec[0]
 
 
 def foreign_entry(path: str | Path) -> str | None:
-    """The first entry of lightfmp's directory `path` (in name order) that lightfmp did not write there, or None
-    (also for a directory without a record, see WRITTEN)."""
-    names = written(path)
-    if names is None:
+    """The first entry of lightfmp's directory `path`, at any depth ('triton/my_model'), that lightfmp did not
+    write there, or None (also for a directory without a record, see WRITTEN)."""
+    rec = _read_record(path)
+    if rec is None:
         return None
-    return next((q.name for q in sorted(Path(path).iterdir()) if q.name != WRITTEN and q.name not in names
-                 and not _temporary(q.name)), None)
+    names, deep = rec
+    return next((rel for rel in _tree(Path(path)) if rel not in names and (deep or "/" not in rel)), None)
+
+
+def _foreign_error(p: Path, foreign: str, in_place: bool = False) -> LightFMPError:
+    how = ("the command rewrites it in place with lightfmp's own files only" if in_place
+           else "--force replaces only lightfmp's own files")
+    return LightFMPError(f"{p}: holds {foreign}, which lightfmp did not write; {how}, move it out first")
 
 
 def _record(d: Path, names) -> None:
-    write_text_atomic(d / WRITTEN, json.dumps({"format": WRITTEN_FORMAT, "names": sorted(names)}, indent=2) + "\n")
+    names = set(names)
+    write_text_atomic(d / WRITTEN, json.dumps({"format": WRITTEN_FORMAT,
+                                               "names": sorted(n for n in names if "/" not in n),
+                                               "inside": sorted(n for n in names if "/" in n)}, indent=2) + "\n")
+
+
+def _recorded_in(path: Path) -> tuple[Path, str] | None:
+    """(the nearest folder above `path` that holds a record of what lightfmp wrote, `path` relative to it), or None;
+    never one above a temporary directory lightfmp is filling (.NAME.XXXX.tmp), which gets its record whole."""
+    for d in path.absolute().parents:
+        if (d / WRITTEN).exists() or (d / WRITTEN).is_symlink():
+            return d, path.absolute().relative_to(d).as_posix()
+        if _TEMPORARY.fullmatch(d.name):
+            return None
+    return None
 
 
 def _note_written(path: Path) -> None:
-    """`path`, just written into a directory of lightfmp's that has a record, joins the record."""
-    if path.name == WRITTEN or not (path.parent / WRITTEN).is_file():
+    """`path`, just written into a directory of lightfmp's that has a record (or into a folder of one), joins the
+    record."""
+    if path.name == WRITTEN:
         return
+    where = _recorded_in(path)
+    if where is None:
+        return
+    d, rel = where
     try:
-        names = written(path.parent)
+        rec = _read_record(d)
     except LightFMPError:  # refused, naming the record, when the directory is next to be replaced
         return
-    if path.name not in names:
-        _record(path.parent, names | {path.name})
+    names, deep = rec
+    if "/" in rel and not deep:  # an older record vouches for its folders whole
+        return
+    parts = rel.split("/")
+    new = {"/".join(parts[:i + 1]) for i in range(len(parts))}
+    if not new <= names:
+        _record(d, names | new)
 
 
 def lightfmp_kind(path: str | Path) -> str | None:
@@ -297,9 +365,7 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
                             f"{_a(kind)}); --force does not replace it, choose another path or remove it yourself")
     foreign = foreign_entry(p)
     if foreign is not None:
-        how = ("the command rewrites it in place with lightfmp's own files only" if in_place
-               else "--force replaces only lightfmp's own files")
-        raise LightFMPError(f"{p}: holds {foreign}, which lightfmp did not write; {how}, move it out first")
+        raise _foreign_error(p, foreign, in_place)
     if not force:
         raise LightFMPError(f"{p}: already exists (a lightfmp {found}); pass --force to replace it")
 
@@ -330,13 +396,20 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        _record(tmp, [q.name for q in tmp.iterdir() if q.name != WRITTEN and not _temporary(q.name)])
+        _record(tmp, _tree(tmp))
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
             check_out(path, force, kind, owned)
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)
+            try:  # a file put into it between that check and the move: the old directory goes back, whole
+                foreign = foreign_entry(old)
+            except LightFMPError:
+                foreign = WRITTEN
+            if foreign is not None:
+                os.replace(old, path)
+                raise _foreign_error(path, foreign)
             os.replace(tmp, path)
             remove_tree(old)
         else:

@@ -1,0 +1,130 @@
+"""Attempts to make --force, the record of what lightfmp wrote, the one-line flag errors and the config checks lose
+a user's file or print more than one line."""
+import json
+import shutil
+
+import pytest
+
+import lightfmp.io as io_mod
+import lightfmp.pipeline as pipeline_mod
+from lightfmp.errors import LightFMPError
+from lightfmp.io import WRITTEN, atomic_dir, check_out
+from lightfmp.rundir import open_run
+
+from helpers import cli, one_line_error, write_csv
+
+FAST = ["--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4"]
+PNG = b"\x89PNG\r\n\x1a\n" + b"the user's own chart"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("d"), n=600)
+
+
+@pytest.fixture(scope="module")
+def complete(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "done"
+    r = cli("run", "--data", data, "--label", "label", "--out", out, "--subset", "0.5", "--keep", "3", *FAST,
+            "--quiet")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def listing(d):
+    return sorted(p.name for p in d.iterdir())
+
+
+def stop(*a, **k):
+    raise AssertionError("work started before the refusal")
+
+
+def a_run(d):
+    """A small directory lightfmp wrote as a run, with a subfolder (as an export has vocab/ and triton/)."""
+    with atomic_dir(d, kind="run") as tmp:
+        (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run"}))
+        (tmp / "vocab").mkdir()
+        (tmp / "vocab" / "a.json").write_text("{}")
+    return d
+
+
+def test_force_keeps_a_file_of_the_users_inside_a_subfolder(tmp_path):
+    d = a_run(tmp_path / "r")
+    (d / "vocab" / "notes.txt").write_text("mine")
+    with pytest.raises(LightFMPError, match="holds vocab/notes.txt, which lightfmp did not write") as e:
+        with atomic_dir(d, force=True, kind="run"):
+            raise AssertionError("the block must not run")
+    assert "\n" not in str(e.value) and (d / "vocab" / "notes.txt").read_text() == "mine"
+    (d / "vocab" / "notes.txt").unlink()
+    with atomic_dir(d, force=True, kind="run") as tmp:  # lightfmp's own subfolder is replaced as before
+        (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run", "n": 2}))
+    assert listing(d) == [WRITTEN, "run.json"]
+
+
+def test_export_force_keeps_a_second_model_in_the_triton_repository(complete, tmp_path):
+    pytest.importorskip("onnx")
+    exp = tmp_path / "exp"
+    assert cli("export", complete, "--out", exp, "--quiet").exit_code == 0
+    (exp / "triton" / "my_model").mkdir()
+    (exp / "triton" / "my_model" / "config.pbtxt").write_text("mine")
+    (exp / "vocab" / "NOTES.md").write_text("mine too")
+    one_line_error(cli("export", complete, "--out", exp, "--force"), exp,
+                   "holds triton/my_model, which lightfmp did not write")
+    assert (exp / "triton" / "my_model" / "config.pbtxt").read_text() == "mine"
+    assert (exp / "vocab" / "NOTES.md").read_text() == "mine too"
+    shutil.rmtree(exp / "triton" / "my_model")
+    (exp / "vocab" / "NOTES.md").unlink()
+    r = cli("export", complete, "--out", exp, "--force", "--quiet")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("name, folder", [(".backup.tmp", True), (".notes.tmp", False)])
+def test_force_keeps_a_hidden_entry_of_the_users_named_like_a_temporary(tmp_path, name, folder):
+    d = a_run(tmp_path / "r")
+    if folder:
+        (d / name).mkdir()
+        (d / name / "model.safetensors").write_text("precious")
+    else:
+        (d / name).write_text("precious")
+    with pytest.raises(LightFMPError, match=f"holds {name}, which lightfmp did not write"):
+        check_out(d, force=True)
+    assert (d / name).exists()
+    assert (d / name / "model.safetensors" if folder else d / name).read_text() == "precious"
+    # a killed write's temporary file stays lightfmp's
+    shutil.rmtree(d / name) if folder else (d / name).unlink()
+    (d / ".run.json.x1y2abcd.tmp").write_text("half")
+    check_out(d, force=True)
+
+
+def test_inspect_never_overwrites_a_png_of_the_users_in_the_run(complete, tmp_path):
+    run = tmp_path / "a"
+    shutil.copytree(complete, run)
+    (run / "gates.png").unlink(missing_ok=True)
+    (run / "gates.png").write_bytes(PNG)  # the user's own chart, under the name inspect uses
+    one_line_error(cli("inspect", run, "--quiet"), run / "gates.png", "lightfmp did not write")
+    assert (run / "gates.png").read_bytes() == PNG
+    one_line_error(cli("inspect", complete, "--quiet", "--plot", run / "gates.png"), "lightfmp did not write")
+    assert (run / "gates.png").read_bytes() == PNG
+    # lightfmp's own chart is replaced as before
+    (run / "gates.png").unlink()
+    assert cli("inspect", run, "--quiet").exit_code == 0
+    assert cli("inspect", run, "--quiet").exit_code == 0
+
+
+def test_a_file_put_in_between_the_last_check_and_the_move_is_kept(tmp_path, monkeypatch):
+    d = a_run(tmp_path / "r")
+    real, calls = io_mod.check_out, []
+
+    def check_then_user_writes(path, *a, **k):
+        real(path, *a, **k)
+        calls.append(path)
+        if len(calls) == 2:  # the check just before the rename passed; the user saves a file right then
+            (d / "late.txt").write_text("mine")
+    monkeypatch.setattr(io_mod, "check_out", check_then_user_writes)
+    with pytest.raises(LightFMPError, match="holds late.txt, which lightfmp did not write"):
+        with atomic_dir(d, force=True, kind="run") as tmp:
+            (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run", "n": 2}))
+    assert (d / "late.txt").read_text() == "mine"
+    assert json.loads((d / "run.json").read_text()) == {"format": "lightfmp-run"}  # the old run, in its place
+    assert listing(tmp_path) == ["r"]  # no temporary left beside it
+
