@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import inspect
+import sys
 from pathlib import Path
 
 import typer
@@ -40,13 +41,24 @@ def fail(message: str, code: int = 2):
     raise typer.Exit(code)
 
 
+# click's errors, from wherever this typer takes click (its own copy or the click package)
+_CLICK_ERRORS = sys.modules[typer.BadParameter.__module__]
+
+
+def _name(param) -> str:
+    """How a message names an option (its long flag) or an argument (RUN)."""
+    return max((o for o in param.opts if o.startswith("--")), key=len, default=None) or \
+        (param.metavar or param.name or "").upper()
+
+
 def _bad_value(command, ctx, args: list[str], e: typer.BadParameter):
     """A value the option's type refuses (`--epochs abc`), as one line naming the flag and the value."""
     param = e.param
     if param is None:
         fail(e.format_message())
-    name = max((o for o in param.opts if o.startswith("--")), key=len, default=None) or \
-        (param.metavar or param.name or "").upper()
+    name = _name(param)
+    if isinstance(e, _CLICK_ERRORS.MissingParameter):  # no value to quote
+        fail(f"Missing {'argument' if isinstance(param, TyperArgument) else 'option'} {name}")
     # the text as given: the arguments parsed again (they parsed once already), without converting them
     value = command.make_parser(ctx).parse_args(args=list(args))[0].get(param.name)
     if isinstance(value, (list, tuple)):
@@ -59,7 +71,8 @@ def _bad_value(command, ctx, args: list[str], e: typer.BadParameter):
 class Command(TyperCommand):
     """A command whose help shows no value type after on/off flags and writes its arguments in the usage line as
     `RUN` (`[RUN]` when optional) rather than `{run}`, and whose options end a value of the wrong type
-    (`--epochs abc`) in one line, like any other bad input. Every command is registered with `cls=Command`."""
+    (`--epochs abc`), a missing argument, a value given to an on/off flag (`--force=1`) or an unknown option in one
+    line, like any other bad input. Every command is registered with `cls=Command`."""
 
     def get_params(self, ctx):
         return _untyped_flags(super().get_params(ctx))
@@ -70,6 +83,8 @@ class Command(TyperCommand):
             return super().parse_args(ctx, args)
         except typer.BadParameter as e:
             _bad_value(self, ctx, given, e)
+        except _CLICK_ERRORS.UsageError as e:  # --force=1, --epochs without its value, an unknown option
+            fail(e.format_message())
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -128,3 +128,30 @@ def test_a_file_put_in_between_the_last_check_and_the_move_is_kept(tmp_path, mon
     assert json.loads((d / "run.json").read_text()) == {"format": "lightfmp-run"}  # the old run, in its place
     assert listing(tmp_path) == ["r"]  # no temporary left beside it
 
+
+@pytest.mark.parametrize("args, words", [
+    (["prune"], ["Missing argument", "RUN"]),
+    (["inspect"], ["Missing argument", "RUN"]),
+    (["data", "synth"], ["Missing option", "--out"]),
+    (["export", "r"], ["--out"]),
+])
+def test_a_missing_argument_is_named_in_one_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(cli(*args), *words)
+    assert not line.rstrip().endswith(":"), line
+    assert listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--force=1"], ["--force", "does not take a value"]),
+    (["run", "--select=yes"], ["--select", "does not take a value"]),
+    (["prune", "r", "--closing-test=no"], ["--closing-test", "does not take a value"]),
+    (["inspect", "r", "--quiet=1"], ["--quiet", "does not take a value"]),
+    (["train", "--epochs"], ["--epochs", "requires an argument"]),
+    (["train", "--epoch", "3"], ["--epoch"]),
+])
+def test_a_flag_used_wrongly_is_one_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli(*args), *words)
+    assert listing(tmp_path) == []
+
