@@ -183,6 +183,13 @@ class RunConfig:
         made = {}
         for section, tp in SECTIONS.items():
             hints = typing.get_type_hints(tp)
+            for name, v in list(values[section].items()):
+                if v is None and hints[name] == list[str]:  # `categorical: null`: none (as older runs wrote it)
+                    values[section][name] = []
+                elif v is None and _unoptional(hints[name]) is hints[name]:  # `epochs:` left empty, `backbone: ~`
+                    none = " ([] for none)" if typing.get_origin(hints[name]) is list else ""
+                    raise LightFMPError(f"{source}: '{name}' must be {_what(hints[name])}, got no value (null); give "
+                                        f"one{none} or remove the key")
             converted = {name: _coerce(v, hints[name], name, source) for name, v in values[section].items()}
             made[section] = tp(**{name: _named(source, _checked, v, _FIELDS[name]) for name, v in converted.items()})
         cfg = cls(**made)

@@ -155,3 +155,33 @@ def test_a_flag_used_wrongly_is_one_line(tmp_path, monkeypatch, args, words):
     one_line_error(cli(*args), *words)
     assert listing(tmp_path) == []
 
+
+@pytest.mark.parametrize("text, key, what", [
+    ("epochs:\n", "epochs", "int"),
+    ("train:\n  epochs: ~\n", "epochs", "int"),
+    ("backbone: null\n", "backbone", "text"),
+    ("hidden:\n", "hidden", "a list of integers"),
+    ("device:\n", "device", "text"),
+])
+def test_a_yaml_key_left_empty_names_the_file_and_key(data, tmp_path, monkeypatch, text, key, what):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    monkeypatch.setattr(pipeline_mod, "load_data", stop)
+    line = one_line_error(cli("run", "--data", data, "--label", "label", "--out", tmp_path / "o", "--config", cfg,
+                              *FAST), cfg, f"'{key}'", what)
+    assert "None" not in line, line
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_runs_own_config_with_its_nulls_is_taken_back(complete, data, tmp_path):
+    assert "null" in (complete / "config.yaml").read_text()  # optional keys left unset
+    r = cli("run", "--config", complete / "config.yaml", "--out", tmp_path / "again", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert open_run(tmp_path / "again").config == open_run(complete).config
+
+
+def test_a_text_list_left_empty_in_yaml_is_none(tmp_path):
+    """`categorical: null` (how older runs wrote an unset list) still reads as none given."""
+    from lightfmp.config import RunConfig
+    cfg = RunConfig.from_dict({"categorical": None, "data": {"ignore": None}}, "c.yaml")
+    assert cfg.data.categorical == [] and cfg.data.ignore == []
