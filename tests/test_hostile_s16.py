@@ -185,3 +185,17 @@ def test_a_text_list_left_empty_in_yaml_is_none(tmp_path):
     from lightfmp.config import RunConfig
     cfg = RunConfig.from_dict({"categorical": None, "data": {"ignore": None}}, "c.yaml")
     assert cfg.data.categorical == [] and cfg.data.ignore == []
+
+
+def test_data_synth_keeps_the_users_own_file_of_the_other_format(tmp_path):
+    d = tmp_path / "syn"
+    synth = ["data", "synth", "--rows", "200", "--fields", "3", "--informative", "1", "--out", d]
+    assert cli(*synth, "--format", "csv").exit_code == 0
+    (d / "data.parquet").write_bytes(b"PAR1 the user's own copy of the data PAR1")
+    for fmt in ("csv", "parquet"):  # the new output would delete it, or write over it
+        one_line_error(cli(*synth, "--format", fmt, "--seed", "1"), "holds data.parquet", "truth.json")
+        assert (d / "data.parquet").read_bytes() == b"PAR1 the user's own copy of the data PAR1"
+    (d / "data.parquet").unlink()
+    for fmt in ("parquet", "csv"):  # its own earlier output of the other format still goes
+        assert cli(*synth, "--format", fmt, "--seed", "2").exit_code == 0
+        assert listing(d) == [f"data.{fmt}", "truth.json"]

@@ -75,6 +75,13 @@ def check_synth_out(out_dir: str | Path) -> None:
     if not ours:
         raise LightFMPError(f"{out_dir}: holds {', '.join(present)}, not an earlier `lightfmp data synth` output "
                             f"(no synthetic truth.json); choose another directory or remove them yourself")
+    # synth leaves one data file, the one its truth.json names: a data file of the other format beside it is the
+    # user's (e.g. their own Parquet copy of data.csv), which the new output would overwrite or delete
+    named = json.loads((out_dir / "truth.json").read_text())["data_file"]
+    other = next((n for n in present if n != "truth.json" and n != named), None)
+    if other is not None:
+        raise LightFMPError(f"{out_dir}: holds {other}, which is not the synthetic data its truth.json describes "
+                            f"({named}); choose another directory or move {other} out first")
 
 
 def _zipf_cdf(vocab: int, alpha: float) -> np.ndarray:
