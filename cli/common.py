@@ -36,7 +36,9 @@ EXPECTED = {int: "expected an integer", float: "expected a number"}
 
 def fail(message: str, code: int = 2):
     """The one-line error every command ends with on bad input: `error: MESSAGE` on stderr, then exit `code`."""
-    # the message may quote a file's content or a column name: never read it as markup
+    # the message may quote a file's content or a column name: never read it as markup, and a line break in a value
+    # the user gave (--label $'a\nb', a path) is shown escaped, so the error stays one line
+    message = message.replace("\r", "\\r").replace("\n", "\\n")
     err.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -199,3 +199,14 @@ def test_data_synth_keeps_the_users_own_file_of_the_other_format(tmp_path):
     for fmt in ("parquet", "csv"):  # its own earlier output of the other format still goes
         assert cli(*synth, "--format", fmt, "--seed", "2").exit_code == 0
         assert listing(d) == [f"data.{fmt}", "truth.json"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--label", "la\nbel"], ["label column", "la\\nbel"]),
+    (["--label", "label", "--categorical", "a\nx"], ["a\\nx"]),
+    (["--label", "label", "--config", "no\nfile.yaml"], ["no\\nfile.yaml", "not found"]),
+])
+def test_a_line_break_in_a_value_keeps_the_error_on_one_line(data, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    one_line_error(cli("train", "--data", data, "--out", "o", *args, *FAST), *words)
+    assert listing(tmp_path) == []
