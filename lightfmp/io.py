@@ -247,8 +247,9 @@ def foreign_entry(path: str | Path) -> str | None:
     return next((rel for rel in _tree(Path(path)) if rel not in names and (deep or "/" not in rel)), None)
 
 
-def _foreign_error(p: Path, foreign: str, in_place: bool = False) -> LightFMPError:
+def _foreign_error(p: Path, foreign: str, in_place: bool = False, kind: str = "run") -> LightFMPError:
     how = ("the command rewrites it in place with lightfmp's own files only" if in_place
+           else "its shards are rebuilt only over lightfmp's own files" if kind == "shard directory"
            else "--force replaces only lightfmp's own files")
     return LightFMPError(f"{p}: holds {foreign}, which lightfmp did not write; {how}, move it out first")
 
@@ -365,7 +366,7 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
                             f"{_a(kind)}); --force does not replace it, choose another path or remove it yourself")
     foreign = foreign_entry(p)
     if foreign is not None:
-        raise _foreign_error(p, foreign, in_place)
+        raise _foreign_error(p, foreign, in_place, kind)
     if not force:
         raise LightFMPError(f"{p}: already exists (a lightfmp {found}); pass --force to replace it")
 
@@ -409,7 +410,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
                 foreign = WRITTEN
             if foreign is not None:
                 os.replace(old, path)
-                raise _foreign_error(path, foreign)
+                raise _foreign_error(path, foreign, kind=kind)
             os.replace(tmp, path)
             remove_tree(old)
         else:

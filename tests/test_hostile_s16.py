@@ -210,3 +210,17 @@ def test_a_line_break_in_a_value_keeps_the_error_on_one_line(data, tmp_path, mon
     monkeypatch.chdir(tmp_path)
     one_line_error(cli("train", "--data", data, "--out", "o", *args, *FAST), *words)
     assert listing(tmp_path) == []
+
+
+def test_a_shard_directory_refusal_does_not_speak_of_force(tmp_path):
+    """The shard cache is rebuilt without --force: its refusal says what happens instead."""
+    from lightfmp.shards import ShardWriter
+    d = tmp_path / "k"
+    with ShardWriter(d, "k", 2) as w:
+        w.finish()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(LightFMPError, match="holds notes.txt, which lightfmp did not write") as e:
+        with ShardWriter(d, "k", 2):
+            raise AssertionError("the block must not run")
+    assert "--force" not in str(e.value) and "rebuilt" in str(e.value)
+    assert (d / "notes.txt").read_text() == "mine"
