@@ -30,7 +30,7 @@ MARKERS: dict[str, tuple[str, Callable[[dict], bool]]] = {
 }
 
 
-# In each directory atomic_dir publishes: the top-level names lightfmp wrote there. A file lightfmp writes into the
+# In each directory atomic_dir publishes: every entry lightfmp wrote there, at any depth. A file lightfmp writes into the
 # directory later (inspect's chart in a run) joins it. A directory without one was written by a lightfmp before the
 # record, and is replaced whole as then.
 WRITTEN = ".lightfmp-written.json"
@@ -145,8 +145,8 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
     if not p.is_file():
         raise LightFMPError(f"{p}: is not a regular file; {flag} needs a file path")
     where = _recorded_in(p)  # in a directory of lightfmp's, its record tells lightfmp's files from the user's
-    rec = _read_record(where[0]) if where is not None else None
-    if rec is not None and where[1] not in rec[0] and (rec[1] or "/" not in where[1]):
+    rec = written(where[0]) if where is not None else None
+    if rec is not None and where[1] not in rec:
         raise LightFMPError(f"{p}: lightfmp did not write it (it is not in {where[0] / WRITTEN}); {flag} replaces only "
                             f"an earlier output of lightfmp's, choose another path or move the file out")
     inside = next((q for q in p.absolute().parents if lightfmp_kind(q)), None) if kind == "json" else None
@@ -209,9 +209,10 @@ def _tree(d: Path) -> list[str]:
     return out
 
 
-def _read_record(path: str | Path) -> tuple[set[str], bool] | None:
-    """(what the record of lightfmp's directory `path` lists, whether it lists what its folders hold too), or None
-    when the directory has no record; a damaged record is one error naming it."""
+def written(path: str | Path) -> set[str] | None:
+    """What the record of lightfmp's directory `path` lists: its top-level names and the paths inside its folders
+    ('vocab/a.json'); None when the directory has no record (a lightfmp before the record wrote it); a damaged record
+    is one error naming it."""
     rec = Path(path) / WRITTEN
     if not rec.exists() and not rec.is_symlink():
         return None
@@ -220,31 +221,21 @@ def _read_record(path: str | Path) -> tuple[set[str], bool] | None:
     except (OSError, ValueError):
         doc = None
     names = doc.get("names") if isinstance(doc, dict) and doc.get("format") == WRITTEN_FORMAT else None
-    inside = doc.get("inside", []) if isinstance(doc, dict) else None
+    inside = doc.get("inside") if isinstance(doc, dict) else None
     if not isinstance(names, list) or not isinstance(inside, list) \
             or not all(isinstance(n, str) for n in names + inside):
         raise LightFMPError(f"{rec}: damaged; it lists what lightfmp wrote in {path}, so lightfmp cannot tell its "
                             f"files from yours: move your own files out, then delete it")
-    # a record from before the folders' contents were listed ("inside") vouches for its folders whole, as then
-    return set(names) | set(inside), "inside" in doc
-
-
-def written(path: str | Path) -> set[str] | None:
-    """What lightfmp wrote into its directory `path` according to its record: the top-level names and, in a record
-    that lists them, the paths inside its folders ('vocab/a.json'); None when the directory has no record (a
-    lightfmp before the record wrote it); a damaged record is one error naming it."""
-    rec = _read_record(path)
-    return None if rec is None else rec[0]
+    return set(names) | set(inside)
 
 
 def foreign_entry(path: str | Path) -> str | None:
     """The first entry of lightfmp's directory `path`, at any depth ('triton/my_model'), that lightfmp did not
     write there, or None (also for a directory without a record, see WRITTEN)."""
-    rec = _read_record(path)
+    rec = written(path)
     if rec is None:
         return None
-    names, deep = rec
-    return next((rel for rel in _tree(Path(path)) if rel not in names and (deep or "/" not in rel)), None)
+    return next((rel for rel in _tree(Path(path)) if rel not in rec), None)
 
 
 def _foreign_error(p: Path, foreign: str, in_place: bool = False, kind: str = "run") -> LightFMPError:
@@ -282,16 +273,13 @@ def _note_written(path: Path) -> None:
         return
     d, rel = where
     try:
-        rec = _read_record(d)
+        rec = written(d)
     except LightFMPError:  # refused, naming the record, when the directory is next to be replaced
-        return
-    names, deep = rec
-    if "/" in rel and not deep:  # an older record vouches for its folders whole
         return
     parts = rel.split("/")
     new = {"/".join(parts[:i + 1]) for i in range(len(parts))}
-    if not new <= names:
-        _record(d, names | new)
+    if not new <= rec:
+        _record(d, rec | new)
 
 
 def lightfmp_kind(path: str | Path) -> str | None:
