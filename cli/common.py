@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -124,6 +125,22 @@ def path_error(e: OSError) -> str:
     return f"{path}: {e.strerror}"
 
 
+def out_of_memory(e: BaseException) -> str | None:
+    """What an allocation that failed asked for (`MemoryError`, torch's CPU allocator or CUDA out of memory), in
+    words; None for any other error."""
+    text = str(e)
+    if isinstance(e, MemoryError):
+        return "an allocation failed"
+    if "can't allocate memory" in text or "out of memory" in text.lower():
+        asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGTP]iB)", text)
+        if asked is None:
+            return "an allocation failed"
+        size = asked.group(1)
+        return f"an allocation of {int(size) / 2**30:,.1f} GiB failed" if size.isdigit() else \
+            f"an allocation of {size} failed"
+    return None
+
+
 def friendly(func):
     """Bad input ends in one line on stderr and exit code 2, never a traceback; Ctrl-C ends in one line saying
     how to resume (rerunning the same command resumes from the per-epoch checkpoints in <out>.ckpt/) and exit
@@ -140,6 +157,11 @@ def friendly(func):
             if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
                 raise
             fail(who() + path_error(e))
+        except (MemoryError, RuntimeError) as e:
+            if not out_of_memory(e):
+                raise
+            fail(who() + f"out of memory: {out_of_memory(e)}; the sizes given need more than this machine has "
+                         f"(--embed-dim, --hidden, --batch-size, the vocabularies: --vocab-cap, --hash-buckets)")
         except KeyboardInterrupt:
             err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,
                       soft_wrap=True)

@@ -28,6 +28,7 @@ from .splits import parse_split
 BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit integers, which every generator (numpy's, torch's) takes
+MAX_INT = 2**63 - 1  # the largest integer torch and numpy hold: an integer option beyond it cannot even be asked for
 COMMAND_LINE = "command line"  # the source of flag values: their errors name the flag, not a file
 
 
@@ -334,7 +335,8 @@ def _checked(value, f: dataclasses.Field):
             raise LightFMPError(f"{flag(f.name)} {v!r}: expected one of {', '.join(m['choices'])}")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             continue
-        check_range(flag(f.name), v, m["low"], m["high"], open_low=m["open_low"], open_high=m["open_high"])
+        high = MAX_INT if m["high"] is None and isinstance(v, int) else m["high"]
+        check_range(flag(f.name), v, m["low"], high, open_low=m["open_low"], open_high=m["open_high"])
     return value
 
 

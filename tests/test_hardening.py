@@ -1209,3 +1209,40 @@ def test_shards_inside_the_run_are_refused_before_any_work(data, complete, tmp_p
         r = cli(*train_args(data, tmp_path / "other", "--stream", "--shard-dir", shard_dir))
         one_line_error(r, "a lightfmp run", "need a folder of their own")
     assert listing(complete) == before and listing(tmp_path) == []
+
+
+def test_an_integer_beyond_what_torch_holds_is_one_line(data, tmp_path):
+    """A size no tensor can have (`--embed-dim 10**23`) is refused by its range, naming the flag, before any work."""
+    out = tmp_path / "r"
+    one_line_error(cli(*train_args(data, out, "--quiet"), "--embed-dim", str(10**23)), "--embed-dim", "<=")
+    assert not out.exists()
+
+
+ALLOCATOR = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+             "allocate 49392000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_nothing(data, tmp_path, monkeypatch):
+    """An allocation that fails (torch's CPU allocator, here at building the model) ends in one line saying how much
+    was asked and which flags size it, exit 2, nothing at --out; any other RuntimeError stays a real error."""
+    def alloc_fails(*a, **k):
+        raise RuntimeError(ALLOCATOR)
+    monkeypatch.setattr(pipeline_mod, "build_model", alloc_fails)
+    out = tmp_path / "r"
+    one_line_error(cli(*train_args(data, out, "--quiet")), "out of memory", "45,999.9 GiB", "--embed-dim")
+    assert not out.exists()
+
+    def bug(*a, **k):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(pipeline_mod, "build_model", bug)
+    r = cli(*train_args(data, out, "--quiet"))
+    assert r.exit_code != 0 and isinstance(r.exception, RuntimeError) and "shapes" in str(r.exception)
+
+
+def test_what_an_out_of_memory_error_asked_for():
+    from lightfmp.cli.common import out_of_memory
+    assert out_of_memory(RuntimeError(ALLOCATOR)) == "an allocation of 45,999.9 GiB failed"
+    assert out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total)")) \
+        == "an allocation of 2.00 GiB failed"
+    assert out_of_memory(MemoryError()) == "an allocation failed"
+    assert out_of_memory(RuntimeError("expected scalar type Float")) is None
