@@ -277,6 +277,12 @@ def _coerce(value, hint, key, source):
     value = _shape_checked(value, tp, key, source)
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
+        parts = value.split(",") if isinstance(value, str) and value.strip() else []
+        # ('tags:,' is a ',' separator the comma-separated text cannot carry: its own check says so)
+        if any(not p.strip() and not (i and parts[i - 1].rstrip().endswith(":")) for i, p in enumerate(parts)):
+            where = flag(key) if source == COMMAND_LINE else f"{source}: '{key}'"
+            raise LightFMPError(f"{where} {value!r}: an empty item between commas (or at an end); remove the extra "
+                                f"comma")
         return [_coerce(v, item, key, source) for v in _items(value)]
     try:
         if tp is bool:

@@ -1246,3 +1246,20 @@ def test_what_an_out_of_memory_error_asked_for():
         == "an allocation of 2.00 GiB failed"
     assert out_of_memory(MemoryError()) == "an allocation failed"
     assert out_of_memory(RuntimeError("expected scalar type Float")) is None
+
+
+@pytest.mark.parametrize("flag, value", [("--hidden", "8,,4"), ("--categorical", "a,"), ("--split", "0.8,0.1,0.1,"),
+                                         ("--numeric", ",x")])
+def test_an_empty_item_in_a_comma_separated_list_is_refused(data, tmp_path, flag, value):
+    """A doubled or trailing comma is a typo, not an item to drop silently: one line naming the flag and the text,
+    before any work."""
+    out = tmp_path / "r"
+    one_line_error(cli(*train_args(data, out, "--quiet"), flag, value), flag, repr(value), "empty item")
+    assert not out.exists()
+
+
+def test_an_empty_item_in_a_config_list_names_the_file(data, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text('hidden: "8,,4"\n')
+    one_line_error(cli(*train_args(data, tmp_path / "r", "--quiet"), "--config", cfg), str(cfg), "'hidden'",
+                   "empty item")
