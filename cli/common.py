@@ -101,10 +101,26 @@ class Command(TyperCommand):
 
 
 class Group(TyperGroup):
-    """A command group whose help shows no value type after --help."""
+    """A command group whose help shows no value type after --help, and which ends a mistyped command
+    (`lightfmp trian`) or an unknown option in one line, like any other bad input (with no arguments it still shows
+    its help)."""
 
     def get_params(self, ctx):
         return _untyped_flags(super().get_params(ctx))
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except _CLICK_ERRORS.NoArgsIsHelpError:
+            raise
+        except _CLICK_ERRORS.UsageError as e:
+            fail(e.format_message())
+
+    def resolve_command(self, ctx, args):
+        try:
+            return super().resolve_command(ctx, args)
+        except _CLICK_ERRORS.UsageError as e:
+            fail(e.format_message())
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)

@@ -1263,3 +1263,15 @@ def test_an_empty_item_in_a_config_list_names_the_file(data, tmp_path):
     cfg.write_text('hidden: "8,,4"\n')
     one_line_error(cli(*train_args(data, tmp_path / "r", "--quiet"), "--config", cfg), str(cfg), "'hidden'",
                    "empty item")
+
+
+@pytest.mark.parametrize("args, words", [(["trian"], ["No such command 'trian'", "'train'"]),
+                                         (["data", "fecth"], ["No such command 'fecth'"]),
+                                         (["--bogus"], ["No such option: --bogus"])])
+def test_a_mistyped_command_or_option_is_one_line(args, words):
+    one_line_error(cli(*args), *words)
+
+
+def test_a_group_without_a_command_still_shows_its_help():
+    r = cli("data")
+    assert "Usage" in r.output and "fetch" in r.output and "synth" in r.output
