@@ -94,7 +94,7 @@ def register(app) -> None:
         if url is not None:
             return _profile_url(url, model, clients, batch_sizes, json_file, max_seconds, max_runs, quiet,
                                 compare=compare, plot=plot, trace=trace)
-        sizes = profiling.parse_batch_sizes(batch_sizes or "1,8,64,512,4096")
+        sizes = profiling.parse_batch_sizes("1,8,64,512,4096" if batch_sizes is None else batch_sizes)
         check_range("--threads", threads, 0)
         check_range("--max-seconds", max_seconds, 0, open_low=True)
         check_range("--max-runs", max_runs, 1)
@@ -171,7 +171,8 @@ def _profile_url(url: str, model: Path, clients: str, batch_sizes: Optional[str]
         if value is not None:
             raise LightFMPError(f"--{flag}: not with --url (a server serves one model and is timed from outside)")
     counts = profiling.parse_clients(clients)
-    sizes = profiling.parse_batch_sizes(batch_sizes or ",".join(map(str, profiling.DEFAULT_URL_BATCH_SIZES)))
+    sizes = profiling.parse_batch_sizes(",".join(map(str, profiling.DEFAULT_URL_BATCH_SIZES)) if batch_sizes is None
+                                         else batch_sizes)
     check_range("--max-seconds", max_seconds, 0, open_low=True)
     check_range("--max-runs", max_runs, 1)
     if json_file is not None:

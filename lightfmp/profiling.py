@@ -55,26 +55,25 @@ class ModelTimings:
     eager_note: str | None = None
 
 
-def parse_batch_sizes(text: str) -> list[int]:
+def _counts(text: str, flag: str, example: str, what: str, high: int) -> list[int]:
+    """Comma-separated integers from 1 to `high`; anything else (a word, an empty item, nothing) is one line naming
+    `flag`."""
+    items = str(text).split(",")
     try:
-        sizes = [int(v) for v in str(text).split(",") if v.strip()]
+        values = [int(v) for v in items]
     except ValueError:
-        raise LightFMPError(f"--batch-sizes {text!r}: expected comma-separated integers like 1,8,64") from None
-    if not sizes or min(sizes) < 1:
-        raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be >= 1")
-    if max(sizes) > MAX_BATCH_SIZE:
-        raise LightFMPError(f"--batch-sizes {text!r}: every batch size must be <= {MAX_BATCH_SIZE:,}")
-    return sizes
+        raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}") from None
+    if min(values) < 1 or max(values) > high:
+        raise LightFMPError(f"{flag} {text!r}: every {what} must be 1 to {high:,}")
+    return values
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    return _counts(text, "--batch-sizes", "1,8,64", "batch size", MAX_BATCH_SIZE)
 
 
 def parse_clients(text: str) -> list[int]:
-    try:
-        counts = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise LightFMPError(f"--clients {text!r}: expected comma-separated integers like 1,8,32") from None
-    if not counts or min(counts) < 1 or max(counts) > MAX_CLIENTS:
-        raise LightFMPError(f"--clients {text!r}: every client count must be 1 to {MAX_CLIENTS}")
-    return counts
+    return _counts(text, "--clients", "1,8,32", "client count", MAX_CLIENTS)
 
 
 def time_calls(fn, budget: Budget) -> np.ndarray:

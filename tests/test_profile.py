@@ -66,8 +66,14 @@ def test_profile_of_non_onnx_file(tmp_path):
 def test_profile_bad_batch_sizes():
     with pytest.raises(LightFMPError, match="--batch-sizes"):
         profiling.parse_batch_sizes("1,x")
-    with pytest.raises(LightFMPError, match=">= 1"):
+    with pytest.raises(LightFMPError, match="1 to"):
         profiling.parse_batch_sizes("0")
+    for text in ("", "1,,8", "8,"):  # an empty item is a typo, not a default: named, like any bad list
+        with pytest.raises(LightFMPError, match=f"--batch-sizes {text!r}"):
+            profiling.parse_batch_sizes(text)
+        with pytest.raises(LightFMPError, match=f"--clients {text!r}"):
+            profiling.parse_clients(text)
+    assert profiling.parse_batch_sizes(" 1, 8") == [1, 8] and profiling.parse_clients("32") == [32]
 
 
 def test_profile_plain_onnx_without_lightfmp_metadata(tmp_path):
