@@ -134,7 +134,7 @@ def readers(model: CTRModel) -> list[tuple[nn.Module, str]]:
     where = {m: (parent, name) for parent in model.modules() for name, m in parent.named_children()
              if isinstance(m, nn.Linear)}
     calls = []
-    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0]))) for m in where]
+    hooks = [m.register_forward_pre_hook(lambda m, args: calls.append((m, args[0] if args else None))) for m in where]
     try:
         with torch.no_grad():
             model.interact(emb, lin)
@@ -144,7 +144,7 @@ def readers(model: CTRModel) -> list[tuple[nn.Module, str]]:
     if len({id(m) for m, _ in calls}) < len(calls):
         return []
     x0 = emb.flatten(1)
-    return [where[m] for m, x in calls if x.shape == x0.shape and torch.equal(x, x0)]
+    return [where[m] for m, x in calls if isinstance(x, torch.Tensor) and x.shape == x0.shape and torch.equal(x, x0)]
 
 
 class ClosedFields:

@@ -285,6 +285,30 @@ class _SharedLayer(CTRModel):
         return self.out(self.deep(self.deep(emb.flatten(1)))).squeeze(-1)
 
 
+class _KeywordInput(CTRModel):
+    """A backbone whose only layer takes the flattened embeddings as a keyword argument."""
+    name = "keyword"
+
+    def build(self, num_fields, embed_dim, cfg):
+        self.out = Linear(num_fields * embed_dim, 1)
+
+    def interact(self, emb, lin):
+        return self.out(x=emb.flatten(1)).squeeze(-1)
+
+
+def test_a_layer_given_its_input_by_keyword_is_run_as_it_is(schema_and_ids):
+    """The probe sees no positional input: the layer is not taken for a reader, and the passes stay the
+    definition's."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = _KeywordInput(schema, ModelConfig(embed_dim=4), gated=True)
+    randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4])
+    assert passes.readers == []
+    _check_passes(passes, model, schema, ids, y, {0, 2, 4}, [None, 1])
+
+
 def test_a_layer_that_runs_twice_a_pass_is_never_answered_from_a_kept_pre_activation(schema_and_ids):
     """Its second call reads its own output, not the embeddings: no layer is a reader, and the passes (plain
     forward passes of the model) give the definition's losses."""
