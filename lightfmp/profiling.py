@@ -64,7 +64,7 @@ def _counts(text: str, flag: str, example: str, what: str, high: int) -> list[in
     except ValueError:
         raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}") from None
     if min(values) < 1 or max(values) > high:
-        raise LightFMPError(f"{flag} {text!r}: every {what} must be 1 to {high:,}")
+        raise LightFMPError(f"{flag} {text!r}: every {what} must be >= 1 and <= {high:,}")
     return values
 
 
