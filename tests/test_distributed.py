@@ -24,9 +24,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _scratch(tmp_path_factory):
+    """torchrun's agent leaves a torchelastic_* folder in the temporary directory per launch: give the launches one
+    of pytest's, not the machine's /tmp."""
+    global SCRATCH
+    SCRATCH = str(tmp_path_factory.mktemp("torchrun"))
+    yield
+
+
+SCRATCH: str | None = None
+
+
 def lightfmp(*args, nproc: int | None = None, fault: str | None = None):
     """`python -m lightfmp ...`, or the same under torchrun with `nproc` processes."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1"}
+    if SCRATCH is not None:
+        env["TMPDIR"] = SCRATCH
     env.pop("LIGHTFMP_FAULT_RANK_EPOCH", None)
     if fault:
         env["LIGHTFMP_FAULT_RANK_EPOCH"] = fault
