@@ -174,9 +174,10 @@ def friendly(func):
                 raise
             fail(who() + path_error(e))
         except (MemoryError, RuntimeError) as e:
-            if not out_of_memory(e):
+            asked = out_of_memory(e)
+            if asked is None:
                 raise
-            fail(who() + f"out of memory: {out_of_memory(e)}; the sizes given need more than this machine has "
+            fail(who() + f"out of memory: {asked}; the sizes given need more than this machine has "
                          f"(--embed-dim, --hidden, --batch-size, the vocabularies: --vocab-cap, --hash-buckets)")
         except KeyboardInterrupt:
             err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,

@@ -252,6 +252,11 @@ def _what(tp) -> str:
 ITEMS = {int: "integers", float: "numbers", str: "text items"}
 
 
+def _where(key: str, source: str) -> str:
+    """How an error names where a value came from: its flag, or its file and key."""
+    return flag(key) if source == COMMAND_LINE else f"{source}: '{key}'"
+
+
 def _shape_checked(value, tp, key, source):
     """`value`, unless YAML gave a mapping, or a list, where the field takes neither (`label: [a, b]`,
     `categorical: {a: 1}`, `hidden: [256, [1]]`): a one-line error naming the key and the type expected."""
@@ -264,8 +269,7 @@ def _shape_checked(value, tp, key, source):
         return value
     shape = "a mapping" if isinstance(bad, dict) else "a list"
     got = f"{shape} {bad!r}" if bad is value else f"the item {bad!r}, {shape}"
-    where = flag(key) if source == COMMAND_LINE else f"{source}: '{key}'"
-    raise LightFMPError(f"{where} must be {_what(tp)}, got {got}")
+    raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}, got {got}")
 
 
 def _coerce(value, hint, key, source):
@@ -280,8 +284,7 @@ def _coerce(value, hint, key, source):
         parts = value.split(",") if isinstance(value, str) and value.strip() else []
         # ('tags:,' is a ',' separator the comma-separated text cannot carry: its own check says so)
         if any(not p.strip() and not (i and parts[i - 1].rstrip().endswith(":")) for i, p in enumerate(parts)):
-            where = flag(key) if source == COMMAND_LINE else f"{source}: '{key}'"
-            raise LightFMPError(f"{where} {value!r}: an empty item between commas (or at an end); remove the extra "
+            raise LightFMPError(f"{_where(key, source)} {value!r}: an empty item between commas (or at an end); remove the extra "
                                 f"comma")
         return [_coerce(v, item, key, source) for v in _items(value)]
     try:
@@ -310,7 +313,7 @@ def _coerce(value, hint, key, source):
                                     f"value ('yes')")
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):
-        what = "a finite number" if tp is float else tp.__name__
+        what = _what(tp)
         if source == COMMAND_LINE:
             raise LightFMPError(f"{flag(key)} {value!r}: must be {what}") from None
         raise LightFMPError(f"{source}: '{key}' must be {what}, got {value!r}") from None
