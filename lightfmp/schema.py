@@ -202,11 +202,8 @@ class FeatureSchema:
         """Encoded ids [rows, num_slots] (int32) of a batch (record batch, table or DataFrame) or of its `code`.
         Unseen values map to OOV; never raises on new categories."""
         coded = data if isinstance(data, Coded) else self.code(data)
-        # filled field by field as rows of the transpose (contiguous writes), then transposed once
-        out = np.zeros((self.num_slots, len(coded)), dtype=np.int32)
-        for f, (a, b) in zip(self.fields, self.field_slot_ranges().values()):
-            out[a:b] = _field_ids(f, coded.fields[f.name]).T
-        return np.ascontiguousarray(out.T)
+        blocks = [_field_ids(f, coded.fields[f.name]) for f in self.fields]  # [rows, slots of the field] each
+        return np.concatenate(blocks, axis=1) if blocks else np.zeros((len(coded), 0), dtype=np.int32)
 
 
 def encode_field(f: Field, col) -> np.ndarray:
@@ -220,9 +217,7 @@ def _field_ids(f: Field, cells: Tokens | np.ndarray | Unparsed) -> np.ndarray:
     if isinstance(cells, Unparsed):
         raise LightFMPError(cells.error)
     if f.kind == "numeric":
-        ids = np.searchsorted(np.asarray(f.boundaries, dtype=np.float64), cells, side="right") + FIRST_ID
-        ids[np.isnan(cells)] = OOV_ID
-        return ids.astype(np.int32)[:, None]
+        return bucket_ids(cells, f.boundaries)[:, None]
     if f.kind == "categorical":
         return np.append(token_ids(f, cells.values), OOV_ID).astype(np.int32)[cells.codes][:, None]
     split = lists(cells, f.separator)
@@ -232,6 +227,24 @@ def _field_ids(f: Field, cells: Tokens | np.ndarray | Unparsed) -> np.ndarray:
     keep = split.position < f.max_len
     table[split.cell[keep], split.position[keep]] = ids[keep]
     return table[cells.codes]
+
+
+COUNTED_EDGES = 64  # up to this many edges a bucket is counted by comparisons (one pass an edge), faster than a binary
+                    # search per value; beyond it, the search. The same ids either way.
+
+
+def bucket_ids(x: np.ndarray, edges: list[float], precision=np.float64) -> np.ndarray:
+    """FIRST_ID + the number of edges <= x (int32) for each x; OOV_ID for NaN (a missing cell). `precision`: of the
+    edges and so of the comparisons (np.float32: what the exported graph computes)."""
+    edges = np.asarray(edges, dtype=precision)
+    if len(edges) > COUNTED_EDGES:
+        ids = (np.searchsorted(edges, x, side="right") + FIRST_ID).astype(np.int32)
+    else:
+        ids = np.full(len(x), FIRST_ID, dtype=np.int32)
+        for e in edges:  # a numpy scalar: x is compared at the edges' precision, as the search does
+            ids += x >= e
+    ids[np.isnan(x)] = OOV_ID
+    return ids
 
 
 def token_ids(f: Field, values: pa.Array) -> np.ndarray:
@@ -280,10 +293,12 @@ def vocab_from_counts(tokens: pa.Array, counts: np.ndarray, min_count: int, cap:
 
 def is_integral(x: np.ndarray) -> bool:
     finite = x[np.isfinite(x)]
+    if len(finite) > 1000 and not np.all(np.mod(finite[:1000], 1) == 0):
+        return False  # decided by the first values where a column of fractions shows one (the answer is the same)
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
 
 
 __all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "Field", "FeatureSchema", "encode_field",
-           "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts", "is_integral",
+           "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts", "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding
            "cell_strings", "split_multi", "as_float", "stable_hash"]

@@ -195,8 +195,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
 
 def _number_kind(vals: np.ndarray, rows: int) -> tuple[str, str]:
     """Integers are categorical up to max(1000, rows/20) distinct values; other numbers numeric."""
-    nunique = int(pd.Series(vals).nunique())
     if is_integral(vals):
+        nunique = int(pd.Series(vals).nunique())
         limit = max(1000, rows // 20)
         if nunique <= limit:
             return "categorical", f"integers, {nunique} distinct"

@@ -8,7 +8,7 @@ from lightfmp.vocab import SchemaSpec, fit_schema, infer_schema
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
-from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field
+from lightfmp.schema import COUNTED_EDGES, FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field, bucket_ids
 
 
 def fitted_schema(min_count=1):
@@ -43,6 +43,21 @@ def test_numeric_buckets_and_missing():
     expected = np.searchsorted(np.array(f.boundaries), [1.0, 2.0, 3.0, 5.0], side="right") + FIRST_ID
     assert list(ids[[0, 1, 2, 4]]) == list(expected)
     assert ids[4] == f.vocab_size - 1  # the largest value lands in the last bucket
+
+
+@pytest.mark.parametrize("n_edges", [3, COUNTED_EDGES, COUNTED_EDGES + 1])  # counted, and searched beyond the cap
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("precision", [np.float64, np.float32])  # float32: the exported graph's comparisons
+def test_bucket_ids_count_the_edges_at_or_below_each_value(n_edges, dtype, precision):
+    rng = np.random.default_rng(n_edges)
+    edges = sorted(set(rng.normal(size=n_edges).round(3).tolist()))
+    x = np.concatenate([rng.normal(size=500), np.asarray(edges), [np.inf, -np.inf, np.nan]]).astype(dtype)
+    ids = bucket_ids(x, edges, precision)
+    assert ids.dtype == np.int32
+    at = [float(precision(e)) for e in edges]  # each edge rounded to the precision compared at
+    want = [OOV_ID if np.isnan(v) else FIRST_ID + sum(float(v) >= e for e in at) for v in x]
+    assert ids.tolist() == want
+    assert ids[-3] == FIRST_ID + len(edges) and ids[-2] == FIRST_ID and ids[-1] == OOV_ID
 
 
 def test_multi_hot_padding_and_truncation():

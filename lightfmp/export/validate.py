@@ -16,7 +16,7 @@ from ..formats import read_batches
 from ..io import file_sha256
 from ..metrics import roc_auc
 from ..pipeline import run_data
-from ..schema import FIRST_ID, OOV_ID, FeatureSchema
+from ..schema import FeatureSchema, bucket_ids
 from .bundle import run_batched, session
 from .contract import InputSpec
 from .feeds import feeds_from_frame, sample_feeds
@@ -160,10 +160,7 @@ def _bucket_ids(feeds: dict, kept: FeatureSchema) -> np.ndarray | None:
     for f in kept.fields:
         x = feeds[f.name]
         if f.kind == "numeric":
-            e = np.asarray(f.boundaries or [], dtype=np.float32)
-            ids = np.searchsorted(e, x, side="right") + FIRST_ID
-            ids[np.isnan(x)] = OOV_ID
-            cols.append(ids[:, None])
+            cols.append(bucket_ids(x, f.boundaries or [], np.float32)[:, None])
         else:
             cols.append(x if x.ndim == 2 else x[:, None])
     return np.concatenate(cols, 1).astype(np.int64) if cols else None
