@@ -13,6 +13,8 @@ from typer.testing import CliRunner
 import lightfmp.bench.core as bench_core
 import lightfmp.checkpoint as checkpoint_mod
 import lightfmp.demo as demo_mod
+import lightfmp.models.base as model_base
+import lightfmp.models.dcnv2 as model_dcnv2
 import lightfmp.pipeline as pipeline_mod
 from lightfmp.bench.report import results_table
 from lightfmp.bench.selectors import METHODS
@@ -1237,6 +1239,19 @@ def test_running_out_of_memory_is_one_line_and_leaves_nothing(data, tmp_path, mo
     monkeypatch.setattr(pipeline_mod, "build_model", bug)
     r = cli(*train_args(data, out, "--quiet"))
     assert r.exit_code != 0 and isinstance(r.exception, RuntimeError) and "shapes" in str(r.exception)
+
+
+@pytest.mark.parametrize("flags, named", [(["--backbone", "dcnv2", "--cross-layers", str(10**9)], "--cross-layers"),
+                                          (["--hidden", ",".join(["100000"] * 50)], "--hidden 100000,")])
+def test_a_model_too_large_to_train_is_refused_before_its_layers_are_built(data, tmp_path, monkeypatch, flags, named):
+    """Many small layers (a billion cross layers) would allocate one by one for minutes before memory ran out: the
+    model's size is checked against the machine's memory before any layer is built."""
+    built = []
+    for module in (model_base, model_dcnv2):
+        monkeypatch.setattr(module, "Linear", lambda *a, **k: built.append(a))
+    out = tmp_path / "r"
+    one_line_error(cli(*train_args(data, out, "--quiet"), *flags), named, "parameters", "GiB of memory")
+    assert built == [] and not out.exists()
 
 
 def test_what_an_out_of_memory_error_asked_for():

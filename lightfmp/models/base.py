@@ -6,6 +6,8 @@ the flattened embeddings). Everything about gates and embedding rows is handled 
 """
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -82,7 +84,26 @@ class CTRModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("gate.")]
 
 
+BYTES_A_PARAMETER = 16  # float32 weight, its gradient and Adam's two moments
+
+
+def check_fits(params: int, what: str) -> None:
+    """Refuse a model part whose `params` parameters need more than this machine's memory to train, before a loop
+    builds its layers one by one (many small layers allocate for minutes before memory runs out)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf here: leave it to the allocator
+        return
+    if params * BYTES_A_PARAMETER > memory:
+        raise LightFMPError(f"{what}: {params:,} parameters, {params * BYTES_A_PARAMETER / 2**30:,.1f} GiB to train "
+                            f"(weights, gradients, Adam's moments), more than this machine's {memory / 2**30:,.1f} GiB "
+                            f"of memory")
+
+
 def mlp(in_dim: int, hidden: list[int], dropout: float) -> Tower:
+    sizes = [in_dim] + list(hidden)
+    shown = ",".join(map(str, hidden[:8])) + (f",... ({len(hidden)} layers)" if len(hidden) > 8 else "")
+    check_fits(sum((a + 1) * b for a, b in zip(sizes, sizes[1:])), f"--hidden {shown} over {in_dim:,} inputs")
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [Linear(in_dim, h), nn.ReLU()]

@@ -3,7 +3,7 @@ MLP, both reading x0 = concatenated embeddings, then one output layer over [cros
 import torch
 from torch import nn
 
-from .base import CTRModel, first_linear, mlp, slice_linear
+from .base import CTRModel, check_fits, first_linear, mlp, slice_linear
 from .dense import Linear
 
 
@@ -12,6 +12,8 @@ class DCNv2(CTRModel):
 
     def build(self, num_fields, embed_dim, cfg):
         dim = num_fields * embed_dim
+        check_fits(cfg.cross_layers * (dim + 1) * dim, f"--cross-layers {cfg.cross_layers} over {num_fields} fields "
+                                                       f"x {embed_dim} dims")
         self.cross = nn.ModuleList(Linear(dim, dim) for _ in range(cfg.cross_layers))
         self.deep = mlp(dim, cfg.hidden, cfg.dropout)
         self.out = Linear(dim + (cfg.hidden[-1] if cfg.hidden else 0), 1)  # over [cross output, deep output]
