@@ -50,7 +50,8 @@ class DataConfig:
     schema: str | None = opt(None, "Feature schema JSON; without it kinds are inferred from the data.")
     categorical: list[str] = opt([], "Comma-separated columns to treat as categorical.")
     numeric: list[str] = opt([], "Comma-separated columns to treat as numeric (quantile-bucketized).")
-    multi_hot: list[str] = opt([], "Comma-separated multi-hot columns with separator, e.g. 'genres:|'.")
+    multi_hot: list[str] = opt([], "Comma-separated multi-hot columns with separator, e.g. 'genres:|' (a column "
+                                   "without one is split at '|').")
     ignore: list[str] = opt([], "Comma-separated columns to leave out.")
     positive: str | None = opt(None, "Label value that means 1 (e.g. 'click'); other values mean 0.")
     time_column: str | None = opt(None, "Split by this column's order (oldest rows train) instead of randomly.")

@@ -86,7 +86,7 @@ def read_json(path: str | Path, text: str | None = None, obj: bool = True):
     except FileNotFoundError:
         raise LightFMPError(f"{path}: missing") from None
     except json.JSONDecodeError as e:
-        raise LightFMPError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+        raise LightFMPError(f"{path}: not valid JSON ({e.msg}: line {e.lineno})") from None
     except UnicodeDecodeError:
         raise LightFMPError(f"{path}: not valid JSON (not UTF-8 text)") from None
     except OSError as e:
@@ -129,6 +129,29 @@ def _is_json(p: Path) -> bool:
     return True
 
 
+def check_writable(p: Path, parent: Path) -> None:
+    """Refuse `p` when its first existing ancestor `parent` takes no new entry: the permission bits can allow what
+    the file system refuses (read-only mounts, /proc), so a file is created there and removed at once."""
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise LightFMPError(f"{p}: cannot be created, {parent} is not writable")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise LightFMPError(f"{p}: cannot be created, {parent} is not writable ({e.strerror or type(e).__name__})") \
+            from None
+
+
+def check_outside(p: Path) -> None:
+    """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory): prune and --force
+    replace such a directory whole, and refuse one that holds what it did not write."""
+    for q in Path(p).absolute().parents:
+        kind = lightfmp_kind(q)
+        if kind is not None:
+            raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which prune and --force replace "
+                                f"whole; choose a path outside it")
+
+
 def check_output_file(path: str | Path, kind: str, flag: str) -> None:
     """Refuse, before any work, a `flag` path (--plot, --json, --trace) that the command may not write: a
     directory, a path under a file, or an existing file that is not a `kind` file ("png", "json") - the output
@@ -140,6 +163,8 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
     parent = next((q for q in p.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
+    if parent is not None:  # a new file, or the replacement of one, is written beside it and renamed
+        check_writable(p, parent)
     if not p.exists():
         return
     if not p.is_file():
@@ -328,12 +353,14 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
     p = Path(path)
     if p.is_symlink():
         raise LightFMPError(f"{p}: is a symbolic link; give the directory itself, or a new path")
+    if not in_place:
+        check_outside(p)
     if not p.exists():
         parent = next((q for q in p.absolute().parents if q.exists()), None)
         if parent is not None and not parent.is_dir():
             raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
-        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
-            raise LightFMPError(f"{p}: cannot be created, {parent} is not writable")
+        if parent is not None:
+            check_writable(p, parent)
         return
     why = _protected(p)
     if why:
@@ -350,8 +377,11 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
     if found is None and owned is not None and owned(p):
         found = kind
     if found is None:
-        raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote (no {MARKERS[kind][0]} marker of "
-                            f"{_a(kind)}); --force does not replace it, choose another path or remove it yourself")
+        marker = MARKERS[kind][0]
+        why = f"its {marker} is not {_a(kind)}'s marker" if (p / marker).is_file() else \
+            f"no {marker} marker of {_a(kind)}"
+        raise LightFMPError(f"{p}: exists and is not a directory lightfmp wrote ({why}); --force does not replace it, "
+                            f"choose another path or remove it yourself")
     foreign = foreign_entry(p)
     if foreign is not None:
         raise _foreign_error(p, foreign, in_place, kind)

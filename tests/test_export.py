@@ -20,6 +20,7 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.export import contract, graph
+from lightfmp.export.exporter import triton_model_name
 from lightfmp.export.validate import AUC_TOLERANCE, run_test_frame
 from lightfmp.metrics import roc_auc
 from lightfmp.rundir import open_run
@@ -98,9 +99,21 @@ def _sess(d: Path):
 
 
 # ---- CLI end to end ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../x", "ctr v2", "", "ctr/1"])
+def test_a_triton_name_it_would_have_to_change_is_refused_before_any_work(s, name):
+    out = s["root"] / "bad_name"
+    res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--triton-name", name])
+    assert res.exit_code == 2 and f"--triton-name {name!r}" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_directory_name_becomes_a_triton_name():
+    assert triton_model_name("../x") == "x" and triton_model_name("my export") == "my_export"
+
+
 def test_cli_export_end_to_end(s):
     out = s["root"] / "cli_export"
-    res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--triton-name", "ctr"])
+    res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--triton-name", "_ctr-v2_"])
     assert res.exit_code == 0, res.output
     kept = open_run(s["runs"]["deepfm"]).metrics()["fields"]
     doc = json.loads((out / "feature_schema.json").read_text())
@@ -123,12 +136,12 @@ def test_cli_export_end_to_end(s):
     meta = json.loads({p.key: p.value for p in proto.metadata_props}["lightfmp.feature_schema"])
     assert meta == {k: v for k, v in doc.items() if k not in ("model_sha256", "validation")}
     # Triton entry
-    cfg = (out / "triton" / "ctr" / "config.pbtxt").read_text()
+    cfg = (out / "triton" / "_ctr-v2_" / "config.pbtxt").read_text()  # the name given, kept whole
     assert 'platform: "onnxruntime_onnx"' in cfg and "max_batch_size: 4096" in cfg and "dynamic_batching" in cfg
     assert cfg.count("name:") == 1 + len(kept["kept"]) + 1
     for name in kept["dropped"]:
         assert f'"{name}"' not in cfg
-    assert (out / "triton" / "ctr" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
+    assert (out / "triton" / "_ctr-v2_" / "1" / "model.onnx").read_bytes() == (out / "model.onnx").read_bytes()
     v = doc["validation"]
     assert v["max_abs_diff_vs_torch"] <= 1e-5 and v["batch1_vs_batch_max_abs_diff"] <= 1e-5
     assert v["auc_onnx"] == pytest.approx(open_run(s["runs"]["deepfm"]).metrics()["test"]["auc"], abs=1e-6)

@@ -3,6 +3,7 @@ or run directory is one line naming the file, never a traceback; long commands s
 says how to resume, and bench saves its table before the curves."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -1186,6 +1187,40 @@ def test_outputs_under_a_folder_that_is_not_writable_are_refused_first(data, tmp
     r = cli(*train_args(data, tmp_path / "ro" / "sub" / "run"))
     one_line_error(r, "ro/sub/run", "is not writable")
     assert listing(tmp_path / "ro") == []
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_outputs_where_the_file_system_refuses_them_are_refused_first(data, complete, tmp_path):
+    """/proc allows writing by its permission bits (to root) and still takes no new file: refused before any work,
+    for a run, an export and a --json file alike."""
+    one_line_error(cli(*train_args(data, "/proc/lightfmp-run")), "/proc/lightfmp-run", "/proc is not writable")
+    one_line_error(cli("export", complete, "--out", "/proc/lightfmp-export"), "/proc is not writable")
+    one_line_error(cli("profile", complete, "--json", "/proc/lightfmp.json"), "/proc is not writable")
+    assert not Path("/proc/lightfmp-run.ckpt").exists()
+
+
+@pytest.mark.parametrize("inner", ["run", "export", "synth"])
+def test_an_output_inside_a_directory_lightfmp_wrote_is_refused(data, complete, tmp_path, inner):
+    """A run, an export or synthetic data written inside a run (or an export) would block prune and --force on it,
+    which replace that directory whole: refused before any work, and the run is left as it was."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    before = listing(run)
+    where = run / "inner"
+    args = {"run": train_args(data, where), "export": ["export", run, "--out", where],
+            "synth": ["data", "synth", "--rows", "50", "--out", where]}[inner]
+    one_line_error(cli(*args), "is inside a run lightfmp wrote", "choose a path outside it")
+    assert listing(run) == before
+
+
+def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
+    """An export folder whose feature_schema.json no longer reads is not replaced by --force, and the message says
+    the marker is there but is not one (not that it is missing)."""
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "feature_schema.json").write_text('{"schema_version": 1, "model_')
+    one_line_error(cli("export", complete, "--out", out, "--force"), "its feature_schema.json is not an export's marker")
+    assert listing(out) == ["feature_schema.json"]
 
 
 def test_prune_refuses_a_read_only_run(pretrained, tmp_path, monkeypatch):

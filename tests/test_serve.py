@@ -152,9 +152,10 @@ def test_infer_matches_predictor(ex, srv):
     got = c.infer("ctr", triton_inputs(feeds, ex.schema["inputs"], True)).as_numpy("probability")
     assert np.abs(got - want).max() <= 1e-6
     # raw records, encoded by the server as Predictor does (unseen values -> OOV, extra keys ignored)
-    status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(recs).encode())
-    assert status == 200
-    assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - want).max() <= 1e-6
+    for path in ("/v2/models/ctr/records", "/v2/models/ctr/versions/1/records"):  # the versioned form too
+        status, _, body = request(srv, "POST", path, json.dumps(recs).encode())
+        assert status == 200
+        assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - want).max() <= 1e-6
     odd = [{"city": "atlantis", "dev": 3, "price": "4.5", "tags": ["a", "zzz"], "noise": 1},
            {"city": "paris", "dev": 99, "price": -1e9, "tags": [], "noise": True}, {**recs[0], "extra": 5}]
     status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(odd).encode())
@@ -306,6 +307,8 @@ def _bad_cases(ex):
         ("binary header", infer, b'{"inputs": []}', 400, "Inference-Header-Content-Length"),
         ("unknown model", "/v2/models/nope/infer", json.dumps(good).encode(), 404, "unknown model 'nope'"),
         ("unknown version", "/v2/models/ctr/versions/7/infer", json.dumps(good).encode(), 404, "no version '7'"),
+        ("records, unknown version", "/v2/models/ctr/versions/7/records", json.dumps([rec]).encode(), 404,
+         "no version '7'"),
         ("records: field missing", "/v2/models/ctr/records",
          json.dumps([{k: v for k, v in rec.items() if k != "price"}]).encode(), 400, "'price'"),
         ("records: null", "/v2/models/ctr/records", json.dumps([rec, {**rec, "city": None}]).encode(), 400,

@@ -27,7 +27,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import LightFMPError
-from ..io import atomic_path, lightfmp_kind, write_json_atomic
+from ..io import atomic_path, check_outside, check_writable, lightfmp_kind, write_json_atomic
 
 __all__ = ["synthesize", "check_synth_out", "is_synth_truth"]
 
@@ -67,6 +67,8 @@ def check_synth_out(out_dir: str | Path) -> None:
     kind = lightfmp_kind(out_dir)
     if kind is not None:  # a run's or an export's folder: a later --force there would delete the data
         raise LightFMPError(f"{out_dir}: is a lightfmp {kind}; synthetic data needs a directory of its own")
+    check_outside(out_dir)
+    check_writable(out_dir, out_dir if out_dir.is_dir() else parent)
     present = [n for n in OUTPUT_FILES if (out_dir / n).exists() or (out_dir / n).is_symlink()]
     if not present:
         return

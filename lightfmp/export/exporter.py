@@ -20,8 +20,12 @@ from .validate import VALIDATE_ROWS, validate, validation_rows
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 
 
+TRITON_NAME = r"[A-Za-z0-9_-]+"  # the characters a Triton model name (a folder of the model repository) keeps here
+
+
 def triton_model_name(text: str) -> str:
-    """A Triton model name from `text`: characters outside [A-Za-z0-9_-] become '_'."""
+    """A Triton model name from a directory name `text`: characters outside [A-Za-z0-9_-] become '_', and the '_'
+    they leave at either end go ('../x' -> 'x')."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "lightfmp"
 
 
@@ -52,7 +56,11 @@ def write_triton(repo: Path, name: str, specs: list[InputSpec], max_batch_size: 
         shutil.copyfile(p, version / p.name)
 
 
-def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size: int, force: bool) -> None:
+def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size: int, force: bool,
+                  triton_name: str | None = None) -> None:
+    if triton_name is not None and not re.fullmatch(TRITON_NAME, triton_name):
+        raise LightFMPError(f"--triton-name {triton_name!r}: a model name takes only letters, digits, '_' and '-' (it "
+                            f"names a folder of the Triton repository and the serving URL)")
     if dtype not in ("fp32", "fp16"):
         raise LightFMPError(f"--dtype {dtype!r}: expected fp32 or fp16")
     if inputs not in ("ids", "raw"):
@@ -69,7 +77,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
                max_batch_size: int = 4096, validate_rows: int = VALIDATE_ROWS) -> dict:
     """Export a complete run to `out`. Returns the feature schema written (with its `validation` section)."""
     out = Path(out)
-    check_options(out, opset, dtype, inputs, max_batch_size, force)
+    check_options(out, opset, dtype, inputs, max_batch_size, force, triton_name)
     run = open_run(run_dir)
     check_apart(out, run.path, "the run directory")
     model, kept = run.load_final()
@@ -83,7 +91,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
                             f"hash strings; export with --inputs ids (feature_schema.json gives the hash rule)")
     metrics = run.metrics()
     run_auc = metrics.get("test", {}).get("auc")
-    name = triton_model_name(triton_name or out.name)
+    name = triton_name if triton_name is not None else triton_model_name(out.name)
     contract = ServingContract(
         inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),

@@ -174,7 +174,7 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
               *[Route(p, metadata, methods=get) for p in model_paths],
               *[Route(p + "/ready", model_ready, methods=get) for p in model_paths],
               *[Route(p + "/infer", infer, methods=post) for p in model_paths],
-              Route("/v2/models/{name}/records", records, methods=post),
+              *[Route(p + "/records", records, methods=post) for p in model_paths],
               Route("/metrics", metrics_text, methods=get)]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.metrics, app.state.model = metrics, model

@@ -59,7 +59,7 @@ def loads(text: bytes | str, what: str = "request body", overflow: bool = False)
     except UnicodeDecodeError:
         raise RequestError(f"{what} is not UTF-8 JSON") from None
     except json.JSONDecodeError as e:
-        raise RequestError(f"{what} is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        raise RequestError(f"{what} is not valid JSON ({e.msg}: line {e.lineno} column {e.colno})") from None
     except RecursionError:
         raise RequestError(f"{what} is nested too deeply") from None
     except ValueError:  # an integer literal longer than Python reads (sys.get_int_max_str_digits)
