@@ -187,8 +187,6 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         if fitter is None:
             if schema is None:
                 schema, inferred = initial_schema(batch, cfg, fmt, source)
-                for col, why in inferred.items():
-                    reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
             apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
             fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
             nonmissing = {f.name: 0 for f in schema.fields}
@@ -212,6 +210,8 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
     labels.check(source)
     fitter.finish()
+    for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
+        reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "
                  f"{fitter.rows:,} training rows")
     if where is not None:
