@@ -111,7 +111,7 @@ def register(app) -> None:
         if quiet:
             return
         for mt in res:
-            t = Table(title=f"{mt.name} ({mt.bundle.model_bytes():,} model bytes, {threads or 'default'} threads)")
+            t = Table(title=f"{mt.name} ({mt.bundle.model_bytes():,} model bytes, {threads or 'default'} thread{'' if threads == 1 else 's'})")
             for c in ("engine", "batch", "p50 ms", "p95 ms", "p99 ms", "rows/s", "request bytes", "runs"):
                 t.add_column(c, justify="left" if c == "engine" else "right")
             for r in mt.rows + mt.eager:

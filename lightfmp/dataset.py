@@ -143,6 +143,10 @@ def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchem
     return schema
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
 def _rows(store: Store) -> int:
     return int(sum(len(store.array(i, "labels")) for i in range(len(store))))
 
@@ -261,7 +265,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     t0 = time.perf_counter()
     manifest, why = check_shards(root, key)
     if manifest is not None:
-        reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, {len(manifest['shards'])} shards, "
+        reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, {_count(len(manifest['shards']), 'shard')}, "
                      f"verified in {time.perf_counter() - t0:.1f} s)")
         return ShardStore(root, manifest), root
     if why:
@@ -270,7 +274,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         _encode(batches(), schema, codes, source, fmt, writer.add)
         manifest = writer.finish(data=source, data_format=fmt, data_sha256=sha, split=rule.to_dict(),
                                  chunk_rows=int(cfg.chunk_rows))
-    reporter.log(f"encode: {manifest['rows']:,} rows into {len(manifest['shards'])} shards in "
+    reporter.log(f"encode: {manifest['rows']:,} rows into {_count(len(manifest['shards']), 'shard')} in "
                  f"{time.perf_counter() - t0:.1f} s -> {root}")
     return ShardStore(root, manifest), root
 
