@@ -88,9 +88,7 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                      "even where the run recorded --keep or --threshold (a prune "
                                                      "records the rule it used)."),
               quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or tables.")):
-    """Phases 2 and 3: choose the fields on the validation rows (after phase 3's first epoch where it has two or
-    more), slice the others out of the model, continue training (the first epoch on the rows phase 1 did not use,
-    the others on every training row)."""
+    """Phases 2 and 3: choose the fields on the validation rows, slice the others out, continue training."""
     check_one_rule(keep, threshold, closing_test)
     m = pipeline.prune(run, keep=keep, threshold=threshold, continue_epochs=continue_epochs, quiet=quiet,
                        default_rule=closing_test)

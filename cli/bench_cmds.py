@@ -42,8 +42,7 @@ def register(app) -> None:
     ]
 
     def bench_cmd(**kwargs):
-        """Compare field-selection methods on identical splits, backbone and retraining budget: each keeps K
-        fields, the backbone is retrained on them and scored on the test split (mean ± std over seeds)."""
+        """Compare field-selection methods on identical splits, backbone and retraining budget (test AUC at K)."""
         methods = parse_methods(kwargs["methods"])
         seeds = parse_seeds(kwargs["seeds"])
         fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] else None

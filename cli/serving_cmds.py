@@ -33,8 +33,7 @@ def register(app) -> None:
                    force: bool = typer.Option(False, "--force", help="Replace an existing export directory (only "
                                               "an export lightfmp wrote; a run or anything else is refused)."),
                    quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary table.")):
-        """Export a finished run to ONNX (+ feature_schema.json, vocab/, a Triton model repository entry),
-        validated against PyTorch on the run's test rows."""
+        """Export a finished run to ONNX + feature schema + Triton entry, checked against PyTorch on its test rows."""
         doc = export_run(run, out_dir, opset=opset, dtype=dtype, inputs=inputs, force=force,
                          triton_name=triton_name, max_batch_size=max_batch_size)
         if quiet:
@@ -89,8 +88,7 @@ def register(app) -> None:
                     clients: str = typer.Option("1,8,32", "--clients", help="With --url: comma-separated numbers "
                                                 "of concurrent clients; each cell sends at most --max-runs "
                                                 "requests for at most --max-seconds.")):
-        """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, with PyTorch eager for
-        reference; with --url, latency and throughput of a running server under concurrent clients."""
+        """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, or of a server (--url)."""
         if url is not None:
             return _profile_url(url, model, clients, batch_sizes, json_file, max_seconds, max_runs, quiet,
                                 compare=compare, plot=plot, trace=trace)
@@ -156,8 +154,7 @@ def register(app) -> None:
                                               "default."),
                   max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body accepted "
                                                     "(MB); larger ones get HTTP 413 before they are read.")):
-        """Serve an export over HTTP with the Open Inference Protocol (KServe v2 REST), dynamic batching,
-        a raw-records route and Prometheus /metrics; SIGTERM finishes the requests in flight, then exits."""
+        """Serve an export over HTTP (KServe v2 REST): dynamic batching, raw records, Prometheus /metrics."""
         options = ServeOptions(host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                threads=threads, max_body_mb=max_body_mb)
         serve(export_dir, options, announce=lambda line: out.print(line, soft_wrap=True, highlight=False,
