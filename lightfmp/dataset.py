@@ -187,33 +187,40 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             return saved[0]
     t0 = time.perf_counter()
     fitter, inferred, nonmissing, n_rows = None, {}, {}, 0
-    for batch, start in batches():
-        if fitter is None:
-            if schema is None:
-                schema, inferred = initial_schema(batch, cfg, fmt, source)
-            apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
-            fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
-            nonmissing = {f.name: 0 for f in schema.fields}
-            labels = LabelCounts(schema.label, schema.positive)
-        _check_columns(batch, schema, source)
-        y = parse_labels(batch, schema.label, schema.positive, source, start, fmt)  # fail in this pass on a bad label
-        train = codes(start, len(batch)) == 0
-        labels.add(batch, y, train)
-        coded = schema.code(batch)
-        try:
-            fitter.add(coded, train)
-        except LightFMPError as e:
-            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
-        coded.labels = y
-        kept.add(coded)
-        for name in nonmissing:
-            nonmissing[name] += present(batch.column(name))
-        n_rows += len(batch)
-    for name, n in nonmissing.items():
-        if n == 0:
-            raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
-    labels.check(source)
-    fitter.finish()
+    try:
+        for batch, start in batches():
+            if fitter is None:
+                if schema is None:
+                    schema, inferred = initial_schema(batch, cfg, fmt, source)
+                apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
+                fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
+                nonmissing = {f.name: 0 for f in schema.fields}
+                labels = LabelCounts(schema.label, schema.positive)
+            _check_columns(batch, schema, source)
+            y = parse_labels(batch, schema.label, schema.positive, source, start, fmt)  # a bad label fails this pass
+            train = codes(start, len(batch)) == 0
+            labels.add(batch, y, train)
+            coded = schema.code(batch)
+            try:
+                fitter.add(coded, train)
+            except LightFMPError as e:
+                raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
+            coded.labels = y
+            kept.add(coded)
+            for name in nonmissing:
+                nonmissing[name] += present(batch.column(name))
+            n_rows += len(batch)
+        for name, n in nonmissing.items():
+            if n == 0:
+                raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
+        labels.check(source)
+        fitter.finish()
+    except LightFMPError as e:  # the report comes after the pass, so an error about a column whose kind was
+        col = next((c for c in inferred if f"'{c}'" in str(e)), None)  # inferred says how it was inferred
+        if col is None:
+            raise
+        raise LightFMPError(f"{e} (column '{col}' was inferred {inferred[col]} from the first rows; --categorical or "
+                            f"--numeric names its kind)") from None
     for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "

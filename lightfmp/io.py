@@ -135,7 +135,7 @@ def check_writable(p: Path, parent: Path) -> None:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise LightFMPError(f"{p}: cannot be created, {parent} is not writable")
     try:
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(prefix=".lightfmp-probe-", dir=parent):  # hidden where it gets a name at all
             pass
     except OSError as e:
         raise LightFMPError(f"{p}: cannot be created, {parent} is not writable ({e.strerror or type(e).__name__})") \
@@ -145,7 +145,7 @@ def check_writable(p: Path, parent: Path) -> None:
 def check_outside(p: Path) -> None:
     """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory): prune and --force
     replace such a directory whole, and refuse one that holds what it did not write."""
-    for q in Path(p).absolute().parents:
+    for q in Path(os.path.abspath(p)).parents:  # '..' resolved first: runs/r1/../x is not inside runs/r1
         kind = lightfmp_kind(q)
         if kind is not None:
             raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which prune and --force replace "
@@ -280,9 +280,10 @@ def _record(d: Path, names) -> None:
 def _recorded_in(path: Path) -> tuple[Path, str] | None:
     """(the nearest folder above `path` that holds a record of what lightfmp wrote, `path` relative to it), or None;
     never one above a temporary directory lightfmp is filling (.NAME.XXXX.tmp), which gets its record whole."""
-    for d in path.absolute().parents:
+    path = Path(os.path.abspath(path))  # '..' resolved: a record never lists an entry outside its folder
+    for d in path.parents:
         if (d / WRITTEN).exists() or (d / WRITTEN).is_symlink():
-            return d, path.absolute().relative_to(d).as_posix()
+            return d, path.relative_to(d).as_posix()
         if _TEMPORARY.fullmatch(d.name):
             return None
     return None
@@ -405,12 +406,13 @@ def check_apart(out: str | Path, other: str | Path | None, what: str) -> None:
 
 @contextmanager
 def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
-               owned: Callable[[Path], bool] | None = None):
+               owned: Callable[[Path], bool] | None = None, in_place: bool = False):
     """Yield a temporary sibling directory; it replaces `path` only when the block succeeds, with the record of what
     it holds (WRITTEN). An existing `path` is replaced only with `force` and only when lightfmp wrote it as a
-    directory of `kind` (see `check_out`, which runs before the block and again before the replacement)."""
+    directory of `kind` (see `check_out`, which runs before the block and again before the replacement); `in_place`:
+    as `check_out`'s."""
     path = Path(path)
-    check_out(path, force, kind, owned)
+    check_out(path, force, kind, owned, in_place)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
@@ -418,7 +420,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
         _record(tmp, _tree(tmp))
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
-            check_out(path, force, kind, owned)
+            check_out(path, force, kind, owned, in_place)
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old)

@@ -140,7 +140,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     check_keep(cfg.train.target_k, n_fields, "--target-k")  # before any training (target-k sets keep)
     check_keep(cfg.prune.keep, n_fields)
     torch.manual_seed(cfg.init_seed)
-    model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select)
+    model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select, trains_on=device)
     valid = data.split_rows("valid")
     _warn_one_class(valid, reporter)
     sizes = data.split_sizes()
@@ -387,7 +387,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         # stale checkpoints
         ckpt_files.remove(run.path)
         info = {k: v for k, v in run.info.items() if k != UNFINISHED}
-        with atomic_dir(run.path, force=True, kind="run") as tmp:
+        with atomic_dir(run.path, force=True, kind="run", in_place=True) as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             (tmp / GATES_PLOT).unlink(missing_ok=True)  # it showed the earlier kept set
             # config.yaml records the rule this prune used, so that --config reproduces the run as it now is

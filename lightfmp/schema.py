@@ -98,9 +98,17 @@ class Field:
     def from_dict(cls, d: dict) -> "Field":
         if "name" not in d or "kind" not in d:
             raise LightFMPError(f"schema field entry {d!r} needs 'name' and 'kind'")
+        edges = d.get("boundaries")
+        if edges is not None:  # bucket ids count the edges at or below a value: they must be numbers, in order
+            if not isinstance(edges, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                                      and not math.isnan(e) for e in edges):
+                raise LightFMPError(f"schema field '{d['name']}': boundaries must be a list of numbers, got "
+                                    f"{edges!r:.80}")
+            if any(b < a for a, b in zip(edges, edges[1:])):
+                raise LightFMPError(f"schema field '{d['name']}': boundaries must be in ascending order, got "
+                                    f"{edges!r:.80}")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
-                   max_len=int(d.get("max_len", 0)), boundaries=d.get("boundaries"),
-                   hash_buckets=d.get("hash_buckets"))
+                   max_len=int(d.get("max_len", 0)), boundaries=edges, hash_buckets=d.get("hash_buckets"))
 
 
 @dataclass
@@ -163,7 +171,11 @@ class FeatureSchema:
         if int(d.get("schema_version", 1)) > SCHEMA_VERSION:
             raise LightFMPError(f"{source}: schema_version {d['schema_version']} is newer than this lightfmp "
                                 f"supports ({SCHEMA_VERSION})")
-        return cls(label=d["label"], fields=[Field.from_dict(f) for f in d["fields"]], positive=d.get("positive"),
+        try:
+            fields = [Field.from_dict(f) for f in d["fields"]]
+        except LightFMPError as e:
+            raise LightFMPError(f"{source}: {e}") from None
+        return cls(label=d["label"], fields=fields, positive=d.get("positive"),
                    min_count=int(d.get("min_count", 2)), num_buckets=int(d.get("num_buckets", 16)),
                    meta=dict(d.get("meta") or {}),
                    vocab_cap=int(d["vocab_cap"]) if d.get("vocab_cap") is not None else None)
@@ -239,9 +251,11 @@ def bucket_ids(x: np.ndarray, edges: list[float], precision=np.float64) -> np.nd
     edges = np.asarray(edges, dtype=precision)
     if len(edges) > COUNTED_EDGES:
         ids = (np.searchsorted(edges, x, side="right") + FIRST_ID).astype(np.int32)
-    else:
+    else:  # both sides in the type the search compares in (the wider of the two), whatever numpy's promotion rules
+        common = np.result_type(np.asarray(x).dtype, edges.dtype)
+        x, edges = np.asarray(x, dtype=common), edges.astype(common)
         ids = np.full(len(x), FIRST_ID, dtype=np.int32)
-        for e in edges:  # a numpy scalar: x is compared at the edges' precision, as the search does
+        for e in edges:
             ids += x >= e
     ids[np.isnan(x)] = OOV_ID
     return ids

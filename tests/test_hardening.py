@@ -1213,6 +1213,52 @@ def test_an_output_inside_a_directory_lightfmp_wrote_is_refused(data, complete, 
     assert listing(run) == before
 
 
+def test_a_path_that_only_passes_through_a_run_is_outside_it(complete, tmp_path):
+    """RUN/../beside is beside the run, not inside it ('..' is resolved before the check)."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    r = cli("data", "synth", "--rows", "50", "--out", run / ".." / "beside")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "beside" / "truth.json").is_file()
+
+
+def test_a_run_already_inside_another_is_still_pruned(complete, pretrained, tmp_path):
+    """A run that an older lightfmp left inside another run is rewritten in place as before: the check that an
+    output lies outside lightfmp's directories is for new outputs, not for a prune's publication."""
+    outer = tmp_path / "outer"
+    shutil.copytree(complete, outer)
+    shutil.copytree(pretrained, outer / "inner")
+    r = cli("prune", outer / "inner", "--keep", "2", "--continue-epochs", "0", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert json.loads((outer / "inner" / "run.json").read_text())["state"] == "complete"
+
+
+def test_a_loaded_model_is_not_held_to_training_memory(complete, monkeypatch):
+    """The memory check is for a new model about to train here; a model loaded from a run (export, profile) is
+    bounded by its own files and loads on a machine too small to train it."""
+    from lightfmp.models import build_model
+    run = open_run(complete)
+    monkeypatch.setattr(model_base.os, "sysconf", lambda name: 1)  # a machine of one byte
+    model, _ = run.load_final()
+    assert model.num_params() > 0
+    with pytest.raises(LightFMPError, match="more than this machine's"):
+        build_model(run.config.model.backbone, run.schema, run.config.model, trains_on="cpu")
+
+
+def test_a_kind_inferred_wrongly_is_named_in_the_one_line_error(tmp_path):
+    """The inferred-column report is printed after the fit pass; an error in that pass about a column whose kind was
+    inferred from the first rows says so in its one line (a later 'n/a' in a column of numbers)."""
+    n = 400
+    df = pd.DataFrame({"a": [f"v{i % 7}" for i in range(n)], "x": [str(i / 10) for i in range(n)],
+                       "label": [i % 2 for i in range(n)]})
+    df.loc[n - 5, "x"] = "n/a"
+    path = tmp_path / "d.csv"
+    df.to_csv(path, index=False)
+    r = cli("train", "--data", path, "--label", "label", "--out", tmp_path / "r", "--stream", "--chunk-rows", "100",
+            "--shard-dir", tmp_path / "shards")
+    one_line_error(r, "'n/a'", "column 'x' was inferred numeric", "--categorical")
+
+
 def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
     """An export folder whose feature_schema.json no longer reads is not replaced by --force, and the message says
     the marker is there but is not one (not that it is missing)."""

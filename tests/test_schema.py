@@ -60,6 +60,19 @@ def test_bucket_ids_count_the_edges_at_or_below_each_value(n_edges, dtype, preci
     assert ids[-3] == FIRST_ID + len(edges) and ids[-2] == FIRST_ID and ids[-1] == OOV_ID
 
 
+@pytest.mark.parametrize("edges, says", [([3.0, 1.0, 2.0], "ascending order"), ([float("nan"), 1.0], "numbers"),
+                                         (["1", 2.0], "numbers"), ("0,1", "numbers")])
+def test_a_schema_file_with_edges_out_of_order_is_refused(tmp_path, edges, says):
+    """Bucket ids count the edges at or below a value, which means something only for numbers in order."""
+    s, _ = fitted_schema()
+    d = s.to_dict()
+    next(f for f in d["fields"] if f["name"] == "n")["boundaries"] = edges
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(LightFMPError, match=f"{path}: schema field 'n': boundaries must be .*{says}"):
+        FeatureSchema.load(path)
+
+
 def test_multi_hot_padding_and_truncation():
     s, df = fitted_schema()
     m = s.field("m")

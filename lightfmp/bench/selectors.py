@@ -82,7 +82,7 @@ def train_fields(cfg: RunConfig, data: Dataset, fields: list[str], epochs: int |
     device = resolve_device(cfg.train.device)
     schema = data.schema.subset(fields)
     torch.manual_seed(cfg.init_seed)
-    model = build_model(cfg.model.backbone, schema, cfg.model)
+    model = build_model(cfg.model.backbone, schema, cfg.model, trains_on=device)
     valid = data.split_rows("valid").select(schema.names)
     t0 = time.perf_counter()
     fit(model, data.split_rows("train").select(schema.names), valid,
@@ -137,7 +137,7 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     if len(rest) == 0:  # --subset 1.0: Light-FMP's first epoch reads the whole training split again
         rest = ctx.data.split_rows("train")
     torch.manual_seed(cfg.init_seed)
-    model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate)
+    model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate, trains_on=ctx.device)
     epochs, valid = cfg.train.pretrain_epochs, ctx.data.split_rows("valid")
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
     fit(model, sub, valid, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,

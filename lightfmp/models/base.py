@@ -6,6 +6,8 @@ the flattened embeddings). Everything about gates and embedding rows is handled 
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import torch
@@ -84,20 +86,38 @@ class CTRModel(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("gate.")]
 
 
-BYTES_A_PARAMETER = 16  # float32 weight, its gradient and Adam's two moments
+# bytes of this machine's memory a float32 parameter of a new model needs, by the device it trains on: on the CPU its
+# weight, gradient and Adam's two moments; on a GPU only the weight, built here before it moves
+HOST_BYTES = {"cpu": 16, "cuda": 4}
+_trains_on: contextvars.ContextVar[str | None] = contextvars.ContextVar("trains_on", default=None)
+
+
+@contextlib.contextmanager
+def training_on(device: str | None):
+    """Within it, `check_fits` holds a new model's parts to what training on `device` needs (None: no check, for a
+    model loaded from a run, whose size its files already bound)."""
+    token = _trains_on.set(device)
+    try:
+        yield
+    finally:
+        _trains_on.reset(token)
 
 
 def check_fits(params: int, what: str) -> None:
     """Refuse a model part whose `params` parameters need more than this machine's memory to train, before a loop
     builds its layers one by one (many small layers allocate for minutes before memory runs out)."""
+    device = _trains_on.get()
+    if device is None:
+        return
+    per = HOST_BYTES["cpu" if device == "cpu" else "cuda"]
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):  # no sysconf here: leave it to the allocator
         return
-    if params * BYTES_A_PARAMETER > memory:
-        raise LightFMPError(f"{what}: {params:,} parameters, {params * BYTES_A_PARAMETER / 2**30:,.1f} GiB to train "
-                            f"(weights, gradients, Adam's moments), more than this machine's {memory / 2**30:,.1f} GiB "
-                            f"of memory")
+    if params * per > memory:
+        held = "weights, gradients, Adam's moments" if per == HOST_BYTES["cpu"] else "the weights, before the GPU"
+        raise LightFMPError(f"{what}: {params:,} parameters, {params * per / 2**30:,.1f} GiB to train ({held}), more "
+                            f"than this machine's {memory / 2**30:,.1f} GiB of memory")
 
 
 def mlp(in_dim: int, hidden: list[int], dropout: float) -> Tower:
