@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -218,11 +219,14 @@ def fetch_cmd(name: str = typer.Argument(..., help=f"Dataset name: {', '.join(FE
     fetch = FETCHERS.get(name)
     if fetch is None:
         raise LightFMPError(f"unknown dataset '{name}' (available: {', '.join(FETCHERS)})")
+    started = time.time()
     try:
         path = fetch(home=home)
     except RuntimeError as e:
         raise LightFMPError(str(e)) from None
-    out.print(f"prepared {path}")
+    # a file the fetch wrote is newer than its start (1 s: file systems that keep whole seconds)
+    reused = Path(path).is_file() and Path(path).stat().st_mtime < started - 1
+    out.print(f"already in the cache: {path}" if reused else f"prepared {path}")
 
 
 serving_cmds.register(app)

@@ -209,6 +209,8 @@ def _read_schema(p: Path, info: dict) -> FeatureSchema:
 def open_run(path: str | Path) -> Run:
     """The run at `path`, with every file of it checked (weights: only their header) before anything is done."""
     p = Path(path)
+    if not p.exists():
+        raise LightFMPError(f"{p}: no such run directory")
     if not p.is_dir():
         raise LightFMPError(f"{p}: not a directory")
     info = _read_info(p)

@@ -1,7 +1,9 @@
 """The CLI end to end on small generated files, and the bad inputs it must refuse with one line."""
 import json
+import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -317,6 +319,11 @@ def test_data_fetch_lists_and_dispatches_through_the_registry(monkeypatch, tmp_p
     r = runner.invoke(app, ["data", "fetch", "kddcup04-bio", "--home", str(tmp_path)], terminal_width=400)
     assert r.exit_code == 0, r.output
     assert calls == [tmp_path] and "prepared.csv" in r.output
+    old = tmp_path / "prepared.csv"  # a file already there, written earlier: reused, and said so
+    old.write_text("x\n")
+    os.utime(old, (time.time() - 60, time.time() - 60))
+    r = runner.invoke(app, ["data", "fetch", "kddcup04-bio", "--home", str(tmp_path)], terminal_width=400)
+    assert r.exit_code == 0 and r.output.startswith("already in the cache:")
 
     def offline(home=None, quiet=False):
         raise RuntimeError("could not get it; no network")

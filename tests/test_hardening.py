@@ -1259,6 +1259,12 @@ def test_a_kind_inferred_wrongly_is_named_in_the_one_line_error(tmp_path):
     one_line_error(r, "'n/a'", "column 'x' was inferred numeric", "--categorical")
 
 
+@pytest.mark.parametrize("command", [["prune"], ["inspect"], ["export"]])
+def test_a_run_path_that_does_not_exist_is_said_so(tmp_path, command):
+    extra = ["--out", str(tmp_path / "ex")] if command == ["export"] else []
+    one_line_error(cli(*command, tmp_path / "nope", *extra), "nope: no such run directory")
+
+
 def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
     """An export folder whose feature_schema.json no longer reads is not replaced by --force, and the message says
     the marker is there but is not one (not that it is missing)."""
