@@ -109,7 +109,8 @@ def register(app) -> None:
         if quiet:
             return
         for mt in res:
-            t = Table(title=f"{mt.name} ({mt.bundle.model_bytes():,} model bytes, {threads or 'default'} thread{'' if threads == 1 else 's'})")
+            used = f"{threads} thread{'' if threads == 1 else 's'}" if threads else "default threads"
+            t = Table(title=f"{mt.name} ({mt.bundle.model_bytes():,} model bytes, {used})")
             for c in ("engine", "batch", "p50 ms", "p95 ms", "p99 ms", "rows/s", "request bytes", "runs"):
                 t.add_column(c, justify="left" if c == "engine" else "right")
             for r in mt.rows + mt.eager:

@@ -272,8 +272,8 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     t0 = time.perf_counter()
     manifest, why = check_shards(root, key)
     if manifest is not None:
-        reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, {_count(len(manifest['shards']), 'shard')}, "
-                     f"verified in {time.perf_counter() - t0:.1f} s)")
+        reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, "
+                     f"{_count(len(manifest['shards']), 'shard')}, verified in {time.perf_counter() - t0:.1f} s)")
         return ShardStore(root, manifest), root
     if why:
         reporter.log(f"rebuilding shards: {why}")

@@ -1271,7 +1271,8 @@ def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
     out = tmp_path / "ex"
     out.mkdir()
     (out / "feature_schema.json").write_text('{"schema_version": 1, "model_')
-    one_line_error(cli("export", complete, "--out", out, "--force"), "its feature_schema.json is not an export's marker")
+    one_line_error(cli("export", complete, "--out", out, "--force"),
+                   "its feature_schema.json is not an export's marker")
     assert listing(out) == ["feature_schema.json"]
 
 

@@ -24,8 +24,8 @@ TRITON_NAME = r"[A-Za-z0-9_-]+"  # the characters a Triton model name (a folder 
 
 
 def triton_model_name(text: str) -> str:
-    """A Triton model name from a directory name `text`: characters outside [A-Za-z0-9_-] become '_', and the '_'
-    they leave at either end go ('../x' -> 'x')."""
+    """A Triton model name from a directory name `text`: characters outside [A-Za-z0-9_-] become '_', then '_' at
+    either end go ('../x' -> 'x')."""
     return re.sub(r"[^A-Za-z0-9_-]", "_", text).strip("_") or "lightfmp"
 
 
