@@ -55,7 +55,8 @@ def token(s, v, known):
         return str(v)
     if isinstance(v, float):
         return str(int(v)) if v.is_integer() and (str(int(v)) in known or str(v) not in known) else str(v)
-    raise ServeError(f"field '{s['name']}' ({s['kind']}) got {v!r} ({type(v).__name__}); expected a string or number")
+    kind = s["kind"].replace("_", "-")
+    raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")
 
 
 def number(s, v):

@@ -143,7 +143,8 @@ def _token(f: Field, v, known: set):
 def _scalar(f: Field, v) -> None:
     if _missing(v) or isinstance(v, (str, numbers.Number, np.generic)):
         return
-    raise LightFMPError(f"field '{f.name}' ({f.kind}) got {v!r} ({type(v).__name__}); expected a string or number")
+    kind = f.kind.replace("_", "-")  # as the other messages spell it: multi-hot
+    raise LightFMPError(f"field '{f.name}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")
 
 
 __all__ = ["Predictor"]
