@@ -170,6 +170,11 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         if len(sub) == 0:
             raise LightFMPError(f"--subset {cfg.train.subset:g}: selects none of the {sizes['train']:,} training rows; "
                                 f"give a larger fraction")
+        if len(sub) < cfg.train.batch_size:
+            reporter.log(f"[yellow]warning[/]: phase 1 trains on {len(sub):,} rows (--subset {cfg.train.subset:g} of "
+                         f"{sizes['train']:,}), fewer than one batch (--batch-size {cfg.train.batch_size}): one step an "
+                         f"epoch is too little for the gates to learn which fields matter; give more rows or a larger "
+                         f"--subset")
         t0 = time.perf_counter()
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows

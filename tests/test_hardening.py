@@ -1265,6 +1265,15 @@ def test_a_run_path_that_does_not_exist_is_said_so(tmp_path, command):
     one_line_error(cli(*command, tmp_path / "nope", *extra), "nope: no such run directory")
 
 
+def test_a_phase_1_smaller_than_one_batch_is_warned_about(tmp_path):
+    """A tiny table still runs, but says that phase 1's subset is less than one batch (the gates cannot learn)."""
+    data = write_csv(tmp_path, n=80)
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "r",
+            "--epochs", "1", "--pretrain-epochs", "1", "--hidden", "8", "--embed-dim", "4")
+    assert r.exit_code == 0, r.output
+    assert "warning: phase 1 trains on" in r.output and "fewer than one batch (--batch-size 512)" in r.output
+
+
 def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
     """An export folder whose feature_schema.json no longer reads is not replaced by --force, and the message says
     the marker is there but is not one (not that it is missing)."""
