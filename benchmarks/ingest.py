@@ -11,8 +11,8 @@ Data: a Criteo-shaped TSV written once by this script (--format criteo: label, I
 cells per column). `--synthetic` adds the synthetic generator's CSV of the same size (26 categorical, 13 numeric
 columns, kinds inferred) so that kind inference and numeric bucketizing are measured too.
 
-Every measurement runs in a fresh process (its peak RSS is that process's own), `--rounds` times, interleaved, and
-the medians are reported:
+Every measurement runs in a fresh process (its peak RSS is that process's own), `--rounds` times, interleaved (the
+code and --baseline's taking turns to go first), and the medians are reported:
     read      pyarrow.csv's streaming reader over the file, every column as text, the block size and options the
               lightfmp reader uses, batches discarded: the ceiling for any pipeline that reads with pyarrow
     read_mt   pyarrow.csv.read_csv (multi-threaded, types inferred), for reference
@@ -158,15 +158,19 @@ def run_child(args: list[str], pythonpath: str | None = None) -> dict:
 
 def measure(path: Path, fmt: str, workdir: Path, chunk_rows: int, baseline: str | None, tag: str,
             rounds: int, read_mt: bool = True) -> dict:
-    """Each measurement `rounds` times, interleaved (read, read_mt, ingest, ingest_baseline, read, ...), so that
-    a change in the machine's load falls on all of them; the medians are reported."""
+    """Each measurement `rounds` times, interleaved (read, read_mt, ingest, ingest_baseline, read, read_mt,
+    ingest_baseline, ingest, ...), so that a change in the machine's load falls on all of them; the medians are
+    reported."""
     import shutil
     res = {"file": str(path), "format": fmt, "bytes": path.stat().st_size, "rounds": []}
-    for _ in range(rounds):
+    for k in range(rounds):
         one = {"read": run_child(["read", str(path), fmt])}
         if read_mt:
             one["read_mt"] = run_child(["read_mt", str(path), fmt])
-        for name, pp in [("ingest", None)] + ([("ingest_baseline", baseline)] if baseline else []):
+        runs = [("ingest", None)] + ([("ingest_baseline", baseline)] if baseline else [])
+        # the two codes in turn first: the run right after the read was up to ~10% slower in its first pass in an
+        # A/A comparison (the same code on both sides), so a fixed order would favour the second
+        for name, pp in (runs if k % 2 == 0 else runs[::-1]):
             shards = workdir / f"shards-{tag}-{name}"
             shutil.rmtree(shards, ignore_errors=True)
             one[name] = run_child(["ingest", str(path), fmt, str(shards), str(chunk_rows)], pp)

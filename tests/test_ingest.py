@@ -14,7 +14,8 @@ import pytest
 from helpers import fnv_reference
 from lightfmp.config import DataConfig
 from lightfmp.dataset import load_dataset
-from lightfmp.encoding import VocabIndex, numbers, stable_hash, tokens
+from lightfmp.coded import Coded, CodedStore, Unparsed
+from lightfmp.encoding import Tokens, VocabIndex, numbers, stable_hash, tokens
 from lightfmp.errors import LightFMPError
 from lightfmp.formats import read_batches, read_tables
 from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID
@@ -360,3 +361,26 @@ def test_kind_inference_on_arrow_text_equals_the_series_rule():
         assert kinds[name] == infer_kind(arr.to_pandas(), 3000), name
     assert kinds["ints"] == ("categorical", "integers, 50 distinct") and kinds["floats"] == ("numeric", "floats")
     assert kinds["nan written out"] == kinds["text late"] == ("categorical", "text")
+
+
+def _coded_batch(i: int) -> Coded:
+    n = 5 + i
+    tokens = Tokens(np.arange(n, dtype=np.int32) % 3 - (i % 2), pa.array(["a", "b", f"c{i}"]))
+    fields = {"t": tokens, "x": np.arange(n, dtype=np.float64) * i, "bad": Unparsed(f"row {i}: 'z' is no number")}
+    return Coded(n, fields, np.full(n, i % 2, np.float32))
+
+
+def test_coded_batches_on_disk_come_back_in_order(tmp_path):
+    """Streaming keeps each coded batch on disk: every batch comes back whole and in order, as the in-memory store
+    gives it, and the scratch directory goes."""
+    with CodedStore(tmp_path / "s") as disk, CodedStore() as memory:
+        for i in range(7):
+            disk.add(_coded_batch(i))
+            memory.add(_coded_batch(i))
+        for _ in range(2):  # read twice: the second pass is the same
+            for a, b in zip(list(disk), list(memory), strict=True):
+                assert a.rows == b.rows and np.array_equal(a.labels, b.labels)
+                assert np.array_equal(a.fields["t"].codes, b.fields["t"].codes)
+                assert a.fields["t"].values.equals(b.fields["t"].values)
+                assert np.array_equal(a.fields["x"], b.fields["x"]) and a.fields["bad"].error == b.fields["bad"].error
+    assert not (tmp_path / "s").exists()

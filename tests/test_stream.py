@@ -217,6 +217,29 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
     assert log.has("rebuilding shards:") and log.has("unreadable")
 
 
+def _shard_arrays(n: int, start: int) -> dict:
+    return dict(ids=np.arange(2 * n, dtype=np.int32).reshape(n, 2), labels=np.ones(n, np.float32),
+                rows=np.arange(start, start + n, dtype=np.int64), split=(np.arange(n) % 3).astype(np.uint8))
+
+
+def test_a_shard_manifest_lists_each_file_with_its_size_and_checksum(tmp_path):
+    """The manifest's sizes and checksums are those of the files read back, so the shards are reused, and each shard
+    reads back what was added."""
+    from lightfmp import shards
+    d = tmp_path / "k"
+    with shards.ShardWriter(d, "k", 2) as w:
+        w.add(**_shard_arrays(5, 0))
+        w.add(**_shard_arrays(3, 5))
+        manifest = w.finish()
+    entries = [e for shard in manifest["shards"] for e in shard["files"].values()]
+    assert len(entries) == 8
+    for e in entries:
+        assert e["blake2b"] == shards.file_checksum(d / e["file"]) and e["bytes"] == (d / e["file"]).stat().st_size
+    assert shards.check_shards(d, "k") == (manifest, None)
+    store = shards.ShardStore(d, manifest)
+    assert np.array_equal(store.array(1, "rows"), np.arange(5, 8)) and store.array(0, "ids").shape == (5, 2)
+
+
 def test_new_shards_when_schema_or_data_change(built, tmp_path):
     cfg, base = built["cfg"], built["data"]
     log = Log()
