@@ -50,7 +50,7 @@ def register(app) -> None:
         if k is None:
             raise LightFMPError("missing --k K (the number of fields each method keeps)")
         if k < 1:
-            raise LightFMPError(f"--k {k}: must be between 1 and the number of fields")
+            raise LightFMPError(f"--k {k}: must be >= 1 (and at most the number of fields)")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
         if kwargs["json_file"] is not None:
             check_output_file(kwargs["json_file"], "json", "--json")  # before hours of work, not after

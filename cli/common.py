@@ -6,7 +6,9 @@ import errno
 import functools
 import inspect
 import re
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -124,6 +126,16 @@ class Group(TyperGroup):
 
 
 INTERRUPTED = 130  # the shell's code for a command stopped by Ctrl-C (128 + SIGINT)
+TERMINATED = 143   # ... and by SIGTERM (128 + SIGTERM: kill, timeout, a stopped container)
+
+
+class Terminated(BaseException):
+    """SIGTERM while a command runs, raised where the command is, so that its temporary files are removed on the way
+    out as on Ctrl-C. A BaseException: `except Exception` never swallows it."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 # A path the machine will not let the command read or write: the user's to fix, said in one line like bad input.
@@ -160,11 +172,14 @@ def out_of_memory(e: BaseException) -> str | None:
 def friendly(func):
     """Bad input ends in one line on stderr and exit code 2, never a traceback; Ctrl-C ends in one line saying
     how to resume (rerunning the same command resumes from the per-epoch checkpoints in <out>.ckpt/) and exit
-    code 130."""
+    code 130; SIGTERM alike, exit code 143 (a command that handles it itself, `serve` or a torchrun rank, sets its
+    own handler while it runs)."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         checkpoint.reset_hint()
         who = lambda: f"rank {distributed.rank()}: " if distributed.world() > 1 else ""  # noqa: E731
+        main = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
@@ -179,10 +194,14 @@ def friendly(func):
                 raise
             fail(who() + f"out of memory: {asked}; the sizes given need more than this machine has "
                          f"(--embed-dim, --hidden, --batch-size, the vocabularies: --vocab-cap, --hash-buckets)")
-        except KeyboardInterrupt:
-            err.print(f"interrupted: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False,
-                      soft_wrap=True)
-            raise typer.Exit(INTERRUPTED) from None
+        except (KeyboardInterrupt, Terminated) as e:
+            word, code = ("interrupted", INTERRUPTED) if isinstance(e, KeyboardInterrupt) \
+                else ("terminated", TERMINATED)
+            err.print(f"{word}: {who()}{checkpoint.resume_hint()}", markup=False, highlight=False, soft_wrap=True)
+            raise typer.Exit(code) from None
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     wrapper.__signature__ = inspect.signature(func)
     return wrapper
 

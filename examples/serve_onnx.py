@@ -99,6 +99,11 @@ class Client:
             file_in(d, self.schema["external_data"]["file"], self.schema["external_data"].get("sha256"))
         model = file_in(d, self.schema["model_file"], self.schema.get("model_sha256"))
         self.session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        graph = sorted(i.name for i in self.session.get_inputs())  # the schema must describe this graph
+        if graph != sorted(s["name"] for s in self.schema["inputs"]) or \
+                self.schema["output"]["name"] not in [o.name for o in self.session.get_outputs()]:
+            raise ServeError(f"{d / 'feature_schema.json'}: its inputs / output do not match {model.name}'s "
+                             f"(the graph reads {', '.join(graph)})")
 
     def ids(self, s, tokens):
         if self.raw:
@@ -110,7 +115,7 @@ class Client:
     def encode(self, records):
         for i, r in enumerate(records):
             if not isinstance(r, dict):
-                raise ServeError(f"record {i} is a {type(r).__name__}, not a dict")
+                raise ServeError(f"record {i} is not a dict but {type(r).__name__} {r!r:.40}")
         names = [s["name"] for s in self.schema["inputs"]]
         absent = [n for n in names if not any(n in r for r in records)]
         if absent:
@@ -163,6 +168,13 @@ def made_up_records(schema, vocab, n=3):
     return recs
 
 
+def read_line(line, n, source):
+    try:
+        return json.loads(line)
+    except ValueError as e:
+        raise ServeError(f"{'stdin' if source == '-' else source}, line {n}: not JSON ({e})") from None
+
+
 def main(argv):
     if not argv:
         print(__doc__.strip(), file=sys.stderr)
@@ -171,11 +183,11 @@ def main(argv):
         client = Client(argv[0])
         if len(argv) > 1:
             fh = sys.stdin if argv[1] == "-" else open(argv[1])
-            records = [json.loads(line) for line in fh if line.strip()]
+            records = [read_line(line, n, argv[1]) for n, line in enumerate(fh, 1) if line.strip()]
         else:
             records = made_up_records(client.schema, client.vocab)
         probs = client.predict(records)
-    except (ServeError, OSError, json.JSONDecodeError) as e:
+    except (ServeError, OSError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2
     for rec, p in zip(records, probs):

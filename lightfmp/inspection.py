@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_path, check_output_file
+from .io import PNG_METADATA, atomic_path, check_output_file
 from .keep_rule import (CLOSING_RULE, decides_after_first_epoch, forward_rule, rule_site, select_fields,
                         selection_rule)
 from .rundir import Run
@@ -88,6 +88,6 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
     with atomic_path(path, "png", "--plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path

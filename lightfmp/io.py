@@ -97,7 +97,10 @@ def read_json(path: str | Path, text: str | None = None, obj: bool = True):
 
 
 def write_json_atomic(path: str | Path, obj, flag: str | None = None) -> None:
-    """`flag`: the path is the user's --json / --trace (see `check_output_file`)."""
+    """`flag`: the path is the user's --json (see `check_output_file`); the document then says who wrote it
+    (WRITTEN_BY), so that a later --json replaces it and never a JSON file of the user's."""
+    if flag and isinstance(obj, dict):
+        obj = {"written_by": WRITTEN_BY, **obj}
     write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n",
                       kind="json" if flag else None, flag=flag)
 
@@ -109,24 +112,43 @@ def write_text_atomic(path: str | Path, text: str, kind: str | None = None, flag
 
 # The kinds of file a user names with --plot / --json / --trace: how to recognise an earlier one, so that only such
 # a file (or an empty one) is ever replaced.
+WRITTEN_BY = "lightfmp"  # a --json document's "written_by"; a --plot image's PNG "Software" text
+PNG_METADATA = {"Software": WRITTEN_BY}  # matplotlib's savefig(metadata=...)
 OUTPUT_FILES: dict[str, tuple[str, Callable[[Path], bool]]] = {
-    "png": ("a PNG image", lambda p: _head(p, 8) == b"\x89PNG\r\n\x1a\n"),
-    "json": ("a JSON document", lambda p: _is_json(p)),
+    "png": ("a PNG image lightfmp wrote", lambda p: _is_our_png(p)),
+    "json": ("a JSON output of lightfmp's", lambda p: _is_our_json(p)),
 }
 
 
-def _head(p: Path, n: int) -> bytes:
-    with open(p, "rb") as fh:
-        return fh.read(n)
-
-
-def _is_json(p: Path) -> bool:
+def _is_our_json(p: Path) -> bool:
+    """A --json document of lightfmp's (its "written_by"), or a --trace: ONNX Runtime's profile, a list of Chrome
+    trace events, which lightfmp writes as it is."""
     try:
         with open(p, "rb") as fh:
-            json.load(fh)
+            doc = json.load(fh)
     except (ValueError, UnicodeDecodeError):
         return False
-    return True
+    if isinstance(doc, dict):
+        return doc.get("written_by") == WRITTEN_BY
+    return isinstance(doc, list) and all(isinstance(e, dict) and "ph" in e and "name" in e for e in doc)
+
+
+def _is_our_png(p: Path) -> bool:
+    """A PNG whose "Software" text chunk (before the image data) names lightfmp (`PNG_METADATA`)."""
+    with open(p, "rb") as fh:
+        if fh.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+        while True:
+            head = fh.read(8)
+            if len(head) < 8:
+                return False
+            size, kind = int.from_bytes(head[:4], "big"), head[4:]
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            data = fh.read(size)
+            if kind == b"tEXt" and data.partition(b"\0")[::2] == (b"Software", WRITTEN_BY.encode()):
+                return True
+            fh.seek(4, 1)  # the chunk's CRC
 
 
 def check_writable(p: Path, parent: Path) -> None:
@@ -143,13 +165,14 @@ def check_writable(p: Path, parent: Path) -> None:
 
 
 def check_outside(p: Path) -> None:
-    """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory): prune and --force
-    replace such a directory whole, and refuse one that holds what it did not write."""
+    """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory): --force (and prune,
+    for a run) replaces such a directory whole, and refuses one that holds what it did not write."""
     for q in Path(os.path.abspath(p)).parents:  # '..' resolved first: runs/r1/../x is not inside runs/r1
         kind = lightfmp_kind(q)
         if kind is not None:
-            raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which prune and --force replace "
-                                f"whole; choose a path outside it")
+            whole = "prune and --force replace" if kind == "run" else "--force replaces"
+            raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which {whole} whole; choose a path "
+                                f"outside it")
 
 
 def check_output_file(path: str | Path, kind: str, flag: str) -> None:

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from .errors import LightFMPError
-from .export.bundle import Bundle, load_bundle, session
+from .export.bundle import Bundle, load_bundle
 from .export.contract import locate_run
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
-from .io import atomic_path, check_output_file
+from .io import PNG_METADATA, atomic_path, check_output_file
 from .rundir import open_run
 from .serve.load import Target, get_json, infer_request, measure
 from .serve.model import served_name
@@ -141,15 +141,12 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
     budget = budget or Budget()
     bundles = [(str(m), load_bundle(m)) for m in models]
     names = [n for n, _ in bundles]
-    if len(set(names)) != len(names):
-        raise LightFMPError("the same model was given twice")
+    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if twice is not None:
+        raise LightFMPError(f"{twice}: the same model was given twice")
     out = []
     for name, bundle in bundles:
-        try:
-            sess = session(bundle.model_path, threads)
-        except Exception as e:
-            raise LightFMPError(f"{bundle.model_path}: ONNX Runtime cannot load it ({str(e).splitlines()[0]})") \
-                from None
+        sess = bundle.session(threads)
         mt = ModelTimings(name, bundle)
         size = bundle.model_bytes()
         eager_mod, mt.eager_note = _eager_module(bundle) if eager else (None, "disabled")
@@ -226,7 +223,7 @@ def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
     check_output_file(dest, "json", "--trace")
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = str(dest.parent / f".{dest.name}.ort")
-    sess = session(bundle.model_path, threads, profile_prefix=prefix)
+    sess = bundle.session(threads, profile_prefix=prefix)
     for b in batch_sizes:
         feeds = feeds_for(bundle, b)
         for _ in range(5):
@@ -274,7 +271,7 @@ def plot(timings: list[ModelTimings], path: str | Path) -> Path:
     ax.legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path, "png", "--plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path
 

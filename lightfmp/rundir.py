@@ -73,6 +73,10 @@ class Run:
             kept = _names(m["fields"]["kept"], p, "fields.kept")
             if not kept or not set(kept) <= set(names):
                 raise LightFMPError(f"{p}: fields.kept must be a non-empty list of fields from fields.all")
+            if "dropped" in m["fields"]:  # the export's contract lists them
+                _names(m["fields"]["dropped"], p, "fields.dropped")
+        for split in ("valid", "test"):  # what export checks its model against, and inspect shows
+            _check_scores(m, split, p)
         for table in ("gates", "log_alpha"):
             if table in keys:
                 for n in names:  # a field name may hold dots: looked up as one key
@@ -115,6 +119,20 @@ class Run:
         schema = self.schema.subset(kept)
         model = build_model(self.config.model.backbone, schema, self.config.model, gated=False)
         return _load_weights(model, self.path / "model.safetensors"), schema
+
+
+def _check_scores(m: dict, split: str, path: Path) -> None:
+    """metrics.json's `split` entry, where present: an object whose auc (0-1) and logloss (>= 0) are numbers, or null
+    (a split with one label has no AUC)."""
+    if split not in m:
+        return
+    if not isinstance(m[split], dict):
+        raise LightFMPError(f"{path}: '{split}' must be an object with auc and logloss, not {type(m[split]).__name__}")
+    for key, ok in (("auc", lambda v: 0 <= v <= 1), ("logloss", lambda v: v >= 0)):
+        v = m[split].get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v)):
+            span = "between 0 and 1" if key == "auc" else ">= 0"
+            raise LightFMPError(f"{path}: {split}.{key} must be a number {span} or null, not {v!r}")
 
 
 def _require(doc: dict, key: str, path: Path) -> None:

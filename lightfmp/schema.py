@@ -32,6 +32,16 @@ FIRST_ID = 2
 KINDS = ("categorical", "numeric", "multi_hot")
 
 
+def check_boundaries(edges, where: str) -> None:
+    """A numeric field's bucket edges: a list of numbers (no NaN) in ascending order (a bucket id counts the edges at
+    or below a value), else one error beginning with `where`."""
+    if not isinstance(edges, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                              and not math.isnan(e) for e in edges):
+        raise LightFMPError(f"{where}: boundaries must be a list of numbers, got {edges!r:.80}")
+    if any(b < a for a, b in zip(edges, edges[1:])):
+        raise LightFMPError(f"{where}: boundaries must be in ascending order, got {edges!r:.80}")
+
+
 @dataclass
 class Field:
     name: str
@@ -99,14 +109,8 @@ class Field:
         if "name" not in d or "kind" not in d:
             raise LightFMPError(f"schema field entry {d!r} needs 'name' and 'kind'")
         edges = d.get("boundaries")
-        if edges is not None:  # bucket ids count the edges at or below a value: they must be numbers, in order
-            if not isinstance(edges, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
-                                                      and not math.isnan(e) for e in edges):
-                raise LightFMPError(f"schema field '{d['name']}': boundaries must be a list of numbers, got "
-                                    f"{edges!r:.80}")
-            if any(b < a for a, b in zip(edges, edges[1:])):
-                raise LightFMPError(f"schema field '{d['name']}': boundaries must be in ascending order, got "
-                                    f"{edges!r:.80}")
+        if edges is not None:
+            check_boundaries(edges, f"schema field '{d['name']}'")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
                    max_len=int(d.get("max_len", 0)), boundaries=edges, hash_buckets=d.get("hash_buckets"))
 
@@ -313,6 +317,7 @@ def is_integral(x: np.ndarray) -> bool:
 
 
 __all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "Field", "FeatureSchema", "encode_field",
-           "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts", "is_integral",
+           "check_boundaries", "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts",
+           "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding
            "cell_strings", "split_multi", "as_float", "stable_hash"]

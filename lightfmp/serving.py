@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LightFMPError
-from .export.bundle import Bundle, load_bundle, session
+from .export.bundle import Bundle, load_bundle
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .schema import FeatureSchema, Field
@@ -37,7 +37,7 @@ class Predictor:
                 raise LightFMPError(f"{self.bundle.dir / spec.vocab_file}: vocabulary file missing")
             self.fields.append((spec, spec.field(tokens)))
         self.schema = FeatureSchema(self.bundle.contract.label, [f for _, f in self.fields])
-        self.session = session(self.bundle.model_path, threads, providers=providers)
+        self.session = self.bundle.session(threads, providers=providers)
         self.output = self.bundle.contract.output.name
 
     @property
@@ -69,12 +69,14 @@ def _frame(records) -> pd.DataFrame:
     if isinstance(records, dict):
         raise LightFMPError("records must be a list of dicts or a DataFrame (got one dict; wrap it in a list)")
     try:
+        if isinstance(records, (str, bytes)):  # iterable, but its items are characters
+            raise TypeError
         rows = list(records)
     except TypeError:
         raise LightFMPError(f"records must be a list of dicts or a DataFrame, not {type(records).__name__}") from None
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
-            raise LightFMPError(f"record {i} is a {type(r).__name__}, not a dict")
+            raise LightFMPError(f"record {i} is not a dict but {type(r).__name__} {r!r:.40}")
     # object columns keep each value as given (no float upcast of int columns with gaps)
     return pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
 

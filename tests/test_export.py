@@ -23,7 +23,9 @@ from lightfmp.export import contract, graph
 from lightfmp.export.exporter import triton_model_name
 from lightfmp.export.validate import AUC_TOLERANCE, run_test_frame
 from lightfmp.metrics import roc_auc
+from lightfmp.profiling import Budget, profile
 from lightfmp.rundir import open_run
+from lightfmp.serving import Predictor
 
 runner = CliRunner()
 _SHARED: dict = {}
@@ -361,12 +363,32 @@ def _numeric(doc) -> dict:
     (lambda d: d.update(model_sha256="abc"), "not a sha256"),
     (lambda d: d.update(input_mode="raw"), "input_mode 'raw' does not match"),
     (lambda d: d.pop("output"), "'output' needs a 'name'"),
+    (lambda d: d["inputs"][0].update(vocab_size=-5), "vocab_size -5 must be an integer >= 2"),
+    (lambda d: _numeric(d)["transform"].update(boundaries=[3, 2, 1]), "boundaries must be in ascending order"),
+    (lambda d: _numeric(d)["transform"].update(boundaries=[1, "x"]), "boundaries must be a list of numbers"),
+    (lambda d: d["inputs"].append(dict(d["inputs"][0])), "is listed twice in 'inputs'"),
 ])
 def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit, msg):
     d = _edited_copy(s, tmp_path, edit)
     with pytest.raises(LightFMPError) as e:
         contract.load_contract(d)
     assert str(d / "feature_schema.json") in str(e.value) and msg in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda d: d["inputs"][0].update(name="zzz"), "lists 'zzz', which the graph does not read and lacks"),
+    (lambda d: d["inputs"].pop(1), "lacks '"),
+    (lambda d: d["output"].update(name="score"), "output 'score' is not an output of model.onnx"),
+])
+def test_a_contract_that_does_not_describe_the_graph_is_one_error(s, tmp_path, edit, msg):
+    """feature_schema.json edited after the export (its sha256 covers the model and vocab files, not itself): the
+    Predictor, serve's model and profile check it against the graph ONNX Runtime loads, and say which file is
+    wrong, instead of an error from inside ONNX Runtime at the first request."""
+    d = _edited_copy(s, tmp_path, edit)
+    for load in (lambda: Predictor(d), lambda: profile([d], [1], budget=Budget(1, 1, 1, 0.01), eager=False)):
+        with pytest.raises(LightFMPError, match=msg) as e:
+            load()
+        assert str(e.value).startswith(str(d / "feature_schema.json")) and "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("where,value", [("vocab_file", "../outside.json"), ("vocab_file", "/etc/hostname"),
@@ -425,6 +447,29 @@ def test_auc_far_from_the_runs_recorded_auc_fails_the_export(s, tmp_path):
     (run / "metrics.json").write_text(json.dumps(m))
     v = ex.export_run(run, tmp_path / "out")["validation"]
     assert v["auc_tolerance"] == AUC_TOLERANCE and v["auc_diff_vs_run"] == pytest.approx(AUC_TOLERANCE / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda m: m["test"].update(auc="high"), r"test.auc must be a number between 0 and 1 or null, not 'high'"),
+    (lambda m: m["test"].update(auc=1.5), r"test.auc must be a number between 0 and 1 or null, not 1.5"),
+    (lambda m: m["valid"].update(logloss=[1]), r"valid.logloss must be a number >= 0 or null, not \[1\]"),
+    (lambda m: m.update(test=[]), r"'test' must be an object with auc and logloss, not list"),
+    (lambda m: m.update(test=None), r"'test' must be an object with auc and logloss, not NoneType"),
+    (lambda m: m["fields"].update(dropped="x"), r"'fields.dropped' must be a list of field names"),
+    (lambda m: m["test"].update(auc=None), r"test.auc is null, but the run's test rows hold both labels"),
+])
+def test_a_hand_edited_metrics_file_fails_the_export_in_one_line(s, tmp_path, edit, msg):
+    """The run's recorded scores are what the export checks its model against: a wrong type or range is one line
+    naming metrics.json and the entry, and a null test AUC where the test rows hold both labels does not skip the
+    check; nothing is written."""
+    run = tmp_path / "run"
+    shutil.copytree(s["runs"]["mlp"], run)
+    m = json.loads((run / "metrics.json").read_text())
+    edit(m)
+    (run / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(LightFMPError, match=msg) as e:
+        ex.export_run(run, tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
 
 
 def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):

@@ -721,26 +721,49 @@ def test_shard_writer_never_replaces_a_run_or_an_export(tmp_path):
 
 # ---- --plot / --json / --trace replace only an earlier output of their kind -------------------------------------
 
+def _png(path: Path, software: str | None) -> None:
+    """A PNG of one pixel, with a "Software" text chunk when given (what a chart of lightfmp's carries)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(0.1, 0.1))
+    fig.savefig(path, format="png", metadata={"Software": software})
+    plt.close(fig)
+
+
 def test_output_file_guard(tmp_path):
+    """--plot / --json / --trace replace an earlier output of lightfmp's (a PNG whose Software text says lightfmp, a
+    JSON document whose written_by does, an ONNX Runtime trace) or an empty file, and nothing else: not an image or
+    a JSON document of the user's."""
     from lightfmp.io import check_output_file, write_json_atomic
-    png, js, empty, text = (tmp_path / n for n in ("a.png", "a.json", "e.json", "data.csv"))
-    png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 8)
-    js.write_text('[{"ph": "X"}]')
+    png, trace, empty, text = (tmp_path / n for n in ("a.png", "t.json", "e.json", "data.csv"))
+    theirs_png, theirs_js, list_js = (tmp_path / n for n in ("photo.png", "settings.json", "numbers.json"))
+    _png(png, "lightfmp")
+    _png(theirs_png, "GIMP")
+    trace.write_text('[{"ph": "X", "name": "Run"}]')
     empty.write_text("")
     text.write_text("a,b,label\nx,y,1\n")
-    for path, kind in ((png, "png"), (js, "json"), (empty, "json"), (empty, "png"), (tmp_path / "new.png", "png")):
+    theirs_js.write_text('{"my": "precious settings"}')
+    list_js.write_text("[1, 2, 3]")
+    for path, kind in ((png, "png"), (trace, "json"), (empty, "json"), (empty, "png"), (tmp_path / "new.png", "png")):
         check_output_file(path, kind, "--flag")  # accepted
-    for path, kind, words in ((text, "png", "not a PNG image"), (text, "json", "not a JSON document"),
-                              (png, "json", "not a JSON document"), (js, "png", "not a PNG image"),
+    for path, kind, words in ((text, "png", "not a PNG image lightfmp wrote"),
+                              (text, "json", "not a JSON output of lightfmp's"),
+                              (png, "json", "not a JSON output"), (trace, "png", "not a PNG image"),
+                              (theirs_png, "png", "not a PNG image lightfmp wrote"),
+                              (theirs_js, "json", "not a JSON output of lightfmp's"), (list_js, "json", "not a JSON"),
                               (tmp_path, "png", "is a directory"), (text / "x.png", "png", "is a file")):
         with pytest.raises(LightFMPError, match=words) as e:
             check_output_file(path, kind, "--flag")
         assert str(path) in str(e.value) and "\n" not in str(e.value)
-    with pytest.raises(LightFMPError, match="not a JSON document"):
-        write_json_atomic(text, {"a": 1}, flag="--json")
-    assert text.read_text() == "a,b,label\nx,y,1\n" and listing(tmp_path) == ["a.json", "a.png", "data.csv", "e.json"]
-    write_json_atomic(js, {"a": 1}, flag="--json")
-    assert json.loads(js.read_text()) == {"a": 1}
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for path in (text, theirs_js):
+        with pytest.raises(LightFMPError, match="not a JSON output"):
+            write_json_atomic(path, {"a": 1}, flag="--json")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    for _ in range(2):  # a new file, then lightfmp's own is replaced
+        write_json_atomic(tmp_path / "out.json", {"a": 1}, flag="--json")
+        assert json.loads((tmp_path / "out.json").read_text()) == {"written_by": "lightfmp", "a": 1}
 
 
 def test_inspect_plot_never_replaces_the_data(pretrained, data, tmp_path):
@@ -761,14 +784,14 @@ def test_bench_json_and_plot_are_checked_before_any_work(data, tmp_path, monkeyp
     monkeypatch.setattr(bench_core, "load_dataset", stop)
     mine = tmp_path / "notes.txt"
     mine.write_text("mine")
-    one_line_error(cli(*bench_args(data, "--json", mine)), mine, "not a JSON document", "--json")
+    one_line_error(cli(*bench_args(data, "--json", mine)), mine, "not a JSON output", "--json")
     one_line_error(cli(*bench_args(data, "--plot", mine)), mine, "not a PNG image", "--plot")
     one_line_error(cli(*bench_args(data, "--json", tmp_path)), tmp_path, "is a directory", "--json")
     assert mine.read_text() == "mine" and listing(tmp_path) == ["notes.txt"]
 
 
-@pytest.mark.parametrize("flag, words", [("--json", "not a JSON document"), ("--plot", "not a PNG image"),
-                                         ("--trace", "not a JSON document")])
+@pytest.mark.parametrize("flag, words", [("--json", "not a JSON output"), ("--plot", "not a PNG image"),
+                                         ("--trace", "not a JSON output")])
 def test_profile_outputs_are_checked_before_any_work(tmp_path, flag, words):
     mine = tmp_path / "data.csv"
     mine.write_text("a,b\n1,2\n")
@@ -1387,3 +1410,34 @@ def test_a_mistyped_command_or_option_is_one_line(args, words):
 def test_a_group_without_a_command_still_shows_its_help():
     r = cli("data")
     assert "Usage" in r.output and "fetch" in r.output and "synth" in r.output
+
+
+# ---- SIGTERM ends a command as Ctrl-C does: one line, its temporaries removed -----------------------------------
+
+def test_sigterm_removes_the_half_written_file_and_exits_143(tmp_path):
+    """`kill` / `timeout` / a stopped container send SIGTERM: the command stops where it is, says so in one line,
+    exits 128 + 15, and its half-written temporary goes, as on Ctrl-C (a SIGKILL cannot be caught: the atomic
+    rename still keeps a half-written file from ever taking the real name)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "synth"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "lightfmp", "data", "synth", "--rows", "20000000", "--out",
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.is_dir() and any(out.iterdir())):  # the temporary data file is being written
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == ["terminated: rerun the same command to start again"], stderr
+    assert list(out.iterdir()) == []

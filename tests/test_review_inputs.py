@@ -149,6 +149,10 @@ def test_a_shard_folder_that_is_a_file_is_refused_before_any_work(data, tmp_path
 @pytest.mark.parametrize("flags, words", [
     (["--methods", ","], ["--methods", "at least one method"]),
     (["--seeds", "-1"], ["--seeds -1"]),
+    (["--seeds", "0,,1"], ["--seeds '0,,1'", "comma-separated integers"]),
+    (["--methods", "random,,full"], ["--methods 'random,,full'", "empty item"]),
+    (["--methods", "random,"], ["--methods 'random,'", "empty item"]),
+    (["--ablate-subset", "0.1,,0.2"], ["--ablate-subset '0.1,,0.2'", "comma-separated fractions"]),
 ])
 def test_bench_flags_that_name_nothing_or_a_bad_seed_are_refused(data, tmp_path, flags, words):
     one_line_error(cli("bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2", *flags,
@@ -169,6 +173,16 @@ def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):
     assert not (out / "truth.json").exists()
     one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "5", "--out",
                        tmp_path / "s"), "--fields 5, --informative 5")
+
+
+def test_synth_refuses_sizes_the_machine_cannot_hold_before_any_work(tmp_path):
+    """A field count whose chunk exceeds the memory, or a row count whose least possible file exceeds the free disk,
+    is refused in one line naming the flag, before anything is created."""
+    one_line_error(cli("data", "synth", "--rows", "100", "--fields", "100000000", "--out", tmp_path / "a"),
+                   "--fields 100,000,000", "GiB of memory")
+    one_line_error(cli("data", "synth", "--rows", str(10 ** 14), "--out", tmp_path / "b", "--format", "csv"),
+                   "--rows 100,000,000,000,000 x --fields 39", "GiB of csv", "GiB free in")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_ablation_fraction_that_selects_no_row_is_named(data, tmp_path):

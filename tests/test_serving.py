@@ -149,6 +149,14 @@ def test_example_refuses_what_the_predictor_refuses(s, example, records):
     assert str(got.value) == str(want.value) and "\n" not in str(got.value)
 
 
+def test_a_string_of_records_is_refused_as_a_whole():
+    """A string is iterable, but its items are characters: refused as what it is, not as 'record 0 is a str'."""
+    from lightfmp.serving import _frame
+    for bad in ("city=paris", b"x"):
+        with pytest.raises(LightFMPError, match=f"records must be a list of dicts or a DataFrame, not {type(bad).__name__}"):
+            _frame(bad)
+
+
 def test_example_hash_rule_matches_lightfmp(example):
     """A hashed field: the example applies the rule written in feature_schema.json, as lightfmp encodes it."""
     from lightfmp.schema import FIRST_ID, stable_hash
@@ -163,7 +171,7 @@ def test_example_cli_one_line_error_for_a_bad_record(s, tmp_path):
     res = subprocess.run([sys.executable, str(EXAMPLE), str(get_export(s, "mlp")), str(src)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and res.stdout == ""
-    assert res.stderr.strip() == "error: record 1 is a list, not a dict"
+    assert res.stderr.strip() == "error: record 1 is not a dict but list [1, 2]"
 
 
 # ---- changed, swapped or escaping files ---------------------------------------------------------------------------
@@ -171,6 +179,25 @@ def _copy(s, tmp_path) -> Path:
     d = tmp_path / "exp"
     shutil.copytree(get_export(s, "mlp"), d)
     return d
+
+
+def test_example_refuses_a_schema_that_does_not_describe_the_graph_and_names_a_bad_line(s, example, tmp_path):
+    """The example client checks feature_schema.json's inputs and output against the graph it loads, and names the
+    line of a records file that is not JSON: one line each, exit 2."""
+    d = _copy(s, tmp_path)
+    doc = json.loads((d / "feature_schema.json").read_text())
+    good = json.dumps(doc)
+    doc["inputs"][0]["name"] = "zzz"
+    (d / "feature_schema.json").write_text(json.dumps(doc))
+    with pytest.raises(example.ServeError, match="its inputs / output do not match model.onnx's"):
+        example.Client(d)
+    (d / "feature_schema.json").write_text(good)
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps(GOOD) + "\n\n{bad\n")
+    res = subprocess.run([sys.executable, str(EXAMPLE), str(d), str(src)], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and res.stdout == "", res.stderr
+    assert res.stderr.startswith(f"error: {src}, line 3: not JSON") and len(res.stderr.splitlines()) == 1
 
 
 def test_changed_vocab_file_is_refused(s, example, tmp_path):

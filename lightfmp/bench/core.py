@@ -22,9 +22,11 @@ QUICK_ROWS = 20000
 def parse_methods(text: str | None) -> list[str]:
     if not text or text.strip() == "all":
         return list(METHODS)
-    names = [m.strip().lower() for m in text.split(",") if m.strip()]
-    if not names:
+    names = [m.strip().lower() for m in text.split(",")]
+    if not any(names):
         raise LightFMPError(f"--methods {text!r}: name at least one method (valid: {', '.join(METHODS)}), or all")
+    if not all(names):
+        raise LightFMPError(f"--methods {text!r}: an empty item between commas (or at an end); remove the extra comma")
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise LightFMPError(f"unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
@@ -34,11 +36,9 @@ def parse_methods(text: str | None) -> list[str]:
 
 def parse_seeds(text: str | None) -> list[int]:
     try:
-        seeds = [int(s) for s in str(text if text is not None else "0").split(",") if s.strip()]
+        seeds = [int(s) for s in str(text if text is not None else "0").split(",")]  # '' (0,,1) is refused too
     except ValueError:
         raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") from None
-    if not seeds:
-        raise LightFMPError("--seeds: give at least one seed")
     for s in seeds:
         check_range("--seeds", s, 0, MAX_SEED)
     return list(dict.fromkeys(seeds))
@@ -46,10 +46,10 @@ def parse_seeds(text: str | None) -> list[int]:
 
 def parse_fractions(text: str) -> list[float]:
     try:
-        fr = [float(s) for s in text.split(",") if s.strip()]
+        fr = [float(s) for s in text.split(",")]  # an empty item (0.1,,1) is refused too
     except ValueError:
         raise LightFMPError(f"--ablate-subset {text!r}: expected comma-separated fractions like 0.05,0.1,1.0") from None
-    if not fr or any(not 0 < f <= 1 for f in fr):
+    if any(not 0 < f <= 1 for f in fr):
         raise LightFMPError(f"--ablate-subset {text!r}: each fraction must be in (0, 1]")
     return list(dict.fromkeys(fr))
 

@@ -8,7 +8,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from ..io import atomic_path, check_output_file, write_json_atomic
+from ..io import PNG_METADATA, atomic_path, check_output_file, write_json_atomic
 
 # Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
 JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
@@ -84,6 +84,6 @@ def plot_curves(doc: dict, path: str | Path) -> Path:
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path, "png", "--plot") as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+        fig.savefig(tmp, format="png", dpi=120, metadata=PNG_METADATA)
     plt.close(fig)
     return Path(path)

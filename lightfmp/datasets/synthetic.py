@@ -19,6 +19,8 @@ synthetic output (its truth.json says so): never over files of the user's.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,8 @@ _MAIN_VAR = 2.0  # total variance of the main effects of categorical informative
 _INTER_STD = 1.0  # std of the summed interaction terms
 _NUM_EFFECT = "0.8*tanh(1.5*z) - 0.3*(z**2 - 1), z = (x - 5) / 2"
 _LATENT_DIM = 4
+_FIELD_CHUNK_BYTES = 20  # memory per row of a chunk, per field (ids, values, the table: ~2.3 MB a field measured)
+_CELL_BYTES = {"parquet": 1, "csv": 3}  # the least a cell takes on disk ("v1," in CSV; Parquet measured ~1.6)
 _NOISE_STD = 0.3  # extra logit noise on top of the Bernoulli draw
 OUTPUT_FILES = ("data.parquet", "data.csv", "truth.json")
 # what every truth.json written here holds: how an earlier synthetic output (which may be replaced) is recognised
@@ -53,6 +57,29 @@ def is_synth_truth(path: Path) -> bool:
         return False
     return isinstance(doc, dict) and all(k in doc for k in TRUTH_KEYS) and doc["format"] in ("parquet", "csv") \
         and doc["data_file"] in ("data.parquet", "data.csv")
+
+
+def _calibration_rows(rows: int) -> int:
+    return min(_CAL_ROWS, max(rows, 20_000))
+
+
+def check_resources(rows: int, fields: int, fmt: str, out_dir: Path) -> None:
+    """Refuse, before any work, sizes this machine cannot hold: a chunk of `fields` columns beyond its memory, or a
+    file whose least possible size exceeds the free space where it goes (a generator left running fills the disk)."""
+    chunk = max(min(_CHUNK, rows), _calibration_rows(rows))  # the most rows drawn at once
+    need = fields * chunk * _FIELD_CHUNK_BYTES
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf here: leave it to the allocator
+        memory = None
+    if memory is not None and need > memory:
+        raise LightFMPError(f"--fields {fields:,}: about {need / 2**30:,.1f} GiB to generate a chunk of "
+                            f"{chunk:,} rows, more than this machine's {memory / 2**30:,.1f} GiB of memory")
+    where = next(q for q in [out_dir, *out_dir.absolute().parents] if q.exists())
+    least, free = rows * (fields + 1) * _CELL_BYTES[fmt], shutil.disk_usage(where).free
+    if least > free:
+        raise LightFMPError(f"--rows {rows:,} x --fields {fields:,}: at least {least / 2**30:,.1f} GiB of {fmt}, more "
+                            f"than the {free / 2**30:,.1f} GiB free in {where}")
 
 
 def check_synth_out(out_dir: str | Path) -> None:
@@ -156,6 +183,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
         raise ValueError(f"informative={informative} > fields={fields}")
     out_dir = Path(out_dir)
     check_synth_out(out_dir)
+    check_resources(rows, fields, fmt, out_dir)
     rng = np.random.default_rng(seed)
     n_cat, num_inf, k_cat, redundant = _plan(fields, informative, redundant, numeric)
     n_noise_cat = n_cat - k_cat - redundant
@@ -242,7 +270,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
 
     # calibrate on its own stream so the data rows do not depend on the calibration size
     cal_rng = np.random.default_rng([seed, 1])
-    cal_n = min(_CAL_ROWS, max(rows, 20_000))
+    cal_n = _calibration_rows(rows)
     c_ranks, c_nums = draw(cal_rng, cal_n)
     c_main, c_inter = logit_parts(c_ranks, c_nums, cal_n)
     inter_shift = float(c_inter.mean()) if pairs else 0.0

@@ -20,10 +20,20 @@ from .contract import (METADATA_KEY, SCHEMA_FILE, Bucketize, InputSpec, OutputSp
 
 @dataclass
 class Bundle:
-    """Where the model is and the contract that describes its inputs (`dir` None: no vocab files beside it)."""
+    """Where the model is and the contract that describes its inputs (`dir` None: no vocab files beside it;
+    `source`: where the contract was read, for errors)."""
     dir: Path | None
     model_path: Path
     contract: ServingContract
+    source: str = ""
+
+    def session(self, threads: int | None = None, profile_prefix: str | None = None,
+                providers: list[str] | None = None):
+        """`session` on the model, checked against the contract: the graph reads the inputs it lists, with their
+        dtypes, and has its output."""
+        sess = session(self.model_path, threads, profile_prefix, providers)
+        check_graph(sess, self.contract, self.source or str(self.model_path), self.model_path)
+        return sess
 
     @property
     def inputs(self) -> list[InputSpec]:
@@ -69,7 +79,7 @@ def load_bundle(path: str | Path) -> Bundle:
     if p.is_dir():
         contract = load_contract(p)
         verify_files(p, contract)
-        return Bundle(p, inside(p, contract.model_file), contract)
+        return Bundle(p, inside(p, contract.model_file), contract, str(p / SCHEMA_FILE))
     if not p.exists():
         raise LightFMPError(f"{p}: file not found")
     proto = read_onnx(p)
@@ -78,7 +88,7 @@ def load_bundle(path: str | Path) -> Bundle:
         source = f"{p} (metadata {METADATA_KEY})"
         contract = ServingContract.from_dict(read_json(source, meta[METADATA_KEY], obj=False), source)
         side = p.parent / SCHEMA_FILE
-        return Bundle(p.parent if side.exists() else None, p, contract)
+        return Bundle(p.parent if side.exists() else None, p, contract, source)
     return Bundle(None, p, ServingContract(inputs_from_graph(proto), OutputSpec(proto.graph.output[0].name),
                                            model_file=p.name))
 
@@ -125,7 +135,35 @@ def session(path: str | Path, threads: int | None = None, profile_prefix: str | 
         so.enable_profiling = True
         so.profile_file_prefix = profile_prefix
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's own exception types: a graph it cannot load is the file's problem
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LightFMPError(f"{path}: ONNX Runtime cannot load it ({why})") from None
+
+
+ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(string)": "string"}
+
+
+def check_graph(sess, contract: ServingContract, source: str, model_path: Path) -> None:
+    """The contract (read from `source`) against the graph ONNX Runtime loaded: the same input names, each with the
+    contract's dtype, and the contract's output among the graph's; else one error naming both files."""
+    graph = {i.name: ORT_TYPES.get(i.type, i.type) for i in sess.get_inputs()}
+    listed = {s.name: s.dtype for s in contract.inputs}
+    if set(graph) != set(listed):
+        extra, absent = sorted(set(listed) - set(graph)), sorted(set(graph) - set(listed))
+        parts = ([f"lists {', '.join(map(repr, extra))}, which the graph does not read"] if extra else []) + \
+            ([f"lacks {', '.join(map(repr, absent))}, which the graph reads"] if absent else [])
+        raise LightFMPError(f"{source}: 'inputs' {' and '.join(parts)} ({model_path.name}); the contract does not "
+                            f"describe this model")
+    wrong = next((n for n in listed if graph[n] != listed[n]), None)
+    if wrong is not None:
+        raise LightFMPError(f"{source}: input '{wrong}' has dtype {listed[wrong]}, but {model_path.name} reads "
+                            f"{graph[wrong]}")
+    outputs = [o.name for o in sess.get_outputs()]
+    if contract.output.name not in outputs:
+        raise LightFMPError(f"{source}: output '{contract.output.name}' is not an output of {model_path.name} "
+                            f"({', '.join(map(repr, outputs))})")
 
 
 def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
@@ -135,4 +173,4 @@ def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.nda
     return np.concatenate(outs) if outs else np.zeros(0, np.float32)
 
 
-__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph", "session", "run_batched"]
+__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph", "session", "check_graph", "run_batched"]

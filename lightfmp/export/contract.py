@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import LightFMPError
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
-from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field
+from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries
 
 EXPORT_VERSION = 1
 SCHEMA_FILE = "feature_schema.json"
@@ -129,12 +129,14 @@ class InputSpec:
         width = 2 if kind == "multi_hot" else 1
         _require(isinstance(shape, list) and len(shape) == width and (width == 1 or _is_int(shape[1])),
                  f"{where}: shape {shape!r} does not fit a {kind} field")
-        _require(_is_int(d["vocab_size"]), f"{where}: vocab_size {d['vocab_size']!r} is not an integer")
+        _require(_is_int(d["vocab_size"]) and d["vocab_size"] >= FIRST_ID,
+                 f"{where}: vocab_size {d['vocab_size']!r} must be an integer >= {FIRST_ID} (the padding and OOV ids "
+                 f"come first)")
         spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
         if kind == "numeric":
             edges = d["transform"].get("boundaries") if isinstance(d.get("transform"), dict) else None
-            _require(isinstance(edges, list) and all(isinstance(e, (int, float)) for e in edges),
-                     f"{where}: a numeric input needs transform.boundaries (a list of numbers)")
+            _require(edges is not None, f"{where}: a numeric input needs transform.boundaries (a list of numbers)")
+            check_boundaries(edges, f"{where}: transform")
             spec.transform = Bucketize([float(e) for e in edges])
             return spec
         if kind == "multi_hot":
@@ -216,6 +218,9 @@ class ServingContract:
                  f"{source}: schema_version {version!r} is newer than this lightfmp reads ({EXPORT_VERSION})")
         _require(isinstance(d["inputs"], list) and d["inputs"], f"{source}: 'inputs' must be a non-empty list")
         inputs = [InputSpec.from_dict(s, f"{source}: inputs[{i}]") for i, s in enumerate(d["inputs"])]
+        names = [s.name for s in inputs]
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        _require(twice is None, f"{source}: input '{twice}' is listed twice in 'inputs'")
         out = d.get("output")
         _require(isinstance(out, dict) and isinstance(out.get("name"), str), f"{source}: 'output' needs a 'name'")
         mode = d.get("input_mode", "ids")

@@ -16,7 +16,8 @@ def feeds_from_frame(df: pd.DataFrame, schema: FeatureSchema, raw: bool = False)
     for f in schema.fields:
         col = df[f.name]
         if f.kind == "numeric":
-            feeds[f.name] = as_float(col, f.name).astype(np.float32)
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, the last bucket, as float64 buckets it
+                feeds[f.name] = as_float(col, f.name).astype(np.float32)
         elif not raw:
             ids = encode_field(f, col).astype(np.int64)
             feeds[f.name] = ids if f.kind == "multi_hot" else ids[:, 0]

@@ -137,6 +137,9 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
     if rows.labels is not None and len(np.unique(rows.labels)) == 2:
         res["auc_onnx"] = roc_auc(rows.labels, got)
         res["auc_torch"] = roc_auc(rows.labels, enc)
+        if run_auc is None and rows.all_test_rows:  # null is the AUC of a test split with one label only
+            raise LightFMPError("metrics.json test.auc is null, but the run's test rows hold both labels: the "
+                                "exported model cannot be checked against the run's test AUC")
         if run_auc is not None and math.isfinite(run_auc) and rows.all_test_rows:
             res["auc_run"] = run_auc
             res["auc_diff_vs_run"] = res["auc_onnx"] - run_auc

@@ -234,6 +234,9 @@ def _flatten(data, name: str) -> list:
     while data and isinstance(data[0], list):
         if not all(isinstance(row, list) for row in data):
             raise RequestError(f"input '{name}': 'data' mixes lists and values")
+        if len({len(row) for row in data}) > 1:  # nested data is the tensor's rows: all of one length
+            raise RequestError(f"input '{name}': 'data' has rows of different lengths "
+                               f"({', '.join(str(n) for n in sorted({len(row) for row in data}))})")
         data = [v for row in data for v in row]
     return data
 
@@ -253,9 +256,16 @@ def _from_json(data, datatype: str, count: int, name: str) -> np.ndarray:
     if datatype == "BYTES":
         return np.asarray(flat, dtype=object)
     try:
-        return np.asarray(flat, dtype=NUMPY[datatype])
+        with np.errstate(over="ignore"):  # a number beyond FP32's range becomes inf: refused below, not logged
+            values = np.asarray(flat, dtype=NUMPY[datatype])
     except OverflowError:
         raise RequestError(f"input '{name}': a value is out of the {datatype} range") from None
+    if datatype == "FP32":
+        beyond = np.flatnonzero(np.isinf(values) & np.isfinite(np.asarray(flat, dtype=np.float64)))
+        if len(beyond):
+            raise RequestError(f"input '{name}': value {int(beyond[0])} ({flat[beyond[0]]!r}) is out of the FP32 "
+                               f"range")
+    return values
 
 
 def _refuse_value(flat: list, datatype: str, name: str) -> None:
