@@ -178,7 +178,9 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         checkpoint.reset_hint()
         who = lambda: f"rank {distributed.rank()}: " if distributed.world() > 1 else ""  # noqa: E731
-        main = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+        # only in the main thread, and only over the default (a caller that ignores SIGTERM or handles it keeps that)
+        main = threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
         previous = signal.signal(signal.SIGTERM, _on_sigterm) if main else None
         try:
             return func(*args, **kwargs)

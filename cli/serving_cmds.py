@@ -1,6 +1,7 @@
 """`lightfmp export`, `lightfmp profile` and `lightfmp serve` (registered on the main app by cli/app.py)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -96,9 +97,13 @@ def register(app) -> None:
         check_range("--threads", threads, 0)
         check_range("--max-seconds", max_seconds, 0, open_low=True)
         check_range("--max-runs", max_runs, 1)
-        for path, kind, flag in ((json_file, "json", "--json"), (plot, "png", "--plot"), (trace, "json", "--trace")):
-            if path is not None:
-                check_output_file(path, kind, flag)  # before the timing: never replace the user's files
+        outputs = [(p, kind, flag) for p, kind, flag in ((json_file, "json", "--json"), (plot, "png", "--plot"),
+                                                          (trace, "json", "--trace")) if p is not None]
+        for i, (path, kind, flag) in enumerate(outputs):
+            same = next((f for q, _, f in outputs[:i] if os.path.abspath(q) == os.path.abspath(path)), None)
+            if same is not None:  # one would silently replace the other
+                raise LightFMPError(f"{path}: given to both {same} and {flag}; each output needs its own file")
+            check_output_file(path, kind, flag)  # before the timing: never replace the user's files
         budget = profiling.Budget(max_runs=max_runs, max_seconds=max_seconds, min_runs=min(5, max_runs))
         models = [model] + ([compare] if compare is not None else [])
         res = profiling.profile(models, sizes, threads=threads or None, budget=budget, eager=eager, trace=trace)

@@ -85,6 +85,13 @@ def hashed_id(text, rule):
     return rule["first_id"] + h % rule["buckets"]
 
 
+def read_vocab(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ServeError(f"{path}: cannot read it ({type(e).__name__})") from None
+
+
 class Client:
     def __init__(self, export_dir):
         d = Path(export_dir)
@@ -93,7 +100,7 @@ class Client:
         except (OSError, ValueError) as e:
             raise ServeError(f"{d / 'feature_schema.json'}: cannot read it ({type(e).__name__})") from None
         self.raw = self.schema.get("input_mode") == "raw"
-        self.vocab = {s["name"]: json.loads(file_in(d, s["vocab_file"], s.get("vocab_sha256")).read_text())
+        self.vocab = {s["name"]: read_vocab(file_in(d, s["vocab_file"], s.get("vocab_sha256")))
                       for s in self.schema["inputs"] if "vocab_file" in s}
         if "external_data" in self.schema:
             file_in(d, self.schema["external_data"]["file"], self.schema["external_data"].get("sha256"))

@@ -329,7 +329,7 @@ def check_range(name: str, value, low=None, high=None, *, open_low: bool = False
     lo = f"{'>' if open_low else '>='} {low}" if low is not None else None
     hi = f"{'<' if open_high else '<='} {high}" if high is not None else None
     if low is not None and (value < low or open_low and value == low):  # the upper end too, where one would type it
-        shown = hi if hi and not (isinstance(high, int) and high >= 2 ** 31) else None  # not int64's limit
+        shown = hi if hi and not (isinstance(high, int) and high >= 2 ** 63 - 1) else None  # not int64's limit
         raise LightFMPError(f"{name} {value}: must be {lo}" + (f" and {shown}" if shown else ""))
     if high is not None and (value > high or open_high and value == high):
         raise LightFMPError(f"{name} {value}: must be {hi}" + (f" and {lo}" if lo else ""))

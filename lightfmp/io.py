@@ -126,11 +126,13 @@ def _is_our_json(p: Path) -> bool:
     try:
         with open(p, "rb") as fh:
             doc = json.load(fh)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return False
     if isinstance(doc, dict):
         return doc.get("written_by") == WRITTEN_BY
-    return isinstance(doc, list) and all(isinstance(e, dict) and "ph" in e and "name" in e for e in doc)
+    # ONNX Runtime's trace opens with its session's model-loading event
+    return isinstance(doc, list) and bool(doc) and isinstance(doc[0], dict) and doc[0].get("cat") == "Session" \
+        and all(isinstance(e, dict) and "ph" in e and "name" in e for e in doc)
 
 
 def _is_our_png(p: Path) -> bool:
@@ -145,10 +147,12 @@ def _is_our_png(p: Path) -> bool:
             size, kind = int.from_bytes(head[:4], "big"), head[4:]
             if kind in (b"IDAT", b"IEND"):
                 return False
-            data = fh.read(size)
-            if kind == b"tEXt" and data.partition(b"\0")[::2] == (b"Software", WRITTEN_BY.encode()):
-                return True
-            fh.seek(4, 1)  # the chunk's CRC
+            if kind == b"tEXt" and size <= 1024:  # "Software\0lightfmp" is short: a longer one is not it
+                if fh.read(size).partition(b"\0")[::2] == (b"Software", WRITTEN_BY.encode()):
+                    return True
+                fh.seek(4, 1)  # the chunk's CRC
+            else:
+                fh.seek(size + 4, 1)  # the chunk's data and CRC, unread
 
 
 def check_writable(p: Path, parent: Path) -> None:
@@ -170,7 +174,7 @@ def check_outside(p: Path) -> None:
     for q in Path(os.path.abspath(p)).parents:  # '..' resolved first: runs/r1/../x is not inside runs/r1
         kind = lightfmp_kind(q)
         if kind is not None:
-            whole = "prune and --force replace" if kind == "run" else "--force replaces"
+            whole = {"run": "prune and --force replace", "export": "--force replaces"}.get(kind, "lightfmp replaces")
             raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which {whole} whole; choose a path "
                                 f"outside it")
 
@@ -201,6 +205,8 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
     if inside is not None:  # a run's or an export's JSON files are its contract, replaced only with the folder
         raise LightFMPError(f"{p}: is a file of {_a(lightfmp_kind(inside))} lightfmp wrote ({inside}); {flag} needs "
                             f"another path")
+    if rec is not None:  # the directory's record lists it: lightfmp's (inspect's chart), whichever lightfmp drew it
+        return
     try:
         ok = p.stat().st_size == 0 or looks_like(p)
     except OSError as e:

@@ -224,10 +224,14 @@ def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     prefix = str(dest.parent / f".{dest.name}.ort")
     sess = bundle.session(threads, profile_prefix=prefix)
-    for b in batch_sizes:
-        feeds = feeds_for(bundle, b)
-        for _ in range(5):
-            sess.run(None, feeds)
+    try:
+        for b in batch_sizes:
+            feeds = feeds_for(bundle, b)
+            for _ in range(5):
+                sess.run(None, feeds)
+    except BaseException:  # stopped (Ctrl-C, SIGTERM) or failed: ONNX Runtime's own file goes too
+        Path(sess.end_profiling()).unlink(missing_ok=True)
+        raise
     with atomic_path(dest, "json", "--trace") as tmp:
         shutil.move(sess.end_profiling(), tmp)
 

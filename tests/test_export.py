@@ -379,6 +379,8 @@ def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit
     (lambda d: d["inputs"][0].update(name="zzz"), "lists 'zzz', which the graph does not read and lacks"),
     (lambda d: d["inputs"].pop(1), "lacks '"),
     (lambda d: d["output"].update(name="score"), "output 'score' is not an output of model.onnx"),
+    (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot")["shape"].__setitem__(1, 99),
+     r"has shape \['batch', 99\], but model.onnx reads \['batch', 3\]"),
 ])
 def test_a_contract_that_does_not_describe_the_graph_is_one_error(s, tmp_path, edit, msg):
     """feature_schema.json edited after the export (its sha256 covers the model and vocab files, not itself): the

@@ -740,7 +740,7 @@ def test_output_file_guard(tmp_path):
     theirs_png, theirs_js, list_js = (tmp_path / n for n in ("photo.png", "settings.json", "numbers.json"))
     _png(png, "lightfmp")
     _png(theirs_png, "GIMP")
-    trace.write_text('[{"ph": "X", "name": "Run"}]')
+    trace.write_text('[{"cat": "Session", "ph": "X", "name": "model_loading_uri"}]')
     empty.write_text("")
     text.write_text("a,b,label\nx,y,1\n")
     theirs_js.write_text('{"my": "precious settings"}')
@@ -764,6 +764,59 @@ def test_output_file_guard(tmp_path):
     for _ in range(2):  # a new file, then lightfmp's own is replaced
         write_json_atomic(tmp_path / "out.json", {"a": 1}, flag="--json")
         assert json.loads((tmp_path / "out.json").read_text()) == {"written_by": "lightfmp", "a": 1}
+
+
+def test_inspect_redraws_a_chart_the_runs_record_lists_whoever_drew_it(pretrained, tmp_path):
+    """RUN/gates.png is listed in the run's record: inspect redraws it even where an older lightfmp drew it without
+    the Software text (the record, not the content, says whose it is)."""
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    assert cli("inspect", run, "-q").exit_code == 0
+    _png(run / "gates.png", None)  # as a lightfmp before the Software text drew it
+    r = cli("inspect", run, "-q")
+    assert r.exit_code == 0, r.output
+    from lightfmp.io import _is_our_png
+    assert _is_our_png(run / "gates.png")
+
+
+def test_output_kinds_are_recognised_without_reading_too_much_or_failing(tmp_path):
+    """The checks of an existing output never raise: a PNG chunk claiming 4 GiB is skipped, not read; JSON nested
+    beyond Python's recursion limit is not lightfmp's; an empty list or a trace of the user's (not ONNX Runtime's,
+    which opens with its session's event) is not replaced."""
+    from lightfmp.io import check_output_file
+    huge, deep, empty, theirs, ort = (tmp_path / n for n in ("h.png", "deep.json", "e.json", "mine.json", "t.json"))
+    huge.write_bytes(b"\x89PNG\r\n\x1a\n" + (0xFFFFFFFF).to_bytes(4, "big") + b"tEXt" + b"Software\0lightfmp")
+    deep.write_text("[" * 100_000)
+    empty.write_text("[]")
+    theirs.write_text('[{"name": "step", "ph": "B", "ts": 1}]')
+    ort.write_text('[{"cat": "Session", "name": "model_loading_uri", "ph": "X", "ts": 1}]')
+    for path, kind in ((huge, "png"), (deep, "json"), (empty, "json"), (theirs, "json")):
+        with pytest.raises(LightFMPError, match="exists and is not"):
+            check_output_file(path, kind, "--flag")
+    check_output_file(ort, "json", "--trace")
+
+
+def test_sigterm_handling_leaves_a_callers_own_disposition(tmp_path):
+    """A command installs its SIGTERM handler only over the default: a caller that ignores SIGTERM (`trap '' TERM`)
+    or handles it keeps that while the command runs, and every disposition is restored afterwards."""
+    import signal
+    from lightfmp.cli.common import friendly
+    seen = []
+
+    @friendly
+    def command():
+        seen.append(signal.getsignal(signal.SIGTERM))
+
+    mine = lambda *_: None  # noqa: E731
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        for disposition in (signal.SIG_IGN, mine, signal.SIG_DFL):
+            signal.signal(signal.SIGTERM, disposition)
+            command()
+            assert signal.getsignal(signal.SIGTERM) is disposition
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert seen[:2] == [signal.SIG_IGN, mine] and seen[2] not in (signal.SIG_DFL, signal.SIG_IGN, mine)
 
 
 def test_inspect_plot_never_replaces_the_data(pretrained, data, tmp_path):

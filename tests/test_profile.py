@@ -87,6 +87,43 @@ def test_profile_plain_onnx_without_lightfmp_metadata(tmp_path):
     assert [r["batch_size"] for r in res[0].rows] == [1, 4] and not res[0].eager
 
 
+def test_profile_plain_onnx_with_an_int32_input_and_a_weight_listed_as_input(tmp_path):
+    """A file without metadata gets generic inputs from its graph: an int32 input is one, an initializer that an
+    older exporter also lists as a graph input is not (ONNX Runtime does not ask for it)."""
+    k = helper.make_tensor_value_info("ids", TensorProto.INT32, ["n"])
+    w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    nodes = [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT), helper.make_node("Mul", ["f", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [k, w], [y], initializer=[helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "i.onnx")
+    res = profiling.profile([tmp_path / "i.onnx"], [1, 4], budget=profiling.Budget(max_seconds=0.01, max_runs=5))
+    assert [r["batch_size"] for r in res[0].rows] == [1, 4] and res[0].bundle.contract.names == ["ids"]
+
+
+def test_one_file_for_two_outputs_is_refused_before_any_timing(s, tmp_path):
+    out = tmp_path / "x.json"
+    res = runner.invoke(app, ["profile", str(get_export(s, "mlp")), *FAST, "--json", str(out), "--trace",
+                              str(tmp_path / "." / "x.json")])
+    assert res.exit_code == 2 and "given to both --json and --trace" in res.stderr and not out.exists()
+
+
+def test_a_stopped_trace_leaves_no_file_of_onnx_runtime(s, tmp_path, monkeypatch):
+    """Stopped while it runs (Ctrl-C, or SIGTERM, which ends a command the same way), --trace removes the file ONNX
+    Runtime was writing; nothing is left beside the output."""
+    real = profiling.feeds_for
+
+    def stop_at_the_second(bundle, b):
+        if b == 16:
+            raise KeyboardInterrupt
+        return real(bundle, b)
+
+    monkeypatch.setattr(profiling, "feeds_for", stop_at_the_second)
+    bundle = profiling.load_bundle(get_export(s, "mlp"))
+    with pytest.raises(KeyboardInterrupt):
+        profiling._trace(bundle, [1, 16], 1, tmp_path / "t.json")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_request_bytes_counts_text():
     assert profiling.request_bytes({"a": np.zeros(4, np.int64), "b": np.array(["ab", "c"], dtype=object)}) == 35
 

@@ -109,8 +109,9 @@ def read_onnx(p: Path):
 def inputs_from_graph(proto) -> list[InputSpec]:
     """Input specs for an ONNX file without lightfmp metadata: ids in [0, 100), floats in [0, 1)."""
     types = {7: "int64", 1: "float32", 8: "string", 6: "int32"}
+    weights = {t.name for t in proto.graph.initializer}  # listed as inputs by older exporters; not fed
     out = []
-    for i in proto.graph.input:
+    for i in (i for i in proto.graph.input if i.name not in weights):
         dt = types.get(i.type.tensor_type.elem_type)
         if dt is None:
             raise LightFMPError(f"input '{i.name}' has an element type lightfmp cannot generate")
@@ -142,12 +143,13 @@ def session(path: str | Path, threads: int | None = None, profile_prefix: str | 
         raise LightFMPError(f"{path}: ONNX Runtime cannot load it ({why})") from None
 
 
-ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(string)": "string"}
+ORT_TYPES = {"tensor(int64)": "int64", "tensor(float)": "float32", "tensor(string)": "string", "tensor(int32)": "int32"}
 
 
 def check_graph(sess, contract: ServingContract, source: str, model_path: Path) -> None:
     """The contract (read from `source`) against the graph ONNX Runtime loaded: the same input names, each with the
-    contract's dtype, and the contract's output among the graph's; else one error naming both files."""
+    contract's dtype and fixed dimensions, and the contract's output among the graph's; else one error naming both
+    files."""
     graph = {i.name: ORT_TYPES.get(i.type, i.type) for i in sess.get_inputs()}
     listed = {s.name: s.dtype for s in contract.inputs}
     if set(graph) != set(listed):
@@ -160,6 +162,13 @@ def check_graph(sess, contract: ServingContract, source: str, model_path: Path) 
     if wrong is not None:
         raise LightFMPError(f"{source}: input '{wrong}' has dtype {listed[wrong]}, but {model_path.name} reads "
                             f"{graph[wrong]}")
+    dims = {i.name: i.shape for i in sess.get_inputs()}
+    for spec in contract.inputs:  # the fixed sizes (a multi-hot input's width); the batch dimension is free
+        theirs = dims[spec.name]
+        if len(theirs) != len(spec.shape) or any(type(a) is int and type(b) is int and a != b
+                                                 for a, b in zip(spec.shape, theirs)):
+            raise LightFMPError(f"{source}: input '{spec.name}' has shape {list(spec.shape)}, but {model_path.name} "
+                                f"reads {list(theirs)}")
     outputs = [o.name for o in sess.get_outputs()]
     if contract.output.name not in outputs:
         raise LightFMPError(f"{source}: output '{contract.output.name}' is not an output of {model_path.name} "
