@@ -122,7 +122,7 @@ class Client:
     def encode(self, records):
         for i, r in enumerate(records):
             if not isinstance(r, dict):
-                raise ServeError(f"record {i} is not a dict but {type(r).__name__} {r!r:.40}")
+                raise ServeError(f"record {i} is not a dict but {type(r).__name__}")
         names = [s["name"] for s in self.schema["inputs"]]
         absent = [n for n in names if not any(n in r for r in records)]
         if absent:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LightFMPError
-from .io import atomic_path, json_safe, write_json_atomic
+from .io import atomic_path, json_safe
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -95,6 +97,31 @@ def remove(out: str | Path) -> None:
         pass
 
 
+class _HeldSignals:
+    """From `start()` to the end of the block, SIGINT and SIGTERM are recorded instead of acted on; the first one
+    recorded is raised again at the end, into the handlers that were there before. Main thread only (where Python
+    runs its signal handlers); elsewhere it holds nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.saved, self.caught = {}, []
+
+    def start(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self.saved[sig] = signal.signal(sig, lambda signum, frame: self.caught.append(signum))
+
+    def __enter__(self) -> "_HeldSignals":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)
+        if self.caught and exc[0] is None:
+            signal.raise_signal(self.caught[0])
+
+
 @dataclass
 class TrainState:
     """What the training loop needs to continue after `epoch` completed epochs."""
@@ -150,11 +177,15 @@ class Checkpoint:
                "history": state.history, "best_score": state.best_score if math.isfinite(state.best_score) else None,
                "best_epoch": state.best_epoch, "stopped": state.stopped, "seconds": state.seconds,
                "opt_scalars": scalars}
-        # tensors first, JSON last: the epoch in both must match, so a crash between the renames is detected
-        with atomic_path(self.tensors_path) as tmp:
-            save_file(tensors, str(tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
-        write_json_atomic(self.json_path, doc)
-        _hint["epoch"] = state.epoch
+        # both files written under temporary names first, then renamed back to back with Ctrl-C / SIGTERM held
+        # until both are in place: the previous epoch's pair stays whole until the new one is. (The epoch in both
+        # must match, so a SIGKILL between the two renames is still detected, and the phase restarts.)
+        with _HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
+            save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
+            with atomic_path(self.json_path) as json_tmp:
+                json_tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
+                held.start()  # the renames: JSON's as this block ends, the tensors' as the next one does
+                _hint["epoch"] = state.epoch
 
     def discard(self) -> None:
         self.tensors_path.unlink(missing_ok=True)

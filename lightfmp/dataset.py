@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from rich.markup import escape
 
 from .coded import Coded, CodedStore
@@ -201,6 +202,11 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             train = codes(start, len(batch)) == 0
             labels.add(batch, y, train)
             coded = schema.code(batch)
+            for name in (c for c, why in inferred.items() if why.startswith("categorical (integers")):
+                value = _first_fraction(coded.fields[name])
+                if value is not None:  # its values would each be a rare category, read as unknown: refused
+                    raise LightFMPError(f"{source}: column '{name}' holds {value} in rows {start}-"
+                                        f"{start + len(batch) - 1}, a number that is not an integer")
             try:
                 fitter.add(coded, train)
             except LightFMPError as e:
@@ -210,17 +216,17 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             for name in nonmissing:
                 nonmissing[name] += present(batch.column(name))
             n_rows += len(batch)
-        for name, n in nonmissing.items():
-            if n == 0:
-                raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
         labels.check(source)
         fitter.finish()
-    except LightFMPError as e:  # the report comes after the pass, so an error about a column whose kind was
-        col = next((c for c in inferred if f"'{c}'" in str(e)), None)  # inferred says how it was inferred
+    except LightFMPError as e:  # the report comes after the pass, so an error about a value of a column whose kind
+        col = next((c for c in inferred if f"column '{c}'" in str(e)), None)  # was inferred says how it was
         if col is None:
             raise
         raise LightFMPError(f"{e} (column '{col}' was inferred {inferred[col]} from the first rows; --categorical or "
                             f"--numeric names its kind)") from None
+    for name, n in nonmissing.items():  # its kind does not matter: no row holds a value
+        if n == 0:
+            raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
     for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "
@@ -228,6 +234,17 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     if where is not None:
         save_fit(where, schema, inferred)
     return schema
+
+
+def _first_fraction(tokens) -> str | None:
+    """The first of a categorical column's distinct values in a batch that is a number with a fraction, or None
+    (none, or the column holds text, which a categorical column may)."""
+    try:
+        x = pc.cast(tokens.values, pa.float64()).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    bad = np.flatnonzero(np.isfinite(x) & (x != np.round(x)))
+    return tokens.values[int(bad[0])].as_py() if len(bad) else None
 
 
 def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str) -> None:

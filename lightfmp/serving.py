@@ -76,7 +76,7 @@ def _frame(records) -> pd.DataFrame:
         raise LightFMPError(f"records must be a list of dicts or a DataFrame, not {type(records).__name__}") from None
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
-            raise LightFMPError(f"record {i} is not a dict but {type(r).__name__} {r!r:.40}")
+            raise LightFMPError(f"record {i} is not a dict but {type(r).__name__}")
     # object columns keep each value as given (no float upcast of int columns with gaps)
     return pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
 

@@ -1494,3 +1494,40 @@ def test_sigterm_removes_the_half_written_file_and_exits_143(tmp_path):
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines() == ["terminated: rerun the same command to start again"], stderr
     assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_between_the_checkpoint_files_waits_until_both_are_in_place(tmp_path, monkeypatch, sig):
+    """Ctrl-C or SIGTERM arriving while a checkpoint's two files are renamed into place acts only once both are
+    there: the new epoch's pair is whole and loads (before, a stop between them lost the previous epoch too)."""
+    import os
+    import signal
+    import torch
+    from lightfmp import io as io_mod
+    from lightfmp.checkpoint import Checkpoint, TrainState
+    from lightfmp.cli.common import Terminated, _on_sigterm
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.Adam(model.parameters())
+    ck = Checkpoint(tmp_path / "r.ckpt", "pretrain", {"config": "x"})
+    ck.dir.mkdir()
+    ck.save(model, {"w": opt}, TrainState(epoch=1, history=[{"epoch": 1}]))
+    real, calls = os.replace, []
+
+    def replace_then_signal(a, b):
+        real(a, b)
+        calls.append(b)
+        if len(calls) == 1:  # after the first of the two renames
+            signal.raise_signal(getattr(signal, sig))
+
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    monkeypatch.setattr(io_mod.os, "replace", replace_then_signal)
+    try:
+        with pytest.raises(KeyboardInterrupt if sig == "SIGINT" else Terminated):
+            ck.save(model, {"w": opt}, TrainState(epoch=2, history=[{"epoch": 1}, {"epoch": 2}]))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        monkeypatch.undo()
+    assert len(calls) == 2  # both renames happened before the stop
+    state = Checkpoint(tmp_path / "r.ckpt", "pretrain", {"config": "x"}).load(model, {"w": opt})
+    assert state is not None and state.epoch == 2

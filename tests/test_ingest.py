@@ -384,3 +384,23 @@ def test_coded_batches_on_disk_come_back_in_order(tmp_path):
                 assert a.fields["t"].values.equals(b.fields["t"].values)
                 assert np.array_equal(a.fields["x"], b.fields["x"]) and a.fields["bad"].error == b.fields["bad"].error
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_column_inferred_as_integers_that_later_holds_fractions_is_refused(tmp_path, stream):
+    """The kind of an unnamed column comes from the first batch: integers there, numbers with a fraction in a later
+    part would each become a rare category (read as unknown), so the pass stops naming the column, the rows and
+    the flags that name its kind; named, the same file reads."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "parts"
+    d.mkdir()
+    pd.DataFrame({"q": rng.integers(0, 10, 600), "label": rng.integers(0, 2, 600)}).to_parquet(d / "part-0.parquet")
+    pd.DataFrame({"q": rng.normal(5, 2, 600), "label": rng.integers(0, 2, 600)}).to_parquet(d / "part-1.parquet")
+    extra = {"stream": True, "shard_dir": str(tmp_path / "s")} if stream else {}
+    with pytest.raises(LightFMPError, match=r"column 'q' holds [0-9.]+ in rows 600-1199, a number that is not an "
+                                            r"integer \(column 'q' was inferred categorical \(integers") as e:
+        load_dataset(DataConfig(data=str(d), label="label", **extra))
+    assert "\n" not in str(e.value)
+    for kind in ("categorical", "numeric"):
+        data = load_dataset(DataConfig(data=str(d), label="label", **{kind: ["q"]}, **extra))
+        assert data.schema.fields[0].kind == kind

@@ -94,7 +94,8 @@ def test_profile_plain_onnx_with_an_int32_input_and_a_weight_listed_as_input(tmp
     w = helper.make_tensor_value_info("w", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
     nodes = [helper.make_node("Cast", ["ids"], ["f"], to=TensorProto.FLOAT), helper.make_node("Mul", ["f", "w"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [k, w], [y], initializer=[helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])])
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1], [2.0])
+    graph = helper.make_graph(nodes, "g", [k, w], [y], initializer=[weight])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "i.onnx")
     res = profiling.profile([tmp_path / "i.onnx"], [1, 4], budget=profiling.Budget(max_seconds=0.01, max_runs=5))
     assert [r["batch_size"] for r in res[0].rows] == [1, 4] and res[0].bundle.contract.names == ["ids"]
