@@ -5,7 +5,7 @@ work done once per distinct value of a batch and never once per cell in Python.
                       and those values as text (a pyarrow string array, no nulls, no repeats)
     lists(col, sep)   multi-hot cells -> `Lists`: per row a code into the distinct cells, and per distinct cell its
                       tokens in order (empty tokens dropped)
-    numbers(col)      numeric cells -> float64, NaN where missing
+    numbers(col)      numeric cells -> float64, NaN where missing (blank, or a MISSING_TEXT spelling)
     present(col)      how many cells are not missing (null or NaN)
     stable_hash       the hash of hashed fields, over the bytes of a string array
     VocabIndex        a vocabulary's lookup table, built once: text -> position
@@ -27,6 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import LightFMPError
+
+# How a missing number is spelt in text files besides a blank cell: R writes NA, pandas' to_csv NaN or nan (its
+# na_rep), databases NULL. In a numeric column each reads as missing; in a categorical one it stays a category.
+MISSING_TEXT = ("nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "<NA>", "NULL", "null", "None")
 
 
 # ---- the text rule on pandas values (frames; and the distinct values of Arrow columns of other types) --------------
@@ -64,8 +68,9 @@ def as_float(col: pd.Series, name: str) -> np.ndarray:
     failed = x.isna() & col.notna()
     if failed.any():
         text = col[failed].astype(str).str.strip()
-        if (text != "").any():
-            raise LightFMPError(f"numeric column '{name}' has non-numeric value {text[text != ''].iloc[0]!r}")
+        bad = (text != "") & ~text.isin(MISSING_TEXT)
+        if bad.any():
+            raise LightFMPError(f"numeric column '{name}' has non-numeric value {text[bad].iloc[0]!r}")
     return x.to_numpy(dtype=np.float64)
 
 
@@ -249,7 +254,7 @@ def numbers(col, name: str) -> np.ndarray:
     if _is_text(t):
         try:  # Arrow's parser accepts a subset of what pandas does and gives the same values on it
             x = _float_numpy(pc.cast(col, pa.float64()))
-            # except 'nan' written out, which the rule refuses (a NaN where the cell was not null)
+            # except where a NaN stands for a cell that was not null ('nan' written out): the rule, `as_float`, decides
             if np.count_nonzero(np.isnan(x)) == col.null_count:
                 return x
         except pa.ArrowInvalid:
@@ -332,5 +337,5 @@ class VocabIndex:
         return np.where((self.sorted[at] == h) & same, cand, -1).astype(np.int64)
 
 
-__all__ = ["cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing", "Tokens",
-           "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex"]
+__all__ = ["MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
+           "Tokens", "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex"]

@@ -33,7 +33,7 @@ from rich.markup import escape
 
 from .coded import Coded, Unparsed
 from .config import DataConfig
-from .encoding import column, column_names, lists, numbers, present, tokens
+from .encoding import MISSING_TEXT, column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
 from .schema import FeatureSchema, Field, quantile_edges, clamp_max_len, is_integral, vocab_from_counts
@@ -169,6 +169,9 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     pandas'; anything else as a Series)."""
     if not isinstance(s, pd.Series):
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
+            # the spellings of a missing number are missing here (and categories, should the column be categorical)
+            marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))
+            s = pc.if_else(marker, pa.scalar(None, s.type), s)
             head = s.slice(0, 4096).drop_null()
             sample = head if len(head) >= 1000 or len(s) <= 4096 else s.drop_null()
             if pd.to_numeric(sample.slice(0, 1000).to_pandas(), errors="coerce").isna().any():
@@ -184,6 +187,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
         s = s.to_pandas()
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
+    if not pd.api.types.is_numeric_dtype(s):  # as above: a missing number's spellings
+        s = s.mask(s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT))
     sample = s.dropna().iloc[:1000]
     if pd.to_numeric(sample, errors="coerce").isna().any():
         return "categorical", "text"  # decided on a sample: parsing a whole text column is slow

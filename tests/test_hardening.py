@@ -1323,16 +1323,17 @@ def test_a_loaded_model_is_not_held_to_training_memory(complete, monkeypatch):
 
 def test_a_kind_inferred_wrongly_is_named_in_the_one_line_error(tmp_path):
     """The inferred-column report is printed after the fit pass; an error in that pass about a column whose kind was
-    inferred from the first rows says so in its one line (a later 'n/a' in a column of numbers)."""
+    inferred from the first rows says so in its one line (a later 'unknown' in a column of numbers; 'n/a', a
+    missing number's spelling, would read as missing)."""
     n = 400
     df = pd.DataFrame({"a": [f"v{i % 7}" for i in range(n)], "x": [str(i / 10) for i in range(n)],
                        "label": [i % 2 for i in range(n)]})
-    df.loc[n - 5, "x"] = "n/a"
+    df.loc[n - 5, "x"] = "unknown"
     path = tmp_path / "d.csv"
     df.to_csv(path, index=False)
     r = cli("train", "--data", path, "--label", "label", "--out", tmp_path / "r", "--stream", "--chunk-rows", "100",
             "--shard-dir", tmp_path / "shards")
-    one_line_error(r, "'n/a'", "column 'x' was inferred numeric", "--categorical")
+    one_line_error(r, "'unknown'", "column 'x' was inferred numeric", "--categorical")
 
 
 @pytest.mark.parametrize("command", [["prune"], ["inspect"], ["export"]])

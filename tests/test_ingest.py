@@ -15,7 +15,7 @@ from helpers import fnv_reference
 from lightfmp.config import DataConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.coded import Coded, CodedStore, Unparsed
-from lightfmp.encoding import Tokens, VocabIndex, numbers, stable_hash, tokens
+from lightfmp.encoding import MISSING_TEXT, Tokens, VocabIndex, as_float, numbers, stable_hash, tokens
 from lightfmp.errors import LightFMPError
 from lightfmp.formats import read_batches, read_tables
 from lightfmp.schema import FIRST_ID, OOV_ID, PAD_ID
@@ -243,9 +243,11 @@ def test_numbers_rule():
     assert np.allclose(numbers(pa.array(["1.5", None, " 2 ", "inf"]), "x"), [1.5, np.nan, 2.0, np.inf],
                        equal_nan=True)
     assert np.array_equal(numbers(pa.array([1, None, 3]), "x"), [1.0, np.nan, 3.0], equal_nan=True)
-    with pytest.raises(LightFMPError, match="non-numeric value 'nan'"):  # Arrow reads it, the rule does not
-        numbers(pa.array(["1", "nan"]), "x")
-    for bad in ("nan", "0x10", "abc"):  # 'nan' written out is refused, as pandas' parse refuses it
+    for marker in MISSING_TEXT + (" NA ",):  # how R, pandas and databases write a missing number: missing
+        got = numbers(pa.array(["1", marker, None]), "x")
+        assert got[0] == 1.0 and np.isnan(got[1:]).all(), marker
+        assert np.isnan(as_float(pd.Series(["1", marker], dtype=object), "x")[1])
+    for bad in ("0x10", "abc", "nana"):  # anything else that is not a number is refused
         with pytest.raises(LightFMPError, match=f"numeric column 'x' has non-numeric value '{bad}'"):
             numbers(pa.array(["1", bad, "zz"]), "x")
 
@@ -351,7 +353,7 @@ def test_kind_inference_on_arrow_text_equals_the_series_rule():
             "many ints": [str(v) for v in rng.integers(0, 10 ** 6, 3000)],
             "floats": [f"{v:.3f}" for v in rng.normal(size=3000)],
             "integral floats": [f"{v}.0" for v in rng.integers(0, 30, 3000)],
-            "nan written out": ["1", "nan"] * 1500, "text": ["a", "1"] * 1500,
+            "nan written out": ["1.5", "nan"] * 1500, "R's NA": ["2.5", " NA"] * 1500, "text": ["a", "1"] * 1500,
             "text late": ["1"] * 2000 + ["x"] * 1000, "spaces": [" 1", "2"] * 1500, "inf": ["inf", "2"] * 1500,
             "gaps": ["3", None] * 1500}
     kinds = {}
@@ -360,7 +362,8 @@ def test_kind_inference_on_arrow_text_equals_the_series_rule():
         kinds[name] = infer_kind(arr, 3000)
         assert kinds[name] == infer_kind(arr.to_pandas(), 3000), name
     assert kinds["ints"] == ("categorical", "integers, 50 distinct") and kinds["floats"] == ("numeric", "floats")
-    assert kinds["nan written out"] == kinds["text late"] == ("categorical", "text")
+    assert kinds["nan written out"] == kinds["R's NA"] == ("numeric", "floats")  # a missing number's spellings
+    assert kinds["text late"] == kinds["text"] == ("categorical", "text")
 
 
 def _coded_batch(i: int) -> Coded:
@@ -404,3 +407,19 @@ def test_a_column_inferred_as_integers_that_later_holds_fractions_is_refused(tmp
     for kind in ("categorical", "numeric"):
         data = load_dataset(DataConfig(data=str(d), label="label", **{kind: ["q"]}, **extra))
         assert data.schema.fields[0].kind == kind
+
+
+@pytest.mark.parametrize("marker", ["NA", "nan", "NULL"])
+def test_a_csv_number_column_with_missing_written_out_reads_as_numeric(tmp_path, marker):
+    """R's write.csv writes a missing number as NA, pandas' to_csv with na_rep as nan or NaN: the column is still
+    numeric (inferred or named), those cells missing, and a categorical column keeps 'NA' as a category."""
+    rng = np.random.default_rng(0)
+    price = [f"{v:.2f}" if i % 5 else marker for i, v in enumerate(rng.normal(10, 3, 800))]
+    code = ["NA" if i % 3 == 0 else "x" for i in range(800)]
+    df = pd.DataFrame({"price": price, "code": code, "label": rng.integers(0, 2, 800)})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    for named in ({}, {"numeric": ["price"]}):
+        data = load_dataset(DataConfig(data=str(tmp_path / "d.csv"), label="label", **named))
+        kinds = {f.name: f.kind for f in data.schema.fields}
+        assert kinds == {"price": "numeric", "code": "categorical"}, named
+        assert "NA" in data.schema.fields[1].vocab
