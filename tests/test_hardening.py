@@ -1480,7 +1480,8 @@ def test_sigterm_removes_the_half_written_file_and_exits_143(tmp_path):
     out = tmp_path / "synth"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
     proc = subprocess.Popen([sys.executable, "-m", "lightfmp", "data", "synth", "--rows", "20000000", "--out",
-                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                             str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))  # as a shell starts it
     try:
         deadline = time.monotonic() + 120
         while not (out.is_dir() and any(out.iterdir())):  # the temporary data file is being written
@@ -1520,14 +1521,17 @@ def test_a_stop_between_the_checkpoint_files_waits_until_both_are_in_place(tmp_p
         if len(calls) == 1:  # after the first of the two renames
             signal.raise_signal(getattr(signal, sig))
 
-    before = signal.getsignal(signal.SIGTERM)
+    # the handlers a command runs with (a shell's background job starts with SIGINT ignored: set them here)
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     monkeypatch.setattr(io_mod.os, "replace", replace_then_signal)
     try:
         with pytest.raises(KeyboardInterrupt if sig == "SIGINT" else Terminated):
             ck.save(model, {"w": opt}, TrainState(epoch=2, history=[{"epoch": 1}, {"epoch": 2}]))
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for s, handler in before.items():
+            signal.signal(s, handler)
         monkeypatch.undo()
     assert len(calls) == 2  # both renames happened before the stop
     state = Checkpoint(tmp_path / "r.ckpt", "pretrain", {"config": "x"}).load(model, {"w": opt})
