@@ -1495,7 +1495,8 @@ def test_sigterm_removes_the_half_written_file_and_exits_143(tmp_path):
             proc.wait()
     assert proc.returncode == 143, stderr
     assert stderr.strip().splitlines() == ["terminated: rerun the same command to start again"], stderr
-    assert list(out.iterdir()) == []
+    assert not out.exists()  # the folder it made goes too: nothing is left
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,23 @@ def is_synth_truth(path: Path) -> bool:
         return False
     return isinstance(doc, dict) and all(k in doc for k in TRUTH_KEYS) and doc["format"] in ("parquet", "csv") \
         and doc["data_file"] in ("data.parquet", "data.csv")
+
+
+@contextmanager
+def _made_dir(path: Path):
+    """`path` created (with its parents); if the block fails or is stopped, the folders it created go again while
+    they are empty (a file of the user's put there meanwhile keeps them)."""
+    made = [d for d in [path, *path.absolute().parents] if not d.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for d in made:  # the deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def _calibration_rows(rows: int) -> int:
@@ -280,75 +298,75 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
     bias = _solve_bias(c_logit, _TARGET_CTR)
 
     check_synth_out(out_dir)  # again: the directory may have changed during the calibration
-    out_dir.mkdir(parents=True, exist_ok=True)
-    data_name = "data.parquet" if fmt == "parquet" else "data.csv"
-    data_path = out_dir / data_name
+    with _made_dir(out_dir):  # a stop before the files are in place leaves no folder it made
+        data_name = "data.parquet" if fmt == "parquet" else "data.csv"
+        data_path = out_dir / data_name
 
-    str_type = pa.string()
-    schema = pa.schema([pa.field(c, str_type) for c in cat_names]
-                       + [pa.field(c, pa.float64()) for c in num_names]
-                       + [pa.field("label", pa.int64())])
-    data_rng = np.random.default_rng([seed, 2])
-    positives = 0
-    with atomic_path(data_path) as tmp_path:
-        writer = sink = None
-        try:
-            if fmt == "parquet":
-                # store_schema=False: no arrow schema blob, strings read back as plain strings
-                writer = pq.ParquetWriter(tmp_path, schema, compression="snappy", store_schema=False)
-            else:
-                # header written by hand: arrow would quote the names
-                sink = open(tmp_path, "wb")
-                sink.write((",".join(schema.names) + "\n").encode())
-                writer = pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(
-                    include_header=False, quoting_style="none"))
-            done = 0
-            while done < rows:
-                n = min(_CHUNK, rows - done)
-                ranks, nums = draw(data_rng, n)
-                main, inter = logit_parts(ranks, nums, n)
-                logit = bias + main + (inter - inter_shift) * inter_scale
-                logit += data_rng.normal(0.0, _NOISE_STD, size=n)
-                label = (data_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
-                positives += int(label.sum())
-                cols = []
-                for name in cat_names:
-                    f = by_name[name]
-                    ids = pa.array(f.label_of[ranks[name]].astype(np.int32))
-                    cols.append(f.dictionary.take(ids))
-                cols += [pa.array(nums[name]) for name in num_names]
-                cols.append(pa.array(label))
-                writer.write_table(pa.Table.from_arrays(cols, schema=schema))
-                done += n
-        finally:
-            if writer is not None:
-                writer.close()
-            if sink is not None and not sink.closed:
-                sink.close()
+        str_type = pa.string()
+        schema = pa.schema([pa.field(c, str_type) for c in cat_names]
+                           + [pa.field(c, pa.float64()) for c in num_names]
+                           + [pa.field("label", pa.int64())])
+        data_rng = np.random.default_rng([seed, 2])
+        positives = 0
+        with atomic_path(data_path) as tmp_path:
+            writer = sink = None
+            try:
+                if fmt == "parquet":
+                    # store_schema=False: no arrow schema blob, strings read back as plain strings
+                    writer = pq.ParquetWriter(tmp_path, schema, compression="snappy", store_schema=False)
+                else:
+                    # header written by hand: arrow would quote the names
+                    sink = open(tmp_path, "wb")
+                    sink.write((",".join(schema.names) + "\n").encode())
+                    writer = pacsv.CSVWriter(sink, schema, write_options=pacsv.WriteOptions(
+                        include_header=False, quoting_style="none"))
+                done = 0
+                while done < rows:
+                    n = min(_CHUNK, rows - done)
+                    ranks, nums = draw(data_rng, n)
+                    main, inter = logit_parts(ranks, nums, n)
+                    logit = bias + main + (inter - inter_shift) * inter_scale
+                    logit += data_rng.normal(0.0, _NOISE_STD, size=n)
+                    label = (data_rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.int64)
+                    positives += int(label.sum())
+                    cols = []
+                    for name in cat_names:
+                        f = by_name[name]
+                        ids = pa.array(f.label_of[ranks[name]].astype(np.int32))
+                        cols.append(f.dictionary.take(ids))
+                    cols += [pa.array(nums[name]) for name in num_names]
+                    cols.append(pa.array(label))
+                    writer.write_table(pa.Table.from_arrays(cols, schema=schema))
+                    done += n
+            finally:
+                if writer is not None:
+                    writer.close()
+                if sink is not None and not sink.closed:
+                    sink.close()
 
-    num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
-    truth = {
-        "informative": sorted([f.name for f in inf_fields] + num_informative),
-        "redundant": {n: by_name[n].source.name for n in sorted(red_names)},
-        "noise": sorted(noise_names + [n for n, r in zip(num_names, num_roles) if r == "noise"]),
-        "numeric": list(num_names),
-        "numeric_informative": num_informative,
-        "numeric_effect": _NUM_EFFECT if num_informative else None,
-        "interactions": [list(p) for p in pairs],
-        "vocab_sizes": {n: int(by_name[n].vocab) for n in cat_names},
-        "label": "label",
-        "rows": int(rows),
-        "seed": int(seed),
-        "ctr": positives / rows,
-        "bias": bias,
-        "format": fmt,
-        "data_file": data_name,
-    }
-    write_json_atomic(out_dir / "truth.json", truth)
-    # an earlier output in the other format goes (check_synth_out refused the folder unless it was ours): the
-    # truth.json beside it now describes the new file only
-    (out_dir / ("data.csv" if data_name == "data.parquet" else "data.parquet")).unlink(missing_ok=True)
-    return {**truth, "data_file": str(data_path.resolve())}
+        num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
+        truth = {
+            "informative": sorted([f.name for f in inf_fields] + num_informative),
+            "redundant": {n: by_name[n].source.name for n in sorted(red_names)},
+            "noise": sorted(noise_names + [n for n, r in zip(num_names, num_roles) if r == "noise"]),
+            "numeric": list(num_names),
+            "numeric_informative": num_informative,
+            "numeric_effect": _NUM_EFFECT if num_informative else None,
+            "interactions": [list(p) for p in pairs],
+            "vocab_sizes": {n: int(by_name[n].vocab) for n in cat_names},
+            "label": "label",
+            "rows": int(rows),
+            "seed": int(seed),
+            "ctr": positives / rows,
+            "bias": bias,
+            "format": fmt,
+            "data_file": data_name,
+        }
+        write_json_atomic(out_dir / "truth.json", truth)
+        # an earlier output in the other format goes (check_synth_out refused the folder unless it was ours): the
+        # truth.json beside it now describes the new file only
+        (out_dir / ("data.csv" if data_name == "data.parquet" else "data.parquet")).unlink(missing_ok=True)
+        return {**truth, "data_file": str(data_path.resolve())}
 
 
 def _solve_bias(logit: np.ndarray, target: float) -> float:
