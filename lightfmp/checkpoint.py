@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LightFMPError
-from .io import atomic_path, json_safe
+from .io import atomic_path, json_safe, json_text
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -183,7 +183,7 @@ class Checkpoint:
         with _HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
             save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
             with atomic_path(self.json_path) as json_tmp:
-                json_tmp.write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
+                json_tmp.write_text(json_text(doc))
                 held.start()  # the renames: JSON's as this block ends, the tensors' as the next one does
                 _hint["epoch"] = state.epoch
 

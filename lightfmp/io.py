@@ -96,13 +96,17 @@ def read_json(path: str | Path, text: str | None = None, obj: bool = True):
     return doc
 
 
+def json_text(obj) -> str:
+    """The text of every JSON file lightfmp writes: indented, strict (no bare NaN: `json_safe`)."""
+    return json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_json_atomic(path: str | Path, obj, flag: str | None = None) -> None:
     """`flag`: the path is the user's --json (see `check_output_file`); the document then says who wrote it
     (WRITTEN_BY), so that a later --json replaces it and never a JSON file of the user's."""
     if flag and isinstance(obj, dict):
         obj = {"written_by": WRITTEN_BY, **obj}
-    write_text_atomic(path, json.dumps(json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n",
-                      kind="json" if flag else None, flag=flag)
+    write_text_atomic(path, json_text(obj), kind="json" if flag else None, flag=flag)
 
 
 def write_text_atomic(path: str | Path, text: str, kind: str | None = None, flag: str | None = None) -> None:

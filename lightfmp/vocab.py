@@ -187,8 +187,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
         s = s.to_pandas()
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
-    if not pd.api.types.is_numeric_dtype(s):  # as above: a missing number's spellings
-        s = s.mask(s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT))
+    if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
+        s = s.mask(s.str.strip().isin(MISSING_TEXT))  # (cells that are not text: not a spelling)
     sample = s.dropna().iloc[:1000]
     if pd.to_numeric(sample, errors="coerce").isna().any():
         return "categorical", "text"  # decided on a sample: parsing a whole text column is slow
