@@ -63,9 +63,8 @@ def config_sha256(cfg) -> str:
 def resume_hint() -> str:
     if _hint["dir"] is None:
         return "rerun the same command to start again"
-    if not _hint["epoch"]:
-        return (f"rerun the same command to resume ({_hint['phase']} had no completed epoch yet; checkpoints in "
-                f"{_hint['dir']})")
+    if not _hint["epoch"]:  # nothing of this phase saved yet (the phases before it are, in the run directory)
+        return f"rerun the same command to start the {_hint['phase']} phase again (it had no completed epoch yet)"
     return (f"rerun the same command to resume from epoch {_hint['epoch']} ({_hint['phase']} phase; checkpoint in "
             f"{_hint['dir']})")
 
@@ -188,8 +187,13 @@ class Checkpoint:
                 _hint["epoch"] = state.epoch
 
     def discard(self) -> None:
+        """Delete this phase's pair, then the folder if that left it empty (the next phase makes it again)."""
         self.tensors_path.unlink(missing_ok=True)
         self.json_path.unlink(missing_ok=True)
+        try:
+            self.dir.rmdir()
+        except OSError:  # absent, or another phase's files (or the user's) are in it
+            pass
 
     # ---- reading (every rank) ---------------------------------------------------------------------------------
     def load(self, model: torch.nn.Module, optimizers: dict) -> TrainState | None:

@@ -57,6 +57,16 @@ def gate_rows(run: Run) -> list[dict]:
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
 
 
+TICK_CHARS = 24  # a field name on the chart's axis: longer ones keep their start and end (the table has them whole)
+
+
+def _tick_label(name: str) -> str:
+    if len(name) <= TICK_CHARS:
+        return name
+    head = (TICK_CHARS - 1) // 2
+    return f"{name[:head]}\u2026{name[-(TICK_CHARS - 1 - head):]}"
+
+
 def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | None = None) -> Path:
     """The bar chart as a PNG at `path` (the user's --plot: it replaces only an earlier PNG, see
     `lightfmp.io.check_output_file`)."""
@@ -71,13 +81,14 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
                              squeeze=False)
     ax = axes[0][0]
     colors = ["tab:green" if r["kept"] else "tab:gray" for r in rows]
-    names = [r["field"] for r in rows]
-    ax.bar(names, [r["gate"] for r in rows], color=colors)
+    at = range(len(rows))  # bars by position: two long names shortened alike stay two bars
+    names = [_tick_label(r["field"]) for r in rows]
+    ax.bar(at, [r["gate"] for r in rows], color=colors, tick_label=names)
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
     score_ax = axes[1][0] if scored else ax
     if scored:
-        score_ax.bar(names, [r.get("score") or 0.0 for r in rows], color=colors)
+        score_ax.bar(at, [r.get("score") or 0.0 for r in rows], color=colors, tick_label=names)
         score_ax.set_ylabel(cut.get("score", "score") if cut else "score")
         score_ax.tick_params(axis="x", rotation=60)
     on_its_axis = scored or (cut or {}).get("score", "gate") == "gate"  # never a score's cut on the gate axis

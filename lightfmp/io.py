@@ -186,8 +186,14 @@ def check_outside(p: Path) -> None:
 def check_output_file(path: str | Path, kind: str, flag: str) -> None:
     """Refuse, before any work, a `flag` path (--plot, --json, --trace) that the command may not write: a
     directory, a path under a file, or an existing file that is not a `kind` file ("png", "json") - the output
-    replaces only an earlier output of its kind (or an empty file), never the user's data."""
-    p = Path(path)
+    replaces only an earlier output of its kind (or an empty file), never the user's data; and a --plot path whose
+    name does not end in .png (the image is a PNG whatever the name says: a viewer goes by the suffix)."""
+    _check_place(Path(path), kind, flag)
+    if kind == "png" and Path(path).suffix.lower() != ".png":
+        raise LightFMPError(f"{path}: {flag} writes a PNG image; give a path ending in .png")
+
+
+def _check_place(p: Path, kind: str, flag: str) -> None:
     what, looks_like = OUTPUT_FILES[kind]
     if p.is_dir():
         raise LightFMPError(f"{p}: is a directory; {flag} needs a file path")

@@ -49,7 +49,9 @@ def row_uniform(rows: np.ndarray, seed: int, salt: int) -> np.ndarray:
 def parse_split(text) -> tuple[float, float, float]:
     """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1): three fractions, each > 0 (validation rows pick the best epoch),
     summing to 1."""
-    usage = f"--split {text!r}: expected three fractions train,valid,test, each > 0, summing to 1, such as 0.8,0.1,0.1"
+    shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in text) \
+        if isinstance(text, (list, tuple)) else text  # as typed (the command line gives a list): 0.9,0.1
+    usage = f"--split {shown!r}: expected three fractions train,valid,test, each > 0, summing to 1, such as 0.8,0.1,0.1"
     try:
         parts = [float(v) for v in (text.split(",") if isinstance(text, str) else text)]
     except (TypeError, ValueError):
@@ -92,12 +94,18 @@ class SplitRule:
 
 def time_codes(values: pd.Series, fractions: tuple[float, float, float], column: str, source: str) -> np.ndarray:
     """Split codes of every row of the file by the rank of its `column` value: oldest rows train. Values are
-    numbers, or else dates; a value that is neither is an error naming it."""
+    numbers, or else dates (in any formats pandas reads; times with a zone are ordered on UTC, times without one
+    are read as UTC); a value that is neither is an error naming it."""
     t = pd.to_numeric(values, errors="coerce")
     if t.isna().all():
         with warnings.catch_warnings():  # pandas warns when it has to guess a date format: a value's error follows
             warnings.simplefilter("ignore", UserWarning)
-            t = pd.to_datetime(values, errors="coerce")
+            # in the format pandas infers from the first value; times with a zone on one timeline (UTC), those
+            # without read as UTC
+            t = pd.to_datetime(values, errors="coerce", utc=True)
+            again = t.isna() & values.notna()
+            if again.any():  # dates in another format than the first (2020-01-02 after 2020-01-01 10:00): each alone
+                t[again] = pd.to_datetime(values[again], errors="coerce", utc=True, format="mixed")
     missing = values.isna().to_numpy()
     if missing.any():
         raise LightFMPError(f"{source}: --time-column '{column}' is missing at row {int(missing.argmax())}: every "

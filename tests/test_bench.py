@@ -207,3 +207,15 @@ def test_quick_json_names_the_users_file(planted, tmp_path):
             "--quick", *SMALL)
     assert r.exit_code == 0, r.output
     assert json.loads(js.read_text())["data"] == str(planted)
+
+
+def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from lightfmp.bench.report import plot_curves
+    closed = []
+    monkeypatch.setattr(plt, "close", lambda fig: closed.append(fig))
+    doc = {"backbone": "deepfm", "results": [],
+           "curves": {"lightfmp": {"k": [1, 2, 3], "auc": [0.6, 0.7, 0.72], "area": 0.67}}}
+    plot_curves(doc, tmp_path / "c.png")
+    ticks = [t for t in closed[0].axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks == [1, 2, 3]

@@ -152,3 +152,21 @@ def test_a_run_stopped_after_its_checkpoints_went_resumes_and_leaves_none(data, 
     info = json.loads((out / "run.json").read_text())
     assert info["state"] == "complete" and pipeline.UNFINISHED not in info
     assert sorted(p.name for p in out.parent.iterdir()) == ["stopped"]
+
+
+def test_phase_one_done_leaves_no_checkpoint_folder_and_the_hint_says_what_a_rerun_does(data, tmp_path):
+    """Once phase 1 is published in the run directory its checkpoint goes, and with it the folder it emptied: a
+    stop before phase 3's first epoch completes leaves the run and no empty <out>.ckpt; the hint names no folder
+    that holds nothing."""
+    cfg = RunConfig.of(data=str(data), shard_dir=str(tmp_path / "shards"), **SETTINGS)
+    out = tmp_path / "runs" / "r"
+    ckpt_files.reset_hint()
+    try:
+        pipeline._train(pipeline._normalize(cfg), out, False, True, keep_checkpoints=True)
+        assert not ckpt_files.checkpoint_dir(out).exists()
+        assert sorted(p.name for p in out.parent.iterdir()) == ["r"]
+        ckpt_files.Checkpoint(ckpt_files.checkpoint_dir(out), "continue-first", {})  # the next phase starts
+        hint = ckpt_files.resume_hint()
+        assert hint == "rerun the same command to start the continue-first phase again (it had no completed epoch yet)"
+    finally:
+        ckpt_files.reset_hint()

@@ -74,6 +74,19 @@ def test_time_codes_closed_form():
         time_codes(pd.Series(["2024-01-01", "soon"]), (0.6, 0.2, 0.2), "day", "f.csv")
 
 
+def test_time_codes_read_every_date_format_and_order_zones_on_one_timeline():
+    # pandas infers one format from the first value: a date without the time after it is a date all the same
+    days = ["2024-01-03 10:00", "2024-01-01", "2024-01-02 08:30", "Jan 5 2024", "2024-01-04"]
+    assert time_codes(pd.Series(days), (0.6, 0.2, 0.2), "day", "f.csv").tolist() == [0, 0, 0, 2, 1]
+    # 10:00 at +02:00 is 08:00 UTC: before 09:00 at +00:00, whatever the wall clocks say
+    zoned = ["2024-01-01T10:00+02:00", "2024-01-01T09:00+00:00", "2024-01-01T07:00+00:00", "2024-01-01T12:00+00:00",
+             "2024-01-01T11:00+00:00"]
+    assert time_codes(pd.Series(zoned), (0.6, 0.2, 0.2), "t", "f.csv").tolist() == [0, 0, 0, 2, 1]
+    # the value named is the one that is no date, not one in another format
+    with pytest.raises(LightFMPError, match="value '2024-13-45' is neither"):
+        time_codes(pd.Series(["2024-01-01 10:00", "2024-01-02", "2024-13-45"]), (0.6, 0.2, 0.2), "t", "f.csv")
+
+
 @pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5"])
 def test_bad_split_refused_not_normalised(text):
     with pytest.raises(LightFMPError, match="--split"):

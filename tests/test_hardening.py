@@ -742,10 +742,12 @@ def test_output_file_guard(tmp_path):
     _png(theirs_png, "GIMP")
     trace.write_text('[{"cat": "Session", "ph": "X", "name": "model_loading_uri"}]')
     empty.write_text("")
+    (tmp_path / "e.png").write_text("")
     text.write_text("a,b,label\nx,y,1\n")
     theirs_js.write_text('{"my": "precious settings"}')
     list_js.write_text("[1, 2, 3]")
-    for path, kind in ((png, "png"), (trace, "json"), (empty, "json"), (empty, "png"), (tmp_path / "new.png", "png")):
+    for path, kind in ((png, "png"), (trace, "json"), (empty, "json"), (tmp_path / "e.png", "png"),
+                       (tmp_path / "new.png", "png")):
         check_output_file(path, kind, "--flag")  # accepted
     for path, kind, words in ((text, "png", "not a PNG image lightfmp wrote"),
                               (text, "json", "not a JSON output of lightfmp's"),
@@ -831,6 +833,17 @@ def test_inspect_plot_never_replaces_the_data(pretrained, data, tmp_path):
         assert cli("inspect", pretrained, "--plot", png, "-q").exit_code == 0
         assert png.read_bytes()[:4] == b"\x89PNG"
     assert listing(tmp_path) == ["data.parquet", "g.png"]
+
+
+@pytest.mark.parametrize("name", ["gates.svg", "gates.PNG.pdf", "gates"])
+def test_a_plot_path_not_ending_in_png_is_refused_before_any_work(pretrained, data, tmp_path, monkeypatch, name):
+    target = tmp_path / name
+    one_line_error(cli("inspect", pretrained, "--plot", target, "-q"), target, "writes a PNG image", ".png")
+    one_line_error(cli("profile", tmp_path / "none.onnx", "--plot", target), target, "writes a PNG image", ".png")
+    monkeypatch.setattr(bench_core, "load_dataset", stop)
+    one_line_error(cli(*bench_args(data, "--plot", target)), target, "writes a PNG image", ".png")
+    assert listing(tmp_path) == []
+    assert cli("inspect", pretrained, "--plot", tmp_path / "upper.PNG", "-q").exit_code == 0  # any case of .png
 
 
 def test_bench_json_and_plot_are_checked_before_any_work(data, tmp_path, monkeypatch):

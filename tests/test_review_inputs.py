@@ -104,7 +104,7 @@ def test_one_class_validation_rows_are_said(tmp_path):
 
 
 def test_split_with_a_zero_share_says_each_share_must_be_positive(data, tmp_path):
-    one_line_error(cli(*run_args(data, tmp_path / "r", "--split", "0.95,0,0.05")), "--split", "each > 0")
+    one_line_error(cli(*run_args(data, tmp_path / "r", "--split", "0.95,0,0.05")), "--split '0.95,0,0.05'", "each > 0")
 
 
 def test_pruning_again_drops_the_chart_of_the_earlier_kept_set(data, tmp_path):

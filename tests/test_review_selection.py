@@ -137,6 +137,26 @@ def test_a_score_cut_is_not_drawn_on_the_gate_axis(tmp_path, monkeypatch):
     assert ("deterministic gate", 2.0) not in drawn, drawn
 
 
+def test_long_field_names_keep_their_ends_on_the_chart_and_a_bar_each(tmp_path, monkeypatch):
+    """Names longer than the axis holds keep their start and end around an ellipsis; two that shorten alike are
+    still two bars (bars go by position, not by label)."""
+    import matplotlib.axes
+    drawn = []
+    real = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, x, h, *a, **k: (drawn.append((list(x), k.get("tick_label"))),
+                                                     real(self, x, h, *a, **k))[1])
+    long = "user_" + "x" * 300
+    rows = [{"field": long + "_a", "gate": 0.9, "l0_probability": 0.9, "kept": True},
+            {"field": "user_" + "x" * 150 + "z" + "x" * 149 + "_a", "gate": 0.5, "l0_probability": 0.5, "kept": True},
+            {"field": "age", "gate": 0.1, "l0_probability": 0.1, "kept": False}]
+    plot_gates(rows, tmp_path / "g.png")
+    (positions, labels), = drawn
+    assert positions == [0, 1, 2] and labels[2] == "age"
+    assert labels[0] == labels[1] == "user_xxxxxx\u2026xxxxxxxxxx_a" and len(labels[0]) == 24
+    assert (tmp_path / "g.png").read_bytes()[:4] == b"\x89PNG"
+
+
 # ---- the gate steps' pass over the hold-out -----------------------------------------------------------------------
 def _fit_recording(rows, holdout, batch_size, epochs=2, **fit_kw):
     schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)]) for i in range(3)])

@@ -71,6 +71,7 @@ def plot_curves(doc: dict, path: str | Path) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, c in doc["curves"].items():
         ax.plot(c["k"], c["auc"], marker="o", ms=3, label=f"{method} (area {c['area']:.4f})")
@@ -78,6 +79,7 @@ def plot_curves(doc: dict, path: str | Path) -> Path:
     if full is not None:
         ax.axhline(full["auc"], color="gray", ls="--", lw=1, label="full")
     ax.set_xlabel("K (fields kept)")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # K counts fields: no 2.5
     ax.set_ylabel("test AUC")
     ax.set_title(f"AUC vs K, {doc['backbone']} (each method's ranking, retrained per K)")
     ax.legend(fontsize=8)
