@@ -74,8 +74,9 @@ app.command("run", cls=Command)(friendly(ranked(with_parameters(_run_cmd, config
 @friendly
 @ranked
 def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `lightfmp train`."),
-              keep: Optional[int] = typer.Option(None, "--keep", help="Keep the first K fields of the forward order "
-                                                 "(default: the run's --keep, if it had one)."),
+              keep: Optional[int] = typer.Option(None, "--keep", help="Keep K fields: the first K of the forward order, "
+                                                 "or the K costliest to close where measurably better (default: "
+                                                 "the run's --keep, if it had one)."),
               threshold: Optional[float] = typer.Option(None, "--threshold",
                                                         help="Drop fields whose gate is below this (default: the "
                                                              "run's rule: its --keep or --threshold if it had one, "
@@ -97,7 +98,8 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
         print_summary(m, run)
 
 
-SCORE_HEADERS = {"closing cost in standard errors": "closing cost (SE)", "forward order position": "forward order"}
+SCORE_HEADERS = {"closing cost in standard errors": "closing cost (SE)", "forward order position": "forward order",
+                 "costliest-to-close order position": "costliest to close"}
 
 
 @app.command("inspect", cls=Command)

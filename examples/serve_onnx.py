@@ -59,8 +59,12 @@ def token(s, v, known):
     raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")
 
 
+# how a text file spells a missing number, as training reads it (lightfmp.encoding.MISSING_TEXT; a test keeps them equal)
+MISSING_TEXT = ("nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A", "<NA>", "NULL", "null", "None")
+
+
 def number(s, v):
-    if missing(v) or (isinstance(v, str) and not v.strip()):
+    if missing(v) or (isinstance(v, str) and (not v.strip() or v.strip() in MISSING_TEXT)):
         return math.nan
     if isinstance(v, (int, float)) and not isinstance(v, bool):
         return float(v)

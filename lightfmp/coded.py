@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from .encoding import Tokens
 from .errors import LightFMPError
+from .io import make_dirs
 
 
 @dataclass
@@ -86,7 +87,7 @@ class CodedStore:
         else:
             if self._dir is None:  # made on the first batch, so a file that cannot be read leaves nothing
                 self._made = [d for d in [self._root, *self._root.parents][::-1] if not d.exists()]
-                self._root.mkdir(parents=True, exist_ok=True)
+                make_dirs(self._root)
                 self._dir = Path(tempfile.mkdtemp(prefix=".coded-", suffix=".tmp", dir=self._root))
             _save(self._dir / f"{self.count:06d}", coded)
         self.count += 1

@@ -114,7 +114,8 @@ class TrainConfig:
 
 @dataclass
 class PruneConfig:
-    keep: int | None = opt(None, "Keep the first K fields of the forward order on the validation rows (default: every "
+    keep: int | None = opt(None, "Keep K fields: the first K of the forward order on the validation rows, or the K "
+                                 "costliest to close where measurably better (default: every "
                                  "field whose closing raises the validation logloss by two standard errors, on its own or with the fields closed "
                                  "before it).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
@@ -197,6 +198,7 @@ class RunConfig:
         cfg = cls(**made)
         cfg.data.split = list(_named(source, parse_split, cfg.data.split))
         _named(source, check_one_rule, cfg.prune.keep, cfg.prune.threshold)
+        _named(source, check_no_rule_without_gates, cfg)
         return cfg
 
 
@@ -215,6 +217,19 @@ def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool
         + ["--closing-test"] * closing_test
     if len(given) > 1:
         raise LightFMPError(f"{' and '.join(given)}: give one keep rule, not {'both' if len(given) == 2 else 'several'}")
+
+
+def check_no_rule_without_gates(cfg: "RunConfig") -> None:
+    """--no-select trains every field without gates: a keep rule or a gate target given with it would not apply, and
+    the run's config would record a rule it never used."""
+    if not cfg.train.no_select:
+        return
+    given = [f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
+             for k, v in (("keep", cfg.prune.keep), ("threshold", cfg.prune.threshold),
+                          ("target_k", cfg.train.target_k)) if v is not None]
+    if given:
+        raise LightFMPError(f"--no-select and {given[0]}: --no-select trains every field without gates, so no keep "
+                            f"rule applies; give one or the other")
 
 
 _FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}

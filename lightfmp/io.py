@@ -159,6 +159,14 @@ def _is_our_png(p: Path) -> bool:
                 fh.seek(size + 4, 1)  # the chunk's data and CRC, unread
 
 
+def make_dirs(p: Path) -> None:
+    """mkdir -p, failing in one line: a place that takes no folder (/proc, a read-only mount) says so."""
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LightFMPError(f"{p}: cannot create this folder ({e.strerror or type(e).__name__})") from None
+
+
 def check_writable(p: Path, parent: Path) -> None:
     """Refuse `p` when its first existing ancestor `parent` takes no new entry: the permission bits can allow what
     the file system refuses (read-only mounts, /proc), so a file is created there and removed at once."""
@@ -195,6 +203,7 @@ def check_output_file(path: str | Path, kind: str, flag: str) -> None:
 
 def _check_place(p: Path, kind: str, flag: str) -> None:
     what, looks_like = OUTPUT_FILES[kind]
+    check_name_length(p)
     if p.is_dir():
         raise LightFMPError(f"{p}: is a directory; {flag} needs a file path")
     parent = next((q for q in p.absolute().parents if q.exists()), None)
@@ -234,7 +243,7 @@ def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = No
     if kind is not None:
         check_output_file(path, kind, flag or "the output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -245,6 +254,24 @@ def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = No
         _note_written(path)
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+NAME_MAX = 255        # bytes of one name in a path: what common file systems (ext4, XFS, APFS, NTFS) take
+TEMP_NAME_CHARS = 64  # of an output's name in its temporary's: .NAME.XXXXXXXX.tmp stays within NAME_MAX
+
+
+def temp_prefix(path: Path) -> str:
+    """The start of a temporary's name beside `path` (its own name cut to TEMP_NAME_CHARS)."""
+    return f".{path.name[:TEMP_NAME_CHARS]}."
+
+
+def check_name_length(p: Path) -> None:
+    """Refuse a path with a name longer than a file system takes, before any work (not at the end, when the output
+    is published)."""
+    long = next((part for part in p.parts if len(part.encode()) > NAME_MAX), None)
+    if long is not None:
+        raise LightFMPError(f"{p}: the name {long[:24]}... is {len(long.encode())} bytes, more than a file system "
+                            f"takes ({NAME_MAX}); choose a shorter one")
 
 
 # mkstemp's names (.NAME.XXXXXXXX.tmp): a temporary of lightfmp's, left in its directory by a write that was killed
@@ -391,6 +418,7 @@ def check_out(path: str | Path, force: bool, kind: str = "run", owned: Callable[
     if kind not in MARKERS:
         raise ValueError(f"kind {kind!r}: expected one of {', '.join(MARKERS)}")
     p = Path(path)
+    check_name_length(p)
     if p.is_symlink():
         raise LightFMPError(f"{p}: is a symbolic link; give the directory itself, or a new path")
     if not in_place:
@@ -453,7 +481,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
     path = Path(path)
     check_out(path, force, kind, owned, in_place)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         _record(tmp, _tree(tmp))
@@ -461,7 +489,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
         if path.exists() or path.is_symlink():
             check_out(path, force, kind, owned, in_place)
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old)
             try:  # a file put into it between that check and the move: the old directory goes back, whole
                 foreign = foreign_entry(old)

@@ -2,7 +2,9 @@
 
     --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
                       (`forward_order`: starting from no open field, open the field that lowers the validation
-                      logloss most, on `search_rows`; a closed field reads another row's values);
+                      logloss most, on `search_rows`; a closed field reads another row's values), or, where it is
+                      measurably better on the validation rows the search did not read, the K fields whose closing
+                      from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
                       is closed for good unless closing it raises the validation logloss by more than two standard
                       errors, on its own or with the fields closed before it (`closing_test`);
@@ -26,7 +28,7 @@ from .closed_fields import ClosedFields, state_rows
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
-from .metrics import SIGNIFICANT_SE, paired_difference
+from .metrics import SIGNIFICANT_SE, paired_difference, worse_beyond_noise
 from .models import CTRModel
 from .schema import FeatureSchema
 
@@ -153,6 +155,39 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     return chosen + [i for i in la if i in rest] + [i for i in la if i in shadowed]
 
 
+def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, device: str = "cpu",
+                  groupings: Groupings | None = None, weights: np.ndarray | None = None) -> list[int]:
+    """The K fields whose closing, from every field open, raises the mean logloss on these rows most (`weights`: as
+    in `forward_order`), most costly first
+    (ties in schema order): what the model loses without each field where every other field is there, so a field
+    that matters only together with another (a pair whose values drive the label jointly, neither alone) counts,
+    where `forward_order` cannot see it (opening one of the pair while the other is closed gains nothing). Under the
+    same rule as the forward order's K: a copy or a coarser function of a field already in the set is passed over, and
+    a coarser function in the set gives way to a finer field that comes later (`Groupings.stands_for`)."""
+    passes = ClosedFields(model, ids, labels, list(range(model.embedding.num_fields)), device, weights)
+    base = passes.losses().mean()
+    cost = {f: float(passes.losses(f).mean() - base) for f in range(model.embedding.num_fields)}
+    copied = groupings.copies() if groupings is not None else {}
+    chosen: list[int] = []
+    for f in sorted(cost, key=lambda f: (-cost[f], f)):
+        if len(chosen) == k:
+            break
+        if groupings is not None and any(f in copied.get(c, []) or groupings.stands_for(f, c) for c in chosen):
+            continue
+        chosen = [c for c in chosen if groupings is None or not groupings.stands_for(c, f)] + [f]
+    return chosen
+
+
+def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: list[int], second: list[int],
+                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """Per-row losses on these rows with only `first` open, and with only `second` open (the others closed)."""
+    passes = ClosedFields(model, ids, labels, first, device)
+    one = passes.losses()
+    for f in sorted(set(first) ^ set(second)):
+        passes.toggle(f)
+    return one, passes.losses()
+
+
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
     """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha),
@@ -163,20 +198,41 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     `Groupings.stands_for`; `order`: as in `forward_order`. `model`: the model after phase 3's first epoch
     (`lightfmp.pipeline`), or the phase-1 model where phase 3 has fewer than two epochs.
 
+    The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
+    (the K fields the model loses most without, every other field there): on the validation rows given that the
+    search did not read (on the searched rows where it read them all), the per-row logloss with each set open and
+    the others closed; the second set replaces the first only where the first is measurably worse (the closing
+    test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward
+    order cannot see fields that matter only together; the closing costs of every field open cannot see that two
+    fields repeat each other (nor that a field is weak but the best of what is left).
+
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
     "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the
-    candidates as a copy or a function of an opened field, [that field, "copy" | "function"]}."""
+    candidates as a copy or a function of an opened field, [that field, "copy" | "function"], "alternative": the
+    second set (most costly first), the rows compared, its mean logloss minus the forward set's and that
+    difference's standard error (0 where the sets are the same), and whether it was chosen}."""
     names = schema.names
     groupings = Groupings(ids[spread(len(labels), SEARCH_ROWS)], model.embedding.slot_field.cpu().numpy(),
                           rows_ratio=rows_ratio,
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
     rows, weights = search_rows(labels)
-    ids, labels = ids[rows], labels[rows]
-    order = forward_order(model, ids, labels, device, k, groupings, swaps, shadowed_by, order, weights)
-    return {"order": [names[i] for i in order], "rows": len(labels), "copies": _named(groupings.copies(), names),
+    order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights)
+    second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights)
+    held = np.setdiff1d(np.arange(len(labels)), rows)  # rows neither search read: neither set was chosen on them
+    held = held if len(held) >= 2 else rows
+    difference, se, chosen = 0.0, 0.0, False
+    if set(second) != set(order[:k]):
+        first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device)
+        difference, se = paired_difference(second_losses, first_losses)
+        chosen = worse_beyond_noise(first_losses, second_losses)
+    if chosen:
+        order = second + [i for i in order if i not in second]
+    return {"order": [names[i] for i in order], "rows": len(rows), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
-            "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()}}
+            "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()},
+            "alternative": {"order": [names[i] for i in second], "rows": len(held), "difference": difference,
+                            "se": se, "chosen": chosen}}
 
 
 def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str]]:
@@ -337,7 +393,8 @@ def rule_site(deferred: bool) -> str:
 
 
 def forward_rule(keep: int, deferred: bool) -> str:
-    return f"first {keep} of the forward order on the validation rows{rule_site(deferred)}"
+    return (f"first {keep} of the forward order on the validation rows, or the {keep} fields costliest to close from "
+            f"every field open where measurably better on the rows the search did not read{rule_site(deferred)}")
 
 
 def _in_se(cost: float, se: float) -> float | None:
@@ -374,8 +431,9 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
                for kind in ("copy", "function")}
     deferred = bool(search is not None and search.get("model"))
     if keep is not None and search is not None:
+        second = search.get("alternative", {}).get("chosen", False)
         return {"rule": forward_rule(keep, deferred),
-                "score": "forward order position",
+                "score": "costliest-to-close order position" if second else "forward order position",
                 "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
                 "copies": repeats["copy"], "functions": repeats["function"]}
     if keep is not None:

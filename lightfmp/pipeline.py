@@ -20,7 +20,7 @@ from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import RunConfig, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
-from .io import atomic_dir, check_apart, check_out, file_sha256
+from .io import atomic_dir, check_apart, check_name_length, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
                         gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule,
                         closing_rows)
@@ -79,13 +79,15 @@ def _check_out(out: Path, force: bool) -> None:
     check_place(out)
 
 
-def _warn_one_class(valid: Rows, reporter: Reporter) -> None:
-    """Validation rows of one class leave AUC undefined: say so (epochs are then chosen by validation logloss)."""
-    y = valid.labels()
-    if len(y) and y.min() == y.max():
-        reporter.log(f"[yellow]warning[/]: every validation row has label {int(y[0])}: validation AUC is undefined, so "
-                     f"epochs are chosen by validation logloss; a larger validation share (--split) or another "
-                     f"--seed gives both classes")
+def _warn_one_class(data: Dataset, reporter: Reporter) -> None:
+    """Validation or test rows of one class leave their AUC undefined: say so (epochs are then chosen by validation
+    logloss; the test AUC is reported as nan, and an export checks its scores without it)."""
+    for split, then in (("validation", "epochs are chosen by validation logloss"),
+                        ("test", "the test AUC is nan (test logloss still measures the model)")):
+        y = data.split_rows("valid" if split == "validation" else "test").labels()
+        if len(y) and y.min() == y.max():
+            reporter.log(f"[yellow]warning[/]: every {split} row has label {int(y[0])}: {split} AUC is undefined, so "
+                         f"{then}; a larger {split} share (--split) or another --seed gives both classes")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -142,7 +144,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select, trains_on=device)
     valid = data.split_rows("valid")
-    _warn_one_class(valid, reporter)
+    _warn_one_class(data, reporter)
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
@@ -207,6 +209,16 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
             ckpt.discard()
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
     return metrics, data
+
+
+def _alternative_note(search: dict) -> str:
+    """Under --keep K, where the K fields costliest to close replaced the forward order's: said, with the evidence."""
+    alt = search.get("alternative") or {}
+    if not alt.get("chosen"):
+        return ""
+    return (f"; kept: the {len(alt['order'])} fields costliest to close, measurably better than the forward order's "
+            f"on {alt['rows']:,} validation rows the search did not read (logloss {alt['difference']:+.5f}, "
+            + (f"{abs(alt['difference']) / alt['se']:.1f} standard errors)" if alt["se"] > 0 else "every row alike)"))
 
 
 def gate_tables(model, schema: FeatureSchema) -> dict:
@@ -342,7 +354,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         prune_seconds += test_seconds
         reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
                      f"{len(closed)} more field(s) dropped"
-                     + (f" ({', '.join(closed)})" if closed else ""))
+                     + (f" ({', '.join(closed)})" if closed else "") + _alternative_note(search))
     if split:
         if not closed:  # phase 3 goes on from its first epoch, which stays the best until an epoch beats it
             given = validate(model, valid.select(kept), device)
@@ -425,6 +437,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     when phase 1 had finished (<out> is a pretrained run of the same config and data that `run` marked
     unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
     out = Path(out)
+    check_name_length(out)
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch

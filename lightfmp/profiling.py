@@ -25,7 +25,7 @@ from .export.bundle import Bundle, load_bundle
 from .export.contract import locate_run
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
-from .io import PNG_METADATA, atomic_path, check_output_file
+from .io import PNG_METADATA, atomic_path, check_output_file, temp_prefix
 from .rundir import open_run
 from .serve.load import Target, get_json, infer_request, measure
 from .serve.model import served_name
@@ -222,7 +222,7 @@ def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: 
 def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:
     check_output_file(dest, "json", "--trace")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    prefix = str(dest.parent / f".{dest.name}.ort")
+    prefix = str(dest.parent / f"{temp_prefix(dest)}ort")
     sess = bundle.session(threads, profile_prefix=prefix)
     try:
         for b in batch_sizes:

@@ -111,8 +111,25 @@ class Field:
         edges = d.get("boundaries")
         if edges is not None:
             check_boundaries(edges, f"schema field '{d['name']}'")
+        vocab = d.get("vocab")
+        if vocab is not None:  # each token once, as text: a token's id is its place
+            bad = [vocab] if not isinstance(vocab, list) else [t for t in vocab if not isinstance(t, str)][:1]
+            if bad:
+                raise LightFMPError(f"schema field '{d['name']}': vocab holds {bad[0]!r}; it is a list of strings")
+            twice = _first_repeat(vocab)
+            if twice is not None:
+                raise LightFMPError(f"schema field '{d['name']}': vocab lists {twice!r} twice")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
                    max_len=int(d.get("max_len", 0)), boundaries=edges, hash_buckets=d.get("hash_buckets"))
+
+
+def _first_repeat(items):
+    seen = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None
 
 
 @dataclass
@@ -179,6 +196,9 @@ class FeatureSchema:
             fields = [Field.from_dict(f) for f in d["fields"]]
         except LightFMPError as e:
             raise LightFMPError(f"{source}: {e}") from None
+        twice = _first_repeat(f.name for f in fields)
+        if twice is not None:
+            raise LightFMPError(f"{source}: field '{twice}' is listed twice; each column is one field")
         return cls(label=d["label"], fields=fields, positive=d.get("positive"),
                    min_count=int(d.get("min_count", 2)), num_buckets=int(d.get("num_buckets", 16)),
                    meta=dict(d.get("meta") or {}),

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .encoding import MISSING_TEXT
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -110,8 +111,9 @@ def _shown(v) -> str:
 
 
 def _number(f: Field, v) -> float:
-    """A numeric field's value as float64 (missing or blank: NaN); anything else is refused in one line."""
-    if _missing(v) or (isinstance(v, str) and not v.strip()):
+    """A numeric field's value as float64 (missing, blank or a spelling of a missing number as training reads it,
+    `MISSING_TEXT`: NaN); anything else is refused in one line."""
+    if _missing(v) or (isinstance(v, str) and (not v.strip() or v.strip() in MISSING_TEXT)):
         return np.nan
     if isinstance(v, (numbers.Real, str)) and not isinstance(v, (bool, np.bool_)):
         try:

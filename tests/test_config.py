@@ -143,3 +143,16 @@ def test_check_range_for_options_outside_the_config():
 def test_backbone_choices_are_the_models_there_are():
     from lightfmp import config, models
     assert set(config.BACKBONES) == set(models.BACKBONES)
+
+
+@pytest.mark.parametrize("rule, shown", [({"keep": 3}, "--keep 3"), ({"threshold": 0.5}, "--threshold 0.5"),
+                                         ({"target_k": 2}, "--target-k 2")])
+def test_no_select_with_a_keep_rule_is_refused(tmp_path, rule, shown):
+    """--no-select trains every field without gates: a rule given with it would be recorded and never applied."""
+    with pytest.raises(LightFMPError, match=f"^config: --no-select and {shown}: .*give one or the other$"):
+        RunConfig.of(data="d.csv", label="y", no_select=True, **rule)
+    path = tmp_path / "c.yaml"
+    path.write_text("data: d.csv\nlabel: y\nno_select: true\n")
+    with pytest.raises(LightFMPError, match=f"--no-select and {shown}"):
+        resolve({**rule}, str(path))
+    assert RunConfig.of(data="d.csv", label="y", **rule).train.no_select is False  # each alone is fine

@@ -482,3 +482,33 @@ def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):
     v = ex.export_run(run, tmp_path / "out")["validation"]
     assert v["source"] == "sampled" and "differs from the one the run was trained on" in v["note"]
     assert "auc_onnx" not in v and v["max_abs_diff_vs_torch"] <= 1e-5
+
+
+def test_a_field_name_as_long_as_a_column_can_be_exports(tmp_path):
+    """A 300-character column name trains; its vocabulary's file name is cut (with a hash) to what a file system
+    takes, and the export validates and serves by the field's own name."""
+    long = "c" * 300
+    data = tmp_path / "long.csv"
+    pd.read_csv(make_csv(tmp_path / "d.csv")).rename(columns={"city": long}).to_csv(data, index=False)
+    pipeline.run(_cfg(data, no_select=True), tmp_path / "run", quiet=True)
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    files = [p.name for p in (tmp_path / "exp" / "vocab").iterdir()]
+    assert all(len(n.encode()) <= 255 for n in files) and any(n.startswith("c" * 100 + "-") for n in files), files
+    assert contract.vocab_file_name("c" * 300) != contract.vocab_file_name("c" * 299 + "d")
+    row = {long: "paris", "dev": 3, "price": 5.0, "tags": "a|b", "noise": 1}
+    assert 0 < Predictor(tmp_path / "exp").predict([row])[0] < 1
+
+
+def test_a_numeric_field_beyond_float32_is_refused_naming_it(tmp_path):
+    """The graph reads numbers as float32: bucket edges of 1e300 would become infinite and merge the buckets, so the
+    exported model would score other rows than the trained one. Refused in one line naming the field, nothing
+    written."""
+    data = tmp_path / "big.csv"
+    df = pd.read_csv(make_csv(tmp_path / "d.csv"))
+    df["price"] = df["price"] * 1e300  # integral numbers, so --numeric: it would read as categories
+    df.to_csv(data, index=False)
+    pipeline.run(_cfg(data, no_select=True, numeric="price"), tmp_path / "run", quiet=True)
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--quiet"])
+    assert res.exit_code == 2 and "field 'price': its bucket edges reach" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "exp").exists()

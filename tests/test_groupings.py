@@ -272,6 +272,7 @@ def test_the_groupings_read_rows_spread_over_the_split_not_its_first_window(monk
         return list(range(3))
 
     monkeypatch.setattr(keep_rule, "forward_order", record)
+    monkeypatch.setattr(keep_rule, "costliest_set", lambda model, ids, labels, k, *rest: list(range(k)))
     model = type("M", (), {"embedding": type("E", (), {"slot_field": torch.arange(3)})()})()
     schema = type("S", (), {"names": ["day", "day_then_week", "other"]})()
     out = keep_rule.keep_order(model, schema, ids, np.zeros(n), 1)

@@ -1550,3 +1550,27 @@ def test_a_stop_between_the_checkpoint_files_waits_until_both_are_in_place(tmp_p
     assert len(calls) == 2  # both renames happened before the stop
     state = Checkpoint(tmp_path / "r.ckpt", "pretrain", {"config": "x"}).load(model, {"w": opt})
     assert state is not None and state.epoch == 2
+
+
+# ---- names as long as a file system takes ------------------------------------------------------------------------
+
+def test_an_output_name_the_file_system_takes_is_published_and_a_longer_one_refused_first(data, tmp_path):
+    """A 250-byte name is legal: its temporary (.NAME.XXXX.tmp) must be too. A 256-byte one is refused before any
+    work, in one line, for a directory and for a --plot / --json file alike."""
+    legal = tmp_path / ("x" * 250)
+    with atomic_dir(legal, kind="run") as tmp:
+        (tmp / "run.json").write_text("{}")
+    assert legal.is_dir() and listing(tmp_path) == [legal.name]
+    too_long = tmp_path / ("y" * 256)
+    one_line_error(cli(*run_args(data, too_long)), "256 bytes", "255")
+    one_line_error(cli("profile", tmp_path / "none.onnx", "--json", tmp_path / ("z" * 251 + ".json")), "256 bytes")
+    assert listing(tmp_path) == [legal.name]
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_a_shard_folder_where_no_folder_can_be_made_is_one_line(data, tmp_path):
+    """/proc takes no new folder (ENOENT, not a permission error): one line naming it, and no run left."""
+    out = tmp_path / "r"
+    one_line_error(cli(*run_args(data, out, "--stream", "--shard-dir", "/proc/lightfmp-shards")),
+                   "/proc/lightfmp-shards: cannot create this folder")
+    assert listing(tmp_path) == []

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
-from lightfmp.keep_rule import backward_sweep, closing_scores, closing_test, keep_order, ranking, select_fields
+from lightfmp.keep_rule import (SEARCH_ROWS, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
+                                ranking, select_fields)
 from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
@@ -450,7 +451,23 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     # --keep K searches only K steps; the rest follow by log_alpha
     short = keep_order(model, schema, ids.numpy(), y.numpy(), 2)
     rest = [i for i in ranking(model.gate.log_alpha.detach()) if i not in chosen[:2]]
-    assert short == {"order": [schema.names[i] for i in chosen[:2] + rest], "rows": len(y), "copies": {}, "finer": {}, "shadowed": {}}
+    # the other set: the 2 fields costliest to close from every field open; weighed against the forward order's on
+    # these rows (the search read them all), it replaces it only if the forward set is worse by 2 standard errors
+    every = set(range(5))
+    base = _direct_losses(model, schema, ids, y, every)
+    cost = [float((_direct_losses(model, schema, ids, y, every - {f}) - base).mean()) for f in range(5)]
+    second = sorted(range(5), key=lambda f: (-cost[f], f))[:2]
+    d = (_direct_losses(model, schema, ids, y, set(second)) - _direct_losses(model, schema, ids, y, set(chosen[:2])))
+    d = d.numpy() if set(second) != set(chosen[:2]) else np.zeros(2)
+    se = float(d.std(ddof=1) / np.sqrt(len(d)))
+    switch = bool(d.mean() < -2 * se)
+    order = second + [i for i in chosen[:2] + rest if i not in second] if switch else chosen[:2] + rest
+    alternative = short.pop("alternative")
+    assert short == {"order": [schema.names[i] for i in order], "rows": len(y), "copies": {}, "finer": {}, "shadowed": {}}
+    assert alternative == {"order": [schema.names[i] for i in second], "rows": len(y),
+                           "difference": pytest.approx(float(d.mean()), rel=1e-3, abs=1e-8),
+                           "se": pytest.approx(se, rel=1e-3, abs=1e-8),
+                           "chosen": switch}
 
 
 def _fit_ungated(model, x, y, steps: int):
@@ -460,6 +477,35 @@ def _fit_ungated(model, x, y, steps: int):
         opt.zero_grad()
         F.binary_cross_entropy_with_logits(model(x, torch.ones(model.gate.num_fields)), y).backward()
         opt.step()
+
+
+def test_keep_k_keeps_fields_that_matter_only_together():
+    """x1, x2 and x3 drive the label together (the parity of their halves), no two of them alone; m alone; four
+    noise fields. Opening one or two of the three while the others are closed gains nothing, so the forward order's
+    first 4 miss them; the 4 fields costliest to close from every field open are m and the three, measurably better
+    on the validation rows the search did not read, and --keep 4 keeps them."""
+    rng = np.random.default_rng(0)
+    n = 12000
+    cols = {name: rng.integers(0, 6, n) for name in ("x1", "n1", "m", "x2", "n2", "x3", "n3", "n4")}
+    half = {k: np.where(v < 3, 1.0, -1.0) for k, v in cols.items()}
+    logit = 1.5 * half["x1"] * half["x2"] * half["x3"] + 0.8 * half["m"]
+    df = __import__("pandas").DataFrame(cols).astype(str)
+    df["label"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    names = list(cols)
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in names], min_count=1), df)
+    ids = torch.from_numpy(s.encode(df)).long()
+    y = torch.from_numpy(df["label"].to_numpy(np.float32))
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
+    train, valid = slice(0, 6000), slice(6000, n)
+    _fit_ungated(model, ids[train], y[train], 300)
+    together = {"m", "x1", "x2", "x3"}
+    forward = forward_order(model, ids[valid].numpy(), y[valid].numpy(), steps=4)
+    assert {names[i] for i in forward[:4]} != together, "the forward order found them: no blind spot tested"
+    out = keep_order(model, s, ids[valid].numpy(), y[valid].numpy(), 4)
+    assert set(out["order"][:4]) == together
+    alt = out["alternative"]
+    assert alt["chosen"] and alt["rows"] == 6000 - SEARCH_ROWS and alt["difference"] < -2 * alt["se"]
 
 
 def test_forward_order_puts_a_redundant_copy_after_a_new_signal():

@@ -101,6 +101,7 @@ def test_one_class_validation_rows_are_said(tmp_path):
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "every validation row has label 0" in text and "chosen by validation logloss" in text
+    assert "every test row has label 0" in text and "the test AUC is nan" in text  # so is the test split
 
 
 def test_split_with_a_zero_share_says_each_share_must_be_positive(data, tmp_path):

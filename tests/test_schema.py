@@ -73,6 +73,24 @@ def test_a_schema_file_with_edges_out_of_order_is_refused(tmp_path, edges, says)
         FeatureSchema.load(path)
 
 
+@pytest.mark.parametrize("edit, says", [
+    (lambda d: d["fields"].append(dict(d["fields"][0])), "field 'c' is listed twice"),
+    (lambda d: d["fields"][0]["vocab"].append(d["fields"][0]["vocab"][0]), "vocab lists 'x' twice"),
+    (lambda d: d["fields"][0]["vocab"].append(None), "vocab holds None; it is a list of strings"),
+    (lambda d: d["fields"][0].__setitem__("vocab", "x,y"), "vocab holds 'x,y'; it is a list of strings")])
+def test_a_schema_file_with_a_field_or_token_twice_is_refused(tmp_path, edit, says):
+    """A field's place is its column, a token's place its id: either twice would train and export two things under
+    one name."""
+    s, _ = fitted_schema()
+    d = s.to_dict()
+    assert d["fields"][0]["name"] == "c" and d["fields"][0]["vocab"][0] == "x"
+    edit(d)
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(d))
+    with pytest.raises(LightFMPError, match=f"{path}: .*{says}"):
+        FeatureSchema.load(path)
+
+
 def test_multi_hot_padding_and_truncation():
     s, df = fitted_schema()
     m = s.field("m")

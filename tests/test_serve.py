@@ -328,6 +328,8 @@ def _bad_cases(ex):
          "record 1, field 'price': 1e400 is not a finite number"),
         ("records: wrong type", "/v2/models/ctr/records", json.dumps([{**rec, "price": "cheap"}]).encode(), 400,
          "field 'price' is numeric but got 'cheap'"),
+        ("records: R's NA", "/v2/models/ctr/records", json.dumps([{**rec, "price": "NA"}]).encode(), 400,
+         "field 'price' is 'NA', which reads as a missing number"),
         ("records: not a list", "/v2/models/ctr/records", json.dumps(rec).encode(), 400, "JSON list of objects"),
         ("records: not an object", "/v2/models/ctr/records", b"[1]", 400, "record 0 is a JSON number"),
         ("records: lone surrogate", "/v2/models/ctr/records",
@@ -556,3 +558,5 @@ def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
         assert res.exit_code == 2 and text in res.stderr, res.output
     res = runner.invoke(app, ["profile", str(ex.ids), "--url", "https://127.0.0.1:1"])
     assert res.exit_code == 2 and "expected http://HOST:PORT" in res.stderr
+    res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url + "/v2"])  # the routes' root, not the server's
+    assert res.exit_code == 2 and "without /v2" in res.stderr and len(res.stderr.strip().splitlines()) == 1

@@ -106,6 +106,11 @@ def test_example_client_runs_without_torch(s, tmp_path):
 GOOD = {"city": "paris", "dev": 3, "price": 4.5, "tags": "a|b", "noise": 1}
 
 
+def test_example_reads_a_missing_number_as_training_does(example):
+    from lightfmp.encoding import MISSING_TEXT
+    assert example.MISSING_TEXT == MISSING_TEXT
+
+
 @pytest.fixture(scope="module")
 def example():
     spec = importlib.util.spec_from_file_location("serve_onnx_example", EXAMPLE)
@@ -122,7 +127,8 @@ def test_example_encodes_like_the_predictor(s, example, mode):
             {**GOOD, "tags": ["a", "b"]}, {**GOOD, "tags": ["b", 3]}, {**GOOD, "tags": []}, {**GOOD, "tags": None},
             {**GOOD, "tags": True}, {**GOOD, "tags": "a|zzz|b|c|d|e|f"}, {**GOOD, "dev": 3.0}, {**GOOD, "dev": "3"},
             {**GOOD, "dev": 3.5}, {**GOOD, "price": "4.5"}, {**GOOD, "price": ""}, {**GOOD, "price": None},
-            {**GOOD, "city": None}, {**GOOD, "city": ""}, {**GOOD, "city": "atlantis"}]
+            {**GOOD, "city": None}, {**GOOD, "city": ""}, {**GOOD, "city": "atlantis"},
+            {**GOOD, "price": "NA"}, {**GOOD, "price": " NULL "}, {**GOOD, "city": "NA"}]  # missing in a number only
     p, c = Predictor(out), example.Client(out)
     want, got = p.encode(recs), c.encode(recs)
     assert list(got) == list(want)

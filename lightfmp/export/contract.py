@@ -255,9 +255,12 @@ def input_spec(f: Field, raw: bool) -> dict:
 
 
 # ---- files --------------------------------------------------------------------------------------------------------
+VOCAB_NAME_CHARS = 100  # of a field's name in its vocabulary's file name (file systems allow 255 bytes)
+
+
 def vocab_file_name(name: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "field"
-    # a short hash keeps two names that sanitise alike apart
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:VOCAB_NAME_CHARS] or "field"
+    # a short hash keeps two names that sanitise (or shorten) alike apart
     return safe + ".json" if safe == name else f"{safe}-{hashlib.sha1(name.encode()).hexdigest()[:8]}.json"
 
 

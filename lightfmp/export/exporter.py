@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_encoding
 
 from ..errors import LightFMPError
@@ -85,6 +86,12 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     if OUTPUT_NAME in kept.names:
         raise LightFMPError(f"field '{OUTPUT_NAME}' clashes with the model's output name; rename the column")
     raw = inputs == "raw"
+    for f in kept.fields:  # the graph reads numbers as float32: an edge beyond its range would become infinite
+        edge = max((abs(e) for e in f.boundaries or []), default=0.0) if f.kind == "numeric" else 0.0
+        if edge > float(np.finfo(np.float32).max):
+            raise LightFMPError(f"field '{f.name}': its bucket edges reach {edge:.3g}, beyond float32 (the exported "
+                                f"graph's numeric inputs, up to 3.4e+38); scale the column (a log, a unit) and train "
+                                f"again")
     hashed = [f.name for f in kept.fields if f.hashed]
     if raw and hashed:
         raise LightFMPError(f"--inputs raw: field '{hashed[0]}' is hashed (--hash-buckets) and the ONNX graph cannot "

@@ -40,7 +40,11 @@ class Target:
             port = parts.port or 80
         except ValueError:
             raise LightFMPError(f"--url {url!r}: the port is not a number in 0..65535") from None
-        return cls(parts.hostname, port, parts.path.rstrip("/"))
+        prefix = parts.path.rstrip("/")
+        if "/v2/" in prefix + "/":  # http://host:port/v2 or .../v2/models/x: the routes would be /v2/v2/...
+            raise LightFMPError(f"--url {url!r}: give the server's root (http://HOST:PORT, or the path a proxy "
+                                f"mounts it at), without /v2: the protocol's routes /v2/models/... are added to it")
+        return cls(parts.hostname, port, prefix)
 
     @property
     def url(self) -> str:
