@@ -25,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LightFMPError
-from .io import atomic_path, check_name_length, json_safe, json_text
+from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -45,7 +45,10 @@ def check_place(out: str | Path) -> None:
     """Refuse, before any work, an `out` whose checkpoint path (<out>.ckpt) is not free for a folder lightfmp owns:
     a file there would fail the first checkpoint, and checkpoints written through a link could not be cleaned."""
     d = checkpoint_dir(out)
-    check_name_length(d)
+    check_name_length(Path(out))
+    if len(d.name.encode()) > NAME_MAX:
+        raise LightFMPError(f"{out}: its checkpoints go beside it in <name>.ckpt, which this name leaves too long for a "
+                            f"file system ({NAME_MAX} bytes); give a name of at most {NAME_MAX - len('.ckpt')} bytes")
     if d.is_symlink():
         raise LightFMPError(f"{d}: is a symbolic link; checkpoints of {Path(out).name} need this path for a folder of "
                             f"their own")

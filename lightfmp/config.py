@@ -138,7 +138,9 @@ class RunConfig:
     @classmethod
     def of(cls, source: str = "config", **flat) -> "RunConfig":
         """A config from flat keys (as flags name them), each converted and range-checked."""
-        return cls.from_dict(flat, source)
+        cfg = cls.from_dict(flat, source)
+        _named(source, check_no_rule_without_gates, cfg)
+        return cfg
 
     def but(self, **flat) -> "RunConfig":
         """A copy with these flat keys changed (checked like any other value)."""
@@ -198,7 +200,6 @@ class RunConfig:
         cfg = cls(**made)
         cfg.data.split = list(_named(source, parse_split, cfg.data.split))
         _named(source, check_one_rule, cfg.prune.keep, cfg.prune.threshold)
-        _named(source, check_no_rule_without_gates, cfg)
         return cfg
 
 
@@ -441,4 +442,6 @@ def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
         if rule in given and other not in given:
             merged[other] = None
     merged.update(given)
-    return RunConfig.from_dict(merged, source=COMMAND_LINE)
+    cfg = RunConfig.from_dict(merged, source=COMMAND_LINE)
+    check_no_rule_without_gates(cfg)  # what the user gives; a run read back keeps what it recorded
+    return cfg

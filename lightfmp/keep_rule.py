@@ -168,20 +168,39 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
     base = passes.losses().mean()
     cost = {f: float(passes.losses(f).mean() - base) for f in range(model.embedding.num_fields)}
     copied = groupings.copies() if groupings is not None else {}
+    by_cost = sorted(cost, key=lambda f: (-cost[f], f))
     chosen: list[int] = []
-    for f in sorted(cost, key=lambda f: (-cost[f], f)):
+    for f in by_cost:
         if len(chosen) == k:
             break
         if groupings is not None and any(f in copied.get(c, []) or groupings.stands_for(f, c) for c in chosen):
             continue
         chosen = [c for c in chosen if groupings is None or not groupings.stands_for(c, f)] + [f]
-    return chosen
+    # where the rule leaves fewer than K, the last places go to the fields it passed over, by cost (as the forward
+    # order's last places go to copies and functions)
+    return chosen + [f for f in by_cost if f not in chosen][:k - len(chosen)]
+
+
+def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """The rows (indices) the K-sets are compared on, and their weights: the given rows the search did not read,
+    each weighted by its label's share of all the given rows over its share of these, so that the weighted mean
+    logloss estimates the mean over every given row (the search took the rarer label's rows first); every given row,
+    unweighted, where those rows lack a label the given rows hold (a rare label the search read whole) or are fewer
+    than 2."""
+    labels = np.asarray(labels)
+    held = np.setdiff1d(np.arange(len(labels)), searched)
+    values = np.unique(labels)
+    if len(held) < 2 or len(np.unique(labels[held])) < len(values):
+        return np.arange(len(labels)), None
+    share = {float(v): np.mean(labels == v) / np.mean(labels[held] == v) for v in values}
+    return held, np.array([share[float(v)] for v in labels[held]])
 
 
 def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: list[int], second: list[int],
-                 device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Per-row losses on these rows with only `first` open, and with only `second` open (the others closed)."""
-    passes = ClosedFields(model, ids, labels, first, device)
+                 device: str = "cpu", weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row losses on these rows (times their `weights`) with only `first` open, and with only `second` open (the
+    others closed)."""
+    passes = ClosedFields(model, ids, labels, first, device, weights)
     one = passes.losses()
     for f in sorted(set(first) ^ set(second)):
         passes.toggle(f)
@@ -200,8 +219,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
 
     The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
     (the K fields the model loses most without, every other field there): on the validation rows given that the
-    search did not read (on the searched rows where it read them all), the per-row logloss with each set open and
-    the others closed; the second set replaces the first only where the first is measurably worse (the closing
+    search did not read, weighted by label (`held_out_rows`; every given row where the search read a label whole),
+    the per-row logloss with each set open and the others closed; the second set replaces the first only where the first is measurably worse (the closing
     test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward
     order cannot see fields that matter only together; the closing costs of every field open cannot see that two
     fields repeat each other (nor that a field is weak but the best of what is left).
@@ -219,13 +238,13 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     rows, weights = search_rows(labels)
     order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights)
     second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights)
-    held = np.setdiff1d(np.arange(len(labels)), rows)  # rows neither search read: neither set was chosen on them
-    held = held if len(held) >= 2 else rows
+    held, held_weights = held_out_rows(labels, rows)  # rows neither search read: neither set was chosen on them
     difference, se, chosen = 0.0, 0.0, False
     if set(second) != set(order[:k]):
-        first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device)
+        first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device,
+                                                   held_weights)
         difference, se = paired_difference(second_losses, first_losses)
-        chosen = worse_beyond_noise(first_losses, second_losses)
+        chosen = bool(np.isfinite(second_losses).all()) and worse_beyond_noise(first_losses, second_losses)
     if chosen:
         order = second + [i for i in order if i not in second]
     return {"order": [names[i] for i in order], "rows": len(rows), "copies": _named(groupings.copies(), names),

@@ -316,6 +316,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                             rows_ratio=rows_ratio) if keep is not None \
             else closing_test(gated, run.schema, *first.arrays(), device)
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, keep=keep, threshold=threshold, search=search)
+        if keep is not None and _alternative_note(search):
+            reporter.log(f"forward search on the phase-1 model{_alternative_note(search)}")
     else:
         kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
     phase1 = run.load_optimizer_state(gated)  # phase 3 continues phase 1's optimizer, its state cut like the weights

@@ -156,3 +156,9 @@ def test_no_select_with_a_keep_rule_is_refused(tmp_path, rule, shown):
     with pytest.raises(LightFMPError, match=f"--no-select and {shown}"):
         resolve({**rule}, str(path))
     assert RunConfig.of(data="d.csv", label="y", **rule).train.no_select is False  # each alone is fine
+
+
+def test_a_run_recorded_with_no_select_and_a_rule_still_reads_back():
+    """Runs written before the refusal recorded such configs: reading one back (inspect, export) must still work."""
+    cfg = RunConfig.from_dict({"data": "d.csv", "label": "y", "no_select": True, "keep": 3}, "runs/r/config.yaml")
+    assert cfg.train.no_select and cfg.prune.keep == 3

@@ -685,3 +685,42 @@ def test_closing_test_keeps_weak_fields_that_matter_together():
     assert own_only and all(t["set_cost"] > 2 * t["set_se"] for t in own_only), out  # kept by the set test alone
     scores = closing_scores(out)
     assert all(scores[t["field"]] > 2.0 for t in own_only)  # inspect shows them above the cut
+
+
+def test_the_sets_are_compared_on_unsearched_rows_weighted_back_to_every_rows_labels():
+    """The search reads the rarer label first: the rows it left hold fewer of them, so each is weighted by its label's
+    share of all the rows over its share of those left; where the search read a label whole, every row, unweighted."""
+    from lightfmp.keep_rule import held_out_rows, search_rows
+    labels = (np.arange(10_000) % 50 == 0).astype(np.float32)  # 2% positives: the search reads all 200
+    rows, _ = search_rows(labels)
+    held, w = held_out_rows(labels, rows)
+    assert np.array_equal(held, np.arange(10_000)) and w is None
+    labels = (np.arange(20_000) % 4 == 0).astype(np.float32)  # 25%: 2,048 of 5,000 positives searched
+    rows, _ = search_rows(labels)
+    held, w = held_out_rows(labels, rows)
+    assert len(np.intersect1d(held, rows)) == 0 and len(held) == 20_000 - len(rows)
+    assert np.average(labels[held], weights=w) == pytest.approx(0.25)  # the weighted share is every row's
+    assert set(np.round(w, 6)) == {round(0.25 / np.mean(labels[held] == 1), 6), round(0.75 / np.mean(labels[held] == 0), 6)}
+
+
+def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
+    """Two copies and two other fields, K = 4: the copy rule leaves 3; the fourth place goes to the passed-over copy
+    (as the forward order's last places go to copies), so two K-sets are compared."""
+    from lightfmp.groupings import Groupings
+    from lightfmp.keep_rule import costliest_set
+    rng = np.random.default_rng(0)
+    n = 3000
+    a, b, c = rng.integers(0, 6, n), rng.integers(0, 6, n), rng.integers(0, 6, n)
+    df = __import__("pandas").DataFrame({"a": a, "a2": a, "b": b, "c": c}).astype(str)
+    df["label"] = (rng.random(n) < 1 / (1 + np.exp(-(a - 2.5) * 0.6 - (b - 2.5) * 0.3))).astype(int)
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "a2", "b", "c")], min_count=1), df)
+    ids = s.encode(df)
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    _fit_ungated(model, torch.from_numpy(ids).long(), torch.from_numpy(df["label"].to_numpy(np.float32)), 100)
+    g = Groupings(ids, model.embedding.slot_field.numpy())
+    assert g.copies() == {0: [1], 1: [0]}
+    got = costliest_set(model, ids, df["label"].to_numpy(np.float32), 4, groupings=g)
+    assert sorted(got) == [0, 1, 2, 3] and len(got) == 4
+    three = costliest_set(model, ids, df["label"].to_numpy(np.float32), 3, groupings=g)
+    assert len(three) == 3 and not {0, 1} <= set(three)  # within K the copy rule holds

@@ -41,7 +41,7 @@ class Target:
         except ValueError:
             raise LightFMPError(f"--url {url!r}: the port is not a number in 0..65535") from None
         prefix = parts.path.rstrip("/")
-        if "/v2/" in prefix + "/":  # http://host:port/v2 or .../v2/models/x: the routes would be /v2/v2/...
+        if prefix.endswith("/v2") or "/v2/models" in prefix:  # the routes would be /v2/v2/...
             raise LightFMPError(f"--url {url!r}: give the server's root (http://HOST:PORT, or the path a proxy "
                                 f"mounts it at), without /v2: the protocol's routes /v2/models/... are added to it")
         return cls(parts.hostname, port, prefix)
