@@ -3,3 +3,13 @@
 
 class LightFMPError(Exception):
     """Bad input or a run directory in the wrong state. The message names the file, column or value."""
+
+
+def first_repeat(items):
+    """The first item that comes a second time (None if none does): what an error about a name given twice names."""
+    seen = set()
+    for x in items:
+        if x in seen:
+            return x
+        seen.add(x)
+    return None

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import LightFMPError
+from .errors import LightFMPError, first_repeat
 from .export.bundle import Bundle, load_bundle
 from .export.contract import locate_run
 from .export.feeds import sample_feeds
@@ -140,8 +140,7 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
     from a separate session so profiling does not slow the timed runs."""
     budget = budget or Budget()
     bundles = [(str(m), load_bundle(m)) for m in models]
-    names = [n for n, _ in bundles]
-    twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    twice = first_repeat(n for n, _ in bundles)
     if twice is not None:
         raise LightFMPError(f"{twice}: the same model was given twice")
     out = []

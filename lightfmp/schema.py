@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from .coded import Coded, Unparsed
 from .encoding import (Tokens, VocabIndex, as_float, cell_strings, column, column_names, lists, numbers,
                        split_multi, stable_hash, tokens)
-from .errors import LightFMPError
+from .errors import LightFMPError, first_repeat
 from .io import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
@@ -116,20 +116,11 @@ class Field:
             bad = [vocab] if not isinstance(vocab, list) else [t for t in vocab if not isinstance(t, str)][:1]
             if bad:
                 raise LightFMPError(f"schema field '{d['name']}': vocab holds {bad[0]!r}; it is a list of strings")
-            twice = _first_repeat(vocab)
+            twice = first_repeat(vocab)
             if twice is not None:
                 raise LightFMPError(f"schema field '{d['name']}': vocab lists {twice!r} twice")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
                    max_len=int(d.get("max_len", 0)), boundaries=edges, hash_buckets=d.get("hash_buckets"))
-
-
-def _first_repeat(items):
-    seen = set()
-    for x in items:
-        if x in seen:
-            return x
-        seen.add(x)
-    return None
 
 
 @dataclass
@@ -196,7 +187,7 @@ class FeatureSchema:
             fields = [Field.from_dict(f) for f in d["fields"]]
         except LightFMPError as e:
             raise LightFMPError(f"{source}: {e}") from None
-        twice = _first_repeat(f.name for f in fields)
+        twice = first_repeat(f.name for f in fields)
         if twice is not None:
             raise LightFMPError(f"{source}: field '{twice}' is listed twice; each column is one field")
         return cls(label=d["label"], fields=fields, positive=d.get("positive"),

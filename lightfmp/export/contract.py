@@ -14,7 +14,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from ..errors import LightFMPError
+from ..errors import LightFMPError, first_repeat
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
 from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries
 
@@ -218,8 +218,7 @@ class ServingContract:
                  f"{source}: schema_version {version!r} is newer than this lightfmp reads ({EXPORT_VERSION})")
         _require(isinstance(d["inputs"], list) and d["inputs"], f"{source}: 'inputs' must be a non-empty list")
         inputs = [InputSpec.from_dict(s, f"{source}: inputs[{i}]") for i, s in enumerate(d["inputs"])]
-        names = [s.name for s in inputs]
-        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        twice = first_repeat(s.name for s in inputs)
         _require(twice is None, f"{source}: input '{twice}' is listed twice in 'inputs'")
         out = d.get("output")
         _require(isinstance(out, dict) and isinstance(out.get("name"), str), f"{source}: 'output' needs a 'name'")
