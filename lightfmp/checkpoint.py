@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import signal
 import threading
 from dataclasses import dataclass
@@ -78,6 +79,11 @@ def reset_hint() -> None:
     _hint.update(dir=None, phase=None, epoch=None)
 
 
+# safetensors writes a file through a temporary of its own beside it (Rust's tempfile: ".tmp" and 6 characters), which a
+# process killed mid-write leaves in the checkpoint folder
+SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
+
+
 def remove(out: str | Path) -> None:
     """Delete the checkpoints of `out` (each <phase>.json that is one, its tensors, and half-written temporaries),
     then the folder if that left it empty: a file lightfmp did not write there is never deleted."""
@@ -92,7 +98,8 @@ def remove(out: str | Path) -> None:
         if ours:
             doc.with_suffix(".safetensors").unlink(missing_ok=True)
             doc.unlink(missing_ok=True)
-    for tmp in list(d.glob(".*.safetensors.*.tmp")) + list(d.glob(".*.json.*.tmp")):
+    for tmp in list(d.glob(".*.safetensors.*.tmp")) + list(d.glob(".*.json.*.tmp")) \
+            + [p for p in d.glob(".tmp*") if SAFETENSORS_TEMPORARY.fullmatch(p.name) and p.is_file()]:
         tmp.unlink(missing_ok=True)
     try:
         d.rmdir()

@@ -3,7 +3,7 @@
     --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
                       (`forward_order`: starting from no open field, open the field that lowers the validation
                       logloss most, on `search_rows`; a closed field reads another row's values), or, where it is
-                      measurably better on the validation rows the search did not read, the K fields whose closing
+                      measurably better on held-out validation rows (`held_out_rows`), the K fields whose closing
                       from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
                       is closed for good unless closing it raises the validation logloss by more than two standard
@@ -158,7 +158,7 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, device: str = "cpu",
                   groupings: Groupings | None = None, weights: np.ndarray | None = None) -> list[int]:
     """The K fields whose closing, from every field open, raises the mean logloss on these rows most (`weights`: as
-    in `forward_order`), most costly first
+    in `forward_order`), most costly first (the places the rule below leaves are filled last)
     (ties in schema order): what the model loses without each field where every other field is there, so a field
     that matters only together with another (a pair whose values drive the label jointly, neither alone) counts,
     where `forward_order` cannot see it (opening one of the pair while the other is closed gains nothing). Under the
@@ -185,12 +185,13 @@ def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> tuple[np.ndarray,
     """The rows (indices) the K-sets are compared on, and their weights: the given rows the search did not read,
     each weighted by its label's share of all the given rows over its share of these, so that the weighted mean
     logloss estimates the mean over every given row (the search took the rarer label's rows first); every given row,
-    unweighted, where those rows lack a label the given rows hold (a rare label the search read whole) or are fewer
-    than 2."""
+    unweighted (None), where the search read more of some label's rows than it left (a rare label read whole or
+    nearly: its few rows left would carry that label's whole weight)."""
     labels = np.asarray(labels)
     held = np.setdiff1d(np.arange(len(labels)), searched)
     values = np.unique(labels)
-    if len(held) < 2 or len(np.unique(labels[held])) < len(values):
+    if any(np.count_nonzero(labels[held] == v) < np.count_nonzero(labels[searched] == v) for v in values) \
+            or len(held) < 2:
         return np.arange(len(labels)), None
     share = {float(v): np.mean(labels == v) / np.mean(labels[held] == v) for v in values}
     return held, np.array([share[float(v)] for v in labels[held]])
@@ -219,7 +220,7 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
 
     The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
     (the K fields the model loses most without, every other field there): on the validation rows given that the
-    search did not read, weighted by label (`held_out_rows`; every given row where the search read a label whole),
+    search did not read, weighted by label (`held_out_rows`; every given row where the search read most of a label),
     the per-row logloss with each set open and the others closed; the second set replaces the first only where the first is measurably worse (the closing
     test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward
     order cannot see fields that matter only together; the closing costs of every field open cannot see that two
@@ -238,7 +239,7 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     rows, weights = search_rows(labels)
     order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights)
     second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights)
-    held, held_weights = held_out_rows(labels, rows)  # rows neither search read: neither set was chosen on them
+    held, held_weights = held_out_rows(labels, rows)  # rows the search did not read (or every row: see there)
     difference, se, chosen = 0.0, 0.0, False
     if set(second) != set(order[:k]):
         first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device,
@@ -250,8 +251,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     return {"order": [names[i] for i in order], "rows": len(rows), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()},
-            "alternative": {"order": [names[i] for i in second], "rows": len(held), "difference": difference,
-                            "se": se, "chosen": chosen}}
+            "alternative": {"order": [names[i] for i in second], "rows": len(held), "held_out": held_weights is not None,
+                            "difference": difference, "se": se, "chosen": chosen}}
 
 
 def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str]]:
@@ -413,7 +414,7 @@ def rule_site(deferred: bool) -> str:
 
 def forward_rule(keep: int, deferred: bool) -> str:
     return (f"first {keep} of the forward order on the validation rows, or the {keep} fields costliest to close from "
-            f"every field open where measurably better on the rows the search did not read{rule_site(deferred)}")
+            f"every field open where measurably better on held-out validation rows{rule_site(deferred)}")
 
 
 def _in_se(cost: float, se: float) -> float | None:

@@ -17,7 +17,7 @@ import torch
 from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
-from .config import RunConfig, check_one_rule
+from .config import RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_name_length, check_out, file_sha256
@@ -122,6 +122,7 @@ def _fit_seconds(t0: float, hist: dict) -> float:
 def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
+    check_no_rule_without_gates(cfg)
     return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
 
 
@@ -216,8 +217,12 @@ def _alternative_note(search: dict) -> str:
     alt = search.get("alternative") or {}
     if not alt.get("chosen"):
         return ""
+    where = (f"{alt['rows']:,} validation rows the search did not read, weighted by label" if alt.get("held_out", True)
+             else f"all {alt['rows']:,} validation rows given (the search read most of a label's)")
+    if not np.isfinite(alt["difference"]):
+        return f"; kept: the {len(alt['order'])} fields costliest to close (the forward order's gave no finite loss on {where})"
     return (f"; kept: the {len(alt['order'])} fields costliest to close, measurably better than the forward order's "
-            f"on {alt['rows']:,} validation rows the search did not read (logloss {alt['difference']:+.5f}, "
+            f"on {where} (logloss {alt['difference']:+.5f}, "
             + (f"{abs(alt['difference']) / alt['se']:.1f} standard errors)" if alt["se"] > 0 else "every row alike)"))
 
 
@@ -440,6 +445,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
     out = Path(out)
     check_name_length(out)
+    check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as one from the CLI
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch

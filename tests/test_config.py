@@ -162,3 +162,13 @@ def test_a_run_recorded_with_no_select_and_a_rule_still_reads_back():
     """Runs written before the refusal recorded such configs: reading one back (inspect, export) must still work."""
     cfg = RunConfig.from_dict({"data": "d.csv", "label": "y", "no_select": True, "keep": 3}, "runs/r/config.yaml")
     assert cfg.train.no_select and cfg.prune.keep == 3
+
+
+def test_the_pipeline_refuses_a_python_built_no_select_config_with_a_rule(tmp_path):
+    """RunConfig.but and from_dict read runs back and so do not refuse; training a new run from such a config does."""
+    from lightfmp import pipeline
+    cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="y", keep=3).but(no_select=True)
+    for call in (pipeline.run, pipeline.train):
+        with pytest.raises(LightFMPError, match="--no-select and --keep 3"):
+            call(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists()

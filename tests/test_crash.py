@@ -170,3 +170,21 @@ def test_phase_one_done_leaves_no_checkpoint_folder_and_the_hint_says_what_a_rer
         assert hint == "rerun the same command to start the continue-first phase again (it had no completed epoch yet)"
     finally:
         ckpt_files.reset_hint()
+
+
+def test_removing_the_checkpoints_takes_what_a_killed_safetensors_write_left(tmp_path):
+    """safetensors writes through a temporary of its own (".tmp" and 6 characters) beside the file: a kill inside
+    that write leaves it, and the finished run's clean-up must take it too, or the folder stays. A file of another
+    name stays (the folder with it)."""
+    out = tmp_path / "r"
+    d = ckpt_files.checkpoint_dir(out)
+    d.mkdir()
+    (d / ".tmp7gw4Xp").write_bytes(b"")
+    ckpt_files.remove(out)
+    assert not d.exists()
+    d.mkdir()
+    (d / ".tmp7gw4Xp").write_bytes(b"")
+    (d / "notes.txt").write_text("mine")
+    ckpt_files.remove(out)
+    assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
+

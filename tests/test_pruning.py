@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
-from lightfmp.keep_rule import (SEARCH_ROWS, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
+from lightfmp.keep_rule import (backward_sweep, closing_scores, closing_test, forward_order, keep_order,
                                 ranking, select_fields)
 from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.pruning import prune_model
@@ -464,7 +464,7 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     order = second + [i for i in chosen[:2] + rest if i not in second] if switch else chosen[:2] + rest
     alternative = short.pop("alternative")
     assert short == {"order": [schema.names[i] for i in order], "rows": len(y), "copies": {}, "finer": {}, "shadowed": {}}
-    assert alternative == {"order": [schema.names[i] for i in second], "rows": len(y),
+    assert alternative == {"order": [schema.names[i] for i in second], "rows": len(y), "held_out": False,
                            "difference": pytest.approx(float(d.mean()), rel=1e-3, abs=1e-8),
                            "se": pytest.approx(se, rel=1e-3, abs=1e-8),
                            "chosen": switch}
@@ -483,7 +483,7 @@ def test_keep_k_keeps_fields_that_matter_only_together():
     """x1, x2 and x3 drive the label together (the parity of their halves), no two of them alone; m alone; four
     noise fields. Opening one or two of the three while the others are closed gains nothing, so the forward order's
     first 4 miss them; the 4 fields costliest to close from every field open are m and the three, measurably better
-    on the validation rows the search did not read, and --keep 4 keeps them."""
+    on the validation rows, and --keep 4 keeps them."""
     rng = np.random.default_rng(0)
     n = 12000
     cols = {name: rng.integers(0, 6, n) for name in ("x1", "n1", "m", "x2", "n2", "x3", "n3", "n4")}
@@ -505,7 +505,8 @@ def test_keep_k_keeps_fields_that_matter_only_together():
     out = keep_order(model, s, ids[valid].numpy(), y[valid].numpy(), 4)
     assert set(out["order"][:4]) == together
     alt = out["alternative"]
-    assert alt["chosen"] and alt["rows"] == 6000 - SEARCH_ROWS and alt["difference"] < -2 * alt["se"]
+    # 6,000 rows of about half each label: the search read most of each, so the sets are compared on every row
+    assert alt["chosen"] and alt["rows"] == 6000 and not alt["held_out"] and alt["difference"] < -2 * alt["se"]
 
 
 def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
@@ -701,6 +702,10 @@ def test_the_sets_are_compared_on_unsearched_rows_weighted_back_to_every_rows_la
     assert len(np.intersect1d(held, rows)) == 0 and len(held) == 20_000 - len(rows)
     assert np.average(labels[held], weights=w) == pytest.approx(0.25)  # the weighted share is every row's
     assert set(np.round(w, 6)) == {round(0.25 / np.mean(labels[held] == 1), 6), round(0.75 / np.mean(labels[held] == 0), 6)}
+    labels = np.zeros(100_000, np.float32)
+    labels[:2100] = 1  # the search reads 2,048 of 2,100: the 52 left would carry every positive's weight
+    held, w = held_out_rows(labels, search_rows(labels)[0])
+    assert np.array_equal(held, np.arange(100_000)) and w is None
 
 
 def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
@@ -724,3 +729,32 @@ def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
     assert sorted(got) == [0, 1, 2, 3] and len(got) == 4
     three = costliest_set(model, ids, df["label"].to_numpy(np.float32), 3, groupings=g)
     assert len(three) == 3 and not {0, 1} <= set(three)  # within K the copy rule holds
+
+
+def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
+    """20,000 rows at 25% positives: the comparison reads the rows the search did not read, with the
+    label weights of `held_out_rows` (so its mean is every row's), and a NaN loss of the second set never chooses it."""
+    import lightfmp.keep_rule as keep_rule
+    rng = np.random.default_rng(0)
+    n = 20000
+    df = __import__("pandas").DataFrame({f: rng.integers(0, 4, n) for f in ("a", "b", "c")}).astype(str)
+    df["label"] = (np.arange(n) % 4 == 0).astype(int)
+    s = fit_schema(FeatureSchema("label", [Field(f, "categorical") for f in ("a", "b", "c")], min_count=1), df)
+    torch.manual_seed(0)
+    model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    seen = {}
+    real = keep_rule.compare_sets
+
+    def spy(model, ids, labels, first, second, device="cpu", weights=None):
+        seen.update(labels=labels, weights=weights)
+        one, two = real(model, ids, labels, first, second, device, weights)
+        return one, np.full_like(two, np.nan)
+    monkeypatch.setattr(keep_rule, "forward_order", lambda *a, **k: [0, 1, 2])
+    monkeypatch.setattr(keep_rule, "costliest_set", lambda *a, **k: [2])
+    y = df["label"].to_numpy(np.float32)
+    monkeypatch.setattr(keep_rule, "compare_sets", spy)
+    out = keep_rule.keep_order(model, s, s.encode(df), y, 1)
+    rows, _ = keep_rule.search_rows(y)
+    assert len(seen["labels"]) == n - len(rows) and seen["weights"] is not None
+    assert np.average(seen["labels"], weights=seen["weights"]) == pytest.approx(0.25)
+    assert out["alternative"]["held_out"] and not out["alternative"]["chosen"] and out["order"][0] == "a"

@@ -558,5 +558,8 @@ def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
         assert res.exit_code == 2 and text in res.stderr, res.output
     res = runner.invoke(app, ["profile", str(ex.ids), "--url", "https://127.0.0.1:1"])
     assert res.exit_code == 2 and "expected http://HOST:PORT" in res.stderr
-    res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url + "/v2"])  # the routes' root, not the server's
-    assert res.exit_code == 2 and "without /v2" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    for path in ("/v2", "/v2/models/ctr", "/gw/v2/health/ready"):  # the routes' root or a route, not the server's
+        res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url + path])
+        assert res.exit_code == 2 and "without /v2" in res.stderr and len(res.stderr.strip().splitlines()) == 1, path
+    from lightfmp.serve.load import Target
+    assert Target.parse("http://gw:80/api/v2/models-gw/").prefix == "/api/v2/models-gw"  # a proxy's mount path

@@ -41,7 +41,9 @@ class Target:
         except ValueError:
             raise LightFMPError(f"--url {url!r}: the port is not a number in 0..65535") from None
         prefix = parts.path.rstrip("/")
-        if prefix.endswith("/v2") or "/v2/models" in prefix:  # the routes would be /v2/v2/...
+        segments = [seg for seg in prefix.split("/") if seg]
+        if segments[-1:] == ["v2"] or any(a == "v2" and b in ("models", "health", "repository")
+                                          for a, b in zip(segments, segments[1:])):  # the routes would be /v2/v2/...
             raise LightFMPError(f"--url {url!r}: give the server's root (http://HOST:PORT, or the path a proxy "
                                 f"mounts it at), without /v2: the protocol's routes /v2/models/... are added to it")
         return cls(parts.hostname, port, prefix)
