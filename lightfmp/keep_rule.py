@@ -221,8 +221,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
     (the K fields the model loses most without, every other field there): on the validation rows given that the
     search did not read, weighted by label (`held_out_rows`; every given row where the search read most of a label),
-    the per-row logloss with each set open and the others closed; the second set replaces the first only where the first is measurably worse (the closing
-    test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward
+    the per-row logloss with each set open and the others closed; the second set replaces the first only where the
+    first is measurably worse (the closing test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward
     order cannot see fields that matter only together; the closing costs of every field open cannot see that two
     fields repeat each other (nor that a field is weak but the best of what is left).
 
@@ -251,8 +251,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     return {"order": [names[i] for i in order], "rows": len(rows), "copies": _named(groupings.copies(), names),
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()},
-            "alternative": {"order": [names[i] for i in second], "rows": len(held), "held_out": held_weights is not None,
-                            "difference": difference, "se": se, "chosen": chosen}}
+            "alternative": {"order": [names[i] for i in second], "rows": len(held),
+                            "held_out": held_weights is not None, "difference": difference, "se": se,
+                            "chosen": chosen}}
 
 
 def _named(copied: dict[int, list[int]], names: list[str]) -> dict[str, list[str]]:

@@ -220,7 +220,8 @@ def _alternative_note(search: dict) -> str:
     where = (f"{alt['rows']:,} validation rows the search did not read, weighted by label" if alt.get("held_out", True)
              else f"all {alt['rows']:,} validation rows given (the search read most of a label's)")
     if not np.isfinite(alt["difference"]):
-        return f"; kept: the {len(alt['order'])} fields costliest to close (the forward order's gave no finite loss on {where})"
+        return (f"; kept: the {len(alt['order'])} fields costliest to close (the forward order's gave no finite loss "
+                f"on {where})")
     return (f"; kept: the {len(alt['order'])} fields costliest to close, measurably better than the forward order's "
             f"on {where} (logloss {alt['difference']:+.5f}, "
             + (f"{abs(alt['difference']) / alt['se']:.1f} standard errors)" if alt["se"] > 0 else "every row alike)"))
