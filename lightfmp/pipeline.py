@@ -82,12 +82,12 @@ def _check_out(out: Path, force: bool) -> None:
 def _warn_one_class(data: Dataset, reporter: Reporter) -> None:
     """Validation or test rows of one class leave their AUC undefined: say so (epochs are then chosen by validation
     logloss; the test AUC is reported as nan, and an export checks its scores without it)."""
-    for split, then in (("validation", "epochs are chosen by validation logloss"),
-                        ("test", "the test AUC is nan (test logloss still measures the model)")):
-        y = data.split_rows("valid" if split == "validation" else "test").labels()
+    for split, word, then in (("valid", "validation", "epochs are chosen by validation logloss"),
+                              ("test", "test", "the test AUC is nan (test logloss still measures the model)")):
+        y = data.split_rows(split).labels()
         if len(y) and y.min() == y.max():
-            reporter.log(f"[yellow]warning[/]: every {split} row has label {int(y[0])}: {split} AUC is undefined, so "
-                         f"{then}; a larger {split} share (--split) or another --seed gives both classes")
+            reporter.log(f"[yellow]warning[/]: every {word} row has label {int(y[0])}: {word} AUC is undefined, so "
+                         f"{then}; a larger {word} share (--split) or another --seed gives both classes")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
