@@ -2,6 +2,7 @@
 resolution of the training commands. Command modules import this; cli/app.py imports the command modules."""
 from __future__ import annotations
 
+import contextvars
 import errno
 import functools
 import inspect
@@ -17,7 +18,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lightfmp import checkpoint, distributed
-from lightfmp.config import RunConfig, resolve
+from lightfmp.config import RunConfig, flag, keys_given, load_yaml, resolve
 from lightfmp.errors import LightFMPError
 
 from .options import config_flags
@@ -177,6 +178,7 @@ def friendly(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         checkpoint.reset_hint()
+        _FROM_CONFIG.set(None)
         who = lambda: f"rank {distributed.rank()}: " if distributed.world() > 1 else ""  # noqa: E731
         # only in the main thread, and only over the default (a caller that ignores SIGTERM or handles it keeps that)
         main = threading.current_thread() is threading.main_thread() \
@@ -185,7 +187,7 @@ def friendly(func):
         try:
             return func(*args, **kwargs)
         except LightFMPError as e:
-            fail(who() + str(e))
+            fail(who() + with_config_origin(str(e)))
         except OSError as e:
             if e.errno not in ENVIRONMENT_ERRNOS or not e.filename:
                 raise
@@ -238,4 +240,21 @@ def resolve_config(kwargs: dict) -> RunConfig:
     """The RunConfig of a command given --out RUN, --config FILE and the config flags (flags win over the file)."""
     if kwargs["out"] is None:
         raise LightFMPError("missing --out RUN (the run directory to create)")
-    return resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+    flags, config = config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None
+    cfg = resolve(flags, config)
+    if config:  # for errors raised later that name an option the file set (`friendly` says where it came from)
+        given = {k for k, v in flags.items() if v is not None}
+        _FROM_CONFIG.set((config, frozenset(keys_given(load_yaml(config)) - given)))
+    return cfg
+
+
+_FROM_CONFIG: contextvars.ContextVar = contextvars.ContextVar("from_config", default=None)
+
+
+def with_config_origin(message: str) -> str:
+    """`message`, saying which of the options it names the --config file set (they read as flags in it)."""
+    origin = _FROM_CONFIG.get()
+    if origin is None or message.startswith(f"{origin[0]}:"):
+        return message
+    named = [flag(k) for k in sorted(origin[1]) if re.search(rf"(?<![\w-]){re.escape(flag(k))}(?![\w-])", message)]
+    return f"{message} ({', '.join(named)} from {origin[0]})" if named else message

@@ -56,7 +56,7 @@ def register(app) -> None:
         if "fp16" in v and "auc_change" in v["fp16"]:
             t.add_row("AUC change from fp16 tables", f"{v['fp16']['auc_change']:+.2e}")
         out.print(t)
-        for note in (v.get("note"),):
+        for note in (v.get("note"), v.get("auc_skipped")):
             if note:
                 err.print(f"[yellow]note:[/] {note}", highlight=False)
         if v.get("numeric_bucket_mismatches"):

@@ -76,6 +76,27 @@ def number(s, v):
     raise ServeError(f"field '{s['name']}' is numeric but got {v!r} ({type(v).__name__})")
 
 
+def joined(s, v, known):
+    """A multi-hot value's text: a list of tokens joined by the field's separator, or a scalar as `token` reads it."""
+    if not isinstance(v, list):
+        return token(s, v, known)
+    bad = [t for t in v if not isinstance(t, (str, int)) or isinstance(t, bool)]
+    if bad:
+        raise ServeError(f"field '{s['name']}' (multi-hot) got token {bad[0]!r} ({type(bad[0]).__name__}) in {v!r}")
+    return s["separator"].join(str(t) for t in v)
+
+
+def each(values, convert):
+    """convert(v) for every record's value; a refusal names the record."""
+    out = []
+    for i, v in enumerate(values):
+        try:
+            out.append(convert(v))
+        except ServeError as e:
+            raise ServeError(f"record {i}, {e}") from None
+    return out
+
+
 def hashed_id(text, rule):
     """The hash rule of feature_schema.json: FNV-1a 64 then the splitmix64 finaliser, mod buckets."""
     h = 0xCBF29CE484222325
@@ -137,21 +158,13 @@ class Client:
             name, kind, known = s["name"], s["kind"], self.vocab.get(s["name"], {})
             values = [r.get(name) for r in records]
             if kind == "numeric":  # the graph bucketizes; missing is NaN
-                feeds[name] = np.array([number(s, v) for v in values], np.float32)
+                feeds[name] = np.array(each(values, lambda v: number(s, v)), np.float32)
             elif kind == "categorical":
-                feeds[name] = np.array(self.ids(s, [token(s, v, known) for v in values]),
+                feeds[name] = np.array(self.ids(s, each(values, lambda v: token(s, v, known))),
                                        dtype=object if self.raw else np.int64)
             else:  # multi_hot: "a|b" or a list of tokens, truncated / padded to max_len slots
                 width, sep, rows = s["shape"][1], s["separator"], []
-                for v in values:
-                    if isinstance(v, list):
-                        bad = [t for t in v if not isinstance(t, (str, int)) or isinstance(t, bool)]
-                        if bad:
-                            raise ServeError(f"field '{name}' (multi-hot) got token {bad[0]!r} "
-                                             f"({type(bad[0]).__name__}) in {v!r}")
-                        text = sep.join(str(t) for t in v)
-                    else:
-                        text = token(s, v, known)
+                for text in each(values, lambda v: joined(s, v, known)):
                     toks = self.ids(s, [t for t in (text or "").split(sep) if t][:width])
                     rows.append(toks + [s["pad_value"]] * (width - len(toks)))
                 feeds[name] = np.array(rows, dtype=object if self.raw else np.int64).reshape(len(records), width)

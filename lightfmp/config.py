@@ -432,6 +432,18 @@ def load_yaml(path: str | Path) -> dict:
     return d
 
 
+def keys_given(d: dict | None) -> set[str]:
+    """The option names a config mapping sets (sections flattened, '-' read as '_'), as `from_dict` reads them."""
+    out = set()
+    for k, v in (d or {}).items():
+        key = str(k).replace("-", "_")
+        if key in SECTIONS and isinstance(v, (dict, type(None))):
+            out |= {str(kk).replace("-", "_") for kk in (v or {})}
+        else:
+            out.add(key)
+    return out
+
+
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     """Built-in defaults < --config YAML < flags given on the command line (None means not given); a keep rule
     given as a flag replaces the file's (--keep clears its threshold, --threshold its keep)."""

@@ -87,9 +87,22 @@ def _missing(v) -> bool:
 
 
 def _check_column(f: Field, col: pd.Series) -> pd.Series:
-    """Reject values whose type cannot be a value of this field's kind; multi-hot lists become joined text."""
+    """Reject values whose type cannot be a value of this field's kind, naming the record (its position);
+    multi-hot lists become joined text."""
+    convert = _value_rule(f)
+    values = []
+    for i, v in enumerate(col):
+        try:
+            values.append(convert(v))
+        except LightFMPError as e:
+            raise LightFMPError(f"record {i}, {e}") from None
+    return pd.Series(values, index=col.index, dtype=np.float64 if f.kind == "numeric" else object)
+
+
+def _value_rule(f: Field):
+    """The function that checks and converts one value of field f."""
     if f.kind == "numeric":
-        return pd.Series([_number(f, v) for v in col], index=col.index, dtype=np.float64)
+        return lambda v: _number(f, v)
     if f.kind == "multi_hot":
         def join(v):
             if isinstance(v, (list, tuple, np.ndarray)):
@@ -100,9 +113,9 @@ def _check_column(f: Field, col: pd.Series) -> pd.Series:
                 return f.separator.join(str(t) for t in v)
             return _token(f, v, known)
         known = set(f.vocab or [])
-        return col.map(join)
+        return join
     known = set(f.vocab or [])
-    return col.map(lambda v: _token(f, v, known))
+    return lambda v: _token(f, v, known)
 
 
 def _shown(v) -> str:

@@ -1,4 +1,4 @@
-"""Fitting a FeatureSchema: the kinds of the columns (named on the command line, else inferred from the first
+"""Fitting a FeatureSchema: the kinds of the columns (named by the options, else inferred from the first
 batch), then vocabularies and bucket edges in one pass over the training rows, batch by batch, in bounded memory.
 This is the only fitter: a file that fits in memory goes through it too, as one or a few batches.
 
@@ -134,7 +134,7 @@ def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None 
     for printing."""
     names = column_names(data) if columns is None else columns
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
-    _check_named(names, list(named) + spec.ignore, source)
+    _check_named(names, spec, source)
     if spec.label in named:
         raise LightFMPError(f"{source}: column '{spec.label}' is the label and cannot also be a feature")
     fields, inferred = [], {}
@@ -156,11 +156,14 @@ def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None 
     return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
 
 
-def _check_named(names: list[str], cols: list[str], source: str) -> None:
-    absent = next((c for c in cols if c not in names), None)
-    if absent is not None:
-        raise LightFMPError(f"{source}: column '{absent}' named on the command line is absent "
-                            f"(columns: {', '.join(names)})")
+def _check_named(names: list[str], spec: SchemaSpec, source: str) -> None:
+    """Every column the user named is in the data; else one error naming the column and the option that named it."""
+    for option, cols in (("--categorical", spec.categorical), ("--numeric", spec.numeric),
+                         ("--multi-hot", spec.multi_hot), ("--ignore", spec.ignore)):
+        absent = next((c for c in cols if c not in names), None)
+        if absent is not None:
+            raise LightFMPError(f"{source}: column '{absent}' named by {option} is absent "
+                                f"(columns: {', '.join(names)})")
 
 
 def infer_kind(s, rows: int) -> tuple[str, str]:
@@ -273,7 +276,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
         schema, inferred = infer_schema(data, sub, source, columns=rest)
         fields = {f.name: f for f in schema.fields}
     else:
-        _check_named(columns, list(named) + spec.ignore, source)  # the check infer_schema would have made
+        _check_named(columns, spec, source)  # the check infer_schema would have made
         fields = {}
     for c, kind in kinds.items():
         fields[c] = Field(c, kind, separator=spec.multi_hot.get(c))

@@ -421,6 +421,25 @@ def test_config_values_are_typed_and_bad_ones_named(data, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_errors_found_later_say_which_options_the_config_file_set(data, tmp_path):
+    """A value from --config that the data or the machine refuses (after the file itself was read fine) is named
+    as the flag and as coming from the file; a flag given on the command line is not blamed on the file."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {data}\nlabel: label\ncategorical: a\nmulti-hot: 'a:|'\n")
+    r = cli("run", "--config", cfg, "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "both --categorical and --multi-hot" in r.output
+    assert f"(--categorical, --multi-hot from {cfg})" in r.output
+    cfg.write_text(f"data:\n  data: {data}\n  label: label\n  numeric: [nosuch]\n")  # in a section
+    r = cli("run", "--config", cfg, "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 2 and "column 'nosuch' named by --numeric is absent" in r.output
+    assert f"(--numeric from {cfg})" in r.output, r.output
+    cfg.write_text(f"data: {data}\nlabel: label\n")
+    r = cli("run", "--config", cfg, "--numeric", "nosuch", "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 2 and "named by --numeric is absent" in r.output and str(cfg) not in r.output, r.output
+    assert not (tmp_path / "r").exists()
+
+
 def test_select_flag_overrides_config(data, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"data: {data}\nlabel: label\nno_select: true\n")

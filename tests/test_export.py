@@ -512,3 +512,19 @@ def test_a_numeric_field_beyond_float32_is_refused_naming_it(tmp_path):
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--quiet"])
     assert res.exit_code == 2 and "field 'price': its bucket edges reach" in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "exp").exists()
+
+
+def test_a_test_split_of_one_label_exports_with_a_note_that_no_auc_was_compared(tmp_path):
+    """The newest rows (the test split under --time-column) all have label 0: there is no test AUC, so the export
+    checks the scores against PyTorch only, and says so (in the table's notes and in the validation report)."""
+    df = pd.read_csv(make_csv(tmp_path / "d.csv"))
+    df["t"] = np.arange(len(df))
+    df.loc[len(df) * 8 // 10:, "label"] = 0
+    df.to_csv(tmp_path / "one.csv", index=False)
+    pipeline.run(_cfg(tmp_path / "one.csv", no_select=True, time_column="t"), tmp_path / "run", quiet=True)
+    assert open_run(tmp_path / "run").metrics()["test"]["auc"] is None
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
+    assert res.exit_code == 0, res.output
+    assert "note:" in res.output and "hold one label only" in res.output, res.output
+    v = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())["validation"]
+    assert "auc_onnx" not in v and "one label only" in v["auc_skipped"]

@@ -326,8 +326,10 @@ def _bad_cases(ex):
         ("records: overflowing number", "/v2/models/ctr/records",
          json.dumps([rec, {**rec, "price": "BIG"}]).encode().replace(b'"BIG"', b"1e400"), 400,
          "record 1, field 'price': 1e400 is not a finite number"),
-        ("records: wrong type", "/v2/models/ctr/records", json.dumps([{**rec, "price": "cheap"}]).encode(), 400,
-         "field 'price' is numeric but got 'cheap'"),
+        ("records: wrong type", "/v2/models/ctr/records", json.dumps([rec, {**rec, "price": "cheap"}]).encode(),
+         400, "record 1, field 'price' is numeric but got 'cheap'"),
+        ("records: a list for a category", "/v2/models/ctr/records",
+         json.dumps([rec, rec, {**rec, "city": ["a", "b"]}]).encode(), 400, "record 2, field 'city' (categorical) got"),
         ("records: R's NA", "/v2/models/ctr/records", json.dumps([{**rec, "price": "NA"}]).encode(), 400,
          "field 'price' is 'NA', which reads as a missing number"),
         ("records: not a list", "/v2/models/ctr/records", json.dumps(rec).encode(), 400, "JSON list of objects"),
@@ -513,6 +515,44 @@ def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_body_still_arriving_when_shutdown_gives_up_gets_a_json_503(ex):
+    """A client that sends part of a body and stalls holds the graceful shutdown until its grace period passes;
+    then the request is answered 503 in the protocol's error body (not a plain-text 500 and a traceback)."""
+    opts = ServeOptions(port=0)
+    server = make_server(load_model(ex.ids, opts), opts)
+    server.config.timeout_graceful_shutdown = 0.5
+    sock = bind("127.0.0.1", 0)
+    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert th.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    s = SimpleNamespace(hostport=url_of(sock).removeprefix("http://"))
+    host, port = s.hostport.rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=30)
+    try:
+        stalled.sendall(b"POST /v2/models/ctr/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: 1000\r\n\r\n[{")
+        while not re.search(r"^lightfmp_requests_in_flight [1-9]", request(s, "GET", "/metrics")[2].decode(), re.M):
+            assert time.monotonic() < deadline, "the stalled request was never in flight"
+            time.sleep(0.01)
+        server.should_exit = True
+        reply = b""
+        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+            chunk = stalled.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    finally:
+        stalled.close()
+        th.join(15)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"application/json" in head, reply
+    assert "shutting down" in json.loads(body)["error"]
+    assert not th.is_alive()
 
 
 def test_cli_refuses_bad_input(ex, tmp_path):

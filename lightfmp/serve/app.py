@@ -3,6 +3,7 @@ route, /metrics, and the error handling every route shares (one-line `{"error": 
 requests, a body-size limit checked before the body is read)."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -78,6 +79,11 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
                 except UnicodeEncodeError:  # the request's JSON escaped half of a UTF-16 pair ("\ud800"): a bad string
                     response = error_response(400, "a string value is not valid Unicode (a lone surrogate escape such "
                                                    "as \\ud800)")
+                except asyncio.CancelledError:  # shutdown's grace period passed first (a body still arriving)
+                    log.warning("%s %s: the server stopped before the request finished", request.method,
+                                request.url.path)
+                    response = error_response(503, "the server is shutting down and this request did not finish "
+                                                   "within its grace period; send it again")
                 except Exception as e:  # a fault of the server, not of the request: log it, answer 500
                     log.exception("%s %s failed", request.method, request.url.path)
                     response = error_response(500, f"internal error: {type(e).__name__}: "
