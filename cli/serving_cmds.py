@@ -11,6 +11,7 @@ from rich.table import Table
 from lightfmp import profiling
 from lightfmp.config import check_range
 from lightfmp.export import export_run
+from lightfmp.export.bundle import MAX_THREADS
 from lightfmp.errors import LightFMPError
 from lightfmp.io import check_output_file, write_json_atomic
 from lightfmp.serve import ServeOptions, serve
@@ -94,7 +95,7 @@ def register(app) -> None:
             return _profile_url(url, model, clients, batch_sizes, json_file, max_seconds, max_runs, quiet,
                                 compare=compare, plot=plot, trace=trace)
         sizes = profiling.parse_batch_sizes("1,8,64,512,4096" if batch_sizes is None else batch_sizes)
-        check_range("--threads", threads, 0)
+        check_range("--threads", threads, 0, MAX_THREADS)
         check_range("--max-seconds", max_seconds, 0, open_low=True)
         check_range("--max-runs", max_runs, 1)
         outputs = [(p, kind, flag) for p, kind, flag in ((json_file, "json", "--json"), (plot, "png", "--plot"),

@@ -212,7 +212,8 @@ def main(argv):
             records = made_up_records(client.schema, client.vocab)
         probs = client.predict(records)
     except (ServeError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        text = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else str(e)
+        print(f"error: {text.splitlines()[0] if text else type(e).__name__}", file=sys.stderr)
         return 2
     for rec, p in zip(records, probs):
         print(json.dumps({"record": rec, "probability": float(p)}) if len(argv) == 1 else

@@ -56,8 +56,8 @@ class ModelTimings:
 
 
 def _counts(text: str, flag: str, example: str, what: str, high: int) -> list[int]:
-    """Comma-separated integers from 1 to `high`; anything else (a word, an empty item, nothing) is one line naming
-    `flag`."""
+    """Comma-separated integers from 1 to `high`, each once (a repeat is dropped, as `bench --seeds` drops one);
+    anything else (a word, an empty item, nothing) is one line naming `flag`."""
     items = str(text).split(",")
     try:
         values = [int(v) for v in items]
@@ -65,7 +65,7 @@ def _counts(text: str, flag: str, example: str, what: str, high: int) -> list[in
         raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}") from None
     if min(values) < 1 or max(values) > high:
         raise LightFMPError(f"{flag} {text!r}: every {what} must be >= 1 and <= {high:,}")
-    return values
+    return list(dict.fromkeys(values))
 
 
 def parse_batch_sizes(text: str) -> list[int]:

@@ -219,9 +219,15 @@ def _read_schema(p: Path, info: dict) -> FeatureSchema:
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); the model's ids "
                             f"no longer match its vocabularies: train again")
     try:
-        return FeatureSchema.load(path)
+        schema = FeatureSchema.load(path)
     except (TypeError, ValueError, AttributeError, KeyError) as e:
         raise LightFMPError(f"{path}: not a valid feature schema ({type(e).__name__}: {e})") from None
+    unfitted = next((f for f in schema.fields if not f.fitted), None)  # a run's schema is the fitted one
+    if unfitted is not None:
+        what = "bucket boundaries" if unfitted.kind == "numeric" else "vocabulary"
+        raise LightFMPError(f"{path}: field '{unfitted.name}' ({unfitted.kind}) has no {what}; a run's schema is "
+                            f"fitted (edited by hand?)")
+    return schema
 
 
 def open_run(path: str | Path) -> Run:

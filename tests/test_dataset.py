@@ -12,6 +12,7 @@ from lightfmp import pipeline
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
+from lightfmp.io import file_sha256
 from lightfmp.rows import ArrayRows
 from lightfmp.splits import SALT_SPLIT, SplitRule, parse_split, row_uniform, time_codes
 
@@ -209,6 +210,14 @@ def test_tampered_schema_and_older_runs_refused(tmp_path):
     schema["fields"][0]["vocab"] = schema["fields"][0]["vocab"][::-1]  # ids no longer mean what they meant
     (tmp_path / "r" / "schema.json").write_text(json.dumps(schema))
     with pytest.raises(LightFMPError, match="schema.json: changed since the run wrote it"):
+        pipeline.open_run(tmp_path / "r")
+    # a categorical field turned numeric by hand, with run.json's hash made to match: no bucket boundaries
+    schema["fields"][0]["vocab"] = schema["fields"][0]["vocab"][::-1]
+    schema["fields"][0]["kind"] = "numeric"
+    (tmp_path / "r" / "schema.json").write_text(json.dumps(schema))
+    info_path.write_text(json.dumps(dict(info, schema_sha256=file_sha256(tmp_path / "r" / "schema.json"))))
+    with pytest.raises(LightFMPError, match=f"schema.json: field '{schema['fields'][0]['name']}' \\(numeric\\) has "
+                                            f"no bucket boundaries"):
         pipeline.open_run(tmp_path / "r")
 
 

@@ -367,6 +367,8 @@ def _numeric(doc) -> dict:
     (lambda d: _numeric(d)["transform"].update(boundaries=[3, 2, 1]), "boundaries must be in ascending order"),
     (lambda d: _numeric(d)["transform"].update(boundaries=[1, "x"]), "boundaries must be a list of numbers"),
     (lambda d: d["inputs"].append(dict(d["inputs"][0])), "is listed twice in 'inputs'"),
+    (lambda d: d.update(triton_model=5), "triton_model 5 is not a model name"),
+    (lambda d: d.update(triton_model="a/b c"), "triton_model 'a/b c' is not a model name"),
 ])
 def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit, msg):
     d = _edited_copy(s, tmp_path, edit)

@@ -970,6 +970,8 @@ def test_a_run_inside_its_parquet_data_directory_is_refused(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("args, words", [
     (["profile", "m.onnx", "--threads", "-1"], ["--threads -1", ">= 0"]),
+    (["profile", "m.onnx", "--threads", "100000"], ["--threads 100000", "<= 1024"]),
+    (["serve", "e", "--threads", "100000"], ["--threads 100000", "<= 1024"]),
     (["profile", "m.onnx", "--max-seconds", "nan"], ["--max-seconds nan", "finite"]),
     (["profile", "m.onnx", "--max-seconds", "0"], ["--max-seconds 0", "> 0"]),
     (["profile", "m.onnx", "--max-runs", "0"], ["--max-runs 0", ">= 1"]),

@@ -64,6 +64,7 @@ def test_profile_of_non_onnx_file(tmp_path):
 
 
 def test_profile_bad_batch_sizes():
+    assert profiling.parse_batch_sizes("8,1,8") == [8, 1] and profiling.parse_clients("4,4") == [4]  # once each
     with pytest.raises(LightFMPError, match="--batch-sizes"):
         profiling.parse_batch_sizes("1,x")
     with pytest.raises(LightFMPError, match=">= 1"):
@@ -99,6 +100,37 @@ def test_profile_plain_onnx_with_an_int32_input_and_a_weight_listed_as_input(tmp
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "i.onnx")
     res = profiling.profile([tmp_path / "i.onnx"], [1, 4], budget=profiling.Budget(max_seconds=0.01, max_runs=5))
     assert [r["batch_size"] for r in res[0].rows] == [1, 4] and res[0].bundle.contract.names == ["ids"]
+
+
+def _plain_graph(path, dtype, shape, out_shape=None):
+    """A one-input graph (Relu of the input, cast to float) without lightfmp metadata."""
+    x = helper.make_tensor_value_info("x", dtype, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or shape)
+    nodes = [helper.make_node("Cast", ["x"], ["f"], to=TensorProto.FLOAT), helper.make_node("Relu", ["f"], ["y"])]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)],
+                                ir_version=8), path)
+    return path
+
+
+@pytest.mark.parametrize("dtype, shape", [
+    (TensorProto.FLOAT, ["n", 4]),       # numbers per row: lightfmp's numeric inputs are one per row
+    (TensorProto.FLOAT, [3, 4]),         # a fixed batch
+    (TensorProto.INT64, ["n", "len"]),   # ids with a free second dimension
+    (TensorProto.INT64, ["n", 2, 3]),    # rank 3
+    (TensorProto.INT64, []),             # a scalar
+])
+def test_plain_onnx_with_inputs_lightfmp_cannot_generate_is_refused_naming_the_input(tmp_path, dtype, shape):
+    model = _plain_graph(tmp_path / "f.onnx", dtype, shape)
+    res = runner.invoke(app, ["profile", str(model), "--batch-sizes", "2", "--no-eager"])
+    assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+    assert f"{model}: input 'x' has shape" in res.stderr and "[batch, L] ids with L fixed" in res.stderr
+
+
+def test_plain_onnx_with_ids_of_fixed_length_per_row_is_timed(tmp_path):
+    model = _plain_graph(tmp_path / "m.onnx", TensorProto.INT64, ["n", 5])
+    res = profiling.profile([model], [1, 4], budget=profiling.Budget(max_seconds=0.01, max_runs=5))
+    assert [r["batch_size"] for r in res[0].rows] == [1, 4]
+    assert [(s.kind, s.max_len) for s in res[0].bundle.contract.inputs] == [("multi_hot", 5)]
 
 
 def test_one_file_for_two_outputs_is_refused_before_any_timing(s, tmp_path):

@@ -350,7 +350,8 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
         err = json.loads(reply)
         assert set(err) == {"error"} and "\n" not in err["error"] and text in err["error"], (what, err)
         assert np.array_equal(scores(srv, "ctr", good), want), what  # the next good request succeeds
-    for method, path, status in (("GET", "/v2/models/ctr/infer", 405), ("GET", "/v3/nothing", 404)):
+    for method, path, status in (("GET", "/v2/models/ctr/infer", 405), ("GET", "/v3/nothing", 404),
+                                 ("POST", "/v2/models/ctr/infer/", 404), ("GET", "/metrics/", 404)):
         got, _, reply = request(srv, method, path)
         assert got == status and "error" in json.loads(reply)
     for path in ("/v2/models/ctr/infer", "/v2/models/ctr/records"):
@@ -596,8 +597,10 @@ def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
         model = ex.raw if not args else ex.ids
         res = runner.invoke(app, ["profile", str(model), "--url", srv.url, *args])
         assert res.exit_code == 2 and text in res.stderr, res.output
-    res = runner.invoke(app, ["profile", str(ex.ids), "--url", "https://127.0.0.1:1"])
-    assert res.exit_code == 2 and "expected http://HOST:PORT" in res.stderr
+    for bad in ("https://127.0.0.1:1", "http://[::1"):  # not plain HTTP; an IPv6 bracket left open
+        res = runner.invoke(app, ["profile", str(ex.ids), "--url", bad])
+        assert res.exit_code == 2 and "expected http://HOST:PORT" in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
     for path in ("/v2", "/v2/models/ctr", "/gw/v2/health/ready"):  # the routes' root or a route, not the server's
         res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url + path])
         assert res.exit_code == 2 and "without /v2" in res.stderr and len(res.stderr.strip().splitlines()) == 1, path

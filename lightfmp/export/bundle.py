@@ -89,7 +89,7 @@ def load_bundle(path: str | Path) -> Bundle:
         contract = ServingContract.from_dict(read_json(source, meta[METADATA_KEY], obj=False), source)
         side = p.parent / SCHEMA_FILE
         return Bundle(p.parent if side.exists() else None, p, contract, source)
-    return Bundle(None, p, ServingContract(inputs_from_graph(proto), OutputSpec(proto.graph.output[0].name),
+    return Bundle(None, p, ServingContract(inputs_from_graph(proto, p), OutputSpec(proto.graph.output[0].name),
                                            model_file=p.name))
 
 
@@ -106,21 +106,33 @@ def read_onnx(p: Path):
     return proto
 
 
-def inputs_from_graph(proto) -> list[InputSpec]:
-    """Input specs for an ONNX file without lightfmp metadata: ids in [0, 100), floats in [0, 1)."""
+def inputs_from_graph(proto, source: str | Path = "the model") -> list[InputSpec]:
+    """Input specs for an ONNX file without lightfmp metadata, shaped as a lightfmp export's inputs are: a number
+    per row ([batch] floats in [0, 1)), an id per row ([batch] ids in [0, 100)) or L ids per row ([batch, L], L
+    fixed); any other input is refused naming `source` and the input."""
     types = {7: "int64", 1: "float32", 8: "string", 6: "int32"}
     weights = {t.name for t in proto.graph.initializer}  # listed as inputs by older exporters; not fed
     out = []
     for i in (i for i in proto.graph.input if i.name not in weights):
         dt = types.get(i.type.tensor_type.elem_type)
         if dt is None:
-            raise LightFMPError(f"input '{i.name}' has an element type lightfmp cannot generate")
-        dims = [d.dim_value if d.HasField("dim_value") else "batch" for d in i.type.tensor_type.shape.dim]
+            raise LightFMPError(f"{source}: input '{i.name}' has an element type lightfmp cannot generate")
+        dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim]
+        batched = len(dims) >= 1 and isinstance(dims[0], str)
+        if not batched or len(dims) > 2 or (len(dims) == 2 and (dt == "float32" or not isinstance(dims[1], int))):
+            raise LightFMPError(
+                f"{source}: input '{i.name}' has shape [{', '.join(map(str, dims))}]; without lightfmp's metadata "
+                f"an input is generated only as [batch] numbers or ids, or [batch, L] ids with L fixed (a lightfmp "
+                f"export's shapes)")
         kind = "numeric" if dt == "float32" else ("multi_hot" if len(dims) == 2 else "categorical")
         out.append(InputSpec(i.name, kind, dt, ["batch"] + dims[1:], 102,
                              transform=Bucketize([0.0, 1.0]) if kind == "numeric" else None,
-                             max_len=int(dims[1]) if kind == "multi_hot" and isinstance(dims[1], int) else 0))
+                             max_len=dims[1] if kind == "multi_hot" else 0))
     return out
+
+
+MAX_THREADS = 1024  # ONNX Runtime intra-op threads a command takes at most (as `profile --clients`): each is a thread
+                   # with its own stack and spin-waiting, so a typo of 100,000 would exhaust the machine
 
 
 def session(path: str | Path, threads: int | None = None, profile_prefix: str | None = None,
@@ -182,4 +194,5 @@ def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.nda
     return np.concatenate(outs) if outs else np.zeros(0, np.float32)
 
 
-__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph", "session", "check_graph", "run_batched"]
+__all__ = ["Bundle", "load_bundle", "read_onnx", "inputs_from_graph", "session", "check_graph", "run_batched",
+           "MAX_THREADS"]

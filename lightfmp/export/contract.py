@@ -24,6 +24,7 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 METADATA_KEY = "lightfmp.feature_schema"
 OUTPUT_NAME = "probability"
+TRITON_NAME = r"[A-Za-z0-9_-]+"  # the characters a Triton model name (a folder of the model repository) keeps here
 BUCKETIZE_RULE = "id = first_id + count(boundaries <= x); NaN -> missing_id"
 HASH_FUNCTION = "fnv1a64+splitmix64"
 HASH_RULE = ("h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222325, prime 0x100000001b3); "
@@ -225,6 +226,9 @@ class ServingContract:
         mode = d.get("input_mode", "ids")
         _require(mode in ("ids", "raw") and all(s.raw == (mode == "raw") for s in inputs if s.kind != "numeric"),
                  f"{source}: input_mode {mode!r} does not match the inputs' dtypes")
+        name = d.get("triton_model")
+        _require(name is None or isinstance(name, str) and re.fullmatch(TRITON_NAME, name),
+                 f"{source}: triton_model {name!r} is not a model name (letters, digits, '_' and '-')")
         ext = d.get("external_data")
         if ext is not None:
             _require(isinstance(ext, dict) and "file" in ext, f"{source}: external_data needs a 'file'")

@@ -13,15 +13,14 @@ from google.protobuf import text_encoding
 from ..errors import LightFMPError
 from ..io import atomic_dir, check_apart, check_out, file_sha256
 from ..rundir import open_run
-from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, ExternalData, InputSpec,
-                       OutputSpec, ServingContract, save_contract, vocab_text)
+from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME, ExternalData,
+                       InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
 from .graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_graph, check_graph, save_model, serving_module
 from .validate import VALIDATE_ROWS, validate, validation_rows
 
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 
 
-TRITON_NAME = r"[A-Za-z0-9_-]+"  # the characters a Triton model name (a folder of the model repository) keeps here
 
 
 def triton_model_name(text: str) -> str:

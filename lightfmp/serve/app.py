@@ -183,6 +183,7 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
               *[Route(p + "/records", records, methods=post) for p in model_paths],
               Route("/metrics", metrics_text, methods=get)]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app.router.redirect_slashes = False  # a path with a trailing '/' is not a route: 404 in the error body, not a 307
     app.state.metrics, app.state.model = metrics, model
     return app
 

@@ -33,7 +33,10 @@ class Target:
 
     @classmethod
     def parse(cls, url: str) -> "Target":
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:  # e.g. an unclosed IPv6 bracket
+            raise LightFMPError(f"--url {url!r}: expected http://HOST:PORT ({e})") from None
         if parts.scheme != "http" or not parts.hostname:
             raise LightFMPError(f"--url {url!r}: expected http://HOST:PORT (plain HTTP)")
         try:

@@ -13,6 +13,7 @@ import uvicorn
 
 from ..config import check_range
 from ..errors import LightFMPError
+from ..export.bundle import MAX_THREADS
 from .app import build_app
 from .model import ServedModel
 
@@ -33,7 +34,7 @@ class ServeOptions:
         check_range("--port", self.port, 0, 65535)
         check_range("--max-batch", self.max_batch, 1)
         check_range("--batch-wait-ms", self.batch_wait_ms, 0, MAX_WAIT_MS)
-        check_range("--threads", self.threads, 0)
+        check_range("--threads", self.threads, 0, MAX_THREADS)
         check_range("--max-body-mb", self.max_body_mb, 0, open_low=True)
         return self
 
