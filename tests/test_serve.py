@@ -305,6 +305,8 @@ def _bad_cases(ex):
         ("NaN numeric", infer, edit(lambda d: nth(d, "price")["data"].__setitem__(3, "NAN")).replace(b'"NAN"', b"NaN"),
          400, "input 'price': row 3 is NaN"),
         ("not JSON", infer, b"{inputs: nope", 400, "not valid JSON"),
+        ("binary output as text", infer, edit(lambda d: d.update(parameters={"binary_data_output": "yes"})), 400,
+         "parameters.binary_data_output must be true or false, got 'yes'"),
         ("not an object", infer, b"[1, 2]", 400, "'inputs'"),
         ("binary header", infer, b'{"inputs": []}', 400, "Inference-Header-Content-Length"),
         ("unknown model", "/v2/models/nope/infer", json.dumps(good).encode(), 404, "unknown model 'nope'"),

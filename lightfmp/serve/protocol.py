@@ -290,7 +290,7 @@ def _binary_output(doc: dict, output: str) -> bool:
     params = doc.get("parameters") or {}
     if not isinstance(params, dict):
         raise RequestError("'parameters' must be an object")
-    binary = bool(params.get("binary_data_output", False))
+    binary = _flag(params.get("binary_data_output", False), "parameters.binary_data_output")
     outputs = doc.get("outputs")
     if outputs is None:
         return binary
@@ -302,8 +302,15 @@ def _binary_output(doc: dict, output: str) -> bool:
             raise RequestError(f"output {_clip(repr(got))} is not an output of the model (outputs: {output})")
         p = o.get("parameters") or {}
         if isinstance(p, dict) and "binary_data" in p:
-            binary = bool(p["binary_data"])
+            binary = _flag(p["binary_data"], f"output '{output}': parameters.binary_data")
     return binary
+
+
+def _flag(value, where: str) -> bool:
+    """A boolean request parameter: JSON true or false (a string such as "no" would read as true)."""
+    if not isinstance(value, bool):
+        raise RequestError(f"{where} must be true or false, got {_clip(repr(value))}")
+    return value
 
 
 def infer_response(model: str, output: str, probs: np.ndarray, request_id: str | None,
