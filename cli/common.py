@@ -241,11 +241,10 @@ def resolve_config(kwargs: dict) -> RunConfig:
     if kwargs["out"] is None:
         raise LightFMPError("missing --out RUN (the run directory to create)")
     flags, config = config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None
-    cfg = resolve(flags, config)
-    if config:  # for errors raised later that name an option the file set (`friendly` says where it came from)
+    if config:  # for errors that name an option the file set (`friendly` says where it came from)
         given = {k for k, v in flags.items() if v is not None}
         _FROM_CONFIG.set((config, frozenset(keys_given(load_yaml(config)) - given)))
-    return cfg
+    return resolve(flags, config)
 
 
 _FROM_CONFIG: contextvars.ContextVar = contextvars.ContextVar("from_config", default=None)

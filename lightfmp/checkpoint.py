@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import LightFMPError
-from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text
+from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text, os_errors_of
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -191,7 +191,8 @@ class Checkpoint:
         # until both are in place: the previous epoch's pair stays whole until the new one is. (The epoch in both
         # must match, so a SIGKILL between the two renames is still detected, and the phase restarts.)
         with _HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
-            save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
+            with os_errors_of(tensors_tmp):
+                save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
             with atomic_path(self.json_path) as json_tmp:
                 json_tmp.write_text(json_text(doc))
                 held.start()  # the renames: JSON's as this block ends, the tensors' as the next one does

@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from .encoding import Tokens
 from .errors import LightFMPError
-from .io import make_dirs
+from .io import make_dirs, os_errors_of
 
 
 @dataclass
@@ -101,6 +101,11 @@ class CodedStore:
 
 
 def _save(stem: Path, coded: Coded) -> None:
+    with os_errors_of(stem.parent):
+        _write(stem, coded)
+
+
+def _write(stem: Path, coded: Coded) -> None:
     names = list(coded.fields)
     toks = [n for n in names if isinstance(coded.fields[n], Tokens)]
     nums = [n for n in names if n not in toks]

@@ -139,6 +139,12 @@ def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchem
         return None
     schema = FeatureSchema.from_dict(schema.to_dict())  # a copy: the caller's schema is left as it was
     schema.label = cfg.label or schema.label
+    where = f"--schema {cfg.schema}" if cfg.schema else "the schema given"
+    if not schema.fields:
+        raise LightFMPError(f"{where}: it lists no fields; a model needs at least one feature column")
+    if schema.label in schema.names:
+        raise LightFMPError(f"{where}: field '{schema.label}' is the label column; a column is the label or a "
+                            f"feature, not both (drop the field, or name another --label)")
     if cfg.positive is not None:
         schema.positive = cfg.positive
     return schema

@@ -6,6 +6,7 @@ an earlier output of its kind. Data paths are listed in one place (`data_files`)
 for the reader and the data hash alike."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -42,6 +43,28 @@ def _publish_mode(path, directory: bool = False) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+@contextmanager
+def os_errors_of(path: str | Path):
+    """A write to `path` by a library that does not raise its OS error as one with an errno (safetensors: '...
+    (os error 28)'; numpy's short write: 'N requested and M written', a full disk) raises OSError(errno, reason,
+    path) instead, which the commands turn into one line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        if e.errno is not None:  # pyarrow's: the number, no file
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
+        if re.search(r"\d+ requested and \d+ written", str(e)) is None:
+            raise
+        raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (the write stopped short)", str(path)) from None
+    except Exception as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
 def data_files(path: str | Path) -> list[Path]:

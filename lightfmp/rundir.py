@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, load_yaml
 from .errors import LightFMPError
-from .io import RUN_FORMAT, atomic_path, file_sha256, read_json, write_json_atomic, write_text_atomic
+from .io import RUN_FORMAT, atomic_path, file_sha256, os_errors_of, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
 from .moments import FILE as OPTIMIZER_FILE
 from .moments import MOMENTS, flatten, unflatten
@@ -265,10 +265,10 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         info = {**info, "schema_sha256": file_sha256(d / "schema.json")}
     for name, model in (checkpoints or {}).items():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        with atomic_path(d / name) as tmp:
+        with atomic_path(d / name) as tmp, os_errors_of(tmp):
             save_file(state, str(tmp))
     if optimizer is not None:
-        with atomic_path(d / OPTIMIZER_FILE) as tmp:
+        with atomic_path(d / OPTIMIZER_FILE) as tmp, os_errors_of(tmp):
             save_file(flatten(optimizer), str(tmp))
     if history is not None:
         write_json_atomic(d / "history.json", history)

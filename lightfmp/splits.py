@@ -13,6 +13,7 @@ A run records its rule (`SplitRule.to_dict()`) in run.json as "split", and every
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -92,6 +93,34 @@ class SplitRule:
         return np.where(u < f[0], 0, np.where(u < f[0] + f[1], 1, 2)).astype(np.uint8)
 
 
+DAY_MONTH = re.compile(r"\s*\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}(\D|$)")  # 05/03/2024: day and month, in an order
+                                                                     # the value alone cannot tell
+
+
+def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
+    """The values as UTC times (NaT where one is no date): in the format pandas infers from the first value, the
+    rest each alone. Day-month dates (05/03/2024) are read in one order throughout: day first where some value's
+    first part passes 12, month first otherwise (pandas' reading); a column where both parts pass 12 somewhere is
+    refused."""
+    text = values.astype(str)
+    dm = values.notna() & text.str.match(DAY_MONTH)
+    day_first = False
+    if dm.any():
+        parts = text[dm].str.extract(r"^\s*(\d{1,2})[/.-](\d{1,2})").astype(int)
+        over = [text[dm][parts[i] > 12] for i in (0, 1)]
+        if len(over[0]) and len(over[1]):
+            raise LightFMPError(f"{source}: --time-column '{column}': {over[0].iloc[0]!r} reads day first and "
+                                f"{over[1].iloc[0]!r} month first; write the dates as YYYY-MM-DD")
+        day_first = bool(len(over[0]))
+    first = bool(dm[values.notna()].iloc[0]) if values.notna().any() else False
+    t = pd.to_datetime(values, errors="coerce", utc=True, dayfirst=day_first and first)
+    again = t.isna() & values.notna()
+    for rows, order in ((again & dm, day_first), (again & ~dm, False)):  # dates in another format than the first
+        if rows.any():  # (2020-01-02 after 2020-01-01 10:00): each alone, day-month ones in the column's order
+            t[rows] = pd.to_datetime(values[rows], errors="coerce", utc=True, format="mixed", dayfirst=order)
+    return t
+
+
 def time_codes(values: pd.Series, fractions: tuple[float, float, float], column: str, source: str) -> np.ndarray:
     """Split codes of every row of the file by the rank of its `column` value: oldest rows train. Values are
     numbers, or else dates (in any formats pandas reads; times with a zone are ordered on UTC, times without one
@@ -102,10 +131,7 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
             warnings.simplefilter("ignore", UserWarning)
             # in the format pandas infers from the first value; times with a zone on one timeline (UTC), those
             # without read as UTC
-            t = pd.to_datetime(values, errors="coerce", utc=True)
-            again = t.isna() & values.notna()
-            if again.any():  # dates in another format than the first (2020-01-02 after 2020-01-01 10:00): each alone
-                t[again] = pd.to_datetime(values[again], errors="coerce", utc=True, format="mixed")
+            t = _dates(values, column, source)
     missing = values.isna().to_numpy()
     if missing.any():
         raise LightFMPError(f"{source}: --time-column '{column}' is missing at row {int(missing.argmax())}: every "

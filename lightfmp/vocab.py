@@ -21,6 +21,7 @@ vocabulary is exact while a field has fewer distinct values than the limit (a me
 """
 from __future__ import annotations
 
+import decimal
 import re
 from dataclasses import dataclass, replace
 from typing import Callable
@@ -152,7 +153,8 @@ def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None 
             fields.append(Field(col, kind))
             inferred[col] = f"{kind} ({why})"
     if not fields:
-        raise LightFMPError(f"{source}: no feature columns besides the label '{spec.label}'")
+        left = " that --ignore leaves" if spec.ignore else ""
+        raise LightFMPError(f"{source}: no feature columns{left} besides the label '{spec.label}'")
     return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
 
 
@@ -171,6 +173,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     or an Arrow column (text that Arrow's parser reads as numbers whole is judged on those numbers, which are
     pandas'; anything else as a Series)."""
     if not isinstance(s, pd.Series):
+        if pa.types.is_decimal(s.type):  # numbers, judged as numbers are
+            return _number_kind(pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False), rows)
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
             # the spellings of a missing number are missing here (and categories, should the column be categorical)
             marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))
@@ -191,8 +195,11 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
     if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
-        s = s.mask(s.str.strip().isin(MISSING_TEXT))  # (cells that are not text: not a spelling)
+        s = s.mask(s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT))  # (only text spells one)
     sample = s.dropna().iloc[:1000]
+    other = next((v for v in sample if not isinstance(v, (str, int, float, np.number, decimal.Decimal))), None)
+    if other is not None and not isinstance(other, pd.Timestamp):  # dates, times, bytes: values to tell apart
+        return "categorical", f"{type(other).__name__} values"
     if pd.to_numeric(sample, errors="coerce").isna().any():
         return "categorical", "text"  # decided on a sample: parsing a whole text column is slow
     x = pd.to_numeric(s, errors="coerce")
@@ -244,7 +251,10 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
     if not label:
         raise LightFMPError("no label: pass --label COLUMN")
     if label not in columns:
-        raise LightFMPError(f"{source}: label column '{label}' not found (columns: {', '.join(columns)})")
+        named = "--label " if cfg.label else "label column "  # a format's fixed label is no option
+        one = len(columns) == 1 and any(sep in columns[0] for sep in ",;\t|")  # a header read as one name
+        hint = "; its header reads as one column: is --format right for it?" if one else ""
+        raise LightFMPError(f"{source}: {named}'{label}' is not one of its columns ({', '.join(columns)}){hint}")
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
@@ -283,7 +293,8 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
         if c not in named:
             inferred[c] = f"categorical (empty in the first {len(data)} rows)"
     if not fields:
-        raise LightFMPError(f"{source}: no feature columns besides the label '{label}'")
+        left = " that --ignore leaves" if spec.ignore else ""
+        raise LightFMPError(f"{source}: no feature columns{left} besides the label '{label}'")
     ordered = [fields[c] for c in columns if c in fields]
     return FeatureSchema(label, ordered, spec.positive, spec.min_count, spec.num_buckets), inferred
 

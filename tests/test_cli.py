@@ -350,7 +350,7 @@ def bad(tmp_path, df_or_text, args, expect, suffix=".csv"):
 
 
 def test_missing_label_column(tmp_path):
-    bad(tmp_path, make_frame(100), ["--label", "clicked"], "label column 'clicked' not found")
+    bad(tmp_path, make_frame(100), ["--label", "clicked"], "--label 'clicked' is not one of its columns")
 
 
 def test_non_binary_label(tmp_path):
@@ -434,6 +434,10 @@ def test_errors_found_later_say_which_options_the_config_file_set(data, tmp_path
     r = cli("run", "--config", cfg, "--out", tmp_path / "r", *FAST)
     assert r.exit_code == 2 and "column 'nosuch' named by --numeric is absent" in r.output
     assert f"(--numeric from {cfg})" in r.output, r.output
+    cfg.write_text(f"data: {data}\nlabel: clicked\n")
+    r = cli("run", "--config", cfg, "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 2 and f"--label 'clicked' is not one of its columns" in r.output
+    assert f"(--label from {cfg})" in r.output, r.output
     cfg.write_text(f"data: {data}\nlabel: label\n")
     r = cli("run", "--config", cfg, "--numeric", "nosuch", "--out", tmp_path / "r", *FAST)
     assert r.exit_code == 2 and "named by --numeric is absent" in r.output and str(cfg) not in r.output, r.output

@@ -88,6 +88,29 @@ def test_time_codes_read_every_date_format_and_order_zones_on_one_timeline():
         time_codes(pd.Series(["2024-01-01 10:00", "2024-01-02", "2024-13-45"]), (0.6, 0.2, 0.2), "t", "f.csv")
 
 
+def test_day_first_dates_are_read_day_first_throughout_or_refused_where_the_order_would_vary():
+    # the first value reads either way (5 March or 3 May); 13/03/2024 shows the column is day first: every value is
+    # read so, as its ISO spelling orders it (not 05/03 as May and 13/03 as March)
+    days = [(d, m) for m in range(1, 13) for d in (1, 5, 13, 20)]
+    rng = np.random.default_rng(0)
+    days = [days[i] for i in rng.permutation(len(days))]
+    days.insert(0, (5, 3))
+    dmy = pd.Series([f"{d:02d}/{m:02d}/2024" for d, m in days])
+    iso = pd.Series([f"2024-{m:02d}-{d:02d}" for d, m in days])
+    fractions = (0.6, 0.2, 0.2)
+    assert time_codes(dmy, fractions, "t", "f.csv").tolist() == time_codes(iso, fractions, "t", "f.csv").tolist()
+    # in another format than the first value, one by one, still in the column's order: 05/03 is 5 March here
+    mixed = ["2024-03-07", "13/03/2024", "05/03/2024 10:00", "2024-03-01", "2024-03-06"]
+    assert time_codes(pd.Series(mixed), (0.6, 0.2, 0.2), "t", "f.csv").tolist() == [1, 2, 0, 0, 0]
+    # month first (pandas' reading) where no part passes 12, with and without a time of day
+    us = ["03/05/2024 10:00", "03/06/2024", "03/07/2024", "03/08/2024 11:00"]
+    assert time_codes(pd.Series(us), (0.5, 0.25, 0.25), "t", "f.csv").tolist() == [0, 0, 1, 2]
+    # day first by one value, month first by another: refused, naming both
+    with pytest.raises(LightFMPError, match="'13/03/2024' reads day first and '03/14/2024' month first"):
+        time_codes(pd.Series(["2024-01-05", "13/03/2024", "03/14/2024", "2024-01-07"]), (0.5, 0.25, 0.25), "t",
+                   "f.csv")
+
+
 @pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5"])
 def test_bad_split_refused_not_normalised(text):
     with pytest.raises(LightFMPError, match="--split"):
@@ -219,6 +242,22 @@ def test_tampered_schema_and_older_runs_refused(tmp_path):
     with pytest.raises(LightFMPError, match=f"schema.json: field '{schema['fields'][0]['name']}' \\(numeric\\) has "
                                             f"no bucket boundaries"):
         pipeline.open_run(tmp_path / "r")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_schema_with_the_label_as_a_field_or_with_no_field_is_refused(tmp_path, stream):
+    """A --schema field named as the label column would feed the label to the model (test AUC 1.0): refused as
+    --categorical LABEL is; a schema of no fields would train a model of nothing."""
+    p = write_csv(tmp_path, n=400)
+    fitted = load_dataset(cfg_for(p, tmp_path).data).schema.to_dict()
+    leak = {**fitted, "fields": [{"name": "label", "kind": "categorical"}] + fitted["fields"][1:]}
+    (tmp_path / "leak.json").write_text(json.dumps(leak))
+    base = {k: v for k, v in cfg_for(p, tmp_path).flat().items() if k not in KINDS}
+    with pytest.raises(LightFMPError, match="leak.json: field 'label' is the label column"):
+        load_dataset(RunConfig.of(**{**base, "schema": str(tmp_path / "leak.json"), "stream": stream}).data)
+    (tmp_path / "none.json").write_text(json.dumps({**fitted, "fields": []}))
+    with pytest.raises(LightFMPError, match="none.json: it lists no fields"):
+        load_dataset(RunConfig.of(**{**base, "schema": str(tmp_path / "none.json"), "stream": stream}).data)
 
 
 def test_prune_flag_wins_over_the_recorded_rule(tmp_path):

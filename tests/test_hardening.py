@@ -1576,3 +1576,64 @@ def test_a_shard_folder_where_no_folder_can_be_made_is_one_line(data, tmp_path):
     one_line_error(cli(*run_args(data, out, "--stream", "--shard-dir", "/proc/lightfmp-shards")),
                    "/proc/lightfmp-shards: cannot create this folder")
     assert listing(tmp_path) == []
+
+
+# ---- Parquet columns of types other than text and numbers: inferred, not a traceback ------------------------------
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parquet_dates_times_bytes_and_decimals_get_a_kind(tmp_path, stream):
+    """Dates, times and bytes are categories (their values told apart); decimals are numbers."""
+    import datetime
+    import decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    n = 400
+    a = rng.integers(0, 6, n)
+    day = datetime.date(2024, 1, 1)
+    pq.write_table(pa.table({
+        "a": pa.array([f"a{v}" for v in a]), "label": pa.array((rng.random(n) < (a + 1) / 8).astype(int)),
+        "day": pa.array([day + datetime.timedelta(days=int(v)) for v in rng.integers(0, 20, n)], pa.date32()),
+        "at": pa.array([datetime.time(int(h)) for h in rng.integers(0, 24, n)], pa.time64("us")),
+        "raw": pa.array([bytes([int(v)]) for v in rng.integers(65, 70, n)], pa.binary()),
+        "price": pa.array([decimal.Decimal(f"{v:.2f}") for v in rng.normal(5, 2, n)], pa.decimal128(6, 2))}),
+        tmp_path / "t.parquet")
+    res = cli("train", "--data", tmp_path / "t.parquet", "--label", "label", "--out", tmp_path / "r", "--quiet",
+              "--shard-dir", tmp_path / "shards", *(["--stream"] if stream else []), *FAST)
+    assert res.exit_code == 0, res.output
+    kinds = {f["name"]: f["kind"] for f in json.loads((tmp_path / "r" / "schema.json").read_text())["fields"]}
+    assert kinds == {"a": "categorical", "day": "categorical", "at": "categorical", "raw": "categorical",
+                     "price": "numeric"}
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "run"])
+def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, where):
+    """safetensors reports a full disk as its own error ('... (os error 28)'): told as the OS error it is, one line
+    naming where it could not write, nothing left at --out."""
+    from safetensors import SafetensorError
+    import lightfmp.rundir as rundir_mod
+
+    def full(*args, **kwargs):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    monkeypatch.setattr(checkpoint_mod if where == "checkpoint" else rundir_mod, "save_file", full)
+    data = write_csv(tmp_path, n=300)
+    res = cli("train", "--data", data, "--label", "label", "--out", tmp_path / "r", "--quiet", *FAST)
+    one_line_error(res, "No space left on device", tmp_path)
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_short_write_of_the_scratch_codes_is_a_full_disk(tmp_path):
+    from lightfmp.io import os_errors_of
+    with pytest.raises(OSError) as e:
+        with os_errors_of(tmp_path / "x"):
+            raise OSError("3000 requested and 1008 written")
+    assert e.value.errno == 28 and e.value.filename == str(tmp_path / "x")
+    with pytest.raises(OSError) as e:  # pyarrow's: an errno, no file
+        with os_errors_of(tmp_path / "y"):
+            raise OSError(28, "No space left on device")
+    assert e.value.errno == 28 and e.value.filename == str(tmp_path / "y")
+    with pytest.raises(OSError) as e:  # an error that names its file already is left as it is
+        with os_errors_of(tmp_path / "y"):
+            open(tmp_path / "nope" / "z")
+    assert e.value.filename == str(tmp_path / "nope" / "z")

@@ -202,7 +202,7 @@ def test_data_synth_keeps_the_users_own_file_of_the_other_format(tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--label", "la\nbel"], ["label column", "la\\nbel"]),
+    (["--label", "la\nbel"], ["--label", "la\\nbel", "is not one of its columns"]),
     (["--label", "label", "--categorical", "a\nx"], ["a\\nx"]),
     (["--label", "label", "--config", "no\nfile.yaml"], ["no\\nfile.yaml", "not found"]),
 ])

@@ -117,6 +117,8 @@ def inputs_from_graph(proto, source: str | Path = "the model") -> list[InputSpec
         dt = types.get(i.type.tensor_type.elem_type)
         if dt is None:
             raise LightFMPError(f"{source}: input '{i.name}' has an element type lightfmp cannot generate")
+        if not i.type.tensor_type.HasField("shape"):
+            raise LightFMPError(f"{source}: input '{i.name}' has no shape in the graph; lightfmp cannot generate it")
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim]
         batched = len(dims) >= 1 and isinstance(dims[0], str)
         if not batched or len(dims) > 2 or (len(dims) == 2 and (dt == "float32" or not isinstance(dims[1], int))):

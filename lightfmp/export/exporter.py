@@ -21,8 +21,6 @@ from .validate import VALIDATE_ROWS, validate, validation_rows
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 
 
-
-
 def triton_model_name(text: str) -> str:
     """A Triton model name from a directory name `text`: characters outside [A-Za-z0-9_-] become '_', then '_' at
     either end go ('../x' -> 'x')."""

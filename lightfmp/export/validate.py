@@ -149,9 +149,9 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
                     f"test AUC of the exported model {res['auc_onnx']:.6f} differs from the run's recorded test "
                     f"AUC {run_auc:.6f} (metrics.json test.auc) by {res['auc_diff_vs_run']:+.2e}, more than "
                     f"{AUC_TOLERANCE:g}")
-    elif rows.labels is not None:
-        res["auc_skipped"] = (f"the {rows.source} rows hold one label only, so there is no test AUC to compare with "
-                              f"the run's; the scores were checked against PyTorch")
+    elif rows.labels is not None and len(rows.labels):
+        res["auc_skipped"] = (f"the {len(rows.labels):,} {rows.source} rows checked hold one label only, so they "
+                              f"have no AUC to compare with the run's; the scores were checked against PyTorch")
     if dtype == "fp16":
         res["fp16"] = {"max_abs_diff_vs_fp32": float(np.abs(got.astype(np.float64) - enc).max()) if len(got) else 0.0}
         if "auc_onnx" in res:

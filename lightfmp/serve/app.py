@@ -80,6 +80,7 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
                     response = error_response(400, "a string value is not valid Unicode (a lone surrogate escape such "
                                                    "as \\ud800)")
                 except asyncio.CancelledError:  # shutdown's grace period passed first (a body still arriving)
+                    asyncio.current_task().uncancel()  # answered: the task ends normally
                     log.warning("%s %s: the server stopped before the request finished", request.method,
                                 request.url.path)
                     response = error_response(503, "the server is shutting down and this request did not finish "
