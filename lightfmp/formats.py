@@ -94,6 +94,9 @@ def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]
     p = Path(path)
     if not p.exists():
         raise LightFMPError(f"{p}: file not found (looked for {p.resolve()})")
+    if not p.is_dir() and not p.is_file():  # a named pipe, a device: it cannot be read twice (hash, fit, encode)
+        raise LightFMPError(f"{p}: not a regular file (a pipe or device); lightfmp reads its data more than once: "
+                            f"write it to a file first")
     return p, resolve_format(p, fmt)
 
 

@@ -20,8 +20,9 @@ FALSE = frozenset({"0", "0.0", "false", "False", "FALSE"})
 
 
 def _is_positive(value: str, positive: str) -> bool:
-    """`value` is the --positive value: the same text, or the same number (`1.0` and `1` for --positive 1)."""
-    if value == positive:
+    """`value` is the --positive value: the same text, the same number (`1.0` and `1` for --positive 1), or the
+    same boolean in any case (a Parquet boolean reads 'True'; --positive true means it)."""
+    if value == positive or value in ("True", "False") and value.lower() == positive.strip().lower():
         return True
     try:
         return float(value) == float(positive)

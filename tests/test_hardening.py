@@ -1637,3 +1637,13 @@ def test_a_short_write_of_the_scratch_codes_is_a_full_disk(tmp_path):
         with os_errors_of(tmp_path / "y"):
             open(tmp_path / "nope" / "z")
     assert e.value.filename == str(tmp_path / "nope" / "z")
+
+
+def test_a_named_pipe_as_data_is_refused_before_it_is_opened(tmp_path):
+    """A pipe can be read once; the data is read more than once (hash, fit, encode): refused in one line, without
+    opening it (which would wait for a writer)."""
+    import os
+    os.mkfifo(tmp_path / "d.csv")
+    one_line_error(cli("train", "--data", tmp_path / "d.csv", "--label", "label", "--out", tmp_path / "r", "--quiet"),
+                   "d.csv: not a regular file")
+    assert not (tmp_path / "r").exists()

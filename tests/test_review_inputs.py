@@ -5,6 +5,7 @@ import os
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 
@@ -149,6 +150,8 @@ def test_a_shard_folder_that_is_a_file_is_refused_before_any_work(data, tmp_path
 
 @pytest.mark.parametrize("flags, words", [
     (["--methods", ","], ["--methods", "at least one method"]),
+    (["--methods", ""], ["--methods ''", "at least one method"]),
+    (["--methods", "all,random"], ["--methods 'all,random'", "'all' stands alone"]),
     (["--seeds", "-1"], ["--seeds -1"]),
     (["--seeds", "0,,1"], ["--seeds '0,,1'", "comma-separated integers"]),
     (["--methods", "random,,full"], ["--methods 'random,,full'", "empty item"]),
@@ -262,3 +265,6 @@ def test_positive_matches_the_same_number_written_otherwise(tmp_path):
     df = pd.DataFrame({"y": ["1.0", "0.0", "1", "2", "1e0", "x"]})
     assert parse_labels(df, "y", "1", "d.csv").tolist() == [1, 0, 1, 0, 1, 0]
     assert parse_labels(df, "y", "x", "d.csv").tolist() == [0, 0, 0, 0, 0, 1]
+    booleans = pa.table({"y": pa.array([True, False, True])})  # a Parquet boolean label: --positive true means True
+    assert parse_labels(booleans, "y", "true", "d.parquet").tolist() == [1, 0, 1]
+    assert parse_labels(booleans, "y", "FALSE", "d.parquet").tolist() == [0, 1, 0]

@@ -55,10 +55,12 @@ def ex(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def running(export, **options):
-    """The app on uvicorn in a thread, on a free loopback port."""
+def running(export, grace: float | None = None, **options):
+    """The app on uvicorn in a thread, on a free loopback port (`grace`: the shutdown's grace period, seconds)."""
     opts = ServeOptions(port=0, **options)
     server = make_server(load_model(export, opts), opts)
+    if grace is not None:
+        server.config.timeout_graceful_shutdown = grace
     sock = bind("127.0.0.1", 0)
     th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     th.start()
@@ -68,7 +70,8 @@ def running(export, **options):
         time.sleep(0.01)
     url = url_of(sock)
     try:
-        yield SimpleNamespace(url=url, hostport=url.removeprefix("http://"), metrics=server.config.app.state.metrics)
+        yield SimpleNamespace(url=url, hostport=url.removeprefix("http://"), metrics=server.config.app.state.metrics,
+                              server=server, thread=th)
     finally:
         server.should_exit = True
         th.join(15)
@@ -523,39 +526,30 @@ def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
 def test_a_body_still_arriving_when_shutdown_gives_up_gets_a_json_503(ex):
     """A client that sends part of a body and stalls holds the graceful shutdown until its grace period passes;
     then the request is answered 503 in the protocol's error body (not a plain-text 500 and a traceback)."""
-    opts = ServeOptions(port=0)
-    server = make_server(load_model(ex.ids, opts), opts)
-    server.config.timeout_graceful_shutdown = 0.5
-    sock = bind("127.0.0.1", 0)
-    th = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert th.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    s = SimpleNamespace(hostport=url_of(sock).removeprefix("http://"))
-    host, port = s.hostport.rsplit(":", 1)
-    stalled = socket.create_connection((host, int(port)), timeout=30)
-    try:
-        stalled.sendall(b"POST /v2/models/ctr/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                        b"Content-Length: 1000\r\n\r\n[{")
-        while not re.search(r"^lightfmp_requests_in_flight [1-9]", request(s, "GET", "/metrics")[2].decode(), re.M):
-            assert time.monotonic() < deadline, "the stalled request was never in flight"
-            time.sleep(0.01)
-        server.should_exit = True
-        reply = b""
-        while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
-            chunk = stalled.recv(4096)
-            if not chunk:
-                break
-            reply += chunk
-    finally:
-        stalled.close()
-        th.join(15)
+    with running(ex.ids, grace=0.5) as s:
+        host, port = s.hostport.rsplit(":", 1)
+        stalled = socket.create_connection((host, int(port)), timeout=30)
+        try:
+            stalled.sendall(b"POST /v2/models/ctr/records HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                            b"Content-Length: 1000\r\n\r\n[{")
+            deadline = time.monotonic() + 20
+            while not re.search(r"^lightfmp_requests_in_flight [1-9]", request(s, "GET", "/metrics")[2].decode(),
+                                re.M):
+                assert time.monotonic() < deadline, "the stalled request was never in flight"
+                time.sleep(0.01)
+            s.server.should_exit = True
+            reply = b""
+            while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+                chunk = stalled.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        finally:
+            stalled.close()
     head, _, body = reply.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503") and b"application/json" in head, reply
     assert "shutting down" in json.loads(body)["error"]
-    assert not th.is_alive()
+    assert not s.thread.is_alive()
 
 
 def test_cli_refuses_bad_input(ex, tmp_path):

@@ -20,11 +20,13 @@ QUICK_ROWS = 20000
 
 
 def parse_methods(text: str | None) -> list[str]:
-    if not text or text.strip() == "all":
+    if text is None or text.strip() == "all":
         return list(METHODS)
     names = [m.strip().lower() for m in text.split(",")]
     if not any(names):
         raise LightFMPError(f"--methods {text!r}: name at least one method (valid: {', '.join(METHODS)}), or all")
+    if "all" in names:
+        raise LightFMPError(f"--methods {text!r}: 'all' stands alone (every method); otherwise list the methods")
     if not all(names):
         raise LightFMPError(f"--methods {text!r}: an empty item between commas (or at an end); remove the extra comma")
     bad = [m for m in names if m not in METHODS]

@@ -120,7 +120,11 @@ def inputs_from_graph(proto, source: str | Path = "the model") -> list[InputSpec
         if not i.type.tensor_type.HasField("shape"):
             raise LightFMPError(f"{source}: input '{i.name}' has no shape in the graph; lightfmp cannot generate it")
         dims = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in i.type.tensor_type.shape.dim]
-        batched = len(dims) >= 1 and isinstance(dims[0], str)
+        if len(dims) >= 1 and isinstance(dims[0], int):
+            raise LightFMPError(f"{source}: input '{i.name}' has a fixed batch of {dims[0]} (shape "
+                                f"[{', '.join(map(str, dims))}]); profile times several batch sizes, so the first "
+                                f"dimension must be free (export the graph with a dynamic batch axis)")
+        batched = len(dims) >= 1
         if not batched or len(dims) > 2 or (len(dims) == 2 and (dt == "float32" or not isinstance(dims[1], int))):
             raise LightFMPError(
                 f"{source}: input '{i.name}' has shape [{', '.join(map(str, dims))}]; without lightfmp's metadata "
