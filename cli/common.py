@@ -18,7 +18,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from lightfmp import checkpoint, distributed
-from lightfmp.config import RunConfig, flag, keys_given, load_yaml, resolve
+from lightfmp.config import RunConfig, config_keys, flag, load_yaml, resolve
 from lightfmp.errors import LightFMPError
 
 from .options import config_flags
@@ -243,7 +243,7 @@ def resolve_config(kwargs: dict) -> RunConfig:
     flags, config = config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None
     if config:  # for errors that name an option the file set (`friendly` says where it came from)
         given = {k for k, v in flags.items() if v is not None}
-        _FROM_CONFIG.set((config, frozenset(keys_given(load_yaml(config)) - given)))
+        _FROM_CONFIG.set((config, frozenset(config_keys(load_yaml(config))) - given))
     return resolve(flags, config)
 
 

@@ -432,16 +432,17 @@ def load_yaml(path: str | Path) -> dict:
     return d
 
 
-def keys_given(d: dict | None) -> set[str]:
-    """The option names a config mapping sets (sections flattened, '-' read as '_'), as `from_dict` reads them."""
+def config_keys(doc: dict | None) -> list[str]:
+    """The option names a config mapping sets, flat or in sections ({'train': {'lr': ...}} gives 'lr'; '-' read as
+    '_'), as `RunConfig.from_dict` reads them."""
     out = set()
-    for k, v in (d or {}).items():
+    for k, v in (doc or {}).items():
         key = str(k).replace("-", "_")
         if key in SECTIONS and isinstance(v, (dict, type(None))):
             out |= {str(kk).replace("-", "_") for kk in (v or {})}
         else:
             out.add(key)
-    return out
+    return sorted(out)
 
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:

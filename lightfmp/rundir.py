@@ -24,7 +24,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, load_yaml
+from .config import RunConfig, config_keys, load_yaml
 from .errors import LightFMPError
 from .io import RUN_FORMAT, atomic_path, file_sha256, os_errors_of, read_json, write_json_atomic, write_text_atomic
 from .models import CTRModel, build_model
@@ -206,11 +206,6 @@ def _read_config(p: Path, info: dict) -> RunConfig:
     if missing:
         raise LightFMPError(f"{path}: missing key '{missing[0]}' (cut short or edited?)")
     return RunConfig.from_dict(doc, source=str(path))
-
-
-def config_keys(doc: dict) -> list[str]:
-    """The option names of a config mapping, flat or in sections ({'train': {'lr': ...}} gives 'lr')."""
-    return sorted({str(kk) for k, v in doc.items() for kk in (v if isinstance(v, dict) else [k])})
 
 
 def _read_schema(p: Path, info: dict) -> FeatureSchema:

@@ -102,8 +102,13 @@ def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
     rest each alone. Day-month dates (05/03/2024) are read in one order throughout: day first where some value's
     first part passes 12, month first otherwise (pandas' reading); a column where both parts pass 12 somewhere is
     refused."""
+    present = values.notna()
+    t = pd.to_datetime(values, errors="coerce", utc=True)
+    again = t.isna() & present
+    if not again.any():  # one format read every value (month first, where day-month: pandas' reading)
+        return t
     text = values.astype(str)
-    dm = values.notna() & text.str.match(DAY_MONTH)
+    dm = present & text.str.match(DAY_MONTH)
     day_first = False
     if dm.any():
         parts = text[dm].str.extract(r"^\s*(\d{1,2})[/.-](\d{1,2})").astype(int)
@@ -112,9 +117,9 @@ def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
             raise LightFMPError(f"{source}: --time-column '{column}': {over[0].iloc[0]!r} reads day first and "
                                 f"{over[1].iloc[0]!r} month first; write the dates as YYYY-MM-DD")
         day_first = bool(len(over[0]))
-    first = bool(dm[values.notna()].iloc[0]) if values.notna().any() else False
-    t = pd.to_datetime(values, errors="coerce", utc=True, dayfirst=day_first and first)
-    again = t.isna() & values.notna()
+    if day_first and bool(dm[present].iloc[0]):  # the first value's format, read day first
+        t = pd.to_datetime(values, errors="coerce", utc=True, dayfirst=True)
+        again = t.isna() & present
     for rows, order in ((again & dm, day_first), (again & ~dm, False)):  # dates in another format than the first
         if rows.any():  # (2020-01-02 after 2020-01-01 10:00): each alone, day-month ones in the column's order
             t[rows] = pd.to_datetime(values[rows], errors="coerce", utc=True, format="mixed", dayfirst=order)

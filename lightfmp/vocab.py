@@ -195,7 +195,11 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
     if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
-        s = s.mask(s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT))  # (only text spells one)
+        try:
+            spelled = s.str.strip().isin(MISSING_TEXT)
+        except (AttributeError, TypeError):  # objects .str refuses (dates, bytes): only text spells a missing one
+            spelled = s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT)
+        s = s.mask(spelled)
     sample = s.dropna().iloc[:1000]
     other = next((v for v in sample if not isinstance(v, (str, int, float, np.number, decimal.Decimal))), None)
     if other is not None and not isinstance(other, pd.Timestamp):  # dates, times, bytes: values to tell apart
