@@ -64,15 +64,17 @@ MISSING_TEXT = ("nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A",
 
 
 def number(s, v):
+    """A numeric value as training reads it. Text is read as pandas reads a number: Python's float() also reads
+    `1_000`, non-ASCII digits and NaN spelled otherwise than MISSING_TEXT (`+nan`), which training refuses."""
     if missing(v) or (isinstance(v, str) and (not v.strip() or v.strip() in MISSING_TEXT)):
         return math.nan
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, str):
-        try:
+    try:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
             return float(v)
-        except ValueError:
-            pass
+        if isinstance(v, str) and v.isascii() and "_" not in v and not math.isnan(float(v)):
+            return float(v)
+    except (ValueError, OverflowError):
+        pass
     raise ServeError(f"field '{s['name']}' is numeric but got {v!r} ({type(v).__name__})")
 
 

@@ -61,17 +61,28 @@ def split_multi(col: pd.Series, sep: str) -> pd.Series:
 
 
 def as_float(col: pd.Series, name: str) -> np.ndarray:
+    x, bad = float_cells(col)
+    if bad is not None:
+        raise LightFMPError(f"numeric column '{name}' has non-numeric value {str(col.iloc[bad]).strip()!r}")
+    return x
+
+
+def float_cells(col: pd.Series) -> tuple[np.ndarray, int | None]:
+    """The numeric rule: float64 per cell (what pandas reads as a number; NaN where missing, blank or spelled as
+    `MISSING_TEXT`), and the position of the first cell that is none of these (None when every cell is one).
+    Python's float() reads more (`1_000`, non-ASCII digits, `+nan`): this rule refuses those."""
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-        return col.to_numpy(dtype=np.float64, na_value=np.nan)  # typed already (Parquet): nothing to parse
+        return col.to_numpy(dtype=np.float64, na_value=np.nan), None  # typed already (Parquet): nothing to parse
     x = pd.to_numeric(col, errors="coerce")
     # only cells that failed to parse are checked as text (converting every cell to str is the slow part)
-    failed = x.isna() & col.notna()
+    failed = (x.isna() & col.notna()).to_numpy()
     if failed.any():
-        text = col[failed].astype(str).str.strip()
-        bad = (text != "") & ~text.isin(MISSING_TEXT)
+        at = np.flatnonzero(failed)
+        text = col.iloc[at].astype(str).str.strip()
+        bad = ((text != "") & ~text.isin(MISSING_TEXT)).to_numpy()
         if bad.any():
-            raise LightFMPError(f"numeric column '{name}' has non-numeric value {text[bad].iloc[0]!r}")
-    return x.to_numpy(dtype=np.float64)
+            return x.to_numpy(dtype=np.float64), int(at[np.argmax(bad)])
+    return x.to_numpy(dtype=np.float64), None
 
 
 # ---- batches and columns -------------------------------------------------------------------------------------------

@@ -4,20 +4,26 @@ Each encoded batch of the data file becomes one shard: NNNNNN.ids.npy int32 [n, 
 .rows.npy int64 (global row numbers), .split.npy uint8 (0 train, 1 valid, 2 test).
 
 Shards live in <shard_dir>/<key>/ (default shard_dir: $LIGHTFMP_HOME/shards). The key is a sha256 over the data
-file's content hash, the fitted schema (label and fields), the split rule, the format, the chunk size and
-SHARD_FORMAT_VERSION, so any change to those gives a new directory. A directory is built under a temporary name
+file's content hash, the fitted schema (label and fields), the split rule, the format, the chunk size,
+SHARD_FORMAT_VERSION and `code_digest()` (the source of the modules that read, fit, encode and split, and the
+pyarrow / pandas versions that parse), so any change to those gives a new directory: an upgraded lightfmp never
+reuses what older code encoded. A directory is built under a temporary name
 and renamed when complete; its manifest.json lists every file with its size and blake2b checksum. A later run with
 the same key reuses the shards after checking every file against the manifest, and rebuilds them (saying why)
 when one is missing, truncated or altered. The schema a streaming fit produced is kept in <shard_dir>/fits/, keyed
-by the data hash and every option the fit reads, so a repeated run skips the fit pass as well.
+by the data hash, every option the fit reads and the same code digest, so a repeated run skips the fit pass as well.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
 from .cache import cache_home
 from .errors import LightFMPError
@@ -26,10 +32,25 @@ from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kin
 from .schema import FeatureSchema
 from .splits import SPLITS, SplitRule
 
-SHARD_FORMAT_VERSION = 2
-FIT_VERSION = 2  # bump when the streaming fit changes what it computes (invalidates cached fits)
+SHARD_FORMAT_VERSION = 2  # the layout of a shard directory and its manifest
+# the modules whose code decides a fitted schema and the encoded ids, labels and split codes
+DECIDING_MODULES = ("formats", "encoding", "vocab", "schema", "labels", "splits", "coded", "dataset", "shards")
 MANIFEST = "manifest.json"
 ARRAYS = ("ids", "labels", "rows", "split")
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 over the source of DECIDING_MODULES and the versions of the parsers they call. A hand-kept version
+    number is forgotten when a rule changes (how a date or a label reads); the source is not."""
+    h = hashlib.sha256(f"pyarrow {pa.__version__} pandas {pd.__version__}".encode())
+    here = Path(__file__).parent
+    for name in DECIDING_MODULES:
+        try:
+            h.update((here / f"{name}.py").read_bytes())
+        except OSError:  # installed without sources: the package version stands for them
+            h.update(f"{name} {metadata.version('lightfmp')}".encode())
+    return h.hexdigest()
 
 
 def shard_home(shard_dir: str | None) -> Path:
@@ -40,7 +61,8 @@ def shard_home(shard_dir: str | None) -> Path:
 def shard_key(data_sha256: str, schema: FeatureSchema, rule: SplitRule, fmt: str, chunk_rows: int) -> str:
     # the schema parts that decide the encoded ids and labels (not meta, min_count, ...: a run may annotate those)
     enc = {"label": schema.label, "positive": schema.positive, "fields": [f.to_dict() for f in schema.fields]}
-    doc = {"version": SHARD_FORMAT_VERSION, "data_sha256": data_sha256, "schema": enc, "split": rule.to_dict(),
+    doc = {"version": SHARD_FORMAT_VERSION, "code": code_digest(), "data_sha256": data_sha256, "schema": enc,
+           "split": rule.to_dict(),
            "format": fmt, "chunk_rows": int(chunk_rows)}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -117,8 +139,8 @@ def check_home(shard_dir: str | None) -> None:
 
 
 def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:
-    """Where the schema fitted for `doc` (data hash, format, split rule, fit options) is kept."""
-    doc = {"version": FIT_VERSION, **doc}
+    """Where the schema fitted for `doc` (data hash, format, split rule, fit options) by this code is kept."""
+    doc = {"code": code_digest(), **doc}
     return shard_home(shard_dir) / "fits" / (hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
                                              + ".json")
 

@@ -1,6 +1,7 @@
 """The Predictor (raw records -> probabilities) and the dependency-free example client."""
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -154,6 +155,69 @@ def test_example_refuses_what_the_predictor_refuses(s, example, records):
         example.Client(out).predict(records)
     assert str(got.value) == str(want.value) and "\n" not in str(got.value)
 
+
+
+# text a numeric field may receive: numbers, missing spellings, and what Python's float() reads but training does not
+NUMBER_TEXT = ["4.5", " 12 ", "+3", ".5", "1e5", "Infinity", "-inf", "1e999", "NaN", " NULL ", "", "1_000", "\u0661\u0662",
+               "+nan", "nAn", "0x10", "1,5", "cheap", "\u00a012"]
+
+
+@pytest.mark.parametrize("text", NUMBER_TEXT)
+def test_a_numeric_text_reads_as_training_reads_it(s, example, text):
+    """A numeric field's text is read by training's rule (`encoding.as_float`), in the Predictor and the example
+    client alike: the same value, or the same one-line refusal."""
+    from lightfmp.encoding import as_float
+    out = get_export(s, "mlp", inputs="raw")
+    recs = [GOOD, {**GOOD, "price": text}]
+    try:
+        want = as_float(pd.Series([text], dtype=object), "price")[0]
+    except LightFMPError:
+        want = None
+    if want is None:
+        with pytest.raises(LightFMPError) as refused:
+            Predictor(out).encode(recs)
+        assert str(refused.value) == f"record 1, field 'price' is numeric but got {text!r} (str)"
+        with pytest.raises(example.ServeError) as got:
+            example.Client(out).encode(recs)
+        assert str(got.value) == str(refused.value)
+        return
+    p, c = Predictor(out).encode(recs)["price"], example.Client(out).encode(recs)["price"]
+    assert np.array_equal(p, np.array([4.5, want], np.float32), equal_nan=True)
+    assert np.array_equal(c, p, equal_nan=True)
+
+
+def test_a_numeric_field_refuses_the_first_bad_record_of_any_kind(s):
+    """Text is checked column-wise and other values one by one; the refusal still names the first bad record."""
+    out = get_export(s, "mlp", inputs="raw")
+    text, listed, huge = {**GOOD, "price": "1_000"}, {**GOOD, "price": [1.0]}, {**GOOD, "price": 10 ** 400}
+    for recs, why in [([GOOD, text, listed], "'1_000' (str)"), ([GOOD, listed, text], "[1.0] (list)"),
+                      ([GOOD, huge, text], "<an integer of 1329 bits> (int)")]:
+        with pytest.raises(LightFMPError, match=re.escape(f"record 1, field 'price' is numeric but got {why}")):
+            Predictor(out).encode(recs)
+
+
+def test_a_large_batch_is_scored_in_slices(s, monkeypatch):
+    """ONNX Runtime's memory grows with a call's rows: more than RUN_ROWS rows go through in slices, with the
+    outputs of one call."""
+    import lightfmp.serving as serving
+    p = Predictor(get_export(s, "mlp"))
+    recs = [{**GOOD, "dev": d, "price": 0.5 * d} for d in range(12)]
+    whole = p.predict(recs)
+    calls = []
+
+    class Counting:
+        def __init__(self, session):
+            self.session = session
+
+        def run(self, names, feeds):
+            calls.append(len(next(iter(feeds.values()))))
+            return self.session.run(names, feeds)
+
+    p.session = Counting(p.session)
+    monkeypatch.setattr(serving, "RUN_ROWS", 5)
+    sliced = p.predict(recs)
+    assert calls == [5, 5, 2] and sliced.shape == whole.shape
+    np.testing.assert_allclose(sliced, whole, rtol=0, atol=1e-6)
 
 def test_a_string_of_records_is_refused_as_a_whole():
     """A string is iterable, but its items are characters: refused as what it is, not as 'record 0 is a str'."""

@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,6 +217,25 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
     assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
     assert log.has("rebuilding shards:") and log.has("unreadable")
 
+
+
+def test_changed_code_refits_and_reencodes(built, tmp_path, monkeypatch):
+    """Cached fits and shards are keyed by the source of the modules that decide them: code that reads, fits,
+    encodes or splits differently (an upgrade) never reuses what the old code wrote."""
+    from lightfmp import shards
+    shutil.copytree(built["dir"] / "shards", tmp_path / "sh")
+    cfg = cfg_for(built["csv"], tmp_path / "sh")
+    log = Log()
+    first = prepare_stream(cfg, log)
+    assert log.has("reusing") and log.has("fit pass skipped")
+    for name in shards.DECIDING_MODULES:  # each named module is one of the package's files
+        assert (Path(shards.__file__).parent / f"{name}.py").is_file(), name
+    monkeypatch.setattr(shards, "code_digest", lambda: "0" * 64)  # as if one of them had changed
+    log = Log()
+    again = prepare_stream(cfg, log)
+    assert not log.has("reusing") and not log.has("fit pass skipped") and log.has("encode:")
+    assert again.location != first.location
+    assert np.array_equal(all_shard_rows(again)[1], all_shard_rows(first)[1])  # the same code: the same rows
 
 def _shard_arrays(n: int, start: int) -> dict:
     return dict(ids=np.arange(2 * n, dtype=np.int32).reshape(n, 2), labels=np.ones(n, np.float32),

@@ -47,8 +47,9 @@ class ServedModel:
         return self.contract.inputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """One ONNX Runtime call (blocking; the batcher calls it on a worker thread)."""
-        return self.predictor.session.run([self.output], feeds)[0]
+        """The model on one batch (blocking; the batcher calls it on a worker thread): ONNX Runtime calls of at most
+        `serving.RUN_ROWS` rows, so a large request's memory stays that of its slices."""
+        return self.predictor.run(feeds)
 
     async def start(self, on_call=None, in_flight=None) -> None:
         """`on_call(rows, requests)`: told about every model call; `in_flight()`: scoring requests being handled
