@@ -11,8 +11,9 @@ work done once per distinct value of a batch and never once per cell in Python.
     VocabIndex        a vocabulary's lookup table, built once: text -> position
 
 A value's text is the one rule `cell_strings` states, shared by CSV cells, Parquet values, DataFrames and serving
-requests: text as it is; integers in decimal; a float column whose finite values are all integral without the
-'.0' (so 24 and 24.0 are one category); booleans 'True' / 'False'; null and NaN are missing. Arrow's hash kernel
+requests: text as it is; integers in decimal; an integral float without the '.0' (so 24 and 24.0 are one
+category), each value by itself; other floats as Python writes them (24.5, inf); booleans 'True' / 'False'; null
+and NaN are missing. Arrow's hash kernel
 (dictionary_encode) finds a batch's distinct values and the rule is applied to those only. A pandas Series is
 accepted everywhere too (in-memory frames, export, tests): it goes through `cell_strings` / `as_float` cell by cell
 and then the same code.
@@ -35,15 +36,15 @@ MISSING_TEXT = ("nan", "NaN", "NAN", "-nan", "-NaN", "NA", "N/A", "n/a", "#N/A",
 
 # ---- the text rule on pandas values (frames; and the distinct values of Arrow columns of other types) --------------
 def cell_strings(col: pd.Series) -> pd.Series:
-    """Each value's string form, as written in a CSV cell (missing stays NaN). Integral floats lose the '.0'
-    that pandas adds when a column of ints has gaps, so '24' and 24.0 name the same category."""
+    """Each value's string form, as written in a CSV cell (missing stays NaN). An integral float loses the '.0'
+    that pandas adds when a column of ints has gaps, so '24' and 24.0 name the same category; each value by
+    itself, so a value has one text whatever else its batch holds."""
     if pd.api.types.is_float_dtype(col):
-        vals = col.to_numpy(dtype=np.float64)
-        finite = np.isfinite(vals)
-        if finite.any() and np.all(np.mod(vals[finite], 1) == 0):
-            s = pd.Series([str(int(v)) if ok else None for v, ok in zip(vals, finite)], index=col.index,
-                          dtype=object)
-            return s
+        vals = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(vals) & (np.mod(vals, 1) == 0)
+        return pd.Series([None if v != v else str(int(v)) if w else str(v) for v, w in zip(vals.tolist(), whole)],
+                         index=col.index, dtype=object)
     if pd.api.types.is_bool_dtype(col):
         return col.astype(object).where(col.notna(), None).map(lambda v: None if v is None else str(v))
     if pd.api.types.is_integer_dtype(col) and not col.isna().any():

@@ -162,7 +162,7 @@ def _shown(v) -> str:
 
 def _token(f: Field, v, known: set):
     """A categorical value's string form as training keyed it (`cell_strings`): 24.0 reads '24' unless the
-    vocabulary has '24.0' (a float column with non-integral values keeps the '.0')."""
+    vocabulary has '24.0' (a CSV cell written '24.0' keeps its text)."""
     _scalar(f, v)
     if _missing(v):
         return None

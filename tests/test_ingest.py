@@ -51,21 +51,18 @@ def frame(n=N, seed=0):
 
 # ---- the reference: the documented rules, one value at a time ------------------------------------------------------
 def texts_of(values, from_csv):
-    """Each cell's text: a CSV cell as written (empty: missing); a typed value by the rule (integral floats without
-    '.0', booleans True/False, NaN missing)."""
+    """Each cell's text: a CSV cell as written (empty: missing); a typed value by the rule (an integral float
+    without '.0', booleans True/False, NaN missing)."""
     if from_csv:
         return [None if v is None or v == "" else v for v in values]
-    floats = [v for v in values if isinstance(v, float) and math.isfinite(v)]
-    integral = bool(floats) and all(v == int(v) for v in floats) and \
-        all(isinstance(v, float) or v is None for v in values)
     out = []
     for v in values:
         if v is None or (isinstance(v, float) and math.isnan(v)):
             out.append(None)
         elif isinstance(v, bool):
             out.append(str(v))
-        elif isinstance(v, float) and integral:
-            out.append(str(int(v)) if math.isfinite(v) else None)
+        elif isinstance(v, float) and math.isfinite(v) and v == int(v):
+            out.append(str(int(v)))
         else:
             out.append(str(v))
     return out
@@ -224,8 +221,8 @@ def test_text_rule_per_arrow_type():
         "string": (pa.array(["x", None, "", "x"]), ["x", None, "", "x"]),
         "int": (pa.array([3, -1, 3]), ["3", "-1", "3"]),
         "int with gaps": (pa.array([3, None, 2 ** 40]), ["3", None, str(2 ** 40)]),
-        "integral floats": (pa.array([1.0, None, float("nan"), float("inf"), 2.0]), ["1", None, None, None, "2"]),
-        "floats": (pa.array([1.5, 2.0, float("inf"), None]), ["1.5", "2.0", "inf", None]),
+        "integral floats": (pa.array([1.0, None, float("nan"), float("-inf"), 2.0]), ["1", None, None, "-inf", "2"]),
+        "floats": (pa.array([1.5, 2.0, float("inf"), None]), ["1.5", "2", "inf", None]),  # each value by itself
         "bool": (pa.array([True, False]), ["True", "False"]),
         "bool with gaps": (pa.array([True, None]), ["True", None]),
         "large string": (pa.array(["a", "b"], type=pa.large_string()), ["a", "b"]),
@@ -237,6 +234,19 @@ def test_text_rule_per_arrow_type():
         vals = t.values.to_pylist() + [None]
         assert [vals[c] for c in t.codes] == want, name
         assert len(set(t.values.to_pylist())) == len(t.values) and t.values.null_count == 0, name
+
+
+def test_a_float_category_has_one_text_in_every_batch(tmp_path):
+    """A typed float's text depends on the value alone, not on what else its batch holds: 24.0 is '24' in a batch
+    of whole numbers and in one with 24.5, so streamed batches never key one value twice."""
+    for batch in ([24.0, 3.0], [24.0, 24.5], [None, 24.0]):
+        t = tokens(pa.array(batch))
+        assert t.values.to_pylist()[t.codes[batch.index(24.0)]] == "24", batch
+    df = pd.DataFrame({"price": [24.0, 3.0] * 40 + [24.0, 24.5] * 40, "label": [0, 1] * 80})
+    df.to_parquet(tmp_path / "d.parquet", index=False, row_group_size=80)
+    data = load_dataset(DataConfig(data=str(tmp_path / "d.parquet"), label="label", categorical=["price"],
+                                   stream=True, shard_dir=str(tmp_path / "s"), chunk_rows=80))
+    assert sorted(data.schema.field("price").vocab) == ["24", "24.5", "3"]
 
 
 def test_numbers_rule():
