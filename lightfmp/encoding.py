@@ -74,6 +74,8 @@ def float_cells(col: pd.Series) -> tuple[np.ndarray, int | None]:
     Python's float() reads more (`1_000`, non-ASCII digits, `+nan`): this rule refuses those."""
     if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
         return col.to_numpy(dtype=np.float64, na_value=np.nan), None  # typed already (Parquet): nothing to parse
+    if pd.api.types.is_datetime64_any_dtype(col) or pd.api.types.is_timedelta64_dtype(col):
+        return seconds(pa.array(col)), None
     x = pd.to_numeric(col, errors="coerce")
     # only cells that failed to parse are checked as text (converting every cell to str is the slow part)
     failed = (x.isna() & col.notna()).to_numpy()
@@ -263,6 +265,8 @@ def numbers(col, name: str) -> np.ndarray:
         return _float_numpy(pc.cast(col, pa.float64(), safe=False))
     if pa.types.is_null(t):
         return np.full(len(col), np.nan)
+    if pa.types.is_timestamp(t) or pa.types.is_duration(t):
+        return seconds(col)
     if _is_text(t):
         try:  # Arrow's parser accepts a subset of what pandas does and gives the same values on it
             x = _float_numpy(pc.cast(col, pa.float64()))
@@ -274,6 +278,15 @@ def numbers(col, name: str) -> np.ndarray:
         codes, values = distinct(col)  # in order of first appearance: the first bad value is the first bad row's
         return np.append(as_float(values.to_pandas(), name), np.nan)[codes]
     return as_float(_arrow(col).to_pandas(), name)
+
+
+_PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
+
+
+def seconds(col) -> np.ndarray:
+    """A timestamp column's seconds since 1970-01-01 UTC (a duration's seconds), NaN where missing: the number of a
+    time field, the same for one instant whatever unit a file stores it in."""
+    return _float_numpy(pc.cast(pc.cast(col, pa.int64()), pa.float64(), safe=False)) / _PER_SECOND[col.type.unit]
 
 
 def _float_numpy(x) -> np.ndarray:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from .errors import LightFMPError
 
@@ -101,12 +102,17 @@ def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
     """The values as UTC times (NaT where one is no date): in the format pandas infers from the first value, the
     rest each alone. Day-month dates (05/03/2024) are read in one order throughout: day first where some value's
     first part passes 12, month first otherwise (pandas' reading); a column where both parts pass 12 somewhere is
-    refused."""
+    refused. Where pandas infers no format from the first value (two-digit years, AM/PM: 05/03/24 10:30 PM) it
+    would read every value alone, each in the order that fits it, so every value is read here, in one order."""
     present = values.notna()
-    t = pd.to_datetime(values, errors="coerce", utc=True)
-    again = t.isna() & present
-    if not again.any():  # one format read every value (month first, where day-month: pandas' reading)
-        return t
+    first = str(values[present].iloc[0]) if present.any() else ""
+    if guess_datetime_format(first) is not None:
+        t = pd.to_datetime(values, errors="coerce", utc=True)
+        again = t.isna() & present
+        if not again.any():  # one format read every value (month first, where day-month: pandas' reading)
+            return t
+    else:
+        t, again = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]"), present
     text = values.astype(str)
     dm = present & text.str.match(DAY_MONTH)
     day_first = False
@@ -117,7 +123,7 @@ def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
             raise LightFMPError(f"{source}: --time-column '{column}': {over[0].iloc[0]!r} reads day first and "
                                 f"{over[1].iloc[0]!r} month first; write the dates as YYYY-MM-DD")
         day_first = bool(len(over[0]))
-    if day_first and bool(dm[present].iloc[0]):  # the first value's format, read day first
+    if day_first and bool(dm[present].iloc[0]) and not again[present].all():  # the first format, read day first
         t = pd.to_datetime(values, errors="coerce", utc=True, dayfirst=True)
         again = t.isna() & present
     for rows, order in ((again & dm, day_first), (again & ~dm, False)):  # dates in another format than the first

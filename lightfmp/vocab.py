@@ -175,6 +175,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     if not isinstance(s, pd.Series):
         if pa.types.is_decimal(s.type):  # numbers, judged as numbers are
             return _number_kind(pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False), rows)
+        if pa.types.is_timestamp(s.type) or pa.types.is_duration(s.type):  # instants: judged as their seconds
+            return _number_kind(numbers(s, ""), rows)
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
             # the spellings of a missing number are missing here (and categories, should the column be categorical)
             marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))

@@ -111,6 +111,18 @@ def test_day_first_dates_are_read_day_first_throughout_or_refused_where_the_orde
                    "f.csv")
 
 
+
+@pytest.mark.parametrize("fmt", ["%d/%m/%y", "%d.%m.%y", "%d/%m/%y %H:%M", "%d/%m/%Y %I:%M %p", "%m/%d/%y",
+                                 "%m/%d/%Y %I:%M %p"])
+def test_dates_pandas_reads_value_by_value_are_read_in_one_order(fmt):
+    """Formats pandas infers no format for (two-digit years, AM/PM) it reads value by value, each in the order that
+    fits it (03/05/24 as March, 24/01/24 as January): read here in the column's one order, as ISO times order them."""
+    rng = np.random.default_rng(1)
+    times = [pd.Timestamp("2023-01-01") + pd.Timedelta(minutes=int(m)) for m in rng.integers(0, 700 * 1440, 300)]
+    fractions = (0.6, 0.2, 0.2)
+    want = time_codes(pd.Series([t.isoformat() for t in times]), fractions, "t", "f.csv").tolist()
+    assert time_codes(pd.Series([t.strftime(fmt) for t in times]), fractions, "t", "f.csv").tolist() == want
+
 @pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5"])
 def test_bad_split_refused_not_normalised(text):
     with pytest.raises(LightFMPError, match="--split"):

@@ -249,6 +249,31 @@ def test_a_float_category_has_one_text_in_every_batch(tmp_path):
     assert sorted(data.schema.field("price").vocab) == ["24", "24.5", "3"]
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timestamp_field_is_its_seconds_and_a_missing_one_is_missing(tmp_path, stream):
+    """A Parquet timestamp is a number: its seconds since 1970 UTC, whatever unit the file stores (us or ns give the
+    same edges and ids), and a missing one (NaT) takes the OOV id, not the bucket of the earliest times."""
+    import pyarrow.parquet as pq
+    n = 600
+    when = pd.Series(pd.date_range("2024-01-01", periods=n, freq="37min"))
+    when[np.arange(n) % 10 == 3] = pd.NaT
+    rng = np.random.default_rng(0)
+    ids = {}
+    for unit in ("us", "ns"):
+        table = pa.table({"when": pa.array(when).cast(pa.timestamp(unit)), "label": rng.integers(0, 2, n)})
+        pq.write_table(table, tmp_path / f"{unit}.parquet")
+        data = load_dataset(DataConfig(data=str(tmp_path / f"{unit}.parquet"), label="label", numeric=["when"],
+                                       stream=stream, shard_dir=str(tmp_path / "s")))
+        edges = np.array(data.schema.field("when").boundaries)
+        assert edges.min() > when.min().timestamp() - 1 and edges.max() < when.max().timestamp() + 1, unit
+        rows = data.split_rows("train").select(["when"])
+        got = np.concatenate([c[0][:, 0] for c in rows.chunks()])
+        at = rows.row_numbers()
+        assert (got[at % 10 == 3] == OOV_ID).all() and (got[at % 10 != 3] >= FIRST_ID).all(), unit
+        ids[unit] = (edges.tolist(), got.tolist())
+    assert ids["us"] == ids["ns"]
+
+
 def test_numbers_rule():
     assert np.allclose(numbers(pa.array(["1.5", None, " 2 ", "inf"]), "x"), [1.5, np.nan, 2.0, np.inf],
                        equal_nan=True)
