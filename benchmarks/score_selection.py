@@ -20,6 +20,10 @@ def score(metrics: dict, truth: dict) -> dict:
 
 
 if __name__ == "__main__":
-    m = json.load(open(f"{sys.argv[1]}/metrics.json"))
-    t = json.load(open(sys.argv[2]))
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        sys.exit(print(__doc__))
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    with open(f"{sys.argv[1]}/metrics.json") as fm, open(sys.argv[2]) as ft:
+        m, t = json.load(fm), json.load(ft)
     print(json.dumps({**score(m, t), "test_auc": m["test"]["auc"], "seconds_total": m["seconds_total"]}))

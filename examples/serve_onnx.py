@@ -44,17 +44,22 @@ def missing(v):
 
 
 def token(s, v, known):
-    """A scalar value's text as training keyed it: 24.0 reads '24' unless the vocabulary has '24.0'."""
+    """A scalar value's text as training keyed it: 24 and 24.0 read '24' unless the vocabulary has '24.0' and not
+    '24' (pandas writes an integer column with gaps as 24.0)."""
     if missing(v):
         return None
     if isinstance(v, str):
         return v
     if isinstance(v, bool):
         return str(v)
-    if isinstance(v, int):
-        return str(v)
+    if isinstance(v, int) or isinstance(v, float) and v.is_integer():
+        try:
+            as_int, as_float = str(int(v)), str(float(v))
+        except OverflowError:
+            return str(int(v))
+        return as_int if as_int in known or as_float not in known else as_float
     if isinstance(v, float):
-        return str(int(v)) if v.is_integer() and (str(int(v)) in known or str(v) not in known) else str(v)
+        return str(v)
     kind = s["kind"].replace("_", "-")
     raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")
 

@@ -98,10 +98,10 @@ class TrainConfig:
                         open_low=True)
     pretrain_epochs: int = opt(5, "Epochs over the subset in phase 1.", 1)
     epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.", 1)
-    patience: int = opt(1, "Stop full / continued training after this many epochs without a better validation "
-                           "AUC, once an epoch's validation logloss is worse than the best epoch's by more than two "
-                           "standard errors of the per-row difference (the best epoch by AUC among those not so "
-                           "worse is kept); 0 disables early stopping.", 0)
+    patience: int = opt(1, "Stop a phase (phase 1, continued or full training) after this many epochs without a "
+                           "better validation AUC, once an epoch's validation logloss is worse than the best epoch's "
+                           "by more than two standard errors of the per-row difference (the best epoch by AUC among "
+                           "those not so worse is kept); 0 disables early stopping.", 0)
     sparse_embeddings: bool = opt(False, "Sparse gradients for the embedding tables, updated by a lazy Adam "
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")
@@ -445,15 +445,29 @@ def config_keys(doc: dict | None) -> list[str]:
     return sorted(out)
 
 
+KIND_OPTIONS = ("categorical", "numeric", "multi_hot", "ignore")
+
+
+def _columns(option: str, items) -> set[str]:
+    """The columns a kind option's items name (a multi-hot item 'genres:|' names 'genres', as
+    `vocab.parse_multi_hot` reads it)."""
+    return {str(i).partition(":")[0].strip() if option == "multi_hot" else str(i) for i in items or []}
+
+
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     """Built-in defaults < --config YAML < flags given on the command line (None means not given); a keep rule
-    given as a flag replaces the file's (--keep clears its threshold, --threshold its keep)."""
+    given as a flag replaces the file's (--keep clears its threshold, --threshold its keep), and a column's kind
+    given as a flag replaces the kind the file gives it (--numeric a takes a out of the file's categorical)."""
     base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
     merged = base.flat()
     given = {k: v for k, v in flags.items() if v is not None}
     for rule, other in (("keep", "threshold"), ("threshold", "keep")):
         if rule in given and other not in given:
             merged[other] = None
+    for option in KIND_OPTIONS:  # a column a flag gives a kind leaves the file's other kind lists
+        named = _columns(option, given.get(option))
+        for other in (o for o in KIND_OPTIONS if o != option and o not in given):
+            merged[other] = [i for i in merged[other] if _columns(other, [i]).isdisjoint(named)]
     merged.update(given)
     cfg = RunConfig.from_dict(merged, source=COMMAND_LINE)
     check_no_rule_without_gates(cfg)  # what the user gives; a run read back keeps what it recorded

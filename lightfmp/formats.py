@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import LightFMPError
-from .io import data_files
+from .io import data_files, partitions
 
 FORMATS = ("auto", "csv", "tsv", "parquet", "criteo", "avazu")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -80,11 +80,25 @@ def implies_stream(fmt: str) -> bool:
     return fmt in ("criteo", "avazu")
 
 
-def line_of(fmt: str, row: int) -> int | None:
-    """1-based file line of data row `row` for text formats (exact unless quoted cells span lines)."""
+def line_of(fmt: str, row: int, path: str | Path | None = None) -> int | None:
+    """1-based file line of data row `row` of a text file (None for Parquet): counted in the file where `path` is
+    given, past the blank lines the reader skips (an error's path only: it reads the file up to that row), else
+    one line a row. Exact unless quoted cells span lines."""
     if fmt == "parquet":
         return None
-    return row + (1 if fmt == "criteo" else 2)
+    header = 0 if fmt == "criteo" else 1
+    if path is not None and Path(path).suffix.lower() not in (".zst", ".lz4", ".br"):  # (Arrow decompresses those)
+        try:
+            with _open_text(Path(path)) as fh:
+                seen = 0
+                for n, line in enumerate(fh, 1):
+                    if n > header and line.strip("\r\n"):
+                        if seen == row:
+                            return n
+                        seen += 1
+        except (OSError, EOFError, lzma.LZMAError, UnicodeError):
+            pass
+    return row + header + 1
 
 
 def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]:
@@ -311,21 +325,27 @@ def _parquet_files(p: Path) -> list[Path]:
 
 
 def _parquet_tables(p: Path, chunk_rows: int):
+    """The parts' rows; a part in key=value folders (Hive / Spark partitioning) gets those as text columns."""
     import pyarrow.parquet as pq
     names = None
     for f in _parquet_files(p):
         try:
             pf = pq.ParquetFile(f)
-            got = pf.schema_arrow.names
+            keys = partitions(p, f)
+            got = pf.schema_arrow.names + [k for k, _ in keys]
+            if names is None or keys:  # (a folder's key may be a column of one part)
+                _unique(f, got, "schema" + (" with its key=value folders" if keys else ""))
             if names is None:
-                _unique(f, got, "schema")
                 names = got
             elif got != names:
-                raise LightFMPError(f"{f}: columns {got} differ from the first part's {names}")
+                raise LightFMPError(f"{f}: columns {got} differ from the first part's {names}"
+                                    + (" (its key=value folders are columns)" if keys else ""))
             index = [c for c in (pf.schema_arrow.pandas_metadata or {}).get("index_columns", [])
                      if isinstance(c, str) and c in got]  # a pandas index stored as columns: not data
             # rebatched per file: a part's last chunk may be short, never one spanning two parts
             for t in _rebatch(pf.iter_batches(batch_size=chunk_rows), chunk_rows):
+                for key, value in keys:
+                    t = t.append_column(key, pa.array([value], pa.string()).take(np.zeros(len(t), np.int64)))
                 yield t.drop_columns(index) if index else t
         except LightFMPError:
             raise
@@ -398,7 +418,7 @@ def _criteo(table: pa.Table, p: Path, start: int) -> pa.Table:
         bad = (np.isnan(x) & present) | (np.isfinite(x) & (np.mod(x, 1) != 0))
         if bad.any():
             i = _first_row(enc, bad)
-            raise LightFMPError(f"{p}: line {line_of('criteo', start + i)} column {name}: "
+            raise LightFMPError(f"{p}: line {line_of('criteo', start + i, p)} column {name}: "
                                 f"{values.to_pandas().iloc[int(np.argmax(bad))]!r} is not an integer")
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3.0)) ** 2), x)
@@ -419,7 +439,7 @@ def _avazu(table: pa.Table, p: Path, start: int) -> pa.Table:
     if bad.any():
         i = _first_row(enc, bad)
         value = hour.slice(i, 1).to_pandas().iloc[0]  # the cell as a DataFrame of the batch shows it
-        raise LightFMPError(f"{p}: line {line_of('avazu', start + i)} column hour: {value!r} is not YYMMDDHH")
+        raise LightFMPError(f"{p}: line {line_of('avazu', start + i, p)} column hour: {value!r} is not YYMMDDHH")
     ok = np.ones(len(t), dtype=bool)
     derived = {"hour_of_day": _derived(enc, t.dt.hour.to_numpy().astype(np.int64), ok),
                "weekday": _derived(enc, t.dt.day_of_week.to_numpy().astype(np.int64), ok)}  # Monday = 0

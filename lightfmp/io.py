@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import urllib.parse
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -67,6 +68,9 @@ def os_errors_of(path: str | Path):
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from None
 
 
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the folder value Hive and Spark write for a missing partition value
+
+
 def data_files(path: str | Path) -> list[Path]:
     """The files a data path holds: the file itself, or every file under a directory in sorted path order except
     hidden and underscore names at any depth (Spark / Hive write _SUCCESS, _metadata and .crc files next to the
@@ -79,11 +83,27 @@ def data_files(path: str | Path) -> list[Path]:
                   and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts))
 
 
+def partitions(root: str | Path, f: Path) -> list[tuple[str, str | None]]:
+    """The (column, value) pairs of a part file's key=value folders under `root` (Hive / Spark partitioning:
+    root/country=US/dt=2024-01-01/part-0.parquet), outermost first; a value is URL-decoded, and Hive's name for a
+    missing one is None."""
+    pairs = []
+    for part in f.relative_to(root).parts[:-1] if Path(root).is_dir() else ():
+        key, eq, value = part.partition("=")
+        if eq and key:
+            value = urllib.parse.unquote(value)
+            pairs.append((urllib.parse.unquote(key), None if value == HIVE_NULL else value))
+    return pairs
+
+
 def file_sha256(path: str | Path, h=None) -> str:
     """Content hash of a file, or of the data files under a directory (`data_files`) in sorted path order (`h`:
-    another hashlib object to use, e.g. blake2b)."""
+    another hashlib object to use, e.g. blake2b); a part in key=value folders adds those folders' names, which
+    are columns of its rows."""
     h = hashlib.sha256() if h is None else h
     for q in data_files(path):
+        if partitions(path, q):
+            h.update(str(q.relative_to(path).parent.as_posix()).encode() + b"\0")
         with open(q, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

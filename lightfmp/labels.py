@@ -1,7 +1,8 @@
 """The one label parser: a batch's label column -> float32 0/1, with errors that name the file row (and line).
 
 Labels are 0/1 (also written 1.0 / 0.0) or booleans, or, with --positive VALUE, that value (as text, or as the same
-number: 1.0 for --positive 1) is 1 and any other 0.
+number: 1.0 for --positive 1) is 1 and any other 0. A missing label (an empty cell, null, or a missing number's
+spelling such as NA: `encoding.MISSING_TEXT`) is refused either way.
 `LabelCounts` gathers the values seen over all batches so a degenerate label (one class in the training rows,
 or a --positive value no row has) is refused with the counts, not trained on.
 """
@@ -11,7 +12,7 @@ from collections import Counter
 
 import numpy as np
 
-from .encoding import column, column_names, missing, tokens
+from .encoding import MISSING_TEXT, column, column_names, missing, tokens
 from .errors import LightFMPError
 from .formats import line_of
 
@@ -40,7 +41,8 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
     col = column(data, label)
     t = tokens(col)
     texts = t.values.to_pylist()
-    absent = missing(col)
+    spelled = np.array([v.strip() in MISSING_TEXT for v in texts] + [False])  # 'NA', 'null': missing, as in a number
+    absent = missing(col) | spelled[t.codes]
     # per distinct text, then a last entry for a cell with no text (code -1)
     if positive is not None:
         pos_v = np.array([_is_positive(v, str(positive)) for v in texts] + [False])
@@ -51,11 +53,12 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
     pos, bad = pos_v[t.codes], absent | bad_v[t.codes]
     if bad.any():
         i = int(np.argmax(bad))
-        line = line_of(fmt, start + i)
+        line = line_of(fmt, start + i, source)
         where = f"row {start + i}" + (f" (line {line})" if line is not None else "")
-        if absent[i]:
-            raise LightFMPError(f"{source}: label column '{label}' has a missing value at {where}")
         text = texts[t.codes[i]] if t.codes[i] >= 0 else None
+        if absent[i]:
+            spelling = f" ({text!r})" if text is not None else ""
+            raise LightFMPError(f"{source}: label column '{label}' has a missing value{spelling} at {where}")
         raise LightFMPError(f"{source}: label column '{label}' is not binary: value {text!r} at {where} "
                             f"(labels must be 0/1 or booleans, or pass --positive VALUE)")
     return pos.astype(np.float32)

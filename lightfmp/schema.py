@@ -106,8 +106,15 @@ class Field:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Field":
-        if "name" not in d or "kind" not in d:
+        if not isinstance(d, dict) or "name" not in d or "kind" not in d:
             raise LightFMPError(f"schema field entry {d!r} needs 'name' and 'kind'")
+        where = f"schema field '{d['name']}'"
+        max_len = whole(d, "max_len", 0, 0, where)
+        hash_buckets = whole(d, "hash_buckets", None, 1, where)
+        if d["kind"] == "multi_hot" and d.get("vocab") is not None and max_len < 1:  # (hashed: fitted from the data)
+            raise LightFMPError(f"{where}: a multi_hot field with a vocab needs max_len >= 1 (its slots per row)")
+        if d.get("separator") is not None and not isinstance(d["separator"], str):
+            raise LightFMPError(f"{where}: separator {d['separator']!r} must be text")
         edges = d.get("boundaries")
         if edges is not None:
             check_boundaries(edges, f"schema field '{d['name']}'")
@@ -120,7 +127,17 @@ class Field:
             if twice is not None:
                 raise LightFMPError(f"schema field '{d['name']}': vocab lists {twice!r} twice")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
-                   max_len=int(d.get("max_len", 0)), boundaries=edges, hash_buckets=d.get("hash_buckets"))
+                   max_len=max_len, boundaries=edges, hash_buckets=hash_buckets)
+
+
+def whole(d: dict, key: str, default, least: int, where: str):
+    """d[key] (or `default` where absent or null), refused in one line unless an integer >= least."""
+    v = d.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        raise LightFMPError(f"{where}: {key} {v!r} must be an integer >= {least}")
+    return v
 
 
 @dataclass
@@ -180,9 +197,17 @@ class FeatureSchema:
     def from_dict(cls, d: dict, source: str = "schema") -> "FeatureSchema":
         if not isinstance(d, dict) or "fields" not in d or "label" not in d:
             raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'label' and 'fields')")
-        if int(d.get("schema_version", 1)) > SCHEMA_VERSION:
+        if whole(d, "schema_version", 1, 1, source) > SCHEMA_VERSION:
             raise LightFMPError(f"{source}: schema_version {d['schema_version']} is newer than this lightfmp "
                                 f"supports ({SCHEMA_VERSION})")
+        for key, ok, what in (("label", isinstance(d["label"], str), "text"),
+                              ("fields", isinstance(d["fields"], list), "a list of field entries"),
+                              ("meta", isinstance(d.get("meta"), (dict, type(None))), "an object"),
+                              ("positive", not isinstance(d.get("positive"), (list, dict)), "a value")):
+            if not ok:
+                raise LightFMPError(f"{source}: {key} {d[key]!r} must be {what}")
+        counts = {key: whole(d, key, default, 1, source)
+                  for key, default in (("min_count", 2), ("num_buckets", 16), ("vocab_cap", None))}
         try:
             fields = [Field.from_dict(f) for f in d["fields"]]
         except LightFMPError as e:
@@ -190,10 +215,8 @@ class FeatureSchema:
         twice = first_repeat(f.name for f in fields)
         if twice is not None:
             raise LightFMPError(f"{source}: field '{twice}' is listed twice; each column is one field")
-        return cls(label=d["label"], fields=fields, positive=d.get("positive"),
-                   min_count=int(d.get("min_count", 2)), num_buckets=int(d.get("num_buckets", 16)),
-                   meta=dict(d.get("meta") or {}),
-                   vocab_cap=int(d["vocab_cap"]) if d.get("vocab_cap") is not None else None)
+        return cls(label=d["label"], fields=fields, positive=d.get("positive"), meta=dict(d.get("meta") or {}),
+                   **counts)
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())

@@ -161,8 +161,9 @@ def _shown(v) -> str:
 
 
 def _token(f: Field, v, known: set):
-    """A categorical value's string form as training keyed it (`cell_strings`): 24.0 reads '24' unless the
-    vocabulary has '24.0' (a CSV cell written '24.0' keeps its text)."""
+    """A categorical value's string form as training keyed it (`cell_strings`): 24 and 24.0 read '24' unless the
+    vocabulary has '24.0' and not '24' (a CSV cell keeps its text, and pandas writes an integer column with gaps
+    as 24.0)."""
     _scalar(f, v)
     if _missing(v):
         return None
@@ -170,14 +171,14 @@ def _token(f: Field, v, known: set):
         return v
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
-    if isinstance(v, numbers.Integral):
+    if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
-            return str(int(v))
+            as_int, as_float = str(int(v)), str(float(v))
         except ValueError:  # more digits than Python converts to text
             raise LightFMPError(f"field '{f.name}' got {_shown(v)}, too large for a category") from None
-    if isinstance(v, numbers.Real) and float(v).is_integer():
-        as_int = str(int(v))
-        return as_int if as_int in known or str(v) not in known else str(v)
+        except OverflowError:  # beyond a float: no float spelling to look for
+            return str(int(v))
+        return as_int if as_int in known or as_float not in known else as_float
     return str(v)
 
 

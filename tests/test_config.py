@@ -81,6 +81,18 @@ def test_yaml_takes_sections_and_flat_keys(tmp_path):
     assert RunConfig.from_dict(yaml.safe_load(yaml.safe_dump(cfg.to_dict()))) == cfg
 
 
+
+def test_a_kind_given_as_a_flag_replaces_the_files_kind_for_that_column(tmp_path):
+    """Flags win over the config file column by column: --numeric a takes a out of the file's categorical (before,
+    a stood in both and the run was refused as a conflict); the file's other columns keep their kinds."""
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"data": {"categorical": ["a", "b"], "multi-hot": ["g:;", "h"], "ignore": ["z"]}}))
+    cfg = resolve({"numeric": ["a", "g"], "categorical": None}, str(p))
+    assert cfg.data.numeric == ["a", "g"] and cfg.data.categorical == ["b"] and cfg.data.multi_hot == ["h"]
+    assert cfg.data.ignore == ["z"]
+    cfg = resolve({"categorical": ["z"]}, str(p))  # the flag's own list replaces the file's, as every flag does
+    assert cfg.data.categorical == ["z"] and cfg.data.ignore == [] and cfg.data.multi_hot == ["g:;", "h"]
+
 @pytest.mark.parametrize("doc,match", [({"lrr": 1}, "unknown key 'lrr'"),
                                        ({"train": {"hidden": [8]}}, "unknown key 'hidden' in section 'train'"),
                                        ({"epochs": "ten"}, "'epochs' must be int")])

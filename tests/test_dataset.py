@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import make_frame, write_csv
+from helpers import cli, make_frame, one_line_error, write_csv
 from lightfmp import pipeline
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
@@ -271,6 +271,38 @@ def test_a_schema_with_the_label_as_a_field_or_with_no_field_is_refused(tmp_path
     with pytest.raises(LightFMPError, match="none.json: it lists no fields"):
         load_dataset(RunConfig.of(**{**base, "schema": str(tmp_path / "none.json"), "stream": stream}).data)
 
+
+
+def _edited(fitted: dict, where: str, key: str, value) -> dict:
+    """The fitted schema with one key set: at the top (where 'schema') or in the field named `where`."""
+    if where == "schema":
+        return {**fitted, key: value}
+    return {**fitted, "fields": [{**f, key: value} if f["name"] == where else f for f in fitted["fields"]]}
+
+
+@pytest.mark.parametrize("where, key, value, message", [
+    ("schema", "min_count", "two", "min_count 'two' must be an integer >= 1"),
+    ("schema", "min_count", -5, "min_count -5 must be an integer >= 1"),
+    ("schema", "num_buckets", 0, "num_buckets 0 must be an integer >= 1"),
+    ("schema", "schema_version", "1", "schema_version '1' must be an integer >= 1"),
+    ("schema", "vocab_cap", 2.5, "vocab_cap 2.5 must be an integer >= 1"),
+    ("schema", "meta", [1], "meta [1] must be an object"),
+    ("schema", "fields", "a", "fields 'a' must be a list of field entries"),
+    ("schema", "label", ["label"], "label ['label'] must be text"),
+    ("tags", "max_len", -1, "schema field 'tags': max_len -1 must be an integer >= 0"),
+    ("tags", "max_len", 0, "schema field 'tags': a multi_hot field with a vocab needs max_len >= 1"),
+    ("a", "hash_buckets", "7", "schema field 'a': hash_buckets '7' must be an integer >= 1"),
+    ("tags", "separator", 1, "schema field 'tags': separator 1 must be text"),
+])
+def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, where, key, value, message):
+    p = write_csv(tmp_path, n=400)
+    fitted = load_dataset(cfg_for(p, tmp_path).data).schema.to_dict()
+    (tmp_path / "s.json").write_text(json.dumps(_edited(fitted, where, key, value)))
+    r = cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", "--out", tmp_path / "r", "-q")
+    one_line_error(r, "s.json", message)
+    (tmp_path / "f.json").write_text(json.dumps({**fitted, "fields": ["name kind"]}))
+    one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "f.json", "--out",
+                       tmp_path / "r", "-q"), "f.json", "schema field entry 'name kind' needs 'name' and 'kind'")
 
 def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
     p = write_csv(tmp_path, n=400)

@@ -1,6 +1,7 @@
 """What must never go wrong around the real work: --force replaces only what lightfmp wrote; a damaged checkpoint
 or run directory is one line naming the file, never a traceback; long commands say what they are doing, Ctrl-C
 says how to resume, and bench saves its table before the curves."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -932,6 +933,35 @@ def test_reader_and_data_hash_see_the_same_files(tmp_path):
     shutil.copyfile(d / "part-0.parquet", d / "part-2.parquet")
     assert file_sha256(d) != sha and sum(len(df) for df, _ in read_batches(d, "parquet", 1000)) == rows * 3 // 2
 
+
+
+def test_hive_partition_folders_are_columns_and_part_of_the_hash(tmp_path):
+    """Parts in key=value folders (Spark / Hive partitioning) hold those values as columns, as pyarrow, pandas and
+    Spark read them; renaming a folder changes the rows, so it changes the data hash; a plain directory hashes as
+    before (its contents only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from lightfmp.formats import read_batches
+    from lightfmp.io import HIVE_NULL, file_sha256
+    d = tmp_path / "hv"
+    for country, dt, n in (("US", "2024-01-01", 3), ("FR", "2024-01-02", 2), ("a%2Fb", HIVE_NULL, 1)):
+        (d / f"country={country}" / f"dt={dt}").mkdir(parents=True)
+        pq.write_table(pa.table({"c": [f"{country}{i}" for i in range(n)], "label": [i % 2 for i in range(n)]}),
+                       d / f"country={country}" / f"dt={dt}" / "part-0.parquet")
+    df = pd.concat([b for b, _ in read_batches(d, "parquet", 1000)], ignore_index=True)
+    assert list(df.columns) == ["c", "label", "country", "dt"]
+    got = {(r.c, r.country, r.dt if isinstance(r.dt, str) else None) for r in df.itertuples()}
+    assert got == {("US0", "US", "2024-01-01"), ("US1", "US", "2024-01-01"), ("US2", "US", "2024-01-01"),
+                   ("FR0", "FR", "2024-01-02"), ("FR1", "FR", "2024-01-02"), ("a%2Fb0", "a/b", None)}
+    sha = file_sha256(d)
+    (d / "country=FR").rename(d / "country=DE")
+    assert file_sha256(d) != sha
+    plain = _parquet_dir(tmp_path / "pq")
+    assert file_sha256(plain) == hashlib.sha256(b"".join(q.read_bytes() for q in sorted(plain.glob("*")))).hexdigest()
+    pq.write_table(pa.table({"c": ["x"], "country": ["US"], "label": [1]}), d / "country=US" / "dt=2024-01-01" /
+                   "part-1.parquet")  # a folder's key that is also a column of the file: refused, not guessed
+    with pytest.raises(LightFMPError, match="repeats column name"):
+        list(read_batches(d, "parquet", 1000))
 
 def test_a_non_parquet_file_in_a_data_directory_names_the_parquet_file_to_pass(tmp_path):
     """A `lightfmp data synth` folder holds truth.json beside data.parquet: `--data` given the folder reads every

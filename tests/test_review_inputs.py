@@ -268,3 +268,14 @@ def test_positive_matches_the_same_number_written_otherwise(tmp_path):
     booleans = pa.table({"y": pa.array([True, False, True])})  # a Parquet boolean label: --positive true means True
     assert parse_labels(booleans, "y", "true", "d.parquet").tolist() == [1, 0, 1]
     assert parse_labels(booleans, "y", "FALSE", "d.parquet").tolist() == [0, 1, 0]
+
+
+
+@pytest.mark.parametrize("positive", [None, "click"])
+def test_a_label_spelled_missing_is_refused_with_or_without_positive(positive):
+    """'NA' in a label is a missing label, as in a number: refused, never read as a negative under --positive."""
+    from lightfmp.labels import parse_labels
+    values = ["click", "none", " NA ", "click"] if positive else ["1", "0", " NA ", "1"]
+    with pytest.raises(LightFMPError, match=r"d.csv: label column 'y' has a missing value \(' NA '\) at row 12 "
+                                            r"\(line 14\)"):
+        parse_labels(pd.DataFrame({"y": values}), "y", positive, "d.csv", start=10, fmt="csv")

@@ -196,6 +196,21 @@ def test_a_numeric_field_refuses_the_first_bad_record_of_any_kind(s):
             Predictor(out).encode(recs)
 
 
+
+@pytest.mark.parametrize("known", [set(), {"16"}, {"16.0"}, {"16", "16.0"}])
+def test_a_whole_number_takes_the_spelling_the_vocabulary_has(example, known):
+    """A CSV keeps each cell's text, and pandas writes an integer column with gaps as 16.0: a served 16 or 16.0
+    reads '16.0' where only that is known, '16' otherwise, in the Predictor and the example client alike."""
+    from lightfmp.serving import _token
+    from lightfmp.schema import Field
+    f = Field("cnt", "categorical", vocab=sorted(known))
+    want = "16.0" if known == {"16.0"} else "16"
+    for v in (16, 16.0, np.int64(16), np.float32(16.0)):
+        assert _token(f, v, known) == want, v
+    for v in (16, 16.0):
+        assert example.token({"name": "cnt", "kind": "categorical"}, v, known) == want, v
+    assert _token(f, 16.5, known) == example.token({}, 16.5, known) == "16.5"
+
 def test_a_large_batch_is_scored_in_slices(s, monkeypatch):
     """ONNX Runtime's memory grows with a call's rows: more than RUN_ROWS rows go through in slices, with the
     outputs of one call."""

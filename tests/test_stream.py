@@ -534,6 +534,10 @@ def test_parquet_parts_and_bad_label(tmp_path):
     df.to_csv(write, index=False)
     with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 79\)"):
         prepare_stream(cfg_for(write, tmp_path / "s"), Log())
+    lines = write.read_text().splitlines(keepends=True)  # blank lines, which the reader skips, still count as lines
+    (tmp_path / "blank.csv").write_text("".join(lines[:4] + ["\n", "\r\n"] + lines[4:]))
+    with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 81\)"):
+        prepare_stream(cfg_for(tmp_path / "blank.csv", tmp_path / "s"), Log())
 
 
 def test_export_of_hashed_fields_needs_id_inputs(built, hashed, tmp_path):
