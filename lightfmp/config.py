@@ -451,7 +451,8 @@ KIND_OPTIONS = ("categorical", "numeric", "multi_hot", "ignore")
 def _columns(option: str, items) -> set[str]:
     """The columns a kind option's items name (a multi-hot item 'genres:|' names 'genres', as
     `vocab.parse_multi_hot` reads it)."""
-    return {str(i).partition(":")[0].strip() if option == "multi_hot" else str(i) for i in items or []}
+    return {str(i).partition(":")[0].strip() if option == "multi_hot" else str(i)
+            for i in (_items(items) if items is not None else [])}
 
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
@@ -467,7 +468,7 @@ def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     for option in KIND_OPTIONS:  # a column a flag gives a kind leaves the file's other kind lists
         named = _columns(option, given.get(option))
         for other in (o for o in KIND_OPTIONS if o != option and o not in given):
-            merged[other] = [i for i in merged[other] if _columns(other, [i]).isdisjoint(named)]
+            merged[other] = [i for i in _items(merged[other]) if _columns(other, [i]).isdisjoint(named)]
     merged.update(given)
     cfg = RunConfig.from_dict(merged, source=COMMAND_LINE)
     check_no_rule_without_gates(cfg)  # what the user gives; a run read back keeps what it recorded

@@ -194,13 +194,10 @@ def tokens(col) -> Tokens:
         codes, values = distinct(col)
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):  # a type Arrow cannot hash (nested, ...): cell by cell
         return tokens(_arrow(col).to_pandas())
-    if pa.types.is_integer(t) and not col.null_count:
-        return Tokens(codes, pc.cast(values, pa.string()))
-    n = len(values)
-    if col.null_count:  # a gap turns an integer column into floats in pandas: the rule sees the column's dtype
-        values = pa.concat_arrays([values, pa.nulls(1, type=values.type)])
+    if pa.types.is_integer(t):  # in decimal, exactly (through pandas a gap would make them floats, and past 2**53
+        return Tokens(codes, pc.cast(values, pa.string()))  # floats round: one id read two ways)
     texts = pa.array(cell_strings(values.to_pandas()).to_numpy(dtype=object), type=pa.string(), from_pandas=True)
-    return _recode(codes, texts.slice(0, n))
+    return _recode(codes, texts)
 
 
 def _factorize(text) -> Tokens:

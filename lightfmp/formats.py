@@ -80,24 +80,28 @@ def implies_stream(fmt: str) -> bool:
     return fmt in ("criteo", "avazu")
 
 
+LINE_SCAN_BYTES = 256 << 20  # an error's line is counted in files up to this size (a few seconds to read)
+
+
 def line_of(fmt: str, row: int, path: str | Path | None = None) -> int | None:
     """1-based file line of data row `row` of a text file (None for Parquet): counted in the file where `path` is
-    given, past the blank lines the reader skips (an error's path only: it reads the file up to that row), else
-    one line a row. Exact unless quoted cells span lines."""
+    given and at most LINE_SCAN_BYTES long, past the blank lines the reader skips (an error's path only: it reads
+    the file up to that row), else one line a row. Exact unless quoted cells span lines."""
     if fmt == "parquet":
         return None
     header = 0 if fmt == "criteo" else 1
-    if path is not None and Path(path).suffix.lower() not in (".zst", ".lz4", ".br"):  # (Arrow decompresses those)
-        try:
+    try:
+        if path is not None and Path(path).suffix.lower() not in (".zst", ".lz4", ".br") \
+                and Path(path).stat().st_size <= LINE_SCAN_BYTES:  # (Arrow decompresses those itself)
             with _open_text(Path(path)) as fh:
-                seen = 0
+                seen = -header  # the header is the first line that is not blank
                 for n, line in enumerate(fh, 1):
-                    if n > header and line.strip("\r\n"):
+                    if line.strip("\r\n"):
                         if seen == row:
                             return n
                         seen += 1
-        except (OSError, EOFError, lzma.LZMAError, UnicodeError):
-            pass
+    except (OSError, EOFError, lzma.LZMAError):
+        pass
     return row + header + 1
 
 

@@ -41,7 +41,9 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
     col = column(data, label)
     t = tokens(col)
     texts = t.values.to_pylist()
-    spelled = np.array([v.strip() in MISSING_TEXT for v in texts] + [False])  # 'NA', 'null': missing, as in a number
+    # 'NA', 'null': missing, as in a number, unless it is the --positive value itself
+    spelled = np.array([v.strip() in MISSING_TEXT and not (positive is not None and _is_positive(v, str(positive)))
+                        for v in texts] + [False])
     absent = missing(col) | spelled[t.codes]
     # per distinct text, then a last entry for a cell with no text (code -1)
     if positive is not None:

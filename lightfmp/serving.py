@@ -6,13 +6,15 @@
 """
 from __future__ import annotations
 
+import datetime
 import numbers
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
-from .encoding import float_cells
+from .encoding import float_cells, seconds
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -116,18 +118,17 @@ def _check_column(f: Field, col: pd.Series) -> pd.Series:
 
 
 def _numbers(f: Field, col: pd.Series) -> pd.Series:
-    """A numeric field's values as float64: numbers as they are, text by training's rule (`float_cells`), NaN
-    where missing; the first record holding anything else is refused."""
+    """A numeric field's values as float64: numbers as they are, text by training's rule (`float_cells`), times as
+    seconds since 1970 UTC (`encoding.seconds`), NaN where missing; the first record holding anything else is
+    refused."""
     values, wrong = [], None
     for i, v in enumerate(col):
         if isinstance(v, str) or _missing(v):
             values.append(v)
         else:
             try:
-                if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
-                    raise TypeError
-                values.append(float(v))
-            except (TypeError, OverflowError):  # not a number, or an integer beyond a float's range
+                values.append(_number(v))
+            except (TypeError, ValueError, OverflowError):  # not a number, or beyond a float's or a timestamp's range
                 values.append(None)
                 wrong = i if wrong is None else wrong
     x, bad = float_cells(pd.Series(values, dtype=object))
@@ -136,6 +137,16 @@ def _numbers(f: Field, col: pd.Series) -> pd.Series:
         v = col.iloc[first]
         raise LightFMPError(f"record {first}, field '{f.name}' is numeric but got {_shown(v)} ({type(v).__name__})")
     return pd.Series(x, index=col.index)
+
+
+def _number(v) -> float:
+    """A numeric field's value that is not text: a number, or a time as its seconds since 1970 UTC (as training
+    reads a timestamp column: `encoding.seconds`)."""
+    if isinstance(v, (datetime.datetime, np.datetime64)):
+        return float(seconds(pa.array([pd.Timestamp(v)]))[0])
+    if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
+        raise TypeError(v)
+    return float(v)
 
 
 def _value_rule(f: Field):

@@ -34,7 +34,7 @@ from .splits import SPLITS, SplitRule
 
 SHARD_FORMAT_VERSION = 2  # the layout of a shard directory and its manifest
 # the modules whose code decides a fitted schema and the encoded ids, labels and split codes
-DECIDING_MODULES = ("formats", "encoding", "vocab", "schema", "labels", "splits", "coded", "dataset", "shards")
+DECIDING_MODULES = ("io", "formats", "encoding", "vocab", "schema", "labels", "splits", "coded", "dataset", "shards")
 MANIFEST = "manifest.json"
 ARRAYS = ("ids", "labels", "rows", "split")
 

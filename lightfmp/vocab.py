@@ -169,14 +169,14 @@ def _check_named(names: list[str], spec: SchemaSpec, source: str) -> None:
 
 
 def infer_kind(s, rows: int) -> tuple[str, str]:
-    """Booleans, text and low-cardinality integers are categorical; other numbers numeric. `s`: a pandas Series,
-    or an Arrow column (text that Arrow's parser reads as numbers whole is judged on those numbers, which are
+    """Booleans, text and low-cardinality integers are categorical; times and other numbers numeric. `s`: a pandas
+    Series, or an Arrow column (text that Arrow's parser reads as numbers whole is judged on those numbers, which are
     pandas'; anything else as a Series)."""
     if not isinstance(s, pd.Series):
         if pa.types.is_decimal(s.type):  # numbers, judged as numbers are
             return _number_kind(pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False), rows)
-        if pa.types.is_timestamp(s.type) or pa.types.is_duration(s.type):  # instants: judged as their seconds
-            return _number_kind(numbers(s, ""), rows)
+        if pa.types.is_timestamp(s.type) or pa.types.is_duration(s.type):
+            return "numeric", "times: seconds since 1970 UTC"  # ordered, and new ones keep coming: never a category
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
             # the spellings of a missing number are missing here (and categories, should the column be categorical)
             marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))
@@ -196,6 +196,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
         s = s.to_pandas()
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
+    if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):
+        return "numeric", "times: seconds since 1970 UTC"
     if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
         try:
             spelled = s.str.strip().isin(MISSING_TEXT)

@@ -87,11 +87,16 @@ def test_a_kind_given_as_a_flag_replaces_the_files_kind_for_that_column(tmp_path
     a stood in both and the run was refused as a conflict); the file's other columns keep their kinds."""
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"data": {"categorical": ["a", "b"], "multi-hot": ["g:;", "h"], "ignore": ["z"]}}))
-    cfg = resolve({"numeric": ["a", "g"], "categorical": None}, str(p))
-    assert cfg.data.numeric == ["a", "g"] and cfg.data.categorical == ["b"] and cfg.data.multi_hot == ["h"]
-    assert cfg.data.ignore == ["z"]
-    cfg = resolve({"categorical": ["z"]}, str(p))  # the flag's own list replaces the file's, as every flag does
+    for numeric in (["a", "g"], "a,g"):  # as a list, and as the command line gives it: comma-separated text
+        cfg = resolve({"numeric": numeric, "categorical": None}, str(p))
+        assert cfg.data.numeric == ["a", "g"] and cfg.data.categorical == ["b"] and cfg.data.multi_hot == ["h"]
+        assert cfg.data.ignore == ["z"]
+    cfg = resolve({"categorical": "z"}, str(p))  # the flag's own list replaces the file's, as every flag does
     assert cfg.data.categorical == ["z"] and cfg.data.ignore == [] and cfg.data.multi_hot == ["g:;", "h"]
+    cfg = resolve({"multi_hot": "tags:|,b"}, str(p))  # a multi-hot item names the column before its ':'
+    assert cfg.data.categorical == ["a"] and cfg.data.multi_hot == ["tags:|", "b"] and cfg.data.ignore == ["z"]
+    p.write_text(yaml.safe_dump({"categorical": "price,b"}))  # the file's list as comma-separated text too
+    assert resolve({"numeric": "price"}, str(p)).data.categorical == ["b"]
 
 @pytest.mark.parametrize("doc,match", [({"lrr": 1}, "unknown key 'lrr'"),
                                        ({"train": {"hidden": [8]}}, "unknown key 'hidden' in section 'train'"),

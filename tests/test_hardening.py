@@ -936,9 +936,9 @@ def test_reader_and_data_hash_see_the_same_files(tmp_path):
 
 
 def test_hive_partition_folders_are_columns_and_part_of_the_hash(tmp_path):
-    """Parts in key=value folders (Spark / Hive partitioning) hold those values as columns, as pyarrow, pandas and
-    Spark read them; renaming a folder changes the rows, so it changes the data hash; a plain directory hashes as
-    before (its contents only)."""
+    """Parts in key=value folders (Spark / Hive partitioning) hold those values as text columns (kinds inferred
+    from the text, as a CSV column's); renaming a folder changes the rows, so it changes the data hash; a plain
+    directory hashes as before (its contents only)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from lightfmp.formats import read_batches

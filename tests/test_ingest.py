@@ -221,6 +221,7 @@ def test_text_rule_per_arrow_type():
         "string": (pa.array(["x", None, "", "x"]), ["x", None, "", "x"]),
         "int": (pa.array([3, -1, 3]), ["3", "-1", "3"]),
         "int with gaps": (pa.array([3, None, 2 ** 40]), ["3", None, str(2 ** 40)]),
+        "ids past 2**53 with gaps": (pa.array([2 ** 53 + 1, None, 2 ** 53]), [str(2 ** 53 + 1), None, str(2 ** 53)]),
         "integral floats": (pa.array([1.0, None, float("nan"), float("-inf"), 2.0]), ["1", None, None, "-inf", "2"]),
         "floats": (pa.array([1.5, 2.0, float("inf"), None]), ["1.5", "2", "inf", None]),  # each value by itself
         "bool": (pa.array([True, False]), ["True", "False"]),

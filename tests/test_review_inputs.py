@@ -279,3 +279,10 @@ def test_a_label_spelled_missing_is_refused_with_or_without_positive(positive):
     with pytest.raises(LightFMPError, match=r"d.csv: label column 'y' has a missing value \(' NA '\) at row 12 "
                                             r"\(line 14\)"):
         parse_labels(pd.DataFrame({"y": values}), "y", positive, "d.csv", start=10, fmt="csv")
+
+
+def test_a_positive_value_spelled_like_a_missing_number_is_the_positive_class():
+    from lightfmp.labels import parse_labels
+    assert parse_labels(pd.DataFrame({"y": ["EU", "NA", "AS", "NA"]}), "y", "NA", "d.csv").tolist() == [0, 1, 0, 1]
+    with pytest.raises(LightFMPError, match=r"has a missing value \('null'\) at row 2"):
+        parse_labels(pd.DataFrame({"y": ["EU", "NA", "null"]}), "y", "NA", "d.csv")

@@ -211,6 +211,21 @@ def test_a_whole_number_takes_the_spelling_the_vocabulary_has(example, known):
         assert example.token({"name": "cnt", "kind": "categorical"}, v, known) == want, v
     assert _token(f, 16.5, known) == example.token({}, 16.5, known) == "16.5"
 
+
+def test_a_time_served_to_a_numeric_field_is_its_seconds_as_in_training():
+    """A field trained from a Parquet timestamp holds seconds since 1970 UTC: a served datetime (naive read as UTC,
+    as Arrow stores it; aware converted) is those seconds, the same as the training path gives."""
+    import datetime
+    import pyarrow as pa
+    from lightfmp.encoding import numbers
+    from lightfmp.schema import Field
+    from lightfmp.serving import _numbers
+    when = [pd.Timestamp("2024-03-05 10:30"), datetime.datetime(2024, 3, 5, 10, 30, tzinfo=datetime.timezone.utc),
+            np.datetime64("2024-03-05T10:30"), pd.Timestamp("2024-03-05 11:30", tz="Europe/Paris"), None, 5.0]
+    got = _numbers(Field("t", "numeric"), pd.Series(when, dtype=object)).to_numpy()
+    trained = numbers(pa.array([pd.Timestamp("2024-03-05 10:30")] * 4 + [None]), "t")
+    assert np.array_equal(got[:5], trained, equal_nan=True) and got[5] == 5.0
+
 def test_a_large_batch_is_scored_in_slices(s, monkeypatch):
     """ONNX Runtime's memory grows with a call's rows: more than RUN_ROWS rows go through in slices, with the
     outputs of one call."""

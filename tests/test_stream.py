@@ -535,8 +535,8 @@ def test_parquet_parts_and_bad_label(tmp_path):
     with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 79\)"):
         prepare_stream(cfg_for(write, tmp_path / "s"), Log())
     lines = write.read_text().splitlines(keepends=True)  # blank lines, which the reader skips, still count as lines
-    (tmp_path / "blank.csv").write_text("".join(lines[:4] + ["\n", "\r\n"] + lines[4:]))
-    with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 81\)"):
+    (tmp_path / "blank.csv").write_text("".join(["\n"] + lines[:4] + ["\n", "\r\n"] + lines[4:]))
+    with pytest.raises(LightFMPError, match=r"value '2' at row 77 \(line 82\)"):
         prepare_stream(cfg_for(tmp_path / "blank.csv", tmp_path / "s"), Log())
 
 
