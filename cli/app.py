@@ -16,6 +16,7 @@ from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, gate_rows, plot_gates
+from lightfmp.io import check_apart
 from lightfmp.rundir import GATES_PLOT, open_run
 
 from . import bench_cmds, serving_cmds
@@ -111,6 +112,8 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     r = open_run(run)
     if not r.select:
         raise LightFMPError(f"{run}: a --no-select run has no gates")
+    if plot is not None:  # a file inside a Parquet data directory would become a part of the data
+        check_apart(plot, r.config.data.data, "the run's --data")
     rows = gate_rows(r)
     cut = cut_line(r, rows)
     path = plot_gates(rows, plot or r.path / GATES_PLOT, title=f"{r.config.model.backbone} gates ({r.path.name})",

@@ -12,7 +12,7 @@ from lightfmp.bench import ablate_subset, parse_fractions, parse_methods, parse_
 from lightfmp.bench.report import ablation_table, plot_curves, results_table, write_json
 from lightfmp.config import resolve
 from lightfmp.errors import LightFMPError
-from lightfmp.io import check_output_file
+from lightfmp.io import check_apart, check_output_file
 from lightfmp.progress import Reporter
 
 from .common import Command, err, friendly, out
@@ -52,10 +52,10 @@ def register(app) -> None:
         if k < 1:
             raise LightFMPError(f"--k {k}: must be >= 1 (and at most the number of fields)")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
-        if kwargs["json_file"] is not None:
-            check_output_file(kwargs["json_file"], "json", "--json")  # before hours of work, not after
-        if kwargs["plot"] is not None:
-            check_output_file(kwargs["plot"], "png", "--plot")
+        for flag, key, kind in (("--json", "json_file", "json"), ("--plot", "plot", "png")):
+            if kwargs[key] is not None:  # before hours of work, not after; never a part of a Parquet data directory
+                check_output_file(kwargs[key], kind, flag)
+                check_apart(kwargs[key], cfg.data.data, "--data")
         quiet = kwargs["quiet"]
         reporter = Reporter(quiet)
         json_file = kwargs["json_file"]

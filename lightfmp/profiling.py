@@ -25,7 +25,7 @@ from .export.bundle import Bundle, load_bundle
 from .export.contract import locate_run
 from .export.feeds import sample_feeds
 from .export.graph import serving_module, torch_inputs
-from .io import PNG_METADATA, atomic_path, check_output_file, temp_prefix
+from .io import PNG_METADATA, atomic_path, check_output_file, file_sha256, temp_prefix
 from .rundir import open_run
 from .serve.load import Target, get_json, infer_request, measure
 from .serve.model import served_name
@@ -130,6 +130,9 @@ def _eager_module(bundle: Bundle):
         return None, f"cannot load the run's model ({e})"
     if kept.names != bundle.contract.names:
         return None, f"run {run_dir} no longer matches the export (fields differ)"
+    want = bundle.contract.run_weights_sha256
+    if want is not None and file_sha256(Path(run_dir) / "model.safetensors") != want:
+        return None, f"run {run_dir} no longer matches the export (its model.safetensors changed since the export)"
     return (serving_module(model, kept), kept), None
 
 

@@ -16,6 +16,7 @@ LightFMPError (`RUN/metrics.json: missing key 'fields'`), and through the `Run` 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,11 +78,22 @@ class Run:
                 _names(m["fields"]["dropped"], p, "fields.dropped")
         for split in ("valid", "test"):  # what export checks its model against, and inspect shows
             _check_scores(m, split, p)
-        for table in ("gates", "log_alpha"):
-            if table in keys:
+        for table, ok, what in (("gates", _unit, "a number from 0 to 1"),
+                                ("open_probability", _unit, "a number from 0 to 1"),
+                                ("log_alpha", math.isfinite, "a finite number")):
+            if table in keys or table in m:
                 for n in names:  # a field name may hold dots: looked up as one key
                     if not isinstance(m[table], dict) or n not in m[table]:
                         raise LightFMPError(f"{p}: missing key '{n}' in '{table}'")
+                    if not _number(m[table][n]) or not ok(m[table][n]):
+                        raise LightFMPError(f"{p}: {table}['{n}'] must be {what}, not {m[table][n]!r}")
+        selection = m.get("selection", {})
+        scores = selection.get("scores", {}) if isinstance(selection, dict) else None
+        if not isinstance(scores, dict):
+            raise LightFMPError(f"{p}: 'selection' must be an object with 'scores' by field")
+        bad = next((n for n, v in scores.items() if v is not None and not (_number(v) and math.isfinite(v))), None)
+        if bad is not None:
+            raise LightFMPError(f"{p}: selection.scores['{bad}'] must be a number or null, not {scores[bad]!r}")
         return m
 
     def history(self) -> dict:
@@ -133,6 +145,14 @@ def _check_scores(m: dict, split: str, path: Path) -> None:
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v)):
             span = "between 0 and 1" if key == "auc" else ">= 0"
             raise LightFMPError(f"{path}: {split}.{key} must be a number {span} or null, not {v!r}")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _unit(v) -> bool:
+    return 0 <= v <= 1
 
 
 def _require(doc: dict, key: str, path: Path) -> None:

@@ -56,6 +56,9 @@ class Predictor:
     def encode(self, records) -> dict[str, np.ndarray]:
         """The graph inputs for `records`."""
         df = _frame(records)
+        twice = next((n for n in self.input_names if list(df.columns).count(n) > 1), None)
+        if twice is not None:
+            raise LightFMPError(f"records hold column '{twice}' twice; the model reads it once")
         missing = [n for n in self.input_names if n not in df.columns]
         if missing:
             raise LightFMPError(f"records lack column(s) {', '.join(repr(m) for m in missing)} that the model "
@@ -182,6 +185,10 @@ def _token(f: Field, v, known: set):
         return v
     if isinstance(v, (bool, np.bool_)):
         return str(bool(v))
+    if isinstance(v, (datetime.datetime, np.datetime64)):  # as a Parquet timestamp's cells read: '2024-01-10 00:00:00'
+        return str(pd.Timestamp(v))
+    if isinstance(v, datetime.date):  # as a Parquet date's: '2024-01-10'
+        return str(v)
     if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
             as_int, as_float = str(int(v)), str(float(v))
@@ -194,7 +201,7 @@ def _token(f: Field, v, known: set):
 
 
 def _scalar(f: Field, v) -> None:
-    if _missing(v) or isinstance(v, (str, numbers.Number, np.generic)):
+    if _missing(v) or isinstance(v, (str, numbers.Number, np.generic, datetime.date)):
         return
     kind = f.kind.replace("_", "-")  # as the other messages spell it: multi-hot
     raise LightFMPError(f"field '{f.name}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")

@@ -101,11 +101,20 @@ def _sess(d: Path):
 
 
 # ---- CLI end to end ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["../../x", "ctr v2", "", "ctr/1"])
+@pytest.mark.parametrize("name", ["../../x", "ctr v2", "", "ctr/1", "a" * 256])
 def test_a_triton_name_it_would_have_to_change_is_refused_before_any_work(s, name):
     out = s["root"] / "bad_name"
     res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--triton-name", name])
-    assert res.exit_code == 2 and f"--triton-name {name!r}" in res.output and len(res.output.strip().splitlines()) == 1
+    shown = repr(name) if len(name) <= 60 else repr(name[:57]) + "... (256 characters)"
+    assert res.exit_code == 2 and f"--triton-name {shown}" in res.output and len(res.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("size", ["0", str(2**31)])
+def test_a_max_batch_size_triton_cannot_read_is_refused(s, size):
+    out = s["root"] / "bad_batch"
+    res = runner.invoke(app, ["export", str(s["runs"]["deepfm"]), "--out", str(out), "--max-batch-size", size])
+    assert res.exit_code == 2 and f"--max-batch-size {size}: must be 1..2147483647" in res.output
     assert not out.exists()
 
 

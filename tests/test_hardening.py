@@ -380,6 +380,12 @@ def test_damaged_complete_run_is_one_line_naming_the_file(complete, tmp_path, na
     (lambda m: m["gates"].pop(next(iter(m["gates"]))), "metrics.json: missing key 'a' in 'gates'"),
     (lambda m: m["fields"].update(kept="a"), "fields.kept"),
     (lambda m: m["fields"].update(all=["a"]), "fields.all does not match"),
+    (lambda m: m["gates"].update(a="x"), "gates['a'] must be a number from 0 to 1, not 'x'"),
+    (lambda m: m["gates"].update(a=5.0), "gates['a'] must be a number from 0 to 1, not 5.0"),
+    (lambda m: m["log_alpha"].update(a=True), "log_alpha['a'] must be a finite number, not True"),
+    (lambda m: m["open_probability"].update(a=-1), "open_probability['a'] must be a number from 0 to 1, not -1"),
+    (lambda m: m.update(selection={"scores": {"a": "x"}}), "selection.scores['a'] must be a number or null"),
+    (lambda m: m.update(selection=[1]), "'selection' must be an object"),
 ])
 def test_metrics_keys_readers_need_are_checked(complete, tmp_path, edit, message):
     run = tmp_path / "run"
@@ -993,6 +999,24 @@ def test_a_run_inside_its_parquet_data_directory_is_refused(tmp_path, monkeypatc
     d = _parquet_dir(tmp_path / "pq")
     monkeypatch.setattr(pipeline_mod, "load_data", stop)
     one_line_error(cli("train", "--data", d, "--label", "label", "--out", d / "run", "--quiet"), "inside --data")
+    assert listing(d) == ["part-0.parquet", "part-1.parquet"]
+
+
+
+
+def test_no_command_writes_into_its_parquet_data_directory(tmp_path):
+    """A file or folder written inside a Parquet data directory becomes a part of the data: the run's next step
+    would find the data changed (or unreadable). inspect --plot, export --out, bench --json / --plot refuse it."""
+    d = _parquet_dir(tmp_path / "pq")
+    run = tmp_path / "r"
+    assert cli("run", "--data", d, "--label", "label", "--categorical", "a", "--out", run, *FAST,
+               "--quiet").exit_code == 0
+    for args in (["inspect", run, "--plot", d / "gates.png"], ["export", run, "--out", d / "exp"],
+                 ["bench", "--data", d, "--label", "label", "--k", "1", "--seeds", "0", "--methods", "random",
+                  "--json", d / "b.json"],
+                 ["bench", "--data", d, "--label", "label", "--k", "1", "--seeds", "0", "--methods", "random",
+                  "--plot", d / "b.png"]):
+        one_line_error(cli(*args), "is inside", "--data")
     assert listing(d) == ["part-0.parquet", "part-1.parquet"]
 
 

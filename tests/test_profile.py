@@ -52,6 +52,21 @@ def test_profile_raw_export_and_no_eager(s, tmp_path):
     assert len(d["results"]) == 2 and d["eager"] == [] and "raw" in d["models"][0]["eager_note"]
 
 
+
+def test_eager_timing_is_of_the_exported_weights_only(s):
+    """The export records its run's model.safetensors by sha256: a run trained again under the same name (same
+    fields, other weights) is not timed as the exported model's eager twin."""
+    from lightfmp.export.bundle import load_bundle
+    from lightfmp.io import file_sha256
+    bundle = load_bundle(get_export(s, "deepfm"))
+    mod, note = profiling._eager_module(bundle)
+    assert mod is not None and note is None
+    run = s["runs"]["deepfm"]
+    assert bundle.contract.run_weights_sha256 == file_sha256(run / "model.safetensors")
+    bundle.contract.run_weights_sha256 = "0" * 64  # as if the run had been trained again since the export
+    mod, note = profiling._eager_module(bundle)
+    assert mod is None and "model.safetensors changed since the export" in note
+
 def test_profile_of_non_onnx_file(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_text("this is not a protobuf\n")

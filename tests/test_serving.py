@@ -226,6 +226,54 @@ def test_a_time_served_to_a_numeric_field_is_its_seconds_as_in_training():
     trained = numbers(pa.array([pd.Timestamp("2024-03-05 10:30")] * 4 + [None]), "t")
     assert np.array_equal(got[:5], trained, equal_nan=True) and got[5] == 5.0
 
+
+def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed_it():
+    """A Parquet date or timestamp column made categorical is keyed by its cells' text ('2024-01-10',
+    '2024-01-10 05:00:00'): the Predictor keys a served date, datetime or Timestamp the same, not refuse it."""
+    import datetime
+    import pyarrow as pa
+    from lightfmp.encoding import tokens
+    from lightfmp.schema import Field
+    from lightfmp.serving import _token
+    f = Field("d", "categorical", vocab=[])
+    for trained, served in ((datetime.date(2024, 1, 10), [datetime.date(2024, 1, 10)]),
+                            (pd.Timestamp("2024-01-10 05:00"), [pd.Timestamp("2024-01-10 05:00"),
+                                                                datetime.datetime(2024, 1, 10, 5),
+                                                                np.datetime64("2024-01-10T05:00")]),
+                            (pd.Timestamp("2024-01-10 05:00", tz="Europe/Paris"),
+                             [pd.Timestamp("2024-01-10 05:00", tz="Europe/Paris")])):
+        key = tokens(pa.array([trained])).values.to_pylist()[0]
+        assert [_token(f, v, set()) for v in served] == [key] * len(served), trained
+
+
+def test_records_holding_a_model_column_twice_are_refused_naming_it(s):
+    d = pd.DataFrame([GOOD] * 3)
+    with pytest.raises(LightFMPError, match="records hold column 'city' twice"):
+        Predictor(get_export(s, "mlp")).predict(pd.concat([d, d[["city"]]], axis=1))
+
+
+def test_an_edit_of_how_values_are_encoded_is_refused_and_other_edits_are_not(s, tmp_path):
+    """feature_schema.json's files are checked by sha256, so an edit that swaps two fields' vocab files (with their
+    hashes) or a separator passed that check and changed every prediction silently; the copy of the contract inside
+    model.onnx now decides. The Triton name may still be edited."""
+    d = tmp_path / "x"
+    shutil.copytree(get_export(s, "mlp"), d)
+    doc = json.loads((d / "feature_schema.json").read_text())
+    cats = [i for i in doc["inputs"] if i.get("vocab_file")]
+    a, b = cats[0], cats[1]
+    for k in ("vocab_file", "vocab_sha256", "vocab_size"):
+        a[k], b[k] = b[k], a[k]
+    (d / "feature_schema.json").write_text(json.dumps(doc))
+    with pytest.raises(LightFMPError, match=rf"feature_schema.json: input '{a['name']}' vocab_file .* differs from the "
+                                            rf".* model.onnx was exported with"):
+        Predictor(d)
+    shutil.rmtree(d)
+    shutil.copytree(get_export(s, "mlp"), d)
+    doc = json.loads((d / "feature_schema.json").read_text())
+    doc["triton_model"] = "renamed"
+    (d / "feature_schema.json").write_text(json.dumps(doc))
+    assert len(Predictor(d).predict([GOOD])) == 1
+
 def test_a_large_batch_is_scored_in_slices(s, monkeypatch):
     """ONNX Runtime's memory grows with a call's rows: more than RUN_ROWS rows go through in slices, with the
     outputs of one call."""

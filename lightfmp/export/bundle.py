@@ -191,6 +191,28 @@ def check_graph(sess, contract: ServingContract, source: str, model_path: Path) 
     if contract.output.name not in outputs:
         raise LightFMPError(f"{source}: output '{contract.output.name}' is not an output of {model_path.name} "
                             f"({', '.join(map(repr, outputs))})")
+    embedded = sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if embedded is not None:
+        _same_encoding(contract, ServingContract.from_dict(read_json(f"{model_path} (metadata {METADATA_KEY})",
+                                                                     embedded, obj=False), str(model_path)),
+                       source, model_path)
+
+
+def _same_encoding(contract: ServingContract, exported: ServingContract, source: str, model_path: Path) -> None:
+    """The contract read from `source` encodes inputs as the copy inside the model says (each input's kind, vocab
+    file and hash, separator, buckets, ...; the output; the input mode): an edit that changes what a value becomes
+    would change every prediction silently. Other keys (the Triton name, notes) may be edited."""
+    mine, theirs = contract.metadata(), exported.metadata()
+    for spec, other in zip(mine["inputs"], theirs["inputs"]):
+        key = next((k for k in sorted(set(spec) | set(other)) if spec.get(k) != other.get(k)), None)
+        if key is not None:
+            raise LightFMPError(f"{source}: input '{spec.get('name')}' {key} {spec.get(key)!r} differs from the "
+                                f"{other.get(key)!r} {model_path.name} was exported with; export again rather than "
+                                f"edit how values are encoded")
+    key = next((k for k in ("input_mode", "output", "inputs") if mine[k] != theirs[k]), None)
+    if key is not None:
+        raise LightFMPError(f"{source}: {key} differs from the contract {model_path.name} was exported with; export "
+                            f"again rather than edit how values are encoded")
 
 
 def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:

@@ -24,7 +24,7 @@ MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
 METADATA_KEY = "lightfmp.feature_schema"
 OUTPUT_NAME = "probability"
-TRITON_NAME = r"[A-Za-z0-9_-]+"  # the characters a Triton model name (a folder of the model repository) keeps here
+TRITON_NAME = r"[A-Za-z0-9_-]{1,255}"  # a Triton model name here: a folder of the model repository (255 bytes at most)
 BUCKETIZE_RULE = "id = first_id + count(boundaries <= x); NaN -> missing_id"
 HASH_FUNCTION = "fnv1a64+splitmix64"
 HASH_RULE = ("h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222325, prime 0x100000001b3); "
@@ -184,6 +184,7 @@ class ServingContract:
     backbone: str | None = None
     run_dir: str | None = None
     run_test_auc: float | None = None
+    run_weights_sha256: str | None = None  # the run's model.safetensors at export: profile times that model only
     triton_model: str | None = None
     max_batch_size: int | None = None
     model_sha256: str | None = None
@@ -240,13 +241,15 @@ class ServingContract:
                    label=str(d.get("label", "label")), input_mode=mode, schema_version=int(version),
                    dropped_fields=list(d.get("dropped_fields") or []), external_data=ext,
                    model_sha256=_sha(d.get("model_sha256"), f"{source}: model_sha256"),
+                   run_weights_sha256=_sha(d.get("run_weights_sha256"), f"{source}: run_weights_sha256"),
                    **{k: d.get(k) for k in _PLAIN})
 
 
 # feature_schema.json keys in order: metadata (also inside model.onnx), then those only the file holds; _PLAIN are
 # read back as they are
 _METADATA = ("schema_version", "model_file", "label", "output", "inputs", "dropped_fields", "input_mode",
-             "table_dtype", "opset", "backbone", "run_dir", "run_test_auc", "triton_model", "max_batch_size")
+             "table_dtype", "opset", "backbone", "run_dir", "run_test_auc", "run_weights_sha256", "triton_model",
+             "max_batch_size")
 _FILE_ONLY = ("model_sha256", "external_data", "validation")
 _PLAIN = ("table_dtype", "opset", "backbone", "run_dir", "run_test_auc", "triton_model", "max_batch_size",
           "validation")

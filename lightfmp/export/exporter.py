@@ -21,6 +21,13 @@ from .validate import VALIDATE_ROWS, validate, validation_rows
 _TRITON_TYPES = {"int64": "TYPE_INT64", "float32": "TYPE_FP32", "string": "TYPE_STRING"}
 
 
+TRITON_MAX_BATCH = 2**31 - 1
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:57]) + f"... ({len(text)} characters)"
+
+
 def triton_model_name(text: str) -> str:
     """A Triton model name from a directory name `text`: characters outside [A-Za-z0-9_-] become '_', then '_' at
     either end go ('../x' -> 'x')."""
@@ -57,16 +64,17 @@ def write_triton(repo: Path, name: str, specs: list[InputSpec], max_batch_size: 
 def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size: int, force: bool,
                   triton_name: str | None = None) -> None:
     if triton_name is not None and not re.fullmatch(TRITON_NAME, triton_name):
-        raise LightFMPError(f"--triton-name {triton_name!r}: a model name takes only letters, digits, '_' and '-' (it "
-                            f"names a folder of the Triton repository and the serving URL)")
+        raise LightFMPError(f"--triton-name {_shown(triton_name)}: a model name takes 1 to 255 letters, digits, '_' "
+                            f"and '-' (it names a folder of the Triton repository and the serving URL)")
     if dtype not in ("fp32", "fp16"):
         raise LightFMPError(f"--dtype {dtype!r}: expected fp32 or fp16")
     if inputs not in ("ids", "raw"):
         raise LightFMPError(f"--inputs {inputs!r}: expected ids or raw")
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise LightFMPError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    if max_batch_size < 1:
-        raise LightFMPError(f"--max-batch-size {max_batch_size}: must be >= 1")
+    if not 1 <= max_batch_size <= TRITON_MAX_BATCH:
+        raise LightFMPError(f"--max-batch-size {max_batch_size}: must be 1..{TRITON_MAX_BATCH} (Triton reads it as a "
+                            f"32-bit integer)")
     check_out(out, force, "export")  # before any work: never replace what is not an earlier export
 
 
@@ -78,6 +86,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     check_options(out, opset, dtype, inputs, max_batch_size, force, triton_name)
     run = open_run(run_dir)
     check_apart(out, run.path, "the run directory")
+    check_apart(out, run.config.data.data, "the run's --data")  # inside a Parquet data directory: a part of the data
     model, kept = run.load_final()
     model.eval()
     if OUTPUT_NAME in kept.names:
@@ -100,7 +109,8 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
         inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
         table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=run.path.resolve().name,
-        run_test_auc=run_auc, triton_model=name, max_batch_size=max_batch_size)
+        run_test_auc=run_auc, run_weights_sha256=file_sha256(run.path / "model.safetensors"), triton_model=name,
+        max_batch_size=max_batch_size)
 
     rows = validation_rows(run, kept, validate_rows)
     module = serving_module(model, kept, dtype)
