@@ -1002,8 +1002,6 @@ def test_a_run_inside_its_parquet_data_directory_is_refused(tmp_path, monkeypatc
     assert listing(d) == ["part-0.parquet", "part-1.parquet"]
 
 
-
-
 def test_no_command_writes_into_its_parquet_data_directory(tmp_path):
     """A file or folder written inside a Parquet data directory becomes a part of the data: the run's next step
     would find the data changed (or unreadable). inspect --plot, export --out, bench --json / --plot refuse it."""
