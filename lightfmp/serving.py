@@ -12,9 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from .encoding import float_cells, seconds
+from .encoding import float_cells
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -97,8 +96,10 @@ def _frame(records) -> pd.DataFrame:
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             raise LightFMPError(f"record {i} is not a dict but {type(r).__name__}")
-    # object columns keep each value as given (no float upcast of int columns with gaps)
-    return pd.DataFrame.from_records(rows).astype(object) if rows else pd.DataFrame()
+    # object columns keep each value as given: no float upcast of an int column with gaps (past 2**53 a float
+    # rounds the id); a key absent from a record is missing there
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    return pd.DataFrame({k: pd.Series([r.get(k) for r in rows], dtype=object) for k in names}, index=range(len(rows)))
 
 
 def _missing(v) -> bool:
@@ -143,10 +144,14 @@ def _numbers(f: Field, col: pd.Series) -> pd.Series:
 
 
 def _number(v) -> float:
-    """A numeric field's value that is not text: a number, or a time as its seconds since 1970 UTC (as training
-    reads a timestamp column: `encoding.seconds`)."""
+    """A numeric field's value that is not text: a number, a time as its seconds since 1970 UTC (a naive one read as
+    UTC), a duration as its seconds: what training reads from a timestamp or duration column (`encoding.seconds`)."""
     if isinstance(v, (datetime.datetime, np.datetime64)):
-        return float(seconds(pa.array([pd.Timestamp(v)]))[0])
+        t = pd.Timestamp(v)
+        return np.nan if t is pd.NaT else float(t.timestamp())
+    if isinstance(v, (datetime.timedelta, np.timedelta64)):
+        d = pd.Timedelta(v)
+        return np.nan if d is pd.NaT else float(d.total_seconds())
     if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
         raise TypeError(v)
     return float(v)
@@ -187,7 +192,9 @@ def _token(f: Field, v, known: set):
         return str(bool(v))
     if isinstance(v, (datetime.datetime, np.datetime64)):  # as a Parquet timestamp's cells read: '2024-01-10 00:00:00'
         return str(pd.Timestamp(v))
-    if isinstance(v, datetime.date):  # as a Parquet date's: '2024-01-10'
+    if isinstance(v, (datetime.timedelta, np.timedelta64)):  # a duration's: '0 days 00:00:05'
+        return str(pd.Timedelta(v))
+    if isinstance(v, (datetime.date, datetime.time)):  # a date's or a time of day's: '2024-01-10', '10:30:00'
         return str(v)
     if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
@@ -201,7 +208,8 @@ def _token(f: Field, v, known: set):
 
 
 def _scalar(f: Field, v) -> None:
-    if _missing(v) or isinstance(v, (str, numbers.Number, np.generic, datetime.date)):
+    if _missing(v) or isinstance(v, (str, numbers.Number, np.generic, datetime.date, datetime.time,
+                                      datetime.timedelta)):
         return
     kind = f.kind.replace("_", "-")  # as the other messages spell it: multi-hot
     raise LightFMPError(f"field '{f.name}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")

@@ -168,6 +168,9 @@ def _check_named(names: list[str], spec: SchemaSpec, source: str) -> None:
                                 f"(columns: {', '.join(names)})")
 
 
+_TIMES = {False: "times: seconds since 1970 UTC", True: "durations: seconds"}
+
+
 def infer_kind(s, rows: int) -> tuple[str, str]:
     """Booleans, text and low-cardinality integers are categorical; times and other numbers numeric. `s`: a pandas
     Series, or an Arrow column (text that Arrow's parser reads as numbers whole is judged on those numbers, which are
@@ -175,8 +178,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     if not isinstance(s, pd.Series):
         if pa.types.is_decimal(s.type):  # numbers, judged as numbers are
             return _number_kind(pc.cast(s, pa.float64()).to_numpy(zero_copy_only=False), rows)
-        if pa.types.is_timestamp(s.type) or pa.types.is_duration(s.type):
-            return "numeric", "times: seconds since 1970 UTC"  # ordered, and new ones keep coming: never a category
+        if pa.types.is_timestamp(s.type) or pa.types.is_duration(s.type):  # ordered, and new ones keep coming
+            return "numeric", _TIMES[pa.types.is_duration(s.type)]
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
             # the spellings of a missing number are missing here (and categories, should the column be categorical)
             marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))
@@ -197,7 +200,7 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
     if pd.api.types.is_bool_dtype(s):
         return "categorical", "boolean"
     if pd.api.types.is_datetime64_any_dtype(s) or pd.api.types.is_timedelta64_dtype(s):
-        return "numeric", "times: seconds since 1970 UTC"
+        return "numeric", _TIMES[pd.api.types.is_timedelta64_dtype(s)]
     if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
         try:
             spelled = s.str.strip().isin(MISSING_TEXT)

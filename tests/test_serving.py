@@ -221,10 +221,14 @@ def test_a_time_served_to_a_numeric_field_is_its_seconds_as_in_training():
     from lightfmp.schema import Field
     from lightfmp.serving import _numbers
     when = [pd.Timestamp("2024-03-05 10:30"), datetime.datetime(2024, 3, 5, 10, 30, tzinfo=datetime.timezone.utc),
-            np.datetime64("2024-03-05T10:30"), pd.Timestamp("2024-03-05 11:30", tz="Europe/Paris"), None, 5.0]
+            np.datetime64("2024-03-05T10:30"), pd.Timestamp("2024-03-05 11:30", tz="Europe/Paris"), None,
+            np.datetime64("NaT"), 5.0]
     got = _numbers(Field("t", "numeric"), pd.Series(when, dtype=object)).to_numpy()
-    trained = numbers(pa.array([pd.Timestamp("2024-03-05 10:30")] * 4 + [None]), "t")
-    assert np.array_equal(got[:5], trained, equal_nan=True) and got[5] == 5.0
+    trained = numbers(pa.array([pd.Timestamp("2024-03-05 10:30")] * 4 + [None, None]), "t")
+    assert np.array_equal(got[:6], trained, equal_nan=True) and got[6] == 5.0
+    lasted = [datetime.timedelta(seconds=90), pd.Timedelta("90s"), np.timedelta64(90, "s")]  # a duration: seconds
+    got = _numbers(Field("d", "numeric"), pd.Series(lasted, dtype=object)).to_numpy()
+    assert np.array_equal(got, numbers(pa.array([pd.Timedelta("90s")] * 3), "d"))
 
 
 def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed_it():
@@ -241,9 +245,26 @@ def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed
                                                                 datetime.datetime(2024, 1, 10, 5),
                                                                 np.datetime64("2024-01-10T05:00")]),
                             (pd.Timestamp("2024-01-10 05:00", tz="Europe/Paris"),
-                             [pd.Timestamp("2024-01-10 05:00", tz="Europe/Paris")])):
+                             [pd.Timestamp("2024-01-10 05:00", tz="Europe/Paris")]),
+                            (datetime.time(10, 30), [datetime.time(10, 30)]),
+                            (pd.Timedelta("5s"), [pd.Timedelta("5s"), datetime.timedelta(seconds=5),
+                                                  np.timedelta64(5, "s")])):
         key = tokens(pa.array([trained])).values.to_pylist()[0]
         assert [_token(f, v, set()) for v in served] == [key] * len(served), trained
+
+
+def test_an_id_past_2_53_is_keyed_exactly_beside_a_gap():
+    """Records become object columns value by value: an int column with a gap is not made float (which rounds
+    ids past 2**53 onto their neighbours), so the key is training's (`encoding.tokens`)."""
+    import pyarrow as pa
+    from lightfmp.encoding import tokens
+    from lightfmp.schema import Field
+    from lightfmp.serving import _check_column, _frame
+    big = 2 ** 53 + 1
+    want = tokens(pa.array([big, None])).values.to_pylist()
+    f = Field("id", "categorical", vocab=want)
+    for recs in ([{"id": big}, {"id": None}], [{"id": big}, {}], [{"id": big}, {"id": 7.0}]):
+        assert _check_column(f, _frame(recs)["id"]).tolist()[0] == str(big) == want[0], recs
 
 
 def test_records_holding_a_model_column_twice_are_refused_naming_it(s):
@@ -271,6 +292,7 @@ def test_an_edit_of_how_values_are_encoded_is_refused_and_other_edits_are_not(s,
     shutil.copytree(get_export(s, "mlp"), d)
     doc = json.loads((d / "feature_schema.json").read_text())
     doc["triton_model"] = "renamed"
+    doc["inputs"] = doc["inputs"][::-1]  # feeds go by name: the order is not how a value is encoded
     (d / "feature_schema.json").write_text(json.dumps(doc))
     assert len(Predictor(d).predict([GOOD])) == 1
 

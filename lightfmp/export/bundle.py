@@ -203,13 +203,15 @@ def _same_encoding(contract: ServingContract, exported: ServingContract, source:
     file and hash, separator, buckets, ...; the output; the input mode): an edit that changes what a value becomes
     would change every prediction silently. Other keys (the Triton name, notes) may be edited."""
     mine, theirs = contract.metadata(), exported.metadata()
-    for spec, other in zip(mine["inputs"], theirs["inputs"]):
+    exported_inputs = {i["name"]: i for i in theirs["inputs"]}  # by name: feeds are, so the order may differ
+    for spec in mine["inputs"]:
+        other = exported_inputs.get(spec["name"], {})
         key = next((k for k in sorted(set(spec) | set(other)) if spec.get(k) != other.get(k)), None)
         if key is not None:
-            raise LightFMPError(f"{source}: input '{spec.get('name')}' {key} {spec.get(key)!r} differs from the "
+            raise LightFMPError(f"{source}: input '{spec['name']}' {key} {spec.get(key)!r} differs from the "
                                 f"{other.get(key)!r} {model_path.name} was exported with; export again rather than "
                                 f"edit how values are encoded")
-    key = next((k for k in ("input_mode", "output", "inputs") if mine[k] != theirs[k]), None)
+    key = next((k for k in ("input_mode", "output") if mine[k] != theirs[k]), None)
     if key is not None:
         raise LightFMPError(f"{source}: {key} differs from the contract {model_path.name} was exported with; export "
                             f"again rather than edit how values are encoded")
