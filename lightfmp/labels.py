@@ -89,6 +89,8 @@ class LabelCounts:
         """Refuse training rows of one class."""
         if self.classes.min() > 0:
             return
+        if not self.classes.sum():
+            raise LightFMPError(f"{source}: the training split holds no rows; give it a larger share in --split")
         seen = ", ".join(f"{v!r}: {n}" for v, n in self.values.most_common(8))
         if self.positive is not None and self.classes[1] == 0:
             raise LightFMPError(f"{source}: --positive {self.positive!r} matches no training row of label column "

@@ -372,8 +372,16 @@ def _gates_alone(trainer: Trainer, model: CTRModel, first: int) -> dict:
     for epoch in epochs:
         trainer.gate_epoch(epoch)
     alone = model.gate.log_alpha.detach().cpu().tolist()
+    if not np.isfinite(alone).all():
+        raise diverged("the gates alone ended with log_alpha not finite", trainer.cfg)
     model.gate.load_state_dict(best)
     return {"epochs": len(epochs), "log_alpha": alone}
+
+
+def diverged(what: str, cfg: TrainConfig) -> LightFMPError:
+    """The error of a fit whose numbers stopped being finite: never a finished run with NaN weights."""
+    return LightFMPError(f"training diverged: {what}; a smaller --lr (now {cfg.lr:g}), --gate-lr (now "
+                         f"{cfg.gate_lr:g}) or --l0-lambda (now {cfg.l0_lambda:g}) trains")
 
 
 def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
@@ -493,6 +501,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                 epoch_start(epoch)
             t0 = time.perf_counter()
             rec = trainer.train_epoch(epoch, next_batch)
+            if not np.isfinite(rec["train_logloss"]):
+                raise diverged(f"epoch {epoch + 1}'s training loss is {rec['train_logloss']}", cfg)
             losses = None
             if valid is not None and len(valid):
                 rec["valid"], losses = validate(model, valid, device)

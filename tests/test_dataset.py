@@ -144,6 +144,13 @@ def test_one_class_training_rows_refused(tmp_path):
         load_dataset(cfg_for(tmp_path / "ones.csv", tmp_path).data)
 
 
+def test_a_split_that_leaves_no_training_row_says_so(tmp_path):
+    make_frame(200).to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(LightFMPError, match=r"d.csv: the training split holds no rows; give it a larger share in "
+                                            r"--split"):
+        load_dataset(cfg_for(tmp_path / "d.csv", tmp_path, split=[0.0001, 0.5, 0.4999]).data)
+
+
 def test_positive_that_matches_nothing_lists_the_values(tmp_path):
     df = make_frame(200)
     df["label"] = np.where(df["label"] == 1, "click", "noclick")

@@ -1002,6 +1002,17 @@ def test_a_run_inside_its_parquet_data_directory_is_refused(tmp_path, monkeypatc
     assert listing(d) == ["part-0.parquet", "part-1.parquet"]
 
 
+
+@pytest.mark.parametrize("extra", [["--no-select"], []])
+def test_a_fit_whose_loss_stops_being_finite_stops_in_one_line(data, tmp_path, extra):
+    """A learning rate that drives the loss to NaN finished the run (exit 0) with NaN weights and an AUC of NaN
+    scores, or (with gates) failed later on NaN gates. Now: one line naming the rates, nothing published."""
+    out = tmp_path / "r"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST, "--lr", "1e30",
+            "--quiet", *extra)
+    one_line_error(r, "training diverged", "a smaller --lr")
+    assert not out.exists()
+
 def test_no_command_writes_into_its_parquet_data_directory(tmp_path):
     """A file or folder written inside a Parquet data directory becomes a part of the data: the run's next step
     would find the data changed (or unreadable). inspect --plot, export --out, bench --json / --plot refuse it."""
