@@ -103,7 +103,7 @@ def file_sha256(path: str | Path, h=None) -> str:
     h = hashlib.sha256() if h is None else h
     for q in data_files(path):
         if partitions(path, q):
-            h.update(str(q.relative_to(path).parent.as_posix()).encode() + b"\0")
+            h.update(q.relative_to(path).parent.as_posix().encode() + b"\0")
         with open(q, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)

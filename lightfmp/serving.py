@@ -15,7 +15,7 @@ import pandas as pd
 
 from .encoding import float_cells
 from .errors import LightFMPError
-from .export.bundle import Bundle, load_bundle
+from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .schema import FeatureSchema, Field
@@ -55,7 +55,7 @@ class Predictor:
     def encode(self, records) -> dict[str, np.ndarray]:
         """The graph inputs for `records`."""
         df = _frame(records)
-        twice = next((n for n in self.input_names if list(df.columns).count(n) > 1), None)
+        twice = next((n for n in df.columns[df.columns.duplicated()] if n in self.input_names), None)
         if twice is not None:
             raise LightFMPError(f"records hold column '{twice}' twice; the model reads it once")
         missing = [n for n in self.input_names if n not in df.columns]
@@ -75,11 +75,7 @@ class Predictor:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The model's output for graph inputs `feeds`, in calls of at most RUN_ROWS rows."""
-        n = len(next(iter(feeds.values())))
-        if n <= RUN_ROWS:
-            return self.session.run([self.output], feeds)[0]
-        return np.concatenate([self.session.run([self.output], {k: v[a:a + RUN_ROWS] for k, v in feeds.items()})[0]
-                               for a in range(0, n, RUN_ROWS)])
+        return run_batched(self.session, feeds, RUN_ROWS, self.output)
 
 
 def _frame(records) -> pd.DataFrame:
@@ -136,7 +132,7 @@ def _numbers(f: Field, col: pd.Series) -> pd.Series:
                 values.append(None)
                 wrong = i if wrong is None else wrong
     x, bad = float_cells(pd.Series(values, dtype=object))
-    first = min(i for i in (wrong, bad) if i is not None) if wrong is not None or bad is not None else None
+    first = min((i for i in (wrong, bad) if i is not None), default=None)
     if first is not None:
         v = col.iloc[first]
         raise LightFMPError(f"record {first}, field '{f.name}' is numeric but got {_shown(v)} ({type(v).__name__})")

@@ -217,10 +217,11 @@ def _same_encoding(contract: ServingContract, exported: ServingContract, source:
                             f"again rather than edit how values are encoded")
 
 
-def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192) -> np.ndarray:
-    """The first output for all rows of `feeds`, `batch` rows per call."""
+def run_batched(sess, feeds: dict[str, np.ndarray], batch: int = 8192, output: str | None = None) -> np.ndarray:
+    """The output named `output` (default: the first) for all rows of `feeds`, `batch` rows per call."""
     n = len(next(iter(feeds.values())))
-    outs = [sess.run(None, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
+    names = None if output is None else [output]
+    outs = [sess.run(names, {k: v[i:i + batch] for k, v in feeds.items()})[0] for i in range(0, n, batch)]
     return np.concatenate(outs) if outs else np.zeros(0, np.float32)
 
 
