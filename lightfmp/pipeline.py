@@ -304,10 +304,10 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     # for a coarser one (lightfmp.groupings)
     rows_ratio = (len(train) if split else len(rest)) / max(len(subset), 1)
     if deferred:  # the fields phase 1 shut go now; the rule waits for phase 3's first epoch
-        alone = run.history().get("pretrain", {}).get("gates_alone")
+        alone = run.gates_alone()
         if keep is None and alone is not None:  # and those the gates alone shut, where they cost nothing
             first = valid.take(np.arange(min(len(valid), closing_rows(gated))))  # the rows the cut reads
-            early = gates_alone_cut(gated, *first.arrays(), alone["log_alpha"], device)
+            early = gates_alone_cut(gated, *first.arrays(), alone, device)
             early = {**early, "fields": [names[i] for i in early["fields"]]}
             z = gated.gate_values()
         elif keep is None:  # phase 1 ran under another rule (or without a hold-out): no early cut, said so

@@ -16,6 +16,7 @@ LightFMPError (`RUN/metrics.json: missing key 'fields'`), and through the `Run` 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,23 @@ class Run:
         extends)."""
         return read_json(self.path / "history.json")
 
+    def gates_alone(self) -> list[float] | None:
+        """Where phase 1's gates alone ended after its best epoch (history.json `pretrain.gates_alone.log_alpha`),
+        one log_alpha per field; None where phase 1 did not record it."""
+        path = self.path / "history.json"
+        pretrain = self.history().get("pretrain")
+        if pretrain is not None and not isinstance(pretrain, dict):
+            raise LightFMPError(f"{path}: 'pretrain' must be an object, not {type(pretrain).__name__}")
+        alone = (pretrain or {}).get("gates_alone")
+        if alone is None:
+            return None
+        values, n = alone.get("log_alpha") if isinstance(alone, dict) else None, len(self.schema.names)
+        if not (isinstance(values, list) and len(values) == n
+                and all(_number(v) and math.isfinite(v) for v in values)):
+            raise LightFMPError(f"{path}: pretrain.gates_alone.log_alpha must be a list of {n} finite numbers, one "
+                                f"per field (edited?)")
+        return values
+
     def load_pretrained(self) -> CTRModel:
         model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
         return _load_weights(model, self.path / "pretrain.safetensors")
@@ -184,16 +202,83 @@ def _load_weights(model: CTRModel, path: Path) -> CTRModel:
     return model
 
 
-def _check_weights(path: Path) -> None:
-    """The file is there and its safetensors header is whole (the tensors are read only when needed)."""
+RECORD_KEY = "lightfmp"  # the header's one metadata entry: JSON with sorted keys (the file's bytes reproduce)
+
+
+def _check_weights(path: Path) -> dict[str, str]:
+    """The file is there and its safetensors header is whole (the tensors are read only when needed); returns the
+    record lightfmp wrote into the header ({} for files written before it did)."""
     if not path.is_file():
         raise LightFMPError(f"{path}: missing")
     try:
         with safe_open(str(path), framework="pt") as fh:
             fh.keys()
+            meta = fh.metadata() or {}
     except (OSError, SafetensorError) as e:
         raise LightFMPError(f"{path}: cannot read it ({str(e).splitlines()[0] if str(e) else type(e).__name__})") \
             from None
+    if RECORD_KEY not in meta:
+        return {}
+    try:
+        record = json.loads(meta[RECORD_KEY])
+    except ValueError:
+        record = None
+    if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+        raise LightFMPError(f"{path}: its header's '{RECORD_KEY}' record is not what lightfmp writes (edited?)")
+    return record
+
+
+# config keys that may change after training without changing what the run is: where files live and how they are
+# read (a moved data file's sha256 is checked), the device, and the keep rule and phase-3 epochs prune may be given
+MAY_CHANGE = {"data.data", "data.schema", "data.shard_dir", "data.in_memory_mb", "data.chunk_rows", "data.stream",
+              "train.device", "train.epochs", "prune.keep", "prune.threshold", "prune.continue_epochs"}
+
+
+def trained_record(info: dict, config: RunConfig) -> dict[str, str]:
+    """What a weights file was trained with, as text for its header record: run.json's split rule and every config
+    key but those that MAY_CHANGE. Every weights file of a run carries it, and `open_run` compares it with the files
+    as they are: a hand edit of either file after training would go unnoticed otherwise (an edited seed or subset
+    re-splits the rows, so that the phase-1 model's training rows are read as validation rows; an edited
+    `positive` flips the labels), so it is refused instead."""
+    record = {f"config.{section}.{key}": json.dumps(value) for section, keys in config.to_dict().items()
+              for key, value in keys.items() if f"{section}.{key}" not in MAY_CHANGE}
+    if config.train.init_seed == config.data.seed:  # the same run as without it (bit for bit): the same record
+        record["config.train.init_seed"] = json.dumps(None)
+    if "split" in info:
+        record["run.split"] = json.dumps(info["split"], sort_keys=True)
+    return record
+
+
+def _fields_read(metrics: dict) -> dict[str, list[str]]:
+    """The fields each weights file's model reads, by file name: the phase-1 model every field, the final model the
+    kept ones (metrics.json)."""
+    fields = metrics.get("fields", {})
+    return {name: fields[key] for name, key in (("pretrain.safetensors", "all"), ("model.safetensors", "kept"))
+            if key in fields}
+
+
+def _check_fields(p: Path, run: Run, weights: Path, trained: dict[str, str]) -> None:
+    """The fields metrics.json names for `weights` are the ones it was trained on (in order): a list edited by hand
+    would load another field's weights under a name of the same vocabulary size, or fail as a mismatched checkpoint."""
+    said = _fields_read(run.metrics()).get(weights.name)
+    if "fields" not in trained or said is None or said == json.loads(trained["fields"]):
+        return
+    was = json.loads(trained["fields"])
+    key = "fields.kept" if weights.name == "model.safetensors" else "fields.all"
+    at = next((i for i, (a, b) in enumerate(zip(said, was)) if a != b), min(len(said), len(was)))
+    what = f"field {at + 1} is {said[at]!r} where {weights.name} was trained on {was[at]!r}" \
+        if at < min(len(said), len(was)) else f"it names {len(said)} fields where {weights.name} was trained on {len(was)}"
+    raise LightFMPError(f"{p / 'metrics.json'}: {key}: {what} (edited?): restore it or train again")
+
+
+def _check_trained(p: Path, info: dict, config: RunConfig, weights: Path, trained: dict[str, str]) -> None:
+    """run.json and config.yaml still say what `weights` was trained with (`trained`: its `trained_record`)."""
+    now = trained_record(info, config)
+    for key in sorted(set(now) & set(trained)):  # (a run.json without a split is refused as an older run's)
+        if now[key] != trained[key]:
+            where, name = ("run.json", "split") if key == "run.split" else ("config.yaml", key.split(".", 1)[1])
+            raise LightFMPError(f"{p / where}: {name} is {now[key]}, but {weights.name} was trained with "
+                                f"{trained[key]} (edited?); a run is read as it was trained: restore it or train again")
 
 
 def _read_info(p: Path) -> dict:
@@ -230,6 +315,8 @@ def _read_config(p: Path, info: dict) -> RunConfig:
 
 def _read_schema(p: Path, info: dict) -> FeatureSchema:
     path = p / "schema.json"
+    if "schema_sha256" not in info and info["format_version"] >= 2:  # every run of this format records it
+        raise LightFMPError(f"{p / 'run.json'}: missing key 'schema_sha256' (edited?)")
     if "schema_sha256" in info and path.is_file() and file_sha256(path) != info["schema_sha256"]:
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); the model's ids "
                             f"no longer match its vocabularies: train again")
@@ -255,13 +342,19 @@ def open_run(path: str | Path) -> Run:
     info = _read_info(p)
     run = Run(p, info, _read_config(p, info), _read_schema(p, info))
     run.metrics()
+    weights = []
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
-        _check_weights(p / "pretrain.safetensors")
+        weights.append(p / "pretrain.safetensors")
         if info.get("optimizer_state"):  # runs written before it was stored have none
             _check_weights(p / OPTIMIZER_FILE)
     if run.state == "complete":
-        _check_weights(p / "model.safetensors")
+        weights.append(p / "model.safetensors")
+    for path in weights:  # runs written before the weights carried these records have none to compare
+        meta = _check_weights(path)
+        if meta:
+            _check_trained(p, info, run.config, path, meta)
+        _check_fields(p, run, path, meta)
     return run
 
 
@@ -278,10 +371,13 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
     if schema is not None:
         schema.save(d / "schema.json")
         info = {**info, "schema_sha256": file_sha256(d / "schema.json")}
+    record = trained_record(info, config) if config is not None else {}
+    fields = _fields_read(metrics) if metrics is not None else {}
     for name, model in (checkpoints or {}).items():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        meta = {**record, **({"fields": json.dumps(fields[name])} if name in fields else {})}
         with atomic_path(d / name) as tmp, os_errors_of(tmp):
-            save_file(state, str(tmp))
+            save_file(state, str(tmp), metadata={RECORD_KEY: json.dumps(meta, sort_keys=True)} if meta else None)
     if optimizer is not None:
         with atomic_path(d / OPTIMIZER_FILE) as tmp, os_errors_of(tmp):
             save_file(flatten(optimizer), str(tmp))

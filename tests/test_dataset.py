@@ -214,6 +214,106 @@ def test_prune_reads_the_recorded_split_rule(tmp_path):
     assert data.rule.seed == 9 and run.config.data.seed == 0
 
 
+@pytest.mark.parametrize("edit,where,key", [
+    (lambda info, cfg: info["split"].update(seed=9), "run.json", "split"),
+    (lambda info, cfg: info["split"].update(fractions=[0.7, 0.2, 0.1]), "run.json", "split"),
+    (lambda info, cfg: cfg["data"].update(seed=9), "config.yaml", "data.seed"),
+    (lambda info, cfg: cfg["train"].update(subset=0.5), "config.yaml", "train.subset"),
+    (lambda info, cfg: cfg["train"].update(gate_holdout=0.5), "config.yaml", "train.gate_holdout"),
+    (lambda info, cfg: cfg["data"].update(positive="0"), "config.yaml", "data.positive"),
+    (lambda info, cfg: cfg["train"].update(init_seed=3), "config.yaml", "train.init_seed"),
+])
+def test_a_config_or_split_edited_after_training_is_refused(tmp_path, edit, where, key):
+    """prune (and every reader) would split the rows again by an edited seed or fractions (the phase-1 model's
+    training rows read as validation rows), or flip the labels by an edited `positive`; an edited init seed is what
+    weights swapped in from another run look like. The weights record what they were trained with; the edit is
+    refused, the run left as it was."""
+    import yaml
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    info, cfg = json.loads((run / "run.json").read_text()), yaml.safe_load((run / "config.yaml").read_text())
+    edit(info, cfg)
+    (run / "run.json").write_text(json.dumps(info))
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    before = {f.name: f.read_bytes() for f in run.iterdir()}
+    line = one_line_error(cli("prune", run, "--keep", "2"), str(run / where), key, "pretrain.safetensors")
+    assert "read as it was trained" in line
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("edit", [
+    lambda h: h["pretrain"]["gates_alone"].update(log_alpha=[1.0] * 2),
+    lambda h: h["pretrain"]["gates_alone"].update(log_alpha=None),
+    lambda h: h["pretrain"]["gates_alone"].update(log_alpha=["x"] * len(h["pretrain"]["gates_alone"]["log_alpha"])),
+    lambda h: h["pretrain"].update(gates_alone=5),
+    lambda h: h.update(pretrain=[]),
+])
+def test_an_edited_gates_alone_record_is_one_line(tmp_path, edit):
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    h = json.loads((run / "history.json").read_text())
+    assert len(h["pretrain"]["gates_alone"]["log_alpha"]) == 5  # the default rule reads it
+    edit(h)
+    (run / "history.json").write_text(json.dumps(h))
+    one_line_error(cli("prune", run), str(run / "history.json"), "pretrain")
+
+
+def test_a_run_json_without_its_schema_hash_is_refused(tmp_path):
+    """The schema's sha256 is what catches an edited schema.json: removing it must not turn the check off."""
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    info = json.loads((run / "run.json").read_text())
+    del info["schema_sha256"]
+    (run / "run.json").write_text(json.dumps(info))
+    one_line_error(cli("prune", run, "--keep", "2"), str(run / "run.json"), "missing key 'schema_sha256'")
+
+
+def test_a_damaged_weights_record_is_one_line(tmp_path):
+    from safetensors.torch import load_file, save_file
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    weights = run / "pretrain.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"lightfmp": "{not json"})
+    one_line_error(cli("prune", run, "--keep", "2"), str(weights), "record is not what lightfmp writes")
+
+
+def test_a_moved_data_file_and_another_device_still_open(tmp_path):
+    import yaml
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    moved = tmp_path / "moved.csv"
+    p.rename(moved)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["data"]["data"], cfg["data"]["shard_dir"], cfg["train"]["device"] = str(moved), str(tmp_path / "s2"), "cpu"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    m = pipeline.prune(run, keep=2, continue_epochs=1, quiet=True)
+    assert len(m["fields"]["kept"]) == 2
+    assert pipeline.open_run(run).state == "complete"  # the pruned model carries the same record
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda kept: kept.reverse(), ["field 1 is"]),
+    (lambda kept: kept.pop(), ["names 1 fields where model.safetensors was trained on 2"]),
+])
+def test_an_edited_kept_list_is_refused_by_name(tmp_path, edit, words):
+    """metrics.json's fields.kept says which fields the final model reads: edited, it is named (not the checkpoint),
+    and a reordering, which loads without a shape error where the fields' sizes agree, is refused too."""
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    pipeline.prune(run, keep=2, continue_epochs=1, quiet=True)
+    m = json.loads((run / "metrics.json").read_text())
+    edit(m["fields"]["kept"])
+    (run / "metrics.json").write_text(json.dumps(m))
+    one_line_error(cli("export", run, "--out", tmp_path / "e"), f"{run / 'metrics.json'}: fields.kept", *words)
+    assert not (tmp_path / "e").exists()
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(categorical="a", numeric="a"), "'a' is named by both --categorical and --numeric"),
     (dict(categorical="b", ignore="b"), "'b' is named by both --categorical and --ignore"),
