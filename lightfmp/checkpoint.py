@@ -65,6 +65,10 @@ def config_sha256(cfg) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def resume_hint() -> str:
     if _hint["dir"] is None:
         return "rerun the same command to start again"
@@ -190,11 +194,15 @@ class Checkpoint:
         # both files written under temporary names first, then renamed back to back with Ctrl-C / SIGTERM held
         # until both are in place: the previous epoch's pair stays whole until the new one is. (The epoch in both
         # must match, so a SIGKILL between the two renames is still detected, and the phase restarts.)
+        # The tensors' header holds the JSON's sha256: the state it records (best epoch, stopped, history) is
+        # trusted only with the tensors it was written with
+        text = json_text(doc)
         with _HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
             with os_errors_of(tensors_tmp):
-                save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase})
+                save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase,
+                                                                "json_sha256": _sha256(text)})
             with atomic_path(self.json_path) as json_tmp:
-                json_tmp.write_text(json_text(doc))
+                json_tmp.write_text(text)
                 held.start()  # the renames: JSON's as this block ends, the tensors' as the next one does
                 _hint["epoch"] = state.epoch
 
@@ -242,7 +250,8 @@ class Checkpoint:
         """Parse and check both files without touching the model: (weights, optimizer moments by name, state),
         or None for a checkpoint of something else (logged). Raises on a damaged one."""
         where = self.json_path
-        doc = json.loads(self.json_path.read_text())
+        text = self.json_path.read_text()
+        doc = json.loads(text)
         if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
             self.log(f"ignoring checkpoint {where}: unknown format")
             return None
@@ -256,6 +265,8 @@ class Checkpoint:
         if meta.get("epoch") != str(doc["epoch"]):
             self.log(f"ignoring checkpoint {where}: its tensors are from another epoch (interrupted write)")
             return None
+        if "json_sha256" in meta and meta["json_sha256"] != _sha256(text):
+            raise ValueError("it is not the JSON written with its tensors (edited?)")
         tensors = load_file(str(self.tensors_path))
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         own = model.state_dict()

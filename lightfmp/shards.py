@@ -132,7 +132,8 @@ def check_home(shard_dir: str | None) -> None:
     if blocker is not None and not blocker.is_dir():
         where = "is a file" if blocker == home else f"lies under the file {blocker}"
         raise LightFMPError(f"{home}: {where}; encoded shards (--shard-dir) need a folder")
-    inside = next((q for q in [home, *home.absolute().parents] if lightfmp_kind(q) in ("run", "export")), None)
+    inside = next((q for q in [home, *home.absolute().parents]
+                   if lightfmp_kind(q) in ("run", "export", "shard directory")), None)
     if inside is not None:  # shards written there would become part of it, and go when it is replaced
         raise LightFMPError(f"{home}: {'is' if inside == home else 'lies inside'} a lightfmp {lightfmp_kind(inside)} "
                             f"({inside}); encoded shards (--shard-dir) need a folder of their own")
@@ -146,13 +147,15 @@ def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:
 
 
 def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
-    """(schema, inferred-kind notes) of a cached fit, or None when there is none or it is unreadable."""
+    """(schema, inferred-kind notes) of a cached fit, or None when there is none, it is unreadable, or it was written
+    for another key (its name is the digest of what it was fitted for, and it records that digest: a fit copied
+    under another fit's name is not used)."""
     try:
         saved = json.loads(path.read_text())
         schema = FeatureSchema.from_dict(saved["schema"], source=str(path))
-    except (OSError, ValueError, KeyError, TypeError, LightFMPError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, LightFMPError):
         return None
-    if not all(f.fitted for f in schema.fields):
+    if saved.get("key") != path.stem or not all(f.fitted for f in schema.fields):
         return None
     return schema, dict(saved.get("inferred", {}))
 
@@ -160,7 +163,7 @@ def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
 def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
     """Written compact: a fit holds every vocabulary, and an indented document goes through json's pure-Python
     encoder (slower than the fit's counting on a large vocabulary); only `load_fit` reads it."""
-    doc = {"schema": schema.to_dict(), "inferred": inferred}
+    doc = {"key": path.stem, "schema": schema.to_dict(), "inferred": inferred}
     try:
         text = json.dumps(doc, allow_nan=False)
     except ValueError:  # a NaN or an infinity: null, as in every JSON file lightfmp writes
@@ -189,6 +192,18 @@ def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:
         entries = [(root / e["file"], e["bytes"], e["blake2b"]) for shard in shards for e in shard["files"].values()]
     except (AttributeError, KeyError, TypeError) as e:
         return None, f"{mf} is unreadable ({type(e).__name__})"
+    try:
+        counts = np.array([shard["splits"] for shard in shards], dtype=np.int64).reshape(-1, 3)
+        named = [e["file"] for shard in shards for e in shard["files"].values()]
+        said = [manifest["rows"], [manifest["split_rows"][s] for s in SPLITS]]
+    except (KeyError, TypeError, ValueError) as e:
+        return None, f"{mf} is unreadable ({type(e).__name__})"
+    # the shard list itself has no checksum: its totals and the files beside it must agree with it
+    if said != [int(counts.sum()), [int(c) for c in counts.sum(0)]]:
+        return None, f"{mf}: its shards hold {int(counts.sum()):,} rows, its totals say {said[0]:,}"
+    if named != [f"{i:06d}.{name}.npy" for i in range(len(shards)) for name in ARRAYS] \
+            or sorted(q.name for q in root.glob("*.npy")) != sorted(named):
+        return None, f"{mf}: its list of shards is not the shard files in {root}"
     for p, expected, checksum in entries:
         if not p.is_file():
             return None, f"{p} is missing"

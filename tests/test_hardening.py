@@ -293,7 +293,8 @@ def interrupt_after_first_save(monkeypatch):
     monkeypatch.setattr(checkpoint_mod.Checkpoint, "save", save_then_stop)
 
 
-@pytest.mark.parametrize("damage", ["truncate tensors", "truncate json", "delete tensors", "garbage json"])
+@pytest.mark.parametrize("damage", ["truncate tensors", "truncate json", "delete tensors", "garbage json",
+                                    "edited json"])
 def test_damaged_checkpoint_is_reported_and_the_phase_restarts(data, tmp_path, monkeypatch, damage):
     out = tmp_path / "r"
     with monkeypatch.context() as m:
@@ -309,6 +310,8 @@ def test_damaged_checkpoint_is_reported_and_the_phase_restarts(data, tmp_path, m
         target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     elif damage.startswith("delete"):
         target.unlink()
+    elif damage.startswith("edited"):  # JSON that parses, its state changed: it would stop the phase at once
+        target.write_text(json.dumps({**json.loads(target.read_text()), "stopped": True}))
     else:
         target.write_text('["not", "a", "checkpoint"]')
     r = cli(*train_args(data, out))  # not --quiet: the line about the checkpoint is a log line
@@ -1463,6 +1466,18 @@ def test_shards_inside_the_run_are_refused_before_any_work(data, complete, tmp_p
         r = cli(*train_args(data, tmp_path / "other", "--stream", "--shard-dir", shard_dir))
         one_line_error(r, "a lightfmp run", "need a folder of their own")
     assert listing(complete) == before and listing(tmp_path) == []
+
+
+def test_shards_inside_a_shard_directory_are_refused_before_any_work(data, tmp_path):
+    """A --shard-dir inside another shard directory would be swept away when those shards are rebuilt."""
+    home = tmp_path / "sh"
+    assert cli(*train_args(data, tmp_path / "a", "--stream", "--shard-dir", home, "--quiet")).exit_code == 0
+    key = next(p for p in home.iterdir() if (p / "manifest.json").is_file())
+    before = listing(home)
+    for shard_dir in (key, key / "inner"):
+        r = cli(*train_args(data, tmp_path / "b", "--stream", "--shard-dir", shard_dir))
+        one_line_error(r, "a lightfmp shard directory", "need a folder of their own")
+    assert listing(home) == before and not (tmp_path / "b").exists()
 
 
 def test_an_integer_beyond_what_torch_holds_is_one_line(data, tmp_path):

@@ -217,6 +217,31 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
     assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
     assert log.has("rebuilding shards:") and log.has("unreadable")
 
+    # the shard list has no checksum of its own: one shard's entry taken out (the totals as they were, or fixed to
+    # match) would read fewer rows as if they were the data; the totals and the files beside it give it away
+    for fix_totals in (False, True):
+        doc = json.loads(mf.read_text())
+        gone = doc["shards"].pop()
+        if fix_totals:
+            doc["rows"] -= gone["rows"]
+            doc["split_rows"] = {k: v - c for (k, v), c in zip(doc["split_rows"].items(), gone["splits"])}
+        mf.write_text(json.dumps(doc))
+        log = Log()
+        assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
+        assert log.has("rebuilding shards:") and log.has("its totals say" if not fix_totals else "list of shards")
+
+
+
+def test_a_fit_copied_under_another_fits_name_is_not_used(tmp_path):
+    """A cached fit is named by the digest of what it was fitted for (data hash, options, code); a file of another
+    data set's fit under that name would give this data another data set's vocabularies: it is fitted again."""
+    schema = FeatureSchema("y", [Field("a", "categorical", vocab=["x", "y"])])
+    own = tmp_path / ("1" * 64 + ".json")
+    save_fit(own, schema, {})
+    assert load_fit(own) is not None
+    other = tmp_path / ("2" * 64 + ".json")
+    shutil.copy(own, other)
+    assert load_fit(other) is None
 
 
 def test_changed_code_refits_and_reencodes(built, tmp_path, monkeypatch):
