@@ -378,6 +378,12 @@ def _numeric(doc) -> dict:
     (lambda d: d["inputs"].append(dict(d["inputs"][0])), "is listed twice in 'inputs'"),
     (lambda d: d.update(triton_model=5), "triton_model 5 is not a model name"),
     (lambda d: d.update(triton_model="a/b c"), "triton_model 'a/b c' is not a model name"),
+    # the constants of lightfmp's encoding, which a client reading the file would encode by
+    (lambda d: d["inputs"][0].update(oov_id=3), "oov_id is 3 where lightfmp's encoding of this input gives 1"),
+    (lambda d: _numeric(d)["transform"].update(first_id=3), "transform.first_id is 3 where"),
+    (lambda d: _numeric(d)["transform"].update(missing_id=0), "transform.missing_id is 0 where"),
+    (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot").update(pad_value=1), "pad_value is 1 where"),
+    (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot").update(max_len=9), "max_len is 9 where"),
 ])
 def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit, msg):
     d = _edited_copy(s, tmp_path, edit)
@@ -390,7 +396,7 @@ def test_malformed_feature_schema_is_one_error_naming_the_file(s, tmp_path, edit
     (lambda d: d["inputs"][0].update(name="zzz"), "lists 'zzz', which the graph does not read and lacks"),
     (lambda d: d["inputs"].pop(1), "lacks '"),
     (lambda d: d["output"].update(name="score"), "output 'score' is not an output of model.onnx"),
-    (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot")["shape"].__setitem__(1, 99),
+    (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot").update(shape=["batch", 99], max_len=99),
      r"has shape \['batch', 99\], but model.onnx reads \['batch', 3\]"),
 ])
 def test_a_contract_that_does_not_describe_the_graph_is_one_error(s, tmp_path, edit, msg):
@@ -483,6 +489,7 @@ def test_a_hand_edited_metrics_file_fails_the_export_in_one_line(s, tmp_path, ed
     with pytest.raises(LightFMPError, match=msg) as e:
         ex.export_run(run, tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+    assert str(e.value).startswith(f"{run / 'metrics.json'}: ")
 
 
 def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):

@@ -118,7 +118,15 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d, where: str) -> "InputSpec":
-        """Parse one `inputs` entry; `where` ("FILE: inputs[i]") prefixes every error."""
+        """Parse one `inputs` entry; `where` ("FILE: inputs[i]") prefixes every error. The entry's other keys
+        (the ids of padding, unknown and missing values, the pad value, a hash or bucketize rule's constants) are
+        what lightfmp's encoding fixes: they must say so, since a client that reads them would encode by them."""
+        spec = cls._parse(d, where)
+        _as_written(d, spec.to_dict(), f"{where} ('{d['name']}')")
+        return spec
+
+    @classmethod
+    def _parse(cls, d, where: str) -> "InputSpec":
         _require(isinstance(d, dict), f"{where}: expected an object, got {type(d).__name__}")
         missing = next((k for k in ("name", "kind", "dtype", "shape", "vocab_size") if k not in d), None)
         _require(missing is None, f"{where}: missing '{missing}'")
@@ -153,6 +161,19 @@ class InputSpec:
             spec.vocab_file = relative_path(d["vocab_file"], f"{where}: vocab_file")
             spec.vocab_sha256 = _sha(d.get("vocab_sha256"), f"{where}: vocab_sha256")
         return spec
+
+
+def _as_written(given: dict, written: dict, where: str, path: str = "") -> None:
+    """Every key of `given` that lightfmp writes holds the value it writes (nested objects key by key; the
+    prose of a `rule` and keys lightfmp does not write are left alone)."""
+    for key, value in given.items():
+        if key not in written or key == "rule":
+            continue
+        if isinstance(value, dict) and isinstance(written[key], dict):
+            _as_written(value, written[key], where, f"{path}{key}.")
+        elif value != written[key] or type(value) is bool != (type(written[key]) is bool):
+            raise LightFMPError(f"{where}: {path}{key} is {value!r} where lightfmp's encoding of this input gives "
+                                f"{written[key]!r}; export again rather than edit how values are encoded")
 
 
 @dataclass

@@ -121,7 +121,8 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
         proto.producer_name, proto.doc_string = "lightfmp", f"lightfmp export of {run.path.name}"
         external = save_model(proto, tmp / MODEL_FILE)
         check_graph(tmp / MODEL_FILE, contract.inputs)
-        contract.validation = validate(tmp / MODEL_FILE, module, model, kept, rows, raw, dtype, run_auc)
+        contract.validation = validate(tmp / MODEL_FILE, module, model, kept, rows, raw, dtype, run_auc,
+                                       run.path / "metrics.json")
         contract.model_sha256 = file_sha256(tmp / MODEL_FILE)
         if external:
             contract.external_data = ExternalData(EXTERNAL_DATA_FILE, file_sha256(tmp / EXTERNAL_DATA_FILE))

@@ -95,7 +95,7 @@ def validation_rows(run, kept: FeatureSchema, limit: int = VALIDATE_ROWS) -> Val
 
 
 def validate(path: Path, module: ServingModule, model, kept: FeatureSchema, rows: ValidationRows, raw: bool,
-             dtype: str, run_auc: float | None) -> dict:
+             dtype: str, run_auc: float | None, metrics_path: str | Path = "metrics.json") -> dict:
     """ORT vs PyTorch on the validation rows; batch 1 vs a large batch; the test AUC vs the run's. Raises when a
     check fails, else returns the report recorded as `validation` in feature_schema.json."""
     sess = session(path)
@@ -122,12 +122,12 @@ def validate(path: Path, module: ServingModule, model, kept: FeatureSchema, rows
     if rows.note:
         res["note"] = rows.note
     if rows.ids_f64 is not None:
-        res.update(_test_split_checks(model, kept, rows, got, dtype, run_auc))
+        res.update(_test_split_checks(model, kept, rows, got, dtype, run_auc, metrics_path))
     return res
 
 
 def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np.ndarray, dtype: str,
-                       run_auc: float | None) -> dict:
+                       run_auc: float | None, metrics_path: str | Path) -> dict:
     """Numeric bucketing in float32 vs float64, AUCs (ONNX, PyTorch, the run's), fp16's change."""
     with torch.no_grad():
         enc = torch.sigmoid(model(torch.from_numpy(rows.ids_f64))).numpy().astype(np.float64)
@@ -138,7 +138,7 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
         res["auc_onnx"] = roc_auc(rows.labels, got)
         res["auc_torch"] = roc_auc(rows.labels, enc)
         if run_auc is None and rows.all_test_rows:  # null is the AUC of a test split with one label only
-            raise LightFMPError("metrics.json test.auc is null, but the run's test rows hold both labels: the "
+            raise LightFMPError(f"{metrics_path}: test.auc is null, but the run's test rows hold both labels: the "
                                 "exported model cannot be checked against the run's test AUC")
         if run_auc is not None and math.isfinite(run_auc) and rows.all_test_rows:
             res["auc_run"] = run_auc
@@ -147,7 +147,7 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
             if not abs(res["auc_diff_vs_run"]) <= AUC_TOLERANCE:  # the very rows the run was tested on
                 raise LightFMPError(
                     f"test AUC of the exported model {res['auc_onnx']:.6f} differs from the run's recorded test "
-                    f"AUC {run_auc:.6f} (metrics.json test.auc) by {res['auc_diff_vs_run']:+.2e}, more than "
+                    f"AUC {run_auc:.6f} ({metrics_path} test.auc) by {res['auc_diff_vs_run']:+.2e}, more than "
                     f"{AUC_TOLERANCE:g}")
     elif rows.labels is not None and len(rows.labels):
         res["auc_skipped"] = (f"the {len(rows.labels):,} {rows.source} rows checked hold one label only, so they "
