@@ -132,6 +132,7 @@ def test_cli_json_plot_and_table(planted, tmp_path):
         for key in ("method", "kept", "auc", "logloss", "selection_seconds", "total_seconds", "params", "auc_std"):
             assert key in x
         assert x["seeds"] == [0, 1] and len(x["auc_per_seed"]) == 2
+        assert x["auc_std"] == pytest.approx(float(np.std(x["auc_per_seed"], ddof=1)))
     curve = doc["curves"]["lpfs"]
     assert curve["k"] == list(range(1, len(FIELDS) + 1)) and len(curve["auc"]) == len(FIELDS)
     assert 0 < curve["area"] <= 1
@@ -149,6 +150,8 @@ def test_bench_on_streamed_data_matches_in_memory(planted, tmp_path):
         assert r.exit_code == 0, r.output
         docs.append(json.loads(js.read_text())["results"])
     assert (tmp_path / "shards").is_dir()
+    # one seed has no spread: the std is null, not 0 (the table shows the mean alone)
+    assert all(x["auc_std"] is None and x["logloss_std"] is None for x in docs[0])
     for a, b in zip(*docs):
         assert a["method"] == b["method"] and a["kept"] == b["kept"] and a["ranking"] == b["ranking"]
         assert abs(a["auc"] - b["auc"]) <= 1e-6
@@ -157,11 +160,12 @@ def test_bench_on_streamed_data_matches_in_memory(planted, tmp_path):
 def test_cli_ablate_subset(planted, tmp_path):
     js = tmp_path / "a.json"
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0.25,1.0",
-            "--json", js, *SMALL)
+            "--json", js, *[a for a in SMALL if a != "--quiet"])
     assert r.exit_code == 0, r.output
     rows = json.loads(js.read_text())["ablation"]
     assert [x["subset"] for x in rows] == [0.25, 1.0]
-    assert all(len(x["kept"]) == 2 and x["selection_seconds"] > 0 for x in rows)
+    assert all(len(x["kept"]) == 2 and x["selection_seconds"] > 0 and x["auc_std"] is None for x in rows)
+    assert "subset ablation" in r.output and "±" not in r.output
 
 
 @pytest.mark.parametrize("k", ["0", "7"])

@@ -92,10 +92,10 @@ def _one(ctx: Context, method: str, k: int) -> dict:
 
 
 def _aggregate(method: str, runs: list[dict], seeds: list[int], n_fields: int) -> dict:
-    """One method's runs over the seeds: means and standard deviations, and how alike its kept sets are
-    (`stability`: lightfmp.metrics.selection_stability; None for one seed)."""
+    """One method's runs over the seeds: means and standard deviations (None for one seed), and how alike its kept
+    sets are (`stability`: lightfmp.metrics.selection_stability; None for one seed)."""
     a = lambda key: np.array([r[key] for r in runs], dtype=np.float64)  # noqa: E731
-    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
+    sd = lambda v: float(v.std(ddof=1)) if len(v) > 1 else None  # noqa: E731  (one seed has no spread)
     return {"method": method, "kept": runs[0]["kept"], "auc": float(a("auc").mean()), "auc_std": sd(a("auc")),
             "logloss": float(a("logloss").mean()), "logloss_std": sd(a("logloss")),
             "selection_seconds": float(a("selection_seconds").mean()),
@@ -205,7 +205,7 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
         auc = np.array([r["auc"] for r in rs])
         out.append({"subset": f, "kept": rs[0]["kept"], "kept_per_seed": [r["kept"] for r in rs],
                     "stability": selection_stability([r["kept"] for r in rs], len(ctx.names)),
-                    "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else 0.0,
+                    "auc": float(auc.mean()), "auc_std": float(auc.std(ddof=1)) if len(auc) > 1 else None,
                     "logloss": float(np.mean([r["logloss"] for r in rs])),
                     "selection_seconds": float(np.mean([r["selection_seconds"] for r in rs])),
                     "total_seconds": float(np.mean([r["total_seconds"] for r in rs]))})
