@@ -160,8 +160,11 @@ def test_infer_matches_predictor(ex, srv):
         assert status == 200
         assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - want).max() <= 1e-6
     odd = [{"city": "atlantis", "dev": 3, "price": "4.5", "tags": ["a", "zzz"], "noise": 1},
-           {"city": "paris", "dev": 99, "price": -1e9, "tags": [], "noise": True}, {**recs[0], "extra": 5}]
-    status, _, body = request(srv, "POST", "/v2/models/ctr/records", json.dumps(odd).encode())
+           {"city": "paris", "dev": 99, "price": -1e9, "tags": [], "noise": True}, {**recs[0], "extra": 5},
+           {**recs[1], "nan": "NAN", "SURR": "SURR"}]  # extra keys are ignored whatever they hold
+    text = json.dumps(odd).encode().replace(b'"NAN"', b"NaN").replace(b'"SURR"', b'"\\ud800"')
+    odd = odd[:3] + [recs[1]]
+    status, _, body = request(srv, "POST", "/v2/models/ctr/records", text)
     assert status == 200
     assert np.abs(np.asarray(json.loads(body)["outputs"][0]["data"]) - p.predict(odd)).max() <= 1e-6
     # zero rows is an empty answer
@@ -283,6 +286,12 @@ def _bad_cases(ex):
     def nth(d, name):
         return next(t for t in d["inputs"] if t["name"] == name)
 
+    def transposed(t):  # an [N, W] input's values nested W x N: the right count, in the wrong rows
+        n, w = t["shape"]
+        flat = np.asarray(t["data"]).reshape(-1).tolist()
+        assert n != w
+        return [flat[j::w] for j in range(w)]
+
     infer = "/v2/models/ctr/infer"
     rec = dict(ex.records[0])
     return [
@@ -300,11 +309,15 @@ def _bad_cases(ex):
         ("float as id", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(1, 2.5)), 400,
          "'city': value 1 is 2.5"),
         ("int64 range", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(0, 2 ** 70)), 400,
-         "'city': a value is out"),
+         "'city': value 0 is 1180591620717411303424, outside the INT64 range"),
         ("NaN id", infer, edit(lambda d: nth(d, "dev")["data"].__setitem__(0, "NAN")).replace(b'"NAN"', b"NaN"),
          400, "'dev': value 0 is nan (a float), not INT64"),
         ("ragged rows", infer, edit(lambda d: nth(d, "price").update(data=[[1.0, 2.0], [], [3.0, 4.0]])), 400,
          "'price': 'data' has rows of different lengths (0, 2)"),
+        ("nested deeper than the shape", infer, edit(lambda d: nth(d, "price").update(data=[[1.0], [2.0], [3.0], [4.0]])),
+         400, "'price': 'data' is nested as [4, 1], but its shape is [4]"),
+        ("nested transposed", infer, edit(lambda d: nth(d, "tags").update(data=transposed(nth(d, "tags")))), 400,
+         "'tags': 'data' is nested as"),
         ("NaN numeric", infer, edit(lambda d: nth(d, "price")["data"].__setitem__(3, "NAN")).replace(b'"NAN"', b"NaN"),
          400, "input 'price': row 3 is NaN"),
         ("not JSON", infer, b"{inputs: nope", 400, "not valid JSON"),
@@ -312,6 +325,9 @@ def _bad_cases(ex):
          "parameters.binary_data_output must be true or false, got 'yes'"),
         ("not an object", infer, b"[1, 2]", 400, "'inputs'"),
         ("binary header", infer, b'{"inputs": []}', 400, "Inference-Header-Content-Length"),
+        ("binary without its header", infer,
+         b'{"inputs":[{"name":"price","datatype":"FP32","shape":[1],"parameters":{"binary_data_size":4}}]}\xff\xff\x00\x00',
+         400, "send the JSON part's length in the Inference-Header-Content-Length header"),
         ("unknown model", "/v2/models/nope/infer", json.dumps(good).encode(), 404, "unknown model 'nope'"),
         ("unknown version", "/v2/models/ctr/versions/7/infer", json.dumps(good).encode(), 404, "no version '7'"),
         ("records, unknown version", "/v2/models/ctr/versions/7/records", json.dumps([rec]).encode(), 404,
@@ -340,7 +356,15 @@ def _bad_cases(ex):
         ("records: not a list", "/v2/models/ctr/records", json.dumps(rec).encode(), 400, "JSON list of objects"),
         ("records: not an object", "/v2/models/ctr/records", b"[1]", 400, "record 0 is a JSON number"),
         ("records: lone surrogate", "/v2/models/ctr/records",
-         json.dumps([{**rec, "city": "SURR"}]).encode().replace(b"SURR", b"\\ud800"), 400, "not valid Unicode"),
+         json.dumps([{**rec, "city": "SURR"}]).encode().replace(b"SURR", b"\\ud800"), 400,
+         "record 0, field 'city': a text value is not valid Unicode"),
+        ("lone surrogate id", infer, edit(lambda d: d.update(id="SURR")).replace(b"SURR", b"\\ud800"), 400,
+         "'id' is not valid Unicode"),
+        ("parameters not an object", infer, edit(lambda d: d.update(parameters=[])), 400,
+         "'parameters' must be an object, got []"),
+        ("output parameters not an object", infer,
+         edit(lambda d: d.update(outputs=[{"name": "probability", "parameters": "x"}])), 400,
+         "output 'probability': 'parameters' must be an object"),
     ], good
 
 
@@ -362,6 +386,9 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
     for path in ("/v2/models/ctr/infer", "/v2/models/ctr/records"):
         got, _, reply = request(srv, "POST", path, b"[]", {"Content-Encoding": "gzip"})
         assert got == 415 and "Content-Encoding" in json.loads(reply)["error"], path
+    for coding in ("Identity", " identity", ""):  # codings are case-insensitive (RFC 9110); empty is none
+        got, _, reply = request(srv, "POST", "/v2/models/ctr/records", b"[]", {"Content-Encoding": coding})
+        assert got == 200, (coding, reply)
     assert srv.metrics.errors()["infer"] >= 15
 
 
@@ -552,6 +579,70 @@ def test_a_body_still_arriving_when_shutdown_gives_up_gets_a_json_503(ex):
     assert not s.thread.is_alive()
 
 
+def _stall(s) -> socket.socket:
+    """A connection that sends a request's head and part of its body, then nothing; returned once in flight."""
+    host, port = s.hostport.rsplit(":", 1)
+    stalled = socket.create_connection((host, int(port)), timeout=30)
+    stalled.sendall(b"POST /v2/models/ctr/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{\"inputs\"")
+    deadline = time.monotonic() + 20
+    while not re.search(r"^lightfmp_requests_in_flight [1-9]", request(s, "GET", "/metrics")[2].decode(), re.M):
+        assert time.monotonic() < deadline, "the stalled request was never in flight"
+        time.sleep(0.01)
+    return stalled
+
+
+def test_a_stalled_upload_does_not_hold_a_lone_request_for_the_batch_wait(ex):
+    """The batch waits for requests on their way to it; a body still arriving may never arrive."""
+    p = Predictor(ex.ids)
+    doc = json_infer(p.encode(ex.records[:3]))
+    with running(ex.ids, max_batch=512, batch_wait_ms=5000) as s:
+        stalled = _stall(s)
+        try:
+            t0 = time.perf_counter()
+            got = scores(s, "ctr", doc)
+            waited = time.perf_counter() - t0
+        finally:
+            stalled.close()
+    assert np.abs(got - p.predict(ex.records[:3])).max() <= 1e-6
+    assert waited < 2.5  # not the 5 s window
+
+
+def test_a_request_whose_client_went_away_is_not_scored(ex):
+    """While one batch runs, a request arrives whole and its client closes the connection: it is dropped from the
+    queue (499 in the metrics), never given to the model; the next request is scored as usual."""
+    p = Predictor(ex.ids)
+    with running(ex.ids, max_batch=512, batch_wait_ms=1) as s:
+        model = s.server.config.app.state.model
+        real, seen, gate = model.predictor.run, [], threading.Event()
+
+        def run(feeds):  # the first call holds the batcher until the gate opens
+            seen.append(len(next(iter(feeds.values()))))
+            if len(seen) == 1:
+                gate.wait(20)
+            return real(feeds)
+        model.predictor.run = run
+        first = threading.Thread(target=scores, args=(s, "ctr", json_infer(p.encode(ex.records[:3]))))
+        first.start()
+        deadline = time.monotonic() + 20
+        while not seen:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        body = json.dumps(json_infer(p.encode(ex.records[:7]))).encode()
+        host, port = s.hostport.rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=30) as gone:
+            gone.sendall(b"POST /v2/models/ctr/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        while s.metrics.requests.get(("infer", 499), 0) == 0:
+            assert time.monotonic() < deadline, "the abandoned request was never dropped"
+            time.sleep(0.01)
+        gate.set()
+        first.join(20)
+        got = scores(s, "ctr", json_infer(p.encode(ex.records[:2])))
+    assert seen == [3, 2]  # the 7 rows of the abandoned request never reached the model
+    assert np.abs(got - p.predict(ex.records[:2])).max() <= 1e-6
+
+
 def test_cli_refuses_bad_input(ex, tmp_path):
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
@@ -565,7 +656,8 @@ def test_cli_refuses_bad_input(ex, tmp_path):
                            (["serve", str(ex.ids), "--max-batch", "0"], "--max-batch 0: must be >= 1"),
                            (["serve", str(ex.ids), "--batch-wait-ms", "-1"], "--batch-wait-ms -1.0: must be >= 0"),
                            (["serve", str(ex.ids), "--port", "70000"], "--port 70000: must be <= 65535"),
-                           (["serve", str(ex.ids), "--max-body-mb", "0"], "--max-body-mb 0.0: must be > 0")):
+                           (["serve", str(ex.ids), "--max-body-mb", "0"], "--max-body-mb 0.0: must be > 0"),
+                           (["serve", str(ex.ids), "--max-body-mb", "1e-7"], "--max-body-mb 1e-07: is less than one byte")):
             res = runner.invoke(app, args)
             assert res.exit_code == 2, (args, res.output)
             assert text in res.stderr and len(res.stderr.strip().splitlines()) == 1, (args, res.stderr)

@@ -58,20 +58,56 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def client_gone(request: Request) -> None:
+    """Returns once the client has closed the connection (call after the body is read: the server's next message
+    is then the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def unless_gone(request: Request, scoring):
+    """The result of awaiting `scoring`, or None where the client closes the connection first: the scoring is then
+    cancelled, which drops its rows from the batch queue (a batch already running ignores them), so that nobody's
+    rows wait behind a request no one will read."""
+    work, gone = asyncio.ensure_future(scoring), asyncio.ensure_future(client_gone(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # also where the handler itself is cancelled (shutdown's grace period)
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+    return work.result() if work.done() and not work.cancelled() else None
+
+
+def gone_response() -> Response:
+    """The answer to a request whose client went away (no one reads it; the metrics count it as 499, the status
+    proxies log for a client that closed the request)."""
+    return error_response(499, "the client closed the connection before the answer")
+
+
 def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metrics: Metrics | None = None) -> Starlette:
     """The ASGI app serving `model`. The model's batcher starts with the app (lifespan) and stops after the
     last request."""
     metrics = metrics or Metrics(model.name)
-    scoring = [0]  # infer / records requests being handled: the batcher waits only while some are on their way
+    # infer / records requests whose body has arrived and that are not answered yet: the batcher waits only while
+    # some of them are on their way to it (not for bodies still arriving, which a slow client may take long over)
+    scoring = [0]
 
-    def endpoint(name: str, counted: bool = True, scores: bool = False):
+    @contextlib.contextmanager
+    def on_its_way():
+        scoring[0] += 1
+        try:
+            yield
+        finally:
+            scoring[0] -= 1
+
+    def endpoint(name: str, counted: bool = True):
         """Time the handler, count it, and turn refusals into `{"error": ...}` responses."""
         def wrap(handler):
             @functools.wraps(handler)
             async def run(request: Request) -> Response:
                 t0 = time.perf_counter()
                 metrics.in_flight += counted
-                scoring[0] += scores
                 try:
                     response = await handler(request)
                 except RequestError as e:
@@ -91,7 +127,6 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
                                                    f"{str(e).splitlines()[0] if str(e) else ''}")
                 finally:
                     metrics.in_flight -= counted
-                    scoring[0] -= scores
                 metrics.request(name, response.status_code, time.perf_counter() - t0)
                 return response
             return run
@@ -124,24 +159,27 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
         return Response(b"", status_code=200)
 
     def check_identity(request: Request) -> None:
-        if request.headers.get("content-encoding", "identity") != "identity":
+        if request.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):  # case-insensitive
             raise RequestError(f"Content-Encoding {request.headers['content-encoding']!r} is not supported; send "
                                f"the body uncompressed", 415)
 
-    @endpoint("infer", scores=True)
+    @endpoint("infer")
     async def infer(request: Request) -> Response:
         check_model(request)
         check_identity(request)
         body = await read_body(request, max_body_bytes)
-        parse = functools.partial(parse_infer, body, request.headers.get(HEADER_LENGTH), model.specs, model.name,
-                                  model.output)
-        req = await run_in_threadpool(parse) if len(body) > INLINE_PARSE_BYTES else parse()
-        probs = await model.score(req.feeds, req.rows)
+        with on_its_way():
+            parse = functools.partial(parse_infer, body, request.headers.get(HEADER_LENGTH), model.specs, model.name,
+                                      model.output)
+            req = await run_in_threadpool(parse) if len(body) > INLINE_PARSE_BYTES else parse()
+            probs = await unless_gone(request, model.score(req.feeds, req.rows))
+        if probs is None:
+            return gone_response()
         content, headers = infer_response(model.name, model.output, probs, req.id, req.binary_output)
         return Response(content, media_type="application/octet-stream" if headers else "application/json",
                         headers=headers)
 
-    @endpoint("records", scores=True)
+    @endpoint("records")
     async def records(request: Request) -> Response:
         check_model(request)
         check_identity(request)
@@ -150,8 +188,11 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
         def prepare():
             rows = parse_records(body)
             return (encode_records(model.predictor, rows) if rows else {}), len(rows)
-        feeds, n = await run_in_threadpool(prepare)
-        probs = await model.score(feeds, n)
+        with on_its_way():
+            feeds, n = await run_in_threadpool(prepare)
+            probs = await unless_gone(request, model.score(feeds, n))
+        if probs is None:
+            return gone_response()
         content, _ = infer_response(model.name, model.output, probs, None, binary=False)
         return Response(content, media_type="application/json")
 
@@ -161,7 +202,7 @@ def build_app(model: ServedModel, max_body_bytes: int = 16 * 1024 * 1024, metric
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         """Unknown paths (404) and wrong methods (405), in the protocol's error body."""
-        metrics.request("other", exc.status_code, 0.0)
+        metrics.request("other", exc.status_code, None)  # answered by the router: not timed
         what = "no such endpoint" if exc.status_code == 404 else exc.detail
         return error_response(exc.status_code, f"{request.method} {request.url.path}: {what}", exc.headers)
 

@@ -7,7 +7,7 @@ thread (so the event loop keeps accepting), and hands each caller its own rows, 
 during the previous call.
 
 It waits only for requests that are on their way: given `in_flight` (the number of scoring requests the server
-is handling), the batch is closed early once every one of them is in it or already waiting for its result, so
+has the body of and has not answered), the batch is closed early once every one of them is in it or already waiting for its result, so
 a lone request is scored at once instead of sitting out `wait_ms`.
 
 With `max_batch` 1 or `wait_ms` 0 batching is off: each request is its own call, run on a pool of worker threads
@@ -83,7 +83,7 @@ class Batcher:
             self.held -= 1
 
     def _more_coming(self) -> bool:
-        """Whether scoring requests are on their way (being read or parsed, not yet here)."""
+        """Whether scoring requests are on their way (being parsed, not yet here)."""
         return self.in_flight is None or self.in_flight() > self.held
 
     def _told(self, rows: int, requests: int) -> None:

@@ -47,9 +47,11 @@ class Metrics:
         self.batch_rows = Histogram(BATCH_BUCKETS)
         self.batch_requests = Histogram(BATCH_BUCKETS)
 
-    def request(self, endpoint: str, status: int, seconds: float) -> None:
+    def request(self, endpoint: str, status: int, seconds: float | None) -> None:
+        """One answered request; `seconds` None where it was not timed."""
         self.requests[(endpoint, status)] += 1
-        self.latency.setdefault(endpoint, Histogram(BUCKETS)).observe(seconds)
+        if seconds is not None:
+            self.latency.setdefault(endpoint, Histogram(BUCKETS)).observe(seconds)
 
     def model_call(self, rows: int, requests: int) -> None:
         self.calls += 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -99,7 +100,13 @@ def parse_infer(body: bytes, header_length: str | None, specs: list[InputSpec], 
     allows ([N] or [N, 1] for a one-value field, [N, L] for a multi-hot one), the same N for all, and data of
     that many values. Extra inputs, unknown outputs and unused binary bytes are refused."""
     head, binary = _split(body, header_length)
-    doc = loads(head)
+    try:
+        doc = loads(head)
+    except RequestError as e:  # binary tensors after a JSON head, sent without the header that says where it ends
+        if header_length is None and re.search(rb'"binary_data_size"\s*:', body):
+            raise RequestError(f"{e} (its inputs give binary_data_size: send the JSON part's length in the "
+                               f"Inference-Header-Content-Length header)") from None
+        raise
     if not isinstance(doc, dict) or not isinstance(doc.get("inputs"), list):
         raise RequestError("request body must be a JSON object with an 'inputs' list")
     by_name = {s.name: s for s in specs}
@@ -187,7 +194,7 @@ def _tensor(t: dict, spec: InputSpec, chunk: bytes | None) -> tuple[np.ndarray, 
     else:
         if "data" not in t:
             raise RequestError(f"input '{name}' has no 'data'")
-        values = _from_json(t["data"], want, count, name)
+        values = _from_json(t["data"], want, count, name, shape)
     if want == "FP32":
         _refuse_nan(values, name, count // n if n else 1)
     return (values.reshape(n, width) if spec.kind == "multi_hot" else values.reshape(n)), n
@@ -228,21 +235,28 @@ def _from_binary(chunk: bytes, datatype: str, count: int, name: str) -> np.ndarr
     return values
 
 
-def _flatten(data, name: str) -> list:
+def _flatten(data, name: str, shape: list[int]) -> list:
+    """The values of `data` in row-major order: given flat, or nested exactly as `shape` (a 3 x 2 nesting of a
+    [2, 3] tensor holds the right number of values in the wrong rows: refused, not read row-major)."""
     if not isinstance(data, list):
         raise RequestError(f"input '{name}': 'data' must be a list")
+    nested = []
     while data and isinstance(data[0], list):
         if not all(isinstance(row, list) for row in data):
             raise RequestError(f"input '{name}': 'data' mixes lists and values")
         if len({len(row) for row in data}) > 1:  # nested data is the tensor's rows: all of one length
             raise RequestError(f"input '{name}': 'data' has rows of different lengths "
                                f"({', '.join(str(n) for n in sorted({len(row) for row in data}))})")
+        nested, width = nested + [len(data)], len(data[0])
         data = [v for row in data for v in row]
+    if nested and nested + [width] != list(shape):
+        raise RequestError(f"input '{name}': 'data' is nested as {nested + [width]}, but its shape is {list(shape)}; "
+                           f"send it flat (row-major) or nested as its shape")
     return data
 
 
-def _from_json(data, datatype: str, count: int, name: str) -> np.ndarray:
-    flat = _flatten(data, name)
+def _from_json(data, datatype: str, count: int, name: str, shape: list[int]) -> np.ndarray:
+    flat = _flatten(data, name, shape)
     if len(flat) != count:
         raise RequestError(f"input '{name}': {len(flat)} values, expected {count} for its shape")
     if datatype == "BYTES":
@@ -254,12 +268,19 @@ def _from_json(data, datatype: str, count: int, name: str) -> np.ndarray:
     if not ok:
         _refuse_value(flat, datatype, name)
     if datatype == "BYTES":
+        bad = next((i for i, v in enumerate(flat) if not unicode_text(v)), None)
+        if bad is not None:
+            raise RequestError(f"input '{name}': value {bad} is not valid Unicode (a lone surrogate escape such as "
+                               f"\\ud800)")
         return np.asarray(flat, dtype=object)
-    try:
-        with np.errstate(over="ignore"):  # a number beyond FP32's range is inf, as the Infinity token is (no warning)
-            return np.asarray(flat, dtype=NUMPY[datatype])
-    except OverflowError:
-        raise RequestError(f"input '{name}': a value is out of the {datatype} range") from None
+    if datatype == "INT64":
+        bad = next((i for i, v in enumerate(flat) if not -2 ** 63 <= v < 2 ** 63), None)
+        if bad is not None:
+            raise RequestError(f"input '{name}': value {bad} is {_clip(str(flat[bad]))}, outside the INT64 range")
+    else:  # an integer literal beyond a float's range is inf, as 1e400 and the Infinity token are
+        flat = [v if type(v) is not int or abs(v) < 2 ** 1000 else math.copysign(math.inf, v) for v in flat]
+    with np.errstate(over="ignore"):  # a number beyond FP32's range is inf, as the Infinity token is (no warning)
+        return np.asarray(flat, dtype=NUMPY[datatype])
 
 
 def _refuse_value(flat: list, datatype: str, name: str) -> None:
@@ -283,13 +304,25 @@ def _request_id(doc: dict) -> str | None:
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise RequestError(f"'id' must be a string, got {type(rid).__name__}")
+    if rid is not None and not unicode_text(rid):  # echoed back, it would be JSON that strict parsers refuse
+        raise RequestError("'id' is not valid Unicode (a lone surrogate escape such as \\ud800)")
     return rid
 
 
+def unicode_text(text: str) -> bool:
+    """Whether UTF-8 can hold `text` (a JSON string may escape half of a UTF-16 pair: "\\ud800")."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _binary_output(doc: dict, output: str) -> bool:
-    params = doc.get("parameters") or {}
-    if not isinstance(params, dict):
-        raise RequestError("'parameters' must be an object")
+    params = doc.get("parameters")
+    if params is not None and not isinstance(params, dict):  # [], 0 and false too: never read as no parameters
+        raise RequestError(f"'parameters' must be an object, got {_clip(repr(params))}")
+    params = params or {}
     binary = _flag(params.get("binary_data_output", False), "parameters.binary_data_output")
     outputs = doc.get("outputs")
     if outputs is None:
@@ -300,8 +333,10 @@ def _binary_output(doc: dict, output: str) -> bool:
         if not isinstance(o, dict) or o.get("name") != output:
             got = o.get("name") if isinstance(o, dict) else o
             raise RequestError(f"output {_clip(repr(got))} is not an output of the model (outputs: {output})")
-        p = o.get("parameters") or {}
-        if isinstance(p, dict) and "binary_data" in p:
+        p = o.get("parameters")
+        if p is not None and not isinstance(p, dict):
+            raise RequestError(f"output '{output}': 'parameters' must be an object, got {_clip(repr(p))}")
+        if p and "binary_data" in p:
             binary = _flag(p["binary_data"], f"output '{output}': parameters.binary_data")
     return binary
 
@@ -330,4 +365,4 @@ def infer_response(model: str, output: str, probs: np.ndarray, request_id: str |
 
 
 __all__ = ["RequestError", "InferRequest", "model_metadata", "parse_infer", "infer_response", "loads", "dumps",
-           "NonFinite", "wire_shape", "DATATYPES", "HEADER_LENGTH", "VERSION"]
+           "unicode_text", "NonFinite", "wire_shape", "DATATYPES", "HEADER_LENGTH", "VERSION"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import LightFMPError
 from ..serving import Predictor
-from .protocol import NonFinite, RequestError, loads
+from .protocol import NonFinite, RequestError, loads, unicode_text
 
 
 def parse_records(body: bytes) -> list[dict]:
@@ -21,11 +21,6 @@ def parse_records(body: bytes) -> list[dict]:
     for i, r in enumerate(doc):
         if not isinstance(r, dict):
             raise RequestError(f"record {i} is a JSON {_json_kind(r)}, not an object")
-        for k, v in r.items():
-            bad = _non_finite(v)
-            if bad is not None:
-                raise RequestError(f"record {i}, field '{k}': {bad.token} is not a finite number (NaN and Infinity "
-                                   f"are not JSON); send a number")
     return doc
 
 
@@ -33,7 +28,9 @@ def encode_records(predictor: Predictor, records: list[dict]) -> dict[str, np.nd
     """The graph inputs for `records` (at least one), through the Predictor's own encoding; a missing value is
     refused."""
     names = predictor.input_names
+    records = [{k: r[k] for k in names if k in r} for r in records]  # other keys are ignored, whatever they hold
     _refuse_absent(records, names)
+    _refuse_bad_values(records)
     try:
         feeds = predictor.encode(records)
     except LightFMPError as e:
@@ -55,6 +52,21 @@ def _refuse_absent(records: list[dict], names: list[str]) -> None:
         for n in present:
             if r.get(n) is None:
                 _refuse(i, n, "is null" if n in r else "is absent (other records have it)", names)
+
+
+def _refuse_bad_values(records: list[dict]) -> None:
+    """A NaN / Infinity token, or a text value UTF-8 cannot hold (a lone surrogate escape, "\\ud800"), in a kept
+    field is refused naming its record and field."""
+    for i, r in enumerate(records):
+        for k, v in r.items():
+            bad = _non_finite(v)
+            if bad is not None:
+                raise RequestError(f"record {i}, field '{k}': {bad.token} is not a finite number (NaN and Infinity "
+                                   f"are not JSON); send a number")
+            for t in v if isinstance(v, list) else [v]:
+                if isinstance(t, str) and not unicode_text(t):
+                    raise RequestError(f"record {i}, field '{k}': a text value is not valid Unicode (a lone "
+                                       f"surrogate escape such as \\ud800)")
 
 
 def _refuse(i: int, field: str, what: str, names: list[str]) -> None:

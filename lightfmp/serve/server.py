@@ -36,6 +36,8 @@ class ServeOptions:
         check_range("--batch-wait-ms", self.batch_wait_ms, 0, MAX_WAIT_MS)
         check_range("--threads", self.threads, 0, MAX_THREADS)
         check_range("--max-body-mb", self.max_body_mb, 0, open_low=True)
+        if self.max_body_bytes < 1:
+            raise LightFMPError(f"--max-body-mb {self.max_body_mb:g}: is less than one byte")
         return self
 
     @property
