@@ -44,24 +44,28 @@ def missing(v):
 
 
 def token(s, v, known):
-    """A scalar value's text as training keyed it: 24 and 24.0 read '24' unless the vocabulary has '24.0' and not
-    '24' (pandas writes an integer column with gaps as 24.0)."""
+    """A scalar value's text as training keyed it: of the texts training may have keyed it by, the first the
+    vocabulary holds, else the first. True or 'true' (a CSV's text); 24 or 24.0 (pandas writes an integer column
+    with gaps as 24.0); 0.2 or '0.20000000298023224' (a float32 column's value, as its float64 text)."""
     if missing(v):
         return None
     if isinstance(v, str):
         return v
     if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int) or isinstance(v, float) and v.is_integer():
+        texts = [str(v), str(v).lower()]
+    elif isinstance(v, int) or isinstance(v, float) and v.is_integer():
         try:
-            as_int, as_float = str(int(v)), str(float(v))
+            texts = [str(int(v)), str(float(v))]
         except OverflowError:
-            return str(int(v))
-        return as_int if as_int in known or as_float not in known else as_float
-    if isinstance(v, float):
-        return str(v)
-    kind = s["kind"].replace("_", "-")
-    raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")
+            texts = [str(int(v))]
+    elif isinstance(v, float):
+        with np.errstate(over="ignore"):
+            texts = [str(v), str(float(np.float32(v)))]
+    else:
+        kind = s["kind"].replace("_", "-")
+        raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or "
+                         f"number")
+    return next((t for t in texts if t in known), texts[0])
 
 
 # how a text file spells a missing number, as training reads it (lightfmp.encoding.MISSING_TEXT; a test keeps them equal)

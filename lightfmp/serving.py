@@ -176,31 +176,47 @@ def _shown(v) -> str:
 
 
 def _token(f: Field, v, known: set):
-    """A categorical value's string form as training keyed it (`cell_strings`): 24 and 24.0 read '24' unless the
-    vocabulary has '24.0' and not '24' (a CSV cell keeps its text, and pandas writes an integer column with gaps
-    as 24.0)."""
+    """A categorical value's string form as training keyed it: of the texts training may have keyed it by
+    (`_spellings`), the first the vocabulary holds, else the first (an unseen value: the OOV id either way)."""
     _scalar(f, v)
     if _missing(v):
         return None
     if isinstance(v, str):
         return v
+    texts = _spellings(f, v)
+    return next((t for t in texts if t in known), texts[0])
+
+
+def _spellings(f: Field, v) -> list[str]:
+    """The texts a non-text value may have been keyed by in training, the one a typed column gives first
+    (`encoding.cell_strings`), then those a text file's cells give for the same value: True / 'true'; a timestamp
+    '2024-01-10 00:00:00' / '2024-01-10T00:00:00' / (at midnight) '2024-01-10'; 24 / 24.0 (pandas writes an
+    integer column with gaps as 24.0); a float32 column's 0.2 as '0.20000000298023224' (its float64 text) / '0.2'."""
     if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (datetime.datetime, np.datetime64)):  # as a Parquet timestamp's cells read: '2024-01-10 00:00:00'
-        return str(pd.Timestamp(v))
+        return [str(bool(v)), str(bool(v)).lower()]
+    if isinstance(v, (datetime.datetime, np.datetime64)):
+        t = pd.Timestamp(v)
+        if t is pd.NaT:
+            return [str(t)]
+        return [str(t), t.isoformat()] + ([str(t.date())] if t == t.normalize() and t.tz is None else [])
     if isinstance(v, (datetime.timedelta, np.timedelta64)):  # a duration's: '0 days 00:00:05'
-        return str(pd.Timedelta(v))
-    if isinstance(v, (datetime.date, datetime.time)):  # a date's or a time of day's: '2024-01-10', '10:30:00'
-        return str(v)
+        return [str(pd.Timedelta(v))]
+    if isinstance(v, datetime.date):  # a date's: '2024-01-10' (or a timestamp column's midnight)
+        return [str(v), str(pd.Timestamp(v))]
+    if isinstance(v, datetime.time):  # a time of day's: '10:30:00'
+        return [str(v)]
     if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
-            as_int, as_float = str(int(v)), str(float(v))
+            return [str(int(v)), str(float(v))]
         except ValueError:  # more digits than Python converts to text
             raise LightFMPError(f"field '{f.name}' got {_shown(v)}, too large for a category") from None
         except OverflowError:  # beyond a float: no float spelling to look for
-            return str(int(v))
-        return as_int if as_int in known or as_float not in known else as_float
-    return str(v)
+            return [str(int(v))]
+    if isinstance(v, numbers.Real):
+        with np.errstate(over="ignore"):
+            single = np.float32(v)
+        return list(dict.fromkeys([str(float(v)), str(float(single)), str(single)]))
+    return [str(v)]
 
 
 def _scalar(f: Field, v) -> None:

@@ -1,4 +1,5 @@
 """The Predictor (raw records -> probabilities) and the dependency-free example client."""
+import datetime
 import importlib.util
 import json
 import re
@@ -9,9 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
+from lightfmp import pipeline
+from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
+from lightfmp.export import export_run
 from lightfmp.serving import Predictor
 from test_export import get_export, held_out_rows, shared, torch_probs
 
@@ -251,6 +256,51 @@ def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed
                                                   np.timedelta64(5, "s")])):
         key = tokens(pa.array([trained])).values.to_pylist()[0]
         assert [_token(f, v, set()) for v in served] == [key] * len(served), trained
+
+
+@pytest.mark.parametrize("trained,served", [
+    (pa.array(["true", "false"]), [True, np.bool_(True)]),                      # a CSV's text: 'true'
+    (pa.array([True, False]), [True, np.bool_(True)]),                          # a typed column's: 'True'
+    (pa.array([datetime.date(2024, 1, 3)]), [pd.Timestamp("2024-01-03"), datetime.datetime(2024, 1, 3),
+                                             np.datetime64("2024-01-03")]),     # a date32 column, sent as times
+    (pa.array(["2024-01-03T05:00:00"]), [pd.Timestamp("2024-01-03 05:00")]),    # a text file's ISO cells
+    (pa.array([0.2], type=pa.float32()), [0.2, np.float32(0.2)]),               # a float32 column: its float64 text
+    (pa.array(["0.2"]), [0.2, np.float32(0.2)]),
+])
+def test_a_typed_value_takes_the_spelling_training_keyed(example, trained, served):
+    """A value can reach the Predictor typed otherwise than training read it (pandas reads a CSV's true as a
+    bool, a date32 column comes back as Timestamps, JSON has no float32): of the texts training may have keyed it
+    by, the one the vocabulary holds is used, never an unseen spelling of a seen value."""
+    from lightfmp.encoding import tokens
+    from lightfmp.schema import Field
+    from lightfmp.serving import _token
+    key = tokens(trained).values.to_pylist()[0]
+    known = set(tokens(trained).values.to_pylist())
+    f = Field("c", "categorical", vocab=sorted(known))
+    assert [_token(f, v, known) for v in served] == [key] * len(served), (key, served)
+    json_values = [v for v in served if type(v) in (bool, float)]  # what the example client is sent (JSON)
+    assert [example.token({"name": "c", "kind": "categorical"}, v, known) for v in json_values] \
+        == [key] * len(json_values), (key, json_values)
+
+
+def test_a_csv_bool_column_is_scored_as_trained(tmp_path):
+    """End to end: a CSV column of true / false trains on its text; the same file read by pandas (bools) scores
+    exactly as the text does, not as unseen values."""
+    rng = np.random.default_rng(0)
+    flag = rng.random(600) < 0.5
+    df = pd.DataFrame({"flag": np.where(flag, "true", "false"), "g": rng.integers(0, 5, 600).astype(str),
+                       "label": (rng.random(600) < np.where(flag, 0.8, 0.2)).astype(int)})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="label", categorical="flag,g", epochs=2, embed_dim=4,
+                       hidden="8", batch_size=128, device="cpu", no_select=True)
+    pipeline.run(cfg, tmp_path / "run", quiet=True)
+    export_run(tmp_path / "run", tmp_path / "exp")
+    p = Predictor(tmp_path / "exp")
+    read = pd.read_csv(tmp_path / "d.csv").drop(columns="label")
+    assert read["flag"].dtype == bool
+    assert np.array_equal(p.predict(read), p.predict(read.astype({"flag": str}).replace({"True": "true",
+                                                                                         "False": "false"})))
+    assert p.encode(read)["flag"].min() >= 2  # no row read as the OOV id (1)
 
 
 def test_an_id_past_2_53_is_keyed_exactly_beside_a_gap():
