@@ -223,9 +223,19 @@ def _check_weights(path: Path) -> dict[str, str]:
         record = json.loads(meta[RECORD_KEY])
     except ValueError:
         record = None
-    if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()):
+    if not isinstance(record, dict) or not all(isinstance(v, str) for v in record.values()) \
+            or "fields" in record and not _names_json(record["fields"]):
         raise LightFMPError(f"{path}: its header's '{RECORD_KEY}' record is not what lightfmp writes (edited?)")
     return record
+
+
+def _names_json(text: str) -> bool:
+    """Whether `text` is a JSON list of names."""
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(names, list) and all(isinstance(n, str) for n in names)
 
 
 # config keys that may change after training without changing what the run is: where files live and how they are

@@ -199,8 +199,10 @@ def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:
     except (KeyError, TypeError, ValueError) as e:
         return None, f"{mf} is unreadable ({type(e).__name__})"
     # the shard list itself has no checksum: its totals and the files beside it must agree with it
-    if said != [int(counts.sum()), [int(c) for c in counts.sum(0)]]:
-        return None, f"{mf}: its shards hold {int(counts.sum()):,} rows, its totals say {said[0]:,}"
+    held = [int(counts.sum()), [int(c) for c in counts.sum(0)]]
+    if said != held:
+        return None, (f"{mf}: its shards hold {held[0]:,} rows ({', '.join(map(str, held[1]))} by split), its "
+                      f"totals say {said[0]!r} ({', '.join(map(repr, said[1]))})")
     if named != [f"{i:06d}.{name}.npy" for i in range(len(shards)) for name in ARRAYS] \
             or sorted(q.name for q in root.glob("*.npy")) != sorted(named):
         return None, f"{mf}: its list of shards is not the shard files in {root}"

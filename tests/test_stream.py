@@ -229,6 +229,12 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
         log = Log()
         assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
         assert log.has("rebuilding shards:") and log.has("its totals say" if not fix_totals else "list of shards")
+    doc = json.loads(mf.read_text())
+    doc["rows"] = str(doc["rows"])  # a total of the wrong type: rebuilt, never a traceback
+    mf.write_text(json.dumps(doc))
+    log = Log()
+    assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
+    assert log.has("rebuilding shards:") and log.has("its totals say")
 
 
 

@@ -171,7 +171,7 @@ def _as_written(given: dict, written: dict, where: str, path: str = "") -> None:
             continue
         if isinstance(value, dict) and isinstance(written[key], dict):
             _as_written(value, written[key], where, f"{path}{key}.")
-        elif value != written[key] or type(value) is bool != (type(written[key]) is bool):
+        elif value != written[key] or (type(value) is bool) != (type(written[key]) is bool):
             raise LightFMPError(f"{where}: {path}{key} is {value!r} where lightfmp's encoding of this input gives "
                                 f"{written[key]!r}; export again rather than edit how values are encoded")
 

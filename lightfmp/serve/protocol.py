@@ -273,13 +273,18 @@ def _from_json(data, datatype: str, count: int, name: str, shape: list[int]) -> 
             raise RequestError(f"input '{name}': value {bad} is not valid Unicode (a lone surrogate escape such as "
                                f"\\ud800)")
         return np.asarray(flat, dtype=object)
+    try:
+        with np.errstate(over="ignore"):  # a number beyond FP32's range is inf, as the Infinity token is (no warning)
+            return np.asarray(flat, dtype=NUMPY[datatype])
+    except OverflowError:  # an integer beyond what the type (or, for FP32, a float) holds: looked for only now
+        pass
     if datatype == "INT64":
         bad = next((i for i, v in enumerate(flat) if not -2 ** 63 <= v < 2 ** 63), None)
-        if bad is not None:
-            raise RequestError(f"input '{name}': value {bad} is {_clip(str(flat[bad]))}, outside the INT64 range")
-    else:  # an integer literal beyond a float's range is inf, as 1e400 and the Infinity token are
-        flat = [v if type(v) is not int or abs(v) < 2 ** 1000 else math.copysign(math.inf, v) for v in flat]
-    with np.errstate(over="ignore"):  # a number beyond FP32's range is inf, as the Infinity token is (no warning)
+        raise RequestError(f"input '{name}': value {bad} is {_clip(str(flat[bad]))}, outside the INT64 range"
+                           if bad is not None else f"input '{name}': a value is outside the INT64 range")
+    # an integer literal beyond a float's range is inf, as 1e400 and the Infinity token are
+    flat = [v if type(v) is not int or abs(v) < 2 ** 1000 else math.copysign(math.inf, v) for v in flat]
+    with np.errstate(over="ignore"):
         return np.asarray(flat, dtype=NUMPY[datatype])
 
 
