@@ -6,15 +6,20 @@ import os
 import sys
 from pathlib import Path
 
+from .io import check_name_length
+
 __all__ = ["cache_home", "say", "ENV_VAR"]
 
 ENV_VAR = "LIGHTFMP_HOME"
 
 
 def cache_home(home: str | Path | None = None) -> Path:
-    """``home`` when given, else $LIGHTFMP_HOME, else ~/.cache/lightfmp (``~`` expanded; not created)."""
+    """``home`` when given, else $LIGHTFMP_HOME, else ~/.cache/lightfmp (``~`` expanded; not created; a name no
+    file system takes is refused here, before any work)."""
     base = home or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "lightfmp"
-    return Path(base).expanduser()
+    path = Path(base).expanduser()
+    check_name_length(path)
+    return path
 
 
 def say(quiet: bool, msg: str) -> None:

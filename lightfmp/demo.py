@@ -6,7 +6,9 @@ from pathlib import Path
 from .cache import cache_home
 from .config import RunConfig
 from .datasets import fetch_movielens_100k
+from .errors import LightFMPError
 from .pipeline import run
+from .rundir import open_run
 from .progress import Reporter
 
 # The CTR task as the feature-selection literature builds it from MovieLens-100k (label: rating > 3).
@@ -15,14 +17,19 @@ MOVIELENS_FIELDS = dict(label="label", multi_hot="genres:|",
 
 
 def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: bool = True, quiet: bool = False,
-         **overrides) -> dict:
-    """Each step is announced on stderr (also when it is a log file), the training phases report per epoch."""
+         force: bool = False, **overrides) -> dict:
+    """Each step is announced on stderr (also when it is a log file), the training phases report per epoch. Runs
+    already at `out_dir`/lightfmp or /all-fields are replaced where an earlier demo wrote them (runs on the demo's
+    MovieLens table); any other run only with `force`."""
     say = Reporter(quiet).log
     steps = 2 if compare else 1
+    cfg = RunConfig.from_dict({"backbone": backbone, **MOVIELENS_FIELDS, **overrides}, "demo")  # checked before the fetch
     say("demo: fetching MovieLens-100k (downloaded once, then read from the cache)")
     data = fetch_movielens_100k(quiet=quiet)
+    cfg = cfg.but(data=str(data))
     out_dir = Path(out_dir) if out_dir else cache_home() / "runs" / "demo"
-    cfg = RunConfig.from_dict({"data": str(data), "backbone": backbone, **MOVIELENS_FIELDS, **overrides}, "demo")
+    for name in ("lightfmp", "all-fields")[:steps]:
+        _check_replaceable(out_dir / name, data, force)
     say(f"demo: step 1/{steps}: Light-FMP ({backbone}: gated pretraining, pruning, continued training) -> "
         f"{out_dir / 'lightfmp'}")
     res = {"run_dir": out_dir / "lightfmp", "lightfmp": run(cfg, out_dir / "lightfmp", force=True, quiet=quiet)}
@@ -33,3 +40,16 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
         res["all_fields"] = run(full, out_dir / "all-fields", force=True, quiet=quiet)
     say("demo: done")
     return res
+
+
+def _check_replaceable(path: Path, data: Path, force: bool) -> None:
+    """Refuse to replace, without `force`, a run at `path` that is not on the demo's data (someone's own run)."""
+    if force or not path.exists():
+        return
+    try:
+        ours = Path(str(open_run(path).config.data.data)).resolve() == Path(data).resolve()
+    except LightFMPError:
+        ours = False
+    if not ours:
+        raise LightFMPError(f"{path}: exists and is not a run of an earlier demo; choose another --out, or give "
+                            f"--force to replace it")

@@ -17,7 +17,7 @@ import torch
 from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
-from .config import RunConfig, check_no_rule_without_gates, check_one_rule
+from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
 from .io import atomic_dir, check_apart, check_name_length, check_out, file_sha256
@@ -253,7 +253,13 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     Neither `keep` nor `threshold`: the rule the run recorded (its --keep or --threshold, or the last prune's), or
     with `default_rule` (--closing-test) the default rule whatever it recorded."""
     check_one_rule(keep, threshold, default_rule)
-    return _prune(open_run(run_dir), keep, threshold, continue_epochs, quiet, default_rule=default_rule)
+    # converted and range-checked as the flags are (a numpy integer is an int; 2.5 or "3" is one line, not a
+    # traceback after the work)
+    given = {k: v for k, v in dict(keep=keep, threshold=threshold, continue_epochs=continue_epochs).items()
+             if v is not None}
+    rule = RunConfig.from_dict(given, COMMAND_LINE).prune
+    return _prune(open_run(run_dir), rule.keep, rule.threshold, rule.continue_epochs, quiet,
+                  default_rule=default_rule)
 
 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,

@@ -2,6 +2,7 @@
 split rule and its record in run.json; degenerate labels and bad splits refused."""
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -271,14 +272,28 @@ def test_a_run_json_without_its_schema_hash_is_refused(tmp_path):
     one_line_error(cli("prune", run, "--keep", "2"), str(run / "run.json"), "missing key 'schema_sha256'")
 
 
+def test_prune_from_python_converts_and_checks_its_rule(tmp_path):
+    """A numpy integer is an int, as a flag's text is; a value of the wrong kind is one LightFMPError before any
+    work (it was a TypeError from deep inside, or after phases 2-3 had run)."""
+    p = write_csv(tmp_path, n=400)
+    run = tmp_path / "r"
+    pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
+    assert len(pipeline.prune(run, keep=np.int64(2), continue_epochs=1, quiet=True)["fields"]["kept"]) == 2
+    for kw, text in ((dict(keep=2.5), "--keep 2.5"), (dict(keep="three"), "--keep 'three'"), (dict(continue_epochs=-1),
+                                                                                   "--continue-epochs -1")):
+        with pytest.raises(LightFMPError, match=re.escape(text)):
+            pipeline.prune(run, quiet=True, **kw)
+
+
 def test_a_damaged_weights_record_is_one_line(tmp_path):
     from safetensors.torch import load_file, save_file
     p = write_csv(tmp_path, n=400)
     run = tmp_path / "r"
     pipeline.train(cfg_for(p, tmp_path, **FAST), run, quiet=True)
     weights = run / "pretrain.safetensors"
-    save_file(load_file(str(weights)), str(weights), metadata={"lightfmp": "{not json"})
-    one_line_error(cli("prune", run, "--keep", "2"), str(weights), "record is not what lightfmp writes")
+    for record in ("{not json", json.dumps({"fields": json.dumps({"a": 1})}), json.dumps({"fields": "[1"})):
+        save_file(load_file(str(weights)), str(weights), metadata={"lightfmp": record})
+        one_line_error(cli("prune", run, "--keep", "2"), str(weights), "record is not what lightfmp writes")
 
 
 def test_a_moved_data_file_and_another_device_still_open(tmp_path):

@@ -12,6 +12,7 @@ from lightfmp.datasets import kddcup as kdd
 from lightfmp.datasets import movielens as ml
 from lightfmp.datasets.movielens import CTR_COLUMNS, prepare_ctr_table
 from lightfmp.errors import LightFMPError
+from lightfmp.io import file_sha256
 
 ROWS = 20_000
 
@@ -180,14 +181,34 @@ def _no_network(*_a, **_k):
     raise AssertionError("network used")
 
 
-def test_fetch_uses_existing_ctr_csv(tmp_path, monkeypatch):
+def test_fetch_uses_existing_ctr_csv_only_as_written(tmp_path, monkeypatch):
+    """A cached ctr.csv is used where its record (sha256, rows) says it is unchanged since it was written; edited
+    (its labels flipped, same line count), it is not: built again from the raw files, or fetched again."""
     d = tmp_path / "movielens-100k"
     d.mkdir()
     (d / "ctr.csv").write_text(",".join(CTR_COLUMNS) + "\n" + "x\n" * ml.N_RATINGS)
+    (d / ml.META_NAME).write_text(json.dumps({"ctr.csv": file_sha256(d / "ctr.csv"), "rows": ml.N_RATINGS}))
     monkeypatch.setattr(ml, "_fetch_grouplens", _no_network)
     monkeypatch.setattr(ml, "_fetch_recbole", _no_network)
     monkeypatch.setenv("LIGHTFMP_HOME", str(tmp_path))
     assert fetch_movielens_100k(quiet=True) == d / "ctr.csv"
+    (d / "ctr.csv").write_text(",".join(CTR_COLUMNS) + "\n" + "y\n" * ml.N_RATINGS)
+    with pytest.raises(LightFMPError, match="network used"):
+        fetch_movielens_100k(quiet=True)
+
+
+def test_cached_raw_files_changed_since_the_fetch_are_not_used(tmp_path, monkeypatch):
+    """RecBole's raw files are checked against their pinned sha256 when reused: one cut short would make a table
+    whose users are empty cells."""
+    raw = tmp_path / "movielens-100k" / "recbole"
+    raw.mkdir(parents=True)
+    for name in ml.RECBOLE_SHA256:
+        (raw / name).write_text("user_id:token\n1\n")
+    monkeypatch.setattr(ml, "_fetch_grouplens", _no_network)
+    monkeypatch.setattr(ml, "_fetch_recbole", _no_network)
+    with pytest.raises(LightFMPError, match="sha256 differs from RecBole") as e:
+        fetch_movielens_100k(home=tmp_path, quiet=True)
+    assert "\n" not in str(e.value) and not (tmp_path / "movielens-100k" / "ctr.csv").exists()
 
 
 def test_fetch_reports_all_failures(tmp_path, monkeypatch):
@@ -197,7 +218,7 @@ def test_fetch_reports_all_failures(tmp_path, monkeypatch):
         return f
     monkeypatch.setattr(ml, "_fetch_grouplens", fail("grouplens"))
     monkeypatch.setattr(ml, "_fetch_recbole", fail("pypi"))
-    with pytest.raises(RuntimeError) as e:
+    with pytest.raises(LightFMPError) as e:
         fetch_movielens_100k(home=tmp_path, quiet=True)
     msg = str(e.value)
     assert "\n" not in msg and "GroupLens" in msg and "RecBole" in msg and "pypi unreachable" in msg

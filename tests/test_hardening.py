@@ -463,6 +463,22 @@ def test_demo_reports_its_steps_to_a_log(tmp_path, monkeypatch):
     assert "test AUC" in r.stdout
 
 
+def test_demo_replaces_an_earlier_demo_but_not_someone_elses_run(data, tmp_path, monkeypatch):
+    """`demo --out DIR` writes DIR/lightfmp and DIR/all-fields: an earlier demo's runs there are replaced, a run of
+    other data at that name only with --force."""
+    csv = movielens_like(tmp_path / "ml.csv")
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", lambda quiet=False: csv)
+    out = tmp_path / "exp"
+    assert cli(*train_args(data, out / "lightfmp", "--quiet")).exit_code == 0  # the user's own run
+    before = listing(out / "lightfmp")
+    one_line_error(cli("demo", "--out", out, "--no-compare", "--quiet"), str(out / "lightfmp"),
+                   "is not a run of an earlier demo", "--force")
+    assert listing(out / "lightfmp") == before
+    assert cli("demo", "--out", out, "--no-compare", "--quiet", "--force").exit_code == 0
+    again = cli("demo", "--out", out, "--no-compare", "--quiet")  # now the demo's own: replaced without --force
+    assert again.exit_code == 0, again.output
+
+
 @pytest.mark.parametrize("flags, shown", [(["--keep", "2"], "--keep 2 and --closing-test"),
                                           (["--threshold", "0.5"], "--threshold 0.5 and --closing-test")])
 def test_closing_test_goes_with_no_other_rule(pretrained, flags, shown):
@@ -1177,7 +1193,7 @@ def test_flags_still_take_no_value(pretrained):
 
 
 @pytest.mark.parametrize("cmd, options", [
-    (["demo"], ["--backbone", "--quiet"]),
+    (["demo"], ["--backbone", "--quiet", "--force"]),
     (["data", "synth"], ["--rows", "--fields", "--informative", "--out", "--seed", "--redundant", "--format"]),
     (["profile"], ["--batch-sizes", "--quiet"]),
     (["inspect"], ["--quiet"]),
@@ -1644,6 +1660,8 @@ def test_an_output_name_the_file_system_takes_is_published_and_a_longer_one_refu
     too_long = tmp_path / ("y" * 256)
     one_line_error(cli(*run_args(data, too_long)), "256 bytes", "255")
     one_line_error(cli("profile", tmp_path / "none.onnx", "--json", tmp_path / ("z" * 251 + ".json")), "256 bytes")
+    one_line_error(cli("data", "synth", "--rows", "10", "--out", tmp_path / ("s" * 256)), "256 bytes")
+    one_line_error(cli("data", "fetch", "kddcup04-bio", "--home", tmp_path / ("h" * 256)), "256 bytes")
     assert listing(tmp_path) == [legal.name]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -25,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..cache import cache_home, say
-from ..io import atomic_path, make_dirs
+from ..errors import LightFMPError
+from ..io import atomic_path, file_sha256, make_dirs, write_json_atomic
 
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
@@ -56,9 +58,28 @@ def _cache_dir(home) -> Path:
     return cache_home(home) / "movielens-100k"
 
 
+META_NAME = "ctr.json"      # beside ctr.csv: its sha256 and rows, written with it
+RAW_META = "sha256.json"    # beside the GroupLens files extracted from the checked archive: their sha256
+
+
 def _count_rows(csv_path: Path) -> int:
     with open(csv_path, "rb") as f:
         return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b"")) - 1
+
+
+def _recorded(files: dict[str, Path], record: Path) -> bool:
+    """Every file is there and has the sha256 `record` (JSON: name -> sha256) gives it."""
+    try:
+        want = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(want, dict) and all(p.is_file() and want.get(name) == file_sha256(p)
+                                          for name, p in files.items())
+
+
+def _cached(out: Path) -> bool:
+    """ctr.csv is there, whole and unchanged since it was written (its record beside it)."""
+    return _recorded({"ctr.csv": out}, out.parent / META_NAME) and _count_rows(out) == N_RATINGS
 
 
 def _title_year(title: str) -> str:
@@ -112,6 +133,19 @@ def _find_raw(raw_dir: Path) -> tuple[str, Path]:
                             f"ml-100k.inter/.item/.user) under {raw_dir}")
 
 
+def _check_cached_raw(cache: Path) -> None:
+    """The raw files a fetch left in the cache are as it checked them: the RecBole files against their pinned
+    sha256, the GroupLens files against the sha256 recorded when they came out of the checked archive. Files
+    changed since (cut short, edited) are not used: they would make a table of wrong rows."""
+    kind, d = _find_raw(cache)
+    if kind == "grouplens" and not _recorded({f: d / f for f in GROUPLENS_FILES}, d / RAW_META):
+        raise ValueError(f"{d}: the GroupLens files differ from those checked when they were fetched")
+    bad = next((f for f, want in RECBOLE_SHA256.items() if file_sha256(d / f) != want), None) \
+        if kind == "recbole" else None
+    if bad is not None:
+        raise ValueError(f"{d / bad}: sha256 differs from RecBole 1.2.1's")
+
+
 def prepare_ctr_table(raw_dir) -> pd.DataFrame:
     """Build the CTR table from raw files in either GroupLens or RecBole format.
 
@@ -147,7 +181,9 @@ def _fetch_grouplens(cache: Path, quiet: bool) -> Path:
         raise ValueError(f"md5 mismatch ({md5} != {GROUPLENS_MD5})")
     with zipfile.ZipFile(io.BytesIO(blob)) as zf:
         zf.extractall(cache)  # the archive's own top folder: <cache>/ml-100k/
-    return cache / "ml-100k"
+    raw = cache / "ml-100k"
+    write_json_atomic(raw / RAW_META, {f: file_sha256(raw / f) for f in GROUPLENS_FILES})
+    return raw
 
 
 def _fetch_recbole(cache: Path, quiet: bool) -> Path:
@@ -186,13 +222,14 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
     on first use. cache = ``home`` or $LIGHTFMP_HOME or ~/.cache/lightfmp."""
     cache = _cache_dir(home)
     out = cache / "ctr.csv"
-    if out.is_file() and _count_rows(out) == N_RATINGS:
+    if _cached(out):
         return out
     make_dirs(cache)
 
     errors = []
     df = None
     try:  # raw files from an earlier run: no network
+        _check_cached_raw(cache)
         df = prepare_ctr_table(cache)
         _check(df)
     except Exception as e:  # noqa: BLE001 - fall through to the downloads
@@ -211,9 +248,10 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
             errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             say(quiet, f"failed: {errors[-1]}")
     if df is None:
-        raise RuntimeError("could not get MovieLens-100K; " + "; ".join(errors))
+        raise LightFMPError("could not get MovieLens-100K; " + "; ".join(errors))
 
     with atomic_path(out) as tmp:
         df.to_csv(tmp, index=False, lineterminator="\n")
+    write_json_atomic(cache / META_NAME, {"ctr.csv": file_sha256(out), "rows": len(df)})
     say(quiet, f"wrote {out} ({len(df)} rows, label mean {df['label'].mean():.4f})")
     return out

@@ -30,7 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import LightFMPError
-from ..io import atomic_path, check_outside, check_writable, lightfmp_kind, write_json_atomic
+from ..io import atomic_path, check_name_length, check_outside, check_writable, lightfmp_kind, write_json_atomic
 
 __all__ = ["synthesize", "check_synth_out", "is_synth_truth"]
 
@@ -104,6 +104,7 @@ def check_synth_out(out_dir: str | Path) -> None:
     """Refuse, before any work, an output directory that is a file, or that holds data.parquet, data.csv or
     truth.json of the user's (not an earlier synthetic output): they would be overwritten."""
     out_dir = Path(out_dir)
+    check_name_length(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise LightFMPError(f"{out_dir}: is a file; the output needs a directory")
     parent = next((q for q in out_dir.absolute().parents if q.exists()), None)
