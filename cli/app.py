@@ -207,13 +207,8 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
     if redundant is not None:
         check_range("--redundant", redundant, 0, fields)
     check_range("--seed", seed, 0, MAX_SEED)
-    try:
-        truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
-                           redundant=redundant, fmt=fmt)
-    except ValueError as e:
-        given = f"--fields {fields}, --informative {informative}" + (f", --redundant {redundant}" if redundant is not None
-                                                                      else "")
-        raise LightFMPError(f"{given}: {e}") from None
+    truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
+                       redundant=redundant, fmt=fmt)
     out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, label column '{truth['label']}', "
               f"CTR {truth['ctr']:.3f}) and {Path(out_dir) / 'truth.json'}", highlight=False)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from .encoding import float_cells
 from .errors import LightFMPError
@@ -82,7 +83,11 @@ def _frame(records) -> pd.DataFrame:
     if isinstance(records, pd.DataFrame):
         return records.reset_index(drop=True)
     if isinstance(records, dict):
-        raise LightFMPError("records must be a list of dicts or a DataFrame (got one dict; wrap it in a list)")
+        lists = records and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values())
+        raise LightFMPError("records must be a list of dicts or a DataFrame (got " + (
+            "a dict of columns; pass pandas.DataFrame(it)" if lists else "one dict; wrap it in a list") + ")")
+    if isinstance(records, (pa.Table, pa.RecordBatch)):  # as training reads Parquet: to pandas, typed values kept
+        return records.to_pandas()
     try:
         if isinstance(records, (str, bytes)):  # iterable, but its items are characters
             raise TypeError

@@ -1,6 +1,7 @@
 import hashlib
 import io
 import json
+import re
 import zipfile
 
 import numpy as np
@@ -87,8 +88,17 @@ def test_synth_roles_and_columns(synth):
 def test_synth_explicit_counts(tmp_path):
     t = synthesize(2000, 39, 8, tmp_path, seed=1, redundant=8)
     assert (len(t["informative"]), len(t["redundant"]), len(t["noise"])) == (8, 8, 23)
-    with pytest.raises(ValueError):
+    with pytest.raises(LightFMPError, match=r"--redundant 3: must be in \[0, 0\]"):
         synthesize(100, 5, 4, tmp_path / "bad", redundant=3)
+    for kw, text in ((dict(rows=0), "--rows 0"), (dict(fields=2.5), "--fields 2.5"), (dict(informative=9),
+                                                                                      "more than --fields 5")):
+        with pytest.raises(LightFMPError, match=re.escape(text)):  # the Python API's errors are the CLI's
+            synthesize(**{"rows": 100, "fields": 5, "informative": 2, "out_dir": tmp_path / "bad", **kw})
+    assert not (tmp_path / "bad").exists()
+    # a table too narrow for the two numeric fields gets fewer: one informative field of one, or two
+    for fields in (1, 2):
+        t = synthesize(100, fields, 1, tmp_path / f"narrow{fields}")
+        assert len(t["informative"]) == 1 and len(t["informative"]) + len(t["redundant"]) + len(t["noise"]) == fields
 
 
 def test_synth_redundant_is_function_of_source(synth):

@@ -175,8 +175,9 @@ def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):
     one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "2", "--out", out),
                    "is a lightfmp run", "directory of its own")
     assert not (out / "truth.json").exists()
-    one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "5", "--out",
-                       tmp_path / "s"), "--fields 5, --informative 5")
+    one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "2", "--redundant", "4",
+                       "--out", tmp_path / "s"), "--redundant 4: must be in [0, 2]", "--fields 5, --informative 2")
+    assert not (tmp_path / "s").exists()
 
 
 def test_synth_refuses_sizes_the_machine_cannot_hold_before_any_work(tmp_path):

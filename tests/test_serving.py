@@ -42,6 +42,9 @@ def test_predictor_on_raw_records_equals_model_on_encoded_rows(s, mode):
     assert got.shape == (len(df),)
     assert np.abs(got - torch_probs(run, df)).max() <= 1e-5
     assert np.abs(p.predict(df) - got).max() == 0  # a DataFrame gives the same
+    assert np.abs(p.predict(pa.Table.from_pandas(df, preserve_index=False)) - got).max() == 0  # and an Arrow table
+    with pytest.raises(LightFMPError, match=re.escape("got a dict of columns; pass pandas.DataFrame(it)")):
+        p.predict({c: df[c].tolist() for c in df.columns})
 
 
 def test_predictor_typed_values_extra_columns_and_unseen(s):

@@ -19,6 +19,7 @@ synthetic output (its truth.json says so): never over files of the user's.
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from contextlib import contextmanager
@@ -172,20 +173,34 @@ def _plan(fields, informative, redundant, numeric):
     num_inf = 1 if (numeric >= 1 and informative >= 2) else 0
     k_cat = informative - num_inf
     if k_cat > n_cat:
-        raise ValueError(f"informative={informative} needs {k_cat} categorical fields but only "
-                         f"{n_cat} exist (fields - numeric); at most one numeric field is informative")
+        raise LightFMPError(f"--informative {informative} needs {k_cat} categorical fields but --fields {fields} "
+                            f"leaves {n_cat} beside its {numeric} numeric ones (at most one numeric field is "
+                            f"informative)")
     free = n_cat - k_cat
     if redundant is None:
         redundant = min(informative, free) if k_cat > 0 else 0
     if redundant < 0 or redundant > free:
-        raise ValueError(f"redundant={redundant} must be in [0, {free}]")
+        raise LightFMPError(f"--redundant {redundant}: must be in [0, {free}] (--fields {fields}, --informative "
+                            f"{informative})")
     if redundant > 0 and k_cat == 0:
-        raise ValueError("redundant copies need at least one categorical informative field")
+        raise LightFMPError(f"--redundant {redundant}: copies need at least one categorical informative field "
+                            f"(--informative {informative})")
     return n_cat, num_inf, k_cat, redundant
 
 
+NUMERIC = 2  # numeric fields of a table (fewer where it is too narrow)
+
+
+def _fits(fields, informative, redundant, numeric) -> bool:
+    try:
+        _plan(fields, informative, redundant, numeric)
+    except LightFMPError:
+        return False
+    return True
+
+
 def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
-               redundant: int | None = None, numeric: int = 2, fmt: str = "parquet") -> dict:
+               redundant: int | None = None, numeric: int | None = None, fmt: str = "parquet") -> dict:
     """Write ``out_dir/data.parquet`` (or ``data.csv``) and ``out_dir/truth.json``.
 
     ``fields`` counts every feature column (categorical ``f00..`` plus numeric ``n0..``);
@@ -195,11 +210,18 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
     out_dir (so the json bytes do not depend on where it was written).
     """
     if fmt not in ("parquet", "csv"):
-        raise ValueError(f"fmt must be 'parquet' or 'csv', got {fmt!r}")
-    if rows <= 0 or fields <= 0 or informative < 0 or numeric < 0 or numeric > fields:
-        raise ValueError("need rows > 0, fields > 0, informative >= 0 and 0 <= numeric <= fields")
+        raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
+    for flag, value, low in (("--rows", rows, 1), ("--fields", fields, 1), ("--informative", informative, 0)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+            raise LightFMPError(f"{flag} {value!r}: must be an integer >= {low}")
     if informative > fields:
-        raise ValueError(f"informative={informative} > fields={fields}")
+        raise LightFMPError(f"--informative {informative}: more than --fields {fields}")
+    numeric = min(NUMERIC, fields) if numeric is None else numeric
+    if not 0 <= numeric <= fields:
+        raise LightFMPError(f"numeric={numeric!r}: must be in [0, {fields}] (--fields)")
+    # the numeric fields a table this narrow has room for: as many as asked, fewer where the informative
+    # categorical fields need their places
+    numeric = next((n for n in range(numeric, -1, -1) if _fits(fields, informative, redundant, n)), numeric)
     out_dir = Path(out_dir)
     check_synth_out(out_dir)
     check_resources(rows, fields, fmt, out_dir)
