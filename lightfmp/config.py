@@ -277,14 +277,17 @@ def _where(key: str, source: str) -> str:
 def _shape_checked(value, tp, key, source):
     """`value`, unless YAML gave a mapping, or a list, where the field takes neither (`label: [a, b]`,
     `categorical: {a: 1}`, `hidden: [256, [1]]`): a one-line error naming the key and the type expected."""
+    unordered = (dict, set, frozenset)  # from Python: a set's text is no list of names ("{'a'}")
     if typing.get_origin(tp) is list:
-        nested = [v for v in value if isinstance(v, (dict, list, tuple))] if isinstance(value, (list, tuple)) else []
-        bad = value if isinstance(value, dict) else nested[0] if nested else None
+        nested = [v for v in value if isinstance(v, (*unordered, list, tuple))] if isinstance(value, (list, tuple)) \
+            else []
+        bad = value if isinstance(value, unordered) else nested[0] if nested else None
     else:
-        bad = value if isinstance(value, dict) or isinstance(value, (list, tuple)) and key not in TEXT_LISTS else None
+        bad = value if isinstance(value, unordered) or isinstance(value, (list, tuple)) and key not in TEXT_LISTS \
+            else None
     if bad is None:
         return value
-    shape = "a mapping" if isinstance(bad, dict) else "a list"
+    shape = "a mapping" if isinstance(bad, dict) else "a set" if isinstance(bad, (set, frozenset)) else "a list"
     got = f"{shape} {bad!r}" if bad is value else f"the item {bad!r}, {shape}"
     raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}, got {got}")
 

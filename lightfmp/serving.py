@@ -225,8 +225,8 @@ def _spellings(f: Field, v) -> list[str]:
 
 
 def _scalar(f: Field, v) -> None:
-    if _missing(v) or isinstance(v, (str, numbers.Number, np.generic, datetime.date, datetime.time,
-                                      datetime.timedelta)):
+    if _missing(v) or isinstance(v, (str, bytes, numbers.Number, np.generic, datetime.date, datetime.time,
+                                      datetime.timedelta)):  # bytes: a Parquet binary column's values
         return
     kind = f.kind.replace("_", "-")  # as the other messages spell it: multi-hot
     raise LightFMPError(f"field '{f.name}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or number")

