@@ -492,6 +492,24 @@ def test_a_hand_edited_metrics_file_fails_the_export_in_one_line(s, tmp_path, ed
     assert str(e.value).startswith(f"{run / 'metrics.json'}: ")
 
 
+def test_a_raw_export_refuses_an_empty_string_category(tmp_path):
+    """In Parquet '' is a value, not a missing one, and training keys it as a category; a raw-input export reads ''
+    as missing: refused in one line naming the field (an ids export keeps them apart)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    c = rng.choice(["", "x", "y"], 600)
+    pq.write_table(pa.table({"c": c, "label": (rng.random(600) < np.where(c == "", 0.8, 0.3)).astype(np.int64)}),
+                   tmp_path / "d.parquet")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "d.parquet"), label="label", categorical="c", epochs=1,
+                              embed_dim=4, hidden="8", device="cpu", no_select=True), tmp_path / "r", quiet=True)
+    assert "" in open_run(tmp_path / "r").schema.fields[0].vocab
+    with pytest.raises(LightFMPError, match="field 'c' has the empty string as a category") as e:
+        ex.export_run(tmp_path / "r", tmp_path / "raw", inputs="raw")
+    assert "\n" not in str(e.value) and not (tmp_path / "raw").exists()
+    ex.export_run(tmp_path / "r", tmp_path / "ids")  # validated against the run's test AUC
+
+
 def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(s["runs"]["mlp"], run)

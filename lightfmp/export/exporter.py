@@ -102,6 +102,11 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     if raw and hashed:
         raise LightFMPError(f"--inputs raw: field '{hashed[0]}' is hashed (--hash-buckets) and the ONNX graph cannot "
                             f"hash strings; export with --inputs ids (feature_schema.json gives the hash rule)")
+    empty = next((f.name for f in kept.fields if raw and f.kind == "categorical" and "" in (f.vocab or [])), None)
+    if empty is not None:  # a raw export sends a missing value as "": the two would read as one
+        raise LightFMPError(f"--inputs raw: field '{empty}' has the empty string as a category of its own (a "
+                            f"Parquet '' is not a missing value), which a raw-input export reads as missing; export "
+                            f"with --inputs ids")
     metrics = run.metrics()
     run_auc = metrics.get("test", {}).get("auc")
     name = triton_name if triton_name is not None else triton_model_name(out.name)
