@@ -13,6 +13,7 @@ one line on stderr and exit status 2.
 import hashlib
 import json
 import math
+import re
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -108,6 +109,20 @@ def each(values, convert):
     return out
 
 
+class Spelled:
+    """A hashed field's recorded spelling as `token` looks it up: '16' or '16.0', 'True' or 'true'."""
+
+    def __init__(self, spelling):
+        self.whole, self.bool = spelling["whole"], spelling["bool"]
+
+    def __contains__(self, text):
+        if re.fullmatch(r"-?[0-9]+(\.0)?", text):
+            return text.endswith(".0") == self.whole.endswith(".0")
+        if text in ("True", "False", "true", "false"):
+            return text[0].islower() == self.bool[0].islower()
+        return True
+
+
 def hashed_id(text, rule):
     """The hash rule of feature_schema.json: FNV-1a 64 then the splitmix64 finaliser, mod buckets."""
     h = 0xCBF29CE484222325
@@ -167,6 +182,8 @@ class Client:
         feeds = {}
         for s in self.schema["inputs"]:
             name, kind, known = s["name"], s["kind"], self.vocab.get(s["name"], {})
+            if "hash" in s and "spelling" in s["hash"]:  # no vocabulary: the spelling the training text used
+                known = Spelled(s["hash"]["spelling"])
             values = [r.get(name) for r in records]
             if kind == "numeric":  # the graph bucketizes; missing is NaN
                 feeds[name] = np.array(each(values, lambda v: number(s, v)), np.float32)

@@ -42,6 +42,19 @@ def check_boundaries(edges, where: str) -> None:
         raise LightFMPError(f"{where}: boundaries must be in ascending order, got {edges!r:.80}")
 
 
+# How the text training hashed spells a typed value, for a hashed field (no vocabulary to look a spelling up in):
+# a whole number as '16' or '16.0' (pandas writes an integer column with gaps as 16.0), a bool as 'True' or 'true'
+# (a CSV's text). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is served typed.
+SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true")}
+
+
+def check_spelling(spelling, where: str) -> None:
+    if not isinstance(spelling, dict) or set(spelling) != set(SPELLINGS) \
+            or any(spelling[k] not in SPELLINGS[k] for k in SPELLINGS):
+        raise LightFMPError(f"{where}: spelling {spelling!r:.80} must give "
+                            + " and ".join(f"{k} as {' or '.join(map(repr, v))}" for k, v in SPELLINGS.items()))
+
+
 @dataclass
 class Field:
     name: str
@@ -51,6 +64,7 @@ class Field:
     max_len: int = 0                      # multi_hot only: slots per row (longer lists are truncated)
     boundaries: list[float] | None = None  # numeric only: bucket edges
     hash_buckets: int | None = None       # categorical / multi_hot: hashed into this many ids, no vocab
+    spelling: dict[str, str] | None = None  # hashed only: how training's text spelled typed values (SPELLINGS)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -63,6 +77,8 @@ class Field:
             if isinstance(self.hash_buckets, bool) or int(self.hash_buckets) < 1:
                 raise LightFMPError(f"field '{self.name}': hash_buckets {self.hash_buckets!r} must be an integer >= 1")
             self.hash_buckets = int(self.hash_buckets)
+        if self.spelling is not None:
+            check_spelling(self.spelling, f"field '{self.name}'")
 
     @property
     def hashed(self) -> bool:
@@ -102,6 +118,8 @@ class Field:
             d["vocab"] = self.vocab
         if self.hashed:  # only when set, so schemas without hashing serialise as before
             d["hash_buckets"] = self.hash_buckets
+        if self.spelling is not None:
+            d["spelling"] = dict(self.spelling)
         return d
 
     @classmethod
@@ -127,7 +145,7 @@ class Field:
             if twice is not None:
                 raise LightFMPError(f"schema field '{d['name']}': vocab lists {twice!r} twice")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
-                   max_len=max_len, boundaries=edges, hash_buckets=hash_buckets)
+                   max_len=max_len, boundaries=edges, hash_buckets=hash_buckets, spelling=d.get("spelling"))
 
 
 def whole(d: dict, key: str, default, least: int, where: str):
@@ -350,7 +368,7 @@ def is_integral(x: np.ndarray) -> bool:
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
 
 
-__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "Field", "FeatureSchema", "encode_field",
+__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "Field", "FeatureSchema", "encode_field",
            "check_boundaries", "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts",
            "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding

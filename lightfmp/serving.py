@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import numbers
+import re
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,28 @@ def _number(v) -> float:
     return float(v)
 
 
+class _Spelled:
+    """Stands in for a hashed field's vocabulary where `_token` picks a spelling: holds the texts spelled as the
+    training text spelled its values (`Field.spelling`), and every text the spelling says nothing about."""
+
+    def __init__(self, spelling: dict[str, str]):
+        self.whole, self.bool = spelling["whole"], spelling["bool"]
+
+    def __contains__(self, text: str) -> bool:
+        if re.fullmatch(r"-?[0-9]+(\.0)?", text):
+            return text.endswith(".0") == self.whole.endswith(".0")
+        if text in ("True", "False", "true", "false"):
+            return text[0].islower() == self.bool[0].islower()
+        return True
+
+
+def _known(f: Field):
+    """What `_token` looks a value's spellings up in: the vocabulary, or a hashed field's recorded spelling."""
+    if f.hashed and f.spelling is not None:
+        return _Spelled(f.spelling)
+    return set(f.vocab or [])
+
+
 def _value_rule(f: Field):
     """The function that checks and converts one value of a categorical or multi-hot field f."""
     if f.kind == "multi_hot":
@@ -169,9 +192,9 @@ def _value_rule(f: Field):
                                         f"({type(bad[0]).__name__}) in {list(v)!r}")
                 return f.separator.join(str(t) for t in v)
             return _token(f, v, known)
-        known = set(f.vocab or [])
+        known = _known(f)
         return join
-    known = set(f.vocab or [])
+    known = _known(f)
     return lambda v: _token(f, v, known)
 
 

@@ -401,6 +401,29 @@ class Reservoir:
         return self.buf[:min(self.seen, self.size)]
 
 
+class Spellings:
+    """What a hashed field's text looks like, for `Field.spelling`: whether its whole numbers are written '16' or
+    '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling)."""
+
+    def __init__(self):
+        self.seen = dict.fromkeys(("int", "float", "title", "lower"), False)
+
+    def add(self, values: pa.Array) -> None:
+        """A batch's distinct texts."""
+        if not len(values):
+            return
+        for key, hit in (("int", lambda: pc.match_substring_regex(values, r"^-?[0-9]+$")),
+                         ("float", lambda: pc.match_substring_regex(values, r"^-?[0-9]+\.0$")),
+                         ("title", lambda: pc.is_in(values, pa.array(["True", "False"]))),
+                         ("lower", lambda: pc.is_in(values, pa.array(["true", "false"])))):
+            self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
+
+    def spelling(self) -> dict[str, str]:
+        s = self.seen
+        return {"whole": "16.0" if s["float"] and not s["int"] else "16",
+                "bool": "true" if s["lower"] and not s["title"] else "True"}
+
+
 class StreamFitter:
     """Fits the schema's unfitted fields from record batches: `add(batch, train)` per batch (only the rows where
     `train` is true count; a DataFrame of training rows works too), then `finish()`."""
@@ -415,13 +438,22 @@ class StreamFitter:
         self.reservoirs = {f.name: Reservoir(reservoir_size, np.random.default_rng([seed, i]))
                            for i, f in enumerate(schema.fields) if f in self.todo and f.kind == "numeric"}
         self.longest = {f.name: 0 for f in self.todo if f.kind == "multi_hot"}
+        # hashed fields have no vocabulary, only the spelling of their values to learn (fitted or not)
+        self.spellings = {f.name: Spellings() for f in schema.fields if f.hashed and f.spelling is None}
         self.rows = 0
 
     def add(self, data, train: np.ndarray | None = None) -> None:
         """Count a batch: a record batch, table or DataFrame, or its `FeatureSchema.code` (which must hold the
         fields being fitted); only the rows where `train` is true, when given."""
-        coded = data if isinstance(data, Coded) else self.schema.code(data, [f.name for f in self.todo])
+        coded = data if isinstance(data, Coded) else \
+            self.schema.code(data, list(dict.fromkeys([f.name for f in self.todo] + list(self.spellings))))
         self.rows += len(coded) if train is None else int(np.count_nonzero(train))
+        for name, spelled in self.spellings.items():
+            cells = coded.fields[name]
+            spelled.add(cells.values)
+            f = self.schema.field(name)
+            if f.kind == "multi_hot":
+                spelled.add(lists(cells, f.separator).tokens.values)
         for f in self.todo:
             cells = coded.fields[f.name]
             if f.kind == "numeric":
@@ -443,6 +475,8 @@ class StreamFitter:
 
     def finish(self) -> FeatureSchema:
         s = self.schema
+        for name, spelled in self.spellings.items():
+            s.field(name).spelling = spelled.spelling()
         for f in self.todo:
             if f.kind == "numeric":
                 r = self.reservoirs[f.name]

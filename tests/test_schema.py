@@ -77,7 +77,9 @@ def test_a_schema_file_with_edges_out_of_order_is_refused(tmp_path, edges, says)
     (lambda d: d["fields"].append(dict(d["fields"][0])), "field 'c' is listed twice"),
     (lambda d: d["fields"][0]["vocab"].append(d["fields"][0]["vocab"][0]), "vocab lists 'x' twice"),
     (lambda d: d["fields"][0]["vocab"].append(None), "vocab holds None; it is a list of strings"),
-    (lambda d: d["fields"][0].__setitem__("vocab", "x,y"), "vocab holds 'x,y'; it is a list of strings")])
+    (lambda d: d["fields"][0].__setitem__("vocab", "x,y"), "vocab holds 'x,y'; it is a list of strings"),
+    (lambda d: d["fields"][0].update(spelling={"whole": "16.00", "bool": "true"}),
+     "spelling .* must give whole as '16' or '16.0' and bool as 'True' or 'true'")])
 def test_a_schema_file_with_a_field_or_token_twice_is_refused(tmp_path, edit, says):
     """A field's place is its column, a token's place its id: either twice would train and export two things under
     one name."""

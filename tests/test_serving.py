@@ -307,6 +307,35 @@ def test_a_csv_bool_column_is_scored_as_trained(tmp_path):
     assert p.encode(read)["flag"].min() >= 2  # no row read as the OOV id (1)
 
 
+def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, example):
+    """A hashed field has no vocabulary to choose a spelling from: its fit records how the training text spelled
+    whole numbers and booleans ('16.0' for an integer column with gaps, 'true' for a CSV's text), and the Predictor
+    and the example client hash a value read back by pandas (16.0 -> 16.0, True) in that spelling."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    flag = rng.random(n) < 0.5
+    dev = rng.integers(0, 6, n).astype(float)
+    dev[::17] = np.nan  # pandas writes the column as 3.0, 4.0, ...
+    df = pd.DataFrame({"flag": np.where(flag, "true", "false"), "dev": dev, "u": rng.integers(0, 50, n).astype(str),
+                       "label": (rng.random(n) < np.where(flag, 0.8, 0.2)).astype(int)})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="label", categorical="flag,dev,u", epochs=2, embed_dim=4,
+                       hidden="8", batch_size=128, device="cpu", no_select=True, hash_buckets="flag:64,dev:64")
+    pipeline.run(cfg, tmp_path / "run", quiet=True)
+    spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run").schema.fields}
+    assert spelled == {"flag": {"whole": "16", "bool": "true"}, "dev": {"whole": "16.0", "bool": "True"}, "u": None}
+    export_run(tmp_path / "run", tmp_path / "exp")
+    p = Predictor(tmp_path / "exp")
+    read = pd.read_csv(tmp_path / "d.csv").drop(columns="label")  # bools and floats
+    text = pd.read_csv(tmp_path / "d.csv", dtype=str, keep_default_na=False).drop(columns="label")  # as trained
+    assert read["flag"].dtype == bool and read["dev"].dtype == float
+    assert np.array_equal(p.predict(read), p.predict(text.replace({"dev": {"": None}})))
+    records = [{"flag": bool(f), "dev": None if np.isnan(d) else int(d), "u": str(u)}
+               for f, d, u in zip(read["flag"], read["dev"], read["u"])]
+    client = example.Client(tmp_path / "exp")
+    assert np.abs(client.predict(records) - p.predict(read)).max() <= 1e-6
+
+
 def test_an_id_past_2_53_is_keyed_exactly_beside_a_gap():
     """Records become object columns value by value: an int column with a gap is not made float (which rounds
     ids past 2**53 onto their neighbours), so the key is training's (`encoding.tokens`)."""

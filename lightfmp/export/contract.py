@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import LightFMPError, first_repeat
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
-from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries
+from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries, check_spelling
 
 EXPORT_VERSION = 1
 SCHEMA_FILE = "feature_schema.json"
@@ -44,12 +44,17 @@ class Bucketize:
 
 @dataclass
 class HashRule:
-    """A hashed field's id rule (no vocabulary): FIRST_ID + stable_hash(value) % buckets."""
+    """A hashed field's id rule (no vocabulary): FIRST_ID + stable_hash(value) % buckets; `spelling`: how the text
+    it was trained on spells a typed value (`schema.SPELLINGS`; None for exports written before it was recorded)."""
     buckets: int
+    spelling: dict[str, str] | None = None
 
     def to_dict(self) -> dict:
-        return {"function": HASH_FUNCTION, "buckets": self.buckets, "first_id": FIRST_ID, "missing_id": OOV_ID,
-                "rule": HASH_RULE}
+        d = {"function": HASH_FUNCTION, "buckets": self.buckets, "first_id": FIRST_ID, "missing_id": OOV_ID,
+             "rule": HASH_RULE}
+        if self.spelling is not None:
+            d["spelling"] = dict(self.spelling)
+        return d
 
 
 @dataclass
@@ -86,7 +91,7 @@ class InputSpec:
                    separator=f.separator if f.kind == "multi_hot" else None,
                    max_len=f.max_len if f.kind == "multi_hot" else 0)
         if f.hashed:
-            spec.hash = HashRule(f.hash_buckets)
+            spec.hash = HashRule(f.hash_buckets, f.spelling)
         else:
             spec.vocab_file = f"vocab/{vocab_file_name(f.name)}"
             spec.vocab_sha256 = hashlib.sha256(vocab_text(f).encode()).hexdigest()
@@ -96,7 +101,8 @@ class InputSpec:
         """The schema field this input encodes (`vocab`: the tokens in id order, from the vocab file)."""
         return Field(self.name, self.kind, vocab=vocab, separator=self.separator, max_len=self.max_len,
                      boundaries=self.transform.boundaries if self.transform else None,
-                     hash_buckets=self.hash.buckets if self.hash else None)
+                     hash_buckets=self.hash.buckets if self.hash else None,
+                     spelling=self.hash.spelling if self.hash else None)
 
     def to_dict(self) -> dict:
         d: dict = {"name": self.name, "kind": self.kind, "oov_id": OOV_ID, "padding_id": PAD_ID,
@@ -155,7 +161,10 @@ class InputSpec:
         if "hash" in d:
             buckets = d["hash"].get("buckets") if isinstance(d["hash"], dict) else None
             _require(_is_int(buckets) and buckets >= 1, f"{where}: hash.buckets {buckets!r} must be an integer >= 1")
-            spec.hash = HashRule(int(buckets))
+            spelling = d["hash"].get("spelling")
+            if spelling is not None:
+                check_spelling(spelling, f"{where}: hash")
+            spec.hash = HashRule(int(buckets), spelling)
         else:
             _require("vocab_file" in d, f"{where}: a {kind} input needs a vocab_file or a hash rule")
             spec.vocab_file = relative_path(d["vocab_file"], f"{where}: vocab_file")
