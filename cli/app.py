@@ -179,8 +179,8 @@ def demo_cmd(out_dir: Optional[Path] = typer.Option(None, "--out", help="Where t
              backbone: str = typer.Option("deepfm", "--backbone", help="Backbone: mlp, deepfm, dcnv2 or widedeep."),
              compare: bool = typer.Option(True, "--compare/--no-compare", help="Also train all fields, for comparison."),
              quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines; the summary table only."),
-             force: bool = typer.Option(False, "--force", help="Replace runs in --out that an earlier demo did not "
-                                        "write (an earlier demo's are replaced without it).")):
+             force: bool = typer.Option(False, "--force", help="Replace runs in --out of other data than the demo's "
+                                        "(an earlier demo's runs are replaced without it).")):
     """The main job on an embedded default: `run` on MovieLens-100k (DeepFM), then a summary table."""
     res = demo(out_dir, backbone=backbone, compare=compare, quiet=quiet, force=force)
     print_summary(res["lightfmp"], res["run_dir"], res.get("all_fields"))

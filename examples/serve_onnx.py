@@ -6,7 +6,8 @@ lightfmp), to show that feature_schema.json and vocab/ are all a serving system 
 
 Prints one JSON line per record: {"probability": p} (with the made-up records, {"record": ..., "probability": p}). Records are encoded as `lightfmp.serving.Predictor` does:
 a key absent from some records is a missing value, a kept field absent from every record is an error; multi-hot
-values may be text or a list of tokens; True / False are the categories 'True' / 'False' and no number. The
+values may be text or a list of tokens; True / False are the categories 'True' / 'False' or 'true' / 'false'
+(whichever the vocabulary, or a hashed field's recorded spelling, holds) and no number. The
 files must be the ones the export wrote (sha256 in feature_schema.json) and inside EXPORT_DIR. Any problem is
 one line on stderr and exit status 2.
 """
@@ -95,7 +96,7 @@ def joined(s, v, known):
     bad = [t for t in v if not isinstance(t, (str, int)) or isinstance(t, bool)]
     if bad:
         raise ServeError(f"field '{s['name']}' (multi-hot) got token {bad[0]!r} ({type(bad[0]).__name__}) in {v!r}")
-    return s["separator"].join(str(t) for t in v)
+    return s["separator"].join(t if isinstance(t, str) else token(s, t, known) for t in v)
 
 
 def each(values, convert):

@@ -94,7 +94,11 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     path, fmt = check_source(cfg.data, cfg.format)  # --chunk-rows and the rest were range-checked by the config
     rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None)
     source, sha = str(path), sha256 or file_sha256(path)
+    given = schema is None and bool(cfg.schema)
     schema = _given_schema(cfg, schema)
+    if given:  # how this data spells a hashed field's values is fitted on it, whatever the file says
+        for f in schema.fields:
+            f.spelling = None
     on_disk = streaming(cfg)
     if on_disk:
         check_home(cfg.shard_dir)
@@ -108,7 +112,8 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
             return iter(held)
     codes = _split_codes(rule, batches, source)
     with CodedStore(shard_home(cfg.shard_dir) if on_disk else None) as kept:
-        if schema is None or not all(f.fitted for f in schema.fields):
+        if schema is None or not all(f.fitted for f in schema.fields) \
+                or given and any(f.hashed for f in schema.fields):
             schema = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, on_disk, kept)
         if kept.count and not on_disk:
             held.clear()  # the coded batches replace the read ones

@@ -7,6 +7,7 @@ from .cache import cache_home
 from .config import RunConfig
 from .datasets import fetch_movielens_100k
 from .errors import LightFMPError
+from .io import lightfmp_kind
 from .pipeline import run
 from .rundir import open_run
 from .progress import Reporter
@@ -43,13 +44,18 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
 
 
 def _check_replaceable(path: Path, data: Path, force: bool) -> None:
-    """Refuse to replace, without `force`, a run at `path` that is not on the demo's data (someone's own run)."""
-    if force or not path.exists():
+    """Refuse to replace, without `force`, a run at `path` of other data than the demo's MovieLens table (someone's
+    own run; a run on the demo's table, as an earlier demo left, is replaced), and anything not a run at all."""
+    if not path.exists():
+        return
+    if lightfmp_kind(path) != "run":  # not lightfmp's: --force would not replace it either
+        raise LightFMPError(f"{path}: exists and is not a lightfmp run; choose another --out")
+    if force:
         return
     try:
         ours = Path(str(open_run(path).config.data.data)).resolve() == Path(data).resolve()
     except LightFMPError:
         ours = False
     if not ours:
-        raise LightFMPError(f"{path}: exists and is not a run of an earlier demo; choose another --out, or give "
-                            f"--force to replace it")
+        raise LightFMPError(f"{path}: exists and is a run of other data than the demo's; choose another --out, or "
+                            f"give --force to replace it")

@@ -87,8 +87,8 @@ def _frame(records) -> pd.DataFrame:
         lists = records and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values())
         raise LightFMPError("records must be a list of dicts or a DataFrame (got " + (
             "a dict of columns; pass pandas.DataFrame(it)" if lists else "one dict; wrap it in a list") + ")")
-    if isinstance(records, (pa.Table, pa.RecordBatch)):  # as training reads Parquet: to pandas, typed values kept
-        return records.to_pandas()
+    if isinstance(records, (pa.Table, pa.RecordBatch)):  # integers with nulls stay exact Python ints (not floats,
+        return records.to_pandas(integer_object_nulls=True)  # which round ids past 2**53)
     try:
         if isinstance(records, (str, bytes)):  # iterable, but its items are characters
             raise TypeError
@@ -190,7 +190,7 @@ def _value_rule(f: Field):
                 if bad:
                     raise LightFMPError(f"field '{f.name}' (multi-hot) got token {bad[0]!r} "
                                         f"({type(bad[0]).__name__}) in {list(v)!r}")
-                return f.separator.join(str(t) for t in v)
+                return f.separator.join(t if isinstance(t, str) else _token(f, t, known) for t in v)
             return _token(f, v, known)
         known = _known(f)
         return join

@@ -205,6 +205,9 @@ def test_fetch_uses_existing_ctr_csv_only_as_written(tmp_path, monkeypatch):
     (d / "ctr.csv").write_text(",".join(CTR_COLUMNS) + "\n" + "y\n" * ml.N_RATINGS)
     with pytest.raises(LightFMPError, match="network used"):
         fetch_movielens_100k(quiet=True)
+    (d / ml.META_NAME).unlink()  # written before the record existed: known by the table's own sha256
+    monkeypatch.setattr(ml, "CTR_SHA256", file_sha256(d / "ctr.csv"))
+    assert fetch_movielens_100k(quiet=True) == d / "ctr.csv"
 
 
 def test_cached_raw_files_changed_since_the_fetch_are_not_used(tmp_path, monkeypatch):

@@ -472,11 +472,14 @@ def test_demo_replaces_an_earlier_demo_but_not_someone_elses_run(data, tmp_path,
     assert cli(*train_args(data, out / "lightfmp", "--quiet")).exit_code == 0  # the user's own run
     before = listing(out / "lightfmp")
     one_line_error(cli("demo", "--out", out, "--no-compare", "--quiet"), str(out / "lightfmp"),
-                   "is not a run of an earlier demo", "--force")
+                   "is a run of other data than the demo's", "--force")
     assert listing(out / "lightfmp") == before
     assert cli("demo", "--out", out, "--no-compare", "--quiet", "--force").exit_code == 0
     again = cli("demo", "--out", out, "--no-compare", "--quiet")  # now the demo's own: replaced without --force
     assert again.exit_code == 0, again.output
+    (tmp_path / "other" / "lightfmp").mkdir(parents=True)  # not a run at all: --force would not replace it either
+    one_line_error(cli("demo", "--out", tmp_path / "other", "--no-compare", "--force", "--quiet"),
+                   "is not a lightfmp run")
 
 
 @pytest.mark.parametrize("flags, shown", [(["--keep", "2"], "--keep 2 and --closing-test"),

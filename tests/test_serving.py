@@ -334,6 +334,12 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
                for f, d, u in zip(read["flag"], read["dev"], read["u"])]
     client = example.Client(tmp_path / "exp")
     assert np.abs(client.predict(records) - p.predict(read)).max() <= 1e-6
+    # the spelling describes the data, not the schema file: the same schema on typed Parquet data fits its own
+    df.astype({"dev": "Int64"}).assign(flag=flag).to_parquet(tmp_path / "d.parquet", index=False)
+    cfg2 = cfg.but(data=str(tmp_path / "d.parquet"), schema=str(tmp_path / "run" / "schema.json"), categorical=[])
+    pipeline.run(cfg2, tmp_path / "run2", quiet=True)
+    spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run2").schema.fields}
+    assert spelled["dev"] == {"whole": "16", "bool": "True"} and spelled["flag"] == {"whole": "16", "bool": "True"}
 
 
 def test_an_id_past_2_53_is_keyed_exactly_beside_a_gap():
