@@ -342,6 +342,18 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
     assert spelled["dev"] == {"whole": "16", "bool": "True"} and spelled["flag"] == {"whole": "16", "bool": "True"}
 
 
+def test_an_arrow_tables_ints_stay_exact_and_list_tokens_take_the_vocabularys_spelling():
+    """An Arrow int column with nulls is not made float on its way to pandas (ids past 2**53 would round); a
+    multi-hot list's number tokens are spelled as the vocabulary holds them, as a scalar value is."""
+    from lightfmp.schema import Field
+    from lightfmp.serving import _frame, _value_rule
+    big = 2 ** 60 + 3
+    frame = _frame(pa.table({"id": pa.array([big, None], type=pa.int64())}))
+    assert frame["id"].tolist()[0] == big
+    f = Field("t", "multi_hot", vocab=["16.0", "a"], separator="|", max_len=2)
+    assert _value_rule(f)([16, "a"]) == "16.0|a"
+
+
 def test_an_id_past_2_53_is_keyed_exactly_beside_a_gap():
     """Records become object columns value by value: an int column with a gap is not made float (which rounds
     ids past 2**53 onto their neighbours), so the key is training's (`encoding.tokens`)."""
