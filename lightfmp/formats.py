@@ -164,15 +164,18 @@ def _ahead(items: Iterator):
             yield item
 
 
-def read_batches(path: str | Path, fmt: str, chunk_rows: int) -> Iterator[tuple[pd.DataFrame, int]]:
+def read_batches(path: str | Path, fmt: str, chunk_rows: int,
+                 exact_ints: bool = False) -> Iterator[tuple[pd.DataFrame, int]]:
     """(DataFrame of at most chunk_rows rows with a fresh RangeIndex, global row number of its first row): the
-    tables of `read_tables` as pandas frames (the Criteo / Avazu columns as text)."""
+    tables of `read_tables` as pandas frames (the Criteo / Avazu columns as text). `exact_ints`: an integer column
+    with nulls holds Python ints and None, as training read it (pandas' default makes it float, which rounds ids
+    past 2**53)."""
     _, fmt = check_source(path, fmt)
     for table, start in read_tables(path, fmt, chunk_rows):
         if fmt in ("criteo", "avazu"):
             table = pa.table([c.cast(pa.string()) if pa.types.is_dictionary(c.type) else c for c in table.columns],
                              names=table.schema.names)
-        df = table.to_pandas()
+        df = table.to_pandas(integer_object_nulls=exact_ints)
         df.columns = [str(c) for c in df.columns]
         yield df, start
 

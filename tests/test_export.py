@@ -510,6 +510,26 @@ def test_a_raw_export_refuses_an_empty_string_category(tmp_path):
     ex.export_run(tmp_path / "r", tmp_path / "ids")  # validated against the run's test AUC
 
 
+@pytest.mark.parametrize("hashed", [None, "big:64"])
+def test_ids_past_2_53_with_nulls_export_and_validate(tmp_path, hashed):
+    """The export re-reads its test rows from the file: an int64 column with nulls stays exact (pandas' default
+    float would round ids past 2**53 onto their neighbours and fail a correct export's AUC check)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    n = 3000
+    base = rng.integers(0, 40, n)
+    big = pa.array([None if i % 11 == 0 else 2 ** 60 + int(b) for i, b in enumerate(base)], type=pa.int64())
+    pq.write_table(pa.table({"big": big, "g": rng.integers(0, 30, n).astype(str),
+                             "label": (rng.random(n) < np.where(base % 2 == 0, 0.8, 0.2)).astype(np.int64)}),
+                   tmp_path / "d.parquet")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "d.parquet"), label="label", categorical="big,g", epochs=2,
+                              embed_dim=4, hidden="8", device="cpu", no_select=True, hash_buckets=hashed),
+                 tmp_path / "r", quiet=True)
+    doc = ex.export_run(tmp_path / "r", tmp_path / "e")
+    assert doc["validation"]["auc_diff_vs_run"] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(s["runs"]["mlp"], run)

@@ -58,7 +58,7 @@ def run_test_frame(run, max_rows: int) -> HeldOut:
     order = np.argsort(numbers, kind="stable")[:max_rows]
     wanted, labels = numbers[order], test.labels()[order]
     parts = []
-    for df, start in read_batches(cfg.data.data, cfg.data.format, cfg.data.chunk_rows):
+    for df, start in read_batches(cfg.data.data, cfg.data.format, cfg.data.chunk_rows, exact_ints=True):
         pos = wanted[(wanted >= start) & (wanted < start + len(df))] - start
         if len(pos):
             parts.append(df.iloc[pos])
