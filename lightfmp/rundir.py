@@ -267,13 +267,13 @@ def _fields_read(metrics: dict) -> dict[str, list[str]]:
             if key in fields}
 
 
-def _check_fields(p: Path, run: Run, weights: Path, trained: dict[str, str]) -> None:
-    """The fields metrics.json names for `weights` are the ones it was trained on (in order): a list edited by hand
-    would load another field's weights under a name of the same vocabulary size, or fail as a mismatched checkpoint."""
-    said = _fields_read(run.metrics()).get(weights.name)
-    if "fields" not in trained or said is None or said == json.loads(trained["fields"]):
+def _check_fields(p: Path, said: list[str] | None, weights: Path, trained: dict[str, str]) -> None:
+    """The fields metrics.json names for `weights` (`said`) are the ones it was trained on (in order): a list edited
+    by hand would load another field's weights under a name of the same vocabulary size, or fail as a mismatched
+    checkpoint."""
+    was = json.loads(trained["fields"]) if "fields" in trained else None
+    if was is None or said is None or said == was:
         return
-    was = json.loads(trained["fields"])
     key = "fields.kept" if weights.name == "model.safetensors" else "fields.all"
     at = next((i for i, (a, b) in enumerate(zip(said, was)) if a != b), min(len(said), len(was)))
     what = f"field {at + 1} is {said[at]!r} where {weights.name} was trained on {was[at]!r}" \
@@ -281,9 +281,9 @@ def _check_fields(p: Path, run: Run, weights: Path, trained: dict[str, str]) -> 
     raise LightFMPError(f"{p / 'metrics.json'}: {key}: {what} (edited?): restore it or train again")
 
 
-def _check_trained(p: Path, info: dict, config: RunConfig, weights: Path, trained: dict[str, str]) -> None:
-    """run.json and config.yaml still say what `weights` was trained with (`trained`: its `trained_record`)."""
-    now = trained_record(info, config)
+def _check_trained(p: Path, now: dict[str, str], weights: Path, trained: dict[str, str]) -> None:
+    """run.json and config.yaml still say (`now`: their `trained_record`) what `weights` was trained with
+    (`trained`: its record)."""
     for key in sorted(set(now) & set(trained)):  # (a run.json without a split is refused as an older run's)
         if now[key] != trained[key]:
             where, name = ("run.json", "split") if key == "run.split" else ("config.yaml", key.split(".", 1)[1])
@@ -351,7 +351,7 @@ def open_run(path: str | Path) -> Run:
         raise LightFMPError(f"{p}: not a directory")
     info = _read_info(p)
     run = Run(p, info, _read_config(p, info), _read_schema(p, info))
-    run.metrics()
+    metrics = run.metrics()
     weights = []
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
@@ -360,11 +360,11 @@ def open_run(path: str | Path) -> Run:
             _check_weights(p / OPTIMIZER_FILE)
     if run.state == "complete":
         weights.append(p / "model.safetensors")
+    now, fields = trained_record(info, run.config), _fields_read(metrics)
     for path in weights:  # runs written before the weights carried these records have none to compare
         meta = _check_weights(path)
-        if meta:
-            _check_trained(p, info, run.config, path, meta)
-        _check_fields(p, run, path, meta)
+        _check_trained(p, now, path, meta)
+        _check_fields(p, fields.get(path.name), path, meta)
     return run
 
 

@@ -46,6 +46,8 @@ def check_boundaries(edges, where: str) -> None:
 # a whole number as '16' or '16.0' (pandas writes an integer column with gaps as 16.0), a bool as 'True' or 'true'
 # (a CSV's text). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is served typed.
 SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true")}
+WHOLE_TEXT = r"-?[0-9]+"          # a whole number's text ('16'; '16.0' is it with ".0")
+BOOL_TEXTS = ("True", "False")    # a typed column's booleans ('true' / 'false': the same, lower case)
 
 
 def check_spelling(spelling, where: str) -> None:
@@ -368,7 +370,7 @@ def is_integral(x: np.ndarray) -> bool:
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
 
 
-__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "Field", "FeatureSchema", "encode_field",
+__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "WHOLE_TEXT", "BOOL_TEXTS", "Field", "FeatureSchema", "encode_field",
            "check_boundaries", "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts",
            "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding

@@ -20,7 +20,7 @@ from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
-from .schema import FeatureSchema, Field
+from .schema import BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -167,9 +167,9 @@ class _Spelled:
         self.whole, self.bool = spelling["whole"], spelling["bool"]
 
     def __contains__(self, text: str) -> bool:
-        if re.fullmatch(r"-?[0-9]+(\.0)?", text):
+        if re.fullmatch(f"{WHOLE_TEXT}(\\.0)?", text):
             return text.endswith(".0") == self.whole.endswith(".0")
-        if text in ("True", "False", "true", "false"):
+        if text in BOOL_TEXTS or text in [b.lower() for b in BOOL_TEXTS]:
             return text[0].islower() == self.bool[0].islower()
         return True
 

@@ -37,7 +37,8 @@ from .config import DataConfig
 from .encoding import MISSING_TEXT, column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import FeatureSchema, Field, quantile_edges, clamp_max_len, is_integral, vocab_from_counts
+from .schema import (BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len, is_integral, quantile_edges,
+                     vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
 RESERVOIR_SIZE = 200_000
@@ -412,10 +413,10 @@ class Spellings:
         """A batch's distinct texts."""
         if not len(values):
             return
-        for key, hit in (("int", lambda: pc.match_substring_regex(values, r"^-?[0-9]+$")),
-                         ("float", lambda: pc.match_substring_regex(values, r"^-?[0-9]+\.0$")),
-                         ("title", lambda: pc.is_in(values, pa.array(["True", "False"]))),
-                         ("lower", lambda: pc.is_in(values, pa.array(["true", "false"])))):
+        for key, hit in (("int", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}$")),
+                         ("float", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}\\.0$")),
+                         ("title", lambda: pc.is_in(values, pa.array(BOOL_TEXTS))),
+                         ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS])))):
             self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
 
     def spelling(self) -> dict[str, str]:

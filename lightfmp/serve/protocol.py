@@ -268,7 +268,8 @@ def _from_json(data, datatype: str, count: int, name: str, shape: list[int]) -> 
     if not ok:
         _refuse_value(flat, datatype, name)
     if datatype == "BYTES":
-        bad = next((i for i, v in enumerate(flat) if not unicode_text(v)), None)
+        # one pass over all the text (a lone surrogate fails it); the value is looked for only then
+        bad = None if unicode_text("".join(flat)) else next(i for i, v in enumerate(flat) if not unicode_text(v))
         if bad is not None:
             raise RequestError(f"input '{name}': value {bad} is not valid Unicode (a lone surrogate escape such as "
                                f"\\ud800)")
