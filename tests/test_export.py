@@ -21,7 +21,7 @@ from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.export import contract, graph
 from lightfmp.export.exporter import triton_model_name
-from lightfmp.export.validate import AUC_TOLERANCE, run_test_frame
+from lightfmp.export.validate import AUC_TOLERANCE, run_test_frame, tie_slack
 from lightfmp.metrics import roc_auc
 from lightfmp.profiling import Budget, profile
 from lightfmp.rundir import open_run
@@ -466,6 +466,47 @@ def test_auc_far_from_the_runs_recorded_auc_fails_the_export(s, tmp_path):
     (run / "metrics.json").write_text(json.dumps(m))
     v = ex.export_run(run, tmp_path / "out")["validation"]
     assert v["auc_tolerance"] == AUC_TOLERANCE and v["auc_diff_vs_run"] == pytest.approx(AUC_TOLERANCE / 2, abs=1e-6)
+
+
+def test_tie_slack_is_the_share_of_pairs_near_a_tie():
+    rng = np.random.default_rng(0)
+    y, p = rng.integers(0, 2, 60), rng.integers(0, 6, 60) / 8  # six score levels (exact in binary): many ties
+    for delta in (0.0, 0.0625, 0.125, 0.25, 1.0):
+        pos, neg = p[y == 1], p[y == 0]
+        brute = sum(abs(a - b) <= delta for a in pos for b in neg) / (len(pos) * len(neg))
+        assert tie_slack(y, p, delta) == pytest.approx(brute)
+    assert tie_slack(y, np.full(60, 0.3), 0.0) == 1.0           # every pair tied: the AUC could be anything
+    assert tie_slack(y, y * 1.0, 0.5) == 0.0                    # every pair apart by 1
+    assert tie_slack(np.zeros(5), np.arange(5.0), 1.0) == 0.0   # one label only: no pairs
+
+
+def test_a_correct_export_of_a_small_split_of_tied_scores_passes_where_its_ties_break_otherwise(tmp_path):
+    """Two fields of 2 and 7 values: 14 distinct rows, so the ~60 test rows' scores tie in groups. The run scored them
+    with its own batching; a runtime that breaks those ties by 1e-8 moves the AUC by a whole tied group's pairs."""
+    rng = np.random.default_rng(2)
+    a, b = rng.integers(0, 2, 600), rng.integers(0, 7, 600)
+    y = (rng.random(600) < 1 / (1 + np.exp(-(a - 0.5 + 0.3 * (b - 3))))).astype(int)
+    pd.DataFrame({"a": [f"a{v}" for v in a], "b": [f"b{v}" for v in b], "label": y}).to_csv(tmp_path / "t.csv",
+                                                                                         index=False)
+    pipeline.run(RunConfig.of(data=str(tmp_path / "t.csv"), label="label", no_select=True, epochs=2, embed_dim=4,
+                              hidden="8", device="cpu"), tmp_path / "run", quiet=True)
+    held = run_test_frame(open_run(tmp_path / "run"), 10 ** 9)
+    probs = torch_probs(tmp_path / "run", held.frame).astype(np.float64)
+    assert len(np.unique(probs)) <= 14 < len(probs)
+    # the AUC with every tied (positive, negative) pair ordered for the positive: what the run could have recorded
+    pos, neg = probs[held.labels == 1], probs[held.labels == 0]
+    ties = (pos[:, None] == neg[None, :]).sum()
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    m["test"]["auc"] = roc_auc(held.labels, probs) + 0.5 * ties / (len(pos) * len(neg))
+    assert m["test"]["auc"] - roc_auc(held.labels, probs) > AUC_TOLERANCE
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    v = ex.export_run(tmp_path / "run", tmp_path / "out")["validation"]
+    assert v["auc_tolerance"] == pytest.approx(ties / (len(pos) * len(neg)), abs=0.02) and v["auc_tolerance"] > 0.01
+    m["test"]["auc"] += v["auc_tolerance"] + 0.01  # beyond what the ties can move: still a failed export
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(LightFMPError, match=r"differs from the run's recorded test AUC"):
+        ex.export_run(tmp_path / "run", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize("edit,msg", [
