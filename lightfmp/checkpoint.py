@@ -3,6 +3,8 @@
     <out>.ckpt/<phase>.safetensors   model, optimizer moments and the best epoch's weights (tensors)
     <out>.ckpt/<phase>.json          epochs done, history so far, best score, and the key below (everything else)
 
+    <out>.lock                       held while a command writes <out> and its checkpoints (`one_writer`)
+
 The checkpoints live beside the run directory because `train` creates <out> only at the very end (atomically) and
 `prune` rewrites it. A checkpoint is used only when its key matches: the phase, the sha256 of the resolved config
 and of the data, plus phase-specific values (prune: the kept fields, the pretrained weights' sha256, the epochs).
@@ -11,12 +13,16 @@ No RNG state is stored: the training loop reseeds every random stream at the sta
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
+import os
 import re
 import signal
+import stat
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +30,11 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (a second command on the same <out> then shares its checkpoints)
+    fcntl = None
 
 from .errors import LightFMPError
 from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text, os_errors_of
@@ -55,6 +66,107 @@ def check_place(out: str | Path) -> None:
                             f"their own")
     if d.exists() and not d.is_dir():
         raise LightFMPError(f"{d}: is not a folder; checkpoints of {Path(out).name} need this path (move it away)")
+
+
+LOCK_FORMAT = "lightfmp-lock"
+
+
+def lock_path(out: str | Path) -> Path:
+    out = Path(os.path.abspath(out))  # "." (a run pruned from inside it) has a name once made absolute
+    return out.with_name(out.name + ".lock")
+
+
+@contextmanager
+def one_writer(out: str | Path, command: str):
+    """Hold <out>.lock while the block writes <out> and <out>.ckpt, so that a second command on the same <out>
+    (another terminal, a second job) is refused at its start instead of reading and overwriting the first one's
+    checkpoints and publishing over its run. The lock is the operating system's (flock): it goes with the process
+    however that ends, and a lock file left by a killed process is taken over. A file at that path that lightfmp
+    did not write is refused, never overwritten or deleted. Folders made for the lock and left empty are removed."""
+    if fcntl is None or not Path(os.path.abspath(out)).name:  # the root: refused by the command's own checks
+        yield
+        return
+    path = lock_path(out)
+    made = _make_parents(path.parent)
+    fd = None
+    try:
+        fd = _acquire(path, command)
+        yield
+    finally:
+        if fd is not None:
+            try:
+                if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                    path.unlink()
+            except OSError:
+                pass
+            os.close(fd)  # after the unlink: a command waiting on this inode finds it gone and makes its own
+        for d in reversed(made):
+            try:
+                d.rmdir()
+            except OSError:  # not empty: the run was published there
+                break
+
+
+def _make_parents(folder: Path) -> list[Path]:
+    made = []
+    for d in reversed([folder, *folder.parents]):
+        if not d.exists():
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise LightFMPError(f"{folder}: cannot create the folder ({e.strerror or e})") from None
+            made.append(d)
+    return made
+
+
+def _acquire(path: Path, command: str) -> int:
+    for _ in range(100):  # another command may unlink the file between our open and our lock: open it again
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise LightFMPError(f"{path}: is a symbolic link; lightfmp needs this path for the lock of "
+                                    f"{path.with_suffix('').name} (move it away)") from None
+            raise LightFMPError(f"{path}: cannot create the lock of {path.with_suffix('').name} "
+                                f"({e.strerror or e})") from None
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise LightFMPError(f"{path}: is not a file; lightfmp needs this path for the lock of "
+                                    f"{path.with_suffix('').name} (move it away)")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = _lock_record(fd)
+                who = f"pid {held['pid']}, `lightfmp {held['command']}`" if held else "another process"
+                raise LightFMPError(f"{path.with_suffix('')}: another lightfmp command is writing it ({who}); wait "
+                                    f"for it to end, or give another --out") from None
+            try:
+                same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            if os.fstat(fd).st_size and _lock_record(fd) is None:
+                raise LightFMPError(f"{path}: is not a lock file of lightfmp's; lightfmp needs this path for the "
+                                    f"lock of {path.with_suffix('').name} (move it away)")
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"format": LOCK_FORMAT, "pid": os.getpid(), "command": command}).encode(), 0)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+    raise LightFMPError(f"{path}: could not take the lock (it kept being replaced)")
+
+
+def _lock_record(fd: int) -> dict | None:
+    try:
+        doc = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == LOCK_FORMAT else None
 
 
 def config_sha256(cfg) -> str:

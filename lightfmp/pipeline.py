@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -16,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
-from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
+from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256, one_writer
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
@@ -123,7 +124,14 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
     check_no_rule_without_gates(cfg)
-    return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
+    _check_out(Path(out), force)  # what is refused is refused in its own words, before the lock beside it
+    with _one_writer(out, "train"):
+        return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
+
+
+def _one_writer(out: str | Path, command: str):
+    """The lock of <out> for the command (rank 0 holds it for every rank of a torchrun job)."""
+    return one_writer(out, command) if dist.is_main() else contextlib.nullcontext()
 
 
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
@@ -258,8 +266,10 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     given = {k: v for k, v in dict(keep=keep, threshold=threshold, continue_epochs=continue_epochs).items()
              if v is not None}
     rule = RunConfig.from_dict(given, COMMAND_LINE).prune
-    return _prune(open_run(run_dir), rule.keep, rule.threshold, rule.continue_epochs, quiet,
-                  default_rule=default_rule)
+    path = open_run(run_dir).path  # refuses what is not a run, in its own words, before the lock beside it
+    with _one_writer(path, "prune"):
+        return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
+                      default_rule=default_rule)
 
 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
@@ -453,6 +463,12 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     out = Path(out)
     check_name_length(out)
     check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as one from the CLI
+    _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)
+    with _one_writer(out, "run"):
+        return _run(cfg, out, force, quiet, data)
+
+
+def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | None) -> dict:
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch

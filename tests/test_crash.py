@@ -20,6 +20,7 @@ import torch
 
 from lightfmp import checkpoint as ckpt_files, pipeline
 from lightfmp.config import RunConfig
+from lightfmp.errors import LightFMPError
 
 from helpers import write_csv
 
@@ -188,3 +189,55 @@ def test_removing_the_checkpoints_takes_what_a_killed_safetensors_write_left(tmp
     ckpt_files.remove(out)
     assert sorted(p.name for p in d.iterdir()) == ["notes.txt"]
 
+
+
+HOLD = ("import sys, time\nfrom lightfmp.checkpoint import one_writer\nwith one_writer(sys.argv[1], 'run'):\n"
+        "    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "prune"])
+def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(data, tmp_path, command):
+    """Two commands on one --out would share <out>.ckpt: each resumes from and overwrites the other's checkpoints,
+    and the later publishes over the first. The second is refused at its start, naming the holder, and writes
+    nothing; once the first ends, its lock file and the folders made for it are gone."""
+    from typer.testing import CliRunner
+    from lightfmp.cli.app import app
+    out = tmp_path / "new" / "r"
+    if command == "prune":  # a pretrained run, as `run` leaves it before phases 2-3
+        pipeline.train(RunConfig.of(data=str(data), **{k: v for k, v in SETTINGS.items() if k != "keep"}), out,
+                       quiet=True)
+    before = sorted(p.name for p in out.parent.iterdir()) if out.parent.exists() else []
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert json.loads(ckpt_files.lock_path(out).read_text())["pid"] == holder.pid
+        settings = {k: v for k, v in SETTINGS.items() if command == "run" or k != "keep"}
+        args = [command, str(out)] if command == "prune" else [command, "--data", str(data), "--out", str(out),
+                                                               *flags(settings)]
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
+        assert f"{out}: another lightfmp command is writing it (pid {holder.pid}, `lightfmp run`)" in res.output
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted(before + ["r.lock"])
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == before if before else not (tmp_path / "new").exists()
+
+
+def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_is_refused(data, tmp_path):
+    cfg = RunConfig.of(data=str(data), **SETTINGS)
+    lock = ckpt_files.lock_path(tmp_path / "r")
+    lock.write_text(json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 1, "command": "run"}))  # no process holds it
+    pipeline.run(cfg, tmp_path / "r", quiet=True)
+    assert complete(tmp_path / "r") and not lock.exists()
+    mine = ckpt_files.lock_path(tmp_path / "mine")
+    mine.write_text("my notes")
+    with pytest.raises(LightFMPError, match=r"mine.lock: is not a lock file of lightfmp's"):
+        pipeline.run(cfg, tmp_path / "mine", quiet=True)
+    assert mine.read_text() == "my notes" and not (tmp_path / "mine").exists()
+    link = ckpt_files.lock_path(tmp_path / "link")
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LightFMPError, match=r"link.lock: is a symbolic link"):
+        pipeline.train(cfg, tmp_path / "link", quiet=True)
+    assert not (tmp_path / "elsewhere").exists()
