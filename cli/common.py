@@ -74,6 +74,17 @@ def _bad_value(command, ctx, args: list[str], e: typer.BadParameter):
          else f"{name}: {EXPECTED.get(annotation) or e.message}")
 
 
+def _no_empty_paths(command, ctx, args: list[str]) -> None:
+    """A path given as '' (`--out "$UNSET"`) would be read as the current directory: refuse it in one line."""
+    raw = command.make_parser(ctx).parse_args(args=list(args))[0]
+    for param in command.params:
+        if getattr(getattr(param, "type_descriptor", None), "annotation", None) is not Path:
+            continue
+        value = raw.get(param.name)
+        if value == "" or (isinstance(value, (list, tuple)) and "" in value):
+            fail(f"{_name(param)} '': is empty; give a path (. for the current directory)")
+
+
 class Command(TyperCommand):
     """A command whose help shows no value type after on/off flags and writes its arguments in the usage line as
     `RUN` (`[RUN]` when optional) rather than `{run}`, and whose options end a value of the wrong type
@@ -86,11 +97,13 @@ class Command(TyperCommand):
     def parse_args(self, ctx, args):
         given = list(args)
         try:
-            return super().parse_args(ctx, args)
+            rest = super().parse_args(ctx, args)
         except typer.BadParameter as e:
             _bad_value(self, ctx, given, e)
         except _CLICK_ERRORS.UsageError as e:  # --force=1, --epochs without its value, an unknown option
             fail(e.format_message())
+        _no_empty_paths(self, ctx, given)
+        return rest
 
     def collect_usage_pieces(self, ctx) -> list[str]:
         pieces = [self.options_metavar] if self.options_metavar else []

@@ -472,3 +472,19 @@ def test_prune_after_the_data_changed(tmp_path):
     pd.read_csv(p).drop(columns=["b"]).to_csv(p, index=False)
     r = cli("prune", tmp_path / "r", "--quiet")
     assert r.exit_code == 2 and "data changed" in r.output
+
+
+@pytest.mark.parametrize("args,name", [
+    (["data", "synth", "--rows", "300", "--out", ""], "--out"),
+    (["run", "--data", "DATA", "--label", "label", "--out", ""], "--out"),
+    (["inspect", ""], "RUN"),
+    (["export", "RUN", "--out", ""], "--out"),
+    (["serve", ""], "EXPORT_DIR"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_directory(data, pretrained, tmp_path, monkeypatch, args,
+                                                                    name):
+    monkeypatch.chdir(tmp_path)
+    r = cli(*[str(data) if a == "DATA" else str(pretrained) if a == "RUN" else a for a in args])
+    assert r.exit_code == 2 and r.output.strip() == f"error: {name} '': is empty; give a path (. for the current " \
+                                                     f"directory)", r.output
+    assert list(tmp_path.iterdir()) == []

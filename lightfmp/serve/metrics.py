@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from ..serving import RUN_ROWS
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # request latency buckets, seconds
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -81,7 +83,8 @@ class Metrics:
             lines += h.lines("lightfmp_request_duration_seconds", f'endpoint="{e}"')
         lines += ["# HELP lightfmp_requests_in_flight Requests being handled now (this scrape excluded).",
                   "# TYPE lightfmp_requests_in_flight gauge", f"lightfmp_requests_in_flight {self.in_flight}",
-                  "# HELP lightfmp_model_calls_total ONNX Runtime calls (one per dynamic batch).",
+                  "# HELP lightfmp_model_calls_total Model calls: one per dynamic batch, which ONNX Runtime runs in slices of "
+                  f"at most {RUN_ROWS} rows.",
                   "# TYPE lightfmp_model_calls_total counter",
                   f'lightfmp_model_calls_total{{model="{m}"}} {self.calls}',
                   "# HELP lightfmp_rows_scored_total Rows scored by the model.",
