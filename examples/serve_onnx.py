@@ -89,6 +89,26 @@ def number(s, v):
     raise ServeError(f"field '{s['name']}' is numeric but got {v!r} ({type(v).__name__})")
 
 
+def derived(s, v):
+    """A value the model reads derived from the data file's raw value, as training derived it (`derive` in
+    feature_schema.json). criteo_log_square: a count v > 2 becomes floor(ln(v)^2) as text, others their text."""
+    if "derive" not in s:
+        return v
+    if missing(v) or v == "":
+        return None
+    if s["derive"]["type"] != "criteo_log_square":
+        raise ServeError(f"field '{s['name']}': unknown derive type {s['derive']['type']!r}")
+    try:
+        x = int(v) if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v) else v
+        if isinstance(x, str):
+            x = float(x)
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not float(x).is_integer():
+            raise ValueError
+    except (ValueError, OverflowError):
+        raise ServeError(f"field '{s['name']}' (a Criteo count) got {v!r}; expected an integer") from None
+    return str(int(math.floor(math.log(x) ** 2)) if x > 2 else int(x))
+
+
 def joined(s, v, known):
     """A multi-hot value's text: a list of tokens joined by the field's separator, or a scalar as `token` reads it."""
     if not isinstance(v, list):
@@ -185,7 +205,7 @@ class Client:
             name, kind, known = s["name"], s["kind"], self.vocab.get(s["name"], {})
             if "hash" in s and "spelling" in s["hash"]:  # no vocabulary: the spelling the training text used
                 known = Spelled(s["hash"]["spelling"])
-            values = [r.get(name) for r in records]
+            values = each([r.get(name) for r in records], lambda v: derived(s, v))
             if kind == "numeric":  # the graph bucketizes; missing is NaN
                 feeds[name] = np.array(each(values, lambda v: number(s, v)), np.float32)
             elif kind == "categorical":

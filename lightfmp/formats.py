@@ -412,6 +412,48 @@ def _criteo_numbers(values: pa.Array) -> np.ndarray:
     return pd.to_numeric(values.to_pandas(), errors="coerce").to_numpy(dtype=np.float64)
 
 
+# Criteo's I columns as the model reads them: recorded in an export's inputs (`derive`), so that a raw count sent to
+# the Predictor, `lightfmp serve` or the example client is turned into the text the vocabulary holds
+CRITEO_DERIVE = "criteo_log_square"
+CRITEO_DERIVE_RULE = ("a raw count v (an integer) becomes floor(ln(v)^2) when v > 2 and stays v otherwise, then its "
+                      "decimal text; an empty value is missing")
+
+
+def derived(fmt: str, column: str) -> str | None:
+    """How `fmt` derives the column the model reads from the file's raw value (None: it reads the value as it is).
+    Avazu's derived columns have names of their own (a record with only `hour` lacks them, and is refused)."""
+    return CRITEO_DERIVE if fmt == "criteo" and column in CRITEO_INT else None
+
+
+def criteo_log_square(x: np.ndarray) -> np.ndarray:
+    """floor(ln(v)^2) for v > 2, else v (0, 1, 2 and negatives unchanged); NaN stays NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3.0)) ** 2), x)
+
+
+def criteo_texts(values: list, name: str) -> list:
+    """The model's texts for raw counts given at serving time (ints, integral floats or their text; None / NaN / ''
+    missing), by training's rule (`_criteo`); the first value that is not an integer is refused, naming its record."""
+    x = np.full(len(values), np.nan)
+    text = [i for i, v in enumerate(values) if isinstance(v, str) and v != ""]
+    if text:
+        x[text] = _criteo_numbers(pa.array([values[i] for i in text], pa.string()))
+    for i, v in enumerate(values):
+        if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
+            x[i] = float(v)
+        elif not (v is None or v == "" or isinstance(v, str) or (isinstance(v, float) and np.isnan(v))):
+            raise LightFMPError(f"record {i}, field '{name}' (a Criteo count) got {v!r} ({type(v).__name__}); "
+                                f"expected an integer")
+    present = np.array([not (v is None or v == "" or (isinstance(v, float) and np.isnan(v))) for v in values],
+                       dtype=bool)
+    bad = np.flatnonzero(present & (np.isnan(x) | (np.isfinite(x) & (np.mod(x, 1) != 0)) | np.isinf(x)))
+    if len(bad):
+        v = values[bad[0]]
+        raise LightFMPError(f"record {bad[0]}, field '{name}' (a Criteo count) got {v!r}; expected an integer")
+    y = criteo_log_square(x)
+    return [str(int(v)) if ok else None for v, ok in zip(y, present)]
+
+
 def _criteo(table: pa.Table, p: Path, start: int) -> pa.Table:
     """I columns: integer counts -> floor(ln(v)^2) for v > 2, else v (0, 1, 2 and negatives unchanged)."""
     cols = []
@@ -422,13 +464,12 @@ def _criteo(table: pa.Table, p: Path, start: int) -> pa.Table:
         enc, values = _distinct(col)
         x = _criteo_numbers(values)
         present = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        bad = (np.isnan(x) & present) | (np.isfinite(x) & (np.mod(x, 1) != 0))
+        bad = (np.isnan(x) & present) | np.isinf(x) | (np.isfinite(x) & (np.mod(x, 1) != 0))
         if bad.any():
             i = _first_row(enc, bad)
             raise LightFMPError(f"{p}: line {line_of('criteo', start + i, p)} column {name}: "
                                 f"{values.to_pandas().iloc[int(np.argmax(bad))]!r} is not an integer")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            y = np.where(x > 2, np.floor(np.log(np.where(x > 2, x, 3.0)) ** 2), x)
+        y = criteo_log_square(x)
         ok = ~np.isnan(y)
         cols.append(_derived(enc, np.where(ok, y, 0).astype(np.int64), ok))
     return pa.table(cols, names=table.schema.names)

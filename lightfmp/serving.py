@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import datetime
+import decimal
 import numbers
 import re
 from pathlib import Path
@@ -20,6 +21,7 @@ from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
+from .formats import criteo_texts
 from .schema import BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field
 
 
@@ -64,7 +66,7 @@ class Predictor:
         if missing:
             raise LightFMPError(f"records lack column(s) {', '.join(repr(m) for m in missing)} that the model "
                                 f"reads (kept fields: {', '.join(self.input_names)})")
-        cols = {f.name: _check_column(f, df[f.name]) for _, f in self.fields}
+        cols = {f.name: _check_column(f, _derived(spec, df[f.name])) for spec, f in self.fields}
         return feeds_from_frame(pd.DataFrame(cols, index=df.index), self.schema, raw=self.bundle.raw)
 
     def predict(self, records) -> np.ndarray:
@@ -102,6 +104,13 @@ def _frame(records) -> pd.DataFrame:
     # rounds the id); a key absent from a record is missing there
     names = list(dict.fromkeys(k for r in rows for k in r))
     return pd.DataFrame({k: pd.Series([r.get(k) for r in rows], dtype=object) for k in names}, index=range(len(rows)))
+
+
+def _derived(spec: InputSpec, col: pd.Series) -> pd.Series:
+    """The values the model reads, where the data file's raw value was derived in training (`InputSpec.derive`)."""
+    if spec.derive is None:
+        return col
+    return pd.Series(criteo_texts(list(col), spec.name), index=col.index, dtype=object)
 
 
 def _missing(v) -> bool:
@@ -154,6 +163,8 @@ def _number(v) -> float:
     if isinstance(v, (datetime.timedelta, np.timedelta64)):
         d = pd.Timedelta(v)
         return np.nan if d is pd.NaT else float(d.total_seconds())
+    if isinstance(v, decimal.Decimal):  # a Parquet decimal column's values, which training read as floats
+        return float(v)
     if not isinstance(v, numbers.Real) or isinstance(v, (bool, np.bool_)):
         raise TypeError(v)
     return float(v)

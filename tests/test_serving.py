@@ -517,3 +517,66 @@ def test_predictor_malformed_schema_is_one_error(s, tmp_path):
     with pytest.raises(LightFMPError) as e:
         Predictor(d)
     assert str(e.value) == f"{d / 'feature_schema.json'}: 'inputs' must be a non-empty list"
+
+
+def test_a_parquet_decimal_column_is_scored_as_training_read_it(tmp_path):
+    """Training reads a decimal128 column as floats; the Predictor took only Python numbers and refused the Decimal
+    values the same Parquet file gives (to_pylist, an Arrow table, pandas)."""
+    import decimal
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    price = rng.choice(["1.50", "2.25", "3.00", "7.75"], 600)
+    table = pa.table({"label": (rng.random(600) < np.where(price == "3.00", 0.7, 0.3)).astype(np.int64),
+                      "price": pa.array([decimal.Decimal(v) for v in price], pa.decimal128(5, 2)),
+                      "c": rng.choice(["a", "b"], 600)})
+    pq.write_table(table, tmp_path / "dec.parquet")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "dec.parquet"), label="label", no_select=True, epochs=1,
+                              embed_dim=4, hidden="8", device="cpu"), tmp_path / "run", quiet=True)
+    export_run(tmp_path / "run", tmp_path / "exp")
+    held = held_out_rows(tmp_path / "run")
+    assert isinstance(held["price"].iloc[0], decimal.Decimal)  # as the run's own reader gives them
+    want = torch_probs(tmp_path / "run", held)
+    p = Predictor(tmp_path / "exp")
+    for given in (held.to_dict("records"), pa.Table.from_pandas(held, preserve_index=False)):
+        assert np.abs(p.predict(given) - want).max() <= 1e-5
+
+
+def test_a_criteo_export_scores_raw_counts_as_training_derived_them(tmp_path, example):
+    """Criteo's I columns are read as floor(ln(v)^2) of the raw count; the export records that (`derive`), and the
+    Predictor and the example client apply it to the raw counts of a log line. Before, a raw count was looked up
+    as it was: an unseen value, every test row scored otherwise, without a word."""
+    from lightfmp.formats import CRITEO_COLUMNS
+    from lightfmp.pipeline import run_data
+    from lightfmp.rundir import open_run
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(1500):
+        ints = rng.integers(-1, 60, 13)
+        cells = [str(rng.integers(0, 2))] + ["" if rng.random() < 0.1 else str(v) for v in ints] + \
+            [f"{v:08x}" for v in rng.integers(0, 6, 26)]
+        lines.append("\t".join(cells))
+    (tmp_path / "day.txt").write_text("\n".join(lines) + "\n")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "day.txt"), format="criteo", no_select=True, epochs=1,
+                              embed_dim=4, hidden="8", device="cpu"), tmp_path / "run", quiet=True)
+    export_run(tmp_path / "run", tmp_path / "exp")
+    doc = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())
+    assert {s["name"]: s.get("derive", {}).get("type") for s in doc["inputs"]} == \
+        {**{f"I{i}": "criteo_log_square" for i in range(1, 14)}, **{f"C{i}": None for i in range(1, 27)}}
+    run = open_run(tmp_path / "run")
+    numbers = np.sort(run_data(run).split_rows("test").row_numbers())
+    records = [dict(zip(CRITEO_COLUMNS, lines[i].split("\t"))) for i in numbers]
+    want = torch_probs(tmp_path / "run", held_out_rows(tmp_path / "run"))
+    assert np.abs(Predictor(tmp_path / "exp").predict(records) - want).max() <= 1e-5
+    typed = [{k: int(v) if k.startswith("I") and v else v for k, v in r.items()} for r in records]
+    assert np.abs(Predictor(tmp_path / "exp").predict(typed) - want).max() <= 1e-5  # counts as numbers too
+    assert np.abs(example.Client(tmp_path / "exp").predict(records) - want).max() <= 1e-5
+    with pytest.raises(LightFMPError, match=r"record 1, field 'I1' \(a Criteo count\) got '2.5'; expected an integer"):
+        Predictor(tmp_path / "exp").predict([records[0], {**records[1], "I1": "2.5"}])
+    with pytest.raises(example.ServeError, match=r"field 'I1' \(a Criteo count\) got '2.5'"):
+        example.Client(tmp_path / "exp").predict([{**records[1], "I1": "2.5"}])
+    from lightfmp.export.contract import InputSpec
+    entry = next(s for s in doc["inputs"] if s["name"] == "I1")
+    assert InputSpec.from_dict(entry, "f: inputs[0]").derive == "criteo_log_square"
+    for bad in ({"type": "log"}, "criteo_log_square", {"rule": "v"}):
+        with pytest.raises(LightFMPError, match=r"f: inputs\[0\] \('I1'\): derive"):
+            InputSpec.from_dict({**entry, "derive": bad}, "f: inputs[0]")

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from ..errors import LightFMPError, first_repeat
+from ..formats import CRITEO_DERIVE, CRITEO_DERIVE_RULE
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
 from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries, check_spelling
 
@@ -30,6 +31,9 @@ HASH_FUNCTION = "fnv1a64+splitmix64"
 HASH_RULE = ("h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222325, prime 0x100000001b3); "
              "h ^= h >> 30; h *= 0xbf58476d1ce4e5b9; h ^= h >> 27; h *= 0x94d049bb133111eb; h ^= h >> 31 "
              "(all mod 2^64); id = first_id + h % buckets; missing -> missing_id")
+
+
+DERIVE_RULES = {CRITEO_DERIVE: CRITEO_DERIVE_RULE}
 
 
 @dataclass
@@ -71,6 +75,7 @@ class InputSpec:
     hash: HashRule | None = None        # hashed categorical / multi-hot
     separator: str | None = None        # multi-hot
     max_len: int = 0                    # multi-hot
+    derive: str | None = None           # how the data file's raw value became the value encoded (CRITEO_DERIVE)
 
     @property
     def raw(self) -> bool:
@@ -82,7 +87,7 @@ class InputSpec:
         return int(self.shape[1]) if self.kind == "multi_hot" else 1
 
     @classmethod
-    def from_field(cls, f: Field, raw: bool) -> "InputSpec":
+    def from_field(cls, f: Field, raw: bool, derive: str | None = None) -> "InputSpec":
         if f.kind == "numeric":
             return cls(f.name, f.kind, "float32", ["batch"], f.vocab_size,
                        transform=Bucketize(list(f.boundaries or [])))
@@ -90,6 +95,7 @@ class InputSpec:
                    ["batch", f.max_len] if f.kind == "multi_hot" else ["batch"], f.vocab_size,
                    separator=f.separator if f.kind == "multi_hot" else None,
                    max_len=f.max_len if f.kind == "multi_hot" else 0)
+        spec.derive = derive
         if f.hashed:
             spec.hash = HashRule(f.hash_buckets, f.spelling)
         else:
@@ -120,6 +126,8 @@ class InputSpec:
             d.update(separator=self.separator, max_len=self.max_len, pad_value="" if self.raw else PAD_ID)
         if self.raw:
             d["missing_value"] = ""
+        if self.derive is not None:
+            d["derive"] = {"type": self.derive, "rule": DERIVE_RULES[self.derive]}
         return d
 
     @classmethod
@@ -148,6 +156,12 @@ class InputSpec:
                  f"{where}: vocab_size {d['vocab_size']!r} must be an integer >= {FIRST_ID} (the padding and OOV ids "
                  f"come first)")
         spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
+        if "derive" in d:
+            kind_of = d["derive"].get("type") if isinstance(d["derive"], dict) else None
+            _require(kind_of in DERIVE_RULES and kind == "categorical",
+                     f"{where}: derive {d['derive']!r:.80} is not one lightfmp writes (a categorical input's "
+                     f"derive.type {' or '.join(DERIVE_RULES)})")
+            spec.derive = kind_of
         if kind == "numeric":
             edges = d["transform"].get("boundaries") if isinstance(d.get("transform"), dict) else None
             _require(edges is not None, f"{where}: a numeric input needs transform.boundaries (a list of numbers)")

@@ -11,6 +11,7 @@ import numpy as np
 from google.protobuf import text_encoding
 
 from ..errors import LightFMPError
+from ..formats import derived
 from ..io import atomic_dir, check_apart, check_out, file_sha256
 from ..rundir import open_run
 from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME, ExternalData,
@@ -111,7 +112,8 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     run_auc = metrics.get("test", {}).get("auc")
     name = triton_name if triton_name is not None else triton_model_name(out.name)
     contract = ServingContract(
-        inputs=[InputSpec.from_field(f, raw) for f in kept.fields], output=OutputSpec(), model_file=MODEL_FILE,
+        inputs=[InputSpec.from_field(f, raw, derived(run.config.data.format, f.name)) for f in kept.fields],
+        output=OutputSpec(), model_file=MODEL_FILE,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
         table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=run.path.resolve().name,
         run_test_auc=run_auc, run_weights_sha256=file_sha256(run.path / "model.safetensors"), triton_model=name,
