@@ -338,6 +338,9 @@ def test_criteo_int_columns_refuse_what_pandas_refuses(tmp_path):
     df, _ = next(read_batches(p, "criteo", 10))
     # floor(ln(5)^2) = 2, floor(ln(7)^2) = 3, floor(ln(3)^2) = 1; -0 is 0
     assert df["I2"].tolist() == ["2", "3"] and df["I3"].tolist() == ["1", "0"]
+    p.write_text(f"0\t{good}\t{cats}\n1\t1\tinf\t" + "\t".join(["3"] * 11) + f"\t{cats}\n")
+    with pytest.raises(LightFMPError, match=r"line 2 column I2: 'inf' is not an integer"):  # was read as int64's least
+        list(read_tables(p, "criteo", 10))
 
 
 @pytest.mark.parametrize("stream", [False, True])
