@@ -49,8 +49,8 @@ def token(s, v, known):
     """A scalar value's text as training keyed it: of the texts training may have keyed it by, the first the
     vocabulary holds, else the first. True or 'true' (a CSV's text); 24 or 24.0 (pandas writes an integer column
     with gaps as 24.0); 0.2 or '0.20000000298023224' (a float32 column's value, as its float64 text)."""
-    if missing(v):
-        return None
+    if missing(v) or v == "" and s.get("hash", {}).get("spelling", {}).get("empty") == "missing":
+        return None  # a hashed field trained on text, where an empty cell is missing: '' is missing too
     if isinstance(v, str):
         return v
     if isinstance(v, bool):

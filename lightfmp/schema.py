@@ -44,17 +44,25 @@ def check_boundaries(edges, where: str) -> None:
 
 # How the text training hashed spells a typed value, for a hashed field (no vocabulary to look a spelling up in):
 # a whole number as '16' or '16.0' (pandas writes an integer column with gaps as 16.0), a bool as 'True' or 'true'
-# (a CSV's text). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is served typed.
-SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true")}
+# (a CSV's text), and whether the empty text was a value of its own ('value': a Parquet '') or never one
+# ('missing': a text file's empty cell is a missing value, so a served '' is one too, as for a vocabulary without
+# ''). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is served.
+SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true"), "empty": ("missing", "value")}
+SPELLINGS_BEFORE_EMPTY = ("whole", "bool")  # recorded before "empty" was: '' is then hashed as a value
 WHOLE_TEXT = r"-?[0-9]+"          # a whole number's text ('16'; '16.0' is it with ".0")
 BOOL_TEXTS = ("True", "False")    # a typed column's booleans ('true' / 'false': the same, lower case)
 
 
 def check_spelling(spelling, where: str) -> None:
-    if not isinstance(spelling, dict) or set(spelling) != set(SPELLINGS) \
-            or any(spelling[k] not in SPELLINGS[k] for k in SPELLINGS):
+    if not isinstance(spelling, dict) or set(spelling) not in (set(SPELLINGS), set(SPELLINGS_BEFORE_EMPTY)) \
+            or any(spelling[k] not in SPELLINGS[k] for k in spelling):
         raise LightFMPError(f"{where}: spelling {spelling!r:.80} must give "
                             + " and ".join(f"{k} as {' or '.join(map(repr, v))}" for k, v in SPELLINGS.items()))
+
+
+def empty_is_missing(spelling: dict | None) -> bool:
+    """Whether a served '' is a missing value for a hashed field of this spelling."""
+    return spelling is not None and spelling.get("empty") == "missing"
 
 
 @dataclass
@@ -370,7 +378,7 @@ def is_integral(x: np.ndarray) -> bool:
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
 
 
-__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "WHOLE_TEXT", "BOOL_TEXTS", "Field", "FeatureSchema", "encode_field",
+__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "empty_is_missing", "WHOLE_TEXT", "BOOL_TEXTS", "Field", "FeatureSchema", "encode_field",
            "check_boundaries", "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts",
            "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding

@@ -22,7 +22,7 @@ from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .formats import criteo_texts
-from .schema import BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field
+from .schema import BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -218,7 +218,7 @@ def _token(f: Field, v, known: set):
     """A categorical value's string form as training keyed it: of the texts training may have keyed it by
     (`_spellings`), the first the vocabulary holds, else the first (an unseen value: the OOV id either way)."""
     _scalar(f, v)
-    if _missing(v):
+    if _missing(v) or (v == "" and f.hashed and empty_is_missing(f.spelling)):
         return None
     if isinstance(v, str):
         return v

@@ -404,10 +404,11 @@ class Reservoir:
 
 class Spellings:
     """What a hashed field's text looks like, for `Field.spelling`: whether its whole numbers are written '16' or
-    '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling)."""
+    '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling), and whether
+    '' is one of its values."""
 
     def __init__(self):
-        self.seen = dict.fromkeys(("int", "float", "title", "lower"), False)
+        self.seen = dict.fromkeys(("int", "float", "title", "lower", "empty"), False)
 
     def add(self, values: pa.Array) -> None:
         """A batch's distinct texts."""
@@ -416,13 +417,15 @@ class Spellings:
         for key, hit in (("int", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}$")),
                          ("float", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}\\.0$")),
                          ("title", lambda: pc.is_in(values, pa.array(BOOL_TEXTS))),
-                         ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS])))):
+                         ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS]))),
+                         ("empty", lambda: pc.equal(values, ""))):
             self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
 
     def spelling(self) -> dict[str, str]:
         s = self.seen
         return {"whole": "16.0" if s["float"] and not s["int"] else "16",
-                "bool": "true" if s["lower"] and not s["title"] else "True"}
+                "bool": "true" if s["lower"] and not s["title"] else "True",
+                "empty": "value" if s["empty"] else "missing"}
 
 
 class StreamFitter:

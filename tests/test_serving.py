@@ -323,7 +323,8 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
                        hidden="8", batch_size=128, device="cpu", no_select=True, hash_buckets="flag:64,dev:64")
     pipeline.run(cfg, tmp_path / "run", quiet=True)
     spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run").schema.fields}
-    assert spelled == {"flag": {"whole": "16", "bool": "true"}, "dev": {"whole": "16.0", "bool": "True"}, "u": None}
+    assert spelled == {"flag": {"whole": "16", "bool": "true", "empty": "missing"},
+                       "dev": {"whole": "16.0", "bool": "True", "empty": "missing"}, "u": None}
     export_run(tmp_path / "run", tmp_path / "exp")
     p = Predictor(tmp_path / "exp")
     read = pd.read_csv(tmp_path / "d.csv").drop(columns="label")  # bools and floats
@@ -339,7 +340,32 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
     cfg2 = cfg.but(data=str(tmp_path / "d.parquet"), schema=str(tmp_path / "run" / "schema.json"), categorical=[])
     pipeline.run(cfg2, tmp_path / "run2", quiet=True)
     spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run2").schema.fields}
-    assert spelled["dev"] == {"whole": "16", "bool": "True"} and spelled["flag"] == {"whole": "16", "bool": "True"}
+    assert spelled["dev"] == spelled["flag"] == {"whole": "16", "bool": "True", "empty": "missing"}
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_hashed_field_reads_a_served_empty_text_as_training_read_it(tmp_path, example, fmt):
+    """A text file's empty cell is a missing value: a hashed field trained on one reads a served '' as missing (the
+    OOV id), as a vocabulary without '' does; a Parquet '' is a value of its own and is hashed. Before, a served ''
+    was hashed whatever the training data, and the rows with a blank cell scored otherwise than trained."""
+    rng = np.random.default_rng(0)
+    city = rng.choice(["paris", "rome", ""], 900)
+    df = pd.DataFrame({"city": city, "x": rng.normal(size=900),
+                       "label": (rng.random(900) < np.where(city == "", 0.8, 0.3)).astype(int)})
+    path = tmp_path / f"d.{fmt}"
+    df.to_csv(path, index=False) if fmt == "csv" else df.to_parquet(path, index=False)
+    pipeline.run(RunConfig.of(data=str(path), label="label", categorical="city", hash_buckets="city:40", epochs=1,
+                              embed_dim=4, hidden="8", device="cpu", no_select=True), tmp_path / "run", quiet=True)
+    export_run(tmp_path / "run", tmp_path / "exp")
+    held = held_out_rows(tmp_path / "run")
+    want = torch_probs(tmp_path / "run", held)
+    sent = held.assign(city=held["city"].fillna(""))  # blank cells as the text a JSON client sends
+    assert (sent["city"] == "").sum() > 10
+    p = Predictor(tmp_path / "exp")
+    assert np.abs(p.predict(sent) - want).max() <= 1e-5
+    assert np.abs(example.Client(tmp_path / "exp").predict(sent.to_dict("records")) - want).max() <= 1e-5
+    empty = p.encode([{"city": "", "x": 0.0}])["city"][0]
+    assert (empty == 1) == (fmt == "csv")  # the OOV id only where '' was never a value
 
 
 def test_an_arrow_tables_ints_stay_exact_and_list_tokens_take_the_vocabularys_spelling():
