@@ -10,6 +10,7 @@ import typer
 
 from lightfmp.bench import ablate_subset, parse_fractions, parse_methods, parse_seeds, quick_config, run_bench
 from lightfmp.bench.report import ablation_table, plot_curves, results_table, write_json
+from lightfmp import checkpoint
 from lightfmp.config import resolve
 from lightfmp.errors import LightFMPError
 from lightfmp.io import check_apart, check_output_file
@@ -43,15 +44,19 @@ def register(app) -> None:
 
     def bench_cmd(**kwargs):
         """Compare field-selection methods on identical splits, backbone and retraining budget (test AUC at K)."""
+        checkpoint.reset_hint(resumable=False)  # its runs train in a temporary folder: a stop starts again
         methods = parse_methods(kwargs["methods"])
         seeds = parse_seeds(kwargs["seeds"])
-        fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] else None
+        fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] is not None else None
         k = kwargs["k"]
         if k is None:
             raise LightFMPError("missing --k K (the number of fields each method keeps)")
         if k < 1:
             raise LightFMPError(f"--k {k}: must be >= 1 (and at most the number of fields)")
         cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+        if kwargs["json_file"] is not None and kwargs["plot"] is not None \
+                and Path(kwargs["json_file"]).absolute().resolve() == Path(kwargs["plot"]).absolute().resolve():
+            raise LightFMPError(f"{kwargs['plot']}: given to both --json and --plot; give each its own file")
         for flag, key, kind in (("--json", "json_file", "json"), ("--plot", "plot", "png")):
             if kwargs[key] is not None:  # before hours of work, not after; never a part of a Parquet data directory
                 check_output_file(kwargs[key], kind, flag)

@@ -182,7 +182,7 @@ def _sha256(text: str) -> str:
 
 
 def resume_hint() -> str:
-    if _hint["dir"] is None:
+    if _hint["dir"] is None or not _hint.get("resumable", True):
         return "rerun the same command to start again"
     if not _hint["epoch"]:  # nothing of this phase saved yet (the phases before it are, in the run directory)
         return f"rerun the same command to start the {_hint['phase']} phase again (it had no completed epoch yet)"
@@ -190,9 +190,10 @@ def resume_hint() -> str:
             f"{_hint['dir']})")
 
 
-def reset_hint() -> None:
-    """Forget the phase of an earlier command (a process that runs several, e.g. the tests)."""
-    _hint.update(dir=None, phase=None, epoch=None)
+def reset_hint(resumable: bool = True) -> None:
+    """Forget the phase of an earlier command (a process that runs several, e.g. the tests); `resumable` False: this
+    command's checkpoints are not resumed (`bench` trains in a temporary folder), so a stop says to start again."""
+    _hint.update(dir=None, phase=None, epoch=None, resumable=resumable)
 
 
 # safetensors writes a file through a temporary of its own beside it (Rust's tempfile: ".tmp" and 6 characters), which a

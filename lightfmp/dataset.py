@@ -101,7 +101,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
             f.spelling = None
     on_disk = streaming(cfg)
     if on_disk:
-        check_home(cfg.shard_dir)
+        check_home(cfg.shard_dir, path)
 
         def batches():
             return read_tables(path, fmt, cfg.chunk_rows)

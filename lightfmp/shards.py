@@ -125,9 +125,15 @@ class ShardWriter:
         return manifest
 
 
-def check_home(shard_dir: str | None) -> None:
-    """Refuse, before any work, a shard folder that is a file or lies under one."""
+def check_home(shard_dir: str | None, data: str | Path | None = None) -> None:
+    """Refuse, before any work, a shard folder that is a file or lies under one, or that is the data or lies inside
+    it (a Parquet directory: its shards would be read as part of the data)."""
     home = shard_home(shard_dir)
+    if data:
+        h, d = home.absolute().resolve(), Path(data).absolute().resolve()
+        if h == d or d in h.parents:
+            raise LightFMPError(f"{home}: {'is' if h == d else 'lies inside'} --data {data}; encoded shards "
+                                f"(--shard-dir) need a folder outside the data")
     blocker = next((q for q in [home, *home.absolute().parents] if q.exists()), None)
     if blocker is not None and not blocker.is_dir():
         where = "is a file" if blocker == home else f"lies under the file {blocker}"

@@ -223,3 +223,63 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     plot_curves(doc, tmp_path / "c.png")
     ticks = [t for t in closed[0].axes[0].get_xticks() if 1 <= t <= 3]
     assert ticks == [1, 2, 3]
+
+
+@pytest.mark.parametrize("flags,config,says", [
+    (["--seed", "7"], None, "--seed 7: not for bench, whose --seeds set the split"),
+    (["--no-select"], None, "--no-select: not for bench, whose methods select fields"),
+    (["--target-k", "2"], None, "--target-k 2: not for bench, whose --k is every method's number of fields"),
+    ([], "prune:\n  continue_epochs: 4\n", "continue_epochs 4: not for bench, whose every method retrains for --epochs"),
+    ([], "continue_epochs: 0\n", "continue_epochs 0: not for bench"),
+    ([], "seed: 3\n", "--seed 3: not for bench"),
+    ([], "prune:\n  threshold: 0.5\n", "threshold 0.5: not for bench"),
+    (["--seeds", "0,0"], None, "--seeds '0,0': seed 0 is given twice"),
+    (["--ablate-subset", ""], None, "--ablate-subset ''"),
+    (["--methods", "lpfs,boruta"], None, "--methods 'lpfs,boruta': unknown method(s) boruta"),
+])
+def test_what_the_bench_sets_itself_is_refused_before_any_work(planted, tmp_path, flags, config, says):
+    """A config's continue_epochs changed Light-FMP's retraining budget alone (the JSON still said --epochs);
+    --seed and a repeated seed were dropped silently; --no-select failed after the first method had trained."""
+    js = tmp_path / "b.json"
+    extra = []
+    if config is not None:
+        (tmp_path / "c.yaml").write_text(config)
+        extra = ["--config", tmp_path / "c.yaml"]
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "full,lightfmp", "--json", js,
+            *SMALL, *flags, *extra)
+    assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not js.exists()
+
+
+def test_one_file_for_json_and_plot_is_refused_before_any_work(planted, tmp_path):
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "lpfs", "--json",
+            tmp_path / "same.png", "--plot", tmp_path / "same.png", *SMALL)
+    assert r.exit_code == 2 and "same.png: given to both --json and --plot" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stopped_bench_says_to_start_again_not_where_a_deleted_checkpoint_was(planted, monkeypatch):
+    """The bench trains in a temporary folder, gone when it stops: the hint of a run inside it named that folder."""
+    from lightfmp.bench import core
+    real = core._one
+
+    def stop_after_a_run(ctx, m, k):
+        real(ctx, m, k)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(core, "_one", stop_after_a_run)
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "lightfmp", *SMALL)
+    assert r.exit_code == 130 and "interrupted: rerun the same command to start again" in r.output, r.output
+    assert ".ckpt" not in r.output
+
+
+def test_a_shard_dir_inside_a_parquet_data_directory_is_refused(planted, tmp_path):
+    """Its shards would be read as parts of the data on every later command."""
+    from lightfmp.cli.app import app
+    data = tmp_path / "pd"
+    data.mkdir()
+    pd.read_csv(planted).to_parquet(data / "part-0.parquet", index=False)
+    r = runner.invoke(app, [str(a) for a in ("run", "--data", data, "--label", "label", "--out", tmp_path / "r",
+                                             "--stream", "--shard-dir", data / "shards", "--no-select", "--epochs",
+                                             "1")])
+    assert r.exit_code == 2 and "lies inside --data" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert sorted(p.name for p in data.iterdir()) == ["part-0.parquet"] and not (tmp_path / "r").exists()

@@ -31,7 +31,7 @@ def parse_methods(text: str | None) -> list[str]:
         raise LightFMPError(f"--methods {text!r}: an empty item between commas (or at an end); remove the extra comma")
     bad = [m for m in names if m not in METHODS]
     if bad:
-        raise LightFMPError(f"unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
+        raise LightFMPError(f"--methods {text!r}: unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
     # canonical order, no duplicates
     return [m for m in METHODS if m in names]
 
@@ -43,7 +43,10 @@ def parse_seeds(text: str | None) -> list[int]:
         raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") from None
     for s in seeds:
         check_range("--seeds", s, 0, MAX_SEED)
-    return list(dict.fromkeys(seeds))
+    twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
+    if twice is not None:  # the mean and std over seeds would count it once, quietly
+        raise LightFMPError(f"--seeds {text!r}: seed {twice} is given twice; give each seed once")
+    return seeds
 
 
 def parse_fractions(text: str) -> list[float]:
@@ -137,12 +140,23 @@ def curves(ctx: Context, rankings: dict[str, list[str]], reporter: Reporter) -> 
     return out
 
 
-def _check_init_seed(cfg: RunConfig) -> None:
-    """The bench's seeds set the split and the initialisation together: a fixed --init-seed would train every seed
-    from the same start."""
-    if cfg.train.init_seed is not None:
-        raise LightFMPError(f"--init-seed {cfg.train.init_seed}: not for bench, whose --seeds set the split and the "
-                            f"initialisation together")
+def _check_bench_config(cfg: RunConfig) -> None:
+    """What the bench sets itself, refused where given (a flag, or a key of --config such as a run's config.yaml):
+    its --seeds set the split and the initialisation together (a fixed --init-seed would train every seed from the
+    same start; --seed would be ignored), --k is every method's rule, and every method retrains for --epochs (a
+    continue_epochs would change Light-FMP's budget alone); --no-select has no fields to select."""
+    t, p = cfg.train, cfg.prune
+    given = [(t.init_seed is not None, f"--init-seed {t.init_seed}", "--seeds set the split and the initialisation"),
+             (cfg.data.seed != 0, f"--seed {cfg.data.seed}", "--seeds set the split and the initialisation"),
+             (t.no_select, "--no-select", "methods select fields (the full model is the method 'full')"),
+             (t.target_k is not None, f"--target-k {t.target_k}", "--k is every method's number of fields"),
+             (p.keep is not None, f"keep {p.keep}", "--k is every method's number of fields"),
+             (p.threshold is not None, f"threshold {p.threshold}", "--k is every method's number of fields"),
+             (p.continue_epochs is not None, f"continue_epochs {p.continue_epochs}",
+              "every method retrains for --epochs")]
+    bad = next(((what, why) for hit, what, why in given if hit), None)
+    if bad is not None:
+        raise LightFMPError(f"{bad[0]}: not for bench, whose {bad[1]} (drop it from the flags or --config)")
 
 
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
@@ -153,7 +167,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
     `on_table(doc)` is called with the results before the curves start (the curves retrain once per K and take
     the longest), so that a caller can save them first; the curves use the first seed's rankings and data."""
     reporter = reporter or Reporter(quiet=True)
-    _check_init_seed(cfg)
+    _check_bench_config(cfg)
     if curve and not any(m in GATE_METHODS for m in methods):
         raise LightFMPError(f"--plot: needs at least one gate method ({', '.join(GATE_METHODS)})")
     per: dict[str, list[dict]] = {m: [] for m in methods}
@@ -187,7 +201,7 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
                   reporter: Reporter | None = None) -> dict:
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
     reporter = reporter or Reporter(quiet=True)
-    _check_init_seed(cfg)
+    _check_bench_config(cfg)
     rows = {f: [] for f in fractions}
     for seed in seeds:
         ctx = _context(cfg, seed, k)
