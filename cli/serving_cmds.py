@@ -87,13 +87,15 @@ def register(app) -> None:
                     url: Optional[str] = typer.Option(
                         None, "--url", help="Measure a running server that serves MODEL (e.g. `lightfmp serve "
                                             "MODEL`) at this http:// URL instead of ONNX Runtime in this process."),
-                    clients: str = typer.Option("1,8,32", "--clients", help="With --url: comma-separated numbers "
-                                                "of concurrent clients; each cell sends at most --max-runs "
-                                                "requests for at most --max-seconds.")):
+                    clients: Optional[str] = typer.Option(None, "--clients", help="With --url: comma-separated numbers "
+                                                "of concurrent clients (default 1,8,32); each cell sends at most "
+                                                "--max-runs requests for at most --max-seconds.")):
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, or of a server (--url)."""
         if url is not None:
-            return _profile_url(url, model, clients, batch_sizes, json_file, max_seconds, max_runs, quiet,
-                                compare=compare, plot=plot, trace=trace)
+            return _profile_url(url, model, "1,8,32" if clients is None else clients, batch_sizes, json_file,
+                                max_seconds, max_runs, quiet, compare=compare, plot=plot, trace=trace)
+        if clients is not None:  # it would be ignored: the local timing has no clients
+            raise LightFMPError(f"--clients {clients!r}: only with --url (concurrent clients of a running server)")
         sizes = profiling.parse_batch_sizes("1,8,64,512,4096" if batch_sizes is None else batch_sizes)
         check_range("--threads", threads, 0, MAX_THREADS)
         check_range("--max-seconds", max_seconds, 0, open_low=True)

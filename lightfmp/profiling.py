@@ -143,9 +143,11 @@ def profile(models: list[str | Path], batch_sizes=DEFAULT_BATCH_SIZES, threads: 
     from a separate session so profiling does not slow the timed runs."""
     budget = budget or Budget()
     bundles = [(str(m), load_bundle(m)) for m in models]
-    twice = first_repeat(n for n, _ in bundles)
+    # by the model file each names: an export directory and its model.onnx are one model
+    twice = first_repeat(b.model_path.resolve() for _, b in bundles)
     if twice is not None:
-        raise LightFMPError(f"{twice}: the same model was given twice")
+        raise LightFMPError(f"{next(n for n, b in bundles if b.model_path.resolve() == twice)}: the same model was "
+                            f"given twice ({twice})")
     out = []
     for name, bundle in bundles:
         sess = bundle.session(threads)

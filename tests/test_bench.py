@@ -283,3 +283,17 @@ def test_a_shard_dir_inside_a_parquet_data_directory_is_refused(planted, tmp_pat
                                              "1")])
     assert r.exit_code == 2 and "lies inside --data" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert sorted(p.name for p in data.iterdir()) == ["part-0.parquet"] and not (tmp_path / "r").exists()
+
+
+def test_a_split_of_one_label_is_refused_not_reported_as_nan(tmp_path):
+    """40 rows with 2 positives: some seed's test split holds negatives only, and its AUC (and the mean over the
+    seeds) was NaN, exit 0, with the rankers ordering fields by NaN scores."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({f: rng.choice(list("xyz"), 40) for f in "abc"})
+    df["label"] = 0
+    df.loc[[3, 17], "label"] = 1
+    df.to_csv(tmp_path / "tiny.csv", index=False)
+    r = cli("bench", "--data", tmp_path / "tiny.csv", "--label", "label", "--k", "2", "--seeds", "0,1,2",
+            "--methods", "full", *SMALL)
+    assert r.exit_code == 2 and "split holds" in r.output and "rows of one label only" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1

@@ -185,3 +185,16 @@ def test_profile_refuses_a_changed_export(s, tmp_path):
     vocab.write_text(vocab.read_text().replace("}", ', "extra": 999}'))
     res = runner.invoke(app, ["profile", str(d), *FAST])
     assert res.exit_code == 2 and f"{vocab}: sha256 differs" in res.stderr and "Traceback" not in res.output
+
+
+def test_a_model_twice_is_refused_however_it_is_named(s, tmp_path):
+    """An export directory and its model.onnx are one model: timing it against itself compares nothing."""
+    e = get_export(s, "mlp")
+    r = runner.invoke(app, ["profile", str(e / "model.onnx"), "--compare", str(e), "--max-runs", "1", "--quiet"])
+    assert r.exit_code == 2 and "the same model was given twice" in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_clients_without_a_url_is_refused_not_ignored(s):
+    r = runner.invoke(app, ["profile", str(get_export(s, "mlp")), "--clients", "0", "--max-runs", "1", "--quiet"])
+    assert r.exit_code == 2 and "--clients '0': only with --url" in r.output, r.output

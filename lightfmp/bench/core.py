@@ -73,6 +73,11 @@ def _context(cfg: RunConfig, seed: int, k: int, quick: bool = False) -> Context:
     scfg = cfg.but(seed=seed)
     data = load_dataset(scfg.data)
     check_keep(k, len(data.schema.fields), "--k")
+    for split in ("valid", "test"):  # the bench compares test AUC; the rankers read validation AUC or logloss
+        labels = data.split_rows(split).labels()
+        if len(np.unique(labels)) < 2:
+            raise LightFMPError(f"--seeds {seed}: the {split} split holds {len(labels):,} rows of one label only, so "
+                                f"the methods cannot be compared by AUC; give more rows (or another --split)")
     return Context(scfg, data, quick=quick)
 
 
