@@ -378,6 +378,11 @@ def _gates_alone(trainer: Trainer, model: CTRModel, first: int) -> dict:
     return {"epochs": len(epochs), "log_alpha": alone}
 
 
+def gates_finite(model) -> bool:
+    gate = getattr(model, "gate", None)
+    return not hasattr(gate, "log_alpha") or bool(torch.isfinite(gate.log_alpha.detach()).all())
+
+
 def diverged(what: str, cfg: TrainConfig) -> LightFMPError:
     """The error of a fit whose numbers stopped being finite: never a finished run with NaN weights."""
     return LightFMPError(f"training diverged: {what}; a smaller --lr (now {cfg.lr:g}), --gate-lr (now "
@@ -503,6 +508,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
             rec = trainer.train_epoch(epoch, next_batch)
             if not np.isfinite(rec["train_logloss"]):
                 raise diverged(f"epoch {epoch + 1}'s training loss is {rec['train_logloss']}", cfg)
+            if not gates_finite(model):  # the weights' loss may still be finite: a gate step went to NaN or inf
+                raise diverged(f"epoch {epoch + 1} ended with gates whose log_alpha is not finite", cfg)
             losses = None
             if valid is not None and len(valid):
                 rec["valid"], losses = validate(model, valid, device)

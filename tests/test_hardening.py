@@ -1035,6 +1035,16 @@ def test_a_fit_whose_loss_stops_being_finite_stops_in_one_line(data, tmp_path, e
     one_line_error(r, "training diverged", "a smaller --lr")
     assert not out.exists()
 
+
+def test_gates_that_stop_being_finite_in_an_epoch_stop_the_fit_in_one_line(data, tmp_path):
+    """With --l0-lambda 1e39 the gates went to NaN in phase 1's second epoch while the weights' loss stayed finite:
+    the run was published (exit 0) with that epoch's validation logloss null, instead of the promised error."""
+    out = tmp_path / "r"
+    r = cli("train", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST,
+            "--l0-lambda", "1e39", "--quiet")
+    one_line_error(r, "training diverged", "gates whose log_alpha is not finite", "--l0-lambda")
+    assert not out.exists()
+
 def test_no_command_writes_into_its_parquet_data_directory(tmp_path):
     """A file or folder written inside a Parquet data directory becomes a part of the data: the run's next step
     would find the data changed (or unreadable). inspect --plot, export --out, bench --json / --plot refuse it."""
