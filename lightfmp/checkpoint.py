@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import stat
+import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ except ImportError:  # not POSIX: no lock (a second command on the same <out> th
     fcntl = None
 
 from .errors import LightFMPError
-from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text, os_errors_of
+from .io import (NAME_MAX, as_the_kernel_reads, atomic_path, check_name_length, json_safe, json_text,
+                 lightfmp_kind, os_errors_of)
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -66,13 +68,45 @@ def check_place(out: str | Path) -> None:
                             f"their own")
     if d.exists() and not d.is_dir():
         raise LightFMPError(f"{d}: is not a folder; checkpoints of {Path(out).name} need this path (move it away)")
+    kind = lightfmp_kind(d) if d.is_dir() else None
+    if kind is not None:
+        raise LightFMPError(f"{d}: is a lightfmp {kind}; checkpoints of {Path(out).name} need this path for a folder "
+                            f"of their own (give --out another name, or move it away)")
+    foreign = _foreign_entry(d) if d.is_dir() else None
+    if foreign is not None:  # a checkpoint would overwrite a file of the same name, and the clean-up delete it
+        raise LightFMPError(f"{d}: holds {foreign!r}, which is not a checkpoint of lightfmp's; checkpoints of "
+                            f"{Path(out).name} need this folder for their own (move it away)")
+
+
+def _foreign_entry(d: Path) -> str | None:
+    """What in a checkpoint folder a checkpoint could overwrite and its clean-up delete: the first .json or
+    .safetensors file that is not one of a checkpoint's pair (a file of the user's named pretrain.safetensors).
+    Other files (notes) are left alone; None when nothing is at risk."""
+    named = [p for p in sorted(d.iterdir()) if p.suffix in (".json", ".safetensors")]
+    # a phase's pair is ours when either file of it reads as a checkpoint (the other may be damaged: the phase
+    # then restarts)
+    ours = {p.stem for p in named if p.is_file() and not p.is_symlink() and _checkpoint_file(p)}
+    return next((p.name for p in named if p.stem not in ours), None)
+
+
+def _checkpoint_file(p: Path) -> bool:
+    try:
+        if p.suffix == ".json":
+            return json.loads(p.read_text()).get("format") == FORMAT
+        if p.suffix == ".safetensors":
+            with safe_open(str(p), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            return "phase" in meta and "epoch" in meta
+    except (OSError, ValueError, AttributeError, SafetensorError):
+        return False
+    return False
 
 
 LOCK_FORMAT = "lightfmp-lock"
 
 
 def lock_path(out: str | Path) -> Path:
-    out = Path(os.path.abspath(out))  # "." (a run pruned from inside it) has a name once made absolute
+    out = Path(os.path.abspath(as_the_kernel_reads(out)))  # "." (a run pruned from inside it) has a name so
     return out.with_name(out.name + ".lock")
 
 
@@ -122,14 +156,18 @@ def _make_parents(folder: Path) -> list[Path]:
 
 
 def _acquire(path: Path, command: str) -> int:
+    record = json.dumps({"format": LOCK_FORMAT, "pid": os.getpid(), "command": command}).encode()
     for _ in range(100):  # another command may unlink the file between our open and our lock: open it again
+        _create_with(path, record)  # never empty: an empty file there is someone else's
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            continue
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise LightFMPError(f"{path}: is a symbolic link; lightfmp needs this path for the lock of "
                                     f"{path.with_suffix('').name} (move it away)") from None
-            raise LightFMPError(f"{path}: cannot create the lock of {path.with_suffix('').name} "
+            raise LightFMPError(f"{path}: cannot open the lock of {path.with_suffix('').name} "
                                 f"({e.strerror or e})") from None
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -141,7 +179,7 @@ def _acquire(path: Path, command: str) -> int:
                 held = _lock_record(fd)
                 who = f"pid {held['pid']}, `lightfmp {held['command']}`" if held else "another process"
                 raise LightFMPError(f"{path.with_suffix('')}: another lightfmp command is writing it ({who}); wait "
-                                    f"for it to end, or give another --out") from None
+                                    f"for it to end") from None
             try:
                 same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -149,16 +187,39 @@ def _acquire(path: Path, command: str) -> int:
             if not same:
                 os.close(fd)
                 continue
-            if os.fstat(fd).st_size and _lock_record(fd) is None:
+            if _lock_record(fd) is None:
                 raise LightFMPError(f"{path}: is not a lock file of lightfmp's; lightfmp needs this path for the "
                                     f"lock of {path.with_suffix('').name} (move it away)")
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"format": LOCK_FORMAT, "pid": os.getpid(), "command": command}).encode(), 0)
+            os.pwrite(fd, record, 0)  # ours now (a killed command's record before)
+            os.ftruncate(fd, len(record))
             return fd
         except BaseException:
             os.close(fd)
             raise
     raise LightFMPError(f"{path}: could not take the lock (it kept being replaced)")
+
+
+def _create_with(path: Path, record: bytes) -> None:
+    """Create `path` holding `record` in one step (written under a temporary name, then linked), unless something
+    is there already."""
+    if os.path.lexists(path):
+        return
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.write(fd, record)
+            os.close(fd)
+            fd = None
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            if fd is not None:
+                os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise LightFMPError(f"{path}: cannot create the lock of {path.with_suffix('').name} "
+                            f"({e.strerror or e})") from None
 
 
 def _lock_record(fd: int) -> dict | None:

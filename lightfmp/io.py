@@ -6,7 +6,9 @@ an earlier output of its kind. Data paths are listed in one place (`data_files`)
 for the reader and the data hash alike."""
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -303,6 +305,16 @@ NAME_MAX = 255        # bytes of one name in a path: what common file systems (e
 TEMP_NAME_CHARS = 64  # of an output's name in its temporary's: .NAME.XXXXXXXX.tmp stays within NAME_MAX
 
 
+def as_the_kernel_reads(p: str | Path) -> Path:
+    """`p` with its '..' parts resolved as the operating system resolves them (after any symbolic link before them:
+    link/../o is the link target's parent's o), where the text alone would resolve them before the link (and put a
+    sibling made from the text, a lock, checkpoints, a temporary, in another folder). Paths without '..' as given."""
+    p = Path(p)
+    if ".." not in p.parts:
+        return p
+    return p.resolve() if p.name in ("", "..") else p.parent.resolve() / p.name
+
+
 def temp_prefix(path: Path) -> str:
     """The start of a temporary's name beside `path` (its own name cut to TEMP_NAME_CHARS)."""
     return f".{path.name[:TEMP_NAME_CHARS]}."
@@ -531,6 +543,15 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
             check_out(path, force, kind, owned, in_place)
+            if exchange(tmp, path):  # one step: `path` holds the new directory, `tmp` the old (removed below)
+                try:  # a file put into it between that check and the swap: the old directory goes back, whole
+                    foreign = foreign_entry(tmp)
+                except LightFMPError:
+                    foreign = WRITTEN
+                if foreign is not None:
+                    exchange(tmp, path)
+                    raise _foreign_error(path, foreign, kind=kind)
+                return
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
             os.replace(path, old)
@@ -547,6 +568,33 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             os.replace(tmp, path)
     finally:
         remove_tree(tmp)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux's renameat2 with RENAME_EXCHANGE), so that a process killed while
+    a directory is replaced leaves the old one or the new one at `b`, never neither (two renames leave a moment with
+    nothing there). False where the system or its file system has no such call: the caller renames twice."""
+    call = _renameat2()
+    if call is None:
+        return False
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@functools.lru_cache(maxsize=1)
+def _renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return getattr(libc, "renameat2", None)
+    except OSError:
+        return None
 
 
 def remove_tree(path: Path) -> None:

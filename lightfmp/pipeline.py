@@ -21,7 +21,7 @@ from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256, 
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
-from .io import atomic_dir, check_apart, check_name_length, check_out, file_sha256
+from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
                         gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule,
                         closing_rows)
@@ -124,9 +124,10 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
     check_no_rule_without_gates(cfg)
-    _check_out(Path(out), force)  # what is refused is refused in its own words, before the lock beside it
+    out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
+    _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
     with _one_writer(out, "train"):
-        return _train(cfg, Path(out), force, quiet, keep_checkpoints=False)[0]
+        return _train(cfg, out, force, quiet, keep_checkpoints=False)[0]
 
 
 def _one_writer(out: str | Path, command: str):
@@ -266,7 +267,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     given = {k: v for k, v in dict(keep=keep, threshold=threshold, continue_epochs=continue_epochs).items()
              if v is not None}
     rule = RunConfig.from_dict(given, COMMAND_LINE).prune
-    path = open_run(run_dir).path  # refuses what is not a run, in its own words, before the lock beside it
+    path = open_run(as_the_kernel_reads(run_dir)).path  # refuses what is not a run, before the lock beside it
     with _one_writer(path, "prune"):
         return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
                       default_rule=default_rule)
@@ -460,7 +461,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     """All phases in one call. Calling it again after an interruption resumes: phase 1 from its checkpoint, or,
     when phase 1 had finished (<out> is a pretrained run of the same config and data that `run` marked
     unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
-    out = Path(out)
+    out = as_the_kernel_reads(out)
     check_name_length(out)
     check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as one from the CLI
     _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)

@@ -217,7 +217,8 @@ def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(d
                                                                *flags(settings)]
         res = CliRunner().invoke(app, args)
         assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
-        assert f"{out}: another lightfmp command is writing it (pid {holder.pid}, `lightfmp run`)" in res.output
+        assert f"{out}: another lightfmp command is writing it (pid {holder.pid}, `lightfmp run`); wait for it to " \
+               f"end" in res.output
         assert sorted(p.name for p in out.parent.iterdir()) == sorted(before + ["r.lock"])
     finally:
         holder.communicate("")
@@ -231,7 +232,12 @@ def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_
     lock.write_text(json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 1, "command": "run"}))  # no process holds it
     pipeline.run(cfg, tmp_path / "r", quiet=True)
     assert complete(tmp_path / "r") and not lock.exists()
-    mine = ckpt_files.lock_path(tmp_path / "mine")
+    for text in ("my notes", ""):  # an empty file too: lightfmp's lock file is never empty
+        mine = ckpt_files.lock_path(tmp_path / "mine")
+        mine.write_text(text)
+        with pytest.raises(LightFMPError, match=r"mine.lock: is not a lock file of lightfmp's"):
+            pipeline.run(cfg, tmp_path / "mine", quiet=True)
+        assert mine.read_text() == text and not (tmp_path / "mine").exists()
     mine.write_text("my notes")
     with pytest.raises(LightFMPError, match=r"mine.lock: is not a lock file of lightfmp's"):
         pipeline.run(cfg, tmp_path / "mine", quiet=True)
@@ -241,3 +247,63 @@ def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_
     with pytest.raises(LightFMPError, match=r"link.lock: is a symbolic link"):
         pipeline.train(cfg, tmp_path / "link", quiet=True)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_checkpoint_folder_holding_what_lightfmp_did_not_write_there_is_refused(data, tmp_path):
+    """A run named a.ckpt, or a folder of the user's, at <out>.ckpt: its pretrain.safetensors was overwritten by
+    phase 1's checkpoint and then deleted with the checkpoints."""
+    cfg = RunConfig.of(data=str(data), **{k: v for k, v in SETTINGS.items() if k != "keep"})
+    pipeline.train(cfg, tmp_path / "a.ckpt", quiet=True)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a.ckpt").iterdir()}
+    with pytest.raises(LightFMPError, match=r"a.ckpt: is a lightfmp run; checkpoints of a need this path"):
+        pipeline.run(cfg, tmp_path / "a", quiet=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "a.ckpt").iterdir()} == before
+    mine = tmp_path / "b.ckpt"
+    mine.mkdir()
+    (mine / "pretrain.safetensors").write_text("mine")
+    with pytest.raises(LightFMPError, match=r"b.ckpt: holds 'pretrain.safetensors'"):
+        pipeline.train(cfg, tmp_path / "b", quiet=True)
+    assert (mine / "pretrain.safetensors").read_text() == "mine"
+
+
+def test_an_out_with_dots_after_a_link_keeps_its_lock_and_checkpoints_beside_it(data, tmp_path):
+    """link/../o is, to the operating system, o beside the link's target; the lock and the checkpoints' temporaries
+    were put beside the link by the text, and the run ended in a traceback."""
+    (tmp_path / "sub" / "inner").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "sub" / "inner")
+    cfg = RunConfig.of(data=str(data), **SETTINGS)
+    pipeline.run(cfg, tmp_path / "link" / ".." / "o", quiet=True)
+    assert complete(tmp_path / "sub" / "o")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "sub"]
+    assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["inner", "o"]
+    assert ckpt_files.lock_path(tmp_path / "link" / ".." / "o") == tmp_path / "sub" / "o.lock"
+
+
+KILLED_IN_THE_SWAP = """
+import os, signal, sys
+from pathlib import Path
+from lightfmp import io, pipeline
+looked = io.foreign_entry
+def killed(p, *a, **k):  # the moment the old run, moved out of its place to a hidden name, is looked into
+    if Path(p).name.startswith(".r."):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return looked(p, *a, **k)
+io.foreign_entry = killed
+pipeline.prune(sys.argv[1], keep=2, quiet=True)
+"""
+
+
+def test_a_kill_while_a_run_is_replaced_leaves_a_run_in_its_place(data, tmp_path):
+    """prune (and --force, and run's last step) replaced the run directory in two renames: a SIGKILL between them
+    left no run at all, and `prune` then said there was none. The swap is one step where the system has one."""
+    from lightfmp.io import exchange
+    if not exchange(tmp_path, tmp_path):  # renameat2 (Linux): elsewhere the two renames remain
+        pytest.skip("no one-step exchange on this system")
+    cfg = RunConfig.of(data=str(data), **{k: v for k, v in SETTINGS.items() if k != "keep"})
+    pipeline.train(cfg, tmp_path / "r", quiet=True)
+    p = subprocess.run([sys.executable, "-c", KILLED_IN_THE_SWAP, str(tmp_path / "r")],
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["state"] in ("pretrained", "complete")
+    pipeline.prune(tmp_path / "r", keep=2, quiet=True)  # and the next prune finds it
+    assert complete(tmp_path / "r")
