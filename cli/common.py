@@ -82,7 +82,7 @@ def _no_empty_paths(command, ctx, args: list[str]) -> None:
             continue
         value = raw.get(param.name)
         if value == "" or (isinstance(value, (list, tuple)) and "" in value):
-            fail(f"{_name(param)} '': is empty; give a path (. for the current directory)")
+            fail(f"{_name(param)} '': is empty; give a path")
 
 
 class Command(TyperCommand):

@@ -98,11 +98,14 @@ def derived(s, v):
         return None
     if s["derive"]["type"] != "criteo_log_square":
         raise ServeError(f"field '{s['name']}': unknown derive type {s['derive']['type']!r}")
-    try:
+    try:  # text as training reads it: ASCII digits, no '_' (Python's int() and float() also take '1_000', '٣')
         x = int(v) if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v) else v
         if isinstance(x, str):
+            if not x.isascii() or "_" in x:
+                raise ValueError
             x = float(x)
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not float(x).is_integer():
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(float(x)) \
+                or not float(x).is_integer():
             raise ValueError
     except (ValueError, OverflowError):
         raise ServeError(f"field '{s['name']}' (a Criteo count) got {v!r}; expected an integer") from None
@@ -171,6 +174,9 @@ class Client:
             self.schema = json.loads((d / "feature_schema.json").read_text())
         except (OSError, ValueError) as e:
             raise ServeError(f"{d / 'feature_schema.json'}: cannot read it ({type(e).__name__})") from None
+        if self.schema.get("schema_version", 1) > 2:  # a newer contract may encode in ways this client does not
+            raise ServeError(f"{d / 'feature_schema.json'}: schema_version {self.schema['schema_version']} is newer "
+                             f"than this client reads (2)")
         self.raw = self.schema.get("input_mode") == "raw"
         self.vocab = {s["name"]: read_vocab(file_in(d, s["vocab_file"], s.get("vocab_sha256")))
                       for s in self.schema["inputs"] if "vocab_file" in s}

@@ -39,7 +39,7 @@ except ImportError:  # not POSIX: no lock (a second command on the same <out> th
 
 from .errors import LightFMPError
 from .io import (NAME_MAX, as_the_kernel_reads, atomic_path, check_name_length, json_safe, json_text,
-                 lightfmp_kind, os_errors_of)
+                 lightfmp_kind, os_errors_of, temp_prefix)
 
 FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
@@ -155,7 +155,7 @@ def _make_parents(folder: Path) -> list[Path]:
     return made
 
 
-def _acquire(path: Path, command: str) -> int:
+def _acquire(path: Path, command: str) -> int | None:
     record = json.dumps({"format": LOCK_FORMAT, "pid": os.getpid(), "command": command}).encode()
     for _ in range(100):  # another command may unlink the file between our open and our lock: open it again
         _create_with(path, record)  # never empty: an empty file there is someone else's
@@ -163,6 +163,11 @@ def _acquire(path: Path, command: str) -> int:
             fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         except FileNotFoundError:
             continue
+        except PermissionError:  # another user's lock file: it can be locked read-only all the same
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            except FileNotFoundError:
+                continue
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise LightFMPError(f"{path}: is a symbolic link; lightfmp needs this path for the lock of "
@@ -180,6 +185,14 @@ def _acquire(path: Path, command: str) -> int:
                 who = f"pid {held['pid']}, `lightfmp {held['command']}`" if held else "another process"
                 raise LightFMPError(f"{path.with_suffix('')}: another lightfmp command is writing it ({who}); wait "
                                     f"for it to end") from None
+            except OSError as e:
+                if e.errno not in NO_LOCKS:
+                    raise
+                mine = (_lock_record(fd) or {}).get("pid") == os.getpid()
+                os.close(fd)  # a file system without flock: no lock, as on a system without fcntl
+                if mine:
+                    path.unlink(missing_ok=True)
+                return None
             try:
                 same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -190,8 +203,11 @@ def _acquire(path: Path, command: str) -> int:
             if _lock_record(fd) is None:
                 raise LightFMPError(f"{path}: is not a lock file of lightfmp's; lightfmp needs this path for the "
                                     f"lock of {path.with_suffix('').name} (move it away)")
-            os.pwrite(fd, record, 0)  # ours now (a killed command's record before)
-            os.ftruncate(fd, len(record))
+            try:
+                os.pwrite(fd, record, 0)  # ours now (a killed command's record before)
+                os.ftruncate(fd, len(record))
+            except OSError:  # opened read-only (another user's file): locked all the same, its record stays
+                pass
             return fd
         except BaseException:
             os.close(fd)
@@ -205,14 +221,19 @@ def _create_with(path: Path, record: bytes) -> None:
     if os.path.lexists(path):
         return
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
         try:
             os.write(fd, record)
+            os.fchmod(fd, 0o644)  # as a file opened for writing would be (mkstemp's are 0600)
             os.close(fd)
             fd = None
             os.link(tmp, path)
         except FileExistsError:
             pass
+        except OSError as e:
+            if e.errno not in NO_LINKS:
+                raise
+            _create_plain(path, record)  # a file system without hard links (FAT, some network mounts)
         finally:
             if fd is not None:
                 os.close(fd)
@@ -222,12 +243,30 @@ def _create_with(path: Path, record: bytes) -> None:
                             f"({e.strerror or e})") from None
 
 
-def _lock_record(fd: int) -> dict | None:
+NO_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK}
+NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+
+
+def _create_plain(path: Path, record: bytes) -> None:
     try:
-        doc = json.loads(os.pread(fd, 4096, 0))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, record)
+    finally:
+        os.close(fd)
+
+
+def _lock_record(fd: int) -> dict | None:
+    """The lock file's record: its first JSON value (a kill between rewriting a stale record and cutting the file
+    to its length leaves the old record's tail after it)."""
+    try:
+        doc, _ = json.JSONDecoder().raw_decode(os.pread(fd, 4096, 0).decode())
     except (OSError, ValueError):
         return None
-    return doc if isinstance(doc, dict) and doc.get("format") == LOCK_FORMAT else None
+    ok = isinstance(doc, dict) and doc.get("format") == LOCK_FORMAT
+    return {"pid": doc.get("pid", "?"), "command": doc.get("command", "?")} if ok else None
 
 
 def config_sha256(cfg) -> str:

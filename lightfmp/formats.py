@@ -434,22 +434,29 @@ def criteo_log_square(x: np.ndarray) -> np.ndarray:
 def criteo_texts(values: list, name: str) -> list:
     """The model's texts for raw counts given at serving time (ints, integral floats or their text; None / NaN / ''
     missing), by training's rule (`_criteo`); the first value that is not an integer is refused, naming its record."""
+    def absent(v) -> bool:  # None, NaN, pandas' NA / NaT, or the empty text of a blank cell
+        return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and np.isnan(v)) \
+            or (isinstance(v, str) and v == "")
     x = np.full(len(values), np.nan)
     text = [i for i, v in enumerate(values) if isinstance(v, str) and v != ""]
     if text:
-        x[text] = _criteo_numbers(pa.array([values[i] for i in text], pa.string()))
+        with np.errstate(invalid="ignore", over="ignore"):
+            x[text] = _criteo_numbers(pa.array([values[i] for i in text], pa.string()))
     for i, v in enumerate(values):
         if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_)):
-            x[i] = float(v)
-        elif not (v is None or v == "" or isinstance(v, str) or (isinstance(v, float) and np.isnan(v))):
+            try:
+                x[i] = float(v)
+            except OverflowError:  # an integer beyond any float: no count
+                x[i] = np.inf
+        elif not (absent(v) or isinstance(v, str)):
             raise LightFMPError(f"record {i}, field '{name}' (a Criteo count) got {v!r} ({type(v).__name__}); "
                                 f"expected an integer")
-    present = np.array([not (v is None or v == "" or (isinstance(v, float) and np.isnan(v))) for v in values],
-                       dtype=bool)
-    bad = np.flatnonzero(present & (np.isnan(x) | (np.isfinite(x) & (np.mod(x, 1) != 0)) | np.isinf(x)))
+    present = np.array([not absent(v) for v in values], dtype=bool)
+    with np.errstate(invalid="ignore"):
+        bad = np.flatnonzero(present & (~np.isfinite(x) | (np.mod(x, 1) != 0)))
     if len(bad):
         v = values[bad[0]]
-        raise LightFMPError(f"record {bad[0]}, field '{name}' (a Criteo count) got {v!r}; expected an integer")
+        raise LightFMPError(f"record {bad[0]}, field '{name}' (a Criteo count) got {v!r:.60}; expected an integer")
     y = criteo_log_square(x)
     return [str(int(v)) if ok else None for v, ok in zip(y, present)]
 

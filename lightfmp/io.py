@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
 import urllib.parse
 from contextlib import contextmanager
@@ -583,17 +584,19 @@ def exchange(a: Path, b: Path) -> bool:
     if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EPERM):  # EPERM: a sandbox
+        return False  # that forbids the call (a real permission problem shows in the two renames as well)
     raise OSError(err, os.strerror(err), str(b))
 
 
 @functools.lru_cache(maxsize=1)
 def _renameat2():
+    if not sys.platform.startswith("linux"):  # elsewhere no such call (and no CDLL(None) on Windows)
+        return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return getattr(libc, "renameat2", None)
-    except OSError:
+    except (OSError, TypeError):
         return None
 
 

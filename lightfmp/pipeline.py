@@ -278,6 +278,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     """`data`: the run's data when the caller has it loaded already (`run`); otherwise it is read again."""
     # prune rewrites the run directory: refuse a path that is not one, first
     check_out(run.path, force=True, kind="run", in_place=True)
+    check_place(run.path)  # phase 3's checkpoints go to <run>.ckpt: not over files lightfmp did not write there
     if not os.access(run.path, os.W_OK):  # it is copied, rewritten and put back in its place
         raise LightFMPError(f"{run.path}: is read-only; prune rewrites the run in place (copy it somewhere writable)")
     if not run.select:

@@ -297,7 +297,9 @@ def test_a_kill_while_a_run_is_replaced_leaves_a_run_in_its_place(data, tmp_path
     """prune (and --force, and run's last step) replaced the run directory in two renames: a SIGKILL between them
     left no run at all, and `prune` then said there was none. The swap is one step where the system has one."""
     from lightfmp.io import exchange
-    if not exchange(tmp_path, tmp_path):  # renameat2 (Linux): elsewhere the two renames remain
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    if not exchange(tmp_path / "x", tmp_path / "y"):  # renameat2 (Linux): elsewhere the two renames remain
         pytest.skip("no one-step exchange on this system")
     cfg = RunConfig.of(data=str(data), **{k: v for k, v in SETTINGS.items() if k != "keep"})
     pipeline.train(cfg, tmp_path / "r", quiet=True)
@@ -307,3 +309,35 @@ def test_a_kill_while_a_run_is_replaced_leaves_a_run_in_its_place(data, tmp_path
     assert json.loads((tmp_path / "r" / "run.json").read_text())["state"] in ("pretrained", "complete")
     pipeline.prune(tmp_path / "r", keep=2, quiet=True)  # and the next prune finds it
     assert complete(tmp_path / "r")
+
+
+def test_prune_refuses_a_checkpoint_folder_holding_a_file_of_the_users(data, tmp_path):
+    cfg = RunConfig.of(data=str(data), **{k: v for k, v in SETTINGS.items() if k != "keep"})
+    pipeline.train(cfg, tmp_path / "q", quiet=True)
+    (tmp_path / "q.ckpt").mkdir()
+    (tmp_path / "q.ckpt" / "continue.safetensors").write_text("mine")
+    with pytest.raises(LightFMPError, match=r"q.ckpt: holds 'continue.safetensors'"):
+        pipeline.prune(tmp_path / "q", keep=2, quiet=True)
+    assert (tmp_path / "q.ckpt" / "continue.safetensors").read_text() == "mine"
+
+
+def test_the_lock_copes_with_long_names_a_tail_left_by_a_kill_and_file_systems_without_flock(data, tmp_path,
+                                                                                            monkeypatch):
+    long = tmp_path / ("r" * 240)  # the lock's temporary takes a shortened name, as every temporary does
+    with ckpt_files.one_writer(long, "run"):
+        assert ckpt_files.lock_path(long).exists()
+    assert not ckpt_files.lock_path(long).exists()
+    lock = ckpt_files.lock_path(tmp_path / "t")
+    old = json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 123456789, "command": "prune-and-more"})
+    lock.write_text(json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 1, "command": "run"}) + old[-20:])
+    with ckpt_files.one_writer(tmp_path / "t", "run"):  # a killed rewrite's tail: still lightfmp's, taken over
+        assert json.loads(lock.read_text())["pid"] == os.getpid()
+    import errno
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with ckpt_files.one_writer(tmp_path / "u", "run"):  # no lock, as without fcntl, and no file left
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -567,13 +567,7 @@ def test_a_parquet_decimal_column_is_scored_as_training_read_it(tmp_path):
         assert np.abs(p.predict(given) - want).max() <= 1e-5
 
 
-def test_a_criteo_export_scores_raw_counts_as_training_derived_them(tmp_path, example):
-    """Criteo's I columns are read as floor(ln(v)^2) of the raw count; the export records that (`derive`), and the
-    Predictor and the example client apply it to the raw counts of a log line. Before, a raw count was looked up
-    as it was: an unseen value, every test row scored otherwise, without a word."""
-    from lightfmp.formats import CRITEO_COLUMNS
-    from lightfmp.pipeline import run_data
-    from lightfmp.rundir import open_run
+def _criteo_lines(path: Path) -> list[str]:
     rng = np.random.default_rng(0)
     lines = []
     for _ in range(1500):
@@ -581,16 +575,32 @@ def test_a_criteo_export_scores_raw_counts_as_training_derived_them(tmp_path, ex
         cells = [str(rng.integers(0, 2))] + ["" if rng.random() < 0.1 else str(v) for v in ints] + \
             [f"{v:08x}" for v in rng.integers(0, 6, 26)]
         lines.append("\t".join(cells))
-    (tmp_path / "day.txt").write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def _raw_test_records(run_dir: Path, lines: list[str]) -> list[dict]:
+    """The run's test rows as the raw fields of their log lines, in file order."""
+    from lightfmp.formats import CRITEO_COLUMNS
+    from lightfmp.pipeline import run_data
+    from lightfmp.rundir import open_run
+    numbers = np.sort(run_data(open_run(run_dir)).split_rows("test").row_numbers())
+    return [dict(zip(CRITEO_COLUMNS, lines[i].split("\t"))) for i in numbers]
+
+
+def test_a_criteo_export_scores_raw_counts_as_training_derived_them(tmp_path, example):
+    """Criteo's I columns are read as floor(ln(v)^2) of the raw count; the export records that (`derive`), and the
+    Predictor and the example client apply it to the raw counts of a log line. Before, a raw count was looked up
+    as it was: an unseen value, every test row scored otherwise, without a word."""
+    lines = _criteo_lines(tmp_path / "day.txt")
     pipeline.run(RunConfig.of(data=str(tmp_path / "day.txt"), format="criteo", no_select=True, epochs=1,
                               embed_dim=4, hidden="8", device="cpu"), tmp_path / "run", quiet=True)
     export_run(tmp_path / "run", tmp_path / "exp")
     doc = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())
     assert {s["name"]: s.get("derive", {}).get("type") for s in doc["inputs"]} == \
         {**{f"I{i}": "criteo_log_square" for i in range(1, 14)}, **{f"C{i}": None for i in range(1, 27)}}
-    run = open_run(tmp_path / "run")
-    numbers = np.sort(run_data(run).split_rows("test").row_numbers())
-    records = [dict(zip(CRITEO_COLUMNS, lines[i].split("\t"))) for i in numbers]
+    assert doc["schema_version"] == 2  # a reader of version 1 would score raw counts as they are: it refuses
+    records = _raw_test_records(tmp_path / "run", lines)
     want = torch_probs(tmp_path / "run", held_out_rows(tmp_path / "run"))
     assert np.abs(Predictor(tmp_path / "exp").predict(records) - want).max() <= 1e-5
     typed = [{k: int(v) if k.startswith("I") and v else v for k, v in r.items()} for r in records]
@@ -606,3 +616,25 @@ def test_a_criteo_export_scores_raw_counts_as_training_derived_them(tmp_path, ex
     for bad in ({"type": "log"}, "criteo_log_square", {"rule": "v"}):
         with pytest.raises(LightFMPError, match=r"f: inputs\[0\] \('I1'\): derive"):
             InputSpec.from_dict({**entry, "derive": bad}, "f: inputs[0]")
+    with_na = pd.DataFrame(records[:3])
+    with_na["I1"] = pd.array([None, 38, 2], dtype="Int64")  # pandas' NA is a missing count
+    assert Predictor(tmp_path / "exp").encode(with_na)["I1"][0] == 1
+
+
+def test_criteo_counts_named_numeric_are_bucketized_as_derived(tmp_path, example):
+    """--numeric I1,I2: their bucket edges are in derived values, so the export derives them too."""
+    lines = _criteo_lines(tmp_path / "day.txt")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "day.txt"), format="criteo", numeric="I1,I2", no_select=True,
+                              epochs=1, embed_dim=4, hidden="8", device="cpu"), tmp_path / "run", quiet=True)
+    export_run(tmp_path / "run", tmp_path / "exp")
+    doc = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())
+    kinds = {s["name"]: (s["kind"], s.get("derive", {}).get("type")) for s in doc["inputs"]}
+    assert kinds["I1"] == ("numeric", "criteo_log_square") and kinds["I3"] == ("categorical", "criteo_log_square")
+    records = _raw_test_records(tmp_path / "run", lines)
+    want = torch_probs(tmp_path / "run", held_out_rows(tmp_path / "run"))
+    assert np.abs(Predictor(tmp_path / "exp").predict(records) - want).max() <= 1e-5
+    assert np.abs(example.Client(tmp_path / "exp").predict(records) - want).max() <= 1e-5
+
+
+def test_an_export_that_derives_nothing_stays_schema_version_1(s):
+    assert json.loads((get_export(s, "mlp") / "feature_schema.json").read_text())["schema_version"] == 1

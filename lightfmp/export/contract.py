@@ -19,7 +19,8 @@ from ..formats import CRITEO_DERIVE, CRITEO_DERIVE_RULE
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
 from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries, check_spelling
 
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # the newest this reads; 2: an input derives its values (`derive`): written only then, so that
+#                     a reader of 1 refuses such an export instead of scoring raw values as they are
 SCHEMA_FILE = "feature_schema.json"
 MODEL_FILE = "model.onnx"
 EXTERNAL_DATA_FILE = "model.onnx.data"
@@ -88,9 +89,9 @@ class InputSpec:
 
     @classmethod
     def from_field(cls, f: Field, raw: bool, derive: str | None = None) -> "InputSpec":
-        if f.kind == "numeric":
+        if f.kind == "numeric":  # a Criteo count named --numeric: bucketized in derived values, so derived too
             return cls(f.name, f.kind, "float32", ["batch"], f.vocab_size,
-                       transform=Bucketize(list(f.boundaries or [])))
+                       transform=Bucketize(list(f.boundaries or [])), derive=derive)
         spec = cls(f.name, f.kind, "string" if raw else "int64",
                    ["batch", f.max_len] if f.kind == "multi_hot" else ["batch"], f.vocab_size,
                    separator=f.separator if f.kind == "multi_hot" else None,
@@ -158,9 +159,9 @@ class InputSpec:
         spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
         if "derive" in d:
             kind_of = d["derive"].get("type") if isinstance(d["derive"], dict) else None
-            _require(kind_of in DERIVE_RULES and kind == "categorical",
-                     f"{where}: derive {d['derive']!r:.80} is not one lightfmp writes (a categorical input's "
-                     f"derive.type {' or '.join(DERIVE_RULES)})")
+            _require(kind_of in DERIVE_RULES and kind != "multi_hot",
+                     f"{where}: derive {d['derive']!r:.80} is not one lightfmp writes (a categorical or numeric "
+                     f"input's derive.type {' or '.join(DERIVE_RULES)})")
             spec.derive = kind_of
         if kind == "numeric":
             edges = d["transform"].get("boundaries") if isinstance(d.get("transform"), dict) else None
@@ -221,7 +222,7 @@ class ServingContract:
     model_file: str = MODEL_FILE
     label: str = "label"
     input_mode: str = "ids"
-    schema_version: int = EXPORT_VERSION
+    schema_version: int = 1
     dropped_fields: list[str] = field(default_factory=list)
     table_dtype: str | None = None
     opset: int | None = None

@@ -14,8 +14,8 @@ from ..errors import LightFMPError
 from ..formats import derived
 from ..io import atomic_dir, check_apart, check_out, file_sha256
 from ..rundir import open_run
-from .contract import (EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME, ExternalData,
-                       InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
+from .contract import (EXPORT_VERSION, EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME,
+                       ExternalData, InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
 from .graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_graph, check_graph, save_model, serving_module
 from .validate import VALIDATE_ROWS, validate, validation_rows
 
@@ -111,9 +111,10 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     metrics = run.metrics()
     run_auc = metrics.get("test", {}).get("auc")
     name = triton_name if triton_name is not None else triton_model_name(out.name)
+    specs = [InputSpec.from_field(f, raw, derived(run.config.data.format, f.name)) for f in kept.fields]
     contract = ServingContract(
-        inputs=[InputSpec.from_field(f, raw, derived(run.config.data.format, f.name)) for f in kept.fields],
-        output=OutputSpec(), model_file=MODEL_FILE,
+        inputs=specs, output=OutputSpec(), model_file=MODEL_FILE,
+        schema_version=EXPORT_VERSION if any(i.derive for i in specs) else 1,
         label=kept.label, input_mode=inputs, dropped_fields=list(metrics.get("fields", {}).get("dropped", [])),
         table_dtype=dtype, opset=opset, backbone=run.config.model.backbone, run_dir=run.path.resolve().name,
         run_test_auc=run_auc, run_weights_sha256=file_sha256(run.path / "model.safetensors"), triton_model=name,
