@@ -419,6 +419,11 @@ class Checkpoint:
                 held.start()  # the renames: JSON's as this block ends, the tensors' as the next one does
                 _hint["epoch"] = state.epoch
 
+    def saved_elsewhere(self, epoch: int) -> None:
+        """Rank 0 saved `epoch` (every rank has passed the barrier after it): a torchrun rank that did not write the
+        checkpoint says where it resumes from as rank 0 does."""
+        _hint["epoch"] = epoch
+
     def discard(self) -> None:
         """Delete this phase's pair, then the folder if that left it empty (the next phase makes it again)."""
         self.tensors_path.unlink(missing_ok=True)

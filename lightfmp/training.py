@@ -522,6 +522,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                 if dist.is_main():
                     checkpoint.save(model, trainer.optimizers, state)
                 dist.barrier()  # nobody starts (or dies in) the next epoch before the checkpoint is whole
+                if not dist.is_main():
+                    checkpoint.saved_elsewhere(state.epoch)
             status(f"loss {rec['train_logloss']:.4f}" + (f" valid auc {rec['valid']['auc']:.4f}" if "valid" in rec
                                                          else ""))
             next_epoch()

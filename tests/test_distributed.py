@@ -190,3 +190,22 @@ def test_dataset_offers_the_rows_accessors(tmp_path):
     sub, rest = data.subset(0.25, 0)
     assert len(sub) + len(rest) == sizes["train"] and not set(sub.row_numbers()) & set(rest.row_numbers())
     assert len(data.subset(1.0, 0)[1]) == 0
+
+
+def test_a_rank_that_does_not_write_the_checkpoints_knows_the_epoch_rank_0_saved(tmp_path, monkeypatch):
+    """Only rank 0 saves; the others' stop line said the phase had no completed epoch, while rank 0's said where
+    to resume. Played here by one process that is not rank 0 (its barriers are no-ops)."""
+    from lightfmp import checkpoint as ckpt_mod, training
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, 22, size=(600, 4)).astype(np.int32)
+    y = (rng.random(600) < 1 / (1 + np.exp(-(ids[:, 0] - 12) / 3))).astype(np.float32)
+    rows, valid = ArrayRows(ids[:500], y[:500]), ArrayRows(ids[500:], y[500:])
+    monkeypatch.setattr(training.dist, "is_main", lambda: False)
+    ckpt_mod.reset_hint()
+    try:
+        with pytest.raises(Interrupted):
+            _gated_fit(rows, valid, Checkpoint(tmp_path, "pretrain", {"config_sha256": "a"}), stop_at=2)
+        assert not list(tmp_path.iterdir())  # it wrote nothing
+        assert ckpt_mod.resume_hint().startswith("rerun the same command to resume from epoch 2 (pretrain phase")
+    finally:
+        ckpt_mod.reset_hint()
