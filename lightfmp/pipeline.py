@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
-from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256, one_writer
+from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
@@ -35,6 +35,7 @@ from .schema import FeatureSchema
 from .shards import shard_home
 from .splits import SplitRule
 from .training import evaluate, fit, validate, warm_up
+from .writer_lock import one_writer
 
 def resolve_device(name: str) -> str:
     if name == "auto":

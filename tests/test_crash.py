@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from lightfmp import checkpoint as ckpt_files, pipeline
+from lightfmp import checkpoint as ckpt_files, pipeline, writer_lock
 from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 
@@ -191,7 +191,7 @@ def test_removing_the_checkpoints_takes_what_a_killed_safetensors_write_left(tmp
 
 
 
-HOLD = ("import sys, time\nfrom lightfmp.checkpoint import one_writer\nwith one_writer(sys.argv[1], 'run'):\n"
+HOLD = ("import sys, time\nfrom lightfmp.writer_lock import one_writer\nwith one_writer(sys.argv[1], 'run'):\n"
         "    print('held', flush=True)\n    sys.stdin.read()\n")
 
 
@@ -211,7 +211,7 @@ def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(d
                               text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert json.loads(ckpt_files.lock_path(out).read_text())["pid"] == holder.pid
+        assert json.loads(writer_lock.lock_path(out).read_text())["pid"] == holder.pid
         settings = {k: v for k, v in SETTINGS.items() if command == "run" or k != "keep"}
         args = [command, str(out)] if command == "prune" else [command, "--data", str(data), "--out", str(out),
                                                                *flags(settings)]
@@ -228,12 +228,12 @@ def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(d
 
 def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_is_refused(data, tmp_path):
     cfg = RunConfig.of(data=str(data), **SETTINGS)
-    lock = ckpt_files.lock_path(tmp_path / "r")
-    lock.write_text(json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 1, "command": "run"}))  # no process holds it
+    lock = writer_lock.lock_path(tmp_path / "r")
+    lock.write_text(json.dumps({"format": writer_lock.LOCK_FORMAT, "pid": 1, "command": "run"}))  # no process holds it
     pipeline.run(cfg, tmp_path / "r", quiet=True)
     assert complete(tmp_path / "r") and not lock.exists()
     for text in ("my notes", ""):  # an empty file too: lightfmp's lock file is never empty
-        mine = ckpt_files.lock_path(tmp_path / "mine")
+        mine = writer_lock.lock_path(tmp_path / "mine")
         mine.write_text(text)
         with pytest.raises(LightFMPError, match=r"mine.lock: is not a lock file of lightfmp's"):
             pipeline.run(cfg, tmp_path / "mine", quiet=True)
@@ -242,7 +242,7 @@ def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_
     with pytest.raises(LightFMPError, match=r"mine.lock: is not a lock file of lightfmp's"):
         pipeline.run(cfg, tmp_path / "mine", quiet=True)
     assert mine.read_text() == "my notes" and not (tmp_path / "mine").exists()
-    link = ckpt_files.lock_path(tmp_path / "link")
+    link = writer_lock.lock_path(tmp_path / "link")
     link.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(LightFMPError, match=r"link.lock: is a symbolic link"):
         pipeline.train(cfg, tmp_path / "link", quiet=True)
@@ -276,7 +276,7 @@ def test_an_out_with_dots_after_a_link_keeps_its_lock_and_checkpoints_beside_it(
     assert complete(tmp_path / "sub" / "o")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "sub"]
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["inner", "o"]
-    assert ckpt_files.lock_path(tmp_path / "link" / ".." / "o") == tmp_path / "sub" / "o.lock"
+    assert writer_lock.lock_path(tmp_path / "link" / ".." / "o") == tmp_path / "sub" / "o.lock"
 
 
 KILLED_IN_THE_SWAP = """
@@ -324,13 +324,13 @@ def test_prune_refuses_a_checkpoint_folder_holding_a_file_of_the_users(data, tmp
 def test_the_lock_copes_with_long_names_a_tail_left_by_a_kill_and_file_systems_without_flock(data, tmp_path,
                                                                                             monkeypatch):
     long = tmp_path / ("r" * 240)  # the lock's temporary takes a shortened name, as every temporary does
-    with ckpt_files.one_writer(long, "run"):
-        assert ckpt_files.lock_path(long).exists()
-    assert not ckpt_files.lock_path(long).exists()
-    lock = ckpt_files.lock_path(tmp_path / "t")
-    old = json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 123456789, "command": "prune-and-more"})
-    lock.write_text(json.dumps({"format": ckpt_files.LOCK_FORMAT, "pid": 1, "command": "run"}) + old[-20:])
-    with ckpt_files.one_writer(tmp_path / "t", "run"):  # a killed rewrite's tail: still lightfmp's, taken over
+    with writer_lock.one_writer(long, "run"):
+        assert writer_lock.lock_path(long).exists()
+    assert not writer_lock.lock_path(long).exists()
+    lock = writer_lock.lock_path(tmp_path / "t")
+    old = json.dumps({"format": writer_lock.LOCK_FORMAT, "pid": 123456789, "command": "prune-and-more"})
+    lock.write_text(json.dumps({"format": writer_lock.LOCK_FORMAT, "pid": 1, "command": "run"}) + old[-20:])
+    with writer_lock.one_writer(tmp_path / "t", "run"):  # a killed rewrite's tail: still lightfmp's, taken over
         assert json.loads(lock.read_text())["pid"] == os.getpid()
     import errno
     import fcntl
@@ -338,6 +338,6 @@ def test_the_lock_copes_with_long_names_a_tail_left_by_a_kill_and_file_systems_w
     def no_flock(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
     monkeypatch.setattr(fcntl, "flock", no_flock)
-    with ckpt_files.one_writer(tmp_path / "u", "run"):  # no lock, as without fcntl, and no file left
+    with writer_lock.one_writer(tmp_path / "u", "run"):  # no lock, as without fcntl, and no file left
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == []

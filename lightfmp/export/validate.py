@@ -101,9 +101,7 @@ def validate(path: Path, module: ServingModule, model, kept: FeatureSchema, rows
     sess = session(path)
     feeds = rows.feeds_raw if raw else rows.feeds_ids
     n = len(next(iter(feeds.values())))
-    with torch.no_grad():
-        ref = np.concatenate([module(*(t[i:i + 8192] for t in torch_inputs(rows.feeds_ids, kept))).numpy()
-                              for i in range(0, n, 8192)]) if n else np.zeros(0, np.float32)
+    ref = _torch_scores(module, rows, kept, n)
     got = run_batched(sess, feeds)
     diff = float(np.abs(got.astype(np.float64) - ref).max()) if n else 0.0
     if not diff <= TOLERANCE:
@@ -131,12 +129,18 @@ def validate(path: Path, module: ServingModule, model, kept: FeatureSchema, rows
 
 def _fp32_difference(model, kept: FeatureSchema, rows: ValidationRows, got: np.ndarray) -> float:
     """max |export - the same graph with fp32 tables| on the same feeds: what fp16 tables alone move a score by."""
-    fp32 = serving_module(model, kept, "fp32")
     n = len(got)
-    with torch.no_grad():
-        ref = np.concatenate([fp32(*(t[i:i + 8192] for t in torch_inputs(rows.feeds_ids, kept))).numpy()
-                              for i in range(0, n, 8192)]) if n else np.zeros(0, np.float32)
+    ref = _torch_scores(serving_module(model, kept, "fp32"), rows, kept, n)
     return float(np.abs(got.astype(np.float64) - ref).max()) if n else 0.0
+
+
+def _torch_scores(module: ServingModule, rows: ValidationRows, kept: FeatureSchema, n: int) -> np.ndarray:
+    """The PyTorch serving module's scores of the validation rows' id feeds, 8,192 rows a call."""
+    if not n:
+        return np.zeros(0, np.float32)
+    inputs = torch_inputs(rows.feeds_ids, kept)  # converted once, sliced per call
+    with torch.no_grad():
+        return np.concatenate([module(*(t[i:i + 8192] for t in inputs)).numpy() for i in range(0, n, 8192)])
 
 
 def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np.ndarray, dtype: str,
