@@ -134,16 +134,21 @@ def each(values, convert):
 
 
 class Spelled:
-    """A hashed field's recorded spelling as `token` looks it up: '16' or '16.0', 'True' or 'true'."""
+    """A hashed field's recorded spelling as `token` looks it up: '16' or '16.0', 'True' or 'true', and a fraction
+    as a float32 column's float64 text ('0.20000000298023224') where the spelling records so."""
 
     def __init__(self, spelling):
         self.whole, self.bool = spelling["whole"], spelling["bool"]
+        self.single = spelling.get("fraction") == "0.20000000298023224"
 
     def __contains__(self, text):
         if re.fullmatch(r"-?[0-9]+(\.0)?", text):
             return text.endswith(".0") == self.whole.endswith(".0")
         if text in ("True", "False", "true", "false"):
             return text[0].islower() == self.bool[0].islower()
+        if self.single and re.fullmatch(r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?", text):
+            with np.errstate(over="ignore"):
+                return float(text) == float(np.float32(float(text)))
         return True
 
 

@@ -46,18 +46,28 @@ def check_boundaries(edges, where: str) -> None:
 # a whole number as '16' or '16.0' (pandas writes an integer column with gaps as 16.0), a bool as 'True' or 'true'
 # (a CSV's text), and whether the empty text was a value of its own ('value': a Parquet '') or never one
 # ('missing': a text file's empty cell is a missing value, so a served '' is one too, as for a vocabulary without
-# ''). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is served.
-SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true"), "empty": ("missing", "value")}
-SPELLINGS_BEFORE_EMPTY = ("whole", "bool")  # recorded before "empty" was: '' is then hashed as a value
+# ''), and, only where it was so, a fraction as a float32 column's float64 text ('0.20000000298023224' for a served
+# 0.2; else as written, '0.2'). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is
+# served.
+SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true"), "empty": ("missing", "value"),
+             "fraction": ("0.2", "0.20000000298023224")}
+SPELLING_KEYS = ({"whole", "bool"}, {"whole", "bool", "empty"}, set(SPELLINGS))  # recorded before "empty" was:
+# '' is then hashed as a value; "fraction" only where the float32 spelling was seen
 WHOLE_TEXT = r"-?[0-9]+"          # a whole number's text ('16'; '16.0' is it with ".0")
+FRACTION_TEXT = r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?"  # a number's text as Python writes it
 BOOL_TEXTS = ("True", "False")    # a typed column's booleans ('true' / 'false': the same, lower case)
 
 
 def check_spelling(spelling, where: str) -> None:
-    if not isinstance(spelling, dict) or set(spelling) not in (set(SPELLINGS), set(SPELLINGS_BEFORE_EMPTY)) \
+    if not isinstance(spelling, dict) or set(spelling) not in SPELLING_KEYS \
             or any(spelling[k] not in SPELLINGS[k] for k in spelling):
         raise LightFMPError(f"{where}: spelling {spelling!r:.80} must give "
                             + " and ".join(f"{k} as {' or '.join(map(repr, v))}" for k, v in SPELLINGS.items()))
+
+
+def single_fractions(spelling: dict | None) -> bool:
+    """Whether a hashed field of this spelling was trained on a float32 column's fractions, as their float64 texts."""
+    return spelling is not None and spelling.get("fraction") == SPELLINGS["fraction"][1]
 
 
 def empty_is_missing(spelling: dict | None) -> bool:

@@ -22,7 +22,8 @@ from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .formats import criteo_texts
-from .schema import BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
+                     single_fractions)
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -175,13 +176,16 @@ class _Spelled:
     training text spelled its values (`Field.spelling`), and every text the spelling says nothing about."""
 
     def __init__(self, spelling: dict[str, str]):
-        self.whole, self.bool = spelling["whole"], spelling["bool"]
+        self.whole, self.bool, self.single = spelling["whole"], spelling["bool"], single_fractions(spelling)
 
     def __contains__(self, text: str) -> bool:
         if re.fullmatch(f"{WHOLE_TEXT}(\\.0)?", text):
             return text.endswith(".0") == self.whole.endswith(".0")
         if text in BOOL_TEXTS or text in [b.lower() for b in BOOL_TEXTS]:
             return text[0].islower() == self.bool[0].islower()
+        if self.single and re.fullmatch(FRACTION_TEXT, text):  # a float32 column's: its value's float64 text
+            with np.errstate(over="ignore"):
+                return float(text) == float(np.float32(float(text)))
         return True
 
 

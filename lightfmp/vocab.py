@@ -37,8 +37,8 @@ from .config import DataConfig
 from .encoding import MISSING_TEXT, column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import (BOOL_TEXTS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len, is_integral, quantile_edges,
-                     vocab_from_counts)
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
+                     is_integral, quantile_edges, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
 RESERVOIR_SIZE = 200_000
@@ -402,13 +402,26 @@ class Reservoir:
         return self.buf[:min(self.seen, self.size)]
 
 
+def widened_single(texts: pa.Array) -> pa.Array:
+    """Per text, whether it is a number's text longer than its float32 value needs: that value's float64 text
+    ('0.20000000298023224', how a float32 column's 0.2 is spelled), where a text of fewer digits ('0.2') is another
+    float64 value. A float64 value is a float32 one about once in 2**29, so only a float32 column spells many so."""
+    number = pc.and_(pc.match_substring_regex(texts, f"^{FRACTION_TEXT}$"),
+                     pc.invert(pc.match_substring_regex(texts, f"^{WHOLE_TEXT}$")))
+    x = pc.cast(pc.filter(texts, number), pa.float64())
+    single = pc.cast(x, pa.float32(), safe=False)
+    exact = pc.equal(pc.cast(single, pa.float64()), x)
+    shortest = pc.cast(pc.cast(single, pa.string()), pa.float64())  # float32's own shortest text, read as float64
+    return pc.and_(exact, pc.not_equal(shortest, x))
+
+
 class Spellings:
     """What a hashed field's text looks like, for `Field.spelling`: whether its whole numbers are written '16' or
-    '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling), and whether
-    '' is one of its values."""
+    '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling), whether
+    '' is one of its values, and whether its fractions are a float32 column's float64 texts (`widened_single`)."""
 
     def __init__(self):
-        self.seen = dict.fromkeys(("int", "float", "title", "lower", "empty"), False)
+        self.seen = dict.fromkeys(("int", "float", "title", "lower", "empty", "single"), False)
 
     def add(self, values: pa.Array) -> None:
         """A batch's distinct texts."""
@@ -418,14 +431,16 @@ class Spellings:
                          ("float", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}\\.0$")),
                          ("title", lambda: pc.is_in(values, pa.array(BOOL_TEXTS))),
                          ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS]))),
-                         ("empty", lambda: pc.equal(values, ""))):
+                         ("empty", lambda: pc.equal(values, "")),
+                         ("single", lambda: widened_single(values))):
             self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
 
     def spelling(self) -> dict[str, str]:
         s = self.seen
+        single = {"fraction": SPELLINGS["fraction"][1]} if s["single"] else {}  # else not recorded: as before it was
         return {"whole": "16.0" if s["float"] and not s["int"] else "16",
                 "bool": "true" if s["lower"] and not s["title"] else "True",
-                "empty": "value" if s["empty"] else "missing"}
+                "empty": "value" if s["empty"] else "missing", **single}
 
 
 class StreamFitter:

@@ -79,7 +79,11 @@ def test_a_schema_file_with_edges_out_of_order_is_refused(tmp_path, edges, says)
     (lambda d: d["fields"][0]["vocab"].append(None), "vocab holds None; it is a list of strings"),
     (lambda d: d["fields"][0].__setitem__("vocab", "x,y"), "vocab holds 'x,y'; it is a list of strings"),
     (lambda d: d["fields"][0].update(spelling={"whole": "16.00", "bool": "true"}),
-     "spelling .* must give whole as '16' or '16.0' and bool as 'True' or 'true'")])
+     "spelling .* must give whole as '16' or '16.0' and bool as 'True' or 'true'"),
+    (lambda d: d["fields"][0].update(spelling={"whole": "16", "bool": "true", "empty": "value", "fraction": "0.3"}),
+     "spelling .* and fraction as '0.2' or '0.20000000298023224'"),
+    (lambda d: d["fields"][0].update(spelling={"whole": "16", "bool": "true", "fraction": "0.2"}),
+     "spelling .* must give whole")])
 def test_a_schema_file_with_a_field_or_token_twice_is_refused(tmp_path, edit, says):
     """A field's place is its column, a token's place its id: either twice would train and export two things under
     one name."""
@@ -149,3 +153,18 @@ def test_duplicate_index_and_nullable_booleans():
     assert list(ids[0, :2]) == [tok["x"], tok["y"]] and list(ids[1, :2]) == [tok["z"], tok["x"]]
     assert s.field("flag").vocab == ["True"]  # the missing value is not a category
     assert ids[1, 2] == OOV_ID
+
+
+def test_a_float32_columns_fractions_are_told_from_short_texts():
+    """`widened_single`: a text is a float32 value's float64 text where it has more digits than that float32 value
+    needs: exactly, against Python's own float32 round trip."""
+    import pyarrow as pa
+    from lightfmp.vocab import widened_single
+    texts = ["0.20000000298023224", "0.2", "0.5", "16", "16.0", "1e-05", "9.999999747378752e-06", "abc", "",
+             "-0.10000000149011612", "0.30000001192092896", "3.4e+38", "1.7976931348623157e+308", ".5", "1.5e3"]
+    got = widened_single(pa.array(texts)).to_pylist()
+    numbers = [t for t in texts if t not in ("abc", "", "16")]  # the filter keeps number texts that are not whole
+    with np.errstate(over="ignore"):
+        want = [float(t) == float(np.float32(float(t))) and float(str(np.float32(float(t)))) != float(t)
+                for t in numbers]
+    assert got == want == [True, False, False, False, False, True, True, True, False, False, False, False]

@@ -368,6 +368,38 @@ def test_a_hashed_field_reads_a_served_empty_text_as_training_read_it(tmp_path, 
     assert (empty == 1) == (fmt == "csv")  # the OOV id only where '' was never a value
 
 
+def test_a_hashed_float32_field_hashes_a_served_float_as_training_spelled_it(tmp_path, example):
+    """A float32 column's values train as their float64 texts ('0.20000000298023224'); JSON has no float32, so a
+    client sends 0.2. A vocabulary holds the trained text and picks it; a hashed field has none, so its fit records
+    the spelling ("fraction") and the Predictor and the example client hash the served 0.2 as training did. Before,
+    they hashed '0.2': every row scored as an unseen value, silently."""
+    rng = np.random.default_rng(0)
+    score = rng.choice(np.array([0.1, 0.2, 0.3, 0.7, 0.9], dtype=np.float32), 1200)
+    df = pd.DataFrame({"score": score, "g": rng.integers(0, 5, 1200).astype(str),
+                       "label": (rng.random(1200) < np.where(score > 0.5, 0.8, 0.2)).astype(int)})
+    assert df["score"].dtype == np.float32
+    df.to_parquet(tmp_path / "d.parquet", index=False)
+    pipeline.run(RunConfig.of(data=str(tmp_path / "d.parquet"), label="label", categorical="score,g",
+                              hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
+                              no_select=True), tmp_path / "run", quiet=True)
+    assert pipeline.open_run(tmp_path / "run").schema.field("score").spelling["fraction"] == "0.20000000298023224"
+    export_run(tmp_path / "run", tmp_path / "exp")
+    held = held_out_rows(tmp_path / "run")
+    want = torch_probs(tmp_path / "run", held)
+    sent = [{"score": float(str(np.float32(v))), "g": g} for v, g in zip(held["score"], held["g"])]  # JSON's 0.2, not float32
+    assert sent[0]["score"] in (0.1, 0.2, 0.3, 0.7, 0.9)
+    p = Predictor(tmp_path / "exp")
+    assert np.abs(p.predict(sent) - want).max() <= 1e-5
+    assert np.abs(p.predict(held) - want).max() <= 1e-5  # float32 values as read back
+    assert np.abs(example.Client(tmp_path / "exp").predict(sent) - want).max() <= 1e-5
+    # a float64 column of the values sent (0.2) spells them short and records nothing more
+    df.assign(score=[float(str(v)) for v in score]).to_parquet(tmp_path / "d64.parquet", index=False)
+    pipeline.run(RunConfig.of(data=str(tmp_path / "d64.parquet"), label="label", categorical="score,g",
+                              hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
+                              no_select=True), tmp_path / "run64", quiet=True)
+    assert "fraction" not in pipeline.open_run(tmp_path / "run64").schema.field("score").spelling
+
+
 def test_an_arrow_tables_ints_stay_exact_and_list_tokens_take_the_vocabularys_spelling():
     """An Arrow int column with nulls is not made float on its way to pandas (ids past 2**53 would round); a
     multi-hot list's number tokens are spelled as the vocabulary holds them, as a scalar value is."""
