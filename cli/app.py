@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -17,6 +18,7 @@ from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, gate_rows, plot_gates
 from lightfmp.io import check_apart
+from lightfmp.keep_rule import shut_note
 from lightfmp.rundir import GATES_PLOT, open_run
 
 from . import bench_cmds, serving_cmds
@@ -126,11 +128,10 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     for c in ("field", "kind", "gate", "L0 probability", *([header] if scored else []), "kept"):
         t.add_column(c, justify="left" if c in ("field", "kind", "kept") else "right")
     for row in rows:
-        v = row.get("score")
-        score = ([f"{round(v, 2) + 0.0:.2f}" if isinstance(v, float) else "-" if v is None else str(v)]
-                 if scored else [])  # + 0.0: no "-0.00" for a cost that rounds to zero
+        score = [score_text(row.get("score"), cut.get("cut"))] if scored else []
         t.add_row(escape(row["field"]), row["kind"], f"{row['gate']:.3f}", f"{row['l0_probability']:.3f}", *score,
-                  "yes" if row["kept"] else "[dim]-[/]" if row["kept"] is None  # undecided until prune
+                  ("yes (gate shut in phase 1)" if row.get("shut") else "yes") if row["kept"]
+                  else "[dim]-[/]" if row["kept"] is None  # undecided until prune
                   else f"[dim]no ({escape(row['repeats'])})[/]" if "repeats" in row
                   else "[dim]no[/]")  # escape: a column name such as "a[/b]" is no markup
     out.print(t)
@@ -139,6 +140,11 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         if cut["cut"] is not None else \
         " (decided by `lightfmp prune`)" if r.state != "complete" else ""
     out.print(f"kept by: {cut['rule']}{suffix}")
+    if cut.get("shut_but_kept"):
+        out.print(f"note: {escape(shut_note(cut['shut_but_kept'], r.config.prune.keep))}")
+    if rows and all(row["kept"] is False for row in rows) and r.state != "complete":
+        out.print(f"no field's gate reaches it: `lightfmp prune {escape(str(run))} --threshold T` with a lower T, or "
+                  f"--keep K, decides from this run's phase 1")
     alone = cut.get("gates_alone")
     if alone and alone.get("recorded") is False:
         out.print("before it: no early cut (phase 1 did not record its gates alone)")
@@ -148,6 +154,21 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
         out.print(f"before it: {len(alone['fields'])} field(s) shut by phase 1's gates alone after its best epoch: "
                   + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
     out.print(f"chart: {path}")
+
+
+def score_text(v, cut) -> str:
+    """A score as the table shows it: '-' where the rule did not score the field, 'inf' beyond any number of SE,
+    positions as they are, costs to two decimals, or more where two would round one onto the other side of the cut."""
+    if v is None:
+        return "-"
+    if not isinstance(v, float):
+        return str(v)
+    if math.isinf(v) or math.isnan(v):
+        return str(v)
+    digits = 2
+    while isinstance(cut, (int, float)) and digits < 6 and (v < cut <= round(v, digits) or v > cut >= round(v, digits)):
+        digits += 1
+    return f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00" for a cost that rounds to zero
 
 
 def print_summary(m: dict, run, baseline: dict | None = None) -> None:

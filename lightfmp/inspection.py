@@ -1,13 +1,11 @@
 """The gate table of a run and its bar chart."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
-import torch
-
 from .io import PNG_METADATA, atomic_path, check_output_file
-from .keep_rule import (CLOSING_RULE, decides_after_first_epoch, forward_rule, rule_site, select_fields,
-                        selection_rule)
+from .keep_rule import CLOSING_RULE, decides_after_first_epoch, forward_rule, reaching, rule_site, selection_rule
 from .rundir import Run
 
 
@@ -36,10 +34,8 @@ def gate_rows(run: Run) -> list[dict]:
     rule = run.config.prune
     if run.state == "complete":
         kept = set(m["fields"]["kept"])
-    elif rule.keep is None and rule.threshold is not None:
-        la = torch.tensor([m["log_alpha"][n] for n in names])
-        z = torch.tensor([m["gates"][n] for n in names])
-        kept = set(select_fields(names, la, z, threshold=rule.threshold))
+    elif rule.keep is None and rule.threshold is not None:  # none, where no gate reaches it: prune decides again
+        kept = set(reaching(names, [m["gates"][n] for n in names], rule.threshold))
     else:
         kept = None
     probs = m.get("open_probability", {})
@@ -50,11 +46,21 @@ def gate_rows(run: Run) -> list[dict]:
                **{n: f"function of {by}" for n, by in sel.get("functions", {}).items()}}
     alone = sel.get("gates_alone", {})  # cut before phase 3 by the default rule's first step
     repeats.update({n: "shut by the gates alone" for n in alone.get("fields", []) if alone.get("cut")})
+    shut = set(sel.get("shut_but_kept", []))
     rows = [{"field": n, "kind": run.schema.field(n).kind, "gate": float(m["gates"][n]),
              "l0_probability": float(probs.get(n, 1.0)), "kept": None if kept is None else n in kept,
-             **({"score": scores.get(n)} if scores else {}), **({"repeats": repeats[n]} if n in repeats else {})}
+             **({"score": _score(scores, n)} if scores else {}), **({"repeats": repeats[n]} if n in repeats else {}),
+             **({"shut": True} if n in shut else {})}
             for n in names]
     return sorted(rows, key=lambda r: (-r["gate"], -r["l0_probability"], r["field"]))
+
+
+def _score(scores: dict, name: str) -> float | int | None:
+    """A field's score for the table and chart: None where the rule did not score it (not tested), inf where its
+    closing cost was positive with no spread (beyond any number of standard errors: None in metrics.json)."""
+    if name not in scores:
+        return None
+    return float("inf") if scores[name] is None else scores[name]
 
 
 TICK_CHARS = 24  # a field name on the chart's axis: longer ones keep their start and end (the table has them whole)
@@ -87,8 +93,12 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
     score_ax = axes[1][0] if scored else ax
-    if scored:
-        score_ax.bar(at, [r.get("score") or 0.0 for r in rows], color=colors, tick_label=names)
+    if scored:  # an unscored field has no bar; one beyond any number of SE reaches the top, hatched
+        values = [r.get("score") for r in rows]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        top = max(finite + [cut["cut"] if cut and cut.get("cut") is not None else 1.0]) * 1.1
+        score_ax.bar(at, [math.nan if v is None else top if v == math.inf else v for v in values], color=colors,
+                     tick_label=names, hatch=["//" if v == math.inf else "" for v in values])
         score_ax.set_ylabel(cut.get("score", "score") if cut else "score")
         score_ax.tick_params(axis="x", rotation=60)
     on_its_axis = scored or (cut or {}).get("score", "gate") == "gate"  # never a score's cut on the gate axis

@@ -368,11 +368,17 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     return kept, tests
 
 
+def reaching(names: list[str], gate_values, threshold: float) -> list[str]:
+    """--threshold T's fields: those whose deterministic gate is >= T (schema order; none is possible)."""
+    return [n for i, n in enumerate(names) if float(gate_values[i]) >= threshold]
+
+
 def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.Tensor, keep: int | None = None,
-                  threshold: float | None = None, search: dict | None = None) -> list[str]:
+                  threshold: float | None = None, search: dict | None = None,
+                  retry: str = "lower it or use --keep K") -> list[str]:
     """The first `keep` fields of `search["order"]` (`keep_order`; by log_alpha without a search), or every field
     whose deterministic gate is >= threshold, or (neither given) the fields `closing_test` kept (`search["kept"]`).
-    Returned in schema order."""
+    Returned in schema order. `retry`: what the error says to do where no gate reaches the threshold."""
     n = len(names)
     check_keep(keep, n)
     if keep is not None:
@@ -385,17 +391,17 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
         chosen = {names.index(f) for f in search["kept"]}
     else:
         check_range("--threshold", threshold, 0.0, 1.0)  # the Python API bypasses the config's check
-        chosen = {i for i in range(n) if float(gate_values[i]) >= threshold}
+        chosen = {names.index(f) for f in reaching(names, gate_values, threshold)}
         if not chosen:
             raise LightFMPError(f"no field's gate reached --threshold {threshold} (max gate "
-                                f"{float(gate_values.max()):.3f}); lower it or use --keep K")
+                                f"{float(gate_values.max()):.3f}); {retry}")
     return [names[i] for i in range(n) if i in chosen]
 
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
                 "logloss by more than two standard errors, on its own or with the fields closed before it")
-DEFERRED = (", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open (at "
-            "least K under --keep K; the others dropped before it)")
+DEFERRED = ", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open ({}; the " \
+           "others dropped before it)"
 
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
@@ -409,14 +415,31 @@ def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> 
     return continue_epochs >= 2 and threshold is None
 
 
-def rule_site(deferred: bool) -> str:
+def rule_site(deferred: bool, keep: int | None = None) -> str:
     """Where --keep K and the default rule decide, as `selection_rule` words it."""
-    return DEFERRED if deferred else " (on the phase-1 model)"
+    return DEFERRED.format(f"at least {keep}" if keep else "at least one") if deferred \
+        else " (on the phase-1 model)"
 
 
 def forward_rule(keep: int, deferred: bool) -> str:
     return (f"first {keep} of the forward order on the validation rows, or the {keep} fields costliest to close from "
-            f"every field open where measurably better on held-out validation rows{rule_site(deferred)}")
+            f"every field open where measurably better on held-out validation rows{rule_site(deferred, keep)}")
+
+
+def shut_but_kept(kept: list[str], gate_values: dict[str, float], threshold: float | None) -> list[str]:
+    """The kept fields whose gate phase 1 shut (its model read nothing of them): --keep K and the default rule
+    take the most open of those, untested by the phase-1 model, where phase 1 left fewer than K (or no field)
+    open; --threshold 0 keeps them as asked."""
+    return [] if threshold is not None else [n for n in kept if gate_values.get(n) == 0.0]
+
+
+def shut_note(shut: list[str], keep: int | None) -> str:
+    """The warning (and `lightfmp inspect`'s line) for `shut_but_kept` fields."""
+    need = f"--keep {keep} keeps {keep}" if keep else "the rule keeps at least one field"
+    one = len(shut) == 1
+    return (f"{', '.join(shut)}: kept by log_alpha although phase 1 shut {'its gate' if one else 'their gates'} and "
+            f"its model read nothing of {'it' if one else 'them'} ({need}); a smaller --l0-lambda leaves open the "
+            f"gates of the fields it needs")
 
 
 def _in_se(cost: float, se: float) -> float | None:
@@ -447,22 +470,25 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
     the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
     field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold); under --keep K,
     `copies` and `functions`: each dropped field that left the search as a copy / a coarser function of a kept field
-    (lightfmp.groupings), with that field."""
+    (lightfmp.groupings), with that field; `shut_but_kept` where it kept fields whose gate phase 1 shut
+    (`shut_but_kept`)."""
     shadowed = (search or {}).get("shadowed", {})
     repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
                for kind in ("copy", "function")}
     deferred = bool(search is not None and search.get("model"))
+    shut = shut_but_kept(kept, gate_values, threshold)
+    shut = {"shut_but_kept": shut} if shut else {}
     if keep is not None and search is not None:
         second = search.get("alternative", {}).get("chosen", False)
         return {"rule": forward_rule(keep, deferred),
                 "score": "costliest-to-close order position" if second else "forward order position",
                 "cut": keep, "search": search, "scores": {n: i + 1 for i, n in enumerate(search["order"])},
-                "copies": repeats["copy"], "functions": repeats["function"]}
+                "copies": repeats["copy"], "functions": repeats["function"], **shut}
     if keep is not None:
         return {"rule": f"top {keep} by deterministic gate (ties by log_alpha)", "score": "gate",
-                "cut": min(gate_values[n] for n in kept)}
+                "cut": min(gate_values[n] for n in kept), **shut}
     if threshold is None:
         out = {"rule": CLOSING_RULE + rule_site(deferred), "score": "closing cost in standard errors",
-               "cut": SIGNIFICANT_SE}
+               "cut": SIGNIFICANT_SE, **shut}
         return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

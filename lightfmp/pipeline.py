@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
@@ -22,9 +23,9 @@ from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError
 from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
-from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_test, decides_after_first_epoch,
-                        gates_alone_cut, keep_order, open_after_phase1, ranking, select_fields, selection_rule,
-                        closing_rows)
+from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_rows, closing_test,
+                        decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
+                        select_fields, selection_rule, shut_note)
 from .models import build_model
 from .moments import Carry, prune_moments
 from .progress import Reporter
@@ -301,6 +302,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     warm_up()
     gated = run.load_pretrained()
     names = run.schema.names
+    log_alpha = gated.gate.log_alpha.detach().cpu().clone()  # phase 1's best epoch's, as metrics.json reports them
     check_keep(keep, len(names))
     if data is None:
         data = run_data(run, reporter)
@@ -344,7 +346,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         if keep is not None and _alternative_note(search):
             reporter.log(f"forward search on the phase-1 model{_alternative_note(search)}")
     else:
-        kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold)
+        kept = select_fields(names, gated.gate.log_alpha.detach(), z, threshold=threshold,
+                             retry=f"phase 1 is kept in {run.path}: `lightfmp prune {run.path} --threshold T` with a "
+                                   f"lower T, or --keep K, decides again")
     phase1 = run.load_optimizer_state(gated)  # phase 3 continues phase 1's optimizer, its state cut like the weights
     carry = Carry(prune_moments(gated, run.schema, kept, z.cpu(), phase1) if phase1 is not None else None)
     model, kept_schema = prune_model(gated, run.schema, kept, z.cpu())
@@ -371,7 +375,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         search["model"] = "after phase 3's first epoch"
         chosen = search["order"][:keep] if keep is not None else search["kept"]
         # the fields cut before the first epoch come last, by gate: the order names every field
-        search["order"] += [names[i] for i in ranking(gated.gate.log_alpha.detach().cpu()) if names[i] not in kept]
+        search["order"] += [names[i] for i in ranking(log_alpha) if names[i] not in kept]
         closed = [n for n in kept if n not in chosen]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
@@ -406,6 +410,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     pre = metrics["phases"]["pretrain"]
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
+    if metrics["selection"].get("shut_but_kept"):
+        reporter.log(f"[yellow]warning[/]: {escape(shut_note(metrics['selection']['shut_but_kept'], keep))}")
     if early is not None and (early["fields"] or early.get("recorded") is False):
         metrics["selection"]["gates_alone"] = {"rule": GATES_ALONE_RULE, **early}
         if early["cut"]:  # the first epoch did not read those

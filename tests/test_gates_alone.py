@@ -163,16 +163,28 @@ def test_a_cut_set_is_dropped_before_the_first_epoch_never_tested_and_shown(tmp_
     import lightfmp.pipeline as pipeline
     real = kr.gates_alone_cut
 
-    def free(*args, **kwargs):  # the same step with every set's closing costing nothing
+    def free(model, *args, **kwargs):  # the same step with every set's closing costing nothing
+        best = model.gate.log_alpha.detach().clone()
         with monkeypatch.context() as m:
             m.setattr(kr, "paired_difference", lambda new, old: (-0.001, 0.001))
-            return real(*args, **kwargs)
+            out = real(model, *args, **kwargs)
+        with torch.no_grad():  # the shut gates the cut set in the model, in the opposite order to the best epoch's
+            for i, f in enumerate(sorted(out["fields"], key=lambda f: -float(best[f]))):
+                model.gate.log_alpha[f] = -20.0 - len(out["fields"]) + i
+        return out
     monkeypatch.setattr(pipeline, "gates_alone_cut", free)
     metrics, _ = _run(tmp_path, "d")
     record = metrics["selection"]["gates_alone"]
-    assert record["cut"] and "noise" in record["fields"]
+    assert record["cut"] and "noise" in record["fields"] and len(record["fields"]) >= 2
     tested = {t["field"] for t in metrics["selection"]["search"]["tests"]}
     assert not set(record["fields"]) & (set(metrics["fields"]["kept"]) | tested)
+    # the order names the fields cut before the first epoch last, by the gates metrics.json reports (phase 1's best
+    # epoch's), not by the shut gates the cut set in the model
+    order, la, names = metrics["selection"]["search"]["order"], metrics["log_alpha"], metrics["fields"]["all"]
+    tail = order[len(order) - len(record["fields"]):] if all(metrics["gates"][n] > 0 for n in names) else \
+        [n for n in order if n in record["fields"] or metrics["gates"][n] == 0]
+    assert set(record["fields"]) <= set(tail)
+    assert tail == sorted(tail, key=lambda n: (-la[n], names.index(n)))
     assert set(record["fields"]) <= set(metrics["fields"]["dropped"])
     assert "gates alone shut after its best epoch were cut" in metrics["selection"]["rule"]
     from helpers import cli
