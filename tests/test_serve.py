@@ -419,6 +419,38 @@ def test_nan_in_a_numeric_input_is_refused_naming_input_and_row(ex, srv):
     assert np.abs(got - p.predict([{**recs[0], "price": float("inf")}, *recs[1:]])).max() <= 1e-6
 
 
+@pytest.mark.parametrize("length", ["+14", "1_4", "0x0e", "\u0661\u0664", "14.0", " 14 ", "14"])
+def test_the_binary_header_length_is_a_decimal_number(length):
+    """Inference-Header-Content-Length is read as Content-Length is: decimal digits (surrounding spaces aside), not
+    whatever Python's int() takes ('+14', '1_4', Arabic-Indic digits)."""
+    from lightfmp.serve.protocol import RequestError, _split
+    body = b'{"inputs": []}' + b"\x00" * 8
+    if length.strip() == "14":
+        assert _split(body, length) == (body[:14], body[14:])
+    else:
+        with pytest.raises(RequestError, match="Inference-Header-Content-Length .* must be a length within the body"):
+            _split(body, length)
+
+
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_an_integer_literal_beyond_a_float_in_a_numeric_input_is_infinite(ex, srv, sign):
+    """JSON allows an integer of any length: one beyond a float's range (2**1024 and more) in an FP32 input is
+    infinity, as 1e400 is (before: a 500, from converting it to a float to take its sign)."""
+    p = Predictor(ex.ids)
+    recs = ex.records[:2]
+    feeds = p.encode(recs)
+    inputs = [{"name": n, "datatype": "FP32" if v.dtype == np.float32 else "INT64", "shape": list(v.shape),
+               "data": v.flatten().tolist()} for n, v in feeds.items()]
+    price = next(t for t in inputs if t["name"] == "price")
+    price["data"][0] = "BIG"
+    body = json.dumps({"inputs": inputs}).encode().replace(b'"BIG"', f"{sign}1{'0' * 400}".encode())
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/infer", body)
+    assert status == 200, reply
+    got = np.array(json.loads(reply)["outputs"][0]["data"], dtype=np.float32)
+    want = p.predict([{**recs[0], "price": float(f"{sign}inf")}, recs[1]])
+    assert np.abs(got - want).max() <= 1e-6
+
+
 def test_records_with_a_missing_value_are_refused_naming_record_and_field(ex, srv):
     """null, a kept field absent from one record, or a numeric that reads as missing: 400 naming the record and
     the field; the next good request succeeds. Predictor itself still scores such records (missing -> OOV)."""

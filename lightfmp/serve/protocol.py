@@ -147,10 +147,8 @@ def parse_infer(body: bytes, header_length: str | None, specs: list[InputSpec], 
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    try:
-        n = int(header_length)
-    except ValueError:
-        n = -1
+    digits = header_length.strip(" \t")  # a decimal length, as Content-Length is (no sign, '_' or other digits)
+    n = int(digits) if digits.isascii() and digits.isdigit() else -1
     if not 0 < n <= len(body):
         raise RequestError(f"Inference-Header-Content-Length {header_length!r} must be a length within the body "
                            f"({len(body)} bytes)")
@@ -284,7 +282,7 @@ def _from_json(data, datatype: str, count: int, name: str, shape: list[int]) -> 
         raise RequestError(f"input '{name}': value {bad} is {_clip(str(flat[bad]))}, outside the INT64 range"
                            if bad is not None else f"input '{name}': a value is outside the INT64 range")
     # an integer literal beyond a float's range is inf, as 1e400 and the Infinity token are
-    flat = [v if type(v) is not int or abs(v) < 2 ** 1000 else math.copysign(math.inf, v) for v in flat]
+    flat = [v if type(v) is not int or abs(v) < 2 ** 1000 else math.inf if v > 0 else -math.inf for v in flat]
     with np.errstate(over="ignore"):
         return np.asarray(flat, dtype=NUMPY[datatype])
 
