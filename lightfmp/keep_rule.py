@@ -470,8 +470,8 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
     the per-field score (`scores`: per field, when it is not the gate), `cut` the value it was compared with (a
     field's forward-order position <= K; a closing cost > 2 standard errors; a gate >= the threshold); under --keep K,
     `copies` and `functions`: each dropped field that left the search as a copy / a coarser function of a kept field
-    (lightfmp.groupings), with that field; `shut_but_kept` where it kept fields whose gate phase 1 shut
-    (`shut_but_kept`)."""
+    (lightfmp.groupings), with that field; `shut_but_kept`, where there are any, the kept fields whose gate phase 1
+    shut."""
     shadowed = (search or {}).get("shadowed", {})
     repeats = {kind: {f: by for f, (by, k) in shadowed.items() if k == kind and f not in kept and by in kept}
                for kind in ("copy", "function")}

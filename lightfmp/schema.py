@@ -51,8 +51,9 @@ def check_boundaries(edges, where: str) -> None:
 # served.
 SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true"), "empty": ("missing", "value"),
              "fraction": ("0.2", "0.20000000298023224")}
-SPELLING_KEYS = ({"whole", "bool"}, {"whole", "bool", "empty"}, set(SPELLINGS))  # recorded before "empty" was:
-# '' is then hashed as a value; "fraction" only where the float32 spelling was seen
+# the keys a spelling gives: before "empty" was recorded ('' is then hashed as a value), since; "fraction" is
+# recorded only where it is the float32 spelling
+SPELLING_KEYS = ({"whole", "bool"}, {"whole", "bool", "empty"}, set(SPELLINGS))
 WHOLE_TEXT = r"-?[0-9]+"          # a whole number's text ('16'; '16.0' is it with ".0")
 FRACTION_TEXT = r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?"  # a number's text as Python writes it
 BOOL_TEXTS = ("True", "False")    # a typed column's booleans ('true' / 'false': the same, lower case)
