@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -122,13 +123,30 @@ def _fit_seconds(t0: float, hist: dict) -> float:
     return time.perf_counter() - t0 + hist.get("seconds_restored", 0.0)
 
 
+_TRAINING = threading.RLock()  # one training at a time in a process (`_process_state`)
+
+
+@contextlib.contextmanager
+def _process_state():
+    """What a training in this process needs of torch's process-wide state, and gives back: it seeds torch's one
+    random generator (initialisation, batch order, dropout: lightfmp.training), so trainings started in threads of
+    one process take turns (each then gives what it gives alone), and the caller's generator state (the CPU's) is
+    restored afterwards; gradients are on whatever the caller's context (torch.no_grad, inference_mode); and the
+    default dtype must be float32, in which lightfmp trains and exports."""
+    if torch.get_default_dtype() != torch.float32:
+        raise LightFMPError(f"torch's default dtype is {torch.get_default_dtype()} (torch.set_default_dtype): lightfmp "
+                            f"trains in float32; set it back to torch.float32 first")
+    with _TRAINING, torch.random.fork_rng(devices=[]), torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
 def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
     check_no_rule_without_gates(cfg)
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
-    with _one_writer(out, "train"):
+    with _one_writer(out, "train"), _process_state():
         return _train(cfg, out, force, quiet, keep_checkpoints=False)[0]
 
 
@@ -270,7 +288,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
              if v is not None}
     rule = RunConfig.from_dict(given, COMMAND_LINE).prune
     path = open_run(as_the_kernel_reads(run_dir)).path  # refuses what is not a run, before the lock beside it
-    with _one_writer(path, "prune"):
+    with _one_writer(path, "prune"), _process_state():
         return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
                       default_rule=default_rule)
 
@@ -473,7 +491,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     check_name_length(out)
     check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as one from the CLI
     _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)
-    with _one_writer(out, "run"):
+    with _one_writer(out, "run"), _process_state():
         return _run(cfg, out, force, quiet, data)
 
 

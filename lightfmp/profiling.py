@@ -213,14 +213,18 @@ def url_results_json(rows: list[dict]) -> dict:
 
 def _time_eager(mod, feeds, name: str, batch: int, threads: int | None, budget: Budget) -> dict:
     module, kept = mod
-    if threads:
-        torch.set_num_threads(threads)
     args = torch_inputs(feeds, kept)
 
     def call():
         with torch.inference_mode():
             module(*args)
-    return summarize(name, batch, time_calls(call, budget), engine="torch-eager")
+    before = torch.get_num_threads()  # torch's thread count is the process's: the caller's is given back
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return summarize(name, batch, time_calls(call, budget), engine="torch-eager")
+    finally:
+        torch.set_num_threads(before)
 
 
 def _trace(bundle: Bundle, batch_sizes, threads, dest: Path) -> None:

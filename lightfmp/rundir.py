@@ -141,14 +141,14 @@ class Run:
         return state
 
     def load_final(self) -> tuple[CTRModel, FeatureSchema]:
-        """The finished model and the schema of the fields it reads."""
+        """The finished model, ready to score (eval mode: no dropout), and the schema of the fields it reads."""
         if self.state != "complete":
             raise LightFMPError(f"{self.path}: run is in state '{self.state}'; finish it with `lightfmp prune "
                                 f"{self.path}` first")
         kept = self.metrics()["fields"]["kept"]
         schema = self.schema.subset(kept)
         model = build_model(self.config.model.backbone, schema, self.config.model, gated=False)
-        return _load_weights(model, self.path / "model.safetensors"), schema
+        return _load_weights(model, self.path / "model.safetensors").eval(), schema
 
 
 def _check_scores(m: dict, split: str, path: Path) -> None:
