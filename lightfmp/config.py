@@ -12,8 +12,11 @@ one-line error naming the flag.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import math
+import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -248,6 +251,18 @@ def _unoptional(hint):
     return hint
 
 
+def _sequence(value):
+    """A sequence given from Python as a numpy array, a pandas Index or Series, or an iterator: as a list (its text,
+    "Index(['a', 'b'])", would name no column)."""
+    if isinstance(value, (str, bytes, dict, set, frozenset, list, tuple)):
+        return value
+    if hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1:
+        return value.tolist()
+    if isinstance(value, collections.abc.Iterator):
+        return list(value)
+    return value
+
+
 def _items(value) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
@@ -298,7 +313,12 @@ def _coerce(value, hint, key, source):
     if value is None:
         return None
     tp = _unoptional(hint)
+    value = _sequence(value)
     value = _shape_checked(value, tp, key, source)
+    if not isinstance(value, (str, os.PathLike, numbers.Number, list, tuple)):  # from Python: its text is no value
+        what = " (a path: lightfmp reads its data from a file)" if key == "data" else ""
+        raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}{what}, got a value of type "
+                            f"{type(value).__name__}")
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         parts = value.split(",") if isinstance(value, str) and value.strip() else []

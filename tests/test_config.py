@@ -190,3 +190,20 @@ def test_the_pipeline_refuses_a_python_built_no_select_config_with_a_rule(tmp_pa
         with pytest.raises(LightFMPError, match="--no-select and --keep 3"):
             call(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+def test_python_values_whose_text_is_no_value_are_refused_or_read_as_lists():
+    """From Python, a DataFrame for `data` (its repr became the path) or a bytes label is one line; a numpy array,
+    a pandas Index or an iterator of column names is the list it holds (its repr named no column)."""
+    import numpy as np
+    import pandas as pd
+    with pytest.raises(LightFMPError, match=r"'data' must be text \(a path: .*\), got a value of type DataFrame"):
+        RunConfig.of(data=pd.DataFrame({"a": [1]}), label="y")
+    with pytest.raises(LightFMPError, match="'label' must be text, got a value of type bytes"):
+        RunConfig.of(data="d.csv", label=b"y")
+    with pytest.raises(LightFMPError, match="'categorical' must be a list of text items .*, got a value of type"):
+        RunConfig.of(data="d.csv", categorical=np.array([["a", "b"]]))
+    cfg = RunConfig.of(data="d.csv", label="y", categorical=pd.Index(["a", "b"]), numeric=(c for c in ["x"]),
+                       hidden=np.array([8, 4]), ignore=pd.Series(["z"]))
+    assert (cfg.data.categorical, cfg.data.numeric, cfg.model.hidden, cfg.data.ignore) == (["a", "b"], ["x"], [8, 4],
+                                                                                            ["z"])
