@@ -306,11 +306,23 @@ NAME_MAX = 255        # bytes of one name in a path: what common file systems (e
 TEMP_NAME_CHARS = 64  # of an output's name in its temporary's: .NAME.XXXXXXXX.tmp stays within NAME_MAX
 
 
-def as_the_kernel_reads(p: str | Path) -> Path:
+def path_of(value, what: str) -> Path:
+    """`value` as a Path where it is one (text or os.PathLike); else a one-line error naming `what` (from Python:
+    None or a DataFrame where a path goes)."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    raise LightFMPError(f"{what} must be a path (text or pathlib.Path), got {_type_shown(value)}")
+
+
+def _type_shown(value) -> str:
+    return "None" if value is None else f"a value of type {type(value).__name__}"
+
+
+def as_the_kernel_reads(p: str | Path, what: str = "the output directory") -> Path:
     """`p` with its '..' parts resolved as the operating system resolves them (after any symbolic link before them:
     link/../o is the link target's parent's o), where the text alone would resolve them before the link (and put a
     sibling made from the text, a lock, checkpoints, a temporary, in another folder). Paths without '..' as given."""
-    p = Path(p)
+    p = path_of(p, what)
     if ".." not in p.parts:
         return p
     return p.resolve() if p.name in ("", "..") else p.parent.resolve() / p.name

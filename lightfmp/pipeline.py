@@ -123,6 +123,13 @@ def _fit_seconds(t0: float, hist: dict) -> float:
     return time.perf_counter() - t0 + hist.get("seconds_restored", 0.0)
 
 
+def _a_config(cfg) -> RunConfig:
+    if not isinstance(cfg, RunConfig):
+        raise LightFMPError(f"the config must be a RunConfig (lightfmp.RunConfig.of(data=..., label=...)), got "
+                            f"{'None' if cfg is None else 'a value of type ' + type(cfg).__name__}")
+    return cfg
+
+
 _TRAINING = threading.RLock()  # one training at a time in a process (`_process_state`)
 
 
@@ -143,7 +150,7 @@ def _process_state():
 def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
-    check_no_rule_without_gates(cfg)
+    check_no_rule_without_gates(_a_config(cfg))
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
     with _one_writer(out, "train"), _process_state():
@@ -287,7 +294,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     given = {k: v for k, v in dict(keep=keep, threshold=threshold, continue_epochs=continue_epochs).items()
              if v is not None}
     rule = RunConfig.from_dict(given, COMMAND_LINE).prune
-    path = open_run(as_the_kernel_reads(run_dir)).path  # refuses what is not a run, before the lock beside it
+    path = open_run(as_the_kernel_reads(run_dir, "the run directory")).path  # not a run: refused before the lock
     with _one_writer(path, "prune"), _process_state():
         return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
                       default_rule=default_rule)
@@ -489,7 +496,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
     out = as_the_kernel_reads(out)
     check_name_length(out)
-    check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as one from the CLI
+    check_no_rule_without_gates(_a_config(cfg))  # a config built in Python (RunConfig.but, from_dict) as from the CLI
     _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)
     with _one_writer(out, "run"), _process_state():
         return _run(cfg, out, force, quiet, data)

@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from .config import RunConfig, config_keys, load_yaml
 from .errors import LightFMPError
-from .io import RUN_FORMAT, atomic_path, file_sha256, os_errors_of, read_json, write_json_atomic, write_text_atomic
+from .io import (RUN_FORMAT, atomic_path, file_sha256, os_errors_of, path_of, read_json, write_json_atomic,
+                 write_text_atomic)
 from .models import CTRModel, build_model
 from .moments import FILE as OPTIMIZER_FILE
 from .moments import MOMENTS, flatten, unflatten
@@ -344,7 +345,7 @@ def _read_schema(p: Path, info: dict) -> FeatureSchema:
 
 def open_run(path: str | Path) -> Run:
     """The run at `path`, with every file of it checked (weights: only their header) before anything is done."""
-    p = Path(path)
+    p = path_of(path, "the run directory")
     if not p.exists():
         raise LightFMPError(f"{p}: no such run directory")
     if not p.is_dir():

@@ -6,13 +6,14 @@ A directory is checked against its contract (`contract.verify_files`: files insi
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import LightFMPError
-from ..io import read_json
+from ..io import path_of, read_json
 from ..schema import FIRST_ID
 from .contract import (METADATA_KEY, SCHEMA_FILE, Bucketize, InputSpec, OutputSpec, ServingContract, check_sha256,
                        inside, load_contract, verify_files)
@@ -75,7 +76,7 @@ class Bundle:
 def load_bundle(path: str | Path) -> Bundle:
     """DIR (with feature_schema.json, checked file by file) or a .onnx file (contract from its metadata, or
     inputs inferred from the graph)."""
-    p = Path(path)
+    p = path_of(path, "the export")
     if p.is_dir():
         contract = load_contract(p)
         verify_files(p, contract)
@@ -146,8 +147,14 @@ def session(path: str | Path, threads: int | None = None, profile_prefix: str | 
     """An InferenceSession on `path` (CPU unless `providers` says otherwise). `threads`: intra-op threads, one
     inter-op thread; `profile_prefix`: write an ONNX Runtime profiling trace with this prefix."""
     import onnxruntime as ort
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0):
+        raise LightFMPError(f"threads {threads!r}: must be a whole number >= 0 (0 or None: ONNX Runtime's default)")
+    if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
+        raise LightFMPError(f"providers {providers!r}: must be a list of ONNX Runtime provider names, such as "
+                            f"['CPUExecutionProvider']")
     so = ort.SessionOptions()
     if threads:
+        threads = int(threads)
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     if profile_prefix:

@@ -3,6 +3,7 @@ the Triton Inference Server model repository entry (EXPORT/triton/<name>/config.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from google.protobuf import text_encoding
 
 from ..errors import LightFMPError
 from ..formats import derived
-from ..io import atomic_dir, check_apart, check_out, file_sha256
+from ..io import atomic_dir, check_apart, check_out, file_sha256, path_of
 from ..rundir import open_run
 from .contract import (EXPORT_VERSION, EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME,
                        ExternalData, InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
@@ -64,6 +65,8 @@ def write_triton(repo: Path, name: str, specs: list[InputSpec], max_batch_size: 
 
 def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size: int, force: bool,
                   triton_name: str | None = None) -> None:
+    if triton_name is not None and not isinstance(triton_name, str):
+        raise LightFMPError(f"--triton-name {triton_name!r}: must be text")
     if triton_name is not None and not re.fullmatch(TRITON_NAME, triton_name):
         raise LightFMPError(f"--triton-name {_shown(triton_name)}: a model name takes 1 to 255 letters, digits, '_' "
                             f"and '-' (it names a folder of the Triton repository and the serving URL)")
@@ -71,20 +74,31 @@ def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size
         raise LightFMPError(f"--dtype {dtype!r}: expected fp32 or fp16")
     if inputs not in ("ids", "raw"):
         raise LightFMPError(f"--inputs {inputs!r}: expected ids or raw")
-    if not MIN_OPSET <= opset <= MAX_OPSET:
+    if not MIN_OPSET <= _whole("--opset", opset) <= MAX_OPSET:
         raise LightFMPError(f"--opset {opset}: supported range is {MIN_OPSET}..{MAX_OPSET} (default {DEFAULT_OPSET})")
-    if not 1 <= max_batch_size <= TRITON_MAX_BATCH:
+    if not 1 <= _whole("--max-batch-size", max_batch_size) <= TRITON_MAX_BATCH:
         raise LightFMPError(f"--max-batch-size {max_batch_size}: must be 1..{TRITON_MAX_BATCH} (Triton reads it as a "
                             f"32-bit integer)")
     check_out(out, force, "export")  # before any work: never replace what is not an earlier export
+
+
+def _whole(name: str, value) -> int:
+    """An integer option given from Python (a numpy integer too), as an int; else a one-line error (8.5 or '8' would
+    be written into the Triton config and the schema as they are)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise LightFMPError(f"{name} {value!r}: must be a whole number")
+    return int(value)
 
 
 def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, dtype: str = "fp32",
                inputs: str = "ids", force: bool = False, triton_name: str | None = None,
                max_batch_size: int = 4096, validate_rows: int = VALIDATE_ROWS) -> dict:
     """Export a complete run to `out`. Returns the feature schema written (with its `validation` section)."""
-    out = Path(out)
+    out = path_of(out, "the export directory")
     check_options(out, opset, dtype, inputs, max_batch_size, force, triton_name)
+    opset, max_batch_size = int(opset), int(max_batch_size)
+    if _whole("validate_rows", validate_rows) < 1:
+        raise LightFMPError(f"validate_rows {validate_rows}: must be >= 1 (the export is checked on these test rows)")
     run = open_run(run_dir)
     check_apart(out, run.path, "the run directory")
     check_apart(out, run.config.data.data, "the run's --data")  # inside a Parquet data directory: a part of the data

@@ -2,10 +2,12 @@
 vocabularies loaded), its protocol name and metadata, and the batcher its requests go through."""
 from __future__ import annotations
 
+import numbers
 from pathlib import Path
 
 import numpy as np
 
+from ..config import check_range
 from ..errors import LightFMPError
 from ..export.contract import InputSpec, ServingContract
 from ..export.exporter import triton_model_name
@@ -27,8 +29,14 @@ class ServedModel:
 
     def __init__(self, export_dir: str | Path, threads: int | None = 1, max_batch: int = 512,
                  wait_ms: float = 2.0, workers: int | None = None):
-        self.export_dir = Path(export_dir)
+        for name, value, low in (("max_batch", max_batch, 1), ("wait_ms", wait_ms, 0), ("workers", workers, 1)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or name != "wait_ms" and not float(value).is_integer()):
+                raise LightFMPError(f"{name} {value!r}: must be a {'number' if name == 'wait_ms' else 'whole number'}")
+            if value is not None:
+                check_range(name, value, low)
         self.predictor = Predictor(export_dir, threads=threads)
+        self.export_dir = Path(export_dir)
         contract = self.predictor.bundle.contract
         self.contract = contract
         self.name = served_name(contract, self.export_dir)
@@ -66,6 +74,8 @@ class ServedModel:
     async def score(self, feeds: dict[str, np.ndarray], rows: int) -> np.ndarray:
         if not rows:
             return np.zeros(0, dtype=np.float32)
+        if self.batcher is None:
+            raise LightFMPError("ServedModel.score: call `await start()` first (it starts the batcher that scores)")
         return await self.batcher.score(feeds, rows)
 
 

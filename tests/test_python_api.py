@@ -1,0 +1,87 @@
+"""The Python API's arguments: what the CLI's flags check, checked where a Python caller passes them, each a
+one-line LightFMPError (None or a DataFrame where a path goes, 8.5 where a whole number goes) and nothing written."""
+import asyncio
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import lightfmp
+from helpers import write_csv
+from lightfmp import LightFMPError, RunConfig
+from lightfmp.export import export_run
+from lightfmp.serving import Predictor
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    t = tmp_path_factory.mktemp("api")
+    cfg = RunConfig.of(data=str(write_csv(t, n=600)), label="label", epochs=1, pretrain_epochs=1, embed_dim=4,
+                       hidden=[8])
+    lightfmp.run(cfg, t / "run", quiet=True)
+    export_run(t / "run", t / "exp")
+    return t, cfg
+
+
+@pytest.mark.parametrize("call, says", [
+    (lambda t, cfg: lightfmp.train(cfg, None), "the output directory must be a path .*, got None"),
+    (lambda t, cfg: lightfmp.run(cfg, 123), "the output directory must be a path .*, got a value of type int"),
+    (lambda t, cfg: lightfmp.prune(None), "the run directory must be a path"),
+    (lambda t, cfg: lightfmp.open_run(None), "the run directory must be a path"),
+    (lambda t, cfg: Predictor(None), "the export must be a path"),
+    (lambda t, cfg: Predictor(pd.DataFrame({"a": [1]})), "the export must be a path .*DataFrame"),
+    (lambda t, cfg: lightfmp.train({"data": "d.csv"}, t / "x"), "the config must be a RunConfig .*dict"),
+    (lambda t, cfg: lightfmp.run(None, t / "x"), "the config must be a RunConfig .*got None"),
+    (lambda t, cfg: export_run(t / "run", None), "the export directory must be a path"),
+    (lambda t, cfg: export_run(None, t / "x"), "the run directory must be a path"),
+    (lambda t, cfg: export_run(t / "run", t / "x", opset="17"), "--opset '17': must be a whole number"),
+    (lambda t, cfg: export_run(t / "run", t / "x", max_batch_size=8.5), "--max-batch-size 8.5: must be a whole"),
+    (lambda t, cfg: export_run(t / "run", t / "x", max_batch_size=True), "--max-batch-size True: must be a whole"),
+    (lambda t, cfg: export_run(t / "run", t / "x", triton_name=5), "--triton-name 5: must be text"),
+    (lambda t, cfg: export_run(t / "run", t / "x", validate_rows=0), "validate_rows 0: must be >= 1"),
+    (lambda t, cfg: Predictor(t / "exp", threads="2"), "threads '2': must be a whole number >= 0"),
+    (lambda t, cfg: Predictor(t / "exp", threads=-1), "threads -1: must be a whole number >= 0"),
+    (lambda t, cfg: Predictor(t / "exp", providers="CPUExecutionProvider"), "providers 'CPUExecutionProvider': must "
+                                                                             "be a list"),
+])
+def test_a_bad_argument_from_python_is_one_line(done, call, says):
+    t, cfg = done
+    with pytest.raises(LightFMPError, match=says):
+        call(t, cfg)
+    assert not (t / "x").exists()
+
+
+def test_an_exports_integers_may_be_numpy_integers(done, tmp_path):
+    t, _ = done
+    doc = export_run(t / "run", tmp_path / "e", opset=np.int64(17), max_batch_size=np.int32(64))
+    assert doc["validation"]["rows"] > 0
+    assert "max_batch_size: 64" in next((tmp_path / "e").rglob("config.pbtxt")).read_text()
+
+
+@pytest.mark.parametrize("kw, says", [({"max_batch": 0}, "max_batch 0: must be >= 1"),
+                                      ({"max_batch": 2.5}, "max_batch 2.5: must be a whole number"),
+                                      ({"wait_ms": -1}, "wait_ms -1: must be >= 0"),
+                                      ({"wait_ms": float("nan")}, "wait_ms nan: must be a finite number"),
+                                      ({"workers": 0}, "workers 0: must be >= 1")])
+def test_a_served_models_batching_is_checked(done, kw, says):
+    from lightfmp.serve import ServedModel
+    t, _ = done
+    with pytest.raises(LightFMPError, match=says):
+        ServedModel(t / "exp", **kw)
+
+
+def test_a_served_model_scores_once_started(done):
+    from lightfmp.serve import ServedModel
+    t, _ = done
+    m = ServedModel(t / "exp")
+    feeds = m.predictor.encode(pd.read_csv(t / "data.csv").drop(columns="label").head(3))
+    with pytest.raises(LightFMPError, match="call `await start\\(\\)` first"):
+        asyncio.run(m.score(feeds, 3))
+
+    async def started():
+        await m.start()
+        try:
+            return await m.score(feeds, 3)
+        finally:
+            await m.stop()
+    assert np.abs(asyncio.run(started()) - m.predictor.run(feeds)).max() <= 1e-6
