@@ -12,14 +12,15 @@ work done once per distinct value of a batch and never once per cell in Python.
 
 A value's text is the one rule `cell_strings` states, shared by CSV cells, Parquet values, DataFrames and serving
 requests: text as it is; integers in decimal; an integral float without the '.0' (so 24 and 24.0 are one
-category), each value by itself; other floats as Python writes them (24.5, inf); booleans 'True' / 'False'; null
-and NaN are missing. Arrow's hash kernel
+category), each value by itself; other floats as Python writes them (24.5, inf); a decimal as the float it is;
+bytes as their UTF-8 text; booleans 'True' / 'False'; null and NaN are missing. Arrow's hash kernel
 (dictionary_encode) finds a batch's distinct values and the rule is applied to those only. A pandas Series is
 accepted everywhere too (in-memory frames, export, tests): it goes through `cell_strings` / `as_float` cell by cell
 and then the same code.
 """
 from __future__ import annotations
 
+import decimal
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,7 +53,24 @@ def cell_strings(col: pd.Series) -> pd.Series:
     if isinstance(col.dtype, pd.StringDtype) or (col.dtype == object and
                                                  pd.api.types.infer_dtype(col, skipna=True) in ("string", "empty")):
         return col.astype(object).where(col.notna(), None)  # text already (CSV cells): skip the per-value map
-    return col.astype(object).where(col.notna(), None).map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return col.astype(object).where(col.notna(), None).map(value_text)
+
+
+def value_text(v) -> str | None:
+    """A value's text where it is not text already (None stays None): bytes as their UTF-8 text (a Parquet BINARY
+    column of strings without the UTF8 annotation, as older Hive and Impala write them; bytes that are no UTF-8 as
+    Python writes them, b'\\xff'); a decimal as the number it is, whole ones in decimal and others as the float
+    they are (24.50 -> '24.5', 24.00 -> '24', as a float column's and a JSON client's); anything else its str()."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, (bytes, bytearray)):
+        try:
+            return bytes(v).decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(bytes(v))
+    if isinstance(v, decimal.Decimal) and v.is_finite():
+        return str(int(v)) if v == v.to_integral_value() else str(float(v))
+    return str(v)
 
 
 def split_multi(col: pd.Series, sep: str) -> pd.Series:
@@ -219,7 +237,7 @@ def _dictionary_texts(dictionary: pa.Array) -> pa.Array:
     if _is_text(dictionary.type):
         return dictionary
     s = dictionary.to_pandas().astype(object)
-    text = s.where(s.notna(), None).map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    text = s.where(s.notna(), None).map(value_text)
     return pa.array(text.to_numpy(dtype=object), type=pa.string(), from_pandas=True)
 
 

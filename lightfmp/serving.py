@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .encoding import float_cells
+from .encoding import float_cells, value_text
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -224,8 +224,9 @@ def _token(f: Field, v, known: set):
     _scalar(f, v)
     if _missing(v) or (v == "" and f.hashed and empty_is_missing(f.spelling)):
         return None
-    if isinstance(v, str):
-        return v
+    if isinstance(v, str):  # as it is; or as b'...', where a vocabulary written before bytes were read as text
+        old = repr(v.encode("utf-8", "surrogatepass")) if isinstance(known, set) and v not in known else None
+        return old if old is not None and old in known else v  # holds it so (a Parquet binary column's)
     texts = _spellings(f, v)
     return next((t for t in texts if t in known), texts[0])
 
@@ -248,6 +249,8 @@ def _spellings(f: Field, v) -> list[str]:
         return [str(v), str(pd.Timestamp(v))]
     if isinstance(v, datetime.time):  # a time of day's: '10:30:00'
         return [str(v)]
+    if isinstance(v, (bytes, decimal.Decimal)):  # a Parquet binary or decimal column's: as text (b'k3' -> 'k3', 0.50 ->
+        return list(dict.fromkeys([value_text(v), str(v)]))  # '0.5'), or as exports written before that hold them
     if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
             return [str(int(v)), str(float(v))]

@@ -1,5 +1,6 @@
 """The Predictor (raw records -> probabilities) and the dependency-free example client."""
 import datetime
+import decimal
 import importlib.util
 import json
 import re
@@ -398,6 +399,48 @@ def test_a_hashed_float32_field_hashes_a_served_float_as_training_spelled_it(tmp
                               hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
                               no_select=True), tmp_path / "run64", quiet=True)
     assert "fraction" not in pipeline.open_run(tmp_path / "run64").schema.field("score").spelling
+
+
+def test_a_parquet_binary_or_decimal_category_is_scored_from_what_a_json_client_sends(tmp_path, example):
+    """A BINARY column of strings (older Hive and Impala write strings so) trains on their UTF-8 text and a decimal
+    column on the numbers it holds (0.50 -> '0.5'): a JSON client's 'k3' and 0.5 score as trained. Before, the
+    vocabularies held "b'k3'" and '0.50', and every served value was an unseen one, silently."""
+    import decimal
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    n = 1500
+    k = rng.integers(0, 6, n)
+    price = rng.choice([decimal.Decimal("0.50"), decimal.Decimal("2.00"), decimal.Decimal("1.25")], n)
+    table = pa.table({"site": pa.array([f"k{v}".encode() for v in k], pa.binary()),
+                      "price": pa.array(price, pa.decimal128(6, 2)),
+                      "label": (rng.random(n) < np.where(k > 2, 0.8, 0.2)).astype(int)})
+    pq.write_table(table, tmp_path / "d.parquet")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "d.parquet"), label="label", categorical="site,price", epochs=1,
+                              embed_dim=4, hidden="8", device="cpu", no_select=True), tmp_path / "run", quiet=True)
+    schema = pipeline.open_run(tmp_path / "run").schema
+    assert sorted(schema.field("site").vocab) == [f"k{v}" for v in range(6)]
+    assert sorted(schema.field("price").vocab) == ["0.5", "1.25", "2"]
+    export_run(tmp_path / "run", tmp_path / "exp")
+    held = held_out_rows(tmp_path / "run")
+    want = torch_probs(tmp_path / "run", held)
+    sent = [{"site": s.decode(), "price": float(p)} for s, p in zip(held["site"], held["price"])]
+    p = Predictor(tmp_path / "exp")
+    assert np.abs(p.predict(sent) - want).max() <= 1e-5
+    assert np.abs(p.predict(held) - want).max() <= 1e-5  # bytes and Decimals, as pandas reads the file back
+    assert np.abs(example.Client(tmp_path / "exp").predict(sent) - want).max() <= 1e-5
+
+
+def test_a_vocabulary_written_before_bytes_were_read_as_text_still_finds_them():
+    from lightfmp.encoding import value_text
+    from lightfmp.schema import Field
+    from lightfmp.serving import _token
+    known = {"b'k3'", "b'\\xc3\\xa9'", "0.50"}
+    f = Field("c", "categorical", vocab=sorted(known))
+    assert [_token(f, v, known) for v in ("k3", b"k3", "\u00e9", decimal.Decimal("0.50"), "k4")] == \
+        ["b'k3'", "b'k3'", "b'\\xc3\\xa9'", "0.50", "k4"]
+    assert [value_text(v) for v in (b"k3", b"\xff", decimal.Decimal("0.50"), decimal.Decimal("2.00"),
+                                    decimal.Decimal("1E+30"), "x", None)] == \
+        ["k3", "b'\\xff'", "0.5", "2", "1" + "0" * 30, "x", None]
 
 
 def test_an_arrow_tables_ints_stay_exact_and_list_tokens_take_the_vocabularys_spelling():
