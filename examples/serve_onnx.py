@@ -48,7 +48,8 @@ def missing(v):
 def token(s, v, known):
     """A scalar value's text as training keyed it: of the texts training may have keyed it by, the first the
     vocabulary holds, else the first. True or 'true' (a CSV's text); 24 or 24.0 (pandas writes an integer column
-    with gaps as 24.0); 0.2 or '0.20000000298023224' (a float32 column's value, as its float64 text)."""
+    with gaps as 24.0); 0.2 or '0.20000000298023224' (a float32 column's value, as its float64 text; a float16
+    column's likewise)."""
     if missing(v) or v == "" and s.get("hash", {}).get("spelling", {}).get("empty") == "missing":
         return None  # a hashed field trained on text, where an empty cell is missing: '' is missing too
     if isinstance(v, str):
@@ -62,7 +63,7 @@ def token(s, v, known):
             texts = [str(int(v))]
     elif isinstance(v, float):
         with np.errstate(over="ignore"):
-            texts = [str(v), str(float(np.float32(v)))]
+            texts = [str(v), str(float(np.float32(v)))] + ([str(float(np.float16(v)))] if abs(v) < 65504 else [])
     else:
         kind = s["kind"].replace("_", "-")
         raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or "
@@ -135,20 +136,22 @@ def each(values, convert):
 
 class Spelled:
     """A hashed field's recorded spelling as `token` looks it up: '16' or '16.0', 'True' or 'true', and a fraction
-    as a float32 column's float64 text ('0.20000000298023224') where the spelling records so."""
+    as written ('0.2') or as a float32 column's float64 text ('0.20000000298023224')."""
 
     def __init__(self, spelling):
-        self.whole, self.bool = spelling["whole"], spelling["bool"]
-        self.single = spelling.get("fraction") == "0.20000000298023224"
+        self.whole, self.bool, self.fraction = spelling["whole"], spelling["bool"], spelling.get("fraction")
 
     def __contains__(self, text):
         if re.fullmatch(r"-?[0-9]+(\.0)?", text):
             return text.endswith(".0") == self.whole.endswith(".0")
         if text in ("True", "False", "true", "false"):
             return text[0].islower() == self.bool[0].islower()
-        if self.single and re.fullmatch(r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?", text):
+        if self.fraction and re.fullmatch(r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?", text):
             with np.errstate(over="ignore"):
-                return float(text) == float(np.float32(float(text)))
+                single = np.float32(float(text))
+            exact = float(single) == float(text)  # a float32 value; its float64 text longer than it needs:
+            widened = exact and float(str(single)) != float(text)
+            return exact if self.fraction == "0.20000000298023224" else not widened
         return True
 
 

@@ -46,13 +46,13 @@ def check_boundaries(edges, where: str) -> None:
 # a whole number as '16' or '16.0' (pandas writes an integer column with gaps as 16.0), a bool as 'True' or 'true'
 # (a CSV's text), and whether the empty text was a value of its own ('value': a Parquet '') or never one
 # ('missing': a text file's empty cell is a missing value, so a served '' is one too, as for a vocabulary without
-# ''), and, only where it was so, a fraction as a float32 column's float64 text ('0.20000000298023224' for a served
-# 0.2; else as written, '0.2'). Recorded at fit from the field's values (`vocab.Spellings`), used where a value is
-# served.
+# ''), and a fraction as written ('0.2'; a served float32 0.2 too) or as a float32 column's float64 text
+# ('0.20000000298023224', for a served 0.2 as well). Recorded at fit from the field's values (`vocab.Spellings`),
+# used where a value is served.
 SPELLINGS = {"whole": ("16", "16.0"), "bool": ("True", "true"), "empty": ("missing", "value"),
              "fraction": ("0.2", "0.20000000298023224")}
-# the keys a spelling gives: before "empty" was recorded ('' is then hashed as a value), since; "fraction" is
-# recorded only where it is the float32 spelling
+# the keys a spelling gives: before "empty" was recorded ('' is then hashed as a value), before "fraction" was (a
+# served fraction is then hashed as the first of its texts), since
 SPELLING_KEYS = ({"whole", "bool"}, {"whole", "bool", "empty"}, set(SPELLINGS))
 WHOLE_TEXT = r"-?[0-9]+"          # a whole number's text ('16'; '16.0' is it with ".0")
 FRACTION_TEXT = r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?"  # a number's text as Python writes it
@@ -66,9 +66,19 @@ def check_spelling(spelling, where: str) -> None:
                             + " and ".join(f"{k} as {' or '.join(map(repr, v))}" for k, v in SPELLINGS.items()))
 
 
-def single_fractions(spelling: dict | None) -> bool:
-    """Whether a hashed field of this spelling was trained on a float32 column's fractions, as their float64 texts."""
-    return spelling is not None and spelling.get("fraction") == SPELLINGS["fraction"][1]
+def fraction_known(spelling: dict | None, text: str) -> bool:
+    """Whether a hashed field of this spelling may have hashed the number text `text` (`FRACTION_TEXT`): where it
+    recorded a float32 column's texts, a float32 value's ('0.20000000298023224', '0.5'); where it recorded fractions
+    as written, any but a float32 value's float64 text longer than the value needs; where it recorded neither
+    (before it did), any."""
+    fraction = (spelling or {}).get("fraction")
+    if fraction is None:
+        return True
+    x = float(text)
+    with np.errstate(over="ignore"):
+        single = np.float32(x)
+    exact = float(single) == x
+    return exact if fraction == SPELLINGS["fraction"][1] else not (exact and float(str(single)) != x)
 
 
 def empty_is_missing(spelling: dict | None) -> bool:

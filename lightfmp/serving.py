@@ -23,7 +23,7 @@ from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .formats import criteo_texts
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
-                     single_fractions)
+                     fraction_known)
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -176,16 +176,15 @@ class _Spelled:
     training text spelled its values (`Field.spelling`), and every text the spelling says nothing about."""
 
     def __init__(self, spelling: dict[str, str]):
-        self.whole, self.bool, self.single = spelling["whole"], spelling["bool"], single_fractions(spelling)
+        self.spelling, self.whole, self.bool = spelling, spelling["whole"], spelling["bool"]
 
     def __contains__(self, text: str) -> bool:
         if re.fullmatch(f"{WHOLE_TEXT}(\\.0)?", text):
             return text.endswith(".0") == self.whole.endswith(".0")
         if text in BOOL_TEXTS or text in [b.lower() for b in BOOL_TEXTS]:
             return text[0].islower() == self.bool[0].islower()
-        if self.single and re.fullmatch(FRACTION_TEXT, text):  # a float32 column's: its value's float64 text
-            with np.errstate(over="ignore"):
-                return float(text) == float(np.float32(float(text)))
+        if re.fullmatch(FRACTION_TEXT, text):  # as written, or a float32 column's float64 text
+            return fraction_known(self.spelling, text)
         return True
 
 
@@ -235,14 +234,17 @@ def _spellings(f: Field, v) -> list[str]:
     """The texts a non-text value may have been keyed by in training, the one a typed column gives first
     (`encoding.cell_strings`), then those a text file's cells give for the same value: True / 'true'; a timestamp
     '2024-01-10 00:00:00' / '2024-01-10T00:00:00' / (at midnight) '2024-01-10'; 24 / 24.0 (pandas writes an
-    integer column with gaps as 24.0); a float32 column's 0.2 as '0.20000000298023224' (its float64 text) / '0.2'."""
+    integer column with gaps as 24.0); a float32 column's 0.2 as '0.20000000298023224' (its float64 text) / '0.2' (and
+    a float16 column's); a time as a tz-aware column in UTC spells it ('2024-01-10 00:00:00+00:00')."""
     if isinstance(v, (bool, np.bool_)):
         return [str(bool(v)), str(bool(v)).lower()]
     if isinstance(v, (datetime.datetime, np.datetime64)):
         t = pd.Timestamp(v)
         if t is pd.NaT:
             return [str(t)]
-        return [str(t), t.isoformat()] + ([str(t.date())] if t == t.normalize() and t.tz is None else [])
+        utc = t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")  # a tz-aware column's, naive read as UTC
+        return list(dict.fromkeys([str(t), t.isoformat()] + ([str(t.date())] if t == t.normalize() and t.tz is None
+                                                             else []) + [str(utc)]))
     if isinstance(v, (datetime.timedelta, np.timedelta64)):  # a duration's: '0 days 00:00:05'
         return [str(pd.Timedelta(v))]
     if isinstance(v, datetime.date):  # a date's: '2024-01-10' (or a timestamp column's midnight)
@@ -260,8 +262,9 @@ def _spellings(f: Field, v) -> list[str]:
             return [str(int(v))]
     if isinstance(v, numbers.Real):
         with np.errstate(over="ignore"):
-            single = np.float32(v)
-        return list(dict.fromkeys([str(float(v)), str(float(single)), str(single)]))
+            single, half = np.float32(v), np.float16(v)
+        return list(dict.fromkeys([str(float(v)), str(float(single)), str(single)]
+                                  + ([str(float(half))] if np.isfinite(half) else [])))
     return [str(v)]
 
 

@@ -437,10 +437,10 @@ class Spellings:
 
     def spelling(self) -> dict[str, str]:
         s = self.seen
-        single = {"fraction": SPELLINGS["fraction"][1]} if s["single"] else {}  # else not recorded: as before it was
         return {"whole": "16.0" if s["float"] and not s["int"] else "16",
                 "bool": "true" if s["lower"] and not s["title"] else "True",
-                "empty": "value" if s["empty"] else "missing", **single}
+                "empty": "value" if s["empty"] else "missing",
+                "fraction": SPELLINGS["fraction"][1 if s["single"] else 0]}
 
 
 class StreamFitter:

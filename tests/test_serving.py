@@ -270,6 +270,9 @@ def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed
     (pa.array(["2024-01-03T05:00:00"]), [pd.Timestamp("2024-01-03 05:00")]),    # a text file's ISO cells
     (pa.array([0.2], type=pa.float32()), [0.2, np.float32(0.2)]),               # a float32 column: its float64 text
     (pa.array(["0.2"]), [0.2, np.float32(0.2)]),
+    (pa.array([np.float16(0.1)], type=pa.float16()), [0.1, np.float16(0.1)]),   # a float16 column: its float64 text
+    (pa.array([pd.Timestamp("2024-01-02", tz="UTC")]),                          # a tz-aware column, sent naive
+     [pd.Timestamp("2024-01-02"), datetime.datetime(2024, 1, 2), pd.Timestamp("2024-01-02 01:00", tz="Europe/Paris")]),
     (pa.array([b"a"]), [b"a"]),                                                 # a binary column: not refused
 ])
 def test_a_typed_value_takes_the_spelling_training_keyed(example, trained, served):
@@ -324,8 +327,8 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
                        hidden="8", batch_size=128, device="cpu", no_select=True, hash_buckets="flag:64,dev:64")
     pipeline.run(cfg, tmp_path / "run", quiet=True)
     spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run").schema.fields}
-    assert spelled == {"flag": {"whole": "16", "bool": "true", "empty": "missing"},
-                       "dev": {"whole": "16.0", "bool": "True", "empty": "missing"}, "u": None}
+    assert spelled == {"flag": {"whole": "16", "bool": "true", "empty": "missing", "fraction": "0.2"},
+                       "dev": {"whole": "16.0", "bool": "True", "empty": "missing", "fraction": "0.2"}, "u": None}
     export_run(tmp_path / "run", tmp_path / "exp")
     p = Predictor(tmp_path / "exp")
     read = pd.read_csv(tmp_path / "d.csv").drop(columns="label")  # bools and floats
@@ -341,7 +344,7 @@ def test_a_hashed_field_hashes_a_typed_value_as_training_spelled_it(tmp_path, ex
     cfg2 = cfg.but(data=str(tmp_path / "d.parquet"), schema=str(tmp_path / "run" / "schema.json"), categorical=[])
     pipeline.run(cfg2, tmp_path / "run2", quiet=True)
     spelled = {f.name: f.spelling for f in pipeline.open_run(tmp_path / "run2").schema.fields}
-    assert spelled["dev"] == spelled["flag"] == {"whole": "16", "bool": "True", "empty": "missing"}
+    assert spelled["dev"] == spelled["flag"] == {"whole": "16", "bool": "True", "empty": "missing", "fraction": "0.2"}
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])
@@ -393,12 +396,19 @@ def test_a_hashed_float32_field_hashes_a_served_float_as_training_spelled_it(tmp
     assert np.abs(p.predict(sent) - want).max() <= 1e-5
     assert np.abs(p.predict(held) - want).max() <= 1e-5  # float32 values as read back
     assert np.abs(example.Client(tmp_path / "exp").predict(sent) - want).max() <= 1e-5
-    # a float64 column of the values sent (0.2) spells them short and records nothing more
+    # a float64 column of the values sent (0.2) spells them as written, and a float32 0.2 sent to it is 0.2 too
     df.assign(score=[float(str(v)) for v in score]).to_parquet(tmp_path / "d64.parquet", index=False)
     pipeline.run(RunConfig.of(data=str(tmp_path / "d64.parquet"), label="label", categorical="score,g",
                               hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
                               no_select=True), tmp_path / "run64", quiet=True)
-    assert "fraction" not in pipeline.open_run(tmp_path / "run64").schema.field("score").spelling
+    assert pipeline.open_run(tmp_path / "run64").schema.field("score").spelling["fraction"] == "0.2"
+    export_run(tmp_path / "run64", tmp_path / "exp64")
+    held = held_out_rows(tmp_path / "run64")
+    want = torch_probs(tmp_path / "run64", held)
+    p = Predictor(tmp_path / "exp64")
+    assert np.abs(p.predict(sent) - want).max() <= 1e-5
+    singles = [{"score": np.float32(r["score"]), "g": r["g"]} for r in sent]  # numpy float32 values
+    assert np.abs(p.predict(singles) - want).max() <= 1e-5
 
 
 def test_a_parquet_binary_or_decimal_category_is_scored_from_what_a_json_client_sends(tmp_path, example):
