@@ -349,6 +349,8 @@ def _coerce(value, hint, key, source):
         if tp is str:
             if isinstance(value, bool) or isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value):
                 # YAML reads yes / no / on / off unquoted as booleans: the text the user meant is lost
+                if source in ("config", COMMAND_LINE):  # from Python (`RunConfig.of`), not a file
+                    raise LightFMPError(f"{_where(key, source)} must be text, got the boolean {value!r}")
                 raise LightFMPError(f"{source}: '{key}' must be text, got the YAML boolean {value!r}; quote the "
                                     f"value ('yes')")
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)

@@ -41,6 +41,7 @@ class Predictor:
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         self.bundle: Bundle = load_bundle(path)
+        self._args = (str(path), threads, providers)  # what a copy or a pickle (to a worker process) loads again
         if self.bundle.dir is None:
             raise LightFMPError(f"{path}: a Predictor needs the export directory (with {SCHEMA_FILE} and vocab/)")
         self.fields: list[tuple[InputSpec, Field]] = []
@@ -52,6 +53,9 @@ class Predictor:
         self.schema = FeatureSchema(self.bundle.contract.label, [f for _, f in self.fields])
         self.session = self.bundle.session(threads, providers=providers)
         self.output = self.bundle.contract.output.name
+
+    def __reduce__(self):  # an ONNX Runtime session is not picklable: the copy loads the export again
+        return Predictor, self._args
 
     @property
     def input_names(self) -> list[str]:

@@ -85,3 +85,19 @@ def test_a_served_model_scores_once_started(done):
         finally:
             await m.stop()
     assert np.abs(asyncio.run(started()) - m.predictor.run(feeds)).max() <= 1e-6
+
+
+def test_a_predictor_pickles_and_copies_by_loading_its_export_again(done):
+    """To a worker process (multiprocessing, joblib, Spark) a Predictor goes by its export's path and options."""
+    import copy
+    import pickle
+    t, _ = done
+    p = Predictor(t / "exp", threads=1)
+    records = pd.read_csv(t / "data.csv").drop(columns="label").head(20)
+    for other in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p)):
+        assert other is not p and np.array_equal(other.predict(records), p.predict(records))
+
+
+def test_a_boolean_from_python_is_not_called_a_yaml_boolean():
+    with pytest.raises(LightFMPError, match="'positive' must be text, got the boolean True$"):
+        RunConfig.of(data="d.csv", label="y", positive=True)
