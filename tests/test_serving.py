@@ -381,31 +381,28 @@ def test_a_hashed_float32_field_hashes_a_served_float_as_training_spelled_it(tmp
     score = rng.choice(np.array([0.1, 0.2, 0.3, 0.7, 0.9], dtype=np.float32), 1200)
     df = pd.DataFrame({"score": score, "g": rng.integers(0, 5, 1200).astype(str),
                        "label": (rng.random(1200) < np.where(score > 0.5, 0.8, 0.2)).astype(int)})
+
+    def trained(frame, name):  # the run's spelling of 'score', its export, and the model's scores of its test rows
+        frame.to_parquet(tmp_path / f"{name}.parquet", index=False)
+        pipeline.run(RunConfig.of(data=str(tmp_path / f"{name}.parquet"), label="label", categorical="score,g",
+                                  hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
+                                  no_select=True), tmp_path / name, quiet=True)
+        export_run(tmp_path / name, tmp_path / f"{name}_exp")
+        held = held_out_rows(tmp_path / name)
+        return (pipeline.open_run(tmp_path / name).schema.field("score").spelling["fraction"],
+                Predictor(tmp_path / f"{name}_exp"), held, torch_probs(tmp_path / name, held))
+
     assert df["score"].dtype == np.float32
-    df.to_parquet(tmp_path / "d.parquet", index=False)
-    pipeline.run(RunConfig.of(data=str(tmp_path / "d.parquet"), label="label", categorical="score,g",
-                              hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
-                              no_select=True), tmp_path / "run", quiet=True)
-    assert pipeline.open_run(tmp_path / "run").schema.field("score").spelling["fraction"] == "0.20000000298023224"
-    export_run(tmp_path / "run", tmp_path / "exp")
-    held = held_out_rows(tmp_path / "run")
-    want = torch_probs(tmp_path / "run", held)
-    sent = [{"score": float(str(np.float32(v))), "g": g} for v, g in zip(held["score"], held["g"])]  # JSON's 0.2, not float32
+    fraction, p, held, want = trained(df, "single")
+    assert fraction == "0.20000000298023224"
+    sent = [{"score": float(str(np.float32(v))), "g": g} for v, g in zip(held["score"], held["g"])]  # JSON's 0.2
     assert sent[0]["score"] in (0.1, 0.2, 0.3, 0.7, 0.9)
-    p = Predictor(tmp_path / "exp")
     assert np.abs(p.predict(sent) - want).max() <= 1e-5
     assert np.abs(p.predict(held) - want).max() <= 1e-5  # float32 values as read back
-    assert np.abs(example.Client(tmp_path / "exp").predict(sent) - want).max() <= 1e-5
+    assert np.abs(example.Client(tmp_path / "single_exp").predict(sent) - want).max() <= 1e-5
     # a float64 column of the values sent (0.2) spells them as written, and a float32 0.2 sent to it is 0.2 too
-    df.assign(score=[float(str(v)) for v in score]).to_parquet(tmp_path / "d64.parquet", index=False)
-    pipeline.run(RunConfig.of(data=str(tmp_path / "d64.parquet"), label="label", categorical="score,g",
-                              hash_buckets="score:64", epochs=1, embed_dim=4, hidden="8", device="cpu",
-                              no_select=True), tmp_path / "run64", quiet=True)
-    assert pipeline.open_run(tmp_path / "run64").schema.field("score").spelling["fraction"] == "0.2"
-    export_run(tmp_path / "run64", tmp_path / "exp64")
-    held = held_out_rows(tmp_path / "run64")
-    want = torch_probs(tmp_path / "run64", held)
-    p = Predictor(tmp_path / "exp64")
+    fraction, p, _, want = trained(df.assign(score=[float(str(v)) for v in score]), "double")
+    assert fraction == "0.2"
     assert np.abs(p.predict(sent) - want).max() <= 1e-5
     singles = [{"score": np.float32(r["score"]), "g": r["g"]} for r in sent]  # numpy float32 values
     assert np.abs(p.predict(singles) - want).max() <= 1e-5
