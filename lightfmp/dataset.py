@@ -31,7 +31,7 @@ from rich.markup import escape
 
 from .coded import Coded, CodedStore
 from .config import DataConfig
-from .encoding import column_names, present
+from .encoding import TEXT_RULE, column_names, present, read_otherwise_before
 from .errors import LightFMPError
 from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
 from .io import file_sha256
@@ -266,6 +266,18 @@ def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str) -> None:
                             f"(columns: {', '.join(names)})")
 
 
+def _check_text_rule(batch: pa.Table, schema: FeatureSchema, source: str) -> None:
+    """A fitted schema is encoded by the text rule it was fitted under (`encoding.TEXT_RULE`)."""
+    if schema.meta.get("text_rule") != TEXT_RULE and hasattr(batch, "schema"):  # fitted by an older lightfmp
+        t = next(((f, batch.schema.field(f.name).type) for f in schema.fields if f.kind != "numeric"
+                  and read_otherwise_before(batch.schema.field(f.name).type)), None)
+        if t is not None:
+            raise LightFMPError(f"{source}: column '{t[0].name}' is {t[1]}, and the schema's "
+                                f"{'hash' if t[0].hashed else 'vocabulary'} of it was fitted by an older lightfmp, "
+                                f"which read its values as b'k3' / '0.50' (this one reads them as text and numbers, "
+                                f"'k3' / '0.5'); fit it again: train the run again (or leave out --schema)")
+
+
 # ---- encode ---------------------------------------------------------------------------------------------------------
 def _numbered(kept: CodedStore) -> Iterator[tuple[Coded, int]]:
     """The kept coded batches with the global row number of each one's first row."""
@@ -284,6 +296,7 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
             labels = batch.labels
         else:
             _check_columns(batch, schema, source)
+            _check_text_rule(batch, schema, source)
             labels = parse_labels(batch, schema.label, schema.positive, source, start, fmt)
         try:
             ids = schema.encode(batch)

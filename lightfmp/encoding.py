@@ -56,6 +56,19 @@ def cell_strings(col: pd.Series) -> pd.Series:
     return col.astype(object).where(col.notna(), None).map(value_text)
 
 
+TEXT_RULE = 2  # the version of the text rule a schema's vocabularies and hashes were fitted under (FeatureSchema.meta
+               # "text_rule"): 2 reads a binary column's values as their UTF-8 text and a decimal's as the number it
+               # is; before, as b'k3' and '0.50'
+
+
+def read_otherwise_before(t: pa.DataType) -> bool:
+    """Whether the text rule before TEXT_RULE 2 read this Arrow type's values otherwise: binary and decimal (or a
+    dictionary of them)."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_fixed_size_binary(t) \
+        or pa.types.is_decimal(t)
+
+
 def value_text(v) -> str | None:
     """A value's text where it is not text already (None stays None): bytes as their UTF-8 text (a Parquet BINARY
     column of strings without the UTF8 annotation, as older Hive and Impala write them; bytes that are no UTF-8 as

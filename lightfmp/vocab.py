@@ -34,7 +34,7 @@ from rich.markup import escape
 
 from .coded import Coded, Unparsed
 from .config import DataConfig
-from .encoding import MISSING_TEXT, column, column_names, lists, numbers, present, tokens
+from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
@@ -494,6 +494,8 @@ class StreamFitter:
 
     def finish(self) -> FeatureSchema:
         s = self.schema
+        if len(self.todo) == len(s.fields):  # every field fitted here: under this text rule
+            s.meta["text_rule"] = TEXT_RULE
         for name, spelled in self.spellings.items():
             s.field(name).spelling = spelled.spelling()
         for f in self.todo:

@@ -18,6 +18,7 @@ from lightfmp import pipeline
 from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.export import export_run
+from lightfmp.schema import FeatureSchema
 from lightfmp.serving import Predictor
 from test_export import get_export, held_out_rows, shared, torch_probs
 
@@ -435,6 +436,27 @@ def test_a_parquet_binary_or_decimal_category_is_scored_from_what_a_json_client_
     assert np.abs(p.predict(sent) - want).max() <= 1e-5
     assert np.abs(p.predict(held) - want).max() <= 1e-5  # bytes and Decimals, as pandas reads the file back
     assert np.abs(example.Client(tmp_path / "exp").predict(sent) - want).max() <= 1e-5
+
+
+def test_a_schema_fitted_before_bytes_were_read_as_text_is_refused_on_such_a_column(tmp_path):
+    """A run fitted by an older lightfmp holds "b'k3'" for a binary column: pruning or resuming it re-encodes the
+    data, which now reads 'k3', so every value would be unseen, silently. Its schema lacks the text rule's version:
+    refused in one line naming the column; a schema fitted now has it and encodes as it did."""
+    import pyarrow.parquet as pq
+    from lightfmp.config import DataConfig
+    from lightfmp.dataset import load_dataset
+    rng = np.random.default_rng(0)
+    pq.write_table(pa.table({"site": pa.array([f"k{v}".encode() for v in rng.integers(0, 4, 300)], pa.binary()),
+                             "label": rng.integers(0, 2, 300)}), tmp_path / "d.parquet")
+    cfg = DataConfig(data=str(tmp_path / "d.parquet"), label="label", categorical=["site"])
+    fitted = load_dataset(cfg).schema
+    assert fitted.meta["text_rule"] == 2 and sorted(fitted.field("site").vocab) == ["k0", "k1", "k2", "k3"]
+    again = load_dataset(cfg, schema=fitted)
+    assert (again.split_rows("train").arrays()[0] >= 2).all()
+    older = FeatureSchema.from_dict({**fitted.to_dict(), "meta": {}})
+    with pytest.raises(LightFMPError, match="column 'site' is binary, and the schema's vocabulary of it was fitted "
+                                            "by an older lightfmp"):
+        load_dataset(cfg, schema=older)
 
 
 def test_a_vocabulary_written_before_bytes_were_read_as_text_still_finds_them():
