@@ -62,8 +62,14 @@ def token(s, v, known):
         except OverflowError:
             texts = [str(int(v))]
     elif isinstance(v, float):
+        texts = [str(v)]
         with np.errstate(over="ignore"):
-            texts = [str(v), str(float(np.float32(v)))] + ([str(float(np.float16(v)))] if abs(v) < 65504 else [])
+            for narrow in (np.float32(v), np.float16(v)):  # a float32 / float16 column's text, longer than needed
+                if np.isfinite(narrow) and digits(str(float(narrow))) >= 10:
+                    texts.append(str(float(narrow)))
+            if np.isfinite(np.float32(v)):
+                texts.append(str(np.float32(v)))  # and float32's own shortest text: 0.20000000298023224 -> '0.2'
+
     else:
         kind = s["kind"].replace("_", "-")
         raise ServeError(f"field '{s['name']}' ({kind}) got {v!r} ({type(v).__name__}); expected a string or "
@@ -134,6 +140,11 @@ def each(values, convert):
     return out
 
 
+def digits(text):
+    """A number text's significant digits: from 10, a float32 value's float64 text is longer than it needs."""
+    return len(re.sub(r"[-+.]", "", re.split(r"[eE]", text)[0]).lstrip("0"))
+
+
 class Spelled:
     """A hashed field's recorded spelling as `token` looks it up: '16' or '16.0', 'True' or 'true', and a fraction
     as written ('0.2') or as a float32 column's float64 text ('0.20000000298023224')."""
@@ -148,10 +159,8 @@ class Spelled:
             return text[0].islower() == self.bool[0].islower()
         if self.fraction and re.fullmatch(r"-?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][-+]?[0-9]+)?", text):
             with np.errstate(over="ignore"):
-                single = np.float32(float(text))
-            exact = float(single) == float(text)  # a float32 value; its float64 text longer than it needs:
-            widened = exact and float(str(single)) != float(text)
-            return exact if self.fraction == "0.20000000298023224" else not widened
+                exact = float(np.float32(float(text))) == float(text)  # a float32 value
+            return exact if self.fraction == "0.20000000298023224" else not (exact and digits(text) >= 10)
         return True
 
 

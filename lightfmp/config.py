@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import datetime
 import math
 import numbers
 import os
@@ -253,9 +254,11 @@ def _unoptional(hint):
 
 def _sequence(value):
     """A sequence given from Python as a numpy array, a pandas Index or Series, or an iterator: as a list (its text,
-    "Index(['a', 'b'])", would name no column)."""
+    "Index(['a', 'b'])", would name no column); a numpy scalar as the Python value it holds."""
     if isinstance(value, (str, bytes, dict, set, frozenset, list, tuple)):
         return value
+    if hasattr(value, "tolist") and getattr(value, "ndim", 1) == 0:  # a numpy scalar (np.True_, np.int64(8))
+        return value.item()
     if hasattr(value, "tolist") and getattr(value, "ndim", 1) == 1:
         return value.tolist()
     if isinstance(value, collections.abc.Iterator):
@@ -315,7 +318,8 @@ def _coerce(value, hint, key, source):
     tp = _unoptional(hint)
     value = _sequence(value)
     value = _shape_checked(value, tp, key, source)
-    if not isinstance(value, (str, os.PathLike, numbers.Number, list, tuple)):  # from Python: its text is no value
+    if not isinstance(value, (str, os.PathLike, numbers.Number, list, tuple, datetime.date, datetime.time)):
+        # from Python, an object whose text is no value (YAML's dates are values: `positive: 2024-01-01`)
         what = " (a path: lightfmp reads its data from a file)" if key == "data" else ""
         raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}{what}, got a value of type "
                             f"{type(value).__name__}")

@@ -133,6 +133,14 @@ def _a_config(cfg) -> RunConfig:
 _TRAINING = threading.RLock()  # one training at a time in a process (`_process_state`)
 
 
+def _fresh_lock() -> None:  # a child forked while another thread trained would inherit the lock held, for ever
+    global _TRAINING
+    _TRAINING = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_fresh_lock)
+
+
 @contextlib.contextmanager
 def _process_state():
     """What a training in this process needs of torch's process-wide state, and gives back: it seeds torch's one

@@ -12,6 +12,7 @@ which works on Arrow arrays; they are imported here for the callers that read th
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field as dc_field
 from pathlib import Path
 
@@ -66,19 +67,35 @@ def check_spelling(spelling, where: str) -> None:
                             + " and ".join(f"{k} as {' or '.join(map(repr, v))}" for k, v in SPELLINGS.items()))
 
 
+LONG_DIGITS = 10  # significant digits from which a float32 value's float64 text is longer than the value needs:
+                 # float32 round-trips in 9 ('0.2' is '0.20000000298023224' widened; '1234567.25' is a value as written)
+
+
+def significant_digits(text: str) -> int:
+    """The significant digits of a number's text (`FRACTION_TEXT`): '0.20000000298023224' 17, '1234567.25' 9."""
+    return len(re.sub(r"[-+.]", "", re.split(r"[eE]", text)[0]).lstrip("0"))
+
+
+def long_single(text: str) -> bool:
+    """Whether a number's text is a float32 value's float64 text, longer than the value needs: the value is a
+    float32 one and its text has LONG_DIGITS or more significant digits."""
+    x = float(text)
+    with np.errstate(over="ignore"):
+        return float(np.float32(x)) == x and significant_digits(text) >= LONG_DIGITS
+
+
 def fraction_known(spelling: dict | None, text: str) -> bool:
     """Whether a hashed field of this spelling may have hashed the number text `text` (`FRACTION_TEXT`): where it
     recorded a float32 column's texts, a float32 value's ('0.20000000298023224', '0.5'); where it recorded fractions
-    as written, any but a float32 value's float64 text longer than the value needs; where it recorded neither
-    (before it did), any."""
+    as written, any but a float32 value's text longer than the value needs (`long_single`); where it recorded
+    neither (before it did), any."""
     fraction = (spelling or {}).get("fraction")
     if fraction is None:
         return True
-    x = float(text)
-    with np.errstate(over="ignore"):
-        single = np.float32(x)
-    exact = float(single) == x
-    return exact if fraction == SPELLINGS["fraction"][1] else not (exact and float(str(single)) != x)
+    if fraction == SPELLINGS["fraction"][1]:
+        with np.errstate(over="ignore"):
+            return float(np.float32(float(text))) == float(text)
+    return not long_single(text)
 
 
 def empty_is_missing(spelling: dict | None) -> bool:

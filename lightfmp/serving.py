@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import numbers
+import os
 import re
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import feeds_from_frame
 from .formats import criteo_texts
-from .schema import (BOOL_TEXTS, FRACTION_TEXT, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
-                     fraction_known)
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
+                     fraction_known, significant_digits)
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -41,7 +42,8 @@ class Predictor:
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         self.bundle: Bundle = load_bundle(path)
-        self._args = (str(path), threads, providers)  # what a copy or a pickle (to a worker process) loads again
+        self._args = (os.path.abspath(path), threads, providers)  # what a copy or a pickle loads again (in a worker
+        # process, whose working directory may be another)
         if self.bundle.dir is None:
             raise LightFMPError(f"{path}: a Predictor needs the export directory (with {SCHEMA_FILE} and vocab/)")
         self.fields: list[tuple[InputSpec, Field]] = []
@@ -55,7 +57,7 @@ class Predictor:
         self.output = self.bundle.contract.output.name
 
     def __reduce__(self):  # an ONNX Runtime session is not picklable: the copy loads the export again
-        return Predictor, self._args
+        return type(self), self._args
 
     @property
     def input_names(self) -> list[str]:
@@ -255,8 +257,11 @@ def _spellings(f: Field, v) -> list[str]:
         return [str(v), str(pd.Timestamp(v))]
     if isinstance(v, datetime.time):  # a time of day's: '10:30:00'
         return [str(v)]
-    if isinstance(v, (bytes, decimal.Decimal)):  # a Parquet binary or decimal column's: as text (b'k3' -> 'k3', 0.50 ->
-        return list(dict.fromkeys([value_text(v), str(v)]))  # '0.5'), or as exports written before that hold them
+    if isinstance(v, (bytes, decimal.Decimal)):
+        # a Parquet binary or decimal column's: as text and number (b'k3' -> 'k3', 0.50 -> '0.5'), or as exports
+        # written before read them (b'k3', '0.50'): their hashed fields, which record no "fraction", hash that
+        texts = [value_text(v), str(v)]
+        return list(dict.fromkeys(texts[::-1] if f.hashed and "fraction" not in (f.spelling or {}) else texts))
     if isinstance(v, numbers.Integral) or isinstance(v, numbers.Real) and float(v).is_integer():
         try:
             return [str(int(v)), str(float(v))]
@@ -265,11 +270,21 @@ def _spellings(f: Field, v) -> list[str]:
         except OverflowError:  # beyond a float: no float spelling to look for
             return [str(int(v))]
     if isinstance(v, numbers.Real):
-        with np.errstate(over="ignore"):
-            single, half = np.float32(v), np.float16(v)
-        return list(dict.fromkeys([str(float(v)), str(float(single)), str(single)]
-                                  + ([str(float(half))] if np.isfinite(half) else [])))
+        return list(dict.fromkeys([str(float(v))] + narrow_texts(float(v))))
     return [str(v)]
+
+
+def narrow_texts(x: float) -> list[str]:
+    """The texts a float32 or float16 column spells the value nearest `x` in (its float64 text), where they are
+    longer than that value needs ('0.20000000298023224' for 0.2), then float32's own shortest text ('0.2'): a
+    shorter one is a value of its own ('2.5' for 2.5005 is another category)."""
+    out = []
+    with np.errstate(over="ignore"):
+        for narrow in (np.float32(x), np.float16(x)):
+            if np.isfinite(narrow) and significant_digits(str(float(narrow))) >= LONG_DIGITS:
+                out.append(str(float(narrow)))
+        single = np.float32(x)
+    return out + [str(single)] if np.isfinite(single) else out
 
 
 def _scalar(f: Field, v) -> None:

@@ -37,7 +37,7 @@ from .config import DataConfig
 from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
 from .errors import LightFMPError
 from .formats import all_categorical, fixed_label
-from .schema import (BOOL_TEXTS, FRACTION_TEXT, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
                      is_integral, quantile_edges, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
@@ -402,26 +402,30 @@ class Reservoir:
         return self.buf[:min(self.seen, self.size)]
 
 
-def widened_single(texts: pa.Array) -> pa.Array:
-    """Per text, whether it is a number's text longer than its float32 value needs: that value's float64 text
-    ('0.20000000298023224', how a float32 column's 0.2 is spelled), where a text of fewer digits ('0.2') is another
-    float64 value. A float64 value is a float32 one about once in 2**29, so only a float32 column spells many so."""
+def widened_single(texts: pa.Array) -> tuple[int, int]:
+    """Of the texts that are numbers with a fraction, how many there are and how many are a float32 value's float64
+    text, longer than the value needs (`schema.long_single`: '0.20000000298023224', how a float32 column spells
+    0.2). A float32 column spells most of its fractions so; a float64 one almost none (a float64 value is a float32
+    one about once in 2**29)."""
     number = pc.and_(pc.match_substring_regex(texts, f"^{FRACTION_TEXT}$"),
                      pc.invert(pc.match_substring_regex(texts, f"^{WHOLE_TEXT}$")))
-    x = pc.cast(pc.filter(texts, number), pa.float64())
-    single = pc.cast(x, pa.float32(), safe=False)
-    exact = pc.equal(pc.cast(single, pa.float64()), x)
-    shortest = pc.cast(pc.cast(single, pa.string()), pa.float64())  # float32's own shortest text, read as float64
-    return pc.and_(exact, pc.not_equal(shortest, x))
+    text = pc.filter(texts, number)
+    x = pc.cast(text, pa.float64())
+    exact = pc.equal(pc.cast(pc.cast(x, pa.float32(), safe=False), pa.float64()), x)
+    mantissa = pc.replace_substring_regex(pc.replace_substring_regex(text, r"[eE].*$", ""), r"[-+.]", "")
+    long = pc.greater_equal(pc.utf8_length(pc.utf8_ltrim(mantissa, "0")), LONG_DIGITS)  # `schema.long_single`
+    return len(x), int(pc.sum(pc.and_(exact, long)).as_py() or 0)
 
 
 class Spellings:
     """What a hashed field's text looks like, for `Field.spelling`: whether its whole numbers are written '16' or
     '16.0', its booleans 'True' or 'true' (where the values show neither, the typed column's spelling), whether
-    '' is one of its values, and whether its fractions are a float32 column's float64 texts (`widened_single`)."""
+    '' is one of its values, and whether its fractions are a float32 column's float64 texts (most of its distinct
+    fractions so: `widened_single`)."""
 
     def __init__(self):
-        self.seen = dict.fromkeys(("int", "float", "title", "lower", "empty", "single"), False)
+        self.seen = dict.fromkeys(("int", "float", "title", "lower", "empty"), False)
+        self.fractions = self.widened = 0
 
     def add(self, values: pa.Array) -> None:
         """A batch's distinct texts."""
@@ -431,16 +435,17 @@ class Spellings:
                          ("float", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}\\.0$")),
                          ("title", lambda: pc.is_in(values, pa.array(BOOL_TEXTS))),
                          ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS]))),
-                         ("empty", lambda: pc.equal(values, "")),
-                         ("single", lambda: widened_single(values))):
+                         ("empty", lambda: pc.equal(values, ""))):
             self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
+        fractions, widened = widened_single(values)
+        self.fractions, self.widened = self.fractions + fractions, self.widened + widened
 
     def spelling(self) -> dict[str, str]:
         s = self.seen
         return {"whole": "16.0" if s["float"] and not s["int"] else "16",
                 "bool": "true" if s["lower"] and not s["title"] else "True",
                 "empty": "value" if s["empty"] else "missing",
-                "fraction": SPELLINGS["fraction"][1 if s["single"] else 0]}
+                "fraction": SPELLINGS["fraction"][1 if 2 * self.widened > self.fractions else 0]}
 
 
 class StreamFitter:

@@ -207,3 +207,7 @@ def test_python_values_whose_text_is_no_value_are_refused_or_read_as_lists():
                        hidden=np.array([8, 4]), ignore=pd.Series(["z"]))
     assert (cfg.data.categorical, cfg.data.numeric, cfg.model.hidden, cfg.data.ignore) == (["a", "b"], ["x"], [8, 4],
                                                                                             ["z"])
+    cfg = RunConfig.of(data="d.csv", label="y", no_select=np.True_, hidden=np.array(8), epochs=np.int64(2))
+    assert (cfg.train.no_select, cfg.model.hidden, cfg.train.epochs) == (True, [8], 2)
+    import datetime  # a YAML date is a value (`positive: 2024-01-01`), as before
+    assert RunConfig.from_dict({"positive": datetime.date(2024, 1, 1)}, "c.yaml").data.positive == "2024-01-01"

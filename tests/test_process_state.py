@@ -82,3 +82,28 @@ def test_the_finished_model_scores_in_eval_mode_and_profiling_gives_back_the_thr
     torch.set_num_threads(2)
     profile([tmp_path / "e"], batch_sizes=[1], threads=1, budget=Budget(warmup=1, min_runs=2, max_runs=3, max_seconds=0.05))
     assert torch.get_num_threads() == 2
+
+
+def test_a_child_forked_while_another_thread_trains_can_train():
+    """A process forked (multiprocessing's default on Linux) while another thread held the training lock would
+    inherit it held, and every run in the child would wait for ever."""
+    import os
+    from lightfmp import pipeline
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with pipeline._TRAINING:
+            held.set()
+            release.wait(10)
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait(10)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock is free here
+            os._exit(0 if pipeline._TRAINING.acquire(timeout=2) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        release.set()
+        t.join()

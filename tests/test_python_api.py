@@ -87,14 +87,18 @@ def test_a_served_model_scores_once_started(done):
     assert np.abs(asyncio.run(started()) - m.predictor.run(feeds)).max() <= 1e-6
 
 
-def test_a_predictor_pickles_and_copies_by_loading_its_export_again(done):
-    """To a worker process (multiprocessing, joblib, Spark) a Predictor goes by its export's path and options."""
+def test_a_predictor_pickles_and_copies_by_loading_its_export_again(done, monkeypatch):
+    """To a worker process (multiprocessing, joblib, Spark) a Predictor goes by its export's path (absolute: the
+    worker's working directory may be another) and options."""
     import copy
     import pickle
     t, _ = done
-    p = Predictor(t / "exp", threads=1)
+    monkeypatch.chdir(t)
+    p = Predictor("exp", threads=1)
     records = pd.read_csv(t / "data.csv").drop(columns="label").head(20)
-    for other in (pickle.loads(pickle.dumps(p)), copy.deepcopy(p)):
+    sent = pickle.dumps(p)
+    monkeypatch.chdir(t.parent)
+    for other in (pickle.loads(sent), copy.deepcopy(p)):
         assert other is not p and np.array_equal(other.predict(records), p.predict(records))
 
 

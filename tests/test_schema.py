@@ -159,12 +159,29 @@ def test_a_float32_columns_fractions_are_told_from_short_texts():
     """`widened_single`: a text is a float32 value's float64 text where it has more digits than that float32 value
     needs: exactly, against Python's own float32 round trip."""
     import pyarrow as pa
+    from lightfmp.schema import long_single
     from lightfmp.vocab import widened_single
     texts = ["0.20000000298023224", "0.2", "0.5", "16", "16.0", "1e-05", "9.999999747378752e-06", "abc", "",
              "-0.10000000149011612", "0.30000001192092896", "3.4e+38", "1.7976931348623157e+308", ".5", "1.5e3"]
-    got = widened_single(pa.array(texts)).to_pylist()
     numbers = [t for t in texts if t not in ("abc", "", "16")]  # the filter keeps number texts that are not whole
-    with np.errstate(over="ignore"):
-        want = [float(t) == float(np.float32(float(t))) and float(str(np.float32(float(t)))) != float(t)
-                for t in numbers]
-    assert got == want == [True, False, False, False, False, True, True, True, False, False, False, False]
+    want = [long_single(t) for t in numbers]
+    assert want == [True, False, False, False, False, True, True, True, False, False, False, False]
+    assert widened_single(pa.array(texts)) == (len(numbers), sum(want))
+    # a float32 value written short is a value as written, though float32 writes it shorter still ('1234567.2')
+    assert not long_single("1234567.25") and widened_single(pa.array(["1234567.25"])) == (1, 0)
+
+
+def test_a_fields_fractions_are_a_float32_columns_where_most_are_so():
+    """One short decimal that happens to be a float32 value (1234567.25: float32 writes it '1234567.2') does not
+    make a float64 column's fractions a float32 column's texts; a float32 column's short dyadic values (0.5) do not
+    hide its spelling."""
+    import pyarrow as pa
+    from lightfmp.vocab import Spellings
+
+    def fraction(values):
+        s = Spellings()
+        s.add(pa.array(values))
+        return s.spelling()["fraction"]
+    assert fraction(["0.2", "10.1", "1234567.25", "3.7"]) == "0.2"
+    assert fraction(["0.20000000298023224", "0.5", "0.10000000149011612", "0.25"]) == "0.2"  # two of four: not most
+    assert fraction(["0.20000000298023224", "0.5", "0.10000000149011612"]) == "0.20000000298023224"

@@ -263,6 +263,34 @@ def test_a_date_or_time_served_to_a_categorical_field_is_keyed_as_training_keyed
         assert [_token(f, v, set()) for v in served] == [key] * len(served), trained
 
 
+def test_a_fraction_near_a_short_category_is_not_that_category(example):
+    """float16 keeps about 3 digits: 2.5005 is not the category '2.5' of a CSV's text, nor 0.30000000000000004 the
+    category '0.3'; a float32 or float16 column's own texts are looked for only where longer than the value needs."""
+    from lightfmp.schema import Field
+    from lightfmp.serving import _token
+    known = {"2.5", "0.375", "0.0999755859375", "0.20000000298023224"}
+    f = Field("c", "categorical", vocab=sorted(known))
+    served = [2.5005, 0.37501, 0.1, 0.2]
+    want = ["2.5005", "0.37501", "0.0999755859375", "0.20000000298023224"]
+    assert [_token(f, v, known) for v in served] == want
+    assert [example.token({"name": "c", "kind": "categorical"}, v, known) for v in served] == want
+
+
+@pytest.mark.parametrize("fraction", ["0.2", "0.20000000298023224"])
+def test_a_float32_value_sent_as_its_long_text_hashes_alike_in_the_predictor_and_the_client(example, fraction):
+    """Java, Go or numpy's .item() write a float32 0.2 as 0.20000000298023224: both encoders hash it in the field's
+    recorded spelling."""
+    from lightfmp.schema import Field
+    from lightfmp.serving import _known, _token
+    spelling = {"whole": "16", "bool": "True", "empty": "missing", "fraction": fraction}
+    f = Field("c", "categorical", hash_buckets=64, spelling=spelling)
+    for v in (0.20000000298023224, 0.2, 0.5, 1234567.25):
+        ours = _token(f, v, _known(f))
+        assert ours == example.token({"name": "c", "kind": "categorical"}, v, example.Spelled(spelling)), v
+        assert ours == ("0.2" if fraction == "0.2" and v in (0.2, 0.20000000298023224) else
+                        "0.20000000298023224" if v in (0.2, 0.20000000298023224) else str(v))
+
+
 @pytest.mark.parametrize("trained,served", [
     (pa.array(["true", "false"]), [True, np.bool_(True)]),                      # a CSV's text: 'true'
     (pa.array([True, False]), [True, np.bool_(True)]),                          # a typed column's: 'True'
