@@ -490,11 +490,15 @@ def test_a_schema_fitted_before_bytes_were_read_as_text_is_refused_on_such_a_col
 def test_a_vocabulary_written_before_bytes_were_read_as_text_still_finds_them():
     from lightfmp.encoding import value_text
     from lightfmp.schema import Field
-    from lightfmp.serving import _token
+    from lightfmp.serving import _known, _token
     known = {"b'k3'", "b'\\xc3\\xa9'", "0.50"}
     f = Field("c", "categorical", vocab=sorted(known))
     assert [_token(f, v, known) for v in ("k3", b"k3", "\u00e9", decimal.Decimal("0.50"), "k4")] == \
         ["b'k3'", "b'k3'", "b'\\xc3\\xa9'", "0.50", "k4"]
+    old = {"whole": "16", "bool": "True", "empty": "missing"}  # a hashed field's spelling written before
+    for spelling, want in ((old, ["b'k3'", "0.50"]), ({**old, "fraction": "0.2"}, ["k3", "0.5"])):
+        h = Field("h", "categorical", hash_buckets=64, spelling=spelling)
+        assert [_token(h, v, _known(h)) for v in (b"k3", decimal.Decimal("0.50"))] == want
     assert [value_text(v) for v in (b"k3", b"\xff", decimal.Decimal("0.50"), decimal.Decimal("2.00"),
                                     decimal.Decimal("1E+30"), "x", None)] == \
         ["k3", "b'\\xff'", "0.5", "2", "1" + "0" * 30, "x", None]
