@@ -487,6 +487,10 @@ def _avazu(table: pa.Table, p: Path, start: int) -> pa.Table:
     for c in (AVAZU_LABEL, "hour"):
         if c not in names:
             raise LightFMPError(f"{p}: not an Avazu file: no '{c}' column (columns: {', '.join(names)})")
+    taken = [c for c in ("hour_of_day", "weekday") if c in names]
+    if taken:  # the columns the hour is read into
+        raise LightFMPError(f"{p}: column '{taken[0]}' clashes with the column lightfmp derives from 'hour' "
+                            f"(hour_of_day and weekday); rename it, or read the file as --format csv")
     hour = table.column("hour")
     enc, values = _distinct(hour)
     t = pd.to_datetime(values.to_pandas(), format="%y%m%d%H", errors="coerce")

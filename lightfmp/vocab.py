@@ -183,7 +183,8 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
             return "numeric", _TIMES[pa.types.is_duration(s.type)]
         if pa.types.is_string(s.type) or pa.types.is_large_string(s.type):
             # the spellings of a missing number are missing here (and categories, should the column be categorical)
-            marker = pc.is_in(pc.utf8_trim_whitespace(s), value_set=pa.array(MISSING_TEXT, s.type))
+            trimmed = pc.utf8_trim_whitespace(s)  # a cell of blanks too, as the numeric rule reads it
+            marker = pc.or_(pc.is_in(trimmed, value_set=pa.array(MISSING_TEXT, s.type)), pc.equal(trimmed, ""))
             s = pc.if_else(marker, pa.scalar(None, s.type), s)
             head = s.slice(0, 4096).drop_null()
             sample = head if len(head) >= 1000 or len(s) <= 4096 else s.drop_null()
@@ -204,9 +205,9 @@ def infer_kind(s, rows: int) -> tuple[str, str]:
         return "numeric", _TIMES[pd.api.types.is_timedelta64_dtype(s)]
     if s.dtype == object or pd.api.types.is_string_dtype(s):  # as above: a missing number's spellings
         try:
-            spelled = s.str.strip().isin(MISSING_TEXT)
+            spelled = s.str.strip().isin(MISSING_TEXT) | s.str.strip().eq("")  # a cell of blanks too
         except (AttributeError, TypeError):  # objects .str refuses (dates, bytes): only text spells a missing one
-            spelled = s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT)
+            spelled = s.map(lambda v: isinstance(v, str) and v.strip() in MISSING_TEXT + ("",))
         s = s.mask(spelled)
     sample = s.dropna().iloc[:1000]
     other = next((v for v in sample if not isinstance(v, (str, int, float, np.number, decimal.Decimal))), None)

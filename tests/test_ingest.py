@@ -394,7 +394,7 @@ def test_kind_inference_on_arrow_text_equals_the_series_rule():
             "integral floats": [f"{v}.0" for v in rng.integers(0, 30, 3000)],
             "nan written out": ["1.5", "nan"] * 1500, "R's NA": ["2.5", " NA"] * 1500, "text": ["a", "1"] * 1500,
             "text late": ["1"] * 2000 + ["x"] * 1000, "spaces": [" 1", "2"] * 1500, "inf": ["inf", "2"] * 1500,
-            "gaps": ["3", None] * 1500}
+            "gaps": ["3", None] * 1500, "blanks": ["2.5", " "] * 1500, "tabs": ["2.5", "\t"] * 1500}
     kinds = {}
     for name, v in cols.items():
         arr = pa.chunked_array([pa.array(v[:1000]), pa.array(v[1000:])])
@@ -402,6 +402,7 @@ def test_kind_inference_on_arrow_text_equals_the_series_rule():
         assert kinds[name] == infer_kind(arr.to_pandas(), 3000), name
     assert kinds["ints"] == ("categorical", "integers, 50 distinct") and kinds["floats"] == ("numeric", "floats")
     assert kinds["nan written out"] == kinds["R's NA"] == ("numeric", "floats")  # a missing number's spellings
+    assert kinds["blanks"] == kinds["tabs"] == ("numeric", "floats")  # as the numeric rule reads a cell of blanks
     assert kinds["text late"] == kinds["text"] == ("categorical", "text")
 
 

@@ -550,6 +550,15 @@ def test_avazu_csv(tmp_path):
     assert np.array_equal(all_shard_rows(data)[2], [float(r % 3 == 0) for r in range(50)])
 
 
+@pytest.mark.parametrize("taken", ["hour_of_day", "weekday"])
+def test_an_avazu_column_named_as_a_derived_one_is_refused(tmp_path, taken):
+    """The hour is read into hour_of_day and weekday: a column already so named was a KeyError traceback."""
+    p = tmp_path / "a.csv"
+    p.write_text(f"id,click,hour,C1,{taken}\n1,0,14102100,a,3\n2,1,14102101,b,4\n")
+    with pytest.raises(LightFMPError, match=f"column '{taken}' clashes with the column lightfmp derives from 'hour'"):
+        next(read_batches(p, "avazu", 100))
+
+
 def test_parquet_parts_and_bad_label(tmp_path):
     df = make_frame(300)
     (tmp_path / "pq").mkdir()
