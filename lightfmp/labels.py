@@ -48,7 +48,10 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
     # per distinct text, then a last entry for a cell with no text (code -1)
     if positive is not None:
         pos_v = np.array([_is_positive(v, str(positive)) for v in texts] + [False])
-        bad_v = np.zeros(len(texts) + 1, dtype=bool)
+        # ' yes' or 'Yes' beside --positive yes: meant as it, most likely, yet read as 0 by an exact rule: refused
+        # (where no value matches it exactly, the counts say so at the end, listing the values)
+        bad_v = np.array([bool(pos_v.any()) and not p and v.strip().casefold() == str(positive).strip().casefold()
+                          for v, p in zip(texts, pos_v)] + [False])
     else:
         pos_v = np.array([v in TRUE for v in texts] + [False])
         bad_v = ~(pos_v | np.array([v in FALSE for v in texts] + [False]))
@@ -61,6 +64,10 @@ def parse_labels(data, label: str, positive: str | None, source: str, start: int
         if absent[i]:
             spelling = f" ({text!r})" if text is not None else ""
             raise LightFMPError(f"{source}: label column '{label}' has a missing value{spelling} at {where}")
+        if positive is not None:
+            raise LightFMPError(f"{source}: label column '{label}' holds {text!r} at {where}, which differs from "
+                                f"--positive {str(positive)!r} only in case or spaces; clean the column, or give "
+                                f"the value as written")
         raise LightFMPError(f"{source}: label column '{label}' is not binary: value {text!r} at {where} "
                             f"(labels must be 0/1 or booleans, or pass --positive VALUE)")
     return pos.astype(np.float32)

@@ -282,6 +282,16 @@ def test_a_label_spelled_missing_is_refused_with_or_without_positive(positive):
         parse_labels(pd.DataFrame({"y": values}), "y", positive, "d.csv", start=10, fmt="csv")
 
 
+@pytest.mark.parametrize("near", [" yes", "Yes", "YES "])
+def test_a_label_that_differs_from_positive_only_in_case_or_spaces_is_refused(near):
+    """An exact rule read ' yes' beside --positive yes as 0, silently; where no row matched it said so."""
+    from lightfmp.labels import parse_labels
+    with pytest.raises(LightFMPError, match=f"holds {near!r} at row 2, which differs from --positive 'yes' only in "
+                                            f"case or spaces"):
+        parse_labels(pd.DataFrame({"y": ["yes", "no", near]}), "y", "yes", "d.csv")
+    assert parse_labels(pd.DataFrame({"y": ["yes", "no", "yess"]}), "y", "yes", "d.csv").tolist() == [1, 0, 0]
+
+
 def test_a_positive_value_spelled_like_a_missing_number_is_the_positive_class():
     from lightfmp.labels import parse_labels
     assert parse_labels(pd.DataFrame({"y": ["EU", "NA", "AS", "NA"]}), "y", "NA", "d.csv").tolist() == [0, 1, 0, 1]
