@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import LightFMPError
+from .errors import LightFMPError, shown_type
 from .formats import FORMATS
 from .splits import parse_split
 
@@ -321,8 +321,7 @@ def _coerce(value, hint, key, source):
     if not isinstance(value, (str, os.PathLike, numbers.Number, list, tuple, datetime.date, datetime.time)):
         # from Python, an object whose text is no value (YAML's dates are values: `positive: 2024-01-01`)
         what = " (a path: lightfmp reads its data from a file)" if key == "data" else ""
-        raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}{what}, got a value of type "
-                            f"{type(value).__name__}")
+        raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}{what}, got {shown_type(value)}")
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         parts = value.split(",") if isinstance(value, str) and value.strip() else []

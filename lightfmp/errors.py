@@ -5,6 +5,11 @@ class LightFMPError(Exception):
     """Bad input or a run directory in the wrong state. The message names the file, column or value."""
 
 
+def shown_type(value) -> str:
+    """How an error names what a Python caller passed where another type goes: 'None', 'a value of type int'."""
+    return "None" if value is None else f"a value of type {type(value).__name__}"
+
+
 def first_repeat(items):
     """The first item that comes a second time (None if none does): what an error about a name given twice names."""
     seen = set()

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from .errors import LightFMPError
+from .errors import LightFMPError, shown_type
 
 RUN_FORMAT = "lightfmp-run"
 SHARDS_FORMAT = "lightfmp-shards"
@@ -311,11 +311,7 @@ def path_of(value, what: str) -> Path:
     None or a DataFrame where a path goes)."""
     if isinstance(value, (str, os.PathLike)):
         return Path(value)
-    raise LightFMPError(f"{what} must be a path (text or pathlib.Path), got {_type_shown(value)}")
-
-
-def _type_shown(value) -> str:
-    return "None" if value is None else f"a value of type {type(value).__name__}"
+    raise LightFMPError(f"{what} must be a path (text or pathlib.Path), got {shown_type(value)}")
 
 
 def as_the_kernel_reads(p: str | Path, what: str = "the output directory") -> Path:

@@ -22,7 +22,7 @@ from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
-from .errors import LightFMPError
+from .errors import LightFMPError, shown_type
 from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
@@ -126,7 +126,7 @@ def _fit_seconds(t0: float, hist: dict) -> float:
 def _a_config(cfg) -> RunConfig:
     if not isinstance(cfg, RunConfig):
         raise LightFMPError(f"the config must be a RunConfig (lightfmp.RunConfig.of(data=..., label=...)), got "
-                            f"{'None' if cfg is None else 'a value of type ' + type(cfg).__name__}")
+                            f"{shown_type(cfg)}")
     return cfg
 
 

@@ -42,8 +42,8 @@ class Predictor:
 
     def __init__(self, path: str | Path, threads: int | None = None, providers: list[str] | None = None):
         self.bundle: Bundle = load_bundle(path)
-        self._args = (os.path.abspath(path), threads, providers)  # what a copy or a pickle loads again (in a worker
-        # process, whose working directory may be another)
+        # what a copy, or a worker process sent one, loads again (by absolute path: its working directory may differ)
+        self._args = (os.path.abspath(path), threads, providers)
         if self.bundle.dir is None:
             raise LightFMPError(f"{path}: a Predictor needs the export directory (with {SCHEMA_FILE} and vocab/)")
         self.fields: list[tuple[InputSpec, Field]] = []

@@ -403,13 +403,13 @@ class Reservoir:
         return self.buf[:min(self.seen, self.size)]
 
 
-def widened_single(texts: pa.Array) -> tuple[int, int]:
+def widened_single(texts: pa.Array, whole: pa.Array | None = None) -> tuple[int, int]:
     """Of the texts that are numbers with a fraction, how many there are and how many are a float32 value's float64
     text, longer than the value needs (`schema.long_single`: '0.20000000298023224', how a float32 column spells
     0.2). A float32 column spells most of its fractions so; a float64 one almost none (a float64 value is a float32
-    one about once in 2**29)."""
-    number = pc.and_(pc.match_substring_regex(texts, f"^{FRACTION_TEXT}$"),
-                     pc.invert(pc.match_substring_regex(texts, f"^{WHOLE_TEXT}$")))
+    one about once in 2**29). `whole`: the texts' match of WHOLE_TEXT, where the caller has it."""
+    whole = pc.match_substring_regex(texts, f"^{WHOLE_TEXT}$") if whole is None else whole
+    number = pc.and_(pc.match_substring_regex(texts, f"^{FRACTION_TEXT}$"), pc.invert(whole))
     text = pc.filter(texts, number)
     x = pc.cast(text, pa.float64())
     exact = pc.equal(pc.cast(pc.cast(x, pa.float32(), safe=False), pa.float64()), x)
@@ -432,13 +432,14 @@ class Spellings:
         """A batch's distinct texts."""
         if not len(values):
             return
-        for key, hit in (("int", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}$")),
+        whole = pc.match_substring_regex(values, f"^{WHOLE_TEXT}$")
+        for key, hit in (("int", lambda: whole),
                          ("float", lambda: pc.match_substring_regex(values, f"^{WHOLE_TEXT}\\.0$")),
                          ("title", lambda: pc.is_in(values, pa.array(BOOL_TEXTS))),
                          ("lower", lambda: pc.is_in(values, pa.array([b.lower() for b in BOOL_TEXTS]))),
                          ("empty", lambda: pc.equal(values, ""))):
             self.seen[key] = self.seen[key] or bool(pc.any(hit()).as_py())
-        fractions, widened = widened_single(values)
+        fractions, widened = widened_single(values, whole)
         self.fractions, self.widened = self.fractions + fractions, self.widened + widened
 
     def spelling(self) -> dict[str, str]:
