@@ -23,10 +23,11 @@ from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
+from .held_fields import MEAN_ROWS, hold_at_means
 from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
-                        select_fields, selection_rule, shut_note)
+                        select_fields, selection_rule, shut_note, spread)
 from .models import build_model
 from .moments import Carry, prune_moments
 from .progress import Reporter
@@ -388,7 +389,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     prune_seconds = time.perf_counter() - t0
 
     t0 = t1 = time.perf_counter()
-    closed, first_fields = [], list(kept) if split else None
+    closed, first_fields, held = [], list(kept) if split else None, None
     if split:
         # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
         # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
@@ -413,14 +414,20 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
             carry.state = prune_moments(model, kept_schema, kept, None, carry.state)
-            model, kept_schema = prune_model(model, kept_schema, kept)
+            # the cut holds the dropped fields at their means over the rows the first epoch read, as the rule
+            # measured them (shuffled, their average kept), where the model allows it: a candidate of the fit below
+            sample = rest.take(spread(len(rest), MEAN_ROWS)).select(kept_schema.names)
+            held = hold_at_means(model, sample.arrays()[0], [kept_schema.names.index(n) for n in closed])
+            held = held if dist.broadcast_int(held is not None) else None  # rank 0's answer on every rank
+            model, kept_schema = prune_model(held if held is not None else model, kept_schema, kept)
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds
         reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
                      f"{len(closed)} more field(s) dropped"
                      + (f" ({', '.join(closed)})" if closed else "") + _alternative_note(search))
     if split:
-        if not closed:  # phase 3 goes on from its first epoch, which stays the best until an epoch beats it
+        if not closed or held is not None:  # phase 3 goes on from its first epoch (pruned, the dropped fields held
+            # at their means), which stays the best until an epoch beats it
             given = validate(model, valid.select(kept), device)
             first_epoch["epochs"][-1]["valid"] = given[0]
         plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}

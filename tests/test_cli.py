@@ -180,6 +180,34 @@ def test_keep_k_decides_after_phase_3s_first_epoch(data, tmp_path):
     assert open_run(out).load_final()[1].names == m["fields"]["kept"]
 
 
+@pytest.mark.parametrize("backbone", ["deepfm", "dcnv2"])
+def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_can_be_held(data, tmp_path, backbone):
+    """After the rule's cut the pruned model, its dropped fields held at their means (lightfmp.held_fields), is
+    validated and stays the best until a phase-3 epoch beats it; DCNv2, whose cut cannot hold them, goes on as
+    before (its first epoch is not a candidate)."""
+    from lightfmp.pipeline import run_data
+    from lightfmp.rundir import open_run
+    from lightfmp.training import validate
+    out = tmp_path / "run"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            "--keep", "2", "--backbone", backbone, *FAST, "--epochs", "3", "--patience", "5")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    h = json.loads((out / "history.json").read_text())["continue"]
+    first = h["first_epoch"]["epochs"][-1]
+    assert len(m["fields"]["kept"]) == 2 < len([n for n in m["fields"]["all"] if m["gates"][n] > 0])  # a cut
+    if backbone == "dcnv2":
+        assert "valid" not in first and h["best_epoch"] >= 1
+        return
+    assert first["valid"]["rows"] == m["valid"]["rows"] and len(h["epochs"]) == 2
+    # the final model is the best candidate's, the cut's included (best epoch 0)
+    records = [first["valid"]] + [e["valid"] for e in h["epochs"]]
+    run = open_run(out)
+    model, schema = run.load_final()
+    rec, _ = validate(model, run_data(run).split_rows("valid").select(schema.names), "cpu")
+    assert rec["logloss"] == pytest.approx(records[h["best_epoch"]]["logloss"], abs=1e-7)
+
+
 def test_prune_refuses_a_keep_outside_the_fields_before_any_work(pretrained):
     for k in ("0", "99"):
         r = cli("prune", pretrained, "--keep", k, "--quiet")

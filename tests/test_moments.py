@@ -122,6 +122,6 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     for name in ("parts", "old"):
         r = cli("prune", tmp_path / name, "--quiet")
         assert r.exit_code == 0, r.output
-    auc = {n: json.loads((tmp_path / n / "metrics.json").read_text())["test"]["auc"] for n in ("whole", "parts", "old")}
-    assert auc["parts"] == auc["whole"], auc
-    assert auc["old"] != auc["whole"], auc
+    test = {n: json.loads((tmp_path / n / "metrics.json").read_text())["test"] for n in ("whole", "parts", "old")}
+    assert test["parts"] == test["whole"], test
+    assert test["old"]["logloss"] != test["whole"]["logloss"], test  # AUC on ~80 test rows can tie

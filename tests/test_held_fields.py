@@ -1,0 +1,79 @@
+"""lightfmp.held_fields: the dropped fields held at their means, folded so the pruned model computes that model."""
+import numpy as np
+import pytest
+import torch
+
+from lightfmp.held_fields import field_means, hold_at_means
+from lightfmp.models import BACKBONES, ModelConfig, build_model
+from lightfmp.pruning import prune_model
+
+from test_pruning import kept_columns, randomize, schema_and_ids  # noqa: F401 (a fixture)
+
+
+def _held_logits(model, ids, dropped):
+    """The model's logits with the dropped fields' embeddings and first-order terms at their means over `ids`."""
+    with torch.no_grad():
+        emb, lin = model.embedding(ids, None)
+        emb[:, dropped] = emb[:, dropped].double().mean(0).float()
+        if lin is not None:
+            lin[:, dropped] = lin[:, dropped].double().mean(0).float()
+        return model.interact(emb, lin)
+
+
+@pytest.mark.parametrize("backbone", ["deepfm", "mlp", "widedeep"])
+@pytest.mark.parametrize("dropped", [["b", "tags"], ["x"], ["a", "b", "noise", "x"]])
+def test_pruned_after_the_fold_equals_the_model_with_dropped_fields_at_their_means(schema_and_ids, backbone,
+                                                                                   dropped):
+    schema, ids = schema_and_ids
+    model = build_model(backbone, schema, ModelConfig(embed_dim=6, hidden=[16, 8]))
+    randomize(model)
+    model.eval()
+    idx = [schema.names.index(n) for n in dropped]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    held = hold_at_means(model, ids.numpy(), idx)
+    assert held is not None
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself is unchanged
+    kept = [n for n in schema.names if n not in dropped]
+    pruned, kept_schema = prune_model(held, schema, kept)
+    with torch.no_grad():
+        got = pruned(kept_columns(schema, ids, kept_schema))
+    want = _held_logits(model, ids, idx)
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    # and it is not what slicing alone gives (the dropped fields' average is not 0)
+    plain, _ = prune_model(model, schema, kept)
+    with torch.no_grad():
+        assert (plain(kept_columns(schema, ids, kept_schema)) - want).abs().max() > 1e-3
+
+
+def test_dcnv2_cannot_be_held_so_nothing_is_folded(schema_and_ids):
+    schema, ids = schema_and_ids
+    model = build_model("dcnv2", schema, ModelConfig(embed_dim=6, hidden=[16, 8], cross_layers=2))
+    randomize(model)
+    assert hold_at_means(model, ids.numpy(), [1]) is None  # its cross layers read the embeddings multiplicatively
+
+
+def test_every_backbone_is_either_held_exactly_or_left_alone(schema_and_ids):
+    schema, ids = schema_and_ids
+    for name in sorted(BACKBONES):
+        model = build_model(name, schema, ModelConfig(embed_dim=6, hidden=[16, 8], cross_layers=2))
+        randomize(model)
+        model.eval()
+        held = hold_at_means(model, ids.numpy(), [0, 4])
+        if held is not None:
+            pruned, ks = prune_model(held, schema, schema.names[1:4])
+            with torch.no_grad():
+                got = pruned(kept_columns(schema, ids, ks))
+            torch.testing.assert_close(got, _held_logits(model, ids, [0, 4]), atol=2e-5, rtol=0)
+
+
+def test_means_are_the_rows_means_and_a_gated_model_is_not_held(schema_and_ids):
+    schema, ids = schema_and_ids
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]))
+    randomize(model)
+    means, lin = field_means(model, ids.numpy(), [2])
+    with torch.no_grad():
+        emb, first = model.embedding(ids, None)
+    torch.testing.assert_close(means, emb[:, [2]].mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(lin, first[:, [2]].mean(0), atol=1e-6, rtol=0)
+    gated = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]), gated=True)
+    assert hold_at_means(gated, ids.numpy(), [1]) is None and hold_at_means(model, ids.numpy(), []) is None
