@@ -81,7 +81,8 @@ def _reproduces(model: CTRModel, held: CTRModel, ids: np.ndarray, dropped: list[
     their gates at 0) gives `model`'s logits with the dropped fields at their means, on these rows."""
     x = torch.from_numpy(np.ascontiguousarray(ids)).to(model.embedding.weight.device)
     was = model.training, held.training
-    model.eval(), held.eval()
+    model.eval()
+    held.eval()
     try:
         emb, lin = model.embedding(x, None)
         emb[:, dropped] = means
@@ -94,5 +95,6 @@ def _reproduces(model: CTRModel, held: CTRModel, ids: np.ndarray, dropped: list[
             lin_h[:, dropped] = 0.0
         got = held.interact(emb_h, lin_h)
     finally:
-        model.train(was[0]), held.train(was[1])
+        model.train(was[0])
+        held.train(was[1])
     return bool(torch.allclose(got, want, atol=TOLERANCE, rtol=TOLERANCE))
