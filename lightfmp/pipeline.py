@@ -389,7 +389,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     prune_seconds = time.perf_counter() - t0
 
     t0 = t1 = time.perf_counter()
-    closed, first_fields, held = [], list(kept) if split else None, None
+    closed, first_fields, held = [], list(kept) if split else None, False
     if split:
         # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
         # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
@@ -417,23 +417,26 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             # the cut holds the dropped fields at their means over the rows the first epoch read, as the rule
             # measured them (shuffled, their average kept), where the model allows it: a candidate of the fit below
             sample = rest.take(spread(len(rest), MEAN_ROWS)).select(kept_schema.names)
-            held = hold_at_means(model, sample.arrays()[0], [kept_schema.names.index(n) for n in closed])
-            held = held if dist.broadcast_int(held is not None) else None  # rank 0's answer on every rank
-            model, kept_schema = prune_model(held if held is not None else model, kept_schema, kept)
+            folded = hold_at_means(model, sample.arrays()[0], [kept_schema.names.index(n) for n in closed])
+            held = bool(dist.broadcast_int(folded is not None))  # whether to use it: rank 0's answer on every rank
+            model, kept_schema = prune_model(folded if held and folded is not None else model, kept_schema, kept)
+            del folded  # the whole model before the cut: not kept through phase 3
+            first_epoch["held"] = held
         test_seconds = time.perf_counter() - t1
         prune_seconds += test_seconds
         reporter.log(f"{'forward search' if keep is not None else 'closing test'} after phase 3's first epoch: "
                      f"{len(closed)} more field(s) dropped"
-                     + (f" ({', '.join(closed)})" if closed else "") + _alternative_note(search))
+                     + (f" ({', '.join(closed)})" if closed else "") + _alternative_note(search)
+                     + ("; the cut holds them at their means, and its model is a candidate" if held else ""))
     if split:
-        if not closed or held is not None:  # phase 3 goes on from its first epoch (pruned, the dropped fields held
+        if not closed or held:  # phase 3 goes on from its first epoch (pruned, the dropped fields held
             # at their means), which stays the best until an epoch beats it
             given = validate(model, valid.select(kept), device)
             first_epoch["epochs"][-1]["valid"] = given[0]
         plan = {**plan, "epochs": continue_epochs - 1, "seed": plan["seed"] + 1}
     # the key names the path: the same kept fields continue a different model after a first epoch on other fields
-    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "first_epoch_fields": first_fields},
-                      reporter.log)
+    ckpt = Checkpoint(checkpoint_dir(run.path), "continue", {**key, "kept": kept, "first_epoch_fields": first_fields,
+                                                             "held": held}, reporter.log)
     hist = fit(model, (train if split else rest).select(kept), valid.select(kept), cfg.train, reporter,
                "continue (pruned)", device,
                **plan, checkpoint=ckpt, epoch_start=dist.maybe_fault, given=given, carry=carry) \

@@ -196,6 +196,7 @@ def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_c
     h = json.loads((out / "history.json").read_text())["continue"]
     first = h["first_epoch"]["epochs"][-1]
     assert len(m["fields"]["kept"]) == 2 < len([n for n in m["fields"]["all"] if m["gates"][n] > 0])  # a cut
+    assert h["first_epoch"]["held"] == (backbone == "deepfm")  # history says whether the cut was held
     if backbone == "dcnv2":
         assert "valid" not in first and h["best_epoch"] >= 1
         return
