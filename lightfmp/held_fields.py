@@ -20,7 +20,7 @@ import torch
 from .closed_fields import readers
 from .models import CTRModel
 
-MEAN_ROWS = 20_000  # rows the means are taken over: their standard error is then ~1% of a dimension's spread
+MEAN_ROWS = 20_000  # rows the means are taken over: their standard error is then under 1% of a dimension's spread
 CHECK_ROWS = 512    # rows the folded model is checked on against the held one
 TOLERANCE = 1e-4    # largest logit difference (absolute, and relative to the logit) the check allows: float32 sums
 
