@@ -16,7 +16,7 @@ from lightfmp.config import MAX_SEED, check_one_rule, check_range
 from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
-from lightfmp.inspection import cut_line, gate_rows, plot_gates
+from lightfmp.inspection import cut_line, final_model_line, gate_rows, plot_gates
 from lightfmp.io import check_apart
 from lightfmp.keep_rule import shut_note
 from lightfmp.rundir import GATES_PLOT, open_run
@@ -153,6 +153,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
                if alone["cost"] is not None else "every open field")
         out.print(f"before it: {len(alone['fields'])} field(s) shut by phase 1's gates alone after its best epoch: "
                   + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
+    final = final_model_line(r)
+    if final:
+        out.print(final)
     out.print(f"chart: {path}")
 
 

@@ -24,6 +24,29 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
     return selection_rule([r["field"] for r in rows if r["kept"]], gates, rule.keep, rule.threshold)
 
 
+def final_model_line(run: Run) -> str | None:
+    """Which of phase 3's models a complete run kept, as `lightfmp inspect` says it (history.json `continue`: its
+    `best_epoch` counts the epochs after the first, 0 being the first epoch's model, or the cut after it where the
+    rule closed fields); None before phase 3 or where the history does not say."""
+    if run.state != "complete":
+        return None
+    h = run.history().get("continue")
+    if not isinstance(h, dict) or not isinstance(h.get("epochs"), list):
+        return None
+    best, first = h.get("best_epoch"), h.get("first_epoch")
+    first = first if isinstance(first, dict) else None
+    n = len(h["epochs"]) + (1 if first is not None else 0)
+    if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best <= len(h["epochs"]):
+        return None
+    if first is None:
+        return f"final model: phase 3's epoch {best} of {n}" if best else None
+    if best == 0:
+        what = ("the cut after phase 3's first epoch, its dropped fields held at their means" if first.get("held")
+                else "phase 3's first epoch")
+        return f"final model: {what} (no later epoch of {n} beat it)"
+    return f"final model: phase 3's epoch {best + 1} of {n} (its first epoch counted)"
+
+
 def gate_rows(run: Run) -> list[dict]:
     """One row per field: deterministic gate, L0 (open) probability, and whether it is kept.
 

@@ -207,6 +207,10 @@ def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_c
     model, schema = run.load_final()
     rec, _ = validate(model, run_data(run).split_rows("valid").select(schema.names), "cpu")
     assert rec["logloss"] == pytest.approx(records[h["best_epoch"]]["logloss"], abs=1e-7)
+    shown = " ".join(cli("inspect", out).output.split())  # inspect says which model the run kept
+    assert ("final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later "
+            "epoch of 3 beat it)" if h["best_epoch"] == 0 else
+            f"final model: phase 3's epoch {h['best_epoch'] + 1} of 3 (its first epoch counted)") in shown, shown
 
 
 def test_prune_refuses_a_keep_outside_the_fields_before_any_work(pretrained):

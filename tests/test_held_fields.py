@@ -77,3 +77,23 @@ def test_means_are_the_rows_means_and_a_gated_model_is_not_held(schema_and_ids):
     torch.testing.assert_close(lin, first[:, [2]].mean(0), atol=1e-6, rtol=0)
     gated = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]), gated=True)
     assert hold_at_means(gated, ids.numpy(), [1]) is None and hold_at_means(model, ids.numpy(), []) is None
+
+
+def test_inspect_names_the_kept_phase_3_model():
+    from types import SimpleNamespace
+    from lightfmp.inspection import final_model_line
+
+    def run(cont, state="complete"):
+        return SimpleNamespace(state=state, history=lambda: {"continue": cont})
+    epochs = [{"valid": {}}, {"valid": {}}]
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 0, "first_epoch": {"held": True}})) == (
+        "final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later epoch "
+        "of 3 beat it)")
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 0, "first_epoch": {"held": False}})) == (
+        "final model: phase 3's first epoch (no later epoch of 3 beat it)")
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 2, "first_epoch": {}})) == (
+        "final model: phase 3's epoch 3 of 3 (its first epoch counted)")
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 1})) == "final model: phase 3's epoch 1 of 2"
+    for bad in (None, 5, -1, True, "1"):  # an edited or older history says nothing rather than something wrong
+        assert final_model_line(run({"epochs": epochs, "best_epoch": bad, "first_epoch": {}})) is None
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 1}, state="pretrained")) is None
