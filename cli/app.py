@@ -18,7 +18,7 @@ from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, final_model_line, gate_rows, plot_gates
 from lightfmp.io import check_apart
-from lightfmp.keep_rule import shut_note
+from lightfmp.keep_rule import alone_note, shut_note
 from lightfmp.rundir import GATES_PLOT, open_run
 
 from . import bench_cmds, serving_cmds
@@ -142,6 +142,9 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     out.print(f"kept by: {cut['rule']}{suffix}")
     if cut.get("shut_but_kept"):
         out.print(f"note: {escape(shut_note(cut['shut_but_kept'], r.config.prune.keep))}")
+    best_alone = cut.get("kept_alone")  # where the closing test closed every field it tested
+    if isinstance(best_alone, dict) and all(isinstance(best_alone.get(k), (int, float)) for k in ("cost", "se")):
+        out.print(f"note: {escape(alone_note(best_alone))}")
     if rows and all(row["kept"] is False for row in rows) and r.state != "complete":
         out.print(f"no field's gate reaches it: `lightfmp prune {escape(str(run))} --threshold T` with a lower T, or "
                   f"--keep K, decides from this run's phase 1")

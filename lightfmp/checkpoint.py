@@ -34,7 +34,7 @@ BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch
 LEAST_LOSSES = "valid_losses.least"  # the per-row losses of the epoch with the lowest validation logloss
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
-_hint = {"dir": None, "phase": None, "epoch": None}
+_hint = {"dir": None, "phase": None, "epoch": None, "done": None}
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -102,6 +102,8 @@ def _sha256(text: str) -> str:
 
 
 def resume_hint() -> str:
+    if _hint.get("done"):  # the command's result was published before the stop: nothing is lost
+        return f"{_hint['done']} was written in full before that; nothing to rerun"
     if _hint["dir"] is None or not _hint.get("resumable", True):
         return "rerun the same command to start again"
     if not _hint["epoch"]:  # nothing of this phase saved yet (the phases before it are, in the run directory)
@@ -113,7 +115,15 @@ def resume_hint() -> str:
 def reset_hint(resumable: bool = True) -> None:
     """Forget the phase of an earlier command (a process that runs several, e.g. the tests); `resumable` False: this
     command's checkpoints are not resumed (`bench` trains in a temporary folder), so a stop says to start again."""
-    _hint.update(dir=None, phase=None, epoch=None, resumable=resumable)
+    _hint.update(dir=None, phase=None, epoch=None, resumable=resumable, done=None)
+
+
+def published(out: str | Path) -> None:
+    """The command's finished result is in `out` (its checkpoints gone): a stop from now on loses nothing (where the
+    command is the run; a bench's runs are its parts, in a folder a stop deletes: `reset_hint(False)`)."""
+    _hint.update(dir=None, phase=None, epoch=None)
+    if _hint.get("resumable", True):
+        _hint["done"] = str(out)
 
 
 # safetensors writes a file through a temporary of its own beside it (Rust's tempfile: ".tmp" and 6 characters), which a
@@ -125,6 +135,8 @@ def remove(out: str | Path) -> None:
     """Delete the checkpoints of `out` (each <phase>.json that is one, its tensors, and half-written temporaries),
     then the folder if that left it empty: a file lightfmp did not write there is never deleted."""
     d = checkpoint_dir(out)
+    if _hint["dir"] == str(d):  # a stop from now on has nothing of it to resume from
+        _hint.update(dir=None, phase=None, epoch=None)
     if not d.is_dir() or d.is_symlink():
         return
     for doc in d.glob("*.json"):
@@ -189,7 +201,7 @@ class Checkpoint:
         self.phase = phase
         self.key = json_safe({"phase": phase, **key})
         self.log = log or (lambda msg: None)
-        _hint.update(dir=str(self.dir), phase=phase, epoch=0)
+        _hint.update(dir=str(self.dir), phase=phase, epoch=0, done=None)
 
     @property
     def tensors_path(self) -> Path:

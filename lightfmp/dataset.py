@@ -127,7 +127,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
             store, location = MemoryStore(schema.num_slots), None
             _encode(encoded(), schema, codes, source, fmt, store.append)
     data = Dataset(schema, sha, _rows(store), rule, store, location)
-    check_sizes(data.split_sizes(), data.rows, rule.fractions, source)
+    check_sizes(data.split_sizes(), data.rows, rule.fractions, source, rule.time_column)
     return data
 
 
@@ -175,7 +175,7 @@ def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[in
             raise LightFMPError(f"{source}: --time-column '{rule.time_column}' not found "
                                 f"(columns: {', '.join(column_names(batch))})")
         parts.append(batch.column(rule.time_column).to_pandas())
-    every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source)
+    every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source, rule.time_ties)
     return lambda start, n: every[start:start + n]
 
 
@@ -238,6 +238,12 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     for name, n in nonmissing.items():  # its kind does not matter: no row holds a value
         if n == 0:
             raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
+    for name, sample in (fitter.reservoirs if fitter is not None else {}).items():  # edges: finite values only
+        if sample.seen == 0:
+            raise LightFMPError(f"{source}: numeric column '{name}' holds no finite number in the training rows "
+                                f"(only infinities or missing values), so every value would share one bucket; "
+                                f"--categorical {name} reads its values as categories, or drop it with --ignore "
+                                f"{name}")
     for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cache import cache_home
+from .checkpoint import reset_hint
 from .config import RunConfig
 from .datasets import fetch_movielens_100k
 from .errors import LightFMPError
@@ -35,6 +36,7 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
         f"{out_dir / 'lightfmp'}")
     res = {"run_dir": out_dir / "lightfmp", "lightfmp": run(cfg, out_dir / "lightfmp", force=True, quiet=quiet)}
     if compare:
+        reset_hint()  # a stop from here is not after the demo's result: the all-fields run is still to come
         say(f"demo: step 2/{steps}: comparison run, the same {backbone} on all fields (--no-select) -> "
             f"{out_dir / 'all-fields'}")
         full = cfg.but(no_select=True, keep=None, threshold=None, target_k=None)  # every field: no rule

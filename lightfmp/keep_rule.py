@@ -49,6 +49,23 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
                        # SEARCH_ROWS (those, if the memory holds fewer, through the slower ids state)
 
 
+def check_rule_rows(labels: np.ndarray, keep: int | None, threshold: float | None, n_fields: int,
+                    keep_flag: str = "--keep") -> None:
+    """The default rule and --keep K compare fields by the validation rows' logloss (the first TEST_ROWS), and rows
+    of one class cannot show that any field is needed (each would close, or the order would be chance): refused,
+    naming what gives both classes. --threshold T reads the gates alone; a rule that keeps every field compares
+    nothing."""
+    read, labels = len(labels) > TEST_ROWS, labels[:TEST_ROWS]
+    if threshold is not None or len(labels) == 0 or labels.min() != labels.max() \
+            or n_fields <= (keep if keep is not None else 1):
+        return
+    rule = f"{keep_flag} {keep}" if keep is not None else "the default keep rule"
+    raise LightFMPError(f"every validation row{f' of the first {TEST_ROWS:,} (those the rules read)' if read else ''} "
+                        f"has label {int(labels[0])}: {rule} compares fields on the "
+                        f"validation rows and cannot tell a needed field without both classes; a larger validation "
+                        f"share (--split) or another --seed gives both; --threshold T or --no-select needs neither")
+
+
 def ranking(log_alpha: torch.Tensor) -> list[int]:
     """Field indices by log_alpha (the deterministic gate's order), ties in schema order."""
     return sorted(range(len(log_alpha)), key=lambda i: (-float(log_alpha[i]), i))
@@ -336,8 +353,10 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     more than two standard errors of the per-row difference (a one-sided test at about 2.5%), measured two ways: on
     its own, against the fields still open (the model needs it given the others), and as one more of the closed
     set, against every field open (the fields closed so far and it are needed together: one at a time, each within
-    two standard errors, weak fields can add up to a set the model measurably needs). The last open field is not
-    tested, and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
+    two standard errors, weak fields can add up to a set the model measurably needs). Where every other field
+    closes, the one kept is the field that alone (every other closed) gives the lowest logloss, whatever its gate
+    (`_best_alone`: the order alone would keep the most open gate untested, chance where phase 1's gates learnt
+    little), and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
     redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per tested
     field, {"field", "cost", "se", "set_cost", "set_se", "closed"} (the set's: the closed set with the field,
@@ -365,7 +384,32 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
         if closed:
             kept, base, closed_set = trial, loss, (set_cost, set_se)
             passes.toggle(f)
+    if len(kept) == 1 and kept[0] not in {t["field"] for t in tests} \
+            and any(float(z[t["field"]]) != 0.0 for t in tests):  # the sweep never reached it, and it has rivals
+        kept = _best_alone(passes, kept[0], every_open, tests, z)
     return kept, tests
+
+
+def _best_alone(passes: ClosedFields, last: int, every_open: np.ndarray, tests: list[dict], z) -> list[int]:
+    """`backward_sweep`'s end where it closed every field but `last` (never tested): the field that alone, every
+    other closed, gives the lowest mean logloss (ties to the more open gate; a shut gate's field is no candidate:
+    the model reads nothing of it). Records the choice in `tests`: `last` as tested (its cost: closing it where it
+    alone is open; the set's: every field closed against every field open), and for both fields `alone`, that
+    cost and its standard error."""
+    passes.toggle(last)  # every field closed
+    none = passes.losses()
+    set_cost, set_se = paired_difference(none, every_open)
+    candidates = [last] + [t["field"] for t in reversed(tests) if float(z[t["field"]]) != 0.0]
+    alone = {f: passes.losses(f) for f in candidates}
+    best = min(candidates, key=lambda f: float(alone[f].mean()))
+    passes.toggle(best)
+    for f in dict.fromkeys([last, best]):
+        cost, se = paired_difference(none, alone[f])
+        if f == last:
+            tests.append({"field": f, "cost": cost, "se": se, "set_cost": set_cost, "set_se": set_se,
+                          "closed": f != best})
+        next(t for t in tests if t["field"] == f).update(closed=f != best, alone={"cost": cost, "se": se})
+    return [best]
 
 
 def reaching(names: list[str], gate_values, threshold: float) -> list[str]:
@@ -433,6 +477,13 @@ def shut_but_kept(kept: list[str], gate_values: dict[str, float], threshold: flo
     return [] if threshold is not None else [n for n in kept if gate_values.get(n) == 0.0]
 
 
+def alone_note(alone: dict) -> str:
+    """`lightfmp inspect`'s line where the closing test closed every field it tested (`_best_alone`)."""
+    return (f"no tested field's closing cost passed the cut: {alone['field']} is kept as the field that alone, every "
+            f"other closed, gives the lowest validation logloss (closing it then costs {alone['cost']:+.5f} ± "
+            f"{alone['se']:.5f})")
+
+
 def shut_note(shut: list[str], keep: int | None) -> str:
     """The warning (and `lightfmp inspect`'s line) for `shut_but_kept` fields."""
     need = f"--keep {keep} keeps {keep}" if keep else "the rule keeps at least one field"
@@ -490,5 +541,10 @@ def selection_rule(kept: list[str], gate_values: dict[str, float], keep: int | N
     if threshold is None:
         out = {"rule": CLOSING_RULE + rule_site(deferred), "score": "closing cost in standard errors",
                "cut": SIGNIFICANT_SE, **shut}
-        return {**out, "search": search, "scores": closing_scores(search)} if search is not None else out
+        if search is None:
+            return out
+        alone = [{"field": t["field"], **t["alone"]} for t in search.get("tests", [])
+                 if "alone" in t and not t["closed"]]  # the field `_best_alone` kept, where it ran
+        return {**out, "search": search, "scores": closing_scores(search),
+                **({"kept_alone": alone[0]} if alone else {})}
     return {"rule": f"deterministic gate >= {threshold}", "score": "gate", "cut": float(threshold)}

@@ -25,7 +25,7 @@ from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
 from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
-from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, closing_rows, closing_test,
+from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
                         select_fields, selection_rule, shut_note, spread)
 from .models import build_model
@@ -172,7 +172,9 @@ def _one_writer(out: str | Path, command: str):
 
 
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
-           data: Dataset | None = None) -> tuple[dict, Dataset]:
+           data: Dataset | None = None, rule_after: bool = False) -> tuple[dict, Dataset]:
+    """Phase 1 (or the `--no-select` fit). `rule_after`: the keep rule runs next (`run`), so rows it cannot decide
+    on are refused before any training."""
     _check_out(out, force)
     check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
     if streaming(cfg.data):  # the shards must outlive the run's directory, which is published (and replaced) whole
@@ -190,6 +192,10 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, schema, cfg.model, gated=not cfg.train.no_select, trains_on=device)
     valid = data.split_rows("valid")
+    if rule_after and not cfg.train.no_select:
+        check_rule_rows(valid.labels(), cfg.prune.keep, cfg.prune.threshold, n_fields,
+                        "--target-k" if cfg.train.target_k is not None and cfg.prune.keep == cfg.train.target_k
+                        else "--keep")
     _warn_one_class(data, reporter)
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
@@ -253,6 +259,8 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                             checkpoints=weights, optimizer=optimizer)
         if keep_checkpoints:
             ckpt.discard()
+        else:
+            ckpt_files.published(out)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
     return metrics, data
 
@@ -345,6 +353,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = train
     valid = data.split_rows("valid")
+    check_rule_rows(valid.labels(), keep, threshold, len(names))
     key = {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
            "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "continue_epochs": continue_epochs}
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)
@@ -487,6 +496,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
                             config=cfg.but(keep=keep, threshold=threshold, continue_epochs=continue_epochs),
                             checkpoints={"model.safetensors": model})
+        ckpt_files.published(run.path)
     dist.barrier()
     return metrics
 
@@ -528,7 +538,8 @@ def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | No
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
         metrics = None
     else:
-        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.train.no_select, data=data)
+        metrics, data = _train(cfg, out, force, quiet, keep_checkpoints=not cfg.train.no_select, data=data,
+                               rule_after=True)
     if cfg.train.no_select:
         return metrics
     return _prune(open_run(out), None, None, None, quiet, data)

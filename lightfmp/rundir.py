@@ -100,17 +100,19 @@ class Run:
 
     def history(self) -> dict:
         """RUN/history.json: the per-epoch history of each phase (required for runs with gates, which prune
-        extends)."""
-        return read_json(self.path / "history.json")
+        extends), each phase it holds an object (one whose key is missing says nothing: an older run)."""
+        path = self.path / "history.json"
+        h = read_json(path)
+        for phase in ("pretrain", "continue"):
+            if phase in h and not isinstance(h[phase], dict):
+                raise LightFMPError(f"{path}: '{phase}' must be an object, not {type(h[phase]).__name__}")
+        return h
 
     def gates_alone(self) -> list[float] | None:
         """Where phase 1's gates alone ended after its best epoch (history.json `pretrain.gates_alone.log_alpha`),
         one log_alpha per field; None where phase 1 did not record it."""
         path = self.path / "history.json"
-        pretrain = self.history().get("pretrain")
-        if pretrain is not None and not isinstance(pretrain, dict):
-            raise LightFMPError(f"{path}: 'pretrain' must be an object, not {type(pretrain).__name__}")
-        alone = (pretrain or {}).get("gates_alone")
+        alone = self.history().get("pretrain", {}).get("gates_alone")
         if alone is None:
             return None
         values, n = alone.get("log_alpha") if isinstance(alone, dict) else None, len(self.schema.names)

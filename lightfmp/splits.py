@@ -6,8 +6,10 @@ through `row_uniform` with a salt per use, so it does not depend on how the file
 it, or whether the encoded rows live in memory or in shards on disk:
 
     hash   train if u < f_train, valid if u < f_train + f_valid, else test;  u = row_uniform(row, seed, SALT_SPLIT)
-    time   rows ranked by --time-column (stable; oldest first): the first round(f_train * n) train, the next
-           round(f_valid * n) valid, the rest test
+    time   rows ranked by --time-column (oldest first): the first round(f_train * n) train, the next
+           round(f_valid * n) valid, the rest test; rows of one time go to one split, the earlier where a boundary
+           falls among them (runs recorded before that rule, without "time_ties", split ties by file order, and
+           are read back so)
 
 A run records its rule (`SplitRule.to_dict()`) in run.json as "split", and every later command reads it back.
 """
@@ -70,6 +72,7 @@ class SplitRule:
     fractions: tuple[float, float, float]
     seed: int
     time_column: str | None = None
+    time_ties: str = "together"  # "together": rows of one time in one split; "rank": by file order (older runs)
 
     @property
     def kind(self) -> str:
@@ -77,15 +80,19 @@ class SplitRule:
 
     def to_dict(self) -> dict:
         return {"rule": self.kind, "fractions": list(self.fractions), "seed": int(self.seed),
-                "time_column": self.time_column,
+                "time_column": self.time_column, **({"time_ties": self.time_ties} if self.time_column else {}),
                 "salts": {"split": SALT_SPLIT, "subset": SALT_SUBSET, "holdout": SALT_HOLDOUT}}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "run.json") -> "SplitRule":
         try:
-            return cls(tuple(float(f) for f in d["fractions"]), int(d["seed"]), d.get("time_column"))
+            rule = cls(tuple(float(f) for f in d["fractions"]), int(d["seed"]), d.get("time_column"),
+                       d.get("time_ties", "rank"))  # recorded before ties were kept together: as they were split
         except (KeyError, TypeError, ValueError):
             raise LightFMPError(f"{source}: 'split' is not a split rule (needs fractions and seed)") from None
+        if rule.time_ties not in ("together", "rank"):
+            raise LightFMPError(f"{source}: split.time_ties must be 'together' or 'rank', not {rule.time_ties!r}")
+        return rule
 
     def hash_codes(self, rows: np.ndarray) -> np.ndarray:
         """0 train, 1 valid, 2 test per global row number (the hash rule)."""
@@ -132,10 +139,12 @@ def _dates(values: pd.Series, column: str, source: str) -> pd.Series:
     return t
 
 
-def time_codes(values: pd.Series, fractions: tuple[float, float, float], column: str, source: str) -> np.ndarray:
+def time_codes(values: pd.Series, fractions: tuple[float, float, float], column: str, source: str,
+               ties: str = "together") -> np.ndarray:
     """Split codes of every row of the file by the rank of its `column` value: oldest rows train. Values are
     numbers, or else dates (in any formats pandas reads; times with a zone are ordered on UTC, times without one
-    are read as UTC); a value that is neither is an error naming it."""
+    are read as UTC); a value that is neither is an error naming it. `ties` "together": rows of one time go to one
+    split; "rank": by their rank in the file (the rule runs recorded before it was kept)."""
     t = pd.to_numeric(values, errors="coerce")
     if t.isna().all():
         with warnings.catch_warnings():  # pandas warns when it has to guess a date format: a value's error follows
@@ -151,19 +160,32 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     if bad.any():
         raise LightFMPError(f"{source}: --time-column '{column}': value {values[bad].iloc[0]!r} is neither a number "
                             f"nor a date")
-    order = np.argsort(t.to_numpy(), kind="stable")
-    n = len(order)
+    times = t.to_numpy()
+    n = len(times)
     n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
     codes = np.full(n, 2, dtype=np.uint8)
-    codes[order[:n_train]] = 0
-    codes[order[n_train:n_train + n_valid]] = 1
+    if ties == "rank":
+        order = np.argsort(times, kind="stable")
+        codes[order[:n_train]] = 0
+        codes[order[n_train:n_train + n_valid]] = 1
+        return codes
+    ranked = np.sort(times, kind="stable")
+    # rows of one time go to one split, the earlier where a boundary falls among them: a later split never holds a
+    # row as old as one a former split trains or validates on
+    if n_train + n_valid > 0:
+        codes[times <= ranked[n_train + n_valid - 1]] = 1
+    if n_train > 0:
+        codes[times <= ranked[n_train - 1]] = 0
     return codes
 
 
-def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str) -> None:
+def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str, time_column: str | None = None) -> None:
     if rows < 10:
         raise LightFMPError(f"{source}: {rows} rows is too few to split into train/valid/test")
     for name in SPLITS:
         if not sizes[name]:
+            ties = (f" (--time-column '{time_column}': rows of one time stay in one split, so times shared by many "
+                    f"rows at a boundary move it; split by row hash without it, or by a finer time)"
+                    if time_column else "")
             raise LightFMPError(f"{source}: --split {','.join(f'{f:g}' for f in fractions)} leaves the {name} "
-                                f"split empty with {rows} rows")
+                                f"split empty with {rows} rows{ties}")

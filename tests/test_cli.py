@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from lightfmp.cli.app import app
 from lightfmp.datasets import FETCHERS
 
-from helpers import make_frame, write_csv
+from helpers import make_frame, one_line_error, write_csv
 
 runner = CliRunner()
 FAST = ["--pretrain-epochs", "3", "--epochs", "1", "--batch-size", "128", "--hidden", "16", "--embed-dim", "4",
@@ -211,6 +211,10 @@ def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_c
     assert ("final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later "
             "epoch of 3 beat it)" if h["best_epoch"] == 0 else
             f"final model: phase 3's epoch {h['best_epoch'] + 1} of 3 (its first epoch counted)") in shown, shown
+    # a history whose phase is no object is refused by the one loader, naming the file and the phase
+    whole = json.loads((out / "history.json").read_text())
+    (out / "history.json").write_text(json.dumps({**whole, "continue": 5}))
+    one_line_error(cli("inspect", out), f"{out / 'history.json'}: 'continue' must be an object, not int")
 
 
 def test_prune_refuses_a_keep_outside_the_fields_before_any_work(pretrained):
@@ -409,6 +413,19 @@ def test_all_nan_column(tmp_path):
     df = make_frame(100)
     df["blank"] = np.nan
     bad(tmp_path, df, ["--label", "label"], "'blank' is entirely empty")
+
+
+def test_numeric_column_without_a_finite_number(tmp_path):
+    """Bucket edges come from finite values: a column of infinities alone would put +inf and -inf in one bucket."""
+    df = make_frame(100)
+    df["signs"] = np.where(df["label"] == 1, np.inf, -np.inf)
+    df.loc[3, "signs"] = np.nan
+    bad(tmp_path, df, ["--label", "label", "--numeric", "signs"], "numeric column 'signs' holds no finite number")
+    df["signs"] = np.arange(100.0)  # finite: one bucket asked for (no edges) is no such column
+    df.to_csv(tmp_path / "ok.csv", index=False)
+    r = cli("train", "--data", tmp_path / "ok.csv", "--label", "label", "--numeric", "signs", "--num-buckets", "1",
+            "--out", tmp_path / "ok", *FAST)
+    assert r.exit_code == 0, r.output
 
 
 @pytest.mark.parametrize("k", ["0", "9"])

@@ -76,6 +76,28 @@ def test_time_codes_closed_form():
         time_codes(pd.Series(["2024-01-01", "soon"]), (0.6, 0.2, 0.2), "day", "f.csv")
 
 
+def test_rows_of_one_time_stay_in_one_split(tmp_path):
+    """A boundary that falls among rows of one time puts them all in the earlier split: no time is both trained (or
+    validated) on and held out later. A time column of one value leaves the later splits empty: refused, saying
+    why."""
+    times = pd.Series([5, 1, 5, 2, 8, 3, 5, 6, 4, 7])  # ranks 6 and 7 are the three 5s
+    codes = time_codes(times, (0.6, 0.2, 0.2), "t", "f.csv")
+    assert codes.tolist() == [0, 0, 0, 0, 2, 0, 0, 1, 0, 2]
+    for a in (0, 1):  # every row of a split is older than every row of the next
+        assert times[codes == a].max() < times[codes > a].min()
+    # a run recorded before this rule (no "time_ties") is read back with its ties split by file order, as it was
+    old = SplitRule.from_dict({"fractions": [0.6, 0.2, 0.2], "seed": 0, "time_column": "t"})
+    assert old.time_ties == "rank" and "time_ties" not in SplitRule((0.6, 0.2, 0.2), 0).to_dict()
+    assert SplitRule.from_dict(SplitRule((0.6, 0.2, 0.2), 0, "t").to_dict()).time_ties == "together"
+    assert time_codes(times, (0.6, 0.2, 0.2), "t", "f.csv", old.time_ties).tolist() == [0, 0, 0, 0, 2, 0, 1, 1, 0, 2]
+    df = make_frame(100)
+    df["t"] = 7
+    df.to_csv(tmp_path / "d.csv", index=False)
+    with pytest.raises(LightFMPError, match=r"leaves the valid split empty with 100 rows \(--time-column 't': rows "
+                                            r"of one time stay in one split"):
+        load_dataset(RunConfig.of(data=str(tmp_path / "d.csv"), label="label", time_column="t").data)
+
+
 def test_time_codes_read_every_date_format_and_order_zones_on_one_timeline():
     # pandas infers one format from the first value: a date without the time after it is a date all the same
     days = ["2024-01-03 10:00", "2024-01-01", "2024-01-02 08:30", "Jan 5 2024", "2024-01-04"]

@@ -539,6 +539,25 @@ def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_p
     assert json.loads((out / "metrics.json").read_text())["fields"]["kept"] == kept
 
 
+@pytest.mark.parametrize("command", ["run", "no-select"])
+def test_ctrl_c_after_the_result_is_written_says_nothing_is_lost(data, tmp_path, monkeypatch, command):
+    """A stop between publishing the finished run (its checkpoints deleted) and the end of the command: the line
+    says the run is whole, not to resume from a checkpoint that no longer exists."""
+    published = checkpoint_mod.published
+
+    def then_stop(out):
+        published(out)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod, "published", then_stop)
+    out = tmp_path / "r"
+    extra = ["--no-select"] if command == "no-select" else []
+    r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet", *extra)
+    assert r.exit_code == 130, r.output
+    assert r.output.strip() == f"interrupted: {out} was written in full before that; nothing to rerun"
+    assert json.loads((out / "run.json").read_text())["state"] == "complete" and (out / "model.safetensors").exists()
+    assert not (tmp_path / "r.ckpt").exists()
+
+
 def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
     ctrl_c_after_the_first_continue_save(monkeypatch)
     out = tmp_path / "r"
@@ -1454,7 +1473,7 @@ def test_a_run_path_that_does_not_exist_is_said_so(tmp_path, command):
 
 def test_a_phase_1_smaller_than_one_batch_is_warned_about(tmp_path):
     """A tiny table still runs, but says that phase 1's subset is less than one batch (the gates cannot learn)."""
-    data = write_csv(tmp_path, n=80)
+    data = write_csv(tmp_path, n=300)  # the validation rows still hold both classes, which the keep rule needs
     r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "r",
             "--epochs", "1", "--pretrain-epochs", "1", "--hidden", "8", "--embed-dim", "4")
     assert r.exit_code == 0, r.output

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
-from lightfmp.keep_rule import (backward_sweep, closing_scores, closing_test, forward_order, keep_order,
-                                ranking, select_fields)
+from lightfmp.keep_rule import (alone_note, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
+                                ranking, select_fields, selection_rule)
 from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
@@ -532,8 +532,9 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
 def test_closing_test_against_its_definition(schema_and_ids):
     """Every field open; in the gates' order, least open first, a field is closed for good unless closing it raises
     the mean BCE by more than 2 standard errors of the per-row difference (a field costing exactly nothing closes);
-    the last open field is not tested. Computed
-    here from that definition, with a planted strong field that must stay."""
+    where every field but the most open closes, the one kept is the field (of those tested, with a gate above 0,
+    and the untested one) that alone gives the lowest mean BCE. Computed here from that definition, on an
+    untrained model and a label planted on field a."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -555,6 +556,12 @@ def test_closing_test_against_its_definition(schema_and_ids):
         tests.append((schema.names[f], cost, se, set_cost, set_se, closed))
         if closed:
             kept, base = trial, loss
+    last = None
+    if len(kept) == 1:  # the sweep closed every field it tested: the best alone, the untested one first on ties
+        last, none = kept[0], _direct_losses(model, schema, ids, y, [])
+        alone = [last] + [schema.names.index(n) for n, *_ in reversed(tests) if n != "b"]
+        kept = [min(alone, key=lambda g: float(_direct_losses(model, schema, ids, y, [g]).mean()))]
+        cost, se = _mean_se(none - _direct_losses(model, schema, ids, y, [last]))
     out = closing_test(model, schema, ids.numpy(), y.numpy())
     with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
         mp.setattr(closed_fields, "STATE_BYTES", 0)
@@ -563,10 +570,16 @@ def test_closing_test_against_its_definition(schema_and_ids):
     assert float(model.gate.deterministic()[1]) == 0.0 and out["tests"][0] == {
         "field": "b", "cost": 0.0, "se": 0.0, "set_cost": 0.0, "set_se": 0.0, "closed": True}
     assert out["kept"] == [schema.names[i] for i in kept]
-    assert [(t["field"], t["closed"]) for t in out["tests"]] == [(n, c) for n, *_, c in tests]
+    assert [(t["field"], t["closed"]) for t in out["tests"]][:len(tests)] == \
+        [(n, c and schema.names.index(n) not in kept) for n, *_, c in tests]
     for t, (_, *numbers, _) in zip(out["tests"], tests):
         for key, value in zip(("cost", "se", "set_cost", "set_se"), numbers):
             assert t[key] == pytest.approx(value, rel=1e-4, abs=1e-9), (key, t)
+    if last is not None:  # the untested field's record: closing it where it alone was open
+        record = out["tests"][len(tests)]
+        assert record["field"] == schema.names[last] and record["closed"] == (last not in kept)
+        assert (record["cost"], record["se"]) == pytest.approx((cost, se), rel=1e-4, abs=1e-9)
+        assert record["alone"] == {"cost": record["cost"], "se": record["se"]}
     assert backward_sweep(model, ids.numpy(), y.numpy(), order)[0] == kept
 
 
@@ -597,10 +610,9 @@ def test_closing_test_reads_the_rows_its_state_holds(schema_and_ids, budget_rows
     assert built and all(p.cached == cached and p.n == read for p in built)
 
 
-def test_closing_test_drops_noise_fields_and_keeps_the_signal():
-    """The label is field a's parity; b and c (40 values) are noise. On fresh validation rows closing a noise field
-    costs nothing (or helps: c's memorised values only add noise), so both go, though their gates are the most
-    open; closing a costs far more than two standard errors, although its gate is the least open."""
+def _parity_model():
+    """A DeepFM trained on a table whose label is field a's parity (10% flipped); b (6 values) and c (40) are noise.
+    Returns the model, its schema and fresh validation rows (ids, labels)."""
     rng = np.random.default_rng(0)
     pd = __import__("pandas")
 
@@ -615,13 +627,44 @@ def test_closing_test_drops_noise_fields_and_keeps_the_signal():
     torch.manual_seed(0)
     model = build_model("deepfm", s, ModelConfig(embed_dim=4, hidden=[16]), gated=True)
     _fit_ungated(model, x, y, 200)
+    return model, s, s.encode(valid), valid["label"].to_numpy(np.float32)
+
+
+def test_closing_test_drops_noise_fields_and_keeps_the_signal():
+    """The label is field a's parity; b and c (40 values) are noise. On fresh validation rows closing a noise field
+    costs nothing (or helps: c's memorised values only add noise), so both go, though their gates are the most
+    open; closing a costs far more than two standard errors, although its gate is the least open."""
+    model, s, ids, labels = _parity_model()
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([0.0, 3.0, 2.0]))  # a's gate is the least open
-    out = closing_test(model, s, s.encode(valid), valid["label"].to_numpy(np.float32))
+    out = closing_test(model, s, ids, labels)
     assert out["kept"] == ["a"], out
     assert closing_scores(out)["a"] > 10.0, out
     assert [t["field"] for t in out["tests"]] == ["a", "c", "b"]  # least open gate first
     assert [t["closed"] for t in out["tests"]] == [False, True, True]
+
+
+def test_where_every_other_field_closes_the_one_kept_is_the_best_alone(monkeypatch):
+    """On validation rows too few to show any field's value (here: a test no cost passes), the sweep closes every
+    field but the most open gate's, which it never tests. The one kept is then the field that alone gives the
+    lowest logloss: a (the label is its parity), not the noise field b whose gate is the most open."""
+    import lightfmp.keep_rule as keep_rule
+    model, s, ids, labels = _parity_model()
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([0.0, 3.0, 2.0]))  # b's gate the most open, a's the least
+    monkeypatch.setattr(keep_rule, "SIGNIFICANT_SE", float("inf"))  # no cost shows: every tested field closes
+    out = closing_test(model, s, ids, labels)
+    assert out["kept"] == ["a"], out
+    tests = {t["field"]: t for t in out["tests"]}
+    assert tests["b"]["closed"] and not tests["a"]["closed"] and tests["c"]["closed"]
+    assert tests["a"]["alone"]["cost"] > 10 * tests["a"]["alone"]["se"] > 0  # closing a, alone open, costs
+    assert abs(tests["b"]["alone"]["cost"]) < 3 * tests["b"]["alone"]["se"] + 1e-9  # b alone does nothing
+    assert [t["field"] for t in out["tests"]] == ["a", "c", "b"]  # b last: the sweep never reached it
+    sel = selection_rule(out["kept"], dict(zip(s.names, [1.0, 1.0, 1.0])), None, None, out)
+    assert sel["kept_alone"] == {"field": "a", **tests["a"]["alone"]}  # metrics.json and inspect say why
+    assert alone_note(sel["kept_alone"]).startswith("no tested field's closing cost passed the cut: a is kept as")
+    monkeypatch.undo()
+    assert closing_test(model, s, ids, labels)["kept"] == ["a"]
 
 
 def test_screened_search_with_every_candidate_screened_is_the_exact_search(schema_and_ids, monkeypatch):

@@ -88,17 +88,41 @@ def test_one_validation_row_is_refused_by_both_keep_rules():
     assert len(closing_test(m, s, ids, y)["kept"]) >= 1  # two rows: defined
 
 
-def test_one_class_validation_rows_are_said(tmp_path):
-    """Validation rows of one label: the run says AUC is undefined there and epochs go by logloss."""
+def _newest_negative(tmp_path) -> list:
+    """A table whose newest rows (validation and test by --time-column t) are all negative: the run's data flags."""
     rng = np.random.default_rng(0)
     n = 400
     df = pd.DataFrame({"a": rng.integers(0, 4, n).astype(str), "b": rng.integers(0, 4, n).astype(str),
                        "t": np.arange(n)})
     df["label"] = (rng.random(n) < 0.5).astype(int)
-    df.loc[df["t"] >= 270, "label"] = 0  # the newest rows (validation and test by time) are all negative
+    df.loc[df["t"] >= 270, "label"] = 0
     df.to_csv(tmp_path / "d.csv", index=False)
-    r = cli("run", "--data", tmp_path / "d.csv", "--label", "label", "--time-column", "t", "--split",
-            "0.7,0.15,0.15", "--out", tmp_path / "r", *FAST[:-1])
+    return ["--data", tmp_path / "d.csv", "--label", "label", "--time-column", "t", "--split", "0.7,0.15,0.15"]
+
+
+@pytest.mark.parametrize("rule", [[], ["--keep", "1"]])
+def test_keep_rules_refuse_validation_rows_of_one_class(tmp_path, rule):
+    """The default rule and --keep K compare fields on the validation rows' logloss: with one class there they
+    would close every field on no evidence. `run` refuses before training, `prune` before deciding; nothing is
+    written. --threshold T (the gates alone) and --no-select need no validation classes."""
+    data = _newest_negative(tmp_path)
+    one_line_error(cli("run", *data, *rule, "--out", tmp_path / "r", *FAST), "every validation row has label 0",
+                   "both classes", "--no-select")
+    assert not (tmp_path / "r").exists()
+    assert cli("train", *data, "--out", tmp_path / "p", *FAST).exit_code == 0
+    before = sorted(p.name for p in (tmp_path / "p").iterdir())
+    one_line_error(cli("prune", tmp_path / "p", *rule), "every validation row has label 0")
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == before
+    r = cli("prune", tmp_path / "p", "--threshold", "0.5")
+    assert r.exit_code == 0, r.output
+    r = cli("run", *data, "--keep", "2", "--out", tmp_path / "every", *FAST)  # keeping every field compares nothing
+    assert r.exit_code == 0, r.output
+
+
+def test_one_class_validation_rows_are_said(tmp_path):
+    """Validation rows of one label: the run says AUC is undefined there and epochs go by logloss (under a rule
+    that needs no validation classes)."""
+    r = cli("run", *_newest_negative(tmp_path), "--threshold", "0.5", "--out", tmp_path / "r", *FAST[:-1])
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "every validation row has label 0" in text and "chosen by validation logloss" in text
