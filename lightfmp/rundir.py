@@ -124,7 +124,7 @@ class Run:
 
     def load_pretrained(self) -> CTRModel:
         model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
-        return _load_weights(model, self.path / "pretrain.safetensors")
+        return _load_weights(model, self.path / "pretrain.safetensors", self.info)
 
     def load_optimizer_state(self, model: CTRModel) -> dict | None:
         """Phase 1's weight-optimizer state by parameter name (lightfmp.moments), checked against `model` (the
@@ -132,6 +132,7 @@ class Run:
         if not self.info.get("optimizer_state"):
             return None
         path = self.path / OPTIMIZER_FILE
+        _check_unchanged(path, self.info)
         try:
             state = unflatten(load_file(str(path)))
         except Exception as e:
@@ -151,7 +152,7 @@ class Run:
         kept = self.metrics()["fields"]["kept"]
         schema = self.schema.subset(kept)
         model = build_model(self.config.model.backbone, schema, self.config.model, gated=False)
-        return _load_weights(model, self.path / "model.safetensors").eval(), schema
+        return _load_weights(model, self.path / "model.safetensors", self.info).eval(), schema
 
 
 def _check_scores(m: dict, split: str, path: Path) -> None:
@@ -191,8 +192,18 @@ def _names(value, path: Path, key: str) -> list[str]:
     return value
 
 
-def _load_weights(model: CTRModel, path: Path) -> CTRModel:
-    """The weights at `path` (checked by `open_run`) into `model`."""
+def _check_unchanged(path: Path, info: dict) -> None:
+    """A tensor file whose sha256 run.json records (runs written before it did record none) must still have it: an
+    edit that leaves the file readable (a flipped byte in a weight) would otherwise go on unseen."""
+    expected = info.get(WEIGHTS_KEY, {}).get(path.name)
+    if expected is not None and file_sha256(path) != expected:
+        raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); restore it or "
+                            f"train again")
+
+
+def _load_weights(model: CTRModel, path: Path, info: dict) -> CTRModel:
+    """The weights at `path` (checked by `open_run`, and against run.json's sha256 where it has one) into `model`."""
+    _check_unchanged(path, info)
     try:
         state = load_file(str(path))
     except Exception as e:
@@ -205,6 +216,7 @@ def _load_weights(model: CTRModel, path: Path) -> CTRModel:
     return model
 
 
+WEIGHTS_KEY = "weights_sha256"  # run.json: each tensor file's sha256, as written
 RECORD_KEY = "lightfmp"  # the header's one metadata entry: JSON with sorted keys (the file's bytes reproduce)
 
 
@@ -313,6 +325,9 @@ def _read_info(p: Path) -> dict:
         SplitRule.from_dict(info["split"], str(marker))
     if not isinstance(info.get("config_keys", []), list):
         raise LightFMPError(f"{marker}: 'config_keys' must be a list")
+    hashes = info.get(WEIGHTS_KEY, {})
+    if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
+        raise LightFMPError(f"{marker}: '{WEIGHTS_KEY}' must map file names to sha256 texts (edited?)")
     return info
 
 
@@ -386,14 +401,19 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         info = {**info, "schema_sha256": file_sha256(d / "schema.json")}
     record = trained_record(info, config) if config is not None else {}
     fields = _fields_read(metrics) if metrics is not None else {}
+    hashes = dict(info.get(WEIGHTS_KEY, {}))  # the tensor files' sha256, checked where they are loaded
     for name, model in (checkpoints or {}).items():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         meta = {**record, **({"fields": json.dumps(fields[name])} if name in fields else {})}
         with atomic_path(d / name) as tmp, os_errors_of(tmp):
             save_file(state, str(tmp), metadata={RECORD_KEY: json.dumps(meta, sort_keys=True)} if meta else None)
+        hashes[name] = file_sha256(d / name)
     if optimizer is not None:
         with atomic_path(d / OPTIMIZER_FILE) as tmp, os_errors_of(tmp):
             save_file(flatten(optimizer), str(tmp))
+        hashes[OPTIMIZER_FILE] = file_sha256(d / OPTIMIZER_FILE)
+    if hashes:
+        info = {**info, WEIGHTS_KEY: hashes}
     if history is not None:
         write_json_atomic(d / "history.json", history)
     if metrics is not None:

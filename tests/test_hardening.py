@@ -377,6 +377,27 @@ def test_damaged_complete_run_is_one_line_naming_the_file(complete, tmp_path, na
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "pretrain.safetensors", "pretrain_optimizer.safetensors"])
+def test_a_tensor_file_edited_in_place_is_refused_by_its_sha256(complete, tmp_path, name):
+    """A byte flipped inside a weight leaves the file readable and may move no test metric (an unseen value's row,
+    which the test rows never read): run.json records each tensor file's sha256 and every load checks it. A run
+    written before it recorded them (no key) loads as before."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    info = json.loads((run / "run.json").read_text())
+    assert set(info["weights_sha256"]) == {"model.safetensors", "pretrain.safetensors",
+                                           "pretrain_optimizer.safetensors"}
+    blob = bytearray((run / name).read_bytes())
+    blob[-3] ^= 0x01  # a tensor byte, past the header
+    (run / name).write_bytes(bytes(blob))
+    cmd = ["export", run, "--out", tmp_path / "x"] if name == "model.safetensors" else ["prune", run, "--quiet"]
+    one_line_error(cli(*cmd), f"{run / name}: changed since the run wrote it")
+    assert not (tmp_path / "x").exists()
+    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "weights_sha256"}))
+    if name == "model.safetensors":
+        assert cli("export", run, "--out", tmp_path / "x", "--quiet").exit_code == 0
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m.pop("fields"), "metrics.json: missing key 'fields'"),
     (lambda m: m["fields"].pop("kept"), "metrics.json: missing key 'fields.kept'"),

@@ -1,5 +1,6 @@
 """Phase 1's optimizer carried through phase 3 (lightfmp.moments): the moments are cut like the weights, stored in
 the run, and `lightfmp prune` continues a run as `lightfmp run` does."""
+import hashlib
 import json
 import shutil
 
@@ -117,6 +118,10 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     state = unflatten(load_file(str(tmp_path / "bad" / FILE)))
     state["embedding.weight"]["exp_avg"] = state["embedding.weight"]["exp_avg"][:-1]
     save_file(flatten(state), str(tmp_path / "bad" / FILE))
+    one_line_error(cli("prune", tmp_path / "bad", "--quiet"), FILE, "changed since the run wrote it")
+    info = json.loads((tmp_path / "bad" / "run.json").read_text())  # the state recorded as written: read, and refused
+    info["weights_sha256"][FILE] = hashlib.sha256((tmp_path / "bad" / FILE).read_bytes()).hexdigest()
+    (tmp_path / "bad" / "run.json").write_text(json.dumps(info))
     line = one_line_error(cli("prune", tmp_path / "bad", "--quiet"), FILE, "embedding.weight")
     assert "does not fit" in line
     for name in ("parts", "old"):

@@ -537,10 +537,21 @@ def test_metrics_prometheus_text(ex, srv):
 
 
 # ---- the real command -----------------------------------------------------------------------------------------------
-def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
-    proc = subprocess.Popen([sys.executable, "-m", "lightfmp", "serve", str(ex.ids), "--port", "0"],
+@contextlib.contextmanager
+def serve_process(export):
+    """`lightfmp serve EXPORT --port 0` in a subprocess (its output as text pipes), killed at the end if still up."""
+    proc = subprocess.Popen([sys.executable, "-m", "lightfmp", "serve", str(export), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
+    with serve_process(ex.ids) as proc:
         line = proc.stdout.readline()
         m = re.search(r"on (http://127\.0\.0\.1:(\d+))", line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
@@ -576,10 +587,18 @@ def test_cli_serve_scores_and_sigterm_lets_the_request_in_flight_finish(ex):
         assert status == 200 and json.loads(reply)["outputs"][0]["shape"] == [n]
         assert proc.wait(30) == 0
         assert "Traceback" not in proc.stderr.read()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_right_after_the_served_line_is_not_lost(ex, sig):
+    """A supervisor may stop the server as soon as it prints its line, before uvicorn has put its own handlers in
+    place: the stop must still end it, exit 0 and no traceback."""
+    for _ in range(3):  # the window is a few milliseconds wide: a few tries
+        with serve_process(ex.ids) as proc:
+            assert "serving model" in proc.stdout.readline()
+            proc.send_signal(sig)
+            assert proc.wait(30) == 0
+            assert "Traceback" not in proc.stderr.read()
 
 
 def test_a_body_still_arriving_when_shutdown_gives_up_gets_a_json_503(ex):

@@ -106,22 +106,30 @@ def serve(export_dir: str | Path, options: ServeOptions, announce=print) -> None
     model = load_model(export_dir, options)
     sock = bind(options.host, options.port)
     server = make_server(model, options)
-    announce(f"serving model '{model.name}' ({len(model.specs)} inputs) from {export_dir} on {url_of(sock)} "
-             f"({options.describe()})")
-    with _signals_end_quietly():
+    with _signals_end_quietly(server):  # from the announced line on, a stop is never lost
+        announce(f"serving model '{model.name}' ({len(model.specs)} inputs) from {export_dir} on {url_of(sock)} "
+                 f"({options.describe()})")
         server.run(sockets=[sock])
 
 
 class _signals_end_quietly:
     """uvicorn handles SIGTERM / SIGINT while it runs (graceful shutdown) and raises the signal again once it has
-    stopped, into the handler that was there before. A handler that does nothing makes that a clean exit 0
-    instead of death by the signal (or a KeyboardInterrupt)."""
+    stopped, into the handler that was there before. This handler asks `server` to stop: before uvicorn has put
+    its own in place (a supervisor stopping the server right after its line), the server then starts and stops at
+    once; after, the signal raised again changes nothing. Either way a clean exit 0, not death by the signal (or a
+    KeyboardInterrupt), and no signal lost."""
+
+    def __init__(self, server: uvicorn.Server):
+        self.server = server
+
+    def _stop(self, *_):
+        self.server.should_exit = True
 
     def __enter__(self):
         self.saved = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.saved[sig] = signal.signal(sig, lambda *_: None)
+                self.saved[sig] = signal.signal(sig, self._stop)
         return self
 
     def __exit__(self, *exc):
