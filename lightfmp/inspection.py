@@ -17,6 +17,9 @@ def cut_line(run: Run, rows: list[dict]) -> dict:
         return m["selection"]
     rule = run.config.prune
     gates = {r["field"]: r["gate"] for r in rows}
+    if run.state == "complete" and rule.threshold is None:  # --keep K and the default read rows metrics.json lacks
+        return {"rule": (f"--keep {rule.keep}" if rule.keep else "the default keep rule") + " (where and how it "
+                "decided is not in metrics.json: a run written by an older lightfmp, or edited)", "cut": None}
     if run.state != "complete" and rule.threshold is None:
         deferred = decides_after_first_epoch(run.config.continue_epochs, rule.threshold)
         return {"rule": forward_rule(rule.keep, deferred) if rule.keep else CLOSING_RULE + rule_site(deferred),

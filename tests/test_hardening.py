@@ -377,6 +377,21 @@ def test_damaged_complete_run_is_one_line_naming_the_file(complete, tmp_path, na
     assert not (tmp_path / "x").exists()
 
 
+def test_inspect_of_a_complete_run_without_its_selection_record_says_so(complete, tmp_path):
+    """metrics.json of a --keep K run without `selection` (an older lightfmp's, or edited): inspect names the rule
+    and says it does not know how it decided, instead of describing another rule (the gates' top K)."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    m = json.loads((run / "metrics.json").read_text())
+    del m["selection"]
+    (run / "metrics.json").write_text(json.dumps(m))
+    r = cli("inspect", run)
+    assert r.exit_code == 0, r.output
+    shown = " ".join(r.output.split())
+    assert "kept by: --keep 3 (where and how it decided is not in metrics.json" in shown, shown
+    assert "by deterministic gate" not in shown
+
+
 @pytest.mark.parametrize("name", ["model.safetensors", "pretrain.safetensors", "pretrain_optimizer.safetensors"])
 def test_a_tensor_file_edited_in_place_is_refused_by_its_sha256(complete, tmp_path, name):
     """A byte flipped inside a weight leaves the file readable and may move no test metric (an unseen value's row,
