@@ -34,7 +34,7 @@ from .config import DataConfig
 from .encoding import TEXT_RULE, column_names, present, read_otherwise_before
 from .errors import LightFMPError
 from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
-from .io import file_sha256
+from .io import data_signature, file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter
 from .rows import MemoryStore, Store, StoredRows
@@ -87,13 +87,23 @@ def streaming(cfg: DataConfig) -> bool:
 
 
 def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
-                 sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
+                 sha256: str | None = None, rule: SplitRule | None = None,
+                 signature: tuple | None = None) -> Dataset:
     """Read, split, fit (unless `schema` / --schema is fitted already) and encode cfg.data. `sha256`: the file's
-    content hash when the caller computed it already; `rule`: a run's recorded split rule (default: from cfg)."""
+    content hash when the caller computed it already, and `signature` its `data_signature` taken before it did;
+    `rule`: a run's recorded split rule (default: from cfg). A file changed or replaced between the hash and the end
+    of any read is refused: the hash the run records (and the shard and fit caches are keyed on) would not be of the
+    rows it read."""
     reporter = reporter or Reporter(quiet=True)
     path, fmt = check_source(cfg.data, cfg.format)  # --chunk-rows and the rest were range-checked by the config
     rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None)
+    signature = signature if signature is not None and sha256 else data_signature(path)
     source, sha = str(path), sha256 or file_sha256(path)
+
+    def unchanged():
+        if data_signature(path) != signature:
+            raise LightFMPError(f"{source}: changed while lightfmp read it (a file replaced, grown or rewritten since "
+                                f"it was hashed); run again once it is complete")
     given = schema is None and bool(cfg.schema)
     schema = _given_schema(cfg, schema)
     if given:  # how this data spells a hashed field's values is fitted on it, whatever the file says
@@ -104,9 +114,11 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
         check_home(cfg.shard_dir, path)
 
         def batches():
-            return read_tables(path, fmt, cfg.chunk_rows)
+            yield from read_tables(path, fmt, cfg.chunk_rows)
+            unchanged()  # every pass read what was hashed
     else:
         held = list(read_tables(path, fmt, cfg.chunk_rows))  # in memory: the file is read once
+        unchanged()
 
         def batches():
             return iter(held)

@@ -248,5 +248,5 @@ def failure_message(e: BaseException) -> str:
     else:
         detail = " ".join(str(e).split())
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        what = f"lost contact with another rank during training ({type(e).__name__}: {detail})"
+        what = f"lost contact with another rank ({type(e).__name__}: {detail})"  # in training or preparing the data
     return f"lightfmp: rank {rank()}: {what}; {resume_hint()}"

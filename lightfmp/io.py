@@ -86,6 +86,21 @@ def data_files(path: str | Path) -> list[Path]:
                   and not any(part.startswith((".", "_")) for part in q.relative_to(p).parts))
 
 
+def data_signature(path: str | Path) -> tuple:
+    """What tells a data path's files from others put in their place or changed since: each file's path, inode,
+    size and modification time (no content read). Taken before the data is hashed and compared after it is read,
+    so that the hash a run records is the hash of the rows it read."""
+    out = []
+    for q in data_files(path):
+        try:
+            st = q.stat()
+        except OSError:  # gone since it was listed: a change
+            out.append((str(q), None))
+            continue
+        out.append((str(q), st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 def partitions(root: str | Path, f: Path) -> list[tuple[str, str | None]]:
     """The (column, value) pairs of a part file's key=value folders under `root` (Hive / Spark partitioning:
     root/country=US/dt=2024-01-01/part-0.parquet), outermost first; a value is URL-decoded, and Hive's name for a

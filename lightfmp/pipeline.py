@@ -24,7 +24,8 @@ from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
-from .io import as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, file_sha256
+from .io import (as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, data_signature,
+                 file_sha256)
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
                         select_fields, selection_rule, shut_note, spread)
@@ -51,10 +52,11 @@ def resolve_device(name: str) -> str:
 
 
 def load_data(cfg: RunConfig, reporter: Reporter | None = None, schema: FeatureSchema | None = None,
-              sha256: str | None = None, rule: SplitRule | None = None) -> Dataset:
+              sha256: str | None = None, rule: SplitRule | None = None, signature: tuple | None = None) -> Dataset:
     """The data of a run (lightfmp.dataset). Under torchrun rank 0 prepares first; the others then reuse its shard
     cache."""
-    return dist.rank0_first(lambda: load_dataset(cfg.data, reporter, schema, sha256, rule), "preparing the data")
+    return dist.rank0_first(lambda: load_dataset(cfg.data, reporter, schema, sha256, rule, signature),
+                            "preparing the data")
 
 
 UNFINISHED = "unfinished_run"  # run.json key: `run` wrote phase 1 and has phases 2-3 still to do
@@ -510,11 +512,12 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
                             f"before the one split rule): its rows cannot be told apart again; train it again")
     if not cfg.data.data or not Path(cfg.data.data).exists():
         raise LightFMPError(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
+    signature = data_signature(cfg.data.data)  # before the hash: a file replaced after it is refused by the read
     sha = file_sha256(cfg.data.data)
     if sha != run.info.get("data_sha256"):
         raise LightFMPError(f"{cfg.data.data}: data changed since `lightfmp train` (sha256 differs); train again")
     rule = SplitRule.from_dict(run.info["split"], str(run.path / "run.json")) if "split" in run.info else None
-    return load_data(cfg, reporter, run.schema, sha, rule)
+    return load_data(cfg, reporter, run.schema, sha, rule, signature)
 
 
 def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False,

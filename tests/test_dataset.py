@@ -25,6 +25,30 @@ def cfg_for(p, tmp_path, **kw):
     return RunConfig.of(data=str(p), shard_dir=str(tmp_path / "shards"), chunk_rows=97, **{**KINDS, **kw})
 
 
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_file_replaced_after_it_was_hashed_is_refused(tmp_path, monkeypatch, stream):
+    """A file renamed over the data path between its hash and its read: the run would record the first file's hash
+    (and, streamed, file the shards and the fitted schema under it) for the second file's rows. Refused in one
+    line, with nothing cached; a clean read afterwards works."""
+    import lightfmp.dataset as dataset_mod
+    p = write_csv(tmp_path, n=500)
+    other = tmp_path / "other.csv"
+    other.write_text(p.read_text().replace(",1\n", ",x\n").replace(",0\n", ",1\n").replace(",x\n", ",0\n"))
+    real = dataset_mod.file_sha256
+
+    def hash_then_replace(path, *a):
+        digest = real(path, *a)
+        os.replace(other, path)
+        return digest
+    monkeypatch.setattr(dataset_mod, "file_sha256", hash_then_replace)
+    with pytest.raises(LightFMPError, match=f"{p}: changed while lightfmp read it"):
+        load_dataset(cfg_for(p, tmp_path, stream=stream).data)
+    monkeypatch.undo()
+    shards = tmp_path / "shards"
+    assert not shards.exists() or not [q for q in shards.rglob("*") if q.is_file()]
+    assert load_dataset(cfg_for(p, tmp_path, stream=stream).data).rows == 500
+
+
 def test_memory_and_shards_hold_the_same_rows(tmp_path):
     p = write_csv(tmp_path, n=500)
     mem = load_dataset(cfg_for(p, tmp_path).data)
