@@ -30,6 +30,7 @@ import pyarrow as pa
 from .encoding import Tokens
 from .errors import LightFMPError
 from .io import make_dirs, os_errors_of
+from .scratch import Claim, reap
 
 
 @dataclass
@@ -53,11 +54,12 @@ class Coded:
 
 class CodedStore:
     """The coded batches of a file, in order: in memory (`root` None) or in a scratch directory under `root`,
-    removed by `close()` (use as a context manager)."""
+    removed by `close()` (use as a context manager); one that a killed process left there is removed by the next
+    store made under the same `root` (`lightfmp.scratch`)."""
 
     def __init__(self, root: Path | None = None):
         self._held: list[Coded] = []
-        self._root, self._dir = root, None
+        self._root, self._dir, self._claim = root, None, None
         self._made: list[Path] = []  # directories above the scratch one that this store created
         self.count = 0
 
@@ -73,6 +75,9 @@ class CodedStore:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        if self._claim is not None:
+            self._claim.close()
+            self._claim = None
         for d in reversed(self._made):
             try:
                 d.rmdir()
@@ -88,7 +93,10 @@ class CodedStore:
             if self._dir is None:  # made on the first batch, so a file that cannot be read leaves nothing
                 self._made = [d for d in [self._root, *self._root.parents][::-1] if not d.exists()]
                 make_dirs(self._root)
+                reap(self._root)
                 self._dir = Path(tempfile.mkdtemp(prefix=".coded-", suffix=".tmp", dir=self._root))
+                with os_errors_of(self._dir):
+                    self._claim = Claim(self._dir)
             _save(self._dir / f"{self.count:06d}", coded)
         self.count += 1
 

@@ -1,0 +1,99 @@
+"""Scratch directories in the shard home: one that a killed process left is removed by the next streamed writer
+there; one whose owner lives, or that lightfmp did not claim, stays."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightfmp.coded import CodedStore
+from lightfmp.io import WRITTEN
+from lightfmp.scratch import OWNER, reap
+from lightfmp.shards import ShardWriter
+
+pytest.importorskip("fcntl")
+
+BATCH = """
+import numpy as np, pyarrow as pa
+from lightfmp.coded import Coded
+from lightfmp.encoding import Tokens
+batch = Coded(4, {"t": Tokens(np.array([0, 1, 0, 1], np.int32), pa.array(["a", "b"])), "x": np.arange(4.0)},
+              np.zeros(4, np.float32))
+"""
+
+
+def _child(code: str, home, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", BATCH + code, str(home)], stdout=subprocess.PIPE,
+                            stdin=subprocess.PIPE, text=True, **kw)
+
+
+def _killed(code: str, home) -> str:
+    """Run `code` in a process that prints its scratch directory and is then killed outright; that directory."""
+    p = _child(code + "\nimport os, signal\nprint(where, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n", home)
+    where = p.stdout.readline().strip()
+    assert p.wait(timeout=60) == -9
+    return where
+
+
+def _batch():
+    ns = {}
+    exec(BATCH, ns)
+    return ns["batch"]
+
+
+STORE = "import sys\nfrom pathlib import Path\nfrom lightfmp.coded import CodedStore\n" \
+        "store = CodedStore(Path(sys.argv[1]))\nstore.add(batch)\nwhere = store._dir\n"
+
+
+def test_coded_batches_left_by_a_killed_run_go_with_the_next_store(tmp_path):
+    home = tmp_path / "shards"
+    stale = _killed(STORE, home)
+    assert Path(stale).is_dir() and Path(stale).parent == home
+    foreign = home / ".coded-mine.tmp"  # not claimed: someone else's, or older than claims
+    foreign.mkdir()
+    (foreign / "x").write_text("keep")
+    with CodedStore(home) as store:
+        store.add(_batch())
+        assert not Path(stale).exists()
+        assert sorted(p.name for p in home.iterdir()) == sorted([foreign.name, store._dir.name])
+        assert (store._dir / OWNER).is_file()
+    assert [p.name for p in home.iterdir()] == [foreign.name] and (foreign / "x").read_text() == "keep"
+
+
+def test_a_live_owners_scratch_stays(tmp_path):
+    home = tmp_path / "shards"
+    p = _child(STORE + "print(where, flush=True)\ninput()\nstore.close()\n", home)
+    try:
+        where = p.stdout.readline().strip()
+        assert reap(home) == []
+        with CodedStore(home) as store:
+            store.add(_batch())
+            assert Path(where).is_dir()
+    finally:
+        p.communicate("\n", timeout=60)
+    assert p.returncode == 0 and not home.exists()  # the owner removed its directory, and the home it made
+
+
+def test_a_killed_shard_writers_directory_goes_with_the_next_writer(tmp_path):
+    home = tmp_path / "shards"
+    stale = _killed("import sys\nfrom pathlib import Path\nfrom lightfmp.shards import ShardWriter\n"
+                    "w = ShardWriter(Path(sys.argv[1]) / 'a', 'a', 2).__enter__()\n"
+                    "w.add(ids=np.zeros((4, 2), np.int64), labels=np.zeros(4, np.float32), "
+                    "rows=np.arange(4), split=np.zeros(4, np.int8))\nwhere = w.tmp\n", home)
+    assert Path(stale).is_dir()
+    with ShardWriter(home / "b", "b", 2) as w:
+        w.finish()
+    assert [p.name for p in home.iterdir()] == ["b"]
+    assert sorted(p.name for p in (home / "b").iterdir()) == [WRITTEN, "manifest.json"]  # no owner file published
+
+
+def test_a_directory_whose_owner_file_is_not_lightfmps_stays(tmp_path):
+    home = tmp_path / "shards"
+    for name, record in ((".a.tmp", {"format": "other"}), (".b.tmp", None)):
+        (home / name).mkdir(parents=True)
+        (home / name / OWNER).write_text(json.dumps(record) if record else "")
+    (home / "plain").mkdir()  # not a scratch name
+    (home / "plain" / OWNER).write_text(json.dumps({"format": "lightfmp-scratch"}))
+    assert reap(home) == []
+    assert sorted(p.name for p in home.iterdir()) == [".a.tmp", ".b.tmp", "plain"]
