@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -263,7 +264,12 @@ bench_cmds.register(app)
 
 
 def main() -> None:
-    app(prog_name="lightfmp")
+    try:
+        app(prog_name="lightfmp")
+    finally:  # the command is over, whatever its outcome: a stop signal while the interpreter shuts down (torch's
+        # teardown takes a moment) no longer turns a command that finished into a killed one
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

@@ -1677,6 +1677,25 @@ def test_sigterm_removes_the_half_written_file_and_exits_143(tmp_path):
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_while_a_finished_command_shuts_down_keeps_its_exit_code(tmp_path, sig):
+    """A stop signal after the command's work (the file is in place) while the interpreter shuts down (torch's
+    teardown takes a moment): the command's own exit code, no traceback (before: killed by the signal, or a
+    KeyboardInterrupt traceback, over a finished file)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "synth"
+    code = ("import atexit, os, signal, sys\n"
+            f"atexit.register(lambda: os.kill(os.getpid(), signal.{sig}))  # at shutdown, after the command\n"
+            f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
+            "from lightfmp.cli.app import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr and (out / "data.parquet").is_file(), r.stderr
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_stop_between_the_checkpoint_files_waits_until_both_are_in_place(tmp_path, monkeypatch, sig):
     """Ctrl-C or SIGTERM arriving while a checkpoint's two files are renamed into place acts only once both are
     there: the new epoch's pair is whole and loads (before, a stop between them lost the previous epoch too)."""
