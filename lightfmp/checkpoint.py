@@ -94,6 +94,8 @@ def config_sha256(cfg) -> str:
     d = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir",)}
     if d.get("init_seed") in (None, d.get("seed")):  # the default: the same run as before the flag existed
         d.pop("init_seed", None)
+    if d.get("group_column") is None:  # likewise: checkpoints of a version without the flag still resume
+        d.pop("group_column", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
 
 

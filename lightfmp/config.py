@@ -59,6 +59,8 @@ class DataConfig:
     ignore: list[str] = opt([], "Comma-separated columns to leave out.")
     positive: str | None = opt(None, "Label value that means 1 (e.g. 'click'); other values mean 0.")
     time_column: str | None = opt(None, "Split by this column's order (oldest rows train) instead of randomly.")
+    group_column: str | None = opt(None, "Split by this column's values (a user, a session): every row of one value "
+                                         "goes to one split, chosen by the value's hash and --seed.")
     split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
     num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
@@ -204,6 +206,7 @@ class RunConfig:
         cfg = cls(**made)
         cfg.data.split = list(_named(source, parse_split, cfg.data.split))
         _named(source, check_one_rule, cfg.prune.keep, cfg.prune.threshold)
+        _named(source, check_one_split, cfg.data.time_column, cfg.data.group_column)
         return cfg
 
 
@@ -222,6 +225,13 @@ def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool
         + ["--closing-test"] * closing_test
     if len(given) > 1:
         raise LightFMPError(f"{' and '.join(given)}: give one keep rule, not {'both' if len(given) == 2 else 'several'}")
+
+
+def check_one_split(time_column: str | None, group_column: str | None) -> None:
+    """One split rule: by time, by group, or (neither) by row hash."""
+    if time_column and group_column:
+        raise LightFMPError(f"--time-column {time_column} and --group-column {group_column}: give one split rule, "
+                            f"not both")
 
 
 def check_no_rule_without_gates(cfg: "RunConfig") -> None:

@@ -2,7 +2,8 @@
 
     read      Arrow tables of --chunk-rows rows (lightfmp.formats: CSV, Parquet file or directory, compressed text,
               Criteo, Avazu); each row keeps its global number in the file
-    split     the split rule (lightfmp.splits): a hash of the row number, or the rank of --time-column
+    split     the split rule (lightfmp.splits): a hash of the row number (or of its --group-column value), or the
+              rank of --time-column
     fit       the schema's kinds from the first batch and its vocabularies / bucket edges from the training rows
               (lightfmp.vocab.StreamFitter), unless the schema is given already fitted; each batch is coded once
               (FeatureSchema.code: per field its distinct values and the codes of the rows, on the batch's Arrow
@@ -31,7 +32,7 @@ from rich.markup import escape
 
 from .coded import Coded, CodedStore
 from .config import DataConfig
-from .encoding import TEXT_RULE, column_names, present, read_otherwise_before
+from .encoding import TEXT_RULE, column, column_names, present, read_otherwise_before, stable_hash, tokens
 from .errors import LightFMPError
 from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
 from .io import data_signature, file_sha256
@@ -96,7 +97,8 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     rows it read."""
     reporter = reporter or Reporter(quiet=True)
     path, fmt = check_source(cfg.data, cfg.format)  # --chunk-rows and the rest were range-checked by the config
-    rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None)
+    rule = rule or SplitRule(tuple(cfg.split), int(cfg.seed), cfg.time_column or None,
+                             group_column=cfg.group_column or None)
     signature = signature if signature is not None and sha256 else data_signature(path)
     source, sha = str(path), sha256 or file_sha256(path)
 
@@ -139,7 +141,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
             store, location = MemoryStore(schema.num_slots), None
             _encode(encoded(), schema, codes, source, fmt, store.append)
     data = Dataset(schema, sha, _rows(store), rule, store, location)
-    check_sizes(data.split_sizes(), data.rows, rule.fractions, source, rule.time_column)
+    check_sizes(data.split_sizes(), data.rows, rule.fractions, source, rule.time_column, rule.group_column)
     return data
 
 
@@ -178,7 +180,21 @@ def _rows(store: Store) -> int:
 # ---- split ----------------------------------------------------------------------------------------------------------
 def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[int, int], np.ndarray]:
     """codes(start, n): split codes of global rows start .. start + n - 1. The time rule ranks the whole column
-    first (one extra read of the file when streaming)."""
+    first, and the group rule reads every row's group first (one extra read of the file when streaming)."""
+    if rule.group_column is not None:
+        parts = []
+        for batch, start in batches():
+            if rule.group_column not in column_names(batch):
+                raise LightFMPError(f"{source}: --group-column '{rule.group_column}' not found "
+                                    f"(columns: {', '.join(column_names(batch))})")
+            groups = tokens(column(batch, rule.group_column))
+            gone = np.flatnonzero(groups.codes < 0)
+            if len(gone):
+                raise LightFMPError(f"{source}: --group-column '{rule.group_column}' is missing at row "
+                                    f"{start + int(gone[0])}: every row needs a group")
+            parts.append(rule.hash_codes(stable_hash(groups.values))[groups.codes])
+        every = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+        return lambda start, n: every[start:start + n]
     if rule.time_column is None:
         return lambda start, n: rule.hash_codes(np.arange(start, start + n, dtype=np.int64))
     parts = []
@@ -256,6 +272,13 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
                                 f"(only infinities or missing values), so every value would share one bucket; "
                                 f"--categorical {name} reads its values as categories, or drop it with --ignore "
                                 f"{name}")
+    for f in schema.fields:  # inferred categorical, and no value seen --min-count times: every value reads as unknown
+        if f.name in inferred and f.kind == "categorical" and not f.hashed and not f.vocab:
+            raise LightFMPError(f"{source}: column '{f.name}' was inferred {inferred[f.name]}, but none of its values "
+                                f"occurs --min-count ({schema.min_count}) times in the training rows, so every value "
+                                f"would read as unknown and the field carry nothing: --ignore {f.name} drops it; if "
+                                f"its values are numbers with a stray text cell, --numeric {f.name} reads them as "
+                                f"numbers (that cell blank, or a missing value's spelling)")
     for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "

@@ -1,11 +1,15 @@
 """The one split rule: which rows are train / valid / test, which training rows form the phase-1 subset, and which
 subset rows are held out for the gate steps.
 
-Every assignment is a function of a row's global number in the file (0 for the first data row) and the seed,
-through `row_uniform` with a salt per use, so it does not depend on how the file is chunked, which process reads
-it, or whether the encoded rows live in memory or in shards on disk:
+Every assignment is a function of a row's global number in the file (0 for the first data row; under the group
+rule, the split of its group's value) and the seed, through `row_uniform` with a salt per use, so it does not depend
+on how the file is chunked, which process reads it, or whether the encoded rows live in memory or in shards on
+disk:
 
     hash   train if u < f_train, valid if u < f_train + f_valid, else test;  u = row_uniform(row, seed, SALT_SPLIT)
+    group  the same with u = row_uniform(stable_hash(the --group-column value's text), seed, SALT_SPLIT): every row
+           of one group (a user, a session, a protein) lands in one split, so no group is both trained and tested
+           on; the fractions are those of the groups, not of the rows
     time   rows ranked by --time-column (oldest first): the first round(f_train * n) train, the next
            round(f_valid * n) valid, the rest test; rows of one time go to one split, the earlier where a boundary
            falls among them (runs recorded before that rule, without "time_ties", split ties by file order, and
@@ -73,21 +77,24 @@ class SplitRule:
     seed: int
     time_column: str | None = None
     time_ties: str = "together"  # "together": rows of one time in one split; "rank": by file order (older runs)
+    group_column: str | None = None
 
     @property
     def kind(self) -> str:
-        return "time" if self.time_column else "hash"
+        return "time" if self.time_column else "group" if self.group_column else "hash"
 
     def to_dict(self) -> dict:
         return {"rule": self.kind, "fractions": list(self.fractions), "seed": int(self.seed),
                 "time_column": self.time_column, **({"time_ties": self.time_ties} if self.time_column else {}),
+                **({"group_column": self.group_column} if self.group_column else {}),
                 "salts": {"split": SALT_SPLIT, "subset": SALT_SUBSET, "holdout": SALT_HOLDOUT}}
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "run.json") -> "SplitRule":
         try:
             rule = cls(tuple(float(f) for f in d["fractions"]), int(d["seed"]), d.get("time_column"),
-                       d.get("time_ties", "rank"))  # recorded before ties were kept together: as they were split
+                       d.get("time_ties", "rank"),  # recorded before ties were kept together: as they were split
+                       d.get("group_column"))
         except (KeyError, TypeError, ValueError):
             raise LightFMPError(f"{source}: 'split' is not a split rule (needs fractions and seed)") from None
         if rule.time_ties not in ("together", "rank"):
@@ -95,7 +102,8 @@ class SplitRule:
         return rule
 
     def hash_codes(self, rows: np.ndarray) -> np.ndarray:
-        """0 train, 1 valid, 2 test per global row number (the hash rule)."""
+        """0 train, 1 valid, 2 test per global row number (the hash rule), or per group value's hash (the group
+        rule: `lightfmp.encoding.stable_hash` of its text)."""
         f = self.fractions
         u = row_uniform(rows, self.seed, SALT_SPLIT)
         return np.where(u < f[0], 0, np.where(u < f[0] + f[1], 1, 2)).astype(np.uint8)
@@ -179,13 +187,16 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     return codes
 
 
-def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str, time_column: str | None = None) -> None:
+def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str, time_column: str | None = None,
+                group_column: str | None = None) -> None:
     if rows < 10:
         raise LightFMPError(f"{source}: {rows} rows is too few to split into train/valid/test")
     for name in SPLITS:
         if not sizes[name]:
             ties = (f" (--time-column '{time_column}': rows of one time stay in one split, so times shared by many "
                     f"rows at a boundary move it; split by row hash without it, or by a finer time)"
-                    if time_column else "")
+                    if time_column else
+                    f" (--group-column '{group_column}': each group goes to one split whole, so a few groups may "
+                    f"leave one empty; split by row hash without it, or another --seed)" if group_column else "")
             raise LightFMPError(f"{source}: --split {','.join(f'{f:g}' for f in fractions)} leaves the {name} "
                                 f"split empty with {rows} rows{ties}")

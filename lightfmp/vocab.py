@@ -232,10 +232,11 @@ def _number_kind(vals: np.ndarray, rows: int) -> tuple[str, str]:
     return "numeric", "floats"
 
 
-def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str) -> None:
+def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str,
+                      group_column: str | None = None) -> None:
     """A column named by two of --categorical / --numeric / --multi-hot / --ignore, or the label named as a feature,
-    ignored or used as the time column, is a contradiction: refused, not resolved silently. `label_from`: what made
-    the label column the label (`--label y`, or `--format criteo`)."""
+    ignored or used as the time or group column, is a contradiction: refused, not resolved silently. `label_from`:
+    what made the label column the label (`--label y`, or `--format criteo`)."""
     said = {"--categorical": spec.categorical, "--numeric": spec.numeric, "--multi-hot": list(spec.multi_hot),
             "--ignore": spec.ignore}
     seen: dict[str, str] = {}
@@ -250,6 +251,9 @@ def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str
     if time_column == spec.label:
         raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column ({label_from}); order "
                             f"rows by a time")
+    if group_column == spec.label:
+        raise LightFMPError(f"--group-column {group_column}: '{group_column}' is the label column ({label_from}); "
+                            f"group rows by a column such as a user or session id")
 
 
 def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[FeatureSchema, dict]:
@@ -271,7 +275,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
-    _check_kind_flags(spec, cfg.time_column, f"--label {label}" if cfg.label else f"--format {fmt}")
+    _check_kind_flags(spec, cfg.time_column, f"--label {label}" if cfg.label else f"--format {fmt}", cfg.group_column)
     blank = [i for i, c in enumerate(columns) if not str(c).strip()]
     if blank:  # a field needs a name: flags, the schema and the exported model's inputs are keyed by it
         raise LightFMPError(f"{source}: column {blank[0] + 1} has no name in the header; name it or remove it")
@@ -281,8 +285,9 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
             raise LightFMPError(f"{source}: column '{c}' holds nested values ({t}); lightfmp reads flat columns: "
                                 f"write a list as text joined by a separator (--multi-hot {c}:|) or --ignore {c}")
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
-    if cfg.time_column and cfg.time_column not in named:  # the split key is a feature only when named as one
-        spec.ignore.append(cfg.time_column)
+    for key in (cfg.time_column, cfg.group_column):  # the split key is a feature only when named as one
+        if key and key not in named and key not in spec.ignore:
+            spec.ignore.append(key)
     if all_categorical(fmt):
         spec.categorical += [c for c in columns if c != label and c not in spec.ignore and c not in named]
     # a column empty in the first batch only is no reason to fail: its kind is taken as named, else categorical;

@@ -14,6 +14,8 @@ from typer.testing import CliRunner
 
 from lightfmp.cli.app import app
 from lightfmp.datasets import FETCHERS
+from lightfmp.encoding import stable_hash
+from lightfmp.splits import SplitRule
 
 from helpers import make_frame, one_line_error, write_csv
 
@@ -311,6 +313,26 @@ def test_time_column_split_orders_rows(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert "ts" not in m["fields"]["all"]
+
+
+def test_group_column_split_is_recorded_and_prune_reads_it_back(tmp_path):
+    """`train --group-column user` then `prune` (no split flags): prune splits as the run recorded, so its validation
+    and test rows are train's; the test rows' users are never trained on."""
+    df = make_frame(600)
+    df["user"] = [f"u{v}" for v in np.random.default_rng(3).integers(0, 50, 600)]
+    df.to_csv(tmp_path / "g.csv", index=False)
+    r = cli("train", "--data", tmp_path / "g.csv", "--label", "label", "--group-column", "user", "--out",
+            tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    split = json.loads((tmp_path / "r" / "run.json").read_text())["split"]
+    assert split["rule"] == "group" and split["group_column"] == "user"
+    r = cli("prune", tmp_path / "r", "--keep", "2", "-q")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "user" not in m["fields"]["all"] and m["test"]["rows"] > 0
+    groups = SplitRule.from_dict(split).hash_codes(stable_hash([f"u{g}" for g in range(50)]))
+    test_users = {f"u{g}" for g in range(50) if groups[g] == 2}
+    assert m["test"]["rows"] == int(df["user"].isin(test_users).sum())
 
 
 def test_unseen_categories_at_evaluation_map_to_oov(tmp_path):

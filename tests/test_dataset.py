@@ -15,6 +15,7 @@ from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
 from lightfmp.io import file_sha256
 from lightfmp.rows import ArrayRows
+from lightfmp.encoding import stable_hash
 from lightfmp.splits import SALT_SPLIT, SplitRule, parse_split, row_uniform, time_codes
 
 KINDS = dict(label="label", multi_hot="tags:|")
@@ -90,6 +91,64 @@ def test_time_column_assigns_by_rank_in_both_stores(tmp_path):
         assert ts[data.split_rows("train").row_numbers()].max() < ts[data.split_rows("valid").row_numbers()].min()
         assert ts[data.split_rows("valid").row_numbers()].max() < ts[data.split_rows("test").row_numbers()].min()
         assert data.split_sizes() == {"train": 240, "valid": 30, "test": 30}
+
+
+def _grouped(tmp_path, n=600, groups=60):
+    df = make_frame(n)
+    df["user"] = [f"u{v}" for v in np.random.default_rng(2).integers(0, groups, n)]  # groups spread over the file
+    df.to_csv(tmp_path / "g.csv", index=False)
+    return df
+
+
+def test_group_column_puts_every_group_in_one_split_in_both_stores(tmp_path):
+    """Every row of one group lands in one split, the split of its value's hash (closed form), the same in memory
+    and streamed in chunks that cut groups apart; the key is no feature unless named; run.json records the rule."""
+    df = _grouped(tmp_path)
+    u = row_uniform(stable_hash([f"u{g}" for g in range(60)]), 5, SALT_SPLIT)
+    want = {f"u{g}": 0 if u[g] < 0.8 else 1 if u[g] < 0.9 else 2 for g in range(60)}
+    got = []
+    for stream in (False, True):
+        data = load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="user", seed=5, stream=stream).data)
+        assert "user" not in data.schema.names
+        codes = np.empty(len(df), dtype=int)
+        for code, name in enumerate(("train", "valid", "test")):
+            codes[data.split_rows(name).row_numbers()] = code
+        assert codes.tolist() == [want[v] for v in df["user"]]
+        got.append(codes)
+        assert data.split == {**SplitRule((0.8, 0.1, 0.1), 5, group_column="user").to_dict(), "rule": "group"}
+    assert np.array_equal(*got)
+    assert SplitRule.from_dict(SplitRule((0.8, 0.1, 0.1), 5, group_column="user").to_dict()).group_column == "user"
+    named = load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="user", categorical="user").data)
+    assert "user" in named.schema.names  # named: a feature too
+
+
+def test_group_column_refusals(tmp_path):
+    df = _grouped(tmp_path)
+    with pytest.raises(LightFMPError, match="--group-column 'who' not found"):
+        load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="who").data)
+    with pytest.raises(LightFMPError, match="--group-column label: 'label' is the label column"):
+        load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="label").data)
+    with pytest.raises(LightFMPError, match="--time-column x and --group-column user: give one split rule"):
+        cfg_for(tmp_path / "g.csv", tmp_path, group_column="user", time_column="x")
+    df.loc[123, "user"] = None
+    df.to_csv(tmp_path / "m.csv", index=False)
+    with pytest.raises(LightFMPError, match="--group-column 'user' is missing at row 123: every row needs a group"):
+        load_dataset(cfg_for(tmp_path / "m.csv", tmp_path, group_column="user").data)
+    df.assign(user="one").to_csv(tmp_path / "o.csv", index=False)
+    with pytest.raises(LightFMPError, match=r"leaves the \w+ split empty with 600 rows \(--group-column 'user': each "
+                                            r"group goes to one split whole"):
+        load_dataset(cfg_for(tmp_path / "o.csv", tmp_path, group_column="user").data)
+
+
+def test_the_group_flag_leaves_checkpoint_keys_of_runs_without_it_as_they_were():
+    """A run checkpointed by a version without --group-column resumes after an upgrade: the flag's default is not
+    part of the configuration's hash (as --init-seed's is not)."""
+    import hashlib
+    from lightfmp.checkpoint import config_sha256
+    cfg = RunConfig.of(data="d.csv", label="label")
+    before = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir", "init_seed", "group_column")}
+    assert config_sha256(cfg) == hashlib.sha256(json.dumps(before, sort_keys=True, default=str).encode()).hexdigest()
+    assert config_sha256(cfg.but(group_column="user")) != config_sha256(cfg)
 
 
 def test_time_codes_closed_form():

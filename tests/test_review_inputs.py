@@ -321,3 +321,27 @@ def test_a_positive_value_spelled_like_a_missing_number_is_the_positive_class():
     assert parse_labels(pd.DataFrame({"y": ["EU", "NA", "AS", "NA"]}), "y", "NA", "d.csv").tolist() == [0, 1, 0, 1]
     with pytest.raises(LightFMPError, match=r"has a missing value \('null'\) at row 2"):
         parse_labels(pd.DataFrame({"y": ["EU", "NA", "null"]}), "y", "NA", "d.csv")
+
+
+def test_an_inferred_categorical_column_with_no_value_seen_twice_is_refused(tmp_path):
+    """A column of numbers with one stray text cell is inferred categorical (text), and a column of row ids too;
+    with every value seen once, every value would read as unknown and the field carry nothing: refused, naming the
+    column and the flags that resolve it, before anything is written. Named by the user, or dropped, it runs."""
+    df = make_frame(600)
+    x = df["x"].astype(object)
+    x.iloc[450] = "abc"
+    for column, values in (("x", x), ("row", [f"r{i}" for i in range(600)])):
+        p = tmp_path / f"{column}.csv"
+        df.assign(**{column: values}).to_csv(p, index=False)
+        out = tmp_path / f"out_{column}"
+        one_line_error(cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST),
+                       f"column '{column}' was inferred categorical (text)", "--min-count (2)",
+                       f"--ignore {column}", f"--numeric {column}")
+        assert not out.exists()
+    p = tmp_path / "row.csv"
+    r = cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "ok", *FAST,
+            "--ignore", "row")
+    assert r.exit_code == 0, r.output
+    r = cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "named", *FAST,
+            "--categorical", "row")
+    assert r.exit_code == 0, r.output
