@@ -1,9 +1,12 @@
 """`lightfmp train / prune / run / inspect / demo / data` — a thin layer over the Python API."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -264,12 +267,20 @@ bench_cmds.register(app)
 
 
 def main() -> None:
+    code = 1
     try:
         app(prog_name="lightfmp")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        raise
     finally:  # the command is over, whatever its outcome: a stop signal while the interpreter shuts down (torch's
-        # teardown takes a moment) no longer turns a command that finished into a killed one
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # teardown takes a moment) ends it at once with the command's own exit code, not as killed over its work
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: os._exit(code))
 
 
 if __name__ == "__main__":

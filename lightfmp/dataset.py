@@ -38,6 +38,7 @@ from .formats import check_source, fixed_label, implies_stream, read_batches, re
 from .io import data_signature, file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter
+from .scratch import reap
 from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
 from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
@@ -114,6 +115,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     on_disk = streaming(cfg)
     if on_disk:
         check_home(cfg.shard_dir, path)
+        reap(shard_home(cfg.shard_dir))  # what a killed run left there, whether or not this one encodes
 
         def batches():
             yield from read_tables(path, fmt, cfg.chunk_rows)
@@ -276,9 +278,10 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         if f.name in inferred and f.kind == "categorical" and not f.hashed and not f.vocab:
             raise LightFMPError(f"{source}: column '{f.name}' was inferred {inferred[f.name]}, but none of its values "
                                 f"occurs --min-count ({schema.min_count}) times in the training rows, so every value "
-                                f"would read as unknown and the field carry nothing: --ignore {f.name} drops it; if "
-                                f"its values are numbers with a stray text cell, --numeric {f.name} reads them as "
-                                f"numbers (that cell blank, or a missing value's spelling)")
+                                f"would read as unknown and the field carry nothing: --ignore {f.name} drops it, "
+                                f"--hash-buckets {f.name}:N or --min-count 1 keeps its values; if they are numbers "
+                                f"with a stray text cell, --numeric {f.name} reads them as numbers (that cell blank, "
+                                f"or a missing value's spelling)")
     for col, why in inferred.items():  # once the pass succeeded: an error in the data is then the only line printed
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "

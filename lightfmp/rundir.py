@@ -123,7 +123,7 @@ class Run:
         return values
 
     def load_pretrained(self) -> CTRModel:
-        model = build_model(self.config.model.backbone, self.schema, self.config.model, gated=True)
+        model = _to_load(self.config.model.backbone, self.schema, self.config.model, gated=True)
         return _load_weights(model, self.path / "pretrain.safetensors", self.info)
 
     def load_optimizer_state(self, model: CTRModel) -> dict | None:
@@ -151,8 +151,15 @@ class Run:
                                 f"{self.path}` first")
         kept = self.metrics()["fields"]["kept"]
         schema = self.schema.subset(kept)
-        model = build_model(self.config.model.backbone, schema, self.config.model, gated=False)
+        model = _to_load(self.config.model.backbone, schema, self.config.model, gated=False)
         return _load_weights(model, self.path / "model.safetensors", self.info).eval(), schema
+
+
+def _to_load(backbone: str, schema: FeatureSchema, cfg, gated: bool) -> CTRModel:
+    """The run's model, built to load its weights into. Building draws the initial weights from torch's generator:
+    the caller's generator state is kept as it was (a notebook that seeds, loads a run and samples reproduces)."""
+    with torch.random.fork_rng(devices=[]):
+        return build_model(backbone, schema, cfg, gated=gated)
 
 
 def _check_scores(m: dict, split: str, path: Path) -> None:
@@ -195,6 +202,8 @@ def _names(value, path: Path, key: str) -> list[str]:
 def _check_unchanged(path: Path, info: dict) -> None:
     """A tensor file whose sha256 run.json records (runs written before it did record none) must still have it: an
     edit that leaves the file readable (a flipped byte in a weight) would otherwise go on unseen."""
+    if not path.is_file():  # removed after the run was opened
+        raise LightFMPError(f"{path}: missing")
     expected = info.get(WEIGHTS_KEY, {}).get(path.name)
     if expected is not None and file_sha256(path) != expected:
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); restore it or "

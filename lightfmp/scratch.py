@@ -1,17 +1,20 @@
-"""Scratch directories in the shard home that a killed process does not leave behind for good.
+"""Large scratch directories that a killed process does not leave behind for good.
 
-A streamed run writes two temporary directories there, each about as large as the encoded file: the coded batches
-of the fit pass (`lightfmp.coded.CodedStore`) and the shards being built (`lightfmp.shards.ShardWriter`). Both go
-when the run ends, however it ends, unless the process is killed outright (SIGKILL, the out-of-memory killer, a
-lost machine). So while one lives its owner holds an operating-system lock (flock) on the file OWNER inside it; the
-lock goes with the process however that ends, and the next streamed run on the same shard home removes every
-scratch directory whose lock it can take (`reap`). A directory without that file, or whose file is not lightfmp's,
-is left alone, and so is everything where the system has no flock."""
+A streamed run writes two temporary directories into the shard home, each about as large as the encoded file: the
+coded batches of the fit pass (`lightfmp.coded.CodedStore`) and the shards being built (`lightfmp.shards.
+ShardWriter`); `lightfmp data fetch kddcup04-bio` downloads a 22 MB wheel into one beside its table. Each goes when
+its command ends, however it ends, unless the process is killed outright (SIGKILL, the out-of-memory killer, a lost
+machine). So while one lives its owner holds an operating-system lock (flock) on the file OWNER inside it; the lock
+goes with the process however that ends, and the next command that makes such a directory in the same place removes
+every one whose lock it can take (`reap`). A directory without that file, or whose file is not lightfmp's, is left
+alone, and so is one another machine made (on a shared file system its lock may not show here), and everything where
+the system has no flock."""
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -43,7 +46,8 @@ class Claim:
             path.unlink(missing_ok=True)
             return
         try:  # under the lock: a whole record means its writer held the lock
-            os.write(fd, json.dumps({"format": OWNER_FORMAT, "pid": os.getpid()}).encode())
+            record = {"format": OWNER_FORMAT, "pid": os.getpid(), "host": socket.gethostname()}
+            os.write(fd, json.dumps(record).encode())
         except BaseException:
             os.close(fd)
             raise
@@ -96,8 +100,11 @@ def reap(home: Path) -> list[Path]:
 
 
 def _ours(fd: int) -> bool:
+    """lightfmp's record in full, written on this machine: a lock another machine holds on a shared file system may
+    be invisible here (NFS mounted with local locks), so only this machine's directories are ever removed."""
     try:
         record = json.loads(os.pread(fd, 4096, 0))
     except (OSError, ValueError):
         return False
-    return isinstance(record, dict) and record.get("format") == OWNER_FORMAT
+    return isinstance(record, dict) and record.get("format") == OWNER_FORMAT \
+        and record.get("host") == socket.gethostname()

@@ -91,6 +91,9 @@ class Predictor:
 
 def _frame(records) -> pd.DataFrame:
     if isinstance(records, pd.DataFrame):
+        if isinstance(records.columns, pd.MultiIndex):  # "name" in them matches a first level, and reads a frame
+            raise LightFMPError(f"records have {records.columns.nlevels} levels of column names; give one, the "
+                                f"field names (e.g. records.columns = records.columns.get_level_values(0))")
         return records.reset_index(drop=True)
     if isinstance(records, dict):
         lists = records and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values())

@@ -79,6 +79,11 @@ class SplitRule:
     time_ties: str = "together"  # "together": rows of one time in one split; "rank": by file order (older runs)
     group_column: str | None = None
 
+    def __post_init__(self):
+        if self.time_column and self.group_column:  # a config changed in place skips the flags' check
+            raise LightFMPError(f"--time-column {self.time_column} and --group-column {self.group_column}: give one "
+                                f"split rule, not both")
+
     @property
     def kind(self) -> str:
         return "time" if self.time_column else "group" if self.group_column else "hash"

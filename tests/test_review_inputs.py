@@ -336,7 +336,7 @@ def test_an_inferred_categorical_column_with_no_value_seen_twice_is_refused(tmp_
         out = tmp_path / f"out_{column}"
         one_line_error(cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST),
                        f"column '{column}' was inferred categorical (text)", "--min-count (2)",
-                       f"--ignore {column}", f"--numeric {column}")
+                       f"--ignore {column}", f"--hash-buckets {column}:N", "--min-count 1", f"--numeric {column}")
         assert not out.exists()
     p = tmp_path / "row.csv"
     r = cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "ok", *FAST,

@@ -88,12 +88,29 @@ def test_a_killed_shard_writers_directory_goes_with_the_next_writer(tmp_path):
     assert sorted(p.name for p in (home / "b").iterdir()) == [WRITTEN, "manifest.json"]  # no owner file published
 
 
-def test_a_directory_whose_owner_file_is_not_lightfmps_stays(tmp_path):
+def test_a_directory_whose_owner_file_is_not_lightfmps_or_another_machines_stays(tmp_path):
+    """Not lightfmp's record, an empty one, or one another machine wrote (on a shared file system its lock may not
+    show here): left alone, though nothing holds its lock."""
     home = tmp_path / "shards"
-    for name, record in ((".a.tmp", {"format": "other"}), (".b.tmp", None)):
+    for name, record in ((".a.tmp", {"format": "other"}), (".b.tmp", None),
+                         (".c.tmp", {"format": "lightfmp-scratch", "pid": 1, "host": "another-machine"})):
         (home / name).mkdir(parents=True)
         (home / name / OWNER).write_text(json.dumps(record) if record else "")
     (home / "plain").mkdir()  # not a scratch name
     (home / "plain" / OWNER).write_text(json.dumps({"format": "lightfmp-scratch"}))
     assert reap(home) == []
-    assert sorted(p.name for p in home.iterdir()) == [".a.tmp", ".b.tmp", "plain"]
+    assert sorted(p.name for p in home.iterdir()) == [".a.tmp", ".b.tmp", ".c.tmp", "plain"]
+
+
+def test_a_streamed_run_that_reuses_its_shards_still_removes_what_a_killed_run_left(tmp_path):
+    from helpers import write_csv
+    from lightfmp.config import RunConfig
+    from lightfmp.dataset import load_dataset
+    home = tmp_path / "shards"
+    cfg = RunConfig.of(data=str(write_csv(tmp_path, n=300)), label="label", shard_dir=str(home), stream=True,
+                       multi_hot=["tags:|"]).data
+    load_dataset(cfg)  # encodes: shards and the fitted schema are cached
+    stale = _killed(STORE, home)
+    assert Path(stale).is_dir()
+    load_dataset(cfg)  # reuses both: no scratch of its own
+    assert not Path(stale).exists()

