@@ -14,6 +14,7 @@ same global batch sequence and trains on its slice of each global batch (lightfm
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -117,8 +118,16 @@ def validate(model: CTRModel, rows: Rows, device: str = "cpu", batch_size: int =
 def warm_up() -> None:
     """Pay torch's one-time lazy imports before any timed phase: the first optimizer a process builds imports
     torch._dynamo (1-2 s on a small machine), which would otherwise count as training time of whichever phase or
-    selector happens to run first."""
-    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    selector happens to run first. Those imports are ~900 modules: a Ctrl-C among them (a notebook's first run) would
+    leave some half-initialised for the rest of the process (every later run failing inside torch), so the modules
+    an interrupted import added are taken out again and the next call imports them afresh."""
+    before = set(sys.modules)
+    try:
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    except BaseException:
+        for name in set(sys.modules) - before:
+            sys.modules.pop(name, None)
+        raise
 
 
 # ---- batches ---------------------------------------------------------------------------------------------------

@@ -107,3 +107,37 @@ def test_a_child_forked_while_another_thread_trains_can_train():
     finally:
         release.set()
         t.join()
+
+
+def test_an_interrupted_first_run_leaves_torchs_lazy_imports_importable_again():
+    """Ctrl-C while the first optimizer imports torch._dynamo (~900 modules, seconds): the modules that import added
+    are taken out again, so the next run imports them afresh (before: every later run failed inside torch, on a
+    half-initialised sympy). Simulated in a fresh interpreter: an import deep in that chain raises KeyboardInterrupt
+    once."""
+    import subprocess
+    import sys
+    code = """
+import sys
+from lightfmp.training import warm_up
+
+class Once:
+    fired = False
+    def find_spec(self, name, path=None, target=None):
+        if name == "sympy.printing" and not Once.fired:
+            Once.fired = True
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, Once())
+try:
+    warm_up()
+except KeyboardInterrupt:
+    print("interrupted")
+warm_up()
+import torch
+m = torch.nn.Linear(2, 1)
+torch.optim.Adam(m.parameters()).step()
+print("fine", Once.fired)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ["interrupted", "fine", "True"], r.stderr[-2000:]
