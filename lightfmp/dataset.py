@@ -38,9 +38,9 @@ from .formats import check_source, fixed_label, implies_stream, read_batches, re
 from .io import data_signature, file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter
-from .scratch import reap
 from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
+from .scratch import reap
 from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
                      shard_key)
 from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, row_uniform, time_codes
