@@ -30,7 +30,7 @@ import pyarrow as pa
 from .encoding import Tokens
 from .errors import LightFMPError
 from .io import make_dirs, os_errors_of
-from .scratch import Claim, reap
+from .scratch import Claim
 
 
 @dataclass
@@ -54,8 +54,8 @@ class Coded:
 
 class CodedStore:
     """The coded batches of a file, in order: in memory (`root` None) or in a scratch directory under `root`,
-    removed by `close()` (use as a context manager); one that a killed process left there is removed by the next
-    store made under the same `root` (`lightfmp.scratch`)."""
+    removed by `close()` (use as a context manager); claimed (`lightfmp.scratch`), so that one a killed process left
+    there is removed by the next streamed run (`lightfmp.dataset.load_dataset`)."""
 
     def __init__(self, root: Path | None = None):
         self._held: list[Coded] = []
@@ -93,7 +93,6 @@ class CodedStore:
             if self._dir is None:  # made on the first batch, so a file that cannot be read leaves nothing
                 self._made = [d for d in [self._root, *self._root.parents][::-1] if not d.exists()]
                 make_dirs(self._root)
-                reap(self._root)
                 self._dir = Path(tempfile.mkdtemp(prefix=".coded-", suffix=".tmp", dir=self._root))
                 with os_errors_of(self._dir):
                     self._claim = Claim(self._dir)

@@ -115,7 +115,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     on_disk = streaming(cfg)
     if on_disk:
         check_home(cfg.shard_dir, path)
-        reap(shard_home(cfg.shard_dir))  # what a killed run left there, whether or not this one encodes
+        reap(shard_home(cfg.shard_dir))  # the one place: what a killed run left, whether or not this one encodes
 
         def batches():
             yield from read_tables(path, fmt, cfg.chunk_rows)

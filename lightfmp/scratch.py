@@ -5,10 +5,10 @@ coded batches of the fit pass (`lightfmp.coded.CodedStore`) and the shards being
 ShardWriter`); `lightfmp data fetch kddcup04-bio` downloads a 22 MB wheel into one beside its table. Each goes when
 its command ends, however it ends, unless the process is killed outright (SIGKILL, the out-of-memory killer, a lost
 machine). So while one lives its owner holds an operating-system lock (flock) on the file OWNER inside it; the lock
-goes with the process however that ends, and the next command that makes such a directory in the same place removes
-every one whose lock it can take (`reap`). A directory without that file, or whose file is not lightfmp's, is left
-alone, and so is one another machine made (on a shared file system its lock may not show here), and everything where
-the system has no flock."""
+goes with the process however that ends, and the next streamed run on the same shard home
+(`lightfmp.dataset.load_dataset`), or the next fetch, removes every one whose lock it can take (`reap`). A directory
+without that file, or whose file is not lightfmp's, is left alone, and so is one another machine made (on a shared
+file system its lock may not show here), and everything where the system has no flock."""
 from __future__ import annotations
 
 import json

@@ -30,7 +30,7 @@ from .errors import LightFMPError
 from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, os_errors_of, write_json_atomic,
                  write_text_atomic)
 from .schema import FeatureSchema
-from .scratch import Claim, reap
+from .scratch import Claim
 from .splits import SPLITS, SplitRule
 
 SHARD_FORMAT_VERSION = 2  # the layout of a shard directory and its manifest
@@ -91,8 +91,8 @@ class ShardStore:
 class ShardWriter:
     """Builds a shard directory under a temporary name: `add(ids=, labels=, rows=, split=)` per batch, then
     `finish(**manifest fields)` writes the manifest; the directory appears under its key only when the block
-    succeeds (use as a context manager). Its temporary directory is claimed (`lightfmp.scratch`): the next writer
-    under the same home removes one that a killed process left there."""
+    succeeds (use as a context manager). Its temporary directory is claimed (`lightfmp.scratch`): the next streamed
+    run removes one that a killed process left (`lightfmp.dataset.load_dataset`)."""
 
     def __init__(self, root: Path, key: str, num_slots: int):
         self.root, self.key, self.num_slots = root, key, int(num_slots)
@@ -100,7 +100,6 @@ class ShardWriter:
 
     def __enter__(self) -> "ShardWriter":
         # the key names the directory: one of ours even when its manifest is what went missing
-        reap(self.root.parent)
         self._ctx = atomic_dir(self.root, force=True, kind="shard directory", owned=lambda p: p.name == self.key)
         self.tmp = self._ctx.__enter__()
         try:

@@ -115,7 +115,8 @@ def test_group_column_puts_every_group_in_one_split_in_both_stores(tmp_path):
             codes[data.split_rows(name).row_numbers()] = code
         assert codes.tolist() == [want[v] for v in df["user"]]
         got.append(codes)
-        assert data.split == {**SplitRule((0.8, 0.1, 0.1), 5, group_column="user").to_dict(), "rule": "group"}
+        assert data.split == SplitRule((0.8, 0.1, 0.1), 5, group_column="user").to_dict()
+        assert data.split["rule"] == "group" and data.split["group_column"] == "user"
     assert np.array_equal(*got)
     assert SplitRule.from_dict(SplitRule((0.8, 0.1, 0.1), 5, group_column="user").to_dict()).group_column == "user"
     named = load_dataset(cfg_for(tmp_path / "g.csv", tmp_path, group_column="user", categorical="user").data)

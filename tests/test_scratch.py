@@ -1,5 +1,5 @@
-"""Scratch directories in the shard home: one that a killed process left is removed by the next streamed writer
-there; one whose owner lives, or that lightfmp did not claim, stays."""
+"""Scratch directories in the shard home: one that a killed process left is removed by the next streamed run
+there (`load_dataset`, the one place that reaps it); one whose owner lives, or that lightfmp did not claim, stays."""
 import json
 import subprocess
 import sys
@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from helpers import write_csv
 from lightfmp.coded import CodedStore
+from lightfmp.config import RunConfig
+from lightfmp.dataset import load_dataset
 from lightfmp.io import WRITTEN
 from lightfmp.scratch import OWNER, reap
-from lightfmp.shards import ShardWriter
 
 pytest.importorskip("fcntl")
 
@@ -46,19 +48,25 @@ STORE = "import sys\nfrom pathlib import Path\nfrom lightfmp.coded import CodedS
         "store = CodedStore(Path(sys.argv[1]))\nstore.add(batch)\nwhere = store._dir\n"
 
 
-def test_coded_batches_left_by_a_killed_run_go_with_the_next_store(tmp_path):
+def _streamed(tmp_path, home):
+    return RunConfig.of(data=str(write_csv(tmp_path, n=300)), label="label", shard_dir=str(home), stream=True,
+                        multi_hot=["tags:|"]).data
+
+
+def _scratch(home) -> list[str]:
+    return sorted(p.name for p in home.iterdir() if p.name.endswith(".tmp"))
+
+
+def test_coded_batches_left_by_a_killed_run_go_with_the_next_streamed_run(tmp_path):
     home = tmp_path / "shards"
     stale = _killed(STORE, home)
-    assert Path(stale).is_dir() and Path(stale).parent == home
+    assert Path(stale).is_dir() and Path(stale).parent == home and (Path(stale) / OWNER).is_file()
     foreign = home / ".coded-mine.tmp"  # not claimed: someone else's, or older than claims
     foreign.mkdir()
     (foreign / "x").write_text("keep")
-    with CodedStore(home) as store:
-        store.add(_batch())
-        assert not Path(stale).exists()
-        assert sorted(p.name for p in home.iterdir()) == sorted([foreign.name, store._dir.name])
-        assert (store._dir / OWNER).is_file()
-    assert [p.name for p in home.iterdir()] == [foreign.name] and (foreign / "x").read_text() == "keep"
+    load_dataset(_streamed(tmp_path, home))
+    assert not Path(stale).exists()
+    assert _scratch(home) == [foreign.name] and (foreign / "x").read_text() == "keep"  # and its own went at its end
 
 
 def test_a_live_owners_scratch_stays(tmp_path):
@@ -75,17 +83,18 @@ def test_a_live_owners_scratch_stays(tmp_path):
     assert p.returncode == 0 and not home.exists()  # the owner removed its directory, and the home it made
 
 
-def test_a_killed_shard_writers_directory_goes_with_the_next_writer(tmp_path):
+def test_a_killed_shard_writers_directory_goes_with_the_next_streamed_run(tmp_path):
     home = tmp_path / "shards"
     stale = _killed("import sys\nfrom pathlib import Path\nfrom lightfmp.shards import ShardWriter\n"
                     "w = ShardWriter(Path(sys.argv[1]) / 'a', 'a', 2).__enter__()\n"
                     "w.add(ids=np.zeros((4, 2), np.int64), labels=np.zeros(4, np.float32), "
                     "rows=np.arange(4), split=np.zeros(4, np.int8))\nwhere = w.tmp\n", home)
     assert Path(stale).is_dir()
-    with ShardWriter(home / "b", "b", 2) as w:
-        w.finish()
-    assert [p.name for p in home.iterdir()] == ["b"]
-    assert sorted(p.name for p in (home / "b").iterdir()) == [WRITTEN, "manifest.json"]  # no owner file published
+    load_dataset(_streamed(tmp_path, home))
+    assert not Path(stale).exists() and _scratch(home) == []
+    shards = [p for p in home.iterdir() if p.is_dir() and p.name != "fits"]
+    assert len(shards) == 1 and WRITTEN in {p.name for p in shards[0].iterdir()}
+    assert OWNER not in {p.name for p in shards[0].iterdir()}  # the claim is not published with the shards
 
 
 def test_a_directory_whose_owner_file_is_not_lightfmps_or_another_machines_stays(tmp_path):
@@ -103,12 +112,8 @@ def test_a_directory_whose_owner_file_is_not_lightfmps_or_another_machines_stays
 
 
 def test_a_streamed_run_that_reuses_its_shards_still_removes_what_a_killed_run_left(tmp_path):
-    from helpers import write_csv
-    from lightfmp.config import RunConfig
-    from lightfmp.dataset import load_dataset
     home = tmp_path / "shards"
-    cfg = RunConfig.of(data=str(write_csv(tmp_path, n=300)), label="label", shard_dir=str(home), stream=True,
-                       multi_hot=["tags:|"]).data
+    cfg = _streamed(tmp_path, home)
     load_dataset(cfg)  # encodes: shards and the fitted schema are cached
     stale = _killed(STORE, home)
     assert Path(stale).is_dir()

