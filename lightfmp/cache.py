@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import LightFMPError
 from .io import check_name_length
 
 __all__ = ["cache_home", "say", "ENV_VAR"]
@@ -16,6 +17,8 @@ ENV_VAR = "LIGHTFMP_HOME"
 def cache_home(home: str | Path | None = None) -> Path:
     """``home`` when given, else $LIGHTFMP_HOME, else ~/.cache/lightfmp (``~`` expanded; not created; a name no
     file system takes is refused here, before any work)."""
+    if home is not None and not isinstance(home, (str, os.PathLike)):
+        raise LightFMPError(f"home {home!r}: a folder path (str or Path), got {type(home).__name__}")
     base = home or os.environ.get(ENV_VAR) or Path.home() / ".cache" / "lightfmp"
     path = Path(base).expanduser()
     check_name_length(path)

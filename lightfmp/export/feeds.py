@@ -6,6 +6,7 @@ import zlib
 import numpy as np
 import pandas as pd
 
+from ..errors import LightFMPError
 from ..schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, as_float, cell_strings, encode_field, split_multi
 from .contract import InputSpec
 
@@ -30,6 +31,42 @@ def feeds_from_frame(df: pd.DataFrame, schema: FeatureSchema, raw: bool = False)
                 out[r, :len(toks)] = toks
             feeds[f.name] = out
     return feeds
+
+
+def check_feeds(specs: list[InputSpec], feeds) -> dict[str, np.ndarray]:
+    """`feeds` as the graph takes them, or a one-line error: one array per input, no other names, the rows of each
+    the same, the shape (one value a row; [rows, max_len] for a multi-hot field) and the type (whole numbers for
+    ids, numbers for numeric fields, text for raw fields) each input's spec names."""
+    if not isinstance(feeds, dict):
+        raise LightFMPError(f"feeds: a dict of input name -> array, got {type(feeds).__name__}")
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in feeds]
+    extra = [str(n) for n in feeds if n not in names]
+    if missing or extra:
+        raise LightFMPError(f"feeds: {'missing ' + ', '.join(map(repr, missing)) if missing else ''}"
+                            f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(map(repr, extra)) if extra else ''}"
+                            f" (the model's inputs: {', '.join(names)})")
+    out, rows = {}, None
+    for s in specs:
+        a = np.asarray(feeds[s.name])
+        want = 2 if s.kind == "multi_hot" else 1
+        if a.ndim != want or (want == 2 and a.shape[1] != s.width):
+            raise LightFMPError(f"feeds: input '{s.name}' has shape {list(a.shape)}, expected "
+                                f"{['rows', s.width] if want == 2 else ['rows']}")
+        if rows is not None and len(a) != rows:
+            raise LightFMPError(f"feeds: input '{s.name}' has {len(a):,} rows, '{specs[0].name}' {rows:,}")
+        rows = len(a)
+        kind = a.dtype.kind
+        if s.dtype == "string":
+            ok = kind in "OUS"
+        elif s.dtype == "float32":
+            ok = kind in "iuf"
+        else:
+            ok = kind in "iu"
+        if not ok:
+            raise LightFMPError(f"feeds: input '{s.name}' holds {a.dtype} values, expected {s.dtype}")
+        out[s.name] = a.astype(object) if s.dtype == "string" else a.astype(s.dtype, copy=False)
+    return out
 
 
 def sample_feeds(specs: list[InputSpec], batch: int, seed: int = 0, vocabs: dict[str, list[str]] | None = None,
