@@ -390,5 +390,14 @@ class VocabIndex:
         return np.where((self.sorted[at] == h) & same, cand, -1).astype(np.int64)
 
 
-__all__ = ["MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
+def unicode_text(text: str) -> bool:
+    """Whether UTF-8 can hold `text` (a JSON or Python string may hold half of a UTF-16 pair: "\\ud800")."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+__all__ = ["unicode_text", "MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
            "Tokens", "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex"]

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .encoding import float_cells, value_text
+from .encoding import float_cells, unicode_text, value_text
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -211,6 +211,9 @@ def _value_rule(f: Field):
         def join(v):
             if isinstance(v, (list, tuple, np.ndarray)):
                 bad = [t for t in v if not isinstance(t, (str, numbers.Integral)) or isinstance(t, bool)]
+                for t in v:
+                    if isinstance(t, str):
+                        _scalar(f, t)
                 if bad:
                     raise LightFMPError(f"field '{f.name}' (multi-hot) got token {bad[0]!r} "
                                         f"({type(bad[0]).__name__}) in {list(v)!r}")
@@ -292,6 +295,9 @@ def narrow_texts(x: float) -> list[str]:
 
 
 def _scalar(f: Field, v) -> None:
+    if isinstance(v, str) and not unicode_text(v):
+        raise LightFMPError(f"field '{f.name}': a text value is not valid Unicode (a lone surrogate such as "
+                            f"'\\ud800'), so it has no UTF-8 form to look up")
     if _missing(v) or isinstance(v, (str, bytes, numbers.Number, np.generic, datetime.date, datetime.time,
                                       datetime.timedelta)):  # bytes: a Parquet binary column's values
         return

@@ -796,3 +796,17 @@ def test_predictor_run_refuses_feeds_unlike_the_graphs_inputs_in_one_line(s, mod
     # arrays of a compatible type are taken as the graph's (lists, other int widths)
     cast = {k: (v.tolist() if v.dtype != object else v) for k, v in feeds.items()}
     assert np.array_equal(p.run(cast), good)
+
+
+@pytest.mark.parametrize("field,value", [("city", "\ud800"), ("tags", "a|\udfff"), ("tags", ["a", "x\ud83d"])])
+def test_predictor_refuses_a_text_utf8_cannot_hold_naming_record_and_field(s, field, value):
+    p = Predictor(get_export(s, "mlp"))
+    rec = {"city": "paris", "dev": "3", "price": 4.5, "tags": "a", "noise": "1"}
+    with pytest.raises(LightFMPError, match=re.escape(f"record 1, field '{field}': a text value is not valid Unicode")):
+        p.predict([rec, {**rec, field: value}])
+
+
+@pytest.mark.parametrize("threads", [10 ** 6, 1025, -1, 2.0, True])
+def test_predictor_refuses_a_thread_count_past_the_cap_before_starting_any(s, threads):
+    with pytest.raises(LightFMPError, match=re.escape(f"threads {threads!r}: must be a whole number from 0 to 1024")):
+        Predictor(get_export(s, "mlp"), threads=threads)

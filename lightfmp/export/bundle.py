@@ -147,8 +147,10 @@ def session(path: str | Path, threads: int | None = None, profile_prefix: str | 
     """An InferenceSession on `path` (CPU unless `providers` says otherwise). `threads`: intra-op threads, one
     inter-op thread; `profile_prefix`: write an ONNX Runtime profiling trace with this prefix."""
     import onnxruntime as ort
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 0):
-        raise LightFMPError(f"threads {threads!r}: must be a whole number >= 0 (0 or None: ONNX Runtime's default)")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral)
+                                or not 0 <= threads <= MAX_THREADS):
+        raise LightFMPError(f"threads {threads!r}: must be a whole number from 0 to {MAX_THREADS} (0 or None: ONNX "
+                            f"Runtime's default)")
     if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
         raise LightFMPError(f"providers {providers!r}: must be a list of ONNX Runtime provider names, such as "
                             f"['CPUExecutionProvider']")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..encoding import unicode_text
 from ..export.contract import InputSpec, ServingContract
 
 DATATYPES = {"int64": "INT64", "float32": "FP32", "string": "BYTES"}
@@ -313,15 +314,6 @@ def _request_id(doc: dict) -> str | None:
     return rid
 
 
-def unicode_text(text: str) -> bool:
-    """Whether UTF-8 can hold `text` (a JSON string may escape half of a UTF-16 pair: "\\ud800")."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _binary_output(doc: dict, output: str) -> bool:
     params = doc.get("parameters")
     if params is not None and not isinstance(params, dict):  # [], 0 and false too: never read as no parameters
@@ -369,4 +361,4 @@ def infer_response(model: str, output: str, probs: np.ndarray, request_id: str |
 
 
 __all__ = ["RequestError", "InferRequest", "model_metadata", "parse_infer", "infer_response", "loads", "dumps",
-           "unicode_text", "NonFinite", "wire_shape", "DATATYPES", "HEADER_LENGTH", "VERSION"]
+           "NonFinite", "wire_shape", "DATATYPES", "HEADER_LENGTH", "VERSION"]

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..errors import LightFMPError
 from ..serving import Predictor
-from .protocol import NonFinite, RequestError, loads, unicode_text
+from ..encoding import unicode_text
+from .protocol import NonFinite, RequestError, loads
 
 
 def parse_records(body: bytes) -> list[dict]:
