@@ -5,7 +5,6 @@ import contextlib
 import inspect
 import math
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -241,7 +240,7 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
     truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                        redundant=redundant, fmt=fmt)
     out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, label column '{truth['label']}', "
-              f"CTR {truth['ctr']:.3f}) and {Path(out_dir) / 'truth.json'}", highlight=False)
+              f"CTR {truth['ctr']:.3f}) and {Path(truth['data_file']).parent / 'truth.json'}", highlight=False)
 
 
 @data_app.command("fetch", cls=Command)
@@ -267,20 +266,23 @@ bench_cmds.register(app)
 
 
 def main() -> None:
-    code = 1
+    code = None
     try:
         app(prog_name="lightfmp")
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         raise
-    finally:  # the command is over, whatever its outcome: a stop signal while the interpreter shuts down (torch's
-        # teardown takes a moment) ends it at once with the command's own exit code, not as killed over its work
-        with contextlib.suppress(OSError, ValueError):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: os._exit(code))
+    finally:
+        if code is not None:  # the command is over (done, refused or stopped), its files closed and its temporaries
+            # removed: the process ends here with its exit code. The interpreter's teardown (torch's takes a moment)
+            # would add only a window in which a stop signal kills the process over finished work (Python restores
+            # the default handlers as it shuts down) and, after a stop inside an extension's import, tens of lines
+            # of leak reports. An unexpected exception goes on to its traceback as usual.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
 
 
 if __name__ == "__main__":

@@ -79,11 +79,16 @@ def register(app) -> None:
         with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
             if kwargs["quick"]:
                 cfg = quick_config(cfg, tmp)
-            if fractions is not None:
-                doc = ablate_subset(cfg, k, seeds, fractions, reporter)
-            else:
-                doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=curve, reporter=reporter,
-                                on_table=save_table)
+            try:
+                if fractions is not None:
+                    doc = ablate_subset(cfg, k, seeds, fractions, reporter)
+                else:
+                    doc = run_bench(cfg, k, seeds, methods, quick=kwargs["quick"], curve=curve, reporter=reporter,
+                                    on_table=save_table)
+            except LightFMPError as e:  # what the --quick sample showed is said of the user's file, not the sample
+                if not kwargs["quick"]:
+                    raise
+                raise LightFMPError(str(e).replace(str(cfg.data.data), f"{source} (its --quick sample)")) from None
         doc["data"] = str(source)  # the user's file, not the temporary sample a --quick run read
         if json_file:
             write_json(doc, json_file)

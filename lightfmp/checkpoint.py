@@ -34,7 +34,7 @@ BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch
 LEAST_LOSSES = "valid_losses.least"  # the per-row losses of the epoch with the lowest validation logloss
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
-_hint = {"dir": None, "phase": None, "epoch": None, "done": None}
+_hint = {"dir": None, "phase": None, "epoch": None, "done": None, "after": None}
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -89,14 +89,29 @@ def _checkpoint_file(p: Path) -> bool:
     return False
 
 
-def config_sha256(cfg) -> str:
-    """Hash of everything that changes what training computes (the shard cache location does not)."""
+def _computed(cfg) -> dict:
+    """Everything that changes what training computes (the shard cache location does not), by flat key."""
     d = {k: v for k, v in cfg.flat().items() if k not in ("shard_dir",)}
     if d.get("init_seed") in (None, d.get("seed")):  # the default: the same run as before the flag existed
         d.pop("init_seed", None)
     if d.get("group_column") is None:  # likewise: checkpoints of a version without the flag still resume
         d.pop("group_column", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()
+    return d
+
+
+def config_sha256(cfg) -> str:
+    """Hash of everything that changes what training computes (the shard cache location does not)."""
+    return hashlib.sha256(json.dumps(_computed(cfg), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_difference(old, new) -> str | None:
+    """The first setting (by name) that `config_sha256` tells apart in two configs, as "KEY: OLD there, NEW now";
+    None where it tells none apart."""
+    a, b = _computed(old), _computed(new)
+    key = next((k for k in sorted(set(a) | set(b)) if json.dumps(a.get(k), default=str) != json.dumps(b.get(k),
+                                                                                                     default=str)),
+               None)
+    return None if key is None else f"{key}: {a.get(key)!r} there, {b.get(key)!r} now"
 
 
 def _sha256(text: str) -> str:
@@ -106,6 +121,8 @@ def _sha256(text: str) -> str:
 def resume_hint() -> str:
     if _hint.get("done"):  # the command's result was published before the stop: nothing is lost
         return f"{_hint['done']} was written in full before that; nothing to rerun"
+    if _hint["dir"] is None and _hint.get("after") and _hint.get("resumable", True):
+        return f"rerun the same command to resume after phase 1 (complete in {_hint['after']})"
     if _hint["dir"] is None or not _hint.get("resumable", True):
         return "rerun the same command to start again"
     if not _hint["epoch"]:  # nothing of this phase saved yet (the phases before it are, in the run directory)
@@ -117,7 +134,13 @@ def resume_hint() -> str:
 def reset_hint(resumable: bool = True) -> None:
     """Forget the phase of an earlier command (a process that runs several, e.g. the tests); `resumable` False: this
     command's checkpoints are not resumed (`bench` trains in a temporary folder), so a stop says to start again."""
-    _hint.update(dir=None, phase=None, epoch=None, resumable=resumable, done=None)
+    _hint.update(dir=None, phase=None, epoch=None, resumable=resumable, done=None, after=None)
+
+
+def phase1_published(out: str | Path) -> None:
+    """Phase 1 is in the run directory `out` and its checkpoint gone (`run` goes on to phases 2-3): a stop before
+    phase 3 saves an epoch resumes after phase 1."""
+    _hint.update(dir=None, phase=None, epoch=None, after=str(out))
 
 
 def published(out: str | Path) -> None:

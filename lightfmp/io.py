@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import LightFMPError, shown_type
+from .scratch import Claim, reap
 
 RUN_FORMAT = "lightfmp-run"
 SHARDS_FORMAT = "lightfmp-shards"
@@ -556,13 +557,19 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
     """Yield a temporary sibling directory; it replaces `path` only when the block succeeds, with the record of what
     it holds (WRITTEN). An existing `path` is replaced only with `force` and only when lightfmp wrote it as a
     directory of `kind` (see `check_out`, which runs before the block and again before the replacement); `in_place`:
-    as `check_out`'s."""
+    as `check_out`'s. The temporary is claimed while it lives (`lightfmp.scratch`), and the claimed temporaries of
+    killed writers beside `path` are removed first, so a SIGKILLed run or export does not leave one for good."""
     path = Path(path)
     check_out(path, force, kind, owned, in_place)
     path.parent.mkdir(parents=True, exist_ok=True)
+    reap(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
+    claim = None
     try:
+        with os_errors_of(tmp):
+            claim = Claim(tmp)
         yield tmp
+        claim.disown()  # not published with the directory; the lock is held until it is
         _record(tmp, _tree(tmp))
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
@@ -592,6 +599,8 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             os.replace(tmp, path)
     finally:
         remove_tree(tmp)
+        if claim is not None:
+            claim.close()
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100

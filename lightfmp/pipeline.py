@@ -19,7 +19,7 @@ from rich.markup import escape
 
 from . import checkpoint as ckpt_files
 from . import distributed as dist
-from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_sha256
+from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_difference, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
@@ -261,6 +261,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                             checkpoints=weights, optimizer=optimizer)
         if keep_checkpoints:
             ckpt.discard()
+            ckpt_files.phase1_published(out)
         else:
             ckpt_files.published(out)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
@@ -537,7 +538,13 @@ def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | No
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch
-    if dist.broadcast_int(int(dist.is_main() and _phase1_done(cfg, out))):
+    done = False
+    if dist.is_main():
+        done, why = _phase1_done(cfg, out)
+        if why is not None and not force:
+            raise LightFMPError(f"{out}: holds an unfinished run of {why}, so this command does not resume it; rerun "
+                                f"the command that started it, or pass --force to start again")
+    if dist.broadcast_int(int(done)):
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
         metrics = None
     else:
@@ -548,17 +555,23 @@ def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | No
     return _prune(open_run(out), None, None, None, quiet, data)
 
 
-def _phase1_done(cfg: RunConfig, out: Path) -> bool:
-    """An earlier `run` of this config finished phase 1 into `out` and was interrupted afterwards (its run.json marks
-    it unfinished; a run by an older lightfmp: its checkpoint folder is still there)."""
+def _phase1_done(cfg: RunConfig, out: Path) -> tuple[bool, str | None]:
+    """(whether an earlier `run` of this config and data finished phase 1 into `out` and was interrupted afterwards
+    (its run.json marks it unfinished; a run by an older lightfmp: its checkpoint folder is still there), why such a
+    run in `out` is not this command's: other settings or other data; None where it is, or there is none)."""
     if cfg.train.no_select or not out.is_dir():
-        return False
+        return False, None
     try:
         r = open_run(out)
     except LightFMPError:
-        return False
-    if r.state != "pretrained" or not r.select or config_sha256(_normalize(r.config)) != config_sha256(cfg):
-        return False
-    if not r.info.get(UNFINISHED) and not checkpoint_dir(out).is_dir():
-        return False
-    return bool(cfg.data.data) and Path(cfg.data.data).exists() and r.info.get("data_sha256") == file_sha256(cfg.data.data)
+        return False, None
+    if r.state != "pretrained" or not r.select or not r.info.get(UNFINISHED) and not checkpoint_dir(out).is_dir():
+        return False, None
+    if config_sha256(_normalize(r.config)) != config_sha256(cfg):
+        changed = config_difference(_normalize(r.config), cfg)
+        return False, "other settings" + (f" ({changed})" if changed else "")
+    if not cfg.data.data or not Path(cfg.data.data).exists():
+        return False, None
+    if r.info.get("data_sha256") != file_sha256(cfg.data.data):
+        return False, f"other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from run.json)"
+    return True, None

@@ -63,7 +63,8 @@ class Run:
         return bool(self.info["select"])
 
     def metrics(self) -> dict:
-        """RUN/metrics.json, checked to hold every key the readers of a run in this state use."""
+        """RUN/metrics.json, checked to hold every key the readers of a run in this state use (and by `open_run` to
+        be the file the run wrote)."""
         p = self.path / "metrics.json"
         m = read_json(p)
         keys = METRICS_KEYS + (GATED_KEYS if self.select else ()) + STATE_KEYS[self.state]
@@ -226,6 +227,7 @@ def _load_weights(model: CTRModel, path: Path, info: dict) -> CTRModel:
 
 
 WEIGHTS_KEY = "weights_sha256"  # run.json: each tensor file's sha256, as written
+METRICS_KEY = "metrics_sha256"  # run.json: metrics.json's sha256, as written
 RECORD_KEY = "lightfmp"  # the header's one metadata entry: JSON with sorted keys (the file's bytes reproduce)
 
 
@@ -337,6 +339,8 @@ def _read_info(p: Path) -> dict:
     hashes = info.get(WEIGHTS_KEY, {})
     if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
         raise LightFMPError(f"{marker}: '{WEIGHTS_KEY}' must map file names to sha256 texts (edited?)")
+    if not isinstance(info.get(METRICS_KEY, ""), str):
+        raise LightFMPError(f"{marker}: '{METRICS_KEY}' must be a sha256 text (edited?)")
     return info
 
 
@@ -390,8 +394,17 @@ def open_run(path: str | Path) -> Run:
     now, fields = trained_record(info, run.config), _fields_read(metrics)
     for path in weights:  # runs written before the weights carried these records have none to compare
         meta = _check_weights(path)
-        _check_trained(p, now, path, meta)
-        _check_fields(p, fields.get(path.name), path, meta)
+        try:
+            _check_trained(p, now, path, meta)
+            _check_fields(p, fields.get(path.name), path, meta)
+        except LightFMPError:  # where the weights file is what changed (another run's copied in), it is named
+            _check_unchanged(path, info)
+            raise
+    # last, so that the checks above name what an edit broke where they can: metrics.json is the file the run wrote
+    # (its sha256 in run.json; runs written before it was recorded have none)
+    if METRICS_KEY in info and file_sha256(p / "metrics.json") != info[METRICS_KEY]:
+        raise LightFMPError(f"{p / 'metrics.json'}: changed since the run wrote it (sha256 differs from run.json), so "
+                            f"what it says of the gates and the kept fields is not the run's: restore it or train again")
     return run
 
 
@@ -427,4 +440,5 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         write_json_atomic(d / "history.json", history)
     if metrics is not None:
         write_json_atomic(d / "metrics.json", metrics)
+        info = {**info, METRICS_KEY: file_sha256(d / "metrics.json")}
     write_json_atomic(d / "run.json", {"format": FORMAT, "format_version": FORMAT_VERSION, **info})

@@ -27,10 +27,9 @@ import pyarrow as pa
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, os_errors_of, write_json_atomic,
+from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, write_json_atomic,
                  write_text_atomic)
 from .schema import FeatureSchema
-from .scratch import Claim
 from .splits import SPLITS, SplitRule
 
 SHARD_FORMAT_VERSION = 2  # the layout of a shard directory and its manifest
@@ -91,8 +90,8 @@ class ShardStore:
 class ShardWriter:
     """Builds a shard directory under a temporary name: `add(ids=, labels=, rows=, split=)` per batch, then
     `finish(**manifest fields)` writes the manifest; the directory appears under its key only when the block
-    succeeds (use as a context manager). Its temporary directory is claimed (`lightfmp.scratch`): the next streamed
-    run removes one that a killed process left (`lightfmp.dataset.load_dataset`)."""
+    succeeds (use as a context manager). Its temporary directory is claimed (`lightfmp.io.atomic_dir`): the next
+    streamed run removes one that a killed process left (`lightfmp.dataset.load_dataset`)."""
 
     def __init__(self, root: Path, key: str, num_slots: int):
         self.root, self.key, self.num_slots = root, key, int(num_slots)
@@ -102,20 +101,10 @@ class ShardWriter:
         # the key names the directory: one of ours even when its manifest is what went missing
         self._ctx = atomic_dir(self.root, force=True, kind="shard directory", owned=lambda p: p.name == self.key)
         self.tmp = self._ctx.__enter__()
-        try:
-            with os_errors_of(self.tmp):
-                self._claim = Claim(self.tmp)
-        except BaseException as e:
-            self._ctx.__exit__(type(e), e, e.__traceback__)
-            raise
         return self
 
     def __exit__(self, *exc):
-        self._claim.disown()  # not published with the shards; the lock is held until they are
-        try:
-            return self._ctx.__exit__(*exc)
-        finally:
-            self._claim.close()
+        return self._ctx.__exit__(*exc)
 
     def add(self, **arrays: np.ndarray) -> None:
         i, files = len(self.shards), {}

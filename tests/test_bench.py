@@ -213,6 +213,20 @@ def test_quick_json_names_the_users_file(planted, tmp_path):
     assert json.loads(js.read_text())["data"] == str(planted)
 
 
+@pytest.mark.parametrize("flag", [("--label", "nosuch"), ("--group-column", "nosuch")])
+def test_quick_errors_name_the_users_file_not_its_temporary_sample(planted, flag):
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "random", "--quick", *SMALL,
+            *flag)
+    assert r.exit_code == 2, r.output
+    line = " ".join(r.output.split())
+    assert f"{planted} (its --quick sample)" in line and "quick.parquet" not in line and "nosuch" in line, line
+
+
+def test_methods_all_in_any_case_is_every_method():
+    from lightfmp.bench import parse_methods
+    assert parse_methods("ALL") == parse_methods(" All ") == parse_methods(None) == list(METHODS)
+
+
 def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     from lightfmp.bench.report import plot_curves

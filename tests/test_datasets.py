@@ -428,3 +428,19 @@ def test_a_fetch_given_a_home_that_is_not_a_path_is_refused_before_any_work(name
     with pytest.raises(LightFMPError, match=re.escape(f"home {home!r}: a folder path")):
         FETCHERS[name](home=home, quiet=True)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("where", ["run", "inside"])
+def test_a_cache_home_in_a_run_folder_is_refused_before_any_work(where, tmp_path, monkeypatch):
+    """A run's folder is replaced whole by --force and prune: a cache put there would go with it."""
+    from lightfmp.io import RUN_FORMAT
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"format": RUN_FORMAT, "format_version": 2}))
+    home = run if where == "run" else run / "cache"
+    with pytest.raises(LightFMPError, match="is a lightfmp run|is inside a run lightfmp wrote"):
+        FETCHERS["kddcup04-bio"](home=home, quiet=True)
+    monkeypatch.setenv("LIGHTFMP_HOME", str(home))
+    with pytest.raises(LightFMPError, match="is a lightfmp run|is inside a run lightfmp wrote"):
+        FETCHERS["movielens-100k"](quiet=True)
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]

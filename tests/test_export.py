@@ -14,6 +14,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import rewrite_metrics
 from lightfmp import export as ex
 from lightfmp import pipeline
 from lightfmp.cli.app import app
@@ -458,12 +459,12 @@ def test_auc_far_from_the_runs_recorded_auc_fails_the_export(s, tmp_path):
     m = json.loads((run / "metrics.json").read_text())
     auc = m["test"]["auc"]
     m["test"]["auc"] = auc - 0.05
-    (run / "metrics.json").write_text(json.dumps(m))
+    rewrite_metrics(run, m)
     with pytest.raises(LightFMPError, match=r"differs from the run's recorded test AUC .*metrics.json test.auc") as e:
         ex.export_run(run, tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
     m["test"]["auc"] = auc - AUC_TOLERANCE / 2  # within the tolerance: exported, and the comparison recorded
-    (run / "metrics.json").write_text(json.dumps(m))
+    rewrite_metrics(run, m)
     v = ex.export_run(run, tmp_path / "out")["validation"]
     assert v["auc_tolerance"] == AUC_TOLERANCE and v["auc_diff_vs_run"] == pytest.approx(AUC_TOLERANCE / 2, abs=1e-6)
 
@@ -499,7 +500,7 @@ def test_a_correct_export_of_a_small_split_of_tied_scores_passes_where_its_ties_
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     m["test"]["auc"] = roc_auc(held.labels, probs) + 0.5 * ties / (len(pos) * len(neg))
     assert m["test"]["auc"] - roc_auc(held.labels, probs) > AUC_TOLERANCE
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    rewrite_metrics(tmp_path / "run", m)
     v = ex.export_run(tmp_path / "run", tmp_path / "out")["validation"]
     assert v["auc_tolerance"] == pytest.approx(ties / (len(pos) * len(neg)), abs=0.02) and v["auc_tolerance"] > 0.01
 
@@ -538,7 +539,7 @@ def test_a_hand_edited_metrics_file_fails_the_export_in_one_line(s, tmp_path, ed
     shutil.copytree(s["runs"]["mlp"], run)
     m = json.loads((run / "metrics.json").read_text())
     edit(m)
-    (run / "metrics.json").write_text(json.dumps(m))
+    rewrite_metrics(run, m)
     with pytest.raises(LightFMPError, match=msg) as e:
         ex.export_run(run, tmp_path / "out")
     assert "\n" not in str(e.value) and not (tmp_path / "out").exists()

@@ -385,6 +385,8 @@ def test_inspect_of_a_complete_run_without_its_selection_record_says_so(complete
     m = json.loads((run / "metrics.json").read_text())
     del m["selection"]
     (run / "metrics.json").write_text(json.dumps(m))
+    info = json.loads((run / "run.json").read_text())  # an older lightfmp recorded no sha256 of metrics.json
+    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "metrics_sha256"}))
     r = cli("inspect", run)
     assert r.exit_code == 0, r.output
     shown = " ".join(r.output.split())
@@ -434,6 +436,39 @@ def test_metrics_keys_readers_need_are_checked(complete, tmp_path, edit, message
     (run / "metrics.json").write_text(json.dumps(m))
     for cmd in (["inspect", run], ["prune", run, "--quiet"]):
         one_line_error(cli(*cmd), message)
+
+
+@pytest.mark.parametrize("edit", [lambda m: m["gates"].update(a=0.01), lambda m: m["open_probability"].update(a=0.1),
+                                  lambda m: m["selection"]["scores"].update(a=99.0)])
+def test_a_metrics_json_edited_within_its_checks_is_refused_by_its_sha256(complete, tmp_path, edit):
+    """Values that pass every check of their own (a gate of 0.01, a score of 99) would make `inspect` show a run
+    that contradicts itself: run.json records metrics.json's sha256 and every reader checks it. A run written
+    before it recorded one (no key) reads as before."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    m = json.loads((run / "metrics.json").read_text())
+    edit(m)
+    (run / "metrics.json").write_text(json.dumps(m))
+    for cmd in (["inspect", run], ["prune", run, "--quiet"], ["export", run, "--out", tmp_path / "x"]):
+        one_line_error(cli(*cmd), f"{run / 'metrics.json'}: changed since the run wrote it (sha256 differs")
+    assert not (tmp_path / "x").exists()
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "metrics_sha256"}))
+    assert cli("inspect", run).exit_code == 0
+
+
+def test_another_runs_weights_file_is_named_as_what_changed_not_the_config(data, pretrained, tmp_path):
+    """A weights file copied in from another run (another seed) differs from its run's in what it was trained with
+    and in its sha256: the error names the file, not config.yaml, which nobody edited."""
+    other = tmp_path / "other"
+    assert cli(*train_args(data, other, "--seed", "1", "--quiet")).exit_code == 0
+    run = tmp_path / "run"
+    shutil.copytree(pretrained, run)
+    shutil.copy(other / "pretrain.safetensors", run / "pretrain.safetensors")
+    for cmd in (["inspect", run], ["prune", run, "--quiet"]):
+        r = cli(*cmd)
+        one_line_error(r, f"{run / 'pretrain.safetensors'}: changed since the run wrote it (sha256 differs")
+        assert "config.yaml" not in r.output
 
 
 def test_truncated_json_names_the_file_and_the_reason(pretrained, tmp_path):
@@ -592,6 +627,54 @@ def test_ctrl_c_after_the_result_is_written_says_nothing_is_lost(data, tmp_path,
     assert r.output.strip() == f"interrupted: {out} was written in full before that; nothing to rerun"
     assert json.loads((out / "run.json").read_text())["state"] == "complete" and (out / "model.safetensors").exists()
     assert not (tmp_path / "r.ckpt").exists()
+
+
+def test_ctrl_c_after_phase_1_is_published_says_the_rerun_resumes_after_it(data, tmp_path, monkeypatch):
+    """A stop between `run` publishing phase 1 (its checkpoint deleted) and phase 3's first saved epoch: the line
+    names the run directory phase 1 is in, not a checkpoint that no longer exists; the rerun resumes after it."""
+    mark = checkpoint_mod.phase1_published
+
+    def then_stop(out):
+        mark(out)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod, "phase1_published", then_stop)
+    out = tmp_path / "r"
+    args = ["run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2"]
+    r = cli(*args, "--quiet")
+    assert r.exit_code == 130, r.output
+    assert r.output.strip() == f"interrupted: rerun the same command to resume after phase 1 (complete in {out})"
+    assert not (tmp_path / "r.ckpt").exists()
+    monkeypatch.undo()
+    r = cli(*args)
+    assert r.exit_code == 0 and f"resuming: phase 1 is already complete in {out}" in r.output, r.output
+
+
+@pytest.mark.parametrize("change", ["data", "flag"])
+def test_a_rerun_that_cannot_resume_an_unfinished_run_says_why(data, tmp_path, monkeypatch, change):
+    """An unfinished run (phase 1 done) and a rerun with other data or another setting: it is not resumed, and the
+    refusal says why (not only that the directory exists); --force starts again."""
+    mark = checkpoint_mod.phase1_published
+
+    def then_stop(out):
+        mark(out)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod, "phase1_published", then_stop)
+    copy = tmp_path / "data.csv"
+    shutil.copy(data, copy)
+    out = tmp_path / "r"
+    args = ["run", "--data", copy, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet"]
+    assert cli(*args).exit_code == 130
+    monkeypatch.undo()
+    if change == "data":
+        lines = copy.read_text().splitlines(keepends=True)
+        copy.write_text("".join(lines[:-1]))
+        why = f"holds an unfinished run of other data ({copy} has changed since its phase 1 read it"
+    else:
+        args += ["--seed", "7"]
+        why = "holds an unfinished run of other settings (seed: 0 there, 7 now)"
+    one_line_error(cli(*args), f"{out}: {why}")
+    assert json.loads((out / "run.json").read_text())["state"] == "pretrained"  # left as it was
+    assert cli(*args, "--force").exit_code == 0
 
 
 def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
@@ -1693,6 +1776,36 @@ def test_a_stop_while_a_finished_command_shuts_down_keeps_its_exit_code(tmp_path
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.returncode, r.stderr)
     assert "Traceback" not in r.stderr and (out / "data.parquet").is_file(), r.stderr
+
+
+@pytest.mark.parametrize("outcome", ["done", "stopped", "refused"])
+def test_a_finished_command_ends_with_its_exit_code_and_no_interpreter_teardown(tmp_path, outcome):
+    """Once a command is over (done, stopped by Ctrl-C, or refused in one line) the process ends with its exit code
+    at once: the interpreter's teardown gave a stop signal a window to kill it over finished work (Python restores
+    the default handlers as it shuts down) and, after a stop inside an extension's import (triton's, in a command's
+    first seconds), printed tens of lines of leak reports (seen here: an exit handler never runs)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "synth"
+    code = ("import atexit, sys\n"
+            "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+            "import lightfmp.cli.app as a\n")
+    if outcome == "stopped":
+        code += "def stop(**kw):\n    raise KeyboardInterrupt\na.synthesize = stop\n"
+    rows = "0" if outcome == "refused" else "300"
+    code += f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', {rows!r}, '--out', {str(out)!r}]\na.main()\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "teardown ran" not in r.stderr, r.stderr
+    if outcome == "done":
+        assert r.returncode == 0 and (out / "data.parquet").is_file() and "wrote" in r.stdout, r.stderr
+    elif outcome == "stopped":
+        assert r.returncode == 130, (r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines() == ["interrupted: rerun the same command to start again"], r.stderr
+        assert not out.exists()
+    else:
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--rows" in r.stderr, r.stderr
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])

@@ -41,8 +41,8 @@ def done(tmp_path_factory):
     (lambda t, cfg: export_run(t / "run", t / "x", max_batch_size=True), "--max-batch-size True: must be a whole"),
     (lambda t, cfg: export_run(t / "run", t / "x", triton_name=5), "--triton-name 5: must be text"),
     (lambda t, cfg: export_run(t / "run", t / "x", validate_rows=0), "validate_rows 0: must be >= 1"),
-    (lambda t, cfg: Predictor(t / "exp", threads="2"), "threads '2': must be a whole number >= 0"),
-    (lambda t, cfg: Predictor(t / "exp", threads=-1), "threads -1: must be a whole number >= 0"),
+    (lambda t, cfg: Predictor(t / "exp", threads="2"), "threads '2': must be a whole number from 0 to 1024"),
+    (lambda t, cfg: Predictor(t / "exp", threads=-1), "threads -1: must be a whole number from 0 to 1024"),
     (lambda t, cfg: Predictor(t / "exp", providers="CPUExecutionProvider"), "providers 'CPUExecutionProvider': must "
                                                                              "be a list"),
 ])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import make_frame, record_steps, write_csv
+from helpers import make_frame, record_steps, rewrite_metrics, write_csv
 from lightfmp import training
 from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
@@ -247,7 +247,7 @@ def test_inspect_follows_each_re_prune_and_reads_an_older_selection(tmp_path):
     m["selection"] = {"rule": "fewest fields of the forward order within one standard error of the best validation "
                               "logloss", "score": "forward order", "cut": None,
                       "curve": {"order": m["fields"]["all"], "logloss": [0.6] * 5, "se": [0.01] * 5}}
-    (run / "metrics.json").write_text(json.dumps(m))
+    rewrite_metrics(run, m)  # as the older lightfmp that decided so wrote it
     r = cli("inspect", run)
     assert r.exit_code == 0 and "within one standard error" in text(r) and "(cut at" not in text(r), r.output
     assert (run / "gates.png").read_bytes()[:4] == b"\x89PNG"

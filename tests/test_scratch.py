@@ -1,5 +1,6 @@
 """Scratch directories in the shard home: one that a killed process left is removed by the next streamed run
-there (`load_dataset`, the one place that reaps it); one whose owner lives, or that lightfmp did not claim, stays."""
+there (`load_dataset`); the temporary of a run or export directory a killed process left, by the next directory
+written beside it (`io.atomic_dir`); one whose owner lives, or that lightfmp did not claim, stays."""
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from helpers import write_csv
 from lightfmp.coded import CodedStore
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
-from lightfmp.io import WRITTEN
+from lightfmp.io import WRITTEN, atomic_dir, read_json
 from lightfmp.scratch import OWNER, reap
 
 pytest.importorskip("fcntl")
@@ -119,3 +120,24 @@ def test_a_streamed_run_that_reuses_its_shards_still_removes_what_a_killed_run_l
     assert Path(stale).is_dir()
     load_dataset(cfg)  # reuses both: no scratch of its own
     assert not Path(stale).exists()
+
+
+def test_a_killed_writers_temporary_beside_a_run_or_export_goes_with_the_next_directory_written_there(tmp_path):
+    stale = _killed("import sys\nfrom pathlib import Path\nfrom lightfmp.io import atomic_dir\n"
+                    "ctx = atomic_dir(Path(sys.argv[1]) / 'exp', kind='export')\nwhere = ctx.__enter__()\n"
+                    "(where / 'model.onnx').write_bytes(b'x')\n", tmp_path)
+    assert Path(stale).is_dir() and (Path(stale) / OWNER).is_file()
+    mine = tmp_path / ".mine.tmp"  # a hidden *.tmp lightfmp did not claim
+    mine.mkdir()
+    live = _child("import sys\nfrom pathlib import Path\nfrom lightfmp.io import atomic_dir\n"
+                  "ctx = atomic_dir(Path(sys.argv[1]) / 'run', kind='run')\nwhere = ctx.__enter__()\n"
+                  "print(where, flush=True)\nsys.stdin.readline()\n", tmp_path)
+    try:
+        busy = live.stdout.readline().strip()
+        with atomic_dir(tmp_path / "other", kind="export") as d:
+            (d / "f").write_text("1")
+        assert not Path(stale).exists() and mine.is_dir() and Path(busy).is_dir()  # a live writer's stays
+    finally:
+        live.communicate("\n", timeout=60)
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [WRITTEN, "f"]  # the claim is not published
+    assert OWNER not in json.dumps(read_json(tmp_path / "other" / WRITTEN))

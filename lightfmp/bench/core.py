@@ -20,7 +20,7 @@ QUICK_ROWS = 20000
 
 
 def parse_methods(text: str | None) -> list[str]:
-    if text is None or text.strip() == "all":
+    if text is None or text.strip().lower() == "all":
         return list(METHODS)
     names = [m.strip().lower() for m in text.split(",")]
     if not any(names):
