@@ -1,4 +1,4 @@
-from lightfmp.cli.app import main
+from lightfmp.cli.entry import main
 
 if __name__ == "__main__":
     main()

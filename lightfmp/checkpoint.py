@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .errors import LightFMPError
+from .errors import START_AGAIN, LightFMPError
 from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text, lightfmp_kind, os_errors_of
 
 FORMAT = "lightfmp-checkpoint"
@@ -124,7 +124,7 @@ def resume_hint() -> str:
     if _hint["dir"] is None and _hint.get("after") and _hint.get("resumable", True):
         return f"rerun the same command to resume after phase 1 (complete in {_hint['after']})"
     if _hint["dir"] is None or not _hint.get("resumable", True):
-        return "rerun the same command to start again"
+        return START_AGAIN
     if not _hint["epoch"]:  # nothing of this phase saved yet (the phases before it are, in the run directory)
         return f"rerun the same command to start the {_hint['phase']} phase again (it had no completed epoch yet)"
     return (f"rerun the same command to resume from epoch {_hint['epoch']} ({_hint['phase']} phase; checkpoint in "

@@ -1,6 +1,10 @@
 """One exception type for user-facing problems: the CLI prints its message on one line and exits non-zero."""
 
 
+# what a command stopped before it saved anything says to do (`lightfmp.checkpoint.resume_hint`, `lightfmp.cli.entry`)
+START_AGAIN = "rerun the same command to start again"
+
+
 class LightFMPError(Exception):
     """Bad input or a run directory in the wrong state. The message names the file, column or value."""
 

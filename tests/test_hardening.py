@@ -1778,6 +1778,44 @@ def test_a_stop_while_a_finished_command_shuts_down_keeps_its_exit_code(tmp_path
     assert "Traceback" not in r.stderr and (out / "data.parquet").is_file(), r.stderr
 
 
+@pytest.mark.parametrize("sig,line,rc", [("SIGINT", "interrupted", 130), ("SIGTERM", "terminated", 143)])
+def test_a_stop_while_the_commands_load_is_one_line(tmp_path, sig, line, rc):
+    """Ctrl-C (or SIGTERM) in a command's first seconds, while torch loads: the one line and exit code of a stopped
+    command, not a traceback through the imports (the entry point sets its handlers before the commands load)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "synth"
+    code = ("import builtins, os, signal, sys\n"
+            "real = builtins.__import__\n"
+            "def hook(name, *a, **k):\n"
+            f"    if name == 'torch':\n        os.kill(os.getpid(), signal.{sig})\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = hook\n"
+            f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
+            "from lightfmp.cli.entry import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == rc, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"{line}: rerun the same command to start again"], r.stderr
+    assert not out.exists()
+
+
+def test_import_lightfmp_loads_no_torch_and_each_exported_name_loads_on_use():
+    import subprocess
+    import sys
+    code = ("import sys\nimport lightfmp\nassert 'torch' not in sys.modules, 'torch loaded'\n"
+            "from lightfmp import RunConfig, run\n"
+            "from lightfmp.config import RunConfig as R\nfrom lightfmp.pipeline import run as r\n"
+            "assert RunConfig is R and run is r\n"
+            "assert all(getattr(lightfmp, n) is not None for n in lightfmp.__all__)\n"
+            "assert set(lightfmp.__all__) <= set(dir(lightfmp))\n"
+            "from lightfmp import io\nassert io.__name__ == 'lightfmp.io'\n"
+            "try:\n    lightfmp.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(3)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+
+
 @pytest.mark.parametrize("outcome", ["done", "stopped", "refused"])
 def test_a_finished_command_ends_with_its_exit_code_and_no_interpreter_teardown(tmp_path, outcome):
     """Once a command is over (done, stopped by Ctrl-C, or refused in one line) the process ends with its exit code
