@@ -239,8 +239,10 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
     check_range("--seed", seed, 0, MAX_SEED)
     truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                        redundant=redundant, fmt=fmt)
-    out.print(f"wrote {truth['data_file']} ({rows:,} rows, {fields} fields, label column '{truth['label']}', "
-              f"CTR {truth['ctr']:.3f}) and {Path(truth['data_file']).parent / 'truth.json'}", highlight=False)
+    plural = lambda n, noun: f"{n:,} {noun}" + ("" if n == 1 else "s")  # noqa: E731
+    out.print(f"wrote {truth['data_file']} ({plural(rows, 'row')}, {plural(fields, 'field')}, label column "
+              f"'{truth['label']}', CTR {truth['ctr']:.3f}) and {Path(truth['data_file']).parent / 'truth.json'}",
+              highlight=False)
 
 
 @data_app.command("fetch", cls=Command)

@@ -25,7 +25,8 @@ def cache_home(home: str | Path | None = None) -> Path:
     check_name_length(path)
     kind = lightfmp_kind(path)
     if kind is not None:
-        raise LightFMPError(f"{path}: is a lightfmp {kind}; the cache (--home, ${ENV_VAR}) needs a directory of its own")
+        raise LightFMPError(f"{path}: is a lightfmp {kind}; the cache (--home, ${ENV_VAR}) needs a directory of its "
+                            f"own")
     check_outside(path)
     return path
 

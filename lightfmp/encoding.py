@@ -399,5 +399,6 @@ def unicode_text(text: str) -> bool:
     return True
 
 
-__all__ = ["unicode_text", "MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
+__all__ = ["unicode_text",
+           "MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
            "Tokens", "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex"]

@@ -573,5 +573,6 @@ def _phase1_done(cfg: RunConfig, out: Path) -> tuple[bool, str | None]:
     if not cfg.data.data or not Path(cfg.data.data).exists():
         return False, None
     if r.info.get("data_sha256") != file_sha256(cfg.data.data):
-        return False, f"other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from run.json)"
+        return False, (f"other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from "
+                       f"run.json)")
     return True, None

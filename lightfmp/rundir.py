@@ -404,7 +404,8 @@ def open_run(path: str | Path) -> Run:
     # (its sha256 in run.json; runs written before it was recorded have none)
     if METRICS_KEY in info and file_sha256(p / "metrics.json") != info[METRICS_KEY]:
         raise LightFMPError(f"{p / 'metrics.json'}: changed since the run wrote it (sha256 differs from run.json), so "
-                            f"what it says of the gates and the kept fields is not the run's: restore it or train again")
+                            f"what it says of the gates and the kept fields is not the run's: restore it or train "
+                            f"again")
     return run
 
 

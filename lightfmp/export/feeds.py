@@ -43,9 +43,9 @@ def check_feeds(specs: list[InputSpec], feeds) -> dict[str, np.ndarray]:
     missing = [n for n in names if n not in feeds]
     extra = [str(n) for n in feeds if n not in names]
     if missing or extra:
-        raise LightFMPError(f"feeds: {'missing ' + ', '.join(map(repr, missing)) if missing else ''}"
-                            f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(map(repr, extra)) if extra else ''}"
-                            f" (the model's inputs: {', '.join(names)})")
+        said = (["missing " + ", ".join(map(repr, missing))] if missing else []) \
+            + (["unknown " + ", ".join(map(repr, extra))] if extra else [])
+        raise LightFMPError(f"feeds: {'; '.join(said)} (the model's inputs: {', '.join(names)})")
     out, rows = {}, None
     for s in specs:
         a = np.asarray(feeds[s.name])
