@@ -1,11 +1,8 @@
 """`lightfmp train / prune / run / inspect / demo / data` — a thin layer over the Python API."""
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -268,23 +265,9 @@ bench_cmds.register(app)
 
 
 def main() -> None:
-    code = None
-    try:
-        app(prog_name="lightfmp")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
-        raise
-    finally:
-        if code is not None:  # the command is over (done, refused or stopped), its files closed and its temporaries
-            # removed: the process ends here with its exit code. The interpreter's teardown (torch's takes a moment)
-            # would add only a window in which a stop signal kills the process over finished work (Python restores
-            # the default handlers as it shuts down) and, after a stop inside an extension's import, tens of lines
-            # of leak reports. An unexpected exception goes on to its traceback as usual.
-            with contextlib.suppress(OSError, ValueError):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
+    """The commands, in this process (raises SystemExit with the exit code). The `lightfmp` command runs them
+    through `lightfmp.cli.entry.main`, which also looks after the process around them."""
+    app(prog_name="lightfmp")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ load torch, so that the `lightfmp` command can answer a stop while torch loads (
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -26,9 +27,12 @@ if TYPE_CHECKING:  # what static tools read; at run time the names load on first
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:  # a submodule not loaded yet: the import system loads it (`from lightfmp import io`)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)  # a submodule: `lightfmp.io` as the package always gave
+    else:
         raise AttributeError(f"module 'lightfmp' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     globals()[name] = value
     return value
 

@@ -538,13 +538,14 @@ def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | No
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch
-    done = False
-    if dist.is_main():
-        done, why = _phase1_done(cfg, out)
-        if why is not None and not force:
-            raise LightFMPError(f"{out}: holds an unfinished run of {why}, so this command does not resume it; rerun "
-                                f"the command that started it, or pass --force to start again")
-    if dist.broadcast_int(int(done)):
+    done, why = _phase1_done(cfg, out) if dist.is_main() else (False, None)
+    refused = why is not None and not force
+    decided = dist.broadcast_int(-1 if refused else int(done))
+    if decided == -1:  # every rank refuses, rank 0 saying why
+        raise LightFMPError(f"{out}: holds an unfinished run of {why}, so this command does not resume it; rerun "
+                            f"the command that started it, or pass --force to start again" if dist.is_main() else
+                            f"{out}: holds an unfinished run this command does not resume (rank 0 says why)")
+    if decided == 1:
         _reporter(quiet).log(f"resuming: phase 1 is already complete in {out}")
         metrics = None
     else:
@@ -567,12 +568,15 @@ def _phase1_done(cfg: RunConfig, out: Path) -> tuple[bool, str | None]:
         return False, None
     if r.state != "pretrained" or not r.select or not r.info.get(UNFINISHED) and not checkpoint_dir(out).is_dir():
         return False, None
+    said = bool(r.info.get(UNFINISHED))  # why: only of a run `run` left (not of `train` + a stopped `prune`)
     if config_sha256(_normalize(r.config)) != config_sha256(cfg):
         changed = config_difference(_normalize(r.config), cfg)
-        return False, "other settings" + (f" ({changed})" if changed else "")
+        return False, ("other settings" + (f" ({changed})" if changed else "")) if said else None
     if not cfg.data.data or not Path(cfg.data.data).exists():
         return False, None
     if r.info.get("data_sha256") != file_sha256(cfg.data.data):
+        if not said:
+            return False, None
         return False, (f"other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from "
                        f"run.json)")
     return True, None

@@ -20,6 +20,7 @@ import lightfmp.models.dcnv2 as model_dcnv2
 import lightfmp.pipeline as pipeline_mod
 from lightfmp.bench.report import results_table
 from lightfmp.bench.selectors import METHODS
+from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.io import WRITTEN, atomic_dir, check_out, lightfmp_kind
 from lightfmp.progress import Reporter
@@ -675,6 +676,31 @@ def test_a_rerun_that_cannot_resume_an_unfinished_run_says_why(data, tmp_path, m
     one_line_error(cli(*args), f"{out}: {why}")
     assert json.loads((out / "run.json").read_text())["state"] == "pretrained"  # left as it was
     assert cli(*args, "--force").exit_code == 0
+
+
+def test_a_train_run_with_a_stopped_prune_is_not_called_an_unfinished_run(data, tmp_path, monkeypatch):
+    """`train`, then a `prune` stopped in phase 3 (its checkpoints left): `run` on that folder is refused as an
+    existing run (it is not an unfinished `run`, whose settings a rerun should repeat)."""
+    out = tmp_path / "r"
+    copy = tmp_path / "data.csv"
+    shutil.copy(data, copy)
+    assert cli("train", "--data", copy, "--label", "label", "--out", out, *FAST, "--quiet").exit_code == 0
+    (tmp_path / "r.ckpt").mkdir()  # what a stopped prune leaves
+    r = cli("run", "--data", copy, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet")
+    line = one_line_error(r, f"{out}: already exists")
+    assert "unfinished" not in line
+
+
+def test_under_torchrun_every_rank_refuses_what_rank_0_will_not_resume(data, tmp_path, monkeypatch):
+    """Rank 0 decides and says why; the other ranks refuse with it, in one line each (before, they waited on rank 0
+    and reported a lost peer, with the advice to rerun)."""
+    from lightfmp import distributed as dist_mod
+    from lightfmp import pipeline
+    monkeypatch.setattr(dist_mod, "is_main", lambda: False)
+    monkeypatch.setattr(dist_mod, "broadcast_int", lambda value, long_wait=False: -1)
+    cfg = RunConfig.of(data=str(data), label="label")
+    with pytest.raises(LightFMPError, match="holds an unfinished run this command does not resume \\(rank 0 says why"):
+        pipeline._run(cfg, tmp_path / "r", False, True, None)
 
 
 def test_ctrl_c_in_a_later_epoch_names_the_checkpoint(data, tmp_path, monkeypatch):
@@ -1771,7 +1797,7 @@ def test_a_stop_while_a_finished_command_shuts_down_keeps_its_exit_code(tmp_path
     code = ("import atexit, os, signal, sys\n"
             f"atexit.register(lambda: os.kill(os.getpid(), signal.{sig}))  # at shutdown, after the command\n"
             f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
-            "from lightfmp.cli.app import main\nmain()\n")
+            "from lightfmp.cli.entry import main\nmain()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, (r.returncode, r.stderr)
@@ -1811,17 +1837,18 @@ def test_import_lightfmp_loads_no_torch_and_each_exported_name_loads_on_use():
             "assert all(getattr(lightfmp, n) is not None for n in lightfmp.__all__)\n"
             "assert set(lightfmp.__all__) <= set(dir(lightfmp))\n"
             "from lightfmp import io\nassert io.__name__ == 'lightfmp.io'\n"
+            "assert lightfmp.rundir.open_run and lightfmp.cache.cache_home  # submodules, as the package gave them\n"
             "try:\n    lightfmp.nothing\nexcept AttributeError:\n    pass\nelse:\n    raise SystemExit(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
 
 
 @pytest.mark.parametrize("outcome", ["done", "stopped", "refused"])
-def test_a_finished_command_ends_with_its_exit_code_and_no_interpreter_teardown(tmp_path, outcome):
-    """Once a command is over (done, stopped by Ctrl-C, or refused in one line) the process ends with its exit code
-    at once: the interpreter's teardown gave a stop signal a window to kill it over finished work (Python restores
-    the default handlers as it shuts down) and, after a stop inside an extension's import (triton's, in a command's
-    first seconds), printed tens of lines of leak reports (seen here: an exit handler never runs)."""
+def test_a_stopped_command_ends_with_its_line_and_no_interpreter_teardown(tmp_path, outcome):
+    """A stopped command (130) ends right after its one line: after a stop inside an extension's import (triton's,
+    in a command's first seconds) the interpreter's teardown printed tens of lines of leak reports (seen here: an
+    exit handler never runs). A command that ends otherwise (done, refused) ends as any Python program does, so that
+    a profiler or a host program around it still finishes its work."""
     import os
     import subprocess
     import sys
@@ -1832,18 +1859,58 @@ def test_a_finished_command_ends_with_its_exit_code_and_no_interpreter_teardown(
     if outcome == "stopped":
         code += "def stop(**kw):\n    raise KeyboardInterrupt\na.synthesize = stop\n"
     rows = "0" if outcome == "refused" else "300"
-    code += f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', {rows!r}, '--out', {str(out)!r}]\na.main()\n"
+    code += (f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', {rows!r}, '--out', {str(out)!r}]\n"
+             "from lightfmp.cli.entry import main\nmain()\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert "teardown ran" not in r.stderr, r.stderr
     if outcome == "done":
         assert r.returncode == 0 and (out / "data.parquet").is_file() and "wrote" in r.stdout, r.stderr
+        assert r.stderr.strip() == "teardown ran", r.stderr
     elif outcome == "stopped":
         assert r.returncode == 130, (r.returncode, r.stderr)
         assert r.stderr.strip().splitlines() == ["interrupted: rerun the same command to start again"], r.stderr
         assert not out.exists()
     else:
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--rows" in r.stderr, r.stderr
+        assert r.returncode == 2 and "--rows" in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1] == "teardown ran" and len(r.stderr.strip().splitlines()) == 2
+
+
+def test_the_commands_called_in_a_python_process_end_in_system_exit_and_leave_its_signals_alone():
+    """`lightfmp.cli.app.main` in a host program: SystemExit with the code, nothing ended or ignored behind it."""
+    import signal
+    import sys
+    from lightfmp.cli.app import main
+    before = sys.argv
+    sys.argv = ["lightfmp", "--help"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            main()
+    finally:
+        sys.argv = before
+    assert e.value.code in (0, None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_stop_the_parent_ignores_stays_ignored_while_the_commands_load(tmp_path, sig):
+    """A background job of a shell script starts with SIGINT ignored: the entry point's handlers go only where the
+    signal was not ignored, so such a job runs on through the stop (as before), here to its end."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "synth"
+    code = ("import builtins, os, signal, sys\n"
+            f"signal.signal(signal.{sig}, signal.SIG_IGN)\n"
+            "real = builtins.__import__\n"
+            "def hook(name, *a, **k):\n"
+            f"    if name == 'torch':\n        os.kill(os.getpid(), signal.{sig})\n"
+            "    return real(name, *a, **k)\n"
+            "builtins.__import__ = hook\n"
+            f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
+            "from lightfmp.cli.entry import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and (out / "data.parquet").is_file(), (r.returncode, r.stderr)
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
