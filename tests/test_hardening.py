@@ -611,16 +611,21 @@ def test_a_continue_checkpoint_of_one_rule_is_not_resumed_by_another(data, tmp_p
     assert json.loads((out / "metrics.json").read_text())["fields"]["kept"] == kept
 
 
+def stop_right_after(monkeypatch, name: str) -> None:
+    """Ctrl-C right after `lightfmp.checkpoint.<name>(out)` has marked what the run directory now holds."""
+    mark = getattr(checkpoint_mod, name)
+
+    def then_stop(out):
+        mark(out)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint_mod, name, then_stop)
+
+
 @pytest.mark.parametrize("command", ["run", "no-select"])
 def test_ctrl_c_after_the_result_is_written_says_nothing_is_lost(data, tmp_path, monkeypatch, command):
     """A stop between publishing the finished run (its checkpoints deleted) and the end of the command: the line
     says the run is whole, not to resume from a checkpoint that no longer exists."""
-    published = checkpoint_mod.published
-
-    def then_stop(out):
-        published(out)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint_mod, "published", then_stop)
+    stop_right_after(monkeypatch, "published")
     out = tmp_path / "r"
     extra = ["--no-select"] if command == "no-select" else []
     r = cli("run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet", *extra)
@@ -633,12 +638,7 @@ def test_ctrl_c_after_the_result_is_written_says_nothing_is_lost(data, tmp_path,
 def test_ctrl_c_after_phase_1_is_published_says_the_rerun_resumes_after_it(data, tmp_path, monkeypatch):
     """A stop between `run` publishing phase 1 (its checkpoint deleted) and phase 3's first saved epoch: the line
     names the run directory phase 1 is in, not a checkpoint that no longer exists; the rerun resumes after it."""
-    mark = checkpoint_mod.phase1_published
-
-    def then_stop(out):
-        mark(out)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint_mod, "phase1_published", then_stop)
+    stop_right_after(monkeypatch, "phase1_published")
     out = tmp_path / "r"
     args = ["run", "--data", data, "--label", "label", "--out", out, *FAST, "--epochs", "2"]
     r = cli(*args, "--quiet")
@@ -654,12 +654,7 @@ def test_ctrl_c_after_phase_1_is_published_says_the_rerun_resumes_after_it(data,
 def test_a_rerun_that_cannot_resume_an_unfinished_run_says_why(data, tmp_path, monkeypatch, change):
     """An unfinished run (phase 1 done) and a rerun with other data or another setting: it is not resumed, and the
     refusal says why (not only that the directory exists); --force starts again."""
-    mark = checkpoint_mod.phase1_published
-
-    def then_stop(out):
-        mark(out)
-        raise KeyboardInterrupt
-    monkeypatch.setattr(checkpoint_mod, "phase1_published", then_stop)
+    stop_right_after(monkeypatch, "phase1_published")
     copy = tmp_path / "data.csv"
     shutil.copy(data, copy)
     out = tmp_path / "r"
@@ -1804,24 +1799,31 @@ def test_a_stop_while_a_finished_command_shuts_down_keeps_its_exit_code(tmp_path
     assert "Traceback" not in r.stderr and (out / "data.parquet").is_file(), r.stderr
 
 
-@pytest.mark.parametrize("sig,line,rc", [("SIGINT", "interrupted", 130), ("SIGTERM", "terminated", 143)])
-def test_a_stop_while_the_commands_load_is_one_line(tmp_path, sig, line, rc):
-    """Ctrl-C (or SIGTERM) in a command's first seconds, while torch loads: the one line and exit code of a stopped
-    command, not a traceback through the imports (the entry point sets its handlers before the commands load)."""
+def _synth_stopped_while_torch_loads(tmp_path, sig: str, ignored: bool):
+    """`lightfmp data synth` through the entry point, sent `sig` while torch is being imported (the parent having
+    set it to be ignored, or not): (the finished process, its --out)."""
     import os
     import subprocess
     import sys
     out = tmp_path / "synth"
     code = ("import builtins, os, signal, sys\n"
-            "real = builtins.__import__\n"
+            + (f"signal.signal(signal.{sig}, signal.SIG_IGN)\n" if ignored else "")
+            + "real = builtins.__import__\n"
             "def hook(name, *a, **k):\n"
             f"    if name == 'torch':\n        os.kill(os.getpid(), signal.{sig})\n"
             "    return real(name, *a, **k)\n"
             "builtins.__import__ = hook\n"
             f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
             "from lightfmp.cli.entry import main\nmain()\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}), out
+
+
+@pytest.mark.parametrize("sig,line,rc", [("SIGINT", "interrupted", 130), ("SIGTERM", "terminated", 143)])
+def test_a_stop_while_the_commands_load_is_one_line(tmp_path, sig, line, rc):
+    """Ctrl-C (or SIGTERM) in a command's first seconds, while torch loads: the one line and exit code of a stopped
+    command, not a traceback through the imports (the entry point sets its handlers before the commands load)."""
+    r, out = _synth_stopped_while_torch_loads(tmp_path, sig, ignored=False)
     assert r.returncode == rc, (r.returncode, r.stderr)
     assert r.stderr.strip().splitlines() == [f"{line}: rerun the same command to start again"], r.stderr
     assert not out.exists()
@@ -1895,21 +1897,7 @@ def test_the_commands_called_in_a_python_process_end_in_system_exit_and_leave_it
 def test_a_stop_the_parent_ignores_stays_ignored_while_the_commands_load(tmp_path, sig):
     """A background job of a shell script starts with SIGINT ignored: the entry point's handlers go only where the
     signal was not ignored, so such a job runs on through the stop (as before), here to its end."""
-    import os
-    import subprocess
-    import sys
-    out = tmp_path / "synth"
-    code = ("import builtins, os, signal, sys\n"
-            f"signal.signal(signal.{sig}, signal.SIG_IGN)\n"
-            "real = builtins.__import__\n"
-            "def hook(name, *a, **k):\n"
-            f"    if name == 'torch':\n        os.kill(os.getpid(), signal.{sig})\n"
-            "    return real(name, *a, **k)\n"
-            "builtins.__import__ = hook\n"
-            f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
-            "from lightfmp.cli.entry import main\nmain()\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r, out = _synth_stopped_while_torch_loads(tmp_path, sig, ignored=True)
     assert r.returncode == 0 and (out / "data.parquet").is_file(), (r.returncode, r.stderr)
 
 
