@@ -1806,8 +1806,11 @@ def _synth_stopped_while_torch_loads(tmp_path, sig: str, ignored: bool):
     import subprocess
     import sys
     out = tmp_path / "synth"
+    # the parent's choice, whatever this test process inherited (a background job of a script starts with SIGINT
+    # ignored): ignored, or the default a terminal's process starts with
+    default = "signal.default_int_handler" if sig == "SIGINT" else "signal.SIG_DFL"
     code = ("import builtins, os, signal, sys\n"
-            + (f"signal.signal(signal.{sig}, signal.SIG_IGN)\n" if ignored else "")
+            + f"signal.signal(signal.{sig}, {'signal.SIG_IGN' if ignored else default})\n"
             + "real = builtins.__import__\n"
             "def hook(name, *a, **k):\n"
             f"    if name == 'torch':\n        os.kill(os.getpid(), signal.{sig})\n"
@@ -1882,7 +1885,7 @@ def test_the_commands_called_in_a_python_process_end_in_system_exit_and_leave_it
     import signal
     import sys
     from lightfmp.cli.app import main
-    before = sys.argv
+    before, handlers = sys.argv, {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     sys.argv = ["lightfmp", "--help"]
     try:
         with pytest.raises(SystemExit) as e:
@@ -1890,7 +1893,7 @@ def test_the_commands_called_in_a_python_process_end_in_system_exit_and_leave_it
     finally:
         sys.argv = before
     assert e.value.code in (0, None)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
