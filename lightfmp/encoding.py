@@ -399,6 +399,5 @@ def unicode_text(text: str) -> bool:
     return True
 
 
-__all__ = ["unicode_text",
-           "MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
-           "Tokens", "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex"]
+__all__ = ["MISSING_TEXT", "cell_strings", "split_multi", "as_float", "column_names", "column", "present", "missing",
+           "Tokens", "tokens", "Lists", "lists", "numbers", "stable_hash", "VocabIndex", "unicode_text"]

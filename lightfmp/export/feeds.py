@@ -65,7 +65,7 @@ def check_feeds(specs: list[InputSpec], feeds) -> dict[str, np.ndarray]:
             ok = kind in "iu"
         if not ok:
             raise LightFMPError(f"feeds: input '{s.name}' holds {a.dtype} values, expected {s.dtype}")
-        out[s.name] = a.astype(object) if s.dtype == "string" else a.astype(s.dtype, copy=False)
+        out[s.name] = a.astype(object if s.dtype == "string" else s.dtype, copy=False)
     return out
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..encoding import unicode_text
 from ..errors import LightFMPError
 from ..serving import Predictor
-from ..encoding import unicode_text
 from .protocol import NonFinite, RequestError, loads
 
 
