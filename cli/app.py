@@ -19,6 +19,7 @@ from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, final_model_line, gate_rows, plot_gates
 from lightfmp.io import check_apart
 from lightfmp.keep_rule import alone_note, shut_note
+from lightfmp.progress import counted
 from lightfmp.rundir import GATES_PLOT, open_run
 
 from . import bench_cmds, serving_cmds
@@ -236,8 +237,7 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
     check_range("--seed", seed, 0, MAX_SEED)
     truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                        redundant=redundant, fmt=fmt)
-    plural = lambda n, noun: f"{n:,} {noun}" + ("" if n == 1 else "s")  # noqa: E731
-    out.print(f"wrote {truth['data_file']} ({plural(rows, 'row')}, {plural(fields, 'field')}, label column "
+    out.print(f"wrote {truth['data_file']} ({counted(rows, 'row')}, {counted(fields, 'field')}, label column "
               f"'{truth['label']}', CTR {truth['ctr']:.3f}) and {Path(truth['data_file']).parent / 'truth.json'}",
               highlight=False)
 

@@ -37,7 +37,7 @@ from .errors import LightFMPError
 from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
 from .io import data_signature, file_sha256
 from .labels import LabelCounts, parse_labels
-from .progress import Reporter
+from .progress import Reporter, counted
 from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
 from .scratch import reap
@@ -169,10 +169,6 @@ def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchem
     if cfg.positive is not None:
         schema.positive = cfg.positive
     return schema
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _rows(store: Store) -> int:
@@ -358,7 +354,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     manifest, why = check_shards(root, key)
     if manifest is not None:
         reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, "
-                     f"{_count(len(manifest['shards']), 'shard')}, verified in {time.perf_counter() - t0:.1f} s)")
+                     f"{counted(len(manifest['shards']), 'shard')}, verified in {time.perf_counter() - t0:.1f} s)")
         return ShardStore(root, manifest), root
     if why:
         reporter.log(f"rebuilding shards: {why}")
@@ -366,7 +362,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         _encode(batches(), schema, codes, source, fmt, writer.add)
         manifest = writer.finish(data=source, data_format=fmt, data_sha256=sha, split=rule.to_dict(),
                                  chunk_rows=int(cfg.chunk_rows))
-    reporter.log(f"encode: {manifest['rows']:,} rows into {_count(len(manifest['shards']), 'shard')} in "
+    reporter.log(f"encode: {manifest['rows']:,} rows into {counted(len(manifest['shards']), 'shard')} in "
                  f"{time.perf_counter() - t0:.1f} s -> {root}")
     return ShardStore(root, manifest), root
 

@@ -44,7 +44,7 @@ class Reporter:
 
     @contextmanager
     def _lines(self, label: str, epochs: int, batches: int):
-        self.log(f"{label}: start, {_count(epochs, 'epoch', 'epochs')} of {_count(batches, 'batch', 'batches')}")
+        self.log(f"{label}: start, {counted(epochs, 'epoch')} of {counted(batches, 'batch', 'batches')}")
         t0 = time.perf_counter()
         seen = {"epoch": 0, "status": ""}
 
@@ -61,5 +61,6 @@ class Reporter:
         self.log(f"{label}: done in {time.perf_counter() - t0:.1f} s")
 
 
-def _count(n: int, one: str, many: str) -> str:
-    return f"{n:,} {one if n == 1 else many}"
+def counted(n: int, one: str, many: str | None = None) -> str:
+    """"1 field", "2,000 fields": `n` and its noun (`many`: the plural, default `one` + "s")."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
