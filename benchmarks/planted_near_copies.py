@@ -34,13 +34,27 @@ GROUPS = {"i0": ["i0", "c0_noisy", "c1_coarse"], "i1": ["i1"], "i2": ["i2"], "i3
 POSITIVE_RATE = 0.03
 
 
+def zipf_ids(rng: np.random.Generator, card: int, rows: int, s: float = 1.1) -> np.ndarray:
+    """`rows` ids of `card` values, value k drawn with probability proportional to 1 / (k + 1)^s."""
+    p = 1.0 / np.arange(1, card + 1) ** s
+    return rng.choice(card, size=rows, p=p / p.sum())
+
+
+def labels_at_rate(rng: np.random.Generator, logit: np.ndarray, rate: float) -> np.ndarray:
+    """Bernoulli(sigmoid(logit + b)) labels, the bias b found by bisection so that the mean probability is `rate`."""
+    lo, hi = -20.0, 20.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if np.mean(1 / (1 + np.exp(-(logit + mid)))) > rate else (mid, hi)
+    return (rng.random(len(logit)) < 1 / (1 + np.exp(-(logit + mid)))).astype(np.int64)
+
+
 def planted_near_copies(rows: int, seed: int) -> pa.Table:
     rng = np.random.default_rng(1000 + seed)
     cols, logit = {}, np.zeros(rows)
 
     def zipf(card: int) -> np.ndarray:
-        p = 1.0 / np.arange(1, card + 1) ** 1.1
-        return rng.choice(card, size=rows, p=p / p.sum())
+        return zipf_ids(rng, card, rows)
 
     for k, (var, card) in enumerate(zip(STRENGTHS, CARDINALITIES)):
         ids = zipf(card)
@@ -61,11 +75,7 @@ def planted_near_copies(rows: int, seed: int) -> pa.Table:
         cols[f"z{k:02d}"] = zipf(card) if card < 5000 else rng.integers(0, card, rows)
     for k in range(6):
         cols[f"u{k}"] = rng.normal(0, 1, rows) if k % 2 else rng.exponential(1.0, rows)
-    lo, hi = -20.0, 5.0  # the bias, by bisection, for POSITIVE_RATE
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if np.mean(1 / (1 + np.exp(-(logit + mid)))) > POSITIVE_RATE else (mid, hi)
-    label = (rng.random(rows) < 1 / (1 + np.exp(-(logit + mid)))).astype(np.int64)
+    label = labels_at_rate(rng, logit, POSITIVE_RATE)
     out = {"label": label}
     for name, v in cols.items():
         out[name] = v.astype(np.float64) if v.dtype.kind == "f" else np.char.add("v", v.astype(str))
