@@ -65,11 +65,6 @@ CTR_SHA256 = "b43bcce748d8af17a5619c90b8f84a2357b36b6006d3aea316420808301afaaf"
 RAW_META = "sha256.json"    # beside the GroupLens files extracted from the checked archive: their sha256
 
 
-def _count_rows(csv_path: Path) -> int:
-    with open(csv_path, "rb") as f:
-        return sum(buf.count(b"\n") for buf in iter(lambda: f.read(1 << 20), b"")) - 1
-
-
 def _recorded(files: dict[str, Path], record: Path) -> bool:
     """Every file is there and has the sha256 `record` (JSON: name -> sha256) gives it."""
     try:
