@@ -624,6 +624,23 @@ def test_a_numeric_field_beyond_float32_is_refused_naming_it(tmp_path):
     assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "exp").exists()
 
 
+def test_a_numeric_field_float32_cannot_bucket_as_training_did_is_refused_naming_it(tmp_path):
+    """Seconds since 1970 over one hour: float32 holds them to 128 s while the bucket edges lie ~225 s apart, so the
+    graph buckets half the rows elsewhere than training did. The run's own model on those buckets scores the test
+    rows measurably worse: refused in one line naming the field, nothing written (the AUC check alone let it pass,
+    its allowance for ties being as wide as the few scores of such a model)."""
+    rng = np.random.default_rng(0)
+    t = 1_700_000_000 + rng.integers(0, 3600, 4000)
+    label = (rng.random(4000) < 1 / (1 + np.exp(-3 * np.sin((t % 3600) / 3600 * 8 * np.pi)))).astype(int)
+    pd.DataFrame({"t": t, "noise": rng.integers(0, 5, 4000).astype(str), "label": label}).to_csv(
+        tmp_path / "t.csv", index=False)
+    pipeline.run(_cfg(tmp_path / "t.csv", multi_hot=None, numeric="t", no_select=True, epochs=3), tmp_path / "run",
+                 quiet=True)
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--quiet"])
+    assert res.exit_code == 2 and "numeric field 't':" in res.output and "read as float32" in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "exp").exists()
+
+
 def test_a_test_split_of_one_label_exports_with_a_note_that_no_auc_was_compared(tmp_path):
     """The newest rows (the test split under --time-column) all have label 0: there is no test AUC, so the export
     checks the scores against PyTorch only, and says so (in the table's notes and in the validation report)."""

@@ -148,12 +148,18 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
     """Numeric bucketing in float32 vs float64, AUCs (ONNX, PyTorch, the run's), fp16's change."""
     with torch.no_grad():
         enc = torch.sigmoid(model(torch.from_numpy(rows.ids_f64))).numpy().astype(np.float64)
-    # rows whose float32 input lands in another bucket than the training-time float64 encoding
+    # the training-time (float64) ids with each numeric slot bucketed as the graph does (float32), and the rows
+    # where that lands in another bucket
     ids32 = _bucket_ids(rows.feeds_ids, kept)
-    res: dict = {"numeric_bucket_mismatches": int((ids32 != rows.ids_f64).any(1).sum()) if ids32 is not None else 0}
+    numeric = np.array([f.kind == "numeric" for f in kept.fields for _ in range(f.slots)], dtype=bool)
+    served = np.where(numeric, ids32, rows.ids_f64) if ids32 is not None else None
+    moved = served != rows.ids_f64 if served is not None else None
+    res: dict = {"numeric_bucket_mismatches": int(moved.any(1).sum()) if moved is not None else 0}
     if rows.labels is not None and len(np.unique(rows.labels)) == 2:
         res["auc_onnx"] = roc_auc(rows.labels, got)
         res["auc_torch"] = roc_auc(rows.labels, enc)
+        if res["numeric_bucket_mismatches"]:
+            res.update(_float32_bucket_check(model, kept, rows, served, moved, res["auc_torch"]))
         if run_auc is None and rows.all_test_rows:  # null is the AUC of a test split with one label only
             raise LightFMPError(f"{metrics_path}: test.auc is null, but the run's test rows hold both labels: the "
                                 "exported model cannot be checked against the run's test AUC")
@@ -177,6 +183,29 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
             res["fp16"].update(auc_fp32=res["auc_torch"], auc_fp16=res["auc_onnx"],
                                auc_change=res["auc_onnx"] - res["auc_torch"])
     return res
+
+
+def _float32_bucket_check(model, kept: FeatureSchema, rows: ValidationRows, served: np.ndarray, moved: np.ndarray,
+                          auc_torch: float) -> dict:
+    """The run's own model on the rows as the graph buckets them (float32) against as training did (float64): the
+    same model, rows and batching, so the AUC moves by the bucketing alone, with no ties to allow for. Raises where
+    it moves by more than AUC_TOLERANCE (bucket edges closer together than float32 resolves at the field's values,
+    as for seconds since 1970), naming the numeric field whose rows moved most."""
+    with torch.no_grad():
+        enc32 = torch.sigmoid(model(torch.from_numpy(served))).numpy().astype(np.float64)
+    auc32 = roc_auc(rows.labels, enc32)
+    change = auc32 - auc_torch
+    if not abs(change) <= AUC_TOLERANCE:
+        slots = np.cumsum([0] + [f.slots for f in kept.fields])
+        counts = {f.name: int(moved[:, slots[i]:slots[i + 1]].any(1).sum()) for i, f in enumerate(kept.fields)
+                  if f.kind == "numeric"}
+        name = max(counts, key=counts.get)
+        raise LightFMPError(
+            f"numeric field '{name}': {counts[name]:,} of {len(moved):,} {rows.source} rows fall in another bucket "
+            f"read as float32, as the exported graph reads numbers, which moves the test AUC by {change:+.4f} "
+            f"(more than {AUC_TOLERANCE:g}): its bucket edges lie closer than float32 resolves at its values; train "
+            f"on a coarser or relative column instead (docs/export.md)")
+    return {"auc_torch_float32_buckets": auc32}
 
 
 def tie_slack(labels: np.ndarray, scores: np.ndarray, delta: float) -> float:
