@@ -653,8 +653,9 @@ def test_values_float_noise_puts_at_a_bucket_edge_still_export(tmp_path):
         tmp_path / "p.csv", index=False)
     pipeline.run(_cfg(tmp_path / "p.csv", multi_hot=None, numeric="total", no_select=True, num_buckets=64,
                       epochs=5), tmp_path / "run", quiet=True)
-    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--quiet"])
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0, res.output
+    assert "bucket differently" in res.output and "run's own model's test logloss by" in res.output, res.output
     v = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())["validation"]
     assert v["numeric_bucket_mismatches"] > 0, v  # the rows at an edge are there
     assert v["logloss_change_float32_buckets"] <= 2 * v["logloss_change_se"], v  # within noise
