@@ -61,12 +61,13 @@ def register(app) -> None:
             if note:
                 err.print(f"[yellow]note:[/] {note}", highlight=False)
         if v.get("numeric_bucket_mismatches"):
-            auc = f", test AUC {v['auc_torch_float32_buckets'] - v['auc_torch']:+.2e}" \
-                if "auc_torch_float32_buckets" in v and "auc_torch" in v else ""
+            moves = "" if "logloss_change_float32_buckets" not in v else (
+                f", which moves the run's own model's test logloss by {v['logloss_change_float32_buckets']:+.2e} "
+                f"(standard error {v['logloss_change_se']:.1e})"
+                + (f", test AUC {v['auc_torch_float32_buckets'] - v['auc_torch']:+.2e}"
+                   if "auc_torch_float32_buckets" in v and "auc_torch" in v else ""))
             err.print(f"[yellow]note:[/] {v['numeric_bucket_mismatches']} test rows bucket differently with float32 "
-                      f"numeric inputs than with the float64 training encoding, which moves the run's own model's test "
-                      f"logloss by {v['logloss_change_float32_buckets']:+.2e} (standard error "
-                      f"{v['logloss_change_se']:.1e}){auc}", highlight=False)
+                      f"numeric inputs than with the float64 training encoding{moves}", highlight=False)
 
     @app.command("profile", cls=Command)
     @friendly
