@@ -22,13 +22,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, NoReturn
 
 import numpy as np
 import pyarrow as pa
 
 from .encoding import Tokens
-from .errors import LightFMPError
+from .errors import CellError, LightFMPError
 from .io import make_dirs, os_errors_of
 from .scratch import Claim
 
@@ -39,6 +39,10 @@ class Unparsed:
     memory) the column itself, so the fit can parse its training rows alone."""
     error: str
     column: object = None
+    row: int | None = None  # the first bad cell's row in the batch, where known
+
+    def fail(self) -> NoReturn:
+        raise CellError(self.error, self.row) if self.row is not None else LightFMPError(self.error)
 
 
 @dataclass
@@ -87,7 +91,7 @@ class CodedStore:
 
     def add(self, coded: Coded) -> None:
         if self._root is None:
-            self._held.append(Coded(coded.rows, {k: Unparsed(v.error) if isinstance(v, Unparsed) else v
+            self._held.append(Coded(coded.rows, {k: Unparsed(v.error, row=v.row) if isinstance(v, Unparsed) else v
                                                  for k, v in coded.fields.items()}, coded.labels))
         else:
             if self._dir is None:  # made on the first batch, so a file that cannot be read leaves nothing
@@ -130,7 +134,7 @@ def _write(stem: Path, coded: Coded) -> None:
     with pa.OSFile(f"{stem}.values.arrow", "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
         for k in toks:
             writer.write_batch(pa.record_batch([coded.fields[k].values], schema=schema))
-    errors = {k: v.error for k, v in coded.fields.items() if isinstance(v, Unparsed)}
+    errors = {k: [v.error, v.row] for k, v in coded.fields.items() if isinstance(v, Unparsed)}
     Path(f"{stem}.fields.json").write_text(json.dumps({"tokens": toks, "numbers": nums, "errors": errors,
                                                         "rows": n, "labels": coded.labels is not None}))
 
@@ -150,7 +154,7 @@ def _load(stem: Path) -> Coded:
                             f"changed while lightfmp ran") from None
     fields: dict = {k: Tokens(codes[j], values[j]) for j, k in enumerate(meta["tokens"])}
     fields.update({k: numbers[j] for j, k in enumerate(meta["numbers"])})
-    fields.update({k: Unparsed(msg) for k, msg in meta["errors"].items()})
+    fields.update({k: Unparsed(msg, row=row) for k, (msg, row) in meta["errors"].items()})
     return Coded(int(meta["rows"]), fields, labels if meta["labels"] else None)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, NoReturn
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,9 @@ from rich.markup import escape
 from .coded import Coded, CodedStore
 from .config import DataConfig
 from .encoding import TEXT_RULE, column, column_names, present, read_otherwise_before, stable_hash, tokens
-from .errors import LightFMPError
-from .formats import check_source, fixed_label, implies_stream, read_batches, read_tables, resolve_format
+from .errors import CellError, LightFMPError
+from .formats import (check_source, fixed_label, implies_stream, line_of, read_batches, read_tables,
+                      resolve_format)
 from .io import data_signature, file_sha256
 from .labels import LabelCounts, parse_labels
 from .progress import Reporter, counted
@@ -240,14 +241,14 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             labels.add(batch, y, train)
             coded = schema.code(batch)
             for name in (c for c, why in inferred.items() if why.startswith("categorical (integers")):
-                value = _first_fraction(coded.fields[name])
-                if value is not None:  # its values would each be a rare category, read as unknown: refused
-                    raise LightFMPError(f"{source}: column '{name}' holds {value} in rows {start}-"
-                                        f"{start + len(batch) - 1}, a number that is not an integer")
+                found = _first_fraction(coded.fields[name])
+                if found is not None:  # its values would each be a rare category, read as unknown: refused
+                    _in_batch(CellError(f"column '{name}' holds {found[0]}, a number that is not an integer,",
+                                        found[1]), source, start, len(batch), fmt)
             try:
                 fitter.add(coded, train)
             except LightFMPError as e:
-                raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
+                _in_batch(e, source, start, len(batch), fmt)
             coded.labels = y
             kept.add(coded)
             for name in nonmissing:
@@ -287,15 +288,17 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     return schema
 
 
-def _first_fraction(tokens) -> str | None:
-    """The first of a categorical column's distinct values in a batch that is a number with a fraction, or None
-    (none, or the column holds text, which a categorical column may)."""
+def _first_fraction(tokens) -> tuple[str, int] | None:
+    """The first of a categorical column's distinct values in a batch that is a number with a fraction, and its
+    first row in the batch; None where there is none, or the column holds text, which a categorical column may."""
     try:
         x = pc.cast(tokens.values, pa.float64()).to_numpy(zero_copy_only=False)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return None
     bad = np.flatnonzero(np.isfinite(x) & (x != np.round(x)))
-    return tokens.values[int(bad[0])].as_py() if len(bad) else None
+    if not len(bad):
+        return None
+    return tokens.values[int(bad[0])].as_py(), int(np.argmax(tokens.codes == bad[0]))
 
 
 def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str) -> None:
@@ -327,6 +330,17 @@ def _numbered(kept: CodedStore) -> Iterator[tuple[Coded, int]]:
         start += len(coded)
 
 
+def _in_batch(e: LightFMPError, source: str, start: int, n: int, fmt: str) -> NoReturn:
+    """Re-raise a batch's error naming where in the file: the cell's row (and line) where the error knows it, else
+    the batch's rows."""
+    if isinstance(e, CellError):
+        line = line_of(fmt, start + e.row, source)
+        where = f"at row {start + e.row}" + (f" (line {line})" if line is not None else "")
+    else:
+        where = f"(in rows {start}-{start + n - 1})"
+    raise LightFMPError(f"{source}: {e} {where}") from None
+
+
 def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSchema, codes, source: str, fmt: str,
             sink: Callable[..., None]) -> None:
     """Encode every batch (read, or coded by the fit pass) into one chunk handed to `sink(ids=, labels=, rows=,
@@ -341,7 +355,7 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
         try:
             ids = schema.encode(batch)
         except LightFMPError as e:
-            raise LightFMPError(f"{source}: {e} (in rows {start}-{start + len(batch) - 1})") from None
+            _in_batch(e, source, start, len(batch), fmt)
         sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64),
              split=codes(start, len(batch)))
 

@@ -28,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import LightFMPError
+from .errors import CellError, LightFMPError
 
 # How a missing number is spelt in text files besides a blank cell: R writes NA, pandas' to_csv NaN or nan (its
 # na_rep), databases NULL. In a numeric column each reads as missing; in a categorical one it stays a category.
@@ -95,7 +95,7 @@ def split_multi(col: pd.Series, sep: str) -> pd.Series:
 def as_float(col: pd.Series, name: str) -> np.ndarray:
     x, bad = float_cells(col)
     if bad is not None:
-        raise LightFMPError(f"numeric column '{name}' has non-numeric value {str(col.iloc[bad]).strip()!r}")
+        raise CellError(f"numeric column '{name}' has non-numeric value {str(col.iloc[bad]).strip()!r}", bad)
     return x
 
 
@@ -304,7 +304,10 @@ def numbers(col, name: str) -> np.ndarray:
         except pa.ArrowInvalid:
             pass
         codes, values = distinct(col)  # in order of first appearance: the first bad value is the first bad row's
-        return np.append(as_float(values.to_pandas(), name), np.nan)[codes]
+        try:
+            return np.append(as_float(values.to_pandas(), name), np.nan)[codes]
+        except CellError as e:  # the bad value's first row
+            raise CellError(str(e), int(np.argmax(codes == e.row))) from None
     return as_float(_arrow(col).to_pandas(), name)
 
 

@@ -9,6 +9,15 @@ class LightFMPError(Exception):
     """Bad input or a run directory in the wrong state. The message names the file, column or value."""
 
 
+class CellError(LightFMPError):
+    """A cell that breaks a column's rule; `row` is its position in the column that was read (a batch's row), so
+    whoever knows where the batch starts in the file can name the row and line."""
+
+    def __init__(self, message: str, row: int):
+        super().__init__(message)
+        self.row = row
+
+
 def shown_type(value) -> str:
     """How an error names what a Python caller passed where another type goes: 'None', 'a value of type int'."""
     return "None" if value is None else f"a value of type {type(value).__name__}"

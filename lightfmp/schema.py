@@ -311,7 +311,7 @@ class FeatureSchema:
             try:
                 fields[f.name] = numbers(col, f.name)
             except LightFMPError as e:
-                fields[f.name] = Unparsed(str(e), col)
+                fields[f.name] = Unparsed(str(e), col, getattr(e, "row", None))
         return Coded(len(data), fields)
 
     def encode(self, data) -> np.ndarray:
@@ -331,7 +331,7 @@ def _field_ids(f: Field, cells: Tokens | np.ndarray | Unparsed) -> np.ndarray:
     """Ids [rows, f.slots] of a coded column: bucket of each number, or id of each distinct text gathered by the
     codes (a multi-hot cell's tokens in its first slots, the rest padding)."""
     if isinstance(cells, Unparsed):
-        raise LightFMPError(cells.error)
+        cells.fail()
     if f.kind == "numeric":
         return bucket_ids(cells, f.boundaries)[:, None]
     if f.kind == "categorical":

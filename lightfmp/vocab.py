@@ -35,7 +35,7 @@ from rich.markup import escape
 from .coded import Coded, Unparsed
 from .config import DataConfig
 from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
-from .errors import LightFMPError
+from .errors import CellError, LightFMPError
 from .formats import all_categorical, fixed_label
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
                      is_integral, quantile_edges, vocab_from_counts)
@@ -539,8 +539,11 @@ def _train_numbers(cells: np.ndarray | Unparsed, train: np.ndarray | None, name:
         return cells if train is None else cells[train]
     col = cells.column
     if train is None or col is None:
-        raise LightFMPError(cells.error)
-    return numbers(col[train] if isinstance(col, pd.Series) else col.filter(pa.array(train)), name)
+        cells.fail()
+    try:
+        return numbers(col[train] if isinstance(col, pd.Series) else col.filter(pa.array(train)), name)
+    except CellError as e:  # a training row's: its row in the batch
+        raise CellError(str(e), int(np.flatnonzero(train)[e.row])) from None
 
 
 def fit_schema(schema: FeatureSchema, train, seed: int = 0) -> FeatureSchema:

@@ -347,22 +347,29 @@ def test_criteo_int_columns_refuse_what_pandas_refuses(tmp_path):
 @pytest.mark.parametrize("train_row", [False, True])
 def test_unparsable_number_is_reported_by_the_pass_that_reads_its_row(tmp_path, stream, train_row):
     """A non-numeric cell in a training row fails the fit pass; in another row, the encode pass (from the batches the
-    fit pass coded): the same one-line message either way, and no scratch files are left."""
+    fit pass coded): the same one-line message either way, naming the cell's row and line in the file (past the
+    first batch of rows), and no scratch files are left."""
     from lightfmp.splits import SplitRule
-    df = frame(300)
-    split = SplitRule((0.8, 0.1, 0.1), 0).hash_codes(np.arange(300))
-    row = int(np.flatnonzero((split == 0) == train_row)[5])
+    n = 1000
+    df = frame(n)
+    split = SplitRule((0.8, 0.1, 0.1), 0).hash_codes(np.arange(n))
+    row = int(np.flatnonzero(((split == 0) == train_row) & (np.arange(n) > 400))[5])
     df["num"] = df["num"].astype(object)
     df.loc[row, "num"] = "abc"
+    df.loc[row + 1, "num"] = "xyz"  # a later bad cell: the first one is named
+    df.loc[n - 1, "num"] = "abc"
     df.to_csv(tmp_path / "d.csv", index=False)
     shards = tmp_path / "s"
     with pytest.raises(LightFMPError) as e:
         load_dataset(cfg(tmp_path / "d.csv", stream=stream, shard_dir=str(shards), numeric=["num"],
                          ignore=["when"]))
-    batch = row // 400 * 400
     assert str(e.value) == (f"{tmp_path / 'd.csv'}: numeric column 'num' has non-numeric value 'abc' "
-                            f"(in rows {batch}-{min(batch + 399, 299)})")
+                            f"at row {row} (line {row + 2})")
     assert not shards.exists() or not list(shards.glob(".coded-*"))
+    df["num"] = [None if isinstance(v, float) and np.isnan(v) else str(v) for v in df["num"]]
+    df.to_parquet(tmp_path / "d.parquet")  # a text column; no lines in a Parquet file: the row alone
+    with pytest.raises(LightFMPError, match=rf"non-numeric value 'abc' at row {row}$"):
+        load_dataset(cfg(tmp_path / "d.parquet", stream=stream, numeric=["num"], ignore=["when"]))
 
 
 def test_streamed_encode_reads_the_coded_batches_not_the_file(tmp_path, monkeypatch):
@@ -432,16 +439,16 @@ def test_coded_batches_on_disk_come_back_in_order(tmp_path):
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_column_inferred_as_integers_that_later_holds_fractions_is_refused(tmp_path, stream):
     """The kind of an unnamed column comes from the first batch: integers there, numbers with a fraction in a later
-    part would each become a rare category (read as unknown), so the pass stops naming the column, the rows and
-    the flags that name its kind; named, the same file reads."""
+    part would each become a rare category (read as unknown), so the pass stops naming the column, the first such
+    row and the flags that name its kind; named, the same file reads."""
     rng = np.random.default_rng(0)
     d = tmp_path / "parts"
     d.mkdir()
     pd.DataFrame({"q": rng.integers(0, 10, 600), "label": rng.integers(0, 2, 600)}).to_parquet(d / "part-0.parquet")
     pd.DataFrame({"q": rng.normal(5, 2, 600), "label": rng.integers(0, 2, 600)}).to_parquet(d / "part-1.parquet")
     extra = {"stream": True, "shard_dir": str(tmp_path / "s")} if stream else {}
-    with pytest.raises(LightFMPError, match=r"column 'q' holds [0-9.]+ in rows 600-1199, a number that is not an "
-                                            r"integer \(column 'q' was inferred categorical \(integers") as e:
+    with pytest.raises(LightFMPError, match=r"column 'q' holds [0-9.]+, a number that is not an integer, at row "
+                                            r"600 \(column 'q' was inferred categorical \(integers") as e:
         load_dataset(DataConfig(data=str(d), label="label", **extra))
     assert "\n" not in str(e.value)
     for kind in ("categorical", "numeric"):
