@@ -610,6 +610,28 @@ def test_a_field_name_as_long_as_a_column_can_be_exports(tmp_path):
     assert 0 < Predictor(tmp_path / "exp").predict([row])[0] < 1
 
 
+@pytest.mark.parametrize("inputs", ["ids", "raw"])
+def test_fields_named_like_numbers_or_the_exporters_own_values_export_by_their_names(tmp_path, inputs):
+    """Columns of a frame written without a header are named 0, 1, ...: the exporter refuses '123' as an input name
+    and renames an input '0' after a value of its own. The graph's inputs are named by the fields all the same (a
+    value of the graph's that bears a field's name is renamed), and the export validates and serves by them."""
+    names = {"city": "0", "dev": "123", "price": "onnx::Unsqueeze_0"}
+    data = tmp_path / "numbered.csv"
+    pd.read_csv(make_csv(tmp_path / "d.csv")).rename(columns=names).to_csv(data, index=False)
+    pipeline.run(_cfg(data, no_select=True, categorical="123"), tmp_path / "run", quiet=True)
+    res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--inputs", inputs,
+                              "--quiet"])
+    assert res.exit_code == 0, res.output
+    g = onnx.load(str(tmp_path / "exp" / contract.MODEL_FILE)).graph
+    assert [i.name for i in g.input] == ["0", "123", "onnx::Unsqueeze_0", "tags", "noise"]
+    assert [o.name for o in g.output] == [contract.OUTPUT_NAME]
+    rows = [{"0": "paris", "123": 3, "onnx::Unsqueeze_0": 5.0, "tags": "a|b", "noise": 1},
+            {"0": "rome", "123": 7, "onnx::Unsqueeze_0": 2.5, "tags": "", "noise": 4}]
+    got = Predictor(tmp_path / "exp").predict(rows)
+    want = torch_probs(tmp_path / "run", pd.DataFrame(rows))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_a_numeric_field_beyond_float32_is_refused_naming_it(tmp_path):
     """The graph reads numbers as float32: bucket edges of 1e300 would become infinite and merge the buckets, so the
     exported model would score other rows than the trained one. Refused in one line naming the field, nothing
@@ -655,9 +677,13 @@ def test_values_float_noise_puts_at_a_bucket_edge_still_export(tmp_path):
                       epochs=5), tmp_path / "run", quiet=True)
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp")])
     assert res.exit_code == 0, res.output
-    assert "bucket differently" in res.output and "run's own model's test logloss by" in res.output, res.output
+    said = " ".join(res.output.split())  # the note as one line, however the console wrapped it
+    assert "bucket differently" in said and "run's own model's test logloss by" in said, res.output
     v = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())["validation"]
     assert v["numeric_bucket_mismatches"] > 0, v  # the rows at an edge are there
+    # the field whose rows they are, in the report and in the note
+    assert v["numeric_bucket_mismatches_by_field"] == {"total": v["numeric_bucket_mismatches"]}, v
+    assert f"(rows by field: 'total' {v['numeric_bucket_mismatches']:,})" in said, res.output
     assert v["logloss_change_float32_buckets"] <= 2 * v["logloss_change_se"], v  # within noise
     shift = v["auc_torch_float32_buckets"] - v["auc_torch"]  # what the float32 buckets alone move the AUC by
     assert shift != 0 and abs(v["auc_diff_vs_run"] - shift) <= v["auc_tolerance"] < abs(v["auc_diff_vs_run"]), v

@@ -89,7 +89,9 @@ def build_graph(module: ServingModule, kept: FeatureSchema, example_feeds: dict,
 
 def _torch_export(module: ServingModule, kept: FeatureSchema, feeds: dict, opset: int, work: Path):
     import onnx
-    names = kept.names
+    # the exporter takes placeholder names, renamed to the fields' afterwards: it refuses names such as '123' and
+    # renames an input '0' after one of its own values, while ONNX allows any unique name
+    names = [f"lightfmp_input_{i}" for i in range(len(kept.fields))]
     example = tuple(t[:2] for t in torch_inputs(feeds, kept))
     dynamic = {n: {0: "batch"} for n in names + [OUTPUT_NAME]}
     work.mkdir()
@@ -101,6 +103,7 @@ def _torch_export(module: ServingModule, kept: FeatureSchema, feeds: dict, opset
                               input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
                               do_constant_folding=True)
         proto = onnx.load(str(work / MODEL_FILE), load_external_data=True)
+        _rename_inputs(proto.graph, dict(zip(names, kept.names)))
     except LightFMPError:
         raise
     except Exception as e:  # the exporter raises many types; the first line names the op
@@ -132,6 +135,33 @@ def _tables_to_fp16(proto) -> None:
     del g.node[:]
     g.node.extend(nodes)
     _drop_value_info(g)
+
+
+def _rename_inputs(g, names: dict[str, str]) -> None:
+    """Rename the graph inputs `names` (old -> new) everywhere they are read; a value of the graph's own that
+    already bears a new name is renamed first (a suffix of underscores), so every name stays unique."""
+    taken = {i.name for i in g.input} | {o.name for o in g.output} | {t.name for t in g.initializer} \
+        | {v for n in g.node for v in list(n.input) + list(n.output)}
+    inputs = set(names)
+    clash = {}
+    for new in names.values():
+        if new in taken and new not in inputs:
+            fresh = new + "_"
+            while fresh in taken or fresh in names.values():
+                fresh += "_"
+            taken.add(fresh)
+            clash[new] = fresh
+    mapping = {**clash, **names}
+    for n in g.node:
+        for seq in (n.input, n.output):
+            for k, v in enumerate(seq):
+                if v in mapping:
+                    seq[k] = mapping[v]
+    for seq in (g.input, g.output, g.value_info):
+        for v in seq:
+            v.name = mapping.get(v.name, v.name)
+    for t in g.initializer:
+        t.name = mapping.get(t.name, t.name)
 
 
 def _add_label_encoders(proto, kept: FeatureSchema) -> None:
