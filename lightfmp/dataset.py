@@ -44,7 +44,8 @@ from .schema import FeatureSchema
 from .scratch import reap
 from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
                      shard_key)
-from .splits import SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, row_uniform, time_codes
+from .splits import (SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, check_split_keys, row_uniform,
+                     time_codes)
 from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
 
 Batches = Callable[[], Iterable[tuple[pa.Table | Coded, int]]]
@@ -179,31 +180,51 @@ def _rows(store: Store) -> int:
 # ---- split ----------------------------------------------------------------------------------------------------------
 def _split_codes(rule: SplitRule, batches: Batches, source: str) -> Callable[[int, int], np.ndarray]:
     """codes(start, n): split codes of global rows start .. start + n - 1. The time rule ranks the whole column
-    first, and the group rule reads every row's group first (one extra read of the file when streaming)."""
+    first, and the group rule reads every row's group first (one extra read of the file when streaming), on the
+    first call: after the first batch's checks of the flags, before any row is fitted or encoded."""
+    if rule.group_column is None and rule.time_column is None:
+        return lambda start, n: rule.hash_codes(np.arange(start, start + n, dtype=np.int64))
+    every = None
+
+    def codes(start: int, n: int) -> np.ndarray:
+        nonlocal every
+        if every is None:
+            every = _every_split(rule, batches, source)
+        return every[start:start + n]
+    return codes
+
+
+def _every_split(rule: SplitRule, batches: Batches, source: str) -> np.ndarray:
+    """Every row's split code under the time or group rule; an empty split is refused here."""
     if rule.group_column is not None:
-        parts = []
+        parts, seen = [], set()
         for batch, start in batches():
-            if rule.group_column not in column_names(batch):
-                raise LightFMPError(f"{source}: --group-column '{rule.group_column}' not found "
-                                    f"(columns: {', '.join(column_names(batch))})")
+            check_split_keys(None, rule.group_column, column_names(batch), source)
             groups = tokens(column(batch, rule.group_column))
             gone = np.flatnonzero(groups.codes < 0)
             if len(gone):
                 raise LightFMPError(f"{source}: --group-column '{rule.group_column}' is missing at row "
                                     f"{start + int(gone[0])}: every row needs a group")
-            parts.append(rule.hash_codes(stable_hash(groups.values))[groups.codes])
+            hashes = stable_hash(groups.values)
+            if len(seen) < len(SPLITS):  # whether there are that many groups (a batch's first few tell)
+                seen.update(hashes[:len(SPLITS)].tolist())
+            parts.append(rule.hash_codes(hashes)[groups.codes])
         every = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
-        return lambda start, n: every[start:start + n]
-    if rule.time_column is None:
-        return lambda start, n: rule.hash_codes(np.arange(start, start + n, dtype=np.int64))
-    parts = []
-    for batch, _ in batches():
-        if rule.time_column not in column_names(batch):
-            raise LightFMPError(f"{source}: --time-column '{rule.time_column}' not found "
-                                f"(columns: {', '.join(column_names(batch))})")
-        parts.append(batch.column(rule.time_column).to_pandas())
-    every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source, rule.time_ties)
-    return lambda start, n: every[start:start + n]
+        if 0 < len(seen) < len(SPLITS):
+            raise LightFMPError(f"{source}: --group-column '{rule.group_column}' holds {len(seen)} group(s); a split "
+                                f"by group puts each group in one of train, valid and test whole, so it needs at "
+                                f"least {len(SPLITS)} (split by row hash without it)")
+    else:
+        parts = []
+        for batch, _ in batches():
+            check_split_keys(rule.time_column, None, column_names(batch), source)
+            parts.append(batch.column(rule.time_column).to_pandas())
+        every = time_codes(pd.concat(parts, ignore_index=True), rule.fractions, rule.time_column, source,
+                           rule.time_ties)
+    counts = np.bincount(every, minlength=len(SPLITS))[:len(SPLITS)]
+    check_sizes(dict(zip(SPLITS, map(int, counts))), len(every), rule.fractions, source, rule.time_column,
+                rule.group_column)
+    return every
 
 
 # ---- fit ------------------------------------------------------------------------------------------------------------

@@ -159,7 +159,8 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     are read as UTC); a value that is neither is an error naming it. `ties` "together": rows of one time go to one
     split; "rank": by their rank in the file (the rule runs recorded before it was kept)."""
     t = pd.to_numeric(values, errors="coerce")
-    if t.isna().all():
+    numbers = not t.isna().all()
+    if not numbers:
         with warnings.catch_warnings():  # pandas warns when it has to guess a date format: a value's error follows
             warnings.simplefilter("ignore", UserWarning)
             # in the format pandas infers from the first value; times with a zone on one timeline (UTC), those
@@ -171,8 +172,13 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
                             f"row needs a time to be ordered by")
     bad = t.isna().to_numpy()
     if bad.any():
-        raise LightFMPError(f"{source}: --time-column '{column}': value {values[bad].iloc[0]!r} is neither a number "
-                            f"nor a date")
+        row = int(bad.argmax())
+        if numbers and not pd.isna(pd.to_datetime(values.iloc[row:row + 1], errors="coerce", format="mixed").iloc[0]):
+            first = int((~bad).argmax())
+            raise LightFMPError(f"{source}: --time-column '{column}' mixes numbers and dates ({values.iloc[first]!r} "
+                                f"at row {first}, {values.iloc[row]!r} at row {row}); write every time one way")
+        raise LightFMPError(f"{source}: --time-column '{column}': value {values.iloc[row]!r} at row {row} is neither "
+                            f"a number nor a date")
     times = t.to_numpy()
     n = len(times)
     n_train, n_valid = int(round(fractions[0] * n)), int(round(fractions[1] * n))
@@ -190,6 +196,13 @@ def time_codes(values: pd.Series, fractions: tuple[float, float, float], column:
     if n_train > 0:
         codes[times <= ranked[n_train - 1]] = 0
     return codes
+
+
+def check_split_keys(time_column: str | None, group_column: str | None, columns: list[str], source: str) -> None:
+    """The --time-column / --group-column named is a column of the data."""
+    for flag, key in (("--time-column", time_column), ("--group-column", group_column)):
+        if key is not None and key not in columns:
+            raise LightFMPError(f"{source}: {flag} '{key}' not found (columns: {', '.join(columns)})")
 
 
 def check_sizes(sizes: dict[str, int], rows: int, fractions, source: str, time_column: str | None = None,

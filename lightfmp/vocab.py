@@ -37,6 +37,7 @@ from .config import DataConfig
 from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
 from .errors import CellError, LightFMPError
 from .formats import all_categorical, fixed_label
+from .splits import check_split_keys
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
                      is_integral, quantile_edges, vocab_from_counts)
 
@@ -284,6 +285,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
         if t is not None and pa.types.is_nested(t) and c not in spec.ignore:
             raise LightFMPError(f"{source}: column '{c}' holds nested values ({t}); lightfmp reads flat columns: "
                                 f"write a list as text joined by a separator (--multi-hot {c}:|) or --ignore {c}")
+    check_split_keys(cfg.time_column or None, cfg.group_column or None, columns, source)
     named = set(spec.categorical) | set(spec.numeric) | set(spec.multi_hot)
     for key in (cfg.time_column, cfg.group_column):  # the split key is a feature only when named as one
         if key and key not in named and key not in spec.ignore:

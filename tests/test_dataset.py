@@ -139,10 +139,19 @@ def test_group_column_refusals(tmp_path):
     df.to_csv(tmp_path / "m.csv", index=False)
     with pytest.raises(LightFMPError, match="--group-column 'user' is missing at row 123: every row needs a group"):
         load_dataset(cfg_for(tmp_path / "m.csv", tmp_path, group_column="user").data)
-    df.assign(user="one").to_csv(tmp_path / "o.csv", index=False)
-    with pytest.raises(LightFMPError, match=r"leaves the \w+ split empty with 600 rows \(--group-column 'user': each "
-                                            r"group goes to one split whole"):
-        load_dataset(cfg_for(tmp_path / "o.csv", tmp_path, group_column="user").data)
+    for k in (1, 2):  # too few groups for three splits: said so, whatever --split or --seed
+        df.assign(user=[f"u{i % k}" for i in range(len(df))]).to_csv(tmp_path / "o.csv", index=False)
+        with pytest.raises(LightFMPError, match=rf"--group-column 'user' holds {k} group\(s\); a split by group puts "
+                                                rf"each group in one of train, valid and test whole, so it needs at "
+                                                rf"least 3 \(split by row hash without it\)$"):
+            load_dataset(cfg_for(tmp_path / "o.csv", tmp_path, group_column="user").data)
+    # three groups that leave a split empty: refused before the passes read the file (no shards, no fitted schema)
+    df.assign(user=[f"u{i % 3}" for i in range(len(df))]).to_csv(tmp_path / "three.csv", index=False)
+    for stream in (False, True):
+        with pytest.raises(LightFMPError, match=r"leaves the \w+ split empty with 600 rows \(--group-column 'user': "
+                                                r"each group goes to one split whole"):
+            load_dataset(cfg_for(tmp_path / "three.csv", tmp_path, group_column="user", stream=stream).data)
+        assert not (tmp_path / "shards").exists()
 
 
 def test_the_group_flag_leaves_checkpoint_keys_of_runs_without_it_as_they_were():
@@ -160,8 +169,15 @@ def test_time_codes_closed_form():
     codes = time_codes(pd.Series(["2024-01-03", "2024-01-01", "2024-01-02", "2024-01-05", "2024-01-04"]),
                        (0.6, 0.2, 0.2), "day", "f.csv")
     assert codes.tolist() == [0, 0, 0, 2, 1]
-    with pytest.raises(LightFMPError, match="'day': value 'soon' is neither a number nor a date"):
+    with pytest.raises(LightFMPError, match="'day': value 'soon' at row 1 is neither a number nor a date$"):
         time_codes(pd.Series(["2024-01-01", "soon"]), (0.6, 0.2, 0.2), "day", "f.csv")
+    # numbers with a date among them, or dates with a number: both kinds named, with their rows
+    with pytest.raises(LightFMPError, match=r"--time-column 'day' mixes numbers and dates \('619200' at row 0, "
+                                            r"'2024-01-05' at row 2\); write every time one way$"):
+        time_codes(pd.Series(["619200", "700000", "2024-01-05"]), (0.6, 0.2, 0.2), "day", "f.csv")
+    with pytest.raises(LightFMPError, match=r"mixes numbers and dates \('1700000000' at row 1, '2024-01-05' at row "
+                                            r"0\)"):
+        time_codes(pd.Series(["2024-01-05", "1700000000", "2024-01-06"]), (0.6, 0.2, 0.2), "day", "f.csv")
 
 
 def test_rows_of_one_time_stay_in_one_split(tmp_path):
@@ -195,7 +211,7 @@ def test_time_codes_read_every_date_format_and_order_zones_on_one_timeline():
              "2024-01-01T11:00+00:00"]
     assert time_codes(pd.Series(zoned), (0.6, 0.2, 0.2), "t", "f.csv").tolist() == [0, 0, 0, 2, 1]
     # the value named is the one that is no date, not one in another format
-    with pytest.raises(LightFMPError, match="value '2024-13-45' is neither"):
+    with pytest.raises(LightFMPError, match="value '2024-13-45' at row 2 is neither"):
         time_codes(pd.Series(["2024-01-01 10:00", "2024-01-02", "2024-13-45"]), (0.6, 0.2, 0.2), "t", "f.csv")
 
 
