@@ -561,10 +561,11 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
     killed writers beside `path` are removed first, so a SIGKILLed run or export does not leave one for good."""
     path = Path(path)
     check_out(path, force, kind, owned, in_place)
+    made = [q for q in [path.parent, *path.parent.parents] if not q.exists()]  # innermost first
     path.parent.mkdir(parents=True, exist_ok=True)
     reap(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
-    claim = None
+    claim, done = None, False
     try:
         with os_errors_of(tmp):
             claim = Claim(tmp)
@@ -582,6 +583,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
                 if foreign is not None:
                     exchange(tmp, path)
                     raise _foreign_error(path, foreign, kind=kind)
+                done = True
                 return
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
             old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
@@ -594,13 +596,20 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
                 os.replace(old, path)
                 raise _foreign_error(path, foreign, kind=kind)
             os.replace(tmp, path)
+            done = True
             remove_tree(old)
         else:
             os.replace(tmp, path)
+            done = True
     finally:
         remove_tree(tmp)
         if claim is not None:
             claim.close()
+        for q in made if not done else []:  # the folders made for it, where they stayed empty
+            try:
+                q.rmdir()
+            except OSError:
+                break
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100

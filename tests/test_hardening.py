@@ -183,6 +183,26 @@ def test_atomic_dir_never_deletes_a_sibling_of_the_users(tmp_path):
     assert listing(tmp_path) == [".r.old", "r"]
 
 
+def test_a_failed_atomic_dir_takes_away_the_folders_it_made_and_no_others(tmp_path):
+    """A block that fails leaves no trace: the temporary goes, and so do the folders made for the output's parents
+    (innermost first, while they are empty); a folder that existed before, or that something else filled meanwhile,
+    stays. After success the parents stay."""
+    (tmp_path / "had").mkdir()
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "had" / "new1" / "new2" / "run") as tmp:
+            (tmp / "part.bin").write_bytes(b"x")
+            raise RuntimeError("the block failed")
+    assert listing(tmp_path) == ["had"] and listing(tmp_path / "had") == []
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "had" / "new1" / "new2" / "run"):
+            (tmp_path / "had" / "new1" / "theirs.txt").write_text("written meanwhile")
+            raise RuntimeError("the block failed")
+    assert listing(tmp_path / "had" / "new1") == ["theirs.txt"]
+    with atomic_dir(tmp_path / "had" / "new3" / "run") as tmp:
+        (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run"}))
+    assert (tmp_path / "had" / "new3" / "run" / "run.json").exists()
+
+
 def test_export_force_refuses_what_lightfmp_did_not_write(complete, tmp_path, monkeypatch):
     pytest.importorskip("onnx")
     v = tmp_path / "v"
