@@ -66,8 +66,10 @@ def register(app) -> None:
                 f"(standard error {v['logloss_change_se']:.1e})"
                 + (f", test AUC {v['auc_torch_float32_buckets'] - v['auc_torch']:+.2e}"
                    if "auc_torch_float32_buckets" in v and "auc_torch" in v else ""))
+            fields = ", ".join(f"'{k}' {n:,}" for k, n in v.get("numeric_bucket_mismatches_by_field", {}).items())
             err.print(f"[yellow]note:[/] {v['numeric_bucket_mismatches']} test rows bucket differently with float32 "
-                      f"numeric inputs than with the float64 training encoding{moves}", highlight=False)
+                      f"numeric inputs than with the float64 training encoding"
+                      f"{f' (rows by field: {fields})' if fields else ''}{moves}", highlight=False)
 
     @app.command("profile", cls=Command)
     @friendly

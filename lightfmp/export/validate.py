@@ -155,6 +155,11 @@ def _test_split_checks(model, kept: FeatureSchema, rows: ValidationRows, got: np
     served = np.where(numeric, ids32, rows.ids_f64) if ids32 is not None else None
     moved = served != rows.ids_f64 if served is not None else None
     res: dict = {"numeric_bucket_mismatches": int(moved.any(1).sum()) if moved is not None else 0}
+    if res["numeric_bucket_mismatches"]:  # per numeric field, the rows where it alone lands elsewhere
+        slots = np.cumsum([0] + [f.slots for f in kept.fields])
+        res["numeric_bucket_mismatches_by_field"] = {
+            f.name: n for i, f in enumerate(kept.fields) if f.kind == "numeric"
+            for n in [int(moved[:, slots[i]:slots[i + 1]].any(1).sum())] if n}
     if res["numeric_bucket_mismatches"] and rows.labels is not None and len(rows.labels) >= 2:
         res.update(_float32_bucket_check(model, kept, rows, enc, served, moved))
     if rows.labels is not None and len(np.unique(rows.labels)) == 2:
