@@ -129,21 +129,28 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
         def batches():
             return iter(held)
     codes = _split_codes(rule, batches, source)
+    inferred, save = {}, None
     with CodedStore(shard_home(cfg.shard_dir) if on_disk else None) as kept:
         if schema is None or not all(f.fitted for f in schema.fields) \
                 or given and any(f.hashed for f in schema.fields):
-            schema = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, on_disk, kept)
+            schema, inferred, save = _fitted(cfg, fmt, rule, sha, schema, batches, codes, source, reporter, on_disk,
+                                             kept)
         if kept.count and not on_disk:
             held.clear()  # the coded batches replace the read ones
 
         def encoded():
             # the fit pass ran and coded every batch: encode those instead of reading the file again
             return _numbered(kept) if kept.count else batches()
-        if on_disk:
-            store, location = _shards(cfg, fmt, rule, sha, schema, encoded, codes, source, reporter)
-        else:
-            store, location = MemoryStore(schema.num_slots), None
-            _encode(encoded(), schema, codes, source, fmt, store.append)
+        try:
+            if on_disk:
+                store, location = _shards(cfg, fmt, rule, sha, schema, encoded, codes, source, reporter)
+            else:
+                store, location = MemoryStore(schema.num_slots), None
+                _encode(encoded(), schema, codes, source, fmt, store.append)
+        except LightFMPError as e:
+            raise _kind_hint(e, inferred) from None
+    if save is not None:  # the fit is kept for later runs once the whole file encoded
+        save()
     data = Dataset(schema, sha, _rows(store), rule, store, location)
     check_sizes(data.split_sizes(), data.rows, rule.fractions, source, rule.time_column, rule.group_column)
     return data
@@ -229,9 +236,12 @@ def _every_split(rule: SplitRule, batches: Batches, source: str) -> np.ndarray:
 
 # ---- fit ------------------------------------------------------------------------------------------------------------
 def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema | None, batches: Batches,
-            codes, source: str, reporter: Reporter, cache: bool, kept: CodedStore) -> FeatureSchema:
+            codes, source: str, reporter: Reporter, cache: bool,
+            kept: CodedStore) -> tuple[FeatureSchema, dict[str, str], Callable[[], None] | None]:
     """The fit pass, or (streaming) its result from an earlier run with the same data and fit options. The pass
-    codes every batch once, for the fit and (into `kept`) for the encoding."""
+    codes every batch once, for the fit and (into `kept`) for the encoding. Returns the schema, the inferred
+    columns' kinds (column -> how) and, where a fit done here is to be kept for later runs, the call that saves it
+    (made once the encoding succeeded too)."""
     where = None
     if cache:
         opts = {k: getattr(cfg, k) for k in ("label", "positive", "categorical", "numeric", "multi_hot", "ignore",
@@ -244,7 +254,7 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             for col, why in saved[1].items():
                 reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
             reporter.log(f"fit pass skipped: the schema fitted on this data with these options is in {where}")
-            return saved[0]
+            return saved[0], saved[1], None
     t0 = time.perf_counter()
     fitter, inferred, nonmissing, n_rows = None, {}, {}, 0
     try:
@@ -277,12 +287,8 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
             n_rows += len(batch)
         labels.check(source)
         fitter.finish()
-    except LightFMPError as e:  # the report comes after the pass, so an error about a value of a column whose kind
-        col = next((c for c in inferred if f"column '{c}'" in str(e)), None)  # was inferred says how it was
-        if col is None:
-            raise
-        raise LightFMPError(f"{e} (column '{col}' was inferred {inferred[col]} from the first rows; --categorical or "
-                            f"--numeric names its kind)") from None
+    except LightFMPError as e:
+        raise _kind_hint(e, inferred) from None
     for name, n in nonmissing.items():  # its kind does not matter: no row holds a value
         if n == 0:
             raise LightFMPError(f"{source}: column '{name}' is entirely empty (NaN); drop it with --ignore {name}")
@@ -304,9 +310,17 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
         reporter.log(f"inferred column [bold]{escape(str(col))}[/]: {why}")
     reporter.log(f"fit: read {n_rows:,} rows in {time.perf_counter() - t0:.1f} s; schema fitted on "
                  f"{fitter.rows:,} training rows")
-    if where is not None:
-        save_fit(where, schema, inferred)
-    return schema
+    return schema, inferred, (lambda: save_fit(where, schema, inferred)) if where is not None else None
+
+
+def _kind_hint(e: LightFMPError, inferred: dict[str, str]) -> LightFMPError:
+    """An error about a value of a column whose kind was inferred, saying how it was (the report of the inferred
+    kinds comes after the pass, so the error would be the only line printed)."""
+    col = next((c for c in inferred if f"column '{c}'" in str(e)), None)
+    if col is None:
+        return e
+    return LightFMPError(f"{e} (column '{col}' was inferred {inferred[col]} from the first rows; --categorical or "
+                         f"--numeric names its kind)")
 
 
 def _first_fraction(tokens) -> tuple[str, int] | None:

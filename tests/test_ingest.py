@@ -365,7 +365,12 @@ def test_unparsable_number_is_reported_by_the_pass_that_reads_its_row(tmp_path, 
                          ignore=["when"]))
     assert str(e.value) == (f"{tmp_path / 'd.csv'}: numeric column 'num' has non-numeric value 'abc' "
                             f"at row {row} (line {row + 2})")
-    assert not shards.exists() or not list(shards.glob(".coded-*"))
+    assert not shards.exists() or not [p for p in shards.rglob("*") if p.is_file()]  # nor a fit kept for later runs
+    # a column whose kind was inferred: the error says how, from either pass
+    with pytest.raises(LightFMPError, match=rf"at row {row} \(line {row + 2}\) \(column 'num' was inferred numeric "
+                                            rf"\(floats\) from the first rows; --categorical or --numeric names its "
+                                            rf"kind\)$"):
+        load_dataset(cfg(tmp_path / "d.csv", stream=stream, shard_dir=str(shards), ignore=["when"]))
     df["num"] = [None if isinstance(v, float) and np.isnan(v) else str(v) for v in df["num"]]
     df.to_parquet(tmp_path / "d.parquet")  # a text column; no lines in a Parquet file: the row alone
     with pytest.raises(LightFMPError, match=rf"non-numeric value 'abc' at row {row}$"):
