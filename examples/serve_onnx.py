@@ -11,6 +11,7 @@ values may be text or a list of tokens; True / False are the categories 'True' /
 files must be the ones the export wrote (sha256 in feature_schema.json) and inside EXPORT_DIR. Any problem is
 one line on stderr and exit status 2.
 """
+import datetime
 import hashlib
 import json
 import math
@@ -98,13 +99,31 @@ def number(s, v):
 
 def derived(s, v):
     """A value the model reads derived from the data file's raw value, as training derived it (`derive` in
-    feature_schema.json). criteo_log_square: a count v > 2 becomes floor(ln(v)^2) as text, others their text."""
+    feature_schema.json). criteo_log_square: a count v > 2 becomes floor(ln(v)^2) as text, others their text.
+    seconds_since_1970_utc: ISO 8601 text becomes its seconds (a time without a zone read as UTC), a number stays;
+    seconds_of_duration: a duration is its seconds already."""
     if "derive" not in s:
         return v
     if missing(v) or v == "":
         return None
-    if s["derive"]["type"] != "criteo_log_square":
-        raise ServeError(f"field '{s['name']}': unknown derive type {s['derive']['type']!r}")
+    kind = s["derive"]["type"]
+    if kind in ("seconds_since_1970_utc", "seconds_of_duration"):
+        try:
+            return number(s, v)  # a number, its text or a missing value, by the numeric rule
+        except ServeError:
+            if not isinstance(v, str):
+                raise
+        try:
+            if kind != "seconds_since_1970_utc":
+                raise ValueError(v)
+            t = datetime.datetime.fromisoformat(v.strip())
+        except ValueError:
+            raise ServeError(f"field '{s['name']}' takes " + ("a time (ISO 8601 text, or its seconds since 1970 UTC)"
+                             if kind == "seconds_since_1970_utc" else "a duration as its seconds") + f"; got {v!r}") \
+                from None
+        return (t if t.tzinfo is not None else t.replace(tzinfo=datetime.timezone.utc)).timestamp()
+    if kind != "criteo_log_square":
+        raise ServeError(f"field '{s['name']}': unknown derive type {kind!r}")
     try:  # text as training reads it: ASCII digits, no '_' (Python's int() and float() also take '1_000', '٣')
         x = int(v) if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v) else v
         if isinstance(x, str):

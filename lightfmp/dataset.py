@@ -32,7 +32,8 @@ from rich.markup import escape
 
 from .coded import Coded, CodedStore
 from .config import DataConfig
-from .encoding import TEXT_RULE, column, column_names, present, read_otherwise_before, stable_hash, tokens
+from .encoding import (TEXT_RULE, column, column_names, present, read_otherwise_before, stable_hash,
+                       time_derive, tokens)
 from .errors import CellError, LightFMPError
 from .formats import (check_source, fixed_label, implies_stream, line_of, read_batches, read_tables,
                       resolve_format)
@@ -263,6 +264,9 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
                 if schema is None:
                     schema, inferred = initial_schema(batch, cfg, fmt, source)
                 apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
+                for f in schema.fields:  # what a numeric field's number is, where the column holds times
+                    if f.kind == "numeric" and f.name in column_names(batch):
+                        f.derive = time_derive(column(batch, f.name))
                 fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
                 nonmissing = {f.name: 0 for f in schema.fields}
                 labels = LabelCounts(schema.label, schema.positive)

@@ -314,6 +314,26 @@ def numbers(col, name: str) -> np.ndarray:
 _PER_SECOND = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 
+# A numeric field read from a time or duration column: what its number is, recorded in the schema and in an export's
+# inputs (`derive`), so that a client can send the time itself
+TIME_DERIVE = "seconds_since_1970_utc"
+TIME_DERIVE_RULE = ("a time (ISO 8601 text) becomes its seconds since 1970-01-01 00:00 UTC, a time without a zone "
+                    "read as UTC ('2024-01-10 12:00:00' -> 1704888000); a number is taken as those seconds; an empty "
+                    "value is missing")
+DURATION_DERIVE = "seconds_of_duration"
+DURATION_DERIVE_RULE = "a duration is given as its seconds (a number); an empty value is missing"
+
+
+def time_derive(col) -> str | None:
+    """TIME_DERIVE for a column of times, DURATION_DERIVE for one of durations (Arrow or pandas), else None."""
+    if isinstance(col, pd.Series):
+        return TIME_DERIVE if pd.api.types.is_datetime64_any_dtype(col) else \
+            DURATION_DERIVE if pd.api.types.is_timedelta64_dtype(col) else None
+    t = col.type
+    return TIME_DERIVE if pa.types.is_timestamp(t) else \
+        DURATION_DERIVE if pa.types.is_duration(t) else None
+
+
 def seconds(col) -> np.ndarray:
     """A timestamp column's seconds since 1970-01-01 UTC (a duration's seconds), NaN where missing: the number of a
     time field, the same for one instant whatever unit a file stores it in."""

@@ -21,8 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .coded import Coded, Unparsed
-from .encoding import (Tokens, VocabIndex, as_float, cell_strings, column, column_names, lists, numbers,
-                       split_multi, stable_hash, tokens)
+from .encoding import (DURATION_DERIVE, TIME_DERIVE, Tokens, VocabIndex, as_float, cell_strings, column,
+                       column_names, lists, numbers, split_multi, stable_hash, tokens)
 from .errors import LightFMPError, first_repeat
 from .io import read_json, write_json_atomic
 
@@ -103,6 +103,9 @@ def empty_is_missing(spelling: dict | None) -> bool:
     return spelling is not None and spelling.get("empty") == "missing"
 
 
+TIME_DERIVES = (TIME_DERIVE, DURATION_DERIVE)  # a numeric field read from times / durations (`Field.derive`)
+
+
 @dataclass
 class Field:
     name: str
@@ -113,6 +116,7 @@ class Field:
     boundaries: list[float] | None = None  # numeric only: bucket edges
     hash_buckets: int | None = None       # categorical / multi_hot: hashed into this many ids, no vocab
     spelling: dict[str, str] | None = None  # hashed only: how training's text spelled typed values (SPELLINGS)
+    derive: str | None = None             # numeric only: read from times or durations, as seconds (TIME_DERIVES)
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -127,6 +131,9 @@ class Field:
             self.hash_buckets = int(self.hash_buckets)
         if self.spelling is not None:
             check_spelling(self.spelling, f"field '{self.name}'")
+        if self.derive is not None and (self.kind != "numeric" or self.derive not in TIME_DERIVES):
+            raise LightFMPError(f"field '{self.name}': derive {self.derive!r} is not one lightfmp writes (a numeric "
+                                f"field's {' or '.join(TIME_DERIVES)})")
 
     @property
     def hashed(self) -> bool:
@@ -168,6 +175,8 @@ class Field:
             d["hash_buckets"] = self.hash_buckets
         if self.spelling is not None:
             d["spelling"] = dict(self.spelling)
+        if self.derive is not None:  # only when set, so other schemas serialise as before
+            d["derive"] = self.derive
         return d
 
     @classmethod
@@ -193,7 +202,8 @@ class Field:
             if twice is not None:
                 raise LightFMPError(f"schema field '{d['name']}': vocab lists {twice!r} twice")
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
-                   max_len=max_len, boundaries=edges, hash_buckets=hash_buckets, spelling=d.get("spelling"))
+                   max_len=max_len, boundaries=edges, hash_buckets=hash_buckets, spelling=d.get("spelling"),
+                   derive=d.get("derive"))
 
 
 def whole(d: dict, key: str, default, least: int, where: str):
@@ -416,7 +426,7 @@ def is_integral(x: np.ndarray) -> bool:
     return bool(len(finite)) and bool(np.all(np.mod(finite, 1) == 0)) and not math.isinf(float(np.abs(finite).max()))
 
 
-__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "SPELLINGS", "empty_is_missing", "WHOLE_TEXT", "BOOL_TEXTS", "Field", "FeatureSchema", "encode_field",
+__all__ = ["SCHEMA_VERSION", "PAD_ID", "OOV_ID", "FIRST_ID", "KINDS", "TIME_DERIVES", "SPELLINGS", "empty_is_missing", "WHOLE_TEXT", "BOOL_TEXTS", "Field", "FeatureSchema", "encode_field",
            "check_boundaries", "bucket_ids", "token_ids", "clamp_max_len", "quantile_edges", "vocab_from_counts",
            "is_integral",
            # the text rule, the numeric parse and the hash, from lightfmp.encoding

@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .encoding import float_cells, unicode_text, value_text
+from .encoding import TIME_DERIVE, float_cells, unicode_text, value_text
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
 from .export.feeds import check_feeds, feeds_from_frame
 from .formats import criteo_texts
-from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, WHOLE_TEXT, FeatureSchema, Field, empty_is_missing,
-                     fraction_known, significant_digits)
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, TIME_DERIVES, WHOLE_TEXT, FeatureSchema, Field,
+                     empty_is_missing, fraction_known, significant_digits)
 
 
 # The most rows one ONNX Runtime call scores; more are scored in slices of this many. One call's memory grows with
@@ -121,7 +121,26 @@ def _derived(spec: InputSpec, col: pd.Series) -> pd.Series:
     """The values the model reads, where the data file's raw value was derived in training (`InputSpec.derive`)."""
     if spec.derive is None:
         return col
+    if spec.derive in TIME_DERIVES:
+        return pd.Series([_time_seconds(v, spec, i) for i, v in enumerate(col)], index=col.index, dtype=object)
     return pd.Series(criteo_texts(list(col), spec.name), index=col.index, dtype=object)
+
+
+def _time_seconds(v, spec: InputSpec, i: int):
+    """A time field's ISO 8601 text as its seconds since 1970 UTC, as training read the column's times (a time
+    without a zone as UTC). Anything else is left to the numeric rule (`_numbers`): a number or its text, a missing
+    value, a typed time or duration."""
+    if not isinstance(v, str) or float_cells(pd.Series([v], dtype=object))[1] is None:
+        return v
+    try:
+        if spec.derive != TIME_DERIVE:
+            raise ValueError(v)
+        t = datetime.datetime.fromisoformat(v.strip())
+    except ValueError:
+        what = "a time (ISO 8601 text such as '2024-01-10 12:00:00', or its seconds since 1970 UTC)" \
+            if spec.derive == TIME_DERIVE else "a duration as its seconds (a number)"
+        raise LightFMPError(f"record {i}, field '{spec.name}' takes {what} but got {_shown(v)}") from None
+    return (t if t.tzinfo is not None else t.replace(tzinfo=datetime.timezone.utc)).timestamp()
 
 
 def _missing(v) -> bool:

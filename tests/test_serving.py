@@ -772,6 +772,55 @@ def test_criteo_counts_named_numeric_are_bucketized_as_derived(tmp_path, example
     assert np.abs(example.Client(tmp_path / "exp").predict(records) - want).max() <= 1e-5
 
 
+def test_a_time_field_says_what_its_number_is_and_takes_the_time_itself(tmp_path, example):
+    """A numeric field read from a Parquet timestamp holds seconds since 1970 UTC, one from a duration seconds: the
+    schema and the export's inputs say so (`derive`, with its rule), and the Predictor and the example client take
+    a time as ISO 8601 text (a time without a zone read as UTC, as training read the column), a typed time, or its
+    seconds, each scored alike; other text is refused naming the record and field."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    when = pd.Timestamp("2024-01-01") + pd.to_timedelta(rng.integers(0, 90 * 86400, n), unit="s")
+    wait = pd.to_timedelta(rng.integers(0, 7200, n), unit="s")
+    logit = (when.day_of_week.to_numpy() >= 5) + (wait.total_seconds().to_numpy() > 3600) - 0.7
+    pd.DataFrame({"ts": when, "wait": wait, "c": rng.choice(list("abcd"), n),
+                  "label": (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)}).to_parquet(tmp_path / "t.parquet")
+    pipeline.run(RunConfig.of(data=str(tmp_path / "t.parquet"), label="label", no_select=True, epochs=1,
+                              embed_dim=4, hidden="8", device="cpu"), tmp_path / "run", quiet=True)
+    fields = {f.name: f.derive for f in FeatureSchema.load(tmp_path / "run" / "schema.json").fields}
+    assert fields == {"ts": "seconds_since_1970_utc", "wait": "seconds_of_duration", "c": None}
+    export_run(tmp_path / "run", tmp_path / "exp")
+    doc = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())
+    derive = {i["name"]: i.get("derive") for i in doc["inputs"]}
+    assert derive["c"] is None and doc["schema_version"] == 2
+    assert derive["ts"]["type"] == "seconds_since_1970_utc" and "'2024-01-10 12:00:00' -> 1704888000" in \
+        derive["ts"]["rule"] and pd.Timestamp("2024-01-10 12:00:00", tz="UTC").timestamp() == 1704888000
+    assert derive["wait"]["type"] == "seconds_of_duration"
+    noon = pd.Timestamp("2024-01-06 12:00:00")  # a Saturday
+    same = [{"ts": "2024-01-06 12:00:00", "wait": 5400, "c": "a"},
+            {"ts": "2024-01-06T13:00:00+01:00", "wait": "5400", "c": "a"},
+            {"ts": noon, "wait": pd.Timedelta("90min"), "c": "a"},
+            {"ts": noon.timestamp(), "wait": 5400.0, "c": "a"}]
+    p = Predictor(tmp_path / "exp").predict(same)
+    assert np.all(p == p[0])
+    json_rows = [{k: (v if not isinstance(v, (pd.Timestamp, pd.Timedelta)) else str(v)) for k, v in r.items()}
+                 for r in same[:2] + same[3:]]
+    np.testing.assert_allclose(example.Client(tmp_path / "exp").predict(json_rows), p[0], rtol=1e-6)
+    assert Predictor(tmp_path / "exp").predict([{**same[0], "ts": "2024-03-20 12:00:00"}])[0] != p[0]  # another bucket
+    with pytest.raises(LightFMPError, match=r"record 1, field 'ts' takes a time \(ISO 8601 text such as "
+                                            r"'2024-01-10 12:00:00', or its seconds since 1970 UTC\) but got 'soon'$"):
+        Predictor(tmp_path / "exp").predict([same[0], {**same[0], "ts": "soon"}])
+    with pytest.raises(LightFMPError, match=r"record 0, field 'wait' takes a duration as its seconds \(a number\) "
+                                            r"but got '1 days'$"):
+        Predictor(tmp_path / "exp").predict([{**same[0], "wait": "1 days"}])
+    with pytest.raises(example.ServeError, match=r"field 'ts' takes a time \(ISO 8601 text, or its seconds since "
+                                                 r"1970 UTC\); got 'soon'"):
+        example.Client(tmp_path / "exp").predict([{**same[0], "ts": "soon"}])
+    from lightfmp.export.contract import InputSpec
+    entry = next(i for i in doc["inputs"] if i["name"] == "c")  # a time's derive on a categorical input
+    with pytest.raises(LightFMPError, match=r"f: inputs\[2\] \('c'\): derive"):
+        InputSpec.from_dict({**entry, "derive": derive["ts"]}, "f: inputs[2]")
+
+
 def test_an_export_that_derives_nothing_stays_schema_version_1(s):
     assert json.loads((get_export(s, "mlp") / "feature_schema.json").read_text())["schema_version"] == 1
 

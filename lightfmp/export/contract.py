@@ -14,10 +14,11 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from ..encoding import DURATION_DERIVE, DURATION_DERIVE_RULE, TIME_DERIVE, TIME_DERIVE_RULE
 from ..errors import LightFMPError, first_repeat
 from ..formats import CRITEO_DERIVE, CRITEO_DERIVE_RULE
 from ..io import file_sha256, lightfmp_kind, read_json, write_json_atomic
-from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, Field, check_boundaries, check_spelling
+from ..schema import FIRST_ID, KINDS, OOV_ID, PAD_ID, TIME_DERIVES, Field, check_boundaries, check_spelling
 
 EXPORT_VERSION = 2  # the newest this reads; 2: an input derives its values (`derive`): written only then, so that
 #                     a reader of 1 refuses such an export instead of scoring raw values as they are
@@ -34,7 +35,7 @@ HASH_RULE = ("h = FNV-1a 64 over the value's UTF-8 bytes (offset 0xcbf29ce484222
              "(all mod 2^64); id = first_id + h % buckets; missing -> missing_id")
 
 
-DERIVE_RULES = {CRITEO_DERIVE: CRITEO_DERIVE_RULE}
+DERIVE_RULES = {CRITEO_DERIVE: CRITEO_DERIVE_RULE, TIME_DERIVE: TIME_DERIVE_RULE, DURATION_DERIVE: DURATION_DERIVE_RULE}
 
 
 @dataclass
@@ -109,7 +110,8 @@ class InputSpec:
         return Field(self.name, self.kind, vocab=vocab, separator=self.separator, max_len=self.max_len,
                      boundaries=self.transform.boundaries if self.transform else None,
                      hash_buckets=self.hash.buckets if self.hash else None,
-                     spelling=self.hash.spelling if self.hash else None)
+                     spelling=self.hash.spelling if self.hash else None,
+                     derive=self.derive if self.derive in TIME_DERIVES else None)
 
     def to_dict(self) -> dict:
         d: dict = {"name": self.name, "kind": self.kind, "oov_id": OOV_ID, "padding_id": PAD_ID,
@@ -159,9 +161,10 @@ class InputSpec:
         spec = cls(str(d["name"]), kind, dtype, shape, int(d["vocab_size"]))
         if "derive" in d:
             kind_of = d["derive"].get("type") if isinstance(d["derive"], dict) else None
-            _require(kind_of in DERIVE_RULES and kind != "multi_hot",
+            _require(kind_of in DERIVE_RULES and kind != "multi_hot"
+                     and (kind == "numeric" or kind_of == CRITEO_DERIVE),
                      f"{where}: derive {d['derive']!r:.80} is not one lightfmp writes (a categorical or numeric "
-                     f"input's derive.type {' or '.join(DERIVE_RULES)})")
+                     f"input's derive.type {CRITEO_DERIVE}, a numeric one's {' or '.join(TIME_DERIVES)})")
             spec.derive = kind_of
         if kind == "numeric":
             edges = d["transform"].get("boundaries") if isinstance(d.get("transform"), dict) else None

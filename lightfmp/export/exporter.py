@@ -125,7 +125,7 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     metrics = run.metrics()
     run_auc = metrics.get("test", {}).get("auc")
     name = triton_name if triton_name is not None else triton_model_name(out.name)
-    specs = [InputSpec.from_field(f, raw, derived(run.config.data.format, f.name)) for f in kept.fields]
+    specs = [InputSpec.from_field(f, raw, derived(run.config.data.format, f.name) or f.derive) for f in kept.fields]
     contract = ServingContract(
         inputs=specs, output=OutputSpec(), model_file=MODEL_FILE,
         schema_version=EXPORT_VERSION if any(i.derive for i in specs) else 1,
