@@ -25,7 +25,7 @@ from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
 from .io import (as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, data_signature,
-                 file_sha256)
+                 file_sha256, read_json)
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
                         select_fields, selection_rule, shut_note, spread)
@@ -187,6 +187,8 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     cfg = _normalize(cfg)
     t_wall = time.perf_counter()
     warm_up()  # in seconds_wall, not in a phase's seconds
+    # a --schema file's content, as its path alone does not say what it holds (an edited file is another run)
+    given = {"schema_file_sha256": file_sha256(cfg.data.schema)} if cfg.data.schema else {}
     data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
     check_keep(cfg.train.target_k, n_fields, "--target-k")  # before any training (target-k sets keep)
@@ -204,7 +206,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
             "params": {"before": model.num_params()}, "runtime": runtime(device, "train")}
     ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.train.no_select else "pretrain",
-                      {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256}, reporter.log)
+                      {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256, **given}, reporter.log)
     if cfg.train.no_select:
         t0 = time.perf_counter()
         hist = fit(model, data.split_rows("train"), valid, cfg.train, reporter, "train (all fields)", device,
@@ -250,7 +252,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
         info = {"state": "pretrained", "select": True, "optimizer_state": True}  # pretrain_optimizer.safetensors
         weights = {"pretrain.safetensors": model}
         history, optimizer = {"pretrain": hist}, carry.state
-    info.update(data_sha256=data.sha256, split=data.split)
+    info.update(data_sha256=data.sha256, split=data.split, **given)
     if keep_checkpoints:  # `run` goes on to phases 2-3: run.json marks the run unfinished until _prune completes it
         info[UNFINISHED] = True
     if dist.is_main():
@@ -495,9 +497,12 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         with atomic_dir(run.path, force=True, kind="run", in_place=True) as tmp:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             (tmp / GATES_PLOT).unlink(missing_ok=True)  # it showed the earlier kept set
-            # config.yaml records the rule this prune used, so that --config reproduces the run as it now is
+            # config.yaml records the rule this prune used, so that --config reproduces the run as it now is; phase
+            # 3's epochs only where they are not --epochs' (a recorded value would outvote a later --epochs)
+            recorded = None if cfg.prune.continue_epochs is None and continue_epochs == cfg.train.epochs \
+                else continue_epochs
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
-                            config=cfg.but(keep=keep, threshold=threshold, continue_epochs=continue_epochs),
+                            config=cfg.but(keep=keep, threshold=threshold, continue_epochs=recorded),
                             checkpoints={"model.safetensors": model})
         ckpt_files.published(run.path)
     dist.barrier()
@@ -542,7 +547,7 @@ def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | No
     refused = why is not None and not force
     decided = dist.broadcast_int(-1 if refused else int(done))
     if decided == -1:  # every rank refuses, rank 0 saying why
-        raise LightFMPError(f"{out}: holds an unfinished run of {why}, so this command does not resume it; rerun "
+        raise LightFMPError(f"{out}: holds an unfinished run {why}, so this command does not resume it; rerun "
                             f"the command that started it, or pass --force to start again" if dist.is_main() else
                             f"{out}: holds an unfinished run this command does not resume (rank 0 says why)")
     if decided == 1:
@@ -564,19 +569,27 @@ def _phase1_done(cfg: RunConfig, out: Path) -> tuple[bool, str | None]:
         return False, None
     try:
         r = open_run(out)
-    except LightFMPError:
-        return False, None
+    except LightFMPError as e:  # where run.json still says `run` left it unfinished, what does not load is why
+        try:
+            said = read_json(out / "run.json").get(UNFINISHED) is True
+        except LightFMPError:
+            said = False
+        return False, f"whose files do not load ({e})" if said else None
     if r.state != "pretrained" or not r.select or not r.info.get(UNFINISHED) and not checkpoint_dir(out).is_dir():
         return False, None
     said = bool(r.info.get(UNFINISHED))  # why: only of a run `run` left (not of `train` + a stopped `prune`)
     if config_sha256(_normalize(r.config)) != config_sha256(cfg):
         changed = config_difference(_normalize(r.config), cfg)
-        return False, ("other settings" + (f" ({changed})" if changed else "")) if said else None
+        return False, ("of other settings" + (f" ({changed})" if changed else "")) if said else None
     if not cfg.data.data or not Path(cfg.data.data).exists():
         return False, None
     if r.info.get("data_sha256") != file_sha256(cfg.data.data):
         if not said:
             return False, None
-        return False, (f"other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from "
+        return False, (f"of other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from "
                        f"run.json)")
+    if cfg.data.schema and (not Path(cfg.data.schema).is_file()
+                            or r.info.get("schema_file_sha256") != file_sha256(cfg.data.schema)):
+        return False, (f"of another schema ({cfg.data.schema} has changed since its phase 1 read it: sha256 "
+                       f"differs from run.json)") if said else None
     return True, None

@@ -357,6 +357,27 @@ def test_intact_checkpoint_still_resumes(data, tmp_path, monkeypatch):
     assert json.loads((out / "history.json").read_text())["pretrain"]["resumed_from_epoch"] == 1
 
 
+def test_a_checkpoint_of_a_schema_file_edited_since_is_not_resumed(data, tmp_path, monkeypatch):
+    """A phase stopped after its first epoch, its --schema file then edited at the same path: the checkpoint's
+    weights were trained on the old encoding, so the phase starts again (the key holds the file's sha256)."""
+    assert cli(*train_args(data, tmp_path / "base", "--quiet")).exit_code == 0
+    given = tmp_path / "s.json"
+    shutil.copy(tmp_path / "base" / "schema.json", given)
+    out = tmp_path / "r"
+    args = ["train", "--data", data, "--label", "label", "--schema", given, "--out", out, "--subset", "0.5", *FAST]
+    with monkeypatch.context() as m:
+        interrupt_after_first_save(m)
+        assert cli(*args, "--quiet").exit_code == 130
+    doc = json.loads(given.read_text())
+    f = next(f for f in doc["fields"] if f.get("vocab") and len(f["vocab"]) > 1)
+    f["vocab"] = f["vocab"][::-1]
+    given.write_text(json.dumps(doc))
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "resuming" not in r.output and "resumed_from_epoch" not in \
+        json.loads((out / "history.json").read_text())["pretrain"], r.output
+
+
 # ---- one loader for a run directory ------------------------------------------------------------------------------
 
 def damage(run, name, how):
@@ -670,21 +691,36 @@ def test_ctrl_c_after_phase_1_is_published_says_the_rerun_resumes_after_it(data,
     assert r.exit_code == 0 and f"resuming: phase 1 is already complete in {out}" in r.output, r.output
 
 
-@pytest.mark.parametrize("change", ["data", "flag"])
+@pytest.mark.parametrize("change", ["data", "flag", "schema", "damaged"])
 def test_a_rerun_that_cannot_resume_an_unfinished_run_says_why(data, tmp_path, monkeypatch, change):
-    """An unfinished run (phase 1 done) and a rerun with other data or another setting: it is not resumed, and the
-    refusal says why (not only that the directory exists); --force starts again."""
-    stop_right_after(monkeypatch, "phase1_published")
+    """An unfinished run (phase 1 done) and a rerun with other data, another setting or a --schema file edited at
+    the same path (its path alone does not say what it holds), or a file of phase 1 damaged since: it is not
+    resumed, and the refusal says why (not only that the directory exists); --force starts again."""
     copy = tmp_path / "data.csv"
     shutil.copy(data, copy)
     out = tmp_path / "r"
     args = ["run", "--data", copy, "--label", "label", "--out", out, *FAST, "--epochs", "2", "--quiet"]
+    if change == "schema":
+        assert cli("train", "--data", copy, "--label", "label", "--out", tmp_path / "base", *FAST,
+                   "--quiet").exit_code == 0
+        shutil.copy(tmp_path / "base" / "schema.json", tmp_path / "s.json")
+        args += ["--schema", tmp_path / "s.json"]
+    stop_right_after(monkeypatch, "phase1_published")
     assert cli(*args).exit_code == 130
     monkeypatch.undo()
     if change == "data":
         lines = copy.read_text().splitlines(keepends=True)
         copy.write_text("".join(lines[:-1]))
         why = f"holds an unfinished run of other data ({copy} has changed since its phase 1 read it"
+    elif change == "damaged":  # a file of phase 1 cut short: the loader's own words say which
+        (out / "pretrain.safetensors").write_bytes((out / "pretrain.safetensors").read_bytes()[:5000])
+        why = "holds an unfinished run whose files do not load ("
+    elif change == "schema":  # the same fields, one vocabulary in another order: other ids for the same values
+        doc = json.loads((tmp_path / "s.json").read_text())
+        f = next(f for f in doc["fields"] if f.get("vocab") and len(f["vocab"]) > 1)
+        f["vocab"] = f["vocab"][::-1]
+        (tmp_path / "s.json").write_text(json.dumps(doc))
+        why = f"holds an unfinished run of another schema ({tmp_path / 's.json'} has changed since its phase 1 read it"
     else:
         args += ["--seed", "7"]
         why = "holds an unfinished run of other settings (seed: 0 there, 7 now)"
