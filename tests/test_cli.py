@@ -291,6 +291,28 @@ def test_config_file_keys_mirror_flags_and_flags_win(data, tmp_path):
     assert resolved["train"]["no_select"] is True
 
 
+def test_a_finished_runs_config_takes_later_flags(data, tmp_path):
+    """A run's config.yaml records what was given, not what --epochs derived: phase 3's epochs are recorded only
+    where --continue-epochs set them, so `run --config RUN/config.yaml --epochs N` plans N phase-3 epochs, and
+    bench (which has no --continue-epochs) takes the file."""
+    import yaml
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "a", *FAST,
+            "--epochs", "2", "--patience", "0", "--quiet")
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["prune"].get("continue_epochs") is None
+    r = cli("run", "--config", tmp_path / "a" / "config.yaml", "--epochs", "3", "--out", tmp_path / "b", "--quiet")
+    assert r.exit_code == 0, r.output
+    phase3 = json.loads((tmp_path / "b" / "history.json").read_text())["continue"]
+    assert "first_epoch" in phase3 and len(phase3["epochs"]) == 2  # its first epoch, then two (--patience 0)
+    r = cli("bench", "--config", tmp_path / "a" / "config.yaml", "--k", "1", "--methods", "random", "--seeds", "0",
+            "--json", tmp_path / "b.json", "--quiet")
+    assert r.exit_code == 0, r.output
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "c", *FAST,
+            "--epochs", "2", "--continue-epochs", "1", "--quiet")
+    assert r.exit_code == 0, r.output  # given: recorded, so that the file reproduces the run
+    assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["prune"]["continue_epochs"] == 1
+
+
 def test_positive_value_and_boolean_labels(tmp_path):
     df = make_frame(400)
     df["label"] = np.where(df["label"] == 1, "click", "view")
