@@ -55,10 +55,13 @@ def check_place(out: str | Path) -> None:
                             f"their own")
     if d.exists() and not d.is_dir():
         raise LightFMPError(f"{d}: is not a folder; checkpoints of {Path(out).name} need this path (move it away)")
+    owner = Path(out).with_name(Path(out).name[:-len(".ckpt")]) if Path(out).name.endswith(".ckpt") else None
+    if owner is not None and not Path(out).exists() and lightfmp_kind(owner) == "run":
+        raise LightFMPError(f"{out}: is where the checkpoints of the run {owner} go; give --out another name")
     kind = lightfmp_kind(d) if d.is_dir() else None
     if kind is not None:
         raise LightFMPError(f"{d}: is a lightfmp {kind}; checkpoints of {Path(out).name} need this path for a folder "
-                            f"of their own (give --out another name, or move it away)")
+                            f"of their own (move it away, or name the new run otherwise)")
     foreign = _foreign_entry(d) if d.is_dir() else None
     if foreign is not None:  # a checkpoint would overwrite a file of the same name, and the clean-up delete it
         raise LightFMPError(f"{d}: holds {foreign!r}, which is not a checkpoint of lightfmp's; checkpoints of "

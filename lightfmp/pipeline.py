@@ -334,9 +334,11 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         raise LightFMPError(f"{run.path}: was trained with --no-select; it has no gates to prune by")
     cfg = run.config
     if default_rule and cfg.train.target_k is not None:  # its config.yaml could not say so: --target-k means --keep K
-        raise LightFMPError(f"--closing-test: {run.path} was trained with --target-k {cfg.train.target_k}, whose rule "
-                            f"is --keep {cfg.train.target_k}; give --keep K or --threshold T, or train without "
-                            f"--target-k for the closing test")
+        rule = f"--threshold {cfg.prune.threshold:g}" if cfg.prune.threshold is not None else \
+            f"--keep {cfg.prune.keep if cfg.prune.keep is not None else cfg.train.target_k}"
+        raise LightFMPError(f"--closing-test: {run.path} was trained with --target-k {cfg.train.target_k}, its rule "
+                            f"{rule}; give --keep K or --threshold T, or train without --target-k for the closing "
+                            f"test")
     if keep is None and threshold is None and not default_rule:  # none given: the run's own rule; one: that alone
         keep, threshold = cfg.prune.keep, cfg.prune.threshold
     continue_epochs = continue_epochs if continue_epochs is not None else cfg.continue_epochs

@@ -575,7 +575,11 @@ def test_a_prune_records_its_rule_and_closing_test_brings_the_default_back(tmp_p
     # a run trained toward K fields: its config.yaml cannot record the closing test (--target-k K means --keep K)
     pipeline.train(cfg_for(p, tmp_path, target_k=3, **FAST), tmp_path / "t", quiet=True)
     before = sorted(q.name for q in (tmp_path / "t").iterdir())
-    with pytest.raises(LightFMPError, match=r"--closing-test: .*t was trained with --target-k 3, whose rule is "
+    with pytest.raises(LightFMPError, match=r"--closing-test: .*t was trained with --target-k 3, its rule "
                                             r"--keep 3; give --keep K or --threshold T"):
         pipeline.prune(tmp_path / "t", default_rule=True, quiet=True)
     assert sorted(q.name for q in (tmp_path / "t").iterdir()) == before
+    # toward K fields, cut by a threshold: the rule named is the one the run records
+    pipeline.train(cfg_for(p, tmp_path, target_k=3, threshold=0.9, **FAST), tmp_path / "tt", quiet=True)
+    with pytest.raises(LightFMPError, match=r"trained with --target-k 3, its rule --threshold 0.9; give"):
+        pipeline.prune(tmp_path / "tt", default_rule=True, quiet=True)

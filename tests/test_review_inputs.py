@@ -46,6 +46,18 @@ def test_a_linked_checkpoint_folder_is_refused_before_any_work(data, tmp_path):
     assert list((tmp_path / "elsewhere").iterdir()) == [] and not (tmp_path / "r").exists()
 
 
+def test_a_new_run_named_as_another_runs_checkpoint_folder_is_refused(data, tmp_path):
+    """`--out r.ckpt` beside the run `r` is where r's checkpoints go: refused before any work (it was accepted, and
+    then every `prune r` was refused); a folder of lightfmp's already there is named as what to move away."""
+    assert cli(*run_args(data, tmp_path / "r")).exit_code == 0
+    one_line_error(cli(*run_args(data, tmp_path / "r.ckpt")), f"{tmp_path / 'r.ckpt'}: is where the checkpoints of "
+                                                               f"the run {tmp_path / 'r'} go; give --out another name")
+    assert not (tmp_path / "r.ckpt").exists()
+    assert cli(*run_args(data, tmp_path / "s")).exit_code == 0
+    (tmp_path / "s").rename(tmp_path / "q.ckpt")  # a run moved there by hand
+    one_line_error(cli(*run_args(data, tmp_path / "q")), "q.ckpt: is a lightfmp run", "move it away")
+
+
 def test_keep_and_threshold_together_are_refused_on_the_command_line_and_in_a_file(data, tmp_path):
     one_line_error(cli(*run_args(data, tmp_path / "r", "--keep", "2", "--threshold", "0.5")),
                    "--keep 2", "--threshold 0.5", "not both")
