@@ -163,7 +163,10 @@ def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchem
                                 ("--multi-hot", cfg.multi_hot), ("--ignore", cfg.ignore)) if v]
         if kinds:
             raise LightFMPError(f"--schema {cfg.schema}: the schema file says each field's kind; drop {kinds[0]}")
-        schema = FeatureSchema.load(cfg.schema)
+        try:
+            schema = FeatureSchema.load(cfg.schema)
+        except LightFMPError as e:  # named as the flag (or the config key) that gave it
+            raise LightFMPError(f"--schema {e}") from None
     if schema is None:
         if not cfg.label and not implies_stream(resolve_format(cfg.data, cfg.format)):
             raise LightFMPError("no label: pass --label COLUMN")

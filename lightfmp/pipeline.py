@@ -188,7 +188,8 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     t_wall = time.perf_counter()
     warm_up()  # in seconds_wall, not in a phase's seconds
     # a --schema file's content, as its path alone does not say what it holds (an edited file is another run)
-    given = {"schema_file_sha256": file_sha256(cfg.data.schema)} if cfg.data.schema else {}
+    given = {"schema_file_sha256": file_sha256(cfg.data.schema)} \
+        if cfg.data.schema and Path(cfg.data.schema).is_file() else {}  # (no file: the loader says so)
     data = data if data is not None else load_data(cfg, reporter)
     schema, n_fields = data.schema, len(data.schema.fields)
     check_keep(cfg.train.target_k, n_fields, "--target-k")  # before any training (target-k sets keep)

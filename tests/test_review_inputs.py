@@ -58,6 +58,13 @@ def test_a_new_run_named_as_another_runs_checkpoint_folder_is_refused(data, tmp_
     one_line_error(cli(*run_args(data, tmp_path / "q")), "q.ckpt: is a lightfmp run", "move it away")
 
 
+def test_a_schema_file_that_is_not_there_is_one_line_naming_the_flag(data, tmp_path):
+    for given in (tmp_path / "nosuch.json", tmp_path):
+        args = ["run", "--data", data, "--label", "label", "--schema", given, "--out", tmp_path / "r", *FAST]
+        one_line_error(cli(*args), f"--schema {given}: ")
+        assert not (tmp_path / "r").exists()
+
+
 def test_keep_and_threshold_together_are_refused_on_the_command_line_and_in_a_file(data, tmp_path):
     one_line_error(cli(*run_args(data, tmp_path / "r", "--keep", "2", "--threshold", "0.5")),
                    "--keep 2", "--threshold 0.5", "not both")
