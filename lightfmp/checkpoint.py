@@ -55,7 +55,8 @@ def check_place(out: str | Path) -> None:
                             f"their own")
     if d.exists() and not d.is_dir():
         raise LightFMPError(f"{d}: is not a folder; checkpoints of {Path(out).name} need this path (move it away)")
-    owner = Path(out).with_name(Path(out).name[:-len(".ckpt")]) if Path(out).name.endswith(".ckpt") else None
+    stem = Path(out).name[:-len(".ckpt")] if Path(out).name.endswith(".ckpt") else ""
+    owner = Path(out).parent / stem if stem not in ("", ".", "..") else None
     if owner is not None and not Path(out).exists() and lightfmp_kind(owner) == "run":
         raise LightFMPError(f"{out}: is where the checkpoints of the run {owner} go; give --out another name")
     kind = lightfmp_kind(d) if d.is_dir() else None

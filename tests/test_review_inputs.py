@@ -56,6 +56,8 @@ def test_a_new_run_named_as_another_runs_checkpoint_folder_is_refused(data, tmp_
     assert cli(*run_args(data, tmp_path / "s")).exit_code == 0
     (tmp_path / "s").rename(tmp_path / "q.ckpt")  # a run moved there by hand
     one_line_error(cli(*run_args(data, tmp_path / "q")), "q.ckpt: is a lightfmp run", "move it away")
+    for name in (".ckpt", "..ckpt"):  # no run's checkpoint folder: a run like any other
+        assert cli(*run_args(data, tmp_path / "n" / name)).exit_code == 0
 
 
 def test_a_schema_file_that_is_not_there_is_one_line_naming_the_flag(data, tmp_path):
