@@ -610,26 +610,31 @@ def test_a_field_name_as_long_as_a_column_can_be_exports(tmp_path):
     assert 0 < Predictor(tmp_path / "exp").predict([row])[0] < 1
 
 
-@pytest.mark.parametrize("inputs", ["ids", "raw"])
-def test_fields_named_like_numbers_or_the_exporters_own_values_export_by_their_names(tmp_path, inputs):
+@pytest.mark.parametrize("inputs,dtype", [("ids", "fp32"), ("raw", "fp32"), ("ids", "fp16")])
+def test_fields_named_like_numbers_or_the_exporters_own_values_export_by_their_names(tmp_path, inputs, dtype):
     """Columns of a frame written without a header are named 0, 1, ...: the exporter refuses '123' as an input name
     and renames an input '0' after a value of its own. The graph's inputs are named by the fields all the same (a
-    value of the graph's that bears a field's name is renamed), and the export validates and serves by them."""
-    names = {"city": "0", "dev": "123", "price": "onnx::Unsqueeze_0"}
+    value of the graph's that bears a field's name is renamed, after the fp16 tables were made from it), and the
+    export validates and serves by them."""
+    names = {"city": "0", "dev": "123", "price": "onnx::Unsqueeze_0", "noise": "model.embedding.weight"}
     data = tmp_path / "numbered.csv"
     pd.read_csv(make_csv(tmp_path / "d.csv")).rename(columns=names).to_csv(data, index=False)
     pipeline.run(_cfg(data, no_select=True, categorical="123"), tmp_path / "run", quiet=True)
     res = runner.invoke(app, ["export", str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--inputs", inputs,
-                              "--quiet"])
+                              "--dtype", dtype, "--quiet"])
     assert res.exit_code == 0, res.output
     g = onnx.load(str(tmp_path / "exp" / contract.MODEL_FILE)).graph
-    assert [i.name for i in g.input] == ["0", "123", "onnx::Unsqueeze_0", "tags", "noise"]
+    assert [i.name for i in g.input] == ["0", "123", "onnx::Unsqueeze_0", "tags", "model.embedding.weight"]
     assert [o.name for o in g.output] == [contract.OUTPUT_NAME]
-    rows = [{"0": "paris", "123": 3, "onnx::Unsqueeze_0": 5.0, "tags": "a|b", "noise": 1},
-            {"0": "rome", "123": 7, "onnx::Unsqueeze_0": 2.5, "tags": "", "noise": 4}]
+    tables = {t.name: t.data_type for t in g.initializer if t.name in ("model.embedding.weight_",  # renamed
+                                                                         "model.embedding.linear")}
+    assert len(tables) == 2 and set(tables.values()) == {onnx.TensorProto.FLOAT16 if dtype == "fp16" else
+                                                         onnx.TensorProto.FLOAT}, tables
+    rows = [{"0": "paris", "123": 3, "onnx::Unsqueeze_0": 5.0, "tags": "a|b", "model.embedding.weight": 1},
+            {"0": "rome", "123": 7, "onnx::Unsqueeze_0": 2.5, "tags": "", "model.embedding.weight": 4}]
     got = Predictor(tmp_path / "exp").predict(rows)
     want = torch_probs(tmp_path / "run", pd.DataFrame(rows))
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "fp32" else 1e-2, atol=1e-6 if dtype == "fp32" else 1e-3)
 
 
 def test_a_numeric_field_beyond_float32_is_refused_naming_it(tmp_path):

@@ -80,8 +80,9 @@ def build_graph(module: ServingModule, kept: FeatureSchema, example_feeds: dict,
     """The exported model proto: TorchScript export, then fp16 tables and raw-input LabelEncoders as asked.
     `work` is a scratch directory (removed afterwards)."""
     proto = _torch_export(module, kept, example_feeds, opset, work)
-    if table_dtype == "fp16":
+    if table_dtype == "fp16":  # the tables by their own names, before a field's name can take one
         _tables_to_fp16(proto)
+    _rename_inputs(proto.graph, {_placeholder(i): f.name for i, f in enumerate(kept.fields)})
     if raw:
         _add_label_encoders(proto, kept)
     return proto
@@ -89,9 +90,9 @@ def build_graph(module: ServingModule, kept: FeatureSchema, example_feeds: dict,
 
 def _torch_export(module: ServingModule, kept: FeatureSchema, feeds: dict, opset: int, work: Path):
     import onnx
-    # the exporter takes placeholder names, renamed to the fields' afterwards: it refuses names such as '123' and
-    # renames an input '0' after one of its own values, while ONNX allows any unique name
-    names = [f"lightfmp_input_{i}" for i in range(len(kept.fields))]
+    # the exporter takes placeholder names, renamed to the fields' afterwards (`build_graph`): it refuses names such
+    # as '123' and renames an input '0' after one of its own values, while ONNX allows any unique name
+    names = [_placeholder(i) for i in range(len(kept.fields))]
     example = tuple(t[:2] for t in torch_inputs(feeds, kept))
     dynamic = {n: {0: "batch"} for n in names + [OUTPUT_NAME]}
     work.mkdir()
@@ -103,7 +104,6 @@ def _torch_export(module: ServingModule, kept: FeatureSchema, feeds: dict, opset
                               input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=dynamic,
                               do_constant_folding=True)
         proto = onnx.load(str(work / MODEL_FILE), load_external_data=True)
-        _rename_inputs(proto.graph, dict(zip(names, kept.names)))
     except LightFMPError:
         raise
     except Exception as e:  # the exporter raises many types; the first line names the op
@@ -135,6 +135,10 @@ def _tables_to_fp16(proto) -> None:
     del g.node[:]
     g.node.extend(nodes)
     _drop_value_info(g)
+
+
+def _placeholder(i: int) -> str:
+    return f"lightfmp_input_{i}"
 
 
 def _rename_inputs(g, names: dict[str, str]) -> None:
