@@ -342,6 +342,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                             f"test")
     if keep is None and threshold is None and not default_rule:  # none given: the run's own rule; one: that alone
         keep, threshold = cfg.prune.keep, cfg.prune.threshold
+    given_epochs = continue_epochs is not None or cfg.prune.continue_epochs is not None
     continue_epochs = continue_epochs if continue_epochs is not None else cfg.continue_epochs
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
@@ -501,9 +502,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             shutil.copytree(run.path, tmp, dirs_exist_ok=True)
             (tmp / GATES_PLOT).unlink(missing_ok=True)  # it showed the earlier kept set
             # config.yaml records the rule this prune used, so that --config reproduces the run as it now is; phase
-            # 3's epochs only where they are not --epochs' (a recorded value would outvote a later --epochs)
-            recorded = None if cfg.prune.continue_epochs is None and continue_epochs == cfg.train.epochs \
-                else continue_epochs
+            # 3's epochs only where --continue-epochs gave them (a value --epochs derived would outvote a later one)
+            recorded = continue_epochs if given_epochs else None
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
                             config=cfg.but(keep=keep, threshold=threshold, continue_epochs=recorded),
                             checkpoints={"model.safetensors": model})
@@ -591,8 +591,9 @@ def _phase1_done(cfg: RunConfig, out: Path) -> tuple[bool, str | None]:
             return False, None
         return False, (f"of other data ({cfg.data.data} has changed since its phase 1 read it: sha256 differs from "
                        f"run.json)")
-    if cfg.data.schema and (not Path(cfg.data.schema).is_file()
-                            or r.info.get("schema_file_sha256") != file_sha256(cfg.data.schema)):
-        return False, (f"of another schema ({cfg.data.schema} has changed since its phase 1 read it: sha256 "
-                       f"differs from run.json)") if said else None
+    if cfg.data.schema and "schema_file_sha256" in r.info:  # (a run of a lightfmp before this record: unknown)
+        now = file_sha256(cfg.data.schema) if Path(cfg.data.schema).is_file() else None
+        if now != r.info["schema_file_sha256"]:
+            change = "has changed since its phase 1 read it: sha256 differs from run.json" if now else "is no file now"
+            return False, f"of another schema ({cfg.data.schema} {change})" if said else None
     return True, None

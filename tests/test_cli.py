@@ -311,6 +311,9 @@ def test_a_finished_runs_config_takes_later_flags(data, tmp_path):
             "--epochs", "2", "--continue-epochs", "1", "--quiet")
     assert r.exit_code == 0, r.output  # given: recorded, so that the file reproduces the run
     assert yaml.safe_load((tmp_path / "c" / "config.yaml").read_text())["prune"]["continue_epochs"] == 1
+    r = cli("prune", tmp_path / "a", "--continue-epochs", "2", "--quiet")  # given, if equal to --epochs too
+    assert r.exit_code == 0, r.output
+    assert yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["prune"]["continue_epochs"] == 2
 
 
 def test_positive_value_and_boolean_labels(tmp_path):

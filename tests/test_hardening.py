@@ -729,6 +729,25 @@ def test_a_rerun_that_cannot_resume_an_unfinished_run_says_why(data, tmp_path, m
     assert cli(*args, "--force").exit_code == 0
 
 
+def test_an_unfinished_schema_run_of_an_earlier_lightfmp_still_resumes(data, tmp_path, monkeypatch):
+    """A run stopped after phase 1 by a lightfmp that did not record its --schema file's sha256: unknown is not
+    "changed", so the rerun resumes it, as before."""
+    assert cli("train", "--data", data, "--label", "label", "--out", tmp_path / "base", *FAST,
+               "--quiet").exit_code == 0
+    shutil.copy(tmp_path / "base" / "schema.json", tmp_path / "s.json")
+    out = tmp_path / "r"
+    args = ["run", "--data", data, "--label", "label", "--schema", tmp_path / "s.json", "--out", out, *FAST,
+            "--epochs", "2"]
+    stop_right_after(monkeypatch, "phase1_published")
+    assert cli(*args, "--quiet").exit_code == 130
+    monkeypatch.undo()
+    info = json.loads((out / "run.json").read_text())
+    del info["schema_file_sha256"]
+    (out / "run.json").write_text(json.dumps(info))
+    r = cli(*args)
+    assert r.exit_code == 0 and f"resuming: phase 1 is already complete in {out}" in r.output, r.output
+
+
 def test_a_train_run_with_a_stopped_prune_is_not_called_an_unfinished_run(data, tmp_path, monkeypatch):
     """`train`, then a `prune` stopped in phase 3 (its checkpoints left): `run` on that folder is refused as an
     existing run (it is not an unfinished `run`, whose settings a rerun should repeat)."""
