@@ -340,21 +340,26 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         raise LightFMPError(f"--closing-test: {run.path} was trained with --target-k {cfg.train.target_k}, its rule "
                             f"{rule}; give --keep K or --threshold T, or train without --target-k for the closing "
                             f"test")
-    if keep is None and threshold is None and not default_rule:  # none given: the run's own rule; one: that alone
+    recorded_rule = keep is None and threshold is None and not default_rule
+    if recorded_rule:  # none given: the run's own rule; one: that alone
         keep, threshold = cfg.prune.keep, cfg.prune.threshold
     given_epochs = continue_epochs is not None or cfg.prune.continue_epochs is not None
     continue_epochs = continue_epochs if continue_epochs is not None else cfg.continue_epochs
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
-    dist.init(cfg.train.device)
+    recorded = run.path / "config.yaml"
+    try:  # what the run's config.yaml gives is named as its own (an edit there), not as a flag nobody passed
+        dist.init(cfg.train.device)
+        device = _device(cfg)
+    except LightFMPError as e:
+        raise LightFMPError(f"{recorded}: {e}") from None
     reporter = _reporter(quiet)
-    device = _device(cfg)
     t_wall = time.perf_counter()
     warm_up()
     gated = run.load_pretrained()
     names = run.schema.names
     log_alpha = gated.gate.log_alpha.detach().cpu().clone()  # phase 1's best epoch's, as metrics.json reports them
-    check_keep(keep, len(names))
+    check_keep(keep, len(names), f"{recorded}: keep" if recorded_rule else "--keep")
     if data is None:
         data = run_data(run, reporter)
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)

@@ -92,6 +92,16 @@ def test_default_rule_is_the_closing_test(data, tmp_path):
     (pretrained / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     text = " ".join(cli("inspect", pretrained).output.split())  # three epochs: it decides after the first
     assert "on the model after phase 3's first epoch" in text and "(on the phase-1 model)" not in text, text
+    edits = [("keep", 30, "keep 30: must be between 1 and the number of fields")] + \
+        ([] if torch.cuda.is_available() else [("device", "cuda", "--device cuda: no CUDA device")])
+    for key, value, said in edits:  # an edit of the file is named as the file's, not as a flag nobody passed
+        edited = yaml.safe_load((pretrained / "config.yaml").read_text())
+        edited["prune" if key == "keep" else "train"][key] = value
+        (pretrained / "config.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
+        r = cli("prune", pretrained, "--continue-epochs", "1", "--quiet")
+        assert r.exit_code == 2 and r.output.strip().startswith(f"error: {pretrained / 'config.yaml'}: {said}"), \
+            r.output
+        (pretrained / "config.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     r = cli("prune", pretrained, "--continue-epochs", "1", "--quiet")
     assert r.exit_code == 0, r.output
     m = json.loads((pretrained / "metrics.json").read_text())
