@@ -39,7 +39,7 @@ from .schema import FeatureSchema
 from .shards import shard_home
 from .splits import SplitRule
 from .training import evaluate, fit, validate, warm_up
-from .writer_lock import one_writer
+from .writer_lock import holder, one_writer
 
 def resolve_device(name: str) -> str:
     if name == "auto":
@@ -317,7 +317,12 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     given = {k: v for k, v in dict(keep=keep, threshold=threshold, continue_epochs=continue_epochs).items()
              if v is not None}
     rule = RunConfig.from_dict(given, COMMAND_LINE).prune
-    path = open_run(as_the_kernel_reads(run_dir, "the run directory")).path  # not a run: refused before the lock
+    given_path = as_the_kernel_reads(run_dir, "the run directory")
+    writer = holder(given_path) if not given_path.exists() else None
+    if writer is not None:  # a run still in phase 1: not written yet, and said so (not "no such run directory")
+        raise LightFMPError(f"{given_path}: not written yet: another lightfmp command is writing it ({writer}); wait "
+                            f"for it to end")
+    path = open_run(given_path).path  # not a run: refused before the lock
     with _one_writer(path, "prune"), _process_state():
         return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
                       default_rule=default_rule)

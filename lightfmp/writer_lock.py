@@ -137,6 +137,30 @@ def _acquire(path: Path, command: str) -> int | None:
     raise LightFMPError(f"{path}: could not take the lock (it kept being replaced)")
 
 
+def holder(out: str | Path) -> str | None:
+    """Who holds <out>.lock now ("pid N, `lightfmp run`"), read without taking it; None where nobody does (no lock
+    file, a killed command's, another file, or no flock here)."""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(lock_path(out), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        record = _lock_record(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # granted: nobody writes; released as fd closes
+            return None
+        except BlockingIOError:
+            return f"pid {record['pid']}, `lightfmp {record['command']}`" if record else "another process"
+        except OSError:
+            return None
+    finally:
+        os.close(fd)
+
+
 def _create_with(path: Path, record: bytes) -> None:
     """Create `path` holding `record` in one step (written under a temporary name, then linked), unless something
     is there already."""
@@ -196,4 +220,4 @@ def _owner(path: Path) -> str:
     return path.name[:-len(".lock")]
 
 
-__all__ = ["LOCK_FORMAT", "lock_path", "one_writer"]
+__all__ = ["LOCK_FORMAT", "lock_path", "one_writer", "holder"]

@@ -226,6 +226,27 @@ def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(d
     assert sorted(p.name for p in out.parent.iterdir()) == before if before else not (tmp_path / "new").exists()
 
 
+def test_prune_of_a_run_still_in_phase_1_names_the_command_writing_it(tmp_path):
+    """`prune r` while `run` is in phase 1 (r not written yet): it says who is writing it, not "no such run
+    directory"; with no holder, or a killed one's lock file, it is "no such run directory" as before."""
+    from typer.testing import CliRunner
+    from lightfmp.cli.app import app
+    out = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = CliRunner().invoke(app, ["prune", str(out)])
+        assert res.exit_code == 2 and res.output.strip() == (
+            f"error: {out}: not written yet: another lightfmp command is writing it (pid {holder.pid}, `lightfmp "
+            f"run`); wait for it to end"), res.output
+    finally:
+        holder.communicate("")
+    writer_lock.lock_path(out).write_text(json.dumps({"format": writer_lock.LOCK_FORMAT, "pid": 1, "command": "run"}))
+    res = CliRunner().invoke(app, ["prune", str(out)])
+    assert res.exit_code == 2 and "no such run directory" in res.output, res.output
+
+
 def test_a_lock_left_by_a_killed_command_is_taken_over_and_a_file_not_lightfmps_is_refused(data, tmp_path):
     cfg = RunConfig.of(data=str(data), **SETTINGS)
     lock = writer_lock.lock_path(tmp_path / "r")
