@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from .encoding import TIME_DERIVE, float_cells, unicode_text, value_text
+from .encoding import MISSING_TEXT, TIME_DERIVE, float_cells, unicode_text, value_text
 from .errors import LightFMPError
 from .export.bundle import Bundle, load_bundle, run_batched
 from .export.contract import SCHEMA_FILE, InputSpec
@@ -122,16 +122,31 @@ def _derived(spec: InputSpec, col: pd.Series) -> pd.Series:
     if spec.derive is None:
         return col
     if spec.derive in TIME_DERIVES:
-        return pd.Series([_time_seconds(v, spec, i) for i, v in enumerate(col)], index=col.index, dtype=object)
+        return _times(spec, col)
     return pd.Series(criteo_texts(list(col), spec.name), index=col.index, dtype=object)
 
 
-def _time_seconds(v, spec: InputSpec, i: int):
-    """A time field's ISO 8601 text as its seconds since 1970 UTC, as training read the column's times (a time
-    without a zone as UTC). Anything else is left to the numeric rule (`_numbers`): a number or its text, a missing
-    value, a typed time or duration."""
-    if not isinstance(v, str) or float_cells(pd.Series([v], dtype=object))[1] is None:
-        return v
+def _times(spec: InputSpec, col: pd.Series) -> pd.Series:
+    """A time field's ISO 8601 texts as their seconds since 1970 UTC, as training read the column's times (a time
+    without a zone as UTC), each distinct text parsed once. Anything else is left to the numeric rule (`_numbers`):
+    a number or its text, a missing value (blank or a MISSING_TEXT spelling), a typed time or duration."""
+    values = list(col)
+    at = [i for i, v in enumerate(values) if isinstance(v, str)]
+    if not at:
+        return col
+    texts = pd.Series([values[i] for i in at], dtype=object)
+    number = pd.to_numeric(texts, errors="coerce").notna() | texts.str.strip().isin(("",) + MISSING_TEXT)
+    seen: dict[str, float] = {}
+    for i, v, plain in zip(at, texts, number):
+        if not plain:
+            if v not in seen:
+                seen[v] = _time_seconds(v, spec, i)
+            values[i] = seen[v]
+    return pd.Series(values, index=col.index, dtype=object)
+
+
+def _time_seconds(v: str, spec: InputSpec, i: int) -> float:
+    """One text of a time field that is no number, as its seconds (record `i` is named where it is no time)."""
     try:
         if spec.derive != TIME_DERIVE:
             raise ValueError(v)
