@@ -352,19 +352,19 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     continue_epochs = continue_epochs if continue_epochs is not None else cfg.continue_epochs
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
-    recorded = run.path / "config.yaml"
+    config_file = run.path / "config.yaml"
     try:  # what the run's config.yaml gives is named as its own (an edit there), not as a flag nobody passed
         dist.init(cfg.train.device)
         device = _device(cfg)
     except LightFMPError as e:
-        raise LightFMPError(f"{recorded}: {e}") from None
+        raise LightFMPError(f"{config_file}: {e}") from None
     reporter = _reporter(quiet)
     t_wall = time.perf_counter()
     warm_up()
     gated = run.load_pretrained()
     names = run.schema.names
     log_alpha = gated.gate.log_alpha.detach().cpu().clone()  # phase 1's best epoch's, as metrics.json reports them
-    check_keep(keep, len(names), f"{recorded}: keep" if recorded_rule else "--keep")
+    check_keep(keep, len(names), f"{config_file}: keep" if recorded_rule else "--keep")
     if data is None:
         data = run_data(run, reporter)
     subset, rest = data.subset(cfg.train.subset, cfg.data.seed)
