@@ -799,9 +799,12 @@ def test_a_time_field_says_what_its_number_is_and_takes_the_time_itself(tmp_path
     same = [{"ts": "2024-01-06 12:00:00", "wait": 5400, "c": "a"},
             {"ts": "2024-01-06T13:00:00+01:00", "wait": "5400", "c": "a"},
             {"ts": noon, "wait": pd.Timedelta("90min"), "c": "a"},
-            {"ts": noon.timestamp(), "wait": 5400.0, "c": "a"}]
+            {"ts": noon.timestamp(), "wait": 5400.0, "c": "a"},
+            {"ts": str(int(noon.timestamp())), "wait": 5400, "c": "a"}]
     p = Predictor(tmp_path / "exp").predict(same)
     assert np.all(p == p[0])
+    missing = Predictor(tmp_path / "exp").predict([{**same[0], "ts": t} for t in ("", "NA", None)])
+    assert np.all(missing == missing[0]) and missing[0] != p[0]  # a missing time, however spelled
     json_rows = [{k: (v if not isinstance(v, (pd.Timestamp, pd.Timedelta)) else str(v)) for k, v in r.items()}
                  for r in same[:2] + same[3:]]
     np.testing.assert_allclose(example.Client(tmp_path / "exp").predict(json_rows), p[0], rtol=1e-6)
