@@ -30,6 +30,7 @@ from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
                         select_fields, selection_rule, shut_note, spread)
 from .models import build_model
+from .models.dense import cpu_gemm_library
 from .moments import Carry, prune_moments
 from .progress import Reporter
 from .pruning import prune_model
@@ -73,10 +74,14 @@ def phase_plan(cfg: RunConfig, epochs: int | None = None, select_best: bool = Tr
 
 
 def runtime(device: str, phase: str) -> dict:
-    """What a run's numbers depend on beyond its config and data: torch's version, the device and the threads of each
-    phase (on some CPUs oneDNN's matrix products round differently at 1 and 2 threads, so a run reproduces exactly at
-    the thread count it ran with)."""
-    return {"torch": torch.__version__, "device": device, f"threads_{phase}": torch.get_num_threads()}
+    """What a run's numbers depend on beyond its config and data: torch's version, the device, the library of the
+    dense layers on CPU (chosen by the CPU's vendor: lightfmp.models.dense) and the threads of each phase (on some
+    CPUs the matrix products round differently at 1 and 2 threads, so a run reproduces exactly at the thread count
+    it ran with)."""
+    out = {"torch": torch.__version__, "device": device, f"threads_{phase}": torch.get_num_threads()}
+    if device == "cpu":
+        out["cpu_gemm"] = cpu_gemm_library()
+    return out
 
 
 def _check_out(out: Path, force: bool) -> None:

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from lightfmp.cli.app import app
 from lightfmp.datasets import FETCHERS
 from lightfmp.encoding import stable_hash
+from lightfmp.models.dense import cpu_gemm_library
 from lightfmp.splits import SplitRule
 
 from helpers import make_frame, one_line_error, write_csv
@@ -252,8 +253,10 @@ def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
         assert (out / "model.safetensors").exists() and (out / "schema.json").exists()
         assert (out / "config.yaml").exists()
         # what the numbers depend on beyond config and data: the threads of each phase (this process's), torch, device
+        # and the dense layers' library
         threads = torch.get_num_threads()
         assert m["runtime"] == {"torch": torch.__version__, "device": "cpu", "threads_train": threads,
+                                "cpu_gemm": cpu_gemm_library(),
                                 **({} if extra else {"threads_prune": threads})}, m["runtime"]
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full["fields"]["kept"] == full["fields"]["all"] and full["phases"]["pretrain"]["rows"] == 0

@@ -1,6 +1,6 @@
 """The CPU training fast paths compute what the plain paths compute: oneDNN dense layers (lightfmp.models.dense),
-the gather without gates (gated_embedding with gates=None), the fused Adam step; and training through them is
-reproducible run to run."""
+the gather without gates (gated_embedding with gates=None), the fused Adam step; training through them is
+reproducible run to run; and the dense layers' library is chosen by the CPU's vendor."""
 import numpy as np
 import pytest
 import torch
@@ -17,6 +17,12 @@ from lightfmp.schema import FeatureSchema, Field
 from lightfmp.training import TrainConfig, _weight_optimizers, fit
 
 needs_onednn = pytest.mark.skipif(_onednn_linear() is None, reason="this torch has no oneDNN linear op")
+
+
+@pytest.fixture
+def onednn(monkeypatch):
+    """The oneDNN path wherever this torch has it, whatever this CPU's vendor would choose."""
+    monkeypatch.setattr(dense, "onednn_preferred", lambda: True)
 
 
 def _leaves(b=512, i=192, o=256, seed=0):
@@ -38,7 +44,7 @@ def _grads(fn, leaves, seed=1):
 
 @needs_onednn
 @pytest.mark.parametrize("relu", [False, True])
-def test_onednn_linear_matches_the_plain_linear(relu):
+def test_onednn_linear_matches_the_plain_linear(relu, onednn):
     leaves = _leaves()
     assert _use_onednn(leaves[0], leaves[1])
     fast, fast_g = _grads(lambda x, w, b: linear(x, w, b, relu=relu), leaves)
@@ -51,7 +57,7 @@ def test_onednn_linear_matches_the_plain_linear(relu):
 
 
 @needs_onednn
-def test_the_input_gradient_alone_skips_the_weight_gemm(monkeypatch):
+def test_the_input_gradient_alone_skips_the_weight_gemm(monkeypatch, onednn):
     """A gate step asks autograd.grad for the gates' gradient only: no weight-gradient GEMM is run for it."""
     x, w, b = _leaves()
     calls = []
@@ -75,6 +81,37 @@ def test_gate_gradient_alone_matches_the_full_backward():
     assert w.grad is None
     gated_embedding(ids, w, offs, gates).pow(2).sum().backward()
     assert torch.equal(alone, gates.grad) and w.grad is not None
+
+
+def test_the_cpu_vendor_is_read_from_cpuinfo(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\n\nprocessor\t: 1\n"
+                    "vendor_id\t: AuthenticAMD\n")
+    assert dense.cpu_vendor(str(info)) == "AuthenticAMD"
+    info.write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")   # an ARM cpuinfo: no vendor_id line
+    assert dense.cpu_vendor(str(info)) == ""
+    assert dense.cpu_vendor(str(tmp_path / "missing")) == ""
+
+
+@pytest.mark.parametrize("vendor, mkl, preferred", [("GenuineIntel", True, False), ("AuthenticAMD", True, True),
+                                                     ("GenuineIntel", False, True), ("", True, True)])
+def test_intel_cpus_with_mkl_keep_the_plain_path(vendor, mkl, preferred, monkeypatch):
+    """MKL is Intel's GEMM library and the faster one on Intel CPUs; everywhere else oneDNN is taken."""
+    monkeypatch.setattr(dense, "cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    dense.onednn_preferred.cache_clear()
+    try:
+        assert dense.onednn_preferred() is preferred
+        x, w, b = _leaves()
+        calls = []
+        monkeypatch.setattr(dense._OneDNNLinear, "apply", lambda *a: calls.append(1) or F.linear(*a[:3]))
+        linear(x, w, b)
+        assert len(calls) == (1 if preferred and _use_onednn(x, w) else 0)
+        # what run metadata records (metrics.json's runtime.cpu_gemm)
+        assert dense.cpu_gemm_library() == ("oneDNN" if preferred and _onednn_linear() is not None else
+                                            "MKL" if mkl else "torch")
+    finally:
+        dense.onednn_preferred.cache_clear()
 
 
 def test_small_layers_and_disabled_onednn_take_the_plain_path():
@@ -107,7 +144,7 @@ def test_tower_keeps_the_sequential_layout_and_fuses_linear_relu():
 
 
 @needs_onednn
-def test_export_tracing_sees_plain_ops():
+def test_export_tracing_sees_plain_ops(onednn):
     schema = _schema(12, 50)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=16, hidden=[256, 128])).eval()
     x = torch.randint(0, 50, (1024, 12))
@@ -154,7 +191,9 @@ def _train(seed: int):
     return model, hist
 
 
-def test_training_through_the_fast_paths_is_reproducible():
+@pytest.mark.parametrize("prefer_onednn", [True, False])
+def test_training_through_the_fast_paths_is_reproducible(prefer_onednn, monkeypatch):
+    monkeypatch.setattr(dense, "onednn_preferred", lambda: prefer_onednn)
     a, ha = _train(0)
     b, hb = _train(0)
     c, _ = _train(1)

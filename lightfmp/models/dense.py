@@ -3,8 +3,12 @@ each Linear + ReLU pair as one call).
 
 On CPU, float32 layers large enough to matter run their three GEMMs (forward, input and weight gradients) through
 oneDNN (torch.ops.mkldnn._linear_pointwise, the op torch's compiler uses for CPU linear layers) with the ReLU fused
-into the forward GEMM. Eager torch sends fp32 GEMMs to MKL, whose sgemm ran at about half oneDNN's speed on the AMD
-EPYC benchmark machine (90 vs 190 GFLOP/s on the DeepFM tower's shapes). Everything else (CUDA, other dtypes, small GEMMs, tracing for export or torch.compile,
+into the forward GEMM, except on Intel CPUs. Eager torch sends fp32 GEMMs to MKL, Intel's library: on the AMD EPYC
+benchmark machine its sgemm ran at about half oneDNN's speed (90 vs 190 GFLOP/s on the DeepFM tower's shapes); on
+Intel Xeons it was as fast as oneDNN in the forward and input-gradient GEMMs and faster in the weight gradient,
+which oneDNN needs a transposed copy of the output gradient for (training 12-16% faster through MKL there:
+docs/benchmarks.md). So the library is chosen by the CPU's vendor, once a process (`onednn_preferred`).
+Everything else (Intel CPUs, CUDA, other dtypes, small GEMMs, tracing for export or torch.compile,
 torch.backends.mkldnn disabled) is plain F.linear + F.relu, so exported graphs are unchanged Gemm + Relu.
 Parameter names and shapes are nn.Linear's: checkpoints, pruning and export see no difference.
 """
@@ -34,7 +38,37 @@ def _onednn_linear():
         return None
 
 
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...), or "" where the system does not say (not Linux)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "vendor_id":
+                    return value.strip()
+    except OSError:
+        pass
+    return ""
+
+
+@functools.cache
+def onednn_preferred() -> bool:
+    """Whether eligible layers go through oneDNN: everywhere but on Intel CPUs where torch has MKL, Intel's own
+    GEMM library, which is the faster one there. Fixed for the process, so a run's floating point does not change
+    mid-way (a run reproduces bit for bit on the same kind of CPU at the same thread count)."""
+    return not (torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel")
+
+
+def cpu_gemm_library() -> str:
+    """The library this process's float32 CPU dense layers run on, as run metadata records it."""
+    if onednn_preferred() and _onednn_linear() is not None:
+        return "oneDNN"
+    return "MKL" if torch.backends.mkl.is_available() else "torch"
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether oneDNN can take this layer and it is large enough for its speed to matter (not the CPU's choice:
+    `onednn_preferred`)."""
     # tracing first: under export the batch size is symbolic, and comparing it would pin it
     return (not tracing() and x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
             and weight.dtype == torch.float32 and torch.backends.mkldnn.enabled and _onednn_linear() is not None
@@ -67,7 +101,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
     """F.linear (then ReLU when `relu`) through the fastest path for these tensors."""
-    if _use_onednn(x, weight):
+    if _use_onednn(x, weight) and onednn_preferred():
         return _OneDNNLinear.apply(x, weight, bias, relu)
     y = F.linear(x, weight, bias)
     return F.relu(y) if relu else y
