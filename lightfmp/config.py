@@ -495,14 +495,23 @@ def _columns(option: str, items) -> set[str]:
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     """Built-in defaults < --config YAML < flags given on the command line (None means not given); a keep rule
-    given as a flag replaces the file's (--keep clears its threshold, --threshold its keep), and a column's kind
-    given as a flag replaces the kind the file gives it (--numeric a takes a out of the file's categorical)."""
+    given as a flag replaces the file's (--keep clears its threshold, --threshold its keep; --target-k K, the keep
+    the file's target K implied, as a run's config.yaml records it; --no-select every rule and target of the file's),
+    and a column's kind given as a flag replaces the kind the file gives it (--numeric a takes a out of the file's
+    categorical)."""
     base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
     merged = base.flat()
     given = {k: v for k, v in flags.items() if v is not None}
     for rule, other in (("keep", "threshold"), ("threshold", "keep")):
         if rule in given and other not in given:
             merged[other] = None
+    implied = merged["target_k"] is not None and merged["keep"] == merged["target_k"]
+    if "target_k" in given and implied and "keep" not in given and "threshold" not in given:
+        merged["keep"] = given["target_k"]
+    if given.get("no_select"):
+        for rule in ("keep", "threshold", "target_k"):
+            if rule not in given:
+                merged[rule] = None
     for option in KIND_OPTIONS:  # a column a flag gives a kind leaves the file's other kind lists
         named = _columns(option, given.get(option))
         for other in (o for o in KIND_OPTIONS if o != option and o not in given):

@@ -99,6 +99,26 @@ def test_a_kind_given_as_a_flag_replaces_the_files_kind_for_that_column(tmp_path
     p.write_text(yaml.safe_dump({"categorical": "price,b"}))  # the file's list as comma-separated text too
     assert resolve({"numeric": "price"}, str(p)).data.categorical == ["b"]
 
+def test_a_target_k_flag_replaces_the_keep_the_files_target_implied(tmp_path):
+    """A run's config.yaml records the keep its --target-k implied (keep = K): re-running it with another --target-k
+    keeps the new K, not the old one; --no-select over it trains every field instead of being refused."""
+    p = tmp_path / "config.yaml"
+    p.write_text(yaml.safe_dump(RunConfig.of(data="x.csv", label="y", target_k=3, keep=3).to_dict()))
+    cfg = resolve({"target_k": 2}, str(p))
+    assert cfg.train.target_k == 2 and cfg.prune.keep == 2
+    cfg = resolve({"target_k": 2, "keep": 4}, str(p))        # a --keep given beside it is the user's own
+    assert cfg.train.target_k == 2 and cfg.prune.keep == 4
+    cfg = resolve({"target_k": 2, "threshold": 0.5}, str(p))  # so is a --threshold
+    assert cfg.prune.keep is None and cfg.prune.threshold == 0.5
+    cfg = resolve({"no_select": True}, str(p))
+    assert cfg.train.no_select and (cfg.prune.keep, cfg.prune.threshold, cfg.train.target_k) == (None, None, None)
+    with pytest.raises(LightFMPError, match="--no-select and --keep 2"):  # both given on the command line
+        resolve({"no_select": True, "keep": 2}, str(p))
+    p.write_text(yaml.safe_dump(RunConfig.of(data="x.csv", label="y", target_k=3, keep=5).to_dict()))
+    cfg = resolve({"target_k": 2}, str(p))                   # a keep the file chose apart from its target stays
+    assert cfg.train.target_k == 2 and cfg.prune.keep == 5
+
+
 @pytest.mark.parametrize("doc,match", [({"lrr": 1}, "unknown key 'lrr'"),
                                        ({"train": {"hidden": [8]}}, "unknown key 'hidden' in section 'train'"),
                                        ({"epochs": "ten"}, "'epochs' must be int")])
