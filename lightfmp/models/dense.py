@@ -101,7 +101,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
     """F.linear (then ReLU when `relu`) through the fastest path for these tensors."""
-    if _use_onednn(x, weight) and onednn_preferred():
+    if onednn_preferred() and _use_onednn(x, weight):
         return _OneDNNLinear.apply(x, weight, bias, relu)
     y = F.linear(x, weight, bias)
     return F.relu(y) if relu else y
