@@ -104,7 +104,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rel
     if onednn_preferred() and _use_onednn(x, weight):
         return _OneDNNLinear.apply(x, weight, bias, relu)
     y = F.linear(x, weight, bias)
-    return F.relu(y) if relu else y
+    return torch.relu_(y) if relu else y  # in place: F.linear's output is fresh and its backward does not read it
 
 
 class Linear(nn.Linear):
