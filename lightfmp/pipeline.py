@@ -80,7 +80,7 @@ def runtime(device: str, phase: str) -> dict:
     it ran with)."""
     out = {"torch": torch.__version__, "device": device, f"threads_{phase}": torch.get_num_threads()}
     if device == "cpu":
-        out["cpu_gemm"] = cpu_gemm_library()
+        out[f"cpu_gemm_{phase}"] = cpu_gemm_library()
     return out
 
 

@@ -255,9 +255,10 @@ def test_run_and_no_select_write_the_contract_keys(data, tmp_path):
         # what the numbers depend on beyond config and data: the threads of each phase (this process's), torch, device
         # and the dense layers' library
         threads = torch.get_num_threads()
+        gemm = cpu_gemm_library()
         assert m["runtime"] == {"torch": torch.__version__, "device": "cpu", "threads_train": threads,
-                                "cpu_gemm": cpu_gemm_library(),
-                                **({} if extra else {"threads_prune": threads})}, m["runtime"]
+                                "cpu_gemm_train": gemm,
+                                **({} if extra else {"threads_prune": threads, "cpu_gemm_prune": gemm})}, m["runtime"]
     full = json.loads((tmp_path / "full" / "metrics.json").read_text())
     assert full["fields"]["kept"] == full["fields"]["all"] and full["phases"]["pretrain"]["rows"] == 0
     r = cli("prune", tmp_path / "full")

@@ -107,9 +107,11 @@ def test_intel_cpus_with_mkl_keep_the_plain_path(vendor, mkl, preferred, monkeyp
         monkeypatch.setattr(dense._OneDNNLinear, "apply", lambda *a: calls.append(1) or F.linear(*a[:3]))
         linear(x, w, b)
         assert len(calls) == (1 if preferred and _use_onednn(x, w) else 0)
-        # what run metadata records (metrics.json's runtime.cpu_gemm)
+        # what run metadata records (metrics.json's runtime.cpu_gemm_<phase>)
         assert dense.cpu_gemm_library() == ("oneDNN" if preferred and _onednn_linear() is not None else
                                             "MKL" if mkl else "torch")
+        with torch.backends.mkldnn.flags(enabled=False):  # every layer then takes the plain path
+            assert dense.cpu_gemm_library() == ("MKL" if mkl else "torch")
     finally:
         dense.onednn_preferred.cache_clear()
 
@@ -151,6 +153,17 @@ def test_export_tracing_sees_plain_ops(onednn):
     assert _use_onednn(torch.zeros(1024, 192), model.deep[0].weight)  # big enough for the fast path when eager
     graph = str(torch.jit.trace(model, x).inlined_graph)
     assert "PythonOp" not in graph and "mkldnn" not in graph and "aten::linear" in graph
+
+
+def test_a_compiler_traces_the_dense_layers_without_graph_breaks():
+    """torch.compile / torch.export see plain ops: the fast-path checks never run under a tracer (the CPU's choice of
+    library reads a file and asks torch for its build, which a compiler cannot trace)."""
+    dense.onednn_preferred.cache_clear()
+    model = build_model("deepfm", _schema(12, 50), ModelConfig(embed_dim=16, hidden=[256, 128])).eval()
+    x = torch.randint(0, 50, (1024, 12))
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
 
 
 @pytest.mark.parametrize("sparse", [False, True])

@@ -60,8 +60,9 @@ def onednn_preferred() -> bool:
 
 
 def cpu_gemm_library() -> str:
-    """The library this process's float32 CPU dense layers run on, as run metadata records it."""
-    if onednn_preferred() and _onednn_linear() is not None:
+    """The library this process's float32 CPU dense layers large enough to matter run on, as run metadata records
+    it ("torch": neither oneDNN nor MKL)."""
+    if onednn_preferred() and _onednn_linear() is not None and torch.backends.mkldnn.enabled:
         return "oneDNN"
     return "MKL" if torch.backends.mkl.is_available() else "torch"
 
@@ -101,7 +102,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool = False) -> torch.Tensor:
     """F.linear (then ReLU when `relu`) through the fastest path for these tensors."""
-    if onednn_preferred() and _use_onednn(x, weight):
+    if _use_onednn(x, weight) and onednn_preferred():  # tracing first (`_use_onednn`): a compiler sees plain ops
         return _OneDNNLinear.apply(x, weight, bias, relu)
     y = F.linear(x, weight, bias)
     return torch.relu_(y) if relu else y  # in place: F.linear's output is fresh and its backward does not read it
