@@ -105,7 +105,7 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_result(seed, data, 
     out = tmp_path / "runs" / "crashed"
     args = ["--data", str(data), "--out", str(out), "--shard-dir", str(tmp_path / "shards"), *flags(settings)]
     rng = random.Random(seed)
-    kills, finished = 0, False
+    kills, finished, last_killed = 0, False, False
     for trigger, longest in KILL_PLANS[seed]:
         if complete(out):  # the kill landed after the run had finished (between its last write and its exit)
             finished = True
@@ -113,16 +113,17 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_result(seed, data, 
         rc, lines = launch(args, trigger, rng.uniform(0, longest))
         assert not any("Traceback" in line for line in lines), lines
         if rc == 0:  # on a fast machine a rerun can finish before it reaches the next kill point: it is done
-            finished = True
+            finished, last_killed = True, False
             break
         assert rc == -signal.SIGKILL, (trigger, rc, lines)
-        kills += 1
+        kills, last_killed = kills + 1, True
     # the first kill point (reading the data: the process still has seconds of work ahead) always lands; later ones
     # may find the work done on a fast machine, which the loop above accepts
     assert kills >= 1, kills
     if not finished and not complete(out):  # the last kill may land between the final write and the exit
         rc, lines = launch(args, None, 0.0)
         assert rc == 0, "\n".join(lines)
+        last_killed = False
 
     got = json.loads((out / "metrics.json").read_text())
     for path in COMPARED:
@@ -132,9 +133,12 @@ def test_sigkill_anywhere_then_rerun_gives_the_uninterrupted_result(seed, data, 
         assert abs(got[split]["logloss"] - reference[split]["logloss"]) <= 1e-9, split
     assert got["gates"] == pytest.approx(reference["gates"], abs=1e-9)
     # finished: the checkpoints are gone; beside the run there is at most a hidden temporary of a killed write,
-    # never a second visible directory
+    # never a second visible directory; where the last process was killed after the run's last write (before its
+    # exit let go of the lock), its lock file, which nobody holds and the next command takes over
     beside = sorted(p.name for p in out.parent.iterdir())
-    assert [n for n in beside if not n.startswith(".")] == ["crashed"], beside
+    visible = [n for n in beside if not n.startswith(".")]
+    assert visible == ["crashed"] or (last_killed and visible == ["crashed", "crashed.lock"]), beside
+    assert writer_lock.holder(out) is None
     assert all(re.fullmatch(r"\.crashed\..+\.(tmp|old)", n) for n in beside if n.startswith(".")), beside
 
 
