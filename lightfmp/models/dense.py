@@ -62,9 +62,14 @@ def onednn_preferred() -> bool:
 def cpu_gemm_library() -> str:
     """The library this process's float32 CPU dense layers large enough to matter run on, as run metadata records
     it ("torch": neither oneDNN nor MKL)."""
-    if onednn_preferred() and _onednn_linear() is not None and torch.backends.mkldnn.enabled:
+    if onednn_preferred() and _onednn_on():
         return "oneDNN"
     return "MKL" if torch.backends.mkl.is_available() else "torch"
+
+
+def _onednn_on() -> bool:
+    """This torch has oneDNN's linear op and it is not disabled (torch.backends.mkldnn)."""
+    return torch.backends.mkldnn.enabled and _onednn_linear() is not None
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -72,7 +77,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     `onednn_preferred`)."""
     # tracing first: under export the batch size is symbolic, and comparing it would pin it
     return (not tracing() and x.device.type == "cpu" and x.dim() == 2 and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and torch.backends.mkldnn.enabled and _onednn_linear() is not None
+            and weight.dtype == torch.float32 and _onednn_on()
             and weight.shape[0] >= MIN_OUT and x.shape[0] * weight.shape[0] * weight.shape[1] >= MIN_MACS)
 
 
