@@ -17,7 +17,7 @@ import math
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,8 @@ FORMAT = "lightfmp-checkpoint"
 FORMAT_VERSION = 1
 BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch's weights
 LEAST_LOSSES = "valid_losses.least"  # the per-row losses of the epoch with the lowest validation logloss
+TIED = "tied."  # tied.<epoch>.<weight>: the weights of an epoch the final average reads (lightfmp.averaging)
+TIED_LOSSES = "valid_losses.tied."  # valid_losses.tied.<epoch>: its per-row validation losses
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
 _hint = {"dir": None, "phase": None, "epoch": None, "done": None, "after": None}
@@ -222,6 +224,8 @@ class TrainState:
     least_losses: np.ndarray | None = None  # ... of the epoch with the lowest validation logloss (early stopping's test)
     stopped: bool = False                   # early stopping fired after the last saved epoch
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
+    # epochs whose weights the final model averages: epoch (-1: the model as given) -> (weights, per-row valid losses)
+    tied: dict = field(default_factory=dict)
 
 
 class Checkpoint:
@@ -250,6 +254,13 @@ class Checkpoint:
         if state.least_losses is not None:
             # a copy: it is often the best epoch's array itself, and safetensors refuses tensors sharing memory
             tensors[LEAST_LOSSES] = torch.from_numpy(np.array(state.least_losses, dtype=np.float64))
+        tied_best = None  # a tied epoch's weights that are the best epoch's too are written once, under "best."
+        for e, (weights, losses) in state.tied.items():
+            if weights is state.best_state:
+                tied_best = e
+            else:
+                tensors.update({f"{TIED}{e}.{k}": v for k, v in weights.items()})
+            tensors[f"{TIED_LOSSES}{e}"] = torch.from_numpy(np.array(losses, dtype=np.float64))
         scalars = {}
         for name, opt in optimizers.items():
             if opt is None:
@@ -264,7 +275,7 @@ class Checkpoint:
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": self.key, "epoch": state.epoch,
                "history": state.history, "best_score": state.best_score if math.isfinite(state.best_score) else None,
                "best_epoch": state.best_epoch, "stopped": state.stopped, "seconds": state.seconds,
-               "opt_scalars": scalars}
+               "tied": sorted(state.tied), "tied_best": tied_best, "opt_scalars": scalars}
         # both files written under temporary names first, then renamed back to back with Ctrl-C / SIGTERM held
         # until both are in place: the previous epoch's pair stays whole until the new one is. (The epoch in both
         # must match, so a SIGKILL between the two renames is still detected, and the phase restarts.)
@@ -359,11 +370,18 @@ class Checkpoint:
                 name, idx, sub = k[4:].split(".", 2)
                 moments.setdefault(name, {}).setdefault(int(idx), {})[sub] = v
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        tied = {}
+        for e in doc.get("tied", []):
+            weights = best if e == doc.get("tied_best") else \
+                {k[len(f"{TIED}{e}."):]: v for k, v in tensors.items() if k.startswith(f"{TIED}{e}.")}
+            if weights is None or set(weights) != set(own):
+                raise ValueError(f"the weights of tied epoch {e} are missing")
+            tied[int(e)] = (weights, tensors[f"{TIED_LOSSES}{e}"].numpy())
         score = doc.get("best_score")
         state = TrainState(epoch=int(doc["epoch"]), history=list(doc.get("history", [])),
                            best_score=-math.inf if score is None else float(score),
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
                            best_losses=tensors[BEST_LOSSES].numpy() if BEST_LOSSES in tensors else None,
                            least_losses=tensors[LEAST_LOSSES].numpy() if LEAST_LOSSES in tensors else None,
-                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)))
+                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)), tied=tied)
         return weights, moments, state

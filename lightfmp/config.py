@@ -108,6 +108,11 @@ class TrainConfig:
                            "better validation AUC, once an epoch's validation logloss is worse than the best epoch's "
                            "by more than two standard errors of the per-row difference (the best epoch by AUC among "
                            "those not so worse is kept); 0 disables early stopping.", 0)
+    average_epochs: bool = opt(True, "The final model of a fit without gates that keeps its best epoch (phase 3, "
+                                     "--no-select, a bench retraining) is the mean of the weights of the epochs "
+                                     "whose validation logloss is not worse than the lowest epoch's by two standard "
+                                     "errors, where the mean is not so worse itself (--no-average-epochs: the best "
+                                     "epoch); --in-memory-mb bounds how many epochs' weights are kept for it.")
     sparse_embeddings: bool = opt(False, "Sparse gradients for the embedding tables, updated by a lazy Adam "
                                          "(SparseAdam): a step touches only the rows its batch read, much faster "
                                          "for large tables; untouched rows' moments are not decayed.")

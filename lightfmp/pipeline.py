@@ -106,6 +106,16 @@ def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
     return {"rows": int(rows), "seconds": float(seconds), **extra}
 
 
+def _averaged(hist: dict, before: int) -> dict:
+    """metrics.json's `averaged_epochs` of a phase whose final model is the mean of its tied epochs
+    (lightfmp.averaging): the phase's epochs averaged, counted from 1, where the fit (its history) follows `before`
+    epochs of the phase and its epoch 0 is the model it was given (the last of those)."""
+    avg = hist.get("averaged") or {}
+    if not avg.get("used"):
+        return {}
+    return {"averaged_epochs": [e + before if e else before for e in avg["epochs"]]}
+
+
 def _normalize(cfg: RunConfig) -> RunConfig:
     """The config a run records: the data path made absolute (later commands may run from another directory), and
     in target-k mode keep = k unless --keep or --threshold says otherwise."""
@@ -223,7 +233,8 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                    "gates": {n: 1.0 for n in names},
                    "params": {"before": model.num_params(), "after": model.num_params()},
                    "phases": {"pretrain": _phase(), "prune": _phase(),
-                              "continue": _phase(sizes["train"], seconds, epochs=len(hist["epochs"]))}}
+                              "continue": _phase(sizes["train"], seconds, epochs=len(hist["epochs"]),
+                                                 **_averaged(hist, 0))}}
         metrics.update(final_eval(model, data, device))
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
@@ -499,8 +510,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                          "prune": _phase(search["rows"] if search else 0, prune_seconds, rule=f"keep={keep}" if keep else
                                          f"threshold={threshold}" if threshold is not None else "closing test"),
                          "continue": _phase(0 if continue_epochs == 0 else len(train) if split else len(rest),
-                                            cont_seconds,
-                                            epochs=cont_epochs, **first_seconds)}
+                                            cont_seconds, epochs=cont_epochs, **first_seconds,
+                                            **_averaged(hist, 1 if first_epoch is not None else 0))}
     metrics.update(final_eval(model, data, device, kept))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall

@@ -5,6 +5,7 @@
     Trainer.train_step    one weight step (BCE; with the gate's penalty when gates and weights step jointly)
     Trainer.gate_step     one gate step on a held-out batch (bilevel: only the gate's parameters move)
     track_best / stop_early   the validation bookkeeping (best epoch, early stopping)
+    average_tied  the final model of a fit without gates: the mean of its tied epochs (lightfmp.averaging)
     evaluate / predict
 
 The gate is the model's `gate` module (lightfmp.gates): fit only calls its interface. It reads `Rows`
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import distributed as dist
+from .averaging import copies_allowed, mean_weights, tie
 from .checkpoint import Checkpoint, TrainState
 from .config import TrainConfig
 from .errors import LightFMPError
@@ -39,13 +41,16 @@ from .splits import SALT_HOLDOUT
 class Plan:
     """What differs between the fits of one run, which share one TrainConfig: how many epochs, the seed of the random
     streams, whether the best validation epoch is kept (and training stops after `patience` epochs without a better
-    one: the model-selecting phases), and how large a training set is read into memory at once."""
+    one: the model-selecting phases), how large a training set is read into memory at once, and whether the final model
+    is the mean of the tied epochs (lightfmp.averaging), with how many epochs' weights that budget holds."""
     epochs: int
     seed: int = 0
     select_best: bool = True
     in_memory_mb: int = 1024
     span: tuple[float, float] = (0.0, 1.0)  # the part of a longer schedule this fit is: the gates' progress runs over it
     split_seed: int | None = None  # the gate hold-out's seed: a row assignment, like the split (default: seed)
+    averages: bool = False  # the final model is the mean of the tied epochs (a model-selecting fit without gates)
+    copies: int = 1  # the most epochs' weights kept for that mean
 
 
 # random streams, each reseeded per epoch from (seed, epoch): a resumed run needs no saved RNG state
@@ -406,7 +411,9 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
     stops on, and a higher AUC there comes with measurably worse probabilities. So an epoch that lowers the logloss
     until the best so far is measurably worse than it becomes the best itself, and an epoch whose logloss is not
     finite (diverged weights) is never the best. The reference is the lowest logloss, not the best epoch's: "not
-    measurably worse" does not chain (each epoch within noise of the one before can drift far from the lowest)."""
+    measurably worse" does not chain (each epoch within noise of the one before can drift far from the lowest).
+    In a fit that averages (`plan.averages`), the epoch joins the tied set where it is not measurably worse than
+    the lowest (`averaging.tie`)."""
     least = _least(state)
     finite = losses is not None and len(losses) > 0 and bool(np.isfinite(np.mean(losses)))
     lowest = finite and (least is None or float(np.mean(losses)) < float(np.mean(least)))
@@ -420,6 +427,9 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
         state.best_score, state.best_epoch, state.best_losses = score, epoch, losses
         if plan.select_best:
             state.best_state = _weights(model)
+    if plan.averages and finite:
+        weights = state.best_state if state.best_epoch == epoch and plan.select_best else _weights(model)
+        state.tied = tie(state.tied, epoch, weights, losses, _least(state), plan.copies)
 
 
 def _weights(model: CTRModel) -> dict:
@@ -438,6 +448,21 @@ def _given_as_best(state: TrainState, given: tuple[dict, np.ndarray], model: CTR
     state.least_losses = given[1]
     if plan.select_best:
         state.best_state = _weights(model)
+    if plan.averages and len(given[1]) and np.isfinite(np.mean(given[1])):
+        state.tied = {-1: (state.best_state, given[1])}
+
+
+def average_tied(model: CTRModel, state: TrainState, valid: Rows, device: str) -> dict:
+    """Load the mean of the tied epochs' weights into `model` (which holds the best epoch's) and keep it unless its
+    validation logloss is worse than the lowest epoch's beyond noise (then the best epoch's weights go back).
+    Returns history.json's `averaged`: the epochs averaged (1-based; 0 is the model the fit was given), whether the
+    mean is the final model, and its validation record."""
+    model.load_state_dict(mean_weights(state.tied))
+    rec, losses = validate(model, valid, device)
+    used = not dist.broadcast_int(_worse_than_least(state, losses))
+    if not used:
+        model.load_state_dict(state.best_state)
+    return {"epochs": [e + 1 for e in sorted(state.tied)], "used": used, "valid": rec}
 
 
 def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
@@ -490,8 +515,10 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     (`_gates_alone`); the model keeps the best epoch's gates, the history records where the gates alone ended."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
+    averages = bool(select_best and cfg.average_epochs and model.gate is None and valid is not None and len(valid))
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
-                (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed))
+                (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed), averages,
+                copies_allowed(model, int(in_memory_mb) << 20))
     trainer = Trainer(model, rows, cfg, plan, device, label, carry)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
@@ -544,6 +571,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),
            "best_valid_score": state.best_score if np.isfinite(state.best_score) else None,
            "best_epoch": state.best_epoch + 1 if np.isfinite(state.best_score) else None}
+    if plan.averages and len(state.tied) > 1 and state.best_state is not None:
+        out["averaged"] = average_tied(model, state, valid, device)
     if gates_alone and trainer.hold is not None and hasattr(model.gate, "log_alpha") and np.isfinite(state.best_score):
         out["gates_alone"] = _gates_alone(trainer, model, max(state.best_epoch, 0) + 1)
     if resumed:

@@ -214,16 +214,24 @@ def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_c
         assert "valid" not in first and h["best_epoch"] >= 1
         return
     assert first["valid"]["rows"] == m["valid"]["rows"] and len(h["epochs"]) == 2
-    # the final model is the best candidate's, the cut's included (best epoch 0)
+    # the final model is the best candidate's, the cut's included (best epoch 0), or the mean of the tied ones
     records = [first["valid"]] + [e["valid"] for e in h["epochs"]]
+    averaged = h.get("averaged", {})
     run = open_run(out)
     model, schema = run.load_final()
     rec, _ = validate(model, run_data(run).split_rows("valid").select(schema.names), "cpu")
-    assert rec["logloss"] == pytest.approx(records[h["best_epoch"]]["logloss"], abs=1e-7)
+    want = averaged["valid"] if averaged.get("used") else records[h["best_epoch"]]
+    assert rec["logloss"] == pytest.approx(want["logloss"], abs=1e-7)
     shown = " ".join(cli("inspect", out).output.split())  # inspect says which model the run kept
-    assert ("final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later "
-            "epoch of 3 beat it)" if h["best_epoch"] == 0 else
-            f"final model: phase 3's epoch {h['best_epoch'] + 1} of 3 (its first epoch counted)") in shown, shown
+    if averaged.get("used"):
+        assert m["phases"]["continue"]["averaged_epochs"] == [e + 1 for e in averaged["epochs"]]
+        assert (f"final model: the mean of phase 3's epochs {', '.join(str(e + 1) for e in averaged['epochs'])} of 3"
+                in shown), shown
+    else:
+        assert "averaged_epochs" not in m["phases"]["continue"]
+        assert ("final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later "
+                "epoch of 3 beat it)" if h["best_epoch"] == 0 else
+                f"final model: phase 3's epoch {h['best_epoch'] + 1} of 3 (its first epoch counted)") in shown, shown
     # a history whose phase is no object is refused by the one loader, naming the file and the phase
     whole = json.loads((out / "history.json").read_text())
     (out / "history.json").write_text(json.dumps({**whole, "continue": 5}))

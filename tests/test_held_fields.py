@@ -83,8 +83,9 @@ def test_inspect_names_the_kept_phase_3_model():
     from types import SimpleNamespace
     from lightfmp.inspection import final_model_line
 
-    def run(cont, state="complete"):
-        return SimpleNamespace(state=state, history=lambda: {"continue": cont})
+    def run(cont, state="complete", averaged=None):
+        phases = {"continue": {"averaged_epochs": averaged}} if averaged else {}
+        return SimpleNamespace(state=state, history=lambda: {"continue": cont}, metrics=lambda: {"phases": phases})
     epochs = [{"valid": {}}, {"valid": {}}]
     assert final_model_line(run({"epochs": epochs, "best_epoch": 0, "first_epoch": {"held": True}})) == (
         "final model: the cut after phase 3's first epoch, its dropped fields held at their means (no later epoch "
@@ -94,6 +95,9 @@ def test_inspect_names_the_kept_phase_3_model():
     assert final_model_line(run({"epochs": epochs, "best_epoch": 2, "first_epoch": {}})) == (
         "final model: phase 3's epoch 3 of 3 (its first epoch counted)")
     assert final_model_line(run({"epochs": epochs, "best_epoch": 1})) == "final model: phase 3's epoch 1 of 2"
+    assert final_model_line(run({"epochs": epochs, "best_epoch": 2, "first_epoch": {}}, averaged=[1, 2, 3])) == (
+        "final model: the mean of phase 3's epochs 1, 2, 3 of 3 (those not measurably worse than its lowest "
+        "validation logloss)")
     for bad in (None, 5, -1, True, "1"):  # an edited or older history says nothing rather than something wrong
         assert final_model_line(run({"epochs": epochs, "best_epoch": bad, "first_epoch": {}})) is None
     assert final_model_line(run({"epochs": epochs, "best_epoch": 1}, state="pretrained")) is None

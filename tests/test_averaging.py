@@ -1,0 +1,190 @@
+"""The final model of a model-selecting fit without gates: the mean of its tied epochs (lightfmp.averaging)."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from lightfmp import training
+from lightfmp.averaging import copies_allowed, mean_weights, tie
+from lightfmp.checkpoint import Checkpoint
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.rows import ArrayRows
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.training import TrainConfig, fit, validate
+
+SE = 0.2 / np.sqrt(10_000)  # the standard error of the paired difference of the losses `_above` makes
+
+
+def _above(low: np.ndarray, k: float, seed: int) -> np.ndarray:
+    """Per-row losses k standard errors of the paired difference above `low`, with noise of their own."""
+    noise = np.random.default_rng(seed).normal(0.0, 0.2, len(low))
+    return low + noise - noise.mean() + k * SE
+
+
+def _low() -> np.ndarray:
+    return np.random.default_rng(0).exponential(0.5, 10_000)
+
+
+def test_the_mean_is_the_element_wise_mean_and_a_counter_is_the_last_epochs():
+    tied = {e: ({"w": torch.tensor([1.0, 2.0]) * (e + 2), "n": torch.tensor(e + 10)}, np.zeros(2)) for e in (-1, 0, 4)}
+    out = mean_weights(tied)
+    assert torch.allclose(out["w"], torch.tensor([1.0 + 2.0 + 6.0, 2.0 + 4.0 + 12.0]) / 3, rtol=0, atol=1e-7)
+    assert out["w"].dtype == torch.float32
+    assert out["n"].item() == 14
+
+
+def test_an_epoch_is_tied_while_not_measurably_worse_than_the_lowest():
+    low = _low()
+    w = {"w": torch.zeros(1)}
+    tied = tie({}, 0, w, low, low, limit=10)
+    tied = tie(tied, 1, w, within := _above(low, 1.0, 1), low, limit=10)
+    assert sorted(tied) == [0, 1] and tied[1][1] is within
+    tied = tie(tied, 2, w, _above(low, 4.0, 2), low, limit=10)  # measurably worse: not tied
+    assert sorted(tied) == [0, 1]
+    lower = low - 6 * SE  # a new lowest epoch, measurably below epoch 1 (5+ SE) but not below epoch 0 by noise
+    tied = tie(tied, 3, w, lower, lower, limit=10)
+    assert 1 not in tied and 3 in tied  # epoch 1 is now measurably worse than the lowest: it leaves for good
+    tied = tie(tied, 4, w, np.full(10_000, np.nan), lower, limit=10)
+    assert 4 not in tied
+
+
+def test_past_the_limit_the_epochs_with_the_highest_logloss_go_first():
+    low = _low()
+    w = {"w": torch.zeros(1)}
+    tied = {}
+    for e, k in enumerate([1.5, 0.0, 1.0, 0.5]):
+        tied = tie(tied, e, w, _above(low, k, e) if k else low, low, limit=2)
+    assert sorted(tied) == [1, 3]
+
+
+def test_the_copies_the_budget_holds():
+    model = torch.nn.Linear(255, 1)  # 256 float32 weights: 1 KiB
+    assert copies_allowed(model, 10 << 10) == 10
+    assert copies_allowed(model, 100) == 1
+
+
+# ---- fit ---------------------------------------------------------------------------------------------------------
+def _data(seed: int = 0):
+    """600 rows of 4 fields (ids 2..11), the label leaning on f0 and f1, split 400 / 200."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(2, 12, size=(600, 4)).astype(np.int32)
+    y = (rng.random(600) < 1 / (1 + np.exp(-(ids[:, 0] + ids[:, 1] - 14) / 2.0))).astype(np.float32)
+    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(10)]) for i in range(4)])
+    return schema, ArrayRows(ids[:400], y[:400]), ArrayRows(ids[400:], y[400:])
+
+
+def _model(schema, gated=False):
+    torch.manual_seed(0)
+    return build_model("mlp", schema, ModelConfig(embed_dim=3, hidden=[8]), gated=gated)
+
+
+CFG = TrainConfig(epochs=6, batch_size=32, lr=0.01, patience=0)
+
+
+@pytest.fixture
+def snapshots(monkeypatch):
+    """The weights of the model at each validation in fit (after each epoch, then the mean's), in order."""
+    seen = []
+
+    def recording(model, rows, device="cpu", batch_size=8192):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return validate(model, rows, device, batch_size)
+    monkeypatch.setattr(training, "validate", recording)
+    return seen
+
+
+def test_the_final_model_is_the_mean_of_the_tied_epochs_as_validated(snapshots):
+    schema, rows, valid = _data()
+    model = _model(schema)
+    hist = fit(model, rows, valid, CFG)
+    avg = hist["averaged"]
+    assert avg["used"] and len(avg["epochs"]) >= 2
+    assert len(snapshots) == len(hist["epochs"]) + 1  # one validation per epoch and one of the mean
+    final = model.state_dict()
+    for k, v in final.items():
+        mean = torch.stack([snapshots[e - 1][k].double() for e in avg["epochs"]]).mean(0)
+        assert torch.allclose(v.double(), mean, rtol=0, atol=1e-6), k
+    assert avg["valid"] == validate(model, valid)[0]
+    # the tied epochs are those not measurably worse than the lowest-logloss epoch
+    losses = [e["valid"]["logloss"] for e in hist["epochs"]]
+    assert int(np.argmin(losses)) + 1 in avg["epochs"]
+
+
+def test_without_averaging_the_final_model_is_the_best_epoch_bit_for_bit(snapshots):
+    schema, rows, valid = _data()
+    model = _model(schema)
+    hist = fit(model, rows, valid, replace(CFG, average_epochs=False))
+    assert "averaged" not in hist and len(snapshots) == len(hist["epochs"])
+    best = snapshots[hist["best_epoch"] - 1]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_a_mean_measurably_worse_than_the_lowest_epoch_is_not_used(snapshots, monkeypatch):
+    """Weights from different stretches of training need not average to a good model: a mean whose validation
+    logloss is worse than the lowest epoch's beyond noise gives way to the best epoch."""
+    schema, rows, valid = _data()
+    monkeypatch.setattr(training, "mean_weights", lambda tied: {k: torch.zeros_like(v) if v.is_floating_point()
+                                                                else v for k, v in tied[max(tied)][0].items()})
+    model = _model(schema)
+    hist = fit(model, rows, valid, CFG)
+    assert hist["averaged"]["used"] is False
+    best = snapshots[hist["best_epoch"] - 1]
+    assert all(torch.equal(v, best[k]) for k, v in model.state_dict().items())
+
+
+def test_the_model_a_fit_was_given_is_one_of_the_tied():
+    """lr 0: the fit's one epoch scores exactly what the model as given did, so both are tied (a difference of
+    exactly 0 is no evidence), and their mean is the given model."""
+    schema, rows, valid = _data()
+    model = _model(schema)
+    fit(model, rows, valid, replace(CFG, epochs=2))
+    given = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = fit(model, rows, valid, replace(CFG, epochs=1, lr=0.0), given=validate(model, valid))
+    assert hist["averaged"]["epochs"] == [0, 1] and hist["averaged"]["used"]
+    assert all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
+
+
+def test_gated_fits_and_fits_that_keep_the_last_epoch_never_average():
+    schema, rows, valid = _data()
+    assert "averaged" not in fit(_model(schema, gated=True), rows, valid, CFG)
+    assert "averaged" not in fit(_model(schema), rows, valid, CFG, select_best=False)
+    assert "averaged" not in fit(_model(schema), rows, valid, CFG, in_memory_mb=0)  # room for one epoch's weights
+
+
+def test_a_resumed_fit_averages_the_same_epochs_to_the_same_weights(tmp_path):
+    schema, rows, valid = _data()
+    model = _model(schema)
+    whole = fit(model, rows, valid, CFG)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stop(epoch):
+        if epoch == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(schema), rows, valid, CFG, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+    model = _model(schema)
+    hist = fit(model, rows, valid, CFG, checkpoint=Checkpoint(tmp_path, "p", {}))
+    assert hist["resumed_from_epoch"] == 4
+    assert hist["averaged"] == whole["averaged"]
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-average-epochs"]])
+def test_the_run_records_the_averaged_epochs_and_the_flag_turns_averaging_off(tmp_path, flag):
+    import json
+    from helpers import cli, write_csv
+    data = write_csv(tmp_path, n=800)
+    out = tmp_path / "run"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--no-select",
+            "--epochs", "4", "--patience", "0", "--lr", "0.01", "--batch-size", "64", "--hidden", "16", "--embed-dim", "4", "--quiet",
+            *flag)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    h = json.loads((out / "history.json").read_text())["continue"]
+    if flag:
+        assert "averaged" not in h and "averaged_epochs" not in m["phases"]["continue"]
+        assert m["valid"]["logloss"] == pytest.approx(h["epochs"][h["best_epoch"] - 1]["valid"]["logloss"], abs=1e-9)
+    else:
+        assert h["averaged"]["used"] and m["phases"]["continue"]["averaged_epochs"] == h["averaged"]["epochs"]
+        assert m["valid"]["logloss"] == pytest.approx(h["averaged"]["valid"]["logloss"], abs=1e-9)
