@@ -13,6 +13,8 @@ epoch, and says which in its history (`averaged`).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -24,18 +26,19 @@ from .metrics import worse_beyond_noise
 Tied = dict[int, tuple[dict, np.ndarray]]
 
 
-def tie(tied: Tied, epoch: int, weights: dict, losses: np.ndarray, least: np.ndarray, limit: int) -> Tied:
-    """The tied set after epoch `epoch` (its `weights` and per-row validation `losses`), against `least`, the
-    per-row losses of the lowest-logloss epoch so far: the epochs not measurably worse than it, this one included
-    where it is, at most `limit` of them (the highest mean logloss dropped first). An epoch once measurably worse
-    than the lowest never returns. Every rank takes rank 0's decisions (their arrays are identical; the last bits of
-    their logs need not be)."""
-    candidates = {**tied, epoch: (weights, losses)}
-    kept = {e: entry for e, entry in sorted(candidates.items())
-            if dist.broadcast_int(_finite(entry[1]) and not worse_beyond_noise(entry[1], least))}
+def tie(tied: Tied, epoch: int, losses: np.ndarray, least: np.ndarray, limit: int,
+        snapshot: Callable[[], dict]) -> Tied:
+    """The tied set after epoch `epoch` (its per-row validation `losses`; `snapshot()` copies its weights, called
+    only where it joins), against `least`, the per-row losses of the lowest-logloss epoch so far: the epochs not
+    measurably worse than it, this one included where it is, at most `limit` of them (the highest mean logloss
+    dropped first). An epoch once measurably worse than the lowest never returns. Every rank takes rank 0's
+    decisions (their arrays are identical; the last bits of their logs and means need not be)."""
+    kept = {e: entry for e, entry in sorted(tied.items())
+            if dist.broadcast_int(not worse_beyond_noise(entry[1], least))}
+    if dist.broadcast_int(_finite(losses) and not worse_beyond_noise(losses, least)):
+        kept[epoch] = (snapshot(), losses)
     while len(kept) > max(int(limit), 1):
-        worst = max(kept, key=lambda e: (float(np.mean(kept[e][1])), e))
-        del kept[worst]
+        del kept[dist.broadcast_int(max(kept, key=lambda e: (float(np.mean(kept[e][1])), e)))]
     return kept
 
 
@@ -44,22 +47,22 @@ def _finite(losses: np.ndarray) -> bool:
 
 
 def copies_allowed(model: torch.nn.Module, budget_bytes: int) -> int:
-    """Epochs' weights a budget of `budget_bytes` holds (at least 1: the best epoch's, which any model-selecting fit
-    keeps)."""
+    """Epochs' weights a budget of `budget_bytes` of host memory holds (a fit averages only where it holds two)."""
     size = sum(v.numel() * v.element_size() for v in model.state_dict().values())
-    return max(1, int(budget_bytes) // max(size, 1))
+    return int(budget_bytes) // max(size, 1)
 
 
 def mean_weights(tied: Tied) -> dict:
-    """The element-wise mean of the tied epochs' weights, summed in float64 in epoch order; a tensor that is not
-    floating point (a counter) is the last tied epoch's."""
+    """The element-wise mean of the tied epochs' weights, summed in float64 in epoch order on the CPU (a tied epoch
+    may be on the training device, as the best epoch's weights are, or read back from a checkpoint); a tensor that
+    is not floating point (a counter) is the last tied epoch's."""
     states = [tied[e][0] for e in sorted(tied)]
     out = {}
     for name, last in states[-1].items():
         if torch.is_floating_point(last):
-            total = torch.zeros_like(last, dtype=torch.float64)
+            total = torch.zeros(last.shape, dtype=torch.float64)
             for s in states:
-                total += s[name].to(torch.float64)
+                total += s[name].to("cpu", torch.float64)
             out[name] = (total / len(states)).to(last.dtype)
         else:
             out[name] = last.clone()

@@ -370,13 +370,10 @@ class Checkpoint:
                 name, idx, sub = k[4:].split(".", 2)
                 moments.setdefault(name, {}).setdefault(int(idx), {})[sub] = v
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
-        tied = {}
-        for e in doc.get("tied", []):
-            weights = best if e == doc.get("tied_best") else \
-                {k[len(f"{TIED}{e}."):]: v for k, v in tensors.items() if k.startswith(f"{TIED}{e}.")}
-            if weights is None or set(weights) != set(own):
-                raise ValueError(f"the weights of tied epoch {e} are missing")
-            tied[int(e)] = (weights, tensors[f"{TIED_LOSSES}{e}"].numpy())
+        tied = _read_tied(doc, tensors, best, own)
+        rows = {len(tensors[k]) for k in (BEST_LOSSES, LEAST_LOSSES) if k in tensors} | {len(t[1]) for t in tied.values()}
+        if len(rows) > 1:
+            raise ValueError("its per-row validation losses differ in length")
         score = doc.get("best_score")
         state = TrainState(epoch=int(doc["epoch"]), history=list(doc.get("history", [])),
                            best_score=-math.inf if score is None else float(score),
@@ -385,3 +382,18 @@ class Checkpoint:
                            least_losses=tensors[LEAST_LOSSES].numpy() if LEAST_LOSSES in tensors else None,
                            stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)), tied=tied)
         return weights, moments, state
+
+
+def _read_tied(doc: dict, tensors: dict, best: dict | None, own: dict) -> dict:
+    """The tied epochs of a checkpoint (`TrainState.tied`): each one's weights (the best epoch's, shared, where the
+    JSON names it `tied_best`) and per-row validation losses. Raises ValueError where one is missing or does not fit
+    the model (a damaged checkpoint: ignored, with a log line)."""
+    tied = {}
+    for e in doc.get("tied", []):
+        prefix = f"{TIED}{e}."
+        weights = best if e == doc.get("tied_best") else \
+            {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not weights or set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+            raise ValueError(f"the weights of tied epoch {e} do not fit this model")
+        tied[int(e)] = (weights, tensors[f"{TIED_LOSSES}{e}"].numpy())
+    return tied

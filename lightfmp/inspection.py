@@ -39,10 +39,12 @@ def final_model_line(run: Run) -> str | None:
     best, first = h.get("best_epoch"), h.get("first_epoch")
     first = first if isinstance(first, dict) else None
     n = len(h["epochs"]) + (1 if first is not None else 0)
-    averaged = run.metrics().get("phases", {}).get("continue", {}).get("averaged_epochs")
-    if isinstance(averaged, list) and averaged:
-        return (f"final model: the mean of phase 3's epochs {', '.join(map(str, averaged))} of {n} (those not "
-                f"measurably worse than its lowest validation logloss)")
+    phase = run.metrics().get("phases")
+    phase = phase.get("continue") if isinstance(phase, dict) else None
+    averaged = phase.get("averaged_epochs") if isinstance(phase, dict) else None
+    if isinstance(averaged, list) and averaged and all(isinstance(e, int) for e in averaged):
+        return (f"final model: the mean of phase 3's epochs {', '.join(map(str, averaged))} of {n} (tied in "
+                f"validation logloss)")
     if not isinstance(best, int) or isinstance(best, bool) or not 0 <= best <= len(h["epochs"]):
         return None
     if first is None:

@@ -428,13 +428,15 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
         if plan.select_best:
             state.best_state = _weights(model)
     if plan.averages and finite:
-        weights = state.best_state if state.best_epoch == epoch and plan.select_best else _weights(model)
-        state.tied = tie(state.tied, epoch, weights, losses, _least(state), plan.copies)
+        state.tied = tie(state.tied, epoch, losses, _least(state), plan.copies,
+                         lambda: state.best_state if state.best_epoch == epoch else _weights(model, "cpu"))
 
 
-def _weights(model: CTRModel) -> dict:
-    """A copy of the model's weights (the best epoch's, kept for the end of a model-selecting fit)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+def _weights(model: CTRModel, device: str | None = None) -> dict:
+    """A copy of the model's weights (the best epoch's, kept for the end of a model-selecting fit), on `device`
+    (default: where they are)."""
+    return {k: v.detach().to(device, copy=True) if device else v.detach().clone()
+            for k, v in model.state_dict().items()}
 
 
 def _score(valid: dict) -> float:
@@ -515,10 +517,11 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     (`_gates_alone`); the model keeps the best epoch's gates, the history records where the gates alone ended."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
-    averages = bool(select_best and cfg.average_epochs and model.gate is None and valid is not None and len(valid))
+    copies = copies_allowed(model, int(in_memory_mb) << 20)
+    averages = bool(select_best and cfg.average_epochs and model.gate is None and valid is not None and len(valid)
+                    and copies >= 2)
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
-                (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed), averages,
-                copies_allowed(model, int(in_memory_mb) << 20))
+                (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed), averages, copies)
     trainer = Trainer(model, rows, cfg, plan, device, label, carry)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None

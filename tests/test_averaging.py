@@ -34,34 +34,37 @@ def test_the_mean_is_the_element_wise_mean_and_a_counter_is_the_last_epochs():
     assert out["n"].item() == 14
 
 
+def _snap(tag):
+    return lambda: {"w": torch.tensor([float(tag)])}
+
+
 def test_an_epoch_is_tied_while_not_measurably_worse_than_the_lowest():
     low = _low()
-    w = {"w": torch.zeros(1)}
-    tied = tie({}, 0, w, low, low, limit=10)
-    tied = tie(tied, 1, w, within := _above(low, 1.0, 1), low, limit=10)
-    assert sorted(tied) == [0, 1] and tied[1][1] is within
-    tied = tie(tied, 2, w, _above(low, 4.0, 2), low, limit=10)  # measurably worse: not tied
-    assert sorted(tied) == [0, 1]
-    lower = low - 6 * SE  # a new lowest epoch, measurably below epoch 1 (5+ SE) but not below epoch 0 by noise
-    tied = tie(tied, 3, w, lower, lower, limit=10)
-    assert 1 not in tied and 3 in tied  # epoch 1 is now measurably worse than the lowest: it leaves for good
-    tied = tie(tied, 4, w, np.full(10_000, np.nan), lower, limit=10)
-    assert 4 not in tied
+    tied = tie({}, 0, low, low, 10, _snap(0))
+    tied = tie(tied, 1, within := _above(low, 1.0, 1), low, 10, _snap(1))
+    assert sorted(tied) == [0, 1] and tied[1][1] is within and tied[1][0]["w"].item() == 1.0
+    taken = []
+    tied = tie(tied, 2, _above(low, 4.0, 2), low, 10, lambda: taken.append(2))  # measurably worse: not tied
+    assert sorted(tied) == [0, 1] and not taken  # and its weights are never copied
+    lower = low - 6 * SE  # a new lowest epoch, 6 SE below epoch 0 and ~7 below epoch 1
+    tied = tie(tied, 3, lower, lower, 10, _snap(3))
+    assert sorted(tied) == [3]  # the others are now measurably worse than the lowest: they leave for good
+    tied = tie(tied, 4, np.full(10_000, np.nan), lower, 10, _snap(4))
+    assert sorted(tied) == [3]
 
 
 def test_past_the_limit_the_epochs_with_the_highest_logloss_go_first():
     low = _low()
-    w = {"w": torch.zeros(1)}
     tied = {}
     for e, k in enumerate([1.5, 0.0, 1.0, 0.5]):
-        tied = tie(tied, e, w, _above(low, k, e) if k else low, low, limit=2)
+        tied = tie(tied, e, _above(low, k, e) if k else low, low, 2, _snap(e))
     assert sorted(tied) == [1, 3]
 
 
 def test_the_copies_the_budget_holds():
     model = torch.nn.Linear(255, 1)  # 256 float32 weights: 1 KiB
     assert copies_allowed(model, 10 << 10) == 10
-    assert copies_allowed(model, 100) == 1
+    assert copies_allowed(model, 100) == 0
 
 
 # ---- fit ---------------------------------------------------------------------------------------------------------
@@ -152,22 +155,71 @@ def test_gated_fits_and_fits_that_keep_the_last_epoch_never_average():
     assert "averaged" not in fit(_model(schema), rows, valid, CFG, in_memory_mb=0)  # room for one epoch's weights
 
 
-def test_a_resumed_fit_averages_the_same_epochs_to_the_same_weights(tmp_path):
+def _timeless(hist: dict) -> list[dict]:
+    return [{k: v for k, v in e.items() if k != "seconds"} for e in hist["epochs"]]
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3, 4, 5])
+def test_a_resumed_fit_averages_the_same_epochs_to_the_same_weights(tmp_path, stop_at):
+    """Stopped after any epoch and resumed from its checkpoint, the fit trains on from the last epoch's weights (not
+    a tied epoch's) and ends with the uninterrupted fit's mean, bit for bit."""
     schema, rows, valid = _data()
+    cfg = replace(CFG, lr=0.05)
     model = _model(schema)
-    whole = fit(model, rows, valid, CFG)
+    whole = fit(model, rows, valid, cfg)
     want = {k: v.clone() for k, v in model.state_dict().items()}
 
     def stop(epoch):
-        if epoch == 4:
+        if epoch == stop_at:
             raise KeyboardInterrupt
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(schema), rows, valid, CFG, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+        fit(_model(schema), rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
     model = _model(schema)
-    hist = fit(model, rows, valid, CFG, checkpoint=Checkpoint(tmp_path, "p", {}))
-    assert hist["resumed_from_epoch"] == 4
-    assert hist["averaged"] == whole["averaged"]
+    hist = fit(model, rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}))
+    assert hist["resumed_from_epoch"] == stop_at
+    assert _timeless(hist) == _timeless(whole) and hist.get("averaged") == whole.get("averaged")
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
+
+
+def test_a_checkpoint_whose_tied_epochs_do_not_fit_is_ignored_and_the_fit_starts_again(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+    schema, rows, valid = _data()
+    cfg = replace(CFG, lr=0.05, epochs=3)
+    model = _model(schema)
+    whole = fit(model, rows, valid, cfg)
+
+    def stop(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(schema), rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+    path = tmp_path / "p.safetensors"
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as fh:  # the header's metadata (epoch, the JSON's hash) as written
+        meta = fh.metadata()
+    tied = [k for k in tensors if k.startswith("valid_losses.tied.")]
+    assert tied
+    tensors[tied[0]] = tensors[tied[0]][:-5]
+    save_file(tensors, str(path), metadata=meta)
+    logged = []
+    model = _model(schema)
+    hist = fit(model, rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}, logged.append))
+    assert "resumed_from_epoch" not in hist and any("ignoring damaged checkpoint" in m for m in logged), logged
+    assert _timeless(hist) == _timeless(whole) and hist.get("averaged") == whole.get("averaged")
+
+
+def test_a_budget_of_one_copy_keeps_no_tied_weights(tmp_path):
+    from safetensors.torch import load_file
+    schema, rows, valid = _data()
+
+    def stop(epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(schema), rows, valid, replace(CFG, lr=0.05), in_memory_mb=0,
+            checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+    assert not [k for k in load_file(str(tmp_path / "p.safetensors")) if k.startswith(("tied.", "valid_losses.tied"))]
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-average-epochs"]])
@@ -188,3 +240,23 @@ def test_the_run_records_the_averaged_epochs_and_the_flag_turns_averaging_off(tm
     else:
         assert h["averaged"]["used"] and m["phases"]["continue"]["averaged_epochs"] == h["averaged"]["epochs"]
         assert m["valid"]["logloss"] == pytest.approx(h["averaged"]["valid"]["logloss"], abs=1e-9)
+
+
+def test_phase_3_counts_its_first_epoch_among_the_averaged_and_inspect_names_them(tmp_path):
+    """After the keep rule, phase 3's fit is given the first epoch's model (its epoch 0 in history.json): metrics.json
+    counts phase 3's epochs from that first one, and `lightfmp inspect` names the mean."""
+    import json
+    from helpers import cli, write_csv
+    data = write_csv(tmp_path, n=800)
+    out = tmp_path / "run"
+    r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--subset", "0.5",
+            "--pretrain-epochs", "3", "--epochs", "4", "--patience", "0", "--lr", "0.02", "--batch-size", "64",
+            "--hidden", "16", "--embed-dim", "4", "--quiet")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "metrics.json").read_text())
+    h = json.loads((out / "history.json").read_text())["continue"]
+    assert "first_epoch" in h and h["averaged"]["used"]
+    assert m["phases"]["continue"]["averaged_epochs"] == [e + 1 for e in h["averaged"]["epochs"]]
+    shown = " ".join(cli("inspect", out).output.split())
+    assert (f"final model: the mean of phase 3's epochs {', '.join(str(e + 1) for e in h['averaged']['epochs'])} "
+            f"of 4 (tied in validation logloss)") in shown, shown

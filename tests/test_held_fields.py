@@ -96,8 +96,7 @@ def test_inspect_names_the_kept_phase_3_model():
         "final model: phase 3's epoch 3 of 3 (its first epoch counted)")
     assert final_model_line(run({"epochs": epochs, "best_epoch": 1})) == "final model: phase 3's epoch 1 of 2"
     assert final_model_line(run({"epochs": epochs, "best_epoch": 2, "first_epoch": {}}, averaged=[1, 2, 3])) == (
-        "final model: the mean of phase 3's epochs 1, 2, 3 of 3 (those not measurably worse than its lowest "
-        "validation logloss)")
+        "final model: the mean of phase 3's epochs 1, 2, 3 of 3 (tied in validation logloss)")
     for bad in (None, 5, -1, True, "1"):  # an edited or older history says nothing rather than something wrong
         assert final_model_line(run({"epochs": epochs, "best_epoch": bad, "first_epoch": {}})) is None
     assert final_model_line(run({"epochs": epochs, "best_epoch": 1}, state="pretrained")) is None
