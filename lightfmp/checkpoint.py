@@ -224,7 +224,7 @@ class TrainState:
     least_losses: np.ndarray | None = None  # ... of the epoch with the lowest validation logloss (early stopping's test)
     stopped: bool = False                   # early stopping fired after the last saved epoch
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
-    # epochs whose weights the final model averages: epoch (-1: the model as given) -> (weights, per-row valid losses)
+    # the epochs the final model averages: epoch (-1: the model as given) -> (weights, per-row validation losses)
     tied: dict = field(default_factory=dict)
 
 
@@ -371,7 +371,8 @@ class Checkpoint:
                 moments.setdefault(name, {}).setdefault(int(idx), {})[sub] = v
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
         tied = _read_tied(doc, tensors, best, own)
-        rows = {len(tensors[k]) for k in (BEST_LOSSES, LEAST_LOSSES) if k in tensors} | {len(t[1]) for t in tied.values()}
+        rows = {len(tensors[k]) for k in (BEST_LOSSES, LEAST_LOSSES) if k in tensors} | \
+            {len(losses) for _, losses in tied.values()}
         if len(rows) > 1:
             raise ValueError("its per-row validation losses differ in length")
         score = doc.get("best_score")
