@@ -467,6 +467,16 @@ def average_tied(model: CTRModel, state: TrainState, valid: Rows, device: str) -
     return {"epochs": [e + 1 for e in sorted(state.tied)], "used": used, "valid": rec}
 
 
+def _final_model(averaged: dict) -> str:
+    """The log line of a fit's `averaged` record: which epochs the final model is the mean of (epoch 0: the model the
+    fit started from), or that the best epoch stayed."""
+    epochs = [f"epoch {e}" if e else "the model it started from" for e in averaged["epochs"]]
+    what = ", ".join(epochs[:-1]) + " and " + epochs[-1]
+    if not averaged["used"]:
+        return f"final model: the best epoch (the mean of {what} was measurably worse in validation logloss)"
+    return f"final model: the mean of {what} (tied in validation logloss), valid auc {averaged['valid']['auc']:.4f}"
+
+
 def stop_early(state: TrainState, rec: dict, losses: np.ndarray | None, epoch: int, cfg: TrainConfig,
                plan: Plan) -> bool:
     """Stop a model-selecting fit (patience 0: never) once `patience` epochs have passed without a better validation
@@ -576,6 +586,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
            "best_epoch": state.best_epoch + 1 if np.isfinite(state.best_score) else None}
     if plan.averages and len(state.tied) > 1 and state.best_state is not None:
         out["averaged"] = average_tied(model, state, valid, device)
+        reporter.log(f"{label}: {_final_model(out['averaged'])}")
     if gates_alone and trainer.hold is not None and hasattr(model.gate, "log_alpha") and np.isfinite(state.best_score):
         out["gates_alone"] = _gates_alone(trainer, model, max(state.best_epoch, 0) + 1)
     if resumed:

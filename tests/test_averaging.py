@@ -229,17 +229,21 @@ def test_the_run_records_the_averaged_epochs_and_the_flag_turns_averaging_off(tm
     data = write_csv(tmp_path, n=800)
     out = tmp_path / "run"
     r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--no-select",
-            "--epochs", "4", "--patience", "0", "--lr", "0.01", "--batch-size", "64", "--hidden", "16", "--embed-dim", "4", "--quiet",
+            "--epochs", "4", "--patience", "0", "--lr", "0.01", "--batch-size", "64", "--hidden", "16", "--embed-dim", "4",
             *flag)
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
     h = json.loads((out / "history.json").read_text())["continue"]
     if flag:
         assert "averaged" not in h and "averaged_epochs" not in m["phases"]["continue"]
+        assert "final model" not in r.output
         assert m["valid"]["logloss"] == pytest.approx(h["epochs"][h["best_epoch"] - 1]["valid"]["logloss"], abs=1e-9)
     else:
         assert h["averaged"]["used"] and m["phases"]["continue"]["averaged_epochs"] == h["averaged"]["epochs"]
         assert m["valid"]["logloss"] == pytest.approx(h["averaged"]["valid"]["logloss"], abs=1e-9)
+        said = ", ".join(f"epoch {e}" for e in h["averaged"]["epochs"][:-1]) + f" and epoch {h['averaged']['epochs'][-1]}"
+        assert (f"train (all fields): final model: the mean of {said} (tied in validation logloss), valid auc "
+                f"{m['valid']['auc']:.4f}") in " ".join(r.output.split()), r.output
 
 
 def test_phase_3_counts_its_first_epoch_among_the_averaged_and_inspect_names_them(tmp_path):
@@ -260,3 +264,13 @@ def test_phase_3_counts_its_first_epoch_among_the_averaged_and_inspect_names_the
     shown = " ".join(cli("inspect", out).output.split())
     assert (f"final model: the mean of phase 3's epochs {', '.join(str(e + 1) for e in h['averaged']['epochs'])} "
             f"of 4 (tied in validation logloss)") in shown, shown
+
+
+def test_the_log_line_names_the_start_model_and_a_mean_not_used():
+    from lightfmp.training import _final_model
+    valid = {"auc": 0.81234}
+    assert _final_model({"epochs": [0, 1, 2], "used": True, "valid": valid}) == (
+        "final model: the mean of the model it started from, epoch 1 and epoch 2 (tied in validation logloss), "
+        "valid auc 0.8123")
+    assert _final_model({"epochs": [2, 3], "used": False, "valid": valid}) == (
+        "final model: the best epoch (the mean of epoch 2 and epoch 3 was measurably worse in validation logloss)")
