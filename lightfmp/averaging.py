@@ -36,9 +36,11 @@ def tie(tied: Tied, epoch: int, losses: np.ndarray, least: np.ndarray, limit: in
     kept = {e: entry for e, entry in sorted(tied.items())
             if dist.broadcast_int(not worse_beyond_noise(entry[1], least))}
     if dist.broadcast_int(_finite(losses) and not worse_beyond_noise(losses, least)):
-        kept[epoch] = (snapshot(), losses)
+        kept[epoch] = (None, losses)  # its weights are copied below, only if it stays
     while len(kept) > max(int(limit), 1):
         del kept[dist.broadcast_int(max(kept, key=lambda e: (float(np.mean(kept[e][1])), e)))]
+    if epoch in kept:
+        kept[epoch] = (snapshot(), losses)
     return kept
 
 

@@ -370,11 +370,13 @@ class Checkpoint:
                 name, idx, sub = k[4:].split(".", 2)
                 moments.setdefault(name, {}).setdefault(int(idx), {})[sub] = v
         best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+        if best is not None and not _fits(best, own):
+            raise ValueError("the best epoch's weights do not fit this model")
         tied = _read_tied(doc, tensors, best, own)
-        rows = {len(tensors[k]) for k in (BEST_LOSSES, LEAST_LOSSES) if k in tensors} | \
-            {len(losses) for _, losses in tied.values()}
-        if len(rows) > 1:
-            raise ValueError("its per-row validation losses differ in length")
+        losses = [tensors[k] for k in (BEST_LOSSES, LEAST_LOSSES) if k in tensors] + \
+            [torch.from_numpy(losses) for _, losses in tied.values()]
+        if len({tuple(t.shape) for t in losses}) > 1 or any(t.dim() != 1 for t in losses):
+            raise ValueError("its per-row validation losses differ in shape")
         score = doc.get("best_score")
         state = TrainState(epoch=int(doc["epoch"]), history=list(doc.get("history", [])),
                            best_score=-math.inf if score is None else float(score),
@@ -394,7 +396,13 @@ def _read_tied(doc: dict, tensors: dict, best: dict | None, own: dict) -> dict:
         prefix = f"{TIED}{e}."
         weights = best if e == doc.get("tied_best") else \
             {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not weights or set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+        if not weights or not _fits(weights, own):
             raise ValueError(f"the weights of tied epoch {e} do not fit this model")
         tied[int(e)] = (weights, tensors[f"{TIED_LOSSES}{e}"].numpy())
     return tied
+
+
+def _fits(weights: dict, own: dict) -> bool:
+    """Whether saved weights have the model's names, shapes and dtypes (loadable without a cast)."""
+    return set(weights) == set(own) and all(weights[k].shape == own[k].shape and weights[k].dtype == own[k].dtype
+                                            for k in own)

@@ -429,14 +429,13 @@ def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, mod
             state.best_state = _weights(model)
     if plan.averages and finite:
         state.tied = tie(state.tied, epoch, losses, _least(state), plan.copies,
-                         lambda: state.best_state if state.best_epoch == epoch else _weights(model, "cpu"))
+                         lambda: state.best_state if state.best_epoch == epoch else _weights(model))
 
 
-def _weights(model: CTRModel, device: str | None = None) -> dict:
-    """A copy of the model's weights (the best epoch's, kept for the end of a model-selecting fit), on `device`
-    (default: where they are)."""
-    return {k: v.detach().to(device, copy=True) if device else v.detach().clone()
-            for k, v in model.state_dict().items()}
+def _weights(model: CTRModel) -> dict:
+    """A copy of the model's weights in host memory (the best epoch's, or a tied epoch's, kept for the end of a
+    model-selecting fit: on a GPU, device memory holds the model alone)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _score(valid: dict) -> float:

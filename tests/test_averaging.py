@@ -53,12 +53,16 @@ def test_an_epoch_is_tied_while_not_measurably_worse_than_the_lowest():
     assert sorted(tied) == [3]
 
 
-def test_past_the_limit_the_epochs_with_the_highest_logloss_go_first():
+def test_past_the_limit_the_epochs_with_the_highest_logloss_go_first_and_are_never_copied():
     low = _low()
-    tied = {}
-    for e, k in enumerate([1.5, 0.0, 1.0, 0.5]):
-        tied = tie(tied, e, _above(low, k, e) if k else low, low, 2, _snap(e))
+    tied, taken = {}, []
+
+    def snap(e):
+        return lambda: taken.append(e) or {"w": torch.tensor([float(e)])}
+    for e, k in enumerate([1.5, 0.0, 1.0, 0.5, 1.8]):
+        tied = tie(tied, e, _above(low, k, e) if k else low, low, 2, snap(e))
     assert sorted(tied) == [1, 3]
+    assert taken == [0, 1, 2, 3]  # epoch 4, the highest with two lower ones kept, was never copied
 
 
 def test_the_copies_the_budget_holds():
@@ -148,15 +152,77 @@ def test_the_model_a_fit_was_given_is_one_of_the_tied():
     assert all(torch.equal(v, given[k]) for k, v in model.state_dict().items())
 
 
+def test_the_mean_reads_the_given_models_own_weights(snapshots, monkeypatch):
+    """Every epoch tied (the test patched to find nothing worse, the mean included): the final model is the mean of
+    the model as given (its validation, before the fit, is the first snapshot) and the fit's epochs."""
+    import lightfmp.averaging as averaging
+    for module in (averaging, training):
+        monkeypatch.setattr(module, "worse_beyond_noise", lambda new, old: False)
+    schema, rows, valid = _data()
+    model = _model(schema)
+    fit(model, rows, valid, replace(CFG, epochs=2))
+    snapshots.clear()
+    hist = fit(model, rows, valid, replace(CFG, epochs=3), given=training.validate(model, valid))
+    assert hist["averaged"]["epochs"] == [0, 1, 2, 3] and hist["averaged"]["used"]
+    for k, v in model.state_dict().items():
+        mean = torch.stack([snapshots[i][k].double() for i in range(4)]).mean(0)
+        assert torch.allclose(v.double(), mean, rtol=0, atol=1e-6), k
+    assert not torch.equal(snapshots[0][next(iter(snapshots[0]))], snapshots[3][next(iter(snapshots[0]))])
+
+
+def test_a_budget_of_one_copy_never_averages(monkeypatch, tmp_path):
+    from safetensors.torch import load_file
+    monkeypatch.setattr(training, "copies_allowed", lambda model, budget: 1)
+    schema, rows, valid = _data()
+
+    def stop(epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(schema), rows, valid, replace(CFG, lr=0.05), checkpoint=Checkpoint(tmp_path, "p", {}),
+            epoch_start=stop)
+    assert not [k for k in load_file(str(tmp_path / "p.safetensors")) if k.startswith(("tied.", "valid_losses.tied"))]
+    assert "averaged" not in fit(_model(schema), rows, valid, replace(CFG, lr=0.05))
+
+
 def test_gated_fits_and_fits_that_keep_the_last_epoch_never_average():
     schema, rows, valid = _data()
     assert "averaged" not in fit(_model(schema, gated=True), rows, valid, CFG)
     assert "averaged" not in fit(_model(schema), rows, valid, CFG, select_best=False)
-    assert "averaged" not in fit(_model(schema), rows, valid, CFG, in_memory_mb=0)  # room for one epoch's weights
+    assert "averaged" not in fit(_model(schema), rows, valid, CFG, in_memory_mb=0)  # room for no epoch's weights
 
 
 def _timeless(hist: dict) -> list[dict]:
     return [{k: v for k, v in e.items() if k != "seconds"} for e in hist["epochs"]]
+
+
+@pytest.mark.parametrize("stop_at", [1, 3, 5])
+def test_a_resumed_fit_with_a_given_model_and_a_limit_of_two_is_exact(tmp_path, stop_at, monkeypatch):
+    """The given model (epoch -1, sharing the best epoch's weights while it is the best) and evictions at a limit of
+    two copies survive a resume: the same history, the same mean, bit for bit."""
+    monkeypatch.setattr(training, "copies_allowed", lambda model, budget: 2)
+    schema, rows, valid = _data()
+    cfg = replace(CFG, lr=0.003)
+
+    def start():
+        model = _model(schema)
+        fit(model, rows, valid, replace(cfg, epochs=2))
+        return model, training.validate(model, valid)
+    model, given = start()
+    whole = fit(model, rows, valid, cfg, given=given)
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stop(epoch):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+    model, given = start()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model, rows, valid, cfg, given=given, checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+    model, given = start()
+    hist = fit(model, rows, valid, cfg, given=given, checkpoint=Checkpoint(tmp_path, "p", {}))
+    assert hist["resumed_from_epoch"] == stop_at
+    assert _timeless(hist) == _timeless(whole) and hist.get("averaged") == whole.get("averaged")
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("stop_at", [1, 2, 3, 4, 5])
@@ -181,7 +247,8 @@ def test_a_resumed_fit_averages_the_same_epochs_to_the_same_weights(tmp_path, st
     assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
 
 
-def test_a_checkpoint_whose_tied_epochs_do_not_fit_is_ignored_and_the_fit_starts_again(tmp_path):
+@pytest.mark.parametrize("damage", ["losses", "weights", "best"])
+def test_a_checkpoint_whose_tied_epochs_do_not_fit_is_ignored_and_the_fit_starts_again(tmp_path, damage):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
     schema, rows, valid = _data()
@@ -198,28 +265,16 @@ def test_a_checkpoint_whose_tied_epochs_do_not_fit_is_ignored_and_the_fit_starts
     tensors = load_file(str(path))
     with safe_open(str(path), framework="pt") as fh:  # the header's metadata (epoch, the JSON's hash) as written
         meta = fh.metadata()
-    tied = [k for k in tensors if k.startswith("valid_losses.tied.")]
-    assert tied
-    tensors[tied[0]] = tensors[tied[0]][:-5]
+    prefix = {"losses": "valid_losses.tied.", "weights": "tied.", "best": "best."}[damage]
+    names = [k for k in tensors if k.startswith(prefix) and tensors[k].dim() >= 1]
+    assert names
+    tensors[names[0]] = tensors[names[0]][:-1]
     save_file(tensors, str(path), metadata=meta)
     logged = []
     model = _model(schema)
     hist = fit(model, rows, valid, cfg, checkpoint=Checkpoint(tmp_path, "p", {}, logged.append))
     assert "resumed_from_epoch" not in hist and any("ignoring damaged checkpoint" in m for m in logged), logged
     assert _timeless(hist) == _timeless(whole) and hist.get("averaged") == whole.get("averaged")
-
-
-def test_a_budget_of_one_copy_keeps_no_tied_weights(tmp_path):
-    from safetensors.torch import load_file
-    schema, rows, valid = _data()
-
-    def stop(epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        fit(_model(schema), rows, valid, replace(CFG, lr=0.05), in_memory_mb=0,
-            checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
-    assert not [k for k in load_file(str(tmp_path / "p.safetensors")) if k.startswith(("tied.", "valid_losses.tied"))]
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-average-epochs"]])
@@ -229,8 +284,8 @@ def test_the_run_records_the_averaged_epochs_and_the_flag_turns_averaging_off(tm
     data = write_csv(tmp_path, n=800)
     out = tmp_path / "run"
     r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, "--no-select",
-            "--epochs", "4", "--patience", "0", "--lr", "0.01", "--batch-size", "64", "--hidden", "16", "--embed-dim", "4",
-            *flag)
+            "--epochs", "4", "--patience", "0", "--lr", "0.01", "--batch-size", "64", "--hidden", "16",
+            "--embed-dim", "4", *flag)
     assert r.exit_code == 0, r.output
     m = json.loads((out / "metrics.json").read_text())
     h = json.loads((out / "history.json").read_text())["continue"]
@@ -241,7 +296,8 @@ def test_the_run_records_the_averaged_epochs_and_the_flag_turns_averaging_off(tm
     else:
         assert h["averaged"]["used"] and m["phases"]["continue"]["averaged_epochs"] == h["averaged"]["epochs"]
         assert m["valid"]["logloss"] == pytest.approx(h["averaged"]["valid"]["logloss"], abs=1e-9)
-        said = ", ".join(f"epoch {e}" for e in h["averaged"]["epochs"][:-1]) + f" and epoch {h['averaged']['epochs'][-1]}"
+        *most, last = h["averaged"]["epochs"]
+        said = ", ".join(f"epoch {e}" for e in most) + f" and epoch {last}"
         assert (f"train (all fields): final model: the mean of {said} (tied in validation logloss), valid auc "
                 f"{m['valid']['auc']:.4f}") in " ".join(r.output.split()), r.output
 
@@ -274,3 +330,31 @@ def test_the_log_line_names_the_start_model_and_a_mean_not_used():
         "valid auc 0.8123")
     assert _final_model({"epochs": [2, 3], "used": False, "valid": valid}) == (
         "final model: the best epoch (the mean of epoch 2 and epoch 3 was measurably worse in validation logloss)")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a fit on a GPU needs one")
+def test_on_a_gpu_the_kept_weights_live_in_host_memory_and_a_resume_is_exact(tmp_path, monkeypatch):
+    kept = []
+    real = training.tie
+
+    def watch(tied, *args):
+        out = real(tied, *args)
+        kept.extend(v.device.type for w, _ in out.values() for v in w.values())
+        return out
+    monkeypatch.setattr(training, "tie", watch)
+    schema, rows, valid = _data()
+    cfg = replace(CFG, lr=0.01, epochs=6)
+    model = _model(schema)
+    whole = fit(model, rows, valid, cfg, device="cuda")
+    want = {k: v.clone() for k, v in model.state_dict().items()}
+    assert whole["averaged"]["used"] and kept and set(kept) == {"cpu"}
+
+    def stop(epoch):
+        if epoch == 4:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(schema), rows, valid, cfg, device="cuda", checkpoint=Checkpoint(tmp_path, "p", {}), epoch_start=stop)
+    model = _model(schema)
+    hist = fit(model, rows, valid, cfg, device="cuda", checkpoint=Checkpoint(tmp_path, "p", {}))
+    assert hist.get("averaged") == whole["averaged"]
+    assert all(torch.equal(v, want[k]) for k, v in model.state_dict().items())
