@@ -59,6 +59,19 @@ def test_pruned_equals_gated_on_kept_fields(schema_and_ids, backbone, kept):
         assert pruned.num_params() < model.num_params()
 
 
+@pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
+def test_a_sliced_layer_is_made_where_its_layer_lives_in_its_dtype(device, dtype):
+    """The surgery's sliced layers stay on the model's device (a GPU run validates the cut before training moves the
+    model; "meta" stands in for a device here) and in its dtype."""
+    from lightfmp.models.base import slice_linear
+    layer = torch.nn.Linear(4, 3, device=device, dtype=dtype)
+    new = slice_linear(layer, cols=torch.tensor([0, 2]), rows=torch.tensor([1, 2]))
+    assert new.weight.shape == (2, 2) and new.weight.device.type == device and new.weight.dtype == dtype
+    assert new.bias.device.type == device and new.bias.dtype == dtype
+    if device == "cpu":
+        torch.testing.assert_close(new.weight, layer.weight[[1, 2]][:, [0, 2]], rtol=0, atol=0)
+
+
 def assert_pruned_equals_gated(model, schema, ids, kept):
     """The pruned model computes what the gated model computes with the dropped fields' gates at 0 (atol 1e-5)."""
     z = model.gate.deterministic()

@@ -144,7 +144,7 @@ def slice_linear(layer: nn.Linear, cols: torch.Tensor | None = None, rows: torch
     if rows is not None:
         w = w[rows]
         b = b[rows] if b is not None else None
-    new = Linear(w.shape[1], w.shape[0], bias=b is not None)
+    new = Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)  # where the model is
     new.weight.data.copy_(w)
     if b is not None:
         new.bias.data.copy_(b)
