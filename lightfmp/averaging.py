@@ -55,9 +55,9 @@ def copies_allowed(model: torch.nn.Module, budget_bytes: int) -> int:
 
 
 def mean_weights(tied: Tied) -> dict:
-    """The element-wise mean of the tied epochs' weights, summed in float64 in epoch order on the CPU (a tied epoch
-    may be on the training device, as the best epoch's weights are, or read back from a checkpoint); a tensor that
-    is not floating point (a counter) is the last tied epoch's."""
+    """The element-wise mean of the tied epochs' weights, summed in float64 in epoch order in host memory (where the
+    fit keeps them, and where a checkpoint's are read); a tensor that is not floating point (a counter) is the last
+    tied epoch's."""
     states = [tied[e][0] for e in sorted(tied)]
     out = {}
     for name, last in states[-1].items():
