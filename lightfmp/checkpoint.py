@@ -360,7 +360,7 @@ class Checkpoint:
         tensors = load_file(str(self.tensors_path))
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         own = model.state_dict()
-        if set(weights) != set(own) or any(weights[k].shape != own[k].shape for k in own):
+        if not _fits(weights, own):
             # checked before loading anything: a half-loaded model must never be trained on
             self.log(f"ignoring checkpoint {where}: its weights do not fit this model")
             return None

@@ -113,7 +113,7 @@ def _averaged(hist: dict, before: int) -> dict:
     avg = hist.get("averaged") or {}
     if not avg.get("used"):
         return {}
-    return {"averaged_epochs": [e + before if e else before for e in avg["epochs"]]}
+    return {"averaged_epochs": [e + before for e in avg["epochs"]]}
 
 
 def _normalize(cfg: RunConfig) -> RunConfig:
