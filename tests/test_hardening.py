@@ -1465,7 +1465,7 @@ def test_data_synth_prints_the_label_column(tmp_path):
     assert truth["label"] in pd.read_csv(tmp_path / "syn" / "data.csv", nrows=1).columns
 
 
-def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_path):
+def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_path, monkeypatch):
     import onnx
     from lightfmp.export.contract import load_contract, locate_run
     out = tmp_path / "nested" / "exp"  # two levels down: no run folder sits beside the export's folder
@@ -1493,6 +1493,9 @@ def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_pa
     shutil.copytree(complete, runs / complete.name)
     assert cli("export", runs / complete.name, "--out", exports / complete.name, "--quiet").exit_code == 0
     assert locate_run(exports / complete.name, complete.name) == str(runs / complete.name)
+    monkeypatch.chdir(exports)  # the export named from inside its folder: its folder is still export/
+    for spelled in (complete.name, f"./{complete.name}"):
+        assert locate_run(spelled, complete.name) == str(runs / complete.name)
     (tmp_path / "lay" / "more").mkdir()
     shutil.copytree(complete, tmp_path / "lay" / "more" / complete.name)  # two candidates: none is guessed
     with pytest.raises(LightFMPError, match=r"2 lightfmp runs of that name .*none is guessed"):

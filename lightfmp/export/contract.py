@@ -8,6 +8,7 @@ directory and still has the recorded sha256.
 from __future__ import annotations
 
 import glob
+import os
 import hashlib
 import json
 import re
@@ -348,7 +349,7 @@ def locate_run(export_dir: str | Path, recorded) -> str | None:
     the working directory. A path recorded by an older lightfmp is used as is."""
     if not isinstance(recorded, str) or not recorded or Path(recorded).is_absolute():
         return recorded if isinstance(recorded, str) and recorded else None
-    export_dir = Path(export_dir)
+    export_dir = Path(os.path.abspath(export_dir))  # `full` given from inside export/: its parent is export/, not .
     near = export_dir.parent / recorded
     if lightfmp_kind(near) == "run":
         return str(near)
