@@ -120,8 +120,9 @@ def parse_multi_hot(items: list[str]) -> dict[str, str]:
     for it in items:
         name, colon, sep = it.partition(":")
         if colon and not sep:  # e.g. 'tags:,' split on its comma by a comma-separated flag
-            raise LightFMPError(f"--multi-hot {it!r}: no separator after the colon (a ',' separator cannot be given "
-                                f"in the comma-separated flag: use another, or a YAML list in --config)")
+            raise LightFMPError(f"--multi-hot {it!r}: no separator after the colon (the comma-separated flag cannot "
+                                f"carry a ',' separator and trims a whitespace one: use another, or a YAML list in "
+                                f"--config)")
         name, sep = name.strip(), sep or "|"
         if name in out and out[name] != sep:
             raise LightFMPError(f"--multi-hot: column '{name}' is given twice with different separators "

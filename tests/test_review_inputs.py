@@ -284,6 +284,8 @@ def test_yaml_booleans_for_text_options_and_an_empty_multi_hot_separator_are_ref
     one_line_error(cli(*run_args(data, tmp_path / "r", "--config", yml)), "'positive' must be text", "quote")
     one_line_error(cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:,", "--out", tmp_path / "r",
                        *FAST), "--multi-hot 'tags:'", "no separator")
+    one_line_error(cli("run", "--data", data, "--label", "label", "--multi-hot", "tags: ", "--out", tmp_path / "r",
+                       *FAST), "--multi-hot 'tags:'", "trims a whitespace one", "YAML list")
 
 
 def test_flag_type_errors_name_the_flag_and_a_key_given_twice_in_a_file_is_refused(data, tmp_path):
