@@ -386,20 +386,26 @@ def _in_batch(e: LightFMPError, source: str, start: int, n: int, fmt: str) -> No
 def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSchema, codes, source: str, fmt: str,
             sink: Callable[..., None]) -> None:
     """Encode every batch (read, or coded by the fit pass) into one chunk handed to `sink(ids=, labels=, rows=,
-    split=)`."""
+    split=)`. Read batches (a fitted schema given: no fit pass counted their labels) have their training rows' classes
+    counted and checked here, as the fit pass checks them: before the sink's chunks are published."""
+    counts = None
     for batch, start in batches:
+        split = codes(start, len(batch))
         if isinstance(batch, Coded):
             labels = batch.labels
         else:
             _check_columns(batch, schema, source)
             _check_text_rule(batch, schema, source)
             labels = parse_labels(batch, schema.label, schema.positive, source, start, fmt)
+            counts = counts or LabelCounts(schema.label, schema.positive)
+            counts.add(batch, labels, split == 0)
         try:
             ids = schema.encode(batch)
         except LightFMPError as e:
             _in_batch(e, source, start, len(batch), fmt)
-        sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64),
-             split=codes(start, len(batch)))
+        sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64), split=split)
+    if counts is not None:
+        counts.check(source)
 
 
 def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,

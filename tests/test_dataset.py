@@ -540,6 +540,7 @@ def _edited(fitted: dict, where: str, key: str, value) -> dict:
     ("tags", "max_len", -1, "schema field 'tags': max_len -1 must be an integer >= 0"),
     ("tags", "max_len", 0, "schema field 'tags': a multi_hot field with a vocab needs max_len >= 1"),
     ("a", "hash_buckets", "7", "schema field 'a': hash_buckets '7' must be an integer >= 1"),
+    ("a", "hash_buckets", 10 ** 23, "hash_buckets 100000000000000000000000 must be an integer from 1 to 2**62"),
     ("tags", "separator", 1, "schema field 'tags': separator 1 must be text"),
 ])
 def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, where, key, value, message):
@@ -551,6 +552,24 @@ def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, 
     (tmp_path / "f.json").write_text(json.dumps({**fitted, "fields": ["name kind"]}))
     one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "f.json", "--out",
                        tmp_path / "r", "-q"), "f.json", "schema field entry 'name kind' needs 'name' and 'kind'")
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stream):
+    """A fitted --schema skips the fit pass, which counts the training rows' classes: the encoding pass counts them
+    instead, and a label column of one class is refused before anything is written."""
+    p = write_csv(tmp_path, n=400)
+    (tmp_path / "s.json").write_text(json.dumps(load_dataset(cfg_for(p, tmp_path).data).schema.to_dict()))
+    one = tmp_path / "one.csv"
+    pd.read_csv(p).assign(label=1).to_csv(one, index=False)
+    flags = ["--stream"] if stream else []
+    one_line_error(cli("run", "--data", one, "--label", "label", "--schema", tmp_path / "s.json", "--no-select",
+                       "--out", tmp_path / "r", "-q", *flags), "one.csv",
+                   "every training row of label column 'label' is 1 (positive)")
+    assert not (tmp_path / "r").exists()
+    r = cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", "--no-select", "--epochs", "1",
+            "--out", tmp_path / "r", "-q", *flags)  # both classes: the same schema trains
+    assert r.exit_code == 0, r.output
+
 
 def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
     p = write_csv(tmp_path, n=400)
