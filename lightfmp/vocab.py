@@ -38,8 +38,8 @@ from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numb
 from .errors import CellError, LightFMPError
 from .formats import all_categorical, fixed_label
 from .splits import check_split_keys
-from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, SPELLINGS, WHOLE_TEXT, FeatureSchema, Field, clamp_max_len,
-                     is_integral, quantile_edges, vocab_from_counts)
+from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, MAX_HASH_BUCKETS, SPELLINGS, WHOLE_TEXT, FeatureSchema,
+                     Field, clamp_max_len, is_integral, quantile_edges, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
 RESERVOIR_SIZE = 200_000
@@ -49,10 +49,10 @@ RESERVOIR_SIZE = 200_000
 def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
     """'N' -> every categorical / multi-hot field into N buckets; 'f1:N,f2:M' -> only those fields."""
     spec = str(text).strip()
-    usage = f"--hash-buckets {text!r}: expected N or field:N,... with N >= 1"
+    usage = f"--hash-buckets {text!r}: expected N or field:N,... with N from 1 to 2**62"
     if re.fullmatch(r"[0-9]+", spec):
         n = int(spec)
-        if n < 1:
+        if not 1 <= n <= MAX_HASH_BUCKETS:
             raise LightFMPError(usage)
         return {f.name: n for f in schema.fields if f.kind != "numeric"}
     out: dict[str, int] = {}
@@ -65,6 +65,8 @@ def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
             raise LightFMPError(f"{usage} (got {item!r})")
         if int(num) < 1:
             raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' needs at least 1 bucket, got {num}")
+        if int(num) > MAX_HASH_BUCKETS:
+            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' can have at most 2**62 buckets, got {num}")
         if name in out and out[name] != int(num):
             raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' is given twice ({out[name]} and {int(num)} "
                                 f"buckets); keep one")

@@ -386,7 +386,8 @@ def test_hashed_ids_equal_predictor_encoding(built, hashed, tmp_path):
 
 
 @pytest.mark.parametrize("spec,msg", [("x", "expected N or field:N"), ("a:0", "at least 1 bucket"),
-                                      ("zz:4", "no field 'zz'"), ("x:4", "numeric"), ("a:b", "expected N")])
+                                      ("zz:4", "no field 'zz'"), ("x:4", "numeric"), ("a:b", "expected N"),
+                                      (str(10 ** 23), r"from 1 to 2\*\*62"), (f"a:{2 ** 62 + 1}", r"at most 2\*\*62")])
 def test_bad_hash_buckets(built, spec, msg):
     schema = FeatureSchema.from_dict(built["data"].schema.to_dict())
     for f in schema.fields:
