@@ -240,8 +240,8 @@ def check_one_split(time_column: str | None, group_column: str | None) -> None:
 
 
 def check_no_rule_without_gates(cfg: "RunConfig") -> None:
-    """--no-select trains every field without gates: a keep rule or a gate target given with it would not apply, and
-    the run's config would record a rule it never used."""
+    """--no-select trains every field without gates: a keep rule, a gate target or phase 3's epochs given with it would
+    not apply, and the run's config would record what it never used."""
     if not cfg.train.no_select:
         return
     given = [f"{flag(k)} {v:g}" if isinstance(v, float) else f"{flag(k)} {v}"
@@ -250,6 +250,9 @@ def check_no_rule_without_gates(cfg: "RunConfig") -> None:
     if given:
         raise LightFMPError(f"--no-select and {given[0]}: --no-select trains every field without gates, so no keep "
                             f"rule applies; give one or the other")
+    if cfg.prune.continue_epochs is not None:
+        raise LightFMPError(f"--no-select and {flag('continue_epochs')} {cfg.prune.continue_epochs}: --no-select has "
+                            f"no phase 3 to continue (its epochs are --epochs); give one or the other")
 
 
 _FIELDS = {f.name: f for tp in SECTIONS.values() for f in dataclasses.fields(tp)}
@@ -514,7 +517,7 @@ def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     if "target_k" in given and implied and "keep" not in given and "threshold" not in given:
         merged["keep"] = given["target_k"]
     if given.get("no_select"):
-        for rule in ("keep", "threshold", "target_k"):
+        for rule in ("keep", "threshold", "target_k", "continue_epochs"):
             if rule not in given:
                 merged[rule] = None
     for option in KIND_OPTIONS:  # a column a flag gives a kind leaves the file's other kind lists

@@ -112,6 +112,8 @@ def test_a_target_k_flag_replaces_the_keep_the_files_target_implied(tmp_path):
     assert cfg.prune.keep is None and cfg.prune.threshold == 0.5
     cfg = resolve({"no_select": True}, str(p))
     assert cfg.train.no_select and (cfg.prune.keep, cfg.prune.threshold, cfg.train.target_k) == (None, None, None)
+    p.write_text(yaml.safe_dump(RunConfig.of(data="x.csv", label="y", keep=3, continue_epochs=2).to_dict()))
+    assert resolve({"no_select": True}, str(p)).prune.continue_epochs is None  # phase 3's epochs go with the rule
     with pytest.raises(LightFMPError, match="--no-select and --keep 2"):  # both given on the command line
         resolve({"no_select": True, "keep": 2}, str(p))
     p.write_text(yaml.safe_dump(RunConfig.of(data="x.csv", label="y", target_k=3, keep=5).to_dict()))
@@ -184,7 +186,8 @@ def test_backbone_choices_are_the_models_there_are():
 
 
 @pytest.mark.parametrize("rule, shown", [({"keep": 3}, "--keep 3"), ({"threshold": 0.5}, "--threshold 0.5"),
-                                         ({"target_k": 2}, "--target-k 2")])
+                                         ({"target_k": 2}, "--target-k 2"),
+                                         ({"continue_epochs": 3}, "--continue-epochs 3")])
 def test_no_select_with_a_keep_rule_is_refused(tmp_path, rule, shown):
     """--no-select trains every field without gates: a rule given with it would be recorded and never applied."""
     with pytest.raises(LightFMPError, match=f"^config: --no-select and {shown}: .*give one or the other$"):
