@@ -39,7 +39,7 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
         reset_hint()  # a stop from here is not after the demo's result: the all-fields run is still to come
         say(f"demo: step 2/{steps}: comparison run, the same {backbone} on all fields (--no-select) -> "
             f"{out_dir / 'all-fields'}")
-        full = cfg.but(no_select=True, keep=None, threshold=None, target_k=None)  # every field: no rule
+        full = cfg.but(no_select=True, keep=None, threshold=None, target_k=None, continue_epochs=None)  # no rule
         res["all_fields"] = run(full, out_dir / "all-fields", force=True, quiet=quiet)
     say("demo: done")
     return res
