@@ -17,6 +17,7 @@ import math
 import re
 import signal
 import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,6 +119,18 @@ def config_difference(old, new) -> str | None:
                                                                                                      default=str)),
                None)
     return None if key is None else f"{key}: {a.get(key)!r} there, {b.get(key)!r} now"
+
+
+def tensors_crc32(tensors: dict) -> str:
+    """A checksum of every tensor's name, dtype, shape and bytes (CRC-32, in name order). The JSON records it, so
+    that a changed byte or name in the tensors' file reads as damage (a restart), never as other weights or moments
+    resumed."""
+    crc = 0
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        crc = zlib.crc32(f"{k}|{t.dtype}|{tuple(t.shape)}".encode(), crc)
+        crc = zlib.crc32(t.reshape(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
 
 
 def _sha256(text: str) -> str:
@@ -275,7 +288,8 @@ class Checkpoint:
         doc = {"format": FORMAT, "format_version": FORMAT_VERSION, "key": self.key, "epoch": state.epoch,
                "history": state.history, "best_score": state.best_score if math.isfinite(state.best_score) else None,
                "best_epoch": state.best_epoch, "stopped": state.stopped, "seconds": state.seconds,
-               "tied": sorted(state.tied), "tied_best": tied_best, "opt_scalars": scalars}
+               "tied": sorted(state.tied), "tied_best": tied_best, "opt_scalars": scalars,
+               "tensors_crc32": tensors_crc32(tensors)}
         # both files written under temporary names first, then renamed back to back with Ctrl-C / SIGTERM held
         # until both are in place: the previous epoch's pair stays whole until the new one is. (The epoch in both
         # must match, so a SIGKILL between the two renames is still detected, and the phase restarts.)
@@ -358,6 +372,8 @@ class Checkpoint:
         if "json_sha256" in meta and meta["json_sha256"] != _sha256(text):
             raise ValueError("it is not the JSON written with its tensors (edited?)")
         tensors = load_file(str(self.tensors_path))
+        if "tensors_crc32" in doc and doc["tensors_crc32"] != tensors_crc32(tensors):
+            raise ValueError("its tensors are not the ones written with it (a changed byte or name)")
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         own = model.state_dict()
         if not _fits(weights, own):

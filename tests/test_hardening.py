@@ -315,7 +315,7 @@ def interrupt_after_first_save(monkeypatch):
 
 
 @pytest.mark.parametrize("damage", ["truncate tensors", "truncate json", "delete tensors", "garbage json",
-                                    "edited json"])
+                                    "edited json", "flipped byte in tensors", "renamed tensors"])
 def test_damaged_checkpoint_is_reported_and_the_phase_restarts(data, tmp_path, monkeypatch, damage):
     out = tmp_path / "r"
     with monkeypatch.context() as m:
@@ -333,6 +333,15 @@ def test_damaged_checkpoint_is_reported_and_the_phase_restarts(data, tmp_path, m
         target.unlink()
     elif damage.startswith("edited"):  # JSON that parses, its state changed: it would stop the phase at once
         target.write_text(json.dumps({**json.loads(target.read_text()), "stopped": True}))
+    elif damage.startswith("flipped"):  # one byte in the middle of the tensors' data: other moments, silently
+        raw = bytearray(target.read_bytes())
+        start = 8 + int.from_bytes(raw[:8], "little")
+        raw[(start + len(raw)) // 2] ^= 0xFF
+        target.write_bytes(bytes(raw))
+    elif damage.startswith("renamed"):  # a moment's name changed in the header: an optimizer state missing a key
+        raw = target.read_bytes()
+        assert raw.count(b'"opt.weights.1.exp_avg"') == 1
+        target.write_bytes(raw.replace(b'"opt.weights.1.exp_avg"', b'"opt.weights.1.exp_avX"'))
     else:
         target.write_text('["not", "a", "checkpoint"]')
     r = cli(*train_args(data, out))  # not --quiet: the line about the checkpoint is a log line
