@@ -8,9 +8,9 @@ directory and still has the recorded sha256.
 from __future__ import annotations
 
 import glob
-import os
 import hashlib
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
