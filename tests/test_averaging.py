@@ -142,7 +142,8 @@ def test_a_mean_measurably_worse_than_the_lowest_epoch_is_not_used(snapshots, mo
 
 def test_the_model_a_fit_was_given_is_one_of_the_tied():
     """lr 0: the fit's one epoch scores exactly what the model as given did, so both are tied (a difference of
-    exactly 0 is no evidence), and their mean is the given model."""
+    exactly 0 is no evidence; the epochs averaged name the given model as 0). Both are the same weights, so the final
+    model is the given one (that the mean is taken is tested below, with epochs that differ)."""
     schema, rows, valid = _data()
     model = _model(schema)
     fit(model, rows, valid, replace(CFG, epochs=2))

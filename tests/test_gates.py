@@ -43,10 +43,14 @@ def test_sample_matches_formula_and_l0_probability():
 
 
 def test_gate_is_differentiable():
-    g = HardConcreteGate(3)
+    """The sampled gate itself carries a gradient to log_alpha (the reparameterised draw), apart from the penalty's."""
+    g = HardConcreteGate(3, init_log_alpha=0.0)  # open probability ~0.5: a draw inside (0, 1), off the clamp
     g.train()
-    (g().sum() + g.expected_l0()).backward()
-    assert g.log_alpha.grad is not None and torch.isfinite(g.log_alpha.grad).all()
+    g.sample(torch.Generator().manual_seed(0)).sum().backward()
+    assert g.log_alpha.grad is not None and torch.isfinite(g.log_alpha.grad).all() and (g.log_alpha.grad != 0).any()
+    g.log_alpha.grad = None
+    g.expected_l0().backward()
+    assert (g.log_alpha.grad > 0).all()  # the penalty's gradient: E[L0] grows with every log_alpha
 
 
 # ---- the gate interface training.fit drives ---------------------------------------------------------------------
