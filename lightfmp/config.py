@@ -504,9 +504,9 @@ def _columns(option: str, items) -> set[str]:
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:
     """Built-in defaults < --config YAML < flags given on the command line (None means not given); a keep rule
     given as a flag replaces the file's (--keep clears its threshold, --threshold its keep; --target-k K, the keep
-    the file's target K implied, as a run's config.yaml records it; --no-select every rule and target of the file's),
-    and a column's kind given as a flag replaces the kind the file gives it (--numeric a takes a out of the file's
-    categorical)."""
+    the file's target K implied, as a run's config.yaml records it; --no-select every rule and target of the file's,
+    and its continue_epochs), and a column's kind given as a flag replaces the kind the file gives it (--numeric a
+    takes a out of the file's categorical)."""
     base = RunConfig.from_dict(load_yaml(config_file), source=str(config_file)) if config_file else RunConfig()
     merged = base.flat()
     given = {k: v for k, v in flags.items() if v is not None}

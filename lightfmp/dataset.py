@@ -390,13 +390,14 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
     counted and checked here, as the fit pass checks them: before the sink's chunks are published."""
     counts = None
     for batch, start in batches:
-        split = codes(start, len(batch))
         if isinstance(batch, Coded):
             labels = batch.labels
+            split = codes(start, len(batch))
         else:
-            _check_columns(batch, schema, source)
+            _check_columns(batch, schema, source)  # the cheap checks first: a column error is not a split's
             _check_text_rule(batch, schema, source)
             labels = parse_labels(batch, schema.label, schema.positive, source, start, fmt)
+            split = codes(start, len(batch))
             counts = counts or LabelCounts(schema.label, schema.positive)
             counts.add(batch, labels, split == 0)
         try:

@@ -30,7 +30,7 @@ SCHEMA_VERSION = 1
 PAD_ID = 0
 OOV_ID = 1
 FIRST_ID = 2
-MAX_HASH_BUCKETS = 1 << 62  # a hashed id (bucket + FIRST_ID) stays an int64, the hash's modulus a uint64
+MAX_HASH_BUCKETS = (1 << 31) - 1 - FIRST_ID  # a hashed id (FIRST_ID + bucket) fits the int32 ids every row holds
 KINDS = ("categorical", "numeric", "multi_hot")
 
 
@@ -129,7 +129,7 @@ class Field:
                 raise LightFMPError(f"field '{self.name}': a numeric field cannot be hashed")
             if isinstance(self.hash_buckets, bool) or not 1 <= int(self.hash_buckets) <= MAX_HASH_BUCKETS:
                 raise LightFMPError(f"field '{self.name}': hash_buckets {self.hash_buckets!r} must be an integer from 1 "
-                                    f"to 2**62")
+                                    f"to {MAX_HASH_BUCKETS:,}")
             self.hash_buckets = int(self.hash_buckets)
         if self.spelling is not None:
             check_spelling(self.spelling, f"field '{self.name}'")

@@ -49,7 +49,7 @@ RESERVOIR_SIZE = 200_000
 def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
     """'N' -> every categorical / multi-hot field into N buckets; 'f1:N,f2:M' -> only those fields."""
     spec = str(text).strip()
-    usage = f"--hash-buckets {text!r}: expected N or field:N,... with N from 1 to 2**62"
+    usage = f"--hash-buckets {text!r}: expected N or field:N,... with N from 1 to {MAX_HASH_BUCKETS:,}"
     if re.fullmatch(r"[0-9]+", spec):
         n = int(spec)
         if not 1 <= n <= MAX_HASH_BUCKETS:
@@ -66,7 +66,8 @@ def parse_hash_buckets(text: str, schema: FeatureSchema) -> dict[str, int]:
         if int(num) < 1:
             raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' needs at least 1 bucket, got {num}")
         if int(num) > MAX_HASH_BUCKETS:
-            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' can have at most 2**62 buckets, got {num}")
+            raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' can have at most {MAX_HASH_BUCKETS:,} buckets "
+                                f"(its ids are int32), got {num}")
         if name in out and out[name] != int(num):
             raise LightFMPError(f"--hash-buckets {text!r}: field '{name}' is given twice ({out[name]} and {int(num)} "
                                 f"buckets); keep one")

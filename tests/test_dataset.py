@@ -568,7 +568,7 @@ def _edited(fitted: dict, where: str, key: str, value) -> dict:
     ("tags", "max_len", -1, "schema field 'tags': max_len -1 must be an integer >= 0"),
     ("tags", "max_len", 0, "schema field 'tags': a multi_hot field with a vocab needs max_len >= 1"),
     ("a", "hash_buckets", "7", "schema field 'a': hash_buckets '7' must be an integer >= 1"),
-    ("a", "hash_buckets", 10 ** 23, "hash_buckets 100000000000000000000000 must be an integer from 1 to 2**62"),
+    ("a", "hash_buckets", 2 ** 31 - 2, "hash_buckets 2147483646 must be an integer from 1 to 2,147,483,645"),
     ("tags", "separator", 1, "schema field 'tags': separator 1 must be text"),
 ])
 def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, where, key, value, message):
@@ -594,6 +594,8 @@ def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stre
                        "--out", tmp_path / "r", "-q", *flags), "one.csv",
                    "every training row of label column 'label' is 1 (positive)")
     assert not (tmp_path / "r").exists()
+    one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", "--positive", "7",
+                       "--no-select", "--out", tmp_path / "r", "-q", *flags), "--positive '7' matches no training row")
     r = cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", "--no-select", "--epochs", "1",
             "--out", tmp_path / "r", "-q", *flags)  # both classes: the same schema trains
     assert r.exit_code == 0, r.output

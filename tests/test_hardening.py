@@ -1505,6 +1505,10 @@ def test_export_records_the_run_name_not_a_path_of_this_machine(complete, tmp_pa
     monkeypatch.chdir(exports)  # the export named from inside its folder: its folder is still export/
     for spelled in (complete.name, f"./{complete.name}"):
         assert locate_run(spelled, complete.name) == str(runs / complete.name)
+    (tmp_path / "home").mkdir()  # the export reached through a link elsewhere: the run beside where it leads
+    (tmp_path / "home" / "latest").symlink_to(exports / complete.name, target_is_directory=True)
+    monkeypatch.chdir(tmp_path / "home")
+    assert locate_run("latest", complete.name) == str(runs / complete.name)
     (tmp_path / "lay" / "more").mkdir()
     shutil.copytree(complete, tmp_path / "lay" / "more" / complete.name)  # two candidates: none is guessed
     with pytest.raises(LightFMPError, match=r"2 lightfmp runs of that name .*none is guessed"):

@@ -387,7 +387,8 @@ def test_hashed_ids_equal_predictor_encoding(built, hashed, tmp_path):
 
 @pytest.mark.parametrize("spec,msg", [("x", "expected N or field:N"), ("a:0", "at least 1 bucket"),
                                       ("zz:4", "no field 'zz'"), ("x:4", "numeric"), ("a:b", "expected N"),
-                                      (str(10 ** 23), r"from 1 to 2\*\*62"), (f"a:{2 ** 62 + 1}", r"at most 2\*\*62")])
+                                      (str(10 ** 23), "from 1 to 2,147,483,645"),
+                                      (f"a:{2 ** 31 - 2}", "at most 2,147,483,645 buckets")])
 def test_bad_hash_buckets(built, spec, msg):
     schema = FeatureSchema.from_dict(built["data"].schema.to_dict())
     for f in schema.fields:
@@ -395,6 +396,22 @@ def test_bad_hash_buckets(built, spec, msg):
     with pytest.raises(LightFMPError, match=msg) as e:
         apply_options(schema, hash_buckets=spec)
     assert "\n" not in str(e.value) and spec in str(e.value)
+
+
+def test_the_most_hash_buckets_keep_every_id_an_int32():
+    """The largest bucket count accepted: every id, FIRST_ID + bucket, is a non-negative int32 (rows hold int32 ids;
+    a larger count wrapped ids into other buckets and below zero)."""
+    import pyarrow as pa
+    from lightfmp.schema import MAX_HASH_BUCKETS, encode_field
+    f = Field(name="c", kind="categorical", hash_buckets=MAX_HASH_BUCKETS)
+    values = [f"v{i}" for i in range(2000)]
+    ids = encode_field(f, pa.array(values)).ravel()
+    want = (stable_hash(pa.array(values)) % np.uint64(MAX_HASH_BUCKETS)).astype(np.int64) + FIRST_ID
+    assert ids.dtype == np.int32 and np.array_equal(ids.astype(np.int64), want)
+    assert FIRST_ID <= ids.min() and int(ids.max()) <= np.iinfo(np.int32).max
+    assert int(want.max()) > np.iinfo(np.int32).max // 2  # the test reaches the upper half of the range
+    with pytest.raises(LightFMPError, match="from 1 to 2,147,483,645"):
+        Field(name="c", kind="categorical", hash_buckets=MAX_HASH_BUCKETS + 1)
 
 
 # ---- the streaming fit in pieces ------------------------------------------------------------------------------------

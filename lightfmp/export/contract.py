@@ -349,19 +349,23 @@ def locate_run(export_dir: str | Path, recorded) -> str | None:
     the working directory. A path recorded by an older lightfmp is used as is."""
     if not isinstance(recorded, str) or not recorded or Path(recorded).is_absolute():
         return recorded if isinstance(recorded, str) and recorded else None
-    export_dir = Path(os.path.abspath(export_dir))  # `full` given from inside export/: its parent is export/, not .
-    near = export_dir.parent / recorded
-    if lightfmp_kind(near) == "run":
-        return str(near)
-    found = {}  # one entry per run folder, however many links lead to it
-    for p in sorted(export_dir.parent.parent.glob(f"*/{glob.escape(recorded)}")):
-        if lightfmp_kind(p) == "run":
-            found.setdefault(p.resolve(), p)
-    beside = list(found.values())
-    if len(beside) > 1:
-        raise LightFMPError(f"run '{recorded}': {len(beside)} lightfmp runs of that name beside "
-                            f"{export_dir.parent} ({', '.join(str(p) for p in beside)}); none is guessed")
-    return str(beside[0]) if beside else recorded
+    # the folder as written, made absolute (`full` given from inside export/: its parent is export/, not .), then,
+    # where a link leads elsewhere, where it leads
+    for where in dict.fromkeys([Path(os.path.abspath(export_dir)), Path(os.path.realpath(export_dir))]):
+        near = where.parent / recorded
+        if lightfmp_kind(near) == "run":
+            return str(near)
+        found = {}  # one entry per run folder, however many links lead to it
+        for p in sorted(where.parent.parent.glob(f"*/{glob.escape(recorded)}")):
+            if lightfmp_kind(p) == "run":
+                found.setdefault(p.resolve(), p)
+        beside = list(found.values())
+        if len(beside) > 1:
+            raise LightFMPError(f"run '{recorded}': {len(beside)} lightfmp runs of that name beside "
+                                f"{where.parent} ({', '.join(str(p) for p in beside)}); none is guessed")
+        if beside:
+            return str(beside[0])
+    return recorded
 
 
 def save_contract(contract: ServingContract, export_dir: str | Path) -> None:
