@@ -147,8 +147,12 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
 
     @classmethod
-    def of(cls, source: str = "config", **flat) -> "RunConfig":
-        """A config from flat keys (as flags name them), each converted and range-checked."""
+    def of(cls, *given, source: str = "config", **flat) -> "RunConfig":
+        """A config from flat keys (as flags name them), each converted and range-checked; `source` names them in
+        errors."""
+        if given:
+            raise LightFMPError(f"RunConfig.of({', '.join(repr(g) for g in given)}): takes keywords only, as the flags "
+                                f"name them (data=..., label=...)")
         cfg = cls.from_dict(flat, source)
         _named(source, check_no_rule_without_gates, cfg)
         return cfg
@@ -221,6 +225,14 @@ def _set_once(section: dict, name: str, value, source: str) -> None:
     if name in section:
         raise LightFMPError(f"{source}: '{name}' is given twice ({section[name]!r} and {value!r}); keep one")
     section[name] = value
+
+
+def check_switches(**values) -> None:
+    """Yes/no arguments given from Python (`force`, `quiet`, ...): True or False (a numpy bool too), never a value
+    that is merely truthy ('no' would replace a run)."""
+    for name, value in values.items():
+        if not isinstance(value, bool) and type(value).__name__ != "bool_":
+            raise LightFMPError(f"{name} {value!r}: must be True or False")
 
 
 def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool = False) -> None:

@@ -20,7 +20,7 @@ from rich.markup import escape
 from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_difference, config_sha256
-from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule
+from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule, check_switches
 from .dataset import Dataset, load_dataset, streaming
 from .errors import LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
@@ -176,6 +176,7 @@ def _process_state():
 def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = False) -> dict:
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
+    check_switches(force=force, quiet=quiet)
     check_no_rule_without_gates(_a_config(cfg))
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
@@ -327,6 +328,7 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     call resumes phase 3 from its per-epoch checkpoint (<run>.ckpt) when called again with the same arguments.
     Neither `keep` nor `threshold`: the rule the run recorded (its --keep or --threshold, or the last prune's), or
     with `default_rule` (--closing-test) the default rule whatever it recorded."""
+    check_switches(quiet=quiet, default_rule=default_rule)
     check_one_rule(keep, threshold, default_rule)
     # converted and range-checked as the flags are (a numpy integer is an int; 2.5 or "3" is one line, not a
     # traceback after the work)
@@ -560,6 +562,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     """All phases in one call. Calling it again after an interruption resumes: phase 1 from its checkpoint, or,
     when phase 1 had finished (<out> is a pretrained run of the same config and data that `run` marked
     unfinished), straight into phases 2-3 (phase 3 from its checkpoint if it has one). `data`: cfg's data when the caller has loaded it already (bench)."""
+    check_switches(force=force, quiet=quiet)
     out = as_the_kernel_reads(out)
     check_name_length(out)
     check_no_rule_without_gates(_a_config(cfg))  # a config built in Python (RunConfig.but, from_dict) as from the CLI

@@ -41,6 +41,13 @@ def done(tmp_path_factory):
     (lambda t, cfg: export_run(t / "run", t / "x", max_batch_size=True), "--max-batch-size True: must be a whole"),
     (lambda t, cfg: export_run(t / "run", t / "x", triton_name=5), "--triton-name 5: must be text"),
     (lambda t, cfg: export_run(t / "run", t / "x", validate_rows=0), "validate_rows 0: must be >= 1"),
+    (lambda t, cfg: lightfmp.train(cfg, t / "run", force="no"), "force 'no': must be True or False"),
+    (lambda t, cfg: lightfmp.run(cfg, t / "run", force="no"), "force 'no': must be True or False"),
+    (lambda t, cfg: lightfmp.run(cfg, t / "x", quiet="false"), "quiet 'false': must be True or False"),
+    (lambda t, cfg: lightfmp.prune(t / "run", quiet="false"), "quiet 'false': must be True or False"),
+    (lambda t, cfg: lightfmp.prune(t / "run", default_rule=1), "default_rule 1: must be True or False"),
+    (lambda t, cfg: export_run(t / "run", t / "exp", force="no"), "force 'no': must be True or False"),
+    (lambda t, cfg: RunConfig.of(str(t / "d.csv"), label="label"), r"RunConfig.of\(.*d.csv'\): takes keywords only"),
     (lambda t, cfg: Predictor(t / "exp", threads="2"), "threads '2': must be a whole number from 0 to 1024"),
     (lambda t, cfg: Predictor(t / "exp", threads=-1), "threads -1: must be a whole number from 0 to 1024"),
     (lambda t, cfg: Predictor(t / "exp", providers="CPUExecutionProvider"), "providers 'CPUExecutionProvider': must "
@@ -48,15 +55,21 @@ def done(tmp_path_factory):
 ])
 def test_a_bad_argument_from_python_is_one_line(done, call, says):
     t, cfg = done
+    before = {p: p.stat().st_mtime_ns for p in (t / "run").rglob("*")} | \
+        {p: p.stat().st_mtime_ns for p in (t / "exp").rglob("*")}
     with pytest.raises(LightFMPError, match=says):
         call(t, cfg)
     assert not (t / "x").exists()
+    after = {p: p.stat().st_mtime_ns for p in (t / "run").rglob("*")} | \
+        {p: p.stat().st_mtime_ns for p in (t / "exp").rglob("*")}
+    assert after == before  # a truthy 'no' for force replaced the run before
 
 
 def test_an_exports_integers_may_be_numpy_integers(done, tmp_path):
     t, _ = done
-    doc = export_run(t / "run", tmp_path / "e", opset=np.int64(17), max_batch_size=np.int32(64))
-    assert doc["validation"]["rows"] > 0
+    doc = export_run(t / "run", tmp_path / "e", opset=np.int64(17), max_batch_size=np.int32(64),
+                     validate_rows=np.int64(50))
+    assert doc["validation"]["rows"] == 50 and doc["validation"]["all_test_rows"] is False
     assert "max_batch_size: 64" in next((tmp_path / "e").rglob("config.pbtxt")).read_text()
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import text_encoding
 
+from ..config import check_switches
 from ..errors import LightFMPError
 from ..formats import derived
 from ..io import atomic_dir, check_apart, check_out, file_sha256, path_of
@@ -79,6 +80,7 @@ def check_options(out: Path, opset: int, dtype: str, inputs: str, max_batch_size
     if not 1 <= _whole("--max-batch-size", max_batch_size) <= TRITON_MAX_BATCH:
         raise LightFMPError(f"--max-batch-size {max_batch_size}: must be 1..{TRITON_MAX_BATCH} (Triton reads it as a "
                             f"32-bit integer)")
+    check_switches(force=force)
     check_out(out, force, "export")  # before any work: never replace what is not an earlier export
 
 
@@ -96,8 +98,8 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     """Export a complete run to `out`. Returns the feature schema written (with its `validation` section)."""
     out = path_of(out, "the export directory")
     check_options(out, opset, dtype, inputs, max_batch_size, force, triton_name)
-    opset, max_batch_size = int(opset), int(max_batch_size)
-    if _whole("validate_rows", validate_rows) < 1:
+    opset, max_batch_size, validate_rows = int(opset), int(max_batch_size), _whole("validate_rows", validate_rows)
+    if validate_rows < 1:
         raise LightFMPError(f"validate_rows {validate_rows}: must be >= 1 (the export is checked on these test rows)")
     run = open_run(run_dir)
     check_apart(out, run.path, "the run directory")
