@@ -77,6 +77,14 @@ def local_device(device: str) -> str:
     return device
 
 
+def refuse_sparse(sparse_embeddings: bool) -> None:
+    """--sparse-embeddings under torchrun: DDP reduces dense gradients only (the tables' sparse ones fail inside its
+    backward), so it is refused before anything starts."""
+    if sparse_embeddings and world() > 1:
+        raise LightFMPError("--sparse-embeddings under torchrun: data-parallel training reduces dense gradients only; "
+                            "train without it, or in one process")
+
+
 def init(device: str = "auto") -> None:
     """Join the torchrun process group when WORLD_SIZE > 1 (idempotent; a no-op otherwise).
 

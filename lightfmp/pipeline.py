@@ -197,6 +197,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
     if streaming(cfg.data):  # the shards must outlive the run's directory, which is published (and replaced) whole
         check_apart(out, shard_home(cfg.data.shard_dir), "--shard-dir")
+    dist.refuse_sparse(cfg.train.sparse_embeddings)
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
@@ -372,6 +373,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
     config_file = run.path / "config.yaml"
     try:  # what the run's config.yaml gives is named as its own (an edit there), not as a flag nobody passed
+        dist.refuse_sparse(cfg.train.sparse_embeddings)
         dist.init(cfg.train.device)
         device = _device(cfg)
     except LightFMPError as e:
@@ -572,6 +574,7 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
 
 
 def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | None) -> dict:
+    dist.refuse_sparse(cfg.train.sparse_embeddings)
     dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch

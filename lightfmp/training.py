@@ -77,7 +77,7 @@ def predict(model: CTRModel, rows: Rows | np.ndarray, batch_size: int = 8192, de
     if isinstance(rows, np.ndarray):
         return _predict_array(model, rows, batch_size, device)
     # consecutive batches across the chunks: the same batches however the rows are stored (one array in memory,
-    # shard by shard on disk), so the same float rounding (rows whose inputs tie still tie in the AUC)
+    # shard by shard on disk), so the same float rounding and the same predictions
     parts = [_predict_array(model, ids, batch_size, device) for ids, _ in _batches(rows.chunks(None), batch_size)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
@@ -85,10 +85,12 @@ def predict(model: CTRModel, rows: Rows | np.ndarray, batch_size: int = 8192, de
 @torch.no_grad()
 def _predict_labelled(model: CTRModel, rows: Rows, batch_size: int, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, labels) of all rows on every rank, scored in consecutive batches of `batch_size` rows across
-    the chunks (the same batches, so the same float rounding, whether the rows are in memory or in shards: a
-    prediction can differ in its last bits with the batch it is computed in, and the AUC ranks such differences).
-    Under torchrun each rank scores rows[rank::world] of each batch and the slices are all-gathered back into stored
-    order, so every rank holds identical arrays (and takes identical early-stopping decisions)."""
+    the chunks: the same batches whether the rows are in memory or in shards, so the same predictions (one can
+    differ in its last bits with the batch it is computed in, and the AUC ranks such differences: rows of equal
+    inputs may not tie). Under torchrun each rank scores rows[rank::world] of each batch and the slices are
+    all-gathered back into stored order, so every rank holds identical arrays (and takes identical early-stopping
+    decisions); those sub-batches round as one process's batches do not, so the AUC may differ from one process's in
+    its last digits (as the weights themselves do, by DDP's summation order)."""
     model.eval()
     w, r = (dist.world(), dist.rank()) if dist.active() else (1, 0)
     ps, ys = [], []

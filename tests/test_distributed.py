@@ -209,3 +209,18 @@ def test_a_rank_that_does_not_write_the_checkpoints_knows_the_epoch_rank_0_saved
         assert ckpt_mod.resume_hint().startswith("rerun the same command to resume from epoch 2 (pretrain phase")
     finally:
         ckpt_mod.reset_hint()
+
+
+def test_sparse_embeddings_are_refused_under_torchrun(tmp_path, monkeypatch):
+    """DDP reduces dense gradients only: the tables' sparse ones failed inside every rank's backward with a traceback.
+    Refused in one line before anything starts (WORLD_SIZE alone says torchrun launched the process)."""
+    from lightfmp import pipeline
+    from lightfmp.config import RunConfig
+    from lightfmp.errors import LightFMPError
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n2,1\n" * 20)
+    cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="y", sparse_embeddings=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for call in (pipeline.run, pipeline.train):
+        with pytest.raises(LightFMPError, match=r"^--sparse-embeddings under torchrun: .*in one process$"):
+            call(cfg, tmp_path / "r")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "r.ckpt").exists()
