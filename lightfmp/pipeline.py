@@ -178,6 +178,7 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
     check_switches(force=force, quiet=quiet)
     check_no_rule_without_gates(_a_config(cfg))
+    dist.refuse_sparse(cfg.train.sparse_embeddings)
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
     with _one_writer(out, "train"), _process_state():
@@ -197,7 +198,6 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     check_apart(out, cfg.data.data, "--data")  # a run inside a Parquet data directory would change the data
     if streaming(cfg.data):  # the shards must outlive the run's directory, which is published (and replaced) whole
         check_apart(out, shard_home(cfg.data.shard_dir), "--shard-dir")
-    dist.refuse_sparse(cfg.train.sparse_embeddings)
     dist.init(cfg.train.device)
     reporter = _reporter(quiet)
     device = _device(cfg)
