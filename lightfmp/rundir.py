@@ -37,7 +37,8 @@ from .schema import FeatureSchema
 from .splits import SplitRule
 
 FORMAT = RUN_FORMAT
-FORMAT_VERSION = 2  # 2: run.json records the split rule and the schema's sha256
+FORMAT_VERSION = 3  # 2: run.json records the split rule and the schema's sha256; 3: and always every tensor
+                    # file's and metrics.json's sha256 (older runs may lack them)
 STATES = ("pretrained", "complete")
 GATES_PLOT = "gates.png"  # `lightfmp inspect`'s chart inside the run (dropped when the run is pruned again)
 
@@ -206,6 +207,9 @@ def _check_unchanged(path: Path, info: dict) -> None:
     if not path.is_file():  # removed after the run was opened
         raise LightFMPError(f"{path}: missing")
     expected = info.get(WEIGHTS_KEY, {}).get(path.name)
+    if expected is None and info["format_version"] >= 3:  # every run of this format records each one it wrote
+        raise LightFMPError(f"{path.parent / 'run.json'}: records no sha256 for {path.name} under '{WEIGHTS_KEY}' "
+                            f"(edited?)")
     if expected is not None and file_sha256(path) != expected:
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); restore it or "
                             f"train again")
@@ -341,6 +345,8 @@ def _read_info(p: Path) -> dict:
         raise LightFMPError(f"{marker}: '{WEIGHTS_KEY}' must map file names to sha256 texts (edited?)")
     if not isinstance(info.get(METRICS_KEY, ""), str):
         raise LightFMPError(f"{marker}: '{METRICS_KEY}' must be a sha256 text (edited?)")
+    if version >= 3 and METRICS_KEY not in info:  # every run of this format records it: a removed key is an edit
+        raise LightFMPError(f"{marker}: missing key '{METRICS_KEY}' (edited?)")
     return info
 
 

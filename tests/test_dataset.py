@@ -509,7 +509,7 @@ def test_tampered_schema_and_older_runs_refused(tmp_path):
     pipeline.train(cfg_for(p, tmp_path, **FAST), tmp_path / "r", quiet=True)
     info_path = tmp_path / "r" / "run.json"
     info = json.loads(info_path.read_text())
-    assert info["format_version"] == 2 and len(info["schema_sha256"]) == 64
+    assert info["format_version"] == 3 and len(info["schema_sha256"]) == 64
     # a run from before the one split rule: no split recorded, so its rows cannot be told apart again
     old = dict(info, format_version=1)
     del old["split"]

@@ -437,7 +437,8 @@ def test_inspect_of_a_complete_run_without_its_selection_record_says_so(complete
     del m["selection"]
     (run / "metrics.json").write_text(json.dumps(m))
     info = json.loads((run / "run.json").read_text())  # an older lightfmp recorded no sha256 of metrics.json
-    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "metrics_sha256"}))
+    (run / "run.json").write_text(json.dumps({**{k: v for k, v in info.items() if k != "metrics_sha256"},
+                                              "format_version": 2}))
     r = cli("inspect", run)
     assert r.exit_code == 0, r.output
     shown = " ".join(r.output.split())
@@ -461,7 +462,13 @@ def test_a_tensor_file_edited_in_place_is_refused_by_its_sha256(complete, tmp_pa
     cmd = ["export", run, "--out", tmp_path / "x"] if name == "model.safetensors" else ["prune", run, "--quiet"]
     one_line_error(cli(*cmd), f"{run / name}: changed since the run wrote it")
     assert not (tmp_path / "x").exists()
-    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "weights_sha256"}))
+    without = {k: v for k, v in info.items() if k != "weights_sha256"}
+    (run / "run.json").write_text(json.dumps(without))  # a key removed from a run that always records it: an edit
+    cmd = ["export", run, "--out", tmp_path / "x"] if name == "model.safetensors" else ["prune", run, "--quiet"]
+    first = "model.safetensors" if name == "model.safetensors" else "pretrain.safetensors"  # the first it loads
+    one_line_error(cli(*cmd), f"{run / 'run.json'}: records no sha256 for {first} under 'weights_sha256'")
+    assert not (tmp_path / "x").exists()
+    (run / "run.json").write_text(json.dumps({**without, "format_version": 2}))  # an older run: none recorded
     if name == "model.safetensors":
         assert cli("export", run, "--out", tmp_path / "x", "--quiet").exit_code == 0
 
@@ -504,7 +511,10 @@ def test_a_metrics_json_edited_within_its_checks_is_refused_by_its_sha256(comple
         one_line_error(cli(*cmd), f"{run / 'metrics.json'}: changed since the run wrote it (sha256 differs")
     assert not (tmp_path / "x").exists()
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k != "metrics_sha256"}))
+    without = {k: v for k, v in info.items() if k != "metrics_sha256"}
+    (run / "run.json").write_text(json.dumps(without))  # a key removed from a run that always records it: an edit
+    one_line_error(cli("inspect", run), f"{run / 'run.json'}: missing key 'metrics_sha256'")
+    (run / "run.json").write_text(json.dumps({**without, "format_version": 2}))  # an older run: none recorded
     assert cli("inspect", run).exit_code == 0
 
 
