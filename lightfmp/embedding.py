@@ -46,7 +46,7 @@ class FieldEmbedding(nn.Module):
         there is nothing to scale (no gates, no multi-hot fields): the lookup is then a plain gather."""
         if gates is None and not self.multi_hot:
             return None
-        g = gates if gates is not None else torch.ones(self.num_fields, device=ids.device)
+        g = gates if gates is not None else torch.ones(self.num_fields, device=ids.device, dtype=self.weight.dtype)
         g_slot = g[self.slot_field]
         if not self.multi_hot:
             return g_slot

@@ -10,7 +10,7 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     p = np.asarray(p, dtype=np.float64).ravel()
     n_pos = float(y.sum())
     n_neg = float(len(y) - n_pos)
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or np.isnan(p).any():  # a NaN score has no rank (sorted last, it would rank top)
         return float("nan")
     order = np.argsort(p, kind="mergesort")
     sp = p[order]

@@ -35,11 +35,11 @@ KINDS = ("categorical", "numeric", "multi_hot")
 
 
 def check_boundaries(edges, where: str) -> None:
-    """A numeric field's bucket edges: a list of numbers (no NaN) in ascending order (a bucket id counts the edges at
+    """A numeric field's bucket edges: a list of finite numbers in ascending order (a bucket id counts the edges at
     or below a value), else one error beginning with `where`."""
     if not isinstance(edges, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
-                                              and not math.isnan(e) for e in edges):
-        raise LightFMPError(f"{where}: boundaries must be a list of numbers, got {edges!r:.80}")
+                                              and math.isfinite(e) for e in edges):
+        raise LightFMPError(f"{where}: boundaries must be a list of finite numbers, got {edges!r:.80}")
     if any(b < a for a, b in zip(edges, edges[1:])):
         raise LightFMPError(f"{where}: boundaries must be in ascending order, got {edges!r:.80}")
 
@@ -405,6 +405,8 @@ def quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
     if len(x) == 0:
         return []
     qs = np.quantile(x, np.linspace(0, 1, buckets + 1)[1:-1])
+    if not np.isfinite(qs).all():  # values spanning more than the largest float (-1e308 and 1e308): the
+        qs = np.quantile(x / 2, np.linspace(0, 1, buckets + 1)[1:-1]) * 2  # interpolation overflowed; halves do not
     return [float(v) for v in np.unique(qs)]
 
 

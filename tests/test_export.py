@@ -375,7 +375,7 @@ def _numeric(doc) -> dict:
     (lambda d: d.pop("output"), "'output' needs a 'name'"),
     (lambda d: d["inputs"][0].update(vocab_size=-5), "vocab_size -5 must be an integer >= 2"),
     (lambda d: _numeric(d)["transform"].update(boundaries=[3, 2, 1]), "boundaries must be in ascending order"),
-    (lambda d: _numeric(d)["transform"].update(boundaries=[1, "x"]), "boundaries must be a list of numbers"),
+    (lambda d: _numeric(d)["transform"].update(boundaries=[1, "x"]), "boundaries must be a list of finite numbers"),
     (lambda d: d["inputs"].append(dict(d["inputs"][0])), "is listed twice in 'inputs'"),
     (lambda d: d.update(triton_model=5), "triton_model 5 is not a model name"),
     (lambda d: d.update(triton_model="a/b c"), "triton_model 'a/b c' is not a model name"),

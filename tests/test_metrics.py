@@ -10,6 +10,8 @@ def test_auc_closed_forms():
     assert roc_auc([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5]) == 0.5  # all tied
     # one positive above one of two negatives and tied with the other: (1 + 0.5) / 2
     assert roc_auc([1, 0, 0], [0.5, 0.5, 0.2]) == 0.75
+    # a NaN score has no rank (sorted last it would rank above every other: 1.0 here): the AUC is undefined
+    assert np.isnan(roc_auc([1, 0, 1, 0], [np.nan, 0.2, 0.7, 0.1]))
 
 
 def test_auc_matches_pair_count():

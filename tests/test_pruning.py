@@ -819,3 +819,20 @@ def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
     assert len(seen["labels"]) == n - len(rows) and seen["weights"] is not None
     assert np.average(seen["labels"], weights=seen["weights"]) == pytest.approx(0.25)
     assert out["alternative"]["held_out"] and not out["alternative"]["chosen"] and out["order"][0] == "a"
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_a_pruned_model_in_float64_computes_what_it_does_in_float32(schema_and_ids, backbone):
+    """The multi-hot pooling's stand-in gates of an ungated (pruned) model take the table's dtype: in float64 it
+    raised a dtype mismatch; and it computes the float32 model's output to float32's precision."""
+    schema, ids = schema_and_ids
+    model = build_model(backbone, schema, ModelConfig(embed_dim=6, hidden=[16, 8], cross_layers=2), gated=True)
+    randomize(model)
+    model.eval()
+    pruned, kept_schema = prune_model(model, schema, ["a", "x", "tags"])
+    cols = kept_columns(schema, ids, kept_schema)
+    with torch.no_grad():
+        single = pruned(cols)
+        double = pruned.double()(cols)
+    assert double.dtype == torch.float64
+    assert torch.allclose(double.float(), single, atol=1e-5)

@@ -8,7 +8,7 @@ from lightfmp.vocab import SchemaSpec, fit_schema, infer_schema
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
-from lightfmp.schema import COUNTED_EDGES, FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field, bucket_ids
+from lightfmp.schema import COUNTED_EDGES, FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, Field, bucket_ids, quantile_edges
 
 
 def fitted_schema(min_count=1):
@@ -61,7 +61,8 @@ def test_bucket_ids_count_the_edges_at_or_below_each_value(n_edges, dtype, preci
 
 
 @pytest.mark.parametrize("edges, says", [([3.0, 1.0, 2.0], "ascending order"), ([float("nan"), 1.0], "numbers"),
-                                         (["1", 2.0], "numbers"), ("0,1", "numbers")])
+                                         (["1", 2.0], "numbers"), ("0,1", "numbers"),
+                                         ([float("-inf"), 1.0], "finite numbers")])
 def test_a_schema_file_with_edges_out_of_order_is_refused(tmp_path, edges, says):
     """Bucket ids count the edges at or below a value, which means something only for numbers in order."""
     s, _ = fitted_schema()
@@ -185,3 +186,18 @@ def test_a_fields_fractions_are_a_float32_columns_where_most_are_so():
     assert fraction(["0.2", "10.1", "1234567.25", "3.7"]) == "0.2"
     assert fraction(["0.20000000298023224", "0.5", "0.10000000149011612", "0.25"]) == "0.2"  # two of four: not most
     assert fraction(["0.20000000298023224", "0.5", "0.10000000149011612"]) == "0.20000000298023224"
+
+
+def test_edges_of_values_spanning_more_than_the_largest_float_are_finite_and_survive_the_schema_file(tmp_path):
+    """np.quantile interpolates a + (b - a) t, and b - a overflows for -1e308 and 1e308: the edges came out -inf,
+    which a schema file cannot hold (a run's schema.json then failed to load in prune). Edges are the same
+    quantiles, finite; and ordinary values give np.quantile's edges unchanged."""
+    x = np.array([-1e308, 1e308] * 50)
+    edges = quantile_edges(x, 4)
+    assert all(np.isfinite(edges)) and edges == sorted(edges)
+    assert edges == [-1e308, 0.0, 1e308]  # the quartiles of half -1e308, half 1e308: the lower, the middle, the upper
+    s = FeatureSchema("y", [Field("x", "numeric", boundaries=edges)], None, 2, 16)
+    s.save(tmp_path / "schema.json")
+    assert FeatureSchema.load(tmp_path / "schema.json").fields[0].boundaries == edges
+    y = np.random.default_rng(0).normal(size=1000)
+    assert quantile_edges(y, 16) == [float(v) for v in np.unique(np.quantile(y, np.linspace(0, 1, 17)[1:-1]))]
