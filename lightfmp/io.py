@@ -354,13 +354,14 @@ def check_name_length(p: Path) -> None:
                             f"takes ({NAME_MAX}); choose a shorter one")
 
 
-# mkstemp's names (.NAME.XXXXXXXX.tmp): a temporary of lightfmp's, left in its directory by a write that was killed
-_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]+\.tmp")
+# mkstemp's names (.NAME.XXXXXXXX.tmp: eight random characters): a temporary of lightfmp's, left in its directory
+# by a write that was killed
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def _temporary(p: Path) -> bool:
-    """A hidden temporary file of lightfmp's (.NAME.XXXX.tmp), left by a write that was killed; a folder or a link
-    of such a name, or a name without the random part (.notes.tmp), is not one."""
+    """A hidden temporary file of lightfmp's (.NAME.XXXXXXXX.tmp), left by a write that was killed; a folder or a
+    link of such a name, or a name without the eight random characters (.notes.tmp, .backup.v2.tmp), is not one."""
     return bool(_TEMPORARY.fullmatch(p.name)) and p.is_file() and not p.is_symlink()
 
 

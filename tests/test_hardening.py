@@ -243,7 +243,7 @@ def test_force_never_deletes_a_file_of_the_users_inside_a_run(data, complete, tm
     # lightfmp's own later files (inspect's chart) and a killed write's temporary are no one else's
     (run / "my_notes.txt").unlink()
     assert cli("inspect", run, "--quiet").exit_code == 0 and "gates.png" in recorded(run)
-    (run / ".metrics.json.x1y2.tmp").write_text("half")
+    (run / ".metrics.json.x1y2abcd.tmp").write_text("half")
     r = cli(*run_args(data, run, "--force", "--seed", "1"))
     assert r.exit_code == 0, r.output
     assert (run / "metrics.json").read_bytes() != before["metrics.json"]

@@ -78,7 +78,7 @@ def test_export_force_keeps_a_second_model_in_the_triton_repository(complete, tm
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("name, folder", [(".backup.tmp", True), (".notes.tmp", False)])
+@pytest.mark.parametrize("name, folder", [(".backup.tmp", True), (".notes.tmp", False), (".backup.v2.tmp", False)])
 def test_force_keeps_a_hidden_entry_of_the_users_named_like_a_temporary(tmp_path, name, folder):
     d = a_run(tmp_path / "r")
     if folder:
