@@ -200,12 +200,14 @@ def _rebatch(batches, chunk_rows: int):
 
 @contextlib.contextmanager
 def _source(p: Path):
-    """What pyarrow's CSV reader opens: the path (it decompresses gzip and bz2 by the suffix itself), or an xz stream
-    (pyarrow has no xz codec and would parse the compressed bytes)."""
-    if p.suffix.lower() != ".xz":
+    """What pyarrow's CSV reader opens: the path (it decompresses .gz and .bz2 by the suffix itself), or a
+    decompressed stream where it would parse the compressed bytes: xz (pyarrow has no xz codec), and a suffix in
+    capitals (.GZ: pyarrow's suffix check is case-sensitive)."""
+    suffix = p.suffix.lower()
+    if suffix not in _COMPRESSED or suffix != ".xz" and p.suffix == suffix:
         yield p
         return
-    with lzma.open(p, "rb") as fh:
+    with _COMPRESSED[suffix](p, "rb") as fh:
         yield fh
 
 
@@ -493,8 +495,10 @@ def _avazu(table: pa.Table, p: Path, start: int) -> pa.Table:
                             f"(hour_of_day and weekday); rename it, or read the file as --format csv")
     hour = table.column("hour")
     enc, values = _distinct(hour)
-    t = pd.to_datetime(values.to_pandas(), format="%y%m%d%H", errors="coerce")
-    bad = t.isna().to_numpy()  # a missing hour too
+    text = values.cast(pa.string()).to_pandas().fillna("")  # read as integers or text
+    t = pd.to_datetime(text, format="%y%m%d%H", errors="coerce")
+    # a missing hour too; and exactly eight digits (the format takes one-digit months, days and hours: '141021')
+    bad = (t.isna() | (text.str.len() != 8) | ~text.str.isdigit()).to_numpy()
     if bad.any():
         i = _first_row(enc, bad)
         value = hour.slice(i, 1).to_pandas().iloc[0]  # the cell as a DataFrame of the batch shows it

@@ -88,8 +88,13 @@ def test_synth_roles_and_columns(synth):
 def test_synth_explicit_counts(tmp_path):
     t = synthesize(2000, 39, 8, tmp_path, seed=1, redundant=8)
     assert (len(t["informative"]), len(t["redundant"]), len(t["noise"])) == (8, 8, 23)
-    with pytest.raises(LightFMPError, match=r"--redundant 3: must be in \[0, 0\]"):
+    with pytest.raises(LightFMPError, match=r"--redundant 3: must be in \[0, 1\]"):
         synthesize(100, 5, 4, tmp_path / "bad", redundant=3)
+    assert len(synthesize(100, 5, 4, tmp_path / "one", redundant=1)["redundant"]) == 1
+    # the range stated is the one the table has room for (with one numeric field here), not the default's
+    with pytest.raises(LightFMPError, match=r"--redundant 3: must be in \[0, 2\]"):
+        synthesize(100, 4, 2, tmp_path / "bad", redundant=3)
+    assert len(synthesize(100, 4, 2, tmp_path / "ok", redundant=2)["redundant"]) == 2
     for kw, text in ((dict(rows=0), "--rows 0"), (dict(fields=2.5), "--fields 2.5"), (dict(informative=9),
                                                                                       "more than --fields 5")):
         with pytest.raises(LightFMPError, match=re.escape(text)):  # the Python API's errors are the CLI's

@@ -535,6 +535,10 @@ def test_text_files_xz_and_the_lines_a_bad_record_is_on(tmp_path):
     packed.write_bytes(lzma.compress(plain.read_bytes()))
     read = lambda p, fmt="csv": pd.concat([b for b, _ in read_batches(p, fmt, CHUNK)], ignore_index=True)  # noqa: E731
     pd.testing.assert_frame_equal(read(packed), read(plain))  # pyarrow has no xz codec: read through lzma
+    for suffix, pack in ((".GZ", "gzip"), (".BZ2", "bz2"), (".XZ", "lzma")):  # a suffix in capitals: the same rows
+        upper = tmp_path / f"D.CSV{suffix}"  # (pyarrow's own .gz check is case-sensitive: it parsed the bytes)
+        upper.write_bytes(__import__(pack).compress(plain.read_bytes()))
+        pd.testing.assert_frame_equal(read(upper), read(plain))
     fake = tmp_path / "fake.csv.xz"
     fake.write_text("a,b,label\n1,2,0\n")
     with pytest.raises(LightFMPError, match=r"fake.csv.xz: cannot read \(LZMAError"):
@@ -566,6 +570,16 @@ def test_avazu_csv(tmp_path):
     assert data.schema.label == "click" and {f.kind for f in data.schema.fields} == {"categorical"}
     assert len(data.schema.fields) == 23
     assert np.array_equal(all_shard_rows(data)[2], [float(r % 3 == 0) for r in range(50)])
+
+
+@pytest.mark.parametrize("hour", ["141021", "1410212", "141021011", "14102a01"])
+def test_an_avazu_hour_that_is_not_eight_digits_is_refused(tmp_path, hour):
+    """YYMMDDHH: pandas' format also takes one-digit months, days and hours, so '141021' (no hour) read as
+    2014-10-02 01:00, silently."""
+    p = tmp_path / "a.csv"
+    p.write_text(f"id,click,hour,C1\n1,0,14102100,a\n2,1,{hour},b\n")
+    with pytest.raises(LightFMPError, match=f"a.csv: line 3 column hour: '?{hour}'? is not YYMMDDHH"):
+        list(read_batches(p, "avazu", 100))
 
 
 @pytest.mark.parametrize("taken", ["hour_of_day", "weekday"])

@@ -221,7 +221,8 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
         raise LightFMPError(f"numeric={numeric!r}: must be in [0, {fields}] (--fields)")
     # the numeric fields a table this narrow has room for: as many as asked, fewer where the informative
     # categorical fields need their places
-    numeric = next((n for n in range(numeric, -1, -1) if _fits(fields, informative, redundant, n)), numeric)
+    # (where none does, the plan's error at 0 numeric fields states the ranges with the most room)
+    numeric = next((n for n in range(numeric, -1, -1) if _fits(fields, informative, redundant, n)), 0)
     out_dir = Path(out_dir)
     check_synth_out(out_dir)
     check_resources(rows, fields, fmt, out_dir)
