@@ -566,7 +566,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
     path.parent.mkdir(parents=True, exist_ok=True)
     reap(path.parent)
     tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
-    claim, done = None, False
+    claim, old_claim, done = None, None, False
     try:
         with os_errors_of(tmp):
             claim = Claim(tmp)
@@ -585,9 +585,10 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
                     exchange(tmp, path)
                     raise _foreign_error(path, foreign, kind=kind)
                 done = True
+                old_claim = _claim(tmp)  # the old directory, until it is removed: a kill now leaves it to `reap`
                 return
             # a fresh empty name to move the old directory to (a fixed name could be someone else's directory)
-            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".old", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent))
             os.replace(path, old)
             try:  # a file put into it between that check and the move: the old directory goes back, whole
                 foreign = foreign_entry(old)
@@ -596,6 +597,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             if foreign is not None:
                 os.replace(old, path)
                 raise _foreign_error(path, foreign, kind=kind)
+            old_claim = _claim(old)  # as above
             os.replace(tmp, path)
             done = True
             remove_tree(old)
@@ -604,13 +606,23 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             done = True
     finally:
         remove_tree(tmp)
-        if claim is not None:
-            claim.close()
+        for c in (claim, old_claim):
+            if c is not None:
+                c.close()
         for q in made if not done else []:  # the folders made for it, where they stayed empty
             try:
                 q.rmdir()
             except OSError:
                 break
+
+
+def _claim(old: Path) -> Claim | None:
+    """A claim on the replaced directory while it is removed (None where it cannot be made: it is removed all the
+    same, only a kill in between would leave it)."""
+    try:
+        return Claim(old)
+    except OSError:
+        return None
 
 
 _RENAME_EXCHANGE, _AT_FDCWD = 2, -100

@@ -104,6 +104,12 @@ class Run:
         """RUN/history.json: the per-epoch history of each phase (required for runs with gates, which prune
         extends), each phase it holds an object (one whose key is missing says nothing: an older run)."""
         path = self.path / "history.json"
+        expected = self.info.get(HISTORY_KEY)
+        if expected is None and self.info["format_version"] >= 3:  # every run of this format records it
+            raise LightFMPError(f"{self.path / 'run.json'}: missing key '{HISTORY_KEY}' (edited?)")
+        if expected is not None and path.is_file() and file_sha256(path) != expected:
+            raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json), so what it "
+                                f"says of phase 1 is not the run's: restore it or train again")
         h = read_json(path)
         for phase in ("pretrain", "continue"):
             if phase in h and not isinstance(h[phase], dict):
@@ -232,6 +238,7 @@ def _load_weights(model: CTRModel, path: Path, info: dict) -> CTRModel:
 
 WEIGHTS_KEY = "weights_sha256"  # run.json: each tensor file's sha256, as written
 METRICS_KEY = "metrics_sha256"  # run.json: metrics.json's sha256, as written
+HISTORY_KEY = "history_sha256"  # run.json: history.json's sha256, as written (prune reads phase 1's gates from it)
 RECORD_KEY = "lightfmp"  # the header's one metadata entry: JSON with sorted keys (the file's bytes reproduce)
 
 
@@ -343,8 +350,12 @@ def _read_info(p: Path) -> dict:
     hashes = info.get(WEIGHTS_KEY, {})
     if not isinstance(hashes, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hashes.items()):
         raise LightFMPError(f"{marker}: '{WEIGHTS_KEY}' must map file names to sha256 texts (edited?)")
-    if not isinstance(info.get(METRICS_KEY, ""), str):
-        raise LightFMPError(f"{marker}: '{METRICS_KEY}' must be a sha256 text (edited?)")
+    for key in (METRICS_KEY, HISTORY_KEY):
+        if not isinstance(info.get(key, ""), str):
+            raise LightFMPError(f"{marker}: '{key}' must be a sha256 text (edited?)")
+    if OPTIMIZER_FILE in hashes and info.get("optimizer_state") is not True:  # prune would start a fresh optimizer
+        raise LightFMPError(f"{marker}: 'optimizer_state' is {json.dumps(info.get('optimizer_state'))}, but the run "
+                            f"wrote {OPTIMIZER_FILE} (its sha256 is recorded) (edited?)")
     if version >= 3 and METRICS_KEY not in info:  # every run of this format records it: a removed key is an edit
         raise LightFMPError(f"{marker}: missing key '{METRICS_KEY}' (edited?)")
     return info
@@ -356,7 +367,8 @@ def _read_config(p: Path, info: dict) -> RunConfig:
     # the keys it was written with (run.json): a file cut short still parses, but lacks the last ones
     missing = [k for k in info.get("config_keys", []) if k not in config_keys(doc)]
     if missing:
-        raise LightFMPError(f"{path}: missing key '{missing[0]}' (cut short or edited?)")
+        raise LightFMPError(f"{path}: missing key '{missing[0]}', which {p / 'run.json'} lists under config_keys "
+                            f"(either file cut short or edited?)")
     return RunConfig.from_dict(doc, source=str(path))
 
 
@@ -445,6 +457,7 @@ def write_run_files(d: Path, *, info: dict, config: RunConfig | None = None, sch
         info = {**info, WEIGHTS_KEY: hashes}
     if history is not None:
         write_json_atomic(d / "history.json", history)
+        info = {**info, HISTORY_KEY: file_sha256(d / "history.json")}
     if metrics is not None:
         write_json_atomic(d / "metrics.json", metrics)
         info = {**info, METRICS_KEY: file_sha256(d / "metrics.json")}

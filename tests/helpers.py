@@ -10,17 +10,17 @@ from lightfmp.cli.app import app
 runner = CliRunner()
 
 
-def rewrite_metrics(run, m: dict) -> None:
-    """The metrics.json of the run directory `run` replaced by `m`, with run.json's record of its sha256 to match: a
-    run whose own record says `m` (as if lightfmp had written it so), for the checks downstream of the file's
-    integrity (an edit alone is refused by that record)."""
+def rewrite_metrics(run, m: dict, name: str = "metrics") -> None:
+    """The metrics.json (or `name`.json: history) of the run directory `run` replaced by `m`, with run.json's record
+    of its sha256 to match: a run whose own record says `m` (as if lightfmp had written it so), for the checks
+    downstream of the file's integrity (an edit alone is refused by that record)."""
     import hashlib
     import json
     from pathlib import Path
     run = Path(run)
-    (run / "metrics.json").write_text(json.dumps(m))
+    (run / f"{name}.json").write_text(json.dumps(m))
     info = json.loads((run / "run.json").read_text())
-    info["metrics_sha256"] = hashlib.sha256((run / "metrics.json").read_bytes()).hexdigest()
+    info[f"{name}_sha256"] = hashlib.sha256((run / f"{name}.json").read_bytes()).hexdigest()
     (run / "run.json").write_text(json.dumps(info))
 
 

@@ -18,7 +18,7 @@ from lightfmp.encoding import stable_hash
 from lightfmp.models.dense import cpu_gemm_library
 from lightfmp.splits import SplitRule
 
-from helpers import make_frame, one_line_error, write_csv
+from helpers import make_frame, one_line_error, rewrite_metrics, write_csv
 
 runner = CliRunner()
 FAST = ["--pretrain-epochs", "3", "--epochs", "1", "--batch-size", "128", "--hidden", "16", "--embed-dim", "4",
@@ -234,7 +234,7 @@ def test_the_cut_after_the_first_epoch_is_a_candidate_where_its_dropped_fields_c
                 f"final model: phase 3's epoch {h['best_epoch'] + 1} of 3 (its first epoch counted)") in shown, shown
     # a history whose phase is no object is refused by the one loader, naming the file and the phase
     whole = json.loads((out / "history.json").read_text())
-    (out / "history.json").write_text(json.dumps({**whole, "continue": 5}))
+    rewrite_metrics(out, {**whole, "continue": 5}, "history")
     one_line_error(cli("inspect", out), f"{out / 'history.json'}: 'continue' must be an object, not int")
 
 

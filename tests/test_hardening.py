@@ -518,6 +518,31 @@ def test_a_metrics_json_edited_within_its_checks_is_refused_by_its_sha256(comple
     assert cli("inspect", run).exit_code == 0
 
 
+def test_an_edited_history_or_optimizer_record_is_refused_not_read(complete, tmp_path):
+    """history.json holds what phase 1's gates alone shut, which the default rule cuts: one edited number there
+    (a field's log_alpha set to -20) cut an informative field with exit 0. run.json records its sha256 as it does
+    metrics.json's. And a run.json saying no optimizer state was stored, where the run wrote one, made prune start
+    a fresh optimizer, silently."""
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    info = json.loads((run / "run.json").read_text())
+    h = json.loads((run / "history.json").read_text())
+    h["pretrain"]["epochs"][0]["seconds"] = 99.0
+    (run / "history.json").write_text(json.dumps(h))
+    for cmd in (["inspect", run], ["prune", run, "--quiet"]):
+        one_line_error(cli(*cmd), f"{run / 'history.json'}: changed since the run wrote it (sha256 differs")
+    without = {k: v for k, v in info.items() if k != "history_sha256"}
+    (run / "run.json").write_text(json.dumps(without))
+    one_line_error(cli("prune", run, "--quiet"), f"{run / 'run.json'}: missing key 'history_sha256'")
+    (run / "run.json").write_text(json.dumps({**without, "format_version": 2}))  # an older run: none recorded
+    assert cli("inspect", run).exit_code == 0
+    shutil.rmtree(run)
+    shutil.copytree(complete, run)
+    (run / "run.json").write_text(json.dumps({**info, "optimizer_state": False}))
+    one_line_error(cli("prune", run, "--quiet"), f"{run / 'run.json'}: 'optimizer_state' is false, but the run wrote "
+                                                 f"pretrain_optimizer.safetensors")
+
+
 def test_another_runs_weights_file_is_named_as_what_changed_not_the_config(data, pretrained, tmp_path):
     """A weights file copied in from another run (another seed) differs from its run's in what it was trained with
     and in its sha256: the error names the file, not config.yaml, which nobody edited."""
@@ -546,6 +571,14 @@ def test_config_cut_at_a_line_end_is_still_caught(pretrained, tmp_path):
     lines = (run / "config.yaml").read_text().splitlines(keepends=True)
     (run / "config.yaml").write_text("".join(lines[: len(lines) // 2]))
     one_line_error(cli("inspect", run), f"{run / 'config.yaml'}: missing key")
+    # the same words where run.json's list is what was edited: both files named, neither blamed alone
+    (run / "config.yaml").write_text("".join(lines))
+    info = json.loads((run / "run.json").read_text())
+    info["config_keys"] = [k if k != "vocab_cap" else "vocab_bap" for k in info["config_keys"]]
+    assert "vocab_bap" in info["config_keys"]
+    (run / "run.json").write_text(json.dumps(info))
+    one_line_error(cli("inspect", run), f"{run / 'config.yaml'}: missing key 'vocab_bap', which "
+                                        f"{run / 'run.json'} lists under config_keys (either file cut short or edited?)")
 
 
 # ---- long jobs say what they do; Ctrl-C says how to resume -------------------------------------------------------

@@ -129,6 +129,27 @@ def test_a_file_put_in_between_the_last_check_and_the_move_is_kept(tmp_path, mon
     assert listing(tmp_path) == ["r"]  # no temporary left beside it
 
 
+@pytest.mark.parametrize("swap", [True, False])  # one step (renameat2), or two renames where the system has none
+def test_the_replaced_directory_left_by_a_kill_is_removed_by_the_next_write_beside_it(tmp_path, swap):
+    """A kill after the new directory took the old one's place and before the old one was removed left a whole copy
+    of the old run under a temporary name for good: it is claimed while it is removed, so the next directory
+    written beside it takes it (as it takes a killed writer's temporary)."""
+    import subprocess
+    import sys
+    d = a_run(tmp_path / "r")
+    code = ("import json, os, sys\nimport lightfmp.io as io\nfrom pathlib import Path\n"
+            f"{'' if swap else 'io.exchange = lambda a, b: False'}\n"
+            "io.remove_tree = lambda path: os._exit(9)  # killed as the old directory was to go\n"
+            "with io.atomic_dir(Path(sys.argv[1]), force=True, kind='run') as tmp:\n"
+            "    (tmp / 'run.json').write_text(json.dumps({'format': 'lightfmp-run', 'n': 2}))\n")
+    assert subprocess.run([sys.executable, "-c", code, str(d)]).returncode == 9
+    assert json.loads((d / "run.json").read_text())["n"] == 2  # the new run is in place
+    left = [n for n in listing(tmp_path) if n != "r"]
+    assert len(left) == 1 and (tmp_path / left[0] / "vocab" / "a.json").exists()  # the old one, whole
+    a_run(tmp_path / "other")
+    assert listing(tmp_path) == ["other", "r"]
+
+
 @pytest.mark.parametrize("args, words", [
     (["prune"], ["Missing argument", "RUN"]),
     (["inspect"], ["Missing argument", "RUN"]),
