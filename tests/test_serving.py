@@ -633,6 +633,29 @@ def test_example_refuses_a_schema_that_does_not_describe_the_graph_and_names_a_b
     assert res.stderr.startswith(f"error: {src}, line 3: not JSON") and len(res.stderr.splitlines()) == 1
 
 
+def test_a_changed_triton_copy_of_the_model_is_refused_and_a_removed_triton_entry_is_not_needed(s, tmp_path):
+    """The Triton entry's model.onnx is the file Triton loads: a byte changed there passed every check (only the
+    top-level model.onnx was hashed). Its config.pbtxt is the user's to tune, and an export without the entry serves."""
+    import shutil
+    d = _copy(s, tmp_path)
+    name = json.loads((d / "feature_schema.json").read_text())["triton_model"]
+    copy = d / "triton" / name / "1" / "model.onnx"
+    blob = bytearray(copy.read_bytes())
+    blob[-1] ^= 0x01
+    copy.write_bytes(bytes(blob))
+    with pytest.raises(LightFMPError) as e:
+        Predictor(d)
+    assert str(e.value) == f"{copy}: sha256 differs from feature_schema.json (the file was changed or replaced)"
+    copy.unlink()
+    with pytest.raises(LightFMPError, match=f"{copy}: missing from the export's Triton entry"):
+        Predictor(d)
+    (d / "triton" / name / "config.pbtxt").write_text("# tuned by hand\n")
+    shutil.rmtree(d / "triton" / name / "1")
+    Predictor(d)
+    shutil.rmtree(d / "triton")
+    Predictor(d)
+
+
 def test_changed_vocab_file_is_refused(s, example, tmp_path):
     d = _copy(s, tmp_path)
     target = d / json.loads((d / "feature_schema.json").read_text())["inputs"][0]["vocab_file"]

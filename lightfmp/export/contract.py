@@ -391,6 +391,14 @@ def verify_files(export_dir: str | Path, contract: ServingContract) -> None:
         p = inside(d, rel)
         _require(p.is_file(), f"{p}: missing from the export")
         check_sha256(p, want)
+    # the Triton entry's copy of the model (the file Triton loads), where it is there: the same bytes (its
+    # config.pbtxt is the user's to tune)
+    version = d / "triton" / contract.triton_model / "1" if contract.triton_model else None
+    if version is not None and version.is_dir():
+        for rel, want in checks[:2 if contract.external_data is not None else 1]:
+            copy = version / Path(rel).name
+            _require(copy.is_file(), f"{copy}: missing from the export's Triton entry")
+            check_sha256(copy, want)
 
 
 def check_sha256(p: Path, want: str | None) -> None:
