@@ -597,9 +597,9 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             if foreign is not None:
                 os.replace(old, path)
                 raise _foreign_error(path, foreign, kind=kind)
-            old_claim = _claim(old)  # as above
             os.replace(tmp, path)
             done = True
+            old_claim = _claim(old)  # as above (only now: until the new one is in place, the old one is the run)
             remove_tree(old)
         else:
             os.replace(tmp, path)

@@ -109,7 +109,7 @@ class Run:
             raise LightFMPError(f"{self.path / 'run.json'}: missing key '{HISTORY_KEY}' (edited?)")
         if expected is not None and path.is_file() and file_sha256(path) != expected:
             raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json), so what it "
-                                f"says of phase 1 is not the run's: restore it or train again")
+                                f"says of the run's phases is not the run's: restore it or train again")
         h = read_json(path)
         for phase in ("pretrain", "continue"):
             if phase in h and not isinstance(h[phase], dict):
@@ -353,9 +353,10 @@ def _read_info(p: Path) -> dict:
     for key in (METRICS_KEY, HISTORY_KEY):
         if not isinstance(info.get(key, ""), str):
             raise LightFMPError(f"{marker}: '{key}' must be a sha256 text (edited?)")
-    if OPTIMIZER_FILE in hashes and info.get("optimizer_state") is not True:  # prune would start a fresh optimizer
+    # a run with gates of this format always stores phase 1's optimizer (prune would start a fresh one)
+    if (OPTIMIZER_FILE in hashes or version >= 3 and info.get("select")) and info.get("optimizer_state") is not True:
         raise LightFMPError(f"{marker}: 'optimizer_state' is {json.dumps(info.get('optimizer_state'))}, but the run "
-                            f"wrote {OPTIMIZER_FILE} (its sha256 is recorded) (edited?)")
+                            f"wrote {OPTIMIZER_FILE} (every run with gates of format 3 does) (edited?)")
     if version >= 3 and METRICS_KEY not in info:  # every run of this format records it: a removed key is an edit
         raise LightFMPError(f"{marker}: missing key '{METRICS_KEY}' (edited?)")
     return info

@@ -541,6 +541,12 @@ def test_an_edited_history_or_optimizer_record_is_refused_not_read(complete, tmp
     (run / "run.json").write_text(json.dumps({**info, "optimizer_state": False}))
     one_line_error(cli("prune", run, "--quiet"), f"{run / 'run.json'}: 'optimizer_state' is false, but the run wrote "
                                                  f"pretrain_optimizer.safetensors")
+    # the key and the file's sha256 both removed: a run with gates of this format always stored it
+    hashes = {k: v for k, v in info["weights_sha256"].items() if k != "pretrain_optimizer.safetensors"}
+    (run / "run.json").write_text(json.dumps({**{k: v for k, v in info.items() if k != "optimizer_state"},
+                                              "weights_sha256": hashes}))
+    one_line_error(cli("prune", run, "--quiet"), f"{run / 'run.json'}: 'optimizer_state' is null, but the run wrote "
+                                                 f"pretrain_optimizer.safetensors")
 
 
 def test_another_runs_weights_file_is_named_as_what_changed_not_the_config(data, pretrained, tmp_path):

@@ -150,6 +150,28 @@ def test_the_replaced_directory_left_by_a_kill_is_removed_by_the_next_write_besi
     assert listing(tmp_path) == ["other", "r"]
 
 
+def test_a_stop_between_the_two_renames_keeps_the_old_directory(tmp_path, monkeypatch):
+    """Where the system has no one-step swap, the old directory is moved aside and the new one moved in: a stop
+    between the two leaves no directory at the name, and the old one must then stay (unclaimed: the next write
+    beside it does not take it), not be removed as a replaced directory would be."""
+    d = a_run(tmp_path / "r")
+    monkeypatch.setattr(io_mod, "exchange", lambda a, b: False)
+    real = io_mod.os.replace
+
+    def stop_before_the_new_one_moves_in(src, dst):
+        if str(dst) == str(d) and not d.exists():
+            raise KeyboardInterrupt
+        real(src, dst)
+    monkeypatch.setattr(io_mod.os, "replace", stop_before_the_new_one_moves_in)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(d, force=True, kind="run") as tmp:
+            (tmp / "run.json").write_text(json.dumps({"format": "lightfmp-run", "n": 2}))
+    monkeypatch.setattr(io_mod.os, "replace", real)
+    a_run(tmp_path / "other")
+    left = [n for n in listing(tmp_path) if n not in ("other", "r")]
+    assert len(left) == 1 and json.loads((tmp_path / left[0] / "run.json").read_text()) == {"format": "lightfmp-run"}
+
+
 @pytest.mark.parametrize("args, words", [
     (["prune"], ["Missing argument", "RUN"]),
     (["inspect"], ["Missing argument", "RUN"]),
