@@ -120,7 +120,7 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     rows = gate_rows(r)
     cut = cut_line(r, rows)
     path = plot_gates(rows, plot or r.path / GATES_PLOT, title=f"{r.config.model.backbone} gates ({r.path.name})",
-                      cut=cut)
+                      cut=cut, run=r.path)
     if quiet:
         return
     t = Table(title=f"gates of {run} ({r.state})")

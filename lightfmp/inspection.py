@@ -105,10 +105,11 @@ def _tick_label(name: str) -> str:
     return f"{name[:head]}\u2026{name[-(TICK_CHARS - 1 - head):]}"
 
 
-def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | None = None) -> Path:
-    """The bar chart as a PNG at `path` (the user's --plot: it replaces only an earlier PNG, see
-    `lightfmp.io.check_output_file`)."""
-    check_output_file(path, "png", "--plot")
+def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | None = None,
+               run: Path | None = None) -> Path:
+    """The bar chart as a PNG at `path` (the user's --plot: it replaces only an earlier PNG, and lies in no
+    directory of lightfmp's but `run`'s, see `lightfmp.io.check_output_file`)."""
+    check_output_file(path, "png", "--plot", run)
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -140,7 +141,7 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     ax.set_title(title or "Light-FMP gates (green: kept)")
     ax.tick_params(axis="x", rotation=60)
     fig.tight_layout()
-    with atomic_path(path, "png", "--plot") as tmp:
+    with atomic_path(path, "png", "--plot", run) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)
     plt.close(fig)
     return path

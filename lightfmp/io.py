@@ -242,32 +242,37 @@ def check_writable(p: Path, parent: Path) -> None:
             from None
 
 
-def check_outside(p: Path) -> None:
-    """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory): --force (and prune,
-    for a run) replaces such a directory whole, and refuses one that holds what it did not write."""
+def check_outside(p: Path, own: Path | None = None, flag: str | None = None) -> None:
+    """Refuse an output inside a directory lightfmp wrote (a run, an export, a shard directory) other than `own`:
+    --force (and prune, for a run) replaces such a directory whole, and refuses one that holds what it did not
+    write."""
+    mine = Path(os.path.abspath(own)) if own is not None else None
     for q in Path(os.path.abspath(p)).parents:  # '..' resolved first: runs/r1/../x is not inside runs/r1
         kind = lightfmp_kind(q)
-        if kind is not None:
+        if kind is not None and q != mine:
             whole = {"run": "prune and --force replace", "export": "--force replaces"}.get(kind, "lightfmp replaces")
             raise LightFMPError(f"{p}: is inside {_a(kind)} lightfmp wrote ({q}), which {whole} whole; choose a path "
-                                f"outside it")
+                                f"outside it" + (f" for {flag}" if flag else ""))
 
 
-def check_output_file(path: str | Path, kind: str, flag: str) -> None:
+def check_output_file(path: str | Path, kind: str, flag: str, own: Path | None = None) -> None:
     """Refuse, before any work, a `flag` path (--plot, --json, --trace) that the command may not write: a
     directory, a path under a file, or an existing file that is not a `kind` file ("png", "json") - the output
-    replaces only an earlier output of its kind (or an empty file), never the user's data; and a --plot path whose
-    name does not end in .png (the image is a PNG whatever the name says: a viewer goes by the suffix)."""
-    _check_place(Path(path), kind, flag)
+    replaces only an earlier output of its kind (or an empty file), never the user's data; a path inside a
+    directory lightfmp wrote (a run, an export) other than `own` (inspect's chart goes into its own run): a file
+    there is not the directory's, and a later --force of it would delete it; and a --plot path whose name does not
+    end in .png (the image is a PNG whatever the name says: a viewer goes by the suffix)."""
+    _check_place(Path(path), kind, flag, own)
     if kind == "png" and Path(path).suffix.lower() != ".png":
         raise LightFMPError(f"{path}: {flag} writes a PNG image; give a path ending in .png")
 
 
-def _check_place(p: Path, kind: str, flag: str) -> None:
+def _check_place(p: Path, kind: str, flag: str, own: Path | None = None) -> None:
     what, looks_like = OUTPUT_FILES[kind]
     check_name_length(p)
     if p.is_dir():
         raise LightFMPError(f"{p}: is a directory; {flag} needs a file path")
+    check_outside(p, own, flag)
     parent = next((q for q in p.absolute().parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise LightFMPError(f"{p}: cannot be created, {parent} is a file")
@@ -282,8 +287,8 @@ def _check_place(p: Path, kind: str, flag: str) -> None:
     if rec is not None and where[1] not in rec:
         raise LightFMPError(f"{p}: lightfmp did not write it (it is not in {where[0] / WRITTEN}); {flag} replaces only "
                             f"an earlier output of lightfmp's, choose another path or move the file out")
-    inside = next((q for q in p.absolute().parents if lightfmp_kind(q)), None) if kind == "json" else None
-    if inside is not None:  # a run's or an export's JSON files are its contract, replaced only with the folder
+    inside = next((q for q in p.absolute().parents if lightfmp_kind(q)), None)  # `own`, if any
+    if inside is not None and kind == "json":  # a run's JSON files are its contract, replaced only with the folder
         raise LightFMPError(f"{p}: is a file of {_a(lightfmp_kind(inside))} lightfmp wrote ({inside}); {flag} needs "
                             f"another path")
     if rec is not None:  # the directory's record lists it: lightfmp's (inspect's chart), whichever lightfmp drew it
@@ -298,12 +303,12 @@ def _check_place(p: Path, kind: str, flag: str) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = None):
-    """Yield a temporary sibling path to write a file to; it is renamed to `path` only on success. `kind` and
-    `flag`: a path the user named (see `check_output_file`), checked again before it is replaced."""
+def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = None, own: Path | None = None):
+    """Yield a temporary sibling path to write a file to; it is renamed to `path` only on success. `kind`, `flag`
+    and `own`: a path the user named (see `check_output_file`), checked again before it is replaced."""
     path = Path(path)
     if kind is not None:
-        check_output_file(path, kind, flag or "the output")
+        check_output_file(path, kind, flag or "the output", own)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -311,7 +316,7 @@ def atomic_path(path: str | Path, kind: str | None = None, flag: str | None = No
         yield Path(tmp)
         _publish_mode(tmp)
         if kind is not None:
-            check_output_file(path, kind, flag or "the output")
+            check_output_file(path, kind, flag or "the output", own)
         os.replace(tmp, path)
         _note_written(path)
     finally:

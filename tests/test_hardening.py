@@ -1636,21 +1636,41 @@ def test_no_loader_that_can_unpickle_in_the_source():
 
 def test_json_outputs_never_replace_a_run_or_export_file(complete, tmp_path):
     """--json / --trace replace an earlier output or an empty file, never a JSON file of a run or an export (its
-    contract); a new file inside one, and a --plot there (inspect's own gates.png), stay allowed."""
+    contract); nor do they write a new file inside one (a bench's --json there was written, then refused at the
+    end as a file of the run, after all the work; and a later --force deleted it); a --plot there only as
+    inspect's chart of its own run."""
     from lightfmp.io import check_output_file
     before = (complete / "metrics.json").read_bytes()
     for name in ("metrics.json", "run.json"):
-        with pytest.raises(LightFMPError, match=f"{name}: is a file of a run lightfmp wrote .*--json needs another"):
+        with pytest.raises(LightFMPError, match=f"{name}: is inside a run lightfmp wrote .*replace whole"):
             check_output_file(complete / name, "json", "--json")
+        with pytest.raises(LightFMPError, match=f"{name}: is a file of a run lightfmp wrote .*--json needs another"):
+            check_output_file(complete / name, "json", "--json", own=complete)
     exp = tmp_path / "exp"
     exp.mkdir()
     (exp / "feature_schema.json").write_text(json.dumps({"schema_version": 1, "model_file": "model.onnx",
                                                          "inputs": []}))
     with pytest.raises(LightFMPError, match="an export lightfmp wrote.*--trace"):
         check_output_file(exp / "feature_schema.json", "json", "--trace")
-    check_output_file(complete / "profile.json", "json", "--json")  # new: allowed
-    check_output_file(complete / "gates.png", "png", "--plot")
+    with pytest.raises(LightFMPError, match="profile.json: is inside a run lightfmp wrote"):
+        check_output_file(complete / "profile.json", "json", "--json")
+    with pytest.raises(LightFMPError, match="gates.png: is inside a run lightfmp wrote"):
+        check_output_file(complete / "gates.png", "png", "--plot")
+    check_output_file(complete / "gates.png", "png", "--plot", own=complete)  # inspect's chart of its own run
     assert (complete / "metrics.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "b.json"), ("--plot", "b.png")])
+def test_a_bench_output_inside_a_run_is_refused_before_any_work(data, complete, tmp_path, monkeypatch, flag, name):
+    """A bench --json into a run's folder ran every method, wrote the file, and was then refused at the end (the
+    file it had written was by then a JSON file of the run)."""
+    import lightfmp.cli.bench_cmds as bench_cmds
+    run = tmp_path / "run"
+    shutil.copytree(complete, run)
+    monkeypatch.setattr(bench_cmds, "run_bench", lambda *a, **k: pytest.fail("work started before the refusal"))
+    r = cli("bench", "--data", data, "--label", "label", "--k", "2", "--methods", "lightfmp", flag, run / name)
+    one_line_error(r, f"{run / name}: is inside a run lightfmp wrote ({run})", f"outside it for {flag}")
+    assert not (run / name).exists()
 
 
 def test_a_path_the_machine_refuses_is_one_line(tmp_path):

@@ -103,7 +103,9 @@ def test_inspect_never_overwrites_a_png_of_the_users_in_the_run(complete, tmp_pa
     (run / "gates.png").write_bytes(PNG)  # the user's own chart, under the name inspect uses
     one_line_error(cli("inspect", run, "--quiet"), run / "gates.png", "lightfmp did not write")
     assert (run / "gates.png").read_bytes() == PNG
-    one_line_error(cli("inspect", complete, "--quiet", "--plot", run / "gates.png"), "lightfmp did not write")
+    # another run's chart is no place for this run's: refused as inside a directory lightfmp wrote
+    one_line_error(cli("inspect", complete, "--quiet", "--plot", run / "gates.png"), f"{run / 'gates.png'}: is "
+                   f"inside a run lightfmp wrote ({run})")
     assert (run / "gates.png").read_bytes() == PNG
     # lightfmp's own chart is replaced as before
     (run / "gates.png").unlink()

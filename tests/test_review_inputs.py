@@ -221,7 +221,7 @@ def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):
                    "is a lightfmp run", "directory of its own")
     assert not (out / "truth.json").exists()
     one_line_error(cli("data", "synth", "--rows", "100", "--fields", "5", "--informative", "2", "--redundant", "4",
-                       "--out", tmp_path / "s"), "--redundant 4: must be in [0, 2]", "--fields 5, --informative 2")
+                       "--out", tmp_path / "s"), "--redundant 4: must be in [0, 3]", "--fields 5, --informative 2")
     assert not (tmp_path / "s").exists()
 
 
