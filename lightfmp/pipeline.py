@@ -98,8 +98,8 @@ def _warn_one_class(data: Dataset, reporter: Reporter) -> None:
                               ("test", "test", "the test AUC is nan (test logloss still measures the model)")):
         y = data.split_rows(split).labels()
         if len(y) and y.min() == y.max():
-            reporter.log(f"[yellow]warning[/]: every {word} row has label {int(y[0])}: {word} AUC is undefined, so "
-                         f"{then}; a larger {word} share (--split) or another --seed gives both classes")
+            reporter.warn(f"every {word} row has label {int(y[0])}: {word} AUC is undefined, so "
+                          f"{then}; a larger {word} share (--split) or another --seed gives both classes")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -248,10 +248,10 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
             raise LightFMPError(f"--subset {cfg.train.subset:g}: selects none of the {sizes['train']:,} training rows; "
                                 f"give a larger fraction")
         if len(sub) < cfg.train.batch_size:
-            reporter.log(f"[yellow]warning[/]: phase 1 trains on {len(sub):,} rows (--subset {cfg.train.subset:g} of "
-                         f"{sizes['train']:,}), fewer than one batch (--batch-size {cfg.train.batch_size}): one step an "
-                         f"epoch is too little for the gates to learn which fields matter; give more rows or a larger "
-                         f"--subset")
+            reporter.warn(f"phase 1 trains on {len(sub):,} rows (--subset {cfg.train.subset:g} of "
+                          f"{sizes['train']:,}), fewer than one batch (--batch-size {cfg.train.batch_size}): one step "
+                          f"an epoch is too little for the gates to learn which fields matter; give more rows or a "
+                          f"larger --subset")
         t0 = time.perf_counter()
         # the gates and weights of the best validation epoch: once the subset is memorised, the gate steps on
         # held-out rows close the fields being memorised (the ids first), whatever they are worth on more rows
@@ -502,7 +502,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
     if metrics["selection"].get("shut_but_kept"):
-        reporter.log(f"[yellow]warning[/]: {escape(shut_note(metrics['selection']['shut_but_kept'], keep))}")
+        reporter.warn(f"{escape(shut_note(metrics['selection']['shut_but_kept'], keep))}")
     if early is not None and (early["fields"] or early.get("recorded") is False):
         metrics["selection"]["gates_alone"] = {"rule": GATES_ALONE_RULE, **early}
         if early["cut"]:  # the first epoch did not read those

@@ -18,6 +18,10 @@ class Reporter:
         # soft_wrap: a long line stays one line in a log file (no wrapping at the console width)
         self.console.print(msg, highlight=False, soft_wrap=True)
 
+    def warn(self, msg: str) -> None:
+        """A warning: printed with --quiet too (it says the result may not be what was asked for)."""
+        Console(stderr=True).print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True)
+
     @contextmanager
     def bars(self, label: str, epochs: int, batches: int):
         """Yields (next_batch, next_epoch, set_status) callbacks driving an epoch bar and a batch bar; when stderr

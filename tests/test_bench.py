@@ -9,6 +9,7 @@ import typer
 from typer.testing import CliRunner
 
 from lightfmp.bench import METHODS, run_bench
+import lightfmp.bench.core as bench_core
 from lightfmp.bench.selectors import SELECTORS, Context
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
@@ -297,6 +298,34 @@ def test_a_shard_dir_inside_a_parquet_data_directory_is_refused(planted, tmp_pat
                                              "1")])
     assert r.exit_code == 2 and "lies inside --data" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert sorted(p.name for p in data.iterdir()) == ["part-0.parquet"] and not (tmp_path / "r").exists()
+
+
+def test_a_later_seed_of_one_label_is_refused_before_any_method_trains(tmp_path, monkeypatch):
+    """Seed 6's splits hold both labels, seed 0's do not: with --seeds 6,0 every method trained on seed 6 before
+    seed 0 was refused."""
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({f: rng.choice(list("xyz"), 60) for f in "abc"})
+    df["label"] = 0
+    df.loc[[3, 17, 30, 44], "label"] = 1
+    df.to_csv(tmp_path / "tiny.csv", index=False)
+    monkeypatch.setattr(bench_core, "_one", lambda *a: pytest.fail("a method trained before the refusal"))
+    r = cli("bench", "--data", tmp_path / "tiny.csv", "--label", "label", "--k", "2", "--seeds", "6,0",
+            "--methods", "full", *SMALL)
+    assert r.exit_code == 2 and "--seeds 0: the" in r.output and "rows of one label only" in r.output, r.output
+
+
+def test_lasso_ranks_the_same_whatever_numpys_global_state(tmp_path):
+    """liblinear shuffles the coordinates it visits with numpy's global generator unless seeded: the same
+    command gave another ranking (and test AUC) from run to run, and after other methods (on this table, unseeded,
+    numpy seeds 0-5 gave four different rankings)."""
+    from lightfmp.datasets.synthetic import synthesize
+    synthesize(3000, 8, 3, tmp_path, seed=0)
+    ctx = bench_core._context(RunConfig.of(data=str(tmp_path / "data.parquet"), label="label"), 0, 3)
+    rankings = set()
+    for s in range(4):
+        np.random.seed(s)
+        rankings.add(tuple(SELECTORS["lasso"](ctx, 3).ranking))
+    assert len(rankings) == 1, rankings
 
 
 def test_a_split_of_one_label_is_refused_not_reported_as_nan(tmp_path):

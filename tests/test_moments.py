@@ -113,8 +113,9 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     shutil.copytree(tmp_path / "parts", tmp_path / "bad")
     (tmp_path / "old" / FILE).unlink()
     info = json.loads((tmp_path / "old" / "run.json").read_text())
-    del info["optimizer_state"]
-    (tmp_path / "old" / "run.json").write_text(json.dumps(info))
+    del info["optimizer_state"]  # and a run of that time recorded no sha256 of it (run format 2)
+    info["weights_sha256"].pop(FILE)
+    (tmp_path / "old" / "run.json").write_text(json.dumps({**info, "format_version": 2}))
     state = unflatten(load_file(str(tmp_path / "bad" / FILE)))
     state["embedding.weight"]["exp_avg"] = state["embedding.weight"]["exp_avg"][:-1]
     save_file(flatten(state), str(tmp_path / "bad" / FILE))

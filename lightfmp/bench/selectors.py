@@ -310,7 +310,8 @@ def select_lasso(ctx: Context, k: int) -> Selection:
     entered = np.full(n, np.inf)
     norms = np.zeros(n)
     for step, c in enumerate(np.logspace(-3, 0, 5 if ctx.quick else 7)):
-        clf = LogisticRegression(C=c, solver="liblinear", max_iter=200, **l1)
+        # liblinear shuffles the coordinates it visits: seeded, or the ranking moves from run to run
+        clf = LogisticRegression(C=c, solver="liblinear", max_iter=200, random_state=ctx.cfg.data.seed, **l1)
         clf.fit(xs, y)
         w = clf.coef_.ravel()
         norms = np.array([np.linalg.norm(w[o:o + s]) for o, s in zip(offsets, sizes)])
