@@ -52,6 +52,9 @@ def done(tmp_path_factory):
     (lambda t, cfg: Predictor(t / "exp", threads=-1), "threads -1: must be a whole number from 0 to 1024"),
     (lambda t, cfg: Predictor(t / "exp", providers="CPUExecutionProvider"), "providers 'CPUExecutionProvider': must "
                                                                              "be a list"),
+    # ONNX Runtime fell back to the CPU after a banner, and the caller never knew
+    (lambda t, cfg: Predictor(t / "exp", providers=["Bogus"]), "providers: 'Bogus' is not a provider this ONNX "
+                                                              "Runtime has \\(it has .*CPUExecutionProvider"),
 ])
 def test_a_bad_argument_from_python_is_one_line(done, call, says):
     t, cfg = done

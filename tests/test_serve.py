@@ -340,13 +340,14 @@ def _bad_cases(ex):
          json.dumps([rec, {k: v for k, v in rec.items() if k != "price"}]).encode(), 400,
          "record 1, field 'price' is absent"),
         ("records: NaN", "/v2/models/ctr/records",
-         json.dumps([{**rec, "price": "NAN"}]).encode().replace(b'"NAN"', b"NaN"), 400, "field 'price': NaN"),
+         json.dumps([{**rec, "price": "NAN"}]).encode().replace(b'"NAN"', b"NaN"), 400,
+         "field 'price': NaN is not a finite number (NaN and Infinity are not JSON)"),
         ("records: endless integer", "/v2/models/ctr/records",
          json.dumps([{**rec, "price": "LONG"}]).encode().replace(b'"LONG"', b"1" * 5000), 400,
          "number literal too long to read"),
         ("records: overflowing number", "/v2/models/ctr/records",
          json.dumps([rec, {**rec, "price": "BIG"}]).encode().replace(b'"BIG"', b"1e400"), 400,
-         "record 1, field 'price': 1e400 is not a finite number"),
+         "record 1, field 'price': 1e400 is not a finite number (beyond a 64-bit float's range)"),
         ("records: wrong type", "/v2/models/ctr/records", json.dumps([rec, {**rec, "price": "cheap"}]).encode(),
          400, "record 1, field 'price' is numeric but got 'cheap'"),
         ("records: a list for a category", "/v2/models/ctr/records",
@@ -390,6 +391,23 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
         got, _, reply = request(srv, "POST", "/v2/models/ctr/records", b"[]", {"Content-Encoding": coding})
         assert got == 200, (coding, reply)
     assert srv.metrics.errors()["infer"] >= 15
+
+
+def test_an_error_quotes_at_most_a_clip_of_what_the_client_sent(ex, srv):
+    """A datatype, shape or binary size of a million characters came back whole in the 400's message."""
+    good = json_infer(Predictor(ex.ids).encode(ex.records[:4]))
+    huge = "X" * 1_000_000
+
+    def with_city(**change):
+        d = json.loads(json.dumps(good))
+        next(t for t in d["inputs"] if t["name"] == "city").update(change)
+        return json.dumps(d).encode()
+    for what, body in (("datatype", with_city(datatype=huge)), ("shape", with_city(shape=[1] * 300_000)),
+                       ("shape type", with_city(shape=["a"] * 300_000)),
+                       ("binary size", with_city(parameters={"binary_data_size": huge})),
+                       ("nested", with_city(data=[[1] * 4] * 100_000, shape=[4]))):
+        got, _, reply = request(srv, "POST", "/v2/models/ctr/infer", body)
+        assert got == 400 and len(reply) < 400, (what, reply[:200])
 
 
 def test_nan_in_a_numeric_input_is_refused_naming_input_and_row(ex, srv):

@@ -154,6 +154,10 @@ def session(path: str | Path, threads: int | None = None, profile_prefix: str | 
     if providers is not None and (isinstance(providers, str) or not all(isinstance(p, str) for p in providers)):
         raise LightFMPError(f"providers {providers!r}: must be a list of ONNX Runtime provider names, such as "
                             f"['CPUExecutionProvider']")
+    missing = [p for p in providers or [] if p not in ort.get_available_providers()]
+    if missing:  # ONNX Runtime would print a banner and fall back to the CPU, silently to the caller
+        raise LightFMPError(f"providers: {missing[0]!r} is not a provider this ONNX Runtime has (it has "
+                            f"{', '.join(ort.get_available_providers())})")
     so = ort.SessionOptions()
     if threads:
         threads = int(threads)

@@ -166,7 +166,7 @@ def _binary_size(t: dict, name: str) -> int | None:
     if size is None:
         return None
     if type(size) is not int or size < 0:
-        raise RequestError(f"input '{name}': binary_data_size {size!r} must be a byte count")
+        raise RequestError(f"input '{name}': binary_data_size {_clip(repr(size))} must be a byte count")
     return size
 
 
@@ -175,14 +175,14 @@ def _tensor(t: dict, spec: InputSpec, chunk: bytes | None) -> tuple[np.ndarray, 
     name, want = spec.name, DATATYPES[spec.dtype]
     got = t.get("datatype")
     if got != want:
-        raise RequestError(f"input '{name}': datatype {got!r}, expected {want}")
+        raise RequestError(f"input '{name}': datatype {_clip(repr(got))}, expected {want}")
     shape = t.get("shape")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise RequestError(f"input '{name}': shape {shape!r} must be a list of non-negative integers")
+        raise RequestError(f"input '{name}': shape {_clip(repr(shape))} must be a list of non-negative integers")
     width = spec.width
     allowed = [[-1, width]] if spec.kind == "multi_hot" else [[-1], [-1, 1]]
     if not any(len(shape) == len(a) and all(x in (-1, d) for x, d in zip(a, shape)) for a in allowed):
-        raise RequestError(f"input '{name}': shape {shape} does not fit; expected "
+        raise RequestError(f"input '{name}': shape {_clip(str(shape))} does not fit; expected "
                            f"{' or '.join(str(a).replace('-1', 'N') for a in allowed)}")
     n = shape[0]
     count = n * (width if spec.kind == "multi_hot" else 1)
@@ -245,11 +245,12 @@ def _flatten(data, name: str, shape: list[int]) -> list:
             raise RequestError(f"input '{name}': 'data' mixes lists and values")
         if len({len(row) for row in data}) > 1:  # nested data is the tensor's rows: all of one length
             raise RequestError(f"input '{name}': 'data' has rows of different lengths "
-                               f"({', '.join(str(n) for n in sorted({len(row) for row in data}))})")
+                               f"({_clip(', '.join(str(n) for n in sorted({len(row) for row in data})))})")
         nested, width = nested + [len(data)], len(data[0])
         data = [v for row in data for v in row]
     if nested and nested + [width] != list(shape):
-        raise RequestError(f"input '{name}': 'data' is nested as {nested + [width]}, but its shape is {list(shape)}; "
+        raise RequestError(f"input '{name}': 'data' is nested as {_clip(str(nested + [width]))}, but its shape is "
+                           f"{_clip(str(list(shape)))}; "
                            f"send it flat (row-major) or nested as its shape")
     return data
 

@@ -62,8 +62,10 @@ def _refuse_bad_values(records: list[dict]) -> None:
         for k, v in r.items():
             bad = _non_finite(v)
             if bad is not None:
-                raise RequestError(f"record {i}, field '{k}': {bad.token} is not a finite number (NaN and Infinity "
-                                   f"are not JSON); send a number")
+                why = "NaN and Infinity are not JSON" if bad.token.lstrip("-") in ("NaN", "Infinity") else \
+                    "beyond a 64-bit float's range"
+                raise RequestError(f"record {i}, field '{k}': {_clipped(bad.token)} is not a finite number ({why}); "
+                                   f"send a finite number")
             for t in v if isinstance(v, list) else [v]:
                 if isinstance(t, str) and not unicode_text(t):
                     raise RequestError(f"record {i}, field '{k}': a text value is not valid Unicode (a lone "
@@ -76,7 +78,10 @@ def _refuse(i: int, field: str, what: str, names: list[str]) -> None:
 
 
 def _shown(v) -> str:
-    text = repr(v)
+    return _clipped(repr(v))
+
+
+def _clipped(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
