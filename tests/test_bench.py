@@ -300,17 +300,19 @@ def test_a_shard_dir_inside_a_parquet_data_directory_is_refused(planted, tmp_pat
     assert sorted(p.name for p in data.iterdir()) == ["part-0.parquet"] and not (tmp_path / "r").exists()
 
 
-def test_a_later_seed_of_one_label_is_refused_before_any_method_trains(tmp_path, monkeypatch):
+@pytest.mark.parametrize("extra", [[], ["--ablate-subset", "0.5"], ["--quick"]])
+def test_a_later_seed_of_one_label_is_refused_before_any_method_trains(tmp_path, monkeypatch, extra):
     """Seed 6's splits hold both labels, seed 0's do not: with --seeds 6,0 every method trained on seed 6 before
-    seed 0 was refused."""
+    seed 0 was refused (and the subset ablation, and a --quick run, alike)."""
     rng = np.random.default_rng(0)
     df = pd.DataFrame({f: rng.choice(list("xyz"), 60) for f in "abc"})
     df["label"] = 0
     df.loc[[3, 17, 30, 44], "label"] = 1
     df.to_csv(tmp_path / "tiny.csv", index=False)
     monkeypatch.setattr(bench_core, "_one", lambda *a: pytest.fail("a method trained before the refusal"))
+    monkeypatch.setattr(bench_core, "select_lightfmp", lambda *a, **k: pytest.fail("trained before the refusal"))
     r = cli("bench", "--data", tmp_path / "tiny.csv", "--label", "label", "--k", "2", "--seeds", "6,0",
-            "--methods", "full", *SMALL)
+            "--methods", "full", *SMALL, *extra)
     assert r.exit_code == 2 and "--seeds 0: the" in r.output and "rows of one label only" in r.output, r.output
 
 

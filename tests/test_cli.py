@@ -513,6 +513,10 @@ def test_prune_of_non_run_and_newer_format(pretrained, tmp_path):
     (newer / "run.json").write_text(json.dumps(info))
     r = cli("prune", newer)
     assert r.exit_code == 2 and "newer" in r.output
+    info["format_version"] = 3  # every other key a run's, but not lightfmp's format marker
+    (newer / "run.json").write_text(json.dumps({**info, "format": "other-tool"}))
+    r = cli("prune", newer)
+    assert r.exit_code == 2 and "not a lightfmp run (run.json has no format 'lightfmp-run')" in r.output, r.output
     r = cli("prune", pretrained, "--keep", "0")
     assert r.exit_code == 2 and "--keep 0" in r.output
 

@@ -250,10 +250,37 @@ def test_dates_pandas_reads_value_by_value_are_read_in_one_order(fmt):
     want = time_codes(pd.Series([t.isoformat() for t in times]), fractions, "t", "f.csv").tolist()
     assert time_codes(pd.Series([t.strftime(fmt) for t in times]), fractions, "t", "f.csv").tolist() == want
 
-@pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5"])
+@pytest.mark.parametrize("text", ["0.5,0.5,0.5", "0.8,0.2", "a,b,c", "0,0.5,0.5", "0.9,0.1,0", "0.9,0,0.1", "-0.1,0.6,0.5",
+                                  "0.5,0.2,0.1"])  # short of 1 too: the test split would not take the rest quietly
 def test_bad_split_refused_not_normalised(text):
     with pytest.raises(LightFMPError, match="--split"):
         parse_split(text)
+
+
+def test_row_uniform_is_splitmix64_of_row_seed_and_salt():
+    """Every run's split, subset and hold-out rest on these values: a changed constant would re-split the rows of a
+    run written before it (its training rows read as validation rows by prune and export). Against splitmix64
+    written out in Python integers (mod 2**64), the top 53 bits as the fraction."""
+    m = (1 << 64) - 1
+
+    def reference(row: int, seed: int, salt: int) -> float:
+        x = (row * 0x9E3779B97F4A7C15 + ((seed * 0x632BE59BD9B4E019 + salt * 0xD6E8FEB86659FD93) & m)) & m
+        x ^= x >> 30
+        x = (x * 0xBF58476D1CE4E5B9) & m
+        x ^= x >> 27
+        x = (x * 0x94D049BB133111EB) & m
+        x ^= x >> 31
+        return (x >> 11) / float(1 << 53)
+    rows = [0, 1, 2, 7, 1000, 2**31 + 5, 2**40 + 3]
+    for seed, salt in ((0, SALT_SPLIT), (3, SALT_SPLIT), (2**32 - 1, SALT_SPLIT + 1)):
+        assert row_uniform(np.array(rows), seed, salt).tolist() == [reference(r, seed, salt) for r in rows]
+
+
+def test_nine_rows_are_too_few_to_split(tmp_path):
+    p = tmp_path / "nine.csv"
+    pd.DataFrame({"a": list("xyzxyzxyz"), "label": [0, 1] * 4 + [0]}).to_csv(p, index=False)
+    with pytest.raises(LightFMPError, match="9 rows is too few to split"):
+        load_dataset(RunConfig.of(data=str(p), label="label", min_count=1).data)
 
 
 def test_rule_round_trips():
@@ -261,6 +288,8 @@ def test_rule_round_trips():
     assert SplitRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
     with pytest.raises(LightFMPError, match="run.json"):
         SplitRule.from_dict({"seed": 1})
+    with pytest.raises(LightFMPError, match="run.json: split.time_ties must be 'together' or 'rank', not 'apart'"):
+        SplitRule.from_dict({**rule.to_dict(), "time_ties": "apart"})
 
 
 def test_one_class_training_rows_refused(tmp_path):
@@ -516,6 +545,10 @@ def test_tampered_schema_and_older_runs_refused(tmp_path):
     info_path.write_text(json.dumps(old))
     with pytest.raises(LightFMPError, match="older lightfmp .*train it again"):
         pipeline.prune(tmp_path / "r", keep=2, continue_epochs=1, quiet=True)
+    # a run of format 2 or later records the schema's sha256: without it, it is an edit
+    info_path.write_text(json.dumps({**{k: v for k, v in info.items() if k != "schema_sha256"}, "format_version": 2}))
+    with pytest.raises(LightFMPError, match="run.json: missing key 'schema_sha256'"):
+        pipeline.open_run(tmp_path / "r")
     info_path.write_text(json.dumps(info))
     schema = json.loads((tmp_path / "r" / "schema.json").read_text())
     schema["fields"][0]["vocab"] = schema["fields"][0]["vocab"][::-1]  # ids no longer mean what they meant

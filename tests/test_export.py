@@ -249,6 +249,19 @@ def test_external_data_over_threshold(s, monkeypatch):
     tri = next((out / "triton").glob("*/1"))
     assert (tri / "model.onnx.data").exists()
     assert _sess(out).get_inputs()[0].name == "city"
+    # the external data (the weights) is held to its sha256 like the graph, in the export and in the Triton copy
+    from lightfmp.errors import LightFMPError
+    from lightfmp.serving import Predictor
+    Predictor(out)
+    for f in (out / "model.onnx.data", tri / "model.onnx.data"):
+        good = f.read_bytes()
+        f.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+        with pytest.raises(LightFMPError, match=f"{f}: sha256 differs from feature_schema.json"):
+            Predictor(out)
+        f.write_bytes(good)
+    (out / "model.onnx.data").unlink()
+    with pytest.raises(LightFMPError, match=f"{out / 'model.onnx.data'}: missing from the export"):
+        Predictor(out)
 
 
 # ---- refusals ------------------------------------------------------------------------------------------------------

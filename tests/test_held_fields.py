@@ -86,6 +86,30 @@ def test_means_are_the_rows_means_and_a_gated_model_is_not_held(schema_and_ids):
     assert hold_at_means(gated, ids.numpy(), [1]) is None and hold_at_means(model, ids.numpy(), []) is None
 
 
+def test_the_means_are_over_the_first_mean_rows_and_a_reader_without_bias_is_left_alone(schema_and_ids,
+                                                                                       monkeypatch):
+    """The fold takes the means over the first MEAN_ROWS rows it is given (the rows the rule measured on), not
+    fewer; and a reader layer without a bias has nowhere to hold them: nothing is folded (no error)."""
+    import lightfmp.held_fields as held_fields
+    schema, ids = schema_and_ids
+    monkeypatch.setattr(held_fields, "MEAN_ROWS", 200)
+    model = build_model("mlp", schema, ModelConfig(embed_dim=6, hidden=[16, 8]))
+    randomize(model)
+    model.eval()
+    idx = [schema.names.index("x")]
+    kept = [n for n in schema.names if n != "x"]
+    pruned, kept_schema = prune_model(held_fields.hold_at_means(model, ids.numpy(), idx), schema, kept)
+    with torch.no_grad():
+        emb, lin = model.embedding(ids, None)
+        emb[:, idx] = emb[:200, idx].double().mean(0).float()  # the first 200 rows' mean, every row
+        want = model.interact(emb, lin)
+        got = pruned(kept_columns(schema, ids, kept_schema))
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=0)
+    layer = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
+    layer.register_parameter("bias", None)
+    assert held_fields.hold_at_means(model, ids.numpy(), idx) is None
+
+
 def test_inspect_names_the_kept_phase_3_model():
     from types import SimpleNamespace
     from lightfmp.inspection import final_model_line

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lightfmp.metrics import log_loss, roc_auc, selection_stability
+from lightfmp.metrics import log_loss, paired_difference, roc_auc, selection_stability
 
 
 def test_auc_closed_forms():
@@ -46,3 +46,11 @@ def test_selection_stability_of_random_sets_is_about_zero():
     rng = np.random.default_rng(0)
     values = [selection_stability([set(rng.choice(40, 5, replace=False)) for _ in range(3)], 40) for _ in range(2000)]
     assert abs(np.mean(values)) < 0.02
+
+
+def test_paired_difference_closed_form():
+    """Mean and standard error (sample std, n - 1) of the per-row differences: differences 1, 2, 3, 6 have mean 3,
+    sample variance 14 / 3, so SE sqrt(14 / 3 / 4). Every paired test (the keep rules, early stopping, averaging,
+    export validation) reads this SE."""
+    mean, se = paired_difference([2.0, 3.0, 4.0, 7.0], [1.0, 1.0, 1.0, 1.0])
+    assert mean == 3.0 and abs(se - np.sqrt(14 / 3 / 4)) < 1e-15

@@ -78,20 +78,26 @@ def test_export_force_keeps_a_second_model_in_the_triton_repository(complete, tm
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("name, folder", [(".backup.tmp", True), (".notes.tmp", False), (".backup.v2.tmp", False)])
-def test_force_keeps_a_hidden_entry_of_the_users_named_like_a_temporary(tmp_path, name, folder):
+@pytest.mark.parametrize("name, kind", [(".backup.tmp", "folder"), (".notes.tmp", "file"), (".backup.v2.tmp", "file"),
+                                        # named exactly as a temporary, but a folder or a link is never one
+                                        (".backup.20240101.tmp", "folder"), (".backup.20240101.tmp", "link")])
+def test_force_keeps_a_hidden_entry_of_the_users_named_like_a_temporary(tmp_path, name, kind):
     d = a_run(tmp_path / "r")
-    if folder:
+    target = tmp_path / "mine.txt"
+    target.write_text("precious")
+    if kind == "folder":
         (d / name).mkdir()
         (d / name / "model.safetensors").write_text("precious")
+    elif kind == "link":
+        (d / name).symlink_to(target)
     else:
         (d / name).write_text("precious")
     with pytest.raises(LightFMPError, match=f"holds {name}, which lightfmp did not write"):
         check_out(d, force=True)
     assert (d / name).exists()
-    assert (d / name / "model.safetensors" if folder else d / name).read_text() == "precious"
+    assert (d / name / "model.safetensors" if kind == "folder" else d / name).read_text() == "precious"
     # a killed write's temporary file stays lightfmp's
-    shutil.rmtree(d / name) if folder else (d / name).unlink()
+    shutil.rmtree(d / name) if kind == "folder" else (d / name).unlink()
     (d / ".run.json.x1y2abcd.tmp").write_text("half")
     check_out(d, force=True)
 
@@ -113,7 +119,21 @@ def test_inspect_never_overwrites_a_png_of_the_users_in_the_run(complete, tmp_pa
     assert cli("inspect", run, "--quiet").exit_code == 0
 
 
-def test_a_file_put_in_between_the_last_check_and_the_move_is_kept(tmp_path, monkeypatch):
+def test_a_file_of_the_users_made_at_an_output_path_while_the_command_ran_is_kept(tmp_path):
+    """--json / --plot are checked before the work and again before the rename: a file the user saved there in
+    between (not a JSON of lightfmp's) is not replaced."""
+    out = tmp_path / "bench.json"
+    with pytest.raises(LightFMPError, match="exists and is not"):
+        with io_mod.atomic_path(out, "json", "--json") as tmp:
+            tmp.write_text("{}")
+            out.write_text("my notes")
+    assert out.read_text() == "my notes" and listing(tmp_path) == ["bench.json"]
+
+
+@pytest.mark.parametrize("swap", [True, False])  # one step (renameat2), or two renames where the system has none
+def test_a_file_put_in_between_the_last_check_and_the_move_is_kept(tmp_path, monkeypatch, swap):
+    if not swap:
+        monkeypatch.setattr(io_mod, "exchange", lambda a, b: False)
     d = a_run(tmp_path / "r")
     real, calls = io_mod.check_out, []
 

@@ -97,6 +97,18 @@ def _model_and_rows(n):
     return m, s, s.encode(df)[:n], df["label"].to_numpy(np.float32)[:n]
 
 
+def test_rows_of_one_class_among_those_the_rules_read_are_refused_whatever_comes_after(monkeypatch):
+    """The rules read the first TEST_ROWS validation rows: both classes later on do not help them, and are not
+    taken for both classes there."""
+    import lightfmp.keep_rule as keep_rule
+    monkeypatch.setattr(keep_rule, "TEST_ROWS", 10)
+    labels = np.array([0] * 10 + [1] * 10)
+    with pytest.raises(LightFMPError, match="every validation row of the first 10 \\(those the rules read\\) has "
+                                            "label 0: --keep 2"):
+        keep_rule.check_rule_rows(labels, 2, None, 5)
+    keep_rule.check_rule_rows(labels[5:], 2, None, 5)  # both classes among the first 10: compared as usual
+
+
 def test_one_validation_row_is_refused_by_both_keep_rules():
     """A closed field reads another row's values: with one row there is none (it would read itself, and the
     closing test would close every field on no evidence)."""

@@ -578,8 +578,9 @@ def test_an_avazu_hour_that_is_not_eight_digits_is_refused(tmp_path, hour):
     2014-10-02 01:00, silently."""
     p = tmp_path / "a.csv"
     p.write_text(f"id,click,hour,C1\n1,0,14102100,a\n2,1,{hour},b\n")
-    with pytest.raises(LightFMPError, match=f"a.csv: line 3 column hour: '?{hour}'? is not YYMMDDHH"):
-        list(read_batches(p, "avazu", 100))
+    for chunk in (100, 1):  # the bad row in the first record batch, and in the second: the file's line either way
+        with pytest.raises(LightFMPError, match=f"a.csv: line 3 column hour: '?{hour}'? is not YYMMDDHH"):
+            list(read_batches(p, "avazu", chunk))
 
 
 @pytest.mark.parametrize("taken", ["hour_of_day", "weekday"])

@@ -81,12 +81,12 @@ def _context(cfg: RunConfig, seed: int, k: int, quick: bool = False) -> Context:
     return Context(scfg, data, quick=quick)
 
 
-def _check_seeds(cfg: RunConfig, seeds: list[int], k: int, quick: bool = False) -> None:
+def _check_seeds(cfg: RunConfig, seeds: list[int], k: int) -> None:
     """Every seed after the first has its splits checked (`_context`) before any method trains: one that cannot be
     compared is refused at once, not after the earlier seeds' work. Each is read and let go (a read costs seconds,
     the methods minutes; holding every seed's rows at once would multiply the memory)."""
     for seed in seeds[1:]:
-        _context(cfg, seed, k, quick)
+        _context(cfg, seed, k)
 
 
 def _one(ctx: Context, method: str, k: int) -> dict:
@@ -188,7 +188,7 @@ def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quic
     ctx: Context | None = None
     t_all = time.perf_counter()
     warm_up()  # no method's seconds include the process's one-time imports
-    _check_seeds(cfg, seeds, k, quick)
+    _check_seeds(cfg, seeds, k)
     for seed in seeds:
         ctx = _context(cfg, seed, k, quick)
         if curve and first is None:
