@@ -106,8 +106,8 @@ class TrainConfig:
     epochs: int = opt(10, "Most epochs of full training for --no-select; the default for --continue-epochs.", 1)
     patience: int = opt(1, "Stop a phase (phase 1, continued or full training) after this many epochs without a "
                            "better validation AUC, once an epoch's validation logloss is worse than the lowest-logloss "
-                           "epoch's by more than two standard errors of the per-row difference (the best epoch by AUC among "
-                           "those not so worse is kept); 0 disables early stopping.", 0)
+                           "epoch's by more than two standard errors of the per-row difference (the best epoch by AUC "
+                           "among those not so worse is kept); 0 disables early stopping.", 0)
     average_epochs: bool = opt(True, "The final model of a fit without gates that keeps its best epoch (phase 3, "
                                      "--no-select, a bench retraining) is the mean of the weights of the epochs "
                                      "whose validation logloss is not worse than the lowest epoch's by two standard "

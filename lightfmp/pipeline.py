@@ -129,7 +129,7 @@ def _normalize(cfg: RunConfig) -> RunConfig:
 
 
 def _reporter(quiet: bool) -> Reporter:
-    return Reporter(quiet or not dist.is_main())  # one rank speaks
+    return Reporter(quiet or not dist.is_main(), warnings=dist.is_main())  # one rank speaks
 
 
 def _device(cfg: RunConfig) -> str:

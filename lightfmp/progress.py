@@ -10,8 +10,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class Reporter:
-    def __init__(self, quiet: bool = False):
-        self.quiet = quiet
+    def __init__(self, quiet: bool = False, warnings: bool = True):
+        """`quiet`: no progress or log lines; `warnings`: whether `warn` speaks (with `quiet` too; not on a
+        torchrun rank but the first, where every rank would say the same)."""
+        self.quiet, self.warnings = quiet, warnings
         self.console = Console(stderr=True, quiet=quiet)
 
     def log(self, msg: str) -> None:
@@ -20,7 +22,8 @@ class Reporter:
 
     def warn(self, msg: str) -> None:
         """A warning: printed with --quiet too (it says the result may not be what was asked for)."""
-        Console(stderr=True).print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True)
+        if self.warnings:
+            Console(stderr=True).print(f"[yellow]warning[/]: {msg}", highlight=False, soft_wrap=True)
 
     @contextmanager
     def bars(self, label: str, epochs: int, batches: int):

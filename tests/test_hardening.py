@@ -1785,6 +1785,15 @@ def test_a_phase_1_smaller_than_one_batch_is_warned_about(tmp_path):
     assert r.output.startswith("warning: phase 1 trains on") and "epoch" not in r.output.split("\n", 1)[1], r.output
 
 
+def test_a_warning_speaks_with_quiet_but_only_on_the_rank_that_speaks(capsys, monkeypatch):
+    """Every torchrun rank would say the same warning: only the first does (the others' reporters are quiet)."""
+    import lightfmp.distributed as dist
+    for main, heard in ((True, True), (False, False)):
+        monkeypatch.setattr(dist, "is_main", lambda: main)
+        pipeline_mod._reporter(quiet=True).warn("the subset is small")
+        assert ("warning: the subset is small" in capsys.readouterr().err) is heard
+
+
 def test_a_damaged_marker_is_named_as_such(complete, tmp_path):
     """An export folder whose feature_schema.json no longer reads is not replaced by --force, and the message says
     the marker is there but is not one (not that it is missing)."""
