@@ -38,7 +38,8 @@ from .splits import SplitRule
 
 FORMAT = RUN_FORMAT
 FORMAT_VERSION = 3  # 2: run.json records the split rule and the schema's sha256; 3: and always every tensor
-                    # file's and metrics.json's sha256 (older runs may lack them)
+                    # file's, metrics.json's and history.json's sha256, and (with gates) the stored optimizer (older
+                    # runs may lack them)
 STATES = ("pretrained", "complete")
 GATES_PLOT = "gates.png"  # `lightfmp inspect`'s chart inside the run (dropped when the run is pruned again)
 
