@@ -37,8 +37,8 @@ def register(app) -> None:
                "methods: Light-FMP per phase-1 subset fraction, e.g. 0.01,0.05,0.1,0.25,1.0.")),
         _param("quick", bool, typer.Option(False, "--quick", help="Smoke run: at most 20,000 rows, 1 epoch, 3 "
                "search epochs.")),
-        _param("config", Optional[Path], typer.Option(None, "--config", help="YAML file whose keys mirror the "
-               "flags; flags win.")),
+        _param("config", Optional[Path], typer.Option(None, "--config", help="YAML file of the data, model and "
+               "training settings (keys mirror those flags; not --k, --seeds or --methods); flags win.")),
         _param("quiet", bool, typer.Option(False, "--quiet", "-q", help="No progress or table.")),
     ]
 

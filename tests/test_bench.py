@@ -14,6 +14,7 @@ from lightfmp.bench.selectors import SELECTORS, Context
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
+from lightfmp.errors import LightFMPError
 from lightfmp.metrics import selection_stability
 
 pytest.importorskip("sklearn")
@@ -204,6 +205,17 @@ def test_bad_seeds_and_fractions(planted):
     assert r.exit_code != 0 and "--seeds" in r.output
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0,2", *SMALL)
     assert r.exit_code != 0 and "--ablate-subset" in r.output
+
+
+def test_seeds_are_plain_integers():
+    """int() also reads '1_0' as 10 and another script's digits ('\u0661' is 1): refused, not read as other seeds."""
+    from lightfmp.bench import parse_seeds
+    assert parse_seeds("0, 1,2") == [0, 1, 2] and parse_seeds(None) == [0]
+    for text in ("1_0", "\u0661", "0,,1", "1.0", "a"):
+        with pytest.raises(LightFMPError, match="--seeds .*: expected comma-separated integers"):
+            parse_seeds(text)
+    with pytest.raises(LightFMPError, match="--seeds"):
+        parse_seeds("-1")
 
 
 def test_quick_json_names_the_users_file(planted, tmp_path):

@@ -1,6 +1,7 @@
 """`lightfmp bench`: every selector on identical splits, the same backbone and the same retraining budget."""
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -37,10 +38,11 @@ def parse_methods(text: str | None) -> list[str]:
 
 
 def parse_seeds(text: str | None) -> list[int]:
-    try:
-        seeds = [int(s) for s in str(text if text is not None else "0").split(",")]  # '' (0,,1) is refused too
-    except ValueError:
-        raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2") from None
+    items = [s.strip() for s in str(text if text is not None else "0").split(",")]
+    # digits 0-9 only: int() also reads '1_0' as 10 and other scripts' digits; '' (0,,1) is refused too
+    if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):
+        raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2")
+    seeds = [int(s) for s in items]
     for s in seeds:
         check_range("--seeds", s, 0, MAX_SEED)
     twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
