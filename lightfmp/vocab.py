@@ -526,6 +526,9 @@ class StreamFitter:
                 continue
             if f.kind == "multi_hot":
                 f.max_len = clamp_max_len(self.longest[f.name])
+                if self.longest[f.name] > f.max_len:  # a field's slots: the tokens past them are not read
+                    self.log(f"field [bold]{escape(f.name)}[/]: lists of up to {self.longest[f.name]:,} tokens; each "
+                             f"row's first {f.max_len} are read, the rest dropped (here and when served)")
             if f.hashed:
                 continue
             c = self.counters[f.name]

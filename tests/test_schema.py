@@ -109,6 +109,18 @@ def test_multi_hot_padding_and_truncation():
     assert list(ids[3]) == [tok["a"], tok["b"], tok["c"]]
 
 
+def test_lists_longer_than_the_slots_are_said_to_be_cut():
+    """A multi-hot field reads at most 32 tokens a row: a longer list's tail was dropped without a word."""
+    from lightfmp.vocab import StreamFitter
+    df = pd.DataFrame({"m": ["|".join(f"t{i}" for i in range(40)), "t1|t2"], "label": [0, 1]})
+    said = []
+    fitter = StreamFitter(FeatureSchema("label", [Field("m", "multi_hot", separator="|")], min_count=1), 0,
+                          log=said.append)
+    fitter.add(df)
+    assert fitter.finish().field("m").max_len == 32
+    assert any("lists of up to 40 tokens; each row's first 32 are read, the rest dropped" in line for line in said)
+
+
 def test_json_round_trip(tmp_path):
     s, df = fitted_schema()
     s.save(tmp_path / "schema.json")
