@@ -100,6 +100,9 @@ def _frame(records) -> pd.DataFrame:
         lists = records and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values())
         raise LightFMPError("records must be a list of dicts or a DataFrame (got " + (
             "a dict of columns; pass pandas.DataFrame(it)" if lists else "one dict; wrap it in a list") + ")")
+    if isinstance(records, pd.Series):  # one row of a frame: iterating it gives its values, not records
+        raise LightFMPError("records must be a list of dicts or a DataFrame (got a pandas Series; pass "
+                            "[series.to_dict()] for one record, or series.to_frame().T)")
     if isinstance(records, (pa.Table, pa.RecordBatch)):  # integers with nulls stay exact Python ints (not floats,
         return records.to_pandas(integer_object_nulls=True)  # which round ids past 2**53)
     try:

@@ -65,6 +65,16 @@ def test_past_the_limit_the_epochs_with_the_highest_logloss_go_first_and_are_nev
     assert taken == [0, 1, 2, 3]  # epoch 4, the highest with two lower ones kept, was never copied
 
 
+def test_past_the_limit_of_equal_loglosses_the_later_epoch_goes():
+    """A tie in mean logloss drops the later epoch (the earlier has the weights the later ones only repeated)."""
+    low = _low()
+    same = _above(low, 1.0, 7)
+    tied = tie({}, 0, low, low, 2, _snap(0))
+    tied = tie(tied, 1, same, low, 2, _snap(1))
+    tied = tie(tied, 2, same.copy(), low, 2, _snap(2))  # the same mean as epoch 1, bit for bit
+    assert sorted(tied) == [0, 1]
+
+
 def test_the_copies_the_budget_holds():
     model = torch.nn.Linear(255, 1)  # 256 float32 weights: 1 KiB
     assert copies_allowed(model, 10 << 10) == 10

@@ -47,6 +47,9 @@ def test_predictor_on_raw_records_equals_model_on_encoded_rows(s, mode):
     assert np.abs(p.predict(pa.Table.from_pandas(df, preserve_index=False)) - got).max() == 0  # and an Arrow table
     with pytest.raises(LightFMPError, match=re.escape("got a dict of columns; pass pandas.DataFrame(it)")):
         p.predict({c: df[c].tolist() for c in df.columns})
+    with pytest.raises(LightFMPError, match=re.escape("got a pandas Series; pass [series.to_dict()]")):
+        p.predict(df.iloc[0])  # one row of the frame: its values are not records
+    assert p.predict([df.iloc[0].to_dict()])[0] == p.predict(df.iloc[:1])[0]  # the way the message says
 
 
 def test_predictor_typed_values_extra_columns_and_unseen(s):
