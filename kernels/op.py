@@ -85,6 +85,22 @@ def _check_bounds(ids, field_offsets, vocab_sizes, num_rows):
                          f"outside [0, {int(limits[f])})")
 
 
+def _check_modes(backend: str, dtype: torch.dtype, deterministic: bool, sparse_grad: bool) -> None:
+    """Combinations the backends would not honour, refused instead of answered differently."""
+    if backend == "triton" and dtype == torch.float64:
+        raise ValueError("backend='triton' computes in float32; a float64 table needs backend='torch' or "
+                         "'reference'")
+    if sparse_grad and backend == "reference":
+        raise ValueError("sparse_grad=True: backend='reference' gives dense gradients only")
+    if sparse_grad and backend == "triton" and not deterministic:
+        raise ValueError("sparse_grad=True needs deterministic=True on the Triton backend (the atomic backward "
+                         "writes a dense gradient)")
+    if sparse_grad and backend == "torch" and dtype in (torch.float16, torch.bfloat16):
+        # its COO gradient repeats a row per lookup, and summing them in 16 bits stalls (at 256 in bfloat16)
+        raise ValueError(f"sparse_grad=True with a {dtype} table: the torch backend sums repeated rows in that "
+                         f"precision; use a float32 table, or backend='triton'")
+
+
 def _validate(ids, weight, field_offsets, gates, vocab_sizes):
     if ids.dim() != 2 or ids.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"ids must be an int32/int64 [B, F] tensor, got {ids.dtype} {tuple(ids.shape)}")
@@ -200,9 +216,11 @@ def gated_embedding(ids: torch.Tensor, weight: torch.Tensor, field_offsets: torc
         _check_bounds(ids, field_offsets, vocab_sizes, weight.shape[0])
         vocab_sizes = None  # every id is known to be in range: skip the clamp
 
-    if backend == "auto":
-        use_triton = device.type == "cuda" and not tracing() and _triton_importable()
+    if backend == "auto":  # Triton computes in float32: a float64 table takes the torch path
+        use_triton = device.type == "cuda" and weight.dtype != torch.float64 and not tracing() \
+            and _triton_importable()
         backend = "triton" if use_triton else "torch"
+    _check_modes(backend, weight.dtype, deterministic, sparse_grad)
     if backend == "torch":
         return _torch_path(ids, weight, field_offsets, gates, vocab_sizes, sparse_grad)
     if backend == "reference":

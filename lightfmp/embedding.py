@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from lightfmp.kernels import gated_embedding
+from lightfmp.kernels.op import tracing
 
 from .schema import PAD_ID, FeatureSchema
 
@@ -46,7 +47,7 @@ class FieldEmbedding(nn.Module):
         there is nothing to scale (no gates, no multi-hot fields): the lookup is then a plain gather."""
         if gates is None and not self.multi_hot:
             return None
-        g = gates if gates is not None else torch.ones(self.num_fields, device=ids.device, dtype=self.weight.dtype)
+        g = (gates if gates is not None else torch.ones(self.num_fields, device=ids.device)).to(self.weight.dtype)
         g_slot = g[self.slot_field]
         if not self.multi_hot:
             return g_slot
@@ -57,9 +58,12 @@ class FieldEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor, gates: torch.Tensor | None = None):
         """ids [B, S] -> field embeddings [B, F, D] and first-order terms [B, F] (or None)."""
         scale = self.slot_scale(ids, gates)
-        emb = gated_embedding(ids, self.weight, self.slot_offsets, scale, sparse_grad=self.sparse)
-        lin = gated_embedding(ids, self.linear, self.slot_offsets, scale, sparse_grad=self.sparse).squeeze(-1) \
-            if self.linear is not None else None
+        # scoring ids given from outside (an eval-mode model): one outside a field's range reads its OOV row, as
+        # the exported graph does, not a neighbouring field's rows. Training reads encoded rows, always in range
+        vocab = self.vocab_sizes[self.slot_field] if not self.training and not tracing() else None
+        emb = gated_embedding(ids, self.weight, self.slot_offsets, scale, vocab_sizes=vocab, sparse_grad=self.sparse)
+        lin = gated_embedding(ids, self.linear, self.slot_offsets, scale, vocab_sizes=vocab,
+                              sparse_grad=self.sparse).squeeze(-1) if self.linear is not None else None
         if self.multi_hot:
             emb = torch.einsum("bsd,fs->bfd", emb, self.pool)
             lin = lin @ self.pool.t() if lin is not None else None

@@ -77,9 +77,19 @@ def test_gate_gradient_alone_matches_the_full_backward():
     offs = torch.tensor([0, 6, 12])
     w = torch.randn(18, 5, generator=g).requires_grad_()
     gates = torch.rand(3, generator=g).requires_grad_()
-    (alone,) = torch.autograd.grad(gated_embedding(ids, w, offs, gates).pow(2).sum(), [gates])
-    assert w.grad is None
-    gated_embedding(ids, w, offs, gates).pow(2).sum().backward()
+    scatters, index_add = [], torch.Tensor.index_add_
+
+    def counted(self, *a, **k):
+        scatters.append(1)
+        return index_add(self, *a, **k)
+    torch.Tensor.index_add_ = counted
+    try:
+        (alone,) = torch.autograd.grad(gated_embedding(ids, w, offs, gates).pow(2).sum(), [gates])
+        assert not scatters  # the gates' gradient alone runs no scatter into the table's gradient
+        gated_embedding(ids, w, offs, gates).pow(2).sum().backward()
+        assert len(scatters) == 1  # the full backward runs it
+    finally:
+        torch.Tensor.index_add_ = index_add
     assert torch.equal(alone, gates.grad) and w.grad is not None
 
 

@@ -167,6 +167,9 @@ def test_check_bounds_raises_with_field_and_value(backend, device, with_vocab):
     ids[5, 2] = -1
     with pytest.raises(ValueError, match=r"field 2 has id -1\b"):
         run_op(p, backend, device, torch.float32, check_bounds=True, vocab=p["vocab"] if with_vocab else None)
+    ids[5, 2] = int(p["vocab"][2])  # one past the last row: the edge itself
+    with pytest.raises(ValueError, match=rf"field 2 has id {int(p['vocab'][2])}\b"):
+        run_op(p, backend, device, torch.float32, check_bounds=True, vocab=p["vocab"] if with_vocab else None)
 
 
 def test_check_bounds_derives_limits_from_repeated_offsets():
@@ -353,3 +356,34 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path, dynamo, with_vocab):
     with torch.no_grad():
         want = model(test_ids).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def _one_hot_row(dtype):
+    """2,048 lookups of one row (the gradient of that row is 2,048 times the output gradient)."""
+    return torch.zeros(2048, 1, dtype=torch.long), torch.ones(3, 4, dtype=dtype, requires_grad=True), \
+        torch.zeros(1, dtype=torch.long)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sparse_grad_on_a_16_bit_table_is_refused_on_the_torch_path(dtype):
+    """Its COO gradient would sum the 2,048 repeats in 16 bits (256 in bfloat16, not 2,048)."""
+    ids, w, offs = _one_hot_row(dtype)
+    with pytest.raises(ValueError, match=r"sparse_grad=True with a torch\.(bfloat16|float16) table"):
+        gated_embedding(ids, w, offs, torch.ones(1), backend="torch", sparse_grad=True)
+    out = gated_embedding(ids, w, offs, torch.ones(1), backend="torch")  # dense: summed exactly
+    out.backward(torch.ones_like(out))
+    assert w.grad[0, 0].item() == 2048
+
+
+def test_modes_a_backend_would_not_honour_are_refused():
+    ids, w, offs = _one_hot_row(torch.float32)
+    with pytest.raises(ValueError, match="backend='reference' gives dense gradients only"):
+        gated_embedding(ids, w, offs, torch.ones(1), backend="reference", sparse_grad=True)
+    with pytest.raises(ValueError, match="needs deterministic=True on the Triton backend"):
+        gated_embedding(ids, w, offs, torch.ones(1), backend="triton", sparse_grad=True, deterministic=False)
+    w64 = torch.ones(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="backend='triton' computes in float32"):
+        gated_embedding(ids, w64, offs, torch.ones(1, dtype=torch.float64), backend="triton")
+    exact = gated_embedding(ids[:1], torch.full((3, 1), 1 + 1e-9, dtype=torch.float64), offs,
+                            torch.ones(1, dtype=torch.float64))  # auto: float64 stays float64 (the torch path)
+    assert exact.item() == 1 + 1e-9
