@@ -157,6 +157,21 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
     return data
 
 
+def _check_fit_options(cfg: DataConfig, schema: FeatureSchema) -> None:
+    """The fit options a --schema file decides: its min_count and num_buckets are the ones its fields are fitted
+    (or, unfitted, will be fitted) with, and where every field is fitted nothing is left for --hash-buckets or
+    --vocab-cap to act on. A flag that says otherwise is refused, not recorded in config.yaml as if it applied."""
+    for flag, key in (("--min-count", "min_count"), ("--num-buckets", "num_buckets")):
+        if getattr(cfg, key) != getattr(schema, key):
+            raise LightFMPError(f"--schema {cfg.schema}: its fields are fitted with {key} {getattr(schema, key)}; "
+                                f"drop {flag} {getattr(cfg, key)} (or set {key} in the schema file)")
+    if all(f.fitted for f in schema.fields):
+        for flag, value in (("--hash-buckets", cfg.hash_buckets), ("--vocab-cap", cfg.vocab_cap)):
+            if value is not None and str(value).strip():
+                raise LightFMPError(f"--schema {cfg.schema}: every field there is fitted already; drop {flag} "
+                                    f"{value}")
+
+
 def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchema | None:
     if schema is None and cfg.schema:
         kinds = [f for f, v in (("--categorical", cfg.categorical), ("--numeric", cfg.numeric),
@@ -167,6 +182,7 @@ def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchem
             schema = FeatureSchema.load(cfg.schema)
         except LightFMPError as e:  # named as the flag (or the config key) that gave it
             raise LightFMPError(f"--schema {e}") from None
+        _check_fit_options(cfg, schema)
     if schema is None:
         if not cfg.label and not implies_stream(resolve_format(cfg.data, cfg.format)):
             raise LightFMPError("no label: pass --label COLUMN")

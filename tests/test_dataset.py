@@ -634,6 +634,22 @@ def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stre
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--min-count", "50"], "its fields are fitted with min_count 2; drop --min-count 50"),
+    (["--num-buckets", "3"], "its fields are fitted with num_buckets 16; drop --num-buckets 3"),
+    (["--hash-buckets", "7"], "every field there is fitted already; drop --hash-buckets 7"),
+    (["--hash-buckets", "nosuch:7"], "every field there is fitted already; drop --hash-buckets nosuch:7"),
+    (["--vocab-cap", "1"], "every field there is fitted already; drop --vocab-cap 1"),
+])
+def test_fit_options_a_fitted_schema_decides_are_refused_not_recorded(tmp_path, flags, message):
+    """They would change nothing, while config.yaml recorded them as applied."""
+    p = write_csv(tmp_path, n=400)
+    (tmp_path / "s.json").write_text(json.dumps(load_dataset(cfg_for(p, tmp_path).data).schema.to_dict()))
+    one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", *flags,
+                       "--out", tmp_path / "r", "-q"), "s.json", message)
+    assert not (tmp_path / "r").exists()
+
+
 def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
     p = write_csv(tmp_path, n=400)
     pipeline.train(cfg_for(p, tmp_path, target_k=3, **FAST), tmp_path / "r", quiet=True)
