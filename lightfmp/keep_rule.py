@@ -112,7 +112,8 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
                   weights: np.ndarray | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
-    it less once the field it repeats is open, so it comes late. After `steps` steps the rest follow by log_alpha.
+    it less once the field it repeats is open, so it comes late. After `steps` steps, or once every field whose gate
+    is open is, the rest follow by log_alpha.
 
     With `groupings` (`lightfmp.groupings`), the copies of an opened field and the coarser fields it stands for
     (`Groupings.stands_for`: the zip code of an opened user id) are no longer candidates, and come last: they carry
@@ -136,13 +137,18 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
     copied = groupings.copies() if groupings is not None else {}
+    z = model.gate_values().cpu()
     while rest and (steps is None or len(chosen) < steps):
-        candidates = rest
-        if len(rest) > EXACT_CANDIDATES:
+        # a field whose gate phase 1 shut is no candidate: the model reads nothing of it (opening it would change
+        # nothing, and the tie would fall to schema order); such fields follow by log_alpha
+        candidates = [f for f in rest if float(z[f]) > 0.0]
+        if not candidates:
+            break
+        if len(candidates) > EXACT_CANDIDATES:
             # screen: the first-order loss change of opening each closed field (`ClosedFields.screen`: one
             # backward pass), then the SCREENED most promising are evaluated exactly
             grad = passes.screen().tolist()
-            candidates = sorted(rest, key=lambda f: (grad[f], f))[:SCREENED]
+            candidates = sorted(candidates, key=lambda f: (grad[f], f))[:SCREENED]
         losses = {f: float(passes.losses(f).mean()) for f in candidates}
         best = min(candidates, key=lambda f: (losses[f], f))
         passed_over = []  # the picked field and any finer field swapped in on the way: each is a function of the next
@@ -185,7 +191,9 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
     base = passes.losses().mean()
     cost = {f: float(passes.losses(f).mean() - base) for f in range(model.embedding.num_fields)}
     copied = groupings.copies() if groupings is not None else {}
-    by_cost = sorted(cost, key=lambda f: (-cost[f], f))
+    z, la = model.gate_values().cpu(), ranking(model.gate.log_alpha.detach().cpu())
+    # a shut gate's field costs exactly 0 to close (the model reads nothing of it): after every open field, by log_alpha
+    by_cost = sorted(cost, key=lambda f: (float(z[f]) == 0.0, -cost[f] if float(z[f]) > 0.0 else la.index(f), f))
     chosen: list[int] = []
     for f in by_cost:
         if len(chosen) == k:

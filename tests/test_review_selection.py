@@ -13,7 +13,8 @@ from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.inspection import plot_gates
 from lightfmp.closed_fields import ClosedFields
-from lightfmp.keep_rule import closing_scores, closing_test, search_rows, select_fields, selection_rule
+from lightfmp.keep_rule import (closing_scores, closing_test, costliest_set, forward_order, keep_order, search_rows,
+                                select_fields, selection_rule)
 from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
@@ -111,6 +112,46 @@ def test_closing_test_with_every_gate_shut_keeps_the_most_open_field_without_nan
                for t in out["tests"])
     assert closing_scores(out) == {"noise": 0.0, "a": 0.0}
     assert select_fields(s.names, m.gate.log_alpha, m.gate.deterministic(), search=out) == ["b"]
+
+
+def _one_shut(gate_f2: float):
+    """f0 carries the label, f1 (open) is read against it, f2's gate is `gate_f2` (log_alpha) with rows of its own."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    s = FeatureSchema("label", [Field(f"f{i}", "categorical", vocab=[str(v) for v in range(4)]) for i in range(3)])
+    ids = rng.integers(2, 6, size=(n, 3)).astype(np.int64)
+    ids[:, 1] = np.where(rng.random(n) < 0.7, ids[:, 0], rng.integers(2, 6, n))
+    eff = np.array([0, 0, -2, -1, 1, 2.0])
+    y = (rng.random(n) < 1 / (1 + np.exp(-eff[ids[:, 0]]))).astype(np.float32)
+    m = build_model("mlp", s, ModelConfig(embed_dim=1, hidden=[]), gated=True)
+    with torch.no_grad():
+        m.embedding.weight.zero_()
+        m.embedding.weight[0:6, 0] = torch.tensor(eff, dtype=torch.float32)
+        m.embedding.weight[6:12, 0] = -0.6 * torch.tensor(eff, dtype=torch.float32)
+        m.embedding.weight[12:18, 0] = torch.tensor([0, 0, 1, -1, 2, -2.0])
+        m.out.weight.fill_(1.0)
+        m.out.bias.zero_()
+        m.gate.log_alpha.copy_(torch.tensor([5.0, 5.0, gate_f2]))
+    return m.eval(), s, ids, y
+
+
+def test_keep_k_on_the_phase1_model_takes_no_shut_field_while_k_are_open():
+    """A shut gate's field costs and gains exactly nothing: it must not take a place by schema order."""
+    m, s, ids, y = _one_shut(-10.0)
+    assert float(m.gate_values()[2]) == 0.0
+    assert forward_order(m, ids, y) == [0, 1, 2]
+    assert costliest_set(m, ids, y, 2) == [0, 1]
+    search = keep_order(m, s, ids, y, 2)
+    assert select_fields(s.names, m.gate.log_alpha.detach(), m.gate_values(), keep=2, search=search) == ["f0", "f1"]
+
+
+def test_with_every_gate_shut_the_forward_order_is_log_alpha_not_schema_order():
+    m, s, ids, y = _one_shut(-10.0)
+    with torch.no_grad():
+        m.gate.log_alpha.copy_(torch.tensor([-12.0, -11.0, -10.0]))  # all shut: f2 the most open
+    assert float(m.gate_values().max()) == 0.0
+    assert forward_order(m, ids, y) == [2, 1, 0]
+    assert costliest_set(m, ids, y, 2) == [2, 1]
 
 
 def test_closing_test_with_one_field_tests_nothing_and_keeps_it():
