@@ -50,7 +50,7 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
 
 
 def check_rule_rows(labels: np.ndarray, keep: int | None, threshold: float | None, n_fields: int,
-                    keep_flag: str = "--keep") -> None:
+                    keep_flag: str = "--keep", split_kind: str = "hash") -> None:
     """The default rule and --keep K compare fields by the validation rows' logloss (the first TEST_ROWS), and rows
     of one class cannot show that any field is needed (each would close, or the order would be chance): refused,
     naming what gives both classes. --threshold T reads the gates alone; a rule that keeps every field compares
@@ -63,7 +63,14 @@ def check_rule_rows(labels: np.ndarray, keep: int | None, threshold: float | Non
     raise LightFMPError(f"every validation row{f' of the first {TEST_ROWS:,} (those the rules read)' if read else ''} "
                         f"has label {int(labels[0])}: {rule} compares fields on the "
                         f"validation rows and cannot tell a needed field without both classes; a larger validation "
-                        f"share (--split) or another --seed gives both; --threshold T or --no-select needs neither")
+                        f"share (--split){other_seed(split_kind)} gives both; --threshold T or --no-select needs "
+                        f"neither")
+
+
+def other_seed(split_kind: str) -> str:
+    """The advice " or another --seed" where the seed moves rows between splits (a hash split), else nothing: a
+    --time-column split is by rank whatever the seed."""
+    return "" if split_kind == "time" else " or another --seed"
 
 
 def ranking(log_alpha: torch.Tensor) -> list[int]:

@@ -27,7 +27,7 @@ from .held_fields import MEAN_ROWS, hold_at_means
 from .io import (as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, data_signature,
                  file_sha256, read_json)
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows, closing_rows, closing_test,
-                        decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, ranking,
+                        decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, other_seed, ranking,
                         select_fields, selection_rule, shut_note, spread)
 from .models import build_model
 from .models.dense import cpu_gemm_library
@@ -99,7 +99,8 @@ def _warn_one_class(data: Dataset, reporter: Reporter) -> None:
         y = data.split_rows(split).labels()
         if len(y) and y.min() == y.max():
             reporter.warn(f"every {word} row has label {int(y[0])}: {word} AUC is undefined, so "
-                          f"{then}; a larger {word} share (--split) or another --seed gives both classes")
+                          f"{then}; a larger {word} share (--split){other_seed(data.rule.kind)} gives both "
+                          f"classes")
 
 
 def _phase(rows: int = 0, seconds: float = 0.0, **extra) -> dict:
@@ -217,7 +218,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     if rule_after and not cfg.train.no_select:
         check_rule_rows(valid.labels(), cfg.prune.keep, cfg.prune.threshold, n_fields,
                         "--target-k" if cfg.train.target_k is not None and cfg.prune.keep == cfg.train.target_k
-                        else "--keep")
+                        else "--keep", data.rule.kind)
     _warn_one_class(data, reporter)
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
@@ -392,7 +393,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = train
     valid = data.split_rows("valid")
-    check_rule_rows(valid.labels(), keep, threshold, len(names))
+    check_rule_rows(valid.labels(), keep, threshold, len(names), split_kind=data.rule.kind)
     key = {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
            "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "continue_epochs": continue_epochs}
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)

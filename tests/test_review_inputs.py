@@ -106,6 +106,8 @@ def test_rows_of_one_class_among_those_the_rules_read_are_refused_whatever_comes
     with pytest.raises(LightFMPError, match="every validation row of the first 10 \\(those the rules read\\) has "
                                             "label 0: --keep 2"):
         keep_rule.check_rule_rows(labels, 2, None, 5)
+    with pytest.raises(LightFMPError, match=r"a larger validation share \(--split\) or another --seed gives both"):
+        keep_rule.check_rule_rows(labels, 2, None, 5, split_kind="group")  # a group hash: the seed moves groups
     keep_rule.check_rule_rows(labels[5:], 2, None, 5)  # both classes among the first 10: compared as usual
 
 
@@ -139,8 +141,10 @@ def test_keep_rules_refuse_validation_rows_of_one_class(tmp_path, rule):
     would close every field on no evidence. `run` refuses before training, `prune` before deciding; nothing is
     written. --threshold T (the gates alone) and --no-select need no validation classes."""
     data = _newest_negative(tmp_path)
-    one_line_error(cli("run", *data, *rule, "--out", tmp_path / "r", *FAST), "every validation row has label 0",
-                   "both classes", "--no-select")
+    r = cli("run", *data, *rule, "--out", tmp_path / "r", *FAST)
+    one_line_error(r, "every validation row has label 0", "a larger validation share (--split) gives both",
+                   "--no-select")
+    assert "--seed" not in r.output  # a time split is by rank: no seed moves its rows
     assert not (tmp_path / "r").exists()
     assert cli("train", *data, "--out", tmp_path / "p", *FAST).exit_code == 0
     before = sorted(p.name for p in (tmp_path / "p").iterdir())
@@ -159,6 +163,7 @@ def test_one_class_validation_rows_are_said(tmp_path):
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert "every validation row has label 0" in text and "chosen by validation logloss" in text
+    assert "--seed" not in text  # a time split is by rank whatever the seed
     assert "every test row has label 0" in text and "the test AUC is nan" in text  # so is the test split
 
 
