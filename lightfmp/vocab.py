@@ -512,7 +512,8 @@ class StreamFitter:
 
     def finish(self) -> FeatureSchema:
         s = self.schema
-        if len(self.todo) == len(s.fields):  # every field fitted here: under this text rule
+        fitted_here = {f.name for f in self.todo} | set(self.spellings)  # a hashed field: its spelling fitted here
+        if all(f.name in fitted_here for f in s.fields):  # every field fitted here: under this text rule
             s.meta["text_rule"] = TEXT_RULE
         for name, spelled in self.spellings.items():
             s.field(name).spelling = spelled.spelling()

@@ -475,3 +475,22 @@ def test_a_csv_number_column_with_missing_written_out_reads_as_numeric(tmp_path,
         kinds = {f.name: f.kind for f in data.schema.fields}
         assert kinds == {"price": "numeric", "code": "categorical"}, named
         assert "NA" in data.schema.fields[1].vocab
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_fit_with_a_hashed_field_records_its_text_rule_so_binary_columns_read_again(tmp_path, stream):
+    """A hashed field counts as fitted before the pass, but its spelling is fitted in it: the schema is of this
+    text rule, and reading the data again with it (prune, export) must not refuse a binary column as fitted by
+    an older lightfmp."""
+    import pyarrow.parquet as pq
+    rng = np.random.default_rng(0)
+    n = 400
+    pq.write_table(pa.table({"b": pa.array([f"k{i % 4}".encode() for i in range(n)], type=pa.binary()),
+                             "h": pa.array([f"h{v}" for v in rng.integers(0, 30, n)]),
+                             "label": pa.array((rng.random(n) < 0.5).astype(np.int64))}), tmp_path / "d.parquet")
+    c = DataConfig(data=str(tmp_path / "d.parquet"), label="label", categorical=["b", "h"], hash_buckets="h:50",
+                   stream=stream, shard_dir=str(tmp_path / "shards"))
+    first = load_dataset(c)
+    assert first.schema.meta.get("text_rule") is not None
+    again = load_dataset(c, schema=first.schema)  # as prune and export read the run's rows
+    assert np.array_equal(again.store.array(0, "ids"), first.store.array(0, "ids"))
