@@ -165,11 +165,17 @@ def _check_fit_options(cfg: DataConfig, schema: FeatureSchema) -> None:
         if getattr(cfg, key) != getattr(schema, key):
             raise LightFMPError(f"--schema {cfg.schema}: its fields are fitted with {key} {getattr(schema, key)}; "
                                 f"drop {flag} {getattr(cfg, key)} (or set {key} in the schema file)")
-    if all(f.fitted for f in schema.fields):
-        for flag, value in (("--hash-buckets", cfg.hash_buckets), ("--vocab-cap", cfg.vocab_cap)):
-            if value is not None and str(value).strip():
-                raise LightFMPError(f"--schema {cfg.schema}: every field there is fitted already; drop {flag} "
-                                    f"{value}")
+    if all(f.fitted for f in schema.fields):  # nothing left to fit: the options may only say what the file does
+        for flag, value, options in (("--hash-buckets", cfg.hash_buckets, (cfg.hash_buckets, None)),
+                                     ("--vocab-cap", cfg.vocab_cap, (None, cfg.vocab_cap))):
+            trial = FeatureSchema.from_dict(schema.to_dict())
+            try:
+                apply_options(trial, *options)
+            except LightFMPError as e:
+                raise LightFMPError(f"--schema {cfg.schema}: {e}") from None
+            if trial.to_dict() != schema.to_dict():
+                raise LightFMPError(f"--schema {cfg.schema}: every field there is fitted already, and {flag} "
+                                    f"{value} says otherwise; drop it")
 
 
 def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchema | None:

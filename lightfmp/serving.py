@@ -162,7 +162,9 @@ def _time_seconds(v: str, spec: InputSpec, i: int) -> float:
 
 
 def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA or v is pd.NaT
+    """None, NaN of any float width (numpy's float32 is no Python float), pandas' NA / NaT and numpy's NaT."""
+    return v is None or v is pd.NA or v is pd.NaT or (isinstance(v, (float, np.floating)) and bool(np.isnan(v))) \
+        or (isinstance(v, (np.datetime64, np.timedelta64)) and bool(np.isnat(v)))
 
 
 def _check_column(f: Field, col: pd.Series) -> pd.Series:

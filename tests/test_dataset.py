@@ -637,9 +637,9 @@ def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stre
 @pytest.mark.parametrize("flags, message", [
     (["--min-count", "50"], "its fields are fitted with min_count 2; drop --min-count 50"),
     (["--num-buckets", "3"], "its fields are fitted with num_buckets 16; drop --num-buckets 3"),
-    (["--hash-buckets", "7"], "every field there is fitted already; drop --hash-buckets 7"),
-    (["--hash-buckets", "nosuch:7"], "every field there is fitted already; drop --hash-buckets nosuch:7"),
-    (["--vocab-cap", "1"], "every field there is fitted already; drop --vocab-cap 1"),
+    (["--hash-buckets", "noise:7"], "--hash-buckets: field 'noise' already has a vocabulary in the schema file"),
+    (["--hash-buckets", "nosuch:7"], "nosuch"),
+    (["--vocab-cap", "1"], "every field there is fitted already, and --vocab-cap 1 says otherwise; drop it"),
 ])
 def test_fit_options_a_fitted_schema_decides_are_refused_not_recorded(tmp_path, flags, message):
     """They would change nothing, while config.yaml recorded them as applied."""

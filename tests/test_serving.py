@@ -63,6 +63,21 @@ def test_predictor_typed_values_extra_columns_and_unseen(s):
     assert p.predict([]).shape == (0,)
     missing_key = p.predict([base, {k: v for k, v in base.items() if k != "price"}])
     assert missing_key.shape == (2,)
+    # numpy's missing values are missing too, not the text 'nan' / 'NaT' (a category, or a hashed token)
+    numpy_missing = p.predict([{**base, "city": np.float32("nan"), "price": np.float16("nan"), "tags": np.float32("nan")},
+                               {**base, "city": np.datetime64("NaT"), "price": None, "tags": None},
+                               {**base, "city": None, "price": None, "tags": None}])
+    assert numpy_missing[0] == numpy_missing[2] and numpy_missing[1] == numpy_missing[2]
+
+
+def test_run_takes_text_for_a_raw_exports_fields_and_refuses_other_values(s):
+    p = Predictor(get_export(s, "mlp", inputs="raw"))
+    feeds = p.encode([{"city": "paris", "dev": "3", "price": "4.5", "tags": "a|b", "noise": "1"}])
+    assert p.run(feeds).shape == (1,)
+    text = next(n for n in p.input_names if feeds[n].dtype == object)
+    for bad in (np.array([b"paris"]), np.array([None], dtype=object), np.array([1.5], dtype=object)):
+        with pytest.raises(LightFMPError, match=f"feeds: input '{text}' holds"):
+            p.run({**feeds, text: bad})
 
 
 def test_predictor_only_needs_kept_columns(s):

@@ -57,8 +57,8 @@ def check_feeds(specs: list[InputSpec], feeds) -> dict[str, np.ndarray]:
             raise LightFMPError(f"feeds: input '{s.name}' has {len(a):,} rows, '{specs[0].name}' {rows:,}")
         rows = len(a)
         kind = a.dtype.kind
-        if s.dtype == "string":
-            ok = kind in "OUS"
+        if s.dtype == "string":  # text: unicode, or objects that are all str (bytes or None would read as unseen)
+            ok = kind == "U" or kind == "O" and all(isinstance(v, str) for v in a.ravel())
         elif s.dtype == "float32":
             ok = kind in "iuf"
         else:
