@@ -436,7 +436,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     key = shard_key(sha, schema, rule, fmt, cfg.chunk_rows)
     root = shard_home(cfg.shard_dir) / key
     t0 = time.perf_counter()
-    manifest, why = check_shards(root, key)
+    manifest, why = check_shards(root, key, schema.num_slots)
     if manifest is not None:
         reporter.log(f"reusing encoded shards {root} ({manifest['rows']:,} rows, "
                      f"{counted(len(manifest['shards']), 'shard')}, verified in {time.perf_counter() - t0:.1f} s)")

@@ -178,9 +178,9 @@ def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
     write_text_atomic(path, text + "\n")
 
 
-def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:
-    """(manifest, None) when the shard directory is complete and intact; (None, why not) otherwise (why is None
-    when there is simply nothing there yet)."""
+def check_shards(root: Path, key: str, num_slots: int | None = None) -> tuple[dict | None, str | None]:
+    """(manifest, None) when the shard directory is complete and intact (and, given `num_slots`, of rows that wide);
+    (None, why not) otherwise (why is None when there is simply nothing there yet)."""
     if not root.exists():
         return None, None
     mf = root / MANIFEST
@@ -210,12 +210,17 @@ def check_shards(root: Path, key: str) -> tuple[dict | None, str | None]:
     if said != held:
         return None, (f"{mf}: its shards hold {held[0]:,} rows ({', '.join(map(str, held[1]))} by split), its "
                       f"totals say {said[0]!r} ({', '.join(map(repr, said[1]))})")
-    if named != [f"{i:06d}.{name}.npy" for i in range(len(shards)) for name in ARRAYS] \
-            or sorted(q.name for q in root.glob("*.npy")) != sorted(named):
+    if named != [f"{i:06d}.{name}.npy" for i in range(len(shards)) for name in ARRAYS]:
         return None, f"{mf}: its list of shards is not the shard files in {root}"
+    if num_slots is not None and manifest.get("num_slots") != num_slots:  # the list has no checksum of its own
+        return None, f"{mf}: rows of {manifest.get('num_slots')!r} slots, the schema's have {num_slots}"
+    gone = next((p for p, _, _ in entries if not p.is_file()), None)
+    if gone is not None:
+        return None, f"{gone} is missing"
+    extra = sorted({q.name for q in root.glob("*.npy")} - set(named))
+    if extra:
+        return None, f"{root / extra[0]} is no shard {mf} lists"
     for p, expected, checksum in entries:
-        if not p.is_file():
-            return None, f"{p} is missing"
         size = p.stat().st_size
         if size != expected:
             return None, f"{p} has {size} bytes, the manifest says {expected}"

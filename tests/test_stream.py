@@ -228,7 +228,17 @@ def test_reuse_then_rebuild_on_damage(built, tmp_path):
         mf.write_text(json.dumps(doc))
         log = Log()
         assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
-        assert log.has("rebuilding shards:") and log.has("its totals say" if not fix_totals else "list of shards")
+        assert log.has("rebuilding shards:") and log.has("its totals say" if not fix_totals else "is no shard")
+    victim.unlink()  # a shard file deleted: named as missing
+    log = Log()
+    assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
+    assert log.has("rebuilding shards:") and log.has(f"{victim.name} is missing")
+    doc = json.loads(mf.read_text())
+    doc["num_slots"] -= 1  # rows of another width than the files hold: rebuilt, never a shape error in training
+    mf.write_text(json.dumps(doc))
+    log = Log()
+    assert np.array_equal(all_shard_rows(prepare_stream(cfg, log))[1], all_shard_rows(first)[1])
+    assert log.has("rebuilding shards:") and log.has("slots, the schema's have")
     doc = json.loads(mf.read_text())
     doc["rows"] = str(doc["rows"])  # a total of the wrong type: rebuilt, never a traceback
     mf.write_text(json.dumps(doc))
