@@ -66,7 +66,7 @@ def _predict_array(model: CTRModel, ids: np.ndarray, batch_size: int, device: st
     out = []
     for i in range(0, len(ids), batch_size):
         x = torch.from_numpy(np.ascontiguousarray(ids[i:i + batch_size])).to(device)
-        out.append(torch.sigmoid(model(x).double()).cpu().numpy())  # in float64: no tie at 1 past logit ~16.6
+        out.append(torch.sigmoid(model(x)).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0)
 
 
