@@ -88,7 +88,9 @@ def refuse_sparse(sparse_embeddings: bool) -> None:
 def init(device: str = "auto") -> None:
     """Join the torchrun process group when WORLD_SIZE > 1 (idempotent; a no-op otherwise).
 
-    `device` is the run's --device: the backend is nccl for CUDA, gloo for CPU."""
+    `device` is the run's --device: the backend is nccl for CUDA, gloo for CPU. A malformed testing hook
+    ($LIGHTFMP_FAULT_RANK_EPOCH) is refused here, before any work."""
+    _fault()
     if world() <= 1 or active():
         return
     if not dist.is_available():
@@ -228,17 +230,27 @@ def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module:
 # ---- failures --------------------------------------------------------------------------------------------------
 def maybe_fault(epoch: int) -> None:
     """The testing hook: exit(1) at the start of `epoch` on the rank named by LIGHTFMP_FAULT_RANK_EPOCH."""
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
+    fault = _fault()
+    if fault is None:
         return
-    try:
-        r, e = (int(v) for v in spec.split(":"))
-    except ValueError:
-        raise LightFMPError(f"${FAULT_ENV}={spec!r}: expected RANK:EPOCH, e.g. 1:1") from None
+    r, e = fault
+    spec = os.environ[FAULT_ENV]
     if r == rank() and e == epoch:
         print(f"lightfmp: rank {r}: {FAULT_ENV}={spec}: exiting at the start of epoch {e} (testing hook)",
               file=sys.stderr, flush=True)
         os._exit(1)  # like a crash: no cleanup, the OS closes this rank's sockets
+
+
+def _fault() -> tuple[int, int] | None:
+    """The testing hook's (rank, epoch), or None where it is not set."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    try:
+        r, e = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise LightFMPError(f"${FAULT_ENV}={spec!r}: expected RANK:EPOCH, e.g. 1:1") from None
+    return r, e
 
 
 def is_comm_error(e: BaseException) -> bool:
@@ -252,7 +264,7 @@ def is_comm_error(e: BaseException) -> bool:
 
 def failure_message(e: BaseException) -> str:
     if isinstance(e, Stopped):
-        what = "stopped by torchrun (SIGTERM) after another rank failed"
+        what = "stopped by torchrun (SIGTERM: the job was stopped, or another rank failed)"
     else:
         detail = " ".join(str(e).split())
         detail = detail if len(detail) <= 160 else detail[:157] + "..."

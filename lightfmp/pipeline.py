@@ -182,13 +182,32 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     dist.refuse_sparse(cfg.train.sparse_embeddings)
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
+    dist.init(cfg.train.device)  # the ranks of a torchrun job learn whether rank 0 got the lock
     with _one_writer(out, "train"), _process_state():
         return _train(cfg, out, force, quiet, keep_checkpoints=False)[0]
 
 
+@contextlib.contextmanager
 def _one_writer(out: str | Path, command: str):
-    """The lock of <out> for the command (rank 0 holds it for every rank of a torchrun job)."""
-    return one_writer(out, command) if dist.is_main() else contextlib.nullcontext()
+    """The lock of <out> for the command: rank 0 holds it for every rank of a torchrun job and, where their process
+    group is up (`train`, `run`), tells the others whether it got it (they would otherwise see rank 0 leave as a
+    lost connection, and advise a rerun while the other command still writes)."""
+    with contextlib.ExitStack() as stack:
+        if dist.is_main():
+            try:
+                stack.enter_context(one_writer(out, command))
+            except LightFMPError:
+                _tell_ranks(0)
+                raise
+            _tell_ranks(1)
+        elif dist.active() and not dist.broadcast_int(0):
+            raise LightFMPError(f"{out}: rank 0 could not take it for this {command} (its line says why)")
+        yield
+
+
+def _tell_ranks(got_lock: int) -> None:
+    if dist.active():
+        dist.broadcast_int(got_lock)
 
 
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
@@ -570,6 +589,8 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     check_name_length(out)
     check_no_rule_without_gates(_a_config(cfg))  # a config built in Python (RunConfig.but, from_dict) as from the CLI
     _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)
+    dist.refuse_sparse(cfg.train.sparse_embeddings)
+    dist.init(cfg.train.device)  # the ranks of a torchrun job learn whether rank 0 got the lock
     with _one_writer(out, "run"), _process_state():
         return _run(cfg, out, force, quiet, data)
 

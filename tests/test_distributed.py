@@ -224,3 +224,30 @@ def test_sparse_embeddings_are_refused_under_torchrun(tmp_path, monkeypatch):
         with pytest.raises(LightFMPError, match=r"^--sparse-embeddings under torchrun: .*in one process$"):
             call(cfg, tmp_path / "r")
     assert not (tmp_path / "r").exists() and not (tmp_path / "r.ckpt").exists()
+
+
+def test_a_malformed_fault_hook_is_refused_before_any_work(tmp_path, monkeypatch):
+    """It was read at phase 3's first epoch only: phase 1 trained and was written first."""
+    from lightfmp import pipeline
+    from lightfmp.config import RunConfig
+    from lightfmp.errors import LightFMPError
+    (tmp_path / "d.csv").write_text("a,y\n1,0\n2,1\n" * 20)
+    monkeypatch.setenv("LIGHTFMP_FAULT_RANK_EPOCH", "0:x")
+    for no_select in (False, True):
+        cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="y", no_select=no_select)
+        with pytest.raises(LightFMPError, match=r"^\$LIGHTFMP_FAULT_RANK_EPOCH='0:x': expected RANK:EPOCH"):
+            pipeline.run(cfg, tmp_path / "r")
+        assert not (tmp_path / "r").exists() and not (tmp_path / "r.ckpt").exists()
+
+
+def test_under_torchrun_a_held_lock_is_said_by_every_rank_not_as_a_lost_connection(data, tmp_path):
+    """Rank 0 holds <out>'s lock for the job: refused, it tells the others, which say so instead of reporting a lost
+    connection and advising a rerun while the other command still writes."""
+    from lightfmp.writer_lock import one_writer
+    out = tmp_path / "run"
+    with one_writer(out, "run"):  # another command writing <out>
+        r = lightfmp("run", "--data", data, "--out", out, *ARGS, "--quiet", nproc=2)
+    assert r.returncode != 0
+    assert "rank 0 could not take it for this run (its line says why)" in r.stderr, r.stderr[-3000:]
+    assert "another lightfmp command is writing it" in r.stderr  # rank 0's line (torchrun then prints its own)
+    assert "lost contact" not in r.stderr
