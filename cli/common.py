@@ -15,13 +15,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.markup import escape
-from typer.core import TyperArgument, TyperCommand, TyperGroup
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from lightfmp import checkpoint, distributed
 from lightfmp.config import RunConfig, config_keys, flag, load_yaml, resolve
 from lightfmp.errors import LightFMPError
 
-from .options import config_flags
+from .options import LIST_KEYS, config_flags
 
 out = Console()
 err = Console(stderr=True)
@@ -85,6 +85,18 @@ def _no_empty_paths(command, ctx, args: list[str]) -> None:
             fail(f"{_name(param)} '': is empty; give a path")
 
 
+def _given_once(command, ctx, args: list[str]) -> None:
+    """An option given twice kept only its last value, quietly (`--ignore a --ignore b` ignored b alone), as a key
+    given twice in a --config file would: refused in one line."""
+    order = command.make_parser(ctx).parse_args(args=list(args))[2]
+    for param in dict.fromkeys(order):
+        n = order.count(param)
+        if n > 1 and not getattr(param, "multiple", False) and not getattr(param, "count", False) \
+                and isinstance(param, TyperOption):
+            lists = " (a list is one flag: comma-separated values)" if param.name in LIST_KEYS else ""
+            fail(f"{_name(param)} is given {n} times; give it once{lists}")
+
+
 class Command(TyperCommand):
     """A command whose help shows no value type after on/off flags and writes its arguments in the usage line as
     `RUN` (`[RUN]` when optional) rather than `{run}`, and whose options end a value of the wrong type
@@ -103,6 +115,7 @@ class Command(TyperCommand):
         except _CLICK_ERRORS.UsageError as e:  # --force=1, --epochs without its value, an unknown option
             fail(e.format_message())
         _no_empty_paths(self, ctx, given)
+        _given_once(self, ctx, given)
         return rest
 
     def collect_usage_pieces(self, ctx) -> list[str]:

@@ -8,9 +8,17 @@ import typing
 
 import typer
 
-from lightfmp.config import SECTIONS, fields_of
+from lightfmp.config import SECTIONS, TEXT_LISTS, fields_of
 
 _HINTS = {name: hint for tp in SECTIONS.values() for name, hint in typing.get_type_hints(tp).items()}
+
+
+def _is_list(tp) -> bool:
+    return typing.get_origin(tp) is list or any(_is_list(a) for a in typing.get_args(tp))
+
+
+# keys whose flag takes comma-separated values
+LIST_KEYS = frozenset(name for name, hint in _HINTS.items() if _is_list(hint)) | frozenset(TEXT_LISTS)
 
 
 def _base_type(tp):

@@ -610,3 +610,17 @@ def test_an_empty_path_is_refused_not_read_as_the_current_directory(data, pretra
     r = cli(*[str(data) if a == "DATA" else str(pretrained) if a == "RUN" else a for a in args])
     assert r.exit_code == 2 and r.output.strip() == f"error: {name} '': is empty; give a path", r.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--ignore", "a", "--ignore", "b"], "--ignore is given 2 times; give it once (a list is one flag: "
+                                         "comma-separated values)"),
+    (["--epochs", "2", "--epochs", "3"], "--epochs is given 2 times; give it once"),
+    (["--select", "--no-select"], "--no-select is given 2 times; give it once"),
+])
+def test_an_option_given_twice_is_refused_not_the_last_one_kept(tmp_path, args, message):
+    """Only the last value was kept, quietly (`--ignore a --ignore b` trained on a): as a key given twice in a
+    --config file, refused in one line, before anything is read or written."""
+    one_line_error(cli("run", "--data", tmp_path / "absent.csv", "--label", "label", *args, "--out", tmp_path / "r"),
+                   message)
+    assert not (tmp_path / "r").exists()
