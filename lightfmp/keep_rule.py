@@ -198,7 +198,8 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
     base = passes.losses().mean()
     cost = {f: float(passes.losses(f).mean() - base) for f in range(model.embedding.num_fields)}
     copied = groupings.copies() if groupings is not None else {}
-    z, la = model.gate_values().cpu(), ranking(model.gate.log_alpha.detach().cpu())
+    z = model.gate_values().cpu()
+    la = ranking(model.gate.log_alpha.detach().cpu()) if model.gate is not None else list(range(len(z)))
     # a shut gate's field costs exactly 0 to close (the model reads nothing of it): after every open field, by log_alpha
     by_cost = sorted(cost, key=lambda f: (float(z[f]) == 0.0, -cost[f] if float(z[f]) > 0.0 else la.index(f), f))
     chosen: list[int] = []

@@ -319,5 +319,9 @@ def _stubbed_search(monkeypatch, value: list[float]):
         gate = type("Gate", (), {"num_fields": len(value), "log_alpha": torch.zeros(len(value))})()
         embedding = type("Embedding", (), {"num_fields": len(value)})()
 
+        @staticmethod
+        def gate_values():  # every gate open: every field a candidate
+            return torch.ones(len(value))
+
     monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
     return Model
