@@ -16,7 +16,7 @@ from lightfmp.errors import LightFMPError
 from lightfmp.io import check_apart, check_output_file
 from lightfmp.progress import Reporter
 
-from .common import Command, err, friendly, out
+from .common import Command, friendly, out
 from .options import config_flags, config_parameters, with_parameters
 
 
@@ -48,6 +48,12 @@ def register(app) -> None:
         methods = parse_methods(kwargs["methods"])
         seeds = parse_seeds(kwargs["seeds"])
         fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] is not None else None
+        if fractions is not None:  # the ablation trains Light-FMP per fraction and draws no curve: refused before it
+            for flag, given in (("--plot", kwargs["plot"] is not None),
+                                ("--methods", str(kwargs["methods"]).strip().lower() != "all")):
+                if given:
+                    raise LightFMPError(f"{flag} does not go with --ablate-subset (Light-FMP per phase-1 fraction, "
+                                        f"a table only); drop one")
         k = kwargs["k"]
         if k is None:
             raise LightFMPError("missing --k K (the number of fields each method keeps)")
@@ -98,8 +104,6 @@ def register(app) -> None:
             out.print(ablation_table(doc) if fractions is not None else results_table(doc))
             if kwargs["plot"] and "curves" in doc:
                 out.print(f"chart: {kwargs['plot']}")
-        if fractions is not None and kwargs["plot"]:
-            err.print("[yellow]note:[/] --plot is ignored with --ablate-subset", highlight=False)
 
     # --seeds set the split and the initialisation together: no --init-seed (a config file's is refused by the bench)
     params = [p for p in config_parameters(("data", "model", "train")) if p.name != "init_seed"] + extra
