@@ -86,15 +86,14 @@ def _no_empty_paths(command, ctx, args: list[str]) -> None:
 
 
 def _given_once(command, ctx, args: list[str]) -> None:
-    """An option given twice kept only its last value, quietly (`--ignore a --ignore b` ignored b alone), as a key
-    given twice in a --config file would: refused in one line."""
+    """A list flag given twice kept only its last list, quietly (`--ignore a --ignore b` ignored b alone, where
+    lists that add up were meant): refused in one line. A scalar flag given again takes the later value, as in
+    most command lines (`... --epochs 1 --epochs 3` is 3)."""
     order = command.make_parser(ctx).parse_args(args=list(args))[2]
     for param in dict.fromkeys(order):
         n = order.count(param)
-        if n > 1 and not getattr(param, "multiple", False) and not getattr(param, "count", False) \
-                and isinstance(param, TyperOption):
-            lists = " (a list is one flag: comma-separated values)" if param.name in LIST_KEYS else ""
-            fail(f"{_name(param)} is given {n} times; give it once{lists}")
+        if n > 1 and isinstance(param, TyperOption) and param.name in LIST_KEYS:
+            fail(f"{_name(param)} is given {n} times; give it once (a list is one flag: comma-separated values)")
 
 
 class Command(TyperCommand):

@@ -94,3 +94,10 @@ def record_steps(monkeypatch) -> tuple[list, list]:
     monkeypatch.setattr(training.Trainer, "gate_step", gate_step)
     monkeypatch.setattr(training.Trainer, "train_step", train_step)
     return gate_batches, weight_steps
+
+
+def without_flag(args, flag: str) -> list:
+    """`args` less `flag` and its value: a list flag given twice is refused, so a test's override replaces it."""
+    args = list(args)
+    i = args.index(flag)
+    return args[:i] + args[i + 2:]

@@ -27,7 +27,7 @@ from lightfmp.progress import Reporter
 from lightfmp.rundir import open_run
 from lightfmp.cli.app import app
 
-from helpers import cli, one_line_error, unwarned, write_csv
+from helpers import cli, one_line_error, unwarned, without_flag, write_csv
 
 FAST = ["--pretrain-epochs", "2", "--epochs", "1", "--batch-size", "128", "--hidden", "8", "--embed-dim", "4"]
 
@@ -1879,7 +1879,9 @@ def test_a_model_too_large_to_train_is_refused_before_its_layers_are_built(data,
     for module in (model_base, model_dcnv2):
         monkeypatch.setattr(module, "Linear", lambda *a, **k: built.append(a))
     out = tmp_path / "r"
-    one_line_error(cli(*train_args(data, out, "--quiet"), *flags), named, "parameters", "GiB of memory")
+    args = without_flag(train_args(data, out, "--quiet"), flags[0]) if flags[0] == "--hidden" else \
+        train_args(data, out, "--quiet")
+    one_line_error(cli(*args, *flags), named, "parameters", "GiB of memory")
     assert built == [] and not out.exists()
 
 
@@ -1898,7 +1900,9 @@ def test_an_empty_item_in_a_comma_separated_list_is_refused(data, tmp_path, flag
     """A doubled or trailing comma is a typo, not an item to drop silently: one line naming the flag and the text,
     before any work."""
     out = tmp_path / "r"
-    one_line_error(cli(*train_args(data, out, "--quiet"), flag, value), flag, repr(value), "empty item")
+    args = train_args(data, out, "--quiet")
+    one_line_error(cli(*(without_flag(args, flag) if flag in args else args), flag, value), flag, repr(value),
+                   "empty item")
     assert not out.exists()
 
 

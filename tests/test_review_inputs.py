@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from helpers import cli, make_frame, one_line_error, write_csv
+from helpers import cli, make_frame, one_line_error, without_flag, write_csv
 from lightfmp.closed_fields import ClosedFields
 from lightfmp.config import RunConfig, load_yaml
 from lightfmp.errors import LightFMPError
@@ -306,7 +306,8 @@ def test_yaml_booleans_for_text_options_and_an_empty_multi_hot_separator_are_ref
 
 
 def test_flag_type_errors_name_the_flag_and_a_key_given_twice_in_a_file_is_refused(data, tmp_path):
-    one_line_error(cli(*run_args(data, tmp_path / "r", "--hidden", "abc")), "--hidden 'abc': must be int")
+    one_line_error(cli(*without_flag(run_args(data, tmp_path / "r"), "--hidden"), "--hidden", "abc"),
+                   "--hidden 'abc': must be int")
     one_line_error(cli(*run_args(data, tmp_path / "r", "--lr", "nan")), "--lr", "must be a finite number")
     for text in ("train: {epochs: 3}\nepochs: 1\n", "embed-dim: 4\nembed_dim: 8\n"):
         yml = tmp_path / "c.yaml"
