@@ -25,13 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from .errors import LightFMPError, shown_type
+from .errors import LightFMPError, shown, shown_type
 from .formats import FORMATS
 from .splits import parse_split
 
 BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
 DEVICES = ("auto", "cpu", "cuda")
 MAX_SEED = 2**32 - 1  # seeds are unsigned 32-bit integers, which every generator (numpy's, torch's) takes
+# bucket edges are quantiles of a sample of at most this many of a field's values (the fit's reservoir,
+# lightfmp.vocab): more buckets than sampled values cannot be told apart
+MAX_BUCKETS = 200_000
 MAX_INT = 2**63 - 1  # the largest integer torch and numpy hold: an integer option beyond it cannot even be asked for
 COMMAND_LINE = "command line"  # the source of flag values: their errors name the flag, not a file
 
@@ -63,7 +66,7 @@ class DataConfig:
                                          "goes to one split, chosen by the value's hash and --seed.")
     split: list[float] = opt([0.8, 0.1, 0.1], "Train,valid,test fractions (summing to 1).", 0.0, 1.0)
     min_count: int = opt(2, "Values seen fewer times in the training rows map to the OOV id.", 1)
-    num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1)
+    num_buckets: int = opt(16, "Quantile buckets per numeric field.", 1, MAX_BUCKETS)
     seed: int = opt(0, "Seed for the split, the subset, the gate hold-out and (unless --init-seed) initialisation, "
                        "batch order, dropout and gate noise.", 0, MAX_SEED)
     stream: bool = opt(False, "Read the data in record batches into encoded shards on disk (bounded memory) "
@@ -189,7 +192,7 @@ class RunConfig:
         for k, v in (d or {}).items():
             key = str(k).replace("-", "_")
             if key in SECTIONS and key not in _SECTION_OF and not isinstance(v, (dict, type(None))):
-                raise LightFMPError(f"{source}: section '{k}' must be a mapping of option: value, got {v!r}")
+                raise LightFMPError(f"{source}: section '{k}' must be a mapping of option: value, got {shown(v)}")
             if key in SECTIONS and isinstance(v, (dict, type(None))):
                 for kk, vv in (v or {}).items():
                     name = str(kk).replace("-", "_")
@@ -223,7 +226,7 @@ def _set_once(section: dict, name: str, value, source: str) -> None:
     """A key given twice in one source (in its section and at the top, or as `embed-dim` and `embed_dim`) is an
     error: which one wins would depend on their order."""
     if name in section:
-        raise LightFMPError(f"{source}: '{name}' is given twice ({section[name]!r} and {value!r}); keep one")
+        raise LightFMPError(f"{source}: '{name}' is given twice ({shown(section[name])} and {shown(value)}); keep one")
     section[name] = value
 
 
@@ -336,7 +339,7 @@ def _shape_checked(value, tp, key, source):
     if bad is None:
         return value
     shape = "a mapping" if isinstance(bad, dict) else "a set" if isinstance(bad, (set, frozenset)) else "a list"
-    got = f"{shape} {bad!r}" if bad is value else f"the item {bad!r}, {shape}"
+    got = f"{shape} {shown(bad)}" if bad is value else f"the item {shown(bad)}, {shape}"
     raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}, got {got}")
 
 
@@ -357,7 +360,7 @@ def _coerce(value, hint, key, source):
         parts = value.split(",") if isinstance(value, str) and value.strip() else []
         # ('tags:,' is a ',' separator the comma-separated text cannot carry: its own check says so)
         if any(not p.strip() and not (i and parts[i - 1].rstrip().endswith(":")) for i, p in enumerate(parts)):
-            raise LightFMPError(f"{_where(key, source)} {value!r}: an empty item between commas (or at an end); remove the extra "
+            raise LightFMPError(f"{_where(key, source)} {shown(value)}: an empty item between commas (or at an end); remove the extra "
                                 f"comma")
         return [_coerce(v, item, key, source) for v in _items(value)]
     try:
@@ -383,15 +386,15 @@ def _coerce(value, hint, key, source):
             if isinstance(value, bool) or isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value):
                 # YAML reads yes / no / on / off unquoted as booleans: the text the user meant is lost
                 if source in ("config", COMMAND_LINE):  # from Python (`RunConfig.of`), not a file
-                    raise LightFMPError(f"{_where(key, source)} must be text, got the boolean {value!r}")
-                raise LightFMPError(f"{source}: '{key}' must be text, got the YAML boolean {value!r}; quote the "
+                    raise LightFMPError(f"{_where(key, source)} must be text, got the boolean {shown(value)}")
+                raise LightFMPError(f"{source}: '{key}' must be text, got the YAML boolean {shown(value)}; quote the "
                                     f"value ('yes')")
             return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
     except (TypeError, ValueError):
         what = _what(tp)
         if source == COMMAND_LINE:
-            raise LightFMPError(f"{flag(key)} {value!r}: must be {what}") from None
-        raise LightFMPError(f"{source}: '{key}' must be {what}, got {value!r}") from None
+            raise LightFMPError(f"{flag(key)} {shown(value)}: must be {what}") from None
+        raise LightFMPError(f"{source}: '{key}' must be {what}, got {shown(value)}") from None
     return value
 
 

@@ -1,4 +1,5 @@
 """One exception type for user-facing problems: the CLI prints its message on one line and exits non-zero."""
+import reprlib
 
 
 # what a command stopped before it saved anything says to do (`lightfmp.checkpoint.resume_hint`, `lightfmp.cli.entry`)
@@ -16,6 +17,18 @@ class CellError(LightFMPError):
     def __init__(self, message: str, row: int):
         super().__init__(message)
         self.row = row
+
+
+_SHORT = reprlib.Repr()  # (attributes, not arguments: Python 3.11's Repr takes none)
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = 3, 80, 80, 40
+_SHORT.maxdict = _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = 6
+
+
+def shown(value) -> str:
+    """A value as an error quotes it: its repr, cut short (a YAML file's aliases can expand a 400-byte file into a
+    value of megabytes)."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def shown_type(value) -> str:

@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from rich.markup import escape
 
 from .coded import Coded, Unparsed
-from .config import DataConfig
+from .config import MAX_BUCKETS, DataConfig
 from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
 from .errors import CellError, LightFMPError
 from .formats import all_categorical, fixed_label
@@ -42,7 +42,7 @@ from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, MAX_HASH_BUCKETS, S
                      Field, clamp_max_len, is_integral, quantile_edges, vocab_from_counts)
 
 PRUNE_MIN_ENTRIES = 1_000_000
-RESERVOIR_SIZE = 200_000
+RESERVOIR_SIZE = MAX_BUCKETS
 
 
 # ---- --hash-buckets and --vocab-cap -------------------------------------------------------------------------------
@@ -252,6 +252,8 @@ def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str
                                     f"a feature, not both")
             if c in seen and seen[c] != flag:
                 raise LightFMPError(f"column '{c}' is named by both {seen[c]} and {flag}; choose one")
+            if c in seen:  # config.yaml would record it twice, as if two columns
+                raise LightFMPError(f"{flag}: column '{c}' is named twice; name it once")
             seen[c] = flag
     if time_column == spec.label:
         raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column ({label_from}); order "

@@ -83,6 +83,24 @@ def test_yaml_takes_sections_and_flat_keys(tmp_path):
 
 
 
+def test_an_error_quotes_a_value_cut_short(tmp_path):
+    """YAML aliases expand a few hundred bytes into megabytes: the one-line error quotes the value cut short."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  - &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n  - &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                 "  - &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n  - [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n")
+    with pytest.raises(LightFMPError, match=r"section 'train' must be a mapping of option: value, got \[\[1, ") as e:
+        resolve({}, str(p))
+    assert len(str(e.value)) < 400
+    with pytest.raises(LightFMPError, match=r"'epochs' must be .*, got 'x+\.\.\.x+'$") as e:
+        resolve({}, str(_yaml(tmp_path, {"epochs": "x" * 100_000})))
+    assert len(str(e.value)) < 400
+
+
+def _yaml(tmp_path, d):
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(d))
+    return tmp_path / "e.yaml"
+
+
 def test_a_kind_given_as_a_flag_replaces_the_files_kind_for_that_column(tmp_path):
     """Flags win over the config file column by column: --numeric a takes a out of the file's categorical (before,
     a stood in both and the run was refused as a conflict); the file's other columns keep their kinds."""
