@@ -161,8 +161,10 @@ def _check_fit_options(cfg: DataConfig, schema: FeatureSchema) -> None:
     """The fit options a --schema file decides: its min_count and num_buckets are the ones its fields are fitted
     (or, unfitted, will be fitted) with, and where every field is fitted nothing is left for --hash-buckets or
     --vocab-cap to act on. A flag that says otherwise is refused, not recorded in config.yaml as if it applied."""
+    defaults = DataConfig()
     for flag, key in (("--min-count", "min_count"), ("--num-buckets", "num_buckets")):
-        if getattr(cfg, key) != getattr(schema, key):
+        # the default is no request: a schema fitted with other values is used as it is
+        if getattr(cfg, key) not in (getattr(schema, key), getattr(defaults, key)):
             raise LightFMPError(f"--schema {cfg.schema}: its fields are fitted with {key} {getattr(schema, key)}; "
                                 f"drop {flag} {getattr(cfg, key)} (or set {key} in the schema file)")
     if all(f.fitted for f in schema.fields):  # nothing left to fit: the options may only say what the file does

@@ -3,6 +3,7 @@ split rule and its record in run.json; degenerate labels and bad splits refused.
 import json
 import os
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -515,6 +516,8 @@ def test_an_edited_kept_list_is_refused_by_name(tmp_path, edit, words):
 @pytest.mark.parametrize("kw,match", [
     (dict(categorical="a", numeric="a"), "'a' is named by both --categorical and --numeric"),
     (dict(categorical="b", ignore="b"), "'b' is named by both --categorical and --ignore"),
+    (dict(categorical="b,a,b"), "--categorical: column 'b' is named twice; name it once"),
+    (dict(ignore="noise,noise"), "--ignore: column 'noise' is named twice; name it once"),
     (dict(ignore="label"), "--ignore label: 'label' is the label column"),
     (dict(time_column="label"), "--time-column label: 'label' is the label column"),
 ])
@@ -648,6 +651,19 @@ def test_fit_options_a_fitted_schema_decides_are_refused_not_recorded(tmp_path, 
     one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", *flags,
                        "--out", tmp_path / "r", "-q"), "s.json", message)
     assert not (tmp_path / "r").exists()
+
+
+
+def test_a_schema_fitted_with_other_fit_options_is_used_as_it_is_without_the_flags(tmp_path):
+    """The flags' defaults ask for nothing: a schema fitted with --min-count 3 --num-buckets 8 is read again without
+    them (and with them)."""
+    p = write_csv(tmp_path, n=400)
+    fitted = load_dataset(cfg_for(p, tmp_path, min_count=3, num_buckets=8).data).schema
+    fitted.save(tmp_path / "s.json")
+    for options in ({}, {"min_count": 3, "num_buckets": 8}):
+        again = load_dataset(replace(cfg_for(p, tmp_path, **options).data, schema=str(tmp_path / "s.json"),
+                                     categorical=[], numeric=[], multi_hot=[], ignore=[]))
+        assert again.schema.to_dict()["fields"] == fitted.to_dict()["fields"]
 
 
 def test_prune_flag_wins_over_the_recorded_rule(tmp_path):
