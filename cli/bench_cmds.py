@@ -16,7 +16,7 @@ from lightfmp.errors import LightFMPError
 from lightfmp.io import check_apart, check_output_file
 from lightfmp.progress import Reporter
 
-from .common import Command, friendly, out
+from .common import Command, friendly, note_config_origin, out
 from .options import config_flags, config_parameters, with_parameters
 
 
@@ -59,7 +59,9 @@ def register(app) -> None:
             raise LightFMPError("missing --k K (the number of fields each method keeps)")
         if k < 1:
             raise LightFMPError(f"--k {k}: must be >= 1 (and at most the number of fields)")
-        cfg = resolve(config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None)
+        flags, config = config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None
+        note_config_origin(flags, config)
+        cfg = resolve(flags, config)
         if kwargs["json_file"] is not None and kwargs["plot"] is not None \
                 and Path(kwargs["json_file"]).absolute().resolve() == Path(kwargs["plot"]).absolute().resolve():
             raise LightFMPError(f"{kwargs['plot']}: given to both --json and --plot; give each its own file")

@@ -266,10 +266,16 @@ def resolve_config(kwargs: dict) -> RunConfig:
     if kwargs["out"] is None:
         raise LightFMPError("missing --out RUN (the run directory to create)")
     flags, config = config_flags(kwargs), str(kwargs["config"]) if kwargs["config"] else None
-    if config:  # for errors that name an option the file set (`friendly` says where it came from)
+    note_config_origin(flags, config)
+    return resolve(flags, config)
+
+
+def note_config_origin(flags: dict, config: str | None) -> None:
+    """Remember which options the --config file set, for errors that name one (`friendly` says where it came
+    from)."""
+    if config:
         given = {k for k, v in flags.items() if v is not None}
         _FROM_CONFIG.set((config, frozenset(config_keys(load_yaml(config))) - given))
-    return resolve(flags, config)
 
 
 _FROM_CONFIG: contextvars.ContextVar = contextvars.ContextVar("from_config", default=None)

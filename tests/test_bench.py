@@ -256,10 +256,12 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     (["--seed", "7"], None, "--seed 7: not for bench, whose --seeds set the split"),
     (["--no-select"], None, "--no-select: not for bench, whose methods select fields"),
     (["--target-k", "2"], None, "--target-k 2: not for bench, whose --k is every method's number of fields"),
-    ([], "prune:\n  continue_epochs: 4\n", "continue_epochs 4: not for bench, whose every method retrains for --epochs"),
-    ([], "continue_epochs: 0\n", "continue_epochs 0: not for bench"),
+    ([], "prune:\n  continue_epochs: 4\n", "--continue-epochs 4: not for bench, whose every method retrains for --epochs"),
+    ([], "continue_epochs: 0\n", "--continue-epochs 0: not for bench"),
     ([], "seed: 3\n", "--seed 3: not for bench"),
-    ([], "prune:\n  threshold: 0.5\n", "threshold 0.5: not for bench"),
+    ([], "init_seed: 3\n", "(--init-seed from "),  # said to come from the file (bench has no such flag)
+    ([], "keep: 3\n", "(--keep from "),
+    ([], "prune:\n  threshold: 0.5\n", "--threshold 0.5: not for bench"),
     (["--seeds", "0,0"], None, "--seeds '0,0': seed 0 is given twice"),
     (["--ablate-subset", ""], None, "--ablate-subset ''"),
     (["--ablate-subset", "0.5"], None, "--methods does not go with --ablate-subset"),  # it ran Light-FMP alone

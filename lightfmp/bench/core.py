@@ -165,9 +165,9 @@ def _check_bench_config(cfg: RunConfig) -> None:
              (cfg.data.seed != 0, f"--seed {cfg.data.seed}", "--seeds set the split and the initialisation"),
              (t.no_select, "--no-select", "methods select fields (the full model is the method 'full')"),
              (t.target_k is not None, f"--target-k {t.target_k}", "--k is every method's number of fields"),
-             (p.keep is not None, f"keep {p.keep}", "--k is every method's number of fields"),
-             (p.threshold is not None, f"threshold {p.threshold}", "--k is every method's number of fields"),
-             (p.continue_epochs is not None, f"continue_epochs {p.continue_epochs}",
+             (p.keep is not None, f"--keep {p.keep}", "--k is every method's number of fields"),
+             (p.threshold is not None, f"--threshold {p.threshold}", "--k is every method's number of fields"),
+             (p.continue_epochs is not None, f"--continue-epochs {p.continue_epochs}",
               "every method retrains for --epochs")]
     bad = next(((what, why) for hit, what, why in given if hit), None)
     if bad is not None:
