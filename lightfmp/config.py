@@ -188,6 +188,8 @@ class RunConfig:
         whose keys are all commented out (`train:` alone, read as null) is an empty section; `data` is both a
         section and the data-path key: a mapping or null is the section, anything else the path. Errors name
         `source` (the YAML file) unless the values are flags (COMMAND_LINE), whose errors name the flag."""
+        if d is not None and not isinstance(d, collections.abc.Mapping):
+            raise LightFMPError(f"{source}: must be a mapping of option: value, got {shown_type(d)}")
         values: dict[str, dict] = {s: {} for s in SECTIONS}
         for k, v in (d or {}).items():
             key = str(k).replace("-", "_")
@@ -374,9 +376,17 @@ def _coerce(value, hint, key, source):
                 return False
             raise ValueError(value)
         if tp is int:
-            if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool):
                 raise ValueError(value)
-            return int(value) if not isinstance(value, str) else int(value.strip())
+            if isinstance(value, str):
+                return int(value.strip())
+            try:  # a float, Decimal or Fraction only where it is whole (int() would round 2.5 down)
+                whole = int(value)
+            except (OverflowError, ValueError):
+                raise ValueError(value) from None
+            if not isinstance(value, numbers.Integral) and value != whole:
+                raise ValueError(value)
+            return whole
         if tp is float:
             out = float(value)
             if not math.isfinite(out):

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import threading
@@ -143,10 +144,15 @@ def _fit_seconds(t0: float, hist: dict) -> float:
 
 
 def _a_config(cfg) -> RunConfig:
+    """`cfg` checked again as a whole: its sections are plain objects a caller may have edited since it was built
+    (`cfg.train.batch_size = 0` ended in a ZeroDivisionError)."""
     if not isinstance(cfg, RunConfig):
         raise LightFMPError(f"the config must be a RunConfig (lightfmp.RunConfig.of(data=..., label=...)), got "
                             f"{shown_type(cfg)}")
-    return cfg
+    sections = [getattr(cfg, s, None) for s in ("data", "model", "train", "prune")]
+    if not all(dataclasses.is_dataclass(v) and not isinstance(v, type) for v in sections):
+        raise LightFMPError("the config's sections must be its own (build it with lightfmp.RunConfig.of(...))")
+    return RunConfig.from_dict(cfg.to_dict(), "the config")
 
 
 _TRAINING = threading.RLock()  # one training at a time in a process (`_process_state`)
@@ -178,7 +184,8 @@ def train(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fa
     """Phase 1 into a new run directory. Returns the metrics written. An interrupted call resumes from its
     per-epoch checkpoint (<out>.ckpt) when called again with the same config and data."""
     check_switches(force=force, quiet=quiet)
-    check_no_rule_without_gates(_a_config(cfg))
+    cfg = _a_config(cfg)
+    check_no_rule_without_gates(cfg)
     dist.refuse_sparse(cfg.train.sparse_embeddings)
     out = as_the_kernel_reads(out)  # its siblings (lock, checkpoints) beside it, where the run will be
     _check_out(out, force)  # what is refused is refused in its own words, before the lock beside it
@@ -587,7 +594,11 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
     check_switches(force=force, quiet=quiet)
     out = as_the_kernel_reads(out)
     check_name_length(out)
-    check_no_rule_without_gates(_a_config(cfg))  # a config built in Python (RunConfig.but, from_dict) as from the CLI
+    cfg = _a_config(cfg)
+    check_no_rule_without_gates(cfg)  # a config built in Python (RunConfig.but, from_dict) as from the CLI
+    if data is not None and not isinstance(data, Dataset):
+        raise LightFMPError(f"data: the config's data as a lightfmp Dataset (lightfmp.dataset.load_dataset), or "
+                            f"None to read cfg's file; got {shown_type(data)}")
     _check_out(out, True)  # as `train`'s, but an existing run may be one this call resumes (checked under the lock)
     dist.refuse_sparse(cfg.train.sparse_embeddings)
     dist.init(cfg.train.device)  # the ranks of a torchrun job learn whether rank 0 got the lock

@@ -64,9 +64,9 @@ class Run:
     def select(self) -> bool:
         return bool(self.info["select"])
 
-    def metrics(self) -> dict:
-        """RUN/metrics.json, checked to hold every key the readers of a run in this state use (and by `open_run` to
-        be the file the run wrote)."""
+    def metrics(self, _recorded: bool = True) -> dict:
+        """RUN/metrics.json, checked to hold every key the readers of a run in this state use, and to be the file
+        the run wrote (its sha256 in run.json; `open_run` checks that last, after the files it names)."""
         p = self.path / "metrics.json"
         m = read_json(p)
         keys = METRICS_KEYS + (GATED_KEYS if self.select else ()) + STATE_KEYS[self.state]
@@ -99,6 +99,9 @@ class Run:
         bad = next((n for n, v in scores.items() if v is not None and not (_number(v) and math.isfinite(v))), None)
         if bad is not None:
             raise LightFMPError(f"{p}: selection.scores['{bad}'] must be a number or null, not {scores[bad]!r}")
+        if _recorded:
+            _check_recorded(p, self.info, METRICS_KEY, "what it says of the gates and the kept fields is not the "
+                                                       "run's")
         return m
 
     def history(self) -> dict:
@@ -108,9 +111,8 @@ class Run:
         expected = self.info.get(HISTORY_KEY)
         if expected is None and self.info["format_version"] >= 3:  # every run of this format records it
             raise LightFMPError(f"{self.path / 'run.json'}: missing key '{HISTORY_KEY}' (edited?)")
-        if expected is not None and path.is_file() and file_sha256(path) != expected:
-            raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json), so what it "
-                                f"says of the run's phases is not the run's: restore it or train again")
+        if path.is_file():
+            _check_recorded(path, self.info, HISTORY_KEY, "what it says of the run's phases is not the run's")
         h = read_json(path)
         for phase in ("pretrain", "continue"):
             if phase in h and not isinstance(h[phase], dict):
@@ -208,6 +210,31 @@ def _names(value, path: Path, key: str) -> list[str]:
     return value
 
 
+def _check_recorded(path: Path, info: dict, key: str, meaning: str) -> None:
+    """`path` still has the sha256 run.json recorded under `key` when the run was opened (`info`; None recorded:
+    nothing to check). Where it does not but run.json records its new one now, the run was rewritten since it was
+    opened (a prune): said so, not called an edit."""
+    expected = info.get(key)
+    if expected is None or file_sha256(path) == expected:
+        return
+    if _rewritten(path, key):
+        raise LightFMPError(f"{path.parent}: rewritten since it was opened (by prune?); open the run again "
+                            f"(lightfmp.open_run) to read it")
+    raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json), so {meaning}: "
+                        f"restore it or train again")
+
+
+def _rewritten(path: Path, key: str) -> bool:
+    """Whether run.json, read again now, records `path`'s present sha256 under `key` (a str, or a dict by file
+    name)."""
+    try:
+        now = read_json(path.parent / "run.json").get(key)
+    except (LightFMPError, AttributeError):
+        return False
+    now = now.get(path.name) if isinstance(now, dict) else now
+    return isinstance(now, str) and now == file_sha256(path)
+
+
 def _check_unchanged(path: Path, info: dict) -> None:
     """A tensor file whose sha256 run.json records (runs written before it did record none) must still have it: an
     edit that leaves the file readable (a flipped byte in a weight) would otherwise go on unseen."""
@@ -218,6 +245,9 @@ def _check_unchanged(path: Path, info: dict) -> None:
         raise LightFMPError(f"{path.parent / 'run.json'}: records no sha256 for {path.name} under '{WEIGHTS_KEY}' "
                             f"(edited?)")
     if expected is not None and file_sha256(path) != expected:
+        if _rewritten(path, WEIGHTS_KEY):
+            raise LightFMPError(f"{path.parent}: rewritten since it was opened (by prune?); open the run again "
+                                f"(lightfmp.open_run) to read it")
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); restore it or "
                             f"train again")
 
@@ -402,7 +432,7 @@ def open_run(path: str | Path) -> Run:
         raise LightFMPError(f"{p}: not a directory")
     info = _read_info(p)
     run = Run(p, info, _read_config(p, info), _read_schema(p, info))
-    metrics = run.metrics()
+    metrics = run.metrics(_recorded=False)  # its sha256 last, below
     weights = []
     if run.select:  # what prune reads: the phase-1 weights, and the history it extends
         run.history()
@@ -422,10 +452,8 @@ def open_run(path: str | Path) -> Run:
             raise
     # last, so that the checks above name what an edit broke where they can: metrics.json is the file the run wrote
     # (its sha256 in run.json; runs written before it was recorded have none)
-    if METRICS_KEY in info and file_sha256(p / "metrics.json") != info[METRICS_KEY]:
-        raise LightFMPError(f"{p / 'metrics.json'}: changed since the run wrote it (sha256 differs from run.json), so "
-                            f"what it says of the gates and the kept fields is not the run's: restore it or train "
-                            f"again")
+    _check_recorded(p / "metrics.json", info, METRICS_KEY, "what it says of the gates and the kept fields is not "
+                                                            "the run's")
     return run
 
 

@@ -159,3 +159,54 @@ def test_records_with_levels_of_column_names_are_refused(done):
 def test_a_boolean_from_python_is_not_called_a_yaml_boolean():
     with pytest.raises(LightFMPError, match="'positive' must be text, got the boolean True$"):
         RunConfig.of(data="d.csv", label="y", positive=True)
+
+
+def test_a_config_edited_after_it_was_built_is_checked_again(done, tmp_path):
+    """Its sections are plain objects: an edit skipped every check (batch_size 0 ended in a ZeroDivisionError)."""
+    t, cfg = done
+    for key, value, says in (("batch_size", 0, "--batch-size 0: must be >= 1"),
+                             ("lr", "fast", "'lr' must be a finite number, got 'fast'")):
+        edited = cfg.but()
+        setattr(edited.train, key, value)
+        for call in (lightfmp.run, lightfmp.train):
+            with pytest.raises(LightFMPError, match=says):
+                call(edited, tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(LightFMPError, match="data: the config's data as a lightfmp Dataset .*DataFrame"):
+        lightfmp.run(cfg, tmp_path / "r", data=pd.DataFrame({"a": [1]}))
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_whole_number_option_takes_no_fraction_of_any_type():
+    from decimal import Decimal
+    from fractions import Fraction
+    for v in (Decimal("2.5"), Fraction(5, 2), 2.5, float("inf")):
+        with pytest.raises(LightFMPError, match="'epochs' must be int"):
+            RunConfig.of(epochs=v)
+    assert RunConfig.of(epochs=Decimal("3")).train.epochs == 3 and RunConfig.of(epochs=np.int64(4)).train.epochs == 4
+    for d in ([1, 2], "lr: 1"):
+        with pytest.raises(LightFMPError, match="must be a mapping of option: value"):
+            RunConfig.from_dict(d)
+
+
+def test_a_run_object_reads_what_the_run_wrote_and_says_when_it_was_rewritten(done, tmp_path):
+    """metrics() checks the recorded sha256 as history() does (an edited test AUC was returned); after a prune
+    rewrote the run, an object opened before it says so instead of calling the new files edits."""
+    import json
+    import shutil
+    t, _ = done
+    shutil.copytree(t / "run", tmp_path / "run")
+    r = lightfmp.open_run(tmp_path / "run")
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    m["test"]["auc"] = 0.99
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(m))
+    with pytest.raises(LightFMPError, match=r"metrics\.json: changed since the run wrote it"):
+        r.metrics()
+    shutil.rmtree(tmp_path / "run")
+    shutil.copytree(t / "run", tmp_path / "run")
+    r = lightfmp.open_run(tmp_path / "run")
+    lightfmp.prune(tmp_path / "run", continue_epochs=1, quiet=True)
+    for read in (r.metrics, r.history, r.load_final):
+        with pytest.raises(LightFMPError, match=r"rewritten since it was opened \(by prune\?\); open the run again"):
+            read()
+    assert lightfmp.open_run(tmp_path / "run").metrics()["fields"]["kept"]  # opened again: read as it is now
