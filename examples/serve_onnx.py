@@ -203,6 +203,19 @@ def read_vocab(path):
         raise ServeError(f"{path}: cannot read it ({type(e).__name__})") from None
 
 
+def check_shape(schema, where):
+    """The keys every use of the schema reads, of the types it reads them as."""
+    inputs = schema.get("inputs") if isinstance(schema, dict) else None
+    ok = isinstance(schema, dict) and type(schema.get("schema_version", 1)) is int \
+        and isinstance(inputs, list) and all(isinstance(s, dict) and isinstance(s.get("name"), str)
+                                             and isinstance(s.get("kind"), str) for s in inputs) \
+        and isinstance(schema.get("model_file"), str) and isinstance(schema.get("output"), dict) \
+        and isinstance(schema["output"].get("name"), str)
+    if not ok:
+        raise ServeError(f"{where}: not a feature schema this client reads (an object with an integer "
+                         f"schema_version, inputs each with a name and kind, model_file, output.name)")
+
+
 class Client:
     def __init__(self, export_dir):
         d = Path(export_dir)
@@ -210,6 +223,7 @@ class Client:
             self.schema = json.loads((d / "feature_schema.json").read_text())
         except (OSError, ValueError) as e:
             raise ServeError(f"{d / 'feature_schema.json'}: cannot read it ({type(e).__name__})") from None
+        check_shape(self.schema, d / "feature_schema.json")
         if self.schema.get("schema_version", 1) > 2:  # a newer contract may encode in ways this client does not
             raise ServeError(f"{d / 'feature_schema.json'}: schema_version {self.schema['schema_version']} is newer "
                              f"than this client reads (2)")
@@ -297,8 +311,11 @@ def main(argv):
     try:
         client = Client(argv[0])
         if len(argv) > 1:
-            fh = sys.stdin if argv[1] == "-" else open(argv[1])
-            records = [read_line(line, n, argv[1]) for n, line in enumerate(fh, 1) if line.strip()]
+            fh = sys.stdin if argv[1] == "-" else open(argv[1], encoding="utf-8")
+            try:
+                records = [read_line(line, n, argv[1]) for n, line in enumerate(fh, 1) if line.strip()]
+            except UnicodeDecodeError:
+                raise ServeError(f"{'stdin' if argv[1] == '-' else argv[1]}: not UTF-8 text") from None
         else:
             records = made_up_records(client.schema, client.vocab)
         probs = client.predict(records)

@@ -131,6 +131,23 @@ def test_example_client_runs_without_torch(s, tmp_path):
     assert demo.returncode == 0 and len(demo.stdout.splitlines()) == 3, demo.stderr
 
 
+def test_example_client_refuses_a_schema_of_another_shape_and_records_not_utf8_in_one_line(s, tmp_path):
+    import shutil
+    shutil.copytree(get_export(s, "mlp"), tmp_path / "e")
+    schema = json.loads((tmp_path / "e" / "feature_schema.json").read_text())
+    (tmp_path / "bad.jsonl").write_bytes(b'{"city": "\xff"}\n')
+    r = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "e"), str(tmp_path / "bad.jsonl")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {tmp_path / 'bad.jsonl'}: not UTF-8 text", r.stderr
+    for shape in ({k: v for k, v in schema.items() if k != "inputs"}, [schema], {**schema, "schema_version": "3"},
+                  {**schema, "inputs": [{k: v for k, v in i.items() if k != "kind"} for i in schema["inputs"]]}):
+        (tmp_path / "e" / "feature_schema.json").write_text(json.dumps(shape))
+        r = subprocess.run([sys.executable, str(EXAMPLE), str(tmp_path / "e")], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 2 and "not a feature schema this client reads" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
 # ---- the example client encodes and refuses as the Predictor does ---------------------------------------------------
 GOOD = {"city": "paris", "dev": 3, "price": 4.5, "tags": "a|b", "noise": 1}
 
