@@ -47,7 +47,8 @@ from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cach
                      shard_key)
 from .splits import (SALT_SAMPLE, SALT_SUBSET, SPLITS, SplitRule, check_sizes, check_split_keys, row_uniform,
                      time_codes)
-from .vocab import RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema
+from .vocab import (RESERVOIR_SIZE, PRUNE_MIN_ENTRIES, StreamFitter, apply_options, initial_schema,
+                    parse_hash_buckets)
 
 Batches = Callable[[], Iterable[tuple[pa.Table | Coded, int]]]
 
@@ -158,26 +159,30 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
 
 
 def _check_fit_options(cfg: DataConfig, schema: FeatureSchema) -> None:
-    """The fit options a --schema file decides: its min_count and num_buckets are the ones its fields are fitted
-    (or, unfitted, will be fitted) with, and where every field is fitted nothing is left for --hash-buckets or
-    --vocab-cap to act on. A flag that says otherwise is refused, not recorded in config.yaml as if it applied."""
+    """A fit option beside a --schema file must act on a field the file leaves to fit, or say what the file does;
+    one that would change nothing is refused, not recorded in config.yaml as if it applied. min_count and
+    num_buckets are the file's (the flags' defaults ask for nothing); --vocab-cap caps the vocabularies still to
+    fit (categorical and multi-hot fields without one); --hash-buckets hashes the fields it names (a field with a
+    vocabulary is refused by it) or, as N, every field it can."""
     defaults = DataConfig()
     for flag, key in (("--min-count", "min_count"), ("--num-buckets", "num_buckets")):
-        # the default is no request: a schema fitted with other values is used as it is
         if getattr(cfg, key) not in (getattr(schema, key), getattr(defaults, key)):
             raise LightFMPError(f"--schema {cfg.schema}: its fields are fitted with {key} {getattr(schema, key)}; "
                                 f"drop {flag} {getattr(cfg, key)} (or set {key} in the schema file)")
-    if all(f.fitted for f in schema.fields):  # nothing left to fit: the options may only say what the file does
-        for flag, value, options in (("--hash-buckets", cfg.hash_buckets, (cfg.hash_buckets, None)),
-                                     ("--vocab-cap", cfg.vocab_cap, (None, cfg.vocab_cap))):
-            trial = FeatureSchema.from_dict(schema.to_dict())
-            try:
-                apply_options(trial, *options)
-            except LightFMPError as e:
-                raise LightFMPError(f"--schema {cfg.schema}: {e}") from None
-            if trial.to_dict() != schema.to_dict():
-                raise LightFMPError(f"--schema {cfg.schema}: every field there is fitted already, and {flag} "
-                                    f"{value} says otherwise; drop it")
+    if cfg.vocab_cap is not None and cfg.vocab_cap != schema.vocab_cap \
+            and not any(f.kind != "numeric" and not f.fitted for f in schema.fields):
+        raise LightFMPError(f"--schema {cfg.schema}: every vocabulary there is fitted already, so --vocab-cap "
+                            f"{cfg.vocab_cap} would cap none; drop it")
+    if cfg.hash_buckets is not None and str(cfg.hash_buckets).strip():
+        trial = FeatureSchema.from_dict(schema.to_dict())
+        try:
+            wanted = parse_hash_buckets(cfg.hash_buckets, trial)
+            apply_options(trial, cfg.hash_buckets, None)
+        except LightFMPError as e:
+            raise LightFMPError(f"--schema {cfg.schema}: {e}") from None
+        if not any(trial.field(name).hash_buckets == n for name, n in wanted.items()):
+            raise LightFMPError(f"--schema {cfg.schema}: every field there has a vocabulary, so --hash-buckets "
+                                f"{cfg.hash_buckets} would hash none; drop it")
 
 
 def _given_schema(cfg: DataConfig, schema: FeatureSchema | None) -> FeatureSchema | None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .coded import Coded, Unparsed
+from .config import MAX_BUCKETS
 from .encoding import (DURATION_DERIVE, TIME_DERIVE, Tokens, VocabIndex, as_float, cell_strings, column,
                        column_names, lists, numbers, split_multi, stable_hash, tokens)
 from .errors import LightFMPError, first_repeat
@@ -286,6 +287,8 @@ class FeatureSchema:
                 raise LightFMPError(f"{source}: {key} {d[key]!r} must be {what}")
         counts = {key: whole(d, key, default, 1, source)
                   for key, default in (("min_count", 2), ("num_buckets", 16), ("vocab_cap", None))}
+        if counts["num_buckets"] > MAX_BUCKETS:  # the flag's bound: more than the fit's sample cannot be told apart
+            raise LightFMPError(f"{source}: num_buckets {counts['num_buckets']} must be at most {MAX_BUCKETS:,}")
         try:
             fields = [Field.from_dict(f) for f in d["fields"]]
         except LightFMPError as e:

@@ -596,6 +596,7 @@ def _edited(fitted: dict, where: str, key: str, value) -> dict:
     ("schema", "min_count", "two", "min_count 'two' must be an integer >= 1"),
     ("schema", "min_count", -5, "min_count -5 must be an integer >= 1"),
     ("schema", "num_buckets", 0, "num_buckets 0 must be an integer >= 1"),
+    ("schema", "num_buckets", 10 ** 9, "num_buckets 1000000000 must be at most 200,000"),
     ("schema", "schema_version", "1", "schema_version '1' must be an integer >= 1"),
     ("schema", "vocab_cap", 2.5, "vocab_cap 2.5 must be an integer >= 1"),
     ("schema", "meta", [1], "meta [1] must be an object"),
@@ -642,7 +643,8 @@ def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stre
     (["--num-buckets", "3"], "its fields are fitted with num_buckets 16; drop --num-buckets 3"),
     (["--hash-buckets", "noise:7"], "--hash-buckets: field 'noise' already has a vocabulary in the schema file"),
     (["--hash-buckets", "nosuch:7"], "nosuch"),
-    (["--vocab-cap", "1"], "every field there is fitted already, and --vocab-cap 1 says otherwise; drop it"),
+    (["--vocab-cap", "1"], "every vocabulary there is fitted already, so --vocab-cap 1 would cap none; drop it"),
+    (["--hash-buckets", "7"], "every field there has a vocabulary, so --hash-buckets 7 would hash none; drop it"),
 ])
 def test_fit_options_a_fitted_schema_decides_are_refused_not_recorded(tmp_path, flags, message):
     """They would change nothing, while config.yaml recorded them as applied."""
@@ -652,6 +654,19 @@ def test_fit_options_a_fitted_schema_decides_are_refused_not_recorded(tmp_path, 
                        "--out", tmp_path / "r", "-q"), "s.json", message)
     assert not (tmp_path / "r").exists()
 
+
+
+def test_vocab_cap_beside_a_schema_whose_vocabularies_are_all_fitted_is_refused_even_with_a_numeric_to_fit(tmp_path):
+    """Only the numeric field left to fit: --vocab-cap would cap nothing (it was recorded as applied)."""
+    p = write_csv(tmp_path, n=400)
+    d = load_dataset(cfg_for(p, tmp_path).data).schema.to_dict()
+    for f in d["fields"]:
+        if f["kind"] == "numeric":
+            f["boundaries"] = None
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    one_line_error(cli("run", "--data", p, "--label", "label", "--schema", tmp_path / "s.json", "--vocab-cap", "5",
+                       "--out", tmp_path / "r", "-q"), "s.json", "so --vocab-cap 5 would cap none")
+    assert not (tmp_path / "r").exists()
 
 
 def test_a_schema_fitted_with_other_fit_options_is_used_as_it_is_without_the_flags(tmp_path):
