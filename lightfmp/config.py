@@ -335,9 +335,10 @@ def _shape_checked(value, tp, key, source):
         nested = [v for v in value if isinstance(v, (*unordered, list, tuple))] if isinstance(value, (list, tuple)) \
             else []
         bad = value if isinstance(value, unordered) else nested[0] if nested else None
+    elif key in TEXT_LISTS and isinstance(value, (list, tuple)):  # a list of its items, each one scalar
+        bad = next((v for v in value if isinstance(v, (*unordered, list, tuple))), None)
     else:
-        bad = value if isinstance(value, unordered) or isinstance(value, (list, tuple)) and key not in TEXT_LISTS \
-            else None
+        bad = value if isinstance(value, unordered) or isinstance(value, (list, tuple)) else None
     if bad is None:
         return value
     shape = "a mapping" if isinstance(bad, dict) else "a set" if isinstance(bad, (set, frozenset)) else "a list"

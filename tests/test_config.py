@@ -96,6 +96,13 @@ def test_an_error_quotes_a_value_cut_short(tmp_path):
     assert len(str(e.value)) < 400
 
 
+def test_a_text_list_holds_scalar_items():
+    """--hash-buckets' items as a YAML list: a nested item was joined as its text (megabytes under aliases)."""
+    with pytest.raises(LightFMPError, match=r"'hash_buckets' must be .*, got the item \[1, 2\], a list"):
+        RunConfig.from_dict({"hash_buckets": [[1, 2]]}, "c.yaml")
+    assert RunConfig.from_dict({"hash_buckets": ["a:8", "b:4"]}, "c.yaml").data.hash_buckets == "a:8,b:4"
+
+
 def _yaml(tmp_path, d):
     (tmp_path / "e.yaml").write_text(yaml.safe_dump(d))
     return tmp_path / "e.yaml"
