@@ -90,7 +90,7 @@ def init(device: str = "auto") -> None:
 
     `device` is the run's --device: the backend is nccl for CUDA, gloo for CPU. A malformed testing hook
     ($LIGHTFMP_FAULT_RANK_EPOCH) is refused here, before any work."""
-    _fault()
+    fault_hook()
     if world() <= 1 or active():
         return
     if not dist.is_available():
@@ -230,7 +230,7 @@ def wrap(model: torch.nn.Module, device: str) -> torch.nn.Module:
 # ---- failures --------------------------------------------------------------------------------------------------
 def maybe_fault(epoch: int) -> None:
     """The testing hook: exit(1) at the start of `epoch` on the rank named by LIGHTFMP_FAULT_RANK_EPOCH."""
-    fault = _fault()
+    fault = fault_hook()
     if fault is None:
         return
     r, e = fault
@@ -241,7 +241,7 @@ def maybe_fault(epoch: int) -> None:
         os._exit(1)  # like a crash: no cleanup, the OS closes this rank's sockets
 
 
-def _fault() -> tuple[int, int] | None:
+def fault_hook() -> tuple[int, int] | None:
     """The testing hook's (rank, epoch), or None where it is not set."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:

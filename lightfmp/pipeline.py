@@ -368,10 +368,24 @@ def prune(run_dir: str | Path, keep: int | None = None, threshold: float | None 
     if writer is not None:  # a run still in phase 1: not written yet, and said so (not "no such run directory")
         raise LightFMPError(f"{given_path}: not written yet: another lightfmp command is writing it ({writer}); wait "
                             f"for it to end")
-    path = open_run(given_path).path  # not a run: refused before the lock
+    opened = open_run(given_path)  # not a run: refused before the lock
+    path = opened.path
+    _join_ranks(opened)
     with _one_writer(path, "prune"), _process_state():
         return _prune(open_run(path), rule.keep, rule.threshold, rule.continue_epochs, quiet,
                       default_rule=default_rule)
+
+
+def _join_ranks(run: Run) -> None:
+    """The process group of a torchrun job, for the run's device (idempotent): before `prune` takes the lock, so
+    that every rank learns whether rank 0 got it. What the run's config.yaml gives is named as its own (an edit
+    there), not as a flag nobody passed; the testing hook's variable as itself."""
+    dist.fault_hook()
+    try:
+        dist.refuse_sparse(run.config.train.sparse_embeddings)
+        dist.init(run.config.train.device)
+    except LightFMPError as e:
+        raise LightFMPError(f"{run.path / 'config.yaml'}: {e}") from None
 
 
 def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs: int | None, quiet: bool,
@@ -399,9 +413,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if continue_epochs < 0:
         raise LightFMPError(f"--continue-epochs {continue_epochs}: must be >= 0")
     config_file = run.path / "config.yaml"
+    _join_ranks(run)
     try:  # what the run's config.yaml gives is named as its own (an edit there), not as a flag nobody passed
-        dist.refuse_sparse(cfg.train.sparse_embeddings)
-        dist.init(cfg.train.device)
         device = _device(cfg)
     except LightFMPError as e:
         raise LightFMPError(f"{config_file}: {e}") from None

@@ -240,6 +240,22 @@ def test_a_malformed_fault_hook_is_refused_before_any_work(tmp_path, monkeypatch
         assert not (tmp_path / "r").exists() and not (tmp_path / "r.ckpt").exists()
 
 
+def test_prune_under_torchrun_with_a_held_lock_and_a_malformed_hook_says_so(data, tmp_path):
+    """prune took the lock before the ranks had joined: rank 1 hung until torchrun killed it. And a malformed testing
+    hook is named as itself, not as the run's config.yaml."""
+    from lightfmp.writer_lock import one_writer
+    out = tmp_path / "pre"
+    r = lightfmp("train", "--data", data, "--out", out, *ARGS, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with one_writer(out, "prune"):
+        r = lightfmp("prune", out, "--keep", "2", "--quiet", nproc=2)
+    assert r.returncode != 0
+    assert "rank 0 could not take it for this prune (its line says why)" in r.stderr, r.stderr[-3000:]
+    r = lightfmp("prune", out, "--keep", "2", "--quiet", fault="0:x")
+    assert r.returncode == 2 and r.stderr.strip() == "error: $LIGHTFMP_FAULT_RANK_EPOCH='0:x': expected RANK:EPOCH, " \
+                                                     "e.g. 1:1", r.stderr
+
+
 def test_under_torchrun_a_held_lock_is_said_by_every_rank_not_as_a_lost_connection(data, tmp_path):
     """Rank 0 holds <out>'s lock for the job: refused, it tells the others, which say so instead of reporting a lost
     connection and advising a rerun while the other command still writes."""
