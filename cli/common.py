@@ -85,6 +85,10 @@ def _no_empty_paths(command, ctx, args: list[str]) -> None:
             fail(f"{_name(param)} '': is empty; give a path")
 
 
+# options whose value is comma-separated: the config's lists, and bench's and profile's own
+COMMA_LISTS = LIST_KEYS | {"seeds", "methods", "ablate_subset", "batch_sizes", "clients"}
+
+
 def _given_once(command, ctx, args: list[str]) -> None:
     """A list flag given twice kept only its last list, quietly (`--ignore a --ignore b` ignored b alone, where
     lists that add up were meant): refused in one line. A scalar flag given again takes the later value, as in
@@ -92,7 +96,7 @@ def _given_once(command, ctx, args: list[str]) -> None:
     order = command.make_parser(ctx).parse_args(args=list(args))[2]
     for param in dict.fromkeys(order):
         n = order.count(param)
-        if n > 1 and isinstance(param, TyperOption) and param.name in LIST_KEYS:
+        if n > 1 and isinstance(param, TyperOption) and param.name in COMMA_LISTS:
             fail(f"{_name(param)} is given {n} times; give it once (a list is one flag: comma-separated values)")
 
 

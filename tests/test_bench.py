@@ -260,7 +260,8 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     ([], "continue_epochs: 0\n", "--continue-epochs 0: not for bench"),
     ([], "seed: 3\n", "--seed 3: not for bench"),
     ([], "init_seed: 3\n", "(--init-seed from "),  # said to come from the file (bench has no such flag)
-    ([], "keep: 3\n", "(--keep from "),
+    ([], "keep: 3\n", "--keep 3: not for bench, whose --k is every method's number of fields (drop it from --config) "
+                       "(--keep from "),
     ([], "prune:\n  threshold: 0.5\n", "--threshold 0.5: not for bench"),
     (["--seeds", "0,0"], None, "--seeds '0,0': seed 0 is given twice"),
     (["--ablate-subset", ""], None, "--ablate-subset ''"),
@@ -275,8 +276,9 @@ def test_what_the_bench_sets_itself_is_refused_before_any_work(planted, tmp_path
     if config is not None:
         (tmp_path / "c.yaml").write_text(config)
         extra = ["--config", tmp_path / "c.yaml"]
-    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--methods", "full,lightfmp", "--json", js,
-            *SMALL, *flags, *extra)
+    methods = [] if "--methods" in flags else ["--methods", "full,lightfmp"]
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", *methods, "--json", js, *SMALL, *flags,
+            *extra)
     assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not js.exists()
 

@@ -623,3 +623,5 @@ def test_a_list_flag_given_twice_is_refused_not_the_last_list_kept(tmp_path, arg
     one_line_error(cli("run", "--data", tmp_path / "absent.csv", "--label", "label", *args, "--out", tmp_path / "r"),
                    message)
     assert not (tmp_path / "r").exists()
+    one_line_error(cli("bench", "--data", tmp_path / "absent.csv", "--label", "label", "--k", "1", "--seeds", "0",
+                       "--seeds", "1"), "--seeds is given 2 times; give it once")  # bench's own lists too

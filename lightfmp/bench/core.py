@@ -171,7 +171,12 @@ def _check_bench_config(cfg: RunConfig) -> None:
               "every method retrains for --epochs")]
     bad = next(((what, why) for hit, what, why in given if hit), None)
     if bad is not None:
-        raise LightFMPError(f"{bad[0]}: not for bench, whose {bad[1]} (drop it from the flags or --config)")
+        raise LightFMPError(f"{bad[0]}: not for bench, whose {bad[1]} (drop it from --config"
+                            f"{'' if bad[0].split()[0] in BENCH_LACKS else ' or the flags'})")
+
+
+# run / prune settings bench has no flag for: only a --config file can set them
+BENCH_LACKS = ("--init-seed", "--keep", "--threshold", "--continue-epochs")
 
 
 def run_bench(cfg: RunConfig, k: int, seeds: list[int], methods: list[str], quick: bool = False,
