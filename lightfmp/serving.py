@@ -100,7 +100,8 @@ def _frame(records) -> pd.DataFrame:
         lists = records and all(isinstance(v, (list, tuple, np.ndarray, pd.Series)) for v in records.values())
         raise LightFMPError("records must be a list of dicts or a DataFrame (got " + (
             "a dict of columns; pass pandas.DataFrame(it)" if lists else "one dict; wrap it in a list") + ")")
-    if isinstance(records, pd.Series):  # one row of a frame: iterating it gives its values, not records
+    if isinstance(records, pd.Series) and not all(isinstance(v, dict) for v in records):  # one row of a frame:
+        # iterating it gives its values, not records (a Series of dicts is a list of records)
         raise LightFMPError("records must be a list of dicts or a DataFrame (got a pandas Series; pass "
                             "[series.to_dict()] for one record, or series.to_frame().T)")
     if isinstance(records, (pa.Table, pa.RecordBatch)):  # integers with nulls stay exact Python ints (not floats,

@@ -49,6 +49,8 @@ def test_predictor_on_raw_records_equals_model_on_encoded_rows(s, mode):
         p.predict({c: df[c].tolist() for c in df.columns})
     with pytest.raises(LightFMPError, match=re.escape("got a pandas Series; pass [series.to_dict()]")):
         p.predict(df.iloc[0])  # one row of the frame: its values are not records
+    records = df.apply(lambda r: r.to_dict(), axis=1)  # a Series of records is records
+    assert np.array_equal(p.predict(records), p.predict(df))
     assert p.predict([df.iloc[0].to_dict()])[0] == p.predict(df.iloc[:1])[0]  # the way the message says
 
 
@@ -75,8 +77,10 @@ def test_run_takes_text_for_a_raw_exports_fields_and_refuses_other_values(s):
     feeds = p.encode([{"city": "paris", "dev": "3", "price": "4.5", "tags": "a|b", "noise": "1"}])
     assert p.run(feeds).shape == (1,)
     text = next(n for n in p.input_names if feeds[n].dtype == object)
-    for bad in (np.array([b"paris"]), np.array([None], dtype=object), np.array([1.5], dtype=object)):
-        with pytest.raises(LightFMPError, match=f"feeds: input '{text}' holds"):
+    for bad, says in ((np.array([b"paris"]), "holds |S5 values, expected string"),
+                      (np.array([None], dtype=object), "holds None, not text (a raw export's missing value is '')"),
+                      (np.array([1.5], dtype=object), "holds 1.5, not text")):
+        with pytest.raises(LightFMPError, match=re.escape(f"feeds: input '{text}' {says}")):
             p.run({**feeds, text: bad})
 
 

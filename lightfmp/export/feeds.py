@@ -6,9 +6,11 @@ import zlib
 import numpy as np
 import pandas as pd
 
-from ..errors import LightFMPError
+from ..errors import LightFMPError, shown
 from ..schema import FIRST_ID, OOV_ID, PAD_ID, FeatureSchema, as_float, cell_strings, encode_field, split_multi
 from .contract import InputSpec
+
+_ALL_TEXT = object()  # `check_feeds`: an object array found to hold text only
 
 
 def feeds_from_frame(df: pd.DataFrame, schema: FeatureSchema, raw: bool = False) -> dict[str, np.ndarray]:
@@ -58,7 +60,11 @@ def check_feeds(specs: list[InputSpec], feeds) -> dict[str, np.ndarray]:
         rows = len(a)
         kind = a.dtype.kind
         if s.dtype == "string":  # text: unicode, or objects that are all str (bytes or None would read as unseen)
-            ok = kind == "U" or kind == "O" and all(isinstance(v, str) for v in a.ravel())
+            other = next((v for v in a.ravel() if not isinstance(v, str)), _ALL_TEXT) if kind == "O" else _ALL_TEXT
+            if other is not _ALL_TEXT:
+                raise LightFMPError(f"feeds: input '{s.name}' holds {shown(other)}, not text (a raw export's "
+                                    f"missing value is '')")
+            ok = kind in "OU"
         elif s.dtype == "float32":
             ok = kind in "iuf"
         else:
