@@ -229,6 +229,29 @@ def test_cached_raw_files_changed_since_the_fetch_are_not_used(tmp_path, monkeyp
     assert "\n" not in str(e.value) and not (tmp_path / "movielens-100k" / "ctr.csv").exists()
 
 
+def test_grouplens_files_cut_short_before_their_hashes_were_recorded_make_no_table(tmp_path, monkeypatch):
+    """A fetch killed while unzipping left u.user cut short and no sha256.json: the counts of the ratings file
+    still matched, and a table of empty user columns was written and reused. The finished table must be the known
+    one (its sha256)."""
+    raw = tmp_path / "movielens-100k" / "ml-100k"
+    _write_grouplens(raw)
+    good = ml.prepare_ctr_table(raw)
+    monkeypatch.setattr(ml, "N_RATINGS", len(FAKE_RATINGS))
+    monkeypatch.setattr(ml, "N_USERS", 2)
+    monkeypatch.setattr(ml, "N_ITEMS", 3)
+    monkeypatch.setattr(ml, "CTR_SHA256", hashlib.sha256(good.to_csv(index=False, lineterminator="\n")
+                                                          .encode()).hexdigest())
+    monkeypatch.setattr(ml, "_fetch_grouplens", _no_network)
+    monkeypatch.setattr(ml, "_fetch_recbole", _no_network)
+    (raw / "u.user").write_text("|".join(FAKE_USERS[0]) + "\n")  # the second user cut off
+    with pytest.raises(LightFMPError, match=r"cached raw files: the prepared table differs from MovieLens-100K's"):
+        fetch_movielens_100k(home=tmp_path, quiet=True)
+    assert not (tmp_path / "movielens-100k" / "ctr.csv").exists()
+    (raw / "u.user").write_text("".join("|".join(u) + "\n" for u in FAKE_USERS))  # whole again: the table is made
+    out = fetch_movielens_100k(home=tmp_path, quiet=True)
+    pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str, keep_default_na=False), good.astype(str))
+
+
 def test_fetch_reports_all_failures(tmp_path, monkeypatch):
     def fail(name):
         def f(*_a, **_k):

@@ -215,10 +215,16 @@ def _fetch_recbole(cache: Path, quiet: bool) -> Path:
     return out
 
 
-def _check(df: pd.DataFrame) -> None:
+def _check(df: pd.DataFrame) -> bytes:
+    """The table as ctr.csv's bytes, where it is the known one (its sha256): raw files cut short or changed give
+    rows with empty user or item columns that the counts alone do not show."""
     got = (len(df), df["user_id"].nunique(), df["item_id"].nunique())
     if got != (N_RATINGS, N_USERS, N_ITEMS):
         raise ValueError(f"unexpected rows/users/items {got}, want {(N_RATINGS, N_USERS, N_ITEMS)}")
+    blob = df.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    if hashlib.sha256(blob).hexdigest() != CTR_SHA256:
+        raise ValueError("the prepared table differs from MovieLens-100K's (raw files cut short or changed)")
+    return blob
 
 
 def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
@@ -231,11 +237,11 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
     make_dirs(cache)
 
     errors = []
-    df = None
+    df = blob = None
     try:  # raw files from an earlier run: no network
         _check_cached_raw(cache)
         df = prepare_ctr_table(cache)
-        _check(df)
+        blob = _check(df)
     except Exception as e:  # noqa: BLE001 - fall through to the downloads
         df = None
         if not isinstance(e, FileNotFoundError):
@@ -246,7 +252,7 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
         try:
             raw = fetch(cache, quiet)
             df = prepare_ctr_table(raw)
-            _check(df)
+            blob = _check(df)
         except Exception as e:  # noqa: BLE001 - collect and try the next source
             df = None
             errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
@@ -259,7 +265,7 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
         raise LightFMPError("could not get MovieLens-100K; " + "; ".join(errors))
 
     with atomic_path(out) as tmp:
-        df.to_csv(tmp, index=False, lineterminator="\n")
+        tmp.write_bytes(blob)
     write_json_atomic(cache / META_NAME, {"ctr.csv": file_sha256(out), "rows": len(df)})
     say(quiet, f"wrote {out} ({len(df)} rows, label mean {df['label'].mean():.4f})")
     return out
