@@ -7,6 +7,7 @@ from .cache import cache_home
 from .checkpoint import reset_hint
 from .config import RunConfig
 from .datasets import fetch_movielens_100k
+from .datasets.movielens import CTR_SHA256
 from .errors import LightFMPError
 from .io import lightfmp_kind
 from .pipeline import run
@@ -54,8 +55,10 @@ def _check_replaceable(path: Path, data: Path, force: bool) -> None:
         raise LightFMPError(f"{path}: exists and is not a lightfmp run; choose another --out")
     if force:
         return
-    try:
-        ours = Path(str(open_run(path).config.data.data)).resolve() == Path(data).resolve()
+    try:  # by its data's content (the cache may have moved since), or else by its path
+        found = open_run(path)
+        ours = found.info.get("data_sha256") == CTR_SHA256 \
+            or Path(str(found.config.data.data)).resolve() == Path(data).resolve()
     except LightFMPError:
         ours = False
     if not ours:

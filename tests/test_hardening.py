@@ -22,7 +22,7 @@ from lightfmp.bench.report import results_table
 from lightfmp.bench.selectors import METHODS
 from lightfmp.config import RunConfig
 from lightfmp.errors import LightFMPError
-from lightfmp.io import WRITTEN, atomic_dir, check_out, lightfmp_kind
+from lightfmp.io import WRITTEN, atomic_dir, check_out, file_sha256, lightfmp_kind
 from lightfmp.progress import Reporter
 from lightfmp.rundir import open_run
 from lightfmp.cli.app import app
@@ -647,6 +647,14 @@ def test_demo_replaces_an_earlier_demo_but_not_someone_elses_run(data, tmp_path,
     assert listing(out / "lightfmp") == before
     assert cli("demo", "--out", out, "--no-compare", "--quiet", "--force").exit_code == 0
     again = cli("demo", "--out", out, "--no-compare", "--quiet")  # now the demo's own: replaced without --force
+    assert again.exit_code == 0, again.output
+    import shutil  # the cache moved (another $LIGHTFMP_HOME, a copied folder): the table's content says it is ours
+    moved = tmp_path / "moved" / "ml.csv"
+    moved.parent.mkdir()
+    shutil.copy(csv, moved)
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", lambda quiet=False: moved)
+    monkeypatch.setattr(demo_mod, "CTR_SHA256", file_sha256(moved))
+    again = cli("demo", "--out", out, "--no-compare", "--quiet")
     assert again.exit_code == 0, again.output
     (tmp_path / "other" / "lightfmp").mkdir(parents=True)  # not a run at all: --force would not replace it either
     one_line_error(cli("demo", "--out", tmp_path / "other", "--no-compare", "--force", "--quiet"),
