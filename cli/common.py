@@ -23,7 +23,7 @@ from lightfmp.errors import LightFMPError
 
 from .options import LIST_KEYS, config_flags
 
-out = Console()
+out = Console(soft_wrap=True)  # a line that names a path stays one line (piped output is 80 columns wide)
 err = Console(stderr=True)
 
 
