@@ -221,12 +221,25 @@ def _is_our_png(p: Path) -> bool:
                 fh.seek(size + 4, 1)  # the chunk's data and CRC, unread
 
 
-def make_dirs(p: Path) -> None:
-    """mkdir -p, failing in one line: a place that takes no folder (/proc, a read-only mount) says so."""
+def make_dirs(p: Path) -> list[Path]:
+    """mkdir -p, failing in one line: a place that takes no folder (/proc, a read-only mount) says so. Returns the
+    folders it created, outermost first (`remove_made` takes them away again where they stayed empty)."""
+    p = Path(p)
+    made = [a for a in reversed([p, *p.parents]) if not a.exists()]
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LightFMPError(f"{p}: cannot create this folder ({e.strerror or type(e).__name__})") from None
+    return made
+
+
+def remove_made(made: list[Path]) -> None:
+    """The folders `make_dirs` created, innermost first, each only while empty (rmdir takes no other)."""
+    for d in reversed(made):
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def check_writable(p: Path, parent: Path) -> None:

@@ -264,6 +264,9 @@ def test_fetch_reports_all_failures(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "\n" not in msg and "GroupLens" in msg and "RecBole" in msg and "pypi unreachable" in msg
     assert not (tmp_path / "movielens-100k").exists()  # not even an empty folder
+    with pytest.raises(LightFMPError):  # nor the home folders it made on the way
+        fetch_movielens_100k(home=tmp_path / "new" / "home", quiet=True)
+    assert not (tmp_path / "new").exists()
 
 
 def test_grouplens_checksum_rejected(tmp_path, monkeypatch):
@@ -398,6 +401,9 @@ def test_kdd_failed_first_fetch_leaves_no_folder_and_a_killed_ones_download_goes
     with pytest.raises(LightFMPError):
         fetch_kddcup04_bio(home=tmp_path, quiet=True)
     assert not (tmp_path / "kddcup04-bio").exists()
+    with pytest.raises(LightFMPError):  # nor the home folders it made on the way
+        fetch_kddcup04_bio(home=tmp_path / "new" / "home", quiet=True)
+    assert not (tmp_path / "new").exists()
     monkeypatch.setattr(kdd, "EXPECTED_ROWS", FAKE_BIO_ROWS)
     cache = tmp_path / "kddcup04-bio"
     cache.mkdir()

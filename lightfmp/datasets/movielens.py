@@ -27,7 +27,7 @@ import pandas as pd
 
 from ..cache import cache_home, say
 from ..errors import LightFMPError
-from ..io import atomic_path, file_sha256, make_dirs, write_json_atomic
+from ..io import atomic_path, file_sha256, make_dirs, remove_made, write_json_atomic
 
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
@@ -234,7 +234,7 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
     out = cache / "ctr.csv"
     if _cached(out):
         return out
-    make_dirs(cache)
+    made = make_dirs(cache)
 
     errors = []
     df = blob = None
@@ -258,10 +258,7 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
             errors.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             say(quiet, f"failed: {errors[-1]}")
     if df is None:
-        try:
-            cache.rmdir()  # made by this call and left empty: not left behind
-        except OSError:
-            pass
+        remove_made(made)  # the folders this call made and left empty (the home too): not left behind
         raise LightFMPError("could not get MovieLens-100K; " + "; ".join(errors))
 
     with atomic_path(out) as tmp:
