@@ -114,6 +114,8 @@ def register(app) -> None:
             if same is not None:  # one would silently replace the other
                 raise LightFMPError(f"{path}: given to both {same} and {flag}; each output needs its own file")
             check_output_file(path, kind, flag)  # before the timing: never replace the user's files
+        if compare is not None and not Path(compare).exists():  # named as the flag, before the first model's timing
+            raise LightFMPError(f"--compare {compare}: no such export or ONNX file")
         budget = profiling.Budget(max_runs=max_runs, max_seconds=max_seconds, min_runs=min(5, max_runs))
         models = [model] + ([compare] if compare is not None else [])
         res = profiling.profile(models, sizes, threads=threads or None, budget=budget, eager=eager, trace=trace)

@@ -195,6 +195,12 @@ def test_a_model_twice_is_refused_however_it_is_named(s, tmp_path):
     assert len(r.output.strip().splitlines()) == 1
 
 
+def test_a_compare_that_is_not_there_is_named_as_the_flag(s, tmp_path):
+    r = runner.invoke(app, ["profile", str(get_export(s, "mlp")), "--compare", str(tmp_path / "nope"), "--max-runs",
+                            "1", "--quiet"])
+    assert r.exit_code == 2 and f"--compare {tmp_path / 'nope'}: no such export or ONNX file" in r.output, r.output
+
+
 def test_clients_without_a_url_is_refused_not_ignored(s):
     r = runner.invoke(app, ["profile", str(get_export(s, "mlp")), "--clients", "0", "--max-runs", "1", "--quiet"])
     assert r.exit_code == 2 and "--clients '0': only with --url" in r.output, r.output
