@@ -1,0 +1,152 @@
+"""Behaviour a mutation audit found untested: each test fails under the one-token change named in its docstring."""
+import json
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import make_frame, one_line_error, write_csv
+from lightfmp import keep_rule
+from lightfmp.averaging import tie
+from lightfmp.cli.app import app
+from lightfmp.config import DataConfig
+from lightfmp.dataset import load_dataset
+from lightfmp.errors import LightFMPError
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.shards import check_shards
+from lightfmp.splits import parse_split
+from lightfmp.vocab import apply_options, fit_schema
+from typer.testing import CliRunner
+
+
+def cli(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_the_screen_sends_the_most_promising_candidate_to_the_exact_passes(monkeypatch):
+    """A screen sorted the wrong way (the least promising first) evaluated only fields that carry nothing: with
+    the screen always on and one candidate passed on, the planted field must still be picked first."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    s = FeatureSchema("label", [Field(f"f{i}", "categorical", vocab=[str(v) for v in range(6)]) for i in range(5)])
+    ids = rng.integers(2, 8, size=(n, 5)).astype(np.int64)
+    eff = np.array([0, 0, -2, -1, 0, 1, 2, 2.5])
+    y = (rng.random(n) < 1 / (1 + np.exp(-eff[ids[:, 3]]))).astype(np.float32)
+    torch.manual_seed(0)
+    m = build_model("mlp", s, ModelConfig(embed_dim=1, hidden=[]), gated=True)
+    with torch.no_grad():
+        m.embedding.weight.zero_()
+        m.embedding.weight[3 * 8:4 * 8, 0] = torch.tensor(eff, dtype=torch.float32)  # only f3 carries anything
+        m.out.weight.fill_(1.0)
+        m.out.bias.zero_()
+        m.gate.log_alpha.fill_(5.0)
+    monkeypatch.setattr(keep_rule, "EXACT_CANDIDATES", 0)
+    monkeypatch.setattr(keep_rule, "SCREENED", 1)
+    assert keep_rule.forward_order(m.eval(), ids, y, steps=1)[0] == 3
+
+
+def test_shards_copied_under_another_key_are_not_reused(tmp_path):
+    """(The key check removed: a copy under another directory name read as that key's data.)"""
+    p = write_csv(tmp_path, n=300)
+    cfg = DataConfig(data=str(p), label="label", categorical=["a", "b", "noise"], multi_hot=["tags:|"],
+                     numeric=["x"], stream=True, shard_dir=str(tmp_path / "sh"))
+    data = load_dataset(cfg)
+    copy = data.location.parent / ("0" * len(data.location.name))
+    shutil.copytree(data.location, copy)
+    manifest, why = check_shards(copy, copy.name)
+    assert manifest is None and "key differs from the directory name" in why
+    assert check_shards(data.location, data.location.name)[0] is not None
+
+
+def test_vocab_cap_below_one_is_refused():
+    with pytest.raises(LightFMPError, match="--vocab-cap 0: must be >= 1"):
+        apply_options(FeatureSchema("y", [Field("a", "categorical")]), vocab_cap=0)
+
+
+def test_every_field_hashed_skips_the_fields_a_schema_file_fitted():
+    """'N' hashes the fields still to fit and leaves a fitted vocabulary as it is (named, such a field is refused)."""
+    s = FeatureSchema("y", [Field("a", "categorical", vocab=["x", "y"]), Field("b", "categorical")])
+    apply_options(s, "7")
+    assert s.field("a").vocab == ["x", "y"] and s.field("a").hash_buckets is None and s.field("b").hash_buckets == 7
+    with pytest.raises(LightFMPError, match="field 'a' already has a vocabulary"):
+        apply_options(FeatureSchema.from_dict(s.to_dict()), "a:7")
+
+
+def test_a_partly_fitted_schema_fitted_again_records_no_text_rule_of_its_own(tmp_path):
+    """(all -> any: the rule was stamped on a schema whose other vocabularies an older lightfmp may have fitted.)"""
+    df = make_frame(300)
+    p = tmp_path / "d.csv"
+    df.to_csv(p, index=False)
+    fitted = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("noise", "categorical")]), df)
+    d = fitted.to_dict()
+    d["meta"] = {}
+    d["fields"][1]["vocab"] = None  # noise left to fit; a keeps the file's vocabulary
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    data = load_dataset(DataConfig(data=str(p), label="label", schema=str(tmp_path / "s.json"), ignore=[]))
+    assert "text_rule" not in data.schema.meta and data.schema.field("noise").vocab
+
+
+def test_label_flag_wins_over_the_schema_files_label(tmp_path):
+    df = make_frame(300).rename(columns={"label": "y2"}).assign(label=0)
+    p = tmp_path / "d.csv"
+    df.to_csv(p, index=False)
+    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("noise", "categorical")]), df)
+    s.save(tmp_path / "s.json")
+    data = load_dataset(DataConfig(data=str(p), label="y2", schema=str(tmp_path / "s.json")))
+    assert data.schema.label == "y2"
+
+
+def test_a_limit_of_zero_keeps_one_tied_epoch():
+    low = np.random.default_rng(0).exponential(0.5, 1000)
+    tied = tie({}, 0, low, low, 0, lambda: {"w": torch.zeros(1)})
+    assert sorted(tied) == [0]
+
+
+def test_split_fractions_must_sum_to_one_closely():
+    with pytest.raises(LightFMPError, match=r"they sum to 1.005"):
+        parse_split("0.8,0.1,0.105")
+    assert parse_split("0.8,0.1,0.1") == (0.8, 0.1, 0.1)
+
+
+def test_an_error_of_a_config_files_value_names_the_file_once(tmp_path):
+    """(The startswith clause removed: the file named at the start was named again at the end.)"""
+    p = write_csv(tmp_path, n=100)
+    (tmp_path / "c.yaml").write_text("batch_size: 0\n")
+    r = cli("run", "--data", p, "--label", "label", "--config", tmp_path / "c.yaml", "--out", tmp_path / "r")
+    one_line_error(r, "c.yaml")
+    assert r.output.count("c.yaml") == 1, r.output
+
+
+def _feeds_export(tmp_path_factory):
+    from lightfmp import RunConfig
+    import lightfmp
+    from lightfmp.export import export_run
+    t = tmp_path_factory.mktemp("feeds")
+    cfg = RunConfig.of(data=str(write_csv(t, n=500)), label="label", multi_hot="tags:|", numeric="x",
+                       categorical="a,b,noise", epochs=1, embed_dim=4, hidden=[8], no_select=True)
+    lightfmp.run(cfg, t / "run", quiet=True)
+    export_run(t / "run", t / "exp", inputs="raw")
+    return t / "exp"
+
+
+@pytest.fixture(scope="module")
+def predictor(tmp_path_factory):
+    from lightfmp.serving import Predictor
+    return Predictor(_feeds_export(tmp_path_factory))
+
+
+def test_feeds_are_checked_for_width_and_take_integers_for_numbers(predictor):
+    df = make_frame(20).drop(columns="label")
+    feeds = predictor.encode(df)
+    tags = feeds["tags"]
+    with pytest.raises(LightFMPError, match=r"input 'tags' has shape \[20, \d+\], expected \['rows', \d+\]"):
+        predictor.run({**feeds, "tags": np.concatenate([tags, tags[:, :1]], axis=1)})  # one slot too many
+    whole = {**feeds, "x": np.round(feeds["x"]).astype(np.int64)}
+    assert np.array_equal(predictor.run(whole), predictor.run({**whole, "x": whole["x"].astype(np.float32)}))
+    with pytest.raises(LightFMPError, match=re.escape("input 'a' holds None, not text")):
+        predictor.run({**feeds, "a": np.array(["a1"] * 19 + [None], dtype=object)})
+
