@@ -252,8 +252,6 @@ def _check_kind_flags(spec: SchemaSpec, time_column: str | None, label_from: str
                                     f"a feature, not both")
             if c in seen and seen[c] != flag:
                 raise LightFMPError(f"column '{c}' is named by both {seen[c]} and {flag}; choose one")
-            if c in seen:  # config.yaml would record it twice, as if two columns
-                raise LightFMPError(f"{flag}: column '{c}' is named twice; name it once")
             seen[c] = flag
     if time_column == spec.label:
         raise LightFMPError(f"--time-column {time_column}: '{time_column}' is the label column ({label_from}); order "

@@ -516,8 +516,6 @@ def test_an_edited_kept_list_is_refused_by_name(tmp_path, edit, words):
 @pytest.mark.parametrize("kw,match", [
     (dict(categorical="a", numeric="a"), "'a' is named by both --categorical and --numeric"),
     (dict(categorical="b", ignore="b"), "'b' is named by both --categorical and --ignore"),
-    (dict(categorical="b,a,b"), "--categorical: column 'b' is named twice; name it once"),
-    (dict(ignore="noise,noise"), "--ignore: column 'noise' is named twice; name it once"),
     (dict(ignore="label"), "--ignore label: 'label' is the label column"),
     (dict(time_column="label"), "--time-column label: 'label' is the label column"),
 ])
