@@ -132,7 +132,8 @@ def _eager_module(bundle: Bundle):
         return None, f"run {run_dir} no longer matches the export (fields differ)"
     want = bundle.contract.run_weights_sha256
     if want is not None and file_sha256(Path(run_dir) / "model.safetensors") != want:
-        return None, f"run {run_dir} no longer matches the export (its model.safetensors changed since the export)"
+        return None, (f"run {run_dir} does not hold the exported model (its model.safetensors differs from the one "
+                      f"exported: trained again since, or another run of that name)")
     return (serving_module(model, kept), kept), None
 
 
