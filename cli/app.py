@@ -222,9 +222,11 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
               informative: int = typer.Option(8, "--informative", help="Fields that drive the label."),
               out_dir: Path = typer.Option(..., "--out", help="Directory for the data file and truth.json."),
               seed: int = typer.Option(0, "--seed", help="Seed of the generator (same seed, same files)."),
-              redundant: Optional[int] = typer.Option(None, "--redundant", help="Fields that copy an informative "
-                                                      "field under new value names (default: as many as "
-                                                      "--informative, as far as --fields allows)."),
+              redundant: Optional[int] = typer.Option(None, "--redundant", help="Fields that repeat an informative "
+                                                      "field under new value names: a copy, or (about half) "
+                                                      "a coarser function merging its rarer values in pairs "
+                                                      "(default: as many as --informative, as far as --fields "
+                                                      "allows)."),
               fmt: str = typer.Option("parquet", "--format", help="File format: parquet or csv.")):
     """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
     if fmt not in ("parquet", "csv"):
