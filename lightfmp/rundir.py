@@ -217,22 +217,22 @@ def _check_recorded(path: Path, info: dict, key: str, meaning: str) -> None:
     expected = info.get(key)
     if expected is None or file_sha256(path) == expected:
         return
-    if _rewritten(path, key):
-        raise LightFMPError(f"{path.parent}: rewritten since it was opened (by prune?); open the run again "
-                            f"(lightfmp.open_run) to read it")
+    _refuse_if_rewritten(path, key)
     raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json), so {meaning}: "
                         f"restore it or train again")
 
 
-def _rewritten(path: Path, key: str) -> bool:
-    """Whether run.json, read again now, records `path`'s present sha256 under `key` (a str, or a dict by file
-    name)."""
+def _refuse_if_rewritten(path: Path, key: str) -> None:
+    """Where run.json, read again now, records `path`'s present sha256 under `key` (a str, or a dict by file name),
+    the run was rewritten since it was opened: said so."""
     try:
         now = read_json(path.parent / "run.json").get(key)
     except (LightFMPError, AttributeError):
-        return False
+        return
     now = now.get(path.name) if isinstance(now, dict) else now
-    return isinstance(now, str) and now == file_sha256(path)
+    if isinstance(now, str) and now == file_sha256(path):
+        raise LightFMPError(f"{path.parent}: rewritten since it was opened (by prune?); open the run again "
+                            f"(lightfmp.open_run) to read it")
 
 
 def _check_unchanged(path: Path, info: dict) -> None:
@@ -245,9 +245,7 @@ def _check_unchanged(path: Path, info: dict) -> None:
         raise LightFMPError(f"{path.parent / 'run.json'}: records no sha256 for {path.name} under '{WEIGHTS_KEY}' "
                             f"(edited?)")
     if expected is not None and file_sha256(path) != expected:
-        if _rewritten(path, WEIGHTS_KEY):
-            raise LightFMPError(f"{path.parent}: rewritten since it was opened (by prune?); open the run again "
-                                f"(lightfmp.open_run) to read it")
+        _refuse_if_rewritten(path, WEIGHTS_KEY)
         raise LightFMPError(f"{path}: changed since the run wrote it (sha256 differs from run.json); restore it or "
                             f"train again")
 
