@@ -11,8 +11,6 @@ A gate holds a value z_f per input field that scales that field's embedding. `tr
     holdout_pass             with a hold-out: True, the gate steps of an epoch read its held-out rows once, a
                              share after each weight step; False, each gate step reads a full batch, cycling
                              the hold-out (the alternation of bilevel methods such as AutoField's)
-    steps_on_validation      True: the gate steps read the fit's validation rows as their hold-out, and the
-                             weights every row (AutoField's bilevel scheme: the controller on validation data)
 and a selector ranks fields by `scores()` (most useful first when sorted descending).
 
 `progress` is the fraction of training done: before the step for `penalty`, after it for `after_step`, so a
@@ -53,7 +51,6 @@ class Gate(nn.Module):
     """A z_f per field: sampled while training, deterministic at evaluation (what `forward` returns)."""
     uses_holdout = False
     holdout_pass = False
-    steps_on_validation = False
 
     def __init__(self, num_fields: int):
         super().__init__()
@@ -142,11 +139,9 @@ class AutoFieldGate(Gate):
     deterministic: z_f = softmax(a_f / tau)[keep]
     temperature:   tau = TAU_START * (TAU_END / TAU_START) ** progress (geometric annealing toward a discrete choice)
     scores:        P(keep) = softmax(a_f)[keep]
-    The controller is trained on the validation rows, the weights on the training rows (bilevel, first order, as the
-    paper's scheme reads them). No penalty.
+    The controller is trained on held-out rows (bilevel, first order). No penalty.
     """
     uses_holdout = True
-    steps_on_validation = True
     TAU_START, TAU_END = 1.0, 0.05
 
     def __init__(self, n_fields: int):

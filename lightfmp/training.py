@@ -246,12 +246,10 @@ class Trainer:
     fields otherwise look useful by overfitting. With a gate whose `holdout_pass` is set (Light-FMP's), each gate
     step reads the next 1/batches of the epoch's shuffled pass over the hold-out, so the gates read each held-out
     row once an epoch (as the weights read theirs), in as many steps as the weights take; otherwise each gate step
-    reads a full batch, cycling the hold-out. A gate that `steps_on_validation` (AutoField's) takes `valid`, the
-    fit's validation rows, as its hold-out, and the weights read every row. Without a hold-out, gates and weights
-    take the same joint step."""
+    reads a full batch, cycling the hold-out. Without a hold-out, gates and weights take the same joint step."""
 
     def __init__(self, model: CTRModel, rows: Rows, cfg: TrainConfig, plan: Plan, device: str, label: str,
-                 carry: Carry | None = None, valid: Rows | None = None):
+                 carry: Carry | None = None):
         self.model, self.cfg, self.plan, self.device = model, cfg, plan, device
         self.gate = model.gate
         self.opt_w, self.opt_t = _weight_optimizers(model, cfg)
@@ -263,9 +261,7 @@ class Trainer:
         # trained on (its last batches), the next one and that one's permutation stay within it
         self.window_bytes = (plan.in_memory_mb << 20) // 3
         self.weight_rows, self.hold = self.rows, None
-        if self.gate is not None and self.gate.steps_on_validation and valid is not None and len(valid):
-            self.hold = in_memory(valid, plan.in_memory_mb << 20)  # the controller's data: the validation rows
-        elif self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
+        if self.gate is not None and self.gate.uses_holdout and cfg.gate_holdout > 0:
             w_rows, h_rows = self.rows.split(cfg.gate_holdout, plan.seed if plan.split_seed is None else
                                              plan.split_seed, SALT_HOLDOUT)
             h_rows = in_memory(h_rows, plan.in_memory_mb << 20)  # read in small batches every epoch
@@ -541,7 +537,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                     and copies >= 2)
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
                 (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed), averages, copies)
-    trainer = Trainer(model, rows, cfg, plan, device, label, carry, valid)
+    trainer = Trainer(model, rows, cfg, plan, device, label, carry)
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
     resumed = state is not None

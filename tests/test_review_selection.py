@@ -229,21 +229,6 @@ def test_gate_steps_read_every_held_out_row_once_an_epoch_even_with_empty_shares
     assert key(got) == key(np.concatenate([hold.arrays()[0]] * 2))  # each epoch reads each held-out row once
 
 
-def test_autofields_controller_steps_on_the_validation_rows_and_its_weights_on_every_training_row(monkeypatch):
-    """AutoField's bilevel scheme: the controller reads validation data (it stepped on a hold-out of the training
-    rows, which the weights then did not read)."""
-    from lightfmp.gates import AutoFieldGate
-    rows, valid = _rows(400), ArrayRows(_rows(460).arrays()[0][400:], np.ones(60, dtype=np.float32))
-    schema = FeatureSchema("y", [Field(f"f{i}", "categorical", vocab=[f"v{j}" for j in range(20)]) for i in range(3)])
-    torch.manual_seed(0)
-    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gate=AutoFieldGate(3))
-    seen, steps = record_steps(monkeypatch)
-    fit(model, rows, valid, TrainConfig(epochs=1, batch_size=50, gate_holdout=0.2), seed=3, select_best=False)
-    assert sum(steps) == 400 and len(seen) == len(steps)  # the weights read every training row
-    key = lambda a: set(map(tuple, a.tolist()))  # noqa: E731
-    assert set().union(*map(key, seen)) <= key(valid.arrays()[0])  # the controller only validation rows
-
-
 def test_a_streamed_hold_out_is_not_read_whole_before_the_first_gate_step(tmp_path):
     """A hold-out that stays on disk (a --stream run beyond --in-memory-mb) is read share by share as the gate
     steps take it, not whole before the first one."""
