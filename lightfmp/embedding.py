@@ -27,6 +27,8 @@ class FieldEmbedding(nn.Module):
         self.register_buffer("field_offsets", offsets)
         self.register_buffer("slot_field", slot_field)
         self.register_buffer("slot_offsets", offsets[slot_field].clone())
+        # each slot's field size, for the OOV read of ids given from outside (not saved: derived from the schema)
+        self.register_buffer("slot_vocab", sizes[slot_field].clone(), persistent=False)
         self.multi_hot = any(f.kind == "multi_hot" for f in schema.fields)
         is_multi = torch.tensor([schema.fields[i].kind == "multi_hot" for i in slot_field.tolist()])
         self.register_buffer("slot_is_multi", is_multi)
@@ -60,7 +62,7 @@ class FieldEmbedding(nn.Module):
         scale = self.slot_scale(ids, gates)
         # scoring ids given from outside (an eval-mode model): one outside a field's range reads its OOV row, as
         # the exported graph does, not a neighbouring field's rows. Training reads encoded rows, always in range
-        vocab = self.vocab_sizes[self.slot_field] if not self.training and not tracing() else None
+        vocab = self.slot_vocab if not self.training and not tracing() else None
         emb = gated_embedding(ids, self.weight, self.slot_offsets, scale, vocab_sizes=vocab, sparse_grad=self.sparse)
         lin = gated_embedding(ids, self.linear, self.slot_offsets, scale, vocab_sizes=vocab,
                               sparse_grad=self.sparse).squeeze(-1) if self.linear is not None else None
