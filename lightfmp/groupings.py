@@ -20,18 +20,32 @@ import hashlib
 
 import numpy as np
 
+from .schema import PAD_ID
+
 
 def row_groups(ids: np.ndarray, slot_field: np.ndarray, field: int) -> tuple[np.ndarray, int]:
-    """Per row, the index of its value of `field` among the field's distinct values on these rows (all of a
-    multi-hot field's slots together, in any order: the model pools them, so "p|q" and "q|p" are one value), and the
-    number of distinct values."""
+    """Per row, the index of its value of `field` among the field's distinct values on these rows, and the number
+    of distinct values. A multi-hot field's value is what its mean pooling reads (`pooled_values`)."""
     block = ids[:, slot_field == field]
     if block.shape[1] == 1:
         _, inverse = np.unique(block[:, 0], return_inverse=True)
     else:
-        _, inverse = np.unique(np.sort(block, axis=1), axis=0, return_inverse=True)
+        inverse = pooled_values(block)
     inverse = inverse.reshape(-1).astype(np.int64)
     return inverse, int(inverse.max()) + 1 if len(inverse) else 0
+
+
+def pooled_values(block: np.ndarray) -> np.ndarray:
+    """Per row of a multi-hot field's slots ([rows, slots] ids), an index of what the model's mean pooling reads of
+    them: the shares of the ids other than padding, in any order. So "p|q" and "q|p" are one value, and so are "p"
+    and "p|p", and two lists whose tags all map to the OOV id; an empty list is a value of its own."""
+    keys: dict[tuple[bytes, bytes], int] = {}
+    out = np.empty(len(block), dtype=np.int64)
+    for i, row in enumerate(block):
+        tokens, counts = np.unique(row[row != PAD_ID], return_counts=True)
+        counts = counts // np.gcd.reduce(counts) if len(counts) else counts
+        out[i] = keys.setdefault((tokens.tobytes(), counts.tobytes()), len(keys))
+    return out
 
 
 class Groupings:
@@ -116,4 +130,6 @@ class Groupings:
         per site) does not stand for its coarser function: there the coarser field pools what the finer spreads."""
         if not self.is_function_of(b, a):
             return False
-        return self.field_ids is None or self.field_ids[a] <= self.rows_ratio * self.field_ids[b]
+        if self.field_ids is None or self.rows_ratio is None:
+            return True
+        return self.field_ids[a] <= self.rows_ratio * self.field_ids[b]

@@ -35,15 +35,32 @@ def test_a_multi_hot_field_is_compared_on_all_its_slots_in_any_order():
     """The model pools a multi-hot field's slots (mean of the tokens' embeddings): "p|q" and "q|p" are one value."""
     rng = np.random.default_rng(1)
     n = 500
-    tags = rng.integers(0, 4, (n, 2))
+    tags = rng.integers(1, 5, (n, 2))  # ids 1-4 (0 is padding)
     bag = np.sort(tags, axis=1)
-    code = bag[:, 0] * 4 + bag[:, 1]  # the pair of tags, whichever slot holds which
+    code = bag[:, 0] * 5 + bag[:, 1]  # the pair of tags, whichever slot holds which
     first_slot_only = tags[:, 0]
     ids = np.column_stack([tags, tags[:, ::-1], code, first_slot_only])
     g = Groupings(ids, np.array([0, 0, 1, 1, 2, 3]))
     assert g.copies() == {0: [1, 2], 1: [0, 2], 2: [0, 1]}
     # the tag in the first slot is no function of the tags as the model reads them
     assert not g.is_function_of(3, 0) and not g.is_function_of(3, 2)
+
+
+def test_a_multi_hot_field_is_grouped_as_its_mean_pooling_reads_it():
+    """Mean pooling reads the shares of a list's ids, padding (0) left out: "p" and "p|p" are one value, and so are
+    two lists whose tags all became the OOV id, whatever their lengths; an empty list is a value of its own. A
+    categorical field that tells exactly those values apart is then a copy of the multi-hot one, not a coarser
+    function of it."""
+    p, q, oov = 3, 4, 1
+    lists = [[p, 0, 0], [p, p, 0], [p, p, p], [q, 0, 0], [q, q, 0], [oov, 0, 0], [oov, oov, oov], [p, q, 0],
+             [q, p, 0], [p, p, q], [0, 0, 0]]
+    value = [0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 5]  # what the model reads: p, q, OOV, p+q evenly, 2p+q, nothing
+    rows = np.arange(400) % len(lists)
+    ids = np.column_stack([np.array(lists)[rows], np.array(value)[rows] + 7])
+    g = Groupings(ids, np.array([0, 0, 0, 1]))
+    assert g.distinct[0] == 6
+    assert g.copies() == {0: [1], 1: [0]}
+    assert not g.is_function_of(1, 0)
 
 
 def test_copies_on_a_wide_table_of_few_valued_fields():
@@ -325,3 +342,14 @@ def _stubbed_search(monkeypatch, value: list[float]):
 
     monkeypatch.setattr("lightfmp.keep_rule.ClosedFields", Passes)
     return Model
+
+
+def test_the_density_check_needs_both_of_its_inputs():
+    """`stands_for` applies the density check only given both each field's number of ids and the rows ratio; with
+    one of them alone it is `is_function_of`."""
+    a = np.arange(600) % 60
+    ids = np.column_stack([a, a % 6])
+    for kw in ({"field_ids": [60, 6]}, {"rows_ratio": 2.0}, {}):
+        g = Groupings(ids, np.array([0, 1]), **kw)
+        assert g.stands_for(1, 0) and g.is_function_of(1, 0)
+    assert not Groupings(ids, np.array([0, 1]), field_ids=[60, 6], rows_ratio=2.0).stands_for(1, 0)
