@@ -10,6 +10,7 @@ import copy
 import torch
 
 from .embedding import FieldEmbedding
+from .errors import LightFMPError
 from .models import CTRModel
 from .schema import FeatureSchema
 
@@ -20,12 +21,18 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     """A new, smaller, gate-free model over `kept` fields, and the schema it reads."""
     if gate_values is None:
         gate_values = model.gate_values()
+    unknown = sorted(set(kept) - set(schema.names))
+    if unknown or not kept:
+        raise LightFMPError(f"pruning: {'no field to keep' if not kept else 'no field named ' + ', '.join(unknown)} "
+                            f"(the model's fields: {', '.join(schema.names)})")
     kept = [n for n in schema.names if n in set(kept)]  # schema order, as schema.subset keeps it
     keep_idx = torch.tensor([schema.names.index(n) for n in kept], dtype=torch.long)
     new_schema = schema.subset(kept)
     old = model.embedding
     new_emb = FieldEmbedding(new_schema, old.embed_dim, linear=old.linear is not None).to(
         device=old.weight.device, dtype=old.weight.dtype)
+    new_emb.train(old.training)  # a fresh module trains; the copy of the model keeps the model's mode
+    new_emb.sparse = old.sparse
     # rows of each kept field, scaled by that field's gate
     rows = torch.cat([torch.arange(int(old.field_offsets[i]), int(old.field_offsets[i] + old.vocab_sizes[i]))
                       for i in keep_idx.tolist()])

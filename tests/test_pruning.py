@@ -59,6 +59,32 @@ def test_pruned_equals_gated_on_kept_fields(schema_and_ids, backbone, kept):
         assert pruned.num_params() < model.num_params()
 
 
+def test_the_pruned_model_keeps_the_models_mode_and_reads_an_unseen_id_as_the_gated_model_does(schema_and_ids):
+    """The surgery makes a fresh embedding module (which would start in training mode) inside a copy of the model:
+    it takes the model's mode, so an eval-mode pruned model reads an id past a field's range as that field's OOV row,
+    as the gated model does, not as another field's row or an IndexError. Its sparse-gradient flag comes along."""
+    schema, ids = schema_and_ids
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]), gated=True)
+    randomize(model)
+    model.embedding.sparse = True
+    model.eval()
+    ids = ids.clone()
+    a = schema.field_slot_ranges()["a"]  # field a's slot
+    ids[:5, a[0]] = schema.fields[0].vocab_size + 3
+    pruned, _ = assert_pruned_equals_gated(model, schema, ids, ["a", "x"])
+    assert not pruned.training and not pruned.embedding.training and pruned.embedding.sparse
+    model.train()
+    assert prune_model(model, schema, ["a"])[0].embedding.training
+
+
+@pytest.mark.parametrize("kept", [[], ["a", "nosuchfield"]])
+def test_pruning_to_no_field_or_an_unknown_one_is_refused(schema_and_ids, kept):
+    schema, _ = schema_and_ids
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]), gated=True)
+    with pytest.raises(LightFMPError, match="no field to keep" if not kept else "no field named nosuchfield"):
+        prune_model(model, schema, kept)
+
+
 @pytest.mark.parametrize("device, dtype", [("cpu", torch.float64), ("meta", torch.float32)])
 def test_a_sliced_layer_is_made_where_its_layer_lives_in_its_dtype(device, dtype):
     """The surgery's sliced layers stay on the model's device (a GPU run validates the cut before training moves the
