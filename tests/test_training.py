@@ -324,7 +324,7 @@ def _state(best_losses, best_epoch=0):
     return TrainState(epoch=best_epoch + 1, history=[], best_score=0.7, best_epoch=best_epoch, best_losses=best_losses)
 
 
-def test_stop_early_compares_the_per_row_losses_with_the_best_epoch():
+def test_stop_early_compares_the_per_row_losses_with_the_lowest_logloss_epoch():
     from lightfmp.training import Plan, stop_early
     rng = np.random.default_rng(0)
     best = rng.exponential(0.5, 10_000)
