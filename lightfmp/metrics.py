@@ -16,7 +16,7 @@ def roc_auc(y: np.ndarray, p: np.ndarray) -> float:
     sp = p[order]
     ranks = np.empty(len(p), dtype=np.float64)
     # average rank over each run of equal scores
-    bounds = np.flatnonzero(np.diff(sp)) + 1
+    bounds = np.flatnonzero(sp[1:] != sp[:-1]) + 1  # not np.diff: inf - inf is NaN, which would split a tie
     starts = np.concatenate([[0], bounds])
     ends = np.concatenate([bounds, [len(sp)]])
     avg = (starts + ends + 1) / 2.0
@@ -43,7 +43,10 @@ SIGNIFICANT_SE = 2.0
 def paired_difference(new: np.ndarray, old: np.ndarray) -> tuple[float, float]:
     """(mean, standard error) of the per-row difference new - old of two loss vectors over the same rows (at least
     2)."""
-    d = np.asarray(new, dtype=np.float64) - np.asarray(old, dtype=np.float64)
+    new, old = np.asarray(new, dtype=np.float64).ravel(), np.asarray(old, dtype=np.float64).ravel()
+    if len(new) != len(old):
+        raise ValueError(f"paired losses of {len(new)} and {len(old)} rows: a paired difference needs the same rows")
+    d = new - old
     return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 

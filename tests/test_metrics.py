@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from lightfmp.metrics import log_loss, paired_difference, roc_auc, selection_stability
+from lightfmp.metrics import (SIGNIFICANT_SE, log_loss, paired_difference, roc_auc, selection_stability,
+                              worse_beyond_noise)
 
 
 def test_auc_closed_forms():
@@ -12,6 +13,13 @@ def test_auc_closed_forms():
     assert roc_auc([1, 0, 0], [0.5, 0.5, 0.2]) == 0.75
     # a NaN score has no rank (sorted last it would rank above every other: 1.0 here): the AUC is undefined
     assert np.isnan(roc_auc([1, 0, 1, 0], [np.nan, 0.2, 0.7, 0.1]))
+
+
+def test_auc_ties_infinite_scores_like_any_other():
+    """Equal infinite scores (logits passed in) are a tie like any other: half a pair each."""
+    assert roc_auc([1, 0], [np.inf, np.inf]) == 0.5
+    assert roc_auc([0, 1, 0], [-np.inf, -np.inf, 0.3]) == 0.25
+    assert roc_auc([1, 0, 1, 0], [np.inf, -np.inf, np.inf, np.inf]) == 0.75
 
 
 def test_auc_matches_pair_count():
@@ -25,6 +33,12 @@ def test_auc_matches_pair_count():
 
 def test_logloss_closed_form():
     assert abs(log_loss([1, 0], [0.8, 0.4]) - (-(np.log(0.8) + np.log(0.6)) / 2)) < 1e-12
+
+
+def test_logloss_clips_certain_wrong_probabilities():
+    """A probability of exactly 0 for a positive (1 for a negative) costs -log(1e-7), not infinity."""
+    assert log_loss([1], [0.0]) == pytest.approx(-np.log(1e-7)) and log_loss([0], [1.0]) == pytest.approx(-np.log(1e-7))
+    assert log_loss([1, 0], [1.0, 0.0]) == pytest.approx(-np.log1p(-1e-7))
 
 
 def test_selection_stability_closed_forms():
@@ -54,3 +68,25 @@ def test_paired_difference_closed_form():
     export validation) reads this SE."""
     mean, se = paired_difference([2.0, 3.0, 4.0, 7.0], [1.0, 1.0, 1.0, 1.0])
     assert mean == 3.0 and abs(se - np.sqrt(14 / 3 / 4)) < 1e-15
+
+
+def test_paired_difference_refuses_losses_of_other_rows():
+    """Loss vectors of different lengths are not paired (numpy would broadcast them to a wrong standard error); a
+    column and a row vector of the same rows are."""
+    with pytest.raises(ValueError, match="3 and 1 rows"):
+        paired_difference([1.0, 2.0, 3.0], [1.0])
+    assert paired_difference(np.array([[1.0], [2.0], [3.0]]), np.zeros(3)) == pytest.approx((2.0, np.sqrt(1 / 3)))
+
+
+def test_worse_beyond_noise_at_its_two_standard_errors():
+    """Worse only beyond SIGNIFICANT_SE (2) standard errors of the per-row difference; an unchanged loss is not worse,
+    a constant rise is, a NaN loss is (diverged weights never win)."""
+    old = np.ones(4)
+    d = np.array([1.0, -1.0, 1.0, -1.0])  # sample std 2 / sqrt(3), SE 1 / sqrt(3) over 4 rows
+    se = 1 / np.sqrt(3)
+    assert SIGNIFICANT_SE == 2.0
+    assert not worse_beyond_noise(old, old)
+    assert worse_beyond_noise(old + 1e-9, old)
+    assert not worse_beyond_noise(old - 1.0, old)
+    assert not worse_beyond_noise(old + d + 1.99 * se, old) and worse_beyond_noise(old + d + 2.01 * se, old)
+    assert worse_beyond_noise(np.array([1.0, np.nan, 1.0, 1.0]), old)
