@@ -172,9 +172,13 @@ def score_text(v, cut) -> str:
         return str(v)
     if math.isinf(v) or math.isnan(v):
         return str(v)
+    def crosses(digits: int) -> bool:
+        return isinstance(cut, (int, float)) and (v < cut <= round(v, digits) or v > cut >= round(v, digits))
     digits = 2
-    while isinstance(cut, (int, float)) and digits < 6 and (v < cut <= round(v, digits) or v > cut >= round(v, digits)):
+    while digits < 15 and crosses(digits):
         digits += 1
+    if crosses(digits):  # closer to the cut than 15 decimals tell: every digit
+        return repr(v)
     return f"{round(v, digits) + 0.0:.{digits}f}"  # + 0.0: no "-0.00" for a cost that rounds to zero
 
 

@@ -52,7 +52,8 @@ def test_a_recorded_threshold_no_gate_reaches_still_shows_the_gate_table(tmp_pat
 
 @pytest.mark.parametrize("v, cut, text", [
     (1.996, 2, "1.996"), (2.004, 2, "2.004"), (1.9999, 2, "1.9999"), (2.0, 2, "2.00"), (1.5, 2, "1.50"),
-    (-0.001, 2, "0.00"), (None, 2, "-"), (math.inf, 2, "inf"), (3, 5, "3")])
+    (-0.001, 2, "0.00"), (None, 2, "-"), (math.inf, 2, "inf"), (3, 5, "3"), (1.9999999, 2, "1.9999999"),
+    (2.0000001, 2, "2.0000001"), (2 - 2 ** -52, 2, repr(2 - 2 ** -52))])
 def test_a_score_never_reads_as_the_cut_it_is_on_the_other_side_of(v, cut, text):
     from lightfmp.cli.app import score_text
     assert score_text(v, cut) == text
