@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from lightfmp.bench import METHODS, run_bench
 import lightfmp.bench.core as bench_core
+from lightfmp.bench.report import JSON_KEYS
 from lightfmp.bench.selectors import SELECTORS, Context
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
@@ -131,10 +132,13 @@ def test_cli_json_plot_and_table(planted, tmp_path):
     doc = json.loads(js.read_text())
     assert [x["method"] for x in doc["results"]] == ["full", "random", "lpfs"]  # canonical order
     for x in doc["results"]:
-        for key in ("method", "kept", "auc", "logloss", "selection_seconds", "total_seconds", "params", "auc_std"):
-            assert key in x
-        assert x["seeds"] == [0, 1] and len(x["auc_per_seed"]) == 2
-        assert x["auc_std"] == pytest.approx(float(np.std(x["auc_per_seed"], ddof=1)))
+        assert set(x) == set(JSON_KEYS)
+        assert x["seeds"] == [0, 1] and len(x["auc_per_seed"]) == 2 and len(x["kept_per_seed"]) == 2
+        assert x["kept"] == x["kept_per_seed"][0]
+        for m in ("auc", "logloss"):  # the mean and the sample std of the seeds' own numbers
+            assert x[m] == pytest.approx(float(np.mean(x[f"{m}_per_seed"])))
+            assert x[f"{m}_std"] == pytest.approx(float(np.std(x[f"{m}_per_seed"], ddof=1)))
+        assert x["stability"] == selection_stability(x["kept_per_seed"], len(FIELDS))
     curve = doc["curves"]["lpfs"]
     assert curve["k"] == list(range(1, len(FIELDS) + 1)) and len(curve["auc"]) == len(FIELDS)
     assert 0 < curve["area"] <= 1

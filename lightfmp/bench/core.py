@@ -119,7 +119,7 @@ def _aggregate(method: str, runs: list[dict], seeds: list[int], n_fields: int) -
             "selection_seconds": float(a("selection_seconds").mean()),
             "total_seconds": float(a("total_seconds").mean()), "params": int(round(a("params").mean())),
             "seeds": seeds, "kept_per_seed": [r["kept"] for r in runs], "ranking": runs[0]["ranking"],
-            "auc_per_seed": [float(r["auc"]) for r in runs],
+            "auc_per_seed": [float(r["auc"]) for r in runs], "logloss_per_seed": [float(r["logloss"]) for r in runs],
             "stability": selection_stability([r["kept"] for r in runs], n_fields)}
 
 

@@ -12,7 +12,7 @@ from ..io import PNG_METADATA, atomic_path, check_output_file, write_json_atomic
 
 # Per-method keys kept in --json (rankings are long; they stay for the curves and for debugging)
 JSON_KEYS = ("method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds", "total_seconds",
-             "params", "seeds", "kept_per_seed", "auc_per_seed", "stability", "ranking")
+             "params", "seeds", "kept_per_seed", "auc_per_seed", "logloss_per_seed", "stability", "ranking")
 
 
 def results_table(doc: dict) -> Group:
