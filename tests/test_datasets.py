@@ -126,6 +126,40 @@ def test_synth_label_learnable(synth):
     assert abs(_target_mean_auc(df, truth["noise"]) - 0.5) < 0.04
 
 
+def test_synth_truth_holds_field_by_field(synth):
+    """Each field truth.json calls informative (the numeric one too) or a copy of one moves the label on its own,
+    on rows its per-value means were not fitted on; each noise field (the other numeric one too) does not; the
+    interactions are the pairs of the categorical informative fields, as the generator's docstring says."""
+    truth, df = synth
+    for c in truth["informative"] + list(truth["redundant"]):
+        assert _target_mean_auc(df, [c]) > 0.55, c
+    for c in truth["noise"]:
+        assert abs(_target_mean_auc(df, [c]) - 0.5) < 0.03, c
+    other_numeric = set(truth["numeric"]) - set(truth["numeric_informative"])
+    assert truth["numeric_informative"] and other_numeric <= set(truth["noise"])
+    categorical = sorted(set(truth["informative"]) - set(truth["numeric"]))
+    assert sorted(map(sorted, truth["interactions"])) == [[a, b] for i, a in enumerate(categorical)
+                                                          for b in categorical[i + 1:]]
+
+
+def test_synth_a_failure_writing_truth_leaves_the_earlier_pair(tmp_path, monkeypatch):
+    """truth.json goes in place before the data file: a failure writing it leaves the earlier output's data and
+    truth.json as they were (not new data beside the old truth.json), and a new folder is not left behind."""
+    import lightfmp.datasets.synthetic as synthetic
+    first = synthesize(500, 6, 2, tmp_path / "o", seed=0)
+    before = {n: (tmp_path / "o" / n).read_bytes() for n in ("data.parquet", "truth.json")}
+
+    def fail(*args, **kwargs):
+        raise OSError("no space left on device (simulated)")
+    monkeypatch.setattr(synthetic, "write_json_atomic", fail)
+    for out in ("o", "new"):
+        with pytest.raises(OSError, match="simulated"):
+            synthesize(50, 6, 2, tmp_path / out, seed=9)
+    assert {n: (tmp_path / "o" / n).read_bytes() for n in ("data.parquet", "truth.json")} == before
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["data.parquet", "truth.json"]
+    assert not (tmp_path / "new").exists() and first["rows"] == 500
+
+
 def test_synth_csv_matches_parquet(tmp_path):
     a = synthesize(500, 8, 3, tmp_path / "p", seed=2)
     b = synthesize(500, 8, 3, tmp_path / "c", seed=2, fmt="csv")

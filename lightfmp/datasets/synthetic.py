@@ -367,26 +367,28 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
                     writer.close()
                 if sink is not None and not sink.closed:
                     sink.close()
+            # truth.json goes in place first, the data file (still at its temporary name) right after it: a failure
+            # before that leaves the earlier pair as it was, not new data beside an old truth.json
+            num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
+            truth = {
+                "informative": sorted([f.name for f in inf_fields] + num_informative),
+                "redundant": {n: by_name[n].source.name for n in sorted(red_names)},
+                "noise": sorted(noise_names + [n for n, r in zip(num_names, num_roles) if r == "noise"]),
+                "numeric": list(num_names),
+                "numeric_informative": num_informative,
+                "numeric_effect": _NUM_EFFECT if num_informative else None,
+                "interactions": [list(p) for p in pairs],
+                "vocab_sizes": {n: int(by_name[n].vocab) for n in cat_names},
+                "label": "label",
+                "rows": int(rows),
+                "seed": int(seed),
+                "ctr": positives / rows,
+                "bias": bias,
+                "format": fmt,
+                "data_file": data_name,
+            }
+            write_json_atomic(out_dir / "truth.json", truth)
 
-        num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
-        truth = {
-            "informative": sorted([f.name for f in inf_fields] + num_informative),
-            "redundant": {n: by_name[n].source.name for n in sorted(red_names)},
-            "noise": sorted(noise_names + [n for n, r in zip(num_names, num_roles) if r == "noise"]),
-            "numeric": list(num_names),
-            "numeric_informative": num_informative,
-            "numeric_effect": _NUM_EFFECT if num_informative else None,
-            "interactions": [list(p) for p in pairs],
-            "vocab_sizes": {n: int(by_name[n].vocab) for n in cat_names},
-            "label": "label",
-            "rows": int(rows),
-            "seed": int(seed),
-            "ctr": positives / rows,
-            "bias": bias,
-            "format": fmt,
-            "data_file": data_name,
-        }
-        write_json_atomic(out_dir / "truth.json", truth)
         # an earlier output in the other format goes (check_synth_out refused the folder unless it was ours): the
         # truth.json beside it now describes the new file only
         (out_dir / ("data.csv" if data_name == "data.parquet" else "data.parquet")).unlink(missing_ok=True)
