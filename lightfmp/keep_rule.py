@@ -370,8 +370,8 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     its own, against the fields still open (the model needs it given the others), and as one more of the closed
     set, against every field open (the fields closed so far and it are needed together: one at a time, each within
     two standard errors, weak fields can add up to a set the model measurably needs). Where every other field
-    closes, the one kept is the field that alone (every other closed) gives the lowest logloss, whatever its gate
-    (`_best_alone`: the order alone would keep the most open gate untested, chance where phase 1's gates learnt
+    closes, the one kept is the field that alone (every other closed) gives the lowest logloss, whatever its gate,
+    among those no worse alone than every field open beyond two standard errors (`_best_alone`: the order alone would keep the most open gate untested, chance where phase 1's gates learnt
     little), and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
     redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per tested
@@ -409,14 +409,18 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
 def _best_alone(passes: ClosedFields, last: int, every_open: np.ndarray, tests: list[dict], z) -> list[int]:
     """`backward_sweep`'s end where it closed every field but `last` (never tested): the field that alone, every
     other closed, gives the lowest mean logloss (ties to the more open gate; a shut gate's field is no candidate:
-    the model reads nothing of it). Records the choice in `tests`: `last` as tested (its cost: closing it where it
-    alone is open; the set's: every field closed against every field open), and for both fields `alone`, that
-    cost and its standard error."""
+    the model reads nothing of it), among those alone no worse than every field open beyond two standard errors
+    (the sweep's set test; `last` alone passed it, as the sweep's last closing). Records the choice in `tests`:
+    `last` as tested (its cost: closing it where it alone is open; the set's: every field closed against every field
+    open), and for both fields `alone`, that cost and its standard error; those records are the choice's, not the
+    sweep's cut (`closing_scores` gives them no score)."""
     passes.toggle(last)  # every field closed
     none = passes.losses()
     set_cost, set_se = paired_difference(none, every_open)
     candidates = [last] + [t["field"] for t in reversed(tests) if float(z[t["field"]]) != 0.0]
     alone = {f: passes.losses(f) for f in candidates}
+    set_costs = {f: paired_difference(alone[f], every_open) for f in candidates}
+    candidates = [f for f in candidates if f == last or set_costs[f][0] <= SIGNIFICANT_SE * set_costs[f][1]]
     best = min(candidates, key=lambda f: float(alone[f].mean()))
     passes.toggle(best)
     for f in dict.fromkeys([last, best]):
@@ -511,21 +515,26 @@ def shut_note(shut: list[str], keep: int | None) -> str:
 
 def _in_se(cost: float, se: float) -> float | None:
     """A closing cost in standard errors; None for a positive cost with no spread (every row's difference the
-    same: beyond any number of them)."""
+    same: beyond any number of them); NaN where a loss was NaN (diverged weights)."""
+    if np.isnan(cost) or np.isnan(se):
+        return float("nan")
     return cost / se if se > 0 else 0.0 if cost <= 0 else None
 
 
 def closing_scores(search: dict) -> dict[str, float | None]:
     """Per tested field of a `closing_test`: its closing cost in standard errors, the larger of its own and the
-    closed set's with it (the score the rule cuts at 2; runs before the set test have their own only)."""
+    closed set's with it (the score the rule cuts at 2; runs before the set test have their own only). The fields
+    of `_best_alone`'s choice have none: the cut did not decide them (`kept_alone` says what did)."""
     out = {}
     for t in search.get("tests", []):
+        if "alone" in t:
+            continue
         own = _in_se(t["cost"], t["se"])
         both = [own] + ([_in_se(t["set_cost"], t["set_se"])] if "set_cost" in t else [])
-        if None in both:  # a positive cost with no spread
-            out[t["field"]] = None
-        elif any(np.isnan(b) for b in both):  # a diverged loss shows, whatever the order
+        if any(b is not None and np.isnan(b) for b in both):  # a diverged loss shows, whatever the order
             out[t["field"]] = float("nan")
+        elif None in both:  # a positive cost with no spread
+            out[t["field"]] = None
         else:
             out[t["field"]] = max(both)
     return out

@@ -14,6 +14,7 @@ import lightfmp.closed_fields as closed_fields
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
 from lightfmp.keep_rule import (alone_note, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
                                 ranking, select_fields, selection_rule)
+from lightfmp.metrics import paired_difference
 from lightfmp.models.deepfm import FactorizationMachine
 from lightfmp.pruning import prune_model
 from lightfmp.rows import ArrayRows
@@ -206,8 +207,10 @@ def test_default_rule_keeps_what_the_closing_test_kept():
     assert closing_scores({**search, "tests": with_set}) == pytest.approx({"b": 0.0, "d": 3.0, "c": 2.5})  # the larger
     no_spread = [{**with_set[0], "set_cost": 0.001, "set_se": 0.0}]
     assert closing_scores({**search, "tests": no_spread}) == {"b": None}  # a positive cost with no spread
-    diverged = [{**with_set[0], "cost": float("nan"), "set_cost": 0.003}]
-    assert np.isnan(closing_scores({**search, "tests": diverged})["b"])  # NaN shows, whatever the order
+    nan_cost, nan_se = paired_difference([np.nan, 0.1, 0.2], [0.1, 0.1, 0.1])  # a diverged loss: both NaN
+    diverged = [{**with_set[0], "cost": nan_cost, "se": nan_se}, {**with_set[1], "set_cost": nan_cost,
+                                                                   "set_se": nan_se}]
+    assert all(np.isnan(v) for v in closing_scores({**search, "tests": diverged}).values())  # NaN, not "no spread"
     with pytest.raises(LightFMPError, match="closing test"):
         select_fields(names, la, z)
     with pytest.raises(LightFMPError, match="closing test"):
@@ -707,8 +710,58 @@ def test_where_every_other_field_closes_the_one_kept_is_the_best_alone(monkeypat
     sel = selection_rule(out["kept"], dict(zip(s.names, [1.0, 1.0, 1.0])), None, None, out)
     assert sel["kept_alone"] == {"field": "a", **tests["a"]["alone"]}  # metrics.json and inspect say why
     assert alone_note(sel["kept_alone"]).startswith("no tested field's closing cost passed the cut: a is kept as")
+    assert set(closing_scores(out)) == {"c"}  # the choice's records are not scored against the cut
     monkeypatch.undo()
     assert closing_test(model, s, ids, labels)["kept"] == ["a"]
+
+
+def _additive_model(seed: int):
+    """A gated tower-less MLP whose logit is the sum of per-value effects of 2-4 fields (embed_dim 1), on 4-60 rows
+    labelled by it, the gates in a random order: small tables on which the sweep often closes every field it
+    tests."""
+    rng = np.random.default_rng(seed)
+    fields, n = int(rng.integers(2, 5)), int(rng.integers(4, 60))
+    effects = [rng.normal(0, rng.choice([0.0, 0.2, 1.0]), 4) for _ in range(fields)]
+    log_alpha = rng.permutation(fields).astype(np.float32) + 1.0
+    rng = np.random.default_rng(seed)
+    s = FeatureSchema("label", [Field(f"f{i}", "categorical", vocab=[str(v) for v in range(4)])
+                                for i in range(fields)])
+    ids = rng.integers(2, 6, size=(n, fields)).astype(np.int64)
+    m = build_model("mlp", s, ModelConfig(embed_dim=1, hidden=[]), gated=True)
+    with torch.no_grad():
+        m.embedding.weight.zero_()
+        for f in range(fields):
+            off = int(m.embedding.field_offsets[f])
+            m.embedding.weight[off + 2: off + 6, 0] = torch.tensor(effects[f], dtype=torch.float32)
+        m.out.weight.fill_(1.0)
+        m.out.bias.zero_()
+        m.gate.log_alpha.copy_(torch.from_numpy(log_alpha))
+    logit = sum(effects[f][ids[:, f] - 2] for f in range(fields))
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.float32)
+    return m.eval(), s, ids, y
+
+
+@pytest.mark.parametrize("seed", [40, 1009, 1192])
+def test_the_field_kept_alone_leaves_a_closed_set_within_two_standard_errors_of_every_field(seed):
+    """Where the sweep closes every field it tests, the one kept is the best alone among the fields whose state (it
+    alone open) is within two standard errors of every field open, as each closing of the sweep had to be; the
+    sweep's last state always is. The records of that choice get no score against the cut (before: the field it
+    replaced showed "closed" above the cut), and every scored record is closed exactly when its score is at most
+    the cut. These seeds' tables kept, before, a field whose state cost 2.5-3.0 standard errors."""
+    model, s, ids, y = _additive_model(seed)
+    out = closing_test(model, s, ids, y)
+    assert any("alone" in t for t in out["tests"]), "not the case this test is about"
+    every = ClosedFields(model, ids, y, list(range(len(s.names)))).losses()
+    final = ClosedFields(model, ids, y, [s.names.index(out["kept"][0])]).losses()
+    cost, se = paired_difference(final, every)
+    assert cost <= 2 * se
+    sel = selection_rule(out["kept"], dict(zip(s.names, model.gate_values().tolist())), None, None, out)
+    for t in out["tests"]:
+        score = sel["scores"].get(t["field"], "none")
+        if "alone" in t:
+            assert score == "none"
+        else:
+            assert t["closed"] == (score is not None and score <= sel["cut"]), t
 
 
 def test_screened_search_with_every_candidate_screened_is_the_exact_search(schema_and_ids, monkeypatch):
