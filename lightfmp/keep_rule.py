@@ -50,17 +50,18 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
 
 
 def check_rule_rows(labels: np.ndarray, keep: int | None, threshold: float | None, n_fields: int,
-                    keep_flag: str = "--keep", split_kind: str = "hash") -> None:
-    """The default rule and --keep K compare fields by the validation rows' logloss (the first TEST_ROWS), and rows
-    of one class cannot show that any field is needed (each would close, or the order would be chance): refused,
-    naming what gives both classes. --threshold T reads the gates alone; a rule that keeps every field compares
-    nothing."""
-    read, labels = len(labels) > TEST_ROWS, labels[:TEST_ROWS]
+                    keep_flag: str = "--keep", split_kind: str = "hash", rows: int | None = None) -> None:
+    """The default rule and --keep K compare fields by the validation rows' logloss (the first `rows` of them: for
+    --keep K TEST_ROWS, for the default rule `closing_rows` of the model), and rows of one class cannot show that any
+    field is needed (each would close, or the order would be chance): refused, naming what gives both classes.
+    --threshold T reads the gates alone; a rule that keeps every field compares nothing."""
+    rows = TEST_ROWS if rows is None else rows
+    read, labels = len(labels) > rows, labels[:rows]
     if threshold is not None or len(labels) == 0 or labels.min() != labels.max() \
             or n_fields <= (keep if keep is not None else 1):
         return
     rule = f"{keep_flag} {keep}" if keep is not None else "the default keep rule"
-    raise LightFMPError(f"every validation row{f' of the first {TEST_ROWS:,} (those the rules read)' if read else ''} "
+    raise LightFMPError(f"every validation row{f' of the first {rows:,} (those the rule reads)' if read else ''} "
                         f"has label {int(labels[0])}: {rule} compares fields on the "
                         f"validation rows and cannot tell a needed field without both classes; a larger validation "
                         f"share (--split){other_seed(split_kind)} gives both; --threshold T or --no-select needs "

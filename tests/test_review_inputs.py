@@ -103,12 +103,25 @@ def test_rows_of_one_class_among_those_the_rules_read_are_refused_whatever_comes
     import lightfmp.keep_rule as keep_rule
     monkeypatch.setattr(keep_rule, "TEST_ROWS", 10)
     labels = np.array([0] * 10 + [1] * 10)
-    with pytest.raises(LightFMPError, match="every validation row of the first 10 \\(those the rules read\\) has "
+    with pytest.raises(LightFMPError, match="every validation row of the first 10 \\(those the rule reads\\) has "
                                             "label 0: --keep 2"):
         keep_rule.check_rule_rows(labels, 2, None, 5)
     with pytest.raises(LightFMPError, match=r"a larger validation share \(--split\) or another --seed gives both"):
         keep_rule.check_rule_rows(labels, 2, None, 5, split_kind="group")  # a group hash: the seed moves groups
     keep_rule.check_rule_rows(labels[5:], 2, None, 5)  # both classes among the first 10: compared as usual
+
+
+def test_the_default_rules_check_reads_the_rows_its_closing_test_reads():
+    """On a wide model the closing test reads fewer rows than TEST_ROWS (`closing_rows`: what its state holds in
+    memory); rows of one class among those are refused although both classes come later."""
+    from lightfmp.keep_rule import TEST_ROWS, check_rule_rows, closing_rows
+    s = FeatureSchema("label", [Field(f"f{i}", "categorical", vocab=["a", "b"]) for i in range(300)])
+    n = closing_rows(build_model("deepfm", s, ModelConfig(embed_dim=16, hidden=[8]), gated=True))
+    assert n < TEST_ROWS
+    labels = np.r_[np.zeros(n), np.ones(TEST_ROWS - n)]
+    with pytest.raises(LightFMPError, match=f"every validation row of the first {n:,} .* the default keep rule"):
+        check_rule_rows(labels, None, None, 300, rows=n)
+    check_rule_rows(labels, 5, None, 300)  # --keep K reads the first TEST_ROWS: both classes
 
 
 def test_one_validation_row_is_refused_by_both_keep_rules():
