@@ -1,10 +1,12 @@
 """`lightfmp bench` on tiny planted data: every method, the JSON contract, the planted field ranked first, bad input."""
+import copy
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import typer
 from typer.testing import CliRunner
 
@@ -104,6 +106,32 @@ def test_planted_field_ranked_first_by_every_method_but_random(bench_doc):
             continue
         assert r["ranking"][0] == SIGNAL, (r["method"], r["ranking"])
         assert SIGNAL in r["kept"]
+
+
+def test_shark_scores_the_first_order_change_of_permuting_a_field(cfg, monkeypatch):
+    """SHARK's F-Permutation on the trained model: per field, the sum over the validation rows of |g . (e - E[e])|
+    (g the loss gradient at the row's own field embedding, E[e] the field's mean embedding over those rows; the
+    first-order term alike, inside the same |.|), against a float64 reference on the same model. A field that reads
+    the same embedding on every row cannot change by a permutation: it scores 0 (replacing it by zero would not)."""
+    from lightfmp.bench import selectors
+    ctx = Context(cfg, load_dataset(cfg.data), quick=True)
+    model, res = selectors.full_model(ctx)
+    with torch.no_grad():  # f0 reads one embedding and one first-order weight on every row: permuting it does nothing
+        w = model.embedding.weight
+        rows = slice(int(model.embedding.field_offsets[0]), int(model.embedding.field_offsets[0])
+                     + int(model.embedding.vocab_sizes[0]))
+        w[rows] = w[rows][:1].clone() + 0.5
+        model.embedding.linear[rows] = 0.25
+    got = {n: i for i, n in enumerate(selectors.select_shark(ctx, 2).ranking)}
+    x, y = ctx.data.split_rows("valid").arrays()
+    m64 = copy.deepcopy(model).double().eval()
+    emb, lin = m64.embedding(torch.from_numpy(x))
+    emb, lin = emb.detach().requires_grad_(True), lin.detach().requires_grad_(True)
+    F.binary_cross_entropy_with_logits(m64.interact(emb, lin), torch.from_numpy(y).double(), reduction="sum").backward()
+    ref = ((emb.grad * (emb - emb.mean(0))).sum(-1) + lin.grad * (lin - lin.mean(0))).detach().abs().sum(0)
+    assert float(ref[0]) < 1e-9 * float(ref.max())
+    assert [ctx.names[i] for i in torch.argsort(-ref).tolist()] == sorted(got, key=got.get)  # the same order
+    assert sorted(got, key=got.get)[-1] == "f0"
 
 
 def test_planted_field_first_on_another_seed_and_backbone(cfg):

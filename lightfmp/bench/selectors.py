@@ -8,7 +8,7 @@ Implemented from the papers' descriptions (see docs/bench.md):
     lpfs         Guo et al., 2022: polarizing smoothed-L0 gate x^2/(x^2+eps), eps decaying, proximal L1 on x
                  (autofield and lpfs are gate modules, lightfmp.gates, trained by training.fit)
     sfs          Wang et al., SIGIR 2023 (single-shot): |dL/dmask| at initialisation, SNIP-style
-    shark        Zhang et al., CIKM 2023: first-order Taylor estimate of the loss change of removing a field
+    shark        Zhang et al., CIKM 2023: first-order Taylor estimate of the loss change of permuting a field
     permutation  Breiman 2001 / Fisher et al. 2019: AUC drop of the trained full model when a field is shuffled
     gbdt         gradient-boosted trees on label-encoded fields, permutation importance per field
     lasso        L1 logistic regression on one-hot fields; fields ranked by when they enter the path, then norm
@@ -208,28 +208,36 @@ def select_sfs(ctx: Context, k: int, inits: int = 5) -> Selection:
 
 
 def select_shark(ctx: Context, k: int) -> Selection:
-    """SHARK: on the trained full model, removing field f changes the loss by about -g_f . e_f (first-order
-    Taylor, g_f = dL/de_f); importance is the mean over samples of |g_f . e_f| (plus the first-order term)."""
+    """SHARK (its F-Permutation): on the trained full model, reading another row's value of field f changes the
+    loss by about g_f . (e_f - e'_f) (first-order Taylor, g_f = dL/de_f at the row's own embedding e_f), whose
+    expectation over the row read is g_f . (e_f - E[e_f]); a field's importance is the sum over the validation rows
+    of |g_f . (e_f - E[e_f])| (its first-order term's change added inside), E[.] the mean over those rows, as the
+    authors' code (shipped with the ERASE benchmark) scores it."""
     model, res = full_model(ctx)
     t0 = time.perf_counter()
-    device = ctx.device
+    device, bs = ctx.device, ctx.cfg.train.batch_size
     model.eval()
-    x, y = _score_sample(ctx, 20 * ctx.cfg.train.batch_size)
-    bs = ctx.cfg.train.batch_size
+    x, y = ctx.data.split_rows("valid").arrays()
+    batches = [(torch.from_numpy(x[i:i + bs]).to(device), torch.from_numpy(y[i:i + bs]).to(device))
+               for i in range(0, len(y), bs)]
+    mean_e, mean_l = 0.0, 0.0  # the mean embedding (and first-order term) of each field over the rows
+    with torch.no_grad():
+        for xb, _ in batches:
+            e, l = model.embedding(xb)
+            mean_e = mean_e + e.double().sum(0) / len(y)
+            mean_l = mean_l + l.double().sum(0) / len(y) if l is not None else None
     score = torch.zeros(len(ctx.names), dtype=torch.float64)
-    for i in range(0, len(y), bs):
-        emb, lin = model.embedding(torch.from_numpy(x[i:i + bs]).to(device))
+    for xb, yb in batches:
+        emb, lin = model.embedding(xb)
         emb.retain_grad()
         if lin is not None:
             lin.retain_grad()
         # sum, not mean: per-sample gradients keep their own scale
-        loss = F.binary_cross_entropy_with_logits(model.interact(emb, lin), torch.from_numpy(y[i:i + bs]).to(device),
-                                                  reduction="sum")
-        loss.backward()
-        s = (emb.grad * emb).sum(-1)
+        F.binary_cross_entropy_with_logits(model.interact(emb, lin), yb, reduction="sum").backward()
+        s = (emb.grad.double() * (emb.detach().double() - mean_e)).sum(-1)
         if lin is not None:
-            s = s + lin.grad * lin
-        score += s.detach().abs().sum(0).double().cpu()
+            s = s + lin.grad.double() * (lin.detach().double() - mean_l)
+        score += s.abs().sum(0).cpu()
         model.zero_grad(set_to_none=True)
     return Selection(_rank(ctx.names, score), res["seconds"] + time.perf_counter() - t0)
 
