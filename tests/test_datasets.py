@@ -160,6 +160,22 @@ def test_synth_a_failure_writing_truth_leaves_the_earlier_pair(tmp_path, monkeyp
     assert not (tmp_path / "new").exists() and first["rows"] == 500
 
 
+def test_synth_replaces_its_data_file_only_while_it_holds_what_it_wrote(tmp_path):
+    """truth.json records the data file's sha256: a table of the user's copied in under that name is neither
+    overwritten nor deleted by a later synth into the folder; synth's own file is replaced as before."""
+    out = tmp_path / "o"
+    t = synthesize(300, 5, 2, out, seed=1)
+    assert t["data_sha256"] == file_sha256(out / "data.parquet")
+    synthesize(300, 5, 2, out, seed=2)  # its own output: replaced
+    mine = synthesize(200, 5, 2, tmp_path / "mine", seed=3)["data_file"]
+    (out / "data.parquet").write_bytes(open(mine, "rb").read())
+    before = file_sha256(out / "data.parquet")
+    for fmt in ("parquet", "csv"):
+        with pytest.raises(LightFMPError, match="data.parquet: is not the synthetic data its truth.json describes"):
+            synthesize(300, 5, 2, out, seed=1, fmt=fmt)
+    assert file_sha256(out / "data.parquet") == before and not (out / "data.csv").exists()
+
+
 def test_synth_csv_matches_parquet(tmp_path):
     a = synthesize(500, 8, 3, tmp_path / "p", seed=2)
     b = synthesize(500, 8, 3, tmp_path / "c", seed=2, fmt="csv")

@@ -31,7 +31,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import LightFMPError
-from ..io import atomic_path, check_name_length, check_outside, check_writable, lightfmp_kind, write_json_atomic
+from ..io import (atomic_path, check_name_length, check_outside, check_writable, file_sha256, lightfmp_kind,
+                  write_json_atomic)
 
 __all__ = ["synthesize", "check_synth_out", "is_synth_truth"]
 
@@ -131,6 +132,12 @@ def check_synth_out(out_dir: str | Path) -> None:
     if other is not None:
         raise LightFMPError(f"{out_dir}: holds {other}, which is not the synthetic data its truth.json describes "
                             f"({named}); choose another directory or move {other} out first")
+    # the data file named is the one synth wrote only while it still has the bytes truth.json records (a user's own
+    # table copied there under that name is not replaced; truth.json files of older outputs record no sha256)
+    recorded = json.loads((out_dir / "truth.json").read_text()).get("data_sha256")
+    if named in present and recorded is not None and file_sha256(out_dir / named) != recorded:
+        raise LightFMPError(f"{out_dir / named}: is not the synthetic data its truth.json describes (sha256 differs: "
+                            f"changed or replaced since); choose another directory or move it out first")
 
 
 def _zipf_cdf(vocab: int, alpha: float) -> np.ndarray:
@@ -386,6 +393,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
                 "bias": bias,
                 "format": fmt,
                 "data_file": data_name,
+                "data_sha256": file_sha256(tmp_path),  # what a later synth into this folder may replace
             }
             write_json_atomic(out_dir / "truth.json", truth)
 
