@@ -110,7 +110,7 @@ def register(app) -> None:
         outputs = [(p, kind, flag) for p, kind, flag in ((json_file, "json", "--json"), (plot, "png", "--plot"),
                                                           (trace, "json", "--trace")) if p is not None]
         for i, (path, kind, flag) in enumerate(outputs):
-            same = next((f for q, _, f in outputs[:i] if os.path.abspath(q) == os.path.abspath(path)), None)
+            same = next((f for q, _, f in outputs[:i] if os.path.realpath(q) == os.path.realpath(path)), None)  # links
             if same is not None:  # one would silently replace the other
                 raise LightFMPError(f"{path}: given to both {same} and {flag}; each output needs its own file")
             check_output_file(path, kind, flag)  # before the timing: never replace the user's files

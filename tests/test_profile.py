@@ -155,6 +155,10 @@ def test_one_file_for_two_outputs_is_refused_before_any_timing(s, tmp_path):
     res = runner.invoke(app, ["profile", str(get_export(s, "mlp")), *FAST, "--json", str(out), "--trace",
                               str(tmp_path / "." / "x.json")])
     assert res.exit_code == 2 and "given to both --json and --trace" in res.stderr and not out.exists()
+    (tmp_path / "link").symlink_to(tmp_path, target_is_directory=True)  # the same file through a link
+    res = runner.invoke(app, ["profile", str(get_export(s, "mlp")), *FAST, "--json", str(out), "--plot",
+                              str(tmp_path / "y.png"), "--trace", str(tmp_path / "link" / "x.json")])
+    assert res.exit_code == 2 and "given to both --json and --trace" in res.stderr and not out.exists()
 
 
 def test_a_stopped_trace_leaves_no_file_of_onnx_runtime(s, tmp_path, monkeypatch):
