@@ -9,7 +9,7 @@ from .config import RunConfig
 from .datasets import fetch_movielens_100k
 from .datasets.movielens import CTR_SHA256
 from .errors import LightFMPError
-from .io import lightfmp_kind
+from .io import check_out, lightfmp_kind
 from .pipeline import run
 from .rundir import open_run
 from .progress import Reporter
@@ -53,6 +53,8 @@ def _check_replaceable(path: Path, data: Path, force: bool) -> None:
         return
     if lightfmp_kind(path) != "run":  # not lightfmp's: --force would not replace it either
         raise LightFMPError(f"{path}: exists and is not a lightfmp run; choose another --out")
+    check_out(path, True, "run")  # what the step's own check refuses (a file lightfmp did not write there), now:
+    # before step 1 replaces its run, not when step 2 starts
     if force:
         return
     try:  # by its data's content (the cache may have moved since), or else by its path

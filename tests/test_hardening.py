@@ -661,6 +661,20 @@ def test_demo_replaces_an_earlier_demo_but_not_someone_elses_run(data, tmp_path,
                    "is not a lightfmp run")
 
 
+def test_demo_refuses_a_file_of_the_users_in_its_second_run_before_the_first_is_replaced(tmp_path, monkeypatch):
+    """A note of the user's inside DIR/all-fields (which --force would not delete) is refused before step 1
+    replaces DIR/lightfmp, not after: the refused command leaves both runs as they were."""
+    csv = movielens_like(tmp_path / "ml.csv")
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", lambda quiet=False: csv)
+    out = tmp_path / "d"
+    assert cli("demo", "--out", out, "--quiet").exit_code == 0
+    (out / "all-fields" / "notes.txt").write_text("mine")
+    before = listing(out / "lightfmp")
+    for force in ([], ["--force"]):
+        one_line_error(cli("demo", "--out", out, "--quiet", *force), str(out / "all-fields"), "notes.txt")
+        assert listing(out / "lightfmp") == before
+
+
 @pytest.mark.parametrize("flags, shown", [(["--keep", "2"], "--keep 2 and --closing-test"),
                                           (["--threshold", "0.5"], "--threshold 0.5 and --closing-test")])
 def test_closing_test_goes_with_no_other_rule(pretrained, flags, shown):
