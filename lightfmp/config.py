@@ -97,8 +97,10 @@ class ModelConfig:
 class TrainConfig:
     batch_size: int = opt(512, "Rows per batch.", 1)
     lr: float = opt(3e-3, "Adam learning rate of the backbone.", 0.0, open_low=True)
-    gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha.", 0.0, open_low=True)
-    l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty.", 0.0)
+    gate_lr: float = opt(0.1, "Adam learning rate of the gates' log_alpha (in `bench`, of LPFS's and AutoField's "
+                              "gates too).", 0.0, open_low=True)
+    l0_lambda: float = opt(0.003, "Weight of the expected-L0 penalty (in `bench`, LPFS's L1 step is gate_lr x "
+                                  "max(l0_lambda, 1e-4)).", 0.0)
     l0_warmup: float = opt(0.3, "Fraction of phase-1 steps over which the L0 weight ramps up from 0.", 0.0, 1.0)
     gate_holdout: float = opt(0.2, "Share of the phase-1 subset held out of weight updates; gate steps use it "
                                    "(0: gates and weights take one joint step).", 0.0, 1.0, open_high=True)

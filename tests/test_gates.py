@@ -7,6 +7,18 @@ from lightfmp.gates import BETA, GAMMA, ZETA, AutoFieldGate, HardConcreteGate, L
 from lightfmp.training import TrainConfig
 
 
+def test_the_stretch_and_temperature_are_the_papers():
+    """Louizos, Welling & Kingma (2018) use beta = 2/3, gamma = -0.1, zeta = 1.1 (the README's values): the closed
+    forms below read the module's constants, so the constants themselves are pinned here, and two of the forms with
+    the paper's literals."""
+    assert (BETA, GAMMA, ZETA) == (2 / 3, -0.1, 1.1)
+    g = HardConcreteGate(2)
+    g.log_alpha.data.copy_(torch.tensor([0.0, 1.0]))
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    assert float(g.deterministic()[1]) == pytest.approx(sig(1.0) * 1.2 - 0.1, abs=1e-6)
+    assert float(g.open_probability()[0]) == pytest.approx(sig(-(2 / 3) * math.log(0.1 / 1.1)), abs=1e-6)
+
+
 def test_deterministic_gate_closed_form():
     g = HardConcreteGate(4)
     la = torch.tensor([-5.0, -0.5, 0.3, 4.0])
@@ -44,9 +56,11 @@ def test_sample_matches_formula_and_l0_probability():
 
 def test_gate_is_differentiable():
     """The sampled gate itself carries a gradient to log_alpha (the reparameterised draw), apart from the penalty's."""
-    g = HardConcreteGate(3, init_log_alpha=0.0)  # open probability ~0.5: a draw inside (0, 1), off the clamp
+    g = HardConcreteGate(3, init_log_alpha=0.0)  # open probability ~0.83, deterministic gate 0.5
     g.train()
-    g.sample(torch.Generator().manual_seed(0)).sum().backward()
+    z = g.sample(torch.Generator().manual_seed(0))
+    assert ((z > 0) & (z < 1)).any()  # a draw off the clamp, where the gradient is not 0
+    z.sum().backward()
     assert g.log_alpha.grad is not None and torch.isfinite(g.log_alpha.grad).all() and (g.log_alpha.grad != 0).any()
     g.log_alpha.grad = None
     g.expected_l0().backward()
@@ -66,6 +80,7 @@ def test_hard_concrete_penalty_warmup_and_target_k():
     assert float(g.penalty(0.8, _cfg())) == pytest.approx(0.5 * l0)
     assert float(g.penalty(0.0, _cfg(l0_warmup=0.0))) == pytest.approx(0.5 * l0)
     assert float(g.penalty(1.0, _cfg(target_k=2))) == pytest.approx(0.5 * abs(l0 - 2))
+    assert float(g.penalty(0.1, _cfg(target_k=2))) == pytest.approx(0.25 * 0.5 * abs(l0 - 2))  # ramped alike
     assert g.uses_holdout and g.summary() == {"expected_l0": pytest.approx(l0)}
     assert torch.equal(g.scores(), g.log_alpha.detach())
 

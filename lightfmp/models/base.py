@@ -21,7 +21,7 @@ from ..schema import FeatureSchema
 from .dense import Linear, Tower
 
 
-GATE_INIT = 2.0  # log_alpha of a new hard-concrete gate: deterministic gate 1, open probability ~0.97
+GATE_INIT = 2.0  # log_alpha of a new hard-concrete gate: deterministic gate 0.957, open probability ~0.97
 
 
 class CTRModel(nn.Module):
