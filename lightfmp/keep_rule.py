@@ -373,7 +373,8 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     two standard errors, weak fields can add up to a set the model measurably needs). Where every other field
     closes, the one kept is the field that alone (every other closed) gives the lowest logloss, whatever its gate,
     among those no worse alone than every field open beyond two standard errors (`_best_alone`: the order alone
-    would keep the most open gate untested, chance where phase 1's gates learnt little), and a field whose deterministic gate is 0 closes without a pass (the model reads nothing of it). A
+    would keep the most open gate untested, chance where phase 1's gates learnt little), and a field whose
+    deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
     redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per tested
     field, {"field", "cost", "se", "set_cost", "set_se", "closed"} (the set's: the closed set with the field,
