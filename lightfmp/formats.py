@@ -249,6 +249,12 @@ def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str]
         raise LightFMPError(f"{p}: cannot parse {kind} ({msg})") from None
     except (OSError, EOFError, lzma.LZMAError) as e:  # unreadable / corrupt compressed stream
         raise LightFMPError(f"{p}: cannot read ({type(e).__name__}: {_one_line(e)})") from None
+    except UnicodeDecodeError as e:  # the header's names, decoded by pyarrow: another encoding, or not text at all
+        head = _head(p)
+        if head is not None and (b"\0" in head or head[:4] in (b"PAR1", b"PK\x03\x04")):
+            raise LightFMPError(f"{p}: not a {kind} text file (binary data)") from None
+        raise LightFMPError(f"{p}: the header row is not UTF-8 text (byte 0x{e.object[e.start]:02x} in a column "
+                            f"name); save the file as UTF-8") from None
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:

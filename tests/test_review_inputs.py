@@ -399,3 +399,17 @@ def test_an_inferred_categorical_column_with_no_value_seen_twice_is_refused(tmp_
     r = cli("run", "--data", p, "--label", "label", "--multi-hot", "tags:|", "--out", tmp_path / "named", *FAST,
             "--categorical", "row")
     assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("stream", [[], ["--stream"]])
+def test_a_header_not_in_utf8_or_a_binary_file_named_csv_is_one_line(tmp_path, stream):
+    """A Latin-1 header (pyarrow decodes the column names and raised UnicodeDecodeError: a traceback) and a Parquet
+    file under a .csv name are refused in one line naming the file; nothing is written."""
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(b"label,caf\xe9,b\n1,x,1\n0,y,2\n1,x,1\n0,y,2\n")
+    parquet = tmp_path / "pq.csv"
+    pd.DataFrame({"label": [0, 1] * 20, "a": ["x", "y"] * 20}).to_parquet(parquet)
+    for f, words in ((latin, ["header row is not UTF-8 text", "0xe9"]), (parquet, ["not a CSV text file"])):
+        one_line_error(cli("run", "--data", f, "--label", "label", "--out", tmp_path / "r", "--quiet", *stream),
+                       str(f), *words)
+        assert not (tmp_path / "r").exists()
