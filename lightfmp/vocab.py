@@ -116,12 +116,20 @@ class SchemaSpec:
     num_buckets: int = 16
 
 
-def parse_multi_hot(items: list[str]) -> dict[str, str]:
+def parse_multi_hot(items: list[str], columns: list[str] | None = None) -> dict[str, str]:
     """['genres:|', 'tags:;'] -> {'genres': '|', 'tags': ';'}; the separator defaults to '|'. A column given twice
-    with different separators is refused (which one counted would depend on their order)."""
+    with different separators is refused (which one counted would depend on their order). Given the data's
+    `columns`, a column whose name holds ':' is found as it is named ('u:tags', or 'u:tags:;' with a separator):
+    the item whole, or the longest column name it starts with followed by ':'; otherwise the name ends at the first
+    ':'."""
     out, given = {}, {}
     for it in items:
-        name, colon, sep = it.partition(":")
+        named = [c for c in columns or [] if ":" in c and (it == c or it.startswith(c + ":"))]
+        if named:
+            name = max(named, key=len)
+            colon, sep = it[len(name):len(name) + 1], it[len(name) + 1:]
+        else:
+            name, colon, sep = it.partition(":")
         if colon and not sep:  # e.g. 'tags:,' split on its comma by a comma-separated flag
             raise LightFMPError(f"--multi-hot {it!r}: no separator after the colon (the comma-separated flag cannot "
                                 f"carry a ',' separator and trims a whitespace one: use another, or a YAML list in "
@@ -278,7 +286,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
         hint = "; its header reads as one column: is --format right for it?" if one else ""
         raise LightFMPError(f"{source}: {named}'{label}' is not one of its columns ({', '.join(columns)}){hint}")
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
-                      multi_hot=parse_multi_hot(cfg.multi_hot), ignore=list(cfg.ignore),
+                      multi_hot=parse_multi_hot(cfg.multi_hot, list(columns)), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)
     _check_kind_flags(spec, cfg.time_column, f"--label {label}" if cfg.label else f"--format {fmt}", cfg.group_column)
     blank = [i for i, c in enumerate(columns) if not str(c).strip()]

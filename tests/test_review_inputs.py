@@ -413,3 +413,18 @@ def test_a_header_not_in_utf8_or_a_binary_file_named_csv_is_one_line(tmp_path, s
         one_line_error(cli("run", "--data", f, "--label", "label", "--out", tmp_path / "r", "--quiet", *stream),
                        str(f), *words)
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("item, sep", [("u:tags", "|"), ("u:tags:;", ";")])
+def test_a_multi_hot_column_whose_name_holds_a_colon(tmp_path, item, sep):
+    """--multi-hot NAME[:SEP] for a column named 'u:tags' (the name was cut at its first ':', and no spelling
+    could name it): the data's columns say where the name ends."""
+    from lightfmp.dataset import load_dataset
+    rng = np.random.default_rng(0)
+    tags = [sep.join(rng.choice(list("abc"), 2, replace=False)) for _ in range(200)]
+    path = tmp_path / "c.csv"
+    pd.DataFrame({"label": rng.integers(0, 2, 200), "u:tags": tags, "b": rng.integers(0, 3, 200)}).to_csv(path,
+                                                                                                    index=False)
+    data = load_dataset(RunConfig.of(data=str(path), label="label", multi_hot=item, min_count=1).data)
+    field = next(f for f in data.schema.fields if f.name == "u:tags")
+    assert field.kind == "multi_hot" and field.separator == sep and field.slots == 2
