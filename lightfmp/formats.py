@@ -507,8 +507,11 @@ def _avazu(table: pa.Table, p: Path, start: int) -> pa.Table:
     bad = (t.isna() | (text.str.len() != 8) | ~text.str.isdigit()).to_numpy()
     if bad.any():
         i = _first_row(enc, bad)
+        line = line_of('avazu', start + i, p)
+        if not hour.slice(i, 1).is_valid().to_pylist()[0]:  # a blank cell: missing, as a blank label is called
+            raise LightFMPError(f"{p}: line {line} column hour: missing value (an Avazu hour is YYMMDDHH)")
         value = hour.slice(i, 1).to_pandas().iloc[0]  # the cell as a DataFrame of the batch shows it
-        raise LightFMPError(f"{p}: line {line_of('avazu', start + i, p)} column hour: {value!r} is not YYMMDDHH")
+        raise LightFMPError(f"{p}: line {line} column hour: {value!r} is not YYMMDDHH")
     ok = np.ones(len(t), dtype=bool)
     derived = {"hour_of_day": _derived(enc, t.dt.hour.to_numpy().astype(np.int64), ok),
                "weekday": _derived(enc, t.dt.day_of_week.to_numpy().astype(np.int64), ok)}  # Monday = 0

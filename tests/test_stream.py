@@ -593,6 +593,15 @@ def test_an_avazu_hour_that_is_not_eight_digits_is_refused(tmp_path, hour):
             list(read_batches(p, "avazu", chunk))
 
 
+def test_a_blank_avazu_hour_is_called_missing(tmp_path):
+    """A blank hour was shown as pandas' nan ("nan is not YYMMDDHH"), a value the file does not hold."""
+    p = tmp_path / "a.csv"
+    p.write_text("id,click,hour,C1\n1,0,14102100,a\n2,1,,b\n")
+    for chunk in (100, 1):
+        with pytest.raises(LightFMPError, match="a.csv: line 3 column hour: missing value"):
+            list(read_batches(p, "avazu", chunk))
+
+
 @pytest.mark.parametrize("taken", ["hour_of_day", "weekday"])
 def test_an_avazu_column_named_as_a_derived_one_is_refused(tmp_path, taken):
     """The hour is read into hour_of_day and weekday: a column already so named was a KeyError traceback."""
