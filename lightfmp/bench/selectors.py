@@ -128,9 +128,10 @@ def select_lightfmp_fulldata(ctx: Context, k: int) -> Selection:
 # --- gate modules trained by training.fit (AutoField, LPFS) -----------------------------------------------------
 def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     """Train the backbone through `gate` on the rows Light-FMP's selection reads — --subset of the training split
-    for --pretrain-epochs (the phase-1 plan, validation each epoch), then one pass over the other training rows
-    (Light-FMP's phase 3's first epoch, before its rule) — with one schedule (temperature, epsilon) over both, and
-    rank fields by the gate's scores."""
+    for --pretrain-epochs (the phase-1 plan), then one pass over the other training rows (Light-FMP's phase 3's
+    first epoch, before its rule) — with one schedule (temperature, epsilon) over both, and rank fields by the
+    gate's scores. No validation pass: the search reads no validation rows (it keeps its last epoch), so a pass
+    per epoch would only add to its seconds."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
@@ -138,11 +139,11 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
         rest = ctx.data.split_rows("train")
     torch.manual_seed(cfg.init_seed)
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate, trains_on=ctx.device)
-    epochs, valid = cfg.train.pretrain_epochs, ctx.data.split_rows("valid")
+    epochs = cfg.train.pretrain_epochs
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
-    fit(model, sub, valid, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
+    fit(model, sub, None, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
         **phase_plan(cfg, epochs, select_best=False), span=(0.0, first))
-    fit(model, rest, valid, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
+    fit(model, rest, None, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
         **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0))
     return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
