@@ -29,12 +29,8 @@ SEP = "|"  # parameter name | state key, in the stored file (parameter names hol
 
 @dataclass
 class Carry:
-    """What one fit hands the next: its weight optimizers' final state by parameter name (None: none yet); with
-    `with_gates`, where the next fit trains the same gate module (bench's gate searches in two parts), the gate
-    optimizer's state too (`gate_state`)."""
+    """What one fit hands the next: its weight optimizers' final state by parameter name (None: none yet)."""
     state: dict[str, dict[str, torch.Tensor]] | None = None
-    with_gates: bool = False
-    gate_state: dict | None = None
 
 
 def _names(model: CTRModel) -> dict[int, str]:

@@ -256,8 +256,6 @@ class Trainer:
         if carry is not None and carry.state is not None:  # (a checkpoint resumed from replaces it)
             load_named_state(model, self.weight_optimizers, carry.state)
         self.opt_g = torch.optim.Adam(self.gate.parameters(), lr=cfg.gate_lr) if self.gate is not None else None
-        if carry is not None and carry.gate_state is not None and self.opt_g is not None:
-            self.opt_g.load_state_dict(carry.gate_state)
         self.rows = in_memory(rows, plan.in_memory_mb << 20)
         # rows too large for memory are shuffled in windows of chunks of a third of the budget: the window being
         # trained on (its last batches), the next one and that one's permutation stay within it
@@ -526,7 +524,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     and the model comes back as given), and an epoch measurably worse than it can stop the fit.
 
     `carry` (lightfmp.moments): the weight optimizers start from its state, if any, and leave their final state in
-    it (the next phase continues the same optimisation); with `carry.with_gates`, the gate optimizer too.
+    it (the next phase continues the same optimisation).
     `epochs` (default cfg.epochs), `seed`, `select_best`, `in_memory_mb`, `span`, `split_seed`: this fit's `Plan`.
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps.
@@ -586,8 +584,6 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
             epoch += 1
     if carry is not None:
         carry.state = named_state(model, trainer.weight_optimizers)
-        if carry.with_gates and trainer.opt_g is not None:
-            carry.gate_state = trainer.opt_g.state_dict()
     if plan.select_best and state.best_state is not None:
         model.load_state_dict(state.best_state)
     out = {"epochs": state.history, "rows": int(len(trainer.rows)),

@@ -131,33 +131,3 @@ def test_prune_continues_phase_1s_optimizer_as_run_does(tmp_path):
     test = {n: json.loads((tmp_path / n / "metrics.json").read_text())["test"] for n in ("whole", "parts", "old")}
     assert test["parts"] == test["whole"], test
     assert test["old"]["logloss"] != test["whole"]["logloss"], test  # AUC on ~80 test rows can tie
-
-
-def test_a_gate_search_in_two_parts_is_one_optimisation():
-    """bench's gate searches (LPFS, AutoField) train in two fits (the subset's epochs, then the other rows): with a
-    Carry(with_gates=True) the second fit's weight and gate optimizers continue the first's, so their Adam steps
-    count on from the first fit's (a fresh Adam would take its first, largest-normalised steps again)."""
-    import numpy as np
-    from lightfmp.gates import LPFSGate
-    from lightfmp.moments import Carry
-    from lightfmp.rows import ArrayRows
-    from lightfmp.schema import FeatureSchema, Field
-    from lightfmp.training import TrainConfig, fit
-    s = FeatureSchema("label", [Field(f, "categorical", vocab=list("abcd")) for f in ("p", "q")])
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1, 6, (300, 2)).astype(np.int64)
-    rows = ArrayRows(ids, (ids[:, 0] > 3).astype(np.float32))
-    torch.manual_seed(0)
-    model = build_model("mlp", s, ModelConfig(embed_dim=4, hidden=[8]), gate=LPFSGate(2))
-    cfg = TrainConfig(batch_size=100, gate_holdout=0.0)
-    carry = Carry(with_gates=True)
-    fit(model, rows, None, cfg, epochs=2, select_best=False, carry=carry)
-    first = {n: float(st["step"]) for n, st in carry.state.items()}
-    gate_steps = [float(v["step"]) for v in carry.gate_state["state"].values()]
-    assert set(first.values()) == {6.0} and gate_steps == [6.0]  # 3 batches x 2 epochs
-    fit(model, rows, None, cfg, epochs=1, select_best=False, carry=carry)
-    assert {float(st["step"]) for st in carry.state.values()} == {9.0}
-    assert [float(v["step"]) for v in carry.gate_state["state"].values()] == [9.0]
-    plain = Carry()  # Light-FMP's phases: the weights' optimizers only
-    fit(model, rows, None, cfg, epochs=1, select_best=False, carry=plain)
-    assert plain.gate_state is None

@@ -132,9 +132,8 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     for --pretrain-epochs (the phase-1 plan), then one pass over the other training rows (Light-FMP's phase 3's
     first epoch, before its rule) — with one schedule (temperature, epsilon) over both, and rank fields by the
     gate's scores. No validation pass: the search reads no validation rows (it keeps its last epoch), so a pass
-    per epoch would only add to its seconds. One optimisation, as the methods train: the second part's optimizers,
-    the weights' and the gate's, continue the first's (their Adam moments carried; Light-FMP's phase 3 continues
-    phase 1's weight optimizers)."""
+    per epoch would only add to its seconds. One optimisation, as the methods train: the second part's weight
+    optimizers continue the first's (their Adam moments carried, as Light-FMP's phase 3 continues phase 1's)."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
@@ -144,7 +143,7 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate, trains_on=ctx.device)
     epochs = cfg.train.pretrain_epochs
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
-    carry = Carry(with_gates=True)
+    carry = Carry()
     fit(model, sub, None, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
         **phase_plan(cfg, epochs, select_best=False), span=(0.0, first), carry=carry)
     fit(model, rest, None, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
