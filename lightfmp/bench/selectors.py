@@ -30,7 +30,6 @@ from ..errors import LightFMPError
 from ..gates import AutoFieldGate, Gate, LPFSGate
 from ..metrics import roc_auc
 from ..models import build_model
-from ..moments import Carry
 from ..pipeline import final_eval, phase_plan, resolve_device, run
 from ..progress import Reporter
 from ..schema import PAD_ID
@@ -132,8 +131,7 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     for --pretrain-epochs (the phase-1 plan), then one pass over the other training rows (Light-FMP's phase 3's
     first epoch, before its rule) — with one schedule (temperature, epsilon) over both, and rank fields by the
     gate's scores. No validation pass: the search reads no validation rows (it keeps its last epoch), so a pass
-    per epoch would only add to its seconds. One optimisation, as the methods train: the second part's weight
-    optimizers continue the first's (their Adam moments carried, as Light-FMP's phase 3 continues phase 1's)."""
+    per epoch would only add to its seconds."""
     t0 = time.perf_counter()
     cfg = ctx.cfg
     sub, rest = ctx.data.subset(cfg.train.subset, cfg.data.seed)
@@ -143,11 +141,10 @@ def _gate_selection(ctx: Context, gate: Gate) -> Selection:
     model = build_model(cfg.model.backbone, ctx.data.schema, cfg.model, gate=gate, trains_on=ctx.device)
     epochs = cfg.train.pretrain_epochs
     first = epochs * len(sub) / (epochs * len(sub) + len(rest))  # the subset's share of the rows read
-    carry = Carry()
     fit(model, sub, None, cfg.train, label=f"{type(gate).__name__} search", device=ctx.device,
-        **phase_plan(cfg, epochs, select_best=False), span=(0.0, first), carry=carry)
+        **phase_plan(cfg, epochs, select_best=False), span=(0.0, first))
     fit(model, rest, None, cfg.train, label=f"{type(gate).__name__} search (other rows)", device=ctx.device,
-        **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0), carry=carry)
+        **phase_plan(cfg, 1, select_best=False, seed_offset=1), span=(first, 1.0))
     return Selection(_rank(ctx.names, model.gate.scores().cpu()), time.perf_counter() - t0)
 
 
