@@ -38,14 +38,30 @@ def row_groups(ids: np.ndarray, slot_field: np.ndarray, field: int) -> tuple[np.
 def pooled_values(block: np.ndarray) -> np.ndarray:
     """Per row of a multi-hot field's slots ([rows, slots] ids), an index of what the model's mean pooling reads of
     them: the shares of the ids other than padding, in any order. So "p|q" and "q|p" are one value, and so are "p"
-    and "p|p", and two lists whose tags all map to the OOV id; an empty list is a value of its own."""
-    keys: dict[tuple[bytes, bytes], int] = {}
-    out = np.empty(len(block), dtype=np.int64)
-    for i, row in enumerate(block):
-        tokens, counts = np.unique(row[row != PAD_ID], return_counts=True)
-        counts = counts // np.gcd.reduce(counts) if len(counts) else counts
-        out[i] = keys.setdefault((tokens.tobytes(), counts.tobytes()), len(keys))
-    return out
+    and "p|p", and two lists whose tags all map to the OOV id; an empty list is a value of its own. Vectorised:
+    each row's ids sorted, padding last; its runs of one id are the (id, count) pairs, the counts divided by the
+    row's greatest common divisor; rows with the same pairs are one value."""
+    n, s = block.shape
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    pad = np.iinfo(np.int64).max
+    b = np.where(block == PAD_ID, pad, block.astype(np.int64))
+    b.sort(axis=1)
+    start = np.ones((n, s), dtype=bool)
+    start[:, 1:] = b[:, 1:] != b[:, :-1]  # a row's first slot always starts a run: runs never cross rows
+    starts = np.flatnonzero(start.ravel())
+    counts, ids, rows = np.diff(np.r_[starts, n * s]), b.ravel()[starts], starts // s
+    real = ids != pad
+    counts, ids, rows = counts[real], ids[real], rows[real]
+    keys = np.full((n, 2 * s), -1, dtype=np.int64)  # (id, count) pairs per row, then -1
+    if len(rows):
+        firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        runs = np.diff(np.r_[firsts, len(rows)])
+        counts = counts // np.repeat(np.gcd.reduceat(counts, firsts), runs)
+        pos = np.arange(len(rows)) - np.repeat(firsts, runs)
+        keys[rows, 2 * pos], keys[rows, 2 * pos + 1] = ids, counts
+    _, inverse = np.unique(keys, axis=0, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64)
 
 
 class Groupings:

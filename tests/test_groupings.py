@@ -353,3 +353,26 @@ def test_the_density_check_needs_both_of_its_inputs():
         g = Groupings(ids, np.array([0, 1]), **kw)
         assert g.stands_for(1, 0) and g.is_function_of(1, 0)
     assert not Groupings(ids, np.array([0, 1]), field_ids=[60, 6], rows_ratio=2.0).stands_for(1, 0)
+
+
+def test_pooled_values_match_a_plain_reference():
+    """The vectorised grouping of multi-hot rows against the rule written plainly (per row: the ids other than
+    padding with their counts divided by the counts' gcd), on random blocks with padding, repeats and empty rows:
+    the same partition of the rows."""
+    from lightfmp.groupings import pooled_values
+
+    def plain(block):
+        keys = {}
+        for row in block:
+            ids, counts = np.unique(row[row != 0], return_counts=True)
+            counts = counts // np.gcd.reduce(counts) if len(counts) else counts
+            keys.setdefault((tuple(ids), tuple(counts)), len(keys))
+        return [keys[(tuple(i), tuple(c // np.gcd.reduce(c) if len(c) else c))]
+                for i, c in (np.unique(r[r != 0], return_counts=True) for r in block)]
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        block = rng.integers(0, 5, (int(rng.integers(0, 40)), int(rng.integers(1, 6))))
+        got, want = pooled_values(block), np.array(plain(block), dtype=np.int64)
+        assert len(got) == len(want)
+        pairs = set(zip(got.tolist(), want.tolist()))  # a bijection between the two labellings
+        assert len(pairs) == len(set(got.tolist())) == len(set(want.tolist()))
