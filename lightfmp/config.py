@@ -523,10 +523,14 @@ KIND_OPTIONS = ("categorical", "numeric", "multi_hot", "ignore")
 
 
 def _columns(option: str, items) -> set[str]:
-    """The columns a kind option's items name (a multi-hot item 'genres:|' names 'genres', as
-    `vocab.parse_multi_hot` reads it)."""
-    return {str(i).partition(":")[0].strip() if option == "multi_hot" else str(i)
-            for i in (_items(items) if items is not None else [])}
+    """The columns a kind option's items may name (a multi-hot item 'genres:|' names 'genres'; with no column list
+    here, 'u:tags:;' may name 'u', 'u:tags' or the whole item, as `vocab.parse_multi_hot` reads it against the
+    data's columns)."""
+    out = set()
+    for i in (_items(items) if items is not None else []):
+        parts = str(i).split(":") if option == "multi_hot" else [str(i)]
+        out |= {":".join(parts[:n]).strip() for n in range(1, len(parts) + 1)}
+    return out
 
 
 def resolve(flags: dict, config_file: str | None = None) -> RunConfig:

@@ -428,3 +428,9 @@ def test_a_multi_hot_column_whose_name_holds_a_colon(tmp_path, item, sep):
     data = load_dataset(RunConfig.of(data=str(path), label="label", multi_hot=item, min_count=1).data)
     field = next(f for f in data.schema.fields if f.name == "u:tags")
     assert field.kind == "multi_hot" and field.separator == sep and field.slots == 2
+    # a flag's kind for it replaces the config file's other kind for it, as for any column
+    from lightfmp.config import resolve
+    (tmp_path / "c.yaml").write_text(f"data: {path}\nlabel: label\ncategorical: ['u:tags']\nmin-count: 1\n")
+    cfg = resolve({"multi_hot": [item]}, str(tmp_path / "c.yaml"))
+    assert cfg.data.categorical == [] and next(f.kind for f in load_dataset(cfg.data).schema.fields
+                                               if f.name == "u:tags") == "multi_hot"
