@@ -160,6 +160,27 @@ def test_synth_a_failure_writing_truth_leaves_the_earlier_pair(tmp_path, monkeyp
     assert not (tmp_path / "new").exists() and first["rows"] == 500
 
 
+def test_synth_a_failed_rename_of_the_data_file_puts_the_earlier_truth_back(tmp_path, monkeypatch):
+    """truth.json is in place before the data file is renamed: where that rename fails (a full disk), the earlier
+    truth.json goes back, so the folder still holds a pair synth recognises and the next synth replaces it."""
+    import os
+    out = tmp_path / "o"
+    synthesize(300, 5, 2, out, seed=0)
+    before = {n: (out / n).read_bytes() for n in ("data.parquet", "truth.json")}
+    real = os.replace
+
+    def full_disk(src, dst):
+        if str(dst).endswith("data.parquet"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        synthesize(300, 5, 2, out, seed=1)
+    monkeypatch.undo()
+    assert {n: (out / n).read_bytes() for n in ("data.parquet", "truth.json")} == before
+    assert synthesize(300, 5, 2, out, seed=1)["seed"] == 1
+
+
 def test_synth_replaces_its_data_file_only_while_it_holds_what_it_wrote(tmp_path):
     """truth.json records the data file's sha256: a table of the user's copied in under that name is neither
     overwritten nor deleted by a later synth into the folder; synth's own file is replaced as before."""

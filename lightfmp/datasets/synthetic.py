@@ -63,6 +63,24 @@ def is_synth_truth(path: Path) -> bool:
 
 
 @contextmanager
+def _restored_on_failure(path: Path):
+    """`path` (truth.json) as it was before the block, put back (or removed, where there was none) if the block
+    fails after it calls the yielded function (the new file is in place, its data file not yet)."""
+    before = path.read_bytes() if path.is_file() else None
+    written = []
+    try:
+        yield lambda: written.append(True)
+    except BaseException:
+        if written:
+            if before is None:
+                path.unlink(missing_ok=True)
+            else:
+                with atomic_path(path) as tmp:
+                    tmp.write_bytes(before)
+        raise
+
+
+@contextmanager
 def _made_dir(path: Path):
     """`path` created (with its parents); if the block fails or is stopped, the folders it created go again while
     they are empty (a file of the user's put there meanwhile keeps them)."""
@@ -339,7 +357,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
                            + [pa.field("label", pa.int64())])
         data_rng = np.random.default_rng([seed, 2])
         positives = 0
-        with atomic_path(data_path) as tmp_path:
+        with _restored_on_failure(out_dir / "truth.json") as truth_written, atomic_path(data_path) as tmp_path:
             writer = sink = None
             try:
                 if fmt == "parquet":
@@ -375,7 +393,8 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
                 if sink is not None and not sink.closed:
                     sink.close()
             # truth.json goes in place first, the data file (still at its temporary name) right after it: a failure
-            # before that leaves the earlier pair as it was, not new data beside an old truth.json
+            # before that leaves the earlier pair as it was, not new data beside an old truth.json; a failed rename
+            # of the data file puts the earlier truth.json back (`_restored_on_failure`)
             num_informative = [n for n, r in zip(num_names, num_roles) if r == "inf"]
             truth = {
                 "informative": sorted([f.name for f in inf_fields] + num_informative),
@@ -396,6 +415,7 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
                 "data_sha256": file_sha256(tmp_path),  # what a later synth into this folder may replace
             }
             write_json_atomic(out_dir / "truth.json", truth)
+            truth_written()
 
         # an earlier output in the other format goes (check_synth_out refused the folder unless it was ours): the
         # truth.json beside it now describes the new file only
