@@ -50,12 +50,12 @@ TEST_ROWS = 100_000    # validation rows the default rule's closing test reads a
 
 
 def check_rule_rows(labels: np.ndarray, keep: int | None, threshold: float | None, n_fields: int,
-                    keep_flag: str = "--keep", split_kind: str = "hash", rows: int | None = None) -> None:
-    """The default rule and --keep K compare fields by the validation rows' logloss (the first `rows` of them: for
-    --keep K TEST_ROWS, for the default rule `closing_rows` of the model), and rows of one class cannot show that any
-    field is needed (each would close, or the order would be chance): refused, naming what gives both classes.
-    --threshold T reads the gates alone; a rule that keeps every field compares nothing."""
-    rows = TEST_ROWS if rows is None else rows
+                    keep_flag: str = "--keep", split_kind: str = "hash", model: CTRModel | None = None) -> None:
+    """The default rule and --keep K compare fields by the validation rows' logloss (the first rows: for --keep K
+    TEST_ROWS, for the default rule `closing_rows` of `model`, TEST_ROWS where none is given), and rows of one class
+    cannot show that any field is needed (each would close, or the order would be chance): refused, naming what
+    gives both classes. --threshold T reads the gates alone; a rule that keeps every field compares nothing."""
+    rows = closing_rows(model) if keep is None and model is not None else TEST_ROWS
     read, labels = len(labels) > rows, labels[:rows]
     if threshold is not None or len(labels) == 0 or labels.min() != labels.max() \
             or n_fields <= (keep if keep is not None else 1):

@@ -244,8 +244,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     if rule_after and not cfg.train.no_select:
         check_rule_rows(valid.labels(), cfg.prune.keep, cfg.prune.threshold, n_fields,
                         "--target-k" if cfg.train.target_k is not None and cfg.prune.keep == cfg.train.target_k
-                        else "--keep", data.rule.kind,
-                        TEST_ROWS if cfg.prune.keep is not None else closing_rows(model))
+                        else "--keep", data.rule.kind, model)
     _warn_one_class(data, reporter)
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
@@ -433,8 +432,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if len(rest) == 0:  # subset = 1.0: the whole training split was used in phase 1; continue on all of it
         rest = train
     valid = data.split_rows("valid")
-    check_rule_rows(valid.labels(), keep, threshold, len(names), split_kind=data.rule.kind,
-                    rows=TEST_ROWS if keep is not None else closing_rows(gated))
+    check_rule_rows(valid.labels(), keep, threshold, len(names), split_kind=data.rule.kind, model=gated)
     key = {"config_sha256": config_sha256(cfg), "data_sha256": run.info.get("data_sha256"),
            "pretrain_sha256": file_sha256(run.path / "pretrain.safetensors"), "continue_epochs": continue_epochs}
     plan = phase_plan(cfg, continue_epochs, seed_offset=1)

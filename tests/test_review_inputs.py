@@ -116,12 +116,13 @@ def test_the_default_rules_check_reads_the_rows_its_closing_test_reads():
     memory); rows of one class among those are refused although both classes come later."""
     from lightfmp.keep_rule import TEST_ROWS, check_rule_rows, closing_rows
     s = FeatureSchema("label", [Field(f"f{i}", "categorical", vocab=["a", "b"]) for i in range(300)])
-    n = closing_rows(build_model("deepfm", s, ModelConfig(embed_dim=16, hidden=[8]), gated=True))
+    model = build_model("deepfm", s, ModelConfig(embed_dim=16, hidden=[8]), gated=True)
+    n = closing_rows(model)
     assert n < TEST_ROWS
     labels = np.r_[np.zeros(n), np.ones(TEST_ROWS - n)]
     with pytest.raises(LightFMPError, match=f"every validation row of the first {n:,} .* the default keep rule"):
-        check_rule_rows(labels, None, None, 300, rows=n)
-    check_rule_rows(labels, 5, None, 300)  # --keep K reads the first TEST_ROWS: both classes
+        check_rule_rows(labels, None, None, 300, model=model)
+    check_rule_rows(labels, 5, None, 300, model=model)  # --keep K reads the first TEST_ROWS: both classes
 
 
 def test_one_validation_row_is_refused_by_both_keep_rules():
