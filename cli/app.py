@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from lightfmp import distributed, pipeline
-from lightfmp.config import MAX_SEED, check_one_rule, check_range
+from lightfmp.config import check_one_rule
 from lightfmp.datasets import FETCHERS, synthesize
 from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
@@ -233,14 +233,6 @@ def synth_cmd(rows: int = typer.Option(100_000, "--rows", help="Data rows to wri
                                                       "allows)."),
               fmt: str = typer.Option("parquet", "--format", help="File format: parquet or csv.")):
     """Synthetic CTR data with planted informative, redundant and noise fields, plus truth.json."""
-    if fmt not in ("parquet", "csv"):
-        raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
-    check_range("--rows", rows, 1)
-    check_range("--fields", fields, 1)
-    check_range("--informative", informative, 0, fields)
-    if redundant is not None:
-        check_range("--redundant", redundant, 0, fields)
-    check_range("--seed", seed, 0, MAX_SEED)
     truth = synthesize(rows=rows, fields=fields, informative=informative, out_dir=out_dir, seed=seed,
                        redundant=redundant, fmt=fmt)
     out.print(f"wrote {truth['data_file']} ({counted(rows, 'row')}, {counted(fields, 'field')}, label column "

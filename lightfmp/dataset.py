@@ -38,7 +38,7 @@ from .errors import CellError, LightFMPError
 from .formats import (check_source, fixed_label, implies_stream, line_of, read_batches, read_tables,
                       resolve_format)
 from .io import data_signature, file_sha256
-from .labels import LabelCounts, parse_labels
+from .labels import LabelCounts, check_label_column, parse_labels
 from .progress import Reporter, counted
 from .rows import MemoryStore, Store, StoredRows
 from .schema import FeatureSchema
@@ -148,7 +148,7 @@ def load_dataset(cfg: DataConfig, reporter: Reporter | None = None, schema: Feat
                 store, location = _shards(cfg, fmt, rule, sha, schema, encoded, codes, source, reporter)
             else:
                 store, location = MemoryStore(schema.num_slots), None
-                _encode(encoded(), schema, codes, source, fmt, store.append)
+                _encode(encoded(), schema, codes, source, fmt, store.append, bool(cfg.label))
         except LightFMPError as e:
             raise _kind_hint(e, inferred) from None
     if save is not None:  # the fit is kept for later runs once the whole file encoded
@@ -302,7 +302,7 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
                 fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
                 nonmissing = {f.name: 0 for f in schema.fields}
                 labels = LabelCounts(schema.label, schema.positive)
-            _check_columns(batch, schema, source)
+            _check_columns(batch, schema, source, bool(cfg.label))
             y = parse_labels(batch, schema.label, schema.positive, source, start, fmt)  # a bad label fails this pass
             train = codes(start, len(batch)) == 0
             labels.add(batch, y, train)
@@ -372,9 +372,10 @@ def _first_fraction(tokens) -> tuple[str, int] | None:
     return tokens.values[int(bad[0])].as_py(), int(np.argmax(tokens.codes == bad[0]))
 
 
-def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str) -> None:
+def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str, label_flag: bool = False) -> None:
     names = column_names(batch)
-    missing = [n for n in [schema.label] + schema.names if n not in names]
+    check_label_column(names, schema.label, source, flag=label_flag)
+    missing = [n for n in schema.names if n not in names]
     if missing:
         raise LightFMPError(f"{source}: column(s) {', '.join(map(repr, missing))} of the schema absent from the data "
                             f"(columns: {', '.join(names)})")
@@ -413,7 +414,7 @@ def _in_batch(e: LightFMPError, source: str, start: int, n: int, fmt: str) -> No
 
 
 def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSchema, codes, source: str, fmt: str,
-            sink: Callable[..., None]) -> None:
+            sink: Callable[..., None], label_flag: bool = False) -> None:
     """Encode every batch (read, or coded by the fit pass) into one chunk handed to `sink(ids=, labels=, rows=,
     split=)`. Read batches (a fitted schema given: no fit pass counted their labels) have their training rows' classes
     counted and checked here, as the fit pass checks them: before the sink's chunks are published."""
@@ -423,7 +424,7 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
             labels = batch.labels
             split = codes(start, len(batch))
         else:
-            _check_columns(batch, schema, source)  # the cheap checks first: a column error is not a split's
+            _check_columns(batch, schema, source, label_flag)  # the cheap checks first: a column error is not a split's
             _check_text_rule(batch, schema, source)
             labels = parse_labels(batch, schema.label, schema.positive, source, start, fmt)
             split = codes(start, len(batch))
@@ -451,7 +452,7 @@ def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
     if why:
         reporter.log(f"rebuilding shards: {why}")
     with ShardWriter(root, key, schema.num_slots) as writer:
-        _encode(batches(), schema, codes, source, fmt, writer.add)
+        _encode(batches(), schema, codes, source, fmt, writer.add, bool(cfg.label))
         manifest = writer.finish(data=source, data_format=fmt, data_sha256=sha, split=rule.to_dict(),
                                  chunk_rows=int(cfg.chunk_rows))
     reporter.log(f"encode: {manifest['rows']:,} rows into {counted(len(manifest['shards']), 'shard')} in "

@@ -31,13 +31,22 @@ def _is_positive(value: str, positive: str) -> bool:
         return False
 
 
+def check_label_column(columns: list[str], label: str, source: str, flag: bool = True) -> None:
+    """The label is one of the data's columns: the one message wherever a file is checked (`flag`: the name came
+    from --label, not from a format's fixed label or a schema file)."""
+    if label in columns:
+        return
+    named = "--label " if flag else "label column "
+    one = len(columns) == 1 and any(sep in columns[0] for sep in ",;\t|")  # a header read as one name
+    hint = "; its header reads as one column: is --format right for it?" if one else ""
+    raise LightFMPError(f"{source}: {named}'{label}' is not one of its columns ({', '.join(columns)}){hint}")
+
+
 def parse_labels(data, label: str, positive: str | None, source: str, start: int = 0,
                  fmt: str = "parquet") -> np.ndarray:
     """0/1 labels of a batch (record batch or DataFrame) whose first row is global row `start` of the file. Each
     distinct value of the column is judged once."""
-    if label not in column_names(data):
-        raise LightFMPError(f"{source}: label column '{label}' not found "
-                            f"(columns: {', '.join(column_names(data))})")
+    check_label_column(column_names(data), label, source, flag=False)
     col = column(data, label)
     t = tokens(col)
     texts = t.values.to_pylist()

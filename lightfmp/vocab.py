@@ -37,6 +37,7 @@ from .config import MAX_BUCKETS, DataConfig
 from .encoding import MISSING_TEXT, TEXT_RULE, column, column_names, lists, numbers, present, tokens
 from .errors import CellError, LightFMPError
 from .formats import all_categorical, fixed_label
+from .labels import check_label_column
 from .splits import check_split_keys
 from .schema import (BOOL_TEXTS, FRACTION_TEXT, LONG_DIGITS, MAX_HASH_BUCKETS, SPELLINGS, WHOLE_TEXT, FeatureSchema,
                      Field, clamp_max_len, is_integral, quantile_edges, vocab_from_counts)
@@ -280,11 +281,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
     label = cfg.label or fixed
     if not label:
         raise LightFMPError("no label: pass --label COLUMN")
-    if label not in columns:
-        named = "--label " if cfg.label else "label column "  # a format's fixed label is no option
-        one = len(columns) == 1 and any(sep in columns[0] for sep in ",;\t|")  # a header read as one name
-        hint = "; its header reads as one column: is --format right for it?" if one else ""
-        raise LightFMPError(f"{source}: {named}'{label}' is not one of its columns ({', '.join(columns)}){hint}")
+    check_label_column(list(columns), label, source, flag=bool(cfg.label))  # a format's fixed label is no option
     spec = SchemaSpec(label=label, categorical=list(cfg.categorical), numeric=list(cfg.numeric),
                       multi_hot=parse_multi_hot(cfg.multi_hot, list(columns)), ignore=list(cfg.ignore),
                       positive=cfg.positive, min_count=cfg.min_count, num_buckets=cfg.num_buckets)

@@ -625,3 +625,15 @@ def test_a_list_flag_given_twice_is_refused_not_the_last_list_kept(tmp_path, arg
     assert not (tmp_path / "r").exists()
     one_line_error(cli("bench", "--data", tmp_path / "absent.csv", "--label", "label", "--k", "1", "--seeds", "0",
                        "--seeds", "1"), "--seeds is given 2 times; give it once")  # bench's own lists too
+
+
+def test_label_absent_is_one_message_with_or_without_a_schema(data, tmp_path):
+    """A --label the file does not hold gets the same one-line error whether the schema is inferred or given by
+    --schema (and streamed or not): the label check is written once."""
+    r = cli("train", "--data", data, "--label", "label", "--out", tmp_path / "r", *FAST)
+    assert r.exit_code == 0, r.output
+    for extra in ([], ["--schema", tmp_path / "r" / "schema.json"], ["--stream", "--shard-dir", tmp_path / "sh"]):
+        r = cli("train", "--data", data, "--label", "clicked", *extra, "--out", tmp_path / "bad", *FAST)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert "--label 'clicked' is not one of its columns" in r.output, (extra, r.output)
+    assert not (tmp_path / "bad").exists()

@@ -96,7 +96,7 @@ def test_synth_explicit_counts(tmp_path):
         synthesize(100, 4, 2, tmp_path / "bad", redundant=3)
     assert len(synthesize(100, 4, 2, tmp_path / "ok", redundant=2)["redundant"]) == 2
     for kw, text in ((dict(rows=0), "--rows 0"), (dict(fields=2.5), "--fields 2.5"), (dict(informative=9),
-                                                                                      "more than --fields 5")):
+                                                                                      "--informative 9: must be <= 5")):
         with pytest.raises(LightFMPError, match=re.escape(text)):  # the Python API's errors are the CLI's
             synthesize(**{"rows": 100, "fields": 5, "informative": 2, "out_dir": tmp_path / "bad", **kw})
     assert not (tmp_path / "bad").exists()

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..config import MAX_SEED, check_range
 from ..errors import LightFMPError
 from ..io import (atomic_path, check_name_length, check_outside, check_writable, file_sha256, lightfmp_kind,
                   write_json_atomic)
@@ -236,11 +237,14 @@ def synthesize(rows: int, fields: int, informative: int, out_dir, seed: int = 0,
     """
     if fmt not in ("parquet", "csv"):
         raise LightFMPError(f"--format {fmt!r}: expected parquet or csv")
-    for flag, value, low in (("--rows", rows, 1), ("--fields", fields, 1), ("--informative", informative, 0)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-            raise LightFMPError(f"{flag} {value!r}: must be an integer >= {low}")
-    if informative > fields:
-        raise LightFMPError(f"--informative {informative}: more than --fields {fields}")
+    for flag, value, low, high in (("--rows", rows, 1, None), ("--fields", fields, 1, None),
+                                   ("--informative", informative, 0, fields), ("--seed", seed, 0, MAX_SEED),
+                                   ("--redundant", redundant, 0, None)):
+        if value is None and flag == "--redundant":
+            continue
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise LightFMPError(f"{flag} {value!r}: must be an integer")
+        check_range(flag, value, low, high)
     numeric = min(NUMERIC, fields) if numeric is None else numeric
     if not 0 <= numeric <= fields:
         raise LightFMPError(f"numeric={numeric!r}: must be in [0, {fields}] (--fields)")
