@@ -10,6 +10,10 @@ class LightFMPError(Exception):
     """Bad input or a run directory in the wrong state. The message names the file, column or value."""
 
 
+class DataGone(LightFMPError):
+    """A run's data file is gone, or differs from the one it was trained on: its rows cannot be read again."""
+
+
 class CellError(LightFMPError):
     """A cell that breaks a column's rule; `row` is its position in the column that was read (a batch's row), so
     whoever knows where the batch starts in the file can name the row and line."""

@@ -23,7 +23,7 @@ from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_difference, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule, check_switches
 from .dataset import Dataset, load_dataset, streaming
-from .errors import LightFMPError, shown_type
+from .errors import DataGone, LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
 from .io import (as_the_kernel_reads, atomic_dir, check_apart, check_name_length, check_out, data_signature,
                  file_sha256, read_json)
@@ -590,12 +590,12 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
         raise LightFMPError(f"{run.path}: trained by an older lightfmp (run format {run.info.get('format_version')}, "
                             f"before the one split rule): its rows cannot be told apart again; train it again")
     if not cfg.data.data or not Path(cfg.data.data).exists():
-        raise LightFMPError(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
+        raise DataGone(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
     signature = data_signature(cfg.data.data)  # before the hash: a file replaced after it is refused by the read
     sha = file_sha256(cfg.data.data)
     if sha != run.info.get("data_sha256"):
-        raise LightFMPError(f"{cfg.data.data}: data changed since `lightfmp train` (sha256 differs); train again")
-    rule = SplitRule.from_dict(run.info["split"], str(run.path / "run.json")) if "split" in run.info else None
+        raise DataGone(f"{cfg.data.data}: data changed since `lightfmp train` (sha256 differs); train again")
+    rule = SplitRule.from_dict(run.info["split"], str(run.path / "run.json"))
     return load_data(cfg, reporter, run.schema, sha, rule, signature)
 
 

@@ -603,8 +603,27 @@ def test_changed_data_file_validates_on_sampled_rows(s, tmp_path):
     info = json.loads((run / "run.json").read_text())
     (run / "run.json").write_text(json.dumps({**info, "data_sha256": "0" * 64}))
     v = ex.export_run(run, tmp_path / "out")["validation"]
-    assert v["source"] == "sampled" and "differs from the one the run was trained on" in v["note"]
+    assert v["source"] == "sampled" and "data changed since" in v["note"]
     assert "auc_onnx" not in v and v["max_abs_diff_vs_torch"] <= 1e-5
+
+
+def test_export_hashes_the_data_file_once(s, tmp_path, monkeypatch):
+    """The export checks that the run's data file is the one it was trained on by one hash (the read of its test
+    rows), not a second check of its own before it."""
+    import sys
+    import lightfmp.io
+    calls = []
+    real = lightfmp.io.file_sha256
+
+    def counted(path, *a, **kw):
+        calls.append(str(path))
+        return real(path, *a, **kw)
+    for module in [m for n, m in sys.modules.items() if n.startswith("lightfmp")]:  # wherever it was imported
+        if getattr(module, "file_sha256", None) is real:
+            monkeypatch.setattr(module, "file_sha256", counted)
+    data = open_run(s["runs"]["mlp"]).config.data.data
+    v = ex.export_run(s["runs"]["mlp"], tmp_path / "out")["validation"]
+    assert v["source"] == "test split" and calls.count(str(data)) == 1, calls
 
 
 def test_a_field_name_as_long_as_a_column_can_be_exports(tmp_path):

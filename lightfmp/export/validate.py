@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import LightFMPError
+from ..errors import DataGone, LightFMPError
 from ..formats import read_batches
-from ..io import file_sha256
 from ..metrics import paired_difference, roc_auc, row_log_loss, worse_beyond_noise
 from ..pipeline import run_data
 from ..schema import FeatureSchema, bucket_ids
@@ -36,16 +35,6 @@ class HeldOut:
     frame: pd.DataFrame
     labels: np.ndarray
     complete: bool  # every test row of the run is in `frame`
-
-
-def held_out_missing(run) -> str | None:
-    """Why the run's test rows cannot be read again (its data file is gone, or changed since training), or None."""
-    data = run.config.data.data
-    if not data or not Path(data).exists():
-        return f"data file {data!r} not found"
-    if run.info.get("data_sha256") != file_sha256(data):
-        return f"data file {data} differs from the one the run was trained on (sha256)"
-    return None
 
 
 def run_test_frame(run, max_rows: int) -> HeldOut:
@@ -83,13 +72,13 @@ class ValidationRows:
 def validation_rows(run, kept: FeatureSchema, limit: int = VALIDATE_ROWS) -> ValidationRows:
     """The run's test rows as graph inputs; rows drawn from the vocabularies when its data file is gone or
     changed."""
-    why = held_out_missing(run)
-    if why is not None:
+    try:
+        held = run_test_frame(run, limit)
+    except DataGone as why:
         n, vocabs = min(limit, 2048), {f.name: list(f.vocab or []) for f in kept.fields}
         ids = sample_feeds([InputSpec.from_field(f, False) for f in kept.fields], n, seed=1)
         raw = sample_feeds([InputSpec.from_field(f, True) for f in kept.fields], n, seed=1, vocabs=vocabs)
         return ValidationRows(ids, raw, "sampled", False, f"{why}; validated on sampled rows")
-    held = run_test_frame(run, limit)
     return ValidationRows(feeds_from_frame(held.frame, kept), feeds_from_frame(held.frame, kept, raw=True),
                           "test split", held.complete, None, kept.encode(held.frame).astype(np.int64), held.labels)
 
@@ -261,5 +250,5 @@ def _bucket_ids(feeds: dict, kept: FeatureSchema) -> np.ndarray | None:
     return np.concatenate(cols, 1).astype(np.int64) if cols else None
 
 
-__all__ = ["run_test_frame", "held_out_missing", "validation_rows", "validate", "HeldOut", "ValidationRows",
+__all__ = ["run_test_frame", "validation_rows", "validate", "HeldOut", "ValidationRows",
            "VALIDATE_ROWS", "TOLERANCE", "AUC_TOLERANCE", "tie_slack"]
