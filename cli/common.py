@@ -170,7 +170,7 @@ def _on_sigterm(signum, frame):
 
 # A path the machine will not let the command read or write: the user's to fix, said in one line like bad input.
 ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC,
-                      errno.EDQUOT}
+                      errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP}
 
 
 def path_error(e: OSError) -> str:
@@ -222,6 +222,8 @@ def friendly(func):
                 raise
             fail(who() + path_error(e))
         except (MemoryError, RuntimeError) as e:
+            if isinstance(e, RuntimeError) and str(e).startswith("Symlink loop from"):  # Path.resolve (Python 3.11)
+                fail(who() + f"{str(e)[len('Symlink loop from '):]}: a loop of symbolic links")
             asked = out_of_memory(e)
             if asked is None:
                 raise

@@ -12,6 +12,7 @@ No RNG state is stored: the training loop reseeds every random stream at the sta
 from __future__ import annotations
 
 import hashlib
+import os
 import json
 import math
 import re
@@ -50,7 +51,7 @@ def check_place(out: str | Path) -> None:
     a file there would fail the first checkpoint, and checkpoints written through a link could not be cleaned."""
     d = checkpoint_dir(out)
     check_name_length(Path(out))
-    if len(d.name.encode()) > NAME_MAX:
+    if len(os.fsencode(d.name)) > NAME_MAX:
         raise LightFMPError(f"{out}: its checkpoints go beside it in <name>.ckpt, which this name leaves too long for a "
                             f"file system ({NAME_MAX} bytes); give a name of at most {NAME_MAX - len('.ckpt')} bytes")
     if d.is_symlink():

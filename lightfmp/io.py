@@ -366,9 +366,13 @@ def temp_prefix(path: Path) -> str:
 def check_name_length(p: Path) -> None:
     """Refuse a path with a name longer than a file system takes, before any work (not at the end, when the output
     is published)."""
-    long = next((part for part in p.parts if len(part.encode()) > NAME_MAX), None)
+    try:
+        str(p).encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (a name from another locale): safetensors cannot open it
+        raise LightFMPError(f"{str(p)!r}: the name is not UTF-8 text; choose a UTF-8 name") from None
+    long = next((part for part in p.parts if len(os.fsencode(part)) > NAME_MAX), None)  # the bytes the OS is given
     if long is not None:
-        raise LightFMPError(f"{p}: the name {long[:24]}... is {len(long.encode())} bytes, more than a file system "
+        raise LightFMPError(f"{p}: the name {long[:24]}... is {len(os.fsencode(long))} bytes, more than a file system "
                             f"takes ({NAME_MAX}); choose a shorter one")
 
 

@@ -19,6 +19,7 @@ from lightfmp.models.dense import cpu_gemm_library
 from lightfmp.splits import SplitRule
 
 from helpers import make_frame, one_line_error, rewrite_metrics, write_csv
+from lightfmp.errors import LightFMPError
 
 runner = CliRunner()
 FAST = ["--pretrain-epochs", "3", "--epochs", "1", "--batch-size", "128", "--hidden", "16", "--embed-dim", "4",
@@ -637,3 +638,39 @@ def test_label_absent_is_one_message_with_or_without_a_schema(data, tmp_path):
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
         assert "--label 'clicked' is not one of its columns" in r.output, (extra, r.output)
     assert not (tmp_path / "bad").exists()
+
+
+def test_paths_the_system_cannot_take_are_one_line_errors(data, pretrained, tmp_path, monkeypatch):
+    """A name longer than a file system takes, a loop of symbolic links, and a name whose bytes are not UTF-8 (from
+    another locale) end in one line naming the path, exit 2, wherever a path is given; nothing is written."""
+    long = str(tmp_path / ("x" * 300))
+    (tmp_path / "loop.csv").symlink_to(tmp_path / "loop.csv")
+    monkeypatch.chdir(tmp_path)  # relative names are made absolute (resolved) first
+    odd = str(tmp_path / "r\udce9sum\udce9")  # what Python makes of the bytes r\xe9sum\xe9 in an argument
+    for args, shown in (
+            (["train", "--data", long + ".csv", "--label", "label", "--out", tmp_path / "o"], "xxxxxxxx"),
+            (["train", "--data", data, "--label", "label", "--schema", long + ".json", "--out", tmp_path / "o"],
+             "xxxxxxxx"),
+            (["train", "--data", data, "--label", "label", "--stream", "--shard-dir", long, "--out", tmp_path / "o"],
+             "xxxxxxxx"),
+            (["prune", long], "xxxxxxxx"), (["inspect", long], "xxxxxxxx"),
+            (["export", long, "--out", tmp_path / "e"], "xxxxxxxx"),
+            (["train", "--data", "loop.csv", "--label", "label", "--out", tmp_path / "o"], "a loop of symbolic links"),
+            (["train", "--data", data, "--label", "label", "--schema", "loop.csv", "--out", tmp_path / "o"],
+             "a loop of symbolic links"),
+            (["run", "--data", data, "--label", "label", "--out", odd], "not UTF-8 text"),
+            (["export", pretrained, "--out", odd], "not UTF-8 text"),
+            (["inspect", pretrained, "--plot", odd + ".png"], "not UTF-8 text")):
+        r = cli(*args, *(FAST if args[0] in ("train", "run") else []))
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (args, r.output)
+        assert shown in r.output and "Traceback" not in r.output, (args, r.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.csv"]
+
+
+def test_a_url_or_host_that_is_not_text_is_one_line_error():
+    from lightfmp.serve.load import Target
+    from lightfmp.serve.server import bind
+    with pytest.raises(LightFMPError, match="--url .*not UTF-8 text"):
+        Target.parse("http://h\udce9:1")
+    with pytest.raises(LightFMPError, match="--host .*not a host name"):
+        bind("h\udce9", 0)

@@ -34,6 +34,10 @@ class Target:
     @classmethod
     def parse(cls, url: str) -> "Target":
         try:
+            url.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 in the argument (a shell variable from another locale)
+            raise LightFMPError(f"--url {url!r}: not UTF-8 text") from None
+        try:
             parts = urlsplit(url)
         except ValueError as e:  # e.g. an unclosed IPv6 bracket
             raise LightFMPError(f"--url {url!r}: expected http://HOST:PORT ({e})") from None

@@ -75,6 +75,8 @@ def bind(host: str, port: int) -> socket.socket:
                                                           flags=socket.AI_PASSIVE)[0]
     except socket.gaierror as e:
         raise LightFMPError(f"--host {host!r}: cannot resolve it ({e.strerror})") from None
+    except UnicodeError:  # not a name IDNA can encode (bytes that are not UTF-8, a label over 63 characters)
+        raise LightFMPError(f"--host {host!r}: not a host name") from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
