@@ -348,6 +348,12 @@ def _shape_checked(value, tp, key, source):
     raise LightFMPError(f"{_where(key, source)} must be {_what(tp)}, got {got}")
 
 
+# options whose value names a column or a path: an empty one is a mistake (an unset shell variable), never "none"
+NAMES = {"data": "give its path", "label": "give the label column", "schema": "give its path, or leave it out",
+         "time_column": "give a column, or leave it out", "group_column": "give a column, or leave it out",
+         "shard_dir": "give a folder, or leave it out"}
+
+
 def _coerce(value, hint, key, source):
     """YAML reads `lr: 1e-3` as a string and users write `epochs: '3'` or `hidden: 256,128`: convert to the
     field's type, or fail with the key named."""
@@ -402,7 +408,10 @@ def _coerce(value, hint, key, source):
                     raise LightFMPError(f"{_where(key, source)} must be text, got the boolean {shown(value)}")
                 raise LightFMPError(f"{source}: '{key}' must be text, got the YAML boolean {shown(value)}; quote the "
                                     f"value ('yes')")
-            return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+            if key in NAMES and not text.strip():  # `--time-column "$COL"` with COL unset: not "none"
+                raise LightFMPError(f"{_where(key, source)} {shown(value)}: empty; {NAMES[key]}")
+            return text
     except (TypeError, ValueError):
         what = _what(tp)
         if source == COMMAND_LINE:

@@ -6,7 +6,7 @@ import typing
 import pytest
 import yaml
 
-from lightfmp.config import SECTIONS, ModelConfig, RunConfig, TrainConfig, check_range, fields_of, resolve
+from lightfmp.config import COMMAND_LINE, SECTIONS, ModelConfig, RunConfig, TrainConfig, check_range, fields_of, resolve
 from lightfmp.errors import LightFMPError
 
 def _hint(name):
@@ -259,3 +259,14 @@ def test_python_values_whose_text_is_no_value_are_refused_or_read_as_lists():
     assert (cfg.train.no_select, cfg.model.hidden, cfg.train.epochs) == (True, [8], 2)
     import datetime  # a YAML date is a value (`positive: 2024-01-01`), as before
     assert RunConfig.from_dict({"positive": datetime.date(2024, 1, 1)}, "c.yaml").data.positive == "2024-01-01"
+
+
+@pytest.mark.parametrize("key", ["data", "label", "schema", "time_column", "group_column", "shard_dir"])
+def test_an_empty_name_or_path_is_refused_not_read_as_none(key):
+    """`--time-column "$COL"` with COL unset would otherwise train on a random split and say nothing: a column
+    name or a path that is empty (or blank) is an error naming the flag, from the command line and from a file."""
+    for value in ("", "  "):
+        with pytest.raises(LightFMPError, match=f"--{key.replace('_', '-')} '{value}': empty"):
+            RunConfig.from_dict({"data": "x.csv", "label": "y", key: value}, COMMAND_LINE)
+    with pytest.raises(LightFMPError, match=f"c.yaml: '{key}' '': empty"):
+        RunConfig.from_dict(yaml.safe_load(f"data: x.csv\nlabel: y\n{key}: ''\n"), "c.yaml")
