@@ -27,10 +27,12 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
     say = Reporter(quiet).log
     steps = 2 if compare else 1
     cfg = RunConfig.from_dict({"backbone": backbone, **MOVIELENS_FIELDS, **overrides}, "demo")  # checked before the fetch
+    out_dir = Path(out_dir) if out_dir else cache_home() / "runs" / "demo"
+    for name in ("lightfmp", "all-fields")[:steps]:
+        _check_place(out_dir / name)  # before the download
     say("demo: fetching MovieLens-100k (downloaded once, then read from the cache)")
     data = fetch_movielens_100k(quiet=quiet)
     cfg = cfg.but(data=str(data))
-    out_dir = Path(out_dir) if out_dir else cache_home() / "runs" / "demo"
     for name in ("lightfmp", "all-fields")[:steps]:
         _check_replaceable(out_dir / name, data, force)
     say(f"demo: step 1/{steps}: Light-FMP ({backbone}: gated pretraining, pruning, continued training) -> "
@@ -46,16 +48,18 @@ def demo(out_dir: str | Path | None = None, backbone: str = "deepfm", compare: b
     return res
 
 
+def _check_place(path: Path) -> None:
+    """Refuse a place no run of the demo's can go (a file on the way, a name too long, a folder that is not a run,
+    a file lightfmp did not write there): what each step's own check would refuse, before step 1 and the download."""
+    if path.exists() and lightfmp_kind(path) != "run":  # not lightfmp's: --force would not replace it either
+        raise LightFMPError(f"{path}: exists and is not a lightfmp run; choose another --out")
+    check_out(path, True, "run")
+
+
 def _check_replaceable(path: Path, data: Path, force: bool) -> None:
     """Refuse to replace, without `force`, a run at `path` of other data than the demo's MovieLens table (someone's
-    own run; a run on the demo's table, as an earlier demo left, is replaced), and anything not a run at all."""
-    if not path.exists():
-        return
-    if lightfmp_kind(path) != "run":  # not lightfmp's: --force would not replace it either
-        raise LightFMPError(f"{path}: exists and is not a lightfmp run; choose another --out")
-    check_out(path, True, "run")  # what the step's own check refuses (a file lightfmp did not write there), now:
-    # before step 1 replaces its run, not when step 2 starts
-    if force:
+    own run; a run on the demo's table, as an earlier demo left, is replaced)."""
+    if not path.exists() or force:
         return
     try:  # by its data's content (the cache may have moved since), or else by its path
         found = open_run(path)

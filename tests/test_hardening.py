@@ -675,6 +675,19 @@ def test_demo_refuses_a_file_of_the_users_in_its_second_run_before_the_first_is_
         assert listing(out / "lightfmp") == before
 
 
+def test_demo_refuses_a_place_no_run_can_go_before_the_download(tmp_path, monkeypatch):
+    """`demo --out FILE` (a file where its folder would go) is refused before MovieLens is fetched: the download
+    is minutes on a fresh machine, the refusal needs none of it."""
+    def fetch(quiet=False):
+        raise AssertionError("fetched before the output was checked")
+    monkeypatch.setattr(demo_mod, "fetch_movielens_100k", fetch)
+    (tmp_path / "notes.txt").write_text("mine")
+    one_line_error(cli("demo", "--out", tmp_path / "notes.txt", "--quiet"), "notes.txt", "is a file")
+    (tmp_path / "d" / "lightfmp").mkdir(parents=True)
+    one_line_error(cli("demo", "--out", tmp_path / "d", "--quiet"), "is not a lightfmp run")
+    assert (tmp_path / "notes.txt").read_text() == "mine" and not any((tmp_path / "d" / "lightfmp").iterdir())
+
+
 @pytest.mark.parametrize("flags, shown", [(["--keep", "2"], "--keep 2 and --closing-test"),
                                           (["--threshold", "0.5"], "--threshold 0.5 and --closing-test")])
 def test_closing_test_goes_with_no_other_rule(pretrained, flags, shown):
