@@ -18,6 +18,7 @@ import datetime
 import math
 import numbers
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -433,6 +434,22 @@ def check_range(name: str, value, low=None, high=None, *, open_low: bool = False
     if high is not None and (value > high or open_high and value == high):
         raise LightFMPError(f"{name} {value}: must be {hi}" + (f" and {lo}" if lo else ""))
     return value
+
+
+def comma_ints(text, flag: str, low: int, high: int, example: str, repeats: str = "refuse") -> list[int]:
+    """Comma-separated integers in [low, high] (--seeds, --batch-sizes, --clients): digits 0-9 only (int() would
+    also read '1_0' as 10, and other scripts' digits), no empty item; a repeat refused (`repeats="refuse"`: a mean
+    over seeds would count it once, quietly) or dropped ("drop"). Anything else is one line naming `flag`."""
+    items = [s.strip() for s in str(text).split(",")]
+    if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):
+        raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}")
+    values = [int(s) for s in items]
+    for v in values:
+        check_range(flag, v, low, high)
+    twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
+    if twice is not None and repeats == "refuse":
+        raise LightFMPError(f"{flag} {text!r}: {twice} is given twice; give each once")
+    return list(dict.fromkeys(values))
 
 
 def _checked(value, f: dataclasses.Field):

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import comma_ints
 from .errors import LightFMPError, first_repeat
 from .export.bundle import Bundle, load_bundle
 from .export.contract import locate_run
@@ -55,25 +56,17 @@ class ModelTimings:
     eager_note: str | None = None
 
 
-def _counts(text: str, flag: str, example: str, what: str, high: int) -> list[int]:
-    """Comma-separated integers from 1 to `high`, each once (a repeat is dropped, as `bench --seeds` drops one);
-    anything else (a word, an empty item, nothing) is one line naming `flag`."""
-    items = str(text).split(",")
-    try:
-        values = [int(v) for v in items]
-    except ValueError:
-        raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}") from None
-    if min(values) < 1 or max(values) > high:
-        raise LightFMPError(f"{flag} {text!r}: every {what} must be >= 1 and <= {high:,}")
-    return list(dict.fromkeys(values))
+def _counts(text: str, flag: str, example: str, high: int) -> list[int]:
+    """Comma-separated integers from 1 to `high` (a repeat is dropped: timing a size twice measures nothing new)."""
+    return comma_ints(text, flag, 1, high, example, repeats="drop")
 
 
 def parse_batch_sizes(text: str) -> list[int]:
-    return _counts(text, "--batch-sizes", "1,8,64", "batch size", MAX_BATCH_SIZE)
+    return _counts(text, "--batch-sizes", "1,8,64", MAX_BATCH_SIZE)
 
 
 def parse_clients(text: str) -> list[int]:
-    return _counts(text, "--clients", "1,8,32", "client count", MAX_CLIENTS)
+    return _counts(text, "--clients", "1,8,32", MAX_CLIENTS)
 
 
 def time_calls(fn, budget: Budget) -> np.ndarray:

@@ -295,7 +295,7 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     ([], "keep: 3\n", "--keep 3: not for bench, whose --k is every method's number of fields (drop it from --config) "
                        "(--keep from "),
     ([], "prune:\n  threshold: 0.5\n", "--threshold 0.5: not for bench"),
-    (["--seeds", "0,0"], None, "--seeds '0,0': seed 0 is given twice"),
+    (["--seeds", "0,0"], None, "--seeds '0,0': 0 is given twice"),
     (["--ablate-subset", ""], None, "--ablate-subset ''"),
     (["--ablate-subset", "0.5"], None, "--methods does not go with --ablate-subset"),  # it ran Light-FMP alone
     (["--methods", "lpfs,boruta"], None, "--methods 'lpfs,boruta': unknown method(s) boruta"),

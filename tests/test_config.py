@@ -270,3 +270,19 @@ def test_an_empty_name_or_path_is_refused_not_read_as_none(key):
             RunConfig.from_dict({"data": "x.csv", "label": "y", key: value}, COMMAND_LINE)
     with pytest.raises(LightFMPError, match=f"c.yaml: '{key}' '': empty"):
         RunConfig.from_dict(yaml.safe_load(f"data: x.csv\nlabel: y\n{key}: ''\n"), "c.yaml")
+
+
+def test_comma_separated_integers_are_read_one_way_for_every_flag():
+    """--seeds, --batch-sizes and --clients read lists of integers by one rule: digits only ('1_0' is no 10),
+    no empty item, in range; a repeat refused where it would bias a mean (seeds), dropped where it is harmless."""
+    from lightfmp.bench.core import parse_seeds
+    from lightfmp.profiling import parse_batch_sizes, parse_clients
+    assert parse_seeds(" 0 , 1") == [0, 1] and parse_batch_sizes("1,1,8") == [1, 8] and parse_clients("4") == [4]
+    for parse, flag in ((parse_seeds, "--seeds"), (parse_batch_sizes, "--batch-sizes"), (parse_clients, "--clients")):
+        for text in ("1_0", "1,,2", "a", "", "٣"):
+            with pytest.raises(LightFMPError, match=f"{flag} .*expected comma-separated integers"):
+                parse(text)
+    with pytest.raises(LightFMPError, match="--seeds '0,0': 0 is given twice"):
+        parse_seeds("0,0")
+    with pytest.raises(LightFMPError, match="--batch-sizes 0: must be >= 1"):
+        parse_batch_sizes("0")

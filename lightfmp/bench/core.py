@@ -1,14 +1,13 @@
 """`lightfmp bench`: every selector on identical splits, the same backbone and the same retraining budget."""
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from ..config import MAX_SEED, RunConfig, check_range
+from ..config import MAX_SEED, RunConfig, comma_ints
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
@@ -38,17 +37,7 @@ def parse_methods(text: str | None) -> list[str]:
 
 
 def parse_seeds(text: str | None) -> list[int]:
-    items = [s.strip() for s in str(text if text is not None else "0").split(",")]
-    # digits 0-9 only: int() also reads '1_0' as 10 and other scripts' digits; '' (0,,1) is refused too
-    if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):
-        raise LightFMPError(f"--seeds {text!r}: expected comma-separated integers like 0,1,2")
-    seeds = [int(s) for s in items]
-    for s in seeds:
-        check_range("--seeds", s, 0, MAX_SEED)
-    twice = next((s for i, s in enumerate(seeds) if s in seeds[:i]), None)
-    if twice is not None:  # the mean and std over seeds would count it once, quietly
-        raise LightFMPError(f"--seeds {text!r}: seed {twice} is given twice; give each seed once")
-    return seeds
+    return comma_ints(text if text is not None else "0", "--seeds", 0, MAX_SEED, "0,1,2")
 
 
 def parse_fractions(text: str) -> list[float]:
