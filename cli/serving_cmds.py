@@ -12,11 +12,16 @@ from lightfmp import profiling
 from lightfmp.config import check_range
 from lightfmp.export import export_run
 from lightfmp.export.bundle import MAX_THREADS
+from lightfmp.export.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from lightfmp.errors import LightFMPError
 from lightfmp.io import check_output_file, write_json_atomic
 from lightfmp.serve import ServeOptions, serve
 
 from .common import Command, err, friendly, out
+
+
+def _listed(values) -> str:
+    return ",".join(map(str, values))
 
 
 def register(app) -> None:
@@ -25,7 +30,7 @@ def register(app) -> None:
     def export_cmd(run: Path = typer.Argument(..., help="A complete run directory (after `lightfmp prune`, or a "
                                                         "--no-select run)."),
                    out_dir: Path = typer.Option(..., "--out", "-o", help="Export directory to create."),
-                   opset: int = typer.Option(17, "--opset", help="ONNX opset (13..20)."),
+                   opset: int = typer.Option(DEFAULT_OPSET, "--opset", help=f"ONNX opset ({MIN_OPSET}..{MAX_OPSET})."),
                    dtype: str = typer.Option("fp32", "--dtype", help="Embedding tables: fp32 or fp16."),
                    inputs: str = typer.Option("ids", "--inputs", help="ids: int64 ids per field; raw: strings, "
                                                                       "vocabulary lookup inside the graph."),
@@ -77,33 +82,39 @@ def register(app) -> None:
                     compare: Optional[Path] = typer.Option(None, "--compare", help="A second model to time "
                                                            "side by side (e.g. the full model vs a pruned one)."),
                     batch_sizes: Optional[str] = typer.Option(
-                        None, "--batch-sizes", help=f"Comma-separated batch sizes to time (each 1 to "
-                                                    f"{profiling.MAX_BATCH_SIZE:,}; default 1,8,64,512,4096, "
-                                                    f"with --url 1,64)."),
+                        None, "--batch-sizes",
+                        help=f"Comma-separated batch sizes to time (each 1 to {profiling.MAX_BATCH_SIZE:,}; default "
+                             f"{_listed(profiling.DEFAULT_BATCH_SIZES)}, with --url "
+                             f"{_listed(profiling.DEFAULT_URL_BATCH_SIZES)})."),
                     threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads (and "
                                                 "torch threads); 0 = library default."),
                     json_file: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
                     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG of latency vs batch size."),
                     trace: Optional[Path] = typer.Option(None, "--trace", help="ONNX Runtime profiling trace "
                                                          "(JSON, chrome://tracing) of the first model."),
-                    max_seconds: float = typer.Option(1.0, "--max-seconds", help="Timing budget per batch size."),
-                    max_runs: int = typer.Option(200, "--max-runs", help="Timed runs per batch size at most."),
+                    max_seconds: float = typer.Option(profiling.Budget.max_seconds, "--max-seconds",
+                                                      help="Timing budget per batch size."),
+                    max_runs: int = typer.Option(profiling.Budget.max_runs, "--max-runs",
+                                                 help="Timed runs per batch size at most."),
                     eager: bool = typer.Option(True, "--eager/--no-eager",
                                                help="Also time the run's PyTorch model (needs the run dir)."),
                     quiet: bool = typer.Option(False, "--quiet", "-q", help="No tables (use with --json)."),
                     url: Optional[str] = typer.Option(
                         None, "--url", help="Measure a running server that serves MODEL (e.g. `lightfmp serve "
                                             "MODEL`) at this http:// URL instead of ONNX Runtime in this process."),
-                    clients: Optional[str] = typer.Option(None, "--clients", help="With --url: comma-separated numbers "
-                                                "of concurrent clients (default 1,8,32); each cell sends at most "
-                                                "--max-runs requests for at most --max-seconds.")):
+                    clients: Optional[str] = typer.Option(
+                        None, "--clients", help=f"With --url: comma-separated numbers of concurrent clients (default "
+                                                f"{_listed(profiling.DEFAULT_CLIENTS)}); each cell sends at most "
+                                                f"--max-runs requests for at most --max-seconds.")):
         """Latency (p50/p95/p99) and throughput per batch size under ONNX Runtime, or of a server (--url)."""
         if url is not None:
-            return _profile_url(url, model, "1,8,32" if clients is None else clients, batch_sizes, json_file,
+            clients = _listed(profiling.DEFAULT_CLIENTS) if clients is None else clients
+            return _profile_url(url, model, clients, batch_sizes, json_file,
                                 max_seconds, max_runs, quiet, compare=compare, plot=plot, trace=trace)
         if clients is not None:  # it would be ignored: the local timing has no clients
             raise LightFMPError(f"--clients {clients!r}: only with --url (concurrent clients of a running server)")
-        sizes = profiling.parse_batch_sizes("1,8,64,512,4096" if batch_sizes is None else batch_sizes)
+        default = _listed(profiling.DEFAULT_BATCH_SIZES)
+        sizes = profiling.parse_batch_sizes(default if batch_sizes is None else batch_sizes)
         check_range("--threads", threads, 0, MAX_THREADS)
         check_range("--max-seconds", max_seconds, 0, open_low=True)
         check_range("--max-runs", max_runs, 1)
@@ -160,18 +171,20 @@ def register(app) -> None:
     @app.command("serve", cls=Command)
     @friendly
     def serve_cmd(export_dir: Path = typer.Argument(..., help="Export directory (`lightfmp export --out`)."),
-                  host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-                  port: int = typer.Option(8000, "--port", help="Port to listen on (0: any free port; the URL "
-                                           "is printed)."),
-                  max_batch: int = typer.Option(512, "--max-batch", help="Dynamic batching: rows per model call "
-                                                "at most (1 turns batching off)."),
-                  batch_wait_ms: float = typer.Option(2.0, "--batch-wait-ms", help="Dynamic batching: how long "
-                                                      "the oldest request waits for others (0 turns batching "
-                                                      "off)."),
-                  threads: int = typer.Option(1, "--threads", help="ONNX Runtime intra-op threads; 0 = library "
-                                              "default."),
-                  max_body_mb: float = typer.Option(16.0, "--max-body-mb", help="Largest request body accepted "
-                                                    "(MB); larger ones get HTTP 413 before they are read.")):
+                  host: str = typer.Option(ServeOptions.host, "--host", help="Address to listen on."),
+                  port: int = typer.Option(ServeOptions.port, "--port",
+                                           help="Port to listen on (0: any free port; the URL is printed)."),
+                  max_batch: int = typer.Option(ServeOptions.max_batch, "--max-batch",
+                                                help="Dynamic batching: rows per model call at most (1 turns "
+                                                     "batching off)."),
+                  batch_wait_ms: float = typer.Option(ServeOptions.batch_wait_ms, "--batch-wait-ms",
+                                                      help="Dynamic batching: how long the oldest request waits for "
+                                                           "others (0 turns batching off)."),
+                  threads: int = typer.Option(ServeOptions.threads, "--threads",
+                                              help="ONNX Runtime intra-op threads; 0 = library default."),
+                  max_body_mb: float = typer.Option(ServeOptions.max_body_mb, "--max-body-mb",
+                                                    help="Largest request body accepted (MB); larger ones get HTTP "
+                                                         "413 before they are read.")):
         """Serve an export over HTTP (KServe v2 REST): dynamic batching, raw records, Prometheus /metrics."""
         options = ServeOptions(host=host, port=port, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                threads=threads, max_body_mb=max_body_mb)
@@ -186,7 +199,7 @@ def _profile_url(url: str, model: Path, clients: str, batch_sizes: Optional[str]
         if value is not None:
             raise LightFMPError(f"--{flag}: not with --url (a server serves one model and is timed from outside)")
     counts = profiling.parse_clients(clients)
-    sizes = profiling.parse_batch_sizes(",".join(map(str, profiling.DEFAULT_URL_BATCH_SIZES)) if batch_sizes is None
+    sizes = profiling.parse_batch_sizes(_listed(profiling.DEFAULT_URL_BATCH_SIZES) if batch_sizes is None
                                          else batch_sizes)
     check_range("--max-seconds", max_seconds, 0, open_low=True)
     check_range("--max-runs", max_runs, 1)

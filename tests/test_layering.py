@@ -203,3 +203,10 @@ def test_cache_home_order_home_then_variable_then_default(monkeypatch, tmp_path)
     assert cache_home(tmp_path / "given") == tmp_path / "given"
     assert cache_home("~/x") == tmp_path / "user" / "x"
     assert _cache_dir(None) == tmp_path / "env" / "movielens-100k"
+
+
+def test_the_kernels_out_of_vocabulary_id_is_the_schemas():
+    """kernels/ imports nothing of the package (it is installed beside it); its OOV id must still be the schema's."""
+    from lightfmp.kernels import op
+    from lightfmp import schema
+    assert op.OOV_ID == schema.OOV_ID

@@ -749,7 +749,7 @@ def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
         assert 0 < r["p50_ms"] <= r["p99_ms"]
         assert r["rows_per_s"] == pytest.approx(r["requests_per_s"] * r["batch_size"])
     for args, text in ((["--compare", str(ex.ids)], "--compare: not with --url"),
-                       (["--clients", "0"], "--clients '0'"),
+                       (["--clients", "0"], "--clients 0: must be >= 1"),
                        ([], "does not serve model 'ctr_raw'")):
         model = ex.raw if not args else ex.ids
         res = runner.invoke(app, ["profile", str(model), "--url", srv.url, *args])

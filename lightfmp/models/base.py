@@ -16,12 +16,9 @@ from torch import nn
 from ..embedding import FieldEmbedding
 from ..config import ModelConfig
 from ..errors import LightFMPError
-from ..gates import Gate, HardConcreteGate
+from ..gates import GATE_INIT, Gate, HardConcreteGate
 from ..schema import FeatureSchema
 from .dense import Linear, Tower
-
-
-GATE_INIT = 2.0  # log_alpha of a new hard-concrete gate: deterministic gate 0.957, open probability ~0.97
 
 
 class CTRModel(nn.Module):
