@@ -28,7 +28,7 @@ import yaml
 
 from .errors import LightFMPError, shown, shown_type
 from .formats import FORMATS
-from .splits import parse_split
+from .splits import check_one_split, parse_split
 
 BACKBONES = ("mlp", "deepfm", "dcnv2", "widedeep")
 DEVICES = ("auto", "cpu", "cuda")
@@ -250,13 +250,6 @@ def check_one_rule(keep: int | None, threshold: float | None, closing_test: bool
         + ["--closing-test"] * closing_test
     if len(given) > 1:
         raise LightFMPError(f"{' and '.join(given)}: give one keep rule, not {'both' if len(given) == 2 else 'several'}")
-
-
-def check_one_split(time_column: str | None, group_column: str | None) -> None:
-    """One split rule: by time, by group, or (neither) by row hash."""
-    if time_column and group_column:
-        raise LightFMPError(f"--time-column {time_column} and --group-column {group_column}: give one split rule, "
-                            f"not both")
 
 
 def check_no_rule_without_gates(cfg: "RunConfig") -> None:

@@ -620,8 +620,6 @@ def run(cfg: RunConfig, out: str | Path, force: bool = False, quiet: bool = Fals
 
 
 def _run(cfg: RunConfig, out: Path, force: bool, quiet: bool, data: Dataset | None) -> dict:
-    dist.refuse_sparse(cfg.train.sparse_embeddings)
-    dist.init(cfg.train.device)
     cfg = _normalize(cfg)
     # rank 0 decides: every rank must take the same branch
     done, why = _phase1_done(cfg, out) if dist.is_main() else (False, None)

@@ -71,6 +71,13 @@ def parse_split(text) -> tuple[float, float, float]:
     return parts[0], parts[1], parts[2]
 
 
+def check_one_split(time_column: str | None, group_column: str | None) -> None:
+    """One split rule: by time, by group, or (neither) by row hash."""
+    if time_column and group_column:
+        raise LightFMPError(f"--time-column {time_column} and --group-column {group_column}: give one split rule, "
+                            f"not both")
+
+
 @dataclass(frozen=True)
 class SplitRule:
     fractions: tuple[float, float, float]
@@ -80,9 +87,7 @@ class SplitRule:
     group_column: str | None = None
 
     def __post_init__(self):
-        if self.time_column and self.group_column:  # a config changed in place skips the flags' check
-            raise LightFMPError(f"--time-column {self.time_column} and --group-column {self.group_column}: give one "
-                                f"split rule, not both")
+        check_one_split(self.time_column, self.group_column)  # a config changed in place skips the flags' check
 
     @property
     def kind(self) -> str:

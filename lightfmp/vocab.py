@@ -143,6 +143,11 @@ def parse_multi_hot(items: list[str], columns: list[str] | None = None) -> dict[
     return out
 
 
+def _no_fields(source: str, spec: SchemaSpec):
+    left = " that --ignore leaves" if spec.ignore else ""
+    raise LightFMPError(f"{source}: no feature columns{left} besides the label '{spec.label}'")
+
+
 def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None = None
                  ) -> tuple[FeatureSchema, dict]:
     """Kinds for every column of `data` (a record batch or DataFrame; only `columns` of it when given): named ones
@@ -168,8 +173,7 @@ def infer_schema(data, spec: SchemaSpec, source: str, columns: list[str] | None 
             fields.append(Field(col, kind))
             inferred[col] = f"{kind} ({why})"
     if not fields:
-        left = " that --ignore leaves" if spec.ignore else ""
-        raise LightFMPError(f"{source}: no feature columns{left} besides the label '{spec.label}'")
+        _no_fields(source, spec)
     return FeatureSchema(spec.label, fields, spec.positive, spec.min_count, spec.num_buckets), inferred
 
 
@@ -322,8 +326,7 @@ def initial_schema(data, cfg: DataConfig, fmt: str, source: str) -> tuple[Featur
         if c not in named:
             inferred[c] = f"categorical (empty in the first {len(data)} rows)"
     if not fields:
-        left = " that --ignore leaves" if spec.ignore else ""
-        raise LightFMPError(f"{source}: no feature columns{left} besides the label '{label}'")
+        _no_fields(source, spec)
     ordered = [fields[c] for c in columns if c in fields]
     return FeatureSchema(label, ordered, spec.positive, spec.min_count, spec.num_buckets), inferred
 
