@@ -3,7 +3,8 @@
 Until variant 31 the closing test closed the fields one at a time, each while its own closing cost at most two
 standard errors of validation logloss; it now also tests each closing with the fields closed before it, so the
 joint cost below stays within two standard errors by construction. This script asks two questions of a pretrained run (`lightfmp train`, or any finished `run`
-with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rule:
+with its pretrain.safetensors), redoing what `lightfmp prune` does up to the rule (the gates-alone cut, phase 3's first epoch on phase 1's
+optimizer state):
 
 1. How much the fields the test closed cost *together*: the model after phase 3's first epoch with every one of
    them closed at once against every field open (mean per-row logloss difference, its standard error, and the
@@ -26,7 +27,8 @@ import json
 import numpy as np
 
 from lightfmp.closed_fields import ClosedFields
-from lightfmp.keep_rule import TEST_ROWS, closing_test, open_after_phase1
+from lightfmp.keep_rule import TEST_ROWS, closing_rows, closing_test, gates_alone_cut, open_after_phase1
+from lightfmp.moments import Carry, prune_moments
 from lightfmp.metrics import paired_difference, roc_auc
 from lightfmp.pipeline import phase_plan, run_data
 from lightfmp.pruning import prune_model
@@ -66,12 +68,19 @@ def main() -> None:
     train, valid = data.split_rows("train"), data.split_rows("valid")
     if len(rest) == 0:  # --subset 1.0: phase 1 read every training row; phase 3 reads them again, as prune does
         rest = train
+    alone = run.gates_alone()  # as prune: the fields the gates alone shut go first, where closing them costs nothing
+    if alone is not None:
+        first = valid.take(np.arange(min(len(valid), closing_rows(gated))))
+        gates_alone_cut(gated, *first.arrays(), alone, "cpu")
     z = gated.gate_values().cpu()
     order = open_after_phase1(gated.gate.log_alpha.detach().cpu(), z)
     kept = [names[i] for i in sorted(order)]
+    phase1 = run.load_optimizer_state(gated)  # and phase 3's first epoch continues phase 1's optimizer
+    carry = Carry(prune_moments(gated, run.schema, kept, z, phase1) if phase1 is not None else None)
     model, schema = prune_model(gated, run.schema, kept, z)
     plan = phase_plan(cfg, 2, seed_offset=1)
-    fit(model, rest.select(kept), None, cfg.train, None, "continue (first epoch)", **{**plan, "epochs": 1})
+    fit(model, rest.select(kept), None, cfg.train, None, "continue (first epoch)", **{**plan, "epochs": 1},
+        carry=carry)
     order = [kept.index(names[i]) for i in order]
     rows = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
     ids, labels = rows.arrays()

@@ -29,7 +29,7 @@ def closing_costs(path: str) -> dict[str, float | None]:
     run = open_run(path)
     model, schema = run.load_final()
     model.eval()
-    valid = run_data(run).split_rows("valid")
+    valid = run_data(run).split_rows("valid").select(schema.names)  # the fields the final model reads
     ids, labels = valid.take(np.arange(min(len(valid), TEST_ROWS))).arrays()
     fields = list(range(len(schema.names)))
     with torch.no_grad():
