@@ -22,7 +22,6 @@ The default rule only (a run's --keep / --threshold are not read); nothing in th
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 
@@ -34,6 +33,7 @@ from lightfmp.pipeline import phase_plan, run_data
 from lightfmp.pruning import prune_model
 from lightfmp.rundir import open_run
 from lightfmp.training import fit, validate
+from lightfmp.io import write_json_atomic
 
 
 def probabilities(losses: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -104,8 +104,7 @@ def main() -> None:
             fit(model, train.select(kept), None, cfg.train, None, "more", **{**plan, "epochs": 1,
                                                                                "seed": plan["seed"] + epoch})
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        write_json_atomic(args.json, out)
 
 
 if __name__ == "__main__":

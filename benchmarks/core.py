@@ -8,8 +8,10 @@ against truth.json: an informative field counts as found when it or a redundant 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -20,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from score_selection import score  # noqa: E402
 
 from lightfmp import RunConfig, run  # noqa: E402
+from lightfmp.io import write_json_atomic
 
 
 def main() -> None:
@@ -32,6 +35,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lightfmp-core-"))
+    if args.workdir is None:  # a folder of this invocation's: its data and runs go at the end
+        atexit.register(shutil.rmtree, work, True)
     truth = None
     if args.dataset == "movielens":
         from lightfmp.datasets import fetch_movielens_100k
@@ -69,7 +74,7 @@ def main() -> None:
            "command": " ".join(sys.argv), "runs": rows, "summary": summary}
     print(json.dumps(summary, indent=1))
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        write_json_atomic(args.json, out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ Nothing in the run directories is changed."""
 from __future__ import annotations
 
 import argparse
-import json
 
 import numpy as np
 import torch
@@ -22,6 +21,7 @@ from lightfmp.keep_rule import TEST_ROWS
 from lightfmp.metrics import paired_difference
 from lightfmp.pipeline import run_data
 from lightfmp.rundir import open_run
+from lightfmp.io import write_json_atomic
 
 
 def closing_costs(path: str) -> dict[str, float | None]:
@@ -52,8 +52,7 @@ def main(argv=None):
         out[path] = closing_costs(path)
         print(path, " ".join(f"{k} {v:.2f}" if v is not None else f"{k} -" for k, v in out[path].items()), flush=True)
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=1)
+        write_json_atomic(args.json, out)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def criteo_tsv(path: Path, rows: int, seed: int, max_card: int, chunk: int = 200
 
 def synthetic_csv(workdir: Path, rows: int, seed: int) -> Path:
     from lightfmp.datasets.synthetic import synthesize
-    out = workdir / f"synth-{rows}"
+    out = workdir / f"synth-{rows}-s{seed}"  # named by what it is made of: another --seed is another file
     if not (out / "data.csv").exists():
         synthesize(rows, 39, 8, out, seed=seed, numeric=13, fmt="csv")
     return out / "data.csv"
@@ -230,7 +230,7 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results = []
     for rows in [int(r) for r in args.rows.split(",")]:
-        files = [(args.workdir / f"criteo-{rows}.tsv", "criteo")]
+        files = [(args.workdir / f"criteo-{rows}-s{args.seed}-c{args.max_card}.tsv", "criteo")]
         if not files[0][0].exists():
             t0 = time.perf_counter()
             criteo_tsv(files[0][0], rows, args.seed, args.max_card)

@@ -263,11 +263,13 @@ def main(argv=None):
 
 def write_json(args, vocab, copy_gbs, info, rows_out):
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, "w") as fh:
+    tmp = f"{args.json}.tmp"  # renamed when whole: a timeout that stops the script mid-write leaves the last copy
+    with open(tmp, "w") as fh:
         json.dump({"command": " ".join([os.path.basename(sys.executable)] + sys.argv),
                    "device": args.device, "dtype": args.dtype, "F": F_FIELDS, "D": DIM,
                    "vocab": vocab.tolist(), "copy_GBps": copy_gbs, "machine": info,
                    "results": rows_out}, fh, indent=1)
+    os.replace(tmp, args.json)
 
 
 def print_block(rows, B, dist, device):

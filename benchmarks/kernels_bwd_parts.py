@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import torch
@@ -82,9 +83,10 @@ def main(argv=None):
             for k, v in res.items():
                 print(f"  {k:28s} {v:8.3f} ms")
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(f"{args.json}.tmp", "w") as fh:  # renamed when whole
             json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": out}, fh,
                       indent=1)
+        os.replace(f"{args.json}.tmp", args.json)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from lightfmp.metrics import selection_stability
+from lightfmp.io import write_json_atomic
 
 LIST_FLAGS = ("--categorical", "--numeric", "--multi-hot")  # column lists a dropped field must leave
 
@@ -180,7 +181,7 @@ def main() -> None:
               f"{path.std(ddof=1) / np.sqrt(len(path)):.4f}")
     print(stability_line(pairs, n_fields))
     if args.json:
-        Path(args.json).write_text(json.dumps(pairs, indent=1))
+        write_json_atomic(args.json, pairs)
 
 
 if __name__ == "__main__":

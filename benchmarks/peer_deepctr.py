@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import platform
 import sys
 import time
@@ -91,7 +92,7 @@ def _line(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--data", required=True)
     ap.add_argument("--label", required=True)
     ap.add_argument("--categorical")
@@ -150,8 +151,9 @@ def main(argv=None) -> int:
             print(f"{key.replace('_', ' ')} over deepctr, samples/s: "
                   f"{', '.join(f'{v:.2f}x' for v in ratios)}; median {med:.2f}x")
     if args.json:
-        with open(args.json, "w") as fh:
+        with open(f"{args.json}.tmp", "w") as fh:  # renamed when whole
             json.dump(doc, fh, indent=2)
+        os.replace(f"{args.json}.tmp", args.json)
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lightfmp.io import atomic_path
 
 
 def planted_interactions(rows: int, seed: int) -> pa.Table:
@@ -48,14 +49,15 @@ def planted_interactions(rows: int, seed: int) -> pa.Table:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="Parquet file to write.")
     a = ap.parse_args()
     a.out.parent.mkdir(parents=True, exist_ok=True)
     table = planted_interactions(a.rows, a.seed)
-    pq.write_table(table, a.out)
+    with atomic_path(a.out) as tmp:  # renamed when whole
+        pq.write_table(table, tmp)
     print(f"wrote {a.out}: {table.num_rows:,} rows, {table.num_columns - 1} fields, "
           f"{np.mean(table['label'].to_numpy()):.3f} positive")
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lightfmp.io import atomic_path, write_json_atomic
 
 STRENGTHS = (1.0, 0.6, 0.3, 0.15, 0.08, 0.04)  # variance of each main effect on the logit
 CARDINALITIES = (1000, 50, 20, 200, 10, 5)
@@ -90,10 +91,11 @@ def main() -> None:
     args = ap.parse_args()
     table = planted_near_copies(args.rows, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, args.out)
+    with atomic_path(args.out) as tmp:  # renamed when whole
+        pq.write_table(table, tmp)
     truth = {"groups": GROUPS, "noise": [c for c in table.column_names if c[0] in "zu"],
              "positives": float(np.mean(table.column("label").to_numpy())), "rows": args.rows, "seed": args.seed}
-    Path(f"{args.out}.truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    write_json_atomic(f"{args.out}.truth.json", truth)
     print(json.dumps({k: truth[k] for k in ("rows", "positives")}))
 
 

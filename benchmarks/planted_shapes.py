@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from planted_near_copies import labels_at_rate, zipf_ids  # noqa: E402
+from lightfmp.io import atomic_path, write_json_atomic  # noqa: E402
 
 INFORMATIVE_CATEGORIES = ((3, 0.3), (20, 0.2), (300, 0.12), (1000, 0.06), (100_000, 0.5), (30_000, 0.3))
 NOISE_CATEGORIES = (3, 5, 10, 30, 100, 500, 2000, 10_000, 50_000, 100_000, 7, 200, 5000, 20_000)
@@ -100,11 +101,12 @@ def main() -> None:
     args = ap.parse_args()
     table, informative = planted_shape(args.shape, args.rows, args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, args.out)
+    with atomic_path(args.out) as tmp:  # renamed when whole
+        pq.write_table(table, tmp)
     truth = {"shape": args.shape, "informative": informative,
              "noise": [c for c in table.column_names[1:] if c not in informative],
              "positives": float(np.mean(table.column("label").to_numpy())), "rows": args.rows, "seed": args.seed}
-    Path(f"{args.out}.truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+    write_json_atomic(f"{args.out}.truth.json", truth)
     print(json.dumps({k: truth[k] for k in ("shape", "rows", "positives")}))
 
 

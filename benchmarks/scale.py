@@ -29,13 +29,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _data(workdir: Path, rows: int, copies: int, seed: int) -> Path:
-    base = workdir / f"data-{rows}" / "data.parquet"
+    base = workdir / f"data-{rows}-s{seed}" / "data.parquet"  # named by what it is made of
     if not base.exists():
         from lightfmp.datasets.synthetic import synthesize
         t0 = time.perf_counter()
         synthesize(rows, 39, 8, base.parent, seed=seed, numeric=13)
         print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f}s -> {base}", flush=True)
-    out = workdir / f"data-{rows}-x{copies}"
+    out = workdir / f"data-{rows}-s{seed}-x{copies}"
     if not out.exists():
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -68,6 +68,7 @@ def _run(data: Path, out: Path, procs: int, args, threads: int) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"run failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-3000:]}")
     rss_kb = int(re.findall(r"(\d+) [\d.]+", timing.read_text())[-1])
+    timing.unlink()
     m = json.loads((out / "metrics.json").read_text())
     ph = m["phases"]
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -53,7 +54,12 @@ def decide(hits: dict, n: int, alpha: float) -> dict:
 
 def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list[int], draws: int, alpha: float,
           extra: dict) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="lightfmp-boruta-"))
+    with tempfile.TemporaryDirectory(prefix="lightfmp-boruta-") as d:  # the twin tables and runs go with it
+        _study(Path(d), path, kinds, fields, ks, seeds, draws, alpha, extra)
+
+
+def _study(tmp: Path, path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list[int], draws: int,
+           alpha: float, extra: dict) -> None:
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     for seed in seeds:
         base = RunConfig.of(data=str(path), seed=seed, **kinds, **extra)
@@ -104,13 +110,17 @@ def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list
 
 
 def main() -> None:
-    ap = common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    ap = common_args(argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split())))
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--alpha", type=float, default=0.05)
     args = ap.parse_args()
     ks, seeds = [int(v) for v in args.k.split(",")], [int(v) for v in args.seeds.split(",")]
     path, kinds, fields, extra = study_inputs(args.dataset, args.gate_holdout)
-    study(path, kinds, fields, ks, seeds, args.draws, args.alpha, extra)
+    try:
+        study(path, kinds, fields, ks, seeds, args.draws, args.alpha, extra)
+    finally:
+        if args.dataset == "planted":  # the table written for this invocation
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -52,7 +53,11 @@ def twin_kinds(kinds: dict) -> dict:
 
 
 def study(path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list[int], extra: dict) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix="lightfmp-twins-"))
+    with tempfile.TemporaryDirectory(prefix="lightfmp-twins-") as d:  # the twin tables and runs go with it
+        _study(Path(d), path, kinds, fields, ks, seeds, extra)
+
+
+def _study(tmp: Path, path: Path, kinds: dict, fields: list[str], ks: list[int], seeds: list[int], extra: dict) -> None:
     df = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
     for seed in seeds:
         aug = tmp / f"twins-{seed}.csv"
@@ -95,10 +100,14 @@ def common_args(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def main() -> None:
-    args = common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0])).parse_args()
+    args = common_args(argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))).parse_args()
     ks, seeds = [int(v) for v in args.k.split(",")], [int(v) for v in args.seeds.split(",")]
     path, kinds, fields, extra = study_inputs(args.dataset, args.gate_holdout)
-    study(path, kinds, fields, ks, seeds, extra)
+    try:
+        study(path, kinds, fields, ks, seeds, extra)
+    finally:
+        if args.dataset == "planted":  # the table written for this invocation
+            shutil.rmtree(path.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

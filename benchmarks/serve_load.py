@@ -30,6 +30,7 @@ from lightfmp import pipeline, profiling
 from lightfmp.config import RunConfig
 from lightfmp.datasets import synthesize
 from lightfmp.export import export_run
+from lightfmp.io import write_json_atomic
 
 
 def prepare(a, work: Path) -> dict[str, Path]:
@@ -89,7 +90,7 @@ def ms(v) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--work", default="/tmp/lightfmp-serve-load")
     ap.add_argument("--runs", nargs=2, metavar=("PRUNED_RUN", "FULL_RUN"),
                     help="Two finished runs of the same data (a Light-FMP run and a --no-select run) to export "
@@ -116,10 +117,13 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     exports = prepare(a, work)
     print(f"runs and exports ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    servers = {(m, b): start(exports[m], b, a.threads) for b in (True, False) for m in ("pruned", "full")}
     grid = [(b, c, size) for b in (True, False) for c in clients for size in sizes]
     raw: dict = {cell: {"pruned": [], "full": []} for cell in grid}
+    servers: dict = {}
     try:
+        for b in (True, False):  # one at a time inside the try: a server that fails to start stops those before it
+            for m in ("pruned", "full"):
+                servers[(m, b)] = start(exports[m], b, a.threads)
         k = 0
         for rnd in range(a.rounds):
             for cell in grid:
@@ -143,7 +147,7 @@ def main(argv=None) -> int:
                       for m in exports},
            "server_exit_codes": codes, "cells": cells,
            "errors": sum(r[m]["errors"] + r[m]["warmup_errors"] for r in cells for m in ("pruned", "full"))}
-    (work / "serve_load.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json_atomic(work / "serve_load.json", res)
 
     mp, mf = res["models"]["pruned"], res["models"]["full"]
     print(f"\n`{res['command']}` on {res['machine']}; {a.threads} ONNX Runtime thread(s) per server; "

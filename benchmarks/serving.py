@@ -21,10 +21,11 @@ from lightfmp import pipeline, profiling
 from lightfmp.config import RunConfig
 from lightfmp.datasets import synthesize
 from lightfmp.export import export_run
+from lightfmp.io import write_json_atomic
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--work", default="/tmp/lightfmp-serving-bench")
     ap.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic",
                     help="movielens: MovieLens-100k from the cache (fetched on first use) instead of generated data")
@@ -91,7 +92,9 @@ def main(argv=None) -> int:
     metrics = {n: json.loads((runs[n][0] / "metrics.json").read_text()) for n in runs}
     res = {"command": " ".join(["python benchmarks/serving.py", *(argv if argv is not None else sys.argv[1:])]),
            "machine": profiling.machine(), "threads": a.threads, "rounds": a.rounds,
-           "data": {"rows": a.rows, "fields": a.fields, "informative": a.informative, "backbone": a.backbone},
+           "data": {"dataset": "movielens-100k", "backbone": a.backbone} if a.dataset == "movielens" else
+                   {"dataset": "synthetic", "rows": a.rows, "fields": a.fields, "informative": a.informative,
+                    "backbone": a.backbone},
            "models": {}, "latency": []}
     for n in exports:
         v = docs[n]["validation"]
@@ -110,7 +113,7 @@ def main(argv=None) -> int:
         for n in exports:
             row[f"{n}_eager_over_ort"] = med_ratio(lambda rd, n=n: p50(rd[n], "eager", b) / p50(rd[n], "ort", b))
         res["latency"].append(row)
-    (work / "serving.json").write_text(json.dumps(res, indent=2) + "\n")
+    write_json_atomic(work / "serving.json", res)
 
     m = res["models"]
     print(f"\n`{res['command']}` on {res['machine']}, {a.threads} thread(s), median of {a.rounds} rounds\n")
