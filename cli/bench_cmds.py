@@ -98,13 +98,13 @@ def register(app) -> None:
                     raise
                 raise LightFMPError(str(e).replace(str(cfg.data.data), f"{source} (its --quick sample)")) from None
         doc["data"] = str(source)  # the user's file, not the temporary sample a --quick run read
+        if not quiet:  # the table first: a --json that can no longer be written (a full disk) leaves it shown
+            out.print(ablation_table(doc) if fractions is not None else results_table(doc))
         if json_file:
             write_json(doc, json_file)
         if kwargs["plot"] and "curves" in doc:
             plot_curves(doc, kwargs["plot"])
-        if not quiet:
-            out.print(ablation_table(doc) if fractions is not None else results_table(doc))
-            if kwargs["plot"] and "curves" in doc:
+            if not quiet:
                 out.print(f"chart: {kwargs['plot']}")
 
     # --seeds set the split and the initialisation together: no --init-seed (a config file's is refused by the bench)
