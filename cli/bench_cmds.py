@@ -50,7 +50,8 @@ def register(app) -> None:
         fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] is not None else None
         if fractions is not None:  # the ablation trains Light-FMP per fraction and draws no curve: refused before it
             for flag, given in (("--plot", kwargs["plot"] is not None),
-                                ("--methods", str(kwargs["methods"]).strip().lower() not in ("all", "lightfmp"))):
+                                ("--methods", str(kwargs["methods"]).strip().lower() not in ("all", "lightfmp")),
+                                ("--subset", kwargs.get("subset") is not None)):  # each fraction is a --subset
                 if given:
                     raise LightFMPError(f"{flag} does not go with --ablate-subset (Light-FMP per phase-1 fraction, "
                                         f"a table only); drop one")

@@ -298,6 +298,8 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     (["--seeds", "0,0"], None, "--seeds '0,0': 0 is given twice"),
     (["--ablate-subset", ""], None, "--ablate-subset ''"),
     (["--ablate-subset", "0.5"], None, "--methods does not go with --ablate-subset"),  # it ran Light-FMP alone
+    (["--ablate-subset", "0.5", "--methods", "lightfmp", "--subset", "0.3"], None,
+     "--subset does not go with --ablate-subset"),  # each fraction is phase 1's subset: --subset was ignored
     (["--methods", "lpfs,boruta"], None, "--methods 'lpfs,boruta': unknown method(s) boruta"),
 ])
 def test_what_the_bench_sets_itself_is_refused_before_any_work(planted, tmp_path, flags, config, says):
