@@ -111,7 +111,8 @@ def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]
         raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
     p = Path(path)
     if not p.exists():
-        raise LightFMPError(f"{p}: file not found (looked for {p.resolve()})")
+        where = "" if p.is_absolute() else f" (looked for {p.resolve()})"
+        raise LightFMPError(f"--data {p}: file not found{where}")  # named as the flag: a --config value says so
     if not p.is_dir() and not p.is_file():  # a named pipe, a device: it cannot be read twice (hash, fit, encode)
         raise LightFMPError(f"{p}: not a regular file (a pipe or device); lightfmp reads its data more than once: "
                             f"write it to a file first")

@@ -674,3 +674,11 @@ def test_a_url_or_host_that_is_not_text_is_one_line_error():
         Target.parse("http://h\udce9:1")
     with pytest.raises(LightFMPError, match="--host .*not a host name"):
         bind("h\udce9", 0)
+
+
+def test_a_missing_data_file_from_a_config_file_says_it_came_from_there(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {tmp_path / 'nosuch.csv'}\nlabel: label\n")
+    line = one_line_error(cli("train", "--config", cfg, "--out", tmp_path / "r", *FAST), "nosuch.csv",
+                          "file not found", f"(--data from {cfg})")
+    assert not (tmp_path / "r").exists(), line
