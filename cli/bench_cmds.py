@@ -50,8 +50,7 @@ def register(app) -> None:
         fractions = parse_fractions(kwargs["ablate_subset"]) if kwargs["ablate_subset"] is not None else None
         if fractions is not None:  # the ablation trains Light-FMP per fraction and draws no curve: refused before it
             for flag, given in (("--plot", kwargs["plot"] is not None),
-                                ("--methods", str(kwargs["methods"]).strip().lower() not in ("all", "lightfmp")),
-                                ("--subset", kwargs.get("subset") is not None)):  # each fraction is a --subset
+                                ("--methods", str(kwargs["methods"]).strip().lower() not in ("all", "lightfmp"))):
                 if given:
                     raise LightFMPError(f"{flag} does not go with --ablate-subset (Light-FMP per phase-1 fraction, "
                                         f"a table only); drop one")
@@ -81,7 +80,12 @@ def register(app) -> None:
             """The results are saved before the curves start: those retrain once per K and may be stopped."""
             doc["data"] = str(source)  # the user's file, not the temporary sample a --quick run read
             if json_file:
-                write_json(doc, json_file)
+                try:
+                    write_json(doc, json_file)
+                except BaseException:  # a --json that can no longer be written (a full disk): the results shown
+                    if not quiet:
+                        out.print(results_table(doc))
+                    raise
                 if curve:
                     reporter.log(f"bench: results written to {json_file}; the curves are added when they finish")
 

@@ -436,9 +436,10 @@ def comma_ints(text, flag: str, low: int, high: int, example: str, repeats: str 
     items = [s.strip() for s in str(text).split(",")]
     if not all(re.fullmatch(r"[+-]?[0-9]+", s) for s in items):
         raise LightFMPError(f"{flag} {text!r}: expected comma-separated integers like {example}")
+    for s in items:  # by its digits: int() refuses a text of over 4,300 digits
+        if len(s.lstrip("+-").lstrip("0")) > len(str(high)) or not low <= int(s) <= high:
+            raise LightFMPError(f"{flag} {s if len(s) <= 24 else s[:21] + '...'}: must be >= {low:,} and <= {high:,}")
     values = [int(s) for s in items]
-    for v in values:
-        check_range(flag, v, low, high)
     twice = next((v for i, v in enumerate(values) if v in values[:i]), None)
     if twice is not None and repeats == "refuse":
         raise LightFMPError(f"{flag} {text!r}: {twice} is given twice; give each once")
@@ -512,7 +513,8 @@ def load_yaml(path: str | Path) -> dict:
     except FileNotFoundError:
         raise LightFMPError(f"{p}: config file not found") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise LightFMPError(f"{p}: cannot read it ({type(e).__name__})") from None
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__  # "Too many levels of ..."
+        raise LightFMPError(f"{p}: cannot read it ({why})") from None
     except _RepeatedKey as e:
         raise LightFMPError(f"{p}: key '{e.key}' is given twice (lines {e.lines[0]} and {e.lines[1]}); keep one") \
             from None

@@ -26,7 +26,7 @@ import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import RunConfig, config_keys, load_yaml
+from .config import NAMES, RunConfig, config_keys, load_yaml
 from .errors import LightFMPError
 from .io import (RUN_FORMAT, atomic_path, file_sha256, os_errors_of, path_of, read_json, write_json_atomic,
                  write_text_atomic)
@@ -399,7 +399,22 @@ def _read_config(p: Path, info: dict) -> RunConfig:
     if missing:
         raise LightFMPError(f"{path}: missing key '{missing[0]}', which {p / 'run.json'} lists under config_keys "
                             f"(either file cut short or edited?)")
-    return RunConfig.from_dict(doc, source=str(path))
+    return RunConfig.from_dict(_unset_empty_names(doc), source=str(path))
+
+
+def _unset_empty_names(doc):
+    """A run's recorded config as it meant it: an empty name or path (recorded by lightfmp before empty ones were
+    refused) meant "not given"."""
+    if not isinstance(doc, dict):
+        return doc
+    out = {}
+    for k, v in doc.items():
+        if isinstance(v, dict):
+            v = _unset_empty_names(v)
+        elif str(k).replace("-", "_") in NAMES and isinstance(v, str) and not v.strip():
+            v = None
+        out[k] = v
+    return out
 
 
 def _read_schema(p: Path, info: dict) -> FeatureSchema:

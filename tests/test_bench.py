@@ -27,6 +27,7 @@ FIELDS = [f"f{i}" for i in range(6)]
 SIGNAL = "f3"
 SMALL = ["--embed-dim", "4", "--hidden", "16", "--epochs", "1", "--pretrain-epochs", "3", "--batch-size", "128",
          "--subset", "0.5", "--device", "cpu", "--quiet"]
+NO_SUBSET = SMALL[:10] + SMALL[12:]  # for --ablate-subset, whose fractions are phase 1's subsets
 
 
 def _app():
@@ -194,7 +195,7 @@ def test_bench_on_streamed_data_matches_in_memory(planted, tmp_path):
 def test_cli_ablate_subset(planted, tmp_path):
     js = tmp_path / "a.json"
     r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0.25,1.0",
-            "--json", js, *[a for a in SMALL if a != "--quiet"])
+            "--json", js, *[a for a in NO_SUBSET if a != "--quiet"])
     assert r.exit_code == 0, r.output
     rows = json.loads(js.read_text())["ablation"]
     assert [x["subset"] for x in rows] == [0.25, 1.0]
@@ -298,8 +299,8 @@ def test_the_curve_plot_ticks_k_at_whole_fields(tmp_path, monkeypatch):
     (["--seeds", "0,0"], None, "--seeds '0,0': 0 is given twice"),
     (["--ablate-subset", ""], None, "--ablate-subset ''"),
     (["--ablate-subset", "0.5"], None, "--methods does not go with --ablate-subset"),  # it ran Light-FMP alone
-    (["--ablate-subset", "0.5", "--methods", "lightfmp", "--subset", "0.3"], None,
-     "--subset does not go with --ablate-subset"),  # each fraction is phase 1's subset: --subset was ignored
+    (["--ablate-subset", "0.5", "--methods", "lightfmp"], None,
+     "--subset 0.5: not for --ablate-subset"),  # SMALL's: each fraction is phase 1's subset, --subset was ignored
     (["--methods", "lpfs,boruta"], None, "--methods 'lpfs,boruta': unknown method(s) boruta"),
 ])
 def test_what_the_bench_sets_itself_is_refused_before_any_work(planted, tmp_path, flags, config, says):
@@ -315,6 +316,13 @@ def test_what_the_bench_sets_itself_is_refused_before_any_work(planted, tmp_path
             *extra)
     assert r.exit_code == 2 and says in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not js.exists()
+
+
+def test_a_config_files_subset_is_refused_beside_the_subset_ablation(planted, tmp_path):
+    (tmp_path / "c.yaml").write_text("subset: 0.3\n")
+    r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--ablate-subset", "0.5", "--config",
+            tmp_path / "c.yaml", *NO_SUBSET)
+    assert r.exit_code == 2 and "--subset 0.3: not for --ablate-subset" in r.output, r.output
 
 
 def test_one_file_for_json_and_plot_is_refused_before_any_work(planted, tmp_path):
@@ -364,7 +372,7 @@ def test_a_later_seed_of_one_label_is_refused_before_any_method_trains(tmp_path,
     monkeypatch.setattr(bench_core, "select_lightfmp", lambda *a, **k: pytest.fail("trained before the refusal"))
     methods = [] if "--ablate-subset" in extra else ["--methods", "full"]  # the ablation runs Light-FMP alone
     r = cli("bench", "--data", tmp_path / "tiny.csv", "--label", "label", "--k", "2", "--seeds", "6,0", *methods,
-            *SMALL, *extra)
+            *(NO_SUBSET if "--ablate-subset" in extra else SMALL), *extra)
     assert r.exit_code == 2 and "--seeds 0: the" in r.output and "rows of one label only" in r.output, r.output
 
 
@@ -394,3 +402,18 @@ def test_a_split_of_one_label_is_refused_not_reported_as_nan(tmp_path):
             "--methods", "full", *SMALL)
     assert r.exit_code == 2 and "split holds" in r.output and "rows of one label only" in r.output, r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_results_are_shown_when_the_json_cannot_be_written_at_the_end(planted, tmp_path, monkeypatch):
+    """A --json checked at the start may fail to be written hours later (a full disk): the table is still shown,
+    with and without the subset ablation, before the one-line error."""
+    import lightfmp.cli.bench_cmds as bench_cmds
+
+    def full(doc, path):
+        raise LightFMPError(f"{path}: No space left on device")
+    monkeypatch.setattr(bench_cmds, "write_json", full)
+    for extra in (["--methods", "random"], ["--ablate-subset", "0.5"]):
+        r = cli("bench", "--data", planted, "--label", "label", "--k", "2", "--json", tmp_path / "b.json",
+                *[a for a in NO_SUBSET if a != "--quiet"], *extra)
+        assert r.exit_code == 2 and "No space left on device" in r.output, r.output
+        assert "test AUC" in r.stdout or "AUC" in r.stdout, (extra, r.stdout)

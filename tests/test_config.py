@@ -286,3 +286,13 @@ def test_comma_separated_integers_are_read_one_way_for_every_flag():
         parse_seeds("0,0")
     with pytest.raises(LightFMPError, match="--batch-sizes 0: must be >= 1"):
         parse_batch_sizes("0")
+
+
+def test_a_runs_recorded_empty_name_still_reads_as_not_given(tmp_path):
+    """Runs of earlier versions recorded an empty --schema / --time-column / --shard-dir as '' (meaning "not
+    given"): their config.yaml still opens, read as it meant it; only new input refuses the empty name."""
+    from lightfmp.rundir import _unset_empty_names
+    doc = {"data": {"data": "x.csv", "label": "y", "schema": "", "time_column": " ", "shard_dir": ""},
+           "train": {"lr": 0.01}}
+    cfg = RunConfig.from_dict(_unset_empty_names(doc), "run/config.yaml")
+    assert (cfg.data.schema, cfg.data.time_column, cfg.data.shard_dir) == (None, None, None)

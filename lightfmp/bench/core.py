@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import MAX_SEED, RunConfig, comma_ints
+from ..config import MAX_SEED, RunConfig, TrainConfig, comma_ints
 from ..errors import LightFMPError
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
@@ -212,6 +212,10 @@ def ablate_subset(cfg: RunConfig, k: int, seeds: list[int], fractions: list[floa
     """Light-FMP with each phase-1 subset fraction on the same data: kept fields, test AUC and seconds."""
     reporter = reporter or Reporter(quiet=True)
     _check_bench_config(cfg)
+    default = TrainConfig().subset
+    if cfg.train.subset != default:  # a flag or a --config key: each fraction is phase 1's subset, it would be ignored
+        raise LightFMPError(f"--subset {cfg.train.subset:g}: not for --ablate-subset, whose fractions are phase 1's "
+                            f"subsets (drop it from --config or the flags)")
     rows = {f: [] for f in fractions}
     _check_seeds(cfg, seeds, k)
     for seed in seeds:

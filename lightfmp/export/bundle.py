@@ -82,7 +82,8 @@ def load_bundle(path: str | Path) -> Bundle:
         verify_files(p, contract)
         return Bundle(p, inside(p, contract.model_file), contract, str(p / SCHEMA_FILE))
     if not p.exists():
-        raise LightFMPError(f"{p}: file not found")
+        why = "a link that leads nowhere (or in a loop)" if p.is_symlink() else "file not found"
+        raise LightFMPError(f"{p}: {why}")
     proto = read_onnx(p)
     meta = {m.key: m.value for m in proto.metadata_props}
     if METADATA_KEY in meta:

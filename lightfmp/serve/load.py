@@ -44,6 +44,10 @@ class Target:
         if parts.scheme != "http" or not parts.hostname:
             raise LightFMPError(f"--url {url!r}: expected http://HOST:PORT (plain HTTP)")
         try:
+            parts.hostname.encode("idna")  # what the connection will do with it
+        except UnicodeError:  # an empty label (a..b) or one over 63 characters
+            raise LightFMPError(f"--url {url!r}: {parts.hostname!r} is not a host name") from None
+        try:
             port = parts.port or 80
         except ValueError:
             raise LightFMPError(f"--url {url!r}: the port is not a number in 0..65535") from None
