@@ -296,8 +296,9 @@ def _fitted(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: Featur
                 if schema is None:
                     schema, inferred = initial_schema(batch, cfg, fmt, source)
                 apply_options(schema, cfg.hash_buckets, cfg.vocab_cap)
+                present_columns = set(column_names(batch))
                 for f in schema.fields:  # what a numeric field's number is, where the column holds times
-                    if f.kind == "numeric" and f.name in column_names(batch):
+                    if f.kind == "numeric" and f.name in present_columns:
                         f.derive = time_derive(column(batch, f.name))
                 fitter = StreamFitter(schema, cfg.seed, log=reporter.log)
                 nonmissing = {f.name: 0 for f in schema.fields}
@@ -375,7 +376,8 @@ def _first_fraction(tokens) -> tuple[str, int] | None:
 def _check_columns(batch: pa.Table, schema: FeatureSchema, source: str, label_flag: bool = False) -> None:
     names = column_names(batch)
     check_label_column(names, schema.label, source, flag=label_flag)
-    missing = [n for n in schema.names if n not in names]
+    have = set(names)  # once: the check runs on every batch of a wide table
+    missing = [n for n in schema.names if n not in have]
     if missing:
         raise LightFMPError(f"{source}: column(s) {', '.join(map(repr, missing))} of the schema absent from the data "
                             f"(columns: {', '.join(names)})")

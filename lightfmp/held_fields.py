@@ -68,7 +68,8 @@ def hold_at_means(model: CTRModel, ids: np.ndarray, dropped: list[int]) -> CTRMo
             return None
         total = means.sum(0)
         bias += 0.5 * (total @ total - (means * means).sum())
-        kept = [f for f in range(emb.num_fields) if f not in set(dropped)]
+        gone = set(dropped)
+        kept = [f for f in range(emb.num_fields) if f not in gone]
         rows = torch.cat([torch.arange(int(emb.field_offsets[f]), int(emb.field_offsets[f] + emb.vocab_sizes[f]))
                           for f in kept] or [torch.zeros(0, dtype=torch.long)]).to(emb.weight.device)
         emb.linear[rows] += (emb.weight[rows] @ total)[:, None]

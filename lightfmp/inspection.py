@@ -96,6 +96,9 @@ def _score(scores: dict, name: str) -> float | int | None:
 
 
 TICK_CHARS = 24  # a field name on the chart's axis: longer ones keep their start and end (the table has them whole)
+# beyond this many fields the bars get no names (unreadable at any width; the table has them) and the chart keeps
+# this width: laying out thousands of rotated labels took a minute and gigabytes for a picture no viewer opens
+NAMED_BARS = 120
 
 
 def _tick_label(name: str) -> str:
@@ -116,12 +119,13 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
 
     path = Path(path)
     scored = any(r.get("score") is not None for r in rows)  # the default rule: a second panel with its score
-    fig, axes = plt.subplots(2 if scored else 1, 1, figsize=(max(6, 0.35 * len(rows) + 2), 7 if scored else 4),
-                             squeeze=False)
+    width = 0.35 * min(len(rows), NAMED_BARS) + 2
+    fig, axes = plt.subplots(2 if scored else 1, 1, figsize=(max(6, width), 7 if scored else 4), squeeze=False)
     ax = axes[0][0]
     colors = ["tab:green" if r["kept"] else "tab:gray" for r in rows]
     at = range(len(rows))  # bars by position: two long names shortened alike stay two bars
-    names = [_tick_label(r["field"]) for r in rows]
+    named = len(rows) <= NAMED_BARS
+    names = [_tick_label(r["field"]) for r in rows] if named else None
     ax.bar(at, [r["gate"] for r in rows], color=colors, tick_label=names)
     ax.set_ylabel("deterministic gate")
     ax.set_ylim(0, 1.05)
@@ -138,8 +142,12 @@ def plot_gates(rows: list[dict], path: str | Path, title: str = "", cut: dict | 
     if cut is not None and cut.get("cut") is not None and on_its_axis:
         score_ax.axhline(cut["cut"], color="tab:red", linestyle="--", linewidth=1, label=f"cut at {cut['cut']:g}")
         score_ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title or "Light-FMP gates (green: kept)")
+    ax.set_title((title or "Light-FMP gates (green: kept)")
+                 + ("" if named else f"; {len(rows):,} fields in schema order, named in the table"))
     ax.tick_params(axis="x", rotation=60)
+    if not named:
+        for a in {ax, score_ax}:
+            a.set_xticks([])
     fig.tight_layout()
     with atomic_path(path, "png", "--plot", run) as tmp:
         fig.savefig(tmp, format="png", dpi=110, metadata=PNG_METADATA)

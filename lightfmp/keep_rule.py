@@ -183,7 +183,8 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
                 if shadowed_by is not None:
                     shadowed_by[g] = (best, kind)
     la = ranking(model.gate.log_alpha.detach().cpu()) if order is None else order
-    return chosen + [i for i in la if i in rest] + [i for i in la if i in shadowed]
+    left, passed = set(rest), set(shadowed)
+    return chosen + [i for i in la if i in left] + [i for i in la if i in passed]
 
 
 def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, device: str = "cpu",
@@ -202,7 +203,8 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
     z = model.gate_values().cpu()
     la = ranking(model.gate.log_alpha.detach().cpu()) if model.gate is not None else list(range(len(z)))
     # a shut gate's field costs exactly 0 to close (the model reads nothing of it): after every open field, by log_alpha
-    by_cost = sorted(cost, key=lambda f: (float(z[f]) == 0.0, -cost[f] if float(z[f]) > 0.0 else la.index(f), f))
+    place = {f: i for i, f in enumerate(la)}
+    by_cost = sorted(cost, key=lambda f: (float(z[f]) == 0.0, -cost[f] if float(z[f]) > 0.0 else place[f], f))
     chosen: list[int] = []
     for f in by_cost:
         if len(chosen) == k:
@@ -445,19 +447,19 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
     """The first `keep` fields of `search["order"]` (`keep_order`; by log_alpha without a search), or every field
     whose deterministic gate is >= threshold, or (neither given) the fields `closing_test` kept (`search["kept"]`).
     Returned in schema order. `retry`: what the error says to do where no gate reaches the threshold."""
-    n = len(names)
+    n, at = len(names), {name: i for i, name in enumerate(names)}
     check_keep(keep, n)
     if keep is not None:
-        chosen = {names.index(f) for f in search["order"][:keep]} if search is not None \
+        chosen = {at[f] for f in search["order"][:keep]} if search is not None \
             else set(ranking(log_alpha)[:keep])
     elif threshold is None:
         if search is None or "kept" not in search:
             raise LightFMPError("the default keep rule needs the closing test on validation rows (closing_test); or "
                                 "give --keep K / --threshold T")
-        chosen = {names.index(f) for f in search["kept"]}
+        chosen = {at[f] for f in search["kept"]}
     else:
         check_range("--threshold", threshold, 0.0, 1.0)  # the Python API bypasses the config's check
-        chosen = {names.index(f) for f in reaching(names, gate_values, threshold)}
+        chosen = {at[f] for f in reaching(names, gate_values, threshold)}
         if not chosen:
             raise LightFMPError(f"no field's gate reached --threshold {threshold} (max gate "
                                 f"{float(gate_values.max()):.3f}); {retry}")

@@ -490,22 +490,25 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         t1 = time.perf_counter()
     if deferred:
         first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
-        order = [kept.index(names[i]) for i in order]
+        at = {n: i for i, n in enumerate(kept)}
+        order = [at[names[i]] for i in order]
         search = keep_order(model, kept_schema, *first.arrays(), keep, device, rows_ratio,
                             order) if keep is not None \
             else closing_test(model, kept_schema, *first.arrays(), device, order)
         search["model"] = "after phase 3's first epoch"
         chosen = search["order"][:keep] if keep is not None else search["kept"]
         # the fields cut before the first epoch come last, by gate: the order names every field
-        search["order"] += [names[i] for i in ranking(log_alpha) if names[i] not in kept]
-        closed = [n for n in kept if n not in chosen]
+        open_now, picked = set(kept), set(chosen)
+        search["order"] += [names[i] for i in ranking(log_alpha) if names[i] not in open_now]
+        closed = [n for n in kept if n not in picked]
         kept = [n for n in kept if n in chosen]  # schema order
         if closed:
             carry.state = prune_moments(model, kept_schema, kept, None, carry.state)
             # the cut holds the dropped fields at their means over the rows the first epoch read, as the rule
             # measured them (shuffled, their average kept), where the model allows it: a candidate of the fit below
             sample = rest.take(spread(len(rest), MEAN_ROWS)).select(kept_schema.names)
-            folded = hold_at_means(model, sample.arrays()[0], [kept_schema.names.index(n) for n in closed])
+            at = {n: i for i, n in enumerate(kept_schema.names)}
+            folded = hold_at_means(model, sample.arrays()[0], [at[n] for n in closed])
             held = bool(dist.broadcast_int(folded is not None))  # whether to use it: rank 0's answer on every rank
             model, kept_schema = prune_model(folded if held and folded is not None else model, kept_schema, kept)
             del folded  # the whole model before the cut: not kept through phase 3
@@ -539,7 +542,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
 
     metrics = run.metrics()
     pre = metrics["phases"]["pretrain"]
-    metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept]}
+    kept_set = set(kept)
+    metrics["fields"] = {"all": names, "kept": kept, "dropped": [n for n in names if n not in kept_set]}
     metrics["selection"] = selection_rule(kept, metrics["gates"], keep, threshold, search)
     if metrics["selection"].get("shut_but_kept"):
         reporter.warn(f"{escape(shut_note(metrics['selection']['shut_but_kept'], keep))}")

@@ -25,8 +25,9 @@ def prune_model(model: CTRModel, schema: FeatureSchema, kept: list[str],
     if unknown or not kept:
         raise LightFMPError(f"pruning: {'no field to keep' if not kept else 'no field named ' + ', '.join(unknown)} "
                             f"(the model's fields: {', '.join(schema.names)})")
-    kept = [n for n in schema.names if n in set(kept)]  # schema order, as schema.subset keeps it
-    keep_idx = torch.tensor([schema.names.index(n) for n in kept], dtype=torch.long)
+    names, wanted = schema.names, set(kept)
+    kept = [n for n in names if n in wanted]  # schema order, as schema.subset keeps it
+    keep_idx = torch.tensor([i for i, n in enumerate(names) if n in wanted], dtype=torch.long)
     new_schema = schema.subset(kept)
     old = model.embedding
     new_emb = FieldEmbedding(new_schema, old.embed_dim, linear=old.linear is not None).to(

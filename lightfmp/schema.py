@@ -313,7 +313,8 @@ class FeatureSchema:
         as `Unparsed` (the encoding raises its error)."""
         have = set(column_names(data))
         fields = {}
-        for f in self.fields if names is None else [self.field(n) for n in names]:
+        by_name = {f.name: f for f in self.fields}
+        for f in self.fields if names is None else [by_name[n] if n in by_name else self.field(n) for n in names]:
             if f.name not in have:
                 failed = next((v for v in fields.values() if isinstance(v, Unparsed)), None)
                 # fields are read in order: an earlier field's error comes first

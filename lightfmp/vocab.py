@@ -480,8 +480,9 @@ class StreamFitter:
         self.todo = [f for f in schema.fields if not f.fitted]
         limit = max(10 * (schema.vocab_cap or 0), PRUNE_MIN_ENTRIES)
         self.counters = {f.name: TokenCounter(limit) for f in self.todo if f.kind != "numeric" and not f.hashed}
+        todo = {id(f) for f in self.todo}  # by identity: a list test compares dataclasses, O(fields^2)
         self.reservoirs = {f.name: Reservoir(reservoir_size, np.random.default_rng([seed, i]))
-                           for i, f in enumerate(schema.fields) if f in self.todo and f.kind == "numeric"}
+                           for i, f in enumerate(schema.fields) if id(f) in todo and f.kind == "numeric"}
         self.longest = {f.name: 0 for f in self.todo if f.kind == "multi_hot"}
         # hashed fields have no vocabulary, only the spelling of their values to learn (fitted or not)
         self.spellings = {f.name: Spellings() for f in schema.fields if f.hashed and f.spelling is None}
