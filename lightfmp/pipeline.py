@@ -37,7 +37,7 @@ from .progress import Reporter
 from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
-from .schema import FeatureSchema
+from .schema import FLOAT32_MAX, FeatureSchema, beyond_float32
 from .shards import shard_home
 from .splits import SplitRule
 from .training import evaluate, fit, validate, warm_up
@@ -246,6 +246,12 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                         "--target-k" if cfg.train.target_k is not None and cfg.prune.keep == cfg.train.target_k
                         else "--keep", data.rule.kind, model)
     _warn_one_class(data, reporter)
+    for f in schema.fields:  # said now, not after the training, when the export refuses the model
+        edge = beyond_float32(f)
+        if edge is not None:
+            reporter.warn(f"field '{f.name}': its bucket edges reach {edge:.3g}, beyond float32 (up to "
+                          f"{FLOAT32_MAX:.2g}): `lightfmp export` will refuse the model, whose graph reads numbers as "
+                          f"float32; scale the column (a log, a unit)")
     sizes = data.split_sizes()
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},

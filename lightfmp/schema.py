@@ -365,6 +365,16 @@ COUNTED_EDGES = 64  # up to this many edges a bucket is counted by comparisons (
                     # search per value; beyond it, the search. The same ids either way.
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e+38: the largest number an exported graph's inputs hold
+
+
+def beyond_float32(field: Field) -> float | None:
+    """A numeric field's largest bucket edge in magnitude where it lies beyond float32's range (the exported graph
+    reads numbers as float32: such an edge would become infinite), else None."""
+    edge = max((abs(e) for e in field.boundaries or []), default=0.0) if field.kind == "numeric" else 0.0
+    return edge if edge > FLOAT32_MAX else None
+
+
 def bucket_ids(x: np.ndarray, edges: list[float], precision=np.float64) -> np.ndarray:
     """FIRST_ID + the number of edges <= x (int32) for each x; OOV_ID for NaN (a missing cell). `precision`: of the
     edges and so of the comparisons (np.float32: what the exported graph computes)."""

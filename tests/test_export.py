@@ -740,3 +740,21 @@ def test_a_test_split_of_one_label_exports_with_a_note_that_no_auc_was_compared(
     assert "note:" in res.output and "hold one label only" in res.output, res.output
     v = json.loads((tmp_path / "exp" / "feature_schema.json").read_text())["validation"]
     assert "auc_onnx" not in v and "one label only" in v["auc_skipped"]
+
+
+def test_a_numeric_field_beyond_float32_is_said_at_training_and_refused_at_export(tmp_path):
+    """The exported graph reads numbers as float32: a field whose bucket edges lie beyond its range trains (in
+    float64) with a warning that the export will refuse it, and the export refuses it in one line."""
+    rng = np.random.default_rng(0)
+    n = 1200
+    a = rng.integers(0, 5, n)
+    df = pd.DataFrame({"a": a.astype(str), "big": rng.normal(size=n) * 1e300,
+                       "label": (rng.random(n) < 0.2 + 0.1 * a).astype(int)})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    r = runner.invoke(app, ["run", "--data", str(tmp_path / "d.csv"), "--label", "label", "--no-select",
+                            "--epochs", "1", "--hidden", "8", "--embed-dim", "4", "--out", str(tmp_path / "r"), "-q"])
+    assert r.exit_code == 0 and "field 'big': its bucket edges reach" in r.output, r.output
+    assert "lightfmp export` will refuse" in r.output
+    r = runner.invoke(app, ["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")])
+    assert r.exit_code == 2 and "beyond float32" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "e").exists()

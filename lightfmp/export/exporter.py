@@ -8,7 +8,6 @@ import re
 import shutil
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import text_encoding
 
 from ..config import check_switches
@@ -16,6 +15,7 @@ from ..errors import LightFMPError
 from ..formats import derived
 from ..io import atomic_dir, check_apart, check_out, file_sha256, path_of
 from ..rundir import open_run
+from ..schema import FLOAT32_MAX, beyond_float32
 from .contract import (EXPORT_VERSION, EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME,
                        ExternalData, InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
 from .graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_graph, check_graph, save_model, serving_module
@@ -109,12 +109,12 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     if OUTPUT_NAME in kept.names:
         raise LightFMPError(f"field '{OUTPUT_NAME}' clashes with the model's output name; rename the column")
     raw = inputs == "raw"
-    for f in kept.fields:  # the graph reads numbers as float32: an edge beyond its range would become infinite
-        edge = max((abs(e) for e in f.boundaries or []), default=0.0) if f.kind == "numeric" else 0.0
-        if edge > float(np.finfo(np.float32).max):
+    for f in kept.fields:
+        edge = beyond_float32(f)
+        if edge is not None:
             raise LightFMPError(f"field '{f.name}': its bucket edges reach {edge:.3g}, beyond float32 (the exported "
-                                f"graph's numeric inputs, up to 3.4e+38); scale the column (a log, a unit) and train "
-                                f"again")
+                                f"graph's numeric inputs, up to {FLOAT32_MAX:.2g}); scale the column (a log, a unit) "
+                                f"and train again")
     hashed = [f.name for f in kept.fields if f.hashed]
     if raw and hashed:
         raise LightFMPError(f"--inputs raw: field '{hashed[0]}' is hashed (--hash-buckets) and the ONNX graph cannot "
