@@ -30,6 +30,7 @@ from .io import (as_the_kernel_reads, atomic_dir, check_apart, check_name_length
 from .keep_rule import (GATES_ALONE_RULE, TEST_ROWS, check_keep, check_rule_rows, closing_rows, closing_test,
                         decides_after_first_epoch, gates_alone_cut, keep_order, open_after_phase1, other_seed, ranking,
                         select_fields, selection_rule, shut_note, spread)
+from .metrics import row_log_loss
 from .models import build_model
 from .models.dense import cpu_gemm_library
 from .moments import Carry, prune_moments
@@ -270,7 +271,7 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                    "phases": {"pretrain": _phase(), "prune": _phase(),
                               "continue": _phase(sizes["train"], seconds, epochs=len(hist["epochs"]),
                                                  **_averaged(hist, 0))}}
-        metrics.update(final_eval(model, data, device))
+        metrics.update(final_eval(model, data, device, reporter=reporter))
         metrics["seconds_total"] = seconds
         metrics["seconds_wall"] = time.perf_counter() - t_wall
         info, weights = {"state": "complete", "select": False}, {"model.safetensors": model}
@@ -347,12 +348,23 @@ def gate_tables(model, schema: FeatureSchema) -> dict:
             "log_alpha": {n: float(v) for n, v in zip(schema.names, la)}}
 
 
-def final_eval(model, data: Dataset, device: str, fields: list[str] | None = None) -> dict:
-    """Valid and test metrics of the final model; test rows are used here and nowhere else."""
+def final_eval(model, data: Dataset, device: str, fields: list[str] | None = None,
+               reporter: Reporter | None = None) -> dict:
+    """Valid and test metrics of the final model; test rows are used here and nowhere else. `reporter`: warn where
+    the model does worse on the validation rows than one probability for every row (the training rows' label
+    rate): it has learnt less than nothing, however its AUC reads."""
     out = {}
     for split in ("valid", "test"):
         rows = data.split_rows(split)
         out[split] = evaluate(model, rows.select(fields) if fields is not None else rows, device)
+    valid = data.split_rows("valid").labels() if reporter is not None else []
+    if len(valid):
+        rate = float(np.mean(data.split_rows("train").labels()))
+        constant = float(np.mean(row_log_loss(valid, np.full(len(valid), rate))))
+        if out["valid"]["logloss"] > constant:
+            reporter.warn(f"the final model's validation logloss {out['valid']['logloss']:.4f} is worse than "
+                          f"predicting the training rows' label rate {rate:.3g} for every row ({constant:.4f}): it "
+                          f"has learnt less than nothing; more rows, fewer fields or fewer epochs")
     return out
 
 
@@ -566,7 +578,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
                          "continue": _phase(0 if continue_epochs == 0 else len(train) if split else len(rest),
                                             cont_seconds, epochs=cont_epochs, **first_seconds,
                                             **_averaged(hist, 1 if first_epoch is not None else 0))}
-    metrics.update(final_eval(model, data, device, kept))
+    metrics.update(final_eval(model, data, device, kept, reporter))
     metrics["seconds_total"] = pre["seconds"] + prune_seconds + cont_seconds
     metrics["seconds_wall"] = metrics.get("seconds_wall", 0.0) + time.perf_counter() - t_wall
     history = run.history()

@@ -682,3 +682,23 @@ def test_a_missing_data_file_from_a_config_file_says_it_came_from_there(tmp_path
     line = one_line_error(cli("train", "--config", cfg, "--out", tmp_path / "r", *FAST), "nosuch.csv",
                           "file not found", f"(--data from {cfg})")
     assert not (tmp_path / "r").exists(), line
+
+
+def test_a_model_worse_than_the_label_rate_is_said(data, tmp_path):
+    """300 noise fields of 50 values each on 800 rows: the model memorises its rows and its validation logloss is
+    worse than one probability (the training label rate) for every row; the run says so. A model that learnt
+    something (the module's data) does not."""
+    rng = np.random.default_rng(0)
+    n = 800
+    x = rng.integers(0, 5, n)
+    wide = pd.DataFrame({f"c{i}": rng.integers(0, 50, n).astype(str) for i in range(300)})
+    wide["inf"], wide["label"] = x.astype(str), (rng.random(n) < 1 / (1 + np.exp(-1.5 * (x - 2)))).astype(int)
+    wide.to_csv(tmp_path / "w.csv", index=False)
+    warned = "has learnt less than nothing"
+    r = cli("run", "--data", tmp_path / "w.csv", "--label", "label", "--no-select", "--epochs", "2", "--embed-dim",
+            "4", "--hidden", "16", "--out", tmp_path / "w", "--quiet")
+    assert r.exit_code == 0 and warned in r.output, r.output
+    m = json.loads((tmp_path / "w" / "metrics.json").read_text())
+    assert m["valid"]["logloss"] > 0.6  # what the warning says: worse than the label rate's ~0.69
+    r = cli("run", "--data", data, "--label", "label", "--out", tmp_path / "g", *FAST)
+    assert r.exit_code == 0 and warned not in r.output, r.output
