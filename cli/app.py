@@ -87,8 +87,9 @@ def prune_cmd(run: Path = typer.Argument(..., help="Run directory made by `light
                                                              "else the closing test on the validation rows)."),
               continue_epochs: Optional[int] = typer.Option(None, "--continue-epochs",
                                                             help="Epochs of continued training; 0 skips phase 3; "
-                                                                 "with 2 or more the rule decides after the first "
-                                                                 "(default: the run's --continue-epochs or --epochs)."),
+                                                                 "with 2 or more the rule decides after the first, "
+                                                                 "but --threshold on the phase-1 gates (default: the "
+                                                                 "run's --continue-epochs or --epochs)."),
               closing_test: bool = typer.Option(False, "--closing-test",
                                                 help="Use the default rule, the closing test on the validation rows, "
                                                      "even where the run recorded --keep or --threshold (a prune "

@@ -139,7 +139,7 @@ class PruneConfig:
                                         "default rule).", 0.0, 1.0)
     continue_epochs: int | None = opt(None, "Epochs of phase 3: the first on the rows phase 1 did not use, the others "
                                             "on every training row (0 skips it; with 2 or more the keep rule "
-                                            "decides after the first).", 0)
+                                            "decides after the first, but --threshold, on the phase-1 gates).", 0)
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "prune": PruneConfig}
