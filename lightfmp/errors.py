@@ -11,7 +11,9 @@ class LightFMPError(Exception):
 
 
 class DataGone(LightFMPError):
-    """A run's data file is gone, or differs from the one it was trained on: its rows cannot be read again."""
+    """A run's rows cannot be read again: its data file is gone, or differs from the one it was trained on, or the
+    run recorded no split rule (an older lightfmp's). What needs the rows refuses; an export validates on sampled
+    rows instead."""
 
 
 class CellError(LightFMPError):

@@ -609,7 +609,7 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
     config and fitted schema; refuses a data file that is gone or has changed since."""
     cfg = run.config
     if "split" not in run.info:
-        raise LightFMPError(f"{run.path}: trained by an older lightfmp (run format {run.info.get('format_version')}, "
+        raise DataGone(f"{run.path}: trained by an older lightfmp (run format {run.info.get('format_version')}, "
                             f"before the one split rule): its rows cannot be told apart again; train it again")
     if not cfg.data.data or not Path(cfg.data.data).exists():
         raise DataGone(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")

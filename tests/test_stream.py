@@ -35,7 +35,8 @@ class Log:
 
 
 def cfg_for(data, shard_dir, **kw):
-    return RunConfig.of(data=str(data), shard_dir=str(shard_dir), chunk_rows=CHUNK, stream=True, **{**KINDS, **kw})
+    return RunConfig.of(data=str(data), shard_dir=str(shard_dir) if shard_dir is not None else None, chunk_rows=CHUNK,
+                        stream=True, **{**KINDS, **kw})
 
 
 def prepare_stream(cfg, log, schema=None):
@@ -335,7 +336,7 @@ def stream_fit(p, cfg):
 
 
 def test_vocab_cap_keeps_the_most_frequent(built):
-    schema = stream_fit(built["csv"], cfg_for(built["csv"], "", vocab_cap=3))
+    schema = stream_fit(built["csv"], cfg_for(built["csv"], None, vocab_cap=3))
     ref, df = in_memory(built["csv"], built["cfg"], vocab_cap=3)
     assert schema.to_dict() == ref.to_dict()
     noise = schema.field("noise").vocab
@@ -373,7 +374,7 @@ def test_hashed_fields(built, hashed):
     assert back.field("a").hash_buckets == 8 and np.array_equal(back.encode(df), ids)
     missing = s.encode(pd.DataFrame({"a": [None], "b": ["3"], "noise": ["z1"], "x": [0.0], "tags": [""]}))
     assert missing[0, 0] == OOV_ID
-    only = stream_fit(built["csv"], cfg_for(built["csv"], "", hash_buckets="a:8"))
+    only = stream_fit(built["csv"], cfg_for(built["csv"], None, hash_buckets="a:8"))
     assert [f.name for f in only.fields if f.hashed] == ["a"] and only.field("noise").vocab
 
 
