@@ -150,3 +150,58 @@ def test_feeds_are_checked_for_width_and_take_integers_for_numbers(predictor):
     with pytest.raises(LightFMPError, match=re.escape("input 'a' holds None, not text")):
         predictor.run({**feeds, "a": np.array(["a1"] * 19 + [None], dtype=object)})
 
+
+
+# ---- a third mutation audit: labels, splits, groupings, closed fields --------------------------------------------
+def test_a_null_label_cell_is_refused_with_positive_too():
+    """A null in an Arrow label column is a missing label (refused), not a negative, under --positive as without."""
+    import pyarrow as pa
+    from lightfmp.labels import parse_labels
+    with pytest.raises(LightFMPError, match="missing value at row 1"):
+        parse_labels(pa.table({"y": pa.array(["click", None, "no"])}), "y", "click", "d.parquet")
+
+
+def test_labels_written_as_one_point_zero_read_as_binary():
+    from lightfmp.labels import parse_labels
+    got = parse_labels(pd.DataFrame({"y": ["1.0", "0.0", "1", "0"]}), "y", None, "d.csv", fmt="csv")
+    assert got.tolist() == [1, 0, 1, 0]
+
+
+def test_label_counts_name_the_values_of_every_batch():
+    from lightfmp.labels import LabelCounts
+    c = LabelCounts("y", "click")
+    c.add(pd.DataFrame({"y": ["no"] * 3}), np.zeros(3, np.float32))
+    c.add(pd.DataFrame({"y": ["skip"] * 2}), np.zeros(2, np.float32))
+    with pytest.raises(LightFMPError, match="'no': 3, 'skip': 2"):
+        c.check("d.csv")
+
+
+def test_the_time_split_rounds_its_shares():
+    """round(f * n) rows per share, oldest first: 0.7 / 0.15 / 0.15 of 5 rows is 4 / 1 / 0 (flooring gave 3 / 0 / 2);
+    a share that rounds to no row gets none (the split's size check then names it)."""
+    from lightfmp.splits import time_codes
+    assert time_codes(pd.Series(range(5)), (0.7, 0.15, 0.15), "t", "d.csv").tolist() == [0, 0, 0, 0, 1]
+    assert (time_codes(pd.Series(range(20)), (0.02, 0.49, 0.49), "t", "d.csv") == 0).sum() == 0
+
+
+def test_a_relation_that_holds_by_chance_over_the_fields_is_not_taken():
+    """The function check is corrected for the number of fields (Bonferroni): a grouping whose chance is 0.038 lies
+    between 0.05 / 2 and 0.05, so with two fields it is not taken as a relation."""
+    from lightfmp.groupings import Groupings
+    a = np.repeat(np.arange(5), 2) + 1
+    b = np.array([0, 0, 0, 1, 1]).repeat(2) + 100
+    assert not Groupings(np.stack([a, b], 1), [0, 1]).is_function_of(1, 0)
+
+
+def test_a_finer_field_exactly_at_the_density_bound_stands_for_its_function():
+    from lightfmp.groupings import Groupings
+    a = np.arange(400) // 2 + 1
+    b = (np.arange(400) // 2) % 4 + 1000
+    g = Groupings(np.stack([a, b], 1), [0, 1], field_ids=[200, 4], rows_ratio=50.0)
+    assert g.stands_for(1, 0)  # 200 ids <= 50 x 4: at the bound, it stands for it
+
+
+def test_no_row_reads_itself_even_where_one_holds_nearly_all_the_weight():
+    from lightfmp.closed_fields import weighted_other_rows
+    donor = weighted_other_rows(np.array([1e9, 1.0, 1.0]))
+    assert not np.any(donor == np.arange(3))
