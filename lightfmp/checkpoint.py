@@ -12,9 +12,9 @@ No RNG state is stored: the training loop reseeds every random stream at the sta
 from __future__ import annotations
 
 import hashlib
-import os
 import json
 import math
+import os
 import re
 import signal
 import threading

@@ -610,9 +610,10 @@ def run_data(run: Run, reporter: Reporter | None = None) -> Dataset:
     cfg = run.config
     if "split" not in run.info:
         raise DataGone(f"{run.path}: trained by an older lightfmp (run format {run.info.get('format_version')}, "
-                            f"before the one split rule): its rows cannot be told apart again; train it again")
+                       f"before the one split rule): its rows cannot be told apart again; train it again")
     if not cfg.data.data or not Path(cfg.data.data).exists():
-        raise DataGone(f"{cfg.data.data}: the run's data file is gone (looked for {Path(str(cfg.data.data)).resolve()})")
+        raise DataGone(f"{cfg.data.data}: the run's data file is gone (looked for "
+                       f"{Path(str(cfg.data.data)).resolve()})")
     signature = data_signature(cfg.data.data)  # before the hash: a file replaced after it is refused by the read
     sha = file_sha256(cfg.data.data)
     if sha != run.info.get("data_sha256"):

@@ -70,8 +70,8 @@ class ValidationRows:
 
 
 def validation_rows(run, kept: FeatureSchema, limit: int = VALIDATE_ROWS) -> ValidationRows:
-    """The run's test rows as graph inputs; rows drawn from the vocabularies when its data file is gone or
-    changed."""
+    """The run's test rows as graph inputs; rows drawn from the vocabularies where they cannot be read again (its
+    data file gone or changed, or no split rule recorded: `DataGone`)."""
     try:
         held = run_test_frame(run, limit)
     except DataGone as why:
