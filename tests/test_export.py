@@ -758,3 +758,14 @@ def test_a_numeric_field_beyond_float32_is_said_at_training_and_refused_at_expor
     r = runner.invoke(app, ["export", str(tmp_path / "r"), "--out", str(tmp_path / "e")])
     assert r.exit_code == 2 and "beyond float32" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "e").exists()
+
+
+def test_the_fp16_reference_reads_fp16_rounded_tables(s):
+    """Validation compares the fp16 graph with a PyTorch module whose tables are the fp16 values: with the fp32
+    tables a model of ordinary table scale would fail a correct export."""
+    model, kept = open_run(s["runs"]["mlp"]).load_final()
+    model.eval()
+    with torch.no_grad():
+        model.embedding.weight.normal_(0, 1.0)
+    w = graph.serving_module(model, kept, "fp16").model.embedding.weight
+    assert torch.equal(w, w.half().float()) and not torch.equal(w, model.embedding.weight)

@@ -205,3 +205,45 @@ def test_no_row_reads_itself_even_where_one_holds_nearly_all_the_weight():
     from lightfmp.closed_fields import weighted_other_rows
     donor = weighted_other_rows(np.array([1e9, 1.0, 1.0]))
     assert not np.any(donor == np.arange(3))
+
+
+# ---- a mutation audit of export, serving and encoding -----------------------------------------------------------
+def test_a_served_number_finds_a_float32_columns_ten_digit_text():
+    """A categorical field fitted on a float32 column keys 4.095703 by its float64 text '4.095703125' (exactly ten
+    significant digits, the long-text bound): a client's 4.095703 finds it, not the OOV id."""
+    import pyarrow as pa
+    from lightfmp.encoding import tokens
+    from lightfmp.export.feeds import feeds_from_frame
+    from lightfmp.schema import FIRST_ID
+    from lightfmp.serving import _value_rule
+    tok = tokens(pa.array(np.array([4.095703], dtype=np.float32))).values.to_pylist()
+    assert tok == ["4.095703125"]
+    f = Field("v", "categorical", vocab=tok)
+    served = _value_rule(f)(4.095703)
+    ids = feeds_from_frame(pd.DataFrame({"v": pd.Series([served], dtype=object)}), FeatureSchema("y", [f]))["v"]
+    assert ids.tolist() == [FIRST_ID], (served, ids)
+
+
+def test_a_nullable_integer_columns_gaps_are_missing_not_a_category():
+    from lightfmp.encoding import tokens
+    t = tokens(pd.Series([7, None, 7, None], dtype="Int64"))
+    assert t.values.to_pylist() == ["7"] and t.codes.tolist() == [0, -1, 0, -1]
+
+
+def test_float32_buckets_that_cost_the_auc_refuse_the_export():
+    """Every test row read in the other bucket in float32: the logloss moves by 5e-4 (under the tolerance), the AUC
+    by 1.0: refused, naming the field."""
+    from lightfmp.export import validate as V
+
+    class M(torch.nn.Module):
+        def forward(self, ids):  # logit +-0.0005: id 3 scores above id 2
+            return ((ids[:, 0] == 3).double() * 2 - 1) * 0.0005
+    kept = FeatureSchema("label", [Field("x", "numeric", boundaries=[0.5])])
+    n = 400
+    ids64 = np.where(np.arange(n) % 2 == 0, 3, 2).astype(np.int64)[:, None]
+    labels = (ids64[:, 0] == 3).astype(np.float32)
+    served = 5 - ids64
+    rows = V.ValidationRows({}, {}, "test split", True, ids_f64=ids64, labels=labels)
+    enc = torch.sigmoid(M()(torch.from_numpy(ids64))).numpy().astype(np.float64)
+    with pytest.raises(LightFMPError, match="numeric field 'x'"):
+        V._float32_bucket_check(M(), kept, rows, enc, served, served != ids64)
