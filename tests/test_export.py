@@ -394,6 +394,7 @@ def _numeric(doc) -> dict:
     (lambda d: d.update(triton_model="a/b c"), "triton_model 'a/b c' is not a model name"),
     # the constants of lightfmp's encoding, which a client reading the file would encode by
     (lambda d: d["inputs"][0].update(oov_id=3), "oov_id is 3 where lightfmp's encoding of this input gives 1"),
+    (lambda d: d["inputs"][0].update(oov_id=True), "oov_id is True where"),  # True == 1 in Python, not in JSON readers
     (lambda d: _numeric(d)["transform"].update(first_id=3), "transform.first_id is 3 where"),
     (lambda d: _numeric(d)["transform"].update(missing_id=0), "transform.missing_id is 0 where"),
     (lambda d: next(i for i in d["inputs"] if i["kind"] == "multi_hot").update(pad_value=1), "pad_value is 1 where"),

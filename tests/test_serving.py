@@ -904,9 +904,16 @@ def test_predictor_run_refuses_feeds_unlike_the_graphs_inputs_in_one_line(s, mod
     for given, message in bad:
         with pytest.raises(LightFMPError, match=re.escape(message)):
             p.run(given)
+    wide = np.concatenate([feeds[multi], feeds[multi][:, :1]], 1)  # one column more than the graph's width
+    with pytest.raises(LightFMPError, match=re.escape(f"'{multi}' has shape {list(wide.shape)}")):
+        p.run({**feeds, multi: wide})
     # arrays of a compatible type are taken as the graph's (lists, other int widths)
     cast = {k: (v.tolist() if v.dtype != object else v) for k, v in feeds.items()}
     assert np.array_equal(p.run(cast), good)
+    for sp in (sp for sp in p.bundle.inputs if sp.dtype == "float32"):  # whole numbers as integers: read as floats
+        whole = np.round(np.nan_to_num(feeds[sp.name]))  # a missing number (NaN) has no integer
+        assert np.array_equal(p.run({**feeds, sp.name: whole.astype(np.int64)}),
+                              p.run({**feeds, sp.name: whole.astype(np.float32)}))
 
 
 @pytest.mark.parametrize("field,value", [("city", "\ud800"), ("tags", "a|\udfff"), ("tags", ["a", "x\ud83d"])])
