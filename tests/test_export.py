@@ -227,6 +227,51 @@ def test_raw_input_mode_equals_id_mode(s):
     assert "TYPE_STRING" in next((raw / "triton").glob("*/config.pbtxt")).read_text()
 
 
+def test_a_blank_category_is_the_oov_id_in_both_input_modes(s):
+    """A blank categorical cell is missing, which training encodes as the OOV id (1): the raw-input graph reads it
+    so too (scored as a value never seen), and a blank multi-hot cell holds no tag in either mode."""
+    raw, ids = get_export(s, "mlp", inputs="raw"), get_export(s, "mlp")
+    _, kept = open_run(s["runs"]["mlp"]).load_final()
+    df = held_out_rows(s["runs"]["mlp"]).head(6).reset_index(drop=True)
+    df["city"], df["tags"] = df["city"].astype(object), df["tags"].astype(object)
+    df.loc[0, "city"], df.loc[1, "city"], df.loc[2, "tags"] = np.nan, None, np.nan
+    unseen = df.copy()
+    unseen.loc[[0, 1], "city"] = "never-seen"
+    id_feeds = ex.feeds_from_frame(df, kept)
+    assert list(id_feeds["city"][:2]) == [1, 1] and not id_feeds["tags"][2].any()
+    a = _sess(raw).run(None, ex.feeds_from_frame(df, kept, raw=True))[0]
+    b = _sess(ids).run(None, id_feeds)[0]
+    c = _sess(raw).run(None, ex.feeds_from_frame(unseen, kept, raw=True))[0]
+    assert np.abs(a - b).max() <= 1e-6 and np.abs(a[:2] - c[:2]).max() <= 1e-6
+    np.testing.assert_allclose(b, torch_probs(s["runs"]["mlp"], df), atol=1e-6)
+
+
+def test_validating_on_exactly_the_test_rows_still_compares_the_runs_test_auc(s, tmp_path):
+    """validate_rows equal to the number of test rows reads every one of them, so the export's test AUC is compared
+    with the run's; one row fewer is a sample of them, where it cannot be."""
+    n = len(held_out_rows(s["runs"]["mlp"]))
+    every = ex.export_run(s["runs"]["mlp"], tmp_path / "every", validate_rows=n)["validation"]
+    assert every["rows"] == n and every["all_test_rows"] is True and "auc_diff_vs_run" in every
+    fewer = ex.export_run(s["runs"]["mlp"], tmp_path / "fewer", validate_rows=n - 1)["validation"]
+    assert fewer["rows"] == n - 1 and fewer["all_test_rows"] is False and "auc_diff_vs_run" not in fewer
+
+
+@pytest.mark.parametrize("shift", [5e-6, 1e-4])
+def test_onnx_runtime_must_agree_with_pytorch_to_1e_5(s, tmp_path, monkeypatch, shift):
+    """The export's first check: ONNX Runtime's probabilities within 1e-5 of PyTorch's on the test rows; a graph
+    1e-4 off is refused in one line and nothing is written."""
+    from lightfmp.export import validate as val
+    real = val._torch_scores
+    monkeypatch.setattr(val, "_torch_scores", lambda *a: real(*a) + shift)
+    if shift < 1e-5:
+        assert ex.export_run(s["runs"]["mlp"], tmp_path / "out")["validation"]["max_abs_diff_vs_torch"] < 1e-5
+        return
+    with pytest.raises(LightFMPError, match=r"ONNX Runtime and PyTorch disagree on test split rows: max \|diff\| "
+                                            r"0\.0001 > 1e-05") as e:
+        ex.export_run(s["runs"]["mlp"], tmp_path / "out")
+    assert "\n" not in str(e.value) and not (tmp_path / "out").exists()
+
+
 def test_fp16_tables_close(s):
     fp16, fp32 = get_export(s, "mlp", dtype="fp16"), get_export(s, "mlp")
     proto = onnx.load(str(fp16 / "model.onnx"))
