@@ -79,6 +79,13 @@ def test_the_copies_the_budget_holds():
     model = torch.nn.Linear(255, 1)  # 256 float32 weights: 1 KiB
     assert copies_allowed(model, 10 << 10) == 10
     assert copies_allowed(model, 100) == 0
+    assert copies_allowed(model, (2 << 10) - 1) == 1  # a byte short of two copies holds one: no averaging
+
+
+def test_the_mean_is_summed_in_float64():
+    """Weights far apart in size keep their small parts: float32 sums would lose 1 beside 1e8."""
+    tied = {e: ({"w": torch.tensor([v])}, np.zeros(1)) for e, v in enumerate([1e8, 1.0, -1e8])}
+    assert mean_weights(tied)["w"].item() == pytest.approx(1 / 3, abs=1e-6)
 
 
 # ---- fit ---------------------------------------------------------------------------------------------------------

@@ -1,9 +1,14 @@
 """lightfmp.held_fields: the dropped fields held at their means, folded so the pruned model computes that model."""
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from lightfmp.held_fields import field_means, hold_at_means
+from helpers import make_frame
+from lightfmp.held_fields import CHECK_ROWS, _reproduces, field_means, hold_at_means
+from lightfmp.schema import FeatureSchema, Field
+from lightfmp.vocab import fit_schema
 from lightfmp.models import BACKBONES, ModelConfig, build_model
 from lightfmp.pruning import prune_model
 
@@ -131,3 +136,48 @@ def test_inspect_names_the_kept_phase_3_model():
     for bad in (None, 5, -1, True, "1"):  # an edited or older history says nothing rather than something wrong
         assert final_model_line(run({"epochs": epochs, "best_epoch": bad, "first_epoch": {}})) is None
     assert final_model_line(run({"epochs": epochs, "best_epoch": 1}, state="pretrained")) is None
+
+
+def test_the_means_are_over_every_row_when_the_rows_span_several_chunks():
+    """The means are summed a chunk of rows at a time: over 10,000 rows (three chunks) they are the plain mean of
+    every row's embedding and first-order term (the fold's own check reads the same means, so it cannot catch a
+    wrong sum)."""
+    df = make_frame(10_000)
+    schema = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"),
+                                                Field("x", "numeric")], min_count=1), df)
+    ids = schema.encode(df)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=6, hidden=[16, 8]))
+    randomize(model)
+    means, lin = field_means(model, ids, [0, 2])
+    with torch.no_grad():
+        emb, first = model.embedding(torch.from_numpy(ids).long(), None)
+    torch.testing.assert_close(means, emb[:, [0, 2]].double().mean(0).float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(lin, first[:, [0, 2]].double().mean(0).float(), atol=1e-6, rtol=0)
+
+
+def test_the_folds_check_refuses_a_model_a_thousandth_of_a_logit_off(schema_and_ids):
+    """The check's tolerance is float32 rounding (1e-4), not a modelling error: a folded model whose logits are
+    1e-3 off is not the held model; 1e-5 off is."""
+    schema, ids = schema_and_ids
+    model = build_model("mlp", schema, ModelConfig(embed_dim=6, hidden=[16, 8]))
+    randomize(model)
+    model.eval()
+    rows = ids.numpy()
+    held = hold_at_means(model, rows, [2])
+    means, lin = field_means(model, rows, [2])
+    for eps, same in ((1e-5, True), (1e-3, False)):
+        off = copy.deepcopy(held)
+        with torch.no_grad():
+            [m for m in off.modules() if isinstance(m, torch.nn.Linear)][-1].bias += eps  # the output layer
+        assert _reproduces(model, off, rows[:CHECK_ROWS], [2], means, lin) is same
+
+
+def test_a_model_in_training_mode_is_held_and_stays_in_training_mode(schema_and_ids):
+    """Through the Python API a model may come in training mode, dropout on: the check compares the two models
+    without dropout, and the model (and its held copy) are left in the mode they came in."""
+    schema, ids = schema_and_ids
+    model = build_model("mlp", schema, ModelConfig(embed_dim=6, hidden=[16, 8], dropout=0.5))
+    randomize(model)
+    model.train()
+    held = hold_at_means(model, ids.numpy(), [2])
+    assert held is not None and model.training and held.training

@@ -59,6 +59,23 @@ def test_a_step_from_carried_moments_keeps_pruned_equal_to_gated(schema_and_ids,
     assert not torch.allclose(restarted, expected, atol=1e-4), "a fresh optimizer should have moved differently"
 
 
+def test_a_kept_field_whose_gate_is_shut_keeps_its_moments_as_they_were(schema_and_ids):
+    """--keep K may keep a field whose deterministic gate is exactly 0 (the K most open stay): its weight is not
+    scaled by the cut (dividing by z = 0 is no scale), so its moments are carried unchanged, not blown up by 1/z."""
+    schema, _ = schema_and_ids
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    with torch.no_grad():
+        model.gate.log_alpha.copy_(torch.tensor([-10.0, 3.0, 3.0, 3.0, 3.0]))
+    assert float(model.gate.deterministic().detach()[0]) == 0.0
+    torch.manual_seed(0)
+    state = {n: {"step": torch.tensor(3.0, dtype=torch.float64), "exp_avg": torch.randn_like(p),
+                 "exp_avg_sq": torch.rand_like(p)} for n, p in model.named_parameters() if not n.startswith("gate.")}
+    out = prune_moments(model, schema, ["a", "b"], None, state)
+    n = schema.field("a").vocab_size
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(out["embedding.weight"][k][:n], state["embedding.weight"][k][:n])
+
+
 def test_moments_are_cut_like_the_weights_and_scaled_by_the_gate(schema_and_ids):
     """A kept field's embedding rows: the pruned weight is the gated one times the gate z, so its first moment is
     divided by z and its second by z squared (closed form); the tower's first layer keeps the kept fields' columns;

@@ -60,6 +60,18 @@ def test_pruned_equals_gated_on_kept_fields(schema_and_ids, backbone, kept):
         assert pruned.num_params() < model.num_params()
 
 
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_the_pruned_model_has_the_parameters_of_a_model_built_for_the_kept_fields(schema_and_ids, backbone):
+    """No parameter a freshly built model of the kept fields lacks (an unused first-order table on a backbone
+    without one would be exported and counted), none missing, each of the same shape."""
+    schema, _ = schema_and_ids
+    cfg = ModelConfig(embed_dim=6, hidden=[16, 8], cross_layers=2)
+    pruned, kept_schema = prune_model(build_model(backbone, schema, cfg, gated=True), schema, ["a", "x", "tags"])
+    fresh = build_model(backbone, kept_schema, cfg)
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == {k: v.shape for k, v in fresh.state_dict().items()}
+    assert pruned.num_params() == fresh.num_params()
+
+
 def test_the_pruned_model_keeps_the_models_mode_and_reads_an_unseen_id_as_the_gated_model_does(schema_and_ids):
     """The surgery makes a fresh embedding module (which would start in training mode) inside a copy of the model:
     it takes the model's mode, so an eval-mode pruned model reads an id past a field's range as that field's OOV row,
