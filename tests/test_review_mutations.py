@@ -247,3 +247,150 @@ def test_float32_buckets_that_cost_the_auc_refuse_the_export():
     enc = torch.sigmoid(M()(torch.from_numpy(ids64))).numpy().astype(np.float64)
     with pytest.raises(LightFMPError, match="numeric field 'x'"):
         V._float32_bucket_check(M(), kept, rows, enc, served, served != ids64)
+
+
+# ---- a mutation audit of shards, vocabularies, schemas and checkpoints --------------------------------------------
+def _stored(data, name):
+    """One stored array of a Dataset (split codes, labels) over all its chunks, in file row order."""
+    rows = np.concatenate([np.asarray(data.store.array(i, "rows")) for i in range(len(data.store))])
+    vals = np.concatenate([np.asarray(data.store.array(i, name)) for i in range(len(data.store))])
+    return vals[np.argsort(rows, kind="stable")]
+
+
+def test_shards_of_another_seed_are_not_reused(tmp_path):
+    """Streamed runs sharing a shard folder with another --seed split the rows anew: with every field hashed (the
+    schema is then the same for both seeds) each seed's split codes are the ones the in-memory path gives."""
+    from lightfmp.shards import shard_key
+    from lightfmp.splits import SplitRule
+    p = tmp_path / "d.csv"
+    make_frame(400)[["a", "b", "noise", "label"]].to_csv(p, index=False)
+    codes, places = {}, []
+    for seed in (0, 1):
+        base = dict(data=str(p), label="label", hash_buckets="8", seed=seed)
+        streamed = load_dataset(DataConfig(**base, stream=True, shard_dir=str(tmp_path / "sh")))
+        codes[seed] = _stored(streamed, "split")
+        places.append(streamed.location)
+        assert np.array_equal(codes[seed], _stored(load_dataset(DataConfig(**base)), "split")), seed
+    assert places[0] != places[1] and not np.array_equal(codes[0], codes[1])
+    schema = FeatureSchema("label", [Field("a", "categorical", hash_buckets=8)])
+    keys = {shard_key("0" * 64, schema, SplitRule((0.8, 0.1, 0.1), seed), "csv", 200) for seed in (0, 1)}
+    assert len(keys) == 2
+
+
+def test_shards_encoded_with_another_positive_value_are_not_reused(tmp_path):
+    """A rerun with another --positive over the same shard folder reads its own labels, not the first run's."""
+    df = make_frame(300)
+    df["label"] = np.where(df["label"] == 1, "click", "skip")
+    p = tmp_path / "d.csv"
+    df.to_csv(p, index=False)
+    got = [load_dataset(DataConfig(data=str(p), label="label", positive=pos, categorical=["a", "b", "noise"],
+                                   ignore=["x", "tags"], stream=True, shard_dir=str(tmp_path / "sh")))
+           for pos in ("click", "skip")]
+    assert got[0].location != got[1].location
+    labels0, labels1 = (_stored(d, "labels") for d in got)
+    assert np.array_equal(labels0, (df["label"] == "click").to_numpy(np.float32))
+    assert np.array_equal(labels1, 1 - labels0)
+
+
+def test_a_multi_hot_fields_width_is_fitted_on_training_rows_only():
+    """A long list in a validation or test row does not widen the field (its slots per row)."""
+    from lightfmp.vocab import StreamFitter
+    fitter = StreamFitter(FeatureSchema("y", [Field("m", "multi_hot", separator="|")], min_count=1))
+    fitter.add(pd.DataFrame({"m": ["a|b", "a", "a|b|c|d|e"]}), np.array([True, True, False]))
+    assert fitter.finish().field("m").max_len == 2
+
+
+def test_a_hashed_fields_whole_numbers_keep_the_integer_spelling_when_both_appear():
+    """Text holding both '16' and '16.0' keeps '16' as its spelling of whole numbers (a served 7 hashes as '7'),
+    as text holding both 'True' and 'true' keeps 'True'; '16.0' alone is spelled so."""
+    import pyarrow as pa
+    from lightfmp.vocab import Spellings
+
+    def spelling(*texts):
+        s = Spellings()
+        s.add(pa.array(list(texts)))
+        return s.spelling()
+    assert spelling("16", "16.0")["whole"] == "16" and spelling("16.0", "3.0")["whole"] == "16.0"
+    assert spelling("true", "True")["bool"] == "True" and spelling("true", "false")["bool"] == "true"
+
+
+def test_removing_the_checkpoints_leaves_a_users_json_file(tmp_path):
+    """The clean-up of <out>.ckpt deletes lightfmp's checkpoint files only: a JSON file of the user's there (and its
+    .safetensors namesake) stays."""
+    from lightfmp import checkpoint as ckpt_files
+    from lightfmp.checkpoint import Checkpoint, TrainState
+    out = tmp_path / "r"
+    d = ckpt_files.checkpoint_dir(out)
+    d.mkdir()
+    try:
+        Checkpoint(d, "p", {}).save(torch.nn.Linear(2, 1), {}, TrainState(epoch=1, history=[]))
+        assert (d / "p.json").is_file() and (d / "p.safetensors").is_file()
+        (d / "notes.json").write_text(json.dumps({"mine": 1}))
+        (d / "notes.safetensors").write_bytes(b"mine")
+        ckpt_files.remove(out)
+    finally:
+        ckpt_files.reset_hint()
+    assert (d / "notes.json").is_file() and (d / "notes.safetensors").is_file()
+    assert not (d / "p.json").exists() and not (d / "p.safetensors").exists()
+
+
+def test_an_integer_column_is_categorical_up_to_one_twentieth_of_the_rows_distinct():
+    """Above the floor of 1000, an integer column of 40,000 rows is categorical with 2,000 distinct values and
+    numeric with 2,001."""
+    from lightfmp.vocab import infer_kind
+    assert infer_kind(pd.Series(np.arange(40000) % 2000), 40000)[0] == "categorical"
+    assert infer_kind(pd.Series(np.arange(40000) % 2001), 40000)[0] == "numeric"
+
+
+def test_a_replaced_vocabulary_encodes_by_the_new_list():
+    """Encoding after a field's vocabulary was replaced looks values up in the new list, not the one used before."""
+    s = FeatureSchema("y", [Field("c", "categorical", vocab=["a", "b"])])
+    df = pd.DataFrame({"c": ["a", "b", "z"]})
+    assert s.encode(df).ravel().tolist() == [2, 3, 1]
+    s.field("c").vocab = ["z", "a"]
+    assert s.encode(df).ravel().tolist() == [3, 1, 2]
+
+
+def test_a_schema_from_a_newer_lightfmp_is_refused():
+    from lightfmp.schema import SCHEMA_VERSION
+    d = FeatureSchema("y", [Field("a", "categorical", vocab=["x"])]).to_dict()
+    FeatureSchema.from_dict(d)
+    d["schema_version"] = SCHEMA_VERSION + 1
+    with pytest.raises(LightFMPError, match=f"schema_version {SCHEMA_VERSION + 1} is newer"):
+        FeatureSchema.from_dict(d)
+
+
+def test_zero_hash_buckets_are_refused():
+    with pytest.raises(LightFMPError, match="hash_buckets 0 must be an integer from 1"):
+        Field("c", "categorical", hash_buckets=0)
+    assert Field("c", "categorical", hash_buckets=1).hash_buckets == 1
+
+
+def test_a_shard_folder_inside_the_data_directory_is_refused(tmp_path):
+    """A --shard-dir nested in a Parquet directory given as --data (its shards would be read as data) is refused."""
+    from lightfmp.shards import check_home
+    (tmp_path / "data").mkdir()
+    with pytest.raises(LightFMPError, match="lies inside --data"):
+        check_home(str(tmp_path / "data" / "sub" / "shards"), str(tmp_path / "data"))
+    check_home(str(tmp_path / "shards"), str(tmp_path / "data"))
+
+
+def test_a_pruned_schema_keeps_its_vocab_cap():
+    s = FeatureSchema("y", [Field("a", "categorical"), Field("b", "categorical")], vocab_cap=5)
+    assert s.subset(["a"]).vocab_cap == 5
+
+
+def test_a_manifest_whose_shards_were_reordered_is_not_reused(tmp_path):
+    """Shards listed in another order than their files (each file intact, the totals unchanged) are refused, so
+    rows are not read out of order."""
+    p = write_csv(tmp_path, n=600)
+    data = load_dataset(DataConfig(data=str(p), label="label", categorical=["a", "b", "noise"], ignore=["x", "tags"],
+                                   stream=True, chunk_rows=200, shard_dir=str(tmp_path / "sh")))
+    root, slots = data.location, data.schema.num_slots
+    assert check_shards(root, root.name, slots)[0] is not None
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert len(manifest["shards"]) >= 2
+    manifest["shards"][0], manifest["shards"][1] = manifest["shards"][1], manifest["shards"][0]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    got, why = check_shards(root, root.name, slots)
+    assert got is None and "its list of shards is not the shard files" in why
