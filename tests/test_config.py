@@ -296,3 +296,36 @@ def test_a_runs_recorded_empty_name_still_reads_as_not_given(tmp_path):
            "train": {"lr": 0.01}}
     cfg = RunConfig.from_dict(_unset_empty_names(doc), "run/config.yaml")
     assert (cfg.data.schema, cfg.data.time_column, cfg.data.shard_dir) == (None, None, None)
+
+
+def test_the_largest_batch_size_and_client_count_are_accepted():
+    """The documented maximums are inside the range: --batch-sizes 1048576 and --clients 1024 are taken, one more
+    is refused."""
+    from lightfmp.profiling import MAX_BATCH_SIZE, MAX_CLIENTS, parse_batch_sizes, parse_clients
+    assert (MAX_BATCH_SIZE, MAX_CLIENTS) == (1048576, 1024)
+    assert parse_batch_sizes("1,1048576") == [1, 1048576] and parse_clients("1024") == [1024]
+    with pytest.raises(LightFMPError, match="--batch-sizes 1048577: must be >= 1 and <= 1,048,576"):
+        parse_batch_sizes("1048577")
+    with pytest.raises(LightFMPError, match="--clients 1025: must be >= 1 and <= 1,024"):
+        parse_clients("1025")
+
+
+def test_a_fraction_for_an_integer_option_is_refused_not_cut_down(tmp_path):
+    """epochs 2.5 (from Python or a YAML file) is an error naming the key, not 2 epochs; a whole float is the
+    integer it equals."""
+    with pytest.raises(LightFMPError, match=r"^config: 'epochs' must be int, got 2\.5$"):
+        RunConfig.of(epochs=2.5)
+    with pytest.raises(LightFMPError, match=r"e\.yaml: 'epochs' must be int, got 2\.5$"):
+        resolve({}, str(_yaml(tmp_path, {"epochs": 2.5})))
+    assert RunConfig.of(epochs=3.0).train.epochs == 3
+    assert resolve({}, str(_yaml(tmp_path, {"epochs": 3.0}))).train.epochs == 3
+
+
+@pytest.mark.parametrize("text, value", [("on", True), ("off", False), ("yes", True), ("no", False), ("1", True),
+                                         ("0", False), ("true", True), ("false", False), (" On ", True),
+                                         ("OFF", False)])
+def test_a_switch_reads_every_spelling_of_yes_and_no(tmp_path, text, value):
+    """An on/off option given as text (from Python, or quoted in a YAML file) reads on/off, yes/no, 1/0 and
+    true/false in any case."""
+    assert RunConfig.of(stream=text).data.stream is value
+    assert resolve({}, str(_yaml(tmp_path, {"stream": text}))).data.stream is value

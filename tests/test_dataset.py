@@ -710,3 +710,42 @@ def test_a_prune_records_its_rule_and_closing_test_brings_the_default_back(tmp_p
     pipeline.train(cfg_for(p, tmp_path, target_k=3, threshold=0.9, **FAST), tmp_path / "tt", quiet=True)
     with pytest.raises(LightFMPError, match=r"trained with --target-k 3, its rule --threshold 0.9; give"):
         pipeline.prune(tmp_path / "tt", default_rule=True, quiet=True)
+
+
+def test_the_label_flag_wins_over_the_label_a_schema_file_names(tmp_path):
+    """--schema s.json --label label, where s.json names another column as the label: the run trains on the column
+    --label names, not quietly on the schema's."""
+    df = make_frame(400)
+    df["label2"] = 1 - df["label"]
+    p = tmp_path / "data.csv"
+    df.to_csv(p, index=False)
+    d = load_dataset(cfg_for(p, tmp_path, ignore=["label2"]).data).schema.to_dict()
+    d["label"] = "label2"
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    data = load_dataset(replace(cfg_for(p, tmp_path).data, schema=str(tmp_path / "s.json"), multi_hot=[]))
+    assert data.schema.label == "label"
+    rows = [data.split_rows(s) for s in ("train", "valid", "test")]
+    assert sum(len(r) for r in rows) == 400
+    assert sum(float(r.labels().sum()) for r in rows) == df["label"].sum() != df["label2"].sum()
+
+
+def test_a_file_rewritten_in_place_after_it_was_hashed_is_refused(tmp_path, monkeypatch):
+    """The same file (same inode) rewritten with other rows of the same size between its hash and its read: its
+    modification time tells, and the read is refused in one line."""
+    import lightfmp.dataset as dataset_mod
+    p = write_csv(tmp_path, n=500)
+    text = p.read_text()
+    swapped = text.replace(",1\n", ",x\n").replace(",0\n", ",1\n").replace(",x\n", ",0\n")
+    assert len(swapped) == len(text) and swapped != text
+    real = dataset_mod.file_sha256
+
+    def hash_then_rewrite(path, *a):
+        digest = real(path, *a)
+        st = os.stat(path)
+        with open(path, "r+") as f:  # in place: the inode and the size stay
+            f.write(swapped)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # a second later, whatever the clock's step
+        return digest
+    monkeypatch.setattr(dataset_mod, "file_sha256", hash_then_rewrite)
+    with pytest.raises(LightFMPError, match=f"{p}: changed while lightfmp read it"):
+        load_dataset(cfg_for(p, tmp_path).data)

@@ -289,3 +289,15 @@ def test_a_shard_directory_refusal_does_not_speak_of_force(tmp_path):
             raise AssertionError("the block must not run")
     assert "--force" not in str(e.value) and "rebuilt" in str(e.value)
     assert (d / "notes.txt").read_text() == "mine"
+
+
+def test_a_json_file_is_replaced_whole_never_rewritten_in_place(tmp_path):
+    """A JSON output is written beside its path and renamed over it: a reader that opened the earlier file reads
+    that document whole (never the new one, or a mix), the path then holds the new one, and no temporary is
+    left."""
+    out = tmp_path / "out.json"
+    io_mod.write_json_atomic(out, {"v": "old " * 1000})
+    with open(out) as reader:
+        io_mod.write_json_atomic(out, {"v": "new"})
+        assert json.loads(reader.read()) == {"v": "old " * 1000}
+    assert json.loads(out.read_text()) == {"v": "new"} and listing(tmp_path) == ["out.json"]

@@ -208,3 +208,80 @@ def test_a_compare_that_is_not_there_is_named_as_the_flag(s, tmp_path):
 def test_clients_without_a_url_is_refused_not_ignored(s):
     r = runner.invoke(app, ["profile", str(get_export(s, "mlp")), "--clients", "0", "--max-runs", "1", "--quiet"])
     assert r.exit_code == 2 and "--clients '0': only with --url" in r.output, r.output
+
+
+def test_the_percentiles_are_the_ones_their_names_say():
+    """p50 / p95 / p99 are numpy's (linear) percentiles of the timed runs, and rows per second is the batch over
+    the median latency."""
+    s = profiling.summarize("m", 8, np.arange(1, 101) / 1e3)
+    assert s["p50_ms"] == pytest.approx(50.5) and s["p95_ms"] == pytest.approx(95.05)
+    assert s["p99_ms"] == pytest.approx(99.01) and s["runs"] == 100
+    assert s["rows_per_s"] == pytest.approx(8 / 0.0505)
+
+
+def test_timing_goes_on_past_the_minimum_while_time_is_left():
+    """Timed runs continue after `min_runs` until `max_runs` while `max_seconds` has not passed; with no time left
+    it stops at `min_runs`."""
+    t = profiling.time_calls(lambda: None, profiling.Budget(warmup=0, min_runs=5, max_runs=50, max_seconds=10))
+    assert len(t) == 50
+    t = profiling.time_calls(lambda: None, profiling.Budget(warmup=0, min_runs=5, max_runs=50, max_seconds=0))
+    assert len(t) == 5
+
+
+def test_warm_up_runs_are_made_and_not_timed():
+    """The warm-up calls run before the timed ones and are not among the times."""
+    calls = []
+    t = profiling.time_calls(lambda: calls.append(1), profiling.Budget(warmup=3, min_runs=2, max_runs=2,
+                                                                       max_seconds=5))
+    assert len(calls) == 5 and len(t) == 2
+
+
+def test_profile_gives_back_the_callers_torch_thread_count(s):
+    """Timing PyTorch eager with threads=N sets torch's (process-wide) thread count only while it times: the
+    caller's count is as it was afterwards."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        res = profiling.profile([get_export(s, "deepfm")], [1], threads=3,
+                                budget=profiling.Budget(warmup=0, min_runs=1, max_runs=1, max_seconds=0.01))
+        assert len(res[0].eager) == 1  # the eager timing ran
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_profile_url_refuses_a_server_whose_model_has_other_inputs(tmp_path, monkeypatch):
+    """`profile --url` first reads the served model's inputs: a model there with other inputs than the export's
+    (another datatype, or an input more) is refused in one line before any load is sent; the same inputs pass."""
+    from lightfmp.serve.protocol import model_metadata
+    model = _plain_graph(tmp_path / "m.onnx", TensorProto.INT64, ["n", 5])
+    bundle = profiling.load_bundle(model)
+    inputs = model_metadata(bundle.contract, "m")["inputs"]
+    served = {}
+    monkeypatch.setattr(profiling, "get_json", lambda target, path: (200, {"inputs": served["inputs"]}))
+
+    def no_load(*a, **k):
+        raise AssertionError("a load was sent before the inputs were checked")
+    monkeypatch.setattr(profiling, "measure", no_load)
+    for other in ([{**inputs[0], "datatype": "INT32"}],  # another datatype
+                  inputs + [{"name": "extra", "datatype": "INT64", "shape": [-1]}]):  # the export's and one more
+        served["inputs"] = other
+        res = runner.invoke(app, ["profile", str(model), "--url", "http://127.0.0.1:1", "--max-runs", "1"])
+        assert res.exit_code == 2 and "not the export's" in res.stderr, res.output
+        assert len(res.stderr.strip().splitlines()) == 1
+    served["inputs"] = inputs
+    profiling.check_served(profiling.Target.parse("http://127.0.0.1:1"), bundle, "m")  # the same inputs: served
+
+
+def test_the_plots_band_is_p50_to_p95(monkeypatch, tmp_path):
+    """profile.png's band, labelled p50-p95, runs from each batch size's p50 to its p95 (not its p99)."""
+    import matplotlib.axes
+    drawn = []
+    real = matplotlib.axes.Axes.fill_between
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between",
+                        lambda self, x, y1, y2=0, **k: (drawn.append((list(x), list(y1), list(y2))),
+                                                        real(self, x, y1, y2, **k))[1])
+    rows = [{"batch_size": b, "p50_ms": p, "p95_ms": 2 * p, "p99_ms": 3 * p} for b, p in ((1, 0.5), (8, 1.0))]
+    profiling.plot([profiling.ModelTimings("m.onnx", None, rows)], tmp_path / "p.png")
+    assert drawn == [([1, 8], [0.5, 1.0], [1.0, 2.0])]

@@ -11,6 +11,29 @@ SHUT_EVERY_GATE = ("--l0-lambda", "5", "--gate-lr", "0.5", "--pretrain-epochs", 
                    "--subset", "0.5")  # on 1,200 rows: phase 1 shuts all five gates
 
 
+@pytest.fixture(scope="module")
+def complete(tmp_path_factory):
+    """A small complete run (--keep 3) whose metrics the gate table's tests replace."""
+    d = tmp_path_factory.mktemp("complete")
+    r = cli("run", "--data", write_csv(d, n=600), "--label", "label", "--multi-hot", "tags:|", "--embed-dim", "4",
+            "--hidden", "8", "--pretrain-epochs", "1", "--epochs", "1", "--batch-size", "128", "--keep", "3",
+            "--out", d / "run", "--quiet")
+    assert r.exit_code == 0, r.output
+    return d / "run"
+
+
+def _table(run_dir, gates, **metrics):
+    """The gate table of `run_dir` as if its metrics.json held these gates and the other keys given (with no
+    open_probability or selection unless given)."""
+    from lightfmp import inspection
+    from lightfmp.rundir import open_run
+    run = open_run(run_dir)
+    m = {k: v for k, v in run.metrics().items() if k not in ("open_probability", "selection")}
+    m.update(gates=gates, **metrics)
+    run.metrics = lambda **k: m
+    return inspection.gate_rows(run)
+
+
 def _run(tmp_path, *rule):
     csv = write_csv(tmp_path, n=1200)
     return cli("run", "--data", csv, "--label", "label", "--multi-hot", "tags:|", "--embed-dim", "4", "--hidden", "8",
@@ -87,3 +110,46 @@ def test_an_untested_field_has_no_score_and_a_spreadless_cost_is_beyond_any(tmp_
     scores = dict(zip(order, drawn[1]))
     assert all(math.isnan(scores[n]) for n in untested)
     assert scores[tested[0]] > max(v for n, v in scores.items() if n != tested[0] and not math.isnan(v))
+
+
+GATES = {"a": 0.9, "b": 0.9, "noise": 0.1, "x": 0.5, "tags": 0.3}
+
+
+def test_fields_with_equal_gates_are_ordered_by_their_open_probability(complete):
+    """The table (and gates.png) lists fields by gate, most open first; between equal gates the higher L0 (open)
+    probability comes first, then the name."""
+    probs = {"a": 0.5, "b": 0.8, "noise": 0.1, "x": 0.5, "tags": 0.3}
+    rows = _table(complete, GATES, open_probability=probs)
+    assert [r["field"] for r in rows] == ["b", "a", "x", "tags", "noise"]
+
+
+def test_a_run_without_open_probabilities_shows_them_as_one(complete):
+    """metrics.json of an older run has no open_probability: the table shows L0 probability 1 (not 0) for every
+    field."""
+    rows = _table(complete, GATES)
+    assert [r["l0_probability"] for r in rows] == [1.0] * 5
+
+
+def test_a_field_is_said_shut_by_the_gates_alone_only_where_that_step_cut(complete):
+    """The default rule's first step records the fields the gates alone would shut; the table says "shut by the
+    gates alone" only where that step made the cut, not where it made none."""
+    for cut in (True, False):
+        rows = {r["field"]: r for r in _table(complete, GATES,
+                                              selection={"gates_alone": {"fields": ["noise"], "cut": cut}})}
+        assert rows["noise"].get("repeats") == ("shut by the gates alone" if cut else None), cut
+        assert all("repeats" not in r for n, r in rows.items() if n != "noise")
+
+
+@pytest.mark.parametrize("n, named", [(120, True), (121, False)])
+def test_the_chart_names_its_bars_up_to_120_fields(tmp_path, monkeypatch, n, named):
+    """gates.png names every bar for up to 120 fields; beyond that the bars have no names (the table has them)."""
+    import matplotlib.axes
+    from lightfmp import inspection
+    drawn = []
+    real = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar",
+                        lambda self, x, h, *a, **k: (drawn.append(k.get("tick_label")), real(self, x, h, *a, **k))[1])
+    rows = [{"field": f"f{i}", "gate": 0.5, "l0_probability": 0.5, "kept": True} for i in range(n)]
+    inspection.plot_gates(rows, tmp_path / "g.png")
+    (labels,) = drawn
+    assert labels == ([f"f{i}" for i in range(n)] if named else None)
