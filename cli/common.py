@@ -199,6 +199,23 @@ def out_of_memory(e: BaseException) -> str | None:
     return None
 
 
+# The entry point's handlers for a stop while the commands load (lightfmp.cli.entry), by signal, with the handlers
+# they replaced: they stay in place until a command starts (typer builds the commands and reads the arguments in
+# between, and a stop there is the same one line), and the command gives the signals back to Python's handling.
+_LOADING: dict = {}
+
+
+def hold_loading_handlers(replaced: dict) -> None:
+    _LOADING.update(replaced)
+
+
+def _give_back_loading_handlers() -> None:
+    if threading.current_thread() is threading.main_thread():
+        for s, handler in _LOADING.items():
+            signal.signal(s, handler)
+    _LOADING.clear()
+
+
 def friendly(func):
     """Bad input ends in one line on stderr and exit code 2, never a traceback; Ctrl-C ends in one line saying
     how to resume (rerunning the same command resumes from the per-epoch checkpoints in <out>.ckpt/) and exit
@@ -206,6 +223,7 @@ def friendly(func):
     own handler while it runs)."""
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
+        _give_back_loading_handlers()
         checkpoint.reset_hint()
         _FROM_CONFIG.set(None)
         who = lambda: f"rank {distributed.rank()}: " if distributed.world() > 1 else ""  # noqa: E731

@@ -3,7 +3,8 @@
 Loading the commands takes seconds (torch, triton): a stop meanwhile (Ctrl-C, SIGTERM) ends the command with the one
 line and exit code a stopped command gives (`lightfmp.cli.common.friendly`), not a traceback through the imports. So
 the handlers are in place before the commands' modules load (where the signal was not ignored by whoever started the
-process), and `main` gives the signals back to the commands' own handling. Once a command is over, stop signals are
+process), and they stay until a command starts (typer builds the commands and reads the arguments first), which gives
+the signals back to its own handling (`lightfmp.cli.common.friendly`). Once a command is over, stop signals are
 ignored: Python puts back the default handlers as it shuts down, before torch's teardown, and a stop then would kill
 the process over finished work; and a stopped command ends at once, without the teardown (which, after a stop inside
 an extension's import, prints tens of lines of leak reports)."""
@@ -30,11 +31,11 @@ _BEFORE = {s: signal.signal(s, _stopped_while_loading) for s in _CODES if signal
     if threading.current_thread() is threading.main_thread() else {}
 
 from .app import main as _commands  # noqa: E402  (after the handlers: this import is the seconds they cover)
+from .common import hold_loading_handlers  # noqa: E402
 
 
 def main() -> None:
-    for s, handler in _BEFORE.items():
-        signal.signal(s, handler)
+    hold_loading_handlers(_BEFORE)
     code = None
     try:
         _commands()

@@ -2046,6 +2046,34 @@ def test_a_stop_while_the_commands_load_is_one_line(tmp_path, sig, line, rc):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("sig,line,rc", [("SIGINT", "interrupted", 130), ("SIGTERM", "terminated", 143)])
+def test_a_stop_after_the_imports_before_the_command_starts_is_one_line(tmp_path, sig, line, rc):
+    """A stop after the commands have loaded, while typer builds them and reads the arguments (a tenth of a second
+    before the command starts): still the one line and exit code (before: no line at all, a traceback, or killed
+    by SIGTERM's default)."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "synth"
+    default = "signal.default_int_handler" if sig == "SIGINT" else "signal.SIG_DFL"
+    code = ("import os, signal, sys\n"
+            f"signal.signal(signal.{sig}, {default})\n"
+            "from lightfmp.cli.entry import main\n"
+            "import typer.main\n"
+            "real = typer.main.get_command\n"
+            "def hook(*a, **k):\n"
+            f"    os.kill(os.getpid(), signal.{sig})\n"
+            "    return real(*a, **k)\n"
+            "typer.main.get_command = hook\n"
+            f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', '300', '--out', {str(out)!r}]\n"
+            "main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == rc, (r.returncode, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"{line}: rerun the same command to start again"], r.stderr
+    assert not out.exists()
+
+
 def test_import_lightfmp_loads_no_torch_and_each_exported_name_loads_on_use():
     import subprocess
     import sys
