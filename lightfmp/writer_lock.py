@@ -1,5 +1,5 @@
-"""One command at a time per output: `train`, `run` and `prune` hold <out>.lock while they write <out> and
-<out>.ckpt, so that a second command on the same <out> (another terminal, a second job) is refused at its start
+"""One command at a time per output: `train`, `run`, `prune` and `export` hold <out>.lock while they write <out>
+(and <out>.ckpt), so that a second command on the same <out> (another terminal, a second job) is refused at its start
 instead of reading and overwriting the first one's checkpoints and publishing over its run.
 
 The lock is the operating system's (flock): it goes with the process however that ends, and a lock file left by a

@@ -230,6 +230,31 @@ def test_a_second_command_on_the_same_out_is_refused_while_the_first_writes_it(d
     assert sorted(p.name for p in out.parent.iterdir()) == before if before else not (tmp_path / "new").exists()
 
 
+def test_an_export_is_refused_while_another_command_writes_its_run_or_its_out(data, tmp_path):
+    """`export` holds its --out's lock as the training commands hold theirs (two exports into one folder: the second
+    is refused at its start, not after its work), and refuses a run another command is writing (a prune of it
+    replaces the model it would read); once the other command ends, the export goes ahead and leaves no lock."""
+    from typer.testing import CliRunner
+    from lightfmp.cli.app import app
+    run = tmp_path / "r"
+    pipeline.run(RunConfig.of(data=str(data), **SETTINGS), run, quiet=True)
+    for held, out in ((run, tmp_path / "e"), (tmp_path / "e", tmp_path / "e")):
+        holder = subprocess.Popen([sys.executable, "-c", HOLD, str(held)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            res = CliRunner().invoke(app, ["export", str(run), "--out", str(out)])
+            assert res.exit_code == 2 and res.output.strip() == (
+                f"error: {held}: another lightfmp command is writing it (pid {holder.pid}, `lightfmp run`); wait for "
+                f"it to end"), res.output
+            assert not out.exists()
+        finally:
+            holder.communicate("")
+    res = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "e"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e", "r"]
+
+
 def test_prune_of_a_run_still_in_phase_1_names_the_command_writing_it(tmp_path):
     """`prune r` while `run` is in phase 1 (r not written yet): it says who is writing it, not "no such run
     directory"; with no holder, or a killed one's lock file, it is "no such run directory" as before."""

@@ -16,6 +16,7 @@ from ..formats import derived
 from ..io import atomic_dir, check_apart, check_out, file_sha256, path_of
 from ..rundir import open_run
 from ..schema import FLOAT32_MAX, beyond_float32
+from ..writer_lock import holder, one_writer
 from .contract import (EXPORT_VERSION, EXTERNAL_DATA_FILE, METADATA_KEY, MODEL_FILE, OUTPUT_NAME, TRITON_NAME,
                        ExternalData, InputSpec, OutputSpec, ServingContract, save_contract, vocab_text)
 from .graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, build_graph, check_graph, save_model, serving_module
@@ -104,6 +105,15 @@ def export_run(run_dir: str | Path, out: str | Path, opset: int = DEFAULT_OPSET,
     run = open_run(run_dir)
     check_apart(out, run.path, "the run directory")
     check_apart(out, run.config.data.data, "the run's --data")  # inside a Parquet data directory: a part of the data
+    writer = holder(run.path)
+    if writer is not None:  # a prune rewriting the run: its model and metrics are about to change
+        raise LightFMPError(f"{run.path}: another lightfmp command is writing it ({writer}); wait for it to end")
+    with one_writer(out, "export"):
+        return _export(run, out, opset, dtype, inputs, force, triton_name, max_batch_size, validate_rows)
+
+
+def _export(run, out: Path, opset: int, dtype: str, inputs: str, force: bool, triton_name: str | None,
+            max_batch_size: int, validate_rows: int) -> dict:
     model, kept = run.load_final()
     model.eval()
     if OUTPUT_NAME in kept.names:
