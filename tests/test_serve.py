@@ -273,6 +273,20 @@ def test_batcher_groups_up_to_max_batch_and_answers_in_order():
     assert time.perf_counter() - t0 >= 0.3
 
 
+def test_stopping_the_batcher_answers_every_request_it_was_given():
+    """`stop()` scores what callers are still waiting for, a batch already gathered but not yet scored too (it waited
+    for the queue alone, and a gathered batch's callers never got an answer)."""
+    async def go():
+        b = Batcher(lambda feeds: feeds["x"] * 2.0, 512, 50)
+        await b.start()
+        reqs = [asyncio.ensure_future(b.score({"x": np.full(2, float(i), np.float32)}, 2)) for i in range(3)]
+        await asyncio.sleep(0)  # the worker has taken them off the queue and waits for more
+        await asyncio.wait_for(b.stop(), 5)
+        return await asyncio.wait_for(asyncio.gather(*reqs), 5)
+    out = asyncio.run(go())
+    assert [o.tolist() for o in out] == [[0.0, 0.0], [2.0, 2.0], [4.0, 4.0]]
+
+
 # ---- bad requests -------------------------------------------------------------------------------------------------
 def _bad_cases(ex):
     p = Predictor(ex.ids)

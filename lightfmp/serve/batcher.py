@@ -56,9 +56,10 @@ class Batcher:
             self._worker = asyncio.create_task(self._work(), name="lightfmp-batcher")
 
     async def stop(self) -> None:
-        """Score what is still queued, then stop the worker and its threads."""
+        """Score every request given to `score` and not answered yet (queued, being gathered or in a call), then
+        stop the worker and its threads."""
         if self._worker is not None:
-            while self._queue.qsize():
+            while self.held:
                 await asyncio.sleep(0.01)
             self._worker.cancel()
             try:
