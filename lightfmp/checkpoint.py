@@ -16,8 +16,6 @@ import json
 import math
 import os
 import re
-import signal
-import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import START_AGAIN, LightFMPError
+from .held_signals import HeldSignals
 from .io import NAME_MAX, atomic_path, check_name_length, json_safe, json_text, lightfmp_kind, os_errors_of
 
 FORMAT = "lightfmp-checkpoint"
@@ -201,31 +200,6 @@ def remove(out: str | Path) -> None:
         pass
 
 
-class _HeldSignals:
-    """From `start()` to the end of the block, SIGINT and SIGTERM are recorded instead of acted on; the first one
-    recorded is raised again at the end, into the handlers that were there before. Main thread only (where Python
-    runs its signal handlers); elsewhere it holds nothing."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.saved, self.caught = {}, []
-
-    def start(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.SIGNALS:
-                self.saved[sig] = signal.signal(sig, lambda signum, frame: self.caught.append(signum))
-
-    def __enter__(self) -> "_HeldSignals":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.saved.items():
-            signal.signal(sig, handler)
-        if self.caught and exc[0] is None:
-            signal.raise_signal(self.caught[0])
-
-
 @dataclass
 class TrainState:
     """What the training loop needs to continue after `epoch` completed epochs."""
@@ -297,7 +271,7 @@ class Checkpoint:
         # The tensors' header holds the JSON's sha256: the state it records (best epoch, stopped, history) is
         # trusted only with the tensors it was written with
         text = json_text(doc)
-        with _HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
+        with HeldSignals() as held, atomic_path(self.tensors_path) as tensors_tmp:
             with os_errors_of(tensors_tmp):
                 save_file(tensors, str(tensors_tmp), metadata={"epoch": str(state.epoch), "phase": self.phase,
                                                                 "json_sha256": _sha256(text)})

@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from .encoding import Tokens
 from .errors import CellError, LightFMPError
+from .held_signals import HeldSignals
 from .io import make_dirs, os_errors_of
 from .scratch import Claim
 
@@ -74,20 +75,24 @@ class CodedStore:
         self.close()
 
     def close(self) -> None:
-        """Drop the batches: the scratch directory goes, and so do the directories made for it if now empty."""
+        """Drop the batches: the scratch directory goes, and so do the directories made for it if now empty. A stop
+        (Ctrl-C, SIGTERM) meanwhile takes effect once it is gone: cut short, its rest stayed until the next streamed
+        run on that shard home."""
         self._held = []
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            self._dir = None
-        if self._claim is not None:
-            self._claim.close()
-            self._claim = None
-        for d in reversed(self._made):
-            try:
-                d.rmdir()
-            except OSError:  # not empty: the shards or a cached fit went there
-                break
-        self._made = []
+        with HeldSignals() as held:
+            held.start()
+            if self._dir is not None:
+                shutil.rmtree(self._dir, ignore_errors=True)
+                self._dir = None
+            if self._claim is not None:
+                self._claim.close()
+                self._claim = None
+            for d in reversed(self._made):
+                try:
+                    d.rmdir()
+                except OSError:  # not empty: the shards or a cached fit went there
+                    break
+            self._made = []
 
     def add(self, coded: Coded) -> None:
         if self._root is None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import LightFMPError, shown_type
-from .scratch import Claim, reap
+from .scratch import OWNER, Claim, reap
 
 RUN_FORMAT = "lightfmp-run"
 SHARDS_FORMAT = "lightfmp-shards"
@@ -394,7 +394,7 @@ def _tree(d: Path) -> list[str]:
 
     def walk(sub: Path, prefix: str) -> None:
         for q in sorted(sub.iterdir()):
-            if (not prefix and q.name == WRITTEN) or _temporary(q):
+            if (not prefix and q.name in (WRITTEN, OWNER)) or _temporary(q):
                 continue
             out.append(prefix + q.name)
             if q.is_dir() and not q.is_symlink():
@@ -593,8 +593,7 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
         with os_errors_of(tmp):
             claim = Claim(tmp)
         yield tmp
-        claim.disown()  # not published with the directory; the lock is held until it is
-        _record(tmp, _tree(tmp))
+        _record(tmp, _tree(tmp))  # the owner file is not in it: it goes once the directory is published
         _publish_mode(tmp, directory=True)
         if path.exists() or path.is_symlink():
             check_out(path, force, kind, owned, in_place)
@@ -627,6 +626,8 @@ def atomic_dir(path: str | Path, force: bool = False, kind: str = "run",
             os.replace(tmp, path)
             done = True
     finally:
+        if done and claim is not None:  # until now a kill left a claimed temporary, which the next writer removes
+            claim.disown(path)
         remove_tree(tmp)
         for c in (claim, old_claim):
             if c is not None:

@@ -29,9 +29,10 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 class Claim:
-    """The lock its owner holds on a scratch directory while the directory lives. `disown()` takes the OWNER file
-    out of the directory (before it is published under its final name) and keeps the lock; `close()` lets the lock
-    go, after the directory was published or removed."""
+    """The lock its owner holds on a scratch directory while the directory lives. `disown(published)` takes the OWNER
+    file out of the directory once it is published under its final name (until then a kill leaves the directory
+    claimed, for `reap`) and keeps the lock; `close()` lets the lock go, after the directory was published or
+    removed."""
 
     def __init__(self, folder: Path):
         self.folder, self.fd = Path(folder), None
@@ -53,9 +54,9 @@ class Claim:
             raise
         self.fd = fd
 
-    def disown(self) -> None:
+    def disown(self, published: Path) -> None:
         if self.fd is not None:
-            (self.folder / OWNER).unlink(missing_ok=True)
+            (Path(published) / OWNER).unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.fd is not None:

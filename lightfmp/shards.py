@@ -154,11 +154,14 @@ def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:
 
 
 def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
-    """(schema, inferred-kind notes) of a cached fit, or None when there is none, it is unreadable, or it was written
-    for another key (its name is the digest of what it was fitted for, and it records that digest: a fit copied
+    """(schema, inferred-kind notes) of a cached fit, or None when there is none, it is unreadable or damaged (its
+    content no longer matches the sha256 it records), or it was written for another key (its name is the digest of what it was fitted for, and it records that digest: a fit copied
     under another fit's name is not used)."""
     try:
         saved = json.loads(path.read_text())
+        body = {"schema": saved["schema"], "inferred": saved.get("inferred", {})}
+        if saved.get("sha256") != _digest(body):  # damaged (a flipped digit is still JSON), or written without one
+            return None
         schema = FeatureSchema.from_dict(saved["schema"], source=str(path))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, LightFMPError):
         return None
@@ -167,15 +170,21 @@ def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
     return schema, dict(saved.get("inferred", {}))
 
 
+def _digest(body: dict) -> str:
+    """sha256 of the fit as written (json's text of the same values is the same text)."""
+    return hashlib.sha256(json.dumps(body, allow_nan=False).encode()).hexdigest()
+
+
 def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
     """Written compact: a fit holds every vocabulary, and an indented document goes through json's pure-Python
     encoder (slower than the fit's counting on a large vocabulary); only `load_fit` reads it."""
-    doc = {"key": path.stem, "schema": schema.to_dict(), "inferred": inferred}
+    body = {"schema": schema.to_dict(), "inferred": inferred}
     try:
-        text = json.dumps(doc, allow_nan=False)
+        json.dumps(body, allow_nan=False)
     except ValueError:  # a NaN or an infinity: null, as in every JSON file lightfmp writes
-        text = json.dumps(json_safe(doc), allow_nan=False)
-    write_text_atomic(path, text + "\n")
+        body = json_safe(body)
+    doc = {"key": path.stem, "sha256": _digest(body), **body}  # a damaged fit is fitted again, not used
+    write_text_atomic(path, json.dumps(doc, allow_nan=False) + "\n")
 
 
 def check_shards(root: Path, key: str, num_slots: int | None = None) -> tuple[dict | None, str | None]:

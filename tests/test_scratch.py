@@ -141,3 +141,41 @@ def test_a_killed_writers_temporary_beside_a_run_or_export_goes_with_the_next_di
         live.communicate("\n", timeout=60)
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == [WRITTEN, "f"]  # the claim is not published
     assert OWNER not in json.dumps(read_json(tmp_path / "other" / WRITTEN))
+
+
+def test_a_writer_killed_while_it_publishes_leaves_a_temporary_the_next_writer_removes(tmp_path):
+    """Killed after the directory is complete (its record written) and before the rename that publishes it: the
+    temporary, as large as the run or the shards, is still claimed, so the next directory written beside it removes
+    it (it was unclaimed from the record on, and stayed for good)."""
+    stale = _killed("import sys\nfrom pathlib import Path\nimport lightfmp.io as io\n"
+                    "real = io._publish_mode\n"
+                    "def publish(p, directory=False):\n    if not directory:\n        return real(p, directory)\n"
+                    "    print(p, flush=True)\n    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+                    "io._publish_mode = publish\n"
+                    "with io.atomic_dir(Path(sys.argv[1]) / 'exp', kind='export') as d:\n"
+                    "    (d / 'model.onnx').write_bytes(b'x')\nwhere = None\n", tmp_path)
+    assert (Path(stale) / WRITTEN).is_file() and (Path(stale) / "model.onnx").is_file()
+    with atomic_dir(tmp_path / "other", kind="export") as d:
+        (d / "f").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other"]
+
+
+def test_coded_batches_are_removed_whole_when_a_stop_comes_while_they_are_removed(tmp_path, monkeypatch):
+    """Ctrl-C or SIGTERM while the coded batches' scratch directory is being removed acts once it is gone (it cut
+    the removal short, and the rest stayed until the next streamed run there)."""
+    import os
+    import shutil
+    import signal
+    import lightfmp.coded as coded
+    store = CodedStore(tmp_path / "home")
+    store.add(_batch())
+    store.add(_batch())
+    real = shutil.rmtree
+
+    def stopped_midway(path, *a, **k):
+        os.kill(os.getpid(), signal.SIGINT)  # Python acts on it at its next step, inside the removal
+        real(path, *a, **k)
+    monkeypatch.setattr(coded.shutil, "rmtree", stopped_midway)
+    with pytest.raises(KeyboardInterrupt):
+        store.close()
+    assert not (tmp_path / "home").exists()

@@ -261,6 +261,26 @@ def test_a_fit_copied_under_another_fits_name_is_not_used(tmp_path):
     assert load_fit(other) is None
 
 
+def test_a_damaged_fit_is_fitted_again_not_used(tmp_path):
+    """A cached fit decides every encoded id: a digit changed in a bucket edge or two values swapped in a vocabulary
+    still read as a valid fit, so the fit records the sha256 of what it holds and one that no longer matches (or
+    has none) is fitted again; a NaN written as null still reads back."""
+    schema = FeatureSchema("y", [Field("a", "categorical", vocab=["x", "y"]),
+                                 Field("n", "numeric", boundaries=[0.5, 4.367956, 9.0])])
+    path = tmp_path / ("1" * 64 + ".json")
+    save_fit(path, schema, {"share": float("nan")})
+    assert load_fit(path) is not None
+    text = path.read_text()
+    for damaged in (text.replace("4.367956", "4.367957"), text.replace('["x", "y"]', '["y", "x"]')):
+        assert damaged != text
+        path.write_text(damaged)
+        assert load_fit(path) is None
+    doc = json.loads(text)
+    del doc["sha256"]
+    path.write_text(json.dumps(doc))
+    assert load_fit(path) is None
+
+
 def test_changed_code_refits_and_reencodes(built, tmp_path, monkeypatch):
     """Cached fits and shards are keyed by the source of the modules that decide them: code that reads, fits,
     encodes or splits differently (an upgrade) never reuses what the old code wrote."""
