@@ -10,6 +10,7 @@ import json
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -27,8 +28,10 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.export import export_run
 from lightfmp.serve.batcher import Batcher
-from lightfmp.serve.load import infer_request
-from lightfmp.serve.server import ServeOptions, bind, load_model, make_server, url_of
+from lightfmp.serve.load import Target, infer_request, measure
+from lightfmp.serve.metrics import Metrics
+from lightfmp.serve.protocol import HEADER_LENGTH
+from lightfmp.serve.server import GRACE_SECONDS, ServeOptions, bind, load_model, make_server, url_of
 from lightfmp.serving import Predictor
 from test_export import make_csv, runner
 
@@ -200,6 +203,23 @@ def test_raw_input_export_with_bytes_tensors(ex):
         for binary in (True, False):
             got = c.infer("ctr_raw", triton_inputs(feeds, schema["inputs"], binary)).as_numpy("probability")
             assert np.abs(got - want).max() <= 1e-6
+        # numbers in a BYTES input, or binary BYTES data with fewer values than its shape: 400, not a 500
+        doc = json_infer(feeds)
+        doc["inputs"][0]["data"] = list(range(1, 21))
+        status, _, reply = request(s, "POST", "/v2/models/ctr_raw/infer", json.dumps(doc).encode())
+        assert status == 400 and "input 'city': value 0 is 1 (int), not BYTES" in json.loads(reply)["error"], reply
+        body, headers = infer_request(p.bundle.inputs, feeds, "probability")
+        n = int(headers[HEADER_LENGTH])
+        head = json.loads(body[:n])
+        city = head["inputs"][0]
+        assert city["name"] == "city" and city["shape"] == [20]
+        size = city["parameters"]["binary_data_size"]
+        short = b"".join(struct.pack("<I", len(t)) + t for t in (str(v).encode() for v in feeds["city"][:19]))
+        city["parameters"]["binary_data_size"] = len(short)
+        head = json.dumps(head).encode()
+        status, _, reply = request(s, "POST", "/v2/models/ctr_raw/infer", head + short + body[n + size:],
+                                   {HEADER_LENGTH: str(len(head))})
+        assert status == 400 and "input 'city': 19 values, expected 20" in json.loads(reply)["error"], reply
 
 
 # ---- dynamic batching -----------------------------------------------------------------------------------------------
@@ -234,16 +254,18 @@ def test_dynamic_batching_gathers_concurrent_requests(ex):
     assert np.abs(np.concatenate(got) - p.predict(sum(parts, []))).max() <= 1e-6
 
 
-def _batches(max_batch: int, wait_ms: float, sizes: list, in_flight=None):
-    """Requests of `sizes` rows given to a Batcher at once: (each caller's answer, rows per model call)."""
+def _batches(max_batch: int, wait_ms: float, sizes: list, in_flight=None, told: list | None = None):
+    """Requests of `sizes` rows given to a Batcher at once: (each caller's answer, rows per model call). `told`:
+    a list that gets the (rows, requests) the batcher reports for each call (what the metrics count)."""
     calls = []
+    on_call = None if told is None else lambda rows, requests: told.append((rows, requests))
 
     def run(feeds):
         calls.append(len(feeds["x"]))
         return feeds["x"] * 2.0
 
     async def go():
-        b = Batcher(run, max_batch, wait_ms, in_flight=in_flight)
+        b = Batcher(run, max_batch, wait_ms, in_flight=in_flight, on_call=on_call)
         await b.start()
         start = 0
         reqs = []
@@ -261,7 +283,10 @@ def test_batcher_groups_up_to_max_batch_and_answers_in_order():
     assert calls == [6, 6, 9, 1]  # a request that would pass 7 rows waits for the next call; 9 rows go alone
     assert np.array_equal(np.concatenate(out), np.arange(22) * 2.0)
     assert [len(o) for o in out] == [3, 3, 3, 3, 9, 1]
-    assert _batches(512, 200, [2, 5, 1])[1] == [8]
+    told = []
+    assert _batches(512, 200, [2, 5, 1], told=told)[1] == [8]
+    assert told == [(8, 3)]  # the metrics hear of one call of 8 rows from 3 requests
+    assert _batches(7, 200, [3, 4])[1] == [7]  # exactly max_batch rows is one call
     assert _batches(1, 200, [2, 5, 1])[1] == [2, 5, 1]      # --max-batch 1: off
     assert _batches(512, 0, [2, 5, 1])[1] == [2, 5, 1]      # --batch-wait-ms 0: off
     # nothing else on its way: a lone request does not sit out the wait
@@ -271,6 +296,112 @@ def test_batcher_groups_up_to_max_batch_and_answers_in_order():
     t0 = time.perf_counter()
     assert _batches(512, 300, [4], in_flight=lambda: 2)[1] == [4]  # one more announced: wait for it
     assert time.perf_counter() - t0 >= 0.3
+    # a full batch runs at once, whatever else may be coming
+    t0 = time.perf_counter()
+    assert _batches(4, 10_000, [4])[1] == [4]
+    assert time.perf_counter() - t0 < 5
+
+
+def test_the_batch_window_runs_from_its_first_request():
+    """--batch-wait-ms counts from the batch's first request, not from the latest one: requests arriving one after
+    another do not hold a batch open past its window."""
+    calls = []
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        return feeds["x"] * 2.0
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        sent = [0]
+        # the requests still to be sent count as on their way, so the batcher waits for them
+        b = Batcher(run, 512, 1200, in_flight=lambda: b.held + 3 - sent[0])
+        await b.start()
+        t0, reqs = loop.time(), []
+        for i, at in enumerate((0.0, 0.8, 1.6)):  # the window closes at 1.2 s; from the second request, 2.0 s
+            await asyncio.sleep(max(0.0, t0 + at - loop.time()))
+            sent[0] += 1
+            reqs.append(asyncio.ensure_future(b.score({"x": np.full(1, float(i), np.float32)}, 1)))
+        out = await asyncio.wait_for(asyncio.gather(*reqs), 10)
+        await b.stop()
+        return out
+    out = asyncio.run(go())
+    assert calls == [2, 1]
+    assert [o.tolist() for o in out] == [[0.0], [2.0], [4.0]]
+
+
+def test_a_request_abandoned_in_the_queue_takes_no_room_in_the_batch():
+    """A request whose caller gave up while it waited behind a running call is left out of the next batch, also
+    where it is not that batch's first request: its rows are never given to the model."""
+    calls, gate = [], threading.Event()
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        if len(calls) == 1:
+            gate.wait(20)  # the first call runs until both requests below are queued
+        return feeds["x"] * 2.0
+
+    async def go():
+        b = Batcher(run, 512, 50)
+        await b.start()
+        busy = asyncio.ensure_future(b.score({"x": np.zeros(1, np.float32)}, 1))
+        while not calls:
+            await asyncio.sleep(0.01)
+        kept = asyncio.ensure_future(b.score({"x": np.ones(3, np.float32)}, 3))
+        gone = asyncio.ensure_future(b.score({"x": np.ones(7, np.float32)}, 7))
+        await asyncio.sleep(0)  # both are in the queue
+        gone.cancel()
+        gate.set()
+        out = await asyncio.wait_for(asyncio.gather(busy, kept), 10)
+        await b.stop()
+        return out
+    out = asyncio.run(go())
+    assert calls == [1, 3]
+    assert out[1].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_a_model_fault_fails_only_the_request_at_fault():
+    """When a batched model call raises, its requests are scored one by one: the request whose rows the model
+    refuses gets the error, the others in the same batch get their scores."""
+    calls = []
+
+    def run(feeds):
+        calls.append(len(feeds["x"]))
+        if (feeds["x"] < 0).any():
+            raise ValueError("negative rows")
+        return feeds["x"] * 2.0
+
+    async def go():
+        b = Batcher(run, 512, 100)
+        await b.start()
+        reqs = [b.score({"x": np.full(n, v, np.float32)}, n) for n, v in ((3, 1.0), (2, -1.0), (1, 4.0))]
+        out = await asyncio.wait_for(asyncio.gather(*reqs, return_exceptions=True), 10)
+        await b.stop()
+        return out
+    good, bad, last = asyncio.run(go())
+    assert calls == [6, 3, 2, 1]  # the batch, then each request alone
+    assert good.tolist() == [2.0, 2.0, 2.0] and last.tolist() == [8.0]
+    assert isinstance(bad, ValueError) and str(bad) == "negative rows"
+
+
+def test_without_batching_calls_run_side_by_side():
+    """--max-batch 1 turns batching off: each request is its own call on a pool of threads, so calls overlap
+    instead of queueing behind one another."""
+    both = threading.Barrier(2, timeout=10)
+
+    def run(feeds):
+        both.wait()  # returns only once two calls are in the model at the same time
+        return feeds["x"] * 2.0
+
+    async def go():
+        b = Batcher(run, 1, 200, workers=2)
+        assert not b.batching
+        await b.start()
+        out = await asyncio.wait_for(asyncio.gather(*(b.score({"x": np.full(1, float(i), np.float32)}, 1)
+                                                      for i in range(2))), 20)
+        await b.stop()
+        return out
+    assert [o.tolist() for o in asyncio.run(go())] == [[0.0], [2.0]]
 
 
 def test_stopping_the_batcher_answers_every_request_it_was_given():
@@ -380,6 +511,20 @@ def _bad_cases(ex):
         ("output parameters not an object", infer,
          edit(lambda d: d.update(outputs=[{"name": "probability", "parameters": "x"}])), 400,
          "output 'probability': 'parameters' must be an object"),
+        ("unknown output", infer, edit(lambda d: d.update(outputs=[{"name": "bogus"}])), 400,
+         "output 'bogus' is not an output of the model (outputs: probability)"),
+        ("id not text", infer, edit(lambda d: d.update(id=5)), 400, "'id' must be a string, got int"),
+        ("true as id", infer, edit(lambda d: nth(d, "city")["data"].__setitem__(0, True)), 400,
+         "'city': value 0 is True (bool), not INT64"),
+        ("true as number", infer, edit(lambda d: nth(d, "price")["data"].__setitem__(0, True)), 400,
+         "'price': value 0 is True (bool), not FP32"),
+        ("shape of booleans", infer, edit(lambda d: nth(d, "city").update(shape=[True])), 400,
+         "'city': shape [True] must be a list of non-negative integers"),
+        ("records: a later one not an object", "/v2/models/ctr/records", json.dumps([rec, 5]).encode(), 400,
+         "record 1 is a JSON number, not an object"),
+        ("records: NaN in a list", "/v2/models/ctr/records",
+         json.dumps([rec, {**rec, "tags": ["a", "NAN"]}]).encode().replace(b'"NAN"', b"NaN"), 400,
+         "record 1, field 'tags': NaN is not a finite number (NaN and Infinity are not JSON)"),
     ], good
 
 
@@ -405,6 +550,100 @@ def test_bad_requests_get_one_line_4xx_and_the_server_goes_on(ex, srv):
         got, _, reply = request(srv, "POST", "/v2/models/ctr/records", b"[]", {"Content-Encoding": coding})
         assert got == 200, (coding, reply)
     assert srv.metrics.errors()["infer"] >= 15
+
+
+def test_a_binary_body_is_read_to_its_last_byte(ex, srv):
+    """Binary tensor data is exactly what the inputs' binary_data_size add up to: bytes left over after the last
+    input, or an input with both 'data' and binary data, are refused (400), not guessed at."""
+    p = Predictor(ex.ids)
+    body, headers = infer_request(p.bundle.inputs, p.encode(ex.records[:3]), "probability")
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/infer", body, headers)
+    assert status == 200, reply
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/infer", body + b"\0" * 8, headers)
+    assert status == 400 and "8 bytes of binary data after the last input" in json.loads(reply)["error"], reply
+    n = int(headers[HEADER_LENGTH])
+    head = json.loads(body[:n])
+    assert head["inputs"][0]["name"] == "city"
+    head["inputs"][0]["data"] = [1, 2, 3]
+    head = json.dumps(head).encode()
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/infer", head + body[n:], {HEADER_LENGTH: str(len(head))})
+    assert status == 400 and "input 'city' has both 'data' and binary_data_size" in json.loads(reply)["error"], reply
+
+
+def test_the_response_echoes_the_id_and_is_binary_when_asked(ex, srv):
+    """An `id` in the request comes back in the response. Binary output, asked for the whole response
+    (parameters.binary_data_output) or for the output (outputs[].parameters.binary_data, which has the last word),
+    is the JSON header followed by the float32 scores, labelled application/octet-stream."""
+    p = Predictor(ex.ids)
+    recs = ex.records[:5]
+    want = p.predict(recs)
+    good = json_infer(p.encode(recs))
+    path = "/v2/models/ctr/infer"
+    status, hdrs, reply = request(srv, "POST", path, json.dumps({**good, "id": "req-7"}).encode())
+    assert status == 200 and hdrs["content-type"] == "application/json" and json.loads(reply)["id"] == "req-7"
+    per_output = {"outputs": [{"name": "probability", "parameters": {"binary_data": True}}]}
+    for extra in ({"parameters": {"binary_data_output": True}}, per_output):
+        doc = json.dumps({**good, **extra, "id": "req-8"}).encode()
+        # no binary inputs: the header may say the JSON part is the whole body
+        for headers in ({}, {HEADER_LENGTH: str(len(doc))}):
+            status, hdrs, reply = request(srv, "POST", path, doc, headers)
+            assert status == 200, (extra, headers, reply)
+            assert hdrs["content-type"] == "application/octet-stream", (extra, hdrs)
+            n = int(hdrs[HEADER_LENGTH])
+            head = json.loads(reply[:n])
+            assert head["id"] == "req-8" and head["outputs"][0]["parameters"] == {"binary_data_size": 20}
+            assert len(reply) == n + 20 and np.abs(np.frombuffer(reply[n:], "<f4") - want).max() <= 1e-6
+    off = {"parameters": {"binary_data_output": True},
+           "outputs": [{"name": "probability", "parameters": {"binary_data": False}}]}
+    status, hdrs, reply = request(srv, "POST", path, json.dumps({**good, **off}).encode())
+    assert status == 200 and hdrs["content-type"] == "application/json" and HEADER_LENGTH not in hdrs
+    assert np.abs(np.asarray(json.loads(reply)["outputs"][0]["data"]) - want).max() <= 1e-6
+
+
+def test_a_fault_of_the_model_is_a_500_and_the_server_goes_on(ex, srv, monkeypatch):
+    """A model call that raises is the server's fault, not the client's: 500 with the error's type and first line,
+    counted as a 500; the next request is scored as usual."""
+    model = srv.server.config.app.state.model
+    good = json_infer(Predictor(ex.ids).encode(ex.records[:3]))
+    want = scores(srv, "ctr", good)
+
+    def broken(feeds):
+        raise RuntimeError("the model broke\nsecond line")
+    monkeypatch.setattr(model.predictor, "run", broken)
+    before = srv.metrics.requests.get(("infer", 500), 0)
+    status, hdrs, reply = request(srv, "POST", "/v2/models/ctr/infer", json.dumps(good).encode())
+    assert status == 500 and hdrs["content-type"] == "application/json", reply
+    assert json.loads(reply) == {"error": "internal error: RuntimeError: the model broke"}
+    assert srv.metrics.requests[("infer", 500)] == before + 1
+    monkeypatch.undo()
+    assert np.array_equal(scores(srv, "ctr", good), want)
+
+
+def test_the_batcher_knows_of_the_request_being_scored(ex, srv, monkeypatch):
+    """While a request is scored the batcher counts it among the requests on their way (what lets it close a
+    batch early once every such request is in it), on both routes."""
+    model = srv.server.config.app.state.model
+    real, seen = model.predictor.run, []
+
+    def run(feeds):
+        seen.append(model.batcher.in_flight())
+        return real(feeds)
+    monkeypatch.setattr(model.predictor, "run", run)
+    recs = ex.records[:3]
+    scores(srv, "ctr", json_infer(Predictor(ex.ids).encode(recs)))
+    status, _, reply = request(srv, "POST", "/v2/models/ctr/records", json.dumps(recs).encode())
+    assert status == 200, reply
+    assert seen == [1, 1]
+
+
+def test_serve_options_reach_the_model_and_the_server(ex):
+    """--max-batch and --batch-wait-ms reach the model's batcher; --max-body-mb counts MiB (16 is 16,777,216 bytes,
+    as docs/serving.md says); a stop waits up to 30 s for the requests in flight."""
+    assert ServeOptions().max_body_bytes == 16_777_216
+    opts = ServeOptions(max_batch=7, batch_wait_ms=300)
+    model = load_model(ex.ids, opts)
+    assert (model.max_batch, model.wait_ms) == (7, 300)
+    assert make_server(model, opts).config.timeout_graceful_shutdown == GRACE_SECONDS == 30
 
 
 def test_an_error_quotes_at_most_a_clip_of_what_the_client_sent(ex, srv):
@@ -532,6 +771,20 @@ def test_oversized_body_is_refused_before_it_is_read(ex, srv):
         r = conn.getresponse()
         assert r.status == 413 and "passes the limit" in json.loads(r.read())["error"]
         conn.close()
+        # a body of exactly the limit is taken, with Content-Length or chunked; one byte more is not
+        limit = ServeOptions(max_body_mb=0.01).max_body_bytes
+        exact = json.dumps(ex.records[:20]).encode()
+        exact += b" " * (limit - len(exact))
+        assert len(exact) == limit == 10_485
+        status, _, reply = request(s, "POST", "/v2/models/ctr/records", exact)
+        assert status == 200, reply
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/v2/models/ctr/records", body=iter([exact[:4096], exact[4096:]]), encode_chunked=True)
+        r = conn.getresponse()
+        assert r.status == 200, r.read()
+        conn.close()
+        status, _, reply = request(s, "POST", "/v2/models/ctr/records", exact + b" ")
+        assert status == 413 and "of 10,486 bytes is over the limit of 10,485 bytes" in json.loads(reply)["error"]
     good = json_infer(Predictor(ex.ids).encode(ex.records[:2]))
     assert scores(srv, "ctr", good).shape == (2,)
 
@@ -544,6 +797,7 @@ def test_metrics_prometheus_text(ex, srv):
     good = json_infer(Predictor(ex.ids).encode(ex.records[:2]))
     scores(srv, "ctr", good)
     request(srv, "POST", "/v2/models/ctr/infer", b"nope")
+    request(srv, "GET", "/nope")
     status, hdrs, body = request(srv, "GET", "/metrics")
     assert status == 200 and hdrs["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
@@ -564,8 +818,34 @@ def test_metrics_prometheus_text(ex, srv):
     total = sum(by_code.values())
     assert buckets == sorted(buckets) and buckets[-1] == total  # cumulative; +Inf holds every infer request
     assert samples['lightfmp_request_duration_seconds_count{endpoint="infer"}'] == total
+    assert samples['lightfmp_request_duration_seconds_sum{endpoint="infer"}'] > 0
+    assert samples['lightfmp_requests_total{endpoint="other",code="404"}'] >= 1  # a path that is no route
     assert samples['lightfmp_model_calls_total{model="ctr"}'] >= 1
     assert samples["lightfmp_requests_in_flight"] == 0
+
+
+def test_metrics_buckets_sums_and_error_counts():
+    """A value equal to a bucket's bound is in that bucket (Prometheus `le` is <=); `_sum` adds the values;
+    requests per model call count requests, not rows; a 499 (the client went away) is an error."""
+    m = Metrics("m")
+    m.model_call(rows=4, requests=2)
+    m.model_call(rows=1, requests=1)
+    m.request("infer", 200, 0.25)
+    m.request("infer", 499, 0.5)
+    lines = m.text().splitlines()
+    for line in ('lightfmp_batch_rows_bucket{model="m",le="2"} 1', 'lightfmp_batch_rows_bucket{model="m",le="4"} 2',
+                 'lightfmp_batch_rows_sum{model="m"} 5.0', 'lightfmp_batch_rows_count{model="m"} 2',
+                 'lightfmp_batch_requests_bucket{model="m",le="1"} 1',
+                 'lightfmp_batch_requests_bucket{model="m",le="2"} 2',
+                 'lightfmp_batch_requests_sum{model="m"} 3.0', 'lightfmp_batch_requests_count{model="m"} 2',
+                 'lightfmp_request_duration_seconds_bucket{endpoint="infer",le="0.1"} 0',
+                 'lightfmp_request_duration_seconds_bucket{endpoint="infer",le="0.25"} 1',
+                 'lightfmp_request_duration_seconds_bucket{endpoint="infer",le="0.5"} 2',
+                 'lightfmp_request_duration_seconds_sum{endpoint="infer"} 0.75',
+                 'lightfmp_requests_total{endpoint="infer",code="499"} 1',
+                 'lightfmp_request_errors_total{endpoint="infer"} 1'):
+        assert line in lines, line
+    assert m.errors() == {"infer": 1}
 
 
 # ---- the real command -----------------------------------------------------------------------------------------------
@@ -750,6 +1030,19 @@ def test_cli_refuses_bad_input(ex, tmp_path):
 
 
 # ---- profile --url --------------------------------------------------------------------------------------------------
+def test_load_counts_an_answer_of_the_wrong_length_as_an_error(ex, srv):
+    """`profile --url` checks that each answer holds one score per row sent: a 200 with another number of scores is
+    an error, not a success."""
+    p = Predictor(ex.ids)
+    body, headers = infer_request(p.bundle.inputs, p.encode(ex.records[:2]), "probability")
+    host, port = srv.hostport.rsplit(":", 1)
+    ok = measure(Target(host, int(port)), "ctr", body, headers, 2, 1, 3, 10.0)
+    assert ok["errors"] == 0 and ok["requests"] == 3
+    bad = measure(Target(host, int(port)), "ctr", body, headers, 3, 1, 3, 10.0)  # told 3 rows; the body holds 2
+    assert bad["requests"] == 0 and bad["warmup_errors"] == 1 and bad["errors"] == 4
+    assert bad["first_error"] == "response shape [2], expected [3]"
+
+
 def test_profile_url_measures_a_running_server(ex, srv, tmp_path):
     j = tmp_path / "load.json"
     res = runner.invoke(app, ["profile", str(ex.ids), "--url", srv.url, "--clients", "1,4", "--batch-sizes", "1,8",
