@@ -1,6 +1,7 @@
 """`lightfmp bench` on tiny planted data: every method, the JSON contract, the planted field ranked first, bad input."""
 import copy
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -8,17 +9,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import typer
+from rich.console import Console
 from typer.testing import CliRunner
 
 from lightfmp.bench import METHODS, run_bench
 import lightfmp.bench.core as bench_core
-from lightfmp.bench.report import JSON_KEYS
-from lightfmp.bench.selectors import SELECTORS, Context
+import lightfmp.bench.selectors as bench_selectors
+from lightfmp.bench.report import JSON_KEYS, ablation_table, results_table, write_json
+from lightfmp.bench.selectors import SELECTORS, Context, one_hot, train_fields
 from lightfmp.cli.bench_cmds import register
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.errors import LightFMPError
-from lightfmp.metrics import selection_stability
+from lightfmp.metrics import roc_auc, selection_stability
+from lightfmp.models import build_model
+from lightfmp.progress import Reporter
+from lightfmp.training import predict
 
 pytest.importorskip("sklearn")
 
@@ -417,3 +423,316 @@ def test_results_are_shown_when_the_json_cannot_be_written_at_the_end(planted, t
                 *[a for a in NO_SUBSET if a != "--quiet"], *extra)
         assert r.exit_code == 2 and "No space left on device" in r.output, r.output
         assert "test AUC" in r.stdout or "AUC" in r.stdout, (extra, r.stdout)
+
+
+def test_each_seeds_numbers_are_the_test_split_of_that_seeds_own_retraining(cfg):
+    """Every method's per-seed test AUC and logloss are what retraining on its kept fields with that seed's split and
+    initialisation gives on the test rows, recomputed here on its own: not the validation rows, not another seed's
+    run, and not dependent on what trained before it."""
+    doc = run_bench(cfg, 2, [0, 1], ["full", "random"])
+    for r in doc["results"]:
+        for i, seed in enumerate(r["seeds"]):
+            c = cfg.but(seed=seed)
+            _, res = train_fields(c, load_dataset(c.data), r["kept_per_seed"][i])
+            assert r["auc_per_seed"][i] == pytest.approx(res["test"]["auc"], abs=1e-12), (r["method"], seed)
+            assert r["logloss_per_seed"][i] == pytest.approx(res["test"]["logloss"], abs=1e-12), (r["method"], seed)
+    full = doc["results"][0]
+    assert full["auc_per_seed"][0] != full["auc_per_seed"][1]  # two seeds are two runs
+
+
+def _fake_run(calls):
+    """A stand-in for Light-FMP's pipeline: a manifest with known seconds, a searched order that the gates disagree
+    with, and distinct validation and test numbers (the test AUC is 0.7 on seed 0, 0.8 on seed 1)."""
+    def run(cfg, out, **kw):
+        seed = cfg.data.seed
+        calls.append(cfg.train.subset)
+        return {"phases": {"pretrain": {"seconds": 1.0}, "prune": {"seconds": 2.0},
+                           "continue": {"first_epoch_seconds": 4.0}},
+                "selection": {"search": {"order": ["f3", "f1", "f0", "f2", "f4", "f5"]}},
+                "gates": {f: float(i) for i, f in enumerate(FIELDS)}, "log_alpha": {},
+                "valid": {"auc": 0.6, "logloss": 0.7}, "test": {"auc": 0.7 + seed / 10, "logloss": 0.3 + seed / 10},
+                "seconds_total": 10.0, "params": {"before": 500, "after": 321},
+                "fields": {"kept": ["f3", "f5"] if seed == 0 else ["f1", "f3"]}}
+    return run
+
+
+def test_lightfmp_reports_its_own_test_numbers_order_and_seconds(cfg, monkeypatch):
+    """Light-FMP's row: the test split's AUC and logloss, the forward order its search found as the ranking, and
+    its seconds split into selection (phase 1, pruning, phase 3's first epoch) and the rest, adding up to the
+    run's total."""
+    monkeypatch.setattr(bench_selectors, "run", _fake_run([]))
+    ctx = Context(cfg, load_dataset(cfg.data))
+    r = bench_core._one(ctx, "lightfmp", 2)
+    assert r["auc"] == 0.7 and r["logloss"] == 0.3 and r["valid_auc"] == 0.6
+    assert r["ranking"] == ["f3", "f1", "f0", "f2", "f4", "f5"]
+    assert r["selection_seconds"] == 7.0 and r["total_seconds"] == 10.0
+    assert r["kept"] == ["f3", "f5"] and r["params"] == 321
+
+
+def test_subset_ablation_runs_each_fraction_and_aggregates_its_seeds(cfg, monkeypatch):
+    """Each fraction runs Light-FMP at that phase-1 subset on every seed; its row holds the first seed's kept
+    fields, the mean and sample std of the seeds' test AUCs, and the run's whole seconds."""
+    calls = []
+    monkeypatch.setattr(bench_selectors, "run", _fake_run(calls))
+    doc = bench_core.ablate_subset(cfg.but(subset=0.1), 2, [0, 1], [0.25, 1.0])
+    assert calls == [0.25, 1.0, 0.25, 1.0]
+    for row in doc["ablation"]:
+        assert row["kept"] == ["f3", "f5"] and row["kept_per_seed"] == [["f3", "f5"], ["f1", "f3"]]
+        assert row["auc"] == pytest.approx(0.75) and row["logloss"] == pytest.approx(0.35)
+        assert row["auc_std"] == pytest.approx(float(np.std([0.7, 0.8], ddof=1)))
+        assert row["selection_seconds"] == 7.0 and row["total_seconds"] == 10.0
+
+
+def test_curve_retrains_each_top_k_and_its_area_is_the_mean_test_auc(cfg, monkeypatch):
+    """The AUC-K curve retrains on the top 1..F fields of the ranking (in schema order), plots their test AUC,
+    and its area is the trapezoid mean over K: with AUC = K/10 for K = 1..6 that is 0.35."""
+    trained = []
+
+    def fake_train(c, data, fields):
+        trained.append(list(fields))
+        return None, {"test": {"auc": len(fields) / 10}, "valid": {"auc": 0.5}}
+    monkeypatch.setattr(bench_core, "train_fields", fake_train)
+    ctx = Context(cfg, load_dataset(cfg.data))
+    out = bench_core.curves(ctx, {"lpfs": ["f3", "f0", "f4", "f1", "f5", "f2"]}, Reporter(quiet=True))["lpfs"]
+    assert trained == [["f3"], ["f0", "f3"], ["f0", "f3", "f4"], ["f0", "f1", "f3", "f4"],
+                       ["f0", "f1", "f3", "f4", "f5"], FIELDS]
+    assert out["k"] == [1, 2, 3, 4, 5, 6] and out["auc"] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    assert out["area"] == pytest.approx(0.35)
+
+
+def test_the_curves_use_the_first_seeds_data_and_ranking(cfg, monkeypatch):
+    """With several seeds the curves retrain on the first seed's split with the first seed's ranking (as the
+    plot's full-model line, seed 0's, says); the JSON's ranking is the first seed's too, its params the seeds'
+    mean, and its header the retraining epochs."""
+    trained = []
+
+    def fake_one(ctx, m, k):
+        seed = ctx.cfg.data.seed
+        ranking = FIELDS if seed == 0 else FIELDS[::-1]
+        return {"method": m, "kept": [f for f in FIELDS if f in ranking[:k]], "ranking": ranking, "auc": 0.6,
+                "logloss": 0.5, "valid_auc": 0.6, "selection_seconds": 1.0, "total_seconds": 2.0,
+                "params": 100 + 200 * seed}
+
+    def fake_train(c, data, fields):
+        trained.append((c.data.seed, list(fields)))
+        return None, {"test": {"auc": 0.5}, "valid": {"auc": 0.5}}
+    monkeypatch.setattr(bench_core, "_one", fake_one)
+    monkeypatch.setattr(bench_core, "train_fields", fake_train)
+    doc = run_bench(cfg, 2, [0, 1], ["lpfs"], curve=True)
+    assert {s for s, _ in trained} == {0} and trained[0][1] == ["f0"]
+    (r,) = doc["results"]
+    assert r["ranking"] == FIELDS and r["params"] == 200
+    assert doc["epochs"] == 1 and doc["pretrain_epochs"] == 3
+
+
+def test_rank_breaks_ties_in_schema_order():
+    """Equal scores keep the fields' schema order, so a ranking is the same on every run."""
+    assert bench_selectors._rank(["a", "b", "c", "d"], [1, 1, 2, 1]) == ["c", "a", "b", "d"]
+
+
+def test_random_draws_another_ranking_per_seed(cfg):
+    """The random baseline draws its K afresh on each seed (so its spread over seeds is a real one), and the same
+    draw again for the same seed."""
+    data = load_dataset(cfg.data)
+    rankings = [tuple(bench_selectors.select_random(Context(cfg.but(seed=s), data), 2).ranking) for s in range(3)]
+    assert all(sorted(r) == FIELDS for r in rankings)
+    assert len(set(rankings)) == 3
+    assert bench_selectors.select_random(Context(cfg.but(seed=1), data), 2).ranking == list(rankings[1])
+
+
+def test_gate_search_ranks_the_same_whatever_ran_before(cfg):
+    """LPFS's (and AutoField's) search starts from the seed's own initialisation: drawing random numbers between
+    two searches does not change the ranking."""
+    ctx = Context(cfg, load_dataset(cfg.data))
+    first = SELECTORS["lpfs"](ctx, 2).ranking
+    torch.rand(1000)
+    assert SELECTORS["lpfs"](ctx, 2).ranking == first
+
+
+def test_stability_of_sets_of_different_sizes():
+    """k is the mean number kept: {0} and {0, 1} of 4 fields give 1 - mean(s^2) / (k (1 - k)) with k = 1.5 / 4,
+    s^2 = 0.5 for field 1 and 0 elsewhere."""
+    k = 1.5 / 4
+    assert selection_stability([{0}, {0, 1}], 4) == pytest.approx(1 - (0.5 / 4) / (k * (1 - k)))
+
+
+def test_post_hoc_methods_count_the_full_models_training(cfg):
+    """SHARK and permutation importance read a trained full model: its training seconds are part of their
+    selection seconds."""
+    data = load_dataset(cfg.data)
+    ctx = Context(cfg, data)
+    ctx.cache["full"] = (build_model(cfg.model.backbone, data.schema, cfg.model), {"seconds": 1000.0})
+    assert bench_selectors.select_shark(ctx, 2).seconds >= 1000.0
+    assert bench_selectors.select_permutation(ctx, 2).seconds >= 1000.0
+
+
+def test_lasso_ranks_by_first_entry_then_by_larger_norm(cfg, monkeypatch):
+    """A field ranks by the first (strongest-penalty) step at which one of its coefficients is non-zero, even if
+    another field's coefficients are larger later; fields entering at the same step rank by the larger norm."""
+    import sklearn.linear_model
+    ctx = Context(cfg, load_dataset(cfg.data), quick=True)
+    x, _ = ctx.data.split_rows("train").arrays()
+    _, offsets, sizes = one_hot(ctx.data.schema, x[:1])
+    steps = []
+
+    class FakeLR:
+        # f1 (norm 2) and f4 (norm 1) from step 0, f2 (norm 1) from step 1, f5 (norm 3) from step 3; f0, f3 never
+        def __init__(self, **kw):
+            self.step = len(steps)
+            steps.append(kw["C"])
+
+        def fit(self, xs, y):
+            w = np.zeros(int(sizes.sum()))
+            for name, start, norm in (("f1", 0, 2.0), ("f4", 0, 1.0), ("f2", 1, 1.0), ("f5", 3, 3.0)):
+                if self.step >= start:
+                    w[offsets[FIELDS.index(name)]] = norm
+            self.coef_ = w[None, :]
+            return self
+    monkeypatch.setattr(sklearn.linear_model, "LogisticRegression", FakeLR)
+    assert SELECTORS["lasso"](ctx, 2).ranking == ["f1", "f4", "f2", "f5", "f0", "f3"]
+    assert len(steps) == 5
+
+
+def test_json_keeps_the_documented_keys_only(tmp_path):
+    """The JSON's per-method keys are the documented ones (params and stability among them); internal ones such
+    as the validation AUC are left out."""
+    r = dict.fromkeys(JSON_KEYS, 1) | {"valid_auc": 0.5}
+    write_json({"results": [r]}, tmp_path / "b.json")
+    got = json.loads((tmp_path / "b.json").read_text())["results"][0]
+    assert set(got) == {"method", "kept", "auc", "auc_std", "logloss", "logloss_std", "selection_seconds",
+                        "total_seconds", "params", "seeds", "kept_per_seed", "auc_per_seed", "logloss_per_seed",
+                        "stability", "ranking"}
+
+
+def _render(renderable, width=100):
+    con = Console(width=width, record=True, file=open("/dev/null", "w"))
+    con.print(renderable)
+    return con.export_text()
+
+
+def test_the_table_puts_each_number_in_its_own_column():
+    """Each method's row reads: test AUC ± sd, logloss, selection seconds, total seconds, params, and its own
+    AUC-K area, in that order."""
+    row = dict(kept=["f3"], stability=None)
+    doc = dict(backbone="deepfm", k=1, seeds=[0, 1], results=[
+        dict(row, method="lightfmp", auc=0.79123, auc_std=0.01234, logloss=0.52345, selection_seconds=12.3,
+             total_seconds=45.6, params=987654),
+        dict(row, method="lpfs", auc=0.78111, auc_std=0.01, logloss=0.43210, selection_seconds=1.5,
+             total_seconds=2.5, params=1234)], curves={"lightfmp": {"area": 0.77}, "lpfs": {"area": 0.76}})
+    text = _render(results_table(doc))
+    assert re.search(r"lightfmp\s+0\.7912±0\.0123\s+0\.5234\s+12\.3\s+45\.6\s+987,654\s+0\.7700", text), text
+    assert re.search(r"lpfs\s+0\.7811±0\.0100\s+0\.4321\s+1\.5\s+2\.5\s+1,234\s+0\.7600", text), text
+
+
+def test_the_ablation_table_shows_the_sd_then_selection_then_total_seconds():
+    """A subset's row: kept fields, test AUC ± its sd over the seeds, then the selection seconds, then the total."""
+    doc = dict(backbone="deepfm", k=2, seeds=[0, 1], ablation=[
+        dict(subset=0.5, kept=["f3", "f5"], auc=0.8, auc_std=0.01, selection_seconds=1.0, total_seconds=5.0)])
+    line = next(ln for ln in _render(ablation_table(doc), 120).splitlines() if "f3, f5" in ln)
+    assert re.search(r"0\.5\W+f3, f5\W+0\.8000 ± 0\.0100\W+1\.00\W+5\.00", line), line
+
+
+def test_gate_search_reads_the_subset_then_the_other_rows_on_one_schedule(cfg, monkeypatch):
+    """The gate search reads the phase-1 subset for --pretrain-epochs, then the other training rows once; the
+    schedule's split point is the subset's share of all the rows it reads, epochs counted."""
+    calls = []
+
+    def fake_fit(model, rows, valid, *a, span, **kw):
+        calls.append((rows.arrays(), span))
+    monkeypatch.setattr(bench_selectors, "fit", fake_fit)
+    ctx = Context(cfg, load_dataset(cfg.data))
+    SELECTORS["lpfs"](ctx, 2)
+    sub, rest = (r.arrays() for r in ctx.data.subset(cfg.train.subset, cfg.data.seed))
+    assert len(calls) == 2
+    (x1, y1), span1 = calls[0]
+    (x2, y2), span2 = calls[1]
+    assert np.array_equal(x1, sub[0]) and np.array_equal(y1, sub[1])
+    assert np.array_equal(x2, rest[0]) and np.array_equal(y2, rest[1])
+    assert len(x1) + len(x2) == len(ctx.data.split_rows("train"))
+    first = 3 * len(x1) / (3 * len(x1) + len(x2))
+    assert span1 == (0.0, pytest.approx(first)) and span2 == (pytest.approx(first), 1.0)
+
+
+def test_gbdt_treats_small_vocabularies_as_categories_and_scores_on_validation_rows(cfg, monkeypatch):
+    """GBDT reads fields of at most 255 values as categories, and its permutation importance is measured on the
+    validation rows (at most 5,000 with --quick), not on the rows it was fitted on."""
+    import sklearn.ensemble
+    import sklearn.inspection
+    seen = {}
+
+    class FakeHGB:
+        def __init__(self, **kw):
+            seen["kw"] = kw
+
+        def fit(self, x, y):
+            return self
+
+    def fake_importance(clf, x, y, **kw):
+        seen["x"], seen["y"] = x, y
+        return type("PI", (), {"importances_mean": np.zeros(x.shape[1])})()
+    monkeypatch.setattr(sklearn.ensemble, "HistGradientBoostingClassifier", FakeHGB)
+    monkeypatch.setattr(sklearn.inspection, "permutation_importance", fake_importance)
+    ctx = Context(cfg, load_dataset(cfg.data), quick=True)
+    SELECTORS["gbdt"](ctx, 2)
+    assert list(seen["kw"]["categorical_features"]) == [True] * len(FIELDS)
+    xv, yv = ctx.data.split_rows("valid").arrays()
+    n = min(len(yv), 5000)
+    assert len(seen["x"]) == n and np.array_equal(seen["y"], yv[:n])
+
+
+def test_sfs_scores_the_mask_gradient_at_calibrated_initialisations(cfg, monkeypatch):
+    """SFS, against a float64 reference on the same initialisations (the seed's own, five of them): per init, the
+    model's output bias shifted so its mean prediction is the label rate on the training rows, then per field
+    |the sum over the batches of dL/dmask_f| (each batch's mean loss), normalised to sum 1; summed over inits."""
+    c = cfg.but(seed=1)
+    ctx = Context(c, load_dataset(c.data))
+    scores = []
+    real_rank = bench_selectors._rank
+    monkeypatch.setattr(bench_selectors, "_rank", lambda names, s: scores.append([float(v) for v in s]) or
+                        real_rank(names, s))
+    bench_selectors.select_sfs(ctx, 2)
+    x, y = ctx.data.split_rows("train").arrays()  # 1600 rows: fewer than 20 batches, so the sample is all of them
+    bs = c.train.batch_size
+    weight = torch.from_numpy(np.concatenate([np.full(len(y[i:i + bs]), 1 / len(y[i:i + bs]))
+                                              for i in range(0, len(y), bs)]))
+    ids, target = torch.from_numpy(x), torch.from_numpy(y).double()
+    ref = np.zeros(len(FIELDS))
+    for init in range(5):
+        torch.manual_seed(1000 + init)
+        model = build_model(c.model.backbone, ctx.data.schema, c.model).double().eval()
+        with torch.no_grad():
+            logits = model(ids, torch.ones(len(FIELDS), dtype=torch.float64))
+            shift = 0.0
+            for _ in range(50):  # Newton on the bias: mean sigmoid = label rate
+                p = torch.sigmoid(logits + shift)
+                shift -= float(p.mean() - target.mean()) / float((p * (1 - p)).mean())
+            model.out.bias.add_(shift)
+        mask = torch.ones(len(FIELDS), dtype=torch.float64, requires_grad=True)
+        loss = (F.binary_cross_entropy_with_logits(model(ids, mask), target, reduction="none") * weight).sum()
+        (g,) = torch.autograd.grad(loss, mask)
+        ref += (g.abs() / g.abs().sum()).numpy()
+    assert scores[-1] == pytest.approx(ref, rel=1e-3, abs=1e-5)
+
+
+def test_permutation_importance_is_the_mean_validation_auc_drop_over_three_shuffles(cfg, monkeypatch):
+    """Permutation importance (outside --quick): per field, the full model's validation AUC minus its AUC with that
+    field's column shuffled, averaged over three shuffles drawn from the seed's own generator."""
+    ctx = Context(cfg, load_dataset(cfg.data))
+    scores = []
+    real_rank = bench_selectors._rank
+    monkeypatch.setattr(bench_selectors, "_rank", lambda names, s: scores.append([float(v) for v in s]) or
+                        real_rank(names, s))
+    bench_selectors.select_permutation(ctx, 2)
+    model, _ = bench_selectors.full_model(ctx)
+    xv, yv = ctx.data.split_rows("valid").arrays()
+    base = roc_auc(yv, predict(model, xv, device="cpu"))
+    rng = np.random.default_rng(cfg.data.seed + 5)
+    ref = []
+    for i in range(len(FIELDS)):  # one slot per field here
+        drops = []
+        for _ in range(3):
+            xp = xv.copy()
+            xp[:, i] = xv[rng.permutation(len(xv)), i]
+            drops.append(base - roc_auc(yv, predict(model, xp, device="cpu")))
+        ref.append(np.mean(drops))
+    assert scores[-1] == pytest.approx(ref, abs=1e-12)
