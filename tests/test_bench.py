@@ -680,16 +680,22 @@ def test_gbdt_treats_small_vocabularies_as_categories_and_scores_on_validation_r
     assert len(seen["x"]) == n and np.array_equal(seen["y"], yv[:n])
 
 
+def _scores_ranked(monkeypatch) -> list:
+    """The scores each selector hands to `_rank`, in order (a list filled as they rank)."""
+    scores = []
+    real_rank = bench_selectors._rank
+    monkeypatch.setattr(bench_selectors, "_rank", lambda names, s: scores.append([float(v) for v in s]) or
+                        real_rank(names, s))
+    return scores
+
+
 def test_sfs_scores_the_mask_gradient_at_calibrated_initialisations(cfg, monkeypatch):
     """SFS, against a float64 reference on the same initialisations (the seed's own, five of them): per init, the
     model's output bias shifted so its mean prediction is the label rate on the training rows, then per field
     |the sum over the batches of dL/dmask_f| (each batch's mean loss), normalised to sum 1; summed over inits."""
     c = cfg.but(seed=1)
     ctx = Context(c, load_dataset(c.data))
-    scores = []
-    real_rank = bench_selectors._rank
-    monkeypatch.setattr(bench_selectors, "_rank", lambda names, s: scores.append([float(v) for v in s]) or
-                        real_rank(names, s))
+    scores = _scores_ranked(monkeypatch)
     bench_selectors.select_sfs(ctx, 2)
     x, y = ctx.data.split_rows("train").arrays()  # 1600 rows: fewer than 20 batches, so the sample is all of them
     bs = c.train.batch_size
@@ -718,10 +724,7 @@ def test_permutation_importance_is_the_mean_validation_auc_drop_over_three_shuff
     """Permutation importance (outside --quick): per field, the full model's validation AUC minus its AUC with that
     field's column shuffled, averaged over three shuffles drawn from the seed's own generator."""
     ctx = Context(cfg, load_dataset(cfg.data))
-    scores = []
-    real_rank = bench_selectors._rank
-    monkeypatch.setattr(bench_selectors, "_rank", lambda names, s: scores.append([float(v) for v in s]) or
-                        real_rank(names, s))
+    scores = _scores_ranked(monkeypatch)
     bench_selectors.select_permutation(ctx, 2)
     model, _ = bench_selectors.full_model(ctx)
     xv, yv = ctx.data.split_rows("valid").arrays()
