@@ -155,12 +155,12 @@ def fit_cache_path(shard_dir: str | None, doc: dict) -> Path:
 
 def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
     """(schema, inferred-kind notes) of a cached fit, or None when there is none, it is unreadable or damaged (its
-    content no longer matches the sha256 it records), or it was written for another key (its name is the digest of what it was fitted for, and it records that digest: a fit copied
-    under another fit's name is not used)."""
+    content no longer matches the sha256 it records), or it was written for another key (its name is the digest of
+    what it was fitted for, and it records that digest: a fit copied under another fit's name is not used)."""
     try:
         saved = json.loads(path.read_text())
         body = {"schema": saved["schema"], "inferred": saved.get("inferred", {})}
-        if saved.get("sha256") != _digest(body):  # damaged (a flipped digit is still JSON), or written without one
+        if saved.get("sha256") != _digest(json.dumps(body, allow_nan=False)):  # damaged, or written without one
             return None
         schema = FeatureSchema.from_dict(saved["schema"], source=str(path))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, LightFMPError):
@@ -170,9 +170,9 @@ def load_fit(path: Path) -> tuple[FeatureSchema, dict] | None:
     return schema, dict(saved.get("inferred", {}))
 
 
-def _digest(body: dict) -> str:
-    """sha256 of the fit as written (json's text of the same values is the same text)."""
-    return hashlib.sha256(json.dumps(body, allow_nan=False).encode()).hexdigest()
+def _digest(text: str) -> str:
+    """sha256 of a fit's JSON text (json's text of the same values read back is the same text)."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
@@ -180,10 +180,11 @@ def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
     encoder (slower than the fit's counting on a large vocabulary); only `load_fit` reads it."""
     body = {"schema": schema.to_dict(), "inferred": inferred}
     try:
-        json.dumps(body, allow_nan=False)
+        text = json.dumps(body, allow_nan=False)
     except ValueError:  # a NaN or an infinity: null, as in every JSON file lightfmp writes
         body = json_safe(body)
-    doc = {"key": path.stem, "sha256": _digest(body), **body}  # a damaged fit is fitted again, not used
+        text = json.dumps(body, allow_nan=False)
+    doc = {"key": path.stem, "sha256": _digest(text), **body}  # a damaged fit is fitted again, not used
     write_text_atomic(path, json.dumps(doc, allow_nan=False) + "\n")
 
 
