@@ -175,12 +175,18 @@ def published(out: str | Path) -> None:
 SAFETENSORS_TEMPORARY = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 
 
+def forget(out: str | Path) -> None:
+    """A stop from now on has nothing of `out`'s checkpoints to resume from (they are being removed: by this process,
+    or under torchrun by rank 0)."""
+    if _hint["dir"] == str(checkpoint_dir(out)):
+        _hint.update(dir=None, phase=None, epoch=None)
+
+
 def remove(out: str | Path) -> None:
     """Delete the checkpoints of `out` (each <phase>.json that is one, its tensors, and half-written temporaries),
     then the folder if that left it empty: a file lightfmp did not write there is never deleted."""
+    forget(out)
     d = checkpoint_dir(out)
-    if _hint["dir"] == str(d):  # a stop from now on has nothing of it to resume from
-        _hint.update(dir=None, phase=None, epoch=None)
     if not d.is_dir() or d.is_symlink():
         return
     for doc in d.glob("*.json"):

@@ -316,11 +316,17 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
                             checkpoints=weights, optimizer=optimizer)
         if keep_checkpoints:
             ckpt.discard()
-            ckpt_files.phase1_published(out)
-        else:
-            ckpt_files.published(out)
+        _stop_line_after(out, phase1=keep_checkpoints)
     dist.barrier()  # the others return once the run directory is there (prune reads it next)
+    _stop_line_after(out, phase1=keep_checkpoints)
     return metrics, data
+
+
+def _stop_line_after(out: str | Path, phase1: bool) -> None:
+    """What a stop from now on says to do, once rank 0 has published `out` (phase 1 of `run`: resume after it; else
+    the finished result: nothing to rerun). Every rank says it: rank 0 as it publishes, the others after the barrier
+    that follows (they hold the checkpoint's epoch they were told, which the publishing removed)."""
+    (ckpt_files.phase1_published if phase1 else ckpt_files.published)(out)
 
 
 def _alternative_note(search: dict) -> str:
@@ -584,6 +590,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     history = run.history()
     history["continue"] = hist
     dist.barrier()  # every rank has read the run directory before rank 0 replaces it
+    ckpt_files.forget(run.path)  # rank 0 removes the checkpoints next: a stop until it publishes resumes after phase 1
     if dist.is_main():
         # the checkpoints go before the finished run is published: a kill in between leaves the run pretrained (and,
         # from `run`, marked unfinished: a rerun does phases 2-3 again, the same result), never complete beside
@@ -599,8 +606,9 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
             write_run_files(tmp, info={**info, "state": "complete"}, metrics=metrics, history=history,
                             config=cfg.but(keep=keep, threshold=threshold, continue_epochs=recorded),
                             checkpoints={"model.safetensors": model})
-        ckpt_files.published(run.path)
+        _stop_line_after(run.path, phase1=False)
     dist.barrier()
+    _stop_line_after(run.path, phase1=False)
     return metrics
 
 

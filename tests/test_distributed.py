@@ -211,6 +211,32 @@ def test_a_rank_that_does_not_write_the_checkpoints_knows_the_epoch_rank_0_saved
         ckpt_mod.reset_hint()
 
 
+def test_a_rank_that_does_not_write_says_what_rank_0_published(tmp_path, monkeypatch):
+    """Rank 0 removes the checkpoints and publishes the run; a rank that did not write them kept the epoch it was
+    told, and its stop line (while rank 0 published, or after) said to resume from a checkpoint that was gone, where
+    rank 0's said what was there. Played here by one process that is not rank 0 (its barriers are no-ops), after a
+    rank-0 `train` made the run directory `prune` reads."""
+    from lightfmp import checkpoint as ckpt_mod, distributed, pipeline
+    from lightfmp.config import RunConfig
+    rng = np.random.default_rng(0)
+    lines = ["a,b,y"] + [f"{a},{b},{int(rng.random() < (0.8 if a < 3 else 0.2))}"
+                         for a, b in zip(rng.integers(0, 6, 400), rng.integers(0, 4, 400))]
+    (tmp_path / "d.csv").write_text("\n".join(lines) + "\n")
+    cfg = RunConfig.of(data=str(tmp_path / "d.csv"), label="y", epochs=2, pretrain_epochs=2, embed_dim=4,
+                       hidden=[8])
+    pipeline.train(cfg, tmp_path / "r", quiet=True)  # as rank 0: the run directory prune reads
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    try:
+        for call, out in ((lambda: pipeline.train(cfg, tmp_path / "r2", quiet=True), tmp_path / "r2"),
+                          (lambda: pipeline.prune(tmp_path / "r", keep=1, quiet=True), tmp_path / "r")):
+            ckpt_mod.reset_hint()
+            call()
+            assert not (tmp_path / "r2").exists()  # it wrote nothing
+            assert ckpt_mod.resume_hint() == f"{out} was written in full before that; nothing to rerun"
+    finally:
+        ckpt_mod.reset_hint()
+
+
 def test_sparse_embeddings_are_refused_under_torchrun(tmp_path, monkeypatch):
     """DDP reduces dense gradients only: the tables' sparse ones failed inside every rank's backward with a traceback.
     Refused in one line before anything starts (WORLD_SIZE alone says torchrun launched the process)."""
