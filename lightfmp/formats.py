@@ -480,7 +480,8 @@ def _criteo(table: pa.Table, p: Path, start: int) -> pa.Table:
         enc, values = _distinct(col)
         x = _criteo_numbers(values)
         present = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        bad = (np.isnan(x) & present) | np.isinf(x) | (np.isfinite(x) & (np.mod(x, 1) != 0))
+        whole = np.mod(x, 1, out=np.zeros_like(x), where=np.isfinite(x)) == 0  # inf % 1 warns: never computed
+        bad = (np.isnan(x) & present) | np.isinf(x) | ~whole & np.isfinite(x)
         if bad.any():
             i = _first_row(enc, bad)
             raise LightFMPError(f"{p}: line {line_of('criteo', start + i, p)} column {name}: "

@@ -99,7 +99,7 @@ def reap(home: Path) -> list[Path]:
     for entry in entries:
         owner = os.path.join(entry.path, OWNER)
         try:
-            fd = os.open(owner, os.O_RDONLY | _NOFOLLOW)
+            fd = os.open(owner, os.O_RDONLY | _NOFOLLOW | os.O_NONBLOCK)  # a FIFO there would block the open
         except OSError:  # none: not a claimed scratch directory (or its owner is making it)
             continue
         try:

@@ -13,7 +13,8 @@ from lightfmp.coded import CodedStore
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.io import WRITTEN, atomic_dir, read_json
-from lightfmp.scratch import OWNER, reap
+from lightfmp import scratch as scratch_mod
+from lightfmp.scratch import OWNER, Claim, reap
 
 pytest.importorskip("fcntl")
 
@@ -205,3 +206,57 @@ def test_a_scratch_dir_a_killed_process_left_goes_with_the_next_one_in_that_fold
         with scratch_dir("lightfmp-bench-", tmp_path) as mine:
             raise KeyboardInterrupt
     assert not mine.exists() and _scratch(tmp_path) == [foreign.name]
+
+def _abandoned(folder):
+    """A directory claimed by an owner that is gone (its lock let go, the OWNER file left)."""
+    folder.mkdir()
+    Claim(folder).close()
+    (folder / "data.bin").write_bytes(b"x")
+    return folder
+
+
+def test_only_hidden_tmp_directories_are_reaped(tmp_path):
+    hidden, visible, other = (_abandoned(tmp_path / n) for n in (".coded-1.tmp", "coded-2.tmp", ".coded-3.dir"))
+    assert reap(tmp_path) == [hidden]
+    assert not hidden.exists() and (visible / "data.bin").exists() and (other / "data.bin").exists()
+
+
+def test_without_flock_the_claim_leaves_no_owner_file_for_a_reaper_to_take(tmp_path, monkeypatch):
+    def no_flock(fd, op):
+        raise OSError(38, "Function not implemented")
+    folder = tmp_path / ".w.tmp"
+    folder.mkdir()
+    monkeypatch.setattr(scratch_mod.fcntl, "flock", no_flock)
+    claim = Claim(folder)
+    assert claim.fd is None and not (folder / OWNER).exists()
+    monkeypatch.undo()
+    assert reap(tmp_path) == [] and folder.exists()  # a live run's directory on such a file system stays
+
+
+def test_disown_takes_the_owner_file_out_of_the_published_directory_and_keeps_the_lock(tmp_path):
+    folder = tmp_path / ".w.tmp"
+    folder.mkdir()
+    claim = Claim(folder)
+    published = tmp_path / "run"
+    folder.rename(published)
+    claim.disown(published)
+    assert not (published / OWNER).exists() and claim.fd is not None
+    claim.close()
+
+
+def test_a_fifo_named_as_the_owner_file_does_not_hang_the_reaper(tmp_path):
+    """Opening a FIFO for reading waits for a writer: the next streamed run would have hung in `reap`."""
+    import os
+    import threading
+    folder = tmp_path / ".coded-x.tmp"
+    folder.mkdir()
+    os.mkfifo(folder / OWNER)
+    done = []
+    t = threading.Thread(target=lambda: done.append(reap(tmp_path)), daemon=True)
+    t.start()
+    t.join(timeout=20)
+    in_time = list(done)
+    if not done:  # let the blocked open go, so the test process can end
+        os.close(os.open(folder / OWNER, os.O_WRONLY | os.O_NONBLOCK))
+        t.join(timeout=20)
+    assert in_time == [[]] and folder.is_dir()
