@@ -201,6 +201,8 @@ def test_a_scratch_dir_a_killed_process_left_goes_with_the_next_one_in_that_fold
     with scratch_dir("lightfmp-bench-", tmp_path) as mine:
         assert not stale.exists() and mine.is_dir() and mine.parent == tmp_path
         (mine / "run").mkdir()
+        with scratch_dir("lightfmp-bench-", tmp_path) as inner:  # bench's runs, inside its own: a live owner's stays
+            assert (mine / "run").is_dir() and inner.is_dir()
     assert not mine.exists() and _scratch(tmp_path) == [foreign.name]
     with pytest.raises(KeyboardInterrupt):  # a stop removes it too
         with scratch_dir("lightfmp-bench-", tmp_path) as mine:
