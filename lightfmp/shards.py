@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from importlib import metadata
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .errors import LightFMPError
 from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, write_json_atomic,
                  write_text_atomic)
 from .schema import FeatureSchema
+from .scratch import scratch_dir
 from .splits import SPLITS, SplitRule
 
 SHARD_FORMAT_VERSION = 2  # the layout of a shard directory and its manifest
@@ -185,7 +187,12 @@ def save_fit(path: Path, schema: FeatureSchema, inferred: dict) -> None:
         body = json_safe(body)
         text = json.dumps(body, allow_nan=False)
     doc = {"key": path.stem, "sha256": _digest(text), **body}  # a damaged fit is fitted again, not used
-    write_text_atomic(path, json.dumps(doc, allow_nan=False) + "\n")
+    # written in a claimed scratch folder beside the fits (a fit holds every vocabulary: a large file), so that one a
+    # killed process was writing goes with the next fit saved there, where a plain temporary would stay for good
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with scratch_dir("fit-", path.parent) as tmp:
+        write_text_atomic(tmp / path.name, json.dumps(doc, allow_nan=False) + "\n")
+        os.replace(tmp / path.name, path)
 
 
 def check_shards(root: Path, key: str, num_slots: int | None = None) -> tuple[dict | None, str | None]:

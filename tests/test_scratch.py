@@ -262,3 +262,24 @@ def test_a_fifo_named_as_the_owner_file_does_not_hang_the_reaper(tmp_path):
         os.close(os.open(folder / OWNER, os.O_WRONLY | os.O_NONBLOCK))
         t.join(timeout=20)
     assert in_time == [[]] and folder.is_dir()
+
+
+def test_a_fit_a_killed_process_was_saving_goes_with_the_next_fit_saved(tmp_path):
+    """A fit holds every vocabulary (a large file on a large data set): one SIGKILLed while it was written was a
+    hidden temporary in <shard home>/fits/ for good; it is written in a claimed scratch folder there instead."""
+    from lightfmp.schema import FeatureSchema, Field
+    from lightfmp.shards import load_fit, save_fit
+    fits = tmp_path / "fits"
+    code = ("import os, signal, sys\nfrom pathlib import Path\nfrom lightfmp import shards\n"
+            "from lightfmp.schema import FeatureSchema, Field\n"
+            "shards.os.replace = lambda a, b: os.kill(os.getpid(), signal.SIGKILL)  # killed as it publishes\n"
+            "shards.save_fit(Path(sys.argv[1]) / ('1' * 64 + '.json'),\n"
+            "                FeatureSchema('y', [Field('a', 'categorical', vocab=['x'])]), {})\n")
+    p = subprocess.run([sys.executable, "-c", code, str(fits)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9, p.stderr
+    left = [q for q in fits.iterdir()]
+    assert len(left) == 1 and left[0].name.startswith(".fit-") and (left[0] / OWNER).is_file()
+    path = fits / ("2" * 64 + ".json")
+    save_fit(path, FeatureSchema("y", [Field("a", "categorical", vocab=["x", "z"])]), {})
+    assert sorted(q.name for q in fits.iterdir()) == [path.name]  # the killed one's folder went, the new fit is there
+    assert load_fit(path)[0].field("a").vocab == ["x", "z"]
