@@ -1,5 +1,6 @@
 """Copies of a field (the same groups of rows under other values) and functions of a field: found exactly; a --keep K
 search never keeps two copies and opens the finer field in place of a coarser function of it."""
+import itertools
 import json
 import re
 
@@ -376,3 +377,64 @@ def test_pooled_values_match_a_plain_reference():
         assert len(got) == len(want)
         pairs = set(zip(got.tolist(), want.tolist()))  # a bijection between the two labellings
         assert len(pairs) == len(set(got.tolist())) == len(set(want.tolist()))
+
+def _partition(col):
+    return {v: set(np.flatnonzero(col == v).tolist()) for v in np.unique(col)}
+
+
+def _reference_is_function_of(cols, b, a, alpha=0.05):
+    """By brute force on tiny arrays: b is constant on each group of a; a groups the rows more finely than b, both
+    grouping the rows (neither constant nor distinct on every row); and a field with b's value frequencies drawn
+    independently of a would be constant on all of a's groups with probability below alpha / number of fields."""
+    n, fields = len(cols[0]), len(cols)
+    ga, gb = _partition(cols[a]), _partition(cols[b])
+    if not (1 < len(gb) < len(ga) < n):
+        return False
+    if any(len({cols[b][r] for r in rows}) > 1 for rows in ga.values()):
+        return False
+    p = np.array([len(r) / n for r in gb.values()])
+    chance = 1.0
+    for rows in ga.values():
+        chance *= float(np.sum(p ** len(rows)))
+    return chance < alpha / fields
+
+
+def _tiny_tables(count=300):
+    rng = np.random.default_rng(7)
+    for _ in range(count):
+        n = int(rng.integers(6, 40))
+        fine = rng.integers(1, int(rng.integers(2, n + 1)) + 1, n)
+        mapping = rng.integers(1, int(rng.integers(2, 5)) + 1, fine.max() + 1)
+        skew = rng.choice([1, 1, 1, 2, 3], size=fine.max() + 1)  # unequal value frequencies for the coarse field
+        coarse = np.where(skew == 1, mapping, 1)[fine]
+        noise = rng.integers(1, int(rng.integers(2, 4)) + 1, n)
+        yield np.stack([fine, coarse, noise, np.where(rng.random(n) < 0.8, coarse, noise)], axis=1)
+
+
+def test_is_function_of_matches_a_brute_force_reference_with_the_default_alpha():
+    """On many tiny tables (a fine field, a coarse function of it with skewed value frequencies, noise, and a
+    near-function), `is_function_of` with the default alpha says what the brute-force definition says, for every
+    ordered pair of fields; both answers occur."""
+    seen = set()
+    for ids in _tiny_tables():
+        g = Groupings(ids, np.arange(ids.shape[1]))
+        cols = [ids[:, f] for f in range(ids.shape[1])]
+        for b, a in itertools.permutations(range(ids.shape[1]), 2):
+            expect = _reference_is_function_of(cols, b, a)
+            assert g.is_function_of(b, a) == expect, (ids.tolist(), b, a)
+            seen.add(expect)
+    assert seen == {True, False}
+
+
+def test_the_chance_check_reads_the_coarse_fields_own_value_frequencies():
+    """b takes value 1 on 80% of the rows: its constancy on a's six pairs of rows is likely by chance
+    (0.66^6 ~ 0.08 > 0.05 / 2), though it would not be for a field with three equally frequent values
+    ((1/3)^6 ~ 0.0014). b is not a function of a; nor, by the same count, under alpha = 0.01 a balanced field on
+    the same pairs that 0.05 takes ((1/2)^6 ~ 0.016: between 0.01 / 2 and 0.05 / 2)."""
+    a = np.r_[np.repeat(np.arange(1, 7), 2), np.arange(7, 15)]  # six pairs, eight singletons: 14 values, 20 rows
+    skewed = np.r_[np.ones(12, int), [1, 1, 1, 1, 2, 2, 3, 3]]  # 16 x value 1, 2 x 2, 2 x 3
+    g = Groupings(np.stack([a, skewed], 1), [0, 1])
+    assert not g.is_function_of(1, 0)
+    balanced = np.r_[[1, 1, 2, 2, 1, 1, 2, 2, 1, 1, 2, 2], [1, 1, 1, 1, 2, 2, 2, 2]]  # 10 x 1, 10 x 2
+    assert Groupings(np.stack([a, balanced], 1), [0, 1]).is_function_of(1, 0)  # the default alpha, 0.05
+    assert not Groupings(np.stack([a, balanced], 1), [0, 1], alpha=0.01).is_function_of(1, 0)
