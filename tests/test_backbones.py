@@ -74,6 +74,7 @@ def test_tower_fuses_a_relu_only_where_an_nn_relu_follows():
     torch.testing.assert_close(Tower(lin, nn.ReLU())(x), torch.relu(want), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")  # the graph ONNX export traces is what is compared
 def test_a_traced_tower_is_the_plain_sequentials_graph():
     """Under a tracer the Tower runs module by module: the traced graph is the nn.Sequential's (an out-of-place
     aten::relu, as export expects), not the eager fused call's in-place relu_. Kills: Tower.forward's tracing()
