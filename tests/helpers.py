@@ -59,6 +59,19 @@ def make_frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
                          "x": x, "tags": tags, "label": y})
 
 
+def fitted_frame(n: int):
+    """`make_frame(n)`'s fields (two categorical, a noise one, a number, a multi-hot list) fitted on it, and its ids."""
+    import torch
+
+    from lightfmp.schema import FeatureSchema, Field
+    from lightfmp.vocab import fit_schema
+    df = make_frame(n)
+    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"),
+                                           Field("noise", "categorical"), Field("x", "numeric"),
+                                           Field("tags", "multi_hot", separator="|")], min_count=1), df)
+    return s, torch.from_numpy(s.encode(df)).long()
+
+
 def write_csv(tmp_path, n: int = 600, seed: int = 0, name: str = "data.csv"):
     p = tmp_path / name
     make_frame(n, seed).to_csv(p, index=False)

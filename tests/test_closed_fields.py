@@ -4,20 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import make_frame
+from helpers import fitted_frame
 from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
 from lightfmp.models import ModelConfig, build_model
-from lightfmp.schema import FeatureSchema, Field
-from lightfmp.vocab import fit_schema
 
 
 @pytest.fixture(scope="module")
 def schema_and_ids():
-    df = make_frame(120)
-    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"),
-                                           Field("noise", "categorical"), Field("x", "numeric"),
-                                           Field("tags", "multi_hot", separator="|")], min_count=1), df)
-    return s, torch.from_numpy(s.encode(df)).long()
+    return fitted_frame(120)
 
 
 def _randomize(model):

@@ -21,16 +21,12 @@ from lightfmp.rows import ArrayRows
 from lightfmp.schema import FeatureSchema, Field
 from lightfmp.vocab import fit_schema
 
-from helpers import make_frame
+from helpers import fitted_frame
 
 
 @pytest.fixture(scope="module")
 def schema_and_ids():
-    df = make_frame(300)
-    s = fit_schema(FeatureSchema("label", [Field("a", "categorical"), Field("b", "categorical"),
-                                           Field("noise", "categorical"), Field("x", "numeric"),
-                                           Field("tags", "multi_hot", separator="|")], min_count=1), df)
-    return s, torch.from_numpy(s.encode(df)).long()
+    return fitted_frame(300)
 
 
 def kept_columns(schema, ids, kept_schema):
