@@ -116,7 +116,7 @@ def test_the_time_the_rule_takes_after_the_first_epoch_is_the_prune_steps_not_ph
     ph = m["phases"]
     assert ph["prune"]["seconds"] >= 2.0
     continue_fits = sum(fits[1:])  # phase 1's fit first
-    assert ph["continue"]["seconds"] < continue_fits + 1.0
+    assert ph["continue"]["seconds"] < continue_fits + 1.5  # the test sleeps 2 s; phase 3's own overhead is less
 
 
 def test_a_first_epoch_that_cut_nothing_is_a_candidate_of_phase_3(data, tmp_path):
