@@ -2090,7 +2090,7 @@ def test_import_lightfmp_loads_no_torch_and_each_exported_name_loads_on_use():
     assert r.returncode == 0, r.stderr
 
 
-@pytest.mark.parametrize("outcome", ["done", "stopped", "refused"])
+@pytest.mark.parametrize("outcome", ["done", "stopped", "terminated", "refused"])
 def test_a_stopped_command_ends_with_its_line_and_no_interpreter_teardown(tmp_path, outcome):
     """A stopped command (130) ends right after its one line: after a stop inside an extension's import (triton's,
     in a command's first seconds) the interpreter's teardown printed tens of lines of leak reports (seen here: an
@@ -2105,6 +2105,9 @@ def test_a_stopped_command_ends_with_its_line_and_no_interpreter_teardown(tmp_pa
             "import lightfmp.cli.app as a\n")
     if outcome == "stopped":
         code += "def stop(**kw):\n    raise KeyboardInterrupt\na.synthesize = stop\n"
+    elif outcome == "terminated":  # SIGTERM (143), as from a scheduler or `timeout`
+        code += ("import os, signal, time\ndef stop(**kw):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+                 "    time.sleep(60)\na.synthesize = stop\n")
     rows = "0" if outcome == "refused" else "300"
     code += (f"sys.argv = ['lightfmp', 'data', 'synth', '--rows', {rows!r}, '--out', {str(out)!r}]\n"
              "from lightfmp.cli.entry import main\nmain()\n")
@@ -2113,9 +2116,10 @@ def test_a_stopped_command_ends_with_its_line_and_no_interpreter_teardown(tmp_pa
     if outcome == "done":
         assert r.returncode == 0 and (out / "data.parquet").is_file() and "wrote" in r.stdout, r.stderr
         assert r.stderr.strip() == "teardown ran", r.stderr
-    elif outcome == "stopped":
-        assert r.returncode == 130, (r.returncode, r.stderr)
-        assert r.stderr.strip().splitlines() == ["interrupted: rerun the same command to start again"], r.stderr
+    elif outcome in ("stopped", "terminated"):
+        word, code = ("interrupted", 130) if outcome == "stopped" else ("terminated", 143)
+        assert r.returncode == code, (r.returncode, r.stderr)
+        assert r.stderr.strip().splitlines() == [f"{word}: rerun the same command to start again"], r.stderr
         assert not out.exists()
     else:
         assert r.returncode == 2 and "--rows" in r.stderr, r.stderr
