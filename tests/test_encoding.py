@@ -8,21 +8,10 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from helpers import fnv_reference as fnv
 from lightfmp.encoding import (VocabIndex, as_float, float_cells, lists, missing, numbers, present,
                                read_otherwise_before, seconds, split_multi, stable_hash, tokens, value_text)
 from lightfmp.errors import CellError, LightFMPError
-
-
-def fnv(text: str) -> int:
-    """FNV-1a 64 over the UTF-8 bytes, then splitmix64's finaliser: by hand, one byte at a time."""
-    m, h = (1 << 64) - 1, 0xCBF29CE484222325
-    for byte in text.encode("utf-8"):
-        h = ((h ^ byte) * 0x100000001B3) & m
-    h ^= h >> 30
-    h = (h * 0xBF58476D1CE4E5B9) & m
-    h ^= h >> 27
-    h = (h * 0x94D049BB133111EB) & m
-    return h ^ (h >> 31)
 
 
 def texts(tok):
