@@ -64,7 +64,7 @@ class Progressive:
 
 def sweep_with(progress: Progressive):
     """`keep_rule.backward_sweep` where a field also stays if its progressive z is above two standard errors."""
-    def sweep(model, ids, labels, kept, device="cpu"):
+    def sweep(model, ids, labels, kept, device="cpu", epoch=None):  # the package's pooled evidence not read
         zp = progress.z()
         kept, tests = list(kept), []
         z = model.gate_values().cpu()

@@ -35,6 +35,7 @@ BEST_LOSSES = "valid_losses.best"  # not under "best.": those are the best epoch
 LEAST_LOSSES = "valid_losses.least"  # the per-row losses of the epoch with the lowest validation logloss
 TIED = "tied."  # tied.<epoch>.<weight>: the weights of an epoch the final average reads (lightfmp.averaging)
 TIED_LOSSES = "valid_losses.tied."  # valid_losses.tied.<epoch>: its per-row validation losses
+EVIDENCE = "evidence."  # evidence.<name>: what the epochs measured for a rule (lightfmp.progressive.SweepCosts)
 
 # where the failure message tells the user to look; updated as phases start and epochs complete
 _hint = {"dir": None, "phase": None, "epoch": None, "done": None, "after": None}
@@ -220,6 +221,7 @@ class TrainState:
     seconds: float = 0.0                    # training seconds of the saved epochs (all attempts)
     # the epochs the final model averages: epoch (-1: the model as given) -> (weights, per-row validation losses)
     tied: dict = field(default_factory=dict)
+    evidence: dict | None = None            # name -> float64 array: what the saved epochs measured for a rule
 
 
 class Checkpoint:
@@ -255,6 +257,8 @@ class Checkpoint:
             else:
                 tensors.update({f"{TIED}{e}.{k}": v for k, v in weights.items()})
             tensors[f"{TIED_LOSSES}{e}"] = torch.from_numpy(np.array(losses, dtype=np.float64))
+        for k, v in (state.evidence or {}).items():
+            tensors[f"{EVIDENCE}{k}"] = torch.from_numpy(np.array(v, dtype=np.float64))
         scalars = {}
         for name, opt in optimizers.items():
             if opt is None:
@@ -380,7 +384,9 @@ class Checkpoint:
                            best_epoch=int(doc.get("best_epoch", 0)), best_state=best,
                            best_losses=tensors[BEST_LOSSES].numpy() if BEST_LOSSES in tensors else None,
                            least_losses=tensors[LEAST_LOSSES].numpy() if LEAST_LOSSES in tensors else None,
-                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)), tied=tied)
+                           stopped=bool(doc.get("stopped")), seconds=float(doc.get("seconds", 0.0)), tied=tied,
+                           evidence={k[len(EVIDENCE):]: v.numpy() for k, v in tensors.items()
+                                     if k.startswith(EVIDENCE)} or None)
         return weights, moments, state
 
 

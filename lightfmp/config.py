@@ -133,8 +133,8 @@ class TrainConfig:
 class PruneConfig:
     keep: int | None = opt(None, "Keep K fields: the first K of the forward order on the validation rows, or the K "
                                  "costliest to close where measurably better (default: every "
-                                 "field whose closing raises the validation logloss by two standard errors, on its own or with the fields closed "
-                                 "before it).", 1)
+                                 "field whose closing raises the logloss by two standard errors, on its own or with the fields closed "
+                                 "before it, on the validation rows and the rows phase 3's first epoch reads).", 1)
     threshold: float | None = opt(None, "Drop fields whose deterministic gate is below this (instead of the "
                                         "default rule).", 0.0, 1.0)
     continue_epochs: int | None = opt(None, "Epochs of phase 3: the first on the rows phase 1 did not use, the others "

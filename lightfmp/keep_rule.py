@@ -30,6 +30,7 @@ from .errors import LightFMPError
 from .groupings import Groupings
 from .metrics import SIGNIFICANT_SE, paired_difference, worse_beyond_noise
 from .models import CTRModel
+from .progressive import SweepCosts, pooled
 from .schema import FeatureSchema
 
 
@@ -43,7 +44,8 @@ SEARCH_ROWS = 4096    # validation rows the forward search compares candidates o
                       # `search_rows` picks them)
 EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates every one of them exactly ...
 SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
-TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most: its standard errors shrink
+TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most (with the first epoch's rows
+                       # it pools, rows in all: lightfmp.progressive): its standard errors shrink
                        # as 1 / sqrt(rows); and at most the rows whose embeddings its passes hold in memory
                        # (`closed_fields.state_rows`: 55,924 at 300 fields x 16 dims), but never fewer than
                        # SEARCH_ROWS (those, if the memory holds fewer, through the slower ids state)
@@ -305,12 +307,13 @@ def closing_rows(model: CTRModel) -> int:
 
 
 def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray,
-                 device: str = "cpu", order: list[int] | None = None) -> dict:
+                 device: str = "cpu", order: list[int] | None = None, epoch: SweepCosts | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
     default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
     logloss of `model` by more than two standard errors, on its own or together with the fields closed before it
     (`backward_sweep` on the first TEST_ROWS rows, or as many as `state_rows` holds if fewer, at least
-    SEARCH_ROWS). The gates
+    SEARCH_ROWS), each question's estimate pooled with the same sweep's measured on the rows of the epoch that
+    trained `model` where `epoch` holds them (lightfmp.progressive). The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
@@ -324,9 +327,12 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     n = closing_rows(model)
     ids, labels = ids[:n], labels[:n]
-    kept, tests = backward_sweep(model, ids, labels, order, device)
-    return {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
-            "rows": len(labels), "kept": [names[i] for i in kept]}
+    kept, tests = backward_sweep(model, ids, labels, order, device, epoch)
+    out = {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
+           "rows": len(labels), "kept": [names[i] for i in kept]}
+    if epoch is not None:
+        out.update(epoch_rows=epoch.rows, epoch_seconds=epoch.seconds)
+    return out
 
 
 def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_log_alpha,
@@ -367,7 +373,7 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
 
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
-                   device: str = "cpu") -> tuple[list[int], list[dict]]:
+                   device: str = "cpu", epoch: SweepCosts | None = None) -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
     more than two standard errors of the per-row difference (a one-sided test at about 2.5%), measured two ways: on
     its own, against the fields still open (the model needs it given the others), and as one more of the closed
@@ -378,15 +384,25 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     would keep the most open gate untested, chance where phase 1's gates learnt little), and a field whose
     deterministic gate is 0 closes without a pass (the model reads nothing of it). A
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
-    redundant copy goes while its twin is open and the twin then stays. Returns the fields kept and, per tested
-    field, {"field", "cost", "se", "set_cost", "set_se", "closed"} (the set's: the closed set with the field,
-    against every field open)."""
+    redundant copy goes while its twin is open and the twin then stays.
+
+    `epoch` (lightfmp.progressive): the same sweep's step costs measured on the rows of the epoch that trained
+    `model`, each before its step, in the order `kept`; each question's estimate on `ids` is then pooled with the
+    epoch's (the field's own: its step; the set's: the steps of the fields closed so far and its), one test per
+    question on both. Where the sweep kept a field the epoch's walk closed, the later steps were measured with it
+    closed: the set's estimate leaves its step out.
+
+    Returns the fields kept and, per tested field, {"field", "cost", "se", "set_cost", "set_se", "closed"} (the
+    set's: the closed set with the field, against every field open; on `ids`), with `epoch` also "epoch" and
+    "pooled" ({"cost", "se", "set_cost", "set_se"}: the epoch's estimates and the pooled ones the test decided on)."""
+    if epoch is not None and list(epoch.order) != list(kept):
+        raise ValueError(f"the epoch's closing costs were measured in the order {epoch.order}, not {list(kept)}")
     kept, tests = list(kept), []
     z = model.gate_values().cpu()
     passes = ClosedFields(model, ids, labels, kept, device)
     base = every_open = passes.losses()
-    closed_set = (0.0, 0.0)  # the closed set's cost against every field open, and its standard error
-    for f in reversed(list(kept)):
+    closed_set, closed_at = (0.0, 0.0), []  # the closed set's cost against every field open, its standard error
+    for i, f in enumerate(reversed(list(kept))):
         if len(kept) == 1:
             break
         trial = [g for g in kept if g != f]
@@ -394,15 +410,24 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
             tests.append({"field": f, "cost": 0.0, "se": 0.0, "set_cost": closed_set[0], "set_se": closed_set[1],
                           "closed": True})
             kept = trial
+            closed_at.append(i)
             passes.toggle(f)
             continue
         loss = passes.losses(f)
-        cost, se = paired_difference(loss, base)  # ClosedFields has refused fewer than 2 rows
-        set_cost, set_se = paired_difference(loss, every_open)
-        closed = cost <= SIGNIFICANT_SE * se and set_cost <= SIGNIFICANT_SE * set_se  # costing nothing closes it
-        tests.append({"field": f, "cost": cost, "se": se, "set_cost": set_cost, "set_se": set_se, "closed": closed})
+        own, joint = paired_difference(loss, base), paired_difference(loss, every_open)  # ClosedFields: >= 2 rows
+        test = {"field": f, "cost": own[0], "se": own[1], "set_cost": joint[0], "set_se": joint[1]}
+        if epoch is not None:
+            measured = epoch.evidence([i]), epoch.evidence(closed_at + [i])
+            own, joint = pooled(own, measured[0]), pooled(joint, measured[1])
+            if measured[0] is not None:
+                test["epoch"] = {"cost": measured[0][0], "se": measured[0][1], "set_cost": measured[1][0],
+                                 "set_se": measured[1][1]}
+                test["pooled"] = {"cost": own[0], "se": own[1], "set_cost": joint[0], "set_se": joint[1]}
+        closed = bool(own[0] <= SIGNIFICANT_SE * own[1] and joint[0] <= SIGNIFICANT_SE * joint[1])
+        tests.append({**test, "closed": closed})  # costing nothing closes it
         if closed:
-            kept, base, closed_set = trial, loss, (set_cost, set_se)
+            kept, base, closed_set = trial, loss, (test["set_cost"], test["set_se"])
+            closed_at.append(i)
             passes.toggle(f)
     if len(kept) == 1 and kept[0] not in {t["field"] for t in tests} \
             and any(float(z[t["field"]]) != 0.0 for t in tests):  # the sweep never reached it, and it has rivals
@@ -470,6 +495,8 @@ CLOSING_RULE = ("every field open, then, least open gate first, each closed unle
                 "logloss by more than two standard errors, on its own or with the fields closed before it")
 DEFERRED = ", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open ({}; the " \
            "others dropped before it)"
+POOLED = ("; each cost's estimate on the validation rows pooled with the same cost's on the rows that epoch read "
+          f"(each batch measured before its step; at most as many as bring the test to its {TEST_ROWS:,} rows)")
 
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
@@ -485,7 +512,7 @@ def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> 
 
 def rule_site(deferred: bool, keep: int | None = None) -> str:
     """Where --keep K and the default rule decide, as `selection_rule` words it."""
-    return DEFERRED.format(f"at least {keep}" if keep else "at least one") if deferred \
+    return DEFERRED.format(f"at least {keep}" if keep else "at least one") + ("" if keep else POOLED) if deferred \
         else " (on the phase-1 model)"
 
 
@@ -527,12 +554,14 @@ def _in_se(cost: float, se: float) -> float | None:
 
 def closing_scores(search: dict) -> dict[str, float | None]:
     """Per tested field of a `closing_test`: its closing cost in standard errors, the larger of its own and the
-    closed set's with it (the score the rule cuts at 2; runs before the set test have their own only). The fields
-    of `_best_alone`'s choice have none: the cut did not decide them (`kept_alone` says what did)."""
+    closed set's with it (the score the rule cuts at 2; runs before the set test have their own only), pooled with
+    the first epoch's rows where the test read them ("pooled"). The fields of `_best_alone`'s choice have none: the
+    cut did not decide them (`kept_alone` says what did)."""
     out = {}
     for t in search.get("tests", []):
         if "alone" in t:
             continue
+        t = {**t, **t.get("pooled", {})}
         own = _in_se(t["cost"], t["se"])
         both = [own] + ([_in_se(t["set_cost"], t["set_se"])] if "set_cost" in t else [])
         if any(b is not None and np.isnan(b) for b in both):  # a diverged loss shows, whatever the order

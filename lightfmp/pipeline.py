@@ -35,6 +35,7 @@ from .models import build_model
 from .models.dense import cpu_gemm_library
 from .moments import Carry, prune_moments
 from .progress import Reporter
+from .progressive import SweepCosts, epoch_share
 from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
@@ -502,23 +503,30 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
 
     t0 = t1 = time.perf_counter()
     closed, first_fields, held = [], list(kept) if split else None, False
+    if deferred:  # the rule's order, in the fields the first epoch reads
+        at = {n: i for i, n in enumerate(kept)}
+        order = [at[names[i]] for i in order]
+    # the default rule's closing costs, measured on each batch of the first epoch before its step as well: on as
+    # many of its rows as the test's bound on its rows leaves beside the validation rows it reads
+    share = epoch_share(TEST_ROWS, min(len(valid), TEST_ROWS, closing_rows(model)), len(rest)) \
+        if deferred and keep is None else 0.0
+    evidence = SweepCosts(order, device, share) if share > 0 else None
     if split:
         # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
         # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
         # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
         # if it goes on as is
+        first_key = {**key, "kept": kept, **({"evidence_order": order} if evidence is not None else {})}
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
                           "continue (first epoch)", device, **{**plan, "epochs": 1}, carry=carry,
-                          checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", {**key, "kept": kept},
-                                                reporter.log), epoch_start=dist.maybe_fault)
+                          checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", first_key, reporter.log),
+                          epoch_start=dist.maybe_fault, evidence=evidence)
         t1 = time.perf_counter()
     if deferred:
         first = valid.select(kept).take(np.arange(min(len(valid), TEST_ROWS)))
-        at = {n: i for i, n in enumerate(kept)}
-        order = [at[names[i]] for i in order]
         search = keep_order(model, kept_schema, *first.arrays(), keep, device, rows_ratio,
                             order) if keep is not None \
-            else closing_test(model, kept_schema, *first.arrays(), device, order)
+            else closing_test(model, kept_schema, *first.arrays(), device, order, evidence)
         search["model"] = "after phase 3's first epoch"
         chosen = search["order"][:keep] if keep is not None else search["kept"]
         # the fields cut before the first epoch come last, by gate: the order names every field

@@ -272,6 +272,7 @@ class Trainer:
         self.joint = self.gate is not None and self.hold is None
         self.batches = max(1, math.ceil(len(self.weight_rows) / cfg.batch_size))
         self.net: torch.nn.Module = model  # the module the weight steps run (DDP under torchrun: see wrap)
+        self.evidence = None  # measured on each batch before its step (`fit`'s `evidence`)
 
     @property
     def weight_optimizers(self) -> list[torch.optim.Optimizer]:
@@ -311,6 +312,8 @@ class Trainer:
         order = self.weight_rows.chunks(_seed(seed, epoch, _ORDER), self.window_bytes)
         for b, (ids, y) in enumerate(_batches(order, cfg.batch_size)):
             step = epoch * self.batches + b
+            if self.evidence is not None:
+                self.evidence.measure(self.model, ids, y)
             loss_sum, n = self.train_step(ids, y, self.progress(step), noise)
             if n:
                 total += loss_sum
@@ -515,7 +518,7 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
         select_best: bool = True, in_memory_mb: int = 1024, checkpoint: Checkpoint | None = None,
         epoch_start: Callable[[int], None] | None = None, given: tuple[dict, np.ndarray] | None = None,
         span: tuple[float, float] = (0.0, 1.0), split_seed: int | None = None, carry: Carry | None = None,
-        gates_alone: bool = False) -> dict:
+        gates_alone: bool = False, evidence=None) -> dict:
     """Train `model` (and its gate, if it has one) in place on `rows`, validating on `valid` after each epoch;
     returns the per-epoch history.
 
@@ -529,7 +532,9 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     `checkpoint`: saved after every epoch (rank 0) and resumed from when it matches. `epoch_start(epoch)` is called
     before each epoch (the fault-injection hook). Under torchrun the model is wrapped in DDP for the weight steps.
     `gates_alone` (phase 1): after the best epoch is restored, the gates alone go on for the planned epochs after it
-    (`_gates_alone`); the model keeps the best epoch's gates, the history records where the gates alone ended."""
+    (`_gates_alone`); the model keeps the best epoch's gates, the history records where the gates alone ended.
+    `evidence` (lightfmp.progressive.SweepCosts): measures the model on each batch before its step; its totals are
+    combined over ranks after each epoch and kept with the checkpoint (restored with it)."""
     reporter = reporter or Reporter(quiet=True)
     model.to(device)
     copies = copies_allowed(model, int(in_memory_mb) << 20)
@@ -538,9 +543,16 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
     plan = Plan(cfg.epochs if epochs is None else int(epochs), int(seed), bool(select_best), int(in_memory_mb),
                 (float(span[0]), float(span[1])), None if split_seed is None else int(split_seed), averages, copies)
     trainer = Trainer(model, rows, cfg, plan, device, label, carry)
+    trainer.evidence = evidence
 
     state = checkpoint.load(model, trainer.optimizers) if checkpoint is not None else None
     resumed = state is not None
+    if resumed and evidence is not None:
+        try:
+            evidence.load(state.evidence or {})
+        except (KeyError, ValueError) as e:  # the key names the rule's order: only an edited checkpoint gets here
+            raise LightFMPError(f"{checkpoint.json_path}: what its epochs measured for the keep rule is missing or "
+                                f"does not fit ({e}); delete {checkpoint.dir} and rerun") from None
     if state is None:
         state = TrainState(epoch=0, history=[])
         if given is not None:
@@ -560,6 +572,9 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                 epoch_start(epoch)
             t0 = time.perf_counter()
             rec = trainer.train_epoch(epoch, next_batch)
+            if evidence is not None:
+                evidence.combine()
+                state.evidence = evidence.arrays()
             if not np.isfinite(rec["train_logloss"]):
                 raise diverged(f"epoch {epoch + 1}'s training loss is {rec['train_logloss']}", cfg)
             if not gates_finite(model):  # the weights' loss may still be finite: a gate step went to NaN or inf

@@ -1,0 +1,280 @@
+"""The closing test's evidence from the rows phase 3's first epoch reads (lightfmp.progressive): the sweep's step
+costs on each batch before its step, their pooling with the validation rows' estimates, and their path through
+fit, checkpoints and the default run."""
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lightfmp
+import lightfmp.keep_rule as kr
+from helpers import fitted_frame, write_csv
+from lightfmp import training
+from lightfmp.checkpoint import Checkpoint
+from lightfmp.closed_fields import other_rows
+from lightfmp.config import TrainConfig
+from lightfmp.errors import LightFMPError
+from lightfmp.metrics import SIGNIFICANT_SE
+from lightfmp.models import ModelConfig, build_model
+from lightfmp.progressive import SweepCosts, epoch_share, pooled
+from lightfmp.rows import ArrayRows
+
+ORDER = [3, 0, 4, 2, 1]  # most open first: the sweep tests b, noise, tags, a, x
+
+
+@pytest.fixture
+def setting():
+    schema, ids = fitted_frame(300)
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+        model.gate.log_alpha.copy_(torch.tensor([2.0, -6.0, 0.5, 3.0, 1.0]))  # b's gate is shut (exactly 0)
+    y = (ids[:, 0] % 2 == 0).float()
+    return schema, ids, y, model
+
+
+def _steps(model, schema, ids, y):
+    """The definition on one batch: per row, the logloss with the first i fields of the sweep closed (reading row
+    perm[r]'s values, `other_rows`) minus that with the first i - 1 closed; columns in the sweep's order."""
+    perm = torch.from_numpy(other_rows(len(y)))
+    x, out = ids.clone(), []
+    with torch.no_grad():
+        before = F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none")
+        for f in reversed(ORDER):
+            a, b = schema.field_slot_ranges()[schema.names[f]]
+            x[:, a:b] = ids[perm][:, a:b]
+            after = F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none")
+            out.append((after - before).double().numpy())
+            before = after
+    return np.stack(out, 1)
+
+
+def test_the_epochs_evidence_is_the_mean_and_standard_error_of_the_sweeps_steps_over_the_batches(setting):
+    """Mutants: the steps measured against every field open instead of the last state; the products' cross terms
+    dropped (a set's error as if its steps were independent); a batch counted twice by combine."""
+    schema, ids, y, model = setting
+    costs = SweepCosts(ORDER)
+    model.train()
+    batches = [slice(0, 120), slice(120, 300)]
+    for s in batches:
+        costs.measure(model, ids[s].numpy(), y[s].numpy())
+    assert model.training  # back in training mode for the step
+    assert costs.evidence([0]) is None  # nothing combined yet
+    costs.combine()
+    costs.combine()  # nothing new measured: the totals stay
+    steps = np.concatenate([_steps(model, schema, ids[s], y[s]) for s in batches])
+    assert costs.rows == 300 and np.all(steps[:, 0] == 0) and costs.evidence([0]) == (0.0, 0.0)  # b: shut
+    for positions in ([1], [3], [1, 2], [1, 2, 3, 4]):
+        d = steps[:, positions].sum(1)
+        mean, se = costs.evidence(positions)
+        assert mean == pytest.approx(d.mean(), rel=1e-5, abs=1e-9)
+        assert se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5), positions
+
+
+def test_pooled_weighs_each_estimate_by_its_inverse_variance():
+    mean, se = pooled((1.0, 1.0), (4.0, 2.0))  # weights 1 and 1/4
+    assert (mean, se) == pytest.approx(((1.0 + 4.0 / 4) / 1.25, 1 / np.sqrt(1.25)))
+    assert pooled((0.5, 0.0), (4.0, 2.0)) == (0.5, 0.0)  # no spread: that estimate decides
+    assert pooled((0.5, 0.1), (4.0, 0.0)) == (4.0, 0.0)
+    assert pooled((0.5, 0.1), None) == (0.5, 0.1)
+
+
+def test_the_epochs_share_fills_the_tests_bound_on_its_rows_beside_the_validation_rows(setting):
+    assert epoch_share(100_000, 14_000, 86_000) == 1.0
+    assert epoch_share(100_000, 20_000, 160_000) == 0.5
+    assert epoch_share(100_000, 100_000, 900_000) == 0.0
+    schema, ids, y, model = setting
+    costs = SweepCosts(ORDER, share=0.3)
+    for s in (slice(0, 120), slice(120, 300)):
+        costs.measure(model, ids[s].numpy(), y[s].numpy())
+    costs.combine()
+    assert costs.rows == 36 + 54  # ceil(0.3 x 120) + ceil(0.3 x 180): each batch's first rows
+    first = SweepCosts(ORDER)
+    first.measure(model, ids[:36].numpy(), y[:36].numpy())
+    first.measure(model, ids[120:174].numpy(), y[120:174].numpy())
+    first.combine()
+    assert np.allclose(costs.sums, first.sums) and np.allclose(costs.products, first.products)
+
+
+def _evidence(order, means, sds, rows=10_000):
+    """A SweepCosts whose steps at each position have these means and standard deviations, independent."""
+    costs = SweepCosts(order)
+    m = np.asarray(means, dtype=float)
+    costs.sums, costs.rows = m * rows, rows
+    costs.products = rows * (np.outer(m, m) + np.diag(np.asarray(sds, dtype=float) ** 2))
+    return costs
+
+
+def _validation(n=2000, own=0.0):
+    """Validation losses where closing field 2 (tested second, after field 3) costs `own` (per-row noise 0.05)."""
+    rng = np.random.default_rng(0)
+    base, noise = 0.6 + 0.05 * rng.standard_normal(n), 0.05 * rng.standard_normal(n)
+
+    def loss(closed):
+        return base + (own + noise if 2 in closed else 0.0) + (0.5 if 0 in closed else 0.0)
+    return loss
+
+
+def _fake_passes(loss_of):
+    class FakePasses:
+        def __init__(self, *a, **k):
+            self.toggled = set()
+
+        def losses(self, f=None):
+            return loss_of(self.toggled ^ ({f} if f is not None else set()))
+
+        def toggle(self, f):
+            self.toggled ^= {f}
+    return FakePasses
+
+
+def test_a_field_the_validation_rows_cannot_show_stays_where_the_epochs_rows_show_it(monkeypatch):
+    """Field 2 costs 0.001 a row on 2,000 validation rows (~0.9 standard errors: closed on them alone); the epoch's
+    100,000 rows show the same cost at ~6 standard errors: the pooled test keeps it. Mutant: the epoch's estimate
+    read and not pooled."""
+    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(_validation(own=0.001)))
+    model = SimpleNamespace(gate_values=lambda: torch.ones(4))
+    order = [0, 1, 2, 3]
+    alone = kr.backward_sweep(model, np.zeros((2000, 4)), np.zeros(2000), order)
+    assert 2 not in alone[0]
+    kept, tests = kr.backward_sweep(model, np.zeros((2000, 4)), np.zeros(2000), order,
+                                    epoch=_evidence(order, [0.0, 0.001, 0.0, 0.0], [0.05] * 4, rows=100_000))
+    t2 = next(t for t in tests if t["field"] == 2)
+    assert 2 in kept and not t2["closed"]
+    assert (t2["pooled"]["cost"], t2["pooled"]["se"]) == pytest.approx(
+        pooled((t2["cost"], t2["se"]), (t2["epoch"]["cost"], t2["epoch"]["se"])))
+    assert t2["pooled"]["cost"] > SIGNIFICANT_SE * t2["pooled"]["se"]
+    assert kr.closing_scores({"tests": tests})[2] == pytest.approx(t2["pooled"]["cost"] / t2["pooled"]["se"])
+
+
+def test_the_set_question_pools_the_steps_of_the_fields_the_sweep_closed(monkeypatch):
+    """Fields 1-8 cost nothing on the validation rows (each closing adds its own zero-mean noise); on the epoch's
+    rows each step but the first (field 8's) costs 0.00025, ~1.1 standard errors. Each field's own question stays
+    under the cut, but the closed set crosses it pooled once six are closed: the sixth tested (field 3) stays by
+    the set question, and the next field's set is the five closed and it, not field 3's step with them. Mutants:
+    the set's positions taken as the order's prefix whatever the sweep kept; the set question not pooled (field 3
+    closes)."""
+    n, rng = 2000, np.random.default_rng(1)
+    base = 0.6 + 0.05 * rng.standard_normal(n)
+    noise = 0.05 * rng.standard_normal((9, n))
+    noise -= noise.mean(1, keepdims=True)
+    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(
+        lambda closed: base + sum((noise[f] for f in closed), np.zeros(n)) + (0.5 if 0 in closed else 0.0)))
+    model = SimpleNamespace(gate_values=lambda: torch.ones(9))
+    order = list(range(9))
+    evidence = _evidence(order, [0.0] + [0.00025] * 8, [0.05] * 9, rows=50_000)  # by position
+    kept, tests = kr.backward_sweep(model, np.zeros((n, 9)), np.zeros(n), order, epoch=evidence)
+    assert kept == [0, 1, 2, 3] and [t["closed"] for t in tests] == [True] * 5 + [False] * 4
+    for t in tests[:8]:  # field 0 (tested last) costs 0.5 a row
+        p = t["pooled"]
+        assert p["cost"] <= SIGNIFICANT_SE * p["se"] and t["set_cost"] <= SIGNIFICANT_SE * t["set_se"], t
+    three = tests[5]
+    assert three["field"] == 3 and three["pooled"]["set_cost"] > SIGNIFICANT_SE * three["pooled"]["set_se"]
+    two = tests[6]  # positions 0-4 (fields 8-4) closed, 5 (field 3) kept, 6 (field 2) tested
+    assert two["epoch"]["set_cost"] == pytest.approx(evidence.evidence([0, 1, 2, 3, 4, 6])[0])
+    assert two["epoch"]["set_cost"] == pytest.approx(5 * 0.00025)
+
+
+def test_the_sweep_refuses_evidence_measured_in_another_order(monkeypatch):
+    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(_validation()))
+    model = SimpleNamespace(gate_values=lambda: torch.ones(4))
+    with pytest.raises(ValueError, match="order"):
+        kr.backward_sweep(model, np.zeros((10, 4)), np.zeros(10), [0, 1, 2, 3], epoch=SweepCosts([1, 0, 2, 3]))
+
+
+def test_fit_measures_each_batch_on_the_model_before_its_step(setting, monkeypatch):
+    """Mutant: the batch measured after its step (on a model that has read it)."""
+    schema, ids, y, _ = setting
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]))
+    rows = ArrayRows(ids.numpy(), y.numpy(), slots=schema.field_slot_ranges())
+    seen, real = [], training.Trainer.train_step
+
+    def step(self, batch, labels, *a, **kw):
+        seen.append((copy.deepcopy(self.model.state_dict()), np.array(batch), np.array(labels)))
+        return real(self, batch, labels, *a, **kw)
+    monkeypatch.setattr(training.Trainer, "train_step", step)
+    order = [0, 1, 2, 3, 4]
+    costs = SweepCosts(order)
+    training.fit(model, rows, None, TrainConfig(batch_size=64, lr=0.05), epochs=1, evidence=costs)
+    reference, clone = SweepCosts(order), copy.deepcopy(model)
+    for state, batch, labels in seen:
+        clone.load_state_dict(state)
+        reference.measure(clone, batch, labels)
+    reference.combine()
+    assert len(seen) == 5 and costs.rows == reference.rows == 300
+    assert np.allclose(costs.sums, reference.sums, rtol=1e-6, atol=1e-12)
+    assert np.allclose(costs.products, reference.products, rtol=1e-6, atol=1e-12)
+
+
+def test_a_resumed_epoch_brings_back_what_it_measured(setting, tmp_path):
+    """The first epoch restored from its checkpoint (the run was stopped after it) gives the rule the same
+    evidence; a checkpoint without it is refused with a line naming the file. Mutant: the evidence not saved."""
+    schema, ids, y, _ = setting
+    rows = ArrayRows(ids.numpy(), y.numpy(), slots=schema.field_slot_ranges())
+    cfg, order = TrainConfig(batch_size=64), [4, 3, 2, 1, 0]
+
+    def fit(costs, phase):
+        torch.manual_seed(0)
+        model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]))
+        return training.fit(model, rows, None, cfg, epochs=1, evidence=costs,
+                            checkpoint=Checkpoint(tmp_path / "ckpt", phase, {"k": 1}))
+    first = SweepCosts(order)
+    fit(first, "first")
+    again = SweepCosts(order)
+    out = fit(again, "first")
+    assert out.get("resumed_from_epoch") == 1 and again.rows == first.rows == 300
+    assert np.array_equal(again.sums, first.sums) and np.array_equal(again.products, first.products)
+    fit(None, "plain")
+    with pytest.raises(LightFMPError, match=r"plain\.json.*measured for the keep rule"):
+        fit(SweepCosts(order), "plain")
+    with pytest.raises(ValueError, match="another field order"):
+        SweepCosts([0, 1, 2, 3, 4]).load(first.arrays())
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    data = write_csv(tmp_path_factory.mktemp("pooled"), n=800)
+    out = tmp_path_factory.mktemp("runs") / "default"
+    metrics = lightfmp.run(lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3,
+                                                 batch_size=128, hidden=[16], embed_dim=4, subset=0.5,
+                                                 multi_hot=["tags:|"]), out, quiet=True)
+    return metrics
+
+
+def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(tmp_path, monkeypatch):
+    """With the bound 100 rows above the validation rows the test reads, the epoch measures ~100 of its rows (each
+    batch's first ceil(share x rows)). Mutant: every row measured whatever the bound."""
+    import lightfmp.pipeline as pipeline
+    data = write_csv(tmp_path, n=800)
+    cfg = lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3, batch_size=128,
+                                hidden=[16], embed_dim=4, subset=0.5, multi_hot=["tags:|"])
+    monkeypatch.setattr(pipeline, "TEST_ROWS", 10**6)
+    m = lightfmp.run(cfg, tmp_path / "all", quiet=True)
+    n_valid, rest = m["selection"]["search"]["rows"], m["selection"]["search"]["epoch_rows"]
+    monkeypatch.setattr(pipeline, "TEST_ROWS", n_valid + 100)
+    m = lightfmp.run(cfg, tmp_path / "some", quiet=True)
+    share = 100 / rest
+    batches = [128] * (rest // 128) + ([rest % 128] if rest % 128 else [])
+    assert m["selection"]["search"]["epoch_rows"] == sum(int(np.ceil(share * b)) for b in batches)
+
+
+def test_the_default_run_decides_on_the_pooled_estimates_of_its_first_epochs_rows(default_run):
+    m = default_run
+    search = m["selection"]["search"]
+    assert search["epoch_rows"] == m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
+    assert "pooled" in m["selection"]["rule"] and search["epoch_seconds"] > 0
+    tested = [t for t in search["tests"] if t["se"] > 0 and "alone" not in t]
+    assert tested
+    for t in tested:
+        own = pooled((t["cost"], t["se"]), (t["epoch"]["cost"], t["epoch"]["se"]))
+        joint = pooled((t["set_cost"], t["set_se"]), (t["epoch"]["set_cost"], t["epoch"]["set_se"]))
+        assert (t["pooled"]["cost"], t["pooled"]["se"]) == pytest.approx(own)
+        assert (t["pooled"]["set_cost"], t["pooled"]["set_se"]) == pytest.approx(joint)
+        assert t["closed"] == (own[0] <= SIGNIFICANT_SE * own[1] and joint[0] <= SIGNIFICANT_SE * joint[1])
+        assert m["selection"]["scores"][t["field"]] == pytest.approx(max(own[0] / own[1], joint[0] / joint[1]))
