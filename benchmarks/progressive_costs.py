@@ -1,16 +1,18 @@
 """Progressive closing costs (docs/selection.md, variant 64): the evidence of the rows phase 3's first epoch reads.
 
-The default rule's closing test reads the validation rows only. Phase 3's first epoch reads every training row phase
-1 did not use, once, so each batch is out of sample for the model just before its step (progressive validation).
-This measures, on each batch before its step, every open field's closing cost (the field's slots read from another
-row of the batch, every other field open: the closing test's shuffle), and reports per field the mean over the epoch
-over its standard error (`z_progressive`) beside the closing test's own z on the validation rows.
+Phase 3's first epoch reads every training row phase 1 did not use, once, so each batch is out of sample for the model
+just before its step (progressive validation). This measures, on each batch before its step, every open field's
+closing cost (the field's slots read from another row of the batch, every other field open: the closing test's
+shuffle), and reports per field the mean over the epoch over its standard error (`z_progressive`) beside the closing
+test's own z on the validation rows. (The default rule has since pooled the validation rows with that epoch's rows
+itself, the same sweep measured on each batch: lightfmp.progressive, variant 65; the z on the validation rows shown
+here is the validation rows' alone.)
 
     python benchmarks/progressive_costs.py --out runs/p --json p.json -- --data ctr.csv --label label --seed 0
     python benchmarks/progressive_costs.py --rule --out runs/q -- --data ctr.csv --label label --seed 0
 
-`--rule` runs the prototype rule: a field the closing test would close stays where its progressive z is above the
-test's two standard errors. A prototype: it replaces lightfmp's internals for the run (phase 3's `fit`, the
+`--rule` runs variant 64's prototype rule: a field the closing test, on the validation rows alone, would close stays
+where its progressive z is above the test's two standard errors. A prototype: it replaces lightfmp's internals for the run (phase 3's `fit`, the
 training step and the closing test's sweep) and costs one forward pass per open field per batch of the first epoch.
 The flags after `--` are `lightfmp run`'s; the run directory is written as `lightfmp run` writes it."""
 from __future__ import annotations
