@@ -32,9 +32,12 @@ class SweepCosts:
 
     def __init__(self, order: list[int], device: str = "cpu", share: float = 1.0):
         """`order`: the field indices (of the model the epoch trains) in the gates' order, most open first, as the
-        closing test will be given them; the sweep closes them from the last. `share`: of each batch, the first
-        ceil(share x rows) rows are measured (the batches are shuffled: a sample of the epoch's rows)."""
+        closing test will be given them; the sweep closes them from the last. `share`: the share of the epoch's
+        batches measured, whole and spread evenly (batch b where floor((b + 1) x share) > floor(b x share); the
+        batches are shuffled, so a sample of the epoch's rows: a batch's passes cost about the same at 2 rows as
+        at 512, so a thin share is taken in whole batches, not in rows of every batch)."""
         self.order, self.device, self.share = list(order), device, float(share)
+        self.batch = 0  # batches seen since the last `combine`
         k = len(self.order)
         self.sums, self.products, self.rows, self.seconds = np.zeros(k), np.zeros((k, k)), 0, 0.0
         self.local = [np.zeros(k), np.zeros((k, k)), 0]  # this rank's, since the last `combine`
@@ -42,10 +45,12 @@ class SweepCosts:
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
         """Before the step on a global batch: the sweep's steps on this rank's rows of it (at least 2 rows; the
         model is back in training mode after)."""
+        b, self.batch = self.batch, self.batch + 1
+        if math.floor((b + 1) * self.share) <= math.floor(b * self.share):
+            return
         t0 = time.perf_counter()
         w, r = (dist.world(), dist.rank()) if dist.active() else (1, 0)
-        m = min(len(labels), math.ceil(self.share * len(labels)))
-        ids, labels = np.asarray(ids)[:m][r::w], np.asarray(labels)[:m][r::w]
+        ids, labels = np.asarray(ids)[r::w], np.asarray(labels)[r::w]
         if len(labels) < 2:
             return
         was = model.training
@@ -76,12 +81,12 @@ class SweepCosts:
         self.sums = self.sums + flat[:k]
         self.products = self.products + flat[k:k + k * k].reshape(k, k)
         self.rows += int(round(flat[-1]))
-        self.local = [np.zeros(k), np.zeros((k, k)), 0]
+        self.local, self.batch = [np.zeros(k), np.zeros((k, k)), 0], 0
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps (float64)."""
         return {"order": np.asarray(self.order, dtype=np.float64), "sums": self.sums, "products": self.products,
-                "rows": np.asarray([self.rows], dtype=np.float64)}
+                "rows": np.asarray([self.rows], dtype=np.float64), "seconds": np.asarray([self.seconds])}
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """The sums a checkpoint kept; a ValueError if they are of another order."""
@@ -92,6 +97,7 @@ class SweepCosts:
         self.sums = np.array(arrays["sums"], dtype=np.float64)
         self.products = np.array(arrays["products"], dtype=np.float64)
         self.rows = int(np.asarray(arrays["rows"]).ravel()[0])
+        self.seconds = float(np.asarray(arrays.get("seconds", [0.0])).ravel()[0])
 
     def evidence(self, positions: list[int]) -> tuple[float, float] | None:
         """(mean, standard error) over the measured rows of the per-row sum of the steps at `positions` (indices
@@ -107,18 +113,20 @@ class SweepCosts:
 
 
 def epoch_share(budget: int, valid_rows: int, epoch_rows: int) -> float:
-    """The share of each batch of an epoch of `epoch_rows` rows to measure so that the validation rows the test
-    reads (`valid_rows`) and the epoch's together are at most `budget` rows (the test's own bound on its rows)."""
+    """The share of the batches of an epoch of `epoch_rows` rows to measure so that the validation rows the test
+    reads (`valid_rows`) and the epoch's together are about `budget` rows (the test's own bound on its rows)."""
     return min(1.0, max(0, budget - valid_rows) / max(epoch_rows, 1))
 
 
 def pooled(first: tuple[float, float], second: tuple[float, float] | None) -> tuple[float, float]:
     """Two estimates of one cost, (mean, standard error) each, as one: weighted by inverse variance (the estimate
-    with the smaller error counts more; one with no spread decides alone). `second` None: `first`."""
-    if second is None:
+    with the smaller error counts more). An estimate with no spread (every row's difference the same, as where a
+    field is constant on those rows) says nothing about the error and is left out: the other one stands; both
+    without spread, or `second` None: `first`."""
+    if second is None or second[1] <= 0.0:
         return first
     (m1, s1), (m2, s2) = first, second
-    if s1 <= 0.0 or s2 <= 0.0:
-        return (m1, s1) if s1 <= 0.0 else (m2, s2)
+    if s1 <= 0.0:
+        return second
     w1, w2 = 1.0 / (s1 * s1), 1.0 / (s2 * s2)
     return (w1 * m1 + w2 * m2) / (w1 + w2), float(1.0 / np.sqrt(w1 + w2))

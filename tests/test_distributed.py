@@ -97,6 +97,8 @@ def test_two_ranks_compute_what_one_process_does(data, single, tmp_path):
     assert m["fields"]["kept"] == single["fields"]["kept"]
     assert abs(m["test"]["auc"] - single["test"]["auc"]) <= 0.002
     assert m["phases"]["continue"]["rows"] == single["phases"]["continue"]["rows"]
+    # the rule's costs on the first epoch's batches: each rank measured its slice, the rule read both ranks' rows
+    assert m["selection"]["search"]["epoch_rows"] == single["selection"]["search"]["epoch_rows"] > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # one run dir, checkpoints removed
     assert r.stdout.count("fields kept") == 1                       # only rank 0 prints
 

@@ -80,8 +80,10 @@ def test_the_epochs_evidence_is_the_mean_and_standard_error_of_the_sweeps_steps_
 def test_pooled_weighs_each_estimate_by_its_inverse_variance():
     mean, se = pooled((1.0, 1.0), (4.0, 2.0))  # weights 1 and 1/4
     assert (mean, se) == pytest.approx(((1.0 + 4.0 / 4) / 1.25, 1 / np.sqrt(1.25)))
-    assert pooled((0.5, 0.0), (4.0, 2.0)) == (0.5, 0.0)  # no spread: that estimate decides
-    assert pooled((0.5, 0.1), (4.0, 0.0)) == (4.0, 0.0)
+    # no spread (a field constant on those rows): that estimate says nothing of the error and the other stands
+    assert pooled((0.0, 0.0), (0.01, 0.001)) == (0.01, 0.001)
+    assert pooled((0.01, 0.001), (0.0, 0.0)) == (0.01, 0.001)
+    assert pooled((0.0, 0.0), (0.5, 0.0)) == (0.0, 0.0)
     assert pooled((0.5, 0.1), None) == (0.5, 0.1)
 
 
@@ -90,16 +92,20 @@ def test_the_epochs_share_fills_the_tests_bound_on_its_rows_beside_the_validatio
     assert epoch_share(100_000, 20_000, 160_000) == 0.5
     assert epoch_share(100_000, 100_000, 900_000) == 0.0
     schema, ids, y, model = setting
+    batches = [slice(i, i + 30) for i in range(0, 300, 30)]
     costs = SweepCosts(ORDER, share=0.3)
-    for s in (slice(0, 120), slice(120, 300)):
+    for s in batches:
         costs.measure(model, ids[s].numpy(), y[s].numpy())
     costs.combine()
-    assert costs.rows == 36 + 54  # ceil(0.3 x 120) + ceil(0.3 x 180): each batch's first rows
-    first = SweepCosts(ORDER)
-    first.measure(model, ids[:36].numpy(), y[:36].numpy())
-    first.measure(model, ids[120:174].numpy(), y[120:174].numpy())
-    first.combine()
-    assert np.allclose(costs.sums, first.sums) and np.allclose(costs.products, first.products)
+    taken = SweepCosts(ORDER)  # whole batches, spread: b = 3, 6, 9 (floor((b + 1) x 0.3) > floor(b x 0.3))
+    for b in (3, 6, 9):
+        taken.measure(model, ids[batches[b]].numpy(), y[batches[b]].numpy())
+    taken.combine()
+    assert costs.rows == taken.rows == 90
+    assert np.allclose(costs.sums, taken.sums) and np.allclose(costs.products, taken.products)
+    costs.measure(model, ids[batches[0]].numpy(), y[batches[0]].numpy())  # the count restarts with the epoch
+    costs.combine()
+    assert costs.rows == 90
 
 
 def _evidence(order, means, sds, rows=10_000):
@@ -229,6 +235,7 @@ def test_a_resumed_epoch_brings_back_what_it_measured(setting, tmp_path):
     again = SweepCosts(order)
     out = fit(again, "first")
     assert out.get("resumed_from_epoch") == 1 and again.rows == first.rows == 300
+    assert again.seconds == first.seconds > 0
     assert np.array_equal(again.sums, first.sums) and np.array_equal(again.products, first.products)
     fit(None, "plain")
     with pytest.raises(LightFMPError, match=r"plain\.json.*measured for the keep rule"):
@@ -248,8 +255,8 @@ def default_run(tmp_path_factory):
 
 
 def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(tmp_path, monkeypatch):
-    """With the bound 100 rows above the validation rows the test reads, the epoch measures ~100 of its rows (each
-    batch's first ceil(share x rows)). Mutant: every row measured whatever the bound."""
+    """With the bound 100 rows above the validation rows the test reads, the epoch measures ~100 of its rows (whole
+    batches, spread). Mutant: every row measured whatever the bound."""
     import lightfmp.pipeline as pipeline
     data = write_csv(tmp_path, n=800)
     cfg = lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3, batch_size=128,
@@ -261,7 +268,8 @@ def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(t
     m = lightfmp.run(cfg, tmp_path / "some", quiet=True)
     share = 100 / rest
     batches = [128] * (rest // 128) + ([rest % 128] if rest % 128 else [])
-    assert m["selection"]["search"]["epoch_rows"] == sum(int(np.ceil(share * b)) for b in batches)
+    taken = [n for b, n in enumerate(batches) if np.floor((b + 1) * share) > np.floor(b * share)]
+    assert m["selection"]["search"]["epoch_rows"] == sum(taken) < rest
 
 
 def test_the_default_run_decides_on_the_pooled_estimates_of_its_first_epochs_rows(default_run):
