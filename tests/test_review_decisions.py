@@ -7,25 +7,12 @@ import pytest
 import torch
 
 import lightfmp.keep_rule as kr
+from helpers import fake_passes
 from lightfmp import distributed as dist
 from lightfmp import training
 from lightfmp.checkpoint import TrainState
 from lightfmp.gates import HardConcreteGate
 from lightfmp.metrics import row_log_loss
-
-
-def _fake_passes(loss_of):
-    """A stand-in for ClosedFields whose per-row losses are `loss_of(closed or open set)` of the state's set."""
-    class FakePasses:
-        def __init__(self, *a, **k):
-            self.toggled = set()
-
-        def losses(self, f=None):
-            return loss_of(self.toggled ^ ({f} if f is not None else set()))
-
-        def toggle(self, f):
-            self.toggled ^= {f}
-    return FakePasses
 
 
 def test_a_field_whose_own_closing_costs_beyond_noise_stays_whatever_the_set_cost(monkeypatch):
@@ -42,7 +29,7 @@ def test_a_field_whose_own_closing_costs_beyond_noise_stays_whatever_the_set_cos
         if 1 in closed:
             out = out + 0.05 + noise1
         return out + (0.5 if 0 in closed else 0.0)
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(loss))
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(loss))
     model = SimpleNamespace(gate_values=lambda: torch.ones(3))
     kept, tests = kr.backward_sweep(model, np.zeros((n, 3)), np.zeros(n), [0, 1, 2])
     t1 = next(t for t in tests if t["field"] == 1)
@@ -54,7 +41,7 @@ def test_no_best_alone_choice_is_recorded_where_every_rival_gate_was_shut(monkey
 
     def loss(closed):
         return np.full(n, 0.69) + (0.3 if 0 in closed else 0.0) + np.linspace(0, 0.01, n)
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(loss))
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(loss))
     model = SimpleNamespace(gate_values=lambda: torch.tensor([0.9, 0.0, 0.0]))
     kept, tests = kr.backward_sweep(model, np.zeros((n, 3)), np.zeros(n), [0, 1, 2])
     assert kept == [0] and len(tests) == 2 and all("alone" not in t for t in tests)
@@ -146,7 +133,7 @@ def test_the_gates_alone_cut_takes_only_gates_shut_exactly(monkeypatch):
     with torch.no_grad():
         gate.log_alpha.copy_(torch.tensor([3.0, 3.0, 3.0]))
     model = SimpleNamespace(gate=gate, gate_values=lambda: gate.deterministic().detach())
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(lambda closed: np.linspace(0.5, 0.6, 100)))
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(lambda closed: np.linspace(0.5, 0.6, 100)))
     monkeypatch.setattr(kr, "closing_rows", lambda m: 100)
     out = kr.gates_alone_cut(model, np.zeros((100, 3)), np.zeros(100), [-2.1, -8.0, 3.0])  # gates 0.03, 0, open
     assert out["fields"] == [1]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import lightfmp
 import lightfmp.keep_rule as kr
-from helpers import fitted_frame, write_csv
+from helpers import fake_passes, fitted_frame, write_csv
 from lightfmp import training
 from lightfmp.checkpoint import Checkpoint
 from lightfmp.closed_fields import other_rows
@@ -127,24 +127,11 @@ def _validation(n=2000, own=0.0):
     return loss
 
 
-def _fake_passes(loss_of):
-    class FakePasses:
-        def __init__(self, *a, **k):
-            self.toggled = set()
-
-        def losses(self, f=None):
-            return loss_of(self.toggled ^ ({f} if f is not None else set()))
-
-        def toggle(self, f):
-            self.toggled ^= {f}
-    return FakePasses
-
-
 def test_a_field_the_validation_rows_cannot_show_stays_where_the_epochs_rows_show_it(monkeypatch):
     """Field 2 costs 0.001 a row on 2,000 validation rows (~0.9 standard errors: closed on them alone); the epoch's
     100,000 rows show the same cost at ~6 standard errors: the pooled test keeps it. Mutant: the epoch's estimate
     read and not pooled."""
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(_validation(own=0.001)))
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(_validation(own=0.001)))
     model = SimpleNamespace(gate_values=lambda: torch.ones(4))
     order = [0, 1, 2, 3]
     alone = kr.backward_sweep(model, np.zeros((2000, 4)), np.zeros(2000), order)
@@ -170,7 +157,7 @@ def test_the_set_question_pools_the_steps_of_the_fields_the_sweep_closed(monkeyp
     base = 0.6 + 0.05 * rng.standard_normal(n)
     noise = 0.05 * rng.standard_normal((9, n))
     noise -= noise.mean(1, keepdims=True)
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(
         lambda closed: base + sum((noise[f] for f in closed), np.zeros(n)) + (0.5 if 0 in closed else 0.0)))
     model = SimpleNamespace(gate_values=lambda: torch.ones(9))
     order = list(range(9))
@@ -188,7 +175,7 @@ def test_the_set_question_pools_the_steps_of_the_fields_the_sweep_closed(monkeyp
 
 
 def test_the_sweep_refuses_evidence_measured_in_another_order(monkeypatch):
-    monkeypatch.setattr(kr, "ClosedFields", _fake_passes(_validation()))
+    monkeypatch.setattr(kr, "ClosedFields", fake_passes(_validation()))
     model = SimpleNamespace(gate_values=lambda: torch.ones(4))
     with pytest.raises(ValueError, match="order"):
         kr.backward_sweep(model, np.zeros((10, 4)), np.zeros(10), [0, 1, 2, 3], epoch=SweepCosts([1, 0, 2, 3]))
