@@ -15,7 +15,9 @@ and DeepFM's FM term, a function of two sums over fields, comes from the state's
 terms (D instead of F x D). Memory: the state, rows x fields x embed_dim floats (250 MB for 100,000 rows of 39
 fields at 16), plus those layers' pre-activations (at most STATE_BYTES more: the narrowest first) and the two sums
 (rows x embed_dim float64 each); beyond STATE_BYTES the state is the rows' ids and every pass looks them up again
-(the same losses, ~25x slower on a wide table: `state_rows`).
+(the same losses, ~25x slower on a wide table: `state_rows`). A walk that closes fields one by one and keeps them
+closed (`sweep`: the closing test's order on each batch of phase 3's first epoch, lightfmp.progressive) is answered
+for all its states at once where the model reads the embeddings through those layers and sums alone.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .models import CTRModel
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
 STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
+STACK_FLOATS = 1 << 22  # a stacked call's widest activation in floats (16 MB: `ClosedFields.sweep` splits rows to it)
 
 
 def state_rows(model: CTRModel) -> int:
@@ -94,6 +97,18 @@ class _FactorizationFromSums(nn.Module):
         return self.fm.from_sums(self.total, self.squares).to(emb.dtype)
 
 
+class _GivenPreActivation(nn.Module):
+    """Stands in for a reader of the flattened embeddings in a stacked pass (`ClosedFields.sweep`): its
+    pre-activation, computed beforehand for every row of the call; the input is not read."""
+
+    def __init__(self, pre: torch.Tensor):
+        super().__init__()
+        self.pre = pre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pre
+
+
 class _KeptPreActivation(torch.autograd.Function):
     """A reader's output where its pre-activation is known already: forward returns it, backward passes the
     gradient to the layer's input as the Linear would (grad @ weight)."""
@@ -119,6 +134,14 @@ class _KeptReader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _KeptPreActivation.apply(x, self.pre, self.layer.weight.detach())
+
+
+def _running_sum(x: torch.Tensor) -> torch.Tensor:
+    """x[j] <- x[0] + ... + x[j] along the first dimension, in place, one add a slice in order (torch.cumsum along
+    a leading dimension runs several times slower on the CPU; the adds are in the order `toggle`'s updates make)."""
+    for j in range(1, x.shape[0]):
+        x[j].add_(x[j - 1])
+    return x
 
 
 def readers(model: CTRModel) -> list[tuple[nn.Module, str]]:
@@ -254,13 +277,27 @@ class ClosedFields:
     def _toggled(self, f: int) -> list[torch.Tensor]:
         """Field f's part after a toggle: an open field reads row perm[i]; a closed one its own row again (gathered
         from a contiguous copy: rows far apart in the state are far apart in memory)."""
+        if self.cached:
+            return [block[:, 0] for block in self._toggled_blocks([f])]
         if self.open[f]:
             return [v[self.perm] for v in self._field(f)]
         if self.own is None:
             return [v[self.inverse] for v in self._field(f)]
-        if not self.cached:
-            return [self.own[:, self.slots[f]].clone()]
-        return [t[:, f].clone() for t in self.own if t is not None]
+        return [self.own[:, self.slots[f]].clone()]
+
+    def _toggled_blocks(self, fields: list[int]) -> list[torch.Tensor]:
+        """`_toggled` of several fields at once where the state holds embeddings: their blocks [N, k, D] (and
+        first-order terms [N, k]) after each one's toggle."""
+        cols = torch.tensor(fields, device=self.perm.device)
+        shut = torch.nonzero(~self.open[fields]).flatten().to(self.perm.device)
+        out = []
+        for i, t in enumerate(v for v in (self.emb, self.lin) if v is not None):
+            block = t[:, cols]  # a contiguous copy: the gathers below read rows far apart in the state
+            new = block[self.perm]  # an open field reads row perm[i]
+            if len(shut):  # a closed one its own row again
+                new[:, shut] = (block[self.inverse] if self.own is None else self.own[i][:, cols])[:, shut]
+            out.append(new)
+        return out
 
     @contextmanager
     def _trial(self, f: int | None):
@@ -309,6 +346,104 @@ class ClosedFields:
                       for (parent, name, layer), pre in zip(self.readers, self.pres)]
         if self.fm is not None:
             sums = self._changed_sums(rows, old[rows], emb[:, f]) if f is not None else [s[rows] for s in self.sums]
+            swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
+        try:
+            for owner, name, _, stand_in in swaps:
+                setattr(owner, name, stand_in)
+            yield
+        finally:
+            for owner, name, module, _ in swaps:
+                setattr(owner, name, module)
+
+    @torch.no_grad()
+    def sweep(self, fields: list[int]) -> np.ndarray:
+        """Per-row BCE (float64, [N, len(fields) + 1]; times the row's weight, given weights): column 0 the state's,
+        column j the state's with the first j of `fields` toggled (each stays toggled for the columns after it: the
+        closing test's walk). The state is as it was afterwards.
+
+        Where the model reads the field embeddings only through its readers, its FM sums and the first-order terms
+        (`stacks`), the columns' passes go through the layers after them together: a reader's pre-activation of
+        column j is the state's plus a running sum of the toggled fields' changes of it (one batched product for
+        all of them), the FM sums likewise, so a call computes what `losses` would per column with far fewer, larger
+        products (one column's pass of a small model is mostly the fixed cost of its calls). Else column by column
+        (`losses`, `toggle`)."""
+        if len(set(fields)) < len(fields):
+            raise ValueError(f"sweep: a field toggled twice in {fields}")
+        if not fields or not self.stacks():
+            kept = [pre.clone() for pre in self.pres], self.sums  # toggled back, they would differ in rounding
+            out = [self.losses()]
+            for f in fields:
+                out.append(self.losses(f))
+                self.toggle(f)
+            for f in reversed(fields):
+                self.toggle(f)
+            for pre, before in zip(self.pres, kept[0]):
+                pre.copy_(before)
+            self.sums = kept[1]
+            return np.stack(out, 1)
+        k, widths = len(fields), [layer.out_features for _, _, layer in self.readers] + [self.emb.shape[2]]
+        calls = -(-(k + 1) * self.n * max(widths) // STACK_FLOATS)  # the rows split evenly into this many calls
+        rows = -(-self.n // calls)
+        new = self._toggled_blocks(fields)  # the toggled fields' whole blocks, once
+        return np.concatenate([self._stacked(slice(i, i + rows), fields, new) for i in range(0, self.n, rows)])
+
+    def stacks(self) -> bool:
+        """Whether `sweep` can stack its columns: the state holds the embeddings and the model reads them only
+        through the readers and the FM sums (a pass with the embeddings set to NaN and those answered from the
+        state's own numbers is finite; DCNv2's cross layers read them elementwise, so it is not). Probed once."""
+        if not hasattr(self, "_stacks"):
+            self._stacks = False
+            if self.cached and (self.readers or self.fm is not None):
+                rows = slice(0, 2)
+                emb = torch.full_like(self.emb[rows], float("nan"))
+                with self._given([pre[rows] for pre in self.pres],
+                                 [s[rows] for s in self.sums] if self.fm is not None else None):
+                    self._stacks = bool(torch.isfinite(self.model.interact(
+                        emb, self.lin[rows] if self.lin is not None else None)).all())
+        return self._stacks
+
+    def _stacked(self, rows: slice, fields: list[int], new: list[torch.Tensor]) -> np.ndarray:
+        """`sweep` on `rows` of the state, every column in one pass; `new`: the fields' toggled blocks."""
+        k, d = len(fields), self.emb.shape[2]
+        cols = torch.tensor(fields, device=self.perm.device)
+        emb = self.emb[rows]
+        n = emb.shape[0]
+        old, new_emb = emb[:, cols], new[0][rows]  # [n, k, D]
+        change = (new_emb - old).transpose(0, 1)  # [k, n, D]
+        pres = []
+        for (_, _, layer), pre in zip(self.readers, self.pres):
+            weight = layer.weight.view(layer.out_features, -1, d)[:, cols].permute(1, 2, 0)  # [k, D, H]
+            out = torch.empty((k + 1,) + pre[rows].shape, dtype=pre.dtype, device=pre.device)
+            out[0] = pre[rows]
+            torch.bmm(change, weight, out=out[1:])  # each field's change of the pre-activation
+            pres.append(_running_sum(out).flatten(0, 1))
+        sums = None
+        if self.fm is not None:
+            terms = [(b - a).transpose(0, 1) for a, b in zip(self.fm.field_terms(old.double()),
+                                                              self.fm.field_terms(new_emb.double()))]
+            sums = [_running_sum(torch.cat([s[rows][None], t])).flatten(0, 1) for s, t in zip(self.sums, terms)]
+        lin = None
+        if self.lin is not None:
+            state = self.lin[rows]
+            after = state.clone()
+            after[:, cols] = new[1][rows]  # every field of the walk toggled
+            toggled = torch.zeros(k + 1, state.shape[1], dtype=torch.bool, device=cols.device)
+            toggled[:, cols] = torch.arange(k + 1, device=cols.device)[:, None] > torch.arange(k, device=cols.device)
+            lin = torch.where(toggled[:, None, :], after[None], state[None]).flatten(0, 1)  # column j: the first j
+        unread = emb[:1].expand(n * (k + 1), -1, -1)  # the model reads the embeddings through the stand-ins only
+        with self._given(pres, sums):
+            logits = self.model.interact(unread, lin)
+        labels = self.labels[rows].repeat(k + 1)
+        weights = self.weights[rows].repeat(k + 1) if self.weights is not None else None
+        loss = F.binary_cross_entropy_with_logits(logits, labels, weights, reduction="none")
+        return loss.double().view(k + 1, n).t().cpu().numpy()
+
+    @contextmanager
+    def _given(self, pres: list[torch.Tensor], sums: list[torch.Tensor] | None):
+        """The model with its readers answering `pres` and its FM term `sums` (where it has them)."""
+        swaps = [(parent, name, layer, _GivenPreActivation(pre))
+                 for (parent, name, layer), pre in zip(self.readers, pres)]
+        if self.fm is not None:
             swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
         try:
             for owner, name, _, stand_in in swaps:

@@ -43,8 +43,9 @@ class SweepCosts:
         self.local = [np.zeros(k), np.zeros((k, k)), 0]  # this rank's, since the last `combine`
 
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
-        """Before the step on a global batch: the sweep's steps on this rank's rows of it (at least 2 rows; the
-        model is back in training mode after)."""
+        """Before the step on a global batch: the sweep's steps on this rank's rows of it (at least 2 rows; every
+        state of the walk in stacked passes where the backbone allows, `ClosedFields.sweep`; the model is back in
+        training mode after)."""
         b, self.batch = self.batch, self.batch + 1
         if math.floor((b + 1) * self.share) <= math.floor(b * self.share):
             return
@@ -55,20 +56,14 @@ class SweepCosts:
             return
         was = model.training
         z = model.gate_values().cpu()
-        passes = ClosedFields(model, ids, labels, self.order, self.device)
-        before = passes.losses().astype(np.float64)
-        steps = np.zeros((len(before), len(self.order)))
-        for i, f in enumerate(reversed(self.order)):
-            if float(z[f]) == 0.0:  # a shut gate: the model reads nothing of it, its step is 0
-                passes.toggle(f)
-                continue
-            after = passes.losses(f).astype(np.float64)
-            steps[:, i] = after - before
-            passes.toggle(f)
-            before = after
+        sweep = list(reversed(self.order))
+        walked = [i for i, f in enumerate(sweep) if float(z[f]) != 0.0]  # a shut gate's field: read as 0, step 0
+        losses = ClosedFields(model, ids, labels, self.order, self.device).sweep([sweep[i] for i in walked])
+        steps = np.zeros((len(losses), len(self.order)))
+        steps[:, walked] = np.diff(losses, axis=1)
         self.local[0] += steps.sum(0)
         self.local[1] += steps.T @ steps
-        self.local[2] += len(before)
+        self.local[2] += len(losses)
         model.train(was)
         self.seconds += time.perf_counter() - t0
 

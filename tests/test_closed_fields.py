@@ -77,3 +77,51 @@ def test_weighted_donors_are_the_seed_0_draw_wherever_it_drew_another_row():
     moved = draw != np.arange(len(w))
     assert moved.mean() > 0.99 and np.array_equal(donor[moved], draw[moved])
     assert np.array_equal(donor, weighted_other_rows(w))
+
+
+@pytest.mark.parametrize("backbone,stacks", [("deepfm", True), ("widedeep", True), ("mlp", True),
+                                             ("dcnv2", False)])
+def test_a_sweep_gives_every_state_of_the_walk_as_the_whole_models_passes_do(schema_and_ids, monkeypatch, backbone,
+                                                                             stacks):
+    """`sweep` against the definition (a whole forward pass per state, the fields toggled one by one staying so):
+    stacked where the model reads the embeddings only through its first layer, FM sums and first-order terms,
+    column by column for DCNv2's cross layers; rows split over several stacked calls; a field closed at the start
+    toggled open; the state as it was afterwards. Mutants: the running sum restarted per field (each column one
+    field's change alone), the first-order terms left at the state's, the state left toggled, DCNv2 stacked."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=[16, 8]), gated=True)
+    _randomize(model)
+    y = (torch.arange(len(ids)) % 3 == 0).float()
+    monkeypatch.setattr("lightfmp.closed_fields.STACK_FLOATS", 2000)  # several calls of ~20 rows
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 1, 2, 3])  # tags (4) closed
+    assert passes.stacks() == stacks
+    walk = [3, 4, 0, 2]
+    got = passes.sweep(walk)
+    open_fields, expected = {0, 1, 2, 3}, [_reference_losses(model, schema, ids, y, {0, 1, 2, 3})]
+    for f in walk:
+        open_fields ^= {f}
+        expected.append(_reference_losses(model, schema, ids, y, open_fields))
+    assert got.shape == (len(ids), 5)
+    assert np.allclose(got, np.stack(expected, 1), rtol=1e-5, atol=1e-6)
+    assert np.array_equal(passes.losses(), got[:, 0]) and np.array_equal(passes.losses(3), got[:, 1])
+    with pytest.raises(ValueError, match="toggled twice"):
+        passes.sweep([3, 0, 3])
+
+
+def test_a_stacked_sweep_weighs_rows_as_the_passes_do(schema_and_ids):
+    """Weighted rows (a stratified sample): each column is the weighted per-row loss `losses` gives for that
+    state. Mutant: the weights of the first column's rows only."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[16, 8]), gated=True)
+    _randomize(model)
+    y = (torch.arange(len(ids)) % 4 == 0).float()
+    weights = np.where(y.numpy() > 0, 0.4, 1.2).astype(np.float64)
+    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 1, 2, 3, 4], weights=weights)
+    assert passes.stacks()
+    got = passes.sweep([1, 3])
+    expected = [passes.losses(), passes.losses(1)]
+    passes.toggle(1)
+    expected.append(passes.losses(3))
+    assert np.allclose(got, np.stack(expected, 1), rtol=1e-5, atol=1e-7)
