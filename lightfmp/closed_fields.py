@@ -136,9 +136,21 @@ class _KeptReader(nn.Module):
         return _KeptPreActivation.apply(x, self.pre, self.layer.weight.detach())
 
 
+@contextmanager
+def _swapped(swaps: list[tuple[nn.Module, str, nn.Module, nn.Module]]):
+    """Each (owner, name, module, stand_in): owner.name is stand_in inside, module again afterwards."""
+    try:
+        for owner, name, _, stand_in in swaps:
+            setattr(owner, name, stand_in)
+        yield
+    finally:
+        for owner, name, module, _ in swaps:
+            setattr(owner, name, module)
+
+
 def _running_sum(x: torch.Tensor) -> torch.Tensor:
-    """x[j] <- x[0] + ... + x[j] along the first dimension, in place, one add a slice in order (torch.cumsum along
-    a leading dimension runs several times slower on the CPU; the adds are in the order `toggle`'s updates make)."""
+    """x[j] <- x[0] + ... + x[j] along the first dimension, in place, one add a slice in the walk's order
+    (torch.cumsum along a leading dimension runs several times slower on the CPU)."""
     for j in range(1, x.shape[0]):
         x[j].add_(x[j - 1])
     return x
@@ -347,13 +359,8 @@ class ClosedFields:
         if self.fm is not None:
             sums = self._changed_sums(rows, old[rows], emb[:, f]) if f is not None else [s[rows] for s in self.sums]
             swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
-        try:
-            for owner, name, _, stand_in in swaps:
-                setattr(owner, name, stand_in)
+        with _swapped(swaps):
             yield
-        finally:
-            for owner, name, module, _ in swaps:
-                setattr(owner, name, module)
 
     @torch.no_grad()
     def sweep(self, fields: list[int]) -> np.ndarray:
@@ -445,13 +452,8 @@ class ClosedFields:
                  for (parent, name, layer), pre in zip(self.readers, pres)]
         if self.fm is not None:
             swaps.append((self.model, "fm", self.fm, _FactorizationFromSums(self.fm, *sums)))
-        try:
-            for owner, name, _, stand_in in swaps:
-                setattr(owner, name, stand_in)
+        with _swapped(swaps):
             yield
-        finally:
-            for owner, name, module, _ in swaps:
-                setattr(owner, name, module)
 
     @torch.no_grad()
     def toggle(self, f: int) -> None:
