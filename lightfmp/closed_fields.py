@@ -33,7 +33,6 @@ from .models import CTRModel
 
 CHUNK_FLOATS = 1 << 20  # embedding floats per forward call (4 MB): a chunk's temporaries stay in the processor's cache
 STATE_BYTES = 1 << 30   # the rows' embeddings are kept while they take at most this (1 GiB); beyond, their ids
-STACK_FLOATS = 1 << 22  # a stacked call's widest activation in floats (16 MB: `ClosedFields.sweep` splits rows to it)
 
 
 def state_rows(model: CTRModel) -> int:
@@ -235,6 +234,7 @@ class ClosedFields:
         # nothing F x D wide per row but what the model's other layers do (and the F first-order terms)
         widths = [m.out_features for m in model.modules() if isinstance(m, nn.Linear)] if self.readers else []
         self.pass_chunk = max(1, CHUNK_FLOATS // max(widths + [fields, dim])) if widths else self.chunk
+        self._stacks: bool | None = None  # whether `sweep` stacks its passes: probed on its first call
 
     def _lookup(self, rows: slice, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Field embeddings and first-order terms of the state's ids (or `ids`) at `rows`."""
@@ -372,8 +372,9 @@ class ClosedFields:
         (`stacks`), the columns' passes go through the layers after them together: a reader's pre-activation of
         column j is the state's plus a running sum of the toggled fields' changes of it (one batched product for
         all of them), the FM sums likewise, so a call computes what `losses` would per column with far fewer, larger
-        products (one column's pass of a small model is mostly the fixed cost of its calls). Else column by column
-        (`losses`, `toggle`)."""
+        products (one column's pass of a small model is mostly the fixed cost of its calls), the rows split so that
+        a call's widest activation (all columns' rows) stays within CHUNK_FLOATS. Else column by column (`losses`,
+        `toggle`)."""
         if len(set(fields)) < len(fields):
             raise ValueError(f"sweep: a field toggled twice in {fields}")
         if not fields or not self.stacks():
@@ -388,17 +389,20 @@ class ClosedFields:
                 pre.copy_(before)
             self.sums = kept[1]
             return np.stack(out, 1)
-        k, widths = len(fields), [layer.out_features for _, _, layer in self.readers] + [self.emb.shape[2]]
-        calls = -(-(k + 1) * self.n * max(widths) // STACK_FLOATS)  # the rows split evenly into this many calls
+        k, widths = len(fields), [layer.out_features for _, _, layer in self.readers] + list(self.emb.shape[1:])
+        calls = -(-(k + 1) * self.n * max(widths) // CHUNK_FLOATS)  # the rows split evenly into this many calls
         rows = -(-self.n // calls)
         new = self._toggled_blocks(fields)  # the toggled fields' whole blocks, once
-        return np.concatenate([self._stacked(slice(i, i + rows), fields, new) for i in range(0, self.n, rows)])
+        cols, d = torch.tensor(fields, device=self.perm.device), self.emb.shape[2]
+        blocks = [layer.weight.view(layer.out_features, -1, d)[:, cols].permute(1, 2, 0).contiguous()
+                  for _, _, layer in self.readers]  # each reader's columns of the walk's fields, [k, D, H]
+        return np.concatenate([self._stacked(slice(i, i + rows), cols, new, blocks) for i in range(0, self.n, rows)])
 
     def stacks(self) -> bool:
         """Whether `sweep` can stack its columns: the state holds the embeddings and the model reads them only
         through the readers and the FM sums (a pass with the embeddings set to NaN and those answered from the
         state's own numbers is finite; DCNv2's cross layers read them elementwise, so it is not). Probed once."""
-        if not hasattr(self, "_stacks"):
+        if self._stacks is None:
             self._stacks = False
             if self.cached and (self.readers or self.fm is not None):
                 rows = slice(0, 2)
@@ -409,17 +413,17 @@ class ClosedFields:
                         emb, self.lin[rows] if self.lin is not None else None)).all())
         return self._stacks
 
-    def _stacked(self, rows: slice, fields: list[int], new: list[torch.Tensor]) -> np.ndarray:
-        """`sweep` on `rows` of the state, every column in one pass; `new`: the fields' toggled blocks."""
-        k, d = len(fields), self.emb.shape[2]
-        cols = torch.tensor(fields, device=self.perm.device)
+    def _stacked(self, rows: slice, cols: torch.Tensor, new: list[torch.Tensor], blocks: list[torch.Tensor]) \
+            -> np.ndarray:
+        """`sweep` on `rows` of the state, every column in one pass: `cols` the walk's fields, `new` their toggled
+        blocks, `blocks` the readers' weights for them."""
+        k = len(cols)
         emb = self.emb[rows]
         n = emb.shape[0]
         old, new_emb = emb[:, cols], new[0][rows]  # [n, k, D]
         change = (new_emb - old).transpose(0, 1)  # [k, n, D]
         pres = []
-        for (_, _, layer), pre in zip(self.readers, self.pres):
-            weight = layer.weight.view(layer.out_features, -1, d)[:, cols].permute(1, 2, 0)  # [k, D, H]
+        for weight, pre in zip(blocks, self.pres):
             out = torch.empty((k + 1,) + pre[rows].shape, dtype=pre.dtype, device=pre.device)
             out[0] = pre[rows]
             torch.bmm(change, weight, out=out[1:])  # each field's change of the pre-activation
