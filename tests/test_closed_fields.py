@@ -93,7 +93,7 @@ def test_a_sweep_gives_every_state_of_the_walk_as_the_whole_models_passes_do(sch
     model = build_model(backbone, schema, ModelConfig(embed_dim=4, hidden=[16, 8]), gated=True)
     _randomize(model)
     y = (torch.arange(len(ids)) % 3 == 0).float()
-    monkeypatch.setattr("lightfmp.closed_fields.CHUNK_FLOATS", 2000)  # several calls of ~20 rows
+    monkeypatch.setattr("lightfmp.closed_fields.STACK_FLOATS", 2000)  # several calls of ~20 rows
     passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 1, 2, 3])  # tags (4) closed
     assert passes.stacks() == stacks
     walk = [3, 4, 0, 2]
