@@ -373,7 +373,7 @@ class ClosedFields:
         (`stacks`), the columns' passes go through the layers after them together: a reader's pre-activation of
         column j is the state's plus a running sum of the toggled fields' changes of it (one batched product for
         all of them), the FM sums likewise, so a call computes what `losses` would per column with far fewer, larger
-        products (one column's pass of a small model is mostly the fixed cost of its calls), the rows split so that
+        products (much of one column's pass of a small model is the fixed cost of its calls), the rows split so that
         a call's widest activation (all columns' rows) stays within STACK_FLOATS. Else column by column (`losses`,
         `toggle`)."""
         if len(set(fields)) < len(fields):
