@@ -18,7 +18,7 @@ from lightfmp.demo import demo
 from lightfmp.errors import LightFMPError
 from lightfmp.inspection import cut_line, final_model_line, gate_rows, plot_gates
 from lightfmp.io import check_apart
-from lightfmp.keep_rule import alone_note, shut_note
+from lightfmp.keep_rule import alone_note, gates_alone_note, shut_note
 from lightfmp.progress import counted
 from lightfmp.rundir import GATES_PLOT, open_run
 
@@ -154,10 +154,7 @@ def inspect_cmd(run: Path = typer.Argument(..., help="Run directory."),
     if alone and alone.get("recorded") is False:
         out.print("before it: no early cut (phase 1 did not record its gates alone)")
     elif alone:
-        how = (f"closing them together cost the phase-1 model {alone['cost']:+.5f} logloss"
-               if alone["cost"] is not None else "every open field")
-        out.print(f"before it: {len(alone['fields'])} field(s) shut by phase 1's gates alone after its best epoch: "
-                  + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
+        out.print(f"before it: {escape(gates_alone_note(alone))}")
     final = final_model_line(r)
     if final:
         out.print(final)

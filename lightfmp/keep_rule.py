@@ -338,15 +338,21 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_log_alpha,
                     device: str = "cpu") -> dict:
     """The default rule's first step, before phase 3: the fields that phase 1's gates alone shut after its best
-    epoch (`lightfmp.training._gates_alone`) while they were open at it are cut now if closing them together (as
-    the closing test closes fields: `ClosedFields`, on its rows) does not raise the phase-1 model's validation
-    logloss at all against every field open at the best epoch. The subset's model cannot tell a weak field from
-    noise, and a field cut now is neither read by phase 3's first epoch nor tested after it, so this cut asks for
-    no estimated value at all (a cost above 0, however small, is a value the first epoch may confirm), where the
-    closing test, on the model that has read every row, asks for a value beyond two standard errors. A set that
-    costs anything stays open and the closing test decides on each of its fields. Where cut, `model`'s gates for
+    epoch (`lightfmp.training._gates_alone`) while they were open at it are cut now if they are at least half of the
+    fields open at it and closing them together (as the closing test closes fields: `ClosedFields`, on its rows)
+    does not raise the phase-1 model's validation logloss at all against every field open at the best epoch.
+
+    The subset's model cannot tell a weak field from noise, and a field cut now is neither read by phase 3's first
+    epoch nor tested after it: the cut is a bet made for time. Where it is wrong it costs a weak field the first
+    epoch's model would have shown (MovieLens's age and weekday: worth nothing to the subset's model, 2.9-3.6
+    standard errors to the closing test after the first epoch); what it saves is the share of the first epoch's
+    reading and of its measuring (one state per open field) that those fields take. So it is taken only where that
+    share is at least half, where the gates found nothing in most of a table, and even then only where the set
+    asks for no estimated value at all (a cost above 0, however small, is a value the first epoch may confirm).
+    A set not cut stays open and the closing test decides on each of its fields. Where cut, `model`'s gates for
     those fields are set to where the gates alone ended (shut); never every open field. Returns {"fields":
-    indices, "cost", "se", "cut"}."""
+    indices, "open": how many fields were open at the best epoch, "cost", "se" (None where the set was not
+    measured: fewer than half, or every open field), "cut"}."""
     gate = model.gate
     best = gate.log_alpha.detach().clone()
     alone = torch.as_tensor(alone_log_alpha, dtype=best.dtype, device=best.device)
@@ -357,8 +363,8 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
         gate.log_alpha.copy_(best)
     open_fields = [f for f in range(len(z)) if float(z[f]) > 0.0]
     shut = [f for f in open_fields if float(z_alone[f]) == 0.0]
-    if not shut or len(shut) == len(open_fields):
-        return {"fields": shut, "cost": None, "se": None, "cut": False}
+    if not shut or len(shut) == len(open_fields) or 2 * len(shut) < len(open_fields):
+        return {"fields": shut, "open": len(open_fields), "cost": None, "se": None, "cut": False}
     n = closing_rows(model)
     passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device)
     every_open = passes.losses()
@@ -369,7 +375,7 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     if cut:
         with torch.no_grad():
             gate.log_alpha[shut] = alone[shut]
-    return {"fields": shut, "cost": cost, "se": se, "cut": cut}
+    return {"fields": shut, "open": len(open_fields), "cost": cost, "se": se, "cut": cut}
 
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
@@ -500,8 +506,9 @@ POOLED = ("; each cost's estimate on the validation rows pooled with the same co
 
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
-                    "epoch's weights) are cut before phase 3 if closing them together does not raise the phase-1 "
-                    "model's validation logloss at all (else the closing test decides on them)")
+                    "epoch's weights) are cut before phase 3 if they are at least half of the fields open at its "
+                    "best epoch and closing them together does not raise the phase-1 model's validation logloss at "
+                    "all (else the closing test decides on them)")
 
 
 def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> bool:
@@ -533,6 +540,17 @@ def alone_note(alone: dict) -> str:
     return (f"no tested field's closing cost passed the cut: {alone['field']} is kept as the field that alone, every "
             f"other closed, gives the lowest validation logloss (closing it then costs {alone['cost']:+.5f} ± "
             f"{alone['se']:.5f})")
+
+
+def gates_alone_note(alone: dict) -> str:
+    """`lightfmp inspect`'s line on the default rule's first step (metrics.json `selection.gates_alone`, as
+    `gates_alone_cut` returned it, the fields by name)."""
+    fields, n = alone["fields"], alone.get("open")  # "open": absent from runs of older lightfmp
+    how = (f"closing them together cost the phase-1 model {alone['cost']:+.5f} logloss" if alone["cost"] is not None
+           else f"fewer than half of the {n} fields open at phase 1's best epoch"
+           if isinstance(n, int) and 2 * len(fields) < n else "every open field")
+    return (f"{len(fields)} field(s) shut by phase 1's gates alone after its best epoch: "
+            + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
 
 
 def shut_note(shut: list[str], keep: int | None) -> str:
