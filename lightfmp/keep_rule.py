@@ -546,9 +546,10 @@ def gates_alone_note(alone: dict) -> str:
     """`lightfmp inspect`'s line on the default rule's first step (metrics.json `selection.gates_alone`, as
     `gates_alone_cut` returned it, the fields by name)."""
     fields, n = alone["fields"], alone.get("open")  # "open": absent from runs of older lightfmp
+    # a set not measured is too small for the cut, or every open field
     how = (f"closing them together cost the phase-1 model {alone['cost']:+.5f} logloss" if alone["cost"] is not None
            else f"fewer than half of the {n} fields open at phase 1's best epoch"
-           if isinstance(n, int) and 2 * len(fields) < n else "every open field")
+           if isinstance(n, int) and len(fields) < n else "every open field")
     return (f"{len(fields)} field(s) shut by phase 1's gates alone after its best epoch: "
             + (f"cut ({how})" if alone["cut"] else f"left to the rule ({how})"))
 
