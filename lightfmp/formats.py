@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import LightFMPError
-from .io import data_files, partitions
+from .io import check_utf8_name, data_files, partitions
 
 FORMATS = ("auto", "csv", "tsv", "parquet", "criteo", "avazu")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -110,6 +110,7 @@ def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]
     if not path:
         raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
     p = Path(path)
+    check_utf8_name(p, "--data")
     if not p.exists():
         where = "" if p.is_absolute() else f" (looked for {p.resolve()})"
         raise LightFMPError(f"--data {p}: file not found{where}")  # named as the flag: a --config value says so

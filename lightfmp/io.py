@@ -363,13 +363,20 @@ def temp_prefix(path: Path) -> str:
     return f".{path.name[:TEMP_NAME_CHARS]}."
 
 
+def check_utf8_name(p: Path, flag: str = "") -> None:
+    """Refuse, before any work, a path whose name holds bytes that are not UTF-8 (a name from another locale):
+    pyarrow and safetensors cannot open it. `flag`: the option that gave it, named in the message."""
+    try:
+        str(p).encode()
+    except UnicodeEncodeError:
+        raise LightFMPError(f"{flag + ' ' if flag else ''}{str(p)!r}: the name is not UTF-8 text; choose a UTF-8 "
+                            f"name") from None
+
+
 def check_name_length(p: Path) -> None:
     """Refuse a path with a name longer than a file system takes, before any work (not at the end, when the output
     is published)."""
-    try:
-        str(p).encode()
-    except UnicodeEncodeError:  # bytes that are not UTF-8 (a name from another locale): safetensors cannot open it
-        raise LightFMPError(f"{str(p)!r}: the name is not UTF-8 text; choose a UTF-8 name") from None
+    check_utf8_name(p)
     long = next((part for part in p.parts if len(os.fsencode(part)) > NAME_MAX), None)  # the bytes the OS is given
     if long is not None:
         raise LightFMPError(f"{p}: the name {long[:24]}... is {len(os.fsencode(long))} bytes, more than a file system "

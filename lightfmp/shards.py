@@ -28,8 +28,8 @@ import pyarrow as pa
 
 from .cache import cache_home
 from .errors import LightFMPError
-from .io import (SHARDS_FORMAT, atomic_dir, file_sha256, json_safe, lightfmp_kind, write_json_atomic,
-                 write_text_atomic)
+from .io import (SHARDS_FORMAT, atomic_dir, check_utf8_name, file_sha256, json_safe, lightfmp_kind,
+                 write_json_atomic, write_text_atomic)
 from .schema import FeatureSchema
 from .scratch import scratch_dir
 from .splits import SPLITS, SplitRule
@@ -132,6 +132,7 @@ def check_home(shard_dir: str | None, data: str | Path | None = None) -> None:
     """Refuse, before any work, a shard folder that is a file or lies under one, or that is the data or lies inside
     it (a Parquet directory: its shards would be read as part of the data)."""
     home = shard_home(shard_dir)
+    check_utf8_name(home, "--shard-dir" if shard_dir else "$LIGHTFMP_HOME")
     if data:
         h, d = home.absolute().resolve(), Path(data).absolute().resolve()
         if h == d or d in h.parents:

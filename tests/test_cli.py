@@ -659,11 +659,15 @@ def test_paths_the_system_cannot_take_are_one_line_errors(data, pretrained, tmp_
             (["train", "--data", data, "--label", "label", "--schema", "loop.csv", "--out", tmp_path / "o"],
              "a loop of symbolic links"),
             (["run", "--data", data, "--label", "label", "--out", odd], "not UTF-8 text"),
+            (["run", "--data", odd + ".csv", "--label", "label", "--out", tmp_path / "o"], "--data '"),
+            (["run", "--data", data, "--label", "label", "--stream", "--shard-dir", odd, "--out", tmp_path / "o"],
+             "--shard-dir '"),
             (["export", pretrained, "--out", odd], "not UTF-8 text"),
             (["inspect", pretrained, "--plot", odd + ".png"], "not UTF-8 text")):
         r = cli(*args, *(FAST if args[0] in ("train", "run") else []))
         assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, (args, r.output)
         assert shown in r.output and "Traceback" not in r.output, (args, r.output)
+        assert "not UTF-8 text" in r.output or not any(odd in str(a) for a in args), (args, r.output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.csv"]
 
 
