@@ -233,6 +233,9 @@ def test_a_shard_folder_that_is_a_file_is_refused_before_any_work(data, tmp_path
     (["--methods", "random,,full"], ["--methods 'random,,full'", "empty item"]),
     (["--methods", "random,"], ["--methods 'random,'", "empty item"]),
     (["--ablate-subset", "0.1,,0.2"], ["--ablate-subset '0.1,,0.2'", "comma-separated fractions"]),
+    # a repeat would be one row of the table, quietly (as --seeds refuses one); fractions compared as numbers
+    (["--ablate-subset", "0.5,0.1,.50"], ["--ablate-subset '0.5,0.1,.50'", "0.5 is given twice"]),
+    (["--methods", "lpfs,random,LPFS"], ["--methods 'lpfs,random,LPFS'", "lpfs is given twice"]),
 ])
 def test_bench_flags_that_name_nothing_or_a_bad_seed_are_refused(data, tmp_path, flags, words):
     one_line_error(cli("bench", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--k", "2", *flags,
@@ -240,9 +243,9 @@ def test_bench_flags_that_name_nothing_or_a_bad_seed_are_refused(data, tmp_path,
     assert not (tmp_path / "b.json").exists()
 
 
-def test_bench_subset_fractions_are_taken_once():
+def test_bench_subset_fractions_keep_their_order():
     from lightfmp.bench import parse_fractions
-    assert parse_fractions("0.1,0.1,0.5") == [0.1, 0.5]
+    assert parse_fractions("0.5,0.1,1") == [0.5, 0.1, 1.0]
 
 
 def test_synth_refuses_a_lightfmp_folder_and_names_its_flags(data, tmp_path):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import MAX_SEED, RunConfig, TrainConfig, comma_ints
-from ..errors import LightFMPError
+from ..errors import LightFMPError, first_repeat
 from ..dataset import load_dataset, quick_sample
 from ..progress import Reporter
 from ..keep_rule import check_keep
@@ -32,8 +32,10 @@ def parse_methods(text: str | None) -> list[str]:
     bad = [m for m in names if m not in METHODS]
     if bad:
         raise LightFMPError(f"--methods {text!r}: unknown method(s) {', '.join(bad)} (valid: {', '.join(METHODS)})")
-    # canonical order, no duplicates
-    return [m for m in METHODS if m in names]
+    twice = first_repeat(names)  # a table row per method: a repeat would be run once, quietly
+    if twice is not None:
+        raise LightFMPError(f"--methods {text!r}: {twice} is given twice; give each once")
+    return [m for m in METHODS if m in names]  # canonical order
 
 
 def parse_seeds(text: str | None) -> list[int]:
@@ -47,7 +49,10 @@ def parse_fractions(text: str) -> list[float]:
         raise LightFMPError(f"--ablate-subset {text!r}: expected comma-separated fractions like 0.05,0.1,1.0") from None
     if any(not 0 < f <= 1 for f in fr):
         raise LightFMPError(f"--ablate-subset {text!r}: each fraction must be in (0, 1]")
-    return list(dict.fromkeys(fr))
+    twice = first_repeat(fr)  # compared as numbers: 0.5 and .50 are one fraction
+    if twice is not None:
+        raise LightFMPError(f"--ablate-subset {text!r}: {twice:g} is given twice; give each once")
+    return fr
 
 
 def quick_config(cfg: RunConfig, tmp: str | Path) -> RunConfig:
