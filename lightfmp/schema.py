@@ -187,6 +187,7 @@ class Field:
         if not isinstance(d, dict) or "name" not in d or "kind" not in d:
             raise LightFMPError(f"schema field entry {d!r} needs 'name' and 'kind'")
         where = f"schema field '{d['name']}'"
+        unknown(d, FIELD_KEYS, where)
         max_len = whole(d, "max_len", 0, 0, where)
         hash_buckets = whole(d, "hash_buckets", None, 1, where)
         if d["kind"] == "multi_hot" and d.get("vocab") is not None and max_len < 1:  # (hashed: fitted from the data)
@@ -207,6 +208,19 @@ class Field:
         return cls(name=str(d["name"]), kind=d["kind"], vocab=d.get("vocab"), separator=d.get("separator"),
                    max_len=max_len, boundaries=edges, hash_buckets=hash_buckets, spelling=d.get("spelling"),
                    derive=d.get("derive"))
+
+
+FIELD_KEYS = ("name", "kind", "vocab", "separator", "max_len", "boundaries", "hash_buckets", "spelling", "derive")
+SCHEMA_KEYS = ("schema_version", "label", "positive", "min_count", "num_buckets", "vocab_cap", "meta", "pad_id",
+               "oov_id", "fields")
+
+
+def unknown(d: dict, known: tuple[str, ...], where: str) -> None:
+    """Refuse a key that is none of `known`: a misspelt key ('vocabulary', 'edges') would be ignored, and the field
+    fitted from the data instead, quietly."""
+    bad = next((k for k in d if k not in known), None)
+    if bad is not None:
+        raise LightFMPError(f"{where}: unknown key {bad!r} (known: {', '.join(known)})")
 
 
 def whole(d: dict, key: str, default, least: int, where: str):
@@ -276,6 +290,7 @@ class FeatureSchema:
     def from_dict(cls, d: dict, source: str = "schema") -> "FeatureSchema":
         if not isinstance(d, dict) or "fields" not in d or "label" not in d:
             raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'label' and 'fields')")
+        unknown(d, SCHEMA_KEYS, source)
         if whole(d, "schema_version", 1, 1, source) > SCHEMA_VERSION:
             raise LightFMPError(f"{source}: schema_version {d['schema_version']} is newer than this lightfmp "
                                 f"supports ({SCHEMA_VERSION})")

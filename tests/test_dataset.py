@@ -605,6 +605,9 @@ def _edited(fitted: dict, where: str, key: str, value) -> dict:
     ("a", "hash_buckets", "7", "schema field 'a': hash_buckets '7' must be an integer >= 1"),
     ("a", "hash_buckets", 2 ** 31 - 2, "hash_buckets 2147483646 must be an integer from 1 to 2,147,483,645"),
     ("tags", "separator", 1, "schema field 'tags': separator 1 must be text"),
+    # a misspelt key would be ignored and the field fitted from the data instead, quietly
+    ("a", "vocabulary", ["x"], "schema field 'a': unknown key 'vocabulary' (known: name, kind, vocab,"),
+    ("schema", "min_counts", 3, "unknown key 'min_counts' (known: schema_version, label,"),
 ])
 def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, where, key, value, message):
     p = write_csv(tmp_path, n=400)
