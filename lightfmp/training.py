@@ -406,10 +406,12 @@ def gates_finite(model) -> bool:
     return not hasattr(gate, "log_alpha") or bool(torch.isfinite(gate.log_alpha.detach()).all())
 
 
-def diverged(what: str, cfg: TrainConfig) -> LightFMPError:
-    """The error of a fit whose numbers stopped being finite: never a finished run with NaN weights."""
-    return LightFMPError(f"training diverged: {what}; a smaller --lr (now {cfg.lr:g}), --gate-lr (now "
-                         f"{cfg.gate_lr:g}) or --l0-lambda (now {cfg.l0_lambda:g}) trains")
+def diverged(what: str, cfg: TrainConfig, gated: bool = True) -> LightFMPError:
+    """The error of a fit whose numbers stopped being finite: never a finished run with NaN weights. The gates'
+    rates are named only where the fit trained gates (not `--no-select`, not phase 3's pruned model)."""
+    rates = (f"a smaller --lr (now {cfg.lr:g}), --gate-lr (now {cfg.gate_lr:g}) or --l0-lambda (now "
+             f"{cfg.l0_lambda:g})" if gated else f"a smaller --lr (now {cfg.lr:g})")
+    return LightFMPError(f"training diverged: {what}; {rates} trains")
 
 
 def track_best(state: TrainState, rec: dict, losses: np.ndarray, epoch: int, model: CTRModel, plan: Plan) -> None:
@@ -576,7 +578,8 @@ def fit(model: CTRModel, rows: Rows, valid: Rows | None, cfg: TrainConfig, repor
                 evidence.combine()
                 state.evidence = evidence.arrays()
             if not np.isfinite(rec["train_logloss"]):
-                raise diverged(f"epoch {epoch + 1}'s training loss is {rec['train_logloss']}", cfg)
+                raise diverged(f"epoch {epoch + 1}'s training loss is {rec['train_logloss']}", cfg,
+                               getattr(model, "gate", None) is not None)
             if not gates_finite(model):  # the weights' loss may still be finite: a gate step went to NaN or inf
                 raise diverged(f"epoch {epoch + 1} ended with gates whose log_alpha is not finite", cfg)
             losses = None

@@ -1361,6 +1361,7 @@ def test_a_fit_whose_loss_stops_being_finite_stops_in_one_line(data, tmp_path, e
     r = cli("run", "--data", data, "--label", "label", "--multi-hot", "tags:|", "--out", out, *FAST, "--lr", "1e30",
             "--quiet", *extra)
     one_line_error(r, "training diverged", "a smaller --lr")
+    assert ("--gate-lr" in r.output) == (extra == []), r.output  # a run without gates is not told of their rates
     assert not out.exists()
 
 
