@@ -433,7 +433,8 @@ def quantile_edges(x: np.ndarray, buckets: int) -> list[float]:
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return []
-    qs = np.quantile(x, np.linspace(0, 1, buckets + 1)[1:-1])
+    with np.errstate(over="ignore", invalid="ignore"):  # the overflow is caught below, not printed to the user
+        qs = np.quantile(x, np.linspace(0, 1, buckets + 1)[1:-1])
     if not np.isfinite(qs).all():  # values spanning more than the largest float (-1e308 and 1e308): the
         qs = np.quantile(x / 2, np.linspace(0, 1, buckets + 1)[1:-1]) * 2  # interpolation overflowed; halves do not
     return [float(v) for v in np.unique(qs)]
