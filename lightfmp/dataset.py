@@ -41,7 +41,7 @@ from .io import data_signature, file_sha256
 from .labels import LabelCounts, check_label_column, parse_labels
 from .progress import Reporter, counted
 from .rows import MemoryStore, Store, StoredRows
-from .schema import FeatureSchema
+from .schema import FIRST_ID, FeatureSchema
 from .scratch import reap
 from .shards import (ShardStore, ShardWriter, check_home, check_shards, fit_cache_path, load_fit, save_fit, shard_home,
                      shard_key)
@@ -420,7 +420,7 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
     """Encode every batch (read, or coded by the fit pass) into one chunk handed to `sink(ids=, labels=, rows=,
     split=)`. Read batches (a fitted schema given: no fit pass counted their labels) have their training rows' classes
     counted and checked here, as the fit pass checks them: before the sink's chunks are published."""
-    counts = None
+    counts, known = None, None
     for batch, start in batches:
         if isinstance(batch, Coded):
             labels = batch.labels
@@ -436,9 +436,48 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
             ids = schema.encode(batch)
         except LightFMPError as e:
             _in_batch(e, source, start, len(batch), fmt)
+        if not isinstance(batch, Coded):
+            known = known or KnownValues(schema)
+            known.add(batch, ids, split == 0)
         sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64), split=split)
     if counts is not None:
         counts.check(source)
+    if known is not None:
+        known.check(source)
+
+
+class KnownValues:
+    """Per field with a vocabulary from a fitted schema (a given --schema: no fit pass read these rows), how many
+    training rows hold a value it knows, and one training value. A field none of whose training values the
+    vocabulary holds (cells written 5.0 where it was fitted on 5) would read every row as unknown and carry nothing:
+    refused, naming the column, as an inferred field with no value seen --min-count times is."""
+
+    def __init__(self, schema: FeatureSchema):
+        ranges = schema.field_slot_ranges()
+        self.fields = [(f.name, *ranges[f.name], f.vocab) for f in schema.fields
+                       if f.kind != "numeric" and not f.hashed and f.vocab]
+        self.hits = dict.fromkeys((name for name, *_ in self.fields), 0)
+        self.example: dict[str, object] = {}
+
+    def add(self, batch, ids: np.ndarray, train: np.ndarray) -> None:
+        if not self.fields or not train.any():
+            return
+        rows = np.flatnonzero(train)
+        for name, a, b, _ in self.fields:
+            if self.hits[name] == 0:  # one known value is enough: the rest of the pass checks nothing more
+                self.hits[name] += int(np.any(ids[rows, a:b] >= FIRST_ID, axis=1).sum())
+                if name not in self.example:
+                    col = column(batch, name)
+                    self.example[name] = col.iloc[rows[0]] if isinstance(col, pd.Series) else col[int(rows[0])].as_py()
+
+    def check(self, source: str) -> None:
+        for name, _, _, vocab in self.fields:
+            if self.hits[name] == 0 and name in self.example:
+                raise LightFMPError(
+                    f"{source}: column '{name}': none of its training values is in the vocabulary of the fitted "
+                    f"schema (a value here: {self.example[name]!r}; the vocabulary begins "
+                    f"{', '.join(map(repr, vocab[:3]))}), so every value would read as unknown; a schema fitted on "
+                    f"data written this way (or no --schema) reads them")
 
 
 def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,

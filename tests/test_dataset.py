@@ -620,6 +620,31 @@ def test_a_hand_edited_schema_with_a_bad_value_is_refused_in_one_line(tmp_path, 
                        tmp_path / "r", "-q"), "f.json", "schema field entry 'name kind' needs 'name' and 'kind'")
 
 @pytest.mark.parametrize("stream", [False, True])
+def test_a_fitted_schema_whose_vocabulary_holds_none_of_a_columns_values_is_refused(tmp_path, stream):
+    """A schema fitted on Parquet floats (vocabulary '1'..'5') given with the same data as CSV text ('1.0'..'5.0'):
+    every value read as unknown, the field trained on nothing and exported with keys serving would match
+    differently, with exit 0 and no word. Refused in one line naming the column and a value; the data it was fitted
+    on (and a column some of whose values it knows) still trains."""
+    rng = np.random.default_rng(0)
+    c = rng.integers(1, 6, 600).astype(float)
+    frame = pd.DataFrame({"c": c, "d": rng.choice(list("abc"), 600), "label": (rng.random(600) < 0.1 * c).astype(int)})
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    cfg = RunConfig.from_dict({"data": str(tmp_path / "t.parquet"), "label": "label", "categorical": ["c"]}).data
+    (tmp_path / "s.json").write_text(json.dumps(load_dataset(cfg).schema.to_dict()))
+    flags = ["--stream", "--shard-dir", tmp_path / "sh"] if stream else []
+    run = ["--label", "label", "--schema", tmp_path / "s.json", "--no-select", "--epochs", "1", "-q", *flags]
+    one_line_error(cli("run", "--data", tmp_path / "t.csv", *run, "--out", tmp_path / "r"), "t.csv",
+                   "column 'c': none of its training values is in the vocabulary", "'5.0'")
+    assert not (tmp_path / "r").exists()
+    mixed = frame.assign(c=np.where(np.arange(600) % 2 == 0, c.astype(int).astype(str), c.astype(str)))
+    mixed.to_csv(tmp_path / "m.csv", index=False)  # half of the cells '3', half '3.0': some values known
+    for data in (tmp_path / "t.parquet", tmp_path / "m.csv"):
+        r = cli("run", "--data", data, *run, "--out", tmp_path / data.stem)
+        assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("stream", [False, True])
 def test_a_fitted_schema_still_refuses_training_rows_of_one_class(tmp_path, stream):
     """A fitted --schema skips the fit pass, which counts the training rows' classes: the encoding pass counts them
     instead, and a label column of one class is refused before anything is written."""
