@@ -433,12 +433,12 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
             counts = counts or LabelCounts(schema.label, schema.positive)
             counts.add(batch, labels, split == 0)
         try:
-            ids = schema.encode(batch)
+            coded = batch if isinstance(batch, Coded) else schema.code(batch)
+            ids = schema.encode(coded)
         except LightFMPError as e:
             _in_batch(e, source, start, len(batch), fmt)
-        if not isinstance(batch, Coded):
-            known = known or KnownValues(schema)
-            known.add(batch, ids, split == 0)
+        known = known or KnownValues(schema)
+        known.add(coded, ids, split == 0)
         sink(ids=ids, labels=labels, rows=np.arange(start, start + len(batch), dtype=np.int64), split=split)
     if counts is not None:
         counts.check(source)
@@ -447,37 +447,46 @@ def _encode(batches: Iterator[tuple[pa.Table | Coded, int]], schema: FeatureSche
 
 
 class KnownValues:
-    """Per field with a vocabulary from a fitted schema (a given --schema: no fit pass read these rows), how many
-    training rows hold a value it knows, and one training value. A field none of whose training values the
-    vocabulary holds (cells written 5.0 where it was fitted on 5) would read every row as unknown and carry nothing:
-    refused, naming the column, as an inferred field with no value seen --min-count times is."""
+    """Per field with a vocabulary, whether any training row holds a value it knows, and one value it does not
+    know (its text, as the vocabulary is compared with). A fit on these rows knows their values by construction; a
+    vocabulary given fitted (--schema, or a run's schema read back) may hold none of them (cells written 5.0 where
+    it was fitted on 5): every row would read as unknown and the field carry nothing. Refused, naming the column,
+    as an inferred field with no value seen --min-count times is, on every path (the same data and schema are
+    refused by `run` and by a later `prune` or `export` alike). A column missing on every training row is left to
+    the rules for missing values."""
 
     def __init__(self, schema: FeatureSchema):
         ranges = schema.field_slot_ranges()
         self.fields = [(f.name, *ranges[f.name], f.vocab) for f in schema.fields
                        if f.kind != "numeric" and not f.hashed and f.vocab]
-        self.hits = dict.fromkeys((name for name, *_ in self.fields), 0)
-        self.example: dict[str, object] = {}
+        self.known = dict.fromkeys((name for name, *_ in self.fields), False)
+        self.example: dict[str, str] = {}
 
-    def add(self, batch, ids: np.ndarray, train: np.ndarray) -> None:
-        if not self.fields or not train.any():
-            return
+    def add(self, coded: Coded, ids: np.ndarray, train: np.ndarray) -> None:
         rows = np.flatnonzero(train)
         for name, a, b, _ in self.fields:
-            if self.hits[name] == 0:  # one known value is enough: the rest of the pass checks nothing more
-                self.hits[name] += int(np.any(ids[rows, a:b] >= FIRST_ID, axis=1).sum())
-                if name not in self.example:
-                    col = column(batch, name)
-                    self.example[name] = col.iloc[rows[0]] if isinstance(col, pd.Series) else col[int(rows[0])].as_py()
+            if self.known[name] or not len(rows):  # one known value is enough
+                continue
+            cells = coded.fields[name]
+            present = cells.codes[rows] >= 0
+            known = np.any(ids[rows, a:b] >= FIRST_ID, axis=1)
+            self.known[name] = bool(known.any())
+            unknown = np.flatnonzero(present & ~known)
+            if name not in self.example and len(unknown):
+                self.example[name] = cells.values[int(cells.codes[rows[unknown[0]]])].as_py()
 
     def check(self, source: str) -> None:
         for name, _, _, vocab in self.fields:
-            if self.hits[name] == 0 and name in self.example:
+            if not self.known[name] and name in self.example:
                 raise LightFMPError(
-                    f"{source}: column '{name}': none of its training values is in the vocabulary of the fitted "
-                    f"schema (a value here: {self.example[name]!r}; the vocabulary begins "
-                    f"{', '.join(map(repr, vocab[:3]))}), so every value would read as unknown; a schema fitted on "
-                    f"data written this way (or no --schema) reads them")
+                    f"{source}: column '{name}': none of its training values is in the fitted vocabulary (a value "
+                    f"here: {_short(self.example[name])}; the vocabulary begins "
+                    f"{', '.join(map(_short, vocab[:3]))}), so every value would read as unknown; a schema fitted "
+                    f"on data written this way (or no --schema) reads them")
+
+
+def _short(text: str, most: int = 40) -> str:
+    return repr(text if len(text) <= most else text[:most - 3] + "...")
 
 
 def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,

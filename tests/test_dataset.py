@@ -635,13 +635,44 @@ def test_a_fitted_schema_whose_vocabulary_holds_none_of_a_columns_values_is_refu
     flags = ["--stream", "--shard-dir", tmp_path / "sh"] if stream else []
     run = ["--label", "label", "--schema", tmp_path / "s.json", "--no-select", "--epochs", "1", "-q", *flags]
     one_line_error(cli("run", "--data", tmp_path / "t.csv", *run, "--out", tmp_path / "r"), "t.csv",
-                   "column 'c': none of its training values is in the vocabulary", "'5.0'")
+                   "column 'c': none of its training values is in the fitted vocabulary", "'5.0'")
     assert not (tmp_path / "r").exists()
     mixed = frame.assign(c=np.where(np.arange(600) % 2 == 0, c.astype(int).astype(str), c.astype(str)))
     mixed.to_csv(tmp_path / "m.csv", index=False)  # half of the cells '3', half '3.0': some values known
     for data in (tmp_path / "t.parquet", tmp_path / "m.csv"):
         r = cli("run", "--data", data, *run, "--out", tmp_path / data.stem)
         assert r.exit_code == 0, r.output
+
+
+def test_the_known_values_check_holds_on_the_fit_pass_too_and_names_a_present_value(tmp_path):
+    """A given schema with a hashed field (or one still to fit) goes through the fit pass: there too a vocabulary
+    that knows none of a column's training values is refused, as `prune` or `export` would refuse the run when they
+    read its data back (a run that trains must prune). The value named is one present and unknown, as the text the
+    vocabulary is compared with (not a missing first cell: None); a column missing on every training row (logged
+    only later: a time split) is left to the rules for missing values, as the fit pass leaves it."""
+    rng = np.random.default_rng(0)
+    n = 600
+    c = rng.integers(1, 6, n).astype(float)
+    frame = pd.DataFrame({"t": np.arange(n), "c": c, "d": rng.choice(list("abc"), n),
+                          "label": (rng.random(n) < 0.1 * c).astype(int)})
+    frame.to_parquet(tmp_path / "t.parquet", index=False)
+    cfg = RunConfig.from_dict({"data": str(tmp_path / "t.parquet"), "label": "label", "categorical": ["c"],
+                               "ignore": ["t"]}).data
+    fitted = load_dataset(cfg).schema.to_dict()
+    hashed = {**fitted, "fields": [{**f, "hash_buckets": 8} if f["name"] == "d" else f for f in fitted["fields"]]}
+    (tmp_path / "h.json").write_text(json.dumps(hashed))
+    odd = frame.assign(c=np.where(np.arange(n) == 0, None, c.astype(str)))  # the first cell missing, then '3.0'...
+    odd.to_csv(tmp_path / "odd.csv", index=False)
+    given = replace(cfg, data=str(tmp_path / "odd.csv"), schema=str(tmp_path / "h.json"), categorical=[],
+                    ignore=[])
+    with pytest.raises(LightFMPError, match=r"column 'c': none of its training values .*a value here: '\d\.0'"):
+        load_dataset(given)
+    (tmp_path / "f.json").write_text(json.dumps(fitted))
+    late = frame.assign(c=np.where(frame.t < 500, None, c.astype(int).astype(str)))  # c logged from row 500 on
+    late.to_csv(tmp_path / "late.csv", index=False)
+    timed = replace(cfg, data=str(tmp_path / "late.csv"), schema=str(tmp_path / "f.json"), categorical=[], ignore=[],
+                    time_column="t")
+    assert "c" in load_dataset(timed).schema.names  # trains: c's rows before 500 are missing, not unknown
 
 
 @pytest.mark.parametrize("stream", [False, True])
