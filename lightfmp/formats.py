@@ -110,7 +110,8 @@ def check_source(path: str | Path | None, fmt: str = "auto") -> tuple[Path, str]
     if not path:
         raise LightFMPError("no data: pass --data FILE (or `data:` in --config)")
     p = Path(path)
-    check_utf8_name(p, "--data")
+    if not _python_opens(p):  # pyarrow takes the path as UTF-8 text
+        check_utf8_name(p, "--data")
     if not p.exists():
         where = "" if p.is_absolute() else f" (looked for {p.resolve()})"
         raise LightFMPError(f"--data {p}: file not found{where}")  # named as the flag: a --config value says so
@@ -205,12 +206,18 @@ def _source(p: Path):
     """What pyarrow's CSV reader opens: the path (it decompresses .gz and .bz2 by the suffix itself), or a
     decompressed stream where it would parse the compressed bytes: xz (pyarrow has no xz codec), and a suffix in
     capitals (.GZ: pyarrow's suffix check is case-sensitive)."""
-    suffix = p.suffix.lower()
-    if suffix not in _COMPRESSED or suffix != ".xz" and p.suffix == suffix:
+    if not _python_opens(p):
         yield p
         return
-    with _COMPRESSED[suffix](p, "rb") as fh:
+    with _COMPRESSED[p.suffix.lower()](p, "rb") as fh:
         yield fh
+
+
+def _python_opens(p: Path) -> bool:
+    """Whether a CSV's bytes come through Python's decompressors (`_source`: xz, or a suffix in capitals), not from
+    pyarrow opening the path itself (a Parquet file or folder, a plain or .gz / .bz2 CSV)."""
+    suffix = p.suffix.lower()
+    return suffix in _COMPRESSED and (suffix == ".xz" or p.suffix != suffix) and not p.is_dir()
 
 
 def _csv_tables(p: Path, chunk_rows: int, delimiter: str = ",", names: list[str] | None = None,

@@ -364,8 +364,9 @@ def temp_prefix(path: Path) -> str:
 
 
 def check_utf8_name(p: Path, flag: str = "") -> None:
-    """Refuse, before any work, a path whose name holds bytes that are not UTF-8 (a name from another locale):
-    pyarrow and safetensors cannot open it. `flag`: the option that gave it, named in the message."""
+    """Refuse, before any work, a path whose name holds bytes that are not UTF-8 (a name from another locale), where
+    pyarrow or safetensors is to open it by name (they take it as UTF-8 text). `flag`: the option that gave it,
+    named in the message."""
     try:
         str(p).encode()
     except UnicodeEncodeError:

@@ -290,10 +290,10 @@ class FeatureSchema:
     def from_dict(cls, d: dict, source: str = "schema") -> "FeatureSchema":
         if not isinstance(d, dict) or "fields" not in d or "label" not in d:
             raise LightFMPError(f"{source}: not a lightfmp feature schema (needs 'label' and 'fields')")
-        unknown(d, SCHEMA_KEYS, source)
-        if whole(d, "schema_version", 1, 1, source) > SCHEMA_VERSION:
+        if whole(d, "schema_version", 1, 1, source) > SCHEMA_VERSION:  # before its keys: a newer one may add some
             raise LightFMPError(f"{source}: schema_version {d['schema_version']} is newer than this lightfmp "
                                 f"supports ({SCHEMA_VERSION})")
+        unknown(d, SCHEMA_KEYS, source)
         for key, ok, what in (("label", isinstance(d["label"], str), "text"),
                               ("fields", isinstance(d["fields"], list), "a list of field entries"),
                               ("meta", isinstance(d.get("meta"), (dict, type(None))), "an object"),

@@ -132,7 +132,8 @@ def check_home(shard_dir: str | None, data: str | Path | None = None) -> None:
     """Refuse, before any work, a shard folder that is a file or lies under one, or that is the data or lies inside
     it (a Parquet directory: its shards would be read as part of the data)."""
     home = shard_home(shard_dir)
-    check_utf8_name(home, "--shard-dir" if shard_dir else "$LIGHTFMP_HOME")
+    if shard_dir:  # (the cache folder's own name is checked where it is chosen)
+        check_utf8_name(home, "--shard-dir")
     if data:
         h, d = home.absolute().resolve(), Path(data).absolute().resolve()
         if h == d or d in h.parents:

@@ -41,6 +41,25 @@ def test_a_missing_relative_path_says_where_it_was_looked_for(tmp_path, monkeypa
     assert str(e.value).endswith("file not found")
 
 
+def test_a_name_that_is_not_utf8_is_refused_only_where_pyarrow_opens_it_by_name(tmp_path):
+    """pyarrow takes a path as UTF-8 text: a CSV or Parquet name from another locale ended in its traceback, and is
+    refused in one line naming --data. A file whose bytes come through Python's decompressors (xz, a suffix in
+    capitals) was read whatever its name, and still is."""
+    import lzma
+    odd = tmp_path / "r\udce9sum\udce9"  # what Python makes of the bytes r\xe9sum\xe9
+    text = "a,label\nx,1\ny,0\n"
+    for suffix in (".csv", ".csv.gz", ".parquet"):
+        p = odd.with_name(odd.name + suffix)
+        p.write_bytes(b"")
+        with pytest.raises(LightFMPError, match="^--data .*: the name is not UTF-8 text"):
+            check_source(p)
+    for suffix, pack in ((".csv.xz", lzma.compress), (".csv.GZ", gzip.compress)):
+        p = odd.with_name(odd.name + suffix)
+        p.write_bytes(pack(text.encode()))
+        assert check_source(p) == (p, "csv")
+        assert _rows(p, "csv")["a"].tolist() == ["x", "y"]
+
+
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
 def test_a_named_pipe_is_refused_before_it_is_read(tmp_path):
     fifo = tmp_path / "d.csv"

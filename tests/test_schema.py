@@ -216,3 +216,17 @@ def test_edges_of_values_spanning_more_than_the_largest_float_are_finite_and_sur
     assert FeatureSchema.load(tmp_path / "schema.json").fields[0].boundaries == edges
     y = np.random.default_rng(0).normal(size=1000)
     assert quantile_edges(y, 16) == [float(v) for v in np.unique(np.quantile(y, np.linspace(0, 1, 17)[1:-1]))]
+
+
+def test_a_schema_key_lightfmp_does_not_know_is_refused_after_the_version_says_it_is_newer():
+    """A key lightfmp never writes is refused naming it (a misspelt one would be ignored and the field fitted from
+    the data); a schema of a newer lightfmp, which may add keys, says so first."""
+    fields = [{"name": "a", "kind": "categorical", "vocab": ["x"]}]
+    with pytest.raises(LightFMPError, match=r"^s\.json: unknown key 'extra' \(known: schema_version, label,"):
+        FeatureSchema.from_dict({"label": "y", "fields": fields, "extra": 1}, source="s.json")
+    with pytest.raises(LightFMPError, match=r"schema field 'a': unknown key 'edges'"):
+        FeatureSchema.from_dict({"label": "y", "fields": [{**fields[0], "edges": [1.0]}]}, source="s.json")
+    with pytest.raises(LightFMPError, match="schema_version 99 is newer than this lightfmp supports"):
+        FeatureSchema.from_dict({"label": "y", "fields": fields, "extra": 1, "schema_version": 99}, source="s.json")
+    written = FeatureSchema.from_dict({"label": "y", "fields": fields}).to_dict()  # every key lightfmp writes
+    assert FeatureSchema.from_dict(written).fields[0].vocab == ["x"]
