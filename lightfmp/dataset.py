@@ -34,7 +34,7 @@ from .coded import Coded, CodedStore
 from .config import DataConfig
 from .encoding import (TEXT_RULE, column, column_names, present, read_otherwise_before, stable_hash,
                        time_derive, tokens)
-from .errors import CellError, LightFMPError
+from .errors import CellError, LightFMPError, shown
 from .formats import (check_source, fixed_label, implies_stream, line_of, read_batches, read_tables,
                       resolve_format)
 from .io import data_signature, file_sha256
@@ -463,6 +463,8 @@ class KnownValues:
         self.example: dict[str, str] = {}
 
     def add(self, coded: Coded, ids: np.ndarray, train: np.ndarray) -> None:
+        if all(self.known.values()):  # decided for every field: nothing left to read
+            return
         rows = np.flatnonzero(train)
         for name, a, b, _ in self.fields:
             if self.known[name] or not len(rows):  # one known value is enough
@@ -480,13 +482,10 @@ class KnownValues:
             if not self.known[name] and name in self.example:
                 raise LightFMPError(
                     f"{source}: column '{name}': none of its training values is in the fitted vocabulary (a value "
-                    f"here: {_short(self.example[name])}; the vocabulary begins "
-                    f"{', '.join(map(_short, vocab[:3]))}), so every value would read as unknown; a schema fitted "
+                    f"here: {shown(self.example[name])}; the vocabulary begins "
+                    f"{', '.join(map(shown, vocab[:3]))}), so every value would read as unknown; a schema fitted "
                     f"on data written this way (or no --schema) reads them")
 
-
-def _short(text: str, most: int = 40) -> str:
-    return repr(text if len(text) <= most else text[:most - 3] + "...")
 
 
 def _shards(cfg: DataConfig, fmt: str, rule: SplitRule, sha: str, schema: FeatureSchema, batches: Batches, codes,
