@@ -6,8 +6,9 @@
                       measurably better on held-out validation rows (`held_out_rows`), the K fields whose closing
                       from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
-                      is closed for good unless closing it raises the validation logloss by more than two standard
-                      errors, on its own or with the fields closed before it (`closing_test`);
+                      is closed for good unless closing it raises the validation logloss (each label's rows weighing
+                      the same: `lightfmp.closed_fields.by_label`) by more than two standard errors, on its own or with
+                      the fields closed before it (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
 shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
@@ -310,10 +311,10 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
                  device: str = "cpu", order: list[int] | None = None, epoch: SweepCosts | None = None) -> dict:
     """The default rule's test: every field open, then the fields in the gates' order (`order`, most open first;
     default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
-    logloss of `model` by more than two standard errors, on its own or together with the fields closed before it
-    (`backward_sweep` on the first TEST_ROWS rows, or as many as `state_rows` holds if fewer, at least
-    SEARCH_ROWS), each question's estimate pooled with the same sweep's measured on the rows of the epoch that
-    trained `model` where `epoch` holds them (lightfmp.progressive). The gates
+    logloss of `model` (each label's rows weighing the same) by more than two standard errors, on its own or
+    together with the fields closed before it (`backward_sweep` on the first TEST_ROWS rows, or as many as
+    `state_rows` holds if fewer, at least SEARCH_ROWS), each question's estimate pooled with the same sweep's
+    measured on the rows of the epoch that trained `model` where `epoch` holds them (lightfmp.progressive). The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
     (lightfmp.groupings) are tested like any field: with no budget of places, a copy the phase-1 model reads stays,
@@ -366,7 +367,7 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     if not shut or len(shut) == len(open_fields) or 2 * len(shut) < len(open_fields):
         return {"fields": shut, "open": len(open_fields), "cost": None, "se": None, "cut": False}
     n = closing_rows(model)
-    passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device)
+    passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device, balanced=True)
     every_open = passes.losses()
     for f in shut:
         passes.toggle(f)
@@ -380,8 +381,10 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
                    device: str = "cpu", epoch: SweepCosts | None = None) -> tuple[list[int], list[dict]]:
-    """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the mean logloss by
-    more than two standard errors of the per-row difference (a one-sided test at about 2.5%), measured two ways: on
+    """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the logloss (each
+    label's rows weighing the same in total, `by_label`: the goal is AUC, which counts every pair of one row of each
+    label, where the rows' plain mean counts a rare label's few rows little) by more than two standard errors of the
+    per-row difference (a one-sided test at about 2.5%), measured two ways: on
     its own, against the fields still open (the model needs it given the others), and as one more of the closed
     set, against every field open (the fields closed so far and it are needed together: one at a time, each within
     two standard errors, weak fields can add up to a set the model measurably needs). Where every other field
@@ -405,7 +408,7 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
         raise ValueError(f"the epoch's closing costs were measured in the order {epoch.order}, not {list(kept)}")
     kept, tests = list(kept), []
     z = model.gate_values().cpu()
-    passes = ClosedFields(model, ids, labels, kept, device)
+    passes = ClosedFields(model, ids, labels, kept, device, balanced=True)
     base = every_open = passes.losses()
     closed_set, closed_at = (0.0, 0.0), []  # the closed set's cost against every field open, its standard error
     for i, f in enumerate(reversed(list(kept))):
@@ -498,7 +501,8 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
-                "logloss by more than two standard errors, on its own or with the fields closed before it")
+                "logloss, each label's rows weighing the same, by more than two standard errors, on its own or with "
+                "the fields closed before it")
 DEFERRED = ", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open ({}; the " \
            "others dropped before it)"
 POOLED = ("; each cost's estimate on the validation rows pooled with the same cost's on the rows that epoch read "
@@ -507,8 +511,8 @@ POOLED = ("; each cost's estimate on the validation rows pooled with the same co
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
                     "epoch's weights) are cut before phase 3 if they are at least half of the fields open at its "
-                    "best epoch and closing them together does not raise the phase-1 model's validation logloss at "
-                    "all (else the closing test decides on them)")
+                    "best epoch and closing them together does not raise the phase-1 model's validation logloss "
+                    "(each label's rows weighing the same) at all (else the closing test decides on them)")
 
 
 def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> bool:

@@ -5,7 +5,8 @@ batch is out of sample for the model just before its step, as the validation row
 `SweepCosts` walks the closing test's sweep on every batch before its step (lightfmp.keep_rule.backward_sweep: the
 fields in the order fixed before the epoch, least open gate first, each closed in turn as the test closes them,
 `ClosedFields`) and keeps, per position i of that order, the sum over rows of the step cost d_i (the per-row logloss
-with the first i fields closed minus that with the first i - 1 closed) and the sums of the products d_i d_j. From
+with the first i fields closed minus that with the first i - 1 closed, each batch's labels weighing the same in total
+as the test weighs them: `by_label`) and the sums of the products d_i d_j. From
 them follow the mean and standard error, over the epoch's rows, of the per-row sum of the steps of any set of
 positions: the sweep's own question for a field (its step) and its set question (the steps of the fields the sweep
 closed, and its). `pooled` joins such an estimate with the validation rows' estimate of the same question into one,
@@ -58,7 +59,8 @@ class SweepCosts:
         z = model.gate_values().cpu()
         sweep = list(reversed(self.order))
         walked = [i for i, f in enumerate(sweep) if float(z[f]) != 0.0]  # a shut gate's field: read as 0, step 0
-        losses = ClosedFields(model, ids, labels, self.order, self.device).sweep([sweep[i] for i in walked])
+        passes = ClosedFields(model, ids, labels, self.order, self.device, balanced=True)  # as the test weighs rows
+        losses = passes.sweep([sweep[i] for i in walked])
         steps = np.zeros((len(losses), len(self.order)))
         steps[:, walked] = np.diff(losses, axis=1)
         self.local[0] += steps.sum(0)

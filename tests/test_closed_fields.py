@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import fitted_frame
-from lightfmp.closed_fields import ClosedFields, other_rows, weighted_other_rows
+from lightfmp.closed_fields import ClosedFields, by_label, other_rows, weighted_other_rows
 from lightfmp.models import ModelConfig, build_model
 
 
@@ -125,3 +125,56 @@ def test_a_stacked_sweep_weighs_rows_as_the_passes_do(schema_and_ids):
     passes.toggle(1)
     expected.append(passes.losses(3))
     assert np.allclose(got, np.stack(expected, 1), rtol=1e-5, atol=1e-7)
+
+
+def test_by_label_weighs_each_label_the_same_in_total_and_keeps_the_mean():
+    """Closed forms: 2 positives and 6 negatives weigh 8 / (2 x 2) and 8 / (2 x 6); a sample's weights times one
+    factor per label, so that each label's weighted total is the same and the sum is the sample's; one label alone
+    is left as it is. Mutants: counts instead of weighted totals; the mean not kept."""
+    y = np.array([1, 0, 0, 0, 0, 1, 0, 0])
+    w = by_label(y)
+    assert np.allclose(w[y == 1], 2.0) and np.allclose(w[y == 0], 8 / 12) and w.mean() == pytest.approx(1.0)
+    sample = np.array([0.5, 2.0, 1.0, 1.0, 0.5, 1.5, 0.75, 0.75])
+    b = by_label(y, sample)
+    assert b[y == 1].sum() == pytest.approx(b[y == 0].sum()) and b.sum() == pytest.approx(sample.sum())
+    assert np.allclose(b[y == 1] / sample[y == 1], 8.0 / (2 * 2.0))  # the total 8, 2 labels, the label's 2.0
+    assert np.allclose(b[y == 0] / sample[y == 0], 8.0 / (2 * 6.0))
+    assert np.array_equal(by_label(np.zeros(4)), np.ones(4)) and np.array_equal(by_label(np.ones(3), sample[:3]),
+                                                                                 sample[:3])
+
+
+def test_balanced_passes_weigh_each_rows_loss_by_label_and_close_fields_as_before(schema_and_ids):
+    """`balanced`: every state's per-row loss is the plain one times the row's `by_label` weight; the closed fields
+    read the same rows (the weights do not move the draw). Mutants: the donors drawn by the balanced weights (a
+    closed field would read the rare label's values more often); the weights left out of a trial's losses."""
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[16, 8]), gated=True)
+    _randomize(model)
+    y = (torch.arange(len(ids)) % 5 == 0).float().numpy()
+    w = by_label(y)
+    plain = ClosedFields(model, ids.numpy(), y, [0, 1, 2, 3])
+    balanced = ClosedFields(model, ids.numpy(), y, [0, 1, 2, 3], balanced=True)
+    assert np.allclose(balanced.losses(), plain.losses() * w, rtol=1e-6, atol=1e-8)
+    assert np.allclose(balanced.losses(2), plain.losses(2) * w, rtol=1e-6, atol=1e-8)
+    assert np.allclose(balanced.sweep([1, 4]), plain.sweep([1, 4]) * w[:, None], rtol=1e-5, atol=1e-7)
+
+
+def test_the_closing_test_weighs_its_rows_by_label(schema_and_ids):
+    """The sweep's first question (closing the least open field, every field open) on imbalanced rows: its cost is
+    the paired mean of the per-row differences with each label's rows weighing the same in total, and its standard
+    error that mean's, by hand. Mutant: the rows' plain mean."""
+    from lightfmp.keep_rule import backward_sweep
+    schema, ids = schema_and_ids
+    torch.manual_seed(0)
+    model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[16, 8]), gated=True)
+    _randomize(model)
+    y = (torch.arange(len(ids)) % 5 == 0).float()
+    order = [0, 1, 2, 3, 4]  # the sweep tests 4 (tags) first
+    _, tests = backward_sweep(model, ids.numpy(), y.numpy(), order)
+    weights = np.where(y.numpy() == 1, len(y) / (2 * 24), len(y) / (2 * 96))  # 120 rows, 24 positives
+    d = weights * (_reference_losses(model, schema, ids, y, {0, 1, 2, 3}) - _reference_losses(model, schema, ids, y,
+                                                                                               {0, 1, 2, 3, 4}))
+    assert tests[0]["field"] == 4
+    assert tests[0]["cost"] == pytest.approx(d.mean(), rel=1e-4, abs=1e-7)
+    assert tests[0]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-4)

@@ -586,17 +586,19 @@ def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
 
 def test_closing_test_against_its_definition(schema_and_ids):
     """Every field open; in the gates' order, least open first, a field is closed for good unless closing it raises
-    the mean BCE by more than 2 standard errors of the per-row difference (a field costing exactly nothing closes);
-    where every field but the most open closes, the one kept is the field (of those tested, with a gate above 0,
-    and the untested one) that alone gives the lowest mean BCE. Computed here from that definition, on an
-    untrained model and a label planted on field a."""
+    the mean BCE, each label's rows weighing the same in total, by more than 2 standard errors of the per-row
+    difference (a field costing exactly nothing closes); where every field but the most open closes, the one kept is
+    the field (of those tested, with a gate above 0, and the untested one) that alone gives the lowest such mean
+    BCE. Computed here from that definition, on an untrained model and a label planted on field a."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     randomize(model)
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([2.0, -6.0, 0.5, 3.0, 1.0]))  # b's gate is shut (exactly 0)
-    y = (ids[:, 0] % 2 == 0).float()  # planted on field a's ids
+    y = (ids[:, 0] % 3 == 0).float()  # planted on field a's ids
+    w = torch.where(y == 1, len(y) / (2 * (y == 1).sum()), len(y) / (2 * (y == 0).sum())).double()  # by label
+    assert 0.1 < float(y.mean()) < 0.45  # not balanced already: the weights matter
     order = ranking(model.gate.log_alpha.detach())
     assert order == [3, 0, 4, 2, 1]
     kept, tests = list(order), []
@@ -606,7 +608,7 @@ def test_closing_test_against_its_definition(schema_and_ids):
             break
         trial = [g for g in kept if g != f]
         loss = _direct_losses(model, schema, ids, y, trial)
-        (cost, se), (set_cost, set_se) = _mean_se(loss - base), _mean_se(loss - every_open)
+        (cost, se), (set_cost, set_se) = _mean_se(w * (loss - base)), _mean_se(w * (loss - every_open))
         closed = cost <= 2 * se and set_cost <= 2 * set_se
         tests.append((schema.names[f], cost, se, set_cost, set_se, closed))
         if closed:
@@ -615,8 +617,8 @@ def test_closing_test_against_its_definition(schema_and_ids):
     if len(kept) == 1:  # the sweep closed every field it tested: the best alone, the untested one first on ties
         last, none = kept[0], _direct_losses(model, schema, ids, y, [])
         alone = [last] + [schema.names.index(n) for n, *_ in reversed(tests) if n != "b"]
-        kept = [min(alone, key=lambda g: float(_direct_losses(model, schema, ids, y, [g]).mean()))]
-        cost, se = _mean_se(none - _direct_losses(model, schema, ids, y, [last]))
+        kept = [min(alone, key=lambda g: float((w * _direct_losses(model, schema, ids, y, [g])).mean()))]
+        cost, se = _mean_se(w * (none - _direct_losses(model, schema, ids, y, [last])))
     out = closing_test(model, schema, ids.numpy(), y.numpy())
     with pytest.MonkeyPatch.context() as mp:  # the ids state (beyond the memory budget) decides the same
         mp.setattr(closed_fields, "STATE_BYTES", 0)

@@ -55,9 +55,16 @@ def _steps(model, schema, ids, y):
     return np.stack(out, 1)
 
 
+def _balanced(y):
+    """Each label's rows weighing the same in total within a batch, mean 1, by hand: n / (2 x that label's rows)."""
+    return np.where(y == 1, len(y) / (2 * np.sum(y == 1)), len(y) / (2 * np.sum(y == 0)))
+
+
 def test_the_epochs_evidence_is_the_mean_and_standard_error_of_the_sweeps_steps_over_the_batches(setting):
-    """Mutants: the steps measured against every field open instead of the last state; the products' cross terms
-    dropped (a set's error as if its steps were independent); a batch counted twice by combine."""
+    """Each row's steps weighted as the closing test weighs its rows (each label the same in total, per batch).
+    Mutants: the steps measured against every field open instead of the last state; the products' cross terms
+    dropped (a set's error as if its steps were independent); a batch counted twice by combine; the rows' plain
+    mean (every row weighing 1)."""
     schema, ids, y, model = setting
     costs = SweepCosts(ORDER)
     model.train()
@@ -68,7 +75,7 @@ def test_the_epochs_evidence_is_the_mean_and_standard_error_of_the_sweeps_steps_
     assert costs.evidence([0]) is None  # nothing combined yet
     costs.combine()
     costs.combine()  # nothing new measured: the totals stay
-    steps = np.concatenate([_steps(model, schema, ids[s], y[s]) for s in batches])
+    steps = np.concatenate([_steps(model, schema, ids[s], y[s]) * _balanced(y[s].numpy())[:, None] for s in batches])
     assert costs.rows == 300 and np.all(steps[:, 0] == 0) and costs.evidence([0]) == (0.0, 0.0)  # b: shut
     for positions in ([1], [3], [1, 2], [1, 2, 3, 4]):
         d = steps[:, positions].sum(1)
