@@ -73,18 +73,22 @@ def weighted_other_rows(weights: np.ndarray) -> np.ndarray:
     return donor
 
 
-def by_label(labels: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+def by_label(labels: np.ndarray, weights: np.ndarray | None = None, of: np.ndarray | None = None) -> np.ndarray:
     """Per-row weights (mean 1) under which each label's rows weigh the same in total, `weights` (a sample's) times
     a factor per label. AUC counts every pair of one row of each label, so each label's rows count alike in it
     whatever their numbers; the mean logloss of the rows counts the rare label's few rows little (0.9% of KDD's
-    rows, where they hold ~80% of a closing cost's variance). Rows of one label only: `weights`, or 1."""
+    rows, where they hold ~80% of a closing cost's variance). `of`: the labels of the rows these stand for, which
+    set the factors (a rank's slice of a batch weighs its rows as the whole batch does; default: these rows, by
+    `weights`). One label only (or a label of no weight): `weights`, or 1."""
     labels = np.asarray(labels)
     w = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
-    values, label = np.unique(labels, return_inverse=True)
-    if len(values) < 2:
+    ref, ref_w = (labels, w) if of is None else (np.asarray(of), np.ones(len(of)))
+    values, label = np.unique(ref, return_inverse=True)
+    total = np.bincount(label.ravel(), weights=ref_w, minlength=len(values))
+    if len(values) < 2 or not np.all(total > 0):
         return w
-    total = np.bincount(label.ravel(), weights=w, minlength=len(values))
-    return w * (w.sum() / (len(values) * total))[label.ravel()]
+    factor = ref_w.sum() / (len(values) * total)
+    return w * factor[np.searchsorted(values, labels)]
 
 
 class _ReaderUpdate(nn.Module):
@@ -206,11 +210,11 @@ class ClosedFields:
 
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
-                 weights: np.ndarray | None = None, balanced: bool = False):
+                 weights: np.ndarray | None = None, balanced: bool | np.ndarray = False):
         """`weights`: per-row weights (mean 1) that `losses` and `screen` apply, where the rows are a weighted
         sample (`lightfmp.keep_rule.search_rows`); a closed field then reads rows drawn by weight
-        (`weighted_other_rows`). `balanced`: the losses count each label's rows the same in total (`by_label`),
-        the closed fields' values still drawn as `weights` say."""
+        (`weighted_other_rows`). `balanced`: the losses count each label's rows the same in total (`by_label`; given
+        as labels, those of the rows these stand for), the closed fields' values still drawn as `weights` say."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
@@ -234,8 +238,8 @@ class ClosedFields:
         self.own = None if weights is None else (self.emb.clone(), None if self.lin is None else self.lin.clone()) \
             if self.cached else self.ids.clone()
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
-        if balanced:
-            weights = by_label(labels, weights)
+        if balanced is not False:
+            weights = by_label(labels, weights, None if balanced is True else balanced)
         self.weights = torch.from_numpy(np.asarray(weights, dtype=np.float32)).to(device) \
             if weights is not None else None
         self.open = torch.ones(fields, dtype=torch.bool)

@@ -322,8 +322,8 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     lower test AUC on the planted 50k / 200k sets, an extra phase-3 epoch on the 1M set; docs/selection.md).
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
-    per-row BCE difference) and the cost's standard error, on its own and with the fields closed before it, and
-    whether it was closed, "rows", "kept": field names}."""
+    per-row BCE difference, each label's rows weighing the same) and the cost's standard error, on its own and with
+    the fields closed before it, and whether it was closed, "rows", "kept": field names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     n = closing_rows(model)

@@ -516,7 +516,8 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
         # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
         # if it goes on as is
-        first_key = {**key, "kept": kept, **({"evidence_order": order} if evidence is not None else {})}
+        first_key = {**key, "kept": kept,
+                     **({"evidence_order": order, "evidence_weights": "by label"} if evidence is not None else {})}
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
                           "continue (first epoch)", device, **{**plan, "epochs": 1}, carry=carry,
                           checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", first_key, reporter.log),

@@ -52,14 +52,15 @@ class SweepCosts:
             return
         t0 = time.perf_counter()
         w, r = (dist.world(), dist.rank()) if dist.active() else (1, 0)
-        ids, labels = np.asarray(ids)[r::w], np.asarray(labels)[r::w]
+        batch = np.asarray(labels)  # each rank's rows weighed by label as the whole batch's are
+        ids, labels = np.asarray(ids)[r::w], batch[r::w]
         if len(labels) < 2:
             return
         was = model.training
         z = model.gate_values().cpu()
         sweep = list(reversed(self.order))
         walked = [i for i, f in enumerate(sweep) if float(z[f]) != 0.0]  # a shut gate's field: read as 0, step 0
-        passes = ClosedFields(model, ids, labels, self.order, self.device, balanced=True)  # as the test weighs rows
+        passes = ClosedFields(model, ids, labels, self.order, self.device, balanced=batch)  # as the test weighs rows
         losses = passes.sweep([sweep[i] for i in walked])
         steps = np.zeros((len(losses), len(self.order)))
         steps[:, walked] = np.diff(losses, axis=1)

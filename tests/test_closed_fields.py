@@ -178,3 +178,16 @@ def test_the_closing_test_weighs_its_rows_by_label(schema_and_ids):
     assert tests[0]["field"] == 4
     assert tests[0]["cost"] == pytest.approx(d.mean(), rel=1e-4, abs=1e-7)
     assert tests[0]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-4)
+
+
+def test_by_label_of_the_whole_batch_weighs_a_slice_as_the_batch_weighs_those_rows():
+    """A rank's slice of a batch (rows r::w) gets the whole batch's factors, not its own: with 2 positives in 10
+    rows, a slice holding both or neither weighs them as the batch does. A label of no weight leaves the weights as
+    they are (no division by 0). Mutant: the slice's own counts."""
+    y = np.array([1, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+    whole = by_label(y)
+    for r in (0, 1):
+        assert np.allclose(by_label(y[r::2], of=y), whole[r::2])
+    assert np.allclose(by_label(y[1::2], of=y), 10 / 16)  # no positive in the slice: the batch's negatives' factor
+    sample = np.where(y == 1, 0.0, 1.0)
+    assert np.array_equal(by_label(y, sample), sample)

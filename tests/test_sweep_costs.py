@@ -115,6 +115,32 @@ def test_the_epochs_share_fills_the_tests_bound_on_its_rows_beside_the_validatio
     assert costs.rows == 90
 
 
+def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(setting, monkeypatch):
+    """Under torchrun each rank measures rows r::w of every batch; their weights by label are the whole batch's
+    (as one process weighs them), so the number of processes does not change how much each label counts. Mutant:
+    each slice weighed by its own labels (a slice without a positive would weigh its rows 1)."""
+    import lightfmp.progressive as progressive
+    from lightfmp.closed_fields import by_label
+    schema, ids, _, model = setting
+    y = np.zeros(30, dtype=np.float32)
+    y[[0, 2, 4]] = 1.0  # every positive on rank 0's rows
+    seen, real = [], progressive.ClosedFields
+
+    def spy(model, ids, labels, order, device="cpu", weights=None, balanced=False):
+        passes = real(model, ids, labels, order, device, weights, balanced)
+        seen.append(passes.weights.double().numpy())
+        return passes
+    monkeypatch.setattr(progressive, "ClosedFields", spy)
+    monkeypatch.setattr(progressive.dist, "active", lambda: True)
+    monkeypatch.setattr(progressive.dist, "world", lambda: 2)
+    for rank in (0, 1):
+        monkeypatch.setattr(progressive.dist, "rank", lambda rank=rank: rank)
+        SweepCosts(ORDER).measure(model, ids[:30].numpy(), y)
+    whole = by_label(y)
+    assert np.allclose(seen[0], whole[0::2], rtol=1e-6) and np.allclose(seen[1], whole[1::2], rtol=1e-6)
+    assert np.allclose(seen[1], 30 / (2 * 27), rtol=1e-6)
+
+
 def _evidence(order, means, sds, rows=10_000):
     """A SweepCosts whose steps at each position have these means and standard deviations, independent."""
     costs = SweepCosts(order)
