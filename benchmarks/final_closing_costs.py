@@ -3,7 +3,8 @@
 The default rule tests the fields on the model after phase 3's first epoch; this asks the same question of the
 model a run ended with (`lightfmp run`, `--threshold 0` to keep every field, or `--no-select`): each field's values
 shuffled across the validation rows the closing test reads, every other field open, and the mean per-row logloss
-difference over its standard error (`ClosedFields`, `paired_difference`: the closing test's own measure).
+difference over its standard error (`ClosedFields`, `paired_difference`: the closing test's own measure before
+it weighed each label's rows alike, variant 73; the rows' plain mean here, as variant 36 measured).
 
     lightfmp run --data ctr.csv --label label --threshold 0 --seed 0 --out runs/ml0
     python benchmarks/final_closing_costs.py runs/ml0 [more runs] --json costs.json
