@@ -210,11 +210,14 @@ class ClosedFields:
 
     @torch.no_grad()
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
-                 weights: np.ndarray | None = None, balanced: bool | np.ndarray = False):
+                 weights: np.ndarray | None = None, balanced: bool | np.ndarray = False,
+                 drawn: np.ndarray | None = None):
         """`weights`: per-row weights (mean 1) that `losses` and `screen` apply, where the rows are a weighted
         sample (`lightfmp.keep_rule.search_rows`); a closed field then reads rows drawn by weight
         (`weighted_other_rows`). `balanced`: the losses count each label's rows the same in total (`by_label`; given
-        as labels, those of the rows these stand for), the closed fields' values still drawn as `weights` say."""
+        as labels, those of the rows these stand for), the closed fields' values still drawn as `weights` say.
+        `drawn`: the weights a closed field's rows are drawn by instead (the rows a sample stands for, where the
+        losses' weights are by label alone: `lightfmp.progressive.measured_rows`)."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
@@ -222,8 +225,9 @@ class ClosedFields:
         self.model, self.n = model, len(labels)
         fields, dim = model.embedding.num_fields, model.embedding.embed_dim
         self.z = model.gate_values().to(device)
-        self.perm = torch.from_numpy(other_rows(self.n) if weights is None else weighted_other_rows(weights)).to(device)
-        self.inverse = torch.argsort(self.perm) if weights is None else None  # else `own` gives the own values
+        drawn = weights if drawn is None else drawn
+        self.perm = torch.from_numpy(other_rows(self.n) if drawn is None else weighted_other_rows(drawn)).to(device)
+        self.inverse = torch.argsort(self.perm) if drawn is None else None  # else `own` gives the own values
         self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call of the whole model
         self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
         self.cached = self.n <= state_rows(model)
@@ -235,7 +239,7 @@ class ClosedFields:
             self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
                                                                       for f in range(fields))]
         # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (weights given)
-        self.own = None if weights is None else (self.emb.clone(), None if self.lin is None else self.lin.clone()) \
+        self.own = None if drawn is None else (self.emb.clone(), None if self.lin is None else self.lin.clone()) \
             if self.cached else self.ids.clone()
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)
         if balanced is not False:

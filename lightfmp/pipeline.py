@@ -35,7 +35,7 @@ from .models import build_model
 from .models.dense import cpu_gemm_library
 from .moments import Carry, prune_moments
 from .progress import Reporter
-from .progressive import SweepCosts, epoch_share
+from .progressive import SweepCosts, epoch_share, rarest_label
 from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
@@ -506,18 +506,21 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
     if deferred:  # the rule's order, in the fields the first epoch reads
         at = {n: i for i, n in enumerate(kept)}
         order = [at[names[i]] for i in order]
-    # the default rule's closing costs, measured on each batch of the first epoch before its step as well: on as
-    # many of its rows as the test's bound on its rows leaves beside the validation rows it reads
-    share = epoch_share(TEST_ROWS, min(len(valid), TEST_ROWS, closing_rows(model)), len(rest)) \
+    # the default rule's closing costs, measured on each batch of the first epoch before its step as well (every row
+    # of the rarer label, as many of the other's): on as many rows as the test's bound on its rows leaves beside the
+    # validation rows it reads
+    rare, measured = rarest_label(rest.labels()) if deferred and keep is None else (None, 1.0)
+    share = epoch_share(TEST_ROWS, min(len(valid), TEST_ROWS, closing_rows(model)), len(rest) * measured) \
         if deferred and keep is None else 0.0
-    evidence = SweepCosts(order, device, share) if share > 0 else None
+    evidence = SweepCosts(order, device, share, rare) if share > 0 else None
     if split:
         # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
         # that model, which has read every training row (the subset's model cannot tell weak fields from noise).
         # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
         # if it goes on as is
-        first_key = {**key, "kept": kept,
-                     **({"evidence_order": order, "evidence_weights": "by label"} if evidence is not None else {})}
+        first_key = {**key, "kept": kept, **({"evidence_order": order, "evidence_weights": "by label",
+                                               "evidence_rows": "the rarer label's and as many"}
+                                              if evidence is not None else {})}
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
                           "continue (first epoch)", device, **{**plan, "epochs": 1}, carry=carry,
                           checkpoint=Checkpoint(checkpoint_dir(run.path), "continue-first", first_key, reporter.log),

@@ -14,12 +14,12 @@ import lightfmp.keep_rule as kr
 from helpers import fake_passes, fitted_frame, write_csv
 from lightfmp import training
 from lightfmp.checkpoint import Checkpoint
-from lightfmp.closed_fields import other_rows
+from lightfmp.closed_fields import by_label, other_rows, weighted_other_rows
 from lightfmp.config import TrainConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.metrics import SIGNIFICANT_SE
 from lightfmp.models import ModelConfig, build_model
-from lightfmp.progressive import SweepCosts, epoch_share, pooled
+from lightfmp.progressive import SweepCosts, epoch_share, measured_rows, pooled, rarest_label
 from lightfmp.rows import ArrayRows
 
 ORDER = [3, 0, 4, 2, 1]  # most open first: the sweep tests b, noise, tags, a, x
@@ -39,10 +39,11 @@ def setting():
     return schema, ids, y, model
 
 
-def _steps(model, schema, ids, y):
+def _steps(model, schema, ids, y, perm=None):
     """The definition on one batch: per row, the logloss with the first i fields of the sweep closed (reading row
-    perm[r]'s values, `other_rows`) minus that with the first i - 1 closed; columns in the sweep's order."""
-    perm = torch.from_numpy(other_rows(len(y)))
+    perm[r]'s values, `other_rows` unless given) minus that with the first i - 1 closed; columns in the sweep's
+    order."""
+    perm = torch.from_numpy(other_rows(len(y)) if perm is None else perm)
     x, out = ids.clone(), []
     with torch.no_grad():
         before = F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none")
@@ -78,6 +79,54 @@ def test_the_epochs_evidence_is_the_mean_and_standard_error_of_the_sweeps_steps_
     steps = np.concatenate([_steps(model, schema, ids[s], y[s]) * _balanced(y[s].numpy())[:, None] for s in batches])
     assert costs.rows == 300 and np.all(steps[:, 0] == 0) and costs.evidence([0]) == (0.0, 0.0)  # b: shut
     for positions in ([1], [3], [1, 2], [1, 2, 3, 4]):
+        d = steps[:, positions].sum(1)
+        mean, se = costs.evidence(positions)
+        assert mean == pytest.approx(d.mean(), rel=1e-5, abs=1e-9)
+        assert se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5), positions
+
+
+def test_a_batch_is_measured_on_every_row_of_the_rarer_label_and_as_many_of_the_others():
+    y = np.array([0, 1, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0], dtype=np.float32)
+    rows = measured_rows(y, 1.0, np.random.default_rng(0))
+    assert list(rows) == sorted(rows) and len(set(rows)) == 6
+    assert set(np.flatnonzero(y == 1)) <= set(rows) and np.sum(y[rows] == 0) == 3
+    assert np.array_equal(rows, measured_rows(y, 1.0, np.random.default_rng(0)))  # seeded
+    draws = {tuple(measured_rows(y, 1.0, np.random.default_rng(seed))) for seed in range(20)}
+    assert len(draws) > 1  # the other label's rows drawn at random, not the first ones
+    # the rarer label of the epoch may be the commoner one in a batch: each other label gives all it has
+    assert list(measured_rows(np.array([0, 1, 0, 0, 0]), 0.0, np.random.default_rng(0))) == [0, 1, 2, 3, 4]
+    rows = measured_rows(np.array([1, 0, 1, 1, 0, 1]), 0.0, np.random.default_rng(0))
+    assert len(rows) == 4 and {1, 4} <= set(rows)
+    assert len(measured_rows(np.zeros(8), 1.0, np.random.default_rng(0))) == 0  # none of the rarer label: none
+    assert rarest_label(np.array([0] * 97 + [1] * 3)) == (1.0, pytest.approx(0.06))
+    assert rarest_label(np.array([1, 1, 0, 0, 0])) == (1.0, pytest.approx(0.8))
+    assert rarest_label(np.array([1, 0])) == (0.0, 1.0)  # a tie: the smaller label
+    assert rarest_label(np.ones(4)) == (1.0, 1.0)
+
+
+def test_the_epochs_evidence_on_the_rows_measured_weighs_each_label_alike_and_draws_as_from_the_batch(setting):
+    """With the rarer label given, each batch's steps are those of its rows `measured_rows` takes (drawn by the
+    batch's position in the epoch), each label's rows weighing the same in total, a closed field reading rows drawn
+    by the rows each measured one stands for (`weighted_other_rows`: the batch's label mix, not the sample's).
+    Mutants: the measured rows' losses weighed by the whole batch's labels; closed fields reading the measured rows
+    uniformly (the sample's label mix); the draw not seeded by the batch."""
+    schema, ids, _, model = setting
+    y = torch.from_numpy((np.arange(300) % 7 == 0).astype(np.float32))  # 43 of 300
+    costs = SweepCosts(ORDER, rare=1.0)
+    batches = [slice(0, 150), slice(150, 300)]
+    for s in batches:
+        costs.measure(model, ids[s].numpy(), y[s].numpy())
+    costs.combine()
+    parts = []
+    for b, s in enumerate(batches):
+        yb = y[s].numpy()
+        rows = measured_rows(yb, 1.0, np.random.default_rng(b))
+        stands = np.where(yb[rows] == 1, 1.0, np.sum(yb == 0) / np.sum(yb[rows] == 0))
+        steps = _steps(model, schema, ids[s][rows], y[s][rows], weighted_other_rows(stands))
+        parts.append(steps * by_label(yb[rows])[:, None])
+    steps = np.concatenate(parts)
+    assert costs.rows == len(steps) == 2 * 43
+    for positions in ([1], [3], [1, 2, 3, 4]):
         d = steps[:, positions].sum(1)
         mean, se = costs.evidence(positions)
         assert mean == pytest.approx(d.mean(), rel=1e-5, abs=1e-9)
@@ -126,9 +175,9 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
     y[[0, 2, 4]] = 1.0  # every positive on rank 0's rows
     seen, real = [], progressive.ClosedFields
 
-    def spy(model, ids, labels, order, device="cpu", weights=None, balanced=False):
-        passes = real(model, ids, labels, order, device, weights, balanced)
-        seen.append(passes.weights.double().numpy())
+    def spy(model, ids, labels, order, device="cpu", weights=None, balanced=False, drawn=None):
+        passes = real(model, ids, labels, order, device, weights, balanced, drawn)
+        seen.append((ids, passes.weights.double().numpy(), drawn))
         return passes
     monkeypatch.setattr(progressive, "ClosedFields", spy)
     monkeypatch.setattr(progressive.dist, "active", lambda: True)
@@ -137,8 +186,22 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
         monkeypatch.setattr(progressive.dist, "rank", lambda rank=rank: rank)
         SweepCosts(ORDER).measure(model, ids[:30].numpy(), y)
     whole = by_label(y)
-    assert np.allclose(seen[0], whole[0::2], rtol=1e-6) and np.allclose(seen[1], whole[1::2], rtol=1e-6)
-    assert np.allclose(seen[1], 30 / (2 * 27), rtol=1e-6)
+    assert np.allclose(seen[0][1], whole[0::2], rtol=1e-6) and np.allclose(seen[1][1], whole[1::2], rtol=1e-6)
+    assert np.allclose(seen[1][1], 30 / (2 * 27), rtol=1e-6)
+    # the rows measured (the rarer label's and as many others) are drawn alike on every rank, which takes its
+    # share of them, weighed by all of them and drawing closed fields' values as from the whole batch
+    seen.clear()
+    y[[10, 11]] = 1.0  # 5 positives, 25 negatives
+    for rank in (0, 1):
+        monkeypatch.setattr(progressive.dist, "rank", lambda rank=rank: rank)
+        SweepCosts(ORDER, rare=1.0).measure(model, ids[:30].numpy(), y)
+    rows = measured_rows(y, 1.0, np.random.default_rng(0))
+    stands = np.where(y[rows] == 1, 1.0, 25 / 5)
+    for rank in (0, 1):
+        got_ids, got_weights, got_drawn = seen[rank]
+        assert np.array_equal(got_ids, ids[:30].numpy()[rows][rank::2])
+        assert np.allclose(got_weights, by_label(y[rows])[rank::2], rtol=1e-6)
+        assert np.allclose(got_drawn, stands[rank::2])
 
 
 def _evidence(order, means, sds, rows=10_000):
@@ -275,27 +338,44 @@ def default_run(tmp_path_factory):
 
 
 def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(tmp_path, monkeypatch):
-    """With the bound 100 rows above the validation rows the test reads, the epoch measures ~100 of its rows (whole
-    batches, spread). Mutant: every row measured whatever the bound."""
+    """Each batch measured gives its rows of the epoch's rarer label and as many of the other's (`measured_rows`);
+    with the bound 100 rows above the validation rows the test reads, whole batches, spread, so that about 100 rows
+    are measured. Mutants: every row of a batch measured; the share sized by the rows the epoch reads, not those
+    it measures; every batch measured whatever the bound."""
     import lightfmp.pipeline as pipeline
+    import lightfmp.progressive as progressive
     data = write_csv(tmp_path, n=800)
     cfg = lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3, batch_size=128,
                                 hidden=[16], embed_dim=4, subset=0.5, multi_hot=["tags:|"])
+    seen, real = [], progressive.measured_rows
+
+    def spy(labels, rare, rng):
+        rows = real(labels, rare, rng)
+        seen.append((np.asarray(labels).copy(), rare, len(rows)))
+        return rows
+    monkeypatch.setattr(progressive, "measured_rows", spy)
     monkeypatch.setattr(pipeline, "TEST_ROWS", 10**6)
     m = lightfmp.run(cfg, tmp_path / "all", quiet=True)
-    n_valid, rest = m["selection"]["search"]["rows"], m["selection"]["search"]["epoch_rows"]
+    n_valid, rest = m["selection"]["search"]["rows"], m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
+    labels = np.concatenate([y for y, _, _ in seen])
+    counts = np.unique(labels, return_counts=True)[1]
+    assert len(labels) == rest and len(counts) == 2  # every batch of the epoch, at share 1
+    assert {rare for _, rare, _ in seen} == {float(np.argmin(counts))}
+    measured = [k for _, _, k in seen]
+    assert m["selection"]["search"]["epoch_rows"] == sum(measured) < rest
+    seen.clear()
     monkeypatch.setattr(pipeline, "TEST_ROWS", n_valid + 100)
     m = lightfmp.run(cfg, tmp_path / "some", quiet=True)
-    share = 100 / rest
-    batches = [128] * (rest // 128) + ([rest % 128] if rest % 128 else [])
-    taken = [n for b, n in enumerate(batches) if np.floor((b + 1) * share) > np.floor(b * share)]
-    assert m["selection"]["search"]["epoch_rows"] == sum(taken) < rest
+    share = 100 / (rest * np.minimum(counts, counts.min()).sum() / rest)
+    taken = [k for b, k in enumerate(measured) if np.floor((b + 1) * share) > np.floor(b * share)]
+    assert m["selection"]["search"]["epoch_rows"] == sum(taken) == sum(k for _, _, k in seen)
+    assert 0 < len(taken) < len(measured)
 
 
 def test_the_default_run_decides_on_the_pooled_estimates_of_its_first_epochs_rows(default_run):
     m = default_run
     search = m["selection"]["search"]
-    assert search["epoch_rows"] == m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
+    assert 0 < search["epoch_rows"] <= m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
     assert "pooled" in m["selection"]["rule"] and search["epoch_seconds"] > 0
     tested = [t for t in search["tests"] if t["se"] > 0 and "alone" not in t]
     assert tested
