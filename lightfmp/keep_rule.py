@@ -506,7 +506,8 @@ CLOSING_RULE = ("every field open, then, least open gate first, each closed unle
 DEFERRED = ", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open ({}; the " \
            "others dropped before it)"
 POOLED = ("; each cost's estimate on the validation rows pooled with the same cost's on the rows that epoch read "
-          f"(each batch measured before its step; at most as many as bring the test to its {TEST_ROWS:,} rows)")
+          "(each batch measured before its step, on its rows of the rarer label and as many of the other's, drawn at "
+          f"random; at most as many as bring the test to its {TEST_ROWS:,} rows)")
 
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
