@@ -6,7 +6,8 @@ batch is out of sample for the model just before its step, as the validation row
 fields in the order fixed before the epoch, least open gate first, each closed in turn as the test closes them,
 `ClosedFields`) and keeps, per position i of that order, the sum over rows of the step cost d_i (the per-row logloss
 with the first i fields closed minus that with the first i - 1 closed, each batch's labels weighing the same in total
-as the test weighs them: `by_label`) and the sums of the products d_i d_j. From
+as the test weighs them: `by_label`) and the sums of the products d_i d_j, over clusters of the rows whose closed
+fields read the same donor row (one row each under a permutation; a few where donors are drawn by weight). From
 them follow the mean and standard error, over the epoch's rows, of the per-row sum of the steps of any set of
 positions: the sweep's own question for a field (its step) and its set question (the steps of the fields the sweep
 closed, and its). `pooled` joins such an estimate with the validation rows' estimate of the same question into one,
@@ -51,9 +52,16 @@ class SweepCosts:
         (`measured_rows`). None: every row."""
         self.order, self.device, self.share, self.rare = list(order), device, float(share), rare
         self.batch = 0  # batches seen since the last `combine`
+        self.sums, self.products, self.rows, self.seconds = self._empty()[0], self._empty()[1], 0, 0.0
+        # rows reading the same donor row (a closed field's values) are one cluster of the standard error: sum over
+        # clusters of (size x the cluster's step sums), sum of squared sizes, number of clusters
+        self.weighted, self.sizes, self.clusters = self._empty()[0], 0.0, 0
+        self.local = self._empty()  # this rank's, since the last `combine`
+
+    def _empty(self) -> list:
+        """[sums, products of cluster sums, rows, size-weighted cluster sums, squared sizes, clusters], all zero."""
         k = len(self.order)
-        self.sums, self.products, self.rows, self.seconds = np.zeros(k), np.zeros((k, k)), 0, 0.0
-        self.local = [np.zeros(k), np.zeros((k, k)), 0]  # this rank's, since the last `combine`
+        return [np.zeros(k), np.zeros((k, k)), 0, np.zeros(k), 0.0, 0]
 
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
         """Before the step on a global batch: the sweep's steps on this rank's share of the rows measured of it
@@ -82,27 +90,38 @@ class SweepCosts:
         losses = passes.sweep([sweep[i] for i in walked])
         steps = np.zeros((len(losses), len(self.order)))
         steps[:, walked] = np.diff(losses, axis=1)
+        donor = passes.perm.cpu().numpy()  # the row each row's closed fields read: a cluster per donor
+        clusters, size = np.unique(donor, return_inverse=True, return_counts=True)[1:]
+        summed = np.zeros((len(size), len(self.order)))
+        np.add.at(summed, clusters, steps)
         self.local[0] += steps.sum(0)
-        self.local[1] += steps.T @ steps
+        self.local[1] += summed.T @ summed
         self.local[2] += len(losses)
+        self.local[3] += size @ summed
+        self.local[4] += float(size @ size)
+        self.local[5] += len(size)
         model.train(was)
         self.seconds += time.perf_counter() - t0
 
     def combine(self) -> None:
         """Every rank's numbers measured since the last call into the totals `evidence` reads (the end of an epoch;
         on every rank under torchrun)."""
-        k = len(self.order)
-        flat = torch.from_numpy(np.concatenate([self.local[0], self.local[1].ravel(), [float(self.local[2])]]))
+        k, (sums, products, rows, weighted, sizes, clusters) = len(self.order), self.local
+        flat = torch.from_numpy(np.concatenate([sums, products.ravel(), weighted, [rows, sizes, clusters]]))
         flat = dist.all_reduce_sum(flat.to(self.device)).cpu().numpy()
         self.sums = self.sums + flat[:k]
         self.products = self.products + flat[k:k + k * k].reshape(k, k)
-        self.rows += int(round(flat[-1]))
-        self.local, self.batch = [np.zeros(k), np.zeros((k, k)), 0], 0
+        self.weighted = self.weighted + flat[k + k * k:2 * k + k * k]
+        self.rows += int(round(flat[-3]))
+        self.sizes += float(flat[-2])
+        self.clusters += int(round(flat[-1]))
+        self.local, self.batch = self._empty(), 0
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps (float64)."""
         return {"order": np.asarray(self.order, dtype=np.float64), "sums": self.sums, "products": self.products,
-                "rows": np.asarray([self.rows], dtype=np.float64), "seconds": np.asarray([self.seconds])}
+                "rows": np.asarray([self.rows], dtype=np.float64), "seconds": np.asarray([self.seconds]),
+                "weighted": self.weighted, "clusters": np.asarray([self.sizes, self.clusters], dtype=np.float64)}
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """The sums a checkpoint kept; a ValueError if they are of another order."""
@@ -113,19 +132,25 @@ class SweepCosts:
         self.sums = np.array(arrays["sums"], dtype=np.float64)
         self.products = np.array(arrays["products"], dtype=np.float64)
         self.rows = int(np.asarray(arrays["rows"]).ravel()[0])
+        self.weighted = np.array(arrays["weighted"], dtype=np.float64).reshape(k)
+        sizes, clusters = np.asarray(arrays["clusters"], dtype=np.float64).ravel()[:2]
+        self.sizes, self.clusters = float(sizes), int(round(clusters))
         self.seconds = float(np.asarray(arrays.get("seconds", [0.0])).ravel()[0])
 
     def evidence(self, positions: list[int]) -> tuple[float, float] | None:
         """(mean, standard error) over the measured rows of the per-row sum of the steps at `positions` (indices
-        into the sweep: 0 is the first field it tests); None with fewer than 2 rows."""
-        if self.rows < 2:
+        into the sweep: 0 is the first field it tests); None with fewer than 2 rows. The error counts the rows that
+        read one donor row as one cluster (their steps share its values): sum over clusters of (cluster sum - size x
+        mean)^2 / rows^2 x C / (C - 1); where every row reads its own donor (a permutation) it is the rows' own
+        standard error."""
+        if self.rows < 2 or self.clusters < 2:
             return None
         a = np.zeros(len(self.order))
         a[list(positions)] = 1.0
         mean = float(a @ self.sums) / self.rows
-        second = float(a @ self.products @ a) / self.rows
-        var = max(second - mean * mean, 0.0) * self.rows / (self.rows - 1)
-        return mean, float(np.sqrt(var / self.rows))
+        spread = float(a @ self.products @ a) - 2.0 * mean * float(a @ self.weighted) + mean * mean * self.sizes
+        var = max(spread, 0.0) / self.rows ** 2 * self.clusters / (self.clusters - 1)
+        return mean, float(np.sqrt(var))
 
 
 def measured_rows(labels: np.ndarray, rare: float, rng: np.random.Generator) -> np.ndarray:

@@ -117,20 +117,43 @@ def test_the_epochs_evidence_on_the_rows_measured_weighs_each_label_alike_and_dr
     for s in batches:
         costs.measure(model, ids[s].numpy(), y[s].numpy())
     costs.combine()
-    parts = []
+    parts, groups = [], []
     for b, s in enumerate(batches):
         yb = y[s].numpy()
         rows = measured_rows(yb, 1.0, np.random.default_rng(b))
         stands = np.where(yb[rows] == 1, 1.0, np.sum(yb == 0) / np.sum(yb[rows] == 0))
-        steps = _steps(model, schema, ids[s][rows], y[s][rows], weighted_other_rows(stands))
+        donors = weighted_other_rows(stands)
+        steps = _steps(model, schema, ids[s][rows], y[s][rows], donors)
         parts.append(steps * by_label(yb[rows])[:, None])
-    steps = np.concatenate(parts)
+        groups.append(donors + 1000 * b)  # rows that read one donor row: one cluster
+    steps, groups = np.concatenate(parts), np.concatenate(groups)
     assert costs.rows == len(steps) == 2 * 43
+    assert costs.clusters == len(np.unique(groups)) < costs.rows  # donors drawn by weight repeat
     for positions in ([1], [3], [1, 2, 3, 4]):
         d = steps[:, positions].sum(1)
         mean, se = costs.evidence(positions)
         assert mean == pytest.approx(d.mean(), rel=1e-5, abs=1e-9)
-        assert se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5), positions
+        sums = np.array([np.sum(d[groups == g] - d.mean()) for g in np.unique(groups)])  # by hand, per cluster
+        c = len(sums)
+        assert se == pytest.approx(np.sqrt(np.sum(sums ** 2) / len(d) ** 2 * c / (c - 1)), rel=1e-5), positions
+        assert se != pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-3)  # not the rows' own error
+
+
+def test_rows_that_read_one_donor_count_as_one_cluster_in_the_standard_error():
+    """Closed form: two rows reading one donor with equal steps are as uncertain as one row counted twice, not as
+    two independent rows. Mutant: the rows' own standard error wherever donors repeat."""
+    costs = SweepCosts([0])
+    d = np.array([1.0, 1.0, 3.0, 5.0])
+    cluster = np.array([0, 0, 1, 2])
+    summed = np.array([2.0, 3.0, 5.0])
+    size = np.array([2, 1, 1])
+    costs.sums, costs.rows = np.array([d.sum()]), 4
+    costs.products = np.array([[np.sum(summed ** 2)]])
+    costs.weighted, costs.sizes, costs.clusters = np.array([size @ summed]), float(size @ size), 3
+    mean, se = costs.evidence([0])
+    dev = np.array([np.sum(d[cluster == c] - d.mean()) for c in range(3)])
+    assert mean == 2.5 and se == pytest.approx(np.sqrt(np.sum(dev ** 2) / 16 * 3 / 2))
+    assert se > d.std(ddof=1) / 2  # wider than four independent rows'
 
 
 def test_pooled_weighs_each_estimate_by_its_inverse_variance():
@@ -209,6 +232,7 @@ def _evidence(order, means, sds, rows=10_000):
     costs = SweepCosts(order)
     m = np.asarray(means, dtype=float)
     costs.sums, costs.rows = m * rows, rows
+    costs.weighted, costs.sizes, costs.clusters = m * rows, float(rows), rows  # every row its own donor
     costs.products = rows * (np.outer(m, m) + np.diag(np.asarray(sds, dtype=float) ** 2))
     return costs
 
