@@ -238,7 +238,7 @@ class ClosedFields:
             slot_field = model.embedding.slot_field.cpu()
             self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
                                                                       for f in range(fields))]
-        # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (weights given)
+        # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (drawn by weight)
         self.own = None if drawn is None else (self.emb.clone(), None if self.lin is None else self.lin.clone()) \
             if self.cached else self.ids.clone()
         self.labels = torch.from_numpy(labels.astype(np.float32)).to(device)

@@ -8,10 +8,10 @@ fields in the order fixed before the epoch, least open gate first, each closed i
 with the first i fields closed minus that with the first i - 1 closed, each batch's labels weighing the same in total
 as the test weighs them: `by_label`) and the sums of the products d_i d_j, over clusters of the rows whose closed
 fields read the same donor row (one row each under a permutation; a few where donors are drawn by weight). From
-them follow the mean and standard error, over the epoch's rows, of the per-row sum of the steps of any set of
-positions: the sweep's own question for a field (its step) and its set question (the steps of the fields the sweep
-closed, and its). `pooled` joins such an estimate with the validation rows' estimate of the same question into one,
-so the test stays one test at two standard errors per question, on ~7x the rows at a 10% validation split.
+them follow the mean and standard error, over the epoch's measured rows, of the per-row sum of the steps of any set
+of positions: the sweep's own question for a field (its step) and its set question (the steps of the fields the
+sweep closed, and its). `pooled` joins such an estimate with the validation rows' estimate of the same question into
+one, so the test stays one test at two standard errors per question.
 
 Not every row of a batch is measured: every row of the epoch's rarer label is, and as many of the other label's,
 drawn at random (`measured_rows`). A closed field moves a row's logit, and the row's logloss moves by about
@@ -23,8 +23,11 @@ first epoch (0.9% positives) the standard errors from 1.8% of the rows are those
 2.6% at most), on MovieLens (45% / 55%) 4% larger from 89% of the rows. The test's bound on its rows
 (`epoch_share`) then counts the rows measured, not the rows read.
 
-Each rank measures its slice of the rows measured of each batch (torchrun) and `combine` sums the ranks' numbers at
-the end of the epoch into what `evidence` reads; a checkpoint of the epoch keeps them (`arrays` / `load`).
+Under torchrun one rank measures a batch's sampled rows (the ranks take turns by batch; with every row measured,
+each rank its slice) and `combine` sums the ranks' numbers at the end of the epoch into what `evidence` reads; a
+checkpoint of the epoch keeps them (`arrays` / `load`). A closed field's donor is another of the measured rows
+(`weighted_other_rows` never draws a row itself), so where a batch has few of them a donor of the other label is
+drawn somewhat more often than the batch's mix says (m / (m - 1) times for m sampled rows of a label).
 """
 from __future__ import annotations
 
@@ -64,21 +67,24 @@ class SweepCosts:
         return [np.zeros(k), np.zeros((k, k)), 0, np.zeros(k), 0.0, 0]
 
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
-        """Before the step on a global batch: the sweep's steps on this rank's share of the rows measured of it
-        (`measured_rows`, drawn alike on every rank; at least 2 rows; every state of the walk in stacked passes
-        where the backbone allows, `ClosedFields.sweep`; the model is back in training mode after)."""
+        """Before the step on a global batch: the sweep's steps on this rank's slice of it, or with `rare` given, on
+        the rows `measured_rows` takes of it, all on one rank (rank b mod world for batch b: a batch's measured rows
+        are few, and a closed field reads one of them); at least 2 rows; every state of the walk in stacked passes
+        where the backbone allows, `ClosedFields.sweep`; the model is back in training mode after."""
         b, self.batch = self.batch, self.batch + 1
         if math.floor((b + 1) * self.share) <= math.floor(b * self.share):
             return
         t0 = time.perf_counter()
         w, r = (dist.world(), dist.rank()) if dist.active() else (1, 0)
         batch, drawn = np.asarray(labels), None
-        if self.rare is not None:
+        if self.rare is not None:  # a few rows: one rank measures them all (the ranks take turns by batch), so
+            if b % w != r:        # their closed fields draw from every one of them
+                return
             rows = measured_rows(batch, self.rare, np.random.default_rng(b))
             values, counts = np.unique(batch, return_inverse=True, return_counts=True)[1:]
             drawn = (counts / np.bincount(values[rows], minlength=len(counts)).clip(1))[values[rows]]
-            batch, ids, drawn = batch[rows], np.asarray(ids)[rows], drawn[r::w]  # the rows each measured one stands for
-        ids, labels = np.asarray(ids)[r::w], batch[r::w]  # each rank's rows weighed by label as all measured are
+            batch, ids, w, r = batch[rows], np.asarray(ids)[rows], 1, 0  # drawn: the rows each measured one stands for
+        ids, labels = np.asarray(ids)[r::w], batch[r::w]  # each rank's rows weighed by label as the whole batch's are
         if len(labels) < 2:
             return
         was = model.training

@@ -211,20 +211,22 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
     whole = by_label(y)
     assert np.allclose(seen[0][1], whole[0::2], rtol=1e-6) and np.allclose(seen[1][1], whole[1::2], rtol=1e-6)
     assert np.allclose(seen[1][1], 30 / (2 * 27), rtol=1e-6)
-    # the rows measured (the rarer label's and as many others) are drawn alike on every rank, which takes its
-    # share of them, weighed by all of them and drawing closed fields' values as from the whole batch
-    seen.clear()
+    # the rows measured (the rarer label's and as many others) are few: one rank measures them all, the ranks
+    # taking turns by batch (batch b on rank b mod 2), weighed by label and drawing closed fields' values as from
+    # the whole batch. Mutant: each rank a slice of them (a slice of 1-3 rows reads its donors from those alone)
     y[[10, 11]] = 1.0  # 5 positives, 25 negatives
     for rank in (0, 1):
+        seen.clear()
         monkeypatch.setattr(progressive.dist, "rank", lambda rank=rank: rank)
-        SweepCosts(ORDER, rare=1.0).measure(model, ids[:30].numpy(), y)
-    rows = measured_rows(y, 1.0, np.random.default_rng(0))
-    stands = np.where(y[rows] == 1, 1.0, 25 / 5)
-    for rank in (0, 1):
-        got_ids, got_weights, got_drawn = seen[rank]
-        assert np.array_equal(got_ids, ids[:30].numpy()[rows][rank::2])
-        assert np.allclose(got_weights, by_label(y[rows])[rank::2], rtol=1e-6)
-        assert np.allclose(got_drawn, stands[rank::2])
+        costs = SweepCosts(ORDER, rare=1.0)
+        for b in (0, 1):
+            costs.measure(model, ids[30 * b:30 * b + 30].numpy(), y)
+        assert len(seen) == 1  # its batch only
+        rows = measured_rows(y, 1.0, np.random.default_rng(rank))
+        got_ids, got_weights, got_drawn = seen[0]
+        assert np.array_equal(got_ids, ids[30 * rank:30 * rank + 30].numpy()[rows])
+        assert np.allclose(got_weights, by_label(y[rows]), rtol=1e-6)
+        assert np.allclose(got_drawn, np.where(y[rows] == 1, 1.0, 25 / 5))
 
 
 def _evidence(order, means, sds, rows=10_000):
@@ -344,6 +346,15 @@ def test_a_resumed_epoch_brings_back_what_it_measured(setting, tmp_path):
     assert out.get("resumed_from_epoch") == 1 and again.rows == first.rows == 300
     assert again.seconds == first.seconds > 0
     assert np.array_equal(again.sums, first.sums) and np.array_equal(again.products, first.products)
+    # on the rarer label's rows, whose donors repeat: the clusters come back too (mutant: `load` dropping them
+    # leaves no evidence, or the rows' own error)
+    first = SweepCosts(order, rare=1.0)
+    fit(first, "sampled")
+    again = SweepCosts(order, rare=1.0)
+    fit(again, "sampled")
+    assert 0 < again.clusters == first.clusters and again.rows == first.rows
+    for positions in ([0], [1, 2], [0, 1, 2, 3, 4]):
+        assert again.evidence(positions) == first.evidence(positions) is not None
     fit(None, "plain")
     with pytest.raises(LightFMPError, match=r"plain\.json.*measured for the keep rule"):
         fit(SweepCosts(order), "plain")
