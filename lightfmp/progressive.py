@@ -15,12 +15,12 @@ one, so the test stays one test at two standard errors per question.
 
 Not every row of a batch is measured: every row of the epoch's rarer label is, and as many of the other label's,
 drawn at random (`measured_rows`). A closed field moves a row's logit, and the row's logloss moves by about
-(p - y) times that: ~1 on a row of the rarer label against ~its share on the other label's (the label's share
-being the model's p there), so the rarer label's rows have the larger spread of costs. Each label's rows weigh half
-of an estimate (`by_label`), and the error of a half falls as its spread over the square root of its rows, so rows
-of the commoner label beyond the rarer's count buy little (Neyman's allocation gives them fewer still): on KDD's
-first epoch (0.9% positives) the standard errors from 1.8% of the rows are those of every row to 0.1% (median;
-2.6% at most), on MovieLens (45% / 55%) 4% larger from 89% of the rows. The test's bound on its rows
+(p - y) times that, p staying near the positive rate: by about 1 - pi on a row of the rarer label and pi on the
+other's (pi the rarer label's share), so the rarer label's rows have the larger spread of costs. Each label's rows
+weigh half of an estimate (`by_label`), and the error of a half falls as its spread over the square root of its
+rows, so rows of the commoner label beyond the rarer's count buy little (Neyman's allocation gives them fewer
+still): on KDD's first epoch (0.9% positives) the standard errors from 1.8% of the rows are those of every row to
+0.1% (median; 2.6% at most), on MovieLens (45% / 55%) 4% larger from 89% of the rows. The test's bound on its rows
 (`epoch_share`) then counts the rows measured, not the rows read.
 
 Under torchrun one rank measures a batch's sampled rows (the ranks take turns by batch; with every row measured,
