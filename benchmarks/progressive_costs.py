@@ -67,11 +67,11 @@ class Progressive:
 def sweep_with(progress: Progressive):
     """`keep_rule.backward_sweep` where a field also stays if its progressive z is above two standard errors (the
     rows' plain mean, as at variant 64; the package's sweep has weighed each label alike since variant 73)."""
-    def sweep(model, ids, labels, kept, device="cpu", epoch=None):  # the package's pooled evidence not read
+    def sweep(model, ids, labels, kept, device="cpu", epoch=None, donors=None):  # the pooled evidence not read
         zp = progress.z()
         kept, tests = list(kept), []
         z = model.gate_values().cpu()
-        passes = ClosedFields(model, ids, labels, kept, device)
+        passes = ClosedFields(model, ids, labels, kept, device, donors=donors)
         base = every_open = passes.losses()
         closed_set = (0.0, 0.0)
         for f in reversed(list(kept)):

@@ -6,9 +6,10 @@
                       measurably better on held-out validation rows (`held_out_rows`), the K fields whose closing
                       from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
-                      is closed for good unless closing it raises the validation logloss (each label's rows weighing
-                      the same: `lightfmp.closed_fields.by_label`) by more than two standard errors, on its own or with
-                      the fields closed before it (`closing_test`);
+                      is closed for good unless closing it raises the validation logloss (measured on every row of
+                      the rarer label and as many of the other's, each label's rows weighing the same:
+                      `lightfmp.closed_fields.measured_sample`, `by_label`) by more than two standard errors, on its
+                      own or with the fields closed before it (`closing_test`);
     --threshold T     (instead) every field whose deterministic gate is >= T.
 The first two decide on the model after phase 3's first epoch (lightfmp.pipeline): the fields whose gate phase 1
 shut go first, that epoch reads every other field on every row phase 1 did not use, and the rule runs on it (on
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields, state_rows
+from .closed_fields import ClosedFields, measured_sample, state_rows
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
@@ -45,8 +46,9 @@ SEARCH_ROWS = 4096    # validation rows the forward search compares candidates o
                       # `search_rows` picks them)
 EXACT_CANDIDATES = 12  # up to this many closed fields, a search step evaluates every one of them exactly ...
 SCREENED = 4           # ... beyond it, only the 4 whose first-order (gradient) estimate promises the most
-TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most (with the first epoch's rows
-                       # it pools, rows in all: lightfmp.progressive): its standard errors shrink
+TEST_ROWS = 100_000    # validation rows the default rule's closing test reads at most (it measures those of them
+                       # `measured_sample` takes; with the first epoch's rows it pools, rows measured in all:
+                       # lightfmp.progressive): its standard errors shrink
                        # as 1 / sqrt(rows); and at most the rows whose embeddings its passes hold in memory
                        # (`closed_fields.state_rows`: 55,924 at 300 fields x 16 dims), but never fewer than
                        # SEARCH_ROWS (those, if the memory holds fewer, through the slower ids state)
@@ -313,7 +315,9 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     default: `model`'s own gates), least open first, each closed for good unless closing it raises the validation
     logloss of `model` (each label's rows weighing the same) by more than two standard errors, on its own or
     together with the fields closed before it (`backward_sweep` on the first TEST_ROWS rows, or as many as
-    `state_rows` holds if fewer, at least SEARCH_ROWS), each question's estimate pooled with the same sweep's
+    `state_rows` holds if fewer, at least SEARCH_ROWS: of those, the rows `measured_sample` takes, every row of the
+    rarer label and as many of the other's, their closed fields reading other rows of all those read), each
+    question's estimate pooled with the same sweep's
     measured on the rows of the epoch that trained `model` where `epoch` holds them (lightfmp.progressive). The gates
     order the test; the test decides. `model` is the model after phase 3's first epoch (`lightfmp.pipeline`), or
     the phase-1 model where phase 3 has fewer than two epochs. Copies of a field
@@ -323,14 +327,17 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
 
     Returns {"order": field names by gate, most open first, "tests": per tested field its closing cost (mean
     per-row BCE difference, each label's rows weighing the same) and the cost's standard error, on its own and with
-    the fields closed before it, and whether it was closed, "rows", "kept": field names}."""
+    the fields closed before it, and whether it was closed, "rows" (read), "measured" (rows), "kept": field
+    names}."""
     names = schema.names
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     n = closing_rows(model)
     ids, labels = ids[:n], labels[:n]
-    kept, tests = backward_sweep(model, ids, labels, order, device, epoch)
+    rows, donors = measured_sample(labels)
+    kept, tests = backward_sweep(model, ids[rows], labels[rows], order, device, epoch,
+                                 None if donors is None else ids[donors])
     out = {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
-           "rows": len(labels), "kept": [names[i] for i in kept]}
+           "rows": len(labels), "measured": len(rows), "kept": [names[i] for i in kept]}
     if epoch is not None:
         out.update(epoch_rows=epoch.rows, epoch_seconds=epoch.seconds)
     return out
@@ -341,7 +348,8 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     """The default rule's first step, before phase 3: the fields that phase 1's gates alone shut after its best
     epoch (`lightfmp.training._gates_alone`) while they were open at it are cut now if they are at least half of the
     fields open at it and closing them together (as the closing test closes fields: `ClosedFields`, on its rows)
-    does not raise the phase-1 model's validation logloss at all against every field open at the best epoch.
+    does not raise the phase-1 model's validation logloss at all against every field open at the best epoch (on
+    the closing test's rows, `measured_sample`).
 
     The subset's model cannot tell a weak field from noise, and a field cut now is neither read by phase 3's first
     epoch nor tested after it: the cut is a bet made for time. Where it is wrong it costs a weak field the first
@@ -367,7 +375,9 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     if not shut or len(shut) == len(open_fields) or 2 * len(shut) < len(open_fields):
         return {"fields": shut, "open": len(open_fields), "cost": None, "se": None, "cut": False}
     n = closing_rows(model)
-    passes = ClosedFields(model, ids[:n], labels[:n], open_fields, device, balanced=True)
+    rows, donors = measured_sample(labels[:n])
+    passes = ClosedFields(model, ids[rows], labels[rows], open_fields, device, balanced=True,
+                          donors=None if donors is None else ids[donors])
     every_open = passes.losses()
     for f in shut:
         passes.toggle(f)
@@ -380,7 +390,8 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
 
 
 def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: list[int],
-                   device: str = "cpu", epoch: SweepCosts | None = None) -> tuple[list[int], list[dict]]:
+                   device: str = "cpu", epoch: SweepCosts | None = None, donors: np.ndarray | None = None) \
+        -> tuple[list[int], list[dict]]:
     """Each field of `kept` in turn, the last first, is closed for good unless closing it raises the logloss (each
     label's rows weighing the same in total, `by_label`: the goal is AUC, which counts every pair of one row of each
     label, where the rows' plain mean counts a rare label's few rows little) by more than two standard errors of the
@@ -395,6 +406,9 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
     field the model does not use costs nothing to close (its shuffled values carry what its real ones do); a
     redundant copy goes while its twin is open and the twin then stays.
 
+    `donors`: the ids of the rows each row's closed fields read (`ClosedFields`), where these rows are a sample of
+    others (`closing_test`); None: another of these rows.
+
     `epoch` (lightfmp.progressive): the same sweep's step costs measured on the rows of the epoch that trained
     `model`, each before its step, in the order `kept`; each question's estimate on `ids` is then pooled with the
     epoch's (the field's own: its step; the set's: the steps of the fields closed so far and its), one test per
@@ -408,7 +422,7 @@ def backward_sweep(model: CTRModel, ids: np.ndarray, labels: np.ndarray, kept: l
         raise ValueError(f"the epoch's closing costs were measured in the order {epoch.order}, not {list(kept)}")
     kept, tests = list(kept), []
     z = model.gate_values().cpu()
-    passes = ClosedFields(model, ids, labels, kept, device, balanced=True)
+    passes = ClosedFields(model, ids, labels, kept, device, balanced=True, donors=donors)
     base = every_open = passes.losses()
     closed_set, closed_at = (0.0, 0.0), []  # the closed set's cost against every field open, its standard error
     for i, f in enumerate(reversed(list(kept))):
@@ -501,19 +515,20 @@ def select_fields(names: list[str], log_alpha: torch.Tensor, gate_values: torch.
 
 
 CLOSING_RULE = ("every field open, then, least open gate first, each closed unless closing it raises the validation "
-                "logloss, each label's rows weighing the same, by more than two standard errors, on its own or with "
-                "the fields closed before it")
+                "logloss (on every row of the rarer label and as many of the other's, drawn at random; each label's "
+                "rows weighing the same) by more than two standard errors, on its own or with the fields closed "
+                "before it")
 DEFERRED = ", on the model after phase 3's first epoch, which read every field whose gate phase 1 left open ({}; the " \
            "others dropped before it)"
 POOLED = ("; each cost's estimate on the validation rows pooled with the same cost's on the rows that epoch read "
-          "(each batch measured before its step, on its rows of the rarer label and as many of the other's, drawn at "
-          f"random; at most as many as bring the test to its {TEST_ROWS:,} rows)")
+          "(each batch measured before its step, on rows taken as the validation rows are; at most as many as bring "
+          f"the test to its {TEST_ROWS:,} rows)")
 
 
 GATES_ALONE_RULE = ("the fields phase 1's gates shut in its epochs after the best one (its gates alone, on its best "
                     "epoch's weights) are cut before phase 3 if they are at least half of the fields open at its "
                     "best epoch and closing them together does not raise the phase-1 model's validation logloss "
-                    "(each label's rows weighing the same) at all (else the closing test decides on them)")
+                    "(the closing test's rows) at all (else the closing test decides on them)")
 
 
 def decides_after_first_epoch(continue_epochs: int, threshold: float | None) -> bool:

@@ -22,6 +22,7 @@ from . import checkpoint as ckpt_files
 from . import distributed as dist
 from .checkpoint import Checkpoint, check_place, checkpoint_dir, config_difference, config_sha256
 from .config import COMMAND_LINE, RunConfig, check_no_rule_without_gates, check_one_rule, check_switches
+from .closed_fields import rarest_label
 from .dataset import Dataset, load_dataset, streaming
 from .errors import DataGone, LightFMPError, shown_type
 from .held_fields import MEAN_ROWS, hold_at_means
@@ -35,7 +36,7 @@ from .models import build_model
 from .models.dense import cpu_gemm_library
 from .moments import Carry, prune_moments
 from .progress import Reporter
-from .progressive import SweepCosts, epoch_share, rarest_label
+from .progressive import SweepCosts, epoch_share
 from .pruning import prune_model
 from .rows import Rows
 from .rundir import GATES_PLOT, Run, open_run, write_run_files
@@ -507,11 +508,13 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         at = {n: i for i, n in enumerate(kept)}
         order = [at[names[i]] for i in order]
     # the default rule's closing costs, measured on each batch of the first epoch before its step as well (every row
-    # of the rarer label, as many of the other's): on as many rows as the test's bound on its rows leaves beside the
-    # validation rows it reads
-    rare, measured = rarest_label(rest.labels()) if deferred and keep is None else (None, 1.0)
-    share = epoch_share(TEST_ROWS, min(len(valid), TEST_ROWS, closing_rows(model)), len(rest) * measured) \
-        if deferred and keep is None else 0.0
+    # of the rarer label, as many of the other's, as on the validation rows): on as many rows as the test's bound on
+    # its rows leaves beside the validation rows it measures
+    rare, measured, share = None, 1.0, 0.0
+    if deferred and keep is None:
+        rare, measured = rarest_label(rest.labels())
+        read = valid.labels()[:min(TEST_ROWS, closing_rows(model))]
+        share = epoch_share(TEST_ROWS, len(read) * rarest_label(read)[1], len(rest) * measured)
     evidence = SweepCosts(order, device, share, rare) if share > 0 else None
     if split:
         # the first epoch; where the rule waits for it, it reads every field phase 1 left open, and the rule runs on
@@ -519,7 +522,7 @@ def _prune(run: Run, keep: int | None, threshold: float | None, continue_epochs:
         # No validation pass of its own: the rule reads the validation rows, and the model is validated below only
         # if it goes on as is
         first_key = {**key, "kept": kept, **({"evidence_order": order, "evidence_weights": "by label",
-                                               "evidence_rows": "the rarer label's and as many"}
+                                               "evidence_rows": "the rarer label's and as many, donors of the batch"}
                                               if evidence is not None else {})}
         first_epoch = fit(model, rest.select(kept), None, cfg.train, reporter,
                           "continue (first epoch)", device, **{**plan, "epochs": 1}, carry=carry,

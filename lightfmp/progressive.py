@@ -6,28 +6,22 @@ batch is out of sample for the model just before its step, as the validation row
 fields in the order fixed before the epoch, least open gate first, each closed in turn as the test closes them,
 `ClosedFields`) and keeps, per position i of that order, the sum over rows of the step cost d_i (the per-row logloss
 with the first i fields closed minus that with the first i - 1 closed, each batch's labels weighing the same in total
-as the test weighs them: `by_label`) and the sums of the products d_i d_j, over clusters of the rows whose closed
-fields read the same donor row (one row each under a permutation; a few where donors are drawn by weight). From
-them follow the mean and standard error, over the epoch's measured rows, of the per-row sum of the steps of any set
-of positions: the sweep's own question for a field (its step) and its set question (the steps of the fields the
-sweep closed, and its). `pooled` joins such an estimate with the validation rows' estimate of the same question into
-one, so the test stays one test at two standard errors per question.
+as the test weighs them: `by_label`) and the sums of the products d_i d_j. From them follow the mean and standard
+error, over the epoch's measured rows, of the per-row sum of the steps of any set of positions: the sweep's own
+question for a field (its step) and its set question (the steps of the fields the sweep closed, and its). `pooled`
+joins such an estimate with the validation rows' estimate of the same question into one, so the test stays one test
+at two standard errors per question.
 
 Not every row of a batch is measured: every row of the epoch's rarer label is, and as many of the other label's,
-drawn at random (`measured_rows`). A closed field moves a row's logit, and the row's logloss moves by about
-(p - y) times that, p staying near the positive rate: by about 1 - pi on a row of the rarer label and pi on the
-other's (pi the rarer label's share), so the rarer label's rows have the larger spread of costs. Each label's rows
-weigh half of an estimate (`by_label`), and the error of a half falls as its spread over the square root of its
-rows, so rows of the commoner label beyond the rarer's count buy little (Neyman's allocation gives them fewer
-still): on KDD's first epoch (0.9% positives) the standard errors from 1.8% of the rows are those of every row to
-0.1% (median; 2.6% at most), on MovieLens (45% / 55%) 4% larger from 89% of the rows. The test's bound on its rows
-(`epoch_share`) then counts the rows measured, not the rows read.
+drawn at random (`lightfmp.closed_fields.measured_rows`, the rule the validation rows follow too: why, there). A
+closed field of a measured row reads a row drawn from the whole batch (`donor_rows`: the batch's label mix, not the
+sample's), a different one for each, so the rows' differences are independent as under a permutation and the
+standard error is the rows'. The test's bound on its rows (`epoch_share`) counts the rows measured, not the rows
+read.
 
 Under torchrun one rank measures a batch's sampled rows (the ranks take turns by batch; with every row measured,
 each rank its slice) and `combine` sums the ranks' numbers at the end of the epoch into what `evidence` reads; a
-checkpoint of the epoch keeps them (`arrays` / `load`). A closed field's donor is another of the measured rows
-(`weighted_other_rows` never draws a row itself), so where a batch has few of them a donor of the other label is
-drawn somewhat more often than the batch's mix says (m / (m - 1) times for m sampled rows of a label).
+checkpoint of the epoch keeps them (`arrays` / `load`).
 """
 from __future__ import annotations
 
@@ -38,7 +32,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields
+from .closed_fields import ClosedFields, measured_sample
 from .models import CTRModel
 
 
@@ -55,36 +49,29 @@ class SweepCosts:
         (`measured_rows`). None: every row."""
         self.order, self.device, self.share, self.rare = list(order), device, float(share), rare
         self.batch = 0  # batches seen since the last `combine`
-        self.sums, self.products, self.rows, self.seconds = self._empty()[0], self._empty()[1], 0, 0.0
-        # rows reading the same donor row (a closed field's values) are one cluster of the standard error: sum over
-        # clusters of (size x the cluster's step sums), sum of squared sizes, number of clusters
-        self.weighted, self.sizes, self.clusters = self._empty()[0], 0.0, 0
-        self.local = self._empty()  # this rank's, since the last `combine`
-
-    def _empty(self) -> list:
-        """[sums, products of cluster sums, rows, size-weighted cluster sums, squared sizes, clusters], all zero."""
         k = len(self.order)
-        return [np.zeros(k), np.zeros((k, k)), 0, np.zeros(k), 0.0, 0]
+        self.sums, self.products, self.rows, self.seconds = np.zeros(k), np.zeros((k, k)), 0, 0.0
+        self.local = [np.zeros(k), np.zeros((k, k)), 0]  # this rank's, since the last `combine`
 
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
         """Before the step on a global batch: the sweep's steps on this rank's slice of it, or with `rare` given, on
-        the rows `measured_rows` takes of it, all on one rank (rank b mod world for batch b: a batch's measured rows
-        are few, and a closed field reads one of them); at least 2 rows; every state of the walk in stacked passes
-        where the backbone allows, `ClosedFields.sweep`; the model is back in training mode after."""
+        the rows `measured_sample` takes of it (their closed fields reading other rows of the whole batch), all on
+        one rank (rank b mod world for batch b: a batch's measured rows are few); at least 2 rows; every state of
+        the walk in stacked passes where the backbone allows, `ClosedFields.sweep`; the model is back in training
+        mode after."""
         b, self.batch = self.batch, self.batch + 1
         if math.floor((b + 1) * self.share) <= math.floor(b * self.share):
             return
         t0 = time.perf_counter()
         w, r = (dist.world(), dist.rank()) if dist.active() else (1, 0)
-        batch, drawn = np.asarray(labels), None
-        if self.rare is not None:  # a few rows: one rank measures them all (the ranks take turns by batch), so
-            if b % w != r:        # their closed fields draw from every one of them
+        ids, batch, donors = np.asarray(ids), np.asarray(labels), None
+        if self.rare is not None:  # a few rows: one rank measures them all (the ranks take turns by batch)
+            if b % w != r:
                 return
-            rows = measured_rows(batch, self.rare, np.random.default_rng(b))
-            values, counts = np.unique(batch, return_inverse=True, return_counts=True)[1:]
-            drawn = (counts / np.bincount(values[rows], minlength=len(counts)).clip(1))[values[rows]]
-            batch, ids, w, r = batch[rows], np.asarray(ids)[rows], 1, 0  # drawn: the rows each measured one stands for
-        ids, labels = np.asarray(ids)[r::w], batch[r::w]  # each rank's rows weighed by label as the whole batch's are
+            rows, donors = measured_sample(batch, self.rare, seed=b)
+            donors = None if donors is None else ids[donors]
+            batch, ids, w, r = batch[rows], ids[rows], 1, 0
+        ids, labels = ids[r::w], batch[r::w]  # each rank's rows weighed by label as the whole batch's are
         if len(labels) < 2:
             return
         was = model.training
@@ -92,42 +79,31 @@ class SweepCosts:
         sweep = list(reversed(self.order))
         walked = [i for i, f in enumerate(sweep) if float(z[f]) != 0.0]  # a shut gate's field: read as 0, step 0
         passes = ClosedFields(model, ids, labels, self.order, self.device, balanced=batch,  # as the test weighs rows
-                              drawn=drawn)  # a closed field's values drawn as from every row of the batch
+                              donors=donors)
         losses = passes.sweep([sweep[i] for i in walked])
         steps = np.zeros((len(losses), len(self.order)))
         steps[:, walked] = np.diff(losses, axis=1)
-        donor = passes.perm.cpu().numpy()  # the row each row's closed fields read: a cluster per donor
-        clusters, size = np.unique(donor, return_inverse=True, return_counts=True)[1:]
-        summed = np.zeros((len(size), len(self.order)))
-        np.add.at(summed, clusters, steps)
         self.local[0] += steps.sum(0)
-        self.local[1] += summed.T @ summed
+        self.local[1] += steps.T @ steps
         self.local[2] += len(losses)
-        self.local[3] += size @ summed
-        self.local[4] += float(size @ size)
-        self.local[5] += len(size)
         model.train(was)
         self.seconds += time.perf_counter() - t0
 
     def combine(self) -> None:
         """Every rank's numbers measured since the last call into the totals `evidence` reads (the end of an epoch;
         on every rank under torchrun)."""
-        k, (sums, products, rows, weighted, sizes, clusters) = len(self.order), self.local
-        flat = torch.from_numpy(np.concatenate([sums, products.ravel(), weighted, [rows, sizes, clusters]]))
+        k = len(self.order)
+        flat = torch.from_numpy(np.concatenate([self.local[0], self.local[1].ravel(), [float(self.local[2])]]))
         flat = dist.all_reduce_sum(flat.to(self.device)).cpu().numpy()
         self.sums = self.sums + flat[:k]
         self.products = self.products + flat[k:k + k * k].reshape(k, k)
-        self.weighted = self.weighted + flat[k + k * k:2 * k + k * k]
-        self.rows += int(round(flat[-3]))
-        self.sizes += float(flat[-2])
-        self.clusters += int(round(flat[-1]))
-        self.local, self.batch = self._empty(), 0
+        self.rows += int(round(flat[-1]))
+        self.local, self.batch = [np.zeros(k), np.zeros((k, k)), 0], 0
 
     def arrays(self) -> dict[str, np.ndarray]:
         """What a checkpoint keeps (float64)."""
         return {"order": np.asarray(self.order, dtype=np.float64), "sums": self.sums, "products": self.products,
-                "rows": np.asarray([self.rows], dtype=np.float64), "seconds": np.asarray([self.seconds]),
-                "weighted": self.weighted, "clusters": np.asarray([self.sizes, self.clusters], dtype=np.float64)}
+                "rows": np.asarray([self.rows], dtype=np.float64), "seconds": np.asarray([self.seconds])}
 
     def load(self, arrays: dict[str, np.ndarray]) -> None:
         """The sums a checkpoint kept; a ValueError if they are of another order."""
@@ -138,49 +114,19 @@ class SweepCosts:
         self.sums = np.array(arrays["sums"], dtype=np.float64)
         self.products = np.array(arrays["products"], dtype=np.float64)
         self.rows = int(np.asarray(arrays["rows"]).ravel()[0])
-        self.weighted = np.array(arrays["weighted"], dtype=np.float64).reshape(k)
-        sizes, clusters = np.asarray(arrays["clusters"], dtype=np.float64).ravel()[:2]
-        self.sizes, self.clusters = float(sizes), int(round(clusters))
         self.seconds = float(np.asarray(arrays.get("seconds", [0.0])).ravel()[0])
 
     def evidence(self, positions: list[int]) -> tuple[float, float] | None:
         """(mean, standard error) over the measured rows of the per-row sum of the steps at `positions` (indices
-        into the sweep: 0 is the first field it tests); None with fewer than 2 rows. The error counts the rows that
-        read one donor row as one cluster (their steps share its values): sum over clusters of (cluster sum - size x
-        mean)^2 / rows^2 x C / (C - 1); where every row reads its own donor (a permutation) it is the rows' own
-        standard error."""
-        if self.rows < 2 or self.clusters < 2:
+        into the sweep: 0 is the first field it tests); None with fewer than 2 rows."""
+        if self.rows < 2:
             return None
         a = np.zeros(len(self.order))
         a[list(positions)] = 1.0
         mean = float(a @ self.sums) / self.rows
-        spread = float(a @ self.products @ a) - 2.0 * mean * float(a @ self.weighted) + mean * mean * self.sizes
-        var = max(spread, 0.0) / self.rows ** 2 * self.clusters / (self.clusters - 1)
-        return mean, float(np.sqrt(var))
-
-
-def measured_rows(labels: np.ndarray, rare: float, rng: np.random.Generator) -> np.ndarray:
-    """The positions of a batch's rows the sweep measures, ascending: every row of label `rare` (the epoch's rarest)
-    and, of each other label, as many rows drawn at random without replacement (all of them where it has fewer).
-    None of the rarest label in the batch: none."""
-    labels = np.asarray(labels)
-    m = int(np.sum(labels == rare))
-    if m == 0:
-        return np.zeros(0, dtype=np.int64)
-    picked = [np.flatnonzero(labels == rare)]
-    for value in np.unique(labels[labels != rare]):
-        at = np.flatnonzero(labels == value)
-        picked.append(at if len(at) <= m else rng.choice(at, size=m, replace=False))
-    return np.sort(np.concatenate(picked))
-
-
-def rarest_label(labels: np.ndarray) -> tuple[float, float]:
-    """(the label rarest among `labels`, the share of the rows `measured_rows` takes: each label's rows up to the
-    rarest's count, over all rows). Ties: the smaller label."""
-    values, counts = np.unique(np.asarray(labels), return_counts=True)
-    if len(values) == 0:
-        return 0.0, 1.0
-    return float(values[np.argmin(counts)]), float(np.minimum(counts, counts.min()).sum() / counts.sum())
+        second = float(a @ self.products @ a) / self.rows
+        var = max(second - mean * mean, 0.0) * self.rows / (self.rows - 1)
+        return mean, float(np.sqrt(var / self.rows))
 
 
 def epoch_share(budget: int, valid_rows: int, epoch_rows: float) -> float:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lightfmp.keep_rule import gates_alone_cut, gates_alone_note
-from lightfmp.closed_fields import ClosedFields
+from lightfmp.closed_fields import ClosedFields, measured_sample
 from lightfmp.metrics import paired_difference
 from lightfmp.models import ModelConfig, build_model
 from lightfmp.rows import ArrayRows
@@ -77,9 +77,11 @@ def _trained():
 
 
 def _cost(model, ids, y, fields):
-    """Closing `fields` together against every field open, as the closing test's set test measures it (each label's
-    rows weighing the same)."""
-    passes = ClosedFields(model, ids, y, list(range(4)), balanced=True)
+    """Closing `fields` together against every field open, as the closing test's set test measures it (on the rows
+    it measures, each label's rows weighing the same)."""
+    rows, donors = measured_sample(y)
+    passes = ClosedFields(model, ids[rows], y[rows], list(range(4)), balanced=True,
+                          donors=None if donors is None else ids[donors])
     every_open = passes.losses()
     for f in fields:
         passes.toggle(f)

@@ -157,7 +157,8 @@ def test_with_every_gate_shut_the_forward_order_is_log_alpha_not_schema_order():
 def test_closing_test_with_one_field_tests_nothing_and_keeps_it():
     m, s, ids, y = _model(fields=("a",))
     out = closing_test(m, s, ids, y)
-    assert out == {"order": ["a"], "tests": [], "rows": len(y), "kept": ["a"]}
+    assert out == {"order": ["a"], "tests": [], "rows": len(y), "measured": out["measured"], "kept": ["a"]}
+    assert 2 <= out["measured"] <= len(y)
     sel = selection_rule(["a"], {"a": 1.0}, None, None, out)
     assert sel["scores"] == {} and sel["cut"] == 2.0
 

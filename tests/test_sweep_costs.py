@@ -14,12 +14,12 @@ import lightfmp.keep_rule as kr
 from helpers import fake_passes, fitted_frame, write_csv
 from lightfmp import training
 from lightfmp.checkpoint import Checkpoint
-from lightfmp.closed_fields import by_label, other_rows, weighted_other_rows
+from lightfmp.closed_fields import by_label, donor_rows, measured_rows, measured_sample, other_rows, rarest_label
 from lightfmp.config import TrainConfig
 from lightfmp.errors import LightFMPError
 from lightfmp.metrics import SIGNIFICANT_SE
 from lightfmp.models import ModelConfig, build_model
-from lightfmp.progressive import SweepCosts, epoch_share, measured_rows, pooled, rarest_label
+from lightfmp.progressive import SweepCosts, epoch_share, pooled
 from lightfmp.rows import ArrayRows
 
 ORDER = [3, 0, 4, 2, 1]  # most open first: the sweep tests b, noise, tags, a, x
@@ -39,17 +39,17 @@ def setting():
     return schema, ids, y, model
 
 
-def _steps(model, schema, ids, y, perm=None):
+def _steps(model, schema, ids, y, donors=None):
     """The definition on one batch: per row, the logloss with the first i fields of the sweep closed (reading row
-    perm[r]'s values, `other_rows` unless given) minus that with the first i - 1 closed; columns in the sweep's
-    order."""
-    perm = torch.from_numpy(other_rows(len(y)) if perm is None else perm)
+    perm[r]'s values, `other_rows`, or the ids `donors` give) minus that with the first i - 1 closed; columns in the
+    sweep's order."""
+    read = ids[torch.from_numpy(other_rows(len(y)))] if donors is None else donors
     x, out = ids.clone(), []
     with torch.no_grad():
         before = F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none")
         for f in reversed(ORDER):
             a, b = schema.field_slot_ranges()[schema.names[f]]
-            x[:, a:b] = ids[perm][:, a:b]
+            x[:, a:b] = read[:, a:b]
             after = F.binary_cross_entropy_with_logits(model(x, model.gate.deterministic()), y, reduction="none")
             out.append((after - before).double().numpy())
             before = after
@@ -104,12 +104,12 @@ def test_a_batch_is_measured_on_every_row_of_the_rarer_label_and_as_many_of_the_
     assert rarest_label(np.ones(4)) == (1.0, 1.0)
 
 
-def test_the_epochs_evidence_on_the_rows_measured_weighs_each_label_alike_and_draws_as_from_the_batch(setting):
+def test_the_epochs_evidence_on_the_rows_measured_weighs_each_label_alike_and_reads_the_whole_batch(setting):
     """With the rarer label given, each batch's steps are those of its rows `measured_rows` takes (drawn by the
-    batch's position in the epoch), each label's rows weighing the same in total, a closed field reading rows drawn
-    by the rows each measured one stands for (`weighted_other_rows`: the batch's label mix, not the sample's).
-    Mutants: the measured rows' losses weighed by the whole batch's labels; closed fields reading the measured rows
-    uniformly (the sample's label mix); the draw not seeded by the batch."""
+    batch's position in the epoch), each label's rows weighing the same in total, a closed field reading a row of
+    the whole batch (`donor_rows`: a different one for each, so the rows' own standard error holds). Mutants: the
+    measured rows' losses weighed by the whole batch's labels; closed fields reading the measured rows (the
+    sample's label mix); the draw not seeded by the batch; the standard error as if donors repeated."""
     schema, ids, _, model = setting
     y = torch.from_numpy((np.arange(300) % 7 == 0).astype(np.float32))  # 43 of 300
     costs = SweepCosts(ORDER, rare=1.0)
@@ -117,43 +117,48 @@ def test_the_epochs_evidence_on_the_rows_measured_weighs_each_label_alike_and_dr
     for s in batches:
         costs.measure(model, ids[s].numpy(), y[s].numpy())
     costs.combine()
-    parts, groups = [], []
+    parts = []
     for b, s in enumerate(batches):
         yb = y[s].numpy()
-        rows = measured_rows(yb, 1.0, np.random.default_rng(b))
-        stands = np.where(yb[rows] == 1, 1.0, np.sum(yb == 0) / np.sum(yb[rows] == 0))
-        donors = weighted_other_rows(stands)
-        steps = _steps(model, schema, ids[s][rows], y[s][rows], donors)
+        rows, donors = measured_sample(yb, 1.0, seed=b)
+        assert np.array_equal(rows, measured_rows(yb, 1.0, np.random.default_rng(b)))
+        steps = _steps(model, schema, ids[s][rows], y[s][rows], ids[s][donors])
         parts.append(steps * by_label(yb[rows])[:, None])
-        groups.append(donors + 1000 * b)  # rows that read one donor row: one cluster
-    steps, groups = np.concatenate(parts), np.concatenate(groups)
+    steps = np.concatenate(parts)
     assert costs.rows == len(steps) == 2 * 43
-    assert costs.clusters == len(np.unique(groups)) < costs.rows  # donors drawn by weight repeat
     for positions in ([1], [3], [1, 2, 3, 4]):
         d = steps[:, positions].sum(1)
         mean, se = costs.evidence(positions)
         assert mean == pytest.approx(d.mean(), rel=1e-5, abs=1e-9)
-        sums = np.array([np.sum(d[groups == g] - d.mean()) for g in np.unique(groups)])  # by hand, per cluster
-        c = len(sums)
-        assert se == pytest.approx(np.sqrt(np.sum(sums ** 2) / len(d) ** 2 * c / (c - 1)), rel=1e-5), positions
-        assert se != pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-3)  # not the rows' own error
+        assert se == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)), rel=1e-5), positions
 
 
-def test_rows_that_read_one_donor_count_as_one_cluster_in_the_standard_error():
-    """Closed form: two rows reading one donor with equal steps are as uncertain as one row counted twice, not as
-    two independent rows. Mutant: the rows' own standard error wherever donors repeat."""
-    costs = SweepCosts([0])
-    d = np.array([1.0, 1.0, 3.0, 5.0])
-    cluster = np.array([0, 0, 1, 2])
-    summed = np.array([2.0, 3.0, 5.0])
-    size = np.array([2, 1, 1])
-    costs.sums, costs.rows = np.array([d.sum()]), 4
-    costs.products = np.array([[np.sum(summed ** 2)]])
-    costs.weighted, costs.sizes, costs.clusters = np.array([size @ summed]), float(size @ size), 3
-    mean, se = costs.evidence([0])
-    dev = np.array([np.sum(d[cluster == c] - d.mean()) for c in range(3)])
-    assert mean == 2.5 and se == pytest.approx(np.sqrt(np.sum(dev ** 2) / 16 * 3 / 2))
-    assert se > d.std(ddof=1) / 2  # wider than four independent rows'
+def test_donors_are_distinct_other_rows_of_the_whole_set_drawn_alike():
+    """`donor_rows`: each measured row reads a row of all n, never its own, no two the same (so the rows'
+    differences stay independent, as under a permutation); seeded; every row of the n equally likely, so the donors'
+    label mix is the whole set's, not the sample's. `measured_sample` measures every row (donors None, a permutation
+    of them) where the labels are balanced. Mutants: donors drawn from the sample; with replacement; a row reading
+    itself."""
+    rng = np.random.default_rng(0)
+    for n, k in ((10, 9), (100, 6), (2, 1), (500, 200)):
+        rows = np.sort(rng.choice(n, size=k, replace=False))
+        for seed in range(20):
+            donors = donor_rows(n, rows, np.random.default_rng(seed))
+            assert len(donors) == k and len(set(donors)) == k and np.all(donors != rows)
+            assert donors.min() >= 0 and donors.max() < n
+    assert np.array_equal(donor_rows(50, np.arange(5), np.random.default_rng(3)),
+                          donor_rows(50, np.arange(5), np.random.default_rng(3)))
+    counts = np.zeros(20)
+    for seed in range(4000):
+        np.add.at(counts, donor_rows(20, np.array([0, 1]), np.random.default_rng(seed)), 1)
+    assert counts[:2].sum() == pytest.approx(8000 * 1 / 19, rel=0.15)  # each other row ~1/19 of a row's draws
+    assert counts[2:].min() > 0.8 * counts[2:].mean()
+    y = (np.arange(1000) % 50 == 0).astype(np.float32)  # 20 positives
+    rows, donors = measured_sample(y)
+    assert len(rows) == 40 and np.mean(y[donors]) < 0.2  # the set's 2%, not the sample's 50%
+    assert measured_sample(np.array([0, 1, 1, 0]))[1] is None and measured_sample(np.zeros(5))[1] is None
+    with pytest.raises(ValueError, match="fewer rows than it is drawn from"):
+        donor_rows(3, np.arange(3), np.random.default_rng(0))
 
 
 def test_pooled_weighs_each_estimate_by_its_inverse_variance():
@@ -198,9 +203,9 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
     y[[0, 2, 4]] = 1.0  # every positive on rank 0's rows
     seen, real = [], progressive.ClosedFields
 
-    def spy(model, ids, labels, order, device="cpu", weights=None, balanced=False, drawn=None):
-        passes = real(model, ids, labels, order, device, weights, balanced, drawn)
-        seen.append((ids, passes.weights.double().numpy(), drawn))
+    def spy(model, ids, labels, order, device="cpu", weights=None, balanced=False, donors=None):
+        passes = real(model, ids, labels, order, device, weights, balanced, donors)
+        seen.append((ids, passes.weights.double().numpy(), donors))
         return passes
     monkeypatch.setattr(progressive, "ClosedFields", spy)
     monkeypatch.setattr(progressive.dist, "active", lambda: True)
@@ -212,8 +217,8 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
     assert np.allclose(seen[0][1], whole[0::2], rtol=1e-6) and np.allclose(seen[1][1], whole[1::2], rtol=1e-6)
     assert np.allclose(seen[1][1], 30 / (2 * 27), rtol=1e-6)
     # the rows measured (the rarer label's and as many others) are few: one rank measures them all, the ranks
-    # taking turns by batch (batch b on rank b mod 2), weighed by label and drawing closed fields' values as from
-    # the whole batch. Mutant: each rank a slice of them (a slice of 1-3 rows reads its donors from those alone)
+    # taking turns by batch (batch b on rank b mod 2), weighed by label, closed fields reading rows of the whole
+    # batch. Mutant: each rank a slice of them
     y[[10, 11]] = 1.0  # 5 positives, 25 negatives
     for rank in (0, 1):
         seen.clear()
@@ -222,11 +227,11 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
         for b in (0, 1):
             costs.measure(model, ids[30 * b:30 * b + 30].numpy(), y)
         assert len(seen) == 1  # its batch only
-        rows = measured_rows(y, 1.0, np.random.default_rng(rank))
-        got_ids, got_weights, got_drawn = seen[0]
-        assert np.array_equal(got_ids, ids[30 * rank:30 * rank + 30].numpy()[rows])
+        rows, donors = measured_sample(y, 1.0, seed=rank)
+        got_ids, got_weights, got_donors = seen[0]
+        batch = ids[30 * rank:30 * rank + 30].numpy()
+        assert np.array_equal(got_ids, batch[rows]) and np.array_equal(got_donors, batch[donors])
         assert np.allclose(got_weights, by_label(y[rows]), rtol=1e-6)
-        assert np.allclose(got_drawn, np.where(y[rows] == 1, 1.0, 25 / 5))
 
 
 def _evidence(order, means, sds, rows=10_000):
@@ -234,7 +239,6 @@ def _evidence(order, means, sds, rows=10_000):
     costs = SweepCosts(order)
     m = np.asarray(means, dtype=float)
     costs.sums, costs.rows = m * rows, rows
-    costs.weighted, costs.sizes, costs.clusters = m * rows, float(rows), rows  # every row its own donor
     costs.products = rows * (np.outer(m, m) + np.diag(np.asarray(sds, dtype=float) ** 2))
     return costs
 
@@ -346,13 +350,11 @@ def test_a_resumed_epoch_brings_back_what_it_measured(setting, tmp_path):
     assert out.get("resumed_from_epoch") == 1 and again.rows == first.rows == 300
     assert again.seconds == first.seconds > 0
     assert np.array_equal(again.sums, first.sums) and np.array_equal(again.products, first.products)
-    # on the rarer label's rows, whose donors repeat: the clusters come back too (mutant: `load` dropping them
-    # leaves no evidence, or the rows' own error)
-    first = SweepCosts(order, rare=1.0)
+    first = SweepCosts(order, rare=1.0)  # on the rarer label's rows and as many of the other's
     fit(first, "sampled")
     again = SweepCosts(order, rare=1.0)
     fit(again, "sampled")
-    assert 0 < again.clusters == first.clusters and again.rows == first.rows
+    assert 0 < again.rows == first.rows < 300
     for positions in ([0], [1, 2], [0, 1, 2, 3, 4]):
         assert again.evidence(positions) == first.evidence(positions) is not None
     fit(None, "plain")
@@ -374,21 +376,22 @@ def default_run(tmp_path_factory):
 
 def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(tmp_path, monkeypatch):
     """Each batch measured gives its rows of the epoch's rarer label and as many of the other's (`measured_rows`);
-    with the bound 100 rows above the validation rows the test reads, whole batches, spread, so that about 100 rows
-    are measured. Mutants: every row of a batch measured; the share sized by the rows the epoch reads, not those
-    it measures; every batch measured whatever the bound."""
+    with the bound 100 rows above the validation rows the test reads, whole batches, spread, so that the rows
+    measured fill what the bound leaves beside the validation rows the test measures. Mutants: every row of a batch
+    measured; the share sized by the rows the epoch reads, not those it measures; the validation rows counted as
+    read, not measured; every batch measured whatever the bound."""
     import lightfmp.pipeline as pipeline
     import lightfmp.progressive as progressive
     data = write_csv(tmp_path, n=800)
     cfg = lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3, batch_size=128,
                                 hidden=[16], embed_dim=4, subset=0.5, multi_hot=["tags:|"])
-    seen, real = [], progressive.measured_rows
+    seen, real = [], progressive.measured_sample
 
-    def spy(labels, rare, rng):
-        rows = real(labels, rare, rng)
+    def spy(labels, rare=None, seed=0):
+        rows, donors = real(labels, rare, seed)
         seen.append((np.asarray(labels).copy(), rare, len(rows)))
-        return rows
-    monkeypatch.setattr(progressive, "measured_rows", spy)
+        return rows, donors
+    monkeypatch.setattr(progressive, "measured_sample", spy)
     monkeypatch.setattr(pipeline, "TEST_ROWS", 10**6)
     m = lightfmp.run(cfg, tmp_path / "all", quiet=True)
     n_valid, rest = m["selection"]["search"]["rows"], m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
@@ -398,10 +401,12 @@ def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(t
     assert {rare for _, rare, _ in seen} == {float(np.argmin(counts))}
     measured = [k for _, _, k in seen]
     assert m["selection"]["search"]["epoch_rows"] == sum(measured) < rest
-    seen.clear()
+    seen.clear()  # the bound 100 rows above the validation rows read: those beside the validation rows measured
     monkeypatch.setattr(pipeline, "TEST_ROWS", n_valid + 100)
     m = lightfmp.run(cfg, tmp_path / "some", quiet=True)
-    share = 100 / (rest * np.minimum(counts, counts.min()).sum() / rest)
+    assert m["selection"]["search"]["measured"] < n_valid
+    share = (n_valid + 100 - m["selection"]["search"]["measured"]) / (rest * np.minimum(counts, counts.min()).sum()
+                                                                      / rest)
     taken = [k for b, k in enumerate(measured) if np.floor((b + 1) * share) > np.floor(b * share)]
     assert m["selection"]["search"]["epoch_rows"] == sum(taken) == sum(k for _, _, k in seen)
     assert 0 < len(taken) < len(measured)
