@@ -234,6 +234,29 @@ def test_each_rank_weighs_its_slice_of_a_batch_by_the_whole_batchs_labels(settin
         assert np.allclose(got_weights, by_label(y[rows]), rtol=1e-6)
 
 
+def test_combine_adds_every_ranks_sums_into_the_evidence_of_all_their_rows(setting, monkeypatch):
+    """Under torchrun each rank measures its own batches and `combine` sums the ranks' numbers: the evidence is that
+    of one process measuring all of them (the ranks' values differ here). Mutants: a rank's products or row count
+    left out of the reduction; the local numbers kept after `combine` (counted again at the next)."""
+    import lightfmp.progressive as progressive
+    schema, ids, y, model = setting
+    one = SweepCosts(ORDER)  # one process, both batches
+    ranks = [SweepCosts(ORDER), SweepCosts(ORDER)]  # rank 0 the first batch, rank 1 the second
+    for b, s in enumerate([slice(0, 140), slice(140, 300)]):
+        one.measure(model, ids[s].numpy(), y[s].numpy())
+        ranks[b].measure(model, ids[s].numpy(), y[s].numpy())
+    one.combine()
+    flats = [torch.from_numpy(np.concatenate([c.local[0], c.local[1].ravel(), [float(c.local[2])]])) for c in ranks]
+    assert not torch.equal(flats[0], flats[1])
+    monkeypatch.setattr(progressive.dist, "all_reduce_sum", lambda t: t.copy_(flats[0] + flats[1]))
+    for c in ranks:
+        c.combine()
+        assert c.rows == one.rows == 300
+        for positions in ([1], [2, 3], [1, 2, 3, 4]):
+            assert c.evidence(positions) == pytest.approx(one.evidence(positions), rel=1e-9, abs=1e-12)
+        assert c.local[2] == 0 and not c.local[0].any()
+
+
 def _evidence(order, means, sds, rows=10_000):
     """A SweepCosts whose steps at each position have these means and standard deviations, independent."""
     costs = SweepCosts(order)
