@@ -135,6 +135,15 @@ def measured_sample(labels: np.ndarray, rare: float | None = None, seed: int = 0
     return rows, donor_rows(len(labels), rows, rng)
 
 
+def measured(ids: np.ndarray, labels: np.ndarray, rare: float | None = None, seed: int = 0) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """`measured_sample` taken: the measured rows' ids and labels, and the ids their closed fields read (the
+    `donors` of `ClosedFields`; None where every row is measured)."""
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    rows, donors = measured_sample(labels, rare, seed)
+    return ids[rows], labels[rows], None if donors is None else ids[donors]
+
+
 def by_label(labels: np.ndarray, weights: np.ndarray | None = None, of: np.ndarray | None = None) -> np.ndarray:
     """Per-row weights (mean 1) under which each label's rows weigh the same in total, `weights` (a sample's) times
     a factor per label. AUC counts every pair of one row of each label, so each label's rows count alike in it
@@ -583,9 +592,9 @@ class ClosedFields:
                     state = (self.emb, self.lin) if self.cached else self._looked_up()
                     values = [torch.where(is_open.view((1, -1) + (1,) * (t.dim() - 2)), t, t[self.inverse])
                               for t in state if t is not None]
-                donor = None if self.donor is None else \
+                read = [x[self.perm] for x in values] if self.donor is None else \
                     [t for t in (self.donor if self.cached else self._looked_up(self.donor)) if t is not None]
-                self.diffs = [x - (x[self.perm] if donor is None else d) for x, d in zip(values, donor or values)]
+                self.diffs = [x - r for x, r in zip(values, read)]
         out = torch.zeros(self.model.embedding.num_fields, device=self.ids.device)
         for i in range(0, self.n, self.chunk):  # chunk by chunk: the gradients' temporaries stay in cache
             rows = slice(i, i + self.chunk)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields, measured_sample, state_rows
+from .closed_fields import ClosedFields, measured, state_rows
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
@@ -333,11 +333,10 @@ def closing_test(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels
     order = ranking(model.gate.log_alpha.detach().cpu()) if order is None else list(order)
     n = closing_rows(model)
     ids, labels = ids[:n], labels[:n]
-    rows, donors = measured_sample(labels)
-    kept, tests = backward_sweep(model, ids[rows], labels[rows], order, device, epoch,
-                                 None if donors is None else ids[donors])
+    sample, sample_labels, donors = measured(ids, labels)
+    kept, tests = backward_sweep(model, sample, sample_labels, order, device, epoch, donors)
     out = {"order": [names[i] for i in order], "tests": [{**t, "field": names[t["field"]]} for t in tests],
-           "rows": len(labels), "measured": len(rows), "kept": [names[i] for i in kept]}
+           "rows": len(labels), "measured": len(sample_labels), "kept": [names[i] for i in kept]}
     if epoch is not None:
         out.update(epoch_rows=epoch.rows, epoch_seconds=epoch.seconds)
     return out
@@ -375,9 +374,8 @@ def gates_alone_cut(model: CTRModel, ids: np.ndarray, labels: np.ndarray, alone_
     if not shut or len(shut) == len(open_fields) or 2 * len(shut) < len(open_fields):
         return {"fields": shut, "open": len(open_fields), "cost": None, "se": None, "cut": False}
     n = closing_rows(model)
-    rows, donors = measured_sample(labels[:n])
-    passes = ClosedFields(model, ids[rows], labels[rows], open_fields, device, balanced=True,
-                          donors=None if donors is None else ids[donors])
+    sample, sample_labels, donors = measured(ids[:n], labels[:n])
+    passes = ClosedFields(model, sample, sample_labels, open_fields, device, balanced=True, donors=donors)
     every_open = passes.losses()
     for f in shut:
         passes.toggle(f)

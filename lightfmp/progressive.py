@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields, measured_sample
+from .closed_fields import ClosedFields, measured
 from .models import CTRModel
 
 
@@ -55,7 +55,7 @@ class SweepCosts:
 
     def measure(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray) -> None:
         """Before the step on a global batch: the sweep's steps on this rank's slice of it, or with `rare` given, on
-        the rows `measured_sample` takes of it (their closed fields reading other rows of the whole batch), all on
+        the rows `measured` takes of it (their closed fields reading other rows of the whole batch), all on
         one rank (rank b mod world for batch b: a batch's measured rows are few); at least 2 rows; every state of
         the walk in stacked passes where the backbone allows, `ClosedFields.sweep`; the model is back in training
         mode after."""
@@ -68,9 +68,8 @@ class SweepCosts:
         if self.rare is not None:  # a few rows: one rank measures them all (the ranks take turns by batch)
             if b % w != r:
                 return
-            rows, donors = measured_sample(batch, self.rare, seed=b)
-            donors = None if donors is None else ids[donors]
-            batch, ids, w, r = batch[rows], ids[rows], 1, 0
+            ids, batch, donors = measured(ids, batch, self.rare, seed=b)
+            w, r = 1, 0
         ids, labels = ids[r::w], batch[r::w]  # each rank's rows weighed by label as the whole batch's are
         if len(labels) < 2:
             return

@@ -408,13 +408,13 @@ def test_the_first_epoch_measures_the_share_the_tests_bound_on_its_rows_leaves(t
     data = write_csv(tmp_path, n=800)
     cfg = lightfmp.RunConfig.of(data=str(data), label="label", epochs=3, pretrain_epochs=3, batch_size=128,
                                 hidden=[16], embed_dim=4, subset=0.5, multi_hot=["tags:|"])
-    seen, real = [], progressive.measured_sample
+    seen, real = [], progressive.measured
 
-    def spy(labels, rare=None, seed=0):
-        rows, donors = real(labels, rare, seed)
-        seen.append((np.asarray(labels).copy(), rare, len(rows)))
-        return rows, donors
-    monkeypatch.setattr(progressive, "measured_sample", spy)
+    def spy(ids, labels, rare=None, seed=0):
+        out = real(ids, labels, rare, seed)
+        seen.append((np.asarray(labels).copy(), rare, len(out[1])))
+        return out
+    monkeypatch.setattr(progressive, "measured", spy)
     monkeypatch.setattr(pipeline, "TEST_ROWS", 10**6)
     m = lightfmp.run(cfg, tmp_path / "all", quiet=True)
     n_valid, rest = m["selection"]["search"]["rows"], m["phases"]["continue"]["rows"] - m["phases"]["pretrain"]["rows"]
