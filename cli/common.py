@@ -271,7 +271,8 @@ def ranked(func):
             raise
         except BaseException as e:
             if distributed.world() > 1 and distributed.is_comm_error(e):
-                err.print(distributed.failure_message(e), markup=False, highlight=False, soft_wrap=True)
+                with distributed.deaf_to_sigterm():  # torchrun stops the ranks left: this line first
+                    err.print(distributed.failure_message(e), markup=False, highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
             raise
         finally:

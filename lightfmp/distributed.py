@@ -15,6 +15,8 @@ import inspect
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -260,6 +262,21 @@ def is_comm_error(e: BaseException) -> bool:
     text = str(e).lower()
     return isinstance(e, RuntimeError) and any(k in text for k in (
         "gloo", "nccl", "connection closed", "connection reset", "timed out", "timeout", "broken pipe"))
+
+
+@contextmanager
+def deaf_to_sigterm():
+    """SIGTERM ignored for the block (in the main thread): a rank that lost another prints its last line while
+    torchrun, seeing the other rank gone, sends it SIGTERM; raised inside that print, the signal would cut the line
+    that says how to resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def failure_message(e: BaseException) -> str:

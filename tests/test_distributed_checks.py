@@ -88,3 +88,36 @@ def test_the_mean_over_ranks_divides_the_sum_by_the_world_size(torchrun_env):
     torchrun_env.setattr(dist_mod.dist, "all_reduce", lambda t, op=None, group=None: t.mul_(2))
     t = torch.tensor([1.0, 3.0])
     assert dist_mod.all_reduce_mean(t) is t and t.tolist() == [1.0, 3.0]
+
+
+def test_a_rank_that_lost_another_prints_its_resume_line_even_as_torchrun_stops_it(torchrun_env):
+    """torchrun sends SIGTERM to the ranks left once one dies; where it lands while the rank prints its last line,
+    the line is still printed and the rank exits 1 (seen in a loaded CI run: the signal, raised inside that print,
+    cut it). Mutant: the print without SIGTERM ignored (`Stopped` escapes instead of the exit)."""
+    import os
+    import signal
+
+    import typer
+
+    from lightfmp.cli import common
+    for var, value in (("WORLD_SIZE", "2"), ("RANK", "0")):
+        torchrun_env.setenv(var, value)
+    printed = []
+
+    def print_(line, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun's stop, arriving mid-print
+        printed.append(line)
+    torchrun_env.setattr(common.err, "print", print_)
+
+    @common.ranked
+    def train():
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:534] Read error: timed out")
+    before = signal.signal(signal.SIGTERM, dist_mod._on_sigterm)  # as `init` installs it
+    try:
+        with pytest.raises(typer.Exit) as raised:
+            train()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert raised.value.exit_code == 1
+    assert len(printed) == 1 and printed[0].startswith("lightfmp: rank 0: lost contact with another rank")
+    assert signal.getsignal(signal.SIGTERM) is before
