@@ -2,11 +2,10 @@
 
 A closed field reads another row's values (row i reads row perm[i], `other_rows`, a seeded shuffle in which no row
 reads itself): it carries nothing about the row but keeps its values' distribution, so a field the model does not
-use costs nothing to close, whatever its embedding's scale (a gate set to 0 would shift the model's input). On
-weighted rows (a stratified sample) the row read is drawn by weight instead (`weighted_other_rows`), so that the
-values keep the distribution the weights stand for. The default rule measures a sample of its rows
-(`measured_sample`: every row of the rarest label, as many of each other's) whose closed fields read rows of the
-whole set given (`donors`), each a different row.
+use costs nothing to close, whatever its embedding's scale (a gate set to 0 would shift the model's input). The
+rules measure a sample of their rows (`measured_sample`: every row of the rarest label, as many of each other's;
+`keep_rule.search_rows` alike, bounded) whose closed fields read rows of the whole set given (`donors`,
+`donor_rows`), each a different row, so that the values keep the whole set's distribution, not the sample's.
 
 The rules compare many closed sets that differ by one field, so `ClosedFields` looks the rows' field embeddings up
 once (a lookup is row-wise: the embeddings of the shuffled rows are the rows' embeddings shuffled) and keeps the
@@ -54,25 +53,6 @@ def other_rows(n: int) -> np.ndarray:
             j = (i + 1) % n
             perm[i], perm[j] = perm[j], perm[i]
     return perm
-
-
-def weighted_other_rows(weights: np.ndarray) -> np.ndarray:
-    """What a closed field reads on weighted rows (a sample that over-represents some rows, `weights` making up for
-    it): row i reads row donor[i], drawn with probability proportional to its weight (seeded; never i itself), so
-    that a closed field's values follow the distribution the weights stand for, not the sample's (a stratified
-    sample holds ~3.5x the share of positives of KDD's validation rows: their values would leak into the closed
-    field of every other row). Not a permutation: `ClosedFields` then keeps the rows' own values beside the state."""
-    n, rng = len(weights), np.random.default_rng(0)
-    p = np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
-    donor = rng.choice(n, size=n, p=p)
-    for _ in range(100):  # redraw the rows that drew themselves
-        same = np.flatnonzero(donor == np.arange(n))
-        if len(same) == 0:
-            return donor
-        donor[same] = rng.choice(n, size=len(same), p=p)
-    same = donor == np.arange(n)  # a row holding (almost) all the weight: its neighbour
-    donor[same] = (np.flatnonzero(same) + 1) % n
-    return donor
 
 
 def measured_rows(labels: np.ndarray, rare: float, rng: np.random.Generator) -> np.ndarray:
@@ -284,11 +264,10 @@ class ClosedFields:
                  weights: np.ndarray | None = None, balanced: bool | np.ndarray = False,
                  donors: np.ndarray | None = None):
         """`weights`: per-row weights (mean 1) that `losses` and `screen` apply, where the rows are a weighted
-        sample (`lightfmp.keep_rule.search_rows`); a closed field then reads rows drawn by weight
-        (`weighted_other_rows`). `balanced`: the losses count each label's rows the same in total (`by_label`; given
-        as labels, those of the rows these stand for), the closed fields' values still drawn as `weights` say.
-        `donors`: the ids of the rows a closed field reads instead, one per row (`measured_sample`: rows of the
-        whole set these were sampled from)."""
+        sample (`lightfmp.keep_rule.search_rows`). `balanced`: the losses count each label's rows the same in total
+        (`by_label`; given as labels, those of the rows these stand for). `donors`: the ids of the rows a closed
+        field reads instead of another of these rows, one per row (`donor_rows`: rows of the whole set these were
+        sampled from, so that a sample's label mix does not leak into the closed fields)."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")
@@ -296,9 +275,8 @@ class ClosedFields:
         self.model, self.n = model, len(labels)
         fields, dim = model.embedding.num_fields, model.embedding.embed_dim
         self.z = model.gate_values().to(device)
-        self.perm = None if donors is not None else \
-            torch.from_numpy(other_rows(self.n) if weights is None else weighted_other_rows(weights)).to(device)
-        self.inverse = torch.argsort(self.perm) if weights is None and donors is None else None
+        self.perm = None if donors is not None else torch.from_numpy(other_rows(self.n)).to(device)
+        self.inverse = torch.argsort(self.perm) if donors is None else None
         self.chunk = max(1, CHUNK_FLOATS // (fields * dim))  # rows per forward call of the whole model
         self.ids = torch.from_numpy(np.ascontiguousarray(ids)).to(device)
         self.cached = self.n <= state_rows(model)
@@ -309,8 +287,7 @@ class ClosedFields:
             slot_field = model.embedding.slot_field.cpu()
             self.slots = [slice(int(i[0]), int(i[-1]) + 1) for i in (torch.nonzero(slot_field == f).flatten()
                                                                       for f in range(fields))]
-        # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (drawn by weight,
-        # or read from donors)
+        # the rows' own values beside the state, where closed fields' values cannot be un-shuffled (read from donors)
         self.own = None if self.inverse is not None else (self.emb.clone(), None if self.lin is None
                                                           else self.lin.clone()) if self.cached else self.ids.clone()
         given = None if donors is None else torch.from_numpy(np.ascontiguousarray(donors)).to(device)

@@ -2,7 +2,8 @@
 
     --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
                       (`forward_order`: starting from no open field, open the field that lowers the validation
-                      logloss most, on `search_rows`; a closed field reads another row's values), or, where it is
+                      logloss most, on `search_rows`: every row of the rarer label and as many of the other's, up to
+                      SEARCH_ROWS; a closed field reads another row's values), or, where it is
                       measurably better on held-out validation rows (`held_out_rows`), the K fields whose closing
                       from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields, measured, state_rows
+from .closed_fields import ClosedFields, donor_rows, measured, state_rows
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
@@ -100,19 +101,18 @@ def spread(n: int, k: int) -> np.ndarray:
 
 def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray | None]:
     """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row, unweighted
-    (None), where there are at most n; else of the rarer label every row up to n / 2 and the other label the rest,
-    each label's rows spread evenly over the given rows, each row weighted by its label's share of the given rows
-    over its share of the sample, so that the weighted mean logloss estimates the mean over every given row. The
-    rows of a rare label carry most of the logloss's variance: at 1% positives, n rows taken in order hold ~n / 100
-    of them."""
+    (None), where there are at most n; else of the rarest label every row up to n / 2 and as many of each other
+    label's (as the closing test's `measured_sample` takes them, bounded by n), each label's rows spread evenly over
+    the given rows, each row weighted by its label's share of the given rows over its share of the sample, so that
+    the weighted mean logloss estimates the mean over every given row. The rows of a rare label carry most of the
+    logloss's variance (`closed_fields.measured_rows`): at 1% positives, n rows taken in order hold ~n / 100 of
+    them, and the other label's rows beyond the rarer's count would buy little."""
     labels = np.asarray(labels)
     if len(labels) <= n:
         return np.arange(len(labels)), None
     classes = sorted((np.flatnonzero(labels == v) for v in np.unique(labels)), key=len)
-    take, left = [], n
-    for i, rows in enumerate(classes):  # rarer labels first: each at most an even share of what is left
-        take.append(rows[spread(len(rows), left // (len(classes) - i))])
-        left -= len(take[-1])
+    each = min(len(classes[0]), n // len(classes))  # the rows taken of each label, at most
+    take = [rows[spread(len(rows), each)] for rows in classes]
     weight = {float(labels[t[0]]): len(c) / len(labels) / (len(t) / sum(map(len, take)))
               for c, t in zip(classes, take) if len(t)}
     rows = np.sort(np.concatenate(take))
@@ -122,7 +122,7 @@ def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, n
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
                   steps: int | None = None, groupings: Groupings | None = None, swaps: dict[int, int] | None = None,
                   shadowed_by: dict[int, tuple[int, str]] | None = None, order: list[int] | None = None,
-                  weights: np.ndarray | None = None) -> list[int]:
+                  weights: np.ndarray | None = None, donors: np.ndarray | None = None) -> list[int]:
     """Greedy forward selection on the phase-1 model: starting with every field closed (`ClosedFields`), each step
     opens the field that lowers the mean logloss on these rows most (ties in schema order). A redundant field lowers
     it less once the field it repeats is open, so it comes late. After `steps` steps, or once every field whose gate
@@ -144,8 +144,9 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
     Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2).
     `order`: the gates' order (most open first; default `model`'s own gates) the fields after `steps` follow;
-    `weights`: per-row weights of the mean logloss (`search_rows`)."""
-    passes = ClosedFields(model, ids, labels, [], device, weights)
+    `weights`: per-row weights of the mean logloss (`search_rows`); `donors`: the ids of the rows closed fields read,
+    one per row (`ClosedFields`)."""
+    passes = ClosedFields(model, ids, labels, [], device, weights, donors=donors)
     n = model.embedding.num_fields
     chosen: list[int] = []
     rest, shadowed = list(range(n)), []
@@ -193,15 +194,16 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
 
 
 def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, device: str = "cpu",
-                  groupings: Groupings | None = None, weights: np.ndarray | None = None) -> list[int]:
-    """The K fields whose closing, from every field open, raises the mean logloss on these rows most (`weights`: as
-    in `forward_order`), most costly first (the places the rule below leaves are filled last)
+                  groupings: Groupings | None = None, weights: np.ndarray | None = None,
+                  donors: np.ndarray | None = None) -> list[int]:
+    """The K fields whose closing, from every field open, raises the mean logloss on these rows most (`weights`,
+    `donors`: as in `forward_order`), most costly first (the places the rule below leaves are filled last)
     (ties in schema order): what the model loses without each field where every other field is there, so a field
     that matters only together with another (a pair whose values drive the label jointly, neither alone) counts,
     where `forward_order` cannot see it (opening one of the pair while the other is closed gains nothing). Under the
     same rule as the forward order's K: a copy or a coarser function of a field already in the set is passed over, and
     a coarser function in the set gives way to a finer field that comes later (`Groupings.stands_for`)."""
-    passes = ClosedFields(model, ids, labels, list(range(model.embedding.num_fields)), device, weights)
+    passes = ClosedFields(model, ids, labels, list(range(model.embedding.num_fields)), device, weights, donors=donors)
     base = passes.losses().mean()
     cost = {f: float(passes.losses(f).mean() - base) for f in range(model.embedding.num_fields)}
     copied = groupings.copies() if groupings is not None else {}
@@ -239,10 +241,11 @@ def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> tuple[np.ndarray,
 
 
 def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: list[int], second: list[int],
-                 device: str = "cpu", weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 device: str = "cpu", weights: np.ndarray | None = None, donors: np.ndarray | None = None) \
+        -> tuple[np.ndarray, np.ndarray]:
     """Per-row losses on these rows (times their `weights`) with only `first` open, and with only `second` open (the
-    others closed)."""
-    passes = ClosedFields(model, ids, labels, first, device, weights)
+    others closed; `donors`: as in `forward_order`)."""
+    passes = ClosedFields(model, ids, labels, first, device, weights, donors=donors)
     one = passes.losses()
     for f in sorted(set(first) ^ set(second)):
         passes.toggle(f)
@@ -251,8 +254,9 @@ def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: li
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
-    """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha),
-    with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
+    """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha; where those are
+    a sample, their closed fields read rows of all the rows given, `closed_fields.donor_rows`, as the closing
+    test's do), with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
     `rows_ratio` (training rows the final model reads / rows phase 1 read), the density check of
@@ -279,13 +283,17 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
     rows, weights = search_rows(labels)
-    order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights)
-    second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights)
+    rng = np.random.default_rng(0)
+    donors = None if weights is None else ids[donor_rows(len(labels), rows, rng)]
+    order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights,
+                          donors)
+    second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights, donors)
     held, held_weights = held_out_rows(labels, rows)  # rows the search did not read (or every row: see there)
     difference, se, chosen = 0.0, 0.0, False
     if set(second) != set(order[:k]):
+        held_donors = None if held_weights is None else ids[donor_rows(len(labels), held, rng)]
         first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device,
-                                                   held_weights)
+                                                   held_weights, held_donors)
         difference, se = paired_difference(second_losses, first_losses)
         chosen = bool(np.isfinite(second_losses).all()) and worse_beyond_noise(first_losses, second_losses)
     if chosen:

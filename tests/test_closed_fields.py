@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import fitted_frame
-from lightfmp.closed_fields import ClosedFields, by_label, other_rows, weighted_other_rows
+from lightfmp.closed_fields import ClosedFields, by_label, other_rows
 from lightfmp.models import ModelConfig, build_model
 
 
@@ -37,20 +37,6 @@ def _reference_losses(model, schema, ids, y, open_fields):
     return out.numpy()
 
 
-def test_a_self_draw_is_redrawn_by_weight_not_handed_to_the_next_row():
-    """weighted_other_rows redraws (by weight) a row that drew itself. Row 0 holds 90% of the weight, so it draws
-    itself first ~90% of the time; its donor must then follow the weights of the other rows (uniform here), not be
-    row 1 (the last-resort neighbour, meant only for a row holding (almost) all the weight)."""
-    neighbour = []
-    for n in range(50, 250):
-        w = np.ones(n)
-        w[0] = 9.0 * (n - 1)
-        donor = weighted_other_rows(w / w.mean())
-        assert np.all(donor != np.arange(n))
-        neighbour.append(donor[0] == 1)
-    assert np.mean(neighbour) < 0.1  # by weight: ~1/(n-1); the neighbour fallback: ~0.9
-
-
 def test_passes_read_the_model_in_eval_mode_whatever_mode_it_is_handed_in(schema_and_ids):
     """A model with dropout handed over in training mode (as phase 3's first epoch leaves it before the deferred
     keep rule reads it): the passes' losses are the eval-mode model's, deterministic, for the state and a trial."""
@@ -65,18 +51,6 @@ def test_passes_read_the_model_in_eval_mode_whatever_mode_it_is_handed_in(schema
     assert np.allclose(passes_losses, _reference_losses(model, schema, ids, y, {0, 2, 4}), rtol=1e-5, atol=1e-6)
     assert np.allclose(passes.losses(1), _reference_losses(model, schema, ids, y, {0, 1, 2, 4}), rtol=1e-5,
                        atol=1e-6)
-
-
-def test_weighted_donors_are_the_seed_0_draw_wherever_it_drew_another_row():
-    """The draw by weight is seeded (as `other_rows` is: the same rows closed, the same losses, on every run and
-    every version): each row that did not draw itself reads the row that numpy's seed-0 generator drew for it."""
-    w = np.r_[np.full(300, 0.25), np.ones(300)]
-    w = w / w.mean()
-    donor = weighted_other_rows(w)
-    draw = np.random.default_rng(0).choice(len(w), size=len(w), p=w / w.sum())
-    moved = draw != np.arange(len(w))
-    assert moved.mean() > 0.99 and np.array_equal(donor[moved], draw[moved])
-    assert np.array_equal(donor, weighted_other_rows(w))
 
 
 @pytest.mark.parametrize("backbone,stacks", [("deepfm", True), ("widedeep", True), ("mlp", True),

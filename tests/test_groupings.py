@@ -324,7 +324,7 @@ def _stubbed_search(monkeypatch, value: list[float]):
     change it); returns a model class with len(value) fields."""
 
     class Passes:
-        def __init__(self, model, ids, labels, kept, device, weights=None):
+        def __init__(self, model, ids, labels, kept, device, weights=None, donors=None):
             self.open = set(kept)
 
         def losses(self, f=None):

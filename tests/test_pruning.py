@@ -11,7 +11,7 @@ from lightfmp.models.dense import Linear
 import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
-from lightfmp.closed_fields import ClosedFields, by_label, measured_sample, other_rows, weighted_other_rows
+from lightfmp.closed_fields import ClosedFields, by_label, measured_sample, other_rows
 from lightfmp.keep_rule import (alone_note, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
                                 ranking, select_fields, selection_rule)
 from lightfmp.metrics import paired_difference
@@ -417,41 +417,42 @@ def _small_deepfm(schema_and_ids, cached, monkeypatch):
 
 
 @pytest.mark.parametrize("cached", [True, False])
-def test_weighted_rows_closed_fields_read_rows_drawn_by_weight(schema_and_ids, cached, monkeypatch):
-    """With per-row weights a closed field reads row donor[i] (`weighted_other_rows`: drawn by weight, never i):
-    the passes' losses are the definition's times the weights, for the state and one field toggled, through toggles
-    either way (the rows' own values are kept: the donors are not a permutation), and the screen is the gradient of
-    the weighted mean over the mix of own and donor values."""
+def test_weighted_rows_with_donors_give_the_definitions_losses_times_the_weights(schema_and_ids, cached,
+                                                                                 monkeypatch):
+    """The forward search's rows: a weighted sample whose closed fields read donor rows of the whole set. The
+    passes' losses are the definition's (each closed field's columns the row's donor's) times the weights, for the
+    state and one field toggled, through toggles either way, and the screen is the gradient of the weighted mean
+    over the mix of own and donor values. Mutants: the weights dropped from a trial; a closed field reading another
+    row of the sample."""
     schema, ids, model, y = _small_deepfm(schema_and_ids, cached, monkeypatch)
-    w = np.where(y.numpy() == 1, 0.4, 1.3)
+    sample, read, ys = ids[:60], ids[torch.arange(60, 120).flip(0)], y[:60]
+    w = np.where(ys.numpy() == 1, 0.4, 1.3)
     w = w / w.mean()
-    donor = weighted_other_rows(w)
-    assert np.all(donor != np.arange(len(y))) and len(np.unique(donor)) < len(y)  # drawn, not a permutation
-    passes = ClosedFields(model, ids.numpy(), y.numpy(), [0, 2, 4], weights=w)
+    passes = ClosedFields(model, sample.numpy(), ys.numpy(), [0, 2, 4], weights=w, donors=read.numpy())
     open_fields = {0, 2, 4}
     for step in [None, 1, 0, 3, 0]:
         if step is not None:
             passes.toggle(step)
             open_fields ^= {step}
-        expect = _direct_losses(model, schema, ids, y, open_fields, donor).numpy() * w
+        expect = _direct_losses(model, schema, sample, ys, open_fields, read=read).numpy() * w
         assert np.allclose(passes.losses(), expect, rtol=1e-5, atol=1e-6), step
         for f in range(5):
-            toggled = _direct_losses(model, schema, ids, y, open_fields ^ {f}, donor).numpy() * w
+            toggled = _direct_losses(model, schema, sample, ys, open_fields ^ {f}, read=read).numpy() * w
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
-        assert torch.allclose(passes.screen(), _mix_gradient(model, ids, y, open_fields, donor, w),
-                              rtol=1e-4, atol=1e-6), step
+        with torch.no_grad():
+            own = [t for t in model.embedding(sample, model.gate_values()) if t is not None]
+            other = [t for t in model.embedding(read, model.gate_values()) if t is not None]
+        mix = torch.zeros(5)
+        mix[sorted(open_fields)] = 1.0
+        mix.requires_grad_(True)
+        mixed = [d + mix.view((1, -1) + (1,) * (t.dim() - 2)) * (t - d) for t, d in zip(own, other)]
+        loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), ys,
+                                                  torch.as_tensor(w, dtype=torch.float32))
+        assert torch.allclose(passes.screen(), torch.autograd.grad(loss, mix)[0], rtol=1e-4, atol=1e-6), step
 
 
-def test_weighted_donors_follow_the_weights():
-    """Rows drawn by weight: a row of weight 0.25 is read ~4x less often than one of weight 1."""
-    w = np.r_[np.full(2000, 0.25), np.ones(2000)]
-    donor = weighted_other_rows(w / w.mean())
-    light = np.mean(donor < 2000)
-    assert light == pytest.approx(0.2, abs=0.03)
-
-
-def _mix_gradient(model, ids, y, open_fields, donor, weights=None):
-    """The screen's definition: the gradient in s of the mean BCE (weighted, given weights) when field f reads s_f
+def _mix_gradient(model, ids, y, open_fields, donor):
+    """The screen's definition: the gradient in s of the mean BCE when field f reads s_f
     of its own rows' embedding and 1 - s_f of the rows `donor` gives, at s = 1 on open fields and 0 on closed ones."""
     with torch.no_grad():
         own = [t for t in model.embedding(ids, model.gate_values()) if t is not None]
@@ -459,8 +460,7 @@ def _mix_gradient(model, ids, y, open_fields, donor, weights=None):
     s[sorted(open_fields)] = 1.0
     s.requires_grad_(True)
     mixed = [t[donor] + s.view((1, -1) + (1,) * (t.dim() - 2)) * (t - t[donor]) for t in own]
-    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
-    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), y, w)
+    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), y)
     return torch.autograd.grad(loss, s)[0]
 
 
@@ -955,8 +955,11 @@ def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
 
 def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
     """20,000 rows at 25% positives: the comparison reads the rows the search did not read, with the
-    label weights of `held_out_rows` (so its mean is every row's), and a NaN loss of the second set never chooses it."""
+    label weights of `held_out_rows` (so its mean is every row's), and a NaN loss of the second set never chooses it.
+    Both the search and the comparison read closed fields from donors of every row given (`donor_rows`, seeded: the
+    search's rows' first, then the held-out rows'), not from the sample's own rows."""
     import lightfmp.keep_rule as keep_rule
+    from lightfmp.closed_fields import donor_rows
     rng = np.random.default_rng(0)
     n = 20000
     df = __import__("pandas").DataFrame({f: rng.integers(0, 4, n) for f in ("a", "b", "c")}).astype(str)
@@ -967,18 +970,24 @@ def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
     seen = {}
     real = keep_rule.compare_sets
 
-    def spy(model, ids, labels, first, second, device="cpu", weights=None):
-        seen.update(labels=labels, weights=weights)
-        one, two = real(model, ids, labels, first, second, device, weights)
+    def spy(model, ids, labels, first, second, device="cpu", weights=None, donors=None):
+        seen.update(labels=labels, weights=weights, donors=donors)
+        one, two = real(model, ids, labels, first, second, device, weights, donors)
         return one, np.full_like(two, np.nan)
-    monkeypatch.setattr(keep_rule, "forward_order", lambda *a, **k: [0, 1, 2])
-    monkeypatch.setattr(keep_rule, "costliest_set", lambda *a, **k: [2])
+    monkeypatch.setattr(keep_rule, "forward_order", lambda *a, **k: seen.update(search=a[-1]) or [0, 1, 2])
+    monkeypatch.setattr(keep_rule, "costliest_set", lambda *a, **k: seen.update(costliest=a[-1]) or [2])
     y = df["label"].to_numpy(np.float32)
     monkeypatch.setattr(keep_rule, "compare_sets", spy)
-    out = keep_rule.keep_order(model, s, s.encode(df), y, 1)
+    ids = s.encode(df)
+    out = keep_rule.keep_order(model, s, ids, y, 1)
     rows, _ = keep_rule.search_rows(y)
     assert len(seen["labels"]) == n - len(rows) and seen["weights"] is not None
     assert np.average(seen["labels"], weights=seen["weights"]) == pytest.approx(0.25)
+    draw = np.random.default_rng(0)
+    searched = donor_rows(n, rows, draw)
+    assert np.array_equal(seen["search"], ids[searched]) and np.array_equal(seen["costliest"], ids[searched])
+    held = np.setdiff1d(np.arange(n), rows)
+    assert np.array_equal(seen["donors"], ids[donor_rows(n, held, draw)])
     assert out["alternative"]["held_out"] and not out["alternative"]["chosen"] and out["order"][0] == "a"
 
 

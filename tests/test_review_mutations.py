@@ -201,12 +201,6 @@ def test_a_finer_field_exactly_at_the_density_bound_stands_for_its_function():
     assert g.stands_for(1, 0)  # 200 ids <= 50 x 4: at the bound, it stands for it
 
 
-def test_no_row_reads_itself_even_where_one_holds_nearly_all_the_weight():
-    from lightfmp.closed_fields import weighted_other_rows
-    donor = weighted_other_rows(np.array([1e9, 1.0, 1.0]))
-    assert not np.any(donor == np.arange(3))
-
-
 # ---- a mutation audit of export, serving and encoding -----------------------------------------------------------
 def test_a_served_number_finds_a_float32_columns_ten_digit_text():
     """A categorical field fitted on a float32 column keys 4.095703 by its float64 text '4.095703125' (exactly ten

@@ -12,7 +12,7 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.inspection import plot_gates
-from lightfmp.closed_fields import ClosedFields, measured_sample
+from lightfmp.closed_fields import ClosedFields, donor_rows, measured_sample
 from lightfmp.keep_rule import (closing_scores, closing_test, costliest_set, forward_order, keep_order, search_rows,
                                 select_fields, selection_rule)
 from lightfmp.models import ModelConfig, build_model
@@ -36,12 +36,13 @@ def _model(fields=("a", "b", "noise"), n=300, seed=0):
 
 # ---- the forward search's rows -------------------------------------------------------------------------------------
 def test_search_rows_keep_every_rare_label_row_and_weigh_the_sample_back_to_the_whole():
-    """At 1% positives every positive row is searched (not the ~1% of the first rows), and the weights (mean 1) make
-    the sample's weighted label mean, and any weighted mean of a per-label quantity, that of every row."""
+    """At 1% positives every positive row is searched (not the ~1% of the first rows) and as many negatives, and the
+    weights (mean 1) make the sample's weighted label mean, and any weighted mean of a per-label quantity, that of
+    every row."""
     y = (np.random.default_rng(0).random(20_000) < 0.01).astype(np.float32)
     rows, w = search_rows(y, 1000)
-    assert len(rows) == 1000 and np.all(np.diff(rows) > 0)
-    assert y[rows].sum() == y.sum()  # ~200 positives, all of them
+    assert np.all(np.diff(rows) > 0)
+    assert y[rows].sum() == y.sum() and len(rows) == 2 * y.sum()  # ~200 positives, all of them, and as many
     assert w.mean() == pytest.approx(1.0) and (w * y[rows]).mean() == pytest.approx(y.mean())
     loss = np.where(y == 1, 4.6, 0.01)  # a per-label loss: the weighted sample mean is the mean over every row
     assert (w * loss[rows]).mean() == pytest.approx(loss.mean())
@@ -64,8 +65,8 @@ def test_weighted_closed_field_losses_with_every_field_open_are_the_row_losses_t
 
 def test_a_stratified_sample_estimates_the_closed_fields_logloss_of_every_row():
     """At 1% positives the stratified, weighted search rows estimate the mean logloss over every row of a state with
-    closed fields too (a closed field reads rows drawn by weight, so positives' values do not leak into negatives'
-    rows at the sample's share of positives)."""
+    closed fields too (a closed field reads a donor row of every row, so positives' values do not leak into
+    negatives' rows at the sample's share of positives)."""
     rng = np.random.default_rng(0)
     n = 40_000
     y = (rng.random(n) < 0.01).astype(np.float32)
@@ -79,9 +80,10 @@ def test_a_stratified_sample_estimates_the_closed_fields_logloss_of_every_row():
     fit(m, ArrayRows(ids, y), None, TrainConfig(epochs=2, batch_size=512), seed=0, select_best=False)
     rows, w = search_rows(y, 4096)
     assert y[rows].sum() == y.sum()
+    donors = ids[donor_rows(n, rows, np.random.default_rng(0))]
     for open_fields in ([1, 2], []):
         every = ClosedFields(m, ids, y, open_fields).losses().mean()
-        sampled = ClosedFields(m, ids[rows], y[rows], open_fields, weights=w).losses().mean()
+        sampled = ClosedFields(m, ids[rows], y[rows], open_fields, weights=w, donors=donors).losses().mean()
         assert sampled == pytest.approx(every, rel=0.25), (open_fields, sampled, every)
 
 
