@@ -439,28 +439,23 @@ def test_weighted_rows_with_donors_give_the_definitions_losses_times_the_weights
         for f in range(5):
             toggled = _direct_losses(model, schema, sample, ys, open_fields ^ {f}, read=read).numpy() * w
             assert np.allclose(passes.losses(f), toggled, rtol=1e-5, atol=1e-6), (step, f)
-        with torch.no_grad():
-            own = [t for t in model.embedding(sample, model.gate_values()) if t is not None]
-            other = [t for t in model.embedding(read, model.gate_values()) if t is not None]
-        mix = torch.zeros(5)
-        mix[sorted(open_fields)] = 1.0
-        mix.requires_grad_(True)
-        mixed = [d + mix.view((1, -1) + (1,) * (t.dim() - 2)) * (t - d) for t, d in zip(own, other)]
-        loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), ys,
-                                                  torch.as_tensor(w, dtype=torch.float32))
-        assert torch.allclose(passes.screen(), torch.autograd.grad(loss, mix)[0], rtol=1e-4, atol=1e-6), step
+        assert torch.allclose(passes.screen(), _mix_gradient(model, sample, ys, open_fields, read, w), rtol=1e-4,
+                              atol=1e-6), step
 
 
-def _mix_gradient(model, ids, y, open_fields, donor):
-    """The screen's definition: the gradient in s of the mean BCE when field f reads s_f
-    of its own rows' embedding and 1 - s_f of the rows `donor` gives, at s = 1 on open fields and 0 on closed ones."""
+def _mix_gradient(model, ids, y, open_fields, read, weights=None):
+    """The screen's definition: the gradient in s of the mean BCE (times `weights`, given) when field f reads s_f of
+    its own rows' embedding and 1 - s_f of the embedding of the ids `read` gives (the donors' or another row's), at
+    s = 1 on open fields and 0 on closed ones."""
     with torch.no_grad():
         own = [t for t in model.embedding(ids, model.gate_values()) if t is not None]
+        other = [t for t in model.embedding(read, model.gate_values()) if t is not None]
     s = torch.zeros(model.embedding.num_fields)
     s[sorted(open_fields)] = 1.0
     s.requires_grad_(True)
-    mixed = [t[donor] + s.view((1, -1) + (1,) * (t.dim() - 2)) * (t - t[donor]) for t in own]
-    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), y)
+    mixed = [d + s.view((1, -1) + (1,) * (t.dim() - 2)) * (t - d) for t, d in zip(own, other)]
+    w = None if weights is None else torch.as_tensor(weights, dtype=torch.float32)
+    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), y, w)
     return torch.autograd.grad(loss, s)[0]
 
 
@@ -491,7 +486,7 @@ def test_the_screen_is_the_gradient_of_the_mix_at_the_state(schema_and_ids, back
             open_fields ^= {f}
         before = passes.losses()
         got = passes.screen()
-        assert got.shape == (5,) and torch.allclose(got, _mix_gradient(model, ids, y, open_fields, donor),
+        assert got.shape == (5,) and torch.allclose(got, _mix_gradient(model, ids, y, open_fields, ids[donor]),
                                                     rtol=1e-4, atol=1e-6), f
         assert np.array_equal(passes.losses(), before) and list(getattr(model, "deep", [])) == layers
 
@@ -532,15 +527,7 @@ def test_closed_fields_reading_donor_rows_give_the_definitions_losses_sweeps_and
         states ^= {f} if f is not None else set()
         columns.append(_direct_losses(model, schema, sample, ys, states, read=read).numpy())
     assert np.allclose(passes.sweep(walk), np.stack(columns, 1), rtol=1e-5, atol=1e-6)
-    with torch.no_grad():
-        own = [t for t in model.embedding(sample, model.gate_values()) if t is not None]
-        other = [t for t in model.embedding(read, model.gate_values()) if t is not None]
-    mix = torch.zeros(5)
-    mix[sorted(open_fields)] = 1.0
-    mix.requires_grad_(True)
-    mixed = [d + mix.view((1, -1) + (1,) * (t.dim() - 2)) * (t - d) for t, d in zip(own, other)]
-    loss = F.binary_cross_entropy_with_logits(model.interact(mixed[0], mixed[1] if len(mixed) > 1 else None), ys)
-    assert torch.allclose(passes.screen(), torch.autograd.grad(loss, mix)[0], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(passes.screen(), _mix_gradient(model, sample, ys, open_fields, read), rtol=1e-4, atol=1e-6)
 
 
 def test_forward_order_against_a_direct_evaluation(schema_and_ids):
