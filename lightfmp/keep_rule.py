@@ -2,8 +2,9 @@
 
     --keep K          the first K of the forward order: greedy forward selection on the phase-1 model
                       (`forward_order`: starting from no open field, open the field that lowers the validation
-                      logloss most, on `search_rows`: every row of the rarer label and as many of the other's, up to
-                      SEARCH_ROWS; a closed field reads another row's values), or, where it is
+                      logloss most, each label's rows weighing the same, on `search_rows`: every row of the rarer
+                      label and as many of the other's, up to SEARCH_ROWS; a closed field reads another row's
+                      values), or, where it is
                       measurably better on held-out validation rows (`held_out_rows`), the K fields whose closing
                       from every field open costs most (`costliest_set`: it sees fields that matter only together);
     neither (default) the closing test: every field open, then in the gates' order, least open first, each field
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from . import distributed as dist
-from .closed_fields import ClosedFields, donor_rows, measured, state_rows
+from .closed_fields import ClosedFields, by_label, donor_rows, measured, state_rows
 from .config import check_range
 from .errors import LightFMPError
 from .groupings import Groupings
@@ -99,24 +100,19 @@ def spread(n: int, k: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, k)).round().astype(np.int64))
 
 
-def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows (indices, ascending) the forward search reads, and their weights (mean 1): every row, unweighted
-    (None), where there are at most n; else of the rarest label every row up to n / 2 and as many of each other
-    label's (as the closing test's `measured_sample` takes them, bounded by n), each label's rows spread evenly over
-    the given rows, each row weighted by its label's share of the given rows over its share of the sample, so that
-    the weighted mean logloss estimates the mean over every given row. The rows of a rare label carry most of the
-    logloss's variance (`closed_fields.measured_rows`): at 1% positives, n rows taken in order hold ~n / 100 of
-    them, and the other label's rows beyond the rarer's count would buy little."""
+def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> np.ndarray:
+    """The rows (indices, ascending) the forward search reads: every row where there are at most n; else of the
+    rarest label every row up to n / 2 and as many of each other label's, each label's rows spread evenly over the
+    rows given. The search weighs each label's rows the same in total (`closed_fields.by_label`), as the closing
+    test does, so the other label's rows beyond the rarer's count would buy little (`closed_fields.measured_rows`:
+    a closed field moves a row's logloss by about 1 - pi on the rarer label's rows and pi on the other's); at 1%
+    positives, n rows taken in order would hold ~n / 100 of the rarer label's."""
     labels = np.asarray(labels)
     if len(labels) <= n:
-        return np.arange(len(labels)), None
-    classes = sorted((np.flatnonzero(labels == v) for v in np.unique(labels)), key=len)
-    each = min(len(classes[0]), n // len(classes))  # the rows taken of each label, at most
-    take = [rows[spread(len(rows), each)] for rows in classes]
-    weight = {float(labels[t[0]]): len(c) / len(labels) / (len(t) / sum(map(len, take)))
-              for c, t in zip(classes, take) if len(t)}
-    rows = np.sort(np.concatenate(take))
-    return rows, np.array([weight[float(v)] for v in labels[rows]])
+        return np.arange(len(labels))
+    classes = [np.flatnonzero(labels == v) for v in np.unique(labels)]
+    each = min(min(map(len, classes)), n // len(classes))  # the rows taken of each label, at most
+    return np.sort(np.concatenate([rows[spread(len(rows), each)] for rows in classes]))
 
 
 def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: str = "cpu",
@@ -144,8 +140,8 @@ def forward_order(model: CTRModel, ids: np.ndarray, labels: np.ndarray, device: 
     to each field's share of real vs shuffled embedding (one backward pass; the substitution gate of ShuffleGate,
     Huang et al. 2025) and evaluates only the SCREENED most promising exactly: O(F) passes instead of O(F^2).
     `order`: the gates' order (most open first; default `model`'s own gates) the fields after `steps` follow;
-    `weights`: per-row weights of the mean logloss (`search_rows`); `donors`: the ids of the rows closed fields read,
-    one per row (`ClosedFields`)."""
+    `weights`: per-row weights of the mean logloss (`keep_order`: each label's rows the same in total, `by_label`);
+    `donors`: the ids of the rows closed fields read, one per row (`ClosedFields`)."""
     passes = ClosedFields(model, ids, labels, [], device, weights, donors=donors)
     n = model.embedding.num_fields
     chosen: list[int] = []
@@ -224,20 +220,16 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
     return chosen + [f for f in by_cost if f not in chosen][:k - len(chosen)]
 
 
-def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """The rows (indices) the K-sets are compared on, and their weights: the given rows the search did not read,
-    each weighted by its label's share of all the given rows over its share of these, so that the weighted mean
-    logloss estimates the mean over every given row (the search took the rarer label's rows first); every given row,
-    unweighted (None), where the search read more of some label's rows than it left (a rare label read whole or
-    nearly: its few rows left would carry that label's whole weight)."""
+def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> np.ndarray:
+    """The rows (indices) the K-sets are compared on: the given rows the search did not read; every given row where
+    the search read more of some label's rows than it left (a rare label read whole or nearly: its few rows left
+    would carry that label's whole weight), or fewer than 2 are left."""
     labels = np.asarray(labels)
     held = np.setdiff1d(np.arange(len(labels)), searched)
-    values = np.unique(labels)
-    if any(np.count_nonzero(labels[held] == v) < np.count_nonzero(labels[searched] == v) for v in values) \
+    if any(np.count_nonzero(labels[held] == v) < np.count_nonzero(labels[searched] == v) for v in np.unique(labels)) \
             or len(held) < 2:
-        return np.arange(len(labels)), None
-    share = {float(v): np.mean(labels == v) / np.mean(labels[held] == v) for v in values}
-    return held, np.array([share[float(v)] for v in labels[held]])
+        return np.arange(len(labels))
+    return held
 
 
 def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: list[int], second: list[int],
@@ -254,9 +246,9 @@ def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: li
 
 def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: np.ndarray, k: int,
                device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
-    """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha; where those are
-    a sample, their closed fields read rows of all the rows given, `closed_fields.donor_rows`, as the closing
-    test's do), with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
+    """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha), each label's
+    rows weighing the same in total and, where those rows are a sample, their closed fields reading rows of all the
+    rows given (`closed_fields.by_label`, `closed_fields.donor_rows`: as in the closing test), with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
     `rows_ratio` (training rows the final model reads / rows phase 1 read), the density check of
@@ -282,18 +274,20 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
                           rows_ratio=rows_ratio,
                           field_ids=[f.vocab_size for f in schema.fields] if rows_ratio is not None else None)
     swaps, shadowed_by = {}, {}
-    rows, weights = search_rows(labels)
+    rows = search_rows(labels)
     rng = np.random.default_rng(0)
-    donors = None if weights is None else ids[donor_rows(len(labels), rows, rng)]
+    donors = ids[donor_rows(len(labels), rows, rng)] if len(rows) < len(labels) else None
+    weights = by_label(labels[rows])
     order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights,
                           donors)
     second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights, donors)
-    held, held_weights = held_out_rows(labels, rows)  # rows the search did not read (or every row: see there)
+    held = held_out_rows(labels, rows)  # rows the search did not read (or every row: see there)
+    held_out = len(held) < len(labels)
     difference, se, chosen = 0.0, 0.0, False
     if set(second) != set(order[:k]):
-        held_donors = None if held_weights is None else ids[donor_rows(len(labels), held, rng)]
+        held_donors = ids[donor_rows(len(labels), held, rng)] if held_out else None
         first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device,
-                                                   held_weights, held_donors)
+                                                   by_label(labels[held]), held_donors)
         difference, se = paired_difference(second_losses, first_losses)
         chosen = bool(np.isfinite(second_losses).all()) and worse_beyond_noise(first_losses, second_losses)
     if chosen:
@@ -302,7 +296,7 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
             "finer": {names[a]: names[b] for a, b in swaps.items()},
             "shadowed": {names[g]: [names[b], kind] for g, (b, kind) in shadowed_by.items()},
             "alternative": {"order": [names[i] for i in second], "rows": len(held),
-                            "held_out": held_weights is not None, "difference": difference, "se": se,
+                            "held_out": held_out, "difference": difference, "se": se,
                             "chosen": chosen}}
 
 

@@ -897,24 +897,20 @@ def test_closing_test_keeps_weak_fields_that_matter_together():
     assert all(scores[t["field"]] > 2.0 for t in own_only)  # inspect shows them above the cut
 
 
-def test_the_sets_are_compared_on_unsearched_rows_weighted_back_to_every_rows_labels():
-    """The search reads the rarer label first: the rows it left hold fewer of them, so each is weighted by its label's
-    share of all the rows over its share of those left; where the search read a label whole, every row, unweighted."""
+def test_the_sets_are_compared_on_the_rows_the_search_did_not_read():
+    """The held-out rows are those the search left; where the search read a label whole (or left fewer of some
+    label's rows than it read, or fewer than 2 rows), every row."""
     from lightfmp.keep_rule import held_out_rows, search_rows
     labels = (np.arange(10_000) % 50 == 0).astype(np.float32)  # 2% positives: the search reads all 200
-    rows, _ = search_rows(labels)
-    held, w = held_out_rows(labels, rows)
-    assert np.array_equal(held, np.arange(10_000)) and w is None
+    assert np.array_equal(held_out_rows(labels, search_rows(labels)), np.arange(10_000))
     labels = (np.arange(20_000) % 4 == 0).astype(np.float32)  # 25%: 2,048 of 5,000 positives searched
-    rows, _ = search_rows(labels)
-    held, w = held_out_rows(labels, rows)
-    assert len(np.intersect1d(held, rows)) == 0 and len(held) == 20_000 - len(rows)
-    assert np.average(labels[held], weights=w) == pytest.approx(0.25)  # the weighted share is every row's
-    assert set(np.round(w, 6)) == {round(0.25 / np.mean(labels[held] == 1), 6), round(0.75 / np.mean(labels[held] == 0), 6)}
+    rows = search_rows(labels)
+    held = held_out_rows(labels, rows)
+    assert len(np.intersect1d(held, rows)) == 0 and len(held) == 20_000 - len(rows) == 20_000 - 4096
     labels = np.zeros(100_000, np.float32)
     labels[:2100] = 1  # the search reads 2,048 of 2,100: the 52 left would carry every positive's weight
-    held, w = held_out_rows(labels, search_rows(labels)[0])
-    assert np.array_equal(held, np.arange(100_000)) and w is None
+    assert np.array_equal(held_out_rows(labels, search_rows(labels)), np.arange(100_000))
+    assert np.array_equal(held_out_rows(np.r_[np.ones(3), np.zeros(3)], np.arange(5)), np.arange(6))  # 1 left
 
 
 def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
@@ -941,10 +937,10 @@ def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
 
 
 def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
-    """20,000 rows at 25% positives: the comparison reads the rows the search did not read, with the
-    label weights of `held_out_rows` (so its mean is every row's), and a NaN loss of the second set never chooses it.
-    Both the search and the comparison read closed fields from donors of every row given (`donor_rows`, seeded: the
-    search's rows' first, then the held-out rows'), not from the sample's own rows."""
+    """20,000 rows at 25% positives: the comparison reads the rows the search did not read, each label's rows
+    weighing the same in total there as in the search (`by_label`), and a NaN loss of the second set never chooses
+    it. Both the search and the comparison read closed fields from donors of every row given (`donor_rows`, seeded:
+    the search's rows' first, then the held-out rows'), not from the sample's own rows."""
     import lightfmp.keep_rule as keep_rule
     from lightfmp.closed_fields import donor_rows
     rng = np.random.default_rng(0)
@@ -961,15 +957,20 @@ def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
         seen.update(labels=labels, weights=weights, donors=donors)
         one, two = real(model, ids, labels, first, second, device, weights, donors)
         return one, np.full_like(two, np.nan)
-    monkeypatch.setattr(keep_rule, "forward_order", lambda *a, **k: seen.update(search=a[-1]) or [0, 1, 2])
-    monkeypatch.setattr(keep_rule, "costliest_set", lambda *a, **k: seen.update(costliest=a[-1]) or [2])
+    monkeypatch.setattr(keep_rule, "forward_order",
+                        lambda *a, **k: seen.update(search=a[-1], search_weights=a[-2]) or [0, 1, 2])
+    monkeypatch.setattr(keep_rule, "costliest_set",
+                        lambda *a, **k: seen.update(costliest=a[-1], costliest_weights=a[-2]) or [2])
     y = df["label"].to_numpy(np.float32)
     monkeypatch.setattr(keep_rule, "compare_sets", spy)
     ids = s.encode(df)
     out = keep_rule.keep_order(model, s, ids, y, 1)
-    rows, _ = keep_rule.search_rows(y)
-    assert len(seen["labels"]) == n - len(rows) and seen["weights"] is not None
-    assert np.average(seen["labels"], weights=seen["weights"]) == pytest.approx(0.25)
+    rows = keep_rule.search_rows(y)
+    assert len(rows) == 4096 and len(seen["labels"]) == n - len(rows)
+    for labels, w in [(y[rows], seen["search_weights"]), (y[rows], seen["costliest_weights"]),
+                      (seen["labels"], seen["weights"])]:  # each label half of the weight, the mean 1
+        assert w is not None and len(w) == len(labels) and np.mean(w) == pytest.approx(1.0)
+        assert np.sum(w[labels == 1]) == pytest.approx(np.sum(w[labels == 0]))
     draw = np.random.default_rng(0)
     searched = donor_rows(n, rows, draw)
     assert np.array_equal(seen["search"], ids[searched]) and np.array_equal(seen["costliest"], ids[searched])

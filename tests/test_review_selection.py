@@ -12,7 +12,7 @@ from lightfmp.cli.app import app
 from lightfmp.config import RunConfig
 from lightfmp.dataset import load_dataset
 from lightfmp.inspection import plot_gates
-from lightfmp.closed_fields import ClosedFields, donor_rows, measured_sample
+from lightfmp.closed_fields import ClosedFields, by_label, donor_rows, measured_sample
 from lightfmp.keep_rule import (closing_scores, closing_test, costliest_set, forward_order, keep_order, search_rows,
                                 select_fields, selection_rule)
 from lightfmp.models import ModelConfig, build_model
@@ -35,25 +35,24 @@ def _model(fields=("a", "b", "noise"), n=300, seed=0):
 
 
 # ---- the forward search's rows -------------------------------------------------------------------------------------
-def test_search_rows_keep_every_rare_label_row_and_weigh_the_sample_back_to_the_whole():
-    """At 1% positives every positive row is searched (not the ~1% of the first rows) and as many negatives, and the
-    weights (mean 1) make the sample's weighted label mean, and any weighted mean of a per-label quantity, that of
-    every row."""
+def test_search_rows_keep_every_rare_label_row_and_as_many_of_the_other_spread_over_the_rows():
+    """At 1% positives every positive row is searched (not the ~1% of the first rows) and as many negatives, spread
+    over the negatives (not the first of them)."""
     y = (np.random.default_rng(0).random(20_000) < 0.01).astype(np.float32)
-    rows, w = search_rows(y, 1000)
+    rows = search_rows(y, 1000)
     assert np.all(np.diff(rows) > 0)
     assert y[rows].sum() == y.sum() and len(rows) == 2 * y.sum()  # ~200 positives, all of them, and as many
-    assert w.mean() == pytest.approx(1.0) and (w * y[rows]).mean() == pytest.approx(y.mean())
-    loss = np.where(y == 1, 4.6, 0.01)  # a per-label loss: the weighted sample mean is the mean over every row
-    assert (w * loss[rows]).mean() == pytest.approx(loss.mean())
+    negatives = np.flatnonzero(y == 0)
+    assert rows[y[rows] == 0].max() > negatives[-200] and rows[y[rows] == 0].min() < negatives[200]
 
 
 def test_search_rows_split_evenly_between_common_labels_and_take_all_of_few_rows():
     y = np.r_[np.ones(6000), np.zeros(4000)].astype(np.float32)
-    rows, w = search_rows(y, 1000)
-    assert y[rows].sum() == 500 and (w * y[rows]).mean() == pytest.approx(0.6)
-    rows, w = search_rows(y[:800], 1000)
-    assert np.array_equal(rows, np.arange(800)) and w is None
+    rows = search_rows(y, 1000)
+    assert y[rows].sum() == 500 and len(rows) == 1000
+    assert np.array_equal(search_rows(y[:800], 1000), np.arange(800))
+    assert np.array_equal(search_rows(np.ones(1500), 1000), np.sort(search_rows(np.ones(1500), 1000)))
+    assert len(search_rows(np.ones(1500), 1000)) == 1000  # one label: n of its rows
 
 
 def test_weighted_closed_field_losses_with_every_field_open_are_the_row_losses_times_the_weights():
@@ -64,9 +63,9 @@ def test_weighted_closed_field_losses_with_every_field_open_are_the_row_losses_t
 
 
 def test_a_stratified_sample_estimates_the_closed_fields_logloss_of_every_row():
-    """At 1% positives the stratified, weighted search rows estimate the mean logloss over every row of a state with
-    closed fields too (a closed field reads a donor row of every row, so positives' values do not leak into
-    negatives' rows at the sample's share of positives)."""
+    """At 1% positives the search rows (each label's rows weighing the same) estimate the same mean over every row
+    of a state with closed fields too (a closed field reads a donor row of every row, so positives' values do not
+    leak into negatives' rows at the sample's half-and-half)."""
     rng = np.random.default_rng(0)
     n = 40_000
     y = (rng.random(n) < 0.01).astype(np.float32)
@@ -78,13 +77,14 @@ def test_a_stratified_sample_estimates_the_closed_fields_logloss_of_every_row():
     torch.manual_seed(0)
     m = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
     fit(m, ArrayRows(ids, y), None, TrainConfig(epochs=2, batch_size=512), seed=0, select_best=False)
-    rows, w = search_rows(y, 4096)
+    rows = search_rows(y, 4096)
     assert y[rows].sum() == y.sum()
     donors = ids[donor_rows(n, rows, np.random.default_rng(0))]
     for open_fields in ([1, 2], []):
-        every = ClosedFields(m, ids, y, open_fields).losses().mean()
-        sampled = ClosedFields(m, ids[rows], y[rows], open_fields, weights=w, donors=donors).losses().mean()
-        assert sampled == pytest.approx(every, rel=0.25), (open_fields, sampled, every)
+        every = ClosedFields(m, ids, y, open_fields, balanced=True).losses().mean()
+        sampled = ClosedFields(m, ids[rows], y[rows], open_fields, weights=by_label(y[rows]),
+                               donors=donors).losses().mean()
+        assert sampled == pytest.approx(every, rel=0.1), (open_fields, sampled, every)
 
 
 # ---- the closing test ---------------------------------------------------------------------------------------------
