@@ -263,11 +263,11 @@ class ClosedFields:
     def __init__(self, model: CTRModel, ids: np.ndarray, labels: np.ndarray, open_fields, device: str = "cpu",
                  weights: np.ndarray | None = None, balanced: bool | np.ndarray = False,
                  donors: np.ndarray | None = None):
-        """`weights`: per-row weights (mean 1) that `losses` and `screen` apply, where the rows are a weighted
-        sample (`lightfmp.keep_rule.search_rows`). `balanced`: the losses count each label's rows the same in total
-        (`by_label`; given as labels, those of the rows these stand for). `donors`: the ids of the rows a closed
-        field reads instead of another of these rows, one per row (`donor_rows`: rows of the whole set these were
-        sampled from, so that a sample's label mix does not leak into the closed fields)."""
+        """`weights`: per-row weights (mean 1) that `losses` and `screen` apply (`lightfmp.keep_rule.keep_order`'s:
+        each label's rows the same in total on its sample). `balanced`: the losses count each label's rows the same
+        in total (`by_label`; given as labels, those of the rows these stand for). `donors`: the ids of the rows a
+        closed field reads instead of another of these rows, one per row (`donor_rows`: rows of the whole set these
+        were sampled from, so that a sample's label mix does not leak into the closed fields)."""
         if len(labels) < 2:
             raise LightFMPError(f"{len(labels)} validation row(s): a closed field reads another row's values, so the "
                                 f"keep rules need at least 2; give the validation split a larger share (--split)")

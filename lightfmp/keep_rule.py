@@ -248,7 +248,8 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
                device: str = "cpu", rows_ratio: float | None = None, order: list[int] | None = None) -> dict:
     """A --keep K run: the first K steps of `forward_order` on `search_rows` (the rest by log_alpha), each label's
     rows weighing the same in total and, where those rows are a sample, their closed fields reading rows of all the
-    rows given (`closed_fields.by_label`, `closed_fields.donor_rows`: as in the closing test), with the copies and functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
+    rows given (`closed_fields.by_label`, `closed_fields.donor_rows`: as in the closing test), with the copies and
+    functions of fields shown by SEARCH_ROWS rows spread evenly over all the rows given
     (`Groupings`: rows x fields codes, so its memory stays bounded on a wide table; spread, so that a file sorted by
     time or by group does not show relations of its first window only, such as one day to one week), and, given
     `rows_ratio` (training rows the final model reads / rows phase 1 read), the density check of
