@@ -531,8 +531,8 @@ def test_closed_fields_reading_donor_rows_give_the_definitions_losses_sweeps_and
 
 
 def test_forward_order_against_a_direct_evaluation(schema_and_ids):
-    """The order is greedy forward selection (each step opens the field that lowers the mean BCE most; closed fields
-    read another row's values), computed here from its definition."""
+    """The order is greedy forward selection (each step opens the field that lowers the mean BCE most, each label's
+    rows weighing the same in total; closed fields read another row's values), computed here from its definition."""
     schema, ids = schema_and_ids
     torch.manual_seed(0)
     model = build_model("deepfm", schema, ModelConfig(embed_dim=4, hidden=[8]), gated=True)
@@ -540,9 +540,12 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     with torch.no_grad():
         model.gate.log_alpha.copy_(torch.tensor([2.0, -1.0, 0.5, 3.0, 1.0]))
     y = (torch.arange(len(ids)) % 3 == 0).float()
+    w = by_label(y.numpy())  # a third of the rows positive: each weighs 1.5, each negative 0.75
+    assert w.max() == pytest.approx(1.5) and w.min() == pytest.approx(0.75)
     chosen, rest = [], list(range(5))
     while rest:
-        best = min(rest, key=lambda f: (float(_direct_losses(model, schema, ids, y, chosen + [f]).mean()), f))
+        best = min(rest, key=lambda f: (float((_direct_losses(model, schema, ids, y, chosen + [f]).numpy() * w).mean()),
+                                        f))
         chosen.append(best)
         rest.remove(best)
     assert keep_order(model, schema, ids.numpy(), y.numpy(), 5)["order"] == [schema.names[i] for i in chosen]
@@ -553,10 +556,10 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     # these rows (the search read them all), it replaces it only if the forward set is worse by 2 standard errors
     every = set(range(5))
     base = _direct_losses(model, schema, ids, y, every)
-    cost = [float((_direct_losses(model, schema, ids, y, every - {f}) - base).mean()) for f in range(5)]
+    cost = [float(((_direct_losses(model, schema, ids, y, every - {f}) - base).numpy() * w).mean()) for f in range(5)]
     second = sorted(range(5), key=lambda f: (-cost[f], f))[:2]
     d = (_direct_losses(model, schema, ids, y, set(second)) - _direct_losses(model, schema, ids, y, set(chosen[:2])))
-    d = d.numpy() if set(second) != set(chosen[:2]) else np.zeros(2)
+    d = d.numpy() * w if set(second) != set(chosen[:2]) else np.zeros(2)
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
     switch = bool(d.mean() < -2 * se)
     order = second + [i for i in chosen[:2] + rest if i not in second] if switch else chosen[:2] + rest
