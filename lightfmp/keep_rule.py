@@ -111,7 +111,13 @@ def search_rows(labels: np.ndarray, n: int = SEARCH_ROWS) -> np.ndarray:
     if len(labels) <= n:
         return np.arange(len(labels))
     classes = [np.flatnonzero(labels == v) for v in np.unique(labels)]
-    each = min(min(map(len, classes)), n // len(classes))  # the rows taken of each label, at most
+    return _alike(classes, n // len(classes))
+
+
+def _alike(classes: list[np.ndarray], most: int) -> np.ndarray:
+    """Of each label's rows (`classes`: positions, ascending) as many as the fewest label has, at most `most`,
+    spread evenly over that label's rows; ascending."""
+    each = min(min(map(len, classes)), most)
     return np.sort(np.concatenate([rows[spread(len(rows), each)] for rows in classes]))
 
 
@@ -221,15 +227,19 @@ def costliest_set(model: CTRModel, ids: np.ndarray, labels: np.ndarray, k: int, 
 
 
 def held_out_rows(labels: np.ndarray, searched: np.ndarray) -> np.ndarray:
-    """The rows (indices) the K-sets are compared on: the given rows the search did not read; every given row where
-    the search read more of some label's rows than it left (a rare label read whole or nearly: its few rows left
-    would carry that label's whole weight), or fewer than 2 are left."""
+    """The rows (indices, ascending) the K-sets are compared on: of each label, the given rows the search did not
+    read, or every row of that label where the search read more of its rows than it left (a rare label read whole
+    or nearly: its few rows left would carry that label's whole weight); of those, as many of each label as the
+    fewest label has, spread (as `search_rows` takes them: under `by_label` weights the other label's rows beyond
+    the rarer's count buy little); every given row where that leaves fewer than 2."""
     labels = np.asarray(labels)
-    held = np.setdiff1d(np.arange(len(labels)), searched)
-    if any(np.count_nonzero(labels[held] == v) < np.count_nonzero(labels[searched] == v) for v in np.unique(labels)) \
-            or len(held) < 2:
-        return np.arange(len(labels))
-    return held
+    pools = []
+    for v in np.unique(labels):
+        rows = np.flatnonzero(labels == v)
+        left = np.setdiff1d(rows, searched)
+        pools.append(left if len(left) >= len(rows) - len(left) else rows)
+    held = _alike(pools, len(labels)) if pools else np.zeros(0, dtype=np.int64)
+    return held if len(held) >= 2 else np.arange(len(labels))
 
 
 def compare_sets(model: CTRModel, ids: np.ndarray, labels: np.ndarray, first: list[int], second: list[int],
@@ -257,9 +267,10 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     (`lightfmp.pipeline`), or the phase-1 model where phase 3 has fewer than two epochs.
 
     The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
-    (the K fields the model loses most without, every other field there): on the validation rows given that the
-    search did not read, weighted by label (`held_out_rows`; every given row where the search read most of a label),
-    the per-row logloss with each set open and the others closed; the second set replaces the first only where the
+    (the K fields the model loses most without, every other field there): on validation rows the search did not
+    read, as many of each label, weighted by label (`held_out_rows`; every row of a label the search read most of),
+    their closed fields reading donors of every row given, the per-row logloss with each set open and the others
+    closed; the second set replaces the first only where the
     first is measurably worse (the closing test's two-standard-error one-sided test, `worse_beyond_noise`). Each
     search has its blind spot: the forward order cannot see fields that matter only together; the closing costs of
     every field open cannot see that two fields repeat each other (nor that a field is weak but the best of what is
@@ -268,8 +279,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
     "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the
     candidates as a copy or a function of an opened field, [that field, "copy" | "function"], "alternative": the
-    second set (most costly first), the rows compared, its mean logloss minus the forward set's and that
-    difference's standard error (0 where the sets are the same), and whether it was chosen}."""
+    second set (most costly first), the rows compared, whether none of them was searched ("held_out"), its mean
+    logloss minus the forward set's and that difference's standard error (0 where the sets are the same), and
+    whether it was chosen}."""
     names = schema.names
     groupings = Groupings(ids[spread(len(labels), SEARCH_ROWS)], model.embedding.slot_field.cpu().numpy(),
                           rows_ratio=rows_ratio,
@@ -282,11 +294,11 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     order = forward_order(model, ids[rows], labels[rows], device, k, groupings, swaps, shadowed_by, order, weights,
                           donors)
     second = costliest_set(model, ids[rows], labels[rows], k, device, groupings, weights, donors)
-    held = held_out_rows(labels, rows)  # rows the search did not read (or every row: see there)
-    held_out = len(held) < len(labels)
+    held = held_out_rows(labels, rows)  # of each label, rows the search did not read (or all: see there)
+    held_out = not np.isin(held, rows).any()
     difference, se, chosen = 0.0, 0.0, False
     if set(second) != set(order[:k]):
-        held_donors = ids[donor_rows(len(labels), held, rng)] if held_out else None
+        held_donors = ids[donor_rows(len(labels), held, rng)] if len(held) < len(labels) else None
         first_losses, second_losses = compare_sets(model, ids[held], labels[held], order[:k], second, device,
                                                    by_label(labels[held]), held_donors)
         difference, se = paired_difference(second_losses, first_losses)

@@ -11,7 +11,7 @@ from lightfmp.models.dense import Linear
 import torch.nn.functional as F
 
 import lightfmp.closed_fields as closed_fields
-from lightfmp.closed_fields import ClosedFields, by_label, measured_sample, other_rows
+from lightfmp.closed_fields import ClosedFields, by_label, donor_rows, measured_sample, other_rows
 from lightfmp.keep_rule import (alone_note, backward_sweep, closing_scores, closing_test, forward_order, keep_order,
                                 ranking, select_fields, selection_rule)
 from lightfmp.metrics import paired_difference
@@ -553,19 +553,26 @@ def test_forward_order_against_a_direct_evaluation(schema_and_ids):
     short = keep_order(model, schema, ids.numpy(), y.numpy(), 2)
     rest = [i for i in ranking(model.gate.log_alpha.detach()) if i not in chosen[:2]]
     # the other set: the 2 fields costliest to close from every field open; weighed against the forward order's on
-    # these rows (the search read them all), it replaces it only if the forward set is worse by 2 standard errors
+    # the rows the comparison reads (`held_out_rows`: the search read every row, so of each label as many as the
+    # fewer has, spread: every positive and as many negatives), their closed fields reading donors of every row,
+    # it replaces it only if the forward set is worse by 2 standard errors
     every = set(range(5))
     base = _direct_losses(model, schema, ids, y, every)
     cost = [float(((_direct_losses(model, schema, ids, y, every - {f}) - base).numpy() * w).mean()) for f in range(5)]
     second = sorted(range(5), key=lambda f: (-cost[f], f))[:2]
-    d = (_direct_losses(model, schema, ids, y, set(second)) - _direct_losses(model, schema, ids, y, set(chosen[:2])))
-    d = d.numpy() * w if set(second) != set(chosen[:2]) else np.zeros(2)
+    pos, neg = np.flatnonzero(y.numpy() == 1), np.flatnonzero(y.numpy() == 0)
+    held = torch.from_numpy(np.sort(np.r_[pos, neg[np.linspace(0, len(neg) - 1, len(pos)).round().astype(int)]]))
+    assert len(held.unique()) == 2 * len(pos) < len(y)
+    read = ids[donor_rows(len(y), held.numpy(), np.random.default_rng(0))]
+    d = (_direct_losses(model, schema, ids[held], y[held], set(second), read=read)
+         - _direct_losses(model, schema, ids[held], y[held], set(chosen[:2]), read=read))
+    d = d.numpy() * by_label(y[held].numpy()) if set(second) != set(chosen[:2]) else np.zeros(2)
     se = float(d.std(ddof=1) / np.sqrt(len(d)))
     switch = bool(d.mean() < -2 * se)
     order = second + [i for i in chosen[:2] + rest if i not in second] if switch else chosen[:2] + rest
     alternative = short.pop("alternative")
     assert short == {"order": [schema.names[i] for i in order], "rows": len(y), "copies": {}, "finer": {}, "shadowed": {}}
-    assert alternative == {"order": [schema.names[i] for i in second], "rows": len(y), "held_out": False,
+    assert alternative == {"order": [schema.names[i] for i in second], "rows": len(held), "held_out": False,
                            "difference": pytest.approx(float(d.mean()), rel=1e-3, abs=1e-8),
                            "se": pytest.approx(se, rel=1e-3, abs=1e-8),
                            "chosen": switch}
@@ -606,8 +613,11 @@ def test_keep_k_keeps_fields_that_matter_only_together():
     out = keep_order(model, s, ids[valid].numpy(), y[valid].numpy(), 4)
     assert set(out["order"][:4]) == together
     alt = out["alternative"]
-    # 6,000 rows of about half each label: the search read most of each, so the sets are compared on every row
-    assert alt["chosen"] and alt["rows"] == 6000 and not alt["held_out"] and alt["difference"] < -2 * alt["se"]
+    # 6,000 rows of about half each label: the search read most of each, so the sets are compared on every row of
+    # the fewer label and as many of the other's
+    fewer = int(min(np.bincount(y[valid].numpy().astype(int))))
+    assert alt["chosen"] and alt["rows"] == 2 * fewer < 6000 and not alt["held_out"]
+    assert alt["difference"] < -2 * alt["se"]
 
 
 def test_forward_order_puts_a_redundant_copy_after_a_new_signal():
@@ -900,20 +910,28 @@ def test_closing_test_keeps_weak_fields_that_matter_together():
     assert all(scores[t["field"]] > 2.0 for t in own_only)  # inspect shows them above the cut
 
 
-def test_the_sets_are_compared_on_the_rows_the_search_did_not_read():
-    """The held-out rows are those the search left; where the search read a label whole (or left fewer of some
-    label's rows than it read, or fewer than 2 rows), every row."""
+def test_the_sets_are_compared_on_rows_the_search_did_not_read_as_many_of_each_label():
+    """Of each label the rows the search did not read (every row of a label where the search read more of its rows
+    than it left), as many of each label as the fewer has, spread evenly; every row where that leaves fewer than
+    2."""
     from lightfmp.keep_rule import held_out_rows, search_rows
     labels = (np.arange(10_000) % 50 == 0).astype(np.float32)  # 2% positives: the search reads all 200
-    assert np.array_equal(held_out_rows(labels, search_rows(labels)), np.arange(10_000))
+    rows = search_rows(labels)
+    held = held_out_rows(labels, rows)
+    pos, neg = held[labels[held] == 1], held[labels[held] == 0]
+    assert np.array_equal(pos, np.flatnonzero(labels == 1)) and len(neg) == 200  # every positive, 200 negatives
+    assert not np.isin(neg, rows).any() and neg[0] < 100 and neg[-1] > 9_900  # not searched, spread over all
     labels = (np.arange(20_000) % 4 == 0).astype(np.float32)  # 25%: 2,048 of 5,000 positives searched
     rows = search_rows(labels)
     held = held_out_rows(labels, rows)
-    assert len(np.intersect1d(held, rows)) == 0 and len(held) == 20_000 - len(rows) == 20_000 - 4096
+    assert not np.isin(held, rows).any() and np.count_nonzero(labels[held] == 1) == 5_000 - 2_048
+    assert np.count_nonzero(labels[held] == 0) == 5_000 - 2_048
     labels = np.zeros(100_000, np.float32)
     labels[:2100] = 1  # the search reads 2,048 of 2,100: the 52 left would carry every positive's weight
-    assert np.array_equal(held_out_rows(labels, search_rows(labels)), np.arange(100_000))
+    held = held_out_rows(labels, search_rows(labels))
+    assert np.array_equal(held[:2100], np.arange(2100)) and len(held) == 4200 and held[-1] > 99_000
     assert np.array_equal(held_out_rows(np.r_[np.ones(3), np.zeros(3)], np.arange(5)), np.arange(6))  # 1 left
+    assert np.array_equal(held_out_rows(np.ones(2), np.arange(1)), np.arange(2))  # 1 row would be held: every row
 
 
 def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
@@ -940,12 +958,11 @@ def test_the_costliest_set_fills_k_with_what_the_copy_rule_passed_over():
 
 
 def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
-    """20,000 rows at 25% positives: the comparison reads the rows the search did not read, each label's rows
-    weighing the same in total there as in the search (`by_label`), and a NaN loss of the second set never chooses
-    it. Both the search and the comparison read closed fields from donors of every row given (`donor_rows`, seeded:
-    the search's rows' first, then the held-out rows'), not from the sample's own rows."""
+    """20,000 rows at 25% positives: the comparison reads rows the search did not read, as many of each label, each
+    label's rows weighing the same in total there as in the search (`by_label`), and a NaN loss of the second set
+    never chooses it. Both the search and the comparison read closed fields from donors of every row given
+    (`donor_rows`, seeded: the search's rows' first, then the held-out rows'), not from the sample's own rows."""
     import lightfmp.keep_rule as keep_rule
-    from lightfmp.closed_fields import donor_rows
     rng = np.random.default_rng(0)
     n = 20000
     df = __import__("pandas").DataFrame({f: rng.integers(0, 4, n) for f in ("a", "b", "c")}).astype(str)
@@ -969,7 +986,9 @@ def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
     ids = s.encode(df)
     out = keep_rule.keep_order(model, s, ids, y, 1)
     rows = keep_rule.search_rows(y)
-    assert len(rows) == 4096 and len(seen["labels"]) == n - len(rows)
+    held = np.sort(np.r_[np.setdiff1d(np.flatnonzero(y == 1), rows),
+                         np.setdiff1d(np.flatnonzero(y == 0), rows)[keep_rule.spread(15_000 - 2048, 5_000 - 2048)]])
+    assert len(rows) == 4096 and np.array_equal(seen["labels"], y[held])
     for labels, w in [(y[rows], seen["search_weights"]), (y[rows], seen["costliest_weights"]),
                       (seen["labels"], seen["weights"])]:  # each label half of the weight, the mean 1
         assert w is not None and len(w) == len(labels) and np.mean(w) == pytest.approx(1.0)
@@ -977,7 +996,6 @@ def test_keep_k_compares_the_sets_on_label_weighted_held_out_rows(monkeypatch):
     draw = np.random.default_rng(0)
     searched = donor_rows(n, rows, draw)
     assert np.array_equal(seen["search"], ids[searched]) and np.array_equal(seen["costliest"], ids[searched])
-    held = np.setdiff1d(np.arange(n), rows)
     assert np.array_equal(seen["donors"], ids[donor_rows(n, held, draw)])
     assert out["alternative"]["held_out"] and not out["alternative"]["chosen"] and out["order"][0] == "a"
 
