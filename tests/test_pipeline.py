@@ -296,3 +296,34 @@ def test_each_fit_of_a_run_draws_its_own_random_stream(data, tmp_path, monkeypat
     monkeypatch.setattr(pipeline, "fit", recording)
     lightfmp.run(_cfg(data, epochs=3, keep=2, init_seed=4), tmp_path / "r", quiet=True)
     assert seeds == [4, 5, 6]  # phase 1, phase 3's first epoch, its later epochs
+
+
+def test_phase_1_validates_on_every_row_of_the_rarer_label_and_as_many_of_the_others():
+    """`label_alike`: every row of the rarest label and as many of each other's, drawn with the seed given (the
+    keep rules' `measured_rows`); every row where that is all of them, or where one label alone is there. Mutants:
+    the rows unsampled; the draw not seeded; the commoner label whole."""
+    from lightfmp.closed_fields import measured_rows
+    from lightfmp.rows import ArrayRows
+    y = (np.arange(1000) % 10 == 3).astype(np.float32)  # 100 positives, 900 negatives
+    ids = np.arange(1000, dtype=np.int32)[:, None]
+    got = pipeline.label_alike(ArrayRows(ids, y), 7)
+    picked = got.arrays()[0][:, 0]
+    assert len(got) == 200 and got.labels().sum() == 100 and np.array_equal(np.sort(picked), picked)
+    assert np.array_equal(picked, measured_rows(y, 1.0, np.random.default_rng(7)))
+    assert not np.array_equal(picked, pipeline.label_alike(ArrayRows(ids, y), 8).arrays()[0][:, 0])
+    for labels in [np.arange(10) % 2, np.ones(10)]:  # as many of each already; one label
+        assert len(pipeline.label_alike(ArrayRows(ids[:10], labels), 0)) == 10
+
+
+def test_phase_1_reads_the_label_alike_validation_rows_and_phase_3_every_one(data, tmp_path):
+    """history.json: phase 1's validation reads every row of the rarer label and as many of the other's, phase 3's
+    every validation row. Mutant: phase 1 reading every validation row."""
+    from lightfmp.dataset import load_dataset
+    cfg = _cfg(data, epochs=2)
+    labels = load_dataset(cfg.data).split_rows("valid").labels()
+    fewer = int(min(np.sum(labels == 1), np.sum(labels == 0)))
+    assert 0 < 2 * fewer < len(labels)
+    lightfmp.run(cfg, tmp_path / "r", quiet=True)
+    h = json.loads((tmp_path / "r" / "history.json").read_text())
+    assert {e["valid"]["rows"] for e in h["pretrain"]["epochs"]} == {2 * fewer}
+    assert {e["valid"]["rows"] for e in h["continue"]["epochs"]} == {len(labels)}
