@@ -269,9 +269,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     The forward order's first K are then weighed against the other greedy answer, `costliest_set` on the same rows
     (the K fields the model loses most without, every other field there): on validation rows the search did not
     read, as many of each label, weighted by label (`held_out_rows`; every row of a label the search read most of),
-    their closed fields reading donors of every row given, the per-row logloss with each set open and the others
-    closed; the second set replaces the first only where the first is measurably worse (the closing test's
-    two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward order
+    their closed fields reading donors of every row given (another of them where they are every row), the per-row
+    logloss with each set open and the others closed; the second set replaces the first only where the first is
+    measurably worse (the closing test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward order
     cannot see fields that matter only together; the closing costs of every field open cannot see that two fields
     repeat each other (nor that a field is weak but the best of what is left).
 

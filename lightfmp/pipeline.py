@@ -226,12 +226,14 @@ def label_alike(valid: Rows, seed: int) -> Rows:
     fewer than 2. AUC, by which epochs are ranked, counts pairs of one row of each label, so its precision is set
     by the rarer label's rows (on KDD's 143 validation positives its standard error is ~0.0105 from all 14,563 rows
     and ~0.0108 from 286, by Hanley and McNeil's formula), and the logloss of such rows weighs each label alike, the
-    estimand of the keep rules (`closed_fields.by_label`). Phase 3 and `--no-select` read every validation row."""
+    estimand of the keep rules (`closed_fields.by_label`). At most TEST_ROWS of them, spread (they are held in memory).
+    Phase 3 and `--no-select` read every validation row."""
     labels = valid.labels()
     if not len(labels):
         return valid
     rows = measured_rows(labels, rarest_label(labels)[0], np.random.default_rng(seed))
-    return valid.take(rows) if 2 <= len(rows) < len(labels) else valid
+    rows = rows[spread(len(rows), TEST_ROWS)]  # held in memory (streamed data too): at most the rules' bound
+    return valid.take(rows) if len(rows) < len(labels) else valid
 
 
 def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints: bool,
@@ -273,8 +275,11 @@ def _train(cfg: RunConfig, out: Path, force: bool, quiet: bool, keep_checkpoints
     base = {"backbone": cfg.model.backbone, "select": not cfg.train.no_select,
             "data": {"path": str(cfg.data.data), "rows": data.rows, "sha256": data.sha256, "split": sizes},
             "params": {"before": model.num_params()}, "runtime": runtime(device, "train")}
+    # phase 1's key names the validation rows it reads: a checkpoint of a phase 1 that read others (every row) holds
+    # per-row validation losses of other rows, so it is not resumed
     ckpt = Checkpoint(checkpoint_dir(out), "full" if cfg.train.no_select else "pretrain",
-                      {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256, **given}, reporter.log)
+                      {"config_sha256": config_sha256(cfg), "data_sha256": data.sha256, **given,
+                       **({} if cfg.train.no_select else {"valid_rows": "label alike"})}, reporter.log)
     if cfg.train.no_select:
         t0 = time.perf_counter()
         hist = fit(model, data.split_rows("train"), valid, cfg.train, reporter, "train (all fields)", device,
@@ -351,7 +356,8 @@ def _alternative_note(search: dict) -> str:
     if not alt.get("chosen"):
         return ""
     where = (f"{alt['rows']:,} validation rows the search did not read, weighted by label" if alt.get("held_out", True)
-             else f"all {alt['rows']:,} validation rows given (the search read most of a label's)")
+             else f"{alt['rows']:,} validation rows, as many of each label, some of them searched (the search read "
+                  f"most of a label's)")
     if not np.isfinite(alt["difference"]):
         return (f"; kept: the {len(alt['order'])} fields costliest to close (the forward order's gave no finite loss "
                 f"on {where})")
