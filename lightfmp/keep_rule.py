@@ -271,9 +271,9 @@ def keep_order(model: CTRModel, schema: FeatureSchema, ids: np.ndarray, labels: 
     read, as many of each label, weighted by label (`held_out_rows`; every row of a label the search read most of),
     their closed fields reading donors of every row given (another of them where they are every row), the per-row
     logloss with each set open and the others closed; the second set replaces the first only where the first is
-    measurably worse (the closing test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has its blind spot: the forward order
-    cannot see fields that matter only together; the closing costs of every field open cannot see that two fields
-    repeat each other (nor that a field is weak but the best of what is left).
+    measurably worse (the closing test's two-standard-error one-sided test, `worse_beyond_noise`). Each search has
+    its blind spot: the forward order cannot see fields that matter only together; the closing costs of every field
+    open cannot see that two fields repeat each other (nor that a field is weak but the best of what is left).
 
     Returns {"order": field names, "rows": the rows searched, "copies": per field with copies, their names,
     "finer": per field a step picked, the finer field it opened instead, "shadowed": per field that left the

@@ -222,12 +222,12 @@ def _tell_ranks(got_lock: int) -> None:
 
 def label_alike(valid: Rows, seed: int) -> Rows:
     """The validation rows phase 1 reads (its best epoch, its early stop): every row of the rarest label and as many
-    of each other label's, drawn (`closed_fields.measured_rows`, seeded); all of them where that is every row or
-    fewer than 2. AUC, by which epochs are ranked, counts pairs of one row of each label, so its precision is set
-    by the rarer label's rows (on KDD's 143 validation positives its standard error is ~0.0105 from all 14,563 rows
-    and ~0.0108 from 286, by Hanley and McNeil's formula), and the logloss of such rows weighs each label alike, the
-    estimand of the keep rules (`closed_fields.by_label`). At most TEST_ROWS of them, spread (they are held in memory).
-    Phase 3 and `--no-select` read every validation row."""
+    of each other label's, drawn (`closed_fields.measured_rows`, seeded), at most TEST_ROWS of them, spread (they
+    are held in memory); all of them where that is every row. AUC, by which epochs are ranked, counts pairs of one
+    row of each label, so its precision is set by the rarer label's rows (on KDD's 143 validation positives its
+    standard error is ~0.0105 from all 14,563 rows and ~0.0108 from 286, by Hanley and McNeil's formula), and the
+    logloss of such rows weighs each label alike, the estimand of the keep rules (`closed_fields.by_label`). Phase 3
+    and `--no-select` read every validation row."""
     labels = valid.labels()
     if not len(labels):
         return valid
